@@ -1,0 +1,119 @@
+//! Scheduler throughput: 10,000 best-fit placements into clusters of 100,
+//! 1,000 and 5,000 nodes (a fresh snapshot per iteration, built outside the
+//! timed part). Criterion reports placements per second as elements/s.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::hint::black_box;
+use std::time::Duration;
+
+use c4m_sched::{ClusterSnapshot, InstanceRequest, NodeInfo, Resources};
+use criterion::{BatchSize, Criterion, Throughput};
+
+const PLACEMENTS: usize = 10_000;
+const MIB: u64 = 1 << 20;
+const ZONES: [&str; 3] = ["a", "b", "c"];
+
+/// Nodes of 32 CPUs / 128 GiB / 110 instances in three zones; every fourth
+/// has an SSD label and every fifth also offers the `wasm` driver, which makes
+/// a dozen or so distinct shapes.
+fn cluster(node_count: usize) -> ClusterSnapshot {
+    let mut snapshot = ClusterSnapshot::new();
+    for index in 0..node_count {
+        let mut labels =
+            BTreeMap::from([("zone".to_owned(), ZONES[index % ZONES.len()].to_owned())]);
+        if index % 4 == 0 {
+            labels.insert("disk".to_owned(), "ssd".to_owned());
+        }
+        let mut drivers = BTreeSet::from(["process".to_owned()]);
+        if index % 5 == 0 {
+            drivers.insert("wasm".to_owned());
+        }
+        snapshot.upsert_node(NodeInfo {
+            name: format!("node-{index:05}"),
+            allocatable: Resources {
+                cpu_millis: 32_000,
+                memory_bytes: 128 * 1024 * MIB,
+                instances: 110,
+            },
+            labels,
+            drivers,
+            ready: true,
+        });
+    }
+    snapshot
+}
+
+/// Mixed small requests from a fixed pseudo-random sequence; one in five
+/// selects a zone, one in eight an SSD, one in ten asks for `wasm`.
+fn requests() -> Vec<InstanceRequest> {
+    const CPU_MILLIS: [u64; 4] = [50, 100, 250, 500];
+    const MEMORY_MIB: [u64; 5] = [64, 128, 256, 512, 1024];
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..PLACEMENTS)
+        .map(|index| {
+            // xorshift64: deterministic and dependency-free.
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let mut node_selector = BTreeMap::new();
+            if index % 5 == 0 {
+                node_selector.insert(
+                    "zone".to_owned(),
+                    ZONES[(state >> 32) as usize % ZONES.len()].to_owned(),
+                );
+            }
+            if index % 8 == 0 {
+                node_selector.insert("disk".to_owned(), "ssd".to_owned());
+            }
+            InstanceRequest {
+                cpu_millis: CPU_MILLIS[state as usize % CPU_MILLIS.len()],
+                memory_bytes: MEMORY_MIB[(state >> 8) as usize % MEMORY_MIB.len()] * MIB,
+                node_selector,
+                driver: if index % 10 == 0 { "wasm" } else { "process" }.to_owned(),
+            }
+        })
+        .collect()
+}
+
+/// Places every request in order; returns the snapshot (dropped outside the
+/// timed part) and how many did not fit.
+fn place_all(
+    mut snapshot: ClusterSnapshot,
+    requests: &[InstanceRequest],
+) -> (ClusterSnapshot, usize) {
+    let mut unschedulable = 0;
+    for request in requests {
+        if black_box(snapshot.place(black_box(request))).is_err() {
+            unschedulable += 1;
+        }
+    }
+    (snapshot, unschedulable)
+}
+
+fn placements(c: &mut Criterion) {
+    let requests = requests();
+    let mut group = c.benchmark_group("placements");
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(3));
+    group.warm_up_time(Duration::from_secs(1));
+    group.throughput(Throughput::Elements(PLACEMENTS as u64));
+    for node_count in [100, 1_000, 5_000] {
+        let (_, unschedulable) = place_all(cluster(node_count), &requests);
+        eprintln!("{node_count} nodes: {unschedulable} of {PLACEMENTS} requests unschedulable");
+        group.bench_function(format!("{node_count}_nodes"), |b| {
+            b.iter_batched(
+                || cluster(node_count),
+                |snapshot| place_all(snapshot, &requests),
+                BatchSize::LargeInput,
+            );
+        });
+    }
+    group.finish();
+}
+
+/// What `criterion_main!` would generate, minus an undocumented group function.
+fn main() {
+    let mut criterion = Criterion::default().configure_from_args();
+    placements(&mut criterion);
+    criterion.final_summary();
+}

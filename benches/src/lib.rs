@@ -1,0 +1,1 @@
+//! c4m benchmarks: see `benches/` and `src/bin/`.

@@ -1,0 +1,99 @@
+//! `c4m`: the command-line interface, and the control plane and agent
+//! daemons (`c4m up`, `c4m control`, `c4m agent`).
+
+mod commands;
+mod daemons;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// c4m: a lightweight orchestrator for microservices.
+#[derive(Parser)]
+#[command(name = "c4m", version, about)]
+struct Cli {
+    #[command(flatten)]
+    connection: commands::Connection,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start a single-node c4m: control plane and agent in one process.
+    Up(daemons::UpArgs),
+    /// Start a control plane (API server, scheduler, controllers, DNS).
+    Control(daemons::ControlArgs),
+    /// Start a node agent that joins a control plane.
+    Agent(daemons::AgentArgs),
+    /// Create or update objects from files, folders or stdin (all or nothing).
+    Apply(commands::ApplyArgs),
+    /// Delete objects by kind and name, or those in files.
+    Delete(commands::DeleteArgs),
+    /// List objects of a kind, or show one.
+    Get(commands::GetArgs),
+    /// Show one object in detail, with why it is not running if it is not.
+    Describe(commands::DescribeArgs),
+    /// Print an instance's output.
+    Logs(commands::LogsArgs),
+    /// Show the state of instances.
+    Status(commands::InstancesArgs),
+    /// Show the CPU and memory usage of instances.
+    Metrics(commands::InstancesArgs),
+    /// Run a command (or image) as a microservice.
+    Run(commands::RunArgs),
+    /// Wait until every workload has its replicas running and ready.
+    Wait(commands::WaitArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let daemon = matches!(
+        cli.command,
+        Command::Up(_) | Command::Control(_) | Command::Agent(_)
+    );
+    let default_level = if daemon { "info" } else { "warn" };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        let connection = cli.connection;
+        match cli.command {
+            Command::Up(args) => daemons::up(args, &connection).await,
+            Command::Control(args) => daemons::control(args, &connection).await,
+            Command::Agent(args) => daemons::agent(args, &connection).await,
+            Command::Apply(args) => commands::apply(args, &connection).await,
+            Command::Delete(args) => commands::delete(args, &connection).await,
+            Command::Get(args) => commands::get(args, &connection).await,
+            Command::Describe(args) => commands::describe(args, &connection).await,
+            Command::Logs(args) => commands::logs(args, &connection).await,
+            Command::Status(args) => commands::status(args, &connection).await,
+            Command::Metrics(args) => commands::metrics(args, &connection).await,
+            Command::Run(args) => commands::run(args, &connection).await,
+            Command::Wait(args) => commands::wait(args, &connection).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+            ExitCode::FAILURE
+        }
+    }
+}

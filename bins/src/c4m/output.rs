@@ -1,0 +1,463 @@
+//! Human-readable output: tables and `describe` text.
+
+use c4m_core::ResourceKind;
+use serde_json::Value;
+
+/// `-o` formats.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+    Yaml,
+}
+
+/// Left-aligned columns separated by three spaces.
+pub fn columns(rows: &[Vec<String>]) -> String {
+    let widths: Vec<usize> = (0..rows.first().map_or(0, Vec::len))
+        .map(|i| {
+            rows.iter()
+                .map(|r| r.get(i).map_or(0, |c| c.chars().count()))
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let line: Vec<String> = row
+            .iter()
+            .enumerate()
+            .map(|(i, cell)| {
+                if i + 1 == row.len() {
+                    cell.clone()
+                } else {
+                    format!("{cell:<width$}", width = widths[i])
+                }
+            })
+            .collect();
+        out.push_str(line.join("   ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn text(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+fn age(object: &Value) -> String {
+    let Some(seconds) = object["metadata"]["creationTimestamp"]
+        .as_str()
+        .and_then(c4m_core::seconds_since)
+    else {
+        return "-".into();
+    };
+    match seconds.max(0) {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86400),
+    }
+}
+
+fn condition<'a>(object: &'a Value, kind: &str) -> Option<&'a Value> {
+    object["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == kind)
+}
+
+/// What `STATUS` shows for an instance: the waiting reason when there is
+/// one, else the phase.
+pub fn instance_status(pod: &Value) -> String {
+    let state = &pod["status"]["containerStatuses"][0]["state"];
+    if let Some(reason) = state["waiting"]["reason"]
+        .as_str()
+        .filter(|r| !r.is_empty())
+    {
+        return reason.to_string();
+    }
+    if let Some(reason) = state["terminated"]["reason"]
+        .as_str()
+        .filter(|r| !r.is_empty())
+    {
+        return reason.to_string();
+    }
+    if let Some(reason) = pod["status"]["reason"].as_str() {
+        return reason.to_string();
+    }
+    text(&pod["status"]["phase"])
+}
+
+/// Where an instance answers: IP and its published ports.
+pub fn instance_endpoint(pod: &Value) -> String {
+    let ip = text(&pod["status"]["podIP"]);
+    let ports: Vec<String> = pod["metadata"]["annotations"][c4m_core::annotations::PORTS]
+        .as_str()
+        .and_then(|t| serde_json::from_str::<Vec<Value>>(t).ok())
+        .unwrap_or_default()
+        .iter()
+        .map(|p| text(&p["hostPort"]))
+        .collect();
+    match (ip.is_empty(), ports.is_empty()) {
+        (true, _) => "-".into(),
+        (false, true) => ip,
+        (false, false) => format!("{ip}:{}", ports.join(",")),
+    }
+}
+
+fn ready_count(pod: &Value) -> String {
+    let ready = pod["status"]["containerStatuses"][0]["ready"] == true;
+    format!("{}/1", u8::from(ready))
+}
+
+/// The table `c4m get` prints.
+pub fn table(kind: &ResourceKind, items: &[Value], with_namespace: bool) -> String {
+    let (header, row): (Vec<&str>, Box<dyn Fn(&Value) -> Vec<String>>) = match kind.kind {
+        "Pod" => (
+            vec![
+                "NAME", "READY", "STATUS", "RESTARTS", "NODE", "ENDPOINT", "AGE",
+            ],
+            Box::new(|p| {
+                vec![
+                    text(&p["metadata"]["name"]),
+                    ready_count(p),
+                    instance_status(p),
+                    p["status"]["containerStatuses"][0]["restartCount"]
+                        .as_i64()
+                        .unwrap_or(0)
+                        .to_string(),
+                    p["spec"]["nodeName"]
+                        .as_str()
+                        .unwrap_or("<none>")
+                        .to_string(),
+                    instance_endpoint(p),
+                    age(p),
+                ]
+            }),
+        ),
+        "Microservice" | "Deployment" => (
+            vec!["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"],
+            Box::new(|d| {
+                let want = d["spec"]["replicas"].as_i64().unwrap_or(1);
+                vec![
+                    text(&d["metadata"]["name"]),
+                    format!(
+                        "{}/{want}",
+                        d["status"]["readyReplicas"].as_i64().unwrap_or(0)
+                    ),
+                    d["status"]["updatedReplicas"]
+                        .as_i64()
+                        .unwrap_or(0)
+                        .to_string(),
+                    d["status"]["availableReplicas"]
+                        .as_i64()
+                        .unwrap_or(0)
+                        .to_string(),
+                    age(d),
+                ]
+            }),
+        ),
+        "Node" => (
+            vec![
+                "NAME",
+                "STATUS",
+                "CPU",
+                "MEMORY",
+                "INSTANCES",
+                "DRIVERS",
+                "AGE",
+            ],
+            Box::new(|n| {
+                let ready = condition(n, "Ready").is_some_and(|c| c["status"] == "True");
+                vec![
+                    text(&n["metadata"]["name"]),
+                    if ready { "Ready" } else { "NotReady" }.into(),
+                    text(&n["status"]["allocatable"]["cpu"]),
+                    text(&n["status"]["allocatable"]["memory"]),
+                    text(&n["status"]["allocatable"]["pods"]),
+                    text(&n["metadata"]["annotations"][c4m_core::annotations::DRIVERS]),
+                    age(n),
+                ]
+            }),
+        ),
+        "Service" => (
+            vec!["NAME", "SELECTOR", "PORTS", "AGE"],
+            Box::new(|s| {
+                let selector: Vec<String> = s["spec"]["selector"]
+                    .as_object()
+                    .map(|m| m.iter().map(|(k, v)| format!("{k}={}", text(v))).collect())
+                    .unwrap_or_default();
+                let ports: Vec<String> = s["spec"]["ports"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|p| {
+                        format!(
+                            "{}/{}",
+                            text(&p["port"]),
+                            p["protocol"].as_str().unwrap_or("TCP")
+                        )
+                    })
+                    .collect();
+                vec![
+                    text(&s["metadata"]["name"]),
+                    selector.join(","),
+                    ports.join(","),
+                    age(s),
+                ]
+            }),
+        ),
+        "Endpoints" => (
+            vec!["NAME", "ENDPOINTS", "AGE"],
+            Box::new(|e| {
+                let mut endpoints = Vec::new();
+                for subset in e["subsets"].as_array().into_iter().flatten() {
+                    for address in subset["addresses"].as_array().into_iter().flatten() {
+                        for port in subset["ports"].as_array().into_iter().flatten() {
+                            endpoints.push(format!(
+                                "{}:{}",
+                                text(&address["ip"]),
+                                text(&port["port"])
+                            ));
+                        }
+                    }
+                }
+                vec![
+                    text(&e["metadata"]["name"]),
+                    if endpoints.is_empty() {
+                        "<none>".into()
+                    } else {
+                        endpoints.join(",")
+                    },
+                    age(e),
+                ]
+            }),
+        ),
+        _ => (
+            vec!["NAME", "AGE"],
+            Box::new(|o| vec![text(&o["metadata"]["name"]), age(o)]),
+        ),
+    };
+    let mut rows = Vec::with_capacity(items.len() + 1);
+    let mut head: Vec<String> = header.iter().map(|h| h.to_string()).collect();
+    if with_namespace && kind.namespaced {
+        head.insert(0, "NAMESPACE".into());
+    }
+    rows.push(head);
+    for item in items {
+        let mut r = row(item);
+        if with_namespace && kind.namespaced {
+            r.insert(0, text(&item["metadata"]["namespace"]));
+        }
+        rows.push(r);
+    }
+    columns(&rows)
+}
+
+/// `c4m status` rows.
+pub fn status_table(pods: &[Value]) -> String {
+    let mut rows = vec![
+        vec![
+            "NAME", "STATUS", "READY", "RESTARTS", "NODE", "ENDPOINT", "MESSAGE",
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>(),
+    ];
+    for p in pods {
+        let scheduled = condition(p, "PodScheduled");
+        let message = match scheduled {
+            Some(c) if c["status"] == "False" => text(&c["message"]),
+            _ => {
+                let state = &p["status"]["containerStatuses"][0]["state"];
+                [
+                    &state["waiting"]["message"],
+                    &state["terminated"]["message"],
+                    &p["status"]["message"],
+                ]
+                .into_iter()
+                .map(text)
+                .find(|m| !m.is_empty())
+                .unwrap_or_default()
+            }
+        };
+        rows.push(vec![
+            text(&p["metadata"]["name"]),
+            instance_status(p),
+            ready_count(p),
+            p["status"]["containerStatuses"][0]["restartCount"]
+                .as_i64()
+                .unwrap_or(0)
+                .to_string(),
+            p["spec"]["nodeName"]
+                .as_str()
+                .unwrap_or("<none>")
+                .to_string(),
+            instance_endpoint(p),
+            message,
+        ]);
+    }
+    columns(&rows)
+}
+
+/// `1234Ki` → `1.2Mi` for humans.
+pub fn memory_from_ki(text: &str) -> String {
+    let Some(kib) = text.strip_suffix("Ki").and_then(|k| k.parse::<u64>().ok()) else {
+        return text.to_string();
+    };
+    match kib {
+        k if k >= 1 << 20 => format!("{:.1}Gi", k as f64 / (1u64 << 20) as f64),
+        k if k >= 1 << 10 => format!("{:.1}Mi", k as f64 / 1024.0),
+        k => format!("{k}Ki"),
+    }
+}
+
+/// `c4m describe` text.
+pub fn describe(kind: &ResourceKind, object: &Value) -> String {
+    let meta = &object["metadata"];
+    let mut out = String::new();
+    let mut line =
+        |key: &str, value: String| out.push_str(&format!("{:<18}{}\n", format!("{key}:"), value));
+    line("Name", text(&meta["name"]));
+    if kind.namespaced {
+        line("Namespace", text(&meta["namespace"]));
+    }
+    line("Kind", format!("{} ({})", kind.kind, kind.api_version()));
+    let labels: Vec<String> = meta["labels"]
+        .as_object()
+        .map(|m| m.iter().map(|(k, v)| format!("{k}={}", text(v))).collect())
+        .unwrap_or_default();
+    line(
+        "Labels",
+        if labels.is_empty() {
+            "<none>".into()
+        } else {
+            labels.join(", ")
+        },
+    );
+    line("Created", text(&meta["creationTimestamp"]));
+    line("UID", text(&meta["uid"]));
+    match kind.kind {
+        "Pod" => {
+            line(
+                "Node",
+                object["spec"]["nodeName"]
+                    .as_str()
+                    .unwrap_or("<none>")
+                    .into(),
+            );
+            line("Status", instance_status(object));
+            line("Endpoint", instance_endpoint(object));
+            line("Ready", ready_count(object));
+            line(
+                "Restarts",
+                object["status"]["containerStatuses"][0]["restartCount"]
+                    .as_i64()
+                    .unwrap_or(0)
+                    .to_string(),
+            );
+            let container = &object["spec"]["containers"][0];
+            let command: Vec<String> = container["command"]
+                .as_array()
+                .into_iter()
+                .chain(container["args"].as_array())
+                .flatten()
+                .map(text)
+                .collect();
+            line("Command", command.join(" "));
+            line(
+                "Driver",
+                object["spec"]["runtimeClassName"]
+                    .as_str()
+                    .unwrap_or(c4m_core::DEFAULT_DRIVER)
+                    .into(),
+            );
+            let requests = &container["resources"]["requests"];
+            let limits = &container["resources"]["limits"];
+            line(
+                "Requests",
+                format!(
+                    "cpu={} memory={}",
+                    text(&requests["cpu"]),
+                    text(&requests["memory"])
+                ),
+            );
+            line(
+                "Limits",
+                format!(
+                    "cpu={} memory={}",
+                    text(&limits["cpu"]),
+                    text(&limits["memory"])
+                ),
+            );
+            let state = &object["status"]["containerStatuses"][0];
+            if let Some(last) = state["lastState"]["terminated"].as_object() {
+                line(
+                    "Last exit",
+                    format!(
+                        "{} (code {})",
+                        text(&last["reason"].clone()),
+                        text(&last["exitCode"].clone())
+                    ),
+                );
+            }
+        }
+        "Microservice" | "Deployment" => {
+            let status = &object["status"];
+            line(
+                "Replicas",
+                format!(
+                    "{} desired | {} updated | {} total | {} ready",
+                    object["spec"]["replicas"].as_i64().unwrap_or(1),
+                    status["updatedReplicas"].as_i64().unwrap_or(0),
+                    status["replicas"].as_i64().unwrap_or(0),
+                    status["readyReplicas"].as_i64().unwrap_or(0)
+                ),
+            );
+        }
+        "Node" => {
+            let status = &object["status"];
+            line(
+                "Allocatable",
+                format!(
+                    "cpu={} memory={} instances={}",
+                    text(&status["allocatable"]["cpu"]),
+                    text(&status["allocatable"]["memory"]),
+                    text(&status["allocatable"]["pods"])
+                ),
+            );
+            line(
+                "Drivers",
+                text(&meta["annotations"][c4m_core::annotations::DRIVERS]),
+            );
+            line(
+                "Agent",
+                text(&meta["annotations"][c4m_core::annotations::AGENT_URL]),
+            );
+        }
+        _ => {}
+    }
+    if let Some(conditions) = object["status"]["conditions"].as_array() {
+        out.push_str("Conditions:\n");
+        let mut rows = vec![vec![
+            "  TYPE".to_string(),
+            "STATUS".into(),
+            "REASON".into(),
+            "MESSAGE".into(),
+        ]];
+        for c in conditions {
+            rows.push(vec![
+                format!("  {}", text(&c["type"])),
+                text(&c["status"]),
+                text(&c["reason"]),
+                text(&c["message"]),
+            ]);
+        }
+        out.push_str(&columns(&rows));
+    }
+    out
+}

@@ -1,0 +1,614 @@
+//! End-to-end tests of the spine: real control plane and agent processes on
+//! loopback, driven through the `c4m` CLI and checked as a user would.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+fn web_deployment(replicas: u32) -> String {
+    format!(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: web}}
+spec:
+  replicas: {replicas}
+  selector: {{matchLabels: {{app: web}}}}
+  template:
+    metadata: {{labels: {{app: web}}}}
+    spec:
+      containers:
+        - name: web
+          command: ["c4m-demo", "--name", "web"]
+          ports: [{{name: http, containerPort: 8080}}]
+          resources: {{requests: {{cpu: "1", memory: 64Mi}}}}
+          readinessProbe:
+            httpGet: {{path: /healthz, port: http}}
+            periodSeconds: 1
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web}}
+spec:
+  selector: {{app: web}}
+  ports: [{{name: http, port: 80, targetPort: http}}]
+"#
+    )
+}
+
+fn resolve(dns_port: u16, name: &str) -> (Vec<String>, Vec<(String, u16)>) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let resolver = c4m_control::cluster_resolver(([127, 0, 0, 1], dns_port).into());
+        let a = resolver
+            .ipv4_lookup(name)
+            .await
+            .map(|r| {
+                r.answers()
+                    .iter()
+                    .filter_map(|r| match &r.data {
+                        hickory_resolver::proto::rr::RData::A(a) => Some(a.to_string()),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let srv = resolver
+            .srv_lookup(format!("_http._tcp.{name}"))
+            .await
+            .map(|r| {
+                r.answers()
+                    .iter()
+                    .filter_map(|r| match &r.data {
+                        hickory_resolver::proto::rr::RData::SRV(s) => {
+                            Some((s.target.to_string(), s.port))
+                        }
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        (a, srv)
+    })
+}
+
+/// Two agents of 2 CPUs / 1 GiB; 4 replicas of 1 CPU land 2 and 2, the
+/// registry and DNS give 4 endpoints that answer, a fifth replica stays
+/// Pending with a reason, and a killed instance process is restarted.
+#[test]
+fn deployment_spreads_by_fit_is_discoverable_and_restarts() {
+    let mut cluster = Cluster::start();
+    cluster.start_agent("node-a", "2", "1Gi");
+    cluster.start_agent("node-b", "2", "1Gi");
+
+    let applied = cluster.apply(&web_deployment(4));
+    assert!(applied.contains("deployment/web created"), "{applied}");
+    let pods = cluster.wait_ready("app=web", 4, MINUTE);
+    let mut per_node = std::collections::BTreeMap::<String, usize>::new();
+    for pod in &pods {
+        *per_node
+            .entry(pod["spec"]["nodeName"].as_str().unwrap().to_string())
+            .or_default() += 1;
+    }
+    assert_eq!(
+        per_node.values().copied().collect::<Vec<_>>(),
+        vec![2, 2],
+        "{per_node:?}"
+    );
+
+    // The registry over HTTP: 4 endpoints, each answering.
+    let registry = wait_for("4 endpoints in the registry", MINUTE, || {
+        let (code, body) = http_get(
+            &format!("127.0.0.1:{}", cluster.api),
+            "/c4m/v1/namespaces/default/services/web/endpoints",
+        )?;
+        // The registry needs credentials: an anonymous request is refused.
+        assert_eq!(code, 401, "{body}");
+        let output = cluster.c4m(&["get", "endpoints", "web", "-o", "json"]);
+        let endpoints: Value = serde_json::from_slice(&output.stdout).ok()?;
+        let addresses: Vec<String> = endpoints["subsets"]
+            .as_array()?
+            .iter()
+            .flat_map(|s| {
+                let port = s["ports"][0]["port"].clone();
+                s["addresses"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(move |a| format!("{}:{}", a["ip"].as_str().unwrap(), port))
+            })
+            .collect();
+        (addresses.len() == 4).then_some(addresses)
+    });
+    for addr in &registry {
+        let (code, body) = http_get(addr, "/").expect("endpoint answers");
+        assert_eq!(code, 200);
+        assert!(body.starts_with("web ("), "{body}");
+    }
+
+    // DNS: A records and SRV records for the named port.
+    let (a, srv) = wait_for("DNS to give 4 endpoints", MINUTE, || {
+        let (a, srv) = resolve(cluster.dns, "web.default.svc.c4m.");
+        (srv.len() == 4).then_some((a, srv))
+    });
+    assert_eq!(a, vec!["127.0.0.1".to_string()]);
+    let mut srv_ports: Vec<String> = srv
+        .iter()
+        .map(|(_, port)| format!("127.0.0.1:{port}"))
+        .collect();
+    srv_ports.sort();
+    let mut registry_sorted = registry.clone();
+    registry_sorted.sort();
+    assert_eq!(srv_ports, registry_sorted);
+
+    // A fifth replica fits nowhere: Pending, with a reason describe shows.
+    cluster.apply(&web_deployment(5));
+    let pending = wait_for("a Pending instance with a reason", MINUTE, || {
+        cluster.instances_of("app=web").into_iter().find(|p| {
+            p["spec"]["nodeName"].is_null()
+                && p["status"]["conditions"].as_array().is_some_and(|cs| {
+                    cs.iter()
+                        .any(|c| c["type"] == "PodScheduled" && c["status"] == "False")
+                })
+        })
+    });
+    let name = pending["metadata"]["name"].as_str().unwrap();
+    let described = cluster.ok(&["describe", "instance", name]);
+    assert!(
+        described.contains("0/2 nodes are available: 2 node(s) had insufficient cpu"),
+        "{described}"
+    );
+    let status = cluster.ok(&["status", name]);
+    assert!(
+        status.contains("Pending") && status.contains("insufficient cpu"),
+        "{status}"
+    );
+
+    // Kill one instance's process: the agent restarts it.
+    let victim = &pods[0];
+    let victim_name = victim["metadata"]["name"].as_str().unwrap();
+    let addr = instance_addr(victim);
+    let pid = demo_pid(&addr).expect("the instance reports its pid");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let restarted = wait_for(
+        "the killed instance to be restarted and ready",
+        MINUTE,
+        || {
+            let pod: Value =
+                serde_json::from_str(&cluster.ok(&["get", "instance", victim_name, "-o", "json"]))
+                    .ok()?;
+            (restarts(&pod) >= 1 && is_ready(&pod)).then_some(pod)
+        },
+    );
+    let new_pid = wait_for("the restarted instance to answer", MINUTE, || {
+        demo_pid(&instance_addr(&restarted))
+    });
+    assert_ne!(new_pid, pid);
+    assert_eq!(
+        instance_addr(&restarted),
+        addr,
+        "a restarted instance keeps its host port"
+    );
+    let table = cluster.ok(&["get", "instances"]);
+    assert!(
+        table.contains("NAME") && table.contains("RESTARTS") && table.contains(victim_name),
+        "{table}"
+    );
+}
+
+/// An agent that dies: its node turns NotReady and its instances move to
+/// the node where they fit.
+#[test]
+fn instances_move_off_a_dead_node() {
+    let mut cluster = Cluster::start();
+    cluster.start_agent("node-a", "2", "1Gi");
+    cluster.start_agent("node-b", "2", "1Gi");
+    cluster.apply(
+        r#"
+apiVersion: c4m.io/v1
+kind: Microservice
+metadata: {name: api}
+spec:
+  replicas: 2
+  command: ["c4m-demo", "--name", "api"]
+  ports: [{name: http, containerPort: 8080}]
+  resources: {requests: {cpu: 500m, memory: 64Mi}}
+"#,
+    );
+    let pods = cluster.wait_ready("c4m.io/microservice=api", 2, MINUTE);
+    // Best fit packs both onto one node: that node's agent dies.
+    let doomed = pods[0]["spec"]["nodeName"].as_str().unwrap().to_string();
+    assert!(
+        pods.iter()
+            .all(|p| p["spec"]["nodeName"] == doomed.as_str()),
+        "best fit packs"
+    );
+    let survivor = if doomed == "node-a" {
+        "node-b"
+    } else {
+        "node-a"
+    };
+    cluster.kill_agent(&doomed);
+    wait_for("the dead node to turn NotReady", MINUTE, || {
+        (!cluster.node_ready(&doomed)).then_some(())
+    });
+    let nodes = cluster.ok(&["get", "nodes"]);
+    assert!(
+        nodes
+            .lines()
+            .any(|l| l.starts_with(&doomed) && l.contains("NotReady")),
+        "{nodes}"
+    );
+    let moved = wait_for("instances to run on the surviving node", MINUTE, || {
+        let pods = cluster.instances_of("c4m.io/microservice=api");
+        (pods.len() == 2
+            && pods
+                .iter()
+                .all(|p| is_ready(p) && p["spec"]["nodeName"] == survivor))
+        .then_some(pods)
+    });
+    for pod in &moved {
+        assert!(
+            demo_pid(&instance_addr(pod)).is_some(),
+            "moved instance answers"
+        );
+    }
+    // The dead agent's instances keep running as orphans; clean them up.
+    kill_instances(&cluster.agent_dir(&doomed));
+}
+
+/// kill -9 of the control plane in the middle of 200 applies loses no
+/// acknowledged object and does not restart running instances.
+#[test]
+fn control_plane_crash_loses_no_acknowledged_write() {
+    let mut cluster = Cluster::start();
+    cluster.start_agent("node-a", "4", "2Gi");
+    cluster.apply(
+        r#"
+apiVersion: c4m.io/v1
+kind: Microservice
+metadata: {name: steady}
+spec:
+  command: ["c4m-demo", "--name", "steady"]
+  ports: [{name: http, containerPort: 8080}]
+"#,
+    );
+    let before = cluster
+        .wait_ready("c4m.io/microservice=steady", 1, MINUTE)
+        .remove(0);
+    let pid_before = demo_pid(&instance_addr(&before)).unwrap();
+
+    let client = c4m_api::Client::new(
+        &cluster.endpoint(),
+        Some(&c4m_api::Credentials {
+            access_token: ACCESS_TOKEN.into(),
+            secret_key: SECRET_KEY.into(),
+        }),
+    )
+    .unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut acknowledged = Vec::new();
+    let mut refused = 0;
+    for i in 0..200 {
+        if i == 100 {
+            cluster.kill_control();
+        }
+        let name = format!("cm-{i}");
+        let request = c4m_api::ApplyRequest {
+            objects: vec![c4m_api::ApplyObject {
+                source: "test".into(),
+                document: 1,
+                object: serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": {"i": i.to_string()}}),
+            }],
+            default_namespace: None,
+        };
+        match runtime.block_on(client.apply(&request)) {
+            Ok(_) => acknowledged.push(name),
+            Err(_) => refused += 1,
+        }
+        if i == 150 {
+            cluster.start_control();
+        }
+    }
+    assert!(
+        acknowledged.len() >= 140 && refused > 0,
+        "acknowledged {} refused {refused}",
+        acknowledged.len()
+    );
+    let stored: Vec<String> = cluster
+        .list("configmaps")
+        .iter()
+        .map(|cm| cm["metadata"]["name"].as_str().unwrap().to_string())
+        .collect();
+    for name in &acknowledged {
+        assert!(stored.contains(name), "acknowledged {name} was lost");
+    }
+
+    // The instance kept running through the crash: same pid, no restart.
+    let after = wait_for("the instance to be reported again", MINUTE, || {
+        let pods = cluster.instances_of("c4m.io/microservice=steady");
+        (pods.len() == 1 && is_ready(&pods[0])).then(|| pods[0].clone())
+    });
+    assert_eq!(after["metadata"]["name"], before["metadata"]["name"]);
+    assert_eq!(restarts(&after), 0);
+    assert_eq!(demo_pid(&instance_addr(&after)), Some(pid_before));
+}
+
+/// A manifest with one bad document applies nothing, and the error names
+/// the file, the document and the field.
+#[test]
+fn a_bad_document_applies_nothing() {
+    let cluster = Cluster::start();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("app.yaml");
+    std::fs::write(
+        &file,
+        r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: first}
+data: {a: "1"}
+---
+apiVersion: c4m.io/v1
+kind: Microservice
+metadata: {name: broken}
+spec:
+  command: ["sleep", "60"]
+  resources: {limits: {memory: 12Q}}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: third}
+"#,
+    )
+    .unwrap();
+    let output = cluster.c4m(&["apply", "-f", file.to_str().unwrap()]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.lines().count(), 1, "one clear line: {stderr}");
+    assert!(
+        stderr.contains("app.yaml")
+            && stderr.contains("document 2")
+            && stderr.contains("spec.resources.limits.memory"),
+        "{stderr}"
+    );
+    assert!(
+        cluster.list("configmaps").is_empty(),
+        "nothing may be written"
+    );
+
+    // The server enforces the same, for clients that skip the CLI's checks.
+    let client = c4m_api::Client::new(
+        &cluster.endpoint(),
+        Some(&c4m_api::Credentials {
+            access_token: ACCESS_TOKEN.into(),
+            secret_key: SECRET_KEY.into(),
+        }),
+    )
+    .unwrap();
+    let objects =
+        c4m_core::parse_documents("app.yaml", &std::fs::read_to_string(&file).unwrap()).unwrap();
+    let request = c4m_api::ApplyRequest {
+        objects: objects
+            .into_iter()
+            .map(|d| c4m_api::ApplyObject {
+                source: d.source,
+                document: d.index,
+                object: d.value,
+            })
+            .collect(),
+        default_namespace: None,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let error = runtime.block_on(client.apply(&request)).unwrap_err();
+    assert_eq!(error.code(), Some(422), "{error}");
+    assert!(error.to_string().contains("document 2"), "{error}");
+    assert!(
+        cluster.list("configmaps").is_empty(),
+        "nothing may be written"
+    );
+
+    // Unsupported fields are accepted with a warning that names them.
+    let output = cluster.c4m_with_stdin(
+        &["apply", "-f", "-"],
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: with-volumes}
+spec:
+  replicas: 0
+  selector: {matchLabels: {app: v}}
+  template:
+    metadata: {labels: {app: v}}
+    spec:
+      volumes: [{name: data, emptyDir: {}}]
+      containers: [{name: c, command: ["sleep", "1"]}]
+"#,
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("warning:") && stderr.contains("spec.template.spec.volumes"),
+        "{stderr}"
+    );
+}
+
+/// An agent restart re-adopts running instances: same processes, no
+/// duplicates, no restarts.
+#[test]
+fn agent_restart_adopts_instances() {
+    let mut cluster = Cluster::start();
+    cluster.start_agent("node-a", "2", "1Gi");
+    cluster.apply(
+        r#"
+apiVersion: c4m.io/v1
+kind: Microservice
+metadata: {name: kept}
+spec:
+  replicas: 2
+  command: ["c4m-demo", "--name", "kept"]
+  ports: [{name: http, containerPort: 8080}]
+"#,
+    );
+    let before = cluster.wait_ready("c4m.io/microservice=kept", 2, MINUTE);
+    let pids: Vec<i32> = before
+        .iter()
+        .map(|p| demo_pid(&instance_addr(p)).unwrap())
+        .collect();
+    cluster.kill_agent("node-a");
+    cluster.start_agent("node-a", "2", "1Gi");
+    // Give the new agent time to act on its assignments.
+    std::thread::sleep(Duration::from_secs(3));
+    let after = cluster.wait_ready("c4m.io/microservice=kept", 2, MINUTE);
+    for (old, new) in before.iter().zip(&after) {
+        assert_eq!(old["metadata"]["name"], new["metadata"]["name"]);
+        assert_eq!(restarts(new), 0, "adopted, not restarted");
+    }
+    let pids_after: Vec<i32> = after
+        .iter()
+        .map(|p| demo_pid(&instance_addr(p)).unwrap())
+        .collect();
+    assert_eq!(pids, pids_after);
+    // No duplicate processes: exactly one c4m-demo per instance on the node.
+    let demos = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("environ")).ok())
+        .filter(|env| {
+            env.split(|b| *b == 0)
+                .any(|kv| kv.starts_with(b"C4M_INSTANCE=kept-"))
+        })
+        .count();
+    assert_eq!(demos, 2);
+}
+
+/// SIGTERM stops the control plane and the agent cleanly; the agent's
+/// instances keep running for the next agent to adopt.
+#[test]
+fn daemons_shut_down_gracefully() {
+    let mut cluster = Cluster::start();
+    cluster.start_agent("node-a", "1", "512Mi");
+    cluster.ok(&[
+        "run", "--name", "sleeper", "--memory", "64Mi", "--", "sleep", "300",
+    ]);
+    let pod = cluster
+        .wait_ready("c4m.io/microservice=sleeper", 1, MINUTE)
+        .remove(0);
+    let status = cluster.signal_agent("node-a", nix::sys::signal::Signal::SIGTERM);
+    assert!(status.success(), "agent exit: {status:?}");
+    assert!(cluster.log_text("agent-node-a").contains("agent stopped"));
+    let status = cluster.signal_control(nix::sys::signal::Signal::SIGTERM);
+    assert!(status.success(), "control plane exit: {status:?}");
+    assert!(
+        cluster
+            .log_text("control")
+            .contains("control plane stopped")
+    );
+    // The instance survived both.
+    let name = pod["metadata"]["name"].as_str().unwrap();
+    let alive = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("environ")).ok())
+        .any(|env| {
+            env.split(|b| *b == 0)
+                .any(|kv| kv == format!("C4M_INSTANCE={name}").as_bytes())
+        });
+    assert!(alive, "the instance must outlive the agent");
+}
+
+/// `c4m run` with env, working dir and user; `logs`, `status`, `metrics`.
+#[test]
+fn run_logs_status_metrics() {
+    let mut cluster = Cluster::start();
+    cluster.start_agent("node-a", "2", "1Gi");
+    let created = cluster.ok(&[
+        "run",
+        "--name",
+        "hello",
+        "--env",
+        "GREETING=bonjour",
+        "--dir",
+        "/tmp",
+        "--user",
+        "nobody",
+        "--memory",
+        "64Mi",
+        "--cpu",
+        "500m",
+        "--",
+        "sh",
+        "-c",
+        "echo \"$GREETING from $(pwd) as $(id -u)\"; while :; do :; done",
+    ]);
+    assert_eq!(created.trim(), "microservice/hello created");
+    let pod = cluster
+        .wait_ready("c4m.io/microservice=hello", 1, MINUTE)
+        .remove(0);
+    let name = pod["metadata"]["name"].as_str().unwrap().to_string();
+    let logs = wait_for("the instance's output", MINUTE, || {
+        let text = cluster.ok(&["logs", &name]);
+        text.contains("bonjour").then_some(text)
+    });
+    assert_eq!(logs.trim(), "bonjour from /tmp as 65534");
+    let status = cluster.ok(&["status", &name]);
+    assert!(
+        status.contains("Running") && status.contains("1/1") && status.contains("node-a"),
+        "{status}"
+    );
+    // The busy loop is capped at 500m by its CPU limit.
+    let metrics = wait_for("CPU usage to be reported", MINUTE, || {
+        let output = cluster.c4m(&["metrics", &name]);
+        let text = String::from_utf8_lossy(&output.stdout).to_string();
+        let cpu: u64 = text
+            .lines()
+            .nth(1)?
+            .split_whitespace()
+            .nth(1)?
+            .trim_end_matches('m')
+            .parse()
+            .ok()?;
+        (cpu >= 200).then_some((text, cpu))
+    });
+    assert!(metrics.1 <= 650, "CPU limit not enforced: {}", metrics.0);
+    assert!(
+        metrics.0.contains("Ki") || metrics.0.contains("Mi"),
+        "{}",
+        metrics.0
+    );
+    // An unknown instance: one clear error line, non-zero exit.
+    let output = cluster.c4m(&["status", "nope"]);
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("not found"));
+    // Deleting the microservice removes its instance.
+    cluster.ok(&["delete", "microservice", "hello"]);
+    wait_for("the instance to go", MINUTE, || {
+        cluster
+            .instances_of("c4m.io/microservice=hello")
+            .is_empty()
+            .then_some(())
+    });
+}

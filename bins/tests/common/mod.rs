@@ -1,0 +1,436 @@
+//! A test harness that runs real c4m binaries: a control plane, agents, and
+//! the CLI, each its own process on loopback with its own data dir.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const C4M: &str = env!("CARGO_BIN_EXE_c4m");
+pub const DEMO: &str = env!("CARGO_BIN_EXE_c4m-demo");
+pub const ACCESS_TOKEN: &str = "test-access";
+pub const SECRET_KEY: &str = "test-secret";
+
+/// A free loopback port (bound then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// PATH with the demo binary's folder first, so manifests can run `c4m-demo`.
+pub fn path_with_bins() -> String {
+    let bins = Path::new(DEMO).parent().unwrap().display().to_string();
+    format!("{bins}:{}", std::env::var("PATH").unwrap_or_default())
+}
+
+/// Polls `check` every 100 ms until it returns Some, or panics with `what`
+/// after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let started = Instant::now();
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            started.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `GET http://127.0.0.1:{port}{path}`: (status code, body). Test-only
+/// plain HTTP/1.0 so checks need no async runtime.
+pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let code = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Some((code, body))
+}
+
+/// Kills every instance process recorded in a driver state dir, so a test
+/// leaves nothing running (instances outlive agents by design).
+pub fn kill_instances(dir: &Path) {
+    fn pids(value: &Value, out: &mut Vec<i32>) {
+        match value {
+            Value::Object(map) => {
+                for (key, value) in map {
+                    if key == "pid" {
+                        if let Some(pid) = value.as_i64() {
+                            out.push(pid as i32);
+                        }
+                    } else {
+                        pids(value, out);
+                    }
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|v| pids(v, out)),
+            _ => {}
+        }
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            kill_instances(&path);
+        } else if path.file_name().is_some_and(|n| n == "state.json") {
+            let Ok(text) = std::fs::read_to_string(&path) else {
+                continue;
+            };
+            let Ok(value) = serde_json::from_str::<Value>(&text) else {
+                continue;
+            };
+            let mut found = Vec::new();
+            pids(&value, &mut found);
+            for pid in found {
+                let pid = nix::unistd::Pid::from_raw(pid);
+                let _ = nix::sys::signal::killpg(pid, nix::sys::signal::Signal::SIGKILL);
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+    }
+}
+
+/// A cluster of real processes.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub api: u16,
+    pub grpc: u16,
+    pub dns: u16,
+    control: Option<Child>,
+    agents: BTreeMap<String, Child>,
+}
+
+impl Cluster {
+    /// Starts a control plane (fast failure detection for tests).
+    pub fn start() -> Cluster {
+        let mut cluster = Cluster {
+            dir: tempfile::tempdir().unwrap(),
+            api: free_port(),
+            grpc: free_port(),
+            dns: free_port(),
+            control: None,
+            agents: BTreeMap::new(),
+        };
+        cluster.start_control();
+        cluster
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.api)
+    }
+
+    fn log(&self, name: &str) -> std::fs::File {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("{name}.log")))
+            .unwrap()
+    }
+
+    /// Starts (or restarts) the control plane on the same data dir and ports.
+    pub fn start_control(&mut self) {
+        let child = Command::new(C4M)
+            .args(["control", "--data-dir"])
+            .arg(self.dir.path().join("control"))
+            .args(["--api", &format!("127.0.0.1:{}", self.api)])
+            .args(["--grpc", &format!("127.0.0.1:{}", self.grpc)])
+            .args(["--dns", &format!("127.0.0.1:{}", self.dns)])
+            .args([
+                "--node-grace",
+                "3s",
+                "--eviction-delay",
+                "1s",
+                "--heartbeat",
+                "500ms",
+            ])
+            .env("C4M_ACCESS_TOKEN", ACCESS_TOKEN)
+            .env("C4M_SECRET_KEY", SECRET_KEY)
+            .env("RUST_LOG", "info")
+            .stdout(self.log("control"))
+            .stderr(self.log("control"))
+            .spawn()
+            .expect("start the control plane");
+        self.control = Some(child);
+        let endpoint = format!("127.0.0.1:{}", self.api);
+        wait_for("the control plane API", Duration::from_secs(30), || {
+            http_get(&endpoint, "/healthz").filter(|(code, _)| *code == 200)
+        });
+    }
+
+    pub fn agent_dir(&self, name: &str) -> PathBuf {
+        self.dir.path().join(format!("agent-{name}"))
+    }
+
+    /// Starts an agent advertising `cpu` and `memory`.
+    pub fn start_agent(&mut self, name: &str, cpu: &str, memory: &str) -> u32 {
+        let child = Command::new(C4M)
+            .args([
+                "agent",
+                "--name",
+                name,
+                "--cpu",
+                cpu,
+                "--memory",
+                memory,
+                "--data-dir",
+            ])
+            .arg(self.agent_dir(name))
+            .args([
+                "--control-plane",
+                &format!("http://127.0.0.1:{}", self.grpc),
+            ])
+            .env("C4M_ACCESS_TOKEN", ACCESS_TOKEN)
+            .env("C4M_SECRET_KEY", SECRET_KEY)
+            .env("PATH", path_with_bins())
+            .env("RUST_LOG", "info")
+            .stdout(self.log(&format!("agent-{name}")))
+            .stderr(self.log(&format!("agent-{name}")))
+            .spawn()
+            .expect("start an agent");
+        let pid = child.id();
+        self.agents.insert(name.to_string(), child);
+        wait_for(
+            &format!("node {name} Ready"),
+            Duration::from_secs(30),
+            || self.node_ready(name).then_some(()),
+        );
+        pid
+    }
+
+    pub fn agent_pid(&self, name: &str) -> u32 {
+        self.agents[name].id()
+    }
+
+    /// SIGKILLs an agent: it gets no chance to say goodbye.
+    pub fn kill_agent(&mut self, name: &str) {
+        let mut child = self.agents.remove(name).expect("agent running");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// Sends `signal` to an agent and waits for it to exit.
+    pub fn signal_agent(
+        &mut self,
+        name: &str,
+        signal: nix::sys::signal::Signal,
+    ) -> std::process::ExitStatus {
+        let mut child = self.agents.remove(name).expect("agent running");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal).unwrap();
+        wait_exit(&mut child, Duration::from_secs(15))
+    }
+
+    /// SIGKILLs the control plane.
+    pub fn kill_control(&mut self) {
+        let mut child = self.control.take().expect("control plane running");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// Sends `signal` to the control plane and waits for it to exit.
+    pub fn signal_control(&mut self, signal: nix::sys::signal::Signal) -> std::process::ExitStatus {
+        let mut child = self.control.take().expect("control plane running");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal).unwrap();
+        wait_exit(&mut child, Duration::from_secs(15))
+    }
+
+    /// Runs the CLI against this cluster.
+    pub fn c4m(&self, args: &[&str]) -> Output {
+        self.c4m_with_stdin(args, "")
+    }
+
+    pub fn c4m_with_stdin(&self, args: &[&str], stdin: &str) -> Output {
+        let mut child = Command::new(C4M)
+            .args(args)
+            .env("C4M_ENDPOINT_URL", self.endpoint())
+            .env("C4M_ACCESS_TOKEN", ACCESS_TOKEN)
+            .env("C4M_SECRET_KEY", SECRET_KEY)
+            .env("C4M_HOME", self.dir.path().join("cli-home"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    }
+
+    /// Runs the CLI and insists it succeeds; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let output = self.c4m(args);
+        assert!(
+            output.status.success(),
+            "c4m {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    }
+
+    /// `c4m apply -f -` with `yaml`; insists it succeeds.
+    pub fn apply(&self, yaml: &str) -> String {
+        let output = self.c4m_with_stdin(&["apply", "-f", "-"], yaml);
+        assert!(
+            output.status.success(),
+            "apply failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    }
+
+    /// `c4m get KIND -o json` items.
+    pub fn list(&self, kind: &str) -> Vec<Value> {
+        let text = self.ok(&["get", kind, "-A", "-o", "json"]);
+        let list: Value = serde_json::from_str(&text).unwrap();
+        list["items"].as_array().cloned().unwrap_or_default()
+    }
+
+    pub fn node_ready(&self, name: &str) -> bool {
+        let output = self.c4m(&["get", "nodes", name, "-o", "json"]);
+        output.status.success()
+            && serde_json::from_slice::<Value>(&output.stdout)
+                .ok()
+                .is_some_and(|node| {
+                    node["status"]["conditions"].as_array().is_some_and(|cs| {
+                        cs.iter()
+                            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                    })
+                })
+    }
+
+    /// Instances with a label `key=value`.
+    pub fn instances_of(&self, selector: &str) -> Vec<Value> {
+        let text = self.ok(&["get", "instances", "-l", selector, "-o", "json"]);
+        serde_json::from_str::<Value>(&text).unwrap()["items"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Waits until `count` instances matching `selector` run and are ready.
+    pub fn wait_ready(&self, selector: &str, count: usize, timeout: Duration) -> Vec<Value> {
+        wait_for(
+            &format!("{count} ready instances of {selector}"),
+            timeout,
+            || {
+                let pods = self.instances_of(selector);
+                let ready: Vec<Value> = pods.iter().filter(|p| is_ready(p)).cloned().collect();
+                (ready.len() == count && pods.len() == count).then_some(ready)
+            },
+        )
+    }
+
+    pub fn log_text(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
+    }
+}
+
+pub fn is_ready(pod: &Value) -> bool {
+    pod["status"]["phase"] == "Running"
+        && pod["status"]["conditions"].as_array().is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        })
+}
+
+/// host:port where an instance's first port is published.
+pub fn instance_addr(pod: &Value) -> String {
+    let ports: Vec<Value> = serde_json::from_str(
+        pod["metadata"]["annotations"]["c4m.io/ports"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    format!(
+        "{}:{}",
+        pod["status"]["podIP"].as_str().unwrap(),
+        ports[0]["hostPort"]
+    )
+}
+
+/// The pid an instance of c4m-demo reports in its answer.
+pub fn demo_pid(addr: &str) -> Option<i32> {
+    let (code, body) = http_get(addr, "/")?;
+    if code != 200 {
+        return None;
+    }
+    body.split("pid ")
+        .nth(1)?
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+pub fn restarts(pod: &Value) -> i64 {
+    pod["status"]["containerStatuses"][0]["restartCount"]
+        .as_i64()
+        .unwrap_or(0)
+}
+
+fn wait_exit(child: &mut Child, timeout: Duration) -> std::process::ExitStatus {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if started.elapsed() > timeout {
+            let _ = child.kill();
+            panic!("process did not exit within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for (_, mut child) in std::mem::take(&mut self.agents) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if let Some(mut child) = self.control.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        kill_instances(self.dir.path());
+        if std::thread::panicking() {
+            for name in std::fs::read_dir(self.dir.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let path = name.path();
+                if path.extension().is_some_and(|e| e == "log") {
+                    let text = std::fs::read_to_string(&path).unwrap_or_default();
+                    let tail: Vec<&str> = text.lines().rev().take(40).collect();
+                    eprintln!("----- {} (last 40 lines) -----", path.display());
+                    for line in tail.into_iter().rev() {
+                        eprintln!("{line}");
+                    }
+                }
+            }
+        }
+    }
+}

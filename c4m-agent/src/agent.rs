@@ -1,0 +1,148 @@
+//! Composes the agent: supervisor, control-plane session, HTTP server.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use c4m_api::agent::{Driver, RegisterRequest};
+use c4m_core::{ContainerRuntime, ProcessRuntime};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::server::{ServerState, router};
+use crate::session::Session;
+use crate::supervisor::Supervisor;
+use crate::{Error, Result};
+
+/// How an agent identifies its node and reaches the control plane.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Node name (a DNS-1123 subdomain).
+    pub node_name: String,
+    /// gRPC URL of the control plane (`http://127.0.0.1:8141`).
+    pub control_plane: String,
+    /// Cluster token; None when the control plane runs in dev mode.
+    pub token: Option<String>,
+    /// Where drivers keep container state and logs.
+    pub data_dir: PathBuf,
+    /// CPU the node offers, in millicores.
+    pub cpu_millis: u64,
+    /// Memory the node offers, in bytes.
+    pub memory_bytes: u64,
+    /// Most instances the node runs at once.
+    pub max_instances: u64,
+    /// Node labels.
+    pub labels: BTreeMap<String, String>,
+    /// Address instances on this node are reached at.
+    pub address: IpAddr,
+    /// Where the agent's HTTP server listens (port 0 picks one).
+    pub listen: SocketAddr,
+}
+
+/// An agent with its HTTP listener bound, ready to [`run`](Self::run).
+pub struct Agent {
+    config: AgentConfig,
+    runtimes: Vec<Arc<dyn ContainerRuntime>>,
+    listener: TcpListener,
+}
+
+impl Agent {
+    /// The drivers that work on this node: `process` for now.
+    pub fn detect_runtimes(config: &AgentConfig) -> Result<Vec<Arc<dyn ContainerRuntime>>> {
+        let process = ProcessRuntime::new(config.data_dir.join("process"), config.address)?;
+        Ok(vec![Arc::new(process)])
+    }
+
+    /// Binds the agent's HTTP server.
+    pub async fn bind(
+        config: AgentConfig,
+        runtimes: Vec<Arc<dyn ContainerRuntime>>,
+    ) -> Result<Self> {
+        if runtimes.is_empty() {
+            return Err(Error::Config(
+                "no container driver works on this node".into(),
+            ));
+        }
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| Error::Io {
+                context: format!("cannot listen on {}", config.listen),
+                source,
+            })?;
+        Ok(Agent {
+            config,
+            runtimes,
+            listener,
+        })
+    }
+
+    /// Where the agent's HTTP server listens.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.listener.local_addr().unwrap_or(self.config.listen)
+    }
+
+    /// Runs until `shutdown`. Containers keep running after the agent stops;
+    /// the next agent on this node adopts them.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
+        let http_addr = self.http_addr();
+        let (assignments_tx, assignments_rx) = watch::channel(None);
+        let (statuses_tx, statuses_rx) = watch::channel(Arc::new(Vec::new()));
+        let directory = Arc::new(Mutex::new(HashMap::new()));
+        let (dns_tx, dns_rx) = watch::channel(String::new());
+        let register = RegisterRequest {
+            node_name: self.config.node_name.clone(),
+            cpu_millis: self.config.cpu_millis as i64,
+            memory_bytes: self.config.memory_bytes as i64,
+            max_instances: self.config.max_instances as i64,
+            labels: self.config.labels.clone().into_iter().collect(),
+            drivers: self
+                .runtimes
+                .iter()
+                .map(|r| Driver {
+                    name: r.name().to_string(),
+                    version: r.version(),
+                })
+                .collect(),
+            address: self.config.address.to_string(),
+            agent_url: format!("http://{http_addr}"),
+            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            os: std::env::consts::OS.to_string(),
+            arch: std::env::consts::ARCH.to_string(),
+        };
+        let supervisor = Supervisor {
+            runtimes: self.runtimes,
+            assignments: assignments_rx,
+            statuses: statuses_tx,
+            directory: Arc::clone(&directory),
+            dns_address: dns_rx,
+        };
+        let session = Session {
+            endpoint: self.config.control_plane.clone(),
+            token: self.config.token.clone(),
+            register,
+            assignments: assignments_tx,
+            statuses: statuses_rx,
+            dns_address: dns_tx,
+        };
+        let state = Arc::new(ServerState {
+            directory,
+            token: self.config.token.clone(),
+            shutdown: shutdown.clone(),
+        });
+        let server = axum::serve(self.listener, router(state))
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        tracing::info!(node = %self.config.node_name, %http_addr, "agent running");
+        let (_, _, served) = tokio::join!(
+            supervisor.run(shutdown.clone()),
+            session.run(shutdown.clone()),
+            server
+        );
+        tracing::info!("agent stopped; its containers keep running");
+        served.map_err(|source| Error::Io {
+            context: "agent HTTP server failed".into(),
+            source,
+        })
+    }
+}

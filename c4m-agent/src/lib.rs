@@ -1,0 +1,24 @@
+//! The c4m node agent, as a library another Rust service can embed.
+//!
+//! An [`Agent`] registers its node with the control plane, receives the set
+//! of instances bound to the node, and runs them through
+//! [`c4m_core::ContainerRuntime`] drivers: it starts what is missing, stops
+//! what is no longer assigned, restarts exited instances with exponential
+//! backoff, runs liveness and readiness probes, and reports status and
+//! resource usage back.
+//!
+//! Invariants:
+//! - The agent never writes to the store; it only reports to the control plane.
+//! - The agent acts only on an assignment set it has received: while the
+//!   control plane is unreachable, instances keep running untouched.
+//! - A restarted agent adopts the containers its drivers still run instead
+//!   of starting duplicates.
+
+mod agent;
+mod error;
+mod server;
+mod session;
+mod supervisor;
+
+pub use agent::{Agent, AgentConfig};
+pub use error::{Error, Result};

@@ -1,0 +1,298 @@
+//! A client for the control plane's HTTP/JSON API.
+
+use bytes::Bytes;
+use c4m_core::ResourceKind;
+use futures::{Stream, StreamExt, TryStreamExt};
+use reqwest::{Method, RequestBuilder, Response};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::{ApplyRequest, ApplyResponse, Error, Result, ServiceEndpoints, Status};
+
+/// The credentials the API accepts: an access token and its secret key.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Credentials {
+    /// Access token (`C4M_ACCESS_TOKEN`).
+    pub access_token: String,
+    /// Secret key (`C4M_SECRET_KEY`); may be empty.
+    pub secret_key: String,
+}
+
+impl Credentials {
+    /// The bearer token sent in `Authorization`.
+    pub fn bearer(&self) -> String {
+        if self.secret_key.is_empty() {
+            self.access_token.clone()
+        } else {
+            format!("{}.{}", self.access_token, self.secret_key)
+        }
+    }
+}
+
+/// URL path of a kind's collection or of one object of it.
+pub fn object_path(kind: &ResourceKind, namespace: Option<&str>, name: Option<&str>) -> String {
+    let mut path = if kind.group.is_empty() {
+        format!("/api/{}", kind.version)
+    } else {
+        format!("/apis/{}/{}", kind.group, kind.version)
+    };
+    if let (true, Some(ns)) = (kind.namespaced, namespace) {
+        path.push_str("/namespaces/");
+        path.push_str(ns);
+    }
+    path.push('/');
+    path.push_str(kind.plural);
+    if let Some(name) = name {
+        path.push('/');
+        path.push_str(name);
+    }
+    path
+}
+
+/// A client for one control plane.
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    endpoint: String,
+    bearer: Option<String>,
+}
+
+impl Client {
+    /// A client for the control plane at `endpoint` (`http://HOST:PORT`).
+    pub fn new(endpoint: &str, credentials: Option<&Credentials>) -> Result<Self> {
+        let endpoint = endpoint.trim_end_matches('/').to_string();
+        if !endpoint.starts_with("http://") && !endpoint.starts_with("https://") {
+            return Err(Error::Endpoint(endpoint));
+        }
+        Ok(Client {
+            http: reqwest::Client::new(),
+            endpoint,
+            bearer: credentials.map(Credentials::bearer),
+        })
+    }
+
+    /// The endpoint this client talks to.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        let request = self
+            .http
+            .request(method, format!("{}{}", self.endpoint, path));
+        match &self.bearer {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+    }
+
+    async fn send(&self, request: RequestBuilder) -> Result<Response> {
+        let response = request.send().await.map_err(|source| Error::Transport {
+            endpoint: self.endpoint.clone(),
+            source,
+        })?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        let code = response.status().as_u16();
+        let body = response.bytes().await.unwrap_or_default();
+        Err(match serde_json::from_slice::<Status>(&body) {
+            Ok(status) if !status.message.is_empty() => Error::Api {
+                code,
+                reason: status.reason,
+                message: status.message,
+            },
+            _ => Error::Api {
+                code,
+                reason: String::new(),
+                message: format!("HTTP {code}: {}", String::from_utf8_lossy(&body).trim()),
+            },
+        })
+    }
+
+    async fn json<T: DeserializeOwned>(&self, request: RequestBuilder) -> Result<T> {
+        let response = self.send(request).await?;
+        let body = response.bytes().await.map_err(|source| Error::Transport {
+            endpoint: self.endpoint.clone(),
+            source,
+        })?;
+        serde_json::from_slice(&body).map_err(|e| Error::Decode(e.to_string()))
+    }
+
+    /// `GET` of any API path, decoded as JSON.
+    pub async fn get_path<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        self.json(self.request(Method::GET, path)).await
+    }
+
+    /// Lists objects of a kind (all namespaces when `namespace` is None),
+    /// optionally filtered by a label selector. Returns the Kubernetes List.
+    pub async fn list(
+        &self,
+        kind: &ResourceKind,
+        namespace: Option<&str>,
+        label_selector: Option<&str>,
+    ) -> Result<Value> {
+        let mut request = self.request(Method::GET, &object_path(kind, namespace, None));
+        if let Some(selector) = label_selector {
+            request = request.query(&[("labelSelector", selector)]);
+        }
+        self.json(request).await
+    }
+
+    /// Reads one object.
+    pub async fn get(
+        &self,
+        kind: &ResourceKind,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<Value> {
+        self.get_path(&object_path(kind, namespace, Some(name)))
+            .await
+    }
+
+    /// Creates an object.
+    pub async fn create(
+        &self,
+        kind: &ResourceKind,
+        namespace: Option<&str>,
+        object: &Value,
+    ) -> Result<Value> {
+        let request = self
+            .request(Method::POST, &object_path(kind, namespace, None))
+            .json(object);
+        self.json(request).await
+    }
+
+    /// Replaces an object (compare-and-swap when it carries a resourceVersion).
+    pub async fn replace(
+        &self,
+        kind: &ResourceKind,
+        namespace: Option<&str>,
+        name: &str,
+        object: &Value,
+    ) -> Result<Value> {
+        let request = self
+            .request(Method::PUT, &object_path(kind, namespace, Some(name)))
+            .json(object);
+        self.json(request).await
+    }
+
+    /// Deletes an object; objects it owns are deleted after it.
+    pub async fn delete(
+        &self,
+        kind: &ResourceKind,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<Value> {
+        self.json(self.request(Method::DELETE, &object_path(kind, namespace, Some(name))))
+            .await
+    }
+
+    /// Creates or updates many objects in one all-or-nothing write.
+    pub async fn apply(&self, request: &ApplyRequest) -> Result<ApplyResponse> {
+        self.json(self.request(Method::POST, "/c4m/v1/apply").json(request))
+            .await
+    }
+
+    /// The registry's ready endpoints of a service.
+    pub async fn endpoints(&self, namespace: &str, service: &str) -> Result<ServiceEndpoints> {
+        self.get_path(&format!(
+            "/c4m/v1/namespaces/{namespace}/services/{service}/endpoints"
+        ))
+        .await
+    }
+
+    /// Current CPU and memory usage of an instance (a `PodMetrics` object).
+    pub async fn instance_metrics(&self, namespace: &str, name: &str) -> Result<Value> {
+        self.get_path(&format!(
+            "/apis/metrics.k8s.io/v1beta1/namespaces/{namespace}/pods/{name}"
+        ))
+        .await
+    }
+
+    /// An instance's output, streamed; with `follow` the stream stays open
+    /// while the instance runs.
+    pub async fn logs(
+        &self,
+        namespace: &str,
+        name: &str,
+        follow: bool,
+        tail_lines: Option<usize>,
+    ) -> Result<impl Stream<Item = Result<Bytes>> + use<>> {
+        let mut request = self
+            .request(
+                Method::GET,
+                &format!("/api/v1/namespaces/{namespace}/pods/{name}/log"),
+            )
+            .query(&[("follow", follow)]);
+        if let Some(tail) = tail_lines {
+            request = request.query(&[("tailLines", tail)]);
+        }
+        let endpoint = self.endpoint.clone();
+        let response = self.send(request).await?;
+        Ok(response
+            .bytes_stream()
+            .map_err(move |source| Error::Transport {
+                endpoint: endpoint.clone(),
+                source,
+            }))
+    }
+
+    /// Streams watch events of a kind after `resource_version`.
+    pub async fn watch(
+        &self,
+        kind: &ResourceKind,
+        namespace: Option<&str>,
+        resource_version: &str,
+    ) -> Result<impl Stream<Item = Result<crate::WatchEvent>> + use<>> {
+        let request = self
+            .request(Method::GET, &object_path(kind, namespace, None))
+            .query(&[("watch", "1"), ("resourceVersion", resource_version)]);
+        let response = self.send(request).await?;
+        let endpoint = self.endpoint.clone();
+        let lines = response
+            .bytes_stream()
+            .map_err(move |source| Error::Transport {
+                endpoint: endpoint.clone(),
+                source,
+            });
+        Ok(split_lines(lines).map(|line| {
+            line.and_then(|line| {
+                serde_json::from_slice(&line).map_err(|e| Error::Decode(e.to_string()))
+            })
+        }))
+    }
+}
+
+/// Re-chunks a byte stream into newline-terminated lines.
+fn split_lines(
+    input: impl Stream<Item = Result<Bytes>> + Send + 'static,
+) -> impl Stream<Item = Result<Vec<u8>>> + Send + 'static {
+    futures::stream::unfold(
+        (Box::pin(input), Vec::new(), false),
+        |(mut input, mut buffer, mut done)| async move {
+            loop {
+                if let Some(end) = buffer.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = buffer.drain(..=end).collect();
+                    if line.len() > 1 {
+                        return Some((Ok(line), (input, buffer, done)));
+                    }
+                    continue;
+                }
+                if done {
+                    return None;
+                }
+                match input.next().await {
+                    Some(Ok(chunk)) => buffer.extend_from_slice(&chunk),
+                    Some(Err(e)) => return Some((Err(e), (input, buffer, true))),
+                    None => {
+                        done = true;
+                        if !buffer.is_empty() {
+                            buffer.push(b'\n');
+                        }
+                    }
+                }
+            }
+        },
+    )
+}

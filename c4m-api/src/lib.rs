@@ -1,0 +1,24 @@
+//! c4m's wire protocols.
+//!
+//! - [`agent`]: the gRPC service between node agents and the control plane
+//!   (generated from `proto/agent.proto`).
+//! - [`Client`]: a client for the control plane's HTTP/JSON API, used by the
+//!   `c4m` CLI and by tests, with the request and response types the API and
+//!   the client share ([`ApplyRequest`], [`ServiceEndpoints`], ...).
+
+mod client;
+mod error;
+mod types;
+
+/// The agent ↔ control plane gRPC protocol.
+#[allow(missing_docs, clippy::all)]
+pub mod agent {
+    tonic::include_proto!("c4m.agent.v1");
+}
+
+pub use client::{Client, Credentials, object_path};
+pub use error::{Error, Result};
+pub use types::{
+    ApplyAction, ApplyObject, ApplyRequest, ApplyResponse, ApplyResult, EndpointInfo,
+    ServiceEndpoints, Status, WatchEvent,
+};

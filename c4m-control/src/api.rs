@@ -1,0 +1,556 @@
+//! The HTTP/JSON API: Kubernetes-style paths and semantics for every kind,
+//! plus c4m's own endpoints (batch apply, the service registry, metrics).
+//!
+//! Paths: `/api/v1/...` for the core group, `/apis/{group}/{version}/...`
+//! for the others; `namespaces/{ns}/` before the plural for namespaced
+//! kinds; `/{name}` for one object and `/{name}/status` for its status.
+//! Lists are Kubernetes Lists with a resourceVersion; `?watch=1` streams
+//! newline-delimited watch events from a resourceVersion.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use c4m_api::ApplyRequest;
+use c4m_core::ResourceKind;
+use c4m_store::EventKind;
+use futures::StreamExt;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::agents::UsageMap;
+use crate::objects::{Objects, Part, decode, kind, prefix};
+use crate::registry::Registry;
+use crate::selector::Selector;
+use crate::{Error, Result};
+
+/// What the handlers share.
+pub(crate) struct ApiState {
+    pub objects: Objects,
+    pub registry: Registry,
+    pub usage: Arc<UsageMap>,
+    /// The bearer token clients must present; None in dev mode.
+    pub token: Option<String>,
+    /// The token the control plane presents to agents.
+    pub agent_token: String,
+    pub http: reqwest::Client,
+    pub shutdown: CancellationToken,
+}
+
+type Shared = State<Arc<ApiState>>;
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let (code, reason) = self.http_status();
+        if code >= 500 {
+            tracing::error!(error = %self, "API request failed");
+        }
+        let body = json!({
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": self.to_string(),
+            "reason": reason,
+            "code": code,
+        });
+        (
+            StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            axum::Json(body),
+        )
+            .into_response()
+    }
+}
+
+/// The API's router.
+pub(crate) fn router(state: Arc<ApiState>) -> Router {
+    Router::new()
+        .route("/c4m/v1/apply", post(apply))
+        .route(
+            "/c4m/v1/namespaces/{ns}/services/{name}/endpoints",
+            get(service_endpoints),
+        )
+        .route(
+            "/apis/metrics.k8s.io/v1beta1/namespaces/{ns}/pods/{name}",
+            get(pod_metrics),
+        )
+        .route("/api/v1/namespaces/{ns}/pods/{name}/log", get(pod_log))
+        .fallback(resource)
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            authenticate,
+        ))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(|| async { "ok" }))
+        .route("/livez", get(|| async { "ok" }))
+        .route("/version", get(version))
+        .with_state(state)
+}
+
+async fn authenticate(State(state): Shared, request: Request, next: Next) -> Response {
+    if let Some(token) = &state.token {
+        let presented = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        match presented {
+            Some(presented) if constant_time_eq(presented.as_bytes(), token.as_bytes()) => {}
+            Some(_) => {
+                return Error::Unauthorized("the access token or secret key is wrong".into())
+                    .into_response();
+            }
+            None => {
+                return Error::Unauthorized(
+                    "no credentials: set C4M_ACCESS_TOKEN and C4M_SECRET_KEY".into(),
+                )
+                .into_response();
+            }
+        }
+    }
+    next.run(request).await
+}
+
+/// Compares secrets without leaking where they differ through timing.
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn version() -> axum::Json<Value> {
+    axum::Json(json!({
+        "major": "1",
+        "minor": "33",
+        "gitVersion": format!("v1.33.0+c4m-{}", env!("CARGO_PKG_VERSION")),
+        "platform": format!("{}/{}", std::env::consts::OS, std::env::consts::ARCH),
+    }))
+}
+
+async fn apply(State(state): Shared, body: Bytes) -> Result<axum::Json<c4m_api::ApplyResponse>> {
+    let request: ApplyRequest = serde_json::from_slice(&body)
+        .map_err(|e| Error::BadRequest(format!("invalid apply request: {e}")))?;
+    Ok(axum::Json(state.objects.apply(request).await?))
+}
+
+async fn service_endpoints(
+    State(state): Shared,
+    Path((ns, name)): Path<(String, String)>,
+) -> Result<Response> {
+    match state.registry.service(&ns, &name) {
+        Some(endpoints) => Ok(axum::Json(endpoints).into_response()),
+        None => Err(Error::NotFound {
+            kind: "services".into(),
+            name: format!("{ns}/{name}"),
+        }),
+    }
+}
+
+async fn pod_metrics(
+    State(state): Shared,
+    Path((ns, name)): Path<(String, String)>,
+) -> Result<axum::Json<Value>> {
+    let pod = state.objects.get(kind("pods"), &ns, &name).await?;
+    let usage = state
+        .usage
+        .get(&(ns.clone(), name.clone()))
+        .map(|u| *u)
+        .ok_or_else(|| Error::NotFound {
+            kind: "podmetrics".into(),
+            name: format!("{ns}/{name} (no usage reported yet)"),
+        })?;
+    let timestamp = c4m_core::format_rfc3339(usage.at);
+    Ok(axum::Json(json!({
+        "apiVersion": "metrics.k8s.io/v1beta1",
+        "kind": "PodMetrics",
+        "metadata": {"name": name, "namespace": ns, "creationTimestamp": timestamp},
+        "timestamp": timestamp,
+        "window": "10s",
+        "containers": [{
+            "name": pod["spec"]["containers"][0]["name"],
+            "usage": {
+                "cpu": c4m_core::format_cpu_millis(usage.cpu_millis.max(0) as u64),
+                "memory": format!("{}Ki", usage.memory_bytes.max(0) / 1024),
+            },
+        }],
+    })))
+}
+
+async fn pod_log(
+    State(state): Shared,
+    Path((ns, name)): Path<(String, String)>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Response> {
+    let pod = state.objects.get(kind("pods"), &ns, &name).await?;
+    let node = crate::pods::node_name(&pod).ok_or_else(|| {
+        Error::BadRequest(format!("instance {name} is not scheduled to a node yet"))
+    })?;
+    let node_object = state.objects.get(kind("nodes"), "", node).await?;
+    let agent_url = node_object["metadata"]["annotations"][c4m_core::annotations::AGENT_URL]
+        .as_str()
+        .filter(|u| !u.is_empty())
+        .ok_or_else(|| Error::Unavailable(format!("node {node} has no agent address")))?;
+    let mut forwarded: Vec<(&str, &str)> = Vec::new();
+    for key in ["follow", "tailLines"] {
+        if let Some(value) = query.get(key) {
+            forwarded.push((key, value));
+        }
+    }
+    let response = state
+        .http
+        .get(format!("{agent_url}/v1/instances/{ns}/{name}/log"))
+        .query(&forwarded)
+        .bearer_auth(&state.agent_token)
+        .send()
+        .await
+        .map_err(|e| Error::Unavailable(format!("cannot reach the agent of node {node}: {e}")))?;
+    if !response.status().is_success() {
+        let code = response.status().as_u16();
+        let text = response.text().await.unwrap_or_default();
+        return Err(match code {
+            404 => Error::NotFound {
+                kind: "instance logs".into(),
+                name: format!("{ns}/{name}"),
+            },
+            _ => Error::Unavailable(format!(
+                "agent of node {node} answered {code}: {}",
+                text.trim()
+            )),
+        });
+    }
+    let shutdown = state.shutdown.clone();
+    let body = response
+        .bytes_stream()
+        .take_until(shutdown.cancelled_owned());
+    Ok(Response::builder()
+        .header(header::CONTENT_TYPE, "text/plain")
+        .body(Body::from_stream(body))
+        .unwrap_or_default())
+}
+
+/// What a resource path names.
+struct Target {
+    kind: &'static ResourceKind,
+    namespace: Option<String>,
+    name: Option<String>,
+    subresource: Option<String>,
+}
+
+fn parse_target(path: &str) -> Result<Target> {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (group, version, rest) = match segments.as_slice() {
+        ["api", version, rest @ ..] => ("", *version, rest),
+        ["apis", group, version, rest @ ..] => (*group, *version, rest),
+        _ => {
+            return Err(Error::NotFound {
+                kind: "path".into(),
+                name: path.into(),
+            });
+        }
+    };
+    let not_found = || Error::NotFound {
+        kind: "path".into(),
+        name: path.into(),
+    };
+    let namespaced = rest.len() >= 3
+        && rest[0] == "namespaces"
+        && ResourceKind::from_path(group, version, rest[2]).is_some_and(|k| k.namespaced);
+    let (namespace, rest) = if namespaced {
+        (Some(rest[1].to_string()), &rest[2..])
+    } else {
+        (None, rest)
+    };
+    let (plural, name, subresource) = match rest {
+        [plural] => (*plural, None, None),
+        [plural, name] => (*plural, Some(*name), None),
+        [plural, name, sub] => (*plural, Some(*name), Some(*sub)),
+        _ => return Err(not_found()),
+    };
+    let kind = ResourceKind::from_path(group, version, plural).ok_or_else(not_found)?;
+    Ok(Target {
+        kind,
+        namespace,
+        name: name.map(str::to_string),
+        subresource: subresource.map(str::to_string),
+    })
+}
+
+async fn resource(
+    State(state): Shared,
+    method: Method,
+    uri: Uri,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response> {
+    let target = parse_target(uri.path())?;
+    let kind = target.kind;
+    let namespace = target.namespace.clone().unwrap_or_default();
+    if kind.namespaced && target.name.is_some() && target.namespace.is_none() {
+        return Err(Error::BadRequest(format!(
+            "{} are namespaced: use /namespaces/NAMESPACE/{}/NAME",
+            kind.plural, kind.plural
+        )));
+    }
+    let parse_body = || -> Result<Value> {
+        if headers
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/yaml"))
+        {
+            return Err(Error::BadRequest("send JSON (application/json)".into()));
+        }
+        serde_json::from_slice(&body)
+            .map_err(|e| Error::BadRequest(format!("the body is not valid JSON: {e}")))
+    };
+    let sub = target.subresource.as_deref();
+    match (&method, target.name.as_deref(), sub) {
+        (&Method::GET, None, None) => {
+            if query.get("watch").is_some_and(|w| w == "1" || w == "true") {
+                watch(&state, kind, target.namespace.as_deref(), &query).await
+            } else {
+                list(&state, kind, target.namespace.as_deref(), &query).await
+            }
+        }
+        (&Method::POST, None, None) => {
+            if kind.namespaced && target.namespace.is_none() {
+                return Err(Error::BadRequest(format!(
+                    "create {} under /namespaces/NAMESPACE/{}",
+                    kind.plural, kind.plural
+                )));
+            }
+            let value = parse_body()?;
+            validate(kind, &value)?;
+            let created = state.objects.create(kind, &namespace, value).await?;
+            Ok((StatusCode::CREATED, axum::Json(created)).into_response())
+        }
+        (&Method::GET, Some(name), None | Some("status")) => {
+            Ok(axum::Json(state.objects.get(kind, &namespace, name).await?).into_response())
+        }
+        (&Method::PUT, Some(name), None | Some("status")) => {
+            let value = parse_body()?;
+            let part = if sub == Some("status") {
+                Part::Status
+            } else {
+                Part::Main
+            };
+            if part == Part::Main {
+                validate(kind, &value)?;
+            }
+            Ok(axum::Json(
+                state
+                    .objects
+                    .replace(kind, &namespace, name, value, part)
+                    .await?,
+            )
+            .into_response())
+        }
+        (&Method::DELETE, Some(name), None) => {
+            let (deleted, _) = state.objects.delete(kind, &namespace, name).await?;
+            if kind.kind == "Namespace" {
+                delete_namespace_contents(&state, name).await?;
+            }
+            Ok(axum::Json(deleted).into_response())
+        }
+        _ => Err(Error::BadRequest(format!(
+            "{method} is not supported on {}",
+            uri.path()
+        ))),
+    }
+}
+
+/// Validates an object sent to the API with the same rules as `c4m apply`.
+fn validate(kind: &ResourceKind, value: &Value) -> Result<()> {
+    let mut value = value.clone();
+    if let Some(object) = value.as_object_mut() {
+        object
+            .entry("apiVersion")
+            .or_insert_with(|| json!(kind.api_version()));
+        object.entry("kind").or_insert_with(|| json!(kind.kind));
+    }
+    let document = c4m_core::Document {
+        source: "request".into(),
+        index: 1,
+        value,
+    };
+    c4m_core::validate(&document).map(|_| ()).map_err(|e| {
+        Error::Invalid(if e.path.is_empty() {
+            e.message
+        } else {
+            format!("{}: {}", e.path, e.message)
+        })
+    })
+}
+
+async fn delete_namespace_contents(state: &ApiState, namespace: &str) -> Result<()> {
+    for kind in c4m_core::KINDS.iter().filter(|k| k.namespaced) {
+        let (items, _) = state.objects.list(kind, Some(namespace)).await?;
+        for item in items {
+            match state
+                .objects
+                .delete(kind, namespace, crate::objects::name_of(&item))
+                .await
+            {
+                Ok(_) | Err(Error::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(())
+}
+
+fn selectors(query: &HashMap<String, String>) -> Result<(Selector, Selector)> {
+    let labels = Selector::parse(
+        query
+            .get("labelSelector")
+            .map(String::as_str)
+            .unwrap_or_default(),
+    )?;
+    let fields = Selector::parse(
+        query
+            .get("fieldSelector")
+            .map(String::as_str)
+            .unwrap_or_default(),
+    )?;
+    Ok((labels, fields))
+}
+
+fn selected(object: &Value, labels: &Selector, fields: &Selector) -> bool {
+    labels.matches(&crate::pods::labels(object)) && fields.matches_fields(object)
+}
+
+async fn list(
+    state: &ApiState,
+    kind: &ResourceKind,
+    namespace: Option<&str>,
+    query: &HashMap<String, String>,
+) -> Result<Response> {
+    let (labels, fields) = selectors(query)?;
+    let (items, revision) = state.objects.list(kind, namespace).await?;
+    let items: Vec<Value> = items
+        .into_iter()
+        .filter(|o| selected(o, &labels, &fields))
+        .collect();
+    Ok(axum::Json(json!({
+        "apiVersion": kind.api_version(),
+        "kind": format!("{}List", kind.kind),
+        "metadata": {"resourceVersion": revision.to_string()},
+        "items": items,
+    }))
+    .into_response())
+}
+
+async fn watch(
+    state: &ApiState,
+    kind: &ResourceKind,
+    namespace: Option<&str>,
+    query: &HashMap<String, String>,
+) -> Result<Response> {
+    let (labels, fields) = selectors(query)?;
+    let requested = query
+        .get("resourceVersion")
+        .map(String::as_str)
+        .unwrap_or("");
+    let (initial, from) = match requested {
+        "" | "0" => {
+            let (items, revision) = state.objects.list(kind, namespace).await?;
+            let events: Vec<Value> = items
+                .into_iter()
+                .filter(|o| selected(o, &labels, &fields))
+                .map(|o| json!({"type": "ADDED", "object": o}))
+                .collect();
+            (events, revision)
+        }
+        rv => (
+            Vec::new(),
+            rv.parse()
+                .map_err(|_| Error::BadRequest(format!("resourceVersion: invalid value {rv:?}")))?,
+        ),
+    };
+    let events = state
+        .objects
+        .store()
+        .watch(&prefix(kind, namespace), from)
+        .await
+        .map_err(Error::from)?;
+    let timeout = query
+        .get("timeoutSeconds")
+        .and_then(|t| t.parse().ok())
+        .map_or(Duration::from_secs(30 * 60), Duration::from_secs);
+    let live = events.filter_map(move |event| {
+        let (labels, fields) = (labels.clone(), fields.clone());
+        async move {
+            let event = match event {
+                Ok(event) => event,
+                Err(e) => {
+                    let error = Error::from(e);
+                    let (code, reason) = error.http_status();
+                    return Some(json!({"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": error.to_string(), "reason": reason, "code": code}}));
+                }
+            };
+            let (event_type, object) = match event.kind {
+                EventKind::Put if event.kv.create_revision == event.kv.mod_revision => ("ADDED", decode(&event.kv).ok()?),
+                EventKind::Put => ("MODIFIED", decode(&event.kv).ok()?),
+                EventKind::Delete => {
+                    let mut object = decode(event.prev.as_ref()?).ok()?;
+                    object["metadata"]["resourceVersion"] = json!(event.kv.mod_revision.to_string());
+                    ("DELETED", object)
+                }
+            };
+            selected(&object, &labels, &fields).then(|| json!({"type": event_type, "object": object}))
+        }
+    });
+    let stream = futures::stream::iter(initial)
+        .chain(live)
+        .map(|event| Ok::<_, std::io::Error>(Bytes::from(format!("{event}\n"))))
+        .take_until(tokio::time::sleep(timeout))
+        .take_until(state.shutdown.clone().cancelled_owned());
+    Ok(Response::builder()
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from_stream(stream))
+        .unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_resolve() {
+        let t = parse_target("/api/v1/namespaces/default/pods/web-1/status").unwrap();
+        assert_eq!(
+            (
+                t.kind.plural,
+                t.namespace.as_deref(),
+                t.name.as_deref(),
+                t.subresource.as_deref()
+            ),
+            ("pods", Some("default"), Some("web-1"), Some("status"))
+        );
+        let t = parse_target("/api/v1/namespaces/default").unwrap();
+        assert_eq!(
+            (t.kind.plural, t.name.as_deref()),
+            ("namespaces", Some("default"))
+        );
+        let t = parse_target("/apis/apps/v1/deployments").unwrap();
+        assert_eq!((t.kind.plural, t.namespace), ("deployments", None));
+        let t = parse_target("/apis/c4m.io/v1/namespaces/x/microservices").unwrap();
+        assert_eq!(
+            (t.kind.plural, t.namespace.as_deref()),
+            ("microservices", Some("x"))
+        );
+        assert!(parse_target("/api/v1/widgets").is_err());
+        assert!(parse_target("/apis/apps/v1/pods").is_err());
+    }
+
+    #[test]
+    fn tokens_compare() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+    }
+}

@@ -1,0 +1,338 @@
+//! The workload controller: keeps each Microservice and Deployment at its
+//! replica count of up-to-date instances.
+//!
+//! An instance records the hash of the pod template it was made from; after
+//! a spec change, instances with another hash are replaced one surge at a
+//! time, never taking ready instances below `replicas - maxUnavailable`
+//! (Kubernetes' RollingUpdate defaults: 25% surge, 25% unavailable, at
+//! least one surge). Terminal instances are deleted and so replaced.
+//! Instances whose owner is gone are deleted (garbage collection).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use c4m_core::{Microservice, annotations, pod_template_for_microservice};
+use k8s_openapi::api::apps::v1::Deployment;
+use serde_json::{Value, json};
+
+use super::latest;
+use crate::Result;
+use crate::cache::Cache;
+use crate::objects::{Objects, kind, name_of, namespace_of, random_suffix};
+use crate::pods::{controller_uid, is_ready, is_terminal, stable_hash};
+
+/// What the controller needs to know of an owner.
+struct Owner {
+    kind: &'static str,
+    api_version: &'static str,
+    plural: &'static str,
+    namespace: String,
+    name: String,
+    uid: String,
+    generation: i64,
+    replicas: usize,
+    /// The pod template as JSON (`metadata` + `spec`).
+    template: Value,
+    object: Arc<Value>,
+}
+
+/// One reconcile pass over every owner.
+pub(crate) async fn reconcile(objects: &Objects, cache: &Cache) -> Result<Option<i64>> {
+    let mut by_owner: HashMap<String, Vec<Arc<Value>>> = HashMap::new();
+    let pods = cache.list(kind("pods"), None);
+    for pod in &pods {
+        if let Some(uid) = controller_uid(pod) {
+            by_owner
+                .entry(uid.to_string())
+                .or_default()
+                .push(Arc::clone(pod));
+        }
+    }
+    let owners = owners(cache);
+    let live: HashSet<&str> = owners.iter().map(|o| o.uid.as_str()).collect();
+    let mut written = None;
+    for owner in &owners {
+        let pods = by_owner
+            .get(&owner.uid)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        match reconcile_owner(objects, owner, pods).await {
+            Ok(revision) => written = latest(written, revision),
+            Err(e) => {
+                tracing::warn!(owner = %owner.name, kind = owner.kind, error = %e, "cannot reconcile")
+            }
+        }
+    }
+    // Garbage collection: instances whose controller no longer exists.
+    for (uid, pods) in &by_owner {
+        if live.contains(uid.as_str()) || !owned_by_workload(&pods[0]) {
+            continue;
+        }
+        for pod in pods {
+            written = latest(written, delete_pod(objects, pod).await);
+        }
+    }
+    Ok(written)
+}
+
+fn owned_by_workload(pod: &Value) -> bool {
+    pod["metadata"]["ownerReferences"]
+        .as_array()
+        .is_some_and(|refs| {
+            refs.iter()
+                .any(|r| r["kind"] == "Microservice" || r["kind"] == "Deployment")
+        })
+}
+
+fn owners(cache: &Cache) -> Vec<Owner> {
+    let mut owners = Vec::new();
+    for object in cache.list(kind("microservices"), None) {
+        match serde_json::from_value::<Microservice>((*object).clone()) {
+            Ok(ms) => {
+                let template = pod_template_for_microservice(&ms);
+                owners.push(Owner {
+                    kind: "Microservice",
+                    api_version: "c4m.io/v1",
+                    plural: "microservices",
+                    namespace: namespace_of(&object).to_string(),
+                    name: name_of(&object).to_string(),
+                    uid: object["metadata"]["uid"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                    generation: object["metadata"]["generation"].as_i64().unwrap_or(1),
+                    replicas: ms.spec.replicas.max(0) as usize,
+                    template: serde_json::to_value(template).unwrap_or_default(),
+                    object,
+                });
+            }
+            Err(e) => {
+                tracing::warn!(name = name_of(&object), error = %e, "skipping an undecodable microservice")
+            }
+        }
+    }
+    for object in cache.list(kind("deployments"), None) {
+        match serde_json::from_value::<Deployment>((*object).clone()) {
+            Ok(deployment) => {
+                let spec = deployment.spec.unwrap_or_default();
+                owners.push(Owner {
+                    kind: "Deployment",
+                    api_version: "apps/v1",
+                    plural: "deployments",
+                    namespace: namespace_of(&object).to_string(),
+                    name: name_of(&object).to_string(),
+                    uid: object["metadata"]["uid"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                    generation: object["metadata"]["generation"].as_i64().unwrap_or(1),
+                    replicas: spec.replicas.unwrap_or(1).max(0) as usize,
+                    template: serde_json::to_value(spec.template).unwrap_or_default(),
+                    object,
+                });
+            }
+            Err(e) => {
+                tracing::warn!(name = name_of(&object), error = %e, "skipping an undecodable deployment")
+            }
+        }
+    }
+    owners
+}
+
+async fn reconcile_owner(
+    objects: &Objects,
+    owner: &Owner,
+    pods: &[Arc<Value>],
+) -> Result<Option<i64>> {
+    let hash = stable_hash(owner.template.to_string().as_bytes());
+    let mut written = None;
+    let (terminal, mut active): (Vec<&Arc<Value>>, Vec<&Arc<Value>>) =
+        pods.iter().partition(|p| is_terminal(p));
+    for pod in terminal {
+        written = latest(written, delete_pod(objects, pod).await);
+    }
+    let is_current =
+        |pod: &Value| pod["metadata"]["annotations"][annotations::TEMPLATE_HASH] == hash.as_str();
+    let (current, outdated): (Vec<_>, Vec<_>) = active.drain(..).partition(|p| is_current(p));
+    let replicas = owner.replicas;
+    let max_surge = (replicas / 4).max(1);
+    let min_ready = replicas - replicas / 4;
+
+    // Create up-to-date instances up to `replicas`, surging above it only
+    // while outdated ones are being replaced.
+    let allowed_total = if outdated.is_empty() {
+        replicas
+    } else {
+        replicas + max_surge
+    };
+    let to_create = replicas
+        .saturating_sub(current.len())
+        .min(allowed_total.saturating_sub(current.len() + outdated.len()));
+    if to_create > 0 {
+        let new_pods = (0..to_create)
+            .map(|_| (kind("pods"), new_pod(owner, &hash)))
+            .collect();
+        written = latest(written, Some(objects.create_many(new_pods).await?));
+    }
+
+    // Delete surplus up-to-date instances (not ready first, then newest), and
+    // outdated ones as long as enough instances stay ready.
+    let mut ready = current
+        .iter()
+        .chain(&outdated)
+        .filter(|p| is_ready(p))
+        .count();
+    let mut doomed = Vec::new();
+    let mut surplus_current: Vec<_> = current.iter().collect();
+    surplus_current.sort_by_key(|p| (is_ready(p), std::cmp::Reverse(creation(p))));
+    for pod in surplus_current
+        .into_iter()
+        .take(current.len().saturating_sub(replicas))
+    {
+        doomed.push(*pod);
+    }
+    let mut outdated_order: Vec<_> = outdated.iter().collect();
+    outdated_order.sort_by_key(|p| (is_ready(p), creation(p)));
+    for pod in outdated_order {
+        if is_ready(pod) {
+            if ready <= min_ready {
+                continue;
+            }
+            ready -= 1;
+        }
+        doomed.push(*pod);
+    }
+    for pod in doomed {
+        written = latest(written, delete_pod(objects, pod).await);
+    }
+
+    written = latest(written, update_status(objects, owner, pods, &hash).await?);
+    Ok(written)
+}
+
+fn creation(pod: &Value) -> String {
+    pod["metadata"]["creationTimestamp"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+async fn delete_pod(objects: &Objects, pod: &Value) -> Option<i64> {
+    match objects
+        .delete(kind("pods"), namespace_of(pod), name_of(pod))
+        .await
+    {
+        Ok((_, revision)) => Some(revision),
+        Err(crate::Error::NotFound { .. }) => None,
+        Err(e) => {
+            tracing::warn!(pod = name_of(pod), error = %e, "cannot delete instance");
+            None
+        }
+    }
+}
+
+fn new_pod(owner: &Owner, hash: &str) -> Value {
+    let template = &owner.template;
+    let mut metadata = template["metadata"].clone();
+    if !metadata.is_object() {
+        metadata = json!({});
+    }
+    metadata["name"] = json!(format!("{}-{}", owner.name, random_suffix()));
+    metadata["namespace"] = json!(owner.namespace);
+    if !metadata["annotations"].is_object() {
+        metadata["annotations"] = json!({});
+    }
+    metadata["annotations"][annotations::TEMPLATE_HASH] = json!(hash);
+    metadata["ownerReferences"] = json!([{
+        "apiVersion": owner.api_version,
+        "kind": owner.kind,
+        "name": owner.name,
+        "uid": owner.uid,
+        "controller": true,
+        "blockOwnerDeletion": true,
+    }]);
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": metadata,
+        "spec": template["spec"],
+        "status": {"phase": "Pending"},
+    })
+}
+
+async fn update_status(
+    objects: &Objects,
+    owner: &Owner,
+    pods: &[Arc<Value>],
+    hash: &str,
+) -> Result<Option<i64>> {
+    let active: Vec<_> = pods.iter().filter(|p| !is_terminal(p)).collect();
+    let ready = active.iter().filter(|p| is_ready(p)).count();
+    let updated = active
+        .iter()
+        .filter(|p| p["metadata"]["annotations"][annotations::TEMPLATE_HASH] == hash)
+        .count();
+    let updated_ready = active
+        .iter()
+        .filter(|p| p["metadata"]["annotations"][annotations::TEMPLATE_HASH] == hash && is_ready(p))
+        .count();
+    let complete = updated_ready >= owner.replicas && active.len() == owner.replicas;
+    let available = ready >= owner.replicas.saturating_sub(owner.replicas / 4);
+    let mut status = json!({
+        "observedGeneration": owner.generation,
+        "replicas": active.len(),
+        "readyReplicas": ready,
+        "availableReplicas": ready,
+        "updatedReplicas": updated,
+    });
+    if owner.replicas > active.len() {
+        status["unavailableReplicas"] = json!(owner.replicas - ready.min(owner.replicas));
+    }
+    let mut desired = (*owner.object).clone();
+    let previous_conditions = desired["status"]["conditions"].clone();
+    desired["status"] = status;
+    desired["status"]["conditions"] = previous_conditions;
+    crate::pods::set_condition(
+        &mut desired,
+        "Available",
+        available,
+        if available {
+            "MinimumReplicasAvailable"
+        } else {
+            "MinimumReplicasUnavailable"
+        },
+        &format!("{ready} of {} replicas ready", owner.replicas),
+    );
+    crate::pods::set_condition(
+        &mut desired,
+        "Progressing",
+        true,
+        if complete {
+            "NewReplicaSetAvailable"
+        } else {
+            "ReplicaSetUpdated"
+        },
+        &format!(
+            "{updated_ready} of {} updated replicas ready",
+            owner.replicas
+        ),
+    );
+    if desired["status"] == owner.object["status"] {
+        return Ok(None);
+    }
+    let status = desired["status"].clone();
+    objects
+        .update_with(
+            kind(owner.plural),
+            &owner.namespace,
+            &owner.name,
+            |current| {
+                if current["metadata"]["uid"] != owner.uid.as_str() || current["status"] == status {
+                    return false;
+                }
+                current["status"] = status.clone();
+                true
+            },
+        )
+        .await
+}

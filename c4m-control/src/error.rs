@@ -1,0 +1,97 @@
+//! The error type of `c4m-control`.
+
+/// Errors of the control plane; each maps to a Kubernetes `Status`.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The object does not exist.
+    #[error("{kind} {name:?} not found")]
+    NotFound {
+        /// Kind (lowercase plural).
+        kind: String,
+        /// Name (with namespace where it has one).
+        name: String,
+    },
+    /// The object already exists.
+    #[error("{kind} {name:?} already exists")]
+    AlreadyExists {
+        /// Kind (lowercase plural).
+        kind: String,
+        /// Name.
+        name: String,
+    },
+    /// The write was based on an outdated resourceVersion.
+    #[error("{0}")]
+    Conflict(String),
+    /// The request is invalid (422): the message names the field.
+    #[error("{0}")]
+    Invalid(String),
+    /// The request is malformed (400).
+    #[error("{0}")]
+    BadRequest(String),
+    /// Missing or wrong credentials.
+    #[error("unauthorized: {0}")]
+    Unauthorized(String),
+    /// A watch asked for history that was compacted (410).
+    #[error("{0}")]
+    Gone(String),
+    /// A node's agent could not be reached or failed.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The state store failed.
+    #[error("state store: {0}")]
+    Store(c4m_store::Error),
+    /// A stored object could not be decoded.
+    #[error("stored object {key} is corrupt: {message}")]
+    Corrupt {
+        /// Store key.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A listener could not be bound or served.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The DNS server failed.
+    #[error(transparent)]
+    Dns(#[from] crate::dns::DnsError),
+}
+
+impl From<c4m_store::Error> for Error {
+    fn from(error: c4m_store::Error) -> Self {
+        if error.is_conflict() {
+            Error::Conflict(error.to_string())
+        } else if error.is_compacted() {
+            Error::Gone(error.to_string())
+        } else {
+            Error::Store(error)
+        }
+    }
+}
+
+impl Error {
+    /// HTTP status code and Kubernetes reason.
+    pub fn http_status(&self) -> (u16, &'static str) {
+        match self {
+            Error::NotFound { .. } => (404, "NotFound"),
+            Error::AlreadyExists { .. } => (409, "AlreadyExists"),
+            Error::Conflict(_) => (409, "Conflict"),
+            Error::Invalid(_) => (422, "Invalid"),
+            Error::BadRequest(_) => (400, "BadRequest"),
+            Error::Unauthorized(_) => (401, "Unauthorized"),
+            Error::Gone(_) => (410, "Expired"),
+            Error::Unavailable(_) => (503, "ServiceUnavailable"),
+            Error::Store(_) | Error::Corrupt { .. } | Error::Io { .. } | Error::Dns(_) => {
+                (500, "InternalError")
+            }
+        }
+    }
+}
+
+/// `Result` with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

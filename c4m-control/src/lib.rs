@@ -1,0 +1,34 @@
+//! The c4m control plane, as a library another Rust service can embed.
+//!
+//! [`ControlPlane`] binds and runs every part over one [`c4m_store::Store`]:
+//!
+//! - the **HTTP/JSON API** (Kubernetes paths and list/watch semantics for
+//!   every kind, batch apply, the service registry, instance metrics and logs);
+//! - the **agent service** (gRPC): node registration, heartbeats, streams of
+//!   assigned instances, status reports;
+//! - **controllers**: workloads (Microservice, Deployment → instances, with
+//!   rolling replacement and garbage collection), node lifecycle (NotReady,
+//!   eviction), endpoints (the service registry);
+//! - the **scheduler** loop around `c4m-sched`;
+//! - a **DNS** server answering `NAME.NAMESPACE.svc.c4m` (A and SRV).
+//!
+//! Everything reads from one in-memory mirror of the store and writes
+//! through compare-and-swap; nothing but this crate writes to the store.
+
+mod agents;
+mod api;
+mod cache;
+mod controllers;
+mod dns;
+mod error;
+mod objects;
+mod pods;
+mod registry;
+mod scheduler;
+mod selector;
+mod server;
+
+pub use dns::{DnsEndpoint, DnsError, DnsServer, RECORD_TTL_SECS, ServiceLookup, cluster_resolver};
+pub use error::{Error, Result};
+pub use objects::Objects;
+pub use server::{ControlPlane, ControlPlaneConfig};

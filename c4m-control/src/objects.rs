@@ -1,0 +1,625 @@
+//! The object layer: Kubernetes API machinery over the key-value store.
+//!
+//! Objects are stored as JSON under `/registry/{plural}/{namespace}/{name}`
+//! (`/registry/{plural}/{name}` when cluster-scoped). As in Kubernetes, the
+//! stored JSON carries no `resourceVersion`: it is the key's `mod_revision`,
+//! stamped on every read and used for compare-and-swap on every write.
+
+use std::sync::Arc;
+
+use c4m_api::{ApplyAction, ApplyRequest, ApplyResponse, ApplyResult};
+use c4m_core::{Document, ResourceKind};
+use c4m_store::{KeyValue, Op, Precondition, Store};
+use serde_json::{Map, Value, json};
+
+use crate::{Error, Result};
+
+/// How many times a write that lost a compare-and-swap race is retried.
+const CONFLICT_RETRIES: usize = 8;
+
+/// Store key of one object.
+pub(crate) fn key(kind: &ResourceKind, namespace: &str, name: &str) -> String {
+    if kind.namespaced {
+        format!("/registry/{}/{}/{}", kind.plural, namespace, name)
+    } else {
+        format!("/registry/{}/{}", kind.plural, name)
+    }
+}
+
+/// Store prefix of a kind's objects, in one namespace or all.
+pub(crate) fn prefix(kind: &ResourceKind, namespace: Option<&str>) -> String {
+    match namespace {
+        Some(ns) if kind.namespaced => format!("/registry/{}/{}/", kind.plural, ns),
+        _ => format!("/registry/{}/", kind.plural),
+    }
+}
+
+/// Decodes a stored object and stamps its resourceVersion.
+pub(crate) fn decode(kv: &KeyValue) -> Result<Value> {
+    let mut value: Value = serde_json::from_slice(&kv.value).map_err(|e| Error::Corrupt {
+        key: kv.key.clone(),
+        message: e.to_string(),
+    })?;
+    if let Some(meta) = value.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.insert(
+            "resourceVersion".into(),
+            Value::String(kv.mod_revision.to_string()),
+        );
+    }
+    Ok(value)
+}
+
+/// Encodes an object for the store, without its resourceVersion.
+fn encode(value: &Value) -> bytes::Bytes {
+    let mut value = value.clone();
+    if let Some(meta) = value.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.remove("resourceVersion");
+    }
+    bytes::Bytes::from(serde_json::to_vec(&value).unwrap_or_default())
+}
+
+pub(crate) use c4m_core::now_rfc3339;
+
+/// `metadata.name` of an object.
+pub(crate) fn name_of(value: &Value) -> &str {
+    value["metadata"]["name"].as_str().unwrap_or_default()
+}
+
+/// `metadata.namespace` of an object.
+pub(crate) fn namespace_of(value: &Value) -> &str {
+    value["metadata"]["namespace"].as_str().unwrap_or_default()
+}
+
+fn metadata_mut(value: &mut Value) -> Result<&mut Map<String, Value>> {
+    let object = value
+        .as_object_mut()
+        .ok_or_else(|| Error::BadRequest("the body must be a JSON object".into()))?;
+    let meta = object.entry("metadata").or_insert_with(|| json!({}));
+    meta.as_object_mut()
+        .ok_or_else(|| Error::Invalid("metadata: must be an object".into()))
+}
+
+/// Everything of an object but its metadata and status: what a change to
+/// bumps `generation`.
+fn spec_part(value: &Value) -> Value {
+    let mut value = value.clone();
+    if let Some(object) = value.as_object_mut() {
+        object.remove("metadata");
+        object.remove("status");
+    }
+    value
+}
+
+/// Which part of an object a replace writes (the status subresource, or the
+/// rest).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Part {
+    /// Everything but `status`.
+    Main,
+    /// Only `status`.
+    Status,
+}
+
+/// The object layer over a [`Store`].
+#[derive(Clone)]
+pub struct Objects {
+    store: Arc<dyn Store>,
+}
+
+impl Objects {
+    /// Objects kept in `store`.
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Objects { store }
+    }
+
+    /// The store underneath.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    fn not_found(kind: &ResourceKind, namespace: &str, name: &str) -> Error {
+        Error::NotFound {
+            kind: kind.plural.to_string(),
+            name: if kind.namespaced {
+                format!("{namespace}/{name}")
+            } else {
+                name.to_string()
+            },
+        }
+    }
+
+    /// Reads one object.
+    pub async fn get(&self, kind: &ResourceKind, namespace: &str, name: &str) -> Result<Value> {
+        match self.store.get(&key(kind, namespace, name)).await? {
+            Some(kv) => decode(&kv),
+            None => Err(Self::not_found(kind, namespace, name)),
+        }
+    }
+
+    /// Lists a kind's objects (one namespace or all) and the revision read at.
+    pub async fn list(
+        &self,
+        kind: &ResourceKind,
+        namespace: Option<&str>,
+    ) -> Result<(Vec<Value>, i64)> {
+        let (kvs, revision) = self.store.range(&prefix(kind, namespace)).await?;
+        let items = kvs.iter().map(decode).collect::<Result<Vec<_>>>()?;
+        Ok((items, revision))
+    }
+
+    /// Fills in what the server owns on a new object: namespace, uid,
+    /// creation time, generation; checks apiVersion/kind and the name.
+    fn prepare_create(kind: &ResourceKind, namespace: &str, mut value: Value) -> Result<Value> {
+        check_type(kind, &mut value)?;
+        let meta = metadata_mut(&mut value)?;
+        if meta
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .is_empty()
+        {
+            let base = meta
+                .get("generateName")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            if base.is_empty() {
+                return Err(Error::Invalid("metadata.name: Required value".into()));
+            }
+            meta.insert(
+                "name".into(),
+                Value::String(format!("{base}{}", random_suffix())),
+            );
+        }
+        if kind.namespaced {
+            match meta.get("namespace").and_then(Value::as_str) {
+                Some(ns) if !ns.is_empty() && ns != namespace => {
+                    return Err(Error::BadRequest(format!(
+                        "metadata.namespace: the namespace of the object ({ns}) does not match the namespace of the request ({namespace})"
+                    )));
+                }
+                _ => {
+                    meta.insert("namespace".into(), Value::String(namespace.to_string()));
+                }
+            }
+        } else {
+            meta.remove("namespace");
+        }
+        meta.remove("resourceVersion");
+        meta.insert(
+            "uid".into(),
+            Value::String(uuid::Uuid::new_v4().to_string()),
+        );
+        meta.insert("creationTimestamp".into(), Value::String(now_rfc3339()));
+        meta.insert("generation".into(), json!(1));
+        if kind.kind == "Pod" && value.get("status").is_none_or(Value::is_null) {
+            value["status"] = json!({"phase": "Pending"});
+        }
+        Ok(value)
+    }
+
+    /// Merges a replacement into the current object: the server-owned
+    /// metadata stays, `part` says whether spec or status is taken.
+    fn prepare_replace(
+        kind: &ResourceKind,
+        current: &Value,
+        mut value: Value,
+        part: Part,
+    ) -> Result<Value> {
+        check_type(kind, &mut value)?;
+        let mut merged = match part {
+            Part::Main => {
+                let mut merged = value.clone();
+                match current.get("status") {
+                    Some(status) => merged["status"] = status.clone(),
+                    None => {
+                        if let Some(object) = merged.as_object_mut() {
+                            object.remove("status");
+                        }
+                    }
+                }
+                merged
+            }
+            Part::Status => {
+                let mut merged = current.clone();
+                merged["status"] = value.get("status").cloned().unwrap_or(Value::Null);
+                merged
+            }
+        };
+        let generation = current["metadata"]["generation"].as_i64().unwrap_or(1);
+        let bumped = if spec_part(&merged) != spec_part(current) {
+            generation + 1
+        } else {
+            generation
+        };
+        let current_meta = current["metadata"].as_object().cloned().unwrap_or_default();
+        let meta = metadata_mut(&mut merged)?;
+        for owned in ["uid", "creationTimestamp", "namespace", "name"] {
+            match current_meta.get(owned) {
+                Some(v) => meta.insert(owned.into(), v.clone()),
+                None => meta.remove(owned),
+            };
+        }
+        meta.insert("generation".into(), json!(bumped));
+        meta.remove("resourceVersion");
+        Ok(merged)
+    }
+
+    /// Creates an object; fails if it exists.
+    pub async fn create(
+        &self,
+        kind: &ResourceKind,
+        namespace: &str,
+        value: Value,
+    ) -> Result<Value> {
+        let mut value = Self::prepare_create(kind, namespace, value)?;
+        let name = name_of(&value).to_string();
+        if kind.namespaced && kind.kind != "Namespace" {
+            self.require_namespace(namespace).await?;
+        }
+        let key = key(kind, namespace, &name);
+        let revision = self
+            .store
+            .txn(vec![Op::put(&key, encode(&value), Precondition::Absent)])
+            .await
+            .map_err(|e| {
+                if e.is_conflict() {
+                    Error::AlreadyExists {
+                        kind: kind.plural.to_string(),
+                        name: name.clone(),
+                    }
+                } else {
+                    e.into()
+                }
+            })?;
+        value["metadata"]["resourceVersion"] = Value::String(revision.to_string());
+        Ok(value)
+    }
+
+    async fn require_namespace(&self, namespace: &str) -> Result<()> {
+        let ns_kind = kind("namespaces");
+        if self
+            .store
+            .get(&key(ns_kind, "", namespace))
+            .await?
+            .is_none()
+        {
+            return Err(Self::not_found(ns_kind, "", namespace));
+        }
+        Ok(())
+    }
+
+    /// Replaces an object. When `value` carries a resourceVersion, the write
+    /// succeeds only if the object still has it (optimistic concurrency).
+    pub(crate) async fn replace(
+        &self,
+        kind: &ResourceKind,
+        namespace: &str,
+        name: &str,
+        value: Value,
+        part: Part,
+    ) -> Result<Value> {
+        let expected = value["metadata"]["resourceVersion"]
+            .as_str()
+            .filter(|rv| !rv.is_empty())
+            .map(|rv| {
+                rv.parse::<i64>().map_err(|_| {
+                    Error::BadRequest(format!("metadata.resourceVersion: invalid value {rv:?}"))
+                })
+            })
+            .transpose()?;
+        if !name_of(&value).is_empty() && name_of(&value) != name {
+            return Err(Error::BadRequest(format!(
+                "metadata.name: the name of the object ({}) does not match the name in the URL ({name})",
+                name_of(&value)
+            )));
+        }
+        let key = key(kind, namespace, name);
+        for _ in 0..CONFLICT_RETRIES {
+            let kv = self
+                .store
+                .get(&key)
+                .await?
+                .ok_or_else(|| Self::not_found(kind, namespace, name))?;
+            if let Some(expected) = expected
+                && expected != kv.mod_revision
+            {
+                return Err(Error::Conflict(format!(
+                    "Operation cannot be fulfilled on {} {name:?}: the object has been modified; please apply your changes to the latest version and try again",
+                    kind.plural
+                )));
+            }
+            let current = decode(&kv)?;
+            let mut merged = Self::prepare_replace(kind, &current, value.clone(), part)?;
+            match self
+                .store
+                .txn(vec![Op::put(
+                    &key,
+                    encode(&merged),
+                    Precondition::ModRevision(kv.mod_revision),
+                )])
+                .await
+            {
+                Ok(revision) => {
+                    merged["metadata"]["resourceVersion"] = Value::String(revision.to_string());
+                    return Ok(merged);
+                }
+                Err(e) if e.is_conflict() && expected.is_none() => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(Error::Conflict(format!(
+            "{} {name:?} keeps changing; try again",
+            kind.plural
+        )))
+    }
+
+    /// Changes an object in place with `change`, retrying on conflicts.
+    /// `change` returns false to leave the object as it is. Returns the new
+    /// revision, or None when nothing was written (no change, or no object).
+    pub(crate) async fn update_with(
+        &self,
+        kind: &ResourceKind,
+        namespace: &str,
+        name: &str,
+        mut change: impl FnMut(&mut Value) -> bool,
+    ) -> Result<Option<i64>> {
+        let key = key(kind, namespace, name);
+        for _ in 0..CONFLICT_RETRIES {
+            let Some(kv) = self.store.get(&key).await? else {
+                return Ok(None);
+            };
+            let mut value = decode(&kv)?;
+            if !change(&mut value) {
+                return Ok(None);
+            }
+            match self
+                .store
+                .txn(vec![Op::put(
+                    &key,
+                    encode(&value),
+                    Precondition::ModRevision(kv.mod_revision),
+                )])
+                .await
+            {
+                Ok(revision) => return Ok(Some(revision)),
+                Err(e) if e.is_conflict() => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(Error::Conflict(format!(
+            "{} {name:?} keeps changing",
+            kind.plural
+        )))
+    }
+
+    /// Deletes an object; returns it as it was and the deletion's revision.
+    pub async fn delete(
+        &self,
+        kind: &ResourceKind,
+        namespace: &str,
+        name: &str,
+    ) -> Result<(Value, i64)> {
+        let key = key(kind, namespace, name);
+        for _ in 0..CONFLICT_RETRIES {
+            let kv = self
+                .store
+                .get(&key)
+                .await?
+                .ok_or_else(|| Self::not_found(kind, namespace, name))?;
+            match self
+                .store
+                .txn(vec![Op::delete(
+                    &key,
+                    Precondition::ModRevision(kv.mod_revision),
+                )])
+                .await
+            {
+                Ok(revision) => return Ok((decode(&kv)?, revision)),
+                Err(e) if e.is_conflict() => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(Error::Conflict(format!(
+            "{} {name:?} keeps changing",
+            kind.plural
+        )))
+    }
+
+    /// Writes many new objects in one transaction (used by controllers).
+    pub(crate) async fn create_many(
+        &self,
+        objects: Vec<(&'static ResourceKind, Value)>,
+    ) -> Result<i64> {
+        let mut ops = Vec::with_capacity(objects.len());
+        for (kind, value) in objects {
+            let namespace = namespace_of(&value).to_string();
+            let value = Self::prepare_create(kind, &namespace, value)?;
+            ops.push(Op::put(
+                &key(kind, &namespace, name_of(&value)),
+                encode(&value),
+                Precondition::Absent,
+            ));
+        }
+        Ok(self.store.txn(ops).await?)
+    }
+
+    /// Writes changed objects in one transaction; each must carry the
+    /// resourceVersion it was read at, which the write must still match.
+    pub(crate) async fn write_many(
+        &self,
+        objects: Vec<(&'static ResourceKind, Value)>,
+    ) -> Result<i64> {
+        let mut ops = Vec::with_capacity(objects.len());
+        for (kind, value) in objects {
+            let revision = value["metadata"]["resourceVersion"]
+                .as_str()
+                .and_then(|rv| rv.parse().ok())
+                .ok_or_else(|| {
+                    Error::BadRequest(format!(
+                        "{} {}: no resourceVersion",
+                        kind.plural,
+                        name_of(&value)
+                    ))
+                })?;
+            let key = key(kind, namespace_of(&value), name_of(&value));
+            ops.push(Op::put(
+                &key,
+                encode(&value),
+                Precondition::ModRevision(revision),
+            ));
+        }
+        Ok(self.store.txn(ops).await?)
+    }
+
+    /// Creates or updates every object of `request` in one all-or-nothing
+    /// transaction. Every object is validated first; one invalid object fails
+    /// the whole apply and nothing is written.
+    pub async fn apply(&self, request: ApplyRequest) -> Result<ApplyResponse> {
+        let default_ns = request
+            .default_namespace
+            .as_deref()
+            .unwrap_or("default")
+            .to_string();
+        let mut warnings = Vec::new();
+        let mut items = Vec::with_capacity(request.objects.len());
+        for object in request.objects {
+            let document = Document {
+                source: object.source,
+                index: object.document,
+                value: object.object,
+            };
+            let validated =
+                c4m_core::validate(&document).map_err(|e| Error::Invalid(e.to_string()))?;
+            warnings.extend(validated.warnings);
+            let namespace = match namespace_of(&validated.object) {
+                "" => default_ns.clone(),
+                ns => ns.to_string(),
+            };
+            let name = name_of(&validated.object).to_string();
+            let key = key(validated.kind, &namespace, &name);
+            if items.iter().any(|(k, ..): &(String, _, _, _, _)| *k == key) {
+                return Err(Error::Invalid(format!(
+                    "{}: document {}: {} {name:?} appears twice in this apply",
+                    document.source, document.index, validated.kind.kind
+                )));
+            }
+            items.push((key, validated.kind, namespace, name, validated.object));
+        }
+        let new_namespaces: Vec<&str> = items
+            .iter()
+            .filter(|(_, kind, ..)| kind.kind == "Namespace")
+            .map(|(_, _, _, name, _)| name.as_str())
+            .collect();
+        let mut namespaces_checked = std::collections::BTreeSet::new();
+        for (_, kind, namespace, ..) in &items {
+            if kind.namespaced
+                && !new_namespaces.contains(&namespace.as_str())
+                && namespaces_checked.insert(namespace.clone())
+            {
+                self.require_namespace(namespace).await?;
+            }
+        }
+        for _ in 0..CONFLICT_RETRIES {
+            let mut ops = Vec::with_capacity(items.len());
+            let mut results = Vec::with_capacity(items.len());
+            for (key, kind, namespace, name, object) in &items {
+                let (op, action) = match self.store.get(key).await? {
+                    None => {
+                        let value = Self::prepare_create(kind, namespace, object.clone())?;
+                        (
+                            Some(Op::put(key, encode(&value), Precondition::Absent)),
+                            ApplyAction::Created,
+                        )
+                    }
+                    Some(kv) => {
+                        let current = decode(&kv)?;
+                        let mut desired = object.clone();
+                        if let Some(meta) =
+                            desired.get_mut("metadata").and_then(Value::as_object_mut)
+                        {
+                            meta.remove("resourceVersion");
+                        }
+                        let merged = Self::prepare_replace(kind, &current, desired, Part::Main)?;
+                        let mut current_cmp = current.clone();
+                        current_cmp["metadata"]
+                            .as_object_mut()
+                            .map(|m| m.remove("resourceVersion"));
+                        if merged == current_cmp {
+                            (None, ApplyAction::Unchanged)
+                        } else {
+                            let precondition = Precondition::ModRevision(kv.mod_revision);
+                            (
+                                Some(Op::put(key, encode(&merged), precondition)),
+                                ApplyAction::Configured,
+                            )
+                        }
+                    }
+                };
+                ops.extend(op);
+                results.push(ApplyResult {
+                    kind: kind.kind.to_string(),
+                    namespace: if kind.namespaced {
+                        namespace.clone()
+                    } else {
+                        String::new()
+                    },
+                    name: name.clone(),
+                    action,
+                });
+            }
+            if ops.is_empty() {
+                return Ok(ApplyResponse { results, warnings });
+            }
+            match self.store.txn(ops).await {
+                Ok(_) => return Ok(ApplyResponse { results, warnings }),
+                Err(e) if e.is_conflict() => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(Error::Conflict(
+            "the applied objects keep changing; try again".into(),
+        ))
+    }
+}
+
+/// Checks (and fills in when absent) `apiVersion` and `kind`.
+fn check_type(kind: &ResourceKind, value: &mut Value) -> Result<()> {
+    let object = value
+        .as_object_mut()
+        .ok_or_else(|| Error::BadRequest("the body must be a JSON object".into()))?;
+    let api_version = kind.api_version();
+    for (field, expected) in [("apiVersion", api_version.as_str()), ("kind", kind.kind)] {
+        match object.get(field).and_then(Value::as_str) {
+            None | Some("") => {
+                object.insert(field.into(), Value::String(expected.into()));
+            }
+            Some(actual) if actual != expected => {
+                return Err(Error::BadRequest(format!(
+                    "{field}: expected {expected:?} for {}, got {actual:?}",
+                    kind.plural
+                )));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// The registered kind with this plural.
+pub(crate) fn kind(plural: &str) -> &'static ResourceKind {
+    c4m_core::KINDS
+        .iter()
+        .find(|k| k.plural == plural)
+        .unwrap_or_else(|| panic!("kind {plural} is not registered"))
+}
+
+/// Five random lowercase alphanumerics, as Kubernetes' generateName adds.
+pub(crate) fn random_suffix() -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let bytes = uuid::Uuid::new_v4().into_bytes();
+    bytes[..5]
+        .iter()
+        .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
+        .collect()
+}

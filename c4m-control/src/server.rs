@@ -1,0 +1,297 @@
+//! Composes the control plane: API server, agent service, controllers,
+//! scheduler and DNS, all stopped by one cancellation token.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use c4m_api::agent::agent_service_server::AgentServiceServer;
+use c4m_store::Store;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::agents::{Agents, UsageMap};
+use crate::api::{ApiState, constant_time_eq};
+use crate::cache::Cache;
+use crate::controllers::{self, nodes::NodeHealth};
+use crate::dns::DnsServer;
+use crate::objects::{Objects, kind};
+use crate::registry::Registry;
+use crate::{Error, Result, scheduler};
+
+/// How a control plane listens and behaves.
+#[derive(Debug, Clone)]
+pub struct ControlPlaneConfig {
+    /// HTTP/JSON API address.
+    pub api_addr: SocketAddr,
+    /// gRPC address agents dial.
+    pub grpc_addr: SocketAddr,
+    /// DNS address (UDP and TCP); None to run without DNS.
+    pub dns_addr: Option<SocketAddr>,
+    /// DNS zone services are answered under.
+    pub dns_zone: String,
+    /// Bearer token clients and agents must present; None runs an
+    /// unauthenticated dev-mode control plane.
+    pub token: Option<String>,
+    /// How often agents send heartbeats.
+    pub heartbeat_interval: Duration,
+    /// Silence after which a node is NotReady.
+    pub node_grace: Duration,
+    /// Time NotReady after which a node's instances are evicted.
+    pub eviction_delay: Duration,
+}
+
+impl Default for ControlPlaneConfig {
+    fn default() -> Self {
+        ControlPlaneConfig {
+            api_addr: ([127, 0, 0, 1], 8140).into(),
+            grpc_addr: ([127, 0, 0, 1], 8141).into(),
+            dns_addr: Some(([127, 0, 0, 1], 8153).into()),
+            dns_zone: "svc.c4m".into(),
+            token: None,
+            heartbeat_interval: Duration::from_secs(2),
+            node_grace: Duration::from_secs(10),
+            eviction_delay: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A control plane with its listeners bound, ready to [`run`](Self::run).
+pub struct ControlPlane {
+    config: ControlPlaneConfig,
+    store: Arc<dyn Store>,
+    api: TcpListener,
+    grpc: TcpListener,
+    dns: Option<DnsServer>,
+}
+
+impl ControlPlane {
+    /// Binds every listener (port 0 picks a free port) over `store`.
+    pub async fn bind(config: ControlPlaneConfig, store: Arc<dyn Store>) -> Result<Self> {
+        let bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr).await.map_err(|source| Error::Io {
+                context: format!("cannot listen on {addr}"),
+                source,
+            })
+        };
+        let api = bind(config.api_addr).await?;
+        let grpc = bind(config.grpc_addr).await?;
+        Ok(ControlPlane {
+            config,
+            store,
+            api,
+            grpc,
+            dns: None,
+        })
+    }
+
+    /// Where the HTTP API listens.
+    pub fn api_addr(&self) -> SocketAddr {
+        self.api.local_addr().unwrap_or(self.config.api_addr)
+    }
+
+    /// Where the agent gRPC service listens.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc.local_addr().unwrap_or(self.config.grpc_addr)
+    }
+
+    /// Runs until `shutdown` is cancelled, then stops every part gracefully.
+    pub async fn run(mut self, shutdown: CancellationToken) -> Result<()> {
+        let objects = Objects::new(Arc::clone(&self.store));
+        ensure_default_namespace(&objects).await?;
+        let cache = Cache::start(Arc::clone(&self.store), shutdown.clone()).await?;
+        let registry = Registry::new(Arc::clone(&cache));
+        if let Some(addr) = self.config.dns_addr {
+            self.dns = Some(
+                DnsServer::bind(addr, &self.config.dns_zone, Arc::new(registry.clone())).await?,
+            );
+        }
+        let health = Arc::new(NodeHealth::new(
+            self.config.node_grace,
+            self.config.eviction_delay,
+        ));
+        let usage = Arc::new(UsageMap::new());
+        let mut tasks = JoinSet::new();
+
+        spawn_controllers(&mut tasks, &objects, &cache, &health, &shutdown);
+
+        let state = Arc::new(ApiState {
+            objects: objects.clone(),
+            registry,
+            usage: Arc::clone(&usage),
+            token: self.config.token.clone(),
+            agent_token: self.config.token.clone().unwrap_or_default(),
+            http: reqwest::Client::new(),
+            shutdown: shutdown.clone(),
+        });
+        let api = self.api;
+        let api_shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            axum::serve(api, crate::api::router(state))
+                .with_graceful_shutdown(api_shutdown.cancelled_owned())
+                .await
+                .map_err(|source| Error::Io {
+                    context: "API server failed".into(),
+                    source,
+                })
+        });
+
+        let agents = Agents {
+            objects,
+            cache,
+            health,
+            usage,
+            heartbeat_interval: self.config.heartbeat_interval,
+            dns_address: self
+                .dns
+                .as_ref()
+                .map(|d| d.local_addr().to_string())
+                .unwrap_or_default(),
+            shutdown: shutdown.clone(),
+        };
+        let token = self.config.token.clone();
+        let service =
+            AgentServiceServer::with_interceptor(agents, move |request: tonic::Request<()>| {
+                let Some(token) = &token else {
+                    return Ok(request);
+                };
+                let presented = request
+                    .metadata()
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "));
+                match presented {
+                    Some(p) if constant_time_eq(p.as_bytes(), token.as_bytes()) => Ok(request),
+                    _ => Err(tonic::Status::unauthenticated(
+                        "wrong or missing cluster token",
+                    )),
+                }
+            });
+        let grpc = tokio_stream::wrappers::TcpListenerStream::new(self.grpc);
+        let grpc_shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(grpc, grpc_shutdown.cancelled_owned())
+                .await
+                .map_err(|e| Error::Io {
+                    context: "agent gRPC server failed".into(),
+                    source: std::io::Error::other(e),
+                })
+        });
+
+        if let Some(dns) = self.dns.take() {
+            let dns_shutdown = shutdown.clone();
+            tasks.spawn(async move { dns.run(dns_shutdown).await.map_err(Error::from) });
+        }
+
+        tracing::info!("control plane running");
+        let mut result = Ok(());
+        while let Some(joined) = tasks.join_next().await {
+            let outcome = joined.unwrap_or_else(|e| {
+                Err(Error::Io {
+                    context: "a control plane task panicked".into(),
+                    source: std::io::Error::other(e),
+                })
+            });
+            if let Err(e) = outcome {
+                tracing::error!(error = %e, "control plane part failed; shutting down");
+                shutdown.cancel();
+                if result.is_ok() {
+                    result = Err(e);
+                }
+            }
+        }
+        tracing::info!("control plane stopped");
+        result
+    }
+}
+
+fn spawn_controllers(
+    tasks: &mut JoinSet<Result<()>>,
+    objects: &Objects,
+    cache: &Arc<Cache>,
+    health: &Arc<NodeHealth>,
+    shutdown: &CancellationToken,
+) {
+    let resync = Duration::from_secs(5);
+    let (o, c) = (objects.clone(), Arc::clone(cache));
+    tasks.spawn(
+        controllers::run(
+            "workload",
+            Arc::clone(cache),
+            resync,
+            shutdown.clone(),
+            move || {
+                let (o, c) = (o.clone(), Arc::clone(&c));
+                async move { controllers::workload::reconcile(&o, &c).await }
+            },
+        )
+        .then_ok(),
+    );
+    let (o, c) = (objects.clone(), Arc::clone(cache));
+    tasks.spawn(
+        controllers::run(
+            "endpoints",
+            Arc::clone(cache),
+            resync,
+            shutdown.clone(),
+            move || {
+                let (o, c) = (o.clone(), Arc::clone(&c));
+                async move { controllers::endpoints::reconcile(&o, &c).await }
+            },
+        )
+        .then_ok(),
+    );
+    let (o, c) = (objects.clone(), Arc::clone(cache));
+    tasks.spawn(
+        controllers::run(
+            "scheduler",
+            Arc::clone(cache),
+            resync,
+            shutdown.clone(),
+            move || {
+                let (o, c) = (o.clone(), Arc::clone(&c));
+                async move { scheduler::reconcile(&o, &c).await }
+            },
+        )
+        .then_ok(),
+    );
+    let (o, c, h) = (objects.clone(), Arc::clone(cache), Arc::clone(health));
+    tasks.spawn(
+        controllers::run(
+            "nodes",
+            Arc::clone(cache),
+            Duration::from_millis(500),
+            shutdown.clone(),
+            move || {
+                let (o, c, h) = (o.clone(), Arc::clone(&c), Arc::clone(&h));
+                async move { controllers::nodes::reconcile(&o, &c, &h).await }
+            },
+        )
+        .then_ok(),
+    );
+}
+
+/// Turns a `()` future into one yielding `Ok(())` for the task set.
+trait ThenOk: std::future::Future<Output = ()> + Sized {
+    fn then_ok(self) -> impl std::future::Future<Output = Result<()>> {
+        async move {
+            self.await;
+            Ok(())
+        }
+    }
+}
+
+impl<F: std::future::Future<Output = ()>> ThenOk for F {}
+
+async fn ensure_default_namespace(objects: &Objects) -> Result<()> {
+    let namespace =
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default"}});
+    match objects.create(kind("namespaces"), "", namespace).await {
+        Ok(_) | Err(Error::AlreadyExists { .. }) => Ok(()),
+        Err(e) => Err(e),
+    }
+}

@@ -1,0 +1,74 @@
+//! The error type of `c4m-core`.
+
+use std::path::PathBuf;
+
+/// Errors from the resource model, manifests and drivers.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A manifest document is invalid; nothing from it may be applied.
+    #[error(transparent)]
+    Manifest(#[from] crate::manifest::ManifestError),
+
+    /// A resource quantity (`500m`, `1Gi`) could not be parsed.
+    #[error("invalid quantity {value:?}: {reason}")]
+    Quantity {
+        /// The text as written.
+        value: String,
+        /// Why it is invalid.
+        reason: String,
+    },
+
+    /// An object is valid YAML/JSON but not a valid c4m object.
+    #[error("{0}")]
+    Invalid(String),
+
+    /// No container with this id is known to the driver.
+    #[error("container {0} not found")]
+    ContainerNotFound(String),
+
+    /// A driver operation failed.
+    #[error("container {id}: {message}")]
+    Runtime {
+        /// Container id.
+        id: String,
+        /// What failed.
+        message: String,
+    },
+
+    /// A cgroup operation failed.
+    #[error("cgroup {path}: {source}")]
+    Cgroup {
+        /// The cgroup file or directory.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A health check could not run or failed.
+    #[error("probe: {0}")]
+    Probe(String),
+
+    /// An I/O error with what was being done.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// `Result` with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Wraps an I/O error with what was being done.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,1734 @@
+//! Manifests for `c4m apply`: parsing YAML/JSON into documents and validating
+//! each one before anything is applied.
+//!
+//! Validation happens in three layers, each naming the field it complains
+//! about:
+//! 1. `apiVersion`/`kind` must be a kind c4m serves ([`KINDS`](crate::KINDS));
+//! 2. a typed pass deserialises into the Kubernetes (or c4m) type, reporting
+//!    type errors with their path and, as Kubernetes' strict field validation
+//!    does, unknown fields;
+//! 3. semantic checks (names, labels, quantities, ports, probes, selectors).
+//!
+//! Fields that are valid Kubernetes but that c4m does not honour yet are not
+//! errors: they produce warnings, from the single [`UNHONOURED`] table.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{
+    ConfigMap, ContainerPort, Endpoints, Event, Namespace, Node, Pod, PodSpec, Probe,
+    ResourceRequirements, Secret, Service, ServiceAccount, ServiceSpec,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::model::kinds::{KINDS, ResourceKind};
+use crate::model::microservice::Microservice;
+use crate::quantity::{parse_cpu_millis, parse_memory_bytes};
+
+/// One object read from a manifest, before validation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Document {
+    /// Where it was read from: a file path or `<stdin>`.
+    pub source: String,
+    /// 1-based position within the source (see [`parse_documents`]).
+    pub index: usize,
+    /// The object as written.
+    pub value: Value,
+}
+
+/// A document that passed validation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Validated {
+    /// Its kind.
+    pub kind: &'static ResourceKind,
+    /// The object exactly as written (not re-serialised); `metadata.namespace`
+    /// is left for the server to default.
+    pub object: Value,
+    /// Fields c4m accepts but does not honour, one sentence each.
+    pub warnings: Vec<String>,
+}
+
+/// Why a manifest document was rejected: where, and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestError {
+    /// File path or `<stdin>`.
+    pub source: String,
+    /// 1-based document index within the source.
+    pub document: usize,
+    /// Field path (`spec.template.spec.containers[1].image`); empty when the
+    /// error is about the whole document.
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+// Written by hand rather than with thiserror: thiserror treats a field named
+// `source` as the underlying error, and here it is the file name.
+impl fmt::Display for ManifestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: document {}: ", self.source, self.document)?;
+        if !self.path.is_empty() {
+            write!(f, "{}: ", self.path)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ManifestError {}
+
+/// A field path and what is wrong there.
+type FieldError = (String, String);
+
+fn field_error(path: impl Into<String>, message: impl Into<String>) -> FieldError {
+    (path.into(), message.into())
+}
+
+/// `parent.child`, or `child` at the root.
+fn join(parent: &str, child: &str) -> String {
+    if parent.is_empty() {
+        child.to_string()
+    } else {
+        format!("{parent}.{child}")
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Parsing
+// ---------------------------------------------------------------------------
+
+/// Splits manifest text into documents.
+///
+/// Text starting with `{` or `[` is JSON: one object, several concatenated
+/// objects, or an array of objects. Anything else is YAML, documents separated
+/// by `---`. A `List` (`kind: List` with `items`) or an array is expanded into
+/// its items. Empty documents (a trailing `---`, comments only) are skipped.
+///
+/// Documents are numbered from 1 in the order they appear; an empty YAML
+/// document still takes its number so that "document 3" is the third
+/// `---`-separated section of the file. Text with no documents gives an empty
+/// list.
+///
+/// # Errors
+/// A syntax error, naming the document and the line.
+pub fn parse_documents(source: &str, text: &str) -> Result<Vec<Document>, ManifestError> {
+    let mut documents = Documents {
+        source,
+        list: Vec::new(),
+        last_index: 0,
+    };
+    if text.trim_start().starts_with(['{', '[']) {
+        for value in serde_json::Deserializer::from_str(text).into_iter::<Value>() {
+            let value = value
+                .map_err(|err| documents.error(String::new(), format!("invalid JSON: {err}")))?;
+            documents.push(value);
+        }
+    } else {
+        for yaml in serde_yaml::Deserializer::from_str(text) {
+            let mut value = serde_yaml::Value::deserialize(yaml)
+                .map_err(|err| documents.error(String::new(), format!("invalid YAML: {err}")))?;
+            if value.is_null() {
+                documents.last_index += 1;
+                continue;
+            }
+            value
+                .apply_merge()
+                .map_err(|err| documents.error(String::new(), format!("invalid YAML: {err}")))?;
+            let value = yaml_to_json(value, "")
+                .map_err(|(path, message)| documents.error(path, message))?;
+            documents.push(value);
+        }
+    }
+    Ok(documents.list)
+}
+
+/// Documents read so far from one source.
+struct Documents<'a> {
+    source: &'a str,
+    list: Vec<Document>,
+    last_index: usize,
+}
+
+impl Documents<'_> {
+    /// Adds a document, expanding arrays and `List` objects into their items.
+    fn push(&mut self, value: Value) {
+        let items = match value {
+            Value::Array(items) => items,
+            Value::Object(mut object) if is_list(&object) => match object.remove("items") {
+                Some(Value::Array(items)) => items,
+                _ => Vec::new(),
+            },
+            other => vec![other],
+        };
+        for value in items {
+            self.last_index += 1;
+            self.list.push(Document {
+                source: self.source.to_string(),
+                index: self.last_index,
+                value,
+            });
+        }
+    }
+
+    /// An error in the document being read.
+    fn error(&self, path: String, message: String) -> ManifestError {
+        ManifestError {
+            source: self.source.to_string(),
+            document: self.last_index + 1,
+            path,
+            message,
+        }
+    }
+}
+
+/// A Kubernetes `List` (`kubectl get -o yaml` output): `kind: List` with an
+/// `items` array.
+fn is_list(object: &serde_json::Map<String, Value>) -> bool {
+    object.get("kind").and_then(Value::as_str) == Some("List")
+        && object.get("items").is_some_and(Value::is_array)
+}
+
+/// Converts YAML to JSON as Kubernetes does: scalar keys become strings, tags
+/// are dropped, and non-finite floats are rejected.
+fn yaml_to_json(value: serde_yaml::Value, path: &str) -> Result<Value, FieldError> {
+    use serde_yaml::Value as Yaml;
+    Ok(match value {
+        Yaml::Null => Value::Null,
+        Yaml::Bool(b) => Value::Bool(b),
+        Yaml::Number(n) => {
+            if let Some(u) = n.as_u64() {
+                Value::from(u)
+            } else if let Some(i) = n.as_i64() {
+                Value::from(i)
+            } else {
+                let float = n.as_f64().unwrap_or(f64::NAN);
+                serde_json::Number::from_f64(float)
+                    .map(Value::Number)
+                    .ok_or_else(|| field_error(path, format!("{n} is not a valid JSON number")))?
+            }
+        }
+        Yaml::String(s) => Value::String(s),
+        Yaml::Sequence(items) => Value::Array(
+            items
+                .into_iter()
+                .enumerate()
+                .map(|(i, item)| yaml_to_json(item, &format!("{path}[{i}]")))
+                .collect::<Result<_, _>>()?,
+        ),
+        Yaml::Mapping(mapping) => {
+            let mut object = serde_json::Map::with_capacity(mapping.len());
+            for (key, value) in mapping {
+                let key = match key {
+                    Yaml::String(s) => s,
+                    Yaml::Number(n) => n.to_string(),
+                    Yaml::Bool(b) => b.to_string(),
+                    _ => return Err(field_error(path, "mapping keys must be scalars")),
+                };
+                let child = yaml_to_json(value, &join(path, &key))?;
+                object.insert(key, child);
+            }
+            Value::Object(object)
+        }
+        Yaml::Tagged(tagged) => yaml_to_json(tagged.value, path)?,
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Validation entry points
+// ---------------------------------------------------------------------------
+
+/// Validates one document; errors carry its source and index.
+///
+/// # Errors
+/// The first problem found, as a [`ManifestError`].
+pub fn validate(doc: &Document) -> Result<Validated, ManifestError> {
+    validate_value(&doc.value).map_err(|(path, message)| ManifestError {
+        source: doc.source.clone(),
+        document: doc.index,
+        path,
+        message,
+    })
+}
+
+/// Validates one object (from a manifest or an API request).
+///
+/// # Errors
+/// The first problem found, as `(field path, message)`; the path is empty when
+/// the problem is the whole object.
+pub fn validate_value(value: &Value) -> Result<Validated, (String, String)> {
+    let object = value.as_object().ok_or_else(|| {
+        field_error(
+            "",
+            format!("expected an object, found {}", json_type(value)),
+        )
+    })?;
+    let api_version = required_string(object, "apiVersion")?;
+    let kind_name = required_string(object, "kind")?;
+    let kind = ResourceKind::from_type(api_version, kind_name).ok_or_else(|| {
+        let served: Vec<String> = KINDS
+            .iter()
+            .map(|k| format!("{} ({})", k.kind, k.api_version()))
+            .collect();
+        field_error(
+            "kind",
+            format!(
+                "unsupported kind {kind_name} (apiVersion {api_version}); c4m serves: {}",
+                served.join(", ")
+            ),
+        )
+    })?;
+
+    let metadata = check_typed(kind, value)?;
+    check_metadata(kind, &metadata)?;
+
+    let name = metadata.name.as_deref().unwrap_or_default();
+    let warnings = unhonoured_fields(kind.kind, value)
+        .into_iter()
+        .map(|field| format!("{} {name}: {field}", kind.kind))
+        .collect();
+    Ok(Validated {
+        kind,
+        object: value.clone(),
+        warnings,
+    })
+}
+
+fn required_string<'a>(
+    object: &'a serde_json::Map<String, Value>,
+    field: &str,
+) -> Result<&'a str, FieldError> {
+    match object.get(field) {
+        None | Some(Value::Null) => Err(field_error(field, "required field is missing")),
+        Some(Value::String(s)) if !s.is_empty() => Ok(s),
+        Some(Value::String(_)) => Err(field_error(field, "must not be empty")),
+        Some(other) => Err(field_error(
+            field,
+            format!("expected a string, found {}", json_type(other)),
+        )),
+    }
+}
+
+fn json_type(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Typed pass
+// ---------------------------------------------------------------------------
+
+/// Deserialises into the kind's type and runs its semantic checks; returns
+/// the object's metadata for the checks common to every kind.
+fn check_typed(kind: &ResourceKind, value: &Value) -> Result<ObjectMeta, FieldError> {
+    Ok(match kind.kind {
+        "Namespace" => typed::<Namespace>(value)?.metadata,
+        "Node" => typed::<Node>(value)?.metadata,
+        "ServiceAccount" => typed::<ServiceAccount>(value)?.metadata,
+        "Event" => typed::<Event>(value)?.metadata,
+        "Pod" => {
+            let pod: Pod = typed(value)?;
+            let spec = pod
+                .spec
+                .as_ref()
+                .ok_or_else(|| field_error("spec", "required field is missing"))?;
+            check_pod_spec(spec, "spec")?;
+            pod.metadata
+        }
+        "Deployment" => {
+            let deployment: Deployment = typed(value)?;
+            check_deployment(&deployment)?;
+            deployment.metadata
+        }
+        "Service" => {
+            let service: Service = typed(value)?;
+            if let Some(spec) = &service.spec {
+                check_service_spec(spec)?;
+            }
+            service.metadata
+        }
+        "Endpoints" => {
+            let endpoints: Endpoints = typed(value)?;
+            for (i, subset) in endpoints.subsets.iter().flatten().enumerate() {
+                for (j, port) in subset.ports.iter().flatten().enumerate() {
+                    check_port_number(port.port, &format!("subsets[{i}].ports[{j}].port"))?;
+                    check_protocol(
+                        port.protocol.as_deref(),
+                        &format!("subsets[{i}].ports[{j}]"),
+                    )?;
+                }
+            }
+            endpoints.metadata
+        }
+        "ConfigMap" => {
+            let config_map: ConfigMap = typed(value)?;
+            check_data_keys(config_map.data.as_ref(), "data")?;
+            check_data_keys(config_map.binary_data.as_ref(), "binaryData")?;
+            config_map.metadata
+        }
+        "Secret" => {
+            let secret: Secret = typed(value).map_err(|(path, message)| {
+                // ByteString decodes base64 while deserialising; say so.
+                if path.starts_with("data.") && !message.starts_with("invalid type") {
+                    (path, format!("invalid base64: {message}"))
+                } else {
+                    (path, message)
+                }
+            })?;
+            check_data_keys(secret.data.as_ref(), "data")?;
+            check_data_keys(secret.string_data.as_ref(), "stringData")?;
+            secret.metadata
+        }
+        "Microservice" => {
+            let microservice: Microservice = typed(value)?;
+            check_microservice(&microservice)?;
+            microservice.metadata
+        }
+        other => {
+            return Err(field_error(
+                "kind",
+                format!("no validation for kind {other}"),
+            ));
+        }
+    })
+}
+
+/// Deserialises `value` into `T`, reporting type errors and unknown fields
+/// with their path.
+///
+/// `serde_ignored` sees every field the type skips (the derived impls and
+/// k8s-openapi's hand-written ones both skip via `IgnoredAny`), and
+/// `serde_path_to_error` tracks where a type error happened.
+fn typed<T: DeserializeOwned>(value: &Value) -> Result<T, FieldError> {
+    let mut unknown: Option<String> = None;
+    let mut on_ignored = |path: serde_ignored::Path<'_>| {
+        unknown.get_or_insert_with(|| ignored_path(&path));
+    };
+    let result: Result<T, _> =
+        serde_path_to_error::deserialize(serde_ignored::Deserializer::new(value, &mut on_ignored));
+    match (result, unknown) {
+        (Err(err), _) => {
+            let path = err.path().to_string();
+            let path = if path == "." { String::new() } else { path };
+            Err(field_error(path, err.into_inner().to_string()))
+        }
+        (Ok(_), Some(path)) => Err(field_error(path, "unknown field")),
+        (Ok(typed), None) => Ok(typed),
+    }
+}
+
+/// A `serde_ignored` path in the notation of our errors (`a.b[0].c`).
+fn ignored_path(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", ignored_path(parent)),
+        Path::Map { parent, key } => join(&ignored_path(parent), key),
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => ignored_path(parent),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Semantic checks
+// ---------------------------------------------------------------------------
+
+/// Kinds whose names end up in DNS labels (and URLs) and so may not hold dots.
+const LABEL_NAMED_KINDS: &[&str] = &["Namespace", "Service", "Microservice"];
+
+fn check_metadata(kind: &ResourceKind, metadata: &ObjectMeta) -> Result<(), FieldError> {
+    let name = metadata
+        .name
+        .as_deref()
+        .ok_or_else(|| field_error("metadata.name", "required field is missing"))?;
+    let name_check = if LABEL_NAMED_KINDS.contains(&kind.kind) {
+        dns1123_label(name)
+    } else {
+        dns1123_subdomain(name)
+    };
+    name_check.map_err(|reason| field_error("metadata.name", format!("{name:?} {reason}")))?;
+    if let Some(namespace) = &metadata.namespace {
+        dns1123_label(namespace).map_err(|reason| {
+            field_error("metadata.namespace", format!("{namespace:?} {reason}"))
+        })?;
+    }
+    check_labels(metadata.labels.as_ref(), "metadata.labels")
+}
+
+fn check_labels(labels: Option<&BTreeMap<String, String>>, path: &str) -> Result<(), FieldError> {
+    for (key, value) in labels.into_iter().flatten() {
+        let key_path = join(path, key);
+        label_key(key)
+            .map_err(|reason| field_error(&key_path, format!("invalid key: {reason}")))?;
+        if !value.is_empty() {
+            label_name(value).map_err(|reason| {
+                field_error(&key_path, format!("invalid value {value:?}: {reason}"))
+            })?;
+        }
+    }
+    Ok(())
+}
+
+fn check_deployment(deployment: &Deployment) -> Result<(), FieldError> {
+    let spec = deployment
+        .spec
+        .as_ref()
+        .ok_or_else(|| field_error("spec", "required field is missing"))?;
+    if let Some(replicas) = spec.replicas {
+        check_non_negative(replicas.into(), "spec.replicas")?;
+    }
+    let template_labels = spec
+        .template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.as_ref());
+    check_labels(template_labels, "spec.template.metadata.labels")?;
+    check_selector(&spec.selector, template_labels)?;
+    let pod_spec = spec
+        .template
+        .spec
+        .as_ref()
+        .ok_or_else(|| field_error("spec.template.spec", "required field is missing"))?;
+    check_pod_spec(pod_spec, "spec.template.spec")?;
+    match pod_spec.restart_policy.as_deref() {
+        None | Some("Always") => Ok(()),
+        Some(other) => Err(field_error(
+            "spec.template.spec.restartPolicy",
+            format!("{other:?} is not allowed in a Deployment; only \"Always\" is"),
+        )),
+    }
+}
+
+/// A Deployment's selector must be non-empty and select its own template.
+fn check_selector(
+    selector: &LabelSelector,
+    template_labels: Option<&BTreeMap<String, String>>,
+) -> Result<(), FieldError> {
+    let empty = BTreeMap::new();
+    let template_labels = template_labels.unwrap_or(&empty);
+    let match_labels = selector.match_labels.as_ref();
+    let expressions = selector.match_expressions.as_deref().unwrap_or_default();
+    if match_labels.is_none_or(BTreeMap::is_empty) && expressions.is_empty() {
+        return Err(field_error("spec.selector", "must not be empty"));
+    }
+    check_labels(match_labels, "spec.selector.matchLabels")?;
+    for (key, value) in match_labels.into_iter().flatten() {
+        if template_labels.get(key) != Some(value) {
+            return Err(field_error(
+                "spec.selector.matchLabels",
+                format!(
+                    "{key}={value} does not match the template labels (spec.template.metadata.labels)"
+                ),
+            ));
+        }
+    }
+    for (i, requirement) in expressions.iter().enumerate() {
+        let path = format!("spec.selector.matchExpressions[{i}]");
+        let label = template_labels.get(&requirement.key);
+        let values = requirement.values.as_deref().unwrap_or_default();
+        let selected = match requirement.operator.as_str() {
+            "In" => label.is_some_and(|l| values.contains(l)),
+            "NotIn" => label.is_none_or(|l| !values.contains(l)),
+            "Exists" => label.is_some(),
+            "DoesNotExist" => label.is_none(),
+            other => {
+                return Err(field_error(
+                    join(&path, "operator"),
+                    format!(
+                        "unknown operator {other:?}; expected In, NotIn, Exists or DoesNotExist"
+                    ),
+                ));
+            }
+        };
+        if !selected {
+            return Err(field_error(
+                path,
+                "does not match the template labels (spec.template.metadata.labels)",
+            ));
+        }
+    }
+    Ok(())
+}
+
+const RESTART_POLICIES: &[&str] = &["Always", "OnFailure", "Never"];
+
+fn check_restart_policy(policy: Option<&str>, path: &str) -> Result<(), FieldError> {
+    match policy {
+        Some(policy) if !RESTART_POLICIES.contains(&policy) => Err(field_error(
+            path,
+            format!("{policy:?} is not one of Always, OnFailure, Never"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn check_pod_spec(spec: &PodSpec, path: &str) -> Result<(), FieldError> {
+    if spec.containers.is_empty() {
+        return Err(field_error(
+            join(path, "containers"),
+            "at least one container is required",
+        ));
+    }
+    let mut names = HashSet::new();
+    let init_containers = spec.init_containers.as_deref().unwrap_or_default();
+    let all = [
+        ("containers", &spec.containers[..]),
+        ("initContainers", init_containers),
+    ];
+    for (field, containers) in all {
+        for (i, container) in containers.iter().enumerate() {
+            let container_path = format!("{}[{i}]", join(path, field));
+            let name_path = join(&container_path, "name");
+            dns1123_label(&container.name).map_err(|reason| {
+                field_error(&name_path, format!("{:?} {reason}", container.name))
+            })?;
+            if !names.insert(container.name.as_str()) {
+                return Err(field_error(
+                    name_path,
+                    format!("duplicate container name {:?}", container.name),
+                ));
+            }
+            check_process(&ProcessFields {
+                path: &container_path,
+                image: container.image.as_deref(),
+                command: container.command.as_deref().unwrap_or_default(),
+                ports: container.ports.as_deref().unwrap_or_default(),
+                resources: container.resources.as_ref(),
+                probes: [
+                    ("livenessProbe", container.liveness_probe.as_ref()),
+                    ("readinessProbe", container.readiness_probe.as_ref()),
+                    ("startupProbe", container.startup_probe.as_ref()),
+                ],
+                user: container
+                    .security_context
+                    .as_ref()
+                    .and_then(|s| s.run_as_user)
+                    .map(|uid| ("securityContext.runAsUser", uid)),
+            })?;
+        }
+    }
+    if let Some(uid) = spec.security_context.as_ref().and_then(|s| s.run_as_user) {
+        check_non_negative(uid, &join(path, "securityContext.runAsUser"))?;
+    }
+    check_labels(spec.node_selector.as_ref(), &join(path, "nodeSelector"))?;
+    check_restart_policy(spec.restart_policy.as_deref(), &join(path, "restartPolicy"))
+}
+
+fn check_microservice(ms: &Microservice) -> Result<(), FieldError> {
+    let spec = &ms.spec;
+    check_non_negative(spec.replicas.into(), "spec.replicas")?;
+    check_process(&ProcessFields {
+        path: "spec",
+        image: spec.image.as_deref(),
+        command: &spec.command,
+        ports: &spec.ports,
+        resources: spec.resources.as_ref(),
+        probes: [
+            ("livenessProbe", spec.liveness_probe.as_ref()),
+            ("readinessProbe", spec.readiness_probe.as_ref()),
+            ("startupProbe", None),
+        ],
+        user: spec.user.map(|uid| ("user", uid)),
+    })?;
+    check_labels(Some(&spec.node_selector), "spec.nodeSelector")?;
+    check_restart_policy(Some(&spec.restart_policy), "spec.restartPolicy")?;
+    dns1123_label(&spec.driver)
+        .map_err(|reason| field_error("spec.driver", format!("{:?} {reason}", spec.driver)))
+}
+
+/// What a Pod container and a Microservice have in common: one process to
+/// run. `path` is where these fields live; the other paths are relative to it.
+struct ProcessFields<'a> {
+    path: &'a str,
+    image: Option<&'a str>,
+    command: &'a [String],
+    ports: &'a [ContainerPort],
+    resources: Option<&'a ResourceRequirements>,
+    probes: [(&'static str, Option<&'a Probe>); 3],
+    /// The uid to run as, with its field name.
+    user: Option<(&'static str, i64)>,
+}
+
+fn check_process(fields: &ProcessFields<'_>) -> Result<(), FieldError> {
+    let path = fields.path;
+    if fields.image.is_none_or(str::is_empty) && fields.command.is_empty() {
+        return Err(field_error(path, "either image or command is required"));
+    }
+    let mut port_names = HashSet::new();
+    for (i, port) in fields.ports.iter().enumerate() {
+        let port_path = format!("{}[{i}]", join(path, "ports"));
+        check_port_number(port.container_port, &join(&port_path, "containerPort"))?;
+        if let Some(host_port) = port.host_port {
+            check_port_number(host_port, &join(&port_path, "hostPort"))?;
+        }
+        check_protocol(port.protocol.as_deref(), &port_path)?;
+        if let Some(name) = &port.name {
+            let name_path = join(&port_path, "name");
+            port_name(name).map_err(|reason| field_error(&name_path, reason))?;
+            if !port_names.insert(name.as_str()) {
+                return Err(field_error(
+                    name_path,
+                    format!("duplicate port name {name:?}"),
+                ));
+            }
+        }
+    }
+    check_resources(fields.resources, &join(path, "resources"))?;
+    for (field, probe) in fields.probes {
+        if let Some(probe) = probe {
+            check_probe(probe, &join(path, field))?;
+        }
+    }
+    if let Some((field, uid)) = fields.user {
+        check_non_negative(uid, &join(path, field))?;
+    }
+    Ok(())
+}
+
+/// Every quantity parses, and no request exceeds its limit.
+fn check_resources(resources: Option<&ResourceRequirements>, path: &str) -> Result<(), FieldError> {
+    let Some(resources) = resources else {
+        return Ok(());
+    };
+    let requests = parse_quantities(resources.requests.as_ref(), &join(path, "requests"))?;
+    let limits = parse_quantities(resources.limits.as_ref(), &join(path, "limits"))?;
+    for (resource, request) in &requests {
+        if let Some(limit) = limits.get(resource).filter(|limit| request > limit) {
+            return Err(field_error(
+                format!("{path}.requests.{resource}"),
+                format!(
+                    "must not exceed the limit ({})",
+                    resources_limit_text(resources, resource, *limit)
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Parses every quantity of a `requests` or `limits` map at `path`.
+fn parse_quantities<'a>(
+    quantities: Option<&'a BTreeMap<String, Quantity>>,
+    path: &str,
+) -> Result<BTreeMap<&'a str, u64>, FieldError> {
+    let mut parsed = BTreeMap::new();
+    for (resource, quantity) in quantities.into_iter().flatten() {
+        // CPU is in cores; every other resource (memory, storage, devices) is
+        // a count of bytes or units.
+        let parse = if resource == "cpu" {
+            parse_cpu_millis
+        } else {
+            parse_memory_bytes
+        };
+        let amount =
+            parse(&quantity.0).map_err(|err| field_error(join(path, resource), err.to_string()))?;
+        parsed.insert(resource.as_str(), amount);
+    }
+    Ok(parsed)
+}
+
+/// The limit as the user wrote it, for messages.
+fn resources_limit_text(resources: &ResourceRequirements, resource: &str, parsed: u64) -> String {
+    resources
+        .limits
+        .as_ref()
+        .and_then(|limits| limits.get(resource))
+        .map_or_else(|| parsed.to_string(), |quantity| quantity.0.clone())
+}
+
+fn check_probe(probe: &Probe, path: &str) -> Result<(), FieldError> {
+    let handlers: Vec<&str> = [
+        ("exec", probe.exec.is_some()),
+        ("httpGet", probe.http_get.is_some()),
+        ("tcpSocket", probe.tcp_socket.is_some()),
+        ("grpc", probe.grpc.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(name, set)| set.then_some(name))
+    .collect();
+    if handlers.len() != 1 {
+        let found = if handlers.is_empty() {
+            "none".to_string()
+        } else {
+            handlers.join(", ")
+        };
+        return Err(field_error(
+            path,
+            format!("exactly one of exec, httpGet, tcpSocket or grpc is required, found {found}"),
+        ));
+    }
+    if let Some(exec) = &probe.exec
+        && exec.command.as_deref().unwrap_or_default().is_empty()
+    {
+        return Err(field_error(join(path, "exec.command"), "must not be empty"));
+    }
+    if let Some(http) = &probe.http_get {
+        check_port_ref(&http.port, &join(path, "httpGet.port"))?;
+    }
+    if let Some(tcp) = &probe.tcp_socket {
+        check_port_ref(&tcp.port, &join(path, "tcpSocket.port"))?;
+    }
+    if let Some(grpc) = &probe.grpc {
+        check_port_number(grpc.port, &join(path, "grpc.port"))?;
+    }
+    let durations = [
+        (
+            "initialDelaySeconds",
+            probe.initial_delay_seconds.map(i64::from),
+        ),
+        ("periodSeconds", probe.period_seconds.map(i64::from)),
+        ("timeoutSeconds", probe.timeout_seconds.map(i64::from)),
+        ("successThreshold", probe.success_threshold.map(i64::from)),
+        ("failureThreshold", probe.failure_threshold.map(i64::from)),
+        (
+            "terminationGracePeriodSeconds",
+            probe.termination_grace_period_seconds,
+        ),
+    ];
+    for (field, value) in durations {
+        if let Some(value) = value {
+            check_non_negative(value, &join(path, field))?;
+        }
+    }
+    Ok(())
+}
+
+fn check_service_spec(spec: &ServiceSpec) -> Result<(), FieldError> {
+    const TYPES: &[&str] = &["ClusterIP", "NodePort", "LoadBalancer", "ExternalName"];
+    if let Some(type_) = spec.type_.as_deref().filter(|t| !TYPES.contains(t)) {
+        return Err(field_error(
+            "spec.type",
+            format!("{type_:?} is not one of {}", TYPES.join(", ")),
+        ));
+    }
+    let ports = spec.ports.as_deref().unwrap_or_default();
+    let mut names = HashSet::new();
+    for (i, port) in ports.iter().enumerate() {
+        let path = format!("spec.ports[{i}]");
+        check_port_number(port.port, &join(&path, "port"))?;
+        if let Some(target) = &port.target_port {
+            check_port_ref(target, &join(&path, "targetPort"))?;
+        }
+        if let Some(node_port) = port.node_port {
+            check_port_number(node_port, &join(&path, "nodePort"))?;
+        }
+        check_protocol(port.protocol.as_deref(), &path)?;
+        let name = port.name.as_deref().unwrap_or_default();
+        if ports.len() > 1 && name.is_empty() {
+            return Err(field_error(
+                join(&path, "name"),
+                "required when a service has more than one port",
+            ));
+        }
+        if !name.is_empty() && !names.insert(name) {
+            return Err(field_error(
+                join(&path, "name"),
+                format!("duplicate port name {name:?}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// ConfigMap and Secret keys become file names: `[-._a-zA-Z0-9]+`.
+fn check_data_keys<V>(data: Option<&BTreeMap<String, V>>, path: &str) -> Result<(), FieldError> {
+    for key in data.into_iter().flat_map(BTreeMap::keys) {
+        let valid = !key.is_empty()
+            && key.len() <= 253
+            && key != "."
+            && key != ".."
+            && key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !valid {
+            return Err(field_error(
+                join(path, key),
+                "invalid key: must consist of alphanumerics, '-', '_' or '.'",
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_port_number(port: i32, path: &str) -> Result<(), FieldError> {
+    if (1..=65535).contains(&port) {
+        Ok(())
+    } else {
+        Err(field_error(
+            path,
+            format!("must be between 1 and 65535, found {port}"),
+        ))
+    }
+}
+
+/// A port given as a number or as the name of a container port.
+fn check_port_ref(port: &IntOrString, path: &str) -> Result<(), FieldError> {
+    match port {
+        IntOrString::Int(number) => check_port_number(*number, path),
+        IntOrString::String(name) => port_name(name).map_err(|reason| field_error(path, reason)),
+    }
+}
+
+fn check_protocol(protocol: Option<&str>, port_path: &str) -> Result<(), FieldError> {
+    match protocol {
+        None | Some("TCP" | "UDP" | "SCTP") => Ok(()),
+        Some(other) => Err(field_error(
+            join(port_path, "protocol"),
+            format!("{other:?} is not one of TCP, UDP, SCTP"),
+        )),
+    }
+}
+
+fn check_non_negative(value: i64, path: &str) -> Result<(), FieldError> {
+    if value < 0 {
+        Err(field_error(
+            path,
+            format!("must not be negative, found {value}"),
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Name syntax (Kubernetes' validation rules)
+// ---------------------------------------------------------------------------
+
+/// Lowercase alphanumerics and '-', starting and ending alphanumeric.
+fn is_label_like(s: &str) -> bool {
+    let alnum = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    s.starts_with(alnum) && s.ends_with(alnum) && s.chars().all(|c| alnum(c) || c == '-')
+}
+
+/// A DNS-1123 label: at most 63 lowercase alphanumerics or '-', starting and
+/// ending alphanumeric.
+fn dns1123_label(s: &str) -> Result<(), String> {
+    if s.len() > 63 {
+        return Err("must be at most 63 characters".to_string());
+    }
+    if !is_label_like(s) {
+        return Err(
+            "must consist of lowercase alphanumerics or '-', and start and end with an alphanumeric"
+                .to_string(),
+        );
+    }
+    Ok(())
+}
+
+/// A DNS-1123 subdomain: at most 253 characters, dot-separated labels.
+fn dns1123_subdomain(s: &str) -> Result<(), String> {
+    if s.len() > 253 {
+        return Err("must be at most 253 characters".to_string());
+    }
+    if !s.split('.').all(is_label_like) {
+        return Err("must consist of lowercase alphanumerics, '-' or '.', and start and end with an alphanumeric".to_string());
+    }
+    Ok(())
+}
+
+/// A label key: `[prefix/]name`, the prefix a DNS-1123 subdomain.
+fn label_key(key: &str) -> Result<(), String> {
+    let name = match key.split_once('/') {
+        Some((prefix, name)) => {
+            dns1123_subdomain(prefix).map_err(|reason| format!("prefix {prefix:?} {reason}"))?;
+            name
+        }
+        None => key,
+    };
+    label_name(name).map_err(|reason| format!("name {name:?} {reason}"))
+}
+
+/// A label name or value: at most 63 alphanumerics, '-', '_' or '.',
+/// starting and ending alphanumeric.
+fn label_name(s: &str) -> Result<(), String> {
+    let alnum = |c: char| c.is_ascii_alphanumeric();
+    if s.len() > 63 {
+        return Err("must be at most 63 characters".to_string());
+    }
+    if !(s.starts_with(alnum)
+        && s.ends_with(alnum)
+        && s.chars().all(|c| alnum(c) || matches!(c, '-' | '_' | '.')))
+    {
+        return Err(
+            "must consist of alphanumerics, '-', '_' or '.', and start and end with an alphanumeric"
+                .to_string(),
+        );
+    }
+    Ok(())
+}
+
+/// A port name (IANA service name): at most 15 lowercase alphanumerics or
+/// '-', with at least one letter.
+fn port_name(name: &str) -> Result<(), String> {
+    if name.len() <= 15 && is_label_like(name) && name.contains(|c: char| c.is_ascii_lowercase()) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a valid port name (at most 15 lowercase alphanumerics or '-', with a letter)"
+        ))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Fields c4m accepts but does not honour
+// ---------------------------------------------------------------------------
+
+/// Where a row of [`UNHONOURED`] applies.
+#[derive(Debug, Clone, Copy)]
+enum Scope {
+    /// Every pod spec: a Pod's `spec`, a Deployment's `spec.template.spec`.
+    PodSpec,
+    /// Objects of this kind, from the object's root.
+    Kind(&'static str),
+}
+
+const IGNORED: &str = "is not supported and will be ignored";
+const SECURITY_IGNORED: &str =
+    "is not supported and will be ignored (only runAsUser and runAsGroup are honoured)";
+const CLUSTER_IP: &str = "is not supported; the service is treated as ClusterIP";
+
+/// Fields that are valid Kubernetes but that c4m does not honour, with the
+/// note a warning gives. Patterns are `.`-separated keys where:
+/// - `key[*]` descends into every element of an array, `key[1:]` into every
+///   element but the first;
+/// - `*` matches any key and `!a|b` any key but `a` and `b`;
+/// - a trailing `=value` matches only fields set to that value.
+///
+/// A field matches when it is set (not null, `""`, `[]` or `{}`).
+const UNHONOURED: &[(Scope, &str, &str)] = &[
+    (Scope::PodSpec, "volumes", IGNORED),
+    (Scope::PodSpec, "containers[*].volumeMounts", IGNORED),
+    (Scope::PodSpec, "initContainers", IGNORED),
+    (
+        Scope::PodSpec,
+        "containers[1:]",
+        "is ignored: only the first container runs",
+    ),
+    (Scope::PodSpec, "containers[*].startupProbe", IGNORED),
+    (Scope::PodSpec, "containers[*].lifecycle", IGNORED),
+    (
+        Scope::PodSpec,
+        "containers[*].securityContext.!runAsUser|runAsGroup",
+        SECURITY_IGNORED,
+    ),
+    (
+        Scope::PodSpec,
+        "securityContext.!runAsUser|runAsGroup",
+        SECURITY_IGNORED,
+    ),
+    (Scope::PodSpec, "affinity", IGNORED),
+    (Scope::PodSpec, "tolerations", IGNORED),
+    (Scope::PodSpec, "topologySpreadConstraints", IGNORED),
+    (Scope::PodSpec, "hostNetwork=true", IGNORED),
+    (Scope::PodSpec, "hostPID=true", IGNORED),
+    (Scope::PodSpec, "hostIPC=true", IGNORED),
+    (Scope::PodSpec, "hostAliases", IGNORED),
+    (Scope::PodSpec, "dnsConfig", IGNORED),
+    (
+        Scope::PodSpec,
+        "serviceAccountName",
+        "is accepted but has no effect",
+    ),
+    (
+        Scope::PodSpec,
+        "serviceAccount",
+        "is accepted but has no effect",
+    ),
+    (Scope::PodSpec, "imagePullSecrets", IGNORED),
+    (
+        Scope::Kind("Deployment"),
+        "spec.strategy.type=Recreate",
+        "is not supported; RollingUpdate is used",
+    ),
+    (
+        Scope::Kind("Deployment"),
+        "spec.strategy.rollingUpdate",
+        "is not supported; the default rolling update parameters are used",
+    ),
+    (Scope::Kind("Service"), "spec.type=LoadBalancer", CLUSTER_IP),
+    (Scope::Kind("Service"), "spec.type=NodePort", CLUSTER_IP),
+    (Scope::Kind("Service"), "spec.type=ExternalName", CLUSTER_IP),
+    (Scope::Kind("Service"), "spec.externalIPs", IGNORED),
+    (
+        Scope::Kind("Service"),
+        "spec.sessionAffinity=ClientIP",
+        IGNORED,
+    ),
+];
+
+/// Where each kind keeps its pod spec, as a JSON pointer and a field path.
+const POD_SPEC_LOCATIONS: &[(&str, &str, &str)] = &[
+    ("Pod", "/spec", "spec"),
+    ("Deployment", "/spec/template/spec", "spec.template.spec"),
+];
+
+/// `"<path> <note>"` for every field of `object` in [`UNHONOURED`].
+fn unhonoured_fields(kind: &str, object: &Value) -> Vec<String> {
+    let pod_spec = POD_SPEC_LOCATIONS
+        .iter()
+        .find(|(k, _, _)| *k == kind)
+        .and_then(|(_, pointer, path)| Some((object.pointer(pointer)?, *path)));
+    let mut warnings = Vec::new();
+    for &(scope, pattern, note) in UNHONOURED {
+        let root = match scope {
+            Scope::PodSpec => pod_spec,
+            Scope::Kind(k) => (k == kind).then_some((object, "")),
+        };
+        let Some((root, root_path)) = root else {
+            continue;
+        };
+        let (keys, expected) = match pattern.split_once('=') {
+            Some((keys, expected)) => (keys, Some(expected)),
+            None => (pattern, None),
+        };
+        let segments: Vec<&str> = keys.split('.').collect();
+        let mut matches = Vec::new();
+        find_fields(
+            root,
+            &segments,
+            expected,
+            root_path.to_string(),
+            &mut matches,
+        );
+        warnings.extend(matches.into_iter().map(|field| format!("{field} {note}")));
+    }
+    warnings
+}
+
+/// Collects the paths under `value` that match `segments` (see
+/// [`UNHONOURED`]), as `path` or `path=value` when a value is expected.
+fn find_fields(
+    value: &Value,
+    segments: &[&str],
+    expected: Option<&str>,
+    path: String,
+    found: &mut Vec<String>,
+) {
+    let Some((segment, rest)) = segments.split_first() else {
+        match expected {
+            None if is_set(value) => found.push(path),
+            Some(expected) if scalar_text(value).as_deref() == Some(expected) => {
+                found.push(format!("{path}={expected}"));
+            }
+            _ => {}
+        }
+        return;
+    };
+    let (key, first_index) = match segment.split_once('[') {
+        Some((key, "*]")) => (key, Some(0)),
+        Some((key, range)) => (
+            key,
+            range
+                .strip_suffix(":]")
+                .and_then(|start| start.parse::<usize>().ok()),
+        ),
+        None => (*segment, None),
+    };
+    let Some(object) = value.as_object() else {
+        return;
+    };
+    for (name, child) in object.iter().filter(|(name, _)| key_matches(key, name)) {
+        let child_path = join(&path, name);
+        match (first_index, child) {
+            (None, _) => find_fields(child, rest, expected, child_path, found),
+            (Some(start), Value::Array(items)) => {
+                for (i, item) in items.iter().enumerate().skip(start) {
+                    find_fields(item, rest, expected, format!("{child_path}[{i}]"), found);
+                }
+            }
+            (Some(_), _) => {}
+        }
+    }
+}
+
+fn key_matches(pattern: &str, key: &str) -> bool {
+    match pattern.strip_prefix('!') {
+        Some(excluded) => !excluded.split('|').any(|e| e == key),
+        None => pattern == "*" || pattern == key,
+    }
+}
+
+fn is_set(value: &Value) -> bool {
+    match value {
+        Value::Null => false,
+        Value::String(s) => !s.is_empty(),
+        Value::Array(items) => !items.is_empty(),
+        Value::Object(object) => !object.is_empty(),
+        Value::Bool(_) | Value::Number(_) => true,
+    }
+}
+
+fn scalar_text(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) => Some(s.clone()),
+        Value::Bool(b) => Some(b.to_string()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse_one(yaml: &str) -> Value {
+        let mut documents = parse_documents("test.yaml", yaml).unwrap();
+        assert_eq!(documents.len(), 1);
+        documents.remove(0).value
+    }
+
+    fn error_of(yaml: &str) -> (String, String) {
+        validate_value(&parse_one(yaml)).unwrap_err()
+    }
+
+    const DEPLOYMENT: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  labels: {app: web}
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web, tier: front}
+    spec:
+      containers:
+        - name: web
+          image: nginx:1.27
+          ports: [{containerPort: 80, name: http}]
+          resources:
+            requests: {cpu: 100m, memory: 64Mi}
+            limits: {cpu: "1", memory: 128Mi}
+          readinessProbe:
+            httpGet: {path: /, port: http}
+"#;
+
+    /// The Deployment above with one edit applied at a JSON pointer.
+    fn deployment_with(pointer: &str, value: Value) -> Value {
+        let mut deployment = parse_one(DEPLOYMENT);
+        let (parent, key) = pointer.rsplit_once('/').unwrap();
+        let parent = deployment.pointer_mut(parent).unwrap();
+        match parent {
+            Value::Object(object) => {
+                object.insert(key.to_string(), value);
+            }
+            Value::Array(items) => items.push(value),
+            _ => panic!("bad pointer {pointer}"),
+        }
+        deployment
+    }
+
+    #[test]
+    fn valid_deployment_passes_without_warnings() {
+        let value = parse_one(DEPLOYMENT);
+        let validated = validate_value(&value).unwrap();
+        assert_eq!(validated.kind.kind, "Deployment");
+        assert_eq!(validated.object, value);
+        assert!(validated.warnings.is_empty(), "{:?}", validated.warnings);
+    }
+
+    #[test]
+    fn bad_quantity_in_second_container_names_its_path() {
+        let value = deployment_with(
+            "/spec/template/spec/containers/1",
+            json!({"name": "sidecar", "command": ["sleep", "1"],
+                   "resources": {"limits": {"memory": "12Q"}}}),
+        );
+        let (path, message) = validate_value(&value).unwrap_err();
+        assert_eq!(
+            path,
+            "spec.template.spec.containers[1].resources.limits.memory"
+        );
+        assert_eq!(message, r#"invalid quantity "12Q": unknown suffix "Q""#);
+    }
+
+    #[test]
+    fn numeric_quantities_are_accepted() {
+        // YAML users write `cpu: 1` or `memory: 67108864` unquoted.
+        let value = deployment_with(
+            "/spec/template/spec/containers/0/resources",
+            json!({"requests": {"cpu": 0.5, "memory": 67108864}, "limits": {"cpu": 1}}),
+        );
+        assert!(validate_value(&value).is_ok());
+    }
+
+    #[test]
+    fn misspelled_field_is_unknown() {
+        let value = deployment_with("/spec/replica", json!(3));
+        assert_eq!(
+            validate_value(&value).unwrap_err(),
+            ("spec.replica".to_string(), "unknown field".to_string())
+        );
+        // Deep inside k8s-openapi's hand-written impls, and in a list.
+        let value = deployment_with("/spec/template/spec/containers/0/imagee", json!("x"));
+        assert_eq!(
+            validate_value(&value).unwrap_err().0,
+            "spec.template.spec.containers[0].imagee"
+        );
+        // And in c4m's own derived types.
+        let (path, message) = error_of(
+            "apiVersion: c4m.io/v1\nkind: Microservice\nmetadata: {name: api}\nspec: {command: [x], replica: 2}\n",
+        );
+        assert_eq!(
+            (path.as_str(), message.as_str()),
+            ("spec.replica", "unknown field")
+        );
+    }
+
+    #[test]
+    fn wrong_type_names_its_path() {
+        let value = deployment_with("/spec/replicas", json!("three"));
+        assert_eq!(
+            validate_value(&value).unwrap_err(),
+            (
+                "spec.replicas".to_string(),
+                r#"invalid type: string "three", expected i32"#.to_string()
+            )
+        );
+        let value = deployment_with(
+            "/spec/template/spec/containers/0/ports/0/containerPort",
+            json!("80"),
+        );
+        assert_eq!(
+            validate_value(&value).unwrap_err().0,
+            "spec.template.spec.containers[0].ports[0].containerPort"
+        );
+    }
+
+    #[test]
+    fn unsupported_kind_lists_served_kinds() {
+        let (path, message) = error_of("apiVersion: x/v1\nkind: Foo\nmetadata: {name: a}\n");
+        assert_eq!(path, "kind");
+        assert!(
+            message.starts_with(
+                "unsupported kind Foo (apiVersion x/v1); c4m serves: Namespace (v1), "
+            ),
+            "{message}"
+        );
+        assert!(
+            message.contains("Deployment (apps/v1)")
+                && message.contains("Microservice (c4m.io/v1)")
+        );
+        let (path, _) = error_of("apiVersion: v1\nkind: Deployment\nmetadata: {name: a}\n");
+        assert_eq!(path, "kind");
+        assert_eq!(error_of("kind: Pod\n").0, "apiVersion");
+        assert_eq!(error_of("apiVersion: v1\n").0, "kind");
+        assert_eq!(
+            validate_value(&json!([1])).unwrap_err().1,
+            "expected an object, found an array"
+        );
+    }
+
+    #[test]
+    fn selector_must_match_template() {
+        let value = deployment_with("/spec/selector/matchLabels", json!({"app": "api"}));
+        let (path, message) = validate_value(&value).unwrap_err();
+        assert_eq!(path, "spec.selector.matchLabels");
+        assert!(
+            message.starts_with("app=api does not match the template labels"),
+            "{message}"
+        );
+
+        let value = deployment_with(
+            "/spec/selector",
+            json!({"matchExpressions": [{"key": "tier", "operator": "In", "values": ["back"]}]}),
+        );
+        assert_eq!(
+            validate_value(&value).unwrap_err().0,
+            "spec.selector.matchExpressions[0]"
+        );
+        let value = deployment_with(
+            "/spec/selector",
+            json!({"matchExpressions": [{"key": "tier", "operator": "Exists"}]}),
+        );
+        assert!(validate_value(&value).is_ok());
+        let value = deployment_with("/spec/selector", json!({}));
+        assert_eq!(validate_value(&value).unwrap_err().1, "must not be empty");
+    }
+
+    #[test]
+    fn names_and_labels_follow_kubernetes_rules() {
+        let value = deployment_with("/metadata/name", json!("Web"));
+        assert_eq!(validate_value(&value).unwrap_err().0, "metadata.name");
+        let value = deployment_with("/metadata/name", json!("web.v2"));
+        assert!(validate_value(&value).is_ok());
+        let (path, _) = error_of("apiVersion: v1\nkind: Service\nmetadata: {name: web.v2}\n");
+        assert_eq!(path, "metadata.name");
+        let (path, _) = error_of("apiVersion: v1\nkind: Namespace\nmetadata: {}\n");
+        assert_eq!(path, "metadata.name");
+        let value = deployment_with("/metadata/namespace", json!("a.b"));
+        assert_eq!(validate_value(&value).unwrap_err().0, "metadata.namespace");
+        let value = deployment_with("/metadata/labels", json!({"example.com/app": "web_1.x"}));
+        assert!(validate_value(&value).is_ok());
+        let value = deployment_with("/metadata/labels", json!({"bad key": "x"}));
+        assert_eq!(
+            validate_value(&value).unwrap_err().0,
+            "metadata.labels.bad key"
+        );
+        let value = deployment_with("/metadata/labels", json!({"app": "-web"}));
+        assert!(
+            validate_value(&value)
+                .unwrap_err()
+                .1
+                .starts_with("invalid value \"-web\"")
+        );
+        let long = "a".repeat(64);
+        let value = deployment_with("/metadata/labels", json!({"app": long}));
+        assert!(validate_value(&value).is_err());
+    }
+
+    #[test]
+    fn pod_spec_rules() {
+        let cases = [
+            ("/spec/replicas", json!(-1), "spec.replicas"),
+            (
+                "/spec/template/spec/containers",
+                json!([]),
+                "spec.template.spec.containers",
+            ),
+            (
+                "/spec/template/spec/containers/1",
+                json!({"name": "web", "image": "x"}),
+                "spec.template.spec.containers[1].name",
+            ),
+            (
+                "/spec/template/spec/containers/1",
+                json!({"name": "side"}),
+                "spec.template.spec.containers[1]",
+            ),
+            (
+                "/spec/template/spec/containers/0/ports/0/containerPort",
+                json!(70000),
+                "spec.template.spec.containers[0].ports[0].containerPort",
+            ),
+            (
+                "/spec/template/spec/containers/0/readinessProbe/tcpSocket",
+                json!({"port": 80}),
+                "spec.template.spec.containers[0].readinessProbe",
+            ),
+            (
+                "/spec/template/spec/containers/0/livenessProbe",
+                json!({"periodSeconds": 5}),
+                "spec.template.spec.containers[0].livenessProbe",
+            ),
+            (
+                "/spec/template/spec/containers/0/resources/requests/cpu",
+                json!("2"),
+                "spec.template.spec.containers[0].resources.requests.cpu",
+            ),
+            (
+                "/spec/template/spec/restartPolicy",
+                json!("Never"),
+                "spec.template.spec.restartPolicy",
+            ),
+        ];
+        for (pointer, value, expected_path) in cases {
+            let (path, message) = validate_value(&deployment_with(pointer, value)).unwrap_err();
+            assert_eq!(path, expected_path, "{pointer}: {message}");
+        }
+        let value = deployment_with(
+            "/spec/template/spec/containers/0/readinessProbe/tcpSocket",
+            json!({"port": 80}),
+        );
+        assert_eq!(
+            validate_value(&value).unwrap_err().1,
+            "exactly one of exec, httpGet, tcpSocket or grpc is required, found httpGet, tcpSocket"
+        );
+    }
+
+    #[test]
+    fn pod_and_microservice_need_something_to_run() {
+        let (path, message) = error_of(
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: c}]}\n",
+        );
+        assert_eq!(
+            (path.as_str(), message.as_str()),
+            ("spec.containers[0]", "either image or command is required")
+        );
+        let (path, message) = error_of(
+            "apiVersion: c4m.io/v1\nkind: Microservice\nmetadata: {name: api}\nspec: {replicas: 2}\n",
+        );
+        assert_eq!(
+            (path.as_str(), message.as_str()),
+            ("spec", "either image or command is required")
+        );
+        let (path, _) = error_of(
+            "apiVersion: c4m.io/v1\nkind: Microservice\nmetadata: {name: api}\nspec: {command: [x], replicas: -1}\n",
+        );
+        assert_eq!(path, "spec.replicas");
+        let (path, _) = error_of(
+            "apiVersion: c4m.io/v1\nkind: Microservice\nmetadata: {name: api}\nspec: {command: [x], restartPolicy: Sometimes}\n",
+        );
+        assert_eq!(path, "spec.restartPolicy");
+        let (path, _) = error_of(
+            "apiVersion: c4m.io/v1\nkind: Microservice\nmetadata: {name: api}\nspec: {command: [x], resources: {requests: {cpu: lots}}}\n",
+        );
+        assert_eq!(path, "spec.resources.requests.cpu");
+    }
+
+    #[test]
+    fn service_ports_are_checked() {
+        let service = |ports: Value| {
+            json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
+                   "spec": {"selector": {"app": "web"}, "ports": ports}})
+        };
+        assert!(validate_value(&service(json!([{"port": 80, "targetPort": "http"}]))).is_ok());
+        let (path, _) = validate_value(&service(json!([{"port": 0}]))).unwrap_err();
+        assert_eq!(path, "spec.ports[0].port");
+        let (path, _) =
+            validate_value(&service(json!([{"port": 80, "targetPort": 65536}]))).unwrap_err();
+        assert_eq!(path, "spec.ports[0].targetPort");
+        let (path, _) =
+            validate_value(&service(json!([{"port": 80, "name": "a"}, {"port": 81}]))).unwrap_err();
+        assert_eq!(path, "spec.ports[1].name");
+        let (path, _) =
+            validate_value(&service(json!([{"port": 80, "protocol": "HTTP"}]))).unwrap_err();
+        assert_eq!(path, "spec.ports[0].protocol");
+    }
+
+    #[test]
+    fn secret_data_must_be_base64() {
+        let secret = |data: Value| json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "db"}, "data": data});
+        assert!(validate_value(&secret(json!({"password": "aHVudGVyMg=="}))).is_ok());
+        let (path, message) = validate_value(&secret(json!({"password": "hunter2!"}))).unwrap_err();
+        assert_eq!(path, "data.password");
+        assert!(message.starts_with("invalid base64"), "{message}");
+        let (path, _) = validate_value(&secret(json!({"bad/key": "YQ=="}))).unwrap_err();
+        assert_eq!(path, "data.bad/key");
+    }
+
+    #[test]
+    fn unhonoured_fields_are_warnings() {
+        let yaml = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  selector: {matchLabels: {app: web}}
+  strategy: {type: Recreate}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      serviceAccountName: web
+      hostNetwork: false
+      tolerations: []
+      securityContext: {runAsUser: 1000, fsGroup: 2000}
+      volumes: [{name: data, emptyDir: {}}]
+      containers:
+        - name: web
+          image: nginx
+          volumeMounts: [{name: data, mountPath: /data}]
+          securityContext: {runAsGroup: 10, privileged: true}
+        - name: side
+          image: busybox
+"#;
+        let validated = validate_value(&parse_one(yaml)).unwrap();
+        let mut warnings = validated.warnings;
+        warnings.sort();
+        let prefix = "Deployment web: ";
+        let mut expected: Vec<String> = [
+            "spec.strategy.type=Recreate is not supported; RollingUpdate is used",
+            "spec.template.spec.containers[0].securityContext.privileged is not supported and will be ignored (only runAsUser and runAsGroup are honoured)",
+            "spec.template.spec.containers[0].volumeMounts is not supported and will be ignored",
+            "spec.template.spec.containers[1] is ignored: only the first container runs",
+            "spec.template.spec.securityContext.fsGroup is not supported and will be ignored (only runAsUser and runAsGroup are honoured)",
+            "spec.template.spec.serviceAccountName is accepted but has no effect",
+            "spec.template.spec.volumes is not supported and will be ignored",
+        ]
+        .iter()
+        .map(|w| format!("{prefix}{w}"))
+        .collect();
+        expected.sort();
+        assert_eq!(warnings, expected);
+
+        let service = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
+                             "spec": {"type": "LoadBalancer", "ports": [{"port": 80}]}});
+        assert_eq!(
+            validate_value(&service).unwrap().warnings,
+            [
+                "Service web: spec.type=LoadBalancer is not supported; the service is treated as ClusterIP"
+            ]
+        );
+        let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+                         "spec": {"hostNetwork": true, "containers": [{"name": "c", "command": ["x"]}]}});
+        assert_eq!(
+            validate_value(&pod).unwrap().warnings,
+            ["Pod p: spec.hostNetwork=true is not supported and will be ignored"]
+        );
+    }
+
+    #[test]
+    fn multi_document_yaml_skips_empty_documents() {
+        let text = "apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n---\n# only a comment\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: b}\n---\n";
+        let documents = parse_documents("ns.yaml", text).unwrap();
+        let indexes: Vec<usize> = documents.iter().map(|d| d.index).collect();
+        assert_eq!(indexes, [1, 3]);
+        assert_eq!(documents[1].value["metadata"]["name"], "b");
+        assert_eq!(documents[1].source, "ns.yaml");
+        assert!(parse_documents("empty.yaml", "").unwrap().is_empty());
+        assert!(parse_documents("empty.yaml", "---\n").unwrap().is_empty());
+    }
+
+    #[test]
+    fn json_lists_and_arrays_expand() {
+        let list = r#"{"apiVersion": "v1", "kind": "List", "items": [
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "a"}},
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "b"}}
+        ]}"#;
+        let documents = parse_documents("<stdin>", list).unwrap();
+        assert_eq!(documents.len(), 2);
+        assert_eq!(
+            (documents[1].index, &documents[1].value["metadata"]["name"]),
+            (2, &json!("b"))
+        );
+        for document in &documents {
+            validate(document).unwrap();
+        }
+
+        let array = r#"[{"kind": "Namespace"}, {"kind": "Pod"}, {"kind": "Service"}]"#;
+        assert_eq!(parse_documents("a.json", array).unwrap().len(), 3);
+        let stream = "{\"kind\": \"Namespace\"}\n{\"kind\": \"Pod\"}\n";
+        assert_eq!(parse_documents("a.json", stream).unwrap()[1].index, 2);
+        let yaml_list = "apiVersion: v1\nkind: List\nitems:\n- {kind: A}\n- {kind: B}\n";
+        assert_eq!(parse_documents("l.yaml", yaml_list).unwrap().len(), 2);
+
+        let err = parse_documents("a.json", "{\"kind\": }").unwrap_err();
+        assert_eq!(err.document, 1);
+        assert!(
+            err.message.starts_with("invalid JSON") && err.message.contains("line 1"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn yaml_syntax_error_reports_document_and_line() {
+        let text = "kind: A\n---\nkind: B\n  bad: [\n";
+        let err = parse_documents("app.yaml", text).unwrap_err();
+        assert_eq!(err.document, 2);
+        assert!(err.message.contains("line 4"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("app.yaml: document 2: invalid YAML: "),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn yaml_is_converted_like_kubernetes_does() {
+        let value = parse_one("a: &x {b: 1}\nc:\n  <<: *x\n  d: 2\n1: one\ntrue: yes\nf: 1.5\n");
+        assert_eq!(
+            value,
+            json!({"a": {"b": 1}, "c": {"b": 1, "d": 2}, "1": "one", "true": "yes", "f": 1.5})
+        );
+        let err = parse_documents("x.yaml", "a: .nan\n").unwrap_err();
+        assert_eq!(err.path, "a");
+        let err = parse_documents("x.yaml", "? [a]\n: b\n").unwrap_err();
+        assert_eq!(err.message, "mapping keys must be scalars");
+    }
+
+    #[test]
+    fn manifest_error_display() {
+        let mut err = ManifestError {
+            source: "app.yaml".to_string(),
+            document: 2,
+            path: "spec.replicas".to_string(),
+            message: "must not be negative, found -1".to_string(),
+        };
+        assert_eq!(
+            err.to_string(),
+            "app.yaml: document 2: spec.replicas: must not be negative, found -1"
+        );
+        err.path.clear();
+        assert_eq!(
+            err.to_string(),
+            "app.yaml: document 2: must not be negative, found -1"
+        );
+        let document = Document {
+            source: "<stdin>".to_string(),
+            index: 4,
+            value: json!({"kind": "Foo"}),
+        };
+        let err = validate(&document).unwrap_err();
+        assert_eq!(
+            (err.source.as_str(), err.document, err.path.as_str()),
+            ("<stdin>", 4, "apiVersion")
+        );
+        let err: crate::Error = err.into();
+        assert!(
+            err.to_string()
+                .starts_with("<stdin>: document 4: apiVersion: ")
+        );
+    }
+
+    #[test]
+    fn microservice_round_trips_through_validation() {
+        let yaml = r#"
+apiVersion: c4m.io/v1
+kind: Microservice
+metadata: {name: api, namespace: shop, labels: {app: api}}
+spec:
+  command: [./api, --port, "8080"]
+  replicas: 3
+  user: 1000
+  resources: {requests: {cpu: 250m, memory: 64Mi}, limits: {memory: 128Mi}}
+  ports: [{name: http, containerPort: 8080}]
+  livenessProbe: {httpGet: {path: /healthz, port: http}, periodSeconds: 10}
+  readinessProbe: {grpc: {port: 8080}}
+  env: [{name: DB, valueFrom: {secretKeyRef: {name: db, key: url}}}]
+  nodeSelector: {disk: ssd}
+  driver: process
+"#;
+        let value = parse_one(yaml);
+        let validated = validate_value(&value).unwrap();
+        assert_eq!(validated.kind.kind, "Microservice");
+        assert!(validated.warnings.is_empty());
+        let ms: Microservice = serde_json::from_value(validated.object.clone()).unwrap();
+        assert_eq!(ms.spec.replicas, 3);
+        let reparsed = validate_value(&serde_json::to_value(&ms).unwrap()).unwrap();
+        let again: Microservice = serde_json::from_value(reparsed.object).unwrap();
+        assert_eq!(again, ms);
+    }
+
+    #[test]
+    fn hostile_input_does_not_panic() {
+        for text in [
+            "[",
+            "{",
+            "- - - -",
+            "a: [",
+            "\t",
+            "!!binary foo",
+            "*x",
+            "{\"a\": 1e999}",
+            ": :",
+        ] {
+            if let Ok(documents) = parse_documents("x", text) {
+                for document in documents {
+                    let _ = validate(&document);
+                }
+            }
+        }
+        for value in [
+            json!(null),
+            json!({"apiVersion": 1, "kind": "Pod"}),
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": 5}),
+        ] {
+            assert!(validate_value(&value).is_err());
+        }
+    }
+}

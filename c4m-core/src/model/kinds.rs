@@ -1,0 +1,145 @@
+//! Every kind c4m serves, with how the API and the CLI name it.
+
+/// One kind of object the API serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ResourceKind {
+    /// API group (`""` for the core group).
+    pub group: &'static str,
+    /// API version within the group.
+    pub version: &'static str,
+    /// The kind (`Deployment`).
+    pub kind: &'static str,
+    /// Lowercase plural used in URLs (`deployments`).
+    pub plural: &'static str,
+    /// Other names the CLI accepts (`deploy`).
+    pub aliases: &'static [&'static str],
+    /// Whether objects live in a namespace.
+    pub namespaced: bool,
+}
+
+macro_rules! kind {
+    ($group:literal, $version:literal, $kind:literal, $plural:literal, [$($alias:literal),*], $namespaced:literal) => {
+        ResourceKind {
+            group: $group,
+            version: $version,
+            kind: $kind,
+            plural: $plural,
+            aliases: &[$($alias),*],
+            namespaced: $namespaced,
+        }
+    };
+}
+
+/// Every kind c4m serves.
+pub static KINDS: &[ResourceKind] = &[
+    kind!(
+        "",
+        "v1",
+        "Namespace",
+        "namespaces",
+        ["namespace", "ns"],
+        false
+    ),
+    kind!("", "v1", "Node", "nodes", ["node", "no"], false),
+    kind!(
+        "",
+        "v1",
+        "Pod",
+        "pods",
+        ["pod", "po", "instances", "instance", "inst"],
+        true
+    ),
+    kind!("", "v1", "Service", "services", ["service", "svc"], true),
+    kind!("", "v1", "Endpoints", "endpoints", ["ep"], true),
+    kind!(
+        "",
+        "v1",
+        "ConfigMap",
+        "configmaps",
+        ["configmap", "cm"],
+        true
+    ),
+    kind!("", "v1", "Secret", "secrets", ["secret"], true),
+    kind!(
+        "",
+        "v1",
+        "ServiceAccount",
+        "serviceaccounts",
+        ["serviceaccount", "sa"],
+        true
+    ),
+    kind!("", "v1", "Event", "events", ["event", "ev"], true),
+    kind!(
+        "apps",
+        "v1",
+        "Deployment",
+        "deployments",
+        ["deployment", "deploy"],
+        true
+    ),
+    kind!(
+        "c4m.io",
+        "v1",
+        "Microservice",
+        "microservices",
+        ["microservice", "ms"],
+        true
+    ),
+];
+
+impl ResourceKind {
+    /// `apiVersion` as objects carry it (`v1`, `apps/v1`).
+    pub fn api_version(&self) -> String {
+        if self.group.is_empty() {
+            self.version.to_string()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
+    }
+
+    /// The kind for an object's `apiVersion` and `kind`.
+    pub fn from_type(api_version: &str, kind: &str) -> Option<&'static ResourceKind> {
+        KINDS
+            .iter()
+            .find(|k| k.kind == kind && k.api_version() == api_version)
+    }
+
+    /// The kind a user means by `name`: plural, alias or kind, any case.
+    pub fn from_name(name: &str) -> Option<&'static ResourceKind> {
+        let name = name.to_ascii_lowercase();
+        KINDS.iter().find(|k| {
+            k.plural == name || k.kind.eq_ignore_ascii_case(&name) || k.aliases.contains(&&*name)
+        })
+    }
+
+    /// The kind served under an API group, version and plural (URL form).
+    pub fn from_path(group: &str, version: &str, plural: &str) -> Option<&'static ResourceKind> {
+        KINDS
+            .iter()
+            .find(|k| k.group == group && k.version == version && k.plural == plural)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_resolve() {
+        assert_eq!(ResourceKind::from_name("ms").unwrap().kind, "Microservice");
+        assert_eq!(ResourceKind::from_name("instances").unwrap().kind, "Pod");
+        assert_eq!(
+            ResourceKind::from_name("Deployment").unwrap().plural,
+            "deployments"
+        );
+        assert!(ResourceKind::from_name("widgets").is_none());
+        assert_eq!(
+            ResourceKind::from_type("apps/v1", "Deployment")
+                .unwrap()
+                .plural,
+            "deployments"
+        );
+        assert!(ResourceKind::from_type("v1", "Deployment").is_none());
+        assert!(!ResourceKind::from_name("nodes").unwrap().namespaced);
+    }
+}

@@ -1,0 +1,36 @@
+//! The resource model: kinds, c4m's own types and helpers over Kubernetes types.
+
+pub mod kinds;
+pub mod microservice;
+pub mod pod;
+
+/// An instance: the unit the scheduler places and an agent runs. It *is* a
+/// Kubernetes Pod (`spec.nodeName`, `status.phase`, `status.podIP`, a Ready
+/// condition), so a Kubernetes API view of instances is no translation.
+pub type Instance = k8s_openapi::api::core::v1::Pod;
+
+/// Annotation keys c4m writes or reads.
+pub mod annotations {
+    /// On an instance: JSON list of its port bindings
+    /// (`[{"name","containerPort","hostIP","hostPort","protocol"}]`), written by
+    /// the control plane from the agent's reports.
+    pub const PORTS: &str = "c4m.io/ports";
+    /// On a node: comma-separated `driver=version` pairs the agent fingerprinted.
+    pub const DRIVERS: &str = "c4m.io/drivers";
+    /// On a node: base URL of the agent's HTTP server (logs, exec).
+    pub const AGENT_URL: &str = "c4m.io/agent-url";
+    /// On an instance: hash of the pod template it was made from, so a
+    /// controller can tell outdated instances after a spec change.
+    pub const TEMPLATE_HASH: &str = "c4m.io/template-hash";
+}
+
+/// Label keys c4m writes or reads.
+pub mod labels {
+    /// On an instance: the Microservice or Deployment that owns it
+    /// (`Microservice.name` / `Deployment.name`).
+    pub const OWNER: &str = "c4m.io/owner";
+    /// On an instance made from a Microservice: the Microservice's name.
+    pub const MICROSERVICE: &str = "c4m.io/microservice";
+    /// On a node: its name (as `kubernetes.io/hostname` does).
+    pub const HOSTNAME: &str = "kubernetes.io/hostname";
+}

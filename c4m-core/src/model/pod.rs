@@ -1,0 +1,255 @@
+//! Helpers over instances (Kubernetes Pods): building them from a
+//! Microservice, which driver they need and what they request.
+
+use k8s_openapi::api::core::v1::{
+    Container, Pod, PodSpec, PodTemplateSpec, ResourceRequirements, SecurityContext,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+use super::labels;
+use super::microservice::Microservice;
+use crate::quantity::{parse_cpu_millis, parse_memory_bytes};
+use crate::{Error, Result};
+
+/// The driver an instance runs on when it names none: host processes.
+pub const DEFAULT_DRIVER: &str = "process";
+
+/// The pod template a Microservice's instances are made from.
+///
+/// One container named after the microservice carries the process settings;
+/// the pod's `runtimeClassName` records the driver the instance needs. The
+/// microservice's labels are copied, and c4m's ownership labels override any
+/// user label of the same key so that instances can always be found.
+pub fn pod_template_for_microservice(ms: &Microservice) -> PodTemplateSpec {
+    let name = ms.metadata.name.clone().unwrap_or_default();
+    let spec = &ms.spec;
+
+    let mut pod_labels = ms.metadata.labels.clone().unwrap_or_default();
+    pod_labels.insert(labels::MICROSERVICE.to_string(), name.clone());
+    pod_labels.insert(labels::OWNER.to_string(), format!("Microservice.{name}"));
+
+    let container = Container {
+        name,
+        image: spec.image.clone(),
+        command: non_empty(&spec.command),
+        args: non_empty(&spec.args),
+        env: non_empty(&spec.env),
+        working_dir: spec.working_dir.clone(),
+        ports: non_empty(&spec.ports),
+        resources: spec.resources.clone(),
+        liveness_probe: spec.liveness_probe.clone(),
+        readiness_probe: spec.readiness_probe.clone(),
+        security_context: spec.user.map(|uid| SecurityContext {
+            run_as_user: Some(uid),
+            ..SecurityContext::default()
+        }),
+        ..Container::default()
+    };
+
+    PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(pod_labels),
+            ..ObjectMeta::default()
+        }),
+        spec: Some(PodSpec {
+            containers: vec![container],
+            restart_policy: Some(spec.restart_policy.clone()),
+            node_selector: (!spec.node_selector.is_empty()).then(|| spec.node_selector.clone()),
+            priority: Some(spec.priority),
+            runtime_class_name: Some(spec.driver.clone()),
+            ..PodSpec::default()
+        }),
+    }
+}
+
+/// `Some` of a copy unless empty: Kubernetes types leave empty lists unset.
+fn non_empty<T: Clone>(items: &[T]) -> Option<Vec<T>> {
+    (!items.is_empty()).then(|| items.to_vec())
+}
+
+/// The driver an instance needs: its `runtimeClassName`, or
+/// [`DEFAULT_DRIVER`] when unset or empty.
+pub fn instance_driver(pod: &Pod) -> &str {
+    pod.spec
+        .as_ref()
+        .and_then(|spec| spec.runtime_class_name.as_deref())
+        .filter(|driver| !driver.is_empty())
+        .unwrap_or(DEFAULT_DRIVER)
+}
+
+/// What an instance asks the scheduler for, in integer units.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Requests {
+    /// CPU in millicores.
+    pub cpu_millis: u64,
+    /// Memory in bytes.
+    pub memory_bytes: u64,
+}
+
+/// The sum of the containers' CPU and memory requests. A container that sets
+/// a limit but no request for a resource requests its limit, as in
+/// Kubernetes.
+///
+/// # Errors
+/// [`Error::Invalid`] naming the field (`containers[1].resources.requests.cpu`)
+/// when a quantity does not parse or the sum overflows.
+pub fn pod_requests(spec: &PodSpec) -> Result<Requests> {
+    let mut total = Requests::default();
+    for (index, container) in spec.containers.iter().enumerate() {
+        let path = format!("containers[{index}].resources");
+        let resources = container.resources.as_ref();
+        let cpu = effective_request(resources, "cpu", &path, parse_cpu_millis)?;
+        let memory = effective_request(resources, "memory", &path, parse_memory_bytes)?;
+        total.cpu_millis = total
+            .cpu_millis
+            .checked_add(cpu)
+            .ok_or_else(|| Error::Invalid(format!("{path}.requests.cpu: total cpu overflows")))?;
+        total.memory_bytes = total.memory_bytes.checked_add(memory).ok_or_else(|| {
+            Error::Invalid(format!("{path}.requests.memory: total memory overflows"))
+        })?;
+    }
+    Ok(total)
+}
+
+/// One resource's request, falling back to its limit; 0 when neither is set.
+fn effective_request(
+    resources: Option<&ResourceRequirements>,
+    resource: &str,
+    path: &str,
+    parse: fn(&str) -> Result<u64>,
+) -> Result<u64> {
+    let found = resources.and_then(|r| {
+        [
+            ("requests", r.requests.as_ref()),
+            ("limits", r.limits.as_ref()),
+        ]
+        .into_iter()
+        .find_map(|(field, map)| Some((field, map?.get(resource)?)))
+    });
+    match found {
+        None => Ok(0),
+        Some((field, quantity)) => parse(&quantity.0)
+            .map_err(|err| Error::Invalid(format!("{path}.{field}.{resource}: {err}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::microservice::MicroserviceSpec;
+    use serde_json::json;
+
+    fn pod_spec(value: serde_json::Value) -> PodSpec {
+        serde_json::from_value(value).unwrap()
+    }
+
+    #[test]
+    fn template_carries_the_microservice() {
+        let mut ms: Microservice = serde_json::from_value(json!({
+            "apiVersion": "c4m.io/v1",
+            "kind": "Microservice",
+            "metadata": {"name": "web", "labels": {"tier": "front", "c4m.io/owner": "spoof"}},
+            "spec": {
+                "command": ["./web"], "args": ["--port", "8080"], "user": 1000,
+                "env": [{"name": "A", "value": "1"}], "workingDir": "/srv",
+                "ports": [{"containerPort": 8080}],
+                "resources": {"requests": {"cpu": "250m"}},
+                "readinessProbe": {"tcpSocket": {"port": 8080}},
+                "nodeSelector": {"disk": "ssd"}, "priority": 5, "restartPolicy": "Never"
+            }
+        }))
+        .unwrap();
+        ms.spec.driver = "docker".to_string();
+        let template = pod_template_for_microservice(&ms);
+
+        let template_labels = template.metadata.unwrap().labels.unwrap();
+        assert_eq!(template_labels["tier"], "front");
+        assert_eq!(template_labels[labels::MICROSERVICE], "web");
+        assert_eq!(template_labels[labels::OWNER], "Microservice.web");
+
+        let spec = template.spec.unwrap();
+        assert_eq!(spec.runtime_class_name.as_deref(), Some("docker"));
+        assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
+        assert_eq!(spec.priority, Some(5));
+        assert_eq!(spec.node_selector.unwrap()["disk"], "ssd");
+        let [container] = spec.containers.as_slice() else {
+            panic!("expected one container");
+        };
+        assert_eq!(container.name, "web");
+        assert_eq!(
+            container.command.as_deref(),
+            Some(&["./web".to_string()][..])
+        );
+        assert_eq!(container.args.as_ref().unwrap().len(), 2);
+        assert_eq!(container.working_dir.as_deref(), Some("/srv"));
+        assert_eq!(container.ports.as_ref().unwrap()[0].container_port, 8080);
+        assert!(container.readiness_probe.is_some());
+        assert!(container.image.is_none());
+        let security = container.security_context.as_ref().unwrap();
+        assert_eq!(security.run_as_user, Some(1000));
+    }
+
+    #[test]
+    fn minimal_template_leaves_empty_lists_unset() {
+        let ms = Microservice::new("api", MicroserviceSpec::default());
+        let spec = pod_template_for_microservice(&ms).spec.unwrap();
+        assert_eq!(spec.runtime_class_name.as_deref(), Some(DEFAULT_DRIVER));
+        assert!(spec.node_selector.is_none());
+        let container = &spec.containers[0];
+        assert!(container.command.is_none() && container.env.is_none());
+        assert!(container.security_context.is_none());
+    }
+
+    #[test]
+    fn driver_defaults_to_process() {
+        let mut pod = Pod::default();
+        assert_eq!(instance_driver(&pod), "process");
+        pod.spec = Some(PodSpec {
+            runtime_class_name: Some(String::new()),
+            ..PodSpec::default()
+        });
+        assert_eq!(instance_driver(&pod), "process");
+        pod.spec.as_mut().unwrap().runtime_class_name = Some("docker".to_string());
+        assert_eq!(instance_driver(&pod), "docker");
+    }
+
+    #[test]
+    fn requests_sum_containers_and_default_to_limits() {
+        let spec = pod_spec(json!({"containers": [
+            {"name": "a", "resources": {"requests": {"cpu": "250m", "memory": "64Mi"}}},
+            {"name": "b", "resources": {"limits": {"cpu": "1", "memory": "1Gi"},
+                                         "requests": {"memory": "128Mi"}}},
+            {"name": "c"}
+        ]}));
+        assert_eq!(
+            pod_requests(&spec).unwrap(),
+            Requests {
+                cpu_millis: 1250,
+                memory_bytes: (64 << 20) + (128 << 20)
+            }
+        );
+    }
+
+    #[test]
+    fn request_errors_name_the_field() {
+        let spec = pod_spec(json!({"containers": [
+            {"name": "a"},
+            {"name": "b", "resources": {"limits": {"memory": "12Q"}}}
+        ]}));
+        let message = pod_requests(&spec).unwrap_err().to_string();
+        assert_eq!(
+            message,
+            r#"containers[1].resources.limits.memory: invalid quantity "12Q": unknown suffix "Q""#
+        );
+
+        let spec = pod_spec(json!({"containers": [
+            {"name": "a", "resources": {"requests": {"memory": "15Ei"}}},
+            {"name": "b", "resources": {"requests": {"memory": "15Ei"}}}
+        ]}));
+        let message = pod_requests(&spec).unwrap_err().to_string();
+        assert!(
+            message.contains("containers[1].resources.requests.memory"),
+            "{message}"
+        );
+    }
+}

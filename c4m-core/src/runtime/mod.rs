@@ -1,0 +1,196 @@
+//! The container runtime seam: what the agent asks of a driver.
+//!
+//! A driver runs *containers* described by a [`ContainerSpec`], which the
+//! agent derives from an instance (a Pod-shaped object) with
+//! [`ContainerSpec::from_pod`]. Drivers own the processes they start and keep
+//! enough state on disk that a restarted agent can find them again
+//! ([`ContainerRuntime::list`]) instead of starting duplicates.
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use serde::{Deserialize, Serialize};
+
+use crate::Result;
+
+mod process;
+mod spec;
+
+pub use process::ProcessRuntime;
+
+/// Everything a driver needs to start one container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerSpec {
+    /// Unique, file-name-safe id of the container on this node.
+    pub id: String,
+    /// Image reference; drivers that run host processes ignore it.
+    pub image: Option<String>,
+    /// Entrypoint (the Pod's `command`).
+    pub command: Vec<String>,
+    /// Arguments (the Pod's `args`).
+    pub args: Vec<String>,
+    /// Environment, in order; later entries win.
+    pub env: Vec<(String, String)>,
+    /// Working directory.
+    pub working_dir: Option<PathBuf>,
+    /// Numeric user id to run as.
+    pub user: Option<u32>,
+    /// Numeric group id to run as.
+    pub group: Option<u32>,
+    /// Declared ports; drivers map each to a host port.
+    pub ports: Vec<PortSpec>,
+    /// Resource requests and limits, in integer units.
+    pub resources: ResourceLimits,
+}
+
+/// A port the container listens on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortSpec {
+    /// Port name (may be empty).
+    pub name: String,
+    /// Port inside the container.
+    pub container_port: u16,
+    /// `TCP` or `UDP`.
+    pub protocol: String,
+}
+
+/// Requests and limits, integers only (millicores and bytes).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceLimits {
+    /// CPU request in millicores (drives CPU shares / weight).
+    pub cpu_request_millis: u64,
+    /// CPU limit in millicores (drives the CFS quota), if any.
+    pub cpu_limit_millis: Option<u64>,
+    /// Memory request in bytes.
+    pub memory_request_bytes: u64,
+    /// Memory limit in bytes, if any.
+    pub memory_limit_bytes: Option<u64>,
+}
+
+/// Where a declared port is reachable from the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortBinding {
+    /// Port name (may be empty).
+    pub name: String,
+    /// Port inside the container.
+    pub container_port: u16,
+    /// Host address the port is reachable at.
+    pub host_ip: String,
+    /// Host port.
+    pub host_port: u16,
+    /// `TCP` or `UDP`.
+    pub protocol: String,
+}
+
+/// What a container is doing now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ContainerState {
+    /// The container's main process runs.
+    Running {
+        /// Host pid of the main process.
+        pid: u32,
+        /// When the process started.
+        started_at: SystemTime,
+    },
+    /// The main process has ended.
+    Exited {
+        /// Exit code, when known (unknown if it ended while no agent watched).
+        exit_code: Option<i32>,
+        /// Signal that ended it, if any.
+        signal: Option<i32>,
+        /// The kernel's OOM killer ended it.
+        oom_killed: bool,
+        /// When the process started.
+        started_at: SystemTime,
+        /// When the end was observed.
+        finished_at: SystemTime,
+    },
+}
+
+/// A container as the driver sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerStatus {
+    /// The container id ([`ContainerSpec::id`]).
+    pub id: String,
+    /// The spec it was started from.
+    pub spec: ContainerSpec,
+    /// Running or exited.
+    pub state: ContainerState,
+    /// Host bindings of the declared ports.
+    pub ports: Vec<PortBinding>,
+}
+
+/// Resource usage counters of one container.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceUsage {
+    /// Total CPU time consumed, in nanoseconds (monotonic counter).
+    pub cpu_nanos: u64,
+    /// Current memory usage in bytes.
+    pub memory_bytes: u64,
+    /// Number of processes/threads in the container.
+    pub pids: u64,
+}
+
+/// How to read a container's logs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogOptions {
+    /// Keep streaming as the container writes.
+    pub follow: bool,
+    /// Only the last N lines.
+    pub tail_lines: Option<usize>,
+}
+
+/// Result of a non-interactive exec.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExecOutput {
+    /// Exit code (-1 when killed by a signal).
+    pub exit_code: i32,
+    /// Captured standard output.
+    pub stdout: Vec<u8>,
+    /// Captured standard error.
+    pub stderr: Vec<u8>,
+}
+
+/// A container driver (`process` here; `oci`, `docker`, `containerd`, `cri`
+/// later).
+#[async_trait]
+pub trait ContainerRuntime: Send + Sync + 'static {
+    /// The driver's name as manifests select it (`process`, ...).
+    fn name(&self) -> &str;
+
+    /// The driver's version, for node fingerprints.
+    fn version(&self) -> String;
+
+    /// Starts a container. Starting an id whose previous process exited
+    /// starts it again (a restart); starting one that runs is an error.
+    async fn start(&self, spec: &ContainerSpec) -> Result<ContainerStatus>;
+
+    /// The container's current status.
+    async fn status(&self, id: &str) -> Result<ContainerStatus>;
+
+    /// Every container this driver knows on this node, running or exited,
+    /// including those started by an earlier agent process.
+    async fn list(&self) -> Result<Vec<ContainerStatus>>;
+
+    /// Stops the container: SIGTERM, then SIGKILL after `grace`.
+    async fn stop(&self, id: &str, grace: Duration) -> Result<()>;
+
+    /// Stops (if needed) and forgets the container, releasing its resources
+    /// (cgroups, ports, state); its logs go too. Removing an unknown id is Ok.
+    async fn remove(&self, id: &str) -> Result<()>;
+
+    /// Current resource usage.
+    async fn stats(&self, id: &str) -> Result<ResourceUsage>;
+
+    /// The container's output (stdout and stderr interleaved as written).
+    async fn logs(
+        &self,
+        id: &str,
+        options: LogOptions,
+    ) -> Result<BoxStream<'static, Result<bytes::Bytes>>>;
+
+    /// Runs a command in the container's context and waits for it.
+    async fn exec(&self, id: &str, command: &[String], timeout: Duration) -> Result<ExecOutput>;
+}

@@ -1,0 +1,281 @@
+//! From an instance (a Pod) to the [`ContainerSpec`] a driver runs.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use k8s_openapi::api::core::v1::{Container, Pod};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+
+use super::{ContainerSpec, PortSpec, ResourceLimits};
+use crate::{Error, Result};
+
+/// Where the container is in the Pod, for error messages.
+const CONTAINER_PATH: &str = "spec.containers[0]";
+
+impl ContainerSpec {
+    /// The spec of the pod's first container, with id `id`.
+    ///
+    /// Environment variables must have literal values: the control plane
+    /// resolves `valueFrom` before the agent gets the pod. A request that is
+    /// not given defaults to the limit, as the Kubernetes API server does.
+    /// Errors name the field (`spec.containers[0].resources.limits.memory:
+    /// invalid quantity "12Q": ...`).
+    pub fn from_pod(pod: &Pod, id: String) -> Result<ContainerSpec> {
+        let spec = pod
+            .spec
+            .as_ref()
+            .ok_or_else(|| invalid("spec", "missing"))?;
+        let container = spec
+            .containers
+            .first()
+            .ok_or_else(|| invalid("spec.containers", "no container"))?;
+        let pod_security = spec.security_context.as_ref();
+        let container_security = container.security_context.as_ref();
+        let user = container_security
+            .and_then(|s| s.run_as_user)
+            .map(|uid| (uid, "securityContext.runAsUser"))
+            .or_else(|| {
+                pod_security
+                    .and_then(|s| s.run_as_user)
+                    .map(|uid| (uid, "spec.securityContext.runAsUser"))
+            });
+        let group = container_security
+            .and_then(|s| s.run_as_group)
+            .map(|gid| (gid, "securityContext.runAsGroup"))
+            .or_else(|| {
+                pod_security
+                    .and_then(|s| s.run_as_group)
+                    .map(|gid| (gid, "spec.securityContext.runAsGroup"))
+            });
+        Ok(ContainerSpec {
+            id,
+            image: container.image.clone(),
+            command: container.command.clone().unwrap_or_default(),
+            args: container.args.clone().unwrap_or_default(),
+            env: env(container)?,
+            working_dir: container.working_dir.as_ref().map(PathBuf::from),
+            user: user.map(id_from).transpose()?,
+            group: group.map(id_from).transpose()?,
+            ports: ports(container)?,
+            resources: resources(container)?,
+        })
+    }
+}
+
+fn invalid(field: &str, message: impl std::fmt::Display) -> Error {
+    Error::Invalid(format!("{field}: {message}"))
+}
+
+/// A uid or gid; `field` is relative to the container unless it starts
+/// with `spec.`.
+fn id_from((value, field): (i64, &str)) -> Result<u32> {
+    u32::try_from(value).map_err(|_| {
+        let path = if field.starts_with("spec.") {
+            field.to_string()
+        } else {
+            format!("{CONTAINER_PATH}.{field}")
+        };
+        invalid(&path, format!("{value} is not a valid id"))
+    })
+}
+
+fn env(container: &Container) -> Result<Vec<(String, String)>> {
+    let vars = container.env.as_deref().unwrap_or_default();
+    vars.iter()
+        .enumerate()
+        .map(|(i, var)| {
+            if var.value_from.is_some() {
+                return Err(invalid(
+                    &format!("{CONTAINER_PATH}.env[{i}]"),
+                    format!(
+                        "variable {} still has valueFrom: the control plane must resolve it before the pod reaches the agent",
+                        var.name
+                    ),
+                ));
+            }
+            Ok((var.name.clone(), var.value.clone().unwrap_or_default()))
+        })
+        .collect()
+}
+
+fn ports(container: &Container) -> Result<Vec<PortSpec>> {
+    let ports = container.ports.as_deref().unwrap_or_default();
+    ports
+        .iter()
+        .enumerate()
+        .map(|(i, port)| {
+            let container_port = u16::try_from(port.container_port)
+                .ok()
+                .filter(|&p| p != 0)
+                .ok_or_else(|| {
+                    invalid(
+                        &format!("{CONTAINER_PATH}.ports[{i}].containerPort"),
+                        format!("{} is not a port number", port.container_port),
+                    )
+                })?;
+            Ok(PortSpec {
+                name: port.name.clone().unwrap_or_default(),
+                container_port,
+                protocol: port.protocol.clone().unwrap_or_else(|| "TCP".into()),
+            })
+        })
+        .collect()
+}
+
+fn resources(container: &Container) -> Result<ResourceLimits> {
+    let resources = container.resources.as_ref();
+    let empty = BTreeMap::new();
+    let limits = resources.and_then(|r| r.limits.as_ref()).unwrap_or(&empty);
+    let requests = resources
+        .and_then(|r| r.requests.as_ref())
+        .unwrap_or(&empty);
+    let quantity = |map: &BTreeMap<String, Quantity>,
+                    section: &str,
+                    name: &str,
+                    parse: fn(&str) -> Result<u64>|
+     -> Result<Option<u64>> {
+        map.get(name)
+            .map(|q| {
+                parse(&q.0).map_err(|e| {
+                    invalid(&format!("{CONTAINER_PATH}.resources.{section}.{name}"), e)
+                })
+            })
+            .transpose()
+    };
+    let cpu_limit = quantity(limits, "limits", "cpu", crate::parse_cpu_millis)?;
+    let memory_limit = quantity(limits, "limits", "memory", crate::parse_memory_bytes)?;
+    let cpu_request = quantity(requests, "requests", "cpu", crate::parse_cpu_millis)?;
+    let memory_request = quantity(requests, "requests", "memory", crate::parse_memory_bytes)?;
+    Ok(ResourceLimits {
+        cpu_request_millis: cpu_request.or(cpu_limit).unwrap_or(0),
+        cpu_limit_millis: cpu_limit,
+        memory_request_bytes: memory_request.or(memory_limit).unwrap_or(0),
+        memory_limit_bytes: memory_limit,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(yaml: &str) -> Pod {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn takes_the_first_container() {
+        let pod = pod(r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: web-0}
+spec:
+  securityContext: {runAsUser: 1000, runAsGroup: 1000}
+  containers:
+  - name: web
+    image: nginx:1.27
+    command: [/usr/bin/web]
+    args: [--verbose]
+    workingDir: /srv
+    env:
+    - {name: MODE, value: prod}
+    - {name: EMPTY}
+    ports:
+    - {containerPort: 8080, name: http}
+    - {containerPort: 9000, protocol: UDP}
+    securityContext: {runAsUser: 65534}
+    resources:
+      requests: {cpu: 250m, memory: 64Mi}
+      limits: {cpu: "1", memory: 128Mi}
+  - name: sidecar
+    image: busybox
+"#);
+        let spec = ContainerSpec::from_pod(&pod, "web-0".into()).unwrap();
+        assert_eq!(
+            spec,
+            ContainerSpec {
+                id: "web-0".into(),
+                image: Some("nginx:1.27".into()),
+                command: vec!["/usr/bin/web".into()],
+                args: vec!["--verbose".into()],
+                env: vec![
+                    ("MODE".into(), "prod".into()),
+                    ("EMPTY".into(), String::new())
+                ],
+                working_dir: Some("/srv".into()),
+                user: Some(65534),
+                group: Some(1000),
+                ports: vec![
+                    PortSpec {
+                        name: "http".into(),
+                        container_port: 8080,
+                        protocol: "TCP".into()
+                    },
+                    PortSpec {
+                        name: String::new(),
+                        container_port: 9000,
+                        protocol: "UDP".into()
+                    },
+                ],
+                resources: ResourceLimits {
+                    cpu_request_millis: 250,
+                    cpu_limit_millis: Some(1000),
+                    memory_request_bytes: 64 << 20,
+                    memory_limit_bytes: Some(128 << 20),
+                },
+            }
+        );
+    }
+
+    #[test]
+    fn requests_default_to_limits() {
+        let pod = pod(r#"
+spec:
+  containers:
+  - name: a
+    resources: {limits: {cpu: 500m, memory: 1Gi}}
+"#);
+        let spec = ContainerSpec::from_pod(&pod, "a".into()).unwrap();
+        assert_eq!(spec.resources.cpu_request_millis, 500);
+        assert_eq!(spec.resources.memory_request_bytes, 1 << 30);
+        assert_eq!(spec.user, None);
+        assert!(spec.command.is_empty());
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let error = |yaml: &str| {
+            ContainerSpec::from_pod(&pod(yaml), "x".into())
+                .unwrap_err()
+                .to_string()
+        };
+        let message = error("spec: {containers: [{name: a, resources: {limits: {memory: 12Q}}}]}");
+        assert!(
+            message.starts_with(
+                "spec.containers[0].resources.limits.memory: invalid quantity \"12Q\""
+            ),
+            "{message}"
+        );
+        let message = error(
+            "spec: {containers: [{name: a, env: [{name: A, value: b}, {name: SECRET, valueFrom: {secretKeyRef: {name: s, key: k}}}]}]}",
+        );
+        assert!(
+            message.starts_with("spec.containers[0].env[1]: variable SECRET still has valueFrom"),
+            "{message}"
+        );
+        let message = error("spec: {containers: [{name: a, ports: [{containerPort: 70000}]}]}");
+        assert_eq!(
+            message,
+            "spec.containers[0].ports[0].containerPort: 70000 is not a port number"
+        );
+        let message = error("spec: {securityContext: {runAsUser: -1}, containers: [{name: a}]}");
+        assert_eq!(
+            message,
+            "spec.securityContext.runAsUser: -1 is not a valid id"
+        );
+        assert_eq!(
+            error("spec: {containers: []}"),
+            "spec.containers: no container"
+        );
+        assert_eq!(error("metadata: {name: a}"), "spec: missing");
+    }
+}

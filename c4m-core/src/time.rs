@@ -1,0 +1,38 @@
+//! Timestamps as Kubernetes writes them: RFC 3339, UTC, whole seconds.
+
+use std::time::SystemTime;
+
+/// `time` as RFC 3339 (`2026-11-21T22:53:19Z`).
+pub fn format_rfc3339(time: SystemTime) -> String {
+    jiff::Timestamp::try_from(time)
+        .map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
+        .unwrap_or_default()
+}
+
+/// Now, as RFC 3339.
+pub fn now_rfc3339() -> String {
+    format_rfc3339(SystemTime::now())
+}
+
+/// Seconds from an RFC 3339 time to now (negative if it is in the future).
+pub fn seconds_since(rfc3339: &str) -> Option<i64> {
+    let then: jiff::Timestamp = rfc3339.parse().ok()?;
+    Some(jiff::Timestamp::now().as_second() - then.as_second())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn formats_and_measures() {
+        assert_eq!(
+            format_rfc3339(UNIX_EPOCH + Duration::from_secs(86_400)),
+            "1970-01-02T00:00:00Z"
+        );
+        let age = seconds_since(&now_rfc3339()).unwrap();
+        assert!((0..5).contains(&age));
+        assert!(seconds_since("yesterday").is_none());
+    }
+}

@@ -1,0 +1,61 @@
+//! Why an instance fits on no node, summarised Kubernetes style.
+
+use std::fmt;
+
+/// Why one node cannot take an instance.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum UnfitReason {
+    /// The node is not ready.
+    NotReady,
+    /// A node selector key is missing from the node's labels or has another value.
+    SelectorMismatch,
+    /// The node does not offer the requested driver.
+    MissingDriver(String),
+    /// Every instance slot of the node is taken.
+    TooManyInstances,
+    /// Not enough free CPU.
+    InsufficientCpu,
+    /// Not enough free memory.
+    InsufficientMemory,
+}
+
+impl fmt::Display for UnfitReason {
+    /// The predicate that follows "N node(s)".
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NotReady => f.write_str("were not ready"),
+            Self::SelectorMismatch => f.write_str("didn't match node selector"),
+            Self::MissingDriver(driver) => write!(f, "lacked driver {driver:?}"),
+            Self::TooManyInstances => f.write_str("had too many instances"),
+            Self::InsufficientCpu => f.write_str("had insufficient cpu"),
+            Self::InsufficientMemory => f.write_str("had insufficient memory"),
+        }
+    }
+}
+
+/// No node can take an instance. Displays like Kubernetes:
+/// `0/3 nodes are available: 1 node(s) were not ready, 2 node(s) had insufficient cpu.`
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("0/{total_nodes} nodes are available{}", summary(.reasons))]
+pub struct Unschedulable {
+    /// Number of nodes considered (all nodes of the snapshot).
+    pub total_nodes: usize,
+    /// Each reason with the number of nodes it applies to, by ascending count
+    /// then reason. A node short of several resources counts once for each,
+    /// so the counts may add up to more than `total_nodes`.
+    pub reasons: Vec<(UnfitReason, usize)>,
+}
+
+/// `": 1 node(s) were not ready, 2 node(s) had insufficient cpu."`, or `"."`
+/// when there is no node at all.
+fn summary(reasons: &[(UnfitReason, usize)]) -> String {
+    let parts: Vec<String> = reasons
+        .iter()
+        .map(|(reason, count)| format!("{count} node(s) {reason}"))
+        .collect();
+    if parts.is_empty() {
+        ".".to_owned()
+    } else {
+        format!(": {}.", parts.join(", "))
+    }
+}

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Runs c4m's whole test suite on a fresh Debian machine with Rust:
+# installs what the tests need, then builds once and tests once.
+#
+#   ./scripts/test.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# What the tests run besides c4m itself: a shell and coreutils for
+# instance commands, procps, and (for the quickstart test) curl.
+packages=(procps coreutils curl ca-certificates)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+rustup component add rustfmt >/dev/null 2>&1 || true
+
+cargo fmt --all -- --check
+# --all-targets also builds the criterion benches and runs each once.
+cargo test --workspace --all-targets --locked -- --test-threads 4
