@@ -190,13 +190,16 @@ impl Supervisor {
                 tokio::spawn(remove(instance.runtime, id, grace));
             }
         }
-        for (id, (_, runtime)) in leftovers
-            .drain()
-            .filter(|(id, _)| !wanted.contains_key(id))
-            .collect::<Vec<_>>()
-        {
-            tracing::info!(container = %id, "removing a container that is no longer assigned");
-            tokio::spawn(remove(runtime, id, Duration::from_secs(10)));
+        let unassigned: Vec<String> = leftovers
+            .keys()
+            .filter(|id| !wanted.contains_key(*id))
+            .cloned()
+            .collect();
+        for id in unassigned {
+            if let Some((_, runtime)) = leftovers.remove(&id) {
+                tracing::info!(container = %id, "removing a container that is no longer assigned");
+                tokio::spawn(remove(runtime, id, Duration::from_secs(10)));
+            }
         }
         for (id, pod) in wanted {
             if let Some(instance) = managed.get_mut(&id) {
@@ -308,7 +311,19 @@ impl Supervisor {
         };
         let needs_probes = match &instance.status {
             None => {
-                self.start(id, instance, &spec).await;
+                if instance.restart_at.is_some_and(|at| Instant::now() < at) {
+                    return;
+                }
+                // A container may exist that this agent has not seen (one
+                // whose start outlived a crash): adopt it, never duplicate it.
+                match instance.runtime.status(id).await {
+                    Ok(status) if matches!(status.state, ContainerState::Running { .. }) => {
+                        tracing::info!(container = id, "adopted a running container");
+                        instance.status = Some(status);
+                        instance.running_since = Some(Instant::now());
+                    }
+                    _ => self.start(id, instance, &spec).await,
+                }
                 true
             }
             Some(_) => match instance.runtime.status(id).await {
