@@ -603,6 +603,28 @@ fn run_logs_status_metrics() {
     let output = cluster.c4m(&["status", "nope"]);
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("not found"));
+    // A bare Pod that runs to completion with restartPolicy Never: Succeeded, not restarted.
+    cluster.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: once}
+spec:
+  restartPolicy: Never
+  containers: [{name: once, command: ["sh", "-c", "echo done"]}]
+"#,
+    );
+    let once = wait_for("the bare pod to succeed", MINUTE, || {
+        let pod: Value =
+            serde_json::from_str(&cluster.ok(&["get", "pod", "once", "-o", "json"])).ok()?;
+        (pod["status"]["phase"] == "Succeeded").then_some(pod)
+    });
+    assert_eq!(restarts(&once), 0);
+    assert_eq!(
+        once["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"],
+        0
+    );
+
     // Deleting the microservice removes its instance.
     cluster.ok(&["delete", "microservice", "hello"]);
     wait_for("the instance to go", MINUTE, || {
