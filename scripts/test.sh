@@ -22,4 +22,5 @@ rustup component add rustfmt >/dev/null 2>&1 || true
 
 cargo fmt --all -- --check
 # --all-targets also builds the criterion benches and runs each once.
-cargo test --workspace --all-targets --locked -- --test-threads 4
+# The end-to-end tests mostly wait on processes: run more than one per core.
+RUST_TEST_THREADS=4 cargo test --workspace --all-targets --locked
