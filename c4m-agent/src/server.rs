@@ -40,19 +40,11 @@ async fn authenticate(
     next: Next,
 ) -> Response {
     if let Some(token) = &state.token {
-        let presented = request
+        let header = request
             .headers()
             .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        let ok = presented.is_some_and(|p| {
-            p.len() == token.len()
-                && p.bytes()
-                    .zip(token.bytes())
-                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                    == 0
-        });
-        if !ok {
+            .and_then(|v| v.to_str().ok());
+        if !c4m_api::bearer_matches(header, token) {
             return (StatusCode::UNAUTHORIZED, "wrong or missing cluster token\n").into_response();
         }
     }

@@ -33,12 +33,12 @@ pub(crate) struct Session {
     pub dns_address: watch::Sender<String>,
 }
 
-type Client = AgentServiceClient<
-    tonic::service::interceptor::InterceptedService<
-        Channel,
-        Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send>,
-    >,
->;
+/// Adds the cluster token to every call.
+type Interceptor =
+    Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send>;
+
+type Client =
+    AgentServiceClient<tonic::service::interceptor::InterceptedService<Channel, Interceptor>>;
 
 impl Session {
     fn error(&self, message: impl std::fmt::Display) -> Error {
@@ -80,9 +80,7 @@ impl Session {
             .map_err(|_| {
                 Error::Config("the cluster token has characters a header cannot carry".into())
             })?;
-        let interceptor: Box<
-            dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send,
-        > = Box::new(move |mut request: tonic::Request<()>| {
+        let interceptor: Interceptor = Box::new(move |mut request: tonic::Request<()>| {
             if let Some(header) = &header {
                 request
                     .metadata_mut()

@@ -29,6 +29,21 @@ impl Credentials {
     }
 }
 
+/// Whether an `Authorization` header value presents `token` as a bearer
+/// token. Compares in constant time so a wrong token leaks nothing through
+/// timing.
+pub fn bearer_matches(authorization: Option<&str>, token: &str) -> bool {
+    let Some(presented) = authorization.and_then(|v| v.strip_prefix("Bearer ")) else {
+        return false;
+    };
+    presented.len() == token.len()
+        && presented
+            .bytes()
+            .zip(token.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
 /// URL path of a kind's collection or of one object of it.
 pub fn object_path(kind: &ResourceKind, namespace: Option<&str>, name: Option<&str>) -> String {
     let mut path = if kind.group.is_empty() {
@@ -295,4 +310,37 @@ fn split_lines(
             }
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_tokens_compare() {
+        assert!(bearer_matches(Some("Bearer abc.def"), "abc.def"));
+        assert!(!bearer_matches(Some("Bearer abc.deg"), "abc.def"));
+        assert!(!bearer_matches(Some("Bearer abc"), "abc.def"));
+        assert!(!bearer_matches(Some("abc.def"), "abc.def"));
+        assert!(!bearer_matches(None, "abc.def"));
+    }
+
+    #[test]
+    fn paths() {
+        let pods = ResourceKind::from_name("pods").unwrap();
+        assert_eq!(
+            object_path(pods, Some("ns"), Some("a")),
+            "/api/v1/namespaces/ns/pods/a"
+        );
+        let deployments = ResourceKind::from_name("deployments").unwrap();
+        assert_eq!(
+            object_path(deployments, None, None),
+            "/apis/apps/v1/deployments"
+        );
+        let nodes = ResourceKind::from_name("nodes").unwrap();
+        assert_eq!(
+            object_path(nodes, Some("ignored"), Some("n1")),
+            "/api/v1/nodes/n1"
+        );
+    }
 }

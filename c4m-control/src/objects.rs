@@ -128,6 +128,24 @@ impl Objects {
         }
     }
 
+    /// Commits `op`, whose precondition pins the revision it was computed
+    /// from: Some(new revision), or None when another writer got there first
+    /// and the caller should read again.
+    async fn commit_if_unchanged(&self, op: Op) -> Result<Option<i64>> {
+        match self.store.txn(vec![op]).await {
+            Ok(revision) => Ok(Some(revision)),
+            Err(e) if e.is_conflict() => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn keeps_changing(kind: &ResourceKind, name: &str) -> Error {
+        Error::Conflict(format!(
+            "{} {name:?} keeps changing; try again",
+            kind.plural
+        ))
+    }
+
     /// Reads one object.
     pub async fn get(&self, kind: &ResourceKind, namespace: &str, name: &str) -> Result<Value> {
         match self.store.get(&key(kind, namespace, name)).await? {
@@ -331,27 +349,21 @@ impl Objects {
             }
             let current = decode(&kv)?;
             let mut merged = Self::prepare_replace(kind, &current, value.clone(), part)?;
-            match self
-                .store
-                .txn(vec![Op::put(
-                    &key,
-                    encode(&merged),
-                    Precondition::ModRevision(kv.mod_revision),
-                )])
-                .await
-            {
-                Ok(revision) => {
+            let op = Op::put(
+                &key,
+                encode(&merged),
+                Precondition::ModRevision(kv.mod_revision),
+            );
+            match self.commit_if_unchanged(op).await? {
+                Some(revision) => {
                     merged["metadata"]["resourceVersion"] = Value::String(revision.to_string());
                     return Ok(merged);
                 }
-                Err(e) if e.is_conflict() && expected.is_none() => continue,
-                Err(e) => return Err(e.into()),
+                None if expected.is_some() => return Err(Self::keeps_changing(kind, name)),
+                None => continue,
             }
         }
-        Err(Error::Conflict(format!(
-            "{} {name:?} keeps changing; try again",
-            kind.plural
-        )))
+        Err(Self::keeps_changing(kind, name))
     }
 
     /// Changes an object in place with `change`, retrying on conflicts.
@@ -373,24 +385,16 @@ impl Objects {
             if !change(&mut value) {
                 return Ok(None);
             }
-            match self
-                .store
-                .txn(vec![Op::put(
-                    &key,
-                    encode(&value),
-                    Precondition::ModRevision(kv.mod_revision),
-                )])
-                .await
-            {
-                Ok(revision) => return Ok(Some(revision)),
-                Err(e) if e.is_conflict() => continue,
-                Err(e) => return Err(e.into()),
+            let op = Op::put(
+                &key,
+                encode(&value),
+                Precondition::ModRevision(kv.mod_revision),
+            );
+            if let Some(revision) = self.commit_if_unchanged(op).await? {
+                return Ok(Some(revision));
             }
         }
-        Err(Error::Conflict(format!(
-            "{} {name:?} keeps changing",
-            kind.plural
-        )))
+        Err(Self::keeps_changing(kind, name))
     }
 
     /// Deletes an object; returns it as it was and the deletion's revision.
@@ -407,23 +411,12 @@ impl Objects {
                 .get(&key)
                 .await?
                 .ok_or_else(|| Self::not_found(kind, namespace, name))?;
-            match self
-                .store
-                .txn(vec![Op::delete(
-                    &key,
-                    Precondition::ModRevision(kv.mod_revision),
-                )])
-                .await
-            {
-                Ok(revision) => return Ok((decode(&kv)?, revision)),
-                Err(e) if e.is_conflict() => continue,
-                Err(e) => return Err(e.into()),
+            let op = Op::delete(&key, Precondition::ModRevision(kv.mod_revision));
+            if let Some(revision) = self.commit_if_unchanged(op).await? {
+                return Ok((decode(&kv)?, revision));
             }
         }
-        Err(Error::Conflict(format!(
-            "{} {name:?} keeps changing",
-            kind.plural
-        )))
+        Err(Self::keeps_changing(kind, name))
     }
 
     /// Writes many new objects in one transaction (used by controllers).

@@ -13,7 +13,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::agents::{Agents, UsageMap};
-use crate::api::{ApiState, constant_time_eq};
+use crate::api::ApiState;
 use crate::cache::Cache;
 use crate::controllers::{self, nodes::NodeHealth};
 use crate::dns::DnsServer;
@@ -157,16 +157,16 @@ impl ControlPlane {
                 let Some(token) = &token else {
                     return Ok(request);
                 };
-                let presented = request
+                let header = request
                     .metadata()
                     .get("authorization")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.strip_prefix("Bearer "));
-                match presented {
-                    Some(p) if constant_time_eq(p.as_bytes(), token.as_bytes()) => Ok(request),
-                    _ => Err(tonic::Status::unauthenticated(
+                    .and_then(|v| v.to_str().ok());
+                if c4m_api::bearer_matches(header, token) {
+                    Ok(request)
+                } else {
+                    Err(tonic::Status::unauthenticated(
                         "wrong or missing cluster token",
-                    )),
+                    ))
                 }
             });
         let grpc = tokio_stream::wrappers::TcpListenerStream::new(self.grpc);

@@ -109,14 +109,31 @@ pub fn instance_endpoint(pod: &Value) -> String {
     }
 }
 
+fn restart_count(pod: &Value) -> String {
+    pod["status"]["containerStatuses"][0]["restartCount"]
+        .as_i64()
+        .unwrap_or(0)
+        .to_string()
+}
+
+fn node_of(pod: &Value) -> String {
+    pod["spec"]["nodeName"]
+        .as_str()
+        .unwrap_or("<none>")
+        .to_string()
+}
+
 fn ready_count(pod: &Value) -> String {
     let ready = pod["status"]["containerStatuses"][0]["ready"] == true;
     format!("{}/1", u8::from(ready))
 }
 
+/// Renders one object as a table row.
+type RowFn = Box<dyn Fn(&Value) -> Vec<String>>;
+
 /// The table `c4m get` prints.
 pub fn table(kind: &ResourceKind, items: &[Value], with_namespace: bool) -> String {
-    let (header, row): (Vec<&str>, Box<dyn Fn(&Value) -> Vec<String>>) = match kind.kind {
+    let (header, row): (Vec<&str>, RowFn) = match kind.kind {
         "Pod" => (
             vec![
                 "NAME", "READY", "STATUS", "RESTARTS", "NODE", "ENDPOINT", "AGE",
@@ -126,14 +143,8 @@ pub fn table(kind: &ResourceKind, items: &[Value], with_namespace: bool) -> Stri
                     text(&p["metadata"]["name"]),
                     ready_count(p),
                     instance_status(p),
-                    p["status"]["containerStatuses"][0]["restartCount"]
-                        .as_i64()
-                        .unwrap_or(0)
-                        .to_string(),
-                    p["spec"]["nodeName"]
-                        .as_str()
-                        .unwrap_or("<none>")
-                        .to_string(),
+                    restart_count(p),
+                    node_of(p),
                     instance_endpoint(p),
                     age(p),
                 ]
@@ -289,14 +300,8 @@ pub fn status_table(pods: &[Value]) -> String {
             text(&p["metadata"]["name"]),
             instance_status(p),
             ready_count(p),
-            p["status"]["containerStatuses"][0]["restartCount"]
-                .as_i64()
-                .unwrap_or(0)
-                .to_string(),
-            p["spec"]["nodeName"]
-                .as_str()
-                .unwrap_or("<none>")
-                .to_string(),
+            restart_count(p),
+            node_of(p),
             instance_endpoint(p),
             message,
         ]);
@@ -343,23 +348,11 @@ pub fn describe(kind: &ResourceKind, object: &Value) -> String {
     line("UID", text(&meta["uid"]));
     match kind.kind {
         "Pod" => {
-            line(
-                "Node",
-                object["spec"]["nodeName"]
-                    .as_str()
-                    .unwrap_or("<none>")
-                    .into(),
-            );
+            line("Node", node_of(object));
             line("Status", instance_status(object));
             line("Endpoint", instance_endpoint(object));
             line("Ready", ready_count(object));
-            line(
-                "Restarts",
-                object["status"]["containerStatuses"][0]["restartCount"]
-                    .as_i64()
-                    .unwrap_or(0)
-                    .to_string(),
-            );
+            line("Restarts", restart_count(object));
             let container = &object["spec"]["containers"][0];
             let command: Vec<String> = container["command"]
                 .as_array()

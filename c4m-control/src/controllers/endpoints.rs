@@ -37,6 +37,20 @@ struct Service {
     ports: Vec<ServicePort>,
 }
 
+/// A list of ports (a Service's `spec.ports`, a Microservice's
+/// `spec.ports`); `target` picks what each port points at in the instance.
+fn ports(list: &Value, target: impl Fn(&Value) -> Value) -> Vec<ServicePort> {
+    list.as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| ServicePort {
+            name: p["name"].as_str().unwrap_or_default().to_string(),
+            protocol: p["protocol"].as_str().unwrap_or("TCP").to_string(),
+            target: target(p),
+        })
+        .collect()
+}
+
 fn services(cache: &Cache) -> Vec<Service> {
     let mut services = Vec::new();
     let mut named = HashSet::new();
@@ -46,27 +60,14 @@ fn services(cache: &Cache) -> Vec<Service> {
         if selector.is_empty() {
             continue; // Endpoints of a selector-less Service are written by users.
         }
-        let ports = svc["spec"]["ports"]
-            .as_array()
-            .map(|ports| {
-                ports
-                    .iter()
-                    .map(|p| ServicePort {
-                        name: p["name"].as_str().unwrap_or_default().to_string(),
-                        protocol: p["protocol"].as_str().unwrap_or("TCP").to_string(),
-                        target: match &p["targetPort"] {
-                            Value::Null => p["port"].clone(),
-                            target => target.clone(),
-                        },
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
         services.push(Service {
             namespace: namespace_of(&svc).to_string(),
             name: name_of(&svc).to_string(),
             selector,
-            ports,
+            ports: ports(&svc["spec"]["ports"], |p| match &p["targetPort"] {
+                Value::Null => p["port"].clone(),
+                target => target.clone(),
+            }),
         });
     }
     for ms in cache.list(kind("microservices"), None) {
@@ -74,24 +75,11 @@ fn services(cache: &Cache) -> Vec<Service> {
         if named.contains(&key) {
             continue;
         }
-        let ports = ms["spec"]["ports"]
-            .as_array()
-            .map(|ports| {
-                ports
-                    .iter()
-                    .map(|p| ServicePort {
-                        name: p["name"].as_str().unwrap_or_default().to_string(),
-                        protocol: p["protocol"].as_str().unwrap_or("TCP").to_string(),
-                        target: p["containerPort"].clone(),
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
         services.push(Service {
             selector: BTreeMap::from([(c4m_core::labels::MICROSERVICE.to_string(), key.1.clone())]),
             namespace: key.0,
             name: key.1,
-            ports,
+            ports: ports(&ms["spec"]["ports"], |p| p["containerPort"].clone()),
         });
     }
     services
@@ -113,10 +101,18 @@ fn container_port(pod: &Value, target: &Value) -> Option<u16> {
     })
 }
 
+/// Addresses that share one set of ports.
+#[derive(Default)]
+struct Subset {
+    ready: Vec<Value>,
+    not_ready: Vec<Value>,
+    ports: Vec<Value>,
+}
+
 /// The Endpoints object a service should have now.
 fn desired_endpoints(service: &Service, pods: &[Arc<Value>]) -> Value {
     // Instances with the same port numbers share a subset, as in Kubernetes.
-    let mut subsets: BTreeMap<String, (Vec<Value>, Vec<Value>, Vec<Value>)> = BTreeMap::new();
+    let mut subsets: BTreeMap<String, Subset> = BTreeMap::new();
     for pod in pods {
         if namespace_of(pod) != service.namespace
             || phase(pod) != "Running"
@@ -153,25 +149,34 @@ fn desired_endpoints(service: &Service, pods: &[Arc<Value>]) -> Value {
         });
         let entry = subsets
             .entry(Value::Array(ports.clone()).to_string())
-            .or_insert_with(|| (Vec::new(), Vec::new(), ports));
+            .or_insert_with(|| Subset {
+                ports,
+                ..Subset::default()
+            });
         if is_ready(pod) {
-            entry.0.push(address);
+            entry.ready.push(address);
         } else {
-            entry.1.push(address);
+            entry.not_ready.push(address);
         }
     }
     let subsets: Vec<Value> = subsets
         .into_values()
-        .map(|(ready, not_ready, ports)| {
-            let mut subset = json!({"ports": ports});
-            if !ready.is_empty() {
-                subset["addresses"] = Value::Array(ready);
-            }
-            if !not_ready.is_empty() {
-                subset["notReadyAddresses"] = Value::Array(not_ready);
-            }
-            subset
-        })
+        .map(
+            |Subset {
+                 ready,
+                 not_ready,
+                 ports,
+             }| {
+                let mut subset = json!({"ports": ports});
+                if !ready.is_empty() {
+                    subset["addresses"] = Value::Array(ready);
+                }
+                if !not_ready.is_empty() {
+                    subset["notReadyAddresses"] = Value::Array(not_ready);
+                }
+                subset
+            },
+        )
         .collect();
     json!({
         "apiVersion": "v1",
@@ -242,10 +247,9 @@ pub(crate) async fn reconcile(objects: &Objects, cache: &Cache) -> Result<Option
         );
         if labels(&endpoints).get(MANAGED_BY).map(String::as_str) == Some(MANAGER)
             && !wanted.contains(&key)
+            && let Ok((_, revision)) = objects.delete(endpoints_kind, &key.0, &key.1).await
         {
-            if let Ok((_, revision)) = objects.delete(endpoints_kind, &key.0, &key.1).await {
-                written = latest(written, Some(revision));
-            }
+            written = latest(written, Some(revision));
         }
     }
     Ok(written)

@@ -85,58 +85,73 @@ fn owned_by_workload(pod: &Value) -> bool {
 }
 
 fn owners(cache: &Cache) -> Vec<Owner> {
-    let mut owners = Vec::new();
-    for object in cache.list(kind("microservices"), None) {
-        match serde_json::from_value::<Microservice>((*object).clone()) {
-            Ok(ms) => {
-                let template = pod_template_for_microservice(&ms);
-                owners.push(Owner {
-                    kind: "Microservice",
-                    api_version: "c4m.io/v1",
-                    plural: "microservices",
-                    namespace: namespace_of(&object).to_string(),
-                    name: name_of(&object).to_string(),
-                    uid: object["metadata"]["uid"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_string(),
-                    generation: object["metadata"]["generation"].as_i64().unwrap_or(1),
-                    replicas: ms.spec.replicas.max(0) as usize,
-                    template: serde_json::to_value(template).unwrap_or_default(),
-                    object,
-                });
-            }
-            Err(e) => {
-                tracing::warn!(name = name_of(&object), error = %e, "skipping an undecodable microservice")
-            }
+    let microservices = cache
+        .list(kind("microservices"), None)
+        .into_iter()
+        .map(|object| {
+            let ms = serde_json::from_value::<Microservice>((*object).clone())?;
+            let template = serde_json::to_value(pod_template_for_microservice(&ms))?;
+            Ok(Owner::new(
+                "Microservice",
+                "c4m.io/v1",
+                "microservices",
+                object,
+                ms.spec.replicas,
+                template,
+            ))
+        });
+    let deployments = cache
+        .list(kind("deployments"), None)
+        .into_iter()
+        .map(|object| {
+            let spec = serde_json::from_value::<Deployment>((*object).clone())?
+                .spec
+                .unwrap_or_default();
+            let template = serde_json::to_value(spec.template)?;
+            Ok(Owner::new(
+                "Deployment",
+                "apps/v1",
+                "deployments",
+                object,
+                spec.replicas.unwrap_or(1),
+                template,
+            ))
+        });
+    microservices
+        .chain(deployments)
+        .filter_map(|owner: serde_json::Result<Owner>| {
+            owner
+                .map_err(|e| tracing::warn!(error = %e, "skipping an undecodable workload"))
+                .ok()
+        })
+        .collect()
+}
+
+impl Owner {
+    fn new(
+        kind: &'static str,
+        api_version: &'static str,
+        plural: &'static str,
+        object: Arc<Value>,
+        replicas: i32,
+        template: Value,
+    ) -> Owner {
+        Owner {
+            kind,
+            api_version,
+            plural,
+            namespace: namespace_of(&object).to_string(),
+            name: name_of(&object).to_string(),
+            uid: object["metadata"]["uid"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            generation: object["metadata"]["generation"].as_i64().unwrap_or(1),
+            replicas: replicas.max(0) as usize,
+            template,
+            object,
         }
     }
-    for object in cache.list(kind("deployments"), None) {
-        match serde_json::from_value::<Deployment>((*object).clone()) {
-            Ok(deployment) => {
-                let spec = deployment.spec.unwrap_or_default();
-                owners.push(Owner {
-                    kind: "Deployment",
-                    api_version: "apps/v1",
-                    plural: "deployments",
-                    namespace: namespace_of(&object).to_string(),
-                    name: name_of(&object).to_string(),
-                    uid: object["metadata"]["uid"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_string(),
-                    generation: object["metadata"]["generation"].as_i64().unwrap_or(1),
-                    replicas: spec.replicas.unwrap_or(1).max(0) as usize,
-                    template: serde_json::to_value(spec.template).unwrap_or_default(),
-                    object,
-                });
-            }
-            Err(e) => {
-                tracing::warn!(name = name_of(&object), error = %e, "skipping an undecodable deployment")
-            }
-        }
-    }
-    owners
 }
 
 async fn reconcile_owner(
