@@ -634,3 +634,111 @@ spec:
             .then_some(())
     });
 }
+
+/// The HTTP API's Kubernetes semantics: create, read, compare-and-swap
+/// update, label-selected list, watch from a resourceVersion, delete, and
+/// Status errors with the right codes.
+#[test]
+fn api_crud_watch_and_conflicts() {
+    use futures::StreamExt;
+    let cluster = Cluster::start();
+    let client = c4m_api::Client::new(
+        &cluster.endpoint(),
+        Some(&c4m_api::Credentials {
+            access_token: ACCESS_TOKEN.into(),
+            secret_key: SECRET_KEY.into(),
+        }),
+    )
+    .unwrap();
+    let configmaps = c4m_core::ResourceKind::from_name("configmaps").unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let listed = client.list(configmaps, Some("default"), None).await.unwrap();
+        let from = listed["metadata"]["resourceVersion"].as_str().unwrap().to_string();
+        let mut events = Box::pin(client.watch(configmaps, Some("default"), &from).await.unwrap());
+
+        let object = serde_json::json!({"metadata": {"name": "settings", "labels": {"tier": "web"}}, "data": {"a": "1"}});
+        let created = client.create(configmaps, Some("default"), &object).await.unwrap();
+        assert_eq!(created["kind"], "ConfigMap");
+        assert!(created["metadata"]["uid"].as_str().is_some_and(|u| !u.is_empty()));
+        assert_eq!(client.create(configmaps, Some("default"), &object).await.unwrap_err().code(), Some(409));
+
+        let mut changed = created.clone();
+        changed["data"]["a"] = serde_json::json!("2");
+        let updated = client.replace(configmaps, Some("default"), "settings", &changed).await.unwrap();
+        assert_ne!(updated["metadata"]["resourceVersion"], created["metadata"]["resourceVersion"]);
+        assert_eq!(updated["metadata"]["generation"], 2);
+        // The same stale resourceVersion again: 409 Conflict, nothing written.
+        let stale = client.replace(configmaps, Some("default"), "settings", &changed).await.unwrap_err();
+        assert_eq!(stale.code(), Some(409), "{stale}");
+
+        let selected = client.list(configmaps, Some("default"), Some("tier=web")).await.unwrap();
+        assert_eq!(selected["kind"], "ConfigMapList");
+        assert_eq!(selected["items"].as_array().unwrap().len(), 1);
+        let none = client.list(configmaps, Some("default"), Some("tier in (db)")).await.unwrap();
+        assert!(none["items"].as_array().unwrap().is_empty());
+
+        client.delete(configmaps, Some("default"), "settings").await.unwrap();
+        assert_eq!(client.get(configmaps, Some("default"), "settings").await.unwrap_err().code(), Some(404));
+
+        let mut seen = Vec::new();
+        while seen.len() < 3 {
+            let event = tokio::time::timeout(Duration::from_secs(10), events.next()).await.unwrap().unwrap().unwrap();
+            seen.push((event.event_type, event.object["data"]["a"].as_str().unwrap_or_default().to_string()));
+        }
+        assert_eq!(
+            seen,
+            [("ADDED".into(), "1".into()), ("MODIFIED".into(), "2".into()), ("DELETED".into(), "2".into())]
+        );
+
+        // Invalid objects: 422 naming the field; unknown kinds: 404.
+        let invalid = serde_json::json!({"metadata": {"name": "Bad_Name"}});
+        let error = client.create(configmaps, Some("default"), &invalid).await.unwrap_err();
+        assert_eq!(error.code(), Some(422), "{error}");
+        assert!(error.to_string().contains("metadata.name"), "{error}");
+        let missing = client.get_path::<serde_json::Value>("/api/v1/namespaces/default/widgets").await.unwrap_err();
+        assert_eq!(missing.code(), Some(404));
+        // A namespace that does not exist.
+        let error = client.create(configmaps, Some("nowhere"), &object).await.unwrap_err();
+        assert_eq!(error.code(), Some(404), "{error}");
+    });
+}
+
+/// A failing liveness probe gets the instance restarted, with backoff.
+#[test]
+fn failing_liveness_probe_restarts_the_instance() {
+    let mut cluster = Cluster::start();
+    cluster.start_agent("node-a", "2", "1Gi");
+    cluster.apply(
+        r#"
+apiVersion: c4m.io/v1
+kind: Microservice
+metadata: {name: sick}
+spec:
+  command: ["sleep", "300"]
+  livenessProbe:
+    exec: {command: ["false"]}
+    periodSeconds: 1
+    failureThreshold: 2
+"#,
+    );
+    let pod = wait_for("two liveness restarts", MINUTE, || {
+        let pods = cluster.instances_of("c4m.io/microservice=sick");
+        pods.into_iter().find(|p| restarts(p) >= 2)
+    });
+    let name = pod["metadata"]["name"].as_str().unwrap();
+    let described = cluster.ok(&["describe", "instance", name]);
+    assert!(described.contains("Last exit"), "{described}");
+    // Backoff: the restarts are spaced, not immediate.
+    std::thread::sleep(Duration::from_secs(2));
+    let later: Value =
+        serde_json::from_str(&cluster.ok(&["get", "instance", name, "-o", "json"])).unwrap();
+    assert!(
+        restarts(&later) < 6,
+        "restarting without backoff: {}",
+        restarts(&later)
+    );
+}

@@ -347,7 +347,11 @@ async fn resource(
             }
             Ok(axum::Json(deleted).into_response())
         }
-        _ => Err(Error::BadRequest(format!(
+        (_, Some(_), Some(sub)) if sub != "status" => Err(Error::NotFound {
+            kind: "path".into(),
+            name: uri.path().to_string(),
+        }),
+        _ => Err(Error::MethodNotAllowed(format!(
             "{method} is not supported on {}",
             uri.path()
         ))),

@@ -28,6 +28,9 @@ pub enum Error {
     /// The request is malformed (400).
     #[error("{0}")]
     BadRequest(String),
+    /// The path exists but not with this method (405).
+    #[error("{0}")]
+    MethodNotAllowed(String),
     /// Missing or wrong credentials.
     #[error("unauthorized: {0}")]
     Unauthorized(String),
@@ -83,6 +86,7 @@ impl Error {
             Error::Conflict(_) => (409, "Conflict"),
             Error::Invalid(_) => (422, "Invalid"),
             Error::BadRequest(_) => (400, "BadRequest"),
+            Error::MethodNotAllowed(_) => (405, "MethodNotAllowed"),
             Error::Unauthorized(_) => (401, "Unauthorized"),
             Error::Gone(_) => (410, "Expired"),
             Error::Unavailable(_) => (503, "ServiceUnavailable"),
