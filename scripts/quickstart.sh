@@ -59,5 +59,6 @@ cat <<MSG
 c4m is running (pid $(cat "$pidfile")). Try:
   export PATH="$(cd "$C4M_BIN_DIR" && pwd):\$PATH"
   c4m get microservices; c4m get deployments; c4m describe instance NAME; c4m logs -f NAME
-Stop it with: kill $(cat "$pidfile")
+Remove the example and stop c4m:  c4m delete -f examples/shop/ && kill $(cat "$pidfile")
+(Stopping c4m alone leaves instances running; the next \`c4m up\` adopts them.)
 MSG

@@ -80,6 +80,23 @@ fn quickstart_deploys_the_example() {
         4,
         "{table}"
     );
+
+    // Removing the example stops its instances.
+    let deleted = get(&["delete", "-f", repo.join("examples/shop").to_str().unwrap()]);
+    assert!(
+        deleted.contains("microservice/catalog deleted")
+            && deleted.contains("deployment/web deleted"),
+        "{deleted}"
+    );
+    wait_for(
+        "the example's instances to go",
+        Duration::from_secs(60),
+        || {
+            let list: Value =
+                serde_json::from_str(&get(&["get", "instances", "-o", "json"])).ok()?;
+            list["items"].as_array()?.is_empty().then_some(())
+        },
+    );
     drop(guard);
 }
 
