@@ -1,12 +1,16 @@
 //! Scheduler throughput: 10,000 best-fit placements into clusters of 100,
-//! 1,000 and 5,000 nodes (a fresh snapshot per iteration, built outside the
-//! timed part). Criterion reports placements per second as elements/s.
+//! 1,000 and 5,000 nodes, and 10,000 placements with a required node
+//! affinity into 5,000 nodes (a fresh snapshot per iteration, built outside
+//! the timed part). Criterion reports placements per second as elements/s.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::hint::black_box;
 use std::time::Duration;
 
-use c4m_sched::{ClusterSnapshot, InstanceRequest, NodeInfo, Resources};
+use c4m_sched::{
+    ClusterSnapshot, InstanceRequest, NodeInfo, NodeSelectorOperator, NodeSelectorRequirement,
+    NodeSelectorTerm, Resources,
+};
 use criterion::{BatchSize, Criterion, Throughput};
 
 const PLACEMENTS: usize = 10_000;
@@ -34,10 +38,12 @@ fn cluster(node_count: usize) -> ClusterSnapshot {
                 cpu_millis: 32_000,
                 memory_bytes: 128 * 1024 * MIB,
                 instances: 110,
+                ..Resources::default()
             },
             labels,
             drivers,
             ready: true,
+            ..NodeInfo::default()
         });
     }
     snapshot
@@ -70,6 +76,55 @@ fn requests() -> Vec<InstanceRequest> {
                 memory_bytes: MEMORY_MIB[(state >> 8) as usize % MEMORY_MIB.len()] * MIB,
                 node_selector,
                 driver: if index % 10 == 0 { "wasm" } else { "process" }.to_owned(),
+                ..InstanceRequest::default()
+            }
+        })
+        .collect()
+}
+
+/// The requests of [`requests`] without selectors, each with a required node
+/// affinity matching about half the nodes: zone `a`, or an SSD in zone `b`,
+/// or (every third request) any zone but `c`.
+fn affinity_requests() -> Vec<InstanceRequest> {
+    let requirement = |key: &str, operator, values: &[&str]| NodeSelectorRequirement {
+        key: key.to_owned(),
+        operator,
+        values: values.iter().map(|v| (*v).to_owned()).collect(),
+    };
+    requests()
+        .into_iter()
+        .enumerate()
+        .map(|(index, request)| {
+            let required_affinity = if index % 3 == 0 {
+                vec![NodeSelectorTerm {
+                    match_expressions: vec![requirement(
+                        "zone",
+                        NodeSelectorOperator::NotIn,
+                        &["c"],
+                    )],
+                }]
+            } else {
+                vec![
+                    NodeSelectorTerm {
+                        match_expressions: vec![requirement(
+                            "zone",
+                            NodeSelectorOperator::In,
+                            &["a"],
+                        )],
+                    },
+                    NodeSelectorTerm {
+                        match_expressions: vec![
+                            requirement("zone", NodeSelectorOperator::In, &["b"]),
+                            requirement("disk", NodeSelectorOperator::Exists, &[]),
+                        ],
+                    },
+                ]
+            };
+            InstanceRequest {
+                node_selector: BTreeMap::new(),
+                driver: "process".to_owned(),
+                required_affinity,
+                ..request
             }
         })
         .collect()
@@ -111,9 +166,30 @@ fn placements(c: &mut Criterion) {
     group.finish();
 }
 
+fn node_affinity(c: &mut Criterion) {
+    const NODES: usize = 5_000;
+    let requests = affinity_requests();
+    let mut group = c.benchmark_group("node_affinity");
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(3));
+    group.warm_up_time(Duration::from_secs(1));
+    group.throughput(Throughput::Elements(PLACEMENTS as u64));
+    let (_, unschedulable) = place_all(cluster(NODES), &requests);
+    eprintln!("{NODES} nodes, affinity: {unschedulable} of {PLACEMENTS} requests unschedulable");
+    group.bench_function(format!("{NODES}_nodes"), |b| {
+        b.iter_batched(
+            || cluster(NODES),
+            |snapshot| place_all(snapshot, &requests),
+            BatchSize::LargeInput,
+        );
+    });
+    group.finish();
+}
+
 /// What `criterion_main!` would generate, minus an undocumented group function.
 fn main() {
     let mut criterion = Criterion::default().configure_from_args();
     placements(&mut criterion);
+    node_affinity(&mut criterion);
     criterion.final_summary();
 }

@@ -1027,8 +1027,10 @@ const UNHONOURED: &[(Scope, &str, &str)] = &[
         "securityContext.!runAsUser|runAsGroup",
         SECURITY_IGNORED,
     ),
-    (Scope::PodSpec, "affinity", IGNORED),
-    (Scope::PodSpec, "tolerations", IGNORED),
+    // Node affinity and tolerations are honoured by the scheduler;
+    // affinity between instances is not yet.
+    (Scope::PodSpec, "affinity.podAffinity", IGNORED),
+    (Scope::PodSpec, "affinity.podAntiAffinity", IGNORED),
     (Scope::PodSpec, "topologySpreadConstraints", IGNORED),
     (Scope::PodSpec, "hostNetwork=true", IGNORED),
     (Scope::PodSpec, "hostPID=true", IGNORED),
@@ -1510,6 +1512,30 @@ spec:
         assert!(message.starts_with("invalid base64"), "{message}");
         let (path, _) = validate_value(&secret(json!({"bad/key": "YQ=="}))).unwrap_err();
         assert_eq!(path, "data.bad/key");
+    }
+
+    #[test]
+    fn node_affinity_and_tolerations_are_honoured_pod_affinity_is_not() {
+        let yaml = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: p}
+spec:
+  tolerations: [{key: dedicated, operator: Exists}]
+  affinity:
+    nodeAffinity:
+      requiredDuringSchedulingIgnoredDuringExecution:
+        nodeSelectorTerms: [{matchExpressions: [{key: zone, operator: In, values: [a]}]}]
+    podAntiAffinity:
+      requiredDuringSchedulingIgnoredDuringExecution:
+        - {topologyKey: kubernetes.io/hostname, labelSelector: {matchLabels: {app: p}}}
+  containers: [{name: c, command: [sleep, "1"]}]
+"#;
+        let warnings = validate_value(&parse_one(yaml)).unwrap().warnings;
+        assert_eq!(
+            warnings,
+            ["Pod p: spec.affinity.podAntiAffinity is not supported and will be ignored"]
+        );
     }
 
     #[test]

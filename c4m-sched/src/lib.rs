@@ -1,24 +1,45 @@
-//! The c4m scheduler: best-fit placement of instances on nodes.
+//! The c4m scheduler: places instances on nodes through a pipeline of
+//! filters and scorers.
 //!
 //! Pure bookkeeping, no I/O and no async. The control plane keeps a
 //! [`ClusterSnapshot`] of nodes ([`NodeInfo`]) and of the instances bound to
 //! them, then places pending instances ([`InstanceRequest`]) one after the
 //! other with [`ClusterSnapshot::place`]; each placement updates the snapshot
-//! so the next one sees the resources taken. Quantities are integers
-//! ([`Resources`]: millicores, bytes, instance slots) so accounting never
-//! drifts. When nothing fits, [`Unschedulable`] says why, Kubernetes style.
+//! so the next one sees the resources and host ports taken. Quantities are
+//! integers ([`Resources`]: millicores, bytes, instance slots, extended
+//! resource counts) so accounting never drifts. When nothing fits,
+//! [`Unschedulable`] says why, Kubernetes style.
 //!
-//! Placement is best fit: the fitting node left with the least free CPU and
-//! memory (each relative to the node's allocatable) wins, ties going to the
-//! smallest node name. Nodes are grouped by shape (labels, drivers,
-//! allocatable) with an ordered index per shape, so a placement costs
-//! O(shapes × log nodes) rather than a scan of every node.
+//! A node must pass every [`Filter`] (node selector, required node affinity,
+//! taints, driver, resources, host ports, and any the embedder adds); the
+//! fitting node with the highest weighted total of [`Scorer`] scores wins
+//! (best fit or spread per [`Strategy`], preferred node affinity,
+//! `PreferNoSchedule` taints, and any the embedder adds). Nodes are grouped
+//! into classes of equal labels, drivers, taints and allocatable, with an
+//! ordered index per class, so a placement costs O(classes × log nodes)
+//! rather than a scan of every node; [`Scope`] says which extensions keep
+//! that fast path.
 
+mod affinity;
+mod filters;
+mod fit;
 mod model;
+mod pipeline;
+mod scorers;
 mod snapshot;
+mod taint;
 mod unschedulable;
 mod wide;
 
-pub use model::{InstanceRequest, NodeInfo, Resources};
+pub use affinity::{
+    NodeSelectorOperator, NodeSelectorRequirement, NodeSelectorTerm, PreferredSchedulingTerm,
+};
+pub use filters::{
+    DriverOffered, HostPorts, NodeSelector, RequiredNodeAffinity, ResourcesFit, TaintToleration,
+};
+pub use model::{HostPort, InstanceRequest, NodeInfo, Protocol, Resources, Strategy};
+pub use pipeline::{Filter, NodeView, Scope, Scorer};
+pub use scorers::{BestFit, MAX_NODE_SCORE, PreferNoScheduleTaints, PreferredNodeAffinity, Spread};
 pub use snapshot::ClusterSnapshot;
+pub use taint::{Taint, TaintEffect, Toleration, TolerationOperator};
 pub use unschedulable::{UnfitReason, Unschedulable};

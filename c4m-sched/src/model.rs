@@ -2,37 +2,91 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::affinity::{NodeSelectorTerm, PreferredSchedulingTerm};
+use crate::taint::{Taint, Toleration};
+
 /// An amount of each schedulable resource, in integers so that accounting
 /// never drifts.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Resources {
     /// CPU in millicores (1000 = one core).
     pub cpu_millis: u64,
     /// Memory in bytes.
     pub memory_bytes: u64,
+    /// Local ephemeral storage in bytes.
+    pub ephemeral_storage_bytes: u64,
     /// Number of instances (the Kubernetes "max pods" of a node).
     pub instances: u64,
+    /// Extended resources by name (`nvidia.com/gpu`), as integer counts; a
+    /// missing name is zero.
+    pub extended: BTreeMap<String, u64>,
 }
 
 impl Resources {
     /// `self - other` per dimension, stopping at zero: an over-committed node
-    /// has nothing free, not a negative amount.
-    pub fn saturating_sub(self, other: Self) -> Self {
+    /// has nothing free, not a negative amount. Extended resources absent
+    /// from `self` stay absent.
+    pub fn saturating_sub(&self, other: &Self) -> Self {
         Self {
             cpu_millis: self.cpu_millis.saturating_sub(other.cpu_millis),
             memory_bytes: self.memory_bytes.saturating_sub(other.memory_bytes),
+            ephemeral_storage_bytes: self
+                .ephemeral_storage_bytes
+                .saturating_sub(other.ephemeral_storage_bytes),
             instances: self.instances.saturating_sub(other.instances),
+            extended: self
+                .extended
+                .iter()
+                .map(|(name, amount)| (name.clone(), amount.saturating_sub(other.extended(name))))
+                .collect(),
         }
     }
 
     /// `self + other` per dimension, stopping at `u64::MAX`.
-    pub fn saturating_add(self, other: Self) -> Self {
+    pub fn saturating_add(&self, other: &Self) -> Self {
+        let mut extended = self.extended.clone();
+        for (name, amount) in &other.extended {
+            let total = extended.entry(name.clone()).or_default();
+            *total = total.saturating_add(*amount);
+        }
         Self {
             cpu_millis: self.cpu_millis.saturating_add(other.cpu_millis),
             memory_bytes: self.memory_bytes.saturating_add(other.memory_bytes),
+            ephemeral_storage_bytes: self
+                .ephemeral_storage_bytes
+                .saturating_add(other.ephemeral_storage_bytes),
             instances: self.instances.saturating_add(other.instances),
+            extended,
         }
     }
+
+    /// The amount of the extended resource `name` (zero when absent).
+    pub fn extended(&self, name: &str) -> u64 {
+        self.extended.get(name).copied().unwrap_or(0)
+    }
+}
+
+/// Transport protocol of a host port.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Protocol {
+    /// TCP, the Kubernetes default.
+    #[default]
+    Tcp,
+    /// UDP.
+    Udp,
+    /// SCTP.
+    Sctp,
+}
+
+/// A port on the node's network that an instance binds. The host IP is not
+/// modelled: every host port is taken on all addresses, which can only
+/// refuse a placement Kubernetes would allow, never allow a conflict.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct HostPort {
+    /// Port number.
+    pub port: u16,
+    /// Protocol; the same number over another protocol does not conflict.
+    pub protocol: Protocol,
 }
 
 /// A node as the scheduler sees it.
@@ -42,12 +96,25 @@ pub struct NodeInfo {
     pub name: String,
     /// What instances may use in total on this node.
     pub allocatable: Resources,
-    /// Labels matched against [`InstanceRequest::node_selector`].
+    /// Labels matched against node selectors and node affinity.
     pub labels: BTreeMap<String, String>,
     /// Container runtime drivers the node's agent offers.
     pub drivers: BTreeSet<String>,
+    /// Taints repelling instances that do not tolerate them.
+    pub taints: Vec<Taint>,
     /// Whether the node accepts new instances.
     pub ready: bool,
+}
+
+/// How to choose among the nodes that can take an instance.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Strategy {
+    /// The node left with the least free CPU and memory: packs nodes tight.
+    #[default]
+    BestFit,
+    /// The node left with the most free CPU and memory (least allocated):
+    /// spreads instances out.
+    Spread,
 }
 
 /// What one instance needs from the node it is placed on.
@@ -57,20 +124,38 @@ pub struct InstanceRequest {
     pub cpu_millis: u64,
     /// Requested memory in bytes.
     pub memory_bytes: u64,
+    /// Requested local ephemeral storage in bytes.
+    pub ephemeral_storage_bytes: u64,
+    /// Requested extended resources by name, as integer counts.
+    pub extended: BTreeMap<String, u64>,
     /// Labels the node must carry, each with exactly this value.
     pub node_selector: BTreeMap<String, String>,
+    /// Required node affinity: the node must match at least one term. Empty
+    /// means no constraint.
+    pub required_affinity: Vec<NodeSelectorTerm>,
+    /// Preferred node affinity: each matching term adds its weight to the
+    /// node's score.
+    pub preferred_affinity: Vec<PreferredSchedulingTerm>,
+    /// Taints this instance tolerates.
+    pub tolerations: Vec<Toleration>,
+    /// Host ports the instance binds; a node where one is taken does not fit.
+    pub host_ports: Vec<HostPort>,
     /// Runtime driver the node must offer.
     pub driver: String,
+    /// How to choose among fitting nodes.
+    pub strategy: Strategy,
 }
 
 impl InstanceRequest {
-    /// The resources this instance takes: its CPU, its memory and one
-    /// instance slot (taken even when CPU and memory are zero).
+    /// The resources this instance takes: what it requests and one instance
+    /// slot (taken even when everything else is zero).
     pub fn resources(&self) -> Resources {
         Resources {
             cpu_millis: self.cpu_millis,
             memory_bytes: self.memory_bytes,
+            ephemeral_storage_bytes: self.ephemeral_storage_bytes,
             instances: 1,
+            extended: self.extended.clone(),
         }
     }
 }

@@ -1,73 +1,69 @@
-//! The cluster snapshot and best-fit placement.
+//! The cluster snapshot and placement through the filter/scorer pipeline.
 //!
-//! Nodes are grouped into *shape classes*: nodes with the same labels, drivers
-//! and allocatable resources. Selector and driver checks run once per class,
-//! and inside a class every node's leftover shares one denominator, so an
-//! ordered index by leftover numerator finds the tightest node in O(log n)
-//! plus the nodes skipped for lacking one dimension.
+//! Nodes are grouped into *shape classes*: nodes with the same labels,
+//! drivers, taints and allocatable resources. Class-scoped filters and
+//! scorers run once per class, and inside a class every node's leftover
+//! shares one denominator, so an ordered index by leftover numerator finds
+//! the tightest (or loosest) node in O(log n) plus the nodes skipped for
+//! failing a node-scoped check (a short dimension, a taken host port, an
+//! embedder's node filter). Only an embedder's node-scoped scorer forces a
+//! scan of every fitting node.
 
 use std::cmp::Ordering;
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use crate::model::{InstanceRequest, NodeInfo, Resources};
+use crate::filters::{
+    DriverOffered, HostPorts, NodeSelector, RequiredNodeAffinity, ResourcesFit, TaintToleration,
+};
+use crate::fit::{Leftover, Scale};
+use crate::model::{HostPort, InstanceRequest, NodeInfo, Resources, Strategy};
+use crate::pipeline::{Filter, NodeView, Scope, Scorer};
+use crate::scorers::{PreferNoScheduleTaints, PreferredNodeAffinity, fit_score};
+use crate::taint::Taint;
 use crate::unschedulable::{UnfitReason, Unschedulable};
 use crate::wide::Wide;
 
 /// Identifies a shape class for the lifetime of the snapshot.
 type ClassId = u64;
 
-/// What makes nodes interchangeable for filtering and scoring.
+/// Built-in filters whose verdict is the same for a whole class, in the
+/// order their reasons are looked for.
+const CLASS_FILTERS: [&dyn Filter; 4] = [
+    &NodeSelector,
+    &RequiredNodeAffinity,
+    &TaintToleration,
+    &DriverOffered,
+];
+
+/// Built-in filters checked per node. On the fast path the index does their
+/// work unless the request needs more than CPU, memory and a slot.
+const NODE_FILTERS: [&dyn Filter; 2] = [&ResourcesFit, &HostPorts];
+
+/// Built-in scorers constant over a class (weight 1 each). The strategy's
+/// fit scorer is the index order itself.
+const CLASS_SCORERS: [&dyn Scorer; 2] = [&PreferredNodeAffinity, &PreferNoScheduleTaints];
+
+/// What a class-scoped view shows as allocated: nothing.
+static NOTHING_USED: Resources = Resources {
+    cpu_millis: 0,
+    memory_bytes: 0,
+    ephemeral_storage_bytes: 0,
+    instances: 0,
+    extended: BTreeMap::new(),
+};
+
+/// What a class-scoped view shows as taken host ports: none.
+static NO_HOST_PORTS: BTreeMap<HostPort, usize> = BTreeMap::new();
+
+/// What makes nodes interchangeable for class-scoped filters and scorers.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Shape {
     labels: BTreeMap<String, String>,
     drivers: BTreeSet<String>,
+    taints: Vec<Taint>,
     allocatable: Resources,
-}
-
-/// The denominators of the leftover fraction. A zero allocatable dimension
-/// counts as 1: such a node has nothing free there, so only a zero request
-/// fits and that dimension's leftover term is 0 either way.
-#[derive(Clone, Copy, Debug)]
-struct Scale {
-    cpu: u64,
-    memory: u64,
-}
-
-impl Scale {
-    fn of(allocatable: Resources) -> Self {
-        Self {
-            cpu: allocatable.cpu_millis.max(1),
-            memory: allocatable.memory_bytes.max(1),
-        }
-    }
-
-    /// `cpu / self.cpu + memory / self.memory`, times `self.cpu * self.memory`.
-    fn numerator(self, cpu: u64, memory: u64) -> Wide {
-        Wide::product(cpu, self.memory).add(Wide::product(memory, self.cpu))
-    }
-}
-
-/// A fitting node's leftover after placement, as an exact fraction.
-struct Leftover {
-    numerator: Wide,
-    scale: Scale,
-}
-
-impl Leftover {
-    /// Exact comparison by cross-multiplying denominators.
-    fn cmp(&self, other: &Self) -> Ordering {
-        let lhs = self
-            .numerator
-            .mul_u64(other.scale.cpu)
-            .mul_u64(other.scale.memory);
-        let rhs = other
-            .numerator
-            .mul_u64(self.scale.cpu)
-            .mul_u64(self.scale.memory);
-        lhs.cmp(&rhs)
-    }
 }
 
 /// A schedulable node in its class's index, ordered by free-capacity
@@ -84,6 +80,8 @@ struct IndexEntry {
 #[derive(Debug)]
 struct ShapeClass {
     shape: Shape,
+    /// The shape as a nameless, ready node, for class-scoped views.
+    template: NodeInfo,
     scale: Scale,
     /// All nodes of this shape, schedulable or not; the class goes when it
     /// reaches zero.
@@ -93,34 +91,26 @@ struct ShapeClass {
 }
 
 impl ShapeClass {
-    /// Why no node of this class can take `req` regardless of its resources.
-    fn label_mismatch(&self, req: &InstanceRequest) -> Option<UnfitReason> {
-        let selector_matches = req
-            .node_selector
-            .iter()
-            .all(|(key, value)| self.shape.labels.get(key) == Some(value));
-        if !selector_matches {
-            Some(UnfitReason::SelectorMismatch)
-        } else if !self.shape.drivers.contains(&req.driver) {
-            Some(UnfitReason::MissingDriver(req.driver.clone()))
-        } else {
-            None
+    /// Takes `node` out of the index (before its state changes).
+    fn unindex(&mut self, node: &NodeState) {
+        if let Some(entry) = node.index_entry(self.scale) {
+            self.index.remove(&entry);
         }
     }
 
-    /// The fitting node with the least leftover (then the smallest name).
-    /// A node fits only if its free-capacity numerator reaches the request's,
-    /// so the scan starts there; nodes short in one dimension are skipped.
-    fn tightest_fit(&self, req: &InstanceRequest, lowest_name: &Arc<str>) -> Option<&IndexEntry> {
-        let start = IndexEntry {
-            free_numerator: self.scale.numerator(req.cpu_millis, req.memory_bytes),
-            name: Arc::clone(lowest_name),
-            free_cpu: 0,
-            free_memory: 0,
-        };
-        self.index
-            .range(start..)
-            .find(|entry| entry.free_cpu >= req.cpu_millis && entry.free_memory >= req.memory_bytes)
+    /// Puts `node` in the index if it can take an instance.
+    fn reindex(&mut self, node: &NodeState) {
+        if let Some(entry) = node.index_entry(self.scale) {
+            self.index.insert(entry);
+        }
+    }
+
+    fn view(&self) -> NodeView<'_> {
+        NodeView {
+            info: &self.template,
+            used: &NOTHING_USED,
+            host_ports_in_use: &NO_HOST_PORTS,
+        }
     }
 }
 
@@ -130,46 +120,104 @@ struct NodeState {
     name: Arc<str>,
     info: NodeInfo,
     used: Resources,
+    host_ports: BTreeMap<HostPort, usize>,
     class: ClassId,
 }
 
 impl NodeState {
+    fn view(&self) -> NodeView<'_> {
+        NodeView {
+            info: &self.info,
+            used: &self.used,
+            host_ports_in_use: &self.host_ports,
+        }
+    }
+
     fn free(&self) -> Resources {
-        self.info.allocatable.saturating_sub(self.used)
+        self.info.allocatable.saturating_sub(&self.used)
     }
 
     /// The node's entry in its class index, if it can take any instance.
     fn index_entry(&self, scale: Scale) -> Option<IndexEntry> {
-        let free = self.free();
-        (self.info.ready && free.instances > 0).then(|| IndexEntry {
-            free_numerator: scale.numerator(free.cpu_millis, free.memory_bytes),
-            name: Arc::clone(&self.name),
-            free_cpu: free.cpu_millis,
-            free_memory: free.memory_bytes,
+        let (allocatable, used) = (&self.info.allocatable, &self.used);
+        (self.info.ready && allocatable.instances > used.instances).then(|| {
+            let free_cpu = allocatable.cpu_millis.saturating_sub(used.cpu_millis);
+            let free_memory = allocatable.memory_bytes.saturating_sub(used.memory_bytes);
+            IndexEntry {
+                free_numerator: scale.numerator(free_cpu, free_memory),
+                name: Arc::clone(&self.name),
+                free_cpu,
+                free_memory,
+            }
         })
     }
 }
 
-/// Resources `req` needs that `free` lacks, in reason order.
-fn shortfalls(free: Resources, req: &InstanceRequest) -> impl Iterator<Item = UnfitReason> {
-    [
-        (free.instances == 0).then_some(UnfitReason::TooManyInstances),
-        (free.cpu_millis < req.cpu_millis).then_some(UnfitReason::InsufficientCpu),
-        (free.memory_bytes < req.memory_bytes).then_some(UnfitReason::InsufficientMemory),
-    ]
-    .into_iter()
-    .flatten()
+/// A fitting node and how good it is.
+struct Candidate<'a> {
+    total: i64,
+    leftover: Leftover,
+    name: &'a Arc<str>,
+}
+
+impl<'a> Candidate<'a> {
+    /// `entry` with the fit score of `req`'s strategy added to `total`.
+    fn new(entry: &'a IndexEntry, leftover: Leftover, total: i64, req: &InstanceRequest) -> Self {
+        Self {
+            total: total.saturating_add(fit_score(req.strategy, &leftover)),
+            leftover,
+            name: &entry.name,
+        }
+    }
+
+    /// Whether `self` ranks before `other`: the higher total, then the
+    /// exactly tighter (best fit) or looser (spread) node, then the smaller name.
+    fn beats(&self, other: &Self, strategy: Strategy) -> bool {
+        let by_leftover = match strategy {
+            Strategy::BestFit => self.leftover.cmp(&other.leftover),
+            Strategy::Spread => other.leftover.cmp(&self.leftover),
+        };
+        other
+            .total
+            .cmp(&self.total)
+            .then(by_leftover)
+            .then_with(|| self.name.cmp(other.name))
+            == Ordering::Less
+    }
+}
+
+/// Keeps `candidate` in `best` if it ranks before what is there.
+fn keep_better<'a>(best: &mut Option<Candidate<'a>>, candidate: Candidate<'a>, strategy: Strategy) {
+    if best
+        .as_ref()
+        .is_none_or(|best| candidate.beats(best, strategy))
+    {
+        *best = Some(candidate);
+    }
+}
+
+/// An embedder's filter or scorer with its scope, read once at registration.
+#[derive(Debug)]
+struct Scoped<T: ?Sized> {
+    scope: Scope,
+    weight: i64,
+    extension: Box<T>,
 }
 
 /// The nodes of a cluster and what is allocated on each; places instances
-/// by best fit.
+/// through a pipeline of filters and scorers.
 ///
-/// Best fit: among nodes that are ready, carry every label of the node
-/// selector, offer the driver and have enough free CPU, memory and instance
-/// slots, take the one with the least
+/// A node can take an instance if it is ready and passes every filter: the
+/// built-in [`NodeSelector`], [`RequiredNodeAffinity`], [`TaintToleration`],
+/// [`DriverOffered`], [`ResourcesFit`] and [`HostPorts`], then those added
+/// with [`ClusterSnapshot::add_filter`]. Among those, the highest total of
+/// weight × score wins: the request's strategy scorer
+/// ([`crate::BestFit`] or [`crate::Spread`]), [`PreferredNodeAffinity`],
+/// [`PreferNoScheduleTaints`] (weight 1 each), then those added with
+/// [`ClusterSnapshot::add_scorer`]. Equal totals go to the node with the
+/// exactly smaller (best fit) or larger (spread) leftover
 /// `(free_cpu - cpu) / allocatable_cpu + (free_memory - memory) / allocatable_memory`
-/// (compared exactly; a dimension with zero allocatable adds 0), ties going
-/// to the smallest name.
+/// (a dimension with zero allocatable adds 0), then to the smallest name.
 #[derive(Debug)]
 pub struct ClusterSnapshot {
     nodes: HashMap<Arc<str>, NodeState>,
@@ -178,6 +226,8 @@ pub struct ClusterSnapshot {
     next_class_id: ClassId,
     /// The smallest name, kept to build index range bounds without allocating.
     lowest_name: Arc<str>,
+    filters: Vec<Scoped<dyn Filter>>,
+    scorers: Vec<Scoped<dyn Scorer>>,
 }
 
 impl Default for ClusterSnapshot {
@@ -187,7 +237,7 @@ impl Default for ClusterSnapshot {
 }
 
 impl ClusterSnapshot {
-    /// An empty cluster.
+    /// An empty cluster with the built-in pipeline.
     pub fn new() -> Self {
         Self {
             nodes: HashMap::new(),
@@ -195,18 +245,40 @@ impl ClusterSnapshot {
             classes: HashMap::new(),
             next_class_id: 0,
             lowest_name: Arc::from(""),
+            filters: Vec::new(),
+            scorers: Vec::new(),
         }
+    }
+
+    /// Adds a filter after the built-in ones. A [`Scope::Node`] filter is
+    /// checked on each candidate while walking the class indexes.
+    pub fn add_filter(&mut self, filter: impl Filter + 'static) {
+        self.filters.push(Scoped {
+            scope: filter.scope(),
+            weight: 1,
+            extension: Box::new(filter),
+        });
+    }
+
+    /// Adds a scorer whose score counts `weight` times. A [`Scope::Node`]
+    /// scorer makes every placement scan all fitting nodes.
+    pub fn add_scorer(&mut self, weight: i64, scorer: impl Scorer + 'static) {
+        self.scorers.push(Scoped {
+            scope: scorer.scope(),
+            weight,
+            extension: Box::new(scorer),
+        });
     }
 
     /// Adds a node or replaces its description, keeping what is already
     /// allocated on it (a node that shrank below that is over-committed:
     /// nothing is free in that dimension until enough is released).
     pub fn upsert_node(&mut self, node: NodeInfo) {
-        let used = self
+        let (used, host_ports) = self
             .detach(&node.name)
-            .map(|old| old.used)
+            .map(|old| (old.used, old.host_ports))
             .unwrap_or_default();
-        self.attach(node, used);
+        self.attach(node, used, host_ports);
     }
 
     /// Forgets a node and its allocations; unknown names are ignored.
@@ -214,13 +286,20 @@ impl ClusterSnapshot {
         self.detach(name);
     }
 
-    /// Accounts an instance already bound to `node`. Returns whether it fit;
-    /// it is counted either way, because it runs there regardless. Returns
-    /// false and counts nothing if the node is unknown.
+    /// Accounts an instance already bound to `node`, with its resources and
+    /// host ports. Returns whether it fit (resources and host ports); it is
+    /// counted either way, because it runs there regardless. Returns false
+    /// and counts nothing if the node is unknown.
     pub fn allocate(&mut self, node: &str, req: &InstanceRequest) -> bool {
         self.update_node(node, |state| {
-            let fits = shortfalls(state.free(), req).next().is_none();
-            state.used = state.used.saturating_add(req.resources());
+            let view = state.view();
+            let fits = NODE_FILTERS
+                .iter()
+                .all(|filter| filter.unfit_reasons(req, &view).is_empty());
+            state.used = state.used.saturating_add(&req.resources());
+            for port in &req.host_ports {
+                *state.host_ports.entry(*port).or_default() += 1;
+            }
             fits
         })
         .unwrap_or(false)
@@ -229,42 +308,51 @@ impl ClusterSnapshot {
     /// Gives back what `req` took on `node`; unknown names are ignored.
     pub fn release(&mut self, node: &str, req: &InstanceRequest) {
         self.update_node(node, |state| {
-            state.used = state.used.saturating_sub(req.resources());
+            state.used = state.used.saturating_sub(&req.resources());
+            for port in &req.host_ports {
+                if let Entry::Occupied(mut taken) = state.host_ports.entry(*port) {
+                    *taken.get_mut() -= 1;
+                    if *taken.get() == 0 {
+                        taken.remove();
+                    }
+                }
+            }
         });
     }
 
-    /// Picks the best-fit node for `req`, allocates it there and returns the
+    /// Picks the best node for `req`, allocates it there and returns the
     /// node's name; or explains why no node fits.
     pub fn place(&mut self, req: &InstanceRequest) -> Result<String, Unschedulable> {
-        let mut best: Option<(Leftover, &Arc<str>)> = None;
+        let scan_all = self
+            .scorers
+            .iter()
+            .any(|scorer| scorer.scope == Scope::Node);
+        let mut best: Option<Candidate<'_>> = None;
         for class in self.classes.values() {
-            if class.label_mismatch(req).is_some() {
-                continue;
-            }
-            let Some(entry) = class.tightest_fit(req, &self.lowest_name) else {
+            let Some(class_total) = self.class_total(class, req) else {
                 continue;
             };
-            let leftover = Leftover {
-                numerator: class.scale.numerator(
-                    entry.free_cpu - req.cpu_millis,
-                    entry.free_memory - req.memory_bytes,
-                ),
-                scale: class.scale,
-            };
-            let better = best.as_ref().is_none_or(|(best_leftover, best_name)| {
-                leftover
-                    .cmp(best_leftover)
-                    .then_with(|| entry.name.cmp(best_name))
-                    == Ordering::Less
-            });
-            if better {
-                best = Some((leftover, &entry.name));
+            if scan_all {
+                let start = class.scale.numerator(req.cpu_millis, req.memory_bytes);
+                for (entry, leftover) in self.fitting(class, req, start) {
+                    let node_total = self.nodes.get(&entry.name).map_or(0, |node| {
+                        self.weighted_total(Scope::Node, req, &node.view())
+                    });
+                    let total = class_total.saturating_add(node_total);
+                    keep_better(
+                        &mut best,
+                        Candidate::new(entry, leftover, total, req),
+                        req.strategy,
+                    );
+                }
+            } else if let Some((entry, leftover)) = self.best_indexed(class, req) {
+                let candidate = Candidate::new(entry, leftover, class_total, req);
+                keep_better(&mut best, candidate, req.strategy);
             }
         }
-        let Some((_, name)) = best else {
+        let Some(name) = best.map(|best| Arc::clone(best.name)) else {
             return Err(self.explain(req));
         };
-        let name = Arc::clone(name);
         let fits = self.allocate(&name, req);
         debug_assert!(fits, "the chosen node must fit");
         Ok(name.to_string())
@@ -280,19 +368,124 @@ impl ClusterSnapshot {
         self.nodes.get(node).map(NodeState::free)
     }
 
-    /// Counts, over all nodes, why none can take `req`.
+    /// The class-scoped part of the score of `class`'s nodes, or `None` if a
+    /// class-scoped filter refuses them.
+    fn class_total(&self, class: &ShapeClass, req: &InstanceRequest) -> Option<i64> {
+        let view = class.view();
+        let custom = self
+            .filters
+            .iter()
+            .filter(|filter| filter.scope == Scope::Class)
+            .map(|filter| &*filter.extension);
+        let passes = CLASS_FILTERS
+            .into_iter()
+            .chain(custom)
+            .all(|filter| filter.unfit_reasons(req, &view).is_empty());
+        let built_in = CLASS_SCORERS.iter().fold(0, |total: i64, scorer| {
+            total.saturating_add(scorer.score(req, &view))
+        });
+        passes.then(|| built_in.saturating_add(self.weighted_total(Scope::Class, req, &view)))
+    }
+
+    /// The weighted sum of the embedder's scorers of `scope` on `view`.
+    fn weighted_total(&self, scope: Scope, req: &InstanceRequest, view: &NodeView<'_>) -> i64 {
+        self.scorers
+            .iter()
+            .filter(|scorer| scorer.scope == scope)
+            .fold(0, |total: i64, scorer| {
+                total.saturating_add(
+                    scorer
+                        .weight
+                        .saturating_mul(scorer.extension.score(req, view)),
+                )
+            })
+    }
+
+    /// Nodes of `class` from `from_numerator` on that pass the node-scoped
+    /// filters, in index order (ascending leftover), with their leftover
+    /// after `req`. A node fits only if its free-capacity numerator reaches
+    /// the request's, so walks start there at the lowest.
+    fn fitting<'a>(
+        &'a self,
+        class: &'a ShapeClass,
+        req: &'a InstanceRequest,
+        from_numerator: Wide,
+    ) -> impl DoubleEndedIterator<Item = (&'a IndexEntry, Leftover)> + 'a {
+        // Without these the index entry alone decides resources and ports.
+        let check_node = req.ephemeral_storage_bytes > 0
+            || !req.extended.is_empty()
+            || !req.host_ports.is_empty()
+            || self
+                .filters
+                .iter()
+                .any(|filter| filter.scope == Scope::Node);
+        let start = IndexEntry {
+            free_numerator: from_numerator,
+            name: Arc::clone(&self.lowest_name),
+            free_cpu: 0,
+            free_memory: 0,
+        };
+        class.index.range(start..).filter_map(move |entry| {
+            let leftover = Leftover::after(entry.free_cpu, entry.free_memory, req, class.scale)?;
+            let node_fits = !check_node
+                || self
+                    .nodes
+                    .get(&entry.name)
+                    .is_some_and(|node| self.node_filters_pass(req, &node.view()));
+            node_fits.then_some((entry, leftover))
+        })
+    }
+
+    /// The best node of `class` for the strategy alone (every other score is
+    /// the same across the class).
+    fn best_indexed<'a>(
+        &'a self,
+        class: &'a ShapeClass,
+        req: &'a InstanceRequest,
+    ) -> Option<(&'a IndexEntry, Leftover)> {
+        let request_numerator = class.scale.numerator(req.cpu_millis, req.memory_bytes);
+        match req.strategy {
+            Strategy::BestFit => self.fitting(class, req, request_numerator).next(),
+            Strategy::Spread => {
+                let (loosest, _) = self.fitting(class, req, request_numerator).next_back()?;
+                // Equal leftovers go to the smallest name, which the reverse
+                // walk meets last: walk forward from the loosest numerator.
+                self.fitting(class, req, loosest.free_numerator).next()
+            }
+        }
+    }
+
+    /// Whether every node-scoped filter, built-in or not, passes.
+    fn node_filters_pass(&self, req: &InstanceRequest, view: &NodeView<'_>) -> bool {
+        let custom = self
+            .filters
+            .iter()
+            .filter(|filter| filter.scope == Scope::Node)
+            .map(|filter| &*filter.extension);
+        NODE_FILTERS
+            .into_iter()
+            .chain(custom)
+            .all(|filter| filter.unfit_reasons(req, view).is_empty())
+    }
+
+    /// Counts, over all nodes, why none can take `req`: for each node the
+    /// reasons of the first filter that refuses it.
     fn explain(&self, req: &InstanceRequest) -> Unschedulable {
         let mut counts: BTreeMap<UnfitReason, usize> = BTreeMap::new();
         for node in self.nodes.values() {
-            let class = &self.classes[&node.class];
-            let node_reasons: Vec<UnfitReason> = if !node.info.ready {
-                vec![UnfitReason::NotReady]
-            } else if let Some(reason) = class.label_mismatch(req) {
-                vec![reason]
+            let node_reasons = if node.info.ready {
+                let view = node.view();
+                let custom = self.filters.iter().map(|filter| &*filter.extension);
+                CLASS_FILTERS
+                    .into_iter()
+                    .chain(NODE_FILTERS)
+                    .chain(custom)
+                    .map(|filter| filter.unfit_reasons(req, &view))
+                    .find(|reasons| !reasons.is_empty())
+                    .unwrap_or_default()
             } else {
-                shortfalls(node.free(), req).collect()
+                vec![UnfitReason::NotReady]
             };
-            debug_assert!(!node_reasons.is_empty(), "explained a node that fits");
             for reason in node_reasons {
                 *counts.entry(reason).or_default() += 1;
             }
@@ -318,22 +511,19 @@ impl ClusterSnapshot {
             .classes
             .get_mut(&node.class)
             .expect("a node's class exists");
-        if let Some(entry) = node.index_entry(class.scale) {
-            class.index.remove(&entry);
-        }
+        class.unindex(node);
         let result = change(node);
-        if let Some(entry) = node.index_entry(class.scale) {
-            class.index.insert(entry);
-        }
+        class.reindex(node);
         Some(result)
     }
 
     /// Adds a node (not yet present) to its class, creating the class if new.
-    fn attach(&mut self, info: NodeInfo, used: Resources) {
+    fn attach(&mut self, info: NodeInfo, used: Resources, host_ports: BTreeMap<HostPort, usize>) {
         let shape = Shape {
             labels: info.labels.clone(),
             drivers: info.drivers.clone(),
-            allocatable: info.allocatable,
+            taints: info.taints.clone(),
+            allocatable: info.allocatable.clone(),
         };
         let class_id = match self.class_ids.entry(shape) {
             Entry::Occupied(existing) => *existing.get(),
@@ -345,7 +535,15 @@ impl ClusterSnapshot {
                 self.classes.insert(
                     id,
                     ShapeClass {
-                        scale: Scale::of(shape.allocatable),
+                        scale: Scale::of(&shape.allocatable),
+                        template: NodeInfo {
+                            name: String::new(),
+                            allocatable: shape.allocatable.clone(),
+                            labels: shape.labels.clone(),
+                            drivers: shape.drivers.clone(),
+                            taints: shape.taints.clone(),
+                            ready: true,
+                        },
                         shape,
                         members: 0,
                         index: BTreeSet::new(),
@@ -360,12 +558,11 @@ impl ClusterSnapshot {
             name: Arc::clone(&name),
             info,
             used,
+            host_ports,
             class: class_id,
         };
         class.members += 1;
-        if let Some(entry) = node.index_entry(class.scale) {
-            class.index.insert(entry);
-        }
+        class.reindex(&node);
         self.nodes.insert(name, node);
     }
 
@@ -377,9 +574,7 @@ impl ClusterSnapshot {
             .classes
             .get_mut(&node.class)
             .expect("a node's class exists");
-        if let Some(entry) = node.index_entry(class.scale) {
-            class.index.remove(&entry);
-        }
+        class.unindex(&node);
         class.members -= 1;
         if class.members == 0 {
             let class = self.classes.remove(&node.class).expect("class exists");
@@ -391,3 +586,6 @@ impl ClusterSnapshot {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod pipeline_tests;

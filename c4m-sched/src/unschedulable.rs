@@ -7,16 +7,33 @@ use std::fmt;
 pub enum UnfitReason {
     /// The node is not ready.
     NotReady,
-    /// A node selector key is missing from the node's labels or has another value.
-    SelectorMismatch,
+    /// The node's labels fail the node selector or the required node
+    /// affinity (one reason, as in Kubernetes).
+    NodeAffinityMismatch,
+    /// The node has a `NoSchedule` or `NoExecute` taint the instance does not
+    /// tolerate (the first such taint).
+    UntoleratedTaint {
+        /// Taint key.
+        key: String,
+        /// Taint value.
+        value: String,
+    },
     /// The node does not offer the requested driver.
     MissingDriver(String),
+    /// A requested host port is already taken on the node.
+    HostPortTaken,
     /// Every instance slot of the node is taken.
     TooManyInstances,
     /// Not enough free CPU.
     InsufficientCpu,
     /// Not enough free memory.
     InsufficientMemory,
+    /// Not enough free ephemeral storage.
+    InsufficientEphemeralStorage,
+    /// Not enough of this extended resource.
+    InsufficientExtended(String),
+    /// An embedder's filter refused the node; the text follows "N node(s)".
+    Custom(String),
 }
 
 impl fmt::Display for UnfitReason {
@@ -24,11 +41,20 @@ impl fmt::Display for UnfitReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::NotReady => f.write_str("were not ready"),
-            Self::SelectorMismatch => f.write_str("didn't match node selector"),
+            Self::NodeAffinityMismatch => f.write_str("didn't match Pod's node affinity/selector"),
+            Self::UntoleratedTaint { key, value } => {
+                write!(f, "had untolerated taint {{{key}: {value}}}")
+            }
             Self::MissingDriver(driver) => write!(f, "lacked driver {driver:?}"),
+            Self::HostPortTaken => {
+                f.write_str("didn't have free ports for the requested pod ports")
+            }
             Self::TooManyInstances => f.write_str("had too many instances"),
             Self::InsufficientCpu => f.write_str("had insufficient cpu"),
             Self::InsufficientMemory => f.write_str("had insufficient memory"),
+            Self::InsufficientEphemeralStorage => f.write_str("had insufficient ephemeral-storage"),
+            Self::InsufficientExtended(name) => write!(f, "had insufficient {name}"),
+            Self::Custom(text) => f.write_str(text),
         }
     }
 }

@@ -1,11 +1,21 @@
-//! Property test: placement on random clusters equals a brute-force best fit
-//! and never over-commits a node.
+//! Property test: placement on random clusters (taints, extended resources,
+//! host ports, node affinity, both strategies, an embedder's node-scoped
+//! filter and scorer) equals a brute force that runs every filter
+//! and scorer on every node, and never over-commits a node.
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
 
-use c4m_sched::{ClusterSnapshot, InstanceRequest, NodeInfo, Resources};
+use c4m_sched::{
+    ClusterSnapshot, DriverOffered, Filter, HostPort, HostPorts, InstanceRequest, NodeInfo,
+    NodeSelector, NodeSelectorOperator, NodeSelectorRequirement, NodeSelectorTerm, NodeView,
+    PreferNoScheduleTaints, PreferredNodeAffinity, PreferredSchedulingTerm, Protocol,
+    RequiredNodeAffinity, Resources, ResourcesFit, Scorer, Strategy as PlacementStrategy, Taint,
+    TaintEffect, TaintToleration, Toleration, TolerationOperator, UnfitReason,
+};
 use proptest::prelude::*;
+
+const GPU: &str = "nvidia.com/gpu";
 
 /// One step applied to both the snapshot and the model.
 #[derive(Clone, Debug)]
@@ -17,28 +27,89 @@ enum Step {
     SetReady(usize, bool),
 }
 
+/// An embedder's node-scoped filter: refuses names ending in 3.
+#[derive(Debug)]
+struct NameNotEndingIn3;
+
+impl Filter for NameNotEndingIn3 {
+    fn unfit_reasons(&self, _: &InstanceRequest, node: &NodeView<'_>) -> Vec<UnfitReason> {
+        if node.info.name.ends_with('3') {
+            vec![UnfitReason::Custom("ended in 3".to_owned())]
+        } else {
+            Vec::new()
+        }
+    }
+}
+
+/// An embedder's node-scoped scorer: prefers busy nodes (forces the scan).
+#[derive(Debug)]
+struct InstancesUsed;
+
+impl Scorer for InstancesUsed {
+    fn score(&self, _: &InstanceRequest, node: &NodeView<'_>) -> i64 {
+        i64::try_from(node.used.instances).unwrap_or(i64::MAX)
+    }
+}
+
+const EMBEDDER_WEIGHT: i64 = 7;
+
 /// The test's own view of a node: its description and what is placed on it.
 struct ModelNode {
     info: NodeInfo,
     used: Resources,
+    host_ports: BTreeMap<HostPort, usize>,
 }
 
 impl ModelNode {
     fn free(&self) -> Resources {
-        self.info.allocatable.saturating_sub(self.used)
+        self.info.allocatable.saturating_sub(&self.used)
     }
 
-    fn fits(&self, req: &InstanceRequest) -> bool {
-        let free = self.free();
+    fn view(&self) -> NodeView<'_> {
+        NodeView {
+            info: &self.info,
+            used: &self.used,
+            host_ports_in_use: &self.host_ports,
+        }
+    }
+
+    fn fits(&self, req: &InstanceRequest, with_embedder: bool) -> bool {
+        let built_in: [&dyn Filter; 6] = [
+            &NodeSelector,
+            &RequiredNodeAffinity,
+            &TaintToleration,
+            &DriverOffered,
+            &ResourcesFit,
+            &HostPorts,
+        ];
+        let embedder: &[&dyn Filter] = if with_embedder {
+            &[&NameNotEndingIn3]
+        } else {
+            &[]
+        };
         self.info.ready
-            && req
-                .node_selector
+            && built_in
                 .iter()
-                .all(|(key, value)| self.info.labels.get(key) == Some(value))
-            && self.info.drivers.contains(&req.driver)
-            && free.instances >= 1
-            && free.cpu_millis >= req.cpu_millis
-            && free.memory_bytes >= req.memory_bytes
+                .chain(embedder)
+                .all(|filter| filter.unfit_reasons(req, &self.view()).is_empty())
+    }
+
+    fn total_score(&self, req: &InstanceRequest, with_embedder: bool) -> i64 {
+        let built_in: [&dyn Scorer; 3] = [
+            req.strategy.scorer(),
+            &PreferredNodeAffinity,
+            &PreferNoScheduleTaints,
+        ];
+        let embedder = if with_embedder {
+            EMBEDDER_WEIGHT * InstancesUsed.score(req, &self.view())
+        } else {
+            0
+        };
+        built_in
+            .iter()
+            .map(|scorer| scorer.score(req, &self.view()))
+            .sum::<i64>()
+            + embedder
     }
 
     /// Leftover after placing `req` as (numerator, denominator); quantities in
@@ -51,21 +122,50 @@ impl ModelNode {
             + u128::from(free.memory_bytes - req.memory_bytes) * cpu_scale;
         (numerator, cpu_scale * memory_scale)
     }
+
+    fn place(&mut self, req: &InstanceRequest) {
+        self.used = self.used.saturating_add(&req.resources());
+        for port in &req.host_ports {
+            *self.host_ports.entry(*port).or_default() += 1;
+        }
+    }
+
+    fn release(&mut self, req: &InstanceRequest) {
+        self.used = self.used.saturating_sub(&req.resources());
+        for port in &req.host_ports {
+            if let Some(count) = self.host_ports.get_mut(port) {
+                *count -= 1;
+                if *count == 0 {
+                    self.host_ports.remove(port);
+                }
+            }
+        }
+    }
 }
 
-/// Scans every node; returns the index of the best fit, if any.
-fn brute_force_best_fit(nodes: &[ModelNode], req: &InstanceRequest) -> Option<usize> {
+/// Scans every node; returns the index of the best one, if any: highest
+/// total score, then the exactly smaller (best fit) or larger (spread)
+/// leftover, then the smallest name.
+fn brute_force(nodes: &[ModelNode], req: &InstanceRequest, with_embedder: bool) -> Option<usize> {
     let mut best: Option<usize> = None;
     for (index, node) in nodes.iter().enumerate() {
-        if !node.fits(req) {
+        if !node.fits(req, with_embedder) {
             continue;
         }
         let better = best.is_none_or(|best_index| {
+            let best_node = &nodes[best_index];
             let (numerator, denominator) = node.leftover(req);
-            let (best_numerator, best_denominator) = nodes[best_index].leftover(req);
-            (numerator * best_denominator)
-                .cmp(&(best_numerator * denominator))
-                .then_with(|| node.info.name.cmp(&nodes[best_index].info.name))
+            let (best_numerator, best_denominator) = best_node.leftover(req);
+            let by_leftover = (numerator * best_denominator).cmp(&(best_numerator * denominator));
+            let by_leftover = match req.strategy {
+                PlacementStrategy::BestFit => by_leftover,
+                PlacementStrategy::Spread => by_leftover.reverse(),
+            };
+            best_node
+                .total_score(req, with_embedder)
+                .cmp(&node.total_score(req, with_embedder))
+                .then(by_leftover)
+                .then_with(|| node.info.name.cmp(&best_node.info.name))
                 == Ordering::Less
         });
         if better {
@@ -80,16 +180,79 @@ fn allocatable_strategy() -> impl Strategy<Value = Resources> {
         prop_oneof![Just(0u64), 1..=4000u64],
         prop_oneof![Just(0u64), 1..=4096u64],
         0..=6u64,
+        prop_oneof![Just(0u64), 1..=100u64],
+        prop::option::of(0..=3u64),
     )
-        .prop_map(|(cpu_millis, memory_bytes, instances)| Resources {
-            cpu_millis,
-            memory_bytes,
-            instances,
-        })
+        .prop_map(
+            |(cpu_millis, memory_bytes, instances, ephemeral_storage_bytes, gpus)| Resources {
+                cpu_millis,
+                memory_bytes,
+                ephemeral_storage_bytes,
+                instances,
+                extended: gpus
+                    .map(|gpus| BTreeMap::from([(GPU.to_owned(), gpus)]))
+                    .unwrap_or_default(),
+            },
+        )
 }
 
 fn zone_strategy() -> impl Strategy<Value = Option<String>> {
     prop::option::of(prop_oneof![Just("a".to_owned()), Just("b".to_owned())])
+}
+
+fn taint_strategy() -> impl Strategy<Value = Taint> {
+    (
+        prop_oneof![Just("dedicated"), Just("spot")],
+        prop_oneof![Just("db"), Just("")],
+        prop_oneof![
+            Just(TaintEffect::NoSchedule),
+            Just(TaintEffect::PreferNoSchedule),
+            Just(TaintEffect::NoExecute),
+        ],
+    )
+        .prop_map(|(key, value, effect)| Taint {
+            key: key.to_owned(),
+            value: value.to_owned(),
+            effect,
+        })
+}
+
+fn toleration_strategy() -> impl Strategy<Value = Toleration> {
+    (
+        prop_oneof![Just(""), Just("dedicated"), Just("spot")],
+        prop_oneof![
+            Just(TolerationOperator::Equal),
+            Just(TolerationOperator::Exists)
+        ],
+        prop_oneof![Just("db"), Just("")],
+        prop::option::of(prop_oneof![
+            Just(TaintEffect::NoSchedule),
+            Just(TaintEffect::PreferNoSchedule),
+            Just(TaintEffect::NoExecute),
+        ]),
+    )
+        .prop_map(|(key, operator, value, effect)| Toleration {
+            key: key.to_owned(),
+            operator,
+            value: value.to_owned(),
+            effect,
+        })
+}
+
+fn zone_term_strategy() -> impl Strategy<Value = NodeSelectorTerm> {
+    prop_oneof![
+        Just(NodeSelectorOperator::In),
+        Just(NodeSelectorOperator::NotIn),
+        Just(NodeSelectorOperator::Exists),
+        Just(NodeSelectorOperator::DoesNotExist),
+    ]
+    .prop_map(|operator| NodeSelectorTerm {
+        match_expressions: vec![NodeSelectorRequirement {
+            key: "zone".to_owned(),
+            operator,
+            values: vec!["a".to_owned()],
+        }],
+    })
 }
 
 fn driver_strategy() -> impl Strategy<Value = String> {
@@ -97,7 +260,7 @@ fn driver_strategy() -> impl Strategy<Value = String> {
 }
 
 /// Up to 12 nodes drawn from up to 3 allocatable shapes, with random zone
-/// labels, drivers and readiness.
+/// labels, drivers, taints and readiness.
 fn cluster_strategy() -> impl Strategy<Value = Vec<NodeInfo>> {
     prop::collection::vec(allocatable_strategy(), 1..=3).prop_flat_map(|shapes| {
         let shape_count = shapes.len();
@@ -107,6 +270,7 @@ fn cluster_strategy() -> impl Strategy<Value = Vec<NodeInfo>> {
                 zone_strategy(),
                 prop::collection::btree_set(driver_strategy(), 0..=2),
                 prop::bool::weighted(0.85),
+                prop::collection::vec(taint_strategy(), 0..=2),
             ),
             1..=12,
         )
@@ -114,10 +278,11 @@ fn cluster_strategy() -> impl Strategy<Value = Vec<NodeInfo>> {
             specs
                 .into_iter()
                 .enumerate()
-                .map(|(index, (shape, zone, drivers, ready))| NodeInfo {
+                .map(|(index, (shape, zone, drivers, ready, taints))| NodeInfo {
                     // Names out of insertion order, to exercise the tie-break.
                     name: format!("node-{:02}", (index * 7) % 13),
-                    allocatable: shapes[shape],
+                    allocatable: shapes[shape].clone(),
+                    taints,
                     labels: zone
                         .map(|zone| BTreeMap::from([("zone".to_owned(), zone)]))
                         .unwrap_or_default(),
@@ -135,15 +300,56 @@ fn request_strategy() -> impl Strategy<Value = InstanceRequest> {
         prop_oneof![Just(0u64), 1..=2048u64],
         zone_strategy(),
         driver_strategy(),
+        (
+            prop_oneof![3 => Just(0u64), 1 => 1..=60u64],
+            prop_oneof![3 => Just(0u64), 1 => 1..=2u64],
+            prop::collection::vec(toleration_strategy(), 0..=2),
+            prop::option::of(prop_oneof![Just(80u16), Just(443u16)]),
+            prop_oneof![
+                Just(PlacementStrategy::BestFit),
+                Just(PlacementStrategy::Spread)
+            ],
+            prop::collection::vec(zone_term_strategy(), 0..=2),
+            prop::collection::vec((1..=100i64, zone_term_strategy()), 0..=2),
+        ),
     )
-        .prop_map(|(cpu_millis, memory_bytes, zone, driver)| InstanceRequest {
-            cpu_millis,
-            memory_bytes,
-            node_selector: zone
-                .map(|zone| BTreeMap::from([("zone".to_owned(), zone)]))
-                .unwrap_or_default(),
-            driver,
-        })
+        .prop_map(
+            |(
+                cpu_millis,
+                memory_bytes,
+                zone,
+                driver,
+                (ephemeral_storage_bytes, gpus, tolerations, port, strategy, required, preferred),
+            )| InstanceRequest {
+                cpu_millis,
+                memory_bytes,
+                ephemeral_storage_bytes,
+                extended: if gpus > 0 {
+                    BTreeMap::from([(GPU.to_owned(), gpus)])
+                } else {
+                    BTreeMap::new()
+                },
+                node_selector: zone
+                    .map(|zone| BTreeMap::from([("zone".to_owned(), zone)]))
+                    .unwrap_or_default(),
+                required_affinity: required,
+                preferred_affinity: preferred
+                    .into_iter()
+                    .map(|(weight, preference)| PreferredSchedulingTerm { weight, preference })
+                    .collect(),
+                tolerations,
+                host_ports: port
+                    .map(|port| {
+                        vec![HostPort {
+                            port,
+                            protocol: Protocol::Tcp,
+                        }]
+                    })
+                    .unwrap_or_default(),
+                driver,
+                strategy,
+            },
+        )
 }
 
 fn step_strategy() -> impl Strategy<Value = Step> {
@@ -161,12 +367,21 @@ proptest! {
     fn placement_matches_brute_force_and_never_over_commits(
         cluster in cluster_strategy(),
         steps in prop::collection::vec(step_strategy(), 1..60),
+        with_embedder in prop::bool::weighted(0.25),
     ) {
         let mut snapshot = ClusterSnapshot::new();
+        if with_embedder {
+            snapshot.add_filter(NameNotEndingIn3);
+            snapshot.add_scorer(EMBEDDER_WEIGHT, InstancesUsed);
+        }
         let mut model: Vec<ModelNode> = Vec::new();
         for info in cluster {
             snapshot.upsert_node(info.clone());
-            model.push(ModelNode { info, used: Resources::default() });
+            model.push(ModelNode {
+                info,
+                used: Resources::default(),
+                host_ports: BTreeMap::new(),
+            });
         }
         prop_assert_eq!(snapshot.node_count(), model.len());
         let mut placed: Vec<(usize, InstanceRequest)> = Vec::new();
@@ -174,11 +389,11 @@ proptest! {
         for step in steps {
             match step {
                 Step::Place(req) => {
-                    let expected = brute_force_best_fit(&model, &req);
+                    let expected = brute_force(&model, &req, with_embedder);
                     match (snapshot.place(&req), expected) {
                         (Ok(name), Some(index)) => {
                             prop_assert_eq!(&name, &model[index].info.name);
-                            model[index].used = model[index].used.saturating_add(req.resources());
+                            model[index].place(&req);
                             placed.push((index, req));
                         }
                         (Err(unschedulable), None) => {
@@ -196,7 +411,7 @@ proptest! {
                 Step::Release(which) if !placed.is_empty() => {
                     let (index, req) = placed.swap_remove(which % placed.len());
                     snapshot.release(&model[index].info.name, &req);
-                    model[index].used = model[index].used.saturating_sub(req.resources());
+                    model[index].release(&req);
                 }
                 Step::Release(_) => {}
                 Step::SetReady(which, ready) => {
@@ -207,13 +422,18 @@ proptest! {
                 }
             }
             for node in &model {
-                let used = node.used;
-                let allocatable = node.info.allocatable;
+                let (used, allocatable) = (&node.used, &node.info.allocatable);
                 prop_assert!(
                     used.cpu_millis <= allocatable.cpu_millis
                         && used.memory_bytes <= allocatable.memory_bytes
-                        && used.instances <= allocatable.instances,
+                        && used.ephemeral_storage_bytes <= allocatable.ephemeral_storage_bytes
+                        && used.instances <= allocatable.instances
+                        && used.extended.iter().all(|(name, amount)| *amount <= allocatable.extended(name)),
                     "{} over-committed: {:?} of {:?}", node.info.name, used, allocatable
+                );
+                prop_assert!(
+                    node.host_ports.values().all(|count| *count == 1),
+                    "{} has a host port taken twice: {:?}", node.info.name, node.host_ports
                 );
                 prop_assert_eq!(snapshot.free(&node.info.name), Some(node.free()));
             }

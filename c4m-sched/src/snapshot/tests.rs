@@ -1,6 +1,6 @@
 use super::*;
 
-const GIB: u64 = 1 << 30;
+pub(super) const GIB: u64 = 1 << 30;
 
 fn node(name: &str, cpu_millis: u64, memory_bytes: u64, instances: u64) -> NodeInfo {
     NodeInfo {
@@ -9,23 +9,24 @@ fn node(name: &str, cpu_millis: u64, memory_bytes: u64, instances: u64) -> NodeI
             cpu_millis,
             memory_bytes,
             instances,
+            ..Resources::default()
         },
-        labels: BTreeMap::new(),
         drivers: BTreeSet::from(["process".to_owned()]),
         ready: true,
+        ..NodeInfo::default()
     }
 }
 
-fn request(cpu_millis: u64, memory_bytes: u64) -> InstanceRequest {
+pub(super) fn request(cpu_millis: u64, memory_bytes: u64) -> InstanceRequest {
     InstanceRequest {
         cpu_millis,
         memory_bytes,
-        node_selector: BTreeMap::new(),
         driver: "process".to_owned(),
+        ..InstanceRequest::default()
     }
 }
 
-fn snapshot_of(nodes: impl IntoIterator<Item = NodeInfo>) -> ClusterSnapshot {
+pub(super) fn snapshot_of(nodes: impl IntoIterator<Item = NodeInfo>) -> ClusterSnapshot {
     let mut snapshot = ClusterSnapshot::new();
     for node in nodes {
         snapshot.upsert_node(node);
@@ -33,7 +34,7 @@ fn snapshot_of(nodes: impl IntoIterator<Item = NodeInfo>) -> ClusterSnapshot {
     snapshot
 }
 
-fn unschedulable_text(snapshot: &mut ClusterSnapshot, req: &InstanceRequest) -> String {
+pub(super) fn unschedulable_text(snapshot: &mut ClusterSnapshot, req: &InstanceRequest) -> String {
     snapshot.place(req).expect_err("should not fit").to_string()
 }
 
@@ -104,7 +105,7 @@ fn node_selector_must_match_every_label() {
     req.node_selector.insert("zone".to_owned(), "b".to_owned());
     assert_eq!(
         unschedulable_text(&mut snapshot, &req),
-        "0/3 nodes are available: 3 node(s) didn't match node selector."
+        "0/3 nodes are available: 3 node(s) didn't match Pod's node affinity/selector."
     );
 }
 
@@ -208,7 +209,8 @@ fn allocate_and_release_keep_the_books() {
         Some(Resources {
             cpu_millis: 0,
             memory_bytes: 0,
-            instances: 1
+            instances: 1,
+            ..Resources::default()
         })
     );
     // Over-commit: reported, yet counted because the instance runs anyway.
@@ -220,7 +222,8 @@ fn allocate_and_release_keep_the_books() {
         Some(Resources {
             cpu_millis: 0,
             memory_bytes: 0,
-            instances: 1
+            instances: 1,
+            ..Resources::default()
         }),
         "still 1000m used of 1000m after the over-commit is released"
     );
@@ -230,7 +233,8 @@ fn allocate_and_release_keep_the_books() {
         Some(Resources {
             cpu_millis: 500,
             memory_bytes: GIB / 2,
-            instances: 2
+            instances: 2,
+            ..Resources::default()
         })
     );
     assert_eq!(snapshot.place(&half).unwrap(), "n");
@@ -251,7 +255,8 @@ fn upsert_keeps_allocations_even_when_the_node_shrinks() {
         Some(Resources {
             cpu_millis: 2000,
             memory_bytes: 2 * GIB,
-            instances: 9
+            instances: 9,
+            ..Resources::default()
         })
     );
     snapshot.upsert_node(node("n", 1000, 4 * GIB, 10));
@@ -260,7 +265,8 @@ fn upsert_keeps_allocations_even_when_the_node_shrinks() {
         Some(Resources {
             cpu_millis: 0,
             memory_bytes: 2 * GIB,
-            instances: 9
+            instances: 9,
+            ..Resources::default()
         })
     );
     assert_eq!(
@@ -289,7 +295,8 @@ fn removed_nodes_take_nothing() {
         Some(Resources {
             cpu_millis: 1000,
             memory_bytes: GIB,
-            instances: 5
+            instances: 5,
+            ..Resources::default()
         })
     );
 }
@@ -309,7 +316,8 @@ fn zero_allocatable_dimensions_take_only_zero_requests() {
         Some(Resources {
             cpu_millis: 0,
             memory_bytes: 0,
-            instances: 4
+            instances: 4,
+            ..Resources::default()
         })
     );
 }

@@ -1,0 +1,154 @@
+//! The built-in filters, in the order the snapshot runs them.
+
+use crate::model::InstanceRequest;
+use crate::pipeline::{Filter, NodeView, Scope};
+use crate::taint::tolerated;
+use crate::unschedulable::UnfitReason;
+
+/// The node carries every label of the instance's node selector.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NodeSelector;
+
+impl Filter for NodeSelector {
+    fn scope(&self) -> Scope {
+        Scope::Class
+    }
+
+    fn unfit_reasons(&self, req: &InstanceRequest, node: &NodeView<'_>) -> Vec<UnfitReason> {
+        let matches = req
+            .node_selector
+            .iter()
+            .all(|(key, value)| node.info.labels.get(key) == Some(value));
+        reason_unless(matches, || UnfitReason::NodeAffinityMismatch)
+    }
+}
+
+/// The node matches at least one term of the instance's required node
+/// affinity (when it has any).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RequiredNodeAffinity;
+
+impl Filter for RequiredNodeAffinity {
+    fn scope(&self) -> Scope {
+        Scope::Class
+    }
+
+    fn unfit_reasons(&self, req: &InstanceRequest, node: &NodeView<'_>) -> Vec<UnfitReason> {
+        let matches = req.required_affinity.is_empty()
+            || req
+                .required_affinity
+                .iter()
+                .any(|term| term.matches(&node.info.labels));
+        reason_unless(matches, || UnfitReason::NodeAffinityMismatch)
+    }
+}
+
+/// The instance tolerates every `NoSchedule` and `NoExecute` taint of the
+/// node.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TaintToleration;
+
+impl Filter for TaintToleration {
+    fn scope(&self) -> Scope {
+        Scope::Class
+    }
+
+    fn unfit_reasons(&self, req: &InstanceRequest, node: &NodeView<'_>) -> Vec<UnfitReason> {
+        node.info
+            .taints
+            .iter()
+            .find(|taint| taint.effect.forbids_placement() && !tolerated(&req.tolerations, taint))
+            .map(|taint| UnfitReason::UntoleratedTaint {
+                key: taint.key.clone(),
+                value: taint.value.clone(),
+            })
+            .into_iter()
+            .collect()
+    }
+}
+
+/// The node offers the instance's runtime driver.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DriverOffered;
+
+impl Filter for DriverOffered {
+    fn scope(&self) -> Scope {
+        Scope::Class
+    }
+
+    fn unfit_reasons(&self, req: &InstanceRequest, node: &NodeView<'_>) -> Vec<UnfitReason> {
+        reason_unless(node.info.drivers.contains(&req.driver), || {
+            UnfitReason::MissingDriver(req.driver.clone())
+        })
+    }
+}
+
+/// The node has a free instance slot and enough free CPU, memory, ephemeral
+/// storage and extended resources.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ResourcesFit;
+
+impl Filter for ResourcesFit {
+    fn unfit_reasons(&self, req: &InstanceRequest, node: &NodeView<'_>) -> Vec<UnfitReason> {
+        let (allocatable, used) = (&node.info.allocatable, node.used);
+        let short =
+            |allocatable: u64, used: u64, wanted: u64| allocatable.saturating_sub(used) < wanted;
+        let mut reasons = Vec::new();
+        let dimensions = [
+            (
+                allocatable.instances,
+                used.instances,
+                1,
+                UnfitReason::TooManyInstances,
+            ),
+            (
+                allocatable.cpu_millis,
+                used.cpu_millis,
+                req.cpu_millis,
+                UnfitReason::InsufficientCpu,
+            ),
+            (
+                allocatable.memory_bytes,
+                used.memory_bytes,
+                req.memory_bytes,
+                UnfitReason::InsufficientMemory,
+            ),
+            (
+                allocatable.ephemeral_storage_bytes,
+                used.ephemeral_storage_bytes,
+                req.ephemeral_storage_bytes,
+                UnfitReason::InsufficientEphemeralStorage,
+            ),
+        ];
+        for (allocatable, used, wanted, reason) in dimensions {
+            if short(allocatable, used, wanted) {
+                reasons.push(reason);
+            }
+        }
+        for (name, wanted) in &req.extended {
+            if short(allocatable.extended(name), used.extended(name), *wanted) {
+                reasons.push(UnfitReason::InsufficientExtended(name.clone()));
+            }
+        }
+        reasons
+    }
+}
+
+/// None of the instance's host ports is taken on the node.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HostPorts;
+
+impl Filter for HostPorts {
+    fn unfit_reasons(&self, req: &InstanceRequest, node: &NodeView<'_>) -> Vec<UnfitReason> {
+        let free = req
+            .host_ports
+            .iter()
+            .all(|port| !node.host_ports_in_use.contains_key(port));
+        reason_unless(free, || UnfitReason::HostPortTaken)
+    }
+}
+
+/// No reason when `passes`, else the one `reason` makes.
+fn reason_unless(passes: bool, reason: impl FnOnce() -> UnfitReason) -> Vec<UnfitReason> {
+    if passes { Vec::new() } else { vec![reason()] }
+}
