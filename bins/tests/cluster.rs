@@ -291,14 +291,7 @@ spec:
         .remove(0);
     let pid_before = demo_pid(&instance_addr(&before)).unwrap();
 
-    let client = c4m_api::Client::new(
-        &cluster.endpoint(),
-        Some(&c4m_api::Credentials {
-            access_token: ACCESS_TOKEN.into(),
-            secret_key: SECRET_KEY.into(),
-        }),
-    )
-    .unwrap();
+    let client = cluster.client();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -394,14 +387,7 @@ metadata: {name: third}
     );
 
     // The server enforces the same, for clients that skip the CLI's checks.
-    let client = c4m_api::Client::new(
-        &cluster.endpoint(),
-        Some(&c4m_api::Credentials {
-            access_token: ACCESS_TOKEN.into(),
-            secret_key: SECRET_KEY.into(),
-        }),
-    )
-    .unwrap();
+    let client = cluster.client();
     let objects =
         c4m_core::parse_documents("app.yaml", &std::fs::read_to_string(&file).unwrap()).unwrap();
     let request = c4m_api::ApplyRequest {
@@ -642,14 +628,7 @@ spec:
 fn api_crud_watch_and_conflicts() {
     use futures::StreamExt;
     let cluster = Cluster::start();
-    let client = c4m_api::Client::new(
-        &cluster.endpoint(),
-        Some(&c4m_api::Credentials {
-            access_token: ACCESS_TOKEN.into(),
-            secret_key: SECRET_KEY.into(),
-        }),
-    )
-    .unwrap();
+    let client = cluster.client();
     let configmaps = c4m_core::ResourceKind::from_name("configmaps").unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -252,6 +252,15 @@ impl Cluster {
         wait_exit(&mut child, Duration::from_secs(15))
     }
 
+    /// An API client with the cluster's credentials.
+    pub fn client(&self) -> c4m_api::Client {
+        let credentials = c4m_api::Credentials {
+            access_token: ACCESS_TOKEN.into(),
+            secret_key: SECRET_KEY.into(),
+        };
+        c4m_api::Client::new(&self.endpoint(), Some(&credentials)).unwrap()
+    }
+
     /// Runs the CLI against this cluster.
     pub fn c4m(&self, args: &[&str]) -> Output {
         self.c4m_with_stdin(args, "")
