@@ -2,6 +2,12 @@
 //! 1,000 and 5,000 nodes, and 10,000 placements with a required node
 //! affinity into 5,000 nodes (a fresh snapshot per iteration, built outside
 //! the timed part). Criterion reports placements per second as elements/s.
+//!
+//! The `preemption` group fills 5,000 nodes with recorded low-priority
+//! instances (priorities 0 to 2), then preempts for 1,000 high-priority
+//! instances that fit nowhere: each preemption is found, its victims
+//! released and the preemptor recorded on its node. Elements/s are
+//! preemptions per second.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::hint::black_box;
@@ -9,7 +15,7 @@ use std::time::Duration;
 
 use c4m_sched::{
     ClusterSnapshot, InstanceRequest, NodeInfo, NodeSelectorOperator, NodeSelectorRequirement,
-    NodeSelectorTerm, Resources,
+    NodeSelectorTerm, PlacedInstance, Resources,
 };
 use criterion::{BatchSize, Criterion, Throughput};
 
@@ -186,10 +192,97 @@ fn node_affinity(c: &mut Criterion) {
     group.finish();
 }
 
+const PREEMPTIONS: usize = 1_000;
+/// Low-priority instances per node: 16 × 2 CPUs fill a node's 32.
+const FILLERS_PER_NODE: usize = 16;
+
+/// An instance of `cpu_millis` and `memory_mib` on the `process` driver.
+fn instance(cpu_millis: u64, memory_mib: u64) -> InstanceRequest {
+    InstanceRequest {
+        cpu_millis,
+        memory_bytes: memory_mib * MIB,
+        driver: "process".to_owned(),
+        ..InstanceRequest::default()
+    }
+}
+
+/// [`cluster`] with every node's CPU taken by recorded instances of
+/// priority 0, 1 or 2.
+fn full_cluster(node_count: usize) -> ClusterSnapshot {
+    let mut snapshot = cluster(node_count);
+    let filler = instance(2_000, 4 * 1024);
+    for node in 0..node_count {
+        for slot in 0..FILLERS_PER_NODE {
+            let index = node * FILLERS_PER_NODE + slot;
+            let placed = PlacedInstance {
+                id: format!("low-{index}"),
+                priority: (index * 7 % 3) as i32,
+                disruption_budget: None,
+            };
+            snapshot.allocate_instance(&format!("node-{node:05}"), &filler, placed);
+        }
+    }
+    snapshot
+}
+
+/// Preempts for each of `preemptors` (2 CPUs each: every one needs a
+/// victim) in turn and applies the result: the
+/// victims are released and the preemptor recorded. Returns the snapshot
+/// (dropped outside the timed part) and how many evicted nothing (found no
+/// victims, or did not need any).
+fn preempt_all(
+    mut snapshot: ClusterSnapshot,
+    preemptors: &[InstanceRequest],
+) -> (ClusterSnapshot, usize) {
+    const PRIORITY: i32 = 100;
+    let budgets = BTreeMap::new();
+    let mut failed = 0;
+    for (index, preemptor) in preemptors.iter().enumerate() {
+        let found = black_box(snapshot.preempt(black_box(preemptor), PRIORITY, &budgets));
+        let Some(preemption) = found.filter(|found| !found.victims.is_empty()) else {
+            failed += 1;
+            continue;
+        };
+        for victim in &preemption.victims {
+            snapshot.release_instance(victim);
+        }
+        let placed = PlacedInstance {
+            id: format!("high-{index}"),
+            priority: PRIORITY,
+            disruption_budget: None,
+        };
+        snapshot.allocate_instance(&preemption.node, preemptor, placed);
+    }
+    (snapshot, failed)
+}
+
+fn preemption(c: &mut Criterion) {
+    const NODES: usize = 5_000;
+    let preemptors: Vec<InstanceRequest> = (0..PREEMPTIONS)
+        .map(|index| instance(2_000, [1_024, 2_048, 4_096][index % 3]))
+        .collect();
+    let mut group = c.benchmark_group("preemption");
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(3));
+    group.warm_up_time(Duration::from_secs(1));
+    group.throughput(Throughput::Elements(PREEMPTIONS as u64));
+    let (_, failed) = preempt_all(full_cluster(NODES), &preemptors);
+    eprintln!("{NODES} full nodes: {failed} of {PREEMPTIONS} preemptors evicted nothing");
+    group.bench_function(format!("{NODES}_nodes"), |b| {
+        b.iter_batched(
+            || full_cluster(NODES),
+            |snapshot| preempt_all(snapshot, &preemptors),
+            BatchSize::LargeInput,
+        );
+    });
+    group.finish();
+}
+
 /// What `criterion_main!` would generate, minus an undocumented group function.
 fn main() {
     let mut criterion = Criterion::default().configure_from_args();
     placements(&mut criterion);
     node_affinity(&mut criterion);
+    preemption(&mut criterion);
     criterion.final_summary();
 }

@@ -721,3 +721,49 @@ spec:
         restarts(&later)
     );
 }
+
+/// A higher-priority instance that fits nowhere preempts a lower-priority
+/// one: the victim goes back to Pending, the preemptor runs.
+#[test]
+fn priority_preempts_lower_priority_instances() {
+    let mut cluster = Cluster::start();
+    cluster.start_agent("node-a", "2", "1Gi");
+    cluster.apply(
+        r#"
+apiVersion: c4m.io/v1
+kind: Microservice
+metadata: {name: batch}
+spec:
+  replicas: 2
+  priority: 0
+  command: ["sleep", "300"]
+  resources: {requests: {cpu: "1"}}
+"#,
+    );
+    cluster.wait_ready("c4m.io/microservice=batch", 2, MINUTE);
+    cluster.apply(
+        r#"
+apiVersion: c4m.io/v1
+kind: Microservice
+metadata: {name: vip}
+spec:
+  priority: 1000
+  command: ["sleep", "300"]
+  resources: {requests: {cpu: "1"}}
+"#,
+    );
+    cluster.wait_ready("c4m.io/microservice=vip", 1, MINUTE);
+    let (running, pending) = wait_for("one batch instance preempted and Pending", MINUTE, || {
+        let pods = cluster.instances_of("c4m.io/microservice=batch");
+        let running = pods.iter().filter(|p| is_ready(p)).count();
+        let pending: Vec<Value> = pods
+            .into_iter()
+            .filter(|p| p["spec"]["nodeName"].is_null())
+            .collect();
+        (running == 1 && pending.len() == 1).then_some((running, pending))
+    });
+    assert_eq!(running, 1);
+    let name = pending[0]["metadata"]["name"].as_str().unwrap();
+    let described = cluster.ok(&["describe", "instance", name]);
+    assert!(described.contains("insufficient cpu"), "{described}");
+}

@@ -5,14 +5,14 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use c4m_api::agent::{Driver, RegisterRequest};
+use c4m_api::agent::Driver;
 use c4m_core::{ContainerRuntime, ProcessRuntime};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::server::{ServerState, router};
-use crate::session::Session;
+use crate::session::{ControlPlaneChannel, Session, register_request};
 use crate::supervisor::Supervisor;
 use crate::{Error, Result};
 
@@ -91,26 +91,23 @@ impl Agent {
         let (statuses_tx, statuses_rx) = watch::channel(Arc::new(Vec::new()));
         let directory = Arc::new(Mutex::new(HashMap::new()));
         let (dns_tx, dns_rx) = watch::channel(String::new());
-        let register = RegisterRequest {
-            node_name: self.config.node_name.clone(),
-            cpu_millis: self.config.cpu_millis as i64,
-            memory_bytes: self.config.memory_bytes as i64,
-            max_instances: self.config.max_instances as i64,
-            labels: self.config.labels.clone().into_iter().collect(),
-            drivers: self
-                .runtimes
-                .iter()
-                .map(|r| Driver {
-                    name: r.name().to_string(),
-                    version: r.version(),
-                })
-                .collect(),
-            address: self.config.address.to_string(),
-            agent_url: format!("http://{http_addr}"),
-            agent_version: env!("CARGO_PKG_VERSION").to_string(),
-            os: std::env::consts::OS.to_string(),
-            arch: std::env::consts::ARCH.to_string(),
-        };
+        let mut register = register_request(
+            &self.config.node_name,
+            self.config.cpu_millis,
+            self.config.memory_bytes,
+            self.config.max_instances,
+            &self.config.labels,
+            self.config.address,
+        );
+        register.drivers = self
+            .runtimes
+            .iter()
+            .map(|r| Driver {
+                name: r.name().to_string(),
+                version: r.version(),
+            })
+            .collect();
+        register.agent_url = format!("http://{http_addr}");
         let supervisor = Supervisor {
             runtimes: self.runtimes,
             assignments: assignments_rx,
@@ -119,8 +116,10 @@ impl Agent {
             dns_address: dns_rx,
         };
         let session = Session {
-            endpoint: self.config.control_plane.clone(),
-            token: self.config.token.clone(),
+            channel: ControlPlaneChannel::new(
+                &self.config.control_plane,
+                self.config.token.as_deref(),
+            )?,
             register,
             assignments: assignments_tx,
             statuses: statuses_rx,

@@ -13,12 +13,18 @@
 //!   control plane is unreachable, instances keep running untouched.
 //! - A restarted agent adopts the containers its drivers still run instead
 //!   of starting duplicates.
+//!
+//! [`HollowAgents`] simulates many nodes from one process for scale tests:
+//! the same session as a real agent, with every assigned instance reported
+//! Running and Ready and nothing started.
 
 mod agent;
 mod error;
+mod hollow;
 mod server;
 mod session;
 mod supervisor;
 
 pub use agent::{Agent, AgentConfig};
 pub use error::{Error, Result};
+pub use hollow::{HollowAgents, HollowConfig};

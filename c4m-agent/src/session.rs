@@ -2,7 +2,8 @@
 //! the assignment stream and status reports going; reconnect with backoff
 //! whenever the control plane goes away.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,10 +23,94 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often every status is sent, changed or not (with fresh usage).
 const FULL_REPORT: Duration = Duration::from_secs(5);
 const RECONNECT_MAX: Duration = Duration::from_secs(5);
+/// HTTP/2 flow-control window of a connection, in bytes.
+const CONNECTION_WINDOW: u32 = 64 << 20;
 
+/// One HTTP/2 connection to the control plane, dialled on first use and
+/// again after it breaks; any number of sessions multiplex over one.
+#[derive(Clone)]
+pub(crate) struct ControlPlaneChannel {
+    endpoint: String,
+    channel: Channel,
+    authorization: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+}
+
+impl ControlPlaneChannel {
+    /// Prepares the connection; must run inside a tokio runtime.
+    pub(crate) fn new(endpoint: &str, token: Option<&str>) -> Result<Self> {
+        let invalid = |message: String| Error::ControlPlane {
+            endpoint: endpoint.to_string(),
+            message,
+        };
+        let channel = Endpoint::from_shared(endpoint.to_string())
+            .map_err(|e| invalid(format!("invalid endpoint: {e}")))?
+            .connect_timeout(CALL_TIMEOUT)
+            .tcp_nodelay(true)
+            // Many sessions may share the connection. h2 lets a connection
+            // buffer small DATA frames (replies) worth half its window before
+            // it gives up on the peer, and a few hundred concurrent replies
+            // exceed the 64 KiB default.
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .connect_lazy();
+        let authorization = token
+            .map(|t| format!("Bearer {t}").parse())
+            .transpose()
+            .map_err(|_| {
+                Error::Config("the cluster token has characters a header cannot carry".into())
+            })?;
+        Ok(ControlPlaneChannel {
+            endpoint: endpoint.to_string(),
+            channel,
+            authorization,
+        })
+    }
+
+    fn client(&self) -> Client {
+        let authorization = self.authorization.clone();
+        let interceptor: Interceptor = Box::new(move |mut request: tonic::Request<()>| {
+            if let Some(header) = &authorization {
+                request
+                    .metadata_mut()
+                    .insert("authorization", header.clone());
+            }
+            Ok(request)
+        });
+        AgentServiceClient::with_interceptor(self.channel.clone(), interceptor)
+    }
+}
+
+/// What a node offers, as it registers; the caller adds its drivers and
+/// HTTP server.
+pub(crate) fn register_request(
+    node_name: &str,
+    cpu_millis: u64,
+    memory_bytes: u64,
+    max_instances: u64,
+    labels: &BTreeMap<String, String>,
+    address: IpAddr,
+) -> RegisterRequest {
+    let to_wire = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    RegisterRequest {
+        node_name: node_name.to_string(),
+        cpu_millis: to_wire(cpu_millis),
+        memory_bytes: to_wire(memory_bytes),
+        max_instances: to_wire(max_instances),
+        labels: labels.clone().into_iter().collect(),
+        drivers: Vec::new(),
+        address: address.to_string(),
+        agent_url: String::new(),
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        os: std::env::consts::OS.to_string(),
+        arch: std::env::consts::ARCH.to_string(),
+    }
+}
+
+/// One node's conversation with the control plane. It hands received
+/// assignment sets to whatever runs the node (`assignments`) and reports
+/// the statuses that publishes (`statuses`), so a real supervisor and a
+/// hollow one share it.
 pub(crate) struct Session {
-    pub endpoint: String,
-    pub token: Option<String>,
+    pub channel: ControlPlaneChannel,
     pub register: RegisterRequest,
     pub assignments: watch::Sender<Option<Arc<Vec<Instance>>>>,
     pub statuses: watch::Receiver<Arc<Vec<InstanceStatus>>>,
@@ -43,7 +128,7 @@ type Client =
 impl Session {
     fn error(&self, message: impl std::fmt::Display) -> Error {
         Error::ControlPlane {
-            endpoint: self.endpoint.clone(),
+            endpoint: self.channel.endpoint.clone(),
             message: message.to_string(),
         }
     }
@@ -54,7 +139,9 @@ impl Session {
         loop {
             match self.serve(&shutdown, &mut backoff).await {
                 Ok(()) => return,
-                Err(e) => tracing::warn!(error = %e, retry_in = ?backoff, "lost the control plane"),
+                Err(e) => {
+                    tracing::warn!(node = %self.register.node_name, error = %e, retry_in = ?backoff, "lost the control plane")
+                }
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -62,33 +149,6 @@ impl Session {
             }
             backoff = (backoff * 2).min(RECONNECT_MAX);
         }
-    }
-
-    async fn connect(&self) -> Result<Client> {
-        let channel = Endpoint::from_shared(self.endpoint.clone())
-            .map_err(|e| self.error(format!("invalid endpoint: {e}")))?
-            .connect_timeout(CALL_TIMEOUT)
-            .tcp_nodelay(true)
-            .connect()
-            .await
-            .map_err(|e| self.error(format!("cannot connect: {e}")))?;
-        let header = self
-            .token
-            .as_ref()
-            .map(|t| format!("Bearer {t}").parse::<tonic::metadata::MetadataValue<_>>())
-            .transpose()
-            .map_err(|_| {
-                Error::Config("the cluster token has characters a header cannot carry".into())
-            })?;
-        let interceptor: Interceptor = Box::new(move |mut request: tonic::Request<()>| {
-            if let Some(header) = &header {
-                request
-                    .metadata_mut()
-                    .insert("authorization", header.clone());
-            }
-            Ok(request)
-        });
-        Ok(AgentServiceClient::with_interceptor(channel, interceptor))
     }
 
     async fn call<T>(
@@ -104,7 +164,7 @@ impl Session {
     }
 
     async fn serve(&self, shutdown: &CancellationToken, backoff: &mut Duration) -> Result<()> {
-        let mut client = self.connect().await?;
+        let mut client = self.channel.client();
         let registered = self
             .call("register", client.register(self.register.clone()))
             .await?;
@@ -118,7 +178,7 @@ impl Session {
         });
         let heartbeat_every =
             Duration::from_millis(u64::from(registered.heartbeat_interval_ms.max(100)));
-        let mut assignments = self
+        let assignments = self
             .call(
                 "watch assignments",
                 client.watch_assignments(WatchAssignmentsRequest {
@@ -126,39 +186,79 @@ impl Session {
                 }),
             )
             .await?;
-        tracing::info!(node = %node_name, endpoint = %self.endpoint, "connected to the control plane");
+        tracing::info!(node = %node_name, endpoint = %self.channel.endpoint, "connected to the control plane");
         *backoff = Duration::from_millis(250);
 
-        let mut heartbeat = tokio::time::interval(heartbeat_every);
+        // Three independent loops, so a slow report neither delays heartbeats
+        // nor leaves the assignment stream unread: unread stream data holds
+        // HTTP/2 flow-control window that replies on a shared connection need.
+        tokio::select! {
+            _ = shutdown.cancelled() => Ok(()),
+            result = self.forward_assignments(assignments) => result,
+            result = self.send_heartbeats(&node_name, heartbeat_every) => result,
+            result = self.send_reports(&node_name) => result,
+        }
+    }
+
+    /// Hands every received assignment set on; ends with the stream.
+    async fn forward_assignments(
+        &self,
+        mut assignments: tonic::Streaming<c4m_api::agent::Assignments>,
+    ) -> Result<()> {
+        loop {
+            let message = match assignments.message().await {
+                Ok(Some(message)) => message,
+                Ok(None) => return Err(self.error("the assignment stream ended")),
+                Err(status) => {
+                    return Err(self.error(format!("assignment stream: {}", status.message())));
+                }
+            };
+            let mut pods = Vec::with_capacity(message.instances.len());
+            for bytes in &message.instances {
+                match serde_json::from_slice::<Instance>(bytes) {
+                    Ok(pod) => pods.push(pod),
+                    Err(e) => {
+                        tracing::error!(error = %e, "skipping an undecodable assigned instance");
+                    }
+                }
+            }
+            tracing::debug!(
+                count = pods.len(),
+                revision = message.revision,
+                "assignments received"
+            );
+            self.assignments.send_replace(Some(Arc::new(pods)));
+        }
+    }
+
+    async fn send_heartbeats(&self, node_name: &str, every: Duration) -> Result<()> {
+        let mut client = self.channel.client();
+        let mut heartbeat = tokio::time::interval(every);
+        loop {
+            heartbeat.tick().await;
+            let request = HeartbeatRequest {
+                node_name: node_name.to_string(),
+            };
+            let reply = self.call("heartbeat", client.heartbeat(request)).await?;
+            if reply.register_again {
+                return Err(
+                    self.error("the control plane does not know this node; registering again")
+                );
+            }
+        }
+    }
+
+    /// Reports statuses as they change, and all of them every [`FULL_REPORT`].
+    async fn send_reports(&self, node_name: &str) -> Result<()> {
+        let mut client = self.channel.client();
         let mut full_report = tokio::time::interval(FULL_REPORT);
         let mut statuses = self.statuses.clone();
         let mut sent: HashMap<(String, String), InstanceStatus> = HashMap::new();
         loop {
             tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
-                message = assignments.message() => match message {
-                    Ok(Some(message)) => {
-                        let mut pods = Vec::with_capacity(message.instances.len());
-                        for bytes in &message.instances {
-                            match serde_json::from_slice::<Instance>(bytes) {
-                                Ok(pod) => pods.push(pod),
-                                Err(e) => tracing::error!(error = %e, "skipping an undecodable assigned instance"),
-                            }
-                        }
-                        tracing::debug!(count = pods.len(), revision = message.revision, "assignments received");
-                        self.assignments.send_replace(Some(Arc::new(pods)));
-                    }
-                    Ok(None) => return Err(self.error("the assignment stream ended")),
-                    Err(status) => return Err(self.error(format!("assignment stream: {}", status.message()))),
-                },
-                _ = heartbeat.tick() => {
-                    let reply = self.call("heartbeat", client.heartbeat(HeartbeatRequest { node_name: node_name.clone() })).await?;
-                    if reply.register_again {
-                        return Err(self.error("the control plane does not know this node; registering again"));
-                    }
-                }
                 changed = statuses.changed() => {
                     if changed.is_err() {
+                        // The supervisor is gone: the agent is stopping.
                         return Ok(());
                     }
                     let current = statuses.borrow_and_update().clone();
@@ -168,7 +268,7 @@ impl Session {
                         .cloned()
                         .collect();
                     if !changed.is_empty() {
-                        self.report(&mut client, &node_name, changed.clone(), false).await?;
+                        self.report(&mut client, node_name, changed.clone(), false).await?;
                         for status in changed {
                             sent.insert((status.namespace.clone(), status.name.clone()), status);
                         }
@@ -176,7 +276,7 @@ impl Session {
                 }
                 _ = full_report.tick() => {
                     let current = statuses.borrow().clone();
-                    self.report(&mut client, &node_name, current.to_vec(), true).await?;
+                    self.report(&mut client, node_name, current.to_vec(), true).await?;
                     sent = current.iter().map(|s| ((s.namespace.clone(), s.name.clone()), s.clone())).collect();
                 }
             }

@@ -269,8 +269,8 @@ impl Agents {
     /// The instances bound to `node`, env resolved, as the agent receives them.
     fn assignments(&self, node: &str) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
-        for pod in self.cache.list(kind("pods"), None) {
-            if node_name(&pod) != Some(node) || is_terminal(&pod) {
+        for pod in self.cache.pods_on_node(node) {
+            if is_terminal(&pod) {
                 continue;
             }
             match self.resolve_env(&pod) {
@@ -535,7 +535,8 @@ impl AgentService for Agents {
             shutdown: self.shutdown.clone(),
         };
         tokio::spawn(async move {
-            let mut changed = agents.cache.changed();
+            // Subscribed before the first read, so no change slips between them.
+            let mut changed = agents.cache.watch_node(&node);
             let mut last_sent: Option<Vec<Vec<u8>>> = None;
             loop {
                 let revision = agents.cache.revision();
@@ -572,6 +573,7 @@ impl AgentService for Agents {
             .get(kind("nodes"), "", &report.node_name)
             .map(|n| node_address(&n))
             .unwrap_or_default();
+        let mut updates = Vec::new();
         for instance in &report.instances {
             if let Some(usage) = &instance.usage {
                 self.usage.insert(
@@ -599,14 +601,22 @@ impl AgentService for Agents {
             if !apply_report(&mut preview, instance, &address) {
                 continue;
             }
-            self.objects
-                .update_with(kind("pods"), &instance.namespace, &instance.name, |pod| {
+            let address = &address;
+            updates.push(self.objects.update_with(
+                kind("pods"),
+                &instance.namespace,
+                &instance.name,
+                move |pod| {
                     pod["metadata"]["uid"] == instance.uid.as_str()
-                        && apply_report(pod, instance, &address)
-                })
-                .await
-                .map_err(internal)?;
+                        && apply_report(pod, instance, address)
+                },
+            ));
         }
+        // Concurrently, so the store commits a report's writes together
+        // rather than one fsync after another.
+        futures::future::try_join_all(updates)
+            .await
+            .map_err(internal)?;
         Ok(Response::new(StatusReportResponse {}))
     }
 }

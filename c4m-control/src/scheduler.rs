@@ -5,14 +5,29 @@
 //! and writes all the binds in one transaction, each guarded by the
 //! instance's resourceVersion. An instance that fits nowhere keeps
 //! `PodScheduled=False` with the scheduler's reason, which `c4m describe` shows.
+//!
+//! Priorities come from `spec.priority`. An instance that fits nowhere may
+//! preempt bound instances of strictly lower priority: the scheduler deletes
+//! the victims (their owners recreate them, and they are scheduled again
+//! where they fit), sets `status.nominatedNodeName` and a `PodScheduled=False`
+//! condition with reason `Preempting`, and a later cycle binds the preemptor
+//! once the victims are gone from the store. While any of its victims is
+//! still there, an instance does not preempt again.
+//!
+//! Disruption budgets, until the `PodDisruptionBudget` kind is served: an
+//! instance annotated `c4m.io/max-unavailable: "N"` belongs to the budget
+//! group of its controller (its own uid when it has none), which may have at
+//! most N members unavailable; a preemption never takes more. Members count
+//! as unavailable when not ready or missing from the owner's
+//! `spec.replicas`. An unparsable N allows no disruption.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use c4m_sched::{
-    ClusterSnapshot, HostPort, InstanceRequest, NodeInfo, NodeSelectorOperator,
-    NodeSelectorRequirement, NodeSelectorTerm, PreferredSchedulingTerm, Protocol, Resources,
-    Strategy, Taint, TaintEffect, Toleration, TolerationOperator,
+    ClusterSnapshot, DisruptionBudget, HostPort, InstanceRequest, NodeInfo, NodeSelectorOperator,
+    NodeSelectorRequirement, NodeSelectorTerm, PlacedInstance, PreferredSchedulingTerm, Protocol,
+    Resources, Strategy, Taint, TaintEffect, Toleration, TolerationOperator,
 };
 use k8s_openapi::api::core::v1::{self as core, PodSpec};
 use serde_json::{Value, json};
@@ -20,11 +35,19 @@ use serde_json::{Value, json};
 use crate::Result;
 use crate::cache::Cache;
 use crate::objects::{Objects, kind, name_of, namespace_of};
-use crate::pods::{is_ready, is_terminal, labels, node_name, set_condition};
+use crate::pods::{controller_uid, is_ready, is_terminal, labels, node_name, set_condition};
 
 /// Pod annotation choosing how to pick among fitting nodes: `bestfit`
 /// (the default) or `spread`.
 const PLACEMENT_STRATEGY: &str = "c4m.io/placement-strategy";
+
+/// Pod annotation: how many members of the instance's disruption budget
+/// group (its controller's instances) may be unavailable at once.
+const MAX_UNAVAILABLE: &str = "c4m.io/max-unavailable";
+
+/// Preemptor annotation: the uids of the victims evicted for it, comma
+/// separated; it does not preempt again while one of them remains.
+const PREEMPTION_VICTIMS: &str = "c4m.io/preemption-victims";
 
 /// The resource name of local ephemeral storage.
 const EPHEMERAL_STORAGE: &str = "ephemeral-storage";
@@ -310,8 +333,133 @@ pub(crate) fn node_info(node: &Value) -> NodeInfo {
     }
 }
 
-fn priority(pod: &Value) -> i64 {
-    pod["spec"]["priority"].as_i64().unwrap_or(0)
+/// `spec.priority`, 0 when absent, clamped to the `i32` Kubernetes allows.
+fn priority(pod: &Value) -> i32 {
+    pod["spec"]["priority"].as_i64().map_or(0, |priority| {
+        i32::try_from(priority).unwrap_or(if priority < 0 { i32::MIN } else { i32::MAX })
+    })
+}
+
+fn uid(pod: &Value) -> &str {
+    pod["metadata"]["uid"].as_str().unwrap_or_default()
+}
+
+/// The id preemption knows an instance by: `namespace/name`.
+fn instance_id(pod: &Value) -> String {
+    format!("{}/{}", namespace_of(pod), name_of(pod))
+}
+
+/// The disruption budget group of an annotated instance: its controller's
+/// uid, or its own.
+fn budget_group(pod: &Value) -> Option<&str> {
+    pod["metadata"]["annotations"][MAX_UNAVAILABLE].as_str()?;
+    Some(controller_uid(pod).unwrap_or_else(|| uid(pod)))
+}
+
+/// A bound instance as a possible victim.
+fn placed_instance(pod: &Value) -> PlacedInstance {
+    PlacedInstance {
+        id: instance_id(pod),
+        priority: priority(pod),
+        disruption_budget: budget_group(pod).map(str::to_owned),
+    }
+}
+
+/// The budget of every group among `pods` (non-terminal ones): the smallest
+/// `max-unavailable` its members state, and as unavailable its members that
+/// are not ready plus those missing from the owner's replicas
+/// (`owner_replicas`, by uid).
+fn disruption_budgets(
+    pods: &[&Arc<Value>],
+    owner_replicas: &HashMap<&str, u64>,
+) -> BTreeMap<String, DisruptionBudget> {
+    let mut members: BTreeMap<&str, (u64, u64, u64)> = BTreeMap::new();
+    for pod in pods {
+        let Some(group) = budget_group(pod) else {
+            continue;
+        };
+        let stated = pod["metadata"]["annotations"][MAX_UNAVAILABLE]
+            .as_str()
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        let (max_unavailable, count, not_ready) = members.entry(group).or_insert((u64::MAX, 0, 0));
+        *max_unavailable = (*max_unavailable).min(stated);
+        *count += 1;
+        *not_ready += u64::from(!is_ready(pod));
+    }
+    members
+        .into_iter()
+        .map(|(group, (max_unavailable, count, not_ready))| {
+            let missing = owner_replicas
+                .get(group)
+                .map_or(0, |replicas| replicas.saturating_sub(count));
+            let budget = DisruptionBudget {
+                max_unavailable,
+                unavailable: not_ready.saturating_add(missing),
+            };
+            (group.to_owned(), budget)
+        })
+        .collect()
+}
+
+/// Whether `pod` already preempted and one of its victims (by uid) is
+/// still among `live_uids`.
+fn awaiting_victims(pod: &Value, live_uids: &HashSet<&str>) -> bool {
+    pod["status"]["nominatedNodeName"].as_str().is_some()
+        && pod["metadata"]["annotations"][PREEMPTION_VICTIMS]
+            .as_str()
+            .is_some_and(|victims| victims.split(',').any(|victim| live_uids.contains(victim)))
+}
+
+/// The message of the `Preempting` condition.
+fn preempting_message(victims: usize, node: &str) -> String {
+    format!("preempting {victims} instance(s) on {node}")
+}
+
+/// Marks `pod` as waiting on `node` for `victim_uids` to go; false if it
+/// got bound meanwhile.
+fn nominate(pod: &mut Value, node: &str, victim_uids: &[&str]) -> bool {
+    if node_name(pod).is_some() {
+        return false;
+    }
+    if !pod["metadata"]["annotations"].is_object() {
+        pod["metadata"]["annotations"] = json!({});
+    }
+    pod["metadata"]["annotations"][PREEMPTION_VICTIMS] = json!(victim_uids.join(","));
+    if !pod["status"].is_object() {
+        pod["status"] = json!({});
+    }
+    pod["status"]["nominatedNodeName"] = json!(node);
+    let message = preempting_message(victim_uids.len(), node);
+    set_condition(pod, "PodScheduled", false, "Preempting", &message);
+    true
+}
+
+/// Clears what [`nominate`] set, when the instance is bound.
+fn clear_nomination(pod: &mut Value) {
+    if let Some(status) = pod["status"].as_object_mut() {
+        status.remove("nominatedNodeName");
+    }
+    if let Some(annotations) = pod["metadata"]["annotations"].as_object_mut() {
+        annotations.remove(PREEMPTION_VICTIMS);
+    }
+}
+
+/// `spec.replicas` of every workload that owns instances, by uid.
+fn owner_replicas(owners: &[Arc<Value>]) -> HashMap<&str, u64> {
+    owners
+        .iter()
+        .map(|owner| (uid(owner), owner["spec"]["replicas"].as_u64().unwrap_or(1)))
+        .collect()
+}
+
+/// Victims to delete for one preemptor, then the preemptor to nominate.
+struct Preempting {
+    namespace: String,
+    name: String,
+    node: String,
+    /// (namespace, name, uid) of each victim.
+    victims: Vec<(String, String, String)>,
 }
 
 /// One scheduling cycle. Returns the revision of the binds, if any.
@@ -328,11 +476,21 @@ pub(crate) async fn reconcile(objects: &Objects, cache: &Cache) -> Result<Option
     for node in cache.list(kind("nodes"), None) {
         snapshot.upsert_node(node_info(&node));
     }
-    for pod in pods.iter().filter(|p| !is_terminal(p)) {
+    let live: Vec<&Arc<Value>> = pods.iter().filter(|p| !is_terminal(p)).collect();
+    let mut bound_by_id: HashMap<String, &Arc<Value>> = HashMap::new();
+    for pod in &live {
         if let (Some(node), Ok(request)) = (node_name(pod), request(pod)) {
-            snapshot.allocate(node, &request);
+            let instance = placed_instance(pod);
+            bound_by_id.insert(instance.id.clone(), pod);
+            snapshot.allocate_instance(node, &request, instance);
         }
     }
+    let live_uids: HashSet<&str> = live.iter().map(|pod| uid(pod)).collect();
+    let owners: Vec<Arc<Value>> = ["microservices", "deployments"]
+        .into_iter()
+        .flat_map(|plural| cache.list(kind(plural), None))
+        .collect();
+    let mut budgets = disruption_budgets(&live, &owner_replicas(&owners));
     pending.sort_by(|a, b| {
         priority(b)
             .cmp(&priority(a))
@@ -345,17 +503,17 @@ pub(crate) async fn reconcile(objects: &Objects, cache: &Cache) -> Result<Option
     });
     let mut binds = Vec::new();
     let mut unschedulable: BTreeMap<(String, String), String> = BTreeMap::new();
+    let mut preemptions = Vec::new();
     for pod in pending {
-        let placement = request(pod)
-            .map_err(|e| format!("invalid instance: {e}"))
-            .and_then(|request| {
-                snapshot
-                    .place(&request)
-                    .map_err(|reason| reason.to_string())
-            });
+        let request = request(pod).map_err(|e| format!("invalid instance: {e}"));
+        let placement = request
+            .as_ref()
+            .map_err(Clone::clone)
+            .and_then(|request| snapshot.place(request).map_err(|reason| reason.to_string()));
         match placement {
             Ok(node) => {
                 let mut bound = (**pod).clone();
+                clear_nomination(&mut bound);
                 bound["spec"]["nodeName"] = json!(node);
                 set_condition(
                     &mut bound,
@@ -366,7 +524,50 @@ pub(crate) async fn reconcile(objects: &Objects, cache: &Cache) -> Result<Option
                 );
                 binds.push((kind("pods"), bound));
             }
+            Err(_) if awaiting_victims(pod, &live_uids) => {}
             Err(reason) => {
+                let preemption = request.as_ref().ok().and_then(|request| {
+                    let preemption = snapshot.preempt(request, priority(pod), &budgets)?;
+                    let victims: Vec<&Arc<Value>> = preemption
+                        .victims
+                        .iter()
+                        .filter_map(|id| bound_by_id.get(id).copied())
+                        .collect();
+                    if victims.is_empty() || victims.len() != preemption.victims.len() {
+                        return None;
+                    }
+                    // Later instances of this cycle see the victims gone, their
+                    // budgets spent and the room taken.
+                    for victim in &victims {
+                        snapshot.release_instance(&instance_id(victim));
+                        if let Some(budget) =
+                            budget_group(victim).and_then(|group| budgets.get_mut(group))
+                        {
+                            budget.unavailable = budget.unavailable.saturating_add(1);
+                        }
+                    }
+                    snapshot.allocate(&preemption.node, request);
+                    Some(Preempting {
+                        namespace: namespace_of(pod).to_owned(),
+                        name: name_of(pod).to_owned(),
+                        node: preemption.node,
+                        victims: victims
+                            .iter()
+                            .map(|victim| {
+                                let (namespace, name) = (namespace_of(victim), name_of(victim));
+                                (
+                                    namespace.to_owned(),
+                                    name.to_owned(),
+                                    uid(victim).to_owned(),
+                                )
+                            })
+                            .collect(),
+                    })
+                });
+                if let Some(preemption) = preemption {
+                    preemptions.push(preemption);
+                    continue;
+                }
                 let current = crate::pods::condition(pod, "PodScheduled");
                 if current.is_none_or(|c| c["message"] != reason.as_str()) {
                     unschedulable.insert(
@@ -392,6 +593,9 @@ pub(crate) async fn reconcile(objects: &Objects, cache: &Cache) -> Result<Option
             Err(e) => return Err(e),
         }
     }
+    for preemption in preemptions {
+        written = written.max(preempt(objects, &preemption).await?);
+    }
     for ((namespace, name), reason) in unschedulable {
         let revision = objects
             .update_with(kind("pods"), &namespace, &name, |pod| {
@@ -402,6 +606,39 @@ pub(crate) async fn reconcile(objects: &Objects, cache: &Cache) -> Result<Option
         written = written.max(revision);
     }
     Ok(written)
+}
+
+/// Deletes the victims, then nominates the preemptor: in this order, a
+/// failure in between leaves no nomination waiting on victims that stay.
+async fn preempt(objects: &Objects, preemption: &Preempting) -> Result<Option<i64>> {
+    let mut written = None;
+    for (namespace, name, _) in &preemption.victims {
+        match objects.delete(kind("pods"), namespace, name).await {
+            Ok((_, revision)) => written = written.max(Some(revision)),
+            Err(crate::Error::NotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let uids: Vec<&str> = preemption
+        .victims
+        .iter()
+        .map(|(_, _, uid)| uid.as_str())
+        .collect();
+    tracing::info!(
+        instance = %preemption.name,
+        node = %preemption.node,
+        victims = uids.len(),
+        "preempting"
+    );
+    let revision = objects
+        .update_with(
+            kind("pods"),
+            &preemption.namespace,
+            &preemption.name,
+            |pod| nominate(pod, &preemption.node, &uids),
+        )
+        .await?;
+    Ok(written.max(revision))
 }
 
 #[cfg(test)]
@@ -549,5 +786,86 @@ mod tests {
             node_info(&json!({"metadata": {"name": "n2"}, "status": {"allocatable": {}}}));
         assert_eq!(unreported.allocatable.ephemeral_storage_bytes, u64::MAX);
         assert!(unreported.allocatable.extended.is_empty());
+    }
+
+    fn pod(name: &str, owner: Option<&str>, annotations: Value, ready: bool) -> Arc<Value> {
+        let owners = owner.map_or(json!([]), |uid| json!([{"uid": uid, "controller": true}]));
+        Arc::new(json!({
+            "metadata": {
+                "name": name, "namespace": "default", "uid": format!("uid-{name}"),
+                "annotations": annotations, "ownerReferences": owners
+            },
+            "spec": {"priority": 3, "containers": [{"name": "a"}]},
+            "status": {"conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]}
+        }))
+    }
+
+    #[test]
+    fn annotated_instances_form_budget_groups_by_owner() {
+        let budget = json!({MAX_UNAVAILABLE: "1"});
+        let pods = [
+            pod("web-1", Some("web"), budget.clone(), true),
+            pod("web-2", Some("web"), budget.clone(), false),
+            pod("db-1", Some("db"), json!({MAX_UNAVAILABLE: "2"}), true),
+            pod("bare", None, json!({MAX_UNAVAILABLE: "many"}), true),
+            pod("plain", Some("web"), json!({}), false),
+        ];
+        let refs: Vec<&Arc<Value>> = pods.iter().collect();
+        // db wants 3 replicas and has one: two missing count as unavailable.
+        let budgets = disruption_budgets(&refs, &HashMap::from([("db", 3), ("web", 2)]));
+        let expected = |max_unavailable, unavailable| DisruptionBudget {
+            max_unavailable,
+            unavailable,
+        };
+        assert_eq!(
+            budgets,
+            BTreeMap::from([
+                ("web".to_owned(), expected(1, 1)),
+                ("db".to_owned(), expected(2, 2)),
+                ("uid-bare".to_owned(), expected(0, 0)),
+            ])
+        );
+        let instance = placed_instance(&pods[0]);
+        assert_eq!(instance.id, "default/web-1");
+        assert_eq!(instance.priority, 3);
+        assert_eq!(instance.disruption_budget.as_deref(), Some("web"));
+        assert_eq!(placed_instance(&pods[4]).disruption_budget, None);
+    }
+
+    #[test]
+    fn priorities_are_clamped_to_i32() {
+        assert_eq!(priority(&json!({"spec": {"priority": -5}})), -5);
+        assert_eq!(
+            priority(&json!({"spec": {"priority": 1i64 << 40}})),
+            i32::MAX
+        );
+        assert_eq!(
+            priority(&json!({"spec": {"priority": -(1i64 << 40)}})),
+            i32::MIN
+        );
+        assert_eq!(priority(&json!({"spec": {}})), 0);
+    }
+
+    #[test]
+    fn a_nominated_preemptor_waits_while_its_victims_remain() {
+        let mut preemptor = (*pod("urgent", None, json!({}), false)).clone();
+        assert!(nominate(&mut preemptor, "n1", &["uid-a", "uid-b"]));
+        assert_eq!(preemptor["status"]["nominatedNodeName"], "n1");
+        let scheduled = crate::pods::condition(&preemptor, "PodScheduled").unwrap();
+        assert_eq!(scheduled["reason"], "Preempting");
+        assert_eq!(scheduled["message"], "preempting 2 instance(s) on n1");
+        assert!(awaiting_victims(
+            &preemptor,
+            &HashSet::from(["uid-b", "uid-x"])
+        ));
+        assert!(!awaiting_victims(&preemptor, &HashSet::from(["uid-x"])));
+        clear_nomination(&mut preemptor);
+        assert!(preemptor["status"]["nominatedNodeName"].is_null());
+        assert!(!awaiting_victims(&preemptor, &HashSet::from(["uid-a"])));
+        preemptor["spec"]["nodeName"] = json!("n2");
+        assert!(
+            !nominate(&mut preemptor, "n1", &["uid-a"]),
+            "bound meanwhile"
+        );
     }
 }

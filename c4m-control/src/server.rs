@@ -21,6 +21,9 @@ use crate::objects::{Objects, kind};
 use crate::registry::Registry;
 use crate::{Error, Result, scheduler};
 
+/// How long the parts get to finish after shutdown starts.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
 /// How a control plane listens and behaves.
 #[derive(Debug, Clone)]
 pub struct ControlPlaneConfig {
@@ -189,7 +192,27 @@ impl ControlPlane {
 
         tracing::info!("control plane running");
         let mut result = Ok(());
-        while let Some(joined) = tasks.join_next().await {
+        // Once shutdown starts, parts get a bounded time to finish (open
+        // streams to drain); whatever is still running after it is aborted,
+        // so a stalled connection can never keep the process alive.
+        let deadline = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        };
+        tokio::pin!(deadline);
+        loop {
+            let joined = tokio::select! {
+                joined = tasks.join_next() => match joined {
+                    Some(joined) => joined,
+                    None => break,
+                },
+                _ = &mut deadline => {
+                    tracing::warn!(remaining = tasks.len(), "shutdown grace over; aborting what is left");
+                    tasks.abort_all();
+                    while tasks.join_next().await.is_some() {}
+                    break;
+                }
+            };
             let outcome = joined.unwrap_or_else(|e| {
                 Err(Error::Io {
                     context: "a control plane task panicked".into(),

@@ -19,6 +19,11 @@
 //! ordered index per class, so a placement costs O(classes × log nodes)
 //! rather than a scan of every node; [`Scope`] says which extensions keep
 //! that fast path.
+//!
+//! When an instance fits nowhere, [`ClusterSnapshot::preempt`] finds the
+//! node and the cheapest set of lower-priority instances (recorded with
+//! [`ClusterSnapshot::allocate_instance`]) whose eviction makes it fit,
+//! within their [`DisruptionBudget`]s.
 
 mod affinity;
 mod filters;
@@ -29,6 +34,7 @@ mod scorers;
 mod snapshot;
 mod taint;
 mod unschedulable;
+mod victims;
 mod wide;
 
 pub use affinity::{
@@ -37,7 +43,10 @@ pub use affinity::{
 pub use filters::{
     DriverOffered, HostPorts, NodeSelector, RequiredNodeAffinity, ResourcesFit, TaintToleration,
 };
-pub use model::{HostPort, InstanceRequest, NodeInfo, Protocol, Resources, Strategy};
+pub use model::{
+    DisruptionBudget, HostPort, InstanceRequest, NodeInfo, PlacedInstance, Preemption, Protocol,
+    Resources, Strategy,
+};
 pub use pipeline::{Filter, NodeView, Scope, Scorer};
 pub use scorers::{BestFit, MAX_NODE_SCORE, PreferNoScheduleTaints, PreferredNodeAffinity, Spread};
 pub use snapshot::ClusterSnapshot;

@@ -159,3 +159,44 @@ impl InstanceRequest {
         }
     }
 }
+
+/// An instance bound to a node, as preemption sees it: who it is, how
+/// important, and which disruption budget limits evicting it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PlacedInstance {
+    /// Unique id (the control plane uses `namespace/name`); names victims.
+    pub id: String,
+    /// Only instances of strictly lower priority than a preemptor's can be
+    /// its victims.
+    pub priority: i32,
+    /// The disruption budget group it belongs to, if any (a key of the
+    /// budgets given to [`crate::ClusterSnapshot::preempt`]).
+    pub disruption_budget: Option<String>,
+}
+
+/// How many members of a disruption budget group may be unavailable, and
+/// how many are: a preemption may evict at most the difference.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DisruptionBudget {
+    /// Members that may be unavailable at once.
+    pub max_unavailable: u64,
+    /// Members unavailable now (not ready, pending or being evicted).
+    pub unavailable: u64,
+}
+
+impl DisruptionBudget {
+    /// How many more members may be evicted now.
+    pub fn allowed_disruptions(&self) -> u64 {
+        self.max_unavailable.saturating_sub(self.unavailable)
+    }
+}
+
+/// Where a preemptor goes and whom it evicts there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Preemption {
+    /// The node the preemptor fits on once the victims are gone.
+    pub node: String,
+    /// Ids of the instances to evict, by ascending priority then id; empty
+    /// when the preemptor already fits.
+    pub victims: Vec<String>,
+}

@@ -114,6 +114,32 @@ impl ShapeClass {
     }
 }
 
+/// What is allocated on a node; it moves with the node when its
+/// description is replaced.
+#[derive(Debug, Default)]
+struct Allocations {
+    used: Resources,
+    host_ports: BTreeMap<HostPort, usize>,
+    /// The recorded instances (see [`ClusterSnapshot::allocate_instance`]),
+    /// by priority then id: the order victims are considered in.
+    placed: BTreeMap<(i32, Arc<str>), PlacedRecord>,
+}
+
+/// What a recorded instance took, to give back and to weigh as a victim.
+#[derive(Debug)]
+struct PlacedRecord {
+    resources: Resources,
+    host_ports: Vec<HostPort>,
+    disruption_budget: Option<Arc<str>>,
+}
+
+/// Where a recorded instance is, to find it by id alone.
+#[derive(Debug)]
+struct PlacedAt {
+    node: Arc<str>,
+    priority: i32,
+}
+
 /// One node with what is allocated on it.
 #[derive(Debug)]
 struct NodeState {
@@ -121,6 +147,7 @@ struct NodeState {
     info: NodeInfo,
     used: Resources,
     host_ports: BTreeMap<HostPort, usize>,
+    placed: BTreeMap<(i32, Arc<str>), PlacedRecord>,
     class: ClassId,
 }
 
@@ -150,6 +177,24 @@ impl NodeState {
                 free_memory,
             }
         })
+    }
+}
+
+/// Takes `resources` and `ports` off what a node uses.
+fn subtract_allocation(
+    used: &mut Resources,
+    host_ports_in_use: &mut BTreeMap<HostPort, usize>,
+    resources: &Resources,
+    ports: &[HostPort],
+) {
+    *used = used.saturating_sub(resources);
+    for port in ports {
+        if let Entry::Occupied(mut taken) = host_ports_in_use.entry(*port) {
+            *taken.get_mut() -= 1;
+            if *taken.get() == 0 {
+                taken.remove();
+            }
+        }
     }
 }
 
@@ -226,6 +271,13 @@ pub struct ClusterSnapshot {
     next_class_id: ClassId,
     /// The smallest name, kept to build index range bounds without allocating.
     lowest_name: Arc<str>,
+    /// Every node name in order: preemption visits nodes by name.
+    names: BTreeSet<Arc<str>>,
+    /// The recorded instances by id.
+    placed_at: HashMap<Arc<str>, PlacedAt>,
+    /// How many recorded instances have each priority: the lowest one bounds
+    /// how cheap a preemption can be.
+    priority_counts: BTreeMap<i32, usize>,
     filters: Vec<Scoped<dyn Filter>>,
     scorers: Vec<Scoped<dyn Scorer>>,
 }
@@ -245,6 +297,9 @@ impl ClusterSnapshot {
             classes: HashMap::new(),
             next_class_id: 0,
             lowest_name: Arc::from(""),
+            names: BTreeSet::new(),
+            placed_at: HashMap::new(),
+            priority_counts: BTreeMap::new(),
             filters: Vec::new(),
             scorers: Vec::new(),
         }
@@ -274,16 +329,26 @@ impl ClusterSnapshot {
     /// allocated on it (a node that shrank below that is over-committed:
     /// nothing is free in that dimension until enough is released).
     pub fn upsert_node(&mut self, node: NodeInfo) {
-        let (used, host_ports) = self
+        let allocations = self
             .detach(&node.name)
-            .map(|old| (old.used, old.host_ports))
+            .map(|old| Allocations {
+                used: old.used,
+                host_ports: old.host_ports,
+                placed: old.placed,
+            })
             .unwrap_or_default();
-        self.attach(node, used, host_ports);
+        self.attach(node, allocations);
     }
 
-    /// Forgets a node and its allocations; unknown names are ignored.
+    /// Forgets a node and its allocations, recorded instances included;
+    /// unknown names are ignored.
     pub fn remove_node(&mut self, name: &str) {
-        self.detach(name);
+        if let Some(node) = self.detach(name) {
+            for (priority, id) in node.placed.keys() {
+                self.placed_at.remove(id);
+                self.forget_priority(*priority);
+            }
+        }
     }
 
     /// Accounts an instance already bound to `node`, with its resources and
@@ -307,22 +372,34 @@ impl ClusterSnapshot {
 
     /// Gives back what `req` took on `node`; unknown names are ignored.
     pub fn release(&mut self, node: &str, req: &InstanceRequest) {
+        self.give_back(node, &req.resources(), &req.host_ports);
+    }
+
+    /// Subtracts `resources` and `host_ports` from what `node` uses.
+    fn give_back(&mut self, node: &str, resources: &Resources, host_ports: &[HostPort]) {
         self.update_node(node, |state| {
-            state.used = state.used.saturating_sub(&req.resources());
-            for port in &req.host_ports {
-                if let Entry::Occupied(mut taken) = state.host_ports.entry(*port) {
-                    *taken.get_mut() -= 1;
-                    if *taken.get() == 0 {
-                        taken.remove();
-                    }
-                }
-            }
+            subtract_allocation(
+                &mut state.used,
+                &mut state.host_ports,
+                resources,
+                host_ports,
+            );
         });
     }
 
     /// Picks the best node for `req`, allocates it there and returns the
     /// node's name; or explains why no node fits.
     pub fn place(&mut self, req: &InstanceRequest) -> Result<String, Unschedulable> {
+        let Some(name) = self.best_node(req) else {
+            return Err(self.explain(req));
+        };
+        let fits = self.allocate(&name, req);
+        debug_assert!(fits, "the chosen node must fit");
+        Ok(name.to_string())
+    }
+
+    /// The node [`ClusterSnapshot::place`] would choose for `req`, if any.
+    fn best_node(&self, req: &InstanceRequest) -> Option<Arc<str>> {
         let scan_all = self
             .scorers
             .iter()
@@ -350,12 +427,7 @@ impl ClusterSnapshot {
                 keep_better(&mut best, candidate, req.strategy);
             }
         }
-        let Some(name) = best.map(|best| Arc::clone(best.name)) else {
-            return Err(self.explain(req));
-        };
-        let fits = self.allocate(&name, req);
-        debug_assert!(fits, "the chosen node must fit");
-        Ok(name.to_string())
+        best.map(|best| Arc::clone(best.name))
     }
 
     /// Number of nodes, ready or not.
@@ -372,19 +444,26 @@ impl ClusterSnapshot {
     /// class-scoped filter refuses them.
     fn class_total(&self, class: &ShapeClass, req: &InstanceRequest) -> Option<i64> {
         let view = class.view();
+        let passes = self.class_admits(class, req);
+        let built_in = CLASS_SCORERS.iter().fold(0, |total: i64, scorer| {
+            total.saturating_add(scorer.score(req, &view))
+        });
+        passes.then(|| built_in.saturating_add(self.weighted_total(Scope::Class, req, &view)))
+    }
+
+    /// Whether every class-scoped filter, built-in or not, lets `class`'s
+    /// nodes take `req`.
+    fn class_admits(&self, class: &ShapeClass, req: &InstanceRequest) -> bool {
+        let view = class.view();
         let custom = self
             .filters
             .iter()
             .filter(|filter| filter.scope == Scope::Class)
             .map(|filter| &*filter.extension);
-        let passes = CLASS_FILTERS
+        CLASS_FILTERS
             .into_iter()
             .chain(custom)
-            .all(|filter| filter.unfit_reasons(req, &view).is_empty());
-        let built_in = CLASS_SCORERS.iter().fold(0, |total: i64, scorer| {
-            total.saturating_add(scorer.score(req, &view))
-        });
-        passes.then(|| built_in.saturating_add(self.weighted_total(Scope::Class, req, &view)))
+            .all(|filter| filter.unfit_reasons(req, &view).is_empty())
     }
 
     /// The weighted sum of the embedder's scorers of `scope` on `view`.
@@ -518,7 +597,7 @@ impl ClusterSnapshot {
     }
 
     /// Adds a node (not yet present) to its class, creating the class if new.
-    fn attach(&mut self, info: NodeInfo, used: Resources, host_ports: BTreeMap<HostPort, usize>) {
+    fn attach(&mut self, info: NodeInfo, allocations: Allocations) {
         let shape = Shape {
             labels: info.labels.clone(),
             drivers: info.drivers.clone(),
@@ -557,12 +636,14 @@ impl ClusterSnapshot {
         let node = NodeState {
             name: Arc::clone(&name),
             info,
-            used,
-            host_ports,
+            used: allocations.used,
+            host_ports: allocations.host_ports,
+            placed: allocations.placed,
             class: class_id,
         };
         class.members += 1;
         class.reindex(&node);
+        self.names.insert(Arc::clone(&name));
         self.nodes.insert(name, node);
     }
 
@@ -570,6 +651,7 @@ impl ClusterSnapshot {
     /// when it empties.
     fn detach(&mut self, name: &str) -> Option<NodeState> {
         let node = self.nodes.remove(name)?;
+        self.names.remove(name);
         let class = self
             .classes
             .get_mut(&node.class)
@@ -583,6 +665,8 @@ impl ClusterSnapshot {
         Some(node)
     }
 }
+
+mod preemption;
 
 #[cfg(test)]
 mod tests;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use c4m_agent::{Agent, AgentConfig};
+use c4m_agent::{Agent, AgentConfig, HollowAgents, HollowConfig};
 use c4m_api::Credentials;
 use c4m_control::{ControlPlane, ControlPlaneConfig};
 use c4m_store::RedbStore;
@@ -105,6 +105,11 @@ pub struct AgentArgs {
         default_value = "http://127.0.0.1:8141"
     )]
     control_plane: String,
+    /// Simulate N hollow nodes named NAME-0 to NAME-(N-1), each offering
+    /// the node flags' resources, that report every assigned instance
+    /// Running and Ready without starting anything (for scale tests).
+    #[arg(long, value_name = "N", conflicts_with = "data_dir")]
+    hollow: Option<usize>,
     #[command(flatten)]
     node: NodeFlags,
 }
@@ -279,12 +284,14 @@ async fn bind_control(
     Ok((control, credentials))
 }
 
-fn agent_config(
-    dir: &Path,
-    node: &NodeFlags,
-    control_plane: String,
-    token: Option<String>,
-) -> Result<AgentConfig> {
+/// A node's name and what it offers, from the flags or the machine.
+struct NodeOffer {
+    name: String,
+    cpu_millis: u64,
+    memory_bytes: u64,
+}
+
+fn node_offer(node: &NodeFlags) -> Result<NodeOffer> {
     let name = match &node.name {
         Some(name) => name.clone(),
         None => std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -302,6 +309,24 @@ fn agent_config(
     if cpu_millis == 0 || memory_bytes == 0 {
         bail!("--cpu and --memory must be more than zero");
     }
+    Ok(NodeOffer {
+        name,
+        cpu_millis,
+        memory_bytes,
+    })
+}
+
+fn agent_config(
+    dir: &Path,
+    node: &NodeFlags,
+    control_plane: String,
+    token: Option<String>,
+) -> Result<AgentConfig> {
+    let NodeOffer {
+        name,
+        cpu_millis,
+        memory_bytes,
+    } = node_offer(node)?;
     Ok(AgentConfig {
         node_name: name,
         control_plane,
@@ -369,7 +394,6 @@ pub async fn control(args: ControlArgs, connection: &Connection) -> Result<()> {
 
 /// `c4m agent`.
 pub async fn agent(args: AgentArgs, connection: &Connection) -> Result<()> {
-    let dir = data_dir(args.data_dir, "agent")?;
     let token = connection.access_token.as_ref().map(|access| {
         Credentials {
             access_token: access.clone(),
@@ -377,6 +401,24 @@ pub async fn agent(args: AgentArgs, connection: &Connection) -> Result<()> {
         }
         .bearer()
     });
+    if let Some(count) = args.hollow {
+        // Hollow nodes keep no state: no data dir is created.
+        let offer = node_offer(&args.node)?;
+        let hollow = HollowAgents::new(HollowConfig {
+            control_plane: args.control_plane,
+            token,
+            count,
+            name_prefix: offer.name,
+            cpu_millis: offer.cpu_millis,
+            memory_bytes: offer.memory_bytes,
+            max_instances: args.node.max_instances,
+            labels: args.node.labels.iter().cloned().collect(),
+            address: args.node.address,
+        })?;
+        hollow.run(shutdown_on_signal()).await?;
+        return Ok(());
+    }
+    let dir = data_dir(args.data_dir, "agent")?;
     let config = agent_config(&dir, &args.node, args.control_plane, token)?;
     let agent = Agent::bind(config.clone(), Agent::detect_runtimes(&config)?).await?;
     agent.run(shutdown_on_signal()).await?;

@@ -182,18 +182,36 @@ impl Cluster {
 
     /// Starts an agent advertising `cpu` and `memory`.
     pub fn start_agent(&mut self, name: &str, cpu: &str, memory: &str) -> u32 {
+        let data_dir = self.agent_dir(name).display().to_string();
+        let pid = self.spawn_agent(name, cpu, memory, &["--data-dir", &data_dir]);
+        wait_for(
+            &format!("node {name} Ready"),
+            Duration::from_secs(30),
+            || self.node_ready(name).then_some(()),
+        );
+        pid
+    }
+
+    /// Starts one `c4m agent --hollow COUNT` process simulating nodes
+    /// `{name}-0..{name}-{count - 1}`, each advertising `cpu` and `memory`,
+    /// and waits until all of them are Ready. `kill_agent(name)` ends it.
+    pub fn start_hollow_agents(&mut self, name: &str, count: usize, cpu: &str, memory: &str) {
+        let count_text = count.to_string();
+        self.spawn_agent(name, cpu, memory, &["--hollow", &count_text]);
+        let prefix = format!("{name}-");
+        wait_for(
+            &format!("{count} hollow nodes Ready"),
+            Duration::from_secs(30),
+            || (self.ready_nodes(&prefix).len() == count).then_some(()),
+        );
+    }
+
+    /// Runs `c4m agent --name NAME --cpu CPU --memory MEMORY EXTRA...`
+    /// against this cluster, logging to `agent-{name}.log`.
+    fn spawn_agent(&mut self, name: &str, cpu: &str, memory: &str, extra: &[&str]) -> u32 {
         let child = Command::new(C4M)
-            .args([
-                "agent",
-                "--name",
-                name,
-                "--cpu",
-                cpu,
-                "--memory",
-                memory,
-                "--data-dir",
-            ])
-            .arg(self.agent_dir(name))
+            .args(["agent", "--name", name, "--cpu", cpu, "--memory", memory])
+            .args(extra)
             .args([
                 "--control-plane",
                 &format!("http://127.0.0.1:{}", self.grpc),
@@ -208,11 +226,6 @@ impl Cluster {
             .expect("start an agent");
         let pid = child.id();
         self.agents.insert(name.to_string(), child);
-        wait_for(
-            &format!("node {name} Ready"),
-            Duration::from_secs(30),
-            || self.node_ready(name).then_some(()),
-        );
         pid
     }
 
@@ -321,12 +334,18 @@ impl Cluster {
         output.status.success()
             && serde_json::from_slice::<Value>(&output.stdout)
                 .ok()
-                .is_some_and(|node| {
-                    node["status"]["conditions"].as_array().is_some_and(|cs| {
-                        cs.iter()
-                            .any(|c| c["type"] == "Ready" && c["status"] == "True")
-                    })
-                })
+                .is_some_and(|node| node_is_ready(&node))
+    }
+
+    /// Names of the Ready nodes whose names start with `prefix`.
+    pub fn ready_nodes(&self, prefix: &str) -> Vec<String> {
+        self.list("nodes")
+            .iter()
+            .filter(|node| node_is_ready(node))
+            .filter_map(|node| node["metadata"]["name"].as_str())
+            .filter(|name| name.starts_with(prefix))
+            .map(str::to_string)
+            .collect()
     }
 
     /// Instances with a label `key=value`.
@@ -354,6 +373,14 @@ impl Cluster {
     pub fn log_text(&self, name: &str) -> String {
         std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
     }
+}
+
+/// Whether a node's Ready condition is True.
+pub fn node_is_ready(node: &Value) -> bool {
+    node["status"]["conditions"].as_array().is_some_and(|cs| {
+        cs.iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+    })
 }
 
 pub fn is_ready(pod: &Value) -> bool {

@@ -2,7 +2,7 @@ use super::*;
 
 pub(super) const GIB: u64 = 1 << 30;
 
-fn node(name: &str, cpu_millis: u64, memory_bytes: u64, instances: u64) -> NodeInfo {
+pub(super) fn node(name: &str, cpu_millis: u64, memory_bytes: u64, instances: u64) -> NodeInfo {
     NodeInfo {
         name: name.to_owned(),
         allocatable: Resources {
