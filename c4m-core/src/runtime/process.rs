@@ -337,19 +337,34 @@ impl Inner {
     }
 
     /// SIGKILLs every process left in the container's cgroup.
-    fn kill_cgroup(&self, id: &str) {
+    /// Kills every process in the container's cgroup and waits (up to
+    /// [`KILL_WAIT`]) until the kernel has taken them all out of it: a
+    /// killed process stays listed until it has fully exited, and one forked
+    /// mid-kill needs another signal.
+    async fn kill_cgroup(&self, id: &str) {
         let Some(group) = self.group(id) else {
             return;
         };
-        match group.pids() {
-            Ok(pids) => {
-                for pid in pids {
-                    signal_process(pid, Signal::SIGKILL);
+        let deadline = tokio::time::Instant::now() + KILL_WAIT;
+        loop {
+            let pids = match group.pids() {
+                Ok(pids) => pids,
+                Err(e) => {
+                    tracing::warn!(container = %id, error = %e, "could not list cgroup processes");
+                    return;
                 }
+            };
+            if pids.is_empty() {
+                return;
             }
-            Err(e) => {
-                tracing::warn!(container = %id, error = %e, "could not list cgroup processes")
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(container = %id, ?pids, "processes still in the cgroup after SIGKILL");
+                return;
             }
+            for pid in pids {
+                signal_process(pid, Signal::SIGKILL);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
@@ -364,7 +379,7 @@ impl Inner {
             }
         }
         // Children the main process left behind go too, as a container's do.
-        self.kill_cgroup(id);
+        self.kill_cgroup(id).await;
         if was_running && !self.wait_for_exit(id, &record, KILL_WAIT).await {
             return Err(Error::Runtime {
                 id: id.to_string(),
@@ -384,7 +399,7 @@ impl Inner {
             }
         }
         if let Some(group) = self.group(id) {
-            self.kill_cgroup(id);
+            self.kill_cgroup(id).await;
             group.remove().await?;
         }
         let _guard = self.state_lock.lock().await;
