@@ -49,19 +49,22 @@ impl Mirror {
         Ok(mirror)
     }
 
-    /// Stores an object; returns the node of the instance it replaced.
-    fn insert(&mut self, key: String, value: Arc<Value>) -> Option<String> {
+    /// Stores an object; for an instance, returns the node it was bound to
+    /// before and the node it is bound to now.
+    fn insert(&mut self, key: String, value: Arc<Value>) -> (Option<String>, Option<String>) {
         let previous_node = self.unindex(&key);
-        if key.starts_with(PODS)
-            && let Some(node) = node_name(&value)
-        {
+        let current_node = key
+            .starts_with(PODS)
+            .then(|| node_name(&value).map(str::to_string))
+            .flatten();
+        if let Some(node) = &current_node {
             self.pods_by_node
-                .entry(node.to_string())
+                .entry(node.clone())
                 .or_default()
                 .insert(key.clone(), Arc::clone(&value));
         }
         self.objects.insert(key, value);
-        previous_node
+        (previous_node, current_node)
     }
 
     /// Drops an object; returns the node of the instance it was.
@@ -164,13 +167,7 @@ impl Cache {
             let mut mirror = self.mirror.write().unwrap_or_else(|e| e.into_inner());
             match event.kind {
                 EventKind::Put => match decode(&event.kv) {
-                    Ok(value) => {
-                        let current = key
-                            .starts_with(PODS)
-                            .then(|| node_name(&value).map(str::to_string))
-                            .flatten();
-                        (mirror.insert(key.clone(), Arc::new(value)), current)
-                    }
+                    Ok(value) => mirror.insert(key.clone(), Arc::new(value)),
                     Err(e) => {
                         tracing::error!(error = %e, "cache: skipping a corrupt object");
                         return;

@@ -463,6 +463,49 @@ struct Preempting {
 }
 
 /// One scheduling cycle. Returns the revision of the binds, if any.
+/// Asks the snapshot for a preemption that would make room for `pod`, and
+/// books it: later instances of this cycle see the victims gone, their
+/// budgets spent and the room taken.
+fn plan_preemption(
+    snapshot: &mut ClusterSnapshot,
+    budgets: &mut BTreeMap<String, DisruptionBudget>,
+    bound_by_id: &HashMap<String, &Arc<Value>>,
+    pod: &Value,
+    request: &InstanceRequest,
+) -> Option<Preempting> {
+    let preemption = snapshot.preempt(request, priority(pod), budgets)?;
+    let victims: Vec<&Arc<Value>> = preemption
+        .victims
+        .iter()
+        .filter_map(|id| bound_by_id.get(id).copied())
+        .collect();
+    if victims.is_empty() || victims.len() != preemption.victims.len() {
+        return None;
+    }
+    for victim in &victims {
+        snapshot.release_instance(&instance_id(victim));
+        if let Some(budget) = budget_group(victim).and_then(|group| budgets.get_mut(group)) {
+            budget.unavailable = budget.unavailable.saturating_add(1);
+        }
+    }
+    snapshot.allocate(&preemption.node, request);
+    Some(Preempting {
+        namespace: namespace_of(pod).to_owned(),
+        name: name_of(pod).to_owned(),
+        node: preemption.node,
+        victims: victims
+            .iter()
+            .map(|victim| {
+                (
+                    namespace_of(victim).to_owned(),
+                    name_of(victim).to_owned(),
+                    uid(victim).to_owned(),
+                )
+            })
+            .collect(),
+    })
+}
+
 pub(crate) async fn reconcile(objects: &Objects, cache: &Cache) -> Result<Option<i64>> {
     let pods = cache.list(kind("pods"), None);
     let mut pending: Vec<&Arc<Value>> = pods
@@ -527,42 +570,7 @@ pub(crate) async fn reconcile(objects: &Objects, cache: &Cache) -> Result<Option
             Err(_) if awaiting_victims(pod, &live_uids) => {}
             Err(reason) => {
                 let preemption = request.as_ref().ok().and_then(|request| {
-                    let preemption = snapshot.preempt(request, priority(pod), &budgets)?;
-                    let victims: Vec<&Arc<Value>> = preemption
-                        .victims
-                        .iter()
-                        .filter_map(|id| bound_by_id.get(id).copied())
-                        .collect();
-                    if victims.is_empty() || victims.len() != preemption.victims.len() {
-                        return None;
-                    }
-                    // Later instances of this cycle see the victims gone, their
-                    // budgets spent and the room taken.
-                    for victim in &victims {
-                        snapshot.release_instance(&instance_id(victim));
-                        if let Some(budget) =
-                            budget_group(victim).and_then(|group| budgets.get_mut(group))
-                        {
-                            budget.unavailable = budget.unavailable.saturating_add(1);
-                        }
-                    }
-                    snapshot.allocate(&preemption.node, request);
-                    Some(Preempting {
-                        namespace: namespace_of(pod).to_owned(),
-                        name: name_of(pod).to_owned(),
-                        node: preemption.node,
-                        victims: victims
-                            .iter()
-                            .map(|victim| {
-                                let (namespace, name) = (namespace_of(victim), name_of(victim));
-                                (
-                                    namespace.to_owned(),
-                                    name.to_owned(),
-                                    uid(victim).to_owned(),
-                                )
-                            })
-                            .collect(),
-                    })
+                    plan_preemption(&mut snapshot, &mut budgets, &bound_by_id, pod, request)
                 });
                 if let Some(preemption) = preemption {
                     preemptions.push(preemption);

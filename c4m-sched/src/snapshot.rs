@@ -454,16 +454,28 @@ impl ClusterSnapshot {
     /// Whether every class-scoped filter, built-in or not, lets `class`'s
     /// nodes take `req`.
     fn class_admits(&self, class: &ShapeClass, req: &InstanceRequest) -> bool {
-        let view = class.view();
+        self.filters_pass(Scope::Class, &CLASS_FILTERS, req, &class.view())
+    }
+
+    /// Whether the built-in filters of `scope` and the embedder's filters of
+    /// that scope all pass.
+    fn filters_pass(
+        &self,
+        scope: Scope,
+        built_in: &[&dyn Filter],
+        req: &InstanceRequest,
+        view: &NodeView<'_>,
+    ) -> bool {
         let custom = self
             .filters
             .iter()
-            .filter(|filter| filter.scope == Scope::Class)
+            .filter(|filter| filter.scope == scope)
             .map(|filter| &*filter.extension);
-        CLASS_FILTERS
-            .into_iter()
+        built_in
+            .iter()
+            .copied()
             .chain(custom)
-            .all(|filter| filter.unfit_reasons(req, &view).is_empty())
+            .all(|filter| filter.unfit_reasons(req, view).is_empty())
     }
 
     /// The weighted sum of the embedder's scorers of `scope` on `view`.
@@ -536,15 +548,7 @@ impl ClusterSnapshot {
 
     /// Whether every node-scoped filter, built-in or not, passes.
     fn node_filters_pass(&self, req: &InstanceRequest, view: &NodeView<'_>) -> bool {
-        let custom = self
-            .filters
-            .iter()
-            .filter(|filter| filter.scope == Scope::Node)
-            .map(|filter| &*filter.extension);
-        NODE_FILTERS
-            .into_iter()
-            .chain(custom)
-            .all(|filter| filter.unfit_reasons(req, view).is_empty())
+        self.filters_pass(Scope::Node, &NODE_FILTERS, req, view)
     }
 
     /// Counts, over all nodes, why none can take `req`: for each node the
