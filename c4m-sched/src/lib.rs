@@ -30,6 +30,7 @@ mod filters;
 mod fit;
 mod model;
 mod pipeline;
+mod policy;
 mod scorers;
 mod snapshot;
 mod taint;
@@ -48,6 +49,10 @@ pub use model::{
     Resources, Strategy,
 };
 pub use pipeline::{Filter, NodeView, Scope, Scorer};
+pub use policy::{
+    FILTERS, MANDATORY_FILTERS, MAX_WEIGHT, Policy, PolicyError, SCORERS, filter_names,
+    scorer_names,
+};
 pub use scorers::{BestFit, MAX_NODE_SCORE, PreferNoScheduleTaints, PreferredNodeAffinity, Spread};
 pub use snapshot::ClusterSnapshot;
 pub use taint::{Taint, TaintEffect, Toleration, TolerationOperator};

@@ -106,8 +106,22 @@ pub struct NodeInfo {
     pub ready: bool,
 }
 
-/// How to choose among the nodes that can take an instance.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// How to choose among the nodes that can take an instance. Serialized
+/// as `bestfit` or `spread`, the values of the placement annotation.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum Strategy {
     /// The node left with the least free CPU and memory: packs nodes tight.
     #[default]
