@@ -261,10 +261,10 @@ spec:
         .then_some(pods)
     });
     for pod in &moved {
-        assert!(
-            demo_pid(&instance_addr(pod)).is_some(),
-            "moved instance answers"
-        );
+        // Without a readiness probe, Ready means started, not yet listening.
+        wait_for("the moved instance to answer", MINUTE, || {
+            demo_pid(&instance_addr(pod))
+        });
     }
     // The dead agent's instances keep running as orphans; clean them up.
     kill_instances(&cluster.agent_dir(&doomed));

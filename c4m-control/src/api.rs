@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -69,6 +69,10 @@ impl IntoResponse for Error {
     }
 }
 
+/// The largest request body taken: a batch apply of thousands of objects
+/// is one request (axum's default of 2 MiB would refuse 10,000 instances).
+const MAX_REQUEST_BYTES: usize = 64 << 20;
+
 /// The API's router.
 pub(crate) fn router(state: Arc<ApiState>) -> Router {
     Router::new()
@@ -91,6 +95,7 @@ pub(crate) fn router(state: Arc<ApiState>) -> Router {
         .route("/readyz", get(|| async { "ok" }))
         .route("/livez", get(|| async { "ok" }))
         .route("/version", get(version))
+        .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
         .with_state(state)
 }
 

@@ -6,7 +6,11 @@
 //! revision R waits for the cache to reach R ([`Cache::wait_for`]) before it
 //! reconciles again, so it never acts twice on a view that misses its own write.
 //!
-//! Instances are also indexed by the node they are bound to, with one change
+//! Controllers read what changed through a [`ChangeFeed`] each: the keys
+//! written under the kinds they follow, with the object as it was before,
+//! so they reconcile only what a write touched.
+//!
+//! Instances are also indexed by their controlling workload, and by the node they are bound to, with one change
 //! signal per node ([`Cache::watch_node`]): a node's assignment stream reads
 //! and wakes for its own instances only, so its cost does not grow with the
 //! cluster.
@@ -18,7 +22,7 @@ use c4m_core::ResourceKind;
 use c4m_store::{EventKind, KeyValue, Store};
 use futures::StreamExt;
 use serde_json::Value;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::Result;
@@ -26,18 +30,78 @@ use crate::objects::{decode, key, prefix};
 use crate::pods::node_name;
 
 /// The root of every object key.
-const ROOT: &str = "/registry/";
+pub(crate) const ROOT: &str = "/registry/";
 /// Key prefixes of instances, and of the objects whose change any node's
 /// instances may depend on (their env refers to them).
 const PODS: &str = "/registry/pods/";
 const NODES: &str = "/registry/nodes/";
 const ENV_SOURCES: [&str; 2] = ["/registry/configmaps/", "/registry/secrets/"];
 
-/// Every object by key, and instances by node name then key.
+/// Instances grouped by one string derived from each (its node, its
+/// controlling owner), then by key.
+#[derive(Default)]
+struct PodIndex {
+    groups: HashMap<String, BTreeMap<String, Arc<Value>>>,
+}
+
+impl PodIndex {
+    fn insert(&mut self, group: Option<String>, key: &str, pod: &Arc<Value>) {
+        if let Some(group) = group {
+            self.groups
+                .entry(group)
+                .or_default()
+                .insert(key.to_string(), Arc::clone(pod));
+        }
+    }
+
+    fn remove(&mut self, group: Option<&str>, key: &str) {
+        let Some(group) = group else { return };
+        if let Some(pods) = self.groups.get_mut(group) {
+            pods.remove(key);
+            if pods.is_empty() {
+                self.groups.remove(group);
+            }
+        }
+    }
+
+    fn get(&self, group: &str) -> Vec<Arc<Value>> {
+        self.groups
+            .get(group)
+            .map(|pods| pods.values().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+/// The key of the workload that controls `pod` (`microservices/NS/NAME` or
+/// `deployments/NS/NAME`), from its controller owner reference.
+pub(crate) fn controller_key(pod: &Value) -> Option<String> {
+    let owner = pod["metadata"]["ownerReferences"]
+        .as_array()?
+        .iter()
+        .find(|r| r["controller"] == true)?;
+    let plural = match owner["kind"].as_str()? {
+        "Microservice" => "microservices",
+        "Deployment" => "deployments",
+        _ => return None,
+    };
+    Some(owner_key(
+        plural,
+        crate::objects::namespace_of(pod),
+        owner["name"].as_str()?,
+    ))
+}
+
+/// The index key of a workload: `PLURAL/NAMESPACE/NAME`.
+pub(crate) fn owner_key(plural: &str, namespace: &str, name: &str) -> String {
+    format!("{plural}/{namespace}/{name}")
+}
+
+/// Every object by key, and instances by node and by controlling owner.
 #[derive(Default)]
 struct Mirror {
     objects: BTreeMap<String, Arc<Value>>,
-    pods_by_node: HashMap<String, BTreeMap<String, Arc<Value>>>,
+    pods_by_node: PodIndex,
+    pods_by_owner: PodIndex,
 }
 
 impl Mirror {
@@ -49,43 +113,119 @@ impl Mirror {
         Ok(mirror)
     }
 
-    /// Stores an object; for an instance, returns the node it was bound to
-    /// before and the node it is bound to now.
-    fn insert(&mut self, key: String, value: Arc<Value>) -> (Option<String>, Option<String>) {
-        let previous_node = self.unindex(&key);
-        let current_node = key
-            .starts_with(PODS)
-            .then(|| node_name(&value).map(str::to_string))
-            .flatten();
-        if let Some(node) = &current_node {
+    /// Stores an object; returns what it replaced.
+    fn insert(&mut self, key: String, value: Arc<Value>) -> Option<Arc<Value>> {
+        let previous = self.remove(&key);
+        if key.starts_with(PODS) {
             self.pods_by_node
-                .entry(node.clone())
-                .or_default()
-                .insert(key.clone(), Arc::clone(&value));
+                .insert(node_name(&value).map(str::to_string), &key, &value);
+            self.pods_by_owner
+                .insert(controller_key(&value), &key, &value);
         }
         self.objects.insert(key, value);
-        (previous_node, current_node)
+        previous
     }
 
-    /// Drops an object; returns the node of the instance it was.
-    fn remove(&mut self, key: &str) -> Option<String> {
-        let previous_node = self.unindex(key);
-        self.objects.remove(key);
-        previous_node
-    }
-
-    fn unindex(&mut self, key: &str) -> Option<String> {
-        if !key.starts_with(PODS) {
-            return None;
+    /// Drops an object; returns what it was.
+    fn remove(&mut self, key: &str) -> Option<Arc<Value>> {
+        let previous = self.objects.remove(key)?;
+        if key.starts_with(PODS) {
+            self.pods_by_node.remove(node_name(&previous), key);
+            self.pods_by_owner
+                .remove(controller_key(&previous).as_deref(), key);
         }
-        let node = node_name(self.objects.get(key)?)?.to_string();
-        if let Some(pods) = self.pods_by_node.get_mut(&node) {
-            pods.remove(key);
-            if pods.is_empty() {
-                self.pods_by_node.remove(&node);
+        Some(previous)
+    }
+}
+
+/// What changed under a feed's prefixes since it was last read.
+#[derive(Clone, Default)]
+pub(crate) struct Changes {
+    /// The cache re-listed (or this is the feed's first read): anything may
+    /// have changed, so the reader should look at everything.
+    pub everything: bool,
+    /// Each changed key with the object as it was before its first change
+    /// since the last read (`None`: it did not exist).
+    pub changed: BTreeMap<String, Option<Arc<Value>>>,
+}
+
+impl Changes {
+    fn is_empty(&self) -> bool {
+        !self.everything && self.changed.is_empty()
+    }
+
+    /// Merges `later` (changes made after this batch) into this batch: the
+    /// older "before" value of a key wins.
+    fn absorb(&mut self, later: Changes) {
+        self.everything |= later.everything;
+        for (key, before) in later.changed {
+            self.changed.entry(key).or_insert(before);
+        }
+    }
+}
+
+/// A queue of changed keys for one controller: what lets it reconcile only
+/// what a write touched instead of everything it owns.
+pub(crate) struct ChangeFeed {
+    prefixes: Vec<String>,
+    pending: Mutex<Changes>,
+    notify: Notify,
+}
+
+impl ChangeFeed {
+    fn record(&self, key: &str, before: &Option<Arc<Value>>) {
+        if !self.prefixes.iter().any(|p| key.starts_with(p.as_str())) {
+            return;
+        }
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if !pending.changed.contains_key(key) {
+            pending.changed.insert(key.to_string(), before.clone());
+        }
+        drop(pending);
+        self.notify.notify_one();
+    }
+
+    fn everything(&self) {
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .everything = true;
+        self.notify.notify_one();
+    }
+
+    /// Takes what changed, waiting until something has.
+    pub(crate) async fn next(&self) -> Changes {
+        loop {
+            let notified = self.notify.notified();
+            let taken =
+                std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
+            if !taken.is_empty() {
+                return taken;
             }
+            notified.await;
         }
-        Some(node)
+    }
+
+    /// `batch` with whatever changed since it was taken.
+    pub(crate) fn and_since(&self, mut batch: Changes) -> Changes {
+        let later = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
+        batch.absorb(later);
+        batch
+    }
+
+    /// Puts back a batch that could not be handled, to be taken again with
+    /// whatever changed since.
+    pub(crate) fn requeue(&self, batch: Changes) {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let later = std::mem::replace(&mut *pending, batch);
+        pending.absorb(later);
+        drop(pending);
+        self.notify.notify_one();
+    }
+
+    /// Asks for a look at everything (a periodic resync).
+    pub(crate) fn resync(&self) {
+        self.everything();
     }
 }
 
@@ -96,6 +236,8 @@ pub struct Cache {
     /// One signal per node some reader watches, bumped when the node's
     /// instances, its Node object or any env source may have changed.
     node_signals: Mutex<HashMap<String, watch::Sender<u64>>>,
+    /// The controllers' change feeds.
+    feeds: Mutex<Vec<Arc<ChangeFeed>>>,
 }
 
 impl Cache {
@@ -106,6 +248,7 @@ impl Cache {
             mirror: RwLock::new(Mirror::listed(&kvs)?),
             revision: watch::channel(revision).0,
             node_signals: Mutex::new(HashMap::new()),
+            feeds: Mutex::new(Vec::new()),
         });
         tokio::spawn(Arc::clone(&cache).follow(store, revision, shutdown));
         Ok(cache)
@@ -163,11 +306,14 @@ impl Cache {
 
     fn apply(&self, event: &c4m_store::WatchEvent) {
         let key = &event.kv.key;
-        let (previous_node, current_node) = {
+        let (previous, current) = {
             let mut mirror = self.mirror.write().unwrap_or_else(|e| e.into_inner());
             match event.kind {
                 EventKind::Put => match decode(&event.kv) {
-                    Ok(value) => mirror.insert(key.clone(), Arc::new(value)),
+                    Ok(value) => {
+                        let value = Arc::new(value);
+                        (mirror.insert(key.clone(), Arc::clone(&value)), Some(value))
+                    }
                     Err(e) => {
                         tracing::error!(error = %e, "cache: skipping a corrupt object");
                         return;
@@ -176,14 +322,44 @@ impl Cache {
                 EventKind::Delete => (mirror.remove(key), None),
             }
         };
+        for feed in self.feeds.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            feed.record(key, &previous);
+        }
         if ENV_SOURCES.iter().any(|p| key.starts_with(p)) {
             self.signal_all_nodes();
             return;
         }
+        let node_of = |pod: &Option<Arc<Value>>| {
+            pod.as_deref()
+                .filter(|_| key.starts_with(PODS))
+                .and_then(node_name)
+                .map(str::to_string)
+        };
         let own_node = key.strip_prefix(NODES).map(str::to_string);
-        for node in [previous_node, current_node, own_node].iter().flatten() {
+        for node in [node_of(&previous), node_of(&current), own_node]
+            .iter()
+            .flatten()
+        {
             self.signal_node(node);
         }
+    }
+
+    /// A feed of the keys that change under `prefixes` (kinds' plurals, as
+    /// in `pods`); its first read says "everything".
+    pub(crate) fn feed(&self, plurals: &[&str]) -> Arc<ChangeFeed> {
+        let feed = Arc::new(ChangeFeed {
+            prefixes: plurals.iter().map(|p| format!("{ROOT}{p}/")).collect(),
+            pending: Mutex::new(Changes {
+                everything: true,
+                ..Changes::default()
+            }),
+            notify: Notify::new(),
+        });
+        self.feeds
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Arc::clone(&feed));
+        feed
     }
 
     async fn relist(&self, store: &Arc<dyn Store>) -> Result<i64> {
@@ -191,6 +367,9 @@ impl Cache {
         let mirror = Mirror::listed(&kvs)?;
         *self.mirror.write().unwrap_or_else(|e| e.into_inner()) = mirror;
         self.revision.send_replace(revision);
+        for feed in self.feeds.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            feed.everything();
+        }
         self.signal_all_nodes();
         Ok(revision)
     }
@@ -236,11 +415,26 @@ impl Cache {
     /// The instances bound to `node` (terminal ones included), sorted by key.
     pub fn pods_on_node(&self, node: &str) -> Vec<Arc<Value>> {
         let mirror = self.mirror.read().unwrap_or_else(|e| e.into_inner());
-        mirror
-            .pods_by_node
-            .get(node)
-            .map(|pods| pods.values().cloned().collect())
-            .unwrap_or_default()
+        mirror.pods_by_node.get(node)
+    }
+
+    /// The object stored at `key`.
+    pub(crate) fn get_key(&self, key: &str) -> Option<Arc<Value>> {
+        let mirror = self.mirror.read().unwrap_or_else(|e| e.into_inner());
+        mirror.objects.get(key).cloned()
+    }
+
+    /// Every workload ([`owner_key`]) some instance names as its controller.
+    pub(crate) fn owners_of_pods(&self) -> Vec<String> {
+        let mirror = self.mirror.read().unwrap_or_else(|e| e.into_inner());
+        mirror.pods_by_owner.groups.keys().cloned().collect()
+    }
+
+    /// The instances whose controller owner reference names the workload
+    /// `owner` ([`owner_key`]), whatever its uid, sorted by key.
+    pub(crate) fn pods_of_owner(&self, owner: &str) -> Vec<Arc<Value>> {
+        let mirror = self.mirror.read().unwrap_or_else(|e| e.into_inner());
+        mirror.pods_by_owner.get(owner)
     }
 
     /// A receiver that wakes when an instance bound to `node` (before or
@@ -257,11 +451,6 @@ impl Cache {
     /// The store revision the cache reflects.
     pub fn revision(&self) -> i64 {
         *self.revision.borrow()
-    }
-
-    /// A receiver that wakes whenever the cache moves to a newer revision.
-    pub fn changed(&self) -> watch::Receiver<i64> {
-        self.revision.subscribe()
     }
 
     /// Waits until the cache reflects `revision` (or a later one).

@@ -60,6 +60,15 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A controller could not reconcile some of the objects of a batch
+    /// (each failure was logged where it happened); the batch is retried.
+    #[error("{failed} {what} could not be reconciled")]
+    Reconcile {
+        /// How many failed.
+        failed: usize,
+        /// What they are (`workloads`).
+        what: &'static str,
+    },
     /// The DNS server failed.
     #[error(transparent)]
     Dns(#[from] crate::dns::DnsError),
@@ -90,9 +99,11 @@ impl Error {
             Error::Unauthorized(_) => (401, "Unauthorized"),
             Error::Gone(_) => (410, "Expired"),
             Error::Unavailable(_) => (503, "ServiceUnavailable"),
-            Error::Store(_) | Error::Corrupt { .. } | Error::Io { .. } | Error::Dns(_) => {
-                (500, "InternalError")
-            }
+            Error::Store(_)
+            | Error::Corrupt { .. }
+            | Error::Io { .. }
+            | Error::Dns(_)
+            | Error::Reconcile { .. } => (500, "InternalError"),
         }
     }
 }

@@ -33,7 +33,7 @@ use k8s_openapi::api::core::v1::{self as core, PodSpec};
 use serde_json::{Value, json};
 
 use crate::Result;
-use crate::cache::Cache;
+use crate::cache::{Cache, Changes};
 use crate::objects::{Objects, kind, name_of, namespace_of};
 use crate::pods::{controller_uid, is_ready, is_terminal, labels, node_name, set_condition};
 
@@ -506,7 +506,95 @@ fn plan_preemption(
     })
 }
 
-pub(crate) async fn reconcile(objects: &Objects, cache: &Cache) -> Result<Option<i64>> {
+/// The scheduler's memory between cycles: what it parsed from each
+/// instance and node, kept while the object is unchanged (the same `Arc`
+/// in the cache), so a cycle costs no JSON decoding for what did not change.
+#[derive(Default)]
+pub(crate) struct Scheduler {
+    requests: HashMap<String, Parsed<std::result::Result<InstanceRequest, String>>>,
+    nodes: HashMap<String, Parsed<NodeInfo>>,
+}
+
+/// A value parsed from one version of an object.
+struct Parsed<T> {
+    from: Arc<Value>,
+    value: T,
+}
+
+/// The parsed value of `object` (stored at `key`), parsing it only when it
+/// changed since the last call.
+fn memoized<'a, T>(
+    memo: &'a mut HashMap<String, Parsed<T>>,
+    key: String,
+    object: &Arc<Value>,
+    parse: impl FnOnce(&Value) -> T,
+) -> &'a T {
+    use std::collections::hash_map::Entry;
+    let parsed = || Parsed {
+        from: Arc::clone(object),
+        value: parse(object),
+    };
+    match memo.entry(key) {
+        Entry::Occupied(entry) if Arc::ptr_eq(&entry.get().from, object) => &entry.into_mut().value,
+        Entry::Occupied(mut entry) => {
+            entry.insert(parsed());
+            &entry.into_mut().value
+        }
+        Entry::Vacant(entry) => &entry.insert(parsed()).value,
+    }
+}
+
+impl Scheduler {
+    /// One scheduling cycle (see the module documentation).
+    pub(crate) async fn reconcile(
+        &mut self,
+        objects: &Objects,
+        cache: &Cache,
+        changes: &Changes,
+    ) -> Result<Option<i64>> {
+        self.forget_deleted(cache, changes);
+        reconcile(objects, cache, self).await
+    }
+
+    /// Drops what was parsed from objects that are gone.
+    fn forget_deleted(&mut self, cache: &Cache, changes: &Changes) {
+        if changes.everything {
+            let pods: HashSet<String> = cache
+                .list(kind("pods"), None)
+                .iter()
+                .map(|p| instance_id(p))
+                .collect();
+            self.requests.retain(|id, _| pods.contains(id));
+            let nodes: HashSet<String> = cache
+                .list(kind("nodes"), None)
+                .iter()
+                .map(|n| name_of(n).to_string())
+                .collect();
+            self.nodes.retain(|name, _| nodes.contains(name));
+            return;
+        }
+        for key in changes.changed.keys() {
+            if cache.get_key(key).is_some() {
+                continue;
+            }
+            if let Some(id) = key.strip_prefix("/registry/pods/") {
+                self.requests.remove(id);
+            } else if let Some(name) = key.strip_prefix("/registry/nodes/") {
+                self.nodes.remove(name);
+            }
+        }
+    }
+
+    fn request(&mut self, pod: &Arc<Value>) -> std::result::Result<InstanceRequest, String> {
+        memoized(&mut self.requests, instance_id(pod), pod, request).clone()
+    }
+
+    fn node_info(&mut self, node: &Arc<Value>) -> NodeInfo {
+        memoized(&mut self.nodes, name_of(node).to_string(), node, node_info).clone()
+    }
+}
+
+async fn reconcile(objects: &Objects, cache: &Cache, memo: &mut Scheduler) -> Result<Option<i64>> {
     let pods = cache.list(kind("pods"), None);
     let mut pending: Vec<&Arc<Value>> = pods
         .iter()
@@ -517,12 +605,12 @@ pub(crate) async fn reconcile(objects: &Objects, cache: &Cache) -> Result<Option
     }
     let mut snapshot = ClusterSnapshot::new();
     for node in cache.list(kind("nodes"), None) {
-        snapshot.upsert_node(node_info(&node));
+        snapshot.upsert_node(memo.node_info(&node));
     }
     let live: Vec<&Arc<Value>> = pods.iter().filter(|p| !is_terminal(p)).collect();
     let mut bound_by_id: HashMap<String, &Arc<Value>> = HashMap::new();
     for pod in &live {
-        if let (Some(node), Ok(request)) = (node_name(pod), request(pod)) {
+        if let (Some(node), Ok(request)) = (node_name(pod), memo.request(pod)) {
             let instance = placed_instance(pod);
             bound_by_id.insert(instance.id.clone(), pod);
             snapshot.allocate_instance(node, &request, instance);
@@ -548,7 +636,9 @@ pub(crate) async fn reconcile(objects: &Objects, cache: &Cache) -> Result<Option
     let mut unschedulable: BTreeMap<(String, String), String> = BTreeMap::new();
     let mut preemptions = Vec::new();
     for pod in pending {
-        let request = request(pod).map_err(|e| format!("invalid instance: {e}"));
+        let request = memo
+            .request(pod)
+            .map_err(|e| format!("invalid instance: {e}"));
         let placement = request
             .as_ref()
             .map_err(Clone::clone)

@@ -232,6 +232,17 @@ impl ControlPlane {
     }
 }
 
+/// How often the workload and endpoints controllers look at everything,
+/// besides what changed: rare, since a full pass costs as much as the
+/// cluster is large.
+const FULL_RESYNC: Duration = Duration::from_secs(60);
+
+/// How often the scheduler retries instances that fit nowhere.
+const SCHEDULER_RESYNC: Duration = Duration::from_secs(5);
+
+/// How often the node lifecycle controller checks heartbeats.
+const NODE_CHECK: Duration = Duration::from_millis(500);
+
 fn spawn_controllers(
     tasks: &mut JoinSet<Result<()>>,
     objects: &Objects,
@@ -239,17 +250,17 @@ fn spawn_controllers(
     health: &Arc<NodeHealth>,
     shutdown: &CancellationToken,
 ) {
-    let resync = Duration::from_secs(5);
     let (o, c) = (objects.clone(), Arc::clone(cache));
     tasks.spawn(
         controllers::run(
             "workload",
             Arc::clone(cache),
-            resync,
+            cache.feed(&["microservices", "deployments", "pods"]),
+            FULL_RESYNC,
             shutdown.clone(),
-            move || {
+            move |changes| {
                 let (o, c) = (o.clone(), Arc::clone(&c));
-                async move { controllers::workload::reconcile(&o, &c).await }
+                async move { controllers::workload::reconcile(&o, &c, &changes).await }
             },
         )
         .then_ok(),
@@ -259,25 +270,28 @@ fn spawn_controllers(
         controllers::run(
             "endpoints",
             Arc::clone(cache),
-            resync,
+            cache.feed(&["services", "microservices", "endpoints", "pods"]),
+            FULL_RESYNC,
             shutdown.clone(),
-            move || {
+            move |changes| {
                 let (o, c) = (o.clone(), Arc::clone(&c));
-                async move { controllers::endpoints::reconcile(&o, &c).await }
+                async move { controllers::endpoints::reconcile(&o, &c, &changes).await }
             },
         )
         .then_ok(),
     );
     let (o, c) = (objects.clone(), Arc::clone(cache));
+    let scheduler = Arc::new(tokio::sync::Mutex::new(scheduler::Scheduler::default()));
     tasks.spawn(
         controllers::run(
             "scheduler",
             Arc::clone(cache),
-            resync,
+            cache.feed(&["pods", "nodes", "microservices", "deployments"]),
+            SCHEDULER_RESYNC,
             shutdown.clone(),
-            move || {
-                let (o, c) = (o.clone(), Arc::clone(&c));
-                async move { scheduler::reconcile(&o, &c).await }
+            move |changes| {
+                let (o, c, s) = (o.clone(), Arc::clone(&c), Arc::clone(&scheduler));
+                async move { s.lock().await.reconcile(&o, &c, &changes).await }
             },
         )
         .then_ok(),
@@ -287,9 +301,10 @@ fn spawn_controllers(
         controllers::run(
             "nodes",
             Arc::clone(cache),
-            Duration::from_millis(500),
+            cache.feed(&["nodes"]),
+            NODE_CHECK,
             shutdown.clone(),
-            move || {
+            move |_| {
                 let (o, c, h) = (o.clone(), Arc::clone(&c), Arc::clone(&h));
                 async move { controllers::nodes::reconcile(&o, &c, &h).await }
             },

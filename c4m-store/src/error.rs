@@ -30,6 +30,8 @@ pub enum Error {
         oldest: i64,
     },
     /// A watcher fell too far behind the live event stream; it must re-list and watch again.
+    /// [`crate::RedbStore`] catches slow watchers up from history instead; other backends
+    /// may still end a watch with it.
     #[error("watch fell behind the event stream and was closed; re-list and watch again")]
     WatchLagged,
     /// The request is malformed (empty key, duplicate key in one transaction, negative revision).

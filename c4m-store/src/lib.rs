@@ -5,8 +5,8 @@
 //! - All-or-nothing transactions of puts and deletes with compare-and-swap [`Precondition`]s;
 //!   a failed precondition is [`Error::Conflict`] (HTTP 409).
 //! - Prefix watches that replay history after a given revision and then follow live writes, in
-//!   order, without gaps or duplicates; compacted history is [`Error::Compacted`] (HTTP 410),
-//!   a watcher that falls too far behind ends with [`Error::WatchLagged`].
+//!   order, without gaps or duplicates; a watcher that falls behind the live events catches up
+//!   from history, and one whose history was compacted ends with [`Error::Compacted`] (HTTP 410).
 //!
 //! [`Store`] is the backend-neutral trait (usable as `Arc<dyn Store>`); [`RedbStore`] is the
 //! embedded, crash-safe implementation on a single redb file.

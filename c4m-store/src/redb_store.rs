@@ -22,8 +22,8 @@ pub struct StoreOptions {
     /// How many of the latest revisions to keep in history for watches; older ones are
     /// compacted automatically. Must be at least 1. Default 10 000.
     pub history_revisions: i64,
-    /// How many revisions a live watcher may fall behind before its stream ends with
-    /// [`Error::WatchLagged`]. Between 1 and 2^24. Default 4096.
+    /// How many revisions a live watcher may fall behind before it catches up from history
+    /// instead (slower: it reads the database). Between 1 and 2^24. Default 4096.
     pub watch_buffer: usize,
     /// Verify every page checksum when opening (reads the whole file). Without it a file
     /// damaged outside redb may make the open panic. Default off.

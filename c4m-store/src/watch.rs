@@ -1,5 +1,8 @@
 //! Watch streams: history replay from the redb log, then live events from the writer.
 //!
+//! A watcher that falls behind the live channel catches up from history, so a burst of
+//! writes never forces a re-list unless the history it needs was compacted.
+//!
 //! Gaplessness: the watcher subscribes to live events *before* reading the revision it will
 //! replay up to. Any revision published before the subscription was committed before that read,
 //! so it is in the replayed history; any later one arrives live. Live revisions already replayed
@@ -83,8 +86,13 @@ impl Watcher {
     async fn receive_live(&mut self) -> Result<()> {
         match self.live.recv().await {
             Ok(published) if published.revision <= self.last => Ok(()),
-            // Missed revisions can no longer be delivered in order: the client must re-list.
-            Ok(published) if published.revision != self.last + 1 => Err(Error::WatchLagged),
+            // Live messages were lost while this watcher was slow: catch up from history
+            // (as an etcd watcher does) through this revision, then follow live again. Only
+            // history compacted past `last` ends the stream, with `Compacted`.
+            Ok(published) if published.revision != self.last + 1 => {
+                self.replay_until = published.revision;
+                Ok(())
+            }
             Ok(published) => {
                 let events = published
                     .events

@@ -8,14 +8,14 @@
 //! instance is reachable: the host port the agent bound for the target
 //! container port, or the container port itself when none was bound.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use serde_json::{Value, json};
 
 use super::latest;
 use crate::Result;
-use crate::cache::Cache;
+use crate::cache::{Cache, Changes, owner_key};
 use crate::objects::{Objects, kind, name_of, namespace_of};
 use crate::pods::{is_ready, labels, phase, reported_ports, selects, string_map};
 
@@ -35,6 +35,8 @@ struct Service {
     name: String,
     selector: BTreeMap<String, String>,
     ports: Vec<ServicePort>,
+    /// A Microservice's own service (no Service of its name exists).
+    microservice: bool,
 }
 
 /// A list of ports (a Service's `spec.ports`, a Microservice's
@@ -51,38 +53,45 @@ fn ports(list: &Value, target: impl Fn(&Value) -> Value) -> Vec<ServicePort> {
         .collect()
 }
 
-fn services(cache: &Cache) -> Vec<Service> {
-    let mut services = Vec::new();
-    let mut named = HashSet::new();
-    for svc in cache.list(kind("services"), None) {
+/// The service `namespace/name` stands for now: a Service with a selector,
+/// else a Microservice (unless a selector-less Service of that name, whose
+/// Endpoints users write, shadows it); `None` when there is neither.
+fn service(cache: &Cache, namespace: &str, name: &str) -> Option<Service> {
+    if let Some(svc) = cache.get(kind("services"), namespace, name) {
         let selector = string_map(&svc["spec"]["selector"]);
-        named.insert((namespace_of(&svc).to_string(), name_of(&svc).to_string()));
-        if selector.is_empty() {
-            continue; // Endpoints of a selector-less Service are written by users.
-        }
-        services.push(Service {
-            namespace: namespace_of(&svc).to_string(),
-            name: name_of(&svc).to_string(),
+        return (!selector.is_empty()).then(|| Service {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
             selector,
             ports: ports(&svc["spec"]["ports"], |p| match &p["targetPort"] {
                 Value::Null => p["port"].clone(),
                 target => target.clone(),
             }),
+            microservice: false,
         });
     }
-    for ms in cache.list(kind("microservices"), None) {
-        let key = (namespace_of(&ms).to_string(), name_of(&ms).to_string());
-        if named.contains(&key) {
-            continue;
-        }
-        services.push(Service {
-            selector: BTreeMap::from([(c4m_core::labels::MICROSERVICE.to_string(), key.1.clone())]),
-            namespace: key.0,
-            name: key.1,
-            ports: ports(&ms["spec"]["ports"], |p| p["containerPort"].clone()),
-        });
+    let ms = cache.get(kind("microservices"), namespace, name)?;
+    Some(Service {
+        selector: BTreeMap::from([(c4m_core::labels::MICROSERVICE.to_string(), name.to_string())]),
+        namespace: namespace.to_string(),
+        name: name.to_string(),
+        ports: ports(&ms["spec"]["ports"], |p| p["containerPort"].clone()),
+        microservice: true,
+    })
+}
+
+/// The instances that may back `service`: a Microservice's own instances,
+/// or every instance in a Service's namespace.
+fn candidates(cache: &Cache, service: &Service) -> Vec<Arc<Value>> {
+    if service.microservice {
+        cache.pods_of_owner(&owner_key(
+            "microservices",
+            &service.namespace,
+            &service.name,
+        ))
+    } else {
+        cache.list(kind("pods"), Some(&service.namespace))
     }
-    services
 }
 
 /// The container port a service port targets in `pod` (by number or name).
@@ -190,67 +199,110 @@ fn desired_endpoints(service: &Service, pods: &[Arc<Value>]) -> Value {
     })
 }
 
-/// One pass over every service.
-pub(crate) async fn reconcile(objects: &Objects, cache: &Cache) -> Result<Option<i64>> {
-    let pods = cache.list(kind("pods"), None);
-    let services = services(cache);
-    let mut written = None;
-    let mut wanted = HashSet::new();
-    let endpoints_kind = kind("endpoints");
-    for service in &services {
-        wanted.insert((service.namespace.clone(), service.name.clone()));
-        let desired = desired_endpoints(service, &pods);
-        match cache.get(endpoints_kind, &service.namespace, &service.name) {
-            None => match objects
-                .create(endpoints_kind, &service.namespace, desired)
-                .await
-            {
-                Ok(created) => {
-                    written = latest(
-                        written,
-                        created["metadata"]["resourceVersion"]
-                            .as_str()
-                            .and_then(|rv| rv.parse().ok()),
-                    );
+/// Reconciles the services `changes` touch: changed Services,
+/// Microservices and Endpoints, and for each changed instance (before and
+/// after) its Microservice and the Services in its namespace selecting it;
+/// every service and managed Endpoints on a resync.
+pub(crate) async fn reconcile(
+    objects: &Objects,
+    cache: &Cache,
+    changes: &Changes,
+) -> Result<Option<i64>> {
+    let mut touched: BTreeSet<(String, String)> = BTreeSet::new();
+    let named = |object: &Value| {
+        (
+            namespace_of(object).to_string(),
+            name_of(object).to_string(),
+        )
+    };
+    if changes.everything {
+        for plural in ["services", "microservices", "endpoints"] {
+            touched.extend(cache.list(kind(plural), None).iter().map(|o| named(o)));
+        }
+    } else {
+        for (key, before) in &changes.changed {
+            if !key.starts_with("/registry/pods/") {
+                let current = cache.get_key(key);
+                touched.extend([before, &current].into_iter().flatten().map(|o| named(o)));
+                continue;
+            }
+            for pod in [before.clone(), cache.get_key(key)].into_iter().flatten() {
+                let pod_labels = labels(&pod);
+                let namespace = namespace_of(&pod);
+                if let Some(ms) = pod_labels.get(c4m_core::labels::MICROSERVICE) {
+                    touched.insert((namespace.to_string(), ms.clone()));
                 }
-                Err(crate::Error::AlreadyExists { .. }) => {}
-                Err(e) => {
-                    tracing::warn!(service = %service.name, error = %e, "cannot create endpoints")
+                for svc in cache.list(kind("services"), Some(namespace)) {
+                    let selector = string_map(&svc["spec"]["selector"]);
+                    if !selector.is_empty() && selects(&selector, &pod_labels) {
+                        touched.insert(named(&svc));
+                    }
                 }
-            },
-            Some(current) => {
-                if current["subsets"] == desired["subsets"]
-                    && labels(&current).contains_key(MANAGED_BY)
-                {
-                    continue;
-                }
-                let revision = objects
-                    .update_with(
-                        endpoints_kind,
-                        &service.namespace,
-                        &service.name,
-                        |current| {
-                            current["subsets"] = desired["subsets"].clone();
-                            current["metadata"]["labels"][MANAGED_BY] = json!(MANAGER);
-                            true
-                        },
-                    )
-                    .await?;
-                written = latest(written, revision);
             }
         }
     }
-    for endpoints in cache.list(endpoints_kind, None) {
-        let key = (
-            namespace_of(&endpoints).to_string(),
-            name_of(&endpoints).to_string(),
-        );
-        if labels(&endpoints).get(MANAGED_BY).map(String::as_str) == Some(MANAGER)
-            && !wanted.contains(&key)
-            && let Ok((_, revision)) = objects.delete(endpoints_kind, &key.0, &key.1).await
-        {
-            written = latest(written, Some(revision));
+    let mut written = None;
+    let mut failed = 0;
+    for (namespace, name) in &touched {
+        match reconcile_service(objects, cache, namespace, name).await {
+            Ok(revision) => written = latest(written, revision),
+            Err(e) => {
+                failed += 1;
+                tracing::warn!(service = %name, %namespace, error = %e, "cannot write endpoints");
+            }
         }
     }
+    if failed > 0 {
+        return Err(crate::Error::Reconcile {
+            failed,
+            what: "services' endpoints",
+        });
+    }
     Ok(written)
+}
+
+/// Brings the Endpoints of `namespace/name` in line with its service:
+/// created, updated, or (when managed here and the service is gone) deleted.
+async fn reconcile_service(
+    objects: &Objects,
+    cache: &Cache,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<i64>> {
+    let endpoints_kind = kind("endpoints");
+    let desired = service(cache, namespace, name)
+        .map(|service| desired_endpoints(&service, &candidates(cache, &service)));
+    let current = cache.get(endpoints_kind, namespace, name);
+    match (desired, current) {
+        (Some(desired), None) => match objects.create(endpoints_kind, namespace, desired).await {
+            Ok(created) => Ok(created["metadata"]["resourceVersion"]
+                .as_str()
+                .and_then(|rv| rv.parse().ok())),
+            Err(crate::Error::AlreadyExists { .. }) => Ok(None),
+            Err(e) => Err(e),
+        },
+        (Some(desired), Some(current)) => {
+            if current["subsets"] == desired["subsets"] && labels(&current).contains_key(MANAGED_BY)
+            {
+                return Ok(None);
+            }
+            objects
+                .update_with(endpoints_kind, namespace, name, |current| {
+                    current["subsets"] = desired["subsets"].clone();
+                    current["metadata"]["labels"][MANAGED_BY] = json!(MANAGER);
+                    true
+                })
+                .await
+        }
+        (None, Some(current))
+            if labels(&current).get(MANAGED_BY).map(String::as_str) == Some(MANAGER) =>
+        {
+            match objects.delete(endpoints_kind, namespace, name).await {
+                Ok((_, revision)) => Ok(Some(revision)),
+                Err(crate::Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(e),
+            }
+        }
+        (None, _) => Ok(None),
+    }
 }

@@ -1,9 +1,12 @@
-//! Controllers: level-triggered loops that drive the store toward what the
-//! objects in it ask for.
+//! Controllers: loops that drive the store toward what the objects in it
+//! ask for.
 //!
-//! Each controller reconciles *everything* it owns on every wake-up (a cache
-//! change or a resync tick): a missed event can never leave state wrong for
-//! longer than one tick.
+//! Each controller follows the kinds it cares about through a
+//! [`ChangeFeed`] and reconciles only what the changed keys touch (a work
+//! queue, as Kubernetes controllers have). A periodic resync, and every
+//! re-list of the cache, hands it "everything" instead, so a bug in mapping
+//! a change to its work can never leave state wrong for longer than one
+//! resync.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -12,7 +15,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::Result;
-use crate::cache::Cache;
+use crate::cache::{Cache, ChangeFeed, Changes};
 
 pub(crate) mod endpoints;
 pub(crate) mod nodes;
@@ -21,33 +24,50 @@ pub(crate) mod workload;
 /// Short pause after a wake-up so a burst of writes is reconciled once.
 const DEBOUNCE: Duration = Duration::from_millis(5);
 
-/// Runs `reconcile` on every cache change and every `resync`, until
-/// `shutdown`. `reconcile` returns the last revision it wrote, if any; the
-/// loop waits for the cache to see it before reconciling again.
+/// Pause before retrying a batch whose reconcile failed.
+const RETRY: Duration = Duration::from_millis(500);
+
+/// Runs `reconcile` on each batch of changes from `feed`, and on
+/// everything every `resync`, until `shutdown`. `reconcile` returns the
+/// last revision it wrote, if any; the loop waits for the cache to see it
+/// before reconciling again, so it never acts on a view that misses its own
+/// write. A failed batch is put back and retried.
 pub(crate) async fn run<F, Fut>(
     name: &'static str,
     cache: Arc<Cache>,
+    feed: Arc<ChangeFeed>,
     resync: Duration,
     shutdown: CancellationToken,
     mut reconcile: F,
 ) where
-    F: FnMut() -> Fut,
+    F: FnMut(Arc<Changes>) -> Fut,
     Fut: Future<Output = Result<Option<i64>>>,
 {
-    let mut changed = cache.changed();
+    let mut resync_at = tokio::time::Instant::now() + resync;
     loop {
-        match reconcile().await {
+        let changes = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            changes = feed.next() => changes,
+            _ = tokio::time::sleep_until(resync_at) => {
+                resync_at = tokio::time::Instant::now() + resync;
+                feed.resync();
+                continue;
+            }
+        };
+        tokio::time::sleep(DEBOUNCE).await;
+        let changes = Arc::new(feed.and_since(changes));
+        match reconcile(Arc::clone(&changes)).await {
             Ok(Some(revision)) => cache.wait_for(revision).await,
             Ok(None) => {}
-            Err(e) => tracing::warn!(controller = name, error = %e, "reconcile failed; retrying"),
+            Err(e) => {
+                tracing::warn!(controller = name, error = %e, "reconcile failed; retrying");
+                feed.requeue(Arc::unwrap_or_clone(changes));
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(RETRY) => {}
+                }
+            }
         }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = changed.changed() => {}
-            _ = tokio::time::sleep(resync) => {}
-        }
-        changed.borrow_and_update();
-        tokio::time::sleep(DEBOUNCE).await;
     }
 }
 

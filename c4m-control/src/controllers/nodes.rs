@@ -16,7 +16,7 @@ use super::latest;
 use crate::Result;
 use crate::cache::Cache;
 use crate::objects::{Objects, kind, name_of, namespace_of};
-use crate::pods::{controller_uid, is_ready, is_terminal, node_name, set_condition};
+use crate::pods::{controller_uid, is_ready, is_terminal, set_condition};
 
 /// When each node's agent was last heard from, and since when it is NotReady.
 #[derive(Debug)]
@@ -68,7 +68,6 @@ pub(crate) async fn reconcile(
     health: &NodeHealth,
 ) -> Result<Option<i64>> {
     let mut written = None;
-    let pods = cache.list(kind("pods"), None);
     for node in cache.list(kind("nodes"), None) {
         let name = name_of(&node).to_string();
         let silent = health.last_heard(&name).elapsed() > health.grace;
@@ -97,10 +96,7 @@ pub(crate) async fn reconcile(
         if health.not_ready_for(&name) < health.eviction_delay {
             continue;
         }
-        for pod in pods
-            .iter()
-            .filter(|p| node_name(p) == Some(name.as_str()) && !is_terminal(p))
-        {
+        for pod in cache.pods_on_node(&name).iter().filter(|p| !is_terminal(p)) {
             written = latest(written, evict(objects, pod, &name).await?);
         }
     }

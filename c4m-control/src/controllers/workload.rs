@@ -8,7 +8,7 @@
 //! least one surge). Terminal instances are deleted and so replaced.
 //! Instances whose owner is gone are deleted (garbage collection).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use c4m_core::{Microservice, annotations, pod_template_for_microservice};
@@ -17,9 +17,12 @@ use serde_json::{Value, json};
 
 use super::latest;
 use crate::Result;
-use crate::cache::Cache;
+use crate::cache::{Cache, Changes, ROOT, controller_key, owner_key};
 use crate::objects::{Objects, kind, name_of, namespace_of, random_suffix};
 use crate::pods::{controller_uid, is_ready, is_terminal, stable_hash};
+
+/// The kinds whose objects own instances.
+const OWNER_PLURALS: [&str; 2] = ["microservices", "deployments"];
 
 /// What the controller needs to know of an owner.
 struct Owner {
@@ -36,59 +39,103 @@ struct Owner {
     object: Arc<Value>,
 }
 
-/// One reconcile pass over every owner.
-pub(crate) async fn reconcile(objects: &Objects, cache: &Cache) -> Result<Option<i64>> {
-    let mut by_owner: HashMap<String, Vec<Arc<Value>>> = HashMap::new();
-    let pods = cache.list(kind("pods"), None);
-    for pod in &pods {
-        if let Some(uid) = controller_uid(pod) {
-            by_owner
-                .entry(uid.to_string())
-                .or_default()
-                .push(Arc::clone(pod));
+/// Reconciles the workloads `changes` touch: each changed Microservice or
+/// Deployment, and the controller of each changed instance (before and
+/// after the change); everything on a resync.
+pub(crate) async fn reconcile(
+    objects: &Objects,
+    cache: &Cache,
+    changes: &Changes,
+) -> Result<Option<i64>> {
+    let mut touched: BTreeSet<String> = BTreeSet::new();
+    if changes.everything {
+        for plural in OWNER_PLURALS {
+            touched.extend(
+                cache
+                    .list(kind(plural), None)
+                    .iter()
+                    .map(|owner| owner_key(plural, namespace_of(owner), name_of(owner))),
+            );
         }
-    }
-    let owners = owners(cache);
-    let live: HashSet<&str> = owners.iter().map(|o| o.uid.as_str()).collect();
-    let mut written = None;
-    for owner in &owners {
-        let pods = by_owner
-            .get(&owner.uid)
-            .map(Vec::as_slice)
-            .unwrap_or_default();
-        match reconcile_owner(objects, owner, pods).await {
-            Ok(revision) => written = latest(written, revision),
-            Err(e) => {
-                tracing::warn!(owner = %owner.name, kind = owner.kind, error = %e, "cannot reconcile")
+        touched.extend(cache.owners_of_pods());
+    } else {
+        for (key, before) in &changes.changed {
+            let Some(rest) = key.strip_prefix(ROOT) else {
+                continue;
+            };
+            if rest.starts_with("pods/") {
+                let current = cache.get_key(key);
+                touched.extend(
+                    [before.as_deref(), current.as_deref()]
+                        .into_iter()
+                        .flatten()
+                        .filter_map(controller_key),
+                );
+            } else {
+                touched.insert(rest.to_string());
             }
         }
     }
-    // Garbage collection: instances whose controller no longer exists.
-    for (uid, pods) in &by_owner {
-        if live.contains(uid.as_str()) || !owned_by_workload(&pods[0]) {
-            continue;
+    let mut written = None;
+    let mut failed = 0;
+    for owner in &touched {
+        match reconcile_workload(objects, cache, owner).await {
+            Ok(revision) => written = latest(written, revision),
+            Err(e) => {
+                failed += 1;
+                tracing::warn!(%owner, error = %e, "cannot reconcile");
+            }
         }
-        for pod in pods {
-            written = latest(written, delete_pod(objects, pod).await);
-        }
+    }
+    if failed > 0 {
+        return Err(crate::Error::Reconcile {
+            failed,
+            what: "workloads",
+        });
     }
     Ok(written)
 }
 
-fn owned_by_workload(pod: &Value) -> bool {
-    pod["metadata"]["ownerReferences"]
-        .as_array()
-        .is_some_and(|refs| {
-            refs.iter()
-                .any(|r| r["kind"] == "Microservice" || r["kind"] == "Deployment")
-        })
+/// Reconciles one workload (`PLURAL/NAMESPACE/NAME`) and its instances:
+/// instances controlled by another object of that name (an older uid), or
+/// by none at all any more, are deleted (garbage collection).
+async fn reconcile_workload(
+    objects: &Objects,
+    cache: &Cache,
+    owner_key: &str,
+) -> Result<Option<i64>> {
+    let pods = cache.pods_of_owner(owner_key);
+    let owner = owner_key
+        .splitn(3, '/')
+        .collect::<Vec<_>>()
+        .as_slice()
+        .try_into()
+        .ok()
+        .and_then(|[plural, namespace, name]: [&str; 3]| {
+            let object = cache.get(kind(plural), namespace, name)?;
+            Owner::decode(plural, object)
+                .map_err(|e| tracing::warn!(owner = owner_key, error = %e, "skipping an undecodable workload"))
+                .ok()
+        });
+    let (mine, orphans): (Vec<Arc<Value>>, Vec<Arc<Value>>) = pods.into_iter().partition(|pod| {
+        owner
+            .as_ref()
+            .is_some_and(|owner| controller_uid(pod) == Some(owner.uid.as_str()))
+    });
+    let mut written = None;
+    for pod in &orphans {
+        written = latest(written, delete_pod(objects, pod).await);
+    }
+    if let Some(owner) = &owner {
+        written = latest(written, reconcile_owner(objects, owner, &mine).await?);
+    }
+    Ok(written)
 }
 
-fn owners(cache: &Cache) -> Vec<Owner> {
-    let microservices = cache
-        .list(kind("microservices"), None)
-        .into_iter()
-        .map(|object| {
+impl Owner {
+    /// The owner a Microservice or Deployment object describes.
+    fn decode(plural: &str, object: Arc<Value>) -> serde_json::Result<Owner> {
+        if plural == "microservices" {
             let ms = serde_json::from_value::<Microservice>((*object).clone())?;
             let template = serde_json::to_value(pod_template_for_microservice(&ms))?;
             Ok(Owner::new(
@@ -99,11 +146,7 @@ fn owners(cache: &Cache) -> Vec<Owner> {
                 ms.spec.replicas,
                 template,
             ))
-        });
-    let deployments = cache
-        .list(kind("deployments"), None)
-        .into_iter()
-        .map(|object| {
+        } else {
             let spec = serde_json::from_value::<Deployment>((*object).clone())?
                 .spec
                 .unwrap_or_default();
@@ -116,18 +159,9 @@ fn owners(cache: &Cache) -> Vec<Owner> {
                 spec.replicas.unwrap_or(1),
                 template,
             ))
-        });
-    microservices
-        .chain(deployments)
-        .filter_map(|owner: serde_json::Result<Owner>| {
-            owner
-                .map_err(|e| tracing::warn!(error = %e, "skipping an undecodable workload"))
-                .ok()
-        })
-        .collect()
-}
+        }
+    }
 
-impl Owner {
     fn new(
         kind: &'static str,
         api_version: &'static str,
