@@ -543,4 +543,56 @@ mod tests {
         assert_eq!(cache.list(kind("pods"), None).len(), 1);
         shutdown.cancel();
     }
+
+    #[tokio::test]
+    async fn feeds_report_changed_keys_with_what_they_were_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(RedbStore::open(&dir.path().join("store.redb")).unwrap());
+        let shutdown = CancellationToken::new();
+        let cache = Cache::start(Arc::clone(&store), shutdown.clone())
+            .await
+            .unwrap();
+        let feed = cache.feed(&["pods"]);
+        // The first read is "everything": the reader starts from a full pass.
+        let first = feed.next().await;
+        assert!(first.everything && first.changed.is_empty());
+
+        put(&store, "/registry/pods/default/a", pod("a", "one")).await;
+        put(&store, "/registry/pods/default/a", pod("a", "two")).await;
+        let revision = put(&store, "/registry/configmaps/default/c", json!({})).await;
+        cache.wait_for(revision).await;
+        let batch = feed.next().await;
+        assert!(!batch.everything);
+        // Two writes of one key coalesce, keeping what it was before the
+        // first; keys outside the feed's kinds are not reported.
+        assert_eq!(batch.changed.len(), 1);
+        assert_eq!(batch.changed["/registry/pods/default/a"], None);
+
+        // A batch put back keeps its older "before" over a later change's.
+        let revision = put(&store, "/registry/pods/default/a", pod("a", "three")).await;
+        cache.wait_for(revision).await;
+        feed.requeue(batch);
+        let merged = feed.next().await;
+        assert_eq!(merged.changed["/registry/pods/default/a"], None);
+        assert_eq!(cache.pods_on_node("three").len(), 1);
+
+        // The owner index follows the controller reference.
+        let mut owned = pod("b", "one");
+        owned["metadata"]["ownerReferences"] =
+            json!([{"kind": "Microservice", "name": "api", "uid": "u1", "controller": true}]);
+        let revision = put(&store, "/registry/pods/default/b", owned).await;
+        cache.wait_for(revision).await;
+        assert_eq!(
+            names(&cache.pods_of_owner(&owner_key("microservices", "default", "api"))),
+            ["b"]
+        );
+        assert_eq!(cache.owners_of_pods(), ["microservices/default/api"]);
+        let after = feed.next().await;
+        assert_eq!(
+            after.changed.keys().collect::<Vec<_>>(),
+            ["/registry/pods/default/b"]
+        );
+        shutdown.cancel();
+    }
 }

@@ -25,6 +25,11 @@ pub struct StoreOptions {
     /// How many revisions a live watcher may fall behind before it catches up from history
     /// instead (slower: it reads the database). Between 1 and 2^24. Default 4096.
     pub watch_buffer: usize,
+    /// Memory redb may use to cache pages, in bytes. The control plane keeps
+    /// every object decoded in its own cache, so the store's page cache
+    /// mostly serves history replays. Default 32 MiB (redb's own default of
+    /// 1 GiB would make the store the largest part of the process).
+    pub cache_bytes: usize,
     /// Verify every page checksum when opening (reads the whole file). Without it a file
     /// damaged outside redb may make the open panic. Default off.
     pub verify_on_open: bool,
@@ -35,6 +40,7 @@ impl Default for StoreOptions {
         StoreOptions {
             history_revisions: 10_000,
             watch_buffer: 4096,
+            cache_bytes: 32 << 20,
             verify_on_open: false,
         }
     }
@@ -82,6 +88,7 @@ impl RedbStore {
         }
         let db = Database::builder()
             .set_check_integrity_on_open(options.verify_on_open)
+            .set_cache_size(options.cache_bytes)
             .create(path)
             .map_err(Error::storage)?;
         let counters = {

@@ -13,7 +13,6 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
-use super::latest;
 use crate::Result;
 use crate::cache::{Cache, Changes, owner_key};
 use crate::objects::{Objects, kind, name_of, namespace_of};
@@ -241,17 +240,15 @@ pub(crate) async fn reconcile(
             }
         }
     }
-    let mut written = None;
-    let mut failed = 0;
-    for (namespace, name) in &touched {
-        match reconcile_service(objects, cache, namespace, name).await {
-            Ok(revision) => written = latest(written, revision),
-            Err(e) => {
-                failed += 1;
-                tracing::warn!(service = %name, %namespace, error = %e, "cannot write endpoints");
-            }
-        }
-    }
+    let (written, failed) =
+        super::for_each_concurrently(touched, |(namespace, name)| async move {
+            reconcile_service(objects, cache, &namespace, &name)
+                .await
+                .inspect_err(
+                    |e| tracing::warn!(service = %name, %namespace, error = %e, "cannot write endpoints"),
+                )
+        })
+        .await;
     if failed > 0 {
         return Err(crate::Error::Reconcile {
             failed,

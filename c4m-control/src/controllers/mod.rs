@@ -71,6 +71,35 @@ pub(crate) async fn run<F, Fut>(
     }
 }
 
+/// How many objects a controller reconciles at once: their writes meet in
+/// the store's group commit, so a batch of N costs about N / this many
+/// fsyncs instead of N.
+const CONCURRENT_RECONCILES: usize = 64;
+
+/// Runs `reconcile` on every item, [`CONCURRENT_RECONCILES`] at a time;
+/// returns the latest revision written and how many failed (each failure
+/// is logged by `reconcile`).
+pub(crate) async fn for_each_concurrently<T, F, Fut>(
+    items: impl IntoIterator<Item = T>,
+    reconcile: F,
+) -> (Option<i64>, usize)
+where
+    F: FnMut(T) -> Fut,
+    Fut: Future<Output = Result<Option<i64>>>,
+{
+    use futures::StreamExt;
+    futures::stream::iter(items)
+        .map(reconcile)
+        .buffer_unordered(CONCURRENT_RECONCILES)
+        .fold((None, 0), |(written, failed), outcome| async move {
+            match outcome {
+                Ok(revision) => (latest(written, revision), failed),
+                Err(_) => (written, failed + 1),
+            }
+        })
+        .await
+}
+
 /// The larger of two optional revisions.
 pub(crate) fn latest(a: Option<i64>, b: Option<i64>) -> Option<i64> {
     a.max(b)

@@ -76,17 +76,12 @@ pub(crate) async fn reconcile(
             }
         }
     }
-    let mut written = None;
-    let mut failed = 0;
-    for owner in &touched {
-        match reconcile_workload(objects, cache, owner).await {
-            Ok(revision) => written = latest(written, revision),
-            Err(e) => {
-                failed += 1;
-                tracing::warn!(%owner, error = %e, "cannot reconcile");
-            }
-        }
-    }
+    let (written, failed) = super::for_each_concurrently(touched, |owner| async move {
+        reconcile_workload(objects, cache, &owner)
+            .await
+            .inspect_err(|e| tracing::warn!(%owner, error = %e, "cannot reconcile"))
+    })
+    .await;
     if failed > 0 {
         return Err(crate::Error::Reconcile {
             failed,
