@@ -12,7 +12,8 @@
 //! where they fit), sets `status.nominatedNodeName` and a `PodScheduled=False`
 //! condition with reason `Preempting`, and a later cycle binds the preemptor
 //! once the victims are gone from the store. While any of its victims is
-//! still there, an instance does not preempt again.
+//! still there, an instance does not preempt again, and the room it won
+//! stays booked on its node for it: no other instance takes it meanwhile.
 //!
 //! Disruption budgets, until the `PodDisruptionBudget` kind is served: an
 //! instance annotated `c4m.io/max-unavailable: "N"` belongs to the budget
@@ -402,10 +403,15 @@ fn disruption_budgets(
         .collect()
 }
 
+/// The node `pod` preempted instances on and waits for, if any.
+fn nominated_node(pod: &Value) -> Option<&str> {
+    pod["status"]["nominatedNodeName"].as_str()
+}
+
 /// Whether `pod` already preempted and one of its victims (by uid) is
 /// still among `live_uids`.
 fn awaiting_victims(pod: &Value, live_uids: &HashSet<&str>) -> bool {
-    pod["status"]["nominatedNodeName"].as_str().is_some()
+    nominated_node(pod).is_some()
         && pod["metadata"]["annotations"][PREEMPTION_VICTIMS]
             .as_str()
             .is_some_and(|victims| victims.split(',').any(|victim| live_uids.contains(victim)))
@@ -462,7 +468,6 @@ struct Preempting {
     victims: Vec<(String, String, String)>,
 }
 
-/// One scheduling cycle. Returns the revision of the binds, if any.
 /// Asks the snapshot for a preemption that would make room for `pod`, and
 /// books it: later instances of this cycle see the victims gone, their
 /// budgets spent and the room taken.
@@ -632,10 +637,39 @@ async fn reconcile(objects: &Objects, cache: &Cache, memo: &mut Scheduler) -> Re
             })
             .then_with(|| name_of(a).cmp(name_of(b)))
     });
+    // The room a nominated preemptor won is booked on its node for it
+    // against instances of its priority or lower, as Kubernetes does: the
+    // booking starts when the cycle reaches its priority (instances go in
+    // descending priority) and ends at its own turn.
+    let nominees: Vec<(i32, String, String, InstanceRequest)> = pending
+        .iter()
+        .filter_map(|pod| {
+            let request = memo.request(pod).ok()?;
+            Some((
+                priority(pod),
+                instance_id(pod),
+                nominated_node(pod)?.to_owned(),
+                request,
+            ))
+        })
+        .collect();
+    let mut booked_from = 0;
+    let mut booked: HashMap<&str, (&str, &InstanceRequest)> = HashMap::new();
     let mut binds = Vec::new();
     let mut unschedulable: BTreeMap<(String, String), String> = BTreeMap::new();
     let mut preemptions = Vec::new();
     for pod in pending {
+        while let Some((nominee_priority, id, node, request)) = nominees.get(booked_from)
+            && *nominee_priority >= priority(pod)
+        {
+            snapshot.allocate(node, request);
+            booked.insert(id, (node, request));
+            booked_from += 1;
+        }
+        let reservation = booked.remove(instance_id(pod).as_str());
+        if let Some((node, request)) = reservation {
+            snapshot.release(node, request);
+        }
         let request = memo
             .request(pod)
             .map_err(|e| format!("invalid instance: {e}"));
@@ -643,6 +677,12 @@ async fn reconcile(objects: &Objects, cache: &Cache, memo: &mut Scheduler) -> Re
             .as_ref()
             .map_err(Clone::clone)
             .and_then(|request| snapshot.place(request).map_err(|reason| reason.to_string()));
+        if placement.is_err()
+            && let Some((node, request)) = reservation
+        {
+            // Still waiting for its victims: keep the room for the rest of the cycle.
+            snapshot.allocate(node, request);
+        }
         match placement {
             Ok(node) => {
                 let mut bound = (**pod).clone();
@@ -965,5 +1005,109 @@ mod tests {
             !nominate(&mut preemptor, "n1", &["uid-a"]),
             "bound meanwhile"
         );
+    }
+
+    /// A control plane's store, objects and cache, with one node of 1 CPU.
+    async fn one_node_cluster() -> (
+        tempfile::TempDir,
+        Objects,
+        Arc<Cache>,
+        tokio_util::sync::CancellationToken,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn c4m_store::Store> =
+            Arc::new(c4m_store::RedbStore::open(&dir.path().join("store.redb")).unwrap());
+        let objects = Objects::new(Arc::clone(&store));
+        let namespace =
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default"}});
+        objects
+            .create(kind("namespaces"), "", namespace)
+            .await
+            .unwrap();
+        let node = json!({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": "n1", "annotations": {c4m_core::annotations::DRIVERS: "process=1"}},
+            "status": {
+                "allocatable": {"cpu": "1", "memory": "1Gi", "pods": "10"},
+                "conditions": [{"type": "Ready", "status": "True"}],
+            },
+        });
+        objects.create(kind("nodes"), "", node).await.unwrap();
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let cache = Cache::start(store, shutdown.clone()).await.unwrap();
+        (dir, objects, cache, shutdown)
+    }
+
+    async fn create_pod(objects: &Objects, name: &str, priority: i32, nominated: Option<&str>) {
+        let pod = json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"priority": priority, "containers": [{"name": "c", "image": "x",
+                "resources": {"requests": {"cpu": "1"}}}]},
+        });
+        objects.create(kind("pods"), "default", pod).await.unwrap();
+        if let Some(node) = nominated {
+            objects
+                .update_with(kind("pods"), "default", name, |pod| {
+                    nominate(pod, node, &["gone"])
+                })
+                .await
+                .unwrap();
+        }
+    }
+
+    async fn schedule_once(objects: &Objects, cache: &Cache) -> BTreeMap<String, String> {
+        let revision = objects.store().current_revision().await.unwrap();
+        cache.wait_for(revision).await;
+        let changes = Changes {
+            everything: true,
+            ..Changes::default()
+        };
+        if let Some(revision) = Scheduler::default()
+            .reconcile(objects, cache, &changes)
+            .await
+            .unwrap()
+        {
+            cache.wait_for(revision).await;
+        }
+        cache
+            .list(kind("pods"), None)
+            .iter()
+            .map(|pod| {
+                let place = node_name(pod).map_or_else(
+                    || {
+                        crate::pods::condition(pod, "PodScheduled").map_or(String::new(), |c| {
+                            c["reason"].as_str().unwrap_or_default().to_owned()
+                        })
+                    },
+                    str::to_owned,
+                );
+                (name_of(pod).to_owned(), place)
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_nominated_preemptor_keeps_its_room_from_equal_priorities() {
+        let (_dir, objects, cache, shutdown) = one_node_cluster().await;
+        // "peer" comes first (same priority, name order) and would take the
+        // node the preemptor "urgent" won.
+        create_pod(&objects, "peer", 10, None).await;
+        create_pod(&objects, "urgent", 10, Some("n1")).await;
+        let placed = schedule_once(&objects, &cache).await;
+        assert_eq!(placed["urgent"], "n1");
+        assert_eq!(placed["peer"], "Unschedulable");
+        shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_higher_priority_instance_may_take_a_nominated_room() {
+        let (_dir, objects, cache, shutdown) = one_node_cluster().await;
+        create_pod(&objects, "urgent", 10, Some("n1")).await;
+        create_pod(&objects, "critical", 100, None).await;
+        let placed = schedule_once(&objects, &cache).await;
+        assert_eq!(placed["critical"], "n1");
+        assert_ne!(placed["urgent"], "n1");
+        shutdown.cancel();
     }
 }
