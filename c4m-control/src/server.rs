@@ -282,6 +282,20 @@ fn spawn_controllers(
         )
         .then_ok(),
     );
+    let (o, c) = (objects.clone(), Arc::clone(cache));
+    tasks.spawn(
+        controllers::run(
+            "disruption",
+            Arc::clone(cache),
+            resync,
+            shutdown.clone(),
+            move || {
+                let (o, c) = (o.clone(), Arc::clone(&c));
+                async move { controllers::disruption::reconcile(&o, &c).await }
+            },
+        )
+        .then_ok(),
+    );
     let (o, c, h) = (objects.clone(), Arc::clone(cache), Arc::clone(health));
     tasks.spawn(
         controllers::run(
