@@ -1,7 +1,9 @@
 //! Composes the control plane: API server, agent service, controllers,
 //! scheduler and DNS, all stopped by one cancellation token.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -240,77 +242,54 @@ fn spawn_controllers(
     shutdown: &CancellationToken,
 ) {
     let resync = Duration::from_secs(5);
-    let (o, c) = (objects.clone(), Arc::clone(cache));
-    tasks.spawn(
-        controllers::run(
-            "workload",
-            Arc::clone(cache),
-            resync,
-            shutdown.clone(),
-            move || {
-                let (o, c) = (o.clone(), Arc::clone(&c));
-                async move { controllers::workload::reconcile(&o, &c).await }
-            },
-        )
-        .then_ok(),
+    let mut spawn = |name, resync, reconcile: Reconcile| {
+        let (o, c) = (objects.clone(), Arc::clone(cache));
+        tasks.spawn(
+            controllers::run(
+                name,
+                Arc::clone(cache),
+                resync,
+                shutdown.clone(),
+                move || reconcile(o.clone(), Arc::clone(&c)),
+            )
+            .then_ok(),
+        );
+    };
+    spawn(
+        "workload",
+        resync,
+        Box::new(|o, c| Box::pin(async move { controllers::workload::reconcile(&o, &c).await })),
     );
-    let (o, c) = (objects.clone(), Arc::clone(cache));
-    tasks.spawn(
-        controllers::run(
-            "endpoints",
-            Arc::clone(cache),
-            resync,
-            shutdown.clone(),
-            move || {
-                let (o, c) = (o.clone(), Arc::clone(&c));
-                async move { controllers::endpoints::reconcile(&o, &c).await }
-            },
-        )
-        .then_ok(),
+    spawn(
+        "endpoints",
+        resync,
+        Box::new(|o, c| Box::pin(async move { controllers::endpoints::reconcile(&o, &c).await })),
     );
-    let (o, c) = (objects.clone(), Arc::clone(cache));
-    tasks.spawn(
-        controllers::run(
-            "scheduler",
-            Arc::clone(cache),
-            resync,
-            shutdown.clone(),
-            move || {
-                let (o, c) = (o.clone(), Arc::clone(&c));
-                async move { scheduler::reconcile(&o, &c).await }
-            },
-        )
-        .then_ok(),
+    spawn(
+        "scheduler",
+        resync,
+        Box::new(|o, c| Box::pin(async move { scheduler::reconcile(&o, &c).await })),
     );
-    let (o, c) = (objects.clone(), Arc::clone(cache));
-    tasks.spawn(
-        controllers::run(
-            "disruption",
-            Arc::clone(cache),
-            resync,
-            shutdown.clone(),
-            move || {
-                let (o, c) = (o.clone(), Arc::clone(&c));
-                async move { controllers::disruption::reconcile(&o, &c).await }
-            },
-        )
-        .then_ok(),
+    spawn(
+        "disruption",
+        resync,
+        Box::new(|o, c| Box::pin(async move { controllers::disruption::reconcile(&o, &c).await })),
     );
-    let (o, c, h) = (objects.clone(), Arc::clone(cache), Arc::clone(health));
-    tasks.spawn(
-        controllers::run(
-            "nodes",
-            Arc::clone(cache),
-            Duration::from_millis(500),
-            shutdown.clone(),
-            move || {
-                let (o, c, h) = (o.clone(), Arc::clone(&c), Arc::clone(&h));
-                async move { controllers::nodes::reconcile(&o, &c, &h).await }
-            },
-        )
-        .then_ok(),
+    let health = Arc::clone(health);
+    spawn(
+        "nodes",
+        Duration::from_millis(500),
+        Box::new(move |o, c| {
+            let h = Arc::clone(&health);
+            Box::pin(async move { controllers::nodes::reconcile(&o, &c, &h).await })
+        }),
     );
 }
+
+/// One reconcile pass of a controller, given the objects and the cache.
+type Reconcile = Box<
+    dyn Fn(Objects, Arc<Cache>) -> Pin<Box<dyn Future<Output = Result<Option<i64>>> + Send>> + Send,
+>;
 
 /// Turns a `()` future into one yielding `Ok(())` for the task set.
 trait ThenOk: std::future::Future<Output = ()> + Sized {
