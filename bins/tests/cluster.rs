@@ -613,12 +613,7 @@ spec:
 
     // Deleting the microservice removes its instance.
     cluster.ok(&["delete", "microservice", "hello"]);
-    wait_for("the instance to go", MINUTE, || {
-        cluster
-            .instances_of("c4m.io/microservice=hello")
-            .is_empty()
-            .then_some(())
-    });
+    cluster.wait_gone("c4m.io/microservice=hello", MINUTE);
 }
 
 /// The HTTP API's Kubernetes semantics: create, read, compare-and-swap

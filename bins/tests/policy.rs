@@ -258,12 +258,7 @@ fn a_policy_change_changes_placement() {
     cluster.apply(&replicas("packed"));
     assert_eq!(nodes_of(&cluster, "packed").len(), 1, "best fit packs");
     cluster.ok(&["delete", "microservice", "packed"]);
-    wait_for("the packed instances to go", MINUTE, || {
-        cluster
-            .instances_of("c4m.io/microservice=packed")
-            .is_empty()
-            .then_some(())
-    });
+    cluster.wait_gone("c4m.io/microservice=packed", MINUTE);
 
     let set = cluster.c4m_with_stdin(&["policy", "set", "-f", "-"], "defaultStrategy: spread\n");
     assert!(set.status.success(), "{set:?}");

@@ -310,41 +310,34 @@ mod tests {
             pod("w3", "default", Some("web"), "web", false),
         ];
         let web_replicas = [("web", 4)];
-        // maxUnavailable: of the owner's replicas.
-        assert_eq!(
-            counts(json!({"maxUnavailable": 1}), &web, &web_replicas),
-            (4, 3, 2, 0)
-        );
-        assert_eq!(
-            counts(json!({"maxUnavailable": 3}), &web, &web_replicas),
-            (4, 1, 2, 1)
-        );
-        // Percentages round up: 25% of 4 is 1, 30% of 4 is 2.
-        assert_eq!(
-            counts(json!({"maxUnavailable": "30%"}), &web, &web_replicas),
-            (4, 2, 2, 0)
-        );
-        assert_eq!(
-            counts(json!({"minAvailable": "25%"}), &web, &web_replicas),
-            (4, 1, 2, 1)
-        );
-        // An integer minAvailable counts the matching instances.
-        assert_eq!(
-            counts(json!({"minAvailable": 1}), &web, &web_replicas),
-            (3, 1, 2, 1)
-        );
-        assert_eq!(
-            counts(json!({"minAvailable": 5}), &web, &web_replicas),
-            (3, 5, 2, 0)
-        );
-        // An owner not known: each instance counts for itself.
-        assert_eq!(
-            counts(json!({"maxUnavailable": "50%"}), &web, &[]),
-            (3, 1, 2, 1)
-        );
-        // Nothing expected (no instances, or neither field set): nothing allowed.
+        // (spec, owners' replicas) → (expected, desired, healthy, allowed)
+        let cases = [
+            // maxUnavailable: of the owner's replicas.
+            (
+                json!({"maxUnavailable": 1}),
+                &web_replicas[..],
+                (4, 3, 2, 0),
+            ),
+            (json!({"maxUnavailable": 3}), &web_replicas, (4, 1, 2, 1)),
+            // Percentages round up: 30% of 4 is 2, 25% of 4 is 1.
+            (
+                json!({"maxUnavailable": "30%"}),
+                &web_replicas,
+                (4, 2, 2, 0),
+            ),
+            (json!({"minAvailable": "25%"}), &web_replicas, (4, 1, 2, 1)),
+            // An integer minAvailable counts the matching instances.
+            (json!({"minAvailable": 1}), &web_replicas, (3, 1, 2, 1)),
+            (json!({"minAvailable": 5}), &web_replicas, (3, 5, 2, 0)),
+            // An owner not known: each instance counts for itself.
+            (json!({"maxUnavailable": "50%"}), &[], (3, 1, 2, 1)),
+            // Neither field set: nothing expected, nothing allowed.
+            (json!({}), &web_replicas, (0, 0, 2, 0)),
+        ];
+        for (spec, replicas, expected) in cases {
+            assert_eq!(counts(spec.clone(), &web, replicas), expected, "{spec}");
+        }
         assert_eq!(counts(json!({"maxUnavailable": 5}), &[], &[]), (0, 0, 0, 0));
-        assert_eq!(counts(json!({}), &web, &web_replicas), (0, 0, 2, 0));
     }
 
     #[test]
