@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 const MINUTE: Duration = Duration::from_secs(60);
 
@@ -613,12 +613,7 @@ spec:
 
     // Deleting the microservice removes its instance.
     cluster.ok(&["delete", "microservice", "hello"]);
-    wait_for("the instance to go", MINUTE, || {
-        cluster
-            .instances_of("c4m.io/microservice=hello")
-            .is_empty()
-            .then_some(())
-    });
+    cluster.wait_gone("c4m.io/microservice=hello", MINUTE);
 }
 
 /// The HTTP API's Kubernetes semantics: create, read, compare-and-swap
@@ -722,37 +717,67 @@ spec:
     );
 }
 
-/// A higher-priority instance that fits nowhere preempts a lower-priority
-/// one: the victim goes back to Pending, the preemptor runs.
-#[test]
-fn priority_preempts_lower_priority_instances() {
-    let mut cluster = Cluster::start();
-    cluster.start_agent("node-a", "2", "1Gi");
-    cluster.apply(
-        r#"
+/// The two PriorityClasses the preemption tests use: `batch` (0) and `vip`
+/// (1000), and a `batch` Microservice of two 1-CPU replicas.
+const BATCH: &str = r#"
+apiVersion: scheduling.k8s.io/v1
+kind: PriorityClass
+metadata: {name: batch}
+value: 0
+description: work that can wait
+---
+apiVersion: scheduling.k8s.io/v1
+kind: PriorityClass
+metadata: {name: vip}
+value: 1000
+---
 apiVersion: c4m.io/v1
 kind: Microservice
 metadata: {name: batch}
 spec:
   replicas: 2
-  priority: 0
+  priorityClassName: batch
   command: ["sleep", "300"]
   resources: {requests: {cpu: "1"}}
-"#,
-    );
-    cluster.wait_ready("c4m.io/microservice=batch", 2, MINUTE);
-    cluster.apply(
-        r#"
+"#;
+
+/// A 1-CPU `vip` Microservice of the `vip` class.
+const VIP: &str = r#"
 apiVersion: c4m.io/v1
 kind: Microservice
 metadata: {name: vip}
 spec:
-  priority: 1000
+  priorityClassName: vip
   command: ["sleep", "300"]
   resources: {requests: {cpu: "1"}}
-"#,
+"#;
+
+/// On a full node, an instance of a higher PriorityClass preempts one of a
+/// lower class, which goes back to Pending (it fits nowhere else).
+#[test]
+fn priority_preempts_lower_priority_instances() {
+    let mut cluster = Cluster::start();
+    cluster.start_agent("node-a", "2", "1Gi");
+    cluster.apply(BATCH);
+    let classes = cluster.ok(&["get", "pc"]);
+    assert!(
+        classes.starts_with("NAME")
+            && classes.contains("VALUE")
+            && classes.contains("GLOBAL-DEFAULT"),
+        "{classes}"
     );
-    cluster.wait_ready("c4m.io/microservice=vip", 1, MINUTE);
+    assert!(
+        classes
+            .lines()
+            .any(|l| l.starts_with("vip") && l.contains("1000") && l.contains("false")),
+        "{classes}"
+    );
+    cluster.wait_ready("c4m.io/microservice=batch", 2, MINUTE);
+    cluster.apply(VIP);
+    let vip = cluster.wait_ready("c4m.io/microservice=vip", 1, MINUTE);
+    // Admission stamped the class's priority and preemption policy.
+    assert_eq!(vip[0]["spec"]["priority"], 1000);
+    assert_eq!(vip[0]["spec"]["preemptionPolicy"], "PreemptLowerPriority");
     let (running, pending) = wait_for("one batch instance preempted and Pending", MINUTE, || {
         let pods = cluster.instances_of("c4m.io/microservice=batch");
         let running = pods.iter().filter(|p| is_ready(p)).count();
@@ -766,4 +791,88 @@ spec:
     let name = pending[0]["metadata"]["name"].as_str().unwrap();
     let described = cluster.ok(&["describe", "instance", name]);
     assert!(described.contains("insufficient cpu"), "{described}");
+}
+
+/// A PodDisruptionBudget that allows no disruption keeps a higher-priority
+/// instance Pending rather than let it preempt; once the budget allows one,
+/// the preemption happens. The budget's status follows the instances.
+#[test]
+fn a_disruption_budget_stops_a_preemption() {
+    let mut cluster = Cluster::start();
+    cluster.start_hollow_agents("node", 1, "2", "1Gi");
+    let budget = |max_unavailable: u32| {
+        format!(
+            "apiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata: {{name: batch}}\nspec:\n  maxUnavailable: {max_unavailable}\n  selector: {{matchLabels: {{c4m.io/microservice: batch}}}}\n"
+        )
+    };
+    cluster.apply(&format!("{BATCH}---\n{}", budget(0)));
+    let batch = cluster.wait_ready("c4m.io/microservice=batch", 2, MINUTE);
+    let status = wait_for("the budget's status", MINUTE, || {
+        let pdb: Value =
+            serde_json::from_str(&cluster.ok(&["get", "pdb", "batch", "-o", "json"])).ok()?;
+        (pdb["status"]["currentHealthy"] == 2).then(|| pdb["status"].clone())
+    });
+    assert_eq!(
+        (
+            &status["expectedPods"],
+            &status["desiredHealthy"],
+            &status["disruptionsAllowed"],
+            &status["observedGeneration"]
+        ),
+        (&json!(2), &json!(2), &json!(0), &json!(1)),
+        "{status}"
+    );
+    let table = cluster.ok(&["get", "pdb"]);
+    assert!(table.contains("ALLOWED-DISRUPTIONS"), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.split_whitespace().take(4).eq(["batch", "N/A", "0", "0"])),
+        "{table}"
+    );
+
+    cluster.apply(VIP);
+    let reason = wait_for("the vip instance to be unschedulable", MINUTE, || {
+        let pods = cluster.instances_of("c4m.io/microservice=vip");
+        let scheduled = pods.first()?["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .find(|c| c["type"] == "PodScheduled")?
+            .clone();
+        (scheduled["reason"] == "Unschedulable").then_some(scheduled)
+    });
+    assert!(
+        reason["message"]
+            .as_str()
+            .unwrap()
+            .contains("insufficient cpu"),
+        "{reason}"
+    );
+    // A few scheduling cycles later, nothing was preempted.
+    std::thread::sleep(Duration::from_secs(3));
+    let names = |pods: &[Value]| -> Vec<String> {
+        let mut names: Vec<String> = pods
+            .iter()
+            .map(|p| p["metadata"]["name"].as_str().unwrap().to_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let still = cluster.wait_ready("c4m.io/microservice=batch", 2, MINUTE);
+    assert_eq!(names(&still), names(&batch));
+    let vip = cluster.instances_of("c4m.io/microservice=vip");
+    assert!(vip[0]["spec"]["nodeName"].is_null(), "{:?}", vip[0]);
+    assert!(
+        vip[0]["status"]["nominatedNodeName"].is_null(),
+        "{:?}",
+        vip[0]
+    );
+
+    // One disruption allowed: the vip instance preempts one batch instance.
+    cluster.apply(&budget(1));
+    cluster.wait_ready("c4m.io/microservice=vip", 1, MINUTE);
+    wait_for("one batch instance preempted", MINUTE, || {
+        let pods = cluster.instances_of("c4m.io/microservice=batch");
+        (pods.iter().filter(|p| is_ready(p)).count() == 1).then_some(())
+    });
 }

@@ -44,6 +44,13 @@ pub fn bearer_matches(authorization: Option<&str>, token: &str) -> bool {
             == 0
 }
 
+/// URL path of the scheduler policy (`GET` it, `PUT` a `SchedulerPolicy`
+/// object whose `spec` is the policy).
+pub const SCHEDULER_POLICY_PATH: &str = "/c4m/v1/scheduler/policy";
+
+/// URL path of the scheduler policy's change history.
+pub const SCHEDULER_POLICY_HISTORY_PATH: &str = "/c4m/v1/scheduler/policy/history";
+
 /// URL path of a kind's collection or of one object of it.
 pub fn object_path(kind: &ResourceKind, namespace: Option<&str>, name: Option<&str>) -> String {
     let mut path = if kind.group.is_empty() {
@@ -215,6 +222,29 @@ impl Client {
             "/c4m/v1/namespaces/{namespace}/services/{service}/endpoints"
         ))
         .await
+    }
+
+    /// The scheduler policy object (`SchedulerPolicy`, the policy in its
+    /// `spec`; resourceVersion `0` while none was set).
+    pub async fn scheduler_policy(&self) -> Result<Value> {
+        self.get_path(SCHEDULER_POLICY_PATH).await
+    }
+
+    /// Replaces the scheduler policy with `object`'s `spec`; when `object`
+    /// carries a resourceVersion, only if the policy is still at it.
+    pub async fn set_scheduler_policy(&self, object: &Value) -> Result<Value> {
+        self.json(
+            self.request(Method::PUT, SCHEDULER_POLICY_PATH)
+                .json(object),
+        )
+        .await
+    }
+
+    /// Every accepted change of the scheduler policy, oldest first (a
+    /// `SchedulerPolicyChangeList`: `user`, `time`, `revision`, `oldPolicy`,
+    /// `newPolicy`).
+    pub async fn scheduler_policy_history(&self) -> Result<Value> {
+        self.get_path(SCHEDULER_POLICY_HISTORY_PATH).await
     }
 
     /// Current CPU and memory usage of an instance (a `PodMetrics` object).

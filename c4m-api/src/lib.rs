@@ -16,7 +16,10 @@ pub mod agent {
     tonic::include_proto!("c4m.agent.v1");
 }
 
-pub use client::{Client, Credentials, bearer_matches, object_path};
+pub use client::{
+    Client, Credentials, SCHEDULER_POLICY_HISTORY_PATH, SCHEDULER_POLICY_PATH, bearer_matches,
+    object_path,
+};
 pub use error::{Error, Result};
 pub use types::{
     ApplyAction, ApplyObject, ApplyRequest, ApplyResponse, ApplyResult, EndpointInfo,

@@ -11,13 +11,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::{Extension, Router};
 use c4m_api::ApplyRequest;
 use c4m_core::ResourceKind;
 use c4m_store::EventKind;
@@ -29,7 +29,7 @@ use crate::agents::UsageMap;
 use crate::objects::{Objects, Part, decode, kind, prefix};
 use crate::registry::Registry;
 use crate::selector::Selector;
-use crate::{Error, Result};
+use crate::{Error, Result, scheduler_policy};
 
 /// What the handlers share.
 pub(crate) struct ApiState {
@@ -86,6 +86,14 @@ pub(crate) fn router(state: Arc<ApiState>) -> Router {
             get(pod_metrics),
         )
         .route("/api/v1/namespaces/{ns}/pods/{name}/log", get(pod_log))
+        .route(
+            c4m_api::SCHEDULER_POLICY_PATH,
+            get(scheduler_policy).put(set_scheduler_policy),
+        )
+        .route(
+            c4m_api::SCHEDULER_POLICY_HISTORY_PATH,
+            get(scheduler_policy_history),
+        )
         .fallback(resource)
         .layer(middleware::from_fn_with_state(
             Arc::clone(&state),
@@ -99,7 +107,13 @@ pub(crate) fn router(state: Arc<ApiState>) -> Router {
         .with_state(state)
 }
 
-async fn authenticate(State(state): Shared, request: Request, next: Next) -> Response {
+/// Who made a request, for audit records: the access token's key id (the
+/// part before the secret), or `anonymous` in dev mode.
+#[derive(Clone, Debug)]
+pub(crate) struct Caller(pub String);
+
+async fn authenticate(State(state): Shared, mut request: Request, next: Next) -> Response {
+    let mut caller = Caller("anonymous".into());
     if let Some(token) = &state.token {
         let header = request
             .headers()
@@ -115,7 +129,13 @@ async fn authenticate(State(state): Shared, request: Request, next: Next) -> Res
             return Error::Unauthorized("the access token or secret key is wrong".into())
                 .into_response();
         }
+        // It matched, so it is the configured token: its key id is the caller.
+        caller.0 = token
+            .split_once('.')
+            .map_or(token.as_str(), |(id, _)| id)
+            .to_owned();
     }
+    request.extensions_mut().insert(caller);
     next.run(request).await
 }
 
@@ -132,6 +152,24 @@ async fn apply(State(state): Shared, body: Bytes) -> Result<axum::Json<c4m_api::
     let request: ApplyRequest = serde_json::from_slice(&body)
         .map_err(|e| Error::BadRequest(format!("invalid apply request: {e}")))?;
     Ok(axum::Json(state.objects.apply(request).await?))
+}
+
+async fn scheduler_policy(State(state): Shared) -> Result<axum::Json<Value>> {
+    Ok(axum::Json(scheduler_policy::get(&state.objects).await?))
+}
+
+async fn set_scheduler_policy(
+    State(state): Shared,
+    Extension(caller): Extension<Caller>,
+    body: Bytes,
+) -> Result<axum::Json<Value>> {
+    Ok(axum::Json(
+        scheduler_policy::set(&state.objects, &caller.0, &body).await?,
+    ))
+}
+
+async fn scheduler_policy_history(State(state): Shared) -> Result<axum::Json<Value>> {
+    Ok(axum::Json(scheduler_policy::history(&state.objects).await?))
 }
 
 async fn service_endpoints(

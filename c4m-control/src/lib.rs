@@ -8,23 +8,29 @@
 //!   assigned instances, status reports;
 //! - **controllers**: workloads (Microservice, Deployment → instances, with
 //!   rolling replacement and garbage collection), node lifecycle (NotReady,
-//!   eviction), endpoints (the service registry);
-//! - the **scheduler** loop around `c4m-sched`;
+//!   eviction), endpoints (the service registry), disruption budgets
+//!   (PodDisruptionBudget status);
+//! - **admission** of instances (priority from their PriorityClass);
+//! - the **scheduler** loop around `c4m-sched`, with its policy served and
+//!   audited over HTTP;
 //! - a **DNS** server answering `NAME.NAMESPACE.svc.c4m` (A and SRV).
 //!
 //! Everything reads from one in-memory mirror of the store and writes
 //! through compare-and-swap; nothing but this crate writes to the store.
 
+mod admission;
 mod agents;
 mod api;
 mod cache;
 mod controllers;
+mod disruption;
 mod dns;
 mod error;
 mod objects;
 mod pods;
 mod registry;
 mod scheduler;
+mod scheduler_policy;
 mod selector;
 mod server;
 

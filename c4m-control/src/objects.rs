@@ -139,6 +139,14 @@ impl Objects {
         }
     }
 
+    /// A write pinned to a resourceVersion the object no longer has.
+    fn modified(kind: &ResourceKind, name: &str) -> Error {
+        Error::Conflict(format!(
+            "Operation cannot be fulfilled on {} {name:?}: the object has been modified; please apply your changes to the latest version and try again",
+            kind.plural
+        ))
+    }
+
     fn keeps_changing(kind: &ResourceKind, name: &str) -> Error {
         Error::Conflict(format!(
             "{} {name:?} keeps changing; try again",
@@ -166,8 +174,17 @@ impl Objects {
     }
 
     /// Fills in what the server owns on a new object: namespace, uid,
-    /// creation time, generation; checks apiVersion/kind and the name.
-    fn prepare_create(kind: &ResourceKind, namespace: &str, mut value: Value) -> Result<Value> {
+    /// creation time, generation; checks apiVersion/kind and the name. An
+    /// instance is admitted here, the one place every create passes
+    /// (API, apply, controllers): its priority comes from its PriorityClass,
+    /// looked up in the store or among `pending`, the objects written with it.
+    async fn prepare_create(
+        &self,
+        kind: &ResourceKind,
+        namespace: &str,
+        mut value: Value,
+        pending: &[&Value],
+    ) -> Result<Value> {
         check_type(kind, &mut value)?;
         let meta = metadata_mut(&mut value)?;
         if meta
@@ -210,8 +227,11 @@ impl Objects {
         );
         meta.insert("creationTimestamp".into(), Value::String(now_rfc3339()));
         meta.insert("generation".into(), json!(1));
-        if kind.kind == "Pod" && value.get("status").is_none_or(Value::is_null) {
-            value["status"] = json!({"phase": "Pending"});
+        if kind.kind == "Pod" {
+            crate::admission::admit_priority(self.store.as_ref(), &mut value, pending).await?;
+            if value.get("status").is_none_or(Value::is_null) {
+                value["status"] = json!({"phase": "Pending"});
+            }
         }
         Ok(value)
     }
@@ -270,7 +290,7 @@ impl Objects {
         namespace: &str,
         value: Value,
     ) -> Result<Value> {
-        let mut value = Self::prepare_create(kind, namespace, value)?;
+        let mut value = self.prepare_create(kind, namespace, value, &[]).await?;
         let name = name_of(&value).to_string();
         if kind.namespaced && kind.kind != "Namespace" {
             self.require_namespace(namespace).await?;
@@ -342,10 +362,7 @@ impl Objects {
             if let Some(expected) = expected
                 && expected != kv.mod_revision
             {
-                return Err(Error::Conflict(format!(
-                    "Operation cannot be fulfilled on {} {name:?}: the object has been modified; please apply your changes to the latest version and try again",
-                    kind.plural
-                )));
+                return Err(Self::modified(kind, name));
             }
             let current = decode(&kv)?;
             let mut merged = Self::prepare_replace(kind, &current, value.clone(), part)?;
@@ -397,6 +414,68 @@ impl Objects {
         Err(Self::keeps_changing(kind, name))
     }
 
+    /// An audited write: sets the object `name` (creating it when absent)
+    /// to what `change` makes of the current one, and creates the records
+    /// `change` returns with it, in one transaction. `expected` pins the
+    /// revision the caller read (0: absent), a mismatch being a Conflict;
+    /// without it a lost race is retried from a fresh read. `change`
+    /// returns None to write nothing; the answer is then the current object.
+    pub(crate) async fn write_with_records<F>(
+        &self,
+        kind: &ResourceKind,
+        namespace: &str,
+        name: &str,
+        expected: Option<i64>,
+        mut change: F,
+    ) -> Result<Option<Value>>
+    where
+        F: FnMut(Option<&Value>) -> Result<Option<(Value, Vec<(&'static ResourceKind, Value)>)>>,
+    {
+        let key = key(kind, namespace, name);
+        for _ in 0..CONFLICT_RETRIES {
+            let kv = self.store.get(&key).await?;
+            let read_at = kv.as_ref().map_or(0, |kv| kv.mod_revision);
+            if expected.is_some_and(|expected| expected != read_at) {
+                return Err(Self::modified(kind, name));
+            }
+            let current = kv.as_ref().map(decode).transpose()?;
+            let Some((value, records)) = change(current.as_ref())? else {
+                return Ok(current);
+            };
+            let (mut written, precondition) = match &current {
+                None => (
+                    self.prepare_create(kind, namespace, value, &[]).await?,
+                    Precondition::Absent,
+                ),
+                Some(current) => (
+                    Self::prepare_replace(kind, current, value, Part::Main)?,
+                    Precondition::ModRevision(read_at),
+                ),
+            };
+            let mut ops = vec![Op::put(&key, encode(&written), precondition)];
+            for (record_kind, record) in records {
+                let record_namespace = namespace_of(&record).to_string();
+                let record = self
+                    .prepare_create(record_kind, &record_namespace, record, &[])
+                    .await?;
+                let record_key = self::key(record_kind, &record_namespace, name_of(&record));
+                ops.push(Op::put(&record_key, encode(&record), Precondition::Absent));
+            }
+            match self.store.txn(ops).await {
+                Ok(revision) => {
+                    written["metadata"]["resourceVersion"] = Value::String(revision.to_string());
+                    return Ok(Some(written));
+                }
+                Err(e) if e.is_conflict() && expected.is_some() => {
+                    return Err(Self::modified(kind, name));
+                }
+                Err(e) if e.is_conflict() => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(Self::keeps_changing(kind, name))
+    }
+
     /// Deletes an object; returns it as it was and the deletion's revision.
     pub async fn delete(
         &self,
@@ -427,7 +506,7 @@ impl Objects {
         let mut ops = Vec::with_capacity(objects.len());
         for (kind, value) in objects {
             let namespace = namespace_of(&value).to_string();
-            let value = Self::prepare_create(kind, &namespace, value)?;
+            let value = self.prepare_create(kind, &namespace, value, &[]).await?;
             ops.push(Op::put(
                 &key(kind, &namespace, name_of(&value)),
                 encode(&value),
@@ -513,13 +592,21 @@ impl Objects {
                 self.require_namespace(namespace).await?;
             }
         }
+        // Instances may name a PriorityClass created by this same apply.
+        let pending_classes: Vec<&Value> = items
+            .iter()
+            .filter(|(_, kind, ..)| kind.kind == "PriorityClass")
+            .map(|(.., object)| object)
+            .collect();
         for _ in 0..CONFLICT_RETRIES {
             let mut ops = Vec::with_capacity(items.len());
             let mut results = Vec::with_capacity(items.len());
             for (key, kind, namespace, name, object) in &items {
                 let (op, action) = match self.store.get(key).await? {
                     None => {
-                        let value = Self::prepare_create(kind, namespace, object.clone())?;
+                        let value = self
+                            .prepare_create(kind, namespace, object.clone(), &pending_classes)
+                            .await?;
                         (
                             Some(Op::put(key, encode(&value), Precondition::Absent)),
                             ApplyAction::Created,

@@ -15,36 +15,33 @@
 //! still there, an instance does not preempt again, and the room it won
 //! stays booked on its node for it: no other instance takes it meanwhile.
 //!
-//! Disruption budgets, until the `PodDisruptionBudget` kind is served: an
-//! instance annotated `c4m.io/max-unavailable: "N"` belongs to the budget
-//! group of its controller (its own uid when it has none), which may have at
-//! most N members unavailable; a preemption never takes more. Members count
-//! as unavailable when not ready or missing from the owner's
-//! `spec.replicas`. An unparsable N allows no disruption.
+//! Disruption budgets come from PodDisruptionBudgets
+//! ([`crate::disruption`]): an instance belongs to the first budget of its
+//! namespace whose selector matches it, and a preemption never evicts more
+//! members of a budget than its `disruptionsAllowed`, which counts ready
+//! members against the owners' `spec.replicas` as Kubernetes does.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use c4m_sched::{
-    ClusterSnapshot, DisruptionBudget, HostPort, InstanceRequest, NodeInfo, NodeSelectorOperator,
-    NodeSelectorRequirement, NodeSelectorTerm, PlacedInstance, PreferredSchedulingTerm, Protocol,
-    Resources, Strategy, Taint, TaintEffect, Toleration, TolerationOperator,
+    ClusterSnapshot, HostPort, InstanceRequest, NodeInfo, NodeSelectorOperator,
+    NodeSelectorRequirement, NodeSelectorTerm, PlacedInstance, Policy, PreferredSchedulingTerm,
+    Protocol, Resources, Strategy, Taint, TaintEffect, Toleration, TolerationOperator,
 };
 use k8s_openapi::api::core::v1::{self as core, PodSpec};
 use serde_json::{Value, json};
 
 use crate::Result;
 use crate::cache::{Cache, Changes};
+use crate::disruption::{Budgets, owner_replicas, workload_owners};
 use crate::objects::{Objects, kind, name_of, namespace_of};
-use crate::pods::{controller_uid, is_ready, is_terminal, labels, node_name, set_condition};
+use crate::pods::{is_ready, is_terminal, labels, node_name, set_condition};
+use crate::scheduler_policy::current_policy;
 
 /// Pod annotation choosing how to pick among fitting nodes: `bestfit`
 /// (the default) or `spread`.
 const PLACEMENT_STRATEGY: &str = "c4m.io/placement-strategy";
-
-/// Pod annotation: how many members of the instance's disruption budget
-/// group (its controller's instances) may be unavailable at once.
-const MAX_UNAVAILABLE: &str = "c4m.io/max-unavailable";
 
 /// Preemptor annotation: the uids of the victims evicted for it, comma
 /// separated; it does not preempt again while one of them remains.
@@ -253,6 +250,8 @@ fn host_ports(spec: &PodSpec) -> std::result::Result<Vec<HostPort>, String> {
 }
 
 /// The pod's placement strategy annotation (best fit when absent).
+/// The strategy the annotation names; without one, the policy's
+/// `defaultStrategy`, which the caller applies ([`Scheduler::request`]).
 fn strategy(pod: &Value) -> std::result::Result<Strategy, String> {
     match pod["metadata"]["annotations"][PLACEMENT_STRATEGY].as_str() {
         None | Some("bestfit") => Ok(Strategy::BestFit),
@@ -350,57 +349,20 @@ fn instance_id(pod: &Value) -> String {
     format!("{}/{}", namespace_of(pod), name_of(pod))
 }
 
-/// The disruption budget group of an annotated instance: its controller's
-/// uid, or its own.
-fn budget_group(pod: &Value) -> Option<&str> {
-    pod["metadata"]["annotations"][MAX_UNAVAILABLE].as_str()?;
-    Some(controller_uid(pod).unwrap_or_else(|| uid(pod)))
-}
-
-/// A bound instance as a possible victim.
-fn placed_instance(pod: &Value) -> PlacedInstance {
+/// A bound instance as a possible victim, in the group of the disruption
+/// budget that covers it.
+fn placed_instance(pod: &Value, budgets: &Budgets) -> PlacedInstance {
     PlacedInstance {
         id: instance_id(pod),
         priority: priority(pod),
-        disruption_budget: budget_group(pod).map(str::to_owned),
+        disruption_budget: budgets.group_of(pod).map(str::to_owned),
     }
 }
 
-/// The budget of every group among `pods` (non-terminal ones): the smallest
-/// `max-unavailable` its members state, and as unavailable its members that
-/// are not ready plus those missing from the owner's replicas
-/// (`owner_replicas`, by uid).
-fn disruption_budgets(
-    pods: &[&Arc<Value>],
-    owner_replicas: &HashMap<&str, u64>,
-) -> BTreeMap<String, DisruptionBudget> {
-    let mut members: BTreeMap<&str, (u64, u64, u64)> = BTreeMap::new();
-    for pod in pods {
-        let Some(group) = budget_group(pod) else {
-            continue;
-        };
-        let stated = pod["metadata"]["annotations"][MAX_UNAVAILABLE]
-            .as_str()
-            .and_then(|n| n.trim().parse::<u64>().ok())
-            .unwrap_or(0);
-        let (max_unavailable, count, not_ready) = members.entry(group).or_insert((u64::MAX, 0, 0));
-        *max_unavailable = (*max_unavailable).min(stated);
-        *count += 1;
-        *not_ready += u64::from(!is_ready(pod));
-    }
-    members
-        .into_iter()
-        .map(|(group, (max_unavailable, count, not_ready))| {
-            let missing = owner_replicas
-                .get(group)
-                .map_or(0, |replicas| replicas.saturating_sub(count));
-            let budget = DisruptionBudget {
-                max_unavailable,
-                unavailable: not_ready.saturating_add(missing),
-            };
-            (group.to_owned(), budget)
-        })
-        .collect()
+/// Whether `pod` may evict lower-priority instances to fit:
+/// `spec.preemptionPolicy: Never` says it may not.
+fn may_preempt(pod: &Value) -> bool {
+    pod["spec"]["preemptionPolicy"] != "Never"
 }
 
 /// The node `pod` preempted instances on and waits for, if any.
@@ -451,14 +413,6 @@ fn clear_nomination(pod: &mut Value) {
     }
 }
 
-/// `spec.replicas` of every workload that owns instances, by uid.
-fn owner_replicas(owners: &[Arc<Value>]) -> HashMap<&str, u64> {
-    owners
-        .iter()
-        .map(|owner| (uid(owner), owner["spec"]["replicas"].as_u64().unwrap_or(1)))
-        .collect()
-}
-
 /// Victims to delete for one preemptor, then the preemptor to nominate.
 struct Preempting {
     namespace: String,
@@ -473,12 +427,12 @@ struct Preempting {
 /// budgets spent and the room taken.
 fn plan_preemption(
     snapshot: &mut ClusterSnapshot,
-    budgets: &mut BTreeMap<String, DisruptionBudget>,
+    budgets: &mut Budgets,
     bound_by_id: &HashMap<String, &Arc<Value>>,
     pod: &Value,
     request: &InstanceRequest,
 ) -> Option<Preempting> {
-    let preemption = snapshot.preempt(request, priority(pod), budgets)?;
+    let preemption = snapshot.preempt(request, priority(pod), budgets.by_group())?;
     let victims: Vec<&Arc<Value>> = preemption
         .victims
         .iter()
@@ -489,9 +443,7 @@ fn plan_preemption(
     }
     for victim in &victims {
         snapshot.release_instance(&instance_id(victim));
-        if let Some(budget) = budget_group(victim).and_then(|group| budgets.get_mut(group)) {
-            budget.unavailable = budget.unavailable.saturating_add(1);
-        }
+        budgets.evicted(victim);
     }
     snapshot.allocate(&preemption.node, request);
     Some(Preempting {
@@ -518,6 +470,8 @@ fn plan_preemption(
 pub(crate) struct Scheduler {
     requests: HashMap<String, Parsed<std::result::Result<InstanceRequest, String>>>,
     nodes: HashMap<String, Parsed<NodeInfo>>,
+    /// The live policy, read at the start of each cycle.
+    policy: Policy,
 }
 
 /// A value parsed from one version of an object.
@@ -558,6 +512,7 @@ impl Scheduler {
         changes: &Changes,
     ) -> Result<Option<i64>> {
         self.forget_deleted(cache, changes);
+        self.policy = current_policy(cache);
         reconcile(objects, cache, self).await
     }
 
@@ -590,8 +545,14 @@ impl Scheduler {
         }
     }
 
+    /// What `pod` asks for, with the policy's default strategy unless it
+    /// names one.
     fn request(&mut self, pod: &Arc<Value>) -> std::result::Result<InstanceRequest, String> {
-        memoized(&mut self.requests, instance_id(pod), pod, request).clone()
+        let mut request = memoized(&mut self.requests, instance_id(pod), pod, request).clone()?;
+        if pod["metadata"]["annotations"][PLACEMENT_STRATEGY].is_null() {
+            request.strategy = self.policy.default_strategy;
+        }
+        Ok(request)
     }
 
     fn node_info(&mut self, node: &Arc<Value>) -> NodeInfo {
@@ -613,20 +574,18 @@ async fn reconcile(objects: &Objects, cache: &Cache, memo: &mut Scheduler) -> Re
         snapshot.upsert_node(memo.node_info(&node));
     }
     let live: Vec<&Arc<Value>> = pods.iter().filter(|p| !is_terminal(p)).collect();
+    let owners = workload_owners(cache);
+    let pdbs = cache.list(kind("poddisruptionbudgets"), None);
+    let mut budgets = Budgets::new(&live, &pdbs, &owner_replicas(&owners));
     let mut bound_by_id: HashMap<String, &Arc<Value>> = HashMap::new();
     for pod in &live {
         if let (Some(node), Ok(request)) = (node_name(pod), memo.request(pod)) {
-            let instance = placed_instance(pod);
+            let instance = placed_instance(pod, &budgets);
             bound_by_id.insert(instance.id.clone(), pod);
             snapshot.allocate_instance(node, &request, instance);
         }
     }
     let live_uids: HashSet<&str> = live.iter().map(|pod| uid(pod)).collect();
-    let owners: Vec<Arc<Value>> = ["microservices", "deployments"]
-        .into_iter()
-        .flat_map(|plural| cache.list(kind(plural), None))
-        .collect();
-    let mut budgets = disruption_budgets(&live, &owner_replicas(&owners));
     pending.sort_by(|a, b| {
         priority(b)
             .cmp(&priority(a))
@@ -699,9 +658,14 @@ async fn reconcile(objects: &Objects, cache: &Cache, memo: &mut Scheduler) -> Re
             }
             Err(_) if awaiting_victims(pod, &live_uids) => {}
             Err(reason) => {
-                let preemption = request.as_ref().ok().and_then(|request| {
-                    plan_preemption(&mut snapshot, &mut budgets, &bound_by_id, pod, request)
-                });
+                let preemption =
+                    request
+                        .as_ref()
+                        .ok()
+                        .filter(|_| may_preempt(pod))
+                        .and_then(|request| {
+                            plan_preemption(&mut snapshot, &mut budgets, &bound_by_id, pod, request)
+                        });
                 if let Some(preemption) = preemption {
                     preemptions.push(preemption);
                     continue;
@@ -939,35 +903,22 @@ mod tests {
     }
 
     #[test]
-    fn annotated_instances_form_budget_groups_by_owner() {
-        let budget = json!({MAX_UNAVAILABLE: "1"});
-        let pods = [
-            pod("web-1", Some("web"), budget.clone(), true),
-            pod("web-2", Some("web"), budget.clone(), false),
-            pod("db-1", Some("db"), json!({MAX_UNAVAILABLE: "2"}), true),
-            pod("bare", None, json!({MAX_UNAVAILABLE: "many"}), true),
-            pod("plain", Some("web"), json!({}), false),
-        ];
-        let refs: Vec<&Arc<Value>> = pods.iter().collect();
-        // db wants 3 replicas and has one: two missing count as unavailable.
-        let budgets = disruption_budgets(&refs, &HashMap::from([("db", 3), ("web", 2)]));
-        let expected = |max_unavailable, unavailable| DisruptionBudget {
-            max_unavailable,
-            unavailable,
-        };
-        assert_eq!(
-            budgets,
-            BTreeMap::from([
-                ("web".to_owned(), expected(1, 1)),
-                ("db".to_owned(), expected(2, 2)),
-                ("uid-bare".to_owned(), expected(0, 0)),
-            ])
-        );
-        let instance = placed_instance(&pods[0]);
+    fn bound_instances_carry_the_group_of_their_budget() {
+        let mut web = pod("web-1", Some("web"), json!({}), true);
+        Arc::make_mut(&mut web)["metadata"]["labels"] = json!({"app": "web"});
+        let db = pod("db-1", Some("db"), json!({}), true);
+        let refs = [&web, &db];
+        let pdbs = [Arc::new(json!({
+            "metadata": {"name": "web", "namespace": "default"},
+            "spec": {"maxUnavailable": 1, "selector": {"matchLabels": {"app": "web"}}}
+        }))];
+        let budgets = Budgets::new(&refs, &pdbs, &HashMap::from([("web", 1)]));
+        let instance = placed_instance(&web, &budgets);
         assert_eq!(instance.id, "default/web-1");
         assert_eq!(instance.priority, 3);
-        assert_eq!(instance.disruption_budget.as_deref(), Some("web"));
-        assert_eq!(placed_instance(&pods[4]).disruption_budget, None);
+        assert_eq!(instance.disruption_budget.as_deref(), Some("default/web"));
+        assert_eq!(placed_instance(&db, &budgets).disruption_budget, None);
+        assert_eq!(budgets.by_group()["default/web"].allowed_disruptions(), 1);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use serde_json::Value;
 
 use crate::{Error, Result};
@@ -81,6 +82,34 @@ impl Selector {
         Ok(Selector(requirements))
     }
 
+    /// A structured label selector (`matchLabels`, `matchExpressions`), as
+    /// PodDisruptionBudgets and workloads carry it. Unknown operators are an
+    /// error: ignoring one would widen the selection.
+    pub(crate) fn from_label_selector(selector: &LabelSelector) -> Result<Self> {
+        let mut requirements: Vec<Requirement> = selector
+            .match_labels
+            .iter()
+            .flatten()
+            .map(|(key, value)| Requirement::Equals(key.clone(), value.clone()))
+            .collect();
+        for expression in selector.match_expressions.iter().flatten() {
+            let key = expression.key.clone();
+            let values = expression.values.clone().unwrap_or_default();
+            requirements.push(match expression.operator.as_str() {
+                "In" => Requirement::In(key, values),
+                "NotIn" => Requirement::NotIn(key, values),
+                "Exists" => Requirement::Exists(key),
+                "DoesNotExist" => Requirement::NotExists(key),
+                other => {
+                    return Err(Error::Invalid(format!(
+                        "matchExpressions: unknown operator {other:?} for key {key:?}"
+                    )));
+                }
+            });
+        }
+        Ok(Selector(requirements))
+    }
+
     /// Whether `labels` satisfy every requirement.
     pub(crate) fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
         self.0.iter().all(|r| match r {
@@ -156,6 +185,33 @@ mod tests {
         assert!(!Selector::parse("!app").unwrap().matches(&l));
         assert!(Selector::parse("").unwrap().matches(&l));
         assert!(Selector::parse("a in b").is_err());
+    }
+
+    #[test]
+    fn structured_label_selectors() {
+        let selector: LabelSelector = serde_json::from_value(serde_json::json!({
+            "matchLabels": {"app": "web"},
+            "matchExpressions": [
+                {"key": "tier", "operator": "In", "values": ["front", "edge"]},
+                {"key": "canary", "operator": "DoesNotExist"}
+            ]
+        }))
+        .unwrap();
+        let selector = Selector::from_label_selector(&selector).unwrap();
+        assert!(selector.matches(&labels(&[("app", "web"), ("tier", "edge")])));
+        assert!(!selector.matches(&labels(&[("app", "web"), ("tier", "back")])));
+        assert!(!selector.matches(&labels(&[
+            ("app", "web"),
+            ("tier", "front"),
+            ("canary", "1")
+        ])));
+        let empty = Selector::from_label_selector(&LabelSelector::default()).unwrap();
+        assert!(empty.matches(&labels(&[])));
+        let unknown: LabelSelector = serde_json::from_value(
+            serde_json::json!({"matchExpressions": [{"key": "a", "operator": "Near"}]}),
+        )
+        .unwrap();
+        assert!(Selector::from_label_selector(&unknown).is_err());
     }
 
     #[test]

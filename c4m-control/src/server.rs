@@ -1,7 +1,9 @@
 //! Composes the control plane: API server, agent service, controllers,
 //! scheduler and DNS, all stopped by one cancellation token.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -250,68 +252,88 @@ fn spawn_controllers(
     health: &Arc<NodeHealth>,
     shutdown: &CancellationToken,
 ) {
-    let (o, c) = (objects.clone(), Arc::clone(cache));
-    tasks.spawn(
-        controllers::run(
-            "workload",
-            Arc::clone(cache),
-            cache.feed(&["microservices", "deployments", "pods"]),
-            FULL_RESYNC,
-            shutdown.clone(),
-            move |changes| {
-                let (o, c) = (o.clone(), Arc::clone(&c));
-                async move { controllers::workload::reconcile(&o, &c, &changes).await }
-            },
-        )
-        .then_ok(),
+    let mut spawn = |name, kinds: &[&str], resync, reconcile: Reconcile| {
+        let (o, c) = (objects.clone(), Arc::clone(cache));
+        tasks.spawn(
+            controllers::run(
+                name,
+                Arc::clone(cache),
+                cache.feed(kinds),
+                resync,
+                shutdown.clone(),
+                move |changes| reconcile(o.clone(), Arc::clone(&c), changes),
+            )
+            .then_ok(),
+        );
+    };
+    spawn(
+        "workload",
+        &["microservices", "deployments", "pods"],
+        FULL_RESYNC,
+        Box::new(|o, c, changes| {
+            Box::pin(async move { controllers::workload::reconcile(&o, &c, &changes).await })
+        }),
     );
-    let (o, c) = (objects.clone(), Arc::clone(cache));
-    tasks.spawn(
-        controllers::run(
-            "endpoints",
-            Arc::clone(cache),
-            cache.feed(&["services", "microservices", "endpoints", "pods"]),
-            FULL_RESYNC,
-            shutdown.clone(),
-            move |changes| {
-                let (o, c) = (o.clone(), Arc::clone(&c));
-                async move { controllers::endpoints::reconcile(&o, &c, &changes).await }
-            },
-        )
-        .then_ok(),
+    spawn(
+        "endpoints",
+        &["services", "microservices", "endpoints", "pods"],
+        FULL_RESYNC,
+        Box::new(|o, c, changes| {
+            Box::pin(async move { controllers::endpoints::reconcile(&o, &c, &changes).await })
+        }),
     );
-    let (o, c) = (objects.clone(), Arc::clone(cache));
     let scheduler = Arc::new(tokio::sync::Mutex::new(scheduler::Scheduler::default()));
-    tasks.spawn(
-        controllers::run(
-            "scheduler",
-            Arc::clone(cache),
-            cache.feed(&["pods", "nodes", "microservices", "deployments"]),
-            SCHEDULER_RESYNC,
-            shutdown.clone(),
-            move |changes| {
-                let (o, c, s) = (o.clone(), Arc::clone(&c), Arc::clone(&scheduler));
-                async move { s.lock().await.reconcile(&o, &c, &changes).await }
-            },
-        )
-        .then_ok(),
-    );
-    let (o, c, h) = (objects.clone(), Arc::clone(cache), Arc::clone(health));
-    tasks.spawn(
-        controllers::run(
+    spawn(
+        "scheduler",
+        &[
+            "pods",
             "nodes",
-            Arc::clone(cache),
-            cache.feed(&["nodes"]),
-            NODE_CHECK,
-            shutdown.clone(),
-            move |_| {
-                let (o, c, h) = (o.clone(), Arc::clone(&c), Arc::clone(&h));
-                async move { controllers::nodes::reconcile(&o, &c, &h).await }
-            },
-        )
-        .then_ok(),
+            "microservices",
+            "deployments",
+            "poddisruptionbudgets",
+            "schedulerpolicies",
+        ],
+        SCHEDULER_RESYNC,
+        Box::new(move |o, c, changes| {
+            let scheduler = Arc::clone(&scheduler);
+            Box::pin(async move { scheduler.lock().await.reconcile(&o, &c, &changes).await })
+        }),
+    );
+    spawn(
+        "disruption",
+        &[
+            "poddisruptionbudgets",
+            "pods",
+            "microservices",
+            "deployments",
+        ],
+        SCHEDULER_RESYNC,
+        Box::new(|o, c, _| {
+            Box::pin(async move { controllers::disruption::reconcile(&o, &c).await })
+        }),
+    );
+    let health = Arc::clone(health);
+    spawn(
+        "nodes",
+        &["nodes"],
+        NODE_CHECK,
+        Box::new(move |o, c, _| {
+            let h = Arc::clone(&health);
+            Box::pin(async move { controllers::nodes::reconcile(&o, &c, &h).await })
+        }),
     );
 }
+
+/// One reconcile pass of a controller, given the objects, the cache and
+/// what changed.
+type Reconcile = Box<
+    dyn Fn(
+            Objects,
+            Arc<Cache>,
+            Arc<crate::cache::Changes>,
+        ) -> Pin<Box<dyn Future<Output = Result<Option<i64>>> + Send>>
+        + Send,
+>;
 
 /// Turns a `()` future into one yielding `Ok(())` for the task set.
 trait ThenOk: std::future::Future<Output = ()> + Sized {

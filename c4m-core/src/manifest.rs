@@ -20,6 +20,8 @@ use k8s_openapi::api::core::v1::{
     ConfigMap, ContainerPort, Endpoints, Event, Namespace, Node, Pod, PodSpec, Probe,
     ResourceRequirements, Secret, Service, ServiceAccount, ServiceSpec,
 };
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::scheduling::v1::PriorityClass;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -394,6 +396,20 @@ fn check_typed(kind: &ResourceKind, value: &Value) -> Result<ObjectMeta, FieldEr
             check_microservice(&microservice)?;
             microservice.metadata
         }
+        "PriorityClass" => {
+            // k8s-openapi reads a missing value as 0; Kubernetes requires it.
+            if value.get("value").is_none_or(Value::is_null) {
+                return Err(field_error("value", "required field is missing"));
+            }
+            let class: PriorityClass = typed(value)?;
+            check_priority_class(&class)?;
+            class.metadata
+        }
+        "PodDisruptionBudget" => {
+            let budget: PodDisruptionBudget = typed(value)?;
+            check_disruption_budget(&budget)?;
+            budget.metadata
+        }
         other => {
             return Err(field_error(
                 "kind",
@@ -522,7 +538,7 @@ fn check_selector(
     if match_labels.is_none_or(BTreeMap::is_empty) && expressions.is_empty() {
         return Err(field_error("spec.selector", "must not be empty"));
     }
-    check_labels(match_labels, "spec.selector.matchLabels")?;
+    check_label_selector(selector, "spec.selector")?;
     for (key, value) in match_labels.into_iter().flatten() {
         if template_labels.get(key) != Some(value) {
             return Err(field_error(
@@ -534,14 +550,38 @@ fn check_selector(
         }
     }
     for (i, requirement) in expressions.iter().enumerate() {
-        let path = format!("spec.selector.matchExpressions[{i}]");
         let label = template_labels.get(&requirement.key);
         let values = requirement.values.as_deref().unwrap_or_default();
         let selected = match requirement.operator.as_str() {
             "In" => label.is_some_and(|l| values.contains(l)),
             "NotIn" => label.is_none_or(|l| !values.contains(l)),
             "Exists" => label.is_some(),
-            "DoesNotExist" => label.is_none(),
+            // DoesNotExist: check_label_selector allowed no other operator.
+            _ => label.is_none(),
+        };
+        if !selected {
+            return Err(field_error(
+                format!("spec.selector.matchExpressions[{i}]"),
+                "does not match the template labels (spec.template.metadata.labels)",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A label selector's syntax, as Kubernetes checks it: valid label keys and
+/// values, known operators, values exactly where the operator takes them.
+fn check_label_selector(selector: &LabelSelector, path: &str) -> Result<(), FieldError> {
+    check_labels(selector.match_labels.as_ref(), &join(path, "matchLabels"))?;
+    let expressions = selector.match_expressions.as_deref().unwrap_or_default();
+    for (i, requirement) in expressions.iter().enumerate() {
+        let path = format!("{}[{i}]", join(path, "matchExpressions"));
+        label_key(&requirement.key)
+            .map_err(|reason| field_error(join(&path, "key"), format!("invalid key: {reason}")))?;
+        let values = requirement.values.as_deref().unwrap_or_default();
+        let takes_values = match requirement.operator.as_str() {
+            "In" | "NotIn" => true,
+            "Exists" | "DoesNotExist" => false,
             other => {
                 return Err(field_error(
                     join(&path, "operator"),
@@ -551,14 +591,110 @@ fn check_selector(
                 ));
             }
         };
-        if !selected {
-            return Err(field_error(
-                path,
-                "does not match the template labels (spec.template.metadata.labels)",
-            ));
+        match (takes_values, values.is_empty()) {
+            (true, true) => {
+                return Err(field_error(
+                    join(&path, "values"),
+                    format!(
+                        "must be specified when operator is {}",
+                        requirement.operator
+                    ),
+                ));
+            }
+            (false, false) => {
+                return Err(field_error(
+                    join(&path, "values"),
+                    format!(
+                        "may not be specified when operator is {}",
+                        requirement.operator
+                    ),
+                ));
+            }
+            _ => {}
         }
     }
     Ok(())
+}
+
+/// The largest value of a user-defined PriorityClass, as in Kubernetes;
+/// higher values are for the system's own classes.
+const HIGHEST_USER_PRIORITY: i32 = 1_000_000_000;
+
+/// The preemption policies Kubernetes defines.
+const PREEMPTION_POLICIES: &[&str] = &["PreemptLowerPriority", "Never"];
+
+fn check_preemption_policy(policy: Option<&str>, path: &str) -> Result<(), FieldError> {
+    match policy {
+        Some(policy) if !PREEMPTION_POLICIES.contains(&policy) => Err(field_error(
+            path,
+            format!(
+                "{policy:?} is not one of {}",
+                PREEMPTION_POLICIES.join(", ")
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn check_priority_class(class: &PriorityClass) -> Result<(), FieldError> {
+    let name = class.metadata.name.as_deref().unwrap_or_default();
+    if name.starts_with("system-") {
+        return Err(field_error(
+            "metadata.name",
+            "priority class names with 'system-' prefix are reserved for system use only",
+        ));
+    }
+    if class.value > HIGHEST_USER_PRIORITY {
+        return Err(field_error(
+            "value",
+            format!(
+                "must be no greater than {HIGHEST_USER_PRIORITY}, found {}",
+                class.value
+            ),
+        ));
+    }
+    check_preemption_policy(class.preemption_policy.as_deref(), "preemptionPolicy")
+}
+
+/// `minAvailable`/`maxUnavailable`: a non-negative integer, or a percentage
+/// from 0% to 100%.
+fn check_int_or_percent(value: &IntOrString, path: &str) -> Result<(), FieldError> {
+    match value {
+        IntOrString::Int(number) => check_non_negative((*number).into(), path),
+        IntOrString::String(text) => match text.strip_suffix('%').map(str::parse::<u32>) {
+            Some(Ok(percent)) if percent <= 100 => Ok(()),
+            Some(Ok(_)) => Err(field_error(
+                path,
+                format!("{text:?} must not be greater than 100%"),
+            )),
+            _ => Err(field_error(
+                path,
+                format!("{text:?} must be an integer or a percentage (e.g. \"50%\")"),
+            )),
+        },
+    }
+}
+
+fn check_disruption_budget(budget: &PodDisruptionBudget) -> Result<(), FieldError> {
+    let Some(spec) = &budget.spec else {
+        return Ok(());
+    };
+    if let (Some(_), Some(_)) = (&spec.min_available, &spec.max_unavailable) {
+        return Err(field_error(
+            "spec.minAvailable",
+            "minAvailable and maxUnavailable cannot be both set",
+        ));
+    }
+    if let Some(min_available) = &spec.min_available {
+        check_int_or_percent(min_available, "spec.minAvailable")?;
+    }
+    if let Some(max_unavailable) = &spec.max_unavailable {
+        check_int_or_percent(max_unavailable, "spec.maxUnavailable")?;
+    }
+    match &spec.selector {
+        Some(selector) => check_label_selector(selector, "spec.selector"),
+        None => Ok(()),
+    }
 }
 
 const RESTART_POLICIES: &[&str] = &["Always", "OnFailure", "Never"];
@@ -622,7 +758,24 @@ fn check_pod_spec(spec: &PodSpec, path: &str) -> Result<(), FieldError> {
         check_non_negative(uid, &join(path, "securityContext.runAsUser"))?;
     }
     check_labels(spec.node_selector.as_ref(), &join(path, "nodeSelector"))?;
+    check_priority_class_name(
+        spec.priority_class_name.as_deref(),
+        &join(path, "priorityClassName"),
+    )?;
+    check_preemption_policy(
+        spec.preemption_policy.as_deref(),
+        &join(path, "preemptionPolicy"),
+    )?;
     check_restart_policy(spec.restart_policy.as_deref(), &join(path, "restartPolicy"))
+}
+
+/// A PriorityClass name an instance refers to (empty means none).
+fn check_priority_class_name(name: Option<&str>, path: &str) -> Result<(), FieldError> {
+    match name.filter(|name| !name.is_empty()) {
+        Some(name) => dns1123_subdomain(name)
+            .map_err(|reason| field_error(path, format!("{name:?} {reason}"))),
+        None => Ok(()),
+    }
 }
 
 fn check_microservice(ms: &Microservice) -> Result<(), FieldError> {
@@ -642,6 +795,10 @@ fn check_microservice(ms: &Microservice) -> Result<(), FieldError> {
         user: spec.user.map(|uid| ("user", uid)),
     })?;
     check_labels(Some(&spec.node_selector), "spec.nodeSelector")?;
+    check_priority_class_name(
+        spec.priority_class_name.as_deref(),
+        "spec.priorityClassName",
+    )?;
     check_restart_policy(Some(&spec.restart_policy), "spec.restartPolicy")?;
     dns1123_label(&spec.driver)
         .map_err(|reason| field_error("spec.driver", format!("{:?} {reason}", spec.driver)))
@@ -1062,6 +1219,11 @@ const UNHONOURED: &[(Scope, &str, &str)] = &[
     (Scope::Kind("Service"), "spec.type=NodePort", CLUSTER_IP),
     (Scope::Kind("Service"), "spec.type=ExternalName", CLUSTER_IP),
     (Scope::Kind("Service"), "spec.externalIPs", IGNORED),
+    (
+        Scope::Kind("PodDisruptionBudget"),
+        "spec.unhealthyPodEvictionPolicy",
+        "is not supported; instances that are not ready count as disrupted",
+    ),
     (
         Scope::Kind("Service"),
         "spec.sessionAffinity=ClientIP",
@@ -1728,6 +1890,116 @@ spec:
         let reparsed = validate_value(&serde_json::to_value(&ms).unwrap()).unwrap();
         let again: Microservice = serde_json::from_value(reparsed.object).unwrap();
         assert_eq!(again, ms);
+    }
+
+    #[test]
+    fn priority_classes_follow_kubernetes_rules() {
+        let class = |extra: &str| {
+            format!(
+                "apiVersion: scheduling.k8s.io/v1\nkind: PriorityClass\nmetadata: {{name: high}}\n{extra}"
+            )
+        };
+        let validated = validate_value(&parse_one(&class(
+            "value: 1000\nglobalDefault: true\npreemptionPolicy: Never\n",
+        )))
+        .unwrap();
+        assert_eq!(validated.kind.plural, "priorityclasses");
+        assert_eq!(error_of(&class("")).0, "value");
+        let (path, message) = error_of(&class("value: 1000000001\n"));
+        assert_eq!(
+            (path.as_str(), message.as_str()),
+            (
+                "value",
+                "must be no greater than 1000000000, found 1000000001"
+            )
+        );
+        assert_eq!(
+            error_of(&class("value: 1\npreemptionPolicy: Sometimes\n")).0,
+            "preemptionPolicy"
+        );
+        let (path, message) = error_of(
+            "apiVersion: scheduling.k8s.io/v1\nkind: PriorityClass\nmetadata: {name: system-x}\nvalue: 1\n",
+        );
+        assert_eq!(path, "metadata.name");
+        assert!(message.contains("reserved"), "{message}");
+        // Instances name classes by DNS subdomain.
+        let (path, _) = error_of(
+            "apiVersion: c4m.io/v1\nkind: Microservice\nmetadata: {name: a}\nspec: {command: [x], priorityClassName: Hi}\n",
+        );
+        assert_eq!(path, "spec.priorityClassName");
+        let value = deployment_with("/spec/template/spec/preemptionPolicy", json!("Maybe"));
+        assert_eq!(
+            validate_value(&value).unwrap_err().0,
+            "spec.template.spec.preemptionPolicy"
+        );
+    }
+
+    #[test]
+    fn disruption_budgets_follow_kubernetes_rules() {
+        let budget = |spec: &str| {
+            format!(
+                "apiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata: {{name: web}}\nspec: {spec}\n"
+            )
+        };
+        let validated = validate_value(&parse_one(&budget(
+            "{minAvailable: \"50%\", selector: {matchLabels: {app: web}}}",
+        )))
+        .unwrap();
+        assert_eq!(validated.kind.plural, "poddisruptionbudgets");
+        assert!(validated.warnings.is_empty());
+        assert!(validate_value(&parse_one(&budget("{maxUnavailable: 1, selector: {}}"))).is_ok());
+        let cases = [
+            (
+                "{minAvailable: 1, maxUnavailable: 1}",
+                "spec.minAvailable",
+                "cannot be both set",
+            ),
+            (
+                "{minAvailable: -1}",
+                "spec.minAvailable",
+                "must not be negative",
+            ),
+            (
+                "{maxUnavailable: \"101%\"}",
+                "spec.maxUnavailable",
+                "greater than 100%",
+            ),
+            (
+                "{maxUnavailable: \"half\"}",
+                "spec.maxUnavailable",
+                "percentage",
+            ),
+            (
+                "{selector: {matchExpressions: [{key: app, operator: In}]}}",
+                "spec.selector.matchExpressions[0].values",
+                "must be specified",
+            ),
+            (
+                "{selector: {matchExpressions: [{key: app, operator: Exists, values: [a]}]}}",
+                "spec.selector.matchExpressions[0].values",
+                "may not be specified",
+            ),
+            (
+                "{selector: {matchExpressions: [{key: app, operator: Near}]}}",
+                "spec.selector.matchExpressions[0].operator",
+                "unknown operator",
+            ),
+            (
+                "{minAvailable: 1, maxUnavailabel: 1}",
+                "spec.maxUnavailabel",
+                "unknown field",
+            ),
+        ];
+        for (spec, expected_path, expected_message) in cases {
+            let (path, message) = error_of(&budget(spec));
+            assert_eq!(path, expected_path, "{spec}");
+            assert!(message.contains(expected_message), "{spec}: {message}");
+        }
+        let warned = validate_value(&parse_one(&budget(
+            "{maxUnavailable: 0, unhealthyPodEvictionPolicy: AlwaysAllow}",
+        )))
+        .unwrap();
+        assert_eq!(warned.warnings.len(), 1, "{:?}", warned.warnings);
     }
 
     #[test]

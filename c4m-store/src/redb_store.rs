@@ -23,7 +23,8 @@ pub struct StoreOptions {
     /// compacted automatically. Must be at least 1. Default 10 000.
     pub history_revisions: i64,
     /// How many revisions a live watcher may fall behind before it catches up from history
-    /// instead (slower: it reads the database). Between 1 and 2^24. Default 4096.
+    /// instead (slower: it reads the database). Between 1 and 2^24. Default 256: the
+    /// buffer keeps that many recent transactions in memory whatever their size.
     pub watch_buffer: usize,
     /// Memory redb may use to cache pages, in bytes. The control plane keeps
     /// every object decoded in its own cache, so the store's page cache
@@ -39,7 +40,7 @@ impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
             history_revisions: 10_000,
-            watch_buffer: 4096,
+            watch_buffer: 256,
             cache_bytes: 32 << 20,
             verify_on_open: false,
         }

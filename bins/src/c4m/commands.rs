@@ -51,7 +51,8 @@ pub fn default_home() -> Result<PathBuf> {
 }
 
 impl Connection {
-    fn client(&self) -> Result<Client> {
+    /// A client for the control plane these flags (or `client.json`) name.
+    pub(crate) fn client(&self) -> Result<Client> {
         let stored = if self.endpoint.is_none() || self.access_token.is_none() {
             let path = default_home()?.join("client.json");
             match std::fs::read_to_string(&path) {
@@ -287,11 +288,7 @@ pub async fn get(args: GetArgs, connection: &Connection) -> Result<()> {
                     json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": ""}, "items": items})
                 }
             };
-            if args.output == Format::Json {
-                serde_json::to_string_pretty(&value)? + "\n"
-            } else {
-                serde_yaml::to_string(&value)?
-            }
+            output::document(&value, args.output)?
         }
     };
     if args.output == Format::Table && items.is_empty() {

@@ -4,6 +4,7 @@
 mod commands;
 mod daemons;
 mod output;
+mod policy;
 
 use std::process::ExitCode;
 
@@ -45,6 +46,8 @@ enum Command {
     Run(commands::RunArgs),
     /// Wait until every workload has its replicas running and ready.
     Wait(commands::WaitArgs),
+    /// Show, replace or audit the scheduler policy.
+    Policy(policy::PolicyArgs),
 }
 
 fn main() -> ExitCode {
@@ -87,6 +90,7 @@ fn main() -> ExitCode {
             Command::Metrics(args) => commands::metrics(args, &connection).await,
             Command::Run(args) => commands::run(args, &connection).await,
             Command::Wait(args) => commands::wait(args, &connection).await,
+            Command::Policy(args) => policy::policy(args, &connection).await,
         }
     });
     match result {

@@ -11,6 +11,15 @@ pub enum Format {
     Yaml,
 }
 
+/// One document as `-o json` (also for `table`, which a single object has
+/// no rows for) or `-o yaml` prints it.
+pub fn document(value: &Value, format: Format) -> anyhow::Result<String> {
+    Ok(match format {
+        Format::Yaml => serde_yaml::to_string(value)?,
+        Format::Json | Format::Table => serde_json::to_string_pretty(value)? + "\n",
+    })
+}
+
 /// Left-aligned columns separated by three spaces.
 pub fn columns(rows: &[Vec<String>]) -> String {
     let widths: Vec<usize> = (0..rows.first().map_or(0, Vec::len))
@@ -245,6 +254,42 @@ pub fn table(kind: &ResourceKind, items: &[Value], with_namespace: bool) -> Stri
                         endpoints.join(",")
                     },
                     age(e),
+                ]
+            }),
+        ),
+        "PriorityClass" => (
+            vec!["NAME", "VALUE", "GLOBAL-DEFAULT", "AGE"],
+            Box::new(|c| {
+                vec![
+                    text(&c["metadata"]["name"]),
+                    text(&c["value"]),
+                    (c["globalDefault"] == true).to_string(),
+                    age(c),
+                ]
+            }),
+        ),
+        "PodDisruptionBudget" => (
+            vec![
+                "NAME",
+                "MIN-AVAILABLE",
+                "MAX-UNAVAILABLE",
+                "ALLOWED-DISRUPTIONS",
+                "AGE",
+            ],
+            Box::new(|b| {
+                let or_na = |value: &Value| match text(value) {
+                    t if t.is_empty() => "N/A".to_string(),
+                    t => t,
+                };
+                vec![
+                    text(&b["metadata"]["name"]),
+                    or_na(&b["spec"]["minAvailable"]),
+                    or_na(&b["spec"]["maxUnavailable"]),
+                    b["status"]["disruptionsAllowed"]
+                        .as_u64()
+                        .unwrap_or(0)
+                        .to_string(),
+                    age(b),
                 ]
             }),
         ),

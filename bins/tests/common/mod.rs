@@ -370,6 +370,15 @@ impl Cluster {
         )
     }
 
+    /// Waits until no instance matches `selector`.
+    pub fn wait_gone(&self, selector: &str, timeout: Duration) {
+        wait_for(
+            &format!("the instances of {selector} to go"),
+            timeout,
+            || self.instances_of(selector).is_empty().then_some(()),
+        );
+    }
+
     pub fn log_text(&self, name: &str) -> String {
         std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
     }

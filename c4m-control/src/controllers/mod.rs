@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::Result;
 use crate::cache::{Cache, ChangeFeed, Changes};
 
+pub(crate) mod disruption;
 pub(crate) mod endpoints;
 pub(crate) mod nodes;
 pub(crate) mod workload;

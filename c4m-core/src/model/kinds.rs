@@ -85,6 +85,22 @@ pub static KINDS: &[ResourceKind] = &[
         ["microservice", "ms"],
         true
     ),
+    kind!(
+        "scheduling.k8s.io",
+        "v1",
+        "PriorityClass",
+        "priorityclasses",
+        ["priorityclass", "pc"],
+        false
+    ),
+    kind!(
+        "policy",
+        "v1",
+        "PodDisruptionBudget",
+        "poddisruptionbudgets",
+        ["poddisruptionbudget", "pdb"],
+        true
+    ),
 ];
 
 impl ResourceKind {
@@ -141,5 +157,16 @@ mod tests {
         );
         assert!(ResourceKind::from_type("v1", "Deployment").is_none());
         assert!(!ResourceKind::from_name("nodes").unwrap().namespaced);
+        assert!(!ResourceKind::from_name("pc").unwrap().namespaced);
+        assert_eq!(
+            ResourceKind::from_name("pdb").unwrap().api_version(),
+            "policy/v1"
+        );
+        assert_eq!(
+            ResourceKind::from_path("scheduling.k8s.io", "v1", "priorityclasses")
+                .unwrap()
+                .kind,
+            "PriorityClass"
+        );
     }
 }

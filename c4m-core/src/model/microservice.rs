@@ -108,8 +108,13 @@ pub struct MicroserviceSpec {
     /// Node labels an instance's node must carry.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub node_selector: BTreeMap<String, String>,
-    /// Scheduling priority; higher places first (default 0).
+    /// Scheduling priority; higher places first (default 0). With a
+    /// PriorityClass (named or the global default), it must be left at 0
+    /// or equal the class's value.
     pub priority: i32,
+    /// The PriorityClass that sets instances' priority and preemption policy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub priority_class_name: Option<String>,
     /// `Always` (default), `OnFailure` or `Never`.
     pub restart_policy: String,
     /// The runtime driver instances need (default `process`).
@@ -132,6 +137,7 @@ impl Default for MicroserviceSpec {
             readiness_probe: None,
             node_selector: BTreeMap::new(),
             priority: 0,
+            priority_class_name: None,
             restart_policy: "Always".to_string(),
             driver: DEFAULT_DRIVER.to_string(),
         }

@@ -55,7 +55,10 @@ pub fn pod_template_for_microservice(ms: &Microservice) -> PodTemplateSpec {
             containers: vec![container],
             restart_policy: Some(spec.restart_policy.clone()),
             node_selector: (!spec.node_selector.is_empty()).then(|| spec.node_selector.clone()),
-            priority: Some(spec.priority),
+            // 0 is "unset": a PriorityClass then decides, where an explicit
+            // 0 would contradict any class of another value.
+            priority: (spec.priority != 0).then_some(spec.priority),
+            priority_class_name: spec.priority_class_name.clone(),
             runtime_class_name: Some(spec.driver.clone()),
             ..PodSpec::default()
         }),
@@ -155,7 +158,8 @@ mod tests {
                 "ports": [{"containerPort": 8080}],
                 "resources": {"requests": {"cpu": "250m"}},
                 "readinessProbe": {"tcpSocket": {"port": 8080}},
-                "nodeSelector": {"disk": "ssd"}, "priority": 5, "restartPolicy": "Never"
+                "nodeSelector": {"disk": "ssd"}, "priority": 5, "restartPolicy": "Never",
+                "priorityClassName": "high"
             }
         }))
         .unwrap();
@@ -171,6 +175,7 @@ mod tests {
         assert_eq!(spec.runtime_class_name.as_deref(), Some("docker"));
         assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
         assert_eq!(spec.priority, Some(5));
+        assert_eq!(spec.priority_class_name.as_deref(), Some("high"));
         assert_eq!(spec.node_selector.unwrap()["disk"], "ssd");
         let [container] = spec.containers.as_slice() else {
             panic!("expected one container");
@@ -195,6 +200,8 @@ mod tests {
         let spec = pod_template_for_microservice(&ms).spec.unwrap();
         assert_eq!(spec.runtime_class_name.as_deref(), Some(DEFAULT_DRIVER));
         assert!(spec.node_selector.is_none());
+        // Priority 0 is left to a PriorityClass (none named: the global default).
+        assert!(spec.priority.is_none() && spec.priority_class_name.is_none());
         let container = &spec.containers[0];
         assert!(container.command.is_none() && container.env.is_none());
         assert!(container.security_context.is_none());
