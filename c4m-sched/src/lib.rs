@@ -28,6 +28,8 @@
 mod affinity;
 mod filters;
 mod fit;
+mod instance_affinity;
+mod labels;
 mod model;
 mod pipeline;
 mod policy;
@@ -39,11 +41,17 @@ mod victims;
 mod wide;
 
 pub use affinity::{
-    NodeSelectorOperator, NodeSelectorRequirement, NodeSelectorTerm, PreferredSchedulingTerm,
+    NODE_NAME_FIELD, NodeSelectorOperator, NodeSelectorRequirement, NodeSelectorTerm,
+    PreferredSchedulingTerm,
 };
 pub use filters::{
     DriverOffered, HostPorts, NodeSelector, RequiredNodeAffinity, ResourcesFit, TaintToleration,
 };
+pub use instance_affinity::{
+    HOSTNAME_LABEL, InstanceAffinityTerm, TopologySpreadConstraint, WeightedInstanceAffinityTerm,
+    WhenUnsatisfiable,
+};
+pub use labels::{LabelSelector, LabelSelectorOperator, LabelSelectorRequirement};
 pub use model::{
     DisruptionBudget, HostPort, InstanceRequest, NodeInfo, PlacedInstance, Preemption, Protocol,
     Resources, Strategy,

@@ -252,6 +252,7 @@ fn zone_term_strategy() -> impl Strategy<Value = NodeSelectorTerm> {
             operator,
             values: vec!["a".to_owned()],
         }],
+        ..NodeSelectorTerm::default()
     })
 }
 
@@ -348,6 +349,7 @@ fn request_strategy() -> impl Strategy<Value = InstanceRequest> {
                     .unwrap_or_default(),
                 driver,
                 strategy,
+                ..InstanceRequest::default()
             },
         )
 }

@@ -48,6 +48,7 @@ fn term(key: &str, operator: NodeSelectorOperator, values: &[&str]) -> NodeSelec
             operator,
             values: values.iter().map(|v| (*v).to_owned()).collect(),
         }],
+        ..NodeSelectorTerm::default()
     }
 }
 
