@@ -8,14 +8,23 @@
 //! instances that fit nowhere: each preemption is found, its victims
 //! released and the preemptor recorded on its node. Elements/s are
 //! preemptions per second.
+//!
+//! After kube-scheduler's scheduler_perf: `pod_anti_affinity/5000_nodes`
+//! places 4,000 instances (on top of 1,000 placed outside the timed part)
+//! in 20 groups, each with a required anti-affinity on the hostname against
+//! its own group; `daemonset/15000_nodes` places one instance per node,
+//! pinned by a required node affinity on `metadata.name` (even nodes) or on
+//! the hostname label (odd nodes). Every node carries its own
+//! `kubernetes.io/hostname` label, as agents set it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::hint::black_box;
 use std::time::Duration;
 
 use c4m_sched::{
-    ClusterSnapshot, InstanceRequest, NodeInfo, NodeSelectorOperator, NodeSelectorRequirement,
-    NodeSelectorTerm, PlacedInstance, Resources,
+    ClusterSnapshot, HOSTNAME_LABEL, InstanceAffinityTerm, InstanceRequest, LabelSelector,
+    NODE_NAME_FIELD, NodeInfo, NodeSelectorOperator, NodeSelectorRequirement, NodeSelectorTerm,
+    PlacedInstance, Resources,
 };
 use criterion::{BatchSize, Criterion, Throughput};
 
@@ -23,14 +32,21 @@ const PLACEMENTS: usize = 10_000;
 const MIB: u64 = 1 << 20;
 const ZONES: [&str; 3] = ["a", "b", "c"];
 
-/// Nodes of 32 CPUs / 128 GiB / 110 instances in three zones; every fourth
-/// has an SSD label and every fifth also offers the `wasm` driver, which makes
-/// a dozen or so distinct shapes.
+/// The name of node `index`.
+fn node_name(index: usize) -> String {
+    format!("node-{index:05}")
+}
+
+/// Nodes of 32 CPUs / 128 GiB / 110 instances in three zones, each with its
+/// own hostname label; every fourth has an SSD label and every fifth also
+/// offers the `wasm` driver, which makes a dozen or so distinct shapes.
 fn cluster(node_count: usize) -> ClusterSnapshot {
     let mut snapshot = ClusterSnapshot::new();
     for index in 0..node_count {
-        let mut labels =
-            BTreeMap::from([("zone".to_owned(), ZONES[index % ZONES.len()].to_owned())]);
+        let mut labels = BTreeMap::from([
+            ("zone".to_owned(), ZONES[index % ZONES.len()].to_owned()),
+            (HOSTNAME_LABEL.to_owned(), node_name(index)),
+        ]);
         if index % 4 == 0 {
             labels.insert("disk".to_owned(), "ssd".to_owned());
         }
@@ -39,7 +55,7 @@ fn cluster(node_count: usize) -> ClusterSnapshot {
             drivers.insert("wasm".to_owned());
         }
         snapshot.upsert_node(NodeInfo {
-            name: format!("node-{index:05}"),
+            name: node_name(index),
             allocatable: Resources {
                 cpu_millis: 32_000,
                 memory_bytes: 128 * 1024 * MIB,
@@ -92,11 +108,6 @@ fn requests() -> Vec<InstanceRequest> {
 /// affinity matching about half the nodes: zone `a`, or an SSD in zone `b`,
 /// or (every third request) any zone but `c`.
 fn affinity_requests() -> Vec<InstanceRequest> {
-    let requirement = |key: &str, operator, values: &[&str]| NodeSelectorRequirement {
-        key: key.to_owned(),
-        operator,
-        values: values.iter().map(|v| (*v).to_owned()).collect(),
-    };
     requests()
         .into_iter()
         .enumerate()
@@ -108,6 +119,7 @@ fn affinity_requests() -> Vec<InstanceRequest> {
                         NodeSelectorOperator::NotIn,
                         &["c"],
                     )],
+                    ..NodeSelectorTerm::default()
                 }]
             } else {
                 vec![
@@ -117,12 +129,14 @@ fn affinity_requests() -> Vec<InstanceRequest> {
                             NodeSelectorOperator::In,
                             &["a"],
                         )],
+                        ..NodeSelectorTerm::default()
                     },
                     NodeSelectorTerm {
                         match_expressions: vec![
                             requirement("zone", NodeSelectorOperator::In, &["b"]),
                             requirement("disk", NodeSelectorOperator::Exists, &[]),
                         ],
+                        ..NodeSelectorTerm::default()
                     },
                 ]
             };
@@ -134,6 +148,19 @@ fn affinity_requests() -> Vec<InstanceRequest> {
             }
         })
         .collect()
+}
+
+/// A node selector requirement on `key`.
+fn requirement(
+    key: &str,
+    operator: NodeSelectorOperator,
+    values: &[&str],
+) -> NodeSelectorRequirement {
+    NodeSelectorRequirement {
+        key: key.to_owned(),
+        operator,
+        values: values.iter().map(|v| (*v).to_owned()).collect(),
+    }
 }
 
 /// Places every request in order; returns the snapshot (dropped outside the
@@ -219,7 +246,7 @@ fn full_cluster(node_count: usize) -> ClusterSnapshot {
                 priority: (index * 7 % 3) as i32,
                 disruption_budget: None,
             };
-            snapshot.allocate_instance(&format!("node-{node:05}"), &filler, placed);
+            snapshot.allocate_instance(&node_name(node), &filler, placed);
         }
     }
     snapshot
@@ -278,11 +305,136 @@ fn preemption(c: &mut Criterion) {
     group.finish();
 }
 
+const ANTI_AFFINITY_GROUPS: usize = 20;
+const ANTI_AFFINITY_EXISTING: usize = 1_000;
+const ANTI_AFFINITY_PLACEMENTS: usize = 4_000;
+
+/// Instance `index` of the anti-affinity workload: group `index % 20`,
+/// repelled by its own group on the hostname.
+fn anti_affinity_instance(index: usize) -> InstanceRequest {
+    let group = BTreeMap::from([(
+        "group".to_owned(),
+        format!("g{}", index % ANTI_AFFINITY_GROUPS),
+    )]);
+    InstanceRequest {
+        cpu_millis: 100,
+        memory_bytes: 256 * MIB,
+        driver: "process".to_owned(),
+        namespace: "perf".to_owned(),
+        required_instance_anti_affinity: vec![InstanceAffinityTerm {
+            label_selector: Some(LabelSelector {
+                match_labels: group.clone(),
+                ..LabelSelector::default()
+            }),
+            topology_key: HOSTNAME_LABEL.to_owned(),
+            ..InstanceAffinityTerm::default()
+        }],
+        labels: group,
+        ..InstanceRequest::default()
+    }
+}
+
+/// [`cluster`] with the first [`ANTI_AFFINITY_EXISTING`] instances placed.
+fn anti_affinity_cluster(node_count: usize) -> ClusterSnapshot {
+    let mut snapshot = cluster(node_count);
+    for index in 0..ANTI_AFFINITY_EXISTING {
+        snapshot
+            .place(&anti_affinity_instance(index))
+            .expect("the existing instances fit");
+    }
+    snapshot
+}
+
+fn pod_anti_affinity(c: &mut Criterion) {
+    const NODES: usize = 5_000;
+    let requests: Vec<InstanceRequest> = (ANTI_AFFINITY_EXISTING
+        ..ANTI_AFFINITY_EXISTING + ANTI_AFFINITY_PLACEMENTS)
+        .map(anti_affinity_instance)
+        .collect();
+    let mut group = c.benchmark_group("pod_anti_affinity");
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(3));
+    group.warm_up_time(Duration::from_secs(1));
+    group.throughput(Throughput::Elements(ANTI_AFFINITY_PLACEMENTS as u64));
+    let (_, unschedulable) = place_all(anti_affinity_cluster(NODES), &requests);
+    eprintln!(
+        "{NODES} nodes, anti-affinity: {unschedulable} of {ANTI_AFFINITY_PLACEMENTS} requests unschedulable"
+    );
+    group.bench_function(format!("{NODES}_nodes"), |b| {
+        b.iter_batched(
+            || anti_affinity_cluster(NODES),
+            |snapshot| place_all(snapshot, &requests),
+            BatchSize::LargeInput,
+        );
+    });
+    group.finish();
+}
+
+/// One instance per node, pinned to it by `metadata.name` (even nodes) or
+/// by the hostname label (odd nodes).
+fn daemonset_requests(node_count: usize) -> Vec<InstanceRequest> {
+    (0..node_count)
+        .map(|index| {
+            let name = node_name(index);
+            let pin = if index % 2 == 0 {
+                NodeSelectorTerm {
+                    match_fields: vec![requirement(
+                        NODE_NAME_FIELD,
+                        NodeSelectorOperator::In,
+                        &[&name],
+                    )],
+                    ..NodeSelectorTerm::default()
+                }
+            } else {
+                NodeSelectorTerm {
+                    match_expressions: vec![requirement(
+                        HOSTNAME_LABEL,
+                        NodeSelectorOperator::In,
+                        &[&name],
+                    )],
+                    ..NodeSelectorTerm::default()
+                }
+            };
+            InstanceRequest {
+                cpu_millis: 100,
+                memory_bytes: 128 * MIB,
+                driver: "process".to_owned(),
+                namespace: "kube-system".to_owned(),
+                labels: BTreeMap::from([("app".to_owned(), "node-agent".to_owned())]),
+                required_affinity: vec![pin],
+                ..InstanceRequest::default()
+            }
+        })
+        .collect()
+}
+
+fn daemonset(c: &mut Criterion) {
+    const NODES: usize = 15_000;
+    let requests = daemonset_requests(NODES);
+    let mut group = c.benchmark_group("daemonset");
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(3));
+    group.warm_up_time(Duration::from_secs(1));
+    group.throughput(Throughput::Elements(NODES as u64));
+    let (_, unschedulable) = place_all(cluster(NODES), &requests);
+    eprintln!("{NODES} nodes, daemonset: {unschedulable} of {NODES} requests unschedulable");
+    group.bench_function(format!("{NODES}_nodes"), |b| {
+        b.iter_batched(
+            || cluster(NODES),
+            |snapshot| place_all(snapshot, &requests),
+            BatchSize::LargeInput,
+        );
+    });
+    group.finish();
+}
+
 /// What `criterion_main!` would generate, minus an undocumented group function.
 fn main() {
     let mut criterion = Criterion::default().configure_from_args();
     placements(&mut criterion);
     node_affinity(&mut criterion);
     preemption(&mut criterion);
+    pod_anti_affinity(&mut criterion);
+    daemonset(&mut criterion);
     criterion.final_summary();
 }

@@ -19,7 +19,9 @@
 
 use std::cmp::Ordering;
 use std::collections::btree_map::Entry;
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
+
+use foldhash::{HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::filters::{DriverOffered, HostPorts, ResourcesFit, TaintToleration};
@@ -434,16 +436,16 @@ impl ClusterSnapshot {
     pub fn new() -> Self {
         let policy = Policy::default();
         Self {
-            nodes: HashMap::new(),
+            nodes: HashMap::default(),
             class_ids: BTreeMap::new(),
-            classes: HashMap::new(),
+            classes: HashMap::default(),
             next_class_id: 0,
             lowest_name: Arc::from(""),
             names: BTreeSet::new(),
             per_node_label_keys: BTreeSet::from([HOSTNAME_LABEL.to_owned()]),
-            per_node_values: HashMap::new(),
+            per_node_values: HashMap::default(),
             instances: InstanceBook::default(),
-            placed_at: HashMap::new(),
+            placed_at: HashMap::default(),
             priority_counts: BTreeMap::new(),
             filters: Vec::new(),
             scorers: Vec::new(),
@@ -627,7 +629,7 @@ impl ClusterSnapshot {
                 .scorers
                 .iter()
                 .any(|scorer| scorer.scope == Scope::Node);
-        let mut class_scores = HashMap::new();
+        let mut class_scores = HashMap::default();
         let mut candidates = Vec::new();
         if judge_every_node {
             let nodes = self.nodes.len();
@@ -683,15 +685,15 @@ impl ClusterSnapshot {
         let class_score = (*class_scores
             .entry(node.class)
             .or_insert_with(|| self.class_score(class, req)))?;
-        let view = node.view();
-        if !self.node_filters_pass(req, &view) {
-            return None;
-        }
         let RuleScores {
             weighted,
             instance_affinity,
             spread,
         } = rules.admit(&node.facts())?;
+        let view = node.view();
+        if !self.node_filters_pass(req, &view) {
+            return None;
+        }
         let node_score = self.weighted_total(Scope::Node, req, &view);
         Some(Candidate {
             name: &node.name,

@@ -6,8 +6,10 @@
 //! selector is matched once per workload, not once per instance, and only
 //! against the namespaces it covers.
 
+use std::collections::BTreeMap;
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, HashMap};
+
+use foldhash::HashMap;
 use std::sync::Arc;
 
 use crate::instance_affinity::InstanceAffinityTerm;

@@ -12,8 +12,10 @@
 //! On one node, equal costs go to the set met first when combining
 //! victims in (priority, id) order.
 
+use std::collections::BTreeMap;
 use std::collections::btree_map::Entry;
-use std::collections::{BTreeMap, HashMap};
+
+use foldhash::HashMap;
 use std::sync::Arc;
 
 use super::rules::RequestRules;
@@ -156,7 +158,7 @@ impl ClusterSnapshot {
             max_priority: lowest,
             priority_sum: i64::from(lowest),
         };
-        let mut admitted: HashMap<ClassId, bool> = HashMap::new();
+        let mut admitted: HashMap<ClassId, bool> = HashMap::default();
         let mut best: Option<Choice<'_>> = None;
         for name in &self.names {
             let Some(node) = self.nodes.get(name) else {

@@ -9,7 +9,7 @@
 //! per-node label value (or name) the request names, directly or as a
 //! topology domain it counts. Those are judged one by one.
 
-use std::collections::{HashMap, HashSet};
+use foldhash::{HashMap, HashSet};
 
 use super::{ClassId, ClusterSnapshot, Knobs, NodeState, ShapeClass};
 use crate::affinity::{NODE_NAME_FIELD, NodeSelectorOperator, NodeSelectorTerm};
@@ -99,7 +99,7 @@ impl<'a> RequestRules<'a> {
         let mut rules = Self {
             req,
             knobs,
-            exceptions: HashSet::new(),
+            exceptions: HashSet::default(),
             judge_every_node: false,
             instance: InstanceRules::default(),
             spread_filters: Vec::new(),
@@ -233,7 +233,7 @@ impl<'a> RequestRules<'a> {
             .into_iter()
             .map(|constraint| {
                 let key = constraint.topology_key.as_str();
-                let mut counts: HashMap<&'a str, u64> = HashMap::new();
+                let mut counts: HashMap<&'a str, u64> = HashMap::default();
                 let selected = snapshot.instances.nodes_of(
                     |namespace| namespace == req.namespace,
                     |_, labels| constraint.counts(labels),
@@ -398,7 +398,7 @@ impl<'a> InstanceRules<'a> {
         if knobs.instance_affinity {
             let terms = &req.required_instance_affinity;
             if !terms.is_empty() {
-                let mut domains: Vec<Domains<'a>> = vec![HashSet::new(); terms.len()];
+                let mut domains: Vec<Domains<'a>> = vec![HashSet::default(); terms.len()];
                 let selected = book.nodes_of(
                     |namespace| {
                         terms
