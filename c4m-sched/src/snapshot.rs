@@ -1009,3 +1009,9 @@ mod tests;
 
 #[cfg(test)]
 mod pipeline_tests;
+
+#[cfg(test)]
+mod rules_tests;
+
+#[cfg(test)]
+mod policy_tests;
