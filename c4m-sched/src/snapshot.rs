@@ -720,8 +720,7 @@ impl ClusterSnapshot {
     /// class-scoped filter (taints, driver, the embedder's) refuses them.
     fn class_score(&self, class: &ShapeClass, req: &InstanceRequest) -> Option<i64> {
         let view = class.view();
-        let built_in = self.class_filters();
-        let passes = self.filters_pass(Scope::Class, &built_in, req, &view);
+        let passes = self.filters_pass(Scope::Class, self.class_filters(), req, &view);
         let taints = self
             .knobs
             .taint_toleration_weight
@@ -730,13 +729,13 @@ impl ClusterSnapshot {
     }
 
     /// The built-in filters judged once per class, as the policy has them.
-    fn class_filters(&self) -> Vec<&'static dyn Filter> {
-        let taints: Option<&'static dyn Filter> =
-            self.knobs.taint_toleration.then_some(&TaintToleration);
-        taints
-            .into_iter()
-            .chain([&DriverOffered as &dyn Filter])
-            .collect()
+    fn class_filters(&self) -> &'static [&'static dyn Filter] {
+        const WITH_TAINTS: [&dyn Filter; 2] = [&TaintToleration, &DriverOffered];
+        if self.knobs.taint_toleration {
+            &WITH_TAINTS
+        } else {
+            &WITH_TAINTS[1..]
+        }
     }
 
     /// Whether the built-in filters of `scope` and the embedder's filters of

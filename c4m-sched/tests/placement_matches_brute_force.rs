@@ -26,7 +26,7 @@ const GPU: &str = "nvidia.com/gpu";
 /// One step applied to both the snapshot and the model.
 #[derive(Clone, Debug)]
 enum Step {
-    Place(InstanceRequest),
+    Place(Box<InstanceRequest>),
     /// Releases the placement at this index (modulo the number placed so far).
     Release(usize),
     /// Re-upserts the node at this index (modulo node count) with `ready` set.
@@ -202,7 +202,7 @@ fn instance_affinity_refuses(
         let self_selected = terms
             .iter()
             .all(|term| term.selects(&req.namespace, &req.namespace, &req.labels));
-        if !in_every_domain && !(none_counted && self_selected) {
+        if !(in_every_domain || (none_counted && self_selected)) {
             return true;
         }
     }
@@ -890,7 +890,7 @@ fn policy_strategy() -> impl Strategy<Value = Policy> {
 
 fn step_strategy() -> impl Strategy<Value = Step> {
     prop_oneof![
-        6 => request_strategy().prop_map(Step::Place),
+        6 => request_strategy().prop_map(|req| Step::Place(Box::new(req))),
         2 => any::<usize>().prop_map(Step::Release),
         1 => (any::<usize>(), prop::bool::weighted(0.7)).prop_map(|(node, ready)| Step::SetReady(node, ready)),
     ]
@@ -931,6 +931,7 @@ proptest! {
         for step in steps {
             match step {
                 Step::Place(req) => {
+                    let req = *req;
                     let expected = brute_force(&model, &placed, &req, &policy, with_embedder);
                     match (snapshot.place(&req), expected) {
                         (Ok(name), Some(index)) => {

@@ -157,14 +157,12 @@ fn weights_multiply_the_built_in_scores() {
     assert_eq!(choice(&mut snapshot, no_affinity_score), "soft");
     // Without the fit score the leftover still breaks the tie.
     let nothing_scores = |p: &mut Policy| {
-        for name in SCORERS_FOR_TEST {
+        for name in crate::policy::SCORERS {
             p.disabled_scorers.insert(name.to_owned());
         }
     };
     assert_eq!(choice(&mut snapshot, nothing_scores), "soft");
 }
-
-const SCORERS_FOR_TEST: [&str; 5] = crate::policy::SCORERS;
 
 /// An embedder's node-scoped scorer (forces the per-node scan): prefers
 /// names that sort last.
