@@ -26,7 +26,8 @@ use c4m_sched::{
     NODE_NAME_FIELD, NodeInfo, NodeSelectorOperator, NodeSelectorRequirement, NodeSelectorTerm,
     PlacedInstance, Resources,
 };
-use criterion::{BatchSize, Criterion, Throughput};
+use criterion::measurement::WallTime;
+use criterion::{BatchSize, BenchmarkGroup, Criterion, Throughput};
 
 const PLACEMENTS: usize = 10_000;
 const MIB: u64 = 1 << 20;
@@ -156,11 +157,7 @@ fn requirement(
     operator: NodeSelectorOperator,
     values: &[&str],
 ) -> NodeSelectorRequirement {
-    NodeSelectorRequirement {
-        key: key.to_owned(),
-        operator,
-        values: values.iter().map(|v| (*v).to_owned()).collect(),
-    }
+    NodeSelectorRequirement::new(key, operator, values.iter().copied())
 }
 
 /// Places every request in order; returns the snapshot (dropped outside the
@@ -178,45 +175,58 @@ fn place_all(
     (snapshot, unschedulable)
 }
 
-fn placements(c: &mut Criterion) {
-    let requests = requests();
-    let mut group = c.benchmark_group("placements");
+/// A group of few, short samples counting `elements` per iteration.
+fn short_group<'a>(
+    c: &'a mut Criterion,
+    name: &'static str,
+    elements: usize,
+) -> (BenchmarkGroup<'a, WallTime>, &'static str) {
+    let mut group = c.benchmark_group(name);
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(3));
     group.warm_up_time(Duration::from_secs(1));
-    group.throughput(Throughput::Elements(PLACEMENTS as u64));
+    group.throughput(Throughput::Elements(elements as u64));
+    (group, name)
+}
+
+/// Benches placing `requests` in order into a snapshot from `setup` (built
+/// outside the timed part), saying first how many do not fit.
+fn bench_place_all(
+    (group, group_name): &mut (BenchmarkGroup<'_, WallTime>, &str),
+    name: &str,
+    setup: impl Fn() -> ClusterSnapshot,
+    requests: &[InstanceRequest],
+) {
+    let (_, unschedulable) = place_all(setup(), requests);
+    eprintln!(
+        "{group_name}/{name}: {unschedulable} of {} requests unschedulable",
+        requests.len()
+    );
+    group.bench_function(name, |b| {
+        b.iter_batched(
+            &setup,
+            |snapshot| place_all(snapshot, requests),
+            BatchSize::LargeInput,
+        );
+    });
+}
+
+fn placements(c: &mut Criterion) {
+    let requests = requests();
+    let mut group = short_group(c, "placements", PLACEMENTS);
     for node_count in [100, 1_000, 5_000] {
-        let (_, unschedulable) = place_all(cluster(node_count), &requests);
-        eprintln!("{node_count} nodes: {unschedulable} of {PLACEMENTS} requests unschedulable");
-        group.bench_function(format!("{node_count}_nodes"), |b| {
-            b.iter_batched(
-                || cluster(node_count),
-                |snapshot| place_all(snapshot, &requests),
-                BatchSize::LargeInput,
-            );
-        });
+        let name = format!("{node_count}_nodes");
+        bench_place_all(&mut group, &name, || cluster(node_count), &requests);
     }
-    group.finish();
+    group.0.finish();
 }
 
 fn node_affinity(c: &mut Criterion) {
     const NODES: usize = 5_000;
-    let requests = affinity_requests();
-    let mut group = c.benchmark_group("node_affinity");
-    group.sample_size(10);
-    group.measurement_time(Duration::from_secs(3));
-    group.warm_up_time(Duration::from_secs(1));
-    group.throughput(Throughput::Elements(PLACEMENTS as u64));
-    let (_, unschedulable) = place_all(cluster(NODES), &requests);
-    eprintln!("{NODES} nodes, affinity: {unschedulable} of {PLACEMENTS} requests unschedulable");
-    group.bench_function(format!("{NODES}_nodes"), |b| {
-        b.iter_batched(
-            || cluster(NODES),
-            |snapshot| place_all(snapshot, &requests),
-            BatchSize::LargeInput,
-        );
-    });
-    group.finish();
+    let mut group = short_group(c, "node_affinity", PLACEMENTS);
+    let name = format!("{NODES}_nodes");
+    bench_place_all(&mut group, &name, || cluster(NODES), &affinity_requests());
+    group.0.finish();
 }
 
 const PREEMPTIONS: usize = 1_000;
@@ -288,11 +298,7 @@ fn preemption(c: &mut Criterion) {
     let preemptors: Vec<InstanceRequest> = (0..PREEMPTIONS)
         .map(|index| instance(2_000, [1_024, 2_048, 4_096][index % 3]))
         .collect();
-    let mut group = c.benchmark_group("preemption");
-    group.sample_size(10);
-    group.measurement_time(Duration::from_secs(3));
-    group.warm_up_time(Duration::from_secs(1));
-    group.throughput(Throughput::Elements(PREEMPTIONS as u64));
+    let (mut group, _) = short_group(c, "preemption", PREEMPTIONS);
     let (_, failed) = preempt_all(full_cluster(NODES), &preemptors);
     eprintln!("{NODES} full nodes: {failed} of {PREEMPTIONS} preemptors evicted nothing");
     group.bench_function(format!("{NODES}_nodes"), |b| {
@@ -351,23 +357,15 @@ fn pod_anti_affinity(c: &mut Criterion) {
         ..ANTI_AFFINITY_EXISTING + ANTI_AFFINITY_PLACEMENTS)
         .map(anti_affinity_instance)
         .collect();
-    let mut group = c.benchmark_group("pod_anti_affinity");
-    group.sample_size(10);
-    group.measurement_time(Duration::from_secs(3));
-    group.warm_up_time(Duration::from_secs(1));
-    group.throughput(Throughput::Elements(ANTI_AFFINITY_PLACEMENTS as u64));
-    let (_, unschedulable) = place_all(anti_affinity_cluster(NODES), &requests);
-    eprintln!(
-        "{NODES} nodes, anti-affinity: {unschedulable} of {ANTI_AFFINITY_PLACEMENTS} requests unschedulable"
+    let mut group = short_group(c, "pod_anti_affinity", ANTI_AFFINITY_PLACEMENTS);
+    let name = format!("{NODES}_nodes");
+    bench_place_all(
+        &mut group,
+        &name,
+        || anti_affinity_cluster(NODES),
+        &requests,
     );
-    group.bench_function(format!("{NODES}_nodes"), |b| {
-        b.iter_batched(
-            || anti_affinity_cluster(NODES),
-            |snapshot| place_all(snapshot, &requests),
-            BatchSize::LargeInput,
-        );
-    });
-    group.finish();
+    group.0.finish();
 }
 
 /// One instance per node, pinned to it by `metadata.name` (even nodes) or
@@ -410,22 +408,15 @@ fn daemonset_requests(node_count: usize) -> Vec<InstanceRequest> {
 
 fn daemonset(c: &mut Criterion) {
     const NODES: usize = 15_000;
-    let requests = daemonset_requests(NODES);
-    let mut group = c.benchmark_group("daemonset");
-    group.sample_size(10);
-    group.measurement_time(Duration::from_secs(3));
-    group.warm_up_time(Duration::from_secs(1));
-    group.throughput(Throughput::Elements(NODES as u64));
-    let (_, unschedulable) = place_all(cluster(NODES), &requests);
-    eprintln!("{NODES} nodes, daemonset: {unschedulable} of {NODES} requests unschedulable");
-    group.bench_function(format!("{NODES}_nodes"), |b| {
-        b.iter_batched(
-            || cluster(NODES),
-            |snapshot| place_all(snapshot, &requests),
-            BatchSize::LargeInput,
-        );
-    });
-    group.finish();
+    let mut group = short_group(c, "daemonset", NODES);
+    let name = format!("{NODES}_nodes");
+    bench_place_all(
+        &mut group,
+        &name,
+        || cluster(NODES),
+        &daemonset_requests(NODES),
+    );
+    group.0.finish();
 }
 
 /// What `criterion_main!` would generate, minus an undocumented group function.

@@ -39,6 +39,20 @@ pub struct NodeSelectorRequirement {
 }
 
 impl NodeSelectorRequirement {
+    /// A requirement on `key` (a label, or [`NODE_NAME_FIELD`] in
+    /// `match_fields`).
+    pub fn new<V: Into<String>>(
+        key: impl Into<String>,
+        operator: NodeSelectorOperator,
+        values: impl IntoIterator<Item = V>,
+    ) -> Self {
+        Self {
+            key: key.into(),
+            operator,
+            values: values.into_iter().map(Into::into).collect(),
+        }
+    }
+
     /// Whether `labels` satisfy this requirement. A `Gt`/`Lt` whose value or
     /// label is not a single integer matches nothing, as in Kubernetes.
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
@@ -102,23 +116,14 @@ pub struct PreferredSchedulingTerm {
 mod tests {
     use super::*;
 
-    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
-    }
+    use crate::labels::tests::labels;
 
     fn requirement(
         key: &str,
         operator: NodeSelectorOperator,
         values: &[&str],
     ) -> NodeSelectorRequirement {
-        NodeSelectorRequirement {
-            key: key.to_owned(),
-            operator,
-            values: values.iter().map(|v| (*v).to_owned()).collect(),
-        }
+        NodeSelectorRequirement::new(key, operator, values.iter().copied())
     }
 
     #[test]

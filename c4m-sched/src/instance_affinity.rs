@@ -123,7 +123,7 @@ mod tests {
     use super::*;
 
     fn app(name: &str) -> BTreeMap<String, String> {
-        BTreeMap::from([("app".to_owned(), name.to_owned())])
+        crate::labels::tests::labels(&[("app", name)])
     }
 
     fn selecting(app_name: &str) -> InstanceAffinityTerm {

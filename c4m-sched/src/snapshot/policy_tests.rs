@@ -1,5 +1,6 @@
 //! Each knob of the [`Policy`] through `place`.
 
+use super::pipeline_tests::LastName;
 use super::rules_tests::host;
 use super::tests::{GIB, request, snapshot_of, unschedulable_text};
 use super::*;
@@ -42,11 +43,11 @@ fn disabled_filters_are_skipped() {
     let mut picky = req.clone();
     picky.node_selector = BTreeMap::from([("zone".to_owned(), "b".to_owned())]);
     picky.required_affinity = vec![NodeSelectorTerm {
-        match_expressions: vec![NodeSelectorRequirement {
-            key: "zone".to_owned(),
-            operator: NodeSelectorOperator::In,
-            values: vec!["c".to_owned()],
-        }],
+        match_expressions: vec![NodeSelectorRequirement::new(
+            "zone",
+            NodeSelectorOperator::In,
+            ["c"],
+        )],
         ..NodeSelectorTerm::default()
     }];
     snapshot.set_policy(&policy(|p| {
@@ -121,11 +122,11 @@ fn weights_multiply_the_built_in_scores() {
     req.preferred_affinity = vec![PreferredSchedulingTerm {
         weight: 30,
         preference: NodeSelectorTerm {
-            match_expressions: vec![NodeSelectorRequirement {
-                key: "zone".to_owned(),
-                operator: NodeSelectorOperator::Exists,
-                values: Vec::new(),
-            }],
+            match_expressions: vec![NodeSelectorRequirement::new(
+                "zone",
+                NodeSelectorOperator::Exists,
+                Vec::<String>::new(),
+            )],
             ..NodeSelectorTerm::default()
         },
     }];
@@ -162,17 +163,6 @@ fn weights_multiply_the_built_in_scores() {
         }
     };
     assert_eq!(choice(&mut snapshot, nothing_scores), "soft");
-}
-
-/// An embedder's node-scoped scorer (forces the per-node scan): prefers
-/// names that sort last.
-#[derive(Debug)]
-struct LastName;
-
-impl Scorer for LastName {
-    fn score(&self, _: &InstanceRequest, node: &NodeView<'_>) -> i64 {
-        node.info.name.bytes().last().map_or(0, i64::from)
-    }
 }
 
 #[test]

@@ -10,14 +10,12 @@ use crate::instance_affinity::{
     TopologySpreadConstraint, WeightedInstanceAffinityTerm, WhenUnsatisfiable,
 };
 use crate::labels::LabelSelector;
+use crate::labels::tests::labels;
 use crate::model::PlacedInstance;
 
-/// A 4-CPU, 8-GiB, 10-slot node with its hostname label and `labels`.
-pub(super) fn host(name: &str, labels: &[(&str, &str)]) -> NodeInfo {
-    let mut labels: BTreeMap<String, String> = labels
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect();
+/// A 4-CPU, 8-GiB, 10-slot node with its hostname label and `pairs`.
+pub(super) fn host(name: &str, pairs: &[(&str, &str)]) -> NodeInfo {
+    let mut labels = labels(pairs);
     labels.insert(HOSTNAME_LABEL.to_owned(), name.to_owned());
     NodeInfo {
         name: name.to_owned(),
@@ -32,13 +30,6 @@ pub(super) fn host(name: &str, labels: &[(&str, &str)]) -> NodeInfo {
         ready: true,
         ..NodeInfo::default()
     }
-}
-
-fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect()
 }
 
 /// A small request of `app` in namespace `prod`.
@@ -63,11 +54,7 @@ fn term(app: &str, topology_key: &str) -> InstanceAffinityTerm {
 }
 
 fn pin(key: &str, operator: NodeSelectorOperator, values: &[&str]) -> NodeSelectorRequirement {
-    NodeSelectorRequirement {
-        key: key.to_owned(),
-        operator,
-        values: values.iter().map(|v| (*v).to_owned()).collect(),
-    }
+    NodeSelectorRequirement::new(key, operator, values.iter().copied())
 }
 
 fn spread(
