@@ -117,26 +117,13 @@ impl<'a> RequestRules<'a> {
                 rules.count_spread(snapshot, WhenUnsatisfiable::ScheduleAnyway, false);
         }
         rules.instance = InstanceRules::new(snapshot, req, knobs);
-        let instance = &rules.instance;
-        let mut named: Vec<(&'a str, &'a str)> = Vec::new();
-        for (key, domains) in instance
-            .affinity
-            .iter()
-            .map(|(key, domains)| (*key, domains))
-            .chain(instance.anti_affinity.iter().map(|(key, d)| (*key, d)))
-            .chain(instance.existing_anti_affinity.iter().map(|(k, d)| (*k, d)))
-        {
-            named.extend(domains.iter().map(|value| (key, *value)));
-        }
-        for (key, scores) in &instance.preferred {
-            named.extend(scores.keys().map(|value| (*key, *value)));
-        }
-        for spread in rules.spread_filters.iter().chain(&rules.spread_scorers) {
+        let counted = rules.spread_filters.iter().chain(&rules.spread_scorers);
+        let spread_domains = counted.flat_map(|spread| {
             let key = spread.constraint.topology_key.as_str();
-            named.extend(spread.counts.keys().map(|value| (key, *value)));
-        }
-        for (key, value) in named {
-            rules.note_value(snapshot, key, value);
+            spread.counts.keys().map(move |value| (key, *value))
+        });
+        for (key, value) in rules.instance.named_domains().chain(spread_domains) {
+            note_value(&mut rules.exceptions, snapshot, key, value);
         }
         rules
     }
@@ -145,7 +132,7 @@ impl<'a> RequestRules<'a> {
     fn note_node_label_rules(&mut self, snapshot: &'a ClusterSnapshot) {
         let req = self.req;
         for (key, value) in &req.node_selector {
-            self.note_value(snapshot, key, value);
+            note_value(&mut self.exceptions, snapshot, key, value);
         }
         let terms = req
             .required_affinity
@@ -171,7 +158,7 @@ impl<'a> RequestRules<'a> {
                 self.judge_every_node = true;
             }
             for value in &requirement.values {
-                self.note_value(snapshot, &requirement.key, value);
+                note_value(&mut self.exceptions, snapshot, &requirement.key, value);
             }
         }
         for requirement in &term.match_fields {
@@ -186,18 +173,6 @@ impl<'a> RequestRules<'a> {
                     self.exceptions.insert(name);
                 }
             }
-        }
-    }
-
-    /// Makes the nodes with `value` under `key` exceptions, if `key` is
-    /// per-node (a class-wide key is answered by the generic node).
-    fn note_value(&mut self, snapshot: &'a ClusterSnapshot, key: &str, value: &str) {
-        let nodes = snapshot
-            .per_node_values
-            .get(key)
-            .and_then(|values| values.get(value));
-        for node in nodes.into_iter().flatten() {
-            self.exceptions.insert(node);
         }
     }
 
@@ -381,7 +356,46 @@ impl<'a> RequestRules<'a> {
     }
 }
 
+/// Makes the nodes with `value` under `key` `exceptions`, if `key` is
+/// per-node (a class-wide key is answered by the generic node).
+fn note_value<'a>(
+    exceptions: &mut HashSet<&'a str>,
+    snapshot: &'a ClusterSnapshot,
+    key: &str,
+    value: &str,
+) {
+    let nodes = snapshot
+        .per_node_values
+        .get(key)
+        .and_then(|values| values.get(value));
+    exceptions.extend(nodes.into_iter().flatten().map(|node| &**node));
+}
+
 impl<'a> InstanceRules<'a> {
+    /// Every (topology key, domain) a rule names.
+    fn named_domains(&self) -> impl Iterator<Item = (&'a str, &'a str)> + '_ {
+        let sets = self
+            .affinity
+            .iter()
+            .map(|(key, domains)| (*key, domains))
+            .chain(
+                self.anti_affinity
+                    .iter()
+                    .map(|(key, domains)| (*key, domains)),
+            )
+            .chain(
+                self.existing_anti_affinity
+                    .iter()
+                    .map(|(key, domains)| (*key, domains)),
+            )
+            .flat_map(|(key, domains)| domains.iter().map(move |value| (key, *value)));
+        let scored = self
+            .preferred
+            .iter()
+            .flat_map(|(key, scores)| scores.keys().map(move |value| (*key, *value)));
+        sets.chain(scored)
+    }
+
     fn new(snapshot: &'a ClusterSnapshot, req: &'a InstanceRequest, knobs: Knobs) -> Self {
         let book = &snapshot.instances;
         let owner = req.namespace.as_str();
