@@ -326,7 +326,9 @@ impl<'a> RequestRules<'a> {
             let Some(count) = spread.count(node.label(&spread.constraint.topology_key)) else {
                 return Some(UnfitReason::TopologySpreadMissingLabel);
             };
-            let skew = (count + spread.self_match).saturating_sub(spread.fewest?);
+            let skew = count
+                .saturating_add(spread.self_match)
+                .saturating_sub(spread.fewest?);
             (skew > u64::from(spread.constraint.max_skew))
                 .then_some(UnfitReason::TopologySpreadMismatch)
         })
