@@ -115,27 +115,31 @@ fn affinity_requests() -> Vec<InstanceRequest> {
         .map(|(index, request)| {
             let required_affinity = if index % 3 == 0 {
                 vec![NodeSelectorTerm {
-                    match_expressions: vec![requirement(
+                    match_expressions: vec![NodeSelectorRequirement::new(
                         "zone",
                         NodeSelectorOperator::NotIn,
-                        &["c"],
+                        ["c"],
                     )],
                     ..NodeSelectorTerm::default()
                 }]
             } else {
                 vec![
                     NodeSelectorTerm {
-                        match_expressions: vec![requirement(
+                        match_expressions: vec![NodeSelectorRequirement::new(
                             "zone",
                             NodeSelectorOperator::In,
-                            &["a"],
+                            ["a"],
                         )],
                         ..NodeSelectorTerm::default()
                     },
                     NodeSelectorTerm {
                         match_expressions: vec![
-                            requirement("zone", NodeSelectorOperator::In, &["b"]),
-                            requirement("disk", NodeSelectorOperator::Exists, &[]),
+                            NodeSelectorRequirement::new("zone", NodeSelectorOperator::In, ["b"]),
+                            NodeSelectorRequirement::new(
+                                "disk",
+                                NodeSelectorOperator::Exists,
+                                [""; 0],
+                            ),
                         ],
                         ..NodeSelectorTerm::default()
                     },
@@ -149,15 +153,6 @@ fn affinity_requests() -> Vec<InstanceRequest> {
             }
         })
         .collect()
-}
-
-/// A node selector requirement on `key`.
-fn requirement(
-    key: &str,
-    operator: NodeSelectorOperator,
-    values: &[&str],
-) -> NodeSelectorRequirement {
-    NodeSelectorRequirement::new(key, operator, values.iter().copied())
 }
 
 /// Places every request in order; returns the snapshot (dropped outside the
@@ -376,19 +371,19 @@ fn daemonset_requests(node_count: usize) -> Vec<InstanceRequest> {
             let name = node_name(index);
             let pin = if index % 2 == 0 {
                 NodeSelectorTerm {
-                    match_fields: vec![requirement(
+                    match_fields: vec![NodeSelectorRequirement::new(
                         NODE_NAME_FIELD,
                         NodeSelectorOperator::In,
-                        &[&name],
+                        [name.as_str()],
                     )],
                     ..NodeSelectorTerm::default()
                 }
             } else {
                 NodeSelectorTerm {
-                    match_expressions: vec![requirement(
+                    match_expressions: vec![NodeSelectorRequirement::new(
                         HOSTNAME_LABEL,
                         NodeSelectorOperator::In,
-                        &[&name],
+                        [name.as_str()],
                     )],
                     ..NodeSelectorTerm::default()
                 }
