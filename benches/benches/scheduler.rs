@@ -8,29 +8,46 @@
 //! instances that fit nowhere: each preemption is found, its victims
 //! released and the preemptor recorded on its node. Elements/s are
 //! preemptions per second.
+//!
+//! After kube-scheduler's scheduler_perf: `pod_anti_affinity/5000_nodes`
+//! places 4,000 instances (on top of 1,000 placed outside the timed part)
+//! in 20 groups, each with a required anti-affinity on the hostname against
+//! its own group; `daemonset/15000_nodes` places one instance per node,
+//! pinned by a required node affinity on `metadata.name` (even nodes) or on
+//! the hostname label (odd nodes). Every node carries its own
+//! `kubernetes.io/hostname` label, as agents set it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::hint::black_box;
 use std::time::Duration;
 
 use c4m_sched::{
-    ClusterSnapshot, InstanceRequest, NodeInfo, NodeSelectorOperator, NodeSelectorRequirement,
-    NodeSelectorTerm, PlacedInstance, Resources,
+    ClusterSnapshot, HOSTNAME_LABEL, InstanceAffinityTerm, InstanceRequest, LabelSelector,
+    NODE_NAME_FIELD, NodeInfo, NodeSelectorOperator, NodeSelectorRequirement, NodeSelectorTerm,
+    PlacedInstance, Resources,
 };
-use criterion::{BatchSize, Criterion, Throughput};
+use criterion::measurement::WallTime;
+use criterion::{BatchSize, BenchmarkGroup, Criterion, Throughput};
 
 const PLACEMENTS: usize = 10_000;
 const MIB: u64 = 1 << 20;
 const ZONES: [&str; 3] = ["a", "b", "c"];
 
-/// Nodes of 32 CPUs / 128 GiB / 110 instances in three zones; every fourth
-/// has an SSD label and every fifth also offers the `wasm` driver, which makes
-/// a dozen or so distinct shapes.
+/// The name of node `index`.
+fn node_name(index: usize) -> String {
+    format!("node-{index:05}")
+}
+
+/// Nodes of 32 CPUs / 128 GiB / 110 instances in three zones, each with its
+/// own hostname label; every fourth has an SSD label and every fifth also
+/// offers the `wasm` driver, which makes a dozen or so distinct shapes.
 fn cluster(node_count: usize) -> ClusterSnapshot {
     let mut snapshot = ClusterSnapshot::new();
     for index in 0..node_count {
-        let mut labels =
-            BTreeMap::from([("zone".to_owned(), ZONES[index % ZONES.len()].to_owned())]);
+        let mut labels = BTreeMap::from([
+            ("zone".to_owned(), ZONES[index % ZONES.len()].to_owned()),
+            (HOSTNAME_LABEL.to_owned(), node_name(index)),
+        ]);
         if index % 4 == 0 {
             labels.insert("disk".to_owned(), "ssd".to_owned());
         }
@@ -39,7 +56,7 @@ fn cluster(node_count: usize) -> ClusterSnapshot {
             drivers.insert("wasm".to_owned());
         }
         snapshot.upsert_node(NodeInfo {
-            name: format!("node-{index:05}"),
+            name: node_name(index),
             allocatable: Resources {
                 cpu_millis: 32_000,
                 memory_bytes: 128 * 1024 * MIB,
@@ -92,37 +109,39 @@ fn requests() -> Vec<InstanceRequest> {
 /// affinity matching about half the nodes: zone `a`, or an SSD in zone `b`,
 /// or (every third request) any zone but `c`.
 fn affinity_requests() -> Vec<InstanceRequest> {
-    let requirement = |key: &str, operator, values: &[&str]| NodeSelectorRequirement {
-        key: key.to_owned(),
-        operator,
-        values: values.iter().map(|v| (*v).to_owned()).collect(),
-    };
     requests()
         .into_iter()
         .enumerate()
         .map(|(index, request)| {
             let required_affinity = if index % 3 == 0 {
                 vec![NodeSelectorTerm {
-                    match_expressions: vec![requirement(
+                    match_expressions: vec![NodeSelectorRequirement::new(
                         "zone",
                         NodeSelectorOperator::NotIn,
-                        &["c"],
+                        ["c"],
                     )],
+                    ..NodeSelectorTerm::default()
                 }]
             } else {
                 vec![
                     NodeSelectorTerm {
-                        match_expressions: vec![requirement(
+                        match_expressions: vec![NodeSelectorRequirement::new(
                             "zone",
                             NodeSelectorOperator::In,
-                            &["a"],
+                            ["a"],
                         )],
+                        ..NodeSelectorTerm::default()
                     },
                     NodeSelectorTerm {
                         match_expressions: vec![
-                            requirement("zone", NodeSelectorOperator::In, &["b"]),
-                            requirement("disk", NodeSelectorOperator::Exists, &[]),
+                            NodeSelectorRequirement::new("zone", NodeSelectorOperator::In, ["b"]),
+                            NodeSelectorRequirement::new(
+                                "disk",
+                                NodeSelectorOperator::Exists,
+                                [""; 0],
+                            ),
                         ],
+                        ..NodeSelectorTerm::default()
                     },
                 ]
             };
@@ -151,45 +170,58 @@ fn place_all(
     (snapshot, unschedulable)
 }
 
-fn placements(c: &mut Criterion) {
-    let requests = requests();
-    let mut group = c.benchmark_group("placements");
+/// A group of few, short samples counting `elements` per iteration.
+fn short_group<'a>(
+    c: &'a mut Criterion,
+    name: &'static str,
+    elements: usize,
+) -> (BenchmarkGroup<'a, WallTime>, &'static str) {
+    let mut group = c.benchmark_group(name);
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(3));
     group.warm_up_time(Duration::from_secs(1));
-    group.throughput(Throughput::Elements(PLACEMENTS as u64));
+    group.throughput(Throughput::Elements(elements as u64));
+    (group, name)
+}
+
+/// Benches placing `requests` in order into a snapshot from `setup` (built
+/// outside the timed part), saying first how many do not fit.
+fn bench_place_all(
+    (group, group_name): &mut (BenchmarkGroup<'_, WallTime>, &str),
+    name: &str,
+    setup: impl Fn() -> ClusterSnapshot,
+    requests: &[InstanceRequest],
+) {
+    let (_, unschedulable) = place_all(setup(), requests);
+    eprintln!(
+        "{group_name}/{name}: {unschedulable} of {} requests unschedulable",
+        requests.len()
+    );
+    group.bench_function(name, |b| {
+        b.iter_batched(
+            &setup,
+            |snapshot| place_all(snapshot, requests),
+            BatchSize::LargeInput,
+        );
+    });
+}
+
+fn placements(c: &mut Criterion) {
+    let requests = requests();
+    let mut group = short_group(c, "placements", PLACEMENTS);
     for node_count in [100, 1_000, 5_000] {
-        let (_, unschedulable) = place_all(cluster(node_count), &requests);
-        eprintln!("{node_count} nodes: {unschedulable} of {PLACEMENTS} requests unschedulable");
-        group.bench_function(format!("{node_count}_nodes"), |b| {
-            b.iter_batched(
-                || cluster(node_count),
-                |snapshot| place_all(snapshot, &requests),
-                BatchSize::LargeInput,
-            );
-        });
+        let name = format!("{node_count}_nodes");
+        bench_place_all(&mut group, &name, || cluster(node_count), &requests);
     }
-    group.finish();
+    group.0.finish();
 }
 
 fn node_affinity(c: &mut Criterion) {
     const NODES: usize = 5_000;
-    let requests = affinity_requests();
-    let mut group = c.benchmark_group("node_affinity");
-    group.sample_size(10);
-    group.measurement_time(Duration::from_secs(3));
-    group.warm_up_time(Duration::from_secs(1));
-    group.throughput(Throughput::Elements(PLACEMENTS as u64));
-    let (_, unschedulable) = place_all(cluster(NODES), &requests);
-    eprintln!("{NODES} nodes, affinity: {unschedulable} of {PLACEMENTS} requests unschedulable");
-    group.bench_function(format!("{NODES}_nodes"), |b| {
-        b.iter_batched(
-            || cluster(NODES),
-            |snapshot| place_all(snapshot, &requests),
-            BatchSize::LargeInput,
-        );
-    });
-    group.finish();
+    let mut group = short_group(c, "node_affinity", PLACEMENTS);
+    let name = format!("{NODES}_nodes");
+    bench_place_all(&mut group, &name, || cluster(NODES), &affinity_requests());
+    group.0.finish();
 }
 
 const PREEMPTIONS: usize = 1_000;
@@ -219,7 +251,7 @@ fn full_cluster(node_count: usize) -> ClusterSnapshot {
                 priority: (index * 7 % 3) as i32,
                 disruption_budget: None,
             };
-            snapshot.allocate_instance(&format!("node-{node:05}"), &filler, placed);
+            snapshot.allocate_instance(&node_name(node), &filler, placed);
         }
     }
     snapshot
@@ -261,11 +293,7 @@ fn preemption(c: &mut Criterion) {
     let preemptors: Vec<InstanceRequest> = (0..PREEMPTIONS)
         .map(|index| instance(2_000, [1_024, 2_048, 4_096][index % 3]))
         .collect();
-    let mut group = c.benchmark_group("preemption");
-    group.sample_size(10);
-    group.measurement_time(Duration::from_secs(3));
-    group.warm_up_time(Duration::from_secs(1));
-    group.throughput(Throughput::Elements(PREEMPTIONS as u64));
+    let (mut group, _) = short_group(c, "preemption", PREEMPTIONS);
     let (_, failed) = preempt_all(full_cluster(NODES), &preemptors);
     eprintln!("{NODES} full nodes: {failed} of {PREEMPTIONS} preemptors evicted nothing");
     group.bench_function(format!("{NODES}_nodes"), |b| {
@@ -278,11 +306,121 @@ fn preemption(c: &mut Criterion) {
     group.finish();
 }
 
+const ANTI_AFFINITY_GROUPS: usize = 20;
+const ANTI_AFFINITY_EXISTING: usize = 1_000;
+const ANTI_AFFINITY_PLACEMENTS: usize = 4_000;
+
+/// Instance `index` of the anti-affinity workload: group `index % 20`,
+/// repelled by its own group on the hostname.
+fn anti_affinity_instance(index: usize) -> InstanceRequest {
+    let group = BTreeMap::from([(
+        "group".to_owned(),
+        format!("g{}", index % ANTI_AFFINITY_GROUPS),
+    )]);
+    InstanceRequest {
+        cpu_millis: 100,
+        memory_bytes: 256 * MIB,
+        driver: "process".to_owned(),
+        namespace: "perf".to_owned(),
+        required_instance_anti_affinity: vec![InstanceAffinityTerm {
+            label_selector: Some(LabelSelector {
+                match_labels: group.clone(),
+                ..LabelSelector::default()
+            }),
+            topology_key: HOSTNAME_LABEL.to_owned(),
+            ..InstanceAffinityTerm::default()
+        }],
+        labels: group,
+        ..InstanceRequest::default()
+    }
+}
+
+/// [`cluster`] with the first [`ANTI_AFFINITY_EXISTING`] instances placed.
+fn anti_affinity_cluster(node_count: usize) -> ClusterSnapshot {
+    let mut snapshot = cluster(node_count);
+    for index in 0..ANTI_AFFINITY_EXISTING {
+        snapshot
+            .place(&anti_affinity_instance(index))
+            .expect("the existing instances fit");
+    }
+    snapshot
+}
+
+fn pod_anti_affinity(c: &mut Criterion) {
+    const NODES: usize = 5_000;
+    let requests: Vec<InstanceRequest> = (ANTI_AFFINITY_EXISTING
+        ..ANTI_AFFINITY_EXISTING + ANTI_AFFINITY_PLACEMENTS)
+        .map(anti_affinity_instance)
+        .collect();
+    let mut group = short_group(c, "pod_anti_affinity", ANTI_AFFINITY_PLACEMENTS);
+    let name = format!("{NODES}_nodes");
+    bench_place_all(
+        &mut group,
+        &name,
+        || anti_affinity_cluster(NODES),
+        &requests,
+    );
+    group.0.finish();
+}
+
+/// One instance per node, pinned to it by `metadata.name` (even nodes) or
+/// by the hostname label (odd nodes).
+fn daemonset_requests(node_count: usize) -> Vec<InstanceRequest> {
+    (0..node_count)
+        .map(|index| {
+            let name = node_name(index);
+            let pin = if index % 2 == 0 {
+                NodeSelectorTerm {
+                    match_fields: vec![NodeSelectorRequirement::new(
+                        NODE_NAME_FIELD,
+                        NodeSelectorOperator::In,
+                        [name.as_str()],
+                    )],
+                    ..NodeSelectorTerm::default()
+                }
+            } else {
+                NodeSelectorTerm {
+                    match_expressions: vec![NodeSelectorRequirement::new(
+                        HOSTNAME_LABEL,
+                        NodeSelectorOperator::In,
+                        [name.as_str()],
+                    )],
+                    ..NodeSelectorTerm::default()
+                }
+            };
+            InstanceRequest {
+                cpu_millis: 100,
+                memory_bytes: 128 * MIB,
+                driver: "process".to_owned(),
+                namespace: "kube-system".to_owned(),
+                labels: BTreeMap::from([("app".to_owned(), "node-agent".to_owned())]),
+                required_affinity: vec![pin],
+                ..InstanceRequest::default()
+            }
+        })
+        .collect()
+}
+
+fn daemonset(c: &mut Criterion) {
+    const NODES: usize = 15_000;
+    let mut group = short_group(c, "daemonset", NODES);
+    let name = format!("{NODES}_nodes");
+    bench_place_all(
+        &mut group,
+        &name,
+        || cluster(NODES),
+        &daemonset_requests(NODES),
+    );
+    group.0.finish();
+}
+
 /// What `criterion_main!` would generate, minus an undocumented group function.
 fn main() {
     let mut criterion = Criterion::default().configure_from_args();
     placements(&mut criterion);
     node_affinity(&mut criterion);
     preemption(&mut criterion);
+    pod_anti_affinity(&mut criterion);
+    daemonset(&mut criterion);
     criterion.final_summary();
 }

@@ -109,6 +109,7 @@ fn request(pod: &Value) -> std::result::Result<InstanceRequest, String> {
         driver: spec
             .runtime_class_name
             .unwrap_or_else(|| c4m_core::DEFAULT_DRIVER.to_string()),
+        ..Default::default()
     })
 }
 
@@ -195,7 +196,10 @@ fn node_selector_term(
             })
         })
         .collect::<std::result::Result<Vec<_>, _>>()?;
-    Ok(NodeSelectorTerm { match_expressions })
+    Ok(NodeSelectorTerm {
+        match_expressions,
+        ..Default::default()
+    })
 }
 
 fn taint_effect(effect: &str) -> std::result::Result<TaintEffect, String> {

@@ -1,7 +1,13 @@
-//! Node affinity: label expressions a node must (or should) match, with
-//! Kubernetes' semantics.
+//! Node affinity: label and field expressions a node must (or should)
+//! match, with Kubernetes' semantics.
 
 use std::collections::BTreeMap;
+
+use crate::labels::{LabelValue, NodeFacts, operator_matches};
+
+/// The one node field a `matchFields` requirement may name: the node's name
+/// (DaemonSet instances pin their node with it).
+pub const NODE_NAME_FIELD: &str = "metadata.name";
 
 /// How a [`NodeSelectorRequirement`] compares a label with its values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -33,45 +39,67 @@ pub struct NodeSelectorRequirement {
 }
 
 impl NodeSelectorRequirement {
-    /// Whether `labels` satisfy this requirement. A `Gt`/`Lt` whose value or
-    /// label is not a single integer matches nothing, as in Kubernetes.
-    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        let label = labels.get(&self.key);
-        match self.operator {
-            NodeSelectorOperator::In => label.is_some_and(|value| self.values.contains(value)),
-            NodeSelectorOperator::NotIn => label.is_none_or(|value| !self.values.contains(value)),
-            NodeSelectorOperator::Exists => label.is_some(),
-            NodeSelectorOperator::DoesNotExist => label.is_none(),
-            NodeSelectorOperator::Gt => self.compare_integers(label).is_some_and(|(l, v)| l > v),
-            NodeSelectorOperator::Lt => self.compare_integers(label).is_some_and(|(l, v)| l < v),
+    /// A requirement on `key` (a label, or [`NODE_NAME_FIELD`] in
+    /// `match_fields`).
+    pub fn new<V: Into<String>>(
+        key: impl Into<String>,
+        operator: NodeSelectorOperator,
+        values: impl IntoIterator<Item = V>,
+    ) -> Self {
+        Self {
+            key: key.into(),
+            operator,
+            values: values.into_iter().map(Into::into).collect(),
         }
     }
 
-    /// The label and the single value as integers, if both are.
-    fn compare_integers(&self, label: Option<&String>) -> Option<(i64, i64)> {
-        let [value] = self.values.as_slice() else {
-            return None;
-        };
-        Some((label?.parse().ok()?, value.parse().ok()?))
+    /// Whether `labels` satisfy this requirement. A `Gt`/`Lt` whose value or
+    /// label is not a single integer matches nothing, as in Kubernetes.
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.matches_value(LabelValue::of(labels, &self.key))
+    }
+
+    fn matches_value(&self, value: LabelValue<'_>) -> bool {
+        operator_matches(self.operator, &self.values, value)
+    }
+
+    /// As a `matchFields` requirement: whether the node's field matches. Only
+    /// [`NODE_NAME_FIELD`] exists; a requirement on another field matches no
+    /// node (Kubernetes rejects such terms).
+    fn matches_field(&self, node: &NodeFacts<'_>) -> bool {
+        self.key == NODE_NAME_FIELD && self.matches_value(node.name())
     }
 }
 
-/// Requirements that must all hold. An empty term matches no node, as in
-/// Kubernetes.
+/// Requirements that must all hold, on labels and on fields. A term with
+/// neither matches no node, as in Kubernetes.
 #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct NodeSelectorTerm {
-    /// The requirements, ANDed.
+    /// Requirements on node labels, ANDed.
     pub match_expressions: Vec<NodeSelectorRequirement>,
+    /// Requirements on node fields, ANDed with the label ones: `key` is
+    /// [`NODE_NAME_FIELD`], the operator `In` or `NotIn`.
+    pub match_fields: Vec<NodeSelectorRequirement>,
 }
 
 impl NodeSelectorTerm {
-    /// Whether `labels` satisfy every requirement (and there is at least one).
-    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        !self.match_expressions.is_empty()
+    /// Whether the node `name` with `labels` satisfies every requirement
+    /// (and there is at least one).
+    pub fn matches(&self, name: &str, labels: &BTreeMap<String, String>) -> bool {
+        self.matches_facts(&NodeFacts::node(name, labels))
+    }
+
+    /// [`NodeSelectorTerm::matches`] on a real or generic node.
+    pub(crate) fn matches_facts(&self, node: &NodeFacts<'_>) -> bool {
+        !(self.match_expressions.is_empty() && self.match_fields.is_empty())
             && self
                 .match_expressions
                 .iter()
-                .all(|requirement| requirement.matches(labels))
+                .all(|requirement| requirement.matches_value(node.label(&requirement.key)))
+            && self
+                .match_fields
+                .iter()
+                .all(|requirement| requirement.matches_field(node))
     }
 }
 
@@ -88,23 +116,14 @@ pub struct PreferredSchedulingTerm {
 mod tests {
     use super::*;
 
-    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
-    }
+    use crate::labels::tests::labels;
 
     fn requirement(
         key: &str,
         operator: NodeSelectorOperator,
         values: &[&str],
     ) -> NodeSelectorRequirement {
-        NodeSelectorRequirement {
-            key: key.to_owned(),
-            operator,
-            values: values.iter().map(|v| (*v).to_owned()).collect(),
-        }
+        NodeSelectorRequirement::new(key, operator, values.iter().copied())
     }
 
     #[test]
@@ -150,15 +169,42 @@ mod tests {
                 requirement("zone", In, &["a"]),
                 requirement("disk", Exists, &[]),
             ],
+            ..NodeSelectorTerm::default()
         };
-        assert!(both.matches(&node));
+        assert!(both.matches("n", &node));
         let one_fails = NodeSelectorTerm {
             match_expressions: vec![
                 requirement("zone", In, &["a"]),
                 requirement("disk", DoesNotExist, &[]),
             ],
+            ..NodeSelectorTerm::default()
         };
-        assert!(!one_fails.matches(&node));
-        assert!(!NodeSelectorTerm::default().matches(&node));
+        assert!(!one_fails.matches("n", &node));
+        assert!(!NodeSelectorTerm::default().matches("n", &node));
+    }
+
+    #[test]
+    fn match_fields_pin_the_node_name() {
+        use NodeSelectorOperator::*;
+        let node = labels(&[("zone", "a")]);
+        let pinned = NodeSelectorTerm {
+            match_fields: vec![requirement(NODE_NAME_FIELD, In, &["n1"])],
+            ..NodeSelectorTerm::default()
+        };
+        assert!(pinned.matches("n1", &node));
+        assert!(!pinned.matches("n2", &node));
+        let mut both = pinned.clone();
+        both.match_expressions = vec![requirement("zone", In, &["b"])];
+        assert!(!both.matches("n1", &node), "fields AND labels");
+        let not_n1 = NodeSelectorTerm {
+            match_fields: vec![requirement(NODE_NAME_FIELD, NotIn, &["n1"])],
+            ..NodeSelectorTerm::default()
+        };
+        assert!(!not_n1.matches("n1", &node) && not_n1.matches("n2", &node));
+        let other_field = NodeSelectorTerm {
+            match_fields: vec![requirement("metadata.uid", NotIn, &["x"])],
+            ..NodeSelectorTerm::default()
+        };
+        assert!(!other_field.matches("n1", &node));
     }
 }

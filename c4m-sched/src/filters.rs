@@ -1,45 +1,80 @@
 //! The built-in filters, in the order the snapshot runs them.
 
+use crate::labels::{LabelValue, NodeFacts};
 use crate::model::InstanceRequest;
 use crate::pipeline::{Filter, NodeView, Scope};
+use crate::policy::filter_names;
 use crate::taint::tolerated;
 use crate::unschedulable::UnfitReason;
+
+impl NodeView<'_> {
+    /// The node as the label rules read it.
+    pub(crate) fn facts(&self) -> NodeFacts<'_> {
+        NodeFacts::node(&self.info.name, &self.info.labels)
+    }
+}
+
+/// Whether `node` carries every label of `req`'s node selector.
+pub(crate) fn node_selector_matches(req: &InstanceRequest, node: &NodeFacts<'_>) -> bool {
+    req.node_selector
+        .iter()
+        .all(|(key, value)| node.label(key) == LabelValue::Is(value))
+}
+
+/// Whether `node` matches a term of `req`'s required node affinity (or it
+/// has none).
+pub(crate) fn required_node_affinity_matches(req: &InstanceRequest, node: &NodeFacts<'_>) -> bool {
+    req.required_affinity.is_empty()
+        || req
+            .required_affinity
+            .iter()
+            .any(|term| term.matches_facts(node))
+}
 
 /// The node carries every label of the instance's node selector.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct NodeSelector;
 
+impl NodeSelector {
+    /// The plugin's name in a [`crate::Policy`].
+    pub const NAME: &str = filter_names::NODE_SELECTOR;
+}
+
 impl Filter for NodeSelector {
+    /// [`Scope::Node`]: per-node labels (the hostname) may be selected. The
+    /// snapshot still judges it once per class unless they are.
     fn scope(&self) -> Scope {
-        Scope::Class
+        Scope::Node
     }
 
     fn unfit_reasons(&self, req: &InstanceRequest, node: &NodeView<'_>) -> Vec<UnfitReason> {
-        let matches = req
-            .node_selector
-            .iter()
-            .all(|(key, value)| node.info.labels.get(key) == Some(value));
-        reason_unless(matches, || UnfitReason::NodeAffinityMismatch)
+        reason_unless(node_selector_matches(req, &node.facts()), || {
+            UnfitReason::NodeAffinityMismatch
+        })
     }
 }
 
 /// The node matches at least one term of the instance's required node
-/// affinity (when it has any).
+/// affinity (when it has any), on its labels and its name.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RequiredNodeAffinity;
 
+impl RequiredNodeAffinity {
+    /// The plugin's name in a [`crate::Policy`].
+    pub const NAME: &str = filter_names::NODE_AFFINITY;
+}
+
 impl Filter for RequiredNodeAffinity {
+    /// [`Scope::Node`]: terms may name per-node labels or the node's name.
+    /// The snapshot still judges it once per class unless they do.
     fn scope(&self) -> Scope {
-        Scope::Class
+        Scope::Node
     }
 
     fn unfit_reasons(&self, req: &InstanceRequest, node: &NodeView<'_>) -> Vec<UnfitReason> {
-        let matches = req.required_affinity.is_empty()
-            || req
-                .required_affinity
-                .iter()
-                .any(|term| term.matches(&node.info.labels));
-        reason_unless(matches, || UnfitReason::NodeAffinityMismatch)
+        reason_unless(required_node_affinity_matches(req, &node.facts()), || {
+            UnfitReason::NodeAffinityMismatch
+        })
     }
 }
 
@@ -47,6 +82,11 @@ impl Filter for RequiredNodeAffinity {
 /// node.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct TaintToleration;
+
+impl TaintToleration {
+    /// The plugin's name in a [`crate::Policy`].
+    pub const NAME: &str = filter_names::TAINT_TOLERATION;
+}
 
 impl Filter for TaintToleration {
     fn scope(&self) -> Scope {
@@ -71,6 +111,11 @@ impl Filter for TaintToleration {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct DriverOffered;
 
+impl DriverOffered {
+    /// The plugin's name in a [`crate::Policy`].
+    pub const NAME: &str = filter_names::DRIVER;
+}
+
 impl Filter for DriverOffered {
     fn scope(&self) -> Scope {
         Scope::Class
@@ -87,6 +132,11 @@ impl Filter for DriverOffered {
 /// storage and extended resources.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ResourcesFit;
+
+impl ResourcesFit {
+    /// The plugin's name in a [`crate::Policy`].
+    pub const NAME: &str = filter_names::NODE_RESOURCES_FIT;
+}
 
 impl Filter for ResourcesFit {
     fn unfit_reasons(&self, req: &InstanceRequest, node: &NodeView<'_>) -> Vec<UnfitReason> {
@@ -137,6 +187,11 @@ impl Filter for ResourcesFit {
 /// None of the instance's host ports is taken on the node.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct HostPorts;
+
+impl HostPorts {
+    /// The plugin's name in a [`crate::Policy`].
+    pub const NAME: &str = filter_names::NODE_PORTS;
+}
 
 impl Filter for HostPorts {
     fn unfit_reasons(&self, req: &InstanceRequest, node: &NodeView<'_>) -> Vec<UnfitReason> {

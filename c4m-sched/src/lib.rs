@@ -10,15 +10,27 @@
 //! resource counts) so accounting never drifts. When nothing fits,
 //! [`Unschedulable`] says why, Kubernetes style.
 //!
-//! A node must pass every [`Filter`] (node selector, required node affinity,
-//! taints, driver, resources, host ports, and any the embedder adds); the
-//! fitting node with the highest weighted total of [`Scorer`] scores wins
-//! (best fit or spread per [`Strategy`], preferred node affinity,
-//! `PreferNoSchedule` taints, and any the embedder adds). Nodes are grouped
-//! into classes of equal labels, drivers, taints and allocatable, with an
-//! ordered index per class, so a placement costs O(classes × log nodes)
-//! rather than a scan of every node; [`Scope`] says which extensions keep
-//! that fast path.
+//! A node must pass every [`Filter`] (node selector, required node affinity
+//! on labels and on the name (`matchFields`), taints, driver, resources,
+//! host ports, inter-instance affinity and anti-affinity, `DoNotSchedule`
+//! topology spread, and any the embedder adds); the fitting node with the
+//! highest weighted total of [`Scorer`] scores wins (best fit or spread per
+//! [`Strategy`], preferred node affinity, `PreferNoSchedule` taints,
+//! preferred inter-instance affinity, `ScheduleAnyway` topology spread, and
+//! any the embedder adds). A [`Policy`] ([`ClusterSnapshot::set_policy`])
+//! switches built-in plugins off and weighs their scores.
+//!
+//! Nodes are grouped into classes of equal labels, drivers, taints and
+//! allocatable, with an ordered index per class, so a placement costs
+//! O(classes × log nodes) rather than a scan of every node. Labels whose
+//! value is unique per node ([`HOSTNAME_LABEL`] by default,
+//! [`ClusterSnapshot::set_per_node_label_keys`]) are left out of the
+//! classes; a request that names such a value, or whose inter-instance
+//! rules or spread count instances in such a domain, has the few nodes
+//! concerned judged one by one, found through an index from value to nodes.
+//! The instances accounted are kept per namespace and labels, so a
+//! selector is matched once per workload rather than once per instance.
+//! [`Scope`] says which extensions keep the fast path.
 //!
 //! When an instance fits nowhere, [`ClusterSnapshot::preempt`] finds the
 //! node and the cheapest set of lower-priority instances (recorded with
@@ -28,6 +40,8 @@
 mod affinity;
 mod filters;
 mod fit;
+mod instance_affinity;
+mod labels;
 mod model;
 mod pipeline;
 mod policy;
@@ -39,11 +53,17 @@ mod victims;
 mod wide;
 
 pub use affinity::{
-    NodeSelectorOperator, NodeSelectorRequirement, NodeSelectorTerm, PreferredSchedulingTerm,
+    NODE_NAME_FIELD, NodeSelectorOperator, NodeSelectorRequirement, NodeSelectorTerm,
+    PreferredSchedulingTerm,
 };
 pub use filters::{
     DriverOffered, HostPorts, NodeSelector, RequiredNodeAffinity, ResourcesFit, TaintToleration,
 };
+pub use instance_affinity::{
+    HOSTNAME_LABEL, InstanceAffinityTerm, TopologySpreadConstraint, WeightedInstanceAffinityTerm,
+    WhenUnsatisfiable,
+};
+pub use labels::{LabelSelector, LabelSelectorOperator, LabelSelectorRequirement};
 pub use model::{
     DisruptionBudget, HostPort, InstanceRequest, NodeInfo, PlacedInstance, Preemption, Protocol,
     Resources, Strategy,

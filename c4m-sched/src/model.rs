@@ -3,6 +3,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::affinity::{NodeSelectorTerm, PreferredSchedulingTerm};
+use crate::instance_affinity::{
+    InstanceAffinityTerm, TopologySpreadConstraint, WeightedInstanceAffinityTerm,
+};
 use crate::taint::{Taint, Toleration};
 
 /// An amount of each schedulable resource, in integers so that accounting
@@ -156,8 +159,25 @@ pub struct InstanceRequest {
     pub host_ports: Vec<HostPort>,
     /// Runtime driver the node must offer.
     pub driver: String,
-    /// How to choose among fitting nodes.
+    /// How to choose among fitting nodes. The caller fills it, with the
+    /// policy's `default_strategy` when the instance does not choose.
     pub strategy: Strategy,
+    /// The instance's namespace: what its affinity terms and spread
+    /// constraints count by default, and what other instances' terms see.
+    pub namespace: String,
+    /// The instance's own labels, which other instances' selectors match.
+    pub labels: BTreeMap<String, String>,
+    /// Required inter-instance affinity: every term must hold on the node.
+    pub required_instance_affinity: Vec<InstanceAffinityTerm>,
+    /// Required inter-instance anti-affinity: no term may hold on the node.
+    /// Accounted instances keep theirs: it also repels instances they select.
+    pub required_instance_anti_affinity: Vec<InstanceAffinityTerm>,
+    /// Preferred inter-instance affinity.
+    pub preferred_instance_affinity: Vec<WeightedInstanceAffinityTerm>,
+    /// Preferred inter-instance anti-affinity.
+    pub preferred_instance_anti_affinity: Vec<WeightedInstanceAffinityTerm>,
+    /// Topology spread constraints.
+    pub topology_spread: Vec<TopologySpreadConstraint>,
 }
 
 impl InstanceRequest {

@@ -14,8 +14,10 @@ use crate::unschedulable::UnfitReason;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Scope {
     /// Only the node's labels, drivers, taints and allocatable resources:
-    /// evaluated once per class, on a view whose name is empty and whose
-    /// node has nothing allocated. Keeps the fast path.
+    /// evaluated once per class, on a view whose name is empty, whose node
+    /// has nothing allocated and which lacks the per-node labels (see
+    /// [`crate::ClusterSnapshot::set_per_node_label_keys`]). Keeps the fast
+    /// path.
     Class,
     /// Anything about the node, including its name and allocations. A
     /// filter is evaluated on each candidate while walking a class index

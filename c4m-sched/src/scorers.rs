@@ -5,8 +5,10 @@
 //! (best fit) or looser (spread) node, then to the smallest name.
 
 use crate::fit::{Leftover, Scale};
+use crate::labels::NodeFacts;
 use crate::model::{InstanceRequest, Strategy};
 use crate::pipeline::{NodeView, Scope, Scorer};
+use crate::policy::scorer_names;
 use crate::taint::{TaintEffect, tolerated};
 
 /// The highest score of the fit scorers, and the penalty per untolerated
@@ -51,6 +53,11 @@ impl Strategy {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct BestFit;
 
+impl BestFit {
+    /// The plugin's name in a [`crate::Policy`] (shared with [`Spread`]).
+    pub const NAME: &str = scorer_names::FIT;
+}
+
 impl Scorer for BestFit {
     fn score(&self, req: &InstanceRequest, node: &NodeView<'_>) -> i64 {
         node_fit_score(Strategy::BestFit, req, node)
@@ -62,10 +69,24 @@ impl Scorer for BestFit {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Spread;
 
+impl Spread {
+    /// The plugin's name in a [`crate::Policy`] (shared with [`BestFit`]).
+    pub const NAME: &str = scorer_names::FIT;
+}
+
 impl Scorer for Spread {
     fn score(&self, req: &InstanceRequest, node: &NodeView<'_>) -> i64 {
         node_fit_score(Strategy::Spread, req, node)
     }
+}
+
+/// The sum of the weights of `req`'s preferred node affinity terms that
+/// `node` matches.
+pub(crate) fn preferred_node_affinity_score(req: &InstanceRequest, node: &NodeFacts<'_>) -> i64 {
+    req.preferred_affinity
+        .iter()
+        .filter(|term| term.preference.matches_facts(node))
+        .fold(0, |sum: i64, term| sum.saturating_add(term.weight))
 }
 
 /// The sum of the weights of the instance's preferred node affinity terms
@@ -73,16 +94,20 @@ impl Scorer for Spread {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct PreferredNodeAffinity;
 
+impl PreferredNodeAffinity {
+    /// The plugin's name in a [`crate::Policy`].
+    pub const NAME: &str = scorer_names::NODE_AFFINITY;
+}
+
 impl Scorer for PreferredNodeAffinity {
+    /// [`Scope::Node`]: terms may name per-node labels or the node's name.
+    /// The snapshot still scores it once per class unless they do.
     fn scope(&self) -> Scope {
-        Scope::Class
+        Scope::Node
     }
 
     fn score(&self, req: &InstanceRequest, node: &NodeView<'_>) -> i64 {
-        req.preferred_affinity
-            .iter()
-            .filter(|term| term.preference.matches(&node.info.labels))
-            .fold(0, |sum: i64, term| sum.saturating_add(term.weight))
+        preferred_node_affinity_score(req, &node.facts())
     }
 }
 
@@ -90,6 +115,11 @@ impl Scorer for PreferredNodeAffinity {
 /// the instance does not tolerate.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct PreferNoScheduleTaints;
+
+impl PreferNoScheduleTaints {
+    /// The plugin's name in a [`crate::Policy`].
+    pub const NAME: &str = scorer_names::TAINT_TOLERATION;
+}
 
 impl Scorer for PreferNoScheduleTaints {
     fn scope(&self) -> Scope {

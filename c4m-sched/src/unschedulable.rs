@@ -32,6 +32,20 @@ pub enum UnfitReason {
     InsufficientEphemeralStorage,
     /// Not enough of this extended resource.
     InsufficientExtended(String),
+    /// Placing the instance would break one of its required inter-instance
+    /// affinity terms.
+    InstanceAffinityMismatch,
+    /// The node's domain runs an instance that the incoming one's required
+    /// anti-affinity selects.
+    InstanceAntiAffinityMismatch,
+    /// An instance in the node's domain has a required anti-affinity term
+    /// that selects the incoming one.
+    ExistingAntiAffinityMismatch,
+    /// The node lacks the topology key of a `DoNotSchedule` spread constraint.
+    TopologySpreadMissingLabel,
+    /// Placing the instance would exceed the `max_skew` of a `DoNotSchedule`
+    /// spread constraint.
+    TopologySpreadMismatch,
     /// An embedder's filter refused the node; the text follows "N node(s)".
     Custom(String),
 }
@@ -54,6 +68,19 @@ impl fmt::Display for UnfitReason {
             Self::InsufficientMemory => f.write_str("had insufficient memory"),
             Self::InsufficientEphemeralStorage => f.write_str("had insufficient ephemeral-storage"),
             Self::InsufficientExtended(name) => write!(f, "had insufficient {name}"),
+            Self::InstanceAffinityMismatch => f.write_str("didn't match pod affinity rules"),
+            Self::InstanceAntiAffinityMismatch => {
+                f.write_str("didn't match pod anti-affinity rules")
+            }
+            Self::ExistingAntiAffinityMismatch => {
+                f.write_str("didn't satisfy existing pods anti-affinity rules")
+            }
+            Self::TopologySpreadMissingLabel => {
+                f.write_str("didn't match pod topology spread constraints (missing required label)")
+            }
+            Self::TopologySpreadMismatch => {
+                f.write_str("didn't match pod topology spread constraints")
+            }
             Self::Custom(text) => f.write_str(text),
         }
     }

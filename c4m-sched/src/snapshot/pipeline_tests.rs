@@ -43,11 +43,12 @@ fn tainted(mut node: NodeInfo, key: &str, value: &str, effect: TaintEffect) -> N
 
 fn term(key: &str, operator: NodeSelectorOperator, values: &[&str]) -> NodeSelectorTerm {
     NodeSelectorTerm {
-        match_expressions: vec![NodeSelectorRequirement {
-            key: key.to_owned(),
+        match_expressions: vec![NodeSelectorRequirement::new(
+            key,
             operator,
-            values: values.iter().map(|v| (*v).to_owned()).collect(),
-        }],
+            values.iter().copied(),
+        )],
+        ..NodeSelectorTerm::default()
     }
 }
 
@@ -305,7 +306,7 @@ impl Filter for GoldOnly {
 
 /// An embedder's node-scoped scorer: prefers names that sort last.
 #[derive(Debug)]
-struct LastName;
+pub(super) struct LastName;
 
 impl Scorer for LastName {
     fn score(&self, _: &InstanceRequest, node: &NodeView<'_>) -> i64 {

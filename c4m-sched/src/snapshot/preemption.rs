@@ -12,10 +12,13 @@
 //! On one node, equal costs go to the set met first when combining
 //! victims in (priority, id) order.
 
+use std::collections::BTreeMap;
 use std::collections::btree_map::Entry;
-use std::collections::{BTreeMap, HashMap};
+
+use foldhash::HashMap;
 use std::sync::Arc;
 
+use super::rules::RequestRules;
 use super::{ClassId, ClusterSnapshot, NodeState, PlacedAt, PlacedRecord, subtract_allocation};
 use crate::model::{
     DisruptionBudget, HostPort, InstanceRequest, PlacedInstance, Preemption, Resources,
@@ -78,6 +81,9 @@ impl ClusterSnapshot {
             resources: req.resources(),
             host_ports: req.host_ports.clone(),
             disruption_budget: instance.disruption_budget.map(Arc::from),
+            namespace: req.namespace.clone(),
+            labels: req.labels.clone(),
+            anti_affinity: req.required_instance_anti_affinity.clone(),
         };
         if let Some(state) = self.nodes.get_mut(node) {
             state
@@ -107,6 +113,7 @@ impl ClusterSnapshot {
             .get_mut(&at.node)
             .and_then(|node| node.placed.remove(&(at.priority, id)));
         if let Some(record) = record {
+            self.instances.remove(&at.node, record.member());
             self.give_back(&at.node, &record.resources, &record.host_ports);
         }
         true
@@ -120,7 +127,9 @@ impl ClusterSnapshot {
     /// An instance whose `disruption_budget` names a group of `budgets`
     /// counts against that group's allowed disruptions; one naming a group
     /// absent from `budgets` is never a victim. A node must pass every
-    /// class-scoped filter as it is; resources and host ports are judged
+    /// filter but resources and host ports as it is (inter-instance
+    /// affinity and topology spread included: the victims still count
+    /// there, which can only refuse a node that would do); resources and host ports are judged
     /// with the victims gone, and so are the embedder's node-scoped filters,
     /// but only on the node's cheapest victim set: if that fails, the node is
     /// skipped. A node whose search exceeds a fixed step budget is skipped
@@ -131,7 +140,8 @@ impl ClusterSnapshot {
         priority: i32,
         budgets: &BTreeMap<String, DisruptionBudget>,
     ) -> Option<Preemption> {
-        if let Some(node) = self.best_node(req) {
+        let rules = RequestRules::new(self, req);
+        if let Some(node) = self.best_node(&rules, req) {
             return Some(Preemption {
                 node: node.to_string(),
                 victims: Vec::new(),
@@ -148,7 +158,7 @@ impl ClusterSnapshot {
             max_priority: lowest,
             priority_sum: i64::from(lowest),
         };
-        let mut admitted: HashMap<ClassId, bool> = HashMap::new();
+        let mut admitted: HashMap<ClassId, bool> = HashMap::default();
         let mut best: Option<Choice<'_>> = None;
         for name in &self.names {
             let Some(node) = self.nodes.get(name) else {
@@ -174,9 +184,9 @@ impl ClusterSnapshot {
             let admits = *admitted.entry(node.class).or_insert_with(|| {
                 self.classes
                     .get(&node.class)
-                    .is_some_and(|class| self.class_admits(class, req))
+                    .is_some_and(|class| self.class_score(class, req).is_some())
             });
-            if !node.info.ready || !admits {
+            if !node.info.ready || !admits || rules.admit(&node.facts()).is_none() {
                 continue;
             }
             let Some((problem, ids)) = node_problem(node, req, priority, budgets) else {
