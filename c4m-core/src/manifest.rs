@@ -1184,11 +1184,23 @@ const UNHONOURED: &[(Scope, &str, &str)] = &[
         "securityContext.!runAsUser|runAsGroup",
         SECURITY_IGNORED,
     ),
-    // Node affinity and tolerations are honoured by the scheduler;
-    // affinity between instances is not yet.
-    (Scope::PodSpec, "affinity.podAffinity", IGNORED),
-    (Scope::PodSpec, "affinity.podAntiAffinity", IGNORED),
-    (Scope::PodSpec, "topologySpreadConstraints", IGNORED),
+    // Node and inter-instance affinity, tolerations and spread constraints
+    // are honoured by the scheduler, but for these refinements.
+    (
+        Scope::PodSpec,
+        "topologySpreadConstraints[*].minDomains",
+        IGNORED,
+    ),
+    (
+        Scope::PodSpec,
+        "topologySpreadConstraints[*].nodeAffinityPolicy",
+        IGNORED,
+    ),
+    (
+        Scope::PodSpec,
+        "topologySpreadConstraints[*].nodeTaintsPolicy",
+        IGNORED,
+    ),
     (Scope::PodSpec, "hostNetwork=true", IGNORED),
     (Scope::PodSpec, "hostPID=true", IGNORED),
     (Scope::PodSpec, "hostIPC=true", IGNORED),
@@ -1677,7 +1689,7 @@ spec:
     }
 
     #[test]
-    fn node_affinity_and_tolerations_are_honoured_pod_affinity_is_not() {
+    fn affinity_tolerations_and_spread_are_honoured_min_domains_is_not() {
         let yaml = r#"
 apiVersion: v1
 kind: Pod
@@ -1691,12 +1703,16 @@ spec:
     podAntiAffinity:
       requiredDuringSchedulingIgnoredDuringExecution:
         - {topologyKey: kubernetes.io/hostname, labelSelector: {matchLabels: {app: p}}}
+  topologySpreadConstraints:
+    - {maxSkew: 1, topologyKey: zone, whenUnsatisfiable: DoNotSchedule, minDomains: 3}
   containers: [{name: c, command: [sleep, "1"]}]
 "#;
         let warnings = validate_value(&parse_one(yaml)).unwrap().warnings;
         assert_eq!(
             warnings,
-            ["Pod p: spec.affinity.podAntiAffinity is not supported and will be ignored"]
+            [
+                "Pod p: spec.topologySpreadConstraints[0].minDomains is not supported and will be ignored"
+            ]
         );
     }
 

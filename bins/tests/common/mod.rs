@@ -196,8 +196,24 @@ impl Cluster {
     /// `{name}-0..{name}-{count - 1}`, each advertising `cpu` and `memory`,
     /// and waits until all of them are Ready. `kill_agent(name)` ends it.
     pub fn start_hollow_agents(&mut self, name: &str, count: usize, cpu: &str, memory: &str) {
+        self.start_labelled_hollow_agents(name, count, cpu, memory, &[]);
+    }
+
+    /// [`Cluster::start_hollow_agents`] with node labels (`KEY=VALUE`).
+    pub fn start_labelled_hollow_agents(
+        &mut self,
+        name: &str,
+        count: usize,
+        cpu: &str,
+        memory: &str,
+        labels: &[&str],
+    ) {
         let count_text = count.to_string();
-        self.spawn_agent(name, cpu, memory, &["--hollow", &count_text]);
+        let mut extra = vec!["--hollow", &count_text];
+        for label in labels {
+            extra.extend(["--label", label]);
+        }
+        self.spawn_agent(name, cpu, memory, &extra);
         let prefix = format!("{name}-");
         wait_for(
             &format!("{count} hollow nodes Ready"),
