@@ -12,68 +12,63 @@
 //!   Microservice's `spec.priority` works without classes (Kubernetes would
 //!   only accept 0 there).
 
+use std::collections::BTreeMap;
+
 use c4m_store::Store;
 use k8s_openapi::api::scheduling::v1::PriorityClass;
 use serde_json::{Value, json};
 
-use crate::objects::{decode, key, kind, name_of, prefix};
+use crate::objects::{decode, kind, name_of, prefix};
 use crate::{Error, Result};
 
 /// The preemption policy of a class that names none.
 const DEFAULT_PREEMPTION_POLICY: &str = "PreemptLowerPriority";
 
-/// Sets `pod`'s priority and preemption policy from its PriorityClass.
-/// `pending` are objects written in the same transaction as the pod; a
-/// PriorityClass among them wins over the stored one of the same name.
-pub(crate) async fn admit_priority(
-    store: &dyn Store,
-    pod: &mut Value,
-    pending: &[&Value],
-) -> Result<()> {
-    let classes = kind("priorityclasses");
-    let pending_classes: Vec<PriorityClass> = pending
-        .iter()
-        .filter(|object| object["kind"] == classes.kind)
-        .filter_map(|object| decode_class(object))
-        .collect();
-    let is_pending = |name: &str| {
-        pending_classes
+/// Every PriorityClass a write may refer to: the stored ones and those
+/// written in the same transaction (which win by name). Loaded once per
+/// write, however many instances it creates.
+pub(crate) struct PriorityClasses {
+    by_name: BTreeMap<String, PriorityClass>,
+}
+
+impl PriorityClasses {
+    /// Reads the stored classes (one range read) and adds `pending`.
+    pub(crate) async fn load(store: &dyn Store, pending: &[&Value]) -> Result<Self> {
+        let classes = kind("priorityclasses");
+        let (stored, _) = store.range(&prefix(classes, None)).await?;
+        let mut by_name = BTreeMap::new();
+        let stored: Vec<Value> = stored.iter().filter_map(|kv| decode(kv).ok()).collect();
+        let pending = pending
             .iter()
-            .any(|class| class.metadata.name.as_deref() == Some(name))
-    };
-    let class = match pod["spec"]["priorityClassName"]
-        .as_str()
-        .filter(|name| !name.is_empty())
-    {
-        Some(name) => {
-            let stored = match store.get(&key(classes, "", name)).await? {
-                Some(kv) => decode_class(&decode(&kv)?),
-                None => None,
-            };
-            let class = pending_classes
-                .iter()
-                .find(|class| class.metadata.name.as_deref() == Some(name))
-                .cloned()
-                .or(stored);
-            Some(class.ok_or_else(|| {
+            .copied()
+            .filter(|object| object["kind"] == classes.kind);
+        // Pending ones come last, so they replace stored ones of their name.
+        for object in stored.iter().chain(pending) {
+            if let Some(class) = decode_class(object) {
+                by_name.insert(name_of(object).to_owned(), class);
+            }
+        }
+        Ok(Self { by_name })
+    }
+
+    /// Sets `pod`'s priority and preemption policy from its class (or the
+    /// `globalDefault` one); an unknown class is an error naming the field.
+    pub(crate) fn admit(&self, pod: &mut Value) -> Result<()> {
+        let class = match pod["spec"]["priorityClassName"]
+            .as_str()
+            .filter(|name| !name.is_empty())
+        {
+            Some(name) => Some(self.by_name.get(name).cloned().ok_or_else(|| {
                 Error::Invalid(format!(
                     "spec.priorityClassName: no PriorityClass with name {name} was found"
                 ))
-            })?)
+            })?),
+            None => global_default(self.by_name.values().cloned()),
+        };
+        match class {
+            Some(class) => apply_class(pod, &class),
+            None => Ok(()),
         }
-        None => {
-            let (stored, _) = store.range(&prefix(classes, None)).await?;
-            let stored = stored
-                .iter()
-                .filter_map(|kv| decode(kv).ok())
-                .filter(|object| !is_pending(name_of(object)))
-                .filter_map(|object| decode_class(&object));
-            global_default(pending_classes.iter().cloned().chain(stored))
-        }
-    };
-    match class {
-        Some(class) => apply_class(pod, &class),
-        None => Ok(()),
     }
 }
 
@@ -87,7 +82,7 @@ fn decode_class(object: &Value) -> Option<PriorityClass> {
         .ok()
 }
 
-/// The `globalDefault` class of lowest value (the first one met on a tie).
+/// The `globalDefault` class of lowest value (the first by name on a tie).
 fn global_default(classes: impl Iterator<Item = PriorityClass>) -> Option<PriorityClass> {
     classes
         .filter(|class| class.global_default == Some(true))
@@ -133,6 +128,11 @@ mod tests {
 
     use super::*;
     use crate::objects::Objects;
+
+    /// Admits `pod` as a write that also carries `pending` would.
+    async fn admit_priority(store: &dyn Store, pod: &mut Value, pending: &[&Value]) -> Result<()> {
+        PriorityClasses::load(store, pending).await?.admit(pod)
+    }
 
     fn class(name: &str, value: i32, extra: Value) -> Value {
         let mut class = json!({

@@ -12,6 +12,7 @@ use c4m_core::{Document, ResourceKind};
 use c4m_store::{KeyValue, Op, Precondition, Store};
 use serde_json::{Map, Value, json};
 
+use crate::admission::PriorityClasses;
 use crate::{Error, Result};
 
 /// How many times a write that lost a compare-and-swap race is retried.
@@ -183,7 +184,7 @@ impl Objects {
         kind: &ResourceKind,
         namespace: &str,
         mut value: Value,
-        pending: &[&Value],
+        classes: Option<&PriorityClasses>,
     ) -> Result<Value> {
         check_type(kind, &mut value)?;
         let meta = metadata_mut(&mut value)?;
@@ -228,7 +229,12 @@ impl Objects {
         meta.insert("creationTimestamp".into(), Value::String(now_rfc3339()));
         meta.insert("generation".into(), json!(1));
         if kind.kind == "Pod" {
-            crate::admission::admit_priority(self.store.as_ref(), &mut value, pending).await?;
+            match classes {
+                Some(classes) => classes.admit(&mut value)?,
+                None => PriorityClasses::load(self.store.as_ref(), &[])
+                    .await?
+                    .admit(&mut value)?,
+            }
             if value.get("status").is_none_or(Value::is_null) {
                 value["status"] = json!({"phase": "Pending"});
             }
@@ -290,7 +296,7 @@ impl Objects {
         namespace: &str,
         value: Value,
     ) -> Result<Value> {
-        let mut value = self.prepare_create(kind, namespace, value, &[]).await?;
+        let mut value = self.prepare_create(kind, namespace, value, None).await?;
         let name = name_of(&value).to_string();
         if kind.namespaced && kind.kind != "Namespace" {
             self.require_namespace(namespace).await?;
@@ -444,7 +450,7 @@ impl Objects {
             };
             let (mut written, precondition) = match &current {
                 None => (
-                    self.prepare_create(kind, namespace, value, &[]).await?,
+                    self.prepare_create(kind, namespace, value, None).await?,
                     Precondition::Absent,
                 ),
                 Some(current) => (
@@ -456,7 +462,7 @@ impl Objects {
             for (record_kind, record) in records {
                 let record_namespace = namespace_of(&record).to_string();
                 let record = self
-                    .prepare_create(record_kind, &record_namespace, record, &[])
+                    .prepare_create(record_kind, &record_namespace, record, None)
                     .await?;
                 let record_key = self::key(record_kind, &record_namespace, name_of(&record));
                 ops.push(Op::put(&record_key, encode(&record), Precondition::Absent));
@@ -506,7 +512,7 @@ impl Objects {
         let mut ops = Vec::with_capacity(objects.len());
         for (kind, value) in objects {
             let namespace = namespace_of(&value).to_string();
-            let value = self.prepare_create(kind, &namespace, value, &[]).await?;
+            let value = self.prepare_create(kind, &namespace, value, None).await?;
             ops.push(Op::put(
                 &key(kind, &namespace, name_of(&value)),
                 encode(&value),
@@ -555,6 +561,7 @@ impl Objects {
             .to_string();
         let mut warnings = Vec::new();
         let mut items = Vec::with_capacity(request.objects.len());
+        let mut keys = std::collections::HashSet::with_capacity(request.objects.len());
         for object in request.objects {
             let document = Document {
                 source: object.source,
@@ -570,7 +577,7 @@ impl Objects {
             };
             let name = name_of(&validated.object).to_string();
             let key = key(validated.kind, &namespace, &name);
-            if items.iter().any(|(k, ..): &(String, _, _, _, _)| *k == key) {
+            if !keys.insert(key.clone()) {
                 return Err(Error::Invalid(format!(
                     "{}: document {}: {} {name:?} appears twice in this apply",
                     document.source, document.index, validated.kind.kind
@@ -598,14 +605,17 @@ impl Objects {
             .filter(|(_, kind, ..)| kind.kind == "PriorityClass")
             .map(|(.., object)| object)
             .collect();
+        let classes = PriorityClasses::load(self.store.as_ref(), &pending_classes).await?;
         for _ in 0..CONFLICT_RETRIES {
             let mut ops = Vec::with_capacity(items.len());
             let mut results = Vec::with_capacity(items.len());
-            for (key, kind, namespace, name, object) in &items {
-                let (op, action) = match self.store.get(key).await? {
+            let keys: Vec<String> = items.iter().map(|(key, ..)| key.clone()).collect();
+            let stored = self.store.get_many(&keys).await?;
+            for ((key, kind, namespace, name, object), stored) in items.iter().zip(stored) {
+                let (op, action) = match stored {
                     None => {
                         let value = self
-                            .prepare_create(kind, namespace, object.clone(), &pending_classes)
+                            .prepare_create(kind, namespace, object.clone(), Some(&classes))
                             .await?;
                         (
                             Some(Op::put(key, encode(&value), Precondition::Absent)),

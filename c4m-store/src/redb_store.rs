@@ -148,6 +148,12 @@ impl Store for RedbStore {
         self.read(move |txn| tables::read_key(txn, &key)).await
     }
 
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<KeyValue>>> {
+        let keys = keys.to_vec();
+        self.read(move |txn| keys.iter().map(|key| tables::read_key(txn, key)).collect())
+            .await
+    }
+
     async fn range(&self, prefix: &str) -> Result<(Vec<KeyValue>, i64)> {
         let prefix = prefix.to_owned();
         self.read(move |txn| tables::read_prefix(txn, &prefix))

@@ -20,6 +20,17 @@ pub trait Store: Send + Sync + 'static {
     /// Reads one key.
     async fn get(&self, key: &str) -> Result<Option<KeyValue>>;
 
+    /// Reads several keys, each answer in the position of its key. The
+    /// default reads them one by one; a backend may read them in one go
+    /// (one consistent snapshot).
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<KeyValue>>> {
+        let mut values = Vec::with_capacity(keys.len());
+        for key in keys {
+            values.push(self.get(key).await?);
+        }
+        Ok(values)
+    }
+
     /// Reads every key starting with `prefix` (all keys for `""`), sorted by key, from one
     /// consistent snapshot, together with the revision of that snapshot.
     async fn range(&self, prefix: &str) -> Result<(Vec<KeyValue>, i64)>;

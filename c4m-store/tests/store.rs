@@ -625,3 +625,26 @@ async fn concurrent_creates_of_one_key_have_exactly_one_winner() {
     assert_eq!(winners, 1);
     assert_eq!(store.current_revision().await.unwrap(), 1);
 }
+
+#[tokio::test]
+async fn get_many_answers_each_key_in_place() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir);
+    store
+        .put("/a", bytes("1"), Precondition::None)
+        .await
+        .unwrap();
+    store
+        .put("/c", bytes("3"), Precondition::None)
+        .await
+        .unwrap();
+    let keys = ["/c", "/b", "/a"].map(String::from);
+    let values: Vec<Option<String>> = store
+        .get_many(&keys)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|kv| kv.map(|kv| String::from_utf8(kv.value.to_vec()).unwrap()))
+        .collect();
+    assert_eq!(values, [Some("3".into()), None, Some("1".into())]);
+}
