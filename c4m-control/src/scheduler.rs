@@ -190,8 +190,9 @@ struct Parsed<T> {
     value: T,
 }
 
-/// The parsed value of `object` (stored at `key`), parsing it only when it
-/// changed since the last call.
+/// The parsed value of `object` (stored at `key`), parsing it again only
+/// when what `parse` reads of it changed since the last call: an instance's
+/// status reports do not make it parse its spec again.
 fn memoized<'a, T>(
     memo: &'a mut HashMap<String, Parsed<T>>,
     key: String,
@@ -204,13 +205,43 @@ fn memoized<'a, T>(
         value: parse(object),
     };
     match memo.entry(key) {
-        Entry::Occupied(entry) if Arc::ptr_eq(&entry.get().from, object) => &entry.into_mut().value,
         Entry::Occupied(mut entry) => {
-            entry.insert(parsed());
+            if !same_inputs(&entry.get().from, object) {
+                entry.insert(parsed());
+            } else if !Arc::ptr_eq(&entry.get().from, object) {
+                // Keep the newest version, so the next comparison is a pointer check.
+                entry.get_mut().from = Arc::clone(object);
+            }
             &entry.into_mut().value
         }
         Entry::Vacant(entry) => &entry.insert(parsed()).value,
     }
+}
+
+/// Whether two versions of an object agree on everything the scheduler
+/// parses from them: an instance's spec (but its `nodeName`, which binding
+/// sets), labels, annotations and namespace; a Node whole (its allocatable
+/// and conditions are in its status).
+fn same_inputs(old: &Arc<Value>, new: &Arc<Value>) -> bool {
+    if Arc::ptr_eq(old, new) {
+        return true;
+    }
+    if new["kind"] != "Pod" {
+        return old == new;
+    }
+    let (a, b) = (&old["metadata"], &new["metadata"]);
+    fn without_node(spec: &Value) -> Option<impl Iterator<Item = (&String, &Value)>> {
+        spec.as_object()
+            .map(|fields| fields.iter().filter(|(name, _)| *name != "nodeName"))
+    }
+    let same_spec = match (without_node(&old["spec"]), without_node(&new["spec"])) {
+        (Some(a), Some(b)) => a.eq(b),
+        _ => old["spec"] == new["spec"],
+    };
+    same_spec
+        && a["labels"] == b["labels"]
+        && a["annotations"] == b["annotations"]
+        && a["namespace"] == b["namespace"]
 }
 
 impl Scheduler {
@@ -221,13 +252,15 @@ impl Scheduler {
         cache: &Cache,
         changes: &Changes,
     ) -> Result<Option<i64>> {
-        self.forget_deleted(cache, changes);
+        self.refresh(cache, changes);
         self.policy = current_policy(cache);
         reconcile(objects, cache, self).await
     }
 
-    /// Drops what was parsed from objects that are gone.
-    fn forget_deleted(&mut self, cache: &Cache, changes: &Changes) {
+    /// Brings what was parsed up to date with `changes`: forgets objects
+    /// that are gone and parses changed nodes now, so that the cycle that
+    /// finds pending instances does not pay for thousands of nodes at once.
+    fn refresh(&mut self, cache: &Cache, changes: &Changes) {
         if changes.everything {
             let pods: HashSet<String> = cache
                 .list(kind("pods"), None)
@@ -235,22 +268,29 @@ impl Scheduler {
                 .map(|p| instance_id(p))
                 .collect();
             self.requests.retain(|id, _| pods.contains(id));
-            let nodes: HashSet<String> = cache
-                .list(kind("nodes"), None)
-                .iter()
-                .map(|n| name_of(n).to_string())
-                .collect();
-            self.nodes.retain(|name, _| nodes.contains(name));
+            let nodes = cache.list(kind("nodes"), None);
+            let names: HashSet<&str> = nodes.iter().map(|n| name_of(n)).collect();
+            self.nodes.retain(|name, _| names.contains(name.as_str()));
+            for node in &nodes {
+                self.node_info(node);
+            }
             return;
         }
         for key in changes.changed.keys() {
-            if cache.get_key(key).is_some() {
-                continue;
-            }
+            let current = cache.get_key(key);
             if let Some(id) = key.strip_prefix("/registry/pods/") {
-                self.requests.remove(id);
+                if current.is_none() {
+                    self.requests.remove(id);
+                }
             } else if let Some(name) = key.strip_prefix("/registry/nodes/") {
-                self.nodes.remove(name);
+                match &current {
+                    Some(node) => {
+                        self.node_info(node);
+                    }
+                    None => {
+                        self.nodes.remove(name);
+                    }
+                }
             }
         }
     }
@@ -279,6 +319,7 @@ async fn reconcile(objects: &Objects, cache: &Cache, memo: &mut Scheduler) -> Re
     if pending.is_empty() {
         return Ok(None);
     }
+    let started = std::time::Instant::now();
     let mut snapshot = ClusterSnapshot::new();
     snapshot.set_policy(&memo.policy);
     for node in cache.list(kind("nodes"), None) {
@@ -325,6 +366,7 @@ async fn reconcile(objects: &Objects, cache: &Cache, memo: &mut Scheduler) -> Re
         .collect();
     let mut booked_from = 0;
     let mut booked: HashMap<&str, (&str, &InstanceRequest)> = HashMap::new();
+    let built = started.elapsed();
     let mut binds = Vec::new();
     let mut unschedulable: BTreeMap<(String, String), String> = BTreeMap::new();
     let mut preemptions = Vec::new();
@@ -391,12 +433,20 @@ async fn reconcile(objects: &Objects, cache: &Cache, memo: &mut Scheduler) -> Re
             }
         }
     }
+    let placed = started.elapsed();
     let mut written = None;
     if !binds.is_empty() {
         let count = binds.len();
         match objects.write_many(binds).await {
             Ok(revision) => {
-                tracing::debug!(count, revision, "bound instances");
+                tracing::debug!(
+                    count,
+                    revision,
+                    snapshot_ms = built.as_millis(),
+                    place_ms = (placed - built).as_millis(),
+                    write_ms = (started.elapsed() - placed).as_millis(),
+                    "bound instances"
+                );
                 written = Some(revision);
             }
             // Another writer moved an instance on: the next cycle sees it.
@@ -628,5 +678,23 @@ mod tests {
         assert_eq!(placed["critical"], "n1");
         assert_ne!(placed["urgent"], "n1");
         shutdown.cancel();
+    }
+
+    #[test]
+    fn status_reports_and_binding_do_not_invalidate_a_parsed_request() {
+        let pod = |node: Option<&str>, phase: &str, app: &str| {
+            let mut pod = json!({"kind": "Pod", "metadata": {"namespace": "d", "labels": {"app": app}},
+                "spec": {"containers": [{"name": "c"}]}, "status": {"phase": phase}});
+            if let Some(node) = node {
+                pod["spec"]["nodeName"] = json!(node);
+            }
+            Arc::new(pod)
+        };
+        let pending = pod(None, "Pending", "web");
+        assert!(same_inputs(&pending, &pod(Some("n1"), "Running", "web")));
+        assert!(!same_inputs(&pending, &pod(None, "Pending", "api")));
+        let node = Arc::new(json!({"kind": "Node", "status": {"allocatable": {"cpu": "1"}}}));
+        let grown = Arc::new(json!({"kind": "Node", "status": {"allocatable": {"cpu": "2"}}}));
+        assert!(!same_inputs(&node, &grown));
     }
 }

@@ -17,6 +17,7 @@ use c4m_sched::{
 };
 use k8s_openapi::api::core::v1::{self as core, PodSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1 as meta;
+use serde::Deserialize;
 use serde_json::Value;
 
 use crate::objects::{name_of, namespace_of};
@@ -31,8 +32,7 @@ const EPHEMERAL_STORAGE: &str = "ephemeral-storage";
 
 /// The scheduler's view of an instance's needs.
 pub(super) fn request(pod: &Value) -> std::result::Result<InstanceRequest, String> {
-    let spec: PodSpec =
-        serde_json::from_value(pod["spec"].clone()).map_err(|e| format!("spec: {e}"))?;
+    let spec: PodSpec = PodSpec::deserialize(&pod["spec"]).map_err(|e| format!("spec: {e}"))?;
     let requests = c4m_core::pod_requests(&spec).map_err(|e| e.to_string())?;
     let (ephemeral_storage_bytes, extended) = other_requests(&spec)?;
     let node_affinity = spec
