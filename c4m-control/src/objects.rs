@@ -52,7 +52,11 @@ pub(crate) fn decode(kv: &KeyValue) -> Result<Value> {
 
 /// Encodes an object for the store, without its resourceVersion.
 fn encode(value: &Value) -> bytes::Bytes {
-    let mut value = value.clone();
+    encode_owned(value.clone())
+}
+
+/// [`encode`] of a value the caller gives up, saving a copy.
+fn encode_owned(mut value: Value) -> bytes::Bytes {
     if let Some(meta) = value.get_mut("metadata").and_then(Value::as_object_mut) {
         meta.remove("resourceVersion");
     }
@@ -543,7 +547,7 @@ impl Objects {
             let key = key(kind, namespace_of(&value), name_of(&value));
             ops.push(Op::put(
                 &key,
-                encode(&value),
+                encode_owned(value),
                 Precondition::ModRevision(revision),
             ));
         }
