@@ -26,6 +26,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use crate::agents::UsageMap;
+use crate::discovery;
 use crate::objects::{Objects, Part, decode, kind, prefix};
 use crate::registry::Registry;
 use crate::selector::Selector;
@@ -94,6 +95,10 @@ pub(crate) fn router(state: Arc<ApiState>) -> Router {
             c4m_api::SCHEDULER_POLICY_HISTORY_PATH,
             get(scheduler_policy_history),
         )
+        .route("/api", get(discover_core))
+        .route("/api/{version}", get(discover_core_version))
+        .route("/apis", get(discover_groups))
+        .route("/apis/{group}/{version}", get(discover_group_version))
         .fallback(resource)
         .layer(middleware::from_fn_with_state(
             Arc::clone(&state),
@@ -139,13 +144,64 @@ async fn authenticate(State(state): Shared, mut request: Request, next: Next) ->
     next.run(request).await
 }
 
+/// `/version` with every field kubectl's `version.Info` has.
 async fn version() -> axum::Json<Value> {
     axum::Json(json!({
         "major": "1",
         "minor": "33",
         "gitVersion": format!("v1.33.0+c4m-{}", env!("CARGO_PKG_VERSION")),
+        "gitCommit": "",
+        "gitTreeState": "",
+        "buildDate": "",
+        "goVersion": "",
+        "compiler": "rustc",
         "platform": format!("{}/{}", std::env::consts::OS, std::env::consts::ARCH),
     }))
+}
+
+/// A discovery answer: the aggregated document when the client asks for
+/// it (`core` picks `/api` or `/apis`), else the legacy one.
+fn discovery_response(headers: &HeaderMap, core: bool, legacy: Value) -> Response {
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if discovery::wants_aggregated(accept) {
+        let body = discovery::aggregated(core).to_string();
+        return Response::builder()
+            .header(header::CONTENT_TYPE, discovery::AGGREGATED_CONTENT_TYPE)
+            .body(Body::from(body))
+            .unwrap_or_default();
+    }
+    axum::Json(legacy).into_response()
+}
+
+async fn discover_core(headers: HeaderMap) -> Response {
+    discovery_response(&headers, true, discovery::api_versions())
+}
+
+async fn discover_groups(headers: HeaderMap) -> Response {
+    discovery_response(&headers, false, discovery::group_list())
+}
+
+async fn discover_core_version(Path(version): Path<String>) -> Result<axum::Json<Value>> {
+    discovery::resource_list("", &version)
+        .map(axum::Json)
+        .ok_or_else(|| Error::NotFound {
+            kind: "path".into(),
+            name: format!("/api/{version}"),
+        })
+}
+
+async fn discover_group_version(
+    Path((group, version)): Path<(String, String)>,
+) -> Result<axum::Json<Value>> {
+    discovery::resource_list(&group, &version)
+        .map(axum::Json)
+        .ok_or_else(|| Error::NotFound {
+            kind: "path".into(),
+            name: format!("/apis/{group}/{version}"),
+        })
 }
 
 async fn apply(State(state): Shared, body: Bytes) -> Result<axum::Json<c4m_api::ApplyResponse>> {
@@ -341,13 +397,22 @@ async fn resource(
         serde_json::from_slice(&body)
             .map_err(|e| Error::BadRequest(format!("the body is not valid JSON: {e}")))
     };
+    let table = table_request(&headers, &query)?;
     let sub = target.subresource.as_deref();
+    if let Some(sub) = sub
+        && !kind.has_subresource(sub)
+    {
+        return Err(Error::NotFound {
+            kind: "path".into(),
+            name: uri.path().to_string(),
+        });
+    }
     match (&method, target.name.as_deref(), sub) {
         (&Method::GET, None, None) => {
             if query.get("watch").is_some_and(|w| w == "1" || w == "true") {
-                watch(&state, kind, target.namespace.as_deref(), &query).await
+                watch(&state, kind, target.namespace.as_deref(), &query, table).await
             } else {
-                list(&state, kind, target.namespace.as_deref(), &query).await
+                list(&state, kind, target.namespace.as_deref(), &query, table).await
             }
         }
         (&Method::POST, None, None) => {
@@ -363,7 +428,14 @@ async fn resource(
             Ok((StatusCode::CREATED, axum::Json(created)).into_response())
         }
         (&Method::GET, Some(name), None | Some("status")) => {
-            Ok(axum::Json(state.objects.get(kind, &namespace, name).await?).into_response())
+            let object = state.objects.get(kind, &namespace, name).await?;
+            Ok(match table {
+                Some(include) => {
+                    axum::Json(as_table(kind, std::slice::from_ref(&object), None, include))
+                }
+                None => axum::Json(object),
+            }
+            .into_response())
         }
         (&Method::PUT, Some(name), None | Some("status")) => {
             let value = parse_body()?;
@@ -441,6 +513,92 @@ async fn delete_namespace_contents(state: &ApiState, namespace: &str) -> Result<
     Ok(())
 }
 
+/// What a Table row carries besides its cells (`includeObject`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum IncludeObject {
+    None,
+    Metadata,
+    Object,
+}
+
+/// Whether the client asks for a `meta.k8s.io` Table (kubectl's `get`
+/// does, in its `Accept` header), and what its rows should carry.
+fn table_request(
+    headers: &HeaderMap,
+    query: &HashMap<String, String>,
+) -> Result<Option<IncludeObject>> {
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let wants_table = accept.split(',').any(|media| {
+        let params: Vec<&str> = media.split(';').map(str::trim).collect();
+        params.contains(&"as=Table") && params.contains(&"g=meta.k8s.io")
+    });
+    if !wants_table {
+        return Ok(None);
+    }
+    match query.get("includeObject").map(String::as_str) {
+        None | Some("Metadata") => Ok(Some(IncludeObject::Metadata)),
+        Some("Object") => Ok(Some(IncludeObject::Object)),
+        Some("None") => Ok(Some(IncludeObject::None)),
+        Some(other) => Err(Error::BadRequest(format!(
+            "includeObject: unsupported value {other:?} (None, Metadata or Object)"
+        ))),
+    }
+}
+
+/// Objects as a `meta.k8s.io/v1` Table with the kind's columns.
+fn as_table(
+    kind: &ResourceKind,
+    items: &[Value],
+    revision: Option<i64>,
+    include: IncludeObject,
+) -> Value {
+    let columns = c4m_api::table::columns(kind);
+    let definitions: Vec<Value> = columns
+        .iter()
+        .map(|c| {
+            json!({
+                "name": c.name,
+                "type": "string",
+                "format": if c.name == "NAME" { "name" } else { "" },
+                "description": c.description,
+                "priority": c.priority,
+            })
+        })
+        .collect();
+    let rows: Vec<Value> = items
+        .iter()
+        .map(|item| {
+            let mut row = json!({"cells": c4m_api::table::row(kind, item)});
+            match include {
+                IncludeObject::None => {}
+                IncludeObject::Metadata => {
+                    row["object"] = json!({
+                        "kind": "PartialObjectMetadata",
+                        "apiVersion": "meta.k8s.io/v1",
+                        "metadata": item["metadata"],
+                    });
+                }
+                IncludeObject::Object => row["object"] = item.clone(),
+            }
+            row
+        })
+        .collect();
+    let mut metadata = json!({});
+    if let Some(revision) = revision {
+        metadata["resourceVersion"] = json!(revision.to_string());
+    }
+    json!({
+        "kind": "Table",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": metadata,
+        "columnDefinitions": definitions,
+        "rows": rows,
+    })
+}
+
 fn selectors(query: &HashMap<String, String>) -> Result<(Selector, Selector)> {
     let labels = Selector::parse(
         query
@@ -466,6 +624,7 @@ async fn list(
     kind: &ResourceKind,
     namespace: Option<&str>,
     query: &HashMap<String, String>,
+    table: Option<IncludeObject>,
 ) -> Result<Response> {
     let (labels, fields) = selectors(query)?;
     let (items, revision) = state.objects.list(kind, namespace).await?;
@@ -473,6 +632,9 @@ async fn list(
         .into_iter()
         .filter(|o| selected(o, &labels, &fields))
         .collect();
+    if let Some(include) = table {
+        return Ok(axum::Json(as_table(kind, &items, Some(revision), include)).into_response());
+    }
     Ok(axum::Json(json!({
         "apiVersion": kind.api_version(),
         "kind": format!("{}List", kind.kind),
@@ -484,9 +646,10 @@ async fn list(
 
 async fn watch(
     state: &ApiState,
-    kind: &ResourceKind,
+    kind: &'static ResourceKind,
     namespace: Option<&str>,
     query: &HashMap<String, String>,
+    table: Option<IncludeObject>,
 ) -> Result<Response> {
     let (labels, fields) = selectors(query)?;
     let requested = query
@@ -544,7 +707,16 @@ async fn watch(
     });
     let stream = futures::stream::iter(initial)
         .chain(live)
-        .map(|event| Ok::<_, std::io::Error>(Bytes::from(format!("{event}\n"))))
+        .map(move |mut event| {
+            // A Table watch carries each object as a one-row Table.
+            if let Some(include) = table
+                && event["type"] != "ERROR"
+            {
+                let object = event["object"].take();
+                event["object"] = as_table(kind, std::slice::from_ref(&object), None, include);
+            }
+            Ok::<_, std::io::Error>(Bytes::from(format!("{event}\n")))
+        })
         .take_until(tokio::time::sleep(timeout))
         .take_until(state.shutdown.clone().cancelled_owned());
     Ok(Response::builder()

@@ -23,6 +23,7 @@ mod agents;
 mod api;
 mod cache;
 mod controllers;
+mod discovery;
 mod disruption;
 mod dns;
 mod error;
