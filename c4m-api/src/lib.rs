@@ -20,8 +20,8 @@ pub mod agent {
 }
 
 pub use client::{
-    Client, Credentials, SCHEDULER_POLICY_HISTORY_PATH, SCHEDULER_POLICY_PATH, bearer_matches,
-    object_path,
+    Client, Credentials, SCHEDULER_POLICY_HISTORY_PATH, SCHEDULER_POLICY_PATH,
+    TLS_CERTIFICATE_PATH, bearer_matches, object_path,
 };
 pub use error::{Error, Result};
 pub use types::{

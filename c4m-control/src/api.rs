@@ -43,6 +43,9 @@ pub(crate) struct ApiState {
     pub agent_token: String,
     pub http: reqwest::Client,
     pub shutdown: CancellationToken,
+    /// The API's TLS certificate (PEM), which `c4m kubeconfig` fetches
+    /// for clients to trust; None when the API speaks only HTTP.
+    pub certificate_pem: Option<String>,
 }
 
 type Shared = State<Arc<ApiState>>;
@@ -95,6 +98,7 @@ pub(crate) fn router(state: Arc<ApiState>) -> Router {
             c4m_api::SCHEDULER_POLICY_HISTORY_PATH,
             get(scheduler_policy_history),
         )
+        .route(c4m_api::TLS_CERTIFICATE_PATH, get(tls_certificate))
         .route("/api", get(discover_core))
         .route("/api/{version}", get(discover_core_version))
         .route("/apis", get(discover_groups))
@@ -208,6 +212,17 @@ async fn apply(State(state): Shared, body: Bytes) -> Result<axum::Json<c4m_api::
     let request: ApplyRequest = serde_json::from_slice(&body)
         .map_err(|e| Error::BadRequest(format!("invalid apply request: {e}")))?;
     Ok(axum::Json(state.objects.apply(request).await?))
+}
+
+async fn tls_certificate(State(state): Shared) -> Result<Response> {
+    let pem = state
+        .certificate_pem
+        .clone()
+        .ok_or_else(|| Error::NotFound {
+            kind: "TLS certificate".into(),
+            name: "(the API serves only HTTP)".into(),
+        })?;
+    Ok(([(header::CONTENT_TYPE, "application/x-pem-file")], pem).into_response())
 }
 
 async fn scheduler_policy(State(state): Shared) -> Result<axum::Json<Value>> {

@@ -34,8 +34,10 @@ mod scheduler;
 mod scheduler_policy;
 mod selector;
 mod server;
+mod tls;
 
 pub use dns::{DnsEndpoint, DnsError, DnsServer, RECORD_TTL_SECS, ServiceLookup, cluster_resolver};
 pub use error::{Error, Result};
 pub use objects::Objects;
 pub use server::{ControlPlane, ControlPlaneConfig};
+pub use tls::TlsIdentity;

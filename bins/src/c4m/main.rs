@@ -94,7 +94,7 @@ fn main() -> ExitCode {
             Command::Run(args) => commands::run(args, &connection).await,
             Command::Wait(args) => commands::wait(args, &connection).await,
             Command::Policy(args) => policy::policy(args, &connection).await,
-            Command::Kubeconfig(args) => kubeconfig::print(args, &connection),
+            Command::Kubeconfig(args) => kubeconfig::print(args, &connection).await,
         }
     });
     match result {
