@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use crate::agents::UsageMap;
 use crate::discovery;
 use crate::objects::{Objects, Part, decode, kind, prefix};
+use crate::patch;
 use crate::registry::Registry;
 use crate::selector::Selector;
 use crate::{Error, Result, scheduler_policy};
@@ -103,6 +104,15 @@ pub(crate) fn router(state: Arc<ApiState>) -> Router {
         .route("/api/{version}", get(discover_core_version))
         .route("/apis", get(discover_groups))
         .route("/apis/{group}/{version}", get(discover_group_version))
+        .route(
+            "/openapi/v3",
+            get(|| async { axum::Json(discovery::openapi_v3_root()) }),
+        )
+        .route("/openapi/v3/api/{version}", get(openapi_core_version))
+        .route(
+            "/openapi/v3/apis/{group}/{version}",
+            get(openapi_group_version),
+        )
         .fallback(resource)
         .layer(middleware::from_fn_with_state(
             Arc::clone(&state),
@@ -186,6 +196,26 @@ async fn discover_core(headers: HeaderMap) -> Response {
 
 async fn discover_groups(headers: HeaderMap) -> Response {
     discovery_response(&headers, false, discovery::group_list())
+}
+
+async fn openapi_core_version(Path(version): Path<String>) -> Result<axum::Json<Value>> {
+    discovery::openapi_v3_group_version("", &version)
+        .map(axum::Json)
+        .ok_or_else(|| Error::NotFound {
+            kind: "path".into(),
+            name: format!("/openapi/v3/api/{version}"),
+        })
+}
+
+async fn openapi_group_version(
+    Path((group, version)): Path<(String, String)>,
+) -> Result<axum::Json<Value>> {
+    discovery::openapi_v3_group_version(&group, &version)
+        .map(axum::Json)
+        .ok_or_else(|| Error::NotFound {
+            kind: "path".into(),
+            name: format!("/openapi/v3/apis/{group}/{version}"),
+        })
 }
 
 async fn discover_core_version(Path(version): Path<String>) -> Result<axum::Json<Value>> {
@@ -470,7 +500,48 @@ async fn resource(
             )
             .into_response())
         }
+        (&Method::PATCH, Some(name), None | Some("status")) => {
+            let patch_type = patch::PatchType::from_content_type(content_type(&headers))?;
+            let part = if sub == Some("status") {
+                Part::Status
+            } else {
+                Part::Main
+            };
+            let patched = state
+                .objects
+                .modify(kind, &namespace, name, part, |current| {
+                    let patched = patch::apply(patch_type, current, &body)?;
+                    if part == Part::Main {
+                        validate(kind, &patched)?;
+                    }
+                    Ok(patched)
+                })
+                .await?;
+            Ok(axum::Json(patched).into_response())
+        }
+        (&Method::GET, Some(name), Some("scale")) => {
+            let object = state.objects.get(kind, &namespace, name).await?;
+            Ok(axum::Json(scale_of(&object)).into_response())
+        }
+        (&Method::PUT | &Method::PATCH, Some(name), Some("scale")) => {
+            let patch_type = match method {
+                Method::PATCH => Some(patch::PatchType::from_content_type(content_type(&headers))?),
+                _ => None,
+            };
+            let scaled = state
+                .objects
+                .modify(kind, &namespace, name, Part::Main, |current| {
+                    let scale = match patch_type {
+                        Some(patch_type) => patch::apply(patch_type, &scale_of(current), &body)?,
+                        None => parse_body()?,
+                    };
+                    with_replicas(kind, current, &scale)
+                })
+                .await?;
+            Ok(axum::Json(scale_of(&scaled)).into_response())
+        }
         (&Method::DELETE, Some(name), None) => {
+            check_propagation(&query, &body)?;
             let (deleted, _) = state.objects.delete(kind, &namespace, name).await?;
             if kind.kind == "Namespace" {
                 delete_namespace_contents(&state, name).await?;
@@ -484,6 +555,89 @@ async fn resource(
         _ => Err(Error::MethodNotAllowed(format!(
             "{method} is not supported on {}",
             uri.path()
+        ))),
+    }
+}
+
+/// A request's `Content-Type`, or `""`.
+fn content_type(headers: &HeaderMap) -> &str {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+/// A workload's `scale` subresource (`autoscaling/v1` Scale).
+fn scale_of(object: &Value) -> Value {
+    let meta = &object["metadata"];
+    let selector: Vec<String> = object["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(key, value)| format!("{key}={}", value.as_str().unwrap_or_default()))
+        .collect();
+    json!({
+        "apiVersion": "autoscaling/v1",
+        "kind": "Scale",
+        "metadata": {
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "uid": meta["uid"],
+            "resourceVersion": meta["resourceVersion"],
+            "creationTimestamp": meta["creationTimestamp"],
+        },
+        "spec": {"replicas": object["spec"]["replicas"].as_i64().unwrap_or(1)},
+        "status": {
+            "replicas": object["status"]["replicas"].as_i64().unwrap_or(0),
+            "selector": selector.join(","),
+        },
+    })
+}
+
+/// `current` with the replicas a Scale asks for (and the resourceVersion
+/// it names, so a stale Scale is a Conflict).
+fn with_replicas(kind: &ResourceKind, current: &Value, scale: &Value) -> Result<Value> {
+    let replicas = scale["spec"]["replicas"]
+        .as_i64()
+        .filter(|r| *r >= 0)
+        .ok_or_else(|| {
+            Error::Invalid(format!(
+                "spec.replicas: Invalid value: {}: must be a non-negative integer",
+                scale["spec"]["replicas"]
+            ))
+        })?;
+    let mut scaled = current.clone();
+    scaled["spec"]["replicas"] = json!(replicas);
+    if let Some(version) = scale["metadata"]["resourceVersion"]
+        .as_str()
+        .filter(|v| !v.is_empty())
+    {
+        scaled["metadata"]["resourceVersion"] = json!(version);
+    }
+    validate(kind, &scaled)?;
+    Ok(scaled)
+}
+
+/// Deletion propagates to owned objects in the background (the workload
+/// controller removes the instances of a deleted workload) and Foreground
+/// is taken as that; Orphan, which would keep them, is refused rather than
+/// silently not honoured.
+fn check_propagation(query: &HashMap<String, String>, body: &[u8]) -> Result<()> {
+    let from_body = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        let options: Value = serde_json::from_slice(body)
+            .map_err(|e| Error::BadRequest(format!("the DeleteOptions are not valid JSON: {e}")))?;
+        options["propagationPolicy"].as_str().map(str::to_owned)
+    };
+    let policy = from_body.or_else(|| query.get("propagationPolicy").cloned());
+    match policy.as_deref() {
+        None | Some("Background" | "Foreground") => Ok(()),
+        Some("Orphan") => Err(Error::Invalid(
+            "propagationPolicy: Unsupported value: \"Orphan\": c4m always removes the instances of a deleted workload (use Background or Foreground)".into(),
+        )),
+        Some(other) => Err(Error::Invalid(format!(
+            "propagationPolicy: Unsupported value: {other:?}: supported values: \"Background\", \"Foreground\""
         ))),
     }
 }

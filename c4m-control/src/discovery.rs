@@ -1,6 +1,7 @@
 //! API discovery, as kubectl and the client libraries read it: the legacy
-//! documents (`/api`, `/apis`, `/api/v1`, `/apis/{group}/{version}`) and
-//! the aggregated ones (`apidiscovery.k8s.io/v2`), all generated from
+//! documents (`/api`, `/apis`, `/api/v1`, `/apis/{group}/{version}`), the
+//! aggregated ones (`apidiscovery.k8s.io/v2`) and a minimal OpenAPI v3 (the
+//! paths and their PATCH operations, no schemas), all generated from
 //! [`c4m_core::KINDS`] so a kind added there is discovered everywhere.
 
 use c4m_core::{KINDS, ResourceKind};
@@ -177,6 +178,74 @@ pub(crate) fn aggregated(core: bool) -> Value {
     })
 }
 
+/// The URL path (without `/`) of a group version's API and OpenAPI docs.
+fn group_version_path(group: &str, version: &str) -> String {
+    if group.is_empty() {
+        format!("api/{version}")
+    } else {
+        format!("apis/{group}/{version}")
+    }
+}
+
+/// `/openapi/v3`: where each group version's document is.
+pub(crate) fn openapi_v3_root() -> Value {
+    let mut paths = serde_json::Map::new();
+    for (group, version) in std::iter::once(("", "v1")).chain(group_versions()) {
+        let path = group_version_path(group, version);
+        paths.insert(
+            path.clone(),
+            json!({"serverRelativeURL": format!("/openapi/v3/{path}")}),
+        );
+    }
+    json!({"paths": paths})
+}
+
+/// `/openapi/v3/api/v1`, `/openapi/v3/apis/{group}/{version}`: each kind's
+/// object path with its PATCH operation, which names its kind and takes
+/// `fieldValidation`. That is what kubectl reads to learn the server
+/// validates fields itself (c4m rejects unknown fields), so it needs no
+/// schemas for `kubectl apply`; `kubectl explain` does, and has none yet.
+pub(crate) fn openapi_v3_group_version(group: &str, version: &str) -> Option<Value> {
+    let mut paths = serde_json::Map::new();
+    for kind in KINDS
+        .iter()
+        .filter(|k| k.group == group && k.version == version)
+    {
+        let namespace = if kind.namespaced {
+            "namespaces/{namespace}/"
+        } else {
+            ""
+        };
+        let path = format!(
+            "/{}/{namespace}{}/{{name}}",
+            group_version_path(group, version),
+            kind.plural
+        );
+        let gvk = json!({"group": group, "version": version, "kind": kind.kind});
+        let field_validation =
+            json!({"name": "fieldValidation", "in": "query", "schema": {"type": "string"}});
+        paths.insert(
+            path,
+            json!({
+                "get": {"x-kubernetes-group-version-kind": gvk, "x-kubernetes-action": "get"},
+                "put": {"x-kubernetes-group-version-kind": gvk, "x-kubernetes-action": "put",
+                    "parameters": [field_validation]},
+                "patch": {"x-kubernetes-group-version-kind": gvk, "x-kubernetes-action": "patch",
+                    "parameters": [field_validation]},
+            }),
+        );
+    }
+    if paths.is_empty() {
+        return None;
+    }
+    Some(json!({
+        "openapi": "3.0.0",
+        "info": {"title": "c4m", "version": "v1.33.0"},
+        "paths": paths,
+        "components": {"schemas": {}},
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -257,6 +326,27 @@ mod tests {
             deployments["subresources"][1]["responseKind"]["kind"],
             "Scale"
         );
+    }
+
+    #[test]
+    fn openapi_v3_names_patch_operations() {
+        let root = openapi_v3_root();
+        assert_eq!(
+            root["paths"]["apis/apps/v1"]["serverRelativeURL"],
+            "/openapi/v3/apis/apps/v1"
+        );
+        assert!(root["paths"]["api/v1"].is_object());
+        let apps = openapi_v3_group_version("apps", "v1").unwrap();
+        let patch =
+            &apps["paths"]["/apis/apps/v1/namespaces/{namespace}/deployments/{name}"]["patch"];
+        assert_eq!(
+            patch["x-kubernetes-group-version-kind"]["kind"],
+            "Deployment"
+        );
+        assert_eq!(patch["parameters"][0]["name"], "fieldValidation");
+        let core = openapi_v3_group_version("", "v1").unwrap();
+        assert!(core["paths"]["/api/v1/nodes/{name}"].is_object());
+        assert!(openapi_v3_group_version("apps", "v9").is_none());
     }
 
     #[test]

@@ -28,6 +28,7 @@ mod disruption;
 mod dns;
 mod error;
 mod objects;
+mod patch;
 mod pods;
 mod registry;
 mod scheduler;
