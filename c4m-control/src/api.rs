@@ -490,7 +490,7 @@ async fn resource(
                 Part::Main
             };
             if part == Part::Main {
-                validate(kind, &value)?;
+                validate_update(kind, &value)?;
             }
             Ok(axum::Json(
                 state
@@ -512,7 +512,7 @@ async fn resource(
                 .modify(kind, &namespace, name, part, |current| {
                     let patched = patch::apply(patch_type, current, &body)?;
                     if part == Part::Main {
-                        validate(kind, &patched)?;
+                        validate_update(kind, &patched)?;
                     }
                     Ok(patched)
                 })
@@ -614,7 +614,7 @@ fn with_replicas(kind: &ResourceKind, current: &Value, scale: &Value) -> Result<
     {
         scaled["metadata"]["resourceVersion"] = json!(version);
     }
-    validate(kind, &scaled)?;
+    validate_update(kind, &scaled)?;
     Ok(scaled)
 }
 
@@ -640,6 +640,17 @@ fn check_propagation(query: &HashMap<String, String>, body: &[u8]) -> Result<()>
             "propagationPolicy: Unsupported value: {other:?}: supported values: \"Background\", \"Foreground\""
         ))),
     }
+}
+
+/// Validates the new version of an object (PUT, PATCH, scale) as
+/// [`validate`] does, without its status: an update leaves the status as
+/// it is, and the manifest rules do not describe one.
+fn validate_update(kind: &ResourceKind, value: &Value) -> Result<()> {
+    let mut value = value.clone();
+    if let Some(object) = value.as_object_mut() {
+        object.remove("status");
+    }
+    validate(kind, &value)
 }
 
 /// Validates an object sent to the API with the same rules as `c4m apply`.
