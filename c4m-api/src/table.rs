@@ -173,10 +173,16 @@ fn node_roles(node: &Value) -> String {
         .flatten()
         .filter_map(|(key, _)| key.strip_prefix("node-role.kubernetes.io/"))
         .collect();
-    if roles.is_empty() {
+    let roles: Vec<String> = roles.into_iter().map(str::to_string).collect();
+    joined_or_none(&roles)
+}
+
+/// Items joined by commas, or `<none>`.
+fn joined_or_none(items: &[String]) -> String {
+    if items.is_empty() {
         "<none>".into()
     } else {
-        roles.join(",")
+        items.join(",")
     }
 }
 
@@ -193,11 +199,7 @@ fn service_ports(service: &Value) -> String {
             )
         })
         .collect();
-    if ports.is_empty() {
-        "<none>".into()
-    } else {
-        ports.join(",")
-    }
+    joined_or_none(&ports)
 }
 
 fn service_selector(service: &Value) -> String {
@@ -205,11 +207,7 @@ fn service_selector(service: &Value) -> String {
         .as_object()
         .map(|m| m.iter().map(|(k, v)| format!("{k}={}", text(v))).collect())
         .unwrap_or_default();
-    if selector.is_empty() {
-        "<none>".into()
-    } else {
-        selector.join(",")
-    }
+    joined_or_none(&selector)
 }
 
 fn endpoint_addresses(endpoints: &Value) -> String {
@@ -221,11 +219,7 @@ fn endpoint_addresses(endpoints: &Value) -> String {
             }
         }
     }
-    if addresses.is_empty() {
-        "<none>".into()
-    } else {
-        addresses.join(",")
-    }
+    joined_or_none(&addresses)
 }
 
 fn or_not_applicable(value: &Value) -> String {

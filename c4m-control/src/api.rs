@@ -101,17 +101,17 @@ pub(crate) fn router(state: Arc<ApiState>) -> Router {
         )
         .route(c4m_api::TLS_CERTIFICATE_PATH, get(tls_certificate))
         .route("/api", get(discover_core))
-        .route("/api/{version}", get(discover_core_version))
+        .route("/api/{version}", get(group_version_document))
         .route("/apis", get(discover_groups))
-        .route("/apis/{group}/{version}", get(discover_group_version))
+        .route("/apis/{group}/{version}", get(group_version_document))
         .route(
             "/openapi/v3",
             get(|| async { axum::Json(discovery::openapi_v3_root()) }),
         )
-        .route("/openapi/v3/api/{version}", get(openapi_core_version))
+        .route("/openapi/v3/api/{version}", get(group_version_document))
         .route(
             "/openapi/v3/apis/{group}/{version}",
-            get(openapi_group_version),
+            get(group_version_document),
         )
         .fallback(resource)
         .layer(middleware::from_fn_with_state(
@@ -198,44 +198,26 @@ async fn discover_groups(headers: HeaderMap) -> Response {
     discovery_response(&headers, false, discovery::group_list())
 }
 
-async fn openapi_core_version(Path(version): Path<String>) -> Result<axum::Json<Value>> {
-    discovery::openapi_v3_group_version("", &version)
-        .map(axum::Json)
-        .ok_or_else(|| Error::NotFound {
-            kind: "path".into(),
-            name: format!("/openapi/v3/api/{version}"),
-        })
-}
-
-async fn openapi_group_version(
-    Path((group, version)): Path<(String, String)>,
-) -> Result<axum::Json<Value>> {
-    discovery::openapi_v3_group_version(&group, &version)
-        .map(axum::Json)
-        .ok_or_else(|| Error::NotFound {
-            kind: "path".into(),
-            name: format!("/openapi/v3/apis/{group}/{version}"),
-        })
-}
-
-async fn discover_core_version(Path(version): Path<String>) -> Result<axum::Json<Value>> {
-    discovery::resource_list("", &version)
-        .map(axum::Json)
-        .ok_or_else(|| Error::NotFound {
-            kind: "path".into(),
-            name: format!("/api/{version}"),
-        })
-}
-
-async fn discover_group_version(
-    Path((group, version)): Path<(String, String)>,
-) -> Result<axum::Json<Value>> {
-    discovery::resource_list(&group, &version)
-        .map(axum::Json)
-        .ok_or_else(|| Error::NotFound {
-            kind: "path".into(),
-            name: format!("/apis/{group}/{version}"),
-        })
+/// `/api/{version}`, `/apis/{group}/{version}` (APIResourceLists) and
+/// their `/openapi/v3/` documents, or a 404 naming the path asked for.
+async fn group_version_document(uri: Uri) -> Result<axum::Json<Value>> {
+    let path = uri.path();
+    let (openapi, rest) = match path.strip_prefix("/openapi/v3") {
+        Some(rest) => (true, rest),
+        None => (false, path),
+    };
+    let segments: Vec<&str> = rest.trim_matches('/').split('/').collect();
+    let document = match segments.as_slice() {
+        ["api", version] if openapi => discovery::openapi_v3_group_version("", version),
+        ["apis", group, version] if openapi => discovery::openapi_v3_group_version(group, version),
+        ["api", version] => discovery::resource_list("", version),
+        ["apis", group, version] => discovery::resource_list(group, version),
+        _ => None,
+    };
+    document.map(axum::Json).ok_or_else(|| Error::NotFound {
+        kind: "path".into(),
+        name: path.to_string(),
+    })
 }
 
 async fn apply(State(state): Shared, body: Bytes) -> Result<axum::Json<c4m_api::ApplyResponse>> {
@@ -908,6 +890,69 @@ async fn watch(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tables_for_kubectl() {
+        let mut headers = HeaderMap::new();
+        let mut query = HashMap::new();
+        assert_eq!(table_request(&headers, &query).unwrap(), None);
+        headers.insert(
+            header::ACCEPT,
+            "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json"
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(
+            table_request(&headers, &query).unwrap(),
+            Some(IncludeObject::Metadata)
+        );
+        query.insert("includeObject".to_string(), "Object".to_string());
+        assert_eq!(
+            table_request(&headers, &query).unwrap(),
+            Some(IncludeObject::Object)
+        );
+        query.insert("includeObject".to_string(), "All".to_string());
+        assert!(table_request(&headers, &query).is_err());
+
+        let deployment = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "web", "namespace": "default"},
+            "spec": {"replicas": 2}, "status": {"readyReplicas": 1}});
+        let kind = ResourceKind::from_name("deployments").unwrap();
+        let items = std::slice::from_ref(&deployment);
+        let table = as_table(kind, items, Some(7), IncludeObject::Metadata);
+        assert_eq!(
+            (&table["kind"], &table["apiVersion"]),
+            (&json!("Table"), &json!("meta.k8s.io/v1"))
+        );
+        assert_eq!(table["metadata"]["resourceVersion"], "7");
+        assert_eq!(table["columnDefinitions"][0]["format"], "name");
+        assert_eq!(table["rows"][0]["cells"][1], "1/2");
+        assert_eq!(table["rows"][0]["object"]["kind"], "PartialObjectMetadata");
+        assert_eq!(
+            table["rows"][0]["object"]["metadata"]["namespace"],
+            "default"
+        );
+        let table = as_table(kind, items, None, IncludeObject::Object);
+        assert_eq!(table["rows"][0]["object"], deployment);
+        let table = as_table(kind, items, None, IncludeObject::None);
+        assert!(table["rows"][0].get("object").is_none());
+    }
+
+    #[test]
+    fn delete_propagation() {
+        let query = HashMap::new();
+        assert!(check_propagation(&query, b"").is_ok());
+        assert!(check_propagation(&query, br#"{"propagationPolicy":"Background"}"#).is_ok());
+        let orphan = check_propagation(&query, br#"{"propagationPolicy":"Orphan"}"#).unwrap_err();
+        assert_eq!(orphan.http_status().0, 422);
+        assert_eq!(
+            check_propagation(&query, b"{bad")
+                .unwrap_err()
+                .http_status()
+                .0,
+            400
+        );
+    }
 
     #[test]
     fn paths_resolve() {
