@@ -249,6 +249,16 @@ fn kubectl_drives_c4m() {
     let all = kubectl.ok(&["get", "deploy", "-A"]);
     assert_eq!(row(&rows(&all), "default")[1], "hello");
 
+    // A server-side dry run is refused, and writes nothing.
+    std::fs::write(&path, manifest(5, "dry")).unwrap();
+    let refused = kubectl.fails(&["apply", "--dry-run=server", "-f", file]);
+    assert!(refused.contains("dryRun is not supported"), "{refused}");
+    assert_eq!(
+        kubectl.json(&["get", "deployment", "hello"])["spec"]["replicas"],
+        2
+    );
+    std::fs::write(&path, manifest(2, "hi")).unwrap();
+
     // apply: unchanged, then changed (replicas, env) and re-applied.
     assert_eq!(
         kubectl.ok(&["apply", "-f", file]),

@@ -425,6 +425,13 @@ async fn resource(
             .map_err(|e| Error::BadRequest(format!("the body is not valid JSON: {e}")))
     };
     let table = table_request(&headers, &query)?;
+    // A dry run (`kubectl apply --dry-run=server`, `kubectl diff`) must
+    // write nothing; until it is served, it is refused rather than written.
+    if method != Method::GET && query.get("dryRun").is_some_and(|d| !d.is_empty()) {
+        return Err(Error::BadRequest(
+            "dryRun is not supported yet: nothing was written (use --dry-run=client)".into(),
+        ));
+    }
     let sub = target.subresource.as_deref();
     if let Some(sub) = sub
         && !kind.has_subresource(sub)
