@@ -358,6 +358,36 @@ fn kubectl_drives_c4m() {
     assert_eq!(deployment["spec"]["replicas"], 3);
     assert_eq!(deployment["metadata"]["labels"]["tier"], "front");
 
+    // The status subresource takes patches too, and leaves the spec alone.
+    let patched: Value = serde_json::from_str(&kubectl.ok(&[
+        "patch",
+        "deployment",
+        "hello",
+        "--subresource",
+        "status",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"replicas":9},"status":{"observedGeneration":99}}"#,
+        "-o",
+        "json",
+    ]))
+    .unwrap();
+    assert_eq!(patched["status"]["observedGeneration"], 99);
+    assert_eq!(patched["spec"]["replicas"], 3);
+
+    // A manifest with a misspelt field is refused, naming it; nothing is written.
+    let typo = cluster.dir.path().join("typo.yaml");
+    std::fs::write(
+        &typo,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: typo}\ndatta: {a: b}\n",
+    )
+    .unwrap();
+    let refused = kubectl.fails(&["apply", "-f", typo.to_str().unwrap()]);
+    assert!(refused.contains("datta"), "{refused}");
+    let missing = kubectl.fails(&["get", "configmap", "typo"]);
+    assert!(missing.contains("not found"), "{missing}");
+
     // scale.
     assert_eq!(
         kubectl.ok(&["scale", "deployment", "hello", "--replicas", "1"]),
