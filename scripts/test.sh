@@ -18,6 +18,22 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
+# kubectl, which bins/tests/kubectl.rs drives. It is not in Debian's main
+# archive at a usable version (bookworm's kubernetes-client is 1.20); the
+# `kubectl` package comes from Kubernetes' (pkgs.k8s.io) or Google Cloud's
+# apt repository where one is configured. Without it those tests fail,
+# saying so: they are never skipped.
+if ! [ -x /usr/bin/kubectl ]; then
+  if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
+  if apt-cache show kubectl >/dev/null 2>&1; then
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends kubectl
+  fi
+  if ! [ -x /usr/bin/kubectl ]; then
+    echo "error: kubectl is not installed and no configured apt repository has it:" >&2
+    echo "  bins/tests/kubectl.rs will fail. Add https://pkgs.k8s.io/core:/stable:/v1.32/deb/" >&2
+    echo "  as an apt source (or put kubectl 1.32 at /usr/bin/kubectl) and run again." >&2
+  fi
+fi
 rustup component add rustfmt >/dev/null 2>&1 || true
 
 if cargo fmt --version >/dev/null 2>&1; then

@@ -48,6 +48,9 @@ pub fn bearer_matches(authorization: Option<&str>, token: &str) -> bool {
 /// object whose `spec` is the policy).
 pub const SCHEDULER_POLICY_PATH: &str = "/c4m/v1/scheduler/policy";
 
+/// URL path of the API's TLS certificate (PEM), for kubeconfigs to trust.
+pub const TLS_CERTIFICATE_PATH: &str = "/c4m/v1/tls/certificate";
+
 /// URL path of the scheduler policy's change history.
 pub const SCHEDULER_POLICY_HISTORY_PATH: &str = "/c4m/v1/scheduler/policy/history";
 
@@ -245,6 +248,23 @@ impl Client {
     /// `newPolicy`).
     pub async fn scheduler_policy_history(&self) -> Result<Value> {
         self.get_path(SCHEDULER_POLICY_HISTORY_PATH).await
+    }
+
+    /// The API's TLS certificate (PEM); None when it serves only HTTP.
+    pub async fn tls_certificate(&self) -> Result<Option<String>> {
+        let response = match self
+            .send(self.request(Method::GET, TLS_CERTIFICATE_PATH))
+            .await
+        {
+            Ok(response) => response,
+            Err(e) if e.code() == Some(404) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let text = response.text().await.map_err(|source| Error::Transport {
+            endpoint: self.endpoint.clone(),
+            source,
+        })?;
+        Ok(Some(text))
     }
 
     /// Current CPU and memory usage of an instance (a `PodMetrics` object).

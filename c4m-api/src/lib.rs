@@ -5,9 +5,12 @@
 //! - [`Client`]: a client for the control plane's HTTP/JSON API, used by the
 //!   `c4m` CLI and by tests, with the request and response types the API and
 //!   the client share ([`ApplyRequest`], [`ServiceEndpoints`], ...).
+//! - [`table`]: the columns each kind is listed with, shared by `c4m get`
+//!   and the API's `Table` answers to `kubectl get`.
 
 mod client;
 mod error;
+pub mod table;
 mod types;
 
 /// The agent ↔ control plane gRPC protocol.
@@ -17,8 +20,8 @@ pub mod agent {
 }
 
 pub use client::{
-    Client, Credentials, SCHEDULER_POLICY_HISTORY_PATH, SCHEDULER_POLICY_PATH, bearer_matches,
-    object_path,
+    Client, Credentials, SCHEDULER_POLICY_HISTORY_PATH, SCHEDULER_POLICY_PATH,
+    TLS_CERTIFICATE_PATH, bearer_matches, object_path,
 };
 pub use error::{Error, Result};
 pub use types::{

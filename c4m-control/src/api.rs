@@ -26,7 +26,9 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use crate::agents::UsageMap;
+use crate::discovery;
 use crate::objects::{Objects, Part, decode, kind, prefix};
+use crate::patch;
 use crate::registry::Registry;
 use crate::selector::Selector;
 use crate::{Error, Result, scheduler_policy};
@@ -42,6 +44,9 @@ pub(crate) struct ApiState {
     pub agent_token: String,
     pub http: reqwest::Client,
     pub shutdown: CancellationToken,
+    /// The API's TLS certificate (PEM), which `c4m kubeconfig` fetches
+    /// for clients to trust; None when the API speaks only HTTP.
+    pub certificate_pem: Option<String>,
 }
 
 type Shared = State<Arc<ApiState>>;
@@ -94,6 +99,20 @@ pub(crate) fn router(state: Arc<ApiState>) -> Router {
             c4m_api::SCHEDULER_POLICY_HISTORY_PATH,
             get(scheduler_policy_history),
         )
+        .route(c4m_api::TLS_CERTIFICATE_PATH, get(tls_certificate))
+        .route("/api", get(discover_core))
+        .route("/api/{version}", get(group_version_document))
+        .route("/apis", get(discover_groups))
+        .route("/apis/{group}/{version}", get(group_version_document))
+        .route(
+            "/openapi/v3",
+            get(|| async { axum::Json(discovery::openapi_v3_root()) }),
+        )
+        .route("/openapi/v3/api/{version}", get(group_version_document))
+        .route(
+            "/openapi/v3/apis/{group}/{version}",
+            get(group_version_document),
+        )
         .fallback(resource)
         .layer(middleware::from_fn_with_state(
             Arc::clone(&state),
@@ -139,19 +158,83 @@ async fn authenticate(State(state): Shared, mut request: Request, next: Next) ->
     next.run(request).await
 }
 
+/// `/version` with every field kubectl's `version.Info` has.
 async fn version() -> axum::Json<Value> {
     axum::Json(json!({
         "major": "1",
         "minor": "33",
         "gitVersion": format!("v1.33.0+c4m-{}", env!("CARGO_PKG_VERSION")),
+        "gitCommit": "",
+        "gitTreeState": "",
+        "buildDate": "",
+        "goVersion": "",
+        "compiler": "rustc",
         "platform": format!("{}/{}", std::env::consts::OS, std::env::consts::ARCH),
     }))
+}
+
+/// A discovery answer: the aggregated document when the client asks for
+/// it (`core` picks `/api` or `/apis`), else the legacy one.
+fn discovery_response(headers: &HeaderMap, core: bool, legacy: Value) -> Response {
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if discovery::wants_aggregated(accept) {
+        let body = discovery::aggregated(core).to_string();
+        return Response::builder()
+            .header(header::CONTENT_TYPE, discovery::AGGREGATED_CONTENT_TYPE)
+            .body(Body::from(body))
+            .unwrap_or_default();
+    }
+    axum::Json(legacy).into_response()
+}
+
+async fn discover_core(headers: HeaderMap) -> Response {
+    discovery_response(&headers, true, discovery::api_versions())
+}
+
+async fn discover_groups(headers: HeaderMap) -> Response {
+    discovery_response(&headers, false, discovery::group_list())
+}
+
+/// `/api/{version}`, `/apis/{group}/{version}` (APIResourceLists) and
+/// their `/openapi/v3/` documents, or a 404 naming the path asked for.
+async fn group_version_document(uri: Uri) -> Result<axum::Json<Value>> {
+    let path = uri.path();
+    let (openapi, rest) = match path.strip_prefix("/openapi/v3") {
+        Some(rest) => (true, rest),
+        None => (false, path),
+    };
+    let segments: Vec<&str> = rest.trim_matches('/').split('/').collect();
+    let document = match segments.as_slice() {
+        ["api", version] if openapi => discovery::openapi_v3_group_version("", version),
+        ["apis", group, version] if openapi => discovery::openapi_v3_group_version(group, version),
+        ["api", version] => discovery::resource_list("", version),
+        ["apis", group, version] => discovery::resource_list(group, version),
+        _ => None,
+    };
+    document.map(axum::Json).ok_or_else(|| Error::NotFound {
+        kind: "path".into(),
+        name: path.to_string(),
+    })
 }
 
 async fn apply(State(state): Shared, body: Bytes) -> Result<axum::Json<c4m_api::ApplyResponse>> {
     let request: ApplyRequest = serde_json::from_slice(&body)
         .map_err(|e| Error::BadRequest(format!("invalid apply request: {e}")))?;
     Ok(axum::Json(state.objects.apply(request).await?))
+}
+
+async fn tls_certificate(State(state): Shared) -> Result<Response> {
+    let pem = state
+        .certificate_pem
+        .clone()
+        .ok_or_else(|| Error::NotFound {
+            kind: "TLS certificate".into(),
+            name: "(the API serves only HTTP)".into(),
+        })?;
+    Ok(([(header::CONTENT_TYPE, "application/x-pem-file")], pem).into_response())
 }
 
 async fn scheduler_policy(State(state): Shared) -> Result<axum::Json<Value>> {
@@ -341,13 +424,29 @@ async fn resource(
         serde_json::from_slice(&body)
             .map_err(|e| Error::BadRequest(format!("the body is not valid JSON: {e}")))
     };
+    let table = table_request(&headers, &query)?;
+    // A dry run (`kubectl apply --dry-run=server`, `kubectl diff`) must
+    // write nothing; until it is served, it is refused rather than written.
+    if method != Method::GET && query.get("dryRun").is_some_and(|d| !d.is_empty()) {
+        return Err(Error::BadRequest(
+            "dryRun is not supported yet: nothing was written (use --dry-run=client)".into(),
+        ));
+    }
     let sub = target.subresource.as_deref();
+    if let Some(sub) = sub
+        && !kind.has_subresource(sub)
+    {
+        return Err(Error::NotFound {
+            kind: "path".into(),
+            name: uri.path().to_string(),
+        });
+    }
     match (&method, target.name.as_deref(), sub) {
         (&Method::GET, None, None) => {
             if query.get("watch").is_some_and(|w| w == "1" || w == "true") {
-                watch(&state, kind, target.namespace.as_deref(), &query).await
+                watch(&state, kind, target.namespace.as_deref(), &query, table).await
             } else {
-                list(&state, kind, target.namespace.as_deref(), &query).await
+                list(&state, kind, target.namespace.as_deref(), &query, table).await
             }
         }
         (&Method::POST, None, None) => {
@@ -363,7 +462,14 @@ async fn resource(
             Ok((StatusCode::CREATED, axum::Json(created)).into_response())
         }
         (&Method::GET, Some(name), None | Some("status")) => {
-            Ok(axum::Json(state.objects.get(kind, &namespace, name).await?).into_response())
+            let object = state.objects.get(kind, &namespace, name).await?;
+            Ok(match table {
+                Some(include) => {
+                    axum::Json(as_table(kind, std::slice::from_ref(&object), None, include))
+                }
+                None => axum::Json(object),
+            }
+            .into_response())
         }
         (&Method::PUT, Some(name), None | Some("status")) => {
             let value = parse_body()?;
@@ -373,7 +479,7 @@ async fn resource(
                 Part::Main
             };
             if part == Part::Main {
-                validate(kind, &value)?;
+                validate_update(kind, &value)?;
             }
             Ok(axum::Json(
                 state
@@ -383,7 +489,48 @@ async fn resource(
             )
             .into_response())
         }
+        (&Method::PATCH, Some(name), None | Some("status")) => {
+            let patch_type = patch::PatchType::from_content_type(content_type(&headers))?;
+            let part = if sub == Some("status") {
+                Part::Status
+            } else {
+                Part::Main
+            };
+            let patched = state
+                .objects
+                .modify(kind, &namespace, name, part, |current| {
+                    let patched = patch::apply(patch_type, current, &body)?;
+                    if part == Part::Main {
+                        validate_update(kind, &patched)?;
+                    }
+                    Ok(patched)
+                })
+                .await?;
+            Ok(axum::Json(patched).into_response())
+        }
+        (&Method::GET, Some(name), Some("scale")) => {
+            let object = state.objects.get(kind, &namespace, name).await?;
+            Ok(axum::Json(scale_of(&object)).into_response())
+        }
+        (&Method::PUT | &Method::PATCH, Some(name), Some("scale")) => {
+            let patch_type = match method {
+                Method::PATCH => Some(patch::PatchType::from_content_type(content_type(&headers))?),
+                _ => None,
+            };
+            let scaled = state
+                .objects
+                .modify(kind, &namespace, name, Part::Main, |current| {
+                    let scale = match patch_type {
+                        Some(patch_type) => patch::apply(patch_type, &scale_of(current), &body)?,
+                        None => parse_body()?,
+                    };
+                    with_replicas(kind, current, &scale)
+                })
+                .await?;
+            Ok(axum::Json(scale_of(&scaled)).into_response())
+        }
         (&Method::DELETE, Some(name), None) => {
+            check_propagation(&query, &body)?;
             let (deleted, _) = state.objects.delete(kind, &namespace, name).await?;
             if kind.kind == "Namespace" {
                 delete_namespace_contents(&state, name).await?;
@@ -399,6 +546,100 @@ async fn resource(
             uri.path()
         ))),
     }
+}
+
+/// A request's `Content-Type`, or `""`.
+fn content_type(headers: &HeaderMap) -> &str {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+/// A workload's `scale` subresource (`autoscaling/v1` Scale).
+fn scale_of(object: &Value) -> Value {
+    let meta = &object["metadata"];
+    let selector: Vec<String> = object["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(key, value)| format!("{key}={}", value.as_str().unwrap_or_default()))
+        .collect();
+    json!({
+        "apiVersion": "autoscaling/v1",
+        "kind": "Scale",
+        "metadata": {
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "uid": meta["uid"],
+            "resourceVersion": meta["resourceVersion"],
+            "creationTimestamp": meta["creationTimestamp"],
+        },
+        "spec": {"replicas": object["spec"]["replicas"].as_i64().unwrap_or(1)},
+        "status": {
+            "replicas": object["status"]["replicas"].as_i64().unwrap_or(0),
+            "selector": selector.join(","),
+        },
+    })
+}
+
+/// `current` with the replicas a Scale asks for (and the resourceVersion
+/// it names, so a stale Scale is a Conflict).
+fn with_replicas(kind: &ResourceKind, current: &Value, scale: &Value) -> Result<Value> {
+    let replicas = scale["spec"]["replicas"]
+        .as_i64()
+        .filter(|r| *r >= 0)
+        .ok_or_else(|| {
+            Error::Invalid(format!(
+                "spec.replicas: Invalid value: {}: must be a non-negative integer",
+                scale["spec"]["replicas"]
+            ))
+        })?;
+    let mut scaled = current.clone();
+    scaled["spec"]["replicas"] = json!(replicas);
+    if let Some(version) = scale["metadata"]["resourceVersion"]
+        .as_str()
+        .filter(|v| !v.is_empty())
+    {
+        scaled["metadata"]["resourceVersion"] = json!(version);
+    }
+    validate_update(kind, &scaled)?;
+    Ok(scaled)
+}
+
+/// Deletion propagates to owned objects in the background (the workload
+/// controller removes the instances of a deleted workload) and Foreground
+/// is taken as that; Orphan, which would keep them, is refused rather than
+/// silently not honoured.
+fn check_propagation(query: &HashMap<String, String>, body: &[u8]) -> Result<()> {
+    let from_body = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        let options: Value = serde_json::from_slice(body)
+            .map_err(|e| Error::BadRequest(format!("the DeleteOptions are not valid JSON: {e}")))?;
+        options["propagationPolicy"].as_str().map(str::to_owned)
+    };
+    let policy = from_body.or_else(|| query.get("propagationPolicy").cloned());
+    match policy.as_deref() {
+        None | Some("Background" | "Foreground") => Ok(()),
+        Some("Orphan") => Err(Error::Invalid(
+            "propagationPolicy: Unsupported value: \"Orphan\": c4m always removes the instances of a deleted workload (use Background or Foreground)".into(),
+        )),
+        Some(other) => Err(Error::Invalid(format!(
+            "propagationPolicy: Unsupported value: {other:?}: supported values: \"Background\", \"Foreground\""
+        ))),
+    }
+}
+
+/// Validates the new version of an object (PUT, PATCH, scale) as
+/// [`validate`] does, without its status: an update leaves the status as
+/// it is, and the manifest rules do not describe one.
+fn validate_update(kind: &ResourceKind, value: &Value) -> Result<()> {
+    let mut value = value.clone();
+    if let Some(object) = value.as_object_mut() {
+        object.remove("status");
+    }
+    validate(kind, &value)
 }
 
 /// Validates an object sent to the API with the same rules as `c4m apply`.
@@ -441,6 +682,92 @@ async fn delete_namespace_contents(state: &ApiState, namespace: &str) -> Result<
     Ok(())
 }
 
+/// What a Table row carries besides its cells (`includeObject`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum IncludeObject {
+    None,
+    Metadata,
+    Object,
+}
+
+/// Whether the client asks for a `meta.k8s.io` Table (kubectl's `get`
+/// does, in its `Accept` header), and what its rows should carry.
+fn table_request(
+    headers: &HeaderMap,
+    query: &HashMap<String, String>,
+) -> Result<Option<IncludeObject>> {
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let wants_table = accept.split(',').any(|media| {
+        let params: Vec<&str> = media.split(';').map(str::trim).collect();
+        params.contains(&"as=Table") && params.contains(&"g=meta.k8s.io")
+    });
+    if !wants_table {
+        return Ok(None);
+    }
+    match query.get("includeObject").map(String::as_str) {
+        None | Some("Metadata") => Ok(Some(IncludeObject::Metadata)),
+        Some("Object") => Ok(Some(IncludeObject::Object)),
+        Some("None") => Ok(Some(IncludeObject::None)),
+        Some(other) => Err(Error::BadRequest(format!(
+            "includeObject: unsupported value {other:?} (None, Metadata or Object)"
+        ))),
+    }
+}
+
+/// Objects as a `meta.k8s.io/v1` Table with the kind's columns.
+fn as_table(
+    kind: &ResourceKind,
+    items: &[Value],
+    revision: Option<i64>,
+    include: IncludeObject,
+) -> Value {
+    let columns = c4m_api::table::columns(kind);
+    let definitions: Vec<Value> = columns
+        .iter()
+        .map(|c| {
+            json!({
+                "name": c.name,
+                "type": "string",
+                "format": if c.name == "NAME" { "name" } else { "" },
+                "description": c.description,
+                "priority": c.priority,
+            })
+        })
+        .collect();
+    let rows: Vec<Value> = items
+        .iter()
+        .map(|item| {
+            let mut row = json!({"cells": c4m_api::table::row(kind, item)});
+            match include {
+                IncludeObject::None => {}
+                IncludeObject::Metadata => {
+                    row["object"] = json!({
+                        "kind": "PartialObjectMetadata",
+                        "apiVersion": "meta.k8s.io/v1",
+                        "metadata": item["metadata"],
+                    });
+                }
+                IncludeObject::Object => row["object"] = item.clone(),
+            }
+            row
+        })
+        .collect();
+    let mut metadata = json!({});
+    if let Some(revision) = revision {
+        metadata["resourceVersion"] = json!(revision.to_string());
+    }
+    json!({
+        "kind": "Table",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": metadata,
+        "columnDefinitions": definitions,
+        "rows": rows,
+    })
+}
+
 fn selectors(query: &HashMap<String, String>) -> Result<(Selector, Selector)> {
     let labels = Selector::parse(
         query
@@ -466,6 +793,7 @@ async fn list(
     kind: &ResourceKind,
     namespace: Option<&str>,
     query: &HashMap<String, String>,
+    table: Option<IncludeObject>,
 ) -> Result<Response> {
     let (labels, fields) = selectors(query)?;
     let (items, revision) = state.objects.list(kind, namespace).await?;
@@ -473,6 +801,9 @@ async fn list(
         .into_iter()
         .filter(|o| selected(o, &labels, &fields))
         .collect();
+    if let Some(include) = table {
+        return Ok(axum::Json(as_table(kind, &items, Some(revision), include)).into_response());
+    }
     Ok(axum::Json(json!({
         "apiVersion": kind.api_version(),
         "kind": format!("{}List", kind.kind),
@@ -484,9 +815,10 @@ async fn list(
 
 async fn watch(
     state: &ApiState,
-    kind: &ResourceKind,
+    kind: &'static ResourceKind,
     namespace: Option<&str>,
     query: &HashMap<String, String>,
+    table: Option<IncludeObject>,
 ) -> Result<Response> {
     let (labels, fields) = selectors(query)?;
     let requested = query
@@ -544,7 +876,16 @@ async fn watch(
     });
     let stream = futures::stream::iter(initial)
         .chain(live)
-        .map(|event| Ok::<_, std::io::Error>(Bytes::from(format!("{event}\n"))))
+        .map(move |mut event| {
+            // A Table watch carries each object as a one-row Table.
+            if let Some(include) = table
+                && event["type"] != "ERROR"
+            {
+                let object = event["object"].take();
+                event["object"] = as_table(kind, std::slice::from_ref(&object), None, include);
+            }
+            Ok::<_, std::io::Error>(Bytes::from(format!("{event}\n")))
+        })
         .take_until(tokio::time::sleep(timeout))
         .take_until(state.shutdown.clone().cancelled_owned());
     Ok(Response::builder()
@@ -556,6 +897,69 @@ async fn watch(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tables_for_kubectl() {
+        let mut headers = HeaderMap::new();
+        let mut query = HashMap::new();
+        assert_eq!(table_request(&headers, &query).unwrap(), None);
+        headers.insert(
+            header::ACCEPT,
+            "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json"
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(
+            table_request(&headers, &query).unwrap(),
+            Some(IncludeObject::Metadata)
+        );
+        query.insert("includeObject".to_string(), "Object".to_string());
+        assert_eq!(
+            table_request(&headers, &query).unwrap(),
+            Some(IncludeObject::Object)
+        );
+        query.insert("includeObject".to_string(), "All".to_string());
+        assert!(table_request(&headers, &query).is_err());
+
+        let deployment = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "web", "namespace": "default"},
+            "spec": {"replicas": 2}, "status": {"readyReplicas": 1}});
+        let kind = ResourceKind::from_name("deployments").unwrap();
+        let items = std::slice::from_ref(&deployment);
+        let table = as_table(kind, items, Some(7), IncludeObject::Metadata);
+        assert_eq!(
+            (&table["kind"], &table["apiVersion"]),
+            (&json!("Table"), &json!("meta.k8s.io/v1"))
+        );
+        assert_eq!(table["metadata"]["resourceVersion"], "7");
+        assert_eq!(table["columnDefinitions"][0]["format"], "name");
+        assert_eq!(table["rows"][0]["cells"][1], "1/2");
+        assert_eq!(table["rows"][0]["object"]["kind"], "PartialObjectMetadata");
+        assert_eq!(
+            table["rows"][0]["object"]["metadata"]["namespace"],
+            "default"
+        );
+        let table = as_table(kind, items, None, IncludeObject::Object);
+        assert_eq!(table["rows"][0]["object"], deployment);
+        let table = as_table(kind, items, None, IncludeObject::None);
+        assert!(table["rows"][0].get("object").is_none());
+    }
+
+    #[test]
+    fn delete_propagation() {
+        let query = HashMap::new();
+        assert!(check_propagation(&query, b"").is_ok());
+        assert!(check_propagation(&query, br#"{"propagationPolicy":"Background"}"#).is_ok());
+        let orphan = check_propagation(&query, br#"{"propagationPolicy":"Orphan"}"#).unwrap_err();
+        assert_eq!(orphan.http_status().0, 422);
+        assert_eq!(
+            check_propagation(&query, b"{bad")
+                .unwrap_err()
+                .http_status()
+                .0,
+            400
+        );
+    }
 
     #[test]
     fn paths_resolve() {

@@ -31,6 +31,9 @@ pub enum Error {
     /// The path exists but not with this method (405).
     #[error("{0}")]
     MethodNotAllowed(String),
+    /// The request body's Content-Type is not one this path takes (415).
+    #[error("{0}")]
+    UnsupportedMediaType(String),
     /// Missing or wrong credentials.
     #[error("unauthorized: {0}")]
     Unauthorized(String),
@@ -96,6 +99,7 @@ impl Error {
             Error::Invalid(_) => (422, "Invalid"),
             Error::BadRequest(_) => (400, "BadRequest"),
             Error::MethodNotAllowed(_) => (405, "MethodNotAllowed"),
+            Error::UnsupportedMediaType(_) => (415, "UnsupportedMediaType"),
             Error::Unauthorized(_) => (401, "Unauthorized"),
             Error::Gone(_) => (410, "Expired"),
             Error::Unavailable(_) => (503, "ServiceUnavailable"),

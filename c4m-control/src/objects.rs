@@ -393,6 +393,37 @@ impl Objects {
         Err(Self::keeps_changing(kind, name))
     }
 
+    /// A read-modify-write through `change` (a PATCH, a scale): the result
+    /// replaces the object's `part`, pinned to the revision read. A lost
+    /// race is retried from a fresh read, unless `change` itself named a
+    /// different resourceVersion (the client's optimistic lock).
+    pub(crate) async fn modify(
+        &self,
+        kind: &ResourceKind,
+        namespace: &str,
+        name: &str,
+        part: Part,
+        change: impl Fn(&Value) -> Result<Value>,
+    ) -> Result<Value> {
+        for _ in 0..CONFLICT_RETRIES {
+            let current = self.get(kind, namespace, name).await?;
+            let mut changed = change(&current)?;
+            let read = current["metadata"]["resourceVersion"].clone();
+            let pinned_by_client = match &changed["metadata"]["resourceVersion"] {
+                Value::Null => false,
+                version => *version != read,
+            };
+            if !pinned_by_client && changed.get("metadata").is_some_and(Value::is_object) {
+                changed["metadata"]["resourceVersion"] = read;
+            }
+            match self.replace(kind, namespace, name, changed, part).await {
+                Err(Error::Conflict(_)) if !pinned_by_client => continue,
+                result => return result,
+            }
+        }
+        Err(Self::keeps_changing(kind, name))
+    }
+
     /// Changes an object in place with `change`, retrying on conflicts.
     /// `change` returns false to leave the object as it is. Returns the new
     /// revision, or None when nothing was written (no change, or no object).

@@ -31,6 +31,7 @@ pub(crate) static POLICY: ResourceKind = ResourceKind {
     plural: "schedulerpolicies",
     aliases: &[],
     namespaced: false,
+    subresources: &[],
 };
 
 /// The kind of the audit records of policy changes.
@@ -41,6 +42,7 @@ pub(crate) static CHANGE: ResourceKind = ResourceKind {
     plural: "schedulerpolicychanges",
     aliases: &[],
     namespaced: false,
+    subresources: &[],
 };
 
 /// The one policy object's name.

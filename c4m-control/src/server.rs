@@ -21,6 +21,7 @@ use crate::controllers::{self, nodes::NodeHealth};
 use crate::dns::DnsServer;
 use crate::objects::{Objects, kind};
 use crate::registry::Registry;
+use crate::tls::{ApiListener, TlsIdentity};
 use crate::{Error, Result, scheduler};
 
 /// How long the parts get to finish after shutdown starts.
@@ -46,6 +47,9 @@ pub struct ControlPlaneConfig {
     pub node_grace: Duration,
     /// Time NotReady after which a node's instances are evicted.
     pub eviction_delay: Duration,
+    /// With a certificate, the API port also speaks HTTPS (for kubectl,
+    /// which sends tokens only over TLS).
+    pub api_tls: Option<TlsIdentity>,
 }
 
 impl Default for ControlPlaneConfig {
@@ -59,6 +63,7 @@ impl Default for ControlPlaneConfig {
             heartbeat_interval: Duration::from_secs(2),
             node_grace: Duration::from_secs(10),
             eviction_delay: Duration::from_secs(5),
+            api_tls: None,
         }
     }
 }
@@ -130,8 +135,13 @@ impl ControlPlane {
             agent_token: self.config.token.clone().unwrap_or_default(),
             http: reqwest::Client::new(),
             shutdown: shutdown.clone(),
+            certificate_pem: self
+                .config
+                .api_tls
+                .as_ref()
+                .map(|identity| identity.certificate_pem.clone()),
         });
-        let api = self.api;
+        let api = ApiListener::new(self.api, self.config.api_tls.as_ref(), shutdown.clone())?;
         let api_shutdown = shutdown.clone();
         tasks.spawn(async move {
             axum::serve(api, crate::api::router(state))

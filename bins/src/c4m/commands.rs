@@ -53,6 +53,12 @@ pub fn default_home() -> Result<PathBuf> {
 impl Connection {
     /// A client for the control plane these flags (or `client.json`) name.
     pub(crate) fn client(&self) -> Result<Client> {
+        let (endpoint, credentials) = self.resolve()?;
+        Ok(Client::new(&endpoint, credentials.as_ref())?)
+    }
+
+    /// The endpoint and credentials these flags (or `client.json`) name.
+    pub(crate) fn resolve(&self) -> Result<(String, Option<Credentials>)> {
         let stored = if self.endpoint.is_none() || self.access_token.is_none() {
             let path = default_home()?.join("client.json");
             match std::fs::read_to_string(&path) {
@@ -85,7 +91,7 @@ impl Connection {
             }),
             _ => None,
         };
-        Ok(Client::new(&endpoint, credentials.as_ref())?)
+        Ok((endpoint, credentials))
     }
 }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use c4m_agent::{Agent, AgentConfig, HollowAgents, HollowConfig};
 use c4m_api::Credentials;
-use c4m_control::{ControlPlane, ControlPlaneConfig};
+use c4m_control::{ControlPlane, ControlPlaneConfig, TlsIdentity};
 use c4m_store::RedbStore;
 use clap::Args;
 use serde::{Deserialize, Serialize};
@@ -205,6 +205,38 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// The API's TLS certificate and key, kept in the data dir (`api-tls.crt`,
+/// `api-tls.key`) so clients' kubeconfigs stay valid across restarts;
+/// generated self-signed for loopback, the bound address and the host
+/// name on first start.
+fn api_tls_identity(dir: &Path, api: SocketAddr) -> Result<TlsIdentity> {
+    let (cert_path, key_path) = (dir.join("api-tls.crt"), dir.join("api-tls.key"));
+    if cert_path.exists() && key_path.exists() {
+        return Ok(TlsIdentity {
+            certificate_pem: std::fs::read_to_string(&cert_path)
+                .with_context(|| format!("cannot read {}", cert_path.display()))?,
+            private_key_pem: std::fs::read_to_string(&key_path)
+                .with_context(|| format!("cannot read {}", key_path.display()))?,
+        });
+    }
+    let mut names = vec!["localhost".to_string(), "127.0.0.1".into(), "::1".into()];
+    if !api.ip().is_unspecified() && !api.ip().is_loopback() {
+        names.push(api.ip().to_string());
+    }
+    if let Ok(host) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+        names.push(host.trim().to_ascii_lowercase());
+    }
+    let generated = rcgen::generate_simple_self_signed(names)
+        .context("cannot generate the API's TLS certificate")?;
+    let identity = TlsIdentity {
+        certificate_pem: generated.cert.pem(),
+        private_key_pem: generated.signing_key.serialize_pem(),
+    };
+    write_private(&key_path, identity.private_key_pem.as_bytes())?;
+    write_private(&cert_path, identity.certificate_pem.as_bytes())?;
+    Ok(identity)
+}
+
 fn data_dir(flag: Option<PathBuf>, sub: &str) -> Result<PathBuf> {
     let dir = match flag {
         Some(dir) => dir,
@@ -256,6 +288,7 @@ async fn bind_control(
         heartbeat_interval: flags.heartbeat,
         node_grace: flags.node_grace,
         eviction_delay: flags.eviction_delay,
+        api_tls: Some(api_tls_identity(dir, flags.api)?),
         ..ControlPlaneConfig::default()
     };
     let control = ControlPlane::bind(config, Arc::new(store)).await?;
@@ -275,7 +308,7 @@ async fn bind_control(
         &serde_json::to_vec_pretty(&client)?,
     )?;
     eprintln!(
-        "c4m control plane: API http://{} · agents http://{} · DNS {} · client config {}",
+        "c4m control plane: API http://{0} (https://{0} for kubectl) · agents http://{1} · DNS {2} · client config {3}",
         control.api_addr(),
         control.grpc_addr(),
         flags.dns,

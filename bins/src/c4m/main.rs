@@ -3,6 +3,7 @@
 
 mod commands;
 mod daemons;
+mod kubeconfig;
 mod output;
 mod policy;
 
@@ -48,6 +49,8 @@ enum Command {
     Wait(commands::WaitArgs),
     /// Show, replace or audit the scheduler policy.
     Policy(policy::PolicyArgs),
+    /// Print a kubeconfig so `kubectl --kubeconfig FILE` drives this c4m.
+    Kubeconfig(kubeconfig::KubeconfigArgs),
 }
 
 fn main() -> ExitCode {
@@ -91,6 +94,7 @@ fn main() -> ExitCode {
             Command::Run(args) => commands::run(args, &connection).await,
             Command::Wait(args) => commands::wait(args, &connection).await,
             Command::Policy(args) => policy::policy(args, &connection).await,
+            Command::Kubeconfig(args) => kubeconfig::print(args, &connection).await,
         }
     });
     match result {

@@ -1,5 +1,9 @@
 //! Human-readable output: tables and `describe` text.
 
+use c4m_api::table::{
+    columns as columns_of, condition, instance_endpoint, instance_status, node_of, ready_count,
+    restart_count, row, text,
+};
 use c4m_core::ResourceKind;
 use serde_json::Value;
 
@@ -49,264 +53,22 @@ pub fn columns(rows: &[Vec<String>]) -> String {
     out
 }
 
-fn text(value: &Value) -> String {
-    match value {
-        Value::String(s) => s.clone(),
-        Value::Null => String::new(),
-        other => other.to_string(),
-    }
-}
-
-fn age(object: &Value) -> String {
-    let Some(seconds) = object["metadata"]["creationTimestamp"]
-        .as_str()
-        .and_then(c4m_core::seconds_since)
-    else {
-        return "-".into();
-    };
-    match seconds.max(0) {
-        s if s < 120 => format!("{s}s"),
-        s if s < 7200 => format!("{}m", s / 60),
-        s if s < 172_800 => format!("{}h", s / 3600),
-        s => format!("{}d", s / 86400),
-    }
-}
-
-fn condition<'a>(object: &'a Value, kind: &str) -> Option<&'a Value> {
-    object["status"]["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == kind)
-}
-
-/// What `STATUS` shows for an instance: the waiting reason when there is
-/// one, else the phase.
-pub fn instance_status(pod: &Value) -> String {
-    let state = &pod["status"]["containerStatuses"][0]["state"];
-    if let Some(reason) = state["waiting"]["reason"]
-        .as_str()
-        .filter(|r| !r.is_empty())
-    {
-        return reason.to_string();
-    }
-    if let Some(reason) = state["terminated"]["reason"]
-        .as_str()
-        .filter(|r| !r.is_empty())
-    {
-        return reason.to_string();
-    }
-    if let Some(reason) = pod["status"]["reason"].as_str() {
-        return reason.to_string();
-    }
-    text(&pod["status"]["phase"])
-}
-
-/// Where an instance answers: IP and its published ports.
-pub fn instance_endpoint(pod: &Value) -> String {
-    let ip = text(&pod["status"]["podIP"]);
-    let ports: Vec<String> = pod["metadata"]["annotations"][c4m_core::annotations::PORTS]
-        .as_str()
-        .and_then(|t| serde_json::from_str::<Vec<Value>>(t).ok())
-        .unwrap_or_default()
-        .iter()
-        .map(|p| text(&p["hostPort"]))
-        .collect();
-    match (ip.is_empty(), ports.is_empty()) {
-        (true, _) => "-".into(),
-        (false, true) => ip,
-        (false, false) => format!("{ip}:{}", ports.join(",")),
-    }
-}
-
-fn restart_count(pod: &Value) -> String {
-    pod["status"]["containerStatuses"][0]["restartCount"]
-        .as_i64()
-        .unwrap_or(0)
-        .to_string()
-}
-
-fn node_of(pod: &Value) -> String {
-    pod["spec"]["nodeName"]
-        .as_str()
-        .unwrap_or("<none>")
-        .to_string()
-}
-
-fn ready_count(pod: &Value) -> String {
-    let ready = pod["status"]["containerStatuses"][0]["ready"] == true;
-    format!("{}/1", u8::from(ready))
-}
-
-/// Renders one object as a table row.
-type RowFn = Box<dyn Fn(&Value) -> Vec<String>>;
-
-/// The table `c4m get` prints.
+/// The table `c4m get` prints: every column of the kind (the wide view),
+/// with NAMESPACE first when listing across namespaces.
 pub fn table(kind: &ResourceKind, items: &[Value], with_namespace: bool) -> String {
-    let (header, row): (Vec<&str>, RowFn) = match kind.kind {
-        "Pod" => (
-            vec![
-                "NAME", "READY", "STATUS", "RESTARTS", "NODE", "ENDPOINT", "AGE",
-            ],
-            Box::new(|p| {
-                vec![
-                    text(&p["metadata"]["name"]),
-                    ready_count(p),
-                    instance_status(p),
-                    restart_count(p),
-                    node_of(p),
-                    instance_endpoint(p),
-                    age(p),
-                ]
-            }),
-        ),
-        "Microservice" | "Deployment" => (
-            vec!["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"],
-            Box::new(|d| {
-                let want = d["spec"]["replicas"].as_i64().unwrap_or(1);
-                vec![
-                    text(&d["metadata"]["name"]),
-                    format!(
-                        "{}/{want}",
-                        d["status"]["readyReplicas"].as_i64().unwrap_or(0)
-                    ),
-                    d["status"]["updatedReplicas"]
-                        .as_i64()
-                        .unwrap_or(0)
-                        .to_string(),
-                    d["status"]["availableReplicas"]
-                        .as_i64()
-                        .unwrap_or(0)
-                        .to_string(),
-                    age(d),
-                ]
-            }),
-        ),
-        "Node" => (
-            vec![
-                "NAME",
-                "STATUS",
-                "CPU",
-                "MEMORY",
-                "INSTANCES",
-                "DRIVERS",
-                "AGE",
-            ],
-            Box::new(|n| {
-                let ready = condition(n, "Ready").is_some_and(|c| c["status"] == "True");
-                vec![
-                    text(&n["metadata"]["name"]),
-                    if ready { "Ready" } else { "NotReady" }.into(),
-                    text(&n["status"]["allocatable"]["cpu"]),
-                    text(&n["status"]["allocatable"]["memory"]),
-                    text(&n["status"]["allocatable"]["pods"]),
-                    text(&n["metadata"]["annotations"][c4m_core::annotations::DRIVERS]),
-                    age(n),
-                ]
-            }),
-        ),
-        "Service" => (
-            vec!["NAME", "SELECTOR", "PORTS", "AGE"],
-            Box::new(|s| {
-                let selector: Vec<String> = s["spec"]["selector"]
-                    .as_object()
-                    .map(|m| m.iter().map(|(k, v)| format!("{k}={}", text(v))).collect())
-                    .unwrap_or_default();
-                let ports: Vec<String> = s["spec"]["ports"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|p| {
-                        format!(
-                            "{}/{}",
-                            text(&p["port"]),
-                            p["protocol"].as_str().unwrap_or("TCP")
-                        )
-                    })
-                    .collect();
-                vec![
-                    text(&s["metadata"]["name"]),
-                    selector.join(","),
-                    ports.join(","),
-                    age(s),
-                ]
-            }),
-        ),
-        "Endpoints" => (
-            vec!["NAME", "ENDPOINTS", "AGE"],
-            Box::new(|e| {
-                let mut endpoints = Vec::new();
-                for subset in e["subsets"].as_array().into_iter().flatten() {
-                    for address in subset["addresses"].as_array().into_iter().flatten() {
-                        for port in subset["ports"].as_array().into_iter().flatten() {
-                            endpoints.push(format!(
-                                "{}:{}",
-                                text(&address["ip"]),
-                                text(&port["port"])
-                            ));
-                        }
-                    }
-                }
-                vec![
-                    text(&e["metadata"]["name"]),
-                    if endpoints.is_empty() {
-                        "<none>".into()
-                    } else {
-                        endpoints.join(",")
-                    },
-                    age(e),
-                ]
-            }),
-        ),
-        "PriorityClass" => (
-            vec!["NAME", "VALUE", "GLOBAL-DEFAULT", "AGE"],
-            Box::new(|c| {
-                vec![
-                    text(&c["metadata"]["name"]),
-                    text(&c["value"]),
-                    (c["globalDefault"] == true).to_string(),
-                    age(c),
-                ]
-            }),
-        ),
-        "PodDisruptionBudget" => (
-            vec![
-                "NAME",
-                "MIN-AVAILABLE",
-                "MAX-UNAVAILABLE",
-                "ALLOWED-DISRUPTIONS",
-                "AGE",
-            ],
-            Box::new(|b| {
-                let or_na = |value: &Value| match text(value) {
-                    t if t.is_empty() => "N/A".to_string(),
-                    t => t,
-                };
-                vec![
-                    text(&b["metadata"]["name"]),
-                    or_na(&b["spec"]["minAvailable"]),
-                    or_na(&b["spec"]["maxUnavailable"]),
-                    b["status"]["disruptionsAllowed"]
-                        .as_u64()
-                        .unwrap_or(0)
-                        .to_string(),
-                    age(b),
-                ]
-            }),
-        ),
-        _ => (
-            vec!["NAME", "AGE"],
-            Box::new(|o| vec![text(&o["metadata"]["name"]), age(o)]),
-        ),
-    };
+    let with_namespace = with_namespace && kind.namespaced;
     let mut rows = Vec::with_capacity(items.len() + 1);
-    let mut head: Vec<String> = header.iter().map(|h| h.to_string()).collect();
-    if with_namespace && kind.namespaced {
+    let mut head: Vec<String> = columns_of(kind)
+        .iter()
+        .map(|c| c.name.to_string())
+        .collect();
+    if with_namespace {
         head.insert(0, "NAMESPACE".into());
     }
     rows.push(head);
     for item in items {
-        let mut r = row(item);
-        if with_namespace && kind.namespaced {
+        let mut r = row(kind, item);
+        if with_namespace {
             r.insert(0, text(&item["metadata"]["namespace"]));
         }
         rows.push(r);

@@ -15,10 +15,15 @@ pub struct ResourceKind {
     pub aliases: &'static [&'static str],
     /// Whether objects live in a namespace.
     pub namespaced: bool,
+    /// Subresources served under an object (`status`, `scale`, `log`).
+    pub subresources: &'static [&'static str],
 }
 
 macro_rules! kind {
     ($group:literal, $version:literal, $kind:literal, $plural:literal, [$($alias:literal),*], $namespaced:literal) => {
+        kind!($group, $version, $kind, $plural, [$($alias),*], $namespaced, [])
+    };
+    ($group:literal, $version:literal, $kind:literal, $plural:literal, [$($alias:literal),*], $namespaced:literal, [$($sub:literal),*]) => {
         ResourceKind {
             group: $group,
             version: $version,
@@ -26,6 +31,7 @@ macro_rules! kind {
             plural: $plural,
             aliases: &[$($alias),*],
             namespaced: $namespaced,
+            subresources: &[$($sub),*],
         }
     };
 }
@@ -38,18 +44,28 @@ pub static KINDS: &[ResourceKind] = &[
         "Namespace",
         "namespaces",
         ["namespace", "ns"],
-        false
+        false,
+        ["status"]
     ),
-    kind!("", "v1", "Node", "nodes", ["node", "no"], false),
+    kind!("", "v1", "Node", "nodes", ["node", "no"], false, ["status"]),
     kind!(
         "",
         "v1",
         "Pod",
         "pods",
         ["pod", "po", "instances", "instance", "inst"],
-        true
+        true,
+        ["status", "log"]
     ),
-    kind!("", "v1", "Service", "services", ["service", "svc"], true),
+    kind!(
+        "",
+        "v1",
+        "Service",
+        "services",
+        ["service", "svc"],
+        true,
+        ["status"]
+    ),
     kind!("", "v1", "Endpoints", "endpoints", ["ep"], true),
     kind!(
         "",
@@ -75,7 +91,8 @@ pub static KINDS: &[ResourceKind] = &[
         "Deployment",
         "deployments",
         ["deployment", "deploy"],
-        true
+        true,
+        ["status", "scale"]
     ),
     kind!(
         "c4m.io",
@@ -83,7 +100,8 @@ pub static KINDS: &[ResourceKind] = &[
         "Microservice",
         "microservices",
         ["microservice", "ms"],
-        true
+        true,
+        ["status", "scale"]
     ),
     kind!(
         "scheduling.k8s.io",
@@ -99,7 +117,8 @@ pub static KINDS: &[ResourceKind] = &[
         "PodDisruptionBudget",
         "poddisruptionbudgets",
         ["poddisruptionbudget", "pdb"],
-        true
+        true,
+        ["status"]
     ),
 ];
 
@@ -126,6 +145,27 @@ impl ResourceKind {
         KINDS.iter().find(|k| {
             k.plural == name || k.kind.eq_ignore_ascii_case(&name) || k.aliases.contains(&&*name)
         })
+    }
+
+    /// The singular resource name (`deployment`), as discovery reports it.
+    pub fn singular(&self) -> String {
+        self.kind.to_ascii_lowercase()
+    }
+
+    /// The short names discovery reports (`deploy`): the aliases other than
+    /// the singular name, so `kubectl get deploy` works as `c4m get deploy`.
+    pub fn short_names(&self) -> Vec<&'static str> {
+        let singular = self.singular();
+        self.aliases
+            .iter()
+            .copied()
+            .filter(|alias| *alias != singular)
+            .collect()
+    }
+
+    /// Whether objects of this kind have the subresource `name`.
+    pub fn has_subresource(&self, name: &str) -> bool {
+        self.subresources.contains(&name)
     }
 
     /// The kind served under an API group, version and plural (URL form).

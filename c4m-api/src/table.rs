@@ -1,0 +1,428 @@
+//! The columns each kind is listed with: one definition that `c4m get`
+//! prints and the API serves as a `meta.k8s.io/v1` Table for `kubectl get`.
+//!
+//! A column's priority follows Kubernetes: 0 is shown by default, 1 only in
+//! wide output (`kubectl get -o wide`). `c4m get` shows every column.
+
+use c4m_core::ResourceKind;
+use serde_json::Value;
+
+/// One column of a kind's table.
+#[derive(Debug)]
+pub struct Column {
+    /// Header (`READY`).
+    pub name: &'static str,
+    /// What the column shows, for Table column definitions.
+    pub description: &'static str,
+    /// 0: shown by default; 1: wide output only.
+    pub priority: u8,
+    /// The cell of one object.
+    pub cell: fn(&Value) -> String,
+}
+
+impl Column {
+    const fn new(
+        name: &'static str,
+        description: &'static str,
+        cell: fn(&Value) -> String,
+    ) -> Self {
+        Column {
+            name,
+            description,
+            priority: 0,
+            cell,
+        }
+    }
+
+    const fn wide(self) -> Self {
+        Column {
+            priority: 1,
+            ..self
+        }
+    }
+}
+
+/// A JSON value as a table cell: strings bare, null empty.
+pub fn text(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+/// An object's age as kubectl prints it (`42s`, `5m`, `3h`, `2d`).
+pub fn age(object: &Value) -> String {
+    let Some(seconds) = object["metadata"]["creationTimestamp"]
+        .as_str()
+        .and_then(c4m_core::seconds_since)
+    else {
+        return "-".into();
+    };
+    match seconds.max(0) {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86400),
+    }
+}
+
+/// The status condition of `type` (`Ready`), if the object has it.
+pub fn condition<'a>(object: &'a Value, condition_type: &str) -> Option<&'a Value> {
+    object["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == condition_type)
+}
+
+/// What `STATUS` shows for an instance: the waiting reason when there is
+/// one, else the phase.
+pub fn instance_status(pod: &Value) -> String {
+    let state = &pod["status"]["containerStatuses"][0]["state"];
+    if let Some(reason) = state["waiting"]["reason"]
+        .as_str()
+        .filter(|r| !r.is_empty())
+    {
+        return reason.to_string();
+    }
+    if let Some(reason) = state["terminated"]["reason"]
+        .as_str()
+        .filter(|r| !r.is_empty())
+    {
+        return reason.to_string();
+    }
+    if let Some(reason) = pod["status"]["reason"].as_str() {
+        return reason.to_string();
+    }
+    text(&pod["status"]["phase"])
+}
+
+/// Where an instance answers: IP and its published ports.
+pub fn instance_endpoint(pod: &Value) -> String {
+    let ip = text(&pod["status"]["podIP"]);
+    let ports: Vec<String> = pod["metadata"]["annotations"][c4m_core::annotations::PORTS]
+        .as_str()
+        .and_then(|t| serde_json::from_str::<Vec<Value>>(t).ok())
+        .unwrap_or_default()
+        .iter()
+        .map(|p| text(&p["hostPort"]))
+        .collect();
+    match (ip.is_empty(), ports.is_empty()) {
+        (true, _) => "-".into(),
+        (false, true) => ip,
+        (false, false) => format!("{ip}:{}", ports.join(",")),
+    }
+}
+
+/// An instance's restarts.
+pub fn restart_count(pod: &Value) -> String {
+    pod["status"]["containerStatuses"][0]["restartCount"]
+        .as_i64()
+        .unwrap_or(0)
+        .to_string()
+}
+
+/// The node an instance is bound to, or `<none>`.
+pub fn node_of(pod: &Value) -> String {
+    pod["spec"]["nodeName"]
+        .as_str()
+        .unwrap_or("<none>")
+        .to_string()
+}
+
+/// `1/1` when an instance's container is ready, else `0/1`.
+pub fn ready_count(pod: &Value) -> String {
+    let ready = pod["status"]["containerStatuses"][0]["ready"] == true;
+    format!("{}/1", u8::from(ready))
+}
+
+fn name(object: &Value) -> String {
+    text(&object["metadata"]["name"])
+}
+
+fn status_count(object: &Value, field: &str) -> String {
+    object["status"][field].as_i64().unwrap_or(0).to_string()
+}
+
+fn desired_replicas(workload: &Value) -> i64 {
+    workload["spec"]["replicas"].as_i64().unwrap_or(1)
+}
+
+fn ready_replicas(workload: &Value) -> String {
+    format!(
+        "{}/{}",
+        workload["status"]["readyReplicas"].as_i64().unwrap_or(0),
+        desired_replicas(workload)
+    )
+}
+
+fn node_status(node: &Value) -> String {
+    let ready = condition(node, "Ready").is_some_and(|c| c["status"] == "True");
+    let status = if ready { "Ready" } else { "NotReady" };
+    if node["spec"]["unschedulable"] == true {
+        format!("{status},SchedulingDisabled")
+    } else {
+        status.into()
+    }
+}
+
+fn node_roles(node: &Value) -> String {
+    let roles: Vec<&str> = node["metadata"]["labels"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(key, _)| key.strip_prefix("node-role.kubernetes.io/"))
+        .collect();
+    let roles: Vec<String> = roles.into_iter().map(str::to_string).collect();
+    joined_or_none(&roles)
+}
+
+/// Items joined by commas, or `<none>`.
+fn joined_or_none(items: &[String]) -> String {
+    if items.is_empty() {
+        "<none>".into()
+    } else {
+        items.join(",")
+    }
+}
+
+fn service_ports(service: &Value) -> String {
+    let ports: Vec<String> = service["spec"]["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            format!(
+                "{}/{}",
+                text(&p["port"]),
+                p["protocol"].as_str().unwrap_or("TCP")
+            )
+        })
+        .collect();
+    joined_or_none(&ports)
+}
+
+fn service_selector(service: &Value) -> String {
+    let selector: Vec<String> = service["spec"]["selector"]
+        .as_object()
+        .map(|m| m.iter().map(|(k, v)| format!("{k}={}", text(v))).collect())
+        .unwrap_or_default();
+    joined_or_none(&selector)
+}
+
+fn endpoint_addresses(endpoints: &Value) -> String {
+    let mut addresses = Vec::new();
+    for subset in endpoints["subsets"].as_array().into_iter().flatten() {
+        for address in subset["addresses"].as_array().into_iter().flatten() {
+            for port in subset["ports"].as_array().into_iter().flatten() {
+                addresses.push(format!("{}:{}", text(&address["ip"]), text(&port["port"])));
+            }
+        }
+    }
+    joined_or_none(&addresses)
+}
+
+fn or_not_applicable(value: &Value) -> String {
+    match text(value) {
+        t if t.is_empty() => "N/A".to_string(),
+        t => t,
+    }
+}
+
+const NAME: Column = Column::new("NAME", "Name of the object", name);
+const AGE: Column = Column::new("AGE", "Time since the object was created", age);
+
+static POD: &[Column] = &[
+    NAME,
+    Column::new("READY", "Ready containers of all containers", ready_count),
+    Column::new("STATUS", "Waiting reason, else phase", instance_status),
+    Column::new("RESTARTS", "Container restarts", restart_count),
+    Column::new("NODE", "Node the instance is bound to", node_of).wide(),
+    Column::new("ENDPOINT", "IP and published ports", instance_endpoint).wide(),
+    AGE,
+];
+
+static DEPLOYMENT: &[Column] = &[
+    NAME,
+    Column::new("READY", "Ready replicas of desired", ready_replicas),
+    Column::new("UP-TO-DATE", "Replicas of the current template", |d| {
+        status_count(d, "updatedReplicas")
+    }),
+    Column::new("AVAILABLE", "Available replicas", |d| {
+        status_count(d, "availableReplicas")
+    }),
+    AGE,
+];
+
+static MICROSERVICE: &[Column] = &[
+    NAME,
+    Column::new("REPLICAS", "Desired replicas", |m| {
+        desired_replicas(m).to_string()
+    }),
+    Column::new("READY", "Ready replicas of desired", ready_replicas),
+    Column::new("UP-TO-DATE", "Replicas of the current template", |m| {
+        status_count(m, "updatedReplicas")
+    })
+    .wide(),
+    Column::new("AVAILABLE", "Available replicas", |m| {
+        status_count(m, "availableReplicas")
+    })
+    .wide(),
+    AGE,
+];
+
+static NODE: &[Column] = &[
+    NAME,
+    Column::new("STATUS", "Ready or NotReady", node_status),
+    Column::new("ROLES", "node-role.kubernetes.io labels", node_roles),
+    Column::new("CPU", "Allocatable CPU", |n| {
+        text(&n["status"]["allocatable"]["cpu"])
+    })
+    .wide(),
+    Column::new("MEMORY", "Allocatable memory", |n| {
+        text(&n["status"]["allocatable"]["memory"])
+    })
+    .wide(),
+    Column::new("INSTANCES", "Allocatable instance slots", |n| {
+        text(&n["status"]["allocatable"]["pods"])
+    })
+    .wide(),
+    Column::new("DRIVERS", "Container drivers of the agent", |n| {
+        text(&n["metadata"]["annotations"][c4m_core::annotations::DRIVERS])
+    })
+    .wide(),
+    AGE,
+    Column::new("VERSION", "Agent version", |n| {
+        text(&n["status"]["nodeInfo"]["kubeletVersion"])
+    }),
+];
+
+static SERVICE: &[Column] = &[
+    NAME,
+    Column::new("TYPE", "Service type", |s| {
+        s["spec"]["type"]
+            .as_str()
+            .unwrap_or("ClusterIP")
+            .to_string()
+    }),
+    Column::new("PORT(S)", "Ports and protocols", service_ports),
+    AGE,
+    Column::new(
+        "SELECTOR",
+        "Labels of the instances served",
+        service_selector,
+    )
+    .wide(),
+];
+
+static ENDPOINTS: &[Column] = &[
+    NAME,
+    Column::new("ENDPOINTS", "Ready addresses", endpoint_addresses),
+    AGE,
+];
+
+static PRIORITY_CLASS: &[Column] = &[
+    NAME,
+    Column::new("VALUE", "Priority", |c| text(&c["value"])),
+    Column::new("GLOBAL-DEFAULT", "Whether it is the default class", |c| {
+        (c["globalDefault"] == true).to_string()
+    }),
+    AGE,
+];
+
+static POD_DISRUPTION_BUDGET: &[Column] = &[
+    NAME,
+    Column::new("MIN-AVAILABLE", "spec.minAvailable", |b| {
+        or_not_applicable(&b["spec"]["minAvailable"])
+    }),
+    Column::new("MAX-UNAVAILABLE", "spec.maxUnavailable", |b| {
+        or_not_applicable(&b["spec"]["maxUnavailable"])
+    }),
+    Column::new(
+        "ALLOWED-DISRUPTIONS",
+        "Instances that may be disrupted now",
+        |b| {
+            b["status"]["disruptionsAllowed"]
+                .as_u64()
+                .unwrap_or(0)
+                .to_string()
+        },
+    ),
+    AGE,
+];
+
+static DEFAULT: &[Column] = &[NAME, AGE];
+
+/// The columns objects of `kind` are listed with.
+pub fn columns(kind: &ResourceKind) -> &'static [Column] {
+    match kind.kind {
+        "Pod" => POD,
+        "Deployment" => DEPLOYMENT,
+        "Microservice" => MICROSERVICE,
+        "Node" => NODE,
+        "Service" => SERVICE,
+        "Endpoints" => ENDPOINTS,
+        "PriorityClass" => PRIORITY_CLASS,
+        "PodDisruptionBudget" => POD_DISRUPTION_BUDGET,
+        _ => DEFAULT,
+    }
+}
+
+/// The cells of one object, one per column of its kind.
+pub fn row(kind: &ResourceKind, object: &Value) -> Vec<String> {
+    columns(kind).iter().map(|c| (c.cell)(object)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn headers(kind: &str, priority: u8) -> Vec<&'static str> {
+        columns(ResourceKind::from_name(kind).unwrap())
+            .iter()
+            .filter(|c| c.priority <= priority)
+            .map(|c| c.name)
+            .collect()
+    }
+
+    #[test]
+    fn default_columns_match_kubectl() {
+        assert_eq!(
+            headers("pods", 0),
+            ["NAME", "READY", "STATUS", "RESTARTS", "AGE"]
+        );
+        assert_eq!(
+            headers("deployments", 0),
+            ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"]
+        );
+        assert_eq!(
+            headers("nodes", 0),
+            ["NAME", "STATUS", "ROLES", "AGE", "VERSION"]
+        );
+        assert_eq!(
+            headers("microservices", 0),
+            ["NAME", "REPLICAS", "READY", "AGE"]
+        );
+        assert_eq!(headers("configmaps", 1), ["NAME", "AGE"]);
+    }
+
+    #[test]
+    fn cells() {
+        let pods = ResourceKind::from_name("pods").unwrap();
+        let pod = json!({
+            "metadata": {"name": "web-1"},
+            "spec": {"nodeName": "a"},
+            "status": {"phase": "Running", "podIP": "10.0.0.1",
+                "containerStatuses": [{"ready": true, "restartCount": 2}]},
+        });
+        assert_eq!(
+            row(pods, &pod),
+            ["web-1", "1/1", "Running", "2", "a", "10.0.0.1", "-"]
+        );
+        let node = json!({"metadata": {"name": "n", "labels": {"node-role.kubernetes.io/control-plane": ""}},
+            "status": {"conditions": [{"type": "Ready", "status": "True"}]}});
+        let nodes = ResourceKind::from_name("nodes").unwrap();
+        assert_eq!(row(nodes, &node)[..3], ["n", "Ready", "control-plane"]);
+    }
+}
