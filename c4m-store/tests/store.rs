@@ -512,6 +512,16 @@ async fn watch_from_compacted_revision_fails_with_compacted() {
     }
 }
 
+/// Writes keys `/k0` to `/k{count - 1}`, one transaction each.
+async fn put_many(store: &RedbStore, count: usize) {
+    for i in 0..count {
+        store
+            .put(&format!("/k{i}"), bytes("v"), Precondition::None)
+            .await
+            .unwrap();
+    }
+}
+
 #[tokio::test]
 async fn slow_watcher_catches_up_from_history_without_gaps() {
     let dir = TempDir::new().unwrap();
@@ -523,12 +533,7 @@ async fn slow_watcher_catches_up_from_history_without_gaps() {
         },
     );
     let mut watch = store.watch("/", 0).await.unwrap();
-    for i in 0..50 {
-        store
-            .put(&format!("/k{i}"), bytes("v"), Precondition::None)
-            .await
-            .unwrap();
-    }
+    put_many(&store, 50).await;
     // Far more than the live buffer was written before the watcher read anything: every
     // revision still arrives, in order, once.
     let mut revisions = Vec::new();
@@ -559,12 +564,7 @@ async fn slow_watcher_whose_history_was_compacted_ends_with_compacted() {
         },
     );
     let mut watch = store.watch("/", 0).await.unwrap();
-    for i in 0..30 {
-        store
-            .put(&format!("/k{i}"), bytes("v"), Precondition::None)
-            .await
-            .unwrap();
-    }
+    put_many(&store, 30).await;
     let mut revisions = Vec::new();
     let outcome = loop {
         match tokio::time::timeout(Duration::from_secs(10), watch.next())
