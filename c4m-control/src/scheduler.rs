@@ -252,6 +252,12 @@ impl Scheduler {
         cache: &Cache,
         changes: &Changes,
     ) -> Result<Option<i64>> {
+        // A batch apply is one revision of thousands of events, which the
+        // cache takes in one by one: scheduling from a half-applied revision
+        // would split it into cycles that each pay for a snapshot and a write.
+        cache
+            .wait_for(objects.store().current_revision().await?)
+            .await;
         self.refresh(cache, changes);
         self.policy = current_policy(cache);
         reconcile(objects, cache, self).await
