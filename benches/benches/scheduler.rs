@@ -414,6 +414,15 @@ fn daemonset(c: &mut Criterion) {
     group.0.finish();
 }
 
+/// Building a snapshot of 5,000 nodes, as the control plane does at the
+/// start of every scheduling cycle; elements/s are nodes added per second.
+fn snapshot_build(c: &mut Criterion) {
+    const NODES: usize = 5_000;
+    let (mut group, _) = short_group(c, "snapshot_build", NODES);
+    group.bench_function(format!("{NODES}_nodes"), |b| b.iter(|| cluster(NODES)));
+    group.finish();
+}
+
 /// What `criterion_main!` would generate, minus an undocumented group function.
 fn main() {
     let mut criterion = Criterion::default().configure_from_args();
@@ -422,5 +431,6 @@ fn main() {
     preemption(&mut criterion);
     pod_anti_affinity(&mut criterion);
     daemonset(&mut criterion);
+    snapshot_build(&mut criterion);
     criterion.final_summary();
 }
