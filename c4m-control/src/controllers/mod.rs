@@ -57,8 +57,18 @@ pub(crate) async fn run<F, Fut>(
         };
         tokio::time::sleep(DEBOUNCE).await;
         let changes = Arc::new(feed.and_since(changes));
-        match reconcile(Arc::clone(&changes)).await {
-            Ok(Some(revision)) => cache.wait_for(revision).await,
+        // A reconcile may wait on the cache, which stops following the store
+        // on shutdown: stop waiting then. Dropping a reconcile between its
+        // writes is safe, each write being a transaction of its own.
+        let outcome = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            outcome = reconcile(Arc::clone(&changes)) => outcome,
+        };
+        match outcome {
+            Ok(Some(revision)) => tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = cache.wait_for(revision) => {}
+            },
             Ok(None) => {}
             Err(e) => {
                 tracing::warn!(controller = name, error = %e, "reconcile failed; retrying");
