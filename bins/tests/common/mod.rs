@@ -122,16 +122,22 @@ pub struct Cluster {
 impl Cluster {
     /// Starts a control plane (fast failure detection for tests).
     pub fn start() -> Cluster {
-        let mut cluster = Cluster {
-            dir: tempfile::tempdir().unwrap(),
-            api: free_port(),
-            grpc: free_port(),
-            dns: free_port(),
-            control: None,
-            agents: BTreeMap::new(),
-        };
-        cluster.start_control();
-        cluster
+        // A free port found now may be taken by a parallel test before the
+        // control plane binds it: then it exits, and a fresh set is tried.
+        for _ in 0..3 {
+            let mut cluster = Cluster {
+                dir: tempfile::tempdir().unwrap(),
+                api: free_port(),
+                grpc: free_port(),
+                dns: free_port(),
+                control: None,
+                agents: BTreeMap::new(),
+            };
+            if cluster.try_start_control() {
+                return cluster;
+            }
+        }
+        panic!("the control plane exited at start three times (ports taken?)");
     }
 
     pub fn endpoint(&self) -> String {
@@ -148,6 +154,15 @@ impl Cluster {
 
     /// Starts (or restarts) the control plane on the same data dir and ports.
     pub fn start_control(&mut self) {
+        assert!(
+            self.try_start_control(),
+            "the control plane exited at start"
+        );
+    }
+
+    /// Starts the control plane and waits until its API answers; false if
+    /// it exited first.
+    fn try_start_control(&mut self) -> bool {
         let child = Command::new(C4M)
             .args(["control", "--data-dir"])
             .arg(self.dir.path().join("control"))
@@ -172,8 +187,15 @@ impl Cluster {
         self.control = Some(child);
         let endpoint = format!("127.0.0.1:{}", self.api);
         wait_for("the control plane API", Duration::from_secs(30), || {
-            http_get(&endpoint, "/healthz").filter(|(code, _)| *code == 200)
-        });
+            if let Some(control) = self.control.as_mut()
+                && control.try_wait().ok().flatten().is_some()
+            {
+                return Some(false);
+            }
+            http_get(&endpoint, "/healthz")
+                .filter(|(code, _)| *code == 200)
+                .map(|_| true)
+        })
     }
 
     pub fn agent_dir(&self, name: &str) -> PathBuf {
