@@ -34,6 +34,20 @@ if ! [ -x /usr/bin/kubectl ]; then
     echo "  as an apt source (or put kubectl 1.32 at /usr/bin/kubectl) and run again." >&2
   fi
 fi
+# The official Kubernetes Python client, which bins/tests/python_client.rs
+# drives, in a virtual environment of its own (the system's packages stay
+# as they are).
+venv=target/test-python
+if ! "$venv/bin/python3" -c 'import kubernetes' >/dev/null 2>&1; then
+  if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
+  if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends python3 python3-venv
+  fi
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check kubernetes
+fi
 rustup component add rustfmt >/dev/null 2>&1 || true
 
 if cargo fmt --version >/dev/null 2>&1; then
