@@ -57,7 +57,7 @@ impl IntoResponse for Error {
         if code >= 500 {
             tracing::error!(error = %self, "API request failed");
         }
-        let body = json!({
+        let mut body = json!({
             "kind": "Status",
             "apiVersion": "v1",
             "metadata": {},
@@ -66,6 +66,10 @@ impl IntoResponse for Error {
             "reason": reason,
             "code": code,
         });
+        // Clients (kubectl, client-go) name the object from these.
+        if let Error::NotFound { kind, name } | Error::AlreadyExists { kind, name } = &self {
+            body["details"] = json!({"name": name, "kind": kind});
+        }
         (
             StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             axum::Json(body),

@@ -122,14 +122,12 @@ impl Objects {
         &self.store
     }
 
-    fn not_found(kind: &ResourceKind, namespace: &str, name: &str) -> Error {
+    /// Kubernetes' NotFound: the name without its namespace, as in
+    /// `pods "web-1" not found`.
+    fn not_found(kind: &ResourceKind, name: &str) -> Error {
         Error::NotFound {
             kind: kind.plural.to_string(),
-            name: if kind.namespaced {
-                format!("{namespace}/{name}")
-            } else {
-                name.to_string()
-            },
+            name: name.to_string(),
         }
     }
 
@@ -163,7 +161,7 @@ impl Objects {
     pub async fn get(&self, kind: &ResourceKind, namespace: &str, name: &str) -> Result<Value> {
         match self.store.get(&key(kind, namespace, name)).await? {
             Some(kv) => decode(&kv),
-            None => Err(Self::not_found(kind, namespace, name)),
+            None => Err(Self::not_found(kind, name)),
         }
     }
 
@@ -332,7 +330,7 @@ impl Objects {
             .await?
             .is_none()
         {
-            return Err(Self::not_found(ns_kind, "", namespace));
+            return Err(Self::not_found(ns_kind, namespace));
         }
         Ok(())
     }
@@ -368,7 +366,7 @@ impl Objects {
                 .store
                 .get(&key)
                 .await?
-                .ok_or_else(|| Self::not_found(kind, namespace, name))?;
+                .ok_or_else(|| Self::not_found(kind, name))?;
             if let Some(expected) = expected
                 && expected != kv.mod_revision
             {
@@ -530,7 +528,7 @@ impl Objects {
                 .store
                 .get(&key)
                 .await?
-                .ok_or_else(|| Self::not_found(kind, namespace, name))?;
+                .ok_or_else(|| Self::not_found(kind, name))?;
             let op = Op::delete(&key, Precondition::ModRevision(kv.mod_revision));
             if let Some(revision) = self.commit_if_unchanged(op).await? {
                 return Ok((decode(&kv)?, revision));

@@ -8,6 +8,7 @@ scale, delete, and the Status errors (404, 409, 422). Prints one "ok ..."
 line per case; any failure raises, and the exit code is non-zero.
 """
 
+import json
 import sys
 
 from kubernetes import client, config, watch
@@ -70,7 +71,10 @@ def main(kubeconfig):
     # 409 AlreadyExists, 404 NotFound, 422 Invalid.
     error = expect_status(409, lambda: apps.create_namespaced_deployment(NS, deployment))
     assert "AlreadyExists" in error.body, error.body
-    expect_status(404, lambda: apps.read_namespaced_deployment("nope", NS))
+    error = expect_status(404, lambda: apps.read_namespaced_deployment("nope", NS))
+    status = json.loads(error.body)
+    assert status["message"] == 'deployments "nope" not found', status
+    assert status["details"] == {"kind": "deployments", "name": "nope"}, status
     bad = client.V1ConfigMap(metadata=client.V1ObjectMeta(name="Bad_Name"))
     expect_status(422, lambda: core.create_namespaced_config_map(NS, bad))
     print("ok errors")
