@@ -26,7 +26,7 @@ use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::Result;
-use crate::objects::{decode, key, prefix};
+use crate::objects::{decode_json, key, prefix};
 use crate::pods::node_name;
 
 /// The root of every object key.
@@ -37,20 +37,103 @@ const PODS: &str = "/registry/pods/";
 const NODES: &str = "/registry/nodes/";
 const ENV_SOURCES: [&str; 2] = ["/registry/configmaps/", "/registry/secrets/"];
 
+/// One object as the store holds it: its JSON (without resourceVersion)
+/// and the revision that wrote it. Kept encoded, it takes about a tenth of
+/// the memory of a decoded [`Value`] (every small JSON object of which is a
+/// B-tree node of its own); readers decode what they read.
+#[derive(Clone)]
+pub(crate) struct Stored {
+    json: Arc<[u8]>,
+    revision: i64,
+}
+
+impl Stored {
+    /// The revision of the write that stored this version
+    /// (its resourceVersion).
+    pub(crate) fn revision(&self) -> i64 {
+        self.revision
+    }
+
+    /// The object, with its resourceVersion stamped. The cache took only
+    /// JSON it could parse, so this fails only on a nesting too deep for
+    /// `Value`: such an object is logged and read as absent.
+    pub(crate) fn decode(&self, key: &str) -> Option<Arc<Value>> {
+        match decode_json(key, &self.json, self.revision) {
+            Ok(value) => Some(Arc::new(value)),
+            Err(e) => {
+                tracing::error!(error = %e, "cache: cannot decode a stored object");
+                None
+            }
+        }
+    }
+}
+
+/// Handles on every object of `stored`, to decode once the cache's lock
+/// is released ([`decode_all`]): a writer does not wait for the decoding.
+fn handles<'a>(stored: impl Iterator<Item = (&'a String, &'a Stored)>) -> Vec<(String, Stored)> {
+    stored
+        .map(|(key, stored)| (key.clone(), stored.clone()))
+        .collect()
+}
+
+/// Decodes every object of `handles`, in order.
+fn decode_all(handles: Vec<(String, Stored)>) -> Vec<Arc<Value>> {
+    handles
+        .iter()
+        .filter_map(|(key, stored)| stored.decode(key))
+        .collect()
+}
+
+/// A mirrored object, with what the instance indexes group it by.
+struct Entry {
+    stored: Stored,
+    /// The node an instance is bound to.
+    node: Option<String>,
+    /// The [`controller_key`] of an instance.
+    owner: Option<String>,
+}
+
+impl Entry {
+    /// Checks that `kv` holds JSON (and, for an instance, reads what the
+    /// indexes need), and keeps a tight copy of its bytes: the store's
+    /// buffer may be larger than the object.
+    fn new(kv: &KeyValue) -> Result<Entry> {
+        let corrupt = |e: serde_json::Error| crate::Error::Corrupt {
+            key: kv.key.clone(),
+            message: e.to_string(),
+        };
+        let (node, owner) = if kv.key.starts_with(PODS) {
+            let pod: Value = serde_json::from_slice(&kv.value).map_err(corrupt)?;
+            (node_name(&pod).map(str::to_string), controller_key(&pod))
+        } else {
+            serde_json::from_slice::<serde::de::IgnoredAny>(&kv.value).map_err(corrupt)?;
+            (None, None)
+        };
+        Ok(Entry {
+            stored: Stored {
+                json: Arc::from(&kv.value[..]),
+                revision: kv.mod_revision,
+            },
+            node,
+            owner,
+        })
+    }
+}
+
 /// Instances grouped by one string derived from each (its node, its
 /// controlling owner), then by key.
 #[derive(Default)]
 struct PodIndex {
-    groups: HashMap<String, BTreeMap<String, Arc<Value>>>,
+    groups: HashMap<String, BTreeMap<String, Stored>>,
 }
 
 impl PodIndex {
-    fn insert(&mut self, group: Option<String>, key: &str, pod: &Arc<Value>) {
+    fn insert(&mut self, group: Option<&str>, key: &str, pod: &Stored) {
         if let Some(group) = group {
             self.groups
-                .entry(group)
+                .entry(group.to_string())
                 .or_default()
-                .insert(key.to_string(), Arc::clone(pod));
+                .insert(key.to_string(), pod.clone());
         }
     }
 
@@ -64,10 +147,10 @@ impl PodIndex {
         }
     }
 
-    fn get(&self, group: &str) -> Vec<Arc<Value>> {
+    fn get(&self, group: &str) -> Vec<(String, Stored)> {
         self.groups
             .get(group)
-            .map(|pods| pods.values().cloned().collect())
+            .map(|pods| handles(pods.iter()))
             .unwrap_or_default()
     }
 }
@@ -99,7 +182,7 @@ pub(crate) fn owner_key(plural: &str, namespace: &str, name: &str) -> String {
 /// Every object by key, and instances by node and by controlling owner.
 #[derive(Default)]
 struct Mirror {
-    objects: BTreeMap<String, Arc<Value>>,
+    objects: BTreeMap<String, Entry>,
     pods_by_node: PodIndex,
     pods_by_owner: PodIndex,
 }
@@ -108,33 +191,39 @@ impl Mirror {
     fn listed(kvs: &[KeyValue]) -> Result<Mirror> {
         let mut mirror = Mirror::default();
         for kv in kvs {
-            mirror.insert(kv.key.clone(), Arc::new(decode(kv)?));
+            mirror.insert(kv.key.clone(), Entry::new(kv)?);
         }
         Ok(mirror)
     }
 
     /// Stores an object; returns what it replaced.
-    fn insert(&mut self, key: String, value: Arc<Value>) -> Option<Arc<Value>> {
+    fn insert(&mut self, key: String, entry: Entry) -> Option<Entry> {
         let previous = self.remove(&key);
-        if key.starts_with(PODS) {
-            self.pods_by_node
-                .insert(node_name(&value).map(str::to_string), &key, &value);
-            self.pods_by_owner
-                .insert(controller_key(&value), &key, &value);
-        }
-        self.objects.insert(key, value);
+        self.pods_by_node
+            .insert(entry.node.as_deref(), &key, &entry.stored);
+        self.pods_by_owner
+            .insert(entry.owner.as_deref(), &key, &entry.stored);
+        self.objects.insert(key, entry);
         previous
     }
 
     /// Drops an object; returns what it was.
-    fn remove(&mut self, key: &str) -> Option<Arc<Value>> {
+    fn remove(&mut self, key: &str) -> Option<Entry> {
         let previous = self.objects.remove(key)?;
-        if key.starts_with(PODS) {
-            self.pods_by_node.remove(node_name(&previous), key);
-            self.pods_by_owner
-                .remove(controller_key(&previous).as_deref(), key);
-        }
+        self.pods_by_node.remove(previous.node.as_deref(), key);
+        self.pods_by_owner.remove(previous.owner.as_deref(), key);
         Some(previous)
+    }
+
+    /// The objects under `prefix`, in key order.
+    fn under<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = (&'a String, &'a Stored)> {
+        self.objects
+            .range::<str, _>((
+                std::ops::Bound::Included(prefix),
+                std::ops::Bound::Unbounded,
+            ))
+            .take_while(move |(k, _)| k.starts_with(prefix))
+            .map(|(k, entry)| (k, &entry.stored))
     }
 }
 
@@ -173,13 +262,15 @@ pub(crate) struct ChangeFeed {
 }
 
 impl ChangeFeed {
-    fn record(&self, key: &str, before: &Option<Arc<Value>>) {
+    /// Records a change of `key`; `before` gives what it was, asked only
+    /// if this feed follows the key and holds no older "before" of it.
+    fn record(&self, key: &str, before: &mut dyn FnMut() -> Option<Arc<Value>>) {
         if !self.prefixes.iter().any(|p| key.starts_with(p.as_str())) {
             return;
         }
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         if !pending.changed.contains_key(key) {
-            pending.changed.insert(key.to_string(), before.clone());
+            pending.changed.insert(key.to_string(), before());
         }
         drop(pending);
         self.notify.notify_one();
@@ -306,13 +397,13 @@ impl Cache {
 
     fn apply(&self, event: &c4m_store::WatchEvent) {
         let key = &event.kv.key;
-        let (previous, current) = {
+        let (previous, current_node) = {
             let mut mirror = self.mirror.write().unwrap_or_else(|e| e.into_inner());
             match event.kind {
-                EventKind::Put => match decode(&event.kv) {
-                    Ok(value) => {
-                        let value = Arc::new(value);
-                        (mirror.insert(key.clone(), Arc::clone(&value)), Some(value))
+                EventKind::Put => match Entry::new(&event.kv) {
+                    Ok(entry) => {
+                        let node = entry.node.clone();
+                        (mirror.insert(key.clone(), entry), node)
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "cache: skipping a corrupt object");
@@ -322,24 +413,23 @@ impl Cache {
                 EventKind::Delete => (mirror.remove(key), None),
             }
         };
+        // The previous version is decoded once, and only if a feed wants it.
+        let mut before: Option<Option<Arc<Value>>> = None;
+        let mut decode_before = || {
+            before
+                .get_or_insert_with(|| previous.as_ref().and_then(|p| p.stored.decode(key)))
+                .clone()
+        };
         for feed in self.feeds.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-            feed.record(key, &previous);
+            feed.record(key, &mut decode_before);
         }
         if ENV_SOURCES.iter().any(|p| key.starts_with(p)) {
             self.signal_all_nodes();
             return;
         }
-        let node_of = |pod: &Option<Arc<Value>>| {
-            pod.as_deref()
-                .filter(|_| key.starts_with(PODS))
-                .and_then(node_name)
-                .map(str::to_string)
-        };
+        let previous_node = previous.and_then(|p| p.node);
         let own_node = key.strip_prefix(NODES).map(str::to_string);
-        for node in [node_of(&previous), node_of(&current), own_node]
-            .iter()
-            .flatten()
-        {
+        for node in [previous_node, current_node, own_node].iter().flatten() {
             self.signal_node(node);
         }
     }
@@ -397,44 +487,58 @@ impl Cache {
     /// Every object of a kind (in one namespace or all), sorted by key.
     pub fn list(&self, kind: &ResourceKind, namespace: Option<&str>) -> Vec<Arc<Value>> {
         let prefix = prefix(kind, namespace);
-        let mirror = self.mirror.read().unwrap_or_else(|e| e.into_inner());
-        mirror
-            .objects
-            .range(prefix.clone()..)
-            .take_while(|(k, _)| k.starts_with(&prefix))
-            .map(|(_, v)| Arc::clone(v))
-            .collect()
+        let listed = handles(self.read().under(&prefix));
+        decode_all(listed)
+    }
+
+    /// Calls `visit` with each object under `prefix` (a key prefix), still
+    /// encoded, in key order: for readers that keep what they derived from
+    /// each version and decode only what changed. `visit` runs under the
+    /// cache's read lock, so it should be quick.
+    pub(crate) fn for_each_stored(&self, prefix: &str, mut visit: impl FnMut(&str, &Stored)) {
+        for (key, stored) in self.read().under(prefix) {
+            visit(key, stored);
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Mirror> {
+        self.mirror.read().unwrap_or_else(|e| e.into_inner())
     }
 
     /// One object.
     pub fn get(&self, kind: &ResourceKind, namespace: &str, name: &str) -> Option<Arc<Value>> {
-        let mirror = self.mirror.read().unwrap_or_else(|e| e.into_inner());
-        mirror.objects.get(&key(kind, namespace, name)).cloned()
+        self.get_key(&key(kind, namespace, name))
     }
 
     /// The instances bound to `node` (terminal ones included), sorted by key.
     pub fn pods_on_node(&self, node: &str) -> Vec<Arc<Value>> {
-        let mirror = self.mirror.read().unwrap_or_else(|e| e.into_inner());
-        mirror.pods_by_node.get(node)
+        let pods = self.read().pods_by_node.get(node);
+        decode_all(pods)
     }
 
     /// The object stored at `key`.
     pub(crate) fn get_key(&self, key: &str) -> Option<Arc<Value>> {
-        let mirror = self.mirror.read().unwrap_or_else(|e| e.into_inner());
-        mirror.objects.get(key).cloned()
+        self.stored(key)?.decode(key)
+    }
+
+    /// The object stored at `key`, still encoded.
+    pub(crate) fn stored(&self, key: &str) -> Option<Stored> {
+        self.read()
+            .objects
+            .get(key)
+            .map(|entry| entry.stored.clone())
     }
 
     /// Every workload ([`owner_key`]) some instance names as its controller.
     pub(crate) fn owners_of_pods(&self) -> Vec<String> {
-        let mirror = self.mirror.read().unwrap_or_else(|e| e.into_inner());
-        mirror.pods_by_owner.groups.keys().cloned().collect()
+        self.read().pods_by_owner.groups.keys().cloned().collect()
     }
 
     /// The instances whose controller owner reference names the workload
     /// `owner` ([`owner_key`]), whatever its uid, sorted by key.
     pub(crate) fn pods_of_owner(&self, owner: &str) -> Vec<Arc<Value>> {
-        let mirror = self.mirror.read().unwrap_or_else(|e| e.into_inner());
-        mirror.pods_by_owner.get(owner)
+        let pods = self.read().pods_by_owner.get(owner);
+        decode_all(pods)
     }
 
     /// A receiver that wakes when an instance bound to `node` (before or

@@ -237,9 +237,8 @@ impl Budgets {
         budgets
     }
 
-    /// The group of the budget covering `pod`, if one does.
-    pub(crate) fn group_of(&self, pod: &Value) -> Option<&str> {
-        let uid = pod["metadata"]["uid"].as_str()?;
+    /// The group of the budget covering the instance of uid `uid`, if one does.
+    pub(crate) fn group_of(&self, uid: &str) -> Option<&str> {
         self.group_of.get(uid).map(String::as_str)
     }
 
@@ -248,10 +247,10 @@ impl Budgets {
         &self.by_group
     }
 
-    /// Books the eviction of `pod`: its group has one more member
-    /// unavailable.
-    pub(crate) fn evicted(&mut self, pod: &Value) {
-        let Some(group) = self.group_of(pod).map(str::to_owned) else {
+    /// Books the eviction of the instance of uid `uid`: its group has one
+    /// more member unavailable.
+    pub(crate) fn evicted(&mut self, uid: &str) {
+        let Some(group) = self.group_of(uid).map(str::to_owned) else {
             return;
         };
         if let Some(budget) = self.by_group.get_mut(&group) {
@@ -384,7 +383,11 @@ mod tests {
             ),
         ];
         let mut budgets = Budgets::new(&refs, &pdbs, &HashMap::from([("web", 2)]));
-        let group = |pod: &Value| budgets.group_of(pod).map(str::to_owned);
+        let group = |pod: &Value| {
+            budgets
+                .group_of(pod["metadata"]["uid"].as_str().unwrap_or_default())
+                .map(str::to_owned)
+        };
         assert_eq!(group(&pods[0]).as_deref(), Some("default/a-web"));
         assert_eq!(group(&pods[2]).as_deref(), Some("default/b-all"));
         assert_eq!(group(&pods[3]), None, "another namespace");
@@ -396,7 +399,7 @@ mod tests {
         assert_eq!(allowed(&budgets, "default/b-all"), 1);
         assert_eq!(allowed(&budgets, "default/c-none"), 0);
         assert!(!budgets.by_group().contains_key("default/d-bad"));
-        budgets.evicted(&pods[1]);
+        budgets.evicted(pods[1]["metadata"]["uid"].as_str().unwrap_or_default());
         assert_eq!(allowed(&budgets, "default/a-web"), 0);
     }
 }

@@ -37,14 +37,20 @@ pub(crate) fn prefix(kind: &ResourceKind, namespace: Option<&str>) -> String {
 
 /// Decodes a stored object and stamps its resourceVersion.
 pub(crate) fn decode(kv: &KeyValue) -> Result<Value> {
-    let mut value: Value = serde_json::from_slice(&kv.value).map_err(|e| Error::Corrupt {
-        key: kv.key.clone(),
+    decode_json(&kv.key, &kv.value, kv.mod_revision)
+}
+
+/// Decodes the JSON stored at `key` by the write at `revision`, and stamps
+/// that revision as its resourceVersion.
+pub(crate) fn decode_json(key: &str, json: &[u8], revision: i64) -> Result<Value> {
+    let mut value: Value = serde_json::from_slice(json).map_err(|e| Error::Corrupt {
+        key: key.to_string(),
         message: e.to_string(),
     })?;
     if let Some(meta) = value.get_mut("metadata").and_then(Value::as_object_mut) {
         meta.insert(
             "resourceVersion".into(),
-            Value::String(kv.mod_revision.to_string()),
+            Value::String(revision.to_string()),
         );
     }
     Ok(value)

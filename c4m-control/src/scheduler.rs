@@ -28,7 +28,7 @@ use c4m_sched::{ClusterSnapshot, InstanceRequest, NodeInfo, PlacedInstance, Poli
 use serde_json::{Value, json};
 
 use crate::Result;
-use crate::cache::{Cache, Changes};
+use crate::cache::Cache;
 use crate::disruption::{Budgets, owner_replicas, workload_owners};
 use crate::objects::{Objects, kind, name_of, namespace_of};
 use crate::pods::{is_terminal, node_name, set_condition};
@@ -50,42 +50,19 @@ fn priority(pod: &Value) -> i32 {
     })
 }
 
-fn uid(pod: &Value) -> &str {
-    pod["metadata"]["uid"].as_str().unwrap_or_default()
-}
-
-/// The id preemption knows an instance by: `namespace/name`.
-fn instance_id(pod: &Value) -> String {
-    format!("{}/{}", namespace_of(pod), name_of(pod))
-}
-
-/// A bound instance as a possible victim, in the group of the disruption
-/// budget that covers it.
-fn placed_instance(pod: &Value, budgets: &Budgets) -> PlacedInstance {
-    PlacedInstance {
-        id: instance_id(pod),
-        priority: priority(pod),
-        disruption_budget: budgets.group_of(pod).map(str::to_owned),
-    }
-}
-
 /// Whether `pod` may evict lower-priority instances to fit:
 /// `spec.preemptionPolicy: Never` says it may not.
 fn may_preempt(pod: &Value) -> bool {
     pod["spec"]["preemptionPolicy"] != "Never"
 }
 
-/// The node `pod` preempted instances on and waits for, if any.
-fn nominated_node(pod: &Value) -> Option<&str> {
-    pod["status"]["nominatedNodeName"].as_str()
-}
-
 /// Whether `pod` already preempted and one of its victims (by uid) is
 /// still among `live_uids`.
-fn awaiting_victims(pod: &Value, live_uids: &HashSet<&str>) -> bool {
-    nominated_node(pod).is_some()
-        && pod["metadata"]["annotations"][PREEMPTION_VICTIMS]
-            .as_str()
+fn awaiting_victims(pod: &PodFacts, live_uids: &HashSet<&str>) -> bool {
+    pod.nominated.is_some()
+        && pod
+            .victims
+            .as_deref()
             .is_some_and(|victims| victims.split(',').any(|victim| live_uids.contains(victim)))
 }
 
@@ -138,110 +115,222 @@ struct Preempting {
 fn plan_preemption(
     snapshot: &mut ClusterSnapshot,
     budgets: &mut Budgets,
-    bound_by_id: &HashMap<String, &Arc<Value>>,
-    pod: &Value,
+    bound_by_id: &HashMap<&str, &PodFacts>,
+    pod: &PodFacts,
     request: &InstanceRequest,
 ) -> Option<Preempting> {
-    let preemption = snapshot.preempt(request, priority(pod), budgets.by_group())?;
-    let victims: Vec<&Arc<Value>> = preemption
+    let preemption = snapshot.preempt(request, pod.priority, budgets.by_group())?;
+    let victims: Vec<&PodFacts> = preemption
         .victims
         .iter()
-        .filter_map(|id| bound_by_id.get(id).copied())
+        .filter_map(|id| bound_by_id.get(id.as_str()).copied())
         .collect();
     if victims.is_empty() || victims.len() != preemption.victims.len() {
         return None;
     }
     for victim in &victims {
-        snapshot.release_instance(&instance_id(victim));
-        budgets.evicted(victim);
+        snapshot.release_instance(&victim.id);
+        budgets.evicted(&victim.uid);
     }
     snapshot.allocate(&preemption.node, request);
     Some(Preempting {
-        namespace: namespace_of(pod).to_owned(),
-        name: name_of(pod).to_owned(),
+        namespace: pod.namespace.clone(),
+        name: pod.name.clone(),
         node: preemption.node,
         victims: victims
             .iter()
             .map(|victim| {
                 (
-                    namespace_of(victim).to_owned(),
-                    name_of(victim).to_owned(),
-                    uid(victim).to_owned(),
+                    victim.namespace.clone(),
+                    victim.name.clone(),
+                    victim.uid.clone(),
                 )
             })
             .collect(),
     })
 }
 
-/// The scheduler's memory between cycles: what it parsed from each
-/// instance and node, kept while the object is unchanged (the same `Arc`
-/// in the cache), so a cycle costs no JSON decoding for what did not change.
-#[derive(Default)]
-pub(crate) struct Scheduler {
-    requests: HashMap<String, Parsed<std::result::Result<InstanceRequest, String>>>,
-    nodes: HashMap<String, Parsed<NodeInfo>>,
-    /// The live policy, read at the start of each cycle.
-    policy: Policy,
+/// What a cycle needs of one instance, read from one version of it.
+pub(crate) struct PodFacts {
+    /// `namespace/name`, the id preemption knows it by.
+    id: String,
+    namespace: String,
+    name: String,
+    uid: String,
+    /// The node it is bound to.
+    node: Option<String>,
+    terminal: bool,
+    priority: i32,
+    created: Option<String>,
+    /// The node it preempted instances on and waits for.
+    nominated: Option<String>,
+    /// The uids of its victims, comma separated ([`PREEMPTION_VICTIMS`]).
+    victims: Option<String>,
+    may_preempt: bool,
+    /// Whether it names its placement strategy (else the policy's default
+    /// applies).
+    names_strategy: bool,
+    /// The message of its `PodScheduled` condition.
+    scheduled_message: Option<String>,
+    /// A fingerprint of what [`request`] reads ([`request_inputs`]).
+    inputs: u64,
+    request: std::result::Result<InstanceRequest, String>,
 }
 
-/// A value parsed from one version of an object.
-struct Parsed<T> {
-    from: Arc<Value>,
+impl PodFacts {
+    /// The facts of `pod`; its request is parsed again only if what it is
+    /// parsed from changed since `previous`: a status report or a bind does
+    /// not make the scheduler parse an instance's spec again.
+    fn new(pod: &Value, previous: Option<PodFacts>) -> PodFacts {
+        let inputs = request_inputs(pod);
+        let request = match previous {
+            Some(previous) if previous.inputs == inputs => previous.request,
+            _ => request(pod),
+        };
+        PodFacts {
+            id: format!("{}/{}", namespace_of(pod), name_of(pod)),
+            namespace: namespace_of(pod).to_owned(),
+            name: name_of(pod).to_owned(),
+            uid: pod["metadata"]["uid"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            node: node_name(pod).map(str::to_owned),
+            terminal: is_terminal(pod),
+            priority: priority(pod),
+            created: pod["metadata"]["creationTimestamp"]
+                .as_str()
+                .map(str::to_owned),
+            nominated: pod["status"]["nominatedNodeName"]
+                .as_str()
+                .map(str::to_owned),
+            victims: pod["metadata"]["annotations"][PREEMPTION_VICTIMS]
+                .as_str()
+                .map(str::to_owned),
+            may_preempt: may_preempt(pod),
+            names_strategy: !pod["metadata"]["annotations"][PLACEMENT_STRATEGY].is_null(),
+            scheduled_message: crate::pods::condition(pod, "PodScheduled")
+                .and_then(|c| c["message"].as_str())
+                .map(str::to_owned),
+            inputs,
+            request,
+        }
+    }
+
+    /// What it asks for, with `policy`'s default strategy unless it names one.
+    fn request(&self, policy: &Policy) -> std::result::Result<InstanceRequest, String> {
+        let mut request = self.request.clone()?;
+        if !self.names_strategy {
+            request.strategy = policy.default_strategy;
+        }
+        Ok(request)
+    }
+
+    /// A bound instance as a possible victim, in the group of the
+    /// disruption budget that covers it.
+    fn placed_instance(&self, budgets: &Budgets) -> PlacedInstance {
+        PlacedInstance {
+            id: self.id.clone(),
+            priority: self.priority,
+            disruption_budget: budgets.group_of(&self.uid).map(str::to_owned),
+        }
+    }
+}
+
+/// A fingerprint of everything [`request`] reads of an instance: its spec
+/// (but its `nodeName`, which binding sets), labels, annotations and
+/// namespace.
+fn request_inputs(pod: &Value) -> u64 {
+    use std::hash::{DefaultHasher, Hasher};
+    /// Feeds serialized JSON to a hasher, without building the text.
+    struct Hashing(DefaultHasher);
+    impl std::io::Write for Hashing {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.write(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let metadata = &pod["metadata"];
+    let spec: Option<BTreeMap<&String, &Value>> = pod["spec"].as_object().map(|fields| {
+        fields
+            .iter()
+            .filter(|(name, _)| *name != "nodeName")
+            .collect()
+    });
+    let inputs = (
+        spec.as_ref().map_or(Err(&pod["spec"]), Ok),
+        &metadata["labels"],
+        &metadata["annotations"],
+        &metadata["namespace"],
+    );
+    let mut hashing = Hashing(DefaultHasher::new());
+    // Writing to a hasher cannot fail, and serializing a Value cannot either.
+    let _ = serde_json::to_writer(&mut hashing, &inputs);
+    hashing.0.finish()
+}
+
+/// A value derived from one version of an object.
+struct Versioned<T> {
+    /// The revision of the version it comes from.
+    revision: i64,
+    /// The refresh that last found the object in the cache.
+    seen: u64,
     value: T,
 }
 
-/// The parsed value of `object` (stored at `key`), parsing it again only
-/// when what `parse` reads of it changed since the last call: an instance's
-/// status reports do not make it parse its spec again.
-fn memoized<'a, T>(
-    memo: &'a mut HashMap<String, Parsed<T>>,
-    key: String,
-    object: &Arc<Value>,
-    parse: impl FnOnce(&Value) -> T,
-) -> &'a T {
-    use std::collections::hash_map::Entry;
-    let parsed = || Parsed {
-        from: Arc::clone(object),
-        value: parse(object),
-    };
-    match memo.entry(key) {
-        Entry::Occupied(mut entry) => {
-            if !same_inputs(&entry.get().from, object) {
-                entry.insert(parsed());
-            } else if !Arc::ptr_eq(&entry.get().from, object) {
-                // Keep the newest version, so the next comparison is a pointer check.
-                entry.get_mut().from = Arc::clone(object);
+/// Brings `memo` (by key) up to date with the objects under `prefix`:
+/// forgets the ones gone and derives the value of a changed or new one
+/// from its current version (`derive` gets the previous value too). Only
+/// what changed is decoded.
+fn sync<T>(
+    memo: &mut BTreeMap<String, Versioned<T>>,
+    cache: &Cache,
+    prefix: &str,
+    seen: u64,
+    derive: impl Fn(&Value, Option<T>) -> T,
+) {
+    let mut changed = Vec::new();
+    cache.for_each_stored(prefix, |key, stored| {
+        if let Some(known) = memo.get_mut(key) {
+            known.seen = seen;
+            if known.revision == stored.revision() {
+                return;
             }
-            &entry.into_mut().value
         }
-        Entry::Vacant(entry) => &entry.insert(parsed()).value,
+        changed.push((key.to_owned(), stored.clone()));
+    });
+    memo.retain(|_, known| known.seen == seen);
+    for (key, stored) in changed {
+        let previous = memo.remove(&key).map(|known| known.value);
+        if let Some(object) = stored.decode(&key) {
+            let value = derive(&object, previous);
+            let revision = stored.revision();
+            memo.insert(
+                key,
+                Versioned {
+                    revision,
+                    seen,
+                    value,
+                },
+            );
+        }
     }
 }
 
-/// Whether two versions of an object agree on everything the scheduler
-/// parses from them: an instance's spec (but its `nodeName`, which binding
-/// sets), labels, annotations and namespace; a Node whole (its allocatable
-/// and conditions are in its status).
-fn same_inputs(old: &Arc<Value>, new: &Arc<Value>) -> bool {
-    if Arc::ptr_eq(old, new) {
-        return true;
-    }
-    if new["kind"] != "Pod" {
-        return old == new;
-    }
-    let (a, b) = (&old["metadata"], &new["metadata"]);
-    fn without_node(spec: &Value) -> Option<impl Iterator<Item = (&String, &Value)>> {
-        spec.as_object()
-            .map(|fields| fields.iter().filter(|(name, _)| *name != "nodeName"))
-    }
-    let same_spec = match (without_node(&old["spec"]), without_node(&new["spec"])) {
-        (Some(a), Some(b)) => a.eq(b),
-        _ => old["spec"] == new["spec"],
-    };
-    same_spec
-        && a["labels"] == b["labels"]
-        && a["annotations"] == b["annotations"]
-        && a["namespace"] == b["namespace"]
+/// The scheduler's memory between cycles: what it derived from each
+/// instance and node, kept while the object is unchanged (the same
+/// revision in the cache), so a cycle decodes only what changed.
+#[derive(Default)]
+pub(crate) struct Scheduler {
+    pods: BTreeMap<String, Versioned<PodFacts>>,
+    nodes: BTreeMap<String, Versioned<NodeInfo>>,
+    /// How many times [`Scheduler::refresh`] ran.
+    refreshes: u64,
+    /// The live policy, read at the start of each cycle.
+    policy: Policy,
 }
 
 impl Scheduler {
@@ -250,7 +339,6 @@ impl Scheduler {
         &mut self,
         objects: &Objects,
         cache: &Cache,
-        changes: &Changes,
     ) -> Result<Option<i64>> {
         // A batch apply is one revision of thousands of events, which the
         // cache takes in one by one: scheduling from a half-applied revision
@@ -258,114 +346,76 @@ impl Scheduler {
         cache
             .wait_for(objects.store().current_revision().await?)
             .await;
-        self.refresh(cache, changes);
+        self.refresh(cache);
         self.policy = current_policy(cache);
         reconcile(objects, cache, self).await
     }
 
-    /// Brings what was parsed up to date with `changes`: forgets objects
-    /// that are gone and parses changed nodes now, so that the cycle that
-    /// finds pending instances does not pay for thousands of nodes at once.
-    fn refresh(&mut self, cache: &Cache, changes: &Changes) {
-        if changes.everything {
-            let pods: HashSet<String> = cache
-                .list(kind("pods"), None)
-                .iter()
-                .map(|p| instance_id(p))
-                .collect();
-            self.requests.retain(|id, _| pods.contains(id));
-            let nodes = cache.list(kind("nodes"), None);
-            let names: HashSet<&str> = nodes.iter().map(|n| name_of(n)).collect();
-            self.nodes.retain(|name, _| names.contains(name.as_str()));
-            for node in &nodes {
-                self.node_info(node);
-            }
-            return;
-        }
-        for key in changes.changed.keys() {
-            let current = cache.get_key(key);
-            if let Some(id) = key.strip_prefix("/registry/pods/") {
-                if current.is_none() {
-                    self.requests.remove(id);
-                }
-            } else if let Some(name) = key.strip_prefix("/registry/nodes/") {
-                match &current {
-                    Some(node) => {
-                        self.node_info(node);
-                    }
-                    None => {
-                        self.nodes.remove(name);
-                    }
-                }
-            }
-        }
-    }
-
-    /// What `pod` asks for, with the policy's default strategy unless it
-    /// names one.
-    fn request(&mut self, pod: &Arc<Value>) -> std::result::Result<InstanceRequest, String> {
-        let mut request = memoized(&mut self.requests, instance_id(pod), pod, request).clone()?;
-        if pod["metadata"]["annotations"][PLACEMENT_STRATEGY].is_null() {
-            request.strategy = self.policy.default_strategy;
-        }
-        Ok(request)
-    }
-
-    fn node_info(&mut self, node: &Arc<Value>) -> NodeInfo {
-        memoized(&mut self.nodes, name_of(node).to_string(), node, node_info).clone()
+    /// Brings what was derived up to date with the cache: one pass over
+    /// the keys of instances and nodes, decoding those whose revision moved.
+    fn refresh(&mut self, cache: &Cache) {
+        self.refreshes += 1;
+        sync(&mut self.pods, cache, PODS, self.refreshes, PodFacts::new);
+        sync(&mut self.nodes, cache, NODES, self.refreshes, |node, _| {
+            node_info(node)
+        });
     }
 }
 
-async fn reconcile(objects: &Objects, cache: &Cache, memo: &mut Scheduler) -> Result<Option<i64>> {
-    let pods = cache.list(kind("pods"), None);
-    let mut pending: Vec<&Arc<Value>> = pods
+/// Key prefixes of instances and of nodes.
+const PODS: &str = "/registry/pods/";
+const NODES: &str = "/registry/nodes/";
+
+async fn reconcile(objects: &Objects, cache: &Cache, memo: &Scheduler) -> Result<Option<i64>> {
+    let mut pending: Vec<(&String, &PodFacts)> = memo
+        .pods
         .iter()
-        .filter(|p| node_name(p).is_none() && !is_terminal(p))
+        .map(|(key, pod)| (key, &pod.value))
+        .filter(|(_, pod)| pod.node.is_none() && !pod.terminal)
         .collect();
     if pending.is_empty() {
         return Ok(None);
     }
     let started = std::time::Instant::now();
+    let policy = &memo.policy;
     let mut snapshot = ClusterSnapshot::new();
-    snapshot.set_policy(&memo.policy);
-    for node in cache.list(kind("nodes"), None) {
-        snapshot.upsert_node(memo.node_info(&node));
+    snapshot.set_policy(policy);
+    for node in memo.nodes.values() {
+        snapshot.upsert_node(node.value.clone());
     }
-    let live: Vec<&Arc<Value>> = pods.iter().filter(|p| !is_terminal(p)).collect();
-    let owners = workload_owners(cache);
-    let pdbs = cache.list(kind("poddisruptionbudgets"), None);
-    let mut budgets = Budgets::new(&live, &pdbs, &owner_replicas(&owners));
-    let mut bound_by_id: HashMap<String, &Arc<Value>> = HashMap::new();
+    let mut budgets = budgets(cache);
+    let live: Vec<&PodFacts> = memo
+        .pods
+        .values()
+        .map(|pod| &pod.value)
+        .filter(|pod| !pod.terminal)
+        .collect();
+    let mut bound_by_id: HashMap<&str, &PodFacts> = HashMap::new();
     for pod in &live {
-        if let (Some(node), Ok(request)) = (node_name(pod), memo.request(pod)) {
-            let instance = placed_instance(pod, &budgets);
-            bound_by_id.insert(instance.id.clone(), pod);
-            snapshot.allocate_instance(node, &request, instance);
+        if let (Some(node), Ok(request)) = (&pod.node, pod.request(policy)) {
+            bound_by_id.insert(&pod.id, pod);
+            snapshot.allocate_instance(node, &request, pod.placed_instance(&budgets));
         }
     }
-    let live_uids: HashSet<&str> = live.iter().map(|pod| uid(pod)).collect();
-    pending.sort_by(|a, b| {
-        priority(b)
-            .cmp(&priority(a))
-            .then_with(|| {
-                a["metadata"]["creationTimestamp"]
-                    .as_str()
-                    .cmp(&b["metadata"]["creationTimestamp"].as_str())
-            })
-            .then_with(|| name_of(a).cmp(name_of(b)))
+    let live_uids: HashSet<&str> = live.iter().map(|pod| pod.uid.as_str()).collect();
+    pending.sort_by(|(_, a), (_, b)| {
+        b.priority
+            .cmp(&a.priority)
+            .then_with(|| a.created.cmp(&b.created))
+            .then_with(|| a.name.cmp(&b.name))
     });
     // The room a nominated preemptor won is booked on its node for it
     // against instances of its priority or lower, as Kubernetes does: the
     // booking starts when the cycle reaches its priority (instances go in
     // descending priority) and ends at its own turn.
-    let nominees: Vec<(i32, String, String, InstanceRequest)> = pending
+    let nominees: Vec<(i32, &str, &str, InstanceRequest)> = pending
         .iter()
-        .filter_map(|pod| {
-            let request = memo.request(pod).ok()?;
+        .filter_map(|(_, pod)| {
+            let request = pod.request(policy).ok()?;
             Some((
-                priority(pod),
-                instance_id(pod),
-                nominated_node(pod)?.to_owned(),
+                pod.priority,
+                pod.id.as_str(),
+                pod.nominated.as_deref()?,
                 request,
             ))
         })
@@ -376,20 +426,20 @@ async fn reconcile(objects: &Objects, cache: &Cache, memo: &mut Scheduler) -> Re
     let mut binds = Vec::new();
     let mut unschedulable: BTreeMap<(String, String), String> = BTreeMap::new();
     let mut preemptions = Vec::new();
-    for pod in pending {
+    for (key, pod) in pending {
         while let Some((nominee_priority, id, node, request)) = nominees.get(booked_from)
-            && *nominee_priority >= priority(pod)
+            && *nominee_priority >= pod.priority
         {
             snapshot.allocate(node, request);
             booked.insert(id, (node, request));
             booked_from += 1;
         }
-        let reservation = booked.remove(instance_id(pod).as_str());
+        let reservation = booked.remove(pod.id.as_str());
         if let Some((node, request)) = reservation {
             snapshot.release(node, request);
         }
-        let request = memo
-            .request(pod)
+        let request = pod
+            .request(policy)
             .map_err(|e| format!("invalid instance: {e}"));
         let placement = request
             .as_ref()
@@ -403,7 +453,11 @@ async fn reconcile(objects: &Objects, cache: &Cache, memo: &mut Scheduler) -> Re
         }
         match placement {
             Ok(node) => {
-                let mut bound = (**pod).clone();
+                // Gone from the cache since the refresh: nothing to bind.
+                let Some(current) = cache.get_key(key) else {
+                    continue;
+                };
+                let mut bound = Arc::unwrap_or_clone(current);
                 clear_nomination(&mut bound);
                 bound["spec"]["nodeName"] = json!(node);
                 set_condition(
@@ -421,7 +475,7 @@ async fn reconcile(objects: &Objects, cache: &Cache, memo: &mut Scheduler) -> Re
                     request
                         .as_ref()
                         .ok()
-                        .filter(|_| may_preempt(pod))
+                        .filter(|_| pod.may_preempt)
                         .and_then(|request| {
                             plan_preemption(&mut snapshot, &mut budgets, &bound_by_id, pod, request)
                         });
@@ -429,12 +483,8 @@ async fn reconcile(objects: &Objects, cache: &Cache, memo: &mut Scheduler) -> Re
                     preemptions.push(preemption);
                     continue;
                 }
-                let current = crate::pods::condition(pod, "PodScheduled");
-                if current.is_none_or(|c| c["message"] != reason.as_str()) {
-                    unschedulable.insert(
-                        (namespace_of(pod).to_string(), name_of(pod).to_string()),
-                        reason,
-                    );
+                if pod.scheduled_message.as_deref() != Some(reason.as_str()) {
+                    unschedulable.insert((pod.namespace.clone(), pod.name.clone()), reason);
                 }
             }
         }
@@ -475,6 +525,20 @@ async fn reconcile(objects: &Objects, cache: &Cache, memo: &mut Scheduler) -> Re
         written = written.max(revision);
     }
     Ok(written)
+}
+
+/// The disruption budgets of the live instances. Without any
+/// PodDisruptionBudget (the common case) there is nothing to read; with
+/// some, the instances and workloads are decoded for them.
+fn budgets(cache: &Cache) -> Budgets {
+    let pdbs = cache.list(kind("poddisruptionbudgets"), None);
+    if pdbs.is_empty() {
+        return Budgets::default();
+    }
+    let pods = cache.list(kind("pods"), None);
+    let live: Vec<&Arc<Value>> = pods.iter().filter(|pod| !is_terminal(pod)).collect();
+    let owners = workload_owners(cache);
+    Budgets::new(&live, &pdbs, &owner_replicas(&owners))
 }
 
 /// Deletes the victims, then nominates the preemptor: in this order, a
@@ -537,11 +601,16 @@ mod tests {
             "spec": {"maxUnavailable": 1, "selector": {"matchLabels": {"app": "web"}}}
         }))];
         let budgets = Budgets::new(&refs, &pdbs, &HashMap::from([("web", 1)]));
-        let instance = placed_instance(&web, &budgets);
+        let instance = PodFacts::new(&web, None).placed_instance(&budgets);
         assert_eq!(instance.id, "default/web-1");
         assert_eq!(instance.priority, 3);
         assert_eq!(instance.disruption_budget.as_deref(), Some("default/web"));
-        assert_eq!(placed_instance(&db, &budgets).disruption_budget, None);
+        assert_eq!(
+            PodFacts::new(&db, None)
+                .placed_instance(&budgets)
+                .disruption_budget,
+            None
+        );
         assert_eq!(budgets.by_group()["default/web"].allowed_disruptions(), 1);
     }
 
@@ -567,14 +636,14 @@ mod tests {
         let scheduled = crate::pods::condition(&preemptor, "PodScheduled").unwrap();
         assert_eq!(scheduled["reason"], "Preempting");
         assert_eq!(scheduled["message"], "preempting 2 instance(s) on n1");
-        assert!(awaiting_victims(
-            &preemptor,
-            &HashSet::from(["uid-b", "uid-x"])
-        ));
-        assert!(!awaiting_victims(&preemptor, &HashSet::from(["uid-x"])));
+        let awaiting = |pod: &Value, live: &[&str]| {
+            awaiting_victims(&PodFacts::new(pod, None), &live.iter().copied().collect())
+        };
+        assert!(awaiting(&preemptor, &["uid-b", "uid-x"]));
+        assert!(!awaiting(&preemptor, &["uid-x"]));
         clear_nomination(&mut preemptor);
         assert!(preemptor["status"]["nominatedNodeName"].is_null());
-        assert!(!awaiting_victims(&preemptor, &HashSet::from(["uid-a"])));
+        assert!(!awaiting(&preemptor, &["uid-a"]));
         preemptor["spec"]["nodeName"] = json!("n2");
         assert!(
             !nominate(&mut preemptor, "n1", &["uid-a"]),
@@ -634,12 +703,8 @@ mod tests {
     async fn schedule_once(objects: &Objects, cache: &Cache) -> BTreeMap<String, String> {
         let revision = objects.store().current_revision().await.unwrap();
         cache.wait_for(revision).await;
-        let changes = Changes {
-            everything: true,
-            ..Changes::default()
-        };
         if let Some(revision) = Scheduler::default()
-            .reconcile(objects, cache, &changes)
+            .reconcile(objects, cache)
             .await
             .unwrap()
         {
@@ -694,13 +759,13 @@ mod tests {
             if let Some(node) = node {
                 pod["spec"]["nodeName"] = json!(node);
             }
-            Arc::new(pod)
+            pod
         };
-        let pending = pod(None, "Pending", "web");
-        assert!(same_inputs(&pending, &pod(Some("n1"), "Running", "web")));
-        assert!(!same_inputs(&pending, &pod(None, "Pending", "api")));
-        let node = Arc::new(json!({"kind": "Node", "status": {"allocatable": {"cpu": "1"}}}));
-        let grown = Arc::new(json!({"kind": "Node", "status": {"allocatable": {"cpu": "2"}}}));
-        assert!(!same_inputs(&node, &grown));
+        let pending = request_inputs(&pod(None, "Pending", "web"));
+        assert_eq!(pending, request_inputs(&pod(Some("n1"), "Running", "web")));
+        assert_ne!(pending, request_inputs(&pod(None, "Pending", "api")));
+        let mut limited = pod(None, "Pending", "web");
+        limited["spec"]["containers"][0]["resources"] = json!({"requests": {"cpu": "1"}});
+        assert_ne!(pending, request_inputs(&limited));
     }
 }

@@ -304,9 +304,10 @@ fn spawn_controllers(
             "schedulerpolicies",
         ],
         SCHEDULER_RESYNC,
-        Box::new(move |o, c, changes| {
+        // The scheduler finds what changed itself, from the cache's revisions.
+        Box::new(move |o, c, _| {
             let scheduler = Arc::clone(&scheduler);
-            Box::pin(async move { scheduler.lock().await.reconcile(&o, &c, &changes).await })
+            Box::pin(async move { scheduler.lock().await.reconcile(&o, &c).await })
         }),
     );
     spawn(
