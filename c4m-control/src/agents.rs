@@ -301,6 +301,16 @@ impl Agents {
     }
 }
 
+/// A digest of a node's assignments, to tell whether they changed since
+/// the last message (64-bit SipHash: two different lists colliding is
+/// as good as impossible).
+fn digest(instances: &[Vec<u8>]) -> u64 {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    let mut hasher = DefaultHasher::new();
+    instances.hash(&mut hasher);
+    hasher.finish()
+}
+
 /// The InternalIP of a node.
 pub(crate) fn node_address(node: &Value) -> String {
     node["status"]["addresses"]
@@ -537,19 +547,22 @@ impl AgentService for Agents {
         tokio::spawn(async move {
             // Subscribed before the first read, so no change slips between them.
             let mut changed = agents.cache.watch_node(&node);
-            let mut last_sent: Option<Vec<Vec<u8>>> = None;
+            // A digest of what was sent last, rather than a copy: with
+            // thousands of instances, copies would double their memory.
+            let mut last_sent: Option<u64> = None;
             loop {
                 let revision = agents.cache.revision();
                 let instances = agents.assignments(&node);
-                if last_sent.as_ref() != Some(&instances) {
+                let digest = digest(&instances);
+                if last_sent != Some(digest) {
                     let message = Assignments {
-                        instances: instances.clone(),
+                        instances,
                         revision,
                     };
                     if sender.send(Ok(message)).await.is_err() {
                         return; // The agent hung up.
                     }
-                    last_sent = Some(instances);
+                    last_sent = Some(digest);
                 }
                 tokio::select! {
                     _ = agents.shutdown.cancelled() => return,

@@ -16,6 +16,9 @@
 //!   `--nodes` hollow nodes, until every instance is Running and Ready; the
 //!   control plane's resident memory then (and its peak).
 //!
+//! With `C4M_BENCH_CONTROL_LOG=FILE`, the control plane logs to FILE, with
+//! the scheduler's per-cycle timings (`snapshot_ms`, `place_ms`, `write_ms`).
+//!
 //! It starts `c4m control` and `c4m agent` (found next to this binary) on
 //! free loopback ports in a temporary directory, and stops them at the end.
 
@@ -84,6 +87,10 @@ struct ControlPlane {
     dir: tempfile::TempDir,
 }
 
+/// Environment variable naming a file for the control plane's log, with
+/// the scheduler's debug events.
+const CONTROL_LOG: &str = "C4M_BENCH_CONTROL_LOG";
+
 const ENV: [(&str, &str); 3] = [
     ("C4M_ACCESS_TOKEN", "bench"),
     ("C4M_SECRET_KEY", "bench-secret"),
@@ -111,16 +118,25 @@ impl ControlPlane {
         }
         let dir = tempfile::tempdir()?;
         let (api, grpc, dns) = (free_port()?, free_port()?, free_port()?);
-        let daemon = Daemon(
-            Command::new(&bin)
-                .args(["control", "--api", &format!("127.0.0.1:{api}")])
-                .args(["--grpc", &format!("127.0.0.1:{grpc}")])
-                .args(["--dns", &format!("127.0.0.1:{dns}"), "--data-dir"])
-                .arg(dir.path().join("control"))
-                .envs(ENV)
-                .stderr(Stdio::null())
-                .spawn()?,
-        );
+        let mut command = Command::new(&bin);
+        command
+            .args(["control", "--api", &format!("127.0.0.1:{api}")])
+            .args(["--grpc", &format!("127.0.0.1:{grpc}")])
+            .args(["--dns", &format!("127.0.0.1:{dns}"), "--data-dir"])
+            .arg(dir.path().join("control"))
+            .envs(ENV);
+        // The scheduler's per-cycle figures (snapshot_ms, place_ms, write_ms)
+        // are debug events: written to this file when it is set.
+        match std::env::var_os(CONTROL_LOG) {
+            Some(path) => command
+                .env("RUST_LOG", "warn,c4m_control::scheduler=debug")
+                .stderr(
+                    std::fs::File::create(&path)
+                        .with_context(|| format!("{CONTROL_LOG}: cannot create {path:?}"))?,
+                ),
+            None => command.stderr(Stdio::null()),
+        };
+        let daemon = Daemon(command.spawn()?);
         let credentials = Credentials {
             access_token: "bench".into(),
             secret_key: "bench-secret".into(),
