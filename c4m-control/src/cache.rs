@@ -21,13 +21,13 @@ use std::sync::{Arc, Mutex, RwLock};
 use c4m_core::ResourceKind;
 use c4m_store::{EventKind, KeyValue, Store};
 use futures::StreamExt;
+use serde::Deserialize;
 use serde_json::Value;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::Result;
 use crate::objects::{decode_json, key, prefix};
-use crate::pods::node_name;
 
 /// The root of every object key.
 pub(crate) const ROOT: &str = "/registry/";
@@ -102,12 +102,19 @@ impl Entry {
             key: kv.key.clone(),
             message: e.to_string(),
         };
-        let (node, owner) = if kv.key.starts_with(PODS) {
-            let pod: Value = serde_json::from_slice(&kv.value).map_err(corrupt)?;
-            (node_name(&pod).map(str::to_string), controller_key(&pod))
+        let indexed = if kv.key.starts_with(PODS) {
+            serde_json::from_slice::<IndexedFields>(&kv.value).ok()
         } else {
-            serde_json::from_slice::<serde::de::IgnoredAny>(&kv.value).map_err(corrupt)?;
-            (None, None)
+            None
+        };
+        let (node, owner) = match indexed {
+            Some(pod) => (pod.node(), pod.controller()),
+            None => {
+                // Not an instance, or fields of unexpected types (which
+                // validation refuses): only check that it is JSON.
+                serde_json::from_slice::<serde::de::IgnoredAny>(&kv.value).map_err(corrupt)?;
+                (None, None)
+            }
         };
         Ok(Entry {
             stored: Stored {
@@ -155,23 +162,66 @@ impl PodIndex {
     }
 }
 
+/// What the instance indexes read of a Pod: parsed straight from its JSON,
+/// skipping the rest, which is cheaper than building a [`Value`].
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct IndexedFields {
+    metadata: IndexedMetadata,
+    spec: IndexedSpec,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct IndexedMetadata {
+    namespace: Option<String>,
+    owner_references: Option<Vec<IndexedOwner>>,
+}
+
+#[derive(Deserialize)]
+struct IndexedOwner {
+    kind: Option<String>,
+    name: Option<String>,
+    controller: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct IndexedSpec {
+    node_name: Option<String>,
+}
+
+impl IndexedFields {
+    /// The node the instance is bound to.
+    fn node(&self) -> Option<String> {
+        self.spec.node_name.clone().filter(|node| !node.is_empty())
+    }
+
+    /// The [`owner_key`] of the workload that controls the instance.
+    fn controller(&self) -> Option<String> {
+        let owner = self
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .find(|r| r.controller == Some(true))?;
+        let plural = match owner.kind.as_deref()? {
+            "Microservice" => "microservices",
+            "Deployment" => "deployments",
+            _ => return None,
+        };
+        Some(owner_key(
+            plural,
+            self.metadata.namespace.as_deref().unwrap_or_default(),
+            owner.name.as_deref()?,
+        ))
+    }
+}
+
 /// The key of the workload that controls `pod` (`microservices/NS/NAME` or
 /// `deployments/NS/NAME`), from its controller owner reference.
 pub(crate) fn controller_key(pod: &Value) -> Option<String> {
-    let owner = pod["metadata"]["ownerReferences"]
-        .as_array()?
-        .iter()
-        .find(|r| r["controller"] == true)?;
-    let plural = match owner["kind"].as_str()? {
-        "Microservice" => "microservices",
-        "Deployment" => "deployments",
-        _ => return None,
-    };
-    Some(owner_key(
-        plural,
-        crate::objects::namespace_of(pod),
-        owner["name"].as_str()?,
-    ))
+    IndexedFields::deserialize(pod).ok()?.controller()
 }
 
 /// The index key of a workload: `PLURAL/NAMESPACE/NAME`.

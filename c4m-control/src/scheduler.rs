@@ -172,6 +172,9 @@ pub(crate) struct PodFacts {
     names_strategy: bool,
     /// The message of its `PodScheduled` condition.
     scheduled_message: Option<String>,
+    /// The object as decoded for these facts while it waits for a node,
+    /// until a cycle takes it to bind it without decoding it again.
+    pending: Option<Arc<Value>>,
     /// A fingerprint of what [`request`] reads ([`request_inputs`]).
     inputs: u64,
     request: std::result::Result<InstanceRequest, String>,
@@ -181,8 +184,10 @@ impl PodFacts {
     /// The facts of `pod`; its request is parsed again only if what it is
     /// parsed from changed since `previous`: a status report or a bind does
     /// not make the scheduler parse an instance's spec again.
-    fn new(pod: &Value, previous: Option<PodFacts>) -> PodFacts {
+    fn new(pod: &Arc<Value>, previous: Option<PodFacts>) -> PodFacts {
         let inputs = request_inputs(pod);
+        let node = node_name(pod).map(str::to_owned);
+        let terminal = is_terminal(pod);
         let request = match previous {
             Some(previous) if previous.inputs == inputs => previous.request,
             _ => request(pod),
@@ -195,8 +200,9 @@ impl PodFacts {
                 .as_str()
                 .unwrap_or_default()
                 .to_owned(),
-            node: node_name(pod).map(str::to_owned),
-            terminal: is_terminal(pod),
+            pending: (node.is_none() && !terminal).then(|| Arc::clone(pod)),
+            node,
+            terminal,
             priority: priority(pod),
             created: pod["metadata"]["creationTimestamp"]
                 .as_str()
@@ -290,7 +296,7 @@ fn sync<T>(
     cache: &Cache,
     prefix: &str,
     seen: u64,
-    derive: impl Fn(&Value, Option<T>) -> T,
+    derive: impl Fn(&Arc<Value>, Option<T>) -> T,
 ) {
     let mut changed = Vec::new();
     cache.for_each_stored(prefix, |key, stored| {
@@ -303,6 +309,9 @@ fn sync<T>(
         changed.push((key.to_owned(), stored.clone()));
     });
     memo.retain(|_, known| known.seen == seen);
+    if !changed.is_empty() {
+        tracing::debug!(prefix, changed = changed.len(), "decoding changed objects");
+    }
     for (key, stored) in changed {
         let previous = memo.remove(&key).map(|known| known.value);
         if let Some(object) = stored.decode(&key) {
@@ -346,7 +355,12 @@ impl Scheduler {
         cache
             .wait_for(objects.store().current_revision().await?)
             .await;
+        let started = std::time::Instant::now();
         self.refresh(cache);
+        tracing::debug!(
+            refresh_ms = started.elapsed().as_millis(),
+            "caught up with the cache"
+        );
         self.policy = current_policy(cache);
         reconcile(objects, cache, self).await
     }
@@ -366,17 +380,26 @@ impl Scheduler {
 const PODS: &str = "/registry/pods/";
 const NODES: &str = "/registry/nodes/";
 
-async fn reconcile(objects: &Objects, cache: &Cache, memo: &Scheduler) -> Result<Option<i64>> {
+async fn reconcile(objects: &Objects, cache: &Cache, memo: &mut Scheduler) -> Result<Option<i64>> {
+    let waiting = |pod: &PodFacts| pod.node.is_none() && !pod.terminal;
+    if !memo.pods.values().any(|pod| waiting(&pod.value)) {
+        return Ok(None);
+    }
+    let started = std::time::Instant::now();
+    // Taken, so that binding needs no copy; an instance this cycle does not
+    // bind is decoded from the cache when a later cycle does.
+    let mut decoded: HashMap<String, Arc<Value>> = memo
+        .pods
+        .iter_mut()
+        .filter_map(|(key, pod)| Some((key.clone(), pod.value.pending.take()?)))
+        .collect();
+    let memo: &Scheduler = memo;
     let mut pending: Vec<(&String, &PodFacts)> = memo
         .pods
         .iter()
         .map(|(key, pod)| (key, &pod.value))
-        .filter(|(_, pod)| pod.node.is_none() && !pod.terminal)
+        .filter(|(_, pod)| waiting(pod))
         .collect();
-    if pending.is_empty() {
-        return Ok(None);
-    }
-    let started = std::time::Instant::now();
     let policy = &memo.policy;
     let mut snapshot = ClusterSnapshot::new();
     snapshot.set_policy(policy);
@@ -453,9 +476,8 @@ async fn reconcile(objects: &Objects, cache: &Cache, memo: &Scheduler) -> Result
         }
         match placement {
             Ok(node) => {
-                // Gone from the cache since the refresh: nothing to bind.
-                let Some(current) = cache.get_key(key) else {
-                    continue;
+                let Some(current) = decoded.remove(key).or_else(|| cache.get_key(key)) else {
+                    continue; // Deleted meanwhile: nothing to bind.
                 };
                 let mut bound = Arc::unwrap_or_clone(current);
                 clear_nomination(&mut bound);
@@ -601,7 +623,7 @@ mod tests {
             "spec": {"maxUnavailable": 1, "selector": {"matchLabels": {"app": "web"}}}
         }))];
         let budgets = Budgets::new(&refs, &pdbs, &HashMap::from([("web", 1)]));
-        let instance = PodFacts::new(&web, None).placed_instance(&budgets);
+        let instance = PodFacts::new(&Arc::clone(&web), None).placed_instance(&budgets);
         assert_eq!(instance.id, "default/web-1");
         assert_eq!(instance.priority, 3);
         assert_eq!(instance.disruption_budget.as_deref(), Some("default/web"));
