@@ -623,7 +623,7 @@ mod tests {
             "spec": {"maxUnavailable": 1, "selector": {"matchLabels": {"app": "web"}}}
         }))];
         let budgets = Budgets::new(&refs, &pdbs, &HashMap::from([("web", 1)]));
-        let instance = PodFacts::new(&Arc::clone(&web), None).placed_instance(&budgets);
+        let instance = PodFacts::new(&web, None).placed_instance(&budgets);
         assert_eq!(instance.id, "default/web-1");
         assert_eq!(instance.priority, 3);
         assert_eq!(instance.disruption_budget.as_deref(), Some("default/web"));
@@ -659,7 +659,8 @@ mod tests {
         assert_eq!(scheduled["reason"], "Preempting");
         assert_eq!(scheduled["message"], "preempting 2 instance(s) on n1");
         let awaiting = |pod: &Value, live: &[&str]| {
-            awaiting_victims(&PodFacts::new(pod, None), &live.iter().copied().collect())
+            let facts = PodFacts::new(&Arc::new(pod.clone()), None);
+            awaiting_victims(&facts, &live.iter().copied().collect())
         };
         assert!(awaiting(&preemptor, &["uid-b", "uid-x"]));
         assert!(!awaiting(&preemptor, &["uid-x"]));
