@@ -6,7 +6,7 @@
 //! status report is written when phase, readiness, restarts or ports change,
 //! and resource usage stays in memory for the metrics API).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -266,39 +266,85 @@ impl Agents {
         Err("valueFrom names no source".into())
     }
 
-    /// The instances bound to `node`, env resolved, as the agent receives them.
-    fn assignments(&self, node: &str) -> Vec<Vec<u8>> {
-        let mut out = Vec::new();
-        for pod in self.cache.pods_on_node(node) {
-            if is_terminal(&pod) {
-                continue;
-            }
-            match self.resolve_env(&pod) {
-                Ok(resolved) => out.push(serde_json::to_vec(&resolved).unwrap_or_default()),
-                Err(message) => {
-                    let objects = self.objects.clone();
-                    let (namespace, name) =
-                        (namespace_of(&pod).to_string(), name_of(&pod).to_string());
-                    tokio::spawn(async move {
-                        let result = objects
-                            .update_with(kind("pods"), &namespace, &name, |pod| {
-                                let waiting = json!({"waiting": {"reason": "CreateContainerConfigError", "message": message}});
-                                if pod["status"]["containerStatuses"][0]["state"] == waiting {
-                                    return false;
-                                }
-                                pod["status"]["containerStatuses"] = json!([{"name": pod["spec"]["containers"][0]["name"], "ready": false, "restartCount": 0, "image": "", "imageID": "", "state": waiting}]);
-                                true
-                            })
-                            .await;
-                        if let Err(e) = result {
-                            tracing::warn!(instance = %name, error = %e, "cannot record a config error");
-                        }
-                    });
-                }
-            }
+    /// The instances bound to `node`, env resolved, as the agent receives
+    /// them. An instance is decoded and resolved again only if it changed
+    /// since `resolved` saw it, or its context did (a ConfigMap or Secret,
+    /// the Node).
+    fn assignments(&self, node: &str, resolved: &mut Resolved) -> Vec<Vec<u8>> {
+        let context = (
+            self.cache.env_generation(),
+            self.cache
+                .stored(&crate::objects::key(kind("nodes"), "", node))
+                .map(|node| node.revision()),
+        );
+        if resolved.context != Some(context) {
+            resolved.instances.clear();
+            resolved.context = Some(context);
         }
+        let mut out = Vec::new();
+        let mut kept = HashMap::new();
+        for (key, stored) in self.cache.pods_on_node_stored(node) {
+            let known = resolved
+                .instances
+                .remove(&key)
+                .filter(|(revision, _)| *revision == stored.revision());
+            let assignment = match known {
+                Some((_, assignment)) => assignment,
+                None => {
+                    let Some(pod) = stored.decode(&key) else {
+                        continue;
+                    };
+                    if is_terminal(&pod) {
+                        None
+                    } else {
+                        match self.resolve_env(&pod) {
+                            Ok(resolved) => Some(serde_json::to_vec(&resolved).unwrap_or_default()),
+                            Err(message) => {
+                                // Not remembered: resolved again on the next change.
+                                self.record_config_error(&pod, message);
+                                continue;
+                            }
+                        }
+                    }
+                }
+            };
+            out.extend(assignment.iter().cloned());
+            kept.insert(key, (stored.revision(), assignment));
+        }
+        resolved.instances = kept;
         out
     }
+
+    /// Marks `pod` as unable to start for `message` (an env source missing),
+    /// in the background.
+    fn record_config_error(&self, pod: &Value, message: String) {
+        let objects = self.objects.clone();
+        let (namespace, name) = (namespace_of(pod).to_string(), name_of(pod).to_string());
+        tokio::spawn(async move {
+            let result = objects
+                    .update_with(kind("pods"), &namespace, &name, |pod| {
+                        let waiting = json!({"waiting": {"reason": "CreateContainerConfigError", "message": message}});
+                        if pod["status"]["containerStatuses"][0]["state"] == waiting {
+                            return false;
+                        }
+                        pod["status"]["containerStatuses"] = json!([{"name": pod["spec"]["containers"][0]["name"], "ready": false, "restartCount": 0, "image": "", "imageID": "", "state": waiting}]);
+                        true
+                    })
+                    .await;
+            if let Err(e) = result {
+                tracing::warn!(instance = %name, error = %e, "cannot record a config error");
+            }
+        });
+    }
+}
+
+/// What an assignment stream resolved: the context it was resolved in
+/// (the env sources' generation, the Node's revision) and each instance's
+/// revision with its assignment (`None`: terminal, not sent).
+#[derive(Default)]
+struct Resolved {
+    context: Option<(u64, Option<i64>)>,
+    instances: HashMap<String, (i64, Option<Vec<u8>>)>,
 }
 
 /// A digest of a node's assignments, to tell whether they changed since
@@ -550,9 +596,10 @@ impl AgentService for Agents {
             // A digest of what was sent last, rather than a copy: with
             // thousands of instances, copies would double their memory.
             let mut last_sent: Option<u64> = None;
+            let mut resolved = Resolved::default();
             loop {
                 let revision = agents.cache.revision();
-                let instances = agents.assignments(&node);
+                let instances = agents.assignments(&node, &mut resolved);
                 let digest = digest(&instances);
                 if last_sent != Some(digest) {
                     let message = Assignments {
@@ -631,5 +678,129 @@ impl AgentService for Agents {
             .await
             .map_err(internal)?;
         Ok(Response::new(StatusReportResponse {}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(name: &str) -> Value {
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "x", "env": [
+                {"name": "GREETING", "valueFrom": {"configMapKeyRef": {"name": "cm", "key": "greeting"}}}
+            ]}]},
+        })
+    }
+
+    /// (name, resolved GREETING) of each assignment.
+    fn greetings(instances: &[Vec<u8>]) -> Vec<(String, String)> {
+        instances
+            .iter()
+            .map(|bytes| {
+                let pod: Value = serde_json::from_slice(bytes).unwrap();
+                let greeting = &pod["spec"]["containers"][0]["env"][0]["value"];
+                (
+                    name_of(&pod).to_owned(),
+                    greeting.as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect()
+    }
+
+    fn expected(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(name, greeting)| (name.to_string(), greeting.to_string()))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn assignments_follow_their_instances_and_env_sources() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn c4m_store::Store> =
+            Arc::new(c4m_store::RedbStore::open(&dir.path().join("store.redb")).unwrap());
+        let objects = Objects::new(Arc::clone(&store));
+        let namespace =
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default"}});
+        objects
+            .create(kind("namespaces"), "", namespace)
+            .await
+            .unwrap();
+        let config = json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "cm", "namespace": "default"}, "data": {"greeting": "hello"}});
+        objects
+            .create(kind("configmaps"), "default", config)
+            .await
+            .unwrap();
+        for name in ["a", "b"] {
+            objects
+                .create(kind("pods"), "default", pod(name))
+                .await
+                .unwrap();
+        }
+        let shutdown = CancellationToken::new();
+        let cache = Cache::start(Arc::clone(&store), shutdown.clone())
+            .await
+            .unwrap();
+        let agents = Agents {
+            objects: objects.clone(),
+            cache: Arc::clone(&cache),
+            health: Arc::new(NodeHealth::new(
+                Duration::from_secs(10),
+                Duration::from_secs(10),
+            )),
+            usage: Arc::default(),
+            heartbeat_interval: Duration::from_secs(1),
+            dns_address: String::new(),
+            shutdown: shutdown.clone(),
+        };
+        let mut resolved = Resolved::default();
+        let assigned = agents.assignments("n1", &mut resolved);
+        assert_eq!(
+            greetings(&assigned),
+            expected(&[("a", "hello"), ("b", "hello")])
+        );
+        assert_eq!(agents.assignments("n1", &mut resolved), assigned);
+
+        // A ConfigMap change resolves every instance again.
+        let revision = objects
+            .update_with(kind("configmaps"), "default", "cm", |cm| {
+                cm["data"]["greeting"] = json!("bonjour");
+                true
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        cache.wait_for(revision).await;
+        assert_eq!(
+            greetings(&agents.assignments("n1", &mut resolved)),
+            expected(&[("a", "bonjour"), ("b", "bonjour")])
+        );
+
+        // A terminal instance leaves; a changed one is sent as it is now.
+        objects
+            .update_with(kind("pods"), "default", "a", |pod| {
+                pod["status"]["phase"] = json!("Succeeded");
+                true
+            })
+            .await
+            .unwrap();
+        let revision = objects
+            .update_with(kind("pods"), "default", "b", |pod| {
+                pod["metadata"]["labels"] = json!({"tier": "web"});
+                true
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        cache.wait_for(revision).await;
+        let assigned = agents.assignments("n1", &mut resolved);
+        assert_eq!(greetings(&assigned), expected(&[("b", "bonjour")]));
+        let sent: Value = serde_json::from_slice(&assigned[0]).unwrap();
+        assert_eq!(sent["metadata"]["labels"]["tier"], "web");
+        shutdown.cancel();
     }
 }

@@ -16,6 +16,7 @@
 //! cluster.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use c4m_core::ResourceKind;
@@ -379,6 +380,9 @@ pub struct Cache {
     node_signals: Mutex<HashMap<String, watch::Sender<u64>>>,
     /// The controllers' change feeds.
     feeds: Mutex<Vec<Arc<ChangeFeed>>>,
+    /// Bumped when any ConfigMap or Secret may have changed (a write, a
+    /// re-list): what an instance's resolved env depends on besides itself.
+    env_generation: AtomicU64,
 }
 
 impl Cache {
@@ -390,6 +394,7 @@ impl Cache {
             revision: watch::channel(revision).0,
             node_signals: Mutex::new(HashMap::new()),
             feeds: Mutex::new(Vec::new()),
+            env_generation: AtomicU64::new(0),
         });
         tokio::spawn(Arc::clone(&cache).follow(store, revision, shutdown));
         Ok(cache)
@@ -526,7 +531,9 @@ impl Cache {
         }
     }
 
+    /// Wakes every node: for a change of an env source, or a re-list.
     fn signal_all_nodes(&self) {
+        self.env_generation.fetch_add(1, Ordering::SeqCst);
         let mut signals = self.node_signals.lock().unwrap_or_else(|e| e.into_inner());
         signals.retain(|_, signal| !signal.is_closed());
         for signal in signals.values() {
@@ -562,8 +569,19 @@ impl Cache {
 
     /// The instances bound to `node` (terminal ones included), sorted by key.
     pub fn pods_on_node(&self, node: &str) -> Vec<Arc<Value>> {
-        let pods = self.read().pods_by_node.get(node);
-        decode_all(pods)
+        decode_all(self.pods_on_node_stored(node))
+    }
+
+    /// The instances bound to `node` (terminal ones included), still
+    /// encoded, by key.
+    pub(crate) fn pods_on_node_stored(&self, node: &str) -> Vec<(String, Stored)> {
+        self.read().pods_by_node.get(node)
+    }
+
+    /// How many times a ConfigMap or Secret may have changed (or the cache
+    /// re-listed): an env resolved at one generation holds while it stays.
+    pub(crate) fn env_generation(&self) -> u64 {
+        self.env_generation.load(Ordering::SeqCst)
     }
 
     /// The object stored at `key`.
