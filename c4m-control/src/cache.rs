@@ -285,8 +285,10 @@ pub(crate) struct Changes {
     /// have changed, so the reader should look at everything.
     pub everything: bool,
     /// Each changed key with the object as it was before its first change
-    /// since the last read (`None`: it did not exist).
-    pub changed: BTreeMap<String, Option<Arc<Value>>>,
+    /// since the last read (`None`: it did not exist), still encoded: a
+    /// reader decodes the ones it looks at ([`Stored::decode`]), so a burst
+    /// of writes does not hold thousands of decoded objects.
+    pub changed: BTreeMap<String, Option<Stored>>,
 }
 
 impl Changes {
@@ -313,15 +315,14 @@ pub(crate) struct ChangeFeed {
 }
 
 impl ChangeFeed {
-    /// Records a change of `key`; `before` gives what it was, asked only
-    /// if this feed follows the key and holds no older "before" of it.
-    fn record(&self, key: &str, before: &mut dyn FnMut() -> Option<Arc<Value>>) {
+    /// Records a change of `key`, which was `before`.
+    fn record(&self, key: &str, before: Option<&Stored>) {
         if !self.prefixes.iter().any(|p| key.starts_with(p.as_str())) {
             return;
         }
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         if !pending.changed.contains_key(key) {
-            pending.changed.insert(key.to_string(), before());
+            pending.changed.insert(key.to_string(), before.cloned());
         }
         drop(pending);
         self.notify.notify_one();
@@ -468,15 +469,9 @@ impl Cache {
                 EventKind::Delete => (mirror.remove(key), None),
             }
         };
-        // The previous version is decoded once, and only if a feed wants it.
-        let mut before: Option<Option<Arc<Value>>> = None;
-        let mut decode_before = || {
-            before
-                .get_or_insert_with(|| previous.as_ref().and_then(|p| p.stored.decode(key)))
-                .clone()
-        };
+        let before = previous.as_ref().map(|p| &p.stored);
         for feed in self.feeds.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-            feed.record(key, &mut decode_before);
+            feed.record(key, before);
         }
         if ENV_SOURCES.iter().any(|p| key.starts_with(p)) {
             self.signal_all_nodes();
@@ -560,6 +555,16 @@ impl Cache {
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Mirror> {
         self.mirror.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The keys of every object of a kind, sorted: for a reader that needs
+    /// only which objects exist.
+    pub(crate) fn keys(&self, kind: &ResourceKind) -> Vec<String> {
+        let prefix = prefix(kind, None);
+        self.read()
+            .under(&prefix)
+            .map(|(key, _)| key.clone())
+            .collect()
     }
 
     /// One object.
@@ -739,14 +744,14 @@ mod tests {
         // Two writes of one key coalesce, keeping what it was before the
         // first; keys outside the feed's kinds are not reported.
         assert_eq!(batch.changed.len(), 1);
-        assert_eq!(batch.changed["/registry/pods/default/a"], None);
+        assert!(batch.changed["/registry/pods/default/a"].is_none());
 
         // A batch put back keeps its older "before" over a later change's.
         let revision = put(&store, "/registry/pods/default/a", pod("a", "three")).await;
         cache.wait_for(revision).await;
         feed.requeue(batch);
         let merged = feed.next().await;
-        assert_eq!(merged.changed["/registry/pods/default/a"], None);
+        assert!(merged.changed["/registry/pods/default/a"].is_none());
         assert_eq!(cache.pods_on_node("three").len(), 1);
 
         // The owner index follows the controller reference.

@@ -216,16 +216,21 @@ pub(crate) async fn reconcile(
     };
     if changes.everything {
         for plural in ["services", "microservices", "endpoints"] {
-            touched.extend(cache.list(kind(plural), None).iter().map(|o| named(o)));
+            let prefix = format!("{}{plural}/", crate::cache::ROOT);
+            touched.extend(cache.keys(kind(plural)).iter().filter_map(|key| {
+                let (namespace, name) = key.strip_prefix(&prefix)?.split_once('/')?;
+                Some((namespace.to_string(), name.to_string()))
+            }));
         }
     } else {
         for (key, before) in &changes.changed {
+            let before = before.as_ref().and_then(|before| before.decode(key));
             if !key.starts_with("/registry/pods/") {
                 let current = cache.get_key(key);
-                touched.extend([before, &current].into_iter().flatten().map(|o| named(o)));
+                touched.extend([before, current].into_iter().flatten().map(|o| named(&o)));
                 continue;
             }
-            for pod in [before.clone(), cache.get_key(key)].into_iter().flatten() {
+            for pod in [before, cache.get_key(key)].into_iter().flatten() {
                 let pod_labels = labels(&pod);
                 let namespace = namespace_of(&pod);
                 if let Some(ms) = pod_labels.get(c4m_core::labels::MICROSERVICE) {

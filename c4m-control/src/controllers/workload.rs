@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 
 use super::latest;
 use crate::Result;
-use crate::cache::{Cache, Changes, ROOT, controller_key, owner_key};
+use crate::cache::{Cache, Changes, ROOT, controller_key};
 use crate::objects::{Objects, kind, name_of, namespace_of, random_suffix};
 use crate::pods::{controller_uid, is_ready, is_terminal, stable_hash};
 
@@ -50,11 +50,12 @@ pub(crate) async fn reconcile(
     let mut touched: BTreeSet<String> = BTreeSet::new();
     if changes.everything {
         for plural in OWNER_PLURALS {
+            // An owner's key is its store key without the root.
             touched.extend(
                 cache
-                    .list(kind(plural), None)
+                    .keys(kind(plural))
                     .iter()
-                    .map(|owner| owner_key(plural, namespace_of(owner), name_of(owner))),
+                    .filter_map(|key| key.strip_prefix(ROOT).map(str::to_string)),
             );
         }
         touched.extend(cache.owners_of_pods());
@@ -64,6 +65,7 @@ pub(crate) async fn reconcile(
                 continue;
             };
             if rest.starts_with("pods/") {
+                let before = before.as_ref().and_then(|before| before.decode(key));
                 let current = cache.get_key(key);
                 touched.extend(
                     [before.as_deref(), current.as_deref()]
