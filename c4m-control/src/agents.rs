@@ -719,16 +719,7 @@ mod tests {
 
     #[tokio::test]
     async fn assignments_follow_their_instances_and_env_sources() {
-        let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn c4m_store::Store> =
-            Arc::new(c4m_store::RedbStore::open(&dir.path().join("store.redb")).unwrap());
-        let objects = Objects::new(Arc::clone(&store));
-        let namespace =
-            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default"}});
-        objects
-            .create(kind("namespaces"), "", namespace)
-            .await
-            .unwrap();
+        let (_dir, store, objects) = crate::test_support::store_with_default_namespace().await;
         let config = json!({"apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {"name": "cm", "namespace": "default"}, "data": {"greeting": "hello"}});
         objects

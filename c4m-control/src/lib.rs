@@ -35,6 +35,8 @@ mod scheduler;
 mod scheduler_policy;
 mod selector;
 mod server;
+#[cfg(test)]
+mod test_support;
 mod tls;
 
 pub use dns::{DnsEndpoint, DnsError, DnsServer, RECORD_TTL_SECS, ServiceLookup, cluster_resolver};

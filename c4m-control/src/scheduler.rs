@@ -681,16 +681,7 @@ mod tests {
         Arc<Cache>,
         tokio_util::sync::CancellationToken,
     ) {
-        let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn c4m_store::Store> =
-            Arc::new(c4m_store::RedbStore::open(&dir.path().join("store.redb")).unwrap());
-        let objects = Objects::new(Arc::clone(&store));
-        let namespace =
-            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default"}});
-        objects
-            .create(kind("namespaces"), "", namespace)
-            .await
-            .unwrap();
+        let (dir, store, objects) = crate::test_support::store_with_default_namespace().await;
         let node = json!({
             "apiVersion": "v1", "kind": "Node",
             "metadata": {"name": "n1", "annotations": {c4m_core::annotations::DRIVERS: "process=1"}},

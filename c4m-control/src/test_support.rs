@@ -1,0 +1,24 @@
+//! What unit tests share: a real store in a temporary directory.
+
+use std::sync::Arc;
+
+use serde_json::json;
+
+use crate::objects::{Objects, kind};
+
+/// A store in a fresh directory (kept alive by the returned guard) with
+/// the `default` namespace created.
+pub(crate) async fn store_with_default_namespace()
+-> (tempfile::TempDir, Arc<dyn c4m_store::Store>, Objects) {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn c4m_store::Store> =
+        Arc::new(c4m_store::RedbStore::open(&dir.path().join("store.redb")).unwrap());
+    let objects = Objects::new(Arc::clone(&store));
+    let namespace =
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default"}});
+    objects
+        .create(kind("namespaces"), "", namespace)
+        .await
+        .unwrap();
+    (dir, store, objects)
+}
