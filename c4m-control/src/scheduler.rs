@@ -267,7 +267,7 @@ fn request_inputs(pod: &Value) -> u64 {
             .collect()
     });
     let inputs = (
-        spec.as_ref().map_or(Err(&pod["spec"]), Ok),
+        spec.as_ref().ok_or(&pod["spec"]),
         &metadata["labels"],
         &metadata["annotations"],
         &metadata["namespace"],
