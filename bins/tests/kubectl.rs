@@ -442,3 +442,217 @@ fn kubectl_without_the_token_is_refused() {
     let stderr = wrong.fails(&["get", "pods"]);
     assert!(stderr.contains("logged in"), "{stderr}");
 }
+
+fn web_deployment(replicas: u32, greeting: &str) -> String {
+    format!(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  annotations: {{kubernetes.io/change-cause: "greeting {greeting}"}}
+spec:
+  replicas: {replicas}
+  selector:
+    matchLabels: {{app: web}}
+  template:
+    metadata:
+      labels: {{app: web}}
+    spec:
+      containers:
+        - name: web
+          command: ["sleep", "infinity"]
+          env:
+            - {{name: GREETING, value: "{greeting}"}}
+"#
+    )
+}
+
+/// `kubectl rollout history`'s table, without its title line.
+fn history_rows(history: &str) -> Vec<Vec<String>> {
+    rows(history)
+        .into_iter()
+        .filter(|r| !r.is_empty())
+        .skip(1)
+        .collect()
+}
+
+/// The GREETING of the Deployment's template.
+fn greeting(kubectl: &Kubectl) -> Value {
+    kubectl.json(&["get", "deployment", "web"])["spec"]["template"]["spec"]["containers"][0]["env"]
+        [0]["value"]
+        .clone()
+}
+
+/// `kubectl rollout status` until the rollout is done.
+fn rolled_out(kubectl: &Kubectl) {
+    assert_eq!(
+        kubectl
+            .ok(&["rollout", "status", "deployment/web", "--timeout=30s"])
+            .lines()
+            .last(),
+        Some("deployment \"web\" successfully rolled out")
+    );
+}
+
+#[test]
+fn kubectl_rolls_out_and_back() {
+    let mut cluster = Cluster::start();
+    cluster.start_hollow_agents("r", 2, "4", "4Gi");
+    let kubectl = Kubectl::for_cluster(&cluster);
+    let path = cluster.dir.path().join("web.yaml");
+    let file = path.to_str().unwrap();
+
+    // Revision 1: one ReplicaSet, named and labelled by its template hash.
+    std::fs::write(&path, web_deployment(2, "v1")).unwrap();
+    kubectl.ok(&["apply", "-f", file]);
+    rolled_out(&kubectl);
+    let deployment = kubectl.json(&["get", "deployment", "web"]);
+    assert_eq!(
+        deployment["metadata"]["annotations"]["deployment.kubernetes.io/revision"],
+        "1"
+    );
+    assert_eq!(
+        deployment["status"]["observedGeneration"],
+        deployment["metadata"]["generation"]
+    );
+    let replica_sets = kubectl.json(&["get", "rs", "-l", "app=web"]);
+    let items = replica_sets["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{replica_sets}");
+    let first = items[0]["metadata"]["name"].as_str().unwrap().to_string();
+    let hash = items[0]["metadata"]["labels"]["pod-template-hash"]
+        .as_str()
+        .unwrap();
+    assert_eq!(first, format!("web-{hash}"));
+    assert_eq!(
+        items[0]["metadata"]["ownerReferences"][0]["uid"],
+        deployment["metadata"]["uid"]
+    );
+    let table = kubectl.ok(&["get", "rs"]);
+    assert_eq!(
+        header(&table),
+        ["NAME", "DESIRED", "CURRENT", "READY", "AGE"]
+    );
+    assert_eq!(row(&rows(&table), &first)[1..4], ["2", "2", "2"]);
+    let pods = kubectl.ok(&[
+        "get",
+        "pods",
+        "-l",
+        &format!("pod-template-hash={hash}"),
+        "-o",
+        "name",
+    ]);
+    assert_eq!(pods.lines().count(), 2, "{pods}");
+    assert!(
+        pods.lines()
+            .all(|p| p.starts_with(&format!("pod/{first}-"))),
+        "{pods}"
+    );
+
+    // Revision 2: a changed template rolls to a second ReplicaSet.
+    std::fs::write(&path, web_deployment(2, "v2")).unwrap();
+    kubectl.ok(&["apply", "-f", file]);
+    rolled_out(&kubectl);
+    let table = wait_for("the old ReplicaSet to scale to 0", WAIT, || {
+        let table = kubectl.ok(&["get", "rs"]);
+        (rows(&table).len() == 3 && row(&rows(&table), &first)[1..4] == ["0", "0", "0"])
+            .then_some(table)
+    });
+    let second = rows(&table)
+        .into_iter()
+        .skip(1)
+        .find(|r| r[0] != first)
+        .unwrap();
+    assert_eq!(second[1..4], ["2", "2", "2"], "{table}");
+    let second = second[0].clone();
+    let history = kubectl.ok(&["rollout", "history", "deployment/web"]);
+    assert_eq!(
+        history_rows(&history),
+        [
+            vec!["REVISION", "CHANGE-CAUSE"],
+            vec!["1", "greeting", "v1"],
+            vec!["2", "greeting", "v2"]
+        ],
+        "{history}"
+    );
+    let revision_one = kubectl.ok(&["rollout", "history", "deployment/web", "--revision=1"]);
+    assert!(
+        revision_one.contains("GREETING:") && revision_one.contains("v1"),
+        "{revision_one}"
+    );
+    let described = kubectl.ok(&["describe", "deployment", "web"]);
+    let field = |name: &str| {
+        described
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|rest| rest.split_whitespace().collect::<Vec<_>>().join(" "))
+    };
+    assert_eq!(
+        field("NewReplicaSet:"),
+        Some(format!("{second} (2/2 replicas created)")),
+        "{described}"
+    );
+    assert_eq!(
+        field("OldReplicaSets:"),
+        Some(format!("{first} (0/0 replicas created)")),
+        "{described}"
+    );
+
+    // undo: back to revision 1's template, whose ReplicaSet becomes revision 3.
+    assert_eq!(
+        kubectl.ok(&["rollout", "undo", "deployment/web"]),
+        "deployment.apps/web rolled back\n"
+    );
+    rolled_out(&kubectl);
+    assert_eq!(greeting(&kubectl), "v1");
+    let history = wait_for("revision 3 in the history", WAIT, || {
+        let history = kubectl.ok(&["rollout", "history", "deployment/web"]);
+        history.contains("\n3 ").then_some(history)
+    });
+    assert_eq!(
+        history_rows(&history),
+        [
+            vec!["REVISION", "CHANGE-CAUSE"],
+            vec!["2", "greeting", "v2"],
+            vec!["3", "greeting", "v1"]
+        ],
+        "{history}"
+    );
+    let table = kubectl.ok(&["get", "rs"]);
+    assert_eq!(rows(&table).len(), 3, "no new ReplicaSet: {table}");
+    assert_eq!(
+        kubectl.json(&["get", "rs", &first])["metadata"]["annotations"]["deployment.kubernetes.io/revision"],
+        "3"
+    );
+    cluster.wait_ready(&format!("pod-template-hash={hash}"), 2, WAIT);
+
+    // undo to a named revision; an unknown one is an error.
+    let unknown = kubectl.fails(&["rollout", "undo", "deployment/web", "--to-revision=9"]);
+    assert!(
+        unknown.contains("unable to find specified revision 9"),
+        "{unknown}"
+    );
+    assert_eq!(
+        kubectl.ok(&["rollout", "undo", "deployment/web", "--to-revision=2"]),
+        "deployment.apps/web rolled back\n"
+    );
+    rolled_out(&kubectl);
+    assert_eq!(greeting(&kubectl), "v2");
+
+    // scale, then rollout status follows it.
+    assert_eq!(
+        kubectl.ok(&["scale", "deployment/web", "--replicas=3"]),
+        "deployment.apps/web scaled\n"
+    );
+    rolled_out(&kubectl);
+    assert_eq!(kubectl.json(&["get", "rs", &second])["spec"]["replicas"], 3);
+
+    // Deleting the Deployment collects its ReplicaSets and instances.
+    kubectl.ok(&["delete", "deployment", "web"]);
+    cluster.wait_gone("app=web", WAIT);
+    wait_for("the ReplicaSets to go", WAIT, || {
+        kubectl.json(&["get", "rs"])["items"]
+            .as_array()
+            .is_some_and(Vec::is_empty)
+            .then_some(())
+    });
+}

@@ -20,6 +20,7 @@ use crate::cache::{Cache, ChangeFeed, Changes};
 pub(crate) mod disruption;
 pub(crate) mod endpoints;
 pub(crate) mod nodes;
+pub(crate) mod replicasets;
 pub(crate) mod workload;
 
 /// Short pause after a wake-up so a burst of writes is reconciled once.
