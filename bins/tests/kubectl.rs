@@ -388,6 +388,34 @@ fn kubectl_drives_c4m() {
     let missing = kubectl.fails(&["get", "configmap", "typo"]);
     assert!(missing.contains("not found"), "{missing}");
 
+    // Invalid values: a 422 whose causes kubectl prints field by field.
+    let refused = kubectl.fails(&[
+        "patch",
+        "deployment",
+        "hello",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"template":{"spec":{"containers":[{"name":"hello","command":["sleep"],"ports":[{"containerPort":70000}]}]}}}}"#,
+    ]);
+    assert_eq!(
+        refused.trim(),
+        "The Deployment \"hello\" is invalid: spec.template.spec.containers[0].ports[0].containerPort: \
+         Invalid value: 70000: must be between 1 and 65535, found 70000",
+    );
+    std::fs::write(
+        &typo,
+        manifest(2, "hi").replace("replicas: 2", "replicas: -2"),
+    )
+    .unwrap();
+    let refused = kubectl.fails(&["apply", "-f", typo.to_str().unwrap()]);
+    assert!(
+        refused.contains(
+            "The Deployment \"hello\" is invalid: spec.replicas: Invalid value: -2: must not be negative"
+        ),
+        "{refused}"
+    );
+
     // scale.
     assert_eq!(
         kubectl.ok(&["scale", "deployment", "hello", "--replicas", "1"]),

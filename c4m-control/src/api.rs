@@ -28,10 +28,10 @@ use tokio_util::sync::CancellationToken;
 use crate::agents::UsageMap;
 use crate::discovery;
 use crate::objects::{Objects, Part, decode, kind, prefix};
-use crate::patch;
 use crate::registry::Registry;
 use crate::selector::Selector;
 use crate::{Error, Result, scheduler_policy};
+use crate::{invalid, patch};
 
 /// What the handlers share.
 pub(crate) struct ApiState {
@@ -69,6 +69,15 @@ impl IntoResponse for Error {
         // Clients (kubectl, client-go) name the object from these.
         if let Error::NotFound { kind, name } | Error::AlreadyExists { kind, name } = &self {
             body["details"] = json!({"name": name, "kind": kind});
+        }
+        if let Error::InvalidObject {
+            kind,
+            group,
+            name,
+            causes,
+        } = &self
+        {
+            body["details"] = json!({"name": name, "group": group, "kind": kind, "causes": causes});
         }
         (
             StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
@@ -411,6 +420,35 @@ async fn resource(
 ) -> Result<Response> {
     let target = parse_target(uri.path())?;
     let kind = target.kind;
+    let name = target.name.clone();
+    let writes = method != Method::GET;
+    resource_request(state, method, uri, query, headers, &body, target)
+        .await
+        .map_err(|error| {
+            if !writes {
+                return error;
+            }
+            // An invalid write names the object, as Kubernetes' Status does.
+            let name = name.unwrap_or_else(|| {
+                serde_json::from_slice::<Value>(&body)
+                    .ok()
+                    .and_then(|v| v["metadata"]["name"].as_str().map(str::to_string))
+                    .unwrap_or_default()
+            });
+            invalid::for_object(error, kind, &name)
+        })
+}
+
+async fn resource_request(
+    state: Arc<ApiState>,
+    method: Method,
+    uri: Uri,
+    query: HashMap<String, String>,
+    headers: HeaderMap,
+    body: &Bytes,
+    target: Target,
+) -> Result<Response> {
+    let kind = target.kind;
     let namespace = target.namespace.clone().unwrap_or_default();
     if kind.namespaced && target.name.is_some() && target.namespace.is_none() {
         return Err(Error::BadRequest(format!(
@@ -661,11 +699,15 @@ fn validate(kind: &ResourceKind, value: &Value) -> Result<()> {
         value,
     };
     c4m_core::validate(&document).map(|_| ()).map_err(|e| {
-        Error::Invalid(if e.path.is_empty() {
-            e.message
-        } else {
-            format!("{}: {}", e.path, e.message)
-        })
+        invalid::invalid_field(
+            kind,
+            document.value["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default(),
+            &e.path,
+            &e.message,
+            Some(&document.value),
+        )
     })
 }
 

@@ -27,6 +27,7 @@ mod discovery;
 mod disruption;
 mod dns;
 mod error;
+mod invalid;
 mod objects;
 mod patch;
 mod pods;
@@ -38,7 +39,7 @@ mod server;
 mod tls;
 
 pub use dns::{DnsEndpoint, DnsError, DnsServer, RECORD_TTL_SECS, ServiceLookup, cluster_resolver};
-pub use error::{Error, Result};
+pub use error::{Error, FieldCause, Result};
 pub use objects::Objects;
 pub use server::{ControlPlane, ControlPlaneConfig};
 pub use tls::TlsIdentity;
