@@ -684,3 +684,106 @@ fn kubectl_rolls_out_and_back() {
             .then_some(())
     });
 }
+
+fn ssa_manifest(replicas: u32, labels: &str) -> String {
+    format!(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: ssa
+  labels: {{{labels}}}
+spec:
+  replicas: {replicas}
+  selector:
+    matchLabels: {{app: ssa}}
+  template:
+    metadata:
+      labels: {{app: ssa}}
+    spec:
+      containers:
+        - name: main
+          command: ["sleep", "infinity"]
+"#
+    )
+}
+
+#[test]
+fn kubectl_server_side_apply() {
+    let mut cluster = Cluster::start();
+    cluster.start_hollow_agents("s", 1, "4", "4Gi");
+    let kubectl = Kubectl::for_cluster(&cluster);
+    let path = cluster.dir.path().join("ssa.yaml");
+    let file = path.to_str().unwrap();
+
+    // Created by server-side apply, its fields owned by the manager "kubectl".
+    std::fs::write(&path, ssa_manifest(2, "app: ssa, tier: web")).unwrap();
+    assert_eq!(
+        kubectl.ok(&["apply", "--server-side", "-f", file]),
+        "deployment.apps/ssa serverside-applied\n"
+    );
+    cluster.wait_ready("app=ssa", 2, WAIT);
+    let managed = kubectl.json(&["get", "deployment", "ssa", "--show-managed-fields"]);
+    let entry = &managed["metadata"]["managedFields"][0];
+    assert_eq!(entry["manager"], "kubectl", "{managed}");
+    assert_eq!(entry["operation"], "Apply");
+    assert_eq!(
+        entry["fieldsV1"]["f:spec"]["f:replicas"],
+        serde_json::json!({})
+    );
+
+    // Another manager changing spec.replicas: a conflict naming both.
+    std::fs::write(&path, ssa_manifest(3, "app: ssa")).unwrap();
+    let refused = kubectl.fails(&[
+        "apply",
+        "--server-side",
+        "--field-manager=deployer",
+        "-f",
+        file,
+    ]);
+    assert!(
+        refused.contains(
+            "Apply failed with 1 conflict: conflict with \"kubectl\" using apps/v1: .spec.replicas"
+        ),
+        "{refused}"
+    );
+    assert_eq!(
+        kubectl.json(&["get", "deployment", "ssa"])["spec"]["replicas"],
+        2
+    );
+    // Forced, the field changes hands.
+    assert_eq!(
+        kubectl.ok(&[
+            "apply",
+            "--server-side",
+            "--field-manager=deployer",
+            "--force-conflicts",
+            "-f",
+            file
+        ]),
+        "deployment.apps/ssa serverside-applied\n"
+    );
+    cluster.wait_ready("app=ssa", 3, WAIT);
+    let managed = kubectl.json(&["get", "deployment", "ssa", "--show-managed-fields"]);
+    let managers: Vec<&str> = managed["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["manager"].as_str().unwrap())
+        .collect();
+    assert_eq!(managers, ["kubectl", "deployer"], "{managed}");
+
+    // "kubectl" stops applying the label tier (which only it owns: it goes)
+    // and spec.replicas (which "deployer" owns now: it stays).
+    std::fs::write(
+        &path,
+        ssa_manifest(3, "app: ssa").replace("  replicas: 3\n", ""),
+    )
+    .unwrap();
+    kubectl.ok(&["apply", "--server-side", "-f", file]);
+    let deployment = kubectl.json(&["get", "deployment", "ssa"]);
+    assert_eq!(
+        deployment["metadata"]["labels"],
+        serde_json::json!({"app": "ssa"})
+    );
+    assert_eq!(deployment["spec"]["replicas"], 3);
+}

@@ -30,6 +30,7 @@ use crate::discovery;
 use crate::objects::{Objects, Part, decode, kind, prefix};
 use crate::registry::Registry;
 use crate::selector::Selector;
+use crate::server_side_apply::ApplyPatch as ServerSideApply;
 use crate::{Error, Result, scheduler_policy};
 use crate::{invalid, patch};
 
@@ -78,6 +79,9 @@ impl IntoResponse for Error {
         } = &self
         {
             body["details"] = json!({"name": name, "group": group, "kind": kind, "causes": causes});
+        }
+        if let Error::ApplyConflict { causes, .. } = &self {
+            body["details"] = json!({ "causes": causes });
         }
         (
             StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
@@ -422,7 +426,7 @@ async fn resource(
     let kind = target.kind;
     let name = target.name.clone();
     let writes = method != Method::GET;
-    resource_request(state, method, uri, query, headers, &body, target)
+    resource_request(state, method, uri, query, headers, body.clone(), target)
         .await
         .map_err(|error| {
             if !writes {
@@ -445,7 +449,7 @@ async fn resource_request(
     uri: Uri,
     query: HashMap<String, String>,
     headers: HeaderMap,
-    body: &Bytes,
+    body: Bytes,
     target: Target,
 ) -> Result<Response> {
     let kind = target.kind;
@@ -531,6 +535,22 @@ async fn resource_request(
             )
             .into_response())
         }
+        (&Method::PATCH, Some(name), None) if is_apply_patch(&headers) => {
+            let apply = ServerSideApply {
+                body: &body,
+                manager: query.get("fieldManager").map_or("", String::as_str),
+                force: query.get("force").is_some_and(|f| f == "true"),
+                api_version: kind.api_version(),
+            };
+            let (object, created) =
+                server_side_apply(&state, kind, &namespace, name, &apply).await?;
+            let code = if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            Ok((code, axum::Json(object)).into_response())
+        }
         (&Method::PATCH, Some(name), None | Some("status")) => {
             let patch_type = patch::PatchType::from_content_type(content_type(&headers))?;
             let part = if sub == Some("status") {
@@ -587,6 +607,51 @@ async fn resource_request(
             "{method} is not supported on {}",
             uri.path()
         ))),
+    }
+}
+
+/// Whether a PATCH is a server-side apply.
+fn is_apply_patch(headers: &HeaderMap) -> bool {
+    patch::PatchType::from_content_type(content_type(headers))
+        .is_ok_and(|t| t == patch::PatchType::Apply)
+}
+
+/// Server-side apply of the object `name`: created when absent (its
+/// namespace must exist), else changed pinned to the revision read.
+/// Returns the object and whether it was created.
+async fn server_side_apply(
+    state: &ApiState,
+    kind: &'static ResourceKind,
+    namespace: &str,
+    name: &str,
+    apply: &ServerSideApply<'_>,
+) -> Result<(Value, bool)> {
+    let checked = |mut object: Value| -> Result<Value> {
+        if object["metadata"]["name"]
+            .as_str()
+            .is_some_and(|n| n != name)
+        {
+            return Err(Error::BadRequest(format!(
+                "metadata.name: the name of the object ({}) does not match the name on the URL ({name})",
+                object["metadata"]["name"]
+            )));
+        }
+        object["metadata"]["name"] = json!(name);
+        validate_update(kind, &object)?;
+        Ok(object)
+    };
+    match state
+        .objects
+        .modify(kind, namespace, name, Part::Main, |current| {
+            checked(apply.apply(Some(current))?)
+        })
+        .await
+    {
+        Err(Error::NotFound { .. }) => {
+            let object = checked(apply.apply(None)?)?;
+            Ok((state.objects.create(kind, namespace, object).await?, true))
+        }
+        result => Ok((result?, false)),
     }
 }
 

@@ -42,6 +42,15 @@ pub enum Error {
         /// What is wrong, field by field.
         causes: Vec<FieldCause>,
     },
+    /// A server-side apply would change fields other managers own (409):
+    /// one cause per field, naming its manager.
+    #[error("{message}")]
+    ApplyConflict {
+        /// Kubernetes' message (`Apply failed with 1 conflict: ...`).
+        message: String,
+        /// The conflicting fields.
+        causes: Vec<FieldCause>,
+    },
     /// The request is malformed (400).
     #[error("{0}")]
     BadRequest(String),
@@ -158,7 +167,7 @@ impl Error {
         match self {
             Error::NotFound { .. } => (404, "NotFound"),
             Error::AlreadyExists { .. } => (409, "AlreadyExists"),
-            Error::Conflict(_) => (409, "Conflict"),
+            Error::Conflict(_) | Error::ApplyConflict { .. } => (409, "Conflict"),
             Error::Invalid(_) | Error::InvalidObject { .. } => (422, "Invalid"),
             Error::BadRequest(_) => (400, "BadRequest"),
             Error::MethodNotAllowed(_) => (405, "MethodNotAllowed"),

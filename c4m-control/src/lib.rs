@@ -36,6 +36,7 @@ mod scheduler;
 mod scheduler_policy;
 mod selector;
 mod server;
+mod server_side_apply;
 mod tls;
 
 pub use dns::{DnsEndpoint, DnsError, DnsServer, RECORD_TTL_SECS, ServiceLookup, cluster_resolver};
