@@ -195,6 +195,26 @@ fn kubectl_drives_c4m() {
     assert_eq!(row(&resources, "nodes")[1..], ["no", "v1", "false", "Node"]);
     assert!(row(&resources, "pods")[1].split(',').any(|s| s == "po"));
 
+    // explain: the kinds' schemas, with Kubernetes' descriptions.
+    let explained = kubectl.ok(&["explain", "deployment.spec.replicas"]);
+    assert!(
+        explained.contains("KIND:       Deployment")
+            && explained.contains("FIELD: replicas <integer>")
+            && explained.contains("Number of desired pods"),
+        "{explained}"
+    );
+    let explained = kubectl.ok(&["explain", "pods.spec.containers"]);
+    assert!(
+        explained.contains("FIELD: containers <[]Container>")
+            && explained.contains("readinessProbe\t<Probe>"),
+        "{explained}"
+    );
+    let missing = kubectl.fails(&["explain", "deployment.spec.nothing"]);
+    assert!(
+        missing.contains("field \"nothing\" does not exist"),
+        "{missing}"
+    );
+
     // Nodes as a table.
     let nodes = kubectl.ok(&["get", "nodes"]);
     assert_eq!(

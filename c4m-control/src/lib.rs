@@ -29,6 +29,7 @@ mod dns;
 mod error;
 mod invalid;
 mod objects;
+mod openapi_schemas;
 mod patch;
 mod pods;
 mod registry;
