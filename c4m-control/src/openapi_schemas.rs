@@ -48,8 +48,8 @@ fn add_kind(generator: &mut SchemaGenerator, kind: &ResourceKind) -> Option<Stri
 /// `components.schemas` of a group version's OpenAPI v3 document, made
 /// once (kubectl reads them on every `apply` and `explain`).
 pub(crate) fn schemas(group: &str, version: &str) -> Map<String, Value> {
-    static MADE: LazyLock<Mutex<HashMap<(String, String), Map<String, Value>>>> =
-        LazyLock::new(Mutex::default);
+    type ByGroupVersion = HashMap<(String, String), Map<String, Value>>;
+    static MADE: LazyLock<Mutex<ByGroupVersion>> = LazyLock::new(Mutex::default);
     let mut made = MADE.lock().unwrap_or_else(PoisonError::into_inner);
     made.entry((group.to_string(), version.to_string()))
         .or_insert_with(|| make_schemas(group, version))
