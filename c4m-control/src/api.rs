@@ -505,7 +505,7 @@ async fn resource_request(
             let value = parse_body()?;
             validate(kind, &value)?;
             let created = state.objects.create(kind, &namespace, value).await?;
-            Ok((StatusCode::CREATED, axum::Json(created)).into_response())
+            Ok(with_warnings(StatusCode::CREATED, created))
         }
         (&Method::GET, Some(name), None | Some("status")) => {
             let object = state.objects.get(kind, &namespace, name).await?;
@@ -527,13 +527,14 @@ async fn resource_request(
             if part == Part::Main {
                 validate_update(kind, &value)?;
             }
-            Ok(axum::Json(
-                state
-                    .objects
-                    .replace(kind, &namespace, name, value, part)
-                    .await?,
-            )
-            .into_response())
+            let replaced = state
+                .objects
+                .replace(kind, &namespace, name, value, part)
+                .await?;
+            Ok(match part {
+                Part::Main => with_warnings(StatusCode::OK, replaced),
+                Part::Status => axum::Json(replaced).into_response(),
+            })
         }
         (&Method::PATCH, Some(name), None) if is_apply_patch(&headers) => {
             let apply = ServerSideApply {
@@ -549,7 +550,7 @@ async fn resource_request(
             } else {
                 StatusCode::OK
             };
-            Ok((code, axum::Json(object)).into_response())
+            Ok(with_warnings(code, object))
         }
         (&Method::PATCH, Some(name), None | Some("status")) => {
             let patch_type = patch::PatchType::from_content_type(content_type(&headers))?;
@@ -568,7 +569,10 @@ async fn resource_request(
                     Ok(patched)
                 })
                 .await?;
-            Ok(axum::Json(patched).into_response())
+            Ok(match part {
+                Part::Main => with_warnings(StatusCode::OK, patched),
+                Part::Status => axum::Json(patched).into_response(),
+            })
         }
         (&Method::GET, Some(name), Some("scale")) => {
             let object = state.objects.get(kind, &namespace, name).await?;
@@ -608,6 +612,36 @@ async fn resource_request(
             uri.path()
         ))),
     }
+}
+
+/// A written object as the answer, with a `Warning` header (which kubectl
+/// prints as `Warning: ...`) for each of its fields c4m does not honour.
+fn with_warnings(code: StatusCode, object: Value) -> Response {
+    let mut spec = object.clone();
+    if let Some(map) = spec.as_object_mut() {
+        map.remove("status");
+    }
+    let document = c4m_core::Document {
+        source: "request".into(),
+        index: 1,
+        value: spec,
+    };
+    let warnings = c4m_core::validate(&document)
+        .map(|validated| validated.warnings)
+        .unwrap_or_default();
+    let mut headers = Vec::with_capacity(warnings.len());
+    for warning in warnings {
+        // Each warning names the object (`Deployment web: FIELD ...`).
+        let text = warning.replace('\\', "\\\\").replace('"', "\\\"");
+        if let Ok(value) = header::HeaderValue::from_str(&format!("299 - \"{text}\"")) {
+            headers.push(value);
+        }
+    }
+    let mut response = (code, axum::Json(object)).into_response();
+    for value in headers {
+        response.headers_mut().append(header::WARNING, value);
+    }
+    response
 }
 
 /// Whether a PATCH is a server-side apply.
