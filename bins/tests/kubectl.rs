@@ -543,12 +543,19 @@ fn rolled_out(kubectl: &Kubectl) {
     );
 }
 
+/// A cluster of `nodes` hollow nodes, kubectl for it, and the path of a
+/// manifest file `name` in its directory.
+fn hollow_cluster(nodes: usize, name: &str) -> (Cluster, Kubectl, PathBuf) {
+    let mut cluster = Cluster::start();
+    cluster.start_hollow_agents(&name[..1], nodes, "4", "4Gi");
+    let kubectl = Kubectl::for_cluster(&cluster);
+    let path = cluster.dir.path().join(name);
+    (cluster, kubectl, path)
+}
+
 #[test]
 fn kubectl_rolls_out_and_back() {
-    let mut cluster = Cluster::start();
-    cluster.start_hollow_agents("r", 2, "4", "4Gi");
-    let kubectl = Kubectl::for_cluster(&cluster);
-    let path = cluster.dir.path().join("web.yaml");
+    let (cluster, kubectl, path) = hollow_cluster(2, "web.yaml");
     let file = path.to_str().unwrap();
 
     // Revision 1: one ReplicaSet, named and labelled by its template hash.
@@ -742,10 +749,7 @@ spec:
 
 #[test]
 fn kubectl_server_side_apply() {
-    let mut cluster = Cluster::start();
-    cluster.start_hollow_agents("s", 1, "4", "4Gi");
-    let kubectl = Kubectl::for_cluster(&cluster);
-    let path = cluster.dir.path().join("ssa.yaml");
+    let (cluster, kubectl, path) = hollow_cluster(1, "ssa.yaml");
     let file = path.to_str().unwrap();
 
     // Created by server-side apply, its fields owned by the manager "kubectl".

@@ -116,3 +116,25 @@ where
 pub(crate) fn latest(a: Option<i64>, b: Option<i64>) -> Option<i64> {
     a.max(b)
 }
+
+/// Deletes an object a controller no longer wants; returns the deletion's
+/// revision. Already gone is fine; another failure is logged (the next
+/// reconcile tries again).
+pub(crate) async fn delete_object(
+    objects: &crate::objects::Objects,
+    plural: &str,
+    object: &serde_json::Value,
+) -> Option<i64> {
+    use crate::objects::{kind, name_of, namespace_of};
+    match objects
+        .delete(kind(plural), namespace_of(object), name_of(object))
+        .await
+    {
+        Ok((_, revision)) => Some(revision),
+        Err(crate::Error::NotFound { .. }) => None,
+        Err(e) => {
+            tracing::warn!(plural, name = name_of(object), error = %e, "cannot delete");
+            None
+        }
+    }
+}

@@ -114,21 +114,7 @@ pub(crate) async fn collect_garbage(
 }
 
 async fn delete(objects: &Objects, replica_set: &Value) -> Option<i64> {
-    match objects
-        .delete(
-            kind("replicasets"),
-            namespace_of(replica_set),
-            name_of(replica_set),
-        )
-        .await
-    {
-        Ok((_, revision)) => Some(revision),
-        Err(crate::Error::NotFound { .. }) => None,
-        Err(e) => {
-            tracing::warn!(replica_set = name_of(replica_set), error = %e, "cannot delete ReplicaSet");
-            None
-        }
-    }
+    super::delete_object(objects, "replicasets", replica_set).await
 }
 
 /// What [`sync`] needs of a Deployment.

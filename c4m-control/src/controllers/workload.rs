@@ -329,17 +329,7 @@ fn creation(pod: &Value) -> String {
 }
 
 async fn delete_pod(objects: &Objects, pod: &Value) -> Option<i64> {
-    match objects
-        .delete(kind("pods"), namespace_of(pod), name_of(pod))
-        .await
-    {
-        Ok((_, revision)) => Some(revision),
-        Err(crate::Error::NotFound { .. }) => None,
-        Err(e) => {
-            tracing::warn!(pod = name_of(pod), error = %e, "cannot delete instance");
-            None
-        }
-    }
+    super::delete_object(objects, "pods", pod).await
 }
 
 fn new_pod(owner: &Owner, hash: &str) -> Value {
