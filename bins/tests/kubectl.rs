@@ -118,29 +118,18 @@ fn row<'a>(rows: &'a [Vec<String>], name: &str) -> &'a Vec<String> {
 }
 
 fn manifest(replicas: u32, greeting: &str) -> String {
+    let deployment = sleeping_deployment(
+        "hello",
+        replicas,
+        "  labels: {app: hello}\n",
+        &format!(
+            "          env:\n            - {{name: GREETING, value: \"{greeting}\"}}\n\
+             \x20         ports:\n            - {{name: http, containerPort: 8080}}\n\
+             \x20         resources: {{requests: {{cpu: 100m, memory: 32Mi}}}}\n"
+        ),
+    );
     format!(
-        r#"apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: hello
-  labels: {{app: hello}}
-spec:
-  replicas: {replicas}
-  selector:
-    matchLabels: {{app: hello}}
-  template:
-    metadata:
-      labels: {{app: hello}}
-    spec:
-      containers:
-        - name: hello
-          command: ["sleep", "infinity"]
-          env:
-            - {{name: GREETING, value: "{greeting}"}}
-          ports:
-            - {{name: http, containerPort: 8080}}
-          resources: {{requests: {{cpu: 100m, memory: 32Mi}}}}
----
+        r#"{deployment}---
 apiVersion: v1
 kind: Service
 metadata:
@@ -492,27 +481,35 @@ fn kubectl_without_the_token_is_refused() {
     assert!(stderr.contains("logged in"), "{stderr}");
 }
 
-fn web_deployment(replicas: u32, greeting: &str) -> String {
+/// A Deployment `name` of one container sleeping, selecting `app: NAME`;
+/// `metadata` and `container` are extra YAML lines (already indented).
+fn sleeping_deployment(name: &str, replicas: u32, metadata: &str, container: &str) -> String {
     format!(
         r#"apiVersion: apps/v1
 kind: Deployment
 metadata:
-  name: web
-  annotations: {{kubernetes.io/change-cause: "greeting {greeting}"}}
-spec:
+  name: {name}
+{metadata}spec:
   replicas: {replicas}
   selector:
-    matchLabels: {{app: web}}
+    matchLabels: {{app: {name}}}
   template:
     metadata:
-      labels: {{app: web}}
+      labels: {{app: {name}}}
     spec:
       containers:
-        - name: web
+        - name: main
           command: ["sleep", "infinity"]
-          env:
-            - {{name: GREETING, value: "{greeting}"}}
-"#
+{container}"#
+    )
+}
+
+fn web_deployment(replicas: u32, greeting: &str) -> String {
+    sleeping_deployment(
+        "web",
+        replicas,
+        &format!("  annotations: {{kubernetes.io/change-cause: \"greeting {greeting}\"}}\n"),
+        &format!("          env:\n            - {{name: GREETING, value: \"{greeting}\"}}\n"),
     )
 }
 
@@ -726,25 +723,7 @@ fn kubectl_rolls_out_and_back() {
 }
 
 fn ssa_manifest(replicas: u32, labels: &str) -> String {
-    format!(
-        r#"apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: ssa
-  labels: {{{labels}}}
-spec:
-  replicas: {replicas}
-  selector:
-    matchLabels: {{app: ssa}}
-  template:
-    metadata:
-      labels: {{app: ssa}}
-    spec:
-      containers:
-        - name: main
-          command: ["sleep", "infinity"]
-"#
-    )
+    sleeping_deployment("ssa", replicas, &format!("  labels: {{{labels}}}\n"), "")
 }
 
 #[test]
