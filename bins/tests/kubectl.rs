@@ -522,6 +522,19 @@ fn history_rows(history: &str) -> Vec<Vec<String>> {
         .collect()
 }
 
+/// `kubectl rollout history`'s rows for revisions and their greetings.
+fn history_table(revisions: &[(&str, &str)]) -> Vec<Vec<String>> {
+    std::iter::once(vec!["REVISION".to_string(), "CHANGE-CAUSE".to_string()])
+        .chain(revisions.iter().map(|(revision, greeting)| {
+            vec![
+                revision.to_string(),
+                "greeting".into(),
+                greeting.to_string(),
+            ]
+        }))
+        .collect()
+}
+
 /// The GREETING of the Deployment's template.
 fn greeting(kubectl: &Kubectl) -> Value {
     kubectl.json(&["get", "deployment", "web"])["spec"]["template"]["spec"]["containers"][0]["env"]
@@ -620,11 +633,7 @@ fn kubectl_rolls_out_and_back() {
     let history = kubectl.ok(&["rollout", "history", "deployment/web"]);
     assert_eq!(
         history_rows(&history),
-        [
-            vec!["REVISION", "CHANGE-CAUSE"],
-            vec!["1", "greeting", "v1"],
-            vec!["2", "greeting", "v2"]
-        ],
+        history_table(&[("1", "v1"), ("2", "v2")]),
         "{history}"
     );
     let revision_one = kubectl.ok(&["rollout", "history", "deployment/web", "--revision=1"]);
@@ -663,11 +672,7 @@ fn kubectl_rolls_out_and_back() {
     });
     assert_eq!(
         history_rows(&history),
-        [
-            vec!["REVISION", "CHANGE-CAUSE"],
-            vec!["2", "greeting", "v2"],
-            vec!["3", "greeting", "v1"]
-        ],
+        history_table(&[("2", "v2"), ("3", "v1")]),
         "{history}"
     );
     let table = kubectl.ok(&["get", "rs"]);
