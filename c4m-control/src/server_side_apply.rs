@@ -23,7 +23,7 @@ type FieldPath = Vec<String>;
 type FieldSet = BTreeSet<FieldPath>;
 
 /// Fields no manager owns: identity and server-owned metadata.
-const UNTRACKED: [&[&str]; 9] = [
+const UNTRACKED: [&[&str]; 10] = [
     &["f:apiVersion"],
     &["f:kind"],
     &["f:status"],
@@ -33,6 +33,7 @@ const UNTRACKED: [&[&str]; 9] = [
     &["f:metadata", "f:resourceVersion"],
     &["f:metadata", "f:generation"],
     &["f:metadata", "f:creationTimestamp"],
+    &["f:metadata", "f:managedFields"],
 ];
 
 /// A server-side apply request.
@@ -258,8 +259,8 @@ fn field_set(applied: &Value) -> FieldSet {
     collect(applied, &mut Vec::new(), &mut set);
     set.retain(|path| {
         !UNTRACKED.iter().any(|untracked| {
-            path.starts_with(&untracked.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-        }) && !path.starts_with(&["f:metadata".to_string(), "f:managedFields".to_string()])
+            untracked.len() <= path.len() && untracked.iter().zip(path).all(|(u, p)| u == p)
+        })
     });
     set
 }
