@@ -254,6 +254,20 @@ static DEPLOYMENT: &[Column] = &[
     AGE,
 ];
 
+static REPLICA_SET: &[Column] = &[
+    NAME,
+    Column::new("DESIRED", "Desired replicas", |r| {
+        desired_replicas(r).to_string()
+    }),
+    Column::new("CURRENT", "Replicas running this template", |r| {
+        status_count(r, "replicas")
+    }),
+    Column::new("READY", "Ready replicas", |r| {
+        status_count(r, "readyReplicas")
+    }),
+    AGE,
+];
+
 static MICROSERVICE: &[Column] = &[
     NAME,
     Column::new("REPLICAS", "Desired replicas", |m| {
@@ -358,6 +372,7 @@ pub fn columns(kind: &ResourceKind) -> &'static [Column] {
     match kind.kind {
         "Pod" => POD,
         "Deployment" => DEPLOYMENT,
+        "ReplicaSet" => REPLICA_SET,
         "Microservice" => MICROSERVICE,
         "Node" => NODE,
         "Service" => SERVICE,
@@ -403,6 +418,10 @@ mod tests {
         assert_eq!(
             headers("microservices", 0),
             ["NAME", "REPLICAS", "READY", "AGE"]
+        );
+        assert_eq!(
+            headers("rs", 0),
+            ["NAME", "DESIRED", "CURRENT", "READY", "AGE"]
         );
         assert_eq!(headers("configmaps", 1), ["NAME", "AGE"]);
     }

@@ -28,10 +28,11 @@ use tokio_util::sync::CancellationToken;
 use crate::agents::UsageMap;
 use crate::discovery;
 use crate::objects::{Objects, Part, decode, kind, prefix};
-use crate::patch;
 use crate::registry::Registry;
 use crate::selector::Selector;
+use crate::server_side_apply::ApplyPatch as ServerSideApply;
 use crate::{Error, Result, scheduler_policy};
+use crate::{invalid, patch};
 
 /// What the handlers share.
 pub(crate) struct ApiState {
@@ -69,6 +70,18 @@ impl IntoResponse for Error {
         // Clients (kubectl, client-go) name the object from these.
         if let Error::NotFound { kind, name } | Error::AlreadyExists { kind, name } = &self {
             body["details"] = json!({"name": name, "kind": kind});
+        }
+        if let Error::InvalidObject {
+            kind,
+            group,
+            name,
+            causes,
+        } = &self
+        {
+            body["details"] = json!({"name": name, "group": group, "kind": kind, "causes": causes});
+        }
+        if let Error::ApplyConflict { causes, .. } = &self {
+            body["details"] = json!({ "causes": causes });
         }
         (
             StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
@@ -411,6 +424,35 @@ async fn resource(
 ) -> Result<Response> {
     let target = parse_target(uri.path())?;
     let kind = target.kind;
+    let name = target.name.clone();
+    let writes = method != Method::GET;
+    resource_request(state, method, uri, query, headers, body.clone(), target)
+        .await
+        .map_err(|error| {
+            if !writes {
+                return error;
+            }
+            // An invalid write names the object, as Kubernetes' Status does.
+            let name = name.unwrap_or_else(|| {
+                serde_json::from_slice::<Value>(&body)
+                    .ok()
+                    .and_then(|v| v["metadata"]["name"].as_str().map(str::to_string))
+                    .unwrap_or_default()
+            });
+            invalid::for_object(error, kind, &name)
+        })
+}
+
+async fn resource_request(
+    state: Arc<ApiState>,
+    method: Method,
+    uri: Uri,
+    query: HashMap<String, String>,
+    headers: HeaderMap,
+    body: Bytes,
+    target: Target,
+) -> Result<Response> {
+    let kind = target.kind;
     let namespace = target.namespace.clone().unwrap_or_default();
     if kind.namespaced && target.name.is_some() && target.namespace.is_none() {
         return Err(Error::BadRequest(format!(
@@ -463,7 +505,7 @@ async fn resource(
             let value = parse_body()?;
             validate(kind, &value)?;
             let created = state.objects.create(kind, &namespace, value).await?;
-            Ok((StatusCode::CREATED, axum::Json(created)).into_response())
+            Ok(with_warnings(StatusCode::CREATED, created))
         }
         (&Method::GET, Some(name), None | Some("status")) => {
             let object = state.objects.get(kind, &namespace, name).await?;
@@ -485,13 +527,30 @@ async fn resource(
             if part == Part::Main {
                 validate_update(kind, &value)?;
             }
-            Ok(axum::Json(
-                state
-                    .objects
-                    .replace(kind, &namespace, name, value, part)
-                    .await?,
-            )
-            .into_response())
+            let replaced = state
+                .objects
+                .replace(kind, &namespace, name, value, part)
+                .await?;
+            Ok(match part {
+                Part::Main => with_warnings(StatusCode::OK, replaced),
+                Part::Status => axum::Json(replaced).into_response(),
+            })
+        }
+        (&Method::PATCH, Some(name), None) if is_apply_patch(&headers) => {
+            let apply = ServerSideApply {
+                body: &body,
+                manager: query.get("fieldManager").map_or("", String::as_str),
+                force: query.get("force").is_some_and(|f| f == "true"),
+                api_version: kind.api_version(),
+            };
+            let (object, created) =
+                server_side_apply(&state, kind, &namespace, name, &apply).await?;
+            let code = if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            Ok(with_warnings(code, object))
         }
         (&Method::PATCH, Some(name), None | Some("status")) => {
             let patch_type = patch::PatchType::from_content_type(content_type(&headers))?;
@@ -510,7 +569,10 @@ async fn resource(
                     Ok(patched)
                 })
                 .await?;
-            Ok(axum::Json(patched).into_response())
+            Ok(match part {
+                Part::Main => with_warnings(StatusCode::OK, patched),
+                Part::Status => axum::Json(patched).into_response(),
+            })
         }
         (&Method::GET, Some(name), Some("scale")) => {
             let object = state.objects.get(kind, &namespace, name).await?;
@@ -549,6 +611,81 @@ async fn resource(
             "{method} is not supported on {}",
             uri.path()
         ))),
+    }
+}
+
+/// A written object as the answer, with a `Warning` header (which kubectl
+/// prints as `Warning: ...`) for each of its fields c4m does not honour.
+fn with_warnings(code: StatusCode, object: Value) -> Response {
+    let mut spec = object.clone();
+    if let Some(map) = spec.as_object_mut() {
+        map.remove("status");
+    }
+    let document = c4m_core::Document {
+        source: "request".into(),
+        index: 1,
+        value: spec,
+    };
+    let warnings = c4m_core::validate(&document)
+        .map(|validated| validated.warnings)
+        .unwrap_or_default();
+    let mut headers = Vec::with_capacity(warnings.len());
+    for warning in warnings {
+        // Each warning names the object (`Deployment web: FIELD ...`).
+        let text = warning.replace('\\', "\\\\").replace('"', "\\\"");
+        if let Ok(value) = header::HeaderValue::from_str(&format!("299 - \"{text}\"")) {
+            headers.push(value);
+        }
+    }
+    let mut response = (code, axum::Json(object)).into_response();
+    for value in headers {
+        response.headers_mut().append(header::WARNING, value);
+    }
+    response
+}
+
+/// Whether a PATCH is a server-side apply.
+fn is_apply_patch(headers: &HeaderMap) -> bool {
+    patch::PatchType::from_content_type(content_type(headers))
+        .is_ok_and(|t| t == patch::PatchType::Apply)
+}
+
+/// Server-side apply of the object `name`: created when absent (its
+/// namespace must exist), else changed pinned to the revision read.
+/// Returns the object and whether it was created.
+async fn server_side_apply(
+    state: &ApiState,
+    kind: &'static ResourceKind,
+    namespace: &str,
+    name: &str,
+    apply: &ServerSideApply<'_>,
+) -> Result<(Value, bool)> {
+    let checked = |mut object: Value| -> Result<Value> {
+        if object["metadata"]["name"]
+            .as_str()
+            .is_some_and(|n| n != name)
+        {
+            return Err(Error::BadRequest(format!(
+                "metadata.name: the name of the object ({}) does not match the name on the URL ({name})",
+                object["metadata"]["name"]
+            )));
+        }
+        object["metadata"]["name"] = json!(name);
+        validate_update(kind, &object)?;
+        Ok(object)
+    };
+    match state
+        .objects
+        .modify(kind, namespace, name, Part::Main, |current| {
+            checked(apply.apply(Some(current))?)
+        })
+        .await
+    {
+        Err(Error::NotFound { .. }) => {
+            let object = checked(apply.apply(None)?)?;
+            Ok((state.objects.create(kind, namespace, object).await?, true))
+        }
+        result => Ok((result?, false)),
     }
 }
 
@@ -661,11 +798,15 @@ fn validate(kind: &ResourceKind, value: &Value) -> Result<()> {
         value,
     };
     c4m_core::validate(&document).map(|_| ()).map_err(|e| {
-        Error::Invalid(if e.path.is_empty() {
-            e.message
-        } else {
-            format!("{}: {}", e.path, e.message)
-        })
+        invalid::invalid_field(
+            kind,
+            document.value["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default(),
+            &e.path,
+            &e.message,
+            Some(&document.value),
+        )
     })
 }
 

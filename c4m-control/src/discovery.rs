@@ -1,7 +1,7 @@
 //! API discovery, as kubectl and the client libraries read it: the legacy
 //! documents (`/api`, `/apis`, `/api/v1`, `/apis/{group}/{version}`), the
-//! aggregated ones (`apidiscovery.k8s.io/v2`) and a minimal OpenAPI v3 (the
-//! paths and their PATCH operations, no schemas), all generated from
+//! aggregated ones (`apidiscovery.k8s.io/v2`) and OpenAPI v3 (the paths,
+//! their PATCH operations and the kinds' schemas), all generated from
 //! [`c4m_core::KINDS`] so a kind added there is discovered everywhere.
 
 use c4m_core::{KINDS, ResourceKind};
@@ -202,9 +202,9 @@ pub(crate) fn openapi_v3_root() -> Value {
 
 /// `/openapi/v3/api/v1`, `/openapi/v3/apis/{group}/{version}`: each kind's
 /// object path with its PATCH operation, which names its kind and takes
-/// `fieldValidation`. That is what kubectl reads to learn the server
-/// validates fields itself (c4m rejects unknown fields), so it needs no
-/// schemas for `kubectl apply`; `kubectl explain` does, and has none yet.
+/// `fieldValidation` (kubectl reads it to learn the server validates fields
+/// itself: c4m rejects unknown fields), and the kinds' schemas
+/// (`openapi_schemas.rs`), which `kubectl explain` shows.
 pub(crate) fn openapi_v3_group_version(group: &str, version: &str) -> Option<Value> {
     let mut paths = serde_json::Map::new();
     for kind in KINDS
@@ -242,7 +242,7 @@ pub(crate) fn openapi_v3_group_version(group: &str, version: &str) -> Option<Val
         "openapi": "3.0.0",
         "info": {"title": "c4m", "version": "v1.33.0"},
         "paths": paths,
-        "components": {"schemas": {}},
+        "components": {"schemas": crate::openapi_schemas::schemas(group, version)},
     }))
 }
 

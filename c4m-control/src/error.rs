@@ -25,6 +25,32 @@ pub enum Error {
     /// The request is invalid (422): the message names the field.
     #[error("{0}")]
     Invalid(String),
+    /// An object is invalid (422), as Kubernetes says it: the kind, the
+    /// object and one cause per field (`Status.details.causes`).
+    #[error(
+        "{} {name:?} is invalid: {}",
+        qualified_kind(kind, group),
+        joined(causes)
+    )]
+    InvalidObject {
+        /// Kind (`Deployment`).
+        kind: String,
+        /// API group (`apps`, empty for the core group).
+        group: String,
+        /// Object name.
+        name: String,
+        /// What is wrong, field by field.
+        causes: Vec<FieldCause>,
+    },
+    /// A server-side apply would change fields other managers own (409):
+    /// one cause per field, naming its manager.
+    #[error("{message}")]
+    ApplyConflict {
+        /// Kubernetes' message (`Apply failed with 1 conflict: ...`).
+        message: String,
+        /// The conflicting fields.
+        causes: Vec<FieldCause>,
+    },
     /// The request is malformed (400).
     #[error("{0}")]
     BadRequest(String),
@@ -77,6 +103,52 @@ pub enum Error {
     Dns(#[from] crate::dns::DnsError),
 }
 
+/// One reason an object is invalid (a Kubernetes `StatusCause`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct FieldCause {
+    /// `FieldValueInvalid`, `FieldValueRequired`, ...
+    pub reason: String,
+    /// What is wrong with the field (`Invalid value: -1: must be ...`).
+    pub message: String,
+    /// The field's path (`spec.replicas`); empty for the whole object.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub field: String,
+}
+
+impl std::fmt::Display for FieldCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.field.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.field, self.message)
+        }
+    }
+}
+
+/// `Deployment.apps`, or `Pod` for the core group, as Kubernetes names a
+/// kind in messages.
+fn qualified_kind(kind: &str, group: &str) -> String {
+    if group.is_empty() {
+        kind.to_string()
+    } else {
+        format!("{kind}.{group}")
+    }
+}
+
+/// One cause as it is, several as `[a, b]` (Kubernetes' aggregate).
+fn joined(causes: &[FieldCause]) -> String {
+    match causes {
+        [one] => one.to_string(),
+        many => format!(
+            "[{}]",
+            many.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
 impl From<c4m_store::Error> for Error {
     fn from(error: c4m_store::Error) -> Self {
         if error.is_conflict() {
@@ -95,8 +167,8 @@ impl Error {
         match self {
             Error::NotFound { .. } => (404, "NotFound"),
             Error::AlreadyExists { .. } => (409, "AlreadyExists"),
-            Error::Conflict(_) => (409, "Conflict"),
-            Error::Invalid(_) => (422, "Invalid"),
+            Error::Conflict(_) | Error::ApplyConflict { .. } => (409, "Conflict"),
+            Error::Invalid(_) | Error::InvalidObject { .. } => (422, "Invalid"),
             Error::BadRequest(_) => (400, "BadRequest"),
             Error::MethodNotAllowed(_) => (405, "MethodNotAllowed"),
             Error::UnsupportedMediaType(_) => (415, "UnsupportedMediaType"),

@@ -27,7 +27,9 @@ mod discovery;
 mod disruption;
 mod dns;
 mod error;
+mod invalid;
 mod objects;
+mod openapi_schemas;
 mod patch;
 mod pods;
 mod registry;
@@ -35,12 +37,13 @@ mod scheduler;
 mod scheduler_policy;
 mod selector;
 mod server;
+mod server_side_apply;
 #[cfg(test)]
 mod test_support;
 mod tls;
 
 pub use dns::{DnsEndpoint, DnsError, DnsServer, RECORD_TTL_SECS, ServiceLookup, cluster_resolver};
-pub use error::{Error, Result};
+pub use error::{Error, FieldCause, Result};
 pub use objects::Objects;
 pub use server::{ControlPlane, ControlPlaneConfig};
 pub use tls::TlsIdentity;

@@ -278,7 +278,7 @@ fn spawn_controllers(
     };
     spawn(
         "workload",
-        &["microservices", "deployments", "pods"],
+        &["microservices", "deployments", "replicasets", "pods"],
         FULL_RESYNC,
         Box::new(|o, c, changes| {
             Box::pin(async move { controllers::workload::reconcile(&o, &c, &changes).await })

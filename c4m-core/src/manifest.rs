@@ -15,7 +15,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{
     ConfigMap, ContainerPort, Endpoints, Event, Namespace, Node, Pod, PodSpec, Probe,
     ResourceRequirements, Secret, Service, ServiceAccount, ServiceSpec,
@@ -351,6 +351,18 @@ fn check_typed(kind: &ResourceKind, value: &Value) -> Result<ObjectMeta, FieldEr
             let deployment: Deployment = typed(value)?;
             check_deployment(&deployment)?;
             deployment.metadata
+        }
+        "ReplicaSet" => {
+            let replica_set: ReplicaSet = typed(value)?;
+            if let Some(pod_spec) = replica_set
+                .spec
+                .as_ref()
+                .and_then(|spec| spec.template.as_ref())
+                .and_then(|template| template.spec.as_ref())
+            {
+                check_pod_spec(pod_spec, "spec.template.spec")?;
+            }
+            replica_set.metadata
         }
         "Service" => {
             let service: Service = typed(value)?;
@@ -1224,8 +1236,18 @@ const UNHONOURED: &[(Scope, &str, &str)] = &[
     ),
     (
         Scope::Kind("Deployment"),
+        "spec.paused=true",
+        "is not supported; the Deployment keeps rolling out",
+    ),
+    (
+        Scope::Kind("Deployment"),
         "spec.strategy.rollingUpdate",
         "is not supported; the default rolling update parameters are used",
+    ),
+    (
+        Scope::Kind("ReplicaSet"),
+        "spec.template",
+        "is not run: c4m keeps ReplicaSets as the revisions of Deployments; use a Deployment",
     ),
     (Scope::Kind("Service"), "spec.type=LoadBalancer", CLUSTER_IP),
     (Scope::Kind("Service"), "spec.type=NodePort", CLUSTER_IP),
@@ -1247,6 +1269,7 @@ const UNHONOURED: &[(Scope, &str, &str)] = &[
 const POD_SPEC_LOCATIONS: &[(&str, &str, &str)] = &[
     ("Pod", "/spec", "spec"),
     ("Deployment", "/spec/template/spec", "spec.template.spec"),
+    ("ReplicaSet", "/spec/template/spec", "spec.template.spec"),
 ];
 
 /// `"<path> <note>"` for every field of `object` in [`UNHONOURED`].

@@ -4,6 +4,7 @@
 //!     ./target/release/c4m-e2e-bench latency [--rounds 50]
 //!     ./target/release/c4m-e2e-bench schedule [--nodes 5000] [--instances 10000]
 //!     ./target/release/c4m-e2e-bench microservices [--nodes 100] [--count 10000]
+//!     ./target/release/c4m-e2e-bench api [--nodes 200] [--instances 10000] [--rounds 5]
 //!
 //! - `latency`: apply → instance Ready for a process service on a real
 //!   agent, one at a time, and the resident memory of the idle agent and
@@ -15,6 +16,11 @@
 //! - `microservices`: `--count` Microservices of one replica each on
 //!   `--nodes` hollow nodes, until every instance is Running and Ready; the
 //!   control plane's resident memory then (and its peak).
+//! - `api`: `--instances` instances bound on hollow nodes, then the real
+//!   `kubectl get pods` (a Table over HTTPS, `$KUBECTL` or
+//!   `/usr/bin/kubectl`) and a full JSON list through the HTTP API, each
+//!   `--rounds` times (median, slowest), and a watch replaying the history
+//!   from before the instances were created (events/s).
 //!
 //! With `C4M_BENCH_CONTROL_LOG=FILE`, the control plane logs to FILE, with
 //! the scheduler's per-cycle timings (`snapshot_ms`, `place_ms`, `write_ms`).
@@ -57,6 +63,19 @@ enum Bench {
         /// Instances.
         #[arg(long, default_value_t = 10_000)]
         instances: usize,
+    },
+    /// kubectl get pods latency, list and watch throughput with many
+    /// instances (hollow nodes).
+    Api {
+        /// Hollow nodes.
+        #[arg(long, default_value_t = 200)]
+        nodes: usize,
+        /// Instances.
+        #[arg(long, default_value_t = 10_000)]
+        instances: usize,
+        /// How many times each request is timed.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
     },
     /// Microservices of one replica, until all run (hollow nodes).
     Microservices {
@@ -300,6 +319,11 @@ async fn main() -> Result<()> {
         Bench::Latency { rounds } => latency(rounds).await,
         Bench::Schedule { nodes, instances } => schedule(nodes, instances).await,
         Bench::Microservices { nodes, count } => microservices(nodes, count).await,
+        Bench::Api {
+            nodes,
+            instances,
+            rounds,
+        } => api(nodes, instances, rounds).await,
     }
 }
 
@@ -383,13 +407,13 @@ fn hollow(nodes: usize) -> Vec<String> {
         .collect()
 }
 
-async fn schedule(nodes: usize, instances: usize) -> Result<()> {
-    let control = ControlPlane::start().await?;
-    let flags = hollow(nodes);
-    let _agent = control
-        .agent(&flags.iter().map(String::as_str).collect::<Vec<_>>(), nodes)
-        .await?;
-    let before = control.rss()?;
+/// Creates `instances` bare instances in one batch and waits until every
+/// one is bound; returns how long the creation took, and until all were
+/// bound (both from the start).
+async fn create_bound_instances(
+    control: &ControlPlane,
+    instances: usize,
+) -> Result<(Duration, Duration)> {
     let pods: Vec<Value> = (0..instances)
         .map(|index| {
             json!({
@@ -417,7 +441,17 @@ async fn schedule(nodes: usize, instances: usize) -> Result<()> {
         bound.len() >= instances
     })
     .await?;
-    let all_bound = started.elapsed();
+    Ok((created, started.elapsed()))
+}
+
+async fn schedule(nodes: usize, instances: usize) -> Result<()> {
+    let control = ControlPlane::start().await?;
+    let flags = hollow(nodes);
+    let _agent = control
+        .agent(&flags.iter().map(String::as_str).collect::<Vec<_>>(), nodes)
+        .await?;
+    let before = control.rss()?;
+    let (created, all_bound) = create_bound_instances(&control, instances).await?;
     let binding = all_bound - created;
     let after = control.rss()?;
     println!(
@@ -492,6 +526,132 @@ async fn microservices(nodes: usize, count: usize) -> Result<()> {
         "  control plane RSS {:.1} MiB (peak {:.1} MiB)",
         mib(memory.current_kib),
         mib(memory.peak_kib)
+    );
+    Ok(())
+}
+
+/// The median and the slowest of `times`.
+fn median_and_max(mut times: Vec<Duration>) -> (Duration, Duration) {
+    times.sort();
+    (percentile(&times, 0.5), percentile(&times, 1.0))
+}
+
+async fn api(nodes: usize, instances: usize, rounds: usize) -> Result<()> {
+    let rounds = rounds.max(1);
+    let control = ControlPlane::start().await?;
+    let flags = hollow(nodes);
+    let _agent = control
+        .agent(&flags.iter().map(String::as_str).collect::<Vec<_>>(), nodes)
+        .await?;
+    let pods = kind("pods")?;
+    let before = control.client.list(pods, None, None).await?["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap_or("0")
+        .to_string();
+    create_bound_instances(&control, instances).await?;
+    let listed = control.client.list(pods, None, None).await?;
+    let items = listed["items"].as_array().map_or(0, Vec::len);
+    if items < instances {
+        bail!("listed {items} instances, expected {instances}");
+    }
+
+    // kubectl get pods: a Table of every instance, over HTTPS.
+    let kubectl = std::env::var_os("KUBECTL").unwrap_or_else(|| "/usr/bin/kubectl".into());
+    let kubeconfig = control.dir.path().join("kubeconfig");
+    let output = Command::new(&control.bin)
+        .arg("kubeconfig")
+        .env("C4M_ENDPOINT_URL", control.client.endpoint())
+        .envs(ENV)
+        .output()?;
+    if !output.status.success() {
+        bail!(
+            "c4m kubeconfig: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    std::fs::write(&kubeconfig, &output.stdout)?;
+    let cache = control.dir.path().join("kubectl-cache");
+    let get_pods = || -> Result<Duration> {
+        let started = Instant::now();
+        let output = Command::new(&kubectl)
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .arg("--cache-dir")
+            .arg(&cache)
+            .args(["get", "pods", "--no-headers"])
+            .stderr(Stdio::inherit())
+            .output()
+            .with_context(|| format!("run {}", kubectl.to_string_lossy()))?;
+        let elapsed = started.elapsed();
+        let rows = output
+            .stdout
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .count();
+        if !output.status.success() || rows < instances {
+            bail!(
+                "kubectl get pods failed or listed {rows} rows ({})",
+                output.status
+            );
+        }
+        Ok(elapsed)
+    };
+    get_pods()?; // fills kubectl's discovery cache
+    let kubectl_times = (0..rounds)
+        .map(|_| get_pods())
+        .collect::<Result<Vec<_>>>()?;
+
+    // A JSON list of every instance through the HTTP API.
+    let mut list_times = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let started = Instant::now();
+        let listed = control.client.list(pods, None, None).await?;
+        list_times.push(started.elapsed());
+        std::hint::black_box(listed);
+    }
+
+    // A watch replaying the history since before the instances existed,
+    // until it reaches the revision of the last list.
+    let until: i64 = listed["metadata"]["resourceVersion"]
+        .as_str()
+        .and_then(|rv| rv.parse().ok())
+        .context("no resourceVersion on the list")?;
+    let started = Instant::now();
+    let events = control.client.watch(pods, None, &before).await?;
+    let mut received = 0usize;
+    follow(
+        events.map(|e| Ok(e?.object)),
+        Duration::from_secs(600),
+        |pod| {
+            received += 1;
+            pod["metadata"]["resourceVersion"]
+                .as_str()
+                .and_then(|rv| rv.parse::<i64>().ok())
+                .is_some_and(|rv| rv >= until)
+        },
+    )
+    .await?;
+    let watched = started.elapsed();
+
+    let (kubectl_median, kubectl_max) = median_and_max(kubectl_times);
+    let (list_median, list_max) = median_and_max(list_times);
+    println!("{instances} instances on {nodes} hollow nodes, {rounds} rounds:");
+    println!(
+        "  kubectl get pods: median {:.0} ms, slowest {:.0} ms ({:.0} rows/s)",
+        kubectl_median.as_secs_f64() * 1e3,
+        kubectl_max.as_secs_f64() * 1e3,
+        instances as f64 / kubectl_median.as_secs_f64()
+    );
+    println!(
+        "  list (JSON, HTTP API): median {:.0} ms, slowest {:.0} ms ({:.0} objects/s)",
+        list_median.as_secs_f64() * 1e3,
+        list_max.as_secs_f64() * 1e3,
+        instances as f64 / list_median.as_secs_f64()
+    );
+    println!(
+        "  watch replay: {received} events in {:.3} s ({:.0} events/s)",
+        watched.as_secs_f64(),
+        received as f64 / watched.as_secs_f64()
     );
     Ok(())
 }

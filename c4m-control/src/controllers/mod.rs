@@ -20,6 +20,7 @@ use crate::cache::{Cache, ChangeFeed, Changes};
 pub(crate) mod disruption;
 pub(crate) mod endpoints;
 pub(crate) mod nodes;
+pub(crate) mod replicasets;
 pub(crate) mod workload;
 
 /// Short pause after a wake-up so a burst of writes is reconciled once.
@@ -114,4 +115,26 @@ where
 /// The larger of two optional revisions.
 pub(crate) fn latest(a: Option<i64>, b: Option<i64>) -> Option<i64> {
     a.max(b)
+}
+
+/// Deletes an object a controller no longer wants; returns the deletion's
+/// revision. Already gone is fine; another failure is logged (the next
+/// reconcile tries again).
+pub(crate) async fn delete_object(
+    objects: &crate::objects::Objects,
+    plural: &str,
+    object: &serde_json::Value,
+) -> Option<i64> {
+    use crate::objects::{kind, name_of, namespace_of};
+    match objects
+        .delete(kind(plural), namespace_of(object), name_of(object))
+        .await
+    {
+        Ok((_, revision)) => Some(revision),
+        Err(crate::Error::NotFound { .. }) => None,
+        Err(e) => {
+            tracing::warn!(plural, name = name_of(object), error = %e, "cannot delete");
+            None
+        }
+    }
 }

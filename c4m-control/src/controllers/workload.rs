@@ -16,6 +16,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use serde_json::{Value, json};
 
 use super::latest;
+use super::replicasets::{self, DeploymentView, POD_TEMPLATE_HASH, ReplicaSetIndex};
 use crate::Result;
 use crate::cache::{Cache, Changes, ROOT, controller_key};
 use crate::objects::{Objects, kind, name_of, namespace_of, random_suffix};
@@ -48,6 +49,7 @@ pub(crate) async fn reconcile(
     changes: &Changes,
 ) -> Result<Option<i64>> {
     let mut touched: BTreeSet<String> = BTreeSet::new();
+    let replica_sets = ReplicaSetIndex::build(cache);
     if changes.everything {
         for plural in OWNER_PLURALS {
             // An owner's key is its store key without the root.
@@ -59,27 +61,34 @@ pub(crate) async fn reconcile(
             );
         }
         touched.extend(cache.owners_of_pods());
+        touched.extend(replica_sets.deployment_keys().cloned());
     } else {
         for (key, before) in &changes.changed {
             let Some(rest) = key.strip_prefix(ROOT) else {
                 continue;
             };
-            if rest.starts_with("pods/") {
+            if rest.starts_with("pods/") || rest.starts_with("replicasets/") {
                 let before = before.as_ref().and_then(|before| before.decode(key));
                 let current = cache.get_key(key);
+                let owner_key = if rest.starts_with("pods/") {
+                    controller_key
+                } else {
+                    replicasets::deployment_key
+                };
                 touched.extend(
                     [before.as_deref(), current.as_deref()]
                         .into_iter()
                         .flatten()
-                        .filter_map(controller_key),
+                        .filter_map(owner_key),
                 );
             } else {
                 touched.insert(rest.to_string());
             }
         }
     }
+    let replica_sets = &replica_sets;
     let (written, failed) = super::for_each_concurrently(touched, |owner| async move {
-        reconcile_workload(objects, cache, &owner)
+        reconcile_workload(objects, cache, replica_sets, &owner)
             .await
             .inspect_err(|e| tracing::warn!(%owner, error = %e, "cannot reconcile"))
     })
@@ -95,10 +104,12 @@ pub(crate) async fn reconcile(
 
 /// Reconciles one workload (`PLURAL/NAMESPACE/NAME`) and its instances:
 /// instances controlled by another object of that name (an older uid), or
-/// by none at all any more, are deleted (garbage collection).
+/// by none at all any more, are deleted (garbage collection), and so are
+/// a Deployment's ReplicaSets.
 async fn reconcile_workload(
     objects: &Objects,
     cache: &Cache,
+    replica_sets: &ReplicaSetIndex,
     owner_key: &str,
 ) -> Result<Option<i64>> {
     let pods = cache.pods_of_owner(owner_key);
@@ -123,8 +134,21 @@ async fn reconcile_workload(
     for pod in &orphans {
         written = latest(written, delete_pod(objects, pod).await);
     }
+    let replica_sets = replica_sets.of(owner_key);
+    written = latest(
+        written,
+        replicasets::collect_garbage(
+            objects,
+            replica_sets,
+            owner.as_ref().map(|o| o.uid.as_str()),
+        )
+        .await,
+    );
     if let Some(owner) = &owner {
-        written = latest(written, reconcile_owner(objects, owner, &mine).await?);
+        written = latest(
+            written,
+            reconcile_owner(objects, owner, &mine, replica_sets).await?,
+        );
     }
     Ok(written)
 }
@@ -189,8 +213,9 @@ async fn reconcile_owner(
     objects: &Objects,
     owner: &Owner,
     pods: &[Arc<Value>],
+    replica_sets: &[Arc<Value>],
 ) -> Result<Option<i64>> {
-    let hash = stable_hash(owner.template.to_string().as_bytes());
+    let hash = template_hash(&owner.template);
     let mut written = None;
     let (terminal, mut active): (Vec<&Arc<Value>>, Vec<&Arc<Value>>) =
         pods.iter().partition(|p| is_terminal(p));
@@ -252,8 +277,50 @@ async fn reconcile_owner(
         written = latest(written, delete_pod(objects, pod).await);
     }
 
-    written = latest(written, update_status(objects, owner, pods, &hash).await?);
+    let mut revision = None;
+    if owner.kind == "Deployment" {
+        let view = DeploymentView {
+            object: &owner.object,
+            uid: &owner.uid,
+            template: &owner.template,
+            hash: &hash,
+            replicas: owner.replicas,
+        };
+        let (synced, current) = replicasets::sync(objects, &view, pods, replica_sets).await?;
+        written = latest(written, synced);
+        revision = Some(current);
+    }
+    written = latest(
+        written,
+        update_status(objects, owner, pods, &hash, revision).await?,
+    );
     Ok(written)
+}
+
+/// The hash of a pod template, blind to nulls and empty objects and
+/// lists, so a template that went through a client's typed round trip
+/// (`creationTimestamp: null`, `resources: {}`, as `kubectl rollout undo`
+/// sends it back) keeps its hash and its ReplicaSet.
+fn template_hash(template: &Value) -> String {
+    fn pruned(value: &Value) -> Option<Value> {
+        match value {
+            Value::Null => None,
+            Value::Object(map) => {
+                let map: serde_json::Map<String, Value> = map
+                    .iter()
+                    .filter_map(|(k, v)| Some((k.clone(), pruned(v)?)))
+                    .collect();
+                (!map.is_empty()).then_some(Value::Object(map))
+            }
+            Value::Array(items) => {
+                let items: Vec<Value> = items.iter().filter_map(pruned).collect();
+                (!items.is_empty()).then_some(Value::Array(items))
+            }
+            other => Some(other.clone()),
+        }
+    }
+    let canonical = pruned(template).unwrap_or(Value::Null);
+    stable_hash(canonical.to_string().as_bytes())
 }
 
 fn creation(pod: &Value) -> String {
@@ -264,17 +331,7 @@ fn creation(pod: &Value) -> String {
 }
 
 async fn delete_pod(objects: &Objects, pod: &Value) -> Option<i64> {
-    match objects
-        .delete(kind("pods"), namespace_of(pod), name_of(pod))
-        .await
-    {
-        Ok((_, revision)) => Some(revision),
-        Err(crate::Error::NotFound { .. }) => None,
-        Err(e) => {
-            tracing::warn!(pod = name_of(pod), error = %e, "cannot delete instance");
-            None
-        }
-    }
+    super::delete_object(objects, "pods", pod).await
 }
 
 fn new_pod(owner: &Owner, hash: &str) -> Value {
@@ -283,7 +340,17 @@ fn new_pod(owner: &Owner, hash: &str) -> Value {
     if !metadata.is_object() {
         metadata = json!({});
     }
-    metadata["name"] = json!(format!("{}-{}", owner.name, random_suffix()));
+    // A Deployment's instances are named and labelled as the instances of
+    // its ReplicaSet for this template are in Kubernetes.
+    if owner.kind == "Deployment" {
+        metadata["name"] = json!(format!("{}-{hash}-{}", owner.name, random_suffix()));
+        if !metadata["labels"].is_object() {
+            metadata["labels"] = json!({});
+        }
+        metadata["labels"][POD_TEMPLATE_HASH] = json!(hash);
+    } else {
+        metadata["name"] = json!(format!("{}-{}", owner.name, random_suffix()));
+    }
     metadata["namespace"] = json!(owner.namespace);
     if !metadata["annotations"].is_object() {
         metadata["annotations"] = json!({});
@@ -311,6 +378,7 @@ async fn update_status(
     owner: &Owner,
     pods: &[Arc<Value>],
     hash: &str,
+    revision: Option<u64>,
 ) -> Result<Option<i64>> {
     let active: Vec<_> = pods.iter().filter(|p| !is_terminal(p)).collect();
     let ready = active.iter().filter(|p| is_ready(p)).count();
@@ -331,13 +399,39 @@ async fn update_status(
         "availableReplicas": ready,
         "updatedReplicas": updated,
     });
-    if owner.replicas > active.len() {
-        status["unavailableReplicas"] = json!(owner.replicas - ready.min(owner.replicas));
+    let unavailable = owner.replicas.saturating_sub(ready);
+    if unavailable > 0 {
+        status["unavailableReplicas"] = json!(unavailable);
     }
     let mut desired = (*owner.object).clone();
     let previous_conditions = desired["status"]["conditions"].clone();
     desired["status"] = status;
     desired["status"]["conditions"] = previous_conditions;
+    // Kubernetes' reasons, which `kubectl rollout status` and `describe`
+    // read; a Deployment's messages name its ReplicaSet as Kubernetes' do.
+    let (available_message, progressing_message) = if owner.kind == "Deployment" {
+        let replica_set = format!("{}-{hash}", owner.name);
+        (
+            if available {
+                "Deployment has minimum availability.".to_string()
+            } else {
+                "Deployment does not have minimum availability.".to_string()
+            },
+            if complete {
+                format!("ReplicaSet {replica_set:?} has successfully progressed.")
+            } else {
+                format!("ReplicaSet {replica_set:?} is progressing.")
+            },
+        )
+    } else {
+        (
+            format!("{ready} of {} replicas ready", owner.replicas),
+            format!(
+                "{updated_ready} of {} updated replicas ready",
+                owner.replicas
+            ),
+        )
+    };
     crate::pods::set_condition(
         &mut desired,
         "Available",
@@ -347,7 +441,7 @@ async fn update_status(
         } else {
             "MinimumReplicasUnavailable"
         },
-        &format!("{ready} of {} replicas ready", owner.replicas),
+        &available_message,
     );
     crate::pods::set_condition(
         &mut desired,
@@ -358,12 +452,15 @@ async fn update_status(
         } else {
             "ReplicaSetUpdated"
         },
-        &format!(
-            "{updated_ready} of {} updated replicas ready",
-            owner.replicas
-        ),
+        &progressing_message,
     );
-    if desired["status"] == owner.object["status"] {
+    let revision = revision.map(|r| json!(r.to_string()));
+    let revision_current = |object: &Value| {
+        revision
+            .as_ref()
+            .is_none_or(|r| object["metadata"]["annotations"][replicasets::REVISION] == *r)
+    };
+    if desired["status"] == owner.object["status"] && revision_current(&owner.object) {
         return Ok(None);
     }
     let status = desired["status"].clone();
@@ -373,10 +470,18 @@ async fn update_status(
             &owner.namespace,
             &owner.name,
             |current| {
-                if current["metadata"]["uid"] != owner.uid.as_str() || current["status"] == status {
+                if current["metadata"]["uid"] != owner.uid.as_str()
+                    || (current["status"] == status && revision_current(current))
+                {
                     return false;
                 }
                 current["status"] = status.clone();
+                if let Some(revision) = &revision {
+                    if !current["metadata"]["annotations"].is_object() {
+                        current["metadata"]["annotations"] = json!({});
+                    }
+                    current["metadata"]["annotations"][replicasets::REVISION] = revision.clone();
+                }
                 true
             },
         )

@@ -95,6 +95,15 @@ pub static KINDS: &[ResourceKind] = &[
         ["status", "scale"]
     ),
     kind!(
+        "apps",
+        "v1",
+        "ReplicaSet",
+        "replicasets",
+        ["replicaset", "rs"],
+        true,
+        ["status"]
+    ),
+    kind!(
         "c4m.io",
         "v1",
         "Microservice",
