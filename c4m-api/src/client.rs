@@ -96,6 +96,21 @@ impl Client {
         })
     }
 
+    /// Opens a WebSocket stream (exec, port-forward) on `path_and_query`
+    /// offering `protocols`; returns it with the protocol chosen.
+    pub async fn stream(
+        &self,
+        path_and_query: &str,
+        protocols: &[&str],
+    ) -> Result<(crate::stream::Connection, String)> {
+        crate::stream::connect(
+            &format!("{}{path_and_query}", self.endpoint),
+            self.bearer.as_deref(),
+            protocols,
+        )
+        .await
+    }
+
     /// The endpoint this client talks to.
     pub fn endpoint(&self) -> &str {
         &self.endpoint

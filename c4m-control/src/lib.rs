@@ -35,6 +35,7 @@ mod scheduler;
 mod scheduler_policy;
 mod selector;
 mod server;
+mod streams;
 mod tls;
 
 pub use dns::{DnsEndpoint, DnsError, DnsServer, RECORD_TTL_SECS, ServiceLookup, cluster_resolver};

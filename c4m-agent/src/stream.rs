@@ -1,0 +1,303 @@
+//! Exec and port-forward sessions over WebSocket (the channel protocols of
+//! [`c4m_api::stream`]), which the control plane relays from kubectl or
+//! the CLI.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use c4m_api::stream::{self as channel, ExecQuery};
+use c4m_core::{ExecRequest, ExecSession};
+use futures::stream::SplitSink;
+use futures::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_util::io::ReaderStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::server::{ServerState, placement_of};
+use crate::supervisor::Placement;
+
+/// How long output may still flow once the command has exited (a
+/// background child holding the pipes must not hold the session forever).
+const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
+
+/// `GET .../exec?command=..&stdin=..&tty=..`, upgraded to WebSocket.
+pub(crate) async fn exec(
+    State(state): State<Arc<ServerState>>,
+    Path((ns, name)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let query = match ExecQuery::parse(query.as_deref().unwrap_or_default()) {
+        Ok(query) => query,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+    };
+    let placement = match placement_of(&state, &ns, &name) {
+        Ok(placement) => placement,
+        Err(response) => return response,
+    };
+    let upgrade = upgrade.protocols(channel::EXEC_PROTOCOLS);
+    let v5 = upgrade
+        .selected_protocol()
+        .is_some_and(|p| p == channel::EXEC_PROTOCOL_V5);
+    let shutdown = state.shutdown.clone();
+    upgrade.on_upgrade(move |socket| async move {
+        exec_session(socket, placement, query, v5, shutdown).await;
+    })
+}
+
+type Sink = SplitSink<WebSocket, Message>;
+
+async fn send(sink: &mut Sink, channel_id: u8, data: &[u8]) -> bool {
+    sink.send(Message::Binary(channel::frame(channel_id, data).into()))
+        .await
+        .is_ok()
+}
+
+async fn finish(sink: &mut Sink, status: serde_json::Value) {
+    send(sink, channel::ERROR, status.to_string().as_bytes()).await;
+    let _ = sink.send(Message::Close(None)).await;
+}
+
+async fn exec_session(
+    socket: WebSocket,
+    placement: Placement,
+    query: ExecQuery,
+    v5: bool,
+    shutdown: CancellationToken,
+) {
+    let (mut sink, mut incoming) = socket.split();
+    let request = ExecRequest {
+        command: query.command.clone(),
+        stdin: query.stdin,
+        tty: query.tty,
+    };
+    let session = match placement
+        .runtime
+        .exec_interactive(&placement.id, request)
+        .await
+    {
+        Ok(session) => session,
+        Err(e) => {
+            finish(&mut sink, channel::failure_status(&e.to_string())).await;
+            return;
+        }
+    };
+    let ExecSession {
+        stdin,
+        stdout,
+        stderr,
+        resize,
+        mut exit,
+    } = session;
+
+    // Input goes through its own task, so a command that does not read its
+    // stdin never stops its output from flowing.
+    let (input, mut input_rx) = mpsc::channel::<Bytes>(16);
+    let writer = stdin.map(|mut stdin| {
+        tokio::spawn(async move {
+            while let Some(data) = input_rx.recv().await {
+                if stdin.write_all(&data).await.is_err() {
+                    break;
+                }
+            }
+        })
+    });
+    let mut input = writer.is_some().then_some(input);
+
+    let output = |reader: std::pin::Pin<Box<dyn AsyncRead + Send>>, id: u8, wanted: bool| {
+        ReaderStream::new(reader).map(move |chunk| (id, wanted, chunk))
+    };
+    let mut outputs = futures::stream::select(
+        output(stdout, channel::STDOUT, query.stdout || query.tty).boxed(),
+        match stderr {
+            Some(stderr) => output(stderr, channel::STDERR, query.stderr).boxed(),
+            None => futures::stream::empty().boxed(),
+        },
+    );
+    let mut exit_code: Option<c4m_core::Result<i32>> = None;
+    let mut outputs_done = false;
+    let mut client_gone = false;
+    let drain_deadline = tokio::time::sleep(Duration::MAX);
+    tokio::pin!(drain_deadline);
+    loop {
+        if outputs_done && exit_code.is_some() {
+            break;
+        }
+        tokio::select! {
+            chunk = outputs.next(), if !outputs_done => match chunk {
+                Some((id, wanted, Ok(data))) => {
+                    if wanted && !send(&mut sink, id, &data).await {
+                        client_gone = true;
+                        break;
+                    }
+                }
+                Some((_, _, Err(e))) => {
+                    tracing::debug!(error = %e, "exec output ended with an error");
+                }
+                None => outputs_done = true,
+            },
+            message = incoming.next(), if !client_gone => match message {
+                Some(Ok(Message::Binary(data))) => match channel::split_frame(&data) {
+                    Some((channel::STDIN, data)) => {
+                        if let Some(input) = &input {
+                            let _ = input.send(Bytes::copy_from_slice(data)).await;
+                        }
+                    }
+                    Some((channel::RESIZE, data)) => {
+                        if let (Some(resize), Some(size)) = (&resize, channel::parse_resize(data))
+                            && let Err(e) = resize(size)
+                        {
+                            tracing::debug!(error = %e, "resize failed");
+                        }
+                    }
+                    Some((channel::CLOSE, [channel::STDIN])) if v5 => input = None,
+                    _ => {}
+                },
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
+                    client_gone = true;
+                    break;
+                }
+                Some(Ok(_)) => {}
+            },
+            code = &mut exit, if exit_code.is_none() => {
+                exit_code = Some(code);
+                drain_deadline.as_mut().reset(tokio::time::Instant::now() + DRAIN_AFTER_EXIT);
+            }
+            _ = &mut drain_deadline, if exit_code.is_some() => outputs_done = true,
+            _ = shutdown.cancelled() => {
+                client_gone = true;
+                break;
+            }
+        }
+    }
+    drop(input);
+    if let Some(writer) = writer {
+        writer.abort();
+    }
+    // Dropping `exit` unfinished kills the command (the client left).
+    drop(exit);
+    if client_gone {
+        return;
+    }
+    let status = match exit_code {
+        Some(Ok(code)) => channel::exit_status(code),
+        Some(Err(e)) => channel::failure_status(&e.to_string()),
+        None => return,
+    };
+    finish(&mut sink, status).await;
+}
+
+/// `GET .../portforward?ports=..`, upgraded to WebSocket: one TCP
+/// connection per requested port to where the instance serves it.
+pub(crate) async fn port_forward(
+    State(state): State<Arc<ServerState>>,
+    Path((ns, name)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let ports = match channel::parse_ports(query.as_deref().unwrap_or_default()) {
+        Ok(ports) => ports,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+    };
+    let placement = match placement_of(&state, &ns, &name) {
+        Ok(placement) => placement,
+        Err(response) => return response,
+    };
+    let status = match placement.runtime.status(&placement.id).await {
+        Ok(status) => status,
+        Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    };
+    let mut targets = Vec::with_capacity(ports.len());
+    for port in &ports {
+        let binding = status
+            .ports
+            .iter()
+            .find(|b| b.container_port == *port && b.protocol.eq_ignore_ascii_case("TCP"));
+        let Some(binding) = binding else {
+            let message = format!("instance {ns}/{name} declares no TCP containerPort {port}\n");
+            return (StatusCode::BAD_REQUEST, message).into_response();
+        };
+        targets.push((*port, format!("{}:{}", binding.host_ip, binding.host_port)));
+    }
+    let shutdown = state.shutdown.clone();
+    upgrade
+        .protocols([channel::PORT_FORWARD_PROTOCOL, channel::EXEC_PROTOCOL_V4])
+        .on_upgrade(move |socket| forward_session(socket, targets, shutdown))
+}
+
+async fn forward_session(
+    socket: WebSocket,
+    targets: Vec<(u16, String)>,
+    shutdown: CancellationToken,
+) {
+    let (mut sink, mut incoming) = socket.split();
+    let mut writers = Vec::with_capacity(targets.len());
+    let mut readers = futures::stream::SelectAll::new();
+    for (index, (port, address)) in targets.iter().enumerate() {
+        let data = channel::port_data_channel(index);
+        let error = data + 1;
+        for id in [data, error] {
+            if sink
+                .send(Message::Binary(channel::port_header(id, *port).into()))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        match TcpStream::connect(address).await {
+            Ok(connection) => {
+                let (read, write) = connection.into_split();
+                readers.push(
+                    ReaderStream::new(read)
+                        .map(move |chunk| (data, chunk))
+                        .boxed(),
+                );
+                writers.push(Some(write));
+            }
+            Err(e) => {
+                let message = format!("cannot connect to port {port} ({address}): {e}");
+                send(&mut sink, error, message.as_bytes()).await;
+                writers.push(None);
+            }
+        }
+    }
+    loop {
+        tokio::select! {
+            chunk = readers.next() => match chunk {
+                Some((id, Ok(data))) => {
+                    if !send(&mut sink, id, &data).await {
+                        return;
+                    }
+                }
+                // A connection the instance closed (or broke) ends the session.
+                Some((_, Err(_))) | None => break,
+            },
+            message = incoming.next() => match message {
+                Some(Ok(Message::Binary(data))) => {
+                    let Some((id, data)) = channel::split_frame(&data) else { continue };
+                    let writer = (id % 2 == 0)
+                        .then(|| writers.get_mut(usize::from(id / 2)))
+                        .flatten()
+                        .and_then(Option::as_mut);
+                    if let Some(writer) = writer
+                        && writer.write_all(data).await.is_err()
+                    {
+                        break;
+                    }
+                }
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                Some(Ok(_)) => {}
+            },
+            _ = shutdown.cancelled() => break,
+        }
+    }
+    let _ = sink.send(Message::Close(None)).await;
+}
