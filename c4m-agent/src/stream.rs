@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -60,9 +60,17 @@ async fn send(sink: &mut Sink, channel_id: u8, data: &[u8]) -> bool {
         .is_ok()
 }
 
+/// A normal closure: client-go reports a close without a code as an error.
+fn normal_close() -> Message {
+    Message::Close(Some(CloseFrame {
+        code: close_code::NORMAL,
+        reason: "".into(),
+    }))
+}
+
 async fn finish(sink: &mut Sink, status: serde_json::Value) {
     send(sink, channel::ERROR, status.to_string().as_bytes()).await;
-    let _ = sink.send(Message::Close(None)).await;
+    let _ = sink.send(normal_close()).await;
 }
 
 async fn exec_session(
@@ -299,5 +307,5 @@ async fn forward_session(
             _ = shutdown.cancelled() => break,
         }
     }
-    let _ = sink.send(Message::Close(None)).await;
+    let _ = sink.send(normal_close()).await;
 }

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, RawQuery, State};
 use axum::http::header;
 use axum::response::Response;
@@ -15,6 +15,8 @@ use c4m_api::stream::{self as channel, ExecQuery};
 use futures::{SinkExt, StreamExt};
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message as AgentMessage;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame as AgentCloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::ApiState;
@@ -230,7 +232,12 @@ async fn pipe(client: WebSocket, agent: channel::Connection, shutdown: Cancellat
                 break;
             }
         }
-        let _ = to_agent.send(AgentMessage::Close(None)).await;
+        let _ = to_agent
+            .send(AgentMessage::Close(Some(AgentCloseFrame {
+                code: CloseCode::Normal,
+                reason: "".into(),
+            })))
+            .await;
     };
     let downstream = async {
         while let Some(Ok(message)) = from_agent.next().await {
@@ -244,7 +251,13 @@ async fn pipe(client: WebSocket, agent: channel::Connection, shutdown: Cancellat
                 break;
             }
         }
-        let _ = to_client.send(Message::Close(None)).await;
+        // client-go reports a close without a code as an error.
+        let _ = to_client
+            .send(Message::Close(Some(CloseFrame {
+                code: u16::from(CloseCode::Normal),
+                reason: "".into(),
+            })))
+            .await;
     };
     tokio::select! {
         _ = upstream => {}
