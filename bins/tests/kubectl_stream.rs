@@ -147,22 +147,124 @@ fn kubectl_logs_and_exec() {
     // 37x91; kubectl sends that size, the shell sees it on its own
     // terminal, and the exit code comes back.
     let kubeconfig = cluster.dir.path().join("kubeconfig");
-    let remote = "for i in $(seq 100); do s=$(stty size); [ \"$s\" = \"37 91\" ] && break; sleep 0.05; done; echo size $s; test -t 0 && echo on-a-tty; exit 7";
-    let inner = format!(
-        "stty rows 37 cols 91; {} --kubeconfig {} --cache-dir {} exec -it talker -- sh -c '{remote}'",
+    let tty = in_terminal(&format!(
+        "{} --kubeconfig {} --cache-dir {} exec -it talker -- sh -c '{TERMINAL_CHECK}'",
         kubectl_path().display(),
         kubeconfig.display(),
         cluster.dir.path().join("kubeconfig-cache").display(),
-    );
-    let tty = Command::new("script")
-        .args(["-qec", &inner, "/dev/null"])
+    ));
+    assert_terminal_session(&tty);
+}
+
+/// Run on the remote terminal: waits for the size the client's terminal
+/// has (37x91, see [`in_terminal`]) to arrive as a resize, then reports it
+/// and whether stdin is a terminal, and exits 7.
+const TERMINAL_CHECK: &str = "for i in $(seq 100); do s=$(stty size); [ \"$s\" = \"37 91\" ] && break; sleep 0.05; done; echo size $s; test -t 0 && echo on-a-tty; exit 7";
+
+/// Runs `command_line` on a real terminal of 37 rows and 91 columns
+/// (`script` from bsdutils gives it one).
+fn in_terminal(command_line: &str) -> std::process::Output {
+    Command::new("script")
+        .args([
+            "-qec",
+            &format!("stty rows 37 cols 91; {command_line}"),
+            "/dev/null",
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .output()
-        .expect("run script (bsdutils)");
+        .expect("run script (bsdutils)")
+}
+
+fn assert_terminal_session(tty: &std::process::Output) {
     let output = String::from_utf8_lossy(&tty.stdout);
     assert!(output.contains("size 37 91\r\n"), "{output:?} {tty:?}");
     assert!(output.contains("on-a-tty\r\n"), "{output:?}");
     assert_eq!(tty.status.code(), Some(7), "{output:?} {tty:?}");
+}
+
+/// `c4m exec` and `c4m port-forward`: the same API paths and protocols.
+#[test]
+fn c4m_exec_and_port_forward() {
+    let mut cluster = Cluster::start();
+    cluster.start_agent("node-a", "4", "4Gi");
+    cluster.apply(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {name: web, labels: {app: web}}
+spec:
+  containers:
+    - name: web
+      command: ["c4m-demo", "--name", "forwarded"]
+      ports: [{name: http, containerPort: 8080}]
+      readinessProbe:
+        httpGet: {path: /healthz, port: http}
+        periodSeconds: 1
+"#,
+    );
+    cluster.wait_ready("app=web", 1, Duration::from_secs(30));
+
+    let output = cluster.c4m(&[
+        "exec",
+        "web",
+        "--",
+        "sh",
+        "-c",
+        "echo out; echo err >&2; exit 3",
+    ]);
+    assert_eq!(output.status.code(), Some(3), "{output:?}");
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "out\n");
+    assert_eq!(String::from_utf8_lossy(&output.stderr), "err\n");
+    let output = cluster.c4m_with_stdin(&["exec", "-i", "web", "--", "cat"], "piped\n");
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "piped\n");
+    let missing = cluster.c4m(&["exec", "nothing", "--", "true"]);
+    assert!(!missing.status.success());
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("not found"),
+        "{missing:?}"
+    );
+
+    let endpoint = cluster.endpoint();
+    let tty = in_terminal(&format!(
+        "C4M_ENDPOINT_URL={endpoint} C4M_ACCESS_TOKEN={} C4M_SECRET_KEY={} {} exec -it web -- sh -c '{TERMINAL_CHECK}'",
+        common::ACCESS_TOKEN,
+        common::SECRET_KEY,
+        common::C4M,
+    ));
+    assert_terminal_session(&tty);
+
+    // port-forward: an HTTP GET through the local port reaches the instance.
+    let local = common::free_port();
+    let mut forward = cluster
+        .c4m_command(&["port-forward", "web", &format!("{local}:8080")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut announced = String::new();
+    BufReader::new(forward.stdout.take().unwrap())
+        .read_line(&mut announced)
+        .unwrap();
+    assert_eq!(
+        announced,
+        format!("Forwarding from 127.0.0.1:{local} -> 8080\n")
+    );
+    for _ in 0..3 {
+        let (code, body) = common::http_get(&format!("127.0.0.1:{local}"), "/")
+            .expect("an answer through the forwarded port");
+        assert_eq!(code, 200, "{body}");
+        assert!(body.contains("forwarded"), "{body}");
+    }
+    forward.kill().unwrap();
+    forward.wait().unwrap();
+    // A port the instance does not declare is refused up front.
+    let refused = cluster.c4m(&["port-forward", "web", "9999"]);
+    assert!(!refused.status.success());
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        message.contains("declares no TCP containerPort 9999"),
+        "{message}"
+    );
 }
