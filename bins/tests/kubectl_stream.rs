@@ -184,9 +184,10 @@ fn assert_terminal_session(tty: &std::process::Output) {
     assert_eq!(tty.status.code(), Some(7), "{output:?} {tty:?}");
 }
 
-/// `c4m exec` and `c4m port-forward`: the same API paths and protocols.
+/// `kubectl port-forward` (SPDY tunnelled in a WebSocket), and `c4m exec`
+/// and `c4m port-forward` (the same API paths, the channel protocols).
 #[test]
-fn c4m_exec_and_port_forward() {
+fn port_forwards_and_c4m_exec() {
     let mut cluster = Cluster::start();
     cluster.start_agent("node-a", "4", "4Gi");
     cluster.apply(
@@ -235,7 +236,30 @@ spec:
     ));
     assert_terminal_session(&tty);
 
-    // port-forward: an HTTP GET through the local port reaches the instance.
+    // kubectl port-forward: HTTP GETs through the local port reach the
+    // instance, one forwarded connection each.
+    let kubectl = Kubectl::for_cluster(&cluster);
+    let local = common::free_port();
+    let mut forward = kubectl
+        .command(&["port-forward", "pod/web", &format!("{local}:8080")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Kept open: a Go program writing to a closed stdout dies of SIGPIPE.
+    let mut output = BufReader::new(forward.stdout.take().unwrap());
+    let mut announced = String::new();
+    output.read_line(&mut announced).unwrap();
+    assert_eq!(
+        announced,
+        format!("Forwarding from 127.0.0.1:{local} -> 8080\n")
+    );
+    let answers = http_through(local);
+    forward.kill().unwrap();
+    let stderr = forward.wait_with_output().unwrap().stderr;
+    assert_answers(&answers, &String::from_utf8_lossy(&stderr));
+
+    // c4m port-forward.
     let local = common::free_port();
     let mut forward = cluster
         .c4m_command(&["port-forward", "web", &format!("{local}:8080")])
@@ -243,10 +267,10 @@ spec:
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // Kept open: a Go program writing to a closed stdout dies of SIGPIPE.
+    let mut output = BufReader::new(forward.stdout.take().unwrap());
     let mut announced = String::new();
-    BufReader::new(forward.stdout.take().unwrap())
-        .read_line(&mut announced)
-        .unwrap();
+    output.read_line(&mut announced).unwrap();
     assert_eq!(
         announced,
         format!("Forwarding from 127.0.0.1:{local} -> 8080\n")
@@ -267,4 +291,22 @@ spec:
         message.contains("declares no TCP containerPort 9999"),
         "{message}"
     );
+}
+
+/// Three HTTP GETs through a forwarded local port.
+fn http_through(local: u16) -> Vec<Option<(u16, String)>> {
+    (0..3)
+        .map(|_| common::http_get(&format!("127.0.0.1:{local}"), "/"))
+        .collect()
+}
+
+/// Each answer came from the c4m-demo instance named `forwarded`.
+fn assert_answers(answers: &[Option<(u16, String)>], forwarder_stderr: &str) {
+    for answer in answers {
+        let Some((code, body)) = answer else {
+            panic!("no answer through the forwarded port; the forwarder said: {forwarder_stderr}");
+        };
+        assert_eq!(*code, 200, "{body}");
+        assert!(body.contains("forwarded"), "{body}");
+    }
 }

@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use c4m_api::stream::{self as channel, ExecQuery};
 use c4m_core::{ExecRequest, ExecSession};
-use futures::stream::SplitSink;
+use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -68,9 +68,27 @@ fn normal_close() -> Message {
     }))
 }
 
-async fn finish(sink: &mut Sink, status: serde_json::Value) {
-    send(sink, channel::ERROR, status.to_string().as_bytes()).await;
+/// How long a closed stream waits for the client's close.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
+/// Closes the stream, then reads until the client closes too: dropping
+/// the connection with its messages unread would reset it, and the client
+/// would lose what it has not read yet (the exit status).
+async fn close(mut sink: Sink, mut incoming: SplitStream<WebSocket>) {
     let _ = sink.send(normal_close()).await;
+    let _ = tokio::time::timeout(CLOSE_WAIT, async {
+        while let Some(Ok(message)) = incoming.next().await {
+            if matches!(message, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+async fn finish(mut sink: Sink, incoming: SplitStream<WebSocket>, status: serde_json::Value) {
+    send(&mut sink, channel::ERROR, status.to_string().as_bytes()).await;
+    close(sink, incoming).await;
 }
 
 async fn exec_session(
@@ -93,7 +111,7 @@ async fn exec_session(
     {
         Ok(session) => session,
         Err(e) => {
-            finish(&mut sink, channel::failure_status(&e.to_string())).await;
+            finish(sink, incoming, channel::failure_status(&e.to_string())).await;
             return;
         }
     };
@@ -199,7 +217,7 @@ async fn exec_session(
         Some(Err(e)) => channel::failure_status(&e.to_string()),
         None => return,
     };
-    finish(&mut sink, status).await;
+    finish(sink, incoming, status).await;
 }
 
 /// `GET .../portforward?ports=..`, upgraded to WebSocket: one TCP
@@ -307,5 +325,5 @@ async fn forward_session(
             _ = shutdown.cancelled() => break,
         }
     }
-    let _ = sink.send(normal_close()).await;
+    close(sink, incoming).await;
 }

@@ -293,6 +293,32 @@ pub fn port_header(channel: u8, port: u16) -> Vec<u8> {
     frame(channel, &port.to_le_bytes())
 }
 
+/// The data channel of a one-port forward.
+pub const PORT_DATA: u8 = 0;
+/// The error channel of a one-port forward.
+pub const PORT_ERROR: u8 = 1;
+
+/// The client side of a one-port forward: drops the port header that
+/// starts each of its two channels.
+#[derive(Debug, Default)]
+pub struct PortForwardReader {
+    headers_seen: [bool; 2],
+}
+
+impl PortForwardReader {
+    /// The channel ([`PORT_DATA`] or [`PORT_ERROR`]) and data of a
+    /// message; `None` for a port header or another channel.
+    pub fn read<'a>(&mut self, message: &'a [u8]) -> Option<(u8, &'a [u8])> {
+        let (channel, data) = split_frame(message)?;
+        let seen = self.headers_seen.get_mut(usize::from(channel))?;
+        if !*seen {
+            *seen = true;
+            return None;
+        }
+        Some((channel, data))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -377,5 +403,21 @@ mod tests {
         assert_eq!(port_data_channel(2), 4);
         // 8080 = 0x1f90, little endian after the channel byte.
         assert_eq!(port_header(1, 8080), [1, 0x90, 0x1f]);
+
+        let mut reader = PortForwardReader::default();
+        assert_eq!(reader.read(&port_header(PORT_DATA, 8080)), None);
+        assert_eq!(reader.read(&port_header(PORT_ERROR, 8080)), None);
+        assert_eq!(reader.read(b"\x00hi"), Some((PORT_DATA, &b"hi"[..])));
+        // Two bytes after the header are data, not another header.
+        assert_eq!(
+            reader.read(b"\x00\x90\x1f"),
+            Some((PORT_DATA, &b"\x90\x1f"[..]))
+        );
+        assert_eq!(
+            reader.read(b"\x01refused"),
+            Some((PORT_ERROR, &b"refused"[..]))
+        );
+        assert_eq!(reader.read(b"\x02other"), None);
+        assert_eq!(reader.read(b""), None);
     }
 }

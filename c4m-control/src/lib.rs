@@ -35,6 +35,7 @@ mod scheduler;
 mod scheduler_policy;
 mod selector;
 mod server;
+mod spdy;
 mod streams;
 mod tls;
 

@@ -259,7 +259,7 @@ async fn forward(
         .await?;
     let (mut sink, mut incoming) = socket.split();
     let (mut read, mut write) = connection.into_split();
-    let mut headers_seen = [false; 2];
+    let mut reader = channel::PortForwardReader::default();
     let mut buf = vec![0u8; 32 * 1024];
     let mut local_open = true;
     loop {
@@ -268,7 +268,10 @@ async fn forward(
                 // The stream has no half-close: keep relaying the answer
                 // until the instance closes or the local side is gone.
                 0 => local_open = false,
-                n => sink.send(Message::Binary(channel::frame(0, &buf[..n]).into())).await?,
+                n => {
+                    let message = channel::frame(channel::PORT_DATA, &buf[..n]);
+                    sink.send(Message::Binary(message.into())).await?;
+                }
             },
             message = incoming.next() => {
                 let data = match message {
@@ -277,16 +280,10 @@ async fn forward(
                     Some(Ok(_)) => continue,
                     Some(Err(e)) => bail!("stream broke: {e}"),
                 };
-                let Some((id, data)) = channel::split_frame(&data) else { continue };
-                let Some(seen) = headers_seen.get_mut(usize::from(id)) else { continue };
-                if !*seen {
-                    *seen = true;
-                    continue;
-                }
-                if id == 0 {
-                    write.write_all(data).await?;
-                } else {
-                    bail!("{}", String::from_utf8_lossy(data));
+                match reader.read(&data) {
+                    Some((channel::PORT_DATA, data)) => write.write_all(data).await?,
+                    Some((_, message)) => bail!("{}", String::from_utf8_lossy(message)),
+                    None => {}
                 }
             }
         }
