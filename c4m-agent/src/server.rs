@@ -57,12 +57,12 @@ async fn authenticate(
     next.run(request).await
 }
 
-/// The instance `ns/name` on this node, or a 404 saying it is not here.
+/// The instance `ns/name` on this node, or the 404 saying it is not here.
 pub(crate) fn placement_of(
     state: &ServerState,
     ns: &str,
     name: &str,
-) -> Result<Placement, Response> {
+) -> Result<Placement, Box<Response>> {
     let placement = state
         .directory
         .lock()
@@ -70,11 +70,8 @@ pub(crate) fn placement_of(
         .get(&(ns.to_string(), name.to_string()))
         .cloned();
     placement.ok_or_else(|| {
-        (
-            StatusCode::NOT_FOUND,
-            format!("instance {ns}/{name} does not run on this node\n"),
-        )
-            .into_response()
+        let message = format!("instance {ns}/{name} does not run on this node\n");
+        Box::new((StatusCode::NOT_FOUND, message).into_response())
     })
 }
 
@@ -115,7 +112,7 @@ async fn log(
 ) -> Response {
     let placement = match placement_of(&state, &ns, &name) {
         Ok(placement) => placement,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let options = match log_options(&query) {
         Ok(options) => options,

@@ -40,7 +40,7 @@ pub(crate) async fn exec(
     };
     let placement = match placement_of(&state, &ns, &name) {
         Ok(placement) => placement,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let upgrade = upgrade.protocols(channel::EXEC_PROTOCOLS);
     let v5 = upgrade
@@ -234,7 +234,7 @@ pub(crate) async fn port_forward(
     };
     let placement = match placement_of(&state, &ns, &name) {
         Ok(placement) => placement,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let status = match placement.runtime.status(&placement.id).await {
         Ok(status) => status,

@@ -173,10 +173,7 @@ impl Pty {
         let flags = rustix::fs::fcntl_getfl(&master)?;
         rustix::fs::fcntl_setfl(&master, flags | OFlags::NONBLOCK)?;
         set_size(&master, DEFAULT_SIZE)?;
-        Ok(Pty {
-            master: master.into(),
-            slave: slave.into(),
-        })
+        Ok(Pty { master, slave })
     }
 
     fn slave_stdio(&self) -> Result<Stdio> {
