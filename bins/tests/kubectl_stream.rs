@@ -239,53 +239,19 @@ spec:
     ));
     assert_terminal_session(&tty);
 
-    // kubectl port-forward: HTTP GETs through the local port reach the
-    // instance, one forwarded connection each.
+    // kubectl port-forward, then c4m port-forward: HTTP GETs through the
+    // local port reach the instance, one forwarded connection each.
     let kubectl = Kubectl::for_cluster(&cluster);
     let local = common::free_port();
-    let mut forward = kubectl
-        .command(&["port-forward", "pod/web", &format!("{local}:8080")])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Kept open: a Go program writing to a closed stdout dies of SIGPIPE.
-    let mut output = BufReader::new(forward.stdout.take().unwrap());
-    let mut announced = String::new();
-    output.read_line(&mut announced).unwrap();
-    assert_eq!(
-        announced,
-        format!("Forwarding from 127.0.0.1:{local} -> 8080\n")
+    forward_and_get(
+        kubectl.command(&["port-forward", "pod/web", &format!("{local}:8080")]),
+        local,
     );
-    let answers = http_through(local);
-    forward.kill().unwrap();
-    let stderr = forward.wait_with_output().unwrap().stderr;
-    assert_answers(&answers, &String::from_utf8_lossy(&stderr));
-
-    // c4m port-forward.
     let local = common::free_port();
-    let mut forward = cluster
-        .c4m_command(&["port-forward", "web", &format!("{local}:8080")])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Kept open: a Go program writing to a closed stdout dies of SIGPIPE.
-    let mut output = BufReader::new(forward.stdout.take().unwrap());
-    let mut announced = String::new();
-    output.read_line(&mut announced).unwrap();
-    assert_eq!(
-        announced,
-        format!("Forwarding from 127.0.0.1:{local} -> 8080\n")
+    forward_and_get(
+        cluster.c4m_command(&["port-forward", "web", &format!("{local}:8080")]),
+        local,
     );
-    for _ in 0..3 {
-        let (code, body) = common::http_get(&format!("127.0.0.1:{local}"), "/")
-            .expect("an answer through the forwarded port");
-        assert_eq!(code, 200, "{body}");
-        assert!(body.contains("forwarded"), "{body}");
-    }
-    forward.kill().unwrap();
-    forward.wait().unwrap();
     // A port the instance does not declare is refused up front.
     let refused = cluster.c4m(&["port-forward", "web", "9999"]);
     assert!(!refused.status.success());
@@ -296,20 +262,35 @@ spec:
     );
 }
 
-/// Three HTTP GETs through a forwarded local port.
-fn http_through(local: u16) -> Vec<Option<(u16, String)>> {
-    (0..3)
+/// Starts a port forwarder to the c4m-demo instance named `forwarded`
+/// on `local`, then insists three HTTP GETs through it reach the instance.
+fn forward_and_get(mut command: Command, local: u16) {
+    let mut forward = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Kept open: a Go program writing to a closed stdout dies of SIGPIPE.
+    let mut output = BufReader::new(forward.stdout.take().unwrap());
+    let mut announced = String::new();
+    output.read_line(&mut announced).unwrap();
+    assert_eq!(
+        announced,
+        format!("Forwarding from 127.0.0.1:{local} -> 8080\n")
+    );
+    let answers: Vec<_> = (0..3)
         .map(|_| common::http_get(&format!("127.0.0.1:{local}"), "/"))
-        .collect()
-}
-
-/// Each answer came from the c4m-demo instance named `forwarded`.
-fn assert_answers(answers: &[Option<(u16, String)>], forwarder_stderr: &str) {
+        .collect();
+    forward.kill().unwrap();
+    let stderr = forward.wait_with_output().unwrap().stderr;
     for answer in answers {
         let Some((code, body)) = answer else {
-            panic!("no answer through the forwarded port; the forwarder said: {forwarder_stderr}");
+            panic!(
+                "no answer through the forwarded port; the forwarder said: {}",
+                String::from_utf8_lossy(&stderr)
+            );
         };
-        assert_eq!(*code, 200, "{body}");
+        assert_eq!(code, 200, "{body}");
         assert!(body.contains("forwarded"), "{body}");
     }
 }

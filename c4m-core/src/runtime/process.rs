@@ -551,7 +551,8 @@ impl Inner {
         Ok(child)
     }
 
-    async fn exec(&self, id: &str, argv: &[String], timeout: Duration) -> Result<ExecOutput> {
+    /// The record of a running container, for an exec.
+    async fn running(&self, id: &str) -> Result<Record> {
         let record = self.load_existing(id).await?;
         let record = self.observe(id, record).await?;
         if record.exit.is_some() {
@@ -560,6 +561,11 @@ impl Inner {
                 message: "cannot exec: container is not running".into(),
             });
         }
+        Ok(record)
+    }
+
+    async fn exec(&self, id: &str, argv: &[String], timeout: Duration) -> Result<ExecOutput> {
+        let record = self.running(id).await?;
         let child = self
             .spawn_in_container(
                 &record.spec,

@@ -29,14 +29,7 @@ impl Inner {
         id: &str,
         request: ExecRequest,
     ) -> Result<ExecSession> {
-        let record = self.load_existing(id).await?;
-        let record = self.observe(id, record).await?;
-        if record.exit.is_some() {
-            return Err(Error::Runtime {
-                id: id.to_string(),
-                message: "cannot exec: container is not running".into(),
-            });
-        }
+        let record = self.running(id).await?;
         let argv = &request.command;
         if request.tty {
             let pty = Pty::open().map_err(|e| Error::io("open a pseudo-terminal", e))?;
