@@ -130,9 +130,22 @@ impl LineTimes {
         times
     }
 
+    /// Reads the records appended since the last read (the index only
+    /// grows, but for a log replaced from scratch, which starts it over).
     fn reload(&mut self) {
-        let bytes = std::fs::read(&self.path).unwrap_or_default();
-        self.records = bytes.chunks_exact(RECORD).map(decode).collect();
+        let Ok(mut file) = std::fs::File::open(&self.path) else {
+            return;
+        };
+        let known = (self.records.len() * RECORD) as u64;
+        let length = file.metadata().map_or(0, |m| m.len());
+        if length < known {
+            self.records.clear();
+            return self.reload();
+        }
+        let mut bytes = Vec::new();
+        if file.seek(SeekFrom::Start(known)).is_ok() && file.read_to_end(&mut bytes).is_ok() {
+            self.records.extend(bytes.chunks_exact(RECORD).map(decode));
+        }
     }
 
     /// When the byte just before `end` was written: the first record at or
