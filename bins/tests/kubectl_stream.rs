@@ -90,9 +90,9 @@ fn kubectl_logs_and_exec() {
         followed.read_line(&mut line).unwrap();
         assert!(line.ends_with(&format!(" {expected}\n")), "{line:?}");
     }
-    // The first lines are more than a second old before the next is
-    // written, so --since=1s tells them apart.
-    std::thread::sleep(Duration::from_millis(1500));
+    // The first lines are three seconds old before the next is written,
+    // so --since=2s tells them apart.
+    std::thread::sleep(Duration::from_secs(3));
     let before_go = SystemTime::now();
     std::fs::write(&go, "").unwrap();
     line.clear();
@@ -103,10 +103,16 @@ fn kubectl_logs_and_exec() {
     follow.kill().unwrap();
     follow.wait().unwrap();
     // --since: only what was written after the go.
-    let since = kubectl.ok(&["logs", "talker", "--since=1s"]);
+    let since = kubectl.ok(&["logs", "talker", "--since=2s"]);
     assert_eq!(since, "after\n");
+    assert_eq!(cluster.ok(&["logs", "talker", "--since", "2s"]), "after\n");
     let since = kubectl.ok(&["logs", "talker", "--since=1h"]);
     assert_eq!(since, "one\ntwo\nthree\nafter\n");
+    // c4m logs says the same, with the same times.
+    assert_eq!(
+        cluster.ok(&["logs", "talker", "--timestamps", "--since", "1h"]),
+        kubectl.ok(&["logs", "talker", "--timestamps"])
+    );
 
     // exec: output, stderr and the exit code propagated.
     assert_eq!(

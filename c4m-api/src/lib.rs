@@ -23,7 +23,7 @@ pub mod agent {
 }
 
 pub use client::{
-    Client, Credentials, SCHEDULER_POLICY_HISTORY_PATH, SCHEDULER_POLICY_PATH,
+    Client, Credentials, LogQuery, SCHEDULER_POLICY_HISTORY_PATH, SCHEDULER_POLICY_PATH,
     TLS_CERTIFICATE_PATH, bearer_matches, object_path,
 };
 pub use error::{Error, Result};
