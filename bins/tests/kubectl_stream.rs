@@ -65,6 +65,12 @@ fn kubectl_logs_and_exec() {
     // --tail, --timestamps (real write times, in order), -c.
     assert_eq!(kubectl.ok(&["logs", "talker", "--tail=2"]), "two\nthree\n");
     assert_eq!(
+        kubectl.ok(&["logs", "talker", "--limit-bytes=6"]),
+        "one\ntw"
+    );
+    let previous = kubectl.fails(&["logs", "talker", "--previous"]);
+    assert!(previous.contains("previous run is not kept"), "{previous}");
+    assert_eq!(
         kubectl.ok(&["logs", "talker", "-c", "talker"]),
         "one\ntwo\nthree\n"
     );

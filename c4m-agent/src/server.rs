@@ -12,8 +12,10 @@ use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use bytes::Bytes;
 use c4m_core::LogOptions;
 use futures::StreamExt;
+use futures::stream::BoxStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::supervisor::{Directory, Placement};
@@ -76,8 +78,9 @@ pub(crate) fn placement_of(
 }
 
 /// Kubernetes' log parameters: `follow`, `tailLines`, `timestamps`,
-/// `sinceSeconds` or `sinceTime` (RFC 3339).
-fn log_options(query: &HashMap<String, String>) -> Result<LogOptions, String> {
+/// `sinceSeconds` or `sinceTime` (RFC 3339), and `limitBytes` (returned
+/// beside the options: every driver's stream is cut the same way).
+fn log_options(query: &HashMap<String, String>) -> Result<(LogOptions, Option<u64>), String> {
     let flag = |key: &str| query.get(key).is_some_and(|f| f == "true" || f == "1");
     let number = |key: &str| {
         query
@@ -97,12 +100,44 @@ fn log_options(query: &HashMap<String, String>) -> Result<LogOptions, String> {
         ),
         (None, None) => None,
     };
-    Ok(LogOptions {
+    if flag("previous") {
+        return Err("the output of a previous run is not kept apart: omit previous".into());
+    }
+    let options = LogOptions {
         follow: flag("follow"),
         tail_lines: number("tailLines")?.map(|n| n as usize),
         since,
         timestamps: flag("timestamps"),
+    };
+    Ok((options, number("limitBytes")?.filter(|n| *n > 0)))
+}
+
+/// Ends `stream` after `limit` bytes, if there is a limit.
+fn limit_bytes(
+    stream: BoxStream<'static, c4m_core::Result<Bytes>>,
+    limit: Option<u64>,
+) -> BoxStream<'static, c4m_core::Result<Bytes>> {
+    let Some(limit) = limit else {
+        return stream;
+    };
+    // Checked before polling: a followed log ends as soon as the limit is
+    // reached, not when the container next writes.
+    futures::stream::unfold((stream, limit), |(mut stream, remaining)| async move {
+        if remaining == 0 {
+            return None;
+        }
+        match stream.next().await? {
+            Ok(mut bytes) => {
+                let keep = bytes
+                    .len()
+                    .min(usize::try_from(remaining).unwrap_or(usize::MAX));
+                bytes.truncate(keep);
+                Some((Ok(bytes), (stream, remaining - keep as u64)))
+            }
+            Err(e) => Some((Err(e), (stream, 0))),
+        }
     })
+    .boxed()
 }
 
 async fn log(
@@ -114,13 +149,13 @@ async fn log(
         Ok(placement) => placement,
         Err(response) => return *response,
     };
-    let options = match log_options(&query) {
+    let (options, limit) = match log_options(&query) {
         Ok(options) => options,
         Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
     };
     match placement.runtime.logs(&placement.id, options).await {
         Ok(stream) => {
-            let body = stream
+            let body = limit_bytes(stream, limit)
                 .map(|chunk| chunk.map_err(std::io::Error::other))
                 .take_until(state.shutdown.clone().cancelled_owned());
             Response::builder()

@@ -34,12 +34,14 @@ type Shared = State<Arc<ApiState>>;
 const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The query parameters of a log request passed on to the agent.
-const LOG_PARAMETERS: [&str; 5] = [
+const LOG_PARAMETERS: [&str; 7] = [
     "follow",
     "tailLines",
     "timestamps",
     "sinceSeconds",
     "sinceTime",
+    "limitBytes",
+    "previous",
 ];
 
 /// The instance's node and the URL of that node's agent.
