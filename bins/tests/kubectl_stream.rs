@@ -154,6 +154,23 @@ fn kubectl_logs_and_exec() {
     let cat = cat.wait_with_output().unwrap();
     assert!(cat.status.success(), "{cat:?}");
     assert_eq!(String::from_utf8_lossy(&cat.stdout), "piped\ndone\n");
+    // Megabytes both ways.
+    let big = kubectl.run(&["exec", "talker", "--", "head", "-c", "3000000", "/dev/zero"]);
+    assert!(big.status.success(), "{:?}", big.status);
+    assert_eq!(big.stdout.len(), 3_000_000);
+    let mut count = kubectl
+        .command(&["exec", "-i", "talker", "--", "wc", "-c"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = count.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        std::io::Write::write_all(&mut stdin, &vec![b'x'; 2_000_000]).unwrap();
+    });
+    let counted = count.wait_with_output().unwrap();
+    writer.join().unwrap();
+    assert_eq!(String::from_utf8_lossy(&counted.stdout).trim(), "2000000");
     // An instance that does not exist.
     let missing = kubectl.fails(&["exec", "nothing", "--", "true"]);
     assert!(missing.contains("not found"), "{missing}");
@@ -264,6 +281,54 @@ spec:
         cluster.c4m_command(&["port-forward", "web", &format!("{local}:8080")]),
         local,
     );
+    // Megabytes both ways through kubectl's SPDY: an instance that reads
+    // 2,000,000 bytes, then answers 3,000,000.
+    cluster.apply(&format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: bulk, labels: {{app: bulk}}}}
+spec:
+  containers:
+    - name: bulk
+      command: ["python3", "-c", {BULK_SERVER:?}]
+      ports: [{{name: bulk, containerPort: 9000}}]
+      readinessProbe:
+        tcpSocket: {{port: bulk}}
+        periodSeconds: 1
+"#
+    ));
+    cluster.wait_ready("app=bulk", 1, Duration::from_secs(30));
+    let local = common::free_port();
+    let mut forward = kubectl
+        .command(&["port-forward", "pod/bulk", &format!("{local}:9000")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut output = BufReader::new(forward.stdout.take().unwrap());
+    let mut announced = String::new();
+    output.read_line(&mut announced).unwrap();
+    let mut connection = std::net::TcpStream::connect(("127.0.0.1", local)).unwrap();
+    connection
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    std::io::Write::write_all(&mut connection, &vec![b'u'; 2_000_000]).unwrap();
+    let mut answer = Vec::new();
+    let read = std::io::Read::read_to_end(&mut connection, &mut answer);
+    forward.kill().unwrap();
+    let stderr = forward.wait_with_output().unwrap().stderr;
+    assert!(
+        read.is_ok(),
+        "{read:?}: {}",
+        String::from_utf8_lossy(&stderr)
+    );
+    assert_eq!(
+        answer.len(),
+        3_000_000,
+        "{}",
+        String::from_utf8_lossy(&stderr)
+    );
+
     // A port the instance does not declare is refused up front.
     let refused = cluster.c4m(&["port-forward", "web", "9999"]);
     assert!(!refused.status.success());
@@ -273,6 +338,26 @@ spec:
         "{message}"
     );
 }
+
+/// A TCP server on `$PORT`: per connection, reads 2,000,000 bytes, then
+/// sends 3,000,000 and closes (probes connect and leave: nothing for them).
+const BULK_SERVER: &str = "import os, socket
+server = socket.create_server(('127.0.0.1', int(os.environ['PORT'])))
+while True:
+    connection, _ = server.accept()
+    try:
+        received = 0
+        while received < 2000000:
+            chunk = connection.recv(65536)
+            if not chunk:
+                break
+            received += len(chunk)
+        if received == 2000000:
+            connection.sendall(b'd' * 3000000)
+    except OSError:
+        pass
+    connection.close()
+";
 
 /// Starts a port forwarder to the c4m-demo instance named `forwarded`
 /// on `local`, then insists three HTTP GETs through it reach the instance.
