@@ -272,17 +272,13 @@ spec:
     // local port reach the instance, one forwarded connection each.
     let kubectl = Kubectl::for_cluster(&cluster);
     let local = common::free_port();
-    forward_and_get(
-        kubectl.command(&["port-forward", "pod/web", &format!("{local}:8080")]),
-        local,
-    );
+    let command = kubectl.command(&["port-forward", "pod/web", &format!("{local}:8080")]);
+    assert_http_through(Forwarder::start(command, local, 8080));
     let local = common::free_port();
-    forward_and_get(
-        cluster.c4m_command(&["port-forward", "web", &format!("{local}:8080")]),
-        local,
-    );
-    // Megabytes both ways through kubectl's SPDY: an instance that reads
-    // 2,000,000 bytes, then answers 3,000,000.
+    let command = cluster.c4m_command(&["port-forward", "web", &format!("{local}:8080")]);
+    assert_http_through(Forwarder::start(command, local, 8080));
+
+    // Megabytes both ways, through each.
     cluster.apply(&format!(
         r#"apiVersion: v1
 kind: Pod
@@ -299,35 +295,11 @@ spec:
     ));
     cluster.wait_ready("app=bulk", 1, Duration::from_secs(30));
     let local = common::free_port();
-    let mut forward = kubectl
-        .command(&["port-forward", "pod/bulk", &format!("{local}:9000")])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut output = BufReader::new(forward.stdout.take().unwrap());
-    let mut announced = String::new();
-    output.read_line(&mut announced).unwrap();
-    let mut connection = std::net::TcpStream::connect(("127.0.0.1", local)).unwrap();
-    connection
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    std::io::Write::write_all(&mut connection, &vec![b'u'; 2_000_000]).unwrap();
-    let mut answer = Vec::new();
-    let read = std::io::Read::read_to_end(&mut connection, &mut answer);
-    forward.kill().unwrap();
-    let stderr = forward.wait_with_output().unwrap().stderr;
-    assert!(
-        read.is_ok(),
-        "{read:?}: {}",
-        String::from_utf8_lossy(&stderr)
-    );
-    assert_eq!(
-        answer.len(),
-        3_000_000,
-        "{}",
-        String::from_utf8_lossy(&stderr)
-    );
+    let command = kubectl.command(&["port-forward", "pod/bulk", &format!("{local}:9000")]);
+    assert_bulk_through(Forwarder::start(command, local, 9000));
+    let local = common::free_port();
+    let command = cluster.c4m_command(&["port-forward", "bulk", &format!("{local}:9000")]);
+    assert_bulk_through(Forwarder::start(command, local, 9000));
 
     // A port the instance does not declare is refused up front.
     let refused = cluster.c4m(&["port-forward", "web", "9999"]);
@@ -359,35 +331,72 @@ while True:
     connection.close()
 ";
 
-/// Starts a port forwarder to the c4m-demo instance named `forwarded`
-/// on `local`, then insists three HTTP GETs through it reach the instance.
-fn forward_and_get(mut command: Command, local: u16) {
-    let mut forward = command
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Kept open: a Go program writing to a closed stdout dies of SIGPIPE.
-    let mut output = BufReader::new(forward.stdout.take().unwrap());
-    let mut announced = String::new();
-    output.read_line(&mut announced).unwrap();
-    assert_eq!(
-        announced,
-        format!("Forwarding from 127.0.0.1:{local} -> 8080\n")
-    );
+/// A running port forwarder (kubectl or c4m) on a local port.
+struct Forwarder {
+    child: std::process::Child,
+    /// Kept open: a Go program writing to a closed stdout dies of SIGPIPE.
+    _stdout: BufReader<std::process::ChildStdout>,
+    local: u16,
+}
+
+impl Forwarder {
+    /// Starts `command` (which forwards `local` to `remote`) and waits
+    /// until it says it listens.
+    fn start(mut command: Command, local: u16, remote: u16) -> Forwarder {
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut announced = String::new();
+        stdout.read_line(&mut announced).unwrap();
+        assert_eq!(
+            announced,
+            format!("Forwarding from 127.0.0.1:{local} -> {remote}\n")
+        );
+        Forwarder {
+            child,
+            _stdout: stdout,
+            local,
+        }
+    }
+
+    /// Stops it; what it said on stderr.
+    fn stop(mut self) -> String {
+        self.child.kill().unwrap();
+        let stderr = self.child.wait_with_output().unwrap().stderr;
+        String::from_utf8_lossy(&stderr).into_owned()
+    }
+}
+
+/// Three HTTP GETs through `forwarder` reach the c4m-demo instance named
+/// `forwarded`.
+fn assert_http_through(forwarder: Forwarder) {
     let answers: Vec<_> = (0..3)
-        .map(|_| common::http_get(&format!("127.0.0.1:{local}"), "/"))
+        .map(|_| common::http_get(&format!("127.0.0.1:{}", forwarder.local), "/"))
         .collect();
-    forward.kill().unwrap();
-    let stderr = forward.wait_with_output().unwrap().stderr;
+    let said = forwarder.stop();
     for answer in answers {
         let Some((code, body)) = answer else {
-            panic!(
-                "no answer through the forwarded port; the forwarder said: {}",
-                String::from_utf8_lossy(&stderr)
-            );
+            panic!("no answer through the forwarded port; the forwarder said: {said}");
         };
         assert_eq!(code, 200, "{body}");
         assert!(body.contains("forwarded"), "{body}");
     }
+}
+
+/// Through `forwarder` to [`BULK_SERVER`]: 2,000,000 bytes up, then
+/// 3,000,000 down.
+fn assert_bulk_through(forwarder: Forwarder) {
+    let mut connection = std::net::TcpStream::connect(("127.0.0.1", forwarder.local)).unwrap();
+    connection
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    std::io::Write::write_all(&mut connection, &vec![b'u'; 2_000_000]).unwrap();
+    let mut answer = Vec::new();
+    let read = std::io::Read::read_to_end(&mut connection, &mut answer);
+    let said = forwarder.stop();
+    assert!(read.is_ok(), "{read:?}: {said}");
+    assert_eq!(answer.len(), 3_000_000, "{said}");
 }

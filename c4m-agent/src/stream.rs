@@ -137,6 +137,36 @@ async fn exec_session(
     });
     let mut input = writer.is_some().then_some(input);
 
+    // Client to command: stdin, resizes, the end of stdin. Its own future,
+    // so a command that does not read stdin never holds up its output.
+    let upstream = async {
+        while let Some(Ok(message)) = incoming.next().await {
+            let data = match message {
+                Message::Binary(data) => data,
+                Message::Close(_) => break,
+                _ => continue,
+            };
+            match channel::split_frame(&data) {
+                Some((channel::STDIN, data)) => {
+                    if let Some(input) = &input {
+                        let _ = input.send(Bytes::copy_from_slice(data)).await;
+                    }
+                }
+                Some((channel::RESIZE, data)) => {
+                    if let (Some(resize), Some(size)) = (&resize, channel::parse_resize(data))
+                        && let Err(e) = resize(size)
+                    {
+                        tracing::debug!(error = %e, "resize failed");
+                    }
+                }
+                Some((channel::CLOSE, [channel::STDIN])) if v5 => input = None,
+                _ => {}
+            }
+        }
+    };
+
+    // Command to client: its output, then its exit status. `false` when
+    // the client is gone.
     let output = |reader: std::pin::Pin<Box<dyn AsyncRead + Send>>, id: u8, wanted: bool| {
         ReaderStream::new(reader).map(move |chunk| (id, wanted, chunk))
     };
@@ -147,77 +177,56 @@ async fn exec_session(
             None => futures::stream::empty().boxed(),
         },
     );
-    let mut exit_code: Option<c4m_core::Result<i32>> = None;
-    let mut outputs_done = false;
-    let mut client_gone = false;
-    let drain_deadline = tokio::time::sleep(Duration::MAX);
-    tokio::pin!(drain_deadline);
-    loop {
-        if outputs_done && exit_code.is_some() {
-            break;
-        }
-        tokio::select! {
-            chunk = outputs.next(), if !outputs_done => match chunk {
-                Some((id, wanted, Ok(data))) => {
-                    if wanted && !send(&mut sink, id, &data).await {
-                        client_gone = true;
-                        break;
-                    }
-                }
-                Some((_, _, Err(e))) => {
-                    tracing::debug!(error = %e, "exec output ended with an error");
-                }
-                None => outputs_done = true,
-            },
-            message = incoming.next(), if !client_gone => match message {
-                Some(Ok(Message::Binary(data))) => match channel::split_frame(&data) {
-                    Some((channel::STDIN, data)) => {
-                        if let Some(input) = &input {
-                            let _ = input.send(Bytes::copy_from_slice(data)).await;
+    let downstream = async {
+        let mut exit_code: Option<c4m_core::Result<i32>> = None;
+        let mut outputs_done = false;
+        let drain_deadline = tokio::time::sleep(Duration::MAX);
+        tokio::pin!(drain_deadline);
+        while !(outputs_done && exit_code.is_some()) {
+            tokio::select! {
+                chunk = outputs.next(), if !outputs_done => match chunk {
+                    Some((id, wanted, Ok(data))) => {
+                        if wanted && !send(&mut sink, id, &data).await {
+                            return false;
                         }
                     }
-                    Some((channel::RESIZE, data)) => {
-                        if let (Some(resize), Some(size)) = (&resize, channel::parse_resize(data))
-                            && let Err(e) = resize(size)
-                        {
-                            tracing::debug!(error = %e, "resize failed");
-                        }
+                    Some((_, _, Err(e))) => {
+                        tracing::debug!(error = %e, "exec output ended with an error");
                     }
-                    Some((channel::CLOSE, [channel::STDIN])) if v5 => input = None,
-                    _ => {}
+                    None => outputs_done = true,
                 },
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
-                    client_gone = true;
-                    break;
+                code = &mut exit, if exit_code.is_none() => {
+                    exit_code = Some(code);
+                    drain_deadline.as_mut().reset(tokio::time::Instant::now() + DRAIN_AFTER_EXIT);
                 }
-                Some(Ok(_)) => {}
-            },
-            code = &mut exit, if exit_code.is_none() => {
-                exit_code = Some(code);
-                drain_deadline.as_mut().reset(tokio::time::Instant::now() + DRAIN_AFTER_EXIT);
-            }
-            _ = &mut drain_deadline, if exit_code.is_some() => outputs_done = true,
-            _ = shutdown.cancelled() => {
-                client_gone = true;
-                break;
+                _ = &mut drain_deadline, if exit_code.is_some() => outputs_done = true,
             }
         }
+        let status = match exit_code {
+            Some(Ok(code)) => channel::exit_status(code),
+            Some(Err(e)) => channel::failure_status(&e.to_string()),
+            None => return false,
+        };
+        send(&mut sink, channel::ERROR, status.to_string().as_bytes()).await;
+        let _ = sink.send(normal_close()).await;
+        true
+    };
+    tokio::pin!(upstream, downstream);
+    tokio::select! {
+        _ = &mut upstream => {}
+        finished = &mut downstream => {
+            if finished {
+                // Wait for the client's close (see `close`).
+                let _ = tokio::time::timeout(CLOSE_WAIT, &mut upstream).await;
+            }
+        }
+        _ = shutdown.cancelled() => {}
     }
-    drop(input);
     if let Some(writer) = writer {
         writer.abort();
     }
-    // Dropping `exit` unfinished kills the command (the client left).
-    drop(exit);
-    if client_gone {
-        return;
-    }
-    let status = match exit_code {
-        Some(Ok(code)) => channel::exit_status(code),
-        Some(Err(e)) => channel::failure_status(&e.to_string()),
-        None => return,
-    };
-    finish(sink, incoming, status).await;
+    // Returning drops `exit`: unfinished, that kills the command (the
+    // client left, or the agent stops).
 }
 
 /// `GET .../portforward?ports=..`, upgraded to WebSocket: one TCP
@@ -295,35 +304,49 @@ async fn forward_session(
             }
         }
     }
-    loop {
-        tokio::select! {
-            chunk = readers.next() => match chunk {
-                Some((id, Ok(data))) => {
-                    if !send(&mut sink, id, &data).await {
-                        return;
-                    }
-                }
-                // A connection the instance closed (or broke) ends the session.
-                Some((_, Err(_))) | None => break,
-            },
-            message = incoming.next() => match message {
-                Some(Ok(Message::Binary(data))) => {
-                    let Some((id, data)) = channel::split_frame(&data) else { continue };
-                    let writer = (id % 2 == 0)
-                        .then(|| writers.get_mut(usize::from(id / 2)))
-                        .flatten()
-                        .and_then(Option::as_mut);
-                    if let Some(writer) = writer
-                        && writer.write_all(data).await.is_err()
-                    {
-                        break;
-                    }
-                }
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
-                Some(Ok(_)) => {}
-            },
-            _ = shutdown.cancelled() => break,
+    // The two directions run apart, so one that waits (an instance not
+    // reading) never stops the other.
+    let downstream = async {
+        // Ends when the instance closes (or breaks) every connection.
+        while let Some((id, Ok(data))) = readers.next().await {
+            if !send(&mut sink, id, &data).await {
+                return false;
+            }
         }
+        let _ = sink.send(normal_close()).await;
+        true
+    };
+    let upstream = async {
+        while let Some(Ok(message)) = incoming.next().await {
+            let data = match message {
+                Message::Binary(data) => data,
+                Message::Close(_) => break,
+                _ => continue,
+            };
+            let Some((id, data)) = channel::split_frame(&data) else {
+                continue;
+            };
+            let writer = (id % 2 == 0)
+                .then(|| writers.get_mut(usize::from(id / 2)))
+                .flatten()
+                .and_then(Option::as_mut);
+            if let Some(writer) = writer
+                && writer.write_all(data).await.is_err()
+            {
+                // Read on: the client's close is still to come.
+                writers[usize::from(id / 2)] = None;
+            }
+        }
+    };
+    tokio::pin!(upstream, downstream);
+    tokio::select! {
+        _ = &mut upstream => {}
+        finished = &mut downstream => {
+            if finished {
+                // Wait for the client's close (see `close`).
+                let _ = tokio::time::timeout(CLOSE_WAIT, &mut upstream).await;
+            }
+        }
+        _ = shutdown.cancelled() => {}
     }
-    close(sink, incoming).await;
 }

@@ -210,102 +210,113 @@ async fn spdy_session(
     shutdown: CancellationToken,
 ) {
     let (mut to_client, mut from_client) = client.split();
-    let mut codec = spdy::Codec::default();
+    // Everything for the client goes through one queue and its own
+    // writer, so reading the client (and feeding bridges, which may wait)
+    // never holds up what bridges send back.
     let (frames, mut queued) = mpsc::channel::<Vec<u8>>(64);
-    let mut forwards: HashMap<String, SpdyForward> = HashMap::new();
-    let mut request_of: HashMap<u32, String> = HashMap::new();
-    // Dropped with the session: every bridge ends with it.
-    let mut bridges = tokio::task::JoinSet::new();
-    'session: loop {
-        let bytes = tokio::select! {
-            message = from_client.next() => match message {
-                Some(Ok(Message::Binary(bytes))) => bytes,
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
-                Some(Ok(_)) => continue,
-            },
-            frame = queued.recv() => {
-                let Some(frame) = frame else { break };
-                if to_client.send(Message::Binary(frame.into())).await.is_err() {
-                    break;
-                }
-                continue;
-            }
-            _ = shutdown.cancelled() => break,
-        };
-        codec.push(&bytes);
-        loop {
-            let frame = match codec.next_frame() {
-                Ok(Some(frame)) => frame,
-                Ok(None) => break,
-                Err(e) => {
-                    tracing::debug!(error = %e, "port-forward session ends");
-                    break 'session;
-                }
-            };
-            let reply = match frame {
-                spdy::Frame::SynStream { stream, headers } => {
-                    let header = |name: &str| {
-                        headers
-                            .iter()
-                            .find(|(n, _)| n == name)
-                            .map(|(_, v)| v.as_str())
-                    };
-                    let request = header("requestid").unwrap_or_default().to_string();
-                    let forward = forwards.entry(request.clone()).or_default();
-                    match header("streamtype") {
-                        Some("data") => forward.data = Some(stream),
-                        Some("error") => forward.error = Some(stream),
-                        _ => {}
-                    }
-                    forward.port = header("port").and_then(|p| p.parse().ok());
-                    request_of.insert(stream, request);
-                    if let (Some(data), Some(error), Some(port), None) =
-                        (forward.data, forward.error, forward.port, &forward.input)
-                    {
-                        let (input, input_rx) = mpsc::channel(16);
-                        forward.input = Some(input);
-                        let bridge = SpdyBridge {
-                            url: format!("{agent_target}?ports={port}"),
-                            token: token.clone(),
-                            data,
-                            error,
-                        };
-                        bridges.spawn(bridge.run(input_rx, frames.clone()));
-                    }
-                    Some(codec.syn_reply(stream))
-                }
-                spdy::Frame::Data { stream, data, .. } => {
-                    let input = request_of
-                        .get(&stream)
-                        .and_then(|request| forwards.get(request))
-                        .filter(|forward| forward.data == Some(stream))
-                        .and_then(|forward| forward.input.clone());
-                    if let Some(input) = input
-                        && !data.is_empty()
-                    {
-                        let _ = input.send(data).await;
-                    }
-                    None
-                }
-                spdy::Frame::Reset { stream } => {
-                    // Dropping the bridge's input ends it.
-                    if let Some(request) = request_of.remove(&stream) {
-                        forwards.remove(&request);
-                    }
-                    None
-                }
-                spdy::Frame::Ping { id } => Some(spdy::ping(id)),
-                spdy::Frame::GoAway => break 'session,
-                spdy::Frame::Ignored => None,
-            };
-            if let Some(reply) = reply
-                && to_client.send(Message::Binary(reply.into())).await.is_err()
-            {
-                break 'session;
+    let writer = async move {
+        while let Some(frame) = queued.recv().await {
+            if to_client.send(Message::Binary(frame.into())).await.is_err() {
+                return;
             }
         }
+        let _ = to_client.send(normal_close()).await;
+    };
+    let reader = async move {
+        let mut codec = spdy::Codec::default();
+        let mut forwards: HashMap<String, SpdyForward> = HashMap::new();
+        let mut request_of: HashMap<u32, String> = HashMap::new();
+        // Dropped with the reader: every bridge ends with it, and then the
+        // writer (the queue closes).
+        let mut bridges = tokio::task::JoinSet::new();
+        'session: while let Some(Ok(message)) = from_client.next().await {
+            let bytes = match message {
+                Message::Binary(bytes) => bytes,
+                Message::Close(_) => break,
+                _ => continue,
+            };
+            codec.push(&bytes);
+            loop {
+                let frame = match codec.next_frame() {
+                    Ok(Some(frame)) => frame,
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "port-forward session ends");
+                        break 'session;
+                    }
+                };
+                let reply = match frame {
+                    spdy::Frame::SynStream { stream, headers } => {
+                        let header = |name: &str| {
+                            headers
+                                .iter()
+                                .find(|(n, _)| n == name)
+                                .map(|(_, v)| v.as_str())
+                        };
+                        let request = header("requestid").unwrap_or_default().to_string();
+                        let forward = forwards.entry(request.clone()).or_default();
+                        match header("streamtype") {
+                            Some("data") => forward.data = Some(stream),
+                            Some("error") => forward.error = Some(stream),
+                            _ => {}
+                        }
+                        forward.port = header("port").and_then(|p| p.parse().ok());
+                        request_of.insert(stream, request);
+                        if let (Some(data), Some(error), Some(port), None) =
+                            (forward.data, forward.error, forward.port, &forward.input)
+                        {
+                            let (input, input_rx) = mpsc::channel(16);
+                            forward.input = Some(input);
+                            let bridge = SpdyBridge {
+                                url: format!("{agent_target}?ports={port}"),
+                                token: token.clone(),
+                                data,
+                                error,
+                            };
+                            bridges.spawn(bridge.run(input_rx, frames.clone()));
+                        }
+                        Some(codec.syn_reply(stream))
+                    }
+                    spdy::Frame::Data { stream, data, .. } => {
+                        let input = request_of
+                            .get(&stream)
+                            .and_then(|request| forwards.get(request))
+                            .filter(|forward| forward.data == Some(stream))
+                            .and_then(|forward| forward.input.clone());
+                        if let Some(input) = input
+                            && !data.is_empty()
+                        {
+                            let _ = input.send(data).await;
+                        }
+                        None
+                    }
+                    spdy::Frame::Reset { stream } => {
+                        // Dropping the bridge's input ends it.
+                        if let Some(request) = request_of.remove(&stream) {
+                            forwards.remove(&request);
+                        }
+                        None
+                    }
+                    spdy::Frame::Ping { id } => Some(spdy::ping(id)),
+                    spdy::Frame::GoAway => break 'session,
+                    spdy::Frame::Ignored => None,
+                };
+                if let Some(reply) = reply
+                    && frames.send(reply).await.is_err()
+                {
+                    break 'session;
+                }
+            }
+        }
+    };
+    tokio::pin!(writer);
+    tokio::select! {
+        _ = reader => {
+            let _ = tokio::time::timeout(CLOSE_WAIT, &mut writer).await;
+        }
+        _ = &mut writer => {}
+        _ = shutdown.cancelled() => {}
     }
-    let _ = to_client.send(normal_close()).await;
 }
 
 /// One forwarded connection: SPDY streams on one side, an agent stream

@@ -259,35 +259,45 @@ async fn forward(
         .await?;
     let (mut sink, mut incoming) = socket.split();
     let (mut read, mut write) = connection.into_split();
-    let mut reader = channel::PortForwardReader::default();
-    let mut buf = vec![0u8; 32 * 1024];
-    let mut local_open = true;
-    loop {
-        tokio::select! {
-            n = read.read(&mut buf), if local_open => match n? {
-                // The stream has no half-close: keep relaying the answer
-                // until the instance closes or the local side is gone.
-                0 => local_open = false,
+    // The two directions run apart, so one that waits never stops the other.
+    let upstream = async {
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            match read.read(&mut buf).await? {
+                0 => return anyhow::Ok(()),
                 n => {
                     let message = channel::frame(channel::PORT_DATA, &buf[..n]);
                     sink.send(Message::Binary(message.into())).await?;
                 }
-            },
-            message = incoming.next() => {
-                let data = match message {
-                    Some(Ok(Message::Binary(data))) => data,
-                    Some(Ok(Message::Close(_))) | None => break,
-                    Some(Ok(_)) => continue,
-                    Some(Err(e)) => bail!("stream broke: {e}"),
-                };
-                match reader.read(&data) {
-                    Some((channel::PORT_DATA, data)) => write.write_all(data).await?,
-                    Some((_, message)) => bail!("{}", String::from_utf8_lossy(message)),
-                    None => {}
-                }
             }
         }
+    };
+    let downstream = async {
+        let mut reader = channel::PortForwardReader::default();
+        while let Some(message) = incoming.next().await {
+            let data = match message {
+                Ok(Message::Binary(data)) => data,
+                Ok(Message::Close(_)) => break,
+                Ok(_) => continue,
+                Err(e) => bail!("stream broke: {e}"),
+            };
+            match reader.read(&data) {
+                Some((channel::PORT_DATA, data)) => write.write_all(data).await?,
+                Some((_, message)) => bail!("{}", String::from_utf8_lossy(message)),
+                None => {}
+            }
+        }
+        write.shutdown().await.ok();
+        Ok(())
+    };
+    tokio::pin!(upstream, downstream);
+    tokio::select! {
+        result = &mut downstream => result,
+        // The stream has no half-close: after the local end of input the
+        // answer still flows until the instance closes.
+        result = &mut upstream => match result {
+            Ok(()) => downstream.await,
+            Err(e) => Err(e),
+        },
     }
-    write.shutdown().await.ok();
-    Ok(())
 }
