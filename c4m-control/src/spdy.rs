@@ -144,12 +144,15 @@ impl Codec {
         let mut input = block;
         loop {
             out.reserve(4096);
-            let before_in = self.inflate.total_in();
+            let (before_in, before_out) = (self.inflate.total_in(), out.len());
             let result = self
                 .inflate
                 .decompress_vec(input, &mut out, FlushDecompress::Sync);
             let consumed = (self.inflate.total_in() - before_in) as usize;
             input = &input[consumed..];
+            if consumed == 0 && out.len() == before_out && result.is_ok() && !input.is_empty() {
+                return Err("a SPDY header block does not inflate".into());
+            }
             match result {
                 Ok(Status::Ok | Status::BufError) if input.is_empty() => break,
                 Ok(Status::StreamEnd) => break,
@@ -481,5 +484,11 @@ mod tests {
         let mut codec = Codec::default();
         codec.push(&[0, 0, 0, 1, 0, 0xff, 0xff, 0xff]);
         assert!(codec.next_frame().unwrap_err().contains("too large"));
+        // A header block that is not a zlib stream.
+        let mut codec = Codec::default();
+        let mut frame = control_header(SYN_STREAM, 0, 14);
+        frame.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4]);
+        codec.push(&frame);
+        assert!(codec.next_frame().unwrap_err().contains("header block"));
     }
 }
