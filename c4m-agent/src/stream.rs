@@ -9,14 +9,12 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
 use c4m_api::stream::{self as channel, ExecQuery};
 use c4m_core::{ExecRequest, ExecSession};
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 use tokio_util::io::ReaderStream;
 use tokio_util::sync::CancellationToken;
 
@@ -123,22 +121,9 @@ async fn exec_session(
         mut exit,
     } = session;
 
-    // Input goes through its own task, so a command that does not read its
-    // stdin never stops its output from flowing.
-    let (input, mut input_rx) = mpsc::channel::<Bytes>(16);
-    let writer = stdin.map(|mut stdin| {
-        tokio::spawn(async move {
-            while let Some(data) = input_rx.recv().await {
-                if stdin.write_all(&data).await.is_err() {
-                    break;
-                }
-            }
-        })
-    });
-    let mut input = writer.is_some().then_some(input);
-
     // Client to command: stdin, resizes, the end of stdin. Its own future,
     // so a command that does not read stdin never holds up its output.
+    let mut stdin = stdin;
     let upstream = async {
         while let Some(Ok(message)) = incoming.next().await {
             let data = match message {
@@ -148,8 +133,10 @@ async fn exec_session(
             };
             match channel::split_frame(&data) {
                 Some((channel::STDIN, data)) => {
-                    if let Some(input) = &input {
-                        let _ = input.send(Bytes::copy_from_slice(data)).await;
+                    if let Some(input) = &mut stdin
+                        && input.write_all(data).await.is_err()
+                    {
+                        stdin = None;
                     }
                 }
                 Some((channel::RESIZE, data)) => {
@@ -159,7 +146,8 @@ async fn exec_session(
                         tracing::debug!(error = %e, "resize failed");
                     }
                 }
-                Some((channel::CLOSE, [channel::STDIN])) if v5 => input = None,
+                // Dropping stdin is its end of file.
+                Some((channel::CLOSE, [channel::STDIN])) if v5 => stdin = None,
                 _ => {}
             }
         }
@@ -221,9 +209,6 @@ async fn exec_session(
             }
         }
         _ = shutdown.cancelled() => {}
-    }
-    if let Some(writer) = writer {
-        writer.abort();
     }
     // Returning drops `exit`: unfinished, that kills the command (the
     // client left, or the agent stops).
