@@ -32,12 +32,9 @@ pub(crate) async fn exec(
     RawQuery(query): RawQuery,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    let query = match ExecQuery::parse(query.as_deref().unwrap_or_default()) {
-        Ok(query) => query,
-        Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
-    };
-    let placement = match placement_of(&state, &ns, &name) {
-        Ok(placement) => placement,
+    let parsed = ExecQuery::parse(query.as_deref().unwrap_or_default());
+    let (query, placement) = match stream_target(&state, &ns, &name, parsed) {
+        Ok(target) => target,
         Err(response) => return *response,
     };
     let upgrade = upgrade.protocols(channel::EXEC_PROTOCOLS);
@@ -87,6 +84,40 @@ async fn close(mut sink: Sink, mut incoming: SplitStream<WebSocket>) {
 async fn finish(mut sink: Sink, incoming: SplitStream<WebSocket>, status: serde_json::Value) {
     send(&mut sink, channel::ERROR, status.to_string().as_bytes()).await;
     close(sink, incoming).await;
+}
+
+/// Runs a stream's two directions until the client leaves (`upstream`
+/// ends), the agent stops, or `downstream` is done; when it closed the
+/// stream (`true`), waits for the client's close (see [`close`]).
+async fn both_directions(
+    upstream: impl Future<Output = ()>,
+    downstream: impl Future<Output = bool>,
+    shutdown: &CancellationToken,
+) {
+    tokio::pin!(upstream, downstream);
+    tokio::select! {
+        _ = &mut upstream => {}
+        finished = &mut downstream => {
+            if finished {
+                let _ = tokio::time::timeout(CLOSE_WAIT, &mut upstream).await;
+            }
+        }
+        _ = shutdown.cancelled() => {}
+    }
+}
+
+/// What a stream request names: its parsed query and where the instance
+/// runs; else the HTTP error to answer.
+fn stream_target<T>(
+    state: &ServerState,
+    ns: &str,
+    name: &str,
+    query: Result<T, String>,
+) -> Result<(T, Placement), Box<Response>> {
+    let query =
+        query.map_err(|e| Box::new((StatusCode::BAD_REQUEST, format!("{e}\n")).into_response()))?;
+    let placement = placement_of(state, ns, name)?;
+    Ok((query, placement))
 }
 
 async fn exec_session(
@@ -199,17 +230,7 @@ async fn exec_session(
         let _ = sink.send(normal_close()).await;
         true
     };
-    tokio::pin!(upstream, downstream);
-    tokio::select! {
-        _ = &mut upstream => {}
-        finished = &mut downstream => {
-            if finished {
-                // Wait for the client's close (see `close`).
-                let _ = tokio::time::timeout(CLOSE_WAIT, &mut upstream).await;
-            }
-        }
-        _ = shutdown.cancelled() => {}
-    }
+    both_directions(upstream, downstream, &shutdown).await;
     // Returning drops `exit`: unfinished, that kills the command (the
     // client left, or the agent stops).
 }
@@ -222,12 +243,9 @@ pub(crate) async fn port_forward(
     RawQuery(query): RawQuery,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    let ports = match channel::parse_ports(query.as_deref().unwrap_or_default()) {
-        Ok(ports) => ports,
-        Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
-    };
-    let placement = match placement_of(&state, &ns, &name) {
-        Ok(placement) => placement,
+    let parsed = channel::parse_ports(query.as_deref().unwrap_or_default());
+    let (ports, placement) = match stream_target(&state, &ns, &name, parsed) {
+        Ok(target) => target,
         Err(response) => return *response,
     };
     let status = match placement.runtime.status(&placement.id).await {
@@ -323,15 +341,5 @@ async fn forward_session(
             }
         }
     };
-    tokio::pin!(upstream, downstream);
-    tokio::select! {
-        _ = &mut upstream => {}
-        finished = &mut downstream => {
-            if finished {
-                // Wait for the client's close (see `close`).
-                let _ = tokio::time::timeout(CLOSE_WAIT, &mut upstream).await;
-            }
-        }
-        _ = shutdown.cancelled() => {}
-    }
+    both_directions(upstream, downstream, &shutdown).await;
 }
