@@ -8,7 +8,10 @@ cd "$(dirname "$0")/.."
 
 # What the tests run besides c4m itself: a shell and coreutils for
 # instance commands, procps, and (for the quickstart test) curl.
-packages=(procps coreutils curl ca-certificates)
+# bsdutils: `script` (a terminal for kubectl exec -it); util-linux: `setsid -c`
+# (the process driver's exec on a terminal); python3: a bulk TCP server in
+# kubectl_stream.rs.
+packages=(procps coreutils curl ca-certificates bsdutils util-linux python3)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

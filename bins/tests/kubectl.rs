@@ -7,97 +7,12 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
+use common::kubectl::Kubectl;
 use common::{Cluster, wait_for};
 use serde_json::Value;
-
-/// The kubectl under test; `scripts/test.sh` installs it when missing.
-/// `C4M_TEST_KUBECTL` names another (a pinned version, say).
-const KUBECTL: &str = "/usr/bin/kubectl";
-
-fn kubectl_path() -> PathBuf {
-    let path =
-        std::env::var_os("C4M_TEST_KUBECTL").map_or_else(|| PathBuf::from(KUBECTL), PathBuf::from);
-    assert!(
-        path.exists(),
-        "kubectl is not installed at {}: these tests drive the real kubectl. \
-         Run ./scripts/test.sh (it installs kubectl where an apt repository has it) \
-         or install kubectl 1.32",
-        path.display()
-    );
-    path
-}
-
-/// kubectl with its own kubeconfig and discovery cache.
-struct Kubectl {
-    kubeconfig: PathBuf,
-    cache: PathBuf,
-}
-
-impl Kubectl {
-    /// Writes `c4m kubeconfig`'s output for `cluster` and uses it.
-    fn for_cluster(cluster: &Cluster) -> Kubectl {
-        let text = cluster.ok(&["kubeconfig"]);
-        Kubectl::with_config(cluster, "kubeconfig", &text)
-    }
-
-    fn with_config(cluster: &Cluster, name: &str, text: &str) -> Kubectl {
-        let kubeconfig = cluster.dir.path().join(name);
-        std::fs::write(&kubeconfig, text).unwrap();
-        Kubectl {
-            kubeconfig,
-            cache: cluster.dir.path().join(format!("{name}-cache")),
-        }
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(kubectl_path());
-        command
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .arg("--cache-dir")
-            .arg(&self.cache)
-            .args(args)
-            .stdin(Stdio::null());
-        command
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.command(args).output().expect("run kubectl")
-    }
-
-    /// Runs kubectl and insists it succeeds; returns stdout.
-    fn ok(&self, args: &[&str]) -> String {
-        let output = self.run(args);
-        assert!(
-            output.status.success(),
-            "kubectl {args:?} failed ({}): {}{}",
-            output.status,
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8(output.stdout).unwrap()
-    }
-
-    /// Runs kubectl, insists it fails; returns stderr.
-    fn fails(&self, args: &[&str]) -> String {
-        let output = self.run(args);
-        assert!(
-            !output.status.success(),
-            "kubectl {args:?} should have failed: {}",
-            String::from_utf8_lossy(&output.stdout)
-        );
-        String::from_utf8(output.stderr).unwrap()
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let mut args = args.to_vec();
-        args.extend(["-o", "json"]);
-        serde_json::from_str(&self.ok(&args)).unwrap()
-    }
-}
 
 /// A table's rows, each split into its cells.
 fn rows(table: &str) -> Vec<Vec<String>> {

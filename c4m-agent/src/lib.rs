@@ -23,6 +23,7 @@ mod error;
 mod hollow;
 mod server;
 mod session;
+mod stream;
 mod supervisor;
 
 pub use agent::{Agent, AgentConfig};

@@ -1,8 +1,9 @@
 //! The agent's HTTP server: what the control plane proxies to the node
-//! (instance logs).
+//! (instance logs; exec and port-forward over WebSocket, in `stream.rs`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use axum::Router;
 use axum::body::Body;
@@ -11,11 +12,13 @@ use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use bytes::Bytes;
 use c4m_core::LogOptions;
 use futures::StreamExt;
+use futures::stream::BoxStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::supervisor::Directory;
+use crate::supervisor::{Directory, Placement};
 
 pub(crate) struct ServerState {
     pub directory: Directory,
@@ -26,6 +29,11 @@ pub(crate) struct ServerState {
 pub(crate) fn router(state: Arc<ServerState>) -> Router {
     Router::new()
         .route("/v1/instances/{ns}/{name}/log", get(log))
+        .route("/v1/instances/{ns}/{name}/exec", get(crate::stream::exec))
+        .route(
+            "/v1/instances/{ns}/{name}/portforward",
+            get(crate::stream::port_forward),
+        )
         .layer(middleware::from_fn_with_state(
             Arc::clone(&state),
             authenticate,
@@ -51,31 +59,103 @@ async fn authenticate(
     next.run(request).await
 }
 
+/// The instance `ns/name` on this node, or the 404 saying it is not here.
+pub(crate) fn placement_of(
+    state: &ServerState,
+    ns: &str,
+    name: &str,
+) -> Result<Placement, Box<Response>> {
+    let placement = state
+        .directory
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&(ns.to_string(), name.to_string()))
+        .cloned();
+    placement.ok_or_else(|| {
+        let message = format!("instance {ns}/{name} does not run on this node\n");
+        Box::new((StatusCode::NOT_FOUND, message).into_response())
+    })
+}
+
+/// Kubernetes' log parameters: `follow`, `tailLines`, `timestamps`,
+/// `sinceSeconds` or `sinceTime` (RFC 3339), and `limitBytes` (returned
+/// beside the options: every driver's stream is cut the same way).
+fn log_options(query: &HashMap<String, String>) -> Result<(LogOptions, Option<u64>), String> {
+    let flag = |key: &str| query.get(key).is_some_and(|f| f == "true" || f == "1");
+    let number = |key: &str| {
+        query
+            .get(key)
+            .map(|v| {
+                v.parse::<u64>()
+                    .map_err(|_| format!("{key} must be a non-negative integer, not {v:?}"))
+            })
+            .transpose()
+    };
+    let since = match (number("sinceSeconds")?, query.get("sinceTime")) {
+        (Some(seconds), _) => Some(SystemTime::now() - Duration::from_secs(seconds)),
+        (None, Some(time)) => Some(
+            time.parse::<jiff::Timestamp>()
+                .map_err(|e| format!("sinceTime {time:?} is not an RFC 3339 time: {e}"))?
+                .into(),
+        ),
+        (None, None) => None,
+    };
+    if flag("previous") {
+        return Err("the output of a previous run is not kept apart: omit previous".into());
+    }
+    let options = LogOptions {
+        follow: flag("follow"),
+        tail_lines: number("tailLines")?.map(|n| n as usize),
+        since,
+        timestamps: flag("timestamps"),
+    };
+    Ok((options, number("limitBytes")?.filter(|n| *n > 0)))
+}
+
+/// Ends `stream` after `limit` bytes, if there is a limit.
+fn limit_bytes(
+    stream: BoxStream<'static, c4m_core::Result<Bytes>>,
+    limit: Option<u64>,
+) -> BoxStream<'static, c4m_core::Result<Bytes>> {
+    let Some(limit) = limit else {
+        return stream;
+    };
+    // Checked before polling: a followed log ends as soon as the limit is
+    // reached, not when the container next writes.
+    futures::stream::unfold((stream, limit), |(mut stream, remaining)| async move {
+        if remaining == 0 {
+            return None;
+        }
+        match stream.next().await? {
+            Ok(mut bytes) => {
+                let keep = bytes
+                    .len()
+                    .min(usize::try_from(remaining).unwrap_or(usize::MAX));
+                bytes.truncate(keep);
+                Some((Ok(bytes), (stream, remaining - keep as u64)))
+            }
+            Err(e) => Some((Err(e), (stream, 0))),
+        }
+    })
+    .boxed()
+}
+
 async fn log(
     State(state): State<Arc<ServerState>>,
     Path((ns, name)): Path<(String, String)>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
-    let placement = state
-        .directory
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(&(ns.clone(), name.clone()))
-        .cloned();
-    let Some(placement) = placement else {
-        return (
-            StatusCode::NOT_FOUND,
-            format!("instance {ns}/{name} does not run on this node\n"),
-        )
-            .into_response();
+    let placement = match placement_of(&state, &ns, &name) {
+        Ok(placement) => placement,
+        Err(response) => return *response,
     };
-    let options = LogOptions {
-        follow: query.get("follow").is_some_and(|f| f == "true" || f == "1"),
-        tail_lines: query.get("tailLines").and_then(|t| t.parse().ok()),
+    let (options, limit) = match log_options(&query) {
+        Ok(options) => options,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
     };
     match placement.runtime.logs(&placement.id, options).await {
         Ok(stream) => {
-            let body = stream
+            let body = limit_bytes(stream, limit)
                 .map(|chunk| chunk.map_err(std::io::Error::other))
                 .take_until(state.shutdown.clone().cancelled_owned());
             Response::builder()

@@ -74,6 +74,19 @@ pub fn object_path(kind: &ResourceKind, namespace: Option<&str>, name: Option<&s
     path
 }
 
+/// What a log request asks for (Kubernetes' `pods/log` parameters).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogQuery {
+    /// Keep streaming new output.
+    pub follow: bool,
+    /// Only the last N lines.
+    pub tail_lines: Option<usize>,
+    /// Start each line with the time it was written.
+    pub timestamps: bool,
+    /// Only lines written in the last N seconds.
+    pub since_seconds: Option<u64>,
+}
+
 /// A client for one control plane.
 #[derive(Debug, Clone)]
 pub struct Client {
@@ -94,6 +107,21 @@ impl Client {
             endpoint,
             bearer: credentials.map(Credentials::bearer),
         })
+    }
+
+    /// Opens a WebSocket stream (exec, port-forward) on `path_and_query`
+    /// offering `protocols`; returns it with the protocol chosen.
+    pub async fn stream(
+        &self,
+        path_and_query: &str,
+        protocols: &[&str],
+    ) -> Result<(crate::stream::Connection, String)> {
+        crate::stream::connect(
+            &format!("{}{path_and_query}", self.endpoint),
+            self.bearer.as_deref(),
+            protocols,
+        )
+        .await
     }
 
     /// The endpoint this client talks to.
@@ -281,17 +309,19 @@ impl Client {
         &self,
         namespace: &str,
         name: &str,
-        follow: bool,
-        tail_lines: Option<usize>,
+        query: &LogQuery,
     ) -> Result<impl Stream<Item = Result<Bytes>> + use<>> {
         let mut request = self
             .request(
                 Method::GET,
                 &format!("/api/v1/namespaces/{namespace}/pods/{name}/log"),
             )
-            .query(&[("follow", follow)]);
-        if let Some(tail) = tail_lines {
+            .query(&[("follow", query.follow), ("timestamps", query.timestamps)]);
+        if let Some(tail) = query.tail_lines {
             request = request.query(&[("tailLines", tail)]);
+        }
+        if let Some(since) = query.since_seconds {
+            request = request.query(&[("sinceSeconds", since)]);
         }
         let endpoint = self.endpoint.clone();
         let response = self.send(request).await?;

@@ -25,6 +25,14 @@ pub enum Error {
         #[source]
         source: reqwest::Error,
     },
+    /// A WebSocket stream (exec, port-forward) could not be opened or broke.
+    #[error("stream to {url}: {message}")]
+    Stream {
+        /// The URL streamed with.
+        url: String,
+        /// What went wrong.
+        message: String,
+    },
     /// The response body was not what the API promises.
     #[error("unexpected response from the control plane: {0}")]
     Decode(String),

@@ -5,11 +5,14 @@
 //! - [`Client`]: a client for the control plane's HTTP/JSON API, used by the
 //!   `c4m` CLI and by tests, with the request and response types the API and
 //!   the client share ([`ApplyRequest`], [`ServiceEndpoints`], ...).
+//! - [`stream`]: Kubernetes' exec and port-forward channel protocols over
+//!   WebSocket, which the CLI, the control plane and the agent speak.
 //! - [`table`]: the columns each kind is listed with, shared by `c4m get`
 //!   and the API's `Table` answers to `kubectl get`.
 
 mod client;
 mod error;
+pub mod stream;
 pub mod table;
 mod types;
 
@@ -20,7 +23,7 @@ pub mod agent {
 }
 
 pub use client::{
-    Client, Credentials, SCHEDULER_POLICY_HISTORY_PATH, SCHEDULER_POLICY_PATH,
+    Client, Credentials, LogQuery, SCHEDULER_POLICY_HISTORY_PATH, SCHEDULER_POLICY_PATH,
     TLS_CERTIFICATE_PATH, bearer_matches, object_path,
 };
 pub use error::{Error, Result};

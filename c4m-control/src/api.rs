@@ -31,6 +31,7 @@ use crate::objects::{Objects, Part, decode, kind, prefix};
 use crate::registry::Registry;
 use crate::selector::Selector;
 use crate::server_side_apply::ApplyPatch as ServerSideApply;
+use crate::streams;
 use crate::{Error, Result, scheduler_policy};
 use crate::{invalid, patch};
 
@@ -107,7 +108,18 @@ pub(crate) fn router(state: Arc<ApiState>) -> Router {
             "/apis/metrics.k8s.io/v1beta1/namespaces/{ns}/pods/{name}",
             get(pod_metrics),
         )
-        .route("/api/v1/namespaces/{ns}/pods/{name}/log", get(pod_log))
+        .route(
+            "/api/v1/namespaces/{ns}/pods/{name}/log",
+            get(streams::pod_log),
+        )
+        .route(
+            "/api/v1/namespaces/{ns}/pods/{name}/exec",
+            get(streams::pod_exec),
+        )
+        .route(
+            "/api/v1/namespaces/{ns}/pods/{name}/portforward",
+            get(streams::pod_port_forward),
+        )
         .route(
             c4m_api::SCHEDULER_POLICY_PATH,
             get(scheduler_policy).put(set_scheduler_policy),
@@ -313,58 +325,6 @@ async fn pod_metrics(
             },
         }],
     })))
-}
-
-async fn pod_log(
-    State(state): Shared,
-    Path((ns, name)): Path<(String, String)>,
-    Query(query): Query<HashMap<String, String>>,
-) -> Result<Response> {
-    let pod = state.objects.get(kind("pods"), &ns, &name).await?;
-    let node = crate::pods::node_name(&pod).ok_or_else(|| {
-        Error::BadRequest(format!("instance {name} is not scheduled to a node yet"))
-    })?;
-    let node_object = state.objects.get(kind("nodes"), "", node).await?;
-    let agent_url = node_object["metadata"]["annotations"][c4m_core::annotations::AGENT_URL]
-        .as_str()
-        .filter(|u| !u.is_empty())
-        .ok_or_else(|| Error::Unavailable(format!("node {node} has no agent address")))?;
-    let mut forwarded: Vec<(&str, &str)> = Vec::new();
-    for key in ["follow", "tailLines"] {
-        if let Some(value) = query.get(key) {
-            forwarded.push((key, value));
-        }
-    }
-    let response = state
-        .http
-        .get(format!("{agent_url}/v1/instances/{ns}/{name}/log"))
-        .query(&forwarded)
-        .bearer_auth(&state.agent_token)
-        .send()
-        .await
-        .map_err(|e| Error::Unavailable(format!("cannot reach the agent of node {node}: {e}")))?;
-    if !response.status().is_success() {
-        let code = response.status().as_u16();
-        let text = response.text().await.unwrap_or_default();
-        return Err(match code {
-            404 => Error::NotFound {
-                kind: "instance logs".into(),
-                name: format!("{ns}/{name}"),
-            },
-            _ => Error::Unavailable(format!(
-                "agent of node {node} answered {code}: {}",
-                text.trim()
-            )),
-        });
-    }
-    let shutdown = state.shutdown.clone();
-    let body = response
-        .bytes_stream()
-        .take_until(shutdown.cancelled_owned());
-    Ok(Response::builder()
-        .header(header::CONTENT_TYPE, "text/plain")
-        .body(Body::from_stream(body))
-        .unwrap_or_default())
 }
 
 /// What a resource path names.

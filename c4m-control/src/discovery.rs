@@ -71,6 +71,8 @@ fn subresource_shape(
     match subresource {
         "scale" => ("autoscaling", "v1", "Scale", &["get", "patch", "update"]),
         "log" => ("", "v1", kind.kind, &["get"]),
+        "exec" => ("", "v1", "PodExecOptions", &["create", "get"]),
+        "portforward" => ("", "v1", "PodPortForwardOptions", &["create", "get"]),
         _ => (
             kind.group,
             kind.version,

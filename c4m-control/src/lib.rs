@@ -40,6 +40,8 @@ mod server;
 mod server_side_apply;
 #[cfg(test)]
 mod test_support;
+mod spdy;
+mod streams;
 mod tls;
 
 pub use dns::{DnsEndpoint, DnsError, DnsServer, RECORD_TTL_SECS, ServiceLookup, cluster_resolver};

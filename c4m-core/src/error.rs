@@ -35,6 +35,15 @@ pub enum Error {
         message: String,
     },
 
+    /// The driver does not do this.
+    #[error("the {driver} driver does not support {operation}")]
+    Unsupported {
+        /// The driver's name.
+        driver: String,
+        /// What was asked.
+        operation: &'static str,
+    },
+
     /// A cgroup operation failed.
     #[error("cgroup {path}: {source}")]
     Cgroup {

@@ -35,7 +35,8 @@ pub use model::{Instance, annotations, labels};
 pub use probe::{ProbeTracker, probe_once};
 pub use quantity::{format_cpu_millis, format_memory_bytes, parse_cpu_millis, parse_memory_bytes};
 pub use runtime::{
-    ContainerRuntime, ContainerSpec, ContainerState, ContainerStatus, ExecOutput, LogOptions,
-    PortBinding, PortSpec, ProcessRuntime, ResourceLimits, ResourceUsage,
+    ContainerRuntime, ContainerSpec, ContainerState, ContainerStatus, ExecOutput, ExecRequest,
+    ExecSession, LogOptions, PortBinding, PortSpec, ProcessRuntime, ResizeTerminal, ResourceLimits,
+    ResourceUsage, TerminalSize,
 };
 pub use time::{format_rfc3339, now_rfc3339, seconds_since};

@@ -343,6 +343,12 @@ pub struct LogsArgs {
     /// Only the last N lines.
     #[arg(long)]
     tail: Option<usize>,
+    /// Start each line with the time it was written (RFC 3339, UTC).
+    #[arg(long)]
+    timestamps: bool,
+    /// Only lines written within this long (`10s`, `5m`, `1h`).
+    #[arg(long, value_parser = parse_duration)]
+    since: Option<Duration>,
     #[arg(short, long, default_value = "default")]
     namespace: String,
 }
@@ -351,7 +357,19 @@ pub async fn logs(args: LogsArgs, connection: &Connection) -> Result<()> {
     let client = connection.client()?;
     let mut stream = Box::pin(
         client
-            .logs(&args.namespace, &args.instance, args.follow, args.tail)
+            .logs(
+                &args.namespace,
+                &args.instance,
+                &c4m_api::LogQuery {
+                    follow: args.follow,
+                    tail_lines: args.tail,
+                    timestamps: args.timestamps,
+                    // Rounded up, so a line of exactly that age is kept.
+                    since_seconds: args
+                        .since
+                        .map(|d| d.as_secs() + u64::from(d.subsec_nanos() > 0)),
+                },
+            )
             .await?,
     );
     let mut stdout = std::io::stdout();

@@ -6,6 +6,7 @@ mod daemons;
 mod kubeconfig;
 mod output;
 mod policy;
+mod streams;
 
 use std::process::ExitCode;
 
@@ -39,6 +40,11 @@ enum Command {
     Describe(commands::DescribeArgs),
     /// Print an instance's output.
     Logs(commands::LogsArgs),
+    /// Run a command in an instance (`-i` stdin, `-t` a terminal); exits
+    /// with the command's exit code.
+    Exec(streams::ExecArgs),
+    /// Forward a local port to an instance's port.
+    PortForward(streams::PortForwardArgs),
     /// Show the state of instances.
     Status(commands::InstancesArgs),
     /// Show the CPU and memory usage of instances.
@@ -80,25 +86,30 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         let connection = cli.connection;
+        let done = |result: anyhow::Result<()>| result.map(|()| ExitCode::SUCCESS);
         match cli.command {
-            Command::Up(args) => daemons::up(args, &connection).await,
-            Command::Control(args) => daemons::control(args, &connection).await,
-            Command::Agent(args) => daemons::agent(args, &connection).await,
-            Command::Apply(args) => commands::apply(args, &connection).await,
-            Command::Delete(args) => commands::delete(args, &connection).await,
-            Command::Get(args) => commands::get(args, &connection).await,
-            Command::Describe(args) => commands::describe(args, &connection).await,
-            Command::Logs(args) => commands::logs(args, &connection).await,
-            Command::Status(args) => commands::status(args, &connection).await,
-            Command::Metrics(args) => commands::metrics(args, &connection).await,
-            Command::Run(args) => commands::run(args, &connection).await,
-            Command::Wait(args) => commands::wait(args, &connection).await,
-            Command::Policy(args) => policy::policy(args, &connection).await,
-            Command::Kubeconfig(args) => kubeconfig::print(args, &connection).await,
+            Command::Exec(args) => streams::exec(args, &connection).await,
+            Command::PortForward(args) => done(streams::port_forward(args, &connection).await),
+            Command::Up(args) => done(daemons::up(args, &connection).await),
+            Command::Control(args) => done(daemons::control(args, &connection).await),
+            Command::Agent(args) => done(daemons::agent(args, &connection).await),
+            Command::Apply(args) => done(commands::apply(args, &connection).await),
+            Command::Delete(args) => done(commands::delete(args, &connection).await),
+            Command::Get(args) => done(commands::get(args, &connection).await),
+            Command::Describe(args) => done(commands::describe(args, &connection).await),
+            Command::Logs(args) => done(commands::logs(args, &connection).await),
+            Command::Status(args) => done(commands::status(args, &connection).await),
+            Command::Metrics(args) => done(commands::metrics(args, &connection).await),
+            Command::Run(args) => done(commands::run(args, &connection).await),
+            Command::Wait(args) => done(commands::wait(args, &connection).await),
+            Command::Policy(args) => done(policy::policy(args, &connection).await),
+            Command::Kubeconfig(args) => done(kubeconfig::print(args, &connection).await),
         }
     });
+    // Stdin may still be read by a blocking thread (exec): do not wait for it.
+    runtime.shutdown_background();
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
             ExitCode::FAILURE

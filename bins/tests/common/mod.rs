@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod kubectl;
+
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -317,13 +319,21 @@ impl Cluster {
         self.c4m_with_stdin(args, "")
     }
 
-    pub fn c4m_with_stdin(&self, args: &[&str], stdin: &str) -> Output {
-        let mut child = Command::new(C4M)
+    /// The CLI with this cluster's endpoint and credentials.
+    pub fn c4m_command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(C4M);
+        command
             .args(args)
             .env("C4M_ENDPOINT_URL", self.endpoint())
             .env("C4M_ACCESS_TOKEN", ACCESS_TOKEN)
             .env("C4M_SECRET_KEY", SECRET_KEY)
-            .env("C4M_HOME", self.dir.path().join("cli-home"))
+            .env("C4M_HOME", self.dir.path().join("cli-home"));
+        command
+    }
+
+    pub fn c4m_with_stdin(&self, args: &[&str], stdin: &str) -> Output {
+        let mut child = self
+            .c4m_command(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

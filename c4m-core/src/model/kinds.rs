@@ -15,7 +15,8 @@ pub struct ResourceKind {
     pub aliases: &'static [&'static str],
     /// Whether objects live in a namespace.
     pub namespaced: bool,
-    /// Subresources served under an object (`status`, `scale`, `log`).
+    /// Subresources served under an object (`status`, `scale`, `log`,
+    /// `exec`, `portforward`).
     pub subresources: &'static [&'static str],
 }
 
@@ -55,7 +56,7 @@ pub static KINDS: &[ResourceKind] = &[
         "pods",
         ["pod", "po", "instances", "instance", "inst"],
         true,
-        ["status", "log"]
+        ["status", "log", "exec", "portforward"]
     ),
     kind!(
         "",

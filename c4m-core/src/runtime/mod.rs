@@ -7,13 +7,16 @@
 //! ([`ContainerRuntime::list`]) instead of starting duplicates.
 
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
+use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::Result;
+use crate::{Error, Result};
 
 mod process;
 mod spec;
@@ -140,6 +143,11 @@ pub struct LogOptions {
     pub follow: bool,
     /// Only the last N lines.
     pub tail_lines: Option<usize>,
+    /// Only lines written at or after this time.
+    pub since: Option<SystemTime>,
+    /// Start each line with the time it was written (RFC 3339 with
+    /// nanoseconds, UTC, then a space), as Kubernetes does.
+    pub timestamps: bool,
 }
 
 /// Result of a non-interactive exec.
@@ -151,6 +159,56 @@ pub struct ExecOutput {
     pub stdout: Vec<u8>,
     /// Captured standard error.
     pub stderr: Vec<u8>,
+}
+
+/// What an interactive exec runs, and how.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExecRequest {
+    /// The command and its arguments.
+    pub command: Vec<String>,
+    /// Whether the caller sends standard input.
+    pub stdin: bool,
+    /// Run the command on a terminal (stdout and stderr are then both the
+    /// terminal's output).
+    pub tty: bool,
+}
+
+/// A terminal's size in characters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TerminalSize {
+    /// Columns.
+    pub width: u16,
+    /// Rows.
+    pub height: u16,
+}
+
+/// Resizes the terminal of an exec.
+pub type ResizeTerminal = Box<dyn Fn(TerminalSize) -> Result<()> + Send + Sync>;
+
+/// A running interactive exec. Dropping [`ExecSession::exit`] before it
+/// resolves kills the command and what it started.
+pub struct ExecSession {
+    /// The command's standard input, when [`ExecRequest::stdin`] was set;
+    /// closing it is end of file for the command.
+    pub stdin: Option<Pin<Box<dyn AsyncWrite + Send>>>,
+    /// Standard output (the terminal's output with a TTY).
+    pub stdout: Pin<Box<dyn AsyncRead + Send>>,
+    /// Standard error; `None` with a TTY.
+    pub stderr: Option<Pin<Box<dyn AsyncRead + Send>>>,
+    /// Resizes the terminal; `None` without a TTY.
+    pub resize: Option<ResizeTerminal>,
+    /// Resolves to the exit code (128 + signal when a signal ended it).
+    pub exit: BoxFuture<'static, Result<i32>>,
+}
+
+impl std::fmt::Debug for ExecSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExecSession")
+            .field("stdin", &self.stdin.is_some())
+            .field("stderr", &self.stderr.is_some())
+            .field("tty", &self.resize.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// A container driver (`process` here; `oci`, `docker`, `containerd`, `cri`
@@ -193,4 +251,16 @@ pub trait ContainerRuntime: Send + Sync + 'static {
 
     /// Runs a command in the container's context and waits for it.
     async fn exec(&self, id: &str, command: &[String], timeout: Duration) -> Result<ExecOutput>;
+
+    /// Starts a command in the container's context with its standard
+    /// streams handed to the caller (`kubectl exec`, `c4m exec`), on a
+    /// terminal when [`ExecRequest::tty`] is set. Drivers without it answer
+    /// [`Error::Unsupported`].
+    async fn exec_interactive(&self, id: &str, request: ExecRequest) -> Result<ExecSession> {
+        let _ = (id, request);
+        Err(Error::Unsupported {
+            driver: self.name().to_string(),
+            operation: "interactive exec",
+        })
+    }
 }

@@ -8,6 +8,8 @@
 //! stdio, so they outlive the agent; a new agent over the same state
 //! directory re-adopts them.
 
+mod clock;
+mod exec;
 mod logs;
 mod procfs;
 #[cfg(test)]
@@ -32,8 +34,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::{
-    ContainerRuntime, ContainerSpec, ContainerState, ContainerStatus, ExecOutput, LogOptions,
-    PortBinding, PortSpec, ResourceUsage,
+    ContainerRuntime, ContainerSpec, ContainerState, ContainerStatus, ExecOutput, ExecRequest,
+    ExecSession, LogOptions, PortBinding, PortSpec, ResourceUsage,
 };
 use crate::cgroup::{Cgroup, Cgroups};
 use crate::{Error, Result};
@@ -45,6 +47,14 @@ use crate::{Error, Result};
 /// already running as the container's (unprivileged) user could not. If the
 /// agent dies before releasing it, `read` sees end of file and nothing runs.
 const GATE_SCRIPT: &str = r#"read -r _ || exit 125; exec "$@" </dev/null"#;
+/// The gate of an interactive exec: the command keeps the stdin pipe, on
+/// which the caller's input follows the release line.
+const GATE_SCRIPT_STDIN: &str = r#"read -r _ || exit 125; exec "$@""#;
+/// The gate of an exec on a terminal: stdout is the terminal; once
+/// released, the command gets it as stdin too and `setsid -c` (util-linux)
+/// makes it the controlling terminal of a new session, so the line
+/// discipline signals (^C) and resizes (SIGWINCH) reach the command.
+const GATE_SCRIPT_TTY: &str = r#"read -r _ || exit 125; exec setsid -c -- "$@" <&1"#;
 /// `$0` of the gate shell, as its own error messages show it.
 const GATE_NAME: &str = "c4m-start";
 /// `PATH` of a container that sets none, when the agent has none either
@@ -70,6 +80,8 @@ struct Inner {
     state_lock: tokio::sync::Mutex<()>,
     /// Exit watchers of the processes this runtime spawned, by container id.
     watchers: Mutex<HashMap<String, Watcher>>,
+    /// The log clock's task (see `clock.rs`), started on first use.
+    clock: Mutex<Option<JoinHandle<()>>>,
 }
 
 /// A task waiting for one child to exit.
@@ -125,6 +137,7 @@ impl ProcessRuntime {
                 cgroups,
                 state_lock: tokio::sync::Mutex::new(()),
                 watchers: Mutex::new(HashMap::new()),
+                clock: Mutex::new(None),
             }),
         })
     }
@@ -132,6 +145,43 @@ impl ProcessRuntime {
     /// Whether this driver enforces resource limits (it found usable cgroups).
     pub fn enforces_limits(&self) -> bool {
         self.inner.cgroups.is_some()
+    }
+
+    /// Starts the log clock unless it runs. Called from async code only
+    /// (`new` may run outside a tokio runtime).
+    fn ensure_clock(&self) {
+        let mut clock = self
+            .inner
+            .clock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if clock.is_some() {
+            return;
+        }
+        // Weak: the clock must not keep a dropped runtime alive (Drop aborts it).
+        let inner = Arc::downgrade(&self.inner);
+        let state_dir = self.inner.state_dir.clone();
+        *clock = Some(tokio::spawn(async move {
+            let mut stamps = clock::LogClock::default();
+            let mut tick = tokio::time::interval(clock::TICK);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if inner.strong_count() == 0 {
+                    return;
+                }
+                let dir = state_dir.clone();
+                match tokio::task::spawn_blocking(move || {
+                    stamps.tick(&dir);
+                    stamps
+                })
+                .await
+                {
+                    Ok(returned) => stamps = returned,
+                    Err(_) => return,
+                }
+            }
+        }));
     }
 
     /// Starts a watcher recording the exit of `child`, our own child.
@@ -165,6 +215,14 @@ impl Drop for Inner {
     fn drop(&mut self) {
         for watcher in self.watchers().values() {
             watcher.task.abort();
+        }
+        if let Some(clock) = self
+            .clock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            clock.abort();
         }
     }
 }
@@ -416,12 +474,14 @@ impl Inner {
 
     /// Spawns `argv` as the container (`spec`, `ports`) would run it: its
     /// environment, working directory and user, in its cgroup, in a process
-    /// group of its own. The caller sets up stdout and stderr.
+    /// group (with a terminal: a session) of its own. The caller sets up
+    /// stdout and stderr; `stdin` says what the command reads.
     async fn spawn_in_container(
         &self,
         spec: &ContainerSpec,
         ports: &[PortBinding],
         argv: &[String],
+        stdin: GatedStdin,
         configure: impl FnOnce(&mut Command),
     ) -> Result<Child> {
         let runtime_error = |message: String| Error::Runtime {
@@ -431,17 +491,26 @@ impl Inner {
         if argv.is_empty() {
             return Err(no_command(&spec.id));
         }
+        let script = match stdin {
+            GatedStdin::Null => GATE_SCRIPT,
+            GatedStdin::Piped => GATE_SCRIPT_STDIN,
+            GatedStdin::Terminal => GATE_SCRIPT_TTY,
+        };
         let mut command = Command::new("/bin/sh");
         command
             .arg("-c")
-            .arg(GATE_SCRIPT)
+            .arg(script)
             .arg(GATE_NAME)
             .args(argv)
             .env_clear()
             .envs(container_env(spec, ports))
             .current_dir(spec.working_dir.as_deref().unwrap_or(Path::new("/")))
-            .stdin(Stdio::piped())
-            .process_group(0);
+            .stdin(Stdio::piped());
+        // `setsid` makes its own session (and group), which it can only do
+        // in a process that does not lead a group already.
+        if stdin != GatedStdin::Terminal {
+            command.process_group(0);
+        }
         if let Some(uid) = spec.user {
             command.uid(uid);
         }
@@ -466,18 +535,24 @@ impl Inner {
                 .ok_or_else(|| runtime_error("no stdin pipe to release the process".into()))?;
             gate.write_all(b"go\n")
                 .await
-                .map_err(|e| runtime_error(format!("release process {pid}: {e}")))
+                .map_err(|e| runtime_error(format!("release process {pid}: {e}")))?;
+            Ok(gate)
         }
         .await;
-        if let Err(e) = released {
-            let _ = child.start_kill();
-            let _ = child.wait().await;
-            return Err(e);
+        match released {
+            Ok(gate) if stdin == GatedStdin::Piped => child.stdin = Some(gate),
+            Ok(_) => {}
+            Err(e) => {
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+                return Err(e);
+            }
         }
         Ok(child)
     }
 
-    async fn exec(&self, id: &str, argv: &[String], timeout: Duration) -> Result<ExecOutput> {
+    /// The record of a running container, for an exec.
+    async fn running(&self, id: &str) -> Result<Record> {
         let record = self.load_existing(id).await?;
         let record = self.observe(id, record).await?;
         if record.exit.is_some() {
@@ -486,13 +561,24 @@ impl Inner {
                 message: "cannot exec: container is not running".into(),
             });
         }
+        Ok(record)
+    }
+
+    async fn exec(&self, id: &str, argv: &[String], timeout: Duration) -> Result<ExecOutput> {
+        let record = self.running(id).await?;
         let child = self
-            .spawn_in_container(&record.spec, &record.ports, argv, |command| {
-                command
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::piped())
-                    .kill_on_drop(true);
-            })
+            .spawn_in_container(
+                &record.spec,
+                &record.ports,
+                argv,
+                GatedStdin::Null,
+                |command| {
+                    command
+                        .stdout(Stdio::piped())
+                        .stderr(Stdio::piped())
+                        .kill_on_drop(true);
+                },
+            )
             .await?;
         let pid = child.id();
         match tokio::time::timeout(timeout, child.wait_with_output()).await {
@@ -518,6 +604,17 @@ impl Inner {
             }
         }
     }
+}
+
+/// What a spawned command reads once its gate opens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum GatedStdin {
+    /// Nothing (`/dev/null`).
+    Null,
+    /// The pipe the gate was opened through (left in `Child::stdin`).
+    Piped,
+    /// Its stdout, a terminal, which also becomes its controlling terminal.
+    Terminal,
 }
 
 fn no_command(id: &str) -> Error {
@@ -665,6 +762,7 @@ impl ContainerRuntime for ProcessRuntime {
     }
 
     async fn start(&self, spec: &ContainerSpec) -> Result<ContainerStatus> {
+        self.ensure_clock();
         let inner = &*self.inner;
         let id = spec.id.as_str();
         let dir = inner.container_dir(id)?;
@@ -716,7 +814,7 @@ impl ContainerRuntime for ProcessRuntime {
 
         let started_at = SystemTime::now();
         let child = inner
-            .spawn_in_container(spec, &ports, &argv, |command| {
+            .spawn_in_container(spec, &ports, &argv, GatedStdin::Null, |command| {
                 command.stdout(log).stderr(log_for_stderr);
             })
             .await?;
@@ -750,6 +848,8 @@ impl ContainerRuntime for ProcessRuntime {
     }
 
     async fn list(&self) -> Result<Vec<ContainerStatus>> {
+        // Containers adopted from an earlier agent get their output stamped.
+        self.ensure_clock();
         let state_dir = &self.inner.state_dir;
         let mut entries = tokio::fs::read_dir(state_dir)
             .await
@@ -804,7 +904,9 @@ impl ContainerRuntime for ProcessRuntime {
         options: LogOptions,
     ) -> Result<BoxStream<'static, Result<Bytes>>> {
         self.inner.load_existing(id).await?;
-        let path = self.inner.container_dir(id)?.join("output.log");
+        self.ensure_clock();
+        let dir = self.inner.container_dir(id)?;
+        let path = dir.join("output.log");
         let offset = match options.tail_lines {
             None => 0,
             Some(lines) => {
@@ -840,10 +942,23 @@ impl ContainerRuntime for ProcessRuntime {
                 }
             })
         });
-        logs::stream(path, offset, exited).await
+        let chunks = logs::stream(path, offset, exited).await?;
+        if !options.timestamps && options.since.is_none() {
+            return Ok(chunks);
+        }
+        let filter = logs::LineFilter {
+            times: clock::LineTimes::load(clock::times_path(&dir)),
+            timestamps: options.timestamps,
+            since: options.since,
+        };
+        Ok(logs::stamp_lines(chunks, offset, filter))
     }
 
     async fn exec(&self, id: &str, command: &[String], timeout: Duration) -> Result<ExecOutput> {
         self.inner.exec(id, command, timeout).await
+    }
+
+    async fn exec_interactive(&self, id: &str, request: ExecRequest) -> Result<ExecSession> {
+        self.inner.exec_interactive(id, request).await
     }
 }

@@ -3,13 +3,14 @@
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
+use super::clock::{LineTimes, format_timestamp};
 use crate::{Error, Result};
 
 /// How often a following reader looks for appended output.
@@ -110,6 +111,91 @@ pub(super) async fn stream(
         }
     })
     .boxed())
+}
+
+/// What [`stamp_lines`] does to each line.
+pub(super) struct LineFilter {
+    /// When each line was written.
+    pub times: LineTimes,
+    /// Start each line with its time.
+    pub timestamps: bool,
+    /// Drop lines written before this.
+    pub since: Option<SystemTime>,
+}
+
+struct Stamper {
+    chunks: BoxStream<'static, Result<Bytes>>,
+    /// Offset in the log just past `pending`.
+    offset: u64,
+    /// The start of a line whose end has not been read yet.
+    pending: Vec<u8>,
+    filter: LineFilter,
+}
+
+impl Stamper {
+    /// Appends `line`, which ends just before `self.offset`, to `out` if it
+    /// passes the filter.
+    fn emit(&mut self, line: &[u8], out: &mut Vec<u8>) {
+        let when = self.filter.times.time_of(self.offset);
+        if self.filter.since.is_some_and(|since| when < since) {
+            return;
+        }
+        if self.filter.timestamps {
+            out.extend_from_slice(format_timestamp(when).as_bytes());
+            out.push(b' ');
+        }
+        out.extend_from_slice(line);
+    }
+}
+
+/// Splits `chunks` (the log read from `offset`) into lines and applies
+/// `filter` to each; a last line without its newline is passed on at the end.
+pub(super) fn stamp_lines(
+    chunks: BoxStream<'static, Result<Bytes>>,
+    offset: u64,
+    filter: LineFilter,
+) -> BoxStream<'static, Result<Bytes>> {
+    let stamper = Stamper {
+        chunks,
+        offset,
+        pending: Vec::new(),
+        filter,
+    };
+    futures::stream::unfold(Some(stamper), |stamper| async move {
+        let mut stamper = stamper?;
+        loop {
+            match stamper.chunks.next().await {
+                Some(Ok(chunk)) => {
+                    let mut out = Vec::new();
+                    let mut start = 0;
+                    for (i, byte) in chunk.iter().enumerate() {
+                        if *byte == b'\n' {
+                            stamper.offset += (i + 1 - start) as u64;
+                            let mut line = std::mem::take(&mut stamper.pending);
+                            line.extend_from_slice(&chunk[start..=i]);
+                            stamper.emit(&line, &mut out);
+                            start = i + 1;
+                        }
+                    }
+                    stamper.pending.extend_from_slice(&chunk[start..]);
+                    stamper.offset += (chunk.len() - start) as u64;
+                    if !out.is_empty() {
+                        return Some((Ok(Bytes::from(out)), Some(stamper)));
+                    }
+                }
+                Some(Err(e)) => return Some((Err(e), None)),
+                None => {
+                    let line = std::mem::take(&mut stamper.pending);
+                    let mut out = Vec::new();
+                    if !line.is_empty() {
+                        stamper.emit(&line, &mut out);
+                    }
+                    return (!out.is_empty()).then(|| (Ok(Bytes::from(out)), None));
+                }
+            }
+        }
+    })
+    .boxed()
 }
 
 /// Wraps an async check into an [`ExitedCheck`].

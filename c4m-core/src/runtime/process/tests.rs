@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 use futures::StreamExt;
 
 use super::*;
-use crate::runtime::ResourceLimits;
+use crate::runtime::{ResourceLimits, TerminalSize};
 
 /// A runtime over a fresh state directory. Dropping it kills whatever its
 /// tests left running and removes their cgroups, even when a test panicked.
@@ -421,6 +421,7 @@ async fn logs_tail_and_follow() {
             LogOptions {
                 follow: true,
                 tail_lines: None,
+                ..Default::default()
             },
         ),
     )
@@ -430,12 +431,14 @@ async fn logs_tail_and_follow() {
     let tail = LogOptions {
         follow: false,
         tail_lines: Some(2),
+        ..Default::default()
     };
     assert_eq!(read_logs(runtime, &id, tail).await, "line 4\nerr\n");
     // Tail plus follow of an exited container: the tail, then the end.
     let tail_follow = LogOptions {
         follow: true,
         tail_lines: Some(1),
+        ..Default::default()
     };
     assert_eq!(read_logs(runtime, &id, tail_follow).await, "err\n");
 
@@ -448,6 +451,7 @@ async fn logs_tail_and_follow() {
             LogOptions {
                 follow: true,
                 tail_lines: None,
+                ..Default::default()
             },
         )
         .await
@@ -525,4 +529,159 @@ async fn exec_in_the_container() {
         .to_string();
     assert!(error.contains("not running"), "{error}");
     runtime.remove(&id).await.unwrap();
+}
+
+async fn read_all(mut reader: std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>>) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    reader.read_to_end(&mut out).await.unwrap();
+    String::from_utf8(out).unwrap()
+}
+
+#[tokio::test]
+async fn interactive_exec_with_pipes() {
+    use tokio::io::AsyncWriteExt;
+    let fixture = Fixture::new("iexec");
+    let runtime = &fixture.runtime;
+    let spec = fixture.spec("target", &["sleep", "30"]);
+    let id = spec.id.clone();
+    runtime.start(&spec).await.unwrap();
+
+    let request = ExecRequest {
+        command: vec![
+            "sh".into(),
+            "-c".into(),
+            "read x; echo got $x; echo e >&2; exit 3".into(),
+        ],
+        stdin: true,
+        tty: false,
+    };
+    let session = runtime.exec_interactive(&id, request).await.unwrap();
+    assert!(session.resize.is_none());
+    let mut stdin = session.stdin.expect("stdin was asked for");
+    stdin.write_all(b"hello\n").await.unwrap();
+    drop(stdin);
+    let stderr = tokio::spawn(read_all(session.stderr.expect("stderr without a tty")));
+    assert_eq!(read_all(session.stdout).await, "got hello\n");
+    assert_eq!(stderr.await.unwrap(), "e\n");
+    assert_eq!(session.exit.await.unwrap(), 3);
+
+    // Dropping the session before the command ends kills it.
+    let request = ExecRequest {
+        command: vec!["sh".into(), "-c".into(), "echo $$; exec sleep 30".into()],
+        stdin: false,
+        tty: false,
+    };
+    let session = runtime.exec_interactive(&id, request).await.unwrap();
+    let mut stdout = tokio::io::BufReader::new(session.stdout);
+    let mut pid = String::new();
+    tokio::io::AsyncBufReadExt::read_line(&mut stdout, &mut pid)
+        .await
+        .unwrap();
+    let pid: i32 = pid.trim().parse().unwrap();
+    drop(session.exit);
+    let gone = async {
+        while nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), gone)
+        .await
+        .expect("a dropped exec is killed");
+}
+
+#[tokio::test]
+async fn interactive_exec_on_a_terminal() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fixture = Fixture::new("ttyexec");
+    let runtime = &fixture.runtime;
+    let spec = fixture.spec("target", &["sleep", "30"]);
+    let id = spec.id.clone();
+    runtime.start(&spec).await.unwrap();
+
+    let request = ExecRequest {
+        command: vec!["sh".into()],
+        stdin: true,
+        tty: true,
+    };
+    let session = runtime.exec_interactive(&id, request).await.unwrap();
+    assert!(session.stderr.is_none());
+    let resize = session.resize.expect("a terminal can be resized");
+    resize(TerminalSize {
+        width: 132,
+        height: 43,
+    })
+    .unwrap();
+    let mut stdin = session.stdin.unwrap();
+    // The shell sees a terminal (its controlling one) of the size set.
+    stdin
+        .write_all(b"test -t 0 && echo on-tty; stty size; tty >/dev/null && echo ctty-$(ps -o tty= -p $$ | tr -d ' ' | cut -c1-3); exit 5\n")
+        .await
+        .unwrap();
+    let mut output = String::new();
+    let mut stdout = session.stdout;
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = stdout.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            output.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    })
+    .await
+    .expect("the terminal's output ends when the shell exits");
+    assert!(output.contains("on-tty\r\n"), "{output:?}");
+    assert!(output.contains("43 132\r\n"), "{output:?}");
+    assert!(output.contains("ctty-pts"), "{output:?}");
+    assert_eq!(session.exit.await.unwrap(), 5);
+}
+
+#[tokio::test]
+async fn logs_with_timestamps_and_since() {
+    let fixture = Fixture::new("stamps");
+    let runtime = &fixture.runtime;
+    let spec = fixture.spec(
+        "stamps",
+        &[
+            "sh",
+            "-c",
+            "echo early; sleep 0.5; echo late; printf partial",
+        ],
+    );
+    let id = spec.id.clone();
+    let started = SystemTime::now();
+    runtime.start(&spec).await.unwrap();
+    wait_exited(runtime, &id).await;
+    let options = LogOptions {
+        timestamps: true,
+        ..Default::default()
+    };
+    let text = read_logs(runtime, &id, options).await;
+    let lines: Vec<(&str, &str)> = text
+        .split_inclusive('\n')
+        .map(|line| line.split_once(' ').unwrap())
+        .collect();
+    assert_eq!(
+        lines.iter().map(|(_, l)| *l).collect::<Vec<_>>(),
+        ["early\n", "late\n", "partial"]
+    );
+    let times: Vec<SystemTime> = lines
+        .iter()
+        .map(|(t, _)| {
+            assert_eq!(t.len(), "2023-11-14T22:13:20.000120000Z".len(), "{t}");
+            t.parse::<jiff::Timestamp>().unwrap().into()
+        })
+        .collect();
+    // Real write times: after the start, half a second apart.
+    assert!(times[0] >= started, "{times:?}");
+    let gap = times[1].duration_since(times[0]).unwrap();
+    assert!(gap >= Duration::from_millis(400), "{gap:?}");
+    // Since a time between the two lines: only the late ones.
+    let options = LogOptions {
+        since: Some(times[0] + Duration::from_millis(200)),
+        ..Default::default()
+    };
+    assert_eq!(read_logs(runtime, &id, options).await, "late\npartial");
 }

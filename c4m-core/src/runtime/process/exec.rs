@@ -1,0 +1,212 @@
+//! Interactive exec for the `process` driver: the command's streams go to
+//! the caller as pipes, or through a pseudo-terminal whose master side the
+//! agent holds (rustix wraps the pty calls safely).
+
+use std::os::fd::OwnedFd;
+use std::process::Stdio;
+
+use futures::FutureExt;
+use nix::sys::signal::Signal;
+use rustix::fs::OFlags;
+use rustix::pty::OpenptFlags;
+use rustix::termios::Winsize;
+use tokio::net::unix::pipe;
+use tokio::process::Child;
+
+use super::{GatedStdin, Inner, exit_code_and_signal, signal_group};
+use crate::runtime::{ExecRequest, ExecSession, ResizeTerminal, TerminalSize};
+use crate::{Error, Result};
+
+/// The size a terminal has until the caller says otherwise.
+const DEFAULT_SIZE: TerminalSize = TerminalSize {
+    width: 80,
+    height: 24,
+};
+
+impl Inner {
+    pub(super) async fn exec_interactive(
+        &self,
+        id: &str,
+        request: ExecRequest,
+    ) -> Result<ExecSession> {
+        let record = self.running(id).await?;
+        let argv = &request.command;
+        if request.tty {
+            let pty = Pty::open().map_err(|e| Error::io("open a pseudo-terminal", e))?;
+            let (stdout, stderr) = (pty.slave_stdio()?, pty.slave_stdio()?);
+            let child = self
+                .spawn_in_container(
+                    &record.spec,
+                    &record.ports,
+                    argv,
+                    GatedStdin::Terminal,
+                    |command| {
+                        command.stdout(stdout).stderr(stderr);
+                    },
+                )
+                .await?;
+            // Only the command holds the slave now: reading the master ends
+            // (EIO, read as end of file) once the command and its children
+            // are gone.
+            let Pty { master, slave } = pty;
+            drop(slave);
+            let resizer = master
+                .try_clone()
+                .map_err(|e| Error::io("duplicate the terminal", e))?;
+            let reader = master
+                .try_clone()
+                .map_err(|e| Error::io("duplicate the terminal", e))?;
+            let output = pipe::Receiver::from_owned_fd_unchecked(reader)
+                .map_err(|e| Error::io("watch the terminal", e))?;
+            let input = pipe::Sender::from_owned_fd_unchecked(master)
+                .map_err(|e| Error::io("watch the terminal", e))?;
+            let resize: ResizeTerminal = Box::new(move |size| {
+                set_size(&resizer, size).map_err(|e| Error::io("resize the terminal", e))
+            });
+            Ok(ExecSession {
+                stdin: request.stdin.then(|| Box::pin(input) as _),
+                stdout: Box::pin(TerminalOutput(output)),
+                stderr: None,
+                resize: Some(resize),
+                exit: exit_of(child),
+            })
+        } else {
+            let stdin = if request.stdin {
+                GatedStdin::Piped
+            } else {
+                GatedStdin::Null
+            };
+            let mut child = self
+                .spawn_in_container(&record.spec, &record.ports, argv, stdin, |command| {
+                    command.stdout(Stdio::piped()).stderr(Stdio::piped());
+                })
+                .await?;
+            let missing = || Error::Runtime {
+                id: id.to_string(),
+                message: "exec: the command's output pipes are missing".into(),
+            };
+            let stdout = child.stdout.take().ok_or_else(missing)?;
+            let stderr = child.stderr.take().ok_or_else(missing)?;
+            let stdin = child.stdin.take();
+            Ok(ExecSession {
+                stdin: stdin.map(|s| Box::pin(s) as _),
+                stdout: Box::pin(stdout),
+                stderr: Some(Box::pin(stderr)),
+                resize: None,
+                exit: exit_of(child),
+            })
+        }
+    }
+}
+
+/// The exit code of `child`; dropped early, it kills the command's group.
+fn exit_of(child: Child) -> futures::future::BoxFuture<'static, Result<i32>> {
+    let pid = child.id();
+    let mut guard = KillOnDrop {
+        child,
+        pid,
+        done: false,
+    };
+    async move {
+        let status = guard
+            .child
+            .wait()
+            .await
+            .map_err(|e| Error::io("wait for the exec'd command", e))?;
+        guard.disarm();
+        let (code, _) = exit_code_and_signal(status);
+        Ok(code.unwrap_or(-1))
+    }
+    .boxed()
+}
+
+/// Kills an exec's process group unless it has been seen to exit.
+struct KillOnDrop {
+    child: Child,
+    pid: Option<u32>,
+    done: bool,
+}
+
+impl KillOnDrop {
+    fn disarm(&mut self) {
+        self.done = true;
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = self.child.start_kill();
+            if let Some(pid) = self.pid {
+                signal_group(pid, Signal::SIGKILL);
+            }
+        }
+    }
+}
+
+/// A pseudo-terminal pair.
+struct Pty {
+    master: OwnedFd,
+    slave: OwnedFd,
+}
+
+impl Pty {
+    fn open() -> std::io::Result<Pty> {
+        let master =
+            rustix::pty::openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)?;
+        rustix::pty::grantpt(&master)?;
+        rustix::pty::unlockpt(&master)?;
+        let name = rustix::pty::ptsname(&master, Vec::new())?;
+        let slave = rustix::fs::open(
+            name.as_c_str(),
+            OFlags::RDWR | OFlags::NOCTTY | OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )?;
+        // tokio's pipe types need a non-blocking descriptor.
+        let flags = rustix::fs::fcntl_getfl(&master)?;
+        rustix::fs::fcntl_setfl(&master, flags | OFlags::NONBLOCK)?;
+        set_size(&master, DEFAULT_SIZE)?;
+        Ok(Pty { master, slave })
+    }
+
+    fn slave_stdio(&self) -> Result<Stdio> {
+        self.slave
+            .try_clone()
+            .map(Stdio::from)
+            .map_err(|e| Error::io("duplicate the terminal", e))
+    }
+}
+
+fn set_size(master: &OwnedFd, size: TerminalSize) -> std::io::Result<()> {
+    rustix::termios::tcsetwinsize(
+        master,
+        Winsize {
+            ws_row: size.height,
+            ws_col: size.width,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        },
+    )?;
+    Ok(())
+}
+
+/// The master side of a terminal: Linux answers EIO once every slave
+/// descriptor is closed, which is this stream's end of file.
+struct TerminalOutput(pipe::Receiver);
+
+impl tokio::io::AsyncRead for TerminalOutput {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match std::pin::Pin::new(&mut self.0).poll_read(cx, buf) {
+            std::task::Poll::Ready(Err(e))
+                if e.raw_os_error() == Some(rustix::io::Errno::IO.raw_os_error()) =>
+            {
+                std::task::Poll::Ready(Ok(()))
+            }
+            other => other,
+        }
+    }
+}
