@@ -17,6 +17,7 @@
 
 mod cgroup;
 mod error;
+mod image;
 mod manifest;
 mod model;
 mod probe;
@@ -25,6 +26,9 @@ mod runtime;
 mod time;
 
 pub use error::{Error, Result};
+pub use image::{
+    GcReport, Image, ImageStore, Layer, Reference, SHORT_ID_LEN, tar_directory, write_oci_layout,
+};
 pub use manifest::{Document, ManifestError, Validated, parse_documents, validate, validate_value};
 pub use model::kinds::{KINDS, ResourceKind};
 pub use model::microservice::{Microservice, MicroserviceSpec, MicroserviceStatus};

@@ -1,0 +1,126 @@
+//! Writing an OCI image layout, so that tests and the quickstart can build
+//! images (e.g. from busybox) without a registry.
+
+use std::io::Write;
+use std::path::Path;
+
+use flate2::Compression;
+use flate2::write::GzEncoder;
+use oci_spec::image::{
+    Config, Descriptor, ImageConfigurationBuilder, ImageIndexBuilder, ImageManifestBuilder,
+    MediaType, OciLayoutBuilder, RootFsBuilder,
+};
+
+use super::blob::digest_of;
+use crate::{Error, Result};
+
+/// Writes an OCI image layout into directory `dest` holding one image
+/// tagged `tag` (the `org.opencontainers.image.ref.name` annotation), made
+/// of `layers` (uncompressed tars, lowest first; they are stored gzipped)
+/// and `config`. Returns the manifest digest.
+pub fn write_oci_layout(
+    dest: &Path,
+    tag: &str,
+    layers: &[Vec<u8>],
+    config: Config,
+) -> Result<String> {
+    let fail = |what: &str, e: &dyn std::fmt::Display| {
+        Error::Image(format!("write OCI layout {}: {what}: {e}", dest.display()))
+    };
+    let blobs = dest.join("blobs").join("sha256");
+    std::fs::create_dir_all(&blobs)
+        .map_err(|e| Error::io(format!("create {}", blobs.display()), e))?;
+    let put = |bytes: &[u8]| -> Result<(oci_spec::image::Digest, u64)> {
+        let digest = digest_of(bytes);
+        let path = blobs.join(&digest["sha256:".len()..]);
+        std::fs::write(&path, bytes)
+            .map_err(|e| Error::io(format!("write {}", path.display()), e))?;
+        let parsed = digest.parse().map_err(|e| fail("digest", &e))?;
+        Ok((parsed, bytes.len() as u64))
+    };
+    let mut diff_ids = Vec::new();
+    let mut descriptors = Vec::new();
+    for layer in layers {
+        diff_ids.push(digest_of(layer));
+        let mut gzip = GzEncoder::new(Vec::new(), Compression::fast());
+        gzip.write_all(layer)
+            .map_err(|e| fail("compress layer", &e))?;
+        let compressed = gzip.finish().map_err(|e| fail("compress layer", &e))?;
+        let (digest, size) = put(&compressed)?;
+        descriptors.push(Descriptor::new(MediaType::ImageLayerGzip, size, digest));
+    }
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    };
+    let image_config = ImageConfigurationBuilder::default()
+        .architecture(arch)
+        .os("linux")
+        .config(config)
+        .rootfs(
+            RootFsBuilder::default()
+                .typ("layers")
+                .diff_ids(diff_ids)
+                .build()
+                .map_err(|e| fail("rootfs", &e))?,
+        )
+        .build()
+        .map_err(|e| fail("config", &e))?;
+    let config_json = image_config.to_string().map_err(|e| fail("config", &e))?;
+    let (config_digest, config_size) = put(config_json.as_bytes())?;
+    let manifest = ImageManifestBuilder::default()
+        .schema_version(2u32)
+        .media_type(MediaType::ImageManifest)
+        .config(Descriptor::new(
+            MediaType::ImageConfig,
+            config_size,
+            config_digest,
+        ))
+        .layers(descriptors)
+        .build()
+        .map_err(|e| fail("manifest", &e))?;
+    let manifest_json = manifest.to_string().map_err(|e| fail("manifest", &e))?;
+    let (manifest_digest, manifest_size) = put(manifest_json.as_bytes())?;
+    let mut manifest_descriptor = Descriptor::new(
+        MediaType::ImageManifest,
+        manifest_size,
+        manifest_digest.clone(),
+    );
+    manifest_descriptor.set_annotations(Some(
+        [(
+            "org.opencontainers.image.ref.name".to_string(),
+            tag.to_string(),
+        )]
+        .into(),
+    ));
+    let index = ImageIndexBuilder::default()
+        .schema_version(2u32)
+        .media_type(MediaType::ImageIndex)
+        .manifests(vec![manifest_descriptor])
+        .build()
+        .map_err(|e| fail("index", &e))?;
+    let index_json = index.to_string().map_err(|e| fail("index", &e))?;
+    let layout = OciLayoutBuilder::default()
+        .image_layout_version("1.0.0")
+        .build()
+        .map_err(|e| fail("oci-layout", &e))?;
+    let layout_json = serde_json::to_string(&layout).map_err(|e| fail("oci-layout", &e))?;
+    for (name, content) in [("index.json", index_json), ("oci-layout", layout_json)] {
+        let path = dest.join(name);
+        std::fs::write(&path, content)
+            .map_err(|e| Error::io(format!("write {}", path.display()), e))?;
+    }
+    Ok(manifest_digest.to_string())
+}
+
+/// An uncompressed tar of directory `dir`'s content (paths relative to it;
+/// symlinks kept as symlinks), to use as a layer.
+pub fn tar_directory(dir: &Path) -> Result<Vec<u8>> {
+    let mut builder = tar::Builder::new(Vec::new());
+    builder.follow_symlinks(false);
+    builder
+        .append_dir_all(".", dir)
+        .and_then(|()| builder.into_inner())
+        .map_err(|e| Error::io(format!("tar {}", dir.display()), e))
+}
