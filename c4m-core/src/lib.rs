@@ -39,7 +39,8 @@ pub use model::{Instance, annotations, labels};
 pub use probe::{ProbeTracker, probe_once};
 pub use quantity::{format_cpu_millis, format_memory_bytes, parse_cpu_millis, parse_memory_bytes};
 pub use runtime::{
-    ContainerRuntime, ContainerSpec, ContainerState, ContainerStatus, ExecOutput, LogOptions,
-    PortBinding, PortSpec, ProcessRuntime, ResourceLimits, ResourceUsage,
+    ContainerRuntime, ContainerSpec, ContainerState, ContainerStatus, DEFAULT_PIDS_LIMIT,
+    ExecOutput, LogOptions, OciRuntime, PortBinding, PortSpec, ProcessRuntime, ResourceLimits,
+    ResourceUsage, find_oci_binaries,
 };
 pub use time::{format_rfc3339, now_rfc3339, seconds_since};

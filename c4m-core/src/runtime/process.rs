@@ -8,8 +8,8 @@
 //! stdio, so they outlive the agent; a new agent over the same state
 //! directory re-adopts them.
 
-mod logs;
-mod procfs;
+pub(super) mod logs;
+pub(super) mod procfs;
 #[cfg(test)]
 mod tests;
 

@@ -51,6 +51,9 @@ impl Fixture {
             group: None,
             ports: Vec::new(),
             resources: ResourceLimits::default(),
+            network_namespace: None,
+            privileged: false,
+            read_only_root_filesystem: false,
         }
     }
 }
