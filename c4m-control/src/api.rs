@@ -96,6 +96,14 @@ pub(crate) fn router(state: Arc<ApiState>) -> Router {
         )
         .route("/api/v1/namespaces/{ns}/pods/{name}/log", get(pod_log))
         .route(
+            "/c4m/v1/nodes/{node}/images",
+            get(node_images).delete(node_images),
+        )
+        .route(
+            "/c4m/v1/nodes/{node}/images/import",
+            post(node_image_import).layer(DefaultBodyLimit::disable()),
+        )
+        .route(
             c4m_api::SCHEDULER_POLICY_PATH,
             get(scheduler_policy).put(set_scheduler_policy),
         )
@@ -311,11 +319,7 @@ async fn pod_log(
     let node = crate::pods::node_name(&pod).ok_or_else(|| {
         Error::BadRequest(format!("instance {name} is not scheduled to a node yet"))
     })?;
-    let node_object = state.objects.get(kind("nodes"), "", node).await?;
-    let agent_url = node_object["metadata"]["annotations"][c4m_core::annotations::AGENT_URL]
-        .as_str()
-        .filter(|u| !u.is_empty())
-        .ok_or_else(|| Error::Unavailable(format!("node {node} has no agent address")))?;
+    let agent_url = agent_url(&state, node).await?;
     let mut forwarded: Vec<(&str, &str)> = Vec::new();
     for key in ["follow", "tailLines"] {
         if let Some(value) = query.get(key) {
@@ -351,6 +355,71 @@ async fn pod_log(
     Ok(Response::builder()
         .header(header::CONTENT_TYPE, "text/plain")
         .body(Body::from_stream(body))
+        .unwrap_or_default())
+}
+
+/// The HTTP address of `node`'s agent.
+async fn agent_url(state: &ApiState, node: &str) -> Result<String> {
+    let node_object = state.objects.get(kind("nodes"), "", node).await?;
+    node_object["metadata"]["annotations"][c4m_core::annotations::AGENT_URL]
+        .as_str()
+        .filter(|u| !u.is_empty())
+        .map(str::to_string)
+        .ok_or_else(|| Error::Unavailable(format!("node {node} has no agent address")))
+}
+
+/// `/c4m/v1/nodes/{node}/images` (GET list, DELETE `?ref=`): the node's
+/// image store, proxied to its agent.
+async fn node_images(
+    State(state): Shared,
+    Path(node): Path<String>,
+    method: Method,
+    uri: Uri,
+    body: Body,
+) -> Result<Response> {
+    proxy_to_agent(&state, &node, "/v1/images", method, uri, body).await
+}
+
+/// `POST /c4m/v1/nodes/{node}/images/import?name=`: an image archive
+/// streamed to the node's agent.
+async fn node_image_import(
+    State(state): Shared,
+    Path(node): Path<String>,
+    uri: Uri,
+    body: Body,
+) -> Result<Response> {
+    proxy_to_agent(&state, &node, "/v1/images/import", Method::POST, uri, body).await
+}
+
+/// Forwards a request (query and streamed body) to `path` on `node`'s
+/// agent and streams the answer back with its status.
+async fn proxy_to_agent(
+    state: &ApiState,
+    node: &str,
+    path: &str,
+    method: Method,
+    uri: Uri,
+    body: Body,
+) -> Result<Response> {
+    let agent_url = agent_url(state, node).await?;
+    let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+    let response = state
+        .http
+        .request(method, format!("{agent_url}{path}{query}"))
+        .bearer_auth(&state.agent_token)
+        .body(reqwest::Body::wrap_stream(body.into_data_stream()))
+        .send()
+        .await
+        .map_err(|e| Error::Unavailable(format!("cannot reach the agent of node {node}: {e}")))?;
+    let status =
+        StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
+    let mut builder = Response::builder().status(status);
+    if let Some(content_type) = content_type {
+        builder = builder.header(header::CONTENT_TYPE, content_type);
+    }
+    Ok(builder
+        .body(Body::from_stream(response.bytes_stream()))
         .unwrap_or_default())
 }
 

@@ -3,6 +3,7 @@
 
 mod commands;
 mod daemons;
+mod images;
 mod kubeconfig;
 mod output;
 mod policy;
@@ -49,6 +50,8 @@ enum Command {
     Wait(commands::WaitArgs),
     /// Show, replace or audit the scheduler policy.
     Policy(policy::PolicyArgs),
+    /// Manage a node's images (list, import, remove).
+    Image(images::ImageArgs),
     /// Print a kubeconfig so `kubectl --kubeconfig FILE` drives this c4m.
     Kubeconfig(kubeconfig::KubeconfigArgs),
 }
@@ -94,6 +97,7 @@ fn main() -> ExitCode {
             Command::Run(args) => commands::run(args, &connection).await,
             Command::Wait(args) => commands::wait(args, &connection).await,
             Command::Policy(args) => policy::policy(args, &connection).await,
+            Command::Image(args) => images::image(args, &connection).await,
             Command::Kubeconfig(args) => kubeconfig::print(args, &connection).await,
         }
     });

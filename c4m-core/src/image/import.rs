@@ -118,9 +118,9 @@ fn import_oci_dir(store: &ImageStore, dir: &Path, default_name: &str) -> Result<
         let manifest_bytes = store.blobs.read(&manifest)?;
         let parsed = oci_spec::image::ImageManifest::from_reader(&manifest_bytes[..])
             .map_err(|e| Error::Image(format!("manifest {manifest}: {e}")))?;
-        copy(&parsed.config().digest().to_string())?;
+        copy(parsed.config().digest().as_ref())?;
         for layer in parsed.layers() {
-            copy(&layer.digest().to_string())?;
+            copy(layer.digest().as_ref())?;
         }
         images.push(store.add_image(&manifest, name.as_slice())?);
     }

@@ -2,6 +2,7 @@
 //! images (e.g. from busybox) without a registry.
 
 use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use flate2::Compression;
@@ -123,4 +124,54 @@ pub fn tar_directory(dir: &Path) -> Result<Vec<u8>> {
         .append_dir_all(".", dir)
         .and_then(|()| builder.into_inner())
         .map_err(|e| Error::io(format!("tar {}", dir.display()), e))
+}
+
+/// Writes a minimal root file system around a static busybox binary:
+/// `/bin/busybox` with a symlink per applet, `/etc/passwd` and `/etc/group`
+/// with `root` and `app` (1000:1000), `/etc/marker` (`from-image`), `/srv`
+/// and a world-writable `/tmp`. Tests and the quickstart build their images
+/// from it, without a registry.
+pub fn write_busybox_rootfs(busybox: &Path, root: &Path) -> Result<()> {
+    let io = |what: String| move |e: std::io::Error| Error::io(what, e);
+    let bin = root.join("bin");
+    for dir in ["bin", "etc", "srv", "tmp", "proc", "sys", "dev", "mnt"] {
+        let path = root.join(dir);
+        std::fs::create_dir_all(&path).map_err(io(format!("create {}", path.display())))?;
+    }
+    std::fs::copy(busybox, bin.join("busybox"))
+        .map_err(io(format!("copy {}", busybox.display())))?;
+    let list = std::process::Command::new(busybox)
+        .arg("--list")
+        .output()
+        .map_err(io(format!("run {} --list", busybox.display())))?;
+    let applets = String::from_utf8_lossy(&list.stdout).into_owned();
+    if !list.status.success() || applets.trim().is_empty() {
+        return Err(Error::Image(format!(
+            "{} --list printed no applets: not a busybox binary?",
+            busybox.display()
+        )));
+    }
+    for applet in applets
+        .lines()
+        .filter(|a| *a != "busybox" && !a.contains('/'))
+    {
+        let link = bin.join(applet);
+        std::os::unix::fs::symlink("busybox", &link)
+            .map_err(io(format!("link {}", link.display())))?;
+    }
+    let tmp = root.join("tmp");
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o1777))
+        .map_err(io(format!("chmod {}", tmp.display())))?;
+    for (file, content) in [
+        (
+            "etc/passwd",
+            "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/srv:/bin/sh\n",
+        ),
+        ("etc/group", "root:x:0:\napp:x:1000:\n"),
+        ("etc/marker", "from-image\n"),
+    ] {
+        let path = root.join(file);
+        std::fs::write(&path, content).map_err(io(format!("write {}", path.display())))?;
+    }
+    Ok(())
 }

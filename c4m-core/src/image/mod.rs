@@ -26,12 +26,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::ErrorKind;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard, PoisonError};
 
+use nix::fcntl::{Flock, FlockArg};
 use oci_spec::image::{ImageConfiguration, ImageManifest};
 use serde::{Deserialize, Serialize};
 
-pub use layout::{tar_directory, write_oci_layout};
+pub use layout::{tar_directory, write_busybox_rootfs, write_oci_layout};
 pub use reference::Reference;
 
 use crate::{Error, Result};
@@ -83,8 +83,11 @@ pub struct ImageStore {
     layers_dir: PathBuf,
     leases_dir: PathBuf,
     tmp: PathBuf,
-    /// Serializes read-modify-write of `images.json` and garbage collection.
-    lock: Mutex<()>,
+    /// `<root>/lock`, locked with `flock` around read-modify-write of
+    /// `images.json` and garbage collection, so that several stores over
+    /// one directory (agent server, drivers, other processes) stay
+    /// consistent.
+    lock_path: PathBuf,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -111,11 +114,11 @@ impl ImageStore {
         }
         Ok(ImageStore {
             blobs: Blobs::new(&root, &tmp)?,
+            lock_path: root.join("lock"),
             root,
             layers_dir,
             leases_dir,
             tmp,
-            lock: Mutex::new(()),
         })
     }
 
@@ -124,8 +127,19 @@ impl ImageStore {
         &self.root
     }
 
-    fn locked(&self) -> MutexGuard<'_, ()> {
-        self.lock.lock().unwrap_or_else(PoisonError::into_inner)
+    fn locked(&self) -> Result<Flock<std::fs::File>> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&self.lock_path)
+            .map_err(|e| Error::io(format!("open {}", self.lock_path.display()), e))?;
+        Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, errno)| {
+            Error::io(
+                format!("lock {}", self.lock_path.display()),
+                std::io::Error::from(errno),
+            )
+        })
     }
 
     fn catalog_path(&self) -> PathBuf {
@@ -148,7 +162,7 @@ impl ImageStore {
 
     /// Every image, sorted by first name then digest.
     pub fn list(&self) -> Result<Vec<Image>> {
-        let _guard = self.locked();
+        let _guard = self.locked()?;
         let mut images: Vec<Image> = self.load()?.images.into_values().collect();
         images.sort_by(|a, b| (a.names.first(), &a.digest).cmp(&(b.names.first(), &b.digest)));
         Ok(images)
@@ -158,7 +172,7 @@ impl ImageStore {
     /// `sha256:...`, or at least [`SHORT_ID_LEN`] leading hex digits of its
     /// digest.
     pub fn resolve(&self, reference: &str) -> Result<Image> {
-        let _guard = self.locked();
+        let _guard = self.locked()?;
         resolve_in(&self.load()?, reference)
     }
 
@@ -204,7 +218,7 @@ impl ImageStore {
             size += descriptor.size();
             layers.push(layer);
         }
-        let _guard = self.locked();
+        let _guard = self.locked()?;
         let mut catalog = self.load()?;
         let names: Vec<String> = names.iter().filter_map(Reference::tagged).collect();
         for other in catalog.images.values_mut() {
@@ -295,7 +309,7 @@ impl ImageStore {
     /// name does); a digest removes the image and all its names. Blobs and
     /// layers stay until [`ImageStore::gc`].
     pub fn remove(&self, reference: &str) -> Result<Image> {
-        let _guard = self.locked();
+        let _guard = self.locked()?;
         let mut catalog = self.load()?;
         let image = resolve_in(&catalog, reference)?;
         let by_name = Reference::parse(reference)
@@ -303,10 +317,9 @@ impl ImageStore {
             .filter(|r| r.digest.is_none())
             .and_then(|r| r.tagged())
             .filter(|name| image.names.contains(name));
-        let entry = catalog
-            .images
-            .get_mut(&image.digest)
-            .expect("resolved from this catalog");
+        let Some(entry) = catalog.images.get_mut(&image.digest) else {
+            return Err(Error::ImageNotFound(reference.to_string()));
+        };
         if let Some(name) = by_name {
             entry.names.retain(|n| *n != name);
         } else {
@@ -322,7 +335,7 @@ impl ImageStore {
     /// Removes blobs and unpacked layers that no image and no lease uses,
     /// and anything left in `tmp/`.
     pub fn gc(&self) -> Result<GcReport> {
-        let _guard = self.locked();
+        let _guard = self.locked()?;
         let catalog = self.load()?;
         let mut blobs = BTreeSet::new();
         let mut layers = BTreeSet::new();

@@ -1,8 +1,7 @@
 //! The `oci` driver against the real kernel, runc/crun and conmon, with a
 //! busybox image built here from Debian's `busybox-static` (no registry).
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,42 +9,19 @@ use futures::StreamExt;
 use oci_spec::image::ConfigBuilder;
 
 use super::*;
-use crate::image::{tar_directory, write_oci_layout};
+use crate::image::{tar_directory, write_busybox_rootfs, write_oci_layout};
 use crate::runtime::ResourceLimits;
 
 const BUSYBOX: &str = "/bin/busybox";
 const WAIT: Duration = Duration::from_secs(30);
 
-/// Writes a busybox root file system: every applet, a user `app`
-/// (1000:1000), `/etc/marker` and `/srv`.
-pub(crate) fn busybox_rootfs(root: &Path) {
+/// Writes the busybox root file system of the test image.
+fn busybox_rootfs(root: &Path) {
     assert!(
         Path::new(BUSYBOX).is_file(),
         "{BUSYBOX} is missing: apt-get install busybox-static"
     );
-    let bin = root.join("bin");
-    std::fs::create_dir_all(&bin).unwrap();
-    std::fs::copy(BUSYBOX, bin.join("busybox")).unwrap();
-    let list = std::process::Command::new(BUSYBOX)
-        .arg("--list")
-        .output()
-        .unwrap();
-    for applet in String::from_utf8(list.stdout).unwrap().lines() {
-        if applet != "busybox" {
-            std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
-        }
-    }
-    for dir in ["etc", "srv", "tmp", "proc", "sys", "dev", "mnt"] {
-        std::fs::create_dir_all(root.join(dir)).unwrap();
-    }
-    std::fs::set_permissions(root.join("tmp"), std::fs::Permissions::from_mode(0o1777)).unwrap();
-    std::fs::write(
-        root.join("etc/passwd"),
-        "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/srv:/bin/sh\n",
-    )
-    .unwrap();
-    std::fs::write(root.join("etc/group"), "root:x:0:\napp:x:1000:\n").unwrap();
-    std::fs::write(root.join("etc/marker"), "from-image\n").unwrap();
+    write_busybox_rootfs(Path::new(BUSYBOX), root).unwrap();
 }
 
 struct Fixture {
@@ -530,5 +506,4 @@ async fn a_missing_image_fails_clearly_and_leaves_nothing() {
     );
     assert!(f.runtime.list().await.unwrap().is_empty());
     f.runtime.remove(&spec.id).await.unwrap();
-    let _unused: PathBuf = PathBuf::new();
 }

@@ -1,0 +1,118 @@
+//! `c4m image`: a node's image store (what the `oci` driver runs), reached
+//! through the control plane, which proxies to the node's agent.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+
+use crate::commands::Connection;
+
+/// `c4m image`.
+#[derive(Args)]
+pub struct ImageArgs {
+    /// The node whose store to use (default: the only node).
+    #[arg(long, global = true)]
+    node: Option<String>,
+    #[command(subcommand)]
+    command: ImageCommand,
+}
+
+#[derive(Subcommand)]
+enum ImageCommand {
+    /// List the node's images.
+    Ls,
+    /// Import an OCI image layout tar or a docker archive (`docker save`).
+    Import {
+        /// The archive.
+        file: PathBuf,
+        /// Repository for images the archive names only by tag (default:
+        /// the file name without extension).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Remove an image by name (untag) or digest, then collect unused
+    /// layers.
+    Rm {
+        /// `name[:tag]`, `sha256:...` or a digest prefix.
+        reference: String,
+    },
+}
+
+pub async fn image(args: ImageArgs, connection: &Connection) -> Result<()> {
+    let client = connection.client()?;
+    let node = match args.node {
+        Some(node) => node,
+        None => only_node(&client).await?,
+    };
+    match args.command {
+        ImageCommand::Ls => {
+            let images = client.node_images(&node).await?;
+            let mut rows = vec![vec![
+                "NAME".to_string(),
+                "ID".to_string(),
+                "LAYERS".to_string(),
+                "SIZE".to_string(),
+            ]];
+            for image in images {
+                let id = image.digest["sha256:".len()..][..c4m_core::SHORT_ID_LEN].to_string();
+                let names = if image.names.is_empty() {
+                    vec!["<none>".to_string()]
+                } else {
+                    image.names.clone()
+                };
+                for name in names {
+                    rows.push(vec![
+                        name,
+                        id.clone(),
+                        image.layers.len().to_string(),
+                        c4m_core::format_memory_bytes(image.size),
+                    ]);
+                }
+            }
+            print!("{}", crate::output::columns(&rows));
+        }
+        ImageCommand::Import { file, name } => {
+            let name = match name {
+                Some(name) => name,
+                None => file
+                    .file_stem()
+                    .and_then(|s| s.to_str())
+                    .map(str::to_ascii_lowercase)
+                    .context("give the image a name with --name")?,
+            };
+            let archive = tokio::fs::File::open(&file)
+                .await
+                .with_context(|| format!("open {}", file.display()))?;
+            let images = client
+                .import_image(&node, &name, reqwest::Body::from(archive))
+                .await?;
+            for image in images {
+                println!("imported {} {}", image.names.join(" "), image.digest);
+            }
+        }
+        ImageCommand::Rm { reference } => {
+            let image = client.remove_image(&node, &reference).await?;
+            println!("removed {reference} ({})", image.digest);
+        }
+    }
+    Ok(())
+}
+
+/// The cluster's node when there is exactly one.
+async fn only_node(client: &c4m_api::Client) -> Result<String> {
+    let nodes = client
+        .list(crate::commands::kind("nodes")?, None, None)
+        .await?;
+    let names: Vec<String> = nodes["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|node| node["metadata"]["name"].as_str().map(str::to_string))
+        .collect();
+    match &names[..] {
+        [one] => Ok(one.clone()),
+        [] => bail!("no node has joined the cluster"),
+        _ => bail!("several nodes ({}): pick one with --node", names.join(", ")),
+    }
+}
