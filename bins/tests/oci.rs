@@ -104,8 +104,9 @@ fn instances_run_in_oci_containers_from_imported_images() {
     });
     assert!(logs.starts_with("hello-from-oci\n"), "{logs}");
 
-    // An image the node does not have: the instance says so.
-    cluster.apply(&deployment("ghost", "nope:7", "true"));
+    // An image the node does not have, from a registry that is not there
+    // (a loopback port nothing listens on): the instance says so.
+    cluster.apply(&deployment("ghost", "127.0.0.1:1/nope:7", "true"));
     let message = wait_for("the missing image to be reported", MINUTE, || {
         let pods = cluster.instances_of("app=ghost");
         let text = pods.first().map(Value::to_string).unwrap_or_default();

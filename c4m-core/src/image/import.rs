@@ -154,21 +154,28 @@ fn platform_manifest(
     let bytes = store.blobs.read(&digest)?;
     let index = ImageIndex::from_reader(&bytes[..])
         .map_err(|e| Error::Image(format!("index {digest}: {e}")))?;
-    let arch = host_architecture();
-    let chosen = index
-        .manifests()
-        .iter()
-        .find(|m| {
-            m.platform().as_ref().is_none_or(|p| {
-                p.os().to_string() == "linux" && p.architecture().to_string() == arch
-            })
-        })
-        .ok_or_else(|| Error::Image(format!("index {digest} has no image for linux/{arch}")))?;
+    let chosen = platform_descriptor(&index).ok_or_else(|| {
+        Error::Image(format!(
+            "index {digest} has no image for linux/{}",
+            host_architecture()
+        ))
+    })?;
     platform_manifest(store, chosen, copy, depth + 1)
 }
 
+/// The entry of an index for this machine (linux and its architecture; an
+/// entry without a platform fits any).
+pub(super) fn platform_descriptor(index: &ImageIndex) -> Option<&Descriptor> {
+    let arch = host_architecture();
+    index.manifests().iter().find(|m| {
+        m.platform()
+            .as_ref()
+            .is_none_or(|p| p.os().to_string() == "linux" && p.architecture().to_string() == arch)
+    })
+}
+
 /// The machine's architecture as OCI (GOARCH) names it.
-fn host_architecture() -> &'static str {
+pub(super) fn host_architecture() -> &'static str {
     match std::env::consts::ARCH {
         "x86_64" => "amd64",
         "aarch64" => "arm64",

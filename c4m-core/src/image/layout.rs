@@ -50,11 +50,7 @@ pub fn write_oci_layout(
         let (digest, size) = put(&compressed)?;
         descriptors.push(Descriptor::new(MediaType::ImageLayerGzip, size, digest));
     }
-    let arch = match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        other => other,
-    };
+    let arch = super::import::host_architecture();
     let image_config = ImageConfigurationBuilder::default()
         .architecture(arch)
         .os("linux")

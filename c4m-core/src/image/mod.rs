@@ -18,6 +18,7 @@ mod blob;
 mod import;
 mod layer;
 mod layout;
+mod pull;
 mod reference;
 #[cfg(test)]
 mod tests;
@@ -32,6 +33,7 @@ use oci_spec::image::{ImageConfiguration, ImageManifest};
 use serde::{Deserialize, Serialize};
 
 pub use layout::{tar_directory, write_busybox_rootfs, write_oci_layout};
+pub use pull::{RegistryCredentials, pull};
 pub use reference::Reference;
 
 use crate::{Error, Result};
@@ -174,6 +176,11 @@ impl ImageStore {
     pub fn resolve(&self, reference: &str) -> Result<Image> {
         let _guard = self.locked()?;
         resolve_in(&self.load()?, reference)
+    }
+
+    /// Whether the store has blob `digest`.
+    pub fn has_blob(&self, digest: &str) -> bool {
+        self.blobs.path(digest).is_ok_and(|path| path.is_file())
     }
 
     /// The image's configuration (entrypoint, cmd, env, ...).

@@ -39,7 +39,7 @@ use super::{
     ResourceUsage,
 };
 use crate::cgroup::{Cgroup, Cgroups};
-use crate::image::{Image, ImageStore};
+use crate::image::ImageStore;
 use crate::{Error, Result};
 
 /// OCI runtimes in order of preference. `runc` first: Debian 12's `crun`
@@ -438,17 +438,25 @@ impl Inner {
             .clone()
             .ok_or_else(|| runtime_error(id, "the oci driver needs an image"))?;
         let images = self.images.clone();
+        let wanted = reference.clone();
+        let image = match blocking(move || images.resolve(&wanted)).await {
+            Ok(image) => image,
+            // Pulled on demand, as a kubelet with `IfNotPresent` does.
+            Err(Error::ImageNotFound(_)) => crate::image::pull(&self.images, &reference, None)
+                .await
+                .map_err(|e| {
+                    runtime_error(
+                        id,
+                        format!(
+                            "image {reference} is not in this node's image store and pulling it failed: {e}"
+                        ),
+                    )
+                })?,
+            Err(e) => return Err(e),
+        };
+        let images = self.images.clone();
         let holder = id.to_string();
         let (image, layers, config) = blocking(move || {
-            let image: Image = images.resolve(&reference).map_err(|e| match e {
-                Error::ImageNotFound(_) => Error::Runtime {
-                    id: holder.clone(),
-                    message: format!(
-                        "image {reference} is not in this node's image store (import or pull it)"
-                    ),
-                },
-                other => other,
-            })?;
             images.lease(&holder, &image)?;
             let layers = images.layer_dirs(&image)?;
             let config = images.config(&image)?;

@@ -498,10 +498,13 @@ async fn logs_tail_and_follow() {
 async fn a_missing_image_fails_clearly_and_leaves_nothing() {
     let f = Fixture::new("missing").await;
     let mut spec = f.spec("ghost", &["true"]);
-    spec.image = Some("nope:1".into());
+    // A loopback port nothing listens on: the on-demand pull fails fast.
+    spec.image = Some("127.0.0.1:1/nope:1".into());
     let error = f.runtime.start(&spec).await.unwrap_err().to_string();
     assert!(
-        error.contains("image nope:1 is not in this node's image store"),
+        error.contains(
+            "image 127.0.0.1:1/nope:1 is not in this node's image store and pulling it failed"
+        ),
         "{error}"
     );
     assert!(f.runtime.list().await.unwrap().is_empty());
