@@ -44,6 +44,49 @@ fn busybox_image_tar(dir: &Path) -> std::path::PathBuf {
     tar
 }
 
+/// Debian's `docker-registry` on a loopback port, storing under `dir`.
+struct Registry {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Registry {
+    fn start(dir: &Path) -> Registry {
+        let port = free_port();
+        let config = dir.join("registry.yml");
+        let storage = dir.join("registry");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog: {{level: warn}}\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                storage.display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("docker-registry is required (apt-get install docker-registry)");
+        let registry = Registry { child, port };
+        wait_for("the registry", Duration::from_secs(20), || {
+            std::net::TcpStream::connect(("127.0.0.1", port))
+                .ok()
+                .map(drop)
+        });
+        registry
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn deployment(name: &str, image: &str, script: &str) -> String {
     format!(
         r#"
@@ -115,13 +158,62 @@ fn instances_run_in_oci_containers_from_imported_images() {
     });
     assert!(message.contains("nope:7"), "{message}");
 
+    // From a registry on loopback: `c4m image pull`, and a pull on demand
+    // for an instance whose image the node does not have yet.
+    let registry = Registry::start(cluster.dir.path());
+    let layout = cluster.dir.path().join("layout");
+    for tag in ["1", "2"] {
+        let status = Command::new("skopeo")
+            .args(["copy", "--quiet", "--dest-tls-verify=false"])
+            .arg(format!("oci:{}:1", layout.display()))
+            .arg(format!(
+                "docker://127.0.0.1:{}/team/bb:{tag}",
+                registry.port
+            ))
+            .status()
+            .expect("skopeo is required (apt-get install skopeo)");
+        assert!(status.success(), "skopeo copy to the registry failed");
+    }
+    let pulled = cluster.ok(&[
+        "image",
+        "pull",
+        &format!("127.0.0.1:{}/team/bb:1", registry.port),
+    ]);
+    assert!(
+        pulled.starts_with(&format!(
+            "pulled 127.0.0.1:{}/team/bb:1 sha256:",
+            registry.port
+        )),
+        "{pulled}"
+    );
+    cluster.apply(&deployment(
+        "pulled",
+        &format!("127.0.0.1:{}/team/bb:2", registry.port),
+        "echo pulled-on-demand; exec sleep 1000",
+    ));
+    let pods = cluster.wait_ready("app=pulled", 1, MINUTE);
+    let name = pods[0]["metadata"]["name"].as_str().unwrap().to_string();
+    wait_for("the pulled instance's output", MINUTE, || {
+        cluster
+            .ok(&["logs", &name])
+            .contains("pulled-on-demand")
+            .then_some(())
+    });
+    assert!(
+        cluster
+            .ok(&["image", "ls"])
+            .contains(&format!("127.0.0.1:{}/team/bb:2", registry.port))
+    );
+    cluster.ok(&["delete", "deployment", "pulled"]);
+    cluster.wait_gone("app=pulled", MINUTE);
+
     cluster.ok(&["delete", "deployment", "box"]);
     cluster.ok(&["delete", "deployment", "ghost"]);
     cluster.wait_gone("app=box", MINUTE);
     cluster.wait_gone("app=ghost", MINUTE);
     let removed = cluster.ok(&["image", "rm", "bb:1"]);
     assert!(removed.contains("removed bb:1"), "{removed}");
-    assert!(!cluster.ok(&["image", "ls"]).contains("bb:1"));
+    assert!(!cluster.ok(&["image", "ls"]).contains("docker.io/library/bb:1"));
     let error = cluster.c4m(&["image", "rm", "bb:1"]);
     assert!(!error.status.success());
     assert!(String::from_utf8_lossy(&error.stderr).contains("not found"));

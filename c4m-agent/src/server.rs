@@ -32,6 +32,7 @@ pub(crate) fn router(state: Arc<ServerState>) -> Router {
     Router::new()
         .route("/v1/instances/{ns}/{name}/log", get(log))
         .route("/v1/images", get(list_images).delete(remove_image))
+        .route("/v1/images/pull", post(pull_image))
         .route(
             "/v1/images/import",
             post(import_image).layer(DefaultBodyLimit::disable()),
@@ -177,4 +178,32 @@ async fn import_image(
         images.import(upload.path(), Some(&name))
     })
     .await
+}
+
+/// What `POST /v1/images/pull` takes.
+#[derive(serde::Deserialize)]
+struct PullRequest {
+    reference: String,
+    #[serde(default)]
+    username: Option<String>,
+    #[serde(default)]
+    password: Option<String>,
+}
+
+/// `POST /v1/images/pull` with `{"reference": ..., "username": ...,
+/// "password": ...}`: pulls the image from its registry into the store.
+async fn pull_image(
+    State(state): State<Arc<ServerState>>,
+    axum::Json(request): axum::Json<PullRequest>,
+) -> Response {
+    let credentials = request
+        .username
+        .map(|username| c4m_core::RegistryCredentials {
+            username,
+            password: request.password.unwrap_or_default(),
+        });
+    match c4m_core::pull(&state.images, &request.reference, credentials.as_ref()).await {
+        Ok(image) => axum::Json(image).into_response(),
+        Err(e) => (StatusCode::BAD_GATEWAY, format!("{e}\n")).into_response(),
+    }
 }

@@ -326,6 +326,24 @@ impl Client {
         .await
     }
 
+    /// Has `node`'s agent pull `reference` from its registry (with
+    /// `credentials` as user name and password, if given).
+    pub async fn pull_image(
+        &self,
+        node: &str,
+        reference: &str,
+        credentials: Option<(&str, &str)>,
+    ) -> Result<c4m_core::Image> {
+        let path = format!("/c4m/v1/nodes/{node}/images/pull");
+        let mut body = serde_json::json!({"reference": reference});
+        if let Some((username, password)) = credentials {
+            body["username"] = username.into();
+            body["password"] = password.into();
+        }
+        self.json(self.request(Method::POST, &path).json(&body))
+            .await
+    }
+
     /// Removes `reference` from `node`'s image store (untags a name; a
     /// digest removes the image) and collects unused blobs and layers.
     pub async fn remove_image(&self, node: &str, reference: &str) -> Result<c4m_core::Image> {

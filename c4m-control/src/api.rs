@@ -99,6 +99,7 @@ pub(crate) fn router(state: Arc<ApiState>) -> Router {
             "/c4m/v1/nodes/{node}/images",
             get(node_images).delete(node_images),
         )
+        .route("/c4m/v1/nodes/{node}/images/pull", post(node_image_pull))
         .route(
             "/c4m/v1/nodes/{node}/images/import",
             post(node_image_import).layer(DefaultBodyLimit::disable()),
@@ -375,9 +376,10 @@ async fn node_images(
     Path(node): Path<String>,
     method: Method,
     uri: Uri,
+    headers: HeaderMap,
     body: Body,
 ) -> Result<Response> {
-    proxy_to_agent(&state, &node, "/v1/images", method, uri, body).await
+    proxy_to_agent(&state, &node, "/v1/images", method, uri, &headers, body).await
 }
 
 /// `POST /c4m/v1/nodes/{node}/images/import?name=`: an image archive
@@ -386,27 +388,63 @@ async fn node_image_import(
     State(state): Shared,
     Path(node): Path<String>,
     uri: Uri,
+    headers: HeaderMap,
     body: Body,
 ) -> Result<Response> {
-    proxy_to_agent(&state, &node, "/v1/images/import", Method::POST, uri, body).await
+    proxy_to_agent(
+        &state,
+        &node,
+        "/v1/images/import",
+        Method::POST,
+        uri,
+        &headers,
+        body,
+    )
+    .await
 }
 
-/// Forwards a request (query and streamed body) to `path` on `node`'s
-/// agent and streams the answer back with its status.
+/// `POST /c4m/v1/nodes/{node}/images/pull`: the node's agent pulls an
+/// image from its registry.
+async fn node_image_pull(
+    State(state): Shared,
+    Path(node): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response> {
+    proxy_to_agent(
+        &state,
+        &node,
+        "/v1/images/pull",
+        Method::POST,
+        uri,
+        &headers,
+        body,
+    )
+    .await
+}
+
+/// Forwards a request (query, content type and streamed body) to `path`
+/// on `node`'s agent and streams the answer back with its status.
 async fn proxy_to_agent(
     state: &ApiState,
     node: &str,
     path: &str,
     method: Method,
     uri: Uri,
+    headers: &HeaderMap,
     body: Body,
 ) -> Result<Response> {
     let agent_url = agent_url(state, node).await?;
     let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
-    let response = state
+    let mut request = state
         .http
         .request(method, format!("{agent_url}{path}{query}"))
-        .bearer_auth(&state.agent_token)
+        .bearer_auth(&state.agent_token);
+    if let Some(content_type) = headers.get(header::CONTENT_TYPE) {
+        request = request.header(header::CONTENT_TYPE, content_type.clone());
+    }
+    let response = request
         .body(reqwest::Body::wrap_stream(body.into_data_stream()))
         .send()
         .await

@@ -31,6 +31,18 @@ enum ImageCommand {
         #[arg(long)]
         name: Option<String>,
     },
+    /// Pull an image from its registry onto the node (loopback registries
+    /// over HTTP, others over HTTPS).
+    Pull {
+        /// `registry/repository:tag` or `registry/repository@sha256:...`.
+        reference: String,
+        /// Registry user name.
+        #[arg(long, requires = "password_env")]
+        username: Option<String>,
+        /// Environment variable holding the registry password.
+        #[arg(long, default_value = "C4M_REGISTRY_PASSWORD")]
+        password_env: String,
+    },
     /// Remove an image by name (untag) or digest, then collect unused
     /// layers.
     Rm {
@@ -90,6 +102,35 @@ pub async fn image(args: ImageArgs, connection: &Connection) -> Result<()> {
             for image in images {
                 println!("imported {} {}", image.names.join(" "), image.digest);
             }
+        }
+        ImageCommand::Pull {
+            reference,
+            username,
+            password_env,
+        } => {
+            let password = match &username {
+                Some(_) => std::env::var(&password_env)
+                    .with_context(|| format!("--username needs the password in ${password_env}"))?,
+                None => String::new(),
+            };
+            let spinner = indicatif::ProgressBar::new_spinner();
+            spinner.set_style(
+                indicatif::ProgressStyle::with_template("{spinner} {msg} {elapsed}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+            );
+            spinner.set_message(format!("pulling {reference} onto {node}"));
+            spinner.enable_steady_tick(std::time::Duration::from_millis(100));
+            let credentials = username.as_deref().map(|user| (user, password.as_str()));
+            let pulled = client.pull_image(&node, &reference, credentials).await;
+            spinner.finish_and_clear();
+            let image = pulled?;
+            println!(
+                "pulled {} {} ({} layers, {})",
+                reference,
+                image.digest,
+                image.layers.len(),
+                c4m_core::format_memory_bytes(image.size)
+            );
         }
         ImageCommand::Rm { reference } => {
             let image = client.remove_image(&node, &reference).await?;
