@@ -7,8 +7,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # What the tests run besides c4m itself: a shell and coreutils for
-# instance commands, procps, and (for the quickstart test) curl.
-packages=(procps coreutils curl ca-certificates)
+# instance commands, procps, and (for the quickstart test) curl; for the
+# oci driver and the image store: runc and crun (OCI runtimes), conmon (the
+# container monitor), busybox-static (test images), skopeo (docker archives,
+# pushes) and docker-registry (a registry on loopback); tar.
+packages=(procps coreutils curl ca-certificates tar runc crun conmon busybox-static skopeo docker-registry)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -213,7 +213,11 @@ fn instances_run_in_oci_containers_from_imported_images() {
     cluster.wait_gone("app=ghost", MINUTE);
     let removed = cluster.ok(&["image", "rm", "bb:1"]);
     assert!(removed.contains("removed bb:1"), "{removed}");
-    assert!(!cluster.ok(&["image", "ls"]).contains("docker.io/library/bb:1"));
+    assert!(
+        !cluster
+            .ok(&["image", "ls"])
+            .contains("docker.io/library/bb:1")
+    );
     let error = cluster.c4m(&["image", "rm", "bb:1"]);
     assert!(!error.status.success());
     assert!(String::from_utf8_lossy(&error.stderr).contains("not found"));

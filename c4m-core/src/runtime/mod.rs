@@ -18,6 +18,7 @@ use crate::Result;
 mod oci;
 mod process;
 mod spec;
+mod state;
 
 pub use oci::{DEFAULT_PIDS_LIMIT, OciRuntime, find_oci_binaries};
 pub use process::ProcessRuntime;

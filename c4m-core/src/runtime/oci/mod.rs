@@ -33,10 +33,10 @@ use nix::mount::{MntFlags, MsFlags};
 use serde::{Deserialize, Serialize};
 use tokio::process::Command;
 
-use super::process::{logs, procfs};
+use super::process::procfs;
+use super::state::{self, ExitRecord};
 use super::{
-    ContainerRuntime, ContainerSpec, ContainerState, ContainerStatus, ExecOutput, LogOptions,
-    ResourceUsage,
+    ContainerRuntime, ContainerSpec, ContainerStatus, ExecOutput, LogOptions, ResourceUsage,
 };
 use crate::cgroup::{Cgroup, Cgroups};
 use crate::image::ImageStore;
@@ -86,14 +86,6 @@ struct Record {
     conmon_start_ticks: u64,
     started_at: SystemTime,
     exit: Option<ExitRecord>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct ExitRecord {
-    exit_code: Option<i32>,
-    signal: Option<i32>,
-    oom_killed: bool,
-    finished_at: SystemTime,
 }
 
 /// The OCI runtime and conmon binaries found on `PATH`, if both are there.
@@ -168,19 +160,7 @@ async fn blocking<T: Send + 'static>(
 
 impl Inner {
     fn container_dir(&self, id: &str) -> Result<PathBuf> {
-        let valid = !id.is_empty()
-            && !id.starts_with('.')
-            && id.len() <= 128
-            && id
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-        if !valid {
-            return Err(runtime_error(
-                id,
-                "invalid container id: use letters, digits, '-', '_' and '.'",
-            ));
-        }
-        Ok(self.containers_dir.join(id))
+        state::container_dir(&self.containers_dir, id)
     }
 
     fn group(&self, id: &str) -> Cgroup {
@@ -188,15 +168,7 @@ impl Inner {
     }
 
     async fn load(&self, id: &str) -> Result<Option<Record>> {
-        let path = self.container_dir(id)?.join("state.json");
-        let bytes = match tokio::fs::read(&path).await {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(Error::io(format!("read {}", path.display()), e)),
-        };
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| runtime_error(id, format!("corrupt state file {}: {e}", path.display())))
+        state::load(&self.container_dir(id)?, id).await
     }
 
     async fn load_existing(&self, id: &str) -> Result<Record> {
@@ -205,18 +177,9 @@ impl Inner {
             .ok_or_else(|| Error::ContainerNotFound(id.to_string()))
     }
 
-    /// Writes the record atomically (temp file + rename).
+    /// Writes the record atomically.
     async fn save(&self, id: &str, record: &Record) -> Result<()> {
-        let dir = self.container_dir(id)?;
-        let json = serde_json::to_vec_pretty(record)
-            .map_err(|e| runtime_error(id, format!("serialize state: {e}")))?;
-        let temp = dir.join("state.json.tmp");
-        tokio::fs::write(&temp, json)
-            .await
-            .map_err(|e| Error::io(format!("write {}", temp.display()), e))?;
-        tokio::fs::rename(&temp, dir.join("state.json"))
-            .await
-            .map_err(|e| Error::io(format!("rename {} to state.json", temp.display()), e))
+        state::save(&self.container_dir(id)?, id, record).await
     }
 
     /// The OCI runtime with its state root.
@@ -608,26 +571,15 @@ async fn remove_path(path: &Path) -> Result<()> {
 }
 
 fn to_status(id: &str, record: Record) -> ContainerStatus {
-    let state = match record.exit {
-        None => ContainerState::Running {
-            pid: record.pid,
-            started_at: record.started_at,
-        },
-        Some(exit) => ContainerState::Exited {
-            exit_code: exit.exit_code,
-            signal: exit.signal,
-            oom_killed: exit.oom_killed,
-            started_at: record.started_at,
-            finished_at: exit.finished_at,
-        },
-    };
-    ContainerStatus {
-        id: id.to_string(),
-        spec: record.spec,
-        state,
-        // Ports are the network's business (the container's namespace).
-        ports: Vec::new(),
-    }
+    // Ports are the network's business (the container's namespace).
+    state::status(
+        id,
+        record.spec,
+        record.pid,
+        record.started_at,
+        record.exit,
+        Vec::new(),
+    )
 }
 
 /// Turns conmon's `k8s-file` lines (`<time> <stream> <F|P> <text>`) back into
@@ -654,6 +606,13 @@ impl K8sFileDecoder {
             }
         }
         out.freeze()
+    }
+}
+
+#[async_trait]
+impl state::Containers for Inner {
+    async fn status(&self, id: &str) -> Result<ContainerStatus> {
+        Inner::status(self, id).await
     }
 }
 
@@ -722,28 +681,7 @@ impl ContainerRuntime for OciRuntime {
     }
 
     async fn list(&self) -> Result<Vec<ContainerStatus>> {
-        let dir = &self.inner.containers_dir;
-        let mut entries = tokio::fs::read_dir(dir)
-            .await
-            .map_err(|e| Error::io(format!("read {}", dir.display()), e))?;
-        let mut containers = Vec::new();
-        while let Some(entry) = entries
-            .next_entry()
-            .await
-            .map_err(|e| Error::io(format!("read {}", dir.display()), e))?
-        {
-            let Some(id) = entry.file_name().to_str().map(str::to_string) else {
-                continue;
-            };
-            match self.inner.status(&id).await {
-                Ok(status) => containers.push(status),
-                // A directory whose state.json has not been written yet.
-                Err(Error::ContainerNotFound(_)) => {}
-                Err(e) => tracing::warn!(container = %id, error = %e, "skipping container"),
-            }
-        }
-        containers.sort_by(|a, b| a.id.cmp(&b.id));
-        Ok(containers)
+        state::list(&*self.inner, &self.inner.containers_dir).await
     }
 
     async fn stop(&self, id: &str, grace: Duration) -> Result<()> {
@@ -785,39 +723,8 @@ impl ContainerRuntime for OciRuntime {
         if !path.exists() {
             return Ok(futures::stream::empty().boxed());
         }
-        let offset = match options.tail_lines {
-            None => 0,
-            Some(lines) => {
-                let tail_path = path.clone();
-                tokio::task::spawn_blocking(move || logs::tail_offset(&tail_path, lines))
-                    .await
-                    .map_err(|e| runtime_error(id, format!("tail task failed: {e}")))?
-                    .map_err(|e| Error::io(format!("tail {}", path.display()), e))?
-            }
-        };
-        let exited = options.follow.then(|| {
-            // Weak: an open log stream must not keep a dropped runtime alive.
-            let inner = Arc::downgrade(&self.inner);
-            let id = id.to_string();
-            logs::exited_check(move || {
-                let inner = inner.clone();
-                let id = id.clone();
-                async move {
-                    let Some(inner) = inner.upgrade() else {
-                        return true;
-                    };
-                    !matches!(
-                        inner.status(&id).await,
-                        Ok(ContainerStatus {
-                            state: ContainerState::Running { .. },
-                            ..
-                        })
-                    )
-                }
-            })
-        });
         let mut decoder = K8sFileDecoder::default();
-        let raw = logs::stream(path, offset, exited).await?;
+        let raw = state::logs(&self.inner, id, path, options).await?;
         Ok(raw
             .map(move |chunk| chunk.map(|bytes| decoder.decode(&bytes)))
             .filter(|chunk| futures::future::ready(!matches!(chunk, Ok(b) if b.is_empty())))

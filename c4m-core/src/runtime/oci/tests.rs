@@ -10,7 +10,7 @@ use oci_spec::image::ConfigBuilder;
 
 use super::*;
 use crate::image::{tar_directory, write_busybox_rootfs, write_oci_layout};
-use crate::runtime::ResourceLimits;
+use crate::runtime::{ContainerState, ResourceLimits};
 
 const BUSYBOX: &str = "/bin/busybox";
 const WAIT: Duration = Duration::from_secs(30);

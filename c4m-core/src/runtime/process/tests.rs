@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 use futures::StreamExt;
 
 use super::*;
-use crate::runtime::ResourceLimits;
+use crate::runtime::{ContainerState, ResourceLimits};
 
 /// A runtime over a fresh state directory. Dropping it kills whatever its
 /// tests left running and removes their cgroups, even when a test panicked.
