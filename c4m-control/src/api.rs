@@ -99,10 +99,9 @@ pub(crate) fn router(state: Arc<ApiState>) -> Router {
             "/c4m/v1/nodes/{node}/images",
             get(node_images).delete(node_images),
         )
-        .route("/c4m/v1/nodes/{node}/images/pull", post(node_image_pull))
         .route(
-            "/c4m/v1/nodes/{node}/images/import",
-            post(node_image_import).layer(DefaultBodyLimit::disable()),
+            "/c4m/v1/nodes/{node}/images/{action}",
+            post(node_image_action).layer(DefaultBodyLimit::disable()),
         )
         .route(
             c4m_api::SCHEDULER_POLICY_PATH,
@@ -382,46 +381,24 @@ async fn node_images(
     proxy_to_agent(&state, &node, "/v1/images", method, uri, &headers, body).await
 }
 
-/// `POST /c4m/v1/nodes/{node}/images/import?name=`: an image archive
-/// streamed to the node's agent.
-async fn node_image_import(
+/// `POST /c4m/v1/nodes/{node}/images/import?name=` (an image archive as
+/// the body) and `POST /c4m/v1/nodes/{node}/images/pull` (the node pulls
+/// from a registry): proxied to the node's agent.
+async fn node_image_action(
     State(state): Shared,
-    Path(node): Path<String>,
+    Path((node, action)): Path<(String, String)>,
     uri: Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response> {
-    proxy_to_agent(
-        &state,
-        &node,
-        "/v1/images/import",
-        Method::POST,
-        uri,
-        &headers,
-        body,
-    )
-    .await
-}
-
-/// `POST /c4m/v1/nodes/{node}/images/pull`: the node's agent pulls an
-/// image from its registry.
-async fn node_image_pull(
-    State(state): Shared,
-    Path(node): Path<String>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response> {
-    proxy_to_agent(
-        &state,
-        &node,
-        "/v1/images/pull",
-        Method::POST,
-        uri,
-        &headers,
-        body,
-    )
-    .await
+    if action != "import" && action != "pull" {
+        return Err(Error::NotFound {
+            kind: "image action".into(),
+            name: action,
+        });
+    }
+    let path = format!("/v1/images/{action}");
+    proxy_to_agent(&state, &node, &path, Method::POST, uri, &headers, body).await
 }
 
 /// Forwards a request (query, content type and streamed body) to `path`

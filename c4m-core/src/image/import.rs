@@ -4,9 +4,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use oci_spec::image::{
-    Descriptor, ImageConfiguration, ImageIndex, ImageManifestBuilder, MediaType,
-};
+use oci_spec::image::{Descriptor, ImageConfiguration, ImageIndex, MediaType};
 use serde::Deserialize;
 
 use super::{Image, ImageStore, Reference};
@@ -227,20 +225,8 @@ fn import_docker_archive(store: &ImageStore, dir: &Path, default_name: &str) -> 
         let config_digest_parsed = config_digest
             .parse::<oci_spec::image::Digest>()
             .map_err(|e| Error::Image(format!("{}: {e}", entry.config)))?;
-        let manifest = ImageManifestBuilder::default()
-            .schema_version(2u32)
-            .media_type(MediaType::ImageManifest)
-            .config(Descriptor::new(
-                MediaType::ImageConfig,
-                config_size,
-                config_digest_parsed,
-            ))
-            .layers(layers)
-            .build()
-            .map_err(|e| Error::Image(format!("build manifest: {e}")))?;
-        let manifest_json = manifest
-            .to_string()
-            .map_err(|e| Error::Image(format!("serialize manifest: {e}")))?;
+        let manifest_json =
+            super::layout::manifest_json(config_size, config_digest_parsed, layers)?;
         let (manifest_digest, _) = store.blobs.write_unknown(manifest_json.as_bytes())?;
         let names = entry
             .repo_tags

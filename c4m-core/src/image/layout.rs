@@ -66,18 +66,7 @@ pub fn write_oci_layout(
         .map_err(|e| fail("config", &e))?;
     let config_json = image_config.to_string().map_err(|e| fail("config", &e))?;
     let (config_digest, config_size) = put(config_json.as_bytes())?;
-    let manifest = ImageManifestBuilder::default()
-        .schema_version(2u32)
-        .media_type(MediaType::ImageManifest)
-        .config(Descriptor::new(
-            MediaType::ImageConfig,
-            config_size,
-            config_digest,
-        ))
-        .layers(descriptors)
-        .build()
-        .map_err(|e| fail("manifest", &e))?;
-    let manifest_json = manifest.to_string().map_err(|e| fail("manifest", &e))?;
+    let manifest_json = manifest_json(config_size, config_digest, descriptors)?;
     let (manifest_digest, manifest_size) = put(manifest_json.as_bytes())?;
     let mut manifest_descriptor = Descriptor::new(
         MediaType::ImageManifest,
@@ -170,4 +159,24 @@ pub fn write_busybox_rootfs(busybox: &Path, root: &Path) -> Result<()> {
         std::fs::write(&path, content).map_err(io(format!("write {}", path.display())))?;
     }
     Ok(())
+}
+
+/// The JSON of an OCI image manifest with this config and these layers.
+pub(super) fn manifest_json(
+    config_size: u64,
+    config_digest: oci_spec::image::Digest,
+    layers: Vec<Descriptor>,
+) -> Result<String> {
+    ImageManifestBuilder::default()
+        .schema_version(2u32)
+        .media_type(MediaType::ImageManifest)
+        .config(Descriptor::new(
+            MediaType::ImageConfig,
+            config_size,
+            config_digest,
+        ))
+        .layers(layers)
+        .build()
+        .and_then(|manifest| manifest.to_string())
+        .map_err(|e| Error::Image(format!("build manifest: {e}")))
 }

@@ -24,7 +24,7 @@ pub use oci::{DEFAULT_PIDS_LIMIT, OciRuntime, find_oci_binaries};
 pub use process::ProcessRuntime;
 
 /// Everything a driver needs to start one container.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerSpec {
     /// Unique, file-name-safe id of the container on this node.
     pub id: String,

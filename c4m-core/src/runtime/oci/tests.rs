@@ -10,7 +10,7 @@ use oci_spec::image::ConfigBuilder;
 
 use super::*;
 use crate::image::{tar_directory, write_busybox_rootfs, write_oci_layout};
-use crate::runtime::{ContainerState, ResourceLimits};
+use crate::runtime::ContainerState;
 
 const BUSYBOX: &str = "/bin/busybox";
 const WAIT: Duration = Duration::from_secs(30);
@@ -76,16 +76,8 @@ impl Fixture {
             id: self.id(name),
             image: Some("bb:1".into()),
             command: command.iter().map(|s| s.to_string()).collect(),
-            args: Vec::new(),
-            env: Vec::new(),
-            working_dir: None,
             user: Some(0),
-            group: None,
-            ports: Vec::new(),
-            resources: ResourceLimits::default(),
-            network_namespace: None,
-            privileged: false,
-            read_only_root_filesystem: false,
+            ..ContainerSpec::default()
         }
     }
 
