@@ -10,8 +10,11 @@ cd "$(dirname "$0")/.."
 # instance commands, procps, and (for the quickstart test) curl.
 # bsdutils: `script` (a terminal for kubectl exec -it); util-linux: `setsid -c`
 # (the process driver's exec on a terminal); python3: a bulk TCP server in
-# kubectl_stream.rs.
-packages=(procps coreutils curl ca-certificates bsdutils util-linux python3)
+# kubectl_stream.rs. For the oci driver and the image store: runc and crun
+# (OCI runtimes), conmon (the container monitor), busybox-static (test
+# images), skopeo (docker archives, pushes) and docker-registry (a registry
+# on loopback); tar.
+packages=(procps coreutils curl ca-certificates bsdutils util-linux python3 tar runc crun conmon busybox-static skopeo docker-registry)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use c4m_api::agent::Driver;
-use c4m_core::{ContainerRuntime, ProcessRuntime};
+use c4m_core::{ContainerRuntime, ImageStore, OciRuntime, ProcessRuntime, find_oci_binaries};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -49,10 +49,31 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// The drivers that work on this node: `process` for now.
+    /// The drivers that work on this node: `process` always; `oci` when
+    /// an OCI runtime (runc or crun) and conmon are installed and the
+    /// agent may use namespaces and cgroups (root).
     pub fn detect_runtimes(config: &AgentConfig) -> Result<Vec<Arc<dyn ContainerRuntime>>> {
         let process = ProcessRuntime::new(config.data_dir.join("process"), config.address)?;
-        Ok(vec![Arc::new(process)])
+        let mut runtimes: Vec<Arc<dyn ContainerRuntime>> = vec![Arc::new(process)];
+        if find_oci_binaries().is_none() {
+            tracing::info!("oci driver unavailable: install runc (or crun) and conmon");
+        } else if !nix::unistd::Uid::effective().is_root() {
+            tracing::info!("oci driver unavailable: the agent does not run as root");
+        } else {
+            let oci = Agent::image_store(config)
+                .and_then(|images| Ok(OciRuntime::new(&config.data_dir.join("oci"), images)?));
+            match oci {
+                Ok(oci) => runtimes.push(Arc::new(oci)),
+                Err(e) => tracing::warn!(error = %e, "oci driver unavailable"),
+            }
+        }
+        Ok(runtimes)
+    }
+
+    /// The node's image store (`<data_dir>/images`), which the `oci` driver
+    /// runs containers from and the HTTP server manages.
+    pub fn image_store(config: &AgentConfig) -> Result<Arc<ImageStore>> {
+        Ok(Arc::new(ImageStore::open(config.data_dir.join("images"))?))
     }
 
     /// Binds the agent's HTTP server.
@@ -127,6 +148,8 @@ impl Agent {
         };
         let state = Arc::new(ServerState {
             directory,
+            images: Agent::image_store(&self.config)?,
+            work_dir: self.config.data_dir.clone(),
             token: self.config.token.clone(),
             shutdown: shutdown.clone(),
         });

@@ -1,19 +1,22 @@
 //! The agent's HTTP server: what the control plane proxies to the node
-//! (instance logs; exec and port-forward over WebSocket, in `stream.rs`).
+//! (instance logs; exec and port-forward over WebSocket, in `stream.rs`;
+//! the node's image store).
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use axum::Router;
 use axum::body::Body;
+use axum::extract::DefaultBodyLimit;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use bytes::Bytes;
-use c4m_core::LogOptions;
+use c4m_core::{ImageStore, LogOptions};
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use tokio_util::sync::CancellationToken;
@@ -22,6 +25,9 @@ use crate::supervisor::{Directory, Placement};
 
 pub(crate) struct ServerState {
     pub directory: Directory,
+    pub images: Arc<ImageStore>,
+    /// Where uploaded archives wait while they are imported.
+    pub work_dir: PathBuf,
     pub token: Option<String>,
     pub shutdown: CancellationToken,
 }
@@ -33,6 +39,12 @@ pub(crate) fn router(state: Arc<ServerState>) -> Router {
         .route(
             "/v1/instances/{ns}/{name}/portforward",
             get(crate::stream::port_forward),
+        )
+        .route("/v1/images", get(list_images).delete(remove_image))
+        .route("/v1/images/pull", post(pull_image))
+        .route(
+            "/v1/images/import",
+            post(import_image).layer(DefaultBodyLimit::disable()),
         )
         .layer(middleware::from_fn_with_state(
             Arc::clone(&state),
@@ -164,5 +176,115 @@ async fn log(
                 .unwrap_or_default()
         }
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    }
+}
+
+/// Runs image store work on a blocking thread; errors become responses
+/// (404 for an unknown image, 400 for a bad archive or reference).
+async fn with_store<T: serde::Serialize + Send + 'static>(
+    state: &ServerState,
+    work: impl FnOnce(&ImageStore) -> c4m_core::Result<T> + Send + 'static,
+) -> Response {
+    let images = Arc::clone(&state.images);
+    match tokio::task::spawn_blocking(move || work(&images)).await {
+        Ok(Ok(value)) => axum::Json(value).into_response(),
+        Ok(Err(c4m_core::Error::ImageNotFound(reference))) => (
+            StatusCode::NOT_FOUND,
+            format!("image {reference} not found on this node\n"),
+        )
+            .into_response(),
+        Ok(Err(e)) => (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    }
+}
+
+async fn list_images(State(state): State<Arc<ServerState>>) -> Response {
+    with_store(&state, |images| images.list()).await
+}
+
+/// `DELETE /v1/images?ref=REF`: untags (or, by digest, removes) the image,
+/// then collects what no image or container uses any more.
+async fn remove_image(
+    State(state): State<Arc<ServerState>>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let Some(reference) = query.get("ref").cloned() else {
+        return (StatusCode::BAD_REQUEST, "missing ?ref=IMAGE\n").into_response();
+    };
+    with_store(&state, move |images| {
+        let removed = images.remove(&reference)?;
+        images.gc()?;
+        Ok(removed)
+    })
+    .await
+}
+
+/// `POST /v1/images/import?name=NAME` with an archive (OCI layout tar or
+/// docker archive) as the body.
+async fn import_image(
+    State(state): State<Arc<ServerState>>,
+    Query(query): Query<HashMap<String, String>>,
+    body: Body,
+) -> Response {
+    let upload = match tempfile::NamedTempFile::new_in(&state.work_dir) {
+        Ok(file) => file,
+        Err(e) => {
+            return (StatusCode::INTERNAL_SERVER_ERROR, format!("upload: {e}\n")).into_response();
+        }
+    };
+    let mut file = tokio::fs::File::from_std(match upload.reopen() {
+        Ok(file) => file,
+        Err(e) => {
+            return (StatusCode::INTERNAL_SERVER_ERROR, format!("upload: {e}\n")).into_response();
+        }
+    });
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let written = match chunk {
+            Ok(bytes) => tokio::io::AsyncWriteExt::write_all(&mut file, &bytes).await,
+            Err(e) => Err(std::io::Error::other(e)),
+        };
+        if let Err(e) = written {
+            return (StatusCode::BAD_REQUEST, format!("upload: {e}\n")).into_response();
+        }
+    }
+    if let Err(e) = tokio::io::AsyncWriteExt::flush(&mut file).await {
+        return (StatusCode::INTERNAL_SERVER_ERROR, format!("upload: {e}\n")).into_response();
+    }
+    let name = query
+        .get("name")
+        .cloned()
+        .unwrap_or_else(|| "imported".into());
+    with_store(&state, move |images| {
+        images.import(upload.path(), Some(&name))
+    })
+    .await
+}
+
+/// What `POST /v1/images/pull` takes.
+#[derive(serde::Deserialize)]
+struct PullRequest {
+    reference: String,
+    #[serde(default)]
+    username: Option<String>,
+    #[serde(default)]
+    password: Option<String>,
+}
+
+/// `POST /v1/images/pull` with `{"reference": ..., "username": ...,
+/// "password": ...}`: pulls the image from its registry into the store.
+async fn pull_image(
+    State(state): State<Arc<ServerState>>,
+    axum::Json(request): axum::Json<PullRequest>,
+) -> Response {
+    let credentials = request
+        .username
+        .map(|username| c4m_core::RegistryCredentials {
+            username,
+            password: request.password.unwrap_or_default(),
+        });
+    match c4m_core::pull(&state.images, &request.reference, credentials.as_ref()).await {
+        Ok(image) => axum::Json(image).into_response(),
+        Err(e) => (StatusCode::BAD_GATEWAY, format!("{e}\n")).into_response(),
     }
 }

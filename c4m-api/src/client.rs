@@ -333,6 +333,58 @@ impl Client {
             }))
     }
 
+    /// The images in `node`'s image store.
+    pub async fn node_images(&self, node: &str) -> Result<Vec<c4m_core::Image>> {
+        self.get_path(&format!("/c4m/v1/nodes/{node}/images")).await
+    }
+
+    /// Imports an image archive (OCI layout tar or docker archive), streamed
+    /// from `body`, into `node`'s image store; a bare tag in the archive gets
+    /// the repository `name`.
+    pub async fn import_image(
+        &self,
+        node: &str,
+        name: &str,
+        body: reqwest::Body,
+    ) -> Result<Vec<c4m_core::Image>> {
+        let path = format!("/c4m/v1/nodes/{node}/images/import");
+        self.json(
+            self.request(Method::POST, &path)
+                .query(&[("name", name)])
+                .body(body),
+        )
+        .await
+    }
+
+    /// Has `node`'s agent pull `reference` from its registry (with
+    /// `credentials` as user name and password, if given).
+    pub async fn pull_image(
+        &self,
+        node: &str,
+        reference: &str,
+        credentials: Option<(&str, &str)>,
+    ) -> Result<c4m_core::Image> {
+        let path = format!("/c4m/v1/nodes/{node}/images/pull");
+        let mut body = serde_json::json!({"reference": reference});
+        if let Some((username, password)) = credentials {
+            body["username"] = username.into();
+            body["password"] = password.into();
+        }
+        self.json(self.request(Method::POST, &path).json(&body))
+            .await
+    }
+
+    /// Removes `reference` from `node`'s image store (untags a name; a
+    /// digest removes the image) and collects unused blobs and layers.
+    pub async fn remove_image(&self, node: &str, reference: &str) -> Result<c4m_core::Image> {
+        let path = format!("/c4m/v1/nodes/{node}/images");
+        self.json(
+            self.request(Method::DELETE, &path)
+                .query(&[("ref", reference)]),
+        )
+        .await
+    }
+
     /// Streams watch events of a kind after `resource_version`.
     pub async fn watch(
         &self,

@@ -121,6 +121,14 @@ pub(crate) fn router(state: Arc<ApiState>) -> Router {
             get(streams::pod_port_forward),
         )
         .route(
+            "/c4m/v1/nodes/{node}/images",
+            get(node_images).delete(node_images),
+        )
+        .route(
+            "/c4m/v1/nodes/{node}/images/{action}",
+            post(node_image_action).layer(DefaultBodyLimit::disable()),
+        )
+        .route(
             c4m_api::SCHEDULER_POLICY_PATH,
             get(scheduler_policy).put(set_scheduler_policy),
         )
@@ -325,6 +333,86 @@ async fn pod_metrics(
             },
         }],
     })))
+}
+
+/// The HTTP address of `node`'s agent.
+pub(crate) async fn agent_url(state: &ApiState, node: &str) -> Result<String> {
+    let node_object = state.objects.get(kind("nodes"), "", node).await?;
+    node_object["metadata"]["annotations"][c4m_core::annotations::AGENT_URL]
+        .as_str()
+        .filter(|u| !u.is_empty())
+        .map(str::to_string)
+        .ok_or_else(|| Error::Unavailable(format!("node {node} has no agent address")))
+}
+
+/// `/c4m/v1/nodes/{node}/images` (GET list, DELETE `?ref=`): the node's
+/// image store, proxied to its agent.
+async fn node_images(
+    State(state): Shared,
+    Path(node): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response> {
+    proxy_to_agent(&state, &node, "/v1/images", method, uri, &headers, body).await
+}
+
+/// `POST /c4m/v1/nodes/{node}/images/import?name=` (an image archive as
+/// the body) and `POST /c4m/v1/nodes/{node}/images/pull` (the node pulls
+/// from a registry): proxied to the node's agent.
+async fn node_image_action(
+    State(state): Shared,
+    Path((node, action)): Path<(String, String)>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response> {
+    if action != "import" && action != "pull" {
+        return Err(Error::NotFound {
+            kind: "image action".into(),
+            name: action,
+        });
+    }
+    let path = format!("/v1/images/{action}");
+    proxy_to_agent(&state, &node, &path, Method::POST, uri, &headers, body).await
+}
+
+/// Forwards a request (query, content type and streamed body) to `path`
+/// on `node`'s agent and streams the answer back with its status.
+async fn proxy_to_agent(
+    state: &ApiState,
+    node: &str,
+    path: &str,
+    method: Method,
+    uri: Uri,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response> {
+    let agent_url = agent_url(state, node).await?;
+    let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+    let mut request = state
+        .http
+        .request(method, format!("{agent_url}{path}{query}"))
+        .bearer_auth(&state.agent_token);
+    if let Some(content_type) = headers.get(header::CONTENT_TYPE) {
+        request = request.header(header::CONTENT_TYPE, content_type.clone());
+    }
+    let response = request
+        .body(reqwest::Body::wrap_stream(body.into_data_stream()))
+        .send()
+        .await
+        .map_err(|e| Error::Unavailable(format!("cannot reach the agent of node {node}: {e}")))?;
+    let status =
+        StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
+    let mut builder = Response::builder().status(status);
+    if let Some(content_type) = content_type {
+        builder = builder.header(header::CONTENT_TYPE, content_type);
+    }
+    Ok(builder
+        .body(Body::from_stream(response.bytes_stream()))
+        .unwrap_or_default())
 }
 
 /// What a resource path names.

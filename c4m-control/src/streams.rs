@@ -58,12 +58,8 @@ async fn agent_of(
     let node = crate::pods::node_name(&pod).ok_or_else(|| {
         Error::BadRequest(format!("instance {name} is not scheduled to a node yet"))
     })?;
-    let node_object = state.objects.get(kind("nodes"), "", node).await?;
-    let agent_url = node_object["metadata"]["annotations"][c4m_core::annotations::AGENT_URL]
-        .as_str()
-        .filter(|u| !u.is_empty())
-        .ok_or_else(|| Error::Unavailable(format!("node {node} has no agent address")))?;
-    Ok((node.to_string(), agent_url.to_string()))
+    let agent_url = crate::api::agent_url(state, node).await?;
+    Ok((node.to_string(), agent_url))
 }
 
 /// A `container` parameter must name the instance's container, as

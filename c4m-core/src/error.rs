@@ -54,6 +54,14 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// An image store operation failed (bad archive, corrupt blob, ...).
+    #[error("{0}")]
+    Image(String),
+
+    /// No image in the store matches the reference.
+    #[error("image {0} not found")]
+    ImageNotFound(String),
+
     /// A health check could not run or failed.
     #[error("probe: {0}")]
     Probe(String),

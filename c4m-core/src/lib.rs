@@ -17,6 +17,7 @@
 
 mod cgroup;
 mod error;
+mod image;
 mod manifest;
 mod model;
 mod probe;
@@ -25,6 +26,10 @@ mod runtime;
 mod time;
 
 pub use error::{Error, Result};
+pub use image::{
+    GcReport, Image, ImageStore, Layer, Reference, RegistryCredentials, SHORT_ID_LEN, pull,
+    tar_directory, write_busybox_rootfs, write_oci_layout,
+};
 pub use manifest::{Document, ManifestError, Validated, parse_documents, validate, validate_value};
 pub use model::kinds::{KINDS, ResourceKind};
 pub use model::microservice::{Microservice, MicroserviceSpec, MicroserviceStatus};
@@ -35,8 +40,8 @@ pub use model::{Instance, annotations, labels};
 pub use probe::{ProbeTracker, probe_once};
 pub use quantity::{format_cpu_millis, format_memory_bytes, parse_cpu_millis, parse_memory_bytes};
 pub use runtime::{
-    ContainerRuntime, ContainerSpec, ContainerState, ContainerStatus, ExecOutput, ExecRequest,
-    ExecSession, LogOptions, PortBinding, PortSpec, ProcessRuntime, ResizeTerminal, ResourceLimits,
-    ResourceUsage, TerminalSize,
+    ContainerRuntime, ContainerSpec, ContainerState, ContainerStatus, DEFAULT_PIDS_LIMIT,
+    ExecOutput, ExecRequest, ExecSession, LogOptions, OciRuntime, PortBinding, PortSpec,
+    ProcessRuntime, ResizeTerminal, ResourceLimits, ResourceUsage, TerminalSize, find_oci_binaries,
 };
 pub use time::{format_rfc3339, now_rfc3339, seconds_since};

@@ -406,6 +406,9 @@ mod probe_tests {
             group: None,
             ports: vec![],
             resources: Default::default(),
+            network_namespace: None,
+            privileged: false,
+            read_only_root_filesystem: false,
         };
         ContainerStatus {
             id: spec.id.clone(),
@@ -553,6 +556,9 @@ mod probe_tests {
             group: None,
             ports: vec![],
             resources: Default::default(),
+            network_namespace: None,
+            privileged: false,
+            read_only_root_filesystem: false,
         };
         let status = runtime.start(&spec).await.unwrap();
         let exec = |script: &str| Probe {

@@ -95,7 +95,7 @@ impl Connection {
     }
 }
 
-fn kind(name: &str) -> Result<&'static ResourceKind> {
+pub fn kind(name: &str) -> Result<&'static ResourceKind> {
     ResourceKind::from_name(name).ok_or_else(|| {
         let known: Vec<&str> = c4m_core::KINDS.iter().map(|k| k.plural).collect();
         anyhow!("unknown kind {name:?}; known kinds: {}", known.join(", "))

@@ -3,6 +3,7 @@
 
 mod commands;
 mod daemons;
+mod images;
 mod kubeconfig;
 mod output;
 mod policy;
@@ -55,6 +56,8 @@ enum Command {
     Wait(commands::WaitArgs),
     /// Show, replace or audit the scheduler policy.
     Policy(policy::PolicyArgs),
+    /// Manage a node's images (list, import, remove).
+    Image(images::ImageArgs),
     /// Print a kubeconfig so `kubectl --kubeconfig FILE` drives this c4m.
     Kubeconfig(kubeconfig::KubeconfigArgs),
 }
@@ -103,6 +106,7 @@ fn main() -> ExitCode {
             Command::Run(args) => done(commands::run(args, &connection).await),
             Command::Wait(args) => done(commands::wait(args, &connection).await),
             Command::Policy(args) => done(policy::policy(args, &connection).await),
+            Command::Image(args) => done(images::image(args, &connection).await),
             Command::Kubeconfig(args) => done(kubeconfig::print(args, &connection).await),
         }
     });

@@ -107,6 +107,10 @@ pub fn kill_instances(dir: &Path) {
                 let _ = nix::sys::signal::killpg(pid, nix::sys::signal::Signal::SIGKILL);
                 let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
             }
+            // An oci container's overlay root file system.
+            if let Some(rootfs) = path.parent().map(|dir| dir.join("rootfs")) {
+                let _ = nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH);
+            }
         }
     }
 }

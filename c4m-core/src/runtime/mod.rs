@@ -18,13 +18,16 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::{Error, Result};
 
+mod oci;
 mod process;
 mod spec;
+mod state;
 
+pub use oci::{DEFAULT_PIDS_LIMIT, OciRuntime, find_oci_binaries};
 pub use process::ProcessRuntime;
 
 /// Everything a driver needs to start one container.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerSpec {
     /// Unique, file-name-safe id of the container on this node.
     pub id: String,
@@ -46,6 +49,19 @@ pub struct ContainerSpec {
     pub ports: Vec<PortSpec>,
     /// Resource requests and limits, in integer units.
     pub resources: ResourceLimits,
+    /// An existing network namespace (`/var/run/netns/...`) for the container
+    /// to join; `None` gives it a new one with only loopback. Drivers that
+    /// run host processes ignore it.
+    #[serde(default)]
+    pub network_namespace: Option<PathBuf>,
+    /// Run with every capability, no seccomp filter and unmasked `/proc`
+    /// (the Pod's `securityContext.privileged`). Only when asked explicitly.
+    #[serde(default)]
+    pub privileged: bool,
+    /// Mount the image's root file system read-only
+    /// (`securityContext.readOnlyRootFilesystem`).
+    #[serde(default)]
+    pub read_only_root_filesystem: bool,
 }
 
 /// A port the container listens on.

@@ -10,8 +10,8 @@
 
 mod clock;
 mod exec;
-mod logs;
-mod procfs;
+pub(super) mod logs;
+pub(super) mod procfs;
 #[cfg(test)]
 mod tests;
 
@@ -33,6 +33,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use super::state::{self, ExitRecord};
 use super::{
     ContainerRuntime, ContainerSpec, ContainerState, ContainerStatus, ExecOutput, ExecRequest,
     ExecSession, LogOptions, PortBinding, PortSpec, ResourceUsage,
@@ -105,14 +106,6 @@ struct Record {
     /// The cgroup's OOM-kill counter when this run started.
     oom_kills_at_start: Option<u64>,
     exit: Option<ExitRecord>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct ExitRecord {
-    exit_code: Option<i32>,
-    signal: Option<i32>,
-    oom_killed: bool,
-    finished_at: SystemTime,
 }
 
 impl ProcessRuntime {
@@ -211,6 +204,13 @@ impl ProcessRuntime {
     }
 }
 
+#[async_trait]
+impl state::Containers for Inner {
+    async fn status(&self, id: &str) -> Result<ContainerStatus> {
+        Inner::status(self, id).await
+    }
+}
+
 impl Drop for Inner {
     fn drop(&mut self) {
         for watcher in self.watchers().values() {
@@ -234,19 +234,7 @@ impl Inner {
     }
 
     fn container_dir(&self, id: &str) -> Result<PathBuf> {
-        let valid = !id.is_empty()
-            && id != "."
-            && id != ".."
-            && id
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-        if !valid {
-            return Err(Error::Runtime {
-                id: id.to_string(),
-                message: "invalid container id: use letters, digits, '-', '_' and '.'".into(),
-            });
-        }
-        Ok(self.state_dir.join(id))
+        state::container_dir(&self.state_dir, id)
     }
 
     fn group(&self, id: &str) -> Option<Cgroup> {
@@ -255,18 +243,7 @@ impl Inner {
 
     /// The container's record; `None` if there is none.
     async fn load(&self, id: &str) -> Result<Option<Record>> {
-        let path = self.container_dir(id)?.join("state.json");
-        let bytes = match tokio::fs::read(&path).await {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(Error::io(format!("read {}", path.display()), e)),
-        };
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| Error::Runtime {
-                id: id.to_string(),
-                message: format!("corrupt state file {}: {e}", path.display()),
-            })
+        state::load(&self.container_dir(id)?, id).await
     }
 
     async fn load_existing(&self, id: &str) -> Result<Record> {
@@ -275,21 +252,9 @@ impl Inner {
             .ok_or_else(|| Error::ContainerNotFound(id.to_string()))
     }
 
-    /// Writes the record atomically (temp file + rename), so a crash leaves
-    /// the old or the new state, never half of one.
+    /// Writes the record atomically.
     async fn save(&self, id: &str, record: &Record) -> Result<()> {
-        let dir = self.container_dir(id)?;
-        let json = serde_json::to_vec_pretty(record).map_err(|e| Error::Runtime {
-            id: id.to_string(),
-            message: format!("serialize state: {e}"),
-        })?;
-        let temp = dir.join("state.json.tmp");
-        tokio::fs::write(&temp, json)
-            .await
-            .map_err(|e| Error::io(format!("write {}", temp.display()), e))?;
-        tokio::fs::rename(&temp, dir.join("state.json"))
-            .await
-            .map_err(|e| Error::io(format!("rename {} to state.json", temp.display()), e))
+        state::save(&self.container_dir(id)?, id, record).await
     }
 
     /// Whether the record's process runs now.
@@ -630,25 +595,14 @@ fn same_run(a: &Record, b: &Record) -> bool {
 }
 
 fn to_status(id: &str, record: Record) -> ContainerStatus {
-    let state = match record.exit {
-        None => ContainerState::Running {
-            pid: record.pid,
-            started_at: record.started_at,
-        },
-        Some(exit) => ContainerState::Exited {
-            exit_code: exit.exit_code,
-            signal: exit.signal,
-            oom_killed: exit.oom_killed,
-            started_at: record.started_at,
-            finished_at: exit.finished_at,
-        },
-    };
-    ContainerStatus {
-        id: id.to_string(),
-        spec: record.spec,
-        state,
-        ports: record.ports,
-    }
+    state::status(
+        id,
+        record.spec,
+        record.pid,
+        record.started_at,
+        record.exit,
+        record.ports,
+    )
 }
 
 /// A signal death is reported as exit code 128 + signal, as shells and
@@ -850,32 +804,7 @@ impl ContainerRuntime for ProcessRuntime {
     async fn list(&self) -> Result<Vec<ContainerStatus>> {
         // Containers adopted from an earlier agent get their output stamped.
         self.ensure_clock();
-        let state_dir = &self.inner.state_dir;
-        let mut entries = tokio::fs::read_dir(state_dir)
-            .await
-            .map_err(|e| Error::io(format!("read {}", state_dir.display()), e))?;
-        let mut containers = Vec::new();
-        while let Some(entry) = entries
-            .next_entry()
-            .await
-            .map_err(|e| Error::io(format!("read {}", state_dir.display()), e))?
-        {
-            let is_dir = entry.file_type().await.is_ok_and(|t| t.is_dir());
-            let Some(id) = entry.file_name().to_str().map(str::to_string) else {
-                continue;
-            };
-            if !is_dir {
-                continue;
-            }
-            match self.inner.status(&id).await {
-                Ok(status) => containers.push(status),
-                // A directory whose state.json has not been written yet.
-                Err(Error::ContainerNotFound(_)) => {}
-                Err(e) => tracing::warn!(container = %id, error = %e, "skipping container"),
-            }
-        }
-        containers.sort_by(|a, b| a.id.cmp(&b.id));
-        Ok(containers)
+        state::list(&*self.inner, &self.inner.state_dir).await
     }
 
     async fn stop(&self, id: &str, grace: Duration) -> Result<()> {
@@ -907,42 +836,7 @@ impl ContainerRuntime for ProcessRuntime {
         self.ensure_clock();
         let dir = self.inner.container_dir(id)?;
         let path = dir.join("output.log");
-        let offset = match options.tail_lines {
-            None => 0,
-            Some(lines) => {
-                let tail_path = path.clone();
-                tokio::task::spawn_blocking(move || logs::tail_offset(&tail_path, lines))
-                    .await
-                    .map_err(|e| Error::Runtime {
-                        id: id.to_string(),
-                        message: format!("tail task failed: {e}"),
-                    })?
-                    .map_err(|e| Error::io(format!("tail {}", path.display()), e))?
-            }
-        };
-        let exited = options.follow.then(|| {
-            // Weak: an open log stream must not keep a dropped runtime alive;
-            // once it is gone the stream ends.
-            let inner = Arc::downgrade(&self.inner);
-            let id = id.to_string();
-            logs::exited_check(move || {
-                let inner = inner.clone();
-                let id = id.clone();
-                async move {
-                    let Some(inner) = inner.upgrade() else {
-                        return true;
-                    };
-                    !matches!(
-                        inner.status(&id).await,
-                        Ok(ContainerStatus {
-                            state: ContainerState::Running { .. },
-                            ..
-                        })
-                    )
-                }
-            })
-        });
-        let chunks = logs::stream(path, offset, exited).await?;
+        let (chunks, offset) = state::logs(&self.inner, id, path, &options).await?;
         if !options.timestamps && options.since.is_none() {
             return Ok(chunks);
         }

@@ -58,6 +58,13 @@ impl ContainerSpec {
             group: group.map(id_from).transpose()?,
             ports: ports(container)?,
             resources: resources(container)?,
+            network_namespace: None,
+            privileged: container_security
+                .and_then(|s| s.privileged)
+                .unwrap_or(false),
+            read_only_root_filesystem: container_security
+                .and_then(|s| s.read_only_root_filesystem)
+                .unwrap_or(false),
         })
     }
 }
@@ -222,6 +229,9 @@ spec:
                     memory_request_bytes: 64 << 20,
                     memory_limit_bytes: Some(128 << 20),
                 },
+                network_namespace: None,
+                privileged: false,
+                read_only_root_filesystem: false,
             }
         );
     }

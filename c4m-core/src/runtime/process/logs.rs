@@ -20,7 +20,7 @@ const CHUNK: usize = 64 * 1024;
 
 /// Byte offset where the last `lines` lines of the file start. A final
 /// newline ends the last line rather than starting an empty one.
-pub(super) fn tail_offset(path: &Path, lines: usize) -> std::io::Result<u64> {
+pub(in crate::runtime) fn tail_offset(path: &Path, lines: usize) -> std::io::Result<u64> {
     let mut file = std::fs::File::open(path)?;
     let len = file.metadata()?.len();
     if lines == 0 {
@@ -50,7 +50,8 @@ pub(super) fn tail_offset(path: &Path, lines: usize) -> std::io::Result<u64> {
 
 /// Tells a following reader whether the writer is done (the container has
 /// exited or is gone).
-pub(super) type ExitedCheck = Box<dyn FnMut() -> futures::future::BoxFuture<'static, bool> + Send>;
+pub(in crate::runtime) type ExitedCheck =
+    Box<dyn FnMut() -> futures::future::BoxFuture<'static, bool> + Send>;
 
 struct Reader {
     file: tokio::fs::File,
@@ -65,7 +66,7 @@ struct Reader {
 
 /// Streams `path` from `offset`; with `exited`, keeps polling for appended
 /// data until `exited` says so and the file is drained.
-pub(super) async fn stream(
+pub(in crate::runtime) async fn stream(
     path: PathBuf,
     offset: u64,
     exited: Option<ExitedCheck>,
@@ -199,7 +200,7 @@ pub(super) fn stamp_lines(
 }
 
 /// Wraps an async check into an [`ExitedCheck`].
-pub(super) fn exited_check<F, Fut>(mut check: F) -> ExitedCheck
+pub(in crate::runtime) fn exited_check<F, Fut>(mut check: F) -> ExitedCheck
 where
     F: FnMut() -> Fut + Send + 'static,
     Fut: std::future::Future<Output = bool> + Send + 'static,

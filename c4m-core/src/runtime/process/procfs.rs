@@ -9,7 +9,7 @@ const CLOCK_TICKS_PER_SECOND: u64 = 100;
 
 /// The fields of `/proc/<pid>/stat` the driver uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct ProcStat {
+pub(in crate::runtime) struct ProcStat {
     /// Field 3: `R`, `S`, `Z` (zombie), ...
     pub state: char,
     /// Field 14: user CPU time in clock ticks.
@@ -22,7 +22,7 @@ pub(super) struct ProcStat {
 }
 
 /// Parses `/proc/<pid>/stat` text; `None` if it is malformed.
-pub(super) fn parse_stat(text: &str) -> Option<ProcStat> {
+pub(in crate::runtime) fn parse_stat(text: &str) -> Option<ProcStat> {
     // The command name (field 2) is in parentheses and may itself contain
     // spaces and parentheses, so fields are counted from the last ')'.
     let after_comm = &text[text.rfind(')')? + 1..];
@@ -39,18 +39,18 @@ pub(super) fn parse_stat(text: &str) -> Option<ProcStat> {
 
 /// The process's stat, `None` if there is no such process (or it cannot be
 /// read).
-pub(super) fn stat(pid: u32) -> Option<ProcStat> {
+pub(in crate::runtime) fn stat(pid: u32) -> Option<ProcStat> {
     parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
 }
 
 /// Whether the process identified by `pid` and `start_ticks` still runs (not
 /// a zombie, and the pid not reused by another process).
-pub(super) fn is_alive(pid: u32, start_ticks: u64) -> bool {
+pub(in crate::runtime) fn is_alive(pid: u32, start_ticks: u64) -> bool {
     stat(pid).is_some_and(|s| s.start_ticks == start_ticks && s.state != 'Z' && s.state != 'X')
 }
 
 /// Usage of one process (without its children), for hosts without cgroups.
-pub(super) fn usage(pid: u32) -> ResourceUsage {
+pub(in crate::runtime) fn usage(pid: u32) -> ResourceUsage {
     let cpu_ticks = stat(pid).map_or(0, |s| s.utime.saturating_add(s.stime));
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let status_field = |key: &str| {

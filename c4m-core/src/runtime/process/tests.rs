@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 use futures::StreamExt;
 
 use super::*;
-use crate::runtime::{ResourceLimits, TerminalSize};
+use crate::runtime::{ContainerState, ResourceLimits, TerminalSize};
 
 /// A runtime over a fresh state directory. Dropping it kills whatever its
 /// tests left running and removes their cgroups, even when a test panicked.
@@ -51,6 +51,9 @@ impl Fixture {
             group: None,
             ports: Vec::new(),
             resources: ResourceLimits::default(),
+            network_namespace: None,
+            privileged: false,
+            read_only_root_filesystem: false,
         }
     }
 }

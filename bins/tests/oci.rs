@@ -1,0 +1,224 @@
+//! The `oci` driver end to end: a real control plane and agent (as root,
+//! with runc/crun and conmon), an image built here from busybox and
+//! imported with `c4m image import`, instances that pick the driver with
+//! `runtimeClassName: oci`.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+/// An OCI layout tar of a busybox image tagged `1`.
+fn busybox_image_tar(dir: &Path) -> std::path::PathBuf {
+    let busybox = Path::new("/bin/busybox");
+    assert!(
+        busybox.is_file(),
+        "/bin/busybox is missing: apt-get install busybox-static"
+    );
+    let rootfs = dir.join("rootfs");
+    c4m_core::write_busybox_rootfs(busybox, &rootfs).unwrap();
+    let config = oci_spec::image::ConfigBuilder::default()
+        .cmd(vec!["/bin/sh".to_string()])
+        .env(vec!["PATH=/bin".to_string()])
+        .build()
+        .unwrap();
+    let layout = dir.join("layout");
+    let layer = c4m_core::tar_directory(&rootfs).unwrap();
+    c4m_core::write_oci_layout(&layout, "1", &[layer], config).unwrap();
+    let tar = dir.join("busybox.tar");
+    let status = Command::new("tar")
+        .arg("-C")
+        .arg(&layout)
+        .arg("-cf")
+        .arg(&tar)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    tar
+}
+
+/// Debian's `docker-registry` on a loopback port, storing under `dir`.
+struct Registry {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Registry {
+    fn start(dir: &Path) -> Registry {
+        let port = free_port();
+        let config = dir.join("registry.yml");
+        let storage = dir.join("registry");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog: {{level: warn}}\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                storage.display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("docker-registry is required (apt-get install docker-registry)");
+        let registry = Registry { child, port };
+        wait_for("the registry", Duration::from_secs(20), || {
+            std::net::TcpStream::connect(("127.0.0.1", port))
+                .ok()
+                .map(drop)
+        });
+        registry
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn deployment(name: &str, image: &str, script: &str) -> String {
+    format!(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: {name}}}
+spec:
+  replicas: 1
+  selector: {{matchLabels: {{app: {name}}}}}
+  template:
+    metadata: {{labels: {{app: {name}}}}}
+    spec:
+      runtimeClassName: oci
+      containers:
+        - name: main
+          image: {image}
+          command: ["sh", "-c", {script:?}]
+          resources: {{limits: {{cpu: 500m, memory: 64Mi}}}}
+"#
+    )
+}
+
+#[test]
+fn instances_run_in_oci_containers_from_imported_images() {
+    assert!(
+        nix::unistd::Uid::effective().is_root(),
+        "the oci driver needs root (namespaces, overlayfs, cgroups)"
+    );
+    assert!(
+        c4m_core::find_oci_binaries().is_some(),
+        "runc (or crun) and conmon are required: apt-get install runc conmon"
+    );
+    let mut cluster = Cluster::start();
+    cluster.start_agent("n1", "4", "4Gi");
+    let node = cluster.list("nodes").remove(0);
+    let drivers = node.to_string();
+    assert!(
+        drivers.contains("oci"),
+        "the node does not offer the oci driver: {drivers}"
+    );
+
+    let tar = busybox_image_tar(cluster.dir.path());
+    let imported = cluster.ok(&["image", "import", tar.to_str().unwrap(), "--name", "bb"]);
+    assert!(imported.contains("docker.io/library/bb:1"), "{imported}");
+    let listed = cluster.ok(&["image", "ls"]);
+    assert!(listed.contains("docker.io/library/bb:1"), "{listed}");
+
+    cluster.apply(&deployment(
+        "box",
+        "bb:1",
+        "echo hello-from-oci; cat /etc/marker; exec sleep 1000",
+    ));
+    let pods = cluster.wait_ready("app=box", 1, MINUTE);
+    let name = pods[0]["metadata"]["name"].as_str().unwrap().to_string();
+    let logs = wait_for("the instance's output", MINUTE, || {
+        let text = cluster.ok(&["logs", &name]);
+        text.contains("from-image").then_some(text)
+    });
+    assert!(logs.starts_with("hello-from-oci\n"), "{logs}");
+
+    // An image the node does not have, from a registry that is not there
+    // (a loopback port nothing listens on): the instance says so.
+    cluster.apply(&deployment("ghost", "127.0.0.1:1/nope:7", "true"));
+    let message = wait_for("the missing image to be reported", MINUTE, || {
+        let pods = cluster.instances_of("app=ghost");
+        let text = pods.first().map(Value::to_string).unwrap_or_default();
+        text.contains("not in this node's image store")
+            .then_some(text)
+    });
+    assert!(message.contains("nope:7"), "{message}");
+
+    // From a registry on loopback: `c4m image pull`, and a pull on demand
+    // for an instance whose image the node does not have yet.
+    let registry = Registry::start(cluster.dir.path());
+    let layout = cluster.dir.path().join("layout");
+    for tag in ["1", "2"] {
+        let status = Command::new("skopeo")
+            .args(["copy", "--quiet", "--dest-tls-verify=false"])
+            .arg(format!("oci:{}:1", layout.display()))
+            .arg(format!(
+                "docker://127.0.0.1:{}/team/bb:{tag}",
+                registry.port
+            ))
+            .status()
+            .expect("skopeo is required (apt-get install skopeo)");
+        assert!(status.success(), "skopeo copy to the registry failed");
+    }
+    let pulled = cluster.ok(&[
+        "image",
+        "pull",
+        &format!("127.0.0.1:{}/team/bb:1", registry.port),
+    ]);
+    assert!(
+        pulled.starts_with(&format!(
+            "pulled 127.0.0.1:{}/team/bb:1 sha256:",
+            registry.port
+        )),
+        "{pulled}"
+    );
+    cluster.apply(&deployment(
+        "pulled",
+        &format!("127.0.0.1:{}/team/bb:2", registry.port),
+        "echo pulled-on-demand; exec sleep 1000",
+    ));
+    let pods = cluster.wait_ready("app=pulled", 1, MINUTE);
+    let name = pods[0]["metadata"]["name"].as_str().unwrap().to_string();
+    wait_for("the pulled instance's output", MINUTE, || {
+        cluster
+            .ok(&["logs", &name])
+            .contains("pulled-on-demand")
+            .then_some(())
+    });
+    assert!(
+        cluster
+            .ok(&["image", "ls"])
+            .contains(&format!("127.0.0.1:{}/team/bb:2", registry.port))
+    );
+    cluster.ok(&["delete", "deployment", "pulled"]);
+    cluster.wait_gone("app=pulled", MINUTE);
+
+    cluster.ok(&["delete", "deployment", "box"]);
+    cluster.ok(&["delete", "deployment", "ghost"]);
+    cluster.wait_gone("app=box", MINUTE);
+    cluster.wait_gone("app=ghost", MINUTE);
+    let removed = cluster.ok(&["image", "rm", "bb:1"]);
+    assert!(removed.contains("removed bb:1"), "{removed}");
+    assert!(
+        !cluster
+            .ok(&["image", "ls"])
+            .contains("docker.io/library/bb:1")
+    );
+    let error = cluster.c4m(&["image", "rm", "bb:1"]);
+    assert!(!error.status.success());
+    assert!(String::from_utf8_lossy(&error.stderr).contains("not found"));
+}

@@ -1,0 +1,504 @@
+//! The `oci` driver against the real kernel, runc/crun and conmon, with a
+//! busybox image built here from Debian's `busybox-static` (no registry).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use oci_spec::image::ConfigBuilder;
+
+use super::*;
+use crate::image::{tar_directory, write_busybox_rootfs, write_oci_layout};
+use crate::runtime::ContainerState;
+
+const BUSYBOX: &str = "/bin/busybox";
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Writes the busybox root file system of the test image.
+fn busybox_rootfs(root: &Path) {
+    assert!(
+        Path::new(BUSYBOX).is_file(),
+        "{BUSYBOX} is missing: apt-get install busybox-static"
+    );
+    write_busybox_rootfs(Path::new(BUSYBOX), root).unwrap();
+}
+
+struct Fixture {
+    temp: tempfile::TempDir,
+    store: Arc<ImageStore>,
+    runtime: OciRuntime,
+    prefix: String,
+}
+
+impl Fixture {
+    async fn new(name: &str) -> Fixture {
+        assert!(
+            find_oci_binaries().is_some(),
+            "runc (or crun) and conmon are required: apt-get install runc conmon"
+        );
+        let temp = tempfile::tempdir().unwrap();
+        let rootfs = temp.path().join("rootfs");
+        busybox_rootfs(&rootfs);
+        let config = ConfigBuilder::default()
+            .entrypoint(vec!["/bin/sh".to_string(), "-c".to_string()])
+            .cmd(vec![
+                r#"echo "$FOO $BAR $(pwd) $(id -u):$(id -g)""#.to_string(),
+            ])
+            .env(vec![
+                "PATH=/bin".to_string(),
+                "FOO=image-foo".to_string(),
+                "BAR=image-bar".to_string(),
+            ])
+            .working_dir("/srv")
+            .user("app")
+            .build()
+            .unwrap();
+        let layout = temp.path().join("layout");
+        write_oci_layout(&layout, "1", &[tar_directory(&rootfs).unwrap()], config).unwrap();
+        let store = Arc::new(ImageStore::open(temp.path().join("images")).unwrap());
+        store.import(&layout, Some("bb")).unwrap();
+        let runtime = OciRuntime::new(&temp.path().join("oci"), store.clone()).unwrap();
+        Fixture {
+            temp,
+            store,
+            runtime,
+            prefix: format!("oci-{name}-{}", std::process::id()),
+        }
+    }
+
+    fn id(&self, name: &str) -> String {
+        format!("{}-{name}", self.prefix)
+    }
+
+    fn spec(&self, name: &str, command: &[&str]) -> ContainerSpec {
+        ContainerSpec {
+            id: self.id(name),
+            image: Some("bb:1".into()),
+            command: command.iter().map(|s| s.to_string()).collect(),
+            user: Some(0),
+            ..ContainerSpec::default()
+        }
+    }
+
+    fn second_runtime(&self) -> OciRuntime {
+        OciRuntime::new(&self.temp.path().join("oci"), self.store.clone()).unwrap()
+    }
+
+    async fn wait_exit(&self, id: &str) -> ContainerState {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let status = self.runtime.status(id).await.unwrap();
+            if matches!(status.state, ContainerState::Exited { .. }) {
+                return status.state;
+            }
+            assert!(Instant::now() < deadline, "{id} did not exit: {status:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn logs(&self, id: &str, options: LogOptions) -> String {
+        let mut stream = self.runtime.logs(id, options).await.unwrap();
+        let mut text = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            text.extend_from_slice(&chunk.unwrap());
+        }
+        String::from_utf8(text).unwrap()
+    }
+
+    async fn run_to_exit(&self, spec: &ContainerSpec) -> (Option<i32>, String) {
+        self.runtime.start(spec).await.unwrap();
+        let ContainerState::Exited { exit_code, .. } = self.wait_exit(&spec.id).await else {
+            unreachable!()
+        };
+        (exit_code, self.logs(&spec.id, LogOptions::default()).await)
+    }
+
+    async fn exec(&self, id: &str, script: &str) -> ExecOutput {
+        let command = ["sh", "-c", script].map(String::from);
+        self.runtime
+            .exec(id, &command, Duration::from_secs(20))
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for Fixture {
+    /// Whatever a failed test left: containers, mounts, cgroups.
+    fn drop(&mut self) {
+        let data = self.temp.path().join("oci");
+        let Ok(entries) = std::fs::read_dir(data.join("containers")) else {
+            return;
+        };
+        let (runtime, _) = find_oci_binaries().unwrap();
+        for entry in entries.flatten() {
+            let id = entry.file_name().to_string_lossy().into_owned();
+            let _ = std::process::Command::new(&runtime)
+                .arg("--root")
+                .arg(data.join("runtime"))
+                .args(["delete", "--force", &id])
+                .output();
+            let _ = nix::mount::umount2(&entry.path().join("rootfs"), MntFlags::MNT_DETACH);
+            for dir in self.runtime.inner.group(&id).dirs() {
+                let _ = std::fs::remove_dir(dir);
+            }
+        }
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[tokio::test]
+async fn image_defaults_merge_with_the_spec_as_kubernetes_does() {
+    let f = Fixture::new("merge").await;
+    // Nothing given: the image's entrypoint, cmd, env, working dir, user;
+    // the spec's env wins over the image's.
+    let mut spec = f.spec("defaults", &[]);
+    spec.user = None;
+    spec.env = vec![("BAR".into(), "spec-bar".into())];
+    assert_eq!(
+        f.run_to_exit(&spec).await,
+        (Some(0), "image-foo spec-bar /srv 1000:1000\n".into())
+    );
+    // args replace the cmd, the entrypoint stays.
+    let mut spec = f.spec("args", &[]);
+    spec.user = None;
+    spec.args = vec!["id -un; exit 7".into()];
+    assert_eq!(f.run_to_exit(&spec).await, (Some(7), "app\n".into()));
+    // command replaces the entrypoint (and drops the cmd); the spec's user,
+    // group and working dir win.
+    let mut spec = f.spec("command", &["/bin/sh", "-c"]);
+    spec.args = vec!["echo $(pwd) $(id -u):$(id -g)".into()];
+    spec.user = Some(1234);
+    spec.group = Some(5678);
+    spec.working_dir = Some("/tmp".into());
+    assert_eq!(
+        f.run_to_exit(&spec).await,
+        (Some(0), "/tmp 1234:5678\n".into())
+    );
+    // A restart of an exited container runs it again.
+    assert_eq!(f.run_to_exit(&spec).await.0, Some(0));
+    for name in ["defaults", "args", "command"] {
+        f.runtime.remove(&f.id(name)).await.unwrap();
+    }
+    assert!(f.runtime.list().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_container_is_isolated_and_its_writes_stay_in_its_own_layer() {
+    let f = Fixture::new("isolated").await;
+    let spec = f.spec("box", &["sleep", "1000"]);
+    let id = spec.id.clone();
+    let status = f.runtime.start(&spec).await.unwrap();
+    assert!(matches!(status.state, ContainerState::Running { .. }));
+    assert!(f.runtime.start(&spec).await.is_err(), "started twice");
+
+    assert_eq!(
+        text(&f.exec(&id, "hostname").await.stdout),
+        format!("{id}\n")
+    );
+    // Its own pid namespace: the sleep as pid 1 and the ps.
+    let ps = text(&f.exec(&id, "ps -o pid,comm").await.stdout);
+    let processes: Vec<&str> = ps.lines().skip(1).map(str::trim).collect();
+    assert_eq!(processes.len(), 2, "{ps}");
+    assert_eq!(processes[0], "1 sleep", "{ps}");
+    // A new network namespace with only loopback.
+    let interfaces = text(
+        &f.exec(&id, "tail -n +3 /proc/net/dev | cut -d: -f1")
+            .await
+            .stdout,
+    );
+    assert_eq!(interfaces.trim(), "lo");
+    // The image's root file system; writes go to the container's layer.
+    assert_eq!(
+        text(&f.exec(&id, "cat /etc/marker").await.stdout),
+        "from-image\n"
+    );
+    let write = f
+        .exec(&id, "echo changed > /etc/marker && cat /etc/marker")
+        .await;
+    assert_eq!(text(&write.stdout), "changed\n");
+    let image = f.store.resolve("bb:1").unwrap();
+    let layer = &f.store.layer_dirs(&image).unwrap()[0];
+    assert_eq!(
+        std::fs::read_to_string(layer.join("etc/marker")).unwrap(),
+        "from-image\n"
+    );
+    // Security defaults: no mount, no module loading, /proc/kcore masked,
+    // /proc/sys read-only.
+    let mount = f.exec(&id, "mount -t tmpfs none /mnt").await;
+    assert_ne!(mount.exit_code, 0);
+    assert!(
+        text(&mount.stderr).contains("denied") || text(&mount.stderr).contains("not permitted"),
+        "{mount:?}"
+    );
+    let module = f
+        .exec(&id, "echo junk > /tmp/m.ko && insmod /tmp/m.ko")
+        .await;
+    assert_ne!(module.exit_code, 0);
+    assert!(text(&module.stderr).contains("not permitted"), "{module:?}");
+    let kcore = f.exec(&id, "cat /proc/kcore | wc -c").await;
+    assert_eq!(text(&kcore.stdout).trim(), "0", "{kcore:?}");
+    assert_ne!(
+        f.exec(&id, "echo 1 > /proc/sys/kernel/domainname")
+            .await
+            .exit_code,
+        0
+    );
+    let exit = f.exec(&id, "exit 3").await;
+    assert_eq!(exit.exit_code, 3);
+
+    let usage = f.runtime.stats(&id).await.unwrap();
+    assert!(usage.pids >= 1, "{usage:?}");
+    assert!(usage.memory_bytes > 0, "{usage:?}");
+
+    // Remove: process, mount, cgroup and state all go.
+    let rootfs = f
+        .temp
+        .path()
+        .join("oci/containers")
+        .join(&id)
+        .join("rootfs");
+    let mounted = || {
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .contains(rootfs.to_str().unwrap())
+    };
+    assert!(mounted());
+    f.runtime.remove(&id).await.unwrap();
+    assert!(!mounted());
+    assert!(
+        f.runtime
+            .inner
+            .group(&id)
+            .dirs()
+            .iter()
+            .all(|d| !d.exists())
+    );
+    assert!(matches!(
+        f.runtime.status(&id).await,
+        Err(Error::ContainerNotFound(_))
+    ));
+    f.runtime.remove(&id).await.unwrap();
+    // Its layers were leased; with the image gone they can now be collected.
+    f.store.remove("bb:1").unwrap();
+    assert_eq!(f.store.gc().unwrap().layers, 1);
+}
+
+#[tokio::test]
+async fn exceeding_the_memory_limit_is_reported_as_oom_killed() {
+    let f = Fixture::new("oom").await;
+    let mut spec = f.spec(
+        "hog",
+        &["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"],
+    );
+    spec.resources.memory_limit_bytes = Some(16 << 20);
+    f.runtime.start(&spec).await.unwrap();
+    let state = f.wait_exit(&spec.id).await;
+    let ContainerState::Exited {
+        oom_killed,
+        exit_code,
+        ..
+    } = state
+    else {
+        unreachable!()
+    };
+    assert!(oom_killed, "{state:?}");
+    assert_eq!(exit_code, Some(137));
+    f.runtime.remove(&spec.id).await.unwrap();
+}
+
+#[tokio::test]
+async fn stop_sends_term_then_kill_after_the_grace_period() {
+    let f = Fixture::new("stop").await;
+    let polite = f.spec(
+        "polite",
+        &[
+            "sh",
+            "-c",
+            "trap 'echo bye; exit 0' TERM; echo up; while true; do sleep 0.1; done",
+        ],
+    );
+    f.runtime.start(&polite).await.unwrap();
+    // Wait until the trap is set.
+    let deadline = Instant::now() + WAIT;
+    while !f
+        .logs(&polite.id, LogOptions::default())
+        .await
+        .contains("up")
+    {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let started = Instant::now();
+    f.runtime
+        .stop(&polite.id, Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let state = f.runtime.status(&polite.id).await.unwrap().state;
+    assert!(
+        matches!(
+            state,
+            ContainerState::Exited {
+                exit_code: Some(0),
+                ..
+            }
+        ),
+        "{state:?}"
+    );
+    assert_eq!(f.logs(&polite.id, LogOptions::default()).await, "up\nbye\n");
+
+    // pid 1 without a handler ignores SIGTERM: SIGKILL after the grace.
+    let stubborn = f.spec("stubborn", &["sleep", "1000"]);
+    f.runtime.start(&stubborn).await.unwrap();
+    let started = Instant::now();
+    f.runtime
+        .stop(&stubborn.id, Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    let state = f.runtime.status(&stubborn.id).await.unwrap().state;
+    assert!(
+        matches!(
+            state,
+            ContainerState::Exited {
+                exit_code: Some(137),
+                signal: Some(9),
+                oom_killed: false,
+                ..
+            }
+        ),
+        "{state:?}"
+    );
+    for spec in [polite, stubborn] {
+        f.runtime.remove(&spec.id).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_second_driver_adopts_running_containers() {
+    let f = Fixture::new("adopt").await;
+    let spec = f.spec("kept", &["sh", "-c", "echo started; exec sleep 1000"]);
+    let Ok(ContainerStatus {
+        state: ContainerState::Running { pid, .. },
+        ..
+    }) = f.runtime.start(&spec).await
+    else {
+        panic!("not running")
+    };
+    // A new agent: another driver over the same data directory.
+    let second = f.second_runtime();
+    let listed = second.list().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert!(matches!(listed[0].state, ContainerState::Running { pid: p, .. } if p == pid));
+    let output = second
+        .exec(
+            &spec.id,
+            &["cat".into(), "/etc/marker".into()],
+            Duration::from_secs(20),
+        )
+        .await
+        .unwrap();
+    assert_eq!(text(&output.stdout), "from-image\n");
+    second.stop(&spec.id, Duration::ZERO).await.unwrap();
+    let state = second.status(&spec.id).await.unwrap().state;
+    assert!(
+        matches!(
+            state,
+            ContainerState::Exited {
+                exit_code: Some(137),
+                ..
+            }
+        ),
+        "{state:?}"
+    );
+    // The first driver sees the same.
+    assert_eq!(f.runtime.status(&spec.id).await.unwrap().state, state);
+    let mut logs = second.logs(&spec.id, LogOptions::default()).await.unwrap();
+    assert_eq!(&logs.next().await.unwrap().unwrap()[..], b"started\n");
+    second.remove(&spec.id).await.unwrap();
+}
+
+#[tokio::test]
+async fn privileged_mode_and_read_only_root_are_explicit() {
+    let f = Fixture::new("modes").await;
+    let mut privileged = f.spec(
+        "privileged",
+        &["sh", "-c", "mount -t tmpfs none /mnt && echo mounted"],
+    );
+    privileged.privileged = true;
+    assert_eq!(
+        f.run_to_exit(&privileged).await,
+        (Some(0), "mounted\n".into())
+    );
+    let mut read_only = f.spec(
+        "ro",
+        &[
+            "sh",
+            "-c",
+            "touch /x 2>&1; echo tmp > /tmp/x || echo no-tmp",
+        ],
+    );
+    read_only.read_only_root_filesystem = true;
+    let (code, logs) = f.run_to_exit(&read_only).await;
+    assert_eq!(code, Some(0));
+    assert!(logs.contains("Read-only file system"), "{logs}");
+    for spec in [privileged, read_only] {
+        f.runtime.remove(&spec.id).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn logs_tail_and_follow() {
+    let f = Fixture::new("logs").await;
+    let spec = f.spec(
+        "talker",
+        &[
+            "sh",
+            "-c",
+            "for i in 1 2 3 4 5; do echo line$i; sleep 0.1; done; printf partial; echo err >&2",
+        ],
+    );
+    f.runtime.start(&spec).await.unwrap();
+    let followed = f
+        .logs(
+            &spec.id,
+            LogOptions {
+                follow: true,
+                tail_lines: None,
+            },
+        )
+        .await;
+    assert_eq!(followed, "line1\nline2\nline3\nline4\nline5\npartialerr\n");
+    let tail = f
+        .logs(
+            &spec.id,
+            LogOptions {
+                follow: false,
+                tail_lines: Some(2),
+            },
+        )
+        .await;
+    assert_eq!(tail, "partialerr\n");
+    f.runtime.remove(&spec.id).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_missing_image_fails_clearly_and_leaves_nothing() {
+    let f = Fixture::new("missing").await;
+    let mut spec = f.spec("ghost", &["true"]);
+    // A loopback port nothing listens on: the on-demand pull fails fast.
+    spec.image = Some("127.0.0.1:1/nope:1".into());
+    let error = f.runtime.start(&spec).await.unwrap_err().to_string();
+    assert!(
+        error.contains(
+            "image 127.0.0.1:1/nope:1 is not in this node's image store and pulling it failed"
+        ),
+        "{error}"
+    );
+    assert!(f.runtime.list().await.unwrap().is_empty());
+    f.runtime.remove(&spec.id).await.unwrap();
+}

@@ -1,0 +1,187 @@
+//! What the drivers that run containers themselves (`process`, `oci`) share:
+//! one directory per container holding `state.json`, exit records, listing
+//! those directories, and reading a container's log file.
+
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::process::logs;
+use super::{ContainerSpec, ContainerState, ContainerStatus, LogOptions, PortBinding};
+use crate::{Error, Result};
+
+/// How a container's main process ended, as its state file records it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct ExitRecord {
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub oom_killed: bool,
+    pub finished_at: SystemTime,
+}
+
+/// A driver's view of its containers, for [`list`] and [`logs`].
+#[async_trait]
+pub(super) trait Containers: Send + Sync + 'static {
+    /// The container's current status.
+    async fn status(&self, id: &str) -> Result<ContainerStatus>;
+}
+
+/// `base/<id>`, if `id` is usable as a file name (letters, digits, `-`,
+/// `_`, `.`; not `.` or `..`).
+pub(super) fn container_dir(base: &Path, id: &str) -> Result<PathBuf> {
+    let valid = !id.is_empty()
+        && id != "."
+        && id != ".."
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !valid {
+        return Err(Error::Runtime {
+            id: id.to_string(),
+            message: "invalid container id: use letters, digits, '-', '_' and '.'".into(),
+        });
+    }
+    Ok(base.join(id))
+}
+
+/// The record in `dir/state.json`; `None` if there is none.
+pub(super) async fn load<T: DeserializeOwned>(dir: &Path, id: &str) -> Result<Option<T>> {
+    let path = dir.join("state.json");
+    let bytes = match tokio::fs::read(&path).await {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(format!("read {}", path.display()), e)),
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| Error::Runtime {
+            id: id.to_string(),
+            message: format!("corrupt state file {}: {e}", path.display()),
+        })
+}
+
+/// Writes `dir/state.json` atomically (temp file + rename), so a crash
+/// leaves the old or the new state, never half of one.
+pub(super) async fn save<T: Serialize>(dir: &Path, id: &str, record: &T) -> Result<()> {
+    let json = serde_json::to_vec_pretty(record).map_err(|e| Error::Runtime {
+        id: id.to_string(),
+        message: format!("serialize state: {e}"),
+    })?;
+    let temp = dir.join("state.json.tmp");
+    tokio::fs::write(&temp, json)
+        .await
+        .map_err(|e| Error::io(format!("write {}", temp.display()), e))?;
+    tokio::fs::rename(&temp, dir.join("state.json"))
+        .await
+        .map_err(|e| Error::io(format!("rename {} to state.json", temp.display()), e))
+}
+
+/// The status of a run that started at `started_at` as `pid`.
+pub(super) fn status(
+    id: &str,
+    spec: ContainerSpec,
+    pid: u32,
+    started_at: SystemTime,
+    exit: Option<ExitRecord>,
+    ports: Vec<PortBinding>,
+) -> ContainerStatus {
+    let state = match exit {
+        None => ContainerState::Running { pid, started_at },
+        Some(exit) => ContainerState::Exited {
+            exit_code: exit.exit_code,
+            signal: exit.signal,
+            oom_killed: exit.oom_killed,
+            started_at,
+            finished_at: exit.finished_at,
+        },
+    };
+    ContainerStatus {
+        id: id.to_string(),
+        spec,
+        state,
+        ports,
+    }
+}
+
+/// The status of every container directory under `base`, sorted by id.
+pub(super) async fn list(containers: &dyn Containers, base: &Path) -> Result<Vec<ContainerStatus>> {
+    let mut entries = tokio::fs::read_dir(base)
+        .await
+        .map_err(|e| Error::io(format!("read {}", base.display()), e))?;
+    let mut statuses = Vec::new();
+    while let Some(entry) = entries
+        .next_entry()
+        .await
+        .map_err(|e| Error::io(format!("read {}", base.display()), e))?
+    {
+        let is_dir = entry.file_type().await.is_ok_and(|t| t.is_dir());
+        let Some(id) = entry.file_name().to_str().map(str::to_string) else {
+            continue;
+        };
+        if !is_dir {
+            continue;
+        }
+        match containers.status(&id).await {
+            Ok(status) => statuses.push(status),
+            // A directory whose state.json has not been written yet.
+            Err(Error::ContainerNotFound(_)) => {}
+            Err(e) => tracing::warn!(container = %id, error = %e, "skipping container"),
+        }
+    }
+    statuses.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(statuses)
+}
+
+/// Streams log file `path` of container `id` as `options` ask: from the
+/// last lines, and (following) until the container is no longer running;
+/// with the byte offset the stream starts at.
+pub(super) async fn logs<C: Containers>(
+    containers: &Arc<C>,
+    id: &str,
+    path: PathBuf,
+    options: &LogOptions,
+) -> Result<(BoxStream<'static, Result<Bytes>>, u64)> {
+    let offset = match options.tail_lines {
+        None => 0,
+        Some(lines) => {
+            let tail_path = path.clone();
+            tokio::task::spawn_blocking(move || logs::tail_offset(&tail_path, lines))
+                .await
+                .map_err(|e| Error::Runtime {
+                    id: id.to_string(),
+                    message: format!("tail task failed: {e}"),
+                })?
+                .map_err(|e| Error::io(format!("tail {}", path.display()), e))?
+        }
+    };
+    let exited = options.follow.then(|| {
+        // Weak: an open log stream must not keep a dropped runtime alive;
+        // once it is gone the stream ends.
+        let containers = Arc::downgrade(containers);
+        let id = id.to_string();
+        logs::exited_check(move || {
+            let containers = containers.clone();
+            let id = id.clone();
+            async move {
+                let Some(containers) = containers.upgrade() else {
+                    return true;
+                };
+                !matches!(
+                    containers.status(&id).await,
+                    Ok(ContainerStatus {
+                        state: ContainerState::Running { .. },
+                        ..
+                    })
+                )
+            }
+        })
+    });
+    Ok((logs::stream(path, offset, exited).await?, offset))
+}
