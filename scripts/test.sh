@@ -7,8 +7,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # What the tests run besides c4m itself: a shell and coreutils for
-# instance commands, procps, and (for the quickstart test) curl.
-packages=(procps coreutils curl ca-certificates)
+# instance commands, procps, (for the quickstart test) curl, and (for the
+# instance network tests) iproute2, nftables and umount.
+packages=(procps coreutils curl ca-certificates iproute2 nftables mount)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -406,6 +406,7 @@ mod probe_tests {
             group: None,
             ports: vec![],
             resources: Default::default(),
+            network_namespace: None,
         };
         ContainerStatus {
             id: spec.id.clone(),
@@ -553,6 +554,7 @@ mod probe_tests {
             group: None,
             ports: vec![],
             resources: Default::default(),
+            network_namespace: None,
         };
         let status = runtime.start(&spec).await.unwrap();
         let exec = |script: &str| Probe {

@@ -43,6 +43,9 @@ pub struct ContainerSpec {
     pub ports: Vec<PortSpec>,
     /// Resource requests and limits, in integer units.
     pub resources: ResourceLimits,
+    /// An existing network namespace the container joins; None gives it a
+    /// new one with loopback only.
+    pub network_namespace: Option<PathBuf>,
 }
 
 /// A port the container listens on.

@@ -58,6 +58,7 @@ impl ContainerSpec {
             group: group.map(id_from).transpose()?,
             ports: ports(container)?,
             resources: resources(container)?,
+            network_namespace: None,
         })
     }
 }
@@ -222,6 +223,7 @@ spec:
                     memory_request_bytes: 64 << 20,
                     memory_limit_bytes: Some(128 << 20),
                 },
+                network_namespace: None,
             }
         );
     }

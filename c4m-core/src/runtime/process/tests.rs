@@ -51,6 +51,7 @@ impl Fixture {
             group: None,
             ports: Vec::new(),
             resources: ResourceLimits::default(),
+            network_namespace: None,
         }
     }
 }
