@@ -21,6 +21,7 @@
 mod agent;
 mod error;
 mod hollow;
+mod network;
 mod server;
 mod session;
 mod supervisor;
@@ -28,3 +29,4 @@ mod supervisor;
 pub use agent::{Agent, AgentConfig};
 pub use error::{Error, Result};
 pub use hollow::{HollowAgents, HollowConfig};
+pub use network::{DEFAULT_VPC, DNS_PORT, NetworkConfig, node_slice};

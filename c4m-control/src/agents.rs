@@ -342,8 +342,14 @@ fn apply_report(pod: &mut Value, report: &InstanceStatus, address: &str) -> bool
     }
     status["phase"] = json!(report.phase);
     status["hostIP"] = json!(address);
-    status["podIP"] = json!(address);
-    status["podIPs"] = json!([{"ip": address}]);
+    // An instance in a VPC has an address of its own; others share the node's.
+    let pod_ip = if report.pod_ip.is_empty() {
+        address
+    } else {
+        &report.pod_ip
+    };
+    status["podIP"] = json!(pod_ip);
+    status["podIPs"] = json!([{"ip": pod_ip}]);
     if status["startTime"].is_null() && !report.started_at.is_empty() {
         status["startTime"] = json!(report.started_at);
     }

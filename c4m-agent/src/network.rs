@@ -1,0 +1,288 @@
+//! The agent's side of instance networking: which VPC an instance joins,
+//! attaching it before its driver starts it, and the DNS relay that makes
+//! the control plane's DNS reachable from inside instances.
+//!
+//! The control plane's DNS listens on its loopback, which no instance
+//! namespace can reach. Every instance's `resolv.conf` names its VPC's
+//! gateway (the bridge's address, on the node) as its name server, and the
+//! agent relays each UDP query arriving there to the control plane's DNS
+//! and the answer back.
+
+use std::collections::HashSet;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use c4m_core::{Attachment, Instance, Network, VpcNetwork, annotations};
+use ipnet::Ipv4Net;
+use tokio::net::UdpSocket;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::{Error, Result};
+
+/// The VPC of instances that name none.
+pub const DEFAULT_VPC: &str = "default";
+/// The port instances send DNS queries to on their gateway.
+pub const DNS_PORT: u16 = 53;
+/// How long the relay waits for the control plane's answer.
+const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(3);
+/// Prefix length of a node's slice of a VPC.
+const NODE_SLICE_PREFIX: u8 = 24;
+
+/// How this node takes part in instance networking.
+#[derive(Debug, Clone)]
+pub struct NetworkConfig {
+    /// CIDR of the default VPC when no `Vpc` object gives one.
+    pub default_vpc_cidr: Ipv4Net,
+    /// Which /24 of each VPC this node's instances get (0 is the first):
+    /// unique per node, as Kubernetes' `node.spec.podCIDR`.
+    pub node_slice: u32,
+    /// Port of the DNS relay on every gateway (53 for instances; tests use
+    /// another).
+    pub dns_port: u16,
+}
+
+/// This node's slice of a VPC: the `index`th /24 of `cidr`, or all of a
+/// VPC of /24 or smaller.
+pub fn node_slice(cidr: Ipv4Net, index: u32) -> Result<Ipv4Net> {
+    if cidr.prefix_len() >= NODE_SLICE_PREFIX {
+        return Ok(cidr.trunc());
+    }
+    cidr.trunc()
+        .subnets(NODE_SLICE_PREFIX)
+        .ok()
+        .and_then(|mut slices| slices.nth(index as usize))
+        .ok_or_else(|| {
+            Error::Config(format!(
+                "node slice {index} is outside {cidr} (it has {} /{NODE_SLICE_PREFIX} slices)",
+                1u64 << (NODE_SLICE_PREFIX - cidr.prefix_len())
+            ))
+        })
+}
+
+/// Attaches instances to their VPCs and serves DNS on each gateway.
+pub(crate) struct InstanceNetwork {
+    network: Arc<dyn Network>,
+    config: NetworkConfig,
+    /// Gateways with a relay running.
+    relays: Mutex<HashSet<Ipv4Addr>>,
+    /// The control plane's DNS address (`IP:PORT`), from its registration.
+    upstream: watch::Receiver<String>,
+    shutdown: CancellationToken,
+}
+
+impl InstanceNetwork {
+    pub(crate) fn new(
+        network: Arc<dyn Network>,
+        config: NetworkConfig,
+        upstream: watch::Receiver<String>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        InstanceNetwork {
+            network,
+            config,
+            relays: Mutex::new(HashSet::new()),
+            upstream,
+            shutdown,
+        }
+    }
+
+    /// The VPC an instance joins, as this node serves it.
+    pub(crate) fn vpc_of(&self, pod: &Instance) -> Result<VpcNetwork> {
+        let annotations = pod.metadata.annotations.as_ref();
+        let name = annotations
+            .and_then(|a| a.get(annotations::VPC))
+            .map_or(DEFAULT_VPC, String::as_str);
+        let cidr = match annotations.and_then(|a| a.get(annotations::VPC_CIDR)) {
+            Some(cidr) => cidr.parse().map_err(|e| {
+                Error::Config(format!(
+                    "annotation {} {cidr:?} is not a CIDR: {e}",
+                    annotations::VPC_CIDR
+                ))
+            })?,
+            None if name == DEFAULT_VPC => self.config.default_vpc_cidr,
+            None => {
+                return Err(Error::Config(format!(
+                    "vpc {name} came without its CIDR (annotation {})",
+                    annotations::VPC_CIDR
+                )));
+            }
+        };
+        Ok(VpcNetwork {
+            name: name.to_string(),
+            subnet: node_slice(cidr, self.config.node_slice)?,
+        })
+    }
+
+    /// Attaches the instance with container id `id` and makes sure its
+    /// gateway relays DNS.
+    pub(crate) async fn attach(&self, id: &str, pod: &Instance) -> Result<Attachment> {
+        let vpc = self.vpc_of(pod)?;
+        let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+        let attachment = self.network.attach(id, namespace, &vpc).await?;
+        self.ensure_relay(attachment.gateway).await;
+        Ok(attachment)
+    }
+
+    /// The instance's attachment, if it has one (after an agent restart).
+    pub(crate) async fn attachment(&self, id: &str) -> Option<Attachment> {
+        match self.network.attachment(id).await {
+            Ok(attachment) => attachment,
+            Err(e) => {
+                tracing::warn!(container = id, error = %e, "cannot read the instance's network");
+                None
+            }
+        }
+    }
+
+    pub(crate) async fn detach(&self, id: &str) {
+        match self.network.detach(id).await {
+            Ok(()) => tracing::debug!(container = id, "detached from its vpc"),
+            Err(e) => tracing::warn!(container = id, error = %e, "cannot detach from its vpc"),
+        }
+    }
+
+    async fn ensure_relay(&self, gateway: Ipv4Addr) {
+        if self
+            .relays
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&gateway)
+        {
+            return;
+        }
+        let address = SocketAddr::from((gateway, self.config.dns_port));
+        match UdpSocket::bind(address).await {
+            Ok(socket) => {
+                self.relays
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(gateway);
+                tracing::info!(%address, "relaying instance DNS to the control plane");
+                tokio::spawn(relay_dns(
+                    socket,
+                    self.upstream.clone(),
+                    self.shutdown.clone(),
+                ));
+            }
+            Err(e) => tracing::warn!(%address, error = %e, "cannot serve DNS to instances"),
+        }
+    }
+}
+
+/// Relays DNS queries arriving on `socket` to the address `upstream`
+/// holds, each from a socket of its own, until `shutdown`.
+pub(crate) async fn relay_dns(
+    socket: UdpSocket,
+    upstream: watch::Receiver<String>,
+    shutdown: CancellationToken,
+) {
+    let socket = Arc::new(socket);
+    let mut buffer = vec![0u8; 4096];
+    loop {
+        let (length, client) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            received = socket.recv_from(&mut buffer) => match received {
+                Ok(received) => received,
+                Err(e) => {
+                    tracing::debug!(error = %e, "dns relay receive");
+                    continue;
+                }
+            },
+        };
+        let Ok(server) = upstream.borrow().parse::<SocketAddr>() else {
+            tracing::debug!("no control-plane DNS address yet; query dropped");
+            continue;
+        };
+        let query = buffer[..length].to_vec();
+        let socket = Arc::clone(&socket);
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                answered = forward(&query, server) => match answered {
+                    Ok(answer) => {
+                        if let Err(e) = socket.send_to(&answer, client).await {
+                            tracing::debug!(%client, error = %e, "dns relay reply");
+                        }
+                    }
+                    Err(e) => tracing::debug!(%server, error = %e, "dns relay upstream"),
+                },
+            }
+        });
+    }
+}
+
+async fn forward(query: &[u8], server: SocketAddr) -> std::io::Result<Vec<u8>> {
+    let bind: SocketAddr = if server.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = UdpSocket::bind(bind).await?;
+    socket.connect(server).await?;
+    socket.send(query).await?;
+    let mut answer = vec![0u8; 65535];
+    let length = tokio::time::timeout(UPSTREAM_TIMEOUT, socket.recv(&mut answer))
+        .await
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+    answer.truncate(length);
+    Ok(answer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_slices_are_the_nth_slash_24() {
+        let cidr: Ipv4Net = "10.99.0.0/16".parse().unwrap();
+        assert_eq!(node_slice(cidr, 0).unwrap().to_string(), "10.99.0.0/24");
+        assert_eq!(node_slice(cidr, 5).unwrap().to_string(), "10.99.5.0/24");
+        let error = node_slice(cidr, 256).unwrap_err().to_string();
+        assert!(
+            error.contains("node slice 256 is outside 10.99.0.0/16"),
+            "{error}"
+        );
+        let small: Ipv4Net = "10.99.7.0/26".parse().unwrap();
+        assert_eq!(node_slice(small, 3).unwrap(), small);
+    }
+
+    #[tokio::test]
+    async fn the_relay_forwards_queries_and_answers() {
+        // A stand-in upstream that answers each datagram reversed.
+        let upstream = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let upstream_addr = upstream.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let server_token = shutdown.clone();
+        tokio::spawn(async move {
+            let mut buffer = [0u8; 512];
+            loop {
+                tokio::select! {
+                    _ = server_token.cancelled() => return,
+                    Ok((n, from)) = upstream.recv_from(&mut buffer) => {
+                        let mut reply = buffer[..n].to_vec();
+                        reply.reverse();
+                        upstream.send_to(&reply, from).await.unwrap();
+                    }
+                }
+            }
+        });
+        let relay = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let relay_addr = relay.local_addr().unwrap();
+        let (_upstream_tx, upstream_rx) = watch::channel(upstream_addr.to_string());
+        tokio::spawn(relay_dns(relay, upstream_rx, shutdown.clone()));
+
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        client.send_to(b"query-1", relay_addr).await.unwrap();
+        let mut answer = [0u8; 64];
+        let (n, from) = tokio::time::timeout(Duration::from_secs(5), client.recv_from(&mut answer))
+            .await
+            .expect("the relay answered")
+            .unwrap();
+        assert_eq!(&answer[..n], b"1-yreuq");
+        assert_eq!(from, relay_addr);
+        shutdown.cancel();
+    }
+}
