@@ -34,6 +34,7 @@ pub use model::microservice::{Microservice, MicroserviceSpec, MicroserviceStatus
 pub use model::pod::{
     DEFAULT_DRIVER, Requests, instance_driver, pod_requests, pod_template_for_microservice,
 };
+pub use model::vpc::{DEFAULT_VPC, Vpc, VpcSpec, cidrs_overlap, parse_vpc_cidr};
 pub use model::{Instance, annotations, labels};
 pub use network::{
     Attachment, LinuxNetwork, Network, VpcNetwork, enter_network_namespace, search_domains,

@@ -381,7 +381,7 @@ fn agent_config(
         labels: node.labels.iter().cloned().collect::<BTreeMap<_, _>>(),
         address: node.address,
         listen: node.listen,
-        network: node.instance_network.then(|| NetworkConfig {
+        network: node.instance_network.then_some(NetworkConfig {
             default_vpc_cidr: node.default_vpc_cidr,
             node_slice: node.node_slice,
             dns_port: DNS_PORT,

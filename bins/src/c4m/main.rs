@@ -6,6 +6,7 @@ mod daemons;
 mod kubeconfig;
 mod output;
 mod policy;
+mod vpc;
 
 use std::process::ExitCode;
 
@@ -51,6 +52,8 @@ enum Command {
     Policy(policy::PolicyArgs),
     /// Print a kubeconfig so `kubectl --kubeconfig FILE` drives this c4m.
     Kubeconfig(kubeconfig::KubeconfigArgs),
+    /// Create, list or delete VPCs (isolated instance networks).
+    Vpc(vpc::VpcArgs),
 }
 
 fn main() -> ExitCode {
@@ -95,6 +98,7 @@ fn main() -> ExitCode {
             Command::Wait(args) => commands::wait(args, &connection).await,
             Command::Policy(args) => policy::policy(args, &connection).await,
             Command::Kubeconfig(args) => kubeconfig::print(args, &connection).await,
+            Command::Vpc(args) => vpc::vpc(args, &connection).await,
         }
     });
     match result {

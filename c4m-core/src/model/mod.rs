@@ -3,6 +3,7 @@
 pub mod kinds;
 pub mod microservice;
 pub mod pod;
+pub mod vpc;
 
 /// An instance: the unit the scheduler places and an agent runs. It *is* a
 /// Kubernetes Pod (`spec.nodeName`, `status.phase`, `status.podIP`, a Ready
