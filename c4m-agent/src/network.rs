@@ -8,14 +8,14 @@
 //! agent relays each UDP query arriving there to the control plane's DNS
 //! and the answer back.
 
-use std::collections::HashSet;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use c4m_core::{Attachment, Instance, Network, VpcNetwork, annotations};
 use ipnet::Ipv4Net;
-use tokio::net::UdpSocket;
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -41,6 +41,8 @@ pub struct NetworkConfig {
     /// Port of the DNS relay on every gateway (53 for instances; tests use
     /// another).
     pub dns_port: u16,
+    /// Where an instance's `hostPort`s are published (the node's address).
+    pub host_address: IpAddr,
 }
 
 /// This node's slice of a VPC: the `index`th /24 of `cidr`, or all of a
@@ -67,6 +69,8 @@ pub(crate) struct InstanceNetwork {
     config: NetworkConfig,
     /// Gateways with a relay running.
     relays: Mutex<HashSet<Ipv4Addr>>,
+    /// Container id → the token ending its `hostPort` proxies.
+    published: Mutex<HashMap<String, CancellationToken>>,
     /// The control plane's DNS address (`IP:PORT`), from its registration.
     upstream: watch::Receiver<String>,
     shutdown: CancellationToken,
@@ -83,6 +87,7 @@ impl InstanceNetwork {
             network,
             config,
             relays: Mutex::new(HashSet::new()),
+            published: Mutex::new(HashMap::new()),
             upstream,
             shutdown,
         }
@@ -122,21 +127,90 @@ impl InstanceNetwork {
         let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
         let attachment = self.network.attach(id, namespace, &vpc).await?;
         self.ensure_relay(attachment.gateway).await;
+        self.publish(id, pod, attachment.address).await?;
         Ok(attachment)
     }
 
-    /// The instance's attachment, if it has one (after an agent restart).
-    pub(crate) async fn attachment(&self, id: &str) -> Option<Attachment> {
-        match self.network.attachment(id).await {
-            Ok(attachment) => attachment,
+    /// The attachment of an instance found running at start-up, with its
+    /// host ports published again.
+    pub(crate) async fn readopt(&self, id: &str, pod: &Instance) -> Option<Attachment> {
+        let attachment = match self.network.attachment(id).await {
+            Ok(attachment) => attachment?,
             Err(e) => {
                 tracing::warn!(container = id, error = %e, "cannot read the instance's network");
-                None
+                return None;
             }
+        };
+        self.ensure_relay(attachment.gateway).await;
+        if let Err(e) = self.publish(id, pod, attachment.address).await {
+            tracing::warn!(container = id, error = %e, "cannot publish host ports");
         }
+        Some(attachment)
+    }
+
+    /// Publishes the instance's `hostPort`s on the node: a TCP proxy per
+    /// port to the instance's address. Already published is Ok.
+    async fn publish(&self, id: &str, pod: &Instance, address: Ipv4Addr) -> Result<()> {
+        if self
+            .published
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(id)
+        {
+            return Ok(());
+        }
+        let token = self.shutdown.child_token();
+        let ports = pod
+            .spec
+            .iter()
+            .flat_map(|spec| spec.containers.iter())
+            .flat_map(|container| container.ports.iter().flatten());
+        let mut listeners = Vec::new();
+        for port in ports {
+            let Some(host_port) = port.host_port else {
+                continue;
+            };
+            if port.protocol.as_deref().is_some_and(|p| p != "TCP") {
+                tracing::warn!(
+                    container = id,
+                    host_port,
+                    "only TCP host ports are published"
+                );
+                continue;
+            }
+            let (Ok(host_port), Ok(container_port)) =
+                (u16::try_from(host_port), u16::try_from(port.container_port))
+            else {
+                continue;
+            };
+            let published = SocketAddr::new(self.config.host_address, host_port);
+            let listener = TcpListener::bind(published)
+                .await
+                .map_err(|source| Error::Io {
+                    context: format!("publishing host port {published}"),
+                    source,
+                })?;
+            listeners.push((listener, SocketAddr::from((address, container_port))));
+        }
+        for (listener, target) in listeners {
+            tokio::spawn(forward_tcp(listener, target, token.clone()));
+        }
+        self.published
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.to_string(), token);
+        Ok(())
     }
 
     pub(crate) async fn detach(&self, id: &str) {
+        if let Some(token) = self
+            .published
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id)
+        {
+            token.cancel();
+        }
         match self.network.detach(id).await {
             Ok(()) => tracing::debug!(container = id, "detached from its vpc"),
             Err(e) => tracing::warn!(container = id, error = %e, "cannot detach from its vpc"),
@@ -209,6 +283,37 @@ pub(crate) async fn relay_dns(
                     }
                     Err(e) => tracing::debug!(%server, error = %e, "dns relay upstream"),
                 },
+            }
+        });
+    }
+}
+
+/// Forwards every connection `listener` accepts to `target` until `stop`:
+/// what publishes a host port, and what `c4m port-forward` runs.
+pub async fn forward_tcp(listener: TcpListener, target: SocketAddr, stop: CancellationToken) {
+    loop {
+        let mut inbound = tokio::select! {
+            _ = stop.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((inbound, _)) => inbound,
+                Err(e) => {
+                    tracing::debug!(%target, error = %e, "port forward accept");
+                    continue;
+                }
+            },
+        };
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut outbound = match TcpStream::connect(target).await {
+                Ok(outbound) => outbound,
+                Err(e) => {
+                    tracing::debug!(%target, error = %e, "port forward connect");
+                    return;
+                }
+            };
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
             }
         });
     }

@@ -253,8 +253,10 @@ impl Supervisor {
                 tracing::info!(instance = %id, "adopted a running container");
             }
             let pod_ip = match self.network_for(runtime.as_ref()) {
-                Some(network) => network.attachment(&id).await.map(|a| a.address),
-                None => None,
+                Some(network) if status.is_some() => {
+                    network.readopt(&id, pod).await.map(|a| a.address)
+                }
+                _ => None,
             };
             self.directory
                 .lock()

@@ -385,6 +385,7 @@ fn agent_config(
             default_vpc_cidr: node.default_vpc_cidr,
             node_slice: node.node_slice,
             dns_port: DNS_PORT,
+            host_address: node.address,
         }),
     })
 }

@@ -4,6 +4,7 @@
 //! through its gateway, and is detached once removed. Needs root and `nft`.
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -17,6 +18,7 @@ use c4m_core::{
     LinuxNetwork, LogOptions, Network, ResourceUsage, VpcNetwork, enter_network_namespace,
 };
 use futures::stream::BoxStream;
+use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -95,7 +97,7 @@ impl ContainerRuntime for NamespacedRuntime {
     }
 }
 
-fn pod(name: &str) -> Instance {
+fn pod(name: &str, host_port: u16) -> Instance {
     serde_json::from_value(serde_json::json!({
         "metadata": {
             "name": name, "namespace": "shop", "uid": "0123456789",
@@ -103,7 +105,7 @@ fn pod(name: &str) -> Instance {
         },
         "spec": {
             "runtimeClassName": "namespaced",
-            "containers": [{"name": "web", "image": "busybox", "ports": [{"containerPort": 8080}]}],
+            "containers": [{"name": "web", "image": "busybox", "ports": [{"containerPort": 8080, "hostPort": host_port}]}],
         },
     }))
     .unwrap()
@@ -193,6 +195,7 @@ async fn a_namespaced_instance_gets_a_vpc_address_dns_and_is_detached() {
             default_vpc_cidr: "10.99.48.0/20".parse().unwrap(),
             node_slice: 2,
             dns_port: 10053,
+            host_address: Ipv4Addr::LOCALHOST.into(),
         },
         dns_rx.clone(),
         shutdown.clone(),
@@ -210,7 +213,12 @@ async fn a_namespaced_instance_gets_a_vpc_address_dns_and_is_detached() {
     };
     let running = tokio::spawn(supervisor.run(shutdown.clone()));
 
-    assignments_tx.send_replace(Some(Arc::new(vec![pod("web-1")])));
+    let host_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    assignments_tx.send_replace(Some(Arc::new(vec![pod("web-1", host_port)])));
     let statuses = wait_for_status(&mut statuses_rx, |s| {
         s.first().is_some_and(|s| s.phase == "Running")
     })
@@ -247,10 +255,35 @@ async fn a_namespaced_instance_gets_a_vpc_address_dns_and_is_detached() {
     .expect("an answer through the gateway's relay");
     assert_eq!(answer, b"bew-si-erehw");
 
+    // The host port reaches the instance's port 8080 in its namespace.
+    let address = attachment.address;
+    let server = enter_network_namespace(&namespace, move || {
+        std::net::TcpListener::bind((address, 8080))
+    })
+    .unwrap()
+    .unwrap();
+    std::thread::spawn(move || {
+        if let Ok((mut stream, _)) = server.accept() {
+            let _ = stream.write_all(b"hello from the instance");
+        }
+    });
+    let mut client = tokio::net::TcpStream::connect(("127.0.0.1", host_port))
+        .await
+        .expect("the host port is published");
+    let mut greeting = String::new();
+    tokio::time::timeout(Duration::from_secs(5), client.read_to_string(&mut greeting))
+        .await
+        .expect("the instance answered through the host port")
+        .unwrap();
+    assert_eq!(greeting, "hello from the instance");
+
     assignments_tx.send_replace(Some(Arc::new(Vec::new())));
     wait_for_status(&mut statuses_rx, <[InstanceStatus]>::is_empty).await;
     tokio::time::timeout(Duration::from_secs(10), async {
-        while linux.attachment(&started.id).await.unwrap().is_some() || namespace.exists() {
+        while linux.attachment(&started.id).await.unwrap().is_some()
+            || namespace.exists()
+            || std::net::TcpStream::connect(("127.0.0.1", host_port)).is_ok()
+        {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     })
