@@ -256,7 +256,7 @@ fn data_dir(flag: Option<PathBuf>, sub: &str) -> Result<PathBuf> {
     Ok(dir)
 }
 
-fn shutdown_on_signal() -> CancellationToken {
+pub(crate) fn shutdown_on_signal() -> CancellationToken {
     let token = CancellationToken::new();
     let cancel = token.clone();
     tokio::spawn(async move {

@@ -6,6 +6,7 @@ mod daemons;
 mod kubeconfig;
 mod output;
 mod policy;
+mod port_forward;
 mod vpc;
 
 use std::process::ExitCode;
@@ -54,6 +55,8 @@ enum Command {
     Kubeconfig(kubeconfig::KubeconfigArgs),
     /// Create, list or delete VPCs (isolated instance networks).
     Vpc(vpc::VpcArgs),
+    /// Forward a local port to an instance's port.
+    PortForward(port_forward::PortForwardArgs),
 }
 
 fn main() -> ExitCode {
@@ -99,6 +102,7 @@ fn main() -> ExitCode {
             Command::Policy(args) => policy::policy(args, &connection).await,
             Command::Kubeconfig(args) => kubeconfig::print(args, &connection).await,
             Command::Vpc(args) => vpc::vpc(args, &connection).await,
+            Command::PortForward(args) => port_forward::port_forward(args, &connection).await,
         }
     });
     match result {
