@@ -8,7 +8,7 @@
 //! agent relays each UDP query arriving there to the control plane's DNS
 //! and the answer back.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -67,8 +67,10 @@ pub fn node_slice(cidr: Ipv4Net, index: u32) -> Result<Ipv4Net> {
 pub(crate) struct InstanceNetwork {
     network: Arc<dyn Network>,
     config: NetworkConfig,
-    /// Gateways with a relay running.
-    relays: Mutex<HashSet<Ipv4Addr>>,
+    /// Gateways with a DNS relay running, each with the token ending it.
+    /// Held through a whole attach or detach, so a VPC being removed from
+    /// the node and one being attached again do not interleave.
+    relays: tokio::sync::Mutex<HashMap<Ipv4Addr, CancellationToken>>,
     /// Container id → the token ending its `hostPort` proxies.
     published: Mutex<HashMap<String, CancellationToken>>,
     /// The control plane's DNS address (`IP:PORT`), from its registration.
@@ -86,7 +88,7 @@ impl InstanceNetwork {
         InstanceNetwork {
             network,
             config,
-            relays: Mutex::new(HashSet::new()),
+            relays: tokio::sync::Mutex::new(HashMap::new()),
             published: Mutex::new(HashMap::new()),
             upstream,
             shutdown,
@@ -125,8 +127,9 @@ impl InstanceNetwork {
     pub(crate) async fn attach(&self, id: &str, pod: &Instance) -> Result<Attachment> {
         let vpc = self.vpc_of(pod)?;
         let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+        let mut relays = self.relays.lock().await;
         let attachment = self.network.attach(id, namespace, &vpc).await?;
-        self.ensure_relay(attachment.gateway).await;
+        self.ensure_relay(&mut relays, attachment.gateway).await;
         self.publish(id, pod, attachment.address).await?;
         Ok(attachment)
     }
@@ -134,6 +137,7 @@ impl InstanceNetwork {
     /// The attachment of an instance found running at start-up, with its
     /// host ports published again.
     pub(crate) async fn readopt(&self, id: &str, pod: &Instance) -> Option<Attachment> {
+        let mut relays = self.relays.lock().await;
         let attachment = match self.network.attachment(id).await {
             Ok(attachment) => attachment?,
             Err(e) => {
@@ -141,7 +145,7 @@ impl InstanceNetwork {
                 return None;
             }
         };
-        self.ensure_relay(attachment.gateway).await;
+        self.ensure_relay(&mut relays, attachment.gateway).await;
         if let Err(e) = self.publish(id, pod, attachment.address).await {
             tracing::warn!(container = id, error = %e, "cannot publish host ports");
         }
@@ -202,7 +206,10 @@ impl InstanceNetwork {
         Ok(())
     }
 
+    /// Detaches the instance; the last instance of a VPC on this node takes
+    /// the VPC's bridge, rules and DNS relay with it.
     pub(crate) async fn detach(&self, id: &str) {
+        let mut relays = self.relays.lock().await;
         if let Some(token) = self
             .published
             .lock()
@@ -211,34 +218,41 @@ impl InstanceNetwork {
         {
             token.cancel();
         }
-        match self.network.detach(id).await {
-            Ok(()) => tracing::debug!(container = id, "detached from its vpc"),
-            Err(e) => tracing::warn!(container = id, error = %e, "cannot detach from its vpc"),
+        let attachment = self.network.attachment(id).await.ok().flatten();
+        if let Err(e) = self.network.detach(id).await {
+            tracing::warn!(container = id, error = %e, "cannot detach from its vpc");
+            return;
+        }
+        let Some(attachment) = attachment else {
+            return;
+        };
+        match self.network.remove_vpc(&attachment.vpc).await {
+            Ok(true) => {
+                tracing::info!(vpc = %attachment.vpc, "no instance left in the vpc: removed from the node");
+                if let Some(relay) = relays.remove(&attachment.gateway) {
+                    relay.cancel();
+                }
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!(vpc = %attachment.vpc, error = %e, "cannot remove the vpc"),
         }
     }
 
-    async fn ensure_relay(&self, gateway: Ipv4Addr) {
-        if self
-            .relays
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(&gateway)
-        {
+    async fn ensure_relay(
+        &self,
+        relays: &mut HashMap<Ipv4Addr, CancellationToken>,
+        gateway: Ipv4Addr,
+    ) {
+        if relays.contains_key(&gateway) {
             return;
         }
         let address = SocketAddr::from((gateway, self.config.dns_port));
         match UdpSocket::bind(address).await {
             Ok(socket) => {
-                self.relays
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(gateway);
+                let token = self.shutdown.child_token();
+                relays.insert(gateway, token.clone());
                 tracing::info!(%address, "relaying instance DNS to the control plane");
-                tokio::spawn(relay_dns(
-                    socket,
-                    self.upstream.clone(),
-                    self.shutdown.clone(),
-                ));
+                tokio::spawn(relay_dns(socket, self.upstream.clone(), token));
             }
             Err(e) => tracing::warn!(%address, error = %e, "cannot serve DNS to instances"),
         }

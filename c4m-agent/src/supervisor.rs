@@ -346,6 +346,10 @@ impl Supervisor {
                         tracing::info!(container = id, "adopted a running container");
                         instance.status = Some(status);
                         instance.running_since = Some(Instant::now());
+                        if let Some(network) = self.network_for(instance.runtime.as_ref()) {
+                            instance.pod_ip =
+                                network.readopt(id, &instance.pod).await.map(|a| a.address);
+                        }
                     }
                     _ => self.start(id, instance, &spec).await,
                 }

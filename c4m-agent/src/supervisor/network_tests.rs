@@ -289,7 +289,13 @@ async fn a_namespaced_instance_gets_a_vpc_address_dns_and_is_detached() {
     })
     .await
     .expect("the instance was detached after its removal");
-    linux.remove_vpc(&vpc.name).await.unwrap();
+    // Its last instance gone, the VPC left the node (bridge and rules).
+    assert!(linux.vpcs().await.unwrap().is_empty());
+    let bridge = std::process::Command::new("ip")
+        .args(["link", "show", &vpc.bridge_name()])
+        .output()
+        .unwrap();
+    assert!(!bridge.status.success(), "the bridge is left");
     shutdown.cancel();
     running.await.unwrap();
 }

@@ -361,17 +361,14 @@ impl Network for LinuxNetwork {
         self.ensure_vpc_locked(&mut state, vpc).await.map(|_| ())
     }
 
-    async fn remove_vpc(&self, name: &str) -> Result<()> {
+    async fn remove_vpc(&self, name: &str) -> Result<bool> {
         let mut state = self.state.lock().await;
         let Some(ipam) = state.vpcs.get(name) else {
-            return Ok(());
+            return Ok(true);
         };
         let vpc = ipam.vpc().clone();
         if !ipam.is_empty() {
-            return Err(vpc_error(
-                &vpc,
-                format!("{} instances are still attached", ipam.len()),
-            ));
+            return Ok(false);
         }
         delete_link(&self.host, &vpc.bridge_name())
             .await
@@ -381,7 +378,7 @@ impl Network for LinuxNetwork {
         if let Some(ipam) = state.vpcs.remove(name) {
             ipam.delete()?;
         }
-        Ok(())
+        Ok(true)
     }
 
     async fn attach(

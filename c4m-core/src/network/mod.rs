@@ -91,9 +91,10 @@ pub trait Network: Send + Sync + 'static {
     /// there. A subnet overlapping another VPC's on this node is refused.
     async fn ensure_vpc(&self, vpc: &VpcNetwork) -> Result<()>;
 
-    /// Removes the VPC's bridge, rules and allocations. Refused while an
-    /// instance is attached; removing an unknown VPC is Ok.
-    async fn remove_vpc(&self, name: &str) -> Result<()>;
+    /// Removes the VPC's bridge, rules and allocations from the node, and
+    /// says whether it did: a VPC with an instance attached stays (false).
+    /// Removing an unknown VPC is Ok (true).
+    async fn remove_vpc(&self, name: &str) -> Result<bool>;
 
     /// Gives `instance` a network namespace in `vpc` (creating the VPC on
     /// the node first when needed), with DNS search domains of Kubernetes
