@@ -351,7 +351,7 @@ async fn forward(query: &[u8], server: SocketAddr) -> std::io::Result<Vec<u8>> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -368,26 +368,31 @@ mod tests {
         assert_eq!(node_slice(small, 3).unwrap(), small);
     }
 
-    #[tokio::test]
-    async fn the_relay_forwards_queries_and_answers() {
-        // A stand-in upstream that answers each datagram reversed.
-        let upstream = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let upstream_addr = upstream.local_addr().unwrap();
-        let shutdown = CancellationToken::new();
-        let server_token = shutdown.clone();
+    /// A stand-in for the control plane's DNS on loopback, answering each
+    /// datagram reversed until `stop`.
+    pub(crate) async fn reversing_udp_server(stop: CancellationToken) -> SocketAddr {
+        let server = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let address = server.local_addr().unwrap();
         tokio::spawn(async move {
             let mut buffer = [0u8; 512];
             loop {
                 tokio::select! {
-                    _ = server_token.cancelled() => return,
-                    Ok((n, from)) = upstream.recv_from(&mut buffer) => {
+                    _ = stop.cancelled() => return,
+                    Ok((n, from)) = server.recv_from(&mut buffer) => {
                         let mut reply = buffer[..n].to_vec();
                         reply.reverse();
-                        upstream.send_to(&reply, from).await.unwrap();
+                        let _ = server.send_to(&reply, from).await;
                     }
                 }
             }
         });
+        address
+    }
+
+    #[tokio::test]
+    async fn the_relay_forwards_queries_and_answers() {
+        let shutdown = CancellationToken::new();
+        let upstream_addr = reversing_udp_server(shutdown.clone()).await;
         let relay = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let relay_addr = relay.local_addr().unwrap();
         let (_upstream_tx, upstream_rx) = watch::channel(upstream_addr.to_string());

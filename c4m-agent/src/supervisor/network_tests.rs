@@ -23,6 +23,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::Supervisor;
+use crate::network::tests::reversing_udp_server;
 use crate::network::{InstanceNetwork, NetworkConfig};
 
 /// A driver that takes a network namespace and runs nothing: it records
@@ -170,24 +171,8 @@ async fn a_namespaced_instance_gets_a_vpc_address_dns_and_is_detached() {
     };
     let linux = Arc::new(LinuxNetwork::open(run_dir.path()).unwrap());
 
-    // A stand-in for the control plane's DNS on loopback: answers reversed.
-    let upstream = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let upstream_addr = upstream.local_addr().unwrap();
     let shutdown = CancellationToken::new();
-    let upstream_token = shutdown.clone();
-    tokio::spawn(async move {
-        let mut buffer = [0u8; 512];
-        loop {
-            tokio::select! {
-                _ = upstream_token.cancelled() => return,
-                Ok((n, from)) = upstream.recv_from(&mut buffer) => {
-                    let mut reply = buffer[..n].to_vec();
-                    reply.reverse();
-                    let _ = upstream.send_to(&reply, from).await;
-                }
-            }
-        }
-    });
+    let upstream_addr = reversing_udp_server(shutdown.clone()).await;
     let (_dns_tx, dns_rx) = watch::channel(upstream_addr.to_string());
     let network = InstanceNetwork::new(
         linux.clone(),
