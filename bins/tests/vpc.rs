@@ -45,6 +45,13 @@ fn vpcs_are_validated_named_by_microservices_and_deleted_only_when_unused() {
     assert!(!output.status.success());
     assert!(manifest.contains("spec.cidr"), "{manifest}");
     cluster.ok(&["vpc", "create", "--name", "red", "--cidr", "10.98.0.0/16"]);
+    let output = cluster.c4m_with_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: c4m.io/v1\nkind: Vpc\nmetadata: {name: red}\nspec: {cidr: 10.99.0.0/24}\n",
+    );
+    let moved = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "a vpc's range moved");
+    assert!(moved.contains("spec.cidr: field is immutable"), "{moved}");
 
     let listed = cluster.ok(&["vpc", "list"]);
     assert!(listed.contains("CIDR"), "{listed}");

@@ -275,6 +275,14 @@ impl Objects {
                 merged
             }
         };
+        // Nodes carve their slices and allocations out of a VPC's range:
+        // it cannot move under them (and so never comes to overlap).
+        if kind.kind == "Vpc" && merged["spec"]["cidr"] != current["spec"]["cidr"] {
+            return Err(Error::Invalid(format!(
+                "spec.cidr: field is immutable (is {})",
+                current["spec"]["cidr"]
+            )));
+        }
         let generation = current["metadata"]["generation"].as_i64().unwrap_or(1);
         let bumped = if spec_part(&merged) != spec_part(current) {
             generation + 1
