@@ -247,15 +247,25 @@ impl InstanceNetwork {
             return;
         }
         let address = SocketAddr::from((gateway, self.config.dns_port));
+        let token = self.shutdown.child_token();
         match UdpSocket::bind(address).await {
             Ok(socket) => {
-                let token = self.shutdown.child_token();
-                relays.insert(gateway, token.clone());
                 tracing::info!(%address, "relaying instance DNS to the control plane");
-                tokio::spawn(relay_dns(socket, self.upstream.clone(), token));
+                tokio::spawn(relay_dns(socket, self.upstream.clone(), token.clone()));
             }
             Err(e) => tracing::warn!(%address, error = %e, "cannot serve DNS to instances"),
         }
+        // DNS over TCP (answers too large for a datagram): a plain proxy to
+        // the control plane's DNS, which serves TCP on the same port.
+        match TcpListener::bind(address).await {
+            Ok(listener) => {
+                let upstream = self.upstream.clone();
+                let target = move || upstream.borrow().parse::<SocketAddr>().ok();
+                tokio::spawn(forward_tcp_to(listener, target, token.clone()));
+            }
+            Err(e) => tracing::warn!(%address, error = %e, "cannot serve DNS over TCP"),
+        }
+        relays.insert(gateway, token);
     }
 }
 
@@ -305,16 +315,30 @@ pub(crate) async fn relay_dns(
 /// Forwards every connection `listener` accepts to `target` until `stop`:
 /// what publishes a host port, and what `c4m port-forward` runs.
 pub async fn forward_tcp(listener: TcpListener, target: SocketAddr, stop: CancellationToken) {
+    forward_tcp_to(listener, move || Some(target), stop).await
+}
+
+/// [`forward_tcp`] to wherever `target` says when a connection arrives
+/// (None drops the connection).
+async fn forward_tcp_to(
+    listener: TcpListener,
+    target: impl Fn() -> Option<SocketAddr> + Send + 'static,
+    stop: CancellationToken,
+) {
     loop {
         let mut inbound = tokio::select! {
             _ = stop.cancelled() => return,
             accepted = listener.accept() => match accepted {
                 Ok((inbound, _)) => inbound,
                 Err(e) => {
-                    tracing::debug!(%target, error = %e, "port forward accept");
+                    tracing::debug!(error = %e, "port forward accept");
                     continue;
                 }
             },
+        };
+        let Some(target) = target() else {
+            tracing::debug!("no forwarding target yet; connection dropped");
+            continue;
         };
         let stop = stop.clone();
         tokio::spawn(async move {

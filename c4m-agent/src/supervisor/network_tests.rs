@@ -18,7 +18,7 @@ use c4m_core::{
     LinuxNetwork, LogOptions, Network, ResourceUsage, VpcNetwork, enter_network_namespace,
 };
 use futures::stream::BoxStream;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -239,6 +239,25 @@ async fn a_namespaced_instance_gets_a_vpc_address_dns_and_is_detached() {
     .unwrap()
     .expect("an answer through the gateway's relay");
     assert_eq!(answer, b"bew-si-erehw");
+    // And over TCP, to the same port of the control plane's DNS.
+    let tcp_upstream = tokio::net::TcpListener::bind(upstream_addr)
+        .await
+        .expect("the stand-in DNS's port is free for TCP too");
+    tokio::spawn(async move {
+        if let Ok((mut stream, _)) = tcp_upstream.accept().await {
+            let _ = stream.write_all(b"tcp answer").await;
+        }
+    });
+    let tcp_answer = enter_network_namespace(&namespace, move || {
+        let mut stream = std::net::TcpStream::connect_timeout(&gateway, Duration::from_secs(5))?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut answer = String::new();
+        std::io::Read::read_to_string(&mut stream, &mut answer)?;
+        Ok::<_, std::io::Error>(answer)
+    })
+    .unwrap()
+    .expect("an answer over TCP through the gateway");
+    assert_eq!(tcp_answer, "tcp answer");
 
     // The host port reaches the instance's port 8080 in its namespace.
     let address = attachment.address;
@@ -249,7 +268,7 @@ async fn a_namespaced_instance_gets_a_vpc_address_dns_and_is_detached() {
     .unwrap();
     std::thread::spawn(move || {
         if let Ok((mut stream, _)) = server.accept() {
-            let _ = stream.write_all(b"hello from the instance");
+            let _ = Write::write_all(&mut stream, b"hello from the instance");
         }
     });
     let mut client = tokio::net::TcpStream::connect(("127.0.0.1", host_port))
