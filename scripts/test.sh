@@ -13,8 +13,9 @@ cd "$(dirname "$0")/.."
 # kubectl_stream.rs. For the oci driver and the image store: runc and crun
 # (OCI runtimes), conmon (the container monitor), busybox-static (test
 # images), skopeo (docker archives, pushes) and docker-registry (a registry
-# on loopback); tar.
-packages=(procps coreutils curl ca-certificates bsdutils util-linux python3 tar runc crun conmon busybox-static skopeo docker-registry)
+# on loopback); tar. For the instance network tests: iproute2, nftables
+# and mount (umount).
+packages=(procps coreutils curl ca-certificates bsdutils util-linux python3 tar runc crun conmon busybox-static skopeo docker-registry iproute2 nftables mount)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -6,11 +6,14 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use c4m_api::agent::Driver;
-use c4m_core::{ContainerRuntime, ImageStore, OciRuntime, ProcessRuntime, find_oci_binaries};
+use c4m_core::{
+    ContainerRuntime, ImageStore, LinuxNetwork, OciRuntime, ProcessRuntime, find_oci_binaries,
+};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::network::{InstanceNetwork, NetworkConfig};
 use crate::server::{ServerState, router};
 use crate::session::{ControlPlaneChannel, Session, register_request};
 use crate::supervisor::Supervisor;
@@ -39,6 +42,9 @@ pub struct AgentConfig {
     pub address: IpAddr,
     /// Where the agent's HTTP server listens (port 0 picks one).
     pub listen: SocketAddr,
+    /// Instance networking (VPCs, an address per instance) for drivers
+    /// that take a network namespace; None leaves it off.
+    pub network: Option<NetworkConfig>,
 }
 
 /// An agent with its HTTP listener bound, ready to [`run`](Self::run).
@@ -129,12 +135,25 @@ impl Agent {
             })
             .collect();
         register.agent_url = format!("http://{http_addr}");
+        let network = match &self.config.network {
+            Some(config) => {
+                let linux = LinuxNetwork::open(self.config.data_dir.join("network"))?;
+                Some(Arc::new(InstanceNetwork::new(
+                    Arc::new(linux),
+                    config.clone(),
+                    dns_rx.clone(),
+                    shutdown.clone(),
+                )))
+            }
+            None => None,
+        };
         let supervisor = Supervisor {
             runtimes: self.runtimes,
             assignments: assignments_rx,
             statuses: statuses_tx,
             directory: Arc::clone(&directory),
             dns_address: dns_rx,
+            network,
         };
         let session = Session {
             channel: ControlPlaneChannel::new(

@@ -21,6 +21,7 @@
 mod agent;
 mod error;
 mod hollow;
+mod network;
 mod server;
 mod session;
 mod stream;
@@ -29,3 +30,4 @@ mod supervisor;
 pub use agent::{Agent, AgentConfig};
 pub use error::{Error, Result};
 pub use hollow::{HollowAgents, HollowConfig};
+pub use network::{DEFAULT_VPC, DNS_PORT, NetworkConfig, forward_tcp, node_slice};

@@ -6,6 +6,7 @@
 //! container run, so a slow probe never stalls the loop.
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,6 +16,8 @@ use c4m_core::{
 };
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
+
+use crate::network::InstanceNetwork;
 
 /// First restart delay; doubles per consecutive crash.
 const BACKOFF_INITIAL: Duration = Duration::from_secs(1);
@@ -88,6 +91,9 @@ struct Managed {
     /// Previous CPU counter sample for usage rates.
     cpu_sample: Option<(u64, Instant)>,
     usage: WireUsage,
+    /// The instance's address in its VPC, when its driver joins the
+    /// namespace the agent makes.
+    pod_ip: Option<Ipv4Addr>,
 }
 
 /// The supervisor's inputs and outputs.
@@ -98,11 +104,21 @@ pub(crate) struct Supervisor {
     pub directory: Directory,
     /// The cluster DNS address, passed to instances as `C4M_DNS_SERVER`.
     pub dns_address: watch::Receiver<String>,
+    /// Instance networking, when this node has it.
+    pub network: Option<Arc<InstanceNetwork>>,
 }
 
 impl Supervisor {
     fn runtime(&self, driver: &str) -> Option<Arc<dyn ContainerRuntime>> {
         self.runtimes.iter().find(|r| r.name() == driver).cloned()
+    }
+
+    /// The network to attach containers of `runtime` to, if they take one.
+    fn network_for(&self, runtime: &dyn ContainerRuntime) -> Option<Arc<InstanceNetwork>> {
+        self.network
+            .as_ref()
+            .filter(|_| runtime.takes_network_namespace())
+            .cloned()
     }
 
     /// Runs until `shutdown`. Containers keep running after it returns.
@@ -187,7 +203,8 @@ impl Supervisor {
                 }
                 self.forget(&instance.pod);
                 let grace = grace_period(&instance.pod);
-                tokio::spawn(remove(instance.runtime, id, grace));
+                let network = self.network_for(instance.runtime.as_ref());
+                tokio::spawn(remove(instance.runtime, network, id, grace));
             }
         }
         let unassigned: Vec<String> = leftovers
@@ -198,7 +215,8 @@ impl Supervisor {
         for id in unassigned {
             if let Some((_, runtime)) = leftovers.remove(&id) {
                 tracing::info!(container = %id, "removing a container that is no longer assigned");
-                tokio::spawn(remove(runtime, id, Duration::from_secs(10)));
+                let network = self.network_for(runtime.as_ref());
+                tokio::spawn(remove(runtime, network, id, Duration::from_secs(10)));
             }
         }
         for (id, pod) in wanted {
@@ -234,6 +252,12 @@ impl Supervisor {
             if status.is_some() {
                 tracing::info!(instance = %id, "adopted a running container");
             }
+            let pod_ip = match self.network_for(runtime.as_ref()) {
+                Some(network) if status.is_some() => {
+                    network.readopt(&id, pod).await.map(|a| a.address)
+                }
+                _ => None,
+            };
             self.directory
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -265,6 +289,7 @@ impl Supervisor {
                     problem,
                     cpu_sample: None,
                     usage: WireUsage::default(),
+                    pod_ip,
                 },
             );
         }
@@ -321,6 +346,10 @@ impl Supervisor {
                         tracing::info!(container = id, "adopted a running container");
                         instance.status = Some(status);
                         instance.running_since = Some(Instant::now());
+                        if let Some(network) = self.network_for(instance.runtime.as_ref()) {
+                            instance.pod_ip =
+                                network.readopt(id, &instance.pod).await.map(|a| a.address);
+                        }
                     }
                     _ => self.start(id, instance, &spec).await,
                 }
@@ -373,7 +402,23 @@ impl Supervisor {
     }
 
     async fn start(&self, id: &str, instance: &mut Managed, spec: &ContainerSpec) {
-        match instance.runtime.start(spec).await {
+        let mut spec = spec.clone();
+        if let Some(network) = self.network_for(instance.runtime.as_ref()) {
+            match network.attach(id, &instance.pod).await {
+                Ok(attachment) => {
+                    spec.network_namespace = Some(attachment.network_namespace);
+                    instance.pod_ip = Some(attachment.address);
+                }
+                Err(e) => {
+                    tracing::warn!(container = id, error = %e, "cannot attach to its vpc");
+                    instance.problem = Some(("NetworkNotReady".into(), e.to_string()));
+                    instance.restart_at = Some(Instant::now() + instance.backoff);
+                    instance.backoff = (instance.backoff * 2).min(BACKOFF_MAX);
+                    return;
+                }
+            }
+        }
+        match instance.runtime.start(&spec).await {
             Ok(status) => {
                 tracing::info!(
                     container = id,
@@ -542,13 +587,25 @@ fn grace_period(pod: &Instance) -> Duration {
     Duration::from_secs(seconds.clamp(0, 3600) as u64)
 }
 
-async fn remove(runtime: Arc<dyn ContainerRuntime>, id: String, grace: Duration) {
+async fn remove(
+    runtime: Arc<dyn ContainerRuntime>,
+    network: Option<Arc<InstanceNetwork>>,
+    id: String,
+    grace: Duration,
+) {
     if let Err(e) = runtime.stop(&id, grace).await {
         tracing::warn!(container = %id, error = %e, "cannot stop container");
     }
     match runtime.remove(&id).await {
         Ok(()) => tracing::info!(container = %id, "container removed"),
-        Err(e) => tracing::warn!(container = %id, error = %e, "cannot remove container"),
+        Err(e) => {
+            // Its namespace stays while the container might still use it.
+            tracing::warn!(container = %id, error = %e, "cannot remove container");
+            return;
+        }
+    }
+    if let Some(network) = network {
+        network.detach(&id).await;
     }
 }
 
@@ -609,6 +666,7 @@ fn report(instance: &Managed) -> InstanceStatus {
         ready: false,
         restart_count: instance.restart_count,
         usage: Some(instance.usage),
+        pod_ip: instance.pod_ip.map(|ip| ip.to_string()).unwrap_or_default(),
         ..InstanceStatus::default()
     };
     if let Some((exit_code, oom_killed)) = instance.last_exit {
@@ -622,17 +680,32 @@ fn report(instance: &Managed) -> InstanceStatus {
         }
         return status;
     };
-    status.ports = container
-        .ports
-        .iter()
-        .map(|p| WirePort {
-            name: p.name.clone(),
-            container_port: i32::from(p.container_port),
-            host_ip: p.host_ip.clone(),
-            host_port: i32::from(p.host_port),
-            protocol: p.protocol.clone(),
-        })
-        .collect();
+    status.ports = match instance.pod_ip {
+        // In a VPC, a port is reached at the instance's own address.
+        Some(ip) => container
+            .spec
+            .ports
+            .iter()
+            .map(|p| WirePort {
+                name: p.name.clone(),
+                container_port: i32::from(p.container_port),
+                host_ip: ip.to_string(),
+                host_port: i32::from(p.container_port),
+                protocol: p.protocol.clone(),
+            })
+            .collect(),
+        None => container
+            .ports
+            .iter()
+            .map(|p| WirePort {
+                name: p.name.clone(),
+                container_port: i32::from(p.container_port),
+                host_ip: p.host_ip.clone(),
+                host_port: i32::from(p.host_port),
+                protocol: p.protocol.clone(),
+            })
+            .collect(),
+    };
     match &container.state {
         ContainerState::Running { started_at, .. } => {
             status.phase = "Running".into();
@@ -674,3 +747,6 @@ fn report(instance: &Managed) -> InstanceStatus {
     }
     status
 }
+
+#[cfg(test)]
+mod network_tests;

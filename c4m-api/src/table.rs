@@ -344,6 +344,12 @@ static PRIORITY_CLASS: &[Column] = &[
     AGE,
 ];
 
+static VPC: &[Column] = &[
+    NAME,
+    Column::new("CIDR", "spec.cidr", |v| text(&v["spec"]["cidr"])),
+    AGE,
+];
+
 static POD_DISRUPTION_BUDGET: &[Column] = &[
     NAME,
     Column::new("MIN-AVAILABLE", "spec.minAvailable", |b| {
@@ -379,6 +385,7 @@ pub fn columns(kind: &ResourceKind) -> &'static [Column] {
         "Endpoints" => ENDPOINTS,
         "PriorityClass" => PRIORITY_CLASS,
         "PodDisruptionBudget" => POD_DISRUPTION_BUDGET,
+        "Vpc" => VPC,
         _ => DEFAULT,
     }
 }

@@ -266,6 +266,35 @@ impl Agents {
         Err("valueFrom names no source".into())
     }
 
+    /// Adds the CIDR of the instance's VPC (annotation `c4m.io/vpc-cidr`),
+    /// so its agent knows the range without a lookup. A named VPC must
+    /// exist; without a `default` object the agent's default range applies.
+    fn add_vpc_cidr(&self, mut pod: Value) -> Result<Value, String> {
+        let annotations = &pod["metadata"]["annotations"];
+        let name = annotations[c4m_core::annotations::VPC]
+            .as_str()
+            .unwrap_or(c4m_core::DEFAULT_VPC)
+            .to_string();
+        let cidr = self
+            .cache
+            .get(kind("vpcs"), "", &name)
+            .and_then(|vpc| vpc["spec"]["cidr"].as_str().map(str::to_string));
+        match cidr {
+            Some(cidr) => {
+                if !pod["metadata"]["annotations"].is_object() {
+                    pod["metadata"]["annotations"] = json!({});
+                }
+                pod["metadata"]["annotations"][c4m_core::annotations::VPC_CIDR] = json!(cidr);
+                Ok(pod)
+            }
+            None if name == c4m_core::DEFAULT_VPC => Ok(pod),
+            None => Err(format!(
+                "metadata.annotations[{}]: vpc {name} does not exist",
+                c4m_core::annotations::VPC
+            )),
+        }
+    }
+
     /// The instances bound to `node`, env resolved, as the agent receives
     /// them. An instance is decoded and resolved again only if it changed
     /// since `resolved` saw it, or its context did (a ConfigMap or Secret,
@@ -297,7 +326,10 @@ impl Agents {
                     if is_terminal(&pod) {
                         None
                     } else {
-                        match self.resolve_env(&pod) {
+                        match self
+                            .resolve_env(&pod)
+                            .and_then(|resolved| self.add_vpc_cidr(resolved))
+                        {
                             Ok(resolved) => Some(serde_json::to_vec(&resolved).unwrap_or_default()),
                             Err(message) => {
                                 // Not remembered: resolved again on the next change.
@@ -398,8 +430,14 @@ fn apply_report(pod: &mut Value, report: &InstanceStatus, address: &str) -> bool
     }
     status["phase"] = json!(report.phase);
     status["hostIP"] = json!(address);
-    status["podIP"] = json!(address);
-    status["podIPs"] = json!([{"ip": address}]);
+    // An instance in a VPC has an address of its own; others share the node's.
+    let pod_ip = if report.pod_ip.is_empty() {
+        address
+    } else {
+        &report.pod_ip
+    };
+    status["podIP"] = json!(pod_ip);
+    status["podIPs"] = json!([{"ip": pod_ip}]);
     if status["startTime"].is_null() && !report.started_at.is_empty() {
         status["startTime"] = json!(report.started_at);
     }

@@ -236,6 +236,9 @@ impl Objects {
         );
         meta.insert("creationTimestamp".into(), Value::String(now_rfc3339()));
         meta.insert("generation".into(), json!(1));
+        if kind.kind == "Vpc" {
+            self.check_vpc_overlap(&value).await?;
+        }
         if kind.kind == "Pod" {
             match classes {
                 Some(classes) => classes.admit(&mut value)?,
@@ -278,6 +281,14 @@ impl Objects {
                 merged
             }
         };
+        // Nodes carve their slices and allocations out of a VPC's range:
+        // it cannot move under them (and so never comes to overlap).
+        if kind.kind == "Vpc" && merged["spec"]["cidr"] != current["spec"]["cidr"] {
+            return Err(Error::Invalid(format!(
+                "spec.cidr: field is immutable (is {})",
+                current["spec"]["cidr"]
+            )));
+        }
         let generation = current["metadata"]["generation"].as_i64().unwrap_or(1);
         let bumped = if spec_part(&merged) != spec_part(current) {
             generation + 1
@@ -521,6 +532,62 @@ impl Objects {
         Err(Self::keeps_changing(kind, name))
     }
 
+    /// A new VPC's range may not share an address with another VPC's
+    /// (422 naming `spec.cidr` and the other VPC).
+    async fn check_vpc_overlap(&self, vpc: &Value) -> Result<()> {
+        let text = vpc["spec"]["cidr"].as_str().unwrap_or_default();
+        let cidr = c4m_core::parse_vpc_cidr(text)
+            .map_err(|reason| Error::Invalid(format!("spec.cidr: {reason}")))?;
+        let (stored, _) = self.store.range(&prefix(kind("vpcs"), None)).await?;
+        for other in stored.iter().filter_map(|kv| decode(kv).ok()) {
+            if name_of(&other) == name_of(vpc) {
+                continue;
+            }
+            let theirs = other["spec"]["cidr"].as_str().unwrap_or_default();
+            if let Ok(theirs) = c4m_core::parse_vpc_cidr(theirs)
+                && c4m_core::cidrs_overlap(&cidr, &theirs)
+            {
+                return Err(Error::Invalid(format!(
+                    "spec.cidr: {cidr} overlaps vpc {} ({theirs})",
+                    name_of(&other)
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// A VPC in use (named by a Microservice or an instance, or the default
+    /// VPC while an instance names none) is not deleted: 409 naming a user.
+    async fn check_vpc_unused(&self, name: &str) -> Result<()> {
+        let (microservices, _) = self
+            .store
+            .range(&prefix(kind("microservices"), None))
+            .await?;
+        for ms in microservices.iter().filter_map(|kv| decode(kv).ok()) {
+            if ms["spec"]["vpc"].as_str().unwrap_or(c4m_core::DEFAULT_VPC) == name {
+                return Err(Error::Conflict(format!(
+                    "vpc {name} is used by microservice {}/{}",
+                    namespace_of(&ms),
+                    name_of(&ms)
+                )));
+            }
+        }
+        let (pods, _) = self.store.range(&prefix(kind("pods"), None)).await?;
+        for pod in pods.iter().filter_map(|kv| decode(kv).ok()) {
+            let vpc = pod["metadata"]["annotations"][c4m_core::annotations::VPC]
+                .as_str()
+                .unwrap_or(c4m_core::DEFAULT_VPC);
+            if vpc == name {
+                return Err(Error::Conflict(format!(
+                    "vpc {name} is used by instance {}/{}",
+                    namespace_of(&pod),
+                    name_of(&pod)
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Deletes an object; returns it as it was and the deletion's revision.
     pub async fn delete(
         &self,
@@ -528,6 +595,9 @@ impl Objects {
         namespace: &str,
         name: &str,
     ) -> Result<(Value, i64)> {
+        if kind.kind == "Vpc" {
+            self.check_vpc_unused(name).await?;
+        }
         let key = key(kind, namespace, name);
         for _ in 0..CONFLICT_RETRIES {
             let kv = self

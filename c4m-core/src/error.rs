@@ -66,6 +66,15 @@ pub enum Error {
     #[error("probe: {0}")]
     Probe(String),
 
+    /// Setting up or tearing down instance networking failed.
+    #[error("network {what}: {message}")]
+    Network {
+        /// What was being set up (a VPC, an instance, a file).
+        what: String,
+        /// What failed.
+        message: String,
+    },
+
     /// An I/O error with what was being done.
     #[error("{context}: {source}")]
     Io {

@@ -12,6 +12,8 @@
 //!   ([`parse_cpu_millis`], [`parse_memory_bytes`]).
 //! - **Runtime**: the [`ContainerRuntime`] trait and its `process` driver
 //!   ([`ProcessRuntime`]), with cgroup limits (v1 or v2, detected).
+//! - **Networking**: the [`Network`] seam and [`LinuxNetwork`]: a bridge
+//!   per VPC, a network namespace, veth and address per instance.
 //! - **Health checks**: [`probe_once`] runs a Kubernetes probe (HTTP GET, TCP,
 //!   exec, gRPC) against a container; [`ProbeTracker`] applies its thresholds.
 
@@ -20,6 +22,7 @@ mod error;
 mod image;
 mod manifest;
 mod model;
+mod network;
 mod probe;
 mod quantity;
 mod runtime;
@@ -36,7 +39,11 @@ pub use model::microservice::{Microservice, MicroserviceSpec, MicroserviceStatus
 pub use model::pod::{
     DEFAULT_DRIVER, Requests, instance_driver, pod_requests, pod_template_for_microservice,
 };
+pub use model::vpc::{DEFAULT_VPC, Vpc, VpcSpec, cidrs_overlap, parse_vpc_cidr};
 pub use model::{Instance, annotations, labels};
+pub use network::{
+    Attachment, LinuxNetwork, Network, VpcNetwork, enter_network_namespace, search_domains,
+};
 pub use probe::{ProbeTracker, probe_once};
 pub use quantity::{format_cpu_millis, format_memory_bytes, parse_cpu_millis, parse_memory_bytes};
 pub use runtime::{

@@ -31,6 +31,7 @@ use serde_json::Value;
 
 use crate::model::kinds::{KINDS, ResourceKind};
 use crate::model::microservice::Microservice;
+use crate::model::vpc::{Vpc, parse_vpc_cidr};
 use crate::quantity::{parse_cpu_millis, parse_memory_bytes};
 
 /// One object read from a manifest, before validation.
@@ -416,6 +417,11 @@ fn check_typed(kind: &ResourceKind, value: &Value) -> Result<ObjectMeta, FieldEr
             let class: PriorityClass = typed(value)?;
             check_priority_class(&class)?;
             class.metadata
+        }
+        "Vpc" => {
+            let vpc: Vpc = typed(value)?;
+            parse_vpc_cidr(&vpc.spec.cidr).map_err(|reason| field_error("spec.cidr", reason))?;
+            vpc.metadata
         }
         "PodDisruptionBudget" => {
             let budget: PodDisruptionBudget = typed(value)?;
@@ -812,6 +818,10 @@ fn check_microservice(ms: &Microservice) -> Result<(), FieldError> {
         "spec.priorityClassName",
     )?;
     check_restart_policy(Some(&spec.restart_policy), "spec.restartPolicy")?;
+    if let Some(vpc) = &spec.vpc {
+        dns1123_label(vpc)
+            .map_err(|reason| field_error("spec.vpc", format!("{vpc:?} {reason}")))?;
+    }
     dns1123_label(&spec.driver)
         .map_err(|reason| field_error("spec.driver", format!("{:?} {reason}", spec.driver)))
 }

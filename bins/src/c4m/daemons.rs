@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use c4m_agent::{Agent, AgentConfig, HollowAgents, HollowConfig};
+use c4m_agent::{Agent, AgentConfig, DNS_PORT, HollowAgents, HollowConfig, NetworkConfig};
 use c4m_api::Credentials;
 use c4m_control::{ControlPlane, ControlPlaneConfig, TlsIdentity};
 use c4m_store::RedbStore;
@@ -68,6 +68,16 @@ pub struct NodeFlags {
     /// Address of the agent's HTTP server (logs).
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
+    /// Give instances of drivers that take a network namespace (`oci`)
+    /// their own address in a VPC (needs root).
+    #[arg(long)]
+    instance_network: bool,
+    /// CIDR of the default VPC (when no `Vpc` object named `default` says).
+    #[arg(long, default_value = "10.88.0.0/16")]
+    default_vpc_cidr: ipnet::Ipv4Net,
+    /// Which /24 of each VPC this node's instances get: unique per node.
+    #[arg(long, default_value_t = 0)]
+    node_slice: u32,
 }
 
 /// `c4m up`.
@@ -246,7 +256,7 @@ fn data_dir(flag: Option<PathBuf>, sub: &str) -> Result<PathBuf> {
     Ok(dir)
 }
 
-fn shutdown_on_signal() -> CancellationToken {
+pub(crate) fn shutdown_on_signal() -> CancellationToken {
     let token = CancellationToken::new();
     let cancel = token.clone();
     tokio::spawn(async move {
@@ -371,6 +381,12 @@ fn agent_config(
         labels: node.labels.iter().cloned().collect::<BTreeMap<_, _>>(),
         address: node.address,
         listen: node.listen,
+        network: node.instance_network.then_some(NetworkConfig {
+            default_vpc_cidr: node.default_vpc_cidr,
+            node_slice: node.node_slice,
+            dns_port: DNS_PORT,
+            host_address: node.address,
+        }),
     })
 }
 

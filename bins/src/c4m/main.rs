@@ -8,6 +8,7 @@ mod kubeconfig;
 mod output;
 mod policy;
 mod streams;
+mod vpc;
 
 use std::process::ExitCode;
 
@@ -60,6 +61,10 @@ enum Command {
     Image(images::ImageArgs),
     /// Print a kubeconfig so `kubectl --kubeconfig FILE` drives this c4m.
     Kubeconfig(kubeconfig::KubeconfigArgs),
+    /// Create, list or delete VPCs (isolated instance networks).
+    Vpc(vpc::VpcArgs),
+    /// Forward a local port to an instance's port.
+    PortForward(port_forward::PortForwardArgs),
 }
 
 fn main() -> ExitCode {
@@ -107,6 +112,7 @@ fn main() -> ExitCode {
             Command::Wait(args) => done(commands::wait(args, &connection).await),
             Command::Policy(args) => done(policy::policy(args, &connection).await),
             Command::Image(args) => done(images::image(args, &connection).await),
+            Command::Vpc(args) => done(vpc::vpc(args, &connection).await),
             Command::Kubeconfig(args) => done(kubeconfig::print(args, &connection).await),
         }
     });

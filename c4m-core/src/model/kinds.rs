@@ -113,6 +113,7 @@ pub static KINDS: &[ResourceKind] = &[
         true,
         ["status", "scale"]
     ),
+    kind!("c4m.io", "v1", "Vpc", "vpcs", ["vpc"], false),
     kind!(
         "scheduling.k8s.io",
         "v1",

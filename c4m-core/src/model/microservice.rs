@@ -119,6 +119,10 @@ pub struct MicroserviceSpec {
     pub restart_policy: String,
     /// The runtime driver instances need (default `process`).
     pub driver: String,
+    /// The VPC instances join (default: the `default` VPC); it matters to
+    /// drivers that give instances a network namespace (`oci`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vpc: Option<String>,
 }
 
 impl Default for MicroserviceSpec {
@@ -138,6 +142,7 @@ impl Default for MicroserviceSpec {
             node_selector: BTreeMap::new(),
             priority: 0,
             priority_class_name: None,
+            vpc: None,
             restart_policy: "Always".to_string(),
             driver: DEFAULT_DRIVER.to_string(),
         }

@@ -3,6 +3,7 @@
 pub mod kinds;
 pub mod microservice;
 pub mod pod;
+pub mod vpc;
 
 /// An instance: the unit the scheduler places and an agent runs. It *is* a
 /// Kubernetes Pod (`spec.nodeName`, `status.phase`, `status.podIP`, a Ready
@@ -22,6 +23,13 @@ pub mod annotations {
     /// On an instance: hash of the pod template it was made from, so a
     /// controller can tell outdated instances after a spec change.
     pub const TEMPLATE_HASH: &str = "c4m.io/template-hash";
+    /// On an instance: the name of the VPC it joins (a Microservice's
+    /// `spec.vpc`); absent means the default VPC.
+    pub const VPC: &str = "c4m.io/vpc";
+    /// On an instance as it leaves for its node: its VPC's CIDR, which the
+    /// control plane adds from the `Vpc` object so the agent need not look
+    /// it up.
+    pub const VPC_CIDR: &str = "c4m.io/vpc-cidr";
 }
 
 /// Label keys c4m writes or reads.

@@ -6,8 +6,8 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use super::labels;
 use super::microservice::Microservice;
+use super::{annotations, labels};
 use crate::quantity::{parse_cpu_millis, parse_memory_bytes};
 use crate::{Error, Result};
 
@@ -49,6 +49,11 @@ pub fn pod_template_for_microservice(ms: &Microservice) -> PodTemplateSpec {
     PodTemplateSpec {
         metadata: Some(ObjectMeta {
             labels: Some(pod_labels),
+            annotations: spec.vpc.as_ref().map(|vpc| {
+                [(annotations::VPC.to_string(), vpc.clone())]
+                    .into_iter()
+                    .collect()
+            }),
             ..ObjectMeta::default()
         }),
         spec: Some(PodSpec {

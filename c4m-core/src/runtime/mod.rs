@@ -237,6 +237,14 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     /// The driver's version, for node fingerprints.
     fn version(&self) -> String;
 
+    /// Whether containers of this driver join the network namespace the
+    /// agent makes for them ([`ContainerSpec::network_namespace`]), so the
+    /// agent attaches each to its VPC first. Drivers whose containers share
+    /// the node's network (`process`) say no.
+    fn takes_network_namespace(&self) -> bool {
+        false
+    }
+
     /// Starts a container. Starting an id whose previous process exited
     /// starts it again (a restart); starting one that runs is an error.
     async fn start(&self, spec: &ContainerSpec) -> Result<ContainerStatus>;

@@ -622,6 +622,10 @@ impl ContainerRuntime for OciRuntime {
         "oci"
     }
 
+    fn takes_network_namespace(&self) -> bool {
+        true
+    }
+
     fn version(&self) -> String {
         let name = self
             .inner

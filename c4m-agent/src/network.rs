@@ -1,0 +1,436 @@
+//! The agent's side of instance networking: which VPC an instance joins,
+//! attaching it before its driver starts it, and the DNS relay that makes
+//! the control plane's DNS reachable from inside instances.
+//!
+//! The control plane's DNS listens on its loopback, which no instance
+//! namespace can reach. Every instance's `resolv.conf` names its VPC's
+//! gateway (the bridge's address, on the node) as its name server, and the
+//! agent relays each UDP query arriving there to the control plane's DNS
+//! and the answer back.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use c4m_core::{Attachment, Instance, Network, VpcNetwork, annotations};
+use ipnet::Ipv4Net;
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::{Error, Result};
+
+/// The VPC of instances that name none.
+pub const DEFAULT_VPC: &str = "default";
+/// The port instances send DNS queries to on their gateway.
+pub const DNS_PORT: u16 = 53;
+/// How long the relay waits for the control plane's answer.
+const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(3);
+/// Prefix length of a node's slice of a VPC.
+const NODE_SLICE_PREFIX: u8 = 24;
+
+/// How this node takes part in instance networking.
+#[derive(Debug, Clone)]
+pub struct NetworkConfig {
+    /// CIDR of the default VPC when no `Vpc` object gives one.
+    pub default_vpc_cidr: Ipv4Net,
+    /// Which /24 of each VPC this node's instances get (0 is the first):
+    /// unique per node, as Kubernetes' `node.spec.podCIDR`.
+    pub node_slice: u32,
+    /// Port of the DNS relay on every gateway (53 for instances; tests use
+    /// another).
+    pub dns_port: u16,
+    /// Where an instance's `hostPort`s are published (the node's address).
+    pub host_address: IpAddr,
+}
+
+/// This node's slice of a VPC: the `index`th /24 of `cidr`, or all of a
+/// VPC of /24 or smaller.
+pub fn node_slice(cidr: Ipv4Net, index: u32) -> Result<Ipv4Net> {
+    if cidr.prefix_len() >= NODE_SLICE_PREFIX {
+        return Ok(cidr.trunc());
+    }
+    cidr.trunc()
+        .subnets(NODE_SLICE_PREFIX)
+        .ok()
+        .and_then(|mut slices| slices.nth(index as usize))
+        .ok_or_else(|| {
+            Error::Config(format!(
+                "node slice {index} is outside {cidr} (it has {} /{NODE_SLICE_PREFIX} slices)",
+                1u64 << (NODE_SLICE_PREFIX - cidr.prefix_len())
+            ))
+        })
+}
+
+/// Attaches instances to their VPCs and serves DNS on each gateway.
+pub(crate) struct InstanceNetwork {
+    network: Arc<dyn Network>,
+    config: NetworkConfig,
+    /// Gateways with a DNS relay running, each with the token ending it.
+    /// Held through a whole attach or detach, so a VPC being removed from
+    /// the node and one being attached again do not interleave.
+    relays: tokio::sync::Mutex<HashMap<Ipv4Addr, CancellationToken>>,
+    /// Container id → the token ending its `hostPort` proxies.
+    published: Mutex<HashMap<String, CancellationToken>>,
+    /// The control plane's DNS address (`IP:PORT`), from its registration.
+    upstream: watch::Receiver<String>,
+    shutdown: CancellationToken,
+}
+
+impl InstanceNetwork {
+    pub(crate) fn new(
+        network: Arc<dyn Network>,
+        config: NetworkConfig,
+        upstream: watch::Receiver<String>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        InstanceNetwork {
+            network,
+            config,
+            relays: tokio::sync::Mutex::new(HashMap::new()),
+            published: Mutex::new(HashMap::new()),
+            upstream,
+            shutdown,
+        }
+    }
+
+    /// The VPC an instance joins, as this node serves it.
+    pub(crate) fn vpc_of(&self, pod: &Instance) -> Result<VpcNetwork> {
+        let annotations = pod.metadata.annotations.as_ref();
+        let name = annotations
+            .and_then(|a| a.get(annotations::VPC))
+            .map_or(DEFAULT_VPC, String::as_str);
+        let cidr = match annotations.and_then(|a| a.get(annotations::VPC_CIDR)) {
+            Some(cidr) => cidr.parse().map_err(|e| {
+                Error::Config(format!(
+                    "annotation {} {cidr:?} is not a CIDR: {e}",
+                    annotations::VPC_CIDR
+                ))
+            })?,
+            None if name == DEFAULT_VPC => self.config.default_vpc_cidr,
+            None => {
+                return Err(Error::Config(format!(
+                    "vpc {name} came without its CIDR (annotation {})",
+                    annotations::VPC_CIDR
+                )));
+            }
+        };
+        Ok(VpcNetwork {
+            name: name.to_string(),
+            subnet: node_slice(cidr, self.config.node_slice)?,
+        })
+    }
+
+    /// Attaches the instance with container id `id` and makes sure its
+    /// gateway relays DNS.
+    pub(crate) async fn attach(&self, id: &str, pod: &Instance) -> Result<Attachment> {
+        let vpc = self.vpc_of(pod)?;
+        let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+        let mut relays = self.relays.lock().await;
+        let attachment = self.network.attach(id, namespace, &vpc).await?;
+        self.ensure_relay(&mut relays, attachment.gateway).await;
+        self.publish(id, pod, attachment.address).await?;
+        Ok(attachment)
+    }
+
+    /// The attachment of an instance found running at start-up, with its
+    /// host ports published again.
+    pub(crate) async fn readopt(&self, id: &str, pod: &Instance) -> Option<Attachment> {
+        let mut relays = self.relays.lock().await;
+        let attachment = match self.network.attachment(id).await {
+            Ok(attachment) => attachment?,
+            Err(e) => {
+                tracing::warn!(container = id, error = %e, "cannot read the instance's network");
+                return None;
+            }
+        };
+        self.ensure_relay(&mut relays, attachment.gateway).await;
+        if let Err(e) = self.publish(id, pod, attachment.address).await {
+            tracing::warn!(container = id, error = %e, "cannot publish host ports");
+        }
+        Some(attachment)
+    }
+
+    /// Publishes the instance's `hostPort`s on the node: a TCP proxy per
+    /// port to the instance's address. Already published is Ok.
+    async fn publish(&self, id: &str, pod: &Instance, address: Ipv4Addr) -> Result<()> {
+        if self
+            .published
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(id)
+        {
+            return Ok(());
+        }
+        let token = self.shutdown.child_token();
+        let ports = pod
+            .spec
+            .iter()
+            .flat_map(|spec| spec.containers.iter())
+            .flat_map(|container| container.ports.iter().flatten());
+        let mut listeners = Vec::new();
+        for port in ports {
+            let Some(host_port) = port.host_port else {
+                continue;
+            };
+            if port.protocol.as_deref().is_some_and(|p| p != "TCP") {
+                tracing::warn!(
+                    container = id,
+                    host_port,
+                    "only TCP host ports are published"
+                );
+                continue;
+            }
+            let (Ok(host_port), Ok(container_port)) =
+                (u16::try_from(host_port), u16::try_from(port.container_port))
+            else {
+                continue;
+            };
+            let published = SocketAddr::new(self.config.host_address, host_port);
+            let listener = TcpListener::bind(published)
+                .await
+                .map_err(|source| Error::Io {
+                    context: format!("publishing host port {published}"),
+                    source,
+                })?;
+            listeners.push((listener, SocketAddr::from((address, container_port))));
+        }
+        for (listener, target) in listeners {
+            tokio::spawn(forward_tcp(listener, target, token.clone()));
+        }
+        self.published
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.to_string(), token);
+        Ok(())
+    }
+
+    /// Detaches the instance; the last instance of a VPC on this node takes
+    /// the VPC's bridge, rules and DNS relay with it.
+    pub(crate) async fn detach(&self, id: &str) {
+        let mut relays = self.relays.lock().await;
+        if let Some(token) = self
+            .published
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id)
+        {
+            token.cancel();
+        }
+        let attachment = self.network.attachment(id).await.ok().flatten();
+        if let Err(e) = self.network.detach(id).await {
+            tracing::warn!(container = id, error = %e, "cannot detach from its vpc");
+            return;
+        }
+        let Some(attachment) = attachment else {
+            return;
+        };
+        match self.network.remove_vpc(&attachment.vpc).await {
+            Ok(true) => {
+                tracing::info!(vpc = %attachment.vpc, "no instance left in the vpc: removed from the node");
+                if let Some(relay) = relays.remove(&attachment.gateway) {
+                    relay.cancel();
+                }
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!(vpc = %attachment.vpc, error = %e, "cannot remove the vpc"),
+        }
+    }
+
+    async fn ensure_relay(
+        &self,
+        relays: &mut HashMap<Ipv4Addr, CancellationToken>,
+        gateway: Ipv4Addr,
+    ) {
+        if relays.contains_key(&gateway) {
+            return;
+        }
+        let address = SocketAddr::from((gateway, self.config.dns_port));
+        let token = self.shutdown.child_token();
+        match UdpSocket::bind(address).await {
+            Ok(socket) => {
+                tracing::info!(%address, "relaying instance DNS to the control plane");
+                tokio::spawn(relay_dns(socket, self.upstream.clone(), token.clone()));
+            }
+            Err(e) => tracing::warn!(%address, error = %e, "cannot serve DNS to instances"),
+        }
+        // DNS over TCP (answers too large for a datagram): a plain proxy to
+        // the control plane's DNS, which serves TCP on the same port.
+        match TcpListener::bind(address).await {
+            Ok(listener) => {
+                let upstream = self.upstream.clone();
+                let target = move || upstream.borrow().parse::<SocketAddr>().ok();
+                tokio::spawn(forward_tcp_to(listener, target, token.clone()));
+            }
+            Err(e) => tracing::warn!(%address, error = %e, "cannot serve DNS over TCP"),
+        }
+        relays.insert(gateway, token);
+    }
+}
+
+/// Relays DNS queries arriving on `socket` to the address `upstream`
+/// holds, each from a socket of its own, until `shutdown`.
+pub(crate) async fn relay_dns(
+    socket: UdpSocket,
+    upstream: watch::Receiver<String>,
+    shutdown: CancellationToken,
+) {
+    let socket = Arc::new(socket);
+    let mut buffer = vec![0u8; 4096];
+    loop {
+        let (length, client) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            received = socket.recv_from(&mut buffer) => match received {
+                Ok(received) => received,
+                Err(e) => {
+                    tracing::debug!(error = %e, "dns relay receive");
+                    continue;
+                }
+            },
+        };
+        let Ok(server) = upstream.borrow().parse::<SocketAddr>() else {
+            tracing::debug!("no control-plane DNS address yet; query dropped");
+            continue;
+        };
+        let query = buffer[..length].to_vec();
+        let socket = Arc::clone(&socket);
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                answered = forward(&query, server) => match answered {
+                    Ok(answer) => {
+                        if let Err(e) = socket.send_to(&answer, client).await {
+                            tracing::debug!(%client, error = %e, "dns relay reply");
+                        }
+                    }
+                    Err(e) => tracing::debug!(%server, error = %e, "dns relay upstream"),
+                },
+            }
+        });
+    }
+}
+
+/// Forwards every connection `listener` accepts to `target` until `stop`:
+/// what publishes a host port, and what `c4m port-forward` runs.
+pub async fn forward_tcp(listener: TcpListener, target: SocketAddr, stop: CancellationToken) {
+    forward_tcp_to(listener, move || Some(target), stop).await
+}
+
+/// [`forward_tcp`] to wherever `target` says when a connection arrives
+/// (None drops the connection).
+async fn forward_tcp_to(
+    listener: TcpListener,
+    target: impl Fn() -> Option<SocketAddr> + Send + 'static,
+    stop: CancellationToken,
+) {
+    loop {
+        let mut inbound = tokio::select! {
+            _ = stop.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((inbound, _)) => inbound,
+                Err(e) => {
+                    tracing::debug!(error = %e, "port forward accept");
+                    continue;
+                }
+            },
+        };
+        let Some(target) = target() else {
+            tracing::debug!("no forwarding target yet; connection dropped");
+            continue;
+        };
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut outbound = match TcpStream::connect(target).await {
+                Ok(outbound) => outbound,
+                Err(e) => {
+                    tracing::debug!(%target, error = %e, "port forward connect");
+                    return;
+                }
+            };
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+            }
+        });
+    }
+}
+
+async fn forward(query: &[u8], server: SocketAddr) -> std::io::Result<Vec<u8>> {
+    let bind: SocketAddr = if server.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = UdpSocket::bind(bind).await?;
+    socket.connect(server).await?;
+    socket.send(query).await?;
+    let mut answer = vec![0u8; 65535];
+    let length = tokio::time::timeout(UPSTREAM_TIMEOUT, socket.recv(&mut answer))
+        .await
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+    answer.truncate(length);
+    Ok(answer)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    #[test]
+    fn node_slices_are_the_nth_slash_24() {
+        let cidr: Ipv4Net = "10.99.0.0/16".parse().unwrap();
+        assert_eq!(node_slice(cidr, 0).unwrap().to_string(), "10.99.0.0/24");
+        assert_eq!(node_slice(cidr, 5).unwrap().to_string(), "10.99.5.0/24");
+        let error = node_slice(cidr, 256).unwrap_err().to_string();
+        assert!(
+            error.contains("node slice 256 is outside 10.99.0.0/16"),
+            "{error}"
+        );
+        let small: Ipv4Net = "10.99.7.0/26".parse().unwrap();
+        assert_eq!(node_slice(small, 3).unwrap(), small);
+    }
+
+    /// A stand-in for the control plane's DNS on loopback, answering each
+    /// datagram reversed until `stop`.
+    pub(crate) async fn reversing_udp_server(stop: CancellationToken) -> SocketAddr {
+        let server = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let address = server.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut buffer = [0u8; 512];
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    Ok((n, from)) = server.recv_from(&mut buffer) => {
+                        let mut reply = buffer[..n].to_vec();
+                        reply.reverse();
+                        let _ = server.send_to(&reply, from).await;
+                    }
+                }
+            }
+        });
+        address
+    }
+
+    #[tokio::test]
+    async fn the_relay_forwards_queries_and_answers() {
+        let shutdown = CancellationToken::new();
+        let upstream_addr = reversing_udp_server(shutdown.clone()).await;
+        let relay = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let relay_addr = relay.local_addr().unwrap();
+        let (_upstream_tx, upstream_rx) = watch::channel(upstream_addr.to_string());
+        tokio::spawn(relay_dns(relay, upstream_rx, shutdown.clone()));
+
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        client.send_to(b"query-1", relay_addr).await.unwrap();
+        let mut answer = [0u8; 64];
+        let (n, from) = tokio::time::timeout(Duration::from_secs(5), client.recv_from(&mut answer))
+            .await
+            .expect("the relay answered")
+            .unwrap();
+        assert_eq!(&answer[..n], b"1-yreuq");
+        assert_eq!(from, relay_addr);
+        shutdown.cancel();
+    }
+}

@@ -1,0 +1,132 @@
+//! Instance networking: a bridge per VPC on the node, a network namespace
+//! with its own address per instance.
+//!
+//! The [`Network`] trait is the seam the agent drives: [`Network::attach`]
+//! before a container starts (the driver joins the namespace it returns),
+//! [`Network::detach`] after it is removed. [`LinuxNetwork`] implements it
+//! with netlink (the `rtnetlink` crate) and nftables:
+//!
+//! - per VPC a Linux bridge whose address is the gateway (the first address
+//!   of the VPC's slice on this node), and an nftables table of its own that
+//!   keeps other VPCs' traffic out and masquerades what leaves the node;
+//! - per instance a named network namespace bind-mounted under the run dir
+//!   (as `ip netns add` does), a veth pair (the host end on the bridge, the
+//!   other end `eth0` inside), an address from the VPC's slice and a default
+//!   route via the gateway;
+//! - the allocations on disk ([`ipam`]), so a restarted agent re-adopts the
+//!   namespaces it made instead of handing their addresses out again.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+use crate::Result;
+
+mod firewall;
+mod ipam;
+mod linux;
+mod netns;
+
+pub use linux::LinuxNetwork;
+pub use netns::enter_network_namespace;
+
+/// The DNS search domains of an instance in Kubernetes namespace `namespace`.
+pub fn search_domains(namespace: &str) -> String {
+    format!("{namespace}.svc.c4m svc.c4m c4m")
+}
+
+/// One VPC as this node serves it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VpcNetwork {
+    /// The VPC's name (lowercase letters, digits and `-`, at most 63).
+    pub name: String,
+    /// The VPC's address range on this node; its first address is the
+    /// gateway, the others go to instances.
+    pub subnet: Ipv4Net,
+}
+
+impl VpcNetwork {
+    /// The gateway: the first host address of the subnet, held by the bridge.
+    pub fn gateway(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.subnet.network()) + 1)
+    }
+
+    /// The node's bridge for this VPC. The name derives from the gateway,
+    /// which no two VPCs on a node share (their subnets may not overlap),
+    /// and fits the kernel's 15 bytes.
+    pub fn bridge_name(&self) -> String {
+        format!("c4b{:08x}", u32::from(self.gateway()))
+    }
+}
+
+/// An instance's place on the network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    /// The instance (container id) attached.
+    pub instance: String,
+    /// The VPC it is in.
+    pub vpc: String,
+    /// The network namespace the container joins.
+    pub network_namespace: PathBuf,
+    /// The instance's address (on `eth0` inside the namespace).
+    pub address: Ipv4Addr,
+    /// Prefix length of the VPC's subnet.
+    pub prefix_len: u8,
+    /// The default gateway, which is also the instance's DNS server.
+    pub gateway: Ipv4Addr,
+    /// The host end of the veth pair.
+    pub host_interface: String,
+    /// The `resolv.conf` written for the instance, for the driver to mount.
+    pub resolv_conf: PathBuf,
+}
+
+/// The node's instance network (the side-effect seam: tests and other
+/// platforms can stand in for [`LinuxNetwork`]).
+#[async_trait]
+pub trait Network: Send + Sync + 'static {
+    /// Creates the VPC's bridge and isolation rules, or checks they are
+    /// there. A subnet overlapping another VPC's on this node is refused.
+    async fn ensure_vpc(&self, vpc: &VpcNetwork) -> Result<()>;
+
+    /// Removes the VPC's bridge, rules and allocations from the node, and
+    /// says whether it did: a VPC with an instance attached stays (false).
+    /// Removing an unknown VPC is Ok (true).
+    async fn remove_vpc(&self, name: &str) -> Result<bool>;
+
+    /// Gives `instance` a network namespace in `vpc` (creating the VPC on
+    /// the node first when needed), with DNS search domains of Kubernetes
+    /// namespace `namespace`. Attaching an attached instance returns its
+    /// attachment, repairing what is missing (after a crash or a reboot).
+    async fn attach(&self, instance: &str, namespace: &str, vpc: &VpcNetwork)
+    -> Result<Attachment>;
+
+    /// Removes the instance's namespace, veth and address. Detaching an
+    /// unknown instance is Ok.
+    async fn detach(&self, instance: &str) -> Result<()>;
+
+    /// The attachment of `instance`, if it has one.
+    async fn attachment(&self, instance: &str) -> Result<Option<Attachment>>;
+
+    /// Every VPC this node serves.
+    async fn vpcs(&self) -> Result<Vec<VpcNetwork>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gateway_and_bridge_derive_from_the_subnet() {
+        let vpc = VpcNetwork {
+            name: "blue".into(),
+            subnet: "10.99.3.0/24".parse().unwrap(),
+        };
+        assert_eq!(vpc.gateway(), Ipv4Addr::new(10, 99, 3, 1));
+        assert_eq!(vpc.bridge_name(), "c4b0a630301");
+        assert!(vpc.bridge_name().len() <= 15);
+        assert_eq!(search_domains("shop"), "shop.svc.c4m svc.c4m c4m");
+    }
+}
