@@ -407,6 +407,7 @@ mod probe_tests {
             ports: vec![],
             resources: Default::default(),
             network_namespace: None,
+            resolv_conf: None,
         };
         ContainerStatus {
             id: spec.id.clone(),
@@ -555,6 +556,7 @@ mod probe_tests {
             ports: vec![],
             resources: Default::default(),
             network_namespace: None,
+            resolv_conf: None,
         };
         let status = runtime.start(&spec).await.unwrap();
         let exec = |script: &str| Probe {

@@ -46,6 +46,11 @@ pub struct ContainerSpec {
     /// An existing network namespace the container joins; None gives it a
     /// new one with loopback only.
     pub network_namespace: Option<PathBuf>,
+    /// A `resolv.conf` to mount at `/etc/resolv.conf` (the agent writes one
+    /// naming the instance's VPC gateway as its DNS server); drivers that
+    /// run host processes ignore it.
+    #[serde(default)]
+    pub resolv_conf: Option<PathBuf>,
 }
 
 /// A port the container listens on.

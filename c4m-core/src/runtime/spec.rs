@@ -59,6 +59,7 @@ impl ContainerSpec {
             ports: ports(container)?,
             resources: resources(container)?,
             network_namespace: None,
+            resolv_conf: None,
         })
     }
 }
@@ -224,6 +225,7 @@ spec:
                     memory_limit_bytes: Some(128 << 20),
                 },
                 network_namespace: None,
+                resolv_conf: None,
             }
         );
     }

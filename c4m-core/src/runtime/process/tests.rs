@@ -52,6 +52,7 @@ impl Fixture {
             ports: Vec::new(),
             resources: ResourceLimits::default(),
             network_namespace: None,
+            resolv_conf: None,
         }
     }
 }
