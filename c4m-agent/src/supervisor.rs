@@ -407,6 +407,7 @@ impl Supervisor {
             match network.attach(id, &instance.pod).await {
                 Ok(attachment) => {
                     spec.network_namespace = Some(attachment.network_namespace);
+                    spec.resolv_conf = Some(attachment.resolv_conf);
                     instance.pod_ip = Some(attachment.address);
                 }
                 Err(e) => {

@@ -409,6 +409,7 @@ mod probe_tests {
             network_namespace: None,
             privileged: false,
             read_only_root_filesystem: false,
+            resolv_conf: None,
         };
         ContainerStatus {
             id: spec.id.clone(),
@@ -559,6 +560,7 @@ mod probe_tests {
             network_namespace: None,
             privileged: false,
             read_only_root_filesystem: false,
+            resolv_conf: None,
         };
         let status = runtime.start(&spec).await.unwrap();
         let exec = |script: &str| Probe {

@@ -223,6 +223,15 @@ async fn a_namespaced_instance_gets_a_vpc_address_dns_and_is_detached() {
         .unwrap()
         .expect("attached");
     assert_eq!(namespace, attachment.network_namespace);
+    assert_eq!(
+        started.spec.resolv_conf,
+        Some(attachment.resolv_conf.clone())
+    );
+    let resolv_conf = std::fs::read_to_string(&attachment.resolv_conf).unwrap();
+    assert!(
+        resolv_conf.starts_with("nameserver 10.99.34.1\nsearch shop.svc.c4m svc.c4m c4m\n"),
+        "{resolv_conf}"
+    );
     assert_eq!(attachment.vpc, "agent-blue");
     assert_eq!(attachment.address, Ipv4Addr::new(10, 99, 34, 2));
 

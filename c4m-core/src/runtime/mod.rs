@@ -62,6 +62,11 @@ pub struct ContainerSpec {
     /// (`securityContext.readOnlyRootFilesystem`).
     #[serde(default)]
     pub read_only_root_filesystem: bool,
+    /// A `resolv.conf` to mount at `/etc/resolv.conf` (the agent writes one
+    /// naming the instance's VPC gateway as its DNS server); drivers that
+    /// run host processes ignore it.
+    #[serde(default)]
+    pub resolv_conf: Option<PathBuf>,
 }
 
 /// A port the container listens on.

@@ -8,7 +8,7 @@
 //! stdio, so they outlive the agent; a new agent over the same state
 //! directory re-adopts them.
 
-mod clock;
+pub(super) mod clock;
 mod exec;
 pub(super) mod logs;
 pub(super) mod procfs;
@@ -35,7 +35,7 @@ use tokio::task::JoinHandle;
 
 use super::state::{self, ExitRecord};
 use super::{
-    ContainerRuntime, ContainerSpec, ContainerState, ContainerStatus, ExecOutput, ExecRequest,
+    ContainerRuntime, ContainerSpec, ContainerStatus, ExecOutput, ExecRequest,
     ExecSession, LogOptions, PortBinding, PortSpec, ResourceUsage,
 };
 use crate::cgroup::{Cgroup, Cgroups};

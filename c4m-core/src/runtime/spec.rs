@@ -65,6 +65,7 @@ impl ContainerSpec {
             read_only_root_filesystem: container_security
                 .and_then(|s| s.read_only_root_filesystem)
                 .unwrap_or(false),
+            resolv_conf: None,
         })
     }
 }
@@ -232,6 +233,7 @@ spec:
                 network_namespace: None,
                 privileged: false,
                 read_only_root_filesystem: false,
+                resolv_conf: None,
             }
         );
     }

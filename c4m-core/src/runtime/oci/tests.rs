@@ -469,6 +469,7 @@ async fn logs_tail_and_follow() {
             LogOptions {
                 follow: true,
                 tail_lines: None,
+                ..Default::default()
             },
         )
         .await;
@@ -479,6 +480,7 @@ async fn logs_tail_and_follow() {
             LogOptions {
                 follow: false,
                 tail_lines: Some(2),
+                ..Default::default()
             },
         )
         .await;

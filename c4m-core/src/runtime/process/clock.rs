@@ -163,7 +163,7 @@ impl LineTimes {
 
 /// `time` as Kubernetes prints log timestamps: RFC 3339, UTC, always nine
 /// fractional digits.
-pub(super) fn format_timestamp(time: SystemTime) -> String {
+pub(in crate::runtime) fn format_timestamp(time: SystemTime) -> String {
     let since_epoch = time.duration_since(UNIX_EPOCH).unwrap_or_default();
     let seconds = jiff::Timestamp::from_second(since_epoch.as_secs() as i64)
         .map(|t| t.strftime("%Y-%m-%dT%H:%M:%S").to_string())
