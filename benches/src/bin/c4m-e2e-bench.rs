@@ -5,6 +5,7 @@
 //!     ./target/release/c4m-e2e-bench schedule [--nodes 5000] [--instances 10000]
 //!     ./target/release/c4m-e2e-bench microservices [--nodes 100] [--count 10000]
 //!     ./target/release/c4m-e2e-bench api [--nodes 200] [--instances 10000] [--rounds 5]
+//!     sudo ./target/release/c4m-e2e-bench oci [--instances 100]
 //!
 //! - `latency`: apply → instance Ready for a process service on a real
 //!   agent, one at a time, and the resident memory of the idle agent and
@@ -24,6 +25,12 @@
 //!
 //! With `C4M_BENCH_CONTROL_LOG=FILE`, the control plane logs to FILE, with
 //! the scheduler's per-cycle timings (`snapshot_ms`, `place_ms`, `write_ms`).
+//!
+//! - `oci`: `--instances` instances in oci containers (a busybox image built
+//!   here and imported), applied one after the other on one real agent and
+//!   left running: apply → Ready p50/p99, then the agent's resident memory
+//!   with all of them running and, separately, the containers' monitors
+//!   (conmon). Needs root, runc (or crun), conmon and `/bin/busybox`.
 //!
 //! It starts `c4m control` and `c4m agent` (found next to this binary) on
 //! free loopback ports in a temporary directory, and stops them at the end.
@@ -76,6 +83,13 @@ enum Bench {
         /// How many times each request is timed.
         #[arg(long, default_value_t = 5)]
         rounds: usize,
+    },
+    /// Apply → Ready of oci containers on one agent, and its memory with
+    /// them running.
+    Oci {
+        /// Instances, applied one after the other and left running.
+        #[arg(long, default_value_t = 100)]
+        instances: usize,
     },
     /// Microservices of one replica, until all run (hollow nodes).
     Microservices {
@@ -324,6 +338,7 @@ async fn main() -> Result<()> {
             instances,
             rounds,
         } => api(nodes, instances, rounds).await,
+        Bench::Oci { instances } => oci(instances).await,
     }
 }
 
@@ -396,6 +411,150 @@ async fn latency(rounds: usize) -> Result<()> {
         mib(after_control.current_kib)
     );
     Ok(())
+}
+
+async fn oci(instances: usize) -> Result<()> {
+    if c4m_core::find_oci_binaries().is_none() {
+        bail!("the oci bench needs runc (or crun) and conmon");
+    }
+    let control = ControlPlane::start().await?;
+    let agent = control
+        .agent(
+            &[
+                "--name",
+                "bench",
+                "--cpu",
+                "64",
+                "--memory",
+                "64Gi",
+                "--max-instances",
+                "1000",
+            ],
+            1,
+        )
+        .await?;
+    let node = control.client.list(kind("nodes")?, None, None).await?;
+    if !node.to_string().contains("\"oci\"") {
+        bail!("the agent does not offer the oci driver (not root?)");
+    }
+    // A busybox image, imported through the API as `c4m image import` does.
+    let build = control.dir.path().join("image");
+    let rootfs = build.join("rootfs");
+    c4m_core::write_busybox_rootfs(std::path::Path::new("/bin/busybox"), &rootfs)?;
+    let config = oci_spec::image::ConfigBuilder::default()
+        .cmd(vec!["/bin/sh".to_string()])
+        .build()?;
+    let layout = build.join("layout");
+    c4m_core::write_oci_layout(&layout, "1", &[c4m_core::tar_directory(&rootfs)?], config)?;
+    let archive = build.join("bb.tar");
+    let status = Command::new("tar")
+        .arg("-C")
+        .arg(&layout)
+        .arg("-cf")
+        .arg(&archive)
+        .arg(".")
+        .status()?;
+    if !status.success() {
+        bail!("tar of the image layout failed");
+    }
+    let file = tokio::fs::File::open(&archive).await?;
+    control
+        .client
+        .import_image("bench", "bb", reqwest::Body::from(file))
+        .await?;
+
+    let mut latencies = Vec::with_capacity(instances);
+    for index in 0..instances {
+        let name = format!("oci-{index:04}");
+        let events = control.watch_pods().await?;
+        let applied = Instant::now();
+        control
+            .apply(
+                vec![json!({
+                    "apiVersion": "v1", "kind": "Pod",
+                    "metadata": {"name": name, "namespace": "default"},
+                    "spec": {"runtimeClassName": "oci", "containers": [{"name": "main", "image": "bb:1",
+                        "command": ["sleep", "3600"],
+                        "resources": {"requests": {"cpu": "10m", "memory": "8Mi"}, "limits": {"memory": "32Mi"}}}]},
+                })],
+                1,
+            )
+            .await?;
+        follow(events, Duration::from_secs(60), |pod| {
+            pod["metadata"]["name"] == name.as_str() && is_ready(pod)
+        })
+        .await?;
+        latencies.push(applied.elapsed());
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let agent_memory = Memory::of(agent.0.id())?;
+    let monitors = conmon_rss_kib(&control.dir.path().join("agent"))?;
+
+    let pods = kind("pods")?;
+    for index in 0..instances {
+        control
+            .client
+            .delete(pods, Some("default"), &format!("oci-{index:04}"))
+            .await?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while control.client.list(pods, None, None).await?["items"]
+        .as_array()
+        .is_some_and(|p| !p.is_empty())
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Let the agent remove the containers (unmount, cgroups) before it stops.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    latencies.sort();
+    println!(
+        "apply -> instance Ready (oci driver, {instances} containers, one at a time, left running):"
+    );
+    println!(
+        "  p50 {:.1} ms   p99 {:.1} ms   max {:.1} ms",
+        percentile(&latencies, 0.5).as_secs_f64() * 1e3,
+        percentile(&latencies, 0.99).as_secs_f64() * 1e3,
+        latencies.last().map_or(0.0, |d| d.as_secs_f64() * 1e3),
+    );
+    println!("resident memory (VmRSS) with {instances} containers running:");
+    println!(
+        "  agent {:.1} MiB (peak {:.1} MiB)",
+        mib(agent_memory.current_kib),
+        mib(agent_memory.peak_kib)
+    );
+    println!(
+        "  conmon monitors: {} processes, {:.1} MiB in all",
+        monitors.0,
+        mib(monitors.1)
+    );
+    Ok(())
+}
+
+/// How many conmon processes hold containers under `agent_dir`, and their
+/// resident memory in all (KiB).
+fn conmon_rss_kib(agent_dir: &std::path::Path) -> Result<(usize, u64)> {
+    let needle = agent_dir.display().to_string();
+    let (mut count, mut total) = (0, 0);
+    for entry in std::fs::read_dir("/proc")?.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if comm.trim() == "conmon" && String::from_utf8_lossy(&cmdline).contains(&needle) {
+            if let Ok(memory) = Memory::of(pid) {
+                count += 1;
+                total += memory.current_kib;
+            }
+        }
+    }
+    Ok((count, total))
 }
 
 /// Flags of a hollow agent of `nodes` nodes of 8 CPUs and 32 GiB.
