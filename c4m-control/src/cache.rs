@@ -277,6 +277,8 @@ struct Mirror {
     objects: BTreeMap<String, Entry>,
     pods_by_node: PodIndex,
     pods_by_owner: PodIndex,
+    /// How many instances are bound to no node (terminal ones included).
+    unbound_pods: usize,
 }
 
 impl Mirror {
@@ -295,6 +297,9 @@ impl Mirror {
             .insert(entry.node.as_deref(), &key, &entry.stored);
         self.pods_by_owner
             .insert(entry.owner.as_deref(), &key, &entry.stored);
+        if key.starts_with(PODS) && entry.node.is_none() {
+            self.unbound_pods += 1;
+        }
         self.objects.insert(key, entry);
         previous
     }
@@ -304,6 +309,9 @@ impl Mirror {
         let previous = self.objects.remove(key)?;
         self.pods_by_node.remove(previous.node.as_deref(), key);
         self.pods_by_owner.remove(previous.owner.as_deref(), key);
+        if key.starts_with(PODS) && previous.node.is_none() {
+            self.unbound_pods -= 1;
+        }
         Some(previous)
     }
 
@@ -616,6 +624,12 @@ impl Cache {
             .collect()
     }
 
+    /// Whether any instance is bound to no node (a terminal one may be
+    /// among them): when none is, the scheduler has nothing to do.
+    pub(crate) fn has_unbound_pods(&self) -> bool {
+        self.read().unbound_pods > 0
+    }
+
     /// Every Node's name and whether it is Ready, sorted by name.
     pub(crate) fn node_readiness(&self) -> Vec<(String, bool)> {
         self.read()
@@ -747,6 +761,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(names(&cache.pods_on_node("one")), ["a"]);
+        assert!(!cache.has_unbound_pods());
         let mut one = cache.watch_node("one");
         let mut two = cache.watch_node("two");
 
@@ -770,17 +785,21 @@ mod tests {
         cache.wait_for(revision).await;
         assert!(fired(&mut one).await && fired(&mut two).await);
 
+        let revision = put(&store, "/registry/pods/default/c", pod("c", "")).await;
+        cache.wait_for(revision).await;
+        assert!(cache.has_unbound_pods(), "c is bound to no node");
         let revision = store
-            .txn(vec![Op::delete(
-                "/registry/pods/default/a",
-                Precondition::None,
-            )])
+            .txn(vec![
+                Op::delete("/registry/pods/default/a", Precondition::None),
+                Op::delete("/registry/pods/default/c", Precondition::None),
+            ])
             .await
             .unwrap();
         cache.wait_for(revision).await;
         assert_eq!(names(&cache.pods_on_node("two")), ["b"]);
         assert!(fired(&mut two).await);
         assert_eq!(cache.list(kind("pods"), None).len(), 1);
+        assert!(!cache.has_unbound_pods());
         shutdown.cancel();
     }
 
