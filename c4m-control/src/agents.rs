@@ -582,7 +582,7 @@ impl AgentService for Agents {
         request: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
         let node = request.into_inner().node_name;
-        let Some(current) = self.cache.get(kind("nodes"), "", &node) else {
+        let Some(ready) = self.cache.node_ready(&node) else {
             // The cache may trail a fresh registration: ask the store.
             if self.objects.get(kind("nodes"), "", &node).await.is_err() {
                 return Ok(Response::new(HeartbeatResponse {
@@ -593,7 +593,7 @@ impl AgentService for Agents {
             return Ok(Response::new(HeartbeatResponse::default()));
         };
         self.health.heartbeat(&node);
-        if !crate::pods::is_ready(&current) {
+        if !ready {
             tracing::info!(node = %node, "node is sending heartbeats again; marking it Ready");
             self.objects
                 .update_with(kind("nodes"), "", &node, |node| {

@@ -85,13 +85,16 @@ fn decode_all(handles: Vec<(String, Stored)>) -> Vec<Arc<Value>> {
         .collect()
 }
 
-/// A mirrored object, with what the instance indexes group it by.
+/// A mirrored object, with what the indexes read of it.
 struct Entry {
     stored: Stored,
     /// The node an instance is bound to.
     node: Option<String>,
     /// The [`controller_key`] of an instance.
     owner: Option<String>,
+    /// Whether a Node's Ready condition is True: read on every heartbeat
+    /// and node-lifecycle pass, for thousands of nodes.
+    ready: bool,
 }
 
 impl Entry {
@@ -107,6 +110,11 @@ impl Entry {
             serde_json::from_slice::<IndexedFields>(&kv.value).ok()
         } else {
             None
+        };
+        let ready = if kv.key.starts_with(NODES) {
+            serde_json::from_slice::<ConditionsOnly>(&kv.value).is_ok_and(|node| node.is_ready())
+        } else {
+            false
         };
         let (node, owner) = match indexed {
             Some(pod) => (pod.node(), pod.controller()),
@@ -124,7 +132,40 @@ impl Entry {
             },
             node,
             owner,
+            ready,
         })
+    }
+}
+
+/// An object's status conditions, parsed without the rest.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct ConditionsOnly {
+    status: ConditionsStatus,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct ConditionsStatus {
+    conditions: Option<Vec<ConditionFields>>,
+}
+
+#[derive(Deserialize)]
+struct ConditionFields {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    status: Option<String>,
+}
+
+impl ConditionsOnly {
+    /// [`crate::pods::is_ready`]: whether its first Ready condition is True.
+    fn is_ready(&self) -> bool {
+        self.status
+            .conditions
+            .iter()
+            .flatten()
+            .find(|c| c.kind.as_deref() == Some("Ready"))
+            .is_some_and(|c| c.status.as_deref() == Some("True"))
     }
 }
 
@@ -236,6 +277,8 @@ struct Mirror {
     objects: BTreeMap<String, Entry>,
     pods_by_node: PodIndex,
     pods_by_owner: PodIndex,
+    /// How many instances are bound to no node (terminal ones included).
+    unbound_pods: usize,
 }
 
 impl Mirror {
@@ -254,6 +297,9 @@ impl Mirror {
             .insert(entry.node.as_deref(), &key, &entry.stored);
         self.pods_by_owner
             .insert(entry.owner.as_deref(), &key, &entry.stored);
+        if key.starts_with(PODS) && entry.node.is_none() {
+            self.unbound_pods += 1;
+        }
         self.objects.insert(key, entry);
         previous
     }
@@ -263,17 +309,28 @@ impl Mirror {
         let previous = self.objects.remove(key)?;
         self.pods_by_node.remove(previous.node.as_deref(), key);
         self.pods_by_owner.remove(previous.owner.as_deref(), key);
+        if key.starts_with(PODS) && previous.node.is_none() {
+            self.unbound_pods -= 1;
+        }
         Some(previous)
     }
 
-    /// The objects under `prefix`, in key order.
-    fn under<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = (&'a String, &'a Stored)> {
+    /// The entries under `prefix`, in key order.
+    fn entries_under<'a>(
+        &'a self,
+        prefix: &'a str,
+    ) -> impl Iterator<Item = (&'a String, &'a Entry)> {
         self.objects
             .range::<str, _>((
                 std::ops::Bound::Included(prefix),
                 std::ops::Bound::Unbounded,
             ))
             .take_while(move |(k, _)| k.starts_with(prefix))
+    }
+
+    /// The objects under `prefix`, in key order.
+    fn under<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = (&'a String, &'a Stored)> {
+        self.entries_under(prefix)
             .map(|(k, entry)| (k, &entry.stored))
     }
 }
@@ -567,6 +624,26 @@ impl Cache {
             .collect()
     }
 
+    /// Whether any instance is bound to no node (a terminal one may be
+    /// among them): when none is, the scheduler has nothing to do.
+    pub(crate) fn has_unbound_pods(&self) -> bool {
+        self.read().unbound_pods > 0
+    }
+
+    /// Every Node's name and whether it is Ready, sorted by name.
+    pub(crate) fn node_readiness(&self) -> Vec<(String, bool)> {
+        self.read()
+            .entries_under(NODES)
+            .map(|(key, entry)| (key[NODES.len()..].to_string(), entry.ready))
+            .collect()
+    }
+
+    /// Whether the Node `name` is Ready; `None` if the cache has no such node.
+    pub(crate) fn node_ready(&self, name: &str) -> Option<bool> {
+        let key = format!("{NODES}{name}");
+        self.read().objects.get(&key).map(|entry| entry.ready)
+    }
+
     /// One object.
     pub fn get(&self, kind: &ResourceKind, namespace: &str, name: &str) -> Option<Arc<Value>> {
         self.get_key(&key(kind, namespace, name))
@@ -684,6 +761,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(names(&cache.pods_on_node("one")), ["a"]);
+        assert!(!cache.has_unbound_pods());
         let mut one = cache.watch_node("one");
         let mut two = cache.watch_node("two");
 
@@ -707,17 +785,21 @@ mod tests {
         cache.wait_for(revision).await;
         assert!(fired(&mut one).await && fired(&mut two).await);
 
+        let revision = put(&store, "/registry/pods/default/c", pod("c", "")).await;
+        cache.wait_for(revision).await;
+        assert!(cache.has_unbound_pods(), "c is bound to no node");
         let revision = store
-            .txn(vec![Op::delete(
-                "/registry/pods/default/a",
-                Precondition::None,
-            )])
+            .txn(vec![
+                Op::delete("/registry/pods/default/a", Precondition::None),
+                Op::delete("/registry/pods/default/c", Precondition::None),
+            ])
             .await
             .unwrap();
         cache.wait_for(revision).await;
         assert_eq!(names(&cache.pods_on_node("two")), ["b"]);
         assert!(fired(&mut two).await);
         assert_eq!(cache.list(kind("pods"), None).len(), 1);
+        assert!(!cache.has_unbound_pods());
         shutdown.cancel();
     }
 
@@ -770,6 +852,51 @@ mod tests {
             after.changed.keys().collect::<Vec<_>>(),
             ["/registry/pods/default/b"]
         );
+        shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn node_readiness_is_read_from_the_ready_condition() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(RedbStore::open(&dir.path().join("store.redb")).unwrap());
+        let node = |name: &str, conditions: Value| {
+            json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name},
+                "status": {"conditions": conditions}})
+        };
+        let ready = json!([{"type": "MemoryPressure", "status": "False"}, {"type": "Ready", "status": "True"}]);
+        put(&store, "/registry/nodes/a", node("a", ready)).await;
+        let not_ready = json!([{"type": "Ready", "status": "Unknown"}]);
+        put(&store, "/registry/nodes/b", node("b", not_ready)).await;
+        put(
+            &store,
+            "/registry/nodes/c",
+            json!({"kind": "Node", "metadata": {"name": "c"}}),
+        )
+        .await;
+        let shutdown = CancellationToken::new();
+        let cache = Cache::start(Arc::clone(&store), shutdown.clone())
+            .await
+            .unwrap();
+        let expected = |pairs: &[(&str, bool)]| {
+            pairs
+                .iter()
+                .map(|(name, ready)| (name.to_string(), *ready))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            cache.node_readiness(),
+            expected(&[("a", true), ("b", false), ("c", false)])
+        );
+        let revision = put(
+            &store,
+            "/registry/nodes/b",
+            node("b", json!([{"type": "Ready", "status": "True"}])),
+        )
+        .await;
+        cache.wait_for(revision).await;
+        assert_eq!(cache.node_ready("b"), Some(true));
+        assert_eq!(cache.node_ready("zz"), None);
         shutdown.cancel();
     }
 }

@@ -355,6 +355,12 @@ impl Scheduler {
         cache
             .wait_for(objects.store().current_revision().await?)
             .await;
+        if !cache.has_unbound_pods() {
+            // Nothing to place: catching up with thousands of instances just
+            // bound would only compete with the writes and watches that
+            // follow a bind. A cycle with work catches up then.
+            return Ok(None);
+        }
         let started = std::time::Instant::now();
         self.refresh(cache);
         tracing::debug!(

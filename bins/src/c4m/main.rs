@@ -63,8 +63,6 @@ enum Command {
     Kubeconfig(kubeconfig::KubeconfigArgs),
     /// Create, list or delete VPCs (isolated instance networks).
     Vpc(vpc::VpcArgs),
-    /// Forward a local port to an instance's port.
-    PortForward(port_forward::PortForwardArgs),
 }
 
 fn main() -> ExitCode {

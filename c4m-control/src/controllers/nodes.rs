@@ -16,7 +16,7 @@ use super::latest;
 use crate::Result;
 use crate::cache::Cache;
 use crate::objects::{Objects, kind, name_of, namespace_of};
-use crate::pods::{controller_uid, is_ready, is_terminal, set_condition};
+use crate::pods::{controller_uid, is_terminal, set_condition};
 
 /// When each node's agent was last heard from, and since when it is NotReady.
 #[derive(Debug)]
@@ -68,10 +68,11 @@ pub(crate) async fn reconcile(
     health: &NodeHealth,
 ) -> Result<Option<i64>> {
     let mut written = None;
-    for node in cache.list(kind("nodes"), None) {
-        let name = name_of(&node).to_string();
+    // Readiness comes from the cache's index: this pass runs twice a
+    // second over every node, and decodes none.
+    for (name, ready) in cache.node_readiness() {
         let silent = health.last_heard(&name).elapsed() > health.grace;
-        if is_ready(&node) {
+        if ready {
             if !silent {
                 continue;
             }
