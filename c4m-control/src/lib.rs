@@ -38,10 +38,10 @@ mod scheduler_policy;
 mod selector;
 mod server;
 mod server_side_apply;
-#[cfg(test)]
-mod test_support;
 mod spdy;
 mod streams;
+#[cfg(test)]
+mod test_support;
 mod tls;
 
 pub use dns::{DnsEndpoint, DnsError, DnsServer, RECORD_TTL_SECS, ServiceLookup, cluster_resolver};

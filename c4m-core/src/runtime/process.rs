@@ -35,8 +35,8 @@ use tokio::task::JoinHandle;
 
 use super::state::{self, ExitRecord};
 use super::{
-    ContainerRuntime, ContainerSpec, ContainerStatus, ExecOutput, ExecRequest,
-    ExecSession, LogOptions, PortBinding, PortSpec, ResourceUsage,
+    ContainerRuntime, ContainerSpec, ContainerStatus, ExecOutput, ExecRequest, ExecSession,
+    LogOptions, PortBinding, PortSpec, ResourceUsage,
 };
 use crate::cgroup::{Cgroup, Cgroups};
 use crate::{Error, Result};

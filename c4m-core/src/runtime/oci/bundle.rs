@@ -8,8 +8,8 @@ use oci_spec::image::Config as ImageConfig;
 use oci_spec::runtime::{
     Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxMemoryBuilder,
     LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder,
-    LinuxSeccomp, LinuxSeccompAction, LinuxSeccompBuilder, LinuxSyscallBuilder, ProcessBuilder,
-    RootBuilder, Spec, UserBuilder, get_default_maskedpaths, get_default_mounts,
+    LinuxSeccomp, LinuxSeccompAction, LinuxSeccompBuilder, LinuxSyscallBuilder, MountBuilder,
+    ProcessBuilder, RootBuilder, Spec, UserBuilder, get_default_maskedpaths, get_default_mounts,
     get_default_readonly_paths,
 };
 
@@ -312,12 +312,25 @@ pub(super) fn runtime_spec(spec: &ContainerSpec, input: &BundleInput<'_>) -> Res
         .readonly(spec.read_only_root_filesystem)
         .build()
         .map_err(fail)?;
+    let mut mounts = get_default_mounts();
+    if let Some(resolv_conf) = &spec.resolv_conf {
+        // The instance's DNS: its VPC gateway, which relays to c4m's DNS.
+        mounts.push(
+            MountBuilder::default()
+                .destination("/etc/resolv.conf")
+                .typ("bind")
+                .source(resolv_conf.clone())
+                .options(vec!["rbind".to_string(), "ro".to_string()])
+                .build()
+                .map_err(fail)?,
+        );
+    }
     let mut runtime_spec = Spec::default();
     runtime_spec
         .set_process(Some(process))
         .set_root(Some(root))
         .set_hostname(Some(spec.id.clone()))
-        .set_mounts(Some(get_default_mounts()))
+        .set_mounts(Some(mounts))
         .set_linux(Some(linux.build().map_err(fail)?));
     Ok(runtime_spec)
 }

@@ -829,7 +829,10 @@ mod decoder_tests {
 
     #[test]
     fn since_drops_older_records_and_split_records_wait_for_their_end() {
-        let since: SystemTime = "2026-12-01T04:10:01Z".parse::<jiff::Timestamp>().unwrap().into();
+        let since: SystemTime = "2026-12-01T04:10:01Z"
+            .parse::<jiff::Timestamp>()
+            .unwrap()
+            .into();
         let mut decoder = K8sFileDecoder::new(&LogOptions {
             since: Some(since),
             ..Default::default()
@@ -839,4 +842,3 @@ mod decoder_tests {
         assert_eq!(&decoder.decode(tail)[..], b"tial\n");
     }
 }
-
