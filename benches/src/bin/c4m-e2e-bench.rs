@@ -392,8 +392,11 @@ async fn oci(instances: usize) -> Result<()> {
             1,
         )
         .await?;
-    let node = control.client.list(kind("nodes")?, None, None).await?;
-    if !node.to_string().contains("\"oci\"") {
+    let nodes = control.client.list(kind("nodes")?, None, None).await?;
+    let drivers = nodes["items"][0]["metadata"]["annotations"][c4m_core::annotations::DRIVERS]
+        .as_str()
+        .unwrap_or_default();
+    if !drivers.split(',').any(|d| d.starts_with("oci=")) {
         bail!("the agent does not offer the oci driver (not root?)");
     }
     // A busybox image, imported through the API as `c4m image import` does.
@@ -432,7 +435,8 @@ async fn oci(instances: usize) -> Result<()> {
                 vec![json!({
                     "apiVersion": "v1", "kind": "Pod",
                     "metadata": {"name": name, "namespace": "default"},
-                    "spec": {"runtimeClassName": "oci", "containers": [{"name": "main", "image": "bb:1",
+                    "spec": {"runtimeClassName": "oci", "terminationGracePeriodSeconds": 1,
+                        "containers": [{"name": "main", "image": "bb:1",
                         "command": ["sleep", "3600"],
                         "resources": {"requests": {"cpu": "10m", "memory": "8Mi"}, "limits": {"memory": "32Mi"}}}]},
                 })],
@@ -464,8 +468,16 @@ async fn oci(instances: usize) -> Result<()> {
     {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    // Let the agent remove the containers (unmount, cgroups) before it stops.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Let the agent remove the containers (monitors, mounts, cgroups)
+    // before it stops.
+    let agent_dir = control.dir.path().join("agent");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while conmon_rss_kib(&agent_dir)?.0 > 0 {
+        if Instant::now() > deadline {
+            bail!("the agent did not remove every container within 2 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     latencies.sort();
     println!(
