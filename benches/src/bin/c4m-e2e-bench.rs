@@ -518,11 +518,12 @@ fn conmon_rss_kib(agent_dir: &std::path::Path) -> Result<(usize, u64)> {
         };
         let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        if comm.trim() == "conmon" && String::from_utf8_lossy(&cmdline).contains(&needle) {
-            if let Ok(memory) = Memory::of(pid) {
-                count += 1;
-                total += memory.current_kib;
-            }
+        if comm.trim() == "conmon"
+            && String::from_utf8_lossy(&cmdline).contains(&needle)
+            && let Ok(memory) = Memory::of(pid)
+        {
+            count += 1;
+            total += memory.current_kib;
         }
     }
     Ok((count, total))
