@@ -433,8 +433,11 @@ async fn oci(instances: usize) -> Result<()> {
             1,
         )
         .await?;
-    let node = control.client.list(kind("nodes")?, None, None).await?;
-    if !node.to_string().contains("\"oci\"") {
+    let nodes = control.client.list(kind("nodes")?, None, None).await?;
+    let drivers = nodes["items"][0]["metadata"]["annotations"][c4m_core::annotations::DRIVERS]
+        .as_str()
+        .unwrap_or_default();
+    if !drivers.split(',').any(|d| d.starts_with("oci=")) {
         bail!("the agent does not offer the oci driver (not root?)");
     }
     // A busybox image, imported through the API as `c4m image import` does.
@@ -473,7 +476,8 @@ async fn oci(instances: usize) -> Result<()> {
                 vec![json!({
                     "apiVersion": "v1", "kind": "Pod",
                     "metadata": {"name": name, "namespace": "default"},
-                    "spec": {"runtimeClassName": "oci", "containers": [{"name": "main", "image": "bb:1",
+                    "spec": {"runtimeClassName": "oci", "terminationGracePeriodSeconds": 1,
+                        "containers": [{"name": "main", "image": "bb:1",
                         "command": ["sleep", "3600"],
                         "resources": {"requests": {"cpu": "10m", "memory": "8Mi"}, "limits": {"memory": "32Mi"}}}]},
                 })],
@@ -505,8 +509,16 @@ async fn oci(instances: usize) -> Result<()> {
     {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    // Let the agent remove the containers (unmount, cgroups) before it stops.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Let the agent remove the containers (monitors, mounts, cgroups)
+    // before it stops.
+    let agent_dir = control.dir.path().join("agent");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while conmon_rss_kib(&agent_dir)?.0 > 0 {
+        if Instant::now() > deadline {
+            bail!("the agent did not remove every container within 2 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     latencies.sort();
     println!(
@@ -547,11 +559,12 @@ fn conmon_rss_kib(agent_dir: &std::path::Path) -> Result<(usize, u64)> {
         };
         let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        if comm.trim() == "conmon" && String::from_utf8_lossy(&cmdline).contains(&needle) {
-            if let Ok(memory) = Memory::of(pid) {
-                count += 1;
-                total += memory.current_kib;
-            }
+        if comm.trim() == "conmon"
+            && String::from_utf8_lossy(&cmdline).contains(&needle)
+            && let Ok(memory) = Memory::of(pid)
+        {
+            count += 1;
+            total += memory.current_kib;
         }
     }
     Ok((count, total))

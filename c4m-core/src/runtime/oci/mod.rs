@@ -19,6 +19,7 @@ mod bundle;
 #[cfg(test)]
 mod tests;
 
+use std::collections::HashMap;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -69,8 +70,10 @@ struct Inner {
     images: Arc<ImageStore>,
     cgroups: Cgroups,
     swap_accounting: bool,
-    /// Serializes starts, stops and read-modify-write of state files.
-    lock: tokio::sync::Mutex<()>,
+    /// One lock per container id: serializes its start, stop and remove
+    /// (and the state file writes they make) without making containers
+    /// wait for each other's grace periods.
+    locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// What `state.json` holds.
@@ -131,7 +134,7 @@ impl OciRuntime {
                 images,
                 cgroups,
                 swap_accounting,
-                lock: tokio::sync::Mutex::new(()),
+                locks: std::sync::Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -159,6 +162,17 @@ async fn blocking<T: Send + 'static>(
 }
 
 impl Inner {
+    fn locks(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<tokio::sync::Mutex<()>>>> {
+        // The map stays consistent even if a holder panicked.
+        self.locks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn lock_for(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        Arc::clone(self.locks().entry(id.to_string()).or_default())
+    }
+
     fn container_dir(&self, id: &str) -> Result<PathBuf> {
         state::container_dir(&self.containers_dir, id)
     }
@@ -672,7 +686,8 @@ impl ContainerRuntime for OciRuntime {
         let inner = &*self.inner;
         let id = spec.id.as_str();
         let dir = inner.container_dir(id)?;
-        let _guard = inner.lock.lock().await;
+        let lock = inner.lock_for(id);
+        let _guard = lock.lock().await;
         let previous = match inner.load(id).await {
             Ok(previous) => previous,
             Err(e) => {
@@ -722,14 +737,16 @@ impl ContainerRuntime for OciRuntime {
     }
 
     async fn stop(&self, id: &str, grace: Duration) -> Result<()> {
-        let _guard = self.inner.lock.lock().await;
+        let lock = self.inner.lock_for(id);
+        let _guard = lock.lock().await;
         self.inner.stop(id, grace).await
     }
 
     async fn remove(&self, id: &str) -> Result<()> {
         let inner = &*self.inner;
         let dir = inner.container_dir(id)?;
-        let _guard = inner.lock.lock().await;
+        let lock = inner.lock_for(id);
+        let _guard = lock.lock().await;
         if !dir.exists() {
             return Ok(());
         }
@@ -742,7 +759,9 @@ impl ContainerRuntime for OciRuntime {
         let images = inner.images.clone();
         let holder = id.to_string();
         blocking(move || images.release(&holder)).await?;
-        remove_path(&dir).await
+        remove_path(&dir).await?;
+        inner.locks().remove(id);
+        Ok(())
     }
 
     async fn stats(&self, id: &str) -> Result<ResourceUsage> {
