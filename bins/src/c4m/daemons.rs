@@ -65,7 +65,7 @@ pub struct NodeFlags {
     /// Address instances on this node are reached at.
     #[arg(long, default_value = "127.0.0.1")]
     address: IpAddr,
-    /// Address of the agent's HTTP server (logs).
+    /// Address of the agent's HTTP server (logs, exec, port-forward).
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
     /// Give instances of drivers that take a network namespace (`oci`)
