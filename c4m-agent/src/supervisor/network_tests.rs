@@ -296,6 +296,8 @@ async fn a_namespaced_instance_gets_a_vpc_address_dns_and_is_detached() {
         while linux.attachment(&started.id).await.unwrap().is_some()
             || namespace.exists()
             || std::net::TcpStream::connect(("127.0.0.1", host_port)).is_ok()
+            // The VPC leaves the node just after its last instance.
+            || !linux.vpcs().await.unwrap().is_empty()
         {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
