@@ -88,6 +88,14 @@ impl Drop for Registry {
 }
 
 fn deployment(name: &str, image: &str, script: &str) -> String {
+    deployment_in(name, image, script, None)
+}
+
+/// A one-replica oci Deployment; in VPC `vpc` if given, else the default.
+fn deployment_in(name: &str, image: &str, script: &str, vpc: Option<&str>) -> String {
+    let annotations = vpc
+        .map(|vpc| format!("\n      annotations: {{c4m.io/vpc: {vpc}}}"))
+        .unwrap_or_default();
     format!(
         r#"
 apiVersion: apps/v1
@@ -97,7 +105,8 @@ spec:
   replicas: 1
   selector: {{matchLabels: {{app: {name}}}}}
   template:
-    metadata: {{labels: {{app: {name}}}}}
+    metadata:
+      labels: {{app: {name}}}{annotations}
     spec:
       runtimeClassName: oci
       containers:
@@ -109,8 +118,8 @@ spec:
     )
 }
 
-#[test]
-fn instances_run_in_oci_containers_from_imported_images() {
+/// Fails loudly unless this machine can run oci containers.
+fn require_oci() {
     assert!(
         nix::unistd::Uid::effective().is_root(),
         "the oci driver needs root (namespaces, overlayfs, cgroups)"
@@ -119,6 +128,11 @@ fn instances_run_in_oci_containers_from_imported_images() {
         c4m_core::find_oci_binaries().is_some(),
         "runc (or crun) and conmon are required: apt-get install runc conmon"
     );
+}
+
+#[test]
+fn instances_run_in_oci_containers_from_imported_images() {
+    require_oci();
     let mut cluster = Cluster::start();
     cluster.start_agent("n1", "4", "4Gi");
     let node = cluster.list("nodes").remove(0);
@@ -224,4 +238,111 @@ fn instances_run_in_oci_containers_from_imported_images() {
     let error = cluster.c4m(&["image", "rm", "bb:1"]);
     assert!(!error.status.success());
     assert!(String::from_utf8_lossy(&error.stderr).contains("not found"));
+}
+
+/// Looks `catalog` up through c4m's DNS from inside the container (busybox
+/// `nslookup` reads the `resolv.conf` the agent mounted) and fetches its page
+/// from the address it got with `nc`, once a second (busybox-static's `wget`
+/// crashes without the host's libc around it).
+const CLIENT_SCRIPT: &str = "while true; do \
+ip=$(nslookup catalog.default.svc.c4m 2>/dev/null | awk '/^Address: /{print $2}' | tail -n1); \
+echo \"resolved=$ip\"; \
+echo \"body=$(printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 2 $ip 8080 2>&1 | tail -n1)\"; sleep 1; done";
+
+#[test]
+fn oci_instances_have_addresses_find_services_by_name_and_vpcs_are_isolated() {
+    require_oci();
+    let mut cluster = Cluster::start();
+    // Slice 0 of each VPC: the default VPC's instances get 10.99.208.0/24,
+    // those of VPC `other` 10.99.224.0/24.
+    cluster.start_agent_with(
+        "n1",
+        "4",
+        "4Gi",
+        &["--instance-network", "--default-vpc-cidr", "10.99.208.0/20"],
+    );
+    let tar = busybox_image_tar(cluster.dir.path());
+    cluster.ok(&["image", "import", tar.to_str().unwrap(), "--name", "bb"]);
+    cluster.ok(&[
+        "vpc",
+        "create",
+        "--cidr",
+        "10.99.224.0/20",
+        "--name",
+        "other",
+    ]);
+
+    cluster.apply(&format!(
+        "{}---\napiVersion: v1\nkind: Service\nmetadata: {{name: catalog}}\nspec:\n  selector: {{app: catalog}}\n  ports: [{{port: 8080, targetPort: 8080}}]\n",
+        deployment(
+            "catalog",
+            "bb:1",
+            "mkdir -p /www && echo catalog-says-hi > /www/index.html && exec httpd -f -p 8080 -h /www",
+        )
+    ));
+    let catalog = cluster.wait_ready("app=catalog", 1, MINUTE).remove(0);
+    let catalog_ip = catalog["status"]["podIP"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        catalog_ip.starts_with("10.99.208."),
+        "the instance has an address of its VPC: {catalog}"
+    );
+
+    // Same VPC: found by name through c4m's DNS, and reached.
+    cluster.apply(&deployment("web", "bb:1", CLIENT_SCRIPT));
+    let web = cluster.wait_ready("app=web", 1, MINUTE).remove(0);
+    let web_name = web["metadata"]["name"].as_str().unwrap().to_string();
+    assert!(
+        web["status"]["podIP"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("10.99.208.")
+    );
+    let logs = wait_for("web to reach catalog by name", MINUTE, || {
+        let text = cluster.ok(&["logs", &web_name]);
+        text.contains("body=catalog-says-hi").then_some(text)
+    });
+    assert!(logs.contains(&format!("resolved={catalog_ip}\n")), "{logs}");
+
+    // Another VPC: the name resolves, the address does not answer.
+    cluster.apply(&deployment_in(
+        "stranger",
+        "bb:1",
+        CLIENT_SCRIPT,
+        Some("other"),
+    ));
+    let stranger = cluster.wait_ready("app=stranger", 1, MINUTE).remove(0);
+    let stranger_name = stranger["metadata"]["name"].as_str().unwrap().to_string();
+    assert!(
+        stranger["status"]["podIP"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("10.99.224."),
+        "{stranger}"
+    );
+    let logs = wait_for("three tries across VPCs", MINUTE, || {
+        let text = cluster.ok(&["logs", &stranger_name]);
+        (text.matches(&format!("resolved={catalog_ip}\n")).count() >= 3).then_some(text)
+    });
+    assert!(
+        !logs.contains("catalog-says-hi"),
+        "a VPC reached another: {logs}"
+    );
+    // A VPC in use cannot go.
+    assert!(!cluster.c4m(&["vpc", "delete", "other"]).status.success());
+
+    // Removing the instances takes their networks off the node.
+    for name in ["stranger", "web", "catalog"] {
+        cluster.ok(&["delete", "deployment", name]);
+        cluster.wait_gone(&format!("app={name}"), MINUTE);
+    }
+    wait_for("the VPC bridges to go", MINUTE, || {
+        let links = Command::new("ip").args(["-o", "link"]).output().unwrap();
+        let links = String::from_utf8_lossy(&links.stdout).into_owned();
+        // Gateways 10.99.208.1 and 10.99.224.1, as the bridges are named.
+        (!links.contains("c4b0a63d001") && !links.contains("c4b0a63e001")).then_some(())
+    });
+    cluster.ok(&["vpc", "delete", "other"]);
 }

@@ -210,14 +210,21 @@ impl Cluster {
 
     /// Starts an agent advertising `cpu` and `memory`.
     pub fn start_agent(&mut self, name: &str, cpu: &str, memory: &str) -> u32 {
+        self.start_agent_with(name, cpu, memory, &[]);
+        self.agent_pid(name)
+    }
+
+    /// [`Cluster::start_agent`] with more agent flags.
+    pub fn start_agent_with(&mut self, name: &str, cpu: &str, memory: &str, flags: &[&str]) {
         let data_dir = self.agent_dir(name).display().to_string();
-        let pid = self.spawn_agent(name, cpu, memory, &["--data-dir", &data_dir]);
+        let mut extra = vec!["--data-dir", &data_dir];
+        extra.extend_from_slice(flags);
+        self.spawn_agent(name, cpu, memory, &extra);
         wait_for(
             &format!("node {name} Ready"),
             Duration::from_secs(30),
             || self.node_ready(name).then_some(()),
         );
-        pid
     }
 
     /// Starts one `c4m agent --hollow COUNT` process simulating nodes
