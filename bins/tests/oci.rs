@@ -249,18 +249,16 @@ ip=$(nslookup catalog.default.svc.c4m 2>/dev/null | awk '/^Address: /{print $2}'
 echo \"resolved=$ip\"; \
 echo \"body=$(printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 2 $ip 8080 2>&1 | tail -n1)\"; sleep 1; done";
 
+/// An agent giving oci instances addresses in VPCs.
+const AGENT_FLAGS: &[&str] = &["--instance-network", "--default-vpc-cidr", "10.99.208.0/20"];
+
 #[test]
 fn oci_instances_have_addresses_find_services_by_name_and_vpcs_are_isolated() {
     require_oci();
     let mut cluster = Cluster::start();
     // Slice 0 of each VPC: the default VPC's instances get 10.99.208.0/24,
     // those of VPC `other` 10.99.224.0/24.
-    cluster.start_agent_with(
-        "n1",
-        "4",
-        "4Gi",
-        &["--instance-network", "--default-vpc-cidr", "10.99.208.0/20"],
-    );
+    cluster.start_agent_with("n1", "4", "4Gi", AGENT_FLAGS);
     let tar = busybox_image_tar(cluster.dir.path());
     cluster.ok(&["image", "import", tar.to_str().unwrap(), "--name", "bb"]);
     cluster.ok(&[
@@ -332,6 +330,30 @@ fn oci_instances_have_addresses_find_services_by_name_and_vpcs_are_isolated() {
     );
     // A VPC in use cannot go.
     assert!(!cluster.c4m(&["vpc", "delete", "other"]).status.success());
+
+    // A restarted agent adopts the containers and their networks untouched:
+    // same instances, addresses and processes, and web goes on finding and
+    // reaching catalog (the DNS relay is back on the gateway).
+    let reached = |cluster: &Cluster| {
+        cluster
+            .ok(&["logs", &web_name])
+            .matches("body=catalog-says-hi")
+            .count()
+    };
+    let before = reached(&cluster);
+    cluster.kill_agent("n1");
+    cluster.start_agent_with("n1", "4", "4Gi", AGENT_FLAGS);
+    std::thread::sleep(Duration::from_secs(3));
+    let after = cluster.wait_ready("app=web", 1, MINUTE).remove(0);
+    assert_eq!(after["metadata"]["name"], web["metadata"]["name"]);
+    assert_eq!(after["status"]["podIP"], web["status"]["podIP"]);
+    assert_eq!(
+        after["status"]["containerStatuses"][0]["restartCount"], 0,
+        "adopted, not restarted: {after}"
+    );
+    wait_for("web to go on reaching catalog", MINUTE, || {
+        (reached(&cluster) >= before + 3).then_some(())
+    });
 
     // Removing the instances takes their networks off the node.
     for name in ["stranger", "web", "catalog"] {
