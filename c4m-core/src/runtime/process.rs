@@ -33,7 +33,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::state::{self, ExitRecord};
+use super::state::{self, ExitRecord, Records};
 use super::{
     ContainerRuntime, ContainerSpec, ContainerStatus, ExecOutput, ExecRequest, ExecSession,
     LogOptions, PortBinding, PortSpec, ResourceUsage,
@@ -95,7 +95,7 @@ struct Watcher {
 
 /// What `state.json` holds.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct Record {
+pub(super) struct Record {
     spec: ContainerSpec,
     ports: Vec<PortBinding>,
     pid: u32,
@@ -204,6 +204,14 @@ impl ProcessRuntime {
     }
 }
 
+impl state::Records for Inner {
+    type Record = Record;
+
+    fn records_dir(&self) -> &Path {
+        &self.state_dir
+    }
+}
+
 #[async_trait]
 impl state::Containers for Inner {
     async fn status(&self, id: &str) -> Result<ContainerStatus> {
@@ -233,28 +241,8 @@ impl Inner {
         self.watchers.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn container_dir(&self, id: &str) -> Result<PathBuf> {
-        state::container_dir(&self.state_dir, id)
-    }
-
     fn group(&self, id: &str) -> Option<Cgroup> {
         self.cgroups.as_ref().map(|cgroups| cgroups.group(id))
-    }
-
-    /// The container's record; `None` if there is none.
-    async fn load(&self, id: &str) -> Result<Option<Record>> {
-        state::load(&self.container_dir(id)?, id).await
-    }
-
-    async fn load_existing(&self, id: &str) -> Result<Record> {
-        self.load(id)
-            .await?
-            .ok_or_else(|| Error::ContainerNotFound(id.to_string()))
-    }
-
-    /// Writes the record atomically.
-    async fn save(&self, id: &str, record: &Record) -> Result<()> {
-        state::save(&self.container_dir(id)?, id, record).await
     }
 
     /// Whether the record's process runs now.

@@ -33,6 +33,39 @@ pub(super) trait Containers: Send + Sync + 'static {
     async fn status(&self, id: &str) -> Result<ContainerStatus>;
 }
 
+/// A driver's container records, `<records_dir>/<id>/state.json`: the
+/// lookups both drivers make, over [`load`] and [`save`].
+#[async_trait]
+pub(super) trait Records: Send + Sync {
+    /// What the driver records of one container.
+    type Record: Serialize + DeserializeOwned + Send + Sync;
+
+    /// The directory holding one directory per container.
+    fn records_dir(&self) -> &Path;
+
+    /// The container's directory (its id checked).
+    fn container_dir(&self, id: &str) -> Result<PathBuf> {
+        container_dir(self.records_dir(), id)
+    }
+
+    /// The container's record; `None` if there is none.
+    async fn load(&self, id: &str) -> Result<Option<Self::Record>> {
+        load(&self.container_dir(id)?, id).await
+    }
+
+    /// The container's record; an unknown container is an error.
+    async fn load_existing(&self, id: &str) -> Result<Self::Record> {
+        self.load(id)
+            .await?
+            .ok_or_else(|| Error::ContainerNotFound(id.to_string()))
+    }
+
+    /// Writes the record atomically.
+    async fn save(&self, id: &str, record: &Self::Record) -> Result<()> {
+        save(&self.container_dir(id)?, id, record).await
+    }
+}
+
 /// `base/<id>`, if `id` is usable as a file name (letters, digits, `-`,
 /// `_`, `.`; not `.` or `..`).
 pub(super) fn container_dir(base: &Path, id: &str) -> Result<PathBuf> {

@@ -35,7 +35,7 @@ use serde::{Deserialize, Serialize};
 use tokio::process::Command;
 
 use super::process::procfs;
-use super::state::{self, ExitRecord};
+use super::state::{self, ExitRecord, Records};
 use super::{
     ContainerRuntime, ContainerSpec, ContainerStatus, ExecOutput, LogOptions, ResourceUsage,
 };
@@ -78,7 +78,7 @@ struct Inner {
 
 /// What `state.json` holds.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct Record {
+pub(super) struct Record {
     spec: ContainerSpec,
     /// Manifest digest of the image the container runs.
     image: String,
@@ -173,27 +173,8 @@ impl Inner {
         Arc::clone(self.locks().entry(id.to_string()).or_default())
     }
 
-    fn container_dir(&self, id: &str) -> Result<PathBuf> {
-        state::container_dir(&self.containers_dir, id)
-    }
-
     fn group(&self, id: &str) -> Cgroup {
         self.cgroups.group(id)
-    }
-
-    async fn load(&self, id: &str) -> Result<Option<Record>> {
-        state::load(&self.container_dir(id)?, id).await
-    }
-
-    async fn load_existing(&self, id: &str) -> Result<Record> {
-        self.load(id)
-            .await?
-            .ok_or_else(|| Error::ContainerNotFound(id.to_string()))
-    }
-
-    /// Writes the record atomically.
-    async fn save(&self, id: &str, record: &Record) -> Result<()> {
-        state::save(&self.container_dir(id)?, id, record).await
     }
 
     /// The OCI runtime with its state root.
@@ -653,6 +634,14 @@ impl K8sFileDecoder {
             }
         }
         out.freeze()
+    }
+}
+
+impl state::Records for Inner {
+    type Record = Record;
+
+    fn records_dir(&self) -> &Path {
+        &self.containers_dir
     }
 }
 
