@@ -51,14 +51,19 @@ pub struct AgentConfig {
 pub struct Agent {
     config: AgentConfig,
     runtimes: Vec<Arc<dyn ContainerRuntime>>,
+    images: Arc<ImageStore>,
     listener: TcpListener,
 }
 
 impl Agent {
     /// The drivers that work on this node: `process` always; `oci` when
     /// an OCI runtime (runc or crun) and conmon are installed and the
-    /// agent may use namespaces and cgroups (root).
-    pub fn detect_runtimes(config: &AgentConfig) -> Result<Vec<Arc<dyn ContainerRuntime>>> {
+    /// agent may use namespaces and cgroups (root), running containers from
+    /// `images`.
+    pub fn detect_runtimes(
+        config: &AgentConfig,
+        images: &Arc<ImageStore>,
+    ) -> Result<Vec<Arc<dyn ContainerRuntime>>> {
         let process = ProcessRuntime::new(config.data_dir.join("process"), config.address)?;
         let mut runtimes: Vec<Arc<dyn ContainerRuntime>> = vec![Arc::new(process)];
         if find_oci_binaries().is_none() {
@@ -66,9 +71,7 @@ impl Agent {
         } else if !nix::unistd::Uid::effective().is_root() {
             tracing::info!("oci driver unavailable: the agent does not run as root");
         } else {
-            let oci = Agent::image_store(config)
-                .and_then(|images| Ok(OciRuntime::new(&config.data_dir.join("oci"), images)?));
-            match oci {
+            match OciRuntime::new(&config.data_dir.join("oci"), Arc::clone(images)) {
                 Ok(oci) => runtimes.push(Arc::new(oci)),
                 Err(e) => tracing::warn!(error = %e, "oci driver unavailable"),
             }
@@ -77,15 +80,17 @@ impl Agent {
     }
 
     /// The node's image store (`<data_dir>/images`), which the `oci` driver
-    /// runs containers from and the HTTP server manages.
+    /// runs containers from and the HTTP server manages. Open it once per
+    /// agent: opening clears the store's temporary files.
     pub fn image_store(config: &AgentConfig) -> Result<Arc<ImageStore>> {
         Ok(Arc::new(ImageStore::open(config.data_dir.join("images"))?))
     }
 
-    /// Binds the agent's HTTP server.
+    /// Binds the agent's HTTP server, which manages `images`.
     pub async fn bind(
         config: AgentConfig,
         runtimes: Vec<Arc<dyn ContainerRuntime>>,
+        images: Arc<ImageStore>,
     ) -> Result<Self> {
         if runtimes.is_empty() {
             return Err(Error::Config(
@@ -101,6 +106,7 @@ impl Agent {
         Ok(Agent {
             config,
             runtimes,
+            images,
             listener,
         })
     }
@@ -167,7 +173,7 @@ impl Agent {
         };
         let state = Arc::new(ServerState {
             directory,
-            images: Agent::image_store(&self.config)?,
+            images: self.images,
             work_dir: self.config.data_dir.clone(),
             token: self.config.token.clone(),
             shutdown: shutdown.clone(),

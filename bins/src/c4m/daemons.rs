@@ -421,7 +421,7 @@ pub async fn up(args: UpArgs, connection: &Connection) -> Result<()> {
         format!("http://{}", control.grpc_addr()),
         credentials.as_ref().map(Credentials::bearer),
     )?;
-    let agent = Agent::bind(config.clone(), Agent::detect_runtimes(&config)?).await?;
+    let agent = bind_agent(config).await?;
     let shutdown = shutdown_on_signal();
     let (control_result, agent_result) = tokio::join!(control.run(shutdown.clone()), async {
         let result = agent.run(shutdown.clone()).await;
@@ -469,7 +469,7 @@ pub async fn agent(args: AgentArgs, connection: &Connection) -> Result<()> {
     }
     let dir = data_dir(args.data_dir, "agent")?;
     let config = agent_config(&dir, &args.node, args.control_plane, token)?;
-    let agent = Agent::bind(config.clone(), Agent::detect_runtimes(&config)?).await?;
+    let agent = bind_agent(config).await?;
     agent.run(shutdown_on_signal()).await?;
     Ok(())
 }
@@ -487,4 +487,12 @@ mod tests {
         assert!(parse_duration("fast").is_err());
         assert!(parse_duration("1d").is_err());
     }
+}
+
+/// The agent over `config`: its image store opened once, for the drivers
+/// and the HTTP server alike.
+async fn bind_agent(config: AgentConfig) -> Result<Agent> {
+    let images = Agent::image_store(&config)?;
+    let runtimes = Agent::detect_runtimes(&config, &images)?;
+    Ok(Agent::bind(config, runtimes, images).await?)
 }
