@@ -5,8 +5,9 @@
 
 mod common;
 
+use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
@@ -113,6 +114,7 @@ spec:
         - name: main
           image: {image}
           command: ["sh", "-c", {script:?}]
+          ports: [{{containerPort: 8080}}]
           resources: {{limits: {{cpu: 500m, memory: 64Mi}}}}
 "#
     )
@@ -304,6 +306,31 @@ fn oci_instances_have_addresses_find_services_by_name_and_vpcs_are_isolated() {
     });
     assert!(logs.contains(&format!("resolved={catalog_ip}\n")), "{logs}");
 
+    // c4m port-forward reaches a VPC instance's port at its own address.
+    let catalog_name = catalog["metadata"]["name"].as_str().unwrap().to_string();
+    let local = free_port();
+    let mut forward = cluster
+        .c4m_command(&["port-forward", &catalog_name, &format!("{local}:8080")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut announced = String::new();
+    BufReader::new(forward.stdout.take().unwrap())
+        .read_line(&mut announced)
+        .unwrap();
+    let answer = http_get(&format!("127.0.0.1:{local}"), "/");
+    let _ = forward.kill();
+    let said = forward.wait_with_output().unwrap();
+    let (code, body) = answer.unwrap_or_else(|| {
+        panic!(
+            "no answer through the forwarded port: {announced}{}",
+            String::from_utf8_lossy(&said.stderr)
+        )
+    });
+    assert_eq!(code, 200, "{announced}{body}");
+    assert!(body.contains("catalog-says-hi"), "{body}");
+
     // Another VPC: the name resolves, the address does not answer.
     cluster.apply(&deployment_in(
         "stranger",
@@ -356,15 +383,35 @@ fn oci_instances_have_addresses_find_services_by_name_and_vpcs_are_isolated() {
     });
 
     // Removing the instances takes their networks off the node.
+    let bridges: Vec<String> = ["10.99.208.0/24", "10.99.224.0/24"]
+        .into_iter()
+        .map(|subnet| {
+            c4m_core::VpcNetwork {
+                name: String::new(),
+                subnet: subnet.parse().unwrap(),
+            }
+            .bridge_name()
+        })
+        .collect();
+    let links = || {
+        let links = Command::new("ip").args(["-o", "link"]).output().unwrap();
+        String::from_utf8_lossy(&links.stdout).into_owned()
+    };
+    let before = links();
+    assert!(
+        bridges.iter().all(|b| before.contains(b.as_str())),
+        "{bridges:?} in {before}"
+    );
     for name in ["stranger", "web", "catalog"] {
         cluster.ok(&["delete", "deployment", name]);
         cluster.wait_gone(&format!("app={name}"), MINUTE);
     }
     wait_for("the VPC bridges to go", MINUTE, || {
-        let links = Command::new("ip").args(["-o", "link"]).output().unwrap();
-        let links = String::from_utf8_lossy(&links.stdout).into_owned();
-        // Gateways 10.99.208.1 and 10.99.224.1, as the bridges are named.
-        (!links.contains("c4b0a63d001") && !links.contains("c4b0a63e001")).then_some(())
+        let now = links();
+        bridges
+            .iter()
+            .all(|b| !now.contains(b.as_str()))
+            .then_some(())
     });
     cluster.ok(&["vpc", "delete", "other"]);
 }

@@ -159,7 +159,7 @@ impl Agent {
             statuses: statuses_tx,
             directory: Arc::clone(&directory),
             dns_address: dns_rx,
-            network,
+            network: network.clone(),
         };
         let session = Session {
             channel: ControlPlaneChannel::new(
@@ -177,6 +177,7 @@ impl Agent {
             work_dir: self.config.data_dir.clone(),
             token: self.config.token.clone(),
             shutdown: shutdown.clone(),
+            network,
         });
         let server = axum::serve(self.listener, router(state))
             .with_graceful_shutdown(shutdown.clone().cancelled_owned());

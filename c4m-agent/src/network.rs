@@ -136,15 +136,26 @@ impl InstanceNetwork {
 
     /// The attachment of an instance found running at start-up, with its
     /// host ports published again.
-    pub(crate) async fn readopt(&self, id: &str, pod: &Instance) -> Option<Attachment> {
-        let mut relays = self.relays.lock().await;
-        let attachment = match self.network.attachment(id).await {
-            Ok(attachment) => attachment?,
+    /// The instance's attachment, if it is attached (a failure to read it
+    /// is logged and counts as none).
+    async fn attachment_of(&self, id: &str) -> Option<Attachment> {
+        match self.network.attachment(id).await {
+            Ok(attachment) => attachment,
             Err(e) => {
                 tracing::warn!(container = id, error = %e, "cannot read the instance's network");
-                return None;
+                None
             }
-        };
+        }
+    }
+
+    /// The instance's address in its VPC, if it is attached.
+    pub(crate) async fn address(&self, id: &str) -> Option<Ipv4Addr> {
+        self.attachment_of(id).await.map(|a| a.address)
+    }
+
+    pub(crate) async fn readopt(&self, id: &str, pod: &Instance) -> Option<Attachment> {
+        let mut relays = self.relays.lock().await;
+        let attachment = self.attachment_of(id).await?;
         self.ensure_relay(&mut relays, attachment.gateway).await;
         if let Err(e) = self.publish(id, pod, attachment.address).await {
             tracing::warn!(container = id, error = %e, "cannot publish host ports");

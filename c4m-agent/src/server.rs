@@ -30,6 +30,8 @@ pub(crate) struct ServerState {
     pub work_dir: PathBuf,
     pub token: Option<String>,
     pub shutdown: CancellationToken,
+    /// Instance networking, when on: where VPC instances serve their ports.
+    pub network: Option<Arc<crate::network::InstanceNetwork>>,
 }
 
 pub(crate) fn router(state: Arc<ServerState>) -> Router {

@@ -252,10 +252,16 @@ pub(crate) async fn port_forward(
         Ok(status) => status,
         Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
     };
+    let pod_ip = match &state.network {
+        Some(network) if placement.runtime.takes_network_namespace() => {
+            network.address(&placement.id).await
+        }
+        _ => None,
+    };
+    let bindings = crate::supervisor::port_bindings(&status, pod_ip);
     let mut targets = Vec::with_capacity(ports.len());
     for port in &ports {
-        let binding = status
-            .ports
+        let binding = bindings
             .iter()
             .find(|b| b.container_port == *port && b.protocol.eq_ignore_ascii_case("TCP"));
         let Some(binding) = binding else {

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use c4m_api::agent::{InstanceStatus, PortBinding as WirePort, ResourceUsage as WireUsage};
 use c4m_core::{
-    ContainerRuntime, ContainerSpec, ContainerState, ContainerStatus, Instance, ProbeTracker,
+    ContainerRuntime, ContainerSpec, ContainerState, ContainerStatus, Instance, PortBinding,
+    ProbeTracker,
 };
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -657,6 +658,29 @@ fn termination_reason(exit_code: Option<i32>, oom_killed: bool) -> &'static str 
 }
 
 /// What the control plane hears about an instance.
+/// Where the container's declared ports are reached: in a VPC at the
+/// instance's own address (`pod_ip`), else where the driver bound them.
+pub(crate) fn port_bindings(
+    container: &ContainerStatus,
+    pod_ip: Option<Ipv4Addr>,
+) -> Vec<PortBinding> {
+    match pod_ip {
+        Some(ip) => container
+            .spec
+            .ports
+            .iter()
+            .map(|p| PortBinding {
+                name: p.name.clone(),
+                container_port: p.container_port,
+                host_ip: ip.to_string(),
+                host_port: p.container_port,
+                protocol: p.protocol.clone(),
+            })
+            .collect(),
+        None => container.ports.clone(),
+    }
+}
+
 fn report(instance: &Managed) -> InstanceStatus {
     let meta = &instance.pod.metadata;
     let mut status = InstanceStatus {
@@ -681,32 +705,16 @@ fn report(instance: &Managed) -> InstanceStatus {
         }
         return status;
     };
-    status.ports = match instance.pod_ip {
-        // In a VPC, a port is reached at the instance's own address.
-        Some(ip) => container
-            .spec
-            .ports
-            .iter()
-            .map(|p| WirePort {
-                name: p.name.clone(),
-                container_port: i32::from(p.container_port),
-                host_ip: ip.to_string(),
-                host_port: i32::from(p.container_port),
-                protocol: p.protocol.clone(),
-            })
-            .collect(),
-        None => container
-            .ports
-            .iter()
-            .map(|p| WirePort {
-                name: p.name.clone(),
-                container_port: i32::from(p.container_port),
-                host_ip: p.host_ip.clone(),
-                host_port: i32::from(p.host_port),
-                protocol: p.protocol.clone(),
-            })
-            .collect(),
-    };
+    status.ports = port_bindings(container, instance.pod_ip)
+        .into_iter()
+        .map(|p| WirePort {
+            name: p.name,
+            container_port: i32::from(p.container_port),
+            host_ip: p.host_ip,
+            host_port: i32::from(p.host_port),
+            protocol: p.protocol,
+        })
+        .collect();
     match &container.state {
         ContainerState::Running { started_at, .. } => {
             status.phase = "Running".into();
