@@ -67,7 +67,13 @@ pub async fn image(args: ImageArgs, connection: &Connection) -> Result<()> {
                 "SIZE".to_string(),
             ]];
             for image in images {
-                let id = image.digest["sha256:".len()..][..c4m_core::SHORT_ID_LEN].to_string();
+                // The digest comes from the node: never slice past its end.
+                let id = image
+                    .digest
+                    .strip_prefix("sha256:")
+                    .and_then(|hex| hex.get(..c4m_core::SHORT_ID_LEN))
+                    .unwrap_or(&image.digest)
+                    .to_string();
                 let names = if image.names.is_empty() {
                     vec!["<none>".to_string()]
                 } else {

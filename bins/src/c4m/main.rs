@@ -57,7 +57,7 @@ enum Command {
     Wait(commands::WaitArgs),
     /// Show, replace or audit the scheduler policy.
     Policy(policy::PolicyArgs),
-    /// Manage a node's images (list, import, remove).
+    /// Manage a node's images (list, import, pull, remove).
     Image(images::ImageArgs),
     /// Print a kubeconfig so `kubectl --kubeconfig FILE` drives this c4m.
     Kubeconfig(kubeconfig::KubeconfigArgs),
@@ -67,6 +67,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let exec = matches!(cli.command, Command::Exec(_));
     let daemon = matches!(
         cli.command,
         Command::Up(_) | Command::Control(_) | Command::Agent(_)
@@ -114,8 +115,11 @@ fn main() -> ExitCode {
             Command::Kubeconfig(args) => done(kubeconfig::print(args, &connection).await),
         }
     });
-    // Stdin may still be read by a blocking thread (exec): do not wait for it.
-    runtime.shutdown_background();
+    // After exec, stdin may still be read by a blocking thread: do not wait
+    // for it. Anything else (daemons' store and image work) is waited for.
+    if exec {
+        runtime.shutdown_background();
+    }
     match result {
         Ok(code) => code,
         Err(e) => {

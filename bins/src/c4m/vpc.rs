@@ -1,7 +1,7 @@
 //! `c4m vpc`: create, list and delete VPCs (`c4m.io/v1` `Vpc` objects).
 
-use anyhow::{Context, Result, bail};
-use c4m_core::{ResourceKind, Vpc, parse_vpc_cidr};
+use anyhow::{Result, bail};
+use c4m_core::{Vpc, parse_vpc_cidr};
 use clap::{Args, Subcommand};
 
 use crate::commands::Connection;
@@ -40,13 +40,9 @@ enum VpcCommand {
     },
 }
 
-fn vpc_kind() -> Result<&'static ResourceKind> {
-    ResourceKind::from_name("vpcs").context("this c4m has no Vpc kind")
-}
-
 pub async fn vpc(args: VpcArgs, connection: &Connection) -> Result<()> {
     let client = connection.client()?;
-    let kind = vpc_kind()?;
+    let kind = crate::commands::kind("vpcs")?;
     match args.command {
         VpcCommand::Create { name, cidr } => {
             // The server checks too (and for overlaps); this names the flag.
