@@ -24,6 +24,7 @@ metadata: {{name: talker, labels: {{app: talker}}}}
 spec:
   containers:
     - name: talker
+      env: [{{name: MARK, value: talker-env}}]
       command: ["sh", "-c", "echo one; echo two; echo three; while [ ! -e {go} ]; do sleep 0.05; done; echo after; exec sleep 3600"]
 "#,
         go = go.display()
@@ -140,8 +141,10 @@ fn kubectl_logs_and_exec() {
         "{failed:?}"
     );
     // It runs as the container does: its environment and cgroup.
-    let env = kubectl.ok(&["exec", "talker", "--", "sh", "-c", "echo $PATH"]);
-    assert!(!env.trim().is_empty());
+    let env = kubectl.ok(&["exec", "talker", "--", "sh", "-c", "echo $MARK"]);
+    assert_eq!(env, "talker-env\n");
+    let cgroups = kubectl.ok(&["exec", "talker", "--", "cat", "/proc/self/cgroup"]);
+    assert!(cgroups.contains("/c4m/"), "{cgroups}");
     // -i: stdin reaches the command and its end is end of file.
     let mut cat = kubectl
         .command(&["exec", "-i", "talker", "--", "sh", "-c", "cat; echo done"])
