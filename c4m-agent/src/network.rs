@@ -13,7 +13,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use c4m_core::{Attachment, Instance, Network, VpcNetwork, annotations};
+use c4m_core::{Attachment, DEFAULT_VPC, Instance, Network, VpcNetwork, annotations};
 use ipnet::Ipv4Net;
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::watch;
@@ -22,7 +22,6 @@ use tokio_util::sync::CancellationToken;
 use crate::{Error, Result};
 
 /// The VPC of instances that name none.
-pub const DEFAULT_VPC: &str = "default";
 /// The port instances send DNS queries to on their gateway.
 pub const DNS_PORT: u16 = 53;
 /// How long the relay waits for the control plane's answer.
@@ -47,7 +46,7 @@ pub struct NetworkConfig {
 
 /// This node's slice of a VPC: the `index`th /24 of `cidr`, or all of a
 /// VPC of /24 or smaller.
-pub fn node_slice(cidr: Ipv4Net, index: u32) -> Result<Ipv4Net> {
+pub(crate) fn node_slice(cidr: Ipv4Net, index: u32) -> Result<Ipv4Net> {
     if cidr.prefix_len() >= NODE_SLICE_PREFIX {
         return Ok(cidr.trunc());
     }
@@ -324,8 +323,12 @@ pub(crate) async fn relay_dns(
 }
 
 /// Forwards every connection `listener` accepts to `target` until `stop`:
-/// what publishes a host port, and what `c4m port-forward` runs.
-pub async fn forward_tcp(listener: TcpListener, target: SocketAddr, stop: CancellationToken) {
+/// what publishes a host port.
+pub(crate) async fn forward_tcp(
+    listener: TcpListener,
+    target: SocketAddr,
+    stop: CancellationToken,
+) {
     forward_tcp_to(listener, move || Some(target), stop).await
 }
 

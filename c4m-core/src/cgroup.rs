@@ -17,9 +17,9 @@ use crate::{Error, Result};
 /// Where cgroup2 exposes its unified hierarchy on a systemd-era host.
 const DEFAULT_CGROUP_ROOT: &str = "/sys/fs/cgroup";
 /// Name of the group under which every container group lives.
-const PARENT_GROUP: &str = "c4m";
+pub(crate) const PARENT_GROUP: &str = "c4m";
 /// The CFS period c4m uses (100 ms, as Kubernetes does).
-const CFS_PERIOD_US: u64 = 100_000;
+pub(crate) const CFS_PERIOD_US: u64 = 100_000;
 /// The kernel rejects CFS quotas below 1 ms.
 const MIN_CFS_QUOTA_US: u64 = 1_000;
 /// Controllers c4m uses; v2 enables exactly these in `cgroup.subtree_control`.

@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 
 use super::latest;
 use crate::Result;
-use crate::cache::{Cache, owner_key};
+use crate::cache::{Cache, controller_key};
 use crate::objects::{Objects, kind, name_of, namespace_of};
 use crate::pods::{controller_uid, is_ready, is_terminal};
 
@@ -50,7 +50,7 @@ impl ReplicaSetIndex {
     pub(crate) fn build(cache: &Cache) -> ReplicaSetIndex {
         let mut index: HashMap<String, Vec<Arc<Value>>> = HashMap::new();
         for replica_set in cache.list(kind("replicasets"), None) {
-            if let Some(key) = deployment_key(&replica_set) {
+            if let Some(key) = controller_key(&replica_set) {
                 index.entry(key).or_default().push(replica_set);
             }
         }
@@ -67,19 +67,6 @@ impl ReplicaSetIndex {
     pub(crate) fn of(&self, key: &str) -> &[Arc<Value>] {
         self.0.get(key).map_or(&[], Vec::as_slice)
     }
-}
-
-/// `deployments/NS/NAME` of the Deployment controlling `replica_set`.
-pub(crate) fn deployment_key(replica_set: &Value) -> Option<String> {
-    let owner = replica_set["metadata"]["ownerReferences"]
-        .as_array()?
-        .iter()
-        .find(|r| r["controller"] == true && r["kind"] == "Deployment")?;
-    Some(owner_key(
-        "deployments",
-        namespace_of(replica_set),
-        owner["name"].as_str()?,
-    ))
 }
 
 /// A ReplicaSet's revision (0 when it has none).

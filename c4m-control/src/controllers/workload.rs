@@ -70,16 +70,11 @@ pub(crate) async fn reconcile(
             if rest.starts_with("pods/") || rest.starts_with("replicasets/") {
                 let before = before.as_ref().and_then(|before| before.decode(key));
                 let current = cache.get_key(key);
-                let owner_key = if rest.starts_with("pods/") {
-                    controller_key
-                } else {
-                    replicasets::deployment_key
-                };
                 touched.extend(
                     [before.as_deref(), current.as_deref()]
                         .into_iter()
                         .flatten()
-                        .filter_map(owner_key),
+                        .filter_map(controller_key),
                 );
             } else {
                 touched.insert(rest.to_string());

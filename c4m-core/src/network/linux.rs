@@ -109,10 +109,7 @@ impl LinuxNetwork {
                     format!("has subnet {theirs} on this node, not {}", vpc.subnet),
                 ));
             }
-            if *name != vpc.name
-                && (theirs.contains(&vpc.subnet.network())
-                    || vpc.subnet.contains(&theirs.network()))
-            {
+            if *name != vpc.name && crate::cidrs_overlap(&theirs, &vpc.subnet) {
                 return Err(vpc_error(
                     vpc,
                     format!("subnet {} overlaps vpc {name}'s {theirs}", vpc.subnet),

@@ -13,14 +13,12 @@ use oci_spec::runtime::{
     get_default_readonly_paths,
 };
 
-use crate::cgroup::{cfs_quota_us, cpu_shares};
+use crate::cgroup::{CFS_PERIOD_US, cfs_quota_us, cpu_shares};
 use crate::runtime::ContainerSpec;
 use crate::{Error, Result};
 
 /// `PATH` when neither the image nor the spec sets one (Docker's default).
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-/// The CFS period c4m uses (100 ms, as Kubernetes does).
-const CFS_PERIOD_US: u64 = 100_000;
 /// `EPERM`, what denied system calls return.
 const EPERM: u32 = 1;
 

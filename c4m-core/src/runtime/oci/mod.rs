@@ -425,7 +425,7 @@ impl Inner {
         let input = bundle::BundleInput {
             image: config.config().as_ref(),
             rootfs: &rootfs,
-            cgroups_path: PathBuf::from("/c4m").join(id),
+            cgroups_path: Path::new("/").join(crate::cgroup::PARENT_GROUP).join(id),
             pids_limit: DEFAULT_PIDS_LIMIT,
             swap_accounting: self.swap_accounting,
         };
