@@ -9,6 +9,18 @@ pub fn format_rfc3339(time: SystemTime) -> String {
         .unwrap_or_default()
 }
 
+/// `time` as Kubernetes prints log timestamps: RFC 3339, UTC, always nine
+/// fractional digits.
+pub(crate) fn format_rfc3339_nanos(time: SystemTime) -> String {
+    let since_epoch = time
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let seconds = jiff::Timestamp::from_second(since_epoch.as_secs() as i64)
+        .map(|t| t.strftime("%Y-%m-%dT%H:%M:%S").to_string())
+        .unwrap_or_default();
+    format!("{seconds}.{:09}Z", since_epoch.subsec_nanos())
+}
+
 /// Now, as RFC 3339.
 pub fn now_rfc3339() -> String {
     format_rfc3339(SystemTime::now())

@@ -124,11 +124,6 @@ impl ImageStore {
         })
     }
 
-    /// The store's root directory.
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     fn locked(&self) -> Result<Flock<std::fs::File>> {
         let file = std::fs::OpenOptions::new()
             .create(true)

@@ -23,7 +23,7 @@ mod process;
 mod spec;
 mod state;
 
-pub use oci::{DEFAULT_PIDS_LIMIT, OciRuntime, find_oci_binaries};
+pub use oci::{OciRuntime, find_oci_binaries};
 pub use process::ProcessRuntime;
 
 /// Everything a driver needs to start one container.

@@ -8,7 +8,7 @@
 //! stdio, so they outlive the agent; a new agent over the same state
 //! directory re-adopts them.
 
-pub(super) mod clock;
+mod clock;
 mod exec;
 pub(super) mod logs;
 pub(super) mod procfs;

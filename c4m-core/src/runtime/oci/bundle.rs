@@ -19,6 +19,8 @@ use crate::{Error, Result};
 
 /// `PATH` when neither the image nor the spec sets one (Docker's default).
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// Every container's pids limit (a fork bomb stops there).
+const PIDS_LIMIT: i64 = 4096;
 /// `EPERM`, what denied system calls return.
 const EPERM: u32 = 1;
 
@@ -86,8 +88,6 @@ pub(super) struct BundleInput<'a> {
     pub rootfs: &'a Path,
     /// cgroup path relative to the hierarchy roots (`/c4m/<id>`).
     pub cgroups_path: PathBuf,
-    /// The pids limit every container gets.
-    pub pids_limit: i64,
     /// Whether the host accounts swap (a memory+swap limit can be set).
     pub swap_accounting: bool,
 }
@@ -289,7 +289,7 @@ pub(super) fn runtime_spec(spec: &ContainerSpec, input: &BundleInput<'_>) -> Res
         .cpu(cpu.build().map_err(fail)?)
         .pids(
             LinuxPidsBuilder::default()
-                .limit(input.pids_limit)
+                .limit(PIDS_LIMIT)
                 .build()
                 .map_err(fail)?,
         )

@@ -48,8 +48,6 @@ use crate::{Error, Result};
 const RUNTIMES: [&str; 2] = ["runc", "crun"];
 /// The container monitor.
 const CONMON: &str = "conmon";
-/// Every container's pids limit (a fork bomb stops there).
-pub const DEFAULT_PIDS_LIMIT: i64 = 4096;
 /// How long a start may take until the runtime has created the container.
 const CREATE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long `stop` waits for the container to die after SIGKILL.
@@ -137,11 +135,6 @@ impl OciRuntime {
                 locks: std::sync::Mutex::new(HashMap::new()),
             }),
         })
-    }
-
-    /// The image store containers are started from.
-    pub fn images(&self) -> &Arc<ImageStore> {
-        &self.inner.images
     }
 }
 
@@ -426,7 +419,6 @@ impl Inner {
             image: config.config().as_ref(),
             rootfs: &rootfs,
             cgroups_path: Path::new("/").join(crate::cgroup::PARENT_GROUP).join(id),
-            pids_limit: DEFAULT_PIDS_LIMIT,
             swap_accounting: self.swap_accounting,
         };
         let runtime_spec = bundle::runtime_spec(spec, &input)?;
@@ -623,9 +615,7 @@ impl K8sFileDecoder {
             }
             if self.timestamps && starts_line {
                 let when = written.unwrap_or(SystemTime::UNIX_EPOCH);
-                out.extend_from_slice(
-                    crate::runtime::process::clock::format_timestamp(when).as_bytes(),
-                );
+                out.extend_from_slice(crate::time::format_rfc3339_nanos(when).as_bytes());
                 out.extend_from_slice(b" ");
             }
             out.extend_from_slice(text);

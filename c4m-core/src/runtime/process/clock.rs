@@ -161,16 +161,6 @@ impl LineTimes {
     }
 }
 
-/// `time` as Kubernetes prints log timestamps: RFC 3339, UTC, always nine
-/// fractional digits.
-pub(in crate::runtime) fn format_timestamp(time: SystemTime) -> String {
-    let since_epoch = time.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let seconds = jiff::Timestamp::from_second(since_epoch.as_secs() as i64)
-        .map(|t| t.strftime("%Y-%m-%dT%H:%M:%S").to_string())
-        .unwrap_or_default();
-    format!("{seconds}.{:09}Z", since_epoch.subsec_nanos())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,6 +203,9 @@ mod tests {
     #[test]
     fn timestamps_as_kubernetes_prints_them() {
         let time = UNIX_EPOCH + Duration::new(1_700_000_000, 120_000);
-        assert_eq!(format_timestamp(time), "2023-11-14T22:13:20.000120000Z");
+        assert_eq!(
+            crate::time::format_rfc3339_nanos(time),
+            "2023-11-14T22:13:20.000120000Z"
+        );
     }
 }

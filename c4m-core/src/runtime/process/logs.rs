@@ -10,7 +10,8 @@ use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
-use super::clock::{LineTimes, format_timestamp};
+use super::clock::LineTimes;
+use crate::time::format_rfc3339_nanos;
 use crate::{Error, Result};
 
 /// How often a following reader looks for appended output.
@@ -142,7 +143,7 @@ impl Stamper {
             return;
         }
         if self.filter.timestamps {
-            out.extend_from_slice(format_timestamp(when).as_bytes());
+            out.extend_from_slice(format_rfc3339_nanos(when).as_bytes());
             out.push(b' ');
         }
         out.extend_from_slice(line);
