@@ -49,7 +49,9 @@ pub(crate) async fn reconcile(
     changes: &Changes,
 ) -> Result<Option<i64>> {
     let mut touched: BTreeSet<String> = BTreeSet::new();
-    let replica_sets = ReplicaSetIndex::build(cache);
+    // Every ReplicaSet is decoded to index them: only on a resync, or when
+    // the batch touches a Deployment (Microservices have none).
+    let mut replica_sets = None;
     if changes.everything {
         for plural in OWNER_PLURALS {
             // An owner's key is its store key without the root.
@@ -61,7 +63,9 @@ pub(crate) async fn reconcile(
             );
         }
         touched.extend(cache.owners_of_pods());
-        touched.extend(replica_sets.deployment_keys().cloned());
+        let index = ReplicaSetIndex::build(cache);
+        touched.extend(index.deployment_keys().cloned());
+        replica_sets = Some(index);
     } else {
         for (key, before) in &changes.changed {
             let Some(rest) = key.strip_prefix(ROOT) else {
@@ -81,6 +85,16 @@ pub(crate) async fn reconcile(
             }
         }
     }
+    let replica_sets = match replica_sets {
+        Some(index) => index,
+        None if touched
+            .iter()
+            .any(|owner| owner.starts_with("deployments/")) =>
+        {
+            ReplicaSetIndex::build(cache)
+        }
+        None => ReplicaSetIndex::default(),
+    };
     let replica_sets = &replica_sets;
     let (written, failed) = super::for_each_concurrently(touched, |owner| async move {
         reconcile_workload(objects, cache, replica_sets, &owner)
