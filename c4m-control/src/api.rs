@@ -8,7 +8,7 @@
 //! newline-delimited watch events from a resourceVersion.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -551,9 +551,9 @@ async fn resource_request(
                 )));
             }
             let value = parse_body()?;
-            validate(kind, &value)?;
+            let warnings = validate(kind, &value)?;
             let created = state.objects.create(kind, &namespace, value).await?;
-            Ok(with_warnings(StatusCode::CREATED, created))
+            Ok(with_warnings(StatusCode::CREATED, created, warnings))
         }
         (&Method::GET, Some(name), None | Some("status")) => {
             let object = state.objects.get(kind, &namespace, name).await?;
@@ -572,15 +572,16 @@ async fn resource_request(
             } else {
                 Part::Main
             };
-            if part == Part::Main {
-                validate_update(kind, &value)?;
-            }
+            let warnings = match part {
+                Part::Main => validate_update(kind, &value)?,
+                Part::Status => Vec::new(),
+            };
             let replaced = state
                 .objects
                 .replace(kind, &namespace, name, value, part)
                 .await?;
             Ok(match part {
-                Part::Main => with_warnings(StatusCode::OK, replaced),
+                Part::Main => with_warnings(StatusCode::OK, replaced, warnings),
                 Part::Status => axum::Json(replaced).into_response(),
             })
         }
@@ -591,14 +592,14 @@ async fn resource_request(
                 force: query.get("force").is_some_and(|f| f == "true"),
                 api_version: kind.api_version(),
             };
-            let (object, created) =
+            let (object, created, warnings) =
                 server_side_apply(&state, kind, &namespace, name, &apply).await?;
             let code = if created {
                 StatusCode::CREATED
             } else {
                 StatusCode::OK
             };
-            Ok(with_warnings(code, object))
+            Ok(with_warnings(code, object, warnings))
         }
         (&Method::PATCH, Some(name), None | Some("status")) => {
             let patch_type = patch::PatchType::from_content_type(content_type(&headers))?;
@@ -607,18 +608,24 @@ async fn resource_request(
             } else {
                 Part::Main
             };
+            // The warnings of the version that was written (the last try).
+            let warnings = Mutex::new(Vec::new());
             let patched = state
                 .objects
                 .modify(kind, &namespace, name, part, |current| {
                     let patched = patch::apply(patch_type, current, &body)?;
                     if part == Part::Main {
-                        validate_update(kind, &patched)?;
+                        *warnings.lock().unwrap_or_else(PoisonError::into_inner) =
+                            validate_update(kind, &patched)?;
                     }
                     Ok(patched)
                 })
                 .await?;
+            let warnings = warnings
+                .into_inner()
+                .unwrap_or_else(PoisonError::into_inner);
             Ok(match part {
-                Part::Main => with_warnings(StatusCode::OK, patched),
+                Part::Main => with_warnings(StatusCode::OK, patched, warnings),
                 Part::Status => axum::Json(patched).into_response(),
             })
         }
@@ -664,19 +671,7 @@ async fn resource_request(
 
 /// A written object as the answer, with a `Warning` header (which kubectl
 /// prints as `Warning: ...`) for each of its fields c4m does not honour.
-fn with_warnings(code: StatusCode, object: Value) -> Response {
-    let mut spec = object.clone();
-    if let Some(map) = spec.as_object_mut() {
-        map.remove("status");
-    }
-    let document = c4m_core::Document {
-        source: "request".into(),
-        index: 1,
-        value: spec,
-    };
-    let warnings = c4m_core::validate(&document)
-        .map(|validated| validated.warnings)
-        .unwrap_or_default();
+fn with_warnings(code: StatusCode, object: Value, warnings: Vec<String>) -> Response {
     let mut headers = Vec::with_capacity(warnings.len());
     for warning in warnings {
         // Each warning names the object (`Deployment web: FIELD ...`).
@@ -700,14 +695,15 @@ fn is_apply_patch(headers: &HeaderMap) -> bool {
 
 /// Server-side apply of the object `name`: created when absent (its
 /// namespace must exist), else changed pinned to the revision read.
-/// Returns the object and whether it was created.
+/// Returns the object, whether it was created, and its warnings.
 async fn server_side_apply(
     state: &ApiState,
     kind: &'static ResourceKind,
     namespace: &str,
     name: &str,
     apply: &ServerSideApply<'_>,
-) -> Result<(Value, bool)> {
+) -> Result<(Value, bool, Vec<String>)> {
+    let warnings = Mutex::new(Vec::new());
     let checked = |mut object: Value| -> Result<Value> {
         if object["metadata"]["name"]
             .as_str()
@@ -719,10 +715,10 @@ async fn server_side_apply(
             )));
         }
         object["metadata"]["name"] = json!(name);
-        validate_update(kind, &object)?;
+        *warnings.lock().unwrap_or_else(PoisonError::into_inner) = validate_update(kind, &object)?;
         Ok(object)
     };
-    match state
+    let (object, created) = match state
         .objects
         .modify(kind, namespace, name, Part::Main, |current| {
             checked(apply.apply(Some(current))?)
@@ -731,10 +727,14 @@ async fn server_side_apply(
     {
         Err(Error::NotFound { .. }) => {
             let object = checked(apply.apply(None)?)?;
-            Ok((state.objects.create(kind, namespace, object).await?, true))
+            (state.objects.create(kind, namespace, object).await?, true)
         }
-        result => Ok((result?, false)),
-    }
+        result => (result?, false),
+    };
+    let warnings = warnings
+        .into_inner()
+        .unwrap_or_else(PoisonError::into_inner);
+    Ok((object, created, warnings))
 }
 
 /// A request's `Content-Type`, or `""`.
@@ -823,7 +823,7 @@ fn check_propagation(query: &HashMap<String, String>, body: &[u8]) -> Result<()>
 /// Validates the new version of an object (PUT, PATCH, scale) as
 /// [`validate`] does, without its status: an update leaves the status as
 /// it is, and the manifest rules do not describe one.
-fn validate_update(kind: &ResourceKind, value: &Value) -> Result<()> {
+fn validate_update(kind: &ResourceKind, value: &Value) -> Result<Vec<String>> {
     let mut value = value.clone();
     if let Some(object) = value.as_object_mut() {
         object.remove("status");
@@ -831,8 +831,9 @@ fn validate_update(kind: &ResourceKind, value: &Value) -> Result<()> {
     validate(kind, &value)
 }
 
-/// Validates an object sent to the API with the same rules as `c4m apply`.
-fn validate(kind: &ResourceKind, value: &Value) -> Result<()> {
+/// Validates an object sent to the API with the same rules as `c4m apply`;
+/// its warnings (fields accepted but not honoured).
+fn validate(kind: &ResourceKind, value: &Value) -> Result<Vec<String>> {
     let mut value = value.clone();
     if let Some(object) = value.as_object_mut() {
         object
@@ -845,17 +846,19 @@ fn validate(kind: &ResourceKind, value: &Value) -> Result<()> {
         index: 1,
         value,
     };
-    c4m_core::validate(&document).map(|_| ()).map_err(|e| {
-        invalid::invalid_field(
-            kind,
-            document.value["metadata"]["name"]
-                .as_str()
-                .unwrap_or_default(),
-            &e.path,
-            &e.message,
-            Some(&document.value),
-        )
-    })
+    c4m_core::validate(&document)
+        .map(|validated| validated.warnings)
+        .map_err(|e| {
+            invalid::invalid_field(
+                kind,
+                document.value["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default(),
+                &e.path,
+                &e.message,
+                Some(&document.value),
+            )
+        })
 }
 
 async fn delete_namespace_contents(state: &ApiState, namespace: &str) -> Result<()> {
