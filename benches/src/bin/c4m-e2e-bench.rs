@@ -23,14 +23,15 @@
 //!   `--rounds` times (median, slowest), and a watch receiving a second
 //!   batch of instances (objects/s once the batch has committed).
 //!
-//! With `C4M_BENCH_CONTROL_LOG=FILE`, the control plane logs to FILE, with
-//! the scheduler's per-cycle timings (`snapshot_ms`, `place_ms`, `write_ms`).
-//!
 //! - `oci`: `--instances` instances in oci containers (a busybox image built
 //!   here and imported), applied one after the other on one real agent and
 //!   left running: apply → Ready p50/p99, then the agent's resident memory
 //!   with all of them running and, separately, the containers' monitors
 //!   (conmon). Needs root, runc (or crun), conmon and `/bin/busybox`.
+//!
+//! With `C4M_BENCH_CONTROL_LOG=FILE`, the control plane logs to FILE, with
+//! the scheduler's per-cycle timings (`refresh_ms`, `snapshot_ms`,
+//! `place_ms`, `write_ms`).
 //!
 //! It starts `c4m control` and `c4m agent` (found next to this binary) on
 //! free loopback ports in a temporary directory, and stops them at the end.
@@ -449,21 +450,10 @@ async fn oci(instances: usize) -> Result<()> {
         .build()?;
     let layout = build.join("layout");
     c4m_core::write_oci_layout(&layout, "1", &[c4m_core::tar_directory(&rootfs)?], config)?;
-    let archive = build.join("bb.tar");
-    let status = Command::new("tar")
-        .arg("-C")
-        .arg(&layout)
-        .arg("-cf")
-        .arg(&archive)
-        .arg(".")
-        .status()?;
-    if !status.success() {
-        bail!("tar of the image layout failed");
-    }
-    let file = tokio::fs::File::open(&archive).await?;
+    let archive = c4m_core::tar_directory(&layout)?;
     control
         .client
-        .import_image("bench", "bb", reqwest::Body::from(file))
+        .import_image("bench", "bb", reqwest::Body::from(archive))
         .await?;
 
     let mut latencies = Vec::with_capacity(instances);
