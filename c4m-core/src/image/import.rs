@@ -15,9 +15,10 @@ const CONTAINERD_NAME: &str = "io.containerd.image.name";
 /// Annotation holding the tag (or full name) of an image in an OCI layout.
 const OCI_REF_NAME: &str = "org.opencontainers.image.ref.name";
 /// Docker's manifest list, the equivalent of an OCI index.
-const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+pub(super) const DOCKER_MANIFEST_LIST: &str =
+    "application/vnd.docker.distribution.manifest.list.v2+json";
 /// How deep nested indexes may go before the layout is called malformed.
-const MAX_INDEX_DEPTH: usize = 4;
+pub(super) const MAX_INDEX_DEPTH: usize = 4;
 
 pub(super) fn import(
     store: &ImageStore,

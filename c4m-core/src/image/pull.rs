@@ -9,13 +9,13 @@ use oci_client::secrets::RegistryAuth;
 use oci_spec::image::{Descriptor, ImageIndex, ImageManifest};
 
 use super::blob::digest_of;
+use super::import::{DOCKER_MANIFEST_LIST, MAX_INDEX_DEPTH};
 use super::{Image, ImageStore, Reference};
 use crate::{Error, Result};
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 const ACCEPTED: [&str; 4] = [
     OCI_MANIFEST,
     OCI_INDEX,
@@ -114,7 +114,7 @@ pub async fn pull(
             break (digest, bytes);
         }
         depth += 1;
-        if depth > 3 {
+        if depth >= MAX_INDEX_DEPTH {
             return Err(fail("indexes nested too deep".into()));
         }
         let index = ImageIndex::from_reader(&bytes[..])
