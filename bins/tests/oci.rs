@@ -10,6 +10,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use c4m_testkit::Registry;
 use common::*;
 use serde_json::Value;
 
@@ -35,49 +36,6 @@ fn busybox_image_tar(dir: &Path) -> std::path::PathBuf {
     let tar = dir.join("busybox.tar");
     std::fs::write(&tar, c4m_core::tar_directory(&layout).unwrap()).unwrap();
     tar
-}
-
-/// Debian's `docker-registry` on a loopback port, storing under `dir`.
-struct Registry {
-    child: std::process::Child,
-    port: u16,
-}
-
-impl Registry {
-    fn start(dir: &Path) -> Registry {
-        let port = free_port();
-        let config = dir.join("registry.yml");
-        let storage = dir.join("registry");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog: {{level: warn}}\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
-                storage.display()
-            ),
-        )
-        .unwrap();
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("docker-registry is required (apt-get install docker-registry)");
-        let registry = Registry { child, port };
-        wait_for("the registry", Duration::from_secs(20), || {
-            std::net::TcpStream::connect(("127.0.0.1", port))
-                .ok()
-                .map(drop)
-        });
-        registry
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn deployment(name: &str, image: &str, script: &str) -> String {
@@ -174,32 +132,23 @@ fn instances_run_in_oci_containers_from_imported_images() {
     let registry = Registry::start(cluster.dir.path());
     let layout = cluster.dir.path().join("layout");
     for tag in ["1", "2"] {
-        let status = Command::new("skopeo")
-            .args(["copy", "--quiet", "--dest-tls-verify=false"])
-            .arg(format!("oci:{}:1", layout.display()))
-            .arg(format!(
-                "docker://127.0.0.1:{}/team/bb:{tag}",
-                registry.port
-            ))
-            .status()
-            .expect("skopeo is required (apt-get install skopeo)");
-        assert!(status.success(), "skopeo copy to the registry failed");
+        registry.push_oci_layout(&layout, "1", &format!("team/bb:{tag}"));
     }
     let pulled = cluster.ok(&[
         "image",
         "pull",
-        &format!("127.0.0.1:{}/team/bb:1", registry.port),
+        &format!("127.0.0.1:{}/team/bb:1", registry.port()),
     ]);
     assert!(
         pulled.starts_with(&format!(
             "pulled 127.0.0.1:{}/team/bb:1 sha256:",
-            registry.port
+            registry.port()
         )),
         "{pulled}"
     );
     cluster.apply(&deployment(
         "pulled",
-        &format!("127.0.0.1:{}/team/bb:2", registry.port),
+        &format!("127.0.0.1:{}/team/bb:2", registry.port()),
         "echo pulled-on-demand; exec sleep 1000",
     ));
     let pods = cluster.wait_ready("app=pulled", 1, MINUTE);
@@ -213,7 +162,7 @@ fn instances_run_in_oci_containers_from_imported_images() {
     assert!(
         cluster
             .ok(&["image", "ls"])
-            .contains(&format!("127.0.0.1:{}/team/bb:2", registry.port))
+            .contains(&format!("127.0.0.1:{}/team/bb:2", registry.port()))
     );
     cluster.ok(&["delete", "deployment", "pulled"]);
     cluster.wait_gone("app=pulled", MINUTE);

@@ -170,9 +170,8 @@ pub async fn pull(
 
 #[cfg(test)]
 mod tests {
+    use c4m_testkit::Registry;
     use std::path::Path;
-    use std::process::{Child, Command, Stdio};
-    use std::time::{Duration, Instant};
 
     use oci_spec::image::ConfigBuilder;
 
@@ -199,56 +198,8 @@ mod tests {
         }
     }
 
-    /// Debian's `docker-registry` on a loopback port, storing under `dir`.
-    struct Registry {
-        child: Child,
-        port: u16,
-    }
-
-    impl Registry {
-        fn start(dir: &Path) -> Registry {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
-            let config = dir.join("registry.yml");
-            std::fs::write(
-                &config,
-                format!(
-                    "version: 0.1\nlog: {{level: warn}}\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
-                    dir.join("storage").display()
-                ),
-            )
-            .unwrap();
-            let child = Command::new("docker-registry")
-                .arg("serve")
-                .arg(&config)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("docker-registry is required (apt-get install docker-registry)");
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-                assert!(
-                    Instant::now() < deadline,
-                    "docker-registry did not listen on {port}"
-                );
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            Registry { child, port }
-        }
-    }
-
-    impl Drop for Registry {
-        fn drop(&mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-
     /// Builds a busybox image and pushes it with skopeo as `bb:1`.
-    fn push_busybox(dir: &Path, port: u16) {
+    fn push_busybox(dir: &Path, registry: &Registry) {
         let rootfs = dir.join("rootfs");
         write_busybox_rootfs(Path::new("/bin/busybox"), &rootfs)
             .expect("/bin/busybox is required (apt-get install busybox-static)");
@@ -258,21 +209,15 @@ mod tests {
             .unwrap();
         let layout = dir.join("layout");
         write_oci_layout(&layout, "1", &[tar_directory(&rootfs).unwrap()], config).unwrap();
-        let status = Command::new("skopeo")
-            .args(["copy", "--quiet", "--dest-tls-verify=false"])
-            .arg(format!("oci:{}:1", layout.display()))
-            .arg(format!("docker://127.0.0.1:{port}/bb:1"))
-            .status()
-            .expect("skopeo is required (apt-get install skopeo)");
-        assert!(status.success(), "skopeo copy to the registry failed");
+        registry.push_oci_layout(&layout, "1", "bb:1");
     }
 
     #[tokio::test]
     async fn pulls_by_tag_and_by_digest_and_refuses_corrupt_blobs() {
         let temp = tempfile::tempdir().unwrap();
         let registry = Registry::start(temp.path());
-        push_busybox(temp.path(), registry.port);
-        let port = registry.port;
+        push_busybox(temp.path(), &registry);
+        let port = registry.port();
 
         let store = Arc::new(ImageStore::open(temp.path().join("store-tag")).unwrap());
         let image = pull(&store, &format!("127.0.0.1:{port}/bb:1"), None)
@@ -306,7 +251,7 @@ mod tests {
         let layer = &image.layers[0].digest["sha256:".len()..];
         let data = temp
             .path()
-            .join("storage/docker/registry/v2/blobs/sha256")
+            .join("registry/docker/registry/v2/blobs/sha256")
             .join(&layer[..2])
             .join(layer)
             .join("data");

@@ -1,0 +1,14 @@
+//! Real peers for c4m's tests and benchmarks, each started by the test
+//! that needs it and stopped when its handle drops: Debian's
+//! `docker-registry` on loopback ([`Registry`]).
+//!
+//! Nothing here mocks: a missing program is a panic naming the package to
+//! install, never a skipped test. The crate does not depend on c4m's own
+//! crates, so `c4m-core`'s unit tests can use it without building
+//! `c4m-core` twice.
+
+mod registry;
+mod wait;
+
+pub use registry::Registry;
+pub use wait::{free_port, wait_for};

@@ -1,0 +1,83 @@
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::{free_port, wait_for};
+
+/// Debian's `docker-registry` (distribution 2.8) serving plain HTTP on a
+/// loopback port, storing under the directory it was started with. Killed
+/// on drop.
+#[derive(Debug)]
+pub struct Registry {
+    child: Child,
+    port: u16,
+}
+
+impl Registry {
+    /// Starts a registry storing under `dir` and waits until it listens.
+    ///
+    /// # Panics
+    /// When `docker-registry` is not installed or does not listen within
+    /// 20 s.
+    pub fn start(dir: &Path) -> Registry {
+        let port = free_port();
+        let config = dir.join("registry.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog: {{level: warn}}\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                dir.join("registry").display()
+            ),
+        )
+        .expect("writing the registry's config");
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("docker-registry is required (apt-get install docker-registry)");
+        let registry = Registry { child, port };
+        wait_for("the registry to listen", Duration::from_secs(20), || {
+            std::net::TcpStream::connect(("127.0.0.1", port))
+                .ok()
+                .map(drop)
+        });
+        registry
+    }
+
+    /// The port it listens on (127.0.0.1).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `127.0.0.1:PORT`, the host part of image references in it.
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Copies the OCI layout `layout` (tag `tag`) into the registry as
+    /// `name` (`repo:tag`) with skopeo.
+    ///
+    /// # Panics
+    /// When skopeo is missing or the copy fails.
+    pub fn push_oci_layout(&self, layout: &Path, tag: &str, name: &str) {
+        let status = Command::new("skopeo")
+            .args(["copy", "--quiet", "--dest-tls-verify=false"])
+            .arg(format!("oci:{}:{tag}", layout.display()))
+            .arg(format!("docker://{}/{name}", self.host()))
+            .status()
+            .expect("skopeo is required (apt-get install skopeo)");
+        assert!(
+            status.success(),
+            "skopeo copy of {name} to the registry failed"
+        );
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
