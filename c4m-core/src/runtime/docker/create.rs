@@ -4,19 +4,20 @@ use std::collections::HashMap;
 
 use bollard::models::{ContainerCreateBody, HostConfig, ImageConfig};
 
-use super::{ID_LABEL, SPEC_LABEL};
+use super::{ID_LABEL, NODE_LABEL, SPEC_LABEL};
 use crate::cgroup::{CFS_PERIOD_US, cfs_quota_us, cpu_shares};
 use crate::runtime::{ContainerSpec, PIDS_LIMIT};
 use crate::{Error, Result};
 
-/// The create request for `spec`, running image `image` (whose run
-/// defaults are `image_config`).
+/// The create request for `spec` started for `node` (if the driver keeps
+/// to one), running image `image` (whose run defaults are `image_config`).
 ///
 /// Command and args merge with the image as Kubernetes merges them: the
 /// daemon already does so when `Entrypoint` replaces the image's (its `Cmd`
 /// is then dropped) and `Cmd` replaces the image's `Cmd`.
 pub(super) fn container_body(
     spec: &ContainerSpec,
+    node: Option<&str>,
     image: &str,
     image_config: Option<&ImageConfig>,
 ) -> Result<ContainerCreateBody> {
@@ -24,10 +25,13 @@ pub(super) fn container_body(
         id: spec.id.clone(),
         message: format!("serialize the spec: {e}"),
     })?;
-    let labels = HashMap::from([
+    let mut labels = HashMap::from([
         (ID_LABEL.to_string(), spec.id.clone()),
         (SPEC_LABEL.to_string(), spec_json),
     ]);
+    if let Some(node) = node {
+        labels.insert(NODE_LABEL.to_string(), node.to_string());
+    }
     let limits = &spec.resources;
     let memory = limits
         .memory_limit_bytes

@@ -2,9 +2,10 @@
 //! its unix socket with bollard.
 //!
 //! The daemon keeps everything: a container `c4m-<id>` carries the labels
-//! `io.c4m.container=<id>` and `io.c4m.spec=<the spec as JSON>`, so a new
-//! agent rebuilds each [`ContainerStatus`] (with its spec) from `inspect`
-//! alone and nothing is kept on the node's disk. Containers outlive the
+//! `io.c4m.container=<id>` and `io.c4m.spec=<the spec as JSON>` (and
+//! `io.c4m.node=<node>` with [`DockerRuntime::for_node`]), so a new agent
+//! rebuilds each [`ContainerStatus`] (with its spec) from `inspect` alone
+//! and nothing is kept on the node's disk. Containers outlive the
 //! agent as they outlive any Docker client.
 //!
 //! Networking: Docker cannot join a network namespace given by path (only
@@ -48,6 +49,8 @@ use crate::{Error, Result};
 const ID_LABEL: &str = "io.c4m.container";
 /// The label holding the [`ContainerSpec`] as JSON.
 const SPEC_LABEL: &str = "io.c4m.spec";
+/// The label naming the node whose agent started the container.
+const NODE_LABEL: &str = "io.c4m.node";
 /// How long a request may wait for the daemon's answer (bollard's timeout
 /// covers the response head, not a streamed body).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
@@ -61,6 +64,8 @@ pub struct DockerRuntime {
     socket: PathBuf,
     engine_version: String,
     host_address: IpAddr,
+    /// The node whose containers this driver lists, if it keeps to one.
+    node: Option<String>,
 }
 
 impl std::fmt::Debug for DockerRuntime {
@@ -108,7 +113,17 @@ impl DockerRuntime {
             socket: socket.to_path_buf(),
             engine_version: version.version.unwrap_or_else(|| "unknown".into()),
             host_address: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            node: None,
         })
+    }
+
+    /// Labels the containers it starts with `node` and lists only those:
+    /// agents of several nodes (or clusters) may share one daemon, and
+    /// each must adopt, and remove, only its own.
+    #[must_use]
+    pub fn for_node(mut self, node: &str) -> DockerRuntime {
+        self.node = Some(node.to_string());
+        self
     }
 
     /// Reports declared ports as reachable at `address` (the node's), where
@@ -210,7 +225,12 @@ impl DockerRuntime {
             message: e.to_string(),
         })?;
         let image = self.ensure_image(id, &reference).await?;
-        let body = create::container_body(spec, &reference.to_string(), image.config.as_ref())?;
+        let body = create::container_body(
+            spec,
+            self.node.as_deref(),
+            &reference.to_string(),
+            image.config.as_ref(),
+        )?;
         let name = container_name(id);
         self.docker
             .create_container(
@@ -271,7 +291,11 @@ impl ContainerRuntime for DockerRuntime {
     }
 
     async fn list(&self) -> Result<Vec<ContainerStatus>> {
-        let filters = HashMap::from([("label".to_string(), vec![ID_LABEL.to_string()])]);
+        let label = match &self.node {
+            Some(node) => format!("{NODE_LABEL}={node}"),
+            None => ID_LABEL.to_string(),
+        };
+        let filters = HashMap::from([("label".to_string(), vec![label])]);
         let summaries = self
             .docker
             .list_containers(Some(ListContainersOptions {
