@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use c4m_core::{ContainerRuntime, DockerRuntime, Error, ExecRequest, TerminalSize};
 use c4m_testkit::Dockerd;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
 use crate::kit::{Kit, WAIT, spec};
 use crate::suite::{self, Gaps};
@@ -102,15 +102,20 @@ async fn docker_specifics() {
     drop(session);
     wait_gone(&a, &sleeper.id, "sleep 888").await;
 
-    // A terminal takes the size it is given.
+    // A terminal takes the size it is given (the resize reaches the daemon
+    // in the background: the command waits for it).
     let mut session = a
         .exec_interactive(
             &sleeper.id,
             ExecRequest {
-                command: ["sh", "-c", "read line; stty size"]
-                    .map(String::from)
-                    .to_vec(),
-                stdin: true,
+                command: [
+                    "sh",
+                    "-c",
+                    "until [ \"$(stty size)\" = '27 91' ]; do sleep 0.05; done; stty size",
+                ]
+                .map(String::from)
+                .to_vec(),
+                stdin: false,
                 tty: true,
             },
         )
@@ -122,14 +127,10 @@ async fn docker_specifics() {
         height: 27,
     })
     .expect("resize");
-    // The resize call runs in the background: give it its moment.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut stdin = session.stdin.take().expect("stdin");
-    stdin.write_all(b"go\n").await.expect("write stdin");
     let mut output = Vec::new();
     let _ = tokio::time::timeout(WAIT, session.stdout.read_to_end(&mut output))
         .await
-        .expect("the terminal's output ends");
+        .expect("the terminal's output ends once the size is in");
     let output = String::from_utf8_lossy(&output);
     assert!(output.contains("27 91"), "{output:?}");
     assert_eq!(session.exit.await.expect("exit code"), 0);
