@@ -6,7 +6,6 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -15,25 +14,6 @@ use common::*;
 use serde_json::Value;
 
 const MINUTE: Duration = Duration::from_secs(60);
-
-/// An OCI layout tar of a busybox image tagged `1`.
-fn busybox_image_tar(dir: &Path) -> std::path::PathBuf {
-    let busybox = Path::new("/bin/busybox");
-    assert!(
-        busybox.is_file(),
-        "/bin/busybox is missing: apt-get install busybox-static"
-    );
-    let config = oci_spec::image::ConfigBuilder::default()
-        .cmd(vec!["/bin/sh".to_string()])
-        .env(vec!["PATH=/bin".to_string()])
-        .build()
-        .unwrap();
-    let layout = dir.join("layout");
-    c4m_core::write_busybox_image(busybox, &layout, "1", config).unwrap();
-    let tar = dir.join("busybox.tar");
-    std::fs::write(&tar, c4m_core::tar_directory(&layout).unwrap()).unwrap();
-    tar
-}
 
 fn deployment(name: &str, image: &str, script: &str) -> String {
     deployment_in(name, image, script, None)
