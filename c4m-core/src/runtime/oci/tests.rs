@@ -189,15 +189,19 @@ async fn image_defaults_merge_with_the_spec_as_kubernetes_does() {
 #[tokio::test]
 async fn a_container_is_isolated_and_its_writes_stay_in_its_own_layer() {
     let f = Fixture::new("isolated").await;
-    let spec = f.spec("box", &["sleep", "1000"]);
+    let spec = ContainerSpec {
+        hostname: Some("box-instance".into()),
+        ..f.spec("box", &["sleep", "1000"])
+    };
     let id = spec.id.clone();
     let status = f.runtime.start(&spec).await.unwrap();
     assert!(matches!(status.state, ContainerState::Running { .. }));
     assert!(f.runtime.start(&spec).await.is_err(), "started twice");
 
+    // The host name the spec gives (the instance's name).
     assert_eq!(
         text(&f.exec(&id, "hostname").await.stdout),
-        format!("{id}\n")
+        "box-instance\n"
     );
     // Its own pid namespace: the sleep as pid 1 and the ps.
     let ps = text(&f.exec(&id, "ps -o pid,comm").await.stdout);
