@@ -520,9 +520,12 @@ impl Supervisor {
         if readiness.is_none() {
             instance.ready = true; // No readiness probe: ready once running.
         }
-        let Some(status) = instance.status.clone() else {
+        let Some(mut status) = instance.status.clone() else {
             return;
         };
+        // Probes go where the ports are reached: in a VPC, the instance's
+        // own address (the driver binds nothing on the node).
+        status.ports = port_bindings(&status, instance.pod_ip);
         for (kind, probe) in [
             (ProbeKind::Liveness, liveness),
             (ProbeKind::Readiness, readiness),

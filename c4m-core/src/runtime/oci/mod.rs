@@ -16,6 +16,7 @@
 //! `runtime.log`; `<data_dir>/runtime/` is the OCI runtime's state root.
 
 mod bundle;
+mod exec;
 #[cfg(test)]
 mod tests;
 
@@ -37,7 +38,8 @@ use tokio::process::Command;
 use super::process::procfs;
 use super::state::{self, ExitRecord, Records};
 use super::{
-    ContainerRuntime, ContainerSpec, ContainerStatus, ExecOutput, LogOptions, ResourceUsage,
+    ContainerRuntime, ContainerSpec, ContainerStatus, ExecOutput, ExecRequest, ExecSession,
+    LogOptions, ResourceUsage,
 };
 use crate::cgroup::{Cgroup, Cgroups};
 use crate::image::ImageStore;
@@ -168,6 +170,19 @@ impl Inner {
 
     fn group(&self, id: &str) -> Cgroup {
         self.cgroups.group(id)
+    }
+
+    /// Errors unless `command` can be exec'd in container `id` now.
+    async fn check_exec(&self, id: &str, command: &[String]) -> Result<()> {
+        let record = self.load_existing(id).await?;
+        let record = self.observe(id, record).await?;
+        if record.exit.is_some() {
+            return Err(runtime_error(id, "cannot exec: container is not running"));
+        }
+        if command.is_empty() {
+            return Err(runtime_error(id, "exec: empty command"));
+        }
+        Ok(())
     }
 
     /// The OCI runtime with its state root.
@@ -768,14 +783,7 @@ impl ContainerRuntime for OciRuntime {
 
     async fn exec(&self, id: &str, command: &[String], timeout: Duration) -> Result<ExecOutput> {
         let inner = &*self.inner;
-        let record = inner.load_existing(id).await?;
-        let record = inner.observe(id, record).await?;
-        if record.exit.is_some() {
-            return Err(runtime_error(id, "cannot exec: container is not running"));
-        }
-        if command.is_empty() {
-            return Err(runtime_error(id, "exec: empty command"));
-        }
+        inner.check_exec(id, command).await?;
         let child = inner
             .runtime_command()
             .arg("exec")
@@ -799,6 +807,10 @@ impl ContainerRuntime for OciRuntime {
                 format!("exec {command:?} timed out after {timeout:?}"),
             )),
         }
+    }
+
+    async fn exec_interactive(&self, id: &str, request: ExecRequest) -> Result<ExecSession> {
+        self.inner.exec_interactive(id, request).await
     }
 }
 

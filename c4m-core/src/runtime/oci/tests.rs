@@ -10,7 +10,7 @@ use oci_spec::image::ConfigBuilder;
 
 use super::*;
 use crate::image::{tar_directory, write_busybox_rootfs, write_oci_layout};
-use crate::runtime::ContainerState;
+use crate::runtime::{ContainerState, TerminalSize};
 
 const BUSYBOX: &str = "/bin/busybox";
 const WAIT: Duration = Duration::from_secs(30);
@@ -507,4 +507,103 @@ async fn a_missing_image_fails_clearly_and_leaves_nothing() {
     );
     assert!(f.runtime.list().await.unwrap().is_empty());
     f.runtime.remove(&spec.id).await.unwrap();
+}
+
+async fn read_all(mut reader: std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>>) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    reader.read_to_end(&mut out).await.unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn interactive_exec_runs_inside_with_pipes_or_a_terminal() {
+    use tokio::io::AsyncWriteExt;
+    let f = Fixture::new("iexec").await;
+    let spec = ContainerSpec {
+        hostname: Some("iexec-box".into()),
+        ..f.spec("box", &["sleep", "1000"])
+    };
+    let id = spec.id.clone();
+    f.runtime.start(&spec).await.unwrap();
+
+    // Pipes: stdin in, stdout and stderr apart, the exit code; inside the
+    // container (its host name, the image's environment).
+    let request = ExecRequest {
+        command: vec![
+            "sh".into(),
+            "-c".into(),
+            "read x; echo got $x on $(hostname) with $FOO; echo e >&2; exit 3".into(),
+        ],
+        stdin: true,
+        tty: false,
+    };
+    let session = f.runtime.exec_interactive(&id, request).await.unwrap();
+    assert!(session.resize.is_none());
+    let mut stdin = session.stdin.expect("stdin was asked for");
+    stdin.write_all(b"hello\n").await.unwrap();
+    drop(stdin);
+    let stderr = tokio::spawn(read_all(session.stderr.expect("stderr without a tty")));
+    assert_eq!(
+        read_all(session.stdout).await,
+        "got hello on iexec-box with image-foo\n"
+    );
+    assert_eq!(stderr.await.unwrap(), "e\n");
+    assert_eq!(session.exit.await.unwrap(), 3);
+
+    // A terminal: the command sees one, of the size set.
+    let request = ExecRequest {
+        command: vec![
+            "sh".into(),
+            "-c".into(),
+            "test -t 0 && echo on-tty; stty size; exit 5".into(),
+        ],
+        stdin: true,
+        tty: true,
+    };
+    let session = f.runtime.exec_interactive(&id, request).await.unwrap();
+    assert!(session.stderr.is_none());
+    let resize = session.resize.expect("a terminal can be resized");
+    resize(TerminalSize {
+        width: 132,
+        height: 43,
+    })
+    .unwrap();
+    let output = tokio::time::timeout(WAIT, read_all(session.stdout))
+        .await
+        .expect("the terminal's output ends when the command exits");
+    assert!(output.contains("on-tty\r\n"), "{output:?}");
+    assert!(output.contains("43 132\r\n"), "{output:?}");
+    assert_eq!(session.exit.await.unwrap(), 5);
+
+    // Dropping the session before the command ends kills it.
+    let request = ExecRequest {
+        command: vec!["sleep".into(), "999".into()],
+        stdin: false,
+        tty: false,
+    };
+    let session = f.runtime.exec_interactive(&id, request).await.unwrap();
+    let sleeping = || async {
+        let ps = f.exec(&id, "ps -o comm").await;
+        text(&ps.stdout).matches("sleep").count()
+    };
+    let deadline = Instant::now() + WAIT;
+    while sleeping().await < 2 {
+        assert!(Instant::now() < deadline, "the exec'd sleep never ran");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(session);
+    while sleeping().await > 1 {
+        assert!(Instant::now() < deadline, "a dropped exec was not killed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Not in a container that is not running.
+    f.runtime.stop(&id, Duration::from_secs(1)).await.unwrap();
+    let request = ExecRequest {
+        command: vec!["true".into()],
+        ..ExecRequest::default()
+    };
+    let error = f.runtime.exec_interactive(&id, request).await.unwrap_err();
+    assert!(error.to_string().contains("not running"), "{error}");
+    f.runtime.remove(&id).await.unwrap();
 }

@@ -45,27 +45,10 @@ impl Inner {
                     },
                 )
                 .await?;
-            // Only the command holds the slave now: reading the master ends
-            // (EIO, read as end of file) once the command and its children
-            // are gone.
-            let Pty { master, slave } = pty;
-            drop(slave);
-            let resizer = master
-                .try_clone()
-                .map_err(|e| Error::io("duplicate the terminal", e))?;
-            let reader = master
-                .try_clone()
-                .map_err(|e| Error::io("duplicate the terminal", e))?;
-            let output = pipe::Receiver::from_owned_fd_unchecked(reader)
-                .map_err(|e| Error::io("watch the terminal", e))?;
-            let input = pipe::Sender::from_owned_fd_unchecked(master)
-                .map_err(|e| Error::io("watch the terminal", e))?;
-            let resize: ResizeTerminal = Box::new(move |size| {
-                set_size(&resizer, size).map_err(|e| Error::io("resize the terminal", e))
-            });
+            let (output, input, resize) = pty.into_master_streams()?;
             Ok(ExecSession {
                 stdin: request.stdin.then(|| Box::pin(input) as _),
-                stdout: Box::pin(TerminalOutput(output)),
+                stdout: Box::pin(output),
                 stderr: None,
                 resize: Some(resize),
                 exit: exit_of(child),
@@ -144,14 +127,14 @@ impl Drop for KillOnDrop {
     }
 }
 
-/// A pseudo-terminal pair.
-struct Pty {
+/// A pseudo-terminal pair (the oci driver's exec uses it too).
+pub(in crate::runtime) struct Pty {
     master: OwnedFd,
     slave: OwnedFd,
 }
 
 impl Pty {
-    fn open() -> std::io::Result<Pty> {
+    pub(in crate::runtime) fn open() -> std::io::Result<Pty> {
         let master =
             rustix::pty::openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)?;
         rustix::pty::grantpt(&master)?;
@@ -169,7 +152,31 @@ impl Pty {
         Ok(Pty { master, slave })
     }
 
-    fn slave_stdio(&self) -> Result<Stdio> {
+    /// Once the command holds the slave: the terminal's output (which
+    /// ends, EIO read as end of file, once the command and its children are
+    /// gone, as the slave is closed here), its input and its resizer.
+    pub(in crate::runtime) fn into_master_streams(
+        self,
+    ) -> Result<(TerminalOutput, pipe::Sender, ResizeTerminal)> {
+        let Pty { master, slave } = self;
+        drop(slave);
+        let resizer = master
+            .try_clone()
+            .map_err(|e| Error::io("duplicate the terminal", e))?;
+        let reader = master
+            .try_clone()
+            .map_err(|e| Error::io("duplicate the terminal", e))?;
+        let output = pipe::Receiver::from_owned_fd_unchecked(reader)
+            .map_err(|e| Error::io("watch the terminal", e))?;
+        let input = pipe::Sender::from_owned_fd_unchecked(master)
+            .map_err(|e| Error::io("watch the terminal", e))?;
+        let resize: ResizeTerminal = Box::new(move |size| {
+            set_size(&resizer, size).map_err(|e| Error::io("resize the terminal", e))
+        });
+        Ok((TerminalOutput(output), input, resize))
+    }
+
+    pub(in crate::runtime) fn slave_stdio(&self) -> Result<Stdio> {
         self.slave
             .try_clone()
             .map(Stdio::from)
@@ -192,7 +199,7 @@ fn set_size(master: &OwnedFd, size: TerminalSize) -> std::io::Result<()> {
 
 /// The master side of a terminal: Linux answers EIO once every slave
 /// descriptor is closed, which is this stream's end of file.
-struct TerminalOutput(pipe::Receiver);
+pub(in crate::runtime) struct TerminalOutput(pipe::Receiver);
 
 impl tokio::io::AsyncRead for TerminalOutput {
     fn poll_read(
