@@ -148,6 +148,16 @@ async fn main() -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     println!("listening on {}", listener.local_addr()?);
-    axum::serve(listener, app).await?;
+    // As pid 1 of a container nothing ends it on SIGTERM unless it says
+    // so: stop at once instead of waiting out the grace period.
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        })
+        .await?;
     Ok(())
 }
