@@ -243,6 +243,17 @@ spec:
             list["items"].as_array()?.is_empty().then_some(())
         },
     );
+    // With its last instance, the VPC leaves the node (its bridge, and the
+    // instances' namespaces and veths on it).
+    let bridge = c4m_core::VpcNetwork {
+        name: String::new(),
+        subnet: vpc.subnets(24).unwrap().next().unwrap(),
+    }
+    .bridge_name();
+    wait_for("the VPC's bridge to go", Duration::from_secs(60), || {
+        let links = Command::new("ip").args(["-o", "link"]).output().ok()?;
+        (!String::from_utf8_lossy(&links.stdout).contains(&bridge)).then_some(())
+    });
     drop(guard);
 }
 
