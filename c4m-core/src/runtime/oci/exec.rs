@@ -4,17 +4,15 @@
 //! command a terminal of the container's, its controlling one, and copies
 //! between the two, taking our terminal's size on SIGWINCH.
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::process::Stdio;
+use std::time::{Duration, Instant};
 
-use futures::FutureExt;
-use futures::future::BoxFuture;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use tokio::process::Child;
 
 use super::{Inner, runtime_error};
-use crate::runtime::process::exec::Pty;
+use crate::runtime::process::exec::{Pty, exit_or_kill};
 use crate::runtime::{ExecRequest, ExecSession, ResizeTerminal};
 use crate::{Error, Result};
 
@@ -32,6 +30,10 @@ impl Inner {
         command.arg("exec").arg("--pid-file").arg(&pid_file);
         let pty = if request.tty {
             let pty = Pty::open().map_err(|e| Error::io("open a pseudo-terminal", e))?;
+            // runc makes it raw too, but only once the command may have
+            // written: output would be translated twice.
+            pty.make_raw()
+                .map_err(|e| Error::io("make the terminal raw", e))?;
             command
                 .arg("--tty")
                 .stdin(pty.slave_stdio()?)
@@ -49,18 +51,20 @@ impl Inner {
                 .stderr(Stdio::piped());
             None
         };
-        command.arg(id).args(&request.command);
+        // Killing runc would leave the command running: see kill_command.
+        command.arg(id).args(&request.command).kill_on_drop(false);
         let mut child = command
             .spawn()
             .map_err(|e| runtime_error(id, format!("run {}: {e}", self.runtime.display())))?;
-        let guard = KillOnDrop {
-            pid_file,
-            _pid_dir: pid_dir,
-            done: false,
-        };
+        let runc = child.id().and_then(|pid| i32::try_from(pid).ok());
+        let pipes = (child.stdin.take(), child.stdout.take(), child.stderr.take());
+        // runc's exit code is the command's; dropped early, the command is
+        // killed, and runc then ends by itself.
+        let exit = exit_or_kill(child, move |_| {
+            std::thread::spawn(move || kill_command(&pid_file, pid_dir, runc));
+        });
         if let Some(pty) = pty {
             let (output, input, resize_ours) = pty.into_master_streams()?;
-            let runc = child.id().and_then(|pid| i32::try_from(pid).ok());
             // Our terminal is not runc's controlling one: tell it of a new
             // size, which it then gives the command's terminal.
             let resize: ResizeTerminal = Box::new(move |size| {
@@ -75,61 +79,46 @@ impl Inner {
                 stdout: Box::pin(output),
                 stderr: None,
                 resize: Some(resize),
-                exit: exit_of(child, guard),
+                exit,
             });
         }
-        let missing = || runtime_error(id, "exec: the command's output pipes are missing");
-        let stdout = child.stdout.take().ok_or_else(missing)?;
-        let stderr = child.stderr.take().ok_or_else(missing)?;
-        let stdin = child.stdin.take();
+        let (stdin, Some(stdout), Some(stderr)) = pipes else {
+            return Err(runtime_error(
+                id,
+                "exec: the command's output pipes are missing",
+            ));
+        };
         Ok(ExecSession {
             stdin: stdin.map(|s| Box::pin(s) as _),
             stdout: Box::pin(stdout),
             stderr: Some(Box::pin(stderr)),
             resize: None,
-            exit: exit_of(child, guard),
+            exit,
         })
     }
 }
 
-/// The command's exit code (runc exits with it); dropped early, it kills
-/// the command and runc.
-fn exit_of(mut child: Child, mut guard: KillOnDrop) -> BoxFuture<'static, Result<i32>> {
-    async move {
-        let status = child
-            .wait()
-            .await
-            .map_err(|e| Error::io("wait for the exec'd command", e))?;
-        guard.disarm();
-        Ok(status.code().unwrap_or(-1))
-    }
-    .boxed()
-}
+/// How long runc has to write an exec's pid file.
+const PID_FILE_WAIT: Duration = Duration::from_secs(2);
 
-/// Kills the exec'd command (runc wrote its pid) unless it was seen to
-/// exit: killing runc alone would leave it running in the container.
-struct KillOnDrop {
-    pid_file: PathBuf,
-    _pid_dir: tempfile::TempDir,
-    done: bool,
-}
-
-impl KillOnDrop {
-    fn disarm(&mut self) {
-        self.done = true;
-    }
-}
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if self.done {
-            return;
-        }
-        let pid = std::fs::read_to_string(&self.pid_file)
+/// Kills an exec'd command, by the pid runc writes just after starting it
+/// (so this waits for it a little); killing runc alone would leave the
+/// command running in the container. Without a pid file in time (runc is
+/// stuck), runc is killed. Runs on a thread of its own: drops call it.
+fn kill_command(pid_file: &Path, pid_dir: tempfile::TempDir, runc: Option<i32>) {
+    let deadline = Instant::now() + PID_FILE_WAIT;
+    let pid = loop {
+        let pid = std::fs::read_to_string(pid_file)
             .ok()
-            .and_then(|text| text.trim().parse::<i32>().ok());
-        if let Some(pid) = pid.filter(|&pid| pid > 1) {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            .and_then(|text| text.trim().parse::<i32>().ok())
+            .filter(|&pid| pid > 1);
+        if pid.is_some() || Instant::now() >= deadline {
+            break pid.or(runc);
         }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    if let Some(pid) = pid {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
     }
+    drop(pid_dir);
 }

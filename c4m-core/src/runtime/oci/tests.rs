@@ -556,7 +556,10 @@ async fn interactive_exec_runs_inside_with_pipes_or_a_terminal() {
         command: vec![
             "sh".into(),
             "-c".into(),
-            "test -t 0 && echo on-tty; stty size; exit 5".into(),
+            // runc sizes the command's terminal just after starting it.
+            "test -t 0 && echo on-tty; for i in 1 2 3 4 5 6 7 8 9 10; do \
+             size=$(stty size 2>&1); case $size in [1-9]*) break;; esac; sleep 0.2; done; echo $size; exit 5"
+                .into(),
         ],
         stdin: true,
         tty: true,
@@ -572,9 +575,10 @@ async fn interactive_exec_runs_inside_with_pipes_or_a_terminal() {
     let output = tokio::time::timeout(WAIT, read_all(session.stdout))
         .await
         .expect("the terminal's output ends when the command exits");
-    assert!(output.contains("on-tty\r\n"), "{output:?}");
-    assert!(output.contains("43 132\r\n"), "{output:?}");
-    assert_eq!(session.exit.await.unwrap(), 5);
+    let code = session.exit.await.unwrap();
+    assert!(output.contains("on-tty\r\n"), "{output:?} {code}");
+    assert!(output.contains("43 132\r\n"), "{output:?} {code}");
+    assert_eq!(code, 5);
 
     // Dropping the session before the command ends kills it.
     let request = ExecRequest {

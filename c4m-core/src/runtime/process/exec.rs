@@ -6,6 +6,7 @@ use std::os::fd::OwnedFd;
 use std::process::Stdio;
 
 use futures::FutureExt;
+use futures::future::BoxFuture;
 use nix::sys::signal::Signal;
 use rustix::fs::OFlags;
 use rustix::pty::OpenptFlags;
@@ -83,12 +84,25 @@ impl Inner {
 }
 
 /// The exit code of `child`; dropped early, it kills the command's group.
-fn exit_of(child: Child) -> futures::future::BoxFuture<'static, Result<i32>> {
+fn exit_of(child: Child) -> BoxFuture<'static, Result<i32>> {
     let pid = child.id();
+    exit_or_kill(child, move |child| {
+        let _ = child.start_kill();
+        if let Some(pid) = pid {
+            signal_group(pid, Signal::SIGKILL);
+        }
+    })
+}
+
+/// The exit code of an exec's `child` (the oci driver's too); dropped
+/// before the command has exited, it runs `kill`.
+pub(in crate::runtime) fn exit_or_kill(
+    child: Child,
+    kill: impl FnOnce(&mut Child) + Send + 'static,
+) -> BoxFuture<'static, Result<i32>> {
     let mut guard = KillOnDrop {
         child,
-        pid,
-        done: false,
+        kill: Some(Box::new(kill)),
     };
     async move {
         let status = guard
@@ -103,26 +117,22 @@ fn exit_of(child: Child) -> futures::future::BoxFuture<'static, Result<i32>> {
     .boxed()
 }
 
-/// Kills an exec's process group unless it has been seen to exit.
+/// Kills an exec's command unless it has been seen to exit.
 struct KillOnDrop {
     child: Child,
-    pid: Option<u32>,
-    done: bool,
+    kill: Option<Box<dyn FnOnce(&mut Child) + Send>>,
 }
 
 impl KillOnDrop {
     fn disarm(&mut self) {
-        self.done = true;
+        self.kill = None;
     }
 }
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
-        if !self.done {
-            let _ = self.child.start_kill();
-            if let Some(pid) = self.pid {
-                signal_group(pid, Signal::SIGKILL);
-            }
+        if let Some(kill) = self.kill.take() {
+            kill(&mut self.child);
         }
     }
 }
@@ -150,6 +160,16 @@ impl Pty {
         rustix::fs::fcntl_setfl(&master, flags | OFlags::NONBLOCK)?;
         set_size(&master, DEFAULT_SIZE)?;
         Ok(Pty { master, slave })
+    }
+
+    /// Puts the terminal in raw mode: for a command that has a terminal of
+    /// its own behind this one (the oci driver's), whose line discipline
+    /// is the one that counts.
+    pub(in crate::runtime) fn make_raw(&self) -> std::io::Result<()> {
+        let mut termios = rustix::termios::tcgetattr(&self.slave)?;
+        termios.make_raw();
+        rustix::termios::tcsetattr(&self.slave, rustix::termios::OptionalActions::Now, &termios)?;
+        Ok(())
     }
 
     /// Once the command holds the slave: the terminal's output (which
