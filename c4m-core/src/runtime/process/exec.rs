@@ -120,8 +120,11 @@ pub(in crate::runtime) fn exit_or_kill(
 /// Kills an exec's command unless it has been seen to exit.
 struct KillOnDrop {
     child: Child,
-    kill: Option<Box<dyn FnOnce(&mut Child) + Send>>,
+    kill: Option<KillCommand>,
 }
+
+/// What kills an exec's command.
+type KillCommand = Box<dyn FnOnce(&mut Child) + Send>;
 
 impl KillOnDrop {
     fn disarm(&mut self) {
