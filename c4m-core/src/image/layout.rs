@@ -161,24 +161,49 @@ pub fn write_busybox_rootfs(busybox: &Path, root: &Path) -> Result<()> {
     Ok(())
 }
 
-/// An OCI image layout tar of a one-layer image tagged `tag`: a busybox
-/// root file system ([`write_busybox_rootfs`]) with each of `executables`
-/// added ([`add_executable`]), `PATH=/bin` and `/bin/sh` as its command.
-/// What `c4m image build` imports; built in a temporary directory.
-pub fn busybox_image_tar(busybox: &Path, executables: &[&Path], tag: &str) -> Result<Vec<u8>> {
-    let work = tempfile::tempdir().map_err(|e| Error::io("create a temporary directory", e))?;
-    let rootfs = work.path().join("rootfs");
+/// Writes an OCI image layout into `dest` holding one busybox image tagged
+/// `tag`: one layer of [`write_busybox_rootfs`] around the static binary
+/// `busybox`, and `config`. Returns the manifest digest. What tests,
+/// benchmarks and the quickstart run, with no registry.
+pub fn write_busybox_image(
+    busybox: &Path,
+    dest: &Path,
+    tag: &str,
+    config: Config,
+) -> Result<String> {
+    write_busybox_image_with(busybox, &[], dest, tag, config)
+}
+
+/// [`write_busybox_image`] with each of `executables` added to the layer
+/// ([`add_executable`]).
+fn write_busybox_image_with(
+    busybox: &Path,
+    executables: &[&Path],
+    dest: &Path,
+    tag: &str,
+    config: Config,
+) -> Result<String> {
+    let scratch = tempfile::tempdir().map_err(|e| Error::io("create a scratch directory", e))?;
+    let rootfs = scratch.path().join("rootfs");
     write_busybox_rootfs(busybox, &rootfs)?;
     for executable in executables {
         add_executable(&rootfs, executable)?;
     }
+    write_oci_layout(dest, tag, &[tar_directory(&rootfs)?], config)
+}
+
+/// An OCI image layout tar of a busybox image tagged `tag` with each of
+/// `executables` added ([`write_busybox_image_with`]), `PATH=/bin` and
+/// `/bin/sh` as its command: what `c4m image build` imports.
+pub fn busybox_image_tar(busybox: &Path, executables: &[&Path], tag: &str) -> Result<Vec<u8>> {
     let config = ConfigBuilder::default()
         .cmd(vec!["/bin/sh".to_string()])
         .env(vec!["PATH=/bin".to_string()])
         .build()
         .map_err(|e| Error::Image(format!("image config: {e}")))?;
-    let layout = work.path().join("layout");
-    write_oci_layout(&layout, tag, &[tar_directory(&rootfs)?], config)?;
+    let scratch = tempfile::tempdir().map_err(|e| Error::io("create a scratch directory", e))?;
+    let layout = scratch.path().join("layout");
+    write_busybox_image_with(busybox, executables, &layout, tag, config)?;
     tar_directory(&layout)
 }
 

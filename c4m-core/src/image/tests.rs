@@ -438,3 +438,27 @@ fn an_added_executable_runs_in_its_root() {
     let error = add_executable(&root, Path::new("/no/such/tool")).unwrap_err();
     assert!(error.to_string().contains("/no/such/tool"), "{error}");
 }
+
+#[test]
+fn garbage_collection_waits_for_blobs_not_yet_in_the_catalog() {
+    let temp = tempfile::tempdir().unwrap();
+    let store = std::sync::Arc::new(ImageStore::open(temp.path().join("store")).unwrap());
+    // A pull or import in flight: its blob is written, its image not yet
+    // registered.
+    let fence = store.gc_fence().unwrap();
+    let (digest, _) = store.blobs.write_unknown(&b"in flight"[..]).unwrap();
+    let collector = {
+        let store = std::sync::Arc::clone(&store);
+        std::thread::spawn(move || store.gc().unwrap())
+    };
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(
+        !collector.is_finished(),
+        "gc ran while a pull was in flight"
+    );
+    assert!(store.has_blob(&digest));
+    drop(fence);
+    // Nothing references the blob once the pull gave up: now it goes.
+    assert_eq!(collector.join().unwrap().blobs, 1);
+    assert!(!store.has_blob(&digest));
+}
