@@ -336,3 +336,28 @@ impl Drop for Stop {
         kill_instances(&self.home);
     }
 }
+
+/// Without root the quickstart cannot run containers: it says so and stops
+/// before building or starting anything.
+#[test]
+fn quickstart_without_root_says_why_it_stops() {
+    assert!(
+        nix::unistd::Uid::effective().is_root(),
+        "this test drops to an unprivileged user with setpriv: it needs root"
+    );
+    let home = tempfile::tempdir().unwrap();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let output = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "bash"])
+        .arg(repo.join("scripts/quickstart.sh"))
+        .env("C4M_HOME", home.path().join("home"))
+        .output()
+        .expect("setpriv (util-linux) runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("the quickstart runs real containers, which needs root"),
+        "{stderr}"
+    );
+    assert!(!home.path().join("home").exists(), "nothing was started");
+}
