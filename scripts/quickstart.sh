@@ -6,7 +6,7 @@
 # containerd) with its own IP in the default VPC, from an image built here
 # from Debian's busybox-static and c4m-demo: no registry, no internet.
 #
-#   sudo ./scripts/quickstart.sh
+#   ./scripts/quickstart.sh      # as root
 #
 # Needs root and a Linux kernel with overlayfs; installs what it runs with
 # (runc, conmon, busybox-static, nftables, iproute2, curl) when missing.
@@ -44,6 +44,8 @@ fi
 
 export C4M_HOME="${C4M_HOME:-$HOME/.c4m}"
 if [ -z "${C4M_BIN_DIR:-}" ]; then
+  command -v cargo >/dev/null ||
+    fail "cargo is not on PATH (from a user shell: sudo -E env \"PATH=\$PATH\" ./scripts/quickstart.sh)"
   echo "==> building c4m (release)"
   cargo build --release --locked --bins
   C4M_BIN_DIR=target/release
