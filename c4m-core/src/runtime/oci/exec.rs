@@ -104,8 +104,8 @@ const PID_FILE_WAIT: Duration = Duration::from_secs(2);
 /// Kills an exec'd command, by the pid runc writes just after starting it
 /// (so this waits for it a little); killing runc alone would leave the
 /// command running in the container. Without a pid file in time (runc is
-/// stuck), runc is killed. Runs on a thread of its own: drops call it.
-fn kill_command(pid_file: &Path, pid_dir: tempfile::TempDir, runc: Option<i32>) {
+/// stuck), runc is killed. Blocks: drops call it on a thread of its own.
+pub(super) fn kill_command(pid_file: &Path, pid_dir: tempfile::TempDir, runc: Option<i32>) {
     let deadline = Instant::now() + PID_FILE_WAIT;
     let pid = loop {
         let pid = std::fs::read_to_string(pid_file)

@@ -789,15 +789,23 @@ impl ContainerRuntime for OciRuntime {
     async fn exec(&self, id: &str, command: &[String], timeout: Duration) -> Result<ExecOutput> {
         let inner = &*self.inner;
         inner.check_exec(id, command).await?;
+        let pid_dir = tempfile::tempdir()
+            .map_err(|e| Error::io("create a directory for an exec's pid file", e))?;
+        let pid_file = pid_dir.path().join("pid");
         let child = inner
             .runtime_command()
             .arg("exec")
+            .arg("--pid-file")
+            .arg(&pid_file)
             .arg(id)
             .args(command)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            // Killing runc would leave the command running: see below.
+            .kill_on_drop(false)
             .spawn()
             .map_err(|e| runtime_error(id, format!("run {}: {e}", inner.runtime.display())))?;
+        let runc = child.id().and_then(|pid| i32::try_from(pid).ok());
         match tokio::time::timeout(timeout, child.wait_with_output()).await {
             Ok(Ok(output)) => Ok(ExecOutput {
                 exit_code: output.status.code().unwrap_or(-1),
@@ -805,12 +813,17 @@ impl ContainerRuntime for OciRuntime {
                 stderr: output.stderr,
             }),
             Ok(Err(e)) => Err(runtime_error(id, format!("exec {command:?}: wait: {e}"))),
-            // Dropping the child killed the runtime's exec process; the
-            // command inside goes with it (runc forwards the signal).
-            Err(_) => Err(runtime_error(
-                id,
-                format!("exec {command:?} timed out after {timeout:?}"),
-            )),
+            // The command is killed inside the container; runc then ends.
+            Err(_) => {
+                let _ = tokio::task::spawn_blocking(move || {
+                    exec::kill_command(&pid_file, pid_dir, runc)
+                })
+                .await;
+                Err(runtime_error(
+                    id,
+                    format!("exec {command:?} timed out after {timeout:?}"),
+                ))
+            }
         }
     }
 

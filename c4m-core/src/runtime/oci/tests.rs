@@ -397,3 +397,30 @@ async fn interactive_exec_resizes_and_a_dropped_session_kills_the_command() {
     assert!(error.to_string().contains("not running"), "{error}");
     f.runtime.remove(&id).await.unwrap();
 }
+
+/// An exec that outlives its timeout is killed inside the container, not
+/// only runc.
+#[tokio::test]
+async fn a_timed_out_exec_is_killed_inside() {
+    let f = Fixture::new("exectimeout").await;
+    let spec = f.spec("box", &["sleep", "1000"]);
+    let id = spec.id.clone();
+    f.runtime.start(&spec).await.unwrap();
+    let command = ["sleep", "999"].map(String::from);
+    let error = f
+        .runtime
+        .exec(&id, &command, Duration::from_millis(500))
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("timed out"), "{error}");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let ps = text(&f.exec(&id, "ps -o args").await.stdout);
+        if !ps.contains("sleep 999") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still running: {ps}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    f.runtime.remove(&id).await.unwrap();
+}
