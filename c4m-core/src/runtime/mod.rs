@@ -74,6 +74,11 @@ pub struct ContainerSpec {
     /// run host processes ignore it.
     #[serde(default)]
     pub resolv_conf: Option<PathBuf>,
+    /// The container's host name (the instance's name, as Kubernetes gives
+    /// a Pod its name); `None` leaves it to the driver (the id). Drivers
+    /// that run host processes ignore it.
+    #[serde(default)]
+    pub hostname: Option<String>,
 }
 
 /// A port the container listens on.

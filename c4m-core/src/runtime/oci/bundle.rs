@@ -325,7 +325,9 @@ pub(super) fn runtime_spec(spec: &ContainerSpec, input: &BundleInput<'_>) -> Res
     runtime_spec
         .set_process(Some(process))
         .set_root(Some(root))
-        .set_hostname(Some(spec.id.clone()))
+        .set_hostname(Some(
+            spec.hostname.clone().unwrap_or_else(|| spec.id.clone()),
+        ))
         .set_mounts(Some(mounts))
         .set_linux(Some(linux.build().map_err(fail)?));
     Ok(runtime_spec)
