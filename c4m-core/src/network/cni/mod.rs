@@ -32,7 +32,7 @@ use crate::{DEFAULT_VPC, Error, Result};
 mod config;
 mod plugin;
 
-use config::{NetworkConfigList, validate_identifier};
+use config::{NetworkConfigList, PluginConfig, validate_identifier};
 use plugin::{CniResult, Command, Target, plugin_stdin};
 
 /// `CNI_IFNAME`: the instance's interface.
@@ -210,6 +210,10 @@ impl CniNetwork {
                 &record.host_ports,
             );
             if let Err(e) = plugin::run(plugin, command, &target, &stdin).await {
+                if command == Command::Check && is_portmap_ipv6_check_bug(plugin, &e, record) {
+                    tracing::debug!(instance, error = %e, "portmap's IPv6 CHECK of an IPv4-only instance: its IPv4 rules passed");
+                    continue;
+                }
                 if command != Command::Del {
                     return Err(e);
                 }
@@ -435,6 +439,23 @@ impl Network for CniNetwork {
             subnet,
         }])
     }
+}
+
+/// Whether `error` is portmap 1.1.1's CHECK (Debian 12's) failing on the
+/// IPv6 rules of an instance that has no IPv6 address and so none
+/// (containernetworking/plugins#819). It checks IPv4 first, so such a
+/// failure means the IPv4 rules, the only ones there are, passed.
+fn is_portmap_ipv6_check_bug(plugin: &PluginConfig, error: &Error, record: &Record) -> bool {
+    let Error::CniPlugin { message, .. } = error else {
+        return false;
+    };
+    plugin.plugin_type == "portmap"
+        && message.starts_with("could not check ipv6 dnat")
+        && record
+            .result
+            .as_ref()
+            .and_then(|result| CniResult::parse(result).ok())
+            .is_some_and(|result| !result.has_ipv6())
 }
 
 /// The records in `dir`, by instance.

@@ -246,6 +246,11 @@ impl CniResult {
         serde_json::from_value(value.clone()).map_err(|e| format!("not a CNI result: {e}"))
     }
 
+    /// Whether the result gives any IPv6 address.
+    pub(crate) fn has_ipv6(&self) -> bool {
+        self.ips.iter().any(|ip| matches!(ip.address, IpNet::V6(_)))
+    }
+
     /// The IPv4 addressing of interface `ifname` in the sandbox.
     pub(crate) fn addressing(&self, ifname: &str) -> std::result::Result<Addressing, String> {
         let on_ifname = |ip: &&IpConfig| match ip.interface {
