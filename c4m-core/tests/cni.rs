@@ -211,10 +211,8 @@ fn serve_in(
         enter_network_namespace(netns, move || TcpListener::bind((address, port)))?
             .with_context(|| format!("binding {address}:{port} inside {}", netns.display()))?;
     Ok(std::thread::spawn(move || {
-        for stream in listener.incoming().take(connections) {
-            if let Ok(mut stream) = stream {
-                let _ = stream.write_all(reply.as_bytes());
-            }
+        for mut stream in listener.incoming().take(connections).flatten() {
+            let _ = stream.write_all(reply.as_bytes());
         }
     }))
 }
