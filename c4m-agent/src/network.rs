@@ -10,10 +10,11 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use c4m_core::{Attachment, DEFAULT_VPC, Instance, Network, VpcNetwork, annotations};
+use c4m_core::{Attachment, DEFAULT_VPC, HostPort, Instance, Network, VpcNetwork, annotations};
 use ipnet::Ipv4Net;
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::watch;
@@ -42,6 +43,47 @@ pub struct NetworkConfig {
     pub dns_port: u16,
     /// Where an instance's `hostPort`s are published (the node's address).
     pub host_address: IpAddr,
+    /// A CNI plugin chain to attach instances with instead of c4m's own
+    /// bridges (one network: the default VPC only).
+    pub cni: Option<CniConfig>,
+}
+
+/// A CNI network for the node's instances.
+#[derive(Debug, Clone)]
+pub struct CniConfig {
+    /// The network configuration list (`.conflist`).
+    pub config_file: PathBuf,
+    /// Where its plugins are (`CNI_PATH`), searched in order.
+    pub bin_dirs: Vec<PathBuf>,
+}
+
+/// The instance's `hostPort`s, for a network that publishes them: on the
+/// port's `hostIP`, else on `host_address` (every address when that is
+/// unspecified).
+pub(crate) fn host_ports(pod: &Instance, host_address: IpAddr) -> Vec<HostPort> {
+    pod.spec
+        .iter()
+        .flat_map(|spec| spec.containers.iter())
+        .flat_map(|container| container.ports.iter().flatten())
+        .filter_map(|port| {
+            let host_port = u16::try_from(port.host_port?).ok()?;
+            let container_port = u16::try_from(port.container_port).ok()?;
+            let host_ip = match port.host_ip.as_deref().map(str::parse::<IpAddr>) {
+                Some(Ok(ip)) => ip,
+                _ => host_address,
+            };
+            Some(HostPort {
+                host_port,
+                container_port,
+                protocol: port
+                    .protocol
+                    .as_deref()
+                    .unwrap_or("TCP")
+                    .to_ascii_lowercase(),
+                host_ip: (!host_ip.is_unspecified()).then_some(host_ip),
+            })
+        })
+        .collect()
 }
 
 /// This node's slice of a VPC: the `index`th /24 of `cidr`, or all of a
@@ -127,7 +169,14 @@ impl InstanceNetwork {
         let vpc = self.vpc_of(pod)?;
         let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
         let mut relays = self.relays.lock().await;
-        let attachment = self.network.attach(id, namespace, &vpc).await?;
+        let attachment = if self.network.publishes_host_ports() {
+            let host_ports = host_ports(pod, self.config.host_address);
+            self.network
+                .attach_with_host_ports(id, namespace, &vpc, &host_ports)
+                .await?
+        } else {
+            self.network.attach(id, namespace, &vpc).await?
+        };
         self.ensure_relay(&mut relays, attachment.gateway).await;
         self.publish(id, pod, attachment.address).await?;
         Ok(attachment)
@@ -163,48 +212,40 @@ impl InstanceNetwork {
     }
 
     /// Publishes the instance's `hostPort`s on the node: a TCP proxy per
-    /// port to the instance's address. Already published is Ok.
+    /// port to the instance's address, unless the network publishes them
+    /// itself. Already published is Ok.
     async fn publish(&self, id: &str, pod: &Instance, address: Ipv4Addr) -> Result<()> {
-        if self
-            .published
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains_key(id)
+        if self.network.publishes_host_ports()
+            || self
+                .published
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains_key(id)
         {
             return Ok(());
         }
         let token = self.shutdown.child_token();
-        let ports = pod
-            .spec
-            .iter()
-            .flat_map(|spec| spec.containers.iter())
-            .flat_map(|container| container.ports.iter().flatten());
         let mut listeners = Vec::new();
-        for port in ports {
-            let Some(host_port) = port.host_port else {
-                continue;
-            };
-            if port.protocol.as_deref().is_some_and(|p| p != "TCP") {
+        for port in host_ports(pod, self.config.host_address) {
+            if port.protocol != "tcp" {
                 tracing::warn!(
                     container = id,
-                    host_port,
+                    host_port = port.host_port,
                     "only TCP host ports are published"
                 );
                 continue;
             }
-            let (Ok(host_port), Ok(container_port)) =
-                (u16::try_from(host_port), u16::try_from(port.container_port))
-            else {
-                continue;
-            };
-            let published = SocketAddr::new(self.config.host_address, host_port);
+            let published = SocketAddr::new(
+                port.host_ip.unwrap_or(self.config.host_address),
+                port.host_port,
+            );
             let listener = TcpListener::bind(published)
                 .await
                 .map_err(|source| Error::Io {
                     context: format!("publishing host port {published}"),
                     source,
                 })?;
-            listeners.push((listener, SocketAddr::from((address, container_port))));
+            listeners.push((listener, SocketAddr::from((address, port.container_port))));
         }
         for (listener, target) in listeners {
             tokio::spawn(forward_tcp(listener, target, token.clone()));
