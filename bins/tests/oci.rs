@@ -390,7 +390,7 @@ fn nat_rules_of_network(name: &str) -> Vec<String> {
 }
 
 #[test]
-fn oci_instances_join_a_cni_network_through_c4m_up_with_host_ports() {
+fn oci_instances_join_a_cni_network_with_host_ports() {
     require_oci();
     for plugin in ["bridge", "host-local", "portmap"] {
         assert!(
