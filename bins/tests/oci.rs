@@ -183,6 +183,36 @@ fn instances_run_in_oci_containers_from_imported_images() {
     assert!(String::from_utf8_lossy(&error.stderr).contains("not found"));
 }
 
+/// Starts catalog: an httpd answering `catalog-says-hi` on port 8080
+/// (published on the node's `host_port` if given) behind a Service of
+/// that name. Returns the Ready instance and its podIP, checked to start
+/// with `prefix` (its network's range).
+fn start_catalog(cluster: &Cluster, host_port: Option<u16>, prefix: &str) -> (Value, String) {
+    let ports = match host_port {
+        Some(host_port) => format!("ports: [{{containerPort: 8080, hostPort: {host_port}}}]"),
+        None => "ports: [{containerPort: 8080}]".to_string(),
+    };
+    let catalog = deployment(
+        "catalog",
+        "bb:1",
+        "mkdir -p /www && echo catalog-says-hi > /www/index.html && exec httpd -f -p 8080 -h /www",
+    )
+    .replace("ports: [{containerPort: 8080}]", &ports);
+    cluster.apply(&format!(
+        "{catalog}---\napiVersion: v1\nkind: Service\nmetadata: {{name: catalog}}\nspec:\n  selector: {{app: catalog}}\n  ports: [{{port: 8080, targetPort: 8080}}]\n",
+    ));
+    let catalog = cluster.wait_ready("app=catalog", 1, MINUTE).remove(0);
+    let catalog_ip = catalog["status"]["podIP"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        catalog_ip.starts_with(prefix),
+        "the instance has an address of its network: {catalog}"
+    );
+    (catalog, catalog_ip)
+}
+
 /// Looks `catalog` up through c4m's DNS from inside the container (busybox
 /// `nslookup` reads the `resolv.conf` the agent mounted) and fetches its page
 /// from the address it got with `nc`, once a second (busybox-static's `wget`
@@ -213,23 +243,7 @@ fn oci_instances_have_addresses_find_services_by_name_and_vpcs_are_isolated() {
         "other",
     ]);
 
-    cluster.apply(&format!(
-        "{}---\napiVersion: v1\nkind: Service\nmetadata: {{name: catalog}}\nspec:\n  selector: {{app: catalog}}\n  ports: [{{port: 8080, targetPort: 8080}}]\n",
-        deployment(
-            "catalog",
-            "bb:1",
-            "mkdir -p /www && echo catalog-says-hi > /www/index.html && exec httpd -f -p 8080 -h /www",
-        )
-    ));
-    let catalog = cluster.wait_ready("app=catalog", 1, MINUTE).remove(0);
-    let catalog_ip = catalog["status"]["podIP"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    assert!(
-        catalog_ip.starts_with("10.99.208."),
-        "the instance has an address of its VPC: {catalog}"
-    );
+    let (catalog, catalog_ip) = start_catalog(&cluster, None, "10.99.208.");
 
     // Same VPC: found by name through c4m's DNS, and reached.
     cluster.apply(&deployment("web", "bb:1", CLIENT_SCRIPT));
@@ -426,27 +440,7 @@ fn oci_instances_join_a_cni_network_with_host_ports() {
     // catalog publishes its port 8080 on the node's port `host_port`
     // (through portmap), behind a Service web finds by name.
     let host_port = free_port();
-    let catalog = deployment(
-        "catalog",
-        "bb:1",
-        "mkdir -p /www && echo catalog-says-hi > /www/index.html && exec httpd -f -p 8080 -h /www",
-    )
-    .replace(
-        "ports: [{containerPort: 8080}]",
-        &format!("ports: [{{containerPort: 8080, hostPort: {host_port}}}]"),
-    );
-    cluster.apply(&format!(
-        "{catalog}---\napiVersion: v1\nkind: Service\nmetadata: {{name: catalog}}\nspec:\n  selector: {{app: catalog}}\n  ports: [{{port: 8080, targetPort: 8080}}]\n",
-    ));
-    let catalog = cluster.wait_ready("app=catalog", 1, MINUTE).remove(0);
-    let catalog_ip = catalog["status"]["podIP"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    assert!(
-        catalog_ip.starts_with("10.99.92."),
-        "the instance has an address of the CNI range: {catalog}"
-    );
+    let (_, catalog_ip) = start_catalog(&cluster, Some(host_port), "10.99.92.");
     let (code, body) = wait_for("the host port to answer", MINUTE, || {
         http_get(&format!("127.0.0.1:{host_port}"), "/")
     });

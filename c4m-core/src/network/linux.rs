@@ -13,8 +13,8 @@ use tokio::sync::Mutex;
 
 use super::ipam::{Ipam, validate_name};
 use super::{
-    Attachment, Network, VpcNetwork, firewall, namespace_path, netns, remove_file_if_present,
-    resolv_conf_path, write_resolv_conf,
+    Attachment, Network, VpcNetwork, firewall, json_files, namespace_path, netns,
+    remove_file_if_present, resolv_conf_path, write_resolv_conf,
 };
 use crate::{Error, Result};
 
@@ -50,22 +50,7 @@ impl LinuxNetwork {
         std::fs::create_dir_all(&ipam_dir)
             .map_err(|e| Error::io(format!("creating {}", ipam_dir.display()), e))?;
         let mut state = State::default();
-        let entries = std::fs::read_dir(&ipam_dir)
-            .map_err(|e| Error::io(format!("reading {}", ipam_dir.display()), e))?;
-        for entry in entries {
-            let path = entry
-                .map_err(|e| Error::io(format!("reading {}", ipam_dir.display()), e))?
-                .path();
-            if path.extension().is_none_or(|e| e != "json") {
-                continue;
-            }
-            let Some(name) = path
-                .file_stem()
-                .and_then(|s| s.to_str())
-                .map(str::to_string)
-            else {
-                continue;
-            };
+        for (name, path) in json_files(&ipam_dir)? {
             let ipam = Ipam::load(path, &name)?;
             state.vpcs.insert(name, ipam);
         }

@@ -67,6 +67,23 @@ fn write_resolv_conf(path: &Path, nameserver: IpAddr, namespace: &str) -> Result
     ipam::write_atomically(path, contents.as_bytes())
 }
 
+/// The `NAME.json` files in `dir`, as (NAME, path): what a network keeps
+/// per VPC or per instance, read back when it is re-opened.
+fn json_files(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let reading = |e| crate::Error::io(format!("reading {}", dir.display()), e);
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(reading)? {
+        let path = entry.map_err(reading)?.path();
+        if path.extension().is_none_or(|e| e != "json") {
+            continue;
+        }
+        if let Some(name) = path.file_stem().and_then(|s| s.to_str()) {
+            files.push((name.to_string(), path.clone()));
+        }
+    }
+    Ok(files)
+}
+
 /// Removes a file; absent is Ok.
 fn remove_file_if_present(path: &Path) -> Result<()> {
     match std::fs::remove_file(path) {

@@ -24,8 +24,8 @@ use tokio::sync::Mutex;
 
 use super::ipam::write_atomically;
 use super::{
-    Attachment, HostPort, Network, VpcNetwork, namespace_path, netns, remove_file_if_present,
-    resolv_conf_path, write_resolv_conf,
+    Attachment, HostPort, Network, VpcNetwork, json_files, namespace_path, netns,
+    remove_file_if_present, resolv_conf_path, write_resolv_conf,
 };
 use crate::{DEFAULT_VPC, Error, Result};
 
@@ -461,25 +461,14 @@ fn is_portmap_ipv6_check_bug(plugin: &PluginConfig, error: &Error, record: &Reco
 /// The records in `dir`, by instance.
 fn load_records(dir: &Path) -> Result<BTreeMap<String, Record>> {
     let mut records = BTreeMap::new();
-    let entries =
-        std::fs::read_dir(dir).map_err(|e| Error::io(format!("reading {}", dir.display()), e))?;
-    for entry in entries {
-        let path = entry
-            .map_err(|e| Error::io(format!("reading {}", dir.display()), e))?
-            .path();
-        if path.extension().is_none_or(|e| e != "json") {
-            continue;
-        }
-        let Some(instance) = path.file_stem().and_then(|s| s.to_str()) else {
-            continue;
-        };
+    for (instance, path) in json_files(dir)? {
         let text = std::fs::read(&path)
             .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
         let record: Record = serde_json::from_slice(&text).map_err(|e| Error::Network {
             what: path.display().to_string(),
             message: format!("not a cni attachment record: {e}"),
         })?;
-        records.insert(instance.to_string(), record);
+        records.insert(instance, record);
     }
     Ok(records)
 }
