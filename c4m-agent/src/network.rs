@@ -447,6 +447,39 @@ pub(crate) mod tests {
         assert_eq!(node_slice(small, 3).unwrap(), small);
     }
 
+    #[test]
+    fn host_ports_take_the_ports_host_ip_else_the_node_address() {
+        let pod: Instance = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p"},
+            "spec": {"containers": [{"name": "main", "ports": [
+                {"containerPort": 80, "hostPort": 8080},
+                {"containerPort": 53, "hostPort": 5353, "protocol": "UDP", "hostIP": "10.0.0.9"},
+                {"containerPort": 9000}
+            ]}]}
+        }))
+        .unwrap();
+        let node: IpAddr = Ipv4Addr::LOCALHOST.into();
+        assert_eq!(
+            host_ports(&pod, node),
+            vec![
+                HostPort {
+                    host_port: 8080,
+                    container_port: 80,
+                    protocol: "tcp".into(),
+                    host_ip: Some(node),
+                },
+                HostPort {
+                    host_port: 5353,
+                    container_port: 53,
+                    protocol: "udp".into(),
+                    host_ip: Some(Ipv4Addr::new(10, 0, 0, 9).into()),
+                },
+            ]
+        );
+        let everywhere = host_ports(&pod, Ipv4Addr::UNSPECIFIED.into());
+        assert_eq!(everywhere[0].host_ip, None);
+    }
+
     /// A stand-in for the control plane's DNS on loopback, answering each
     /// datagram reversed until `stop`.
     pub(crate) async fn reversing_udp_server(stop: CancellationToken) -> SocketAddr {
