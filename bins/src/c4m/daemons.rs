@@ -88,6 +88,10 @@ pub struct NodeFlags {
     /// Where the CNI plugins are (repeatable, searched in order).
     #[arg(long = "cni-bin-dir", default_value = "/usr/lib/cni")]
     cni_bin_dirs: Vec<PathBuf>,
+    /// The driver that runs instances naming none (no `runtimeClassName`),
+    /// so one manifest runs on nodes of different drivers.
+    #[arg(long, default_value = c4m_core::DEFAULT_DRIVER)]
+    default_driver: String,
 }
 
 /// `c4m up`.
@@ -391,6 +395,7 @@ fn agent_config(
         labels: node.labels.iter().cloned().collect::<BTreeMap<_, _>>(),
         address: node.address,
         listen: node.listen,
+        default_driver: node.default_driver.clone(),
         network: (node.instance_network || node.cni_config.is_some()).then(|| NetworkConfig {
             default_vpc_cidr: node.default_vpc_cidr,
             node_slice: node.node_slice,
