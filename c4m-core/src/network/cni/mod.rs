@@ -472,3 +472,38 @@ fn load_records(dir: &Path) -> Result<BTreeMap<String, Record>> {
     }
     Ok(records)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_are_read_back_and_a_bad_one_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = Record {
+            vpc: DEFAULT_VPC.into(),
+            namespace: "shop".into(),
+            host_ports: vec![],
+            result: Some(
+                serde_json::json!({"ips": [{"address": "10.99.0.5/24", "gateway": "10.99.0.1"}]}),
+            ),
+            complete: true,
+        };
+        std::fs::write(
+            dir.path().join("a.json"),
+            serde_json::to_vec(&record).unwrap(),
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("a.tmp"), b"half written").unwrap();
+        let records = load_records(dir.path()).unwrap();
+        assert_eq!(records.len(), 1);
+        assert_eq!(records["a"], record);
+
+        std::fs::write(dir.path().join("b.json"), b"{\"vpc\": 1}").unwrap();
+        let error = load_records(dir.path()).unwrap_err().to_string();
+        assert!(
+            error.contains("b.json: not a cni attachment record"),
+            "{error}"
+        );
+    }
+}
