@@ -566,18 +566,27 @@ fn oci_instances_join_a_cni_network_with_host_ports() {
     assert!(said.contains("NetworkNotReady"), "{said}");
 
     // Removing the instances DELs their attachments: no veth on the
-    // bridge, no NAT rule of the network, the host port closed.
+    // bridge, no NAT rule of the network, no namespace or record left
+    // under the agent's run dir, the host port closed.
     assert!(!nat_rules_of_network("c4m-e2e-cni").is_empty());
     for name in ["stranger", "web", "catalog"] {
         cluster.ok(&["delete", "deployment", name]);
         cluster.wait_gone(&format!("app={name}"), MINUTE);
     }
+    let run_dir = cluster.agent_dir("n1").join("network");
+    let is_empty = |dir: &str| {
+        std::fs::read_dir(run_dir.join(dir)).map_or(true, |mut entries| entries.next().is_none())
+    };
     wait_for("the attachments to go", MINUTE, || {
         let ports = Command::new("ip")
             .args(["-o", "link", "show", "master", bridge.0])
             .output()
             .unwrap();
-        (ports.stdout.is_empty() && nat_rules_of_network("c4m-e2e-cni").is_empty()).then_some(())
+        (ports.stdout.is_empty()
+            && nat_rules_of_network("c4m-e2e-cni").is_empty()
+            && is_empty("cni")
+            && is_empty("netns"))
+        .then_some(())
     });
     assert!(http_get(&format!("127.0.0.1:{host_port}"), "/").is_none());
     cluster.ok(&["vpc", "delete", "other"]);
