@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 
 use c4m_api::agent::Driver;
 use c4m_core::{
-    ContainerRuntime, DockerRuntime, ImageStore, LinuxNetwork, OciRuntime, ProcessRuntime,
-    find_oci_binaries,
+    CniNetwork, ContainerRuntime, DockerRuntime, ImageStore, LinuxNetwork, Network, OciRuntime,
+    ProcessRuntime, find_oci_binaries,
 };
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -195,9 +195,18 @@ impl Agent {
         register.agent_url = format!("http://{http_addr}");
         let network = match &self.config.network {
             Some(config) => {
-                let linux = LinuxNetwork::open(self.config.data_dir.join("network"))?;
+                let run_dir = self.config.data_dir.join("network");
+                let network: Arc<dyn Network> = match &config.cni {
+                    Some(cni) => {
+                        let network =
+                            CniNetwork::open(&cni.config_file, &cni.bin_dirs, run_dir).await?;
+                        tracing::info!(network = network.name(), config = %cni.config_file.display(), "instances join a cni network");
+                        Arc::new(network)
+                    }
+                    None => Arc::new(LinuxNetwork::open(run_dir)?),
+                };
                 Some(Arc::new(InstanceNetwork::new(
-                    Arc::new(linux),
+                    network,
                     config.clone(),
                     dns_rx.clone(),
                     shutdown.clone(),

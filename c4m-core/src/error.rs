@@ -86,6 +86,35 @@ pub enum Error {
         message: String,
     },
 
+    /// A CNI network configuration list is invalid.
+    #[error("cni config {file}: {field}: {message}")]
+    CniConfig {
+        /// The configuration file.
+        file: PathBuf,
+        /// The field at fault (`plugins[1].type`), or `-` for the file as a whole.
+        field: String,
+        /// What is wrong with it.
+        message: String,
+    },
+
+    /// A CNI plugin failed: its error object (CNI spec 1.0.0), or how it
+    /// ended when it printed none.
+    #[error("cni plugin {plugin} {command} for {container}: {message}")]
+    CniPlugin {
+        /// The plugin (its `type`).
+        plugin: String,
+        /// `ADD`, `DEL`, `CHECK` or `VERSION`.
+        command: &'static str,
+        /// The container the command was for.
+        container: String,
+        /// The error object's `code` (1-99 are the spec's, 100+ the
+        /// plugin's own); None when the plugin printed no error object.
+        code: Option<u32>,
+        /// The error object's `msg` and `details` with its code, or the
+        /// plugin's exit status and standard error.
+        message: String,
+    },
+
     /// An I/O error with what was being done.
     #[error("{context}: {source}")]
     Io {

@@ -13,7 +13,8 @@
 //! - **Runtime**: the [`ContainerRuntime`] trait and its `process` driver
 //!   ([`ProcessRuntime`]), with cgroup limits (v1 or v2, detected).
 //! - **Networking**: the [`Network`] seam and [`LinuxNetwork`]: a bridge
-//!   per VPC, a network namespace, veth and address per instance.
+//!   per VPC, a network namespace, veth and address per instance; or
+//!   [`CniNetwork`], a CNI plugin chain.
 //! - **Health checks**: [`probe_once`] runs a Kubernetes probe (HTTP GET, TCP,
 //!   exec, gRPC) against a container; [`ProbeTracker`] applies its thresholds.
 
@@ -43,7 +44,8 @@ pub use model::pod::{
 pub use model::vpc::{DEFAULT_VPC, Vpc, VpcSpec, cidrs_overlap, parse_vpc_cidr};
 pub use model::{Instance, annotations, labels};
 pub use network::{
-    Attachment, LinuxNetwork, Network, VpcNetwork, enter_network_namespace, search_domains,
+    Attachment, CniNetwork, HostPort, LinuxNetwork, Network, VpcNetwork, enter_network_namespace,
+    search_domains,
 };
 pub use probe::{ProbeTracker, probe_once};
 pub use quantity::{format_cpu_millis, format_memory_bytes, parse_cpu_millis, parse_memory_bytes};

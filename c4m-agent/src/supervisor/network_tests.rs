@@ -181,6 +181,7 @@ async fn a_namespaced_instance_gets_a_vpc_address_dns_and_is_detached() {
             node_slice: 2,
             dns_port: 10053,
             host_address: Ipv4Addr::LOCALHOST.into(),
+            cni: None,
         },
         dns_rx.clone(),
         shutdown.clone(),
