@@ -78,6 +78,10 @@ pub struct NodeFlags {
     /// Which /24 of each VPC this node's instances get: unique per node.
     #[arg(long, default_value_t = 0)]
     node_slice: u32,
+    /// The driver that runs instances naming none (no `runtimeClassName`),
+    /// so one manifest runs on nodes of different drivers.
+    #[arg(long, default_value = c4m_core::DEFAULT_DRIVER)]
+    default_driver: String,
     /// Docker Engine socket: the `docker` driver is offered when an engine
     /// answers there (probed at start, never required).
     #[arg(long, default_value = "/var/run/docker.sock")]
@@ -385,6 +389,7 @@ fn agent_config(
         labels: node.labels.iter().cloned().collect::<BTreeMap<_, _>>(),
         address: node.address,
         listen: node.listen,
+        default_driver: node.default_driver.clone(),
         network: node.instance_network.then_some(NetworkConfig {
             default_vpc_cidr: node.default_vpc_cidr,
             node_slice: node.node_slice,
