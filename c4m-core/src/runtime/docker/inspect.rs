@@ -57,11 +57,14 @@ pub(super) fn status(
             signal: exit_code.and_then(signal_of_exit_code),
             oom_killed: state.oom_killed == Some(true),
             started_at,
+            // dockerd stamps a fast exit's end from another clock read
+            // than its start, sometimes a fraction of a millisecond
+            // earlier: an end is never before its start.
             finished_at: state
                 .finished_at
                 .as_deref()
                 .and_then(docker_time)
-                .unwrap_or(started_at),
+                .map_or(started_at, |finished| finished.max(started_at)),
         }
     };
     let ports = spec
