@@ -18,6 +18,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::{Error, Result};
 
+mod bundle;
 mod oci;
 mod process;
 mod spec;
