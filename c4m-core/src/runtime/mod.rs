@@ -19,11 +19,13 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use crate::{Error, Result};
 
 mod bundle;
+mod containerd;
 mod oci;
 mod process;
 mod spec;
 mod state;
 
+pub use containerd::ContainerdRuntime;
 pub use oci::{OciRuntime, find_oci_binaries};
 pub use process::ProcessRuntime;
 

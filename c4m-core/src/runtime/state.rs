@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::process::{clock, logs};
 use super::{ContainerSpec, ContainerState, ContainerStatus, LogOptions, PortBinding};
+use crate::image::{Image, ImageStore};
 use crate::{Error, Result};
 
 /// One lock per container id: serializes a container's start, stop and
@@ -59,6 +60,31 @@ pub(super) async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|e| Error::Image(format!("image store task failed: {e}")))?
+}
+
+/// The image `reference` names in `images`, pulled first if the store
+/// lacks it (as a kubelet with `IfNotPresent` does), for container `id`.
+pub(super) async fn image_on_demand(
+    images: &Arc<ImageStore>,
+    id: &str,
+    reference: &str,
+) -> Result<Image> {
+    let store = Arc::clone(images);
+    let wanted = reference.to_string();
+    match blocking(move || store.resolve(&wanted)).await {
+        Ok(image) => Ok(image),
+        Err(Error::ImageNotFound(_)) => crate::image::pull(images, reference, None)
+            .await
+            .map_err(|e| {
+                runtime_error(
+                    id,
+                    format!(
+                        "image {reference} is not in this node's image store and pulling it failed: {e}"
+                    ),
+                )
+            }),
+        Err(e) => Err(e),
+    }
 }
 
 /// Removes a file or a directory tree; a missing one is Ok.

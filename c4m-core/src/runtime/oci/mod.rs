@@ -357,23 +357,7 @@ impl Inner {
             .image
             .clone()
             .ok_or_else(|| runtime_error(id, "the oci driver needs an image"))?;
-        let images = self.images.clone();
-        let wanted = reference.clone();
-        let image = match blocking(move || images.resolve(&wanted)).await {
-            Ok(image) => image,
-            // Pulled on demand, as a kubelet with `IfNotPresent` does.
-            Err(Error::ImageNotFound(_)) => crate::image::pull(&self.images, &reference, None)
-                .await
-                .map_err(|e| {
-                    runtime_error(
-                        id,
-                        format!(
-                            "image {reference} is not in this node's image store and pulling it failed: {e}"
-                        ),
-                    )
-                })?,
-            Err(e) => return Err(e),
-        };
+        let image = state::image_on_demand(&self.images, id, &reference).await?;
         let images = self.images.clone();
         let holder = id.to_string();
         let (image, layers, config) = blocking(move || {
