@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 
 use c4m_api::agent::Driver;
 use c4m_core::{
-    ContainerRuntime, ImageStore, LinuxNetwork, OciRuntime, ProcessRuntime, find_oci_binaries,
+    ContainerRuntime, ContainerdRuntime, ImageStore, LinuxNetwork, OciRuntime, ProcessRuntime,
+    find_oci_binaries,
 };
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -45,6 +46,9 @@ pub struct AgentConfig {
     /// Instance networking (VPCs, an address per instance) for drivers
     /// that take a network namespace; None leaves it off.
     pub network: Option<NetworkConfig>,
+    /// containerd's socket: the `containerd` driver is offered when a
+    /// containerd answers there. None: not probed.
+    pub containerd_socket: Option<PathBuf>,
 }
 
 /// An agent with its HTTP listener bound, ready to [`run`](Self::run).
@@ -59,8 +63,9 @@ impl Agent {
     /// The drivers that work on this node: `process` always; `oci` when
     /// an OCI runtime (runc or crun) and conmon are installed and the
     /// agent may use namespaces and cgroups (root), running containers from
-    /// `images`.
-    pub fn detect_runtimes(
+    /// `images`; `containerd` when a containerd answers on
+    /// [`AgentConfig::containerd_socket`] (images move there from `images`).
+    pub async fn detect_runtimes(
         config: &AgentConfig,
         images: &Arc<ImageStore>,
     ) -> Result<Vec<Arc<dyn ContainerRuntime>>> {
@@ -74,6 +79,17 @@ impl Agent {
             match OciRuntime::new(&config.data_dir.join("oci"), Arc::clone(images)) {
                 Ok(oci) => runtimes.push(Arc::new(oci)),
                 Err(e) => tracing::warn!(error = %e, "oci driver unavailable"),
+            }
+        }
+        if let Some(socket) = config.containerd_socket.as_deref() {
+            if !socket.exists() {
+                tracing::info!(socket = %socket.display(), "containerd driver unavailable: no socket");
+            } else {
+                let data_dir = config.data_dir.join("containerd");
+                match ContainerdRuntime::connect(socket, &data_dir, Arc::clone(images)).await {
+                    Ok(containerd) => runtimes.push(Arc::new(containerd)),
+                    Err(e) => tracing::warn!(error = %e, "containerd driver unavailable"),
+                }
             }
         }
         Ok(runtimes)

@@ -78,6 +78,10 @@ pub struct NodeFlags {
     /// Which /24 of each VPC this node's instances get: unique per node.
     #[arg(long, default_value_t = 0)]
     node_slice: u32,
+    /// containerd's socket: the `containerd` driver is offered when a
+    /// containerd answers there (`runtimeClassName: containerd`).
+    #[arg(long, default_value = "/run/containerd/containerd.sock")]
+    containerd_socket: PathBuf,
 }
 
 /// `c4m up`.
@@ -387,6 +391,7 @@ fn agent_config(
             dns_port: DNS_PORT,
             host_address: node.address,
         }),
+        containerd_socket: Some(node.containerd_socket.clone()),
     })
 }
 
@@ -493,6 +498,6 @@ mod tests {
 /// and the HTTP server alike.
 async fn bind_agent(config: AgentConfig) -> Result<Agent> {
     let images = Agent::image_store(&config)?;
-    let runtimes = Agent::detect_runtimes(&config, &images)?;
+    let runtimes = Agent::detect_runtimes(&config, &images).await?;
     Ok(Agent::bind(config, runtimes, images).await?)
 }

@@ -26,7 +26,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -67,6 +67,11 @@ const OCI_PROCESS_TYPE: &str = "types.containerd.io/opencontainers/runtime-spec/
 const RUNTIME: &str = "io.containerd.runc.v2";
 /// How long `stop` waits for the task to end after SIGKILL.
 const KILL_WAIT: Duration = Duration::from_secs(10);
+/// How long after an exit the shim may still be copying output to the log.
+const OUTPUT_COPY_LIMIT: Duration = Duration::from_secs(5);
+/// How long a start waits for runc's init to exec the program.
+const EXEC_WAIT: Duration = Duration::from_secs(2);
+const EXEC_POLL: Duration = Duration::from_millis(5);
 const SIGTERM: u32 = 15;
 const SIGKILL: u32 = 9;
 
@@ -409,14 +414,18 @@ impl Inner {
             }))
             .await
             .map_err(|status| call_error(id, "create task", &status))?;
-        self.client
+        let pid = self
+            .client
             .tasks()
             .start(self.client.request(StartRequest {
                 container_id: id.to_string(),
                 exec_id: String::new(),
             }))
             .await
-            .map_err(|status| call_error(id, "start task", &status))?;
+            .map_err(|status| call_error(id, "start task", &status))?
+            .into_inner()
+            .pid;
+        wait_for_exec(pid).await;
         Ok(())
     }
 
@@ -560,6 +569,59 @@ impl state::Containers for Inner {
     async fn status(&self, id: &str) -> Result<ContainerStatus> {
         Inner::status(self, id).await
     }
+
+    /// The shim reports the exit before it has copied the last output; it
+    /// closes the log once it has.
+    async fn output_written(&self, id: &str, finished_at: SystemTime) -> bool {
+        let waited_enough = finished_at
+            .elapsed()
+            .is_ok_and(|elapsed| elapsed >= OUTPUT_COPY_LIMIT);
+        if waited_enough {
+            return true;
+        }
+        let Ok(log) = self.container_dir(id).map(|dir| dir.join("output.log")) else {
+            return true;
+        };
+        tokio::task::spawn_blocking(move || {
+            // The shim's descriptor names the file by its real path.
+            let log = std::fs::canonicalize(&log).unwrap_or(log);
+            !shim_writes(&log)
+        })
+        .await
+        .unwrap_or(true)
+    }
+}
+
+/// Waits (briefly) until process `pid` is the container's program rather
+/// than runc's init about to exec it, which a signal would end instead: a
+/// stop right after the start must find the program.
+async fn wait_for_exec(pid: u32) {
+    let deadline = Instant::now() + EXEC_WAIT;
+    let comm = PathBuf::from(format!("/proc/{pid}/comm"));
+    while Instant::now() < deadline {
+        match tokio::fs::read_to_string(&comm).await {
+            Ok(name) if name.starts_with("runc:") => tokio::time::sleep(EXEC_POLL).await,
+            _ => return,
+        }
+    }
+}
+
+/// Whether a containerd shim has `path` open (`/proc/<pid>/fd` of each
+/// process named `containerd-shim*`).
+fn shim_writes(path: &Path) -> bool {
+    let Ok(processes) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    processes.flatten().any(|process| {
+        let dir = process.path();
+        let is_shim = std::fs::read_to_string(dir.join("comm"))
+            .is_ok_and(|comm| comm.starts_with("containerd-shim"));
+        is_shim
+            && std::fs::read_dir(dir.join("fd")).is_ok_and(|fds| {
+                fds.flatten()
+                    .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|target| target == path))
+            })
+    })
 }
 
 #[async_trait]
