@@ -16,20 +16,15 @@ async fn containerd_conforms() {
     let socket = daemon.socket().to_owned();
     let data = kit.dir().join("c4m-containerd");
     let images = Arc::new(ImageStore::open(kit.dir().join("images")).expect("image store"));
-    suite::run(
-        "containerd",
-        &kit,
-        Gaps::only(&[suite::INTERACTIVE_EXEC]),
-        move || {
-            let (socket, data, images) = (socket.clone(), data.clone(), Arc::clone(&images));
-            async move {
-                Arc::new(
-                    ContainerdRuntime::connect(&socket, &data, images)
-                        .await
-                        .expect("containerd driver"),
-                ) as Arc<dyn ContainerRuntime>
-            }
-        },
-    )
+    suite::run("containerd", &kit, Gaps::none(), move || {
+        let (socket, data, images) = (socket.clone(), data.clone(), Arc::clone(&images));
+        async move {
+            Arc::new(
+                ContainerdRuntime::connect(&socket, &data, images)
+                    .await
+                    .expect("containerd driver"),
+            ) as Arc<dyn ContainerRuntime>
+        }
+    })
     .await;
 }

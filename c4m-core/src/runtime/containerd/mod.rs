@@ -20,6 +20,7 @@
 //! (`/c4m/<id>`, set in the spec), which lives until the task is deleted.
 
 mod client;
+mod exec;
 mod image;
 
 use std::collections::HashMap;
@@ -47,7 +48,8 @@ use self::client::{Client, SNAPSHOTTER, call_error, found};
 use super::process::clock::ClockTask;
 use super::state::{self, ExitRecord, IdLocks, remove_path, runtime_error};
 use super::{
-    ContainerRuntime, ContainerSpec, ContainerStatus, ExecOutput, LogOptions, ResourceUsage, bundle,
+    ContainerRuntime, ContainerSpec, ContainerStatus, ExecOutput, ExecRequest, ExecSession,
+    LogOptions, ResourceUsage, bundle,
 };
 use crate::cgroup::Cgroups;
 use crate::image::ImageStore;
@@ -429,7 +431,15 @@ impl Inner {
         Ok(())
     }
 
-    async fn exec(&self, id: &str, command: &[String], timeout: Duration) -> Result<ExecOutput> {
+    /// An exec of `command` in running container `id`: its id (unique in
+    /// this agent) and the process to run, the container's (user, env,
+    /// cwd, capabilities...) with the command instead.
+    async fn exec_process(
+        &self,
+        id: &str,
+        command: &[String],
+        terminal: bool,
+    ) -> Result<(String, Any)> {
         let container = self.existing_container(id).await?;
         match self.task(id, "").await? {
             Some(process) if is_running(&process) => {}
@@ -438,8 +448,6 @@ impl Inner {
         if command.is_empty() {
             return Err(runtime_error(id, "exec: empty command"));
         }
-        // The container's process (user, env, cwd, capabilities...) with
-        // the command instead.
         let runtime_spec: oci_spec::runtime::Spec = container
             .spec
             .as_ref()
@@ -454,15 +462,23 @@ impl Inner {
             .ok_or_else(|| runtime_error(id, "the runtime spec has no process"))?;
         process
             .set_args(Some(command.to_vec()))
-            .set_terminal(Some(false));
+            .set_terminal(Some(terminal));
         let process = serde_json::to_vec(&process)
             .map_err(|e| runtime_error(id, format!("serialize the exec process: {e}")))?;
-
         let exec_id = format!(
             "exec-{}-{}",
             std::process::id(),
             self.execs.fetch_add(1, Ordering::Relaxed)
         );
+        let process = Any {
+            type_url: OCI_PROCESS_TYPE.to_string(),
+            value: process,
+        };
+        Ok((exec_id, process))
+    }
+
+    async fn exec(&self, id: &str, command: &[String], timeout: Duration) -> Result<ExecOutput> {
+        let (exec_id, process) = self.exec_process(id, command, false).await?;
         let dir = self.container_dir(id)?;
         let (stdout, stderr) = (
             dir.join(format!("{exec_id}.stdout")),
@@ -484,26 +500,13 @@ impl Inner {
                     stdout: stdout.display().to_string(),
                     stderr: stderr.display().to_string(),
                     terminal: false,
-                    spec: Some(Any {
-                        type_url: OCI_PROCESS_TYPE.to_string(),
-                        value: process,
-                    }),
+                    spec: Some(process),
                     exec_id: exec_id.clone(),
                 }))
                 .await
                 .map_err(|status| call_error(id, &format!("exec {command:?}"), &status))?;
             let result = self.run_exec(id, &exec_id, command, timeout).await;
-            let deleted = self
-                .client
-                .tasks()
-                .delete_process(self.client.request(DeleteProcessRequest {
-                    container_id: id.to_string(),
-                    exec_id: exec_id.clone(),
-                }))
-                .await;
-            if let Err(status) = found(deleted) {
-                tracing::warn!(container = %id, exec = %exec_id, error = %status.message(), "could not delete an exec process");
-            }
+            delete_process(&self.client, id, &exec_id).await;
             let exit_code = result?;
             let read = |path: PathBuf| async move {
                 tokio::fs::read(&path)
@@ -589,6 +592,21 @@ impl state::Containers for Inner {
         })
         .await
         .unwrap_or(true)
+    }
+}
+
+/// Forgets exec `exec_id` of task `id` in containerd; the shim has copied
+/// all its output once this returns.
+async fn delete_process(client: &Client, id: &str, exec_id: &str) {
+    let deleted = client
+        .tasks()
+        .delete_process(client.request(DeleteProcessRequest {
+            container_id: id.to_string(),
+            exec_id: exec_id.to_string(),
+        }))
+        .await;
+    if let Err(status) = found(deleted) {
+        tracing::warn!(container = %id, exec = %exec_id, error = %status.message(), "could not delete an exec process");
     }
 }
 
@@ -742,5 +760,9 @@ impl ContainerRuntime for ContainerdRuntime {
 
     async fn exec(&self, id: &str, command: &[String], timeout: Duration) -> Result<ExecOutput> {
         self.inner.exec(id, command, timeout).await
+    }
+
+    async fn exec_interactive(&self, id: &str, request: ExecRequest) -> Result<ExecSession> {
+        exec::interactive(&self.inner, id, request).await
     }
 }
