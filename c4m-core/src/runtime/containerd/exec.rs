@@ -15,7 +15,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use containerd_client::services::v1::{
-    CloseIoRequest, ExecProcessRequest, KillRequest, ResizePtyRequest, StartRequest,
+    CloseIoRequest, ExecProcessRequest, ResizePtyRequest, StartRequest,
 };
 use futures::FutureExt;
 use futures::future::BoxFuture;
@@ -288,17 +288,7 @@ impl Drop for KillOnDrop {
             self.exec_id.clone(),
         );
         handle.spawn(async move {
-            let killed = inner
-                .client
-                .tasks()
-                .kill(inner.client.request(KillRequest {
-                    container_id: id.clone(),
-                    exec_id: exec_id.clone(),
-                    signal: SIGKILL,
-                    all: false,
-                }))
-                .await;
-            if killed.is_ok() {
+            if inner.kill(&id, &exec_id, SIGKILL, false).await.is_ok() {
                 let _ = inner.wait(&id, &exec_id, Duration::from_secs(10)).await;
             }
             delete_process(&inner.client, &id, &exec_id).await;

@@ -252,12 +252,20 @@ impl Inner {
         self.status_of(container, process)
     }
 
-    async fn kill(&self, id: &str, signal: u32, all: bool) -> std::result::Result<(), Status> {
+    /// Sends `signal` to process `exec_id` of the task (its main process
+    /// for ""; with `all`, every process of the container).
+    async fn kill(
+        &self,
+        id: &str,
+        exec_id: &str,
+        signal: u32,
+        all: bool,
+    ) -> std::result::Result<(), Status> {
         self.client
             .tasks()
             .kill(self.client.request(KillRequest {
                 container_id: id.to_string(),
-                exec_id: String::new(),
+                exec_id: exec_id.to_string(),
                 signal,
                 all,
             }))
@@ -288,13 +296,13 @@ impl Inner {
             Some(process) if is_running(&process) => {}
             _ => return Ok(()),
         }
-        if let Err(status) = self.kill(id, SIGTERM, false).await {
+        if let Err(status) = self.kill(id, "", SIGTERM, false).await {
             tracing::debug!(container = %id, error = %status.message(), "SIGTERM failed");
         }
         if self.wait(id, "", grace).await?.is_some() {
             return Ok(());
         }
-        if let Err(status) = self.kill(id, SIGKILL, true).await {
+        if let Err(status) = self.kill(id, "", SIGKILL, true).await {
             tracing::debug!(container = %id, error = %status.message(), "SIGKILL failed");
         }
         match self.wait(id, "", KILL_WAIT).await? {
@@ -546,17 +554,7 @@ impl Inner {
         if let Some(code) = self.wait(id, exec_id, timeout).await? {
             return Ok(i32::try_from(code).unwrap_or(i32::MAX));
         }
-        let killed = self
-            .client
-            .tasks()
-            .kill(self.client.request(KillRequest {
-                container_id: id.to_string(),
-                exec_id: exec_id.to_string(),
-                signal: SIGKILL,
-                all: false,
-            }))
-            .await;
-        if let Err(status) = killed {
+        if let Err(status) = self.kill(id, exec_id, SIGKILL, false).await {
             tracing::debug!(container = %id, exec = %exec_id, error = %status.message(), "could not kill a timed out exec");
         }
         self.wait(id, exec_id, KILL_WAIT).await?;
