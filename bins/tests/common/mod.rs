@@ -538,3 +538,25 @@ impl Drop for Cluster {
         }
     }
 }
+
+/// An OCI layout tar of a busybox image tagged `1`.
+pub fn busybox_image_tar(dir: &Path) -> std::path::PathBuf {
+    let busybox = Path::new("/bin/busybox");
+    assert!(
+        busybox.is_file(),
+        "/bin/busybox is missing: apt-get install busybox-static"
+    );
+    let rootfs = dir.join("rootfs");
+    c4m_core::write_busybox_rootfs(busybox, &rootfs).unwrap();
+    let config = oci_spec::image::ConfigBuilder::default()
+        .cmd(vec!["/bin/sh".to_string()])
+        .env(vec!["PATH=/bin".to_string()])
+        .build()
+        .unwrap();
+    let layout = dir.join("layout");
+    let layer = c4m_core::tar_directory(&rootfs).unwrap();
+    c4m_core::write_oci_layout(&layout, "1", &[layer], config).unwrap();
+    let tar = dir.join("busybox.tar");
+    std::fs::write(&tar, c4m_core::tar_directory(&layout).unwrap()).unwrap();
+    tar
+}

@@ -17,7 +17,8 @@
 //! line came (`output.times`) for `timestamps` and `since`. Execs write to
 //! two files beside it that the shim fills and the driver reads after the
 //! command ended. Usage and OOM kills are read from the run's cgroup
-//! (`/c4m/<id>`, set in the spec), which lives until the task is deleted.
+//! (`/c4m/containerd-<id>`, set in the spec), which lives until the task is
+//! deleted.
 
 mod client;
 mod exec;
@@ -67,6 +68,8 @@ const OCI_SPEC_TYPE: &str = "types.containerd.io/opencontainers/runtime-spec/1/S
 const OCI_PROCESS_TYPE: &str = "types.containerd.io/opencontainers/runtime-spec/1/Process";
 /// The shim that runs tasks.
 const RUNTIME: &str = "io.containerd.runc.v2";
+/// How long connecting may take (the agent probes the socket at start).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long `stop` waits for the task to end after SIGKILL.
 const KILL_WAIT: Duration = Duration::from_secs(10);
 /// How long after an exit the shim may still be copying output to the log.
@@ -94,6 +97,8 @@ struct Inner {
     clock: ClockTask,
     /// Makes exec ids unique within this agent.
     execs: AtomicU64,
+    /// Serializes moving images into containerd.
+    imports: tokio::sync::Mutex<()>,
 }
 
 impl ContainerdRuntime {
@@ -105,19 +110,30 @@ impl ContainerdRuntime {
         data_dir: &Path,
         images: Arc<ImageStore>,
     ) -> Result<ContainerdRuntime> {
-        let client = Client::connect(socket).await?;
-        let version = client
-            .version()
-            .version(client.request(()))
+        let handshake = async {
+            let client = Client::connect(socket).await?;
+            let version = client
+                .version()
+                .version(client.request(()))
+                .await
+                .map_err(|status| {
+                    Error::Invalid(format!(
+                        "containerd at {} does not answer: {}",
+                        socket.display(),
+                        status.message()
+                    ))
+                })?
+                .into_inner();
+            Ok::<_, Error>((client, version))
+        };
+        let (client, version) = tokio::time::timeout(CONNECT_TIMEOUT, handshake)
             .await
-            .map_err(|status| {
+            .map_err(|_| {
                 Error::Invalid(format!(
-                    "containerd at {} does not answer: {}",
-                    socket.display(),
-                    status.message()
+                    "containerd at {} did not answer within {CONNECT_TIMEOUT:?}",
+                    socket.display()
                 ))
-            })?
-            .into_inner();
+            })??;
         // Absolute: the shim opens the log by this path.
         let containers_dir = std::path::absolute(data_dir.join("containers"))
             .map_err(|e| Error::io(format!("resolve {}", data_dir.display()), e))?;
@@ -134,6 +150,7 @@ impl ContainerdRuntime {
                 locks: IdLocks::default(),
                 clock: ClockTask::default(),
                 execs: AtomicU64::new(0),
+                imports: tokio::sync::Mutex::new(()),
             }),
         })
     }
@@ -144,6 +161,12 @@ impl ContainerdRuntime {
             self.inner.containers_dir.clone(),
         );
     }
+}
+
+/// The cgroup of container `id` under `/c4m`: named apart from the other
+/// drivers' groups, so the same id in two drivers never shares one.
+fn cgroup_name(id: &str) -> String {
+    format!("containerd-{id}")
 }
 
 fn system_time(timestamp: Option<prost_types::Timestamp>) -> Option<SystemTime> {
@@ -225,7 +248,7 @@ impl Inner {
                     // Each run has a fresh cgroup, so any kill in it is this run's.
                     oom_killed: self
                         .cgroups
-                        .group(&id)
+                        .group(&cgroup_name(&id))
                         .oom_kills()
                         .is_some_and(|kills| kills > 0),
                     finished_at: system_time(process.exited_at).unwrap_or_else(SystemTime::now),
@@ -351,13 +374,18 @@ impl Inner {
             .image
             .clone()
             .ok_or_else(|| runtime_error(id, "the containerd driver needs an image"))?;
-        let image = image::ensure(&self.client, &self.images, id, &reference).await?;
+        let image = {
+            // One import at a time: containerd refuses a second writer of
+            // the same blob, and the second start then finds it all there.
+            let _importing = self.imports.lock().await;
+            image::ensure(&self.client, &self.images, id, &reference).await?
+        };
         let input = bundle::BundleInput {
             image: image.config.config().as_ref(),
             // The shim mounts the snapshot there, in the task's bundle.
             root_path: PathBuf::from("rootfs"),
             image_dirs: &image.layer_dirs,
-            cgroups_path: bundle::cgroups_path(id),
+            cgroups_path: bundle::cgroups_path(&cgroup_name(id)),
             swap_accounting: self.swap_accounting,
         };
         let runtime_spec = bundle::runtime_spec(spec, &input)?;
@@ -739,7 +767,7 @@ impl ContainerRuntime for ContainerdRuntime {
 
     async fn stats(&self, id: &str) -> Result<ResourceUsage> {
         self.inner.existing_container(id).await?;
-        self.inner.cgroups.group(id).usage()
+        self.inner.cgroups.group(&cgroup_name(id)).usage()
     }
 
     async fn logs(
