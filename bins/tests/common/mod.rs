@@ -546,16 +546,13 @@ pub fn busybox_image_tar(dir: &Path) -> std::path::PathBuf {
         busybox.is_file(),
         "/bin/busybox is missing: apt-get install busybox-static"
     );
-    let rootfs = dir.join("rootfs");
-    c4m_core::write_busybox_rootfs(busybox, &rootfs).unwrap();
     let config = oci_spec::image::ConfigBuilder::default()
         .cmd(vec!["/bin/sh".to_string()])
         .env(vec!["PATH=/bin".to_string()])
         .build()
         .unwrap();
     let layout = dir.join("layout");
-    let layer = c4m_core::tar_directory(&rootfs).unwrap();
-    c4m_core::write_oci_layout(&layout, "1", &[layer], config).unwrap();
+    c4m_core::write_busybox_image(busybox, &layout, "1", config).unwrap();
     let tar = dir.join("busybox.tar");
     std::fs::write(&tar, c4m_core::tar_directory(&layout).unwrap()).unwrap();
     tar

@@ -85,6 +85,9 @@ pub(super) async fn ensure(
     id: &str,
     reference: &str,
 ) -> Result<Imported> {
+    // Garbage collection of c4m's store waits until the blobs are copied.
+    let store = Arc::clone(images);
+    let _fence = blocking(move || store.gc_fence()).await?;
     let image = state::image_on_demand(images, id, reference).await?;
     let store = Arc::clone(images);
     let wanted = image.clone();

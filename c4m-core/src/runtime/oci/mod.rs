@@ -357,6 +357,10 @@ impl Inner {
             .image
             .clone()
             .ok_or_else(|| runtime_error(id, "the oci driver needs an image"))?;
+        // From resolving the image until its layers are leased, garbage
+        // collection waits.
+        let images = self.images.clone();
+        let fence = blocking(move || images.gc_fence()).await?;
         let image = state::image_on_demand(&self.images, id, &reference).await?;
         let images = self.images.clone();
         let holder = id.to_string();
@@ -367,6 +371,7 @@ impl Inner {
             Ok((image, layers, config))
         })
         .await?;
+        drop(fence);
         let rootfs = self.mount_rootfs(id, dir, &layers)?;
         let input = bundle::BundleInput {
             image: config.config().as_ref(),
