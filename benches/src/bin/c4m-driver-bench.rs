@@ -1,7 +1,7 @@
 //! Container start latency per driver, side by side in one run.
 //!
 //!     cargo build --release -p c4m-benches --bin c4m-driver-bench
-//!     sudo ./target/release/c4m-driver-bench [--starts 50] [--drivers process,oci]
+//!     sudo ./target/release/c4m-driver-bench [--starts 50] [--drivers process,oci,containerd]
 //!
 //! For each driver: the busybox image (built here, pushed to a loopback
 //! `docker-registry`) is pulled by one warm-up start, then `--starts`
@@ -17,9 +17,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use c4m_core::{
-    ContainerRuntime, ContainerSpec, ContainerState, ImageStore, OciRuntime, ProcessRuntime,
+    ContainerRuntime, ContainerSpec, ContainerState, ContainerdRuntime, ImageStore, OciRuntime,
+    ProcessRuntime,
 };
-use c4m_testkit::Registry;
+use c4m_testkit::{Containerd, Registry};
 use clap::Parser;
 
 #[derive(Parser)]
@@ -29,7 +30,7 @@ struct Args {
     #[arg(long, default_value_t = 50)]
     starts: usize,
     /// Drivers to measure, in order.
-    #[arg(long, value_delimiter = ',', default_value = "process,oci")]
+    #[arg(long, value_delimiter = ',', default_value = "process,oci,containerd")]
     drivers: Vec<String>,
 }
 
@@ -51,6 +52,16 @@ async fn subject(driver: &str, dir: &Path) -> Result<Subject> {
             }
             let images = Arc::new(ImageStore::open(dir.join("images"))?);
             Arc::new(OciRuntime::new(&dir.join("oci"), images)?)
+        }
+        "containerd" => {
+            let daemon = Containerd::start(&dir.join("containerd"));
+            let images = Arc::new(ImageStore::open(dir.join("images"))?);
+            let runtime =
+                ContainerdRuntime::connect(daemon.socket(), &dir.join("c4m"), images).await?;
+            return Ok(Subject {
+                runtime: Arc::new(runtime),
+                _keep: vec![Box::new(daemon)],
+            });
         }
         other => bail!("unknown driver {other:?}"),
     };
