@@ -24,15 +24,7 @@ fn instances_run_in_containerd_when_their_pod_asks_for_it() {
     let socket = containerd.socket().display().to_string();
     let mut cluster = Cluster::start();
     cluster.start_agent_with("n1", "4", "4Gi", &["--containerd-socket", &socket]);
-    let node = cluster.list("nodes").remove(0);
-    let drivers = node["metadata"]["annotations"][c4m_core::annotations::DRIVERS]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    assert!(
-        drivers.split(',').any(|d| d.starts_with("containerd=")),
-        "the node does not offer the containerd driver: {drivers}"
-    );
+    cluster.assert_first_node_offers("containerd");
 
     let tar = busybox_image_tar(cluster.dir.path());
     cluster.ok(&["image", "import", tar.to_str().unwrap(), "--name", "bb"]);
