@@ -7,10 +7,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # What the tests run besides c4m itself: a shell and coreutils for
-# instance commands, procps, and (for the quickstart test) curl.
+# instance commands, procps, and curl (the quickstart).
 # bsdutils: `script` (a terminal for kubectl exec -it); util-linux: `setsid -c`
 # (the process driver's exec on a terminal); python3: a bulk TCP server in
-# kubectl_stream.rs. For the oci driver and the image store: runc and crun
+# kubectl_stream.rs. For the oci driver, the image store and the quickstart
+# (which runs the example in containers): runc and crun
 # (OCI runtimes), conmon (the container monitor), busybox-static (test
 # images), skopeo (docker archives, pushes) and docker-registry (a registry
 # on loopback); tar. For the instance network tests: iproute2, nftables

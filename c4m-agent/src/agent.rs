@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 
 use c4m_api::agent::Driver;
 use c4m_core::{
-    ContainerRuntime, ContainerdRuntime, ImageStore, LinuxNetwork, OciRuntime, ProcessRuntime,
-    find_oci_binaries,
+    ContainerRuntime, ContainerdRuntime, DockerRuntime, ImageStore, LinuxNetwork, OciRuntime,
+    ProcessRuntime, find_oci_binaries,
 };
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -49,6 +49,9 @@ pub struct AgentConfig {
     /// Instance networking (VPCs, an address per instance) for drivers
     /// that take a network namespace; None leaves it off.
     pub network: Option<NetworkConfig>,
+    /// A Docker Engine socket to offer the `docker` driver on, if an
+    /// engine answers there (only probed, never required).
+    pub docker_socket: Option<PathBuf>,
     /// containerd's socket: the `containerd` driver is offered when a
     /// containerd answers there. None: not probed.
     pub containerd_socket: Option<PathBuf>,
@@ -66,8 +69,9 @@ impl Agent {
     /// The drivers that work on this node: `process` always; `oci` when
     /// an OCI runtime (runc or crun) and conmon are installed and the
     /// agent may use namespaces and cgroups (root), running containers from
-    /// `images`; `containerd` when a containerd answers on
-    /// [`AgentConfig::containerd_socket`] (images move there from `images`).
+    /// `images`; `docker` when a Docker Engine answers on
+    /// [`AgentConfig::docker_socket`]; `containerd` when a containerd answers
+    /// on [`AgentConfig::containerd_socket`] (images move there from `images`).
     pub async fn detect_runtimes(
         config: &AgentConfig,
         images: &Arc<ImageStore>,
@@ -84,6 +88,9 @@ impl Agent {
                 Err(e) => tracing::warn!(error = %e, "oci driver unavailable"),
             }
         }
+        if let Some(docker) = Self::detect_docker(config).await {
+            runtimes.push(Arc::new(docker));
+        }
         if let Some(socket) = config.containerd_socket.as_deref() {
             if !socket.exists() {
                 tracing::info!(socket = %socket.display(), "containerd driver unavailable: no socket");
@@ -96,6 +103,31 @@ impl Agent {
             }
         }
         Ok(runtimes)
+    }
+
+    /// The `docker` driver, if an engine answers on the configured socket;
+    /// its containers are labelled with this node, whose address their
+    /// (host network) ports are reached at.
+    async fn detect_docker(config: &AgentConfig) -> Option<DockerRuntime> {
+        let socket = config.docker_socket.as_ref()?;
+        if !socket.exists() {
+            tracing::info!(socket = %socket.display(), "docker driver unavailable: no socket");
+            return None;
+        }
+        match DockerRuntime::connect(socket).await {
+            Ok(docker) => {
+                tracing::info!(version = %docker.version(), "docker driver available");
+                Some(
+                    docker
+                        .for_node(&config.node_name)
+                        .with_host_address(config.address),
+                )
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "docker driver unavailable");
+                None
+            }
+        }
     }
 
     /// The node's image store (`<data_dir>/images`), which the `oci` driver

@@ -13,7 +13,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use c4m_core::{Attachment, DEFAULT_VPC, Instance, Network, VpcNetwork, annotations};
+use c4m_core::{Attachment, DEFAULT_VPC, Instance, Network, PortBinding, VpcNetwork, annotations};
 use ipnet::Ipv4Net;
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::watch;
@@ -70,8 +70,9 @@ pub(crate) struct InstanceNetwork {
     /// Held through a whole attach or detach, so a VPC being removed from
     /// the node and one being attached again do not interleave.
     relays: tokio::sync::Mutex<HashMap<Ipv4Addr, CancellationToken>>,
-    /// Container id → the token ending its `hostPort` proxies.
-    published: Mutex<HashMap<String, CancellationToken>>,
+    /// Container id → the token ending its `hostPort` proxies, and where
+    /// they listen.
+    published: Mutex<HashMap<String, (CancellationToken, Vec<PortBinding>)>>,
     /// The control plane's DNS address (`IP:PORT`), from its registration.
     upstream: watch::Receiver<String>,
     shutdown: CancellationToken,
@@ -147,6 +148,23 @@ impl InstanceNetwork {
         }
     }
 
+    /// Where the instance's `hostPort`s are published on the node (none
+    /// when it has none, or is not attached).
+    pub(crate) fn host_bindings(&self, id: &str) -> Vec<PortBinding> {
+        self.published
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .map(|(_, bindings)| bindings.clone())
+            .unwrap_or_default()
+    }
+
+    /// The DNS server an attached instance reaches: the relay on its
+    /// gateway.
+    pub(crate) fn dns_server(&self, attachment: &Attachment) -> SocketAddr {
+        SocketAddr::from((attachment.gateway, self.config.dns_port))
+    }
+
     /// The instance's address in its VPC, if it is attached.
     pub(crate) async fn address(&self, id: &str) -> Option<Ipv4Addr> {
         self.attachment_of(id).await.map(|a| a.address)
@@ -180,6 +198,7 @@ impl InstanceNetwork {
             .flat_map(|spec| spec.containers.iter())
             .flat_map(|container| container.ports.iter().flatten());
         let mut listeners = Vec::new();
+        let mut bindings = Vec::new();
         for port in ports {
             let Some(host_port) = port.host_port else {
                 continue;
@@ -205,6 +224,13 @@ impl InstanceNetwork {
                     source,
                 })?;
             listeners.push((listener, SocketAddr::from((address, container_port))));
+            bindings.push(PortBinding {
+                name: port.name.clone().unwrap_or_default(),
+                container_port,
+                host_ip: published.ip().to_string(),
+                host_port,
+                protocol: "TCP".to_string(),
+            });
         }
         for (listener, target) in listeners {
             tokio::spawn(forward_tcp(listener, target, token.clone()));
@@ -212,7 +238,7 @@ impl InstanceNetwork {
         self.published
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(id.to_string(), token);
+            .insert(id.to_string(), (token, bindings));
         Ok(())
     }
 
@@ -220,7 +246,7 @@ impl InstanceNetwork {
     /// the VPC's bridge, rules and DNS relay with it.
     pub(crate) async fn detach(&self, id: &str) {
         let mut relays = self.relays.lock().await;
-        if let Some(token) = self
+        if let Some((token, _)) = self
             .published
             .lock()
             .unwrap_or_else(|e| e.into_inner())

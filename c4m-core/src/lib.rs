@@ -30,8 +30,9 @@ mod time;
 
 pub use error::{Error, Result};
 pub use image::{
-    GcReport, Image, ImageStore, Layer, Reference, RegistryCredentials, SHORT_ID_LEN, pull,
-    tar_directory, write_busybox_image, write_busybox_rootfs, write_oci_layout,
+    GcReport, Image, ImageStore, Layer, Reference, RegistryCredentials, SHORT_ID_LEN,
+    add_executable, busybox_image_tar, pull, tar_directory, write_busybox_image,
+    write_busybox_rootfs, write_oci_layout,
 };
 pub use manifest::{Document, ManifestError, Validated, parse_documents, validate, validate_value};
 pub use model::kinds::{KINDS, ResourceKind};
@@ -48,7 +49,8 @@ pub use probe::{ProbeTracker, probe_once};
 pub use quantity::{format_cpu_millis, format_memory_bytes, parse_cpu_millis, parse_memory_bytes};
 pub use runtime::{
     ContainerRuntime, ContainerSpec, ContainerState, ContainerStatus, ContainerdRuntime,
-    ExecOutput, ExecRequest, ExecSession, LogOptions, OciRuntime, PortBinding, PortSpec,
-    ProcessRuntime, ResizeTerminal, ResourceLimits, ResourceUsage, TerminalSize, find_oci_binaries,
+    DockerRuntime, ExecOutput, ExecRequest, ExecSession, LogOptions, OciRuntime, PortBinding,
+    PortSpec, ProcessRuntime, ResizeTerminal, ResourceLimits, ResourceUsage, TerminalSize,
+    find_oci_binaries,
 };
 pub use time::{format_rfc3339, now_rfc3339, seconds_since};

@@ -86,6 +86,10 @@ pub struct NodeFlags {
     /// so one manifest runs on nodes of different drivers.
     #[arg(long, default_value = c4m_core::DEFAULT_DRIVER)]
     default_driver: String,
+    /// Docker Engine socket: the `docker` driver is offered when an engine
+    /// answers there (probed at start, never required).
+    #[arg(long, default_value = "/var/run/docker.sock")]
+    docker_socket: PathBuf,
 }
 
 /// `c4m up`.
@@ -396,6 +400,7 @@ fn agent_config(
             dns_port: DNS_PORT,
             host_address: node.address,
         }),
+        docker_socket: Some(node.docker_socket.clone()),
         containerd_socket: Some(node.containerd_socket.clone()),
     })
 }

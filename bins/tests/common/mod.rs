@@ -554,7 +554,8 @@ impl Drop for Cluster {
     }
 }
 
-/// An OCI layout tar of a busybox image tagged `1`.
+/// A busybox image tagged `1` (cmd `/bin/sh`, `PATH=/bin`): its OCI
+/// layout in `dir/layout` and that layout as a tar, which is returned.
 pub fn busybox_image_tar(dir: &Path) -> std::path::PathBuf {
     let busybox = Path::new("/bin/busybox");
     assert!(

@@ -15,6 +15,7 @@
 //! `ctr.log`, `exit/`, `pidfile`, `conmon.pid` and the runtime's error log
 //! `runtime.log`; `<data_dir>/runtime/` is the OCI runtime's state root.
 
+mod exec;
 #[cfg(test)]
 mod tests;
 
@@ -32,10 +33,12 @@ use serde::{Deserialize, Serialize};
 use tokio::process::Command;
 
 use super::bundle;
+use super::log_records::RecordFilter;
 use super::process::procfs;
 use super::state::{self, ExitRecord, IdLocks, Records, blocking, remove_path, runtime_error};
 use super::{
-    ContainerRuntime, ContainerSpec, ContainerStatus, ExecOutput, LogOptions, ResourceUsage,
+    ContainerRuntime, ContainerSpec, ContainerStatus, ExecOutput, ExecRequest, ExecSession,
+    LogOptions, ResourceUsage,
 };
 use crate::cgroup::{Cgroup, Cgroups};
 use crate::image::ImageStore;
@@ -139,6 +142,19 @@ impl Inner {
         self.cgroups.group(id)
     }
 
+    /// Errors unless `command` can be exec'd in container `id` now.
+    async fn check_exec(&self, id: &str, command: &[String]) -> Result<()> {
+        let record = self.load_existing(id).await?;
+        let record = self.observe(id, record).await?;
+        if record.exit.is_some() {
+            return Err(runtime_error(id, "cannot exec: container is not running"));
+        }
+        if command.is_empty() {
+            return Err(runtime_error(id, "exec: empty command"));
+        }
+        Ok(())
+    }
+
     /// The OCI runtime with its state root.
     fn runtime_command(&self) -> Command {
         let mut command = Command::new(&self.runtime);
@@ -211,10 +227,7 @@ impl Inner {
             },
         };
         let (exit_code, finished_at) = exit;
-        // conmon reports a signal death as 128 + signal, as shells do.
-        let signal = exit_code
-            .filter(|code| *code > 128 && *code < 128 + 65)
-            .map(|c| c - 128);
+        let signal = exit_code.and_then(state::signal_of_exit_code);
         let oom_killed = self.oom_killed(id);
         let mut record = record;
         record.exit = Some(ExitRecord {
@@ -519,21 +532,16 @@ fn to_status(id: &str, record: Record) -> ContainerStatus {
 /// (`P`) does not. Bytes of a line not yet complete wait for the rest. The
 /// time conmon wrote each line with is what `since` filters on and what
 /// `timestamps` prints (as Kubernetes does, in UTC with nanoseconds).
-#[derive(Default)]
 struct K8sFileDecoder {
     pending: BytesMut,
-    timestamps: bool,
-    since: Option<SystemTime>,
-    /// The last record was partial: the next one continues its line.
-    in_line: bool,
+    records: RecordFilter,
 }
 
 impl K8sFileDecoder {
     fn new(options: &LogOptions) -> Self {
         K8sFileDecoder {
-            timestamps: options.timestamps,
-            since: options.since,
-            ..Default::default()
+            pending: BytesMut::new(),
+            records: RecordFilter::new(options),
         }
     }
 
@@ -550,23 +558,8 @@ impl K8sFileDecoder {
                 .and_then(|t| std::str::from_utf8(t).ok())
                 .and_then(|t| t.parse::<jiff::Timestamp>().ok())
                 .map(SystemTime::from);
-            let partial = tag == Some(b"P");
-            let starts_line = !self.in_line;
-            self.in_line = partial;
-            if let (Some(since), Some(written)) = (self.since, written)
-                && written < since
-            {
-                continue;
-            }
-            if self.timestamps && starts_line {
-                let when = written.unwrap_or(SystemTime::UNIX_EPOCH);
-                out.extend_from_slice(crate::time::format_rfc3339_nanos(when).as_bytes());
-                out.extend_from_slice(b" ");
-            }
-            out.extend_from_slice(text);
-            if !partial {
-                out.extend_from_slice(b"\n");
-            }
+            self.records
+                .push(written, text, tag == Some(b"P"), &mut out);
         }
         out.freeze()
     }
@@ -713,23 +706,24 @@ impl ContainerRuntime for OciRuntime {
 
     async fn exec(&self, id: &str, command: &[String], timeout: Duration) -> Result<ExecOutput> {
         let inner = &*self.inner;
-        let record = inner.load_existing(id).await?;
-        let record = inner.observe(id, record).await?;
-        if record.exit.is_some() {
-            return Err(runtime_error(id, "cannot exec: container is not running"));
-        }
-        if command.is_empty() {
-            return Err(runtime_error(id, "exec: empty command"));
-        }
+        inner.check_exec(id, command).await?;
+        let pid_dir = tempfile::tempdir()
+            .map_err(|e| Error::io("create a directory for an exec's pid file", e))?;
+        let pid_file = pid_dir.path().join("pid");
         let child = inner
             .runtime_command()
             .arg("exec")
+            .arg("--pid-file")
+            .arg(&pid_file)
             .arg(id)
             .args(command)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            // Killing runc would leave the command running: see below.
+            .kill_on_drop(false)
             .spawn()
             .map_err(|e| runtime_error(id, format!("run {}: {e}", inner.runtime.display())))?;
+        let runc = child.id().and_then(|pid| i32::try_from(pid).ok());
         match tokio::time::timeout(timeout, child.wait_with_output()).await {
             Ok(Ok(output)) => Ok(ExecOutput {
                 exit_code: output.status.code().unwrap_or(-1),
@@ -737,13 +731,22 @@ impl ContainerRuntime for OciRuntime {
                 stderr: output.stderr,
             }),
             Ok(Err(e)) => Err(runtime_error(id, format!("exec {command:?}: wait: {e}"))),
-            // Dropping the child killed the runtime's exec process; the
-            // command inside goes with it (runc forwards the signal).
-            Err(_) => Err(runtime_error(
-                id,
-                format!("exec {command:?} timed out after {timeout:?}"),
-            )),
+            // The command is killed inside the container; runc then ends.
+            Err(_) => {
+                let _ = tokio::task::spawn_blocking(move || {
+                    exec::kill_command(&pid_file, pid_dir, runc)
+                })
+                .await;
+                Err(runtime_error(
+                    id,
+                    format!("exec {command:?} timed out after {timeout:?}"),
+                ))
+            }
         }
+    }
+
+    async fn exec_interactive(&self, id: &str, request: ExecRequest) -> Result<ExecSession> {
+        self.inner.exec_interactive(id, request).await
     }
 }
 
