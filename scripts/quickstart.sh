@@ -9,7 +9,9 @@
 #   ./scripts/quickstart.sh      # as root
 #
 # Needs root and a Linux kernel with overlayfs; installs what it runs with
-# (runc, conmon, busybox-static, nftables, iproute2, curl) when missing.
+# (runc, conmon, busybox-static, nftables, iproute2, curl; protobuf-compiler
+# for the build: the containerd driver's API client compiles its protos)
+# when missing.
 # Environment: C4M_HOME (state, default ~/.c4m), C4M_BIN_DIR (use built
 # binaries instead of building), C4M_UP_ARGS (extra `c4m up` flags).
 set -euo pipefail
@@ -30,7 +32,7 @@ if ! grep -qw overlay /proc/filesystems; then
     fail "this kernel has no overlayfs (not in /proc/filesystems, modprobe overlay failed): containers cannot run here"
 fi
 
-packages=(runc conmon busybox-static nftables iproute2 curl)
+packages=(runc conmon busybox-static nftables iproute2 curl protobuf-compiler)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -19,8 +19,9 @@ cd "$(dirname "$0")/.."
 # host-local, portmap in /usr/lib/cni) and iptables (which portmap and
 # bridge's ipMasq drive). For the driver conformance suite: containerd (also
 # its CRI service) and docker.io (dockerd), which the tests start themselves
-# on sockets of their own.
-packages=(procps coreutils curl ca-certificates bsdutils util-linux python3 tar runc crun conmon busybox-static skopeo docker-registry iproute2 nftables mount containerd docker.io containernetworking-plugins iptables)
+# on sockets of their own. protobuf-compiler: `protoc`, which the
+# containerd-client crate's build script runs to compile containerd's API.
+packages=(procps coreutils curl ca-certificates bsdutils util-linux python3 tar runc crun conmon busybox-static skopeo docker-registry iproute2 nftables mount containerd docker.io containernetworking-plugins iptables protobuf-compiler)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -22,15 +22,7 @@ fn a_deployment_runs_on_docker_and_answers_logs_and_exec() {
     registry.push_oci_layout(&cluster.dir.path().join("layout"), "1", "team/bb:1");
     let socket = daemon.socket().display().to_string();
     cluster.start_agent_with("n1", "4", "4Gi", &["--docker-socket", &socket]);
-    let node = cluster.list("nodes").remove(0);
-    let drivers = node["metadata"]["annotations"][c4m_core::annotations::DRIVERS]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    assert!(
-        drivers.split(',').any(|d| d.starts_with("docker=")),
-        "the node does not offer the docker driver: {drivers}"
-    );
+    cluster.assert_first_node_offers("docker");
 
     cluster.apply(&format!(
         r#"

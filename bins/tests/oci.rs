@@ -65,15 +65,7 @@ fn instances_run_in_oci_containers_from_imported_images() {
     require_oci();
     let mut cluster = Cluster::start();
     cluster.start_agent("n1", "4", "4Gi");
-    let node = cluster.list("nodes").remove(0);
-    let drivers = node["metadata"]["annotations"][c4m_core::annotations::DRIVERS]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    assert!(
-        drivers.split(',').any(|d| d.starts_with("oci=")),
-        "the node does not offer the oci driver: {drivers}"
-    );
+    cluster.assert_first_node_offers("oci");
 
     let tar = busybox_image_tar(cluster.dir.path());
     let imported = cluster.ok(&["image", "import", tar.to_str().unwrap(), "--name", "bb"]);

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 
 use c4m_api::agent::Driver;
 use c4m_core::{
-    CniNetwork, ContainerRuntime, DockerRuntime, ImageStore, LinuxNetwork, Network, OciRuntime,
-    ProcessRuntime, find_oci_binaries,
+    CniNetwork, ContainerRuntime, ContainerdRuntime, DockerRuntime, ImageStore, LinuxNetwork,
+    Network, OciRuntime, ProcessRuntime, find_oci_binaries,
 };
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -52,6 +52,9 @@ pub struct AgentConfig {
     /// A Docker Engine socket to offer the `docker` driver on, if an
     /// engine answers there (only probed, never required).
     pub docker_socket: Option<PathBuf>,
+    /// containerd's socket: the `containerd` driver is offered when a
+    /// containerd answers there. None: not probed.
+    pub containerd_socket: Option<PathBuf>,
 }
 
 /// An agent with its HTTP listener bound, ready to [`run`](Self::run).
@@ -67,7 +70,8 @@ impl Agent {
     /// an OCI runtime (runc or crun) and conmon are installed and the
     /// agent may use namespaces and cgroups (root), running containers from
     /// `images`; `docker` when a Docker Engine answers on
-    /// [`AgentConfig::docker_socket`].
+    /// [`AgentConfig::docker_socket`]; `containerd` when a containerd answers
+    /// on [`AgentConfig::containerd_socket`] (images move there from `images`).
     pub async fn detect_runtimes(
         config: &AgentConfig,
         images: &Arc<ImageStore>,
@@ -86,6 +90,17 @@ impl Agent {
         }
         if let Some(docker) = Self::detect_docker(config).await {
             runtimes.push(Arc::new(docker));
+        }
+        if let Some(socket) = config.containerd_socket.as_deref() {
+            if !socket.exists() {
+                tracing::info!(socket = %socket.display(), "containerd driver unavailable: no socket");
+            } else {
+                let data_dir = config.data_dir.join("containerd");
+                match ContainerdRuntime::connect(socket, &data_dir, Arc::clone(images)).await {
+                    Ok(containerd) => runtimes.push(Arc::new(containerd)),
+                    Err(e) => tracing::warn!(error = %e, "containerd driver unavailable"),
+                }
+            }
         }
         Ok(runtimes)
     }

@@ -1,7 +1,7 @@
 //! Container start latency per driver, side by side in one run.
 //!
 //!     cargo build --release -p c4m-benches --bin c4m-driver-bench
-//!     sudo ./target/release/c4m-driver-bench [--starts 50] [--drivers process,oci,docker]
+//!     sudo ./target/release/c4m-driver-bench [--starts 50] [--drivers process,oci,docker,containerd]
 //!
 //! For each driver: the busybox image (built here, pushed to a loopback
 //! `docker-registry`) is pulled by one warm-up start, then `--starts`
@@ -17,10 +17,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use c4m_core::{
-    ContainerRuntime, ContainerSpec, ContainerState, DockerRuntime, ImageStore, OciRuntime,
-    ProcessRuntime,
+    ContainerRuntime, ContainerSpec, ContainerState, ContainerdRuntime, DockerRuntime, ImageStore,
+    OciRuntime, ProcessRuntime,
 };
-use c4m_testkit::{Dockerd, Registry};
+use c4m_testkit::{Containerd, Dockerd, Registry};
 use clap::Parser;
 
 #[derive(Parser)]
@@ -30,7 +30,11 @@ struct Args {
     #[arg(long, default_value_t = 50)]
     starts: usize,
     /// Drivers to measure, in order.
-    #[arg(long, value_delimiter = ',', default_value = "process,oci")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "process,oci,docker,containerd"
+    )]
     drivers: Vec<String>,
 }
 
@@ -59,6 +63,14 @@ async fn subject(driver: &str, dir: &Path) -> Result<Subject> {
             let docker = DockerRuntime::connect(daemon.socket()).await?;
             keep.push(Box::new(daemon));
             Arc::new(docker)
+        }
+        "containerd" => {
+            let daemon = Containerd::start(&dir.join("containerd"));
+            let images = Arc::new(ImageStore::open(dir.join("images"))?);
+            let runtime =
+                ContainerdRuntime::connect(daemon.socket(), &dir.join("c4m"), images).await?;
+            keep.push(Box::new(daemon));
+            Arc::new(runtime)
         }
         other => bail!("unknown driver {other:?}"),
     };

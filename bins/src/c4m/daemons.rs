@@ -88,6 +88,10 @@ pub struct NodeFlags {
     /// Where the CNI plugins are (repeatable, searched in order).
     #[arg(long = "cni-bin-dir", default_value = "/usr/lib/cni")]
     cni_bin_dirs: Vec<PathBuf>,
+    /// containerd's socket: the `containerd` driver is offered when a
+    /// containerd answers there (`runtimeClassName: containerd`).
+    #[arg(long, default_value = "/run/containerd/containerd.sock")]
+    containerd_socket: PathBuf,
     /// The driver that runs instances naming none (no `runtimeClassName`),
     /// so one manifest runs on nodes of different drivers.
     #[arg(long, default_value = c4m_core::DEFAULT_DRIVER)]
@@ -411,6 +415,7 @@ fn agent_config(
             }),
         }),
         docker_socket: Some(node.docker_socket.clone()),
+        containerd_socket: Some(node.containerd_socket.clone()),
     })
 }
 

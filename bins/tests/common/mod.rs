@@ -388,6 +388,21 @@ impl Cluster {
         list["items"].as_array().cloned().unwrap_or_default()
     }
 
+    /// Fails unless the first node listed offers `driver`.
+    pub fn assert_first_node_offers(&self, driver: &str) {
+        let node = self.list("nodes").remove(0);
+        let drivers = node["metadata"]["annotations"][c4m_core::annotations::DRIVERS]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            drivers
+                .split(',')
+                .any(|d| d.starts_with(&format!("{driver}="))),
+            "the node does not offer the {driver} driver: {drivers}"
+        );
+    }
+
     pub fn node_ready(&self, name: &str) -> bool {
         let output = self.c4m(&["get", "nodes", name, "-o", "json"]);
         output.status.success()

@@ -183,6 +183,18 @@ impl ImageStore {
         self.blobs.path(digest).is_ok_and(|path| path.is_file())
     }
 
+    /// The file holding blob `digest`; an error if the store lacks it.
+    pub(crate) fn blob_file(&self, digest: &str) -> Result<PathBuf> {
+        let path = self.blobs.path(digest)?;
+        if path.is_file() {
+            Ok(path)
+        } else {
+            Err(Error::Image(format!(
+                "blob {digest} is not in the image store"
+            )))
+        }
+    }
+
     /// The image's configuration (entrypoint, cmd, env, ...).
     pub fn config(&self, image: &Image) -> Result<ImageConfiguration> {
         let bytes = self.blobs.read(&image.config_digest)?;

@@ -18,6 +18,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::{Error, Result};
 
+mod bundle;
+mod containerd;
 mod docker;
 mod log_records;
 mod oci;
@@ -25,6 +27,7 @@ mod process;
 mod spec;
 mod state;
 
+pub use containerd::ContainerdRuntime;
 pub use docker::DockerRuntime;
 pub use oci::{OciRuntime, find_oci_binaries};
 

@@ -8,7 +8,7 @@
 //! stdio, so they outlive the agent; a new agent over the same state
 //! directory re-adopts them.
 
-mod clock;
+pub(super) mod clock;
 pub(super) mod exec;
 pub(super) mod logs;
 pub(super) mod procfs;
@@ -82,7 +82,7 @@ struct Inner {
     /// Exit watchers of the processes this runtime spawned, by container id.
     watchers: Mutex<HashMap<String, Watcher>>,
     /// The log clock's task (see `clock.rs`), started on first use.
-    clock: Mutex<Option<JoinHandle<()>>>,
+    clock: clock::ClockTask,
 }
 
 /// A task waiting for one child to exit.
@@ -130,7 +130,7 @@ impl ProcessRuntime {
                 cgroups,
                 state_lock: tokio::sync::Mutex::new(()),
                 watchers: Mutex::new(HashMap::new()),
-                clock: Mutex::new(None),
+                clock: clock::ClockTask::default(),
             }),
         })
     }
@@ -143,38 +143,9 @@ impl ProcessRuntime {
     /// Starts the log clock unless it runs. Called from async code only
     /// (`new` may run outside a tokio runtime).
     fn ensure_clock(&self) {
-        let mut clock = self
-            .inner
+        self.inner
             .clock
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if clock.is_some() {
-            return;
-        }
-        // Weak: the clock must not keep a dropped runtime alive (Drop aborts it).
-        let inner = Arc::downgrade(&self.inner);
-        let state_dir = self.inner.state_dir.clone();
-        *clock = Some(tokio::spawn(async move {
-            let mut stamps = clock::LogClock::default();
-            let mut tick = tokio::time::interval(clock::TICK);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                if inner.strong_count() == 0 {
-                    return;
-                }
-                let dir = state_dir.clone();
-                match tokio::task::spawn_blocking(move || {
-                    stamps.tick(&dir);
-                    stamps
-                })
-                .await
-                {
-                    Ok(returned) => stamps = returned,
-                    Err(_) => return,
-                }
-            }
-        }));
+            .ensure(Arc::downgrade(&self.inner), self.inner.state_dir.clone());
     }
 
     /// Starts a watcher recording the exit of `child`, our own child.
@@ -223,14 +194,6 @@ impl Drop for Inner {
     fn drop(&mut self) {
         for watcher in self.watchers().values() {
             watcher.task.abort();
-        }
-        if let Some(clock) = self
-            .clock
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
-        {
-            clock.abort();
         }
     }
 }
@@ -823,17 +786,7 @@ impl ContainerRuntime for ProcessRuntime {
         self.inner.load_existing(id).await?;
         self.ensure_clock();
         let dir = self.inner.container_dir(id)?;
-        let path = dir.join("output.log");
-        let (chunks, offset) = state::logs(&self.inner, id, path, &options).await?;
-        if !options.timestamps && options.since.is_none() {
-            return Ok(chunks);
-        }
-        let filter = logs::LineFilter {
-            times: clock::LineTimes::load(clock::times_path(&dir)),
-            timestamps: options.timestamps,
-            since: options.since,
-        };
-        Ok(logs::stamp_lines(chunks, offset, filter))
+        state::clocked_logs(&self.inner, id, &dir, &options).await
     }
 
     async fn exec(&self, id: &str, command: &[String], timeout: Duration) -> Result<ExecOutput> {

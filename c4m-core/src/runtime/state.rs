@@ -2,6 +2,7 @@
 //! one directory per container holding `state.json`, exit records, listing
 //! those directories, and reading a container's log file.
 
+use std::collections::HashMap;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -13,9 +14,93 @@ use futures::stream::BoxStream;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::process::logs;
+use super::process::{clock, logs};
 use super::{ContainerSpec, ContainerState, ContainerStatus, LogOptions, PortBinding};
+use crate::image::{Image, ImageStore};
 use crate::{Error, Result};
+
+/// One lock per container id: serializes a container's start, stop and
+/// remove without making containers wait for each other's grace periods.
+#[derive(Default)]
+pub(super) struct IdLocks {
+    locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl IdLocks {
+    fn locks(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<tokio::sync::Mutex<()>>>> {
+        // The map stays consistent even if a holder panicked.
+        self.locks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The lock of container `id`.
+    pub(super) fn lock_for(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        Arc::clone(self.locks().entry(id.to_string()).or_default())
+    }
+
+    /// Drops the lock of a removed container.
+    pub(super) fn forget(&self, id: &str) {
+        self.locks().remove(id);
+    }
+}
+
+/// A driver error about container `id`.
+pub(super) fn runtime_error(id: &str, message: impl Into<String>) -> Error {
+    Error::Runtime {
+        id: id.to_string(),
+        message: message.into(),
+    }
+}
+
+/// Runs blocking image store work off the async threads.
+pub(super) async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| Error::Image(format!("image store task failed: {e}")))?
+}
+
+/// The image `reference` names in `images`, pulled first if the store
+/// lacks it (as a kubelet with `IfNotPresent` does), for container `id`.
+pub(super) async fn image_on_demand(
+    images: &Arc<ImageStore>,
+    id: &str,
+    reference: &str,
+) -> Result<Image> {
+    let store = Arc::clone(images);
+    let wanted = reference.to_string();
+    match blocking(move || store.resolve(&wanted)).await {
+        Ok(image) => Ok(image),
+        Err(Error::ImageNotFound(_)) => crate::image::pull(images, reference, None)
+            .await
+            .map_err(|e| {
+                runtime_error(
+                    id,
+                    format!(
+                        "image {reference} is not in this node's image store and pulling it failed: {e}"
+                    ),
+                )
+            }),
+        Err(e) => Err(e),
+    }
+}
+
+/// Removes a file or a directory tree; a missing one is Ok.
+pub(super) async fn remove_path(path: &Path) -> Result<()> {
+    let result = match tokio::fs::symlink_metadata(path).await {
+        Ok(meta) if meta.is_dir() => tokio::fs::remove_dir_all(path).await,
+        Ok(_) => tokio::fs::remove_file(path).await,
+        Err(e) => Err(e),
+    };
+    match result {
+        Err(e) if e.kind() != ErrorKind::NotFound => {
+            Err(Error::io(format!("remove {}", path.display()), e))
+        }
+        _ => Ok(()),
+    }
+}
 
 /// How a container's main process ended, as its state file records it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -31,6 +116,14 @@ pub(super) struct ExitRecord {
 pub(super) trait Containers: Send + Sync + 'static {
     /// The container's current status.
     async fn status(&self, id: &str) -> Result<ContainerStatus>;
+
+    /// Whether all the output of container `id`, which exited at
+    /// `finished_at`, is in its log. Drivers whose log is written by
+    /// another process after the exit is reported say when it is done.
+    async fn output_written(&self, id: &str, finished_at: SystemTime) -> bool {
+        let _ = (id, finished_at);
+        true
+    }
 }
 
 /// A driver's container records, `<records_dir>/<id>/state.json`: the
@@ -219,15 +312,40 @@ pub(super) async fn logs<C: Containers>(
                 let Some(containers) = containers.upgrade() else {
                     return true;
                 };
-                !matches!(
-                    containers.status(&id).await,
+                match containers.status(&id).await {
                     Ok(ContainerStatus {
                         state: ContainerState::Running { .. },
                         ..
-                    })
-                )
+                    }) => false,
+                    Ok(ContainerStatus {
+                        state: ContainerState::Exited { finished_at, .. },
+                        ..
+                    }) => containers.output_written(&id, finished_at).await,
+                    Err(_) => true,
+                }
             }
         })
     });
     Ok((logs::stream(path, offset, exited).await?, offset))
+}
+
+/// Streams `<dir>/output.log` of container `id` as `options` ask, each
+/// line's time taken from the log clock's index beside it (see
+/// `process/clock.rs`; the driver runs the clock over its containers).
+pub(super) async fn clocked_logs<C: Containers>(
+    containers: &Arc<C>,
+    id: &str,
+    dir: &Path,
+    options: &LogOptions,
+) -> Result<BoxStream<'static, Result<Bytes>>> {
+    let (chunks, offset) = logs(containers, id, dir.join("output.log"), options).await?;
+    if !options.timestamps && options.since.is_none() {
+        return Ok(chunks);
+    }
+    let filter = logs::LineFilter {
+        times: clock::LineTimes::load(clock::times_path(dir)),
+        timestamps: options.timestamps,
+        since: options.since,
+    };
+    Ok(logs::stamp_lines(chunks, offset, filter))
 }

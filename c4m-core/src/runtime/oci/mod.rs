@@ -1,7 +1,7 @@
 //! The `oci` driver: real containers without a daemon. Each container's
 //! root file system is an overlay of the image's read-only layers (from the
 //! node's [`ImageStore`]) and a writable upper directory of its own; an OCI
-//! runtime (`runc`, or `crun`) runs the spec that [`bundle`] writes, under
+//! runtime (`runc`, or `crun`) runs the spec that [`super::bundle`] builds, under
 //! `conmon`, podman's per-container monitor.
 //!
 //! `conmon` double-forks away from the agent, holds the container's stdio,
@@ -15,13 +15,10 @@
 //! `ctr.log`, `exit/`, `pidfile`, `conmon.pid` and the runtime's error log
 //! `runtime.log`; `<data_dir>/runtime/` is the OCI runtime's state root.
 
-mod bundle;
 mod exec;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
-use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
@@ -35,9 +32,10 @@ use nix::mount::{MntFlags, MsFlags};
 use serde::{Deserialize, Serialize};
 use tokio::process::Command;
 
+use super::bundle;
 use super::log_records::RecordFilter;
 use super::process::procfs;
-use super::state::{self, ExitRecord, Records};
+use super::state::{self, ExitRecord, IdLocks, Records, blocking, remove_path, runtime_error};
 use super::{
     ContainerRuntime, ContainerSpec, ContainerStatus, ExecOutput, ExecRequest, ExecSession,
     LogOptions, ResourceUsage,
@@ -71,10 +69,9 @@ struct Inner {
     images: Arc<ImageStore>,
     cgroups: Cgroups,
     swap_accounting: bool,
-    /// One lock per container id: serializes its start, stop and remove
-    /// (and the state file writes they make) without making containers
-    /// wait for each other's grace periods.
-    locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Serializes each container's start, stop and remove (and the state
+    /// file writes they make).
+    locks: IdLocks,
 }
 
 /// What `state.json` holds.
@@ -124,8 +121,7 @@ impl OciRuntime {
                 .map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
         }
         let cgroups = Cgroups::detect()?;
-        let swap_accounting = Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
-            || Path::new("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes").exists();
+        let swap_accounting = bundle::host_accounts_swap();
         Ok(OciRuntime {
             inner: Arc::new(Inner {
                 containers_dir,
@@ -135,40 +131,13 @@ impl OciRuntime {
                 images,
                 cgroups,
                 swap_accounting,
-                locks: std::sync::Mutex::new(HashMap::new()),
+                locks: IdLocks::default(),
             }),
         })
     }
 }
 
-fn runtime_error(id: &str, message: impl Into<String>) -> Error {
-    Error::Runtime {
-        id: id.to_string(),
-        message: message.into(),
-    }
-}
-
-/// Runs blocking image store work off the async threads.
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T> + Send + 'static,
-) -> Result<T> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| Error::Image(format!("image store task failed: {e}")))?
-}
-
 impl Inner {
-    fn locks(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<tokio::sync::Mutex<()>>>> {
-        // The map stays consistent even if a holder panicked.
-        self.locks
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn lock_for(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
-        Arc::clone(self.locks().entry(id.to_string()).or_default())
-    }
-
     fn group(&self, id: &str) -> Cgroup {
         self.cgroups.group(id)
     }
@@ -405,23 +374,7 @@ impl Inner {
         // collection waits.
         let images = self.images.clone();
         let fence = blocking(move || images.gc_fence()).await?;
-        let images = self.images.clone();
-        let wanted = reference.clone();
-        let image = match blocking(move || images.resolve(&wanted)).await {
-            Ok(image) => image,
-            // Pulled on demand, as a kubelet with `IfNotPresent` does.
-            Err(Error::ImageNotFound(_)) => crate::image::pull(&self.images, &reference, None)
-                .await
-                .map_err(|e| {
-                    runtime_error(
-                        id,
-                        format!(
-                            "image {reference} is not in this node's image store and pulling it failed: {e}"
-                        ),
-                    )
-                })?,
-            Err(e) => return Err(e),
-        };
+        let image = state::image_on_demand(&self.images, id, &reference).await?;
         let images = self.images.clone();
         let holder = id.to_string();
         let (image, layers, config) = blocking(move || {
@@ -435,8 +388,9 @@ impl Inner {
         let rootfs = self.mount_rootfs(id, dir, &layers)?;
         let input = bundle::BundleInput {
             image: config.config().as_ref(),
-            rootfs: &rootfs,
-            cgroups_path: Path::new("/").join(crate::cgroup::PARENT_GROUP).join(id),
+            root_path: rootfs.clone(),
+            image_dirs: std::slice::from_ref(&rootfs),
+            cgroups_path: bundle::cgroups_path(id),
             swap_accounting: self.swap_accounting,
         };
         let runtime_spec = bundle::runtime_spec(spec, &input)?;
@@ -561,20 +515,6 @@ fn runtime_log_message(log: &str) -> String {
     }
 }
 
-async fn remove_path(path: &Path) -> Result<()> {
-    let result = match tokio::fs::symlink_metadata(path).await {
-        Ok(meta) if meta.is_dir() => tokio::fs::remove_dir_all(path).await,
-        Ok(_) => tokio::fs::remove_file(path).await,
-        Err(e) => Err(e),
-    };
-    match result {
-        Err(e) if e.kind() != ErrorKind::NotFound => {
-            Err(Error::io(format!("remove {}", path.display()), e))
-        }
-        _ => Ok(()),
-    }
-}
-
 fn to_status(id: &str, record: Record) -> ContainerStatus {
     // Ports are the network's business (the container's namespace).
     state::status(
@@ -663,7 +603,7 @@ impl ContainerRuntime for OciRuntime {
         let inner = &*self.inner;
         let id = spec.id.as_str();
         let dir = inner.container_dir(id)?;
-        let lock = inner.lock_for(id);
+        let lock = inner.locks.lock_for(id);
         let _guard = lock.lock().await;
         let previous = match inner.load(id).await {
             Ok(previous) => previous,
@@ -714,7 +654,7 @@ impl ContainerRuntime for OciRuntime {
     }
 
     async fn stop(&self, id: &str, grace: Duration) -> Result<()> {
-        let lock = self.inner.lock_for(id);
+        let lock = self.inner.locks.lock_for(id);
         let _guard = lock.lock().await;
         self.inner.stop(id, grace).await
     }
@@ -722,7 +662,7 @@ impl ContainerRuntime for OciRuntime {
     async fn remove(&self, id: &str) -> Result<()> {
         let inner = &*self.inner;
         let dir = inner.container_dir(id)?;
-        let lock = inner.lock_for(id);
+        let lock = inner.locks.lock_for(id);
         let _guard = lock.lock().await;
         if !dir.exists() {
             return Ok(());
@@ -737,7 +677,7 @@ impl ContainerRuntime for OciRuntime {
         let holder = id.to_string();
         blocking(move || images.release(&holder)).await?;
         remove_path(&dir).await?;
-        inner.locks().remove(id);
+        inner.locks.forget(id);
         Ok(())
     }
 

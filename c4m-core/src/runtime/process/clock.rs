@@ -12,16 +12,19 @@
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use tokio::task::JoinHandle;
+
 /// How often logs are looked at: a line's time is at most this late.
-pub(super) const TICK: Duration = Duration::from_millis(20);
+pub(in crate::runtime) const TICK: Duration = Duration::from_millis(20);
 /// Size of one `output.times` record: length and nanoseconds since the
 /// epoch, both u64 little endian.
 const RECORD: usize = 16;
 
 /// The index file beside a container's `output.log`.
-pub(super) fn times_path(container_dir: &Path) -> PathBuf {
+pub(in crate::runtime) fn times_path(container_dir: &Path) -> PathBuf {
     container_dir.join("output.times")
 }
 
@@ -73,6 +76,63 @@ impl LogClock {
     }
 }
 
+/// The clock's task over one directory of containers (`<dir>/<id>/output.log`),
+/// started on first use; it ends when its owner is dropped (and is aborted
+/// with this handle).
+#[derive(Default)]
+pub(in crate::runtime) struct ClockTask {
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl ClockTask {
+    /// Starts the clock over `state_dir` unless it runs; it stops once
+    /// `owner` is gone. Called from async code only.
+    pub(in crate::runtime) fn ensure<T: Send + Sync + 'static>(
+        &self,
+        owner: Weak<T>,
+        state_dir: PathBuf,
+    ) {
+        let mut task = self.task.lock().unwrap_or_else(PoisonError::into_inner);
+        if task.is_some() {
+            return;
+        }
+        *task = Some(tokio::spawn(async move {
+            let mut stamps = LogClock::default();
+            let mut tick = tokio::time::interval(TICK);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if owner.strong_count() == 0 {
+                    return;
+                }
+                let dir = state_dir.clone();
+                match tokio::task::spawn_blocking(move || {
+                    stamps.tick(&dir);
+                    stamps
+                })
+                .await
+                {
+                    Ok(returned) => stamps = returned,
+                    Err(_) => return,
+                }
+            }
+        }));
+    }
+}
+
+impl Drop for ClockTask {
+    fn drop(&mut self) {
+        if let Some(task) = self
+            .task
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            task.abort();
+        }
+    }
+}
+
 fn append(path: &Path, length: u64, when: SystemTime) -> std::io::Result<()> {
     let mut record = [0u8; RECORD];
     record[..8].copy_from_slice(&length.to_le_bytes());
@@ -114,14 +174,14 @@ fn last_record(path: &Path) -> Option<(u64, SystemTime)> {
 
 /// A container's index, read for one log request.
 #[derive(Debug, Default)]
-pub(super) struct LineTimes {
+pub(in crate::runtime) struct LineTimes {
     path: PathBuf,
     records: Vec<(u64, SystemTime)>,
 }
 
 impl LineTimes {
     /// Reads the index at `path` (empty if there is none yet).
-    pub(super) fn load(path: PathBuf) -> LineTimes {
+    pub(in crate::runtime) fn load(path: PathBuf) -> LineTimes {
         let mut times = LineTimes {
             path,
             records: Vec::new(),

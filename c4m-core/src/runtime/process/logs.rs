@@ -116,13 +116,13 @@ pub(in crate::runtime) async fn stream(
 }
 
 /// What [`stamp_lines`] does to each line.
-pub(super) struct LineFilter {
+pub(in crate::runtime) struct LineFilter {
     /// When each line was written.
-    pub times: LineTimes,
+    pub(in crate::runtime) times: LineTimes,
     /// Start each line with its time.
-    pub timestamps: bool,
+    pub(in crate::runtime) timestamps: bool,
     /// Drop lines written before this.
-    pub since: Option<SystemTime>,
+    pub(in crate::runtime) since: Option<SystemTime>,
 }
 
 struct Stamper {
@@ -152,7 +152,7 @@ impl Stamper {
 
 /// Splits `chunks` (the log read from `offset`) into lines and applies
 /// `filter` to each; a last line without its newline is passed on at the end.
-pub(super) fn stamp_lines(
+pub(in crate::runtime) fn stamp_lines(
     chunks: BoxStream<'static, Result<Bytes>>,
     offset: u64,
     filter: LineFilter,

@@ -1,8 +1,10 @@
-//! The OCI runtime spec (`config.json`) of a container: the image's
-//! defaults merged with the [`ContainerSpec`] as Kubernetes merges them, and
-//! Docker's security defaults unless the spec asks for `privileged`.
+//! The OCI runtime spec of a container, shared by the drivers that hand one
+//! to a runtime (`oci` writes it as `config.json`, `containerd` sends it in
+//! the container record): the image's defaults merged with the
+//! [`ContainerSpec`] as Kubernetes merges them, and Docker's security
+//! defaults unless the spec asks for `privileged`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use oci_spec::image::Config as ImageConfig;
 use oci_spec::runtime::{
@@ -82,12 +84,31 @@ const DENIED_SYSCALLS: [&str; 31] = [
 pub(super) struct BundleInput<'a> {
     /// The image's run defaults, if it has any.
     pub image: Option<&'a ImageConfig>,
-    /// The mounted root file system.
-    pub rootfs: &'a Path,
+    /// The spec's `root.path`: the mounted root file system, or a path
+    /// relative to the bundle where the runtime mounts it.
+    pub root_path: PathBuf,
+    /// Directories holding the image's files, lowest first (the mounted
+    /// root file system, or the image's unpacked layers): `/etc/passwd` and
+    /// `/etc/group` are read from the highest that has them.
+    pub image_dirs: &'a [PathBuf],
     /// cgroup path relative to the hierarchy roots (`/c4m/<id>`).
     pub cgroups_path: PathBuf,
     /// Whether the host accounts swap (a memory+swap limit can be set).
     pub swap_accounting: bool,
+}
+
+/// Whether the host accounts swap, so a memory+swap limit can be set.
+pub(super) fn host_accounts_swap() -> bool {
+    std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
+        || std::path::Path::new("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes").exists()
+}
+
+/// The cgroup of container `id` relative to the hierarchy roots
+/// (`/c4m/<id>`), where the drivers' runtimes put it.
+pub(super) fn cgroups_path(id: &str) -> PathBuf {
+    std::path::Path::new("/")
+        .join(crate::cgroup::PARENT_GROUP)
+        .join(id)
 }
 
 /// The program and arguments, Kubernetes' way: `command` replaces the
@@ -127,21 +148,30 @@ pub(super) fn environment(spec: &ContainerSpec, image: Option<&ImageConfig>) -> 
         .collect()
 }
 
+/// The text of the image's file `relative`, from the highest of `dirs`
+/// holding it (empty if none does).
+fn image_file(dirs: &[PathBuf], relative: &str) -> String {
+    dirs.iter()
+        .rev()
+        .find_map(|dir| std::fs::read_to_string(dir.join(relative)).ok())
+        .unwrap_or_default()
+}
+
 /// The uid and gid to run as: the spec's, else the image's `User`
 /// (`uid`, `uid:gid`, `name`, `name:group`, names looked up in the image's
 /// `/etc/passwd` and `/etc/group`), else root.
 pub(super) fn user(
     spec: &ContainerSpec,
     image: Option<&ImageConfig>,
-    rootfs: &Path,
+    image_dirs: &[PathBuf],
 ) -> Result<(u32, u32)> {
     let image_user = image.and_then(|c| c.user().clone()).unwrap_or_default();
     let (user_part, group_part) = match image_user.split_once(':') {
         Some((user, group)) => (user.to_string(), Some(group.to_string())),
         None => (image_user.clone(), None),
     };
-    let passwd = std::fs::read_to_string(rootfs.join("etc/passwd")).unwrap_or_default();
-    let group_file = std::fs::read_to_string(rootfs.join("etc/group")).unwrap_or_default();
+    let passwd = image_file(image_dirs, "etc/passwd");
+    let group_file = image_file(image_dirs, "etc/group");
     // passwd: name:x:uid:gid:...; group: name:x:gid:...
     let lookup = |text: &str, name: &str, field: usize| -> Option<(u32, Option<u32>)> {
         text.lines().find_map(|line| {
@@ -206,7 +236,7 @@ pub(super) fn runtime_spec(spec: &ContainerSpec, input: &BundleInput<'_>) -> Res
             message: "no command: neither the spec nor the image gives one".into(),
         });
     }
-    let (uid, gid) = user(spec, input.image, input.rootfs)?;
+    let (uid, gid) = user(spec, input.image, input.image_dirs)?;
     let cwd = spec
         .working_dir
         .clone()
@@ -304,7 +334,7 @@ pub(super) fn runtime_spec(spec: &ContainerSpec, input: &BundleInput<'_>) -> Res
             .seccomp(seccomp().map_err(fail)?);
     }
     let root = RootBuilder::default()
-        .path(input.rootfs.to_path_buf())
+        .path(input.root_path.clone())
         .readonly(spec.read_only_root_filesystem)
         .build()
         .map_err(fail)?;
