@@ -14,12 +14,12 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use c4m_api::agent::{Driver, InstanceStatus};
-use c4m_core::{DEFAULT_DRIVER, Instance, format_rfc3339};
+use c4m_core::{DEFAULT_DRIVER, format_rfc3339};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::session::{ControlPlaneChannel, Session, register_request};
+use crate::session::{AssignmentSet, ControlPlaneChannel, Session, register_request};
 use crate::{Error, Result};
 
 /// How many hollow nodes share one HTTP/2 connection. One connection could
@@ -140,7 +140,7 @@ impl HollowAgents {
 /// The hollow supervisor: every assigned instance is Running and Ready since
 /// it was first assigned; an unassigned one is forgotten.
 async fn report_running(
-    mut assignments: watch::Receiver<Option<Arc<Vec<Instance>>>>,
+    mut assignments: watch::Receiver<Option<AssignmentSet>>,
     statuses: watch::Sender<Arc<Vec<InstanceStatus>>>,
     shutdown: CancellationToken,
 ) {
@@ -181,6 +181,7 @@ async fn report_running(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use c4m_core::Instance;
 
     fn pod(name: &str, uid: &str) -> Instance {
         let mut pod = Instance::default();
@@ -201,13 +202,16 @@ mod tests {
             shutdown.clone(),
         ));
 
-        assignments_tx.send_replace(Some(Arc::new(vec![pod("a", "1"), pod("b", "2")])));
+        assignments_tx.send_replace(Some(Arc::new(vec![
+            Arc::new(pod("a", "1")),
+            Arc::new(pod("b", "2")),
+        ])));
         statuses_rx.changed().await.unwrap();
         let first = statuses_rx.borrow_and_update().clone();
         assert_eq!(first.len(), 2);
         assert!(first.iter().all(|s| s.phase == "Running" && s.ready));
 
-        assignments_tx.send_replace(Some(Arc::new(vec![pod("b", "2")])));
+        assignments_tx.send_replace(Some(Arc::new(vec![Arc::new(pod("b", "2"))])));
         statuses_rx.changed().await.unwrap();
         let second = statuses_rx.borrow_and_update().clone();
         assert_eq!(second.len(), 1);

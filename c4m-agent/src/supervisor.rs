@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::network::InstanceNetwork;
+use crate::session::AssignmentSet;
 
 /// First restart delay; doubles per consecutive crash.
 const BACKOFF_INITIAL: Duration = Duration::from_secs(1);
@@ -76,7 +77,7 @@ struct ProbeResult {
 
 /// One assigned instance.
 struct Managed {
-    pod: Instance,
+    pod: Arc<Instance>,
     spec: Option<ContainerSpec>,
     runtime: Arc<dyn ContainerRuntime>,
     status: Option<ContainerStatus>,
@@ -104,7 +105,7 @@ struct Managed {
 /// The supervisor's inputs and outputs.
 pub(crate) struct Supervisor {
     pub runtimes: Vec<Arc<dyn ContainerRuntime>>,
-    pub assignments: watch::Receiver<Option<Arc<Vec<Instance>>>>,
+    pub assignments: watch::Receiver<Option<AssignmentSet>>,
     pub statuses: watch::Sender<Arc<Vec<InstanceStatus>>>,
     pub directory: Directory,
     /// The cluster DNS address, passed to instances as `C4M_DNS_SERVER`.
@@ -194,7 +195,7 @@ impl Supervisor {
         &self,
         managed: &mut BTreeMap<String, Managed>,
         leftovers: &mut HashMap<String, (ContainerStatus, Arc<dyn ContainerRuntime>)>,
-        assigned: &[Instance],
+        assigned: &[Arc<Instance>],
     ) {
         let mut wanted = HashMap::new();
         for pod in assigned {
@@ -231,7 +232,7 @@ impl Supervisor {
         }
         for (id, pod) in wanted {
             if let Some(instance) = managed.get_mut(&id) {
-                instance.pod = pod.clone();
+                instance.pod = Arc::clone(pod);
                 continue;
             }
             let driver = c4m_core::instance_driver(pod);
@@ -286,7 +287,7 @@ impl Supervisor {
             managed.insert(
                 id,
                 Managed {
-                    pod: pod.clone(),
+                    pod: Arc::clone(pod),
                     spec: spec.ok(),
                     runtime,
                     running_since: status.as_ref().map(|_| Instant::now()),

@@ -204,7 +204,7 @@ async fn a_namespaced_instance_gets_a_vpc_address_dns_and_is_detached() {
         .local_addr()
         .unwrap()
         .port();
-    assignments_tx.send_replace(Some(Arc::new(vec![pod("web-1", host_port)])));
+    assignments_tx.send_replace(Some(Arc::new(vec![Arc::new(pod("web-1", host_port))])));
     let statuses = wait_for_status(&mut statuses_rx, |s| {
         s.first().is_some_and(|s| s.phase == "Running")
     })
