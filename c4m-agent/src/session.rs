@@ -227,7 +227,10 @@ impl Session {
             let mut pods = Vec::with_capacity(message.instances.len());
             for bytes in &message.instances {
                 match serde_json::from_slice::<Instance>(bytes) {
-                    Ok(pod) => pods.push(Arc::new(pod)),
+                    Ok(mut pod) => {
+                        keep_what_nodes_read(&mut pod);
+                        pods.push(Arc::new(pod));
+                    }
                     Err(e) => {
                         tracing::error!(error = %e, "skipping an undecodable assigned instance");
                     }
@@ -320,5 +323,66 @@ fn same_state(a: &InstanceStatus, b: &InstanceStatus) -> bool {
     } == InstanceStatus {
         usage: None,
         ..b.clone()
+    }
+}
+
+/// Drops what a node never reads of an assigned instance: of its status,
+/// all but the restart count it continues from (the first container's).
+/// Conditions and container states are about half of a decoded instance,
+/// and a node keeps every instance it runs.
+fn keep_what_nodes_read(pod: &mut Instance) {
+    use k8s_openapi::api::core::v1::{ContainerStatus, PodStatus};
+    let first = pod
+        .status
+        .take()
+        .and_then(|status| status.container_statuses)
+        .and_then(|statuses| statuses.into_iter().next());
+    pod.status = first.map(|first| PodStatus {
+        container_statuses: Some(vec![ContainerStatus {
+            name: first.name,
+            restart_count: first.restart_count,
+            ..ContainerStatus::default()
+        }]),
+        ..PodStatus::default()
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_received_instance_keeps_spec_metadata_and_restart_count_only() {
+        let mut pod: Instance = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "default", "annotations": {"a": "b"}},
+            "spec": {"containers": [{"name": "main", "image": "bb:1"}]},
+            "status": {
+                "phase": "Running",
+                "conditions": [{"type": "Ready", "status": "True"}],
+                "containerStatuses": [
+                    {"name": "main", "restartCount": 4, "ready": true, "image": "bb:1", "imageID": "x",
+                     "state": {"running": {"startedAt": "2026-12-01T00:00:00Z"}}},
+                    {"name": "side", "restartCount": 1, "ready": true, "image": "bb:1", "imageID": "y"}
+                ]
+            }
+        }))
+        .unwrap();
+        let (metadata, spec) = (pod.metadata.clone(), pod.spec.clone());
+        keep_what_nodes_read(&mut pod);
+        assert_eq!((pod.metadata, pod.spec), (metadata, spec));
+        let status = pod.status.unwrap();
+        assert_eq!(status.phase, None);
+        assert_eq!(status.conditions, None);
+        let statuses = status.container_statuses.unwrap();
+        assert_eq!(statuses.len(), 1);
+        assert_eq!(
+            (statuses[0].name.as_str(), statuses[0].restart_count),
+            ("main", 4)
+        );
+        assert_eq!(statuses[0].state, None);
+
+        let mut fresh = Instance::default();
+        keep_what_nodes_read(&mut fresh);
+        assert_eq!(fresh.status, None);
     }
 }
