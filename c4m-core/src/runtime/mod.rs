@@ -18,6 +18,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::{Error, Result};
 
+mod cri;
+mod k8s_file;
 mod oci;
 mod process;
 mod spec;

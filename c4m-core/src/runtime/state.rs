@@ -2,6 +2,7 @@
 //! one directory per container holding `state.json`, exit records, listing
 //! those directories, and reading a container's log file.
 
+use std::collections::HashMap;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -64,6 +65,38 @@ pub(super) trait Records: Send + Sync {
     async fn save(&self, id: &str, record: &Self::Record) -> Result<()> {
         save(&self.container_dir(id)?, id, record).await
     }
+}
+
+/// One async lock per container id: serializes a container's start, stop
+/// and remove without making containers wait for each other.
+#[derive(Default)]
+pub(super) struct IdLocks(std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>);
+
+impl IdLocks {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<tokio::sync::Mutex<()>>>> {
+        // The map stays consistent even if a holder panicked.
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The lock of container `id`.
+    pub fn lock_for(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        Arc::clone(self.map().entry(id.to_string()).or_default())
+    }
+
+    /// Drops the lock of a removed container.
+    pub fn forget(&self, id: &str) {
+        self.map().remove(id);
+    }
+}
+
+/// The signal a process died of, from an exit code that shells and
+/// runtimes report as 128 + signal.
+pub(super) fn signal_of(exit_code: Option<i32>) -> Option<i32> {
+    exit_code
+        .filter(|code| *code > 128 && *code < 128 + 65)
+        .map(|code| code - 128)
 }
 
 /// `base/<id>`, if `id` is usable as a file name (letters, digits, `-`,

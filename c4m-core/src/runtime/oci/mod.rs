@@ -19,7 +19,6 @@ mod bundle;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -27,15 +26,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
-use futures::StreamExt;
+use bytes::Bytes;
 use futures::stream::BoxStream;
 use nix::mount::{MntFlags, MsFlags};
 use serde::{Deserialize, Serialize};
 use tokio::process::Command;
 
+use super::k8s_file;
 use super::process::procfs;
-use super::state::{self, ExitRecord, Records};
+use super::state::{self, ExitRecord, IdLocks, Records};
 use super::{
     ContainerRuntime, ContainerSpec, ContainerStatus, ExecOutput, LogOptions, ResourceUsage,
 };
@@ -68,10 +67,9 @@ struct Inner {
     images: Arc<ImageStore>,
     cgroups: Cgroups,
     swap_accounting: bool,
-    /// One lock per container id: serializes its start, stop and remove
-    /// (and the state file writes they make) without making containers
-    /// wait for each other's grace periods.
-    locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Serializes a container's start, stop and remove (and the state
+    /// file writes they make).
+    locks: IdLocks,
 }
 
 /// What `state.json` holds.
@@ -132,7 +130,7 @@ impl OciRuntime {
                 images,
                 cgroups,
                 swap_accounting,
-                locks: std::sync::Mutex::new(HashMap::new()),
+                locks: IdLocks::default(),
             }),
         })
     }
@@ -155,17 +153,6 @@ async fn blocking<T: Send + 'static>(
 }
 
 impl Inner {
-    fn locks(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<tokio::sync::Mutex<()>>>> {
-        // The map stays consistent even if a holder panicked.
-        self.locks
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn lock_for(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
-        Arc::clone(self.locks().entry(id.to_string()).or_default())
-    }
-
     fn group(&self, id: &str) -> Cgroup {
         self.cgroups.group(id)
     }
@@ -243,9 +230,7 @@ impl Inner {
         };
         let (exit_code, finished_at) = exit;
         // conmon reports a signal death as 128 + signal, as shells do.
-        let signal = exit_code
-            .filter(|code| *code > 128 && *code < 128 + 65)
-            .map(|c| c - 128);
+        let signal = state::signal_of(exit_code);
         let oom_killed = self.oom_killed(id);
         let mut record = record;
         record.exit = Some(ExitRecord {
@@ -569,64 +554,6 @@ fn to_status(id: &str, record: Record) -> ContainerStatus {
     )
 }
 
-/// Turns conmon's `k8s-file` lines (`<time> <stream> <F|P> <text>`) back into
-/// the container's output: a full line gets its newline back, a partial one
-/// (`P`) does not. Bytes of a line not yet complete wait for the rest. The
-/// time conmon wrote each line with is what `since` filters on and what
-/// `timestamps` prints (as Kubernetes does, in UTC with nanoseconds).
-#[derive(Default)]
-struct K8sFileDecoder {
-    pending: BytesMut,
-    timestamps: bool,
-    since: Option<SystemTime>,
-    /// The last record was partial: the next one continues its line.
-    in_line: bool,
-}
-
-impl K8sFileDecoder {
-    fn new(options: &LogOptions) -> Self {
-        K8sFileDecoder {
-            timestamps: options.timestamps,
-            since: options.since,
-            ..Default::default()
-        }
-    }
-
-    fn decode(&mut self, chunk: &[u8]) -> Bytes {
-        self.pending.extend_from_slice(chunk);
-        let mut out = BytesMut::new();
-        while let Some(end) = self.pending.iter().position(|b| *b == b'\n') {
-            let line = self.pending.split_to(end + 1);
-            let line = &line[..end];
-            let mut fields = line.splitn(4, |b| *b == b' ');
-            let (time, _stream, tag) = (fields.next(), fields.next(), fields.next());
-            let text = fields.next().unwrap_or_default();
-            let written = time
-                .and_then(|t| std::str::from_utf8(t).ok())
-                .and_then(|t| t.parse::<jiff::Timestamp>().ok())
-                .map(SystemTime::from);
-            let partial = tag == Some(b"P");
-            let starts_line = !self.in_line;
-            self.in_line = partial;
-            if let (Some(since), Some(written)) = (self.since, written)
-                && written < since
-            {
-                continue;
-            }
-            if self.timestamps && starts_line {
-                let when = written.unwrap_or(SystemTime::UNIX_EPOCH);
-                out.extend_from_slice(crate::time::format_rfc3339_nanos(when).as_bytes());
-                out.extend_from_slice(b" ");
-            }
-            out.extend_from_slice(text);
-            if !partial {
-                out.extend_from_slice(b"\n");
-            }
-        }
-        out.freeze()
-    }
-}
-
 impl state::Records for Inner {
     type Record = Record;
 
@@ -665,7 +592,7 @@ impl ContainerRuntime for OciRuntime {
         let inner = &*self.inner;
         let id = spec.id.as_str();
         let dir = inner.container_dir(id)?;
-        let lock = inner.lock_for(id);
+        let lock = inner.locks.lock_for(id);
         let _guard = lock.lock().await;
         let previous = match inner.load(id).await {
             Ok(previous) => previous,
@@ -716,7 +643,7 @@ impl ContainerRuntime for OciRuntime {
     }
 
     async fn stop(&self, id: &str, grace: Duration) -> Result<()> {
-        let lock = self.inner.lock_for(id);
+        let lock = self.inner.locks.lock_for(id);
         let _guard = lock.lock().await;
         self.inner.stop(id, grace).await
     }
@@ -724,7 +651,7 @@ impl ContainerRuntime for OciRuntime {
     async fn remove(&self, id: &str) -> Result<()> {
         let inner = &*self.inner;
         let dir = inner.container_dir(id)?;
-        let lock = inner.lock_for(id);
+        let lock = inner.locks.lock_for(id);
         let _guard = lock.lock().await;
         if !dir.exists() {
             return Ok(());
@@ -739,7 +666,7 @@ impl ContainerRuntime for OciRuntime {
         let holder = id.to_string();
         blocking(move || images.release(&holder)).await?;
         remove_path(&dir).await?;
-        inner.locks().remove(id);
+        inner.locks.forget(id);
         Ok(())
     }
 
@@ -755,15 +682,7 @@ impl ContainerRuntime for OciRuntime {
     ) -> Result<BoxStream<'static, Result<Bytes>>> {
         self.inner.load_existing(id).await?;
         let path = self.inner.container_dir(id)?.join("ctr.log");
-        if !path.exists() {
-            return Ok(futures::stream::empty().boxed());
-        }
-        let mut decoder = K8sFileDecoder::new(&options);
-        let (raw, _) = state::logs(&self.inner, id, path, &options).await?;
-        Ok(raw
-            .map(move |chunk| chunk.map(|bytes| decoder.decode(&bytes)))
-            .filter(|chunk| futures::future::ready(!matches!(chunk, Ok(b) if b.is_empty())))
-            .boxed())
+        k8s_file::logs(&self.inner, id, path, &options).await
     }
 
     async fn exec(&self, id: &str, command: &[String], timeout: Duration) -> Result<ExecOutput> {
@@ -799,44 +718,5 @@ impl ContainerRuntime for OciRuntime {
                 format!("exec {command:?} timed out after {timeout:?}"),
             )),
         }
-    }
-}
-
-#[cfg(test)]
-mod decoder_tests {
-    use super::*;
-
-    const LOG: &[u8] = b"2026-12-01T04:10:00.000000001+00:00 stdout F one\n\
-2026-12-01T04:10:01.5+01:00 stderr P par\n\
-2026-12-01T04:10:02.000000000Z stderr F tial\n";
-
-    #[test]
-    fn k8s_file_lines_become_output_with_kubernetes_timestamps() {
-        let plain = K8sFileDecoder::new(&LogOptions::default()).decode(LOG);
-        assert_eq!(&plain[..], b"one\npartial\n");
-        let stamped = K8sFileDecoder::new(&LogOptions {
-            timestamps: true,
-            ..Default::default()
-        })
-        .decode(LOG);
-        assert_eq!(
-            std::str::from_utf8(&stamped).unwrap(),
-            "2026-12-01T04:10:00.000000001Z one\n2026-12-01T03:10:01.500000000Z partial\n"
-        );
-    }
-
-    #[test]
-    fn since_drops_older_records_and_split_records_wait_for_their_end() {
-        let since: SystemTime = "2026-12-01T04:10:01Z"
-            .parse::<jiff::Timestamp>()
-            .unwrap()
-            .into();
-        let mut decoder = K8sFileDecoder::new(&LogOptions {
-            since: Some(since),
-            ..Default::default()
-        });
-        let (head, tail) = LOG.split_at(20);
-        assert!(decoder.decode(head).is_empty());
-        assert_eq!(&decoder.decode(tail)[..], b"tial\n");
     }
 }
