@@ -44,6 +44,16 @@ pub enum Error {
         operation: &'static str,
     },
 
+    /// A container runtime daemon (a CRI socket) could not be reached or
+    /// is not what it should be.
+    #[error("{endpoint}: {message}")]
+    Daemon {
+        /// Where the daemon was expected (its socket).
+        endpoint: String,
+        /// What failed.
+        message: String,
+    },
+
     /// A cgroup operation failed.
     #[error("cgroup {path}: {source}")]
     Cgroup {

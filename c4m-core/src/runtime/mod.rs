@@ -25,6 +25,7 @@ mod process;
 mod spec;
 mod state;
 
+pub use cri::CriRuntime;
 pub use oci::{OciRuntime, find_oci_binaries};
 pub use process::ProcessRuntime;
 
