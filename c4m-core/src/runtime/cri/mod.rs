@@ -30,9 +30,9 @@ use self::api::runtime_service_client::RuntimeServiceClient;
 use self::api::{
     ContainerFilter, ContainerStatsRequest, ContainerStatusRequest, CreateContainerRequest,
     ExecSyncRequest, ImageSpec, ImageStatusRequest, ListContainersRequest, ListPodSandboxRequest,
-    PodSandboxConfig, PodSandboxFilter, PodSandboxState, PodSandboxStatsRequest, PullImageRequest,
-    RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
-    StopContainerRequest, StopPodSandboxRequest, VersionRequest,
+    PodSandboxConfig, PodSandboxFilter, PodSandboxState, PullImageRequest, RemoveContainerRequest,
+    RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopContainerRequest,
+    StopPodSandboxRequest, VersionRequest,
 };
 use self::config::{CONTAINER_LABEL, LOG_FILE, SPEC_ANNOTATION};
 use super::k8s_file;
@@ -526,6 +526,10 @@ impl Inner {
 
     async fn stats(&self, id: &str) -> Result<ResourceUsage> {
         let found = self.current_existing(id).await?;
+        let pid = match self.describe(id, &found.container_id).await?.state {
+            super::ContainerState::Running { pid, .. } => pid,
+            super::ContainerState::Exited { .. } => 0,
+        };
         let stats = self
             .runtime()
             .container_stats(ContainerStatsRequest {
@@ -540,34 +544,14 @@ impl Inner {
         Ok(ResourceUsage {
             cpu_nanos: value(stats.cpu.and_then(|cpu| cpu.usage_core_nano_seconds)),
             memory_bytes: value(stats.memory.and_then(|memory| memory.working_set_bytes)),
-            pids: self.process_count(id).await?,
+            // The CRI's container stats have no process count (and
+            // containerd 1.6 leaves the sandbox's out): the runtime runs on
+            // this node, so its cgroup says, found from the main process.
+            pids: (pid > 0)
+                .then(|| crate::cgroup::pids_in_group_of(pid))
+                .flatten()
+                .unwrap_or(0),
         })
-    }
-
-    /// The sandbox's process count: `ContainerStats` has none, the
-    /// sandbox's stats do (the sandbox's own process included, hence one
-    /// less). 0 when the runtime does not report it.
-    async fn process_count(&self, id: &str) -> Result<u64> {
-        let Some(sandbox) = self.sandboxes(id).await?.into_iter().next() else {
-            return Ok(0);
-        };
-        let stats = match self
-            .runtime()
-            .pod_sandbox_stats(PodSandboxStatsRequest {
-                pod_sandbox_id: sandbox.id,
-            })
-            .await
-        {
-            Ok(response) => response.into_inner().stats,
-            Err(e) if e.code() == Code::Unimplemented => None,
-            Err(e) => return Err(call_error(id, "PodSandboxStats", &e)),
-        };
-        let count = stats
-            .and_then(|s| s.linux)
-            .and_then(|linux| linux.process)
-            .and_then(|process| process.process_count)
-            .map_or(0, |count| count.value);
-        Ok(count.saturating_sub(1))
     }
 
     async fn exec(&self, id: &str, command: &[String], timeout: Duration) -> Result<ExecOutput> {

@@ -1,0 +1,69 @@
+//! The `cri` driver against containerd 1.6's CRI service (CRI-O is not
+//! packaged here; both serve the same `runtime.v1`).
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::sync::Arc;
+
+use c4m_core::{
+    ContainerRuntime, CriRuntime, tar_directory, write_busybox_rootfs, write_oci_layout,
+};
+use c4m_testkit::{Containerd, ContainerdOptions};
+use oci_spec::image::ConfigBuilder;
+
+use crate::kit::Kit;
+use crate::suite::{self, Gaps};
+
+/// Pushes a pod sandbox ("pause") image to the kit's registry: busybox
+/// sleeping for ever (there is no internet to fetch Kubernetes' pause).
+/// Its reference.
+pub fn push_pause_image(kit: &Kit) -> String {
+    let rootfs = kit.dir().join("pause-rootfs");
+    write_busybox_rootfs(Path::new("/bin/busybox"), &rootfs).expect("pause root file system");
+    let config = ConfigBuilder::default()
+        .cmd(vec!["/bin/sleep".to_string(), "2147483647".to_string()])
+        .build()
+        .expect("pause image config");
+    let layout = kit.dir().join("pause-layout");
+    let layer = tar_directory(&rootfs).expect("pause image layer");
+    write_oci_layout(&layout, "1", &[layer], config).expect("pause image layout");
+    kit.registry().push_oci_layout(&layout, "1", "c4m/pause:1");
+    format!("{}/c4m/pause:1", kit.registry().host())
+}
+
+/// containerd with its CRI service reaching the kit's registry, and the
+/// pause image there.
+pub fn containerd_for(kit: &Kit) -> Containerd {
+    let sandbox_image = push_pause_image(kit);
+    Containerd::start_with(
+        &kit.dir().join("containerd"),
+        &ContainerdOptions {
+            insecure_registries: vec![kit.registry().host()],
+            sandbox_image: Some(sandbox_image),
+        },
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cri_conforms() {
+    let kit = Kit::new().await;
+    let daemon = containerd_for(&kit);
+    let socket = daemon.socket().to_owned();
+    let data = kit.dir().join("cri");
+    suite::run(
+        "cri",
+        &kit,
+        Gaps::only(&[suite::INTERACTIVE_EXEC]),
+        move || {
+            let (socket, data) = (socket.clone(), data.clone());
+            async move {
+                Arc::new(
+                    CriRuntime::connect(&socket, &data, Ipv4Addr::LOCALHOST.into())
+                        .await
+                        .expect("cri driver"),
+                ) as Arc<dyn ContainerRuntime>
+            }
+        },
+    )
+    .await;
+}
