@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 
 use c4m_api::agent::Driver;
 use c4m_core::{
-    ContainerRuntime, ImageStore, LinuxNetwork, OciRuntime, ProcessRuntime, find_oci_binaries,
+    ContainerRuntime, CriRuntime, ImageStore, LinuxNetwork, OciRuntime, ProcessRuntime,
+    find_oci_binaries,
 };
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -45,6 +46,9 @@ pub struct AgentConfig {
     /// Instance networking (VPCs, an address per instance) for drivers
     /// that take a network namespace; None leaves it off.
     pub network: Option<NetworkConfig>,
+    /// The socket of a CRI runtime (CRI-O, containerd) on this node; when
+    /// set, the agent offers the `cri` driver over it.
+    pub cri_socket: Option<PathBuf>,
 }
 
 /// An agent with its HTTP listener bound, ready to [`run`](Self::run).
@@ -59,8 +63,9 @@ impl Agent {
     /// The drivers that work on this node: `process` always; `oci` when
     /// an OCI runtime (runc or crun) and conmon are installed and the
     /// agent may use namespaces and cgroups (root), running containers from
-    /// `images`.
-    pub fn detect_runtimes(
+    /// `images`; `cri` when a CRI socket is configured (a runtime that
+    /// does not answer there is an error: it was asked for).
+    pub async fn detect_runtimes(
         config: &AgentConfig,
         images: &Arc<ImageStore>,
     ) -> Result<Vec<Arc<dyn ContainerRuntime>>> {
@@ -75,6 +80,13 @@ impl Agent {
                 Ok(oci) => runtimes.push(Arc::new(oci)),
                 Err(e) => tracing::warn!(error = %e, "oci driver unavailable"),
             }
+        }
+        if let Some(socket) = &config.cri_socket {
+            let cri = CriRuntime::connect(socket, &config.data_dir.join("cri"), config.address)
+                .await
+                .map_err(|e| Error::Config(format!("the cri driver (--cri-socket): {e}")))?;
+            tracing::info!(runtime = %cri.version(), "cri driver ready");
+            runtimes.push(Arc::new(cri));
         }
         Ok(runtimes)
     }

@@ -78,6 +78,10 @@ pub struct NodeFlags {
     /// Which /24 of each VPC this node's instances get: unique per node.
     #[arg(long, default_value_t = 0)]
     node_slice: u32,
+    /// Socket of a CRI runtime (CRI-O, containerd) on this node: offers the
+    /// `cri` driver (`runtimeClassName: cri`).
+    #[arg(long, value_name = "PATH")]
+    cri_socket: Option<PathBuf>,
 }
 
 /// `c4m up`.
@@ -387,6 +391,7 @@ fn agent_config(
             dns_port: DNS_PORT,
             host_address: node.address,
         }),
+        cri_socket: node.cri_socket.clone(),
     })
 }
 
@@ -493,6 +498,6 @@ mod tests {
 /// and the HTTP server alike.
 async fn bind_agent(config: AgentConfig) -> Result<Agent> {
     let images = Agent::image_store(&config)?;
-    let runtimes = Agent::detect_runtimes(&config, &images)?;
+    let runtimes = Agent::detect_runtimes(&config, &images).await?;
     Ok(Agent::bind(config, runtimes, images).await?)
 }
