@@ -16,51 +16,13 @@ const MINUTE: Duration = Duration::from_secs(60);
 /// Pushes busybox twice: as `c4m/busybox:1` (cmd `/bin/sh`) and as the
 /// sandbox image `c4m/pause:1` (sleeping for ever).
 fn push_images(dir: &Path, registry: &Registry) {
-    let busybox = Path::new("/bin/busybox");
-    assert!(
-        busybox.is_file(),
-        "/bin/busybox is missing: apt-get install busybox-static"
-    );
-    let rootfs = dir.join("rootfs");
-    c4m_core::write_busybox_rootfs(busybox, &rootfs).unwrap();
-    let layer = c4m_core::tar_directory(&rootfs).unwrap();
     for (name, cmd) in [
-        ("busybox", vec!["/bin/sh"]),
-        ("pause", vec!["/bin/sleep", "2147483647"]),
+        ("busybox", &["/bin/sh"][..]),
+        ("pause", &["/bin/sleep", "2147483647"][..]),
     ] {
-        let config = oci_spec::image::ConfigBuilder::default()
-            .cmd(cmd.into_iter().map(String::from).collect::<Vec<_>>())
-            .env(vec!["PATH=/bin".to_string()])
-            .build()
-            .unwrap();
-        let layout = dir.join(format!("{name}-layout"));
-        c4m_core::write_oci_layout(&layout, "1", std::slice::from_ref(&layer), config).unwrap();
+        let layout = busybox_layout(dir, &format!("{name}-layout"), cmd);
         registry.push_oci_layout(&layout, "1", &format!("c4m/{name}:1"));
     }
-}
-
-fn deployment(name: &str, image: &str, script: &str) -> String {
-    format!(
-        r#"
-apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: {name}}}
-spec:
-  replicas: 1
-  selector: {{matchLabels: {{app: {name}}}}}
-  template:
-    metadata:
-      labels: {{app: {name}}}
-    spec:
-      runtimeClassName: cri
-      containers:
-        - name: main
-          image: {image}
-          command: ["sh", "-c", {script:?}]
-          env: [{{name: GREETING, value: hello-from-cri}}]
-          resources: {{limits: {{cpu: 500m, memory: 64Mi}}}}
-"#
-    )
 }
 
 #[test]
@@ -81,23 +43,16 @@ fn instances_run_through_a_cri_runtime_and_survive_an_agent_restart() {
     );
     let socket = containerd.socket().display().to_string();
     cluster.start_agent_with("n1", "4", "4Gi", &["--cri-socket", &socket]);
-    let node = cluster.list("nodes").remove(0);
-    let drivers = node["metadata"]["annotations"][c4m_core::annotations::DRIVERS]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    assert!(
-        drivers
-            .split(',')
-            .any(|d| d.starts_with("cri=") && d.contains("containerd")),
-        "the node does not offer the cri driver over containerd: {drivers}"
-    );
+    let offered = cluster.offered_driver("cri");
+    assert!(offered.contains("containerd"), "{offered}");
 
     let image = format!("{}/c4m/busybox:1", registry.host());
-    cluster.apply(&deployment(
+    cluster.apply(&driver_deployment(
+        "cri",
         "box",
         &image,
-        "echo $GREETING; exec sleep 1000",
+        "echo hello-from-cri; exec sleep 1000",
+        None,
     ));
     let pods = cluster.wait_ready("app=box", 1, MINUTE);
     let name = pods[0]["metadata"]["name"].as_str().unwrap().to_string();

@@ -16,58 +16,17 @@ use serde_json::Value;
 
 const MINUTE: Duration = Duration::from_secs(60);
 
-/// An OCI layout tar of a busybox image tagged `1`.
+/// An OCI layout tar of a busybox image tagged `1` (the layout stays in
+/// `dir/layout`).
 fn busybox_image_tar(dir: &Path) -> std::path::PathBuf {
-    let busybox = Path::new("/bin/busybox");
-    assert!(
-        busybox.is_file(),
-        "/bin/busybox is missing: apt-get install busybox-static"
-    );
-    let rootfs = dir.join("rootfs");
-    c4m_core::write_busybox_rootfs(busybox, &rootfs).unwrap();
-    let config = oci_spec::image::ConfigBuilder::default()
-        .cmd(vec!["/bin/sh".to_string()])
-        .env(vec!["PATH=/bin".to_string()])
-        .build()
-        .unwrap();
-    let layout = dir.join("layout");
-    let layer = c4m_core::tar_directory(&rootfs).unwrap();
-    c4m_core::write_oci_layout(&layout, "1", &[layer], config).unwrap();
+    let layout = busybox_layout(dir, "layout", &["/bin/sh"]);
     let tar = dir.join("busybox.tar");
     std::fs::write(&tar, c4m_core::tar_directory(&layout).unwrap()).unwrap();
     tar
 }
 
 fn deployment(name: &str, image: &str, script: &str) -> String {
-    deployment_in(name, image, script, None)
-}
-
-/// A one-replica oci Deployment; in VPC `vpc` if given, else the default.
-fn deployment_in(name: &str, image: &str, script: &str, vpc: Option<&str>) -> String {
-    let annotations = vpc
-        .map(|vpc| format!("\n      annotations: {{c4m.io/vpc: {vpc}}}"))
-        .unwrap_or_default();
-    format!(
-        r#"
-apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: {name}}}
-spec:
-  replicas: 1
-  selector: {{matchLabels: {{app: {name}}}}}
-  template:
-    metadata:
-      labels: {{app: {name}}}{annotations}
-    spec:
-      runtimeClassName: oci
-      containers:
-        - name: main
-          image: {image}
-          command: ["sh", "-c", {script:?}]
-          ports: [{{containerPort: 8080}}]
-          resources: {{limits: {{cpu: 500m, memory: 64Mi}}}}
-"#
-    )
+    driver_deployment("oci", name, image, script, None)
 }
 
 /// Fails loudly unless this machine can run oci containers.
@@ -87,15 +46,7 @@ fn instances_run_in_oci_containers_from_imported_images() {
     require_oci();
     let mut cluster = Cluster::start();
     cluster.start_agent("n1", "4", "4Gi");
-    let node = cluster.list("nodes").remove(0);
-    let drivers = node["metadata"]["annotations"][c4m_core::annotations::DRIVERS]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    assert!(
-        drivers.split(',').any(|d| d.starts_with("oci=")),
-        "the node does not offer the oci driver: {drivers}"
-    );
+    cluster.offered_driver("oci");
 
     let tar = busybox_image_tar(cluster.dir.path());
     let imported = cluster.ok(&["image", "import", tar.to_str().unwrap(), "--name", "bb"]);
@@ -273,7 +224,8 @@ fn oci_instances_have_addresses_find_services_by_name_and_vpcs_are_isolated() {
     assert!(body.contains("catalog-says-hi"), "{body}");
 
     // Another VPC: the name resolves, the address does not answer.
-    cluster.apply(&deployment_in(
+    cluster.apply(&driver_deployment(
+        "oci",
         "stranger",
         "bb:1",
         CLIENT_SCRIPT,

@@ -83,6 +83,15 @@ fn call_error(id: &str, call: &str, status: &tonic::Status) -> Error {
     runtime_error(id, format!("cri {call}: {}", status.message()))
 }
 
+/// The outcome of a call that removes or stops something: already gone
+/// is as good as done.
+fn unless_gone<T>(id: &str, call: &str, result: Result<T, tonic::Status>) -> Result<()> {
+    match result {
+        Err(e) if e.code() != Code::NotFound => Err(call_error(id, call, &e)),
+        _ => Ok(()),
+    }
+}
+
 /// CRI times are nanoseconds since the epoch; 0 is "not set".
 fn from_nanos(nanos: i64) -> Option<SystemTime> {
     u64::try_from(nanos)
@@ -377,39 +386,29 @@ impl Inner {
     /// containers; one already gone is fine.
     async fn remove_sandbox(&self, id: &str, sandbox_id: &str) -> Result<()> {
         let mut runtime = self.runtime();
-        let gone = |e: &tonic::Status| e.code() == Code::NotFound;
-        if let Err(e) = runtime
+        let sandbox = || sandbox_id.to_string();
+        let stopped = runtime
             .stop_pod_sandbox(StopPodSandboxRequest {
-                pod_sandbox_id: sandbox_id.to_string(),
+                pod_sandbox_id: sandbox(),
             })
-            .await
-            && !gone(&e)
-        {
-            return Err(call_error(id, "StopPodSandbox", &e));
-        }
-        if let Err(e) = runtime
+            .await;
+        unless_gone(id, "StopPodSandbox", stopped)?;
+        let removed = runtime
             .remove_pod_sandbox(RemovePodSandboxRequest {
-                pod_sandbox_id: sandbox_id.to_string(),
+                pod_sandbox_id: sandbox(),
             })
-            .await
-            && !gone(&e)
-        {
-            return Err(call_error(id, "RemovePodSandbox", &e));
-        }
-        Ok(())
+            .await;
+        unless_gone(id, "RemovePodSandbox", removed)
     }
 
     async fn remove_container(&self, id: &str, container_id: &str) -> Result<()> {
-        match self
+        let removed = self
             .runtime()
             .remove_container(RemoveContainerRequest {
                 container_id: container_id.to_string(),
             })
-            .await
-        {
-            Err(e) if e.code() != Code::NotFound => Err(call_error(id, "RemoveContainer", &e)),
-            _ => Ok(()),
-        }
+            .await;
+        unless_gone(id, "RemoveContainer", removed)
     }
 
     /// Creates and starts the container in `sandbox_id`.
