@@ -50,20 +50,15 @@ async fn cri_conforms() {
     let daemon = containerd_for(&kit);
     let socket = daemon.socket().to_owned();
     let data = kit.dir().join("cri");
-    suite::run(
-        "cri",
-        &kit,
-        Gaps::only(&[suite::INTERACTIVE_EXEC]),
-        move || {
-            let (socket, data) = (socket.clone(), data.clone());
-            async move {
-                Arc::new(
-                    CriRuntime::connect(&socket, &data, Ipv4Addr::LOCALHOST.into())
-                        .await
-                        .expect("cri driver"),
-                ) as Arc<dyn ContainerRuntime>
-            }
-        },
-    )
+    suite::run("cri", &kit, Gaps::none(), move || {
+        let (socket, data) = (socket.clone(), data.clone());
+        async move {
+            Arc::new(
+                CriRuntime::connect(&socket, &data, Ipv4Addr::LOCALHOST.into())
+                    .await
+                    .expect("cri driver"),
+            ) as Arc<dyn ContainerRuntime>
+        }
+    })
     .await;
 }

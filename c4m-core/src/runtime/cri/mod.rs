@@ -13,6 +13,7 @@
 
 mod api;
 mod config;
+mod spdy;
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -38,8 +39,8 @@ use self::config::{CONTAINER_LABEL, LOG_FILE, SPEC_ANNOTATION};
 use super::k8s_file;
 use super::state::{self, ExitRecord, IdLocks};
 use super::{
-    ContainerRuntime, ContainerSpec, ContainerStatus, ExecOutput, LogOptions, PortBinding,
-    ResourceUsage,
+    ContainerRuntime, ContainerSpec, ContainerStatus, ExecOutput, ExecRequest, ExecSession,
+    LogOptions, PortBinding, ResourceUsage,
 };
 use crate::{Error, Result};
 
@@ -288,7 +289,9 @@ impl Inner {
                 exit_code,
                 signal: state::signal_of(exit_code),
                 oom_killed: status.reason == "OOMKilled",
-                finished_at: from_nanos(status.finished_at).unwrap_or(started_at),
+                // The runtime may note a fast exit before the start.
+                finished_at: from_nanos(status.finished_at)
+                    .map_or(started_at, |finished| finished.max(started_at)),
             }
         });
         let ports = spec
@@ -553,7 +556,8 @@ impl Inner {
         })
     }
 
-    async fn exec(&self, id: &str, command: &[String], timeout: Duration) -> Result<ExecOutput> {
+    /// The running runtime container of `id`, for an exec of `command`.
+    async fn exec_target(&self, id: &str, command: &[String]) -> Result<String> {
         if command.is_empty() {
             return Err(runtime_error(id, "exec: empty command"));
         }
@@ -561,9 +565,37 @@ impl Inner {
         if !found.running {
             return Err(runtime_error(id, "cannot exec: container is not running"));
         }
+        Ok(found.container_id)
+    }
+
+    /// An exec through the runtime's streaming server (`Exec` gives its
+    /// URL), over SPDY.
+    async fn exec_interactive(&self, id: &str, request: ExecRequest) -> Result<ExecSession> {
+        let container_id = self.exec_target(id, &request.command).await?;
+        let url = self
+            .runtime()
+            .exec(api::ExecRequest {
+                container_id,
+                cmd: request.command.clone(),
+                tty: request.tty,
+                stdin: request.stdin,
+                stdout: true,
+                stderr: !request.tty,
+            })
+            .await
+            .map_err(|e| call_error(id, "Exec", &e))?
+            .into_inner()
+            .url;
+        spdy::exec(id, &url, &request)
+            .await
+            .map_err(|message| runtime_error(id, message))
+    }
+
+    async fn exec(&self, id: &str, command: &[String], timeout: Duration) -> Result<ExecOutput> {
+        let container_id = self.exec_target(id, command).await?;
         let mut runtime = self.runtime();
         let call = runtime.exec_sync(ExecSyncRequest {
-            container_id: found.container_id,
+            container_id,
             cmd: command.to_vec(),
             timeout: ceil_seconds(timeout),
         });
@@ -663,6 +695,10 @@ impl ContainerRuntime for CriRuntime {
 
     async fn exec(&self, id: &str, command: &[String], timeout: Duration) -> Result<ExecOutput> {
         self.inner.exec(id, command, timeout).await
+    }
+
+    async fn exec_interactive(&self, id: &str, request: ExecRequest) -> Result<ExecSession> {
+        self.inner.exec_interactive(id, request).await
     }
 }
 
