@@ -60,6 +60,22 @@ fn instances_run_through_a_cri_runtime_and_survive_an_agent_restart() {
         let text = cluster.ok(&["logs", &name]);
         (text == "hello-from-cri\n").then_some(())
     });
+    // Exec goes through the runtime's streaming server: output, standard
+    // input to its end, the exit code.
+    let exec = cluster.c4m_with_stdin(
+        &[
+            "exec",
+            "-i",
+            &name,
+            "--",
+            "sh",
+            "-c",
+            "cat; echo done; exit 3",
+        ],
+        "typed\n",
+    );
+    assert_eq!(exec.status.code(), Some(3), "{exec:?}");
+    assert_eq!(String::from_utf8_lossy(&exec.stdout), "typed\ndone\n");
     let sandboxes = containerd.ctr(&["-n", "k8s.io", "containers", "ls", "-q"]);
     assert_eq!(
         sandboxes.lines().count(),
