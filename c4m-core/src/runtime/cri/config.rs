@@ -41,9 +41,42 @@ fn labels(id: &str) -> HashMap<String, String> {
     HashMap::from([(CONTAINER_LABEL.to_string(), id.to_string())])
 }
 
-/// The sandbox of container `spec.id`, logging under `log_directory`.
-pub(super) fn sandbox_config(spec: &ContainerSpec, log_directory: &Path) -> PodSandboxConfig {
-    PodSandboxConfig {
+/// The spec as the [`SPEC_ANNOTATION`] carries it.
+fn spec_annotation(spec: &ContainerSpec) -> Result<HashMap<String, String>> {
+    let json = serde_json::to_string(spec).map_err(|e| Error::Runtime {
+        id: spec.id.clone(),
+        message: format!("serialize spec: {e}"),
+    })?;
+    Ok(HashMap::from([(SPEC_ANNOTATION.to_string(), json)]))
+}
+
+/// The spec in the [`SPEC_ANNOTATION`] of runtime object `what` (of c4m
+/// container `id`).
+pub(super) fn spec_from(
+    annotations: &HashMap<String, String>,
+    id: &str,
+    what: &str,
+) -> Result<ContainerSpec> {
+    let json = annotations
+        .get(SPEC_ANNOTATION)
+        .ok_or_else(|| Error::Runtime {
+            id: id.to_string(),
+            message: format!("{what} has no {SPEC_ANNOTATION} annotation"),
+        })?;
+    serde_json::from_str(json).map_err(|e| Error::Runtime {
+        id: id.to_string(),
+        message: format!("{what}: annotation {SPEC_ANNOTATION} is not a container spec: {e}"),
+    })
+}
+
+/// The sandbox of container `spec.id`, logging under `log_directory`; it
+/// carries the spec too, so a sandbox whose container was never created
+/// (an agent that died in between) is still found and described.
+pub(super) fn sandbox_config(
+    spec: &ContainerSpec,
+    log_directory: &Path,
+) -> Result<PodSandboxConfig> {
+    Ok(PodSandboxConfig {
         metadata: Some(PodSandboxMetadata {
             name: spec.id.clone(),
             uid: spec.id.clone(),
@@ -61,8 +94,9 @@ pub(super) fn sandbox_config(spec: &ContainerSpec, log_directory: &Path) -> PodS
             }),
             ..Default::default()
         }),
+        annotations: spec_annotation(spec)?,
         ..Default::default()
-    }
+    })
 }
 
 /// The container of `spec`, its `attempt`th run in its sandbox.
@@ -72,10 +106,6 @@ pub(super) fn container_config(
     attempt: u32,
     swap_accounting: bool,
 ) -> Result<ContainerConfig> {
-    let json = serde_json::to_string(spec).map_err(|e| Error::Runtime {
-        id: spec.id.clone(),
-        message: format!("serialize spec: {e}"),
-    })?;
     if spec.group.is_some() && spec.user.is_none() {
         return Err(Error::Runtime {
             id: spec.id.clone(),
@@ -114,7 +144,7 @@ pub(super) fn container_config(
             })
             .collect(),
         labels: labels(&spec.id),
-        annotations: HashMap::from([(SPEC_ANNOTATION.to_string(), json)]),
+        annotations: spec_annotation(spec)?,
         log_path: LOG_FILE.to_string(),
         linux: Some(LinuxContainerConfig {
             resources: Some(resources(spec, swap_accounting)),
@@ -185,9 +215,20 @@ mod tests {
         let security = linux.security_context.unwrap();
         assert_eq!(security.run_as_user.unwrap().value, 1000);
         assert_eq!(config.metadata.unwrap().attempt, 2);
-        let kept: ContainerSpec =
-            serde_json::from_str(&config.annotations[SPEC_ANNOTATION]).unwrap();
+        let kept = spec_from(&config.annotations, "web-1", "the container").unwrap();
         assert_eq!(kept, spec);
+        let sandbox = sandbox_config(&spec, Path::new("/logs/web-1")).unwrap();
+        assert_eq!(
+            spec_from(&sandbox.annotations, "web-1", "the sandbox").unwrap(),
+            spec
+        );
+        let error = spec_from(&HashMap::new(), "web-1", "sandbox 12ab").unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("sandbox 12ab has no io.c4m.spec"),
+            "{error}"
+        );
     }
 
     #[test]

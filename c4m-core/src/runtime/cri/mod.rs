@@ -35,7 +35,7 @@ use self::api::{
     RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopContainerRequest,
     StopPodSandboxRequest, VersionRequest,
 };
-use self::config::{CONTAINER_LABEL, LOG_FILE, SPEC_ANNOTATION};
+use self::config::{CONTAINER_LABEL, LOG_FILE};
 use super::k8s_file;
 use super::state::{self, ExitRecord, IdLocks};
 use super::{
@@ -183,20 +183,26 @@ impl Inner {
         state::container_dir(&self.logs_dir, id)
     }
 
-    /// The runtime's sandboxes of container `id`.
-    async fn sandboxes(&self, id: &str) -> Result<Vec<api::PodSandbox>> {
-        let filter = PodSandboxFilter {
+    /// The runtime's sandboxes of c4m container `id`, newest first; every
+    /// c4m sandbox for `None`.
+    async fn sandboxes(&self, id: Option<&str>) -> Result<Vec<api::PodSandbox>> {
+        let filter = id.map(|id| PodSandboxFilter {
             label_selector: [(CONTAINER_LABEL.to_string(), id.to_string())].into(),
             ..Default::default()
-        };
+        });
         let response = self
             .runtime()
-            .list_pod_sandbox(ListPodSandboxRequest {
-                filter: Some(filter),
-            })
+            .list_pod_sandbox(ListPodSandboxRequest { filter })
             .await
-            .map_err(|e| call_error(id, "ListPodSandbox", &e))?;
-        Ok(response.into_inner().items)
+            .map_err(|e| call_error(id.unwrap_or_default(), "ListPodSandbox", &e))?;
+        let mut sandboxes: Vec<_> = response
+            .into_inner()
+            .items
+            .into_iter()
+            .filter(|s| s.labels.contains_key(CONTAINER_LABEL))
+            .collect();
+        sandboxes.sort_by_key(|s| std::cmp::Reverse(s.created_at));
+        Ok(sandboxes)
     }
 
     /// The runtime's containers of c4m container `id`, newest first; every
@@ -253,20 +259,11 @@ impl Inner {
         let status = response
             .status
             .ok_or_else(|| runtime_error(id, "cri ContainerStatus: the runtime sent no status"))?;
-        let spec_json = status.annotations.get(SPEC_ANNOTATION).ok_or_else(|| {
-            runtime_error(
-                id,
-                format!("runtime container {container_id} has no {SPEC_ANNOTATION} annotation"),
-            )
-        })?;
-        let spec: ContainerSpec = serde_json::from_str(spec_json).map_err(|e| {
-            runtime_error(
-                id,
-                format!(
-                    "runtime container {container_id}: annotation {SPEC_ANNOTATION} is not a container spec: {e}"
-                ),
-            )
-        })?;
+        let spec = config::spec_from(
+            &status.annotations,
+            id,
+            &format!("runtime container {container_id}"),
+        )?;
         // The pid is not part of the CRI; runtimes put it in the verbose
         // info (containerd: `info.pid`, CRI-O: `info.pid` too).
         let pid = response
@@ -294,6 +291,19 @@ impl Inner {
                     .map_or(started_at, |finished| finished.max(started_at)),
             }
         });
+        Ok(self.status_of(id, spec, pid, started_at, exit))
+    }
+
+    /// A status with the spec's ports where containers on the node's
+    /// network have them.
+    fn status_of(
+        &self,
+        id: &str,
+        spec: ContainerSpec,
+        pid: u32,
+        started_at: SystemTime,
+        exit: Option<ExitRecord>,
+    ) -> ContainerStatus {
         let ports = spec
             .ports
             .iter()
@@ -305,12 +315,35 @@ impl Inner {
                 protocol: port.protocol.clone(),
             })
             .collect();
-        Ok(state::status(id, spec, pid, started_at, exit, ports))
+        state::status(id, spec, pid, started_at, exit, ports)
+    }
+
+    /// The status of a sandbox whose container was never created: it
+    /// never ran, so it has exited, with no exit code.
+    fn sandbox_status(&self, id: &str, sandbox: &api::PodSandbox) -> Result<ContainerStatus> {
+        let spec = config::spec_from(
+            &sandbox.annotations,
+            id,
+            &format!("runtime sandbox {}", sandbox.id),
+        )?;
+        let created = from_nanos(sandbox.created_at).unwrap_or(SystemTime::UNIX_EPOCH);
+        let exit = ExitRecord {
+            exit_code: None,
+            signal: None,
+            oom_killed: false,
+            finished_at: created,
+        };
+        Ok(self.status_of(id, spec, 0, created, Some(exit)))
     }
 
     async fn status(&self, id: &str) -> Result<ContainerStatus> {
-        let found = self.current_existing(id).await?;
-        self.describe(id, &found.container_id).await
+        if let Some(found) = self.current(id).await? {
+            return self.describe(id, &found.container_id).await;
+        }
+        match self.sandboxes(Some(id)).await?.first() {
+            Some(sandbox) => self.sandbox_status(id, sandbox),
+            None => Err(Error::ContainerNotFound(id.to_string())),
+        }
     }
 
     /// Makes sure the runtime has `image`, pulling it if not (Kubernetes'
@@ -355,12 +388,22 @@ impl Inner {
         Ok(())
     }
 
-    /// A ready sandbox of `id`; stale ones (stopped) are removed, and a new
-    /// one is made when none is ready. Whether it is new, with its id.
-    async fn sandbox(&self, id: &str, config: &PodSandboxConfig) -> Result<(String, bool)> {
+    /// A ready sandbox for `spec`; stale ones (stopped, or made for a
+    /// container of other privileges, which the runtime would refuse in
+    /// it) are removed, and a new one is made when none is left. Whether it
+    /// is new, with its id.
+    async fn sandbox(
+        &self,
+        spec: &ContainerSpec,
+        config: &PodSandboxConfig,
+    ) -> Result<(String, bool)> {
+        let id = spec.id.as_str();
         let mut ready = None;
-        for sandbox in self.sandboxes(id).await? {
-            if ready.is_none() && sandbox.state == i32::from(PodSandboxState::SandboxReady) {
+        for sandbox in self.sandboxes(Some(id)).await? {
+            let fits = sandbox.state == i32::from(PodSandboxState::SandboxReady)
+                && config::spec_from(&sandbox.annotations, id, "sandbox")
+                    .is_ok_and(|made_for| made_for.privileged == spec.privileged);
+            if ready.is_none() && fits {
                 ready = Some(sandbox.id);
             } else {
                 self.remove_sandbox(id, &sandbox.id).await?;
@@ -467,10 +510,10 @@ impl Inner {
         {
             return Err(runtime_error(id, "already running"));
         }
-        let sandbox_config = config::sandbox_config(spec, &log_dir);
+        let sandbox_config = config::sandbox_config(spec, &log_dir)?;
         // The image first: a missing one leaves no sandbox behind.
         self.ensure_image(id, image, &sandbox_config).await?;
-        let (sandbox_id, new_sandbox) = self.sandbox(id, &sandbox_config).await?;
+        let (sandbox_id, new_sandbox) = self.sandbox(spec, &sandbox_config).await?;
         // A restart replaces the exited container in the same sandbox (the
         // log file goes on).
         let attempt = previous
@@ -495,7 +538,10 @@ impl Inner {
     }
 
     async fn stop(&self, id: &str, grace: Duration) -> Result<()> {
-        let found = self.current_existing(id).await?;
+        let Some(found) = self.current(id).await? else {
+            // Known (a sandbox without its container) or not found.
+            return self.status(id).await.map(drop);
+        };
         if !found.running {
             return Ok(());
         }
@@ -511,7 +557,7 @@ impl Inner {
 
     async fn remove(&self, id: &str) -> Result<()> {
         let log_dir = self.log_dir(id)?;
-        for sandbox in self.sandboxes(id).await? {
+        for sandbox in self.sandboxes(Some(id)).await? {
             self.remove_sandbox(id, &sandbox.id).await?;
         }
         // Containers whose sandbox went without them.
@@ -661,6 +707,17 @@ impl ContainerRuntime for CriRuntime {
                 Err(e) => tracing::warn!(container = %id, error = %e, "skipping container"),
             }
         }
+        // Sandboxes whose container was never created.
+        for sandbox in self.inner.sandboxes(None).await? {
+            let id = &sandbox.labels[CONTAINER_LABEL];
+            if statuses.iter().any(|s| &s.id == id) {
+                continue;
+            }
+            match self.inner.sandbox_status(id, &sandbox) {
+                Ok(status) => statuses.push(status),
+                Err(e) => tracing::warn!(container = %id, error = %e, "skipping sandbox"),
+            }
+        }
         statuses.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(statuses)
     }
@@ -688,7 +745,7 @@ impl ContainerRuntime for CriRuntime {
         id: &str,
         options: LogOptions,
     ) -> Result<BoxStream<'static, Result<Bytes>>> {
-        self.inner.current_existing(id).await?;
+        self.inner.status(id).await?;
         let path = self.inner.log_dir(id)?.join(LOG_FILE);
         k8s_file::logs(&self.inner, id, path, &options).await
     }
