@@ -245,14 +245,20 @@ impl HeaderCompressor {
                 plain.extend(text.as_bytes());
             }
         }
-        let mut out = Vec::with_capacity(plain.len() + 64);
+        // Room for the worst case of deflate plus the flush marker; grown
+        // and resumed if a call still fills it.
+        let mut out = Vec::with_capacity(plain.len() * 2 + 128);
         let start = self.0.total_in();
-        while self.0.total_in() - start < plain.len() as u64 || out.is_empty() {
+        loop {
             let consumed = usize::try_from(self.0.total_in() - start).unwrap_or(usize::MAX);
-            out.reserve(64);
             self.0
                 .compress_vec(&plain[consumed..], &mut out, FlushCompress::Sync)
                 .map_err(|e| format!("compress exec stream headers: {e}"))?;
+            let all_in = self.0.total_in() - start == plain.len() as u64;
+            if all_in && out.len() < out.capacity() {
+                break;
+            }
+            out.reserve(out.capacity());
         }
         Ok(out)
     }
