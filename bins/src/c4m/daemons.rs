@@ -82,6 +82,10 @@ pub struct NodeFlags {
     /// `cri` driver (`runtimeClassName: cri`).
     #[arg(long, value_name = "PATH")]
     cri_socket: Option<PathBuf>,
+    /// The driver that runs instances naming none (no `runtimeClassName`),
+    /// so one manifest runs on nodes of different drivers.
+    #[arg(long, default_value = c4m_core::DEFAULT_DRIVER)]
+    default_driver: String,
 }
 
 /// `c4m up`.
@@ -385,6 +389,7 @@ fn agent_config(
         labels: node.labels.iter().cloned().collect::<BTreeMap<_, _>>(),
         address: node.address,
         listen: node.listen,
+        default_driver: node.default_driver.clone(),
         network: node.instance_network.then_some(NetworkConfig {
             default_vpc_cidr: node.default_vpc_cidr,
             node_slice: node.node_slice,

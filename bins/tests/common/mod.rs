@@ -563,16 +563,13 @@ pub fn busybox_layout(dir: &Path, name: &str, cmd: &[&str]) -> PathBuf {
         busybox.is_file(),
         "/bin/busybox is missing: apt-get install busybox-static"
     );
-    let rootfs = dir.join(format!("{name}-rootfs"));
-    c4m_core::write_busybox_rootfs(busybox, &rootfs).unwrap();
     let config = oci_spec::image::ConfigBuilder::default()
         .cmd(cmd.iter().map(|s| s.to_string()).collect::<Vec<_>>())
         .env(vec!["PATH=/bin".to_string()])
         .build()
         .unwrap();
     let layout = dir.join(name);
-    let layer = c4m_core::tar_directory(&rootfs).unwrap();
-    c4m_core::write_oci_layout(&layout, "1", &[layer], config).unwrap();
+    c4m_core::write_busybox_image(busybox, &layout, "1", config).unwrap();
     layout
 }
 

@@ -6,10 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use c4m_core::{
-    ContainerRuntime, ContainerState, CriRuntime, Error, tar_directory, write_busybox_rootfs,
-    write_oci_layout,
-};
+use c4m_core::{ContainerRuntime, ContainerState, CriRuntime, Error, write_busybox_image};
 use c4m_testkit::{Containerd, ContainerdOptions};
 use oci_spec::image::ConfigBuilder;
 
@@ -20,15 +17,13 @@ use crate::suite::{self, Gaps};
 /// sleeping for ever (there is no internet to fetch Kubernetes' pause).
 /// Its reference.
 pub fn push_pause_image(kit: &Kit) -> String {
-    let rootfs = kit.dir().join("pause-rootfs");
-    write_busybox_rootfs(Path::new("/bin/busybox"), &rootfs).expect("pause root file system");
     let config = ConfigBuilder::default()
         .cmd(vec!["/bin/sleep".to_string(), "2147483647".to_string()])
         .build()
         .expect("pause image config");
     let layout = kit.dir().join("pause-layout");
-    let layer = tar_directory(&rootfs).expect("pause image layer");
-    write_oci_layout(&layout, "1", &[layer], config).expect("pause image layout");
+    write_busybox_image(Path::new("/bin/busybox"), &layout, "1", config)
+        .expect("pause image layout");
     kit.registry().push_oci_layout(&layout, "1", "c4m/pause:1");
     format!("{}/c4m/pause:1", kit.registry().host())
 }

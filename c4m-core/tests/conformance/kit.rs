@@ -5,10 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use c4m_core::{
-    ContainerRuntime, ContainerSpec, ContainerState, LogOptions, tar_directory,
-    write_busybox_rootfs, write_oci_layout,
-};
+use c4m_core::{ContainerRuntime, ContainerSpec, ContainerState, LogOptions, write_busybox_image};
 use c4m_testkit::Registry;
 use futures::StreamExt;
 use oci_spec::image::ConfigBuilder;
@@ -36,8 +33,6 @@ impl Kit {
             busybox.is_file(),
             "/bin/busybox is missing: apt-get install busybox-static"
         );
-        let rootfs = dir.path().join("image-rootfs");
-        write_busybox_rootfs(busybox, &rootfs).expect("busybox root file system");
         let config = ConfigBuilder::default()
             .entrypoint(vec!["/bin/sh".to_string(), "-c".to_string()])
             .cmd(vec![
@@ -53,8 +48,7 @@ impl Kit {
             .build()
             .expect("image config");
         let layout = dir.path().join("image-layout");
-        let layer = tar_directory(&rootfs).expect("image layer");
-        write_oci_layout(&layout, "1", &[layer], config).expect("image layout");
+        write_busybox_image(busybox, &layout, "1", config).expect("the busybox image");
         let registry = Registry::start(&dir.path().join("registry"));
         registry.push_oci_layout(&layout, "1", "c4m/busybox:1");
         let image = format!("{}/c4m/busybox:1", registry.host());
