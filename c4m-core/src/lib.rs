@@ -26,6 +26,7 @@ mod network;
 mod probe;
 mod quantity;
 mod runtime;
+mod spdy;
 mod time;
 
 pub use error::{Error, Result};
@@ -51,4 +52,5 @@ pub use runtime::{
     ExecRequest, ExecSession, LogOptions, OciRuntime, PortBinding, PortSpec, ProcessRuntime,
     ResizeTerminal, ResourceLimits, ResourceUsage, TerminalSize, find_oci_binaries,
 };
+pub use spdy::{SpdyCodec, SpdyFrame};
 pub use time::{format_rfc3339, now_rfc3339, seconds_since};
