@@ -7,17 +7,20 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # What the tests run besides c4m itself: a shell and coreutils for
-# instance commands, procps, and (for the quickstart test) curl.
+# instance commands, procps, and curl (the quickstart).
 # bsdutils: `script` (a terminal for kubectl exec -it); util-linux: `setsid -c`
 # (the process driver's exec on a terminal); python3: a bulk TCP server in
-# kubectl_stream.rs. For the oci driver and the image store: runc and crun
+# kubectl_stream.rs. For the oci driver, the image store and the quickstart
+# (which runs the example in containers): runc and crun
 # (OCI runtimes), conmon (the container monitor), busybox-static (test
 # images), skopeo (docker archives, pushes) and docker-registry (a registry
 # on loopback); tar. For the instance network tests: iproute2, nftables
-# and mount (umount). For the driver conformance suite: containerd (also its
-# CRI service) and docker.io (dockerd), which the tests start themselves on
-# sockets of their own.
-packages=(procps coreutils curl ca-certificates bsdutils util-linux python3 tar runc crun conmon busybox-static skopeo docker-registry iproute2 nftables mount containerd docker.io)
+# and mount (umount); for CNI networks containernetworking-plugins (bridge,
+# host-local, portmap in /usr/lib/cni) and iptables (which portmap and
+# bridge's ipMasq drive). For the driver conformance suite: containerd (also
+# its CRI service) and docker.io (dockerd), which the tests start themselves
+# on sockets of their own.
+packages=(procps coreutils curl ca-certificates bsdutils util-linux python3 tar runc crun conmon busybox-static skopeo docker-registry iproute2 nftables mount containerd docker.io containernetworking-plugins iptables)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -3,9 +3,10 @@
 //! It answers `GET /` with who it is, and with `--backend SERVICE` it first
 //! looks SERVICE up in c4m's DNS (SRV, as `C4M_DNS_SERVER` says where) and
 //! includes the backend's answer, showing one service reaching another by
-//! name. `GET /healthz` is for probes.
+//! name. `GET /healthz` is for probes. `--call SERVICE` makes that call
+//! once and prints the answer (e.g. through `c4m exec` inside an instance).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow};
@@ -28,6 +29,13 @@ struct Args {
     /// Port (default: $PORT, else 8080).
     #[arg(long, env = "PORT", default_value_t = 8080)]
     port: u16,
+    /// Address to listen on: loopback for host processes (the process
+    /// driver publishes them), `0.0.0.0` in a container with its own IP.
+    #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
+    address: IpAddr,
+    /// Call SERVICE once as --backend does, print its answer and exit.
+    #[arg(long, value_name = "SERVICE", conflicts_with = "backend")]
+    call: Option<String>,
 }
 
 struct Demo {
@@ -123,14 +131,33 @@ async fn main() -> Result<()> {
         dns,
         http: reqwest::Client::new(),
     });
+    if let Some(service) = args.call {
+        let answer = demo
+            .call_backend(&service)
+            .await
+            .with_context(|| format!("cannot reach {service}"))?;
+        println!("{answer}");
+        return Ok(());
+    }
     let app = Router::new()
         .route("/", get(root))
         .route("/healthz", get(|| async { "ok\n" }))
         .with_state(demo);
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", args.port))
+    let listen = SocketAddr::new(args.address, args.port);
+    let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .with_context(|| format!("cannot listen on 127.0.0.1:{}", args.port))?;
+        .with_context(|| format!("cannot listen on {listen}"))?;
     println!("listening on {}", listener.local_addr()?);
-    axum::serve(listener, app).await?;
+    // As pid 1 of a container nothing ends it on SIGTERM unless it says
+    // so: stop at once instead of waiting out the grace period.
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        })
+        .await?;
     Ok(())
 }

@@ -16,15 +16,6 @@ use serde_json::Value;
 
 const MINUTE: Duration = Duration::from_secs(60);
 
-/// An OCI layout tar of a busybox image tagged `1` (the layout stays in
-/// `dir/layout`).
-fn busybox_image_tar(dir: &Path) -> std::path::PathBuf {
-    let layout = busybox_layout(dir, "layout", &["/bin/sh"]);
-    let tar = dir.join("busybox.tar");
-    std::fs::write(&tar, c4m_core::tar_directory(&layout).unwrap()).unwrap();
-    tar
-}
-
 fn deployment(name: &str, image: &str, script: &str) -> String {
     driver_deployment("oci", name, image, script, None)
 }
@@ -132,6 +123,36 @@ fn instances_run_in_oci_containers_from_imported_images() {
     let error = cluster.c4m(&["image", "rm", "bb:1"]);
     assert!(!error.status.success());
     assert!(String::from_utf8_lossy(&error.stderr).contains("not found"));
+}
+
+/// Starts catalog: an httpd answering `catalog-says-hi` on port 8080
+/// (published on the node's `host_port` if given) behind a Service of
+/// that name. Returns the Ready instance and its podIP, checked to start
+/// with `prefix` (its network's range).
+fn start_catalog(cluster: &Cluster, host_port: Option<u16>, prefix: &str) -> (Value, String) {
+    let ports = match host_port {
+        Some(host_port) => format!("ports: [{{containerPort: 8080, hostPort: {host_port}}}]"),
+        None => "ports: [{containerPort: 8080}]".to_string(),
+    };
+    let catalog = deployment(
+        "catalog",
+        "bb:1",
+        "mkdir -p /www && echo catalog-says-hi > /www/index.html && exec httpd -f -p 8080 -h /www",
+    )
+    .replace("ports: [{containerPort: 8080}]", &ports);
+    cluster.apply(&format!(
+        "{catalog}---\napiVersion: v1\nkind: Service\nmetadata: {{name: catalog}}\nspec:\n  selector: {{app: catalog}}\n  ports: [{{port: 8080, targetPort: 8080}}]\n",
+    ));
+    let catalog = cluster.wait_ready("app=catalog", 1, MINUTE).remove(0);
+    let catalog_ip = catalog["status"]["podIP"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        catalog_ip.starts_with(prefix),
+        "the instance has an address of its network: {catalog}"
+    );
+    (catalog, catalog_ip)
 }
 
 /// A manifest naming no driver runs on each node's default driver: host
@@ -251,23 +272,7 @@ fn oci_instances_have_addresses_find_services_by_name_and_vpcs_are_isolated() {
         "other",
     ]);
 
-    cluster.apply(&format!(
-        "{}---\napiVersion: v1\nkind: Service\nmetadata: {{name: catalog}}\nspec:\n  selector: {{app: catalog}}\n  ports: [{{port: 8080, targetPort: 8080}}]\n",
-        deployment(
-            "catalog",
-            "bb:1",
-            "mkdir -p /www && echo catalog-says-hi > /www/index.html && exec httpd -f -p 8080 -h /www",
-        )
-    ));
-    let catalog = cluster.wait_ready("app=catalog", 1, MINUTE).remove(0);
-    let catalog_ip = catalog["status"]["podIP"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    assert!(
-        catalog_ip.starts_with("10.99.208."),
-        "the instance has an address of its VPC: {catalog}"
-    );
+    let (catalog, catalog_ip) = start_catalog(&cluster, None, "10.99.208.");
 
     // Same VPC: found by name through c4m's DNS, and reached.
     cluster.apply(&deployment("web", "bb:1", CLIENT_SCRIPT));
@@ -393,5 +398,142 @@ fn oci_instances_have_addresses_find_services_by_name_and_vpcs_are_isolated() {
             .all(|b| !now.contains(b.as_str()))
             .then_some(())
     });
+    cluster.ok(&["vpc", "delete", "other"]);
+}
+
+/// Takes down what the CNI test's plugins make on the node, even when it
+/// fails half way: the bridge (its veths go with the namespaces) and the
+/// NAT rules naming the network (`.1`).
+struct CniBridge(&'static str, &'static str);
+
+impl Drop for CniBridge {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "del", self.0]).output();
+        // iptables-save quotes as the shell does: each rule goes back to
+        // `iptables -D` as written.
+        for rule in nat_rules_of_network(self.1) {
+            let _ = Command::new("sh")
+                .args(["-c", &format!("iptables -t nat -D {}", &rule[3..])])
+                .output();
+        }
+    }
+}
+
+/// The NAT rules the CNI plugins made for network `name` (bridge's
+/// masquerade and portmap's DNAT rules name it in a comment).
+fn nat_rules_of_network(name: &str) -> Vec<String> {
+    let output = Command::new("iptables-save")
+        .args(["-t", "nat"])
+        .output()
+        .expect("iptables-save (apt-get install iptables)");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|line| line.contains(&format!(r#"name: \"{name}\""#)))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn oci_instances_join_a_cni_network_with_host_ports() {
+    require_oci();
+    for plugin in ["bridge", "host-local", "portmap"] {
+        assert!(
+            Path::new("/usr/lib/cni").join(plugin).exists(),
+            "/usr/lib/cni/{plugin} is missing: apt-get install containernetworking-plugins"
+        );
+    }
+    let bridge = CniBridge("c4mcni92", "c4m-e2e-cni");
+    let mut cluster = Cluster::start();
+    let conflist = cluster.dir.path().join("c4m-e2e.conflist");
+    std::fs::write(
+        &conflist,
+        format!(
+            r#"{{"cniVersion": "1.0.0", "name": "c4m-e2e-cni", "plugins": [
+                {{"type": "bridge", "bridge": "{}", "isGateway": true, "ipMasq": true,
+                  "ipam": {{"type": "host-local", "ranges": [[{{"subnet": "10.99.92.0/24"}}]],
+                           "routes": [{{"dst": "0.0.0.0/0"}}], "dataDir": "{}"}}}},
+                {{"type": "portmap", "capabilities": {{"portMappings": true}}}}]}}"#,
+            bridge.0,
+            cluster.dir.path().join("cni-ipam").display()
+        ),
+    )
+    .unwrap();
+    cluster.start_agent_with(
+        "n1",
+        "4",
+        "4Gi",
+        &["--cni-config", conflist.to_str().unwrap()],
+    );
+    let tar = busybox_image_tar(cluster.dir.path());
+    cluster.ok(&["image", "import", tar.to_str().unwrap(), "--name", "bb"]);
+
+    // catalog publishes its port 8080 on the node's port `host_port`
+    // (through portmap), behind a Service web finds by name.
+    let host_port = free_port();
+    let (_, catalog_ip) = start_catalog(&cluster, Some(host_port), "10.99.92.");
+    let (code, body) = wait_for("the host port to answer", MINUTE, || {
+        http_get(&format!("127.0.0.1:{host_port}"), "/")
+    });
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("catalog-says-hi"), "{body}");
+
+    // web resolves catalog through c4m's DNS (relayed on the CNI gateway)
+    // and reaches it over the bridge.
+    cluster.apply(&deployment("web", "bb:1", CLIENT_SCRIPT));
+    let web = cluster.wait_ready("app=web", 1, MINUTE).remove(0);
+    let web_name = web["metadata"]["name"].as_str().unwrap().to_string();
+    let logs = wait_for("web to reach catalog by name", MINUTE, || {
+        let text = cluster.ok(&["logs", &web_name]);
+        text.contains("body=catalog-says-hi").then_some(text)
+    });
+    assert!(logs.contains(&format!("resolved={catalog_ip}\n")), "{logs}");
+
+    // Another VPC is not served by a node on a CNI network: it says why.
+    cluster.ok(&[
+        "vpc",
+        "create",
+        "--cidr",
+        "10.99.93.0/24",
+        "--name",
+        "other",
+    ]);
+    cluster.apply(&deployment_in(
+        "stranger",
+        "bb:1",
+        "sleep 1000",
+        Some("other"),
+    ));
+    let said = wait_for("the stranger's refusal", MINUTE, || {
+        let pods = cluster.instances_of("app=stranger");
+        let text = pods.first().map(Value::to_string).unwrap_or_default();
+        text.contains("vpc other is not served here")
+            .then_some(text)
+    });
+    assert!(said.contains("NetworkNotReady"), "{said}");
+
+    // Removing the instances DELs their attachments: no veth on the
+    // bridge, no NAT rule of the network, no namespace or record left
+    // under the agent's run dir, the host port closed.
+    assert!(!nat_rules_of_network("c4m-e2e-cni").is_empty());
+    for name in ["stranger", "web", "catalog"] {
+        cluster.ok(&["delete", "deployment", name]);
+        cluster.wait_gone(&format!("app={name}"), MINUTE);
+    }
+    let run_dir = cluster.agent_dir("n1").join("network");
+    let is_empty = |dir: &str| {
+        std::fs::read_dir(run_dir.join(dir)).map_or(true, |mut entries| entries.next().is_none())
+    };
+    wait_for("the attachments to go", MINUTE, || {
+        let ports = Command::new("ip")
+            .args(["-o", "link", "show", "master", bridge.0])
+            .output()
+            .unwrap();
+        (ports.stdout.is_empty()
+            && nat_rules_of_network("c4m-e2e-cni").is_empty()
+            && is_empty("cni")
+            && is_empty("netns"))
+        .then_some(())
+    });
+    assert!(http_get(&format!("127.0.0.1:{host_port}"), "/").is_none());
     cluster.ok(&["vpc", "delete", "other"]);
 }

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 
 use c4m_api::agent::Driver;
 use c4m_core::{
-    ContainerRuntime, CriRuntime, ImageStore, LinuxNetwork, OciRuntime, ProcessRuntime,
-    find_oci_binaries,
+    CniNetwork, ContainerRuntime, CriRuntime, DockerRuntime, ImageStore, LinuxNetwork, Network,
+    OciRuntime, ProcessRuntime, find_oci_binaries,
 };
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -49,6 +49,9 @@ pub struct AgentConfig {
     /// Instance networking (VPCs, an address per instance) for drivers
     /// that take a network namespace; None leaves it off.
     pub network: Option<NetworkConfig>,
+    /// A Docker Engine socket to offer the `docker` driver on, if an
+    /// engine answers there (only probed, never required).
+    pub docker_socket: Option<PathBuf>,
     /// The socket of a CRI runtime (CRI-O, containerd) on this node; when
     /// set, the agent offers the `cri` driver over it.
     pub cri_socket: Option<PathBuf>,
@@ -66,8 +69,9 @@ impl Agent {
     /// The drivers that work on this node: `process` always; `oci` when
     /// an OCI runtime (runc or crun) and conmon are installed and the
     /// agent may use namespaces and cgroups (root), running containers from
-    /// `images`; `cri` when a CRI socket is configured (a runtime that
-    /// does not answer there is an error: it was asked for).
+    /// `images`; `docker` when a Docker Engine answers on
+    /// [`AgentConfig::docker_socket`]; `cri` when a CRI socket is configured
+    /// (a runtime that does not answer there is an error: it was asked for).
     pub async fn detect_runtimes(
         config: &AgentConfig,
         images: &Arc<ImageStore>,
@@ -84,6 +88,9 @@ impl Agent {
                 Err(e) => tracing::warn!(error = %e, "oci driver unavailable"),
             }
         }
+        if let Some(docker) = Self::detect_docker(config).await {
+            runtimes.push(Arc::new(docker));
+        }
         if let Some(socket) = &config.cri_socket {
             let cri = CriRuntime::connect(socket, &config.data_dir.join("cri"), config.address)
                 .await
@@ -92,6 +99,31 @@ impl Agent {
             runtimes.push(Arc::new(cri));
         }
         Ok(runtimes)
+    }
+
+    /// The `docker` driver, if an engine answers on the configured socket;
+    /// its containers are labelled with this node, whose address their
+    /// (host network) ports are reached at.
+    async fn detect_docker(config: &AgentConfig) -> Option<DockerRuntime> {
+        let socket = config.docker_socket.as_ref()?;
+        if !socket.exists() {
+            tracing::info!(socket = %socket.display(), "docker driver unavailable: no socket");
+            return None;
+        }
+        match DockerRuntime::connect(socket).await {
+            Ok(docker) => {
+                tracing::info!(version = %docker.version(), "docker driver available");
+                Some(
+                    docker
+                        .for_node(&config.node_name)
+                        .with_host_address(config.address),
+                )
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "docker driver unavailable");
+                None
+            }
+        }
     }
 
     /// The node's image store (`<data_dir>/images`), which the `oci` driver
@@ -174,9 +206,18 @@ impl Agent {
         register.agent_url = format!("http://{http_addr}");
         let network = match &self.config.network {
             Some(config) => {
-                let linux = LinuxNetwork::open(self.config.data_dir.join("network"))?;
+                let run_dir = self.config.data_dir.join("network");
+                let network: Arc<dyn Network> = match &config.cni {
+                    Some(cni) => {
+                        let network =
+                            CniNetwork::open(&cni.config_file, &cni.bin_dirs, run_dir).await?;
+                        tracing::info!(network = network.name(), config = %cni.config_file.display(), "instances join a cni network");
+                        Arc::new(network)
+                    }
+                    None => Arc::new(LinuxNetwork::open(run_dir)?),
+                };
                 Some(Arc::new(InstanceNetwork::new(
-                    Arc::new(linux),
+                    network,
                     config.clone(),
                     dns_rx.clone(),
                     shutdown.clone(),

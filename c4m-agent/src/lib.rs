@@ -30,4 +30,4 @@ mod supervisor;
 pub use agent::{Agent, AgentConfig};
 pub use error::{Error, Result};
 pub use hollow::{HollowAgents, HollowConfig};
-pub use network::{DNS_PORT, NetworkConfig};
+pub use network::{CniConfig, DNS_PORT, NetworkConfig};

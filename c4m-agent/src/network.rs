@@ -10,10 +10,13 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use c4m_core::{Attachment, DEFAULT_VPC, Instance, Network, VpcNetwork, annotations};
+use c4m_core::{
+    Attachment, DEFAULT_VPC, HostPort, Instance, Network, PortBinding, VpcNetwork, annotations,
+};
 use ipnet::Ipv4Net;
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::watch;
@@ -42,6 +45,48 @@ pub struct NetworkConfig {
     pub dns_port: u16,
     /// Where an instance's `hostPort`s are published (the node's address).
     pub host_address: IpAddr,
+    /// A CNI plugin chain to attach instances with instead of c4m's own
+    /// bridges (one network: the default VPC only).
+    pub cni: Option<CniConfig>,
+}
+
+/// A CNI network for the node's instances.
+#[derive(Debug, Clone)]
+pub struct CniConfig {
+    /// The network configuration list (`.conflist`).
+    pub config_file: PathBuf,
+    /// Where its plugins are (`CNI_PATH`), searched in order.
+    pub bin_dirs: Vec<PathBuf>,
+}
+
+/// The instance's `hostPort`s, for a network that publishes them: on the
+/// port's `hostIP`, else on `host_address` (every address when that is
+/// unspecified).
+pub(crate) fn host_ports(pod: &Instance, host_address: IpAddr) -> Vec<HostPort> {
+    pod.spec
+        .iter()
+        .flat_map(|spec| spec.containers.iter())
+        .flat_map(|container| container.ports.iter().flatten())
+        .filter_map(|port| {
+            let host_port = u16::try_from(port.host_port?).ok()?;
+            let container_port = u16::try_from(port.container_port).ok()?;
+            let host_ip = match port.host_ip.as_deref().map(str::parse::<IpAddr>) {
+                Some(Ok(ip)) => ip,
+                _ => host_address,
+            };
+            Some(HostPort {
+                name: port.name.clone().unwrap_or_default(),
+                host_port,
+                container_port,
+                protocol: port
+                    .protocol
+                    .as_deref()
+                    .unwrap_or("TCP")
+                    .to_ascii_lowercase(),
+                host_ip: (!host_ip.is_unspecified()).then_some(host_ip),
+            })
+        })
+        .collect()
 }
 
 /// This node's slice of a VPC: the `index`th /24 of `cidr`, or all of a
@@ -70,8 +115,9 @@ pub(crate) struct InstanceNetwork {
     /// Held through a whole attach or detach, so a VPC being removed from
     /// the node and one being attached again do not interleave.
     relays: tokio::sync::Mutex<HashMap<Ipv4Addr, CancellationToken>>,
-    /// Container id → the token ending its `hostPort` proxies.
-    published: Mutex<HashMap<String, CancellationToken>>,
+    /// Container id → the token ending its `hostPort` proxies, and where
+    /// they listen.
+    published: Mutex<HashMap<String, (CancellationToken, Vec<PortBinding>)>>,
     /// The control plane's DNS address (`IP:PORT`), from its registration.
     upstream: watch::Receiver<String>,
     shutdown: CancellationToken,
@@ -127,7 +173,14 @@ impl InstanceNetwork {
         let vpc = self.vpc_of(pod)?;
         let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
         let mut relays = self.relays.lock().await;
-        let attachment = self.network.attach(id, namespace, &vpc).await?;
+        let attachment = if self.network.publishes_host_ports() {
+            let host_ports = host_ports(pod, self.config.host_address);
+            self.network
+                .attach_with_host_ports(id, namespace, &vpc, &host_ports)
+                .await?
+        } else {
+            self.network.attach(id, namespace, &vpc).await?
+        };
         self.ensure_relay(&mut relays, attachment.gateway).await;
         self.publish(id, pod, attachment.address).await?;
         Ok(attachment)
@@ -147,6 +200,23 @@ impl InstanceNetwork {
         }
     }
 
+    /// Where the instance's `hostPort`s are published on the node (none
+    /// when it has none, or is not attached).
+    pub(crate) fn host_bindings(&self, id: &str) -> Vec<PortBinding> {
+        self.published
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .map(|(_, bindings)| bindings.clone())
+            .unwrap_or_default()
+    }
+
+    /// The DNS server an attached instance reaches: the relay on its
+    /// gateway.
+    pub(crate) fn dns_server(&self, attachment: &Attachment) -> SocketAddr {
+        SocketAddr::from((attachment.gateway, self.config.dns_port))
+    }
+
     /// The instance's address in its VPC, if it is attached.
     pub(crate) async fn address(&self, id: &str) -> Option<Ipv4Addr> {
         self.attachment_of(id).await.map(|a| a.address)
@@ -163,7 +233,8 @@ impl InstanceNetwork {
     }
 
     /// Publishes the instance's `hostPort`s on the node: a TCP proxy per
-    /// port to the instance's address. Already published is Ok.
+    /// port to the instance's address, unless the network publishes them
+    /// itself. Already published is Ok.
     async fn publish(&self, id: &str, pod: &Instance, address: Ipv4Addr) -> Result<()> {
         if self
             .published
@@ -173,38 +244,41 @@ impl InstanceNetwork {
         {
             return Ok(());
         }
+        // A network that publishes host ports itself (a CNI chain with
+        // portmap) did so at attach; they are only recorded here.
+        let by_network = self.network.publishes_host_ports();
         let token = self.shutdown.child_token();
-        let ports = pod
-            .spec
-            .iter()
-            .flat_map(|spec| spec.containers.iter())
-            .flat_map(|container| container.ports.iter().flatten());
         let mut listeners = Vec::new();
-        for port in ports {
-            let Some(host_port) = port.host_port else {
-                continue;
-            };
-            if port.protocol.as_deref().is_some_and(|p| p != "TCP") {
+        let mut bindings = Vec::new();
+        for port in host_ports(pod, self.config.host_address) {
+            if port.protocol != "tcp" && !by_network {
                 tracing::warn!(
                     container = id,
-                    host_port,
+                    host_port = port.host_port,
                     "only TCP host ports are published"
                 );
                 continue;
             }
-            let (Ok(host_port), Ok(container_port)) =
-                (u16::try_from(host_port), u16::try_from(port.container_port))
-            else {
-                continue;
-            };
-            let published = SocketAddr::new(self.config.host_address, host_port);
-            let listener = TcpListener::bind(published)
-                .await
-                .map_err(|source| Error::Io {
-                    context: format!("publishing host port {published}"),
-                    source,
-                })?;
-            listeners.push((listener, SocketAddr::from((address, container_port))));
+            let published = SocketAddr::new(
+                port.host_ip.unwrap_or(self.config.host_address),
+                port.host_port,
+            );
+            if !by_network {
+                let listener = TcpListener::bind(published)
+                    .await
+                    .map_err(|source| Error::Io {
+                        context: format!("publishing host port {published}"),
+                        source,
+                    })?;
+                listeners.push((listener, SocketAddr::from((address, port.container_port))));
+            }
+            bindings.push(PortBinding {
+                name: port.name.clone(),
+                container_port: port.container_port,
+                host_ip: published.ip().to_string(),
+                host_port: port.host_port,
+                protocol: port.protocol.to_ascii_uppercase(),
+            });
         }
         for (listener, target) in listeners {
             tokio::spawn(forward_tcp(listener, target, token.clone()));
@@ -212,7 +286,7 @@ impl InstanceNetwork {
         self.published
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(id.to_string(), token);
+            .insert(id.to_string(), (token, bindings));
         Ok(())
     }
 
@@ -220,7 +294,7 @@ impl InstanceNetwork {
     /// the VPC's bridge, rules and DNS relay with it.
     pub(crate) async fn detach(&self, id: &str) {
         let mut relays = self.relays.lock().await;
-        if let Some(token) = self
+        if let Some((token, _)) = self
             .published
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -404,6 +478,41 @@ pub(crate) mod tests {
         );
         let small: Ipv4Net = "10.99.7.0/26".parse().unwrap();
         assert_eq!(node_slice(small, 3).unwrap(), small);
+    }
+
+    #[test]
+    fn host_ports_take_the_ports_host_ip_else_the_node_address() {
+        let pod: Instance = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p"},
+            "spec": {"containers": [{"name": "main", "ports": [
+                {"containerPort": 80, "hostPort": 8080},
+                {"containerPort": 53, "hostPort": 5353, "protocol": "UDP", "hostIP": "10.0.0.9"},
+                {"containerPort": 9000}
+            ]}]}
+        }))
+        .unwrap();
+        let node: IpAddr = Ipv4Addr::LOCALHOST.into();
+        assert_eq!(
+            host_ports(&pod, node),
+            vec![
+                HostPort {
+                    name: String::new(),
+                    host_port: 8080,
+                    container_port: 80,
+                    protocol: "tcp".into(),
+                    host_ip: Some(node),
+                },
+                HostPort {
+                    name: String::new(),
+                    host_port: 5353,
+                    container_port: 53,
+                    protocol: "udp".into(),
+                    host_ip: Some(Ipv4Addr::new(10, 0, 0, 9).into()),
+                },
+            ]
+        );
+        let everywhere = host_ports(&pod, Ipv4Addr::UNSPECIFIED.into());
+        assert_eq!(everywhere[0].host_ip, None);
     }
 
     /// A stand-in for the control plane's DNS on loopback, answering each

@@ -28,6 +28,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(300);
 const BACKOFF_RESET: Duration = Duration::from_secs(600);
 /// How often the loop looks at every container.
 const TICK: Duration = Duration::from_millis(250);
+/// The variable telling an instance where the cluster DNS answers.
+const DNS_SERVER_ENV: &str = "C4M_DNS_SERVER";
 
 /// Where an instance runs: its container id and driver.
 #[derive(Clone)]
@@ -95,6 +97,8 @@ struct Managed {
     /// The instance's address in its VPC, when its driver joins the
     /// namespace the agent makes.
     pod_ip: Option<Ipv4Addr>,
+    /// Where its `hostPort`s are published on the node (in a VPC).
+    host_bindings: Vec<PortBinding>,
 }
 
 /// The supervisor's inputs and outputs.
@@ -240,8 +244,9 @@ impl Supervisor {
                     continue;
                 }
             };
+            let attached = self.network_for(runtime.as_ref()).is_some();
             let spec = ContainerSpec::from_pod(pod, id.clone()).map(|mut spec| {
-                self.add_instance_env(&mut spec, pod);
+                self.add_instance_env(&mut spec, pod, attached);
                 spec
             });
             let problem = spec
@@ -258,11 +263,12 @@ impl Supervisor {
             if status.is_some() {
                 tracing::info!(instance = %id, "adopted a running container");
             }
-            let pod_ip = match self.network_for(runtime.as_ref()) {
-                Some(network) if status.is_some() => {
-                    network.readopt(&id, pod).await.map(|a| a.address)
-                }
-                _ => None,
+            let (pod_ip, host_bindings) = match self.network_for(runtime.as_ref()) {
+                Some(network) if status.is_some() => (
+                    network.readopt(&id, pod).await.map(|a| a.address),
+                    network.host_bindings(&id),
+                ),
+                _ => (None, Vec::new()),
             };
             self.directory
                 .lock()
@@ -296,14 +302,16 @@ impl Supervisor {
                     cpu_sample: None,
                     usage: WireUsage::default(),
                     pod_ip,
+                    host_bindings,
                 },
             );
         }
     }
 
     /// What every instance learns about itself and the cluster from its
-    /// environment (as Kubernetes' downward API and service env do).
-    fn add_instance_env(&self, spec: &mut ContainerSpec, pod: &Instance) {
+    /// environment (as Kubernetes' downward API and service env do). An
+    /// instance `attached` to a VPC learns its DNS server when attached.
+    fn add_instance_env(&self, spec: &mut ContainerSpec, pod: &Instance, attached: bool) {
         let meta = &pod.metadata;
         let mut env = vec![
             (
@@ -316,8 +324,8 @@ impl Supervisor {
             ),
         ];
         let dns = self.dns_address.borrow().clone();
-        if !dns.is_empty() {
-            env.push(("C4M_DNS_SERVER".to_string(), dns));
+        if !dns.is_empty() && !attached {
+            env.push((DNS_SERVER_ENV.to_string(), dns));
         }
         // The manifest's own variables come after, so they win.
         env.append(&mut spec.env);
@@ -355,6 +363,7 @@ impl Supervisor {
                         if let Some(network) = self.network_for(instance.runtime.as_ref()) {
                             instance.pod_ip =
                                 network.readopt(id, &instance.pod).await.map(|a| a.address);
+                            instance.host_bindings = network.host_bindings(id);
                         }
                     }
                     _ => self.start(id, instance, &spec).await,
@@ -412,9 +421,21 @@ impl Supervisor {
         if let Some(network) = self.network_for(instance.runtime.as_ref()) {
             match network.attach(id, &instance.pod).await {
                 Ok(attachment) => {
+                    // The cluster DNS as seen from inside: the relay on the
+                    // gateway (the control plane's own address is the
+                    // node's loopback, out of the instance's reach).
+                    // First, so the manifest's own variables still win.
+                    spec.env.insert(
+                        0,
+                        (
+                            DNS_SERVER_ENV.to_string(),
+                            network.dns_server(&attachment).to_string(),
+                        ),
+                    );
                     spec.network_namespace = Some(attachment.network_namespace);
                     spec.resolv_conf = Some(attachment.resolv_conf);
                     instance.pod_ip = Some(attachment.address);
+                    instance.host_bindings = network.host_bindings(id);
                 }
                 Err(e) => {
                     tracing::warn!(container = id, error = %e, "cannot attach to its vpc");
@@ -504,9 +525,12 @@ impl Supervisor {
         if readiness.is_none() {
             instance.ready = true; // No readiness probe: ready once running.
         }
-        let Some(status) = instance.status.clone() else {
+        let Some(mut status) = instance.status.clone() else {
             return;
         };
+        // Probes go where the ports are reached: in a VPC, the instance's
+        // own address (the driver binds nothing on the node).
+        status.ports = port_bindings(&status, instance.pod_ip);
         for (kind, probe) in [
             (ProbeKind::Liveness, liveness),
             (ProbeKind::Readiness, readiness),
@@ -712,6 +736,7 @@ fn report(instance: &Managed) -> InstanceStatus {
     };
     status.ports = port_bindings(container, instance.pod_ip)
         .into_iter()
+        .chain(instance.host_bindings.iter().cloned())
         .map(|p| WirePort {
             name: p.name,
             container_port: i32::from(p.container_port),

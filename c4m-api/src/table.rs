@@ -97,21 +97,36 @@ pub fn instance_status(pod: &Value) -> String {
     text(&pod["status"]["phase"])
 }
 
-/// Where an instance answers: IP and its published ports.
+/// Where an instance is reached: its IP and the ports bound there
+/// (`10.88.0.2:8080,9090`), then each port published elsewhere, such as a
+/// VPC instance's `hostPort` on its node (`,192.0.2.7:30080->8080`).
 pub fn instance_endpoint(pod: &Value) -> String {
     let ip = text(&pod["status"]["podIP"]);
-    let ports: Vec<String> = pod["metadata"]["annotations"][c4m_core::annotations::PORTS]
-        .as_str()
-        .and_then(|t| serde_json::from_str::<Vec<Value>>(t).ok())
-        .unwrap_or_default()
-        .iter()
-        .map(|p| text(&p["hostPort"]))
-        .collect();
-    match (ip.is_empty(), ports.is_empty()) {
-        (true, _) => "-".into(),
-        (false, true) => ip,
-        (false, false) => format!("{ip}:{}", ports.join(",")),
+    if ip.is_empty() {
+        return "-".into();
     }
+    let bindings: Vec<Value> = pod["metadata"]["annotations"][c4m_core::annotations::PORTS]
+        .as_str()
+        .and_then(|t| serde_json::from_str(t).ok())
+        .unwrap_or_default();
+    let (here, elsewhere): (Vec<&Value>, Vec<&Value>) = bindings.iter().partition(|p| {
+        let host = text(&p["hostIP"]);
+        host.is_empty() || host == ip
+    });
+    let mut endpoint = ip;
+    let ports: Vec<String> = here.iter().map(|p| text(&p["hostPort"])).collect();
+    if !ports.is_empty() {
+        endpoint = format!("{endpoint}:{}", ports.join(","));
+    }
+    for p in elsewhere {
+        endpoint = format!(
+            "{endpoint},{}:{}->{}",
+            text(&p["hostIP"]),
+            text(&p["hostPort"]),
+            text(&p["containerPort"])
+        );
+    }
+    endpoint
 }
 
 /// An instance's restarts.
@@ -429,6 +444,36 @@ mod tests {
             .filter(|c| c.priority <= priority)
             .map(|c| c.name)
             .collect()
+    }
+
+    #[test]
+    fn an_instance_endpoint_shows_its_ip_ports_and_host_bindings() {
+        let pod = |ip: &str, ports: Value| {
+            json!({
+                "metadata": {"annotations": {c4m_core::annotations::PORTS: ports.to_string()}},
+                "status": {"podIP": ip},
+            })
+        };
+        assert_eq!(instance_endpoint(&pod("", json!([]))), "-");
+        assert_eq!(instance_endpoint(&pod("10.0.0.5", json!([]))), "10.0.0.5");
+        // The process driver: host ports on the node's address.
+        let process = json!([
+            {"containerPort": 8080, "hostIP": "127.0.0.1", "hostPort": 41000},
+            {"containerPort": 9090, "hostIP": "127.0.0.1", "hostPort": 41001},
+        ]);
+        assert_eq!(
+            instance_endpoint(&pod("127.0.0.1", process)),
+            "127.0.0.1:41000,41001"
+        );
+        // In a VPC: the instance's own address, and its published hostPort.
+        let vpc = json!([
+            {"containerPort": 8080, "hostIP": "10.88.0.2", "hostPort": 8080},
+            {"containerPort": 8080, "hostIP": "192.0.2.7", "hostPort": 30080},
+        ]);
+        assert_eq!(
+            instance_endpoint(&pod("10.88.0.2", vpc)),
+            "10.88.0.2:8080,192.0.2.7:30080->8080"
+        );
     }
 
     #[test]

@@ -1,14 +1,16 @@
 //! Measures `LinuxNetwork` against the kernel: attach and detach time per
 //! instance (namespace, veth, address, route), and that neither leaks file
 //! descriptors. Needs root; uses 10.99.200.0/24 and removes what it makes.
+//! Given a `.conflist`, measures `CniNetwork` with that chain instead
+//! (plugins from /usr/lib/cni).
 //!
 //! ```sh
-//! cargo run -p c4m-core --example network_attach [-- COUNT]
+//! cargo run -p c4m-core --example network_attach [-- COUNT [CONFLIST]]
 //! ```
 
 use std::time::{Duration, Instant};
 
-use c4m_core::{LinuxNetwork, Network, VpcNetwork};
+use c4m_core::{CniNetwork, DEFAULT_VPC, LinuxNetwork, Network, VpcNetwork};
 
 fn open_descriptors() -> usize {
     std::fs::read_dir("/proc/self/fd").map_or(0, |dir| dir.count())
@@ -21,10 +23,20 @@ async fn main() -> c4m_core::Result<()> {
         .and_then(|n| n.parse().ok())
         .unwrap_or(50);
     let run_dir = tempfile::tempdir().map_err(|e| c4m_core::Error::io("a run dir", e))?;
-    let network = LinuxNetwork::open(run_dir.path())?;
+    let conflist = std::env::args().nth(2);
     let vpc = VpcNetwork {
-        name: "attach-bench".into(),
+        name: if conflist.is_some() {
+            DEFAULT_VPC.into()
+        } else {
+            "attach-bench".into()
+        },
         subnet: "10.99.200.0/24".parse().expect("a valid subnet"),
+    };
+    let network: Box<dyn Network> = match conflist {
+        Some(conflist) => Box::new(
+            CniNetwork::open(conflist.as_ref(), &["/usr/lib/cni".into()], run_dir.path()).await?,
+        ),
+        None => Box::new(LinuxNetwork::open(run_dir.path())?),
     };
     network.ensure_vpc(&vpc).await?;
     let descriptors = open_descriptors();

@@ -35,6 +35,17 @@ pub enum Error {
         message: String,
     },
 
+    /// A container daemon (dockerd, ...) does not answer on its socket.
+    #[error("the {daemon} daemon at {socket} is unreachable: {message}")]
+    DaemonUnreachable {
+        /// Which daemon.
+        daemon: &'static str,
+        /// The socket it was asked on.
+        socket: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+
     /// The driver does not do this.
     #[error("the {driver} driver does not support {operation}")]
     Unsupported {
@@ -42,16 +53,6 @@ pub enum Error {
         driver: String,
         /// What was asked.
         operation: &'static str,
-    },
-
-    /// A container runtime daemon (a CRI socket) could not be reached or
-    /// is not what it should be.
-    #[error("{endpoint}: {message}")]
-    Daemon {
-        /// Where the daemon was expected (its socket).
-        endpoint: String,
-        /// What failed.
-        message: String,
     },
 
     /// A cgroup operation failed.
@@ -82,6 +83,35 @@ pub enum Error {
         /// What was being set up (a VPC, an instance, a file).
         what: String,
         /// What failed.
+        message: String,
+    },
+
+    /// A CNI network configuration list is invalid.
+    #[error("cni config {file}: {field}: {message}")]
+    CniConfig {
+        /// The configuration file.
+        file: PathBuf,
+        /// The field at fault (`plugins[1].type`), or `-` for the file as a whole.
+        field: String,
+        /// What is wrong with it.
+        message: String,
+    },
+
+    /// A CNI plugin failed: its error object (CNI spec 1.0.0), or how it
+    /// ended when it printed none.
+    #[error("cni plugin {plugin} {command} for {container}: {message}")]
+    CniPlugin {
+        /// The plugin (its `type`).
+        plugin: String,
+        /// `ADD`, `DEL`, `CHECK` or `VERSION`.
+        command: &'static str,
+        /// The container the command was for.
+        container: String,
+        /// The error object's `code` (1-99 are the spec's, 100+ the
+        /// plugin's own); None when the plugin printed no error object.
+        code: Option<u32>,
+        /// The error object's `msg` and `details` with its code, or the
+        /// plugin's exit status and standard error.
         message: String,
     },
 

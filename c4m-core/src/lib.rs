@@ -13,7 +13,8 @@
 //! - **Runtime**: the [`ContainerRuntime`] trait and its `process` driver
 //!   ([`ProcessRuntime`]), with cgroup limits (v1 or v2, detected).
 //! - **Networking**: the [`Network`] seam and [`LinuxNetwork`]: a bridge
-//!   per VPC, a network namespace, veth and address per instance.
+//!   per VPC, a network namespace, veth and address per instance; or
+//!   [`CniNetwork`], a CNI plugin chain.
 //! - **Health checks**: [`probe_once`] runs a Kubernetes probe (HTTP GET, TCP,
 //!   exec, gRPC) against a container; [`ProbeTracker`] applies its thresholds.
 
@@ -31,8 +32,9 @@ mod time;
 
 pub use error::{Error, Result};
 pub use image::{
-    GcReport, Image, ImageStore, Layer, Reference, RegistryCredentials, SHORT_ID_LEN, pull,
-    tar_directory, write_busybox_image, write_busybox_rootfs, write_oci_layout,
+    GcReport, Image, ImageStore, Layer, Reference, RegistryCredentials, SHORT_ID_LEN,
+    add_executable, busybox_image_tar, pull, tar_directory, write_busybox_image,
+    write_busybox_rootfs, write_oci_layout,
 };
 pub use manifest::{Document, ManifestError, Validated, parse_documents, validate, validate_value};
 pub use model::kinds::{KINDS, ResourceKind};
@@ -43,14 +45,15 @@ pub use model::pod::{
 pub use model::vpc::{DEFAULT_VPC, Vpc, VpcSpec, cidrs_overlap, parse_vpc_cidr};
 pub use model::{Instance, annotations, labels};
 pub use network::{
-    Attachment, LinuxNetwork, Network, VpcNetwork, enter_network_namespace, search_domains,
+    Attachment, CniNetwork, HostPort, LinuxNetwork, Network, VpcNetwork, enter_network_namespace,
+    search_domains,
 };
 pub use probe::{ProbeTracker, probe_once};
 pub use quantity::{format_cpu_millis, format_memory_bytes, parse_cpu_millis, parse_memory_bytes};
 pub use runtime::{
-    ContainerRuntime, ContainerSpec, ContainerState, ContainerStatus, CriRuntime, ExecOutput,
-    ExecRequest, ExecSession, LogOptions, OciRuntime, PortBinding, PortSpec, ProcessRuntime,
-    ResizeTerminal, ResourceLimits, ResourceUsage, TerminalSize, find_oci_binaries,
+    ContainerRuntime, ContainerSpec, ContainerState, ContainerStatus, CriRuntime, DockerRuntime,
+    ExecOutput, ExecRequest, ExecSession, LogOptions, OciRuntime, PortBinding, PortSpec,
+    ProcessRuntime, ResizeTerminal, ResourceLimits, ResourceUsage, TerminalSize, find_oci_binaries,
 };
 pub use spdy::{SpdyCodec, SpdyFrame};
 pub use time::{format_rfc3339, now_rfc3339, seconds_since};

@@ -410,6 +410,7 @@ mod probe_tests {
             privileged: false,
             read_only_root_filesystem: false,
             resolv_conf: None,
+            hostname: None,
         };
         ContainerStatus {
             id: spec.id.clone(),
@@ -561,6 +562,7 @@ mod probe_tests {
             privileged: false,
             read_only_root_filesystem: false,
             resolv_conf: None,
+            hostname: None,
         };
         let status = runtime.start(&spec).await.unwrap();
         let exec = |script: &str| Probe {

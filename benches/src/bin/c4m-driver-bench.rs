@@ -1,7 +1,7 @@
 //! Container start latency per driver, side by side in one run.
 //!
 //!     cargo build --release -p c4m-benches --bin c4m-driver-bench
-//!     sudo ./target/release/c4m-driver-bench [--starts 50] [--drivers process,oci,cri]
+//!     sudo ./target/release/c4m-driver-bench [--starts 50] [--drivers process,oci,docker,cri]
 //!
 //! For each driver: the busybox image (built here, pushed to a loopback
 //! `docker-registry`) is pulled by one warm-up start, then `--starts`
@@ -17,10 +17,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use c4m_core::{
-    ContainerRuntime, ContainerSpec, ContainerState, CriRuntime, ImageStore, OciRuntime,
-    ProcessRuntime,
+    ContainerRuntime, ContainerSpec, ContainerState, CriRuntime, DockerRuntime, ImageStore,
+    OciRuntime, ProcessRuntime,
 };
-use c4m_testkit::{Containerd, ContainerdOptions, Registry};
+use c4m_testkit::{Containerd, ContainerdOptions, Dockerd, Registry};
 use clap::Parser;
 
 #[derive(Parser)]
@@ -53,6 +53,12 @@ async fn subject(driver: &str, dir: &Path, registry: &Registry) -> Result<Subjec
             }
             let images = Arc::new(ImageStore::open(dir.join("images"))?);
             Arc::new(OciRuntime::new(&dir.join("oci"), images)?)
+        }
+        "docker" => {
+            let daemon = Dockerd::start(&dir.join("dockerd"));
+            let docker = DockerRuntime::connect(daemon.socket()).await?;
+            keep.push(Box::new(daemon));
+            Arc::new(docker)
         }
         "cri" => {
             // containerd's CRI service, with a sandbox image that sleeps.

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use c4m_agent::{Agent, AgentConfig, DNS_PORT, HollowAgents, HollowConfig, NetworkConfig};
+use c4m_agent::{
+    Agent, AgentConfig, CniConfig, DNS_PORT, HollowAgents, HollowConfig, NetworkConfig,
+};
 use c4m_api::Credentials;
 use c4m_control::{ControlPlane, ControlPlaneConfig, TlsIdentity};
 use c4m_store::RedbStore;
@@ -78,6 +80,14 @@ pub struct NodeFlags {
     /// Which /24 of each VPC this node's instances get: unique per node.
     #[arg(long, default_value_t = 0)]
     node_slice: u32,
+    /// Attach instances with this CNI network configuration list
+    /// (`.conflist`) instead of c4m's bridges: one network, the default
+    /// VPC only (implies --instance-network).
+    #[arg(long)]
+    cni_config: Option<PathBuf>,
+    /// Where the CNI plugins are (repeatable, searched in order).
+    #[arg(long = "cni-bin-dir", default_value = "/usr/lib/cni")]
+    cni_bin_dirs: Vec<PathBuf>,
     /// Socket of a CRI runtime (CRI-O, containerd) on this node: offers the
     /// `cri` driver (`runtimeClassName: cri`).
     #[arg(long, value_name = "PATH")]
@@ -86,6 +96,10 @@ pub struct NodeFlags {
     /// so one manifest runs on nodes of different drivers.
     #[arg(long, default_value = c4m_core::DEFAULT_DRIVER)]
     default_driver: String,
+    /// Docker Engine socket: the `docker` driver is offered when an engine
+    /// answers there (probed at start, never required).
+    #[arg(long, default_value = "/var/run/docker.sock")]
+    docker_socket: PathBuf,
 }
 
 /// `c4m up`.
@@ -390,12 +404,17 @@ fn agent_config(
         address: node.address,
         listen: node.listen,
         default_driver: node.default_driver.clone(),
-        network: node.instance_network.then_some(NetworkConfig {
+        network: (node.instance_network || node.cni_config.is_some()).then(|| NetworkConfig {
             default_vpc_cidr: node.default_vpc_cidr,
             node_slice: node.node_slice,
             dns_port: DNS_PORT,
             host_address: node.address,
+            cni: node.cni_config.clone().map(|config_file| CniConfig {
+                config_file,
+                bin_dirs: node.cni_bin_dirs.clone(),
+            }),
         }),
+        docker_socket: Some(node.docker_socket.clone()),
         cri_socket: node.cri_socket.clone(),
     })
 }

@@ -31,6 +31,19 @@ enum ImageCommand {
         #[arg(long)]
         name: Option<String>,
     },
+    /// Build an image here, with no registry: a static busybox (shell and
+    /// tools) plus host executables, each with the shared libraries it
+    /// loads, then import it onto the node.
+    Build {
+        /// `name[:tag]` of the image (tag default: `latest`).
+        name: String,
+        /// The static busybox to build on (Debian: busybox-static).
+        #[arg(long, default_value = "/bin/busybox")]
+        busybox: PathBuf,
+        /// A host executable to add as /bin/NAME (repeat for more).
+        #[arg(long = "add", value_name = "EXECUTABLE")]
+        executables: Vec<PathBuf>,
+    },
     /// Pull an image from its registry onto the node (loopback registries
     /// over HTTP, others over HTTPS).
     Pull {
@@ -105,9 +118,25 @@ pub async fn image(args: ImageArgs, connection: &Connection) -> Result<()> {
             let images = client
                 .import_image(&node, &name, reqwest::Body::from(archive))
                 .await?;
-            for image in images {
-                println!("imported {} {}", image.names.join(" "), image.digest);
-            }
+            print_imported(images);
+        }
+        ImageCommand::Build {
+            name,
+            busybox,
+            executables,
+        } => {
+            let (repository, tag) = match name.rsplit_once(':') {
+                Some((repository, tag)) if !tag.contains('/') => (repository, tag),
+                _ => (name.as_str(), "latest"),
+            };
+            let executables: Vec<&std::path::Path> =
+                executables.iter().map(PathBuf::as_path).collect();
+            let archive = c4m_core::busybox_image_tar(&busybox, &executables, tag)
+                .with_context(|| format!("build image {name}"))?;
+            let images = client
+                .import_image(&node, repository, reqwest::Body::from(archive))
+                .await?;
+            print_imported(images);
         }
         ImageCommand::Pull {
             reference,
@@ -144,6 +173,12 @@ pub async fn image(args: ImageArgs, connection: &Connection) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn print_imported(images: Vec<c4m_core::Image>) {
+    for image in images {
+        println!("imported {} {}", image.names.join(" "), image.digest);
+    }
 }
 
 /// The cluster's node when there is exactly one.

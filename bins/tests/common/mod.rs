@@ -607,3 +607,12 @@ spec:
 "#
     )
 }
+
+/// A busybox image tagged `1` (cmd `/bin/sh`, `PATH=/bin`): its OCI
+/// layout in `dir/layout` and that layout as a tar, which is returned.
+pub fn busybox_image_tar(dir: &Path) -> std::path::PathBuf {
+    let layout = busybox_layout(dir, "layout", &["/bin/sh"]);
+    let tar = dir.join("busybox.tar");
+    std::fs::write(&tar, c4m_core::tar_directory(&layout).unwrap()).unwrap();
+    tar
+}

@@ -181,6 +181,7 @@ async fn a_namespaced_instance_gets_a_vpc_address_dns_and_is_detached() {
             node_slice: 2,
             dns_port: 10053,
             host_address: Ipv4Addr::LOCALHOST.into(),
+            cni: None,
         },
         dns_rx.clone(),
         shutdown.clone(),
@@ -212,7 +213,27 @@ async fn a_namespaced_instance_gets_a_vpc_address_dns_and_is_detached() {
     assert_eq!(status.pod_ip, "10.99.34.2");
     assert_eq!(status.ports[0].host_ip, "10.99.34.2");
     assert_eq!(status.ports[0].host_port, 8080);
+    // The published hostPort is reported too: the node's address and port.
+    assert_eq!(status.ports.len(), 2, "{:?}", status.ports);
+    assert_eq!(
+        (
+            status.ports[1].host_ip.as_str(),
+            status.ports[1].host_port,
+            status.ports[1].container_port
+        ),
+        ("127.0.0.1", i32::from(host_port), 8080)
+    );
     let started = runtime.list().await.unwrap().remove(0);
+    // Its DNS server is the relay on its gateway (the control plane's own
+    // address is on the node's loopback, out of its reach), given once.
+    let dns_servers: Vec<&str> = started
+        .spec
+        .env
+        .iter()
+        .filter(|(name, _)| name == "C4M_DNS_SERVER")
+        .map(|(_, value)| value.as_str())
+        .collect();
+    assert_eq!(dns_servers, ["10.99.34.1:10053"]);
     let namespace = started
         .spec
         .network_namespace

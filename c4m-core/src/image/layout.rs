@@ -8,8 +8,8 @@ use std::path::Path;
 use flate2::Compression;
 use flate2::write::GzEncoder;
 use oci_spec::image::{
-    Config, Descriptor, ImageConfigurationBuilder, ImageIndexBuilder, ImageManifestBuilder,
-    MediaType, OciLayoutBuilder, RootFsBuilder,
+    Config, ConfigBuilder, Descriptor, ImageConfigurationBuilder, ImageIndexBuilder,
+    ImageManifestBuilder, MediaType, OciLayoutBuilder, RootFsBuilder,
 };
 
 use super::blob::digest_of;
@@ -171,10 +171,124 @@ pub fn write_busybox_image(
     tag: &str,
     config: Config,
 ) -> Result<String> {
+    write_busybox_image_with(busybox, &[], dest, tag, config)
+}
+
+/// [`write_busybox_image`] with each of `executables` added to the layer
+/// ([`add_executable`]).
+fn write_busybox_image_with(
+    busybox: &Path,
+    executables: &[&Path],
+    dest: &Path,
+    tag: &str,
+    config: Config,
+) -> Result<String> {
     let scratch = tempfile::tempdir().map_err(|e| Error::io("create a scratch directory", e))?;
     let rootfs = scratch.path().join("rootfs");
     write_busybox_rootfs(busybox, &rootfs)?;
+    for executable in executables {
+        add_executable(&rootfs, executable)?;
+    }
     write_oci_layout(dest, tag, &[tar_directory(&rootfs)?], config)
+}
+
+/// An OCI image layout tar of a busybox image tagged `tag` with each of
+/// `executables` added ([`write_busybox_image_with`]), `PATH=/bin` and
+/// `/bin/sh` as its command: what `c4m image build` imports.
+pub fn busybox_image_tar(busybox: &Path, executables: &[&Path], tag: &str) -> Result<Vec<u8>> {
+    let config = ConfigBuilder::default()
+        .cmd(vec!["/bin/sh".to_string()])
+        .env(vec!["PATH=/bin".to_string()])
+        .build()
+        .map_err(|e| Error::Image(format!("image config: {e}")))?;
+    let scratch = tempfile::tempdir().map_err(|e| Error::io("create a scratch directory", e))?;
+    let layout = scratch.path().join("layout");
+    write_busybox_image_with(busybox, executables, &layout, tag, config)?;
+    tar_directory(&layout)
+}
+
+/// Adds a host executable to root file system `root` as `/bin/NAME`, with
+/// the shared libraries and loader `ldd` names for it, each at the path it
+/// has on the host (a static executable brings none). What it loads at run
+/// time beyond those (`dlopen`) is not found this way.
+pub fn add_executable(root: &Path, executable: &Path) -> Result<()> {
+    let io = |what: String| move |e: std::io::Error| Error::io(what, e);
+    let name = executable
+        .file_name()
+        .ok_or_else(|| Error::Image(format!("{} is not a file name", executable.display())))?;
+    let ldd = std::process::Command::new("ldd")
+        .arg(executable)
+        .output()
+        .map_err(io(format!(
+            "run ldd {} (it comes with libc-bin)",
+            executable.display()
+        )))?;
+    let listed = String::from_utf8_lossy(&ldd.stdout);
+    let libraries = if listed.contains("statically linked") || !ldd.status.success() {
+        // ldd fails on what it cannot load: fine for a static executable,
+        // an error for anything else.
+        let said = String::from_utf8_lossy(&ldd.stderr);
+        if !ldd.status.success() && !said.contains("not a dynamic executable") {
+            return Err(Error::Image(format!(
+                "ldd {}: {}",
+                executable.display(),
+                said.trim()
+            )));
+        }
+        Vec::new()
+    } else {
+        shared_libraries(&listed)
+            .map_err(|e| Error::Image(format!("ldd {}: {e}", executable.display())))?
+    };
+    let mut copies = vec![(executable.to_path_buf(), root.join("bin").join(name))];
+    for library in libraries {
+        let inside = root.join(library.strip_prefix("/").unwrap_or(&library));
+        copies.push((library, inside));
+    }
+    for (from, to) in copies {
+        if let Some(dir) = to.parent() {
+            std::fs::create_dir_all(dir).map_err(io(format!("create {}", dir.display())))?;
+        }
+        // Never copy through what is there (a busybox applet link).
+        match std::fs::remove_file(&to) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(Error::io(format!("replace {}", to.display()), e));
+            }
+            _ => {}
+        }
+        std::fs::copy(&from, &to).map_err(io(format!(
+            "copy {} to {}",
+            from.display(),
+            to.display()
+        )))?;
+    }
+    Ok(())
+}
+
+/// The files in `ldd`'s listing (`libc.so.6 => /lib/.../libc.so.6 (0x..)`,
+/// `/lib64/ld-linux-x86-64.so.2 (0x..)`); the kernel's vDSO has none. A
+/// library ldd did not find is an error naming it.
+pub(super) fn shared_libraries(
+    listing: &str,
+) -> std::result::Result<Vec<std::path::PathBuf>, String> {
+    let mut libraries = Vec::new();
+    for line in listing.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let target = match line.split_once("=>") {
+            Some((name, target)) => {
+                let target = target.trim();
+                if target.starts_with("not found") {
+                    return Err(format!("{} not found", name.trim()));
+                }
+                target
+            }
+            None => line,
+        };
+        let path = target.split(" (").next().unwrap_or_default().trim();
+        if path.starts_with('/') {
+            libraries.push(path.into());
+        }
+    }
+    Ok(libraries)
 }
 
 /// The JSON of an OCI image manifest with this config and these layers.

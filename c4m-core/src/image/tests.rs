@@ -390,6 +390,56 @@ fn a_layer_that_does_not_match_its_diff_id_is_refused() {
 }
 
 #[test]
+fn ldd_listings_give_the_library_files() {
+    let listing = "\tlinux-vdso.so.1 (0x00007ffd)\n\
+                   \tlibgcc_s.so.1 => /lib/x86_64-linux-gnu/libgcc_s.so.1 (0x00007f03)\n\
+                   \tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f02)\n\
+                   \t/lib64/ld-linux-x86-64.so.2 (0x00007f01)\n";
+    assert_eq!(
+        layout::shared_libraries(listing).unwrap(),
+        [
+            "/lib/x86_64-linux-gnu/libgcc_s.so.1",
+            "/lib/x86_64-linux-gnu/libc.so.6",
+            "/lib64/ld-linux-x86-64.so.2"
+        ]
+        .map(std::path::PathBuf::from)
+    );
+    assert_eq!(
+        layout::shared_libraries("\tlibfoo.so.1 => not found\n").unwrap_err(),
+        "libfoo.so.1 not found"
+    );
+}
+
+/// A dynamic executable added to an otherwise empty root runs there: its
+/// libraries and loader came with it. (`chroot` needs root.)
+#[test]
+fn an_added_executable_runs_in_its_root() {
+    assert!(
+        nix::unistd::Uid::effective().is_root(),
+        "this test chroots: it needs root"
+    );
+    let temp = tempfile::tempdir().unwrap();
+    let root = temp.path().join("root");
+    add_executable(&root, Path::new("/usr/bin/dash")).unwrap();
+    let ran = Command::new("chroot")
+        .arg(&root)
+        .args(["/bin/dash", "-c", "echo ran-inside"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&ran.stdout),
+        "ran-inside\n",
+        "{}",
+        String::from_utf8_lossy(&ran.stderr)
+    );
+    // A static one brings nothing but itself; a non-file is refused.
+    add_executable(&root, Path::new("/bin/busybox")).unwrap();
+    assert!(root.join("bin/busybox").is_file());
+    let error = add_executable(&root, Path::new("/no/such/tool")).unwrap_err();
+    assert!(error.to_string().contains("/no/such/tool"), "{error}");
+}
+
+#[test]
 fn garbage_collection_waits_for_blobs_not_yet_in_the_catalog() {
     let temp = tempfile::tempdir().unwrap();
     let store = std::sync::Arc::new(ImageStore::open(temp.path().join("store")).unwrap());

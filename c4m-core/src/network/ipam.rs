@@ -133,12 +133,7 @@ impl Ipam {
 
     /// Deletes the file (the VPC is gone from the node).
     pub(crate) fn delete(self) -> Result<()> {
-        match std::fs::remove_file(&self.path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(Error::io(format!("removing {}", self.path.display()), e))
-            }
-            _ => Ok(()),
-        }
+        super::remove_file_if_present(&self.path)
     }
 }
 

@@ -11,8 +11,11 @@ use futures::TryStreamExt;
 use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use tokio::sync::Mutex;
 
-use super::ipam::{Ipam, validate_name, write_atomically};
-use super::{Attachment, Network, VpcNetwork, firewall, netns, search_domains};
+use super::ipam::{Ipam, validate_name};
+use super::{
+    Attachment, Network, VpcNetwork, firewall, json_files, namespace_path, netns,
+    remove_file_if_present, resolv_conf_path, write_resolv_conf,
+};
 use crate::{Error, Result};
 
 /// The interface name of an instance's end of its veth pair.
@@ -47,22 +50,7 @@ impl LinuxNetwork {
         std::fs::create_dir_all(&ipam_dir)
             .map_err(|e| Error::io(format!("creating {}", ipam_dir.display()), e))?;
         let mut state = State::default();
-        let entries = std::fs::read_dir(&ipam_dir)
-            .map_err(|e| Error::io(format!("reading {}", ipam_dir.display()), e))?;
-        for entry in entries {
-            let path = entry
-                .map_err(|e| Error::io(format!("reading {}", ipam_dir.display()), e))?
-                .path();
-            if path.extension().is_none_or(|e| e != "json") {
-                continue;
-            }
-            let Some(name) = path
-                .file_stem()
-                .and_then(|s| s.to_str())
-                .map(str::to_string)
-            else {
-                continue;
-            };
+        for (name, path) in json_files(&ipam_dir)? {
             let ipam = Ipam::load(path, &name)?;
             state.vpcs.insert(name, ipam);
         }
@@ -77,11 +65,11 @@ impl LinuxNetwork {
     }
 
     fn namespace_path(&self, instance: &str) -> PathBuf {
-        self.run_dir.join("netns").join(instance)
+        namespace_path(&self.run_dir, instance)
     }
 
     fn resolv_conf_path(&self, instance: &str) -> PathBuf {
-        self.run_dir.join("resolv").join(format!("{instance}.conf"))
+        resolv_conf_path(&self.run_dir, instance)
     }
 
     fn attachment_of(&self, instance: &str, vpc: &VpcNetwork, address: Ipv4Addr) -> Attachment {
@@ -288,20 +276,6 @@ impl LinuxNetwork {
         Ok(())
     }
 
-    fn write_resolv_conf(&self, attachment: &Attachment, namespace: &str) -> Result<()> {
-        let path = &attachment.resolv_conf;
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
-        }
-        let contents = format!(
-            "nameserver {}\nsearch {}\noptions ndots:5\n",
-            attachment.gateway,
-            search_domains(namespace)
-        );
-        write_atomically(path, contents.as_bytes())
-    }
-
     async fn attach_locked(
         &self,
         state: &mut State,
@@ -320,7 +294,11 @@ impl LinuxNetwork {
         if !self.is_wired(&inside, &attachment).await? {
             self.wire(&inside, bridge_index, &attachment).await?;
         }
-        self.write_resolv_conf(&attachment, namespace)?;
+        write_resolv_conf(
+            &attachment.resolv_conf,
+            IpAddr::V4(attachment.gateway),
+            namespace,
+        )?;
         Ok(attachment)
     }
 
@@ -338,12 +316,7 @@ impl LinuxNetwork {
                 .map_err(|e| instance_error(instance, format!("removing its veth: {e}")))?;
         }
         netns::remove(&self.namespace_path(instance))?;
-        let resolv_conf = self.resolv_conf_path(instance);
-        if let Err(e) = std::fs::remove_file(&resolv_conf)
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            return Err(Error::io(format!("removing {}", resolv_conf.display()), e));
-        }
+        remove_file_if_present(&self.resolv_conf_path(instance))?;
         if let Some((ipam, _)) = held {
             ipam.release(instance)?;
         }

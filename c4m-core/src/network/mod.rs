@@ -15,9 +15,12 @@
 //!   route via the gateway;
 //! - the allocations on disk ([`ipam`]), so a restarted agent re-adopts the
 //!   namespaces it made instead of handing their addresses out again.
+//!
+//! [`CniNetwork`] implements it with a CNI plugin chain instead (one
+//! network, whatever the plugins make of it), in the same namespaces.
 
-use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use ipnet::Ipv4Net;
@@ -25,17 +28,89 @@ use serde::{Deserialize, Serialize};
 
 use crate::Result;
 
+mod cni;
 mod firewall;
 mod ipam;
 mod linux;
 mod netns;
 
+pub use cni::CniNetwork;
 pub use linux::LinuxNetwork;
 pub use netns::enter_network_namespace;
 
 /// The DNS search domains of an instance in Kubernetes namespace `namespace`.
 pub fn search_domains(namespace: &str) -> String {
     format!("{namespace}.svc.c4m svc.c4m c4m")
+}
+
+/// Where a network keeps the namespace of `instance` under its run dir.
+fn namespace_path(run_dir: &Path, instance: &str) -> PathBuf {
+    run_dir.join("netns").join(instance)
+}
+
+/// Where a network keeps the `resolv.conf` of `instance` under its run dir.
+fn resolv_conf_path(run_dir: &Path, instance: &str) -> PathBuf {
+    run_dir.join("resolv").join(format!("{instance}.conf"))
+}
+
+/// Writes an instance's `resolv.conf`: `nameserver` (c4m's DNS relay on
+/// the gateway) and the search domains of Kubernetes namespace `namespace`.
+fn write_resolv_conf(path: &Path, nameserver: IpAddr, namespace: &str) -> Result<()> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| crate::Error::io(format!("creating {}", parent.display()), e))?;
+    }
+    let contents = format!(
+        "nameserver {nameserver}\nsearch {}\noptions ndots:5\n",
+        search_domains(namespace)
+    );
+    ipam::write_atomically(path, contents.as_bytes())
+}
+
+/// The `NAME.json` files in `dir`, as (NAME, path): what a network keeps
+/// per VPC or per instance, read back when it is re-opened.
+fn json_files(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let reading = |e| crate::Error::io(format!("reading {}", dir.display()), e);
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(reading)? {
+        let path = entry.map_err(reading)?.path();
+        if path.extension().is_none_or(|e| e != "json") {
+            continue;
+        }
+        if let Some(name) = path.file_stem().and_then(|s| s.to_str()) {
+            files.push((name.to_string(), path.clone()));
+        }
+    }
+    Ok(files)
+}
+
+/// Removes a file; absent is Ok.
+fn remove_file_if_present(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(crate::Error::io(format!("removing {}", path.display()), e))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A port of an instance published on the node (a container's
+/// `hostPort`), in the shape of CNI's `portMappings` capability.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HostPort {
+    /// The port's name (may be empty); c4m's own, not sent to plugins.
+    #[serde(skip)]
+    pub name: String,
+    /// The port on the node.
+    pub host_port: u16,
+    /// The instance's port it reaches.
+    pub container_port: u16,
+    /// `tcp`, `udp` or `sctp` (lowercase, as CNI writes it).
+    pub protocol: String,
+    /// The node address it is published on; None for every address.
+    #[serde(rename = "hostIP", default, skip_serializing_if = "Option::is_none")]
+    pub host_ip: Option<IpAddr>,
 }
 
 /// One VPC as this node serves it.
@@ -102,6 +177,25 @@ pub trait Network: Send + Sync + 'static {
     /// attachment, repairing what is missing (after a crash or a reboot).
     async fn attach(&self, instance: &str, namespace: &str, vpc: &VpcNetwork)
     -> Result<Attachment>;
+
+    /// Whether [`Network::attach_with_host_ports`] publishes host ports
+    /// itself (in the kernel); otherwise the agent proxies them.
+    fn publishes_host_ports(&self) -> bool {
+        false
+    }
+
+    /// [`Network::attach`], also publishing `host_ports` on the node when
+    /// [`Network::publishes_host_ports`] (networks that do not, ignore them).
+    async fn attach_with_host_ports(
+        &self,
+        instance: &str,
+        namespace: &str,
+        vpc: &VpcNetwork,
+        host_ports: &[HostPort],
+    ) -> Result<Attachment> {
+        let _ = host_ports;
+        self.attach(instance, namespace, vpc).await
+    }
 
     /// Removes the instance's namespace, veth and address. Detaching an
     /// unknown instance is Ok.

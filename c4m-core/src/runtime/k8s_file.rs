@@ -11,6 +11,7 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 
 use super::LogOptions;
+use super::log_records::RecordFilter;
 use super::state::{self, Containers};
 use crate::Result;
 
@@ -38,21 +39,16 @@ pub(super) async fn logs<C: Containers>(
 /// (`P`) does not. Bytes of a line not yet complete wait for the rest. The
 /// time conmon wrote each line with is what `since` filters on and what
 /// `timestamps` prints (as Kubernetes does, in UTC with nanoseconds).
-#[derive(Default)]
 struct K8sFileDecoder {
     pending: BytesMut,
-    timestamps: bool,
-    since: Option<SystemTime>,
-    /// The last record was partial: the next one continues its line.
-    in_line: bool,
+    records: RecordFilter,
 }
 
 impl K8sFileDecoder {
     fn new(options: &LogOptions) -> Self {
         K8sFileDecoder {
-            timestamps: options.timestamps,
-            since: options.since,
-            ..Default::default()
+            pending: BytesMut::new(),
+            records: RecordFilter::new(options),
         }
     }
 
@@ -69,23 +65,8 @@ impl K8sFileDecoder {
                 .and_then(|t| std::str::from_utf8(t).ok())
                 .and_then(|t| t.parse::<jiff::Timestamp>().ok())
                 .map(SystemTime::from);
-            let partial = tag == Some(b"P");
-            let starts_line = !self.in_line;
-            self.in_line = partial;
-            if let (Some(since), Some(written)) = (self.since, written)
-                && written < since
-            {
-                continue;
-            }
-            if self.timestamps && starts_line {
-                let when = written.unwrap_or(SystemTime::UNIX_EPOCH);
-                out.extend_from_slice(crate::time::format_rfc3339_nanos(when).as_bytes());
-                out.extend_from_slice(b" ");
-            }
-            out.extend_from_slice(text);
-            if !partial {
-                out.extend_from_slice(b"\n");
-            }
+            self.records
+                .push(written, text, tag == Some(b"P"), &mut out);
         }
         out.freeze()
     }

@@ -19,14 +19,21 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use crate::{Error, Result};
 
 mod cri;
+mod docker;
 mod k8s_file;
+mod log_records;
 mod oci;
 mod process;
 mod spec;
 mod state;
 
 pub use cri::CriRuntime;
+pub use docker::DockerRuntime;
 pub use oci::{OciRuntime, find_oci_binaries};
+
+/// Every container's pids limit (a fork bomb stops there), whichever
+/// driver runs it.
+const PIDS_LIMIT: i64 = 4096;
 pub use process::ProcessRuntime;
 
 /// Everything a driver needs to start one container.
@@ -70,6 +77,11 @@ pub struct ContainerSpec {
     /// run host processes ignore it.
     #[serde(default)]
     pub resolv_conf: Option<PathBuf>,
+    /// The container's host name (the instance's name, as Kubernetes gives
+    /// a Pod its name); `None` leaves it to the driver (the id). Drivers
+    /// that run host processes ignore it.
+    #[serde(default)]
+    pub hostname: Option<String>,
 }
 
 /// A port the container listens on.

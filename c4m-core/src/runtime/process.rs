@@ -9,7 +9,7 @@
 //! directory re-adopts them.
 
 mod clock;
-mod exec;
+pub(super) mod exec;
 pub(super) mod logs;
 pub(super) mod procfs;
 #[cfg(test)]

@@ -66,6 +66,7 @@ impl ContainerSpec {
                 .and_then(|s| s.read_only_root_filesystem)
                 .unwrap_or(false),
             resolv_conf: None,
+            hostname: spec.hostname.clone().or_else(|| pod.metadata.name.clone()),
         })
     }
 }
@@ -234,6 +235,7 @@ spec:
                 privileged: false,
                 read_only_root_filesystem: false,
                 resolv_conf: None,
+                hostname: Some("web-0".into()),
             }
         );
     }

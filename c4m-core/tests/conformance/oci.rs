@@ -16,18 +16,13 @@ async fn oci_conforms() {
     let kit = Kit::new().await;
     let data = kit.dir().join("oci");
     let images = Arc::new(ImageStore::open(kit.dir().join("images")).expect("image store"));
-    suite::run(
-        "oci",
-        &kit,
-        Gaps::only(&[suite::INTERACTIVE_EXEC]),
-        move || {
-            let data = data.clone();
-            let images = Arc::clone(&images);
-            async move {
-                Arc::new(OciRuntime::new(&data, images).expect("oci driver"))
-                    as Arc<dyn ContainerRuntime>
-            }
-        },
-    )
+    suite::run("oci", &kit, Gaps::none(), move || {
+        let data = data.clone();
+        let images = Arc::clone(&images);
+        async move {
+            Arc::new(OciRuntime::new(&data, images).expect("oci driver"))
+                as Arc<dyn ContainerRuntime>
+        }
+    })
     .await;
 }

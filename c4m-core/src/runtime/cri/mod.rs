@@ -115,8 +115,9 @@ impl CriRuntime {
     /// node's network, so their ports are reported at `host_ip`, the node's
     /// address.
     pub async fn connect(socket: &Path, data_dir: &Path, host_ip: IpAddr) -> Result<CriRuntime> {
-        let daemon_error = |message: String| Error::Daemon {
-            endpoint: socket.display().to_string(),
+        let daemon_error = |message: String| Error::DaemonUnreachable {
+            daemon: "cri",
+            socket: socket.to_path_buf(),
             message,
         };
         let endpoint = Endpoint::from_shared(format!("unix://{}", socket.display()))
@@ -284,7 +285,7 @@ impl Inner {
             let exit_code = exited.then_some(status.exit_code);
             ExitRecord {
                 exit_code,
-                signal: state::signal_of(exit_code),
+                signal: exit_code.and_then(state::signal_of_exit_code),
                 oom_killed: status.reason == "OOMKilled",
                 // The runtime may note a fast exit before the start.
                 finished_at: from_nanos(status.finished_at)

@@ -14,13 +14,11 @@ use oci_spec::runtime::{
 };
 
 use crate::cgroup::{CFS_PERIOD_US, cfs_quota_us, cpu_shares};
-use crate::runtime::ContainerSpec;
+use crate::runtime::{ContainerSpec, PIDS_LIMIT};
 use crate::{Error, Result};
 
 /// `PATH` when neither the image nor the spec sets one (Docker's default).
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-/// Every container's pids limit (a fork bomb stops there).
-const PIDS_LIMIT: i64 = 4096;
 /// `EPERM`, what denied system calls return.
 const EPERM: u32 = 1;
 
@@ -327,7 +325,9 @@ pub(super) fn runtime_spec(spec: &ContainerSpec, input: &BundleInput<'_>) -> Res
     runtime_spec
         .set_process(Some(process))
         .set_root(Some(root))
-        .set_hostname(Some(spec.id.clone()))
+        .set_hostname(Some(
+            spec.hostname.clone().unwrap_or_else(|| spec.id.clone()),
+        ))
         .set_mounts(Some(mounts))
         .set_linux(Some(linux.build().map_err(fail)?));
     Ok(runtime_spec)

@@ -16,6 +16,7 @@
 //! `runtime.log`; `<data_dir>/runtime/` is the OCI runtime's state root.
 
 mod bundle;
+mod exec;
 #[cfg(test)]
 mod tests;
 
@@ -36,7 +37,8 @@ use super::k8s_file;
 use super::process::procfs;
 use super::state::{self, ExitRecord, IdLocks, Records};
 use super::{
-    ContainerRuntime, ContainerSpec, ContainerStatus, ExecOutput, LogOptions, ResourceUsage,
+    ContainerRuntime, ContainerSpec, ContainerStatus, ExecOutput, ExecRequest, ExecSession,
+    LogOptions, ResourceUsage,
 };
 use crate::cgroup::{Cgroup, Cgroups};
 use crate::image::ImageStore;
@@ -157,6 +159,19 @@ impl Inner {
         self.cgroups.group(id)
     }
 
+    /// Errors unless `command` can be exec'd in container `id` now.
+    async fn check_exec(&self, id: &str, command: &[String]) -> Result<()> {
+        let record = self.load_existing(id).await?;
+        let record = self.observe(id, record).await?;
+        if record.exit.is_some() {
+            return Err(runtime_error(id, "cannot exec: container is not running"));
+        }
+        if command.is_empty() {
+            return Err(runtime_error(id, "exec: empty command"));
+        }
+        Ok(())
+    }
+
     /// The OCI runtime with its state root.
     fn runtime_command(&self) -> Command {
         let mut command = Command::new(&self.runtime);
@@ -229,8 +244,7 @@ impl Inner {
             },
         };
         let (exit_code, finished_at) = exit;
-        // conmon reports a signal death as 128 + signal, as shells do.
-        let signal = state::signal_of(exit_code);
+        let signal = exit_code.and_then(state::signal_of_exit_code);
         let oom_killed = self.oom_killed(id);
         let mut record = record;
         record.exit = Some(ExitRecord {
@@ -692,23 +706,24 @@ impl ContainerRuntime for OciRuntime {
 
     async fn exec(&self, id: &str, command: &[String], timeout: Duration) -> Result<ExecOutput> {
         let inner = &*self.inner;
-        let record = inner.load_existing(id).await?;
-        let record = inner.observe(id, record).await?;
-        if record.exit.is_some() {
-            return Err(runtime_error(id, "cannot exec: container is not running"));
-        }
-        if command.is_empty() {
-            return Err(runtime_error(id, "exec: empty command"));
-        }
+        inner.check_exec(id, command).await?;
+        let pid_dir = tempfile::tempdir()
+            .map_err(|e| Error::io("create a directory for an exec's pid file", e))?;
+        let pid_file = pid_dir.path().join("pid");
         let child = inner
             .runtime_command()
             .arg("exec")
+            .arg("--pid-file")
+            .arg(&pid_file)
             .arg(id)
             .args(command)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            // Killing runc would leave the command running: see below.
+            .kill_on_drop(false)
             .spawn()
             .map_err(|e| runtime_error(id, format!("run {}: {e}", inner.runtime.display())))?;
+        let runc = child.id().and_then(|pid| i32::try_from(pid).ok());
         match tokio::time::timeout(timeout, child.wait_with_output()).await {
             Ok(Ok(output)) => Ok(ExecOutput {
                 exit_code: output.status.code().unwrap_or(-1),
@@ -716,12 +731,21 @@ impl ContainerRuntime for OciRuntime {
                 stderr: output.stderr,
             }),
             Ok(Err(e)) => Err(runtime_error(id, format!("exec {command:?}: wait: {e}"))),
-            // Dropping the child killed the runtime's exec process; the
-            // command inside goes with it (runc forwards the signal).
-            Err(_) => Err(runtime_error(
-                id,
-                format!("exec {command:?} timed out after {timeout:?}"),
-            )),
+            // The command is killed inside the container; runc then ends.
+            Err(_) => {
+                let _ = tokio::task::spawn_blocking(move || {
+                    exec::kill_command(&pid_file, pid_dir, runc)
+                })
+                .await;
+                Err(runtime_error(
+                    id,
+                    format!("exec {command:?} timed out after {timeout:?}"),
+                ))
+            }
         }
+    }
+
+    async fn exec_interactive(&self, id: &str, request: ExecRequest) -> Result<ExecSession> {
+        self.inner.exec_interactive(id, request).await
     }
 }

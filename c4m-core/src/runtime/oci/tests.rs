@@ -13,7 +13,7 @@ use oci_spec::image::ConfigBuilder;
 
 use super::*;
 use crate::image::{tar_directory, write_busybox_rootfs, write_oci_layout};
-use crate::runtime::ContainerState;
+use crate::runtime::{ContainerState, TerminalSize};
 
 const BUSYBOX: &str = "/bin/busybox";
 const WAIT: Duration = Duration::from_secs(30);
@@ -152,15 +152,19 @@ fn text(bytes: &[u8]) -> String {
 #[tokio::test]
 async fn a_container_is_isolated_and_its_writes_stay_in_its_own_layer() {
     let f = Fixture::new("isolated").await;
-    let spec = f.spec("box", &["sleep", "1000"]);
+    let spec = ContainerSpec {
+        hostname: Some("box-instance".into()),
+        ..f.spec("box", &["sleep", "1000"])
+    };
     let id = spec.id.clone();
     let status = f.runtime.start(&spec).await.unwrap();
     assert!(matches!(status.state, ContainerState::Running { .. }));
     assert!(f.runtime.start(&spec).await.is_err(), "started twice");
 
+    // The host name the spec gives (the instance's name).
     assert_eq!(
         text(&f.exec(&id, "hostname").await.stdout),
-        format!("{id}\n")
+        "box-instance\n"
     );
     // Its own pid namespace: the sleep as pid 1 and the ps.
     let ps = text(&f.exec(&id, "ps -o pid,comm").await.stdout);
@@ -314,4 +318,109 @@ async fn logs_tail_and_follow() {
         .await;
     assert_eq!(tail, "partialerr\n");
     f.runtime.remove(&spec.id).await.unwrap();
+}
+
+async fn read_all(mut reader: std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>>) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    reader.read_to_end(&mut out).await.unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+/// What the conformance suite leaves to the driver: runc passes resizes
+/// on to the command's own terminal, and a dropped session kills the
+/// command, not only runc.
+async fn interactive_exec_resizes_and_a_dropped_session_kills_the_command() {
+    let f = Fixture::new("iexec").await;
+    let spec = f.spec("box", &["sleep", "1000"]);
+    let id = spec.id.clone();
+    f.runtime.start(&spec).await.unwrap();
+
+    // A terminal: the command sees one, of the size set.
+    let request = ExecRequest {
+        command: vec![
+            "sh".into(),
+            "-c".into(),
+            // runc sizes the command's terminal just after starting it.
+            "test -t 0 && echo on-tty; for i in 1 2 3 4 5 6 7 8 9 10; do \
+             size=$(stty size 2>&1); case $size in [1-9]*) break;; esac; sleep 0.2; done; echo $size; exit 5"
+                .into(),
+        ],
+        stdin: true,
+        tty: true,
+    };
+    let session = f.runtime.exec_interactive(&id, request).await.unwrap();
+    assert!(session.stderr.is_none());
+    let resize = session.resize.expect("a terminal can be resized");
+    resize(TerminalSize {
+        width: 132,
+        height: 43,
+    })
+    .unwrap();
+    let output = tokio::time::timeout(WAIT, read_all(session.stdout))
+        .await
+        .expect("the terminal's output ends when the command exits");
+    let code = session.exit.await.unwrap();
+    assert!(output.contains("on-tty\r\n"), "{output:?} {code}");
+    assert!(output.contains("43 132\r\n"), "{output:?} {code}");
+    assert_eq!(code, 5);
+
+    // Dropping the session before the command ends kills it.
+    let request = ExecRequest {
+        command: vec!["sleep".into(), "999".into()],
+        stdin: false,
+        tty: false,
+    };
+    let session = f.runtime.exec_interactive(&id, request).await.unwrap();
+    let sleeping = || async {
+        let ps = f.exec(&id, "ps -o comm").await;
+        text(&ps.stdout).matches("sleep").count()
+    };
+    let deadline = Instant::now() + WAIT;
+    while sleeping().await < 2 {
+        assert!(Instant::now() < deadline, "the exec'd sleep never ran");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(session);
+    while sleeping().await > 1 {
+        assert!(Instant::now() < deadline, "a dropped exec was not killed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Not in a container that is not running.
+    f.runtime.stop(&id, Duration::from_secs(1)).await.unwrap();
+    let request = ExecRequest {
+        command: vec!["true".into()],
+        ..ExecRequest::default()
+    };
+    let error = f.runtime.exec_interactive(&id, request).await.unwrap_err();
+    assert!(error.to_string().contains("not running"), "{error}");
+    f.runtime.remove(&id).await.unwrap();
+}
+
+/// An exec that outlives its timeout is killed inside the container, not
+/// only runc.
+#[tokio::test]
+async fn a_timed_out_exec_is_killed_inside() {
+    let f = Fixture::new("exectimeout").await;
+    let spec = f.spec("box", &["sleep", "1000"]);
+    let id = spec.id.clone();
+    f.runtime.start(&spec).await.unwrap();
+    let command = ["sleep", "999"].map(String::from);
+    let error = f
+        .runtime
+        .exec(&id, &command, Duration::from_millis(500))
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("timed out"), "{error}");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let ps = text(&f.exec(&id, "ps -o args").await.stdout);
+        if !ps.contains("sleep 999") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still running: {ps}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    f.runtime.remove(&id).await.unwrap();
 }

@@ -6,6 +6,7 @@ use std::os::fd::OwnedFd;
 use std::process::Stdio;
 
 use futures::FutureExt;
+use futures::future::BoxFuture;
 use nix::sys::signal::Signal;
 use rustix::fs::OFlags;
 use rustix::pty::OpenptFlags;
@@ -45,27 +46,10 @@ impl Inner {
                     },
                 )
                 .await?;
-            // Only the command holds the slave now: reading the master ends
-            // (EIO, read as end of file) once the command and its children
-            // are gone.
-            let Pty { master, slave } = pty;
-            drop(slave);
-            let resizer = master
-                .try_clone()
-                .map_err(|e| Error::io("duplicate the terminal", e))?;
-            let reader = master
-                .try_clone()
-                .map_err(|e| Error::io("duplicate the terminal", e))?;
-            let output = pipe::Receiver::from_owned_fd_unchecked(reader)
-                .map_err(|e| Error::io("watch the terminal", e))?;
-            let input = pipe::Sender::from_owned_fd_unchecked(master)
-                .map_err(|e| Error::io("watch the terminal", e))?;
-            let resize: ResizeTerminal = Box::new(move |size| {
-                set_size(&resizer, size).map_err(|e| Error::io("resize the terminal", e))
-            });
+            let (output, input, resize) = pty.into_master_streams()?;
             Ok(ExecSession {
                 stdin: request.stdin.then(|| Box::pin(input) as _),
-                stdout: Box::pin(TerminalOutput(output)),
+                stdout: Box::pin(output),
                 stderr: None,
                 resize: Some(resize),
                 exit: exit_of(child),
@@ -100,12 +84,25 @@ impl Inner {
 }
 
 /// The exit code of `child`; dropped early, it kills the command's group.
-fn exit_of(child: Child) -> futures::future::BoxFuture<'static, Result<i32>> {
+fn exit_of(child: Child) -> BoxFuture<'static, Result<i32>> {
     let pid = child.id();
+    exit_or_kill(child, move |child| {
+        let _ = child.start_kill();
+        if let Some(pid) = pid {
+            signal_group(pid, Signal::SIGKILL);
+        }
+    })
+}
+
+/// The exit code of an exec's `child` (the oci driver's too); dropped
+/// before the command has exited, it runs `kill`.
+pub(in crate::runtime) fn exit_or_kill(
+    child: Child,
+    kill: impl FnOnce(&mut Child) + Send + 'static,
+) -> BoxFuture<'static, Result<i32>> {
     let mut guard = KillOnDrop {
         child,
-        pid,
-        done: false,
+        kill: Some(Box::new(kill)),
     };
     async move {
         let status = guard
@@ -120,38 +117,37 @@ fn exit_of(child: Child) -> futures::future::BoxFuture<'static, Result<i32>> {
     .boxed()
 }
 
-/// Kills an exec's process group unless it has been seen to exit.
+/// Kills an exec's command unless it has been seen to exit.
 struct KillOnDrop {
     child: Child,
-    pid: Option<u32>,
-    done: bool,
+    kill: Option<KillCommand>,
 }
+
+/// What kills an exec's command.
+type KillCommand = Box<dyn FnOnce(&mut Child) + Send>;
 
 impl KillOnDrop {
     fn disarm(&mut self) {
-        self.done = true;
+        self.kill = None;
     }
 }
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
-        if !self.done {
-            let _ = self.child.start_kill();
-            if let Some(pid) = self.pid {
-                signal_group(pid, Signal::SIGKILL);
-            }
+        if let Some(kill) = self.kill.take() {
+            kill(&mut self.child);
         }
     }
 }
 
-/// A pseudo-terminal pair.
-struct Pty {
+/// A pseudo-terminal pair (the oci driver's exec uses it too).
+pub(in crate::runtime) struct Pty {
     master: OwnedFd,
     slave: OwnedFd,
 }
 
 impl Pty {
-    fn open() -> std::io::Result<Pty> {
+    pub(in crate::runtime) fn open() -> std::io::Result<Pty> {
         let master =
             rustix::pty::openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)?;
         rustix::pty::grantpt(&master)?;
@@ -169,7 +165,41 @@ impl Pty {
         Ok(Pty { master, slave })
     }
 
-    fn slave_stdio(&self) -> Result<Stdio> {
+    /// Puts the terminal in raw mode: for a command that has a terminal of
+    /// its own behind this one (the oci driver's), whose line discipline
+    /// is the one that counts.
+    pub(in crate::runtime) fn make_raw(&self) -> std::io::Result<()> {
+        let mut termios = rustix::termios::tcgetattr(&self.slave)?;
+        termios.make_raw();
+        rustix::termios::tcsetattr(&self.slave, rustix::termios::OptionalActions::Now, &termios)?;
+        Ok(())
+    }
+
+    /// Once the command holds the slave: the terminal's output (which
+    /// ends, EIO read as end of file, once the command and its children are
+    /// gone, as the slave is closed here), its input and its resizer.
+    pub(in crate::runtime) fn into_master_streams(
+        self,
+    ) -> Result<(TerminalOutput, pipe::Sender, ResizeTerminal)> {
+        let Pty { master, slave } = self;
+        drop(slave);
+        let resizer = master
+            .try_clone()
+            .map_err(|e| Error::io("duplicate the terminal", e))?;
+        let reader = master
+            .try_clone()
+            .map_err(|e| Error::io("duplicate the terminal", e))?;
+        let output = pipe::Receiver::from_owned_fd_unchecked(reader)
+            .map_err(|e| Error::io("watch the terminal", e))?;
+        let input = pipe::Sender::from_owned_fd_unchecked(master)
+            .map_err(|e| Error::io("watch the terminal", e))?;
+        let resize: ResizeTerminal = Box::new(move |size| {
+            set_size(&resizer, size).map_err(|e| Error::io("resize the terminal", e))
+        });
+        Ok((TerminalOutput(output), input, resize))
+    }
+
+    pub(in crate::runtime) fn slave_stdio(&self) -> Result<Stdio> {
         self.slave
             .try_clone()
             .map(Stdio::from)
@@ -192,7 +222,7 @@ fn set_size(master: &OwnedFd, size: TerminalSize) -> std::io::Result<()> {
 
 /// The master side of a terminal: Linux answers EIO once every slave
 /// descriptor is closed, which is this stream's end of file.
-struct TerminalOutput(pipe::Receiver);
+pub(in crate::runtime) struct TerminalOutput(pipe::Receiver);
 
 impl tokio::io::AsyncRead for TerminalOutput {
     fn poll_read(

@@ -55,6 +55,7 @@ impl Fixture {
             privileged: false,
             read_only_root_filesystem: false,
             resolv_conf: None,
+            hostname: None,
         }
     }
 }
