@@ -497,7 +497,8 @@ fn oci_instances_join_a_cni_network_with_host_ports() {
         "--name",
         "other",
     ]);
-    cluster.apply(&deployment_in(
+    cluster.apply(&driver_deployment(
+        "oci",
         "stranger",
         "bb:1",
         "sleep 1000",
