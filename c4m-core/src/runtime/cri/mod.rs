@@ -40,7 +40,7 @@ use super::k8s_file;
 use super::state::{self, ExitRecord, IdLocks};
 use super::{
     ContainerRuntime, ContainerSpec, ContainerStatus, ExecOutput, ExecRequest, ExecSession,
-    LogOptions, PortBinding, ResourceUsage,
+    LogOptions, ResourceUsage,
 };
 use crate::{Error, Result};
 
@@ -305,17 +305,7 @@ impl Inner {
         started_at: SystemTime,
         exit: Option<ExitRecord>,
     ) -> ContainerStatus {
-        let ports = spec
-            .ports
-            .iter()
-            .map(|port| PortBinding {
-                name: port.name.clone(),
-                container_port: port.container_port,
-                host_ip: self.host_ip.to_string(),
-                host_port: port.container_port,
-                protocol: port.protocol.clone(),
-            })
-            .collect();
+        let ports = state::host_port_bindings(&spec, &self.host_ip.to_string());
         state::status(id, spec, pid, started_at, exit, ports)
     }
 
