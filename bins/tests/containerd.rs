@@ -24,7 +24,7 @@ fn instances_run_in_containerd_when_their_pod_asks_for_it() {
     let socket = containerd.socket().display().to_string();
     let mut cluster = Cluster::start();
     cluster.start_agent_with("n1", "4", "4Gi", &["--containerd-socket", &socket]);
-    cluster.assert_first_node_offers("containerd");
+    cluster.offered_driver("containerd");
 
     let tar = busybox_image_tar(cluster.dir.path());
     cluster.ok(&["image", "import", tar.to_str().unwrap(), "--name", "bb"]);

@@ -22,7 +22,7 @@ fn a_deployment_runs_on_docker_and_answers_logs_and_exec() {
     registry.push_oci_layout(&cluster.dir.path().join("layout"), "1", "team/bb:1");
     let socket = daemon.socket().display().to_string();
     cluster.start_agent_with("n1", "4", "4Gi", &["--docker-socket", &socket]);
-    cluster.assert_first_node_offers("docker");
+    cluster.offered_driver("docker");
 
     cluster.apply(&format!(
         r#"

@@ -17,35 +17,7 @@ use serde_json::Value;
 const MINUTE: Duration = Duration::from_secs(60);
 
 fn deployment(name: &str, image: &str, script: &str) -> String {
-    deployment_in(name, image, script, None)
-}
-
-/// A one-replica oci Deployment; in VPC `vpc` if given, else the default.
-fn deployment_in(name: &str, image: &str, script: &str, vpc: Option<&str>) -> String {
-    let annotations = vpc
-        .map(|vpc| format!("\n      annotations: {{c4m.io/vpc: {vpc}}}"))
-        .unwrap_or_default();
-    format!(
-        r#"
-apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: {name}}}
-spec:
-  replicas: 1
-  selector: {{matchLabels: {{app: {name}}}}}
-  template:
-    metadata:
-      labels: {{app: {name}}}{annotations}
-    spec:
-      runtimeClassName: oci
-      containers:
-        - name: main
-          image: {image}
-          command: ["sh", "-c", {script:?}]
-          ports: [{{containerPort: 8080}}]
-          resources: {{limits: {{cpu: 500m, memory: 64Mi}}}}
-"#
-    )
+    driver_deployment("oci", name, image, script, None)
 }
 
 /// Fails loudly unless this machine can run oci containers.
@@ -65,7 +37,7 @@ fn instances_run_in_oci_containers_from_imported_images() {
     require_oci();
     let mut cluster = Cluster::start();
     cluster.start_agent("n1", "4", "4Gi");
-    cluster.assert_first_node_offers("oci");
+    cluster.offered_driver("oci");
 
     let tar = busybox_image_tar(cluster.dir.path());
     let imported = cluster.ok(&["image", "import", tar.to_str().unwrap(), "--name", "bb"]);
@@ -344,7 +316,8 @@ fn oci_instances_have_addresses_find_services_by_name_and_vpcs_are_isolated() {
     assert!(body.contains("catalog-says-hi"), "{body}");
 
     // Another VPC: the name resolves, the address does not answer.
-    cluster.apply(&deployment_in(
+    cluster.apply(&driver_deployment(
+        "oci",
         "stranger",
         "bb:1",
         CLIENT_SCRIPT,
@@ -524,7 +497,8 @@ fn oci_instances_join_a_cni_network_with_host_ports() {
         "--name",
         "other",
     ]);
-    cluster.apply(&deployment_in(
+    cluster.apply(&driver_deployment(
+        "oci",
         "stranger",
         "bb:1",
         "sleep 1000",

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 
 use c4m_api::agent::Driver;
 use c4m_core::{
-    CniNetwork, ContainerRuntime, ContainerdRuntime, DockerRuntime, ImageStore, LinuxNetwork,
-    Network, OciRuntime, ProcessRuntime, find_oci_binaries,
+    CniNetwork, ContainerRuntime, ContainerdRuntime, CriRuntime, DockerRuntime, ImageStore,
+    LinuxNetwork, Network, OciRuntime, ProcessRuntime, find_oci_binaries,
 };
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -55,6 +55,9 @@ pub struct AgentConfig {
     /// containerd's socket: the `containerd` driver is offered when a
     /// containerd answers there. None: not probed.
     pub containerd_socket: Option<PathBuf>,
+    /// The socket of a CRI runtime (CRI-O, containerd) on this node; when
+    /// set, the agent offers the `cri` driver over it.
+    pub cri_socket: Option<PathBuf>,
 }
 
 /// An agent with its HTTP listener bound, ready to [`run`](Self::run).
@@ -71,7 +74,9 @@ impl Agent {
     /// agent may use namespaces and cgroups (root), running containers from
     /// `images`; `docker` when a Docker Engine answers on
     /// [`AgentConfig::docker_socket`]; `containerd` when a containerd answers
-    /// on [`AgentConfig::containerd_socket`] (images move there from `images`).
+    /// on [`AgentConfig::containerd_socket`] (images move there from `images`);
+    /// `cri` when a CRI socket is configured (a runtime that does not
+    /// answer there is an error: it was asked for).
     pub async fn detect_runtimes(
         config: &AgentConfig,
         images: &Arc<ImageStore>,
@@ -101,6 +106,13 @@ impl Agent {
                     Err(e) => tracing::warn!(error = %e, "containerd driver unavailable"),
                 }
             }
+        }
+        if let Some(socket) = &config.cri_socket {
+            let cri = CriRuntime::connect(socket, &config.data_dir.join("cri"), config.address)
+                .await
+                .map_err(|e| Error::Config(format!("the cri driver (--cri-socket): {e}")))?;
+            tracing::info!(runtime = %cri.version(), "cri driver ready");
+            runtimes.push(Arc::new(cri));
         }
         Ok(runtimes)
     }

@@ -38,7 +38,6 @@ mod scheduler_policy;
 mod selector;
 mod server;
 mod server_side_apply;
-mod spdy;
 mod streams;
 #[cfg(test)]
 mod test_support;

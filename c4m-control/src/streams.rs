@@ -15,6 +15,7 @@ use axum::http::header;
 use axum::response::Response;
 use bytes::Bytes;
 use c4m_api::stream::{self as channel, ExecQuery};
+use c4m_core::{SpdyCodec, SpdyFrame};
 use futures::{SinkExt, StreamExt};
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -25,8 +26,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::ApiState;
 use crate::objects::kind;
-use crate::spdy;
 use crate::{Error, Result};
+
+/// The WebSocket subprotocol of tunnelled SPDY port forwarding.
+const TUNNEL_PROTOCOL: &str = "SPDY/3.1+portforward.k8s.io";
 
 type Shared = State<Arc<ApiState>>;
 
@@ -147,7 +150,7 @@ pub(crate) async fn pod_exec(
 }
 
 /// `GET .../pods/{name}/portforward` upgraded to WebSocket: kubectl's
-/// tunnelled SPDY (`spdy.rs`), or the channel protocol with `?ports=..`
+/// tunnelled SPDY (`c4m_core::SpdyCodec`), or the channel protocol with `?ports=..`
 /// (`c4m port-forward`), relayed to the agent.
 pub(crate) async fn pod_port_forward(
     State(state): Shared,
@@ -156,13 +159,13 @@ pub(crate) async fn pod_port_forward(
     upgrade: WebSocketUpgrade,
 ) -> Result<Response> {
     let upgrade = upgrade.protocols([
-        spdy::TUNNEL_PROTOCOL,
+        TUNNEL_PROTOCOL,
         channel::PORT_FORWARD_PROTOCOL,
         channel::EXEC_PROTOCOL_V4,
     ]);
     if upgrade
         .selected_protocol()
-        .is_some_and(|p| p == spdy::TUNNEL_PROTOCOL)
+        .is_some_and(|p| p == TUNNEL_PROTOCOL)
     {
         let (_, agent_url) = agent_of(&state, &ns, &name, None).await?;
         let target = format!("{agent_url}/v1/instances/{ns}/{name}/portforward");
@@ -219,7 +222,7 @@ async fn spdy_session(
         let _ = to_client.send(normal_close()).await;
     };
     let reader = async move {
-        let mut codec = spdy::Codec::default();
+        let mut codec = SpdyCodec::default();
         let mut forwards: HashMap<String, SpdyForward> = HashMap::new();
         let mut request_of: HashMap<u32, String> = HashMap::new();
         // Dropped with the reader: every bridge ends with it, and then the
@@ -242,7 +245,7 @@ async fn spdy_session(
                     }
                 };
                 let reply = match frame {
-                    spdy::Frame::SynStream { stream, headers } => {
+                    SpdyFrame::SynStream { stream, headers } => {
                         let header = |name: &str| {
                             headers
                                 .iter()
@@ -273,7 +276,7 @@ async fn spdy_session(
                         }
                         Some(codec.syn_reply(stream))
                     }
-                    spdy::Frame::Data { stream, data, .. } => {
+                    SpdyFrame::Data { stream, data, .. } => {
                         let input = request_of
                             .get(&stream)
                             .and_then(|request| forwards.get(request))
@@ -286,16 +289,16 @@ async fn spdy_session(
                         }
                         None
                     }
-                    spdy::Frame::Reset { stream } => {
+                    SpdyFrame::Reset { stream } => {
                         // Dropping the bridge's input ends it.
                         if let Some(request) = request_of.remove(&stream) {
                             forwards.remove(&request);
                         }
                         None
                     }
-                    spdy::Frame::Ping { id } => Some(spdy::ping(id)),
-                    spdy::Frame::GoAway => break 'session,
-                    spdy::Frame::Ignored => None,
+                    SpdyFrame::Ping { id } => Some(SpdyCodec::ping(id)),
+                    SpdyFrame::GoAway => break 'session,
+                    SpdyFrame::Ignored => None,
                 };
                 if let Some(reply) = reply
                     && frames.send(reply).await.is_err()
@@ -337,7 +340,7 @@ impl SpdyBridge {
             Err(e) => {
                 let message = e.to_string();
                 let _ = frames
-                    .send(spdy::data(self.error, false, message.as_bytes()))
+                    .send(SpdyCodec::data(self.error, false, message.as_bytes()))
                     .await;
                 self.finish(&frames).await;
                 return;
@@ -365,8 +368,8 @@ impl SpdyBridge {
                         Some(Ok(_)) => continue,
                     };
                     let frame = match reader.read(&message) {
-                        Some((channel::PORT_DATA, data)) => spdy::data(self.data, false, data),
-                        Some((_, error)) => spdy::data(self.error, false, error),
+                        Some((channel::PORT_DATA, data)) => SpdyCodec::data(self.data, false, data),
+                        Some((_, error)) => SpdyCodec::data(self.error, false, error),
                         None => continue,
                     };
                     if frames.send(frame).await.is_err() {
@@ -381,7 +384,7 @@ impl SpdyBridge {
     /// Ends both streams (FIN): kubectl then closes its local connection.
     async fn finish(&self, frames: &mpsc::Sender<Vec<u8>>) {
         for stream in [self.data, self.error] {
-            let _ = frames.send(spdy::data(stream, true, &[])).await;
+            let _ = frames.send(SpdyCodec::data(stream, true, &[])).await;
         }
     }
 }

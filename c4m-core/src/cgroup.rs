@@ -348,6 +348,37 @@ fn write_v1_memory_limit(dir: &Path, value: &str) -> Result<()> {
     }
 }
 
+/// How many tasks the pids controller counts in the cgroup of process
+/// `pid`, which another runtime placed (a CRI container's), as this host
+/// shows it; `None` when it does not (no such process, no pids controller).
+pub fn pids_in_group_of(pid: u32) -> Option<u64> {
+    let membership = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let root = Path::new(DEFAULT_CGROUP_ROOT);
+    let dir = if root.join("cgroup.controllers").exists() {
+        let path = membership
+            .lines()
+            .find_map(|line| line.strip_prefix("0::"))?;
+        root.join(path.trim_start_matches('/'))
+    } else {
+        let path = membership.lines().find_map(|line| {
+            let mut fields = line.splitn(3, ':');
+            let (_, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
+            controllers.split(',').any(|c| c == "pids").then_some(path)
+        })?;
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+        let (_, mount) = v1_mounts(&mountinfo)
+            .into_iter()
+            .find(|(controller, _)| *controller == Controller::Pids)?;
+        mount.join(path.trim_start_matches('/'))
+    };
+    read_optional(&dir.join("pids.current"))
+        .ok()
+        .flatten()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// CPU shares for a request, as Kubernetes computes them (minimum 2).
 pub fn cpu_shares(request_millis: u64) -> u64 {
     (request_millis.saturating_mul(1024) / 1000).max(2)

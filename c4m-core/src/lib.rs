@@ -27,6 +27,7 @@ mod network;
 mod probe;
 mod quantity;
 mod runtime;
+mod spdy;
 mod time;
 
 pub use error::{Error, Result};
@@ -51,8 +52,9 @@ pub use probe::{ProbeTracker, probe_once};
 pub use quantity::{format_cpu_millis, format_memory_bytes, parse_cpu_millis, parse_memory_bytes};
 pub use runtime::{
     ContainerRuntime, ContainerSpec, ContainerState, ContainerStatus, ContainerdRuntime,
-    DockerRuntime, ExecOutput, ExecRequest, ExecSession, LogOptions, OciRuntime, PortBinding,
-    PortSpec, ProcessRuntime, ResizeTerminal, ResourceLimits, ResourceUsage, TerminalSize,
-    find_oci_binaries,
+    CriRuntime, DockerRuntime, ExecOutput, ExecRequest, ExecSession, LogOptions, OciRuntime,
+    PortBinding, PortSpec, ProcessRuntime, ResizeTerminal, ResourceLimits, ResourceUsage,
+    TerminalSize, find_oci_binaries,
 };
+pub use spdy::{SpdyCodec, SpdyFrame};
 pub use time::{format_rfc3339, now_rfc3339, seconds_since};

@@ -106,6 +106,10 @@ fn config_toml(dir: &Path, socket: &Path, options: &ContainerdOptions) -> String
         root = dir.join("root"),
         state = dir.join("state"),
     );
+    // Sandboxes ask for oom_score_adj -998, which a node that denies
+    // lowering it (this VM, unprivileged nesting) refuses at runc create:
+    // keep scores at or above containerd's own.
+    let _ = writeln!(toml, "  restrict_oom_score_adj = true");
     if let Some(image) = &options.sandbox_image {
         let _ = writeln!(toml, "  sandbox_image = {image:?}");
     }
@@ -138,6 +142,7 @@ mod tests {
             },
         );
         assert!(toml.contains("root = \"/t/root\""), "{toml}");
+        assert!(toml.contains("restrict_oom_score_adj = true"), "{toml}");
         assert!(toml.contains("address = \"/t/containerd.sock\""), "{toml}");
         assert!(
             toml.contains("sandbox_image = \"127.0.0.1:5000/c4m/pause:1\""),

@@ -1,7 +1,7 @@
 //! Container start latency per driver, side by side in one run.
 //!
 //!     cargo build --release -p c4m-benches --bin c4m-driver-bench
-//!     sudo ./target/release/c4m-driver-bench [--starts 50] [--drivers process,oci,docker,containerd]
+//!     sudo ./target/release/c4m-driver-bench [--starts 50] [--drivers process,oci,docker,containerd,cri]
 //!
 //! For each driver: the busybox image (built here, pushed to a loopback
 //! `docker-registry`) is pulled by one warm-up start, then `--starts`
@@ -17,10 +17,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use c4m_core::{
-    ContainerRuntime, ContainerSpec, ContainerState, ContainerdRuntime, DockerRuntime, ImageStore,
-    OciRuntime, ProcessRuntime,
+    ContainerRuntime, ContainerSpec, ContainerState, ContainerdRuntime, CriRuntime, DockerRuntime,
+    ImageStore, OciRuntime, ProcessRuntime,
 };
-use c4m_testkit::{Containerd, Dockerd, Registry};
+use c4m_testkit::{Containerd, ContainerdOptions, Dockerd, Registry};
 use clap::Parser;
 
 #[derive(Parser)]
@@ -44,7 +44,7 @@ struct Subject {
     _keep: Vec<Box<dyn std::any::Any>>,
 }
 
-async fn subject(driver: &str, dir: &Path) -> Result<Subject> {
+async fn subject(driver: &str, dir: &Path, registry: &Registry) -> Result<Subject> {
     let mut keep: Vec<Box<dyn std::any::Any>> = Vec::new();
     let runtime: Arc<dyn ContainerRuntime> = match driver {
         "process" => Arc::new(ProcessRuntime::new(
@@ -70,6 +70,26 @@ async fn subject(driver: &str, dir: &Path) -> Result<Subject> {
             let runtime =
                 ContainerdRuntime::connect(daemon.socket(), &dir.join("c4m"), images).await?;
             keep.push(Box::new(daemon));
+            Arc::new(runtime)
+        }
+        "cri" => {
+            // containerd's CRI service, with a sandbox image that sleeps.
+            let pause = oci_spec::image::ConfigBuilder::default()
+                .cmd(vec!["/bin/sleep".to_string(), "2147483647".to_string()])
+                .build()?;
+            let layout = dir.join("pause-layout");
+            c4m_core::write_busybox_image(Path::new("/bin/busybox"), &layout, "1", pause)?;
+            registry.push_oci_layout(&layout, "1", "bench/pause:1");
+            let containerd = Containerd::start_with(
+                &dir.join("containerd"),
+                &ContainerdOptions {
+                    insecure_registries: vec![registry.host()],
+                    sandbox_image: Some(format!("{}/bench/pause:1", registry.host())),
+                },
+            );
+            let runtime =
+                CriRuntime::connect(containerd.socket(), dir, [127, 0, 0, 1].into()).await?;
+            keep.push(Box::new(containerd));
             Arc::new(runtime)
         }
         other => bail!("unknown driver {other:?}"),
@@ -145,7 +165,7 @@ async fn main() -> Result<()> {
         "driver", "version", "p50 ms", "p99 ms", "max ms"
     );
     for driver in &args.drivers {
-        let subject = subject(driver, &dir.path().join(driver)).await?;
+        let subject = subject(driver, &dir.path().join(driver), &registry).await?;
         let times = measure(subject.runtime.as_ref(), &image, args.starts)
             .await
             .with_context(|| format!("driver {driver}"))?;

@@ -92,6 +92,10 @@ pub struct NodeFlags {
     /// containerd answers there (`runtimeClassName: containerd`).
     #[arg(long, default_value = "/run/containerd/containerd.sock")]
     containerd_socket: PathBuf,
+    /// Socket of a CRI runtime (CRI-O, containerd) on this node: offers the
+    /// `cri` driver (`runtimeClassName: cri`).
+    #[arg(long, value_name = "PATH")]
+    cri_socket: Option<PathBuf>,
     /// The driver that runs instances naming none (no `runtimeClassName`),
     /// so one manifest runs on nodes of different drivers.
     #[arg(long, default_value = c4m_core::DEFAULT_DRIVER)]
@@ -416,6 +420,7 @@ fn agent_config(
         }),
         docker_socket: Some(node.docker_socket.clone()),
         containerd_socket: Some(node.containerd_socket.clone()),
+        cri_socket: node.cri_socket.clone(),
     })
 }
 

@@ -388,19 +388,20 @@ impl Cluster {
         list["items"].as_array().cloned().unwrap_or_default()
     }
 
-    /// Fails unless the first node listed offers `driver`.
-    pub fn assert_first_node_offers(&self, driver: &str) {
+    /// The first node's entry (`DRIVER=VERSION`) for `driver` in its
+    /// drivers annotation; fails if the node does not offer it.
+    pub fn offered_driver(&self, driver: &str) -> String {
         let node = self.list("nodes").remove(0);
         let drivers = node["metadata"]["annotations"][c4m_core::annotations::DRIVERS]
             .as_str()
             .unwrap_or_default()
             .to_string();
-        assert!(
-            drivers
-                .split(',')
-                .any(|d| d.starts_with(&format!("{driver}="))),
-            "the node does not offer the {driver} driver: {drivers}"
-        );
+        let prefix = format!("{driver}=");
+        drivers
+            .split(',')
+            .find(|d| d.starts_with(&prefix))
+            .unwrap_or_else(|| panic!("the node does not offer the {driver} driver: {drivers}"))
+            .to_string()
     }
 
     pub fn node_ready(&self, name: &str) -> bool {
@@ -554,21 +555,63 @@ impl Drop for Cluster {
     }
 }
 
-/// A busybox image tagged `1` (cmd `/bin/sh`, `PATH=/bin`): its OCI
-/// layout in `dir/layout` and that layout as a tar, which is returned.
-pub fn busybox_image_tar(dir: &Path) -> std::path::PathBuf {
+/// An OCI layout of busybox (tag `1`, `PATH=/bin`, cmd `cmd`) written to
+/// `dir/name`; its path.
+pub fn busybox_layout(dir: &Path, name: &str, cmd: &[&str]) -> PathBuf {
     let busybox = Path::new("/bin/busybox");
     assert!(
         busybox.is_file(),
         "/bin/busybox is missing: apt-get install busybox-static"
     );
     let config = oci_spec::image::ConfigBuilder::default()
-        .cmd(vec!["/bin/sh".to_string()])
+        .cmd(cmd.iter().map(|s| s.to_string()).collect::<Vec<_>>())
         .env(vec!["PATH=/bin".to_string()])
         .build()
         .unwrap();
-    let layout = dir.join("layout");
+    let layout = dir.join(name);
     c4m_core::write_busybox_image(busybox, &layout, "1", config).unwrap();
+    layout
+}
+
+/// A one-replica Deployment running `script` with driver `driver`
+/// (`runtimeClassName`), a port and limits; in VPC `vpc` if given.
+pub fn driver_deployment(
+    driver: &str,
+    name: &str,
+    image: &str,
+    script: &str,
+    vpc: Option<&str>,
+) -> String {
+    let annotations = vpc
+        .map(|vpc| format!("\n      annotations: {{c4m.io/vpc: {vpc}}}"))
+        .unwrap_or_default();
+    format!(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: {name}}}
+spec:
+  replicas: 1
+  selector: {{matchLabels: {{app: {name}}}}}
+  template:
+    metadata:
+      labels: {{app: {name}}}{annotations}
+    spec:
+      runtimeClassName: {driver}
+      containers:
+        - name: main
+          image: {image}
+          command: ["sh", "-c", {script:?}]
+          ports: [{{containerPort: 8080}}]
+          resources: {{limits: {{cpu: 500m, memory: 64Mi}}}}
+"#
+    )
+}
+
+/// A busybox image tagged `1` (cmd `/bin/sh`, `PATH=/bin`): its OCI
+/// layout in `dir/layout` and that layout as a tar, which is returned.
+pub fn busybox_image_tar(dir: &Path) -> std::path::PathBuf {
+    let layout = busybox_layout(dir, "layout", &["/bin/sh"]);
     let tar = dir.join("busybox.tar");
     std::fs::write(&tar, c4m_core::tar_directory(&layout).unwrap()).unwrap();
     tar

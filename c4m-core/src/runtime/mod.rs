@@ -20,7 +20,9 @@ use crate::{Error, Result};
 
 mod bundle;
 mod containerd;
+mod cri;
 mod docker;
+mod k8s_file;
 mod log_records;
 mod oci;
 mod process;
@@ -28,6 +30,7 @@ mod spec;
 mod state;
 
 pub use containerd::ContainerdRuntime;
+pub use cri::CriRuntime;
 pub use docker::DockerRuntime;
 pub use oci::{OciRuntime, find_oci_binaries};
 

@@ -165,6 +165,21 @@ pub(super) fn signal_of_exit_code(code: i32) -> Option<i32> {
     (code > 128 && code < 128 + 65).then(|| code - 128)
 }
 
+/// Where the spec's ports are for a container on the node's network
+/// (`docker`, `cri`): its own port numbers at the node's address.
+pub(super) fn host_port_bindings(spec: &ContainerSpec, host_ip: &str) -> Vec<PortBinding> {
+    spec.ports
+        .iter()
+        .map(|port| PortBinding {
+            name: port.name.clone(),
+            container_port: port.container_port,
+            host_ip: host_ip.to_string(),
+            host_port: port.container_port,
+            protocol: port.protocol.clone(),
+        })
+        .collect()
+}
+
 /// `base/<id>`, if `id` is usable as a file name (letters, digits, `-`,
 /// `_`, `.`; not `.` or `..`).
 pub(super) fn container_dir(base: &Path, id: &str) -> Result<PathBuf> {

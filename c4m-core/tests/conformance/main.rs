@@ -10,6 +10,7 @@
 //! started once; it runs every case, then fails naming each case that failed.
 
 mod containerd;
+mod cri;
 mod docker;
 mod kit;
 mod oci;

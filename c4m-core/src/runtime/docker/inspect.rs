@@ -6,8 +6,8 @@ use std::time::SystemTime;
 use bollard::models::{ContainerInspectResponse, ContainerStatsResponse};
 
 use super::SPEC_LABEL;
-use crate::runtime::state::signal_of_exit_code;
-use crate::runtime::{ContainerSpec, ContainerState, ContainerStatus, PortBinding, ResourceUsage};
+use crate::runtime::state::{self, signal_of_exit_code};
+use crate::runtime::{ContainerSpec, ContainerState, ContainerStatus, ResourceUsage};
 use crate::{Error, Result};
 
 /// The status of container `id` from its `inspect` answer: the spec from
@@ -67,17 +67,7 @@ pub(super) fn status(
                 .map_or(started_at, |finished| finished.max(started_at)),
         }
     };
-    let ports = spec
-        .ports
-        .iter()
-        .map(|port| PortBinding {
-            name: port.name.clone(),
-            container_port: port.container_port,
-            host_ip: host_address.to_string(),
-            host_port: port.container_port,
-            protocol: port.protocol.clone(),
-        })
-        .collect();
+    let ports = state::host_port_bindings(&spec, &host_address.to_string());
     Ok(ContainerStatus {
         id: id.into(),
         spec,

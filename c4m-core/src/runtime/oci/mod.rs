@@ -25,15 +25,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
-use futures::StreamExt;
+use bytes::Bytes;
 use futures::stream::BoxStream;
 use nix::mount::{MntFlags, MsFlags};
 use serde::{Deserialize, Serialize};
 use tokio::process::Command;
 
 use super::bundle;
-use super::log_records::RecordFilter;
+use super::k8s_file;
 use super::process::procfs;
 use super::state::{self, ExitRecord, IdLocks, Records, blocking, remove_path, runtime_error};
 use super::{
@@ -527,44 +526,6 @@ fn to_status(id: &str, record: Record) -> ContainerStatus {
     )
 }
 
-/// Turns conmon's `k8s-file` lines (`<time> <stream> <F|P> <text>`) back into
-/// the container's output: a full line gets its newline back, a partial one
-/// (`P`) does not. Bytes of a line not yet complete wait for the rest. The
-/// time conmon wrote each line with is what `since` filters on and what
-/// `timestamps` prints (as Kubernetes does, in UTC with nanoseconds).
-struct K8sFileDecoder {
-    pending: BytesMut,
-    records: RecordFilter,
-}
-
-impl K8sFileDecoder {
-    fn new(options: &LogOptions) -> Self {
-        K8sFileDecoder {
-            pending: BytesMut::new(),
-            records: RecordFilter::new(options),
-        }
-    }
-
-    fn decode(&mut self, chunk: &[u8]) -> Bytes {
-        self.pending.extend_from_slice(chunk);
-        let mut out = BytesMut::new();
-        while let Some(end) = self.pending.iter().position(|b| *b == b'\n') {
-            let line = self.pending.split_to(end + 1);
-            let line = &line[..end];
-            let mut fields = line.splitn(4, |b| *b == b' ');
-            let (time, _stream, tag) = (fields.next(), fields.next(), fields.next());
-            let text = fields.next().unwrap_or_default();
-            let written = time
-                .and_then(|t| std::str::from_utf8(t).ok())
-                .and_then(|t| t.parse::<jiff::Timestamp>().ok())
-                .map(SystemTime::from);
-            self.records
-                .push(written, text, tag == Some(b"P"), &mut out);
-        }
-        out.freeze()
-    }
-}
-
 impl state::Records for Inner {
     type Record = Record;
 
@@ -693,15 +654,7 @@ impl ContainerRuntime for OciRuntime {
     ) -> Result<BoxStream<'static, Result<Bytes>>> {
         self.inner.load_existing(id).await?;
         let path = self.inner.container_dir(id)?.join("ctr.log");
-        if !path.exists() {
-            return Ok(futures::stream::empty().boxed());
-        }
-        let mut decoder = K8sFileDecoder::new(&options);
-        let (raw, _) = state::logs(&self.inner, id, path, &options).await?;
-        Ok(raw
-            .map(move |chunk| chunk.map(|bytes| decoder.decode(&bytes)))
-            .filter(|chunk| futures::future::ready(!matches!(chunk, Ok(b) if b.is_empty())))
-            .boxed())
+        k8s_file::logs(&self.inner, id, path, &options).await
     }
 
     async fn exec(&self, id: &str, command: &[String], timeout: Duration) -> Result<ExecOutput> {
@@ -747,44 +700,5 @@ impl ContainerRuntime for OciRuntime {
 
     async fn exec_interactive(&self, id: &str, request: ExecRequest) -> Result<ExecSession> {
         self.inner.exec_interactive(id, request).await
-    }
-}
-
-#[cfg(test)]
-mod decoder_tests {
-    use super::*;
-
-    const LOG: &[u8] = b"2026-12-01T04:10:00.000000001+00:00 stdout F one\n\
-2026-12-01T04:10:01.5+01:00 stderr P par\n\
-2026-12-01T04:10:02.000000000Z stderr F tial\n";
-
-    #[test]
-    fn k8s_file_lines_become_output_with_kubernetes_timestamps() {
-        let plain = K8sFileDecoder::new(&LogOptions::default()).decode(LOG);
-        assert_eq!(&plain[..], b"one\npartial\n");
-        let stamped = K8sFileDecoder::new(&LogOptions {
-            timestamps: true,
-            ..Default::default()
-        })
-        .decode(LOG);
-        assert_eq!(
-            std::str::from_utf8(&stamped).unwrap(),
-            "2026-12-01T04:10:00.000000001Z one\n2026-12-01T03:10:01.500000000Z partial\n"
-        );
-    }
-
-    #[test]
-    fn since_drops_older_records_and_split_records_wait_for_their_end() {
-        let since: SystemTime = "2026-12-01T04:10:01Z"
-            .parse::<jiff::Timestamp>()
-            .unwrap()
-            .into();
-        let mut decoder = K8sFileDecoder::new(&LogOptions {
-            since: Some(since),
-            ..Default::default()
-        });
-        let (head, tail) = LOG.split_at(20);
-        assert!(decoder.decode(head).is_empty());
-        assert_eq!(&decoder.decode(tail)[..], b"tial\n");
     }
 }

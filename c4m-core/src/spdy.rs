@@ -1,17 +1,13 @@
-//! The part of SPDY/3.1 that `kubectl port-forward` speaks: since
-//! Kubernetes 1.31 it tunnels SPDY frames through a WebSocket (subprotocol
-//! `SPDY/3.1+portforward.k8s.io`, raw frame bytes in binary messages). Per
-//! forwarded connection kubectl opens two streams (SYN_STREAM with headers
-//! `streamType` `error` or `data`, `port`, `requestID`), which the server
-//! accepts with SYN_REPLY; data flows in DATA frames and FIN ends a
+//! The part of SPDY/3.1 that Kubernetes' streams speak, without I/O: the
+//! server side of `kubectl port-forward`'s tunnelled SPDY (in the control
+//! plane) and the client side of a CRI runtime's exec (the `cri` driver).
+//! A stream opens with SYN_STREAM (headers such as `streamType`), is
+//! accepted with SYN_REPLY; data flows in DATA frames and FIN ends a
 //! direction. Header blocks are zlib streams (one per direction for the
 //! whole session) primed with SPDY/3's dictionary.
 
 use bytes::{Buf, Bytes, BytesMut};
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
-
-/// The WebSocket subprotocol of tunnelled SPDY port forwarding.
-pub(crate) const TUNNEL_PROTOCOL: &str = "SPDY/3.1+portforward.k8s.io";
 
 const VERSION: u16 = 3;
 const SYN_STREAM: u16 = 1;
@@ -26,36 +22,52 @@ const CANCEL: u32 = 5;
 /// Frames larger than this are refused (kubectl sends at most 32 KiB).
 const MAX_FRAME: usize = 1 << 20;
 
-/// A frame from the client that the session acts on.
+/// A frame from the peer that a session acts on.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Frame {
+pub enum SpdyFrame {
     /// Stream data; `fin` ends the sender's direction.
-    Data { stream: u32, fin: bool, data: Bytes },
+    Data {
+        /// The stream.
+        stream: u32,
+        /// The sender's direction ends.
+        fin: bool,
+        /// The bytes.
+        data: Bytes,
+    },
     /// A new stream and its headers (names lower case).
     SynStream {
+        /// The stream.
         stream: u32,
+        /// Its headers.
         headers: Vec<(String, String)>,
     },
     /// The stream is gone.
-    Reset { stream: u32 },
+    Reset {
+        /// The stream.
+        stream: u32,
+    },
     /// To be answered with the same PING.
-    Ping { id: u32 },
+    Ping {
+        /// The PING's id.
+        id: u32,
+    },
     /// The client ends the session.
     GoAway,
     /// Anything else (SETTINGS, WINDOW_UPDATE, HEADERS, ...): nothing to do.
     Ignored,
 }
 
-/// Reads client frames from tunnelled bytes and writes server frames.
-pub(crate) struct Codec {
+/// Reads the peer's frames from the bytes it sent and writes ours (the
+/// header compression state of both directions).
+pub struct SpdyCodec {
     input: BytesMut,
     inflate: Decompress,
     deflate: Compress,
 }
 
-impl Default for Codec {
+impl Default for SpdyCodec {
     fn default() -> Self {
-        Codec {
+        SpdyCodec {
             input: BytesMut::new(),
             inflate: Decompress::new(true),
             deflate: new_deflate(),
@@ -70,15 +82,15 @@ fn new_deflate() -> Compress {
     deflate
 }
 
-impl Codec {
-    /// Takes bytes that arrived from the client.
-    pub(crate) fn push(&mut self, bytes: &[u8]) {
+impl SpdyCodec {
+    /// Takes bytes that arrived from the peer.
+    pub fn push(&mut self, bytes: &[u8]) {
         self.input.extend_from_slice(bytes);
     }
 
     /// The next whole frame received, if any; `Err` for a stream that is
     /// not SPDY/3 (the session must end).
-    pub(crate) fn next_frame(&mut self) -> Result<Option<Frame>, String> {
+    pub fn next_frame(&mut self) -> Result<Option<SpdyFrame>, String> {
         if self.input.len() < 8 {
             return Ok(None);
         }
@@ -96,7 +108,7 @@ impl Codec {
         let flags = frame.get_u8();
         frame.advance(3);
         if word & 0x8000_0000 == 0 {
-            return Ok(Some(Frame::Data {
+            return Ok(Some(SpdyFrame::Data {
                 stream: word & 0x7fff_ffff,
                 fin: flags & FLAG_FIN != 0,
                 data: frame,
@@ -119,22 +131,22 @@ impl Codec {
                 let stream = frame.get_u32() & 0x7fff_ffff;
                 frame.advance(6); // associated stream, priority, slot
                 let headers = self.headers(&frame)?;
-                Frame::SynStream { stream, headers }
+                SpdyFrame::SynStream { stream, headers }
             }
             RST_STREAM => {
                 need(&frame, 8)?;
-                Frame::Reset {
+                SpdyFrame::Reset {
                     stream: frame.get_u32() & 0x7fff_ffff,
                 }
             }
             PING => {
                 need(&frame, 4)?;
-                Frame::Ping {
+                SpdyFrame::Ping {
                     id: frame.get_u32(),
                 }
             }
-            GOAWAY => Frame::GoAway,
-            _ => Frame::Ignored,
+            GOAWAY => SpdyFrame::GoAway,
+            _ => SpdyFrame::Ignored,
         }))
     }
 
@@ -171,35 +183,72 @@ impl Codec {
         parse_header_block(&out)
     }
 
+    /// A SYN_STREAM opening `stream` with `headers` (FIN: we will send
+    /// nothing on it).
+    pub fn syn_stream(&mut self, stream: u32, fin: bool, headers: &[(&str, &str)]) -> Vec<u8> {
+        let mut block = (headers.len() as u32).to_be_bytes().to_vec();
+        for (name, value) in headers {
+            for text in [name, value] {
+                block.extend_from_slice(&(text.len() as u32).to_be_bytes());
+                block.extend_from_slice(text.as_bytes());
+            }
+        }
+        let compressed = self.compress(&block);
+        let mut frame = control_header(
+            SYN_STREAM,
+            if fin { FLAG_FIN } else { 0 },
+            10 + compressed.len(),
+        );
+        frame.extend_from_slice(&(stream & 0x7fff_ffff).to_be_bytes());
+        frame.extend_from_slice(&[0, 0, 0, 0, 0, 0]); // associated stream, priority, slot
+        frame.extend_from_slice(&compressed);
+        frame
+    }
+
+    /// `block` through our zlib stream, sync-flushed (resumed until the
+    /// flush is complete).
+    fn compress(&mut self, block: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(block.len() * 2 + 128);
+        let start = self.deflate.total_in();
+        loop {
+            let consumed = (self.deflate.total_in() - start) as usize;
+            // Compressing into memory with a sync flush does not fail.
+            let _ = self
+                .deflate
+                .compress_vec(&block[consumed..], &mut out, FlushCompress::Sync);
+            if self.deflate.total_in() - start == block.len() as u64 && out.len() < out.capacity() {
+                return out;
+            }
+            out.reserve(out.capacity());
+        }
+    }
+
     /// A SYN_REPLY accepting `stream`, with no headers.
-    pub(crate) fn syn_reply(&mut self, stream: u32) -> Vec<u8> {
-        let mut block = Vec::with_capacity(64);
+    pub fn syn_reply(&mut self, stream: u32) -> Vec<u8> {
         // Zero headers; the compressed form continues our zlib stream.
-        let _ = self
-            .deflate
-            .compress_vec(&[0, 0, 0, 0], &mut block, FlushCompress::Sync);
+        let block = self.compress(&[0, 0, 0, 0]);
         let mut frame = control_header(SYN_REPLY, 0, 4 + block.len());
         frame.extend_from_slice(&(stream & 0x7fff_ffff).to_be_bytes());
         frame.extend_from_slice(&block);
         frame
     }
-}
 
-/// A DATA frame.
-pub(crate) fn data(stream: u32, fin: bool, data: &[u8]) -> Vec<u8> {
-    let mut frame = Vec::with_capacity(8 + data.len());
-    frame.extend_from_slice(&(stream & 0x7fff_ffff).to_be_bytes());
-    frame.push(if fin { FLAG_FIN } else { 0 });
-    frame.extend_from_slice(&(data.len() as u32).to_be_bytes()[1..]);
-    frame.extend_from_slice(data);
-    frame
-}
+    /// A DATA frame.
+    pub fn data(stream: u32, fin: bool, data: &[u8]) -> Vec<u8> {
+        let mut frame = Vec::with_capacity(8 + data.len());
+        frame.extend_from_slice(&(stream & 0x7fff_ffff).to_be_bytes());
+        frame.push(if fin { FLAG_FIN } else { 0 });
+        frame.extend_from_slice(&(data.len() as u32).to_be_bytes()[1..]);
+        frame.extend_from_slice(data);
+        frame
+    }
 
-/// The answer to a PING.
-pub(crate) fn ping(id: u32) -> Vec<u8> {
-    let mut frame = control_header(PING, 0, 4);
-    frame.extend_from_slice(&id.to_be_bytes());
-    frame
+    /// The answer to a PING.
+    pub fn ping(id: u32) -> Vec<u8> {
+        let mut frame = control_header(PING, 0, 4);
+        frame.extend_from_slice(&id.to_be_bytes());
+        frame
+    }
 }
 
 /// Cancels a stream (as a client would).
@@ -340,27 +389,6 @@ publicprivatemax-age=gzip,deflate,sdchcharset=utf-8charset=iso-8859-1,utf-,*,enq
 mod tests {
     use super::*;
 
-    /// A client's SYN_STREAM, compressed as spdystream does (one zlib
-    /// stream over all header blocks, primed with the dictionary).
-    fn syn_stream(deflate: &mut Compress, stream: u32, headers: &[(&str, &str)]) -> Vec<u8> {
-        let mut block = (headers.len() as u32).to_be_bytes().to_vec();
-        for (name, value) in headers {
-            for text in [name, value] {
-                block.extend_from_slice(&(text.len() as u32).to_be_bytes());
-                block.extend_from_slice(text.as_bytes());
-            }
-        }
-        let mut compressed = Vec::with_capacity(block.len() + 64);
-        deflate
-            .compress_vec(&block, &mut compressed, FlushCompress::Sync)
-            .unwrap();
-        let mut frame = control_header(SYN_STREAM, 0, 10 + compressed.len());
-        frame.extend_from_slice(&stream.to_be_bytes());
-        frame.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
-        frame.extend_from_slice(&compressed);
-        frame
-    }
-
     #[test]
     fn the_dictionary_is_spdy3s() {
         let dictionary = dictionary();
@@ -372,26 +400,26 @@ mod tests {
 
     #[test]
     fn client_frames_are_read_across_messages() {
-        let mut client = new_deflate();
-        let mut bytes = syn_stream(
-            &mut client,
+        let mut client = SpdyCodec::default();
+        let mut bytes = client.syn_stream(
             1,
+            false,
             &[
                 ("streamType", "error"),
                 ("port", "8080"),
                 ("requestID", "0"),
             ],
         );
-        bytes.extend(syn_stream(
-            &mut client,
+        bytes.extend(client.syn_stream(
             3,
+            false,
             &[("streamType", "data"), ("port", "8080"), ("requestID", "0")],
         ));
-        bytes.extend(data(3, false, b"GET / HTTP/1.0\r\n\r\n"));
-        bytes.extend(data(3, true, b""));
-        bytes.extend(ping(7));
+        bytes.extend(SpdyCodec::data(3, false, b"GET / HTTP/1.0\r\n\r\n"));
+        bytes.extend(SpdyCodec::data(3, true, b""));
+        bytes.extend(SpdyCodec::ping(7));
         bytes.extend(reset(1));
-        let mut codec = Codec::default();
+        let mut codec = SpdyCodec::default();
         // Split at an awkward place: frames are read only once whole.
         let (first, second) = bytes.split_at(13);
         codec.push(first);
@@ -405,7 +433,7 @@ mod tests {
         };
         assert_eq!(
             codec.next_frame().unwrap(),
-            Some(Frame::SynStream {
+            Some(SpdyFrame::SynStream {
                 stream: 1,
                 headers: header(&[
                     ("streamtype", "error"),
@@ -416,14 +444,14 @@ mod tests {
         );
         assert_eq!(
             codec.next_frame().unwrap(),
-            Some(Frame::SynStream {
+            Some(SpdyFrame::SynStream {
                 stream: 3,
                 headers: header(&[("streamtype", "data"), ("port", "8080"), ("requestid", "0")]),
             })
         );
         assert_eq!(
             codec.next_frame().unwrap(),
-            Some(Frame::Data {
+            Some(SpdyFrame::Data {
                 stream: 3,
                 fin: false,
                 data: Bytes::from_static(b"GET / HTTP/1.0\r\n\r\n"),
@@ -431,23 +459,23 @@ mod tests {
         );
         assert_eq!(
             codec.next_frame().unwrap(),
-            Some(Frame::Data {
+            Some(SpdyFrame::Data {
                 stream: 3,
                 fin: true,
                 data: Bytes::new(),
             })
         );
-        assert_eq!(codec.next_frame().unwrap(), Some(Frame::Ping { id: 7 }));
+        assert_eq!(codec.next_frame().unwrap(), Some(SpdyFrame::Ping { id: 7 }));
         assert_eq!(
             codec.next_frame().unwrap(),
-            Some(Frame::Reset { stream: 1 })
+            Some(SpdyFrame::Reset { stream: 1 })
         );
         assert_eq!(codec.next_frame().unwrap(), None);
     }
 
     #[test]
     fn replies_inflate_with_the_dictionary() {
-        let mut codec = Codec::default();
+        let mut codec = SpdyCodec::default();
         let mut client = Decompress::new(true);
         for stream in [1u32, 3] {
             let reply = codec.syn_reply(stream);
@@ -475,17 +503,17 @@ mod tests {
 
     #[test]
     fn bad_input_is_an_error() {
-        let mut codec = Codec::default();
+        let mut codec = SpdyCodec::default();
         codec.push(&[0x80, 2, 0, 1, 0, 0, 0, 0]);
         assert!(codec.next_frame().unwrap_err().contains("version 2"));
-        let mut codec = Codec::default();
+        let mut codec = SpdyCodec::default();
         codec.push(&[0x80, 3, 0, 1, 0, 0, 0, 2, 0, 0]);
         assert!(codec.next_frame().unwrap_err().contains("cut short"));
-        let mut codec = Codec::default();
+        let mut codec = SpdyCodec::default();
         codec.push(&[0, 0, 0, 1, 0, 0xff, 0xff, 0xff]);
         assert!(codec.next_frame().unwrap_err().contains("too large"));
         // A header block that is not a zlib stream.
-        let mut codec = Codec::default();
+        let mut codec = SpdyCodec::default();
         let mut frame = control_header(SYN_STREAM, 0, 14);
         frame.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4]);
         codec.push(&frame);
