@@ -5,25 +5,12 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::Duration;
 
 use c4m_testkit::{Containerd, ContainerdOptions, Registry};
 use common::*;
 
 const MINUTE: Duration = Duration::from_secs(60);
-
-/// Pushes busybox twice: as `c4m/busybox:1` (cmd `/bin/sh`) and as the
-/// sandbox image `c4m/pause:1` (sleeping for ever).
-fn push_images(dir: &Path, registry: &Registry) {
-    for (name, cmd) in [
-        ("busybox", &["/bin/sh"][..]),
-        ("pause", &["/bin/sleep", "2147483647"][..]),
-    ] {
-        let layout = busybox_layout(dir, &format!("{name}-layout"), cmd);
-        registry.push_oci_layout(&layout, "1", &format!("c4m/{name}:1"));
-    }
-}
 
 #[test]
 fn instances_run_through_a_cri_runtime_and_survive_an_agent_restart() {
@@ -33,7 +20,7 @@ fn instances_run_through_a_cri_runtime_and_survive_an_agent_restart() {
     );
     let mut cluster = Cluster::start();
     let registry = Registry::start(cluster.dir.path());
-    push_images(cluster.dir.path(), &registry);
+    push_busybox_and_pause(cluster.dir.path(), &registry);
     let containerd = Containerd::start_with(
         &cluster.dir.path().join("containerd"),
         &ContainerdOptions {

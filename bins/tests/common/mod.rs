@@ -557,6 +557,19 @@ impl Drop for Cluster {
 
 /// An OCI layout of busybox (tag `1`, `PATH=/bin`, cmd `cmd`) written to
 /// `dir/name`; its path.
+/// Pushes busybox twice to `registry`: as `c4m/busybox:1` (cmd `/bin/sh`)
+/// and as the CRI sandbox image `c4m/pause:1` (sleeping for ever).
+#[allow(dead_code)] // not every test binary runs a CRI runtime
+pub fn push_busybox_and_pause(dir: &Path, registry: &c4m_testkit::Registry) {
+    for (name, cmd) in [
+        ("busybox", &["/bin/sh"][..]),
+        ("pause", &["/bin/sleep", "2147483647"][..]),
+    ] {
+        let layout = busybox_layout(dir, &format!("{name}-layout"), cmd);
+        registry.push_oci_layout(&layout, "1", &format!("c4m/{name}:1"));
+    }
+}
+
 pub fn busybox_layout(dir: &Path, name: &str, cmd: &[&str]) -> PathBuf {
     let busybox = Path::new("/bin/busybox");
     assert!(
