@@ -4,13 +4,16 @@
 //! Every c4m bridge is named `c4b…`, so a VPC's table drops forwarded
 //! traffic between its bridge and any other c4m bridge, both ways: two VPCs
 //! stay apart even while only one of them has its rules loaded. Traffic
-//! inside a VPC stays on its bridge and is never matched.
+//! inside a VPC stays on its bridge and is never matched. What leaves
+//! through the overlay to another node keeps its address (it is not
+//! masqueraded): the overlay's own table keeps it within its VPC.
 
 use std::process::Stdio;
 
 use tokio::io::AsyncWriteExt;
 
 use super::VpcNetwork;
+use super::overlay::OVERLAY_DEVICE;
 use crate::{Error, Result};
 
 /// The prefix of every c4m bridge name (`VpcNetwork::bridge_name`).
@@ -38,7 +41,7 @@ fn ruleset(vpc: &VpcNetwork) -> String {
          \t}}\n\
          \tchain postrouting {{\n\
          \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
-         \t\tip saddr {subnet} oifname != \"{others}\" masquerade\n\
+         \t\tip saddr {subnet} oifname != \"{others}\" oifname != \"{OVERLAY_DEVICE}\" masquerade\n\
          \t}}\n\
          }}\n"
     )
@@ -46,22 +49,28 @@ fn ruleset(vpc: &VpcNetwork) -> String {
 
 /// Loads (or replaces) the VPC's table.
 pub(crate) async fn apply(vpc: &VpcNetwork) -> Result<()> {
-    nft(vpc, &ruleset(vpc)).await
+    load(&rules_of(vpc), &ruleset(vpc)).await
 }
 
 /// Deletes the VPC's table; absent is Ok.
 pub(crate) async fn remove(vpc: &VpcNetwork) -> Result<()> {
     let table = table_name(vpc);
-    nft(
-        vpc,
+    load(
+        &rules_of(vpc),
         &format!("table inet {table} {{}}\ndelete table inet {table}\n"),
     )
     .await
 }
 
-async fn nft(vpc: &VpcNetwork, script: &str) -> Result<()> {
+fn rules_of(vpc: &VpcNetwork) -> String {
+    format!("vpc {} rules", vpc.name)
+}
+
+/// Runs `script` through `nft -f -` (one transaction); `what` names the
+/// rules in errors.
+pub(crate) async fn load(what: &str, script: &str) -> Result<()> {
     let failed = |message: String| Error::Network {
-        what: format!("vpc {} rules", vpc.name),
+        what: what.to_string(),
         message,
     };
     let mut child = tokio::process::Command::new("nft")
@@ -116,6 +125,8 @@ mod tests {
                 "iifname \"c4b0a630301\" oifname != \"c4b0a630301\" oifname \"c4b*\" drop"
             )
         );
-        assert!(rules.contains("ip saddr 10.99.3.0/24 oifname != \"c4b*\" masquerade"));
+        assert!(rules.contains(
+            "ip saddr 10.99.3.0/24 oifname != \"c4b*\" oifname != \"c4overlay\" masquerade"
+        ));
     }
 }
