@@ -75,9 +75,6 @@ pub struct NodeFlags {
     /// CIDR of the default VPC (when no `Vpc` object named `default` says).
     #[arg(long, default_value = "10.88.0.0/16")]
     default_vpc_cidr: ipnet::Ipv4Net,
-    /// Which /24 of each VPC this node's instances get: unique per node.
-    #[arg(long, default_value_t = 0)]
-    node_slice: u32,
 }
 
 /// `c4m up`.
@@ -383,7 +380,6 @@ fn agent_config(
         listen: node.listen,
         network: node.instance_network.then_some(NetworkConfig {
             default_vpc_cidr: node.default_vpc_cidr,
-            node_slice: node.node_slice,
             dns_port: DNS_PORT,
             host_address: node.address,
         }),
