@@ -14,8 +14,10 @@ cd "$(dirname "$0")/.."
 # (OCI runtimes), conmon (the container monitor), busybox-static (test
 # images), skopeo (docker archives, pushes) and docker-registry (a registry
 # on loopback); tar. For the instance network tests: iproute2, nftables
-# and mount (umount).
-packages=(procps coreutils curl ca-certificates bsdutils util-linux python3 tar runc crun conmon busybox-static skopeo docker-registry iproute2 nftables mount)
+# and mount (umount). For the driver conformance suite: containerd (also its
+# CRI service) and docker.io (dockerd), which the tests start themselves on
+# sockets of their own.
+packages=(procps coreutils curl ca-certificates bsdutils util-linux python3 tar runc crun conmon busybox-static skopeo docker-registry iproute2 nftables mount containerd docker.io)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -31,7 +31,7 @@ mod time;
 pub use error::{Error, Result};
 pub use image::{
     GcReport, Image, ImageStore, Layer, Reference, RegistryCredentials, SHORT_ID_LEN, pull,
-    tar_directory, write_busybox_rootfs, write_oci_layout,
+    tar_directory, write_busybox_image, write_busybox_rootfs, write_oci_layout,
 };
 pub use manifest::{Document, ManifestError, Validated, parse_documents, validate, validate_value};
 pub use model::kinds::{KINDS, ResourceKind};

@@ -20,6 +20,7 @@ impl Registry {
     /// When `docker-registry` is not installed or does not listen within
     /// 20 s.
     pub fn start(dir: &Path) -> Registry {
+        std::fs::create_dir_all(dir).expect("creating the registry's directory");
         let port = free_port();
         let config = dir.join("registry.yml");
         std::fs::write(

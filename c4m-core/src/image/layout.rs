@@ -161,6 +161,22 @@ pub fn write_busybox_rootfs(busybox: &Path, root: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Writes an OCI image layout into `dest` holding one busybox image tagged
+/// `tag`: one layer of [`write_busybox_rootfs`] around the static binary
+/// `busybox`, and `config`. Returns the manifest digest. What tests,
+/// benchmarks and the quickstart run, with no registry.
+pub fn write_busybox_image(
+    busybox: &Path,
+    dest: &Path,
+    tag: &str,
+    config: Config,
+) -> Result<String> {
+    let scratch = tempfile::tempdir().map_err(|e| Error::io("create a scratch directory", e))?;
+    let rootfs = scratch.path().join("rootfs");
+    write_busybox_rootfs(busybox, &rootfs)?;
+    write_oci_layout(dest, tag, &[tar_directory(&rootfs)?], config)
+}
+
 /// The JSON of an OCI image manifest with this config and these layers.
 pub(super) fn manifest_json(
     config_size: u64,

@@ -32,7 +32,7 @@ use nix::fcntl::{Flock, FlockArg};
 use oci_spec::image::{ImageConfiguration, ImageManifest};
 use serde::{Deserialize, Serialize};
 
-pub use layout::{tar_directory, write_busybox_rootfs, write_oci_layout};
+pub use layout::{tar_directory, write_busybox_image, write_busybox_rootfs, write_oci_layout};
 pub use pull::{RegistryCredentials, pull};
 pub use reference::Reference;
 
