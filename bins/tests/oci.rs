@@ -11,32 +11,11 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use c4m_testkit::Registry;
+use common::oci::{busybox_image_tar, require_oci};
 use common::*;
 use serde_json::Value;
 
 const MINUTE: Duration = Duration::from_secs(60);
-
-/// An OCI layout tar of a busybox image tagged `1`.
-fn busybox_image_tar(dir: &Path) -> std::path::PathBuf {
-    let busybox = Path::new("/bin/busybox");
-    assert!(
-        busybox.is_file(),
-        "/bin/busybox is missing: apt-get install busybox-static"
-    );
-    let rootfs = dir.join("rootfs");
-    c4m_core::write_busybox_rootfs(busybox, &rootfs).unwrap();
-    let config = oci_spec::image::ConfigBuilder::default()
-        .cmd(vec!["/bin/sh".to_string()])
-        .env(vec!["PATH=/bin".to_string()])
-        .build()
-        .unwrap();
-    let layout = dir.join("layout");
-    let layer = c4m_core::tar_directory(&rootfs).unwrap();
-    c4m_core::write_oci_layout(&layout, "1", &[layer], config).unwrap();
-    let tar = dir.join("busybox.tar");
-    std::fs::write(&tar, c4m_core::tar_directory(&layout).unwrap()).unwrap();
-    tar
-}
 
 fn deployment(name: &str, image: &str, script: &str) -> String {
     deployment_in(name, image, script, None)
@@ -68,18 +47,6 @@ spec:
           resources: {{limits: {{cpu: 500m, memory: 64Mi}}}}
 "#
     )
-}
-
-/// Fails loudly unless this machine can run oci containers.
-fn require_oci() {
-    assert!(
-        nix::unistd::Uid::effective().is_root(),
-        "the oci driver needs root (namespaces, overlayfs, cgroups)"
-    );
-    assert!(
-        c4m_core::find_oci_binaries().is_some(),
-        "runc (or crun) and conmon are required: apt-get install runc conmon"
-    );
 }
 
 #[test]

@@ -37,7 +37,8 @@ use tokio::process::Command;
 use super::process::procfs;
 use super::state::{self, ExitRecord, Records};
 use super::{
-    ContainerRuntime, ContainerSpec, ContainerStatus, ExecOutput, LogOptions, ResourceUsage,
+    ContainerRuntime, ContainerSpec, ContainerStatus, ExecOutput, ExecRequest, ExecSession,
+    LogOptions, ResourceUsage,
 };
 use crate::cgroup::{Cgroup, Cgroups};
 use crate::image::ImageStore;
@@ -799,6 +800,61 @@ impl ContainerRuntime for OciRuntime {
                 format!("exec {command:?} timed out after {timeout:?}"),
             )),
         }
+    }
+
+    /// `runc exec` with the command's streams piped to the caller; not on
+    /// a terminal yet (that needs runc's console socket).
+    async fn exec_interactive(&self, id: &str, request: ExecRequest) -> Result<ExecSession> {
+        if request.tty {
+            return Err(Error::Unsupported {
+                driver: self.name().to_string(),
+                operation: "exec on a terminal",
+            });
+        }
+        let inner = &*self.inner;
+        let record = inner.load_existing(id).await?;
+        let record = inner.observe(id, record).await?;
+        if record.exit.is_some() {
+            return Err(runtime_error(id, "cannot exec: container is not running"));
+        }
+        if request.command.is_empty() {
+            return Err(runtime_error(id, "exec: empty command"));
+        }
+        let mut child = inner
+            .runtime_command()
+            .arg("exec")
+            .arg(id)
+            .args(&request.command)
+            .stdin(if request.stdin {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // A session dropped early kills runc's exec, which takes the
+            // command with it (runc forwards the signal).
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| runtime_error(id, format!("run {}: {e}", inner.runtime.display())))?;
+        let missing = || runtime_error(id, "exec: the command's output pipes are missing");
+        let stdout = child.stdout.take().ok_or_else(missing)?;
+        let stderr = child.stderr.take().ok_or_else(missing)?;
+        let stdin = child.stdin.take();
+        let exit = async move {
+            let status = child
+                .wait()
+                .await
+                .map_err(|e| Error::io("wait for the exec'd command", e))?;
+            Ok(super::process::exit_code_and_signal(status).0.unwrap_or(-1))
+        };
+        Ok(ExecSession {
+            stdin: stdin.map(|s| Box::pin(s) as _),
+            stdout: Box::pin(stdout),
+            stderr: Some(Box::pin(stderr)),
+            resize: None,
+            exit: Box::pin(exit),
+        })
     }
 }
 
