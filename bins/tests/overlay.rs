@@ -293,15 +293,31 @@ fn instances_on_different_nodes_reach_each_other_over_the_overlay() {
         );
     }
 
-    // A node that leaves takes its routes from its peers.
-    let route_to = |index: usize, node_slice: &str| {
-        let output = hosts
-            .command(index, "ip")
-            .args(["route", "show", "dev", c4m_core::OVERLAY_DEVICE])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&output.stdout).contains(node_slice)
+    // A node that leaves takes its route, neighbour and forwarding entries
+    // from its peers.
+    let overlay_of = |index: usize| {
+        let mut text = String::new();
+        for (program, args) in [
+            ("ip", ["route", "show", "dev", c4m_core::OVERLAY_DEVICE]),
+            ("ip", ["neigh", "show", "dev", c4m_core::OVERLAY_DEVICE]),
+            ("bridge", ["fdb", "show", "dev", c4m_core::OVERLAY_DEVICE]),
+        ] {
+            let output = hosts.command(index, program).args(args).output().unwrap();
+            text.push_str(&String::from_utf8_lossy(&output.stdout));
+        }
+        text
     };
+    let h3_address = hosts.address(3).to_string();
+    let route_to = |index: usize, node_slice: &str| {
+        let text = overlay_of(index);
+        text.contains(node_slice) || text.contains(&h3_address)
+    };
+    let before = overlay_of(1);
+    assert_eq!(
+        before.matches(&hosts.address(2).to_string()).count(),
+        3,
+        "a route, a neighbour and a forwarding entry for h2: {before}"
+    );
     let h3_pod = by_node["h3"][0];
     let h3_slice = {
         let ip: std::net::Ipv4Addr = ip_of(h3_pod).parse().unwrap();
@@ -314,7 +330,7 @@ fn instances_on_different_nodes_reach_each_other_over_the_overlay() {
     );
     cluster.kill_agent("h3");
     cluster.ok(&["delete", "node", "h3"]);
-    wait_for("h1 to drop its route to h3", MINUTE, || {
+    wait_for("h1 to forget h3", MINUTE, || {
         (!route_to(1, &h3_slice)).then_some(())
     });
 }

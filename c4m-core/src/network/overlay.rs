@@ -288,7 +288,7 @@ impl VxlanOverlay {
                 Some(peer)
                     if peers.contains(&peer)
                         && link_layer_address(&entry) == Some(vtep_mac(peer))
-                        && entry.header.state == NeighbourState::Permanent =>
+                        && is_permanent(&entry) =>
                 {
                     present.insert(peer);
                 }
@@ -403,7 +403,7 @@ impl VxlanOverlay {
             .filter(|n| {
                 n.header.family != AddressFamily::Bridge
                     || link_layer_address(n).is_some_and(|mac| mac.iter().any(|b| *b != 0))
-                        && n.header.state == NeighbourState::Permanent
+                        && is_permanent(n)
                         && destination(n).is_some()
             })
             .collect())
@@ -449,11 +449,24 @@ fn link_layer_address(entry: &NeighbourMessage) -> Option<Vec<u8>> {
     })
 }
 
+/// The entry's IPv4 destination. Forwarding entries (family `Bridge`)
+/// carry it as bare bytes.
 fn destination(entry: &NeighbourMessage) -> Option<Ipv4Addr> {
     entry.attributes.iter().find_map(|a| match a {
         NeighbourAttribute::Destination(NeighbourAddress::Inet(address)) => Some(*address),
+        NeighbourAttribute::Destination(NeighbourAddress::Other(bytes)) => {
+            <[u8; 4]>::try_from(bytes.as_slice())
+                .ok()
+                .map(Ipv4Addr::from)
+        }
         _ => None,
     })
+}
+
+/// Whether the entry is permanent (the kernel may add other bits, such as
+/// `NOARP` on forwarding entries).
+fn is_permanent(entry: &NeighbourMessage) -> bool {
+    u16::from(entry.header.state) & u16::from(NeighbourState::Permanent) != 0
 }
 
 /// A delete of what is already gone succeeded.
