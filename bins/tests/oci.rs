@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use c4m_testkit::Registry;
-use common::oci::{busybox_image_tar, require_oci};
+use common::oci::{busybox_image_tar, oci_deployment, require_oci};
 use common::*;
 use serde_json::Value;
 
@@ -23,30 +23,7 @@ fn deployment(name: &str, image: &str, script: &str) -> String {
 
 /// A one-replica oci Deployment; in VPC `vpc` if given, else the default.
 fn deployment_in(name: &str, image: &str, script: &str, vpc: Option<&str>) -> String {
-    let annotations = vpc
-        .map(|vpc| format!("\n      annotations: {{c4m.io/vpc: {vpc}}}"))
-        .unwrap_or_default();
-    format!(
-        r#"
-apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: {name}}}
-spec:
-  replicas: 1
-  selector: {{matchLabels: {{app: {name}}}}}
-  template:
-    metadata:
-      labels: {{app: {name}}}{annotations}
-    spec:
-      runtimeClassName: oci
-      containers:
-        - name: main
-          image: {image}
-          command: ["sh", "-c", {script:?}]
-          ports: [{{containerPort: 8080}}]
-          resources: {{limits: {{cpu: 500m, memory: 64Mi}}}}
-"#
-    )
+    oci_deployment(name, image, 1, vpc, script, "")
 }
 
 #[test]

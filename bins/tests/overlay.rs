@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use c4m_testkit::Hosts;
-use common::oci::{busybox_image_tar, require_oci};
+use common::oci::{busybox_image_tar, oci_deployment, require_oci};
 use common::*;
 use serde_json::Value;
 
@@ -31,49 +31,21 @@ const FETCH: &str =
     "echo \"$ip=$(printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 $ip 8080 2>/dev/null | tail -n1)\"";
 
 /// `replicas` oci instances serving their name, spread evenly over the
-/// nodes, in VPC `vpc` (the default if None), on `nodes` (any if empty).
+/// nodes, in VPC `vpc` (the default if None), on `nodes` (any if empty),
+/// and a Service selecting them.
 fn server(name: &str, replicas: usize, vpc: Option<&str>, nodes: &[&str]) -> String {
-    let annotations = vpc
-        .map(|vpc| format!("\n      annotations: {{c4m.io/vpc: {vpc}}}"))
-        .unwrap_or_default();
-    let affinity = if nodes.is_empty() {
-        String::new()
-    } else {
-        format!(
-            "\n      affinity: {{nodeAffinity: {{requiredDuringSchedulingIgnoredDuringExecution: {{nodeSelectorTerms: [{{matchExpressions: [{{key: kubernetes.io/hostname, operator: In, values: [{}]}}]}}]}}}}}}",
+    let mut pod_spec = format!(
+        "      topologySpreadConstraints:\n        - {{maxSkew: 1, topologyKey: kubernetes.io/hostname, whenUnsatisfiable: DoNotSchedule, labelSelector: {{matchLabels: {{app: {name}}}}}}}\n"
+    );
+    if !nodes.is_empty() {
+        pod_spec.push_str(&format!(
+            "      affinity: {{nodeAffinity: {{requiredDuringSchedulingIgnoredDuringExecution: {{nodeSelectorTerms: [{{matchExpressions: [{{key: kubernetes.io/hostname, operator: In, values: [{}]}}]}}]}}}}}}\n",
             nodes.join(", ")
-        )
-    };
+        ));
+    }
     format!(
-        r#"
-apiVersion: apps/v1
-kind: Deployment
-metadata: {{name: {name}}}
-spec:
-  replicas: {replicas}
-  selector: {{matchLabels: {{app: {name}}}}}
-  template:
-    metadata:
-      labels: {{app: {name}}}{annotations}
-    spec:
-      runtimeClassName: oci{affinity}
-      topologySpreadConstraints:
-        - {{maxSkew: 1, topologyKey: kubernetes.io/hostname, whenUnsatisfiable: DoNotSchedule, labelSelector: {{matchLabels: {{app: {name}}}}}}}
-      containers:
-        - name: main
-          image: bb:1
-          command: ["sh", "-c", {SERVE_NAME:?}]
-          env: [{{name: POD, valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}}}]
-          ports: [{{containerPort: 8080}}]
-          resources: {{limits: {{cpu: 100m, memory: 32Mi}}}}
----
-apiVersion: v1
-kind: Service
-metadata: {{name: {name}}}
-spec:
-  selector: {{app: {name}}}
-  ports: [{{port: 8080, targetPort: 8080}}]
-"#
+        "{}---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  selector: {{app: {name}}}\n  ports: [{{port: 8080, targetPort: 8080}}]\n",
+        oci_deployment(name, "bb:1", replicas, vpc, SERVE_NAME, &pod_spec)
     )
 }
 
@@ -114,26 +86,14 @@ fn ip_of(pod: &Value) -> String {
 
 /// Each host's overlay as the kernel has it, for a failure's message.
 fn diagnose(hosts: &Hosts) -> String {
+    let device = c4m_core::OVERLAY_DEVICE;
     let mut text = String::new();
     for index in 1..=hosts.count() {
-        for args in [
-            &["-d", "link", "show", c4m_core::OVERLAY_DEVICE][..],
-            &["route"],
-            &["neigh", "show", "dev", c4m_core::OVERLAY_DEVICE],
-        ] {
-            let output = hosts.command(index, "ip").args(args).output().unwrap();
-            text.push_str(&format!(
-                "host {index} $ ip {}\n{}{}",
-                args.join(" "),
-                String::from_utf8_lossy(&output.stdout),
-                String::from_utf8_lossy(&output.stderr)
-            ));
-        }
         for (program, args) in [
-            (
-                "bridge",
-                &["fdb", "show", "dev", c4m_core::OVERLAY_DEVICE][..],
-            ),
+            ("ip", &["-d", "link", "show", device][..]),
+            ("ip", &["route"]),
+            ("ip", &["neigh", "show", "dev", device]),
+            ("bridge", &["fdb", "show", "dev", device]),
             ("nft", &["list", "ruleset"]),
         ] {
             let output = hosts.command(index, program).args(args).output().unwrap();

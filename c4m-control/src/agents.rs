@@ -1065,22 +1065,8 @@ mod tests {
                 .unwrap();
         }
         let shutdown = CancellationToken::new();
-        let cache = Cache::start(Arc::clone(&store), shutdown.clone())
-            .await
-            .unwrap();
-        let agents = Agents {
-            objects: objects.clone(),
-            cache: Arc::clone(&cache),
-            health: Arc::new(NodeHealth::new(
-                Duration::from_secs(10),
-                Duration::from_secs(10),
-            )),
-            usage: Arc::default(),
-            heartbeat_interval: Duration::from_secs(1),
-            dns_address: String::new(),
-            slices: Arc::default(),
-            shutdown: shutdown.clone(),
-        };
+        let agents = agents_over(Arc::clone(&store), objects.clone(), "", &shutdown).await;
+        let cache = Arc::clone(&agents.cache);
         let mut resolved = Resolved::default();
         let assigned = agents.assignments("n1", &mut resolved);
         assert_eq!(

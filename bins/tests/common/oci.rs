@@ -34,3 +34,42 @@ pub fn busybox_image_tar(dir: &Path) -> PathBuf {
     std::fs::write(&tar, c4m_core::tar_directory(&layout).unwrap()).unwrap();
     tar
 }
+
+/// An oci Deployment: `replicas` instances of `image` running `script`
+/// (with `$POD` their name), declaring port 8080, in VPC `vpc` (the
+/// default if None). `pod_spec` adds to the pod spec: YAML lines each
+/// starting with six spaces, or empty.
+pub fn oci_deployment(
+    name: &str,
+    image: &str,
+    replicas: usize,
+    vpc: Option<&str>,
+    script: &str,
+    pod_spec: &str,
+) -> String {
+    let annotations = vpc
+        .map(|vpc| format!("\n      annotations: {{c4m.io/vpc: {vpc}}}"))
+        .unwrap_or_default();
+    format!(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: {name}}}
+spec:
+  replicas: {replicas}
+  selector: {{matchLabels: {{app: {name}}}}}
+  template:
+    metadata:
+      labels: {{app: {name}}}{annotations}
+    spec:
+      runtimeClassName: oci
+{pod_spec}      containers:
+        - name: main
+          image: {image}
+          command: ["sh", "-c", {script:?}]
+          env: [{{name: POD, valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}}}]
+          ports: [{{containerPort: 8080}}]
+          resources: {{limits: {{cpu: 500m, memory: 64Mi}}}}
+"#
+    )
+}

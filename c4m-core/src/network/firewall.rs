@@ -24,17 +24,24 @@ pub(crate) fn table_name(vpc: &VpcNetwork) -> String {
     format!("c4m_{}", vpc.bridge_name())
 }
 
+/// A script that replaces table `inet TABLE` with one holding `chains`
+/// (one transaction: the table is never missing in between).
+pub(crate) fn replace_table(table: &str, chains: &str) -> String {
+    format!("{}table inet {table} {{\n{chains}}}\n", delete_table(table))
+}
+
+/// A script that deletes table `inet TABLE`, absent or not.
+pub(crate) fn delete_table(table: &str) -> String {
+    format!("table inet {table} {{}}\ndelete table inet {table}\n")
+}
+
 /// The VPC's whole ruleset, replacing any earlier version of its table.
 fn ruleset(vpc: &VpcNetwork) -> String {
-    let table = table_name(vpc);
     let bridge = vpc.bridge_name();
     let subnet = vpc.subnet;
     let others = format!("{BRIDGE_PREFIX}*");
-    format!(
-        "table inet {table} {{}}\n\
-         delete table inet {table}\n\
-         table inet {table} {{\n\
-         \tchain forward {{\n\
+    let chains = format!(
+        "\tchain forward {{\n\
          \t\ttype filter hook forward priority filter - 10; policy accept;\n\
          \t\tiifname \"{bridge}\" oifname != \"{bridge}\" oifname \"{others}\" drop\n\
          \t\toifname \"{bridge}\" iifname != \"{bridge}\" iifname \"{others}\" drop\n\
@@ -42,9 +49,9 @@ fn ruleset(vpc: &VpcNetwork) -> String {
          \tchain postrouting {{\n\
          \t\ttype nat hook postrouting priority srcnat; policy accept;\n\
          \t\tip saddr {subnet} oifname != \"{others}\" oifname != \"{OVERLAY_DEVICE}\" masquerade\n\
-         \t}}\n\
-         }}\n"
-    )
+         \t}}\n"
+    );
+    replace_table(&table_name(vpc), &chains)
 }
 
 /// Loads (or replaces) the VPC's table.
@@ -54,12 +61,7 @@ pub(crate) async fn apply(vpc: &VpcNetwork) -> Result<()> {
 
 /// Deletes the VPC's table; absent is Ok.
 pub(crate) async fn remove(vpc: &VpcNetwork) -> Result<()> {
-    let table = table_name(vpc);
-    load(
-        &rules_of(vpc),
-        &format!("table inet {table} {{}}\ndelete table inet {table}\n"),
-    )
-    .await
+    load(&rules_of(vpc), &delete_table(&table_name(vpc))).await
 }
 
 fn rules_of(vpc: &VpcNetwork) -> String {

@@ -171,7 +171,7 @@ impl VxlanOverlay {
             .map_err(|e| overlay_error(format!("removing {OVERLAY_DEVICE}: {e}")))?;
         firewall::load(
             &format!("overlay table {TABLE}"),
-            &format!("table inet {TABLE} {{}}\ndelete table inet {TABLE}\n"),
+            &firewall::delete_table(TABLE),
         )
         .await
     }
@@ -242,27 +242,14 @@ impl VxlanOverlay {
 
     /// One forwarding entry per peer: its VTEP MAC → its underlay address.
     async fn sync_forwarding(&self, index: u32, peers: &BTreeSet<Ipv4Addr>) -> Result<()> {
-        let failed = |e: rtnetlink::Error| overlay_error(format!("forwarding entries: {e}"));
-        let wanted: BTreeMap<Vec<u8>, Ipv4Addr> =
-            peers.iter().map(|p| (vtep_mac(*p), *p)).collect();
-        let mut present = BTreeSet::new();
-        for entry in self.neighbours(index, AddressFamily::Bridge).await? {
-            let mac = link_layer_address(&entry);
-            let destination = destination(&entry);
-            match mac.as_ref().and_then(|mac| wanted.get(mac)) {
-                Some(peer) if destination == Some(*peer) => {
-                    present.insert(*peer);
-                }
-                _ => self
-                    .host
-                    .neighbours()
-                    .del(entry)
-                    .execute()
-                    .await
-                    .or_else(ignore_missing)
-                    .map_err(failed)?,
-            }
-        }
+        let listed = self.neighbours(index, AddressFamily::Bridge).await?;
+        let present = self
+            .keep_only(listed, "forwarding entries", |entry| {
+                destination(entry).filter(|peer| {
+                    peers.contains(peer) && link_layer_address(entry) == Some(vtep_mac(*peer))
+                })
+            })
+            .await?;
         for peer in peers.difference(&present) {
             self.host
                 .neighbours()
@@ -273,7 +260,7 @@ impl VxlanOverlay {
                 .replace()
                 .execute()
                 .await
-                .map_err(failed)?;
+                .map_err(|e| overlay_error(format!("adding a forwarding entry: {e}")))?;
         }
         Ok(())
     }
@@ -281,27 +268,16 @@ impl VxlanOverlay {
     /// One permanent neighbour entry per peer on the device: its underlay
     /// address (the routes' next hop) → its VTEP MAC, so nothing is ARPed.
     async fn sync_neighbours(&self, index: u32, peers: &BTreeSet<Ipv4Addr>) -> Result<()> {
-        let failed = |e: rtnetlink::Error| overlay_error(format!("neighbour entries: {e}"));
-        let mut present = BTreeSet::new();
-        for entry in self.neighbours(index, AddressFamily::Inet).await? {
-            match destination(&entry) {
-                Some(peer)
-                    if peers.contains(&peer)
-                        && link_layer_address(&entry) == Some(vtep_mac(peer))
-                        && is_permanent(&entry) =>
-                {
-                    present.insert(peer);
-                }
-                _ => self
-                    .host
-                    .neighbours()
-                    .del(entry)
-                    .execute()
-                    .await
-                    .or_else(ignore_missing)
-                    .map_err(failed)?,
-            }
-        }
+        let listed = self.neighbours(index, AddressFamily::Inet).await?;
+        let present = self
+            .keep_only(listed, "neighbour entries", |entry| {
+                destination(entry).filter(|peer| {
+                    peers.contains(peer)
+                        && link_layer_address(entry) == Some(vtep_mac(*peer))
+                        && is_permanent(entry)
+                })
+            })
+            .await?;
         for peer in peers.difference(&present) {
             self.host
                 .neighbours()
@@ -311,9 +287,34 @@ impl VxlanOverlay {
                 .replace()
                 .execute()
                 .await
-                .map_err(failed)?;
+                .map_err(|e| overlay_error(format!("adding a neighbour entry: {e}")))?;
         }
         Ok(())
+    }
+
+    /// Deletes the entries `wanted` names no peer for (or a peer twice) and
+    /// returns the peers the others serve.
+    async fn keep_only(
+        &self,
+        entries: Vec<NeighbourMessage>,
+        what: &str,
+        wanted: impl Fn(&NeighbourMessage) -> Option<Ipv4Addr>,
+    ) -> Result<BTreeSet<Ipv4Addr>> {
+        let mut present = BTreeSet::new();
+        for entry in entries {
+            match wanted(&entry) {
+                Some(peer) if present.insert(peer) => {}
+                _ => self
+                    .host
+                    .neighbours()
+                    .del(entry)
+                    .execute()
+                    .await
+                    .or_else(ignore_missing)
+                    .map_err(|e| overlay_error(format!("removing {what}: {e}")))?,
+            }
+        }
+        Ok(present)
     }
 
     /// One route per (VPC, peer): the peer's slice via its underlay
@@ -422,18 +423,15 @@ fn ruleset(vpcs: &[OverlayVpc]) -> String {
              \t\tiifname \"{bridge}\" oifname \"{OVERLAY_DEVICE}\" ip daddr != {cidr} drop\n"
         ));
     }
-    format!(
-        "table inet {TABLE} {{}}\n\
-         delete table inet {TABLE}\n\
-         table inet {TABLE} {{\n\
-         \tchain forward {{\n\
+    let chains = format!(
+        "\tchain forward {{\n\
          \t\ttype filter hook forward priority filter - 10; policy accept;\n\
          \t\tiifname \"{OVERLAY_DEVICE}\" oifname != \"{others}\" drop\n\
          \t\toifname \"{OVERLAY_DEVICE}\" iifname != \"{others}\" drop\n\
          {rules}\
-         \t}}\n\
-         }}\n"
-    )
+         \t}}\n"
+    );
+    firewall::replace_table(TABLE, &chains)
 }
 
 /// The VTEP MAC of the node at `underlay` (locally administered).
