@@ -13,7 +13,8 @@ cd "$(dirname "$0")/.."
 # kubectl_stream.rs. For the oci driver and the image store: runc and crun
 # (OCI runtimes), conmon (the container monitor), busybox-static (test
 # images), skopeo (docker archives, pushes) and docker-registry (a registry
-# on loopback); tar. For the instance network tests: iproute2, nftables
+# on loopback); tar. For the instance network tests: iproute2, nftables,
+# util-linux (nsenter: agents on simulated hosts)
 # and mount (umount). For the driver conformance suite: containerd (also its
 # CRI service) and docker.io (dockerd), which the tests start themselves on
 # sockets of their own.
