@@ -98,7 +98,7 @@ fn requests() -> Vec<InstanceRequest> {
                 cpu_millis: CPU_MILLIS[state as usize % CPU_MILLIS.len()],
                 memory_bytes: MEMORY_MIB[(state >> 8) as usize % MEMORY_MIB.len()] * MIB,
                 node_selector,
-                driver: if index % 10 == 0 { "wasm" } else { "process" }.to_owned(),
+                driver: Some(if index % 10 == 0 { "wasm" } else { "process" }.to_owned()),
                 ..InstanceRequest::default()
             }
         })
@@ -147,7 +147,7 @@ fn affinity_requests() -> Vec<InstanceRequest> {
             };
             InstanceRequest {
                 node_selector: BTreeMap::new(),
-                driver: "process".to_owned(),
+                driver: Some("process".to_owned()),
                 required_affinity,
                 ..request
             }
@@ -233,7 +233,7 @@ fn instance(cpu_millis: u64, memory_mib: u64) -> InstanceRequest {
     InstanceRequest {
         cpu_millis,
         memory_bytes: memory_mib * MIB,
-        driver: "process".to_owned(),
+        driver: Some("process".to_owned()),
         ..InstanceRequest::default()
     }
 }
@@ -320,7 +320,7 @@ fn anti_affinity_instance(index: usize) -> InstanceRequest {
     InstanceRequest {
         cpu_millis: 100,
         memory_bytes: 256 * MIB,
-        driver: "process".to_owned(),
+        driver: Some("process".to_owned()),
         namespace: "perf".to_owned(),
         required_instance_anti_affinity: vec![InstanceAffinityTerm {
             label_selector: Some(LabelSelector {
@@ -391,7 +391,7 @@ fn daemonset_requests(node_count: usize) -> Vec<InstanceRequest> {
             InstanceRequest {
                 cpu_millis: 100,
                 memory_bytes: 128 * MIB,
-                driver: "process".to_owned(),
+                driver: Some("process".to_owned()),
                 namespace: "kube-system".to_owned(),
                 labels: BTreeMap::from([("app".to_owned(), "node-agent".to_owned())]),
                 required_affinity: vec![pin],

@@ -127,6 +127,93 @@ fn instances_run_in_oci_containers_from_imported_images() {
     assert!(String::from_utf8_lossy(&error.stderr).contains("not found"));
 }
 
+/// A manifest naming no driver runs on each node's default driver: host
+/// processes on one node, oci containers on another; and a node cannot
+/// default to a driver it lacks.
+#[test]
+fn instances_naming_no_driver_run_on_the_nodes_default_driver() {
+    require_oci();
+    let mut cluster = Cluster::start();
+    cluster.start_agent("plain", "4", "4Gi");
+    cluster.start_agent_with("boxed", "4", "4Gi", &["--default-driver", "oci"]);
+    let nodes = cluster.ok(&["get", "nodes"]);
+    let row = |name: &str| {
+        nodes
+            .lines()
+            .find(|line| line.starts_with(name))
+            .unwrap_or_else(|| panic!("no row for {name}: {nodes}"))
+            .to_string()
+    };
+    assert!(row("plain").contains(" process*="), "{nodes}");
+    assert!(row("boxed").contains(" oci*="), "{nodes}");
+
+    let tar = busybox_image_tar(cluster.dir.path());
+    cluster.ok(&[
+        "image",
+        "import",
+        tar.to_str().unwrap(),
+        "--name",
+        "bb",
+        "--node",
+        "boxed",
+    ]);
+    // The same template, no runtimeClassName, one instance per node.
+    for node in ["plain", "boxed"] {
+        cluster.apply(&format!(
+            r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: on-{node}}}
+spec:
+  replicas: 1
+  selector: {{matchLabels: {{app: on-{node}}}}}
+  template:
+    metadata: {{labels: {{app: on-{node}}}}}
+    spec:
+      nodeSelector: {{kubernetes.io/hostname: {node}}}
+      containers:
+        - name: main
+          image: bb:1
+          command: ["sh", "-c", "cat /etc/marker 2>&1; exec sleep 1000"]
+"#
+        ));
+    }
+    for (node, expected) in [
+        ("plain", "No such file or directory"),
+        ("boxed", "from-image"),
+    ] {
+        let pods = cluster.wait_ready(&format!("app=on-{node}"), 1, MINUTE);
+        assert_eq!(pods[0]["spec"]["nodeName"], node);
+        let name = pods[0]["metadata"]["name"].as_str().unwrap().to_string();
+        let logs = wait_for("the instance's output", MINUTE, || {
+            let text = cluster.ok(&["logs", &name]);
+            (!text.is_empty()).then_some(text)
+        });
+        assert!(logs.contains(expected), "{node}: {logs}");
+    }
+    for node in ["plain", "boxed"] {
+        cluster.ok(&["delete", "deployment", &format!("on-{node}")]);
+        cluster.wait_gone(&format!("app=on-{node}"), MINUTE);
+    }
+
+    // A default the node does not offer: the agent refuses to start.
+    let refused = Command::new(C4M)
+        .args(["agent", "--name", "nope", "--default-driver", "wasm"])
+        .arg("--data-dir")
+        .arg(cluster.dir.path().join("agent-nope"))
+        .args(["--control-plane", "http://127.0.0.1:1"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains(
+            "the default driver \"wasm\" does not work on this node (it offers process, oci)"
+        ),
+        "{stderr}"
+    );
+}
+
 /// Looks `catalog` up through c4m's DNS from inside the container (busybox
 /// `nslookup` reads the `resolv.conf` the agent mounted) and fetches its page
 /// from the address it got with `nc`, once a second (busybox-static's `wget`

@@ -44,6 +44,9 @@ pub struct AgentConfig {
     pub address: IpAddr,
     /// Where the agent's HTTP server listens (port 0 picks one).
     pub listen: SocketAddr,
+    /// The driver that runs instances naming none (`runtimeClassName`
+    /// unset); it must be one of the node's drivers.
+    pub default_driver: String,
     /// Instance networking (VPCs, an address per instance) for drivers
     /// that take a network namespace; None leaves it off.
     pub network: Option<NetworkConfig>,
@@ -99,6 +102,21 @@ impl Agent {
                 "no container driver works on this node".into(),
             ));
         }
+        // The default driver goes first: the supervisor runs instances that
+        // name no driver with the first.
+        let mut runtimes = runtimes;
+        let Some(default) = runtimes
+            .iter()
+            .position(|r| r.name() == config.default_driver)
+        else {
+            let offered: Vec<&str> = runtimes.iter().map(|r| r.name()).collect();
+            return Err(Error::Config(format!(
+                "the default driver {:?} does not work on this node (it offers {})",
+                config.default_driver,
+                offered.join(", ")
+            )));
+        };
+        runtimes[..=default].rotate_right(1);
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|source| Error::Io {
@@ -142,6 +160,7 @@ impl Agent {
                 version: r.version(),
             })
             .collect();
+        register.default_driver = self.config.default_driver.clone();
         register.agent_url = format!("http://{http_addr}");
         let (slice_tx, slice_rx) = watch::channel(None);
         let (peers_tx, peers_rx) = watch::channel(Arc::default());

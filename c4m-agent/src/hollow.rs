@@ -120,6 +120,7 @@ impl HollowAgents {
             name: DEFAULT_DRIVER.to_string(),
             version: "hollow".to_string(),
         }];
+        register.default_driver = DEFAULT_DRIVER.to_string();
         let session = Session {
             channel: channel.clone(),
             register,

@@ -98,6 +98,7 @@ pub(crate) fn register_request(
         max_instances: to_wire(max_instances),
         labels: labels.clone().into_iter().collect(),
         drivers: Vec::new(),
+        default_driver: String::new(),
         address: address.to_string(),
         agent_url: String::new(),
         agent_version: env!("CARGO_PKG_VERSION").to_string(),

@@ -110,8 +110,13 @@ pub(crate) struct Supervisor {
 }
 
 impl Supervisor {
-    fn runtime(&self, driver: &str) -> Option<Arc<dyn ContainerRuntime>> {
-        self.runtimes.iter().find(|r| r.name() == driver).cloned()
+    /// The driver named `driver`, or the node's default (the first) for
+    /// instances that name none.
+    fn runtime(&self, driver: Option<&str>) -> Option<Arc<dyn ContainerRuntime>> {
+        match driver {
+            Some(driver) => self.runtimes.iter().find(|r| r.name() == driver).cloned(),
+            None => self.runtimes.first().cloned(),
+        }
     }
 
     /// The network to attach containers of `runtime` to, if they take one.
@@ -225,13 +230,13 @@ impl Supervisor {
                 instance.pod = pod.clone();
                 continue;
             }
-            let driver = c4m_core::instance_driver(pod).to_string();
+            let driver = c4m_core::instance_driver(pod);
             let adopted = leftovers.remove(&id);
-            let runtime = match (&adopted, self.runtime(&driver)) {
+            let runtime = match (&adopted, self.runtime(driver)) {
                 (Some((_, runtime)), _) => Arc::clone(runtime),
                 (None, Some(runtime)) => runtime,
                 (None, None) => {
-                    tracing::warn!(instance = %id, driver, "instance needs a driver this node lacks");
+                    tracing::warn!(instance = %id, driver = driver.unwrap_or_default(), "instance needs a driver this node lacks");
                     continue;
                 }
             };

@@ -301,9 +301,32 @@ static NODE: &[Column] = &[
         text(&n["status"]["allocatable"]["pods"])
     })
     .wide(),
-    Column::new("DRIVERS", "Container drivers of the agent", |n| {
-        text(&n["metadata"]["annotations"][c4m_core::annotations::DRIVERS])
-    })
+    Column::new(
+        "DRIVERS",
+        "Container drivers of the agent, its default first",
+        |n| {
+            let annotations = &n["metadata"]["annotations"];
+            let default = annotations[c4m_core::annotations::DEFAULT_DRIVER]
+                .as_str()
+                .unwrap_or_default();
+            let mut drivers: Vec<&str> = annotations[c4m_core::annotations::DRIVERS]
+                .as_str()
+                .unwrap_or_default()
+                .split(',')
+                .filter(|d| !d.is_empty())
+                .collect();
+            // `name=version`; the default first, marked with `*`.
+            drivers.sort_by_key(|d| d.split('=').next() != Some(default));
+            drivers
+                .iter()
+                .map(|d| match d.split_once('=') {
+                    Some((name, version)) if name == default => format!("{name}*={version}"),
+                    _ => d.to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join(",")
+        },
+    )
     .wide(),
     AGE,
     Column::new("VERSION", "Agent version", |n| {

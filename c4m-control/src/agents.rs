@@ -102,6 +102,7 @@ impl Agents {
                 "labels": labels,
                 "annotations": {
                     c4m_core::annotations::DRIVERS: drivers,
+                    c4m_core::annotations::DEFAULT_DRIVER: request.default_driver,
                     c4m_core::annotations::AGENT_URL: request.agent_url,
                 },
             },

@@ -822,8 +822,11 @@ fn check_microservice(ms: &Microservice) -> Result<(), FieldError> {
         dns1123_label(vpc)
             .map_err(|reason| field_error("spec.vpc", format!("{vpc:?} {reason}")))?;
     }
-    dns1123_label(&spec.driver)
-        .map_err(|reason| field_error("spec.driver", format!("{:?} {reason}", spec.driver)))
+    match &spec.driver {
+        Some(driver) => dns1123_label(driver)
+            .map_err(|reason| field_error("spec.driver", format!("{driver:?} {reason}"))),
+        None => Ok(()),
+    }
 }
 
 /// What a Pod container and a Microservice have in common: one process to

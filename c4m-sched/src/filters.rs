@@ -122,8 +122,11 @@ impl Filter for DriverOffered {
     }
 
     fn unfit_reasons(&self, req: &InstanceRequest, node: &NodeView<'_>) -> Vec<UnfitReason> {
-        reason_unless(node.info.drivers.contains(&req.driver), || {
-            UnfitReason::MissingDriver(req.driver.clone())
+        let Some(driver) = &req.driver else {
+            return Vec::new();
+        };
+        reason_unless(node.info.drivers.contains(driver), || {
+            UnfitReason::MissingDriver(driver.clone())
         })
     }
 }

@@ -157,8 +157,9 @@ pub struct InstanceRequest {
     pub tolerations: Vec<Toleration>,
     /// Host ports the instance binds; a node where one is taken does not fit.
     pub host_ports: Vec<HostPort>,
-    /// Runtime driver the node must offer.
-    pub driver: String,
+    /// Runtime driver the node must offer; `None`: any node, whose default
+    /// driver runs it.
+    pub driver: Option<String>,
     /// How to choose among fitting nodes. The caller fills it, with the
     /// policy's `default_strategy` when the instance does not choose.
     pub strategy: Strategy,

@@ -770,7 +770,7 @@ fn request_strategy() -> impl Strategy<Value = InstanceRequest> {
         prop_oneof![Just(0u64), 1..=2000u64],
         prop_oneof![Just(0u64), 1..=2048u64],
         zone_strategy(),
-        driver_strategy(),
+        prop::option::weighted(0.8, driver_strategy()),
         (
             prop_oneof![3 => Just(0u64), 1 => 1..=60u64],
             prop_oneof![3 => Just(0u64), 1 => 1..=2u64],

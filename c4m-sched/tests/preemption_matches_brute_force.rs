@@ -49,7 +49,7 @@ fn request_strategy() -> impl Strategy<Value = InstanceRequest> {
                 BTreeMap::new()
             },
             host_ports: host_port.map(port).into_iter().collect(),
-            driver: "process".to_owned(),
+            driver: Some("process".to_owned()),
             ..InstanceRequest::default()
         },
     )

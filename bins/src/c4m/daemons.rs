@@ -75,6 +75,10 @@ pub struct NodeFlags {
     /// CIDR of the default VPC (when no `Vpc` object named `default` says).
     #[arg(long, default_value = "10.88.0.0/16")]
     default_vpc_cidr: ipnet::Ipv4Net,
+    /// The driver that runs instances naming none (no `runtimeClassName`),
+    /// so one manifest runs on nodes of different drivers.
+    #[arg(long, default_value = c4m_core::DEFAULT_DRIVER)]
+    default_driver: String,
 }
 
 /// `c4m up`.
@@ -378,6 +382,7 @@ fn agent_config(
         labels: node.labels.iter().cloned().collect::<BTreeMap<_, _>>(),
         address: node.address,
         listen: node.listen,
+        default_driver: node.default_driver.clone(),
         network: node.instance_network.then_some(NetworkConfig {
             default_vpc_cidr: node.default_vpc_cidr,
             dns_port: DNS_PORT,

@@ -173,7 +173,8 @@ pub fn describe(kind: &ResourceKind, object: &Value) -> String {
                 "Driver",
                 object["spec"]["runtimeClassName"]
                     .as_str()
-                    .unwrap_or(c4m_core::DEFAULT_DRIVER)
+                    .filter(|driver| !driver.is_empty())
+                    .unwrap_or("the node's default")
                     .into(),
             );
             let requests = &container["resources"]["requests"];

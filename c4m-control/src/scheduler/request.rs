@@ -96,10 +96,7 @@ pub(super) fn request(pod: &Value) -> std::result::Result<InstanceRequest, Strin
         host_ports: host_ports(&spec)?,
         strategy: strategy(pod)?,
         node_selector: spec.node_selector.clone().unwrap_or_default(),
-        driver: spec
-            .runtime_class_name
-            .clone()
-            .unwrap_or_else(|| c4m_core::DEFAULT_DRIVER.to_string()),
+        driver: spec.runtime_class_name.clone().filter(|d| !d.is_empty()),
         namespace: namespace_of(pod).to_owned(),
         required_instance_affinity: instance_terms.required(
             AFFINITY,

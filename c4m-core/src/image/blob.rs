@@ -112,6 +112,28 @@ impl Blobs {
         Ok(path)
     }
 
+    /// Moves the downloaded file `temp` (in the store's `tmp/`) into place
+    /// as blob `expected` once its content has that digest: the content is
+    /// read once to hash it, never copied. Refused (and `temp` dropped) on
+    /// a mismatch.
+    pub(crate) fn adopt(&self, expected: &str, temp: tempfile::NamedTempFile) -> Result<PathBuf> {
+        let path = self.path(expected)?;
+        let file = temp
+            .reopen()
+            .map_err(|e| Error::io(format!("open {}", temp.path().display()), e))?;
+        let (digest, _) = HashingReader::new(file)
+            .finish()
+            .map_err(|e| Error::io("read a downloaded blob", e))?;
+        if digest != expected {
+            return Err(Error::Image(format!(
+                "blob {expected} is corrupt: its content has digest {digest}"
+            )));
+        }
+        temp.persist(&path)
+            .map_err(|e| Error::io(format!("store blob {}", path.display()), e.error))?;
+        Ok(path)
+    }
+
     /// Stores `reader`'s content under its own digest, which it returns with
     /// the size.
     pub(crate) fn write_unknown(&self, reader: impl Read) -> Result<(String, u64)> {

@@ -90,6 +90,11 @@ pub struct ImageStore {
     /// one directory (agent server, drivers, other processes) stay
     /// consistent.
     lock_path: PathBuf,
+    /// `<root>/gc.lock`: held shared by every pull, import and container
+    /// start from its first blob until the image is in the catalog (or
+    /// leased), and exclusively by garbage collection, which would
+    /// otherwise take blobs and layers not yet referenced.
+    gc_lock_path: PathBuf,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -117,6 +122,7 @@ impl ImageStore {
         Ok(ImageStore {
             blobs: Blobs::new(&root, &tmp)?,
             lock_path: root.join("lock"),
+            gc_lock_path: root.join("gc.lock"),
             root,
             layers_dir,
             leases_dir,
@@ -125,18 +131,14 @@ impl ImageStore {
     }
 
     fn locked(&self) -> Result<Flock<std::fs::File>> {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&self.lock_path)
-            .map_err(|e| Error::io(format!("open {}", self.lock_path.display()), e))?;
-        Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, errno)| {
-            Error::io(
-                format!("lock {}", self.lock_path.display()),
-                std::io::Error::from(errno),
-            )
-        })
+        flock(&self.lock_path, FlockArg::LockExclusive)
+    }
+
+    /// Keeps garbage collection out while the caller adds blobs and layers
+    /// the catalog does not reference yet (see `gc_lock_path`). Blocks while
+    /// a collection runs.
+    pub(crate) fn gc_fence(&self) -> Result<Flock<std::fs::File>> {
+        flock(&self.gc_lock_path, FlockArg::LockShared)
     }
 
     fn catalog_path(&self) -> PathBuf {
@@ -337,6 +339,7 @@ impl ImageStore {
     /// Removes blobs and unpacked layers that no image and no lease uses,
     /// and anything left in `tmp/`.
     pub fn gc(&self) -> Result<GcReport> {
+        let _no_pulls = flock(&self.gc_lock_path, FlockArg::LockExclusive)?;
         let _guard = self.locked()?;
         let catalog = self.load()?;
         let mut blobs = BTreeSet::new();
@@ -383,8 +386,25 @@ impl ImageStore {
     /// the repository `default_name`, or else the file name without
     /// extension.
     pub fn import(&self, path: &Path, default_name: Option<&str>) -> Result<Vec<Image>> {
+        let _fence = self.gc_fence()?;
         import::import(self, path, default_name)
     }
+}
+
+/// Locks `path` (created if missing) with `flock`, released on drop.
+fn flock(path: &Path, how: FlockArg) -> Result<Flock<std::fs::File>> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|e| Error::io(format!("open {}", path.display()), e))?;
+    Flock::lock(file, how).map_err(|(_, errno)| {
+        Error::io(
+            format!("lock {}", path.display()),
+            std::io::Error::from(errno),
+        )
+    })
 }
 
 fn resolve_in(catalog: &Catalog, reference: &str) -> Result<Image> {

@@ -59,6 +59,13 @@ pub async fn pull(
 ) -> Result<Image> {
     let parsed = Reference::parse(reference)?;
     let fail = |message: String| Error::Image(format!("pull {parsed}: {message}"));
+    // Garbage collection waits until the pulled image is in the catalog.
+    let _fence = {
+        let store = Arc::clone(store);
+        tokio::task::spawn_blocking(move || store.gc_fence())
+            .await
+            .map_err(|e| fail(format!("lock task failed: {e}")))??
+    };
     // rustls needs a process-wide crypto provider; the first pull installs
     // ring (an error means one is installed already).
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -149,15 +156,10 @@ pub async fn pull(
             .await
             .map_err(|e| fail(format!("blob {digest}: {e}")))?;
         let store = Arc::clone(store);
-        tokio::task::spawn_blocking(move || {
-            let file = temp
-                .reopen()
-                .map_err(|e| Error::io(format!("open {}", temp.path().display()), e))?;
-            store.blobs.write(&digest, file).map(drop)
-        })
-        .await
-        .map_err(|e| fail(format!("store task failed: {e}")))?
-        .map_err(|e| fail(e.to_string()))?;
+        tokio::task::spawn_blocking(move || store.blobs.adopt(&digest, temp).map(drop))
+            .await
+            .map_err(|e| fail(format!("store task failed: {e}")))?
+            .map_err(|e| fail(e.to_string()))?;
     }
     let store = Arc::clone(store);
     tokio::task::spawn_blocking(move || {

@@ -388,3 +388,27 @@ fn a_layer_that_does_not_match_its_diff_id_is_refused() {
     assert!(error.contains("content does not match"), "{error}");
     assert!(store.list().unwrap().is_empty());
 }
+
+#[test]
+fn garbage_collection_waits_for_blobs_not_yet_in_the_catalog() {
+    let temp = tempfile::tempdir().unwrap();
+    let store = std::sync::Arc::new(ImageStore::open(temp.path().join("store")).unwrap());
+    // A pull or import in flight: its blob is written, its image not yet
+    // registered.
+    let fence = store.gc_fence().unwrap();
+    let (digest, _) = store.blobs.write_unknown(&b"in flight"[..]).unwrap();
+    let collector = {
+        let store = std::sync::Arc::clone(&store);
+        std::thread::spawn(move || store.gc().unwrap())
+    };
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(
+        !collector.is_finished(),
+        "gc ran while a pull was in flight"
+    );
+    assert!(store.has_blob(&digest));
+    drop(fence);
+    // Nothing references the blob once the pull gave up: now it goes.
+    assert_eq!(collector.join().unwrap().blobs, 1);
+    assert!(!store.has_blob(&digest));
+}

@@ -11,8 +11,6 @@ use k8s_openapi::api::core::v1::{ContainerPort, EnvVar, Probe, ResourceRequireme
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta};
 use serde::{Deserialize, Serialize};
 
-use super::pod::DEFAULT_DRIVER;
-
 /// A microservice: desired state (`spec`) and observed state (`status`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -117,8 +115,10 @@ pub struct MicroserviceSpec {
     pub priority_class_name: Option<String>,
     /// `Always` (default), `OnFailure` or `Never`.
     pub restart_policy: String,
-    /// The runtime driver instances need (default `process`).
-    pub driver: String,
+    /// The runtime driver instances need (their `runtimeClassName`); unset,
+    /// each node's default driver runs them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
     /// The VPC instances join (default: the `default` VPC); it matters to
     /// drivers that give instances a network namespace (`oci`).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -144,7 +144,7 @@ impl Default for MicroserviceSpec {
             priority_class_name: None,
             vpc: None,
             restart_policy: "Always".to_string(),
-            driver: DEFAULT_DRIVER.to_string(),
+            driver: None,
         }
     }
 }
@@ -182,7 +182,7 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(ms.spec.replicas, 1);
-        assert_eq!(ms.spec.driver, "process");
+        assert_eq!(ms.spec.driver, None);
         assert_eq!(ms.spec.restart_policy, "Always");
         assert_eq!(ms.spec.priority, 0);
         assert!(ms.status.is_none());
@@ -231,7 +231,7 @@ mod tests {
                 "apiVersion": "c4m.io/v1",
                 "kind": "Microservice",
                 "metadata": {"name": "api"},
-                "spec": {"replicas": 1, "priority": 0, "restartPolicy": "Always", "driver": "process"}
+                "spec": {"replicas": 1, "priority": 0, "restartPolicy": "Always"}
             })
         );
     }

@@ -18,6 +18,8 @@ pub mod annotations {
     pub const PORTS: &str = "c4m.io/ports";
     /// On a node: comma-separated `driver=version` pairs the agent fingerprinted.
     pub const DRIVERS: &str = "c4m.io/drivers";
+    /// On a node: the driver that runs instances naming none.
+    pub const DEFAULT_DRIVER: &str = "c4m.io/default-driver";
     /// On a node: base URL of the agent's HTTP server (logs, exec).
     pub const AGENT_URL: &str = "c4m.io/agent-url";
     /// On an instance: hash of the pod template it was made from, so a

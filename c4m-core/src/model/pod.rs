@@ -64,7 +64,7 @@ pub fn pod_template_for_microservice(ms: &Microservice) -> PodTemplateSpec {
             // 0 would contradict any class of another value.
             priority: (spec.priority != 0).then_some(spec.priority),
             priority_class_name: spec.priority_class_name.clone(),
-            runtime_class_name: Some(spec.driver.clone()),
+            runtime_class_name: spec.driver.clone(),
             ..PodSpec::default()
         }),
     }
@@ -75,14 +75,14 @@ fn non_empty<T: Clone>(items: &[T]) -> Option<Vec<T>> {
     (!items.is_empty()).then(|| items.to_vec())
 }
 
-/// The driver an instance needs: its `runtimeClassName`, or
-/// [`DEFAULT_DRIVER`] when unset or empty.
-pub fn instance_driver(pod: &Pod) -> &str {
+/// The driver an instance asks for: its `runtimeClassName`; `None` when
+/// unset or empty, and then the node's default driver runs it (so one
+/// manifest runs unchanged on nodes of different drivers).
+pub fn instance_driver(pod: &Pod) -> Option<&str> {
     pod.spec
         .as_ref()
         .and_then(|spec| spec.runtime_class_name.as_deref())
         .filter(|driver| !driver.is_empty())
-        .unwrap_or(DEFAULT_DRIVER)
 }
 
 /// What an instance asks the scheduler for, in integer units.
@@ -168,7 +168,7 @@ mod tests {
             }
         }))
         .unwrap();
-        ms.spec.driver = "docker".to_string();
+        ms.spec.driver = Some("docker".to_string());
         let template = pod_template_for_microservice(&ms);
 
         let template_labels = template.metadata.unwrap().labels.unwrap();
@@ -203,7 +203,7 @@ mod tests {
     fn minimal_template_leaves_empty_lists_unset() {
         let ms = Microservice::new("api", MicroserviceSpec::default());
         let spec = pod_template_for_microservice(&ms).spec.unwrap();
-        assert_eq!(spec.runtime_class_name.as_deref(), Some(DEFAULT_DRIVER));
+        assert_eq!(spec.runtime_class_name, None, "the node's default driver");
         assert!(spec.node_selector.is_none());
         // Priority 0 is left to a PriorityClass (none named: the global default).
         assert!(spec.priority.is_none() && spec.priority_class_name.is_none());
@@ -213,16 +213,16 @@ mod tests {
     }
 
     #[test]
-    fn driver_defaults_to_process() {
+    fn driver_is_the_runtime_class_or_the_nodes_default() {
         let mut pod = Pod::default();
-        assert_eq!(instance_driver(&pod), "process");
+        assert_eq!(instance_driver(&pod), None);
         pod.spec = Some(PodSpec {
             runtime_class_name: Some(String::new()),
             ..PodSpec::default()
         });
-        assert_eq!(instance_driver(&pod), "process");
+        assert_eq!(instance_driver(&pod), None);
         pod.spec.as_mut().unwrap().runtime_class_name = Some("docker".to_string());
-        assert_eq!(instance_driver(&pod), "docker");
+        assert_eq!(instance_driver(&pod), Some("docker"));
     }
 
     #[test]

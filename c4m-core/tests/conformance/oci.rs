@@ -19,7 +19,7 @@ async fn oci_conforms() {
     suite::run(
         "oci",
         &kit,
-        Gaps::only(&[suite::INTERACTIVE_EXEC]),
+        Gaps::only(&[suite::TERMINAL_EXEC]),
         move || {
             let data = data.clone();
             let images = Arc::clone(&images);

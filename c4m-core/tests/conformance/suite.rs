@@ -15,6 +15,8 @@ use crate::kit::{Driver, Kit, exit_code, logs, run_to_exit, spec, wait_exit, wai
 
 /// An operation a driver answers with `Error::Unsupported`.
 pub const INTERACTIVE_EXEC: &str = "interactive exec";
+/// Interactive exec on a terminal (`tty`), where piped exec works.
+pub const TERMINAL_EXEC: &str = "exec on a terminal";
 
 /// The operations a driver says it cannot do; the suite checks it says so
 /// with `Error::Unsupported`, and prints them.
@@ -430,6 +432,16 @@ async fn interactive_exec(cx: &Case<'_>) {
         stdin: false,
         tty: true,
     };
+    if cx.gaps.has(TERMINAL_EXEC) {
+        assert!(
+            matches!(
+                rt.exec_interactive(&sleeper.id, request).await,
+                Err(Error::Unsupported { .. })
+            ),
+            "a declared gap answers Unsupported"
+        );
+        return;
+    }
     let mut session = rt
         .exec_interactive(&sleeper.id, request)
         .await

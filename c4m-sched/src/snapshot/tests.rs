@@ -21,7 +21,7 @@ pub(super) fn request(cpu_millis: u64, memory_bytes: u64) -> InstanceRequest {
     InstanceRequest {
         cpu_millis,
         memory_bytes,
-        driver: "process".to_owned(),
+        driver: Some("process".to_owned()),
         ..InstanceRequest::default()
     }
 }
@@ -119,9 +119,9 @@ fn driver_must_be_offered() {
         node("plain-b", 1000, GIB, 5),
     ]);
     let mut req = request(100, 1);
-    req.driver = "wasm".to_owned();
+    req.driver = Some("wasm".to_owned());
     assert_eq!(snapshot.place(&req).unwrap(), "wasm");
-    req.driver = "vm".to_owned();
+    req.driver = Some("vm".to_owned());
     assert_eq!(
         unschedulable_text(&mut snapshot, &req),
         "0/3 nodes are available: 3 node(s) lacked driver \"vm\"."

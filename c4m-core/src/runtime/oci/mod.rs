@@ -389,6 +389,10 @@ impl Inner {
             .image
             .clone()
             .ok_or_else(|| runtime_error(id, "the oci driver needs an image"))?;
+        // From resolving the image until its layers are leased, garbage
+        // collection waits.
+        let images = self.images.clone();
+        let fence = blocking(move || images.gc_fence()).await?;
         let images = self.images.clone();
         let wanted = reference.clone();
         let image = match blocking(move || images.resolve(&wanted)).await {
@@ -415,6 +419,7 @@ impl Inner {
             Ok((image, layers, config))
         })
         .await?;
+        drop(fence);
         let rootfs = self.mount_rootfs(id, dir, &layers)?;
         let input = bundle::BundleInput {
             image: config.config().as_ref(),
