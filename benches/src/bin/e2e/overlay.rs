@@ -107,9 +107,10 @@ pub(crate) async fn run(megabytes: u64, rounds: usize) -> Result<()> {
     println!(
         "TCP throughput between two hosts ({megabytes} MB per round, median of {rounds}, one stream):"
     );
-    println!("  plain veth (host to host)         {plain:>8.0} MB/s");
+    println!("  {:<38} {plain:>6.0} MB/s", "plain veth (host to host)");
     println!(
-        "  VXLAN overlay (instance to instance) {overlay:>6.0} MB/s  ({:.0}% of plain)",
+        "  {:<38} {overlay:>6.0} MB/s  ({:.0}% of plain)",
+        "VXLAN overlay (instance to instance)",
         overlay / plain * 100.0
     );
 
