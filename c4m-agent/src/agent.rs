@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 
 use c4m_api::agent::Driver;
 use c4m_core::{
-    ContainerRuntime, ImageStore, LinuxNetwork, OciRuntime, ProcessRuntime, VxlanOverlay,
+    ContainerRuntime, DockerRuntime, ImageStore, LinuxNetwork, OciRuntime, ProcessRuntime,
+    VxlanOverlay,
     find_oci_binaries,
 };
 use tokio::net::TcpListener;
@@ -50,6 +51,9 @@ pub struct AgentConfig {
     /// Instance networking (VPCs, an address per instance) for drivers
     /// that take a network namespace; None leaves it off.
     pub network: Option<NetworkConfig>,
+    /// A Docker Engine socket to offer the `docker` driver on, if an
+    /// engine answers there (only probed, never required).
+    pub docker_socket: Option<PathBuf>,
 }
 
 /// An agent with its HTTP listener bound, ready to [`run`](Self::run).
@@ -64,8 +68,9 @@ impl Agent {
     /// The drivers that work on this node: `process` always; `oci` when
     /// an OCI runtime (runc or crun) and conmon are installed and the
     /// agent may use namespaces and cgroups (root), running containers from
-    /// `images`.
-    pub fn detect_runtimes(
+    /// `images`; `docker` when a Docker Engine answers on
+    /// [`AgentConfig::docker_socket`].
+    pub async fn detect_runtimes(
         config: &AgentConfig,
         images: &Arc<ImageStore>,
     ) -> Result<Vec<Arc<dyn ContainerRuntime>>> {
@@ -81,7 +86,35 @@ impl Agent {
                 Err(e) => tracing::warn!(error = %e, "oci driver unavailable"),
             }
         }
+        if let Some(docker) = Self::detect_docker(config).await {
+            runtimes.push(Arc::new(docker));
+        }
         Ok(runtimes)
+    }
+
+    /// The `docker` driver, if an engine answers on the configured socket;
+    /// its containers are labelled with this node, whose address their
+    /// (host network) ports are reached at.
+    async fn detect_docker(config: &AgentConfig) -> Option<DockerRuntime> {
+        let socket = config.docker_socket.as_ref()?;
+        if !socket.exists() {
+            tracing::info!(socket = %socket.display(), "docker driver unavailable: no socket");
+            return None;
+        }
+        match DockerRuntime::connect(socket).await {
+            Ok(docker) => {
+                tracing::info!(version = %docker.version(), "docker driver available");
+                Some(
+                    docker
+                        .for_node(&config.node_name)
+                        .with_host_address(config.address),
+                )
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "docker driver unavailable");
+                None
+            }
+        }
     }
 
     /// The node's image store (`<data_dir>/images`), which the `oci` driver

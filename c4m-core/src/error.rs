@@ -35,6 +35,17 @@ pub enum Error {
         message: String,
     },
 
+    /// A container daemon (dockerd, ...) does not answer on its socket.
+    #[error("the {daemon} daemon at {socket} is unreachable: {message}")]
+    DaemonUnreachable {
+        /// Which daemon.
+        daemon: &'static str,
+        /// The socket it was asked on.
+        socket: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+
     /// The driver does not do this.
     #[error("the {driver} driver does not support {operation}")]
     Unsupported {

@@ -49,8 +49,8 @@ pub use network::{
 pub use probe::{ProbeTracker, probe_once};
 pub use quantity::{format_cpu_millis, format_memory_bytes, parse_cpu_millis, parse_memory_bytes};
 pub use runtime::{
-    ContainerRuntime, ContainerSpec, ContainerState, ContainerStatus, ExecOutput, ExecRequest,
-    ExecSession, LogOptions, OciRuntime, PortBinding, PortSpec, ProcessRuntime, ResizeTerminal,
-    ResourceLimits, ResourceUsage, TerminalSize, find_oci_binaries,
+    ContainerRuntime, ContainerSpec, ContainerState, ContainerStatus, DockerRuntime, ExecOutput,
+    ExecRequest, ExecSession, LogOptions, OciRuntime, PortBinding, PortSpec, ProcessRuntime,
+    ResizeTerminal, ResourceLimits, ResourceUsage, TerminalSize, find_oci_binaries,
 };
 pub use time::{format_rfc3339, now_rfc3339, seconds_since};

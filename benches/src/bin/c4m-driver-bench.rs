@@ -1,7 +1,7 @@
 //! Container start latency per driver, side by side in one run.
 //!
 //!     cargo build --release -p c4m-benches --bin c4m-driver-bench
-//!     sudo ./target/release/c4m-driver-bench [--starts 50] [--drivers process,oci]
+//!     sudo ./target/release/c4m-driver-bench [--starts 50] [--drivers process,oci,docker]
 //!
 //! For each driver: the busybox image (built here, pushed to a loopback
 //! `docker-registry`) is pulled by one warm-up start, then `--starts`
@@ -17,9 +17,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use c4m_core::{
-    ContainerRuntime, ContainerSpec, ContainerState, ImageStore, OciRuntime, ProcessRuntime,
+    ContainerRuntime, ContainerSpec, ContainerState, DockerRuntime, ImageStore, OciRuntime,
+    ProcessRuntime,
 };
-use c4m_testkit::Registry;
+use c4m_testkit::{Dockerd, Registry};
 use clap::Parser;
 
 #[derive(Parser)]
@@ -40,6 +41,7 @@ struct Subject {
 }
 
 async fn subject(driver: &str, dir: &Path) -> Result<Subject> {
+    let mut keep: Vec<Box<dyn std::any::Any>> = Vec::new();
     let runtime: Arc<dyn ContainerRuntime> = match driver {
         "process" => Arc::new(ProcessRuntime::new(
             dir.join("process"),
@@ -52,11 +54,17 @@ async fn subject(driver: &str, dir: &Path) -> Result<Subject> {
             let images = Arc::new(ImageStore::open(dir.join("images"))?);
             Arc::new(OciRuntime::new(&dir.join("oci"), images)?)
         }
+        "docker" => {
+            let daemon = Dockerd::start(&dir.join("dockerd"));
+            let docker = DockerRuntime::connect(daemon.socket()).await?;
+            keep.push(Box::new(daemon));
+            Arc::new(docker)
+        }
         other => bail!("unknown driver {other:?}"),
     };
     Ok(Subject {
         runtime,
-        _keep: Vec::new(),
+        _keep: keep,
     })
 }
 

@@ -79,6 +79,10 @@ pub struct NodeFlags {
     /// so one manifest runs on nodes of different drivers.
     #[arg(long, default_value = c4m_core::DEFAULT_DRIVER)]
     default_driver: String,
+    /// Docker Engine socket: the `docker` driver is offered when an engine
+    /// answers there (probed at start, never required).
+    #[arg(long, default_value = "/var/run/docker.sock")]
+    docker_socket: PathBuf,
 }
 
 /// `c4m up`.
@@ -388,6 +392,7 @@ fn agent_config(
             dns_port: DNS_PORT,
             host_address: node.address,
         }),
+        docker_socket: Some(node.docker_socket.clone()),
     })
 }
 
@@ -494,6 +499,6 @@ mod tests {
 /// and the HTTP server alike.
 async fn bind_agent(config: AgentConfig) -> Result<Agent> {
     let images = Agent::image_store(&config)?;
-    let runtimes = Agent::detect_runtimes(&config, &images)?;
+    let runtimes = Agent::detect_runtimes(&config, &images).await?;
     Ok(Agent::bind(config, runtimes, images).await?)
 }

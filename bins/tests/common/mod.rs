@@ -591,3 +591,23 @@ impl Drop for Cluster {
         }
     }
 }
+
+/// A busybox image tagged `1` (cmd `/bin/sh`, `PATH=/bin`): its OCI
+/// layout in `dir/layout` and that layout as a tar, which is returned.
+pub fn busybox_image_tar(dir: &Path) -> std::path::PathBuf {
+    let busybox = Path::new("/bin/busybox");
+    assert!(
+        busybox.is_file(),
+        "/bin/busybox is missing: apt-get install busybox-static"
+    );
+    let config = oci_spec::image::ConfigBuilder::default()
+        .cmd(vec!["/bin/sh".to_string()])
+        .env(vec!["PATH=/bin".to_string()])
+        .build()
+        .unwrap();
+    let layout = dir.join("layout");
+    c4m_core::write_busybox_image(busybox, &layout, "1", config).unwrap();
+    let tar = dir.join("busybox.tar");
+    std::fs::write(&tar, c4m_core::tar_directory(&layout).unwrap()).unwrap();
+    tar
+}

@@ -18,12 +18,19 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::{Error, Result};
 
+mod docker;
+mod log_records;
 mod oci;
 mod process;
 mod spec;
 mod state;
 
+pub use docker::DockerRuntime;
 pub use oci::{OciRuntime, find_oci_binaries};
+
+/// Every container's pids limit (a fork bomb stops there), whichever
+/// driver runs it.
+const PIDS_LIMIT: i64 = 4096;
 pub use process::ProcessRuntime;
 
 /// Everything a driver needs to start one container.

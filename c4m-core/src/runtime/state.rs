@@ -66,9 +66,22 @@ pub(super) trait Records: Send + Sync {
     }
 }
 
+/// The signal that ended a process whose exit code a monitor (conmon,
+/// dockerd) reported as 128 + signal, as shells do.
+pub(super) fn signal_of_exit_code(code: i32) -> Option<i32> {
+    (code > 128 && code < 128 + 65).then(|| code - 128)
+}
+
 /// `base/<id>`, if `id` is usable as a file name (letters, digits, `-`,
 /// `_`, `.`; not `.` or `..`).
 pub(super) fn container_dir(base: &Path, id: &str) -> Result<PathBuf> {
+    check_id(id)?;
+    Ok(base.join(id))
+}
+
+/// Whether `id` is a valid container id (letters, digits, `-`, `_`, `.`;
+/// not `.` or `..`): usable as a file name and in a Docker container name.
+pub(super) fn check_id(id: &str) -> Result<()> {
     let valid = !id.is_empty()
         && id != "."
         && id != ".."
@@ -81,7 +94,7 @@ pub(super) fn container_dir(base: &Path, id: &str) -> Result<PathBuf> {
             message: "invalid container id: use letters, digits, '-', '_' and '.'".into(),
         });
     }
-    Ok(base.join(id))
+    Ok(())
 }
 
 /// The record in `dir/state.json`; `None` if there is none.

@@ -9,6 +9,7 @@
 //! Each driver's suite is one test (`<driver>_conforms`) so its daemon is
 //! started once; it runs every case, then fails naming each case that failed.
 
+mod docker;
 mod kit;
 mod oci;
 mod suite;

@@ -14,13 +14,11 @@ use oci_spec::runtime::{
 };
 
 use crate::cgroup::{CFS_PERIOD_US, cfs_quota_us, cpu_shares};
-use crate::runtime::ContainerSpec;
+use crate::runtime::{ContainerSpec, PIDS_LIMIT};
 use crate::{Error, Result};
 
 /// `PATH` when neither the image nor the spec sets one (Docker's default).
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-/// Every container's pids limit (a fork bomb stops there).
-const PIDS_LIMIT: i64 = 4096;
 /// `EPERM`, what denied system calls return.
 const EPERM: u32 = 1;
 

@@ -34,6 +34,7 @@ use nix::mount::{MntFlags, MsFlags};
 use serde::{Deserialize, Serialize};
 use tokio::process::Command;
 
+use super::log_records::RecordFilter;
 use super::process::procfs;
 use super::state::{self, ExitRecord, Records};
 use super::{
@@ -243,10 +244,7 @@ impl Inner {
             },
         };
         let (exit_code, finished_at) = exit;
-        // conmon reports a signal death as 128 + signal, as shells do.
-        let signal = exit_code
-            .filter(|code| *code > 128 && *code < 128 + 65)
-            .map(|c| c - 128);
+        let signal = exit_code.and_then(state::signal_of_exit_code);
         let oom_killed = self.oom_killed(id);
         let mut record = record;
         record.exit = Some(ExitRecord {
@@ -580,21 +578,16 @@ fn to_status(id: &str, record: Record) -> ContainerStatus {
 /// (`P`) does not. Bytes of a line not yet complete wait for the rest. The
 /// time conmon wrote each line with is what `since` filters on and what
 /// `timestamps` prints (as Kubernetes does, in UTC with nanoseconds).
-#[derive(Default)]
 struct K8sFileDecoder {
     pending: BytesMut,
-    timestamps: bool,
-    since: Option<SystemTime>,
-    /// The last record was partial: the next one continues its line.
-    in_line: bool,
+    records: RecordFilter,
 }
 
 impl K8sFileDecoder {
     fn new(options: &LogOptions) -> Self {
         K8sFileDecoder {
-            timestamps: options.timestamps,
-            since: options.since,
-            ..Default::default()
+            pending: BytesMut::new(),
+            records: RecordFilter::new(options),
         }
     }
 
@@ -611,23 +604,8 @@ impl K8sFileDecoder {
                 .and_then(|t| std::str::from_utf8(t).ok())
                 .and_then(|t| t.parse::<jiff::Timestamp>().ok())
                 .map(SystemTime::from);
-            let partial = tag == Some(b"P");
-            let starts_line = !self.in_line;
-            self.in_line = partial;
-            if let (Some(since), Some(written)) = (self.since, written)
-                && written < since
-            {
-                continue;
-            }
-            if self.timestamps && starts_line {
-                let when = written.unwrap_or(SystemTime::UNIX_EPOCH);
-                out.extend_from_slice(crate::time::format_rfc3339_nanos(when).as_bytes());
-                out.extend_from_slice(b" ");
-            }
-            out.extend_from_slice(text);
-            if !partial {
-                out.extend_from_slice(b"\n");
-            }
+            self.records
+                .push(written, text, tag == Some(b"P"), &mut out);
         }
         out.freeze()
     }
