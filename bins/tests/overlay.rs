@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use c4m_testkit::Hosts;
-use common::oci::{busybox_image_tar, oci_deployment, require_oci};
+use common::oci::{oci_deployment, require_oci};
 use common::*;
 use serde_json::Value;
 

@@ -8,8 +8,7 @@ use std::sync::{Arc, Mutex};
 use c4m_api::agent::Driver;
 use c4m_core::{
     ContainerRuntime, DockerRuntime, ImageStore, LinuxNetwork, OciRuntime, ProcessRuntime,
-    VxlanOverlay,
-    find_oci_binaries,
+    VxlanOverlay, find_oci_binaries,
 };
 use tokio::net::TcpListener;
 use tokio::sync::watch;
