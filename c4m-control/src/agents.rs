@@ -830,10 +830,10 @@ impl AgentService for Agents {
                     None => peer_changes(&BTreeMap::new(), &now, true),
                     Some(before) => peer_changes(before, &now, false),
                 };
-                if changes.full || !changes.peers.is_empty() || !changes.removed.is_empty() {
-                    if sender.send(Ok(changes)).await.is_err() {
-                        return; // The agent hung up.
-                    }
+                let worth_sending =
+                    changes.full || !changes.peers.is_empty() || !changes.removed.is_empty();
+                if worth_sending && sender.send(Ok(changes)).await.is_err() {
+                    return; // The agent hung up.
                 }
                 sent = Some(now);
                 tokio::select! {

@@ -195,9 +195,7 @@ impl VxlanOverlay {
                 .await
                 .map_err(failed)?;
             let fits = link.is_some_and(|link| {
-                link.attributes
-                    .iter()
-                    .any(|a| *a == LinkAttribute::Mtu(self.mtu))
+                link.attributes.contains(&LinkAttribute::Mtu(self.mtu))
                     && link
                         .attributes
                         .iter()
@@ -331,11 +329,7 @@ impl VxlanOverlay {
             .map_err(failed)?;
         let mut present = BTreeSet::new();
         for route in listed {
-            if !route
-                .attributes
-                .iter()
-                .any(|a| *a == RouteAttribute::Oif(index))
-            {
+            if !route.attributes.contains(&RouteAttribute::Oif(index)) {
                 continue;
             }
             let destination = route.attributes.iter().find_map(|a| match a {
