@@ -14,8 +14,8 @@ cd "$(dirname "$0")/.."
 # (which runs the example in containers): runc and crun
 # (OCI runtimes), conmon (the container monitor), busybox-static (test
 # images), skopeo (docker archives, pushes) and docker-registry (a registry
-# on loopback); tar. For the instance network tests: iproute2, nftables
-# and mount (umount); for CNI networks containernetworking-plugins (bridge,
+# on loopback); tar. For the instance network tests: iproute2, nftables,
+# util-linux (nsenter: agents on simulated hosts) and mount (umount); for CNI networks containernetworking-plugins (bridge,
 # host-local, portmap in /usr/lib/cni) and iptables (which portmap and
 # bridge's ipMasq drive). For the driver conformance suite: containerd (also
 # its CRI service) and docker.io (dockerd), which the tests start themselves

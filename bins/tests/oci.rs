@@ -11,6 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use c4m_testkit::Registry;
+use common::oci::require_oci;
 use common::*;
 use serde_json::Value;
 
@@ -18,18 +19,6 @@ const MINUTE: Duration = Duration::from_secs(60);
 
 fn deployment(name: &str, image: &str, script: &str) -> String {
     driver_deployment("oci", name, image, script, None)
-}
-
-/// Fails loudly unless this machine can run oci containers.
-fn require_oci() {
-    assert!(
-        nix::unistd::Uid::effective().is_root(),
-        "the oci driver needs root (namespaces, overlayfs, cgroups)"
-    );
-    assert!(
-        c4m_core::find_oci_binaries().is_some(),
-        "runc (or crun) and conmon are required: apt-get install runc conmon"
-    );
 }
 
 #[test]

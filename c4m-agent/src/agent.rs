@@ -8,15 +8,16 @@ use std::sync::{Arc, Mutex};
 use c4m_api::agent::Driver;
 use c4m_core::{
     CniNetwork, ContainerRuntime, ContainerdRuntime, CriRuntime, DockerRuntime, ImageStore,
-    LinuxNetwork, Network, OciRuntime, ProcessRuntime, find_oci_binaries,
+    LinuxNetwork, Network, OciRuntime, ProcessRuntime, VxlanOverlay, find_oci_binaries,
 };
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::network::{InstanceNetwork, NetworkConfig};
+use crate::overlay::keep_overlay;
 use crate::server::{ServerState, router};
-use crate::session::{ControlPlaneChannel, Session, register_request};
+use crate::session::{ControlPlaneChannel, NetworkFeeds, Session, register_request};
 use crate::supervisor::Supervisor;
 use crate::{Error, Result};
 
@@ -220,24 +221,44 @@ impl Agent {
             .collect();
         register.default_driver = self.config.default_driver.clone();
         register.agent_url = format!("http://{http_addr}");
+        let (slice_tx, slice_rx) = watch::channel(None);
+        let (peers_tx, peers_rx) = watch::channel(Arc::default());
+        let mut overlay_keeper = None;
         let network = match &self.config.network {
             Some(config) => {
+                register.instance_network = true;
                 let run_dir = self.config.data_dir.join("network");
-                let network: Arc<dyn Network> = match &config.cni {
+                // A CNI chain is one network that spans nodes by its own
+                // means (its plugins'); c4m's bridges span them over the
+                // overlay.
+                let (network, overlay): (Arc<dyn Network>, Option<VxlanOverlay>) = match &config.cni
+                {
                     Some(cni) => {
                         let network =
                             CniNetwork::open(&cni.config_file, &cni.bin_dirs, run_dir).await?;
                         tracing::info!(network = network.name(), config = %cni.config_file.display(), "instances join a cni network");
-                        Arc::new(network)
+                        (Arc::new(network), None)
                     }
-                    None => Arc::new(LinuxNetwork::open(run_dir)?),
+                    None => {
+                        let mut linux = LinuxNetwork::open(run_dir)?;
+                        let overlay = open_overlay(self.config.address).await;
+                        if let Some(overlay) = &overlay {
+                            linux = linux.with_mtu(overlay.mtu());
+                        }
+                        (Arc::new(linux), overlay)
+                    }
                 };
-                Some(Arc::new(InstanceNetwork::new(
+                let network = Arc::new(InstanceNetwork::new(
                     network,
                     config.clone(),
                     dns_rx.clone(),
+                    slice_rx,
                     shutdown.clone(),
-                )))
+                ));
+                overlay_keeper = overlay.map(|overlay| {
+                    keep_overlay(overlay, peers_rx, network.local_vpcs(), shutdown.clone())
+                });
+                Some(network)
             }
             None => None,
         };
@@ -258,6 +279,10 @@ impl Agent {
             assignments: assignments_tx,
             statuses: statuses_rx,
             dns_address: dns_tx,
+            network: self.config.network.is_some().then_some(NetworkFeeds {
+                node_slice: slice_tx,
+                peers: peers_tx,
+            }),
         };
         let state = Arc::new(ServerState {
             directory,
@@ -270,15 +295,44 @@ impl Agent {
         let server = axum::serve(self.listener, router(state))
             .with_graceful_shutdown(shutdown.clone().cancelled_owned());
         tracing::info!(node = %self.config.node_name, %http_addr, "agent running");
-        let (_, _, served) = tokio::join!(
+        let (_, _, served, _) = tokio::join!(
             supervisor.run(shutdown.clone()),
             session.run(shutdown.clone()),
-            server
+            server,
+            async {
+                if let Some(keeper) = overlay_keeper {
+                    keeper.await;
+                }
+            }
         );
         tracing::info!("agent stopped; its containers keep running");
         served.map_err(|source| Error::Io {
             context: "agent HTTP server failed".into(),
             source,
         })
+    }
+}
+
+/// The overlay of a node reached at `address`, if it can have one: other
+/// nodes cannot reach a loopback (or IPv6, for now) address, and a node
+/// without one serves its instances alone.
+async fn open_overlay(address: IpAddr) -> Option<VxlanOverlay> {
+    let IpAddr::V4(underlay) = address else {
+        tracing::warn!(%address, "no overlay: it needs an IPv4 node address");
+        return None;
+    };
+    if underlay.is_loopback() {
+        tracing::info!(%address, "no overlay: the node address is loopback, so instances reach only this node's");
+        return None;
+    }
+    match VxlanOverlay::open(underlay).await {
+        Ok(overlay) => {
+            tracing::info!(%address, mtu = overlay.mtu(), "instances reach other nodes' over the VXLAN overlay");
+            Some(overlay)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "no overlay: instances reach only this node's");
+            None
+        }
     }
 }

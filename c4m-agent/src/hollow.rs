@@ -127,6 +127,7 @@ impl HollowAgents {
             assignments: assignments_tx,
             statuses: statuses_rx,
             dns_address: watch::channel(String::new()).0,
+            network: None,
         };
         nodes.spawn(session.run(shutdown.clone()));
         nodes.spawn(report_running(

@@ -22,6 +22,7 @@ mod agent;
 mod error;
 mod hollow;
 mod network;
+mod overlay;
 mod server;
 mod session;
 mod stream;

@@ -8,14 +8,15 @@
 //! agent relays each UDP query arriving there to the control plane's DNS
 //! and the answer back.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use c4m_core::{
-    Attachment, DEFAULT_VPC, HostPort, Instance, Network, PortBinding, VpcNetwork, annotations,
+    Attachment, DEFAULT_VPC, HostPort, Instance, Network, OverlayVpc, PortBinding, VpcNetwork,
+    annotations, node_slice,
 };
 use ipnet::Ipv4Net;
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
@@ -29,17 +30,12 @@ use crate::{Error, Result};
 pub const DNS_PORT: u16 = 53;
 /// How long the relay waits for the control plane's answer.
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(3);
-/// Prefix length of a node's slice of a VPC.
-const NODE_SLICE_PREFIX: u8 = 24;
 
 /// How this node takes part in instance networking.
 #[derive(Debug, Clone)]
 pub struct NetworkConfig {
     /// CIDR of the default VPC when no `Vpc` object gives one.
     pub default_vpc_cidr: Ipv4Net,
-    /// Which /24 of each VPC this node's instances get (0 is the first):
-    /// unique per node, as Kubernetes' `node.spec.podCIDR`.
-    pub node_slice: u32,
     /// Port of the DNS relay on every gateway (53 for instances; tests use
     /// another).
     pub dns_port: u16,
@@ -89,24 +85,6 @@ pub(crate) fn host_ports(pod: &Instance, host_address: IpAddr) -> Vec<HostPort> 
         .collect()
 }
 
-/// This node's slice of a VPC: the `index`th /24 of `cidr`, or all of a
-/// VPC of /24 or smaller.
-pub(crate) fn node_slice(cidr: Ipv4Net, index: u32) -> Result<Ipv4Net> {
-    if cidr.prefix_len() >= NODE_SLICE_PREFIX {
-        return Ok(cidr.trunc());
-    }
-    cidr.trunc()
-        .subnets(NODE_SLICE_PREFIX)
-        .ok()
-        .and_then(|mut slices| slices.nth(index as usize))
-        .ok_or_else(|| {
-            Error::Config(format!(
-                "node slice {index} is outside {cidr} (it has {} /{NODE_SLICE_PREFIX} slices)",
-                1u64 << (NODE_SLICE_PREFIX - cidr.prefix_len())
-            ))
-        })
-}
-
 /// Attaches instances to their VPCs and serves DNS on each gateway.
 pub(crate) struct InstanceNetwork {
     network: Arc<dyn Network>,
@@ -120,6 +98,11 @@ pub(crate) struct InstanceNetwork {
     published: Mutex<HashMap<String, (CancellationToken, Vec<PortBinding>)>>,
     /// The control plane's DNS address (`IP:PORT`), from its registration.
     upstream: watch::Receiver<String>,
+    /// This node's slice of every VPC, from its registration.
+    node_slice: watch::Receiver<Option<u32>>,
+    /// The VPCs this node serves, by name, with their whole ranges: what
+    /// the overlay routes.
+    local_vpcs: watch::Sender<BTreeMap<String, OverlayVpc>>,
     shutdown: CancellationToken,
 }
 
@@ -128,6 +111,7 @@ impl InstanceNetwork {
         network: Arc<dyn Network>,
         config: NetworkConfig,
         upstream: watch::Receiver<String>,
+        node_slice: watch::Receiver<Option<u32>>,
         shutdown: CancellationToken,
     ) -> Self {
         InstanceNetwork {
@@ -136,12 +120,30 @@ impl InstanceNetwork {
             relays: tokio::sync::Mutex::new(HashMap::new()),
             published: Mutex::new(HashMap::new()),
             upstream,
+            node_slice,
+            local_vpcs: watch::channel(BTreeMap::new()).0,
             shutdown,
         }
     }
 
-    /// The VPC an instance joins, as this node serves it.
-    pub(crate) fn vpc_of(&self, pod: &Instance) -> Result<VpcNetwork> {
+    /// The VPCs this node serves, as they change.
+    pub(crate) fn local_vpcs(&self) -> watch::Receiver<BTreeMap<String, OverlayVpc>> {
+        self.local_vpcs.subscribe()
+    }
+
+    /// Notes that this node serves `vpc` (for the overlay).
+    fn serve(&self, vpc: OverlayVpc) {
+        self.local_vpcs.send_if_modified(|vpcs| {
+            let changed = vpcs.get(&vpc.local.name) != Some(&vpc);
+            if changed {
+                vpcs.insert(vpc.local.name.clone(), vpc);
+            }
+            changed
+        });
+    }
+
+    /// The VPC an instance joins, as this node serves it, with its whole range.
+    pub(crate) fn vpc_of(&self, pod: &Instance) -> Result<OverlayVpc> {
         let annotations = pod.metadata.annotations.as_ref();
         let name = annotations
             .and_then(|a| a.get(annotations::VPC))
@@ -161,9 +163,18 @@ impl InstanceNetwork {
                 )));
             }
         };
-        Ok(VpcNetwork {
-            name: name.to_string(),
-            subnet: node_slice(cidr, self.config.node_slice)?,
+        let Some(slice) = *self.node_slice.borrow() else {
+            return Err(Error::Config(
+                "this node has no slice of the VPCs yet: the control plane assigns one when it registers".into(),
+            ));
+        };
+        let subnet = node_slice(cidr, slice).map_err(|e| Error::Config(e.to_string()))?;
+        Ok(OverlayVpc {
+            local: VpcNetwork {
+                name: name.to_string(),
+                subnet,
+            },
+            cidr,
         })
     }
 
@@ -176,11 +187,12 @@ impl InstanceNetwork {
         let attachment = if self.network.publishes_host_ports() {
             let host_ports = host_ports(pod, self.config.host_address);
             self.network
-                .attach_with_host_ports(id, namespace, &vpc, &host_ports)
+                .attach_with_host_ports(id, namespace, &vpc.local, &host_ports)
                 .await?
         } else {
-            self.network.attach(id, namespace, &vpc).await?
+            self.network.attach(id, namespace, &vpc.local).await?
         };
+        self.serve(vpc);
         self.ensure_relay(&mut relays, attachment.gateway).await;
         self.publish(id, pod, attachment.address).await?;
         Ok(attachment)
@@ -225,6 +237,12 @@ impl InstanceNetwork {
     pub(crate) async fn readopt(&self, id: &str, pod: &Instance) -> Option<Attachment> {
         let mut relays = self.relays.lock().await;
         let attachment = self.attachment_of(id).await?;
+        match self.vpc_of(pod) {
+            Ok(vpc) => self.serve(vpc),
+            Err(e) => {
+                tracing::warn!(container = id, error = %e, "cannot route the instance's vpc over the overlay")
+            }
+        }
         self.ensure_relay(&mut relays, attachment.gateway).await;
         if let Err(e) = self.publish(id, pod, attachment.address).await {
             tracing::warn!(container = id, error = %e, "cannot publish host ports");
@@ -313,6 +331,8 @@ impl InstanceNetwork {
         match self.network.remove_vpc(&attachment.vpc).await {
             Ok(true) => {
                 tracing::info!(vpc = %attachment.vpc, "no instance left in the vpc: removed from the node");
+                self.local_vpcs
+                    .send_if_modified(|vpcs| vpcs.remove(&attachment.vpc).is_some());
                 if let Some(relay) = relays.remove(&attachment.gateway) {
                     relay.cancel();
                 }
@@ -465,20 +485,6 @@ async fn forward(query: &[u8], server: SocketAddr) -> std::io::Result<Vec<u8>> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-
-    #[test]
-    fn node_slices_are_the_nth_slash_24() {
-        let cidr: Ipv4Net = "10.99.0.0/16".parse().unwrap();
-        assert_eq!(node_slice(cidr, 0).unwrap().to_string(), "10.99.0.0/24");
-        assert_eq!(node_slice(cidr, 5).unwrap().to_string(), "10.99.5.0/24");
-        let error = node_slice(cidr, 256).unwrap_err().to_string();
-        assert!(
-            error.contains("node slice 256 is outside 10.99.0.0/16"),
-            "{error}"
-        );
-        let small: Ipv4Net = "10.99.7.0/26".parse().unwrap();
-        assert_eq!(node_slice(small, 3).unwrap(), small);
-    }
 
     #[test]
     fn host_ports_take_the_ports_host_ip_else_the_node_address() {

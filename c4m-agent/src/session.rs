@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use c4m_api::agent::agent_service_client::AgentServiceClient;
 use c4m_api::agent::{
-    HeartbeatRequest, InstanceStatus, RegisterRequest, StatusReport, WatchAssignmentsRequest,
+    HeartbeatRequest, InstanceStatus, PeerChanges, RegisterRequest, StatusReport,
+    WatchAssignmentsRequest, WatchPeersRequest,
 };
-use c4m_core::Instance;
+use c4m_core::{Instance, OverlayPeer};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
@@ -109,12 +110,23 @@ pub(crate) fn register_request(
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
         os: std::env::consts::OS.to_string(),
         arch: std::env::consts::ARCH.to_string(),
+        instance_network: false,
     }
 }
 
 /// The instances assigned to a node. Each is shared (`Arc`) with whatever
 /// keeps it, so the supervisor holds no second copy of each Pod.
 pub(crate) type AssignmentSet = Arc<Vec<Arc<Instance>>>;
+
+/// The other nodes of the instance network, by name.
+pub(crate) type Peers = BTreeMap<String, OverlayPeer>;
+
+/// What a node of the instance network learns from the control plane
+/// besides its assignments: its slice of every VPC and its peers.
+pub(crate) struct NetworkFeeds {
+    pub node_slice: watch::Sender<Option<u32>>,
+    pub peers: watch::Sender<Arc<Peers>>,
+}
 
 /// One node's conversation with the control plane. It hands received
 /// assignment sets to whatever runs the node (`assignments`) and reports
@@ -127,6 +139,8 @@ pub(crate) struct Session {
     pub statuses: watch::Receiver<Arc<Vec<InstanceStatus>>>,
     /// The cluster DNS address, learnt at registration.
     pub dns_address: watch::Sender<String>,
+    /// For a node of the instance network (`register.instance_network`).
+    pub network: Option<NetworkFeeds>,
 }
 
 /// Adds the cluster token to every call.
@@ -187,6 +201,19 @@ impl Session {
             }
             changed
         });
+        if let Some(feeds) = &self.network {
+            let Some(slice) = registered.node_slice else {
+                return Err(self.error("the control plane assigned this node no slice of the VPCs"));
+            };
+            feeds.node_slice.send_if_modified(|current| {
+                let changed = *current != Some(slice);
+                if changed {
+                    tracing::info!(node = %node_name, slice, "this node's slice of every VPC");
+                    *current = Some(slice);
+                }
+                changed
+            });
+        }
         let heartbeat_every =
             Duration::from_millis(u64::from(registered.heartbeat_interval_ms.max(100)));
         let assignments = self
@@ -197,6 +224,18 @@ impl Session {
                 }),
             )
             .await?;
+        let peers = match &self.network {
+            Some(_) => Some(
+                self.call(
+                    "watch peers",
+                    client.watch_peers(WatchPeersRequest {
+                        node_name: node_name.clone(),
+                    }),
+                )
+                .await?,
+            ),
+            None => None,
+        };
         tracing::info!(node = %node_name, endpoint = %self.channel.endpoint, "connected to the control plane");
         *backoff = Duration::from_millis(250);
 
@@ -208,6 +247,54 @@ impl Session {
             result = self.forward_assignments(assignments) => result,
             result = self.send_heartbeats(&node_name, heartbeat_every) => result,
             result = self.send_reports(&node_name) => result,
+            result = self.forward_peers(peers) => result,
+        }
+    }
+
+    /// Keeps the peer list in step with the control plane's changes; ends
+    /// with the stream (never, for a node without instance networking).
+    async fn forward_peers(&self, peers: Option<tonic::Streaming<PeerChanges>>) -> Result<()> {
+        let (Some(mut stream), Some(feeds)) = (peers, &self.network) else {
+            return std::future::pending().await;
+        };
+        loop {
+            let changes = match stream.message().await {
+                Ok(Some(changes)) => changes,
+                Ok(None) => return Err(self.error("the peer stream ended")),
+                Err(status) => {
+                    return Err(self.error(format!("peer stream: {}", status.message())));
+                }
+            };
+            feeds.peers.send_modify(|peers| {
+                let peers = Arc::make_mut(peers);
+                if changes.full {
+                    peers.clear();
+                }
+                for name in &changes.removed {
+                    peers.remove(name);
+                }
+                for peer in &changes.peers {
+                    match peer.address.parse() {
+                        Ok(underlay) => {
+                            peers.insert(
+                                peer.node_name.clone(),
+                                OverlayPeer {
+                                    underlay,
+                                    slice: peer.node_slice,
+                                },
+                            );
+                        }
+                        Err(_) => {
+                            tracing::warn!(peer = %peer.node_name, address = %peer.address, "skipping a peer without an IPv4 address");
+                            peers.remove(&peer.node_name);
+                        }
+                    }
+                }
+            });
+            tracing::debug!(
+                peers = feeds.peers.borrow().len(),
+                "instance network peers changed"
+            );
         }
     }
 

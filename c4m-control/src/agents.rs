@@ -5,16 +5,23 @@
 //! only what changes an object is written (a heartbeat is memory only; a
 //! status report is written when phase, readiness, restarts or ports change,
 //! and resource usage stays in memory for the metrics API).
+//!
+//! Nodes that give instances addresses of their own get a slice of every
+//! VPC at registration (annotation `c4m.io/node-slice`, kept while the
+//! node exists), and a stream of their peers: the other such nodes, with
+//! their underlay address and slice, which their overlay routes to.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use c4m_api::agent::agent_service_server::AgentService;
 use c4m_api::agent::{
-    Assignments, HeartbeatRequest, HeartbeatResponse, InstanceStatus, RegisterRequest,
-    RegisterResponse, StatusReport, StatusReportResponse, WatchAssignmentsRequest,
+    Assignments, HeartbeatRequest, HeartbeatResponse, InstanceStatus, Peer, PeerChanges,
+    RegisterRequest, RegisterResponse, StatusReport, StatusReportResponse, WatchAssignmentsRequest,
+    WatchPeersRequest,
 };
 use dashmap::DashMap;
 use futures::Stream;
@@ -24,7 +31,7 @@ use tonic::{Request, Response, Status};
 
 use crate::cache::Cache;
 use crate::controllers::nodes::NodeHealth;
-use crate::objects::{Objects, kind, name_of, namespace_of, now_rfc3339};
+use crate::objects::{Objects, kind, name_of, namespace_of, now_rfc3339, prefix};
 use crate::pods::{is_terminal, node_name, set_condition};
 
 /// Latest resource usage of an instance, as its agent reported it.
@@ -49,6 +56,9 @@ pub(crate) struct Agents {
     pub usage: Arc<UsageMap>,
     pub heartbeat_interval: Duration,
     pub dns_address: String,
+    /// Held while a node's slice is chosen and written, so two nodes
+    /// registering at once never get the same one.
+    pub slices: Arc<tokio::sync::Mutex<()>>,
     pub shutdown: CancellationToken,
 }
 
@@ -348,6 +358,31 @@ impl Agents {
         out
     }
 
+    /// The slice of every VPC for node `name`: the one its Node (`existing`)
+    /// holds, else the lowest no other Node holds. Called with `slices` held.
+    fn choose_slice(&self, name: &str, existing: Option<&Value>) -> u32 {
+        if let Some(slice) = existing.and_then(node_slice_of) {
+            return slice;
+        }
+        let own = crate::objects::key(kind("nodes"), "", name);
+        let needle = c4m_core::annotations::NODE_SLICE.as_bytes();
+        let mut holders = Vec::new();
+        self.cache
+            .for_each_stored(&prefix(kind("nodes"), None), |key, stored| {
+                if *key != own && stored.contains(needle) {
+                    holders.push((key.to_string(), stored.clone()));
+                }
+            });
+        let taken: BTreeSet<u32> = holders
+            .iter()
+            .filter_map(|(key, stored)| stored.decode(key))
+            .filter_map(|node| node_slice_of(&node))
+            .collect();
+        (0..=u32::MAX)
+            .find(|slice| !taken.contains(slice))
+            .unwrap_or_default()
+    }
+
     /// Marks `pod` as unable to start for `message` (an env source missing),
     /// in the background.
     fn record_config_error(&self, pod: &Value, message: String) {
@@ -388,6 +423,92 @@ fn digest(instances: &[Vec<u8>]) -> u64 {
     let mut hasher = DefaultHasher::new();
     instances.hash(&mut hasher);
     hasher.finish()
+}
+
+/// The slice a Node holds (annotation `c4m.io/node-slice`), if any.
+fn node_slice_of(node: &Value) -> Option<u32> {
+    node["metadata"]["annotations"][c4m_core::annotations::NODE_SLICE]
+        .as_str()?
+        .parse()
+        .ok()
+}
+
+/// The cluster DNS address as an agent that dialled `local` (the control
+/// plane's end of its connection) reaches it: a DNS server bound to every
+/// address is reached where the agent reached the control plane.
+fn advertised_dns(dns: &str, local: Option<SocketAddr>) -> String {
+    match (dns.parse::<SocketAddr>(), local) {
+        (Ok(dns), Some(local)) if dns.ip().is_unspecified() => {
+            SocketAddr::new(local.ip(), dns.port()).to_string()
+        }
+        _ => dns.to_string(),
+    }
+}
+
+/// What a peer stream derived from each Node (by key): the revision it
+/// read and the peer it is, if it is one.
+#[derive(Default)]
+struct PeerBook {
+    nodes: HashMap<String, (i64, Option<Peer>)>,
+}
+
+impl PeerBook {
+    /// The peers of node `own` now, by node name: every other Node with a
+    /// slice and an address. Only Nodes whose revision moved are decoded.
+    fn peers(&mut self, cache: &Cache, own: &str) -> BTreeMap<String, Peer> {
+        let mut changed = Vec::new();
+        let mut present = HashMap::with_capacity(self.nodes.len());
+        cache.for_each_stored(&prefix(kind("nodes"), None), |key, stored| {
+            match self.nodes.remove(key) {
+                Some(known) if known.0 == stored.revision() => {
+                    present.insert(key.to_string(), known);
+                }
+                _ => changed.push((key.to_string(), stored.clone())),
+            }
+        });
+        for (key, stored) in changed {
+            let peer = stored.decode(&key).and_then(|node| {
+                Some(Peer {
+                    node_name: name_of(&node).to_string(),
+                    address: Some(node_address(&node)).filter(|a| !a.is_empty())?,
+                    node_slice: node_slice_of(&node)?,
+                })
+            });
+            present.insert(key, (stored.revision(), peer));
+        }
+        self.nodes = present;
+        self.nodes
+            .values()
+            .filter_map(|(_, peer)| peer.clone())
+            .filter(|peer| peer.node_name != own)
+            .map(|peer| (peer.node_name.clone(), peer))
+            .collect()
+    }
+}
+
+/// What changed from `before` to `now` (everything, when `full`).
+fn peer_changes(
+    before: &BTreeMap<String, Peer>,
+    now: &BTreeMap<String, Peer>,
+    full: bool,
+) -> PeerChanges {
+    PeerChanges {
+        full,
+        peers: now
+            .iter()
+            .filter(|(name, peer)| full || before.get(*name) != Some(peer))
+            .map(|(_, peer)| peer.clone())
+            .collect(),
+        removed: if full {
+            Vec::new()
+        } else {
+            before
+                .keys()
+                .filter(|name| !now.contains_key(*name))
+                .cloned()
+                .collect()
+        },
+    }
 }
 
 /// The InternalIP of a node.
@@ -503,6 +624,7 @@ fn apply_report(pod: &mut Value, report: &InstanceStatus, address: &str) -> bool
 }
 
 type AssignmentStream = Pin<Box<dyn Stream<Item = Result<Assignments, Status>> + Send>>;
+type PeerStream = Pin<Box<dyn Stream<Item = Result<PeerChanges, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl AgentService for Agents {
@@ -510,6 +632,7 @@ impl AgentService for Agents {
         &self,
         request: Request<RegisterRequest>,
     ) -> Result<Response<RegisterResponse>, Status> {
+        let dns_address = advertised_dns(&self.dns_address, request.local_addr());
         let request = request.into_inner();
         if !valid_node_name(&request.node_name) {
             return Err(Status::invalid_argument(format!(
@@ -522,10 +645,28 @@ impl AgentService for Agents {
                 "node capacity must not be negative",
             ));
         }
-        let desired = Self::node_object(&request);
+        let mut desired = Self::node_object(&request);
         let nodes = kind("nodes");
-        match self.objects.create(nodes, "", desired.clone()).await {
-            Ok(_) => {}
+        // Held until the cache shows the slice written, so the next
+        // registration sees it taken.
+        let slices = if request.instance_network {
+            Some(self.slices.lock().await)
+        } else {
+            None
+        };
+        let node_slice = if slices.is_some() {
+            let existing = self.objects.get(nodes, "", &request.node_name).await.ok();
+            let slice = self.choose_slice(&request.node_name, existing.as_ref());
+            desired["metadata"]["annotations"][c4m_core::annotations::NODE_SLICE] =
+                json!(slice.to_string());
+            Some(slice)
+        } else {
+            None
+        };
+        let written = match self.objects.create(nodes, "", desired.clone()).await {
+            Ok(created) => created["metadata"]["resourceVersion"]
+                .as_str()
+                .and_then(|r| r.parse::<i64>().ok()),
             Err(crate::Error::AlreadyExists { .. }) => {
                 self.objects
                     .update_with(nodes, "", &request.node_name, |node| {
@@ -565,16 +706,21 @@ impl AgentService for Agents {
                         true
                     })
                     .await
-                    .map_err(internal)?;
+                    .map_err(internal)?
             }
             Err(e) => return Err(internal(e)),
+        };
+        if let (Some(_), Some(revision)) = (&slices, written) {
+            self.cache.wait_for(revision).await;
         }
+        drop(slices);
         self.health.heartbeat(&request.node_name);
         tracing::info!(node = %request.node_name, address = %request.address, "node registered");
         Ok(Response::new(RegisterResponse {
             node_name: request.node_name,
             heartbeat_interval_ms: self.heartbeat_interval.as_millis() as u32,
-            dns_address: self.dns_address.clone(),
+            dns_address,
+            node_slice,
         }))
     }
 
@@ -627,6 +773,7 @@ impl AgentService for Agents {
             usage: Arc::clone(&self.usage),
             heartbeat_interval: self.heartbeat_interval,
             dns_address: self.dns_address.clone(),
+            slices: Arc::clone(&self.slices),
             shutdown: self.shutdown.clone(),
         };
         tokio::spawn(async move {
@@ -652,6 +799,45 @@ impl AgentService for Agents {
                 }
                 tokio::select! {
                     _ = agents.shutdown.cancelled() => return,
+                    _ = sender.closed() => return,
+                    result = changed.changed() => if result.is_err() { return },
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(receiver),
+        )))
+    }
+
+    type WatchPeersStream = PeerStream;
+
+    async fn watch_peers(
+        &self,
+        request: Request<WatchPeersRequest>,
+    ) -> Result<Response<Self::WatchPeersStream>, Status> {
+        let node = request.into_inner().node_name;
+        let (sender, receiver) = tokio::sync::mpsc::channel(4);
+        let cache = Arc::clone(&self.cache);
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            // Subscribed before the first read, so no change slips between them.
+            let mut changed = cache.watch_nodes();
+            let mut book = PeerBook::default();
+            let mut sent: Option<BTreeMap<String, Peer>> = None;
+            loop {
+                let now = book.peers(&cache, &node);
+                let changes = match &sent {
+                    None => peer_changes(&BTreeMap::new(), &now, true),
+                    Some(before) => peer_changes(before, &now, false),
+                };
+                let worth_sending =
+                    changes.full || !changes.peers.is_empty() || !changes.removed.is_empty();
+                if worth_sending && sender.send(Ok(changes)).await.is_err() {
+                    return; // The agent hung up.
+                }
+                sent = Some(now);
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
                     _ = sender.closed() => return,
                     result = changed.changed() => if result.is_err() { return },
                 }
@@ -756,6 +942,114 @@ mod tests {
             .collect()
     }
 
+    /// Agents over a fresh store, with the cluster DNS at `dns`.
+    async fn agents_over(
+        store: Arc<dyn c4m_store::Store>,
+        objects: Objects,
+        dns: &str,
+        shutdown: &CancellationToken,
+    ) -> Agents {
+        let cache = Cache::start(store, shutdown.clone()).await.unwrap();
+        Agents {
+            objects,
+            cache,
+            health: Arc::new(NodeHealth::new(
+                Duration::from_secs(10),
+                Duration::from_secs(10),
+            )),
+            usage: Arc::default(),
+            heartbeat_interval: Duration::from_secs(1),
+            dns_address: dns.to_string(),
+            slices: Arc::default(),
+            shutdown: shutdown.clone(),
+        }
+    }
+
+    fn registration(name: &str, address: &str, instance_network: bool) -> RegisterRequest {
+        RegisterRequest {
+            node_name: name.to_string(),
+            address: address.to_string(),
+            instance_network,
+            ..RegisterRequest::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn nodes_get_distinct_stable_slices_and_see_each_other_as_peers() {
+        let (_dir, store, objects) = crate::test_support::store_with_default_namespace().await;
+        let shutdown = CancellationToken::new();
+        let agents = agents_over(store, objects.clone(), "0.0.0.0:8153", &shutdown).await;
+        let register = |name: &str, address: &str, network: bool| {
+            agents.register(Request::new(registration(name, address, network)))
+        };
+        // Registered at once, they still get different slices.
+        let (a, b) = tokio::join!(
+            register("a", "10.0.0.1", true),
+            register("b", "10.0.0.2", true)
+        );
+        let mut slices = [
+            a.unwrap().into_inner().node_slice,
+            b.unwrap().into_inner().node_slice,
+        ];
+        slices.sort();
+        assert_eq!(slices, [Some(0), Some(1)]);
+        let hollow = register("hollow", "10.0.0.9", false).await.unwrap();
+        assert_eq!(hollow.into_inner().node_slice, None);
+
+        // A re-registration keeps its slice, and the slice is on the Node.
+        let a_slice = agents
+            .register(Request::new(registration("a", "10.0.0.1", true)))
+            .await
+            .unwrap()
+            .into_inner()
+            .node_slice
+            .unwrap();
+        let node = objects.get(kind("nodes"), "", "a").await.unwrap();
+        assert_eq!(node_slice_of(&node), Some(a_slice));
+
+        // Peers: the others with a slice, then only what changes.
+        let mut book = PeerBook::default();
+        let peers = book.peers(&agents.cache, "a");
+        assert_eq!(peers.keys().collect::<Vec<_>>(), ["b"]);
+        assert_eq!(peers["b"].address, "10.0.0.2");
+        let first = peer_changes(&BTreeMap::new(), &peers, true);
+        assert!(first.full && first.peers.len() == 1 && first.removed.is_empty());
+
+        let (_, revision) = objects.delete(kind("nodes"), "", "b").await.unwrap();
+        agents.cache.wait_for(revision).await;
+        let c = register("c", "10.0.0.3", true).await.unwrap().into_inner();
+        // b's slice is free once b is gone.
+        assert_eq!(c.node_slice, Some(1 - a_slice));
+        let now = book.peers(&agents.cache, "a");
+        let changes = peer_changes(&peers, &now, false);
+        assert!(!changes.full);
+        assert_eq!(changes.removed, ["b"]);
+        assert_eq!(changes.peers.len(), 1);
+        assert_eq!(changes.peers[0].node_name, "c");
+        assert_eq!(changes.peers[0].node_slice, 1 - a_slice);
+        assert!(
+            peer_changes(&now, &book.peers(&agents.cache, "a"), false)
+                .peers
+                .is_empty()
+        );
+        shutdown.cancel();
+    }
+
+    #[test]
+    fn a_dns_server_on_every_address_is_advertised_where_the_agent_dialled() {
+        let local: SocketAddr = "10.99.250.1:8141".parse().unwrap();
+        assert_eq!(
+            advertised_dns("0.0.0.0:8153", Some(local)),
+            "10.99.250.1:8153"
+        );
+        assert_eq!(
+            advertised_dns("127.0.0.1:8153", Some(local)),
+            "127.0.0.1:8153"
+        );
+        assert_eq!(advertised_dns("0.0.0.0:8153", None), "0.0.0.0:8153");
+        assert_eq!(advertised_dns("", Some(local)), "");
+    }
+
     #[tokio::test]
     async fn assignments_follow_their_instances_and_env_sources() {
         let (_dir, store, objects) = crate::test_support::store_with_default_namespace().await;
@@ -772,21 +1066,8 @@ mod tests {
                 .unwrap();
         }
         let shutdown = CancellationToken::new();
-        let cache = Cache::start(Arc::clone(&store), shutdown.clone())
-            .await
-            .unwrap();
-        let agents = Agents {
-            objects: objects.clone(),
-            cache: Arc::clone(&cache),
-            health: Arc::new(NodeHealth::new(
-                Duration::from_secs(10),
-                Duration::from_secs(10),
-            )),
-            usage: Arc::default(),
-            heartbeat_interval: Duration::from_secs(1),
-            dns_address: String::new(),
-            shutdown: shutdown.clone(),
-        };
+        let agents = agents_over(Arc::clone(&store), objects.clone(), "", &shutdown).await;
+        let cache = Arc::clone(&agents.cache);
         let mut resolved = Resolved::default();
         let assigned = agents.assignments("n1", &mut resolved);
         assert_eq!(

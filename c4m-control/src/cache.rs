@@ -49,6 +49,14 @@ pub(crate) struct Stored {
 }
 
 impl Stored {
+    /// Whether the stored JSON contains `needle`: a cheap test before
+    /// decoding (a Node without a slice annotation need not be decoded).
+    pub(crate) fn contains(&self, needle: &[u8]) -> bool {
+        self.json
+            .windows(needle.len())
+            .any(|window| window == needle)
+    }
+
     /// The revision of the write that stored this version
     /// (its resourceVersion).
     pub(crate) fn revision(&self) -> i64 {
@@ -441,6 +449,9 @@ pub struct Cache {
     /// Bumped when any ConfigMap or Secret may have changed (a write, a
     /// re-list): what an instance's resolved env depends on besides itself.
     env_generation: AtomicU64,
+    /// Bumped when any Node changes (and on a re-list): what the overlay's
+    /// peer streams wait on.
+    nodes_signal: watch::Sender<u64>,
 }
 
 impl Cache {
@@ -453,6 +464,7 @@ impl Cache {
             node_signals: Mutex::new(HashMap::new()),
             feeds: Mutex::new(Vec::new()),
             env_generation: AtomicU64::new(0),
+            nodes_signal: watch::channel(0).0,
         });
         tokio::spawn(Arc::clone(&cache).follow(store, revision, shutdown));
         Ok(cache)
@@ -536,6 +548,9 @@ impl Cache {
         }
         let previous_node = previous.and_then(|p| p.node);
         let own_node = key.strip_prefix(NODES).map(str::to_string);
+        if own_node.is_some() {
+            self.nodes_signal.send_modify(|generation| *generation += 1);
+        }
         for node in [previous_node, current_node, own_node].iter().flatten() {
             self.signal_node(node);
         }
@@ -568,6 +583,7 @@ impl Cache {
             feed.everything();
         }
         self.signal_all_nodes();
+        self.nodes_signal.send_modify(|generation| *generation += 1);
         Ok(revision)
     }
 
@@ -700,6 +716,11 @@ impl Cache {
             .entry(node.to_string())
             .or_insert_with(|| watch::channel(0).0)
             .subscribe()
+    }
+
+    /// A receiver that wakes when any Node changes, and after a re-list.
+    pub(crate) fn watch_nodes(&self) -> watch::Receiver<u64> {
+        self.nodes_signal.subscribe()
     }
 
     /// The store revision the cache reflects.

@@ -164,6 +164,7 @@ impl ControlPlane {
                 .as_ref()
                 .map(|d| d.local_addr().to_string())
                 .unwrap_or_default(),
+            slices: Arc::default(),
             shutdown: shutdown.clone(),
         };
         let token = self.config.token.clone();

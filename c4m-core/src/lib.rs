@@ -45,8 +45,9 @@ pub use model::pod::{
 pub use model::vpc::{DEFAULT_VPC, Vpc, VpcSpec, cidrs_overlap, parse_vpc_cidr};
 pub use model::{Instance, annotations, labels};
 pub use network::{
-    Attachment, CniNetwork, HostPort, LinuxNetwork, Network, VpcNetwork, enter_network_namespace,
-    search_domains,
+    Attachment, CniNetwork, HostPort, LinuxNetwork, NODE_SLICE_PREFIX, Network, OVERLAY_DEVICE,
+    OverlayPeer, OverlayVpc, VXLAN_OVERHEAD, VXLAN_PORT, VpcNetwork, VxlanOverlay,
+    enter_network_namespace, node_slice, search_domains,
 };
 pub use probe::{ProbeTracker, probe_once};
 pub use quantity::{format_cpu_millis, format_memory_bytes, parse_cpu_millis, parse_memory_bytes};

@@ -6,6 +6,7 @@
 //!     ./target/release/c4m-e2e-bench microservices [--nodes 100] [--count 10000]
 //!     ./target/release/c4m-e2e-bench api [--nodes 200] [--instances 10000] [--rounds 5]
 //!     sudo ./target/release/c4m-e2e-bench oci [--instances 100]
+//!     sudo ./target/release/c4m-e2e-bench overlay [--megabytes 1024] [--rounds 3]
 //!
 //! - `latency`: apply → instance Ready for a process service on a real
 //!   agent, one at a time, and the resident memory of the idle agent and
@@ -29,6 +30,14 @@
 //!   with all of them running and, separately, the containers' monitors
 //!   (conmon). Needs root, runc (or crun), conmon and `/bin/busybox`.
 //!
+//! - `overlay`: TCP throughput between two simulated hosts (network
+//!   namespaces on a switch, `c4m_testkit::Hosts`), each with an agent and
+//!   one oci instance: instance to instance over the VXLAN overlay, and
+//!   host to host over the plain veth links beneath it, side by side. A
+//!   Rust sender and receiver (this binary, in the namespaces) move
+//!   `--megabytes` MB each round; the median of `--rounds` is printed.
+//!   Needs root, runc (or crun), conmon and `/bin/busybox`.
+//!
 //! With `C4M_BENCH_CONTROL_LOG=FILE`, the control plane logs to FILE, with
 //! the scheduler's per-cycle timings (`refresh_ms`, `snapshot_ms`,
 //! `place_ms`, `write_ms`).
@@ -47,6 +56,9 @@ use c4m_core::ResourceKind;
 use clap::{Parser, Subcommand};
 use futures::{Stream, StreamExt};
 use serde_json::{Value, json};
+
+#[path = "e2e/overlay.rs"]
+mod overlay;
 
 #[derive(Parser)]
 #[command(about = "End-to-end benchmarks through the real c4m binaries")]
@@ -92,6 +104,32 @@ enum Bench {
         #[arg(long, default_value_t = 100)]
         instances: usize,
     },
+    /// TCP throughput between instances on two hosts over the overlay,
+    /// and between the hosts over plain veth.
+    Overlay {
+        /// Megabytes moved per round.
+        #[arg(long, default_value_t = 1024)]
+        megabytes: u64,
+        /// Rounds per path (the median is reported).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
+    /// Receives one TCP connection on `port` to its end (run by `overlay`
+    /// inside a network namespace).
+    #[command(hide = true)]
+    Sink {
+        /// Port to listen on (every address).
+        port: u16,
+    },
+    /// Sends `megabytes` MB to `to` and prints the seconds until the
+    /// receiver has it all (run by `overlay` inside a network namespace).
+    #[command(hide = true)]
+    Source {
+        /// The receiver.
+        to: std::net::SocketAddr,
+        /// Megabytes to send.
+        megabytes: u64,
+    },
     /// Microservices of one replica, until all run (hollow nodes).
     Microservices {
         /// Hollow nodes.
@@ -116,7 +154,8 @@ impl Drop for Daemon {
 struct ControlPlane {
     daemon: Daemon,
     client: Client,
-    grpc: u16,
+    /// Where agents dial (`IP:PORT`).
+    grpc: String,
     bin: PathBuf,
     dir: tempfile::TempDir,
 }
@@ -143,6 +182,12 @@ fn kind(name: &str) -> Result<&'static ResourceKind> {
 
 impl ControlPlane {
     async fn start() -> Result<ControlPlane> {
+        ControlPlane::start_on("127.0.0.1").await
+    }
+
+    /// A control plane whose agents' gRPC and DNS listen on `address` (its
+    /// API stays on loopback).
+    async fn start_on(address: &str) -> Result<ControlPlane> {
         let bin = std::env::current_exe()?.with_file_name("c4m");
         if !bin.exists() {
             bail!(
@@ -155,8 +200,8 @@ impl ControlPlane {
         let mut command = Command::new(&bin);
         command
             .args(["control", "--api", &format!("127.0.0.1:{api}")])
-            .args(["--grpc", &format!("127.0.0.1:{grpc}")])
-            .args(["--dns", &format!("127.0.0.1:{dns}"), "--data-dir"])
+            .args(["--grpc", &format!("{address}:{grpc}")])
+            .args(["--dns", &format!("{address}:{dns}"), "--data-dir"])
             .arg(dir.path().join("control"))
             .envs(ENV);
         // The scheduler's per-cycle figures (snapshot_ms, place_ms, write_ms)
@@ -186,7 +231,7 @@ impl ControlPlane {
         Ok(ControlPlane {
             daemon,
             client,
-            grpc,
+            grpc: format!("{address}:{grpc}"),
             bin,
             dir,
         })
@@ -196,18 +241,27 @@ impl ControlPlane {
     /// until `nodes` nodes are Ready. A real agent (one node) gets a data
     /// directory; hollow ones have none.
     async fn agent(&self, args: &[&str], nodes: usize) -> Result<Daemon> {
-        let mut command = Command::new(&self.bin);
+        self.agent_from(Command::new(&self.bin), "agent", args, nodes)
+            .await
+    }
+
+    /// [`ControlPlane::agent`] run by `command` (this `c4m`, possibly
+    /// through `nsenter`), its data in the directory `data`.
+    async fn agent_from(
+        &self,
+        mut command: Command,
+        data: &str,
+        args: &[&str],
+        nodes: usize,
+    ) -> Result<Daemon> {
         command
             .arg("agent")
             .args(args)
-            .args([
-                "--control-plane",
-                &format!("http://127.0.0.1:{}", self.grpc),
-            ])
+            .args(["--control-plane", &format!("http://{}", self.grpc)])
             .envs(ENV)
             .stderr(Stdio::null());
         if !args.contains(&"--hollow") {
-            command.arg("--data-dir").arg(self.dir.path().join("agent"));
+            command.arg("--data-dir").arg(self.dir.path().join(data));
         }
         let mut agent = Daemon(command.spawn()?);
         let started = Instant::now();
@@ -340,6 +394,9 @@ async fn main() -> Result<()> {
             rounds,
         } => api(nodes, instances, rounds).await,
         Bench::Oci { instances } => oci(instances).await,
+        Bench::Overlay { megabytes, rounds } => overlay::run(megabytes, rounds).await,
+        Bench::Sink { port } => overlay::sink(port),
+        Bench::Source { to, megabytes } => overlay::source(to, megabytes),
     }
 }
 
@@ -414,6 +471,22 @@ async fn latency(rounds: usize) -> Result<()> {
     Ok(())
 }
 
+/// Imports a busybox image as `bb:1` into `node`'s store, through the API
+/// as `c4m image import` does.
+async fn import_busybox(control: &ControlPlane, node: &str) -> Result<()> {
+    let layout = control.dir.path().join("image").join(node);
+    let config = oci_spec::image::ConfigBuilder::default()
+        .cmd(vec!["/bin/sh".to_string()])
+        .build()?;
+    c4m_core::write_busybox_image(std::path::Path::new("/bin/busybox"), &layout, "1", config)?;
+    let archive = c4m_core::tar_directory(&layout)?;
+    control
+        .client
+        .import_image(node, "bb", reqwest::Body::from(archive))
+        .await?;
+    Ok(())
+}
+
 async fn oci(instances: usize) -> Result<()> {
     if c4m_core::find_oci_binaries().is_none() {
         bail!("the oci bench needs runc (or crun) and conmon");
@@ -441,20 +514,7 @@ async fn oci(instances: usize) -> Result<()> {
     if !drivers.split(',').any(|d| d.starts_with("oci=")) {
         bail!("the agent does not offer the oci driver (not root?)");
     }
-    // A busybox image, imported through the API as `c4m image import` does.
-    let build = control.dir.path().join("image");
-    let rootfs = build.join("rootfs");
-    c4m_core::write_busybox_rootfs(std::path::Path::new("/bin/busybox"), &rootfs)?;
-    let config = oci_spec::image::ConfigBuilder::default()
-        .cmd(vec!["/bin/sh".to_string()])
-        .build()?;
-    let layout = build.join("layout");
-    c4m_core::write_oci_layout(&layout, "1", &[c4m_core::tar_directory(&rootfs)?], config)?;
-    let archive = c4m_core::tar_directory(&layout)?;
-    control
-        .client
-        .import_image("bench", "bb", reqwest::Body::from(archive))
-        .await?;
+    import_busybox(&control, "bench").await?;
 
     let mut latencies = Vec::with_capacity(instances);
     for index in 0..instances {

@@ -77,9 +77,6 @@ pub struct NodeFlags {
     /// CIDR of the default VPC (when no `Vpc` object named `default` says).
     #[arg(long, default_value = "10.88.0.0/16")]
     default_vpc_cidr: ipnet::Ipv4Net,
-    /// Which /24 of each VPC this node's instances get: unique per node.
-    #[arg(long, default_value_t = 0)]
-    node_slice: u32,
     /// Attach instances with this CNI network configuration list
     /// (`.conflist`) instead of c4m's bridges: one network, the default
     /// VPC only (implies --instance-network).
@@ -410,7 +407,6 @@ fn agent_config(
         default_driver: node.default_driver.clone(),
         network: (node.instance_network || node.cni_config.is_some()).then(|| NetworkConfig {
             default_vpc_cidr: node.default_vpc_cidr,
-            node_slice: node.node_slice,
             dns_port: DNS_PORT,
             host_address: node.address,
             cni: node.cni_config.clone().map(|config_file| CniConfig {

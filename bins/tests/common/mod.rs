@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod kubectl;
+pub mod oci;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -115,12 +116,32 @@ pub fn kill_instances(dir: &Path) {
     }
 }
 
+/// Unmounts whatever is mounted under `dir` (instances' network
+/// namespaces, root file systems), deepest first, so the directory can go.
+pub fn unmount_under(dir: &Path) {
+    let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let mut points: Vec<PathBuf> = mounts
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(PathBuf::from)
+        .filter(|point| point.starts_with(dir))
+        .collect();
+    points.sort();
+    for point in points.iter().rev() {
+        let _ = nix::mount::umount2(point, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
 /// A cluster of real processes.
 pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub api: u16,
     pub grpc: u16,
     pub dns: u16,
+    /// Where agents reach the control plane (its gRPC and DNS listen there).
+    pub listen: String,
     control: Option<Child>,
     agents: BTreeMap<String, Child>,
 }
@@ -128,6 +149,12 @@ pub struct Cluster {
 impl Cluster {
     /// Starts a control plane (fast failure detection for tests).
     pub fn start() -> Cluster {
+        Cluster::start_listening_on("127.0.0.1")
+    }
+
+    /// [`Cluster::start`] with the agents' gRPC and the DNS on `address`
+    /// (the API stays on loopback, for the CLI).
+    pub fn start_listening_on(address: &str) -> Cluster {
         // A free port found now may be taken by a parallel test before the
         // control plane binds it: then it exits, and a fresh set is tried.
         for _ in 0..3 {
@@ -136,6 +163,7 @@ impl Cluster {
                 api: free_port(),
                 grpc: free_port(),
                 dns: free_port(),
+                listen: address.to_string(),
                 control: None,
                 agents: BTreeMap::new(),
             };
@@ -173,8 +201,8 @@ impl Cluster {
             .args(["control", "--data-dir"])
             .arg(self.dir.path().join("control"))
             .args(["--api", &format!("127.0.0.1:{}", self.api)])
-            .args(["--grpc", &format!("127.0.0.1:{}", self.grpc)])
-            .args(["--dns", &format!("127.0.0.1:{}", self.dns)])
+            .args(["--grpc", &format!("{}:{}", self.listen, self.grpc)])
+            .args(["--dns", &format!("{}:{}", self.listen, self.dns)])
             .args([
                 "--node-grace",
                 "3s",
@@ -216,10 +244,23 @@ impl Cluster {
 
     /// [`Cluster::start_agent`] with more agent flags.
     pub fn start_agent_with(&mut self, name: &str, cpu: &str, memory: &str, flags: &[&str]) {
+        self.start_agent_from(Command::new(C4M), name, cpu, memory, flags);
+    }
+
+    /// [`Cluster::start_agent_with`] run by `command` (the `c4m` binary,
+    /// possibly through a wrapper such as `nsenter`).
+    pub fn start_agent_from(
+        &mut self,
+        command: Command,
+        name: &str,
+        cpu: &str,
+        memory: &str,
+        flags: &[&str],
+    ) {
         let data_dir = self.agent_dir(name).display().to_string();
         let mut extra = vec!["--data-dir", &data_dir];
         extra.extend_from_slice(flags);
-        self.spawn_agent(name, cpu, memory, &extra);
+        self.spawn_agent_from(command, name, cpu, memory, &extra);
         wait_for(
             &format!("node {name} Ready"),
             Duration::from_secs(30),
@@ -260,12 +301,23 @@ impl Cluster {
     /// Runs `c4m agent --name NAME --cpu CPU --memory MEMORY EXTRA...`
     /// against this cluster, logging to `agent-{name}.log`.
     fn spawn_agent(&mut self, name: &str, cpu: &str, memory: &str, extra: &[&str]) -> u32 {
-        let child = Command::new(C4M)
+        self.spawn_agent_from(Command::new(C4M), name, cpu, memory, extra)
+    }
+
+    fn spawn_agent_from(
+        &mut self,
+        mut command: Command,
+        name: &str,
+        cpu: &str,
+        memory: &str,
+        extra: &[&str],
+    ) -> u32 {
+        let child = command
             .args(["agent", "--name", name, "--cpu", cpu, "--memory", memory])
             .args(extra)
             .args([
                 "--control-plane",
-                &format!("http://127.0.0.1:{}", self.grpc),
+                &format!("http://{}:{}", self.listen, self.grpc),
             ])
             .env("C4M_ACCESS_TOKEN", ACCESS_TOKEN)
             .env("C4M_SECRET_KEY", SECRET_KEY)
@@ -535,6 +587,7 @@ impl Drop for Cluster {
             let _ = child.wait();
         }
         kill_instances(self.dir.path());
+        unmount_under(self.dir.path());
         if std::thread::panicking() {
             for name in std::fs::read_dir(self.dir.path())
                 .into_iter()
@@ -595,6 +648,22 @@ pub fn driver_deployment(
     script: &str,
     vpc: Option<&str>,
 ) -> String {
+    deployment_of(driver, name, image, 1, vpc, script, "")
+}
+
+/// A Deployment of driver `driver`: `replicas` instances of `image` running `script`
+/// (with `$POD` their name), declaring port 8080, in VPC `vpc` (the
+/// default if None). `pod_spec` adds to the pod spec: YAML lines each
+/// starting with six spaces, or empty.
+pub fn deployment_of(
+    driver: &str,
+    name: &str,
+    image: &str,
+    replicas: usize,
+    vpc: Option<&str>,
+    script: &str,
+    pod_spec: &str,
+) -> String {
     let annotations = vpc
         .map(|vpc| format!("\n      annotations: {{c4m.io/vpc: {vpc}}}"))
         .unwrap_or_default();
@@ -604,17 +673,18 @@ apiVersion: apps/v1
 kind: Deployment
 metadata: {{name: {name}}}
 spec:
-  replicas: 1
+  replicas: {replicas}
   selector: {{matchLabels: {{app: {name}}}}}
   template:
     metadata:
       labels: {{app: {name}}}{annotations}
     spec:
       runtimeClassName: {driver}
-      containers:
+{pod_spec}      containers:
         - name: main
           image: {image}
           command: ["sh", "-c", {script:?}]
+          env: [{{name: POD, valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}}}]
           ports: [{{containerPort: 8080}}]
           resources: {{limits: {{cpu: 500m, memory: 64Mi}}}}
 "#

@@ -178,12 +178,12 @@ async fn a_namespaced_instance_gets_a_vpc_address_dns_and_is_detached() {
         linux.clone(),
         NetworkConfig {
             default_vpc_cidr: "10.99.48.0/20".parse().unwrap(),
-            node_slice: 2,
             dns_port: 10053,
             host_address: Ipv4Addr::LOCALHOST.into(),
             cni: None,
         },
         dns_rx.clone(),
+        watch::channel(Some(2)).1,
         shutdown.clone(),
     );
     let runtime = Arc::new(NamespacedRuntime::default());

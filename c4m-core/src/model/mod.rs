@@ -32,6 +32,10 @@ pub mod annotations {
     /// control plane adds from the `Vpc` object so the agent need not look
     /// it up.
     pub const VPC_CIDR: &str = "c4m.io/vpc-cidr";
+    /// On a node: which /24 of every VPC its instances get (a decimal
+    /// index), assigned by the control plane when the node registers for
+    /// instance networking, as Kubernetes assigns `node.spec.podCIDR`.
+    pub const NODE_SLICE: &str = "c4m.io/node-slice";
 }
 
 /// Label keys c4m writes or reads.

@@ -29,6 +29,9 @@ const INSTANCE_INTERFACE: &str = "eth0";
 pub struct LinuxNetwork {
     run_dir: PathBuf,
     host: Handle,
+    /// MTU of instances' veth pairs (None: the kernel's default), lower
+    /// than the node's when an overlay's headers must fit.
+    mtu: Option<u32>,
     state: Mutex<State>,
 }
 
@@ -60,8 +63,16 @@ impl LinuxNetwork {
         Ok(LinuxNetwork {
             run_dir,
             host,
+            mtu: None,
             state: Mutex::new(state),
         })
+    }
+
+    /// Gives instances attached from now on interfaces of `mtu` (an
+    /// overlay's, so what they send fits its encapsulation).
+    pub fn with_mtu(mut self, mtu: u32) -> LinuxNetwork {
+        self.mtu = Some(mtu);
+        self
     }
 
     fn namespace_path(&self, instance: &str) -> PathBuf {
@@ -197,9 +208,13 @@ impl LinuxNetwork {
             .await
             .map_err(|e| failed("removing a stale eth0", e))?;
 
+        let mut pair = LinkVeth::new(&attachment.host_interface, &peer);
+        if let Some(mtu) = self.mtu {
+            pair = pair.mtu(mtu);
+        }
         self.host
             .link()
-            .add(LinkVeth::new(&attachment.host_interface, &peer).build())
+            .add(pair.build())
             .execute()
             .await
             .map_err(|e| failed("creating the veth pair", e))?;
@@ -234,14 +249,15 @@ impl LinuxNetwork {
             .map_err(|e| failed("joining the bridge", e))?;
 
         let index = required_link(inside, &peer, instance).await?;
+        let mut eth0 = LinkUnspec::new_with_index(index)
+            .name(INSTANCE_INTERFACE)
+            .address(instance_mac(attachment.address));
+        if let Some(mtu) = self.mtu {
+            eth0 = eth0.mtu(mtu);
+        }
         inside
             .link()
-            .set(
-                LinkUnspec::new_with_index(index)
-                    .name(INSTANCE_INTERFACE)
-                    .address(instance_mac(attachment.address))
-                    .build(),
-            )
+            .set(eth0.build())
             .execute()
             .await
             .map_err(|e| failed("naming eth0", e))?;
@@ -414,7 +430,10 @@ fn instance_mac(address: Ipv4Addr) -> Vec<u8> {
 }
 
 /// The index of the link named `name`, if there is one.
-async fn link_index(handle: &Handle, name: &str) -> Result<Option<u32>, rtnetlink::Error> {
+pub(crate) async fn link_index(
+    handle: &Handle,
+    name: &str,
+) -> Result<Option<u32>, rtnetlink::Error> {
     let mut links = handle.link().get().match_name(name.to_string()).execute();
     match links.try_next().await {
         Ok(link) => Ok(link.map(|link| link.header.index)),
@@ -435,7 +454,7 @@ async fn required_link(handle: &Handle, name: &str, instance: &str) -> Result<u3
 }
 
 /// Deletes the link named `name`; absent is Ok.
-async fn delete_link(handle: &Handle, name: &str) -> Result<(), rtnetlink::Error> {
+pub(crate) async fn delete_link(handle: &Handle, name: &str) -> Result<(), rtnetlink::Error> {
     match link_index(handle, name).await? {
         Some(index) => match handle.link().del(index).execute().await {
             Err(rtnetlink::Error::NetlinkError(e))

@@ -14,7 +14,9 @@
 //!   other end `eth0` inside), an address from the VPC's slice and a default
 //!   route via the gateway;
 //! - the allocations on disk ([`ipam`]), so a restarted agent re-adopts the
-//!   namespaces it made instead of handing their addresses out again.
+//!   namespaces it made instead of handing their addresses out again;
+//! - between nodes, a VXLAN overlay ([`VxlanOverlay`]) routing each VPC's
+//!   other slices to the nodes that serve them.
 //!
 //! [`CniNetwork`] implements it with a CNI plugin chain instead (one
 //! network, whatever the plugins make of it), in the same namespaces.
@@ -33,10 +35,35 @@ mod firewall;
 mod ipam;
 mod linux;
 mod netns;
+mod overlay;
 
 pub use cni::CniNetwork;
 pub use linux::LinuxNetwork;
 pub use netns::enter_network_namespace;
+pub use overlay::{
+    OVERLAY_DEVICE, OverlayPeer, OverlayVpc, VXLAN_OVERHEAD, VXLAN_PORT, VxlanOverlay,
+};
+
+/// Prefix length of a node's slice of a VPC.
+pub const NODE_SLICE_PREFIX: u8 = 24;
+
+/// A node's slice of a VPC: the `index`th /24 of `cidr`, or all of a VPC
+/// of /24 or smaller (which is then node-local: every node serves it whole).
+pub fn node_slice(cidr: Ipv4Net, index: u32) -> Result<Ipv4Net> {
+    if cidr.prefix_len() >= NODE_SLICE_PREFIX {
+        return Ok(cidr.trunc());
+    }
+    cidr.trunc()
+        .subnets(NODE_SLICE_PREFIX)
+        .ok()
+        .and_then(|mut slices| slices.nth(index as usize))
+        .ok_or_else(|| {
+            crate::Error::Invalid(format!(
+                "node slice {index} is outside {cidr} (it has {} /{NODE_SLICE_PREFIX} slices)",
+                1u64 << (NODE_SLICE_PREFIX - cidr.prefix_len())
+            ))
+        })
+}
 
 /// The DNS search domains of an instance in Kubernetes namespace `namespace`.
 pub fn search_domains(namespace: &str) -> String {
@@ -222,5 +249,19 @@ mod tests {
         assert_eq!(vpc.bridge_name(), "c4b0a630301");
         assert!(vpc.bridge_name().len() <= 15);
         assert_eq!(search_domains("shop"), "shop.svc.c4m svc.c4m c4m");
+    }
+
+    #[test]
+    fn node_slices_are_the_nth_slash_24() {
+        let cidr: Ipv4Net = "10.99.0.0/16".parse().unwrap();
+        assert_eq!(node_slice(cidr, 0).unwrap().to_string(), "10.99.0.0/24");
+        assert_eq!(node_slice(cidr, 5).unwrap().to_string(), "10.99.5.0/24");
+        let error = node_slice(cidr, 256).unwrap_err().to_string();
+        assert!(
+            error.contains("node slice 256 is outside 10.99.0.0/16"),
+            "{error}"
+        );
+        let small: Ipv4Net = "10.99.7.0/26".parse().unwrap();
+        assert_eq!(node_slice(small, 3).unwrap(), small);
     }
 }
