@@ -8,7 +8,7 @@ pub mod oci;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -20,35 +20,12 @@ pub const DEMO: &str = env!("CARGO_BIN_EXE_c4m-demo");
 pub const ACCESS_TOKEN: &str = "test-access";
 pub const SECRET_KEY: &str = "test-secret";
 
-/// A free loopback port (bound then released).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use c4m_testkit::{free_port, wait_for};
 
 /// PATH with the demo binary's folder first, so manifests can run `c4m-demo`.
 pub fn path_with_bins() -> String {
     let bins = Path::new(DEMO).parent().unwrap().display().to_string();
     format!("{bins}:{}", std::env::var("PATH").unwrap_or_default())
-}
-
-/// Polls `check` every 100 ms until it returns Some, or panics with `what`
-/// after `timeout`.
-pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
-    let started = Instant::now();
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(
-            started.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// `GET http://127.0.0.1:{port}{path}`: (status code, body). Test-only
