@@ -103,6 +103,11 @@ enum Bench {
         /// Instances, applied one after the other and left running.
         #[arg(long, default_value_t = 100)]
         instances: usize,
+        /// The driver running them: `oci` (runc under conmon), or
+        /// `containerd` (runc under containerd's shim; a containerd of the
+        /// bench's own), the peer.
+        #[arg(long, default_value = "oci")]
+        driver: String,
     },
     /// TCP throughput between instances on two hosts over the overlay,
     /// and between the hosts over plain veth.
@@ -393,7 +398,7 @@ async fn main() -> Result<()> {
             instances,
             rounds,
         } => api(nodes, instances, rounds).await,
-        Bench::Oci { instances } => oci(instances).await,
+        Bench::Oci { instances, driver } => oci(instances, &driver).await,
         Bench::Overlay { megabytes, rounds } => overlay::run(megabytes, rounds).await,
         Bench::Sink { port } => overlay::sink(port),
         Bench::Source { to, megabytes } => overlay::source(to, megabytes),
@@ -487,32 +492,47 @@ async fn import_busybox(control: &ControlPlane, node: &str) -> Result<()> {
     Ok(())
 }
 
-async fn oci(instances: usize) -> Result<()> {
+async fn oci(instances: usize, driver: &str) -> Result<()> {
     if c4m_core::find_oci_binaries().is_none() {
         bail!("the oci bench needs runc (or crun) and conmon");
     }
     let control = ControlPlane::start().await?;
-    let agent = control
-        .agent(
-            &[
-                "--name",
-                "bench",
-                "--cpu",
-                "64",
-                "--memory",
-                "64Gi",
-                "--max-instances",
-                "1000",
-            ],
-            1,
-        )
-        .await?;
+    // The monitors holding the containers: conmon for `oci`, containerd's
+    // shims for `containerd` (whose command line names its socket).
+    let (containerd, monitor, needle) = match driver {
+        "oci" => (None, "conmon", control.dir.path().join("agent")),
+        "containerd" => {
+            let daemon = c4m_testkit::Containerd::start(&control.dir.path().join("containerd"));
+            let socket = daemon.socket().to_owned();
+            (Some(daemon), "containerd-shim", socket)
+        }
+        other => bail!("the oci bench runs the oci or containerd driver, not {other:?}"),
+    };
+    let mut flags = vec![
+        "--name".to_string(),
+        "bench".into(),
+        "--cpu".into(),
+        "64".into(),
+        "--memory".into(),
+        "64Gi".into(),
+        "--max-instances".into(),
+        "1000".into(),
+    ];
+    if let Some(daemon) = &containerd {
+        flags.push("--containerd-socket".into());
+        flags.push(daemon.socket().display().to_string());
+    }
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let agent = control.agent(&flags, 1).await?;
     let nodes = control.client.list(kind("nodes")?, None, None).await?;
     let drivers = nodes["items"][0]["metadata"]["annotations"][c4m_core::annotations::DRIVERS]
         .as_str()
         .unwrap_or_default();
-    if !drivers.split(',').any(|d| d.starts_with("oci=")) {
-        bail!("the agent does not offer the oci driver (not root?)");
+    if !drivers
+        .split(',')
+        .any(|d| d.starts_with(&format!("{driver}=")))
+    {
+        bail!("the agent does not offer the {driver} driver (not root?): {drivers}");
     }
     import_busybox(&control, "bench").await?;
 
@@ -526,7 +546,7 @@ async fn oci(instances: usize) -> Result<()> {
                 vec![json!({
                     "apiVersion": "v1", "kind": "Pod",
                     "metadata": {"name": name, "namespace": "default"},
-                    "spec": {"runtimeClassName": "oci", "terminationGracePeriodSeconds": 1,
+                    "spec": {"runtimeClassName": driver, "terminationGracePeriodSeconds": 1,
                         "containers": [{"name": "main", "image": "bb:1",
                         "command": ["sleep", "3600"],
                         "resources": {"requests": {"cpu": "10m", "memory": "8Mi"}, "limits": {"memory": "32Mi"}}}]},
@@ -542,7 +562,7 @@ async fn oci(instances: usize) -> Result<()> {
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let agent_memory = Memory::of(agent.0.id())?;
-    let monitors = conmon_rss_kib(&control.dir.path().join("agent"))?;
+    let monitors = monitors_rss_kib(monitor, &needle)?;
 
     let pods = kind("pods")?;
     for index in 0..instances {
@@ -561,9 +581,8 @@ async fn oci(instances: usize) -> Result<()> {
     }
     // Let the agent remove the containers (monitors, mounts, cgroups)
     // before it stops.
-    let agent_dir = control.dir.path().join("agent");
     let deadline = Instant::now() + Duration::from_secs(120);
-    while conmon_rss_kib(&agent_dir)?.0 > 0 {
+    while monitors_rss_kib(monitor, &needle)?.0 > 0 {
         if Instant::now() > deadline {
             bail!("the agent did not remove every container within 2 minutes");
         }
@@ -572,7 +591,7 @@ async fn oci(instances: usize) -> Result<()> {
 
     latencies.sort();
     println!(
-        "apply -> instance Ready (oci driver, {instances} containers, one at a time, left running):"
+        "apply -> instance Ready ({driver} driver, {instances} containers, one at a time, left running):"
     );
     println!(
         "  p50 {:.1} ms   p99 {:.1} ms   max {:.1} ms",
@@ -587,17 +606,18 @@ async fn oci(instances: usize) -> Result<()> {
         mib(agent_memory.peak_kib)
     );
     println!(
-        "  conmon monitors: {} processes, {:.1} MiB in all",
+        "  {monitor} monitors: {} processes, {:.1} MiB in all",
         monitors.0,
         mib(monitors.1)
     );
     Ok(())
 }
 
-/// How many conmon processes hold containers under `agent_dir`, and their
-/// resident memory in all (KiB).
-fn conmon_rss_kib(agent_dir: &std::path::Path) -> Result<(usize, u64)> {
-    let needle = agent_dir.display().to_string();
+/// How many `monitor` processes (by name) mention `needle` on their command
+/// line (the agent's directory, containerd's socket), and their resident
+/// memory in all (KiB).
+fn monitors_rss_kib(monitor: &str, needle: &std::path::Path) -> Result<(usize, u64)> {
+    let needle = needle.display().to_string();
     let (mut count, mut total) = (0, 0);
     for entry in std::fs::read_dir("/proc")?.flatten() {
         let Some(pid) = entry
@@ -609,7 +629,7 @@ fn conmon_rss_kib(agent_dir: &std::path::Path) -> Result<(usize, u64)> {
         };
         let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        if comm.trim() == "conmon"
+        if comm.trim().starts_with(monitor)
             && String::from_utf8_lossy(&cmdline).contains(&needle)
             && let Ok(memory) = Memory::of(pid)
         {
