@@ -73,7 +73,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long `stop` waits for the task to end after SIGKILL.
 const KILL_WAIT: Duration = Duration::from_secs(10);
 /// How long after an exit the shim may still be copying output to the log.
-const OUTPUT_COPY_LIMIT: Duration = Duration::from_secs(5);
+/// Only a shim that is gone or hung lets it run out (a live one closes the
+/// log once it has copied everything), so it is generous: on a loaded node
+/// a follower may first look several seconds after the exit.
+const OUTPUT_COPY_LIMIT: Duration = Duration::from_secs(30);
 /// How long a start waits for runc's init to exec the program.
 const EXEC_WAIT: Duration = Duration::from_secs(2);
 const EXEC_POLL: Duration = Duration::from_millis(5);
