@@ -34,9 +34,10 @@ impl IdLocks {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The lock of container `id`.
-    pub(super) fn lock_for(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
-        Arc::clone(self.locks().entry(id.to_string()).or_default())
+    /// Waits for container `id`'s lock and holds it until the guard drops.
+    pub(super) async fn hold(&self, id: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = Arc::clone(self.locks().entry(id.to_string()).or_default());
+        lock.lock_owned().await
     }
 
     /// Drops the lock of a removed container.

@@ -689,8 +689,7 @@ impl ContainerRuntime for ContainerdRuntime {
         let inner = &*self.inner;
         let id = spec.id.as_str();
         let dir = inner.container_dir(id)?;
-        let lock = inner.locks.lock_for(id);
-        let _guard = lock.lock().await;
+        let _guard = inner.locks.hold(id).await;
         self.ensure_clock();
         if inner.container(id).await?.is_some() {
             if let Some(process) = inner.task(id, "").await?
@@ -749,16 +748,14 @@ impl ContainerRuntime for ContainerdRuntime {
     }
 
     async fn stop(&self, id: &str, grace: Duration) -> Result<()> {
-        let lock = self.inner.locks.lock_for(id);
-        let _guard = lock.lock().await;
+        let _guard = self.inner.locks.hold(id).await;
         self.inner.stop(id, grace).await
     }
 
     async fn remove(&self, id: &str) -> Result<()> {
         let inner = &*self.inner;
         let dir = inner.container_dir(id)?;
-        let lock = inner.locks.lock_for(id);
-        let _guard = lock.lock().await;
+        let _guard = inner.locks.hold(id).await;
         if inner.container(id).await?.is_some() {
             inner.stop(id, Duration::ZERO).await?;
             inner.teardown(id).await?;

@@ -492,8 +492,7 @@ impl Inner {
             .image
             .as_deref()
             .ok_or_else(|| runtime_error(id, "the cri driver needs an image"))?;
-        let lock = self.locks.lock_for(id);
-        let _guard = lock.lock().await;
+        let _guard = self.locks.hold(id).await;
         let previous = self.containers(Some(id)).await?;
         if previous
             .iter()
@@ -714,14 +713,12 @@ impl ContainerRuntime for CriRuntime {
     }
 
     async fn stop(&self, id: &str, grace: Duration) -> Result<()> {
-        let lock = self.inner.locks.lock_for(id);
-        let _guard = lock.lock().await;
+        let _guard = self.inner.locks.hold(id).await;
         self.inner.stop(id, grace).await
     }
 
     async fn remove(&self, id: &str) -> Result<()> {
-        let lock = self.inner.locks.lock_for(id);
-        let _guard = lock.lock().await;
+        let _guard = self.inner.locks.hold(id).await;
         self.inner.remove(id).await?;
         self.inner.locks.forget(id);
         Ok(())

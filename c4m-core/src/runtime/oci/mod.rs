@@ -564,8 +564,7 @@ impl ContainerRuntime for OciRuntime {
         let inner = &*self.inner;
         let id = spec.id.as_str();
         let dir = inner.container_dir(id)?;
-        let lock = inner.locks.lock_for(id);
-        let _guard = lock.lock().await;
+        let _guard = inner.locks.hold(id).await;
         let previous = match inner.load(id).await {
             Ok(previous) => previous,
             Err(e) => {
@@ -615,16 +614,14 @@ impl ContainerRuntime for OciRuntime {
     }
 
     async fn stop(&self, id: &str, grace: Duration) -> Result<()> {
-        let lock = self.inner.locks.lock_for(id);
-        let _guard = lock.lock().await;
+        let _guard = self.inner.locks.hold(id).await;
         self.inner.stop(id, grace).await
     }
 
     async fn remove(&self, id: &str) -> Result<()> {
         let inner = &*self.inner;
         let dir = inner.container_dir(id)?;
-        let lock = inner.locks.lock_for(id);
-        let _guard = lock.lock().await;
+        let _guard = inner.locks.hold(id).await;
         if !dir.exists() {
             return Ok(());
         }
