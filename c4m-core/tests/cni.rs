@@ -129,16 +129,11 @@ fn remove_nat_rules_of(instance: &str) {
 }
 
 fn require_tools() {
-    for tool in ["ip", "iptables-save", "umount"] {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        assert!(
-            found,
-            "{tool} is missing: install iproute2, iptables and mount (scripts/test.sh does)"
-        );
-    }
+    c4m_testkit::require_commands(&[
+        ("ip", "iproute2"),
+        ("iptables-save", "iptables"),
+        ("umount", "mount"),
+    ]);
     for plugin in ["bridge", "host-local", "portmap"] {
         assert!(
             Path::new(PLUGINS).join(plugin).exists(),

@@ -66,16 +66,7 @@ impl Drop for Cleanup {
 }
 
 fn require_tools() {
-    for tool in ["ip", "nft", "umount"] {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        assert!(
-            found,
-            "{tool} is missing: install iproute2 and nftables (scripts/test.sh does)"
-        );
-    }
+    c4m_testkit::require_commands(&[("ip", "iproute2"), ("nft", "nftables"), ("umount", "mount")]);
     assert!(
         nix::unistd::geteuid().is_root(),
         "the network tests need root (namespaces, links, nftables)"

@@ -21,4 +21,4 @@ pub use containerd::{Containerd, ContainerdOptions};
 pub use dockerd::Dockerd;
 pub use hosts::Hosts;
 pub use registry::Registry;
-pub use wait::{free_port, wait_for};
+pub use wait::{free_port, require_commands, wait_for};

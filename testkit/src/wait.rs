@@ -24,3 +24,18 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Opt
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Fails loudly unless every program of `commands` (`(program, Debian
+/// package)`) is on `PATH`, naming the package to install.
+pub fn require_commands(commands: &[(&str, &str)]) {
+    for (program, package) in commands {
+        let found = std::process::Command::new("sh")
+            .args(["-c", &format!("command -v {program}")])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        assert!(
+            found,
+            "{program} is missing: apt-get install {package} (scripts/test.sh does)"
+        );
+    }
+}
