@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use c4m_benches::percentile;
 use c4m_core::{
     ContainerRuntime, ContainerSpec, ContainerState, ContainerdRuntime, CriRuntime, DockerRuntime,
     ImageStore, OciRuntime, ProcessRuntime,
@@ -98,11 +99,6 @@ async fn subject(driver: &str, dir: &Path, registry: &Registry) -> Result<Subjec
         runtime,
         _keep: keep,
     })
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[index.min(sorted.len() - 1)]
 }
 
 fn millis(d: Duration) -> f64 {

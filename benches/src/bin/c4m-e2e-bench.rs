@@ -52,6 +52,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use c4m_api::{ApplyObject, ApplyRequest, Client, Credentials};
+use c4m_benches::percentile;
 use c4m_core::ResourceKind;
 use clap::{Parser, Subcommand};
 use futures::{Stream, StreamExt};
@@ -353,11 +354,6 @@ impl Memory {
 
 fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[index.min(sorted.len() - 1)]
 }
 
 fn is_ready(object: &Value) -> bool {
