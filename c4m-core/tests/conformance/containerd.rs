@@ -7,7 +7,7 @@ use c4m_core::{ContainerRuntime, ContainerdRuntime, ImageStore};
 use c4m_testkit::Containerd;
 
 use crate::kit::Kit;
-use crate::suite::{self, Gaps};
+use crate::suite;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn containerd_conforms() {
@@ -16,7 +16,7 @@ async fn containerd_conforms() {
     let socket = daemon.socket().to_owned();
     let data = kit.dir().join("c4m-containerd");
     let images = Arc::new(ImageStore::open(kit.dir().join("images")).expect("image store"));
-    suite::run("containerd", &kit, Gaps::none(), move || {
+    suite::run("containerd", &kit, move || {
         let (socket, data, images) = (socket.clone(), data.clone(), Arc::clone(&images));
         async move {
             Arc::new(

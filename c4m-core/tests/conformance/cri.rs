@@ -11,7 +11,7 @@ use c4m_testkit::{Containerd, ContainerdOptions};
 use oci_spec::image::ConfigBuilder;
 
 use crate::kit::{self, Kit};
-use crate::suite::{self, Gaps};
+use crate::suite;
 
 /// Pushes a pod sandbox ("pause") image to the kit's registry: busybox
 /// sleeping for ever (there is no internet to fetch Kubernetes' pause).
@@ -47,7 +47,7 @@ async fn cri_conforms() {
     let daemon = containerd_for(&kit);
     let socket = daemon.socket().to_owned();
     let data = kit.dir().join("cri");
-    suite::run("cri", &kit, Gaps::none(), move || {
+    suite::run("cri", &kit, move || {
         let (socket, data) = (socket.clone(), data.clone());
         async move {
             Arc::new(

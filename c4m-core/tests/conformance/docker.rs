@@ -10,14 +10,14 @@ use c4m_testkit::Dockerd;
 use tokio::io::AsyncReadExt;
 
 use crate::kit::{Kit, WAIT, spec};
-use crate::suite::{self, Gaps};
+use crate::suite;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docker_conforms() {
     let kit = Kit::new().await;
     let daemon = Dockerd::start(&kit.dir().join("dockerd"));
     let socket = daemon.socket().to_owned();
-    suite::run("docker", &kit, Gaps::none(), move || {
+    suite::run("docker", &kit, move || {
         let socket = socket.clone();
         async move {
             Arc::new(

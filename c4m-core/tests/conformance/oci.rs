@@ -5,7 +5,7 @@ use std::sync::Arc;
 use c4m_core::{ContainerRuntime, ImageStore, OciRuntime, find_oci_binaries};
 
 use crate::kit::Kit;
-use crate::suite::{self, Gaps};
+use crate::suite;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oci_conforms() {
@@ -16,7 +16,7 @@ async fn oci_conforms() {
     let kit = Kit::new().await;
     let data = kit.dir().join("oci");
     let images = Arc::new(ImageStore::open(kit.dir().join("images")).expect("image store"));
-    suite::run("oci", &kit, Gaps::none(), move || {
+    suite::run("oci", &kit, move || {
         let data = data.clone();
         let images = Arc::clone(&images);
         async move {

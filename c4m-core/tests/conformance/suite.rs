@@ -1,7 +1,6 @@
 //! The cases: what the `ContainerRuntime` trait promises, checked the same
 //! way for every driver.
 
-use std::collections::BTreeSet;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant, SystemTime};
@@ -13,34 +12,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::kit::{Driver, Kit, exit_code, logs, run_to_exit, spec, wait_exit, wait_logs};
 
-/// An operation a driver answers with `Error::Unsupported`.
-#[allow(dead_code)] // not every suite run has a driver with this gap
-pub const INTERACTIVE_EXEC: &str = "interactive exec";
-/// Interactive exec on a terminal (`tty`), where piped exec works.
-pub const TERMINAL_EXEC: &str = "exec on a terminal";
-
-/// The operations a driver says it cannot do; the suite checks it says so
-/// with `Error::Unsupported`, and prints them.
-pub struct Gaps(BTreeSet<&'static str>);
-
-impl Gaps {
-    /// The driver does everything the trait promises.
-    #[allow(dead_code)] // not every driver is free of gaps
-    pub fn none() -> Gaps {
-        Gaps(BTreeSet::new())
-    }
-
-    /// The driver cannot do `operations`.
-    #[allow(dead_code)] // not every driver has gaps
-    pub fn only(operations: &[&'static str]) -> Gaps {
-        Gaps(operations.iter().copied().collect())
-    }
-
-    fn has(&self, operation: &str) -> bool {
-        self.0.contains(operation)
-    }
-}
-
 /// Connects a new driver instance to the node's containers.
 type Connect<'a> = &'a (dyn Fn() -> BoxFuture<'static, Driver> + Sync);
 
@@ -48,7 +19,6 @@ type Connect<'a> = &'a (dyn Fn() -> BoxFuture<'static, Driver> + Sync);
 struct Case<'a> {
     name: &'static str,
     kit: &'a Kit,
-    gaps: &'a Gaps,
     runtime: Driver,
     connect: Connect<'a>,
 }
@@ -77,15 +47,12 @@ const CASES: &[(&str, CaseFn)] = &[
 
 /// Runs every case against the driver `connect` makes, then fails naming
 /// each case that failed.
-pub async fn run<F, Fut>(driver: &str, kit: &Kit, gaps: Gaps, connect: F)
+pub async fn run<F, Fut>(driver: &str, kit: &Kit, connect: F)
 where
     F: Fn() -> Fut + Sync,
     Fut: Future<Output = Driver> + Send + 'static,
 {
     let connect = move || connect().boxed();
-    for gap in &gaps.0 {
-        eprintln!("conformance {driver}: declared gap: {gap}");
-    }
     let mut failures = Vec::new();
     for (name, case) in CASES {
         let runtime = connect().await;
@@ -93,7 +60,6 @@ where
         let cx = Case {
             name,
             kit,
-            gaps: &gaps,
             runtime,
             connect: &connect,
         };
@@ -405,13 +371,6 @@ async fn interactive_exec(cx: &Case<'_>) {
         tty: false,
     };
     let session = rt.exec_interactive(&sleeper.id, request).await;
-    if cx.gaps.has(INTERACTIVE_EXEC) {
-        assert!(
-            matches!(session, Err(Error::Unsupported { .. })),
-            "a declared gap answers Unsupported"
-        );
-        return;
-    }
     let mut session = session.expect("interactive exec");
     let mut stdin = session.stdin.take().expect("stdin");
     stdin.write_all(b"hello\n").await.expect("write stdin");
@@ -433,16 +392,6 @@ async fn interactive_exec(cx: &Case<'_>) {
         stdin: false,
         tty: true,
     };
-    if cx.gaps.has(TERMINAL_EXEC) {
-        assert!(
-            matches!(
-                rt.exec_interactive(&sleeper.id, request).await,
-                Err(Error::Unsupported { .. })
-            ),
-            "a declared gap answers Unsupported"
-        );
-        return;
-    }
     let mut session = rt
         .exec_interactive(&sleeper.id, request)
         .await
