@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use c4m_testkit::Hosts;
-use common::oci::{oci_deployment, require_oci};
+use common::oci::require_oci;
 use common::*;
 use serde_json::Value;
 
@@ -45,7 +45,7 @@ fn server(name: &str, replicas: usize, vpc: Option<&str>, nodes: &[&str]) -> Str
     }
     format!(
         "{}---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  selector: {{app: {name}}}\n  ports: [{{port: 8080, targetPort: 8080}}]\n",
-        oci_deployment(name, "bb:1", replicas, vpc, SERVE_NAME, &pod_spec)
+        deployment_of("oci", name, "bb:1", replicas, vpc, SERVE_NAME, &pod_spec)
     )
 }
 

@@ -102,14 +102,7 @@ impl Blobs {
             return Ok(path);
         }
         let (digest, _, temp) = self.write_temp(reader)?;
-        if digest != expected {
-            return Err(Error::Image(format!(
-                "blob {expected} is corrupt: its content has digest {digest}"
-            )));
-        }
-        temp.persist(&path)
-            .map_err(|e| Error::io(format!("store blob {}", path.display()), e.error))?;
-        Ok(path)
+        persist_verified(expected, &digest, temp, path)
     }
 
     /// Moves the downloaded file `temp` (in the store's `tmp/`) into place
@@ -124,14 +117,7 @@ impl Blobs {
         let (digest, _) = HashingReader::new(file)
             .finish()
             .map_err(|e| Error::io("read a downloaded blob", e))?;
-        if digest != expected {
-            return Err(Error::Image(format!(
-                "blob {expected} is corrupt: its content has digest {digest}"
-            )));
-        }
-        temp.persist(&path)
-            .map_err(|e| Error::io(format!("store blob {}", path.display()), e.error))?;
-        Ok(path)
+        persist_verified(expected, &digest, temp, path)
     }
 
     /// Stores `reader`'s content under its own digest, which it returns with
@@ -168,4 +154,22 @@ impl Blobs {
         let (digest, size) = hashing.finish().map_err(|e| Error::io("write blob", e))?;
         Ok((digest, size, temp))
     }
+}
+
+/// Names `temp` blob `path` if its content's `digest` is the `expected`
+/// one; refuses it (and `temp` goes) otherwise.
+fn persist_verified(
+    expected: &str,
+    digest: &str,
+    temp: tempfile::NamedTempFile,
+    path: PathBuf,
+) -> Result<PathBuf> {
+    if digest != expected {
+        return Err(Error::Image(format!(
+            "blob {expected} is corrupt: its content has digest {digest}"
+        )));
+    }
+    temp.persist(&path)
+        .map_err(|e| Error::io(format!("store blob {}", path.display()), e.error))?;
+    Ok(path)
 }
