@@ -6,8 +6,8 @@
 //! grown, appends `(length, now)` to the container's `output.times`: every
 //! byte below `length` and above the previous record's was written in the
 //! tick before `now`. Output written while no agent ran is stamped with the
-//! log's modification time when the next agent first sees it, the latest
-//! time it can have been written.
+//! log's modification time when the next agent first sees it: the latest
+//! time it can have been written, to the kernel's coarse file-time clock.
 
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom, Write};
