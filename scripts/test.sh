@@ -70,4 +70,5 @@ else
 fi
 # --all-targets also builds the criterion benches and runs each once.
 # The end-to-end tests mostly wait on processes: run more than one per core.
-RUST_TEST_THREADS=4 cargo test --workspace --all-targets --locked
+# --no-fail-fast: one run reports every failing test, not just the first.
+RUST_TEST_THREADS=4 cargo test --workspace --all-targets --locked --no-fail-fast

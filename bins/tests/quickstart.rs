@@ -187,6 +187,10 @@ spec:
           image: shop:1
           command: [c4m-demo, --name, front, --address, 0.0.0.0]
           ports: [{{containerPort: 8080, hostPort: {host_port}}}]
+          # Ready only once it serves: the host port is tried right after.
+          readinessProbe:
+            httpGet: {{path: /healthz, port: 8080}}
+            periodSeconds: 1
 "#
     ));
     let front = wait_for("front to be ready", Duration::from_secs(60), || {
