@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -80,14 +81,17 @@ fn resolve(dns_port: u16, name: &str) -> (Vec<String>, Vec<(String, u16)>) {
     })
 }
 
-/// Two agents of 2 CPUs / 1 GiB; 4 replicas of 1 CPU land 2 and 2, the
-/// registry and DNS give 4 endpoints that answer, a fifth replica stays
-/// Pending with a reason, and a killed instance process is restarted.
+/// Two agents of 2 CPUs / 1 GiB (one `c4m-agent`, one `c4m agent`: the
+/// same agent); 4 replicas of 1 CPU land 2 and 2, the registry and DNS
+/// give 4 endpoints that answer, a fifth replica stays Pending with a
+/// reason, and a killed instance process is restarted.
 #[test]
 fn deployment_spreads_by_fit_is_discoverable_and_restarts() {
     let mut cluster = Cluster::start();
     cluster.start_agent("node-a", "2", "1Gi");
-    cluster.start_agent("node-b", "2", "1Gi");
+    let mut subcommand = Command::new(C4M);
+    subcommand.arg("agent");
+    cluster.start_agent_from(subcommand, "node-b", "2", "1Gi", &[]);
 
     let applied = cluster.apply(&web_deployment(4));
     assert!(applied.contains("deployment/web created"), "{applied}");

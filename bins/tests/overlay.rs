@@ -128,7 +128,7 @@ fn instances_on_different_nodes_reach_each_other_over_the_overlay() {
         let address = hosts.address(index).to_string();
         let listen = format!("{address}:0");
         cluster.start_agent_from(
-            hosts.command(index, C4M),
+            hosts.command(index, C4M_AGENT),
             node,
             "2",
             "2Gi",

@@ -5,7 +5,7 @@
 //!     ./target/release/c4m-e2e-bench schedule [--nodes 5000] [--instances 10000]
 //!     ./target/release/c4m-e2e-bench microservices [--nodes 100] [--count 10000]
 //!     ./target/release/c4m-e2e-bench api [--nodes 200] [--instances 10000] [--rounds 5]
-//!     sudo ./target/release/c4m-e2e-bench oci [--instances 100]
+//!     sudo ./target/release/c4m-e2e-bench oci [--instances 100] [--driver oci|containerd] [--agent-subcommand]
 //!     sudo ./target/release/c4m-e2e-bench overlay [--megabytes 1024] [--rounds 3]
 //!
 //! - `latency`: apply → instance Ready for a process service on a real
@@ -27,8 +27,10 @@
 //! - `oci`: `--instances` instances in oci containers (a busybox image built
 //!   here and imported), applied one after the other on one real agent and
 //!   left running: apply → Ready p50/p99, then the agent's resident memory
-//!   with all of them running and, separately, the containers' monitors
-//!   (conmon). Needs root, runc (or crun), conmon and `/bin/busybox`.
+//!   (`c4m-agent`; `c4m agent` with `--agent-subcommand`) with all of them
+//!   running and, separately, the containers' monitors (conmon, or
+//!   containerd's shims). Needs root, runc (or crun), conmon and
+//!   `/bin/busybox`.
 //!
 //! - `overlay`: TCP throughput between two simulated hosts (network
 //!   namespaces on a switch, `c4m_testkit::Hosts`), each with an agent and
@@ -109,6 +111,10 @@ enum Bench {
         /// bench's own), the peer.
         #[arg(long, default_value = "oci")]
         driver: String,
+        /// Run the agent as `c4m agent` (the whole CLI's binary) instead of
+        /// `c4m-agent`, to compare their memory.
+        #[arg(long)]
+        agent_subcommand: bool,
     },
     /// TCP throughput between instances on two hosts over the overlay,
     /// and between the hosts over plain veth.
@@ -163,6 +169,8 @@ struct ControlPlane {
     /// Where agents dial (`IP:PORT`).
     grpc: String,
     bin: PathBuf,
+    /// `c4m-agent`, beside `c4m`: the agent as nodes run it.
+    agent_bin: PathBuf,
     dir: tempfile::TempDir,
 }
 
@@ -195,11 +203,14 @@ impl ControlPlane {
     /// API stays on loopback).
     async fn start_on(address: &str) -> Result<ControlPlane> {
         let bin = std::env::current_exe()?.with_file_name("c4m");
-        if !bin.exists() {
-            bail!(
-                "{} not found: run `cargo build --release --bins` first",
-                bin.display()
-            );
+        let agent_bin = bin.with_file_name("c4m-agent");
+        for bin in [&bin, &agent_bin] {
+            if !bin.exists() {
+                bail!(
+                    "{} not found: run `cargo build --release --bins` first",
+                    bin.display()
+                );
+            }
         }
         let dir = tempfile::tempdir()?;
         let (api, grpc, dns) = (free_port()?, free_port()?, free_port()?);
@@ -239,19 +250,20 @@ impl ControlPlane {
             client,
             grpc: format!("{address}:{grpc}"),
             bin,
+            agent_bin,
             dir,
         })
     }
 
-    /// Starts an agent with `args` (after the connection flags) and waits
-    /// until `nodes` nodes are Ready. A real agent (one node) gets a data
-    /// directory; hollow ones have none.
+    /// Starts `c4m-agent` with `args` and waits until `nodes` nodes are
+    /// Ready. A real agent (one node) gets a data directory; hollow ones
+    /// have none.
     async fn agent(&self, args: &[&str], nodes: usize) -> Result<Daemon> {
-        self.agent_from(Command::new(&self.bin), "agent", args, nodes)
+        self.agent_from(Command::new(&self.agent_bin), "agent", args, nodes)
             .await
     }
 
-    /// [`ControlPlane::agent`] run by `command` (this `c4m`, possibly
+    /// [`ControlPlane::agent`] run by `command` (`c4m-agent`, possibly
     /// through `nsenter`), its data in the directory `data`.
     async fn agent_from(
         &self,
@@ -261,7 +273,6 @@ impl ControlPlane {
         nodes: usize,
     ) -> Result<Daemon> {
         command
-            .arg("agent")
             .args(args)
             .args(["--control-plane", &format!("http://{}", self.grpc)])
             .envs(ENV)
@@ -333,6 +344,10 @@ impl ControlPlane {
 struct Memory {
     current_kib: u64,
     peak_kib: u64,
+    /// Of `current_kib`: heap, stacks and other private memory.
+    anon_kib: u64,
+    /// Of `current_kib`: pages of mapped files (the binary's code, mostly).
+    file_kib: u64,
 }
 
 impl Memory {
@@ -348,6 +363,8 @@ impl Memory {
         Ok(Memory {
             current_kib: field("VmRSS:")?,
             peak_kib: field("VmHWM:")?,
+            anon_kib: field("RssAnon:")?,
+            file_kib: field("RssFile:")?,
         })
     }
 }
@@ -394,7 +411,11 @@ async fn main() -> Result<()> {
             instances,
             rounds,
         } => api(nodes, instances, rounds).await,
-        Bench::Oci { instances, driver } => oci(instances, &driver).await,
+        Bench::Oci {
+            instances,
+            driver,
+            agent_subcommand,
+        } => oci(instances, &driver, agent_subcommand).await,
         Bench::Overlay { megabytes, rounds } => overlay::run(megabytes, rounds).await,
         Bench::Sink { port } => overlay::sink(port),
         Bench::Source { to, megabytes } => overlay::source(to, megabytes),
@@ -488,7 +509,7 @@ async fn import_busybox(control: &ControlPlane, node: &str) -> Result<()> {
     Ok(())
 }
 
-async fn oci(instances: usize, driver: &str) -> Result<()> {
+async fn oci(instances: usize, driver: &str, agent_subcommand: bool) -> Result<()> {
     if c4m_core::find_oci_binaries().is_none() {
         bail!("the oci bench needs runc (or crun) and conmon");
     }
@@ -519,7 +540,13 @@ async fn oci(instances: usize, driver: &str) -> Result<()> {
         flags.push(daemon.socket().display().to_string());
     }
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let agent = control.agent(&flags, 1).await?;
+    let agent = if agent_subcommand {
+        let mut command = Command::new(&control.bin);
+        command.arg("agent");
+        control.agent_from(command, "agent", &flags, 1).await?
+    } else {
+        control.agent(&flags, 1).await?
+    };
     let nodes = control.client.list(kind("nodes")?, None, None).await?;
     let drivers = nodes["items"][0]["metadata"]["annotations"][c4m_core::annotations::DRIVERS]
         .as_str()
@@ -576,9 +603,14 @@ async fn oci(instances: usize, driver: &str) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // Let the agent remove the containers (monitors, mounts, cgroups)
-    // before it stops.
+    // before it stops: an oci container is gone with its directory, which
+    // goes after its overlay is unmounted (the monitor exits before that).
+    let containers = control.dir.path().join("agent/oci/containers");
+    let any_left = |dir: &std::path::Path| {
+        std::fs::read_dir(dir).is_ok_and(|mut entries| entries.next().is_some())
+    };
     let deadline = Instant::now() + Duration::from_secs(120);
-    while monitors_rss_kib(monitor, &needle)?.0 > 0 {
+    while monitors_rss_kib(monitor, &needle)?.0 > 0 || any_left(&containers) {
         if Instant::now() > deadline {
             bail!("the agent did not remove every container within 2 minutes");
         }
@@ -597,9 +629,16 @@ async fn oci(instances: usize, driver: &str) -> Result<()> {
     );
     println!("resident memory (VmRSS) with {instances} containers running:");
     println!(
-        "  agent {:.1} MiB (peak {:.1} MiB)",
+        "  agent ({}) {:.1} MiB (peak {:.1} MiB): {:.1} MiB private, {:.1} MiB of mapped files (code)",
+        if agent_subcommand {
+            "c4m agent"
+        } else {
+            "c4m-agent"
+        },
         mib(agent_memory.current_kib),
-        mib(agent_memory.peak_kib)
+        mib(agent_memory.peak_kib),
+        mib(agent_memory.anon_kib),
+        mib(agent_memory.file_kib),
     );
     println!(
         "  {monitor} monitors: {} processes, {:.1} MiB in all",

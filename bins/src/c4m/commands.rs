@@ -6,13 +6,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use c4m_api::{ApplyObject, ApplyRequest, Client, Credentials};
+use c4m_bins::{CredentialFlags, default_home, parse_duration, parse_key_value};
 use c4m_core::ResourceKind;
 use clap::Args;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::daemons::{parse_duration, parse_key_value};
 use crate::output::{self, Format};
 
 /// Where the control plane is and how to authenticate.
@@ -21,12 +21,8 @@ pub struct Connection {
     /// Control plane URL (default: from ~/.c4m/client.json, written by `c4m up`).
     #[arg(long, global = true, env = "C4M_ENDPOINT_URL")]
     pub endpoint: Option<String>,
-    /// Access token.
-    #[arg(long, global = true, env = "C4M_ACCESS_TOKEN", hide_env_values = true)]
-    pub access_token: Option<String>,
-    /// Secret key.
-    #[arg(long, global = true, env = "C4M_SECRET_KEY", hide_env_values = true)]
-    pub secret_key: Option<String>,
+    #[command(flatten)]
+    pub credentials: CredentialFlags,
 }
 
 /// `client.json`: where `c4m up` tells the CLI how to reach it.
@@ -40,16 +36,6 @@ pub struct ClientConfig {
     pub secret_key: String,
 }
 
-/// `$C4M_HOME`, else `~/.c4m`.
-pub fn default_home() -> Result<PathBuf> {
-    if let Some(home) = std::env::var_os("C4M_HOME") {
-        return Ok(PathBuf::from(home));
-    }
-    let home =
-        std::env::var_os("HOME").ok_or_else(|| anyhow!("neither C4M_HOME nor HOME is set"))?;
-    Ok(PathBuf::from(home).join(".c4m"))
-}
-
 impl Connection {
     /// A client for the control plane these flags (or `client.json`) name.
     pub(crate) fn client(&self) -> Result<Client> {
@@ -59,7 +45,8 @@ impl Connection {
 
     /// The endpoint and credentials these flags (or `client.json`) name.
     pub(crate) fn resolve(&self) -> Result<(String, Option<Credentials>)> {
-        let stored = if self.endpoint.is_none() || self.access_token.is_none() {
+        let given = self.credentials.credentials();
+        let stored = if self.endpoint.is_none() || given.is_none() {
             let path = default_home()?.join("client.json");
             match std::fs::read_to_string(&path) {
                 Ok(text) => Some(
@@ -80,11 +67,8 @@ impl Connection {
             .clone()
             .or_else(|| stored.as_ref().map(|s| s.endpoint.clone()))
             .unwrap_or_default();
-        let credentials = match (&self.access_token, &stored) {
-            (Some(access_token), _) => Some(Credentials {
-                access_token: access_token.clone(),
-                secret_key: self.secret_key.clone().unwrap_or_default(),
-            }),
+        let credentials = match (given, &stored) {
+            (Some(given), _) => Some(given),
             (None, Some(stored)) if !stored.access_token.is_empty() => Some(Credentials {
                 access_token: stored.access_token.clone(),
                 secret_key: stored.secret_key.clone(),

@@ -1,5 +1,6 @@
 //! `c4m`: the command-line interface, and the control plane and agent
-//! daemons (`c4m up`, `c4m control`, `c4m agent`).
+//! daemons (`c4m up`, `c4m control`, `c4m agent`; the agent also comes
+//! alone as `c4m-agent`).
 
 mod commands;
 mod daemons;
@@ -12,6 +13,7 @@ mod vpc;
 
 use std::process::ExitCode;
 
+use c4m_bins::Shutdown;
 use clap::{Parser, Subcommand};
 
 /// c4m: a lightweight orchestrator for microservices.
@@ -31,7 +33,7 @@ enum Command {
     /// Start a control plane (API server, scheduler, controllers, DNS).
     Control(daemons::ControlArgs),
     /// Start a node agent that joins a control plane.
-    Agent(daemons::AgentArgs),
+    Agent(c4m_bins::AgentArgs),
     /// Create or update objects from files, folders or stdin (all or nothing).
     Apply(commands::ApplyArgs),
     /// Delete objects by kind and name, or those in files.
@@ -67,64 +69,44 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let exec = matches!(cli.command, Command::Exec(_));
     let daemon = matches!(
         cli.command,
         Command::Up(_) | Command::Control(_) | Command::Agent(_)
     );
-    let default_level = if daemon { "info" } else { "warn" };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = runtime.block_on(async move {
-        let connection = cli.connection;
-        let done = |result: anyhow::Result<()>| result.map(|()| ExitCode::SUCCESS);
-        match cli.command {
-            Command::Exec(args) => streams::exec(args, &connection).await,
-            Command::PortForward(args) => done(streams::port_forward(args, &connection).await),
-            Command::Up(args) => done(daemons::up(args, &connection).await),
-            Command::Control(args) => done(daemons::control(args, &connection).await),
-            Command::Agent(args) => done(daemons::agent(args, &connection).await),
-            Command::Apply(args) => done(commands::apply(args, &connection).await),
-            Command::Delete(args) => done(commands::delete(args, &connection).await),
-            Command::Get(args) => done(commands::get(args, &connection).await),
-            Command::Describe(args) => done(commands::describe(args, &connection).await),
-            Command::Logs(args) => done(commands::logs(args, &connection).await),
-            Command::Status(args) => done(commands::status(args, &connection).await),
-            Command::Metrics(args) => done(commands::metrics(args, &connection).await),
-            Command::Run(args) => done(commands::run(args, &connection).await),
-            Command::Wait(args) => done(commands::wait(args, &connection).await),
-            Command::Policy(args) => done(policy::policy(args, &connection).await),
-            Command::Image(args) => done(images::image(args, &connection).await),
-            Command::Vpc(args) => done(vpc::vpc(args, &connection).await),
-            Command::Kubeconfig(args) => done(kubeconfig::print(args, &connection).await),
-        }
-    });
+    c4m_bins::init_logging(if daemon { "info" } else { "warn" });
     // After exec, stdin may still be read by a blocking thread: do not wait
     // for it. Anything else (daemons' store and image work) is waited for.
-    if exec {
-        runtime.shutdown_background();
-    }
-    match result {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
-            ExitCode::FAILURE
-        }
-    }
+    let shutdown = match cli.command {
+        Command::Exec(_) => Shutdown::Background,
+        _ => Shutdown::Wait,
+    };
+    c4m_bins::run(
+        async move {
+            let connection = cli.connection;
+            let done = |result: anyhow::Result<()>| result.map(|()| ExitCode::SUCCESS);
+            match cli.command {
+                Command::Exec(args) => streams::exec(args, &connection).await,
+                Command::PortForward(args) => done(streams::port_forward(args, &connection).await),
+                Command::Up(args) => done(daemons::up(args, &connection).await),
+                Command::Control(args) => done(daemons::control(args, &connection).await),
+                Command::Agent(args) => {
+                    done(c4m_bins::run_agent(args, connection.credentials.credentials()).await)
+                }
+                Command::Apply(args) => done(commands::apply(args, &connection).await),
+                Command::Delete(args) => done(commands::delete(args, &connection).await),
+                Command::Get(args) => done(commands::get(args, &connection).await),
+                Command::Describe(args) => done(commands::describe(args, &connection).await),
+                Command::Logs(args) => done(commands::logs(args, &connection).await),
+                Command::Status(args) => done(commands::status(args, &connection).await),
+                Command::Metrics(args) => done(commands::metrics(args, &connection).await),
+                Command::Run(args) => done(commands::run(args, &connection).await),
+                Command::Wait(args) => done(commands::wait(args, &connection).await),
+                Command::Policy(args) => done(policy::policy(args, &connection).await),
+                Command::Image(args) => done(images::image(args, &connection).await),
+                Command::Vpc(args) => done(vpc::vpc(args, &connection).await),
+                Command::Kubeconfig(args) => done(kubeconfig::print(args, &connection).await),
+            }
+        },
+        shutdown,
+    )
 }

@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 pub const C4M: &str = env!("CARGO_BIN_EXE_c4m");
+/// The agent alone, as nodes run it (`c4m agent` is the same agent).
+pub const C4M_AGENT: &str = env!("CARGO_BIN_EXE_c4m-agent");
 pub const DEMO: &str = env!("CARGO_BIN_EXE_c4m-demo");
 pub const ACCESS_TOKEN: &str = "test-access";
 pub const SECRET_KEY: &str = "test-secret";
@@ -221,11 +223,11 @@ impl Cluster {
 
     /// [`Cluster::start_agent`] with more agent flags.
     pub fn start_agent_with(&mut self, name: &str, cpu: &str, memory: &str, flags: &[&str]) {
-        self.start_agent_from(Command::new(C4M), name, cpu, memory, flags);
+        self.start_agent_from(Command::new(C4M_AGENT), name, cpu, memory, flags);
     }
 
-    /// [`Cluster::start_agent_with`] run by `command` (the `c4m` binary,
-    /// possibly through a wrapper such as `nsenter`).
+    /// [`Cluster::start_agent_with`] run by `command`: `c4m-agent` (or
+    /// `c4m agent`), possibly through a wrapper such as `nsenter`.
     pub fn start_agent_from(
         &mut self,
         command: Command,
@@ -276,9 +278,12 @@ impl Cluster {
     }
 
     /// Runs `c4m agent --name NAME --cpu CPU --memory MEMORY EXTRA...`
-    /// against this cluster, logging to `agent-{name}.log`.
+    /// against this cluster, logging to `agent-{name}.log`. (Hollow nodes
+    /// run by the `c4m agent` subcommand; real ones by `c4m-agent`.)
     fn spawn_agent(&mut self, name: &str, cpu: &str, memory: &str, extra: &[&str]) -> u32 {
-        self.spawn_agent_from(Command::new(C4M), name, cpu, memory, extra)
+        let mut command = Command::new(C4M);
+        command.arg("agent");
+        self.spawn_agent_from(command, name, cpu, memory, extra)
     }
 
     fn spawn_agent_from(
@@ -290,7 +295,7 @@ impl Cluster {
         extra: &[&str],
     ) -> u32 {
         let child = command
-            .args(["agent", "--name", name, "--cpu", cpu, "--memory", memory])
+            .args(["--name", name, "--cpu", cpu, "--memory", memory])
             .args(extra)
             .args([
                 "--control-plane",

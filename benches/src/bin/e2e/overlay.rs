@@ -51,7 +51,7 @@ pub(crate) async fn run(megabytes: u64, rounds: usize) -> Result<()> {
         ];
         let agent = control
             .agent_from(
-                hosts.command(index, control.bin.to_str().unwrap_or("c4m")),
+                hosts.command(index, control.agent_bin.to_str().unwrap_or("c4m-agent")),
                 &name,
                 &flags,
                 index,

@@ -1,0 +1,217 @@
+//! A node: its flags, and the agent they compose (`c4m up`, `c4m agent`,
+//! `c4m-agent`).
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use c4m_agent::{
+    Agent, AgentConfig, CniConfig, DNS_PORT, HollowAgents, HollowConfig, NetworkConfig,
+};
+use c4m_api::Credentials;
+use clap::Args;
+
+use crate::cli::{data_dir, parse_key_value, shutdown_on_signal};
+
+/// A node's flags, shared by `c4m up`, `c4m agent` and `c4m-agent`.
+#[derive(Args, Clone)]
+pub struct NodeFlags {
+    /// Node name (default: the host name).
+    #[arg(long)]
+    name: Option<String>,
+    /// CPUs the node offers (default: all of the machine's).
+    #[arg(long)]
+    cpu: Option<String>,
+    /// Memory the node offers, e.g. 1Gi (default: the machine's).
+    #[arg(long)]
+    memory: Option<String>,
+    /// Most instances the node runs.
+    #[arg(long, default_value_t = 110)]
+    max_instances: u64,
+    /// Node label KEY=VALUE (repeatable).
+    #[arg(long = "label", value_parser = parse_key_value)]
+    labels: Vec<(String, String)>,
+    /// Address instances on this node are reached at.
+    #[arg(long, default_value = "127.0.0.1")]
+    address: IpAddr,
+    /// Address of the agent's HTTP server (logs, exec, port-forward).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    /// Give instances of drivers that take a network namespace (`oci`)
+    /// their own address in a VPC (needs root).
+    #[arg(long)]
+    instance_network: bool,
+    /// CIDR of the default VPC (when no `Vpc` object named `default` says).
+    #[arg(long, default_value = "10.88.0.0/16")]
+    default_vpc_cidr: ipnet::Ipv4Net,
+    /// Attach instances with this CNI network configuration list
+    /// (`.conflist`) instead of c4m's bridges: one network, the default
+    /// VPC only (implies --instance-network).
+    #[arg(long)]
+    cni_config: Option<PathBuf>,
+    /// Where the CNI plugins are (repeatable, searched in order).
+    #[arg(long = "cni-bin-dir", default_value = "/usr/lib/cni")]
+    cni_bin_dirs: Vec<PathBuf>,
+    /// containerd's socket: the `containerd` driver is offered when a
+    /// containerd answers there (`runtimeClassName: containerd`).
+    #[arg(long, default_value = "/run/containerd/containerd.sock")]
+    containerd_socket: PathBuf,
+    /// Socket of a CRI runtime (CRI-O, containerd) on this node: offers the
+    /// `cri` driver (`runtimeClassName: cri`).
+    #[arg(long, value_name = "PATH")]
+    cri_socket: Option<PathBuf>,
+    /// The driver that runs instances naming none (no `runtimeClassName`),
+    /// so one manifest runs on nodes of different drivers.
+    #[arg(long, default_value = c4m_core::DEFAULT_DRIVER)]
+    default_driver: String,
+    /// Docker Engine socket: the `docker` driver is offered when an engine
+    /// answers there (probed at start, never required).
+    #[arg(long, default_value = "/var/run/docker.sock")]
+    docker_socket: PathBuf,
+}
+
+/// The flags of `c4m agent` and `c4m-agent`.
+#[derive(Args)]
+pub struct AgentArgs {
+    /// Where instance state and logs live.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// gRPC URL of the control plane.
+    #[arg(
+        long,
+        env = "C4M_CONTROL_PLANE",
+        default_value = "http://127.0.0.1:8141"
+    )]
+    control_plane: String,
+    /// Simulate N hollow nodes named NAME-0 to NAME-(N-1), each offering
+    /// the node flags' resources, that report every assigned instance
+    /// Running and Ready without starting anything (for scale tests).
+    #[arg(long, value_name = "N", conflicts_with = "data_dir")]
+    hollow: Option<usize>,
+    #[command(flatten)]
+    node: NodeFlags,
+}
+
+/// A node's name and what it offers, from the flags or the machine.
+struct NodeOffer {
+    name: String,
+    cpu_millis: u64,
+    memory_bytes: u64,
+}
+
+fn node_offer(node: &NodeFlags) -> Result<NodeOffer> {
+    let name = match &node.name {
+        Some(name) => name.clone(),
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_ascii_lowercase())
+            .unwrap_or_else(|_| "node".into()),
+    };
+    let cpu_millis = match &node.cpu {
+        Some(cpu) => c4m_core::parse_cpu_millis(cpu).with_context(|| "--cpu")?,
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()) as u64 * 1000,
+    };
+    let memory_bytes = match &node.memory {
+        Some(memory) => c4m_core::parse_memory_bytes(memory).with_context(|| "--memory")?,
+        None => machine_memory().unwrap_or(1 << 30),
+    };
+    if cpu_millis == 0 || memory_bytes == 0 {
+        bail!("--cpu and --memory must be more than zero");
+    }
+    Ok(NodeOffer {
+        name,
+        cpu_millis,
+        memory_bytes,
+    })
+}
+
+/// The agent a node's flags describe, its state in `dir`: its image store
+/// opened once, for the drivers and the HTTP server alike.
+pub async fn bind_agent(
+    dir: &Path,
+    node: &NodeFlags,
+    control_plane: String,
+    token: Option<String>,
+) -> Result<Agent> {
+    let config = agent_config(dir, node, control_plane, token)?;
+    let images = Agent::image_store(&config)?;
+    let runtimes = Agent::detect_runtimes(&config, &images).await?;
+    Ok(Agent::bind(config, runtimes, images).await?)
+}
+
+fn agent_config(
+    dir: &Path,
+    node: &NodeFlags,
+    control_plane: String,
+    token: Option<String>,
+) -> Result<AgentConfig> {
+    let NodeOffer {
+        name,
+        cpu_millis,
+        memory_bytes,
+    } = node_offer(node)?;
+    Ok(AgentConfig {
+        node_name: name,
+        control_plane,
+        token,
+        data_dir: dir.to_path_buf(),
+        cpu_millis,
+        memory_bytes,
+        max_instances: node.max_instances,
+        labels: node.labels.iter().cloned().collect::<BTreeMap<_, _>>(),
+        address: node.address,
+        listen: node.listen,
+        default_driver: node.default_driver.clone(),
+        network: (node.instance_network || node.cni_config.is_some()).then(|| NetworkConfig {
+            default_vpc_cidr: node.default_vpc_cidr,
+            dns_port: DNS_PORT,
+            host_address: node.address,
+            cni: node.cni_config.clone().map(|config_file| CniConfig {
+                config_file,
+                bin_dirs: node.cni_bin_dirs.clone(),
+            }),
+        }),
+        docker_socket: Some(node.docker_socket.clone()),
+        containerd_socket: Some(node.containerd_socket.clone()),
+        cri_socket: node.cri_socket.clone(),
+    })
+}
+
+fn machine_memory() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: u64 = meminfo
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
+/// Runs a node agent (or hollow ones) until SIGINT or SIGTERM: `c4m agent`
+/// and `c4m-agent`.
+pub async fn run_agent(args: AgentArgs, credentials: Option<Credentials>) -> Result<()> {
+    let token = credentials.as_ref().map(Credentials::bearer);
+    if let Some(count) = args.hollow {
+        // Hollow nodes keep no state: no data dir is created.
+        let offer = node_offer(&args.node)?;
+        let hollow = HollowAgents::new(HollowConfig {
+            control_plane: args.control_plane,
+            token,
+            count,
+            name_prefix: offer.name,
+            cpu_millis: offer.cpu_millis,
+            memory_bytes: offer.memory_bytes,
+            max_instances: args.node.max_instances,
+            labels: args.node.labels.iter().cloned().collect(),
+            address: args.node.address,
+        })?;
+        hollow.run(shutdown_on_signal()).await?;
+        return Ok(());
+    }
+    let dir = data_dir(args.data_dir, "agent")?;
+    let agent = bind_agent(&dir, &args.node, args.control_plane, token).await?;
+    agent.run(shutdown_on_signal()).await?;
+    Ok(())
+}
