@@ -2,9 +2,9 @@
 //! portmap from containernetworking-plugins in /usr/lib/cni) against the
 //! real kernel: addresses inside the namespaces, TCP between instances and
 //! to a published port, CHECK, re-adoption, repair, DEL leaving nothing,
-//! a failing plugin's error object, configuration errors. Needs root,
-//! `ip`, `iptables` and `umount`; each test has its own bridge and subnet
-//! under 10.99.90.0/23.
+//! a failing plugin's error object, configuration errors, DEL with the
+//! configuration ADD ran with. Needs root, `ip`, `iptables` and `umount`;
+//! each test has its own bridge and subnet (10.99.90-91.0/24, 10.99.94.0/24).
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -416,6 +416,60 @@ async fn an_add_failing_half_way_leaves_nothing_and_reports_the_error_object() -
         error.to_string().contains("vpc shop is not served here"),
         "{error}"
     );
+    Ok(())
+}
+
+/// The file changes under an attached instance and the agent restarts:
+/// the instance's CHECK and DEL run with the configuration its ADD ran
+/// with (host-local frees the address where it allocated it), and a new
+/// attachment gets the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_and_del_run_with_the_configuration_add_ran_with() -> Result<()> {
+    let setup = Setup::new("c4mcni94", "10.99.94.0/24", "", &["cni-moved"]);
+    let plugins = vec![PathBuf::from(PLUGINS)];
+    let network = setup.open(&plugins).await?;
+    let attached = network
+        .attach("cni-moved", "default", &default_vpc())
+        .await?;
+    ensure!(
+        setup.allocations() == [attached.address.to_string()],
+        "{:?}",
+        setup.allocations()
+    );
+    drop(network);
+
+    // host-local's state moves to another directory in the file.
+    let old_data = setup.dir.path().join("ipam").display().to_string();
+    let new_data = setup.dir.path().join("ipam-moved");
+    let text = std::fs::read_to_string(setup.conflist())?;
+    ensure!(text.contains(&format!("\"{old_data}\"")));
+    std::fs::write(
+        setup.conflist(),
+        text.replace(
+            &format!("\"{old_data}\""),
+            &format!("\"{}\"", new_data.display()),
+        ),
+    )?;
+    let network = setup.open(&plugins).await?;
+    network.check("cni-moved").await?;
+    network.detach("cni-moved").await?;
+    ensure!(
+        setup.allocations().is_empty(),
+        "the old address stays allocated: {:?}",
+        setup.allocations()
+    );
+    ensure!(!new_data.exists(), "DEL ran with the changed file");
+    ensure!(nat_rules_of("cni-moved").is_empty());
+
+    let reattached = network
+        .attach("cni-moved", "default", &default_vpc())
+        .await?;
+    let allocated = new_data
+        .join("c4m-c4mcni94")
+        .join(reattached.address.to_string());
+    ensure!(allocated.exists(), "{} exists", allocated.display());
+    network.detach("cni-moved").await?;
+    ensure!(!allocated.exists());
     Ok(())
 }
 

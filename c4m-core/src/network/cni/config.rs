@@ -30,6 +30,9 @@ pub(crate) struct NetworkConfigList {
     pub(crate) disable_check: bool,
     /// The chain, in ADD order.
     pub(crate) plugins: Vec<PluginConfig>,
+    /// The list as written, kept with each attachment so that its DEL and
+    /// CHECK run with the configuration its ADD ran with.
+    pub(crate) raw: Value,
 }
 
 /// One plugin of the chain.
@@ -67,7 +70,7 @@ impl NetworkConfigList {
         };
         let value: Value =
             serde_json::from_slice(text).map_err(|e| invalid("-", format!("not JSON: {e}")))?;
-        let Value::Object(list) = value else {
+        let Value::Object(list) = &value else {
             return Err(invalid("-", "is not a JSON object".into()));
         };
         if list.contains_key("type") && !list.contains_key("plugins") {
@@ -85,7 +88,7 @@ impl NetworkConfigList {
             ));
         }
         let cni_version =
-            required_string(&list, "cniVersion").map_err(|m| invalid("cniVersion", m))?;
+            required_string(list, "cniVersion").map_err(|m| invalid("cniVersion", m))?;
         if !SUPPORTED_VERSIONS.contains(&cni_version.as_str()) {
             return Err(invalid(
                 "cniVersion",
@@ -95,7 +98,7 @@ impl NetworkConfigList {
                 ),
             ));
         }
-        let name = required_string(&list, "name").map_err(|m| invalid("name", m))?;
+        let name = required_string(list, "name").map_err(|m| invalid("name", m))?;
         validate_identifier(&name).map_err(|m| invalid("name", m))?;
         let disable_check = match list.get("disableCheck") {
             None => false,
@@ -128,6 +131,7 @@ impl NetworkConfigList {
             name,
             disable_check,
             plugins,
+            raw: value,
         })
     }
 }

@@ -8,10 +8,13 @@
 //! of every attachment is kept on disk under the run dir (`cni/ID.json`)
 //! before the first plugin runs and after each, so CHECK, DEL and a
 //! restarted agent work from what ADD made, and a crash half way through
-//! an ADD is undone by the next DEL.
+//! an ADD is undone by the next DEL. The record also keeps the
+//! configuration list ADD ran with: CHECK and DEL run with it (as the spec
+//! asks), even after the file changed and the agent restarted.
 //!
 //! [`LinuxNetwork`]: super::LinuxNetwork
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -45,6 +48,8 @@ const INSTANCE_INTERFACE: &str = "eth0";
 /// `netns/INSTANCE` and `resolv/INSTANCE.conf`.
 pub struct CniNetwork {
     list: NetworkConfigList,
+    /// Where the plugins are; `CNI_PATH` joins them.
+    bin_dirs: Vec<PathBuf>,
     /// `CNI_PATH`.
     cni_path: String,
     run_dir: PathBuf,
@@ -65,6 +70,10 @@ struct Record {
     result: Option<Value>,
     /// Whether the whole chain finished ADD.
     complete: bool,
+    /// The configuration list ADD ran with (absent in records of agents
+    /// before it was kept: those run with the current list).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    config: Option<Value>,
 }
 
 impl CniNetwork {
@@ -91,6 +100,7 @@ impl CniNetwork {
             .map_err(|e| Error::io(format!("creating {}", records_dir.display()), e))?;
         let network = CniNetwork {
             list,
+            bin_dirs: bin_dirs.to_vec(),
             cni_path,
             run_dir,
             records: Mutex::new(load_records(&records_dir)?),
@@ -197,18 +207,14 @@ impl CniNetwork {
             ifname: INSTANCE_INTERFACE,
             cni_path: &self.cni_path,
         };
-        let mut plugins: Vec<_> = self.list.plugins.iter().collect();
+        let list = self.list_of(instance, record);
+        let mut plugins: Vec<_> = list.plugins.iter().collect();
         if command == Command::Del {
             plugins.reverse();
         }
         let mut first_error = None;
         for plugin in plugins {
-            let stdin = plugin_stdin(
-                &self.list,
-                plugin,
-                record.result.as_ref(),
-                &record.host_ports,
-            );
+            let stdin = plugin_stdin(&list, plugin, record.result.as_ref(), &record.host_ports);
             if let Err(e) = plugin::run(plugin, command, &target, &stdin).await {
                 if command == Command::Check && is_portmap_ipv6_check_bug(plugin, &e, record) {
                     tracing::debug!(instance, error = %e, "portmap's IPv6 CHECK of an IPv4-only instance: its IPv4 rules passed");
@@ -222,6 +228,23 @@ impl CniNetwork {
             }
         }
         first_error.map_or(Ok(()), Err)
+    }
+
+    /// The configuration list `record`'s ADD ran with: the current one
+    /// unless the file has changed since. One that no longer loads (a
+    /// plugin uninstalled) gives way to the current list, with a warning.
+    fn list_of(&self, instance: &str, record: &Record) -> Cow<'_, NetworkConfigList> {
+        let Some(raw) = record.config.as_ref().filter(|raw| **raw != self.list.raw) else {
+            return Cow::Borrowed(&self.list);
+        };
+        let text = serde_json::to_vec(raw).unwrap_or_default();
+        match NetworkConfigList::parse(&self.record_path(instance), &text, &self.bin_dirs) {
+            Ok(list) => Cow::Owned(list),
+            Err(e) => {
+                tracing::warn!(instance, error = %e, "the configuration this instance was attached with no longer loads; using the current one");
+                Cow::Borrowed(&self.list)
+            }
+        }
     }
 
     /// The instance's attachment as its record describes it.
@@ -398,6 +421,7 @@ impl Network for CniNetwork {
             host_ports: host_ports.to_vec(),
             result: None,
             complete: false,
+            config: Some(self.list.raw.clone()),
         };
         let attached = self.add(&mut records, instance, record).await;
         if attached.is_err() {
@@ -488,6 +512,7 @@ mod tests {
                 serde_json::json!({"ips": [{"address": "10.99.0.5/24", "gateway": "10.99.0.1"}]}),
             ),
             complete: true,
+            config: Some(serde_json::json!({"cniVersion": "1.0.0", "name": "n", "plugins": []})),
         };
         std::fs::write(
             dir.path().join("a.json"),

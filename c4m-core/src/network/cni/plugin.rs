@@ -393,6 +393,7 @@ mod tests {
             name: "c4m-net".into(),
             disable_check: false,
             plugins: vec![],
+            raw: Value::Null,
         };
         let ports = [HostPort {
             name: String::new(),
