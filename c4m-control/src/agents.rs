@@ -308,11 +308,11 @@ impl Agents {
 
     /// The instances bound to `node`, env resolved, as the agent receives
     /// them. An instance is decoded and resolved again only if it changed
-    /// since `resolved` saw it, or its context did (a ConfigMap or Secret,
-    /// the Node).
+    /// since `resolved` saw it, or its context did (a ConfigMap, Secret or
+    /// Vpc, the Node).
     fn assignments(&self, node: &str, resolved: &mut Resolved) -> Vec<Vec<u8>> {
         let context = (
-            self.cache.env_generation(),
+            self.cache.sources_generation(),
             self.cache
                 .stored(&crate::objects::key(kind("nodes"), "", node))
                 .map(|node| node.revision()),
@@ -407,7 +407,7 @@ impl Agents {
 }
 
 /// What an assignment stream resolved: the context it was resolved in
-/// (the env sources' generation, the Node's revision) and each instance's
+/// (the assignment sources' generation, the Node's revision) and each instance's
 /// revision with its assignment (`None`: terminal, not sent).
 #[derive(Default)]
 struct Resolved {
@@ -1112,6 +1112,80 @@ mod tests {
         assert_eq!(greetings(&assigned), expected(&[("b", "bonjour")]));
         let sent: Value = serde_json::from_slice(&assigned[0]).unwrap();
         assert_eq!(sent["metadata"]["labels"]["tier"], "web");
+        shutdown.cancel();
+    }
+
+    /// An instance naming a VPC that does not exist yet is held back; the
+    /// VPC's creation wakes its node and sends it with the CIDR. One in the
+    /// default VPC gets the CIDR of a `default` Vpc created later.
+    #[tokio::test]
+    async fn assignments_follow_vpcs() {
+        let (_dir, store, objects) = crate::test_support::store_with_default_namespace().await;
+        let in_vpc = |name: &str, vpc: Option<&str>| {
+            let mut pod = json!({"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": name, "namespace": "default"},
+                "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "x"}]}});
+            if let Some(vpc) = vpc {
+                pod["metadata"]["annotations"] = json!({c4m_core::annotations::VPC: vpc});
+            }
+            pod
+        };
+        for pod in [in_vpc("shop-a", Some("shop")), in_vpc("plain", None)] {
+            objects.create(kind("pods"), "default", pod).await.unwrap();
+        }
+        let shutdown = CancellationToken::new();
+        let agents = agents_over(Arc::clone(&store), objects.clone(), "", &shutdown).await;
+        let cache = Arc::clone(&agents.cache);
+        let cidrs = |assigned: &[Vec<u8>]| -> Vec<(String, Value)> {
+            assigned
+                .iter()
+                .map(|bytes| {
+                    let pod: Value = serde_json::from_slice(bytes).unwrap();
+                    (
+                        pod["metadata"]["name"].as_str().unwrap().to_string(),
+                        pod["metadata"]["annotations"][c4m_core::annotations::VPC_CIDR].clone(),
+                    )
+                })
+                .collect()
+        };
+        let mut resolved = Resolved::default();
+        assert_eq!(
+            cidrs(&agents.assignments("n1", &mut resolved)),
+            [("plain".to_string(), Value::Null)]
+        );
+        // The held-back instance is marked; then the node is quiet.
+        let mut waited = 0;
+        while cache.get(kind("pods"), "default", "shop-a").unwrap()["status"]["containerStatuses"]
+            [0]["state"]["waiting"]["reason"]
+            != "CreateContainerConfigError"
+        {
+            waited += 1;
+            assert!(waited < 500, "the config error is recorded");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let mut changed = cache.watch_node("n1");
+        changed.borrow_and_update();
+
+        for (name, cidr) in [("shop", "10.77.0.0/16"), ("default", "10.66.0.0/16")] {
+            let vpc = json!({"apiVersion": "c4m.io/v1", "kind": "Vpc",
+                "metadata": {"name": name}, "spec": {"cidr": cidr}});
+            let created = objects.create(kind("vpcs"), "", vpc).await.unwrap();
+            let revision = created["metadata"]["resourceVersion"]
+                .as_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            cache.wait_for(revision).await;
+            assert!(changed.has_changed().unwrap(), "vpc {name} wakes the node");
+            changed.borrow_and_update();
+        }
+        assert_eq!(
+            cidrs(&agents.assignments("n1", &mut resolved)),
+            [
+                ("plain".to_string(), json!("10.66.0.0/16")),
+                ("shop-a".to_string(), json!("10.77.0.0/16")),
+            ]
+        );
         shutdown.cancel();
     }
 }

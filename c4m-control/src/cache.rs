@@ -33,10 +33,15 @@ use crate::objects::{decode_json, key, prefix};
 /// The root of every object key.
 pub(crate) const ROOT: &str = "/registry/";
 /// Key prefixes of instances, and of the objects whose change any node's
-/// instances may depend on (their env refers to them).
+/// assignments may depend on (their env refers to ConfigMaps and Secrets;
+/// their VPC's CIDR is sent with them).
 const PODS: &str = "/registry/pods/";
 const NODES: &str = "/registry/nodes/";
-const ENV_SOURCES: [&str; 2] = ["/registry/configmaps/", "/registry/secrets/"];
+const ASSIGNMENT_SOURCES: [&str; 3] = [
+    "/registry/configmaps/",
+    "/registry/secrets/",
+    "/registry/vpcs/",
+];
 
 /// One object as the store holds it: its JSON (without resourceVersion)
 /// and the revision that wrote it. Kept encoded, it takes about a tenth of
@@ -442,13 +447,15 @@ pub struct Cache {
     mirror: RwLock<Mirror>,
     revision: watch::Sender<i64>,
     /// One signal per node some reader watches, bumped when the node's
-    /// instances, its Node object or any env source may have changed.
+    /// instances, its Node object or any assignment source may have
+    /// changed.
     node_signals: Mutex<HashMap<String, watch::Sender<u64>>>,
     /// The controllers' change feeds.
     feeds: Mutex<Vec<Arc<ChangeFeed>>>,
-    /// Bumped when any ConfigMap or Secret may have changed (a write, a
-    /// re-list): what an instance's resolved env depends on besides itself.
-    env_generation: AtomicU64,
+    /// Bumped when any ConfigMap, Secret or Vpc may have changed (a write,
+    /// a re-list): what an assignment depends on besides its instance and
+    /// Node (the resolved env, the VPC's CIDR).
+    sources_generation: AtomicU64,
     /// Bumped when any Node changes (and on a re-list): what the overlay's
     /// peer streams wait on.
     nodes_signal: watch::Sender<u64>,
@@ -463,7 +470,7 @@ impl Cache {
             revision: watch::channel(revision).0,
             node_signals: Mutex::new(HashMap::new()),
             feeds: Mutex::new(Vec::new()),
-            env_generation: AtomicU64::new(0),
+            sources_generation: AtomicU64::new(0),
             nodes_signal: watch::channel(0).0,
         });
         tokio::spawn(Arc::clone(&cache).follow(store, revision, shutdown));
@@ -542,7 +549,7 @@ impl Cache {
         for feed in self.feeds.lock().unwrap_or_else(|e| e.into_inner()).iter() {
             feed.record(key, before);
         }
-        if ENV_SOURCES.iter().any(|p| key.starts_with(p)) {
+        if ASSIGNMENT_SOURCES.iter().any(|p| key.starts_with(p)) {
             self.signal_all_nodes();
             return;
         }
@@ -599,9 +606,9 @@ impl Cache {
         }
     }
 
-    /// Wakes every node: for a change of an env source, or a re-list.
+    /// Wakes every node: for a change of an assignment source, or a re-list.
     fn signal_all_nodes(&self) {
-        self.env_generation.fetch_add(1, Ordering::SeqCst);
+        self.sources_generation.fetch_add(1, Ordering::SeqCst);
         let mut signals = self.node_signals.lock().unwrap_or_else(|e| e.into_inner());
         signals.retain(|_, signal| !signal.is_closed());
         for signal in signals.values() {
@@ -676,10 +683,11 @@ impl Cache {
         self.read().pods_by_node.get(node)
     }
 
-    /// How many times a ConfigMap or Secret may have changed (or the cache
-    /// re-listed): an env resolved at one generation holds while it stays.
-    pub(crate) fn env_generation(&self) -> u64 {
-        self.env_generation.load(Ordering::SeqCst)
+    /// How many times a ConfigMap, Secret or Vpc may have changed (or the
+    /// cache re-listed): an assignment resolved at one generation holds
+    /// while it stays.
+    pub(crate) fn sources_generation(&self) -> u64 {
+        self.sources_generation.load(Ordering::SeqCst)
     }
 
     /// The object stored at `key`.
