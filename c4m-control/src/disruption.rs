@@ -23,7 +23,7 @@ use serde_json::Value;
 
 use crate::cache::Cache;
 use crate::objects::{kind, name_of, namespace_of};
-use crate::pods::{controller_uid, is_ready, labels};
+use crate::pods::{controller_uid, is_ready, is_terminal, labels};
 use crate::selector::Selector;
 
 /// What a budget's status says of the instances it matches.
@@ -182,25 +182,51 @@ fn scaled(value: &IntOrString, total: u64) -> Option<u64> {
     }
 }
 
-/// The workloads that own instances (Microservices and Deployments).
-pub(crate) fn workload_owners(cache: &Cache) -> Vec<Arc<Value>> {
-    ["microservices", "deployments"]
-        .into_iter()
-        .flat_map(|plural| cache.list(kind(plural), None))
-        .collect()
+/// What budgets are assessed against, read from the cache together: the
+/// budgets, the instances and the workloads that own them.
+pub(crate) struct BudgetInputs {
+    /// Every PodDisruptionBudget.
+    pub(crate) pdbs: Vec<Arc<Value>>,
+    pods: Vec<Arc<Value>>,
+    /// Microservices and Deployments.
+    owners: Vec<Arc<Value>>,
 }
 
-/// `spec.replicas` of every workload that owns instances, by uid.
-pub(crate) fn owner_replicas(owners: &[Arc<Value>]) -> HashMap<&str, u64> {
-    owners
-        .iter()
-        .map(|owner| {
-            (
-                owner["metadata"]["uid"].as_str().unwrap_or_default(),
-                owner["spec"]["replicas"].as_u64().unwrap_or(1),
-            )
+impl BudgetInputs {
+    /// The inputs as the cache has them; `None` without any budget, when
+    /// there is nothing to assess.
+    pub(crate) fn read(cache: &Cache) -> Option<BudgetInputs> {
+        let pdbs = cache.list(kind("poddisruptionbudgets"), None);
+        if pdbs.is_empty() {
+            return None;
+        }
+        Some(BudgetInputs {
+            pdbs,
+            pods: cache.list(kind("pods"), None),
+            owners: ["microservices", "deployments"]
+                .into_iter()
+                .flat_map(|plural| cache.list(kind(plural), None))
+                .collect(),
         })
-        .collect()
+    }
+
+    /// The instances that count: those not terminal.
+    pub(crate) fn live(&self) -> Vec<&Arc<Value>> {
+        self.pods.iter().filter(|pod| !is_terminal(pod)).collect()
+    }
+
+    /// `spec.replicas` of every workload that owns instances, by uid.
+    pub(crate) fn owner_replicas(&self) -> HashMap<&str, u64> {
+        self.owners
+            .iter()
+            .map(|owner| {
+                (
+                    owner["metadata"]["uid"].as_str().unwrap_or_default(),
+                    owner["spec"]["replicas"].as_u64().unwrap_or(1),
+                )
+            })
+            .collect()
+    }
 }
 
 /// The disruption budgets of a set of live instances, as preemption uses

@@ -29,7 +29,7 @@ use serde_json::{Value, json};
 
 use crate::Result;
 use crate::cache::Cache;
-use crate::disruption::{Budgets, owner_replicas, workload_owners};
+use crate::disruption::{BudgetInputs, Budgets};
 use crate::objects::{Objects, kind, name_of, namespace_of};
 use crate::pods::{is_terminal, node_name, set_condition};
 use crate::scheduler_policy::current_policy;
@@ -559,14 +559,9 @@ async fn reconcile(objects: &Objects, cache: &Cache, memo: &mut Scheduler) -> Re
 /// PodDisruptionBudget (the common case) there is nothing to read; with
 /// some, the instances and workloads are decoded for them.
 fn budgets(cache: &Cache) -> Budgets {
-    let pdbs = cache.list(kind("poddisruptionbudgets"), None);
-    if pdbs.is_empty() {
-        return Budgets::default();
-    }
-    let pods = cache.list(kind("pods"), None);
-    let live: Vec<&Arc<Value>> = pods.iter().filter(|pod| !is_terminal(pod)).collect();
-    let owners = workload_owners(cache);
-    Budgets::new(&live, &pdbs, &owner_replicas(&owners))
+    BudgetInputs::read(cache).map_or_else(Budgets::default, |inputs| {
+        Budgets::new(&inputs.live(), &inputs.pdbs, &inputs.owner_replicas())
+    })
 }
 
 /// Deletes the victims, then nominates the preemptor: in this order, a

@@ -4,29 +4,24 @@
 //! condition) current, with the arithmetic of [`crate::disruption`], the
 //! same the scheduler's preemption uses.
 
-use std::sync::Arc;
-
 use serde_json::{Value, json};
 
 use super::latest;
 use crate::Result;
 use crate::cache::Cache;
-use crate::disruption::{Assessment, assess, covered, owner_replicas, workload_owners};
+use crate::disruption::{Assessment, BudgetInputs, assess, covered};
 use crate::objects::{Objects, kind, name_of, namespace_of};
-use crate::pods::{is_terminal, set_condition};
+use crate::pods::set_condition;
 
 /// One pass over every budget.
 pub(crate) async fn reconcile(objects: &Objects, cache: &Cache) -> Result<Option<i64>> {
-    let pdbs = cache.list(kind("poddisruptionbudgets"), None);
-    if pdbs.is_empty() {
+    let Some(inputs) = BudgetInputs::read(cache) else {
         return Ok(None);
-    }
-    let pods = cache.list(kind("pods"), None);
-    let live: Vec<&Arc<Value>> = pods.iter().filter(|pod| !is_terminal(pod)).collect();
-    let owners = workload_owners(cache);
-    let replicas = owner_replicas(&owners);
+    };
+    let live = inputs.live();
+    let replicas = inputs.owner_replicas();
     let mut written = None;
-    for budget in covered(&pdbs, &live) {
+    for budget in covered(&inputs.pdbs, &live) {
         let assessment = assess(&budget.spec, &budget.pods, &replicas);
         let mut desired = (**budget.pdb).clone();
         if !with_status(&mut desired, &assessment) {
