@@ -9,7 +9,7 @@ use clap::Parser;
 /// c4m's node agent: joins a control plane and runs the instances it is
 /// assigned.
 #[derive(Parser)]
-#[command(name = "c4m-agent", version, about)]
+#[command(name = "c4m-agent", version)]
 struct Cli {
     #[command(flatten)]
     credentials: CredentialFlags,

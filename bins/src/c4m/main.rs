@@ -18,7 +18,7 @@ use clap::{Parser, Subcommand};
 
 /// c4m: a lightweight orchestrator for microservices.
 #[derive(Parser)]
-#[command(name = "c4m", version, about)]
+#[command(name = "c4m", version)]
 struct Cli {
     #[command(flatten)]
     connection: commands::Connection,
