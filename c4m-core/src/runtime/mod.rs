@@ -311,3 +311,15 @@ pub trait ContainerRuntime: Send + Sync + 'static {
         })
     }
 }
+
+/// Reads a stream of an exec session to its end (terminal output is
+/// read lossily).
+#[cfg(test)]
+pub(crate) async fn read_to_string(
+    mut reader: std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>>,
+) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    reader.read_to_end(&mut out).await.unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}

@@ -558,7 +558,7 @@ fn to_status(id: &str, record: Record) -> ContainerStatus {
 
 /// A signal death is reported as exit code 128 + signal, as shells and
 /// Kubernetes do, with the signal alongside.
-pub(crate) fn exit_code_and_signal(status: ExitStatus) -> (Option<i32>, Option<i32>) {
+fn exit_code_and_signal(status: ExitStatus) -> (Option<i32>, Option<i32>) {
     use std::os::unix::process::ExitStatusExt;
     match (status.code(), status.signal()) {
         (Some(code), _) => (Some(code), None),

@@ -247,7 +247,7 @@ impl Inner {
                 let exit = ExitRecord {
                     exit_code: Some(code),
                     // The shim reports a signal death as 128 + signal.
-                    signal: (code > 128 && code < 128 + 65).then(|| code - 128),
+                    signal: state::signal_of_exit_code(code),
                     // Each run has a fresh cgroup, so any kill in it is this run's.
                     oom_killed: self
                         .cgroups

@@ -37,7 +37,7 @@ use self::api::{
 };
 use self::config::{CONTAINER_LABEL, LOG_FILE};
 use super::k8s_file;
-use super::state::{self, ExitRecord, IdLocks};
+use super::state::{self, ExitRecord, IdLocks, runtime_error};
 use super::{
     ContainerRuntime, ContainerSpec, ContainerStatus, ExecOutput, ExecRequest, ExecSession,
     LogOptions, ResourceUsage,
@@ -70,13 +70,6 @@ struct Inner {
     host_ip: IpAddr,
     swap_accounting: bool,
     locks: IdLocks,
-}
-
-fn runtime_error(id: &str, message: impl Into<String>) -> Error {
-    Error::Runtime {
-        id: id.to_string(),
-        message: message.into(),
-    }
 }
 
 /// A failed CRI call on container `id`.
@@ -146,8 +139,6 @@ impl CriRuntime {
         let logs_dir = data_dir.join("logs");
         std::fs::create_dir_all(&logs_dir)
             .map_err(|e| Error::io(format!("create {}", logs_dir.display()), e))?;
-        let swap_accounting = Path::new("/sys/fs/cgroup/cgroup.controllers").exists()
-            || Path::new("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes").exists();
         Ok(CriRuntime {
             inner: Arc::new(Inner {
                 socket: socket.to_path_buf(),
@@ -159,7 +150,7 @@ impl CriRuntime {
                     version.runtime_name, version.runtime_version, version.runtime_api_version
                 ),
                 host_ip,
-                swap_accounting,
+                swap_accounting: super::bundle::host_accounts_swap(),
                 locks: IdLocks::default(),
             }),
         })
@@ -554,12 +545,7 @@ impl Inner {
         for container in self.containers(Some(id)).await? {
             self.remove_container(id, &container.id).await?;
         }
-        match tokio::fs::remove_dir_all(&log_dir).await {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(Error::io(format!("remove {}", log_dir.display()), e))
-            }
-            _ => Ok(()),
-        }
+        state::remove_path(&log_dir).await
     }
 
     async fn stats(&self, id: &str) -> Result<ResourceUsage> {

@@ -16,6 +16,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
+use tokio_util::task::AbortOnDropHandle;
+
+use crate::runtime::state::runtime_error;
 use crate::runtime::{ExecRequest, ExecSession, TerminalSize};
 use crate::spdy::{SpdyCodec, SpdyFrame};
 
@@ -137,7 +140,7 @@ pub(super) async fn exec(
             frames
                 .send(SpdyCodec::data(RESIZE, false, json.as_bytes()))
                 .map(drop)
-                .map_err(|_| runtime(&id, "resize: the exec has ended"))
+                .map_err(|_| runtime_error(&id, "resize: the exec has ended"))
         }) as crate::runtime::ResizeTerminal
     });
 
@@ -155,16 +158,15 @@ pub(super) async fn exec(
     });
     // Dropping the exit future ends the reader, and with it the connection
     // (the writer follows once the stdin pump and resizes are gone).
-    let abort = reading.abort_handle();
-    let guard = scopeguard(move || abort.abort());
+    let reading = AbortOnDropHandle::new(reading);
     let id = id.to_string();
     let exit = async move {
-        let _guard = guard;
+        let _reading = reading;
         let status = exit
             .await
-            .map_err(|_| runtime(&id, "the exec stream ended without a status"))?
-            .map_err(|message| runtime(&id, message))?;
-        exit_code(&status).map_err(|message| runtime(&id, message))
+            .map_err(|_| runtime_error(&id, "the exec stream ended without a status"))?
+            .map_err(|message| runtime_error(&id, message))?;
+        exit_code(&status).map_err(|message| runtime_error(&id, message))
     }
     .boxed();
     Ok(ExecSession {
@@ -174,26 +176,6 @@ pub(super) async fn exec(
         resize,
         exit,
     })
-}
-
-fn runtime(id: &str, message: impl Into<String>) -> crate::Error {
-    crate::Error::Runtime {
-        id: id.to_string(),
-        message: message.into(),
-    }
-}
-
-/// Runs `cleanup` when dropped.
-fn scopeguard(cleanup: impl FnOnce() + Send + 'static) -> impl Send + 'static {
-    struct Guard<F: FnOnce()>(Option<F>);
-    impl<F: FnOnce()> Drop for Guard<F> {
-        fn drop(&mut self) {
-            if let Some(cleanup) = self.0.take() {
-                cleanup();
-            }
-        }
-    }
-    Guard(Some(cleanup))
 }
 
 /// Reads an HTTP response head (to the blank line), byte by byte so

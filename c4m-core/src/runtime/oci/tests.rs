@@ -13,7 +13,7 @@ use oci_spec::image::ConfigBuilder;
 
 use super::*;
 use crate::image::{tar_directory, write_busybox_rootfs, write_oci_layout};
-use crate::runtime::{ContainerState, TerminalSize};
+use crate::runtime::{ContainerState, TerminalSize, read_to_string};
 
 const BUSYBOX: &str = "/bin/busybox";
 const WAIT: Duration = Duration::from_secs(30);
@@ -320,13 +320,6 @@ async fn logs_tail_and_follow() {
     f.runtime.remove(&spec.id).await.unwrap();
 }
 
-async fn read_all(mut reader: std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>>) -> String {
-    use tokio::io::AsyncReadExt;
-    let mut out = Vec::new();
-    reader.read_to_end(&mut out).await.unwrap();
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 #[tokio::test]
 /// What the conformance suite leaves to the driver: runc passes resizes
 /// on to the command's own terminal, and a dropped session kills the
@@ -358,7 +351,7 @@ async fn interactive_exec_resizes_and_a_dropped_session_kills_the_command() {
         height: 43,
     })
     .unwrap();
-    let output = tokio::time::timeout(WAIT, read_all(session.stdout))
+    let output = tokio::time::timeout(WAIT, read_to_string(session.stdout))
         .await
         .expect("the terminal's output ends when the command exits");
     let code = session.exit.await.unwrap();

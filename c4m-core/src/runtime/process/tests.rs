@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 use futures::StreamExt;
 
 use super::*;
-use crate::runtime::{ContainerState, ResourceLimits, TerminalSize};
+use crate::runtime::{ContainerState, ResourceLimits, TerminalSize, read_to_string};
 
 /// A runtime over a fresh state directory. Dropping it kills whatever its
 /// tests left running and removes their cgroups, even when a test panicked.
@@ -536,13 +536,6 @@ async fn exec_in_the_container() {
     runtime.remove(&id).await.unwrap();
 }
 
-async fn read_all(mut reader: std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>>) -> String {
-    use tokio::io::AsyncReadExt;
-    let mut out = Vec::new();
-    reader.read_to_end(&mut out).await.unwrap();
-    String::from_utf8(out).unwrap()
-}
-
 #[tokio::test]
 async fn interactive_exec_with_pipes() {
     use tokio::io::AsyncWriteExt;
@@ -566,8 +559,10 @@ async fn interactive_exec_with_pipes() {
     let mut stdin = session.stdin.expect("stdin was asked for");
     stdin.write_all(b"hello\n").await.unwrap();
     drop(stdin);
-    let stderr = tokio::spawn(read_all(session.stderr.expect("stderr without a tty")));
-    assert_eq!(read_all(session.stdout).await, "got hello\n");
+    let stderr = tokio::spawn(read_to_string(
+        session.stderr.expect("stderr without a tty"),
+    ));
+    assert_eq!(read_to_string(session.stdout).await, "got hello\n");
     assert_eq!(stderr.await.unwrap(), "e\n");
     assert_eq!(session.exit.await.unwrap(), 3);
 
