@@ -184,14 +184,12 @@ impl InstanceNetwork {
         let vpc = self.vpc_of(pod)?;
         let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
         let mut relays = self.relays.lock().await;
-        let attachment = if self.network.publishes_host_ports() {
-            let host_ports = host_ports(pod, self.config.host_address);
-            self.network
-                .attach_with_host_ports(id, namespace, &vpc.local, &host_ports)
-                .await?
-        } else {
-            self.network.attach(id, namespace, &vpc.local).await?
-        };
+        // A network that does not publish host ports ignores them.
+        let host_ports = host_ports(pod, self.config.host_address);
+        let attachment = self
+            .network
+            .attach_with_host_ports(id, namespace, &vpc.local, &host_ports)
+            .await?;
         self.serve(vpc);
         self.ensure_relay(&mut relays, attachment.gateway).await;
         self.publish(id, pod, attachment.address).await?;

@@ -33,8 +33,8 @@ mod time;
 pub use error::{Error, Result};
 pub use image::{
     GcReport, Image, ImageStore, Layer, Reference, RegistryCredentials, SHORT_ID_LEN,
-    add_executable, busybox_image_tar, pull, tar_directory, write_busybox_image,
-    write_busybox_rootfs, write_oci_layout,
+    busybox_image_tar, pull, tar_directory, write_busybox_image, write_busybox_rootfs,
+    write_oci_layout,
 };
 pub use manifest::{Document, ManifestError, Validated, parse_documents, validate, validate_value};
 pub use model::kinds::{KINDS, ResourceKind};
@@ -45,9 +45,8 @@ pub use model::pod::{
 pub use model::vpc::{DEFAULT_VPC, Vpc, VpcSpec, cidrs_overlap, parse_vpc_cidr};
 pub use model::{Instance, annotations, labels};
 pub use network::{
-    Attachment, CniNetwork, HostPort, LinuxNetwork, NODE_SLICE_PREFIX, Network, OVERLAY_DEVICE,
-    OverlayPeer, OverlayVpc, VXLAN_OVERHEAD, VXLAN_PORT, VpcNetwork, VxlanOverlay,
-    enter_network_namespace, node_slice, search_domains,
+    Attachment, CniNetwork, HostPort, LinuxNetwork, Network, OVERLAY_DEVICE, OverlayPeer,
+    OverlayVpc, VpcNetwork, VxlanOverlay, enter_network_namespace, node_slice, search_domains,
 };
 pub use probe::{ProbeTracker, probe_once};
 pub use quantity::{format_cpu_millis, format_memory_bytes, parse_cpu_millis, parse_memory_bytes};

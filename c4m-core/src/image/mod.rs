@@ -33,8 +33,7 @@ use oci_spec::image::{ImageConfiguration, ImageManifest};
 use serde::{Deserialize, Serialize};
 
 pub use layout::{
-    add_executable, busybox_image_tar, tar_directory, write_busybox_image, write_busybox_rootfs,
-    write_oci_layout,
+    busybox_image_tar, tar_directory, write_busybox_image, write_busybox_rootfs, write_oci_layout,
 };
 pub use pull::{RegistryCredentials, pull};
 pub use reference::Reference;
@@ -180,7 +179,7 @@ impl ImageStore {
 
     /// Whether the store has blob `digest`.
     pub fn has_blob(&self, digest: &str) -> bool {
-        self.blobs.path(digest).is_ok_and(|path| path.is_file())
+        self.blob_file(digest).is_ok()
     }
 
     /// The file holding blob `digest`; an error if the store lacks it.

@@ -7,6 +7,7 @@ use std::process::Command;
 
 use oci_spec::image::{Config, ConfigBuilder};
 
+use super::layout::add_executable;
 use super::*;
 
 fn config() -> Config {

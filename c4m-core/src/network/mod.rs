@@ -40,12 +40,10 @@ mod overlay;
 pub use cni::CniNetwork;
 pub use linux::LinuxNetwork;
 pub use netns::enter_network_namespace;
-pub use overlay::{
-    OVERLAY_DEVICE, OverlayPeer, OverlayVpc, VXLAN_OVERHEAD, VXLAN_PORT, VxlanOverlay,
-};
+pub use overlay::{OVERLAY_DEVICE, OverlayPeer, OverlayVpc, VxlanOverlay};
 
 /// Prefix length of a node's slice of a VPC.
-pub const NODE_SLICE_PREFIX: u8 = 24;
+const NODE_SLICE_PREFIX: u8 = 24;
 
 /// A node's slice of a VPC: the `index`th /24 of `cidr`, or all of a VPC
 /// of /24 or smaller (which is then node-local: every node serves it whole).

@@ -163,19 +163,6 @@ impl VxlanOverlay {
         firewall::load(&format!("overlay table {TABLE}"), &ruleset(vpcs)).await
     }
 
-    /// Removes the device (with its entries and routes) and its rules.
-    pub async fn remove(&self) -> Result<()> {
-        let _one_at_a_time = self.sync.lock().await;
-        delete_link(&self.host, OVERLAY_DEVICE)
-            .await
-            .map_err(|e| overlay_error(format!("removing {OVERLAY_DEVICE}: {e}")))?;
-        firewall::load(
-            &format!("overlay table {TABLE}"),
-            &firewall::delete_table(TABLE),
-        )
-        .await
-    }
-
     /// The device's index, creating it (or re-creating one that is not
     /// what this node needs) first.
     async fn ensure_device(&self) -> Result<u32> {

@@ -60,8 +60,6 @@ pub struct CniNetwork {
 /// What is kept of an attachment.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Record {
-    /// The VPC it was asked for (always the default one).
-    vpc: String,
     /// The instance's Kubernetes namespace (its DNS search domains).
     namespace: String,
     /// The host ports given to the chain (`portMappings`).
@@ -70,10 +68,8 @@ struct Record {
     result: Option<Value>,
     /// Whether the whole chain finished ADD.
     complete: bool,
-    /// The configuration list ADD ran with (absent in records of agents
-    /// before it was kept: those run with the current list).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    config: Option<Value>,
+    /// The configuration list ADD ran with, as written.
+    config: Value,
 }
 
 impl CniNetwork {
@@ -195,10 +191,16 @@ impl CniNetwork {
         }
     }
 
-    /// Runs `command` through the chain (in reverse for DEL), each plugin
-    /// getting `prev_result`; every plugin runs even when one fails, and
-    /// the first failure is returned.
-    async fn run_chain(&self, command: Command, instance: &str, record: &Record) -> Result<()> {
+    /// Runs `command` through `list`'s chain (in reverse for DEL), each
+    /// plugin getting `prev_result`; every plugin runs even when one
+    /// fails, and the first failure is returned.
+    async fn run_chain(
+        &self,
+        command: Command,
+        instance: &str,
+        record: &Record,
+        list: &NetworkConfigList,
+    ) -> Result<()> {
         let namespace = namespace_path(&self.run_dir, instance);
         let target = Target {
             container: instance,
@@ -207,14 +209,13 @@ impl CniNetwork {
             ifname: INSTANCE_INTERFACE,
             cni_path: &self.cni_path,
         };
-        let list = self.list_of(instance, record);
         let mut plugins: Vec<_> = list.plugins.iter().collect();
         if command == Command::Del {
             plugins.reverse();
         }
         let mut first_error = None;
         for plugin in plugins {
-            let stdin = plugin_stdin(&list, plugin, record.result.as_ref(), &record.host_ports);
+            let stdin = plugin_stdin(list, plugin, record.result.as_ref(), &record.host_ports);
             if let Err(e) = plugin::run(plugin, command, &target, &stdin).await {
                 if command == Command::Check && is_portmap_ipv6_check_bug(plugin, &e, record) {
                     tracing::debug!(instance, error = %e, "portmap's IPv6 CHECK of an IPv4-only instance: its IPv4 rules passed");
@@ -234,10 +235,10 @@ impl CniNetwork {
     /// unless the file has changed since. One that no longer loads (a
     /// plugin uninstalled) gives way to the current list, with a warning.
     fn list_of(&self, instance: &str, record: &Record) -> Cow<'_, NetworkConfigList> {
-        let Some(raw) = record.config.as_ref().filter(|raw| **raw != self.list.raw) else {
+        if record.config == self.list.raw {
             return Cow::Borrowed(&self.list);
-        };
-        let text = serde_json::to_vec(raw).unwrap_or_default();
+        }
+        let text = serde_json::to_vec(&record.config).unwrap_or_default();
         match NetworkConfigList::parse(&self.record_path(instance), &text, &self.bin_dirs) {
             Ok(list) => Cow::Owned(list),
             Err(e) => {
@@ -258,7 +259,7 @@ impl CniNetwork {
             .map_err(|e| self.error(format!("the ADD result of instance {instance} {e}")))?;
         Ok(Attachment {
             instance: instance.to_string(),
-            vpc: record.vpc.clone(),
+            vpc: DEFAULT_VPC.to_string(),
             network_namespace: namespace_path(&self.run_dir, instance),
             address: addressing.address,
             prefix_len: addressing.prefix_len,
@@ -274,8 +275,10 @@ impl CniNetwork {
         if !netns::is_namespace(&namespace_path(&self.run_dir, instance)) {
             return Err(self.error(format!("the namespace of instance {instance} is gone")));
         }
-        if !self.list.disable_check {
-            self.run_chain(Command::Check, instance, record).await?;
+        let list = self.list_of(instance, record);
+        if !list.disable_check {
+            self.run_chain(Command::Check, instance, record, &list)
+                .await?;
         }
         self.attachment_of(instance, record)
     }
@@ -333,7 +336,9 @@ impl CniNetwork {
     /// record, so the next detach tries again.
     async fn teardown(&self, records: &mut BTreeMap<String, Record>, instance: &str) -> Result<()> {
         if let Some(record) = records.get(instance) {
-            self.run_chain(Command::Del, instance, record).await?;
+            let list = self.list_of(instance, record);
+            self.run_chain(Command::Del, instance, record, &list)
+                .await?;
         }
         netns::remove(&namespace_path(&self.run_dir, instance))?;
         remove_file_if_present(&resolv_conf_path(&self.run_dir, instance))?;
@@ -362,7 +367,7 @@ impl Network for CniNetwork {
     /// the VPC is attached.
     async fn remove_vpc(&self, name: &str) -> Result<bool> {
         let records = self.records.lock().await;
-        Ok(!records.values().any(|record| record.vpc == name))
+        Ok(name != DEFAULT_VPC || records.is_empty())
     }
 
     async fn attach(
@@ -416,12 +421,11 @@ impl Network for CniNetwork {
             self.teardown(&mut records, instance).await?;
         }
         let record = Record {
-            vpc: vpc.name.clone(),
             namespace: namespace.to_string(),
             host_ports: host_ports.to_vec(),
             result: None,
             complete: false,
-            config: Some(self.list.raw.clone()),
+            config: self.list.raw.clone(),
         };
         let attached = self.add(&mut records, instance, record).await;
         if attached.is_err() {
@@ -505,14 +509,13 @@ mod tests {
     fn records_are_read_back_and_a_bad_one_is_named() {
         let dir = tempfile::tempdir().unwrap();
         let record = Record {
-            vpc: DEFAULT_VPC.into(),
             namespace: "shop".into(),
             host_ports: vec![],
             result: Some(
                 serde_json::json!({"ips": [{"address": "10.99.0.5/24", "gateway": "10.99.0.1"}]}),
             ),
             complete: true,
-            config: Some(serde_json::json!({"cniVersion": "1.0.0", "name": "n", "plugins": []})),
+            config: serde_json::json!({"cniVersion": "1.0.0", "name": "n", "plugins": []}),
         };
         std::fs::write(
             dir.path().join("a.json"),
