@@ -18,8 +18,8 @@ fn a_deployment_runs_on_docker_and_answers_logs_and_exec() {
     let mut cluster = Cluster::start();
     let daemon = Dockerd::start(&cluster.dir.path().join("dockerd"));
     let registry = Registry::start(cluster.dir.path());
-    busybox_image_tar(cluster.dir.path());
-    registry.push_oci_layout(&cluster.dir.path().join("layout"), "1", "team/bb:1");
+    let layout = busybox_layout(cluster.dir.path(), "layout", &["/bin/sh"]);
+    registry.push_oci_layout(&layout, "1", "team/bb:1");
     let socket = daemon.socket().display().to_string();
     cluster.start_agent_with("n1", "4", "4Gi", &["--docker-socket", &socket]);
     cluster.offered_driver("docker");

@@ -9,21 +9,14 @@ mod common;
 use std::time::Duration;
 
 use c4m_testkit::{Containerd, ContainerdOptions, Dockerd, Registry};
+use common::oci::require_oci;
 use common::*;
-use serde_json::Value;
 
 const MINUTE: Duration = Duration::from_secs(60);
 
 #[test]
 fn one_manifest_runs_unchanged_on_every_container_driver() {
-    assert!(
-        nix::unistd::Uid::effective().is_root(),
-        "containers need root (namespaces, overlayfs, cgroups)"
-    );
-    assert!(
-        c4m_core::find_oci_binaries().is_some(),
-        "runc (or crun) and conmon are required: apt-get install runc conmon"
-    );
+    require_oci();
     let mut cluster = Cluster::start();
     let registry = Registry::start(&cluster.dir.path().join("registry"));
     push_busybox_and_pause(cluster.dir.path(), &registry);
@@ -180,8 +173,6 @@ spec:
 
     cluster.ok(&["delete", "deployment", "same"]);
     cluster.wait_gone("app=same", 2 * MINUTE);
-    let pods: Vec<Value> = cluster.instances_of("app=same");
-    assert!(pods.is_empty());
     // The agents remove containers after the instances are gone.
     wait_for("the docker container to be removed", MINUTE, || {
         dockerd

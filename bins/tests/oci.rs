@@ -61,7 +61,7 @@ fn instances_run_in_oci_containers_from_imported_images() {
     // From a registry on loopback: `c4m image pull`, and a pull on demand
     // for an instance whose image the node does not have yet.
     let registry = Registry::start(cluster.dir.path());
-    let layout = cluster.dir.path().join("layout");
+    let layout = busybox_layout(cluster.dir.path(), "layout", &["/bin/sh"]);
     for tag in ["1", "2"] {
         registry.push_oci_layout(&layout, "1", &format!("team/bb:{tag}"));
     }

@@ -111,15 +111,12 @@ fn diagnose(hosts: &Hosts) -> String {
 #[test]
 fn instances_on_different_nodes_reach_each_other_over_the_overlay() {
     require_oci();
-    for tool in ["ip", "nsenter", "nft"] {
-        assert!(
-            std::process::Command::new(tool)
-                .arg("--version")
-                .output()
-                .is_ok(),
-            "{tool} is missing: apt-get install iproute2 util-linux nftables"
-        );
-    }
+    c4m_testkit::require_commands(&[
+        ("ip", "iproute2"),
+        ("bridge", "iproute2"),
+        ("nsenter", "util-linux"),
+        ("nft", "nftables"),
+    ]);
     // Declared first, dropped last: after the cluster's processes are gone.
     let hosts = Hosts::create(UNDERLAY, 3);
     let mut cluster = Cluster::start_listening_on(&hosts.gateway().to_string());

@@ -590,11 +590,8 @@ impl Drop for Cluster {
     }
 }
 
-/// An OCI layout of busybox (tag `1`, `PATH=/bin`, cmd `cmd`) written to
-/// `dir/name`; its path.
 /// Pushes busybox twice to `registry`: as `c4m/busybox:1` (cmd `/bin/sh`)
 /// and as the CRI sandbox image `c4m/pause:1` (sleeping for ever).
-#[allow(dead_code)] // not every test binary runs a CRI runtime
 pub fn push_busybox_and_pause(dir: &Path, registry: &c4m_testkit::Registry) {
     for (name, cmd) in [
         ("busybox", &["/bin/sh"][..]),
@@ -605,12 +602,20 @@ pub fn push_busybox_and_pause(dir: &Path, registry: &c4m_testkit::Registry) {
     }
 }
 
-pub fn busybox_layout(dir: &Path, name: &str, cmd: &[&str]) -> PathBuf {
+/// Debian's static busybox, which the test images are made of.
+fn busybox() -> &'static Path {
     let busybox = Path::new("/bin/busybox");
     assert!(
         busybox.is_file(),
         "/bin/busybox is missing: apt-get install busybox-static"
     );
+    busybox
+}
+
+/// An OCI layout of busybox (tag `1`, `PATH=/bin`, cmd `cmd`) written to
+/// `dir/name`; its path.
+pub fn busybox_layout(dir: &Path, name: &str, cmd: &[&str]) -> PathBuf {
+    let busybox = busybox();
     let config = oci_spec::image::ConfigBuilder::default()
         .cmd(cmd.iter().map(|s| s.to_string()).collect::<Vec<_>>())
         .env(vec!["PATH=/bin".to_string()])
@@ -673,11 +678,14 @@ spec:
     )
 }
 
-/// A busybox image tagged `1` (cmd `/bin/sh`, `PATH=/bin`): its OCI
-/// layout in `dir/layout` and that layout as a tar, which is returned.
-pub fn busybox_image_tar(dir: &Path) -> std::path::PathBuf {
-    let layout = busybox_layout(dir, "layout", &["/bin/sh"]);
+/// A busybox image tagged `1` (cmd `/bin/sh`, `PATH=/bin`) as an OCI
+/// layout tar, written to `dir/busybox.tar`; its path.
+pub fn busybox_image_tar(dir: &Path) -> PathBuf {
     let tar = dir.join("busybox.tar");
-    std::fs::write(&tar, c4m_core::tar_directory(&layout).unwrap()).unwrap();
+    std::fs::write(
+        &tar,
+        c4m_core::busybox_image_tar(busybox(), &[], "1").unwrap(),
+    )
+    .unwrap();
     tar
 }
