@@ -6,6 +6,7 @@
 //! refuses the binary by name (`GLIBC_ABI_DT_RELR`) otherwise.
 
 fn main() {
+    println!("cargo:rerun-if-changed=build.rs");
     let os = std::env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
     let env = std::env::var("CARGO_CFG_TARGET_ENV").unwrap_or_default();
     if os == "linux" && env == "gnu" {

@@ -150,14 +150,8 @@ async fn main() -> Result<()> {
     println!("listening on {}", listener.local_addr()?);
     // As pid 1 of a container nothing ends it on SIGTERM unless it says
     // so: stop at once instead of waiting out the grace period.
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            tokio::select! {
-                _ = terminate.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        })
+        .with_graceful_shutdown(c4m_bins::shutdown_on_signal().cancelled_owned())
         .await?;
     Ok(())
 }

@@ -16,7 +16,6 @@ pub struct Hosts {
     /// The root namespace's end of its link to the switch.
     root_link: String,
     prefix: [u8; 3],
-    count: usize,
 }
 
 impl Hosts {
@@ -36,7 +35,6 @@ impl Hosts {
                 .collect(),
             root_link: format!("c4t{tag}r"),
             prefix,
-            count,
         };
         let switch = hosts.namespaces[0].clone();
         ip(&["netns", "add", &switch]);
@@ -89,7 +87,7 @@ impl Hosts {
 
     /// How many hosts there are.
     pub fn count(&self) -> usize {
-        self.count
+        self.namespaces.len() - 1
     }
 
     /// The root namespace's address on the hosts' subnet.

@@ -301,6 +301,19 @@ impl ControlPlane {
         Ok(agent)
     }
 
+    /// Waits until no instance is left (at most `limit`).
+    async fn wait_no_pods(&self, limit: Duration) -> Result<()> {
+        let deadline = Instant::now() + limit;
+        while self.client.list(kind("pods")?, None, None).await?["items"]
+            .as_array()
+            .is_some_and(|p| !p.is_empty())
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(())
+    }
+
     fn rss(&self) -> Result<Memory> {
         Memory::of(self.daemon.0.id())
     }
@@ -431,7 +444,7 @@ async fn latency(rounds: usize) -> Result<()> {
     let idle_agent = Memory::of(agent.0.id())?;
     let idle_control = control.rss()?;
 
-    let (pods, microservices) = (kind("pods")?, kind("microservices")?);
+    let microservices = kind("microservices")?;
     let mut latencies = Vec::with_capacity(rounds);
     for round in 0..rounds {
         let name = format!("lat-{round}");
@@ -459,14 +472,7 @@ async fn latency(rounds: usize) -> Result<()> {
     }
     // Deleted microservices take their instances with them: wait for the
     // agent to have stopped every one, so the run leaves nothing behind.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while control.client.list(pods, None, None).await?["items"]
-        .as_array()
-        .is_some_and(|p| !p.is_empty())
-        && Instant::now() < deadline
-    {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    control.wait_no_pods(Duration::from_secs(30)).await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let after_agent = Memory::of(agent.0.id())?;
     let after_control = control.rss()?;
@@ -594,14 +600,7 @@ async fn oci(instances: usize, driver: &str, agent_subcommand: bool) -> Result<(
             .delete(pods, Some("default"), &format!("oci-{index:04}"))
             .await?;
     }
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while control.client.list(pods, None, None).await?["items"]
-        .as_array()
-        .is_some_and(|p| !p.is_empty())
-        && Instant::now() < deadline
-    {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    control.wait_no_pods(Duration::from_secs(300)).await?;
     // Let the agent remove the containers (monitors, mounts, cgroups)
     // before it stops: an oci container is gone with its directory, which
     // goes after its overlay is unmounted (the monitor exits before that).

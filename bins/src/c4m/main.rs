@@ -59,7 +59,7 @@ enum Command {
     Wait(commands::WaitArgs),
     /// Show, replace or audit the scheduler policy.
     Policy(policy::PolicyArgs),
-    /// Manage a node's images (list, import, pull, remove).
+    /// Manage a node's images (list, import, pull, remove, build).
     Image(images::ImageArgs),
     /// Print a kubeconfig so `kubectl --kubeconfig FILE` drives this c4m.
     Kubeconfig(kubeconfig::KubeconfigArgs),

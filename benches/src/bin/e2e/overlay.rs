@@ -21,7 +21,7 @@ const PORT: u16 = 5201;
 const MEGABYTE: usize = 1_000_000;
 
 pub(crate) async fn run(megabytes: u64, rounds: usize) -> Result<()> {
-    if !nix_is_root() {
+    if !nix::unistd::Uid::effective().is_root() {
         bail!("the overlay bench needs root (namespaces, links, containers)");
     }
     if c4m_core::find_oci_binaries().is_none() {
@@ -120,14 +120,7 @@ pub(crate) async fn run(megabytes: u64, rounds: usize) -> Result<()> {
             .delete(kind("pods")?, Some("default"), pod)
             .await?;
     }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while control.client.list(kind("pods")?, None, None).await?["items"]
-        .as_array()
-        .is_some_and(|p| !p.is_empty())
-        && Instant::now() < deadline
-    {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    control.wait_no_pods(Duration::from_secs(60)).await?;
     // Give the agents a moment to remove the containers and their networks.
     tokio::time::sleep(Duration::from_secs(2)).await;
     drop(agents);
@@ -157,14 +150,23 @@ fn measure(at: &Path, from: &Path, to: SocketAddr, megabytes: u64) -> Result<f64
         .arg("--")
         .arg(&me)
         .args(["source", &to.to_string(), &megabytes.to_string()])
-        .output()?;
-    let _ = sink.wait();
-    if !output.status.success() {
-        bail!(
-            "the sender failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
+        .output();
+    let output = match output {
+        Ok(output) if output.status.success() => {
+            let _ = sink.wait();
+            output
+        }
+        // The sink still waits for a connection: end it.
+        failed => {
+            let _ = sink.kill();
+            let _ = sink.wait();
+            let output = failed?;
+            bail!(
+                "the sender failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+    };
     let seconds: f64 = String::from_utf8_lossy(&output.stdout)
         .trim()
         .parse()
@@ -232,14 +234,4 @@ fn instance_netns(agent: &Path, pod: &str) -> Result<PathBuf> {
                 .is_some_and(|n| n.starts_with(&prefix))
         })
         .with_context(|| format!("no network namespace of {pod} in {}", dir.display()))
-}
-
-fn nix_is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status").is_ok_and(|status| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("Uid:"))
-            .and_then(|uids| uids.split_whitespace().nth(1).map(|euid| euid == "0"))
-            .unwrap_or(false)
-    })
 }
