@@ -716,8 +716,8 @@ impl Cache {
     }
 
     /// A receiver that wakes when an instance bound to `node` (before or
-    /// after the change), the Node object itself, or any ConfigMap or Secret
-    /// changes, and after a re-list.
+    /// after the change), the Node object itself, or any ConfigMap, Secret
+    /// or Vpc changes, and after a re-list.
     pub fn watch_node(&self, node: &str) -> watch::Receiver<u64> {
         let mut signals = self.node_signals.lock().unwrap_or_else(|e| e.into_inner());
         signals

@@ -11,7 +11,8 @@ use super::{annotations, labels};
 use crate::quantity::{parse_cpu_millis, parse_memory_bytes};
 use crate::{Error, Result};
 
-/// The driver an instance runs on when it names none: host processes.
+/// The default of an agent's `--default-driver` (what instances naming no
+/// driver run on there): host processes.
 pub const DEFAULT_DRIVER: &str = "process";
 
 /// The pod template a Microservice's instances are made from.

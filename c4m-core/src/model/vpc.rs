@@ -1,6 +1,6 @@
 //! `Vpc` (`c4m.io/v1`, cluster-scoped): an address range whose instances
 //! reach each other and no other VPC's. Each node serves a /24 slice of it
-//! (see the agent's `node_slice`).
+//! (see `c4m_core::node_slice`).
 
 use ipnet::Ipv4Net;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
