@@ -57,7 +57,7 @@ impl Demo {
         } else {
             format!("{backend}.{namespace}.svc.c4m.")
         };
-        let resolver = c4m_control::cluster_resolver(dns);
+        let resolver = c4m_mesh::cluster_resolver(dns);
         let srv = resolver
             .srv_lookup(fqdn.as_str())
             .await

@@ -14,4 +14,4 @@ pub use cli::{
     CredentialFlags, Shutdown, data_dir, default_home, init_logging, parse_duration,
     parse_key_value, run, shutdown_on_signal,
 };
-pub use node::{AgentArgs, NodeFlags, bind_agent, run_agent};
+pub use node::{AgentArgs, ClusterFlags, NodeFlags, bind_agent, run_agent};

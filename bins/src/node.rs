@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use c4m_agent::{
     Agent, AgentConfig, CniConfig, DNS_PORT, HollowAgents, HollowConfig, NetworkConfig,
+    RestartBackoff,
 };
 use c4m_api::Credentials;
 use clap::Args;
@@ -71,6 +72,23 @@ pub struct NodeFlags {
     docker_socket: PathBuf,
 }
 
+/// The cluster's DNS domain: the control plane answers services as
+/// `NAME.NAMESPACE.svc.<domain>`, and instances' `resolv.conf` searches it.
+/// Every node and control plane of a cluster must say the same.
+#[derive(Args, Clone)]
+pub struct ClusterFlags {
+    /// The cluster's DNS domain.
+    #[arg(long, default_value = c4m_mesh::DEFAULT_CLUSTER_DOMAIN)]
+    pub cluster_domain: String,
+}
+
+impl ClusterFlags {
+    /// The zone the control plane's DNS answers (`svc.<domain>`).
+    pub fn service_zone(&self) -> String {
+        format!("svc.{}", self.cluster_domain)
+    }
+}
+
 /// The flags of `c4m agent` and `c4m-agent`.
 #[derive(Args)]
 pub struct AgentArgs {
@@ -91,6 +109,8 @@ pub struct AgentArgs {
     hollow: Option<usize>,
     #[command(flatten)]
     node: NodeFlags,
+    #[command(flatten)]
+    cluster: ClusterFlags,
 }
 
 /// A node's name and what it offers, from the flags or the machine.
@@ -130,18 +150,20 @@ fn node_offer(node: &NodeFlags) -> Result<NodeOffer> {
 pub async fn bind_agent(
     dir: &Path,
     node: &NodeFlags,
+    cluster: &ClusterFlags,
     control_plane: String,
     token: Option<String>,
 ) -> Result<Agent> {
-    let config = agent_config(dir, node, control_plane, token)?;
+    let config = agent_config(dir, node, cluster, control_plane, token)?;
     let images = Agent::image_store(&config)?;
-    let runtimes = Agent::detect_runtimes(&config, &images).await?;
-    Ok(Agent::bind(config, runtimes, images).await?)
+    let extensions = Agent::detect(&config, &images).await?;
+    Ok(Agent::bind(config, extensions, images).await?)
 }
 
 fn agent_config(
     dir: &Path,
     node: &NodeFlags,
+    cluster: &ClusterFlags,
     control_plane: String,
     token: Option<String>,
 ) -> Result<AgentConfig> {
@@ -170,10 +192,12 @@ fn agent_config(
                 config_file,
                 bin_dirs: node.cni_bin_dirs.clone(),
             }),
+            cluster_domain: cluster.cluster_domain.clone(),
         }),
         docker_socket: Some(node.docker_socket.clone()),
         containerd_socket: Some(node.containerd_socket.clone()),
         cri_socket: node.cri_socket.clone(),
+        restart_backoff: RestartBackoff::default(),
     })
 }
 
@@ -211,7 +235,7 @@ pub async fn run_agent(args: AgentArgs, credentials: Option<Credentials>) -> Res
         return Ok(());
     }
     let dir = data_dir(args.data_dir, "agent")?;
-    let agent = bind_agent(&dir, &args.node, args.control_plane, token).await?;
+    let agent = bind_agent(&dir, &args.node, &args.cluster, args.control_plane, token).await?;
     agent.run(shutdown_on_signal()).await?;
     Ok(())
 }

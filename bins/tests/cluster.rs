@@ -48,7 +48,7 @@ fn resolve(dns_port: u16, name: &str) -> (Vec<String>, Vec<(String, u16)>) {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let resolver = c4m_control::cluster_resolver(([127, 0, 0, 1], dns_port).into());
+        let resolver = c4m_mesh::cluster_resolver(([127, 0, 0, 1], dns_port).into());
         let a = resolver
             .ipv4_lookup(name)
             .await
@@ -288,6 +288,7 @@ metadata: {name: steady}
 spec:
   command: ["c4m-demo", "--name", "steady"]
   ports: [{name: http, containerPort: 8080}]
+  readinessProbe: {httpGet: {path: /healthz, port: http}, periodSeconds: 1}
 "#,
     );
     let before = cluster

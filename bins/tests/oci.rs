@@ -360,7 +360,7 @@ fn oci_instances_have_addresses_find_services_by_name_and_vpcs_are_isolated() {
     let bridges: Vec<String> = ["10.99.208.0/24", "10.99.224.0/24"]
         .into_iter()
         .map(|subnet| {
-            c4m_core::VpcNetwork {
+            c4m_mesh::VpcNetwork {
                 name: String::new(),
                 subnet: subnet.parse().unwrap(),
             }

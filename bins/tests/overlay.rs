@@ -86,7 +86,7 @@ fn ip_of(pod: &Value) -> String {
 
 /// Each host's overlay as the kernel has it, for a failure's message.
 fn diagnose(hosts: &Hosts) -> String {
-    let device = c4m_core::OVERLAY_DEVICE;
+    let device = c4m_mesh::OVERLAY_DEVICE;
     let mut text = String::new();
     for index in 1..=hosts.count() {
         for (program, args) in [
@@ -255,9 +255,9 @@ fn instances_on_different_nodes_reach_each_other_over_the_overlay() {
     let overlay_of = |index: usize| {
         let mut text = String::new();
         for (program, args) in [
-            ("ip", ["route", "show", "dev", c4m_core::OVERLAY_DEVICE]),
-            ("ip", ["neigh", "show", "dev", c4m_core::OVERLAY_DEVICE]),
-            ("bridge", ["fdb", "show", "dev", c4m_core::OVERLAY_DEVICE]),
+            ("ip", ["route", "show", "dev", c4m_mesh::OVERLAY_DEVICE]),
+            ("ip", ["neigh", "show", "dev", c4m_mesh::OVERLAY_DEVICE]),
+            ("bridge", ["fdb", "show", "dev", c4m_mesh::OVERLAY_DEVICE]),
         ] {
             let output = hosts.command(index, program).args(args).output().unwrap();
             text.push_str(&String::from_utf8_lossy(&output.stdout));

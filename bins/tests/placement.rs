@@ -111,3 +111,87 @@ spec:
     }
     assert_eq!(per_zone, BTreeMap::from([('a', 2), ('b', 2)]));
 }
+
+/// Admits only nodes whose name ends in an odd digit: a rule none of the
+/// built-in filters can express, so where instances land shows that an
+/// embedder's filter reached the live scheduler.
+#[derive(Debug)]
+struct OddNodesOnly;
+
+impl c4m_sched::Filter for OddNodesOnly {
+    fn unfit_reasons(
+        &self,
+        _request: &c4m_sched::InstanceRequest,
+        node: &c4m_sched::NodeView<'_>,
+    ) -> Vec<c4m_sched::UnfitReason> {
+        let odd = node
+            .info
+            .name
+            .chars()
+            .last()
+            .and_then(|c| c.to_digit(10))
+            .is_some_and(|digit| digit % 2 == 1);
+        if odd {
+            Vec::new()
+        } else {
+            vec![c4m_sched::UnfitReason::Custom("had an even name".into())]
+        }
+    }
+}
+
+/// A control plane embedded in the test with a custom filter places every
+/// replica on the nodes the filter admits, and says so when none fits.
+#[test]
+fn an_embedded_control_plane_places_by_its_custom_filter() {
+    let mut cluster = Cluster::start_embedded(|extensions| extensions.with_filter(OddNodesOnly));
+    cluster.start_hollow_agents("pool", 4, "4", "4Gi");
+    cluster.apply(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: odd}
+spec:
+  replicas: 6
+  selector: {matchLabels: {app: odd}}
+  template:
+    metadata: {labels: {app: odd}}
+    spec:
+      containers:
+        - {name: main, image: odd, command: [sleep, "3600"], resources: {requests: {cpu: 100m, memory: 64Mi}}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: even}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: even}}
+  template:
+    metadata: {labels: {app: even}}
+    spec:
+      nodeSelector: {kubernetes.io/hostname: pool-2}
+      containers:
+        - {name: main, image: even, command: [sleep, "3600"]}
+"#,
+    );
+    let running = wait_for("six replicas running", MINUTE, || {
+        let ready: Vec<Value> = cluster
+            .instances_of("app=odd")
+            .into_iter()
+            .filter(is_ready)
+            .collect();
+        (ready.len() == 6).then_some(ready)
+    });
+    let nodes: BTreeSet<&str> = running.iter().map(node_of).collect();
+    assert_eq!(nodes, BTreeSet::from(["pool-1", "pool-3"]));
+    // The only node the selector allows is one the filter refuses.
+    let message = wait_for("the even replica explained", MINUTE, || {
+        let pod = cluster.instances_of("app=even").pop()?;
+        let condition = pod["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .find(|c| c["reason"] == "Unschedulable")?
+            .clone();
+        Some(condition["message"].as_str()?.to_string())
+    });
+    assert!(message.contains("1 node(s) had an even name"), "{message}");
+}

@@ -249,7 +249,7 @@ spec:
     );
     // With its last instance, the VPC leaves the node (its bridge, and the
     // instances' namespaces and veths on it).
-    let bridge = c4m_core::VpcNetwork {
+    let bridge = c4m_mesh::VpcNetwork {
         name: String::new(),
         subnet: vpc.subnets(24).unwrap().next().unwrap(),
     }

@@ -6,19 +6,21 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use c4m_api::agent::Driver;
-use c4m_core::{
-    CniNetwork, ContainerRuntime, ContainerdRuntime, CriRuntime, DockerRuntime, ImageStore,
-    LinuxNetwork, Network, OciRuntime, ProcessRuntime, VxlanOverlay, find_oci_binaries,
+use c4m_core::ContainerRuntime;
+use c4m_image::ImageStore;
+use c4m_mesh::{
+    CniNetwork, InstanceNetwork, LinuxNetwork, Network, NetworkConfig, Overlay, VxlanOverlay,
+    keep_overlay,
 };
+use c4m_plugin::NodeExtensions;
+use c4m_runtime::DefaultProber;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::network::{InstanceNetwork, NetworkConfig};
-use crate::overlay::keep_overlay;
 use crate::server::{ServerState, router};
 use crate::session::{ControlPlaneChannel, NetworkFeeds, Session, register_request};
-use crate::supervisor::Supervisor;
+use crate::supervisor::{RestartBackoff, Supervisor};
 use crate::{Error, Result};
 
 /// How an agent identifies its node and reaches the control plane.
@@ -59,12 +61,15 @@ pub struct AgentConfig {
     /// The socket of a CRI runtime (CRI-O, containerd) on this node; when
     /// set, the agent offers the `cri` driver over it.
     pub cri_socket: Option<PathBuf>,
+    /// How restarts of crashing containers are spaced.
+    pub restart_backoff: RestartBackoff,
 }
 
 /// An agent with its HTTP listener bound, ready to [`run`](Self::run).
 pub struct Agent {
     config: AgentConfig,
-    runtimes: Vec<Arc<dyn ContainerRuntime>>,
+    /// Its drivers (the default first), network and prober.
+    extensions: NodeExtensions,
     images: Arc<ImageStore>,
     listener: TcpListener,
 }
@@ -78,12 +83,51 @@ impl Agent {
     /// on [`AgentConfig::containerd_socket`] (images move there from `images`);
     /// `cri` when a CRI socket is configured (a runtime that does not
     /// answer there is an error: it was asked for).
+    /// Drivers this build leaves out (cargo features of `c4m-agent`) are
+    /// not offered.
     pub async fn detect_runtimes(
         config: &AgentConfig,
         images: &Arc<ImageStore>,
     ) -> Result<Vec<Arc<dyn ContainerRuntime>>> {
-        let process = ProcessRuntime::new(config.data_dir.join("process"), config.address)?;
-        let mut runtimes: Vec<Arc<dyn ContainerRuntime>> = vec![Arc::new(process)];
+        let mut runtimes: Vec<Arc<dyn ContainerRuntime>> = Vec::new();
+        #[cfg(feature = "process")]
+        runtimes.push(Arc::new(c4m_runtime::ProcessRuntime::new(
+            config.data_dir.join("process"),
+            config.address,
+        )?));
+        #[cfg(feature = "oci")]
+        Self::detect_oci(config, images, &mut runtimes);
+        #[cfg(feature = "docker")]
+        if let Some(docker) = Self::detect_docker(config).await {
+            runtimes.push(Arc::new(docker));
+        }
+        #[cfg(feature = "containerd")]
+        Self::detect_containerd(config, images, &mut runtimes).await;
+        #[cfg(feature = "cri")]
+        if let Some(socket) = &config.cri_socket {
+            let cri = c4m_runtime::CriRuntime::connect(
+                socket,
+                &config.data_dir.join("cri"),
+                config.address,
+            )
+            .await
+            .map_err(|e| Error::Config(format!("the cri driver (--cri-socket): {e}")))?;
+            tracing::info!(runtime = %cri.version(), "cri driver ready");
+            runtimes.push(Arc::new(cri));
+        }
+        let _ = images;
+        Ok(runtimes)
+    }
+
+    /// The `oci` driver, when an OCI runtime and conmon are installed and
+    /// the agent runs as root.
+    #[cfg(feature = "oci")]
+    fn detect_oci(
+        config: &AgentConfig,
+        images: &Arc<ImageStore>,
+        runtimes: &mut Vec<Arc<dyn ContainerRuntime>>,
+    ) {
+        use c4m_runtime::{OciRuntime, find_oci_binaries};
         if find_oci_binaries().is_none() {
             tracing::info!("oci driver unavailable: install runc (or crun) and conmon");
         } else if !nix::unistd::Uid::effective().is_root() {
@@ -94,9 +138,17 @@ impl Agent {
                 Err(e) => tracing::warn!(error = %e, "oci driver unavailable"),
             }
         }
-        if let Some(docker) = Self::detect_docker(config).await {
-            runtimes.push(Arc::new(docker));
-        }
+    }
+
+    /// The `containerd` driver, when a containerd answers on the configured
+    /// socket.
+    #[cfg(feature = "containerd")]
+    async fn detect_containerd(
+        config: &AgentConfig,
+        images: &Arc<ImageStore>,
+        runtimes: &mut Vec<Arc<dyn ContainerRuntime>>,
+    ) {
+        use c4m_runtime::ContainerdRuntime;
         if let Some(socket) = config.containerd_socket.as_deref() {
             if !socket.exists() {
                 tracing::info!(socket = %socket.display(), "containerd driver unavailable: no socket");
@@ -108,20 +160,14 @@ impl Agent {
                 }
             }
         }
-        if let Some(socket) = &config.cri_socket {
-            let cri = CriRuntime::connect(socket, &config.data_dir.join("cri"), config.address)
-                .await
-                .map_err(|e| Error::Config(format!("the cri driver (--cri-socket): {e}")))?;
-            tracing::info!(runtime = %cri.version(), "cri driver ready");
-            runtimes.push(Arc::new(cri));
-        }
-        Ok(runtimes)
     }
 
     /// The `docker` driver, if an engine answers on the configured socket;
     /// its containers are labelled with this node, whose address their
     /// (host network) ports are reached at.
-    async fn detect_docker(config: &AgentConfig) -> Option<DockerRuntime> {
+    #[cfg(feature = "docker")]
+    async fn detect_docker(config: &AgentConfig) -> Option<c4m_runtime::DockerRuntime> {
+        use c4m_runtime::DockerRuntime;
         let socket = config.docker_socket.as_ref()?;
         if !socket.exists() {
             tracing::info!(socket = %socket.display(), "docker driver unavailable: no socket");
@@ -150,12 +196,71 @@ impl Agent {
         Ok(Arc::new(ImageStore::open(config.data_dir.join("images"))?))
     }
 
-    /// Binds the agent's HTTP server, which manages `images`.
+    /// This node's instance network as [`AgentConfig::network`] asks: a
+    /// CNI chain, or c4m's bridges joined to other nodes by the VXLAN
+    /// overlay (when the node's address is one they can reach). None when
+    /// the configuration has no instance network.
+    pub async fn open_network(
+        config: &AgentConfig,
+    ) -> Result<Option<(Arc<dyn Network>, Option<Arc<dyn Overlay>>)>> {
+        let Some(network) = &config.network else {
+            return Ok(None);
+        };
+        let run_dir = config.data_dir.join("network");
+        // A CNI chain is one network that spans nodes by its own means (its
+        // plugins'); c4m's bridges span them over the overlay.
+        Ok(Some(match &network.cni {
+            Some(cni) => {
+                let cni_network = CniNetwork::open(&cni.config_file, &cni.bin_dirs, run_dir)
+                    .await?
+                    .with_cluster_domain(&network.cluster_domain);
+                tracing::info!(network = cni_network.name(), config = %cni.config_file.display(), "instances join a cni network");
+                (Arc::new(cni_network), None)
+            }
+            None => {
+                let mut linux =
+                    LinuxNetwork::open(run_dir)?.with_cluster_domain(&network.cluster_domain);
+                let overlay = open_overlay(config.address).await;
+                if let Some(overlay) = &overlay {
+                    linux = linux.with_mtu(overlay.mtu());
+                }
+                (
+                    Arc::new(linux),
+                    overlay.map(|overlay| Arc::new(overlay) as Arc<dyn Overlay>),
+                )
+            }
+        }))
+    }
+
+    /// What this node offers, as its configuration asks: the drivers that
+    /// work here ([`Agent::detect_runtimes`]) and its instance network
+    /// ([`Agent::open_network`]).
+    pub async fn detect(config: &AgentConfig, images: &Arc<ImageStore>) -> Result<NodeExtensions> {
+        let mut extensions = NodeExtensions {
+            runtimes: Self::detect_runtimes(config, images).await?,
+            ..NodeExtensions::default()
+        };
+        if let Some((network, overlay)) = Self::open_network(config).await? {
+            extensions = extensions.with_network(network, overlay);
+        }
+        Ok(extensions)
+    }
+
+    /// Binds the agent's HTTP server, which manages `images`; instances
+    /// run through `extensions`' drivers (the configured default among
+    /// them) and join its network, whose settings
+    /// [`AgentConfig::network`] gives.
     pub async fn bind(
         config: AgentConfig,
-        runtimes: Vec<Arc<dyn ContainerRuntime>>,
+        mut extensions: NodeExtensions,
         images: Arc<ImageStore>,
     ) -> Result<Self> {
+        if extensions.network.is_some() && config.network.is_none() {
+            return Err(Error::Config(
+                "an instance network was given without its settings (AgentConfig::network)".into(),
+            ));
+        }
+        let runtimes = &mut extensions.runtimes;
         if runtimes.is_empty() {
             return Err(Error::Config(
                 "no container driver works on this node".into(),
@@ -163,7 +268,6 @@ impl Agent {
         }
         // The default driver goes first: the supervisor runs instances that
         // name no driver with the first.
-        let mut runtimes = runtimes;
         let Some(default) = runtimes
             .iter()
             .position(|r| r.name() == config.default_driver)
@@ -184,7 +288,7 @@ impl Agent {
             })?;
         Ok(Agent {
             config,
-            runtimes,
+            extensions,
             images,
             listener,
         })
@@ -212,6 +316,7 @@ impl Agent {
             self.config.address,
         );
         register.drivers = self
+            .extensions
             .runtimes
             .iter()
             .map(|r| Driver {
@@ -224,30 +329,9 @@ impl Agent {
         let (slice_tx, slice_rx) = watch::channel(None);
         let (peers_tx, peers_rx) = watch::channel(Arc::default());
         let mut overlay_keeper = None;
-        let network = match &self.config.network {
-            Some(config) => {
+        let network = match (&self.config.network, self.extensions.network.clone()) {
+            (Some(config), Some(network)) => {
                 register.instance_network = true;
-                let run_dir = self.config.data_dir.join("network");
-                // A CNI chain is one network that spans nodes by its own
-                // means (its plugins'); c4m's bridges span them over the
-                // overlay.
-                let (network, overlay): (Arc<dyn Network>, Option<VxlanOverlay>) = match &config.cni
-                {
-                    Some(cni) => {
-                        let network =
-                            CniNetwork::open(&cni.config_file, &cni.bin_dirs, run_dir).await?;
-                        tracing::info!(network = network.name(), config = %cni.config_file.display(), "instances join a cni network");
-                        (Arc::new(network), None)
-                    }
-                    None => {
-                        let mut linux = LinuxNetwork::open(run_dir)?;
-                        let overlay = open_overlay(self.config.address).await;
-                        if let Some(overlay) = &overlay {
-                            linux = linux.with_mtu(overlay.mtu());
-                        }
-                        (Arc::new(linux), overlay)
-                    }
-                };
                 let network = Arc::new(InstanceNetwork::new(
                     network,
                     config.clone(),
@@ -255,20 +339,25 @@ impl Agent {
                     slice_rx,
                     shutdown.clone(),
                 ));
-                overlay_keeper = overlay.map(|overlay| {
+                overlay_keeper = self.extensions.overlay.clone().map(|overlay| {
                     keep_overlay(overlay, peers_rx, network.local_vpcs(), shutdown.clone())
                 });
                 Some(network)
             }
-            None => None,
+            _ => None,
         };
         let supervisor = Supervisor {
-            runtimes: self.runtimes,
+            runtimes: self.extensions.runtimes,
+            prober: self
+                .extensions
+                .prober
+                .unwrap_or_else(|| Arc::new(DefaultProber)),
             assignments: assignments_rx,
             statuses: statuses_tx,
             directory: Arc::clone(&directory),
             dns_address: dns_rx,
             network: network.clone(),
+            backoff: self.config.restart_backoff,
         };
         let session = Session {
             channel: ControlPlaneChannel::new(
@@ -279,7 +368,7 @@ impl Agent {
             assignments: assignments_tx,
             statuses: statuses_rx,
             dns_address: dns_tx,
-            network: self.config.network.is_some().then_some(NetworkFeeds {
+            network: network.is_some().then_some(NetworkFeeds {
                 node_slice: slice_tx,
                 peers: peers_tx,
             }),

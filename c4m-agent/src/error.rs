@@ -14,6 +14,12 @@ pub enum Error {
     /// A driver failed.
     #[error(transparent)]
     Runtime(#[from] c4m_core::Error),
+    /// The node's image store failed.
+    #[error(transparent)]
+    Image(#[from] c4m_image::Error),
+    /// The node's instance network failed.
+    #[error(transparent)]
+    Network(#[from] c4m_mesh::Error),
     /// A listener could not be bound or served.
     #[error("{context}: {source}")]
     Io {

@@ -21,14 +21,13 @@
 mod agent;
 mod error;
 mod hollow;
-mod network;
-mod overlay;
 mod server;
 mod session;
 mod stream;
 mod supervisor;
 
 pub use agent::{Agent, AgentConfig};
+pub use c4m_mesh::{CniConfig, DNS_PORT, NetworkConfig};
 pub use error::{Error, Result};
 pub use hollow::{HollowAgents, HollowConfig};
-pub use network::{CniConfig, DNS_PORT, NetworkConfig};
+pub use supervisor::RestartBackoff;

@@ -16,7 +16,8 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
-use c4m_core::{ImageStore, LogOptions};
+use c4m_core::LogOptions;
+use c4m_image::ImageStore;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use tokio_util::sync::CancellationToken;
@@ -31,7 +32,7 @@ pub(crate) struct ServerState {
     pub token: Option<String>,
     pub shutdown: CancellationToken,
     /// Instance networking, when on: where VPC instances serve their ports.
-    pub network: Option<Arc<crate::network::InstanceNetwork>>,
+    pub network: Option<Arc<c4m_mesh::InstanceNetwork>>,
 }
 
 pub(crate) fn router(state: Arc<ServerState>) -> Router {
@@ -185,12 +186,12 @@ async fn log(
 /// (404 for an unknown image, 400 for a bad archive or reference).
 async fn with_store<T: serde::Serialize + Send + 'static>(
     state: &ServerState,
-    work: impl FnOnce(&ImageStore) -> c4m_core::Result<T> + Send + 'static,
+    work: impl FnOnce(&ImageStore) -> c4m_image::Result<T> + Send + 'static,
 ) -> Response {
     let images = Arc::clone(&state.images);
     match tokio::task::spawn_blocking(move || work(&images)).await {
         Ok(Ok(value)) => axum::Json(value).into_response(),
-        Ok(Err(c4m_core::Error::ImageNotFound(reference))) => (
+        Ok(Err(c4m_image::Error::NotFound(reference))) => (
             StatusCode::NOT_FOUND,
             format!("image {reference} not found on this node\n"),
         )
@@ -281,11 +282,11 @@ async fn pull_image(
 ) -> Response {
     let credentials = request
         .username
-        .map(|username| c4m_core::RegistryCredentials {
+        .map(|username| c4m_image::RegistryCredentials {
             username,
             password: request.password.unwrap_or_default(),
         });
-    match c4m_core::pull(&state.images, &request.reference, credentials.as_ref()).await {
+    match c4m_image::pull(&state.images, &request.reference, credentials.as_ref()).await {
         Ok(image) => axum::Json(image).into_response(),
         Err(e) => (StatusCode::BAD_GATEWAY, format!("{e}\n")).into_response(),
     }

@@ -12,7 +12,8 @@ use c4m_api::agent::{
     HeartbeatRequest, InstanceStatus, PeerChanges, RegisterRequest, StatusReport,
     WatchAssignmentsRequest, WatchPeersRequest,
 };
-use c4m_core::{Instance, OverlayPeer};
+use c4m_core::Instance;
+use c4m_mesh::OverlayPeer;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};

@@ -13,20 +13,35 @@ use std::time::{Duration, Instant};
 use c4m_api::agent::{InstanceStatus, PortBinding as WirePort, ResourceUsage as WireUsage};
 use c4m_core::{
     ContainerRuntime, ContainerSpec, ContainerState, ContainerStatus, Instance, PortBinding,
-    ProbeTracker,
+    ProbeTracker, Prober,
 };
+use c4m_mesh::InstanceNetwork;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::network::InstanceNetwork;
 use crate::session::AssignmentSet;
 
-/// First restart delay; doubles per consecutive crash.
-const BACKOFF_INITIAL: Duration = Duration::from_secs(1);
-/// Longest restart delay (as Kubernetes' CrashLoopBackOff).
-const BACKOFF_MAX: Duration = Duration::from_secs(300);
-/// Running this long resets the backoff.
-const BACKOFF_RESET: Duration = Duration::from_secs(600);
+/// How the supervisor spaces the restarts of a crashing container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RestartBackoff {
+    /// The first restart's delay; it doubles per consecutive crash.
+    pub initial: Duration,
+    /// The longest delay (as Kubernetes' CrashLoopBackOff).
+    pub max: Duration,
+    /// Running this long resets the delay.
+    pub reset: Duration,
+}
+
+impl Default for RestartBackoff {
+    fn default() -> Self {
+        RestartBackoff {
+            initial: Duration::from_secs(1),
+            max: Duration::from_secs(300),
+            reset: Duration::from_secs(600),
+        }
+    }
+}
+
 /// How often the loop looks at every container.
 const TICK: Duration = Duration::from_millis(250);
 /// The variable telling an instance where the cluster DNS answers.
@@ -112,6 +127,10 @@ pub(crate) struct Supervisor {
     pub dns_address: watch::Receiver<String>,
     /// Instance networking, when this node has it.
     pub network: Option<Arc<InstanceNetwork>>,
+    /// Runs probe attempts.
+    pub prober: Arc<dyn Prober>,
+    /// How restarts of crashing containers are spaced.
+    pub backoff: RestartBackoff,
 }
 
 impl Supervisor {
@@ -296,7 +315,7 @@ impl Supervisor {
                     probes: None,
                     ready: false,
                     restart_count,
-                    backoff: BACKOFF_INITIAL,
+                    backoff: self.backoff.initial,
                     restart_at: None,
                     last_exit: None,
                     problem,
@@ -442,7 +461,7 @@ impl Supervisor {
                     tracing::warn!(container = id, error = %e, "cannot attach to its vpc");
                     instance.problem = Some(("NetworkNotReady".into(), e.to_string()));
                     instance.restart_at = Some(Instant::now() + instance.backoff);
-                    instance.backoff = (instance.backoff * 2).min(BACKOFF_MAX);
+                    instance.backoff = (instance.backoff * 2).min(self.backoff.max);
                     return;
                 }
             }
@@ -464,7 +483,7 @@ impl Supervisor {
                 tracing::warn!(container = id, error = %e, "cannot start container");
                 instance.problem = Some(("CreateContainerError".into(), e.to_string()));
                 instance.restart_at = Some(Instant::now() + instance.backoff);
-                instance.backoff = (instance.backoff * 2).min(BACKOFF_MAX);
+                instance.backoff = (instance.backoff * 2).min(self.backoff.max);
             }
         }
     }
@@ -486,9 +505,9 @@ impl Supervisor {
         instance.last_exit = Some((*exit_code, *oom_killed));
         let ran_long = instance
             .running_since
-            .is_some_and(|since| since.elapsed() >= BACKOFF_RESET);
+            .is_some_and(|since| since.elapsed() >= self.backoff.reset);
         if ran_long {
-            instance.backoff = BACKOFF_INITIAL;
+            instance.backoff = self.backoff.initial;
         }
         let policy = instance
             .pod
@@ -507,7 +526,7 @@ impl Supervisor {
         );
         if restart {
             instance.restart_at = Some(Instant::now() + instance.backoff);
-            instance.backoff = (instance.backoff * 2).min(BACKOFF_MAX);
+            instance.backoff = (instance.backoff * 2).min(self.backoff.max);
         }
     }
 
@@ -543,6 +562,7 @@ impl Supervisor {
                 kind,
                 probe,
                 runtime: Arc::clone(&instance.runtime),
+                prober: Arc::clone(&self.prober),
                 status: status.clone(),
                 results: results.clone(),
                 token: token.clone(),
@@ -647,6 +667,7 @@ struct ProbeLoop {
     kind: ProbeKind,
     probe: k8s_openapi::api::core::v1::Probe,
     runtime: Arc<dyn ContainerRuntime>,
+    prober: Arc<dyn Prober>,
     status: ContainerStatus,
     results: mpsc::Sender<ProbeResult>,
     token: CancellationToken,
@@ -660,8 +681,15 @@ async fn probe_loop(p: ProbeLoop) {
             _ = p.token.cancelled() => return,
             _ = tokio::time::sleep_until(due) => {}
         }
-        let outcome = c4m_core::probe_once(&p.probe, p.runtime.as_ref(), &p.status).await;
-        let message = outcome.as_ref().err().cloned().unwrap_or_default();
+        let outcome = p
+            .prober
+            .probe_once(&p.probe, p.runtime.as_ref(), &p.status)
+            .await;
+        let message = outcome
+            .as_ref()
+            .err()
+            .map(ToString::to_string)
+            .unwrap_or_default();
         if let Some(healthy) = tracker.record(outcome.is_ok(), Instant::now()) {
             let result = ProbeResult {
                 id: p.id.clone(),
@@ -790,3 +818,5 @@ fn report(instance: &Managed) -> InstanceStatus {
 
 #[cfg(test)]
 mod network_tests;
+#[cfg(test)]
+mod tests;

@@ -14,7 +14,7 @@
 
 use std::collections::BTreeMap;
 
-use c4m_store::Store;
+use c4m_state::Store;
 use k8s_openapi::api::scheduling::v1::PriorityClass;
 use serde_json::{Value, json};
 
@@ -124,7 +124,7 @@ fn apply_class(pod: &mut Value, class: &PriorityClass) -> Result<()> {
 mod tests {
     use std::sync::Arc;
 
-    use c4m_store::RedbStore;
+    use c4m_state::RedbStore;
 
     use super::*;
     use crate::objects::Objects;

@@ -944,7 +944,7 @@ mod tests {
 
     /// Agents over a fresh store, with the cluster DNS at `dns`.
     async fn agents_over(
-        store: Arc<dyn c4m_store::Store>,
+        store: Arc<dyn c4m_state::Store>,
         objects: Objects,
         dns: &str,
         shutdown: &CancellationToken,

@@ -20,7 +20,7 @@ use axum::routing::{get, post};
 use axum::{Extension, Router};
 use c4m_api::ApplyRequest;
 use c4m_core::ResourceKind;
-use c4m_store::EventKind;
+use c4m_state::EventKind;
 use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;

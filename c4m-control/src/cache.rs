@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use c4m_core::ResourceKind;
-use c4m_store::{EventKind, KeyValue, Store};
+use c4m_state::{EventKind, KeyValue, Store};
 use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::Value;
@@ -527,7 +527,7 @@ impl Cache {
         }
     }
 
-    fn apply(&self, event: &c4m_store::WatchEvent) {
+    fn apply(&self, event: &c4m_state::WatchEvent) {
         let key = &event.kv.key;
         let (previous, current_node) = {
             let mut mirror = self.mirror.write().unwrap_or_else(|e| e.into_inner());
@@ -748,7 +748,7 @@ impl Cache {
 mod tests {
     use std::time::Duration;
 
-    use c4m_store::{Op, Precondition, RedbStore};
+    use c4m_state::{Op, Precondition, RedbStore};
     use serde_json::json;
 
     use super::*;

@@ -63,6 +63,9 @@ pub enum Error {
     /// Missing or wrong credentials.
     #[error("unauthorized: {0}")]
     Unauthorized(String),
+    /// The caller may not do this (an admission hook's denial, ...).
+    #[error(transparent)]
+    Forbidden(#[from] c4m_plugin::Denied),
     /// A watch asked for history that was compacted (410).
     #[error("{0}")]
     Gone(String),
@@ -71,7 +74,7 @@ pub enum Error {
     Unavailable(String),
     /// The state store failed.
     #[error("state store: {0}")]
-    Store(c4m_store::Error),
+    Store(c4m_state::Error),
     /// A stored object could not be decoded.
     #[error("stored object {key} is corrupt: {message}")]
     Corrupt {
@@ -100,7 +103,7 @@ pub enum Error {
     },
     /// The DNS server failed.
     #[error(transparent)]
-    Dns(#[from] crate::dns::DnsError),
+    Dns(#[from] c4m_mesh::DnsError),
 }
 
 /// One reason an object is invalid (a Kubernetes `StatusCause`).
@@ -149,8 +152,8 @@ fn joined(causes: &[FieldCause]) -> String {
     }
 }
 
-impl From<c4m_store::Error> for Error {
-    fn from(error: c4m_store::Error) -> Self {
+impl From<c4m_state::Error> for Error {
+    fn from(error: c4m_state::Error) -> Self {
         if error.is_conflict() {
             Error::Conflict(error.to_string())
         } else if error.is_compacted() {
@@ -173,6 +176,7 @@ impl Error {
             Error::MethodNotAllowed(_) => (405, "MethodNotAllowed"),
             Error::UnsupportedMediaType(_) => (415, "UnsupportedMediaType"),
             Error::Unauthorized(_) => (401, "Unauthorized"),
+            Error::Forbidden(_) => (403, "Forbidden"),
             Error::Gone(_) => (410, "Expired"),
             Error::Unavailable(_) => (503, "ServiceUnavailable"),
             Error::Store(_)

@@ -1,6 +1,6 @@
 //! The c4m control plane, as a library another Rust service can embed.
 //!
-//! [`ControlPlane`] binds and runs every part over one [`c4m_store::Store`]:
+//! [`ControlPlane`] binds and runs every part over one [`c4m_state::Store`]:
 //!
 //! - the **HTTP/JSON API** (Kubernetes paths and list/watch semantics for
 //!   every kind, batch apply, the service registry, instance metrics and logs);
@@ -25,7 +25,6 @@ mod cache;
 mod controllers;
 mod discovery;
 mod disruption;
-mod dns;
 mod error;
 mod invalid;
 mod objects;
@@ -43,7 +42,6 @@ mod streams;
 mod test_support;
 mod tls;
 
-pub use dns::{DnsEndpoint, DnsError, DnsServer, RECORD_TTL_SECS, ServiceLookup, cluster_resolver};
 pub use error::{Error, FieldCause, Result};
 pub use objects::Objects;
 pub use server::{ControlPlane, ControlPlaneConfig};

@@ -9,8 +9,10 @@ use std::sync::Arc;
 
 use c4m_api::{ApplyAction, ApplyRequest, ApplyResponse, ApplyResult};
 use c4m_core::{Document, ResourceKind};
-use c4m_store::{KeyValue, Op, Precondition, Store};
+use c4m_state::{KeyValue, Op, Precondition, Store};
 use serde_json::{Map, Value, json};
+
+use c4m_plugin::{Admission, AdmissionRequest, Operation};
 
 use crate::admission::PriorityClasses;
 use crate::{Error, Result};
@@ -115,12 +117,45 @@ pub(crate) enum Part {
 #[derive(Clone)]
 pub struct Objects {
     store: Arc<dyn Store>,
+    /// The embedder's admission hooks, in order.
+    admission: Arc<[Arc<dyn Admission>]>,
 }
 
 impl Objects {
     /// Objects kept in `store`.
     pub fn new(store: Arc<dyn Store>) -> Self {
-        Objects { store }
+        Objects {
+            store,
+            admission: Arc::new([]),
+        }
+    }
+
+    /// Every create and update also passes `hooks`, in order.
+    pub fn with_admission(mut self, hooks: Vec<Arc<dyn Admission>>) -> Self {
+        self.admission = hooks.into();
+        self
+    }
+
+    /// Runs the admission hooks over a write of `object`: a denial refuses
+    /// it (403), a hook may change it.
+    async fn admit(
+        &self,
+        operation: Operation,
+        kind: &ResourceKind,
+        namespace: &str,
+        old: Option<&Value>,
+        object: &mut Value,
+    ) -> Result<()> {
+        let request = AdmissionRequest {
+            operation,
+            kind,
+            namespace,
+            old,
+        };
+        for hook in self.admission.iter() {
+            hook.admit(request, object).await?;
+        }
+        Ok(())
     }
 
     /// The store underneath.
@@ -250,12 +285,35 @@ impl Objects {
                 value["status"] = json!({"phase": "Pending"});
             }
         }
+        self.admit(Operation::Create, kind, namespace, None, &mut value)
+            .await?;
         Ok(value)
     }
 
     /// Merges a replacement into the current object: the server-owned
-    /// metadata stays, `part` says whether spec or status is taken.
-    fn prepare_replace(
+    /// metadata stays, `part` says whether spec or status is taken; then
+    /// the admission hooks judge the result.
+    async fn prepare_replace(
+        &self,
+        kind: &ResourceKind,
+        current: &Value,
+        value: Value,
+        part: Part,
+    ) -> Result<Value> {
+        let mut merged = Self::merge_replacement(kind, current, value, part)?;
+        self.admit(
+            Operation::Update,
+            kind,
+            namespace_of(current),
+            Some(current),
+            &mut merged,
+        )
+        .await?;
+        Ok(merged)
+    }
+
+    /// The merge of [`Objects::prepare_replace`].
+    fn merge_replacement(
         kind: &ResourceKind,
         current: &Value,
         mut value: Value,
@@ -390,7 +448,9 @@ impl Objects {
                 return Err(Self::modified(kind, name));
             }
             let current = decode(&kv)?;
-            let mut merged = Self::prepare_replace(kind, &current, value.clone(), part)?;
+            let mut merged = self
+                .prepare_replace(kind, &current, value.clone(), part)
+                .await?;
             let op = Op::put(
                 &key,
                 encode(&merged),
@@ -504,7 +564,8 @@ impl Objects {
                     Precondition::Absent,
                 ),
                 Some(current) => (
-                    Self::prepare_replace(kind, current, value, Part::Main)?,
+                    self.prepare_replace(kind, current, value, Part::Main)
+                        .await?,
                     Precondition::ModRevision(read_at),
                 ),
             };
@@ -739,7 +800,9 @@ impl Objects {
                         {
                             meta.remove("resourceVersion");
                         }
-                        let merged = Self::prepare_replace(kind, &current, desired, Part::Main)?;
+                        let merged = self
+                            .prepare_replace(kind, &current, desired, Part::Main)
+                            .await?;
                         let mut current_cmp = current.clone();
                         current_cmp["metadata"]
                             .as_object_mut()

@@ -8,8 +8,8 @@ use c4m_api::{EndpointInfo, ServiceEndpoints};
 use serde_json::Value;
 
 use crate::cache::Cache;
-use crate::dns::{DnsEndpoint, ServiceLookup};
 use crate::objects::kind;
+use c4m_mesh::{DnsEndpoint, ServiceLookup};
 
 /// Reads the registry from the cache.
 #[derive(Clone)]

@@ -24,7 +24,9 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
-use c4m_sched::{ClusterSnapshot, InstanceRequest, NodeInfo, PlacedInstance, Policy};
+use c4m_sched::{
+    ClusterSnapshot, Filter, InstanceRequest, NodeInfo, PlacedInstance, Policy, Scorer,
+};
 use serde_json::{Value, json};
 
 use crate::Result;
@@ -340,9 +342,22 @@ pub(crate) struct Scheduler {
     refreshes: u64,
     /// The live policy, read at the start of each cycle.
     policy: Policy,
+    /// The embedder's filters, added to every cycle's snapshot.
+    filters: Vec<Arc<dyn Filter>>,
+    /// The embedder's scorers with their weights, likewise.
+    scorers: Vec<(i64, Arc<dyn Scorer>)>,
 }
 
 impl Scheduler {
+    /// A scheduler that also applies an embedder's `filters` and `scorers`.
+    pub(crate) fn new(filters: Vec<Arc<dyn Filter>>, scorers: Vec<(i64, Arc<dyn Scorer>)>) -> Self {
+        Scheduler {
+            filters,
+            scorers,
+            ..Scheduler::default()
+        }
+    }
+
     /// One scheduling cycle (see the module documentation).
     pub(crate) async fn reconcile(
         &mut self,
@@ -409,6 +424,12 @@ async fn reconcile(objects: &Objects, cache: &Cache, memo: &mut Scheduler) -> Re
     let policy = &memo.policy;
     let mut snapshot = ClusterSnapshot::new();
     snapshot.set_policy(policy);
+    for filter in &memo.filters {
+        snapshot.add_filter(Arc::clone(filter));
+    }
+    for (weight, scorer) in &memo.scorers {
+        snapshot.add_scorer(*weight, Arc::clone(scorer));
+    }
     for node in memo.nodes.values() {
         snapshot.upsert_node(node.value.clone());
     }

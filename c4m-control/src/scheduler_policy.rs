@@ -254,7 +254,7 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use c4m_store::{Op, Precondition, RedbStore, Store};
+    use c4m_state::{Op, Precondition, RedbStore, Store};
     use tokio_util::sync::CancellationToken;
 
     use super::*;

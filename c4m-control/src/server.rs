@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use c4m_api::agent::agent_service_server::AgentServiceServer;
-use c4m_store::Store;
+use c4m_mesh::{FirstKnown, ServiceLookup};
+use c4m_plugin::ControlPlaneExtensions;
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -18,11 +19,11 @@ use crate::agents::{Agents, UsageMap};
 use crate::api::ApiState;
 use crate::cache::Cache;
 use crate::controllers::{self, nodes::NodeHealth};
-use crate::dns::DnsServer;
 use crate::objects::{Objects, kind};
 use crate::registry::Registry;
 use crate::tls::{ApiListener, TlsIdentity};
 use crate::{Error, Result, scheduler};
+use c4m_mesh::DnsServer;
 
 /// How long the parts get to finish after shutdown starts.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -71,15 +72,20 @@ impl Default for ControlPlaneConfig {
 /// A control plane with its listeners bound, ready to [`run`](Self::run).
 pub struct ControlPlane {
     config: ControlPlaneConfig,
-    store: Arc<dyn Store>,
+    extensions: ControlPlaneExtensions,
     api: TcpListener,
     grpc: TcpListener,
     dns: Option<DnsServer>,
 }
 
 impl ControlPlane {
-    /// Binds every listener (port 0 picks a free port) over `store`.
-    pub async fn bind(config: ControlPlaneConfig, store: Arc<dyn Store>) -> Result<Self> {
+    /// Binds every listener (port 0 picks a free port); the control plane
+    /// keeps its state in `extensions.store` and adds the rest of
+    /// `extensions` to its scheduler, admission and DNS.
+    pub async fn bind(
+        config: ControlPlaneConfig,
+        extensions: ControlPlaneExtensions,
+    ) -> Result<Self> {
         let bind = |addr: SocketAddr| async move {
             TcpListener::bind(addr).await.map_err(|source| Error::Io {
                 context: format!("cannot listen on {addr}"),
@@ -90,7 +96,7 @@ impl ControlPlane {
         let grpc = bind(config.grpc_addr).await?;
         Ok(ControlPlane {
             config,
-            store,
+            extensions,
             api,
             grpc,
             dns: None,
@@ -109,14 +115,21 @@ impl ControlPlane {
 
     /// Runs until `shutdown` is cancelled, then stops every part gracefully.
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<()> {
-        let objects = Objects::new(Arc::clone(&self.store));
+        let store = Arc::clone(&self.extensions.store);
+        let objects =
+            Objects::new(Arc::clone(&store)).with_admission(self.extensions.admission.clone());
         ensure_default_namespace(&objects).await?;
-        let cache = Cache::start(Arc::clone(&self.store), shutdown.clone()).await?;
+        let cache = Cache::start(store, shutdown.clone()).await?;
         let registry = Registry::new(Arc::clone(&cache));
         if let Some(addr) = self.config.dns_addr {
-            self.dns = Some(
-                DnsServer::bind(addr, &self.config.dns_zone, Arc::new(registry.clone())).await?,
-            );
+            let lookup: Arc<dyn ServiceLookup> = match self.extensions.service_lookup.clone() {
+                Some(fallback) => Arc::new(FirstKnown {
+                    first: Arc::new(registry.clone()),
+                    second: fallback,
+                }),
+                None => Arc::new(registry.clone()),
+            };
+            self.dns = Some(DnsServer::bind(addr, &self.config.dns_zone, lookup).await?);
         }
         let health = Arc::new(NodeHealth::new(
             self.config.node_grace,
@@ -125,7 +138,11 @@ impl ControlPlane {
         let usage = Arc::new(UsageMap::new());
         let mut tasks = JoinSet::new();
 
-        spawn_controllers(&mut tasks, &objects, &cache, &health, &shutdown);
+        let scheduler = scheduler::Scheduler::new(
+            self.extensions.filters.clone(),
+            self.extensions.scorers.clone(),
+        );
+        spawn_controllers(&mut tasks, &objects, &cache, &health, scheduler, &shutdown);
 
         let state = Arc::new(ApiState {
             objects: objects.clone(),
@@ -261,6 +278,7 @@ fn spawn_controllers(
     objects: &Objects,
     cache: &Arc<Cache>,
     health: &Arc<NodeHealth>,
+    scheduler: scheduler::Scheduler,
     shutdown: &CancellationToken,
 ) {
     let mut spawn = |name, kinds: &[&str], resync, reconcile: Reconcile| {
@@ -293,7 +311,7 @@ fn spawn_controllers(
             Box::pin(async move { controllers::endpoints::reconcile(&o, &c, &changes).await })
         }),
     );
-    let scheduler = Arc::new(tokio::sync::Mutex::new(scheduler::Scheduler::default()));
+    let scheduler = Arc::new(tokio::sync::Mutex::new(scheduler));
     spawn(
         "scheduler",
         &[

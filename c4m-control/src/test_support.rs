@@ -9,10 +9,10 @@ use crate::objects::{Objects, kind};
 /// A store in a fresh directory (kept alive by the returned guard) with
 /// the `default` namespace created.
 pub(crate) async fn store_with_default_namespace()
--> (tempfile::TempDir, Arc<dyn c4m_store::Store>, Objects) {
+-> (tempfile::TempDir, Arc<dyn c4m_state::Store>, Objects) {
     let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn c4m_store::Store> =
-        Arc::new(c4m_store::RedbStore::open(&dir.path().join("store.redb")).unwrap());
+    let store: Arc<dyn c4m_state::Store> =
+        Arc::new(c4m_state::RedbStore::open(&dir.path().join("store.redb")).unwrap());
     let objects = Objects::new(Arc::clone(&store));
     let namespace =
         json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default"}});

@@ -1,8 +1,13 @@
-//! The error type of `c4m-core`.
+//! The error type of `c4m-core`: the model's and the runtime seam's.
 
 use std::path::PathBuf;
 
-/// Errors from the resource model, manifests and drivers.
+/// A boxed error from a layer below (an image store, cgroups, a daemon's
+/// client), kept as the cause.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Errors from the resource model, manifests and the runtime seam
+/// ([`ContainerRuntime`](crate::ContainerRuntime) drivers).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A manifest document is invalid; nothing from it may be applied.
@@ -55,64 +60,25 @@ pub enum Error {
         operation: &'static str,
     },
 
-    /// A cgroup operation failed.
-    #[error("cgroup {path}: {source}")]
-    Cgroup {
-        /// The cgroup file or directory.
-        path: PathBuf,
+    /// A container's image is not in the node's store and could not be
+    /// pulled, or could not be read.
+    #[error("image {reference}: {source}")]
+    Image {
+        /// The image as the container names it.
+        reference: String,
+        /// Why (not found, a registry's refusal, a corrupt layer, ...).
+        #[source]
+        source: BoxError,
+    },
+
+    /// A layer under the driver failed (cgroups, a daemon's API, ...).
+    #[error("{context}: {source}")]
+    Driver {
+        /// What was being done.
+        context: String,
         /// The underlying error.
         #[source]
-        source: std::io::Error,
-    },
-
-    /// An image store operation failed (bad archive, corrupt blob, ...).
-    #[error("{0}")]
-    Image(String),
-
-    /// No image in the store matches the reference.
-    #[error("image {0} not found")]
-    ImageNotFound(String),
-
-    /// A health check could not run or failed.
-    #[error("probe: {0}")]
-    Probe(String),
-
-    /// Setting up or tearing down instance networking failed.
-    #[error("network {what}: {message}")]
-    Network {
-        /// What was being set up (a VPC, an instance, a file).
-        what: String,
-        /// What failed.
-        message: String,
-    },
-
-    /// A CNI network configuration list is invalid.
-    #[error("cni config {file}: {field}: {message}")]
-    CniConfig {
-        /// The configuration file.
-        file: PathBuf,
-        /// The field at fault (`plugins[1].type`), or `-` for the file as a whole.
-        field: String,
-        /// What is wrong with it.
-        message: String,
-    },
-
-    /// A CNI plugin failed: its error object (CNI spec 1.0.0), or how it
-    /// ended when it printed none.
-    #[error("cni plugin {plugin} {command} for {container}: {message}")]
-    CniPlugin {
-        /// The plugin (its `type`).
-        plugin: String,
-        /// `ADD`, `DEL`, `CHECK` or `VERSION`.
-        command: &'static str,
-        /// The container the command was for.
-        container: String,
-        /// The error object's `code` (1-99 are the spec's, 100+ the
-        /// plugin's own); None when the plugin printed no error object.
-        code: Option<u32>,
-        /// The error object's `msg` and `details` with its code, or the
-        /// plugin's exit status and standard error.
-        message: String,
+        source: BoxError,
     },
 
     /// An I/O error with what was being done.
@@ -135,6 +101,17 @@ impl Error {
         Error::Io {
             context: context.into(),
             source,
+        }
+    }
+
+    /// Wraps an error of a layer under a driver with what was being done.
+    pub fn driver(
+        context: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Error::Driver {
+            context: context.into(),
+            source: Box::new(source),
         }
     }
 }

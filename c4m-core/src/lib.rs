@@ -1,4 +1,5 @@
-//! The core of c4m: the resource model and the container runtime wrapper.
+//! The core of c4m: the resource model, manifests, and the seams the other
+//! layers implement, with the data types they exchange. No I/O.
 //!
 //! - **Resource model**: Kubernetes-shaped objects. c4m's own kind is
 //!   [`Microservice`] (`c4m.io/v1`); the unit the scheduler places is an
@@ -10,32 +11,51 @@
 //!   c4m cannot honour and errors that name the file, document and field.
 //! - **Quantities**: Kubernetes quantity syntax in integers
 //!   ([`parse_cpu_millis`], [`parse_memory_bytes`]).
-//! - **Runtime**: the [`ContainerRuntime`] trait and its `process` driver
-//!   ([`ProcessRuntime`]), with cgroup limits (v1 or v2, detected).
-//! - **Networking**: the [`Network`] seam and [`LinuxNetwork`]: a bridge
-//!   per VPC, a network namespace, veth and address per instance; or
-//!   [`CniNetwork`], a CNI plugin chain.
-//! - **Health checks**: [`probe_once`] runs a Kubernetes probe (HTTP GET, TCP,
-//!   exec, gRPC) against a container; [`ProbeTracker`] applies its thresholds.
+//! - **The runtime seam**: [`ContainerRuntime`], what a node's agent asks of
+//!   a container driver, with [`ContainerSpec`] (derived from a Pod by
+//!   [`ContainerSpec::from_pod`]) and [`ContainerStatus`]. The drivers live
+//!   in `c4m-runtime`.
+//! - **Health checks**: [`ProbeTracker`] applies a probe's timing and
+//!   thresholds; a [`Prober`] runs its attempts.
+//! - **Image references** ([`Reference`]), normalized as Docker does.
+//! - With feature `spdy`, [`SpdyCodec`]: the SPDY/3.1 framing Kubernetes'
+//!   exec and port-forward streams use. With `test-util`, fakes of the seams.
+//!
+//! ```
+//! let documents = c4m_core::parse_documents(
+//!     "shop.yaml",
+//!     r#"
+//! apiVersion: c4m.io/v1
+//! kind: Microservice
+//! metadata: {name: catalog}
+//! spec:
+//!   image: shop:1
+//!   replicas: 2
+//!   resources: {requests: {cpu: 250m, memory: 64Mi}}
+//! "#,
+//! )
+//! .unwrap();
+//! let validated = c4m_core::validate(&documents[0]).unwrap();
+//! assert_eq!(validated.kind.kind, "Microservice");
+//! assert_eq!(c4m_core::parse_memory_bytes("64Mi").unwrap(), 64 << 20);
+//! ```
 
-mod cgroup;
 mod error;
 mod image;
 mod manifest;
 mod model;
-mod network;
 mod probe;
 mod quantity;
+mod reference;
 mod runtime;
+#[cfg(feature = "spdy")]
 mod spdy;
+#[cfg(feature = "test-util")]
+pub mod testing;
 mod time;
 
-pub use error::{Error, Result};
-pub use image::{
-    GcReport, Image, ImageStore, Layer, Reference, RegistryCredentials, SHORT_ID_LEN,
-    busybox_image_tar, pull, tar_directory, write_busybox_image, write_busybox_rootfs,
-    write_oci_layout,
-};
+pub use error::{BoxError, Error, Result};
+pub use image::{GcReport, Image, Layer};
 pub use manifest::{Document, ManifestError, Validated, parse_documents, validate, validate_value};
 pub use model::kinds::{KINDS, ResourceKind};
 pub use model::microservice::{Microservice, MicroserviceSpec, MicroserviceStatus};
@@ -44,17 +64,14 @@ pub use model::pod::{
 };
 pub use model::vpc::{DEFAULT_VPC, Vpc, VpcSpec, cidrs_overlap, parse_vpc_cidr};
 pub use model::{Instance, annotations, labels};
-pub use network::{
-    Attachment, CniNetwork, HostPort, LinuxNetwork, Network, OVERLAY_DEVICE, OverlayPeer,
-    OverlayVpc, VpcNetwork, VxlanOverlay, enter_network_namespace, node_slice, search_domains,
-};
-pub use probe::{ProbeTracker, probe_once};
+pub use probe::{ProbeFailure, ProbeTracker, Prober, probe_timeout};
 pub use quantity::{format_cpu_millis, format_memory_bytes, parse_cpu_millis, parse_memory_bytes};
+pub use reference::{InvalidReference, Reference, SHA256_PREFIX, sha256_hex};
 pub use runtime::{
-    ContainerRuntime, ContainerSpec, ContainerState, ContainerStatus, ContainerdRuntime,
-    CriRuntime, DockerRuntime, ExecOutput, ExecRequest, ExecSession, LogOptions, OciRuntime,
-    PortBinding, PortSpec, ProcessRuntime, ResizeTerminal, ResourceLimits, ResourceUsage,
-    TerminalSize, find_oci_binaries,
+    ContainerRuntime, ContainerSpec, ContainerState, ContainerStatus, ExecOutput, ExecRequest,
+    ExecSession, LogOptions, PortBinding, PortSpec, ResizeTerminal, ResourceLimits, ResourceUsage,
+    TerminalSize,
 };
+#[cfg(feature = "spdy")]
 pub use spdy::{SpdyCodec, SpdyFrame};
-pub use time::{format_rfc3339, now_rfc3339, seconds_since};
+pub use time::{format_rfc3339, format_rfc3339_nanos, now_rfc3339, seconds_since};

@@ -11,7 +11,7 @@ pub fn format_rfc3339(time: SystemTime) -> String {
 
 /// `time` as Kubernetes prints log timestamps: RFC 3339, UTC, always nine
 /// fractional digits.
-pub(crate) fn format_rfc3339_nanos(time: SystemTime) -> String {
+pub fn format_rfc3339_nanos(time: SystemTime) -> String {
     let since_epoch = time
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();

@@ -60,3 +60,25 @@ pub trait Scorer: fmt::Debug + Send + Sync {
     /// The node's score for `req`: higher is better.
     fn score(&self, req: &InstanceRequest, node: &NodeView<'_>) -> i64;
 }
+
+/// A shared filter (an embedder's, handed to every cycle's snapshot).
+impl<F: Filter + ?Sized> Filter for std::sync::Arc<F> {
+    fn scope(&self) -> Scope {
+        (**self).scope()
+    }
+
+    fn unfit_reasons(&self, req: &InstanceRequest, node: &NodeView<'_>) -> Vec<UnfitReason> {
+        (**self).unfit_reasons(req, node)
+    }
+}
+
+/// A shared scorer (an embedder's, handed to every cycle's snapshot).
+impl<S: Scorer + ?Sized> Scorer for std::sync::Arc<S> {
+    fn scope(&self) -> Scope {
+        (**self).scope()
+    }
+
+    fn score(&self, req: &InstanceRequest, node: &NodeView<'_>) -> i64 {
+        (**self).score(req, node)
+    }
+}

@@ -17,10 +17,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use c4m_benches::percentile;
-use c4m_core::{
-    ContainerRuntime, ContainerSpec, ContainerState, ContainerdRuntime, CriRuntime, DockerRuntime,
-    ImageStore, OciRuntime, ProcessRuntime,
-};
+use c4m_core::{ContainerRuntime, ContainerSpec, ContainerState};
+use c4m_image::ImageStore;
+use c4m_runtime::{ContainerdRuntime, CriRuntime, DockerRuntime, OciRuntime, ProcessRuntime};
 use c4m_testkit::{Containerd, ContainerdOptions, Dockerd, Registry};
 use clap::Parser;
 
@@ -53,7 +52,7 @@ async fn subject(driver: &str, dir: &Path, registry: &Registry) -> Result<Subjec
             [127, 0, 0, 1].into(),
         )?),
         "oci" => {
-            if c4m_core::find_oci_binaries().is_none() {
+            if c4m_runtime::find_oci_binaries().is_none() {
                 bail!("the oci driver needs runc (or crun) and conmon");
             }
             let images = Arc::new(ImageStore::open(dir.join("images"))?);
@@ -79,7 +78,7 @@ async fn subject(driver: &str, dir: &Path, registry: &Registry) -> Result<Subjec
                 .cmd(vec!["/bin/sleep".to_string(), "2147483647".to_string()])
                 .build()?;
             let layout = dir.join("pause-layout");
-            c4m_core::write_busybox_image(Path::new("/bin/busybox"), &layout, "1", pause)?;
+            c4m_image::write_busybox_image(Path::new("/bin/busybox"), &layout, "1", pause)?;
             registry.push_oci_layout(&layout, "1", "bench/pause:1");
             let containerd = Containerd::start_with(
                 &dir.join("containerd"),
@@ -147,7 +146,7 @@ async fn main() -> Result<()> {
         .env(vec!["PATH=/bin".to_string()])
         .build()?;
     let layout = dir.path().join("layout");
-    c4m_core::write_busybox_image(Path::new("/bin/busybox"), &layout, "1", config)?;
+    c4m_image::write_busybox_image(Path::new("/bin/busybox"), &layout, "1", config)?;
     let registry = Registry::start(&dir.path().join("registry"));
     registry.push_oci_layout(&layout, "1", "bench/busybox:1");
     let image = format!("{}/bench/busybox:1", registry.host());

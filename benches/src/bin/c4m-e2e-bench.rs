@@ -506,8 +506,8 @@ async fn import_busybox(control: &ControlPlane, node: &str) -> Result<()> {
     let config = oci_spec::image::ConfigBuilder::default()
         .cmd(vec!["/bin/sh".to_string()])
         .build()?;
-    c4m_core::write_busybox_image(std::path::Path::new("/bin/busybox"), &layout, "1", config)?;
-    let archive = c4m_core::tar_directory(&layout)?;
+    c4m_image::write_busybox_image(std::path::Path::new("/bin/busybox"), &layout, "1", config)?;
+    let archive = c4m_image::tar_directory(&layout)?;
     control
         .client
         .import_image(node, "bb", reqwest::Body::from(archive))
@@ -516,7 +516,7 @@ async fn import_busybox(control: &ControlPlane, node: &str) -> Result<()> {
 }
 
 async fn oci(instances: usize, driver: &str, agent_subcommand: bool) -> Result<()> {
-    if c4m_core::find_oci_binaries().is_none() {
+    if c4m_runtime::find_oci_binaries().is_none() {
         bail!("the oci bench needs runc (or crun) and conmon");
     }
     let control = ControlPlane::start().await?;

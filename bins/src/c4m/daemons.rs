@@ -9,9 +9,12 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use c4m_api::Credentials;
-use c4m_bins::{NodeFlags, bind_agent, data_dir, default_home, parse_duration, shutdown_on_signal};
+use c4m_bins::{
+    ClusterFlags, NodeFlags, bind_agent, data_dir, default_home, parse_duration, shutdown_on_signal,
+};
 use c4m_control::{ControlPlane, ControlPlaneConfig, TlsIdentity};
-use c4m_store::RedbStore;
+use c4m_plugin::ControlPlaneExtensions;
+use c4m_state::RedbStore;
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
@@ -53,6 +56,8 @@ pub struct UpArgs {
     control: ControlFlags,
     #[command(flatten)]
     node: NodeFlags,
+    #[command(flatten)]
+    cluster: ClusterFlags,
 }
 
 /// `c4m control`.
@@ -63,6 +68,8 @@ pub struct ControlArgs {
     data_dir: Option<PathBuf>,
     #[command(flatten)]
     control: ControlFlags,
+    #[command(flatten)]
+    cluster: ClusterFlags,
 }
 
 /// Credentials a control plane keeps in its data dir.
@@ -161,6 +168,7 @@ fn api_tls_identity(dir: &Path, api: SocketAddr) -> Result<TlsIdentity> {
 async fn bind_control(
     dir: &Path,
     flags: &ControlFlags,
+    cluster: &ClusterFlags,
     connection: &Connection,
 ) -> Result<(ControlPlane, Option<Credentials>)> {
     let store = RedbStore::open(&dir.join("store.redb"))
@@ -174,6 +182,7 @@ async fn bind_control(
         api_addr: flags.api,
         grpc_addr: flags.grpc,
         dns_addr: Some(flags.dns),
+        dns_zone: cluster.service_zone(),
         token: credentials.as_ref().map(Credentials::bearer),
         heartbeat_interval: flags.heartbeat,
         node_grace: flags.node_grace,
@@ -181,7 +190,7 @@ async fn bind_control(
         api_tls: Some(api_tls_identity(dir, flags.api)?),
         ..ControlPlaneConfig::default()
     };
-    let control = ControlPlane::bind(config, Arc::new(store)).await?;
+    let control = ControlPlane::bind(config, ControlPlaneExtensions::new(Arc::new(store))).await?;
     let client = ClientConfig {
         endpoint: format!("http://{}", control.api_addr()),
         access_token: credentials
@@ -210,7 +219,8 @@ async fn bind_control(
 /// `c4m up`.
 pub async fn up(args: UpArgs, connection: &Connection) -> Result<()> {
     let dir = data_dir(args.data_dir, "")?;
-    let (control, credentials) = bind_control(&dir, &args.control, connection).await?;
+    let (control, credentials) =
+        bind_control(&dir, &args.control, &args.cluster, connection).await?;
     // `up` is the quickstart: make plain `c4m get ...` find this control plane.
     let default_config = default_home()?.join("client.json");
     if default_config != dir.join("client.json") {
@@ -223,6 +233,7 @@ pub async fn up(args: UpArgs, connection: &Connection) -> Result<()> {
     let agent = bind_agent(
         &dir.join("agent"),
         &args.node,
+        &args.cluster,
         format!("http://{}", control.grpc_addr()),
         credentials.as_ref().map(Credentials::bearer),
     )
@@ -241,7 +252,7 @@ pub async fn up(args: UpArgs, connection: &Connection) -> Result<()> {
 /// `c4m control`.
 pub async fn control(args: ControlArgs, connection: &Connection) -> Result<()> {
     let dir = data_dir(args.data_dir, "control")?;
-    let (control, _) = bind_control(&dir, &args.control, connection).await?;
+    let (control, _) = bind_control(&dir, &args.control, &args.cluster, connection).await?;
     control.run(shutdown_on_signal()).await?;
     Ok(())
 }

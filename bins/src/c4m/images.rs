@@ -84,7 +84,7 @@ pub async fn image(args: ImageArgs, connection: &Connection) -> Result<()> {
                 let id = image
                     .digest
                     .strip_prefix("sha256:")
-                    .and_then(|hex| hex.get(..c4m_core::SHORT_ID_LEN))
+                    .and_then(|hex| hex.get(..c4m_image::SHORT_ID_LEN))
                     .unwrap_or(&image.digest)
                     .to_string();
                 let names = if image.names.is_empty() {
@@ -131,7 +131,7 @@ pub async fn image(args: ImageArgs, connection: &Connection) -> Result<()> {
             };
             let executables: Vec<&std::path::Path> =
                 executables.iter().map(PathBuf::as_path).collect();
-            let archive = c4m_core::busybox_image_tar(&busybox, &executables, tag)
+            let archive = c4m_image::busybox_image_tar(&busybox, &executables, tag)
                 .with_context(|| format!("build image {name}"))?;
             let images = client
                 .import_image(&node, repository, reqwest::Body::from(archive))

@@ -122,7 +122,15 @@ pub struct Cluster {
     /// Where agents reach the control plane (its gRPC and DNS listen there).
     pub listen: String,
     control: Option<Child>,
+    /// A control plane run in this process instead of `c4m control`.
+    embedded: Option<EmbeddedControl>,
     agents: BTreeMap<String, Child>,
+}
+
+/// A control plane run by the test process itself, on a runtime of its own.
+struct EmbeddedControl {
+    shutdown: tokio_util::sync::CancellationToken,
+    thread: std::thread::JoinHandle<()>,
 }
 
 impl Cluster {
@@ -137,20 +145,81 @@ impl Cluster {
         // A free port found now may be taken by a parallel test before the
         // control plane binds it: then it exits, and a fresh set is tried.
         for _ in 0..3 {
-            let mut cluster = Cluster {
-                dir: tempfile::tempdir().unwrap(),
-                api: free_port(),
-                grpc: free_port(),
-                dns: free_port(),
-                listen: address.to_string(),
-                control: None,
-                agents: BTreeMap::new(),
-            };
+            let mut cluster = Cluster::unstarted(address);
             if cluster.try_start_control() {
                 return cluster;
             }
         }
         panic!("the control plane exited at start three times (ports taken?)");
+    }
+
+    /// A cluster whose control plane is not started yet, with free ports.
+    fn unstarted(address: &str) -> Cluster {
+        Cluster {
+            dir: tempfile::tempdir().unwrap(),
+            api: free_port(),
+            grpc: free_port(),
+            dns: free_port(),
+            listen: address.to_string(),
+            control: None,
+            embedded: None,
+            agents: BTreeMap::new(),
+        }
+    }
+
+    /// A cluster whose control plane the test embeds, as another Rust
+    /// service would, with `extend` adding to its extension points (the
+    /// store is a `RedbStore` in the cluster's dir). Agents and the CLI are
+    /// the real binaries, as with [`Cluster::start`].
+    pub fn start_embedded(
+        extend: impl FnOnce(c4m_plugin::ControlPlaneExtensions) -> c4m_plugin::ControlPlaneExtensions
+        + Send
+        + 'static,
+    ) -> Cluster {
+        let mut cluster = Cluster::unstarted("127.0.0.1");
+        let store_dir = cluster.dir.path().join("control");
+        std::fs::create_dir_all(&store_dir).unwrap();
+        let config = c4m_control::ControlPlaneConfig {
+            api_addr: ([127, 0, 0, 1], cluster.api).into(),
+            grpc_addr: ([127, 0, 0, 1], cluster.grpc).into(),
+            dns_addr: Some(([127, 0, 0, 1], cluster.dns).into()),
+            token: Some(
+                c4m_api::Credentials {
+                    access_token: ACCESS_TOKEN.into(),
+                    secret_key: SECRET_KEY.into(),
+                }
+                .bearer(),
+            ),
+            heartbeat_interval: Duration::from_millis(500),
+            node_grace: Duration::from_secs(3),
+            eviction_delay: Duration::from_secs(1),
+            ..c4m_control::ControlPlaneConfig::default()
+        };
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let stop = shutdown.clone();
+        let (bound_tx, bound_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Runtime::new().unwrap();
+            runtime.block_on(async move {
+                let store = c4m_state::RedbStore::open(&store_dir.join("store.redb")).unwrap();
+                let extensions = extend(c4m_plugin::ControlPlaneExtensions::new(
+                    std::sync::Arc::new(store),
+                ));
+                let control = c4m_control::ControlPlane::bind(config, extensions)
+                    .await
+                    .expect("bind the embedded control plane");
+                bound_tx.send(()).unwrap();
+                control
+                    .run(stop)
+                    .await
+                    .expect("the embedded control plane runs");
+            });
+        });
+        bound_rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the embedded control plane binds");
+        cluster.embedded = Some(EmbeddedControl { shutdown, thread });
+        cluster
     }
 
     pub fn endpoint(&self) -> String {
@@ -568,6 +637,10 @@ impl Drop for Cluster {
             let _ = child.kill();
             let _ = child.wait();
         }
+        if let Some(embedded) = self.embedded.take() {
+            embedded.shutdown.cancel();
+            let _ = embedded.thread.join();
+        }
         kill_instances(self.dir.path());
         unmount_under(self.dir.path());
         if std::thread::panicking() {
@@ -622,7 +695,7 @@ pub fn busybox_layout(dir: &Path, name: &str, cmd: &[&str]) -> PathBuf {
         .build()
         .unwrap();
     let layout = dir.join(name);
-    c4m_core::write_busybox_image(busybox, &layout, "1", config).unwrap();
+    c4m_image::write_busybox_image(busybox, &layout, "1", config).unwrap();
     layout
 }
 
@@ -684,7 +757,7 @@ pub fn busybox_image_tar(dir: &Path) -> PathBuf {
     let tar = dir.join("busybox.tar");
     std::fs::write(
         &tar,
-        c4m_core::busybox_image_tar(busybox(), &[], "1").unwrap(),
+        c4m_image::busybox_image_tar(busybox(), &[], "1").unwrap(),
     )
     .unwrap();
     tar

@@ -8,7 +8,7 @@ pub fn require_oci() {
         "the oci driver needs root (namespaces, overlayfs, cgroups)"
     );
     assert!(
-        c4m_core::find_oci_binaries().is_some(),
+        c4m_runtime::find_oci_binaries().is_some(),
         "runc (or crun) and conmon are required: apt-get install runc conmon"
     );
 }

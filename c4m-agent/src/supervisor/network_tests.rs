@@ -15,7 +15,11 @@ use bytes::Bytes;
 use c4m_api::agent::InstanceStatus;
 use c4m_core::{
     ContainerRuntime, ContainerSpec, ContainerState, ContainerStatus, ExecOutput, Instance,
-    LinuxNetwork, LogOptions, Network, ResourceUsage, VpcNetwork, enter_network_namespace,
+    LogOptions, ResourceUsage,
+};
+use c4m_mesh::testing::reversing_udp_server;
+use c4m_mesh::{
+    InstanceNetwork, LinuxNetwork, Network, NetworkConfig, VpcNetwork, enter_network_namespace,
 };
 use futures::stream::BoxStream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -23,8 +27,6 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::Supervisor;
-use crate::network::tests::reversing_udp_server;
-use crate::network::{InstanceNetwork, NetworkConfig};
 
 /// A driver that takes a network namespace and runs nothing: it records
 /// the specs it was asked to start.
@@ -181,6 +183,7 @@ async fn a_namespaced_instance_gets_a_vpc_address_dns_and_is_detached() {
             dns_port: 10053,
             host_address: Ipv4Addr::LOCALHOST.into(),
             cni: None,
+            cluster_domain: c4m_mesh::DEFAULT_CLUSTER_DOMAIN.into(),
         },
         dns_rx.clone(),
         watch::channel(Some(2)).1,
@@ -196,6 +199,8 @@ async fn a_namespaced_instance_gets_a_vpc_address_dns_and_is_detached() {
         directory: Arc::default(),
         dns_address: dns_rx,
         network: Some(Arc::new(network)),
+        prober: Arc::new(c4m_runtime::DefaultProber),
+        backoff: super::RestartBackoff::default(),
     };
     let running = tokio::spawn(supervisor.run(shutdown.clone()));
 

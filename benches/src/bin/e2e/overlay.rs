@@ -24,7 +24,7 @@ pub(crate) async fn run(megabytes: u64, rounds: usize) -> Result<()> {
     if !nix::unistd::Uid::effective().is_root() {
         bail!("the overlay bench needs root (namespaces, links, containers)");
     }
-    if c4m_core::find_oci_binaries().is_none() {
+    if c4m_runtime::find_oci_binaries().is_none() {
         bail!("the overlay bench needs runc (or crun) and conmon");
     }
     let hosts = Hosts::create(UNDERLAY, 2);

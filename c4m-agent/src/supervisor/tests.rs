@@ -1,0 +1,196 @@
+//! The supervisor against a fake driver: restarts with backoff, adoption of
+//! what an earlier agent left running, removal of what is no longer
+//! assigned. No root, no containers.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use c4m_api::agent::InstanceStatus;
+use c4m_core::testing::FakeRuntime;
+use c4m_core::{ContainerSpec, Instance};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::{RestartBackoff, Supervisor, container_id};
+
+/// A supervisor over `runtime` with short restart delays, and the handles a
+/// test drives it with.
+struct Harness {
+    assignments: watch::Sender<Option<crate::session::AssignmentSet>>,
+    statuses: watch::Receiver<Arc<Vec<InstanceStatus>>>,
+    shutdown: CancellationToken,
+    running: tokio::task::JoinHandle<()>,
+}
+
+const BACKOFF: RestartBackoff = RestartBackoff {
+    initial: Duration::from_millis(300),
+    max: Duration::from_millis(1200),
+    reset: Duration::from_secs(600),
+};
+
+impl Harness {
+    fn start(runtime: &FakeRuntime) -> Harness {
+        let (assignments, assignments_rx) = watch::channel(None);
+        let (statuses_tx, statuses) = watch::channel(Arc::new(Vec::new()));
+        let shutdown = CancellationToken::new();
+        let supervisor = Supervisor {
+            runtimes: vec![Arc::new(runtime.clone())],
+            assignments: assignments_rx,
+            statuses: statuses_tx,
+            directory: Arc::default(),
+            dns_address: watch::channel(String::new()).1,
+            network: None,
+            prober: Arc::new(c4m_runtime::DefaultProber),
+            backoff: BACKOFF,
+        };
+        let running = tokio::spawn(supervisor.run(shutdown.clone()));
+        Harness {
+            assignments,
+            statuses,
+            shutdown,
+            running,
+        }
+    }
+
+    fn assign(&self, pods: &[Instance]) {
+        let set = pods.iter().cloned().map(Arc::new).collect();
+        self.assignments.send_replace(Some(Arc::new(set)));
+    }
+
+    /// The statuses once `done` holds for them (at most 20 s).
+    async fn wait_for(&mut self, done: impl Fn(&[InstanceStatus]) -> bool) -> Vec<InstanceStatus> {
+        tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                let current = self.statuses.borrow_and_update().clone();
+                if done(&current) {
+                    return current.to_vec();
+                }
+                self.statuses.changed().await.expect("the supervisor runs");
+            }
+        })
+        .await
+        .expect("the supervisor reported in time")
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.running.await.expect("the supervisor does not panic");
+    }
+}
+
+fn pod(name: &str) -> Instance {
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "namespace": "default", "uid": format!("uid-{name}")},
+        "spec": {"containers": [{"name": "main", "command": ["serve"]}]},
+    }))
+    .unwrap()
+}
+
+fn restarts(statuses: &[InstanceStatus]) -> i32 {
+    statuses.first().map_or(0, |s| s.restart_count)
+}
+
+#[tokio::test]
+async fn a_crashing_container_restarts_with_doubling_delays() {
+    let runtime = FakeRuntime::new();
+    let mut harness = Harness::start(&runtime);
+    let web = pod("web");
+    let id = container_id(&web);
+    harness.assign(std::slice::from_ref(&web));
+    harness
+        .wait_for(|s| s.first().is_some_and(|s| s.phase == "Running"))
+        .await;
+    assert_eq!(runtime.starts(&id), 1);
+
+    // Each crash waits longer than the one before: 300 ms, 600 ms, 1.2 s
+    // (the cap), 1.2 s. Only lower bounds are asserted: a slow machine
+    // restarts later, never sooner.
+    let mut delays = Vec::new();
+    for crash in 1..=4 {
+        assert!(
+            runtime.exit(&id, 1),
+            "the container runs before crash {crash}"
+        );
+        let crashed = Instant::now();
+        let statuses = harness
+            .wait_for(|s| restarts(s) == crash && s[0].phase == "Running")
+            .await;
+        delays.push(crashed.elapsed());
+        assert_eq!(statuses[0].last_termination_reason, "Error", "{statuses:?}");
+        assert_eq!(runtime.starts(&id), crash as u32 + 1);
+    }
+    let expected = [300, 600, 1200, 1200].map(Duration::from_millis);
+    for (delay, at_least) in delays.iter().zip(expected) {
+        assert!(
+            *delay >= at_least,
+            "restarted after {delay:?}, before its backoff of {at_least:?}: {delays:?}"
+        );
+    }
+    harness.stop().await;
+    // Containers outlive the supervisor.
+    assert_eq!(runtime.ids(), [id]);
+}
+
+#[tokio::test]
+async fn a_failing_start_is_retried_with_backoff() {
+    let runtime = FakeRuntime::new();
+    runtime.fail_next_starts(2);
+    let mut harness = Harness::start(&runtime);
+    let web = pod("web");
+    let id = container_id(&web);
+    let started = Instant::now();
+    harness.assign(std::slice::from_ref(&web));
+    harness
+        .wait_for(|s| s.first().is_some_and(|s| s.phase == "Running"))
+        .await;
+    assert_eq!(
+        runtime.starts(&id),
+        3,
+        "two failed starts, then one that worked"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(300 + 600));
+    harness.stop().await;
+}
+
+#[tokio::test]
+async fn a_restarted_agent_adopts_running_containers_and_removes_unassigned_ones() {
+    let runtime = FakeRuntime::new();
+    let web = pod("web");
+    let id = container_id(&web);
+    let stale = container_id(&pod("stale"));
+    // What an earlier agent process left running.
+    for left in [&id, &stale] {
+        runtime.adopt(ContainerSpec {
+            id: left.clone(),
+            command: vec!["serve".into()],
+            ..ContainerSpec::default()
+        });
+    }
+    let mut harness = Harness::start(&runtime);
+    harness.assign(std::slice::from_ref(&web));
+    let statuses = harness
+        .wait_for(|s| s.first().is_some_and(|s| s.phase == "Running"))
+        .await;
+    assert_eq!(statuses[0].name, "web");
+    assert_eq!(runtime.starts(&id), 0, "adopted, not started again");
+    // The container the assignment no longer names is removed.
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while runtime.container(&stale).is_some() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the unassigned container is removed");
+    assert_eq!(runtime.ids(), [id.clone()]);
+
+    // Unassigning the instance stops and removes it too.
+    harness.assign(&[]);
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while runtime.container(&id).is_some() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the unassigned instance is removed");
+    harness.stop().await;
+}

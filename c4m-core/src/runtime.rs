@@ -1,0 +1,294 @@
+//! The container runtime seam: what the agent asks of a driver.
+//!
+//! A driver runs *containers* described by a [`ContainerSpec`], which the
+//! agent derives from an instance (a Pod-shaped object) with
+//! [`ContainerSpec::from_pod`]. Drivers own the processes they start and keep
+//! enough state on disk that a restarted agent can find them again
+//! ([`ContainerRuntime::list`]) instead of starting duplicates.
+
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use futures_core::future::BoxFuture;
+use futures_core::stream::BoxStream;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::{Error, Result};
+
+mod spec;
+
+/// Everything a driver needs to start one container.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerSpec {
+    /// Unique, file-name-safe id of the container on this node.
+    pub id: String,
+    /// Image reference; drivers that run host processes ignore it.
+    pub image: Option<String>,
+    /// Entrypoint (the Pod's `command`).
+    pub command: Vec<String>,
+    /// Arguments (the Pod's `args`).
+    pub args: Vec<String>,
+    /// Environment, in order; later entries win.
+    pub env: Vec<(String, String)>,
+    /// Working directory.
+    pub working_dir: Option<PathBuf>,
+    /// Numeric user id to run as.
+    pub user: Option<u32>,
+    /// Numeric group id to run as.
+    pub group: Option<u32>,
+    /// Declared ports; drivers map each to a host port.
+    pub ports: Vec<PortSpec>,
+    /// Resource requests and limits, in integer units.
+    pub resources: ResourceLimits,
+    /// An existing network namespace (`/var/run/netns/...`) for the container
+    /// to join; `None` gives it a new one with only loopback. Drivers that
+    /// run host processes ignore it.
+    #[serde(default)]
+    pub network_namespace: Option<PathBuf>,
+    /// Run with every capability, no seccomp filter and unmasked `/proc`
+    /// (the Pod's `securityContext.privileged`). Only when asked explicitly.
+    #[serde(default)]
+    pub privileged: bool,
+    /// Mount the image's root file system read-only
+    /// (`securityContext.readOnlyRootFilesystem`).
+    #[serde(default)]
+    pub read_only_root_filesystem: bool,
+    /// A `resolv.conf` to mount at `/etc/resolv.conf` (the agent writes one
+    /// naming the instance's VPC gateway as its DNS server); drivers that
+    /// run host processes ignore it.
+    #[serde(default)]
+    pub resolv_conf: Option<PathBuf>,
+    /// The container's host name (the instance's name, as Kubernetes gives
+    /// a Pod its name); `None` leaves it to the driver (the id). Drivers
+    /// that run host processes ignore it.
+    #[serde(default)]
+    pub hostname: Option<String>,
+}
+
+/// A port the container listens on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortSpec {
+    /// Port name (may be empty).
+    pub name: String,
+    /// Port inside the container.
+    pub container_port: u16,
+    /// `TCP` or `UDP`.
+    pub protocol: String,
+}
+
+/// Requests and limits, integers only (millicores and bytes).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceLimits {
+    /// CPU request in millicores (drives CPU shares / weight).
+    pub cpu_request_millis: u64,
+    /// CPU limit in millicores (drives the CFS quota), if any.
+    pub cpu_limit_millis: Option<u64>,
+    /// Memory request in bytes.
+    pub memory_request_bytes: u64,
+    /// Memory limit in bytes, if any.
+    pub memory_limit_bytes: Option<u64>,
+}
+
+/// Where a declared port is reachable from the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortBinding {
+    /// Port name (may be empty).
+    pub name: String,
+    /// Port inside the container.
+    pub container_port: u16,
+    /// Host address the port is reachable at.
+    pub host_ip: String,
+    /// Host port.
+    pub host_port: u16,
+    /// `TCP` or `UDP`.
+    pub protocol: String,
+}
+
+/// What a container is doing now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ContainerState {
+    /// The container's main process runs.
+    Running {
+        /// Host pid of the main process.
+        pid: u32,
+        /// When the process started.
+        started_at: SystemTime,
+    },
+    /// The main process has ended.
+    Exited {
+        /// Exit code, when known (unknown if it ended while no agent watched).
+        exit_code: Option<i32>,
+        /// Signal that ended it, if any.
+        signal: Option<i32>,
+        /// The kernel's OOM killer ended it.
+        oom_killed: bool,
+        /// When the process started.
+        started_at: SystemTime,
+        /// When the end was observed.
+        finished_at: SystemTime,
+    },
+}
+
+/// A container as the driver sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerStatus {
+    /// The container id ([`ContainerSpec::id`]).
+    pub id: String,
+    /// The spec it was started from.
+    pub spec: ContainerSpec,
+    /// Running or exited.
+    pub state: ContainerState,
+    /// Host bindings of the declared ports.
+    pub ports: Vec<PortBinding>,
+}
+
+/// Resource usage counters of one container.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceUsage {
+    /// Total CPU time consumed, in nanoseconds (monotonic counter).
+    pub cpu_nanos: u64,
+    /// Current memory usage in bytes.
+    pub memory_bytes: u64,
+    /// Number of processes/threads in the container.
+    pub pids: u64,
+}
+
+/// How to read a container's logs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogOptions {
+    /// Keep streaming as the container writes.
+    pub follow: bool,
+    /// Only the last N lines.
+    pub tail_lines: Option<usize>,
+    /// Only lines written at or after this time.
+    pub since: Option<SystemTime>,
+    /// Start each line with the time it was written (RFC 3339 with
+    /// nanoseconds, UTC, then a space), as Kubernetes does.
+    pub timestamps: bool,
+}
+
+/// Result of a non-interactive exec.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExecOutput {
+    /// Exit code (-1 when killed by a signal).
+    pub exit_code: i32,
+    /// Captured standard output.
+    pub stdout: Vec<u8>,
+    /// Captured standard error.
+    pub stderr: Vec<u8>,
+}
+
+/// What an interactive exec runs, and how.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExecRequest {
+    /// The command and its arguments.
+    pub command: Vec<String>,
+    /// Whether the caller sends standard input.
+    pub stdin: bool,
+    /// Run the command on a terminal (stdout and stderr are then both the
+    /// terminal's output).
+    pub tty: bool,
+}
+
+/// A terminal's size in characters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TerminalSize {
+    /// Columns.
+    pub width: u16,
+    /// Rows.
+    pub height: u16,
+}
+
+/// Resizes the terminal of an exec.
+pub type ResizeTerminal = Box<dyn Fn(TerminalSize) -> Result<()> + Send + Sync>;
+
+/// A running interactive exec. Dropping [`ExecSession::exit`] before it
+/// resolves kills the command and what it started.
+pub struct ExecSession {
+    /// The command's standard input, when [`ExecRequest::stdin`] was set;
+    /// closing it is end of file for the command.
+    pub stdin: Option<Pin<Box<dyn AsyncWrite + Send>>>,
+    /// Standard output (the terminal's output with a TTY).
+    pub stdout: Pin<Box<dyn AsyncRead + Send>>,
+    /// Standard error; `None` with a TTY.
+    pub stderr: Option<Pin<Box<dyn AsyncRead + Send>>>,
+    /// Resizes the terminal; `None` without a TTY.
+    pub resize: Option<ResizeTerminal>,
+    /// Resolves to the exit code (128 + signal when a signal ended it).
+    pub exit: BoxFuture<'static, Result<i32>>,
+}
+
+impl std::fmt::Debug for ExecSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExecSession")
+            .field("stdin", &self.stdin.is_some())
+            .field("stderr", &self.stderr.is_some())
+            .field("tty", &self.resize.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A container driver: what the agent asks of `process`, `oci`, `docker`,
+/// `containerd` and `cri` (the `c4m-runtime` crate), or of an embedder's own.
+#[async_trait]
+pub trait ContainerRuntime: Send + Sync + 'static {
+    /// The driver's name as manifests select it (`process`, ...).
+    fn name(&self) -> &str;
+
+    /// The driver's version, for node fingerprints.
+    fn version(&self) -> String;
+
+    /// Whether containers of this driver join the network namespace the
+    /// agent makes for them ([`ContainerSpec::network_namespace`]), so the
+    /// agent attaches each to its VPC first. Drivers whose containers share
+    /// the node's network (`process`) say no.
+    fn takes_network_namespace(&self) -> bool {
+        false
+    }
+
+    /// Starts a container. Starting an id whose previous process exited
+    /// starts it again (a restart); starting one that runs is an error.
+    async fn start(&self, spec: &ContainerSpec) -> Result<ContainerStatus>;
+
+    /// The container's current status.
+    async fn status(&self, id: &str) -> Result<ContainerStatus>;
+
+    /// Every container this driver knows on this node, running or exited,
+    /// including those started by an earlier agent process.
+    async fn list(&self) -> Result<Vec<ContainerStatus>>;
+
+    /// Stops the container: SIGTERM, then SIGKILL after `grace`.
+    async fn stop(&self, id: &str, grace: Duration) -> Result<()>;
+
+    /// Stops (if needed) and forgets the container, releasing its resources
+    /// (cgroups, ports, state); its logs go too. Removing an unknown id is Ok.
+    async fn remove(&self, id: &str) -> Result<()>;
+
+    /// Current resource usage.
+    async fn stats(&self, id: &str) -> Result<ResourceUsage>;
+
+    /// The container's output (stdout and stderr interleaved as written).
+    async fn logs(
+        &self,
+        id: &str,
+        options: LogOptions,
+    ) -> Result<BoxStream<'static, Result<bytes::Bytes>>>;
+
+    /// Runs a command in the container's context and waits for it.
+    async fn exec(&self, id: &str, command: &[String], timeout: Duration) -> Result<ExecOutput>;
+
+    /// Starts a command in the container's context with its standard
+    /// streams handed to the caller (`kubectl exec`, `c4m exec`), on a
+    /// terminal when [`ExecRequest::tty`] is set. Drivers without it answer
+    /// [`Error::Unsupported`].
+    async fn exec_interactive(&self, id: &str, request: ExecRequest) -> Result<ExecSession> {
+        let _ = (id, request);
+        Err(Error::Unsupported {
+            driver: self.name().to_string(),
+            operation: "interactive exec",
+        })
+    }
+}

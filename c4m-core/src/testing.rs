@@ -1,0 +1,235 @@
+//! Fakes of the seams, for tests (feature `test-util`).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_core::stream::BoxStream;
+
+use crate::runtime::{
+    ContainerRuntime, ContainerSpec, ContainerState, ContainerStatus, ExecOutput, LogOptions,
+    ResourceUsage,
+};
+use crate::{Error, Result};
+
+/// A container driver in memory: it runs nothing, remembers what it was
+/// asked, and lets a test end a container, fail the next starts, or see an
+/// earlier process's containers (adoption). Clones share one state, so a
+/// test keeps a handle while an agent owns another.
+#[derive(Clone, Default)]
+pub struct FakeRuntime {
+    name: Option<String>,
+    takes_network_namespace: bool,
+    state: Arc<Mutex<FakeState>>,
+}
+
+#[derive(Default)]
+struct FakeState {
+    containers: HashMap<String, ContainerStatus>,
+    starts: HashMap<String, u32>,
+    failing_starts: u32,
+    next_pid: u32,
+}
+
+impl FakeRuntime {
+    /// A fake named `fake`, whose containers share the node's network.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The same fake under another driver name.
+    pub fn named(mut self, name: &str) -> Self {
+        self.name = Some(name.to_string());
+        self
+    }
+
+    /// Its containers join the network namespace the agent makes.
+    pub fn taking_network_namespace(mut self) -> Self {
+        self.takes_network_namespace = true;
+        self
+    }
+
+    fn state(&self) -> MutexGuard<'_, FakeState> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// How many times `id` was started.
+    pub fn starts(&self, id: &str) -> u32 {
+        self.state().starts.get(id).copied().unwrap_or(0)
+    }
+
+    /// The ids of the containers it knows, running or exited, sorted.
+    pub fn ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.state().containers.keys().cloned().collect();
+        ids.sort();
+        ids
+    }
+
+    /// The container's status, if it knows it.
+    pub fn container(&self, id: &str) -> Option<ContainerStatus> {
+        self.state().containers.get(id).cloned()
+    }
+
+    /// Ends a running container's main process with `exit_code`, as if it
+    /// exited on its own. False when no such container runs.
+    pub fn exit(&self, id: &str, exit_code: i32) -> bool {
+        let mut state = self.state();
+        let Some(container) = state.containers.get_mut(id) else {
+            return false;
+        };
+        let ContainerState::Running { started_at, .. } = container.state else {
+            return false;
+        };
+        container.state = ContainerState::Exited {
+            exit_code: Some(exit_code),
+            signal: None,
+            oom_killed: false,
+            started_at,
+            finished_at: SystemTime::now(),
+        };
+        true
+    }
+
+    /// Makes the next `count` starts fail.
+    pub fn fail_next_starts(&self, count: u32) {
+        self.state().failing_starts = count;
+    }
+
+    /// Adds a running container as an earlier agent process would have left
+    /// it, for adoption.
+    pub fn adopt(&self, spec: ContainerSpec) {
+        let mut state = self.state();
+        let status = running(&mut state, &spec);
+        state.containers.insert(spec.id.clone(), status);
+    }
+}
+
+fn running(state: &mut FakeState, spec: &ContainerSpec) -> ContainerStatus {
+    state.next_pid += 1;
+    ContainerStatus {
+        id: spec.id.clone(),
+        spec: spec.clone(),
+        state: ContainerState::Running {
+            pid: 100_000 + state.next_pid,
+            started_at: SystemTime::now(),
+        },
+        ports: Vec::new(),
+    }
+}
+
+#[async_trait]
+impl ContainerRuntime for FakeRuntime {
+    fn name(&self) -> &str {
+        self.name.as_deref().unwrap_or("fake")
+    }
+
+    fn version(&self) -> String {
+        "fake 1".into()
+    }
+
+    fn takes_network_namespace(&self) -> bool {
+        self.takes_network_namespace
+    }
+
+    async fn start(&self, spec: &ContainerSpec) -> Result<ContainerStatus> {
+        let mut state = self.state();
+        if let Some(ContainerStatus {
+            state: ContainerState::Running { .. },
+            ..
+        }) = state.containers.get(&spec.id)
+        {
+            return Err(Error::Runtime {
+                id: spec.id.clone(),
+                message: "already running".into(),
+            });
+        }
+        *state.starts.entry(spec.id.clone()).or_default() += 1;
+        if state.failing_starts > 0 {
+            state.failing_starts -= 1;
+            return Err(Error::Runtime {
+                id: spec.id.clone(),
+                message: "start failed (as the test asked)".into(),
+            });
+        }
+        let status = running(&mut state, spec);
+        state.containers.insert(spec.id.clone(), status.clone());
+        Ok(status)
+    }
+
+    async fn status(&self, id: &str) -> Result<ContainerStatus> {
+        self.container(id)
+            .ok_or_else(|| Error::ContainerNotFound(id.to_string()))
+    }
+
+    async fn list(&self) -> Result<Vec<ContainerStatus>> {
+        Ok(self.state().containers.values().cloned().collect())
+    }
+
+    async fn stop(&self, id: &str, _grace: Duration) -> Result<()> {
+        let mut state = self.state();
+        let container = state
+            .containers
+            .get_mut(id)
+            .ok_or_else(|| Error::ContainerNotFound(id.to_string()))?;
+        if let ContainerState::Running { started_at, .. } = container.state {
+            container.state = ContainerState::Exited {
+                exit_code: Some(143),
+                signal: Some(15),
+                oom_killed: false,
+                started_at,
+                finished_at: SystemTime::now(),
+            };
+        }
+        Ok(())
+    }
+
+    async fn remove(&self, id: &str) -> Result<()> {
+        self.state().containers.remove(id);
+        Ok(())
+    }
+
+    async fn stats(&self, id: &str) -> Result<ResourceUsage> {
+        self.status(id).await?;
+        Ok(ResourceUsage {
+            cpu_nanos: 1_000_000,
+            memory_bytes: 4 << 20,
+            pids: 1,
+        })
+    }
+
+    async fn logs(
+        &self,
+        id: &str,
+        _options: LogOptions,
+    ) -> Result<BoxStream<'static, Result<Bytes>>> {
+        self.status(id).await?;
+        Ok(Box::pin(Empty))
+    }
+
+    async fn exec(&self, id: &str, command: &[String], _timeout: Duration) -> Result<ExecOutput> {
+        self.status(id).await?;
+        Ok(ExecOutput {
+            exit_code: 0,
+            stdout: command.join(" ").into_bytes(),
+            stderr: Vec::new(),
+        })
+    }
+}
+
+/// A stream that ends at once (futures-core has none).
+struct Empty;
+
+impl futures_core::Stream for Empty {
+    type Item = Result<Bytes>;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        std::task::Poll::Ready(None)
+    }
+}

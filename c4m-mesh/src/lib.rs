@@ -1,0 +1,47 @@
+//! c4m's networking layer: how instances reach each other and services.
+//!
+//! - **The seams**: [`Network`] (a node's instance network: VPCs, an
+//!   address and a network namespace per instance), [`Overlay`] (what joins
+//!   the nodes' slices of each VPC), [`ServiceLookup`] (what cluster DNS asks
+//!   the service registry), with the data they exchange.
+//! - **On a node** ([`InstanceNetwork`]): which VPC an instance joins, its
+//!   attachment before its driver starts it, the DNS relay on each VPC
+//!   gateway that takes instances' queries to the control plane, the
+//!   `hostPort` proxies, and [`keep_overlay`].
+//! - With feature `linux`: `LinuxNetwork` (a bridge per VPC over netlink,
+//!   nftables isolation), `CniNetwork` (a CNI plugin chain), `VxlanOverlay`.
+//! - With feature `dns`: `DnsServer`, the cluster DNS (`NAME.NAMESPACE.svc.<domain>`).
+//!
+//! ```
+//! use c4m_mesh::{VpcNetwork, node_slice, search_domains};
+//!
+//! // The 4th node's slice of a /16 VPC, and its bridge.
+//! let vpc = VpcNetwork { name: "blue".into(), subnet: node_slice("10.8.0.0/16".parse().unwrap(), 3).unwrap() };
+//! assert_eq!(vpc.subnet.to_string(), "10.8.3.0/24");
+//! assert_eq!(vpc.gateway().to_string(), "10.8.3.1");
+//! assert_eq!(search_domains("shop", "c4m"), "shop.svc.c4m svc.c4m c4m");
+//! ```
+
+#[cfg(feature = "dns")]
+mod dns;
+mod error;
+#[cfg(feature = "linux")]
+mod linux;
+mod lookup;
+mod network;
+mod node;
+mod overlay;
+#[cfg(feature = "test-util")]
+pub mod testing;
+
+#[cfg(feature = "dns")]
+pub use dns::{DnsError, DnsServer, RECORD_TTL_SECS, cluster_resolver};
+pub use error::{Error, Result};
+#[cfg(feature = "linux")]
+pub use linux::{CniNetwork, LinuxNetwork, OVERLAY_DEVICE, VxlanOverlay, enter_network_namespace};
+pub use lookup::{DnsEndpoint, FirstKnown, ServiceLookup};
+pub use network::{
+    Attachment, DEFAULT_CLUSTER_DOMAIN, HostPort, Network, VpcNetwork, node_slice, search_domains,
+};
+pub use node::{CniConfig, DNS_PORT, InstanceNetwork, NetworkConfig, host_ports};
+pub use overlay::{Overlay, OverlayPeer, OverlayVpc, keep_overlay};
