@@ -30,6 +30,8 @@ mod nfs;
 pub mod pod;
 mod record;
 mod sys;
+#[cfg(feature = "test-util")]
+pub mod testing;
 mod types;
 
 pub use backend::VolumeBackend;

@@ -452,12 +452,13 @@ impl LocalBackend {
         Ok(())
     }
 
-    async fn thaw(path: &Path) -> Result<()> {
+    /// Thaws a frozen filesystem; true if it was frozen.
+    async fn thaw(path: &Path) -> Result<bool> {
         match sys::run("fsfreeze", [OsStr::new("-u"), path.as_os_str()]).await {
-            Ok(_) => Ok(()),
+            Ok(_) => Ok(true),
             // Not frozen (or no longer mounted): nothing to thaw.
             Err(Error::Command { stderr, .. }) if stderr.contains("Invalid argument") || stderr.contains("not a mount") => {
-                Ok(())
+                Ok(false)
             }
             Err(e) => Err(e),
         }
@@ -826,8 +827,9 @@ impl VolumeBackend for LocalBackend {
             if record.state == SnapshotState::Ready {
                 continue;
             }
-            if let Some(frozen) = &record.frozen {
-                Self::thaw(frozen).await?;
+            if let Some(frozen) = &record.frozen
+                && Self::thaw(frozen).await?
+            {
                 report.thawed.push(frozen.clone());
             }
             let target = self.snapshot_path(&record.id);
