@@ -6,7 +6,10 @@ use std::path::Path;
 use async_trait::async_trait;
 
 use crate::error::Result;
-use crate::types::{Capabilities, Capacity, ProvisionRequest, ReconcileReport, Snapshot, SnapshotId, Volume, VolumeId};
+use crate::types::{
+    Capabilities, Capacity, ProvisionRequest, ReconcileReport, Snapshot, SnapshotId, Volume,
+    VolumeId,
+};
 
 /// A node-side volume backend: creates volumes, mounts them on this node and
 /// tears them down again.
@@ -56,7 +59,13 @@ pub trait VolumeBackend: fmt::Debug + Send + Sync {
 
     /// Bind-mounts the staged volume at `target` (created if missing),
     /// read-only if asked.
-    async fn publish(&self, id: &VolumeId, staging: &Path, target: &Path, read_only: bool) -> Result<()>;
+    async fn publish(
+        &self,
+        id: &VolumeId,
+        staging: &Path,
+        target: &Path,
+        read_only: bool,
+    ) -> Result<()>;
 
     /// Unmounts `target` and removes it if empty. A path that is not mounted
     /// succeeds.

@@ -46,7 +46,9 @@ pub const FAIL_POINTS: &[&str] = &[
 
 fn armed() -> Option<&'static str> {
     static ARMED: OnceLock<Option<String>> = OnceLock::new();
-    ARMED.get_or_init(|| std::env::var(FAIL_POINT_ENV).ok()).as_deref()
+    ARMED
+        .get_or_init(|| std::env::var(FAIL_POINT_ENV).ok())
+        .as_deref()
 }
 
 /// Stops the process here if the environment names `name` (see the module docs).

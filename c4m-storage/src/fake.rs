@@ -11,8 +11,8 @@ use async_trait::async_trait;
 use crate::backend::VolumeBackend;
 use crate::error::{Error, Result};
 use crate::types::{
-    AccessMode, Capabilities, Capacity, Expansion, ProvisionRequest, ReconcileReport, Snapshot, SnapshotId, Volume,
-    VolumeId,
+    AccessMode, Capabilities, Capacity, Expansion, ProvisionRequest, ReconcileReport, Snapshot,
+    SnapshotId, Volume, VolumeId,
 };
 
 #[derive(Debug, Default)]
@@ -32,7 +32,11 @@ pub struct FakeBackend {
 impl FakeBackend {
     /// A backend with `total_bytes` of space that grows mounted volumes.
     pub fn new(total_bytes: u64) -> Self {
-        Self { total_bytes, online_expansion: true, state: Mutex::new(State::default()) }
+        Self {
+            total_bytes,
+            online_expansion: true,
+            state: Mutex::new(State::default()),
+        }
     }
 
     /// Makes expansion of a staged volume answer
@@ -44,15 +48,23 @@ impl FakeBackend {
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         // A panic while holding the lock leaves plain data, still usable.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn used(state: &State) -> u64 {
         state.volumes.values().map(|(v, _)| v.size_bytes).sum()
     }
 
-    fn get<'a>(state: &'a mut State, id: &VolumeId) -> Result<&'a mut (Volume, Vec<(PathBuf, bool)>)> {
-        state.volumes.get_mut(id).ok_or_else(|| Error::NotFound { kind: "volume", id: id.to_string() })
+    fn get<'a>(
+        state: &'a mut State,
+        id: &VolumeId,
+    ) -> Result<&'a mut (Volume, Vec<(PathBuf, bool)>)> {
+        state.volumes.get_mut(id).ok_or_else(|| Error::NotFound {
+            kind: "volume",
+            id: id.to_string(),
+        })
     }
 
     fn create(&self, req: &ProvisionRequest, source: Option<&Snapshot>) -> Result<Volume> {
@@ -61,7 +73,9 @@ impl FakeBackend {
         }
         let mut state = self.state();
         if let Some((existing, _)) = state.volumes.get(&req.id) {
-            if existing.size_bytes == req.size_bytes && existing.source_snapshot.as_ref() == source.map(|s| &s.id) {
+            if existing.size_bytes == req.size_bytes
+                && existing.source_snapshot.as_ref() == source.map(|s| &s.id)
+            {
                 return Ok(existing.clone());
             }
             return Err(Error::AlreadyExists {
@@ -74,11 +88,17 @@ impl FakeBackend {
         if let Some(s) = source
             && req.size_bytes < s.size_bytes
         {
-            return Err(Error::invalid("size", format!("smaller than snapshot {}", s.id)));
+            return Err(Error::invalid(
+                "size",
+                format!("smaller than snapshot {}", s.id),
+            ));
         }
         let available = self.total_bytes.saturating_sub(Self::used(&state));
         if req.size_bytes > available {
-            return Err(Error::InsufficientCapacity { requested: req.size_bytes, available });
+            return Err(Error::InsufficientCapacity {
+                requested: req.size_bytes,
+                available,
+            });
         }
         let volume = Volume {
             id: req.id.clone(),
@@ -89,7 +109,9 @@ impl FakeBackend {
             staged_at: None,
             published_at: Vec::new(),
         };
-        state.volumes.insert(req.id.clone(), (volume.clone(), Vec::new()));
+        state
+            .volumes
+            .insert(req.id.clone(), (volume.clone(), Vec::new()));
         Ok(volume)
     }
 }
@@ -103,9 +125,17 @@ impl VolumeBackend for FakeBackend {
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             snapshots: true,
-            expansion: if self.online_expansion { Expansion::Online } else { Expansion::Offline },
+            expansion: if self.online_expansion {
+                Expansion::Online
+            } else {
+                Expansion::Offline
+            },
             enforces_size: true,
-            access_modes: vec![AccessMode::ReadWriteOnce, AccessMode::ReadWriteOncePod, AccessMode::ReadOnlyMany],
+            access_modes: vec![
+                AccessMode::ReadWriteOnce,
+                AccessMode::ReadWriteOncePod,
+                AccessMode::ReadOnlyMany,
+            ],
         }
     }
 
@@ -116,9 +146,17 @@ impl VolumeBackend for FakeBackend {
     async fn delete(&self, id: &VolumeId) -> Result<()> {
         let mut state = self.state();
         if let Some((volume, _)) = state.volumes.get(id) {
-            let paths: Vec<PathBuf> = volume.staged_at.iter().chain(&volume.published_at).cloned().collect();
+            let paths: Vec<PathBuf> = volume
+                .staged_at
+                .iter()
+                .chain(&volume.published_at)
+                .cloned()
+                .collect();
             if !paths.is_empty() {
-                return Err(Error::InUse { id: id.to_string(), paths });
+                return Err(Error::InUse {
+                    id: id.to_string(),
+                    paths,
+                });
             }
             state.volumes.remove(id);
         }
@@ -130,7 +168,12 @@ impl VolumeBackend for FakeBackend {
     }
 
     async fn list(&self) -> Result<Vec<Volume>> {
-        Ok(self.state().volumes.values().map(|(v, _)| v.clone()).collect())
+        Ok(self
+            .state()
+            .volumes
+            .values()
+            .map(|(v, _)| v.clone())
+            .collect())
     }
 
     async fn stage(&self, id: &VolumeId, staging: &Path) -> Result<()> {
@@ -138,7 +181,10 @@ impl VolumeBackend for FakeBackend {
         let (volume, _) = Self::get(&mut state, id)?;
         match &volume.staged_at {
             Some(current) if current == staging => Ok(()),
-            Some(current) => Err(Error::invalid("staging path", format!("already staged at {}", current.display()))),
+            Some(current) => Err(Error::invalid(
+                "staging path",
+                format!("already staged at {}", current.display()),
+            )),
             None => {
                 volume.staged_at = Some(staging.to_path_buf());
                 Ok(())
@@ -148,22 +194,36 @@ impl VolumeBackend for FakeBackend {
 
     async fn unstage(&self, id: &VolumeId, staging: &Path) -> Result<()> {
         let mut state = self.state();
-        let Some((volume, _)) = state.volumes.get_mut(id) else { return Ok(()) };
+        let Some((volume, _)) = state.volumes.get_mut(id) else {
+            return Ok(());
+        };
         if volume.staged_at.as_deref() != Some(staging) {
             return Ok(());
         }
         if !volume.published_at.is_empty() {
-            return Err(Error::InUse { id: id.to_string(), paths: volume.published_at.clone() });
+            return Err(Error::InUse {
+                id: id.to_string(),
+                paths: volume.published_at.clone(),
+            });
         }
         volume.staged_at = None;
         Ok(())
     }
 
-    async fn publish(&self, id: &VolumeId, staging: &Path, target: &Path, read_only: bool) -> Result<()> {
+    async fn publish(
+        &self,
+        id: &VolumeId,
+        staging: &Path,
+        target: &Path,
+        read_only: bool,
+    ) -> Result<()> {
         let mut state = self.state();
         let (volume, publications) = Self::get(&mut state, id)?;
         if volume.staged_at.as_deref() != Some(staging) {
-            return Err(Error::invalid("staging path", format!("volume {id} is not staged at {}", staging.display())));
+            return Err(Error::invalid(
+                "staging path",
+                format!("volume {id} is not staged at {}", staging.display()),
+            ));
         }
         if let Some((_, ro)) = publications.iter().find(|(t, _)| t == target) {
             if *ro != read_only {
@@ -222,7 +282,12 @@ impl VolumeBackend for FakeBackend {
             });
         }
         let size_bytes = Self::get(&mut state, id)?.0.size_bytes;
-        let taken = Snapshot { id: snapshot.clone(), source_volume: id.clone(), size_bytes, created_unix: 0 };
+        let taken = Snapshot {
+            id: snapshot.clone(),
+            source_volume: id.clone(),
+            size_bytes,
+            created_unix: 0,
+        };
         state.snapshots.insert(snapshot.clone(), taken.clone());
         Ok(taken)
     }
@@ -242,13 +307,19 @@ impl VolumeBackend for FakeBackend {
             .snapshots
             .get(snapshot)
             .cloned()
-            .ok_or_else(|| Error::NotFound { kind: "snapshot", id: snapshot.to_string() })?;
+            .ok_or_else(|| Error::NotFound {
+                kind: "snapshot",
+                id: snapshot.to_string(),
+            })?;
         self.create(req, Some(&source))
     }
 
     async fn capacity(&self) -> Result<Capacity> {
         let used = Self::used(&self.state());
-        Ok(Capacity { available_bytes: self.total_bytes.saturating_sub(used), total_bytes: self.total_bytes })
+        Ok(Capacity {
+            available_bytes: self.total_bytes.saturating_sub(used),
+            total_bytes: self.total_bytes,
+        })
     }
 
     async fn reconcile(&self) -> Result<ReconcileReport> {

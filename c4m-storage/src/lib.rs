@@ -21,9 +21,9 @@ mod backend;
 #[cfg(feature = "csi")]
 pub mod csi;
 mod error;
+mod failpoint;
 #[cfg(any(test, feature = "test-util"))]
 mod fake;
-mod failpoint;
 mod local;
 #[cfg(feature = "nfs")]
 mod nfs;
@@ -36,14 +36,14 @@ mod types;
 
 pub use backend::VolumeBackend;
 pub use error::{Error, Result};
+pub use failpoint::{FAIL_ACTION_ENV, FAIL_POINT_ENV, FAIL_POINTS, REACHED_PREFIX};
 #[cfg(any(test, feature = "test-util"))]
 pub use fake::FakeBackend;
-pub use failpoint::{FAIL_ACTION_ENV, FAIL_POINT_ENV, FAIL_POINTS, REACHED_PREFIX};
 pub use local::{LocalBackend, MIN_VOLUME_BYTES};
 #[cfg(feature = "nfs")]
 pub use nfs::{NfsBackend, NfsExport, NfsMounter};
 pub use record::write_atomically;
 pub use types::{
-    AccessMode, Capabilities, Capacity, Expansion, Filesystem, MAX_ID_LEN, ProvisionRequest, ReconcileReport, Snapshot,
-    SnapshotId, Volume, VolumeId,
+    AccessMode, Capabilities, Capacity, Expansion, Filesystem, MAX_ID_LEN, ProvisionRequest,
+    ReconcileReport, Snapshot, SnapshotId, Volume, VolumeId,
 };

@@ -30,8 +30,8 @@ use crate::failpoint::fail_point;
 use crate::record::{RecordDir, sync_dir};
 use crate::sys::{self, MountEntry};
 use crate::types::{
-    AccessMode, Capabilities, Capacity, Expansion, Filesystem, ProvisionRequest, ReconcileReport, Snapshot, SnapshotId,
-    Volume, VolumeId,
+    AccessMode, Capabilities, Capacity, Expansion, Filesystem, ProvisionRequest, ReconcileReport,
+    Snapshot, SnapshotId, Volume, VolumeId,
 };
 
 /// The smallest volume: mkfs.ext4 needs room for its metadata and journal.
@@ -188,7 +188,10 @@ impl LocalBackend {
     fn ready_volume(&self, id: &VolumeId) -> Result<VolumeRecord> {
         match self.read_volume(id)? {
             Some(r) if r.state == VolumeState::Ready => Ok(r),
-            _ => Err(Error::NotFound { kind: "volume", id: id.to_string() }),
+            _ => Err(Error::NotFound {
+                kind: "volume",
+                id: id.to_string(),
+            }),
         }
     }
 
@@ -199,7 +202,10 @@ impl LocalBackend {
     fn check_capacity(&self, bytes: u64) -> Result<()> {
         let (available, _) = sys::fs_space(&self.pool)?;
         if bytes > available {
-            return Err(Error::InsufficientCapacity { requested: bytes, available });
+            return Err(Error::InsufficientCapacity {
+                requested: bytes,
+                available,
+            });
         }
         Ok(())
     }
@@ -207,8 +213,14 @@ impl LocalBackend {
     /// Loop devices of `image` and the mounts of those devices.
     async fn attachments(&self, image: &Path) -> Result<(Vec<PathBuf>, Vec<MountEntry>)> {
         let loops = sys::loops_of(image).await?;
-        let devices: Vec<_> = loops.iter().filter_map(|d| sys::device_number(d).ok()).collect();
-        let mounts = sys::mounts()?.into_iter().filter(|m| devices.contains(&m.device)).collect();
+        let devices: Vec<_> = loops
+            .iter()
+            .filter_map(|d| sys::device_number(d).ok())
+            .collect();
+        let mounts = sys::mounts()?
+            .into_iter()
+            .filter(|m| devices.contains(&m.device))
+            .collect();
         Ok((loops, mounts))
     }
 
@@ -247,29 +259,54 @@ impl LocalBackend {
 
     /// Grows an unmounted image's filesystem to the image's size.
     async fn resize_offline(image: &Path) -> Result<()> {
-        sys::run_allowing("e2fsck", [OsStr::new("-f"), OsStr::new("-y"), image.as_os_str()], &["1"]).await?;
+        sys::run_allowing(
+            "e2fsck",
+            [OsStr::new("-f"), OsStr::new("-y"), image.as_os_str()],
+            &["1"],
+        )
+        .await?;
         sys::run("resize2fs", [image]).await.map(drop)
     }
 
     fn create_sparse(path: &Path, size: u64) -> Result<()> {
         let file = fs::File::create(path).map_err(|e| Error::io("create image", path, e))?;
-        file.set_len(size).map_err(|e| Error::io("size image", path, e))?;
-        file.sync_all().map_err(|e| Error::io("fsync image", path, e))
+        file.set_len(size)
+            .map_err(|e| Error::io("size image", path, e))?;
+        file.sync_all()
+            .map_err(|e| Error::io("fsync image", path, e))
     }
 
     fn grow_file(path: &Path, size: u64) -> Result<()> {
-        let file = fs::OpenOptions::new().write(true).open(path).map_err(|e| Error::io("open image", path, e))?;
-        let len = file.metadata().map_err(|e| Error::io("stat image", path, e))?.len();
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(|e| Error::io("open image", path, e))?;
+        let len = file
+            .metadata()
+            .map_err(|e| Error::io("stat image", path, e))?
+            .len();
         if len < size {
-            file.set_len(size).map_err(|e| Error::io("grow image", path, e))?;
-            file.sync_all().map_err(|e| Error::io("fsync image", path, e))?;
+            file.set_len(size)
+                .map_err(|e| Error::io("grow image", path, e))?;
+            file.sync_all()
+                .map_err(|e| Error::io("fsync image", path, e))?;
         }
         Ok(())
     }
 
     async fn sparse_copy(from: &Path, to: &Path) -> Result<()> {
-        sys::run("cp", [OsStr::new("--sparse=always"), from.as_os_str(), to.as_os_str()]).await?;
-        fs::File::open(to).and_then(|f| f.sync_all()).map_err(|e| Error::io("fsync copy", to, e))?;
+        sys::run(
+            "cp",
+            [
+                OsStr::new("--sparse=always"),
+                from.as_os_str(),
+                to.as_os_str(),
+            ],
+        )
+        .await?;
+        fs::File::open(to)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| Error::io("fsync copy", to, e))?;
         sync_dir(to.parent().unwrap_or(Path::new("/")))
     }
 
@@ -283,7 +320,10 @@ impl LocalBackend {
 
     fn checked_size(size_bytes: u64) -> Result<u64> {
         if size_bytes < MIN_VOLUME_BYTES {
-            return Err(Error::invalid("size", format!("{size_bytes} bytes is below the minimum of {MIN_VOLUME_BYTES}")));
+            return Err(Error::invalid(
+                "size",
+                format!("{size_bytes} bytes is below the minimum of {MIN_VOLUME_BYTES}"),
+            ));
         }
         size_bytes
             .checked_next_multiple_of(BLOCK)
@@ -292,10 +332,19 @@ impl LocalBackend {
 
     fn check_request(req: &ProvisionRequest) -> Result<u64> {
         if req.filesystem != Filesystem::Ext4 {
-            return Err(Error::invalid("filesystem", format!("the local backend makes ext4, not {}", req.filesystem.as_str())));
+            return Err(Error::invalid(
+                "filesystem",
+                format!(
+                    "the local backend makes ext4, not {}",
+                    req.filesystem.as_str()
+                ),
+            ));
         }
         if matches!(req.access_mode, AccessMode::ReadWriteMany) {
-            return Err(Error::invalid("access mode", "a local volume cannot be written from many nodes"));
+            return Err(Error::invalid(
+                "access mode",
+                "a local volume cannot be written from many nodes",
+            ));
         }
         Self::checked_size(req.size_bytes)
     }
@@ -308,7 +357,11 @@ impl LocalBackend {
         self.volumes.remove(id.as_str())
     }
 
-    async fn do_provision(&self, req: &ProvisionRequest, source: Option<&SnapshotRecord>) -> Result<Volume> {
+    async fn do_provision(
+        &self,
+        req: &ProvisionRequest,
+        source: Option<&SnapshotRecord>,
+    ) -> Result<Volume> {
         let size = Self::check_request(req)?;
         if let Some(existing) = self.read_volume(&req.id)? {
             if existing.state == VolumeState::Ready {
@@ -331,7 +384,10 @@ impl LocalBackend {
         {
             return Err(Error::invalid(
                 "size",
-                format!("{size} bytes is smaller than snapshot {} ({} bytes)", snapshot.id, snapshot.size_bytes),
+                format!(
+                    "{size} bytes is smaller than snapshot {} ({} bytes)",
+                    snapshot.id, snapshot.size_bytes
+                ),
             ));
         }
         self.check_capacity(size)?;
@@ -380,7 +436,11 @@ impl LocalBackend {
     }
 
     /// Puts one volume's mounts and loop devices in line with its record.
-    async fn reconcile_volume(&self, mut record: VolumeRecord, report: &mut ReconcileReport) -> Result<()> {
+    async fn reconcile_volume(
+        &self,
+        mut record: VolumeRecord,
+        report: &mut ReconcileReport,
+    ) -> Result<()> {
         let image = self.image_path(&record.id);
         if record.state != VolumeState::Ready || !image.exists() {
             if record.state == VolumeState::Deleting {
@@ -400,11 +460,18 @@ impl LocalBackend {
                 record.size_bytes = size_bytes;
             }
         }
-        let declared: BTreeSet<PathBuf> =
-            record.staged.iter().cloned().chain(record.published.iter().map(|p| p.target.clone())).collect();
+        let declared: BTreeSet<PathBuf> = record
+            .staged
+            .iter()
+            .cloned()
+            .chain(record.published.iter().map(|p| p.target.clone()))
+            .collect();
         let (loops, mounts) = self.attachments(&image).await?;
         // Undeclared mounts go, bind mounts (anything but the staging path) first.
-        let mut undeclared: Vec<&MountEntry> = mounts.iter().filter(|m| !declared.contains(&m.mount_point)).collect();
+        let mut undeclared: Vec<&MountEntry> = mounts
+            .iter()
+            .filter(|m| !declared.contains(&m.mount_point))
+            .collect();
         undeclared.sort_by_key(|m| Some(&m.mount_point) == record.staged.as_ref());
         for mount in undeclared {
             if sys::unmount(&mount.mount_point)? {
@@ -457,7 +524,9 @@ impl LocalBackend {
         match sys::run("fsfreeze", [OsStr::new("-u"), path.as_os_str()]).await {
             Ok(_) => Ok(true),
             // Not frozen (or no longer mounted): nothing to thaw.
-            Err(Error::Command { stderr, .. }) if stderr.contains("Invalid argument") || stderr.contains("not a mount") => {
+            Err(Error::Command { stderr, .. })
+                if stderr.contains("Invalid argument") || stderr.contains("not a mount") =>
+            {
                 Ok(false)
             }
             Err(e) => Err(e),
@@ -487,7 +556,11 @@ impl VolumeBackend for LocalBackend {
             snapshots: true,
             expansion: Expansion::Online,
             enforces_size: true,
-            access_modes: vec![AccessMode::ReadWriteOnce, AccessMode::ReadWriteOncePod, AccessMode::ReadOnlyMany],
+            access_modes: vec![
+                AccessMode::ReadWriteOnce,
+                AccessMode::ReadWriteOncePod,
+                AccessMode::ReadOnlyMany,
+            ],
         }
     }
 
@@ -509,7 +582,10 @@ impl VolumeBackend for LocalBackend {
         paths.sort();
         paths.dedup();
         if !paths.is_empty() {
-            return Err(Error::InUse { id: id.to_string(), paths });
+            return Err(Error::InUse {
+                id: id.to_string(),
+                paths,
+            });
         }
         record.state = VolumeState::Deleting;
         self.write_volume(&record)?;
@@ -523,7 +599,10 @@ impl VolumeBackend for LocalBackend {
     }
 
     async fn volume(&self, id: &VolumeId) -> Result<Option<Volume>> {
-        Ok(self.read_volume(id)?.filter(|r| r.state == VolumeState::Ready).map(|r| r.volume()))
+        Ok(self
+            .read_volume(id)?
+            .filter(|r| r.state == VolumeState::Ready)
+            .map(|r| r.volume()))
     }
 
     async fn list(&self) -> Result<Vec<Volume>> {
@@ -551,17 +630,28 @@ impl VolumeBackend for LocalBackend {
             if current != &staging {
                 return Err(Error::invalid(
                     "staging path",
-                    format!("volume {id} is already staged at {}, not {}", current.display(), staging.display()),
+                    format!(
+                        "volume {id} is already staged at {}, not {}",
+                        current.display(),
+                        staging.display()
+                    ),
                 ));
             }
         }
         if let Some(other) = sys::mount_at(&staging)? {
             return Err(Error::invalid(
                 "staging path",
-                format!("{} already has {} ({}) mounted", staging.display(), other.source, other.fs_type),
+                format!(
+                    "{} already has {} ({}) mounted",
+                    staging.display(),
+                    other.source,
+                    other.fs_type
+                ),
             ));
         }
-        record.pending = Some(Pending::Stage { path: staging.clone() });
+        record.pending = Some(Pending::Stage {
+            path: staging.clone(),
+        });
         self.write_volume(&record)?;
         let mounted = async {
             sys::ensure_dir(&staging)?;
@@ -593,15 +683,24 @@ impl VolumeBackend for LocalBackend {
             return Ok(());
         };
         let staging = sys::absolute(staging);
-        if record.staged.as_ref().is_some_and(|current| current != &staging) {
+        if record
+            .staged
+            .as_ref()
+            .is_some_and(|current| current != &staging)
+        {
             // Staged elsewhere: nothing is staged at this path.
             return Ok(());
         }
         if !record.published.is_empty() {
-            return Err(Error::InUse { id: id.to_string(), paths: record.published.iter().map(|p| p.target.clone()).collect() });
+            return Err(Error::InUse {
+                id: id.to_string(),
+                paths: record.published.iter().map(|p| p.target.clone()).collect(),
+            });
         }
         record.staged = None;
-        record.pending = Some(Pending::Unstage { path: staging.clone() });
+        record.pending = Some(Pending::Unstage {
+            path: staging.clone(),
+        });
         self.write_volume(&record)?;
         let image = self.image_path(id);
         let (_, mounts) = self.attachments(&image).await?;
@@ -617,13 +716,22 @@ impl VolumeBackend for LocalBackend {
         self.write_volume(&record)
     }
 
-    async fn publish(&self, id: &VolumeId, staging: &Path, target: &Path, read_only: bool) -> Result<()> {
+    async fn publish(
+        &self,
+        id: &VolumeId,
+        staging: &Path,
+        target: &Path,
+        read_only: bool,
+    ) -> Result<()> {
         let _guard = self.lock.lock().await;
         let mut record = self.ready_volume(id)?;
         let staging = sys::absolute(staging);
         let target = sys::absolute(target);
         if record.staged.as_ref() != Some(&staging) {
-            return Err(Error::invalid("staging path", format!("volume {id} is not staged at {}", staging.display())));
+            return Err(Error::invalid(
+                "staging path",
+                format!("volume {id} is not staged at {}", staging.display()),
+            ));
         }
         if let Some(existing) = record.published.iter().find(|p| p.target == target) {
             if existing.read_only != read_only {
@@ -638,9 +746,12 @@ impl VolumeBackend for LocalBackend {
                 return Ok(());
             }
         }
-        record.pending = Some(Pending::Publish { target: target.clone() });
+        record.pending = Some(Pending::Publish {
+            target: target.clone(),
+        });
         self.write_volume(&record)?;
-        let mounted = sys::ensure_dir(&target).and_then(|()| sys::bind_mount(&staging, &target, read_only));
+        let mounted =
+            sys::ensure_dir(&target).and_then(|()| sys::bind_mount(&staging, &target, read_only));
         if mounted.is_ok() {
             fail_point("mount.published");
             record.published.retain(|p| p.target != target);
@@ -658,7 +769,9 @@ impl VolumeBackend for LocalBackend {
             return Ok(());
         };
         record.published.retain(|p| p.target != target);
-        record.pending = Some(Pending::Unpublish { target: target.clone() });
+        record.pending = Some(Pending::Unpublish {
+            target: target.clone(),
+        });
         self.write_volume(&record)?;
         let image = self.image_path(id);
         let (_, mounts) = self.attachments(&image).await?;
@@ -687,7 +800,9 @@ impl VolumeBackend for LocalBackend {
             Some(staging) => {
                 let (loops, _) = self.attachments(&image).await?;
                 let staged = sys::mount_at(staging)?.map(|m| m.device);
-                loops.into_iter().find(|d| sys::device_number(d).ok() == staged)
+                loops
+                    .into_iter()
+                    .find(|d| sys::device_number(d).ok() == staged)
             }
             None => None,
         };
@@ -696,16 +811,23 @@ impl VolumeBackend for LocalBackend {
             fail_point("expand.grown");
             match &staging_device {
                 Some(device) => {
-                    sys::run("losetup", [OsStr::new("--set-capacity"), device.as_os_str()]).await?;
-                    sys::run("resize2fs", [device]).await.map(drop).map_err(|e| match e {
-                        // The kernel refuses online resize without CAP_SYS_RESOURCE.
-                        Error::Command { stderr, .. } => Error::OfflineExpansionRequired {
-                            id: id.to_string(),
-                            size_bytes: size,
-                            reason: stderr,
-                        },
-                        other => other,
-                    })
+                    sys::run(
+                        "losetup",
+                        [OsStr::new("--set-capacity"), device.as_os_str()],
+                    )
+                    .await?;
+                    sys::run("resize2fs", [device])
+                        .await
+                        .map(drop)
+                        .map_err(|e| match e {
+                            // The kernel refuses online resize without CAP_SYS_RESOURCE.
+                            Error::Command { stderr, .. } => Error::OfflineExpansionRequired {
+                                id: id.to_string(),
+                                size_bytes: size,
+                                reason: stderr,
+                            },
+                            other => other,
+                        })
                 }
                 None => Self::resize_offline(&image).await,
             }
@@ -743,9 +865,15 @@ impl VolumeBackend for LocalBackend {
         let (_, mounts) = self.attachments(&image).await?;
         // A mounted volume is frozen for the copy (writers block meanwhile), so
         // the copy is a consistent filesystem; an unmounted one is copied as is.
-        let frozen = volume.staged.clone().filter(|s| mounts.iter().any(|m| &m.mount_point == s));
+        let frozen = volume
+            .staged
+            .clone()
+            .filter(|s| mounts.iter().any(|m| &m.mount_point == s));
         // The copy takes what the image has allocated (it is sparse).
-        let allocated = fs::metadata(&image).map_err(|e| Error::io("stat image", &image, e))?.blocks() * 512;
+        let allocated = fs::metadata(&image)
+            .map_err(|e| Error::io("stat image", &image, e))?
+            .blocks()
+            * 512;
         self.check_capacity(allocated)?;
         let mut record = SnapshotRecord {
             version: RECORD_VERSION,
@@ -808,13 +936,19 @@ impl VolumeBackend for LocalBackend {
             .snapshots
             .read::<SnapshotRecord>(snapshot.as_str())?
             .filter(|r| r.state == SnapshotState::Ready)
-            .ok_or_else(|| Error::NotFound { kind: "snapshot", id: snapshot.to_string() })?;
+            .ok_or_else(|| Error::NotFound {
+                kind: "snapshot",
+                id: snapshot.to_string(),
+            })?;
         self.do_provision(req, Some(&source)).await
     }
 
     async fn capacity(&self) -> Result<Capacity> {
         let (available_bytes, total_bytes) = sys::fs_space(&self.pool)?;
-        Ok(Capacity { available_bytes, total_bytes })
+        Ok(Capacity {
+            available_bytes,
+            total_bytes,
+        })
     }
 
     async fn reconcile(&self) -> Result<ReconcileReport> {
@@ -823,7 +957,9 @@ impl VolumeBackend for LocalBackend {
         // Snapshots first: a filesystem frozen by a crashed snapshot would
         // block everything below.
         for id in self.snapshots.ids()? {
-            let Some(record) = self.snapshots.read::<SnapshotRecord>(&id)? else { continue };
+            let Some(record) = self.snapshots.read::<SnapshotRecord>(&id)? else {
+                continue;
+            };
             if record.state == SnapshotState::Ready {
                 continue;
             }
@@ -840,10 +976,18 @@ impl VolumeBackend for LocalBackend {
             self.snapshots.remove(&id)?;
             report.removed_partial.push(format!("snapshot {id}"));
         }
-        for entry in fs::read_dir(&self.snapshot_images).map_err(|e| Error::io("list", &self.snapshot_images, e))? {
+        for entry in fs::read_dir(&self.snapshot_images)
+            .map_err(|e| Error::io("list", &self.snapshot_images, e))?
+        {
             let entry = entry.map_err(|e| Error::io("list", &self.snapshot_images, e))?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            let known = name.strip_suffix(".img").is_some_and(|id| self.snapshots.read::<SnapshotRecord>(id).ok().flatten().is_some());
+            let known = name.strip_suffix(".img").is_some_and(|id| {
+                self.snapshots
+                    .read::<SnapshotRecord>(id)
+                    .ok()
+                    .flatten()
+                    .is_some()
+            });
             if !known {
                 Self::remove_file(&entry.path())?;
                 report.removed_partial.push(format!("snapshot file {name}"));
@@ -851,7 +995,9 @@ impl VolumeBackend for LocalBackend {
         }
         let mut known_images = BTreeSet::new();
         for id in self.volumes.ids()? {
-            let Some(record) = self.volumes.read::<VolumeRecord>(&id)? else { continue };
+            let Some(record) = self.volumes.read::<VolumeRecord>(&id)? else {
+                continue;
+            };
             if record.state == VolumeState::Ready {
                 known_images.insert(self.image_path(&record.id));
             }
@@ -865,14 +1011,20 @@ impl VolumeBackend for LocalBackend {
             if !known_images.contains(&path) {
                 self.tear_down(&path, &mut report).await?;
                 Self::remove_file(&path)?;
-                report.removed_partial.push(format!("image {}", entry.file_name().to_string_lossy()));
+                report
+                    .removed_partial
+                    .push(format!("image {}", entry.file_name().to_string_lossy()));
             }
         }
         // Loop devices whose image is gone (deleted while attached).
         for (device, file) in sys::all_loops().await? {
             if file.starts_with(&self.pool) && !known_images.contains(&file) {
                 if let Ok(number) = sys::device_number(&device) {
-                    for mount in sys::mounts()?.into_iter().rev().filter(|m| m.device == number) {
+                    for mount in sys::mounts()?
+                        .into_iter()
+                        .rev()
+                        .filter(|m| m.device == number)
+                    {
                         if sys::unmount(&mount.mount_point)? {
                             report.unmounted.push(mount.mount_point);
                         }
@@ -903,22 +1055,37 @@ mod tests {
             state: VolumeState::Ready,
             source_snapshot: None,
             staged: Some("/s".into()),
-            published: vec![Publication { target: "/t".into(), read_only: true }],
+            published: vec![Publication {
+                target: "/t".into(),
+                read_only: true,
+            }],
             pending: Some(Pending::Stage { path: "/s".into() }),
         };
         let json = serde_json::to_value(&record).unwrap();
         assert_eq!(json["state"], "ready");
         assert_eq!(json["pending"]["op"], "stage");
-        assert_eq!(serde_json::from_value::<VolumeRecord>(json).unwrap(), record);
+        assert_eq!(
+            serde_json::from_value::<VolumeRecord>(json).unwrap(),
+            record
+        );
     }
 
     #[test]
     fn sizes_are_checked_and_rounded() {
         assert!(LocalBackend::checked_size(1 << 20).is_err());
-        assert_eq!(LocalBackend::checked_size(MIN_VOLUME_BYTES + 1).unwrap(), MIN_VOLUME_BYTES + BLOCK);
+        assert_eq!(
+            LocalBackend::checked_size(MIN_VOLUME_BYTES + 1).unwrap(),
+            MIN_VOLUME_BYTES + BLOCK
+        );
         let mut req = ProvisionRequest::new(VolumeId::new("v").unwrap(), 1 << 30);
         req.filesystem = Filesystem::Nfs;
-        assert!(matches!(LocalBackend::check_request(&req), Err(Error::InvalidArgument { what: "filesystem", .. })));
+        assert!(matches!(
+            LocalBackend::check_request(&req),
+            Err(Error::InvalidArgument {
+                what: "filesystem",
+                ..
+            })
+        ));
     }
 
     #[tokio::test]
@@ -926,11 +1093,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let backend = LocalBackend::open(dir.path()).unwrap();
         let req = ProvisionRequest::new(VolumeId::new("v").unwrap(), 1024);
-        assert!(matches!(backend.provision(&req).await, Err(Error::InvalidArgument { what: "size", .. })));
+        assert!(matches!(
+            backend.provision(&req).await,
+            Err(Error::InvalidArgument { what: "size", .. })
+        ));
         assert!(backend.list().await.unwrap().is_empty());
         // Deleting or unstaging what does not exist succeeds.
         backend.delete(&req.id).await.unwrap();
         backend.unstage(&req.id, dir.path()).await.unwrap();
-        backend.delete_snapshot(&SnapshotId::new("s").unwrap()).await.unwrap();
+        backend
+            .delete_snapshot(&SnapshotId::new("s").unwrap())
+            .await
+            .unwrap();
     }
 }

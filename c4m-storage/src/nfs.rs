@@ -23,9 +23,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner, MountOption,
-    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
-    ReplyStatfs, ReplyWrite, Request, SessionACL, TimeOrNow, WriteFlags,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner,
+    MountOption, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, SessionACL, TimeOrNow,
+    WriteFlags,
 };
 use nfs3_client::nfs3_types::nfs3::{self, Nfs3Option, Nfs3Result, nfs_fh3, nfsstat3};
 use nfs3_client::nfs3_types::rpc::{auth_unix, opaque_auth};
@@ -38,8 +39,8 @@ use crate::backend::VolumeBackend;
 use crate::error::{Error, Result};
 use crate::sys;
 use crate::types::{
-    AccessMode, Capabilities, Capacity, Expansion, Filesystem as Fs, ProvisionRequest, ReconcileReport, Snapshot,
-    SnapshotId, Volume, VolumeId,
+    AccessMode, Capabilities, Capacity, Expansion, Filesystem as Fs, ProvisionRequest,
+    ReconcileReport, Snapshot, SnapshotId, Volume, VolumeId,
 };
 
 const FS_NAME_PREFIX: &str = "c4m-nfs:";
@@ -79,17 +80,28 @@ pub struct NfsBackend {
 
 impl std::fmt::Debug for NfsBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NfsBackend").field("export", &self.export).field("mounter", &self.mounter).finish()
+        f.debug_struct("NfsBackend")
+            .field("export", &self.export)
+            .field("mounter", &self.mounter)
+            .finish()
     }
 }
 
 fn status_error(op: &'static str, path: &str, status: nfsstat3) -> Error {
-    Error::NfsStatus { op, path: path.to_owned(), status: status.to_string() }
+    Error::NfsStatus {
+        op,
+        path: path.to_owned(),
+        status: status.to_string(),
+    }
 }
 
 fn transport(op: &'static str, path: &str) -> impl FnOnce(nfs3_client::RpcError) -> Error {
     let path = path.to_owned();
-    move |e| Error::NfsTransport { op, path, source: Box::new(e) }
+    move |e| Error::NfsTransport {
+        op,
+        path,
+        source: Box::new(e),
+    }
 }
 
 fn ok<T, E>(op: &'static str, path: &str, result: Nfs3Result<T, E>) -> Result<T> {
@@ -104,7 +116,13 @@ fn name(bytes: &[u8]) -> nfs3::filename3<'_> {
 }
 
 async fn connect(export: &NfsExport) -> Result<(Client, nfs_fh3)> {
-    let credential = auth_unix { stamp: 0, machinename: Opaque::borrowed(b"c4m"), uid: 0, gid: 0, gids: vec![] };
+    let credential = auth_unix {
+        stamp: 0,
+        machinename: Opaque::borrowed(b"c4m"),
+        uid: 0,
+        gid: 0,
+        gids: vec![],
+    };
     let connection = Nfs3ConnectionBuilder::new(TokioConnector, &export.host, &export.path)
         .mount_port(export.mount_port)
         .nfs3_port(export.nfs_port)
@@ -112,7 +130,11 @@ async fn connect(export: &NfsExport) -> Result<(Client, nfs_fh3)> {
         .credential(opaque_auth::auth_unix(&credential))
         .mount()
         .await
-        .map_err(|e| Error::NfsTransport { op: "MNT", path: export.path.clone(), source: Box::new(e) })?;
+        .map_err(|e| Error::NfsTransport {
+            op: "MNT",
+            path: export.path.clone(),
+            source: Box::new(e),
+        })?;
     let root = connection.root_nfs_fh3();
     Ok((connection.into_nfs3_client(), root))
 }
@@ -120,7 +142,11 @@ async fn connect(export: &NfsExport) -> Result<(Client, nfs_fh3)> {
 impl NfsBackend {
     /// A backend on `export`, mounting with `mounter`.
     pub fn new(export: NfsExport, mounter: NfsMounter) -> Self {
-        Self { export, mounter, sessions: Mutex::new(HashMap::new()) }
+        Self {
+            export,
+            mounter,
+            sessions: Mutex::new(HashMap::new()),
+        }
     }
 
     async fn connect(&self) -> Result<(Client, nfs_fh3)> {
@@ -128,8 +154,17 @@ impl NfsBackend {
     }
 
     async fn lookup(client: &mut Client, dir: &nfs_fh3, entry: &str) -> Result<Option<nfs_fh3>> {
-        let args = nfs3::LOOKUP3args { what: nfs3::diropargs3 { dir: dir.clone(), name: name(entry.as_bytes()) } };
-        match client.lookup(&args).await.map_err(transport("LOOKUP", entry))? {
+        let args = nfs3::LOOKUP3args {
+            what: nfs3::diropargs3 {
+                dir: dir.clone(),
+                name: name(entry.as_bytes()),
+            },
+        };
+        match client
+            .lookup(&args)
+            .await
+            .map_err(transport("LOOKUP", entry))?
+        {
             Nfs3Result::Ok(found) => Ok(Some(found.object)),
             Nfs3Result::Err((nfsstat3::NFS3ERR_NOENT, _)) => Ok(None),
             Nfs3Result::Err((status, _)) => Err(status_error("LOOKUP", entry, status)),
@@ -149,12 +184,28 @@ impl NfsBackend {
                     if let Some(handle) = handle {
                         Box::pin(Self::remove_tree(client, &handle, &child)).await?;
                     }
-                    let args = nfs3::RMDIR3args { object: nfs3::diropargs3 { dir: dir.clone(), name: name(entry.as_bytes()) } };
-                    let result = client.rmdir(&args).await.map_err(transport("RMDIR", &child))?;
+                    let args = nfs3::RMDIR3args {
+                        object: nfs3::diropargs3 {
+                            dir: dir.clone(),
+                            name: name(entry.as_bytes()),
+                        },
+                    };
+                    let result = client
+                        .rmdir(&args)
+                        .await
+                        .map_err(transport("RMDIR", &child))?;
                     ok("RMDIR", &child, result)?;
                 } else {
-                    let args = nfs3::REMOVE3args { object: nfs3::diropargs3 { dir: dir.clone(), name: name(entry.as_bytes()) } };
-                    let result = client.remove(&args).await.map_err(transport("REMOVE", &child))?;
+                    let args = nfs3::REMOVE3args {
+                        object: nfs3::diropargs3 {
+                            dir: dir.clone(),
+                            name: name(entry.as_bytes()),
+                        },
+                    };
+                    let result = client
+                        .remove(&args)
+                        .await
+                        .map_err(transport("REMOVE", &child))?;
                     ok("REMOVE", &child, result)?;
                 }
             }
@@ -162,13 +213,26 @@ impl NfsBackend {
     }
 
     /// The entries of a directory (without `.` and `..`): name, is a directory, handle.
-    async fn entries(client: &mut Client, dir: &nfs_fh3, path: &str) -> Result<Vec<(String, bool, Option<nfs_fh3>)>> {
+    async fn entries(
+        client: &mut Client,
+        dir: &nfs_fh3,
+        path: &str,
+    ) -> Result<Vec<(String, bool, Option<nfs_fh3>)>> {
         let mut out = Vec::new();
         let mut cookie = 0;
         let mut cookieverf = nfs3::cookieverf3::default();
         loop {
-            let args = nfs3::READDIRPLUS3args { dir: dir.clone(), cookie, cookieverf, dircount: IO_SIZE, maxcount: IO_SIZE };
-            let result = client.readdirplus(&args).await.map_err(transport("READDIRPLUS", path))?;
+            let args = nfs3::READDIRPLUS3args {
+                dir: dir.clone(),
+                cookie,
+                cookieverf,
+                dircount: IO_SIZE,
+                maxcount: IO_SIZE,
+            };
+            let result = client
+                .readdirplus(&args)
+                .await
+                .map_err(transport("READDIRPLUS", path))?;
             let page = ok("READDIRPLUS", path, result)?;
             let entries = page.reply.entries.into_inner();
             for entry in &entries {
@@ -230,22 +294,46 @@ impl VolumeBackend for NfsBackend {
             snapshots: false,
             expansion: Expansion::Online,
             enforces_size: false,
-            access_modes: vec![AccessMode::ReadWriteOnce, AccessMode::ReadWriteMany, AccessMode::ReadOnlyMany],
+            access_modes: vec![
+                AccessMode::ReadWriteOnce,
+                AccessMode::ReadWriteMany,
+                AccessMode::ReadOnlyMany,
+            ],
         }
     }
 
     async fn provision(&self, req: &ProvisionRequest) -> Result<Volume> {
         if !matches!(req.filesystem, Fs::Nfs) {
-            return Err(Error::invalid("filesystem", format!("the nfs backend makes nfs directories, not {}", req.filesystem.as_str())));
+            return Err(Error::invalid(
+                "filesystem",
+                format!(
+                    "the nfs backend makes nfs directories, not {}",
+                    req.filesystem.as_str()
+                ),
+            ));
         }
         let (mut client, root) = self.connect().await?;
-        if Self::lookup(&mut client, &root, req.id.as_str()).await?.is_none() {
-            let mut attributes = nfs3::sattr3::default();
-            attributes.mode = Nfs3Option::Some(0o777);
-            let args = nfs3::MKDIR3args { where_: nfs3::diropargs3 { dir: root, name: name(req.id.as_str().as_bytes()) }, attributes };
-            match client.mkdir(&args).await.map_err(transport("MKDIR", req.id.as_str()))? {
+        if Self::lookup(&mut client, &root, req.id.as_str())
+            .await?
+            .is_none()
+        {
+            let attributes = with_mode(0o777);
+            let args = nfs3::MKDIR3args {
+                where_: nfs3::diropargs3 {
+                    dir: root,
+                    name: name(req.id.as_str().as_bytes()),
+                },
+                attributes,
+            };
+            match client
+                .mkdir(&args)
+                .await
+                .map_err(transport("MKDIR", req.id.as_str()))?
+            {
                 Nfs3Result::Ok(_) | Nfs3Result::Err((nfsstat3::NFS3ERR_EXIST, _)) => {}
-                Nfs3Result::Err((status, _)) => return Err(status_error("MKDIR", req.id.as_str(), status)),
+                Nfs3Result::Err((status, _)) => {
+                    return Err(status_error("MKDIR", req.id.as_str(), status));
+                }
             }
         }
         Ok(self.volume_of(&req.id, req.size_bytes))
@@ -254,13 +342,27 @@ impl VolumeBackend for NfsBackend {
     async fn delete(&self, id: &VolumeId) -> Result<()> {
         let mounts = Self::fuse_mounts_of(Some(id))?;
         if !mounts.is_empty() {
-            return Err(Error::InUse { id: id.to_string(), paths: mounts.into_iter().map(|m| m.mount_point).collect() });
+            return Err(Error::InUse {
+                id: id.to_string(),
+                paths: mounts.into_iter().map(|m| m.mount_point).collect(),
+            });
         }
         let (mut client, root) = self.connect().await?;
-        let Some(dir) = Self::lookup(&mut client, &root, id.as_str()).await? else { return Ok(()) };
+        let Some(dir) = Self::lookup(&mut client, &root, id.as_str()).await? else {
+            return Ok(());
+        };
         Self::remove_tree(&mut client, &dir, id.as_str()).await?;
-        let args = nfs3::RMDIR3args { object: nfs3::diropargs3 { dir: root, name: name(id.as_str().as_bytes()) } };
-        match client.rmdir(&args).await.map_err(transport("RMDIR", id.as_str()))? {
+        let args = nfs3::RMDIR3args {
+            object: nfs3::diropargs3 {
+                dir: root,
+                name: name(id.as_str().as_bytes()),
+            },
+        };
+        match client
+            .rmdir(&args)
+            .await
+            .map_err(transport("RMDIR", id.as_str()))?
+        {
             Nfs3Result::Ok(_) | Nfs3Result::Err((nfsstat3::NFS3ERR_NOENT, _)) => Ok(()),
             Nfs3Result::Err((status, _)) => Err(status_error("RMDIR", id.as_str(), status)),
         }
@@ -268,7 +370,9 @@ impl VolumeBackend for NfsBackend {
 
     async fn volume(&self, id: &VolumeId) -> Result<Option<Volume>> {
         let (mut client, root) = self.connect().await?;
-        Ok(Self::lookup(&mut client, &root, id.as_str()).await?.map(|_| self.volume_of(id, 0)))
+        Ok(Self::lookup(&mut client, &root, id.as_str())
+            .await?
+            .map(|_| self.volume_of(id, 0)))
     }
 
     async fn list(&self) -> Result<Vec<Volume>> {
@@ -285,20 +389,42 @@ impl VolumeBackend for NfsBackend {
     async fn stage(&self, id: &VolumeId, staging: &Path) -> Result<()> {
         let staging = sys::absolute(staging);
         if let Some(existing) = sys::mount_at(&staging)? {
-            if existing.source == format!("{FS_NAME_PREFIX}{id}") || self.mounter == NfsMounter::Kernel && existing.fs_type.starts_with("nfs") {
+            if existing.source == format!("{FS_NAME_PREFIX}{id}")
+                || self.mounter == NfsMounter::Kernel && existing.fs_type.starts_with("nfs")
+            {
                 return Ok(());
             }
-            return Err(Error::invalid("staging path", format!("{} already has {} mounted", staging.display(), existing.source)));
+            return Err(Error::invalid(
+                "staging path",
+                format!(
+                    "{} already has {} mounted",
+                    staging.display(),
+                    existing.source
+                ),
+            ));
         }
         sys::ensure_dir(&staging)?;
         match self.mounter {
             NfsMounter::Kernel => {
                 let export = &self.export;
-                let options = format!("vers=3,proto=tcp,port={},mountport={},mountproto=tcp,nolock", export.nfs_port, export.mount_port);
+                let options = format!(
+                    "vers=3,proto=tcp,port={},mountport={},mountproto=tcp,nolock",
+                    export.nfs_port, export.mount_port
+                );
                 let source = format!("{}:{}/{id}", export.host, export.path.trim_end_matches('/'));
-                sys::run("mount", [OsStr::new("-t"), OsStr::new("nfs"), OsStr::new("-o"), OsStr::new(&options), OsStr::new(&source), staging.as_os_str()])
-                    .await
-                    .map(drop)
+                sys::run(
+                    "mount",
+                    [
+                        OsStr::new("-t"),
+                        OsStr::new("nfs"),
+                        OsStr::new("-o"),
+                        OsStr::new(&options),
+                        OsStr::new(&source),
+                        staging.as_os_str(),
+                    ],
+                )
+                .await
+                .map(drop)
             }
             NfsMounter::Fuse => {
                 let fs_name = format!("{FS_NAME_PREFIX}{id}");
@@ -306,32 +432,45 @@ impl VolumeBackend for NfsBackend {
                 let name = fs_name.clone();
                 // The FUSE thread drives its own runtime, so a caller blocked in
                 // a read on the mount never starves the NFS connection.
-                let session = tokio::task::spawn_blocking(move || -> Result<fuser::BackgroundSession> {
-                    let runtime = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .map_err(|e| Error::io("start fuse runtime", &mount_at, e))?;
-                    let (client, dir) = runtime.block_on(async {
-                        let (mut client, root) = connect(&export).await?;
-                        let dir = Self::lookup(&mut client, &root, volume.as_str())
-                            .await?
-                            .ok_or_else(|| Error::NotFound { kind: "volume", id: volume.to_string() })?;
-                        Ok::<_, Error>((client, dir))
-                    })?;
-                    let fs = NfsFuse::new(runtime, client, dir, &name)?;
-                    let mut config = fuser::Config::default();
-                    config.mount_options = vec![MountOption::FSName(name), MountOption::Subtype("c4m-nfs".into())];
-                    config.acl = SessionACL::All;
-                    fuser::Session::new(fs, &mount_at, &config)
-                        .and_then(|s| s.spawn())
-                        .map_err(|e| Error::io("mount fuse", &mount_at, e))
-                })
-                .await
-                .map_err(|e| Error::io("mount fuse", &staging, std::io::Error::other(e)))??;
+                let session =
+                    tokio::task::spawn_blocking(move || -> Result<fuser::BackgroundSession> {
+                        let runtime = tokio::runtime::Builder::new_current_thread()
+                            .enable_all()
+                            .build()
+                            .map_err(|e| Error::io("start fuse runtime", &mount_at, e))?;
+                        let (client, dir) = runtime.block_on(async {
+                            let (mut client, root) = connect(&export).await?;
+                            let dir = Self::lookup(&mut client, &root, volume.as_str())
+                                .await?
+                                .ok_or_else(|| Error::NotFound {
+                                    kind: "volume",
+                                    id: volume.to_string(),
+                                })?;
+                            Ok::<_, Error>((client, dir))
+                        })?;
+                        let fs = NfsFuse::new(runtime, client, dir, &name)?;
+                        let mut config = fuser::Config::default();
+                        config.mount_options = vec![
+                            MountOption::FSName(name),
+                            MountOption::Subtype("c4m-nfs".into()),
+                        ];
+                        config.acl = SessionACL::All;
+                        fuser::Session::new(fs, &mount_at, &config)
+                            .and_then(|s| s.spawn())
+                            .map_err(|e| Error::io("mount fuse", &mount_at, e))
+                    })
+                    .await
+                    .map_err(|e| Error::io("mount fuse", &staging, std::io::Error::other(e)))??;
                 self.sessions
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .insert(staging, Session { _session: session, fs_name });
+                    .insert(
+                        staging,
+                        Session {
+                            _session: session,
+                            fs_name,
+                        },
+                    );
                 Ok(())
             }
         }
@@ -339,7 +478,11 @@ impl VolumeBackend for NfsBackend {
 
     async fn unstage(&self, _id: &VolumeId, staging: &Path) -> Result<()> {
         let staging = sys::absolute(staging);
-        let session = self.sessions.lock().unwrap_or_else(|p| p.into_inner()).remove(&staging);
+        let session = self
+            .sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&staging);
         match session {
             Some(session) => {
                 // Dropping the session unmounts and joins its thread.
@@ -352,7 +495,13 @@ impl VolumeBackend for NfsBackend {
         }
     }
 
-    async fn publish(&self, _id: &VolumeId, staging: &Path, target: &Path, read_only: bool) -> Result<()> {
+    async fn publish(
+        &self,
+        _id: &VolumeId,
+        staging: &Path,
+        target: &Path,
+        read_only: bool,
+    ) -> Result<()> {
         if sys::mount_at(target)?.is_some() {
             return Ok(());
         }
@@ -372,11 +521,17 @@ impl VolumeBackend for NfsBackend {
     }
 
     async fn snapshot(&self, _id: &VolumeId, _snapshot: &SnapshotId) -> Result<Snapshot> {
-        Err(Error::Unsupported { backend: "nfs", what: "snapshots" })
+        Err(Error::Unsupported {
+            backend: "nfs",
+            what: "snapshots",
+        })
     }
 
     async fn delete_snapshot(&self, _snapshot: &SnapshotId) -> Result<()> {
-        Err(Error::Unsupported { backend: "nfs", what: "snapshots" })
+        Err(Error::Unsupported {
+            backend: "nfs",
+            what: "snapshots",
+        })
     }
 
     async fn get_snapshot(&self, _snapshot: &SnapshotId) -> Result<Option<Snapshot>> {
@@ -384,19 +539,34 @@ impl VolumeBackend for NfsBackend {
     }
 
     async fn restore(&self, _snapshot: &SnapshotId, _req: &ProvisionRequest) -> Result<Volume> {
-        Err(Error::Unsupported { backend: "nfs", what: "restore from snapshot" })
+        Err(Error::Unsupported {
+            backend: "nfs",
+            what: "restore from snapshot",
+        })
     }
 
     async fn capacity(&self) -> Result<Capacity> {
         let (mut client, root) = self.connect().await?;
-        let result = client.fsstat(&nfs3::FSSTAT3args { fsroot: root }).await.map_err(transport("FSSTAT", &self.export.path))?;
+        let result = client
+            .fsstat(&nfs3::FSSTAT3args { fsroot: root })
+            .await
+            .map_err(transport("FSSTAT", &self.export.path))?;
         let stat = ok("FSSTAT", &self.export.path, result)?;
-        Ok(Capacity { available_bytes: stat.abytes, total_bytes: stat.tbytes })
+        Ok(Capacity {
+            available_bytes: stat.abytes,
+            total_bytes: stat.tbytes,
+        })
     }
 
     async fn reconcile(&self) -> Result<ReconcileReport> {
         let mut report = ReconcileReport::default();
-        let live: Vec<PathBuf> = self.sessions.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
+        let live: Vec<PathBuf> = self
+            .sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
         // FUSE mounts of a process that died answer ENOTCONN: detach them.
         for mount in Self::fuse_mounts_of(None)? {
             if !live.contains(&mount.mount_point) && sys::unmount(&mount.mount_point)? {
@@ -413,7 +583,6 @@ struct Session {
     fs_name: String,
 }
 
-
 /// A FUSE filesystem over one directory of an NFS export.
 struct NfsFuse {
     runtime: tokio::runtime::Runtime,
@@ -429,16 +598,26 @@ struct Inodes {
 }
 
 impl NfsFuse {
-    fn new(runtime: tokio::runtime::Runtime, mut client: Client, root: nfs_fh3, name: &str) -> Result<Self> {
+    fn new(
+        runtime: tokio::runtime::Runtime,
+        mut client: Client,
+        root: nfs_fh3,
+        name: &str,
+    ) -> Result<Self> {
         let result = runtime
-            .block_on(client.getattr(&nfs3::GETATTR3args { object: root.clone() }))
+            .block_on(client.getattr(&nfs3::GETATTR3args {
+                object: root.clone(),
+            }))
             .map_err(transport("GETATTR", name))?;
         let attr = ok("GETATTR", name, result)?.obj_attributes;
         let handles = HashMap::from([(1, root)]);
         Ok(Self {
             runtime,
             client: tokio::sync::Mutex::new(client),
-            inodes: Mutex::new(Inodes { root_fileid: attr.fileid, handles }),
+            inodes: Mutex::new(Inodes {
+                root_fileid: attr.fileid,
+                handles,
+            }),
             name: name.to_owned(),
         })
     }
@@ -448,11 +627,19 @@ impl NfsFuse {
     }
 
     fn handle(&self, ino: INodeNo) -> std::result::Result<nfs_fh3, Errno> {
-        self.inodes().handles.get(&ino.0).cloned().ok_or(Errno::ESTALE)
+        self.inodes()
+            .handles
+            .get(&ino.0)
+            .cloned()
+            .ok_or(Errno::ESTALE)
     }
 
     fn ino(&self, fileid: u64) -> u64 {
-        if fileid == self.inodes().root_fileid { 1 } else { fileid }
+        if fileid == self.inodes().root_fileid {
+            1
+        } else {
+            fileid
+        }
     }
 
     fn remember(&self, attr: &nfs3::fattr3, handle: nfs_fh3) -> FileAttr {
@@ -462,7 +649,8 @@ impl NfsFuse {
     }
 
     fn attr(&self, a: &nfs3::fattr3) -> FileAttr {
-        let time = |t: &nfs3::nfstime3| UNIX_EPOCH + Duration::new(u64::from(t.seconds), t.nseconds);
+        let time =
+            |t: &nfs3::nfstime3| UNIX_EPOCH + Duration::new(u64::from(t.seconds), t.nseconds);
         let kind = match a.type_ {
             nfs3::ftype3::NF3DIR => FileType::Directory,
             nfs3::ftype3::NF3LNK => FileType::Symlink,
@@ -506,19 +694,42 @@ impl NfsFuse {
         result
     }
 
-    fn lookup_attr(&self, parent: &nfs_fh3, entry: &[u8]) -> std::result::Result<(nfs_fh3, nfs3::fattr3), Errno> {
-        let args = nfs3::LOOKUP3args { what: nfs3::diropargs3 { dir: parent.clone(), name: name(entry) } };
+    fn lookup_attr(
+        &self,
+        parent: &nfs_fh3,
+        entry: &[u8],
+    ) -> std::result::Result<(nfs_fh3, nfs3::fattr3), Errno> {
+        let args = nfs3::LOOKUP3args {
+            what: nfs3::diropargs3 {
+                dir: parent.clone(),
+                name: name(entry),
+            },
+        };
         self.call("LOOKUP", async move |c| {
             let found = nfs_ok(c.lookup(&args).await)?;
             let attr = match found.obj_attributes {
                 Nfs3Option::Some(a) => a,
-                Nfs3Option::None => nfs_ok(c.getattr(&nfs3::GETATTR3args { object: found.object.clone() }).await)?.obj_attributes,
+                Nfs3Option::None => {
+                    nfs_ok(
+                        c.getattr(&nfs3::GETATTR3args {
+                            object: found.object.clone(),
+                        })
+                        .await,
+                    )?
+                    .obj_attributes
+                }
             };
             Ok((found.object, attr))
         })
     }
 
-    fn created(&self, handle: Nfs3Option<nfs_fh3>, attr: Nfs3Option<nfs3::fattr3>, parent: &nfs_fh3, entry: &[u8]) -> std::result::Result<FileAttr, Errno> {
+    fn created(
+        &self,
+        handle: Nfs3Option<nfs_fh3>,
+        attr: Nfs3Option<nfs3::fattr3>,
+        parent: &nfs_fh3,
+        entry: &[u8],
+    ) -> std::result::Result<FileAttr, Errno> {
         match (handle, attr) {
             (Nfs3Option::Some(h), Nfs3Option::Some(a)) => Ok(self.remember(&a, h)),
             _ => {
@@ -526,6 +737,14 @@ impl NfsFuse {
                 Ok(self.remember(&a, h))
             }
         }
+    }
+}
+
+/// Attributes that set only the mode.
+fn with_mode(mode: u32) -> nfs3::sattr3 {
+    nfs3::sattr3 {
+        mode: Nfs3Option::Some(mode),
+        ..Default::default()
     }
 }
 
@@ -550,7 +769,9 @@ fn errno(status: nfsstat3) -> Errno {
     })
 }
 
-fn nfs_ok<T, E>(result: std::result::Result<Nfs3Result<T, E>, nfs3_client::RpcError>) -> std::result::Result<T, Errno> {
+fn nfs_ok<T, E>(
+    result: std::result::Result<Nfs3Result<T, E>, nfs3_client::RpcError>,
+) -> std::result::Result<T, Errno> {
     match result {
         Ok(Nfs3Result::Ok(value)) => Ok(value),
         Ok(Nfs3Result::Err((status, _))) => Err(errno(status)),
@@ -561,11 +782,20 @@ fn nfs_ok<T, E>(result: std::result::Result<Nfs3Result<T, E>, nfs3_client::RpcEr
 fn nfs_time(t: Option<TimeOrNow>) -> (nfs3::set_atime, nfs3::set_mtime) {
     match t {
         None => (nfs3::set_atime::DONT_CHANGE, nfs3::set_mtime::DONT_CHANGE),
-        Some(TimeOrNow::Now) => (nfs3::set_atime::SET_TO_SERVER_TIME, nfs3::set_mtime::SET_TO_SERVER_TIME),
+        Some(TimeOrNow::Now) => (
+            nfs3::set_atime::SET_TO_SERVER_TIME,
+            nfs3::set_mtime::SET_TO_SERVER_TIME,
+        ),
         Some(TimeOrNow::SpecificTime(t)) => {
             let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-            let time = nfs3::nfstime3 { seconds: u32::try_from(d.as_secs()).unwrap_or(u32::MAX), nseconds: d.subsec_nanos() };
-            (nfs3::set_atime::SET_TO_CLIENT_TIME(time), nfs3::set_mtime::SET_TO_CLIENT_TIME(time))
+            let time = nfs3::nfstime3 {
+                seconds: u32::try_from(d.as_secs()).unwrap_or(u32::MAX),
+                nseconds: d.subsec_nanos(),
+            };
+            (
+                nfs3::set_atime::SET_TO_CLIENT_TIME(time),
+                nfs3::set_mtime::SET_TO_CLIENT_TIME(time),
+            )
         }
     }
 }
@@ -584,7 +814,9 @@ impl Filesystem for NfsFuse {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let result = self.handle(ino).and_then(|object| {
-            self.call("GETATTR", async move |c| Ok(nfs_ok(c.getattr(&nfs3::GETATTR3args { object }).await)?.obj_attributes))
+            self.call("GETATTR", async move |c| {
+                Ok(nfs_ok(c.getattr(&nfs3::GETATTR3args { object }).await)?.obj_attributes)
+            })
         });
         match result {
             Ok(a) => reply.attr(&TTL, &self.attr(&a)),
@@ -621,7 +853,11 @@ impl Filesystem for NfsFuse {
         };
         let result = self.handle(ino).and_then(|object| {
             self.call("SETATTR", async move |c| {
-                let args = nfs3::SETATTR3args { object: object.clone(), new_attributes: attributes, guard: Nfs3Option::None };
+                let args = nfs3::SETATTR3args {
+                    object: object.clone(),
+                    new_attributes: attributes,
+                    guard: Nfs3Option::None,
+                };
                 nfs_ok(c.setattr(&args).await)?;
                 Ok(nfs_ok(c.getattr(&nfs3::GETATTR3args { object }).await)?.obj_attributes)
             })
@@ -632,12 +868,25 @@ impl Filesystem for NfsFuse {
         }
     }
 
-    fn mkdir(&self, _req: &Request, parent: INodeNo, entry: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+    fn mkdir(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        entry: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
         let bytes = entry.as_encoded_bytes().to_vec();
         let result = self.handle(parent).and_then(|dir| {
-            let mut attributes = nfs3::sattr3::default();
-            attributes.mode = Nfs3Option::Some(mode & !umask & 0o7777);
-            let args = nfs3::MKDIR3args { where_: nfs3::diropargs3 { dir: dir.clone(), name: name(&bytes) }, attributes };
+            let attributes = with_mode(mode & !umask & 0o7777);
+            let args = nfs3::MKDIR3args {
+                where_: nfs3::diropargs3 {
+                    dir: dir.clone(),
+                    name: name(&bytes),
+                },
+                attributes,
+            };
             let made = self.call("MKDIR", async move |c| nfs_ok(c.mkdir(&args).await))?;
             self.created(made.obj, made.obj_attributes, &dir, &bytes)
         });
@@ -650,8 +899,15 @@ impl Filesystem for NfsFuse {
     fn unlink(&self, _req: &Request, parent: INodeNo, entry: &OsStr, reply: ReplyEmpty) {
         let bytes = entry.as_encoded_bytes();
         let result = self.handle(parent).and_then(|dir| {
-            let args = nfs3::REMOVE3args { object: nfs3::diropargs3 { dir, name: name(bytes) } };
-            self.call("REMOVE", async move |c| nfs_ok(c.remove(&args).await).map(drop))
+            let args = nfs3::REMOVE3args {
+                object: nfs3::diropargs3 {
+                    dir,
+                    name: name(bytes),
+                },
+            };
+            self.call("REMOVE", async move |c| {
+                nfs_ok(c.remove(&args).await).map(drop)
+            })
         });
         match result {
             Ok(()) => reply.ok(),
@@ -662,8 +918,15 @@ impl Filesystem for NfsFuse {
     fn rmdir(&self, _req: &Request, parent: INodeNo, entry: &OsStr, reply: ReplyEmpty) {
         let bytes = entry.as_encoded_bytes();
         let result = self.handle(parent).and_then(|dir| {
-            let args = nfs3::RMDIR3args { object: nfs3::diropargs3 { dir, name: name(bytes) } };
-            self.call("RMDIR", async move |c| nfs_ok(c.rmdir(&args).await).map(drop))
+            let args = nfs3::RMDIR3args {
+                object: nfs3::diropargs3 {
+                    dir,
+                    name: name(bytes),
+                },
+            };
+            self.call("RMDIR", async move |c| {
+                nfs_ok(c.rmdir(&args).await).map(drop)
+            })
         });
         match result {
             Ok(()) => reply.ok(),
@@ -684,10 +947,18 @@ impl Filesystem for NfsFuse {
         let result = self.handle(parent).and_then(|from| {
             let to = self.handle(newparent)?;
             let args = nfs3::RENAME3args {
-                from: nfs3::diropargs3 { dir: from, name: name(entry.as_encoded_bytes()) },
-                to: nfs3::diropargs3 { dir: to, name: name(newname.as_encoded_bytes()) },
+                from: nfs3::diropargs3 {
+                    dir: from,
+                    name: name(entry.as_encoded_bytes()),
+                },
+                to: nfs3::diropargs3 {
+                    dir: to,
+                    name: name(newname.as_encoded_bytes()),
+                },
             };
-            self.call("RENAME", async move |c| nfs_ok(c.rename(&args).await).map(drop))
+            self.call("RENAME", async move |c| {
+                nfs_ok(c.rename(&args).await).map(drop)
+            })
         });
         match result {
             Ok(()) => reply.ok(),
@@ -715,7 +986,11 @@ impl Filesystem for NfsFuse {
                 let mut data = Vec::with_capacity(size as usize);
                 while data.len() < size as usize {
                     let count = (size - data.len() as u32).min(IO_SIZE);
-                    let args = nfs3::READ3args { file: file.clone(), offset: offset + data.len() as u64, count };
+                    let args = nfs3::READ3args {
+                        file: file.clone(),
+                        offset: offset + data.len() as u64,
+                        count,
+                    };
                     let chunk = nfs_ok(c.read(&args).await)?;
                     data.extend_from_slice(chunk.data.as_ref());
                     if chunk.eof || chunk.count == 0 {
@@ -772,22 +1047,49 @@ impl Filesystem for NfsFuse {
         }
     }
 
-    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
         reply.ok();
     }
 
-    fn fsync(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         reply.ok();
     }
 
-    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
         let result = self.handle(ino).and_then(|dir| {
             self.call("READDIRPLUS", async move |c| {
                 let mut out = Vec::new();
                 let mut cookie = 0;
                 let mut cookieverf = nfs3::cookieverf3::default();
                 loop {
-                    let args = nfs3::READDIRPLUS3args { dir: dir.clone(), cookie, cookieverf, dircount: IO_SIZE, maxcount: IO_SIZE };
+                    let args = nfs3::READDIRPLUS3args {
+                        dir: dir.clone(),
+                        cookie,
+                        cookieverf,
+                        dircount: IO_SIZE,
+                        maxcount: IO_SIZE,
+                    };
                     let page = nfs_ok(c.readdirplus(&args).await)?;
                     let entries = page.reply.entries.into_inner();
                     for e in &entries {
@@ -813,7 +1115,9 @@ impl Filesystem for NfsFuse {
             Ok(entries) => entries,
             Err(e) => return reply.error(e),
         };
-        for (index, (fileid, entry, attr, handle)) in entries.into_iter().enumerate().skip(offset as usize) {
+        for (index, (fileid, entry, attr, handle)) in
+            entries.into_iter().enumerate().skip(offset as usize)
+        {
             let kind = match &attr {
                 Some(a) if matches!(a.type_, nfs3::ftype3::NF3DIR) => FileType::Directory,
                 Some(a) if matches!(a.type_, nfs3::ftype3::NF3LNK) => FileType::Symlink,
@@ -825,8 +1129,17 @@ impl Filesystem for NfsFuse {
             {
                 self.remember(a, h);
             }
-            let ino = if entry == b"." { ino.0 } else { self.ino(fileid) };
-            if reply.add(INodeNo(ino), (index + 1) as u64, kind, OsStr::from_bytes(&entry)) {
+            let ino = if entry == b"." {
+                ino.0
+            } else {
+                self.ino(fileid)
+            };
+            if reply.add(
+                INodeNo(ino),
+                (index + 1) as u64,
+                kind,
+                OsStr::from_bytes(&entry),
+            ) {
                 break;
             }
         }
@@ -835,31 +1148,59 @@ impl Filesystem for NfsFuse {
 
     fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
         let result = self.handle(ino).and_then(|fsroot| {
-            self.call("FSSTAT", async move |c| nfs_ok(c.fsstat(&nfs3::FSSTAT3args { fsroot }).await))
+            self.call("FSSTAT", async move |c| {
+                nfs_ok(c.fsstat(&nfs3::FSSTAT3args { fsroot }).await)
+            })
         });
         match result {
             Ok(s) => {
                 let block = u64::from(IO_SIZE);
-                reply.statfs(s.tbytes / block, s.fbytes / block, s.abytes / block, s.tfiles, s.ffiles, IO_SIZE, 255, IO_SIZE)
+                reply.statfs(
+                    s.tbytes / block,
+                    s.fbytes / block,
+                    s.abytes / block,
+                    s.tfiles,
+                    s.ffiles,
+                    IO_SIZE,
+                    255,
+                    IO_SIZE,
+                )
             }
             Err(e) => reply.error(e),
         }
     }
 
-    fn create(&self, _req: &Request, parent: INodeNo, entry: &OsStr, mode: u32, umask: u32, _flags: i32, reply: ReplyCreate) {
+    fn create(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        entry: &OsStr,
+        mode: u32,
+        umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
         let bytes = entry.as_encoded_bytes().to_vec();
         let result = self.handle(parent).and_then(|dir| {
-            let mut attributes = nfs3::sattr3::default();
-            attributes.mode = Nfs3Option::Some(mode & !umask & 0o7777);
+            let attributes = with_mode(mode & !umask & 0o7777);
             let args = nfs3::CREATE3args {
-                where_: nfs3::diropargs3 { dir: dir.clone(), name: name(&bytes) },
+                where_: nfs3::diropargs3 {
+                    dir: dir.clone(),
+                    name: name(&bytes),
+                },
                 how: nfs3::createhow3::UNCHECKED(attributes),
             };
             let made = self.call("CREATE", async move |c| nfs_ok(c.create(&args).await))?;
             self.created(made.obj, made.obj_attributes, &dir, &bytes)
         });
         match result {
-            Ok(attr) => reply.created(&TTL, &attr, Generation(0), FileHandle(0), FopenFlags::empty()),
+            Ok(attr) => reply.created(
+                &TTL,
+                &attr,
+                Generation(0),
+                FileHandle(0),
+                FopenFlags::empty(),
+            ),
             Err(e) => reply.error(e),
         }
     }

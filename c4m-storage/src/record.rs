@@ -30,7 +30,9 @@ impl RecordDir {
     pub(crate) fn read<T: DeserializeOwned>(&self, id: &str) -> Result<Option<T>> {
         let path = self.path(id);
         match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|source| Error::Record { path, source }),
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|source| Error::Record { path, source }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(Error::io("read record", path, e)),
         }
@@ -38,7 +40,10 @@ impl RecordDir {
 
     pub(crate) fn write<T: Serialize>(&self, id: &str, record: &T) -> Result<()> {
         let path = self.path(id);
-        let bytes = serde_json::to_vec_pretty(record).map_err(|source| Error::Record { path: path.clone(), source })?;
+        let bytes = serde_json::to_vec_pretty(record).map_err(|source| Error::Record {
+            path: path.clone(),
+            source,
+        })?;
         write_atomically(&path, &bytes)
     }
 
@@ -53,7 +58,8 @@ impl RecordDir {
 
     /// The ids of every record; leftover temporary files are removed.
     pub(crate) fn ids(&self) -> Result<Vec<String>> {
-        let entries = fs::read_dir(&self.dir).map_err(|e| Error::io("list records", &self.dir, e))?;
+        let entries =
+            fs::read_dir(&self.dir).map_err(|e| Error::io("list records", &self.dir, e))?;
         let mut ids = Vec::new();
         for entry in entries {
             let entry = entry.map_err(|e| Error::io("list records", &self.dir, e))?;
@@ -76,7 +82,8 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
     let mut file = fs::File::create(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
-    file.write_all(bytes).map_err(|e| Error::io("write", &tmp, e))?;
+    file.write_all(bytes)
+        .map_err(|e| Error::io("write", &tmp, e))?;
     file.sync_all().map_err(|e| Error::io("fsync", &tmp, e))?;
     fs::rename(&tmp, path).map_err(|e| Error::io("rename into", path, e))?;
     sync_dir(dir)
@@ -84,7 +91,9 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// fsyncs a directory, making renames and removals in it durable.
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
-    fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io("fsync directory", dir, e))
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io("fsync directory", dir, e))
 }
 
 #[cfg(test)]

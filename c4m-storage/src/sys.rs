@@ -22,7 +22,10 @@ where
         .kill_on_drop(true)
         .output()
         .await
-        .map_err(|source| Error::Spawn { program: program.to_owned(), source })?;
+        .map_err(|source| Error::Spawn {
+            program: program.to_owned(),
+            source,
+        })?;
     if output.status.success() {
         return Ok(String::from_utf8_lossy(&output.stdout).into_owned());
     }
@@ -79,8 +82,15 @@ fn unescape(field: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'\\' && i + 3 < bytes.len() && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b)) {
-            let value = bytes[i + 1..i + 4].iter().fold(0u32, |acc, b| acc * 8 + u32::from(b - b'0'));
+        if bytes[i] == b'\\'
+            && i + 3 < bytes.len()
+            && bytes[i + 1..i + 4]
+                .iter()
+                .all(|b| (b'0'..=b'7').contains(b))
+        {
+            let value = bytes[i + 1..i + 4]
+                .iter()
+                .fold(0u32, |acc, b| acc * 8 + u32::from(b - b'0'));
             out.push(value as u8);
             i += 4;
         } else {
@@ -110,21 +120,46 @@ pub(crate) fn absolute(path: &Path) -> PathBuf {
 }
 
 /// Mounts `source` (of type `fs_type`) at `target`.
-pub(crate) fn mount(source: &Path, target: &Path, fs_type: &str, flags: MsFlags, data: Option<&str>) -> Result<()> {
-    nix::mount::mount(Some(source), target, Some(fs_type), flags, data)
-        .map_err(|source| Error::Mount { op: "mount", path: target.to_path_buf(), source })
+pub(crate) fn mount(
+    source: &Path,
+    target: &Path,
+    fs_type: &str,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<()> {
+    nix::mount::mount(Some(source), target, Some(fs_type), flags, data).map_err(|source| {
+        Error::Mount {
+            op: "mount",
+            path: target.to_path_buf(),
+            source,
+        }
+    })
 }
 
 /// Bind-mounts `source` at `target`, then makes it read-only if asked (a bind
 /// mount takes `MS_RDONLY` only on a remount).
 pub(crate) fn bind_mount(source: &Path, target: &Path, read_only: bool) -> Result<()> {
-    nix::mount::mount(Some(source), target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-        .map_err(|e| Error::Mount { op: "bind mount", path: target.to_path_buf(), source: e })?;
+    nix::mount::mount(
+        Some(source),
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(|e| Error::Mount {
+        op: "bind mount",
+        path: target.to_path_buf(),
+        source: e,
+    })?;
     if read_only {
         let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
         if let Err(e) = nix::mount::mount(None::<&str>, target, None::<&str>, flags, None::<&str>) {
             let _ = nix::mount::umount2(target, MntFlags::empty());
-            return Err(Error::Mount { op: "remount read-only", path: target.to_path_buf(), source: e });
+            return Err(Error::Mount {
+                op: "remount read-only",
+                path: target.to_path_buf(),
+                source: e,
+            });
         }
     }
     Ok(())
@@ -142,8 +177,16 @@ pub(crate) fn unmount(target: &Path) -> Result<bool> {
         Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => Ok(false),
         Err(nix::Error::ENOTCONN) => nix::mount::umount2(target, MntFlags::MNT_DETACH)
             .map(|()| true)
-            .map_err(|source| Error::Mount { op: "unmount", path: target.to_path_buf(), source }),
-        Err(source) => Err(Error::Mount { op: "unmount", path: target.to_path_buf(), source }),
+            .map_err(|source| Error::Mount {
+                op: "unmount",
+                path: target.to_path_buf(),
+                source,
+            }),
+        Err(source) => Err(Error::Mount {
+            op: "unmount",
+            path: target.to_path_buf(),
+            source,
+        }),
     }
 }
 
@@ -164,7 +207,11 @@ pub(crate) async fn loops_of(file: &Path) -> Result<Vec<PathBuf>> {
 /// Every loop device with its backing file (`losetup --list`), for loop
 /// devices whose file was deleted (shown with ` (deleted)`).
 pub(crate) async fn all_loops() -> Result<Vec<(PathBuf, PathBuf)>> {
-    let out = run("losetup", ["--list", "--noheadings", "--output", "NAME,BACK-FILE"]).await?;
+    let out = run(
+        "losetup",
+        ["--list", "--noheadings", "--output", "NAME,BACK-FILE"],
+    )
+    .await?;
     Ok(out
         .lines()
         .filter_map(|line| {
@@ -178,7 +225,11 @@ pub(crate) async fn all_loops() -> Result<Vec<(PathBuf, PathBuf)>> {
 
 /// Attaches `file` to a free loop device and returns the device.
 pub(crate) async fn attach_loop(file: &Path) -> Result<PathBuf> {
-    let out = run("losetup", [OsStr::new("--find"), OsStr::new("--show"), file.as_os_str()]).await?;
+    let out = run(
+        "losetup",
+        [OsStr::new("--find"), OsStr::new("--show"), file.as_os_str()],
+    )
+    .await?;
     Ok(PathBuf::from(out.trim()))
 }
 
@@ -186,7 +237,11 @@ pub(crate) async fn attach_loop(file: &Path) -> Result<PathBuf> {
 pub(crate) async fn detach_loop(device: &Path) -> Result<()> {
     match run("losetup", [OsStr::new("-d"), device.as_os_str()]).await {
         Ok(_) => Ok(()),
-        Err(Error::Command { stderr, .. }) if stderr.contains("No such device") || stderr.contains("No such file") => Ok(()),
+        Err(Error::Command { stderr, .. })
+            if stderr.contains("No such device") || stderr.contains("No such file") =>
+        {
+            Ok(())
+        }
         Err(e) => Err(e),
     }
 }
@@ -194,7 +249,10 @@ pub(crate) async fn detach_loop(device: &Path) -> Result<()> {
 /// `major:minor` of a block device.
 pub(crate) fn device_number(device: &Path) -> Result<(u64, u64)> {
     let st = nix::sys::stat::stat(device).map_err(|e| Error::io("stat", device, e.into()))?;
-    Ok((nix::sys::stat::major(st.st_rdev), nix::sys::stat::minor(st.st_rdev)))
+    Ok((
+        nix::sys::stat::major(st.st_rdev),
+        nix::sys::stat::minor(st.st_rdev),
+    ))
 }
 
 /// Free and total bytes of the filesystem holding `path`.
@@ -202,6 +260,25 @@ pub(crate) fn fs_space(path: &Path) -> Result<(u64, u64)> {
     let st = nix::sys::statvfs::statvfs(path).map_err(|e| Error::io("statvfs", path, e.into()))?;
     let unit = st.fragment_size();
     Ok((st.blocks_available() * unit, st.blocks() * unit))
+}
+
+/// Like [`run`], but the exit codes in `ok` also count as success (e2fsck
+/// exits 1 when it corrected something).
+pub(crate) async fn run_allowing<I, S>(program: &str, args: I, ok: &[&str]) -> Result<String>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    match run(program, args).await {
+        Err(Error::Command { status, .. })
+            if ok
+                .iter()
+                .any(|code| status == format!("exit status: {code}")) =>
+        {
+            Ok(String::new())
+        }
+        other => other,
+    }
 }
 
 #[cfg(test)]
@@ -220,18 +297,5 @@ mod tests {
         assert_eq!(m[0].fs_type, "ext4");
         assert_eq!(m[0].source, "/dev/loop3");
         assert_eq!(m[1].root, PathBuf::from("/sub"));
-    }
-}
-
-/// Like [`run`], but the exit codes in `ok` also count as success (e2fsck
-/// exits 1 when it corrected something).
-pub(crate) async fn run_allowing<I, S>(program: &str, args: I, ok: &[&str]) -> Result<String>
-where
-    I: IntoIterator<Item = S>,
-    S: AsRef<OsStr>,
-{
-    match run(program, args).await {
-        Err(Error::Command { status, .. }) if ok.iter().any(|code| status == format!("exit status: {code}")) => Ok(String::new()),
-        other => other,
     }
 }

@@ -43,7 +43,11 @@ impl WorkloadPaths {
     /// The paths under `root`.
     pub fn new(root: &Path) -> Self {
         let staging = root.join("stage");
-        Self { data_file: staging.join("data"), target: root.join("pub"), staging }
+        Self {
+            data_file: staging.join("data"),
+            target: root.join("pub"),
+            staging,
+        }
     }
 }
 
@@ -60,15 +64,27 @@ pub fn workload_ids() -> (VolumeId, SnapshotId, VolumeId) {
 pub async fn every_step_workload(backend: &LocalBackend, root: &Path) -> Result<()> {
     let (v1, s1, v2) = workload_ids();
     let paths = WorkloadPaths::new(root);
-    backend.provision(&ProvisionRequest::new(v1.clone(), WORKLOAD_VOLUME_BYTES)).await?;
+    backend
+        .provision(&ProvisionRequest::new(v1.clone(), WORKLOAD_VOLUME_BYTES))
+        .await?;
     backend.stage(&v1, &paths.staging).await?;
-    backend.publish(&v1, &paths.staging, &paths.target, false).await?;
-    let mut file = std::fs::File::create(&paths.data_file).map_err(|e| Error::io("create", &paths.data_file, e))?;
-    file.write_all(WORKLOAD_DATA).map_err(|e| Error::io("write", &paths.data_file, e))?;
-    file.sync_all().map_err(|e| Error::io("fsync", &paths.data_file, e))?;
+    backend
+        .publish(&v1, &paths.staging, &paths.target, false)
+        .await?;
+    let mut file = std::fs::File::create(&paths.data_file)
+        .map_err(|e| Error::io("create", &paths.data_file, e))?;
+    file.write_all(WORKLOAD_DATA)
+        .map_err(|e| Error::io("write", &paths.data_file, e))?;
+    file.sync_all()
+        .map_err(|e| Error::io("fsync", &paths.data_file, e))?;
     drop(file);
     backend.snapshot(&v1, &s1).await?;
-    backend.restore(&s1, &ProvisionRequest::new(v2.clone(), WORKLOAD_VOLUME_BYTES)).await?;
+    backend
+        .restore(
+            &s1,
+            &ProvisionRequest::new(v2.clone(), WORKLOAD_VOLUME_BYTES),
+        )
+        .await?;
     backend.unpublish(&v1, &paths.target).await?;
     backend.unstage(&v1, &paths.staging).await?;
     backend.expand(&v1, WORKLOAD_VOLUME_BYTES * 2).await?;
@@ -112,14 +128,24 @@ pub async fn leaks(pool: &Path, root: &Path) -> Result<Leaks> {
             loops.push(device);
         }
     }
-    let devices: Vec<_> = loops.iter().filter_map(|d| sys::device_number(d).ok()).collect();
+    let devices: Vec<_> = loops
+        .iter()
+        .filter_map(|d| sys::device_number(d).ok())
+        .collect();
     let root = sys::absolute(root);
     let mounts = sys::mounts()?
         .into_iter()
-        .filter(|m| devices.contains(&m.device) || m.mount_point.starts_with(&root) || m.mount_point.starts_with(&pool))
+        .filter(|m| {
+            devices.contains(&m.device)
+                || m.mount_point.starts_with(&root)
+                || m.mount_point.starts_with(&pool)
+        })
         .map(|m| m.mount_point)
         .collect();
-    Ok(Leaks { loops: loops.iter().map(|d| d.display().to_string()).collect(), mounts })
+    Ok(Leaks {
+        loops: loops.iter().map(|d| d.display().to_string()).collect(),
+        mounts,
+    })
 }
 
 /// Removes, when dropped, every mount under its directories and every loop
@@ -132,26 +158,48 @@ pub struct CleanupGuard {
 impl CleanupGuard {
     /// Guards `dirs` (a pool and the directories volumes are mounted under).
     pub fn new(dirs: impl IntoIterator<Item = PathBuf>) -> Self {
-        Self { dirs: dirs.into_iter().map(|d| std::fs::canonicalize(&d).unwrap_or(d)).collect() }
+        Self {
+            dirs: dirs
+                .into_iter()
+                .map(|d| std::fs::canonicalize(&d).unwrap_or(d))
+                .collect(),
+        }
     }
 
     /// Unmounts and detaches everything now.
     pub fn clean(&self) {
         // A crashed snapshot may have left a filesystem frozen; thaw first.
         if let Ok(mounts) = sys::mounts() {
-            for mount in mounts.iter().rev().filter(|m| self.dirs.iter().any(|d| m.mount_point.starts_with(d))) {
-                let _ = std::process::Command::new("fsfreeze").arg("-u").arg(&mount.mount_point).output();
+            for mount in mounts
+                .iter()
+                .rev()
+                .filter(|m| self.dirs.iter().any(|d| m.mount_point.starts_with(d)))
+            {
+                let _ = std::process::Command::new("fsfreeze")
+                    .arg("-u")
+                    .arg(&mount.mount_point)
+                    .output();
                 if nix::mount::umount2(&mount.mount_point, nix::mount::MntFlags::empty()).is_err() {
-                    let _ = nix::mount::umount2(&mount.mount_point, nix::mount::MntFlags::MNT_DETACH);
+                    let _ =
+                        nix::mount::umount2(&mount.mount_point, nix::mount::MntFlags::MNT_DETACH);
                 }
             }
         }
-        if let Ok(out) = std::process::Command::new("losetup").args(["--list", "--noheadings", "--output", "NAME,BACK-FILE"]).output() {
+        if let Ok(out) = std::process::Command::new("losetup")
+            .args(["--list", "--noheadings", "--output", "NAME,BACK-FILE"])
+            .output()
+        {
             for line in String::from_utf8_lossy(&out.stdout).lines() {
                 if let Some((device, file)) = line.trim().split_once(char::is_whitespace)
-                    && self.dirs.iter().any(|d| Path::new(file.trim()).starts_with(d))
+                    && self
+                        .dirs
+                        .iter()
+                        .any(|d| Path::new(file.trim()).starts_with(d))
                 {
-                    let _ = std::process::Command::new("losetup").arg("-d").arg(device).output();
+                    let _ = std::process::Command::new("losetup")
+                        .arg("-d")
+                        .arg(device)
+                        .output();
                 }
             }
         }
@@ -179,6 +227,9 @@ pub fn require_root_and(programs: &[&str]) -> std::result::Result<(), String> {
     if missing.is_empty() {
         Ok(())
     } else {
-        Err(format!("missing programs: {} (see scripts/test.sh for the Debian packages)", missing.join(", ")))
+        Err(format!(
+            "missing programs: {} (see scripts/test.sh for the Debian packages)",
+            missing.join(", ")
+        ))
     }
 }

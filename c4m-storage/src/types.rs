@@ -70,13 +70,25 @@ id_type!(
 
 fn validate_id(what: &'static str, id: &str) -> Result<()> {
     if id.is_empty() || id.len() > MAX_ID_LEN {
-        return Err(Error::invalid(what, format!("{id:?} must be 1 to {MAX_ID_LEN} bytes long")));
+        return Err(Error::invalid(
+            what,
+            format!("{id:?} must be 1 to {MAX_ID_LEN} bytes long"),
+        ));
     }
     if id.starts_with('.') {
-        return Err(Error::invalid(what, format!("{id:?} must not start with '.'")));
+        return Err(Error::invalid(
+            what,
+            format!("{id:?} must not start with '.'"),
+        ));
     }
-    if let Some(bad) = id.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))) {
-        return Err(Error::invalid(what, format!("{id:?} has {bad:?}; allowed are letters, digits, '-', '_' and '.'")));
+    if let Some(bad) = id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
+        return Err(Error::invalid(
+            what,
+            format!("{id:?} has {bad:?}; allowed are letters, digits, '-', '_' and '.'"),
+        ));
     }
     Ok(())
 }
@@ -246,7 +258,16 @@ mod tests {
         assert!(VolumeId::new("pvc-1.a_b").is_ok());
         for bad in ["", ".hidden", "a/b", "a b", "..", &"x".repeat(129)] {
             let err = VolumeId::new(bad).unwrap_err();
-            assert!(matches!(err, Error::InvalidArgument { what: "volume id", .. }), "{bad:?}: {err}");
+            assert!(
+                matches!(
+                    err,
+                    Error::InvalidArgument {
+                        what: "volume id",
+                        ..
+                    }
+                ),
+                "{bad:?}: {err}"
+            );
         }
         let err = serde_json::from_str::<SnapshotId>("\"../x\"").unwrap_err();
         assert!(err.to_string().contains("snapshot id"), "{err}");
@@ -257,6 +278,9 @@ mod tests {
         let mut req = ProvisionRequest::new(VolumeId::new("v1").unwrap(), 1 << 20);
         req.parameters.insert("k".into(), "v".into());
         let text = serde_json::to_string(&req).unwrap();
-        assert_eq!(serde_json::from_str::<ProvisionRequest>(&text).unwrap(), req);
+        assert_eq!(
+            serde_json::from_str::<ProvisionRequest>(&text).unwrap(),
+            req
+        );
     }
 }

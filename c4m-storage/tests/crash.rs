@@ -8,14 +8,21 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use c4m_storage::testing::{
-    CleanupGuard, FAIL_POINTS_AFTER_WRITE, WORKLOAD_DATA, WorkloadPaths, every_step_workload, leaks, require_root_and,
-    workload_ids,
+    CleanupGuard, FAIL_POINTS_AFTER_WRITE, WORKLOAD_DATA, WorkloadPaths, every_step_workload,
+    leaks, require_root_and, workload_ids,
 };
 use c4m_storage::{FAIL_POINT_ENV, FAIL_POINTS, LocalBackend, REACHED_PREFIX, VolumeBackend};
 
 const POOL_ENV: &str = "C4M_CRASH_TEST_POOL";
 const ROOT_ENV: &str = "C4M_CRASH_TEST_ROOT";
-const PROGRAMS: &[&str] = &["losetup", "mkfs.ext4", "e2fsck", "resize2fs", "fsfreeze", "cp"];
+const PROGRAMS: &[&str] = &[
+    "losetup",
+    "mkfs.ext4",
+    "e2fsck",
+    "resize2fs",
+    "fsfreeze",
+    "cp",
+];
 
 /// The workload. Run by itself it goes through every step and must leave
 /// nothing behind; the crash test runs it as its child, on its own pool,
@@ -32,7 +39,9 @@ async fn workload_passes_every_step() {
             (Some(dir), pool, root)
         }
     };
-    let _guard = dir.as_ref().map(|d| CleanupGuard::new([d.path().to_path_buf()]));
+    let _guard = dir
+        .as_ref()
+        .map(|d| CleanupGuard::new([d.path().to_path_buf()]));
     let backend = LocalBackend::open(&pool).unwrap();
     every_step_workload(&backend, &root).await.unwrap();
     assert!(leaks(&pool, &root).await.unwrap().is_empty());
@@ -42,7 +51,13 @@ async fn workload_passes_every_step() {
 /// Runs the workload in a child stopped at `point` and kills it there with SIGKILL.
 fn crash_at(point: &str, pool: &Path, root: &Path) {
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "workload_passes_every_step", "--include-ignored", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "workload_passes_every_step",
+            "--include-ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(FAIL_POINT_ENV, point)
         .env(POOL_ENV, pool)
         .env(ROOT_ENV, root)
@@ -62,7 +77,8 @@ fn crash_at(point: &str, pool: &Path, root: &Path) {
     let reached = rx.recv_timeout(Duration::from_secs(120));
     child.kill().unwrap(); // SIGKILL
     let status = child.wait().unwrap();
-    let line = reached.unwrap_or_else(|_| panic!("the child never reached fail point {point} (exit: {status})"));
+    let line = reached
+        .unwrap_or_else(|_| panic!("the child never reached fail point {point} (exit: {status})"));
     assert_eq!(line, format!("{REACHED_PREFIX}{point} reached"));
 }
 
@@ -87,9 +103,15 @@ async fn kill_9_at_every_fail_point_then_reconcile_leaves_no_leak() {
         crash_at(point, &pool, &root);
 
         let backend = LocalBackend::open(&pool).unwrap();
-        let report = backend.reconcile().await.unwrap_or_else(|e| panic!("{point}: reconcile: {e}"));
+        let report = backend
+            .reconcile()
+            .await
+            .unwrap_or_else(|e| panic!("{point}: reconcile: {e}"));
         eprintln!("{point}: {report:?}");
-        assert!(backend.reconcile().await.unwrap().is_clean(), "{point}: a second reconcile finds nothing");
+        assert!(
+            backend.reconcile().await.unwrap().is_clean(),
+            "{point}: a second reconcile finds nothing"
+        );
 
         // What the records declare is all that is mounted.
         let declared: Vec<_> = backend
@@ -105,8 +127,19 @@ async fn kill_9_at_every_fail_point_then_reconcile_leaves_no_leak() {
         let mut want = declared.clone();
         want.sort();
         assert_eq!(mounted, want, "{point}: mounts");
-        let staged = backend.list().await.unwrap().iter().filter(|v| v.staged_at.is_some()).count();
-        assert_eq!(found.loops.len(), staged, "{point}: loop devices {:?}", found.loops);
+        let staged = backend
+            .list()
+            .await
+            .unwrap()
+            .iter()
+            .filter(|v| v.staged_at.is_some())
+            .count();
+        assert_eq!(
+            found.loops.len(),
+            staged,
+            "{point}: loop devices {:?}",
+            found.loops
+        );
 
         // Data fsynced before the crash is intact.
         let (v1, _, _) = workload_ids();
@@ -121,8 +154,15 @@ async fn kill_9_at_every_fail_point_then_reconcile_leaves_no_leak() {
                     check.clone()
                 }
             };
-            assert_eq!(std::fs::read(at.join("data")).unwrap(), WORKLOAD_DATA, "{point}: data");
-            assert!(writable_within(&at, Duration::from_secs(10)), "{point}: the filesystem is still frozen");
+            assert_eq!(
+                std::fs::read(at.join("data")).unwrap(),
+                WORKLOAD_DATA,
+                "{point}: data"
+            );
+            assert!(
+                writable_within(&at, Duration::from_secs(10)),
+                "{point}: the filesystem is still frozen"
+            );
             if staging.is_none() {
                 backend.unstage(&v1, &check).await.unwrap();
             }

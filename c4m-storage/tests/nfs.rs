@@ -17,7 +17,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use c4m_storage::testing::{CleanupGuard, require_root_and};
-use c4m_storage::{Error, Filesystem, NfsBackend, NfsExport, NfsMounter, ProvisionRequest, VolumeBackend, VolumeId};
+use c4m_storage::{
+    Error, Filesystem, NfsBackend, NfsExport, NfsMounter, ProvisionRequest, VolumeBackend, VolumeId,
+};
 
 /// nfs-ganesha and its rpcbind, killed (the whole process group) on drop.
 struct Ganesha {
@@ -28,7 +30,11 @@ struct Ganesha {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl Ganesha {
@@ -91,13 +97,22 @@ EXPORT {{
             .unwrap();
         let ganesha = Ganesha {
             child,
-            export: NfsExport { host: "127.0.0.1".into(), path: export_dir.display().to_string(), mount_port, nfs_port },
+            export: NfsExport {
+                host: "127.0.0.1".into(),
+                path: export_dir.display().to_string(),
+                mount_port,
+                nfs_port,
+            },
             export_dir,
             log,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(("127.0.0.1", mount_port)).is_err() {
-            assert!(Instant::now() < deadline, "ganesha did not listen on {mount_port}: {}", ganesha.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "ganesha did not listen on {mount_port}: {}",
+                ganesha.log_text()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         ganesha
@@ -129,7 +144,10 @@ impl Drop for Ganesha {
 #[ignore = "needs root + FUSE, nfs-ganesha, nfs-ganesha-vfs, rpcbind, util-linux (unshare)"]
 async fn nfs_volume_written_on_one_host_is_read_on_another() {
     require_root_and(&["ganesha.nfsd", "rpcbind", "unshare"]).unwrap();
-    assert!(Path::new("/dev/fuse").exists(), "/dev/fuse is missing: FUSE is not available");
+    assert!(
+        Path::new("/dev/fuse").exists(),
+        "/dev/fuse is missing: FUSE is not available"
+    );
     let dir = tempfile::tempdir().unwrap();
     let mnt = dir.path().join("mnt");
     // Declared first, dropped last: unmounts before ganesha stops.
@@ -144,17 +162,28 @@ async fn nfs_volume_written_on_one_host_is_read_on_another() {
     req.filesystem = Filesystem::Nfs;
     host_a.provision(&req).await.unwrap();
     host_a.provision(&req).await.unwrap();
-    assert!(ganesha.export_dir.join("pvc-shared").is_dir(), "a directory per volume on the export");
+    assert!(
+        ganesha.export_dir.join("pvc-shared").is_dir(),
+        "a directory per volume on the export"
+    );
     assert!(host_b.list().await.unwrap().iter().any(|v| v.id == id));
     let capacity = host_a.capacity().await.unwrap();
-    assert!(capacity.total_bytes > 0 && capacity.available_bytes > 0, "{capacity:?}");
+    assert!(
+        capacity.total_bytes > 0 && capacity.available_bytes > 0,
+        "{capacity:?}"
+    );
 
     let (at_a, at_b) = (mnt.join("a"), mnt.join("b"));
     host_a.stage(&id, &at_a).await.unwrap();
     host_a.stage(&id, &at_a).await.unwrap();
     host_b.stage(&id, &at_b).await.unwrap();
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    assert!(mounts.lines().any(|l| l.contains(" - fuse") && l.contains(" c4m-nfs:pvc-shared ")), "{mounts}");
+    assert!(
+        mounts
+            .lines()
+            .any(|l| l.contains(" - fuse") && l.contains(" c4m-nfs:pvc-shared ")),
+        "{mounts}"
+    );
 
     // Written (and fsynced) on host A, read on host B, through the filesystem.
     let (a, b) = (at_a.clone(), at_b.clone());
@@ -167,8 +196,10 @@ async fn nfs_volume_written_on_one_host_is_read_on_another() {
         drop(file);
         std::fs::rename(a.join("sub/hello.txt"), a.join("sub/data.bin")).unwrap();
         assert_eq!(std::fs::read(b.join("sub/data.bin")).unwrap(), big);
-        let names: Vec<String> =
-            std::fs::read_dir(b.join("sub")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        let names: Vec<String> = std::fs::read_dir(b.join("sub"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
         assert_eq!(names, vec!["data.bin".to_string()]);
         std::fs::write(b.join("from-b"), b"b wrote this").unwrap();
         assert_eq!(std::fs::read(a.join("from-b")).unwrap(), b"b wrote this");
@@ -176,7 +207,12 @@ async fn nfs_volume_written_on_one_host_is_read_on_another() {
     })
     .await
     .unwrap();
-    assert_eq!(std::fs::metadata(ganesha.export_dir.join("pvc-shared/sub/data.bin")).unwrap().len(), 600_000);
+    assert_eq!(
+        std::fs::metadata(ganesha.export_dir.join("pvc-shared/sub/data.bin"))
+            .unwrap()
+            .len(),
+        600_000
+    );
 
     // Published into a "container" on host B, read-only.
     let target = mnt.join("pod/data");
@@ -194,7 +230,10 @@ async fn nfs_volume_written_on_one_host_is_read_on_another() {
     }
     host_a.delete(&id).await.unwrap();
     host_a.delete(&id).await.unwrap();
-    assert!(!ganesha.export_dir.join("pvc-shared").exists(), "the volume's directory is removed");
+    assert!(
+        !ganesha.export_dir.join("pvc-shared").exists(),
+        "the volume's directory is removed"
+    );
     assert!(host_a.reconcile().await.unwrap().is_clean());
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mounts.contains("c4m-nfs:"), "no FUSE mount left");

@@ -91,12 +91,18 @@ pub struct CsiClient {
 
 /// A read-write or read-only mount capability with ext4.
 pub(crate) fn mount_capability(read_only: bool) -> proto::VolumeCapability {
-    let mode = if read_only { Mode::SingleNodeReaderOnly } else { Mode::SingleNodeWriter };
+    let mode = if read_only {
+        Mode::SingleNodeReaderOnly
+    } else {
+        Mode::SingleNodeWriter
+    };
     proto::VolumeCapability {
-        access_type: Some(proto::volume_capability::AccessType::Mount(proto::volume_capability::MountVolume {
-            fs_type: "ext4".into(),
-            mount_flags: Vec::new(),
-        })),
+        access_type: Some(proto::volume_capability::AccessType::Mount(
+            proto::volume_capability::MountVolume {
+                fs_type: "ext4".into(),
+                mount_flags: Vec::new(),
+            },
+        )),
         access_mode: Some(proto::volume_capability::AccessMode { mode: mode as i32 }),
     }
 }
@@ -109,10 +115,17 @@ impl CsiClient {
         let channel = Endpoint::from_static("http://[::]:50051")
             .connect_with_connector(tower::service_fn(move |_| {
                 let path = path.clone();
-                async move { tokio::net::UnixStream::connect(path).await.map(TokioIo::new) }
+                async move {
+                    tokio::net::UnixStream::connect(path)
+                        .await
+                        .map(TokioIo::new)
+                }
             }))
             .await
-            .map_err(|source| ClientError::Connect { socket: socket.to_path_buf(), source })?;
+            .map_err(|source| ClientError::Connect {
+                socket: socket.to_path_buf(),
+                source,
+            })?;
         Ok(Self {
             identity: IdentityClient::new(channel.clone()),
             controller: ControllerClient::new(channel.clone()),
@@ -131,7 +144,10 @@ impl CsiClient {
             .map_err(call("GetPluginInfo"))?
             .into_inner();
         if info.name.is_empty() {
-            return Err(ClientError::Protocol { method: "GetPluginInfo", what: "the driver has no name".into() });
+            return Err(ClientError::Protocol {
+                method: "GetPluginInfo",
+                what: "the driver has no name".into(),
+            });
         }
         let plugin_caps = self
             .identity
@@ -143,9 +159,17 @@ impl CsiClient {
             matches!(&c.r#type, Some(proto::plugin_capability::Type::Service(s))
                 if s.r#type == proto::plugin_capability::service::Type::ControllerService as i32)
         });
-        let probe = self.identity.probe(proto::ProbeRequest {}).await.map_err(call("Probe"))?.into_inner();
+        let probe = self
+            .identity
+            .probe(proto::ProbeRequest {})
+            .await
+            .map_err(call("Probe"))?
+            .into_inner();
         if probe.ready == Some(false) {
-            return Err(ClientError::Protocol { method: "Probe", what: "the driver is not ready".into() });
+            return Err(ClientError::Protocol {
+                method: "Probe",
+                what: "the driver is not ready".into(),
+            });
         }
         let controller_rpcs = if controller_service {
             self.controller
@@ -156,14 +180,21 @@ impl CsiClient {
                 .capabilities
                 .into_iter()
                 .filter_map(|c| match c.r#type {
-                    Some(proto::controller_service_capability::Type::Rpc(rpc)) => ControllerRpc::try_from(rpc.r#type).ok(),
+                    Some(proto::controller_service_capability::Type::Rpc(rpc)) => {
+                        ControllerRpc::try_from(rpc.r#type).ok()
+                    }
                     None => None,
                 })
                 .collect()
         } else {
             Vec::new()
         };
-        let node_info = self.node.node_get_info(proto::NodeGetInfoRequest {}).await.map_err(call("NodeGetInfo"))?.into_inner();
+        let node_info = self
+            .node
+            .node_get_info(proto::NodeGetInfoRequest {})
+            .await
+            .map_err(call("NodeGetInfo"))?
+            .into_inner();
         let node_rpcs = self
             .node
             .node_get_capabilities(proto::NodeGetCapabilitiesRequest {})
@@ -173,7 +204,9 @@ impl CsiClient {
             .capabilities
             .into_iter()
             .filter_map(|c| match c.r#type {
-                Some(proto::node_service_capability::Type::Rpc(rpc)) => NodeRpc::try_from(rpc.r#type).ok(),
+                Some(proto::node_service_capability::Type::Rpc(rpc)) => {
+                    NodeRpc::try_from(rpc.r#type).ok()
+                }
                 None => None,
             })
             .collect();
@@ -198,25 +231,44 @@ impl CsiClient {
     ) -> Result<proto::Volume> {
         let request = proto::CreateVolumeRequest {
             name: name.into(),
-            capacity_range: Some(proto::CapacityRange { required_bytes: size_bytes as i64, limit_bytes: 0 }),
+            capacity_range: Some(proto::CapacityRange {
+                required_bytes: size_bytes as i64,
+                limit_bytes: 0,
+            }),
             volume_capabilities: vec![mount_capability(false)],
             parameters,
             secrets: HashMap::new(),
             volume_content_source: from_snapshot.map(|id| proto::VolumeContentSource {
-                r#type: Some(proto::volume_content_source::Type::Snapshot(proto::volume_content_source::SnapshotSource {
-                    snapshot_id: id.into(),
-                })),
+                r#type: Some(proto::volume_content_source::Type::Snapshot(
+                    proto::volume_content_source::SnapshotSource {
+                        snapshot_id: id.into(),
+                    },
+                )),
             }),
             accessibility_requirements: None,
         };
-        let response = self.controller.create_volume(request).await.map_err(call("CreateVolume"))?.into_inner();
-        response.volume.ok_or_else(|| ClientError::Protocol { method: "CreateVolume", what: "no volume in the answer".into() })
+        let response = self
+            .controller
+            .create_volume(request)
+            .await
+            .map_err(call("CreateVolume"))?
+            .into_inner();
+        response.volume.ok_or_else(|| ClientError::Protocol {
+            method: "CreateVolume",
+            what: "no volume in the answer".into(),
+        })
     }
 
     /// DeleteVolume.
     pub async fn delete_volume(&mut self, volume_id: &str) -> Result<()> {
-        let request = proto::DeleteVolumeRequest { volume_id: volume_id.into(), secrets: HashMap::new() };
-        self.controller.delete_volume(request).await.map_err(call("DeleteVolume"))?;
+        let request = proto::DeleteVolumeRequest {
+            volume_id: volume_id.into(),
+            secrets: HashMap::new(),
+        };
+        self.controller
+            .delete_volume(request)
+            .await
+            .map_err(call("DeleteVolume"))?;
         Ok(())
     }
 
@@ -227,13 +279,25 @@ impl CsiClient {
             parameters: HashMap::new(),
             accessible_topology: None,
         };
-        let response = self.controller.get_capacity(request).await.map_err(call("GetCapacity"))?.into_inner();
+        let response = self
+            .controller
+            .get_capacity(request)
+            .await
+            .map_err(call("GetCapacity"))?
+            .into_inner();
         Ok(response.available_capacity.max(0) as u64)
     }
 
     /// Makes a volume visible at `target`: NodeStageVolume at `staging` when the
     /// driver offers STAGE_UNSTAGE_VOLUME, then NodePublishVolume.
-    pub async fn mount(&mut self, info: &DriverInfo, volume_id: &str, staging: &Path, target: &Path, read_only: bool) -> Result<()> {
+    pub async fn mount(
+        &mut self,
+        info: &DriverInfo,
+        volume_id: &str,
+        staging: &Path,
+        target: &Path,
+        read_only: bool,
+    ) -> Result<()> {
         let staged = info.node_rpcs.contains(&NodeRpc::StageUnstageVolume);
         if staged {
             self.stage(volume_id, staging).await?;
@@ -241,14 +305,21 @@ impl CsiClient {
         let request = proto::NodePublishVolumeRequest {
             volume_id: volume_id.into(),
             publish_context: HashMap::new(),
-            staging_target_path: if staged { staging.display().to_string() } else { String::new() },
+            staging_target_path: if staged {
+                staging.display().to_string()
+            } else {
+                String::new()
+            },
             target_path: target.display().to_string(),
             volume_capability: Some(mount_capability(read_only)),
             readonly: read_only,
             secrets: HashMap::new(),
             volume_context: HashMap::new(),
         };
-        self.node.node_publish_volume(request).await.map_err(call("NodePublishVolume"))?;
+        self.node
+            .node_publish_volume(request)
+            .await
+            .map_err(call("NodePublishVolume"))?;
         Ok(())
     }
 
@@ -262,47 +333,83 @@ impl CsiClient {
             secrets: HashMap::new(),
             volume_context: HashMap::new(),
         };
-        self.node.node_stage_volume(request).await.map_err(call("NodeStageVolume"))?;
+        self.node
+            .node_stage_volume(request)
+            .await
+            .map_err(call("NodeStageVolume"))?;
         Ok(())
     }
 
     /// Undoes [`mount`](Self::mount): NodeUnpublishVolume, then NodeUnstageVolume
     /// when the driver stages.
-    pub async fn unmount(&mut self, info: &DriverInfo, volume_id: &str, staging: &Path, target: &Path) -> Result<()> {
+    pub async fn unmount(
+        &mut self,
+        info: &DriverInfo,
+        volume_id: &str,
+        staging: &Path,
+        target: &Path,
+    ) -> Result<()> {
         self.unpublish(volume_id, target).await?;
         if info.node_rpcs.contains(&NodeRpc::StageUnstageVolume) {
             let request = proto::NodeUnstageVolumeRequest {
                 volume_id: volume_id.into(),
                 staging_target_path: staging.display().to_string(),
             };
-            self.node.node_unstage_volume(request).await.map_err(call("NodeUnstageVolume"))?;
+            self.node
+                .node_unstage_volume(request)
+                .await
+                .map_err(call("NodeUnstageVolume"))?;
         }
         Ok(())
     }
 
     /// NodeUnpublishVolume alone.
     pub async fn unpublish(&mut self, volume_id: &str, target: &Path) -> Result<()> {
-        let request = proto::NodeUnpublishVolumeRequest { volume_id: volume_id.into(), target_path: target.display().to_string() };
-        self.node.node_unpublish_volume(request).await.map_err(call("NodeUnpublishVolume"))?;
+        let request = proto::NodeUnpublishVolumeRequest {
+            volume_id: volume_id.into(),
+            target_path: target.display().to_string(),
+        };
+        self.node
+            .node_unpublish_volume(request)
+            .await
+            .map_err(call("NodeUnpublishVolume"))?;
         Ok(())
     }
 
     /// CreateSnapshot of `volume_id` named `name`.
-    pub async fn create_snapshot(&mut self, volume_id: &str, name: &str) -> Result<proto::Snapshot> {
+    pub async fn create_snapshot(
+        &mut self,
+        volume_id: &str,
+        name: &str,
+    ) -> Result<proto::Snapshot> {
         let request = proto::CreateSnapshotRequest {
             source_volume_id: volume_id.into(),
             name: name.into(),
             secrets: HashMap::new(),
             parameters: HashMap::new(),
         };
-        let response = self.controller.create_snapshot(request).await.map_err(call("CreateSnapshot"))?.into_inner();
-        response.snapshot.ok_or_else(|| ClientError::Protocol { method: "CreateSnapshot", what: "no snapshot in the answer".into() })
+        let response = self
+            .controller
+            .create_snapshot(request)
+            .await
+            .map_err(call("CreateSnapshot"))?
+            .into_inner();
+        response.snapshot.ok_or_else(|| ClientError::Protocol {
+            method: "CreateSnapshot",
+            what: "no snapshot in the answer".into(),
+        })
     }
 
     /// DeleteSnapshot.
     pub async fn delete_snapshot(&mut self, snapshot_id: &str) -> Result<()> {
-        let request = proto::DeleteSnapshotRequest { snapshot_id: snapshot_id.into(), secrets: HashMap::new() };
-        self.controller.delete_snapshot(request).await.map_err(call("DeleteSnapshot"))?;
+        let request = proto::DeleteSnapshotRequest {
+            snapshot_id: snapshot_id.into(),
+            secrets: HashMap::new(),
+        };
+        self.controller
+            .delete_snapshot(request)
+            .await
+            .map_err(call("DeleteSnapshot"))?;
         Ok(())
     }
 
@@ -310,16 +417,30 @@ impl CsiClient {
     pub async fn expand(&mut self, volume_id: &str, size_bytes: u64) -> Result<u64> {
         let request = proto::ControllerExpandVolumeRequest {
             volume_id: volume_id.into(),
-            capacity_range: Some(proto::CapacityRange { required_bytes: size_bytes as i64, limit_bytes: 0 }),
+            capacity_range: Some(proto::CapacityRange {
+                required_bytes: size_bytes as i64,
+                limit_bytes: 0,
+            }),
             secrets: HashMap::new(),
             volume_capability: Some(mount_capability(false)),
         };
-        let response = self.controller.controller_expand_volume(request).await.map_err(call("ControllerExpandVolume"))?.into_inner();
+        let response = self
+            .controller
+            .controller_expand_volume(request)
+            .await
+            .map_err(call("ControllerExpandVolume"))?
+            .into_inner();
         Ok(response.capacity_bytes.max(0) as u64)
     }
 
     /// The raw generated clients, for calls this type does not wrap.
-    pub fn services(&mut self) -> (&mut IdentityClient<Channel>, &mut ControllerClient<Channel>, &mut NodeClient<Channel>) {
+    pub fn services(
+        &mut self,
+    ) -> (
+        &mut IdentityClient<Channel>,
+        &mut ControllerClient<Channel>,
+        &mut NodeClient<Channel>,
+    ) {
         (&mut self.identity, &mut self.controller, &mut self.node)
     }
 }

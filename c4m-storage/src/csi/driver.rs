@@ -31,29 +31,51 @@ pub struct CsiDriver {
 
 impl CsiDriver {
     /// A driver named `name` (e.g. `local.storage.c4m.io`) for node `node_id`.
-    pub fn new(name: impl Into<String>, node_id: impl Into<String>, backend: Arc<dyn VolumeBackend>) -> Self {
-        Self { name: name.into(), node_id: node_id.into(), backend }
+    pub fn new(
+        name: impl Into<String>,
+        node_id: impl Into<String>,
+        backend: Arc<dyn VolumeBackend>,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            node_id: node_id.into(),
+            backend,
+        }
     }
 }
 
 /// Serves `driver` on a unix socket at `socket` (mode 0600, replacing a stale
 /// socket file) until `shutdown` is cancelled.
-pub async fn serve_driver(driver: CsiDriver, socket: &Path, shutdown: CancellationToken) -> Result<()> {
+pub async fn serve_driver(
+    driver: CsiDriver,
+    socket: &Path,
+    shutdown: CancellationToken,
+) -> Result<()> {
     match std::fs::remove_file(socket) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(Error::io("remove stale socket", socket, e)),
     }
-    let listener = tokio::net::UnixListener::bind(socket).map_err(|e| Error::io("bind", socket, e))?;
-    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600)).map_err(|e| Error::io("chmod", socket, e))?;
+    let listener =
+        tokio::net::UnixListener::bind(socket).map_err(|e| Error::io("bind", socket, e))?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| Error::io("chmod", socket, e))?;
     let served = tonic::transport::Server::builder()
         .add_service(proto::identity_server::IdentityServer::new(driver.clone()))
-        .add_service(proto::controller_server::ControllerServer::new(driver.clone()))
+        .add_service(proto::controller_server::ControllerServer::new(
+            driver.clone(),
+        ))
         .add_service(proto::node_server::NodeServer::new(driver))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown.cancelled_owned())
+        .serve_with_incoming_shutdown(
+            UnixListenerStream::new(listener),
+            shutdown.cancelled_owned(),
+        )
         .await;
     let _ = std::fs::remove_file(socket);
-    served.map_err(|e| Error::Driver { driver: "csi server".into(), message: e.to_string() })
+    served.map_err(|e| Error::Driver {
+        driver: "csi server".into(),
+        message: e.to_string(),
+    })
 }
 
 fn status(error: Error) -> Status {
@@ -62,7 +84,9 @@ fn status(error: Error) -> Status {
         Error::InvalidArgument { .. } => Status::invalid_argument(message),
         Error::NotFound { .. } => Status::not_found(message),
         Error::AlreadyExists { .. } => Status::already_exists(message),
-        Error::InUse { .. } | Error::OfflineExpansionRequired { .. } => Status::failed_precondition(message),
+        Error::InUse { .. } | Error::OfflineExpansionRequired { .. } => {
+            Status::failed_precondition(message)
+        }
         Error::InsufficientCapacity { .. } => Status::resource_exhausted(message),
         Error::Unsupported { .. } => Status::unimplemented(message),
         _ => {
@@ -73,7 +97,11 @@ fn status(error: Error) -> Status {
 }
 
 fn required<'a>(value: &'a str, field: &str) -> Result<&'a str, Status> {
-    if value.is_empty() { Err(Status::invalid_argument(format!("{field} is required"))) } else { Ok(value) }
+    if value.is_empty() {
+        Err(Status::invalid_argument(format!("{field} is required")))
+    } else {
+        Ok(value)
+    }
 }
 
 fn volume_id(value: &str) -> Result<VolumeId, Status> {
@@ -83,7 +111,9 @@ fn volume_id(value: &str) -> Result<VolumeId, Status> {
 fn path(value: &str, field: &str) -> Result<PathBuf, Status> {
     let path = PathBuf::from(required(value, field)?);
     if !path.is_absolute() {
-        return Err(Status::invalid_argument(format!("{field} {value:?} must be absolute")));
+        return Err(Status::invalid_argument(format!(
+            "{field} {value:?} must be absolute"
+        )));
     }
     Ok(path)
 }
@@ -91,45 +121,75 @@ fn path(value: &str, field: &str) -> Result<PathBuf, Status> {
 /// The access mode a capability asks for; block access is refused.
 fn access_mode(capability: &proto::VolumeCapability) -> Result<AccessMode, Status> {
     if let Some(proto::volume_capability::AccessType::Block(_)) = capability.access_type {
-        return Err(Status::invalid_argument("block access is not supported; ask for a mount"));
+        return Err(Status::invalid_argument(
+            "block access is not supported; ask for a mount",
+        ));
     }
     if let Some(proto::volume_capability::AccessType::Mount(mount)) = &capability.access_type
         && !(mount.fs_type.is_empty() || mount.fs_type == "ext4")
     {
-        return Err(Status::invalid_argument(format!("fs_type {:?} is not supported; only ext4", mount.fs_type)));
+        return Err(Status::invalid_argument(format!(
+            "fs_type {:?} is not supported; only ext4",
+            mount.fs_type
+        )));
     }
-    let mode = capability.access_mode.as_ref().map(|m| m.mode()).unwrap_or(Mode::Unknown);
+    let mode = capability
+        .access_mode
+        .as_ref()
+        .map(|m| m.mode())
+        .unwrap_or(Mode::Unknown);
     match mode {
         Mode::SingleNodeWriter => Ok(AccessMode::ReadWriteOnce),
         Mode::SingleNodeReaderOnly | Mode::MultiNodeReaderOnly => Ok(AccessMode::ReadOnlyMany),
         Mode::MultiNodeMultiWriter | Mode::MultiNodeSingleWriter => Ok(AccessMode::ReadWriteMany),
-        Mode::Unknown => Err(Status::invalid_argument("volume_capability.access_mode is required")),
+        Mode::Unknown => Err(Status::invalid_argument(
+            "volume_capability.access_mode is required",
+        )),
     }
 }
 
-fn supported(backend: &dyn VolumeBackend, capabilities: &[proto::VolumeCapability]) -> Result<AccessMode, Status> {
-    let first = capabilities.first().ok_or_else(|| Status::invalid_argument("volume_capabilities is required"))?;
+fn supported(
+    backend: &dyn VolumeBackend,
+    capabilities: &[proto::VolumeCapability],
+) -> Result<AccessMode, Status> {
+    let first = capabilities
+        .first()
+        .ok_or_else(|| Status::invalid_argument("volume_capabilities is required"))?;
     let wanted = access_mode(first)?;
     for capability in capabilities {
         let mode = access_mode(capability)?;
         if !backend.capabilities().access_modes.contains(&mode) {
-            return Err(Status::invalid_argument(format!("access mode {mode:?} is not supported")));
+            return Err(Status::invalid_argument(format!(
+                "access mode {mode:?} is not supported"
+            )));
         }
     }
     Ok(wanted)
 }
 
 fn size_from(range: Option<&proto::CapacityRange>) -> Result<u64, Status> {
-    let Some(range) = range else { return Ok(DEFAULT_VOLUME_BYTES) };
+    let Some(range) = range else {
+        return Ok(DEFAULT_VOLUME_BYTES);
+    };
     if range.required_bytes < 0 || range.limit_bytes < 0 {
-        return Err(Status::invalid_argument("capacity_range bytes must not be negative"));
+        return Err(Status::invalid_argument(
+            "capacity_range bytes must not be negative",
+        ));
     }
     let (required, limit) = (range.required_bytes as u64, range.limit_bytes as u64);
-    let size = if required > 0 { required } else if limit > 0 { limit.min(DEFAULT_VOLUME_BYTES) } else { DEFAULT_VOLUME_BYTES };
+    let size = if required > 0 {
+        required
+    } else if limit > 0 {
+        limit.min(DEFAULT_VOLUME_BYTES)
+    } else {
+        DEFAULT_VOLUME_BYTES
+    };
     // Backends round up to their block size; the limit must leave room for it.
     let rounded = size.next_multiple_of(4096);
     if limit > 0 && rounded > limit {
-        return Err(Status::out_of_range(format!("required {required} bytes rounds to {rounded}, above limit_bytes {limit}")));
+        return Err(Status::out_of_range(format!(
+            "required {required} bytes rounds to {rounded}, above limit_bytes {limit}"
+        )));
     }
     Ok(size)
 }
@@ -140,9 +200,11 @@ fn csi_volume(volume: crate::types::Volume) -> proto::Volume {
         volume_id: volume.id.to_string(),
         volume_context: HashMap::new(),
         content_source: volume.source_snapshot.map(|s| proto::VolumeContentSource {
-            r#type: Some(proto::volume_content_source::Type::Snapshot(proto::volume_content_source::SnapshotSource {
-                snapshot_id: s.to_string(),
-            })),
+            r#type: Some(proto::volume_content_source::Type::Snapshot(
+                proto::volume_content_source::SnapshotSource {
+                    snapshot_id: s.to_string(),
+                },
+            )),
         }),
         accessible_topology: Vec::new(),
     }
@@ -153,7 +215,10 @@ fn csi_snapshot(snapshot: crate::types::Snapshot) -> proto::Snapshot {
         size_bytes: snapshot.size_bytes as i64,
         snapshot_id: snapshot.id.to_string(),
         source_volume_id: snapshot.source_volume.to_string(),
-        creation_time: Some(prost_types::Timestamp { seconds: snapshot.created_unix, nanos: 0 }),
+        creation_time: Some(prost_types::Timestamp {
+            seconds: snapshot.created_unix,
+            nanos: 0,
+        }),
         ready_to_use: true,
     }
 }
@@ -178,12 +243,17 @@ impl proto::identity_server::Identity for CsiDriver {
         use proto::plugin_capability::{Service, Type, service};
         Ok(Response::new(proto::GetPluginCapabilitiesResponse {
             capabilities: vec![proto::PluginCapability {
-                r#type: Some(Type::Service(Service { r#type: service::Type::ControllerService as i32 })),
+                r#type: Some(Type::Service(Service {
+                    r#type: service::Type::ControllerService as i32,
+                })),
             }],
         }))
     }
 
-    async fn probe(&self, _: Request<proto::ProbeRequest>) -> Result<Response<proto::ProbeResponse>, Status> {
+    async fn probe(
+        &self,
+        _: Request<proto::ProbeRequest>,
+    ) -> Result<Response<proto::ProbeResponse>, Status> {
         self.backend.capacity().await.map_err(status)?;
         Ok(Response::new(proto::ProbeResponse { ready: Some(true) }))
     }
@@ -210,19 +280,26 @@ impl proto::controller_server::Controller for CsiDriver {
         let volume = match source {
             None => self.backend.provision(&provision).await,
             Some(proto::volume_content_source::Type::Snapshot(s)) => {
-                let snapshot = SnapshotId::new(required(&s.snapshot_id, "snapshot_id")?).map_err(status)?;
+                let snapshot =
+                    SnapshotId::new(required(&s.snapshot_id, "snapshot_id")?).map_err(status)?;
                 match self.backend.restore(&snapshot, &provision).await {
                     // A snapshot id that cannot exist is NOT_FOUND, as the spec says.
-                    Err(Error::NotFound { kind, id }) => return Err(Status::not_found(format!("{kind} {id} not found"))),
+                    Err(Error::NotFound { kind, id }) => {
+                        return Err(Status::not_found(format!("{kind} {id} not found")));
+                    }
                     other => other,
                 }
             }
             Some(proto::volume_content_source::Type::Volume(_)) => {
-                return Err(Status::invalid_argument("cloning from a volume is not supported"));
+                return Err(Status::invalid_argument(
+                    "cloning from a volume is not supported",
+                ));
             }
         }
         .map_err(status)?;
-        Ok(Response::new(proto::CreateVolumeResponse { volume: Some(csi_volume(volume)) }))
+        Ok(Response::new(proto::CreateVolumeResponse {
+            volume: Some(csi_volume(volume)),
+        }))
     }
 
     async fn delete_volume(
@@ -242,14 +319,18 @@ impl proto::controller_server::Controller for CsiDriver {
         &self,
         _: Request<proto::ControllerPublishVolumeRequest>,
     ) -> Result<Response<proto::ControllerPublishVolumeResponse>, Status> {
-        Err(Status::unimplemented("volumes are node-local: no controller publish"))
+        Err(Status::unimplemented(
+            "volumes are node-local: no controller publish",
+        ))
     }
 
     async fn controller_unpublish_volume(
         &self,
         _: Request<proto::ControllerUnpublishVolumeRequest>,
     ) -> Result<Response<proto::ControllerUnpublishVolumeResponse>, Status> {
-        Err(Status::unimplemented("volumes are node-local: no controller unpublish"))
+        Err(Status::unimplemented(
+            "volumes are node-local: no controller unpublish",
+        ))
     }
 
     async fn validate_volume_capabilities(
@@ -290,19 +371,40 @@ impl proto::controller_server::Controller for CsiDriver {
         let start = if req.starting_token.is_empty() {
             0
         } else {
-            req.starting_token.parse::<usize>().ok().filter(|&n| n <= volumes.len()).ok_or_else(|| {
-                Status::aborted(format!("starting_token {:?} is not one this driver gave", req.starting_token))
-            })?
+            req.starting_token
+                .parse::<usize>()
+                .ok()
+                .filter(|&n| n <= volumes.len())
+                .ok_or_else(|| {
+                    Status::aborted(format!(
+                        "starting_token {:?} is not one this driver gave",
+                        req.starting_token
+                    ))
+                })?
         };
-        let take = if req.max_entries > 0 { req.max_entries as usize } else { usize::MAX };
+        let take = if req.max_entries > 0 {
+            req.max_entries as usize
+        } else {
+            usize::MAX
+        };
         let end = start.saturating_add(take).min(volumes.len());
         let entries = volumes[start..end]
             .iter()
             .cloned()
-            .map(|v| proto::list_volumes_response::Entry { volume: Some(csi_volume(v)), status: None })
+            .map(|v| proto::list_volumes_response::Entry {
+                volume: Some(csi_volume(v)),
+                status: None,
+            })
             .collect();
-        let next_token = if end < volumes.len() { end.to_string() } else { String::new() };
-        Ok(Response::new(proto::ListVolumesResponse { entries, next_token }))
+        let next_token = if end < volumes.len() {
+            end.to_string()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(proto::ListVolumesResponse {
+            entries,
+            next_token,
+        }))
     }
 
     async fn get_capacity(
@@ -310,7 +412,9 @@ impl proto::controller_server::Controller for CsiDriver {
         _: Request<proto::GetCapacityRequest>,
     ) -> Result<Response<proto::GetCapacityResponse>, Status> {
         let capacity = self.backend.capacity().await.map_err(status)?;
-        Ok(Response::new(proto::GetCapacityResponse { available_capacity: capacity.available_bytes as i64 }))
+        Ok(Response::new(proto::GetCapacityResponse {
+            available_capacity: capacity.available_bytes as i64,
+        }))
     }
 
     async fn controller_get_capabilities(
@@ -318,7 +422,11 @@ impl proto::controller_server::Controller for CsiDriver {
         _: Request<proto::ControllerGetCapabilitiesRequest>,
     ) -> Result<Response<proto::ControllerGetCapabilitiesResponse>, Status> {
         let caps = self.backend.capabilities();
-        let mut rpcs = vec![ControllerRpc::CreateDeleteVolume, ControllerRpc::ListVolumes, ControllerRpc::GetCapacity];
+        let mut rpcs = vec![
+            ControllerRpc::CreateDeleteVolume,
+            ControllerRpc::ListVolumes,
+            ControllerRpc::GetCapacity,
+        ];
         if caps.snapshots {
             rpcs.push(ControllerRpc::CreateDeleteSnapshot);
         }
@@ -328,12 +436,14 @@ impl proto::controller_server::Controller for CsiDriver {
         let capabilities = rpcs
             .into_iter()
             .map(|rpc| proto::ControllerServiceCapability {
-                r#type: Some(proto::controller_service_capability::Type::Rpc(proto::controller_service_capability::Rpc {
-                    r#type: rpc as i32,
-                })),
+                r#type: Some(proto::controller_service_capability::Type::Rpc(
+                    proto::controller_service_capability::Rpc { r#type: rpc as i32 },
+                )),
             })
             .collect();
-        Ok(Response::new(proto::ControllerGetCapabilitiesResponse { capabilities }))
+        Ok(Response::new(proto::ControllerGetCapabilitiesResponse {
+            capabilities,
+        }))
     }
 
     async fn create_snapshot(
@@ -343,8 +453,14 @@ impl proto::controller_server::Controller for CsiDriver {
         let req = request.into_inner();
         let snapshot = SnapshotId::new(required(&req.name, "name")?).map_err(status)?;
         let volume = volume_id(&req.source_volume_id)?;
-        let taken = self.backend.snapshot(&volume, &snapshot).await.map_err(status)?;
-        Ok(Response::new(proto::CreateSnapshotResponse { snapshot: Some(csi_snapshot(taken)) }))
+        let taken = self
+            .backend
+            .snapshot(&volume, &snapshot)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(proto::CreateSnapshotResponse {
+            snapshot: Some(csi_snapshot(taken)),
+        }))
     }
 
     async fn delete_snapshot(
@@ -371,7 +487,9 @@ impl proto::controller_server::Controller for CsiDriver {
     ) -> Result<Response<proto::ControllerExpandVolumeResponse>, Status> {
         let req = request.into_inner();
         let id = volume_id(&req.volume_id)?;
-        let range = req.capacity_range.ok_or_else(|| Status::invalid_argument("capacity_range is required"))?;
+        let range = req
+            .capacity_range
+            .ok_or_else(|| Status::invalid_argument("capacity_range is required"))?;
         let size = size_from(Some(&range))?;
         let grown = self.backend.expand(&id, size).await.map_err(status)?;
         Ok(Response::new(proto::ControllerExpandVolumeResponse {
@@ -384,7 +502,9 @@ impl proto::controller_server::Controller for CsiDriver {
         &self,
         _: Request<proto::ControllerGetVolumeRequest>,
     ) -> Result<Response<proto::ControllerGetVolumeResponse>, Status> {
-        Err(Status::unimplemented("controller get volume is not supported"))
+        Err(Status::unimplemented(
+            "controller get volume is not supported",
+        ))
     }
 }
 
@@ -397,7 +517,9 @@ impl proto::node_server::Node for CsiDriver {
         let req = request.into_inner();
         let id = volume_id(&req.volume_id)?;
         let staging = path(&req.staging_target_path, "staging_target_path")?;
-        let capability = req.volume_capability.ok_or_else(|| Status::invalid_argument("volume_capability is required"))?;
+        let capability = req
+            .volume_capability
+            .ok_or_else(|| Status::invalid_argument("volume_capability is required"))?;
         access_mode(&capability)?;
         self.backend.stage(&id, &staging).await.map_err(status)?;
         Ok(Response::new(proto::NodeStageVolumeResponse {}))
@@ -422,9 +544,14 @@ impl proto::node_server::Node for CsiDriver {
         let id = volume_id(&req.volume_id)?;
         let staging = path(&req.staging_target_path, "staging_target_path")?;
         let target = path(&req.target_path, "target_path")?;
-        let capability = req.volume_capability.ok_or_else(|| Status::invalid_argument("volume_capability is required"))?;
+        let capability = req
+            .volume_capability
+            .ok_or_else(|| Status::invalid_argument("volume_capability is required"))?;
         let read_only = req.readonly || access_mode(&capability)? == AccessMode::ReadOnlyMany;
-        self.backend.publish(&id, &staging, &target, read_only).await.map_err(status)?;
+        self.backend
+            .publish(&id, &staging, &target, read_only)
+            .await
+            .map_err(status)?;
         Ok(Response::new(proto::NodePublishVolumeResponse {}))
     }
 
@@ -446,8 +573,9 @@ impl proto::node_server::Node for CsiDriver {
         let req = request.into_inner();
         volume_id(&req.volume_id)?;
         let volume_path = path(&req.volume_path, "volume_path")?;
-        let st = nix::sys::statvfs::statvfs(&volume_path)
-            .map_err(|e| Status::not_found(format!("volume_path {}: {e}", volume_path.display())))?;
+        let st = nix::sys::statvfs::statvfs(&volume_path).map_err(|e| {
+            Status::not_found(format!("volume_path {}: {e}", volume_path.display()))
+        })?;
         let unit = st.fragment_size();
         let bytes = proto::VolumeUsage {
             available: (st.blocks_available() * unit) as i64,
@@ -461,14 +589,19 @@ impl proto::node_server::Node for CsiDriver {
             used: (st.files() - st.files_free()) as i64,
             unit: proto::volume_usage::Unit::Inodes as i32,
         };
-        Ok(Response::new(proto::NodeGetVolumeStatsResponse { usage: vec![bytes, inodes], volume_condition: None }))
+        Ok(Response::new(proto::NodeGetVolumeStatsResponse {
+            usage: vec![bytes, inodes],
+            volume_condition: None,
+        }))
     }
 
     async fn node_expand_volume(
         &self,
         _: Request<proto::NodeExpandVolumeRequest>,
     ) -> Result<Response<proto::NodeExpandVolumeResponse>, Status> {
-        Err(Status::unimplemented("expansion happens in ControllerExpandVolume"))
+        Err(Status::unimplemented(
+            "expansion happens in ControllerExpandVolume",
+        ))
     }
 
     async fn node_get_capabilities(
@@ -478,12 +611,14 @@ impl proto::node_server::Node for CsiDriver {
         let capabilities = [NodeRpc::StageUnstageVolume, NodeRpc::GetVolumeStats]
             .into_iter()
             .map(|rpc| proto::NodeServiceCapability {
-                r#type: Some(proto::node_service_capability::Type::Rpc(proto::node_service_capability::Rpc {
-                    r#type: rpc as i32,
-                })),
+                r#type: Some(proto::node_service_capability::Type::Rpc(
+                    proto::node_service_capability::Rpc { r#type: rpc as i32 },
+                )),
             })
             .collect();
-        Ok(Response::new(proto::NodeGetCapabilitiesResponse { capabilities }))
+        Ok(Response::new(proto::NodeGetCapabilitiesResponse {
+            capabilities,
+        }))
     }
 
     async fn node_get_info(
@@ -505,21 +640,43 @@ mod tests {
     #[test]
     fn sizes_follow_the_capacity_range() {
         assert_eq!(size_from(None).unwrap(), DEFAULT_VOLUME_BYTES);
-        let range = |required_bytes, limit_bytes| proto::CapacityRange { required_bytes, limit_bytes };
+        let range = |required_bytes, limit_bytes| proto::CapacityRange {
+            required_bytes,
+            limit_bytes,
+        };
         assert_eq!(size_from(Some(&range(10 << 20, 0))).unwrap(), 10 << 20);
         assert_eq!(size_from(Some(&range(0, 64 << 20))).unwrap(), 64 << 20);
-        assert_eq!(size_from(Some(&range(4097, 4097))).unwrap_err().code(), tonic::Code::OutOfRange);
-        assert_eq!(size_from(Some(&range(-1, 0))).unwrap_err().code(), tonic::Code::InvalidArgument);
+        assert_eq!(
+            size_from(Some(&range(4097, 4097))).unwrap_err().code(),
+            tonic::Code::OutOfRange
+        );
+        assert_eq!(
+            size_from(Some(&range(-1, 0))).unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
     }
 
     #[test]
     fn block_access_and_missing_modes_are_refused() {
         let block = proto::VolumeCapability {
-            access_type: Some(proto::volume_capability::AccessType::Block(proto::volume_capability::BlockVolume {})),
-            access_mode: Some(proto::volume_capability::AccessMode { mode: Mode::SingleNodeWriter as i32 }),
+            access_type: Some(proto::volume_capability::AccessType::Block(
+                proto::volume_capability::BlockVolume {},
+            )),
+            access_mode: Some(proto::volume_capability::AccessMode {
+                mode: Mode::SingleNodeWriter as i32,
+            }),
         };
-        assert_eq!(access_mode(&block).unwrap_err().code(), tonic::Code::InvalidArgument);
-        let no_mode = proto::VolumeCapability { access_type: None, access_mode: None };
-        assert_eq!(access_mode(&no_mode).unwrap_err().code(), tonic::Code::InvalidArgument);
+        assert_eq!(
+            access_mode(&block).unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
+        let no_mode = proto::VolumeCapability {
+            access_type: None,
+            access_mode: None,
+        };
+        assert_eq!(
+            access_mode(&no_mode).unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
     }
 }

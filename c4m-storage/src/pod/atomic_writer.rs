@@ -55,7 +55,15 @@ pub fn project(
     if items.is_empty() {
         return Ok(data
             .iter()
-            .map(|(k, v)| (k.clone(), FileProjection { data: v.clone(), mode: default_mode }))
+            .map(|(k, v)| {
+                (
+                    k.clone(),
+                    FileProjection {
+                        data: v.clone(),
+                        mode: default_mode,
+                    },
+                )
+            })
             .collect());
     }
     let mut payload = BTreeMap::new();
@@ -64,11 +72,19 @@ pub fn project(
             Some(bytes) => {
                 payload.insert(
                     item.path.clone(),
-                    FileProjection { data: bytes.clone(), mode: item.mode.unwrap_or(default_mode) },
+                    FileProjection {
+                        data: bytes.clone(),
+                        mode: item.mode.unwrap_or(default_mode),
+                    },
                 );
             }
             None if optional => {}
-            None => return Err(Error::invalid("items", format!("key {:?} is not in the source", item.key))),
+            None => {
+                return Err(Error::invalid(
+                    "items",
+                    format!("key {:?} is not in the source", item.key),
+                ));
+            }
         }
     }
     Ok(payload)
@@ -126,7 +142,8 @@ impl AtomicWriter {
 
         let tmp_link = self.dir.join(DATA_DIR_TMP);
         let _ = fs::remove_file(&tmp_link);
-        std::os::unix::fs::symlink(&new_ts, &tmp_link).map_err(|e| Error::io("symlink", &tmp_link, e))?;
+        std::os::unix::fs::symlink(&new_ts, &tmp_link)
+            .map_err(|e| Error::io("symlink", &tmp_link, e))?;
         fs::rename(&tmp_link, &data_link).map_err(|e| Error::io("rename over", &data_link, e))?;
 
         // Names that were in the old payload and are not in the new one.
@@ -135,7 +152,10 @@ impl AtomicWriter {
             for name in top_level_names(&old_path)? {
                 if !new_top.contains(&name) {
                     let link = self.dir.join(&name);
-                    if fs::symlink_metadata(&link).map(|m| m.file_type().is_symlink()).unwrap_or(false) {
+                    if fs::symlink_metadata(&link)
+                        .map(|m| m.file_type().is_symlink())
+                        .unwrap_or(false)
+                    {
                         fs::remove_file(&link).map_err(|e| Error::io("remove", &link, e))?;
                     }
                 }
@@ -154,7 +174,9 @@ impl AtomicWriter {
             return Ok(false);
         }
         for path in on_disk {
-            let Some(want) = payload.get(&path) else { return Ok(false) };
+            let Some(want) = payload.get(&path) else {
+                return Ok(false);
+            };
             let full = ts_dir.join(&path);
             let meta = fs::metadata(&full).map_err(|e| Error::io("stat", &full, e))?;
             if meta.permissions().mode() & 0o7777 != want.mode & 0o7777 {
@@ -174,14 +196,21 @@ impl AtomicWriter {
             let path = self.dir.join(&name);
             match fs::create_dir(&path) {
                 Ok(()) => {
-                    fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).map_err(|e| Error::io("chmod", &path, e))?;
+                    fs::set_permissions(&path, fs::Permissions::from_mode(0o755))
+                        .map_err(|e| Error::io("chmod", &path, e))?;
                     return Ok(name);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
                 Err(e) => return Err(Error::io("create", path, e)),
             }
         }
-        Err(Error::invalid("directory", format!("{} has too many timestamped directories", self.dir.display())))
+        Err(Error::invalid(
+            "directory",
+            format!(
+                "{} has too many timestamped directories",
+                self.dir.display()
+            ),
+        ))
     }
 }
 
@@ -208,7 +237,10 @@ fn validate(path: &str) -> Result<PathBuf> {
 }
 
 fn top_level(path: &Path) -> String {
-    path.components().next().map(|c| c.as_os_str().to_string_lossy().into_owned()).unwrap_or_default()
+    path.components()
+        .next()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 fn top_level_names(dir: &Path) -> Result<Vec<String>> {
@@ -234,7 +266,11 @@ fn collect_files(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> 
     for entry in entries {
         let entry = entry.map_err(|e| Error::io("list", dir, e))?;
         let path = entry.path();
-        if entry.file_type().map_err(|e| Error::io("stat", &path, e))?.is_dir() {
+        if entry
+            .file_type()
+            .map_err(|e| Error::io("stat", &path, e))?
+            .is_dir()
+        {
             collect_files(root, &path, out)?;
         } else if let Ok(relative) = path.strip_prefix(root) {
             out.push(relative.to_path_buf());
@@ -250,7 +286,15 @@ mod tests {
     fn payload(entries: &[(&str, &str, u32)]) -> BTreeMap<String, FileProjection> {
         entries
             .iter()
-            .map(|(p, d, m)| (p.to_string(), FileProjection { data: d.as_bytes().to_vec(), mode: *m }))
+            .map(|(p, d, m)| {
+                (
+                    p.to_string(),
+                    FileProjection {
+                        data: d.as_bytes().to_vec(),
+                        mode: *m,
+                    },
+                )
+            })
             .collect()
     }
 
@@ -259,28 +303,60 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let writer = AtomicWriter::new(dir.path().join("vol"));
         let root = dir.path().join("vol");
-        assert!(writer.write(&payload(&[("a", "1", 0o644), ("sub/b", "2", 0o600)])).unwrap());
+        assert!(
+            writer
+                .write(&payload(&[("a", "1", 0o644), ("sub/b", "2", 0o600)]))
+                .unwrap()
+        );
         assert_eq!(fs::read_to_string(root.join("a")).unwrap(), "1");
         assert_eq!(fs::read_to_string(root.join("sub/b")).unwrap(), "2");
-        assert!(fs::symlink_metadata(root.join("a")).unwrap().file_type().is_symlink());
-        assert_eq!(fs::metadata(root.join("sub/b")).unwrap().permissions().mode() & 0o777, 0o600);
+        assert!(
+            fs::symlink_metadata(root.join("a"))
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        assert_eq!(
+            fs::metadata(root.join("sub/b"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o600
+        );
         let first = fs::read_link(root.join("..data")).unwrap();
 
         // The same payload writes nothing.
-        assert!(!writer.write(&payload(&[("a", "1", 0o644), ("sub/b", "2", 0o600)])).unwrap());
+        assert!(
+            !writer
+                .write(&payload(&[("a", "1", 0o644), ("sub/b", "2", 0o600)]))
+                .unwrap()
+        );
         assert_eq!(fs::read_link(root.join("..data")).unwrap(), first);
 
         // A new payload swaps ..data, drops 'sub' and the old directory.
-        assert!(writer.write(&payload(&[("a", "3", 0o400), ("c", "4", 0o644)])).unwrap());
+        assert!(
+            writer
+                .write(&payload(&[("a", "3", 0o400), ("c", "4", 0o644)]))
+                .unwrap()
+        );
         let second = fs::read_link(root.join("..data")).unwrap();
         assert_ne!(first, second);
         assert_eq!(fs::read_to_string(root.join("a")).unwrap(), "3");
-        assert_eq!(fs::metadata(root.join("a")).unwrap().permissions().mode() & 0o777, 0o400);
+        assert_eq!(
+            fs::metadata(root.join("a")).unwrap().permissions().mode() & 0o777,
+            0o400
+        );
         assert!(fs::symlink_metadata(root.join("sub")).is_err());
         assert!(!root.join(&first).exists());
-        let names: BTreeSet<String> =
-            fs::read_dir(&root).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
-        let want: BTreeSet<String> = ["..data", "a", "c", second.to_str().unwrap()].iter().map(|s| s.to_string()).collect();
+        let names: BTreeSet<String> = fs::read_dir(&root)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        let want: BTreeSet<String> = ["..data", "a", "c", second.to_str().unwrap()]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         assert_eq!(names, want);
     }
 
@@ -297,23 +373,46 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let writer = AtomicWriter::new(dir.path().join("vol"));
         for bad in ["../x", "/etc/passwd", "a/../../x", "..data", ""] {
-            let err = writer.write(&payload(&[("ok", "1", 0o644), (bad, "x", 0o644)])).unwrap_err();
-            assert!(matches!(err, Error::InvalidArgument { what: "projected path", .. }), "{bad}: {err}");
+            let err = writer
+                .write(&payload(&[("ok", "1", 0o644), (bad, "x", 0o644)]))
+                .unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    Error::InvalidArgument {
+                        what: "projected path",
+                        ..
+                    }
+                ),
+                "{bad}: {err}"
+            );
         }
         assert!(!dir.path().join("vol").exists());
     }
 
     #[test]
     fn items_and_default_mode_follow_the_kubelet() {
-        let data: BTreeMap<String, Vec<u8>> = [("k1".to_string(), b"v1".to_vec()), ("k2".to_string(), b"v2".to_vec())].into();
+        let data: BTreeMap<String, Vec<u8>> = [
+            ("k1".to_string(), b"v1".to_vec()),
+            ("k2".to_string(), b"v2".to_vec()),
+        ]
+        .into();
         let all = project(&data, &[], 0o440, false).unwrap();
         assert_eq!(all["k1"].mode, 0o440);
         assert_eq!(all.len(), 2);
-        let items = [KeyToPath { key: "k2".into(), path: "dir/two".into(), mode: Some(0o400) }];
+        let items = [KeyToPath {
+            key: "k2".into(),
+            path: "dir/two".into(),
+            mode: Some(0o400),
+        }];
         let some = project(&data, &items, 0o644, false).unwrap();
         assert_eq!(some.keys().collect::<Vec<_>>(), ["dir/two"]);
         assert_eq!(some["dir/two"].mode, 0o400);
-        let missing = [KeyToPath { key: "nope".into(), path: "x".into(), mode: None }];
+        let missing = [KeyToPath {
+            key: "nope".into(),
+            path: "x".into(),
+            mode: None,
+        }];
         assert!(project(&data, &missing, 0o644, false).is_err());
         assert!(project(&data, &missing, 0o644, true).unwrap().is_empty());
     }

@@ -32,14 +32,15 @@ pub enum HostPathType {
 }
 
 fn check(source: &Path, kind: HostPathType) -> Result<()> {
-    let wrong = |what: &str| Error::invalid("host path", format!("{} is not {what}", source.display()));
+    let wrong =
+        |what: &str| Error::invalid("host path", format!("{} is not {what}", source.display()));
     match kind {
-        HostPathType::DirectoryOrCreate => {
-            std::fs::create_dir_all(source).map_err(|e| Error::io("create host directory", source, e))?
-        }
+        HostPathType::DirectoryOrCreate => std::fs::create_dir_all(source)
+            .map_err(|e| Error::io("create host directory", source, e))?,
         HostPathType::FileOrCreate if !source.exists() => {
             if let Some(parent) = source.parent() {
-                std::fs::create_dir_all(parent).map_err(|e| Error::io("create host directory", parent, e))?;
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| Error::io("create host directory", parent, e))?;
             }
             std::fs::OpenOptions::new()
                 .create(true)
@@ -52,7 +53,10 @@ fn check(source: &Path, kind: HostPathType) -> Result<()> {
     let meta = match std::fs::metadata(source) {
         Ok(meta) => meta,
         Err(e) if kind == HostPathType::Unset && e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(Error::invalid("host path", format!("{} does not exist", source.display())));
+            return Err(Error::invalid(
+                "host path",
+                format!("{} does not exist", source.display()),
+            ));
         }
         Err(e) => return Err(Error::io("stat host path", source, e)),
     };
@@ -79,12 +83,20 @@ fn check(source: &Path, kind: HostPathType) -> Result<()> {
 
 /// Checks `source` against `kind` (making it where the type says so) and
 /// bind-mounts it at `target`. Publishing the same source there again succeeds.
-pub fn publish_host_path(source: &Path, target: &Path, kind: HostPathType, read_only: bool) -> Result<()> {
+pub fn publish_host_path(
+    source: &Path,
+    target: &Path,
+    kind: HostPathType,
+    read_only: bool,
+) -> Result<()> {
     check(source, kind)?;
     if sys::mount_at(target)?.is_some() {
         return Ok(());
     }
-    if std::fs::metadata(source).map(|m| m.is_dir()).unwrap_or(true) {
+    if std::fs::metadata(source)
+        .map(|m| m.is_dir())
+        .unwrap_or(true)
+    {
         sys::ensure_dir(target)?;
     } else {
         if let Some(parent) = target.parent() {

@@ -42,7 +42,9 @@ impl ScratchDirs {
     /// An `emptyDir` with `sizeLimit` = `size_bytes`, mounted at `dir`
     /// (made if missing). Calling it again for the same id and directory succeeds.
     pub async fn create_dir(&self, id: &VolumeId, size_bytes: u64, dir: &Path) -> Result<()> {
-        self.local.provision(&ProvisionRequest::new(id.clone(), size_bytes)).await?;
+        self.local
+            .provision(&ProvisionRequest::new(id.clone(), size_bytes))
+            .await?;
         self.local.stage(id, dir).await
     }
 
@@ -60,11 +62,21 @@ impl ScratchDirs {
 
     /// A writable area of `size_bytes` mounted at `root`, with `upper` and
     /// `work` directories for an overlay mount.
-    pub async fn create_writable_area(&self, id: &VolumeId, size_bytes: u64, root: &Path) -> Result<WritableArea> {
+    pub async fn create_writable_area(
+        &self,
+        id: &VolumeId,
+        size_bytes: u64,
+        root: &Path,
+    ) -> Result<WritableArea> {
         self.create_dir(id, size_bytes, root).await?;
-        let area = WritableArea { root: root.to_path_buf(), upper: root.join("upper"), work: root.join("work") };
+        let area = WritableArea {
+            root: root.to_path_buf(),
+            upper: root.join("upper"),
+            work: root.join("work"),
+        };
         for dir in [&area.upper, &area.work] {
-            std::fs::create_dir_all(dir).map_err(|e| Error::io("create overlay directory", dir, e))?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| Error::io("create overlay directory", dir, e))?;
         }
         Ok(area)
     }
@@ -74,13 +86,19 @@ impl ScratchDirs {
 /// Memory`); the kernel enforces the size. An existing tmpfs there is left as it is.
 pub fn mount_memory_dir(dir: &Path, size_bytes: u64, mode: u32) -> Result<()> {
     if size_bytes == 0 {
-        return Err(Error::invalid("size", "a memory directory needs a size limit above 0"));
+        return Err(Error::invalid(
+            "size",
+            "a memory directory needs a size limit above 0",
+        ));
     }
     if let Some(existing) = sys::mount_at(dir)? {
         if existing.fs_type == "tmpfs" {
             return Ok(());
         }
-        return Err(Error::invalid("path", format!("{} already has {} mounted", dir.display(), existing.fs_type)));
+        return Err(Error::invalid(
+            "path",
+            format!("{} already has {} mounted", dir.display(), existing.fs_type),
+        ));
     }
     sys::ensure_dir(dir)?;
     let options = format!("size={size_bytes},mode={mode:o}");
