@@ -13,7 +13,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
-use c4m_storage::testing::{CleanupGuard, every_step_workload, leaks, require_root_and};
+use c4m_storage::testing::{
+    CleanupGuard, LOCAL_PROGRAMS, every_step_workload, leaks, require_root_and, tear_down_all,
+};
 use c4m_storage::{
     FAIL_ACTION_ENV, FAIL_POINT_ENV, FAIL_POINTS, LocalBackend, ProvisionRequest, SnapshotId,
     VolumeBackend, VolumeId,
@@ -245,15 +247,7 @@ async fn crash_run(dir: &Path, crashes: usize, seed: u64) -> anyhow::Result<()> 
             .reconcile()
             .await
             .with_context(|| format!("round {round} ({point}): reconcile"))?;
-        for volume in backend.list().await? {
-            for target in &volume.published_at {
-                backend.unpublish(&volume.id, target).await?;
-            }
-            if let Some(staging) = &volume.staged_at {
-                backend.unstage(&volume.id, staging).await?;
-            }
-            backend.delete(&volume.id).await?;
-        }
+        tear_down_all(&backend).await?;
         let left = leaks(&pool, &root).await?;
         ensure!(left.is_empty(), "round {round} ({point}): leaked {left:?}");
         std::fs::remove_dir_all(&base)?;
@@ -274,16 +268,7 @@ async fn main() -> anyhow::Result<()> {
         every_step_workload(&backend, Path::new(root)).await?;
         return Ok(());
     }
-    require_root_and(&[
-        "losetup",
-        "mkfs.ext4",
-        "e2fsck",
-        "resize2fs",
-        "fsfreeze",
-        "cp",
-        "fio",
-    ])
-    .map_err(anyhow::Error::msg)?;
+    require_root_and(&[LOCAL_PROGRAMS, &["fio"]].concat()).map_err(anyhow::Error::msg)?;
     let args = parse_args()?;
     let dir = tempfile::tempdir_in(&args.dir)?;
     let _guard = CleanupGuard::new([dir.path().to_path_buf()]);

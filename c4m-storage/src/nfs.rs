@@ -723,6 +723,30 @@ impl NfsFuse {
         })
     }
 
+    /// REMOVE (a file) or RMDIR (a directory) of `entry` in `parent`.
+    fn remove_entry(
+        &self,
+        parent: INodeNo,
+        entry: &[u8],
+        is_dir: bool,
+    ) -> std::result::Result<(), Errno> {
+        let object = nfs3::diropargs3 {
+            dir: self.handle(parent)?,
+            name: name(entry),
+        };
+        if is_dir {
+            let args = nfs3::RMDIR3args { object };
+            self.call("RMDIR", async move |c| {
+                nfs_ok(c.rmdir(&args).await).map(drop)
+            })
+        } else {
+            let args = nfs3::REMOVE3args { object };
+            self.call("REMOVE", async move |c| {
+                nfs_ok(c.remove(&args).await).map(drop)
+            })
+        }
+    }
+
     fn created(
         &self,
         handle: Nfs3Option<nfs_fh3>,
@@ -897,38 +921,14 @@ impl Filesystem for NfsFuse {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, entry: &OsStr, reply: ReplyEmpty) {
-        let bytes = entry.as_encoded_bytes();
-        let result = self.handle(parent).and_then(|dir| {
-            let args = nfs3::REMOVE3args {
-                object: nfs3::diropargs3 {
-                    dir,
-                    name: name(bytes),
-                },
-            };
-            self.call("REMOVE", async move |c| {
-                nfs_ok(c.remove(&args).await).map(drop)
-            })
-        });
-        match result {
+        match self.remove_entry(parent, entry.as_encoded_bytes(), false) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, entry: &OsStr, reply: ReplyEmpty) {
-        let bytes = entry.as_encoded_bytes();
-        let result = self.handle(parent).and_then(|dir| {
-            let args = nfs3::RMDIR3args {
-                object: nfs3::diropargs3 {
-                    dir,
-                    name: name(bytes),
-                },
-            };
-            self.call("RMDIR", async move |c| {
-                nfs_ok(c.rmdir(&args).await).map(drop)
-            })
-        });
-        match result {
+        match self.remove_entry(parent, entry.as_encoded_bytes(), true) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }

@@ -12,6 +12,30 @@ use crate::local::LocalBackend;
 use crate::sys;
 use crate::types::{ProvisionRequest, SnapshotId, VolumeId};
 
+/// The programs the local backend runs (util-linux, e2fsprogs, coreutils).
+pub const LOCAL_PROGRAMS: &[&str] = &[
+    "losetup",
+    "mkfs.ext4",
+    "e2fsck",
+    "resize2fs",
+    "fsfreeze",
+    "cp",
+];
+
+/// Unpublishes, unstages and deletes every volume of `backend`.
+pub async fn tear_down_all(backend: &dyn VolumeBackend) -> Result<()> {
+    for volume in backend.list().await? {
+        for target in &volume.published_at {
+            backend.unpublish(&volume.id, target).await?;
+        }
+        if let Some(staging) = &volume.staged_at {
+            backend.unstage(&volume.id, staging).await?;
+        }
+        backend.delete(&volume.id).await?;
+    }
+    Ok(())
+}
+
 /// What the workload writes (and fsyncs) into its first volume.
 pub const WORKLOAD_DATA: &[u8] = b"fsynced before the crash\n";
 /// The fail points the workload reaches after it has fsynced [`WORKLOAD_DATA`].

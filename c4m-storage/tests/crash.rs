@@ -8,21 +8,13 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use c4m_storage::testing::{
-    CleanupGuard, FAIL_POINTS_AFTER_WRITE, WORKLOAD_DATA, WorkloadPaths, every_step_workload,
-    leaks, require_root_and, workload_ids,
+    CleanupGuard, FAIL_POINTS_AFTER_WRITE, LOCAL_PROGRAMS, WORKLOAD_DATA, WorkloadPaths,
+    every_step_workload, leaks, require_root_and, tear_down_all, workload_ids,
 };
 use c4m_storage::{FAIL_POINT_ENV, FAIL_POINTS, LocalBackend, REACHED_PREFIX, VolumeBackend};
 
 const POOL_ENV: &str = "C4M_CRASH_TEST_POOL";
 const ROOT_ENV: &str = "C4M_CRASH_TEST_ROOT";
-const PROGRAMS: &[&str] = &[
-    "losetup",
-    "mkfs.ext4",
-    "e2fsck",
-    "resize2fs",
-    "fsfreeze",
-    "cp",
-];
 
 /// The workload. Run by itself it goes through every step and must leave
 /// nothing behind; the crash test runs it as its child, on its own pool,
@@ -30,7 +22,7 @@ const PROGRAMS: &[&str] = &[
 #[tokio::test]
 #[ignore = "needs root + loop devices, ext4 (e2fsprogs)"]
 async fn workload_passes_every_step() {
-    require_root_and(PROGRAMS).unwrap();
+    require_root_and(LOCAL_PROGRAMS).unwrap();
     let (dir, pool, root) = match (std::env::var_os(POOL_ENV), std::env::var_os(ROOT_ENV)) {
         (Some(pool), Some(root)) => (None, pool.into(), root.into()),
         _ => {
@@ -95,7 +87,7 @@ fn writable_within(dir: &Path, timeout: Duration) -> bool {
 #[tokio::test]
 #[ignore = "needs root + loop devices, ext4 (e2fsprogs), fsfreeze"]
 async fn kill_9_at_every_fail_point_then_reconcile_leaves_no_leak() {
-    require_root_and(PROGRAMS).unwrap();
+    require_root_and(LOCAL_PROGRAMS).unwrap();
     for point in FAIL_POINTS {
         let dir = tempfile::tempdir().unwrap();
         let _guard = CleanupGuard::new([dir.path().to_path_buf()]);
@@ -170,15 +162,7 @@ async fn kill_9_at_every_fail_point_then_reconcile_leaves_no_leak() {
         let _ = paths;
 
         // Everything can be taken down through the API, leaving nothing.
-        for volume in backend.list().await.unwrap() {
-            for target in &volume.published_at {
-                backend.unpublish(&volume.id, target).await.unwrap();
-            }
-            if let Some(staging) = &volume.staged_at {
-                backend.unstage(&volume.id, staging).await.unwrap();
-            }
-            backend.delete(&volume.id).await.unwrap();
-        }
+        tear_down_all(&backend).await.unwrap();
         let left = leaks(&pool, &root).await.unwrap();
         assert!(left.is_empty(), "{point}: leaked {left:?}");
     }

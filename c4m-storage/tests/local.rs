@@ -8,17 +8,8 @@ use c4m_storage::pod::{
     HostPathType, ScratchDirs, mount_memory_dir, publish_host_path, unmount_memory_dir,
     unpublish_host_path,
 };
-use c4m_storage::testing::{CleanupGuard, leaks, require_root_and};
+use c4m_storage::testing::{CleanupGuard, LOCAL_PROGRAMS, leaks, require_root_and};
 use c4m_storage::{Error, LocalBackend, ProvisionRequest, SnapshotId, VolumeBackend, VolumeId};
-
-const PROGRAMS: &[&str] = &[
-    "losetup",
-    "mkfs.ext4",
-    "e2fsck",
-    "resize2fs",
-    "fsfreeze",
-    "cp",
-];
 
 struct Setup {
     backend: Arc<LocalBackend>,
@@ -29,7 +20,7 @@ struct Setup {
 }
 
 fn setup() -> Setup {
-    require_root_and(PROGRAMS).unwrap();
+    require_root_and(LOCAL_PROGRAMS).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let pool = dir.path().join("pool");
     let mnt = dir.path().join("mnt");
