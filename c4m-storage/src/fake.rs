@@ -326,3 +326,68 @@ impl VolumeBackend for FakeBackend {
         Ok(ReconcileReport::default())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(s: &str) -> VolumeId {
+        VolumeId::new(s).unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_fake_keeps_the_backend_contract() {
+        let fake = FakeBackend::new(100 << 20).offline_expansion_only();
+        let req = ProvisionRequest::new(id("v"), 40 << 20);
+        let vol = fake.provision(&req).await.unwrap();
+        assert_eq!(fake.provision(&req).await.unwrap(), vol);
+        let err = fake
+            .provision(&ProvisionRequest::new(id("v"), 1 << 20))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::AlreadyExists { .. }), "{err}");
+        let err = fake
+            .provision(&ProvisionRequest::new(id("w"), 80 << 20))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::InsufficientCapacity { available, .. } if available == 60 << 20),
+            "{err}"
+        );
+
+        let (staging, target) = (Path::new("/s"), Path::new("/t"));
+        fake.stage(&id("v"), staging).await.unwrap();
+        fake.stage(&id("v"), staging).await.unwrap();
+        fake.publish(&id("v"), staging, target, false)
+            .await
+            .unwrap();
+        assert!(matches!(
+            fake.delete(&id("v")).await,
+            Err(Error::InUse { .. })
+        ));
+        assert!(matches!(
+            fake.unstage(&id("v"), staging).await,
+            Err(Error::InUse { .. })
+        ));
+        assert!(matches!(
+            fake.expand(&id("v"), 50 << 20).await,
+            Err(Error::OfflineExpansionRequired { .. })
+        ));
+
+        let snap = SnapshotId::new("s").unwrap();
+        fake.snapshot(&id("v"), &snap).await.unwrap();
+        let err = fake
+            .restore(&snap, &ProvisionRequest::new(id("r"), 1 << 20))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
+        fake.unpublish(&id("v"), target).await.unwrap();
+        fake.unpublish(&id("v"), target).await.unwrap();
+        fake.unstage(&id("v"), staging).await.unwrap();
+        assert_eq!(fake.expand(&id("v"), 50 << 20).await.unwrap(), 50 << 20);
+        fake.delete(&id("v")).await.unwrap();
+        fake.delete(&id("v")).await.unwrap();
+        fake.delete_snapshot(&snap).await.unwrap();
+        assert_eq!(fake.capacity().await.unwrap().available_bytes, 100 << 20);
+    }
+}

@@ -7,26 +7,27 @@ use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use c4m_storage::LocalBackend;
 use c4m_storage::csi::proto::controller_service_capability::rpc::Type as ControllerRpc;
 use c4m_storage::csi::proto::node_service_capability::rpc::Type as NodeRpc;
 use c4m_storage::csi::{CsiClient, CsiDriver, proto, serve_driver};
 use c4m_storage::testing::{CleanupGuard, leaks, require_root_and};
+use c4m_storage::{FakeBackend, LocalBackend, VolumeBackend};
 use tokio_util::sync::CancellationToken;
 
-#[tokio::test]
-#[ignore = "needs root + loop devices, ext4 (e2fsprogs), fsfreeze"]
-async fn local_backend_through_the_csi_socket() {
-    require_root_and(&["losetup", "mkfs.ext4", "fsfreeze", "cp"]).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let _guard = CleanupGuard::new([dir.path().to_path_buf()]);
-    let pool = dir.path().join("pool");
-    let mnt = dir.path().join("mnt");
-    let socket = dir.path().join("csi.sock");
-    let backend = Arc::new(LocalBackend::open(&pool).unwrap());
+/// Serves `backend` on a socket in `dir` and connects a client.
+async fn serve(
+    backend: Arc<dyn VolumeBackend>,
+    dir: &std::path::Path,
+) -> (
+    CsiClient,
+    CancellationToken,
+    tokio::task::JoinHandle<c4m_storage::Result<()>>,
+    std::path::PathBuf,
+) {
+    let socket = dir.join("csi.sock");
     let shutdown = CancellationToken::new();
     let server = tokio::spawn({
-        let driver = CsiDriver::new("local.storage.c4m.io", "node-1", backend.clone());
+        let driver = CsiDriver::new("local.storage.c4m.io", "node-1", backend);
         let (socket, shutdown) = (socket.clone(), shutdown.clone());
         async move { serve_driver(driver, &socket, shutdown).await }
     });
@@ -41,8 +42,86 @@ async fn local_backend_through_the_csi_socket() {
         0o600,
         "socket mode"
     );
+    (
+        CsiClient::connect(&socket).await.unwrap(),
+        shutdown,
+        server,
+        socket,
+    )
+}
 
-    let mut client = CsiClient::connect(&socket).await.unwrap();
+/// The protocol layer alone, over the in-memory backend (no root).
+#[tokio::test]
+async fn csi_driver_and_client_over_the_fake_backend() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut client, shutdown, server, socket) =
+        serve(Arc::new(FakeBackend::new(1 << 30)), dir.path()).await;
+    let info = client.discover().await.unwrap();
+    assert_eq!(info.name, "local.storage.c4m.io");
+    let vol = client
+        .create_volume("pvc-1", 64 << 20, Default::default(), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        client
+            .create_volume("pvc-1", 64 << 20, Default::default(), None)
+            .await
+            .unwrap(),
+        vol
+    );
+    let err = client
+        .create_volume("pvc-1", 32 << 20, Default::default(), None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(tonic::Code::AlreadyExists));
+    let err = client
+        .create_volume("big", 2 << 30, Default::default(), None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(tonic::Code::ResourceExhausted));
+    assert_eq!(client.capacity().await.unwrap(), (1 << 30) - (64 << 20));
+    let (staging, target) = (dir.path().join("s"), dir.path().join("t"));
+    client
+        .mount(&info, &vol.volume_id, &staging, &target, false)
+        .await
+        .unwrap();
+    client
+        .mount(&info, &vol.volume_id, &staging, &target, false)
+        .await
+        .unwrap();
+    let err = client.delete_volume(&vol.volume_id).await.unwrap_err();
+    assert_eq!(err.code(), Some(tonic::Code::FailedPrecondition));
+    client
+        .unmount(&info, &vol.volume_id, &staging, &target)
+        .await
+        .unwrap();
+    client
+        .unmount(&info, &vol.volume_id, &staging, &target)
+        .await
+        .unwrap();
+    client
+        .create_snapshot(&vol.volume_id, "snap")
+        .await
+        .unwrap();
+    client.delete_snapshot("snap").await.unwrap();
+    client.delete_snapshot("snap").await.unwrap();
+    client.delete_volume(&vol.volume_id).await.unwrap();
+    client.delete_volume(&vol.volume_id).await.unwrap();
+    shutdown.cancel();
+    server.await.unwrap().unwrap();
+    assert!(!socket.exists());
+}
+
+#[tokio::test]
+#[ignore = "needs root + loop devices, ext4 (e2fsprogs), fsfreeze"]
+async fn local_backend_through_the_csi_socket() {
+    require_root_and(&["losetup", "mkfs.ext4", "fsfreeze", "cp"]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let _guard = CleanupGuard::new([dir.path().to_path_buf()]);
+    let pool = dir.path().join("pool");
+    let mnt = dir.path().join("mnt");
+    let backend = Arc::new(LocalBackend::open(&pool).unwrap());
+    let (mut client, shutdown, server, socket) = serve(backend, dir.path()).await;
     // Identity, then the controller's and the node's capabilities.
     let info = client.discover().await.unwrap();
     assert_eq!(info.name, "local.storage.c4m.io");
