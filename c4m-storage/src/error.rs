@@ -145,13 +145,14 @@ pub enum Error {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
-    /// A plugin or remote driver failed.
-    #[error("{driver}: {message}")]
+    /// A plugin, remote driver or server failed.
+    #[error("{driver}")]
     Driver {
-        /// The driver's name.
+        /// Which driver or server.
         driver: String,
-        /// Its message.
-        message: String,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
 }
 

@@ -73,8 +73,8 @@ pub async fn serve_driver(
         .await;
     let _ = std::fs::remove_file(socket);
     served.map_err(|e| Error::Driver {
-        driver: "csi server".into(),
-        message: e.to_string(),
+        driver: format!("csi server on {}", socket.display()),
+        source: Box::new(e),
     })
 }
 
