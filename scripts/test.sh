@@ -21,7 +21,15 @@ cd "$(dirname "$0")/.."
 # its CRI service) and docker.io (dockerd), which the tests start themselves
 # on sockets of their own. protobuf-compiler: `protoc`, which the
 # containerd-client crate's build script runs to compile containerd's API.
-packages=(procps coreutils curl ca-certificates bsdutils util-linux python3 tar runc crun conmon busybox-static skopeo docker-registry iproute2 nftables mount containerd docker.io containernetworking-plugins iptables protobuf-compiler)
+# For c4m-storage's root tests (tests/local.rs, crash.rs, csi.rs, nfs.rs)
+# and its bench (examples/storage_bench.rs): e2fsprogs (mkfs.ext4, e2fsck,
+# resize2fs for loop+ext4 volumes), util-linux (losetup, fsfreeze for
+# snapshots of mounted volumes, unshare for the NFS server's namespaces),
+# fuse3 (/dev/fuse and fusermount3 for the FUSE NFS mount), nfs-ganesha and
+# nfs-ganesha-vfs (the NFSv3 server tests/nfs.rs starts on loopback), rpcbind
+# (ganesha will not start without registering with it), fio (the bench's
+# throughput figures).
+packages=(procps coreutils curl ca-certificates bsdutils util-linux python3 tar runc crun conmon busybox-static skopeo docker-registry iproute2 nftables mount containerd docker.io containernetworking-plugins iptables protobuf-compiler e2fsprogs fuse3 nfs-ganesha nfs-ganesha-vfs rpcbind fio)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
