@@ -36,7 +36,7 @@ use crate::pods::{is_terminal, node_name, set_condition};
 
 /// Latest resource usage of an instance, as its agent reported it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Usage {
+pub(crate) struct Usage {
     /// CPU in millicores.
     pub cpu_millis: i64,
     /// Memory in bytes.
@@ -46,7 +46,7 @@ pub struct Usage {
 }
 
 /// Usage by (namespace, instance name).
-pub type UsageMap = DashMap<(String, String), Usage>;
+pub(crate) type UsageMap = DashMap<(String, String), Usage>;
 
 /// The agent-facing service.
 pub(crate) struct Agents {

@@ -443,7 +443,7 @@ impl ChangeFeed {
 }
 
 /// The mirror.
-pub struct Cache {
+pub(crate) struct Cache {
     mirror: RwLock<Mirror>,
     revision: watch::Sender<i64>,
     /// One signal per node some reader watches, bumped when the node's
@@ -463,7 +463,10 @@ pub struct Cache {
 
 impl Cache {
     /// Lists the store, then keeps following it until `shutdown`.
-    pub async fn start(store: Arc<dyn Store>, shutdown: CancellationToken) -> Result<Arc<Cache>> {
+    pub(crate) async fn start(
+        store: Arc<dyn Store>,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<Cache>> {
         let (kvs, revision) = store.range(ROOT).await?;
         let cache = Arc::new(Cache {
             mirror: RwLock::new(Mirror::listed(&kvs)?),
@@ -617,7 +620,7 @@ impl Cache {
     }
 
     /// Every object of a kind (in one namespace or all), sorted by key.
-    pub fn list(&self, kind: &ResourceKind, namespace: Option<&str>) -> Vec<Arc<Value>> {
+    pub(crate) fn list(&self, kind: &ResourceKind, namespace: Option<&str>) -> Vec<Arc<Value>> {
         let prefix = prefix(kind, namespace);
         let listed = handles(self.read().under(&prefix));
         decode_all(listed)
@@ -668,12 +671,17 @@ impl Cache {
     }
 
     /// One object.
-    pub fn get(&self, kind: &ResourceKind, namespace: &str, name: &str) -> Option<Arc<Value>> {
+    pub(crate) fn get(
+        &self,
+        kind: &ResourceKind,
+        namespace: &str,
+        name: &str,
+    ) -> Option<Arc<Value>> {
         self.get_key(&key(kind, namespace, name))
     }
 
     /// The instances bound to `node` (terminal ones included), sorted by key.
-    pub fn pods_on_node(&self, node: &str) -> Vec<Arc<Value>> {
+    pub(crate) fn pods_on_node(&self, node: &str) -> Vec<Arc<Value>> {
         decode_all(self.pods_on_node_stored(node))
     }
 
@@ -718,7 +726,7 @@ impl Cache {
     /// A receiver that wakes when an instance bound to `node` (before or
     /// after the change), the Node object itself, or any ConfigMap, Secret
     /// or Vpc changes, and after a re-list.
-    pub fn watch_node(&self, node: &str) -> watch::Receiver<u64> {
+    pub(crate) fn watch_node(&self, node: &str) -> watch::Receiver<u64> {
         let mut signals = self.node_signals.lock().unwrap_or_else(|e| e.into_inner());
         signals
             .entry(node.to_string())
@@ -732,12 +740,12 @@ impl Cache {
     }
 
     /// The store revision the cache reflects.
-    pub fn revision(&self) -> i64 {
+    pub(crate) fn revision(&self) -> i64 {
         *self.revision.borrow()
     }
 
     /// Waits until the cache reflects `revision` (or a later one).
-    pub async fn wait_for(&self, revision: i64) {
+    pub(crate) async fn wait_for(&self, revision: i64) {
         let mut receiver = self.revision.subscribe();
         // Err only if the sender is gone, which ends the process anyway.
         let _ = receiver.wait_for(|current| *current >= revision).await;

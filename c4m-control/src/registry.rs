@@ -13,18 +13,18 @@ use c4m_mesh::{DnsEndpoint, ServiceLookup};
 
 /// Reads the registry from the cache.
 #[derive(Clone)]
-pub struct Registry {
+pub(crate) struct Registry {
     cache: Arc<Cache>,
 }
 
 impl Registry {
     /// A registry over `cache`.
-    pub fn new(cache: Arc<Cache>) -> Self {
+    pub(crate) fn new(cache: Arc<Cache>) -> Self {
         Registry { cache }
     }
 
     /// Ready endpoints of a service; None when no such service exists.
-    pub fn service(&self, namespace: &str, name: &str) -> Option<ServiceEndpoints> {
+    pub(crate) fn service(&self, namespace: &str, name: &str) -> Option<ServiceEndpoints> {
         let endpoints = self.cache.get(kind("endpoints"), namespace, name)?;
         Some(ServiceEndpoints {
             namespace: namespace.to_string(),

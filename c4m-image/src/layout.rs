@@ -217,7 +217,7 @@ pub fn busybox_image_tar(busybox: &Path, executables: &[&Path], tag: &str) -> Re
 /// the shared libraries and loader `ldd` names for it, each at the path it
 /// has on the host (a static executable brings none). What it loads at run
 /// time beyond those (`dlopen`) is not found this way.
-pub fn add_executable(root: &Path, executable: &Path) -> Result<()> {
+pub(crate) fn add_executable(root: &Path, executable: &Path) -> Result<()> {
     let io = |what: String| move |e: std::io::Error| Error::io(what, e);
     let name = executable
         .file_name()

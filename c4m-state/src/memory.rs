@@ -11,8 +11,8 @@ use crate::error::{Error, Result};
 use crate::plan::plan;
 use crate::redb_store::StoreOptions;
 use crate::store::{Store, WatchStream};
-use crate::types::{EventKind, KeyValue, Op, WatchEvent};
-use crate::watch::{History, RevisionEvents, Watcher};
+use crate::types::{EventKind, KeyValue, Op};
+use crate::watch::{History, HistoryPage, RevisionEvents, Watcher};
 
 /// A [`Store`] in memory, with the same transaction, revision, history and
 /// watch semantics as [`RedbStore`](crate::RedbStore) (both plan their
@@ -44,10 +44,10 @@ impl MemoryStore {
         Self::with_options(&StoreOptions::default())
     }
 
-    /// An empty store keeping [`StoreOptions::history_revisions`] (at least
-    /// 1) revisions for watches, older ones compacted, with a live event
-    /// buffer of [`StoreOptions::watch_buffer`] (the file options do not
-    /// apply).
+    /// An empty store keeping [`StoreOptions::history_revisions`] (at
+    /// least one) revisions for watches, older ones compacted, with a live
+    /// event buffer of [`StoreOptions::watch_buffer`]; the file options do
+    /// not apply.
     pub fn with_options(options: &StoreOptions) -> Self {
         MemoryStore {
             state: Arc::new(Mutex::new(State {
@@ -159,7 +159,7 @@ impl History for MemoryHistory {
         prefix: &str,
         after: i64,
         through: i64,
-    ) -> BoxFuture<'static, Result<Vec<(i64, Vec<WatchEvent>)>>> {
+    ) -> BoxFuture<'static, Result<HistoryPage>> {
         let page = self.0.upgrade().ok_or(Error::Closed).and_then(|state| {
             let state = lock(&state);
             if after < state.compacted {

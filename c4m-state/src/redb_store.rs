@@ -13,8 +13,8 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use crate::error::{Error, Result};
 use crate::store::{Store, WatchStream};
 use crate::tables::{self, HISTORY, KEYS, META};
-use crate::types::{KeyValue, Op, WatchEvent};
-use crate::watch::{History, RevisionEvents, Watcher};
+use crate::types::{KeyValue, Op};
+use crate::watch::{History, HistoryPage, RevisionEvents, Watcher};
 use crate::writer::{WriteRequest, Writer};
 
 /// Tuning for [`RedbStore::open_with`].
@@ -213,7 +213,7 @@ impl History for RedbHistory {
         prefix: &str,
         after: i64,
         through: i64,
-    ) -> BoxFuture<'static, Result<Vec<(i64, Vec<WatchEvent>)>>> {
+    ) -> BoxFuture<'static, Result<HistoryPage>> {
         let db = self.0.clone();
         let prefix = prefix.to_owned();
         Box::pin(async move {

@@ -26,6 +26,9 @@ pub(crate) struct RevisionEvents {
     pub events: Vec<WatchEvent>,
 }
 
+/// Past revisions with their events (those under a watch's prefix).
+pub(crate) type HistoryPage = Vec<(i64, Vec<WatchEvent>)>;
+
 /// A backend's history of past revisions, as a watcher replays it.
 pub(crate) trait History: Send + Sync + 'static {
     /// The events of revisions `after + 1 ..= through` whose keys start with
@@ -38,7 +41,7 @@ pub(crate) trait History: Send + Sync + 'static {
         prefix: &str,
         after: i64,
         through: i64,
-    ) -> BoxFuture<'static, Result<Vec<(i64, Vec<WatchEvent>)>>>;
+    ) -> BoxFuture<'static, Result<HistoryPage>>;
 }
 
 /// Revisions read from history per blocking read, bounding a watcher's replay memory.
@@ -58,7 +61,7 @@ pub(crate) struct Watcher {
 }
 
 impl Watcher {
-    pub fn into_stream(self) -> WatchStream {
+    pub(crate) fn into_stream(self) -> WatchStream {
         futures::stream::unfold(self, |mut watcher| async move {
             let item = watcher.next_event().await?;
             Some((item, watcher))

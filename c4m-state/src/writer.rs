@@ -38,7 +38,7 @@ pub(crate) struct Writer {
 
 impl Writer {
     /// Serves requests until every sender is dropped.
-    pub fn run(mut self, mut requests: mpsc::Receiver<WriteRequest>) {
+    pub(crate) fn run(mut self, mut requests: mpsc::Receiver<WriteRequest>) {
         let mut group = Vec::with_capacity(MAX_GROUP);
         while requests.blocking_recv_many(&mut group, MAX_GROUP) > 0 {
             self.serve(std::mem::take(&mut group));

@@ -17,7 +17,7 @@ use crate::output::{self, Format};
 
 /// Where the control plane is and how to authenticate.
 #[derive(Args, Clone, Default)]
-pub struct Connection {
+pub(crate) struct Connection {
     /// Control plane URL (default: from ~/.c4m/client.json, written by `c4m up`).
     #[arg(long, global = true, env = "C4M_ENDPOINT_URL")]
     pub endpoint: Option<String>,
@@ -28,7 +28,7 @@ pub struct Connection {
 /// `client.json`: where `c4m up` tells the CLI how to reach it.
 #[derive(Serialize, Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
-pub struct ClientConfig {
+pub(crate) struct ClientConfig {
     pub endpoint: String,
     #[serde(default)]
     pub access_token: String,
@@ -79,7 +79,7 @@ impl Connection {
     }
 }
 
-pub fn kind(name: &str) -> Result<&'static ResourceKind> {
+pub(crate) fn kind(name: &str) -> Result<&'static ResourceKind> {
     ResourceKind::from_name(name).ok_or_else(|| {
         let known: Vec<&str> = c4m_core::KINDS.iter().map(|k| k.plural).collect();
         anyhow!("unknown kind {name:?}; known kinds: {}", known.join(", "))
@@ -137,7 +137,7 @@ fn read_manifests(paths: &[PathBuf]) -> Result<Vec<c4m_core::Document>> {
 
 /// `c4m apply`.
 #[derive(Args)]
-pub struct ApplyArgs {
+pub(crate) struct ApplyArgs {
     /// File, folder or - (stdin); repeatable.
     #[arg(short = 'f', long = "filename", required = true)]
     files: Vec<PathBuf>,
@@ -146,7 +146,7 @@ pub struct ApplyArgs {
     namespace: Option<String>,
 }
 
-pub async fn apply(args: ApplyArgs, connection: &Connection) -> Result<()> {
+pub(crate) async fn apply(args: ApplyArgs, connection: &Connection) -> Result<()> {
     let documents = read_manifests(&args.files)?;
     // Validate everything locally first: a bad document fails before anything is sent.
     for document in &documents {
@@ -181,7 +181,7 @@ pub async fn apply(args: ApplyArgs, connection: &Connection) -> Result<()> {
 
 /// `c4m delete`.
 #[derive(Args)]
-pub struct DeleteArgs {
+pub(crate) struct DeleteArgs {
     /// Kind, then names.
     args: Vec<String>,
     /// Delete the objects in these files instead.
@@ -194,7 +194,7 @@ pub struct DeleteArgs {
     ignore_not_found: bool,
 }
 
-pub async fn delete(args: DeleteArgs, connection: &Connection) -> Result<()> {
+pub(crate) async fn delete(args: DeleteArgs, connection: &Connection) -> Result<()> {
     let client = connection.client()?;
     let mut targets: Vec<(&'static ResourceKind, String, String)> = Vec::new();
     if !args.files.is_empty() {
@@ -238,7 +238,7 @@ pub async fn delete(args: DeleteArgs, connection: &Connection) -> Result<()> {
 
 /// `c4m get`.
 #[derive(Args)]
-pub struct GetArgs {
+pub(crate) struct GetArgs {
     /// Kind (instances, microservices, deployments, services, nodes, ...).
     kind: String,
     /// One object's name.
@@ -256,7 +256,7 @@ pub struct GetArgs {
     selector: Option<String>,
 }
 
-pub async fn get(args: GetArgs, connection: &Connection) -> Result<()> {
+pub(crate) async fn get(args: GetArgs, connection: &Connection) -> Result<()> {
     let kind = kind(&args.kind)?;
     let client = connection.client()?;
     let namespace = (!args.all_namespaces).then_some(args.namespace.as_str());
@@ -297,7 +297,7 @@ pub async fn get(args: GetArgs, connection: &Connection) -> Result<()> {
 
 /// `c4m describe`.
 #[derive(Args)]
-pub struct DescribeArgs {
+pub(crate) struct DescribeArgs {
     /// Kind.
     kind: String,
     /// Name.
@@ -306,7 +306,7 @@ pub struct DescribeArgs {
     namespace: String,
 }
 
-pub async fn describe(args: DescribeArgs, connection: &Connection) -> Result<()> {
+pub(crate) async fn describe(args: DescribeArgs, connection: &Connection) -> Result<()> {
     let kind = kind(&args.kind)?;
     let object = connection
         .client()?
@@ -318,7 +318,7 @@ pub async fn describe(args: DescribeArgs, connection: &Connection) -> Result<()>
 
 /// `c4m logs`.
 #[derive(Args)]
-pub struct LogsArgs {
+pub(crate) struct LogsArgs {
     /// Instance name.
     instance: String,
     /// Keep streaming new output.
@@ -337,7 +337,7 @@ pub struct LogsArgs {
     namespace: String,
 }
 
-pub async fn logs(args: LogsArgs, connection: &Connection) -> Result<()> {
+pub(crate) async fn logs(args: LogsArgs, connection: &Connection) -> Result<()> {
     let client = connection.client()?;
     let mut stream = Box::pin(
         client
@@ -366,7 +366,7 @@ pub async fn logs(args: LogsArgs, connection: &Connection) -> Result<()> {
 
 /// Instances by name (`c4m status`, `c4m metrics`).
 #[derive(Args)]
-pub struct InstancesArgs {
+pub(crate) struct InstancesArgs {
     /// Instance names.
     #[arg(required = true)]
     instances: Vec<String>,
@@ -374,7 +374,7 @@ pub struct InstancesArgs {
     namespace: String,
 }
 
-pub async fn status(args: InstancesArgs, connection: &Connection) -> Result<()> {
+pub(crate) async fn status(args: InstancesArgs, connection: &Connection) -> Result<()> {
     let client = connection.client()?;
     let pods = kind("pods")?;
     let mut rows = Vec::new();
@@ -392,7 +392,7 @@ pub async fn status(args: InstancesArgs, connection: &Connection) -> Result<()> 
     failed.map_or(Ok(()), Err)
 }
 
-pub async fn metrics(args: InstancesArgs, connection: &Connection) -> Result<()> {
+pub(crate) async fn metrics(args: InstancesArgs, connection: &Connection) -> Result<()> {
     let client = connection.client()?;
     let mut rows = vec![vec!["NAME".to_string(), "CPU".into(), "MEMORY".into()]];
     let mut failed = None;
@@ -422,7 +422,7 @@ pub async fn metrics(args: InstancesArgs, connection: &Connection) -> Result<()>
 
 /// `c4m run`.
 #[derive(Args)]
-pub struct RunArgs {
+pub(crate) struct RunArgs {
     /// Microservice name (default: from the command).
     #[arg(long)]
     name: Option<String>,
@@ -474,7 +474,7 @@ fn resolve_user(user: &str) -> Result<u32> {
         .ok_or_else(|| anyhow!("--user: no user named {user:?}"))
 }
 
-pub async fn run(args: RunArgs, connection: &Connection) -> Result<()> {
+pub(crate) async fn run(args: RunArgs, connection: &Connection) -> Result<()> {
     if args.command.is_empty() && args.image.is_none() {
         bail!("give a command to run (c4m run -- COMMAND ARGS...) or --image");
     }
@@ -568,7 +568,7 @@ pub async fn run(args: RunArgs, connection: &Connection) -> Result<()> {
 
 /// `c4m wait`.
 #[derive(Args)]
-pub struct WaitArgs {
+pub(crate) struct WaitArgs {
     /// Give up after this long.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     timeout: Duration,
@@ -576,7 +576,7 @@ pub struct WaitArgs {
     namespace: String,
 }
 
-pub async fn wait(args: WaitArgs, connection: &Connection) -> Result<()> {
+pub(crate) async fn wait(args: WaitArgs, connection: &Connection) -> Result<()> {
     let client = connection.client()?;
     let started = Instant::now();
     loop {

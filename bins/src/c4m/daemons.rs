@@ -22,7 +22,7 @@ use crate::commands::{ClientConfig, Connection};
 
 /// Control plane flags shared by `up` and `control`.
 #[derive(Args, Clone)]
-pub struct ControlFlags {
+pub(crate) struct ControlFlags {
     /// HTTP API address.
     #[arg(long, default_value = "127.0.0.1:8140")]
     api: SocketAddr,
@@ -48,7 +48,7 @@ pub struct ControlFlags {
 
 /// `c4m up`.
 #[derive(Args)]
-pub struct UpArgs {
+pub(crate) struct UpArgs {
     /// Where state lives (store, instances, logs, credentials).
     #[arg(long, env = "C4M_HOME")]
     data_dir: Option<PathBuf>,
@@ -62,7 +62,7 @@ pub struct UpArgs {
 
 /// `c4m control`.
 #[derive(Args)]
-pub struct ControlArgs {
+pub(crate) struct ControlArgs {
     /// Where the store and credentials live.
     #[arg(long, env = "C4M_HOME")]
     data_dir: Option<PathBuf>,
@@ -188,7 +188,6 @@ async fn bind_control(
         node_grace: flags.node_grace,
         eviction_delay: flags.eviction_delay,
         api_tls: Some(api_tls_identity(dir, flags.api)?),
-        ..ControlPlaneConfig::default()
     };
     let control = ControlPlane::bind(config, ControlPlaneExtensions::new(Arc::new(store))).await?;
     let client = ClientConfig {
@@ -217,7 +216,7 @@ async fn bind_control(
 }
 
 /// `c4m up`.
-pub async fn up(args: UpArgs, connection: &Connection) -> Result<()> {
+pub(crate) async fn up(args: UpArgs, connection: &Connection) -> Result<()> {
     let dir = data_dir(args.data_dir, "")?;
     let (control, credentials) =
         bind_control(&dir, &args.control, &args.cluster, connection).await?;
@@ -250,7 +249,7 @@ pub async fn up(args: UpArgs, connection: &Connection) -> Result<()> {
 }
 
 /// `c4m control`.
-pub async fn control(args: ControlArgs, connection: &Connection) -> Result<()> {
+pub(crate) async fn control(args: ControlArgs, connection: &Connection) -> Result<()> {
     let dir = data_dir(args.data_dir, "control")?;
     let (control, _) = bind_control(&dir, &args.control, &args.cluster, connection).await?;
     control.run(shutdown_on_signal()).await?;

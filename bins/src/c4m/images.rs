@@ -10,7 +10,7 @@ use crate::commands::Connection;
 
 /// `c4m image`.
 #[derive(Args)]
-pub struct ImageArgs {
+pub(crate) struct ImageArgs {
     /// The node whose store to use (default: the only node).
     #[arg(long, global = true)]
     node: Option<String>,
@@ -64,7 +64,7 @@ enum ImageCommand {
     },
 }
 
-pub async fn image(args: ImageArgs, connection: &Connection) -> Result<()> {
+pub(crate) async fn image(args: ImageArgs, connection: &Connection) -> Result<()> {
     let client = connection.client()?;
     let node = match args.node {
         Some(node) => node,

@@ -11,7 +11,7 @@ use crate::commands::Connection;
 
 /// `c4m kubeconfig` flags.
 #[derive(Args)]
-pub struct KubeconfigArgs {
+pub(crate) struct KubeconfigArgs {
     /// Name of the cluster, user and context in the kubeconfig.
     #[arg(long, default_value = "c4m")]
     context: String,
@@ -23,7 +23,7 @@ pub struct KubeconfigArgs {
 /// Prints the kubeconfig to stdout: the API's HTTPS endpoint with its
 /// certificate as the authority when it has one (kubectl sends tokens only
 /// over TLS), else its plain HTTP endpoint.
-pub async fn print(args: KubeconfigArgs, connection: &Connection) -> Result<()> {
+pub(crate) async fn print(args: KubeconfigArgs, connection: &Connection) -> Result<()> {
     let (endpoint, credentials) = connection.resolve()?;
     let client = Client::new(&endpoint, credentials.as_ref())?;
     let certificate = client

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 /// `-o` formats.
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Format {
+pub(crate) enum Format {
     Table,
     Json,
     Yaml,
@@ -17,7 +17,7 @@ pub enum Format {
 
 /// One document as `-o json` (also for `table`, which a single object has
 /// no rows for) or `-o yaml` prints it.
-pub fn document(value: &Value, format: Format) -> anyhow::Result<String> {
+pub(crate) fn document(value: &Value, format: Format) -> anyhow::Result<String> {
     Ok(match format {
         Format::Yaml => serde_yaml::to_string(value)?,
         Format::Json | Format::Table => serde_json::to_string_pretty(value)? + "\n",
@@ -25,7 +25,7 @@ pub fn document(value: &Value, format: Format) -> anyhow::Result<String> {
 }
 
 /// Left-aligned columns separated by three spaces.
-pub fn columns(rows: &[Vec<String>]) -> String {
+pub(crate) fn columns(rows: &[Vec<String>]) -> String {
     let widths: Vec<usize> = (0..rows.first().map_or(0, Vec::len))
         .map(|i| {
             rows.iter()
@@ -55,7 +55,7 @@ pub fn columns(rows: &[Vec<String>]) -> String {
 
 /// The table `c4m get` prints: every column of the kind (the wide view),
 /// with NAMESPACE first when listing across namespaces.
-pub fn table(kind: &ResourceKind, items: &[Value], with_namespace: bool) -> String {
+pub(crate) fn table(kind: &ResourceKind, items: &[Value], with_namespace: bool) -> String {
     let with_namespace = with_namespace && kind.namespaced;
     let mut rows = Vec::with_capacity(items.len() + 1);
     let mut head: Vec<String> = columns_of(kind)
@@ -77,7 +77,7 @@ pub fn table(kind: &ResourceKind, items: &[Value], with_namespace: bool) -> Stri
 }
 
 /// `c4m status` rows.
-pub fn status_table(pods: &[Value]) -> String {
+pub(crate) fn status_table(pods: &[Value]) -> String {
     let mut rows = vec![
         vec![
             "NAME", "STATUS", "READY", "RESTARTS", "NODE", "ENDPOINT", "MESSAGE",
@@ -117,7 +117,7 @@ pub fn status_table(pods: &[Value]) -> String {
 }
 
 /// `1234Ki` → `1.2Mi` for humans.
-pub fn memory_from_ki(text: &str) -> String {
+pub(crate) fn memory_from_ki(text: &str) -> String {
     let Some(kib) = text.strip_suffix("Ki").and_then(|k| k.parse::<u64>().ok()) else {
         return text.to_string();
     };
@@ -129,7 +129,7 @@ pub fn memory_from_ki(text: &str) -> String {
 }
 
 /// `c4m describe` text.
-pub fn describe(kind: &ResourceKind, object: &Value) -> String {
+pub(crate) fn describe(kind: &ResourceKind, object: &Value) -> String {
     let meta = &object["metadata"];
     let mut out = String::new();
     let mut line =

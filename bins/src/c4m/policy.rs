@@ -12,7 +12,7 @@ use crate::output::{self, Format};
 
 /// `c4m policy`.
 #[derive(Args)]
-pub struct PolicyArgs {
+pub(crate) struct PolicyArgs {
     #[command(subcommand)]
     command: PolicyCommand,
 }
@@ -42,7 +42,7 @@ enum PolicyCommand {
     },
 }
 
-pub async fn policy(args: PolicyArgs, connection: &Connection) -> Result<()> {
+pub(crate) async fn policy(args: PolicyArgs, connection: &Connection) -> Result<()> {
     let client = connection.client()?;
     match args.command {
         PolicyCommand::Get { output } => {

@@ -17,7 +17,7 @@ use crate::commands::Connection;
 
 /// `c4m exec`.
 #[derive(Args)]
-pub struct ExecArgs {
+pub(crate) struct ExecArgs {
     /// Instance name.
     instance: String,
     /// The command and its arguments (after `--`).
@@ -34,7 +34,7 @@ pub struct ExecArgs {
 }
 
 /// Runs the command in the instance; the exit code is the command's.
-pub async fn exec(args: ExecArgs, connection: &Connection) -> Result<ExitCode> {
+pub(crate) async fn exec(args: ExecArgs, connection: &Connection) -> Result<ExitCode> {
     let query = ExecQuery {
         command: args.command,
         container: None,
@@ -189,7 +189,7 @@ impl Drop for RawTerminal {
 
 /// `c4m port-forward`.
 #[derive(Args)]
-pub struct PortForwardArgs {
+pub(crate) struct PortForwardArgs {
     /// Instance name.
     instance: String,
     /// `LOCAL:REMOTE` (or `PORT` for both): connections to 127.0.0.1:LOCAL
@@ -204,7 +204,7 @@ pub struct PortForwardArgs {
 
 /// Listens locally and forwards each connection through its own stream,
 /// until interrupted.
-pub async fn port_forward(args: PortForwardArgs, connection: &Connection) -> Result<()> {
+pub(crate) async fn port_forward(args: PortForwardArgs, connection: &Connection) -> Result<()> {
     let (local, remote) = match args.ports.split_once(':') {
         Some((local, remote)) => (local, remote),
         None => (args.ports.as_str(), args.ports.as_str()),

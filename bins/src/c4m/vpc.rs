@@ -9,7 +9,7 @@ use crate::output::{self, Format};
 
 /// `c4m vpc`.
 #[derive(Args)]
-pub struct VpcArgs {
+pub(crate) struct VpcArgs {
     #[command(subcommand)]
     command: VpcCommand,
 }
@@ -40,7 +40,7 @@ enum VpcCommand {
     },
 }
 
-pub async fn vpc(args: VpcArgs, connection: &Connection) -> Result<()> {
+pub(crate) async fn vpc(args: VpcArgs, connection: &Connection) -> Result<()> {
     let client = connection.client()?;
     let kind = crate::commands::kind("vpcs")?;
     match args.command {

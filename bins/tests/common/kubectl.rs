@@ -11,7 +11,7 @@ use super::Cluster;
 /// `C4M_TEST_KUBECTL` names another (a pinned version, say).
 const KUBECTL: &str = "/usr/bin/kubectl";
 
-pub fn kubectl_path() -> PathBuf {
+pub(crate) fn kubectl_path() -> PathBuf {
     let path =
         std::env::var_os("C4M_TEST_KUBECTL").map_or_else(|| PathBuf::from(KUBECTL), PathBuf::from);
     assert!(
@@ -25,19 +25,19 @@ pub fn kubectl_path() -> PathBuf {
 }
 
 /// kubectl with its own kubeconfig and discovery cache.
-pub struct Kubectl {
+pub(crate) struct Kubectl {
     kubeconfig: PathBuf,
     cache: PathBuf,
 }
 
 impl Kubectl {
     /// Writes `c4m kubeconfig`'s output for `cluster` and uses it.
-    pub fn for_cluster(cluster: &Cluster) -> Kubectl {
+    pub(crate) fn for_cluster(cluster: &Cluster) -> Kubectl {
         let text = cluster.ok(&["kubeconfig"]);
         Kubectl::with_config(cluster, "kubeconfig", &text)
     }
 
-    pub fn with_config(cluster: &Cluster, name: &str, text: &str) -> Kubectl {
+    pub(crate) fn with_config(cluster: &Cluster, name: &str, text: &str) -> Kubectl {
         let kubeconfig = cluster.dir.path().join(name);
         std::fs::write(&kubeconfig, text).unwrap();
         Kubectl {
@@ -46,7 +46,7 @@ impl Kubectl {
         }
     }
 
-    pub fn command(&self, args: &[&str]) -> Command {
+    pub(crate) fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(kubectl_path());
         command
             .arg("--kubeconfig")
@@ -58,12 +58,12 @@ impl Kubectl {
         command
     }
 
-    pub fn run(&self, args: &[&str]) -> Output {
+    pub(crate) fn run(&self, args: &[&str]) -> Output {
         self.command(args).output().expect("run kubectl")
     }
 
     /// Runs kubectl and insists it succeeds; returns stdout.
-    pub fn ok(&self, args: &[&str]) -> String {
+    pub(crate) fn ok(&self, args: &[&str]) -> String {
         let output = self.run(args);
         assert!(
             output.status.success(),
@@ -76,7 +76,7 @@ impl Kubectl {
     }
 
     /// Runs kubectl, insists it fails; returns stderr.
-    pub fn fails(&self, args: &[&str]) -> String {
+    pub(crate) fn fails(&self, args: &[&str]) -> String {
         let output = self.run(args);
         assert!(
             !output.status.success(),
@@ -86,7 +86,7 @@ impl Kubectl {
         String::from_utf8(output.stderr).unwrap()
     }
 
-    pub fn json(&self, args: &[&str]) -> Value {
+    pub(crate) fn json(&self, args: &[&str]) -> Value {
         let mut args = args.to_vec();
         args.extend(["-o", "json"]);
         serde_json::from_str(&self.ok(&args)).unwrap()

@@ -3,8 +3,8 @@
 
 #![allow(dead_code)]
 
-pub mod kubectl;
-pub mod oci;
+pub(crate) mod kubectl;
+pub(crate) mod oci;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -15,24 +15,24 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-pub const C4M: &str = env!("CARGO_BIN_EXE_c4m");
+pub(crate) const C4M: &str = env!("CARGO_BIN_EXE_c4m");
 /// The agent alone, as nodes run it (`c4m agent` is the same agent).
-pub const C4M_AGENT: &str = env!("CARGO_BIN_EXE_c4m-agent");
-pub const DEMO: &str = env!("CARGO_BIN_EXE_c4m-demo");
-pub const ACCESS_TOKEN: &str = "test-access";
-pub const SECRET_KEY: &str = "test-secret";
+pub(crate) const C4M_AGENT: &str = env!("CARGO_BIN_EXE_c4m-agent");
+pub(crate) const DEMO: &str = env!("CARGO_BIN_EXE_c4m-demo");
+pub(crate) const ACCESS_TOKEN: &str = "test-access";
+pub(crate) const SECRET_KEY: &str = "test-secret";
 
-pub use c4m_testkit::{free_port, wait_for};
+pub(crate) use c4m_testkit::{free_port, wait_for};
 
 /// PATH with the demo binary's folder first, so manifests can run `c4m-demo`.
-pub fn path_with_bins() -> String {
+pub(crate) fn path_with_bins() -> String {
     let bins = Path::new(DEMO).parent().unwrap().display().to_string();
     format!("{bins}:{}", std::env::var("PATH").unwrap_or_default())
 }
 
 /// `GET http://127.0.0.1:{port}{path}`: (status code, body). Test-only
 /// plain HTTP/1.0 so checks need no async runtime.
-pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+pub(crate) fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     let mut stream = TcpStream::connect(addr).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
@@ -48,7 +48,7 @@ pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
 
 /// Kills every instance process recorded in a driver state dir, so a test
 /// leaves nothing running (instances outlive agents by design).
-pub fn kill_instances(dir: &Path) {
+pub(crate) fn kill_instances(dir: &Path) {
     fn pids(value: &Value, out: &mut Vec<i32>) {
         match value {
             Value::Object(map) => {
@@ -97,7 +97,7 @@ pub fn kill_instances(dir: &Path) {
 
 /// Unmounts whatever is mounted under `dir` (instances' network
 /// namespaces, root file systems), deepest first, so the directory can go.
-pub fn unmount_under(dir: &Path) {
+pub(crate) fn unmount_under(dir: &Path) {
     let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") else {
         return;
     };
@@ -114,7 +114,7 @@ pub fn unmount_under(dir: &Path) {
 }
 
 /// A cluster of real processes.
-pub struct Cluster {
+pub(crate) struct Cluster {
     pub dir: tempfile::TempDir,
     pub api: u16,
     pub grpc: u16,
@@ -135,13 +135,13 @@ struct EmbeddedControl {
 
 impl Cluster {
     /// Starts a control plane (fast failure detection for tests).
-    pub fn start() -> Cluster {
+    pub(crate) fn start() -> Cluster {
         Cluster::start_listening_on("127.0.0.1")
     }
 
     /// [`Cluster::start`] with the agents' gRPC and the DNS on `address`
     /// (the API stays on loopback, for the CLI).
-    pub fn start_listening_on(address: &str) -> Cluster {
+    pub(crate) fn start_listening_on(address: &str) -> Cluster {
         // A free port found now may be taken by a parallel test before the
         // control plane binds it: then it exits, and a fresh set is tried.
         for _ in 0..3 {
@@ -171,7 +171,7 @@ impl Cluster {
     /// service would, with `extend` adding to its extension points (the
     /// store is a `RedbStore` in the cluster's dir). Agents and the CLI are
     /// the real binaries, as with [`Cluster::start`].
-    pub fn start_embedded(
+    pub(crate) fn start_embedded(
         extend: impl FnOnce(c4m_plugin::ControlPlaneExtensions) -> c4m_plugin::ControlPlaneExtensions
         + Send
         + 'static,
@@ -222,7 +222,7 @@ impl Cluster {
         cluster
     }
 
-    pub fn endpoint(&self) -> String {
+    pub(crate) fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.api)
     }
 
@@ -235,7 +235,7 @@ impl Cluster {
     }
 
     /// Starts (or restarts) the control plane on the same data dir and ports.
-    pub fn start_control(&mut self) {
+    pub(crate) fn start_control(&mut self) {
         assert!(
             self.try_start_control(),
             "the control plane exited at start"
@@ -280,24 +280,24 @@ impl Cluster {
         })
     }
 
-    pub fn agent_dir(&self, name: &str) -> PathBuf {
+    pub(crate) fn agent_dir(&self, name: &str) -> PathBuf {
         self.dir.path().join(format!("agent-{name}"))
     }
 
     /// Starts an agent advertising `cpu` and `memory`.
-    pub fn start_agent(&mut self, name: &str, cpu: &str, memory: &str) -> u32 {
+    pub(crate) fn start_agent(&mut self, name: &str, cpu: &str, memory: &str) -> u32 {
         self.start_agent_with(name, cpu, memory, &[]);
         self.agent_pid(name)
     }
 
     /// [`Cluster::start_agent`] with more agent flags.
-    pub fn start_agent_with(&mut self, name: &str, cpu: &str, memory: &str, flags: &[&str]) {
+    pub(crate) fn start_agent_with(&mut self, name: &str, cpu: &str, memory: &str, flags: &[&str]) {
         self.start_agent_from(Command::new(C4M_AGENT), name, cpu, memory, flags);
     }
 
     /// [`Cluster::start_agent_with`] run by `command`: `c4m-agent` (or
     /// `c4m agent`), possibly through a wrapper such as `nsenter`.
-    pub fn start_agent_from(
+    pub(crate) fn start_agent_from(
         &mut self,
         command: Command,
         name: &str,
@@ -319,12 +319,18 @@ impl Cluster {
     /// Starts one `c4m agent --hollow COUNT` process simulating nodes
     /// `{name}-0..{name}-{count - 1}`, each advertising `cpu` and `memory`,
     /// and waits until all of them are Ready. `kill_agent(name)` ends it.
-    pub fn start_hollow_agents(&mut self, name: &str, count: usize, cpu: &str, memory: &str) {
+    pub(crate) fn start_hollow_agents(
+        &mut self,
+        name: &str,
+        count: usize,
+        cpu: &str,
+        memory: &str,
+    ) {
         self.start_labelled_hollow_agents(name, count, cpu, memory, &[]);
     }
 
     /// [`Cluster::start_hollow_agents`] with node labels (`KEY=VALUE`).
-    pub fn start_labelled_hollow_agents(
+    pub(crate) fn start_labelled_hollow_agents(
         &mut self,
         name: &str,
         count: usize,
@@ -383,19 +389,19 @@ impl Cluster {
         pid
     }
 
-    pub fn agent_pid(&self, name: &str) -> u32 {
+    pub(crate) fn agent_pid(&self, name: &str) -> u32 {
         self.agents[name].id()
     }
 
     /// SIGKILLs an agent: it gets no chance to say goodbye.
-    pub fn kill_agent(&mut self, name: &str) {
+    pub(crate) fn kill_agent(&mut self, name: &str) {
         let mut child = self.agents.remove(name).expect("agent running");
         child.kill().unwrap();
         child.wait().unwrap();
     }
 
     /// Sends `signal` to an agent and waits for it to exit.
-    pub fn signal_agent(
+    pub(crate) fn signal_agent(
         &mut self,
         name: &str,
         signal: nix::sys::signal::Signal,
@@ -406,21 +412,24 @@ impl Cluster {
     }
 
     /// SIGKILLs the control plane.
-    pub fn kill_control(&mut self) {
+    pub(crate) fn kill_control(&mut self) {
         let mut child = self.control.take().expect("control plane running");
         child.kill().unwrap();
         child.wait().unwrap();
     }
 
     /// Sends `signal` to the control plane and waits for it to exit.
-    pub fn signal_control(&mut self, signal: nix::sys::signal::Signal) -> std::process::ExitStatus {
+    pub(crate) fn signal_control(
+        &mut self,
+        signal: nix::sys::signal::Signal,
+    ) -> std::process::ExitStatus {
         let mut child = self.control.take().expect("control plane running");
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal).unwrap();
         wait_exit(&mut child, Duration::from_secs(15))
     }
 
     /// An API client with the cluster's credentials.
-    pub fn client(&self) -> c4m_api::Client {
+    pub(crate) fn client(&self) -> c4m_api::Client {
         let credentials = c4m_api::Credentials {
             access_token: ACCESS_TOKEN.into(),
             secret_key: SECRET_KEY.into(),
@@ -429,12 +438,12 @@ impl Cluster {
     }
 
     /// Runs the CLI against this cluster.
-    pub fn c4m(&self, args: &[&str]) -> Output {
+    pub(crate) fn c4m(&self, args: &[&str]) -> Output {
         self.c4m_with_stdin(args, "")
     }
 
     /// The CLI with this cluster's endpoint and credentials.
-    pub fn c4m_command(&self, args: &[&str]) -> Command {
+    pub(crate) fn c4m_command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(C4M);
         command
             .args(args)
@@ -445,7 +454,7 @@ impl Cluster {
         command
     }
 
-    pub fn c4m_with_stdin(&self, args: &[&str], stdin: &str) -> Output {
+    pub(crate) fn c4m_with_stdin(&self, args: &[&str], stdin: &str) -> Output {
         let mut child = self
             .c4m_command(args)
             .stdin(Stdio::piped())
@@ -463,7 +472,7 @@ impl Cluster {
     }
 
     /// Runs the CLI and insists it succeeds; returns stdout.
-    pub fn ok(&self, args: &[&str]) -> String {
+    pub(crate) fn ok(&self, args: &[&str]) -> String {
         let output = self.c4m(args);
         assert!(
             output.status.success(),
@@ -474,7 +483,7 @@ impl Cluster {
     }
 
     /// `c4m apply -f -` with `yaml`; insists it succeeds.
-    pub fn apply(&self, yaml: &str) -> String {
+    pub(crate) fn apply(&self, yaml: &str) -> String {
         let output = self.c4m_with_stdin(&["apply", "-f", "-"], yaml);
         assert!(
             output.status.success(),
@@ -485,7 +494,7 @@ impl Cluster {
     }
 
     /// `c4m get KIND -o json` items.
-    pub fn list(&self, kind: &str) -> Vec<Value> {
+    pub(crate) fn list(&self, kind: &str) -> Vec<Value> {
         let text = self.ok(&["get", kind, "-A", "-o", "json"]);
         let list: Value = serde_json::from_str(&text).unwrap();
         list["items"].as_array().cloned().unwrap_or_default()
@@ -493,7 +502,7 @@ impl Cluster {
 
     /// The first node's entry (`DRIVER=VERSION`) for `driver` in its
     /// drivers annotation; fails if the node does not offer it.
-    pub fn offered_driver(&self, driver: &str) -> String {
+    pub(crate) fn offered_driver(&self, driver: &str) -> String {
         let node = self.list("nodes").remove(0);
         let drivers = node["metadata"]["annotations"][c4m_core::annotations::DRIVERS]
             .as_str()
@@ -507,7 +516,7 @@ impl Cluster {
             .to_string()
     }
 
-    pub fn node_ready(&self, name: &str) -> bool {
+    pub(crate) fn node_ready(&self, name: &str) -> bool {
         let output = self.c4m(&["get", "nodes", name, "-o", "json"]);
         output.status.success()
             && serde_json::from_slice::<Value>(&output.stdout)
@@ -516,7 +525,7 @@ impl Cluster {
     }
 
     /// Names of the Ready nodes whose names start with `prefix`.
-    pub fn ready_nodes(&self, prefix: &str) -> Vec<String> {
+    pub(crate) fn ready_nodes(&self, prefix: &str) -> Vec<String> {
         self.list("nodes")
             .iter()
             .filter(|node| node_is_ready(node))
@@ -527,7 +536,7 @@ impl Cluster {
     }
 
     /// Instances with a label `key=value`.
-    pub fn instances_of(&self, selector: &str) -> Vec<Value> {
+    pub(crate) fn instances_of(&self, selector: &str) -> Vec<Value> {
         let text = self.ok(&["get", "instances", "-l", selector, "-o", "json"]);
         serde_json::from_str::<Value>(&text).unwrap()["items"]
             .as_array()
@@ -536,7 +545,7 @@ impl Cluster {
     }
 
     /// Waits until `count` instances matching `selector` run and are ready.
-    pub fn wait_ready(&self, selector: &str, count: usize, timeout: Duration) -> Vec<Value> {
+    pub(crate) fn wait_ready(&self, selector: &str, count: usize, timeout: Duration) -> Vec<Value> {
         wait_for(
             &format!("{count} ready instances of {selector}"),
             timeout,
@@ -549,7 +558,7 @@ impl Cluster {
     }
 
     /// Waits until no instance matches `selector`.
-    pub fn wait_gone(&self, selector: &str, timeout: Duration) {
+    pub(crate) fn wait_gone(&self, selector: &str, timeout: Duration) {
         wait_for(
             &format!("the instances of {selector} to go"),
             timeout,
@@ -557,20 +566,20 @@ impl Cluster {
         );
     }
 
-    pub fn log_text(&self, name: &str) -> String {
+    pub(crate) fn log_text(&self, name: &str) -> String {
         std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
     }
 }
 
 /// Whether a node's Ready condition is True.
-pub fn node_is_ready(node: &Value) -> bool {
+pub(crate) fn node_is_ready(node: &Value) -> bool {
     node["status"]["conditions"].as_array().is_some_and(|cs| {
         cs.iter()
             .any(|c| c["type"] == "Ready" && c["status"] == "True")
     })
 }
 
-pub fn is_ready(pod: &Value) -> bool {
+pub(crate) fn is_ready(pod: &Value) -> bool {
     pod["status"]["phase"] == "Running"
         && pod["status"]["conditions"].as_array().is_some_and(|cs| {
             cs.iter()
@@ -579,7 +588,7 @@ pub fn is_ready(pod: &Value) -> bool {
 }
 
 /// host:port where an instance's first port is published.
-pub fn instance_addr(pod: &Value) -> String {
+pub(crate) fn instance_addr(pod: &Value) -> String {
     let ports: Vec<Value> = serde_json::from_str(
         pod["metadata"]["annotations"]["c4m.io/ports"]
             .as_str()
@@ -594,7 +603,7 @@ pub fn instance_addr(pod: &Value) -> String {
 }
 
 /// The pid an instance of c4m-demo reports in its answer.
-pub fn demo_pid(addr: &str) -> Option<i32> {
+pub(crate) fn demo_pid(addr: &str) -> Option<i32> {
     let (code, body) = http_get(addr, "/")?;
     if code != 200 {
         return None;
@@ -607,7 +616,7 @@ pub fn demo_pid(addr: &str) -> Option<i32> {
         .ok()
 }
 
-pub fn restarts(pod: &Value) -> i64 {
+pub(crate) fn restarts(pod: &Value) -> i64 {
     pod["status"]["containerStatuses"][0]["restartCount"]
         .as_i64()
         .unwrap_or(0)
@@ -665,7 +674,7 @@ impl Drop for Cluster {
 
 /// Pushes busybox twice to `registry`: as `c4m/busybox:1` (cmd `/bin/sh`)
 /// and as the CRI sandbox image `c4m/pause:1` (sleeping for ever).
-pub fn push_busybox_and_pause(dir: &Path, registry: &c4m_testkit::Registry) {
+pub(crate) fn push_busybox_and_pause(dir: &Path, registry: &c4m_testkit::Registry) {
     for (name, cmd) in [
         ("busybox", &["/bin/sh"][..]),
         ("pause", &["/bin/sleep", "2147483647"][..]),
@@ -687,7 +696,7 @@ fn busybox() -> &'static Path {
 
 /// An OCI layout of busybox (tag `1`, `PATH=/bin`, cmd `cmd`) written to
 /// `dir/name`; its path.
-pub fn busybox_layout(dir: &Path, name: &str, cmd: &[&str]) -> PathBuf {
+pub(crate) fn busybox_layout(dir: &Path, name: &str, cmd: &[&str]) -> PathBuf {
     let busybox = busybox();
     let config = oci_spec::image::ConfigBuilder::default()
         .cmd(cmd.iter().map(|s| s.to_string()).collect::<Vec<_>>())
@@ -701,7 +710,7 @@ pub fn busybox_layout(dir: &Path, name: &str, cmd: &[&str]) -> PathBuf {
 
 /// A one-replica Deployment running `script` with driver `driver`
 /// (`runtimeClassName`), a port and limits; in VPC `vpc` if given.
-pub fn driver_deployment(
+pub(crate) fn driver_deployment(
     driver: &str,
     name: &str,
     image: &str,
@@ -715,7 +724,7 @@ pub fn driver_deployment(
 /// (with `$POD` their name), declaring port 8080, in VPC `vpc` (the
 /// default if None). `pod_spec` adds to the pod spec: YAML lines each
 /// starting with six spaces, or empty.
-pub fn deployment_of(
+pub(crate) fn deployment_of(
     driver: &str,
     name: &str,
     image: &str,
@@ -753,7 +762,7 @@ spec:
 
 /// A busybox image tagged `1` (cmd `/bin/sh`, `PATH=/bin`) as an OCI
 /// layout tar, written to `dir/busybox.tar`; its path.
-pub fn busybox_image_tar(dir: &Path) -> PathBuf {
+pub(crate) fn busybox_image_tar(dir: &Path) -> PathBuf {
     let tar = dir.join("busybox.tar");
     std::fs::write(
         &tar,

@@ -2,7 +2,7 @@
 //! them.
 
 /// Fails loudly unless this machine can run oci containers.
-pub fn require_oci() {
+pub(crate) fn require_oci() {
     assert!(
         nix::unistd::Uid::effective().is_root(),
         "the oci driver needs root (namespaces, overlayfs, cgroups)"

@@ -181,7 +181,7 @@ async fn a_restarted_agent_adopts_running_containers_and_removes_unassigned_ones
     })
     .await
     .expect("the unassigned container is removed");
-    assert_eq!(runtime.ids(), [id.clone()]);
+    assert_eq!(runtime.ids(), std::slice::from_ref(&id));
 
     // Unassigning the instance stops and removes it too.
     harness.assign(&[]);

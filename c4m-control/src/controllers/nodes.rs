@@ -20,7 +20,7 @@ use crate::pods::{controller_uid, is_terminal, set_condition};
 
 /// When each node's agent was last heard from, and since when it is NotReady.
 #[derive(Debug)]
-pub struct NodeHealth {
+pub(crate) struct NodeHealth {
     last_heartbeat: DashMap<String, Instant>,
     not_ready_since: DashMap<String, Instant>,
     grace: Duration,
@@ -30,7 +30,7 @@ pub struct NodeHealth {
 impl NodeHealth {
     /// Nodes turn NotReady after `grace` without heartbeat; their instances
     /// are evicted after a further `eviction_delay`.
-    pub fn new(grace: Duration, eviction_delay: Duration) -> Self {
+    pub(crate) fn new(grace: Duration, eviction_delay: Duration) -> Self {
         NodeHealth {
             last_heartbeat: DashMap::new(),
             not_ready_since: DashMap::new(),
@@ -40,7 +40,7 @@ impl NodeHealth {
     }
 
     /// Records a heartbeat from `node`.
-    pub fn heartbeat(&self, node: &str) {
+    pub(crate) fn heartbeat(&self, node: &str) {
         self.last_heartbeat.insert(node.to_string(), Instant::now());
         self.not_ready_since.remove(node);
     }

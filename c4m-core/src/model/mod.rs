@@ -1,9 +1,9 @@
 //! The resource model: kinds, c4m's own types and helpers over Kubernetes types.
 
-pub mod kinds;
-pub mod microservice;
-pub mod pod;
-pub mod vpc;
+pub(crate) mod kinds;
+pub(crate) mod microservice;
+pub(crate) mod pod;
+pub(crate) mod vpc;
 
 /// An instance: the unit the scheduler places and an agent runs. It *is* a
 /// Kubernetes Pod (`spec.nodeName`, `status.phase`, `status.podIP`, a Ready

@@ -40,9 +40,9 @@ use crate::{Error, Overlay, OverlayPeer, OverlayVpc, Result, node_slice};
 pub const OVERLAY_DEVICE: &str = "c4overlay";
 /// What VXLAN adds to each packet: outer Ethernet (14), IPv4 (20), UDP (8)
 /// and VXLAN (8) headers.
-pub const VXLAN_OVERHEAD: u32 = 50;
+pub(super) const VXLAN_OVERHEAD: u32 = 50;
 /// IANA's VXLAN port.
-pub const VXLAN_PORT: u16 = 4789;
+pub(super) const VXLAN_PORT: u16 = 4789;
 /// The one VXLAN network identifier c4m uses.
 const VNI: u32 = 4;
 /// The overlay's nftables table.

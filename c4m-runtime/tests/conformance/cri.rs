@@ -18,7 +18,7 @@ use crate::suite;
 /// Pushes a pod sandbox ("pause") image to the kit's registry: busybox
 /// sleeping for ever (there is no internet to fetch Kubernetes' pause).
 /// Its reference.
-pub fn push_pause_image(kit: &Kit) -> String {
+pub(crate) fn push_pause_image(kit: &Kit) -> String {
     let config = ConfigBuilder::default()
         .cmd(vec!["/bin/sleep".to_string(), "2147483647".to_string()])
         .build()
@@ -32,7 +32,7 @@ pub fn push_pause_image(kit: &Kit) -> String {
 
 /// containerd with its CRI service reaching the kit's registry, and the
 /// pause image there.
-pub fn containerd_for(kit: &Kit) -> Containerd {
+pub(crate) fn containerd_for(kit: &Kit) -> Containerd {
     let sandbox_image = push_pause_image(kit);
     Containerd::start_with(
         &kit.dir().join("containerd"),

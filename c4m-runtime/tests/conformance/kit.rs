@@ -12,10 +12,10 @@ use futures::StreamExt;
 use oci_spec::image::ConfigBuilder;
 
 /// How long a container gets to reach a state.
-pub const WAIT: Duration = Duration::from_secs(60);
+pub(crate) const WAIT: Duration = Duration::from_secs(60);
 
 /// The suite's scratch space and image.
-pub struct Kit {
+pub(crate) struct Kit {
     dir: tempfile::TempDir,
     registry: Registry,
     /// The test image in the registry (`127.0.0.1:PORT/c4m/busybox:1`):
@@ -27,7 +27,7 @@ pub struct Kit {
 
 impl Kit {
     /// Builds the image and pushes it to a fresh loopback registry.
-    pub async fn new() -> Kit {
+    pub(crate) async fn new() -> Kit {
         let dir = tempfile::tempdir().expect("a scratch directory");
         let busybox = Path::new("/bin/busybox");
         assert!(
@@ -61,19 +61,19 @@ impl Kit {
     }
 
     /// The scratch directory (daemons and driver state go under it).
-    pub fn dir(&self) -> &Path {
+    pub(crate) fn dir(&self) -> &Path {
         self.dir.path()
     }
 
     /// The registry, for drivers whose daemon must be told about it.
     #[allow(dead_code)] // not every driver's daemon needs it
-    pub fn registry(&self) -> &Registry {
+    pub(crate) fn registry(&self) -> &Registry {
         &self.registry
     }
 }
 
 /// A spec running `command` in the test image as root.
-pub fn spec(kit: &Kit, id: &str, command: &[&str]) -> ContainerSpec {
+pub(crate) fn spec(kit: &Kit, id: &str, command: &[&str]) -> ContainerSpec {
     ContainerSpec {
         id: id.to_string(),
         image: Some(kit.image.clone()),
@@ -85,7 +85,7 @@ pub fn spec(kit: &Kit, id: &str, command: &[&str]) -> ContainerSpec {
 }
 
 /// Waits until the container has exited and returns its state.
-pub async fn wait_exit(runtime: &dyn ContainerRuntime, id: &str) -> ContainerState {
+pub(crate) async fn wait_exit(runtime: &dyn ContainerRuntime, id: &str) -> ContainerState {
     let deadline = Instant::now() + WAIT;
     loop {
         let status = runtime.status(id).await.expect("status");
@@ -98,7 +98,7 @@ pub async fn wait_exit(runtime: &dyn ContainerRuntime, id: &str) -> ContainerSta
 }
 
 /// The exit code of an exited state.
-pub fn exit_code(state: &ContainerState) -> Option<i32> {
+pub(crate) fn exit_code(state: &ContainerState) -> Option<i32> {
     match state {
         ContainerState::Exited { exit_code, .. } => *exit_code,
         ContainerState::Running { .. } => panic!("still running: {state:?}"),
@@ -106,7 +106,7 @@ pub fn exit_code(state: &ContainerState) -> Option<i32> {
 }
 
 /// Reads the container's logs to the end of the stream.
-pub async fn logs(runtime: &dyn ContainerRuntime, id: &str, options: LogOptions) -> String {
+pub(crate) async fn logs(runtime: &dyn ContainerRuntime, id: &str, options: LogOptions) -> String {
     let mut stream = runtime.logs(id, options).await.expect("logs");
     let mut text = Vec::new();
     while let Some(chunk) = tokio::time::timeout(WAIT, stream.next())
@@ -119,7 +119,7 @@ pub async fn logs(runtime: &dyn ContainerRuntime, id: &str, options: LogOptions)
 }
 
 /// Waits until the container's logs contain `needle`.
-pub async fn wait_logs(runtime: &dyn ContainerRuntime, id: &str, needle: &str) {
+pub(crate) async fn wait_logs(runtime: &dyn ContainerRuntime, id: &str, needle: &str) {
     let deadline = Instant::now() + WAIT;
     loop {
         let text = logs(runtime, id, LogOptions::default()).await;
@@ -135,7 +135,7 @@ pub async fn wait_logs(runtime: &dyn ContainerRuntime, id: &str, needle: &str) {
 }
 
 /// Starts the container and returns its exit code and logs once it ends.
-pub async fn run_to_exit(
+pub(crate) async fn run_to_exit(
     runtime: &dyn ContainerRuntime,
     spec: &ContainerSpec,
 ) -> (Option<i32>, String) {
@@ -148,4 +148,4 @@ pub async fn run_to_exit(
 }
 
 /// A driver behind an `Arc`, as the agent holds it.
-pub type Driver = Arc<dyn ContainerRuntime>;
+pub(crate) type Driver = Arc<dyn ContainerRuntime>;

@@ -47,7 +47,7 @@ const CASES: &[(&str, CaseFn)] = &[
 
 /// Runs every case against the driver `connect` makes, then fails naming
 /// each case that failed.
-pub async fn run<F, Fut>(driver: &str, kit: &Kit, connect: F)
+pub(crate) async fn run<F, Fut>(driver: &str, kit: &Kit, connect: F)
 where
     F: Fn() -> Fut + Sync,
     Fut: Future<Output = Driver> + Send + 'static,

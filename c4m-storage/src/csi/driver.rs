@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::types::{AccessMode, ProvisionRequest, SnapshotId, VolumeId};
 
 /// The size given to a CreateVolume without a capacity range.
-pub const DEFAULT_VOLUME_BYTES: u64 = 1 << 30;
+pub(super) const DEFAULT_VOLUME_BYTES: u64 = 1 << 30;
 
 /// A CSI driver over a backend, for one node.
 #[derive(Clone, Debug)]
