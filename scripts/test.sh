@@ -69,14 +69,20 @@ if ! "$venv/bin/python3" -c 'import kubernetes' >/dev/null 2>&1; then
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check kubernetes
 fi
-rustup component add rustfmt >/dev/null 2>&1 || true
+rustup component add rustfmt clippy >/dev/null 2>&1 || true
 
 if cargo fmt --version >/dev/null 2>&1; then
   cargo fmt --all -- --check
 else
   echo "warning: rustfmt is not available: formatting NOT checked" >&2
 fi
-# --all-targets also builds the criterion benches and runs each once.
-# The end-to-end tests mostly wait on processes: run more than one per core.
-# --no-fail-fast: one run reports every failing test, not just the first.
-RUST_TEST_THREADS=4 cargo test --workspace --all-targets --locked --no-fail-fast
+# Lints first: they share the build with the tests (the same dev profile,
+# so what clippy checks is not compiled twice).
+cargo clippy --workspace --all-targets --locked -- -D warnings
+# --all-targets also builds the criterion benches, the examples and runs
+# each once. --include-ignored: the tests that need root, daemons or
+# programs beyond a plain Linux machine (marked #[ignore = "needs ..."],
+# skipped by a plain `cargo test`) run here too; the packages above are
+# what they need. The end-to-end tests mostly wait on processes: run more
+# than one per core. --no-fail-fast: one run reports every failing test.
+RUST_TEST_THREADS=4 cargo test --workspace --all-targets --locked --no-fail-fast -- --include-ignored

@@ -70,6 +70,7 @@ fn layout(dir: &Path, tag: &str, layers: &[Vec<u8>]) -> String {
 }
 
 #[test]
+#[ignore = "needs root: layers keep their owners, whiteouts are device nodes"]
 fn imports_a_layout_with_whiteouts_and_shares_layers() {
     let temp = tempfile::tempdir().unwrap();
     let store = ImageStore::open(temp.path().join("store")).unwrap();
@@ -188,6 +189,7 @@ fn imports_a_layout_with_whiteouts_and_shares_layers() {
 }
 
 #[test]
+#[ignore = "needs root: layers keep their owners"]
 fn a_tag_moves_to_the_newer_image() {
     let temp = tempfile::tempdir().unwrap();
     let store = ImageStore::open(temp.path().join("store")).unwrap();
@@ -210,6 +212,7 @@ fn skopeo(args: &[&str]) {
 }
 
 #[test]
+#[ignore = "needs root + skopeo: layers keep their owners"]
 fn imports_layout_tars_and_docker_archives() {
     let temp = tempfile::tempdir().unwrap();
     let store = ImageStore::open(temp.path().join("store")).unwrap();
@@ -291,6 +294,7 @@ fn import_layer_error(temp: &Path, name: &str, tar: Vec<u8>) -> String {
 }
 
 #[test]
+#[ignore = "needs root: layers keep their owners"]
 fn layers_cannot_write_outside_their_directory() {
     let temp = tempfile::tempdir().unwrap();
     let outside = temp.path().join("outside");
@@ -347,6 +351,7 @@ fn layers_cannot_write_outside_their_directory() {
 }
 
 #[test]
+#[ignore = "needs root: layers keep their owners"]
 fn a_layer_that_does_not_match_its_diff_id_is_refused() {
     let temp = tempfile::tempdir().unwrap();
     let store = ImageStore::open(temp.path().join("store")).unwrap();
@@ -408,6 +413,7 @@ fn ldd_listings_give_the_library_files() {
 /// A dynamic executable added to an otherwise empty root runs there: its
 /// libraries and loader came with it. (`chroot` needs root.)
 #[test]
+#[ignore = "needs root: chroot"]
 fn an_added_executable_runs_in_its_root() {
     assert!(
         nix::unistd::Uid::effective().is_root(),

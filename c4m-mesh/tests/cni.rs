@@ -225,6 +225,7 @@ fn read_from_inside(netns: &Path, target: SocketAddr) -> Result<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root + CNI plugins (containernetworking-plugins) + iptables"]
 async fn a_chain_attaches_instances_that_reach_each_other_and_a_published_port() -> Result<()> {
     let setup = Setup::new(
         "c4mcni90",
@@ -363,6 +364,7 @@ esac
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root + CNI plugins (containernetworking-plugins) + iptables"]
 async fn an_add_failing_half_way_leaves_nothing_and_reports_the_error_object() -> Result<()> {
     let setup = Setup::new(
         "c4mcni91",
@@ -423,6 +425,7 @@ async fn an_add_failing_half_way_leaves_nothing_and_reports_the_error_object() -
 /// with (host-local frees the address where it allocated it), and a new
 /// attachment gets the new one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root + CNI plugins (containernetworking-plugins) + iptables"]
 async fn check_and_del_run_with_the_configuration_add_ran_with() -> Result<()> {
     let setup = Setup::new("c4mcni94", "10.99.94.0/24", "", &["cni-moved"]);
     let plugins = vec![PathBuf::from(PLUGINS)];
@@ -473,6 +476,7 @@ async fn check_and_del_run_with_the_configuration_add_ran_with() -> Result<()> {
 }
 
 #[tokio::test]
+#[ignore = "needs root + CNI plugins (containernetworking-plugins) + iptables"]
 async fn a_bad_configuration_names_the_file_and_the_field() -> Result<()> {
     require_tools();
     let dir = tempfile::tempdir()?;

@@ -121,6 +121,7 @@ fn connect_from(netns: &Path, to: Ipv4Addr, port: u16) -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root + nftables: network namespaces and bridges"]
 async fn instances_of_one_vpc_reach_each_other_and_not_another_vpc() -> Result<()> {
     let blue = vpc("blue-reach", "10.99.11.0/24");
     let red = vpc("red-reach", "10.99.12.0/24");
@@ -193,6 +194,7 @@ async fn instances_of_one_vpc_reach_each_other_and_not_another_vpc() -> Result<(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root + nftables: network namespaces and bridges"]
 async fn allocations_survive_a_new_network_and_detach_is_idempotent() -> Result<()> {
     let green = vpc("green-ipam", "10.99.13.0/24");
     let cleanup = Cleanup::new(&[&green]);
@@ -266,6 +268,7 @@ async fn allocations_survive_a_new_network_and_detach_is_idempotent() -> Result<
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root + nftables: network namespaces and bridges"]
 async fn overlapping_and_changed_subnets_are_refused() -> Result<()> {
     let wide = vpc("wide-overlap", "10.99.16.0/22");
     let inner = vpc("inner-overlap", "10.99.17.0/24");

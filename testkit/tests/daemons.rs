@@ -17,6 +17,7 @@ fn processes_mentioning(needle: &str) -> usize {
 }
 
 #[test]
+#[ignore = "needs root + containerd"]
 fn containerd_answers_then_stops_with_its_handle() {
     let dir = tempfile::tempdir().unwrap();
     let containerd = Containerd::start(&dir.path().join("containerd"));
@@ -29,6 +30,7 @@ fn containerd_answers_then_stops_with_its_handle() {
 }
 
 #[test]
+#[ignore = "needs root + dockerd"]
 fn dockerd_answers_then_stops_with_its_handle() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("dockerd");

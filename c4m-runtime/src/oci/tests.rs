@@ -152,6 +152,7 @@ fn text(bytes: &[u8]) -> String {
 }
 
 #[tokio::test]
+#[ignore = "needs root + runc + conmon"]
 async fn a_container_is_isolated_and_its_writes_stay_in_its_own_layer() {
     let f = Fixture::new("isolated").await;
     let spec = ContainerSpec {
@@ -257,6 +258,7 @@ async fn a_container_is_isolated_and_its_writes_stay_in_its_own_layer() {
 }
 
 #[tokio::test]
+#[ignore = "needs root + runc + conmon"]
 async fn privileged_mode_and_read_only_root_are_explicit() {
     let f = Fixture::new("modes").await;
     let mut privileged = f.spec(
@@ -286,6 +288,7 @@ async fn privileged_mode_and_read_only_root_are_explicit() {
 }
 
 #[tokio::test]
+#[ignore = "needs root + runc + conmon"]
 async fn logs_tail_and_follow() {
     let f = Fixture::new("logs").await;
     let spec = f.spec(
@@ -322,10 +325,11 @@ async fn logs_tail_and_follow() {
     f.runtime.remove(&spec.id).await.unwrap();
 }
 
-#[tokio::test]
 /// What the conformance suite leaves to the driver: runc passes resizes
 /// on to the command's own terminal, and a dropped session kills the
 /// command, not only runc.
+#[tokio::test]
+#[ignore = "needs root + runc + conmon"]
 async fn interactive_exec_resizes_and_a_dropped_session_kills_the_command() {
     let f = Fixture::new("iexec").await;
     let spec = f.spec("box", &["sleep", "1000"]);
@@ -401,6 +405,7 @@ async fn interactive_exec_resizes_and_a_dropped_session_kills_the_command() {
 /// An exec that outlives its timeout is killed inside the container, not
 /// only runc.
 #[tokio::test]
+#[ignore = "needs root + runc + conmon"]
 async fn a_timed_out_exec_is_killed_inside() {
     let f = Fixture::new("exectimeout").await;
     let spec = f.spec("box", &["sleep", "1000"]);

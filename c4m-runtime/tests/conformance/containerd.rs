@@ -12,6 +12,7 @@ use crate::kit::Kit;
 use crate::suite;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root + containerd + runc"]
 async fn containerd_conforms() {
     let kit = Kit::new().await;
     let daemon = Containerd::start(&kit.dir().join("containerd"));

@@ -44,6 +44,7 @@ pub(crate) fn containerd_for(kit: &Kit) -> Containerd {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root + containerd (CRI) + runc"]
 async fn cri_conforms() {
     let kit = Kit::new().await;
     let daemon = containerd_for(&kit);
@@ -68,6 +69,7 @@ async fn cri_conforms() {
 /// it, and removing takes the sandbox too. A restart as privileged gets a
 /// privileged sandbox.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root + containerd (CRI) + runc"]
 async fn sandboxes_are_never_left_behind() {
     let kit = Kit::new().await;
     let daemon = containerd_for(&kit);

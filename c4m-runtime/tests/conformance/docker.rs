@@ -14,6 +14,7 @@ use crate::kit::{Kit, WAIT, spec};
 use crate::suite;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root + dockerd"]
 async fn docker_conforms() {
     let kit = Kit::new().await;
     let daemon = Dockerd::start(&kit.dir().join("dockerd"));
@@ -37,6 +38,7 @@ async fn docker_conforms() {
 /// killed when their caller gives up (the API cannot), terminal resizes,
 /// and a daemon that went away named by its socket.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root + dockerd"]
 async fn docker_specifics() {
     let kit = Kit::new().await;
     let daemon = Dockerd::start(&kit.dir().join("dockerd"));

@@ -10,6 +10,7 @@ use crate::kit::Kit;
 use crate::suite;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root + runc + conmon"]
 async fn oci_conforms() {
     assert!(
         find_oci_binaries().is_some(),

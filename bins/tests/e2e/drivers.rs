@@ -4,17 +4,16 @@
 //! driver, spread one instance per node. `c4m logs`, `exec`, `status` and
 //! `metrics` answer the same way for each.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::oci::require_oci;
+use crate::common::*;
 use c4m_testkit::{Containerd, ContainerdOptions, Dockerd, Registry};
-use common::oci::require_oci;
-use common::*;
 
 const MINUTE: Duration = Duration::from_secs(60);
 
 #[test]
+#[ignore = "needs root + runc + conmon + containerd + dockerd + docker-registry"]
 fn one_manifest_runs_unchanged_on_every_container_driver() {
     require_oci();
     let mut cluster = Cluster::start();

@@ -4,16 +4,15 @@
 //! `runtimeClassName: docker`, then `c4m logs` and `c4m exec` through the
 //! control plane.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::*;
 use c4m_testkit::{Dockerd, Registry};
-use common::*;
 
 const MINUTE: Duration = Duration::from_secs(60);
 
 #[test]
+#[ignore = "needs root + dockerd + docker-registry + skopeo"]
 fn a_deployment_runs_on_docker_and_answers_logs_and_exec() {
     let mut cluster = Cluster::start();
     let daemon = Dockerd::start(&cluster.dir.path().join("dockerd"));

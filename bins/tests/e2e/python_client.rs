@@ -7,12 +7,10 @@
 //! `scripts/test.sh` makes a virtual environment with the client at
 //! `target/test-python`; `C4M_TEST_PYTHON` names another interpreter.
 
-mod common;
-
 use std::path::PathBuf;
 use std::process::Command;
 
-use common::Cluster;
+use crate::common::Cluster;
 
 fn python() -> PathBuf {
     let path = std::env::var_os("C4M_TEST_PYTHON").map_or_else(
@@ -29,6 +27,7 @@ fn python() -> PathBuf {
 }
 
 #[test]
+#[ignore = "needs the kubernetes Python client (scripts/test.sh makes its venv)"]
 fn the_python_client_drives_c4m() {
     let python = python();
     let mut cluster = Cluster::start();

@@ -1,12 +1,10 @@
 //! End-to-end placement rules through the real control plane, on hollow
 //! nodes: inter-instance anti-affinity and topology spread across zones.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -151,13 +149,13 @@ apiVersion: apps/v1
 kind: Deployment
 metadata: {name: odd}
 spec:
-  replicas: 6
+  replicas: 4
   selector: {matchLabels: {app: odd}}
   template:
     metadata: {labels: {app: odd}}
     spec:
       containers:
-        - {name: main, image: odd, command: [sleep, "3600"], resources: {requests: {cpu: 100m, memory: 64Mi}}}
+        - {name: main, image: odd, command: [sleep, "3600"], resources: {requests: {cpu: 1500m, memory: 64Mi}}}
 ---
 apiVersion: apps/v1
 kind: Deployment
@@ -173,13 +171,15 @@ spec:
         - {name: main, image: even, command: [sleep, "3600"]}
 "#,
     );
-    let running = wait_for("six replicas running", MINUTE, || {
+    // Two replicas of 1.5 CPUs fit on each 4-CPU node: four need both odd
+    // nodes, and none may use the even ones.
+    let running = wait_for("four replicas running", MINUTE, || {
         let ready: Vec<Value> = cluster
             .instances_of("app=odd")
             .into_iter()
             .filter(is_ready)
             .collect();
-        (ready.len() == 6).then_some(ready)
+        (ready.len() == 4).then_some(ready)
     });
     let nodes: BTreeSet<&str> = running.iter().map(node_of).collect();
     assert_eq!(nodes, BTreeSet::from(["pool-1", "pool-3"]));

@@ -7,15 +7,13 @@
 //! commands the README lists must work on those containers. Needs root,
 //! runc (or crun), conmon and busybox-static, as the quickstart does.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 /// The default VPC of the test's `c4m up` (its instances get the first
@@ -23,6 +21,7 @@ use serde_json::Value;
 const VPC_CIDR: &str = "10.99.176.0/20";
 
 #[test]
+#[ignore = "needs root + runc + conmon + nftables + curl"]
 fn quickstart_deploys_the_example_in_containers() {
     assert!(
         nix::unistd::Uid::effective().is_root(),
@@ -344,6 +343,7 @@ impl Drop for Stop {
 /// Without root the quickstart cannot run containers: it says so and stops
 /// before building or starting anything.
 #[test]
+#[ignore = "needs root: runs the quickstart as another user"]
 fn quickstart_without_root_says_why_it_stops() {
     assert!(
         nix::unistd::Uid::effective().is_root(),

@@ -3,15 +3,13 @@
 //! re-apply), get (-o json/yaml, -l, -w), patch, scale and delete, each
 //! command's exit code and output asserted. Instances run on hollow nodes.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::kubectl::Kubectl;
-use common::{Cluster, wait_for};
+use crate::common::kubectl::Kubectl;
+use crate::common::{Cluster, wait_for};
 use serde_json::Value;
 
 /// A table's rows, each split into its cells.
@@ -71,6 +69,7 @@ spec:
 const WAIT: Duration = Duration::from_secs(30);
 
 #[test]
+#[ignore = "needs kubectl"]
 fn kubectl_drives_c4m() {
     let mut cluster = Cluster::start();
     cluster.start_hollow_agents("h", 2, "4", "4Gi");
@@ -363,6 +362,7 @@ fn kubectl_drives_c4m() {
 }
 
 #[test]
+#[ignore = "needs kubectl"]
 fn kubectl_without_the_token_is_refused() {
     let cluster = Cluster::start();
     let text = cluster.ok(&["kubeconfig"]);
@@ -370,7 +370,11 @@ fn kubectl_without_the_token_is_refused() {
     let token = config["users"][0]["user"]["token"].as_str().unwrap();
     assert_eq!(
         token,
-        format!("{}.{}", common::ACCESS_TOKEN, common::SECRET_KEY)
+        format!(
+            "{}.{}",
+            crate::common::ACCESS_TOKEN,
+            crate::common::SECRET_KEY
+        )
     );
     assert!(
         config["clusters"][0]["cluster"]["server"]
@@ -389,7 +393,7 @@ fn kubectl_without_the_token_is_refused() {
         "{stderr}"
     );
     let (code, body) =
-        common::http_get(&format!("127.0.0.1:{}", cluster.api), "/api/v1/pods").unwrap();
+        crate::common::http_get(&format!("127.0.0.1:{}", cluster.api), "/api/v1/pods").unwrap();
     assert_eq!(code, 401, "{body}");
     let wrong = Kubectl::with_config(&cluster, "wrong", &text.replace(token, "nope.nope"));
     let stderr = wrong.fails(&["get", "pods"]);
@@ -479,6 +483,7 @@ fn hollow_cluster(nodes: usize, name: &str) -> (Cluster, Kubectl, PathBuf) {
 }
 
 #[test]
+#[ignore = "needs kubectl"]
 fn kubectl_rolls_out_and_back() {
     let (cluster, kubectl, path) = hollow_cluster(2, "web.yaml");
     let file = path.to_str().unwrap();
@@ -647,6 +652,7 @@ fn ssa_manifest(replicas: u32, labels: &str) -> String {
 }
 
 #[test]
+#[ignore = "needs kubectl"]
 fn kubectl_server_side_apply() {
     let (cluster, kubectl, path) = hollow_cluster(1, "ssa.yaml");
     let file = path.to_str().unwrap();
@@ -755,6 +761,7 @@ fn process_environment(command: &[&str]) -> Option<std::collections::BTreeMap<St
 /// its probes, resources and environment from ConfigMaps, Secrets and the
 /// downward API.
 #[test]
+#[ignore = "needs kubectl"]
 fn kubectl_applies_a_realistic_manifest_set() {
     let mut cluster = Cluster::start();
     cluster.start_agent("node-a", "8", "4Gi");

@@ -1,0 +1,23 @@
+//! c4m end to end: the real binaries (`c4m`, `c4m-agent`, `c4m-demo`)
+//! driven as a user would, one module per area, all in one test binary so
+//! they build once. Tests that need root, daemons or programs beyond a
+//! plain Linux machine are `#[ignore]`d with what they need; CI runs them
+//! with `--include-ignored`.
+
+mod common;
+
+mod cluster;
+mod containerd;
+mod cri;
+mod docker;
+mod drivers;
+mod hollow;
+mod kubectl;
+mod kubectl_stream;
+mod oci;
+mod overlay;
+mod placement;
+mod policy;
+mod python_client;
+mod quickstart;
+mod vpc;
