@@ -13,3 +13,6 @@
 
 #[cfg(feature = "routes")]
 pub mod proxy;
+
+#[cfg(feature = "proxy")]
+pub mod gateway;

@@ -11,36 +11,51 @@ use crate::proxy::api::DecodeError;
 /// backend or a certificate, that reference only) is left out of the
 /// configuration; everything else still applies.
 #[derive(Debug)]
-pub struct RouteError {
-    /// The object at fault.
-    pub object: ObjectRef,
-    /// The field, as a path: `spec.rules[0].matches[1].path.value`.
-    pub field: String,
-    /// What is wrong.
-    pub problem: Problem,
+pub struct RouteError(Box<Detail>);
+
+#[derive(Debug)]
+struct Detail {
+    object: ObjectRef,
+    field: String,
+    problem: Problem,
 }
 
 impl RouteError {
     /// An error on `field` of `object`.
     pub fn new(object: &ObjectRef, field: impl Into<String>, problem: Problem) -> Self {
-        RouteError {
+        RouteError(Box::new(Detail {
             object: object.clone(),
             field: field.into(),
             problem,
-        }
+        }))
+    }
+
+    /// The object at fault.
+    pub fn object(&self) -> &ObjectRef {
+        &self.0.object
+    }
+
+    /// The field, as a path: `spec.rules[0].matches[1].path.value`.
+    pub fn field(&self) -> &str {
+        &self.0.field
+    }
+
+    /// What is wrong.
+    pub fn problem(&self) -> &Problem {
+        &self.0.problem
     }
 }
 
 impl fmt::Display for RouteError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}: {}", self.object, self.field, self.problem)
+        write!(f, "{}: {}: {}", self.0.object, self.0.field, self.0.problem)
     }
 }
 
 impl StdError for RouteError {
     fn source(&self) -> Option<&(dyn StdError + 'static)> {
         // The problem's text is already in this error's message.
-        self.problem.source()
+        self.0.problem.source()
     }
 }
 

@@ -183,8 +183,8 @@ spec:
     let t = translate(&inputs);
     assert_eq!(t.errors.len(), 1, "{:?}", t.errors);
     let e = &t.errors[0];
-    assert_eq!(e.field, "spec.rules[0].backendRefs[0].namespace");
-    assert!(matches!(e.problem, Problem::NotPermitted { .. }), "{e}");
+    assert_eq!(e.field(), "spec.rules[0].backendRefs[0].namespace");
+    assert!(matches!(e.problem(), Problem::NotPermitted { .. }), "{e}");
     assert!(
         e.to_string()
             .starts_with("HTTPRoute shop/r: spec.rules[0].backendRefs[0].namespace: "),
@@ -245,7 +245,7 @@ spec:
         ..Inputs::new(CONTROLLER)
     };
     let t = translate(&inputs);
-    let fields: Vec<&str> = t.errors.iter().map(|e| e.field.as_str()).collect();
+    let fields: Vec<&str> = t.errors.iter().map(|e| e.field()).collect();
     assert_eq!(
         fields,
         [
@@ -256,8 +256,8 @@ spec:
             "spec.rules[1].backendRefs[0].weight",
         ]
     );
-    assert!(t.errors.iter().all(|e| e.object.name == "bad"));
-    assert!(matches!(t.errors[0].problem, Problem::Regex(_)));
+    assert!(t.errors.iter().all(|e| e.object().name == "bad"));
+    assert!(matches!(t.errors[0].problem(), Problem::Regex(_)));
     // Only the good route is served.
     let names: Vec<String> = t
         .config
@@ -321,7 +321,7 @@ spec:
     let errors: Vec<String> = t
         .errors
         .iter()
-        .map(|e| format!("{} {}", e.object.name, e.field))
+        .map(|e| format!("{} {}", e.object().name, e.field()))
         .collect();
     assert_eq!(
         errors,
@@ -498,7 +498,7 @@ spec:
     let t = translate(&inputs);
     assert_eq!(t.errors.len(), 1);
     assert_eq!(
-        t.errors[0].field,
+        t.errors[0].field(),
         "metadata.annotations[\"c4m.io/rate-limit\"]"
     );
     assert!(t.config.actions.is_empty());
