@@ -305,14 +305,19 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
 }
 
 fn append_forwarded_for(headers: &mut HeaderMap, client: IpAddr) {
-    use std::fmt::Write as _;
-    let mut value = String::with_capacity(64);
-    if let Some(existing) = headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        value.push_str(existing);
-        value.push_str(", ");
-    }
-    let _ = write!(value, "{client}");
-    if let Ok(value) = HeaderValue::from_str(&value) {
+    use std::io::Write as _;
+    // The client's address, written on the stack: one allocation (the
+    // header value) rather than two.
+    let mut ip = [0u8; 48];
+    let mut cursor = std::io::Cursor::new(&mut ip[..]);
+    let _ = write!(cursor, "{client}");
+    let len = cursor.position() as usize;
+    let ip = &ip[..len];
+    let value = match headers.get(&X_FORWARDED_FOR) {
+        Some(existing) => HeaderValue::from_bytes(&[existing.as_bytes(), b", ", ip].concat()),
+        None => HeaderValue::from_bytes(ip),
+    };
+    if let Ok(value) = value {
         headers.insert(X_FORWARDED_FOR.clone(), value);
     }
 }

@@ -2,8 +2,8 @@
 //! Gateway API precedence.
 
 use std::cmp::{Ordering, Reverse};
-use std::collections::HashMap;
 
+use foldhash::HashMap;
 use http::{HeaderMap, Method, Request};
 
 use super::host::{HostPattern, MAX_HOST_LEN, normalize_host};
