@@ -16,7 +16,7 @@ use anyhow::Result;
 use bytes::Bytes;
 use c4m_mesh::gateway::{AdminOptions, AdminTls, GatewayError, GatewayOptions};
 use c4m_mesh::proxy::routes::ObjectRef;
-use c4m_mesh::proxy::{AppProtocol, ServiceEndpoints, StaticEndpoints, TraceParent};
+use c4m_mesh::proxy::{AppProtocol, ServiceEndpoints, TraceParent};
 use common::*;
 use futures::{SinkExt, StreamExt};
 use http::{Request, StatusCode, Version};
@@ -41,16 +41,12 @@ spec:
 
 #[tokio::test]
 async fn http1_and_h2c_route_by_host_and_path_over_pooled_connections() -> Result<()> {
-    let stop = CancellationToken::new();
-    let (api, web) = (
-        Upstream::start("api", &stop).await,
-        Upstream::start("web", &stop).await,
-    );
-    let endpoints = StaticEndpoints::new();
-    publish(&endpoints, "shop", "api", 80, &[&api]);
-    publish(&endpoints, "shop", "web", 80, &[&web]);
+    let s = Scenario::new();
+    let (api, web) = (s.upstream("api").await, s.upstream("web").await);
+    s.publish("shop", "api", 80, &[&api]);
+    s.publish("shop", "web", 80, &[&web]);
     let config = translate_yaml(&format!("{EDGE_HTTP}{SHOP_ROUTES}"), &[]);
-    let gw = TestGateway::start(config, endpoints, &[80]).await;
+    let gw = TestGateway::start(config, s.endpoints.clone(), &[80]).await;
     let addr = gw.addr(80);
 
     let mut client = H1::connect(addr).await?;
@@ -106,26 +102,16 @@ async fn http1_and_h2c_route_by_host_and_path_over_pooled_connections() -> Resul
         .unwrap();
     assert_eq!(metrics.count_of(StatusCode::OK), 22);
     gw.stop().await;
-    stop.cancel();
     Ok(())
 }
 
 #[tokio::test]
 async fn trace_context_is_propagated_with_a_new_span_or_started() -> Result<()> {
-    let stop = CancellationToken::new();
-    let (api, web) = (
-        Upstream::start("api", &stop).await,
-        Upstream::start("web", &stop).await,
-    );
-    let endpoints = StaticEndpoints::new();
-    publish(&endpoints, "shop", "api", 80, &[&api]);
-    publish(&endpoints, "shop", "web", 80, &[&web]);
-    let gw = TestGateway::start(
-        translate_yaml(&format!("{EDGE_HTTP}{SHOP_ROUTES}"), &[]),
-        endpoints,
-        &[80],
-    )
-    .await;
+    let s = Scenario::new();
+    let (api, web) = (s.upstream("api").await, s.upstream("web").await);
+    s.publish("shop", "api", 80, &[&api]);
+    s.publish("shop", "web", 80, &[&web]);
+    let gw = s.gateway(SHOP_ROUTES).await;
     let mut client = H1::connect(gw.addr(80)).await?;
 
     let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
@@ -155,27 +141,20 @@ async fn trace_context_is_propagated_with_a_new_span_or_started() -> Result<()> 
         .expect("a trace is started");
     assert_ne!(started.trace_id, original.trace_id);
     gw.stop().await;
-    stop.cancel();
     Ok(())
 }
 
 #[tokio::test]
 async fn endpoint_changes_apply_to_the_next_requests() -> Result<()> {
-    let stop = CancellationToken::new();
+    let s = Scenario::new();
     let (a, b, web) = (
-        Upstream::start("a", &stop).await,
-        Upstream::start("b", &stop).await,
-        Upstream::start("web", &stop).await,
+        s.upstream("a").await,
+        s.upstream("b").await,
+        s.upstream("web").await,
     );
-    let endpoints = StaticEndpoints::new();
-    publish(&endpoints, "shop", "api", 80, &[&a, &b]);
-    publish(&endpoints, "shop", "web", 80, &[&web]);
-    let gw = TestGateway::start(
-        translate_yaml(&format!("{EDGE_HTTP}{SHOP_ROUTES}"), &[]),
-        endpoints.clone(),
-        &[80],
-    )
-    .await;
+    s.publish("shop", "api", 80, &[&a, &b]);
+    s.publish("shop", "web", 80, &[&web]);
+    let gw = s.gateway(SHOP_ROUTES).await;
     let mut client = H1::connect(gw.addr(80)).await?;
     let mut names = std::collections::BTreeSet::new();
     for _ in 0..40 {
@@ -183,7 +162,7 @@ async fn endpoint_changes_apply_to_the_next_requests() -> Result<()> {
     }
     assert_eq!(names.len(), 2, "both endpoints serve: {names:?}");
 
-    publish(&endpoints, "shop", "api", 80, &[&b]);
+    s.publish("shop", "api", 80, &[&b]);
     for _ in 0..40 {
         assert_eq!(
             client.get("shop.example.com", "/api").await?.text(),
@@ -191,26 +170,21 @@ async fn endpoint_changes_apply_to_the_next_requests() -> Result<()> {
             "no new request goes to an endpoint that left"
         );
     }
-    endpoints.clear(&service("shop", "api", 80));
+    s.endpoints.clear(&service("shop", "api", 80));
     assert_eq!(
         client.get("shop.example.com", "/api").await?.status,
         StatusCode::SERVICE_UNAVAILABLE
     );
     gw.stop().await;
-    stop.cancel();
     Ok(())
 }
 
 #[tokio::test]
 async fn weighted_backends_split_requests() -> Result<()> {
-    let stop = CancellationToken::new();
-    let (stable, canary) = (
-        Upstream::start("stable", &stop).await,
-        Upstream::start("canary", &stop).await,
-    );
-    let endpoints = StaticEndpoints::new();
-    publish(&endpoints, "shop", "stable", 80, &[&stable]);
-    publish(&endpoints, "shop", "canary", 80, &[&canary]);
+    let s = Scenario::new();
+    let (stable, canary) = (s.upstream("stable").await, s.upstream("canary").await);
+    s.publish("shop", "stable", 80, &[&stable]);
+    s.publish("shop", "canary", 80, &[&canary]);
     let routes = r#"
 ---
 apiVersion: gateway.networking.k8s.io/v1
@@ -221,12 +195,7 @@ spec:
   rules:
   - backendRefs: [{name: stable, port: 80, weight: 90}, {name: canary, port: 80, weight: 10}]
 "#;
-    let gw = TestGateway::start(
-        translate_yaml(&format!("{EDGE_HTTP}{routes}"), &[]),
-        endpoints,
-        &[80],
-    )
-    .await;
+    let gw = s.gateway(routes).await;
     let mut client = H1::connect(gw.addr(80)).await?;
     let n = 1000;
     let mut to_canary = 0;
@@ -242,16 +211,14 @@ spec:
         "canary got {to_canary} of {n}"
     );
     gw.stop().await;
-    stop.cancel();
     Ok(())
 }
 
 #[tokio::test]
 async fn redirects_rewrites_and_header_filters() -> Result<()> {
-    let stop = CancellationToken::new();
-    let api = Upstream::start("api", &stop).await;
-    let endpoints = StaticEndpoints::new();
-    publish(&endpoints, "shop", "api", 80, &[&api]);
+    let s = Scenario::new();
+    let api = s.upstream("api").await;
+    s.publish("shop", "api", 80, &[&api]);
     let routes = r#"
 ---
 apiVersion: gateway.networking.k8s.io/v1
@@ -280,12 +247,7 @@ spec:
     filters: [{type: URLRewrite, urlRewrite: {path: {type: ReplaceFullPath, replaceFullPath: /replaced}}}]
     backendRefs: [{name: api, port: 80}]
 "#;
-    let gw = TestGateway::start(
-        translate_yaml(&format!("{EDGE_HTTP}{routes}"), &[]),
-        endpoints,
-        &[80],
-    )
-    .await;
+    let gw = s.gateway(routes).await;
     let mut client = H1::connect(gw.addr(80)).await?;
 
     let answer = client.get("shop.example.com", "/old").await?;
@@ -325,20 +287,15 @@ spec:
     client.get("shop.example.com", "/full").await?;
     assert_eq!(api.last().uri, "/replaced");
     gw.stop().await;
-    stop.cancel();
     Ok(())
 }
 
 #[tokio::test]
 async fn request_mirror_sends_a_copy_with_its_body() -> Result<()> {
-    let stop = CancellationToken::new();
-    let (primary, shadow) = (
-        Upstream::start("primary", &stop).await,
-        Upstream::start("shadow", &stop).await,
-    );
-    let endpoints = StaticEndpoints::new();
-    publish(&endpoints, "shop", "primary", 80, &[&primary]);
-    publish(&endpoints, "shop", "shadow", 80, &[&shadow]);
+    let s = Scenario::new();
+    let (primary, shadow) = (s.upstream("primary").await, s.upstream("shadow").await);
+    s.publish("shop", "primary", 80, &[&primary]);
+    s.publish("shop", "shadow", 80, &[&shadow]);
     let routes = r#"
 ---
 apiVersion: gateway.networking.k8s.io/v1
@@ -350,12 +307,7 @@ spec:
   - filters: [{type: RequestMirror, requestMirror: {backendRef: {name: shadow, port: 80}}}]
     backendRefs: [{name: primary, port: 80}]
 "#;
-    let gw = TestGateway::start(
-        translate_yaml(&format!("{EDGE_HTTP}{routes}"), &[]),
-        endpoints,
-        &[80],
-    )
-    .await;
+    let gw = s.gateway(routes).await;
     let mut client = H1::connect(gw.addr(80)).await?;
     let request = Request::post("/orders")
         .header("host", "shop.example.com")
@@ -373,16 +325,14 @@ spec:
     assert_eq!(copy.body, Bytes::from_static(b"{\"id\":7}"));
     assert_eq!(primary.last().body, copy.body);
     gw.stop().await;
-    stop.cancel();
     Ok(())
 }
 
 #[tokio::test]
 async fn timeouts_and_unusable_backends_answer_5xx() -> Result<()> {
-    let stop = CancellationToken::new();
-    let slow = Upstream::start("slow", &stop).await;
-    let endpoints = StaticEndpoints::new();
-    publish(&endpoints, "shop", "slow", 80, &[&slow]);
+    let s = Scenario::new();
+    let slow = s.upstream("slow").await;
+    s.publish("shop", "slow", 80, &[&slow]);
     let routes = r#"
 ---
 apiVersion: gateway.networking.k8s.io/v1
@@ -399,12 +349,7 @@ spec:
   - matches: [{path: {value: /zero}}]
     backendRefs: [{name: slow, port: 80, weight: 0}]
 "#;
-    let gw = TestGateway::start(
-        translate_yaml(&format!("{EDGE_HTTP}{routes}"), &[]),
-        endpoints,
-        &[80],
-    )
-    .await;
+    let gw = s.gateway(routes).await;
     let addr = gw.addr(80);
     let started = Instant::now();
     assert_eq!(
@@ -426,16 +371,14 @@ spec:
         StatusCode::INTERNAL_SERVER_ERROR
     );
     gw.stop().await;
-    stop.cancel();
     Ok(())
 }
 
 #[tokio::test]
 async fn a_rate_limit_answers_429_with_retry_after() -> Result<()> {
-    let stop = CancellationToken::new();
-    let api = Upstream::start("api", &stop).await;
-    let endpoints = StaticEndpoints::new();
-    publish(&endpoints, "shop", "api", 80, &[&api]);
+    let s = Scenario::new();
+    let api = s.upstream("api").await;
+    s.publish("shop", "api", 80, &[&api]);
     let routes = r#"
 ---
 apiVersion: gateway.networking.k8s.io/v1
@@ -445,12 +388,7 @@ spec:
   parentRefs: [{name: edge, namespace: infra}]
   rules: [{backendRefs: [{name: api, port: 80}]}]
 "#;
-    let gw = TestGateway::start(
-        translate_yaml(&format!("{EDGE_HTTP}{routes}"), &[]),
-        endpoints,
-        &[80],
-    )
-    .await;
+    let gw = s.gateway(routes).await;
     let mut client = H1::connect(gw.addr(80)).await?;
     assert_eq!(client.get("h", "/").await?.status, StatusCode::OK);
     assert_eq!(client.get("h", "/").await?.status, StatusCode::OK);
@@ -460,7 +398,6 @@ spec:
     assert!((1..=60).contains(&retry_after), "{retry_after}");
     assert_eq!(api.seen().len(), 2);
     gw.stop().await;
-    stop.cancel();
     Ok(())
 }
 
@@ -469,10 +406,9 @@ spec:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "slow: 10 s window"]
 async fn a_rate_limit_holds_within_five_percent_over_ten_seconds() -> Result<()> {
-    let stop = CancellationToken::new();
-    let api = Upstream::start("api", &stop).await;
-    let endpoints = StaticEndpoints::new();
-    publish(&endpoints, "shop", "api", 80, &[&api]);
+    let s = Scenario::new();
+    let api = s.upstream("api").await;
+    s.publish("shop", "api", 80, &[&api]);
     let routes = r#"
 ---
 apiVersion: gateway.networking.k8s.io/v1
@@ -482,12 +418,7 @@ spec:
   parentRefs: [{name: edge, namespace: infra}]
   rules: [{backendRefs: [{name: api, port: 80}]}]
 "#;
-    let gw = TestGateway::start(
-        translate_yaml(&format!("{EDGE_HTTP}{routes}"), &[]),
-        endpoints,
-        &[80],
-    )
-    .await;
+    let gw = s.gateway(routes).await;
     let addr = gw.addr(80);
     let window = Duration::from_secs(10);
     let started = Instant::now();
@@ -534,20 +465,15 @@ spec:
         "allowed {allowed}, expected {expected:.0} ±5%"
     );
     gw.stop().await;
-    stop.cancel();
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reloads_drop_no_request_under_steady_load() -> Result<()> {
-    let stop = CancellationToken::new();
-    let (blue, green) = (
-        Upstream::start("blue", &stop).await,
-        Upstream::start("green", &stop).await,
-    );
-    let endpoints = StaticEndpoints::new();
-    publish(&endpoints, "shop", "blue", 80, &[&blue]);
-    publish(&endpoints, "shop", "green", 80, &[&green]);
+    let s = Scenario::new();
+    let (blue, green) = (s.upstream("blue").await, s.upstream("green").await);
+    s.publish("shop", "blue", 80, &[&blue]);
+    s.publish("shop", "green", 80, &[&green]);
     let route = |backend: &str, header: &str| {
         translate_yaml(
             &format!(
@@ -567,7 +493,7 @@ spec:
         )
     };
     let (to_blue, to_green) = (route("blue", "a"), route("green", "b"));
-    let gw = TestGateway::start(to_blue.clone(), endpoints, &[80]).await;
+    let gw = TestGateway::start(to_blue.clone(), s.endpoints.clone(), &[80]).await;
     let addr = gw.addr(80);
 
     let running = Arc::new(AtomicBool::new(true));
@@ -637,23 +563,16 @@ spec:
         assert_eq!(seen.headers["x-config"], "b");
     }
     gw.stop().await;
-    stop.cancel();
     Ok(())
 }
 
 #[tokio::test]
 async fn shutdown_drains_requests_in_flight() -> Result<()> {
-    let stop = CancellationToken::new();
-    let slow = Upstream::start("slow", &stop).await;
-    let endpoints = StaticEndpoints::new();
-    publish(&endpoints, "shop", "api", 80, &[&slow]);
-    publish(&endpoints, "shop", "web", 80, &[&slow]);
-    let gw = TestGateway::start(
-        translate_yaml(&format!("{EDGE_HTTP}{SHOP_ROUTES}"), &[]),
-        endpoints,
-        &[80],
-    )
-    .await;
+    let s = Scenario::new();
+    let slow = s.upstream("slow").await;
+    s.publish("shop", "api", 80, &[&slow]);
+    s.publish("shop", "web", 80, &[&slow]);
+    let gw = s.gateway(SHOP_ROUTES).await;
     let addr = gw.addr(80);
     let mut client = H1::connect(addr).await?;
     let in_flight = tokio::spawn(async move { client.get("shop.example.com", "/slow/600").await });
@@ -670,16 +589,14 @@ async fn shutdown_drains_requests_in_flight() -> Result<()> {
         get(addr, "shop.example.com", "/").await.is_err(),
         "no new connection after shutdown"
     );
-    stop.cancel();
     Ok(())
 }
 
 #[tokio::test]
 async fn tls_certificates_are_chosen_by_sni_with_h2_by_alpn() -> Result<()> {
-    let stop = CancellationToken::new();
-    let api = Upstream::start("api", &stop).await;
-    let endpoints = StaticEndpoints::new();
-    publish(&endpoints, "shop", "api", 80, &[&api]);
+    let s = Scenario::new();
+    let api = s.upstream("api").await;
+    s.publish("shop", "api", 80, &[&api]);
     let ca = Ca::new("test CA");
     let (cert_a, cert_b) = (
         ca.server(&["a.example.com"]),
@@ -728,7 +645,7 @@ spec:
   parentRefs: [{name: edge, namespace: infra}]
   rules: [{backendRefs: [{name: api, port: 80}]}]
 "#;
-    let gw = TestGateway::start(translate_yaml(yaml, &secrets), endpoints, &[443]).await;
+    let gw = TestGateway::start(translate_yaml(yaml, &secrets), s.endpoints.clone(), &[443]).await;
     let addr = gw.addr(443);
 
     let h1_config = ca.client_config(&[b"http/1.1"], None);
@@ -769,20 +686,15 @@ spec:
     // A name no listener serves has no certificate: the handshake fails.
     assert!(tls_connect(addr, "c.example.com", h1_config).await.is_err());
     gw.stop().await;
-    stop.cancel();
     Ok(())
 }
 
 #[tokio::test]
 async fn ingress_routes_over_tls_and_redirects_plain_http() -> Result<()> {
-    let stop = CancellationToken::new();
-    let (shop, blog) = (
-        Upstream::start("shop", &stop).await,
-        Upstream::start("blog", &stop).await,
-    );
-    let endpoints = StaticEndpoints::new();
-    publish(&endpoints, "web", "shop", 8080, &[&shop]);
-    publish(&endpoints, "web", "blog", 8080, &[&blog]);
+    let s = Scenario::new();
+    let (shop, blog) = (s.upstream("shop").await, s.upstream("blog").await);
+    s.publish("web", "shop", 8080, &[&shop]);
+    s.publish("web", "blog", 8080, &[&blog]);
     let ca = Ca::new("test CA");
     let secrets = [tls_secret(
         "web",
@@ -806,7 +718,12 @@ spec:
   - host: blog.example.com
     http: {paths: [{path: /posts, pathType: Prefix, backend: {service: {name: blog, port: {number: 8080}}}}]}
 "#;
-    let gw = TestGateway::start(translate_yaml(yaml, &secrets), endpoints, &[80, 443]).await;
+    let gw = TestGateway::start(
+        translate_yaml(yaml, &secrets),
+        s.endpoints.clone(),
+        &[80, 443],
+    )
+    .await;
     let config = ca.client_config(&[b"http/1.1"], None);
     for (host, path, name) in [
         ("shop.example.com", "/cart", "shop"),
@@ -829,13 +746,12 @@ spec:
         "https://shop.example.com/cart?x=1"
     );
     gw.stop().await;
-    stop.cancel();
     Ok(())
 }
 
 #[tokio::test]
 async fn websocket_upgrades_pass_through() -> Result<()> {
-    let stop = CancellationToken::new();
+    let s = Scenario::new();
     // A WebSocket echo server.
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let ws_addr = listener.local_addr()?;
@@ -851,8 +767,7 @@ async fn websocket_upgrades_pass_through() -> Result<()> {
             });
         }
     });
-    let endpoints = StaticEndpoints::new();
-    endpoints.set(
+    s.endpoints.set(
         service("chat", "ws", 80),
         ServiceEndpoints::http1([ws_addr]),
     );
@@ -866,12 +781,7 @@ spec:
   hostnames: [chat.example.com]
   rules: [{backendRefs: [{name: ws, port: 80}]}]
 "#;
-    let gw = TestGateway::start(
-        translate_yaml(&format!("{EDGE_HTTP}{routes}"), &[]),
-        endpoints,
-        &[80],
-    )
-    .await;
+    let gw = s.gateway(routes).await;
     let stream = tokio::net::TcpStream::connect(gw.addr(80)).await?;
     let (mut ws, response) =
         tokio_tungstenite::client_async("ws://chat.example.com/socket", stream).await?;
@@ -888,7 +798,6 @@ spec:
     // The tunnel lasts as long as the client's connection; a drain waits for it.
     drop(ws);
     gw.stop().await;
-    stop.cancel();
     Ok(())
 }
 
@@ -970,10 +879,10 @@ where
 
 #[tokio::test]
 async fn grpc_unary_streaming_and_errors_keep_their_trailers() -> Result<()> {
-    let stop = CancellationToken::new();
+    let s = Scenario::new();
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let grpc_addr = listener.local_addr()?;
-    let server_stop = stop.clone();
+    let server_stop = s.stop.clone();
     tokio::spawn(async move {
         loop {
             let (stream, _) = tokio::select! {
@@ -991,9 +900,8 @@ async fn grpc_unary_streaming_and_errors_keep_their_trailers() -> Result<()> {
             });
         }
     });
-    let endpoints = StaticEndpoints::new();
     // appProtocol is not set: a GRPCRoute's backends get HTTP/2 regardless.
-    endpoints.set(
+    s.endpoints.set(
         service("rpc", "echo", 50051),
         ServiceEndpoints {
             addrs: vec![grpc_addr],
@@ -1011,12 +919,7 @@ spec:
   - matches: [{method: {service: echo.Echo}}]
     backendRefs: [{name: echo, port: 50051}]
 "#;
-    let gw = TestGateway::start(
-        translate_yaml(&format!("{EDGE_HTTP}{routes}"), &[]),
-        endpoints,
-        &[80],
-    )
-    .await;
+    let gw = s.gateway(routes).await;
     let channel = tonic::transport::Channel::from_shared(format!("http://{}", gw.addr(80)))?
         .connect()
         .await?;
@@ -1089,17 +992,15 @@ spec:
         "no route: the gateway's 404 is read as unimplemented: {status:?}"
     );
     gw.stop().await;
-    stop.cancel();
     Ok(())
 }
 
 #[tokio::test]
 async fn the_admin_endpoint_serves_only_authenticated_callers() -> Result<()> {
-    let stop = CancellationToken::new();
-    let api = Upstream::start("api", &stop).await;
-    let endpoints = StaticEndpoints::new();
-    publish(&endpoints, "shop", "api", 80, &[&api]);
-    publish(&endpoints, "shop", "web", 80, &[&api]);
+    let s = Scenario::new();
+    let api = s.upstream("api").await;
+    s.publish("shop", "api", 80, &[&api]);
+    s.publish("shop", "web", 80, &[&api]);
     let config = translate_yaml(&format!("{EDGE_HTTP}{SHOP_ROUTES}"), &[]);
 
     // Bearer token.
@@ -1111,7 +1012,7 @@ async fn the_admin_endpoint_serves_only_authenticated_callers() -> Result<()> {
         }),
         ..Default::default()
     };
-    let gw = TestGateway::start_with(config.clone(), endpoints.clone(), &[80], options).await;
+    let gw = TestGateway::start_with(config.clone(), s.endpoints.clone(), &[80], options).await;
     get(gw.addr(80), "shop.example.com", "/api").await?;
     let admin = gw.gateway.admin_addr().unwrap();
     let metrics = |token: Option<&'static str>| async move {
@@ -1152,7 +1053,7 @@ async fn the_admin_endpoint_serves_only_authenticated_callers() -> Result<()> {
         }),
         ..Default::default()
     };
-    let gw = TestGateway::start_with(config.clone(), endpoints.clone(), &[80], options).await;
+    let gw = TestGateway::start_with(config.clone(), s.endpoints.clone(), &[80], options).await;
     let admin = gw.gateway.admin_addr().unwrap();
     let scraper = ca.client("prometheus");
     let with_cert =
@@ -1200,13 +1101,16 @@ async fn the_admin_endpoint_serves_only_authenticated_callers() -> Result<()> {
         ..Default::default()
     };
     options.bind_overrides.insert(80, "127.0.0.1:0".parse()?);
-    let error =
-        c4m_mesh::gateway::Gateway::start(config, endpoints, options, CancellationToken::new())
-            .unwrap_err();
+    let error = c4m_mesh::gateway::Gateway::start(
+        config,
+        s.endpoints.clone(),
+        options,
+        CancellationToken::new(),
+    )
+    .unwrap_err();
     assert!(
         matches!(error, GatewayError::AdminUnauthenticated),
         "{error}"
     );
-    stop.cancel();
     Ok(())
 }

@@ -233,6 +233,42 @@ spec:
   - {name: http, port: 80, protocol: HTTP, allowedRoutes: {namespaces: {from: All}}}
 "#;
 
+/// Upstreams and endpoints for one test, stopped when dropped.
+pub struct Scenario {
+    pub stop: CancellationToken,
+    pub endpoints: Arc<StaticEndpoints>,
+}
+
+impl Scenario {
+    pub fn new() -> Scenario {
+        Scenario {
+            stop: CancellationToken::new(),
+            endpoints: StaticEndpoints::new(),
+        }
+    }
+
+    pub async fn upstream(&self, name: &'static str) -> Upstream {
+        Upstream::start(name, &self.stop).await
+    }
+
+    /// Publishes `upstreams` as the endpoints of `namespace/name:port`.
+    pub fn publish(&self, namespace: &str, name: &str, port: u16, upstreams: &[&Upstream]) {
+        publish(&self.endpoints, namespace, name, port, upstreams);
+    }
+
+    /// A gateway serving `EDGE_HTTP` and `routes` on port 80.
+    pub async fn gateway(&self, routes: &str) -> TestGateway {
+        let config = translate_yaml(&format!("{EDGE_HTTP}{routes}"), &[]);
+        TestGateway::start(config, self.endpoints.clone(), &[80]).await
+    }
+}
+
+impl Drop for Scenario {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
 /// A running gateway with its listeners on loopback ports.
 pub struct TestGateway {
     pub gateway: Gateway,

@@ -11,7 +11,9 @@ use super::super::table::RouteOrder;
 use super::refs::{Grants, selector_matches, tls_secret};
 use super::rules::{CompiledRule, compile_grpc_rules, compile_http_rules};
 use super::{ConfigBuilder, Inputs, TlsCertificate, rate_limit};
-use crate::proxy::api::{AllowedRoutes, GROUP, Gateway, Listener, ParentReference};
+use crate::proxy::api::{
+    AllowedRoutes, GROUP, Gateway, GrpcRoute, HttpRoute, Listener, ParentReference,
+};
 
 /// A listener that routes can attach to.
 struct Attachable<'a> {
@@ -50,64 +52,54 @@ pub(super) fn translate(inputs: &Inputs<'_>, grants: &Grants<'_>, builder: &mut 
     let may_refer_from = |kind: &'static str, from: String| {
         move |namespace: &str, name: &str| grants.permits(kind, &from, "Service", namespace, name)
     };
-    for route in inputs.http_routes {
-        let namespace = route.metadata.namespace.clone().unwrap_or_default();
-        if !route
-            .spec
-            .parent_refs
-            .iter()
-            .any(|p| is_ours(p, &namespace, &owned))
-        {
+    let routes = inputs
+        .http_routes
+        .iter()
+        .map(AnyRoute::Http)
+        .chain(inputs.grpc_routes.iter().map(AnyRoute::Grpc));
+    for route in routes {
+        let (meta, hostnames, parents) = route.parts();
+        let namespace = meta.namespace.clone().unwrap_or_default();
+        if !parents.iter().any(|p| is_ours(p, &namespace, &owned)) {
             continue;
         }
         let object = ObjectRef::new(
-            "HTTPRoute",
+            route.kind(),
             namespace.clone(),
-            route.metadata.name.clone().unwrap_or_default(),
+            meta.name.clone().unwrap_or_default(),
         );
-        let may_refer = may_refer_from("HTTPRoute", namespace);
-        if let Some(rules) = compile_http_rules(route, &may_refer, &mut builder.errors) {
+        let may_refer = may_refer_from(route.kind(), namespace);
+        let rules = match route {
+            AnyRoute::Http(r) => compile_http_rules(r, &may_refer, &mut builder.errors),
+            AnyRoute::Grpc(r) => compile_grpc_rules(r, &may_refer, &mut builder.errors),
+        };
+        if let Some(rules) = rules {
             attach(
-                &object,
-                &route.metadata,
-                &route.spec.hostnames,
-                &route.spec.parent_refs,
-                rules,
-                &listeners,
-                inputs,
-                &owned,
-                builder,
+                &object, meta, hostnames, parents, rules, &listeners, inputs, &owned, builder,
             );
         }
     }
-    for route in inputs.grpc_routes {
-        let namespace = route.metadata.namespace.clone().unwrap_or_default();
-        if !route
-            .spec
-            .parent_refs
-            .iter()
-            .any(|p| is_ours(p, &namespace, &owned))
-        {
-            continue;
+}
+
+/// An HTTPRoute or a GRPCRoute: they attach the same way.
+#[derive(Clone, Copy)]
+enum AnyRoute<'a> {
+    Http(&'a HttpRoute),
+    Grpc(&'a GrpcRoute),
+}
+
+impl<'a> AnyRoute<'a> {
+    fn kind(self) -> &'static str {
+        match self {
+            AnyRoute::Http(_) => "HTTPRoute",
+            AnyRoute::Grpc(_) => "GRPCRoute",
         }
-        let object = ObjectRef::new(
-            "GRPCRoute",
-            namespace.clone(),
-            route.metadata.name.clone().unwrap_or_default(),
-        );
-        let may_refer = may_refer_from("GRPCRoute", namespace);
-        if let Some(rules) = compile_grpc_rules(route, &may_refer, &mut builder.errors) {
-            attach(
-                &object,
-                &route.metadata,
-                &route.spec.hostnames,
-                &route.spec.parent_refs,
-                rules,
-                &listeners,
-                inputs,
-                &owned,
-                builder,
-            );
+    }
+
+    fn parts(self) -> (&'a ObjectMeta, &'a [String], &'a [ParentReference]) {
+        match self {
+            AnyRoute::Http(r) => (&r.metadata, &r.spec.hostnames, &r.spec.parent_refs),
+            AnyRoute::Grpc(r) => (&r.metadata, &r.spec.hostnames, &r.spec.parent_refs),
         }
     }
 }

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use http::{HeaderName, HeaderValue, Method, StatusCode};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::super::action::{
     BackendTarget, HeaderModifier, Mirror, ObjectRef, PathModifier, Redirect, Rewrite, RouteAction,
@@ -40,7 +41,33 @@ struct Checker<'e> {
     fatal: bool,
 }
 
-impl Checker<'_> {
+impl<'e> Checker<'e> {
+    /// Starts checking a route: its namespace, and its hostnames checked.
+    fn start(
+        kind: &'static str,
+        meta: &ObjectMeta,
+        hostnames: &[String],
+        errors: &'e mut Vec<RouteError>,
+    ) -> (String, Self) {
+        let namespace = meta.namespace.clone().unwrap_or_default();
+        let object = ObjectRef::new(
+            kind,
+            namespace.clone(),
+            meta.name.clone().unwrap_or_default(),
+        );
+        let mut check = Checker {
+            object,
+            errors,
+            fatal: false,
+        };
+        for (i, hostname) in hostnames.iter().enumerate() {
+            if let Err(e) = HostPattern::gateway(hostname) {
+                check.fail(format!("spec.hostnames[{i}]"), e.into());
+            }
+        }
+        (namespace, check)
+    }
+
     fn fail(&mut self, field: String, problem: Problem) {
         self.errors
             .push(RouteError::new(&self.object, field, problem));
@@ -62,18 +89,9 @@ pub fn compile_http_rules(
     may_refer: &MayRefer<'_>,
     errors: &mut Vec<RouteError>,
 ) -> Option<Vec<CompiledRule>> {
-    let namespace = route.metadata.namespace.clone().unwrap_or_default();
-    let object = ObjectRef::new(
-        "HTTPRoute",
-        namespace.clone(),
-        route.metadata.name.clone().unwrap_or_default(),
-    );
-    let mut check = Checker {
-        object: object.clone(),
-        errors,
-        fatal: false,
-    };
-    validate_hostnames(&route.spec.hostnames, &mut check);
+    let (namespace, mut check) =
+        Checker::start("HTTPRoute", &route.metadata, &route.spec.hostnames, errors);
+    let object = check.object.clone();
     let mut rules = Vec::with_capacity(route.spec.rules.len());
     for (r, rule) in route.spec.rules.iter().enumerate() {
         let at = format!("spec.rules[{r}]");
@@ -154,23 +172,11 @@ pub fn compile_http_rules(
                 Problem::Invalid("RequestRedirect and URLRewrite cannot both be set".into()),
             );
         }
-        for (b, backend) in rule.backend_refs.iter().enumerate() {
-            let at = format!("{at}.backendRefs[{b}]");
-            if !backend.filters.is_empty() {
-                check.fail(
-                    format!("{at}.filters"),
-                    Problem::Unsupported("filters on a backendRef".into()),
-                );
-            }
-            action.backends.push(weighted(
-                &backend.backend,
-                backend.weight,
-                &at,
-                &namespace,
-                may_refer,
-                &mut check,
-            ));
-        }
+        let refs = rule
+            .backend_refs
+            .iter()
+            .map(|b| (&b.backend, b.weight, !b.filters.is_empty()));
+        action.backends = backend_refs(refs, &at, &namespace, may_refer, &mut check);
         if let Some(timeouts) = &rule.timeouts {
             action.timeouts = timeouts_of(
                 timeouts.request.as_deref(),
@@ -191,18 +197,9 @@ pub fn compile_grpc_rules(
     may_refer: &MayRefer<'_>,
     errors: &mut Vec<RouteError>,
 ) -> Option<Vec<CompiledRule>> {
-    let namespace = route.metadata.namespace.clone().unwrap_or_default();
-    let object = ObjectRef::new(
-        "GRPCRoute",
-        namespace.clone(),
-        route.metadata.name.clone().unwrap_or_default(),
-    );
-    let mut check = Checker {
-        object: object.clone(),
-        errors,
-        fatal: false,
-    };
-    validate_hostnames(&route.spec.hostnames, &mut check);
+    let (namespace, mut check) =
+        Checker::start("GRPCRoute", &route.metadata, &route.spec.hostnames, errors);
+    let object = check.object.clone();
     let mut rules = Vec::with_capacity(route.spec.rules.len());
     for (r, rule) in route.spec.rules.iter().enumerate() {
         let at = format!("spec.rules[{r}]");
@@ -262,34 +259,14 @@ pub fn compile_grpc_rules(
                 true,
             );
         }
-        for (b, backend) in rule.backend_refs.iter().enumerate() {
-            let at = format!("{at}.backendRefs[{b}]");
-            if !backend.filters.is_empty() {
-                check.fail(
-                    format!("{at}.filters"),
-                    Problem::Unsupported("filters on a backendRef".into()),
-                );
-            }
-            action.backends.push(weighted(
-                &backend.backend,
-                backend.weight,
-                &at,
-                &namespace,
-                may_refer,
-                &mut check,
-            ));
-        }
+        let refs = rule
+            .backend_refs
+            .iter()
+            .map(|b| (&b.backend, b.weight, !b.filters.is_empty()));
+        action.backends = backend_refs(refs, &at, &namespace, may_refer, &mut check);
         rules.push(CompiledRule { matches, action });
     }
     (!check.fatal).then_some(rules)
-}
-
-fn validate_hostnames(hostnames: &[String], check: &mut Checker<'_>) {
-    for (i, hostname) in hostnames.iter().enumerate() {
-        if let Err(e) = HostPattern::gateway(hostname) {
-            check.fail(format!("spec.hostnames[{i}]"), e.into());
-        }
-    }
 }
 
 fn path_match(kind: PathMatchType, value: &str) -> Result<PathMatch, Problem> {
@@ -754,6 +731,28 @@ fn weighted(
         target: service_target(backend, at, namespace, may_refer, check),
         weight,
     }
+}
+
+/// A rule's weighted backends; filters on them are refused.
+fn backend_refs<'b>(
+    refs: impl Iterator<Item = (&'b BackendObjectReference, Option<i32>, bool)>,
+    at: &str,
+    namespace: &str,
+    may_refer: &MayRefer<'_>,
+    check: &mut Checker<'_>,
+) -> Vec<WeightedBackend> {
+    let mut out = Vec::new();
+    for (b, (backend, weight, has_filters)) in refs.enumerate() {
+        let at = format!("{at}.backendRefs[{b}]");
+        if has_filters {
+            check.fail(
+                format!("{at}.filters"),
+                Problem::Unsupported("filters on a backendRef".into()),
+            );
+        }
+        out.push(weighted(backend, weight, &at, namespace, may_refer, check));
+    }
+    out
 }
 
 fn timeouts_of(
