@@ -22,7 +22,9 @@
 //! summed), idle and the peak during the runs.
 //!
 //! Options: `--duration SECS` (default 10), `--rate REQS_PER_SEC` for the
-//! fixed-rate runs (default 2000), `--only c4m|nginx|haproxy`.
+//! fixed-rate runs (default 2000), `--rounds N` (default 3: the proxies take
+//! turns in each round and the table gives medians, as the machine is
+//! shared), `--only c4m|nginx|haproxy`.
 //!
 //! Subcommands used by the benchmark itself: `serve` (the c4m gateway) and
 //! `upstream`.
@@ -424,18 +426,32 @@ backend upstream
 fn run(args: &[String]) -> Result<()> {
     let duration: u64 = flag(args, "--duration").map_or(Ok(10), str::parse)?;
     let rate: u32 = flag(args, "--rate").map_or(Ok(2000), str::parse)?;
+    let rounds: usize = flag(args, "--rounds").map_or(Ok(3), str::parse)?;
     let only = flag(args, "--only");
     for tool in ["taskset", "h2load", "/usr/sbin/nginx", "/usr/sbin/haproxy"] {
         require(tool)?;
     }
     let dir = std::env::temp_dir().join(format!("c4m-gateway-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let result = run_in(&dir, duration, rate, only);
+    let result = run_in(&dir, duration, rate, rounds, only);
     let _ = std::fs::remove_dir_all(&dir);
     result
 }
 
-fn run_in(dir: &Path, duration: u64, rate: u32, only: Option<&str>) -> Result<()> {
+/// One table row's measurements over the rounds.
+#[derive(Default)]
+struct Row {
+    runs: Vec<Figures>,
+    idle_kib: u64,
+    peak_kib: u64,
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+fn run_in(dir: &Path, duration: u64, rate: u32, rounds: usize, only: Option<&str>) -> Result<()> {
     let key = rcgen::KeyPair::generate()?;
     let cert = rcgen::CertificateParams::new(vec![HOST.to_owned()])?.self_signed(&key)?;
     std::fs::write(dir.join("cert.pem"), cert.pem())?;
@@ -452,69 +468,84 @@ fn run_in(dir: &Path, duration: u64, rate: u32, only: Option<&str>) -> Result<()
         me,
         upstream: upstream.context("the upstream's address")?,
     };
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    println!(
-        "# gateway benchmark: {duration} s per run, fixed rate {rate} req/s; load average before: {}",
-        load.trim()
-    );
-    println!();
-    println!(
-        "| proxy | workers | protocol | load | req/s | p50 ms | p99 ms | failed | RSS idle MiB | RSS peak MiB |"
-    );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
     let url = format!("https://{HOST}/bench/item");
-    for workers in [1, 2] {
-        for kind in [ProxyKind::C4m, ProxyKind::Nginx, ProxyKind::Haproxy] {
-            if only.is_some_and(|o| o != kind.name()) {
-                continue;
-            }
-            let (proxy, addr) = start_proxy(kind, workers, &setup)?;
-            let pid = proxy.child.id();
-            // A first request warms the TLS and upstream connections.
-            h2load(&url, addr, true, Some(20), 1, &dir.join("warm.log"))?;
-            let idle = rss_kib(pid);
-            let peak = Arc::new(AtomicU64::new(idle));
-            let sampling = Arc::new(AtomicBool::new(true));
-            let sampler = {
-                let (peak, sampling) = (peak.clone(), sampling.clone());
-                std::thread::spawn(move || {
-                    while sampling.load(Ordering::Relaxed) {
-                        peak.fetch_max(rss_kib(pid), Ordering::Relaxed);
-                        std::thread::sleep(Duration::from_millis(200));
-                    }
-                })
-            };
-            let mut rows = Vec::new();
-            for (protocol, h1) in [("HTTP/1.1", true), ("HTTP/2", false)] {
-                for (label, fixed) in [(format!("{rate}/s"), Some(rate)), ("max".to_owned(), None)]
-                {
+    let kinds: Vec<ProxyKind> = [ProxyKind::C4m, ProxyKind::Nginx, ProxyKind::Haproxy]
+        .into_iter()
+        .filter(|k| only.is_none_or(|o| o == k.name()))
+        .collect();
+    let loads = [
+        ("HTTP/1.1", true, Some(rate)),
+        ("HTTP/1.1", true, None),
+        ("HTTP/2", false, Some(rate)),
+        ("HTTP/2", false, None),
+    ];
+    let mut rows: std::collections::BTreeMap<(usize, usize, usize), Row> = Default::default();
+    for round in 1..=rounds {
+        let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+        eprintln!("round {round}/{rounds}: load average {}", load.trim());
+        // Proxies take turns within each round, so the machine's other
+        // work weighs on each alike.
+        for workers in [1, 2] {
+            for (k, kind) in kinds.iter().enumerate() {
+                let (proxy, addr) = start_proxy(*kind, workers, &setup)?;
+                let pid = proxy.child.id();
+                // A first few requests warm the TLS and upstream connections.
+                h2load(&url, addr, true, Some(20), 1, &dir.join("warm.log"))?;
+                let idle = rss_kib(pid);
+                let peak = Arc::new(AtomicU64::new(idle));
+                let sampling = Arc::new(AtomicBool::new(true));
+                let sampler = {
+                    let (peak, sampling) = (peak.clone(), sampling.clone());
+                    std::thread::spawn(move || {
+                        while sampling.load(Ordering::Relaxed) {
+                            peak.fetch_max(rss_kib(pid), Ordering::Relaxed);
+                            std::thread::sleep(Duration::from_millis(200));
+                        }
+                    })
+                };
+                for (l, (_, h1, fixed)) in loads.iter().enumerate() {
                     let figures =
-                        h2load(&url, addr, h1, fixed, duration, &dir.join("requests.log"))?;
-                    rows.push((protocol, label, figures));
+                        h2load(&url, addr, *h1, *fixed, duration, &dir.join("requests.log"))?;
+                    let row = rows.entry((workers, k, l)).or_default();
+                    row.runs.push(figures);
+                    row.idle_kib = row.idle_kib.max(idle);
                 }
+                sampling.store(false, Ordering::Relaxed);
+                let _ = sampler.join();
+                for l in 0..loads.len() {
+                    let row = rows.entry((workers, k, l)).or_default();
+                    row.peak_kib = row.peak_kib.max(peak.load(Ordering::Relaxed));
+                }
+                drop(proxy);
             }
-            sampling.store(false, Ordering::Relaxed);
-            let _ = sampler.join();
-            let peak = peak.load(Ordering::Relaxed);
-            for (protocol, label, f) in rows {
-                let mut line = String::new();
-                let _ = write!(
-                    line,
-                    "| {} | {workers} | {protocol} | {label} | {:.0} | {:.2} | {:.2} | {} | {:.1} | {:.1} |",
-                    kind.name(),
-                    f.rps,
-                    f.p50_ms,
-                    f.p99_ms,
-                    f.failed,
-                    idle as f64 / 1024.0,
-                    peak as f64 / 1024.0
-                );
-                println!("{line}");
-            }
-            drop(proxy);
         }
     }
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "# gateway benchmark: {rounds} rounds of {duration} s per run, fixed rate {rate} req/s; medians over the rounds"
+    );
+    println!();
+    println!(
+        "| workers | protocol | load | proxy | req/s | p50 ms | p99 ms | failed | RSS idle MiB | RSS peak MiB |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for ((workers, k, l), row) in &rows {
+        let (protocol, _, fixed) = loads[*l];
+        let label = fixed.map_or("max".to_owned(), |r| format!("{r}/s"));
+        let mut line = String::new();
+        let _ = write!(
+            line,
+            "| {workers} | {protocol} | {label} | {} | {:.0} | {:.2} | {:.2} | {} | {:.1} | {:.1} |",
+            kinds[*k].name(),
+            median(row.runs.iter().map(|f| f.rps).collect()),
+            median(row.runs.iter().map(|f| f.p50_ms).collect()),
+            median(row.runs.iter().map(|f| f.p99_ms).collect()),
+            row.runs.iter().map(|f| f.failed).sum::<u64>(),
+            row.idle_kib as f64 / 1024.0,
+            row.peak_kib as f64 / 1024.0
+        );
+        println!("{line}");
+    }
     println!();
     println!("load average after: {}", load.trim());
     Ok(())

@@ -1,6 +1,7 @@
 //! Upstream endpoints and their connections: HTTP/1.1 connections kept
 //! idle for reuse, one multiplexed HTTP/2 connection.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -82,7 +83,9 @@ pub(crate) struct Endpoint {
     pub(crate) addr: SocketAddr,
     pub(crate) load: PeakEwma,
     upstream: Arc<Upstream>,
-    idle: Mutex<Vec<(http1::SendRequest<ProxyBody>, Instant)>>,
+    /// Most recently returned last: taken from the back, so a few warm
+    /// connections serve and the others age out at the front.
+    idle: Mutex<VecDeque<(http1::SendRequest<ProxyBody>, Instant)>>,
     h2: Mutex<Option<http2::SendRequest<ProxyBody>>>,
     /// Held while an HTTP/2 connection is being made, so concurrent
     /// requests wait for one connection rather than each making their own.
@@ -106,7 +109,7 @@ impl Checkin {
         }
         let mut idle = endpoint.idle.lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < endpoint.upstream.options.max_idle_per_endpoint {
-            idle.push((sender, Instant::now()));
+            idle.push_back((sender, Instant::now()));
         }
     }
 }
@@ -122,7 +125,7 @@ impl Endpoint {
             addr,
             load,
             upstream,
-            idle: Mutex::new(Vec::new()),
+            idle: Mutex::new(VecDeque::new()),
             h2: Mutex::new(None),
             h2_connecting: tokio::sync::Mutex::new(()),
         }
@@ -218,11 +221,28 @@ impl Endpoint {
         let idle_timeout = self.upstream.options.idle_timeout;
         let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        idle.retain(|(sender, since)| {
-            !sender.is_closed() && now.duration_since(*since) < idle_timeout
-        });
-        let ready = idle.iter().rposition(|(sender, _)| sender.is_ready())?;
-        Some(idle.swap_remove(ready).0)
+        // The oldest are at the front: drop those past the idle timeout.
+        while idle
+            .front()
+            .is_some_and(|(_, since)| now.duration_since(*since) >= idle_timeout)
+        {
+            idle.pop_front();
+        }
+        // The newest ready one; closed ones met on the way are dropped. A
+        // handful at most are looked at: the newest are the likeliest ready.
+        let mut looked = 0;
+        let mut i = idle.len();
+        while i > 0 && looked < 8 {
+            i -= 1;
+            looked += 1;
+            let (sender, _) = &idle[i];
+            if sender.is_closed() {
+                idle.remove(i);
+            } else if sender.is_ready() {
+                return idle.remove(i).map(|(sender, _)| sender);
+            }
+        }
+        None
     }
 
     async fn h2_sender(&self) -> Result<http2::SendRequest<ProxyBody>, ProxyError> {
