@@ -11,6 +11,14 @@
 //! - With feature `linux`: `LinuxNetwork` (a bridge per VPC over netlink,
 //!   nftables isolation), `CniNetwork` (a CNI plugin chain), `VxlanOverlay`.
 //! - With feature `dns`: `DnsServer`, the cluster DNS (`NAME.NAMESPACE.svc.<domain>`).
+//! - With feature `routes`: `proxy::api`, the Gateway API kinds (GatewayClass,
+//!   Gateway, HTTPRoute, GRPCRoute, ReferenceGrant) as serde types, and
+//!   `proxy::routes`, those and `networking.k8s.io/v1` Ingresses validated
+//!   and translated into route tables (no I/O).
+//! - With feature `proxy`: `proxy`, the HTTP proxy core as tower layers over
+//!   hyper 1, shared by the edge gateway and the mesh sidecar; and
+//!   `gateway`, the edge gateway (listeners, TLS by SNI, reloads without
+//!   dropping connections, graceful drain, an authenticated admin endpoint).
 //!
 //! ```
 //! use c4m_mesh::{VpcNetwork, node_slice, search_domains};
@@ -25,12 +33,16 @@
 #[cfg(feature = "dns")]
 mod dns;
 mod error;
+#[cfg(feature = "proxy")]
+pub mod gateway;
 #[cfg(feature = "linux")]
 mod linux;
 mod lookup;
 mod network;
 mod node;
 mod overlay;
+#[cfg(feature = "routes")]
+pub mod proxy;
 #[cfg(feature = "test-util")]
 pub mod testing;
 
