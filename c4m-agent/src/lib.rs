@@ -14,6 +14,22 @@
 //! - A restarted agent adopts the containers its drivers still run instead
 //!   of starting duplicates.
 //!
+//! Its drivers, network and prober come in one
+//! [`c4m_plugin::NodeExtensions`]: [`Agent::detect`] finds what the node
+//! offers, or an embedder hands its own (see `examples/one_driver.rs`):
+//!
+//! ```no_run
+//! # async fn demo(config: c4m_agent::AgentConfig) -> Result<(), Box<dyn std::error::Error>> {
+//! use c4m_agent::Agent;
+//!
+//! let images = Agent::image_store(&config)?;
+//! let extensions = Agent::detect(&config, &images).await?;
+//! let agent = Agent::bind(config, extensions, images).await?;
+//! agent.run(tokio_util::sync::CancellationToken::new()).await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! [`HollowAgents`] simulates many nodes from one process for scale tests:
 //! the same session as a real agent, with every assigned instance reported
 //! Running and Ready and nothing started.

@@ -5,6 +5,24 @@
 //! v1). The agent writes limits into it, moves the container's first process
 //! into it before that process runs the user's command, and reads usage and
 //! OOM kills back from it.
+//!
+//! ```no_run
+//! # fn demo() -> c4m_cgroups::Result<()> {
+//! use c4m_core::ResourceLimits;
+//!
+//! let cgroups = c4m_cgroups::Cgroups::detect()?; // root, or a delegated hierarchy
+//! let group = cgroups.group("web-1");
+//! group.create(&ResourceLimits {
+//!     cpu_request_millis: 250,
+//!     cpu_limit_millis: Some(500),
+//!     memory_request_bytes: 64 << 20,
+//!     memory_limit_bytes: Some(128 << 20),
+//! })?;
+//! group.add_process(std::process::id())?;
+//! println!("{:?}", group.usage()?);
+//! # Ok(())
+//! # }
+//! ```
 
 use std::collections::BTreeSet;
 use std::io::ErrorKind;

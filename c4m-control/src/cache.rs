@@ -1,6 +1,7 @@
 //! An in-memory mirror of the store that controllers read from.
 //!
-//! One list + watch over `/registry/` keeps every object decoded in memory;
+//! One list + watch over `/registry/` keeps every object in memory (as its
+//! stored JSON, decoded when read);
 //! readers take snapshots without touching the store, and wait on
 //! [`Cache::changed`] to hear about writes. A controller that wrote at
 //! revision R waits for the cache to reach R ([`Cache::wait_for`]) before it

@@ -17,6 +17,29 @@
 //!
 //! Everything reads from one in-memory mirror of the store and writes
 //! through compare-and-swap; nothing but this crate writes to the store.
+//!
+//! What an embedder adds (the store, scheduler filters and scorers,
+//! admission hooks, a service lookup) comes in one
+//! [`c4m_plugin::ControlPlaneExtensions`]:
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//!
+//! use c4m_control::{ControlPlane, ControlPlaneConfig};
+//! use c4m_plugin::ControlPlaneExtensions;
+//!
+//! let store = c4m_state::RedbStore::open("/var/lib/c4m/store.redb".as_ref())?;
+//! let control = ControlPlane::bind(
+//!     ControlPlaneConfig::default(),
+//!     ControlPlaneExtensions::new(Arc::new(store)),
+//! )
+//! .await?;
+//! println!("API on {}", control.api_addr());
+//! control.run(tokio_util::sync::CancellationToken::new()).await?;
+//! # Ok(())
+//! # }
+//! ```
 
 mod admission;
 mod agents;

@@ -233,3 +233,57 @@ impl futures_core::Stream for Empty {
         std::task::Poll::Ready(None)
     }
 }
+
+/// A prober whose attempts succeed or fail as the test says (all succeed
+/// until told otherwise), counting them. Clones share one state.
+#[derive(Clone, Default)]
+pub struct FakeProber {
+    state: Arc<Mutex<ProberState>>,
+}
+
+#[derive(Default)]
+struct ProberState {
+    failing: bool,
+    attempts: u64,
+}
+
+impl FakeProber {
+    /// A prober whose attempts succeed.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// From now on attempts fail (`true`) or succeed (`false`).
+    pub fn set_failing(&self, failing: bool) {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).failing = failing;
+    }
+
+    /// How many attempts ran.
+    pub fn attempts(&self) -> u64 {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .attempts
+    }
+}
+
+#[async_trait]
+impl crate::Prober for FakeProber {
+    async fn probe_once(
+        &self,
+        _probe: &k8s_openapi::api::core::v1::Probe,
+        _runtime: &dyn ContainerRuntime,
+        status: &ContainerStatus,
+    ) -> std::result::Result<(), crate::ProbeFailure> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.attempts += 1;
+        if state.failing {
+            Err(crate::ProbeFailure(format!(
+                "{}: failing (as the test asked)",
+                status.id
+            )))
+        } else {
+            Ok(())
+        }
+    }
+}

@@ -5,7 +5,7 @@
 //! (plugins from /usr/lib/cni).
 //!
 //! ```sh
-//! cargo run -p c4m-core --example network_attach [-- COUNT [CONFLIST]]
+//! cargo run -p c4m-mesh --features linux --example network_attach [-- COUNT [CONFLIST]]
 //! ```
 
 use std::time::{Duration, Instant};

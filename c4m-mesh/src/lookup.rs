@@ -41,3 +41,43 @@ impl ServiceLookup for FirstKnown {
             .or_else(|| self.second.endpoints(namespace, name))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::StaticLookup;
+
+    fn endpoint(instance: &str, ip: [u8; 4]) -> DnsEndpoint {
+        DnsEndpoint {
+            instance: instance.into(),
+            ip: ip.into(),
+            ports: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_first_lookup_that_knows_a_service_answers() {
+        let registry = StaticLookup::new()
+            .with_service("shop", "web", vec![endpoint("web-1", [10, 0, 0, 1])])
+            .with_service("shop", "empty", Vec::new());
+        let outside = StaticLookup::new()
+            .with_service("shop", "web", vec![endpoint("elsewhere", [10, 9, 9, 9])])
+            .with_service("shop", "empty", vec![endpoint("elsewhere", [10, 9, 9, 9])])
+            .with_service("shop", "legacy", vec![endpoint("db", [192, 168, 0, 5])]);
+        let lookup = FirstKnown {
+            first: std::sync::Arc::new(registry),
+            second: std::sync::Arc::new(outside),
+        };
+        assert_eq!(
+            lookup.endpoints("shop", "web").unwrap()[0].instance,
+            "web-1"
+        );
+        // A service the registry knows without endpoints stays empty.
+        assert_eq!(lookup.endpoints("shop", "empty"), Some(Vec::new()));
+        assert_eq!(
+            lookup.endpoints("shop", "legacy").unwrap()[0].instance,
+            "db"
+        );
+        assert_eq!(lookup.endpoints("shop", "nothing"), None);
+    }
+}

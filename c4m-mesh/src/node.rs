@@ -5,8 +5,8 @@
 //! The control plane's DNS listens on its loopback, which no instance
 //! namespace can reach. Every instance's `resolv.conf` names its VPC's
 //! gateway (the bridge's address, on the node) as its name server, and the
-//! agent relays each UDP query arriving there to the control plane's DNS
-//! and the answer back.
+//! agent relays each query arriving there (UDP, and TCP for answers too
+//! large for a datagram) to the control plane's DNS and the answer back.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

@@ -88,3 +88,45 @@ pub async fn keep_overlay(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::FakeOverlay;
+
+    #[tokio::test]
+    async fn the_keeper_syncs_peers_and_vpcs_as_they_change() {
+        let overlay = FakeOverlay::new();
+        let (peers_tx, peers) = watch::channel(Arc::new(BTreeMap::new()));
+        let (vpcs_tx, vpcs) = watch::channel(BTreeMap::new());
+        let shutdown = CancellationToken::new();
+        let keeper = tokio::spawn(keep_overlay(
+            Arc::new(overlay.clone()),
+            peers,
+            vpcs,
+            shutdown.clone(),
+        ));
+        let peer = OverlayPeer {
+            underlay: Ipv4Addr::new(10, 99, 250, 2),
+            slice: 1,
+        };
+        peers_tx.send_replace(Arc::new(BTreeMap::from([("b".to_string(), peer.clone())])));
+        let vpc = OverlayVpc {
+            local: VpcNetwork {
+                name: "default".into(),
+                subnet: "10.88.0.0/24".parse().unwrap(),
+            },
+            cidr: "10.88.0.0/16".parse().unwrap(),
+        };
+        vpcs_tx.send_replace(BTreeMap::from([("default".to_string(), vpc.clone())]));
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while overlay.synced() != (vec![peer.clone()], vec![vpc.clone()]) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the overlay follows its peers and vpcs");
+        shutdown.cancel();
+        keeper.await.unwrap();
+    }
+}

@@ -9,7 +9,10 @@ use async_trait::async_trait;
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 
-use crate::{Attachment, Error, Network, Result, VpcNetwork};
+use crate::{
+    Attachment, DnsEndpoint, Error, Network, Overlay, OverlayPeer, OverlayVpc, Result,
+    ServiceLookup, VpcNetwork,
+};
 
 /// An instance network in memory: it makes no namespace and moves no
 /// packet, and hands out addresses from each VPC's slice in order. Clones
@@ -130,4 +133,72 @@ pub async fn reversing_udp_server(stop: CancellationToken) -> SocketAddr {
         }
     });
     address
+}
+
+/// An overlay that joins nothing and remembers what it was last asked to
+/// sync. Clones share one state.
+#[derive(Clone, Default)]
+pub struct FakeOverlay {
+    synced: Arc<Mutex<(Vec<OverlayPeer>, Vec<OverlayVpc>)>>,
+}
+
+impl FakeOverlay {
+    /// An overlay that has synced nothing yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The peers and VPCs of the last sync.
+    pub fn synced(&self) -> (Vec<OverlayPeer>, Vec<OverlayVpc>) {
+        self.synced
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+#[async_trait]
+impl Overlay for FakeOverlay {
+    fn mtu(&self) -> u32 {
+        1450
+    }
+
+    async fn sync(&self, peers: &[OverlayPeer], vpcs: &[OverlayVpc]) -> Result<()> {
+        *self.synced.lock().unwrap_or_else(|p| p.into_inner()) = (peers.to_vec(), vpcs.to_vec());
+        Ok(())
+    }
+}
+
+/// A service registry fixed at construction: `(namespace, name)` to
+/// endpoints.
+#[derive(Clone, Default)]
+pub struct StaticLookup {
+    services: BTreeMap<(String, String), Vec<DnsEndpoint>>,
+}
+
+impl StaticLookup {
+    /// No service.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds (or replaces) service `name` in `namespace`.
+    pub fn with_service(
+        mut self,
+        namespace: &str,
+        name: &str,
+        endpoints: Vec<DnsEndpoint>,
+    ) -> Self {
+        self.services
+            .insert((namespace.to_string(), name.to_string()), endpoints);
+        self
+    }
+}
+
+impl ServiceLookup for StaticLookup {
+    fn endpoints(&self, namespace: &str, name: &str) -> Option<Vec<DnsEndpoint>> {
+        self.services
+            .get(&(namespace.to_string(), name.to_string()))
+            .cloned()
+    }
 }

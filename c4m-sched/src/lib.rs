@@ -36,6 +36,28 @@
 //! node and the cheapest set of lower-priority instances (recorded with
 //! [`ClusterSnapshot::allocate_instance`]) whose eviction makes it fit,
 //! within their [`DisruptionBudget`]s.
+//!
+//! ```
+//! use std::collections::BTreeSet;
+//!
+//! use c4m_sched::{ClusterSnapshot, InstanceRequest, NodeInfo, Resources};
+//!
+//! let mut cluster = ClusterSnapshot::new();
+//! for (name, cpu_millis) in [("small", 1_000), ("large", 8_000)] {
+//!     cluster.upsert_node(NodeInfo {
+//!         name: name.into(),
+//!         allocatable: Resources { cpu_millis, memory_bytes: 4 << 30, instances: 110, ..Resources::default() },
+//!         drivers: BTreeSet::from(["process".into()]),
+//!         ready: true,
+//!         ..NodeInfo::default()
+//!     });
+//! }
+//! let request = InstanceRequest { cpu_millis: 2_000, memory_bytes: 1 << 30, ..InstanceRequest::default() };
+//! assert_eq!(cluster.place(&request).unwrap(), "large");
+//! // Kubernetes' explanation when nothing fits.
+//! let huge = InstanceRequest { cpu_millis: 16_000, ..InstanceRequest::default() };
+//! assert!(cluster.place(&huge).unwrap_err().to_string().contains("2 node(s) had insufficient cpu"));
+//! ```
 
 mod affinity;
 mod filters;

@@ -44,6 +44,7 @@ pub enum Error {
     #[error("corrupt data in store: {0}")]
     Corrupt(String),
     /// The underlying redb database failed.
+    #[cfg(feature = "redb")]
     #[error("storage error: {0}")]
     Storage(#[from] redb::Error),
     /// A background task failed unexpectedly.
@@ -63,6 +64,7 @@ impl Error {
     }
 
     /// Wraps any redb error (they all convert into `redb::Error`).
+    #[cfg(feature = "redb")]
     pub(crate) fn storage(err: impl Into<redb::Error>) -> Self {
         Error::Storage(err.into())
     }

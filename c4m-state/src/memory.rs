@@ -8,8 +8,8 @@ use futures::future::BoxFuture;
 use tokio::sync::broadcast;
 
 use crate::error::{Error, Result};
+use crate::options::StoreOptions;
 use crate::plan::plan;
-use crate::redb_store::StoreOptions;
 use crate::store::{Store, WatchStream};
 use crate::types::{EventKind, KeyValue, Op};
 use crate::watch::{History, HistoryPage, RevisionEvents, Watcher};

@@ -11,42 +11,12 @@ use redb::{Database, ReadTransaction, ReadableDatabase};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::error::{Error, Result};
+use crate::options::StoreOptions;
 use crate::store::{Store, WatchStream};
 use crate::tables::{self, HISTORY, KEYS, META};
 use crate::types::{KeyValue, Op};
 use crate::watch::{History, HistoryPage, RevisionEvents, Watcher};
 use crate::writer::{WriteRequest, Writer};
-
-/// Tuning for [`RedbStore::open_with`].
-#[derive(Debug, Clone)]
-pub struct StoreOptions {
-    /// How many of the latest revisions to keep in history for watches; older ones are
-    /// compacted automatically. Must be at least 1. Default 10 000.
-    pub history_revisions: i64,
-    /// How many revisions a live watcher may fall behind before it catches up from history
-    /// instead (slower: it reads the database). Between 1 and 2^24. Default 256: the
-    /// buffer keeps that many recent transactions in memory whatever their size.
-    pub watch_buffer: usize,
-    /// Memory redb may use to cache pages, in bytes. The control plane keeps
-    /// every object decoded in its own cache, so the store's page cache
-    /// mostly serves history replays. Default 32 MiB (redb's own default of
-    /// 1 GiB would make the store the largest part of the process).
-    pub cache_bytes: usize,
-    /// Verify every page checksum when opening (reads the whole file). Without it a file
-    /// damaged outside redb may make the open panic. Default off.
-    pub verify_on_open: bool,
-}
-
-impl Default for StoreOptions {
-    fn default() -> Self {
-        StoreOptions {
-            history_revisions: 10_000,
-            watch_buffer: 256,
-            cache_bytes: 32 << 20,
-            verify_on_open: false,
-        }
-    }
-}
 
 /// Pending transactions allowed to queue for the writer before callers wait.
 const WRITE_QUEUE: usize = 1024;

@@ -16,6 +16,22 @@
 //! - `csi` (feature `csi`): the local backend served as a CSI driver on a unix
 //!   socket, and a CSI client that drives any driver in the spec's order.
 //! - [`FakeBackend`] (feature `test-util`): an in-memory backend for callers' tests.
+//!
+//! ```no_run
+//! # async fn demo() -> c4m_storage::Result<()> {
+//! use c4m_storage::{LocalBackend, ProvisionRequest, VolumeBackend, VolumeId};
+//!
+//! // Needs root: a loop device per volume.
+//! let backend = LocalBackend::open("/var/lib/c4m/volumes")?;
+//! let id = VolumeId::new("cart-data")?;
+//! backend.provision(&ProvisionRequest::new(id.clone(), 1 << 30)).await?;
+//! let staging = std::path::Path::new("/var/lib/c4m/staging/cart-data");
+//! backend.stage(&id, staging).await?;
+//! // Writes past 1 GiB fail with ENOSPC: the size is a hard limit.
+//! backend.publish(&id, staging, "/run/pods/cart/data".as_ref(), false).await?;
+//! # Ok(())
+//! # }
+//! ```
 
 mod backend;
 #[cfg(feature = "csi")]

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use c4m_api::agent::InstanceStatus;
-use c4m_core::testing::FakeRuntime;
+use c4m_core::testing::{FakeProber, FakeRuntime};
 use c4m_core::{ContainerSpec, Instance};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -30,6 +30,10 @@ const BACKOFF: RestartBackoff = RestartBackoff {
 
 impl Harness {
     fn start(runtime: &FakeRuntime) -> Harness {
+        Harness::start_probing(runtime, &FakeProber::new())
+    }
+
+    fn start_probing(runtime: &FakeRuntime, prober: &FakeProber) -> Harness {
         let (assignments, assignments_rx) = watch::channel(None);
         let (statuses_tx, statuses) = watch::channel(Arc::new(Vec::new()));
         let shutdown = CancellationToken::new();
@@ -40,7 +44,7 @@ impl Harness {
             directory: Arc::default(),
             dns_address: watch::channel(String::new()).1,
             network: None,
-            prober: Arc::new(c4m_runtime::DefaultProber),
+            prober: Arc::new(prober.clone()),
             backoff: BACKOFF,
         };
         let running = tokio::spawn(supervisor.run(shutdown.clone()));
@@ -192,5 +196,37 @@ async fn a_restarted_agent_adopts_running_containers_and_removes_unassigned_ones
     })
     .await
     .expect("the unassigned instance is removed");
+    harness.stop().await;
+}
+
+#[tokio::test]
+async fn readiness_follows_the_probe() {
+    let runtime = FakeRuntime::new();
+    let prober = FakeProber::new();
+    prober.set_failing(true);
+    let mut harness = Harness::start_probing(&runtime, &prober);
+    let web: Instance = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "web", "namespace": "default", "uid": "uid-web"},
+        "spec": {"containers": [{
+            "name": "main", "command": ["serve"],
+            "readinessProbe": {"exec": {"command": ["true"]}, "periodSeconds": 1},
+        }]},
+    }))
+    .unwrap();
+    harness.assign(std::slice::from_ref(&web));
+    harness
+        .wait_for(|s| s.first().is_some_and(|s| s.phase == "Running" && !s.ready))
+        .await;
+    // Running but not ready while the probe fails; ready once it passes.
+    let failed_attempts = prober.attempts();
+    prober.set_failing(false);
+    harness
+        .wait_for(|s| s.first().is_some_and(|s| s.ready))
+        .await;
+    assert!(prober.attempts() > failed_attempts);
+    prober.set_failing(true);
+    harness
+        .wait_for(|s| s.first().is_some_and(|s| !s.ready))
+        .await;
     harness.stop().await;
 }
