@@ -234,7 +234,7 @@ impl Inner {
             .ok_or_else(|| runtime_error(&id, format!("no {SPEC_EXTENSION} extension")))
             .and_then(|any| {
                 serde_json::from_slice::<ContainerSpec>(&any.value).map_err(|e| {
-                    runtime_error(&id, format!("corrupt {SPEC_EXTENSION} extension: {e}"))
+                    Error::container(&id, format!("corrupt {SPEC_EXTENSION} extension"), e)
                 })
             })?;
         // One record per run: its creation is the run's start.
@@ -394,7 +394,7 @@ impl Inner {
         };
         let runtime_spec = bundle::runtime_spec(spec, &input)?;
         let json = |what: &str, value: serde_json::Result<Vec<u8>>| {
-            value.map_err(|e| runtime_error(id, format!("serialize the {what}: {e}")))
+            value.map_err(|e| Error::container(id, format!("serialize the {what}"), e))
         };
         let container = Container {
             id: id.to_string(),
@@ -494,7 +494,7 @@ impl Inner {
             .ok_or_else(|| runtime_error(id, "the container record has no runtime spec"))
             .and_then(|any| {
                 serde_json::from_slice(&any.value)
-                    .map_err(|e| runtime_error(id, format!("corrupt runtime spec: {e}")))
+                    .map_err(|e| Error::container(id, "corrupt runtime spec", e))
             })?;
         let mut process = runtime_spec
             .process()
@@ -504,7 +504,7 @@ impl Inner {
             .set_args(Some(command.to_vec()))
             .set_terminal(Some(terminal));
         let process = serde_json::to_vec(&process)
-            .map_err(|e| runtime_error(id, format!("serialize the exec process: {e}")))?;
+            .map_err(|e| Error::container(id, "serialize the exec process", e))?;
         let exec_id = format!(
             "exec-{}-{}",
             std::process::id(),
