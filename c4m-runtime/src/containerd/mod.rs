@@ -107,8 +107,9 @@ struct Inner {
 
 impl ContainerdRuntime {
     /// A driver for the containerd listening on `socket`, keeping logs
-    /// under `data_dir` and taking images from `images`. Fails if containerd
-    /// does not answer or the host's cgroups are unusable.
+    /// under `data_dir` and taking images from `images`. Fails with
+    /// [`Error::DaemonUnreachable`] if containerd does not answer, or if the
+    /// host's cgroups are unusable.
     pub async fn connect(
         socket: &Path,
         data_dir: &Path,
@@ -121,11 +122,11 @@ impl ContainerdRuntime {
                 .version(client.request(()))
                 .await
                 .map_err(|status| {
-                    Error::Invalid(format!(
-                        "containerd at {} does not answer: {}",
-                        socket.display(),
-                        status.message()
-                    ))
+                    Error::daemon_unreachable(
+                        "containerd",
+                        socket,
+                        format!("Version: {}", status.message()),
+                    )
                 })?
                 .into_inner();
             Ok::<_, Error>((client, version))
@@ -133,10 +134,11 @@ impl ContainerdRuntime {
         let (client, version) = tokio::time::timeout(CONNECT_TIMEOUT, handshake)
             .await
             .map_err(|_| {
-                Error::Invalid(format!(
-                    "containerd at {} did not answer within {CONNECT_TIMEOUT:?}",
-                    socket.display()
-                ))
+                Error::daemon_unreachable(
+                    "containerd",
+                    socket,
+                    format!("no answer within {CONNECT_TIMEOUT:?}"),
+                )
             })??;
         // Absolute: the shim opens the log by this path.
         let containers_dir = std::path::absolute(data_dir.join("containers"))
