@@ -111,7 +111,10 @@ impl Agent {
                 config.address,
             )
             .await
-            .map_err(|e| Error::Config(format!("the cri driver (--cri-socket): {e}")))?;
+            .map_err(|source| Error::Driver {
+                what: "the cri driver (--cri-socket)",
+                source,
+            })?;
             tracing::info!(runtime = %cri.version(), "cri driver ready");
             runtimes.push(Arc::new(cri));
         }

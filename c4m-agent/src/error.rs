@@ -11,6 +11,25 @@ pub enum Error {
         /// What went wrong.
         message: String,
     },
+    /// The control plane's endpoint is not a URL a channel can use.
+    #[error("control plane {endpoint}: invalid endpoint: {source}")]
+    Endpoint {
+        /// The endpoint as configured.
+        endpoint: String,
+        /// Why it is unusable.
+        #[source]
+        source: c4m_core::BoxError,
+    },
+    /// A driver the configuration asks for could not be started.
+    #[error("invalid agent configuration: {what}: {source}")]
+    Driver {
+        /// The driver and the option that asks for it
+        /// (`the cri driver (--cri-socket)`).
+        what: &'static str,
+        /// Why it could not start.
+        #[source]
+        source: c4m_core::Error,
+    },
     /// A driver failed.
     #[error(transparent)]
     Runtime(#[from] c4m_core::Error),

@@ -45,12 +45,11 @@ pub(crate) struct ControlPlaneChannel {
 impl ControlPlaneChannel {
     /// Prepares the connection; must run inside a tokio runtime.
     pub(crate) fn new(endpoint: &str, token: Option<&str>) -> Result<Self> {
-        let invalid = |message: String| Error::ControlPlane {
-            endpoint: endpoint.to_string(),
-            message,
-        };
         let channel = Endpoint::from_shared(endpoint.to_string())
-            .map_err(|e| invalid(format!("invalid endpoint: {e}")))?
+            .map_err(|e| Error::Endpoint {
+                endpoint: endpoint.to_string(),
+                source: e.into(),
+            })?
             .connect_timeout(CALL_TIMEOUT)
             .tcp_nodelay(true)
             // Many sessions may share the connection. h2 lets a connection

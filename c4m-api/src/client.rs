@@ -169,7 +169,7 @@ impl Client {
             endpoint: self.endpoint.clone(),
             source,
         })?;
-        serde_json::from_slice(&body).map_err(|e| Error::Decode(e.to_string()))
+        serde_json::from_slice(&body).map_err(Error::Decode)
     }
 
     /// `GET` of any API path, decoded as JSON.
@@ -403,11 +403,8 @@ impl Client {
                 endpoint: endpoint.clone(),
                 source,
             });
-        Ok(split_lines(lines).map(|line| {
-            line.and_then(|line| {
-                serde_json::from_slice(&line).map_err(|e| Error::Decode(e.to_string()))
-            })
-        }))
+        Ok(split_lines(lines)
+            .map(|line| line.and_then(|line| serde_json::from_slice(&line).map_err(Error::Decode))))
     }
 }
 

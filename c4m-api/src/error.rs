@@ -26,16 +26,18 @@ pub enum Error {
         source: reqwest::Error,
     },
     /// A WebSocket stream (exec, port-forward) could not be opened or broke.
-    #[error("stream to {url}: {message}")]
+    #[error("stream to {url}: {source}")]
     Stream {
         /// The URL streamed with.
         url: String,
-        /// What went wrong.
-        message: String,
+        /// What went wrong (the WebSocket client's error, or why c4m
+        /// refused what the server answered).
+        #[source]
+        source: c4m_core::BoxError,
     },
     /// The response body was not what the API promises.
     #[error("unexpected response from the control plane: {0}")]
-    Decode(String),
+    Decode(#[source] serde_json::Error),
 }
 
 impl Error {

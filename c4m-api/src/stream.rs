@@ -31,9 +31,9 @@ pub async fn connect(
     bearer: Option<&str>,
     protocols: &[&str],
 ) -> Result<(Connection, String)> {
-    let error = |message: String| Error::Stream {
+    let error = |source: c4m_core::BoxError| Error::Stream {
         url: url.to_string(),
-        message,
+        source,
     };
     let ws_url = match url.split_once("://") {
         Some(("http" | "ws", rest)) => format!("ws://{rest}"),
@@ -44,12 +44,9 @@ pub async fn connect(
             ));
         }
     };
-    let mut request = ws_url
-        .into_client_request()
-        .map_err(|e| error(e.to_string()))?;
+    let mut request = ws_url.into_client_request().map_err(|e| error(e.into()))?;
     let headers = request.headers_mut();
-    let offered = HeaderValue::from_str(&protocols.join(", "))
-        .map_err(|e| error(format!("bad subprotocol list: {e}")))?;
+    let offered = HeaderValue::from_str(&protocols.join(", ")).map_err(|e| error(e.into()))?;
     headers.insert("Sec-WebSocket-Protocol", offered);
     if let Some(token) = bearer {
         let value = HeaderValue::from_str(&format!("Bearer {token}"))
@@ -71,7 +68,7 @@ pub async fn connect(
                 message,
             });
         }
-        Err(e) => return Err(error(e.to_string())),
+        Err(e) => return Err(error(e.into())),
     };
     let chosen = response
         .headers()
@@ -80,9 +77,9 @@ pub async fn connect(
         .unwrap_or_default()
         .to_string();
     if !protocols.contains(&chosen.as_str()) {
-        return Err(error(format!(
-            "the server chose subprotocol {chosen:?}, not one of {protocols:?}"
-        )));
+        return Err(error(
+            format!("the server chose subprotocol {chosen:?}, not one of {protocols:?}").into(),
+        ));
     }
     Ok((connection, chosen))
 }

@@ -402,7 +402,7 @@ async fn proxy_to_agent(
         .body(reqwest::Body::wrap_stream(body.into_data_stream()))
         .send()
         .await
-        .map_err(|e| Error::Unavailable(format!("cannot reach the agent of node {node}: {e}")))?;
+        .map_err(|e| Error::agent_unreachable(node, e))?;
     let status =
         StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let content_type = response.headers().get(header::CONTENT_TYPE).cloned();

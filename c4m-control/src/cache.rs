@@ -116,9 +116,9 @@ impl Entry {
     /// indexes need), and keeps a tight copy of its bytes: the store's
     /// buffer may be larger than the object.
     fn new(kv: &KeyValue) -> Result<Entry> {
-        let corrupt = |e: serde_json::Error| crate::Error::Corrupt {
+        let corrupt = |source: serde_json::Error| crate::Error::Corrupt {
             key: kv.key.clone(),
-            message: e.to_string(),
+            source,
         };
         let indexed = if kv.key.starts_with(PODS) {
             serde_json::from_slice::<IndexedFields>(&kv.value).ok()

@@ -76,7 +76,7 @@ pub(crate) fn covered<'a>(pdbs: &'a [Arc<Value>], pods: &[&'a Arc<Value>]) -> Ve
     let mut covered = Vec::with_capacity(pdbs.len());
     for pdb in pdbs {
         let decoded = serde_json::from_value::<PodDisruptionBudgetSpec>(pdb["spec"].clone())
-            .map_err(|e| crate::Error::Invalid(format!("spec: {e}")))
+            .map_err(c4m_core::BoxError::from)
             .and_then(|spec| {
                 let selector = spec
                     .selector

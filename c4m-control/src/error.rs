@@ -72,16 +72,26 @@ pub enum Error {
     /// A node's agent could not be reached or failed.
     #[error("{0}")]
     Unavailable(String),
+    /// A node's agent did not answer (503, as [`Error::Unavailable`]).
+    #[error("cannot reach the agent of node {node}: {source}")]
+    AgentUnreachable {
+        /// The node.
+        node: String,
+        /// The HTTP or WebSocket client's error.
+        #[source]
+        source: c4m_core::BoxError,
+    },
     /// The state store failed.
     #[error("state store: {0}")]
-    Store(c4m_state::Error),
+    Store(#[source] c4m_state::Error),
     /// A stored object could not be decoded.
-    #[error("stored object {key} is corrupt: {message}")]
+    #[error("stored object {key} is corrupt: {source}")]
     Corrupt {
         /// Store key.
         key: String,
-        /// What is wrong.
-        message: String,
+        /// The decoder's error.
+        #[source]
+        source: serde_json::Error,
     },
     /// A listener could not be bound or served.
     #[error("{context}: {source}")]
@@ -165,6 +175,17 @@ impl From<c4m_state::Error> for Error {
 }
 
 impl Error {
+    /// The agent of `node` did not answer, for `source`.
+    pub(crate) fn agent_unreachable(
+        node: impl Into<String>,
+        source: impl Into<c4m_core::BoxError>,
+    ) -> Self {
+        Error::AgentUnreachable {
+            node: node.into(),
+            source: source.into(),
+        }
+    }
+
     /// HTTP status code and Kubernetes reason.
     pub fn http_status(&self) -> (u16, &'static str) {
         match self {
@@ -178,7 +199,7 @@ impl Error {
             Error::Unauthorized(_) => (401, "Unauthorized"),
             Error::Forbidden(_) => (403, "Forbidden"),
             Error::Gone(_) => (410, "Expired"),
-            Error::Unavailable(_) => (503, "ServiceUnavailable"),
+            Error::Unavailable(_) | Error::AgentUnreachable { .. } => (503, "ServiceUnavailable"),
             Error::Store(_)
             | Error::Corrupt { .. }
             | Error::Io { .. }

@@ -45,9 +45,9 @@ pub(crate) fn decode(kv: &KeyValue) -> Result<Value> {
 /// Decodes the JSON stored at `key` by the write at `revision`, and stamps
 /// that revision as its resourceVersion.
 pub(crate) fn decode_json(key: &str, json: &[u8], revision: i64) -> Result<Value> {
-    let mut value: Value = serde_json::from_slice(json).map_err(|e| Error::Corrupt {
+    let mut value: Value = serde_json::from_slice(json).map_err(|source| Error::Corrupt {
         key: key.to_string(),
-        message: e.to_string(),
+        source,
     })?;
     if let Some(meta) = value.get_mut("metadata").and_then(Value::as_object_mut) {
         meta.insert(

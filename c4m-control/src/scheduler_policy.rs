@@ -65,13 +65,8 @@ pub(crate) fn current_policy(cache: &Cache) -> Policy {
         return Policy::default();
     };
     let policy = Policy::deserialize(&object["spec"])
-        .map_err(|e| e.to_string())
-        .and_then(|policy| {
-            policy
-                .validate()
-                .map(|()| policy)
-                .map_err(|e| e.to_string())
-        });
+        .map_err(c4m_core::BoxError::from)
+        .and_then(|policy| policy.validate().map(|()| policy).map_err(Into::into));
     policy.unwrap_or_else(|error| {
         let revision = revision_of(&object);
         if REFUSED_REVISION.swap(revision, Ordering::Relaxed) != revision {

@@ -101,7 +101,7 @@ pub(crate) async fn pod_log(
         .bearer_auth(&state.agent_token)
         .send()
         .await
-        .map_err(|e| Error::Unavailable(format!("cannot reach the agent of node {node}: {e}")))?;
+        .map_err(|e| Error::agent_unreachable(&node, e))?;
     if !response.status().is_success() {
         let code = response.status().as_u16();
         let text = response.text().await.unwrap_or_default();
@@ -430,11 +430,7 @@ async fn relay(state: &ApiState, upgrade: WebSocketUpgrade, target: Target) -> R
         Err(c4m_api::Error::Api { code, message, .. }) => {
             return Err(agent_refused(code, &message, &node, &ns, &name));
         }
-        Err(e) => {
-            return Err(Error::Unavailable(format!(
-                "cannot reach the agent of node {node}: {e}"
-            )));
-        }
+        Err(e) => return Err(Error::agent_unreachable(node, e)),
     };
     let shutdown = state.shutdown.clone();
     Ok(upgrade.on_upgrade(move |client| pipe(client, agent, shutdown)))

@@ -54,23 +54,27 @@ pub(crate) struct ApiListener {
     local_addr: SocketAddr,
 }
 
-fn server_config(identity: &TlsIdentity) -> Result<ServerConfig> {
-    let invalid = |what: &str, e: &dyn std::fmt::Display| Error::Io {
+/// The TLS `what` of the API is invalid, as `source` says.
+fn invalid(what: &str, source: impl Into<c4m_core::BoxError>) -> Error {
+    Error::Io {
         context: format!("the API's TLS {what} is invalid"),
-        source: std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()),
-    };
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, source),
+    }
+}
+
+fn server_config(identity: &TlsIdentity) -> Result<ServerConfig> {
     let chain = CertificateDer::pem_slice_iter(identity.certificate_pem.as_bytes())
         .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| invalid("certificate", &e))?;
+        .map_err(|e| invalid("certificate", e))?;
     let key = PrivateKeyDer::from_pem_slice(identity.private_key_pem.as_bytes())
-        .map_err(|e| invalid("private key", &e))?;
+        .map_err(|e| invalid("private key", e))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| invalid("configuration", &e))?
+        .map_err(|e| invalid("configuration", e))?
         .with_no_client_auth()
         .with_single_cert(chain, key)
-        .map_err(|e| invalid("certificate", &e))?;
+        .map_err(|e| invalid("certificate", e))?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
 }

@@ -27,6 +27,16 @@ pub enum Error {
     #[error("{0}")]
     Invalid(String),
 
+    /// A field of an object holds a value that is not valid there.
+    #[error("{field}: {source}")]
+    InvalidField {
+        /// The field's path (`containers[1].resources.limits.memory`).
+        field: String,
+        /// Why its value is invalid ([`Error::Quantity`], ...).
+        #[source]
+        source: Box<Error>,
+    },
+
     /// No container with this id is known to the driver.
     #[error("container {0} not found")]
     ContainerNotFound(String),
@@ -40,15 +50,30 @@ pub enum Error {
         message: String,
     },
 
+    /// As [`Error::Runtime`], with the error of the layer below that failed
+    /// it (a runtime binary that would not run, a mount, a daemon's answer,
+    /// a decoder).
+    #[error("container {id}: {context}: {source}")]
+    Container {
+        /// Container id.
+        id: String,
+        /// What was being done.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: BoxError,
+    },
+
     /// A container daemon (dockerd, ...) does not answer on its socket.
-    #[error("the {daemon} daemon at {socket} is unreachable: {message}")]
+    #[error("the {daemon} daemon at {socket} is unreachable: {source}")]
     DaemonUnreachable {
         /// Which daemon.
         daemon: &'static str,
         /// The socket it was asked on.
         socket: PathBuf,
-        /// What went wrong.
-        message: String,
+        /// What went wrong (a connection's error, a timeout).
+        #[source]
+        source: BoxError,
     },
 
     /// The driver does not do this.
@@ -101,6 +126,33 @@ impl Error {
         Error::Io {
             context: context.into(),
             source,
+        }
+    }
+
+    /// Wraps an error of the layer below that failed an operation on
+    /// container `id`, with what was being done.
+    pub fn container(
+        id: impl Into<String>,
+        context: impl Into<String>,
+        source: impl Into<BoxError>,
+    ) -> Self {
+        Error::Container {
+            id: id.into(),
+            context: context.into(),
+            source: source.into(),
+        }
+    }
+
+    /// Daemon `daemon` did not answer on `socket`, for `source`.
+    pub fn daemon_unreachable(
+        daemon: &'static str,
+        socket: impl Into<PathBuf>,
+        source: impl Into<BoxError>,
+    ) -> Self {
+        Error::DaemonUnreachable {
+            daemon,
+            socket: socket.into(),
+            source: source.into(),
         }
     }
 

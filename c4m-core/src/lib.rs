@@ -73,5 +73,5 @@ pub use runtime::{
     TerminalSize,
 };
 #[cfg(feature = "spdy")]
-pub use spdy::{SpdyCodec, SpdyFrame};
+pub use spdy::{SpdyCodec, SpdyError, SpdyFrame};
 pub use time::{format_rfc3339, format_rfc3339_nanos, now_rfc3339, seconds_since};

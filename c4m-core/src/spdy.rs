@@ -6,6 +6,7 @@
 //! direction. Header blocks are zlib streams (one per direction for the
 //! whole session) primed with SPDY/3's dictionary.
 
+use crate::BoxError;
 use bytes::{Buf, Bytes, BytesMut};
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 
@@ -57,6 +58,37 @@ pub enum SpdyFrame {
     Ignored,
 }
 
+/// Why the peer's bytes are not a SPDY/3 stream c4m can read; the session
+/// must end.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SpdyError {
+    /// A frame is larger than c4m takes.
+    #[error("a SPDY frame of {0} bytes is too large")]
+    FrameTooLarge(usize),
+    /// A control frame of another SPDY version.
+    #[error("SPDY version {0} (only 3 is spoken)")]
+    Version(u16),
+    /// A control frame shorter than its kind's fixed fields.
+    #[error("a SPDY control frame is cut short")]
+    ControlFrameCutShort,
+    /// A header block's zlib stream makes no progress.
+    #[error("a SPDY header block does not inflate")]
+    HeaderBlockStalled,
+    /// A header block's zlib stream asks for a dictionary that does not fit.
+    #[error("SPDY header dictionary: {0}")]
+    Dictionary(#[source] BoxError),
+    /// A header block is not a valid zlib stream.
+    #[error("SPDY header block: {0}")]
+    HeaderBlock(#[source] BoxError),
+    /// A header block inflates to more than c4m takes.
+    #[error("a SPDY header block is too large")]
+    HeaderBlockTooLarge,
+    /// A header block ends inside a name or value.
+    #[error("a SPDY header block is cut short")]
+    HeaderBlockCutShort,
+}
+
 /// Reads the peer's frames from the bytes it sent and writes ours (the
 /// header compression state of both directions).
 pub struct SpdyCodec {
@@ -90,7 +122,10 @@ impl SpdyCodec {
 
     /// The next whole frame received, if any; `Err` for a stream that is
     /// not SPDY/3 (the session must end).
-    pub fn next_frame(&mut self) -> Result<Option<SpdyFrame>, String> {
+    ///
+    /// # Errors
+    /// [`SpdyError`] saying what in the peer's bytes is not SPDY/3.
+    pub fn next_frame(&mut self) -> Result<Option<SpdyFrame>, SpdyError> {
         if self.input.len() < 8 {
             return Ok(None);
         }
@@ -98,7 +133,7 @@ impl SpdyCodec {
             | usize::from(self.input[6]) << 8
             | usize::from(self.input[7]);
         if length > MAX_FRAME {
-            return Err(format!("a SPDY frame of {length} bytes is too large"));
+            return Err(SpdyError::FrameTooLarge(length));
         }
         if self.input.len() < 8 + length {
             return Ok(None);
@@ -116,11 +151,11 @@ impl SpdyCodec {
         }
         let version = ((word >> 16) & 0x7fff) as u16;
         if version != VERSION {
-            return Err(format!("SPDY version {version} (only 3 is spoken)"));
+            return Err(SpdyError::Version(version));
         }
         let need = |frame: &Bytes, n: usize| {
             if frame.len() < n {
-                Err("a SPDY control frame is cut short".to_string())
+                Err(SpdyError::ControlFrameCutShort)
             } else {
                 Ok(())
             }
@@ -151,7 +186,7 @@ impl SpdyCodec {
     }
 
     /// Inflates one header block (the session's zlib stream continues).
-    fn headers(&mut self, block: &[u8]) -> Result<Vec<(String, String)>, String> {
+    fn headers(&mut self, block: &[u8]) -> Result<Vec<(String, String)>, SpdyError> {
         let mut out = Vec::with_capacity(block.len() * 4);
         let mut input = block;
         loop {
@@ -163,7 +198,7 @@ impl SpdyCodec {
             let consumed = (self.inflate.total_in() - before_in) as usize;
             input = &input[consumed..];
             if consumed == 0 && out.len() == before_out && result.is_ok() && !input.is_empty() {
-                return Err("a SPDY header block does not inflate".into());
+                return Err(SpdyError::HeaderBlockStalled);
             }
             match result {
                 Ok(Status::Ok | Status::BufError) if input.is_empty() => break,
@@ -172,12 +207,12 @@ impl SpdyCodec {
                 Err(e) if e.needs_dictionary().is_some() => {
                     self.inflate
                         .set_dictionary(&dictionary())
-                        .map_err(|e| format!("SPDY header dictionary: {e}"))?;
+                        .map_err(|e| SpdyError::Dictionary(e.into()))?;
                 }
-                Err(e) => return Err(format!("SPDY header block: {e}")),
+                Err(e) => return Err(SpdyError::HeaderBlock(e.into())),
             }
             if out.len() > MAX_FRAME {
-                return Err("a SPDY header block is too large".into());
+                return Err(SpdyError::HeaderBlockTooLarge);
             }
         }
         parse_header_block(&out)
@@ -271,9 +306,8 @@ fn control_header(kind: u16, flags: u8, length: usize) -> Vec<u8> {
 
 /// A header block: a count, then length-prefixed names and values (all
 /// 32-bit big endian); several values of one name are NUL-separated.
-fn parse_header_block(block: &[u8]) -> Result<Vec<(String, String)>, String> {
-    let cut_short = || "a SPDY header block is cut short".to_string();
-    let count_bytes = block.get(..4).ok_or_else(cut_short)?;
+fn parse_header_block(block: &[u8]) -> Result<Vec<(String, String)>, SpdyError> {
+    let count_bytes = block.get(..4).ok_or(SpdyError::HeaderBlockCutShort)?;
     let count = u32::from_be_bytes([
         count_bytes[0],
         count_bytes[1],
@@ -281,10 +315,12 @@ fn parse_header_block(block: &[u8]) -> Result<Vec<(String, String)>, String> {
         count_bytes[3],
     ]);
     let mut rest = &block[4..];
-    let mut next = || -> Result<&[u8], String> {
-        let length = rest.get(..4).ok_or_else(cut_short)?;
+    let mut next = || -> Result<&[u8], SpdyError> {
+        let length = rest.get(..4).ok_or(SpdyError::HeaderBlockCutShort)?;
         let length = u32::from_be_bytes([length[0], length[1], length[2], length[3]]) as usize;
-        let value = rest.get(4..4 + length).ok_or_else(cut_short)?;
+        let value = rest
+            .get(4..4 + length)
+            .ok_or(SpdyError::HeaderBlockCutShort)?;
         rest = &rest[4 + length..];
         Ok(value)
     };
@@ -505,18 +541,42 @@ mod tests {
     fn bad_input_is_an_error() {
         let mut codec = SpdyCodec::default();
         codec.push(&[0x80, 2, 0, 1, 0, 0, 0, 0]);
-        assert!(codec.next_frame().unwrap_err().contains("version 2"));
+        assert!(
+            codec
+                .next_frame()
+                .unwrap_err()
+                .to_string()
+                .contains("version 2")
+        );
         let mut codec = SpdyCodec::default();
         codec.push(&[0x80, 3, 0, 1, 0, 0, 0, 2, 0, 0]);
-        assert!(codec.next_frame().unwrap_err().contains("cut short"));
+        assert!(
+            codec
+                .next_frame()
+                .unwrap_err()
+                .to_string()
+                .contains("cut short")
+        );
         let mut codec = SpdyCodec::default();
         codec.push(&[0, 0, 0, 1, 0, 0xff, 0xff, 0xff]);
-        assert!(codec.next_frame().unwrap_err().contains("too large"));
+        assert!(
+            codec
+                .next_frame()
+                .unwrap_err()
+                .to_string()
+                .contains("too large")
+        );
         // A header block that is not a zlib stream.
         let mut codec = SpdyCodec::default();
         let mut frame = control_header(SYN_STREAM, 0, 14);
         frame.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4]);
         codec.push(&frame);
-        assert!(codec.next_frame().unwrap_err().contains("header block"));
+        assert!(
+            codec
+                .next_frame()
+                .unwrap_err()
+                .to_string()
+                .contains("header block")
+        );
     }
 }

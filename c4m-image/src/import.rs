@@ -35,18 +35,21 @@ pub(super) fn import(
             .map(|s| s.to_ascii_lowercase())
             .ok_or_else(|| Error::Invalid(format!("{}: give the image a name", path.display())))?,
     };
-    let fail = |message: String| Error::Invalid(format!("import {}: {message}", path.display()));
-    let meta = std::fs::metadata(path).map_err(|e| fail(e.to_string()))?;
+    let fail = |source: c4m_core::BoxError| Error::Import {
+        path: path.to_path_buf(),
+        source,
+    };
+    let meta = std::fs::metadata(path).map_err(|e| fail(e.into()))?;
     if meta.is_dir() {
-        return import_oci_dir(store, path, &default_name).map_err(|e| fail(e.to_string()));
+        return import_oci_dir(store, path, &default_name).map_err(|e| fail(e.into()));
     }
     let unpacked = tempfile::tempdir_in(&store.tmp)
         .map_err(|e| Error::io(format!("create a directory in {}", store.tmp.display()), e))?;
-    let file = File::open(path).map_err(|e| fail(e.to_string()))?;
+    let file = File::open(path).map_err(|e| fail(e.into()))?;
     // `Archive::unpack` refuses entries that would land outside the target.
     tar::Archive::new(file)
         .unpack(unpacked.path())
-        .map_err(|e| fail(format!("not a readable tar: {e}")))?;
+        .map_err(|e| fail(Error::io("not a readable tar", e).into()))?;
     let dir = unpacked.path();
     let result = if dir.join("oci-layout").is_file() && dir.join("index.json").is_file() {
         import_oci_dir(store, dir, &default_name)
@@ -58,7 +61,7 @@ pub(super) fn import(
                 .into(),
         ))
     };
-    result.map_err(|e| fail(e.to_string()))
+    result.map_err(|e| fail(e.into()))
 }
 
 /// A file of the unpacked archive, refused if it (or a symlink on the way)

@@ -24,15 +24,21 @@ const ZSTD_MAGIC: &[u8] = &[0x28, 0xb5, 0x2f, 0xfd];
 /// bytes) into the empty directory `dest` and checks that the uncompressed
 /// tar has digest `diff_id`.
 pub(crate) fn unpack(blob: impl Read, diff_id: &str, dest: &Path) -> Result<()> {
-    let fail = |message: String| Error::Invalid(format!("layer {diff_id}: {message}"));
+    unpack_checked(blob, diff_id, dest).map_err(|e| Error::Layer {
+        diff_id: diff_id.to_string(),
+        source: Box::new(e),
+    })
+}
+
+fn unpack_checked(blob: impl Read, diff_id: &str, dest: &Path) -> Result<()> {
     let mut buffered = BufReader::new(blob);
-    let magic = buffered
-        .fill_buf()
-        .map_err(|e| fail(format!("read: {e}")))?;
+    let magic = buffered.fill_buf().map_err(|e| Error::io("read", e))?;
     let tar: Box<dyn Read> = if magic.starts_with(GZIP_MAGIC) {
         Box::new(GzDecoder::new(buffered))
     } else if magic.starts_with(ZSTD_MAGIC) {
-        return Err(fail("zstd-compressed layers are not supported".into()));
+        return Err(Error::Invalid(
+            "zstd-compressed layers are not supported".into(),
+        ));
     } else {
         Box::new(buffered)
     };
@@ -43,17 +49,15 @@ pub(crate) fn unpack(blob: impl Read, diff_id: &str, dest: &Path) -> Result<()> 
         archive.set_preserve_ownerships(true);
         archive.set_preserve_mtime(true);
         archive.set_overwrite(true);
-        let entries = archive
-            .entries()
-            .map_err(|e| fail(format!("read tar: {e}")))?;
+        let entries = archive.entries().map_err(|e| Error::io("read tar", e))?;
         for entry in entries {
-            let mut entry = entry.map_err(|e| fail(format!("read tar: {e}")))?;
-            apply(&mut entry, dest).map_err(fail)?;
+            let mut entry = entry.map_err(|e| Error::io("read tar", e))?;
+            apply(&mut entry, dest)?;
         }
     }
-    let (actual, _) = hashing.finish().map_err(|e| fail(format!("read: {e}")))?;
+    let (actual, _) = hashing.finish().map_err(|e| Error::io("read", e))?;
     if actual != diff_id {
-        return Err(fail(format!(
+        return Err(Error::Invalid(format!(
             "content does not match: the uncompressed layer has digest {actual}"
         )));
     }
@@ -61,10 +65,10 @@ pub(crate) fn unpack(blob: impl Read, diff_id: &str, dest: &Path) -> Result<()> 
 }
 
 /// Applies one tar entry to the layer directory.
-fn apply<R: Read>(entry: &mut tar::Entry<'_, R>, dest: &Path) -> Result<(), String> {
+fn apply<R: Read>(entry: &mut tar::Entry<'_, R>, dest: &Path) -> Result<()> {
     let raw = entry
         .path()
-        .map_err(|e| format!("bad entry path: {e}"))?
+        .map_err(|e| Error::io("bad entry path", e))?
         .into_owned();
     let relative = contained(&raw)?;
     let Some(name) = relative.file_name().and_then(|n| n.to_str()) else {
@@ -77,35 +81,37 @@ fn apply<R: Read>(entry: &mut tar::Entry<'_, R>, dest: &Path) -> Result<(), Stri
         let parent = create_parent_inside(dest, parent, &raw)?;
         if name == OPAQUE_WHITEOUT {
             xattr::set(&parent, OVERLAY_OPAQUE_XATTR, b"y")
-                .map_err(|e| format!("{}: mark directory opaque: {e}", raw.display()))?;
+                .map_err(|e| Error::io(format!("{}: mark directory opaque", raw.display()), e))?;
         } else {
             let target = parent.join(hidden);
-            remove_existing(&target).map_err(|e| format!("{}: {e}", raw.display()))?;
+            remove_existing(&target).map_err(|e| Error::io(raw.display().to_string(), e))?;
             mknod(&target, SFlag::S_IFCHR, Mode::empty(), makedev(0, 0))
-                .map_err(|e| format!("{}: create whiteout: {e}", raw.display()))?;
+                .map_err(|e| Error::io(format!("{}: create whiteout", raw.display()), e.into()))?;
         }
         return Ok(());
     }
     let unpacked = entry
         .unpack_in(dest)
-        .map_err(|e| format!("{}: {}", raw.display(), with_sources(&e)))?;
+        .map_err(|e| Error::io(raw.display().to_string(), with_causes(e)))?;
     if !unpacked {
-        return Err(format!("{}: path leaves the layer", raw.display()));
+        return Err(leaves_the_layer(&raw));
     }
     Ok(())
 }
 
+fn leaves_the_layer(path: &Path) -> Error {
+    Error::Invalid(format!("{}: path leaves the layer", path.display()))
+}
+
 /// The entry path relative to the layer root: a leading `/` or `./` is
 /// dropped (tar tools write both), `..` is refused.
-fn contained(path: &Path) -> Result<PathBuf, String> {
+fn contained(path: &Path) -> Result<PathBuf> {
     let mut relative = PathBuf::new();
     for component in path.components() {
         match component {
             Component::Normal(part) => relative.push(part),
             Component::RootDir | Component::CurDir => {}
-            Component::ParentDir | Component::Prefix(_) => {
-                return Err(format!("{}: path leaves the layer", path.display()));
-            }
+            Component::ParentDir | Component::Prefix(_) => return Err(leaves_the_layer(path)),
         }
     }
     Ok(relative)
@@ -114,17 +120,17 @@ fn contained(path: &Path) -> Result<PathBuf, String> {
 /// Creates `dest/parent` and checks that, symlinks resolved, it is still
 /// inside `dest` (an earlier entry may have made a component a symlink to
 /// the host's `/etc`).
-fn create_parent_inside(dest: &Path, parent: &Path, raw: &Path) -> Result<PathBuf, String> {
+fn create_parent_inside(dest: &Path, parent: &Path, raw: &Path) -> Result<PathBuf> {
     let path = dest.join(parent);
-    std::fs::create_dir_all(&path).map_err(|e| format!("{}: {e}", raw.display()))?;
+    std::fs::create_dir_all(&path).map_err(|e| Error::io(raw.display().to_string(), e))?;
     let canonical_dest = dest
         .canonicalize()
-        .map_err(|e| format!("{}: {e}", dest.display()))?;
+        .map_err(|e| Error::io(dest.display().to_string(), e))?;
     let canonical = path
         .canonicalize()
-        .map_err(|e| format!("{}: {e}", raw.display()))?;
+        .map_err(|e| Error::io(raw.display().to_string(), e))?;
     if !canonical.starts_with(&canonical_dest) {
-        return Err(format!("{}: path leaves the layer", raw.display()));
+        return Err(leaves_the_layer(raw));
     }
     Ok(canonical)
 }
@@ -138,14 +144,32 @@ fn remove_existing(path: &Path) -> std::io::Result<()> {
     }
 }
 
-/// An error with its causes (`tar` puts the useful part in the source).
-fn with_sources(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
+/// `tar`'s error for an entry, whose text is a generic header (`failed to
+/// unpack ...`) with the useful part (`Permission denied`, ...) in its
+/// source: the same error, its text showing both.
+fn with_causes(error: std::io::Error) -> std::io::Error {
+    std::io::Error::new(error.kind(), ShownWithCauses(error))
+}
+
+#[derive(Debug)]
+struct ShownWithCauses(std::io::Error);
+
+impl std::fmt::Display for ShownWithCauses {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = std::error::Error::source(&self.0);
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
     }
-    text
+}
+
+impl std::error::Error for ShownWithCauses {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        // The text above already shows `self.0` and its causes; the chain
+        // goes on from the first of them.
+        std::error::Error::source(&self.0)
+    }
 }

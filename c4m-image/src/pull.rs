@@ -60,13 +60,22 @@ pub async fn pull(
     credentials: Option<&RegistryCredentials>,
 ) -> Result<Image> {
     let parsed = Reference::parse(reference)?;
-    let fail = |message: String| Error::Invalid(format!("pull {parsed}: {message}"));
+    let fail = |source: Error| Error::Pull {
+        reference: parsed.to_string(),
+        source: Box::new(source),
+    };
+    let invalid = |message: String| fail(Error::Invalid(message));
     // Garbage collection waits until the pulled image is in the catalog.
     let _fence = {
         let store = Arc::clone(store);
         tokio::task::spawn_blocking(move || store.gc_fence())
             .await
-            .map_err(|e| fail(format!("lock task failed: {e}")))??
+            .map_err(|source| {
+                fail(Error::Task {
+                    what: "lock task failed",
+                    source,
+                })
+            })??
     };
     // rustls needs a process-wide crypto provider; the first pull installs
     // ring (an error means one is installed already).
@@ -104,17 +113,21 @@ pub async fn pull(
         let (bytes, _) = client
             .pull_manifest_raw(&target, &auth, &ACCEPTED)
             .await
-            .map_err(|e| fail(format!("manifest: {e}")))?;
+            .map_err(|e| fail(Error::registry("manifest", e)))?;
         let digest = digest_of(&bytes);
         if let Some(expected) = &wanted
             && *expected != digest
         {
-            return Err(fail(format!(
+            return Err(invalid(format!(
                 "the registry's manifest has digest {digest}, not {expected}"
             )));
         }
-        let value: serde_json::Value = serde_json::from_slice(&bytes)
-            .map_err(|e| fail(format!("manifest {digest} is not JSON: {e}")))?;
+        let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
+            fail(Error::malformed(
+                format!("manifest {digest} is not JSON"),
+                e,
+            ))
+        })?;
         let media_type = value["mediaType"].as_str().unwrap_or_default();
         let is_index = media_type == OCI_INDEX
             || media_type == DOCKER_MANIFEST_LIST
@@ -124,18 +137,18 @@ pub async fn pull(
         }
         depth += 1;
         if depth >= MAX_INDEX_DEPTH {
-            return Err(fail("indexes nested too deep".into()));
+            return Err(invalid("indexes nested too deep".into()));
         }
         let index = ImageIndex::from_reader(&bytes[..])
-            .map_err(|e| fail(format!("index {digest}: {e}")))?;
+            .map_err(|e| fail(Error::malformed(format!("index {digest}"), e)))?;
         let chosen = crate::import::platform_descriptor(&index)
-            .ok_or_else(|| fail(format!("index {digest} has no image for this platform")))?;
+            .ok_or_else(|| invalid(format!("index {digest} has no image for this platform")))?;
         let next = chosen.digest().to_string();
         target = remote(Some(&next));
         wanted = Some(next);
     };
     let manifest = ImageManifest::from_reader(&manifest_bytes[..])
-        .map_err(|e| fail(format!("manifest {manifest_digest}: {e}")))?;
+        .map_err(|e| fail(Error::malformed(format!("manifest {manifest_digest}"), e)))?;
     let mut descriptors: Vec<Descriptor> = vec![manifest.config().clone()];
     descriptors.extend(manifest.layers().iter().cloned());
     for descriptor in descriptors {
@@ -156,12 +169,17 @@ pub async fn pull(
         client
             .pull_blob(&target, digest.as_str(), file)
             .await
-            .map_err(|e| fail(format!("blob {digest}: {e}")))?;
+            .map_err(|e| fail(Error::registry(format!("blob {digest}"), e)))?;
         let store = Arc::clone(store);
         tokio::task::spawn_blocking(move || store.blobs.adopt(&digest, temp).map(drop))
             .await
-            .map_err(|e| fail(format!("store task failed: {e}")))?
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(|source| {
+                fail(Error::Task {
+                    what: "store task failed",
+                    source,
+                })
+            })?
+            .map_err(fail)?;
     }
     let store = Arc::clone(store);
     tokio::task::spawn_blocking(move || {
@@ -169,7 +187,10 @@ pub async fn pull(
         store.add_image(&manifest_digest, std::slice::from_ref(&parsed))
     })
     .await
-    .map_err(|e| Error::malformed("pull: store task failed", e))?
+    .map_err(|source| Error::Task {
+        what: "pull: store task failed",
+        source,
+    })?
 }
 
 #[cfg(test)]

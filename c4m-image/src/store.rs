@@ -139,10 +139,13 @@ impl ImageStore {
     pub fn config(&self, image: &Image) -> Result<ImageConfiguration> {
         let bytes = self.blobs.read(&image.config_digest)?;
         ImageConfiguration::from_reader(&bytes[..]).map_err(|e| {
-            Error::Invalid(format!(
-                "image {}: bad configuration {}: {e}",
-                image.digest, image.config_digest
-            ))
+            Error::malformed(
+                format!(
+                    "image {}: bad configuration {}",
+                    image.digest, image.config_digest
+                ),
+                e,
+            )
         })
     }
 
@@ -153,11 +156,15 @@ impl ImageStore {
         let fail = |message: String| Error::Invalid(format!("image {manifest_digest}: {message}"));
         let manifest_bytes = self.blobs.read(manifest_digest)?;
         let manifest = ImageManifest::from_reader(&manifest_bytes[..])
-            .map_err(|e| fail(format!("bad manifest: {e}")))?;
+            .map_err(|e| Error::malformed(format!("image {manifest_digest}: bad manifest"), e))?;
         let config_digest = manifest.config().digest().to_string();
         let config_bytes = self.blobs.read(&config_digest)?;
-        let config = ImageConfiguration::from_reader(&config_bytes[..])
-            .map_err(|e| fail(format!("bad configuration {config_digest}: {e}")))?;
+        let config = ImageConfiguration::from_reader(&config_bytes[..]).map_err(|e| {
+            Error::malformed(
+                format!("image {manifest_digest}: bad configuration {config_digest}"),
+                e,
+            )
+        })?;
         let diff_ids = config.rootfs().diff_ids();
         if diff_ids.len() != manifest.layers().len() {
             return Err(fail(format!(

@@ -33,6 +33,8 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use c4m_core::BoxError;
+
 use crate::lookup::{DnsEndpoint, ServiceLookup};
 
 /// TTL of every record served, in seconds: short, because endpoints come and go.
@@ -51,15 +53,17 @@ const EPHEMERAL_BIND_ATTEMPTS: usize = 16;
 #[derive(Debug, thiserror::Error)]
 pub enum DnsError {
     /// The configured zone is not a usable domain name.
-    #[error("invalid dns zone {zone:?}: {reason}")]
+    #[error("invalid dns zone {zone:?}: {source}")]
     InvalidZone {
         /// The zone as configured.
         zone: String,
-        /// Why it was rejected.
-        reason: String,
+        /// Why it was rejected (the name parser's error, or why a valid
+        /// name cannot be served).
+        #[source]
+        source: BoxError,
     },
     /// A UDP or TCP socket could not be bound.
-    #[error("cannot bind dns server to {addr}")]
+    #[error("cannot bind dns server to {addr}: {source}")]
     Bind {
         /// The address that was being bound.
         addr: SocketAddr,
@@ -68,7 +72,7 @@ pub enum DnsError {
         source: std::io::Error,
     },
     /// A server task failed (a socket closed unexpectedly or a task panicked).
-    #[error("dns server failed")]
+    #[error("dns server failed: {0}")]
     Serve(#[source] NetError),
 }
 
@@ -182,22 +186,22 @@ struct ZoneHandler {
 
 impl ZoneHandler {
     fn new(zone: &str, lookup: Arc<dyn ServiceLookup>) -> Result<Self, DnsError> {
-        let invalid = |reason: String| DnsError::InvalidZone {
+        let invalid = |source: BoxError| DnsError::InvalidZone {
             zone: zone.to_owned(),
-            reason,
+            source,
         };
         let mut apex = Name::from_ascii(zone)
-            .map_err(|error| invalid(error.to_string()))?
+            .map_err(|error| invalid(error.into()))?
             .to_lowercase();
         apex.set_fqdn(true);
         if apex.is_root() {
-            return Err(invalid("the root zone cannot be served".to_owned()));
+            return Err(invalid("the root zone cannot be served".into()));
         }
 
         let soa_name = |prefix: &str| {
             Name::from_ascii(prefix)
                 .and_then(|name| name.append_domain(&apex))
-                .map_err(|error| invalid(error.to_string()))
+                .map_err(|error| invalid(error.into()))
         };
         // Serial: bind time, like CoreDNS; nothing transfers this zone, it only has to be valid.
         let serial = SystemTime::now()

@@ -37,7 +37,7 @@ pub enum Error {
     Invalid(String),
 
     /// A CNI network configuration list is invalid.
-    #[error("cni config {file}: {field}: {message}")]
+    #[error("cni config {file}: {field}: {message}{}", caused_by(.source))]
     CniConfig {
         /// The configuration file.
         file: PathBuf,
@@ -45,11 +45,14 @@ pub enum Error {
         field: String,
         /// What is wrong with it.
         message: String,
+        /// The decoder's error, when one showed it.
+        #[source]
+        source: Option<BoxError>,
     },
 
     /// A CNI plugin failed: its error object (CNI spec 1.0.0), or how it
     /// ended when it printed none.
-    #[error("cni plugin {plugin} {command} for {container}: {message}")]
+    #[error("cni plugin {plugin} {command} for {container}: {message}{}", caused_by(.source))]
     CniPlugin {
         /// The plugin (its `type`).
         plugin: String,
@@ -61,8 +64,13 @@ pub enum Error {
         /// plugin's own); None when the plugin printed no error object.
         code: Option<u32>,
         /// The error object's `msg` and `details` with its code, or the
-        /// plugin's exit status and standard error.
+        /// plugin's exit status and standard error, or what c4m was doing
+        /// when running it failed.
         message: String,
+        /// Why running it failed (spawning, waiting, decoding what it
+        /// printed); None when the plugin itself reported the failure.
+        #[source]
+        source: Option<BoxError>,
     },
 
     /// An I/O error with what was being done.
@@ -74,6 +82,14 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// `: cause` after a message, when there is a cause.
+fn caused_by(source: &Option<BoxError>) -> String {
+    source
+        .as_ref()
+        .map(|source| format!(": {source}"))
+        .unwrap_or_default()
 }
 
 /// `Result` with [`Error`].

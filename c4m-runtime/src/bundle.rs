@@ -221,10 +221,7 @@ pub(super) fn user(
 
 /// The complete runtime spec.
 pub(super) fn runtime_spec(spec: &ContainerSpec, input: &BundleInput<'_>) -> Result<Spec> {
-    let fail = |e: oci_spec::OciSpecError| Error::Runtime {
-        id: spec.id.clone(),
-        message: format!("build the runtime spec: {e}"),
-    };
+    let fail = |e: oci_spec::OciSpecError| Error::container(&spec.id, "build the runtime spec", e);
     let args = argv(spec, input.image);
     if args.is_empty() {
         return Err(Error::Runtime {

@@ -436,7 +436,7 @@ impl Inner {
         configure(&mut command);
         let mut child = command.spawn().map_err(|e| {
             let dir = spec.working_dir.as_deref().unwrap_or(Path::new("/"));
-            runtime_error(format!("spawn {argv:?} in {}: {e}", dir.display()))
+            Error::container(&spec.id, format!("spawn {argv:?} in {}", dir.display()), e)
         })?;
         let released = async {
             let pid = child
@@ -451,7 +451,7 @@ impl Inner {
                 .ok_or_else(|| runtime_error("no stdin pipe to release the process".into()))?;
             gate.write_all(b"go\n")
                 .await
-                .map_err(|e| runtime_error(format!("release process {pid}: {e}")))?;
+                .map_err(|e| Error::container(&spec.id, format!("release process {pid}"), e))?;
             Ok(gate)
         }
         .await;
@@ -503,10 +503,7 @@ impl Inner {
                 stdout: output.stdout,
                 stderr: output.stderr,
             }),
-            Ok(Err(e)) => Err(Error::Runtime {
-                id: id.to_string(),
-                message: format!("exec {argv:?}: wait: {e}"),
-            }),
+            Ok(Err(e)) => Err(Error::container(id, format!("exec {argv:?}: wait"), e)),
             Err(_) => {
                 // Dropping the child killed its main process; its own
                 // children go with the group.
@@ -696,8 +693,9 @@ impl ContainerRuntime for ProcessRuntime {
             )));
         }
         let previous_ports = previous.as_ref().map_or(&[][..], |p| &p.ports[..]);
-        let ports = allocate_ports(inner.host_ip, &spec.ports, previous_ports)
-            .map_err(|e| runtime_error(format!("allocate host ports on {}: {e}", inner.host_ip)))?;
+        let ports = allocate_ports(inner.host_ip, &spec.ports, previous_ports).map_err(|e| {
+            Error::container(id, format!("allocate host ports on {}", inner.host_ip), e)
+        })?;
         let group = inner.group(id);
         if let Some(group) = &group {
             group.create(&spec.resources)?;

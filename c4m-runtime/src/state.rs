@@ -238,19 +238,14 @@ pub(crate) async fn load<T: DeserializeOwned>(dir: &Path, id: &str) -> Result<Op
     };
     serde_json::from_slice(&bytes)
         .map(Some)
-        .map_err(|e| Error::Runtime {
-            id: id.to_string(),
-            message: format!("corrupt state file {}: {e}", path.display()),
-        })
+        .map_err(|e| Error::container(id, format!("corrupt state file {}", path.display()), e))
 }
 
 /// Writes `dir/state.json` atomically (temp file + rename), so a crash
 /// leaves the old or the new state, never half of one.
 pub(crate) async fn save<T: Serialize>(dir: &Path, id: &str, record: &T) -> Result<()> {
-    let json = serde_json::to_vec_pretty(record).map_err(|e| Error::Runtime {
-        id: id.to_string(),
-        message: format!("serialize state: {e}"),
-    })?;
+    let json = serde_json::to_vec_pretty(record)
+        .map_err(|e| Error::container(id, "serialize state", e))?;
     let temp = dir.join("state.json.tmp");
     tokio::fs::write(&temp, json)
         .await
@@ -331,10 +326,7 @@ pub(crate) async fn logs<C: Containers>(
             let tail_path = path.clone();
             tokio::task::spawn_blocking(move || logs::tail_offset(&tail_path, lines))
                 .await
-                .map_err(|e| Error::Runtime {
-                    id: id.to_string(),
-                    message: format!("tail task failed: {e}"),
-                })?
+                .map_err(|e| Error::container(id, "tail task failed", e))?
                 .map_err(|e| Error::io(format!("tail {}", path.display()), e))?
         }
     };

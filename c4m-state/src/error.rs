@@ -2,6 +2,9 @@
 
 use crate::types::Precondition;
 
+/// A boxed error of what failed underneath (a thread, a task), kept as the cause.
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 /// Result alias used throughout the store.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -47,9 +50,15 @@ pub enum Error {
     #[cfg(feature = "redb")]
     #[error("storage error: {0}")]
     Storage(#[from] redb::Error),
-    /// A background task failed unexpectedly.
-    #[error("internal error: {0}")]
-    Internal(String),
+    /// A background task or thread failed unexpectedly.
+    #[error("internal error: {context}: {source}")]
+    Internal {
+        /// What was being done (`read task failed`).
+        context: &'static str,
+        /// Why it failed (a join error, an I/O error, a failed group commit's message).
+        #[source]
+        source: BoxError,
+    },
 }
 
 impl Error {
@@ -61,6 +70,14 @@ impl Error {
     /// History the caller asked for is gone (HTTP 410): re-list.
     pub fn is_compacted(&self) -> bool {
         matches!(self, Error::Compacted { .. })
+    }
+
+    /// A background task or thread that failed while doing `context`.
+    pub(crate) fn internal(context: &'static str, source: impl Into<BoxError>) -> Self {
+        Error::Internal {
+            context,
+            source: source.into(),
+        }
     }
 
     /// Wraps any redb error (they all convert into `redb::Error`).

@@ -86,7 +86,7 @@ impl RedbStore {
         let writer = std::thread::Builder::new()
             .name("c4m-state-writer".into())
             .spawn(move || writer.run(queue))
-            .map_err(|err| Error::Internal(format!("cannot start writer thread: {err}")))?;
+            .map_err(|err| Error::internal("cannot start writer thread", err))?;
         Ok(RedbStore {
             db,
             requests: Some(requests),
@@ -108,7 +108,7 @@ impl RedbStore {
             read(&txn)
         })
         .await
-        .map_err(|err| Error::Internal(format!("read task failed: {err}")))?
+        .map_err(|err| Error::internal("read task failed", err))?
     }
 }
 
@@ -193,7 +193,7 @@ impl History for RedbHistory {
                 tables::read_history(&txn, &prefix, after, through)
             })
             .await
-            .map_err(|err| Error::Internal(format!("history read task failed: {err}")))?
+            .map_err(|err| Error::internal("history read task failed", err))?
         })
     }
 }

@@ -78,7 +78,7 @@ impl Writer {
                     // Error is not Clone (redb's errors aren't): the first caller gets the
                     // original, the rest its message.
                     let error = error.take().unwrap_or_else(|| {
-                        Error::Internal(format!("group commit failed: {}", failure.message))
+                        Error::internal("group commit failed", failure.message.clone())
                     });
                     let _ = request.reply.send(Err(error));
                 }

@@ -100,8 +100,9 @@ pub struct Requests {
 /// Kubernetes.
 ///
 /// # Errors
-/// [`Error::Invalid`] naming the field (`containers[1].resources.requests.cpu`)
-/// when a quantity does not parse or the sum overflows.
+/// [`Error::InvalidField`] naming the field
+/// (`containers[1].resources.requests.cpu`) when a quantity does not parse,
+/// [`Error::Invalid`] naming it when the sum overflows.
 pub fn pod_requests(spec: &PodSpec) -> Result<Requests> {
     let mut total = Requests::default();
     for (index, container) in spec.containers.iter().enumerate() {
@@ -137,8 +138,10 @@ fn effective_request(
     });
     match found {
         None => Ok(0),
-        Some((field, quantity)) => parse(&quantity.0)
-            .map_err(|err| Error::Invalid(format!("{path}.{field}.{resource}: {err}"))),
+        Some((field, quantity)) => parse(&quantity.0).map_err(|err| Error::InvalidField {
+            field: format!("{path}.{field}.{resource}"),
+            source: Box::new(err),
+        }),
     }
 }
 

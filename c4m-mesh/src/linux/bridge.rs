@@ -133,7 +133,8 @@ impl LinuxNetwork {
                 .insert(vpc.name.clone(), Ipam::create(path, vpc.clone())?);
         }
         let bridge = vpc.bridge_name();
-        let netlink = |e: rtnetlink::Error| vpc_error(vpc, format!("bridge {bridge}: {e}"));
+        let netlink =
+            |e: rtnetlink::Error| Error::failed(format!("vpc {}: bridge {bridge}", vpc.name), e);
         let index = match link_index(&self.host, &bridge).await.map_err(netlink)? {
             Some(index) => index,
             None => {
@@ -173,7 +174,12 @@ impl LinuxNetwork {
     /// Whether the instance's veth is in place: the host end exists and the
     /// namespace's `eth0` holds the instance's address.
     async fn is_wired(&self, inside: &Handle, attachment: &Attachment) -> Result<bool> {
-        let failed = |e| instance_error(&attachment.instance, format!("checking links: {e}"));
+        let failed = |e: rtnetlink::Error| {
+            Error::failed(
+                format!("instance {}: checking links", attachment.instance),
+                e,
+            )
+        };
         if link_index(&self.host, &attachment.host_interface)
             .await
             .map_err(failed)?
@@ -207,8 +213,9 @@ impl LinuxNetwork {
         attachment: &Attachment,
     ) -> Result<()> {
         let instance = &attachment.instance;
-        let failed =
-            |step: &str, e: rtnetlink::Error| instance_error(instance, format!("{step}: {e}"));
+        let failed = |step: &str, e: rtnetlink::Error| {
+            Error::failed(format!("instance {instance}: {step}"), e)
+        };
         let peer = format!("c4p{:08x}", u32::from(attachment.address));
         for name in [&attachment.host_interface, &peer] {
             delete_link(&self.host, name)
@@ -341,7 +348,7 @@ impl LinuxNetwork {
             // namespace: deleting the host end frees the link now.
             delete_link(&self.host, &host_interface(*address))
                 .await
-                .map_err(|e| instance_error(instance, format!("removing its veth: {e}")))?;
+                .map_err(|e| Error::failed(format!("instance {instance}: removing its veth"), e))?;
         }
         netns::remove(&self.namespace_path(instance))?;
         remove_file_if_present(&self.resolv_conf_path(instance))?;
@@ -370,7 +377,12 @@ impl Network for LinuxNetwork {
         }
         delete_link(&self.host, &vpc.bridge_name())
             .await
-            .map_err(|e| vpc_error(&vpc, format!("removing bridge {}: {e}", vpc.bridge_name())))?;
+            .map_err(|e| {
+                Error::failed(
+                    format!("vpc {}: removing bridge {}", vpc.name, vpc.bridge_name()),
+                    e,
+                )
+            })?;
         firewall::remove(&vpc).await?;
         state.rules_loaded.remove(name);
         if let Some(ipam) = state.vpcs.remove(name) {
@@ -461,7 +473,7 @@ pub(crate) async fn link_index(
 async fn required_link(handle: &Handle, name: &str, instance: &str) -> Result<u32> {
     link_index(handle, name)
         .await
-        .map_err(|e| instance_error(instance, format!("finding {name}: {e}")))?
+        .map_err(|e| Error::failed(format!("instance {instance}: finding {name}"), e))?
         .ok_or_else(|| instance_error(instance, format!("link {name} is missing")))
 }
 

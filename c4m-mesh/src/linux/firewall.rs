@@ -83,20 +83,21 @@ pub(crate) async fn load(what: &str, script: &str) -> Result<()> {
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| {
-            failed(format!(
-                "running nft (is the nftables package installed?): {e}"
-            ))
+            Error::failed(
+                format!("{what}: running nft (is the nftables package installed?)"),
+                e,
+            )
         })?;
     if let Some(mut stdin) = child.stdin.take() {
         stdin
             .write_all(script.as_bytes())
             .await
-            .map_err(|e| failed(format!("writing to nft: {e}")))?;
+            .map_err(|e| Error::failed(format!("{what}: writing to nft"), e))?;
     }
     let output = child
         .wait_with_output()
         .await
-        .map_err(|e| failed(format!("waiting for nft: {e}")))?;
+        .map_err(|e| Error::failed(format!("{what}: waiting for nft"), e))?;
     if output.status.success() {
         Ok(())
     } else {

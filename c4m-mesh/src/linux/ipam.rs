@@ -45,8 +45,9 @@ impl Ipam {
     pub(crate) fn load(path: PathBuf, name: &str) -> Result<Ipam> {
         let text = std::fs::read(&path)
             .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
-        let file: IpamFile = serde_json::from_slice(&text)
-            .map_err(|e| network_error(&path, format!("not an allocation table: {e}")))?;
+        let file: IpamFile = serde_json::from_slice(&text).map_err(|e| {
+            Error::failed(format!("{}: not an allocation table", path.display()), e)
+        })?;
         let vpc = VpcNetwork {
             name: name.to_string(),
             subnet: file.subnet,
@@ -127,7 +128,7 @@ impl Ipam {
             allocations: self.allocations.clone(),
         };
         let text = serde_json::to_vec_pretty(&file)
-            .map_err(|e| network_error(&self.path, format!("encoding: {e}")))?;
+            .map_err(|e| Error::failed(format!("{}: encoding", self.path.display()), e))?;
         write_atomically(&self.path, &text)
     }
 

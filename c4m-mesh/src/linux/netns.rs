@@ -25,7 +25,7 @@ where
     let shown = path.to_path_buf();
     on_own_thread(move || {
         nix::sched::setns(&namespace, CloneFlags::CLONE_NEWNET)
-            .map_err(|e| namespace_error(&shown, format!("entering: {e}")))?;
+            .map_err(|e| namespace_failed(&shown, "entering", e))?;
         Ok(work())
     })
 }
@@ -44,7 +44,7 @@ pub(crate) fn create(path: &Path) -> Result<()> {
     let target: PathBuf = path.to_path_buf();
     on_own_thread(move || {
         nix::sched::unshare(CloneFlags::CLONE_NEWNET)
-            .map_err(|e| namespace_error(&target, format!("unshare: {e}")))?;
+            .map_err(|e| namespace_failed(&target, "unshare", e))?;
         nix::mount::mount(
             Some("/proc/thread-self/ns/net"),
             &target,
@@ -52,7 +52,7 @@ pub(crate) fn create(path: &Path) -> Result<()> {
             MsFlags::MS_BIND,
             None::<&str>,
         )
-        .map_err(|e| namespace_error(&target, format!("bind mount: {e}")))
+        .map_err(|e| namespace_failed(&target, "bind mount", e))
     })
 }
 
@@ -66,7 +66,7 @@ pub(crate) fn is_namespace(path: &Path) -> bool {
 pub(crate) fn remove(path: &Path) -> Result<()> {
     match nix::mount::umount2(path, MntFlags::MNT_DETACH) {
         Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
-        Err(e) => return Err(namespace_error(path, format!("unmount: {e}"))),
+        Err(e) => return Err(namespace_failed(path, "unmount", e)),
     }
     match std::fs::remove_file(path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -85,7 +85,7 @@ pub(crate) fn netlink_in(path: &Path) -> Result<rtnetlink::Handle> {
         let _entered = runtime.enter();
         rtnetlink::new_connection()
     })?
-    .map_err(|e| namespace_error(&shown, format!("netlink socket: {e}")))?;
+    .map_err(|e| namespace_failed(&shown, "netlink socket", e))?;
     tokio::spawn(connection);
     Ok(handle)
 }
@@ -107,9 +107,6 @@ fn on_own_thread<T: Send + 'static>(
         })
 }
 
-fn namespace_error(path: &Path, message: String) -> Error {
-    Error::Network {
-        what: format!("namespace {}", path.display()),
-        message,
-    }
+fn namespace_failed(path: &Path, what: &str, source: impl Into<c4m_core::BoxError>) -> Error {
+    Error::failed(format!("namespace {}: {what}", path.display()), source)
 }

@@ -80,7 +80,7 @@ impl VxlanOverlay {
             .execute()
             .try_next()
             .await
-            .map_err(|e| failed(format!("finding the interface of {underlay}: {e}")))?
+            .map_err(|e| overlay_failed(format!("finding the interface of {underlay}"), e))?
             .ok_or_else(|| failed(format!("no interface of this node holds {underlay}")))?;
         let underlay_index = address.header.index;
         let link = host
@@ -90,7 +90,7 @@ impl VxlanOverlay {
             .execute()
             .try_next()
             .await
-            .map_err(|e| failed(format!("reading interface {underlay_index}: {e}")))?
+            .map_err(|e| overlay_failed(format!("reading interface {underlay_index}"), e))?
             .ok_or_else(|| failed(format!("interface {underlay_index} vanished")))?;
         let underlay_mtu = link
             .attributes
@@ -144,7 +144,7 @@ impl VxlanOverlay {
     /// The device's index, creating it (or re-creating one that is not
     /// what this node needs) first.
     async fn ensure_device(&self) -> Result<u32> {
-        let failed = |e: rtnetlink::Error| overlay_error(format!("{OVERLAY_DEVICE}: {e}"));
+        let failed = |e: rtnetlink::Error| overlay_failed(OVERLAY_DEVICE, e);
         let mac = vtep_mac(self.underlay);
         if let Some(index) = link_index(&self.host, OVERLAY_DEVICE)
             .await
@@ -223,7 +223,7 @@ impl VxlanOverlay {
                 .replace()
                 .execute()
                 .await
-                .map_err(|e| overlay_error(format!("adding a forwarding entry: {e}")))?;
+                .map_err(|e| overlay_failed("adding a forwarding entry", e))?;
         }
         Ok(())
     }
@@ -250,7 +250,7 @@ impl VxlanOverlay {
                 .replace()
                 .execute()
                 .await
-                .map_err(|e| overlay_error(format!("adding a neighbour entry: {e}")))?;
+                .map_err(|e| overlay_failed("adding a neighbour entry", e))?;
         }
         Ok(())
     }
@@ -274,7 +274,7 @@ impl VxlanOverlay {
                     .execute()
                     .await
                     .or_else(ignore_missing)
-                    .map_err(|e| overlay_error(format!("removing {what}: {e}")))?,
+                    .map_err(|e| overlay_failed(format!("removing {what}"), e))?,
             }
         }
         Ok(present)
@@ -283,7 +283,7 @@ impl VxlanOverlay {
     /// One route per (VPC, peer): the peer's slice via its underlay
     /// address, on the device.
     async fn sync_routes(&self, index: u32, routes: &BTreeMap<Ipv4Net, Ipv4Addr>) -> Result<()> {
-        let failed = |e: rtnetlink::Error| overlay_error(format!("routes: {e}"));
+        let failed = |e: rtnetlink::Error| overlay_failed("routes", e);
         let listed: Vec<RouteMessage> = self
             .host
             .route()
@@ -355,7 +355,7 @@ impl VxlanOverlay {
             .execute()
             .try_collect()
             .await
-            .map_err(|e| overlay_error(format!("listing neighbour entries: {e}")))?;
+            .map_err(|e| overlay_failed("listing neighbour entries", e))?;
         Ok(listed
             .into_iter()
             .filter(|n| n.header.ifindex == index && n.header.family == family)
@@ -457,6 +457,10 @@ fn overlay_error(message: String) -> Error {
         what: "overlay".into(),
         message,
     }
+}
+
+fn overlay_failed(what: impl std::fmt::Display, source: rtnetlink::Error) -> Error {
+    Error::failed(format!("overlay: {what}"), source)
 }
 
 #[cfg(test)]

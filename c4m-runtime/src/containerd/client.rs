@@ -31,12 +31,9 @@ pub(super) struct Client {
 impl Client {
     /// Connects to the containerd listening on `socket`.
     pub(super) async fn connect(socket: &Path) -> Result<Client> {
-        let channel = containerd_client::connect(socket).await.map_err(|e| {
-            Error::Invalid(format!(
-                "cannot reach containerd at {}: {e}",
-                socket.display()
-            ))
-        })?;
+        let channel = containerd_client::connect(socket)
+            .await
+            .map_err(|e| Error::daemon_unreachable("containerd", socket, e))?;
         Ok(Client { channel })
     }
 

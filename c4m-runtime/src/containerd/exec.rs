@@ -63,7 +63,7 @@ impl Fifos {
 
 fn make_fifo(id: &str, path: &Path) -> Result<()> {
     nix::unistd::mkfifo(path, Mode::S_IRUSR | Mode::S_IWUSR)
-        .map_err(|e| runtime_error(id, format!("create FIFO {}: {e}", path.display())))
+        .map_err(|e| Error::container(id, format!("create FIFO {}", path.display()), e))
 }
 
 /// Opens `path` for reading off the async threads; the open completes once
@@ -90,7 +90,9 @@ async fn opened_reader(
     let file = match tokio::time::timeout(OPEN_TIMEOUT, open).await {
         Ok(Ok(Ok(file))) => file,
         Ok(Ok(Err(e))) => return Err(Error::io(format!("open {}", path.display()), e)),
-        Ok(Err(e)) => return Err(runtime_error(id, format!("open {}: {e}", path.display()))),
+        Ok(Err(e)) => {
+            return Err(Error::container(id, format!("open {}", path.display()), e));
+        }
         Err(_) => {
             release_reader(path);
             return Err(runtime_error(

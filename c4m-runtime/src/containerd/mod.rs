@@ -107,8 +107,9 @@ struct Inner {
 
 impl ContainerdRuntime {
     /// A driver for the containerd listening on `socket`, keeping logs
-    /// under `data_dir` and taking images from `images`. Fails if containerd
-    /// does not answer or the host's cgroups are unusable.
+    /// under `data_dir` and taking images from `images`. Fails with
+    /// [`Error::DaemonUnreachable`] if containerd does not answer, or if the
+    /// host's cgroups are unusable.
     pub async fn connect(
         socket: &Path,
         data_dir: &Path,
@@ -121,11 +122,11 @@ impl ContainerdRuntime {
                 .version(client.request(()))
                 .await
                 .map_err(|status| {
-                    Error::Invalid(format!(
-                        "containerd at {} does not answer: {}",
-                        socket.display(),
-                        status.message()
-                    ))
+                    Error::daemon_unreachable(
+                        "containerd",
+                        socket,
+                        format!("Version: {}", status.message()),
+                    )
                 })?
                 .into_inner();
             Ok::<_, Error>((client, version))
@@ -133,10 +134,11 @@ impl ContainerdRuntime {
         let (client, version) = tokio::time::timeout(CONNECT_TIMEOUT, handshake)
             .await
             .map_err(|_| {
-                Error::Invalid(format!(
-                    "containerd at {} did not answer within {CONNECT_TIMEOUT:?}",
-                    socket.display()
-                ))
+                Error::daemon_unreachable(
+                    "containerd",
+                    socket,
+                    format!("no answer within {CONNECT_TIMEOUT:?}"),
+                )
             })??;
         // Absolute: the shim opens the log by this path.
         let containers_dir = std::path::absolute(data_dir.join("containers"))
@@ -234,7 +236,7 @@ impl Inner {
             .ok_or_else(|| runtime_error(&id, format!("no {SPEC_EXTENSION} extension")))
             .and_then(|any| {
                 serde_json::from_slice::<ContainerSpec>(&any.value).map_err(|e| {
-                    runtime_error(&id, format!("corrupt {SPEC_EXTENSION} extension: {e}"))
+                    Error::container(&id, format!("corrupt {SPEC_EXTENSION} extension"), e)
                 })
             })?;
         // One record per run: its creation is the run's start.
@@ -394,7 +396,7 @@ impl Inner {
         };
         let runtime_spec = bundle::runtime_spec(spec, &input)?;
         let json = |what: &str, value: serde_json::Result<Vec<u8>>| {
-            value.map_err(|e| runtime_error(id, format!("serialize the {what}: {e}")))
+            value.map_err(|e| Error::container(id, format!("serialize the {what}"), e))
         };
         let container = Container {
             id: id.to_string(),
@@ -494,7 +496,7 @@ impl Inner {
             .ok_or_else(|| runtime_error(id, "the container record has no runtime spec"))
             .and_then(|any| {
                 serde_json::from_slice(&any.value)
-                    .map_err(|e| runtime_error(id, format!("corrupt runtime spec: {e}")))
+                    .map_err(|e| Error::container(id, "corrupt runtime spec", e))
             })?;
         let mut process = runtime_spec
             .process()
@@ -504,7 +506,7 @@ impl Inner {
             .set_args(Some(command.to_vec()))
             .set_terminal(Some(terminal));
         let process = serde_json::to_vec(&process)
-            .map_err(|e| runtime_error(id, format!("serialize the exec process: {e}")))?;
+            .map_err(|e| Error::container(id, "serialize the exec process", e))?;
         let exec_id = format!(
             "exec-{}-{}",
             std::process::id(),

@@ -43,10 +43,8 @@ fn labels(id: &str) -> HashMap<String, String> {
 
 /// The spec as the [`SPEC_ANNOTATION`] carries it.
 fn spec_annotation(spec: &ContainerSpec) -> Result<HashMap<String, String>> {
-    let json = serde_json::to_string(spec).map_err(|e| Error::Runtime {
-        id: spec.id.clone(),
-        message: format!("serialize spec: {e}"),
-    })?;
+    let json =
+        serde_json::to_string(spec).map_err(|e| Error::container(&spec.id, "serialize spec", e))?;
     Ok(HashMap::from([(SPEC_ANNOTATION.to_string(), json)]))
 }
 
@@ -63,9 +61,12 @@ pub(super) fn spec_from(
             id: id.to_string(),
             message: format!("{what} has no {SPEC_ANNOTATION} annotation"),
         })?;
-    serde_json::from_str(json).map_err(|e| Error::Runtime {
-        id: id.to_string(),
-        message: format!("{what}: annotation {SPEC_ANNOTATION} is not a container spec: {e}"),
+    serde_json::from_str(json).map_err(|e| {
+        Error::container(
+            id,
+            format!("{what}: annotation {SPEC_ANNOTATION} is not a container spec"),
+            e,
+        )
     })
 }
 

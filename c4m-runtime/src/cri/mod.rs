@@ -108,18 +108,15 @@ impl CriRuntime {
     /// node's network, so their ports are reported at `host_ip`, the node's
     /// address.
     pub async fn connect(socket: &Path, data_dir: &Path, host_ip: IpAddr) -> Result<CriRuntime> {
-        let daemon_error = |message: String| Error::DaemonUnreachable {
-            daemon: "cri",
-            socket: socket.to_path_buf(),
-            message,
-        };
+        let daemon_error =
+            |source: c4m_core::BoxError| Error::daemon_unreachable("cri", socket, source);
         let endpoint = Endpoint::from_shared(format!("unix://{}", socket.display()))
-            .map_err(|e| daemon_error(format!("not a usable socket path: {e}")))?
+            .map_err(|e| daemon_error(Error::driver("not a usable socket path", e).into()))?
             .connect_timeout(CONNECT_TIMEOUT);
         let channel = tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect())
             .await
             .map_err(|_| daemon_error("connect timed out".into()))?
-            .map_err(|e| daemon_error(format!("connect: {e}")))?;
+            .map_err(|e| daemon_error(Error::driver("connect", e).into()))?;
         let mut runtime = RuntimeServiceClient::new(channel.clone());
         let version = tokio::time::timeout(
             CONNECT_TIMEOUT,
@@ -130,10 +127,13 @@ impl CriRuntime {
         .await
         .map_err(|_| daemon_error("the runtime did not answer Version".into()))?
         .map_err(|e| {
-            daemon_error(format!(
-                "Version (is this a CRI runtime.v1 socket?): {}",
-                e.message()
-            ))
+            daemon_error(
+                format!(
+                    "Version (is this a CRI runtime.v1 socket?): {}",
+                    e.message()
+                )
+                .into(),
+            )
         })?
         .into_inner();
         let logs_dir = data_dir.join("logs");
@@ -608,9 +608,7 @@ impl Inner {
             .map_err(|e| call_error(id, "Exec", &e))?
             .into_inner()
             .url;
-        spdy::exec(id, &url, &request)
-            .await
-            .map_err(|message| runtime_error(id, message))
+        spdy::exec(id, &url, &request).await
     }
 
     async fn exec(&self, id: &str, command: &[String], timeout: Duration) -> Result<ExecOutput> {

@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::state::runtime_error;
-use c4m_core::{ExecRequest, ExecSession, TerminalSize};
+use c4m_core::{Error, ExecRequest, ExecSession, Result, TerminalSize};
 use c4m_core::{SpdyCodec, SpdyFrame};
 
 /// The remote command protocol version asked for.
@@ -34,28 +34,30 @@ const STDOUT: u32 = 5;
 const STDERR: u32 = 7;
 const RESIZE: u32 = 9;
 
-/// Starts `request` at the streaming server's `url` (for container `id`);
-/// a setup error is a message for the caller to put in context.
-pub(super) async fn exec(
-    id: &str,
-    url: &str,
-    request: &ExecRequest,
-) -> Result<ExecSession, String> {
+/// Starts `request` at the streaming server's `url` (for container `id`).
+pub(super) async fn exec(id: &str, url: &str, request: &ExecRequest) -> Result<ExecSession> {
     let uri: hyper::Uri = url
         .parse()
-        .map_err(|e| format!("the runtime's exec URL {url:?}: {e}"))?;
+        .map_err(|e| Error::container(id, format!("the runtime's exec URL {url:?}"), e))?;
     if uri.scheme_str() != Some("http") {
-        return Err(format!(
-            "the runtime's exec URL {url:?} is not plain http (TLS streaming is not supported)"
+        return Err(runtime_error(
+            id,
+            format!(
+                "the runtime's exec URL {url:?} is not plain http (TLS streaming is not supported)"
+            ),
         ));
     }
-    let authority = uri
-        .authority()
-        .ok_or_else(|| format!("the runtime's exec URL {url:?} names no host"))?;
+    let authority = uri.authority().ok_or_else(|| {
+        runtime_error(id, format!("the runtime's exec URL {url:?} names no host"))
+    })?;
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
-    let mut connection = TcpStream::connect(authority.as_str())
-        .await
-        .map_err(|e| format!("connect to the runtime's streaming server {authority}: {e}"))?;
+    let mut connection = TcpStream::connect(authority.as_str()).await.map_err(|e| {
+        Error::container(
+            id,
+            format!("connect to the runtime's streaming server {authority}"),
+            e,
+        )
+    })?;
     let upgrade = format!(
         "POST {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n\
          X-Stream-Protocol-Version: {PROTOCOL}\r\nContent-Length: 0\r\n\r\n"
@@ -63,12 +65,13 @@ pub(super) async fn exec(
     connection
         .write_all(upgrade.as_bytes())
         .await
-        .map_err(|e| format!("send the exec upgrade: {e}"))?;
-    let head = read_head(&mut connection).await?;
+        .map_err(|e| Error::container(id, "send the exec upgrade", e))?;
+    let head = read_head(id, &mut connection).await?;
     let status_line = head.lines().next().unwrap_or_default();
     if !status_line.contains(" 101 ") {
-        return Err(format!(
-            "the streaming server refused the exec upgrade: {status_line}"
+        return Err(runtime_error(
+            id,
+            format!("the streaming server refused the exec upgrade: {status_line}"),
         ));
     }
 
@@ -85,15 +88,15 @@ pub(super) async fn exec(
         streams.push((STDERR, "stderr"));
     }
     let mut opening = Vec::new();
-    for (id, kind) in &streams {
+    for (stream, kind) in &streams {
         // The client never writes to the error stream: it is half-closed
         // from the start, as kubectl does.
-        opening.extend(codec.syn_stream(*id, *id == ERROR, &[("streamtype", kind)]));
+        opening.extend(codec.syn_stream(*stream, *stream == ERROR, &[("streamtype", kind)]));
     }
     writer
         .write_all(&opening)
         .await
-        .map_err(|e| format!("open the exec streams: {e}"))?;
+        .map_err(|e| Error::container(id, "open the exec streams", e))?;
 
     // Every frame the client sends after that goes through one writer
     // task, in order; it ends when every sender is gone.
@@ -146,6 +149,7 @@ pub(super) async fn exec(
 
     let (done, exit) = oneshot::channel();
     let demux = Demux {
+        id: id.to_string(),
         codec,
         stdout: Some(stdout_pump),
         stderr: (!request.tty).then_some(stderr_pump),
@@ -164,8 +168,7 @@ pub(super) async fn exec(
         let _reading = reading;
         let status = exit
             .await
-            .map_err(|_| runtime_error(&id, "the exec stream ended without a status"))?
-            .map_err(|message| runtime_error(&id, message))?;
+            .map_err(|_| runtime_error(&id, "the exec stream ended without a status"))??;
         exit_code(&status).map_err(|message| runtime_error(&id, message))
     }
     .boxed();
@@ -180,16 +183,19 @@ pub(super) async fn exec(
 
 /// Reads an HTTP response head (to the blank line), byte by byte so
 /// nothing of the SPDY frames after it is consumed.
-async fn read_head(connection: &mut TcpStream) -> Result<String, String> {
+async fn read_head(id: &str, connection: &mut TcpStream) -> Result<String> {
     let mut head = Vec::new();
     while !head.ends_with(b"\r\n\r\n") {
         if head.len() > 16 * 1024 {
-            return Err("the streaming server's response head is too long".into());
+            return Err(runtime_error(
+                id,
+                "the streaming server's response head is too long",
+            ));
         }
         let byte = connection
             .read_u8()
             .await
-            .map_err(|e| format!("read the exec upgrade response: {e}"))?;
+            .map_err(|e| Error::container(id, "read the exec upgrade response", e))?;
         head.push(byte);
     }
     Ok(String::from_utf8_lossy(&head).into_owned())
@@ -197,6 +203,8 @@ async fn read_head(connection: &mut TcpStream) -> Result<String, String> {
 
 /// Sorts the server's frames into the caller's streams.
 struct Demux {
+    /// The c4m container the exec runs in.
+    id: String,
     /// Parses what the server sends (the session's header state).
     codec: SpdyCodec,
     stdout: Option<DuplexStream>,
@@ -209,14 +217,18 @@ struct Demux {
 impl Demux {
     /// Reads frames until the error stream ends (the command's status) or
     /// the connection does; the status's JSON.
-    async fn run(mut self, reader: &mut (impl AsyncRead + Unpin)) -> Result<Vec<u8>, String> {
+    async fn run(mut self, reader: &mut (impl AsyncRead + Unpin)) -> Result<Vec<u8>> {
         let mut buf = vec![0u8; PIPE];
         loop {
-            let Some(frame) = self.codec.next_frame()? else {
+            let frame = self
+                .codec
+                .next_frame()
+                .map_err(|e| Error::container(&self.id, "the exec stream", e))?;
+            let Some(frame) = frame else {
                 let read = reader
                     .read(&mut buf)
                     .await
-                    .map_err(|e| format!("read the exec stream: {e}"))?;
+                    .map_err(|e| Error::container(&self.id, "read the exec stream", e))?;
                 if read == 0 {
                     return Ok(self.status);
                 }
@@ -274,7 +286,7 @@ impl Demux {
 
 /// The exit code a `v4` status says: `Success` is 0; a failure with cause
 /// `ExitCode` is that code; any other failure is an error with its message.
-fn exit_code(status: &[u8]) -> Result<i32, String> {
+fn exit_code(status: &[u8]) -> std::result::Result<i32, String> {
     if status.is_empty() {
         return Err("the exec ended without a status".into());
     }

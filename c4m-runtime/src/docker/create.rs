@@ -23,10 +23,8 @@ pub(super) fn container_body(
     image: &str,
     image_config: Option<&ImageConfig>,
 ) -> Result<ContainerCreateBody> {
-    let spec_json = serde_json::to_string(spec).map_err(|e| Error::Runtime {
-        id: spec.id.clone(),
-        message: format!("serialize the spec: {e}"),
-    })?;
+    let spec_json = serde_json::to_string(spec)
+        .map_err(|e| Error::container(&spec.id, "serialize the spec", e))?;
     let mut labels = HashMap::from([
         (ID_LABEL.to_string(), spec.id.clone()),
         (SPEC_LABEL.to_string(), spec_json),

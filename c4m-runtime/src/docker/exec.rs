@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use bollard::container::LogOutput;
+use bollard::errors::Error as DockerError;
 use bollard::exec::{CreateExecOptions, ResizeExecOptions, StartExecOptions, StartExecResults};
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
@@ -67,11 +68,15 @@ async fn start(
             },
         )
         .await
-        .map_err(|e| match runtime.error(id, e) {
-            Error::Runtime { message, .. } if message.contains("is not running") => {
+        .map_err(|e| match e {
+            // The daemon's 409 says why only in its text.
+            DockerError::DockerResponseServerError {
+                status_code: 409,
+                message,
+            } if message.contains("is not running") => {
                 exec_error(id, "cannot exec: container is not running")
             }
-            other => other,
+            other => runtime.error(id, other),
         })?;
     let started = runtime
         .docker
@@ -276,7 +281,7 @@ pub(super) async fn interactive(
     let exit = async move {
         // Output ends when the command does; its exit code follows.
         if let Err(e) = pumped.await {
-            return Err(exec_error(&id, format!("exec output task failed: {e}")));
+            return Err(Error::container(&id, "exec output task failed", e));
         }
         let code = exit_code(&runtime, &id, &exec_id).await;
         guard.disarm();

@@ -28,8 +28,9 @@ pub(super) fn status(
         .and_then(|c| c.labels.as_ref())
         .and_then(|labels| labels.get(SPEC_LABEL))
         .ok_or_else(|| invalid(format!("the container has no {SPEC_LABEL} label")))?;
-    let spec: ContainerSpec = serde_json::from_str(spec_json)
-        .map_err(|e| invalid(format!("label {SPEC_LABEL}: not a container spec: {e}")))?;
+    let spec: ContainerSpec = serde_json::from_str(spec_json).map_err(|e| {
+        Error::container(id, format!("label {SPEC_LABEL}: not a container spec"), e)
+    })?;
     let state = inspected
         .state
         .as_ref()

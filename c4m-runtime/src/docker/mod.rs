@@ -87,11 +87,8 @@ impl DockerRuntime {
     /// API version the engine speaks. Fails, naming the socket, when no
     /// engine answers there.
     pub async fn connect(socket: &Path) -> Result<DockerRuntime> {
-        let unreachable = |message: String| Error::DaemonUnreachable {
-            daemon: "docker",
-            socket: socket.to_path_buf(),
-            message,
-        };
+        let unreachable =
+            |source: c4m_core::BoxError| Error::daemon_unreachable("docker", socket, source);
         let address = socket
             .to_str()
             .ok_or_else(|| unreachable("the socket path is not UTF-8".into()))?;
@@ -100,14 +97,11 @@ impl DockerRuntime {
             REQUEST_TIMEOUT.as_secs(),
             bollard::API_DEFAULT_VERSION,
         )
-        .map_err(|e| unreachable(e.to_string()))?
+        .map_err(|e| unreachable(e.into()))?
         .negotiate_version()
         .await
-        .map_err(|e| unreachable(e.to_string()))?;
-        let version = docker
-            .version()
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
+        .map_err(|e| unreachable(e.into()))?;
+        let version = docker.version().await.map_err(|e| unreachable(e.into()))?;
         Ok(DockerRuntime {
             docker,
             socket: socket.to_path_buf(),
@@ -143,22 +137,13 @@ impl DockerRuntime {
                 status_code: 404,
                 message,
             } if message.contains("No such container") => Error::ContainerNotFound(id.into()),
-            DockerError::DockerResponseServerError { message, .. } => Error::Runtime {
-                id: id.into(),
-                message: format!("docker: {message}"),
-            },
             DockerError::SocketNotFoundError(_)
             | DockerError::HyperLegacyError { .. }
             | DockerError::IOError { .. }
-            | DockerError::RequestTimeoutError => Error::DaemonUnreachable {
-                daemon: "docker",
-                socket: self.socket.clone(),
-                message: error.to_string(),
-            },
-            other => Error::Runtime {
-                id: id.into(),
-                message: format!("docker: {other}"),
-            },
+            | DockerError::RequestTimeoutError => {
+                Error::daemon_unreachable("docker", &self.socket, error)
+            }
+            other => Error::container(id, "docker", other),
         }
     }
 
@@ -192,25 +177,28 @@ impl DockerRuntime {
             tag: reference.digest.clone().or_else(|| reference.tag.clone()),
             ..Default::default()
         };
-        let pull_failed = |message: String| Error::Runtime {
-            id: id.into(),
-            message: format!(
-                "image {name} is not on the docker daemon and pulling it failed: {message}"
-            ),
+        // The daemon's answer is the cause, without the id twice.
+        let failed = |what: String, error: DockerError| match self.error(id, error) {
+            unreachable @ Error::DaemonUnreachable { .. } => unreachable,
+            Error::Container { source, .. } => Error::container(id, what, source),
+            other => Error::container(id, what, other),
         };
         self.docker
             .create_image(Some(options), None, None)
             .try_for_each(|_progress| futures::future::ready(Ok(())))
             .await
-            .map_err(|e| match self.error(id, e) {
-                unreachable @ Error::DaemonUnreachable { .. } => unreachable,
-                Error::Runtime { message, .. } => pull_failed(message),
-                other => pull_failed(other.to_string()),
+            .map_err(|e| {
+                failed(
+                    format!("image {name} is not on the docker daemon and pulling it failed"),
+                    e,
+                )
             })?;
-        self.docker
-            .inspect_image(&name)
-            .await
-            .map_err(|e| pull_failed(format!("pulled, but {}", self.error(id, e))))
+        self.docker.inspect_image(&name).await.map_err(|e| {
+            failed(
+                format!("image {name} was pulled, but inspecting it failed"),
+                e,
+            )
+        })
     }
 
     /// Creates and starts container `spec.id` from scratch.
@@ -220,9 +208,9 @@ impl DockerRuntime {
             id: id.into(),
             message: "the docker driver needs an image".into(),
         })?;
-        let reference = Reference::parse(image).map_err(|e| Error::Runtime {
-            id: id.into(),
-            message: e.to_string(),
+        let reference = Reference::parse(image).map_err(|e| Error::Image {
+            reference: image.to_string(),
+            source: Box::new(e),
         })?;
         let image = self.ensure_image(id, &reference).await?;
         let body = create::container_body(
@@ -354,13 +342,18 @@ impl ContainerRuntime for DockerRuntime {
                 }),
             )
             .await;
-        match removed.map_err(|e| self.error(id, e)) {
-            Ok(()) | Err(Error::ContainerNotFound(_)) => Ok(()),
-            // Already being removed by an earlier call.
-            Err(Error::Runtime { message, .. }) if message.contains("already in progress") => {
-                Ok(())
-            }
-            Err(e) => Err(e),
+        match removed {
+            Ok(()) => Ok(()),
+            // Already being removed by an earlier call: the daemon's 409
+            // says so only in its text.
+            Err(DockerError::DockerResponseServerError {
+                status_code: 409,
+                message,
+            }) if message.contains("already in progress") => Ok(()),
+            Err(e) => match self.error(id, e) {
+                Error::ContainerNotFound(_) => Ok(()),
+                other => Err(other),
+            },
         }
     }
 

@@ -55,7 +55,7 @@ impl Inner {
         command.arg(id).args(&request.command).kill_on_drop(false);
         let mut child = command
             .spawn()
-            .map_err(|e| runtime_error(id, format!("run {}: {e}", self.runtime.display())))?;
+            .map_err(|e| Error::container(id, format!("run {}", self.runtime.display()), e))?;
         let runc = child.id().and_then(|pid| i32::try_from(pid).ok());
         let pipes = (child.stdin.take(), child.stdout.take(), child.stderr.take());
         // runc's exit code is the command's; dropped early, the command is

@@ -172,7 +172,7 @@ impl Inner {
             .args(args)
             .output()
             .await
-            .map_err(|e| runtime_error(id, format!("run {}: {e}", self.runtime.display())))?;
+            .map_err(|e| Error::container(id, format!("run {}", self.runtime.display()), e))?;
         if output.status.success() {
             return Ok(());
         }
@@ -261,9 +261,10 @@ impl Inner {
         match nix::mount::umount2(&rootfs, MntFlags::MNT_DETACH) {
             Ok(()) | Err(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOENT) => {}
             Err(e) => {
-                return Err(runtime_error(
+                return Err(Error::container(
                     id,
-                    format!("unmount {}: {e}", rootfs.display()),
+                    format!("unmount {}", rootfs.display()),
+                    e,
                 ));
             }
         }
@@ -358,7 +359,7 @@ impl Inner {
             MsFlags::empty(),
             Some(options.as_str()),
         )
-        .map_err(|e| runtime_error(id, format!("mount overlay on {}: {e}", rootfs.display())))?;
+        .map_err(|e| Error::container(id, format!("mount overlay on {}", rootfs.display()), e))?;
         Ok(rootfs)
     }
 
@@ -396,7 +397,7 @@ impl Inner {
         let config_path = dir.join("config.json");
         runtime_spec
             .save(&config_path)
-            .map_err(|e| runtime_error(id, format!("write {}: {e}", config_path.display())))?;
+            .map_err(|e| Error::container(id, format!("write {}", config_path.display()), e))?;
         for sub in ["exit", "persist", "sockets"] {
             std::fs::create_dir_all(dir.join(sub))
                 .map_err(|e| Error::io(format!("create {}", dir.join(sub).display()), e))?;
@@ -452,7 +453,7 @@ impl Inner {
             .stderr(conmon_log)
             .status()
             .await
-            .map_err(|e| runtime_error(id, format!("run {}: {e}", self.conmon.display())))?;
+            .map_err(|e| Error::container(id, format!("run {}", self.conmon.display()), e))?;
         if !status.success() {
             let log = std::fs::read_to_string(dir.join("conmon.log")).unwrap_or_default();
             return Err(runtime_error(
@@ -672,7 +673,7 @@ impl ContainerRuntime for OciRuntime {
             // Killing runc would leave the command running: see below.
             .kill_on_drop(false)
             .spawn()
-            .map_err(|e| runtime_error(id, format!("run {}: {e}", inner.runtime.display())))?;
+            .map_err(|e| Error::container(id, format!("run {}", inner.runtime.display()), e))?;
         let runc = child.id().and_then(|pid| i32::try_from(pid).ok());
         match tokio::time::timeout(timeout, child.wait_with_output()).await {
             Ok(Ok(output)) => Ok(ExecOutput {
@@ -680,7 +681,7 @@ impl ContainerRuntime for OciRuntime {
                 stdout: output.stdout,
                 stderr: output.stderr,
             }),
-            Ok(Err(e)) => Err(runtime_error(id, format!("exec {command:?}: wait: {e}"))),
+            Ok(Err(e)) => Err(Error::container(id, format!("exec {command:?}: wait"), e)),
             // The command is killed inside the container; runc then ends.
             Err(_) => {
                 let _ = tokio::task::spawn_blocking(move || {

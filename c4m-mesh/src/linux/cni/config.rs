@@ -67,9 +67,14 @@ impl NetworkConfigList {
             file: file.to_path_buf(),
             field: field.to_string(),
             message,
+            source: None,
         };
-        let value: Value =
-            serde_json::from_slice(text).map_err(|e| invalid("-", format!("not JSON: {e}")))?;
+        let value: Value = serde_json::from_slice(text).map_err(|e| Error::CniConfig {
+            file: file.to_path_buf(),
+            field: "-".into(),
+            message: "not JSON".into(),
+            source: Some(e.into()),
+        })?;
         let Value::Object(list) = &value else {
             return Err(invalid("-", "is not a JSON object".into()));
         };

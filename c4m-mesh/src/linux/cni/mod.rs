@@ -87,10 +87,7 @@ impl CniNetwork {
     ) -> Result<CniNetwork> {
         let list = NetworkConfigList::load(config_file, bin_dirs)?;
         let cni_path = std::env::join_paths(bin_dirs)
-            .map_err(|e| Error::Network {
-                what: "cni plugin directories".into(),
-                message: e.to_string(),
-            })?
+            .map_err(|e| Error::failed("cni plugin directories", e))?
             .to_string_lossy()
             .into_owned();
         let run_dir = run_dir.into();
@@ -166,6 +163,7 @@ impl CniNetwork {
                         plugin.plugin_type,
                         String::from_utf8_lossy(&output).trim()
                     ),
+                    source: None,
                 })?;
             if !supported.contains(&self.list.cni_version) {
                 return Err(Error::CniConfig {
@@ -178,6 +176,7 @@ impl CniNetwork {
                         self.list.cni_version,
                         supported.join(", ")
                     ),
+                    source: None,
                 });
             }
         }
@@ -191,8 +190,12 @@ impl CniNetwork {
     fn save(&self, instance: &str, record: &Record) -> Result<()> {
         let path = self.record_path(instance);
         let text = serde_json::to_vec_pretty(record)
-            .map_err(|e| self.error(format!("encoding {}: {e}", path.display())))?;
+            .map_err(|e| self.failed(format!("encoding {}", path.display()), e))?;
         write_atomically(&path, &text)
+    }
+
+    fn failed(&self, what: String, source: impl Into<c4m_core::BoxError>) -> Error {
+        Error::failed(format!("cni network {}: {what}", self.list.name), source)
     }
 
     fn error(&self, message: String) -> Error {
@@ -326,7 +329,8 @@ impl CniNetwork {
                 command: "ADD",
                 container: instance.to_string(),
                 code: None,
-                message: format!("printed no result: {e}"),
+                message: "printed no result".into(),
+                source: Some(e.into()),
             })?;
             record.result = Some(result);
             self.save(instance, record)?;
@@ -473,7 +477,7 @@ impl Network for CniNetwork {
         };
         let attachment = self.attachment_of(instance, record)?;
         let subnet = Ipv4Net::new(attachment.address, attachment.prefix_len)
-            .map_err(|e| self.error(format!("the prefix of instance {instance}: {e}")))?
+            .map_err(|e| self.failed(format!("the prefix of instance {instance}"), e))?
             .trunc();
         Ok(vec![VpcNetwork {
             name: DEFAULT_VPC.to_string(),
@@ -505,9 +509,11 @@ fn load_records(dir: &Path) -> Result<BTreeMap<String, Record>> {
     for (instance, path) in json_files(dir)? {
         let text = std::fs::read(&path)
             .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
-        let record: Record = serde_json::from_slice(&text).map_err(|e| Error::Network {
-            what: path.display().to_string(),
-            message: format!("not a cni attachment record: {e}"),
+        let record: Record = serde_json::from_slice(&text).map_err(|e| {
+            Error::failed(
+                format!("{}: not a cni attachment record", path.display()),
+                e,
+            )
         })?;
         records.insert(instance, record);
     }

@@ -7,6 +7,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
+use c4m_core::BoxError;
 use ipnet::IpNet;
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -91,14 +92,17 @@ pub(crate) async fn run(
     target: &Target<'_>,
     stdin: &Value,
 ) -> Result<Vec<u8>> {
-    let failed = |code: Option<u32>, message: String| Error::CniPlugin {
+    let error = |code: Option<u32>, message: String, source: Option<BoxError>| Error::CniPlugin {
         plugin: plugin.plugin_type.clone(),
         command: command.as_str(),
         container: target.container.to_string(),
         code,
         message,
+        source,
     };
-    let input = serde_json::to_vec(stdin).map_err(|e| failed(None, format!("encoding: {e}")))?;
+    let failed = |code: Option<u32>, message: String| error(code, message, None);
+    let input =
+        serde_json::to_vec(stdin).map_err(|e| error(None, "encoding".into(), Some(e.into())))?;
     let mut child = tokio::process::Command::new(&plugin.binary)
         .env_clear()
         .env("CNI_COMMAND", command.as_str())
@@ -119,7 +123,13 @@ pub(crate) async fn run(
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| failed(None, format!("running {}: {e}", plugin.binary.display())))?;
+        .map_err(|e| {
+            error(
+                None,
+                format!("running {}", plugin.binary.display()),
+                Some(e.into()),
+            )
+        })?;
     let mut pipe = child.stdin.take();
     let write = async move {
         if let Some(pipe) = pipe.as_mut() {
@@ -133,7 +143,7 @@ pub(crate) async fn run(
     })
     .await
     .map_err(|_| failed(None, format!("no answer in {PLUGIN_TIMEOUT:?}; killed")))?;
-    let output = output.map_err(|e| failed(None, format!("waiting for it: {e}")))?;
+    let output = output.map_err(|e| error(None, "waiting for it".into(), Some(e.into())))?;
     if output.status.success() {
         return Ok(output.stdout);
     }
