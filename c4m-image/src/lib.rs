@@ -18,9 +18,10 @@
 //!
 //! ```no_run
 //! # fn demo() -> c4m_image::Result<()> {
-//! let store = c4m_image::ImageStore::open("/var/lib/c4m/images".into())?;
-//! let image = store.import(std::path::Path::new("busybox.tar"), Some("bb:1"))?;
-//! println!("{} has {} layers", image.names[0], image.layers.len());
+//! let store = c4m_image::ImageStore::open("/var/lib/c4m/images")?;
+//! for image in store.import(std::path::Path::new("busybox.tar"), Some("bb:1"))? {
+//!     println!("{} has {} layers", image.names[0], image.layers.len());
+//! }
 //! # Ok(())
 //! # }
 //! ```
