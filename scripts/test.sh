@@ -86,3 +86,5 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 # what they need. The end-to-end tests mostly wait on processes: run more
 # than one per core. --no-fail-fast: one run reports every failing test.
 RUST_TEST_THREADS=4 cargo test --workspace --all-targets --locked --no-fail-fast -- --include-ignored
+# --all-targets leaves out the doc tests: the crates' front-page examples.
+cargo test --workspace --doc --locked --no-fail-fast
