@@ -71,6 +71,10 @@ if ! "$venv/bin/python3" -c 'import kubernetes' >/dev/null 2>&1; then
 fi
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 
+# A CI machine builds once: incremental compilation only costs time and
+# disk there.
+if [ -n "${CI:-}" ]; then export CARGO_INCREMENTAL=0; fi
+
 if cargo fmt --version >/dev/null 2>&1; then
   cargo fmt --all -- --check
 else
