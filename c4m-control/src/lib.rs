@@ -49,6 +49,7 @@ mod controllers;
 mod discovery;
 mod disruption;
 mod error;
+mod events;
 mod invalid;
 mod objects;
 mod openapi_schemas;

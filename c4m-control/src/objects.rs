@@ -15,6 +15,7 @@ use serde_json::{Map, Value, json};
 use c4m_plugin::{Admission, AdmissionRequest, Operation};
 
 use crate::admission::PriorityClasses;
+use crate::events::Events;
 use crate::{Error, Result};
 
 /// How many times a write that lost a compare-and-swap race is retried.
@@ -119,6 +120,8 @@ pub struct Objects {
     store: Arc<dyn Store>,
     /// The embedder's admission hooks, in order.
     admission: Arc<[Arc<dyn Admission>]>,
+    /// Where the control plane's parts record Events.
+    events: Events,
 }
 
 impl Objects {
@@ -127,7 +130,19 @@ impl Objects {
         Objects {
             store,
             admission: Arc::new([]),
+            events: Events::disabled(),
         }
+    }
+
+    /// Events recorded through [`Objects::events`] go to `events`.
+    pub(crate) fn with_events(mut self, events: Events) -> Self {
+        self.events = events;
+        self
+    }
+
+    /// Where to record Events.
+    pub(crate) fn events(&self) -> &Events {
+        &self.events
     }
 
     /// Every create and update also passes `hooks`, in order.

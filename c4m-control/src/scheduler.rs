@@ -32,6 +32,7 @@ use serde_json::{Value, json};
 use crate::Result;
 use crate::cache::Cache;
 use crate::disruption::{BudgetInputs, Budgets};
+use crate::events::{EventType, Regarding};
 use crate::objects::{Objects, kind, name_of, namespace_of};
 use crate::pods::{is_terminal, node_name, set_condition};
 use crate::scheduler_policy::current_policy;
@@ -397,6 +398,9 @@ impl Scheduler {
     }
 }
 
+/// The component scheduling Events name, as Kubernetes' scheduler does.
+const SCHEDULER: &str = "default-scheduler";
+
 /// Key prefixes of instances and of nodes.
 const PODS: &str = "/registry/pods/";
 const NODES: &str = "/registry/nodes/";
@@ -542,8 +546,29 @@ async fn reconcile(objects: &Objects, cache: &Cache, memo: &mut Scheduler) -> Re
     let mut written = None;
     if !binds.is_empty() {
         let count = binds.len();
+        let scheduled: Vec<(Regarding, String)> = binds
+            .iter()
+            .map(|(_, pod)| {
+                let message = format!(
+                    "Successfully assigned {}/{} to {}",
+                    namespace_of(pod),
+                    name_of(pod),
+                    pod["spec"]["nodeName"].as_str().unwrap_or_default()
+                );
+                (Regarding::of(pod), message)
+            })
+            .collect();
         match objects.write_many(binds).await {
             Ok(revision) => {
+                for (regarding, message) in scheduled {
+                    objects.events().record(
+                        regarding,
+                        EventType::Normal,
+                        "Scheduled",
+                        message,
+                        SCHEDULER,
+                    );
+                }
                 tracing::debug!(
                     count,
                     revision,
@@ -565,12 +590,25 @@ async fn reconcile(objects: &Objects, cache: &Cache, memo: &mut Scheduler) -> Re
         written = written.max(preempt(objects, &preemption).await?);
     }
     for ((namespace, name), reason) in unschedulable {
+        let mut regarding = None;
         let revision = objects
             .update_with(kind("pods"), &namespace, &name, |pod| {
+                regarding = Some(Regarding::of(pod));
                 node_name(pod).is_none()
                     && set_condition(pod, "PodScheduled", false, "Unschedulable", &reason)
             })
             .await?;
+        if revision.is_some()
+            && let Some(regarding) = regarding
+        {
+            objects.events().record(
+                regarding,
+                EventType::Warning,
+                "FailedScheduling",
+                reason,
+                SCHEDULER,
+            );
+        }
         written = written.max(revision);
     }
     Ok(written)

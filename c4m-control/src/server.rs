@@ -19,6 +19,7 @@ use crate::agents::{Agents, UsageMap};
 use crate::api::ApiState;
 use crate::cache::Cache;
 use crate::controllers::{self, nodes::NodeHealth};
+use crate::events::{self, EventsConfig};
 use crate::objects::{Objects, kind};
 use crate::registry::Registry;
 use crate::tls::{ApiListener, TlsIdentity};
@@ -51,6 +52,9 @@ pub struct ControlPlaneConfig {
     /// With a certificate, the API port also speaks HTTPS (for kubectl,
     /// which sends tokens only over TLS).
     pub api_tls: Option<TlsIdentity>,
+    /// How long after its last occurrence an Event is deleted
+    /// (Kubernetes' `--event-ttl`, one hour).
+    pub event_ttl: Duration,
 }
 
 impl Default for ControlPlaneConfig {
@@ -65,6 +69,7 @@ impl Default for ControlPlaneConfig {
             node_grace: Duration::from_secs(10),
             eviction_delay: Duration::from_secs(5),
             api_tls: None,
+            event_ttl: Duration::from_secs(3600),
         }
     }
 }
@@ -116,8 +121,16 @@ impl ControlPlane {
     /// Runs until `shutdown` is cancelled, then stops every part gracefully.
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<()> {
         let store = Arc::clone(&self.extensions.store);
-        let objects =
-            Objects::new(Arc::clone(&store)).with_admission(self.extensions.admission.clone());
+        let (events, event_writer) = events::events(
+            Arc::clone(&store),
+            EventsConfig {
+                ttl: self.config.event_ttl,
+                ..EventsConfig::default()
+            },
+        );
+        let objects = Objects::new(Arc::clone(&store))
+            .with_admission(self.extensions.admission.clone())
+            .with_events(events);
         ensure_default_namespace(&objects).await?;
         let cache = Cache::start(store, shutdown.clone()).await?;
         let registry = Registry::new(Arc::clone(&cache));
@@ -137,6 +150,7 @@ impl ControlPlane {
         ));
         let usage = Arc::new(UsageMap::new());
         let mut tasks = JoinSet::new();
+        tasks.spawn(event_writer.run(shutdown.clone()));
 
         let scheduler = scheduler::Scheduler::new(
             self.extensions.filters.clone(),

@@ -74,4 +74,4 @@ pub use runtime::{
 };
 #[cfg(feature = "spdy")]
 pub use spdy::{SpdyCodec, SpdyError, SpdyFrame};
-pub use time::{format_rfc3339, format_rfc3339_nanos, now_rfc3339, seconds_since};
+pub use time::{format_rfc3339, format_rfc3339_nanos, now_rfc3339, parse_rfc3339, seconds_since};

@@ -26,6 +26,12 @@ pub fn now_rfc3339() -> String {
     format_rfc3339(SystemTime::now())
 }
 
+/// An RFC 3339 time (`2026-11-21T22:53:19Z`, any offset or precision).
+pub fn parse_rfc3339(text: &str) -> Option<SystemTime> {
+    let timestamp: jiff::Timestamp = text.parse().ok()?;
+    Some(SystemTime::from(timestamp))
+}
+
 /// Seconds from an RFC 3339 time to now (negative if it is in the future).
 pub fn seconds_since(rfc3339: &str) -> Option<i64> {
     let then: jiff::Timestamp = rfc3339.parse().ok()?;
@@ -46,5 +52,9 @@ mod tests {
         let age = seconds_since(&now_rfc3339()).unwrap();
         assert!((0..5).contains(&age));
         assert!(seconds_since("yesterday").is_none());
+        assert_eq!(
+            parse_rfc3339("1970-01-02T00:00:00Z"),
+            Some(UNIX_EPOCH + Duration::from_secs(86_400))
+        );
     }
 }

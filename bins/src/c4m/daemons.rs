@@ -188,6 +188,7 @@ async fn bind_control(
         node_grace: flags.node_grace,
         eviction_delay: flags.eviction_delay,
         api_tls: Some(api_tls_identity(dir, flags.api)?),
+        event_ttl: ControlPlaneConfig::default().event_ttl,
     };
     let control = ControlPlane::bind(config, ControlPlaneExtensions::new(Arc::new(store))).await?;
     let client = ClientConfig {
