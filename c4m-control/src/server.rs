@@ -55,6 +55,9 @@ pub struct ControlPlaneConfig {
     /// How long after its last occurrence an Event is deleted
     /// (Kubernetes' `--event-ttl`, one hour).
     pub event_ttl: Duration,
+    /// Whether Events are recorded at all (on; off only to measure what
+    /// they cost).
+    pub record_events: bool,
 }
 
 impl Default for ControlPlaneConfig {
@@ -70,6 +73,7 @@ impl Default for ControlPlaneConfig {
             eviction_delay: Duration::from_secs(5),
             api_tls: None,
             event_ttl: Duration::from_secs(3600),
+            record_events: true,
         }
     }
 }
@@ -128,9 +132,13 @@ impl ControlPlane {
                 ..EventsConfig::default()
             },
         );
-        let objects = Objects::new(Arc::clone(&store))
-            .with_admission(self.extensions.admission.clone())
-            .with_events(events);
+        let objects =
+            Objects::new(Arc::clone(&store)).with_admission(self.extensions.admission.clone());
+        let objects = if self.config.record_events {
+            objects.with_events(events)
+        } else {
+            objects
+        };
         ensure_default_namespace(&objects).await?;
         let cache = Cache::start(store, shutdown.clone()).await?;
         let registry = Registry::new(Arc::clone(&cache));

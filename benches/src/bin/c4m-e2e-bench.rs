@@ -86,6 +86,10 @@ enum Bench {
         /// Instances.
         #[arg(long, default_value_t = 10_000)]
         instances: usize,
+        /// Run the control plane with `--no-events`, to measure what
+        /// recording Events costs.
+        #[arg(long)]
+        no_events: bool,
     },
     /// kubectl get pods latency, list and watch throughput with many
     /// instances (hollow nodes).
@@ -196,12 +200,17 @@ fn kind(name: &str) -> Result<&'static ResourceKind> {
 
 impl ControlPlane {
     async fn start() -> Result<ControlPlane> {
-        ControlPlane::start_on("127.0.0.1").await
+        ControlPlane::start_with("127.0.0.1", &[]).await
     }
 
     /// A control plane whose agents' gRPC and DNS listen on `address` (its
     /// API stays on loopback).
     async fn start_on(address: &str) -> Result<ControlPlane> {
+        ControlPlane::start_with(address, &[]).await
+    }
+
+    /// [`ControlPlane::start_on`] with `extra` flags for `c4m control`.
+    async fn start_with(address: &str, extra: &[&str]) -> Result<ControlPlane> {
         let bin = std::env::current_exe()?.with_file_name("c4m");
         let agent_bin = bin.with_file_name("c4m-agent");
         for bin in [&bin, &agent_bin] {
@@ -220,6 +229,7 @@ impl ControlPlane {
             .args(["--grpc", &format!("{address}:{grpc}")])
             .args(["--dns", &format!("{address}:{dns}"), "--data-dir"])
             .arg(dir.path().join("control"))
+            .args(extra)
             .envs(ENV);
         // The scheduler's per-cycle figures (snapshot_ms, place_ms, write_ms)
         // are debug events: written to this file when it is set.
@@ -417,7 +427,11 @@ async fn follow(
 async fn main() -> Result<()> {
     match Args::parse().bench {
         Bench::Latency { rounds } => latency(rounds).await,
-        Bench::Schedule { nodes, instances } => schedule(nodes, instances).await,
+        Bench::Schedule {
+            nodes,
+            instances,
+            no_events,
+        } => schedule(nodes, instances, no_events).await,
         Bench::Microservices { nodes, count } => microservices(nodes, count).await,
         Bench::Api {
             nodes,
@@ -720,8 +734,9 @@ async fn create_bound_instances(
     Ok((created, started.elapsed()))
 }
 
-async fn schedule(nodes: usize, instances: usize) -> Result<()> {
-    let control = ControlPlane::start().await?;
+async fn schedule(nodes: usize, instances: usize, no_events: bool) -> Result<()> {
+    let extra: &[&str] = if no_events { &["--no-events"] } else { &[] };
+    let control = ControlPlane::start_with("127.0.0.1", extra).await?;
     let flags = hollow(nodes);
     let _agent = control
         .agent(&flags.iter().map(String::as_str).collect::<Vec<_>>(), nodes)
@@ -731,7 +746,8 @@ async fn schedule(nodes: usize, instances: usize) -> Result<()> {
     let binding = all_bound - created;
     let after = control.rss()?;
     println!(
-        "{instances} instances on {nodes} hollow nodes (one batch apply, then the scheduler):"
+        "{instances} instances on {nodes} hollow nodes (one batch apply, then the scheduler{}):",
+        if no_events { ", no Events" } else { "" }
     );
     println!("  created in {:.3} s", created.as_secs_f64());
     println!(

@@ -44,6 +44,12 @@ pub(crate) struct ControlFlags {
     /// How often agents send heartbeats.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     heartbeat: Duration,
+    /// How long after its last occurrence an Event is deleted.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    event_ttl: Duration,
+    /// Record no Events (only to measure what they cost).
+    #[arg(long)]
+    no_events: bool,
 }
 
 /// `c4m up`.
@@ -188,7 +194,8 @@ async fn bind_control(
         node_grace: flags.node_grace,
         eviction_delay: flags.eviction_delay,
         api_tls: Some(api_tls_identity(dir, flags.api)?),
-        event_ttl: ControlPlaneConfig::default().event_ttl,
+        event_ttl: flags.event_ttl,
+        record_events: !flags.no_events,
     };
     let control = ControlPlane::bind(config, ControlPlaneExtensions::new(Arc::new(store))).await?;
     let client = ClientConfig {
