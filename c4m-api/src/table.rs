@@ -53,10 +53,13 @@ pub fn text(value: &Value) -> String {
 
 /// An object's age as kubectl prints it (`42s`, `5m`, `3h`, `2d`).
 pub fn age(object: &Value) -> String {
-    let Some(seconds) = object["metadata"]["creationTimestamp"]
-        .as_str()
-        .and_then(c4m_core::seconds_since)
-    else {
+    since(&object["metadata"]["creationTimestamp"])
+}
+
+/// The time since an RFC 3339 `timestamp`, as [`age`] prints it; `-`
+/// when there is none.
+fn since(timestamp: &Value) -> String {
+    let Some(seconds) = timestamp.as_str().and_then(c4m_core::seconds_since) else {
         return "-".into();
     };
     match seconds.max(0) {
@@ -409,6 +412,61 @@ static POD_DISRUPTION_BUDGET: &[Column] = &[
     AGE,
 ];
 
+/// When an Event last happened: `lastTimestamp`, else (events.k8s.io
+/// writers) the series' last observation or `eventTime`.
+fn event_last_seen(event: &Value) -> String {
+    [
+        &event["lastTimestamp"],
+        &event["series"]["lastObservedTime"],
+        &event["eventTime"],
+    ]
+    .into_iter()
+    .find(|t| t.is_string())
+    .map_or_else(|| age(event), since)
+}
+
+/// `kind/name` of the object an Event is about, as kubectl prints it.
+fn event_object(event: &Value) -> String {
+    let involved = &event["involvedObject"];
+    format!(
+        "{}/{}",
+        text(&involved["kind"]).to_lowercase(),
+        text(&involved["name"])
+    )
+}
+
+// Kubernetes' own Event columns (pkg/printers/internalversion).
+static EVENT: &[Column] = &[
+    Column::new("LAST SEEN", "When it last happened", event_last_seen),
+    Column::new("TYPE", "Normal or Warning", |e| text(&e["type"])),
+    Column::new("REASON", "Why, in one CamelCase word", |e| {
+        text(&e["reason"])
+    }),
+    Column::new("OBJECT", "The object it is about", event_object),
+    Column::new("SUBOBJECT", "The part of the object", |e| {
+        text(&e["involvedObject"]["fieldPath"])
+    })
+    .wide(),
+    Column::new("SOURCE", "The component that reported it", |e| {
+        let source = &e["source"];
+        match (text(&source["component"]), text(&source["host"])) {
+            (component, host) if host.is_empty() => component,
+            (component, host) => format!("{component}, {host}"),
+        }
+    })
+    .wide(),
+    Column::new("MESSAGE", "What happened", |e| text(&e["message"])),
+    Column::new("FIRST SEEN", "When it first happened", |e| {
+        since(&e["firstTimestamp"])
+    })
+    .wide(),
+    Column::new("COUNT", "How many times it happened", |e| {
+        e["count"].as_i64().unwrap_or(1).to_string()
+    })
+    .wide(),
+    Column::new("NAME", "Name of the Event", name).wide(),
+];
+
 static DEFAULT: &[Column] = &[NAME, AGE];
 
 /// The columns objects of `kind` are listed with.
@@ -424,6 +482,7 @@ pub fn columns(kind: &ResourceKind) -> &'static [Column] {
         "PriorityClass" => PRIORITY_CLASS,
         "PodDisruptionBudget" => POD_DISRUPTION_BUDGET,
         "Vpc" => VPC,
+        "Event" => EVENT,
         _ => DEFAULT,
     }
 }
@@ -518,5 +577,35 @@ mod tests {
             "status": {"conditions": [{"type": "Ready", "status": "True"}]}});
         let nodes = ResourceKind::from_name("nodes").unwrap();
         assert_eq!(row(nodes, &node)[..3], ["n", "Ready", "control-plane"]);
+    }
+
+    #[test]
+    fn events_are_listed_as_kubectl_lists_them() {
+        assert_eq!(
+            headers("events", 0),
+            ["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"]
+        );
+        let events = ResourceKind::from_name("events").unwrap();
+        let event = json!({
+            "metadata": {"name": "web-1.1"},
+            "involvedObject": {"kind": "Pod", "name": "web-1", "fieldPath": "spec.containers{main}"},
+            "type": "Warning", "reason": "BackOff", "message": "Back-off restarting",
+            "source": {"component": "kubelet", "host": "n1"}, "count": 3,
+        });
+        assert_eq!(
+            row(events, &event),
+            [
+                "-",
+                "Warning",
+                "BackOff",
+                "pod/web-1",
+                "spec.containers{main}",
+                "kubelet, n1",
+                "Back-off restarting",
+                "-",
+                "3",
+                "web-1.1"
+            ]
+        );
     }
 }

@@ -11,6 +11,7 @@ mod containerd;
 mod cri;
 mod docker;
 mod drivers;
+mod events;
 mod hollow;
 mod kubectl;
 mod kubectl_stream;
