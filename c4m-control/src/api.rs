@@ -94,7 +94,7 @@ impl IntoResponse for Error {
 
 /// The largest request body taken: a batch apply of thousands of objects
 /// is one request (axum's default of 2 MiB would refuse 10,000 instances).
-const MAX_REQUEST_BYTES: usize = 64 << 20;
+pub(crate) const MAX_REQUEST_BYTES: usize = 64 << 20;
 
 /// The API's router.
 pub(crate) fn router(state: Arc<ApiState>) -> Router {
@@ -151,6 +151,7 @@ pub(crate) fn router(state: Arc<ApiState>) -> Router {
             get(group_version_document),
         )
         .fallback(resource)
+        .layer(middleware::from_fn(crate::protobuf::negotiate))
         .layer(middleware::from_fn_with_state(
             Arc::clone(&state),
             authenticate,
@@ -421,6 +422,11 @@ struct Target {
     namespace: Option<String>,
     name: Option<String>,
     subresource: Option<String>,
+}
+
+/// The kind a resource path names, if it names one.
+pub(crate) fn kind_of_path(path: &str) -> Option<&'static ResourceKind> {
+    parse_target(path).ok().map(|target| target.kind)
 }
 
 fn parse_target(path: &str) -> Result<Target> {

@@ -55,6 +55,7 @@ mod objects;
 mod openapi_schemas;
 mod patch;
 mod pods;
+mod protobuf;
 mod registry;
 mod scheduler;
 mod scheduler_policy;
@@ -68,5 +69,6 @@ mod tls;
 
 pub use error::{Error, FieldCause, Result};
 pub use objects::Objects;
+pub use protobuf::ProtobufError;
 pub use server::{ControlPlane, ControlPlaneConfig};
 pub use tls::TlsIdentity;
