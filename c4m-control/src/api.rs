@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use crate::agents::UsageMap;
 use crate::discovery;
 use crate::objects::{Objects, Part, decode, kind, prefix};
+use crate::pagination::PageRequest;
 use crate::registry::Registry;
 use crate::selector::Selector;
 use crate::server_side_apply::ApplyPatch as ServerSideApply;
@@ -36,6 +37,7 @@ use crate::{Error, Result, scheduler_policy};
 use crate::{invalid, patch};
 
 /// What the handlers share.
+#[derive(Clone)]
 pub(crate) struct ApiState {
     pub objects: Objects,
     pub registry: Registry,
@@ -49,6 +51,8 @@ pub(crate) struct ApiState {
     /// The API's TLS certificate (PEM), which `c4m kubeconfig` fetches
     /// for clients to trust; None when the API speaks only HTTP.
     pub certificate_pem: Option<String>,
+    /// The lists being paged through (`limit`/`continue`).
+    pub pages: Arc<crate::pagination::Snapshots>,
 }
 
 type Shared = State<Arc<ApiState>>;
@@ -525,13 +529,13 @@ async fn resource_request(
             .map_err(|e| Error::BadRequest(format!("the body is not valid JSON: {e}")))
     };
     let table = table_request(&headers, &query)?;
-    // A dry run (`kubectl apply --dry-run=server`, `kubectl diff`) must
-    // write nothing; until it is served, it is refused rather than written.
-    if method != Method::GET && query.get("dryRun").is_some_and(|d| !d.is_empty()) {
-        return Err(Error::BadRequest(
-            "dryRun is not supported yet: nothing was written (use --dry-run=client)".into(),
-        ));
-    }
+    // A dry run (`kubectl apply --dry-run=server`, `kubectl diff`) takes
+    // every step of the write over a store that keeps nothing.
+    let state = if method != Method::GET && crate::dry_run::requested(&query)? {
+        Arc::new(crate::dry_run::state(&state))
+    } else {
+        state
+    };
     let sub = target.subresource.as_deref();
     if let Some(sub) = sub
         && !kind.has_subresource(sub)
@@ -998,21 +1002,37 @@ async fn list(
     table: Option<IncludeObject>,
 ) -> Result<Response> {
     let (labels, fields) = selectors(query)?;
-    let (items, revision) = state.objects.list(kind, namespace).await?;
-    let items: Vec<Value> = items
-        .into_iter()
-        .filter(|o| selected(o, &labels, &fields))
-        .collect();
-    if let Some(include) = table {
-        return Ok(axum::Json(as_table(kind, &items, Some(revision), include)).into_response());
-    }
-    Ok(axum::Json(json!({
-        "apiVersion": kind.api_version(),
-        "kind": format!("{}List", kind.kind),
-        "metadata": {"resourceVersion": revision.to_string()},
-        "items": items,
-    }))
-    .into_response())
+    let paging = PageRequest::from_query(query)?;
+    // The list a continue token must belong to.
+    let scope = format!(
+        "{}/{}?{}&{}",
+        kind.plural,
+        namespace.unwrap_or(""),
+        query.get("labelSelector").map_or("", String::as_str),
+        query.get("fieldSelector").map_or("", String::as_str)
+    );
+    let page = match &paging.continue_token {
+        Some(token) => state.pages.resume(&scope, token, paging.limit)?,
+        None => {
+            let (items, revision) = state.objects.list(kind, namespace).await?;
+            let items: Vec<Value> = items
+                .into_iter()
+                .filter(|o| selected(o, &labels, &fields))
+                .collect();
+            state.pages.first(&scope, items, revision, paging.limit)
+        }
+    };
+    let mut list = match table {
+        Some(include) => as_table(kind, &page.items, Some(page.revision), include),
+        None => json!({
+            "apiVersion": kind.api_version(),
+            "kind": format!("{}List", kind.kind),
+            "metadata": {"resourceVersion": page.revision.to_string()},
+            "items": page.items,
+        }),
+    };
+    page.annotate(&mut list);
+    Ok(axum::Json(list).into_response())
 }
 
 async fn watch(

@@ -114,3 +114,38 @@ fn kubectl_creates_built_in_kinds_over_protobuf() {
         "configmap/settings"
     );
 }
+
+/// Lists in chunks: `kubectl get --chunk-size` walks every page, and the
+/// raw pages carry `continue` and `remainingItemCount`.
+#[test]
+#[ignore = "needs kubectl"]
+fn kubectl_lists_in_chunks() {
+    let cluster = Cluster::start();
+    let kubectl = Kubectl::for_cluster(&cluster);
+    for index in 0..7 {
+        let name = format!("settings-{index}");
+        let out = kubectl.ok(&["create", "configmap", &name, "--from-literal=a=1"]);
+        assert_eq!(out.trim(), format!("configmap/{name} created"));
+    }
+    let names = kubectl.ok(&["get", "configmaps", "--chunk-size=3", "-o", "name"]);
+    let names: Vec<&str> = names.lines().collect();
+    let expected: Vec<String> = (0..7).map(|i| format!("configmap/settings-{i}")).collect();
+    assert_eq!(names, expected);
+    let table = kubectl.ok(&["get", "configmaps", "--chunk-size=2", "--no-headers"]);
+    assert_eq!(table.lines().count(), 7, "{table}");
+
+    let path = "/api/v1/namespaces/default/configmaps?limit=3";
+    let first: serde_json::Value =
+        serde_json::from_str(&kubectl.ok(&["get", "--raw", path])).unwrap();
+    assert_eq!(first["items"].as_array().unwrap().len(), 3);
+    assert_eq!(first["metadata"]["remainingItemCount"], 4);
+    let token = first["metadata"]["continue"].as_str().unwrap();
+    let second: serde_json::Value = serde_json::from_str(
+        &kubectl.ok(&["get", "--raw", &format!("{path}&continue={token}")]),
+    )
+    .unwrap();
+    assert_eq!(second["items"][0]["metadata"]["name"], "settings-3");
+    assert_eq!(second["metadata"]["resourceVersion"], first["metadata"]["resourceVersion"]);
+    let stderr = kubectl.fails(&["get", "--raw", &format!("{path}&continue=garbage")]);
+    assert!(stderr.contains("continue"), "{stderr}");
+}

@@ -13,6 +13,7 @@ mod docker;
 mod drivers;
 mod hollow;
 mod kubectl;
+mod kubectl_dry_run;
 mod kubectl_protobuf;
 mod kubectl_stream;
 mod oci;
