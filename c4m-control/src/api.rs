@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use crate::agents::UsageMap;
 use crate::discovery;
 use crate::objects::{Objects, Part, decode, kind, prefix};
+use crate::bookmarks::{self, WatchOptions};
 use crate::pagination::PageRequest;
 use crate::registry::Registry;
 use crate::selector::Selector;
@@ -155,6 +156,7 @@ pub(crate) fn router(state: Arc<ApiState>) -> Router {
             get(group_version_document),
         )
         .fallback(resource)
+        .layer(middleware::from_fn(crate::events_view::view))
         .layer(middleware::from_fn(crate::protobuf::negotiate))
         .layer(middleware::from_fn_with_state(
             Arc::clone(&state),
@@ -1043,18 +1045,24 @@ async fn watch(
     table: Option<IncludeObject>,
 ) -> Result<Response> {
     let (labels, fields) = selectors(query)?;
+    let options = WatchOptions::from_query(query)?;
     let requested = query
         .get("resourceVersion")
         .map(String::as_str)
         .unwrap_or("");
     let (initial, from) = match requested {
-        "" | "0" => {
+        // A WatchList starts with the objects as they are now (not older
+        // than any resourceVersion it names), then a bookmark that says so.
+        _ if options.send_initial_events || matches!(requested, "" | "0") => {
             let (items, revision) = state.objects.list(kind, namespace).await?;
-            let events: Vec<Value> = items
+            let mut events: Vec<Value> = items
                 .into_iter()
                 .filter(|o| selected(o, &labels, &fields))
                 .map(|o| json!({"type": "ADDED", "object": o}))
                 .collect();
+            if options.send_initial_events {
+                events.push(bookmarks::bookmark(kind, revision, true));
+            }
             (events, revision)
         }
         rv => (
@@ -1096,12 +1104,18 @@ async fn watch(
             selected(&object, &labels, &fields).then(|| json!({"type": event_type, "object": object}))
         }
     });
+    let live = if options.allow_bookmarks {
+        bookmarks::with_bookmarks(live, kind, from, options.bookmark_interval).boxed()
+    } else {
+        live.boxed()
+    };
     let stream = futures::stream::iter(initial)
         .chain(live)
         .map(move |mut event| {
             // A Table watch carries each object as a one-row Table.
             if let Some(include) = table
                 && event["type"] != "ERROR"
+                && event["type"] != "BOOKMARK"
             {
                 let object = event["object"].take();
                 event["object"] = as_table(kind, std::slice::from_ref(&object), None, include);

@@ -43,6 +43,7 @@
 
 mod admission;
 mod agents;
+mod bookmarks;
 mod api;
 mod cache;
 mod controllers;
@@ -51,6 +52,7 @@ mod disruption;
 mod dry_run;
 mod error;
 mod events;
+mod events_view;
 mod invalid;
 mod objects;
 mod openapi_schemas;
