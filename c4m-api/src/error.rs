@@ -38,6 +38,10 @@ pub enum Error {
     /// The response body was not what the API promises.
     #[error("unexpected response from the control plane: {0}")]
     Decode(#[source] serde_json::Error),
+    /// A protobuf response could not be read.
+    #[cfg(feature = "protobuf")]
+    #[error("unexpected protobuf response from the control plane: {0}")]
+    Protobuf(#[source] crate::protobuf::ProtobufError),
 }
 
 impl Error {

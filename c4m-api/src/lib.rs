@@ -7,11 +7,15 @@
 //!   the client share ([`ApplyRequest`], [`ServiceEndpoints`], ...).
 //! - [`stream`]: Kubernetes' exec and port-forward channel protocols over
 //!   WebSocket, which the CLI, the control plane and the agent speak.
+//! - [`protobuf`] (feature `protobuf`): Kubernetes objects between JSON
+//!   and Kubernetes' protobuf, for the API server and the client.
 //! - [`table`]: the columns each kind is listed with, shared by `c4m get`
 //!   and the API's `Table` answers to `kubectl get`.
 
 mod client;
 mod error;
+#[cfg(feature = "protobuf")]
+pub mod protobuf;
 pub mod stream;
 pub mod table;
 mod types;

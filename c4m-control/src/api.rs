@@ -28,6 +28,8 @@ use tokio_util::sync::CancellationToken;
 use crate::agents::UsageMap;
 use crate::discovery;
 use crate::objects::{Objects, Part, decode, kind, prefix};
+use crate::bookmarks::{self, WatchOptions};
+use crate::pagination::PageRequest;
 use crate::registry::Registry;
 use crate::selector::Selector;
 use crate::server_side_apply::ApplyPatch as ServerSideApply;
@@ -36,6 +38,7 @@ use crate::{Error, Result, scheduler_policy};
 use crate::{invalid, patch};
 
 /// What the handlers share.
+#[derive(Clone)]
 pub(crate) struct ApiState {
     pub objects: Objects,
     pub registry: Registry,
@@ -49,6 +52,8 @@ pub(crate) struct ApiState {
     /// The API's TLS certificate (PEM), which `c4m kubeconfig` fetches
     /// for clients to trust; None when the API speaks only HTTP.
     pub certificate_pem: Option<String>,
+    /// The lists being paged through (`limit`/`continue`).
+    pub pages: Arc<crate::pagination::Snapshots>,
 }
 
 type Shared = State<Arc<ApiState>>;
@@ -94,7 +99,7 @@ impl IntoResponse for Error {
 
 /// The largest request body taken: a batch apply of thousands of objects
 /// is one request (axum's default of 2 MiB would refuse 10,000 instances).
-const MAX_REQUEST_BYTES: usize = 64 << 20;
+pub(crate) const MAX_REQUEST_BYTES: usize = 64 << 20;
 
 /// The API's router.
 pub(crate) fn router(state: Arc<ApiState>) -> Router {
@@ -151,6 +156,8 @@ pub(crate) fn router(state: Arc<ApiState>) -> Router {
             get(group_version_document),
         )
         .fallback(resource)
+        .layer(middleware::from_fn(crate::events_view::view))
+        .layer(middleware::from_fn(crate::protobuf::negotiate))
         .layer(middleware::from_fn_with_state(
             Arc::clone(&state),
             authenticate,
@@ -423,6 +430,11 @@ struct Target {
     subresource: Option<String>,
 }
 
+/// The kind a resource path names, if it names one.
+pub(crate) fn kind_of_path(path: &str) -> Option<&'static ResourceKind> {
+    parse_target(path).ok().map(|target| target.kind)
+}
+
 fn parse_target(path: &str) -> Result<Target> {
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let (group, version, rest) = match segments.as_slice() {
@@ -519,13 +531,13 @@ async fn resource_request(
             .map_err(|e| Error::BadRequest(format!("the body is not valid JSON: {e}")))
     };
     let table = table_request(&headers, &query)?;
-    // A dry run (`kubectl apply --dry-run=server`, `kubectl diff`) must
-    // write nothing; until it is served, it is refused rather than written.
-    if method != Method::GET && query.get("dryRun").is_some_and(|d| !d.is_empty()) {
-        return Err(Error::BadRequest(
-            "dryRun is not supported yet: nothing was written (use --dry-run=client)".into(),
-        ));
-    }
+    // A dry run (`kubectl apply --dry-run=server`, `kubectl diff`) takes
+    // every step of the write over a store that keeps nothing.
+    let state = if method != Method::GET && crate::dry_run::requested(&query)? {
+        Arc::new(crate::dry_run::state(&state))
+    } else {
+        state
+    };
     let sub = target.subresource.as_deref();
     if let Some(sub) = sub
         && !kind.has_subresource(sub)
@@ -992,21 +1004,37 @@ async fn list(
     table: Option<IncludeObject>,
 ) -> Result<Response> {
     let (labels, fields) = selectors(query)?;
-    let (items, revision) = state.objects.list(kind, namespace).await?;
-    let items: Vec<Value> = items
-        .into_iter()
-        .filter(|o| selected(o, &labels, &fields))
-        .collect();
-    if let Some(include) = table {
-        return Ok(axum::Json(as_table(kind, &items, Some(revision), include)).into_response());
-    }
-    Ok(axum::Json(json!({
-        "apiVersion": kind.api_version(),
-        "kind": format!("{}List", kind.kind),
-        "metadata": {"resourceVersion": revision.to_string()},
-        "items": items,
-    }))
-    .into_response())
+    let paging = PageRequest::from_query(query)?;
+    // The list a continue token must belong to.
+    let scope = format!(
+        "{}/{}?{}&{}",
+        kind.plural,
+        namespace.unwrap_or(""),
+        query.get("labelSelector").map_or("", String::as_str),
+        query.get("fieldSelector").map_or("", String::as_str)
+    );
+    let page = match &paging.continue_token {
+        Some(token) => state.pages.resume(&scope, token, paging.limit)?,
+        None => {
+            let (items, revision) = state.objects.list(kind, namespace).await?;
+            let items: Vec<Value> = items
+                .into_iter()
+                .filter(|o| selected(o, &labels, &fields))
+                .collect();
+            state.pages.first(&scope, items, revision, paging.limit)
+        }
+    };
+    let mut list = match table {
+        Some(include) => as_table(kind, &page.items, Some(page.revision), include),
+        None => json!({
+            "apiVersion": kind.api_version(),
+            "kind": format!("{}List", kind.kind),
+            "metadata": {"resourceVersion": page.revision.to_string()},
+            "items": page.items,
+        }),
+    };
+    page.annotate(&mut list);
+    Ok(axum::Json(list).into_response())
 }
 
 async fn watch(
@@ -1017,18 +1045,24 @@ async fn watch(
     table: Option<IncludeObject>,
 ) -> Result<Response> {
     let (labels, fields) = selectors(query)?;
+    let options = WatchOptions::from_query(query)?;
     let requested = query
         .get("resourceVersion")
         .map(String::as_str)
         .unwrap_or("");
     let (initial, from) = match requested {
-        "" | "0" => {
+        // A WatchList starts with the objects as they are now (not older
+        // than any resourceVersion it names), then a bookmark that says so.
+        _ if options.send_initial_events || matches!(requested, "" | "0") => {
             let (items, revision) = state.objects.list(kind, namespace).await?;
-            let events: Vec<Value> = items
+            let mut events: Vec<Value> = items
                 .into_iter()
                 .filter(|o| selected(o, &labels, &fields))
                 .map(|o| json!({"type": "ADDED", "object": o}))
                 .collect();
+            if options.send_initial_events {
+                events.push(bookmarks::bookmark(kind, revision, true));
+            }
             (events, revision)
         }
         rv => (
@@ -1070,12 +1104,18 @@ async fn watch(
             selected(&object, &labels, &fields).then(|| json!({"type": event_type, "object": object}))
         }
     });
+    let live = if options.allow_bookmarks {
+        bookmarks::with_bookmarks(live, kind, from, options.bookmark_interval).boxed()
+    } else {
+        live.boxed()
+    };
     let stream = futures::stream::iter(initial)
         .chain(live)
         .map(move |mut event| {
             // A Table watch carries each object as a one-row Table.
             if let Some(include) = table
                 && event["type"] != "ERROR"
+                && event["type"] != "BOOKMARK"
             {
                 let object = event["object"].take();
                 event["object"] = as_table(kind, std::slice::from_ref(&object), None, include);

@@ -114,6 +114,9 @@ pub enum Error {
     /// The DNS server failed.
     #[error(transparent)]
     Dns(#[from] c4m_mesh::DnsError),
+    /// A body could not be read or written as Kubernetes' protobuf.
+    #[error(transparent)]
+    Protobuf(#[from] crate::protobuf::ProtobufError),
 }
 
 /// One reason an object is invalid (a Kubernetes `StatusCause`).
@@ -200,6 +203,7 @@ impl Error {
             Error::Forbidden(_) => (403, "Forbidden"),
             Error::Gone(_) => (410, "Expired"),
             Error::Unavailable(_) | Error::AgentUnreachable { .. } => (503, "ServiceUnavailable"),
+            Error::Protobuf(error) => error.http_status(),
             Error::Store(_)
             | Error::Corrupt { .. }
             | Error::Io { .. }

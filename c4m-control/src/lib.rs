@@ -43,18 +43,23 @@
 
 mod admission;
 mod agents;
+mod bookmarks;
 mod api;
 mod cache;
 mod controllers;
 mod discovery;
 mod disruption;
+mod dry_run;
 mod error;
 mod events;
+mod events_view;
 mod invalid;
 mod objects;
 mod openapi_schemas;
+mod pagination;
 mod patch;
 mod pods;
+mod protobuf;
 mod registry;
 mod scheduler;
 mod scheduler_policy;
@@ -68,5 +73,6 @@ mod tls;
 
 pub use error::{Error, FieldCause, Result};
 pub use objects::Objects;
+pub use protobuf::ProtobufError;
 pub use server::{ControlPlane, ControlPlaneConfig};
 pub use tls::TlsIdentity;

@@ -173,6 +173,16 @@ impl Objects {
         Ok(())
     }
 
+    /// The same objects over another store (a dry run's), with the same
+    /// admission hooks; Events are not recorded from there.
+    pub(crate) fn over_store(&self, store: Arc<dyn Store>) -> Self {
+        Objects {
+            store,
+            admission: Arc::clone(&self.admission),
+            events: Events::disabled(),
+        }
+    }
+
     /// The store underneath.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store

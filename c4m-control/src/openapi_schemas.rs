@@ -36,7 +36,11 @@ fn add_kind(generator: &mut SchemaGenerator, kind: &ResourceKind) -> Option<Stri
         "ConfigMap" => add::<ConfigMap>(generator),
         "Secret" => add::<Secret>(generator),
         "ServiceAccount" => add::<ServiceAccount>(generator),
+        "Event" if kind.group == "events.k8s.io" => {
+            add::<k8s_openapi::api::events::v1::Event>(generator)
+        }
         "Event" => add::<Event>(generator),
+        "Lease" => add::<k8s_openapi::api::coordination::v1::Lease>(generator),
         "Deployment" => add::<Deployment>(generator),
         "ReplicaSet" => add::<ReplicaSet>(generator),
         "PriorityClass" => add::<PriorityClass>(generator),

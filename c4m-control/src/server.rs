@@ -179,6 +179,7 @@ impl ControlPlane {
                 .api_tls
                 .as_ref()
                 .map(|identity| identity.certificate_pem.clone()),
+            pages: Arc::default(),
         });
         let api = ApiListener::new(self.api, self.config.api_tls.as_ref(), shutdown.clone())?;
         let api_shutdown = shutdown.clone();

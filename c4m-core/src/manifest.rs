@@ -20,6 +20,7 @@ use k8s_openapi::api::core::v1::{
     ConfigMap, ContainerPort, Endpoints, Event, Namespace, Node, Pod, PodSpec, Probe,
     ResourceRequirements, Secret, Service, ServiceAccount, ServiceSpec,
 };
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::scheduling::v1::PriorityClass;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -339,6 +340,7 @@ fn check_typed(kind: &ResourceKind, value: &Value) -> Result<ObjectMeta, FieldEr
         "Node" => typed::<Node>(value)?.metadata,
         "ServiceAccount" => typed::<ServiceAccount>(value)?.metadata,
         "Event" => typed::<Event>(value)?.metadata,
+        "Lease" => typed::<Lease>(value)?.metadata,
         "Pod" => {
             let pod: Pod = typed(value)?;
             let spec = pod

@@ -20,8 +20,9 @@
 //!   control plane's resident memory then (and its peak).
 //! - `api`: `--instances` instances bound on hollow nodes, then the real
 //!   `kubectl get pods` (a Table over HTTPS, `$KUBECTL` or
-//!   `/usr/bin/kubectl`) and a full JSON list through the HTTP API, each
-//!   `--rounds` times (median, slowest), and a watch receiving a second
+//!   `/usr/bin/kubectl`; it asks for chunks of 500) and a full list through
+//!   the HTTP API with c4m's client, as JSON and as Kubernetes protobuf,
+//!   each `--rounds` times (median, slowest), and a watch receiving a second
 //!   batch of instances (objects/s once the batch has committed).
 //!
 //! - `oci`: `--instances` instances in oci containers (a busybox image built
@@ -901,13 +902,23 @@ async fn api(nodes: usize, instances: usize, rounds: usize) -> Result<()> {
         .map(|_| get_pods())
         .collect::<Result<Vec<_>>>()?;
 
-    // A JSON list of every instance through the HTTP API.
+    // A list of every instance through the HTTP API with c4m's client, as
+    // JSON and as Kubernetes protobuf (decoded into the same JSON values),
+    // interleaved.
     let mut list_times = Vec::with_capacity(rounds);
+    let mut protobuf_times = Vec::with_capacity(rounds);
     for _ in 0..rounds {
         let started = Instant::now();
         let listed = control.client.list(pods, None, None).await?;
         list_times.push(started.elapsed());
         std::hint::black_box(listed);
+        let started = Instant::now();
+        let listed = control.client.list_protobuf(pods, None, None).await?;
+        protobuf_times.push(started.elapsed());
+        let items = listed["items"].as_array().map_or(0, Vec::len);
+        if items < instances {
+            bail!("the protobuf list had {items} instances, expected {instances}");
+        }
     }
 
     // A watch from now, then a second batch of instances in one
@@ -945,6 +956,7 @@ async fn api(nodes: usize, instances: usize, rounds: usize) -> Result<()> {
 
     let (kubectl_median, kubectl_max) = median_and_max(kubectl_times);
     let (list_median, list_max) = median_and_max(list_times);
+    let (protobuf_median, protobuf_max) = median_and_max(protobuf_times);
     println!("{instances} instances on {nodes} hollow nodes, {rounds} rounds:");
     println!(
         "  kubectl get pods: median {:.0} ms, slowest {:.0} ms ({:.0} rows/s)",
@@ -957,6 +969,12 @@ async fn api(nodes: usize, instances: usize, rounds: usize) -> Result<()> {
         list_median.as_secs_f64() * 1e3,
         list_max.as_secs_f64() * 1e3,
         instances as f64 / list_median.as_secs_f64()
+    );
+    println!(
+        "  list (protobuf, HTTP API): median {:.0} ms, slowest {:.0} ms ({:.0} objects/s)",
+        protobuf_median.as_secs_f64() * 1e3,
+        protobuf_max.as_secs_f64() * 1e3,
+        instances as f64 / protobuf_median.as_secs_f64()
     );
     println!(
         "  watch: {instances} new instances' events in {:.3} s after their batch committed ({:.0} objects/s)",

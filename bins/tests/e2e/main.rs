@@ -14,6 +14,8 @@ mod drivers;
 mod events;
 mod hollow;
 mod kubectl;
+mod kubectl_dry_run;
+mod kubectl_protobuf;
 mod kubectl_stream;
 mod oci;
 mod overlay;

@@ -123,6 +123,17 @@ pub static KINDS: &[ResourceKind] = &[
         false
     ),
     kind!(
+        "coordination.k8s.io",
+        "v1",
+        "Lease",
+        "leases",
+        ["lease"],
+        true
+    ),
+    // A view of the core Events (c4m-control's events_view): discovered
+    // and served, stored as core/v1 Events.
+    kind!("events.k8s.io", "v1", "Event", "events", [], true),
+    kind!(
         "policy",
         "v1",
         "PodDisruptionBudget",

@@ -1,0 +1,853 @@
+//! Kubernetes objects between the JSON c4m keeps and Kubernetes' protobuf
+//! (`application/vnd.kubernetes.protobuf`),
+//! by reflection over a descriptor set compiled from Kubernetes'
+//! `generated.proto` files (`kubernetes.binpb`, rebuilt by
+//! `scripts/kubernetes-descriptors.sh`; see docs/decisions).
+//!
+//! The generated protos name every field as its JSON does, so most of the
+//! mapping is by name. Where Kubernetes' JSON and protobuf differ, the
+//! message type says so, and these are mapped by hand:
+//!
+//! | message | JSON | protobuf |
+//! |---|---|---|
+//! | `intstr.IntOrString` | `8080` or `"http"` | `{type, intVal, strVal}` |
+//! | `resource.Quantity` | `"100m"` | `{string}` |
+//! | `meta.v1.Time` | `"2026-01-02T03:04:05Z"` | `{seconds, nanos}` |
+//! | `meta.v1.MicroTime` | `"2026-01-02T03:04:05.000006Z"` | `{seconds, nanos}` |
+//! | `meta.v1.Duration` | `"1m30s"` | `{duration}` (nanoseconds) |
+//! | `runtime.RawExtension` | any JSON | `{raw}`: JSON text, or a protobuf envelope |
+//! | `meta.v1.FieldsV1` | an object | `{Raw}`: JSON text |
+//! | `bytes` fields (Secret `data`) | base64 | the bytes |
+//!
+//! Go writes every non-pointer field of an object, empty or not, and its
+//! JSON leaves empty strings out (`omitempty`): an empty string or a zero
+//! Time read from protobuf is left out of the JSON likewise.
+
+use std::collections::HashMap;
+use std::sync::LazyLock;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use bytes::Bytes;
+use prost::Message as _;
+use prost_reflect::{
+    ReflectMessage,
+    DescriptorPool, DynamicMessage, FieldDescriptor, Kind, MapKey, MessageDescriptor,
+    Value as Proto,
+};
+use serde_json::{Map, Value, json};
+
+/// Kubernetes' protobuf media type.
+pub const MEDIA_TYPE: &str = "application/vnd.kubernetes.protobuf";
+/// The media type of a protobuf watch stream.
+pub const WATCH_MEDIA_TYPE: &str = "application/vnd.kubernetes.protobuf;stream=watch";
+
+/// Why an object could not be read or written as protobuf.
+#[derive(Debug, thiserror::Error)]
+pub enum ProtobufError {
+    /// The kind has no protobuf form (a custom or c4m kind).
+    #[error(
+        "{kind} ({api_version}) is served as JSON only: send it as application/json and accept application/json"
+    )]
+    NoProtobufForm {
+        /// The object's apiVersion.
+        api_version: String,
+        /// The object's kind.
+        kind: String,
+    },
+    /// The bytes do not start with `k8s\0`.
+    #[error(
+        "the protobuf body does not start with Kubernetes' envelope (the bytes k8s\\0 and a runtime.Unknown)"
+    )]
+    NoEnvelope,
+    /// The envelope names no kind.
+    #[error("the protobuf envelope names no apiVersion and kind")]
+    NoTypeMeta,
+    /// The bytes are not a valid message of the type.
+    #[error("the protobuf body is not a valid {message}: {source}")]
+    Decode {
+        /// The message type.
+        message: String,
+        /// prost's error.
+        #[source]
+        source: prost::DecodeError,
+    },
+    /// A value does not fit its field.
+    #[error("{path}: {message}")]
+    Field {
+        /// Where (`spec.template.spec.containers[0].ports[0].containerPort`).
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The object to encode is not a JSON object with apiVersion and kind.
+    #[error("an object to encode must be a JSON object with apiVersion and kind")]
+    NotAnObject,
+    /// The compiled-in descriptors did not load (a broken build).
+    #[error("the Kubernetes protobuf descriptors did not load: {0}")]
+    Descriptors(#[source] &'static prost_reflect::DescriptorError),
+}
+
+/// The four bytes every Kubernetes protobuf object starts with.
+pub const MAGIC: &[u8; 4] = b"k8s\0";
+
+type Result<T, E = ProtobufError> = std::result::Result<T, E>;
+
+static POOL: LazyLock<Result<DescriptorPool, prost_reflect::DescriptorError>> =
+    LazyLock::new(|| DescriptorPool::decode(&include_bytes!("kubernetes.binpb")[..]));
+
+fn pool() -> Result<&'static DescriptorPool> {
+    POOL.as_ref().map_err(ProtobufError::Descriptors)
+}
+
+const INT_OR_STRING: &str = "apimachinery.pkg.util.intstr.IntOrString";
+const QUANTITY: &str = "apimachinery.pkg.api.resource.Quantity";
+const TIME: &str = "apimachinery.pkg.apis.meta.v1.Time";
+const MICRO_TIME: &str = "apimachinery.pkg.apis.meta.v1.MicroTime";
+const DURATION: &str = "apimachinery.pkg.apis.meta.v1.Duration";
+const FIELDS_V1: &str = "apimachinery.pkg.apis.meta.v1.FieldsV1";
+const RAW_EXTENSION: &str = "apimachinery.pkg.runtime.RawExtension";
+const UNKNOWN: &str = "apimachinery.pkg.runtime.Unknown";
+const META_PACKAGE: &str = "apimachinery.pkg.apis.meta.v1";
+
+/// The message type of a built-in kind, or None for a kind that has no
+/// protobuf form (custom resources, c4m's own kinds).
+pub fn message_for(api_version: &str, kind: &str) -> Option<MessageDescriptor> {
+    let pool = pool().ok()?;
+    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+    let package = match group {
+        "" => "api.core".to_string(),
+        "metrics.k8s.io" => "metrics.pkg.apis.metrics".to_string(),
+        "meta.k8s.io" => "apimachinery.pkg.apis.meta".to_string(),
+        // Built-in groups are one word (apps, batch) or end in .k8s.io;
+        // anything else is someone's own group, whatever its kinds are called.
+        group if !group.contains('.') => format!("api.{group}"),
+        group => match group.strip_suffix(".k8s.io") {
+            Some(prefix) => format!("api.{}", prefix.split('.').next().unwrap_or(prefix)),
+            None => return None,
+        },
+    };
+    pool.get_message_by_name(&format!("{package}.{version}.{kind}"))
+        // Status, DeleteOptions, WatchEvent, APIResourceList: meta/v1 kinds
+        // any group version answers with.
+        .or_else(|| pool.get_message_by_name(&format!("{META_PACKAGE}.{kind}")))
+}
+
+/// Whether objects of this apiVersion and kind have a protobuf form.
+pub fn has_protobuf_form(api_version: &str, kind: &str) -> bool {
+    message_for(api_version, kind).is_some()
+}
+
+/// A JSON object (with apiVersion and kind) as Kubernetes' protobuf
+/// envelope: `k8s\0` and a `runtime.Unknown` holding the message.
+pub fn encode_object(object: &Value) -> Result<Vec<u8>> {
+    let (api_version, kind) = type_meta(object)?;
+    let descriptor = message_for(api_version, kind).ok_or_else(|| no_form(api_version, kind))?;
+    let message = to_message(&descriptor, object, &mut String::new())?;
+    envelope(api_version, kind, message.encode_to_vec())
+}
+
+/// A protobuf envelope as the JSON object it holds, with its apiVersion
+/// and kind.
+pub fn decode_object(bytes: &[u8]) -> Result<Value> {
+    let body = bytes.strip_prefix(MAGIC).ok_or(ProtobufError::NoEnvelope)?;
+    let unknown_descriptor = message(UNKNOWN)?;
+    let unknown = decode_message(&unknown_descriptor, body)?;
+    let type_meta = unknown.get_field_by_name("typeMeta");
+    let type_meta = type_meta.as_deref().and_then(Proto::as_message);
+    let text = |field: &str| {
+        type_meta
+            .and_then(|t| t.get_field_by_name(field))
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default()
+    };
+    let (api_version, kind) = (text("apiVersion"), text("kind"));
+    if kind.is_empty() {
+        return Err(ProtobufError::NoTypeMeta);
+    }
+    let descriptor = message_for(&api_version, &kind).ok_or_else(|| no_form(&api_version, &kind))?;
+    let raw = unknown
+        .get_field_by_name("raw")
+        .and_then(|v| v.as_bytes().cloned())
+        .unwrap_or_default();
+    let object = decode_message(&descriptor, &raw)?;
+    let mut json = from_message(&object);
+    if let Value::Object(fields) = &mut json {
+        fields.insert("apiVersion".into(), json!(api_version));
+        fields.insert("kind".into(), json!(kind));
+    }
+    Ok(json)
+}
+
+/// A watch event (`{"type": ..., "object": ...}`) as one protobuf watch
+/// frame's content: a bare `meta.v1.WatchEvent` whose object is an envelope.
+pub fn encode_watch_event(event: &Value) -> Result<Vec<u8>> {
+    let event_type = event["type"].as_str().unwrap_or_default();
+    let object = encode_object(&event["object"])?;
+    let descriptor = message(&format!("{META_PACKAGE}.WatchEvent"))?;
+    let raw_extension = message(RAW_EXTENSION)?;
+    let mut extension = DynamicMessage::new(raw_extension);
+    extension.set_field_by_name("raw", Proto::Bytes(object.into()));
+    let mut watch_event = DynamicMessage::new(descriptor);
+    watch_event.set_field_by_name("type", Proto::String(event_type.to_string()));
+    watch_event.set_field_by_name("object", Proto::Message(extension));
+    Ok(watch_event.encode_to_vec())
+}
+
+/// A watch frame's content back as `{"type": ..., "object": ...}`.
+pub fn decode_watch_event(bytes: &[u8]) -> Result<Value> {
+    let descriptor = message(&format!("{META_PACKAGE}.WatchEvent"))?;
+    let event = decode_message(&descriptor, bytes)?;
+    let event_type = event
+        .get_field_by_name("type")
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    let raw = event
+        .get_field_by_name("object")
+        .and_then(|v| v.as_message()?.get_field_by_name("raw")?.as_bytes().cloned())
+        .unwrap_or_default();
+    Ok(json!({"type": event_type, "object": decode_object(&raw)?}))
+}
+
+/// Kubernetes' envelope around an encoded message `raw` of `kind`: `k8s\0`
+/// and a `runtime.Unknown` naming its apiVersion and kind.
+pub fn envelope(api_version: &str, kind: &str, raw: Vec<u8>) -> Result<Vec<u8>> {
+    let unknown_descriptor = message(UNKNOWN)?;
+    let type_meta_descriptor = message("apimachinery.pkg.runtime.TypeMeta")?;
+    let mut type_meta = DynamicMessage::new(type_meta_descriptor);
+    type_meta.set_field_by_name("apiVersion", Proto::String(api_version.to_string()));
+    type_meta.set_field_by_name("kind", Proto::String(kind.to_string()));
+    let mut unknown = DynamicMessage::new(unknown_descriptor);
+    unknown.set_field_by_name("typeMeta", Proto::Message(type_meta));
+    unknown.set_field_by_name("raw", Proto::Bytes(raw.into()));
+    let mut bytes = MAGIC.to_vec();
+    unknown
+        .encode(&mut bytes)
+        .map_err(|e| field_error("", format!("encoding the envelope: {e}")))?;
+    Ok(bytes)
+}
+
+fn type_meta(object: &Value) -> Result<(&str, &str)> {
+    let api_version = object["apiVersion"].as_str();
+    let kind = object["kind"].as_str();
+    match (api_version, kind) {
+        (Some(api_version), Some(kind)) if object.is_object() => Ok((api_version, kind)),
+        _ => Err(ProtobufError::NotAnObject),
+    }
+}
+
+fn no_form(api_version: &str, kind: &str) -> ProtobufError {
+    ProtobufError::NoProtobufForm {
+        api_version: api_version.to_string(),
+        kind: kind.to_string(),
+    }
+}
+
+fn message(name: &str) -> Result<MessageDescriptor> {
+    pool()?
+        .get_message_by_name(name)
+        .ok_or_else(|| field_error("", format!("the descriptors have no message {name}")))
+}
+
+fn decode_message(descriptor: &MessageDescriptor, bytes: &[u8]) -> Result<DynamicMessage> {
+    DynamicMessage::decode(descriptor.clone(), bytes).map_err(|source| ProtobufError::Decode {
+        message: descriptor.full_name().to_string(),
+        source,
+    })
+}
+
+fn field_error(path: &str, message: impl Into<String>) -> ProtobufError {
+    ProtobufError::Field {
+        path: if path.is_empty() {
+            "(object)".into()
+        } else {
+            path.to_string()
+        },
+        message: message.into(),
+    }
+}
+
+// ---- JSON to protobuf ----
+
+/// `json` as a message of `descriptor`; `path` names where it is, for errors.
+fn to_message(
+    descriptor: &MessageDescriptor,
+    json: &Value,
+    path: &mut String,
+) -> Result<DynamicMessage> {
+    let mut message = DynamicMessage::new(descriptor.clone());
+    match descriptor.full_name() {
+        INT_OR_STRING => match json {
+            Value::Number(n) => {
+                let value = n
+                    .as_i64()
+                    .and_then(|v| i32::try_from(v).ok())
+                    .ok_or_else(|| field_error(path, format!("{n} is not a 32-bit integer")))?;
+                message.set_field_by_name("type", Proto::I64(0));
+                message.set_field_by_name("intVal", Proto::I32(value));
+            }
+            Value::String(s) => {
+                message.set_field_by_name("type", Proto::I64(1));
+                message.set_field_by_name("strVal", Proto::String(s.clone()));
+            }
+            other => return Err(field_error(path, format!("{other} is not an integer or a string"))),
+        },
+        QUANTITY => {
+            let text = match json {
+                Value::String(s) => s.clone(),
+                Value::Number(n) => n.to_string(),
+                other => return Err(field_error(path, format!("{other} is not a quantity"))),
+            };
+            message.set_field_by_name("string", Proto::String(text));
+        }
+        TIME | MICRO_TIME => {
+            let text = json
+                .as_str()
+                .ok_or_else(|| field_error(path, format!("{json} is not an RFC 3339 time")))?;
+            let since_epoch = c4m_core::parse_rfc3339(text)
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .ok_or_else(|| field_error(path, format!("{text:?} is not an RFC 3339 time")))?;
+            let seconds = i64::try_from(since_epoch.as_secs())
+                .map_err(|_| field_error(path, format!("{text:?} is out of range")))?;
+            message.set_field_by_name("seconds", Proto::I64(seconds));
+            // Time keeps whole seconds, as Kubernetes' does.
+            if descriptor.full_name() == MICRO_TIME {
+                let micros = since_epoch.subsec_micros() as i32;
+                message.set_field_by_name("nanos", Proto::I32(micros * 1000));
+            }
+        }
+        DURATION => {
+            let text = json
+                .as_str()
+                .ok_or_else(|| field_error(path, format!("{json} is not a duration")))?;
+            let nanos = parse_go_duration(text)
+                .ok_or_else(|| field_error(path, format!("{text:?} is not a duration (like 1m30s)")))?;
+            message.set_field_by_name("duration", Proto::I64(nanos));
+        }
+        RAW_EXTENSION | FIELDS_V1 => {
+            let field = if descriptor.full_name() == FIELDS_V1 {
+                "Raw"
+            } else {
+                "raw"
+            };
+            let text = serde_json::to_vec(json)
+                .map_err(|e| field_error(path, format!("cannot be written as JSON: {e}")))?;
+            message.set_field_by_name(field, Proto::Bytes(text.into()));
+        }
+        _ => {
+            let fields = json
+                .as_object()
+                .ok_or_else(|| field_error(path, format!("{json} is not an object")))?;
+            for (name, value) in fields {
+                if value.is_null() {
+                    continue;
+                }
+                // apiVersion, kind and fields the protos do not have (none
+                // for an object c4m validated) have no place in the message.
+                let Some(field) = descriptor.get_field_by_name(name) else {
+                    continue;
+                };
+                let len = path.len();
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(name);
+                let converted = field_to_proto(&field, value, path);
+                path.truncate(len);
+                message.set_field(&field, converted?);
+            }
+        }
+    }
+    Ok(message)
+}
+
+fn field_to_proto(field: &FieldDescriptor, value: &Value, path: &mut String) -> Result<Proto> {
+    if field.is_map() {
+        let Kind::Message(entry) = field.kind() else {
+            return Err(field_error(path, "a map field without an entry type"));
+        };
+        let value_field = entry.map_entry_value_field();
+        let object = value
+            .as_object()
+            .ok_or_else(|| field_error(path, format!("{value} is not an object")))?;
+        let mut map = HashMap::with_capacity(object.len());
+        for (key, item) in object {
+            if item.is_null() {
+                continue;
+            }
+            let len = path.len();
+            path.push_str(&format!("[{key}]"));
+            let converted = scalar_to_proto(&value_field.kind(), item, path);
+            path.truncate(len);
+            map.insert(MapKey::String(key.clone()), converted?);
+        }
+        return Ok(Proto::Map(map));
+    }
+    if field.is_list() {
+        let items = value
+            .as_array()
+            .ok_or_else(|| field_error(path, format!("{value} is not an array")))?;
+        let mut list = Vec::with_capacity(items.len());
+        for (index, item) in items.iter().enumerate() {
+            let len = path.len();
+            path.push_str(&format!("[{index}]"));
+            let converted = scalar_to_proto(&field.kind(), item, path);
+            path.truncate(len);
+            list.push(converted?);
+        }
+        return Ok(Proto::List(list));
+    }
+    scalar_to_proto(&field.kind(), value, path)
+}
+
+fn scalar_to_proto(kind: &Kind, value: &Value, path: &mut String) -> Result<Proto> {
+    let wrong = |what: &str| field_error(path, format!("{value} is not {what}"));
+    let integer = || -> Option<i64> {
+        value
+            .as_i64()
+            .or_else(|| value.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64))
+    };
+    Ok(match kind {
+        Kind::Message(descriptor) => Proto::Message(to_message(descriptor, value, path)?),
+        Kind::String => Proto::String(value.as_str().ok_or_else(|| wrong("a string"))?.into()),
+        Kind::Bool => Proto::Bool(value.as_bool().ok_or_else(|| wrong("a boolean"))?),
+        Kind::Bytes => {
+            let text = value.as_str().ok_or_else(|| wrong("base64 text"))?;
+            let bytes = BASE64
+                .decode(text)
+                .map_err(|e| field_error(path, format!("is not valid base64: {e}")))?;
+            Proto::Bytes(bytes.into())
+        }
+        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => Proto::I32(
+            integer()
+                .and_then(|v| i32::try_from(v).ok())
+                .ok_or_else(|| wrong("a 32-bit integer"))?,
+        ),
+        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => {
+            Proto::I64(integer().ok_or_else(|| wrong("an integer"))?)
+        }
+        Kind::Uint32 | Kind::Fixed32 => Proto::U32(
+            integer()
+                .and_then(|v| u32::try_from(v).ok())
+                .ok_or_else(|| wrong("a non-negative 32-bit integer"))?,
+        ),
+        Kind::Uint64 | Kind::Fixed64 => Proto::U64(
+            value
+                .as_u64()
+                .ok_or_else(|| wrong("a non-negative integer"))?,
+        ),
+        Kind::Double => Proto::F64(value.as_f64().ok_or_else(|| wrong("a number"))?),
+        Kind::Float => Proto::F32(value.as_f64().ok_or_else(|| wrong("a number"))? as f32),
+        // Kubernetes' protos have no enums (its enumerations are strings).
+        Kind::Enum(_) => Proto::EnumNumber(
+            integer()
+                .and_then(|v| i32::try_from(v).ok())
+                .ok_or_else(|| wrong("an enum number"))?,
+        ),
+    })
+}
+
+// ---- protobuf to JSON ----
+
+/// A message as Kubernetes' JSON for it.
+fn from_message(message: &DynamicMessage) -> Value {
+    let descriptor = message.descriptor();
+    let number = |name: &str| {
+        message
+            .get_field_by_name(name)
+            .map(|v| match *v {
+                Proto::I64(n) => n,
+                Proto::I32(n) => i64::from(n),
+                _ => 0,
+            })
+            .unwrap_or(0)
+    };
+    let text = |name: &str| {
+        message
+            .get_field_by_name(name)
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default()
+    };
+    let bytes = |name: &str| {
+        message
+            .get_field_by_name(name)
+            .and_then(|v| v.as_bytes().cloned())
+            .unwrap_or_default()
+    };
+    match descriptor.full_name() {
+        INT_OR_STRING => {
+            if number("type") == 1 {
+                json!(text("strVal"))
+            } else {
+                json!(number("intVal"))
+            }
+        }
+        QUANTITY => json!(text("string")),
+        TIME | MICRO_TIME => {
+            let (seconds, nanos) = (number("seconds"), number("nanos"));
+            if seconds == 0 && nanos == 0 {
+                return Value::Null;
+            }
+            format_time(seconds, nanos, descriptor.full_name() == MICRO_TIME)
+                .map_or(Value::Null, Value::String)
+        }
+        DURATION => json!(format_go_duration(number("duration"))),
+        RAW_EXTENSION => raw_to_json(&bytes("raw")),
+        FIELDS_V1 => raw_to_json(&bytes("Raw")),
+        _ => {
+            let mut object = Map::new();
+            for field in descriptor.fields() {
+                let value = message.get_field(&field);
+                let json = if field.is_map() {
+                    let Proto::Map(map) = value.as_ref() else {
+                        continue;
+                    };
+                    if map.is_empty() {
+                        continue;
+                    }
+                    let entries: Map<String, Value> = map
+                        .iter()
+                        .map(|(key, item)| (map_key_text(key), scalar_from_proto(item)))
+                        .collect();
+                    Value::Object(entries)
+                } else if field.is_list() {
+                    let Proto::List(items) = value.as_ref() else {
+                        continue;
+                    };
+                    // A List's items are there even when there are none.
+                    if items.is_empty() && field.name() != "items" {
+                        continue;
+                    }
+                    Value::Array(items.iter().map(scalar_from_proto).collect())
+                } else {
+                    if !message.has_field(&field) {
+                        continue;
+                    }
+                    scalar_from_proto(&value)
+                };
+                match &json {
+                    Value::Null => continue,
+                    Value::String(s) if s.is_empty() => continue,
+                    _ => {}
+                }
+                object.insert(field.name().to_string(), json);
+            }
+            Value::Object(object)
+        }
+    }
+}
+
+fn scalar_from_proto(value: &Proto) -> Value {
+    match value {
+        Proto::Bool(b) => json!(b),
+        Proto::I32(n) => json!(n),
+        Proto::I64(n) => json!(n),
+        Proto::U32(n) => json!(n),
+        Proto::U64(n) => json!(n),
+        Proto::F32(n) => json!(n),
+        Proto::F64(n) => json!(n),
+        Proto::String(s) => json!(s),
+        Proto::Bytes(b) => json!(BASE64.encode(b)),
+        Proto::EnumNumber(n) => json!(n),
+        Proto::Message(m) => from_message(m),
+        Proto::List(items) => Value::Array(items.iter().map(scalar_from_proto).collect()),
+        Proto::Map(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| (map_key_text(k), scalar_from_proto(v)))
+                .collect(),
+        ),
+    }
+}
+
+fn map_key_text(key: &MapKey) -> String {
+    match key {
+        MapKey::Bool(b) => b.to_string(),
+        MapKey::I32(n) => n.to_string(),
+        MapKey::I64(n) => n.to_string(),
+        MapKey::U32(n) => n.to_string(),
+        MapKey::U64(n) => n.to_string(),
+        MapKey::String(s) => s.clone(),
+    }
+}
+
+/// A RawExtension's bytes: a nested protobuf object, JSON text, or (when
+/// they are neither) the bytes as base64, so nothing is lost silently.
+fn raw_to_json(raw: &Bytes) -> Value {
+    if raw.is_empty() {
+        return Value::Null;
+    }
+    if raw.starts_with(MAGIC)
+        && let Ok(object) = decode_object(raw)
+    {
+        return object;
+    }
+    serde_json::from_slice(raw).unwrap_or_else(|_| json!(BASE64.encode(raw)))
+}
+
+fn format_time(seconds: i64, nanos: i64, micro: bool) -> Option<String> {
+    let at = UNIX_EPOCH.checked_add(Duration::from_secs(u64::try_from(seconds).ok()?))?;
+    let whole = c4m_core::format_rfc3339(SystemTime::from(at));
+    if !micro {
+        return Some(whole);
+    }
+    let stem = whole.strip_suffix('Z')?;
+    Some(format!("{stem}.{:06}Z", nanos / 1000))
+}
+
+/// Go's `time.Duration` text (`1h2m3.5s`, `300ms`) in nanoseconds.
+fn parse_go_duration(text: &str) -> Option<i64> {
+    let (negative, mut rest) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text.strip_prefix('+').unwrap_or(text)),
+    };
+    if rest.is_empty() {
+        return None;
+    }
+    if rest == "0" {
+        return Some(0);
+    }
+    let mut total = 0f64;
+    while !rest.is_empty() {
+        let number_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .filter(|&n| n > 0)?;
+        let number: f64 = rest[..number_len].parse().ok()?;
+        rest = &rest[number_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "ns" => 1.0,
+            "us" | "µs" => 1e3,
+            "ms" => 1e6,
+            "s" => 1e9,
+            "m" => 60e9,
+            "h" => 3600e9,
+            _ => return None,
+        };
+        rest = &rest[unit_len..];
+        total += number * scale;
+    }
+    let nanos = total.round() as i64;
+    Some(if negative { -nanos } else { nanos })
+}
+
+/// Nanoseconds as Go prints a `time.Duration` (`1h2m3.5s`, `300ms`, `0s`).
+fn format_go_duration(nanos: i64) -> String {
+    if nanos == 0 {
+        return "0s".into();
+    }
+    let sign = if nanos < 0 { "-" } else { "" };
+    let n = nanos.unsigned_abs();
+    if n < 1_000_000_000 {
+        let (value, unit) = if n < 1_000 {
+            (n as f64, "ns")
+        } else if n < 1_000_000 {
+            (n as f64 / 1e3, "µs")
+        } else {
+            (n as f64 / 1e6, "ms")
+        };
+        return format!("{sign}{value}{unit}");
+    }
+    let hours = n / 3_600_000_000_000;
+    let minutes = n / 60_000_000_000 % 60;
+    let seconds = (n % 60_000_000_000) as f64 / 1e9;
+    let mut text = String::from(sign);
+    if hours > 0 {
+        text.push_str(&format!("{hours}h"));
+    }
+    if hours > 0 || minutes > 0 {
+        text.push_str(&format!("{minutes}m"));
+    }
+    text.push_str(&format!("{seconds}s"));
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// JSON → protobuf envelope → JSON gives the object back.
+    fn round_trip(object: Value) -> Value {
+        let bytes = encode_object(&object).unwrap();
+        assert!(bytes.starts_with(MAGIC));
+        decode_object(&bytes).unwrap()
+    }
+
+    #[test]
+    fn descriptors_load_and_name_the_built_in_kinds() {
+        assert!(pool().is_ok());
+        for (api_version, kind) in [
+            ("v1", "Pod"),
+            ("v1", "Namespace"),
+            ("v1", "SecretList"),
+            ("apps/v1", "Deployment"),
+            ("batch/v1", "CronJob"),
+            ("events.k8s.io/v1", "Event"),
+            ("coordination.k8s.io/v1", "Lease"),
+            ("rbac.authorization.k8s.io/v1", "ClusterRole"),
+            ("autoscaling/v2", "HorizontalPodAutoscaler"),
+            ("metrics.k8s.io/v1beta1", "PodMetrics"),
+            ("v1", "Status"),
+            ("meta.k8s.io/v1", "DeleteOptions"),
+        ] {
+            assert!(
+                has_protobuf_form(api_version, kind),
+                "{api_version} {kind} has no message"
+            );
+        }
+        assert!(!has_protobuf_form("c4m.io/v1", "Microservice"));
+        // A custom group whose kind happens to share a built-in name.
+        assert!(!has_protobuf_form("apps.example.com/v1", "Deployment"));
+        assert!(!has_protobuf_form("v1", "Widget"));
+    }
+
+    #[test]
+    fn namespace_round_trips_with_its_type_meta() {
+        let namespace = json!({"apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": "x", "labels": {"team": "a"}, "resourceVersion": "12"}});
+        assert_eq!(round_trip(namespace.clone()), namespace);
+    }
+
+    #[test]
+    fn int_or_string_round_trips_both_ways() {
+        let service = json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "web"},
+            "spec": {"ports": [
+                {"name": "http", "port": 80, "targetPort": 8080},
+                {"name": "named", "port": 81, "targetPort": "http"},
+            ]}});
+        assert_eq!(round_trip(service.clone()), service);
+        // And on the wire it is Kubernetes' {type, intVal, strVal}.
+        let port = &service["spec"]["ports"][1]["targetPort"];
+        let descriptor = message(INT_OR_STRING).unwrap();
+        let message = to_message(&descriptor, port, &mut String::new()).unwrap();
+        assert_eq!(
+            message.get_field_by_name("type").unwrap().as_i64(),
+            Some(1)
+        );
+        assert_eq!(
+            message.get_field_by_name("strVal").unwrap().as_str(),
+            Some("http")
+        );
+    }
+
+    #[test]
+    fn quantities_round_trip_as_text() {
+        let pod = json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "p", "namespace": "default"},
+            "spec": {"containers": [{"name": "c", "image": "busybox",
+                "resources": {"limits": {"cpu": "250m", "memory": "64Mi"},
+                              "requests": {"cpu": "100m"}}}]}});
+        assert_eq!(round_trip(pod.clone()), pod);
+        // A number where a quantity goes is taken as its text.
+        let mut numeric = pod.clone();
+        numeric["spec"]["containers"][0]["resources"]["limits"]["cpu"] = json!(2);
+        let back = round_trip(numeric);
+        assert_eq!(back["spec"]["containers"][0]["resources"]["limits"]["cpu"], "2");
+    }
+
+    #[test]
+    fn times_round_trip_at_their_precision() {
+        let event = json!({"apiVersion": "events.k8s.io/v1", "kind": "Event",
+            "metadata": {"name": "e", "namespace": "default",
+                         "creationTimestamp": "2026-11-21T22:53:19Z"},
+            "eventTime": "2026-11-21T22:53:19.123456Z",
+            "reason": "Started", "note": "started", "type": "Normal", "action": "Start",
+            "reportingController": "c4m", "reportingInstance": "c4m-1"});
+        assert_eq!(round_trip(event.clone()), event);
+        // Time keeps whole seconds.
+        let mut fine = event.clone();
+        fine["metadata"]["creationTimestamp"] = json!("2026-11-21T22:53:19.9Z");
+        assert_eq!(
+            round_trip(fine)["metadata"]["creationTimestamp"],
+            "2026-11-21T22:53:19Z"
+        );
+        let mut bad = event;
+        bad["eventTime"] = json!("yesterday");
+        let error = encode_object(&bad).unwrap_err().to_string();
+        assert!(error.contains("eventTime") && error.contains("RFC 3339"), "{error}");
+    }
+
+    #[test]
+    fn raw_extensions_round_trip_as_json() {
+        let revision = json!({"apiVersion": "apps/v1", "kind": "ControllerRevision",
+            "metadata": {"name": "web-1", "namespace": "default"},
+            "data": {"spec": {"template": {"metadata": {"labels": {"app": "web"}}}}},
+            "revision": 1});
+        assert_eq!(round_trip(revision.clone()), revision);
+        let managed = json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "c", "managedFields": [{"manager": "kubectl",
+                "operation": "Apply", "fieldsType": "FieldsV1",
+                "fieldsV1": {"f:data": {"f:a": {}}}, "time": "2026-01-02T03:04:05Z"}]},
+            "data": {"a": "1"}});
+        assert_eq!(round_trip(managed.clone()), managed);
+    }
+
+    #[test]
+    fn secret_bytes_round_trip_as_base64() {
+        let secret = json!({"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "s", "namespace": "default"},
+            "type": "Opaque",
+            "data": {"password": BASE64.encode(b"s3cr\x00t\xff")}});
+        assert_eq!(round_trip(secret.clone()), secret);
+        let mut bad = secret;
+        bad["data"]["password"] = json!("not base64!");
+        let error = encode_object(&bad).unwrap_err().to_string();
+        assert!(error.contains("data[password]") && error.contains("base64"), "{error}");
+    }
+
+    #[test]
+    fn durations_follow_go() {
+        for (text, nanos) in [("1h2m3.5s", 3_723_500_000_000), ("300ms", 300_000_000), ("0s", 0)] {
+            assert_eq!(parse_go_duration(text), Some(nanos), "{text}");
+            assert_eq!(format_go_duration(nanos), text);
+        }
+        assert_eq!(parse_go_duration("5 minutes"), None);
+        assert_eq!(parse_go_duration(""), None);
+    }
+
+    #[test]
+    fn lists_keep_their_items_and_watch_events_nest_envelopes() {
+        let list = json!({"apiVersion": "v1", "kind": "ConfigMapList",
+            "metadata": {"resourceVersion": "7"}, "items": []});
+        assert_eq!(round_trip(list.clone()), list);
+        let event = json!({"type": "ADDED", "object": {"apiVersion": "apps/v1",
+            "kind": "Deployment", "metadata": {"name": "web", "namespace": "default"},
+            "spec": {"replicas": 0, "selector": {"matchLabels": {"app": "web"}},
+                "template": {"metadata": {"labels": {"app": "web"}},
+                    "spec": {"containers": [{"name": "web", "image": "nginx"}]}}}}});
+        let frame = encode_watch_event(&event).unwrap();
+        // The frame is a bare WatchEvent, not an envelope; its object is one.
+        assert!(!frame.starts_with(MAGIC));
+        assert_eq!(decode_watch_event(&frame).unwrap(), event);
+    }
+
+    #[test]
+    fn bad_input_is_an_error_not_a_panic() {
+        assert!(matches!(decode_object(b"{}"), Err(ProtobufError::NoEnvelope)));
+        assert!(matches!(
+            decode_object(b"k8s\0\xff\xff\xff"),
+            Err(ProtobufError::Decode { .. })
+        ));
+        let custom = encode_object(&json!({"apiVersion": "c4m.io/v1", "kind": "Microservice",
+            "metadata": {"name": "m"}}))
+        .unwrap_err();
+        assert!(custom.to_string().contains("JSON only"), "{custom}");
+        // An envelope naming a kind with no protobuf form.
+        let bytes = envelope("c4m.io/v1", "Microservice", Vec::new()).unwrap();
+        assert!(matches!(
+            decode_object(&bytes),
+            Err(ProtobufError::NoProtobufForm { .. })
+        ));
+        let wrong_type = json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": 5}});
+        let error = encode_object(&wrong_type).unwrap_err().to_string();
+        assert!(error.starts_with("metadata.name: 5 is not a string"), "{error}");
+        assert!(matches!(
+            encode_object(&json!([1])),
+            Err(ProtobufError::NotAnObject)
+        ));
+    }
+}
