@@ -46,6 +46,7 @@ mod agents;
 mod api;
 mod cache;
 mod controllers;
+mod deletion;
 mod discovery;
 mod disruption;
 mod error;

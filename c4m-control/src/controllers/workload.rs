@@ -19,6 +19,7 @@ use super::latest;
 use super::replicasets::{self, DeploymentView, POD_TEMPLATE_HASH, ReplicaSetIndex};
 use crate::Result;
 use crate::cache::{Cache, Changes, ROOT, controller_key};
+use crate::deletion::is_deleting;
 use crate::objects::{Objects, kind, name_of, namespace_of, random_suffix};
 use crate::pods::{controller_uid, is_ready, is_terminal, stable_hash};
 
@@ -153,7 +154,9 @@ async fn reconcile_workload(
         )
         .await,
     );
-    if let Some(owner) = &owner {
+    // An owner being deleted (waiting for its finalizers) starts nothing
+    // new, as in Kubernetes.
+    if let Some(owner) = owner.as_ref().filter(|o| !is_deleting(&o.object)) {
         written = latest(
             written,
             reconcile_owner(objects, owner, &mine, replica_sets).await?,
@@ -224,8 +227,13 @@ async fn reconcile_owner(
     pods: &[Arc<Value>],
     replica_sets: &[Arc<Value>],
 ) -> Result<Option<i64>> {
-    let hash = template_hash(&owner.template);
+    let template = &owner.template;
+    let hash = template_hash(template);
     let mut written = None;
+    // Pods being deleted are on their way out: neither counted nor
+    // deleted again (Kubernetes' active pods).
+    let pods: Vec<Arc<Value>> = pods.iter().filter(|p| !is_deleting(p)).cloned().collect();
+    let pods = pods.as_slice();
     let (terminal, mut active): (Vec<&Arc<Value>>, Vec<&Arc<Value>>) =
         pods.iter().partition(|p| is_terminal(p));
     for pod in terminal {
@@ -250,7 +258,7 @@ async fn reconcile_owner(
         .min(allowed_total.saturating_sub(current.len() + outdated.len()));
     if to_create > 0 {
         let new_pods = (0..to_create)
-            .map(|_| (kind("pods"), new_pod(owner, &hash)))
+            .map(|_| (kind("pods"), new_pod(owner, template, &hash)))
             .collect();
         written = latest(written, Some(objects.create_many(new_pods).await?));
     }
@@ -291,7 +299,7 @@ async fn reconcile_owner(
         let view = DeploymentView {
             object: &owner.object,
             uid: &owner.uid,
-            template: &owner.template,
+            template,
             hash: &hash,
             replicas: owner.replicas,
         };
@@ -343,8 +351,7 @@ async fn delete_pod(objects: &Objects, pod: &Value) -> Option<i64> {
     super::delete_object(objects, "pods", pod).await
 }
 
-fn new_pod(owner: &Owner, hash: &str) -> Value {
-    let template = &owner.template;
+fn new_pod(owner: &Owner, template: &Value, hash: &str) -> Value {
     let mut metadata = template["metadata"].clone();
     if !metadata.is_object() {
         metadata = json!({});
