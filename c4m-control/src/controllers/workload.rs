@@ -227,8 +227,21 @@ async fn reconcile_owner(
     pods: &[Arc<Value>],
     replica_sets: &[Arc<Value>],
 ) -> Result<Option<i64>> {
-    let template = &owner.template;
-    let hash = template_hash(template);
+    // A paused Deployment keeps to the template of its newest ReplicaSet
+    // (still scaling it), and starts no rollout: none at all before its
+    // first ReplicaSet, as in Kubernetes.
+    let paused_at = if owner.kind == "Deployment" && owner.object["spec"]["paused"] == true {
+        match replicasets::newest(replica_sets, &owner.uid) {
+            Some(newest) => Some(newest),
+            None => return update_status(objects, owner, &[], "", None).await,
+        }
+    } else {
+        None
+    };
+    let (template, hash) = match &paused_at {
+        Some((template, hash)) => (template, hash.clone()),
+        None => (&owner.template, template_hash(&owner.template)),
+    };
     let mut written = None;
     // Pods being deleted are on their way out: neither counted nor
     // deleted again (Kubernetes' active pods).
@@ -338,6 +351,30 @@ fn template_hash(template: &Value) -> String {
     }
     let canonical = pruned(template).unwrap_or(Value::Null);
     stable_hash(canonical.to_string().as_bytes())
+}
+
+/// Kubernetes' Progressing condition of a paused Deployment: status
+/// Unknown (which [`crate::pods::set_condition`] cannot write), reason
+/// DeploymentPaused. Left as it is once set, so it does not churn.
+fn set_paused_condition(deployment: &mut Value) {
+    let paused = |c: &Value| c["status"] == "Unknown" && c["reason"] == "DeploymentPaused";
+    let conditions = deployment["status"]["conditions"].as_array();
+    if conditions.is_some_and(|all| all.iter().any(|c| c["type"] == "Progressing" && paused(c))) {
+        return;
+    }
+    crate::pods::set_condition(
+        deployment,
+        "Progressing",
+        false,
+        "DeploymentPaused",
+        "Deployment is paused",
+    );
+    if let Some(condition) = deployment["status"]["conditions"]
+        .as_array_mut()
+        .and_then(|all| all.iter_mut().find(|c| c["type"] == "Progressing"))
+    {
+        condition["status"] = json!("Unknown");
+    }
 }
 
 fn creation(pod: &Value) -> String {
@@ -459,17 +496,21 @@ async fn update_status(
         },
         &available_message,
     );
-    crate::pods::set_condition(
-        &mut desired,
-        "Progressing",
-        true,
-        if complete {
-            "NewReplicaSetAvailable"
-        } else {
-            "ReplicaSetUpdated"
-        },
-        &progressing_message,
-    );
+    if owner.object["spec"]["paused"] == true && owner.kind == "Deployment" {
+        set_paused_condition(&mut desired);
+    } else {
+        crate::pods::set_condition(
+            &mut desired,
+            "Progressing",
+            true,
+            if complete {
+                "NewReplicaSetAvailable"
+            } else {
+                "ReplicaSetUpdated"
+            },
+            &progressing_message,
+        );
+    }
     let revision = revision.map(|r| json!(r.to_string()));
     let revision_current = |object: &Value| {
         revision
@@ -502,4 +543,35 @@ async fn update_status(
             },
         )
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_paused_deployment_progresses_unknown_and_the_condition_stays_put() {
+        let mut deployment = json!({"status": {"conditions": [
+            {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable",
+             "message": "done", "lastTransitionTime": "2026-12-07T00:00:00Z"}
+        ]}});
+        set_paused_condition(&mut deployment);
+        let condition = deployment["status"]["conditions"][0].clone();
+        assert_eq!(
+            (
+                &condition["status"],
+                &condition["reason"],
+                &condition["message"]
+            ),
+            (
+                &json!("Unknown"),
+                &json!("DeploymentPaused"),
+                &json!("Deployment is paused")
+            )
+        );
+        // Again: unchanged (no write on every reconcile).
+        let before = deployment.clone();
+        set_paused_condition(&mut deployment);
+        assert_eq!(deployment, before);
+    }
 }
