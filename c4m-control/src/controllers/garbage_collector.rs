@@ -298,6 +298,14 @@ impl GarbageCollector {
                 OwnerState::Solid
             }
         };
+        // The common case, an owner alive and well, without decoding it:
+        // its JSON holds its uid and no deletion mark.
+        if let Some(stored) = cache.stored(&key)
+            && stored.contains(format!("\"uid\":\"{}\"", owner.uid).as_bytes())
+            && !stored.contains(b"\"deletionTimestamp\"")
+        {
+            return Ok(OwnerState::Solid);
+        }
         if let Some(cached) = cache.get_key(&key)
             && classify(&cached) != OwnerState::Dangling
         {
