@@ -156,8 +156,10 @@ async fn report_running(
         };
         let now = format_rfc3339(SystemTime::now());
         let mut running = HashMap::with_capacity(assigned.len());
+        // A deleted pod stops at once on a hollow node.
         let reports = assigned
             .iter()
+            .filter(|pod| pod.metadata.deletion_timestamp.is_none())
             .map(|pod| {
                 let meta = &pod.metadata;
                 let uid = meta.uid.clone().unwrap_or_default();

@@ -363,6 +363,17 @@ impl Session {
                         return Ok(());
                     }
                     let current = statuses.borrow_and_update().clone();
+                    // An instance gone (stopped) is news only a complete
+                    // report carries: send one at once, so the control
+                    // plane removes a deleted pod without waiting.
+                    let vanished = sent
+                        .keys()
+                        .any(|(ns, name)| !current.iter().any(|s| &s.namespace == ns && &s.name == name));
+                    if vanished {
+                        self.report(&mut client, node_name, current.to_vec(), true).await?;
+                        sent = current.iter().map(|s| ((s.namespace.clone(), s.name.clone()), s.clone())).collect();
+                        continue;
+                    }
                     let changed: Vec<InstanceStatus> = current
                         .iter()
                         .filter(|s| sent.get(&(s.namespace.clone(), s.name.clone())).is_none_or(|old| !same_state(old, s)))

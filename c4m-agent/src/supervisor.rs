@@ -176,6 +176,7 @@ impl Supervisor {
                 "found containers from an earlier agent run"
             );
         }
+        let stopping = Stopping::default();
         let (probe_tx, mut probe_rx) = mpsc::channel::<ProbeResult>(64);
         let mut ticker = tokio::time::interval(TICK);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -188,12 +189,19 @@ impl Supervisor {
             }
             let assigned = self.assignments.borrow_and_update().clone();
             if let Some(assigned) = assigned {
-                self.sync(&mut managed, &mut leftovers, &assigned).await;
+                self.sync(&mut managed, &mut leftovers, &stopping, &assigned)
+                    .await;
             }
             for (id, instance) in managed.iter_mut() {
                 self.drive(id, instance, &probe_tx).await;
             }
-            let statuses: Vec<InstanceStatus> = managed.values().map(report).collect();
+            // An instance being stopped is still reported, until its
+            // containers are gone: the control plane then removes its pod.
+            let statuses: Vec<InstanceStatus> = managed
+                .values()
+                .map(report)
+                .chain(lock(&stopping).values().cloned())
+                .collect();
             self.statuses.send_if_modified(|current| {
                 let changed = **current != statuses;
                 if changed {
@@ -214,11 +222,17 @@ impl Supervisor {
         &self,
         managed: &mut BTreeMap<String, Managed>,
         leftovers: &mut HashMap<String, (ContainerStatus, Arc<dyn ContainerRuntime>)>,
+        stopping: &Stopping,
         assigned: &[Arc<Instance>],
     ) {
         let mut wanted = HashMap::new();
+        // Pods being deleted stay assigned until stopped, with their grace.
+        let mut deleted = HashMap::new();
         for pod in assigned {
-            wanted.insert(container_id(pod), pod);
+            match pod.metadata.deletion_timestamp {
+                Some(_) => deleted.insert(container_id(pod), pod),
+                None => wanted.insert(container_id(pod), pod),
+            };
         }
         // Gone from the assignment: stop and remove in the background.
         let gone: Vec<String> = managed
@@ -232,9 +246,18 @@ impl Supervisor {
                     probes.cancel();
                 }
                 self.forget(&instance.pod);
-                let grace = grace_period(&instance.pod);
+                let grace = match deleted.get(&id) {
+                    Some(pod) => deletion_grace_period(pod),
+                    None => grace_period(&instance.pod),
+                };
                 let network = self.network_for(instance.runtime.as_ref());
-                tokio::spawn(remove(instance.runtime, network, id, grace));
+                lock(stopping).insert(id.clone(), report(&instance));
+                let stopping = Arc::clone(stopping);
+                let runtime = instance.runtime;
+                tokio::spawn(async move {
+                    remove(runtime, network, id.clone(), grace).await;
+                    lock(&stopping).remove(&id);
+                });
             }
         }
         let unassigned: Vec<String> = leftovers
@@ -627,6 +650,23 @@ impl Supervisor {
             None => instance.cpu_sample = Some((usage.cpu_nanos, now)),
         }
         instance.usage.memory_bytes = usage.memory_bytes as i64;
+    }
+}
+
+/// The last status of each instance being stopped, by container id.
+type Stopping = Arc<std::sync::Mutex<BTreeMap<String, InstanceStatus>>>;
+
+fn lock(stopping: &Stopping) -> std::sync::MutexGuard<'_, BTreeMap<String, InstanceStatus>> {
+    stopping
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The grace period of a deleted pod: the deletion's, else its own.
+fn deletion_grace_period(pod: &Instance) -> Duration {
+    match pod.metadata.deletion_grace_period_seconds {
+        Some(seconds) => Duration::from_secs(seconds.clamp(0, 3600) as u64),
+        None => grace_period(pod),
     }
 }
 

@@ -78,9 +78,12 @@ pub fn condition<'a>(object: &'a Value, condition_type: &str) -> Option<&'a Valu
         .find(|c| c["type"] == condition_type)
 }
 
-/// What `STATUS` shows for an instance: the waiting reason when there is
-/// one, else the phase.
+/// What `STATUS` shows for an instance: `Terminating` while it is being
+/// deleted, else the waiting reason when there is one, else the phase.
 pub fn instance_status(pod: &Value) -> String {
+    if pod["metadata"]["deletionTimestamp"].is_string() {
+        return "Terminating".into();
+    }
     let state = &pod["status"]["containerStatuses"][0]["state"];
     if let Some(reason) = state["waiting"]["reason"]
         .as_str()

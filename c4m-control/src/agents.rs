@@ -358,6 +358,32 @@ impl Agents {
         out
     }
 
+    /// Removes the pods being deleted on the reporting node that a
+    /// complete report no longer lists: their containers have stopped.
+    async fn remove_stopped(&self, report: &StatusReport) -> crate::Result<()> {
+        for pod in self.cache.pods_on_node(&report.node_name) {
+            let uid = pod["metadata"]["uid"].as_str().unwrap_or_default();
+            if !crate::deletion::is_deleting(&pod) || report.instances.iter().any(|i| i.uid == uid)
+            {
+                continue;
+            }
+            let options = crate::deletion::DeleteOptions {
+                grace_period_seconds: Some(0),
+                uid: Some(uid.to_string()),
+                ..Default::default()
+            };
+            match self
+                .objects
+                .delete_with(kind("pods"), namespace_of(&pod), name_of(&pod), &options)
+                .await
+            {
+                Ok(_) | Err(crate::Error::NotFound { .. } | crate::Error::Conflict(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
     /// The slice of every VPC for node `name`: the one its Node (`existing`)
     /// holds, else the lowest no other Node holds. Called with `slices` held.
     fn choose_slice(&self, name: &str, existing: Option<&Value>) -> u32 {
@@ -902,6 +928,9 @@ impl AgentService for Agents {
         futures::future::try_join_all(updates)
             .await
             .map_err(internal)?;
+        if report.complete {
+            self.remove_stopped(&report).await.map_err(internal)?;
+        }
         Ok(Response::new(StatusReportResponse {}))
     }
 }

@@ -26,6 +26,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use crate::agents::UsageMap;
+use crate::deletion::DeleteOptions;
 use crate::discovery;
 use crate::objects::{Objects, Part, decode, kind, prefix};
 use crate::bookmarks::{self, WatchOptions};
@@ -663,12 +664,15 @@ async fn resource_request(
             Ok(axum::Json(scale_of(&scaled)).into_response())
         }
         (&Method::DELETE, Some(name), None) => {
-            check_propagation(&query, &body)?;
-            let (deleted, _) = state.objects.delete(kind, &namespace, name).await?;
-            if kind.kind == "Namespace" {
+            let options = DeleteOptions::from_request(&query, &body)?;
+            let deleted = state
+                .objects
+                .delete_with(kind, &namespace, name, &options)
+                .await?;
+            if kind.kind == "Namespace" && deleted.gone {
                 delete_namespace_contents(&state, name).await?;
             }
-            Ok(axum::Json(deleted).into_response())
+            Ok(axum::Json(deleted.object).into_response())
         }
         (_, Some(_), Some(sub)) if sub != "status" => Err(Error::NotFound {
             kind: "path".into(),
@@ -806,30 +810,6 @@ fn with_replicas(kind: &ResourceKind, current: &Value, scale: &Value) -> Result<
     }
     validate_update(kind, &scaled)?;
     Ok(scaled)
-}
-
-/// Deletion propagates to owned objects in the background (the workload
-/// controller removes the instances of a deleted workload) and Foreground
-/// is taken as that; Orphan, which would keep them, is refused rather than
-/// silently not honoured.
-fn check_propagation(query: &HashMap<String, String>, body: &[u8]) -> Result<()> {
-    let from_body = if body.iter().all(u8::is_ascii_whitespace) {
-        None
-    } else {
-        let options: Value = serde_json::from_slice(body)
-            .map_err(|e| Error::BadRequest(format!("the DeleteOptions are not valid JSON: {e}")))?;
-        options["propagationPolicy"].as_str().map(str::to_owned)
-    };
-    let policy = from_body.or_else(|| query.get("propagationPolicy").cloned());
-    match policy.as_deref() {
-        None | Some("Background" | "Foreground") => Ok(()),
-        Some("Orphan") => Err(Error::Invalid(
-            "propagationPolicy: Unsupported value: \"Orphan\": c4m always removes the instances of a deleted workload (use Background or Foreground)".into(),
-        )),
-        Some(other) => Err(Error::Invalid(format!(
-            "propagationPolicy: Unsupported value: {other:?}: supported values: \"Background\", \"Foreground\""
-        ))),
-    }
 }
 
 /// Validates the new version of an object (PUT, PATCH, scale) as
@@ -1179,22 +1159,6 @@ mod tests {
         assert_eq!(table["rows"][0]["object"], deployment);
         let table = as_table(kind, items, None, IncludeObject::None);
         assert!(table["rows"][0].get("object").is_none());
-    }
-
-    #[test]
-    fn delete_propagation() {
-        let query = HashMap::new();
-        assert!(check_propagation(&query, b"").is_ok());
-        assert!(check_propagation(&query, br#"{"propagationPolicy":"Background"}"#).is_ok());
-        let orphan = check_propagation(&query, br#"{"propagationPolicy":"Orphan"}"#).unwrap_err();
-        assert_eq!(orphan.http_status().0, 422);
-        assert_eq!(
-            check_propagation(&query, b"{bad")
-                .unwrap_err()
-                .http_status()
-                .0,
-            400
-        );
     }
 
     #[test]

@@ -47,6 +47,7 @@ mod bookmarks;
 mod api;
 mod cache;
 mod controllers;
+mod deletion;
 mod discovery;
 mod disruption;
 mod dry_run;

@@ -15,6 +15,7 @@ use serde_json::{Map, Value, json};
 use c4m_plugin::{Admission, AdmissionRequest, Operation};
 
 use crate::admission::PriorityClasses;
+use crate::deletion::{DeleteOptions, Deleted, Deletion};
 use crate::events::Events;
 use crate::{Error, Result};
 
@@ -290,6 +291,9 @@ impl Objects {
             meta.remove("namespace");
         }
         meta.remove("resourceVersion");
+        // A new object is not being deleted, whatever the request says.
+        meta.remove("deletionTimestamp");
+        meta.remove("deletionGracePeriodSeconds");
         meta.insert(
             "uid".into(),
             Value::String(uuid::Uuid::new_v4().to_string()),
@@ -379,8 +383,16 @@ impl Objects {
             generation
         };
         let current_meta = current["metadata"].as_object().cloned().unwrap_or_default();
+        crate::deletion::check_finalizers_update(current, &merged)?;
         let meta = metadata_mut(&mut merged)?;
-        for owned in ["uid", "creationTimestamp", "namespace", "name"] {
+        for owned in [
+            "uid",
+            "creationTimestamp",
+            "namespace",
+            "name",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+        ] {
             match current_meta.get(owned) {
                 Some(v) => meta.insert(owned.into(), v.clone()),
                 None => meta.remove(owned),
@@ -476,11 +488,14 @@ impl Objects {
             let mut merged = self
                 .prepare_replace(kind, &current, value.clone(), part)
                 .await?;
-            let op = Op::put(
-                &key,
-                encode(&merged),
-                Precondition::ModRevision(kv.mod_revision),
-            );
+            let precondition = Precondition::ModRevision(kv.mod_revision);
+            // The update that takes the last finalizer off an object being
+            // deleted removes it.
+            let op = if crate::deletion::is_finished(&merged) {
+                Op::delete(&key, precondition)
+            } else {
+                Op::put(&key, encode(&merged), precondition)
+            };
             match self.commit_if_unchanged(op).await? {
                 Some(revision) => {
                     merged["metadata"]["resourceVersion"] = Value::String(revision.to_string());
@@ -674,13 +689,30 @@ impl Objects {
         Ok(())
     }
 
-    /// Deletes an object; returns it as it was and the deletion's revision.
+    /// Deletes an object with the default options (see
+    /// [`crate::deletion`]): returns it as it was removed, or as it now
+    /// stands marked for deletion, and the write's revision.
     pub async fn delete(
         &self,
         kind: &ResourceKind,
         namespace: &str,
         name: &str,
     ) -> Result<(Value, i64)> {
+        let deleted = self
+            .delete_with(kind, namespace, name, &DeleteOptions::default())
+            .await?;
+        Ok((deleted.object, deleted.revision))
+    }
+
+    /// Deletes an object as `plan` decides from the stored version: removes
+    /// it, writes the marked version `plan` returns, or leaves it.
+    pub(crate) async fn delete_as(
+        &self,
+        kind: &ResourceKind,
+        namespace: &str,
+        name: &str,
+        mut plan: impl FnMut(&Value) -> Result<Deletion>,
+    ) -> Result<Deleted> {
         if kind.kind == "Vpc" {
             self.check_vpc_unused(name).await?;
         }
@@ -691,9 +723,30 @@ impl Objects {
                 .get(&key)
                 .await?
                 .ok_or_else(|| Self::not_found(kind, name))?;
-            let op = Op::delete(&key, Precondition::ModRevision(kv.mod_revision));
+            let current = decode(&kv)?;
+            let precondition = Precondition::ModRevision(kv.mod_revision);
+            let (op, mut object, gone) = match plan(&current)? {
+                Deletion::Remove => (Op::delete(&key, precondition), current, true),
+                Deletion::Mark(marked) => {
+                    (Op::put(&key, encode(&marked), precondition), marked, false)
+                }
+                Deletion::Keep => {
+                    return Ok(Deleted {
+                        object: current,
+                        revision: kv.mod_revision,
+                        gone: false,
+                    });
+                }
+            };
             if let Some(revision) = self.commit_if_unchanged(op).await? {
-                return Ok((decode(&kv)?, revision));
+                if !gone {
+                    object["metadata"]["resourceVersion"] = Value::String(revision.to_string());
+                }
+                return Ok(Deleted {
+                    object,
+                    revision,
+                    gone,
+                });
             }
         }
         Err(Self::keeps_changing(kind, name))

@@ -365,6 +365,19 @@ fn spawn_controllers(
             Box::pin(async move { controllers::disruption::reconcile(&o, &c).await })
         }),
     );
+    let collector = Arc::new(tokio::sync::Mutex::new(
+        controllers::garbage_collector::GarbageCollector::default(),
+    ));
+    let every_kind: Vec<&str> = c4m_core::KINDS.iter().map(|k| k.plural).collect();
+    spawn(
+        "garbage collector",
+        &every_kind[..],
+        FULL_RESYNC,
+        Box::new(move |o, c, changes| {
+            let collector = Arc::clone(&collector);
+            Box::pin(async move { collector.lock().await.reconcile(&o, &c, &changes).await })
+        }),
+    );
     let health = Arc::clone(health);
     spawn(
         "nodes",

@@ -1251,11 +1251,6 @@ const UNHONOURED: &[(Scope, &str, &str)] = &[
     ),
     (
         Scope::Kind("Deployment"),
-        "spec.paused=true",
-        "is not supported; the Deployment keeps rolling out",
-    ),
-    (
-        Scope::Kind("Deployment"),
         "spec.strategy.rollingUpdate",
         "is not supported; the default rolling update parameters are used",
     ),

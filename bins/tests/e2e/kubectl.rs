@@ -624,15 +624,10 @@ fn kubectl_rolls_out_and_back() {
     rolled_out(&kubectl);
     assert_eq!(kubectl.json(&["get", "rs", &second])["spec"]["replicas"], 3);
 
-    // pause is not honoured, and kubectl says so.
-    let paused = kubectl.run(&["rollout", "pause", "deployment/web"]);
-    let stderr = String::from_utf8_lossy(&paused.stderr);
-    assert!(paused.status.success(), "{stderr}");
-    assert!(
-        stderr.contains(
-            "Warning: Deployment web: spec.paused=true is not supported; the Deployment keeps rolling out"
-        ),
-        "{stderr}"
+    // pause and resume (their effect: deletion.rs).
+    assert_eq!(
+        kubectl.ok(&["rollout", "pause", "deployment/web"]),
+        "deployment.apps/web paused\n"
     );
     kubectl.ok(&["rollout", "resume", "deployment/web"]);
 

@@ -9,6 +9,7 @@ mod common;
 mod cluster;
 mod containerd;
 mod cri;
+mod deletion;
 mod docker;
 mod drivers;
 mod events;

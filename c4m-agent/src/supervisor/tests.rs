@@ -230,3 +230,27 @@ async fn readiness_follows_the_probe() {
         .await;
     harness.stop().await;
 }
+
+#[tokio::test]
+async fn a_deleted_pod_is_reported_until_its_container_is_removed() {
+    use c4m_core::ContainerRuntime;
+    let runtime = FakeRuntime::new();
+    let mut harness = Harness::start(&runtime);
+    let web = pod("web");
+    harness.assign(std::slice::from_ref(&web));
+    harness
+        .wait_for(|s| s.first().is_some_and(|s| s.phase == "Running"))
+        .await;
+    // The control plane marks it deleted; it stays in the assignment.
+    let mut deleted = web.clone();
+    deleted.metadata.deletion_timestamp =
+        Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            "2026-12-07T00:00:00Z".parse().unwrap(),
+        ));
+    deleted.metadata.deletion_grace_period_seconds = Some(1);
+    harness.assign(std::slice::from_ref(&deleted));
+    harness.wait_for(<[InstanceStatus]>::is_empty).await;
+    // Gone from the report only once its container is gone.
+    assert!(runtime.list().await.unwrap().is_empty());
+    harness.stop().await;
+}

@@ -161,7 +161,8 @@ fn desired_endpoints(service: &Service, pods: &[Arc<Value>]) -> Value {
                 ports,
                 ..Subset::default()
             });
-        if is_ready(pod) {
+        // A pod being deleted takes no new traffic while it stops.
+        if is_ready(pod) && !crate::deletion::is_deleting(pod) {
             entry.ready.push(address);
         } else {
             entry.not_ready.push(address);

@@ -19,6 +19,7 @@ use crate::cache::{Cache, ChangeFeed, Changes};
 
 pub(crate) mod disruption;
 pub(crate) mod endpoints;
+pub(crate) mod garbage_collector;
 pub(crate) mod nodes;
 pub(crate) mod replicasets;
 pub(crate) mod workload;

@@ -15,6 +15,7 @@ use serde_json::json;
 use super::latest;
 use crate::Result;
 use crate::cache::Cache;
+use crate::deletion::DeleteOptions;
 use crate::objects::{Objects, kind, name_of, namespace_of};
 use crate::pods::{controller_uid, is_terminal, set_condition};
 
@@ -108,8 +109,17 @@ async fn evict(objects: &Objects, pod: &serde_json::Value, node: &str) -> Result
     let (namespace, name) = (namespace_of(pod), name_of(pod));
     tracing::info!(instance = %name, node, "evicting instance from a NotReady node");
     if controller_uid(pod).is_some() {
-        return match objects.delete(kind("pods"), namespace, name).await {
-            Ok((_, revision)) => Ok(Some(revision)),
+        // No agent answers for the node: nothing would report the
+        // instance stopped, so it is removed at once.
+        let force = DeleteOptions {
+            grace_period_seconds: Some(0),
+            ..DeleteOptions::default()
+        };
+        return match objects
+            .delete_with(kind("pods"), namespace, name, &force)
+            .await
+        {
+            Ok(deleted) => Ok(Some(deleted.revision)),
             Err(crate::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(e),
         };

@@ -104,6 +104,19 @@ async fn delete(objects: &Objects, replica_set: &Value) -> Option<i64> {
     super::delete_object(objects, "replicasets", replica_set).await
 }
 
+/// The pod template and template hash of the newest ReplicaSet (highest
+/// revision) the Deployment `uid` controls: what a paused Deployment runs.
+pub(crate) fn newest(replica_sets: &[Arc<Value>], uid: &str) -> Option<(Value, String)> {
+    let newest = replica_sets
+        .iter()
+        .filter(|rs| controller_uid(rs) == Some(uid))
+        .max_by_key(|rs| revision_of(rs))?;
+    Some((
+        newest["spec"]["template"].clone(),
+        hash_of(newest).to_string(),
+    ))
+}
+
 /// What [`sync`] needs of a Deployment.
 pub(crate) struct DeploymentView<'a> {
     /// The Deployment as stored.

@@ -19,6 +19,7 @@ use super::latest;
 use super::replicasets::{self, DeploymentView, POD_TEMPLATE_HASH, ReplicaSetIndex};
 use crate::Result;
 use crate::cache::{Cache, Changes, ROOT, controller_key};
+use crate::deletion::is_deleting;
 use crate::objects::{Objects, kind, name_of, namespace_of, random_suffix};
 use crate::pods::{controller_uid, is_ready, is_terminal, stable_hash};
 
@@ -153,7 +154,9 @@ async fn reconcile_workload(
         )
         .await,
     );
-    if let Some(owner) = &owner {
+    // An owner being deleted (waiting for its finalizers) starts nothing
+    // new, as in Kubernetes.
+    if let Some(owner) = owner.as_ref().filter(|o| !is_deleting(&o.object)) {
         written = latest(
             written,
             reconcile_owner(objects, owner, &mine, replica_sets).await?,
@@ -224,8 +227,26 @@ async fn reconcile_owner(
     pods: &[Arc<Value>],
     replica_sets: &[Arc<Value>],
 ) -> Result<Option<i64>> {
-    let hash = template_hash(&owner.template);
+    // A paused Deployment keeps to the template of its newest ReplicaSet
+    // (still scaling it), and starts no rollout: none at all before its
+    // first ReplicaSet, as in Kubernetes.
+    let paused_at = if owner.kind == "Deployment" && owner.object["spec"]["paused"] == true {
+        match replicasets::newest(replica_sets, &owner.uid) {
+            Some(newest) => Some(newest),
+            None => return update_status(objects, owner, &[], "", None).await,
+        }
+    } else {
+        None
+    };
+    let (template, hash) = match &paused_at {
+        Some((template, hash)) => (template, hash.clone()),
+        None => (&owner.template, template_hash(&owner.template)),
+    };
     let mut written = None;
+    // Pods being deleted are on their way out: neither counted nor
+    // deleted again (Kubernetes' active pods).
+    let pods: Vec<Arc<Value>> = pods.iter().filter(|p| !is_deleting(p)).cloned().collect();
+    let pods = pods.as_slice();
     let (terminal, mut active): (Vec<&Arc<Value>>, Vec<&Arc<Value>>) =
         pods.iter().partition(|p| is_terminal(p));
     for pod in terminal {
@@ -250,7 +271,7 @@ async fn reconcile_owner(
         .min(allowed_total.saturating_sub(current.len() + outdated.len()));
     if to_create > 0 {
         let new_pods = (0..to_create)
-            .map(|_| (kind("pods"), new_pod(owner, &hash)))
+            .map(|_| (kind("pods"), new_pod(owner, template, &hash)))
             .collect();
         written = latest(written, Some(objects.create_many(new_pods).await?));
     }
@@ -291,7 +312,7 @@ async fn reconcile_owner(
         let view = DeploymentView {
             object: &owner.object,
             uid: &owner.uid,
-            template: &owner.template,
+            template,
             hash: &hash,
             replicas: owner.replicas,
         };
@@ -332,6 +353,30 @@ fn template_hash(template: &Value) -> String {
     stable_hash(canonical.to_string().as_bytes())
 }
 
+/// Kubernetes' Progressing condition of a paused Deployment: status
+/// Unknown (which [`crate::pods::set_condition`] cannot write), reason
+/// DeploymentPaused. Left as it is once set, so it does not churn.
+fn set_paused_condition(deployment: &mut Value) {
+    let paused = |c: &Value| c["status"] == "Unknown" && c["reason"] == "DeploymentPaused";
+    let conditions = deployment["status"]["conditions"].as_array();
+    if conditions.is_some_and(|all| all.iter().any(|c| c["type"] == "Progressing" && paused(c))) {
+        return;
+    }
+    crate::pods::set_condition(
+        deployment,
+        "Progressing",
+        false,
+        "DeploymentPaused",
+        "Deployment is paused",
+    );
+    if let Some(condition) = deployment["status"]["conditions"]
+        .as_array_mut()
+        .and_then(|all| all.iter_mut().find(|c| c["type"] == "Progressing"))
+    {
+        condition["status"] = json!("Unknown");
+    }
+}
+
 fn creation(pod: &Value) -> String {
     pod["metadata"]["creationTimestamp"]
         .as_str()
@@ -343,8 +388,7 @@ async fn delete_pod(objects: &Objects, pod: &Value) -> Option<i64> {
     super::delete_object(objects, "pods", pod).await
 }
 
-fn new_pod(owner: &Owner, hash: &str) -> Value {
-    let template = &owner.template;
+fn new_pod(owner: &Owner, template: &Value, hash: &str) -> Value {
     let mut metadata = template["metadata"].clone();
     if !metadata.is_object() {
         metadata = json!({});
@@ -452,17 +496,21 @@ async fn update_status(
         },
         &available_message,
     );
-    crate::pods::set_condition(
-        &mut desired,
-        "Progressing",
-        true,
-        if complete {
-            "NewReplicaSetAvailable"
-        } else {
-            "ReplicaSetUpdated"
-        },
-        &progressing_message,
-    );
+    if owner.object["spec"]["paused"] == true && owner.kind == "Deployment" {
+        set_paused_condition(&mut desired);
+    } else {
+        crate::pods::set_condition(
+            &mut desired,
+            "Progressing",
+            true,
+            if complete {
+                "NewReplicaSetAvailable"
+            } else {
+                "ReplicaSetUpdated"
+            },
+            &progressing_message,
+        );
+    }
     let revision = revision.map(|r| json!(r.to_string()));
     let revision_current = |object: &Value| {
         revision
@@ -495,4 +543,35 @@ async fn update_status(
             },
         )
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_paused_deployment_progresses_unknown_and_the_condition_stays_put() {
+        let mut deployment = json!({"status": {"conditions": [
+            {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable",
+             "message": "done", "lastTransitionTime": "2026-12-07T00:00:00Z"}
+        ]}});
+        set_paused_condition(&mut deployment);
+        let condition = deployment["status"]["conditions"][0].clone();
+        assert_eq!(
+            (
+                &condition["status"],
+                &condition["reason"],
+                &condition["message"]
+            ),
+            (
+                &json!("Unknown"),
+                &json!("DeploymentPaused"),
+                &json!("Deployment is paused")
+            )
+        );
+        // Again: unchanged (no write on every reconcile).
+        let before = deployment.clone();
+        set_paused_condition(&mut deployment);
+        assert_eq!(deployment, before);
+    }
 }
