@@ -32,9 +32,8 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 use prost::Message as _;
 use prost_reflect::{
-    ReflectMessage,
     DescriptorPool, DynamicMessage, FieldDescriptor, Kind, MapKey, MessageDescriptor,
-    Value as Proto,
+    ReflectMessage, Value as Proto,
 };
 use serde_json::{Map, Value, json};
 
@@ -166,7 +165,8 @@ pub fn decode_object(bytes: &[u8]) -> Result<Value> {
     if kind.is_empty() {
         return Err(ProtobufError::NoTypeMeta);
     }
-    let descriptor = message_for(&api_version, &kind).ok_or_else(|| no_form(&api_version, &kind))?;
+    let descriptor =
+        message_for(&api_version, &kind).ok_or_else(|| no_form(&api_version, &kind))?;
     let raw = unknown
         .get_field_by_name("raw")
         .and_then(|v| v.as_bytes().cloned())
@@ -205,7 +205,12 @@ pub fn decode_watch_event(bytes: &[u8]) -> Result<Value> {
         .unwrap_or_default();
     let raw = event
         .get_field_by_name("object")
-        .and_then(|v| v.as_message()?.get_field_by_name("raw")?.as_bytes().cloned())
+        .and_then(|v| {
+            v.as_message()?
+                .get_field_by_name("raw")?
+                .as_bytes()
+                .cloned()
+        })
         .unwrap_or_default();
     Ok(json!({"type": event_type, "object": decode_object(&raw)?}))
 }
@@ -291,7 +296,12 @@ fn to_message(
                 message.set_field_by_name("type", Proto::I64(1));
                 message.set_field_by_name("strVal", Proto::String(s.clone()));
             }
-            other => return Err(field_error(path, format!("{other} is not an integer or a string"))),
+            other => {
+                return Err(field_error(
+                    path,
+                    format!("{other} is not an integer or a string"),
+                ));
+            }
         },
         QUANTITY => {
             let text = match json {
@@ -321,8 +331,9 @@ fn to_message(
             let text = json
                 .as_str()
                 .ok_or_else(|| field_error(path, format!("{json} is not a duration")))?;
-            let nanos = parse_go_duration(text)
-                .ok_or_else(|| field_error(path, format!("{text:?} is not a duration (like 1m30s)")))?;
+            let nanos = parse_go_duration(text).ok_or_else(|| {
+                field_error(path, format!("{text:?} is not a duration (like 1m30s)"))
+            })?;
             message.set_field_by_name("duration", Proto::I64(nanos));
         }
         RAW_EXTENSION | FIELDS_V1 => {
@@ -404,9 +415,12 @@ fn field_to_proto(field: &FieldDescriptor, value: &Value, path: &mut String) -> 
 fn scalar_to_proto(kind: &Kind, value: &Value, path: &mut String) -> Result<Proto> {
     let wrong = |what: &str| field_error(path, format!("{value} is not {what}"));
     let integer = || -> Option<i64> {
-        value
-            .as_i64()
-            .or_else(|| value.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64))
+        value.as_i64().or_else(|| {
+            value
+                .as_f64()
+                .filter(|f| f.fract() == 0.0)
+                .map(|f| f as i64)
+        })
     };
     Ok(match kind {
         Kind::Message(descriptor) => Proto::Message(to_message(descriptor, value, path)?),
@@ -713,20 +727,17 @@ mod tests {
     #[test]
     fn int_or_string_round_trips_both_ways() {
         let service = json!({"apiVersion": "v1", "kind": "Service",
-            "metadata": {"name": "web"},
-            "spec": {"ports": [
-                {"name": "http", "port": 80, "targetPort": 8080},
-                {"name": "named", "port": 81, "targetPort": "http"},
-            ]}});
+        "metadata": {"name": "web"},
+        "spec": {"ports": [
+            {"name": "http", "port": 80, "targetPort": 8080},
+            {"name": "named", "port": 81, "targetPort": "http"},
+        ]}});
         assert_eq!(round_trip(service.clone()), service);
         // And on the wire it is Kubernetes' {type, intVal, strVal}.
         let port = &service["spec"]["ports"][1]["targetPort"];
         let descriptor = message(INT_OR_STRING).unwrap();
         let message = to_message(&descriptor, port, &mut String::new()).unwrap();
-        assert_eq!(
-            message.get_field_by_name("type").unwrap().as_i64(),
-            Some(1)
-        );
+        assert_eq!(message.get_field_by_name("type").unwrap().as_i64(), Some(1));
         assert_eq!(
             message.get_field_by_name("strVal").unwrap().as_str(),
             Some("http")
@@ -745,7 +756,10 @@ mod tests {
         let mut numeric = pod.clone();
         numeric["spec"]["containers"][0]["resources"]["limits"]["cpu"] = json!(2);
         let back = round_trip(numeric);
-        assert_eq!(back["spec"]["containers"][0]["resources"]["limits"]["cpu"], "2");
+        assert_eq!(
+            back["spec"]["containers"][0]["resources"]["limits"]["cpu"],
+            "2"
+        );
     }
 
     #[test]
@@ -767,7 +781,10 @@ mod tests {
         let mut bad = event;
         bad["eventTime"] = json!("yesterday");
         let error = encode_object(&bad).unwrap_err().to_string();
-        assert!(error.contains("eventTime") && error.contains("RFC 3339"), "{error}");
+        assert!(
+            error.contains("eventTime") && error.contains("RFC 3339"),
+            "{error}"
+        );
     }
 
     #[test]
@@ -795,12 +812,19 @@ mod tests {
         let mut bad = secret;
         bad["data"]["password"] = json!("not base64!");
         let error = encode_object(&bad).unwrap_err().to_string();
-        assert!(error.contains("data[password]") && error.contains("base64"), "{error}");
+        assert!(
+            error.contains("data[password]") && error.contains("base64"),
+            "{error}"
+        );
     }
 
     #[test]
     fn durations_follow_go() {
-        for (text, nanos) in [("1h2m3.5s", 3_723_500_000_000), ("300ms", 300_000_000), ("0s", 0)] {
+        for (text, nanos) in [
+            ("1h2m3.5s", 3_723_500_000_000),
+            ("300ms", 300_000_000),
+            ("0s", 0),
+        ] {
             assert_eq!(parse_go_duration(text), Some(nanos), "{text}");
             assert_eq!(format_go_duration(nanos), text);
         }
@@ -826,7 +850,10 @@ mod tests {
 
     #[test]
     fn bad_input_is_an_error_not_a_panic() {
-        assert!(matches!(decode_object(b"{}"), Err(ProtobufError::NoEnvelope)));
+        assert!(matches!(
+            decode_object(b"{}"),
+            Err(ProtobufError::NoEnvelope)
+        ));
         assert!(matches!(
             decode_object(b"k8s\0\xff\xff\xff"),
             Err(ProtobufError::Decode { .. })
@@ -844,7 +871,10 @@ mod tests {
         let wrong_type = json!({"apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": 5}});
         let error = encode_object(&wrong_type).unwrap_err().to_string();
-        assert!(error.starts_with("metadata.name: 5 is not a string"), "{error}");
+        assert!(
+            error.starts_with("metadata.name: 5 is not a string"),
+            "{error}"
+        );
         assert!(matches!(
             encode_object(&json!([1])),
             Err(ProtobufError::NotAnObject)

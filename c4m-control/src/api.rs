@@ -26,10 +26,10 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use crate::agents::UsageMap;
+use crate::bookmarks::{self, WatchOptions};
 use crate::deletion::DeleteOptions;
 use crate::discovery;
 use crate::objects::{Objects, Part, decode, kind, prefix};
-use crate::bookmarks::{self, WatchOptions};
 use crate::pagination::PageRequest;
 use crate::registry::Registry;
 use crate::selector::Selector;
@@ -534,7 +534,10 @@ async fn resource_request(
     let table = table_request(&headers, &query)?;
     // A dry run (`kubectl apply --dry-run=server`, `kubectl diff`) takes
     // every step of the write over a store that keeps nothing.
-    let state = if method != Method::GET && crate::dry_run::requested(&query)? {
+    let dry_run = method != Method::GET
+        && (crate::dry_run::requested(&query)?
+            || (method == Method::DELETE && crate::dry_run::requested_in_delete_options(&body)?));
+    let state = if dry_run {
         Arc::new(crate::dry_run::state(&state))
     } else {
         state

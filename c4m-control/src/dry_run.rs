@@ -28,6 +28,24 @@ pub(crate) fn requested(query: &HashMap<String, String>) -> Result<bool> {
     }
 }
 
+/// Whether the DeleteOptions body of a DELETE asks for a dry run
+/// (`"dryRun": ["All"]`, which is how kubectl sends
+/// `delete --dry-run=server`). A body that is not JSON is left to the
+/// DeleteOptions parser to refuse.
+pub(crate) fn requested_in_delete_options(body: &[u8]) -> Result<bool> {
+    let Ok(options) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return Ok(false);
+    };
+    match &options["dryRun"] {
+        serde_json::Value::Null => Ok(false),
+        serde_json::Value::Array(values) if values.is_empty() => Ok(false),
+        serde_json::Value::Array(values) if values.iter().all(|v| v == "All") => Ok(true),
+        other => Err(Error::BadRequest(format!(
+            "DeleteOptions.dryRun: Unsupported value: {other}: supported values: \"All\""
+        ))),
+    }
+}
+
 /// `state` for a dry run: its objects over a [`DryRunStore`].
 pub(crate) fn state(state: &ApiState) -> ApiState {
     let store = Arc::new(DryRunStore::new(Arc::clone(state.objects.store())));
@@ -125,6 +143,16 @@ mod tests {
         let error = requested(&query("Server")).unwrap_err();
         assert_eq!(error.http_status().0, 400);
         assert!(error.to_string().contains("\"Server\""), "{error}");
+    }
+
+    #[test]
+    fn delete_options_may_ask_for_it() {
+        assert!(requested_in_delete_options(br#"{"dryRun": ["All"]}"#).unwrap());
+        assert!(!requested_in_delete_options(br#"{"dryRun": []}"#).unwrap());
+        assert!(!requested_in_delete_options(br#"{"kind": "DeleteOptions"}"#).unwrap());
+        assert!(!requested_in_delete_options(b"").unwrap());
+        let error = requested_in_delete_options(br#"{"dryRun": ["Some"]}"#).unwrap_err();
+        assert_eq!(error.http_status().0, 400);
     }
 
     #[tokio::test]
