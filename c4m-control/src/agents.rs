@@ -859,6 +859,8 @@ impl AgentService for Agents {
             .map(|n| node_address(&n))
             .unwrap_or_default();
         let mut updates = Vec::new();
+        // (as stored, as reported) of each instance the report changes.
+        let mut moves = Vec::new();
         for instance in &report.instances {
             if let Some(usage) = &instance.usage {
                 self.usage.insert(
@@ -886,6 +888,7 @@ impl AgentService for Agents {
             if !apply_report(&mut preview, instance, &address) {
                 continue;
             }
+            moves.push((cached, preview));
             let address = &address;
             updates.push(self.objects.update_with(
                 kind("pods"),
@@ -902,6 +905,9 @@ impl AgentService for Agents {
         futures::future::try_join_all(updates)
             .await
             .map_err(internal)?;
+        for (stored, reported) in &moves {
+            crate::container_events::record(self.objects.events(), stored, reported);
+        }
         Ok(Response::new(StatusReportResponse {}))
     }
 }

@@ -45,6 +45,7 @@ mod admission;
 mod agents;
 mod api;
 mod cache;
+mod container_events;
 mod controllers;
 mod discovery;
 mod disruption;
