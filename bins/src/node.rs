@@ -63,8 +63,10 @@ pub struct NodeFlags {
     #[arg(long, value_name = "PATH")]
     cri_socket: Option<PathBuf>,
     /// The driver that runs instances naming none (no `runtimeClassName`),
-    /// so one manifest runs on nodes of different drivers.
-    #[arg(long, default_value = c4m_core::DEFAULT_DRIVER)]
+    /// so one manifest runs on nodes of different drivers. `auto`: the first
+    /// container driver the node offers (oci, containerd, docker, cri), and
+    /// host processes (`process`) only on a node that offers none.
+    #[arg(long, default_value = c4m_core::AUTO_DRIVER)]
     default_driver: String,
     /// Docker Engine socket: the `docker` driver is offered when an engine
     /// answers there (probed at start, never required).

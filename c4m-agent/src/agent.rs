@@ -47,7 +47,10 @@ pub struct AgentConfig {
     /// Where the agent's HTTP server listens (port 0 picks one).
     pub listen: SocketAddr,
     /// The driver that runs instances naming none (`runtimeClassName`
-    /// unset); it must be one of the node's drivers.
+    /// unset); it must be one of the node's drivers, or
+    /// [`c4m_core::AUTO_DRIVER`]: the first container driver the node
+    /// offers (`oci`, `containerd`, `docker`, `cri`), and `process` only on
+    /// a node that offers none.
     pub default_driver: String,
     /// Instance networking (VPCs, an address per instance) for drivers
     /// that take a network namespace; None leaves it off.
@@ -254,7 +257,7 @@ impl Agent {
     /// them) and join its network, whose settings
     /// [`AgentConfig::network`] gives.
     pub async fn bind(
-        config: AgentConfig,
+        mut config: AgentConfig,
         mut extensions: NodeExtensions,
         images: Arc<ImageStore>,
     ) -> Result<Self> {
@@ -271,18 +274,31 @@ impl Agent {
         }
         // The default driver goes first: the supervisor runs instances that
         // name no driver with the first.
-        let Some(default) = runtimes
-            .iter()
-            .position(|r| r.name() == config.default_driver)
+        let offered: Vec<&str> = runtimes.iter().map(|r| r.name()).collect();
+        let Some(default_driver) =
+            c4m_core::resolve_default_driver(&config.default_driver, offered.iter().copied())
         else {
-            let offered: Vec<&str> = runtimes.iter().map(|r| r.name()).collect();
             return Err(Error::Config(format!(
                 "the default driver {:?} does not work on this node (it offers {})",
                 config.default_driver,
                 offered.join(", ")
             )));
         };
+        if config.default_driver == c4m_core::AUTO_DRIVER
+            && !c4m_core::CONTAINER_DRIVERS.contains(&default_driver)
+        {
+            tracing::warn!(
+                driver = default_driver,
+                "no container driver works on this node: instances naming no driver run as host processes, without their image"
+            );
+        }
+        let default_driver = default_driver.to_string();
+        let default = offered
+            .iter()
+            .position(|name| *name == default_driver)
+            .unwrap_or_default();
         runtimes[..=default].rotate_right(1);
+        config.default_driver = default_driver;
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|source| Error::Io {

@@ -30,6 +30,11 @@ pub struct RestartBackoff {
     pub max: Duration,
     /// Running this long resets the delay.
     pub reset: Duration,
+    /// The wait after the first failed pull of a container's image
+    /// (Kubernetes: 10 s); it doubles per failed pull.
+    pub image_pull_initial: Duration,
+    /// The longest wait between pulls of an image (Kubernetes: 300 s).
+    pub image_pull_max: Duration,
 }
 
 impl Default for RestartBackoff {
@@ -38,12 +43,19 @@ impl Default for RestartBackoff {
             initial: Duration::from_secs(1),
             max: Duration::from_secs(300),
             reset: Duration::from_secs(600),
+            image_pull_initial: Duration::from_secs(10),
+            image_pull_max: Duration::from_secs(300),
         }
     }
 }
 
 /// How often the loop looks at every container.
 const TICK: Duration = Duration::from_millis(250);
+/// Why a container waits right after its image could not be pulled (as
+/// Kubernetes shows it).
+const ERR_IMAGE_PULL: &str = "ErrImagePull";
+/// Why it waits later, until the next pull.
+const IMAGE_PULL_BACK_OFF: &str = "ImagePullBackOff";
 /// The variable telling an instance where the cluster DNS answers.
 const DNS_SERVER_ENV: &str = "C4M_DNS_SERVER";
 
@@ -103,6 +115,10 @@ struct Managed {
     restart_count: i32,
     backoff: Duration,
     restart_at: Option<Instant>,
+    /// The wait after the next failed pull of the image.
+    pull_backoff: Duration,
+    /// When the last pull failed, while the next one waits.
+    pull_failed_at: Option<Instant>,
     running_since: Option<Instant>,
     last_exit: Option<(Option<i32>, bool)>,
     /// Why the instance is not running as it should (config errors, probes).
@@ -340,6 +356,8 @@ impl Supervisor {
                     restart_count,
                     backoff: self.backoff.initial,
                     restart_at: None,
+                    pull_backoff: self.backoff.image_pull_initial,
+                    pull_failed_at: None,
                     last_exit: None,
                     problem,
                     cpu_sample: None,
@@ -393,7 +411,8 @@ impl Supervisor {
         };
         let needs_probes = match &instance.status {
             None => {
-                if instance.restart_at.is_some_and(|at| Instant::now() < at) {
+                if let Some(at) = instance.restart_at.filter(|at| Instant::now() < *at) {
+                    show_pull_backoff(instance, at);
                     return;
                 }
                 // A container may exist that this agent has not seen (one
@@ -501,6 +520,17 @@ impl Supervisor {
                 instance.problem = None;
                 instance.ready = false;
                 instance.run += 1;
+                instance.pull_backoff = self.backoff.image_pull_initial;
+                instance.pull_failed_at = None;
+            }
+            Err(e @ c4m_core::Error::Image { .. }) => {
+                tracing::warn!(container = id, error = %e, "cannot pull the container's image");
+                instance.problem = Some((ERR_IMAGE_PULL.into(), e.to_string()));
+                let now = Instant::now();
+                instance.pull_failed_at = Some(now);
+                instance.restart_at = Some(now + instance.pull_backoff);
+                instance.pull_backoff =
+                    (instance.pull_backoff * 2).min(self.backoff.image_pull_max);
             }
             Err(e) => {
                 tracing::warn!(container = id, error = %e, "cannot start container");
@@ -668,6 +698,29 @@ fn deletion_grace_period(pod: &Instance) -> Duration {
         Some(seconds) => Duration::from_secs(seconds.clamp(0, 3600) as u64),
         None => grace_period(pod),
     }
+}
+
+/// Turns `ErrImagePull` into `ImagePullBackOff` half way to the next pull
+/// (`retry_at`), as the kubelet's next sync of the pod would: the error is
+/// seen first, then the wait.
+fn show_pull_backoff(instance: &mut Managed, retry_at: Instant) {
+    let Some(failed_at) = instance.pull_failed_at else {
+        return;
+    };
+    let Some((reason, message)) = &mut instance.problem else {
+        return;
+    };
+    if reason.as_str() != ERR_IMAGE_PULL || Instant::now() < failed_at + (retry_at - failed_at) / 2
+    {
+        return;
+    }
+    let image = instance
+        .spec
+        .as_ref()
+        .and_then(|spec| spec.image.as_deref())
+        .unwrap_or_default();
+    *reason = IMAGE_PULL_BACK_OFF.into();
+    *message = format!("Back-off pulling image {image:?}");
 }
 
 fn grace_period(pod: &Instance) -> Duration {

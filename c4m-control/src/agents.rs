@@ -885,6 +885,8 @@ impl AgentService for Agents {
             .map(|n| node_address(&n))
             .unwrap_or_default();
         let mut updates = Vec::new();
+        // (as stored, as reported) of each instance the report changes.
+        let mut moves = Vec::new();
         for instance in &report.instances {
             if let Some(usage) = &instance.usage {
                 self.usage.insert(
@@ -912,6 +914,7 @@ impl AgentService for Agents {
             if !apply_report(&mut preview, instance, &address) {
                 continue;
             }
+            moves.push((cached, preview));
             let address = &address;
             updates.push(self.objects.update_with(
                 kind("pods"),
@@ -928,6 +931,9 @@ impl AgentService for Agents {
         futures::future::try_join_all(updates)
             .await
             .map_err(internal)?;
+        for (stored, reported) in &moves {
+            crate::container_events::record(self.objects.events(), stored, reported);
+        }
         if report.complete {
             self.remove_stopped(&report).await.map_err(internal)?;
         }

@@ -46,6 +46,7 @@ mod agents;
 mod api;
 mod bookmarks;
 mod cache;
+mod container_events;
 mod controllers;
 mod deletion;
 mod discovery;

@@ -60,7 +60,8 @@ pub use manifest::{Document, ManifestError, Validated, parse_documents, validate
 pub use model::kinds::{KINDS, ResourceKind};
 pub use model::microservice::{Microservice, MicroserviceSpec, MicroserviceStatus};
 pub use model::pod::{
-    DEFAULT_DRIVER, Requests, instance_driver, pod_requests, pod_template_for_microservice,
+    AUTO_DRIVER, CONTAINER_DRIVERS, DEFAULT_DRIVER, Requests, instance_driver, pod_requests,
+    pod_template_for_microservice, resolve_default_driver,
 };
 pub use model::vpc::{DEFAULT_VPC, Vpc, VpcSpec, cidrs_overlap, parse_vpc_cidr};
 pub use model::{Instance, annotations, labels};

@@ -1,6 +1,6 @@
 //! Fakes of the seams, for tests (feature `test-util`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
@@ -30,6 +30,8 @@ struct FakeState {
     containers: HashMap<String, ContainerStatus>,
     starts: HashMap<String, u32>,
     failing_starts: u32,
+    /// Images no registry has: starting a container of one fails to pull.
+    missing_images: HashSet<String>,
     next_pid: u32,
 }
 
@@ -99,6 +101,17 @@ impl FakeRuntime {
         self.state().failing_starts = count;
     }
 
+    /// Makes `image` unpullable until [`FakeRuntime::publish_image`]:
+    /// starts of its containers fail with [`Error::Image`].
+    pub fn lack_image(&self, image: &str) {
+        self.state().missing_images.insert(image.to_string());
+    }
+
+    /// Makes an image [`FakeRuntime::lack_image`] named pullable again.
+    pub fn publish_image(&self, image: &str) {
+        self.state().missing_images.remove(image);
+    }
+
     /// Adds a running container as an earlier agent process would have left
     /// it, for adoption.
     pub fn adopt(&self, spec: ContainerSpec) {
@@ -148,6 +161,16 @@ impl ContainerRuntime for FakeRuntime {
             });
         }
         *state.starts.entry(spec.id.clone()).or_default() += 1;
+        if let Some(image) = spec
+            .image
+            .as_ref()
+            .filter(|image| state.missing_images.contains(*image))
+        {
+            return Err(Error::Image {
+                reference: image.clone(),
+                source: "manifest unknown (as the test asked)".into(),
+            });
+        }
         if state.failing_starts > 0 {
             state.failing_starts -= 1;
             return Err(Error::Runtime {

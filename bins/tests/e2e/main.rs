@@ -21,6 +21,7 @@ mod kubectl_stream;
 mod oci;
 mod overlay;
 mod placement;
+mod pods;
 mod policy;
 mod python_client;
 mod quickstart;

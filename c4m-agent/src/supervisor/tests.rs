@@ -26,6 +26,10 @@ const BACKOFF: RestartBackoff = RestartBackoff {
     initial: Duration::from_millis(300),
     max: Duration::from_millis(1200),
     reset: Duration::from_secs(600),
+    // Long enough that ErrImagePull (shown for half the wait) outlives a
+    // few of the supervisor's ticks.
+    image_pull_initial: Duration::from_millis(1000),
+    image_pull_max: Duration::from_millis(2000),
 };
 
 impl Harness {
@@ -153,6 +157,49 @@ async fn a_failing_start_is_retried_with_backoff() {
         "two failed starts, then one that worked"
     );
     assert!(started.elapsed() >= Duration::from_millis(300 + 600));
+    harness.stop().await;
+}
+
+/// An image that cannot be pulled shows `ErrImagePull`, then
+/// `ImagePullBackOff` while the next pull waits; pulls are spaced by their
+/// own doubling backoff, and the container starts once the image appears,
+/// without counting a restart.
+#[tokio::test]
+async fn an_unpullable_image_shows_err_image_pull_then_image_pull_back_off() {
+    let runtime = FakeRuntime::new();
+    let image = "127.0.0.1:1/nosuch:1";
+    runtime.lack_image(image);
+    let mut harness = Harness::start(&runtime);
+    let mut web = pod("web");
+    web.spec.as_mut().unwrap().containers[0].image = Some(image.into());
+    let id = container_id(&web);
+    let assigned = Instant::now();
+    harness.assign(std::slice::from_ref(&web));
+    let reason = |s: &[InstanceStatus]| s.first().map(|s| s.reason.clone()).unwrap_or_default();
+    let failed = harness.wait_for(|s| reason(s) == "ErrImagePull").await;
+    assert_eq!(failed[0].phase, "Pending", "{failed:?}");
+    assert!(failed[0].message.contains("manifest unknown"), "{failed:?}");
+    let waiting = harness.wait_for(|s| reason(s) == "ImagePullBackOff").await;
+    assert_eq!(
+        waiting[0].message,
+        format!("Back-off pulling image {image:?}"),
+        "{waiting:?}"
+    );
+    assert_eq!(waiting[0].phase, "Pending");
+    // The second pull fails (ErrImagePull again), the third is 1 + 2 s
+    // after the first.
+    harness.wait_for(|_| runtime.starts(&id) >= 3).await;
+    assert!(
+        assigned.elapsed() >= Duration::from_millis(1000 + 2000),
+        "pulled 3 times in {:?}",
+        assigned.elapsed()
+    );
+    runtime.publish_image(image);
+    let running = harness
+        .wait_for(|s| s.first().is_some_and(|s| s.phase == "Running"))
+        .await;
+    assert_eq!(running[0].reason, "");
+    assert_eq!(running[0].restart_count, 0, "pulls are not restarts");
     harness.stop().await;
 }
 

@@ -11,9 +11,39 @@ use super::{annotations, labels};
 use crate::quantity::{parse_cpu_millis, parse_memory_bytes};
 use crate::{Error, Result};
 
-/// The default of an agent's `--default-driver` (what instances naming no
-/// driver run on there): host processes.
+/// The driver of host processes, which ignores a pod's image. Hollow nodes
+/// offer it as their default; a real agent makes it its default only when
+/// told so (`--default-driver process`) or when it offers no container
+/// driver ([`AUTO_DRIVER`]).
 pub const DEFAULT_DRIVER: &str = "process";
+
+/// The default of an agent's `--default-driver`: the first of
+/// [`CONTAINER_DRIVERS`] the node offers, so that a pod with an image runs
+/// in a container wherever the node has a container driver; host processes
+/// ([`DEFAULT_DRIVER`]) only on a node that offers none.
+pub const AUTO_DRIVER: &str = "auto";
+
+/// The drivers that run a pod's image in a container, in the order an agent
+/// prefers them as its default ([`AUTO_DRIVER`]).
+pub const CONTAINER_DRIVERS: [&str; 4] = ["oci", "containerd", "docker", "cri"];
+
+/// The default driver of a node offering `offered`, as its configuration
+/// names it (`configured`): [`AUTO_DRIVER`] picks the first of
+/// [`CONTAINER_DRIVERS`] offered, else [`DEFAULT_DRIVER`] if offered. `None`
+/// when the driver is not offered.
+pub fn resolve_default_driver<'a>(
+    configured: &str,
+    offered: impl IntoIterator<Item = &'a str> + Clone,
+) -> Option<&'a str> {
+    let is_offered = |name: &str| offered.clone().into_iter().find(|o| *o == name);
+    if configured != AUTO_DRIVER {
+        return is_offered(configured);
+    }
+    CONTAINER_DRIVERS
+        .iter()
+        .find_map(|name| is_offered(name))
+        .or_else(|| is_offered(DEFAULT_DRIVER))
+}
 
 /// The pod template a Microservice's instances are made from.
 ///
@@ -153,6 +183,26 @@ mod tests {
 
     fn pod_spec(value: serde_json::Value) -> PodSpec {
         serde_json::from_value(value).unwrap()
+    }
+
+    #[test]
+    fn auto_default_prefers_a_container_driver() {
+        let offered = ["process", "docker", "oci"];
+        assert_eq!(resolve_default_driver(AUTO_DRIVER, offered), Some("oci"));
+        assert_eq!(
+            resolve_default_driver(AUTO_DRIVER, ["process", "cri", "containerd"]),
+            Some("containerd")
+        );
+        // Host processes only where no container driver is offered.
+        assert_eq!(
+            resolve_default_driver(AUTO_DRIVER, ["process"]),
+            Some("process")
+        );
+        assert_eq!(resolve_default_driver(AUTO_DRIVER, ["wasm"]), None);
+        // A driver named by the operator is taken as it is, if offered.
+        assert_eq!(resolve_default_driver("process", offered), Some("process"));
+        assert_eq!(resolve_default_driver("docker", offered), Some("docker"));
+        assert_eq!(resolve_default_driver("cri", offered), None);
     }
 
     #[test]

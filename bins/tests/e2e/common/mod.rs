@@ -307,6 +307,12 @@ impl Cluster {
     ) {
         let data_dir = self.agent_dir(name).display().to_string();
         let mut extra = vec!["--data-dir", &data_dir];
+        // Most tests run host processes and name images no node has; the
+        // agent's own default (a container driver where one works) is
+        // asked for with `--default-driver auto`.
+        if !flags.contains(&"--default-driver") {
+            extra.extend(["--default-driver", c4m_core::DEFAULT_DRIVER]);
+        }
         extra.extend_from_slice(flags);
         self.spawn_agent_from(command, name, cpu, memory, &extra);
         wait_for(

@@ -1,0 +1,258 @@
+//! The Events a kubelet records about a pod's containers (`Created`,
+//! `Started`, `BackOff`, `Failed`, `OOMKilling`), told from what changed
+//! between two of an agent's reports on the pod, so that `kubectl describe
+//! pod` shows what a Kubernetes user expects.
+//!
+//! The agent reports states, not events: an Event is recorded when a
+//! container's state moves (a new run started, a waiting reason appeared,
+//! a run ended out of memory). The recorder folds repeats into one Event
+//! with a count, so a crash loop shows `BackOff` with a growing count.
+
+use serde_json::Value;
+
+use crate::events::{EventType, Events, Regarding};
+use crate::objects::{name_of, namespace_of};
+
+/// The component agents' Events are reported as, as Kubernetes' kubelet.
+const KUBELET: &str = "kubelet";
+
+/// One Event about a container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ContainerEvent {
+    /// The container's name (the Event's `spec.containers{name}`).
+    pub(crate) container: String,
+    pub(crate) event_type: EventType,
+    pub(crate) reason: &'static str,
+    pub(crate) message: String,
+}
+
+/// Records the Events of the move from `before` to `after` (the same pod,
+/// as stored and as an agent's report leaves it).
+pub(crate) fn record(events: &Events, before: &Value, after: &Value) {
+    for event in container_events(before, after) {
+        let mut regarding = Regarding::of(after);
+        if regarding.api_version.is_empty() {
+            regarding.api_version = "v1".into();
+            regarding.kind = "Pod".into();
+        }
+        regarding.field_path = Some(format!("spec.containers{{{}}}", event.container));
+        events.record(
+            regarding,
+            event.event_type,
+            event.reason,
+            event.message,
+            KUBELET,
+        );
+    }
+}
+
+/// What happened to the containers between `before` and `after`, in the
+/// words the kubelet uses.
+pub(crate) fn container_events(before: &Value, after: &Value) -> Vec<ContainerEvent> {
+    let empty = Vec::new();
+    let statuses = |pod: &Value| -> Vec<Value> {
+        pod["status"]["containerStatuses"]
+            .as_array()
+            .unwrap_or(&empty)
+            .clone()
+    };
+    let old = statuses(before);
+    let mut out = Vec::new();
+    for new in statuses(after) {
+        let Some(name) = new["name"].as_str() else {
+            continue;
+        };
+        let previous = old
+            .iter()
+            .find(|c| c["name"].as_str() == Some(name))
+            .cloned()
+            .unwrap_or(Value::Null);
+        let image = new["image"].as_str().unwrap_or_default();
+        let mut push = |event_type, reason, message: String| {
+            out.push(ContainerEvent {
+                container: name.to_string(),
+                event_type,
+                reason,
+                message,
+            });
+        };
+        let started = &new["state"]["running"]["startedAt"];
+        if started.is_string() && *started != previous["state"]["running"]["startedAt"] {
+            push(
+                EventType::Normal,
+                "Created",
+                format!("Created container: {name}"),
+            );
+            push(
+                EventType::Normal,
+                "Started",
+                format!("Started container {name}"),
+            );
+        }
+        let waiting = &new["state"]["waiting"];
+        let reason = waiting["reason"].as_str().unwrap_or_default();
+        let message = waiting["message"].as_str().unwrap_or_default();
+        if !reason.is_empty() && *waiting != previous["state"]["waiting"] {
+            match reason {
+                "CrashLoopBackOff" => push(
+                    EventType::Warning,
+                    "BackOff",
+                    format!(
+                        "Back-off restarting failed container {name} in pod {}_{}({})",
+                        name_of(after),
+                        namespace_of(after),
+                        after["metadata"]["uid"].as_str().unwrap_or_default()
+                    ),
+                ),
+                "ErrImagePull" => {
+                    push(
+                        EventType::Warning,
+                        "Failed",
+                        format!("Failed to pull image {image:?}: {message}"),
+                    );
+                    push(EventType::Warning, "Failed", "Error: ErrImagePull".into());
+                }
+                "ImagePullBackOff" => {
+                    push(
+                        EventType::Normal,
+                        "BackOff",
+                        format!("Back-off pulling image {image:?}"),
+                    );
+                    push(
+                        EventType::Warning,
+                        "Failed",
+                        "Error: ImagePullBackOff".into(),
+                    );
+                }
+                "CreateContainerError" | "CreateContainerConfigError" => {
+                    push(EventType::Warning, "Failed", format!("Error: {message}"))
+                }
+                _ => {}
+            }
+        }
+        let ended_out_of_memory = |status: &Value| {
+            [
+                &status["state"]["terminated"],
+                &status["lastState"]["terminated"],
+            ]
+            .iter()
+            .any(|t| t["reason"] == "OOMKilled")
+        };
+        if ended_out_of_memory(&new)
+            && (!ended_out_of_memory(&previous) || new["restartCount"] != previous["restartCount"])
+        {
+            push(
+                EventType::Warning,
+                "OOMKilling",
+                format!("Container {name} was killed: it ran out of memory"),
+            );
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod(container: Value) -> Value {
+        json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "web", "namespace": "shop", "uid": "u1"},
+            "status": {"containerStatuses": [container]},
+        })
+    }
+
+    fn reasons(events: &[ContainerEvent]) -> Vec<(&'static str, String)> {
+        events
+            .iter()
+            .map(|e| (e.reason, e.message.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn a_new_run_is_created_and_started() {
+        let pending =
+            pod(json!({"name": "main", "image": "bb:1", "state": {"waiting": {"reason": ""}}}));
+        let running = pod(
+            json!({"name": "main", "image": "bb:1", "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}}}),
+        );
+        let events = container_events(&pending, &running);
+        assert_eq!(
+            reasons(&events),
+            [
+                ("Created", "Created container: main".to_string()),
+                ("Started", "Started container main".to_string())
+            ]
+        );
+        assert!(events.iter().all(|e| e.container == "main"));
+        // The same run reported again is nothing new.
+        assert!(container_events(&running, &running).is_empty());
+    }
+
+    #[test]
+    fn a_crash_loop_backs_off_and_an_unpullable_image_fails() {
+        let running = pod(
+            json!({"name": "main", "image": "bb:1", "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}}}),
+        );
+        let looping = pod(
+            json!({"name": "main", "image": "bb:1", "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off"}}}),
+        );
+        let events = container_events(&running, &looping);
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].event_type, EventType::Warning);
+        assert_eq!(
+            events[0].message,
+            "Back-off restarting failed container main in pod web_shop(u1)"
+        );
+
+        let image = "127.0.0.1:5000/nosuch:1";
+        let pulling = pod(
+            json!({"name": "main", "image": image, "state": {"waiting": {"reason": "ErrImagePull", "message": "manifest unknown"}}}),
+        );
+        let backing_off = pod(
+            json!({"name": "main", "image": image, "state": {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image"}}}),
+        );
+        let failed = container_events(&Value::Null, &pulling);
+        assert_eq!(
+            reasons(&failed),
+            [
+                (
+                    "Failed",
+                    format!("Failed to pull image {image:?}: manifest unknown")
+                ),
+                ("Failed", "Error: ErrImagePull".to_string())
+            ]
+        );
+        let backoff = container_events(&pulling, &backing_off);
+        assert_eq!(
+            reasons(&backoff),
+            [
+                ("BackOff", format!("Back-off pulling image {image:?}")),
+                ("Failed", "Error: ImagePullBackOff".to_string())
+            ]
+        );
+        assert_eq!(backoff[0].event_type, EventType::Normal);
+    }
+
+    #[test]
+    fn a_run_ended_out_of_memory_is_told_once() {
+        let running = pod(
+            json!({"name": "main", "restartCount": 0, "state": {"running": {"startedAt": "t1"}}}),
+        );
+        let restarted = pod(
+            json!({"name": "main", "restartCount": 1, "state": {"running": {"startedAt": "t2"}}, "lastState": {"terminated": {"reason": "OOMKilled"}}}),
+        );
+        let events = container_events(&running, &restarted);
+        assert!(
+            events.iter().any(|e| e.reason == "OOMKilling"),
+            "{events:?}"
+        );
+        assert!(
+            !container_events(&restarted, &restarted)
+                .iter()
+                .any(|e| e.reason == "OOMKilling")
+        );
+    }
+}
