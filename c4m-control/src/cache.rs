@@ -264,6 +264,7 @@ impl IndexedFields {
         let plural = match owner.kind.as_deref()? {
             "Microservice" => "microservices",
             "Deployment" => "deployments",
+            "Job" => "jobs",
             _ => return None,
         };
         Some(owner_key(

@@ -17,8 +17,11 @@ use tokio_util::sync::CancellationToken;
 use crate::Result;
 use crate::cache::{Cache, ChangeFeed, Changes};
 
+pub(crate) mod clock;
+pub(crate) mod cronjobs;
 pub(crate) mod disruption;
 pub(crate) mod endpoints;
+pub(crate) mod jobs;
 pub(crate) mod nodes;
 pub(crate) mod replicasets;
 pub(crate) mod workload;
@@ -135,6 +138,68 @@ pub(crate) async fn delete_object(
         Err(e) => {
             tracing::warn!(plural, name = name_of(object), error = %e, "cannot delete");
             None
+        }
+    }
+}
+
+/// When each object (by store key) wants its controller to look at it
+/// again although nothing changed: a deadline, a backoff, a schedule.
+#[derive(Debug, Default)]
+pub(crate) struct Wakeups(
+    std::sync::Mutex<std::collections::BTreeMap<String, std::time::SystemTime>>,
+);
+
+impl Wakeups {
+    /// Wakes `store_key` at `at`; None forgets it.
+    pub(crate) fn set(&self, store_key: &str, at: Option<std::time::SystemTime>) {
+        let mut wakeups = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match at {
+            Some(at) => {
+                wakeups.insert(store_key.to_string(), at);
+            }
+            None => {
+                wakeups.remove(store_key);
+            }
+        }
+    }
+
+    /// The keys due at `now`, forgotten as they are returned.
+    fn take_due(&self, now: std::time::SystemTime) -> Vec<String> {
+        let mut wakeups = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let due: Vec<String> = wakeups
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in &due {
+            wakeups.remove(key);
+        }
+        due
+    }
+
+    /// Puts the keys that fall due on `clock` into `feed`, checking every
+    /// `tick`, until `shutdown`.
+    pub(crate) async fn run(
+        &self,
+        clock: &dyn clock::Clock,
+        feed: &ChangeFeed,
+        tick: Duration,
+        shutdown: CancellationToken,
+    ) {
+        let mut interval = tokio::time::interval(tick);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = interval.tick() => {}
+            }
+            let due = self.take_due(clock.now());
+            if !due.is_empty() {
+                feed.requeue(Changes {
+                    everything: false,
+                    changed: due.into_iter().map(|key| (key, None)).collect(),
+                });
+            }
         }
     }
 }

@@ -85,6 +85,14 @@ pub(crate) async fn reconcile(
             }
         }
     }
+    // Instances of other controllers' kinds (Jobs) are theirs.
+    touched.retain(|owner| {
+        OWNER_PLURALS.iter().any(|plural| {
+            owner
+                .strip_prefix(plural)
+                .is_some_and(|r| r.starts_with('/'))
+        })
+    });
     let replica_sets = match replica_sets {
         Some(index) => index,
         None if touched

@@ -114,6 +114,16 @@ pub static KINDS: &[ResourceKind] = &[
         ["status", "scale"]
     ),
     kind!("c4m.io", "v1", "Vpc", "vpcs", ["vpc"], false),
+    kind!("batch", "v1", "Job", "jobs", ["job"], true, ["status"]),
+    kind!(
+        "batch",
+        "v1",
+        "CronJob",
+        "cronjobs",
+        ["cronjob", "cj"],
+        true,
+        ["status"]
+    ),
     kind!(
         "scheduling.k8s.io",
         "v1",
