@@ -437,6 +437,39 @@ static JOB: &[Column] = &[
     .wide(),
 ];
 
+static DAEMON_SET: &[Column] = &[
+    NAME,
+    Column::new("DESIRED", "Nodes that should run the daemon", |d| {
+        status_count(d, "desiredNumberScheduled")
+    }),
+    Column::new("CURRENT", "Nodes running the daemon", |d| {
+        status_count(d, "currentNumberScheduled")
+    }),
+    Column::new("READY", "Nodes with the daemon ready", |d| {
+        status_count(d, "numberReady")
+    }),
+    Column::new("UP-TO-DATE", "Nodes running the current template", |d| {
+        status_count(d, "updatedNumberScheduled")
+    }),
+    Column::new("AVAILABLE", "Nodes with the daemon available", |d| {
+        status_count(d, "numberAvailable")
+    }),
+    Column::new("NODE SELECTOR", "The template's node selector", |d| {
+        let selector: Vec<String> = d["spec"]["template"]["spec"]["nodeSelector"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| format!("{k}={}", text(v)))
+            .collect();
+        if selector.is_empty() {
+            "<none>".into()
+        } else {
+            selector.join(",")
+        }
+    }),
+    AGE,
+];
+
 static CRON_JOB: &[Column] = &[
     NAME,
     Column::new("SCHEDULE", "The cron schedule", |c| {
@@ -622,6 +655,7 @@ pub fn columns(kind: &ResourceKind) -> &'static [Column] {
         "PodDisruptionBudget" => POD_DISRUPTION_BUDGET,
         "Vpc" => VPC,
         "Job" => JOB,
+        "DaemonSet" => DAEMON_SET,
         "CronJob" => CRON_JOB,
         _ => DEFAULT,
     }
@@ -698,6 +732,31 @@ mod tests {
             ["NAME", "DESIRED", "CURRENT", "READY", "AGE"]
         );
         assert_eq!(headers("configmaps", 1), ["NAME", "AGE"]);
+        assert_eq!(
+            headers("ds", 0),
+            [
+                "NAME",
+                "DESIRED",
+                "CURRENT",
+                "READY",
+                "UP-TO-DATE",
+                "AVAILABLE",
+                "NODE SELECTOR",
+                "AGE"
+            ]
+        );
+        assert_eq!(
+            headers("cj", 0),
+            [
+                "NAME",
+                "SCHEDULE",
+                "TIMEZONE",
+                "SUSPEND",
+                "ACTIVE",
+                "LAST SCHEDULE",
+                "AGE"
+            ]
+        );
         assert_eq!(
             headers("jobs", 0),
             ["NAME", "STATUS", "COMPLETIONS", "DURATION", "AGE"]

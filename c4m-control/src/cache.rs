@@ -265,6 +265,7 @@ impl IndexedFields {
             "Microservice" => "microservices",
             "Deployment" => "deployments",
             "Job" => "jobs",
+            "DaemonSet" => "daemonsets",
             _ => return None,
         };
         Some(owner_key(

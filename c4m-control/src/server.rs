@@ -356,6 +356,14 @@ fn spawn_controllers(
             Box::pin(async move { controllers::disruption::reconcile(&o, &c).await })
         }),
     );
+    spawn(
+        "daemonsets",
+        &["daemonsets", "pods", "nodes"],
+        FULL_RESYNC,
+        Box::new(|o, c, changes| {
+            Box::pin(async move { controllers::daemonsets::reconcile(&o, &c, &changes).await })
+        }),
+    );
     let health = Arc::clone(health);
     spawn(
         "nodes",

@@ -15,7 +15,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 
-use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job, JobSpec};
 use k8s_openapi::api::core::v1::{
     ConfigMap, ContainerPort, Endpoints, Event, Namespace, Node, Pod, PodSpec, Probe,
@@ -424,6 +424,11 @@ fn check_typed(kind: &ResourceKind, value: &Value) -> Result<ObjectMeta, FieldEr
             parse_vpc_cidr(&vpc.spec.cidr).map_err(|reason| field_error("spec.cidr", reason))?;
             vpc.metadata
         }
+        "DaemonSet" => {
+            let daemon_set: DaemonSet = typed(value)?;
+            check_daemon_set(&daemon_set)?;
+            daemon_set.metadata
+        }
         "Job" => {
             let job: Job = typed(value)?;
             check_job(&job)?;
@@ -551,6 +556,49 @@ fn check_deployment(deployment: &Deployment) -> Result<(), FieldError> {
         Some(other) => Err(field_error(
             "spec.template.spec.restartPolicy",
             format!("{other:?} is not allowed in a Deployment; only \"Always\" is"),
+        )),
+    }
+}
+
+/// A DaemonSet: a selector that selects its template, a valid pod spec
+/// that restarts Always, a known update strategy.
+fn check_daemon_set(daemon_set: &DaemonSet) -> Result<(), FieldError> {
+    let spec = daemon_set
+        .spec
+        .as_ref()
+        .ok_or_else(|| field_error("spec", "required field is missing"))?;
+    let template_labels = spec
+        .template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.as_ref());
+    check_labels(template_labels, "spec.template.metadata.labels")?;
+    check_selector(&spec.selector, template_labels)?;
+    let pod_spec = spec
+        .template
+        .spec
+        .as_ref()
+        .ok_or_else(|| field_error("spec.template.spec", "required field is missing"))?;
+    check_pod_spec(pod_spec, "spec.template.spec")?;
+    if let Some(policy) = pod_spec.restart_policy.as_deref()
+        && policy != "Always"
+    {
+        return Err(field_error(
+            "spec.template.spec.restartPolicy",
+            format!("unsupported value {policy:?}: supported values: \"Always\""),
+        ));
+    }
+    match spec
+        .update_strategy
+        .as_ref()
+        .and_then(|s| s.type_.as_deref())
+    {
+        None | Some("RollingUpdate" | "OnDelete") => Ok(()),
+        Some(other) => Err(field_error(
+            "spec.updateStrategy.type",
+            format!(
+                "unsupported value {other:?}: supported values: \"OnDelete\", \"RollingUpdate\""
+            ),
         )),
     }
 }
@@ -1445,6 +1493,11 @@ const UNHONOURED: &[(Scope, &str, &str)] = &[
         "is not run: c4m keeps ReplicaSets as the revisions of Deployments; use a Deployment",
     ),
     (Scope::Kind("Job"), "spec.backoffLimitPerIndex", IGNORED),
+    (
+        Scope::Kind("DaemonSet"),
+        "spec.updateStrategy.rollingUpdate.maxSurge",
+        "is not supported; pods are replaced without surge",
+    ),
     (Scope::Kind("Job"), "spec.maxFailedIndexes", IGNORED),
     (Scope::Kind("Job"), "spec.successPolicy", IGNORED),
     (Scope::Kind("Service"), "spec.type=LoadBalancer", CLUSTER_IP),
@@ -1469,6 +1522,7 @@ const POD_SPEC_LOCATIONS: &[(&str, &str, &str)] = &[
     ("Deployment", "/spec/template/spec", "spec.template.spec"),
     ("ReplicaSet", "/spec/template/spec", "spec.template.spec"),
     ("Job", "/spec/template/spec", "spec.template.spec"),
+    ("DaemonSet", "/spec/template/spec", "spec.template.spec"),
     (
         "CronJob",
         "/spec/jobTemplate/spec/template/spec",

@@ -19,6 +19,7 @@ use crate::cache::{Cache, ChangeFeed, Changes};
 
 pub(crate) mod clock;
 pub(crate) mod cronjobs;
+pub(crate) mod daemonsets;
 pub(crate) mod disruption;
 pub(crate) mod endpoints;
 pub(crate) mod jobs;

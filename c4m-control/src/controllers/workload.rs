@@ -318,7 +318,7 @@ async fn reconcile_owner(
 /// lists, so a template that went through a client's typed round trip
 /// (`creationTimestamp: null`, `resources: {}`, as `kubectl rollout undo`
 /// sends it back) keeps its hash and its ReplicaSet.
-fn template_hash(template: &Value) -> String {
+pub(crate) fn template_hash(template: &Value) -> String {
     fn pruned(value: &Value) -> Option<Value> {
         match value {
             Value::Null => None,

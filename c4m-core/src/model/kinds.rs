@@ -114,6 +114,15 @@ pub static KINDS: &[ResourceKind] = &[
         ["status", "scale"]
     ),
     kind!("c4m.io", "v1", "Vpc", "vpcs", ["vpc"], false),
+    kind!(
+        "apps",
+        "v1",
+        "DaemonSet",
+        "daemonsets",
+        ["daemonset", "ds"],
+        true,
+        ["status"]
+    ),
     kind!("batch", "v1", "Job", "jobs", ["job"], true, ["status"]),
     kind!(
         "batch",
