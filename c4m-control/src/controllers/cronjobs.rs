@@ -603,21 +603,10 @@ impl CronJobController {
                 );
             }
         }
-        if status != cronjob["status"] {
-            let uid = cronjob["metadata"]["uid"].clone();
-            written = latest(
-                written,
-                objects
-                    .update_with(kind("cronjobs"), namespace, name_of(cronjob), |current| {
-                        if current["metadata"]["uid"] != uid || current["status"] == status {
-                            return false;
-                        }
-                        current["status"] = status.clone();
-                        true
-                    })
-                    .await?,
-            );
-        }
+        written = latest(
+            written,
+            super::write_status(objects, "cronjobs", cronjob, &status).await?,
+        );
         for (event_type, reason, message) in plan.events {
             events.record(regarding.clone(), event_type, reason, message, COMPONENT);
         }

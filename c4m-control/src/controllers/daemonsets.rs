@@ -25,8 +25,7 @@ use serde_json::{Value, json};
 use super::latest;
 use super::workload::template_hash;
 use crate::Result;
-use crate::cache::{Cache, Changes, ROOT, controller_key};
-use crate::events::{EventType, Regarding};
+use crate::cache::{Cache, Changes, ROOT};
 use crate::objects::{Objects, kind, name_of, namespace_of, random_suffix};
 use crate::pods::{controller_uid, is_ready, phase};
 use crate::scheduler::request::{node_info, request};
@@ -283,45 +282,16 @@ pub(crate) async fn reconcile(
     cache: &Cache,
     changes: &Changes,
 ) -> Result<Option<i64>> {
-    let mut touched: BTreeSet<String> = BTreeSet::new();
-    let everything = changes.everything
-        || changes.changed.keys().any(|key| {
-            key.strip_prefix(ROOT)
-                .is_some_and(|k| k.starts_with("nodes/"))
-        });
-    if everything {
-        touched.extend(
-            cache
-                .keys(kind("daemonsets"))
-                .iter()
-                .filter_map(|key| key.strip_prefix(ROOT).map(str::to_string)),
-        );
-        touched.extend(
-            cache
-                .owners_of_pods()
-                .into_iter()
-                .filter(|owner| owner.starts_with("daemonsets/")),
-        );
-    } else {
-        for (key, before) in &changes.changed {
-            let Some(rest) = key.strip_prefix(ROOT) else {
-                continue;
-            };
-            if rest.starts_with("pods/") {
-                let before = before.as_ref().and_then(|before| before.decode(key));
-                let current = cache.get_key(key);
-                touched.extend(
-                    [before.as_deref(), current.as_deref()]
-                        .into_iter()
-                        .flatten()
-                        .filter_map(controller_key)
-                        .filter(|owner| owner.starts_with("daemonsets/")),
-                );
-            } else if rest.starts_with("daemonsets/") {
-                touched.insert(rest.to_string());
-            }
-        }
-    }
+    let nodes_changed = changes.changed.keys().any(|key| {
+        key.strip_prefix(ROOT)
+            .is_some_and(|k| k.starts_with("nodes/"))
+    });
+    let touched = super::touched_owners(
+        cache,
+        changes,
+        "daemonsets",
+        changes.everything || nodes_changed,
+    );
     if touched.is_empty() {
         return Ok(None);
     }
@@ -369,74 +339,24 @@ async fn reconcile_daemon_set(
     let nodes: Vec<&Value> = nodes.iter().map(|n| n.as_ref()).collect();
     let mine: Vec<&Value> = mine.iter().map(|p| p.as_ref()).collect();
     let plan = plan(&daemon_set, &nodes, &mine);
-    let events = objects.events();
-    let regarding = Regarding::of(&daemon_set);
     let hash = template_hash(&daemon_set["spec"]["template"]);
-    if !plan.create.is_empty() {
-        let new: Vec<Value> = plan
-            .create
-            .iter()
-            .map(|node| daemon_pod(&daemon_set, node, &hash))
-            .collect();
-        let names: Vec<String> = new.iter().map(|p| name_of(p).to_string()).collect();
-        written = latest(
-            written,
-            Some(
-                objects
-                    .create_many(new.into_iter().map(|p| (kind("pods"), p)).collect())
-                    .await?,
-            ),
-        );
-        for name in names {
-            events.record(
-                regarding.clone(),
-                EventType::Normal,
-                "SuccessfulCreate",
-                format!("Created pod: {name}"),
-                COMPONENT,
-            );
-        }
-    }
-    for name in &plan.delete {
-        match objects
-            .delete(kind("pods"), namespace_of(&daemon_set), name)
-            .await
-        {
-            Ok((_, revision)) => {
-                written = latest(written, Some(revision));
-                events.record(
-                    regarding.clone(),
-                    EventType::Normal,
-                    "SuccessfulDelete",
-                    format!("Deleted pod: {name}"),
-                    COMPONENT,
-                );
-            }
-            Err(crate::Error::NotFound { .. }) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    if plan.status != daemon_set["status"] {
-        let uid = daemon_set["metadata"]["uid"].clone();
-        let status = plan.status;
-        written = latest(
-            written,
-            objects
-                .update_with(
-                    kind("daemonsets"),
-                    namespace_of(&daemon_set),
-                    name_of(&daemon_set),
-                    |current| {
-                        if current["metadata"]["uid"] != uid || current["status"] == status {
-                            return false;
-                        }
-                        current["status"] = status.clone();
-                        true
-                    },
-                )
-                .await?,
-        );
-    }
+    let pods = plan
+        .create
+        .iter()
+        .map(|node| daemon_pod(&daemon_set, node, &hash))
+        .collect();
+    written = latest(
+        written,
+        super::create_pods(objects, &daemon_set, pods, COMPONENT).await?,
+    );
+    written = latest(
+        written,
+        super::delete_pods(objects, &daemon_set, &plan.delete, COMPONENT).await?,
+    );
+    written = latest(
+        written,
+        super::write_status(objects, "daemonsets", &daemon_set, &plan.status).await?,
+    );
     Ok(written)
 }
 

@@ -40,7 +40,7 @@ use tokio_util::sync::CancellationToken;
 use super::clock::Clock;
 use super::latest;
 use crate::Result;
-use crate::cache::{Cache, ChangeFeed, Changes, ROOT, controller_key};
+use crate::cache::{Cache, ChangeFeed, Changes, ROOT};
 use crate::events::{EventType, Regarding};
 use crate::objects::{Objects, kind, name_of, namespace_of, random_suffix};
 use crate::pods::{controller_uid, is_ready, phase};
@@ -782,40 +782,7 @@ impl JobController {
         cache: &Cache,
         changes: &Changes,
     ) -> Result<Option<i64>> {
-        let mut touched: BTreeSet<String> = BTreeSet::new();
-        if changes.everything {
-            touched.extend(
-                cache
-                    .keys(kind("jobs"))
-                    .iter()
-                    .filter_map(|key| key.strip_prefix(ROOT).map(str::to_string)),
-            );
-            touched.extend(
-                cache
-                    .owners_of_pods()
-                    .into_iter()
-                    .filter(|owner| owner.starts_with("jobs/")),
-            );
-        } else {
-            for (key, before) in &changes.changed {
-                let Some(rest) = key.strip_prefix(ROOT) else {
-                    continue;
-                };
-                if rest.starts_with("pods/") {
-                    let before = before.as_ref().and_then(|before| before.decode(key));
-                    let current = cache.get_key(key);
-                    touched.extend(
-                        [before.as_deref(), current.as_deref()]
-                            .into_iter()
-                            .flatten()
-                            .filter_map(controller_key)
-                            .filter(|owner| owner.starts_with("jobs/")),
-                    );
-                } else if rest.starts_with("jobs/") {
-                    touched.insert(rest.to_string());
-                }
-            }
-        }
+        let touched = super::touched_owners(cache, changes, "jobs", changes.everything);
         let (written, failed) = super::for_each_concurrently(touched, |job| async move {
             self.reconcile_job(objects, cache, &job)
                 .await
@@ -877,55 +844,19 @@ impl JobController {
         if plan.delete_job {
             return Ok(super::delete_object(objects, "jobs", job).await);
         }
-        if !plan.create.is_empty() {
-            let pods: Vec<Value> = plan.create.iter().map(|i| new_pod(job, *i)).collect();
-            let names: Vec<String> = pods.iter().map(|p| name_of(p).to_string()).collect();
-            let revision = objects
-                .create_many(pods.into_iter().map(|p| (kind("pods"), p)).collect())
-                .await?;
-            written = Some(revision);
-            for name in names {
-                events.record(
-                    regarding.clone(),
-                    EventType::Normal,
-                    "SuccessfulCreate",
-                    format!("Created pod: {name}"),
-                    COMPONENT,
-                );
-            }
-        }
-        for name in &plan.delete {
-            match objects.delete(kind("pods"), namespace_of(job), name).await {
-                Ok((_, revision)) => {
-                    written = latest(written, Some(revision));
-                    events.record(
-                        regarding.clone(),
-                        EventType::Normal,
-                        "SuccessfulDelete",
-                        format!("Deleted pod: {name}"),
-                        COMPONENT,
-                    );
-                }
-                Err(crate::Error::NotFound { .. }) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        if plan.status != job["status"] {
-            let uid = job["metadata"]["uid"].clone();
-            let status = plan.status.clone();
-            written = latest(
-                written,
-                objects
-                    .update_with(kind("jobs"), namespace_of(job), name_of(job), |current| {
-                        if current["metadata"]["uid"] != uid || current["status"] == status {
-                            return false;
-                        }
-                        current["status"] = status.clone();
-                        true
-                    })
-                    .await?,
-            );
-        }
+        let pods = plan.create.iter().map(|i| new_pod(job, *i)).collect();
+        written = latest(
+            written,
+            super::create_pods(objects, job, pods, COMPONENT).await?,
+        );
+        written = latest(
+            written,
+            super::delete_pods(objects, job, &plan.delete, COMPONENT).await?,
+        );
+        written = latest(
+            written,
+            super::write_status(objects, "jobs", job, &plan.status).await?,
+        );
         for (event_type, reason, message) in plan.events {
             events.record(regarding.clone(), event_type, reason, message, COMPONENT);
         }

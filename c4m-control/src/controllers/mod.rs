@@ -204,3 +204,144 @@ impl Wakeups {
         }
     }
 }
+
+/// The objects of `plural` (as `PLURAL/NAMESPACE/NAME`) a batch of
+/// `changes` touches: each changed one, and the controller of each changed
+/// pod (before and after the change); every one, and every controller of
+/// pods of that kind, when `everything`.
+pub(crate) fn touched_owners(
+    cache: &Cache,
+    changes: &Changes,
+    plural: &str,
+    everything: bool,
+) -> std::collections::BTreeSet<String> {
+    use crate::cache::{ROOT, controller_key};
+    let prefix = format!("{plural}/");
+    let mut touched = std::collections::BTreeSet::new();
+    if everything {
+        touched.extend(
+            cache
+                .keys(crate::objects::kind(plural))
+                .iter()
+                .filter_map(|key| key.strip_prefix(ROOT).map(str::to_string)),
+        );
+        touched.extend(
+            cache
+                .owners_of_pods()
+                .into_iter()
+                .filter(|owner| owner.starts_with(&prefix)),
+        );
+        return touched;
+    }
+    for (key, before) in &changes.changed {
+        let Some(rest) = key.strip_prefix(ROOT) else {
+            continue;
+        };
+        if rest.starts_with("pods/") {
+            let before = before.as_ref().and_then(|before| before.decode(key));
+            let current = cache.get_key(key);
+            touched.extend(
+                [before.as_deref(), current.as_deref()]
+                    .into_iter()
+                    .flatten()
+                    .filter_map(controller_key)
+                    .filter(|owner| owner.starts_with(&prefix)),
+            );
+        } else if rest.starts_with(&prefix) {
+            touched.insert(rest.to_string());
+        }
+    }
+    touched
+}
+
+/// Writes `status` into `object` (of `plural`) unless it has it already or
+/// was replaced by another of its name meanwhile; returns the revision.
+pub(crate) async fn write_status(
+    objects: &crate::objects::Objects,
+    plural: &str,
+    object: &serde_json::Value,
+    status: &serde_json::Value,
+) -> Result<Option<i64>> {
+    use crate::objects::{kind, name_of, namespace_of};
+    if object["status"] == *status {
+        return Ok(None);
+    }
+    let uid = &object["metadata"]["uid"];
+    objects
+        .update_with(
+            kind(plural),
+            namespace_of(object),
+            name_of(object),
+            |current| {
+                if current["metadata"]["uid"] != *uid || current["status"] == *status {
+                    return false;
+                }
+                current["status"] = status.clone();
+                true
+            },
+        )
+        .await
+}
+
+/// Creates `pods` for `owner` in one transaction and records a
+/// SuccessfulCreate Event for each, from `component`.
+pub(crate) async fn create_pods(
+    objects: &crate::objects::Objects,
+    owner: &serde_json::Value,
+    pods: Vec<serde_json::Value>,
+    component: &'static str,
+) -> Result<Option<i64>> {
+    use crate::events::{EventType, Regarding};
+    use crate::objects::{kind, name_of};
+    if pods.is_empty() {
+        return Ok(None);
+    }
+    let names: Vec<String> = pods.iter().map(|p| name_of(p).to_string()).collect();
+    let revision = objects
+        .create_many(pods.into_iter().map(|p| (kind("pods"), p)).collect())
+        .await?;
+    for name in names {
+        objects.events().record(
+            Regarding::of(owner),
+            EventType::Normal,
+            "SuccessfulCreate",
+            format!("Created pod: {name}"),
+            component,
+        );
+    }
+    Ok(Some(revision))
+}
+
+/// Deletes the pods `names` of `owner` (in its namespace), recording a
+/// SuccessfulDelete Event for each, from `component`; one already gone is
+/// fine.
+pub(crate) async fn delete_pods(
+    objects: &crate::objects::Objects,
+    owner: &serde_json::Value,
+    names: &[String],
+    component: &'static str,
+) -> Result<Option<i64>> {
+    use crate::events::{EventType, Regarding};
+    use crate::objects::{kind, namespace_of};
+    let mut written = None;
+    for name in names {
+        match objects
+            .delete(kind("pods"), namespace_of(owner), name)
+            .await
+        {
+            Ok((_, revision)) => {
+                written = latest(written, Some(revision));
+                objects.events().record(
+                    Regarding::of(owner),
+                    EventType::Normal,
+                    "SuccessfulDelete",
+                    format!("Deleted pod: {name}"),
+                    component,
+                );
+            }
+            Err(crate::Error::NotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(written)
+}
