@@ -470,6 +470,236 @@ static EVENT: &[Column] = &[
     Column::new("NAME", "Name of the Event", name).wide(),
 ];
 
+static JOB: &[Column] = &[
+    NAME,
+    Column::new("STATUS", "The Job's state", job_status),
+    Column::new(
+        "COMPLETIONS",
+        "Succeeded pods of the completions wanted",
+        job_completions,
+    ),
+    Column::new(
+        "DURATION",
+        "Time from the Job's start to its completion (or now)",
+        job_duration,
+    ),
+    AGE,
+    Column::new("CONTAINERS", "Names of the containers", |j| {
+        template_containers(&j["spec"]["template"], "name")
+    })
+    .wide(),
+    Column::new("IMAGES", "Images of the containers", |j| {
+        template_containers(&j["spec"]["template"], "image")
+    })
+    .wide(),
+    Column::new("SELECTOR", "The Job's pod selector", |j| {
+        match_labels(&j["spec"]["selector"])
+    })
+    .wide(),
+];
+
+static DAEMON_SET: &[Column] = &[
+    NAME,
+    Column::new("DESIRED", "Nodes that should run the daemon", |d| {
+        status_count(d, "desiredNumberScheduled")
+    }),
+    Column::new("CURRENT", "Nodes running the daemon", |d| {
+        status_count(d, "currentNumberScheduled")
+    }),
+    Column::new("READY", "Nodes with the daemon ready", |d| {
+        status_count(d, "numberReady")
+    }),
+    Column::new("UP-TO-DATE", "Nodes running the current template", |d| {
+        status_count(d, "updatedNumberScheduled")
+    }),
+    Column::new("AVAILABLE", "Nodes with the daemon available", |d| {
+        status_count(d, "numberAvailable")
+    }),
+    Column::new("NODE SELECTOR", "The template's node selector", |d| {
+        let selector: Vec<String> = d["spec"]["template"]["spec"]["nodeSelector"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| format!("{k}={}", text(v)))
+            .collect();
+        if selector.is_empty() {
+            "<none>".into()
+        } else {
+            selector.join(",")
+        }
+    }),
+    AGE,
+];
+
+static CRON_JOB: &[Column] = &[
+    NAME,
+    Column::new("SCHEDULE", "The cron schedule", |c| {
+        text(&c["spec"]["schedule"])
+    }),
+    Column::new("TIMEZONE", "The schedule's time zone", |c| {
+        or_none(&c["spec"]["timeZone"])
+    }),
+    Column::new("SUSPEND", "Whether new Jobs are suspended", |c| {
+        if c["spec"]["suspend"] == true {
+            "True".into()
+        } else {
+            "False".into()
+        }
+    }),
+    Column::new("ACTIVE", "Jobs running", |c| {
+        c["status"]["active"]
+            .as_array()
+            .map_or(0, Vec::len)
+            .to_string()
+    }),
+    Column::new("LAST SCHEDULE", "Time since the last scheduled Job", |c| {
+        c["status"]["lastScheduleTime"]
+            .as_str()
+            .and_then(c4m_core::parse_rfc3339)
+            .map_or_else(
+                || "<none>".to_string(),
+                |at| {
+                    human_duration(
+                        std::time::SystemTime::now()
+                            .duration_since(at)
+                            .unwrap_or_default(),
+                    )
+                },
+            )
+    }),
+    AGE,
+    Column::new("CONTAINERS", "Names of the containers", |c| {
+        template_containers(&c["spec"]["jobTemplate"]["spec"]["template"], "name")
+    })
+    .wide(),
+    Column::new("IMAGES", "Images of the containers", |c| {
+        template_containers(&c["spec"]["jobTemplate"]["spec"]["template"], "image")
+    })
+    .wide(),
+    Column::new("SELECTOR", "The Jobs' pod selector", |c| {
+        or_none(&json_labels(&c["spec"]["jobTemplate"]["spec"]["selector"]))
+    })
+    .wide(),
+];
+
+fn or_none(value: &Value) -> String {
+    match text(value) {
+        s if s.is_empty() => "<none>".into(),
+        s => s,
+    }
+}
+
+fn json_labels(selector: &Value) -> Value {
+    Value::String(match_labels(selector))
+}
+
+/// A Job's STATUS, in the order kubectl's printer checks its conditions.
+fn job_status(job: &Value) -> String {
+    let has = |kind: &str| condition(job, kind).is_some_and(|c| c["status"] == "True");
+    if has("Complete") {
+        "Complete"
+    } else if has("Failed") {
+        "Failed"
+    } else if !job["metadata"]["deletionTimestamp"].is_null() {
+        "Terminating"
+    } else if has("Suspended") {
+        "Suspended"
+    } else if has("FailureTarget") {
+        "FailureTarget"
+    } else if has("SuccessCriteriaMet") {
+        "SuccessCriteriaMet"
+    } else {
+        "Running"
+    }
+    .into()
+}
+
+/// `succeeded/completions`, or `succeeded/1 of parallelism` for a Job
+/// without completions, as kubectl prints them.
+fn job_completions(job: &Value) -> String {
+    let succeeded = job["status"]["succeeded"].as_i64().unwrap_or(0);
+    match job["spec"]["completions"].as_i64() {
+        Some(completions) => format!("{succeeded}/{completions}"),
+        None => match job["spec"]["parallelism"].as_i64().unwrap_or(1) {
+            parallelism if parallelism > 1 => format!("{succeeded}/1 of {parallelism}"),
+            _ => format!("{succeeded}/1"),
+        },
+    }
+}
+
+/// From `status.startTime` to `status.completionTime`, or to now.
+fn job_duration(job: &Value) -> String {
+    let Some(started) = job["status"]["startTime"]
+        .as_str()
+        .and_then(c4m_core::parse_rfc3339)
+    else {
+        return String::new();
+    };
+    let ended = job["status"]["completionTime"]
+        .as_str()
+        .and_then(c4m_core::parse_rfc3339)
+        .unwrap_or_else(std::time::SystemTime::now);
+    human_duration(ended.duration_since(started).unwrap_or_default())
+}
+
+/// A duration as kubectl prints one (`45s`, `3m12s`, `5h3m`, `2d4h`):
+/// apimachinery's `HumanDuration`.
+pub fn human_duration(duration: std::time::Duration) -> String {
+    let seconds = duration.as_secs();
+    let minutes = seconds / 60;
+    let hours = seconds / 3600;
+    if seconds < 60 * 2 {
+        format!("{seconds}s")
+    } else if minutes < 10 {
+        match seconds % 60 {
+            0 => format!("{minutes}m"),
+            s => format!("{minutes}m{s}s"),
+        }
+    } else if minutes < 60 * 3 {
+        format!("{minutes}m")
+    } else if hours < 8 {
+        match minutes % 60 {
+            0 => format!("{hours}h"),
+            m => format!("{hours}h{m}m"),
+        }
+    } else if hours < 48 {
+        format!("{hours}h")
+    } else if hours < 24 * 8 {
+        match hours % 24 {
+            0 => format!("{}d", hours / 24),
+            h => format!("{}d{h}h", hours / 24),
+        }
+    } else if hours < 24 * 365 * 2 {
+        format!("{}d", hours / 24)
+    } else if hours < 24 * 365 * 8 {
+        format!("{}y{}d", hours / 24 / 365, (hours / 24) % 365)
+    } else {
+        format!("{}y", hours / 24 / 365)
+    }
+}
+
+/// One field of each container of a pod template, comma-separated.
+fn template_containers(template: &Value, field: &str) -> String {
+    template["spec"]["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| text(&c[field]))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// A selector's matchLabels as `k=v,k2=v2`.
+fn match_labels(selector: &Value) -> String {
+    selector["matchLabels"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={}", text(v)))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 static DEFAULT: &[Column] = &[NAME, AGE];
 
 /// The columns objects of `kind` are listed with.
@@ -486,6 +716,9 @@ pub fn columns(kind: &ResourceKind) -> &'static [Column] {
         "PodDisruptionBudget" => POD_DISRUPTION_BUDGET,
         "Vpc" => VPC,
         "Event" => EVENT,
+        "Job" => JOB,
+        "DaemonSet" => DAEMON_SET,
+        "CronJob" => CRON_JOB,
         _ => DEFAULT,
     }
 }
@@ -561,6 +794,68 @@ mod tests {
             ["NAME", "DESIRED", "CURRENT", "READY", "AGE"]
         );
         assert_eq!(headers("configmaps", 1), ["NAME", "AGE"]);
+        assert_eq!(
+            headers("ds", 0),
+            [
+                "NAME",
+                "DESIRED",
+                "CURRENT",
+                "READY",
+                "UP-TO-DATE",
+                "AVAILABLE",
+                "NODE SELECTOR",
+                "AGE"
+            ]
+        );
+        assert_eq!(
+            headers("cj", 0),
+            [
+                "NAME",
+                "SCHEDULE",
+                "TIMEZONE",
+                "SUSPEND",
+                "ACTIVE",
+                "LAST SCHEDULE",
+                "AGE"
+            ]
+        );
+        assert_eq!(
+            headers("jobs", 0),
+            ["NAME", "STATUS", "COMPLETIONS", "DURATION", "AGE"]
+        );
+    }
+
+    #[test]
+    fn job_cells_follow_kubectl() {
+        let jobs = ResourceKind::from_name("jobs").unwrap();
+        let job = json!({
+            "metadata": {"name": "pi"},
+            "spec": {"completions": 3, "parallelism": 2},
+            "status": {"succeeded": 3, "startTime": "2026-01-01T00:00:00Z",
+                "completionTime": "2026-01-01T00:03:12Z",
+                "conditions": [
+                    {"type": "SuccessCriteriaMet", "status": "True"},
+                    {"type": "Complete", "status": "True"}]},
+        });
+        assert_eq!(row(jobs, &job)[..4], ["pi", "Complete", "3/3", "3m12s"]);
+        let queue = json!({"metadata": {"name": "q"}, "spec": {"parallelism": 4},
+            "status": {"conditions": [{"type": "FailureTarget", "status": "True"}]}});
+        assert_eq!(
+            row(jobs, &queue)[..4],
+            ["q", "FailureTarget", "0/1 of 4", ""]
+        );
+    }
+
+    #[test]
+    fn durations_print_as_kubectl_prints_them() {
+        let d = |s| human_duration(std::time::Duration::from_secs(s));
+        assert_eq!(d(45), "45s");
+        assert_eq!(d(119), "119s");
+        assert_eq!(d(192), "3m12s");
+        assert_eq!(d(600), "10m");
+        assert_eq!(d(3 * 3600 + 60), "3h1m");
+        assert_eq!(d(10 * 3600), "10h");
+        assert_eq!(d(50 * 3600), "2d2h");
     }
 
     #[test]

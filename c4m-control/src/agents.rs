@@ -264,6 +264,11 @@ impl Agents {
                         .and_then(|l| l.strip_suffix("']"))
                     {
                         pod["metadata"]["labels"][label].clone()
+                    } else if let Some(annotation) = other
+                        .strip_prefix("metadata.annotations['")
+                        .and_then(|a| a.strip_suffix("']"))
+                    {
+                        pod["metadata"]["annotations"][annotation].clone()
                     } else {
                         return Err(format!("fieldRef {other:?} is not supported"));
                     }

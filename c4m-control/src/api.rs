@@ -841,19 +841,21 @@ fn validate(kind: &ResourceKind, value: &Value) -> Result<Vec<String>> {
         index: 1,
         value,
     };
-    c4m_core::validate(&document)
+    let name = document.value["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default();
+    let warnings = c4m_core::validate(&document)
         .map(|validated| validated.warnings)
         .map_err(|e| {
-            invalid::invalid_field(
-                kind,
-                document.value["metadata"]["name"]
-                    .as_str()
-                    .unwrap_or_default(),
-                &e.path,
-                &e.message,
-                Some(&document.value),
-            )
-        })
+            invalid::invalid_field(kind, name, &e.path, &e.message, Some(&document.value))
+        })?;
+    // The schedule is parsed here: c4m-core has no cron parser.
+    if kind.kind == "CronJob" {
+        crate::controllers::cronjobs::check(&document.value).map_err(|e| {
+            invalid::invalid_field(kind, name, e.field, &e.message, Some(&document.value))
+        })?;
+    }
+    Ok(warnings)
 }
 
 async fn delete_namespace_contents(state: &ApiState, namespace: &str) -> Result<()> {

@@ -264,6 +264,8 @@ impl IndexedFields {
         let plural = match owner.kind.as_deref()? {
             "Microservice" => "microservices",
             "Deployment" => "deployments",
+            "Job" => "jobs",
+            "DaemonSet" => "daemonsets",
             _ => return None,
         };
         Some(owner_key(

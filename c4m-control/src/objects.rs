@@ -303,6 +303,9 @@ impl Objects {
         if kind.kind == "Vpc" {
             self.check_vpc_overlap(&value).await?;
         }
+        if kind.kind == "Job" {
+            crate::controllers::jobs::default_new_job(&mut value);
+        }
         if kind.kind == "Pod" {
             match classes {
                 Some(classes) => classes.admit(&mut value)?,

@@ -45,6 +45,9 @@ fn add_kind(generator: &mut SchemaGenerator, kind: &ResourceKind) -> Option<Stri
         "ReplicaSet" => add::<ReplicaSet>(generator),
         "PriorityClass" => add::<PriorityClass>(generator),
         "PodDisruptionBudget" => add::<PodDisruptionBudget>(generator),
+        "Job" => add::<k8s_openapi::api::batch::v1::Job>(generator),
+        "DaemonSet" => add::<k8s_openapi::api::apps::v1::DaemonSet>(generator),
+        "CronJob" => add::<k8s_openapi::api::batch::v1::CronJob>(generator),
         _ => None,
     }
 }

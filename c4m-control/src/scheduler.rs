@@ -37,7 +37,7 @@ use crate::objects::{Objects, kind, name_of, namespace_of};
 use crate::pods::{is_terminal, node_name, set_condition};
 use crate::scheduler_policy::current_policy;
 
-mod request;
+pub(crate) mod request;
 
 pub(crate) use request::node_info;
 use request::{PLACEMENT_STRATEGY, request};

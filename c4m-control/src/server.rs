@@ -378,6 +378,14 @@ fn spawn_controllers(
             Box::pin(async move { collector.lock().await.reconcile(&o, &c, &changes).await })
         }),
     );
+    spawn(
+        "daemonsets",
+        &["daemonsets", "pods", "nodes"],
+        FULL_RESYNC,
+        Box::new(|o, c, changes| {
+            Box::pin(async move { controllers::daemonsets::reconcile(&o, &c, &changes).await })
+        }),
+    );
     let health = Arc::clone(health);
     spawn(
         "nodes",
@@ -387,6 +395,79 @@ fn spawn_controllers(
             let h = Arc::clone(&health);
             Box::pin(async move { controllers::nodes::reconcile(&o, &c, &h).await })
         }),
+    );
+    spawn_job_controller(tasks, objects, cache, shutdown);
+    spawn_cronjob_controller(tasks, objects, cache, shutdown);
+}
+
+fn spawn_cronjob_controller(
+    tasks: &mut JoinSet<Result<()>>,
+    objects: &Objects,
+    cache: &Arc<Cache>,
+    shutdown: &CancellationToken,
+) {
+    use controllers::cronjobs::CronJobController;
+    let cronjobs = Arc::new(CronJobController::new(Arc::new(
+        controllers::clock::SystemClock,
+    )));
+    let feed = cache.feed(&["cronjobs", "jobs"]);
+    tasks.spawn(
+        Arc::clone(&cronjobs)
+            .run_wakeups(Arc::clone(&feed), JOB_WAKEUP_TICK, shutdown.clone())
+            .then_ok(),
+    );
+    let (o, c) = (objects.clone(), Arc::clone(cache));
+    tasks.spawn(
+        controllers::run(
+            "cronjobs",
+            Arc::clone(cache),
+            feed,
+            FULL_RESYNC,
+            shutdown.clone(),
+            move |changes| {
+                let (o, c, cronjobs) = (o.clone(), Arc::clone(&c), Arc::clone(&cronjobs));
+                async move { cronjobs.reconcile(&o, &c, &changes).await }
+            },
+        )
+        .then_ok(),
+    );
+}
+
+/// How often the Job controller looks for Jobs whose deadline, backoff or
+/// TTL has come.
+const JOB_WAKEUP_TICK: Duration = Duration::from_millis(250);
+
+fn spawn_job_controller(
+    tasks: &mut JoinSet<Result<()>>,
+    objects: &Objects,
+    cache: &Arc<Cache>,
+    shutdown: &CancellationToken,
+) {
+    use controllers::jobs::{JobController, PodFailureBackoff};
+    let jobs = Arc::new(JobController::new(
+        Arc::new(controllers::clock::SystemClock),
+        PodFailureBackoff::default(),
+    ));
+    let feed = cache.feed(&["jobs", "pods"]);
+    tasks.spawn(
+        Arc::clone(&jobs)
+            .run_wakeups(Arc::clone(&feed), JOB_WAKEUP_TICK, shutdown.clone())
+            .then_ok(),
+    );
+    let (o, c) = (objects.clone(), Arc::clone(cache));
+    tasks.spawn(
+        controllers::run(
+            "jobs",
+            Arc::clone(cache),
+            feed,
+            FULL_RESYNC,
+            shutdown.clone(),
+            move |changes| {
+                let (o, c, jobs) = (o.clone(), Arc::clone(&c), Arc::clone(&jobs));
+                async move { jobs.reconcile(&o, &c, &changes).await }
+            },
+        )
+        .then_ok(),
     );
 }
 

@@ -15,7 +15,8 @@
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 
-use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet};
+use k8s_openapi::api::batch::v1::{CronJob, Job, JobSpec};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{
     ConfigMap, ContainerPort, Endpoints, Event, Namespace, Node, Pod, PodSpec, Probe,
@@ -425,6 +426,21 @@ fn check_typed(kind: &ResourceKind, value: &Value) -> Result<ObjectMeta, FieldEr
             parse_vpc_cidr(&vpc.spec.cidr).map_err(|reason| field_error("spec.cidr", reason))?;
             vpc.metadata
         }
+        "DaemonSet" => {
+            let daemon_set: DaemonSet = typed(value)?;
+            check_daemon_set(&daemon_set)?;
+            daemon_set.metadata
+        }
+        "Job" => {
+            let job: Job = typed(value)?;
+            check_job(&job)?;
+            job.metadata
+        }
+        "CronJob" => {
+            let cronjob: CronJob = typed(value)?;
+            check_cronjob(&cronjob)?;
+            cronjob.metadata
+        }
         "PodDisruptionBudget" => {
             let budget: PodDisruptionBudget = typed(value)?;
             check_disruption_budget(&budget)?;
@@ -544,6 +560,220 @@ fn check_deployment(deployment: &Deployment) -> Result<(), FieldError> {
             format!("{other:?} is not allowed in a Deployment; only \"Always\" is"),
         )),
     }
+}
+
+/// A DaemonSet: a selector that selects its template, a valid pod spec
+/// that restarts Always, a known update strategy.
+fn check_daemon_set(daemon_set: &DaemonSet) -> Result<(), FieldError> {
+    let spec = daemon_set
+        .spec
+        .as_ref()
+        .ok_or_else(|| field_error("spec", "required field is missing"))?;
+    let template_labels = spec
+        .template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.as_ref());
+    check_labels(template_labels, "spec.template.metadata.labels")?;
+    check_selector(&spec.selector, template_labels)?;
+    let pod_spec = spec
+        .template
+        .spec
+        .as_ref()
+        .ok_or_else(|| field_error("spec.template.spec", "required field is missing"))?;
+    check_pod_spec(pod_spec, "spec.template.spec")?;
+    if let Some(policy) = pod_spec.restart_policy.as_deref()
+        && policy != "Always"
+    {
+        return Err(field_error(
+            "spec.template.spec.restartPolicy",
+            format!("unsupported value {policy:?}: supported values: \"Always\""),
+        ));
+    }
+    match spec
+        .update_strategy
+        .as_ref()
+        .and_then(|s| s.type_.as_deref())
+    {
+        None | Some("RollingUpdate" | "OnDelete") => Ok(()),
+        Some(other) => Err(field_error(
+            "spec.updateStrategy.type",
+            format!(
+                "unsupported value {other:?}: supported values: \"OnDelete\", \"RollingUpdate\""
+            ),
+        )),
+    }
+}
+
+fn check_job(job: &Job) -> Result<(), FieldError> {
+    let spec = job
+        .spec
+        .as_ref()
+        .ok_or_else(|| field_error("spec", "required field is missing"))?;
+    check_job_spec(spec, "spec")
+}
+
+/// A CronJob: a schedule (its syntax is checked by the control plane,
+/// which parses cron), a known concurrency policy, limits not negative,
+/// and a valid Job template.
+fn check_cronjob(cronjob: &CronJob) -> Result<(), FieldError> {
+    let spec = cronjob
+        .spec
+        .as_ref()
+        .ok_or_else(|| field_error("spec", "required field is missing"))?;
+    if spec.schedule.trim().is_empty() {
+        return Err(field_error("spec.schedule", "required value"));
+    }
+    match spec.concurrency_policy.as_deref() {
+        None | Some("Allow" | "Forbid" | "Replace") => {}
+        Some(other) => {
+            return Err(field_error(
+                "spec.concurrencyPolicy",
+                format!(
+                    "unsupported value {other:?}: supported values: \"Allow\", \"Forbid\", \"Replace\""
+                ),
+            ));
+        }
+    }
+    for (value, field) in [
+        (
+            spec.starting_deadline_seconds,
+            "spec.startingDeadlineSeconds",
+        ),
+        (
+            spec.successful_jobs_history_limit.map(i64::from),
+            "spec.successfulJobsHistoryLimit",
+        ),
+        (
+            spec.failed_jobs_history_limit.map(i64::from),
+            "spec.failedJobsHistoryLimit",
+        ),
+    ] {
+        if let Some(value) = value {
+            check_non_negative(value, field)?;
+        }
+    }
+    let job_spec = spec
+        .job_template
+        .spec
+        .as_ref()
+        .ok_or_else(|| field_error("spec.jobTemplate.spec", "required field is missing"))?;
+    check_job_spec(job_spec, "spec.jobTemplate.spec")
+}
+
+/// A Job's spec (also a CronJob's `spec.jobTemplate.spec`) as Kubernetes
+/// checks it: counts not negative, a deadline above zero, a known
+/// completion mode (Indexed needs `completions`), a pod template whose
+/// restartPolicy is Never or OnFailure (Never with a podFailurePolicy).
+fn check_job_spec(spec: &JobSpec, path: &str) -> Result<(), FieldError> {
+    let at = |field: &str| join(path, field);
+    for (value, field) in [
+        (spec.parallelism, "parallelism"),
+        (spec.completions, "completions"),
+        (spec.backoff_limit, "backoffLimit"),
+        (spec.ttl_seconds_after_finished, "ttlSecondsAfterFinished"),
+    ] {
+        if let Some(value) = value {
+            check_non_negative(value.into(), &at(field))?;
+        }
+    }
+    if let Some(deadline) = spec.active_deadline_seconds
+        && deadline <= 0
+    {
+        return Err(field_error(
+            at("activeDeadlineSeconds"),
+            format!("invalid value {deadline}: must be greater than 0"),
+        ));
+    }
+    match spec.completion_mode.as_deref() {
+        None | Some("NonIndexed") => {}
+        Some("Indexed") if spec.completions.is_none() => {
+            return Err(field_error(
+                at("completions"),
+                "required value: when completionMode is Indexed",
+            ));
+        }
+        Some("Indexed") => {}
+        Some(other) => {
+            return Err(field_error(
+                at("completionMode"),
+                format!(
+                    "unsupported value {other:?}: supported values: \"NonIndexed\", \"Indexed\""
+                ),
+            ));
+        }
+    }
+    let template_path = at("template.spec");
+    let pod_spec = spec
+        .template
+        .spec
+        .as_ref()
+        .ok_or_else(|| field_error(&template_path, "required field is missing"))?;
+    check_labels(
+        spec.template
+            .metadata
+            .as_ref()
+            .and_then(|m| m.labels.as_ref()),
+        &at("template.metadata.labels"),
+    )?;
+    check_pod_spec(pod_spec, &template_path)?;
+    let restart_path = join(&template_path, "restartPolicy");
+    match pod_spec.restart_policy.as_deref() {
+        Some("Never" | "OnFailure") => {}
+        None => {
+            return Err(field_error(
+                restart_path,
+                "required value: valid values: \"OnFailure\", \"Never\"",
+            ));
+        }
+        Some(other) => {
+            return Err(field_error(
+                restart_path,
+                format!("unsupported value {other:?}: supported values: \"OnFailure\", \"Never\""),
+            ));
+        }
+    }
+    if let Some(policy) = &spec.pod_failure_policy {
+        if pod_spec.restart_policy.as_deref() != Some("Never") {
+            return Err(field_error(
+                at("podFailurePolicy"),
+                "only allowed when spec.template.spec.restartPolicy is \"Never\"",
+            ));
+        }
+        for (i, rule) in policy.rules.iter().enumerate() {
+            let rule_path = format!("{}[{i}]", at("podFailurePolicy.rules"));
+            if !matches!(
+                rule.action.as_str(),
+                "FailJob" | "Ignore" | "Count" | "FailIndex"
+            ) {
+                return Err(field_error(
+                    join(&rule_path, "action"),
+                    format!(
+                        "unsupported value {:?}: supported values: \"Count\", \"FailIndex\", \"FailJob\", \"Ignore\"",
+                        rule.action
+                    ),
+                ));
+            }
+            if let Some(codes) = &rule.on_exit_codes
+                && !matches!(codes.operator.as_str(), "In" | "NotIn")
+            {
+                return Err(field_error(
+                    join(&rule_path, "onExitCodes.operator"),
+                    format!(
+                        "unsupported value {:?}: supported values: \"In\", \"NotIn\"",
+                        codes.operator
+                    ),
+                ));
+            }
+            if rule.on_exit_codes.is_some() == rule.on_pod_conditions.is_some() {
+                return Err(field_error(
+                    rule_path,
+                    "specifying one of onExitCodes and onPodConditions is required",
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A Deployment's selector must be non-empty and select its own template.
@@ -1259,6 +1489,14 @@ const UNHONOURED: &[(Scope, &str, &str)] = &[
         "spec.template",
         "is not run: c4m keeps ReplicaSets as the revisions of Deployments; use a Deployment",
     ),
+    (Scope::Kind("Job"), "spec.backoffLimitPerIndex", IGNORED),
+    (
+        Scope::Kind("DaemonSet"),
+        "spec.updateStrategy.rollingUpdate.maxSurge",
+        "is not supported; pods are replaced without surge",
+    ),
+    (Scope::Kind("Job"), "spec.maxFailedIndexes", IGNORED),
+    (Scope::Kind("Job"), "spec.successPolicy", IGNORED),
     (Scope::Kind("Service"), "spec.type=LoadBalancer", CLUSTER_IP),
     (Scope::Kind("Service"), "spec.type=NodePort", CLUSTER_IP),
     (Scope::Kind("Service"), "spec.type=ExternalName", CLUSTER_IP),
@@ -1280,6 +1518,13 @@ const POD_SPEC_LOCATIONS: &[(&str, &str, &str)] = &[
     ("Pod", "/spec", "spec"),
     ("Deployment", "/spec/template/spec", "spec.template.spec"),
     ("ReplicaSet", "/spec/template/spec", "spec.template.spec"),
+    ("Job", "/spec/template/spec", "spec.template.spec"),
+    ("DaemonSet", "/spec/template/spec", "spec.template.spec"),
+    (
+        "CronJob",
+        "/spec/jobTemplate/spec/template/spec",
+        "spec.jobTemplate.spec.template.spec",
+    ),
 ];
 
 /// `"<path> <note>"` for every field of `object` in [`UNHONOURED`].
@@ -1440,6 +1685,58 @@ spec:
             _ => panic!("bad pointer {pointer}"),
         }
         deployment
+    }
+
+    const JOB: &str = r#"
+apiVersion: batch/v1
+kind: Job
+metadata: {name: pi}
+spec:
+  completions: 2
+  template:
+    spec:
+      restartPolicy: Never
+      containers: [{name: main, image: busybox}]
+"#;
+
+    #[test]
+    fn jobs_and_cronjobs_are_checked_as_kubernetes_checks_them() {
+        assert!(validate_value(&parse_one(JOB)).is_ok());
+        let (path, message) =
+            error_of(&JOB.replace("restartPolicy: Never", "restartPolicy: Always"));
+        assert_eq!(path, "spec.template.spec.restartPolicy");
+        assert!(message.contains("\"OnFailure\", \"Never\""), "{message}");
+        let (path, _) = error_of(&JOB.replace("      restartPolicy: Never\n", ""));
+        assert_eq!(path, "spec.template.spec.restartPolicy");
+        let (path, _) = error_of(&JOB.replace("completions: 2", "completions: -1"));
+        assert_eq!(path, "spec.completions");
+        let (path, _) = error_of(&JOB.replace("completions: 2", "completionMode: Indexed"));
+        assert_eq!(path, "spec.completions");
+        let (path, _) = error_of(&JOB.replace("completions: 2", "activeDeadlineSeconds: 0"));
+        assert_eq!(path, "spec.activeDeadlineSeconds");
+        let policy = "podFailurePolicy: {rules: [{action: Explode, onExitCodes: {operator: In, values: [1]}}]}";
+        let (path, _) = error_of(&JOB.replace("completions: 2", policy));
+        assert_eq!(path, "spec.podFailurePolicy.rules[0].action");
+
+        let cronjob = r#"
+apiVersion: batch/v1
+kind: CronJob
+metadata: {name: tick}
+spec:
+  schedule: "*/5 * * * *"
+  concurrencyPolicy: Forbid
+  jobTemplate:
+    spec:
+      template:
+        spec:
+          restartPolicy: OnFailure
+          containers: [{name: main, image: busybox}]
+"#;
+        assert!(validate_value(&parse_one(cronjob)).is_ok());
+        let (path, _) = error_of(&cronjob.replace("Forbid", "Sometimes"));
+        assert_eq!(path, "spec.concurrencyPolicy");
+        let (path, _) = error_of(&cronjob.replace("OnFailure", "Always"));
+        assert_eq!(path, "spec.jobTemplate.spec.template.spec.restartPolicy");
     }
 
     #[test]

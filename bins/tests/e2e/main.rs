@@ -26,3 +26,4 @@ mod policy;
 mod python_client;
 mod quickstart;
 mod vpc;
+mod workloads;

@@ -17,9 +17,13 @@ use tokio_util::sync::CancellationToken;
 use crate::Result;
 use crate::cache::{Cache, ChangeFeed, Changes};
 
+pub(crate) mod clock;
+pub(crate) mod cronjobs;
+pub(crate) mod daemonsets;
 pub(crate) mod disruption;
 pub(crate) mod endpoints;
 pub(crate) mod garbage_collector;
+pub(crate) mod jobs;
 pub(crate) mod nodes;
 pub(crate) mod replicasets;
 pub(crate) mod workload;
@@ -138,4 +142,207 @@ pub(crate) async fn delete_object(
             None
         }
     }
+}
+
+/// When each object (by store key) wants its controller to look at it
+/// again although nothing changed: a deadline, a backoff, a schedule.
+#[derive(Debug, Default)]
+pub(crate) struct Wakeups(
+    std::sync::Mutex<std::collections::BTreeMap<String, std::time::SystemTime>>,
+);
+
+impl Wakeups {
+    /// Wakes `store_key` at `at`; None forgets it.
+    pub(crate) fn set(&self, store_key: &str, at: Option<std::time::SystemTime>) {
+        let mut wakeups = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match at {
+            Some(at) => {
+                wakeups.insert(store_key.to_string(), at);
+            }
+            None => {
+                wakeups.remove(store_key);
+            }
+        }
+    }
+
+    /// The keys due at `now`, forgotten as they are returned.
+    fn take_due(&self, now: std::time::SystemTime) -> Vec<String> {
+        let mut wakeups = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let due: Vec<String> = wakeups
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in &due {
+            wakeups.remove(key);
+        }
+        due
+    }
+
+    /// Puts the keys that fall due on `clock` into `feed`, checking every
+    /// `tick`, until `shutdown`.
+    pub(crate) async fn run(
+        &self,
+        clock: &dyn clock::Clock,
+        feed: &ChangeFeed,
+        tick: Duration,
+        shutdown: CancellationToken,
+    ) {
+        let mut interval = tokio::time::interval(tick);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = interval.tick() => {}
+            }
+            let due = self.take_due(clock.now());
+            if !due.is_empty() {
+                feed.requeue(Changes {
+                    everything: false,
+                    changed: due.into_iter().map(|key| (key, None)).collect(),
+                });
+            }
+        }
+    }
+}
+
+/// The objects of `plural` (as `PLURAL/NAMESPACE/NAME`) a batch of
+/// `changes` touches: each changed one, and the controller of each changed
+/// pod (before and after the change); every one, and every controller of
+/// pods of that kind, when `everything`.
+pub(crate) fn touched_owners(
+    cache: &Cache,
+    changes: &Changes,
+    plural: &str,
+    everything: bool,
+) -> std::collections::BTreeSet<String> {
+    use crate::cache::{ROOT, controller_key};
+    let prefix = format!("{plural}/");
+    let mut touched = std::collections::BTreeSet::new();
+    if everything {
+        touched.extend(
+            cache
+                .keys(crate::objects::kind(plural))
+                .iter()
+                .filter_map(|key| key.strip_prefix(ROOT).map(str::to_string)),
+        );
+        touched.extend(
+            cache
+                .owners_of_pods()
+                .into_iter()
+                .filter(|owner| owner.starts_with(&prefix)),
+        );
+        return touched;
+    }
+    for (key, before) in &changes.changed {
+        let Some(rest) = key.strip_prefix(ROOT) else {
+            continue;
+        };
+        if rest.starts_with("pods/") {
+            let before = before.as_ref().and_then(|before| before.decode(key));
+            let current = cache.get_key(key);
+            touched.extend(
+                [before.as_deref(), current.as_deref()]
+                    .into_iter()
+                    .flatten()
+                    .filter_map(controller_key)
+                    .filter(|owner| owner.starts_with(&prefix)),
+            );
+        } else if rest.starts_with(&prefix) {
+            touched.insert(rest.to_string());
+        }
+    }
+    touched
+}
+
+/// Writes `status` into `object` (of `plural`) unless it has it already or
+/// was replaced by another of its name meanwhile; returns the revision.
+pub(crate) async fn write_status(
+    objects: &crate::objects::Objects,
+    plural: &str,
+    object: &serde_json::Value,
+    status: &serde_json::Value,
+) -> Result<Option<i64>> {
+    use crate::objects::{kind, name_of, namespace_of};
+    if object["status"] == *status {
+        return Ok(None);
+    }
+    let uid = &object["metadata"]["uid"];
+    objects
+        .update_with(
+            kind(plural),
+            namespace_of(object),
+            name_of(object),
+            |current| {
+                if current["metadata"]["uid"] != *uid || current["status"] == *status {
+                    return false;
+                }
+                current["status"] = status.clone();
+                true
+            },
+        )
+        .await
+}
+
+/// Creates `pods` for `owner` in one transaction and records a
+/// SuccessfulCreate Event for each, from `component`.
+pub(crate) async fn create_pods(
+    objects: &crate::objects::Objects,
+    owner: &serde_json::Value,
+    pods: Vec<serde_json::Value>,
+    component: &'static str,
+) -> Result<Option<i64>> {
+    use crate::events::{EventType, Regarding};
+    use crate::objects::{kind, name_of};
+    if pods.is_empty() {
+        return Ok(None);
+    }
+    let names: Vec<String> = pods.iter().map(|p| name_of(p).to_string()).collect();
+    let revision = objects
+        .create_many(pods.into_iter().map(|p| (kind("pods"), p)).collect())
+        .await?;
+    for name in names {
+        objects.events().record(
+            Regarding::of(owner),
+            EventType::Normal,
+            "SuccessfulCreate",
+            format!("Created pod: {name}"),
+            component,
+        );
+    }
+    Ok(Some(revision))
+}
+
+/// Deletes the pods `names` of `owner` (in its namespace), recording a
+/// SuccessfulDelete Event for each, from `component`; one already gone is
+/// fine.
+pub(crate) async fn delete_pods(
+    objects: &crate::objects::Objects,
+    owner: &serde_json::Value,
+    names: &[String],
+    component: &'static str,
+) -> Result<Option<i64>> {
+    use crate::events::{EventType, Regarding};
+    use crate::objects::{kind, namespace_of};
+    let mut written = None;
+    for name in names {
+        match objects
+            .delete(kind("pods"), namespace_of(owner), name)
+            .await
+        {
+            Ok((_, revision)) => {
+                written = latest(written, Some(revision));
+                objects.events().record(
+                    Regarding::of(owner),
+                    EventType::Normal,
+                    "SuccessfulDelete",
+                    format!("Deleted pod: {name}"),
+                    component,
+                );
+            }
+            Err(crate::Error::NotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(written)
 }

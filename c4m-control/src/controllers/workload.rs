@@ -86,6 +86,14 @@ pub(crate) async fn reconcile(
             }
         }
     }
+    // Instances of other controllers' kinds (Jobs) are theirs.
+    touched.retain(|owner| {
+        OWNER_PLURALS.iter().any(|plural| {
+            owner
+                .strip_prefix(plural)
+                .is_some_and(|r| r.starts_with('/'))
+        })
+    });
     let replica_sets = match replica_sets {
         Some(index) => index,
         None if touched
@@ -331,7 +339,7 @@ async fn reconcile_owner(
 /// lists, so a template that went through a client's typed round trip
 /// (`creationTimestamp: null`, `resources: {}`, as `kubectl rollout undo`
 /// sends it back) keeps its hash and its ReplicaSet.
-fn template_hash(template: &Value) -> String {
+pub(crate) fn template_hash(template: &Value) -> String {
     fn pruned(value: &Value) -> Option<Value> {
         match value {
             Value::Null => None,

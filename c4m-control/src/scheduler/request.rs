@@ -31,7 +31,7 @@ pub(super) const PLACEMENT_STRATEGY: &str = "c4m.io/placement-strategy";
 const EPHEMERAL_STORAGE: &str = "ephemeral-storage";
 
 /// The scheduler's view of an instance's needs.
-pub(super) fn request(pod: &Value) -> std::result::Result<InstanceRequest, String> {
+pub(crate) fn request(pod: &Value) -> std::result::Result<InstanceRequest, String> {
     let spec: PodSpec = PodSpec::deserialize(&pod["spec"]).map_err(|e| format!("spec: {e}"))?;
     let requests = c4m_core::pod_requests(&spec).map_err(|e| e.to_string())?;
     let (ephemeral_storage_bytes, extended) = other_requests(&spec)?;

@@ -115,6 +115,25 @@ pub static KINDS: &[ResourceKind] = &[
     ),
     kind!("c4m.io", "v1", "Vpc", "vpcs", ["vpc"], false),
     kind!(
+        "apps",
+        "v1",
+        "DaemonSet",
+        "daemonsets",
+        ["daemonset", "ds"],
+        true,
+        ["status"]
+    ),
+    kind!("batch", "v1", "Job", "jobs", ["job"], true, ["status"]),
+    kind!(
+        "batch",
+        "v1",
+        "CronJob",
+        "cronjobs",
+        ["cronjob", "cj"],
+        true,
+        ["status"]
+    ),
+    kind!(
         "scheduling.k8s.io",
         "v1",
         "PriorityClass",
