@@ -306,6 +306,13 @@ impl Objects {
         if kind.kind == "Job" {
             crate::controllers::jobs::default_new_job(&mut value);
         }
+        // The API server's default (kubectl create secret generic sends none).
+        if kind.kind == "Secret"
+            && value["type"].as_str().is_none_or(str::is_empty)
+            && let Some(secret) = value.as_object_mut()
+        {
+            secret.insert("type".into(), json!("Opaque"));
+        }
         if kind.kind == "Pod" {
             match classes {
                 Some(classes) => classes.admit(&mut value)?,

@@ -12,20 +12,6 @@ use crate::common::{Cluster, wait_for};
 
 const WAIT: Duration = Duration::from_secs(60);
 
-/// `kubectl create ARGS`: the object kubectl's generator makes, sent with
-/// `kubectl apply` (as JSON). `kubectl create` itself sends built-in kinds
-/// as protobuf, which the API serves once the protobuf codec is merged;
-/// then this can call `kubectl create` directly.
-fn create(kubectl: &Kubectl, cluster: &Cluster, args: &[&str]) -> String {
-    // The flags go before `--`, after which come the container's args.
-    let mut generate = vec!["create", "--dry-run=client", "-o", "json"];
-    generate.extend_from_slice(args);
-    let object = kubectl.ok(&generate);
-    let path = cluster.dir.path().join(format!("{}.json", args[1]));
-    std::fs::write(&path, object).unwrap();
-    kubectl.ok(&["apply", "-f", path.to_str().unwrap()])
-}
-
 /// The types of the Job's conditions that are True.
 fn true_conditions(job: &Value) -> Vec<String> {
     job["status"]["conditions"]
@@ -73,19 +59,16 @@ fn kubectl_create_job_runs_to_complete() {
     cluster.start_agent("a", "4", "4Gi");
     let kubectl = Kubectl::for_cluster(&cluster);
 
-    let created = create(
-        &kubectl,
-        &cluster,
-        &[
-            "job",
-            "hello",
-            "--image=busybox",
-            "--",
-            "sh",
-            "-c",
-            "echo hello from a job; exit 0",
-        ],
-    );
+    let created = kubectl.ok(&[
+        "create",
+        "job",
+        "hello",
+        "--image=busybox",
+        "--",
+        "sh",
+        "-c",
+        "echo hello from a job; exit 0",
+    ]);
     assert_eq!(created.trim(), "job.batch/hello created");
     let job = wait_finished(&kubectl, "hello", "Complete");
     assert_eq!(true_conditions(&job), ["SuccessCriteriaMet", "Complete"]);
@@ -218,20 +201,17 @@ fn kubectl_create_cronjob_runs_a_job_each_minute() {
     let mut cluster = Cluster::start();
     cluster.start_agent("a", "4", "4Gi");
     let kubectl = Kubectl::for_cluster(&cluster);
-    let created = create(
-        &kubectl,
-        &cluster,
-        &[
-            "cronjob",
-            "tick",
-            "--image=busybox",
-            "--schedule=*/1 * * * *",
-            "--",
-            "sh",
-            "-c",
-            "echo tick",
-        ],
-    );
+    let created = kubectl.ok(&[
+        "create",
+        "cronjob",
+        "tick",
+        "--image=busybox",
+        "--schedule=*/1 * * * *",
+        "--",
+        "sh",
+        "-c",
+        "echo tick",
+    ]);
     assert_eq!(created.trim(), "cronjob.batch/tick created");
     kubectl.ok(&[
         "patch",
