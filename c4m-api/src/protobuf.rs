@@ -20,21 +20,22 @@
 //! | `bytes` fields (Secret `data`) | base64 | the bytes |
 //!
 //! Go writes every non-pointer field of an object, empty or not, and its
-//! JSON leaves empty strings out (`omitempty`): an empty string or a zero
-//! Time read from protobuf is left out of the JSON likewise.
+//! JSON leaves empty ones out (`omitempty`): an empty string, a zero Time,
+//! and a zero or false number or boolean (but for the fields Kubernetes
+//! declares as pointers, [`POINTER_SCALARS`], where zero means something)
+//! read from protobuf are left out of the JSON likewise.
 
 use std::collections::HashMap;
 use std::sync::LazyLock;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 use prost::Message as _;
 use prost_reflect::{
-    ReflectMessage,
     DescriptorPool, DynamicMessage, FieldDescriptor, Kind, MapKey, MessageDescriptor,
-    Value as Proto,
+    ReflectMessage, Value as Proto,
 };
 use serde_json::{Map, Value, json};
 
@@ -166,7 +167,8 @@ pub fn decode_object(bytes: &[u8]) -> Result<Value> {
     if kind.is_empty() {
         return Err(ProtobufError::NoTypeMeta);
     }
-    let descriptor = message_for(&api_version, &kind).ok_or_else(|| no_form(&api_version, &kind))?;
+    let descriptor =
+        message_for(&api_version, &kind).ok_or_else(|| no_form(&api_version, &kind))?;
     let raw = unknown
         .get_field_by_name("raw")
         .and_then(|v| v.as_bytes().cloned())
@@ -205,7 +207,12 @@ pub fn decode_watch_event(bytes: &[u8]) -> Result<Value> {
         .unwrap_or_default();
     let raw = event
         .get_field_by_name("object")
-        .and_then(|v| v.as_message()?.get_field_by_name("raw")?.as_bytes().cloned())
+        .and_then(|v| {
+            v.as_message()?
+                .get_field_by_name("raw")?
+                .as_bytes()
+                .cloned()
+        })
         .unwrap_or_default();
     Ok(json!({"type": event_type, "object": decode_object(&raw)?}))
 }
@@ -291,7 +298,12 @@ fn to_message(
                 message.set_field_by_name("type", Proto::I64(1));
                 message.set_field_by_name("strVal", Proto::String(s.clone()));
             }
-            other => return Err(field_error(path, format!("{other} is not an integer or a string"))),
+            other => {
+                return Err(field_error(
+                    path,
+                    format!("{other} is not an integer or a string"),
+                ));
+            }
         },
         QUANTITY => {
             let text = match json {
@@ -321,8 +333,9 @@ fn to_message(
             let text = json
                 .as_str()
                 .ok_or_else(|| field_error(path, format!("{json} is not a duration")))?;
-            let nanos = parse_go_duration(text)
-                .ok_or_else(|| field_error(path, format!("{text:?} is not a duration (like 1m30s)")))?;
+            let nanos = parse_go_duration(text).ok_or_else(|| {
+                field_error(path, format!("{text:?} is not a duration (like 1m30s)"))
+            })?;
             message.set_field_by_name("duration", Proto::I64(nanos));
         }
         RAW_EXTENSION | FIELDS_V1 => {
@@ -404,9 +417,12 @@ fn field_to_proto(field: &FieldDescriptor, value: &Value, path: &mut String) -> 
 fn scalar_to_proto(kind: &Kind, value: &Value, path: &mut String) -> Result<Proto> {
     let wrong = |what: &str| field_error(path, format!("{value} is not {what}"));
     let integer = || -> Option<i64> {
-        value
-            .as_i64()
-            .or_else(|| value.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64))
+        value.as_i64().or_else(|| {
+            value
+                .as_f64()
+                .filter(|f| f.fract() == 0.0)
+                .map(|f| f as i64)
+        })
     };
     Ok(match kind {
         Kind::Message(descriptor) => Proto::Message(to_message(descriptor, value, path)?),
@@ -529,6 +545,10 @@ fn from_message(message: &DynamicMessage) -> Value {
                 match &json {
                     Value::Null => continue,
                     Value::String(s) if s.is_empty() => continue,
+                    Value::Number(n) if n.as_f64() == Some(0.0) && !keeps_zero(field.name()) => {
+                        continue;
+                    }
+                    Value::Bool(false) if !keeps_zero(field.name()) => continue,
                     _ => {}
                 }
                 object.insert(field.name().to_string(), json);
@@ -536,6 +556,63 @@ fn from_message(message: &DynamicMessage) -> Value {
             Value::Object(object)
         }
     }
+}
+
+/// Fields Kubernetes declares as pointers (`*int32`, `*bool`), where a zero
+/// or false that was sent means something (`replicas: 0`,
+/// `automountServiceAccountToken: false`). Go writes these only when set;
+/// every other number or boolean it writes always, and its JSON leaves a
+/// zero or false out (`omitempty`), so it is left out here too.
+const POINTER_SCALARS: &[&str] = &[
+    "activeDeadlineSeconds",
+    "allocateLoadBalancerNodePorts",
+    "allowPrivilegeEscalation",
+    "automountServiceAccountToken",
+    "averageUtilization",
+    "backoffLimit",
+    "backoffLimitPerIndex",
+    "completions",
+    "defaultMode",
+    "deletionGracePeriodSeconds",
+    "enableServiceLinks",
+    "expirationSeconds",
+    "failedJobsHistoryLimit",
+    "fsGroup",
+    "gracePeriodSeconds",
+    "hostUsers",
+    "immutable",
+    "manualSelector",
+    "maxFailedIndexes",
+    "minReplicas",
+    "mode",
+    "optional",
+    "parallelism",
+    "partition",
+    "priority",
+    "privileged",
+    "progressDeadlineSeconds",
+    "readOnlyRootFilesystem",
+    "ready",
+    "replicas",
+    "revisionHistoryLimit",
+    "runAsGroup",
+    "runAsNonRoot",
+    "runAsUser",
+    "serving",
+    "setHostnameAsFQDN",
+    "shareProcessNamespace",
+    "stabilizationWindowSeconds",
+    "startingDeadlineSeconds",
+    "successfulJobsHistoryLimit",
+    "suspend",
+    "targetCPUUtilizationPercentage",
+    "terminating",
+    "terminationGracePeriodSeconds",
+    "ttlSecondsAfterFinished",
+];
+
+fn keeps_zero(field: &str) -> bool {
+    POINTER_SCALARS.contains(&field)
 }
 
 fn scalar_from_proto(value: &Proto) -> Value {
@@ -587,7 +664,7 @@ fn raw_to_json(raw: &Bytes) -> Value {
 
 fn format_time(seconds: i64, nanos: i64, micro: bool) -> Option<String> {
     let at = UNIX_EPOCH.checked_add(Duration::from_secs(u64::try_from(seconds).ok()?))?;
-    let whole = c4m_core::format_rfc3339(SystemTime::from(at));
+    let whole = c4m_core::format_rfc3339(at);
     if !micro {
         return Some(whole);
     }
@@ -713,20 +790,17 @@ mod tests {
     #[test]
     fn int_or_string_round_trips_both_ways() {
         let service = json!({"apiVersion": "v1", "kind": "Service",
-            "metadata": {"name": "web"},
-            "spec": {"ports": [
-                {"name": "http", "port": 80, "targetPort": 8080},
-                {"name": "named", "port": 81, "targetPort": "http"},
-            ]}});
+        "metadata": {"name": "web"},
+        "spec": {"ports": [
+            {"name": "http", "port": 80, "targetPort": 8080},
+            {"name": "named", "port": 81, "targetPort": "http"},
+        ]}});
         assert_eq!(round_trip(service.clone()), service);
         // And on the wire it is Kubernetes' {type, intVal, strVal}.
         let port = &service["spec"]["ports"][1]["targetPort"];
         let descriptor = message(INT_OR_STRING).unwrap();
         let message = to_message(&descriptor, port, &mut String::new()).unwrap();
-        assert_eq!(
-            message.get_field_by_name("type").unwrap().as_i64(),
-            Some(1)
-        );
+        assert_eq!(message.get_field_by_name("type").unwrap().as_i64(), Some(1));
         assert_eq!(
             message.get_field_by_name("strVal").unwrap().as_str(),
             Some("http")
@@ -745,7 +819,10 @@ mod tests {
         let mut numeric = pod.clone();
         numeric["spec"]["containers"][0]["resources"]["limits"]["cpu"] = json!(2);
         let back = round_trip(numeric);
-        assert_eq!(back["spec"]["containers"][0]["resources"]["limits"]["cpu"], "2");
+        assert_eq!(
+            back["spec"]["containers"][0]["resources"]["limits"]["cpu"],
+            "2"
+        );
     }
 
     #[test]
@@ -767,7 +844,10 @@ mod tests {
         let mut bad = event;
         bad["eventTime"] = json!("yesterday");
         let error = encode_object(&bad).unwrap_err().to_string();
-        assert!(error.contains("eventTime") && error.contains("RFC 3339"), "{error}");
+        assert!(
+            error.contains("eventTime") && error.contains("RFC 3339"),
+            "{error}"
+        );
     }
 
     #[test]
@@ -795,12 +875,19 @@ mod tests {
         let mut bad = secret;
         bad["data"]["password"] = json!("not base64!");
         let error = encode_object(&bad).unwrap_err().to_string();
-        assert!(error.contains("data[password]") && error.contains("base64"), "{error}");
+        assert!(
+            error.contains("data[password]") && error.contains("base64"),
+            "{error}"
+        );
     }
 
     #[test]
     fn durations_follow_go() {
-        for (text, nanos) in [("1h2m3.5s", 3_723_500_000_000), ("300ms", 300_000_000), ("0s", 0)] {
+        for (text, nanos) in [
+            ("1h2m3.5s", 3_723_500_000_000),
+            ("300ms", 300_000_000),
+            ("0s", 0),
+        ] {
             assert_eq!(parse_go_duration(text), Some(nanos), "{text}");
             assert_eq!(format_go_duration(nanos), text);
         }
@@ -825,8 +912,39 @@ mod tests {
     }
 
     #[test]
+    fn zeros_go_as_go_json_has_them() {
+        // As Go writes a Deployment: every non-pointer field, zero or not.
+        let written = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "web", "generation": 0},
+            "spec": {"replicas": 0, "minReadySeconds": 0, "paused": false,
+                "selector": {"matchLabels": {"app": "web"}},
+                "template": {"metadata": {"labels": {"app": "web"}},
+                    "spec": {"terminationGracePeriodSeconds": 0,
+                        "automountServiceAccountToken": false,
+                        "containers": [{"name": "web", "image": "nginx", "stdin": false,
+                            "ports": [{"containerPort": 8080, "hostPort": 0}]}]}}}});
+        let read = round_trip(written);
+        let spec = &read["spec"];
+        // Pointers keep their zero; the rest is left out, as omitempty does.
+        assert_eq!(spec["replicas"], 0);
+        assert_eq!(spec["template"]["spec"]["terminationGracePeriodSeconds"], 0);
+        assert_eq!(
+            spec["template"]["spec"]["automountServiceAccountToken"],
+            false
+        );
+        assert!(spec.get("minReadySeconds").is_none() && spec.get("paused").is_none());
+        let container = &spec["template"]["spec"]["containers"][0];
+        assert!(container.get("stdin").is_none());
+        assert_eq!(container["ports"], json!([{"containerPort": 8080}]));
+        assert!(read["metadata"].get("generation").is_none());
+    }
+
+    #[test]
     fn bad_input_is_an_error_not_a_panic() {
-        assert!(matches!(decode_object(b"{}"), Err(ProtobufError::NoEnvelope)));
+        assert!(matches!(
+            decode_object(b"{}"),
+            Err(ProtobufError::NoEnvelope)
+        ));
         assert!(matches!(
             decode_object(b"k8s\0\xff\xff\xff"),
             Err(ProtobufError::Decode { .. })
@@ -844,7 +962,10 @@ mod tests {
         let wrong_type = json!({"apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": 5}});
         let error = encode_object(&wrong_type).unwrap_err().to_string();
-        assert!(error.starts_with("metadata.name: 5 is not a string"), "{error}");
+        assert!(
+            error.starts_with("metadata.name: 5 is not a string"),
+            "{error}"
+        );
         assert!(matches!(
             encode_object(&json!([1])),
             Err(ProtobufError::NotAnObject)
