@@ -26,9 +26,9 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use crate::agents::UsageMap;
+use crate::bookmarks::{self, WatchOptions};
 use crate::discovery;
 use crate::objects::{Objects, Part, decode, kind, prefix};
-use crate::bookmarks::{self, WatchOptions};
 use crate::pagination::PageRequest;
 use crate::registry::Registry;
 use crate::selector::Selector;
@@ -533,7 +533,8 @@ async fn resource_request(
     let table = table_request(&headers, &query)?;
     // A dry run (`kubectl apply --dry-run=server`, `kubectl diff`) takes
     // every step of the write over a store that keeps nothing.
-    let state = if method != Method::GET && crate::dry_run::requested(&query)? {
+    let options: &[u8] = if method == Method::DELETE { &body } else { b"" };
+    let state = if method != Method::GET && crate::dry_run::requested(&query, options)? {
         Arc::new(crate::dry_run::state(&state))
     } else {
         state
