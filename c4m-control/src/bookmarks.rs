@@ -103,7 +103,10 @@ pub(crate) fn with_bookmarks(
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let ticks = tokio_stream::wrappers::IntervalStream::new(ticks).map(|_| Item::Tick);
     // The watch ends when its events end, whatever the ticks do.
-    let events = events.map(Item::Event).map(Some).chain(futures::stream::once(async { None }));
+    let events = events
+        .map(Item::Event)
+        .map(Some)
+        .chain(futures::stream::once(async { None }));
     let merged = futures::stream::select(events, ticks.map(Some));
     let mut last = from;
     merged
@@ -175,7 +178,10 @@ mod tests {
         assert_eq!(end["object"]["kind"], "Pod");
         assert_eq!(end["object"]["apiVersion"], "v1");
         assert_eq!(end["object"]["metadata"]["resourceVersion"], "42");
-        assert_eq!(end["object"]["metadata"]["annotations"][INITIAL_EVENTS_END], "true");
+        assert_eq!(
+            end["object"]["metadata"]["annotations"][INITIAL_EVENTS_END],
+            "true"
+        );
         let plain = bookmark(kind("pods"), 42, false);
         assert!(plain["object"]["metadata"].get("annotations").is_none());
     }

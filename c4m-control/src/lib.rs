@@ -43,8 +43,8 @@
 
 mod admission;
 mod agents;
-mod bookmarks;
 mod api;
+mod bookmarks;
 mod cache;
 mod controllers;
 mod discovery;

@@ -37,14 +37,11 @@ impl PageRequest {
     pub(crate) fn from_query(query: &HashMap<String, String>) -> Result<Self> {
         let limit = match query.get("limit").map(String::as_str) {
             None | Some("") | Some("0") => None,
-            Some(text) => Some(
-                text.parse::<usize>()
-                    .map_err(|_| {
-                        Error::BadRequest(format!(
-                            "limit: invalid value {text:?}: must be a non-negative integer"
-                        ))
-                    })?,
-            ),
+            Some(text) => Some(text.parse::<usize>().map_err(|_| {
+                Error::BadRequest(format!(
+                    "limit: invalid value {text:?}: must be a non-negative integer"
+                ))
+            })?),
         };
         let continue_token = query.get("continue").filter(|t| !t.is_empty()).cloned();
         Ok(PageRequest {
@@ -254,7 +251,9 @@ mod tests {
     use serde_json::json;
 
     fn items(n: usize) -> Vec<Value> {
-        (0..n).map(|i| json!({"metadata": {"name": format!("p{i:02}")}})).collect()
+        (0..n)
+            .map(|i| json!({"metadata": {"name": format!("p{i:02}")}}))
+            .collect()
     }
 
     fn names(page: &Page) -> Vec<String> {
@@ -271,12 +270,20 @@ mod tests {
         assert_eq!(names(&first), ["p00", "p01", "p02"]);
         assert_eq!(first.remaining, Some(4));
         let second = snapshots
-            .resume("pods/default", first.continue_token.as_deref().unwrap(), Some(3))
+            .resume(
+                "pods/default",
+                first.continue_token.as_deref().unwrap(),
+                Some(3),
+            )
             .unwrap();
         assert_eq!(names(&second), ["p03", "p04", "p05"]);
         assert_eq!((second.revision, second.remaining), (42, Some(1)));
         let last = snapshots
-            .resume("pods/default", second.continue_token.as_deref().unwrap(), Some(3))
+            .resume(
+                "pods/default",
+                second.continue_token.as_deref().unwrap(),
+                Some(3),
+            )
             .unwrap();
         assert_eq!(names(&last), ["p06"]);
         assert_eq!((last.continue_token, last.remaining), (None, None));
@@ -304,7 +311,10 @@ mod tests {
             .resume("pods/", first.continue_token.as_deref().unwrap(), Some(2))
             .unwrap_err();
         assert_eq!(error.http_status().0, 410);
-        assert!(error.to_string().contains("continue token expired"), "{error}");
+        assert!(
+            error.to_string().contains("continue token expired"),
+            "{error}"
+        );
 
         let snapshots = Snapshots::new(Duration::from_secs(60), 1);
         let first = snapshots.first("pods/", items(5), 9, Some(2));
@@ -314,7 +324,11 @@ mod tests {
         // A second list evicts the first (capacity 1).
         snapshots.first("pods/", items(5), 10, Some(2));
         assert_eq!(
-            snapshots.resume("pods/", &token, None).unwrap_err().http_status().0,
+            snapshots
+                .resume("pods/", &token, None)
+                .unwrap_err()
+                .http_status()
+                .0,
             410
         );
         let garbage = snapshots.resume("pods/", "not-a-token", None).unwrap_err();

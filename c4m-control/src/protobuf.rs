@@ -219,9 +219,10 @@ async fn as_json_request(request: Request) -> Result<Request, ProtobufError> {
 /// written ends the stream (after logging why): a client then re-lists.
 fn as_protobuf_watch(response: Response) -> Response {
     let (mut parts, body) = response.into_parts();
-    parts
-        .headers
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROTOBUF_WATCH));
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(PROTOBUF_WATCH),
+    );
     parts.headers.remove(header::CONTENT_LENGTH);
     let mut pending = Vec::new();
     let frames = body
@@ -321,11 +322,11 @@ mod tests {
         );
         let only = accept("application/vnd.kubernetes.protobuf");
         assert!(only.protobuf_first && !only.json);
-        let table = accept(
-            "application/json;as=Table;v=v1;g=meta.k8s.io,application/json",
-        );
+        let table = accept("application/json;as=Table;v=v1;g=meta.k8s.io,application/json");
         assert!(!table.protobuf_first && table.json);
-        let protobuf_table = accept("application/vnd.kubernetes.protobuf;as=Table;v=v1;g=meta.k8s.io,application/json");
+        let protobuf_table = accept(
+            "application/vnd.kubernetes.protobuf;as=Table;v=v1;g=meta.k8s.io,application/json",
+        );
         assert!(!protobuf_table.protobuf_first);
         assert!(accepted(&HeaderMap::new()).json);
         assert!(accept("*/*").json);
@@ -428,8 +429,8 @@ mod tests {
         async fn kinds_without_a_protobuf_form_are_refused_clearly() {
             let path = "/apis/c4m.io/v1/namespaces/default/microservices";
             // An envelope naming a Microservice: 415, saying JSON only.
-            let renamed = c4m_api::protobuf::envelope("c4m.io/v1", "Microservice", Vec::new())
-                .unwrap();
+            let renamed =
+                c4m_api::protobuf::envelope("c4m.io/v1", "Microservice", Vec::new()).unwrap();
             let response = send(Method::POST, path, KUBECTL, Some(renamed)).await;
             assert_eq!(response.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
             let status: Value = serde_json::from_slice(&body(response).await).unwrap();
@@ -454,10 +455,7 @@ mod tests {
         async fn watches_go_out_as_length_prefixed_frames() {
             let path = "/api/v1/namespaces/default/configmaps?watch=1";
             let response = send(Method::GET, path, KUBECTL, None).await;
-            assert_eq!(
-                response.headers()[header::CONTENT_TYPE],
-                PROTOBUF_WATCH
-            );
+            assert_eq!(response.headers()[header::CONTENT_TYPE], PROTOBUF_WATCH);
             let bytes = body(response).await;
             let mut rest = &bytes[..];
             let mut names = Vec::new();
@@ -465,7 +463,12 @@ mod tests {
                 let len = u32::from_be_bytes(rest[..4].try_into().unwrap()) as usize;
                 let event = decode_watch_event(&rest[4..4 + len]).unwrap();
                 assert_eq!(event["type"], "ADDED");
-                names.push(event["object"]["metadata"]["name"].as_str().unwrap().to_string());
+                names.push(
+                    event["object"]["metadata"]["name"]
+                        .as_str()
+                        .unwrap()
+                        .to_string(),
+                );
                 rest = &rest[4 + len..];
             }
             assert_eq!(names, ["a", "b"]);

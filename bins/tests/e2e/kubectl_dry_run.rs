@@ -87,7 +87,12 @@ fn kubectl_diff_and_server_dry_runs_change_nothing() {
     std::fs::write(&path, manifest("green", 3)).unwrap();
     let (code, diff, stderr) = text(&kubectl.run(&["diff", "-f", file]));
     assert_eq!(code, 1, "{diff}{stderr}");
-    for line in ["-  color: blue", "+  color: green", "-  replicas: 2", "+  replicas: 3"] {
+    for line in [
+        "-  color: blue",
+        "+  color: green",
+        "-  replicas: 2",
+        "+  replicas: 3",
+    ] {
         assert!(diff.contains(line), "no {line:?} in\n{diff}");
     }
     assert!(diff.contains("generation"), "{diff}");
@@ -114,14 +119,29 @@ fn kubectl_diff_and_server_dry_runs_change_nothing() {
             "deployment.apps/web serverside-applied (server dry run)"
         ]
     );
-    let color = kubectl.ok(&["get", "configmap", "settings", "-o", "jsonpath={.data.color}"]);
+    let color = kubectl.ok(&[
+        "get",
+        "configmap",
+        "settings",
+        "-o",
+        "jsonpath={.data.color}",
+    ]);
     assert_eq!(color, "blue");
-    let replicas = kubectl.ok(&["get", "deployment", "web", "-o", "jsonpath={.spec.replicas}"]);
+    let replicas = kubectl.ok(&[
+        "get",
+        "deployment",
+        "web",
+        "-o",
+        "jsonpath={.spec.replicas}",
+    ]);
     assert_eq!(replicas, "2");
 
     // Delete.
     let out = kubectl.ok(&["delete", "configmap", "settings", "--dry-run=server"]);
-    assert_eq!(out.trim(), "configmap \"settings\" deleted (server dry run)");
+    assert_eq!(
+        out.trim(),
+        "configmap \"settings\" deleted (server dry run)"
+    );
     kubectl.ok(&["get", "configmap", "settings"]);
 
     // A dry run is still checked as the write would be.
