@@ -20,12 +20,14 @@
 //! | `bytes` fields (Secret `data`) | base64 | the bytes |
 //!
 //! Go writes every non-pointer field of an object, empty or not, and its
-//! JSON leaves empty strings out (`omitempty`): an empty string or a zero
-//! Time read from protobuf is left out of the JSON likewise.
+//! JSON leaves empty ones out (`omitempty`): an empty string, a zero Time,
+//! and a zero or false number or boolean (but for the fields Kubernetes
+//! declares as pointers, [`POINTER_SCALARS`], where zero means something)
+//! read from protobuf are left out of the JSON likewise.
 
 use std::collections::HashMap;
 use std::sync::LazyLock;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -543,6 +545,10 @@ fn from_message(message: &DynamicMessage) -> Value {
                 match &json {
                     Value::Null => continue,
                     Value::String(s) if s.is_empty() => continue,
+                    Value::Number(n) if n.as_f64() == Some(0.0) && !keeps_zero(field.name()) => {
+                        continue;
+                    }
+                    Value::Bool(false) if !keeps_zero(field.name()) => continue,
                     _ => {}
                 }
                 object.insert(field.name().to_string(), json);
@@ -550,6 +556,63 @@ fn from_message(message: &DynamicMessage) -> Value {
             Value::Object(object)
         }
     }
+}
+
+/// Fields Kubernetes declares as pointers (`*int32`, `*bool`), where a zero
+/// or false that was sent means something (`replicas: 0`,
+/// `automountServiceAccountToken: false`). Go writes these only when set;
+/// every other number or boolean it writes always, and its JSON leaves a
+/// zero or false out (`omitempty`), so it is left out here too.
+const POINTER_SCALARS: &[&str] = &[
+    "activeDeadlineSeconds",
+    "allocateLoadBalancerNodePorts",
+    "allowPrivilegeEscalation",
+    "automountServiceAccountToken",
+    "averageUtilization",
+    "backoffLimit",
+    "backoffLimitPerIndex",
+    "completions",
+    "defaultMode",
+    "deletionGracePeriodSeconds",
+    "enableServiceLinks",
+    "expirationSeconds",
+    "failedJobsHistoryLimit",
+    "fsGroup",
+    "gracePeriodSeconds",
+    "hostUsers",
+    "immutable",
+    "manualSelector",
+    "maxFailedIndexes",
+    "minReplicas",
+    "mode",
+    "optional",
+    "parallelism",
+    "partition",
+    "priority",
+    "privileged",
+    "progressDeadlineSeconds",
+    "readOnlyRootFilesystem",
+    "ready",
+    "replicas",
+    "revisionHistoryLimit",
+    "runAsGroup",
+    "runAsNonRoot",
+    "runAsUser",
+    "serving",
+    "setHostnameAsFQDN",
+    "shareProcessNamespace",
+    "stabilizationWindowSeconds",
+    "startingDeadlineSeconds",
+    "successfulJobsHistoryLimit",
+    "suspend",
+    "targetCPUUtilizationPercentage",
+    "terminating",
+    "terminationGracePeriodSeconds",
+    "ttlSecondsAfterFinished",
+];
+
+fn keeps_zero(field: &str) -> bool {
+    POINTER_SCALARS.contains(&field)
 }
 
 fn scalar_from_proto(value: &Proto) -> Value {
@@ -601,7 +664,7 @@ fn raw_to_json(raw: &Bytes) -> Value {
 
 fn format_time(seconds: i64, nanos: i64, micro: bool) -> Option<String> {
     let at = UNIX_EPOCH.checked_add(Duration::from_secs(u64::try_from(seconds).ok()?))?;
-    let whole = c4m_core::format_rfc3339(SystemTime::from(at));
+    let whole = c4m_core::format_rfc3339(at);
     if !micro {
         return Some(whole);
     }
@@ -846,6 +909,34 @@ mod tests {
         // The frame is a bare WatchEvent, not an envelope; its object is one.
         assert!(!frame.starts_with(MAGIC));
         assert_eq!(decode_watch_event(&frame).unwrap(), event);
+    }
+
+    #[test]
+    fn zeros_go_as_go_json_has_them() {
+        // As Go writes a Deployment: every non-pointer field, zero or not.
+        let written = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "web", "generation": 0},
+            "spec": {"replicas": 0, "minReadySeconds": 0, "paused": false,
+                "selector": {"matchLabels": {"app": "web"}},
+                "template": {"metadata": {"labels": {"app": "web"}},
+                    "spec": {"terminationGracePeriodSeconds": 0,
+                        "automountServiceAccountToken": false,
+                        "containers": [{"name": "web", "image": "nginx", "stdin": false,
+                            "ports": [{"containerPort": 8080, "hostPort": 0}]}]}}}});
+        let read = round_trip(written);
+        let spec = &read["spec"];
+        // Pointers keep their zero; the rest is left out, as omitempty does.
+        assert_eq!(spec["replicas"], 0);
+        assert_eq!(spec["template"]["spec"]["terminationGracePeriodSeconds"], 0);
+        assert_eq!(
+            spec["template"]["spec"]["automountServiceAccountToken"],
+            false
+        );
+        assert!(spec.get("minReadySeconds").is_none() && spec.get("paused").is_none());
+        let container = &spec["template"]["spec"]["containers"][0];
+        assert!(container.get("stdin").is_none());
+        assert_eq!(container["ports"], json!([{"containerPort": 8080}]));
+        assert!(read["metadata"].get("generation").is_none());
     }
 
     #[test]

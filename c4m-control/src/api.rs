@@ -534,10 +534,8 @@ async fn resource_request(
     let table = table_request(&headers, &query)?;
     // A dry run (`kubectl apply --dry-run=server`, `kubectl diff`) takes
     // every step of the write over a store that keeps nothing.
-    let dry_run = method != Method::GET
-        && (crate::dry_run::requested(&query)?
-            || (method == Method::DELETE && crate::dry_run::requested_in_delete_options(&body)?));
-    let state = if dry_run {
+    let options: &[u8] = if method == Method::DELETE { &body } else { b"" };
+    let state = if method != Method::GET && crate::dry_run::requested(&query, options)? {
         Arc::new(crate::dry_run::state(&state))
     } else {
         state

@@ -16,34 +16,35 @@ use c4m_state::{KeyValue, Op, Precondition, Store, WatchStream};
 use crate::api::ApiState;
 use crate::{Error, Result};
 
-/// Whether a request asks for a dry run: `dryRun=All` (the only value
-/// Kubernetes takes), nothing, or a 400 naming the bad value.
-pub(crate) fn requested(query: &HashMap<String, String>) -> Result<bool> {
+/// Whether a request asks for a dry run: `dryRun=All` in the query (the
+/// only value Kubernetes takes), or in a DELETE's `DeleteOptions` body
+/// (where kubectl puts it); a bad value is a 400 naming it.
+pub(crate) fn requested(query: &HashMap<String, String>, body: &[u8]) -> Result<bool> {
+    let unsupported = |value: &str| {
+        Error::BadRequest(format!(
+            "dryRun: Unsupported value: {value:?}: supported values: \"All\""
+        ))
+    };
     match query.get("dryRun").map(String::as_str) {
-        None | Some("") => Ok(false),
-        Some("All") => Ok(true),
-        Some(other) => Err(Error::BadRequest(format!(
-            "dryRun: Unsupported value: {other:?}: supported values: \"All\""
-        ))),
+        None | Some("") => {}
+        Some("All") => return Ok(true),
+        Some(other) => return Err(unsupported(other)),
     }
-}
-
-/// Whether the DeleteOptions body of a DELETE asks for a dry run
-/// (`"dryRun": ["All"]`, which is how kubectl sends
-/// `delete --dry-run=server`). A body that is not JSON is left to the
-/// DeleteOptions parser to refuse.
-pub(crate) fn requested_in_delete_options(body: &[u8]) -> Result<bool> {
     let Ok(options) = serde_json::from_slice::<serde_json::Value>(body) else {
         return Ok(false);
     };
-    match &options["dryRun"] {
-        serde_json::Value::Null => Ok(false),
-        serde_json::Value::Array(values) if values.is_empty() => Ok(false),
-        serde_json::Value::Array(values) if values.iter().all(|v| v == "All") => Ok(true),
-        other => Err(Error::BadRequest(format!(
-            "DeleteOptions.dryRun: Unsupported value: {other}: supported values: \"All\""
-        ))),
+    let Some(values) = options.get("dryRun").and_then(serde_json::Value::as_array) else {
+        return Ok(false);
+    };
+    let mut dry = false;
+    for value in values {
+        match value.as_str() {
+            Some("All") => dry = true,
+            Some(other) => return Err(unsupported(other)),
+            None => return Err(unsupported(&value.to_string())),
+        }
     }
+    Ok(dry)
 }
 
 /// `state` for a dry run: its objects over a [`DryRunStore`].
@@ -138,21 +139,17 @@ mod tests {
     #[test]
     fn only_all_is_taken() {
         let query = |v: &str| HashMap::from([("dryRun".to_string(), v.to_string())]);
-        assert!(!requested(&HashMap::new()).unwrap());
-        assert!(requested(&query("All")).unwrap());
-        let error = requested(&query("Server")).unwrap_err();
+        let none = HashMap::new();
+        assert!(!requested(&none, b"").unwrap());
+        assert!(requested(&query("All"), b"").unwrap());
+        let error = requested(&query("Server"), b"").unwrap_err();
         assert_eq!(error.http_status().0, 400);
         assert!(error.to_string().contains("\"Server\""), "{error}");
-    }
-
-    #[test]
-    fn delete_options_may_ask_for_it() {
-        assert!(requested_in_delete_options(br#"{"dryRun": ["All"]}"#).unwrap());
-        assert!(!requested_in_delete_options(br#"{"dryRun": []}"#).unwrap());
-        assert!(!requested_in_delete_options(br#"{"kind": "DeleteOptions"}"#).unwrap());
-        assert!(!requested_in_delete_options(b"").unwrap());
-        let error = requested_in_delete_options(br#"{"dryRun": ["Some"]}"#).unwrap_err();
-        assert_eq!(error.http_status().0, 400);
+        // kubectl delete --dry-run=server says it in the DeleteOptions.
+        let options = br#"{"kind":"DeleteOptions","apiVersion":"v1","dryRun":["All"]}"#;
+        assert!(requested(&none, options).unwrap());
+        assert!(!requested(&none, br#"{"propagationPolicy":"Background"}"#).unwrap());
+        assert!(requested(&none, br#"{"dryRun":["Some"]}"#).is_err());
     }
 
     #[tokio::test]

@@ -173,10 +173,13 @@ fn kubectl_drives_c4m() {
     let all = kubectl.ok(&["get", "deploy", "-A"]);
     assert_eq!(row(&rows(&all), "default")[1], "hello");
 
-    // A server-side dry run is refused, and writes nothing.
+    // A server-side dry run answers as the write would, and writes nothing.
     std::fs::write(&path, manifest(5, "dry")).unwrap();
-    let refused = kubectl.fails(&["apply", "--dry-run=server", "-f", file]);
-    assert!(refused.contains("dryRun is not supported"), "{refused}");
+    let dry = kubectl.ok(&["apply", "--dry-run=server", "-f", file]);
+    assert!(
+        dry.contains("deployment.apps/hello configured (server dry run)"),
+        "{dry}"
+    );
     assert_eq!(
         kubectl.json(&["get", "deployment", "hello"])["spec"]["replicas"],
         2

@@ -69,6 +69,7 @@ fn kubectl_creates_built_in_kinds_over_protobuf() {
         .decode(login["data"]["password"].as_str().unwrap())
         .unwrap();
     assert_eq!(password, b"s3cr3t!");
+    // The API server's default: kubectl sends no type.
     assert_eq!(login["type"], "Opaque");
 
     assert_eq!(
