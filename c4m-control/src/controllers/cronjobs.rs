@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use c4m_core::{format_rfc3339, parse_rfc3339};
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{DateTime, TimeZone, Timelike, Utc};
 use croner::Cron;
 use croner::parser::{CronParser, Seconds, Year};
 use serde_json::{Value, json};
@@ -108,7 +108,10 @@ impl Schedule {
 
     /// The latest scheduled time at or before `at`.
     fn latest_until(&self, at: SystemTime) -> Option<SystemTime> {
-        let start = self.zone.from_utc_datetime(&to_chrono(at)?.naive_utc());
+        // Whole seconds: croner counts 12:01:00.2 as an occurrence of
+        // `* * * * *` and would give it back with its fraction.
+        let at = to_chrono(at)?.with_nanosecond(0)?;
+        let start = self.zone.from_utc_datetime(&at.naive_utc());
         let previous = self.cron.find_previous_occurrence(&start, true).ok()?;
         Some(SystemTime::from(previous.with_timezone(&Utc)))
     }

@@ -258,6 +258,16 @@ fn finished_jobs_beyond_the_history_limits_are_deleted_oldest_first() {
 }
 
 #[test]
+fn a_time_inside_a_scheduled_second_gives_that_whole_second() {
+    let schedule = Schedule::parse("* * * * *", None).unwrap();
+    let at = parse_rfc3339("2026-01-01T00:01:00Z").unwrap() + Duration::from_millis(200);
+    assert_eq!(
+        schedule.latest_until(at),
+        parse_rfc3339("2026-01-01T00:01:00Z")
+    );
+}
+
+#[test]
 fn a_bad_schedule_is_reported_as_an_event() {
     let cj = cronjob("2026-01-01T00:00:00Z", json!({"schedule": "every minute"}));
     let plan = run(&cj, &[], "2026-01-01T00:05:00Z");
@@ -275,17 +285,23 @@ async fn the_controller_creates_jobs_on_schedule_and_keeps_the_history_limit() {
     let cache = Cache::start(Arc::clone(&store), shutdown.clone())
         .await
         .unwrap();
-    let clock = Arc::new(FakeClock::at(SystemTime::now()));
-    let controller = CronJobController::new(clock.clone());
     let mut cj = cronjob(
         "2026-01-01T00:00:00Z",
         json!({"successfulJobsHistoryLimit": 1}),
     );
     cj["metadata"] = json!({"name": "tick", "namespace": "default"});
-    objects
+    let created = objects
         .create(kind("cronjobs"), "default", cj)
         .await
         .unwrap();
+    // The clock starts at the CronJob's (real, whole-second) creation
+    // time, so what is due does not depend on when the test runs.
+    let created_at = created["metadata"]["creationTimestamp"]
+        .as_str()
+        .and_then(c4m_core::parse_rfc3339)
+        .unwrap();
+    let clock = Arc::new(FakeClock::at(created_at));
+    let controller = CronJobController::new(clock.clone());
     let everything = Changes {
         everything: true,
         ..Changes::default()
