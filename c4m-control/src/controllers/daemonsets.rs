@@ -27,7 +27,7 @@ use super::workload::template_hash;
 use crate::Result;
 use crate::cache::{Cache, Changes, ROOT};
 use crate::objects::{Objects, kind, name_of, namespace_of, random_suffix};
-use crate::pods::{controller_uid, is_ready, phase};
+use crate::pods::{is_ready, phase};
 use crate::scheduler::request::{node_info, request};
 
 /// The label holding the hash of the template a daemon pod was made from.
@@ -318,21 +318,7 @@ async fn reconcile_daemon_set(
     nodes: &[Arc<Value>],
     key: &str,
 ) -> Result<Option<i64>> {
-    let pods = cache.pods_of_owner(key);
-    let daemon_set = key
-        .strip_prefix("daemonsets/")
-        .and_then(|rest| rest.split_once('/'))
-        .and_then(|(namespace, name)| cache.get(kind("daemonsets"), namespace, name));
-    let uid = daemon_set
-        .as_ref()
-        .and_then(|d| d["metadata"]["uid"].as_str().map(str::to_string));
-    let (mine, orphans): (Vec<&Arc<Value>>, Vec<&Arc<Value>>) = pods
-        .iter()
-        .partition(|pod| uid.is_some() && controller_uid(pod) == uid.as_deref());
-    let mut written = None;
-    for pod in orphans {
-        written = latest(written, super::delete_object(objects, "pods", pod).await);
-    }
+    let (daemon_set, mine, mut written) = super::owner_and_pods(objects, cache, key).await;
     let Some(daemon_set) = daemon_set else {
         return Ok(written);
     };

@@ -42,8 +42,8 @@ use super::latest;
 use crate::Result;
 use crate::cache::{Cache, ChangeFeed, Changes, ROOT};
 use crate::events::{EventType, Regarding};
-use crate::objects::{Objects, kind, name_of, namespace_of, random_suffix};
-use crate::pods::{controller_uid, is_ready, phase};
+use crate::objects::{Objects, name_of, namespace_of, random_suffix};
+use crate::pods::{is_ready, phase};
 
 /// The label and annotation carrying an Indexed Job pod's index.
 pub(crate) const COMPLETION_INDEX: &str = "batch.kubernetes.io/job-completion-index";
@@ -806,21 +806,7 @@ impl JobController {
         cache: &Cache,
         job_key: &str,
     ) -> Result<Option<i64>> {
-        let pods = cache.pods_of_owner(job_key);
-        let job = job_key
-            .strip_prefix("jobs/")
-            .and_then(|rest| rest.split_once('/'))
-            .and_then(|(namespace, name)| cache.get(kind("jobs"), namespace, name));
-        let uid = job
-            .as_ref()
-            .and_then(|j| j["metadata"]["uid"].as_str().map(str::to_string));
-        let (mine, orphans): (Vec<&Arc<Value>>, Vec<&Arc<Value>>) = pods
-            .iter()
-            .partition(|pod| uid.is_some() && controller_uid(pod) == uid.as_deref());
-        let mut written = None;
-        for pod in orphans {
-            written = latest(written, super::delete_object(objects, "pods", pod).await);
-        }
+        let (job, mine, mut written) = super::owner_and_pods(objects, cache, job_key).await;
         let store_key = format!("{ROOT}{job_key}");
         let Some(job) = job else {
             self.wake(&store_key, None);

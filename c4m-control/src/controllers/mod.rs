@@ -122,6 +122,37 @@ pub(crate) fn latest(a: Option<i64>, b: Option<i64>) -> Option<i64> {
     a.max(b)
 }
 
+/// The object `key` (`PLURAL/NAMESPACE/NAME`) names, as cached, and the
+/// instances it controls. Instances controlled by an older object of that
+/// name (or by one that is gone) are deleted; the revision of the last
+/// deletion comes back too.
+pub(crate) async fn owner_and_pods(
+    objects: &crate::objects::Objects,
+    cache: &Cache,
+    key: &str,
+) -> (
+    Option<Arc<serde_json::Value>>,
+    Vec<Arc<serde_json::Value>>,
+    Option<i64>,
+) {
+    let owner = key
+        .split_once('/')
+        .and_then(|(plural, rest)| Some((plural, rest.split_once('/')?)))
+        .and_then(|(plural, (namespace, name))| {
+            cache.get(crate::objects::kind(plural), namespace, name)
+        });
+    let uid = owner.as_ref().and_then(|o| o["metadata"]["uid"].as_str());
+    let (mine, orphans): (Vec<_>, Vec<_>) = cache
+        .pods_of_owner(key)
+        .into_iter()
+        .partition(|pod| uid.is_some() && crate::pods::controller_uid(pod) == uid);
+    let mut written = None;
+    for pod in &orphans {
+        written = latest(written, delete_object(objects, "pods", pod).await);
+    }
+    (owner, mine, written)
+}
+
 /// Deletes an object a controller no longer wants; returns the deletion's
 /// revision. Already gone is fine; another failure is logged (the next
 /// reconcile tries again).
