@@ -266,6 +266,7 @@ impl IndexedFields {
             "Deployment" => "deployments",
             "Job" => "jobs",
             "DaemonSet" => "daemonsets",
+            "CronJob" => "cronjobs",
             _ => return None,
         };
         Some(owner_key(

@@ -456,34 +456,7 @@ impl CronJobController {
         cache: &Cache,
         changes: &Changes,
     ) -> Result<Option<i64>> {
-        let mut touched: BTreeSet<String> = BTreeSet::new();
-        if changes.everything {
-            touched.extend(
-                cache
-                    .keys(kind("cronjobs"))
-                    .iter()
-                    .filter_map(|key| key.strip_prefix(ROOT).map(str::to_string)),
-            );
-        } else {
-            for (key, before) in &changes.changed {
-                let Some(rest) = key.strip_prefix(ROOT) else {
-                    continue;
-                };
-                if rest.starts_with("jobs/") {
-                    let before = before.as_ref().and_then(|before| before.decode(key));
-                    let current = cache.get_key(key);
-                    touched.extend(
-                        [before.as_deref(), current.as_deref()]
-                            .into_iter()
-                            .flatten()
-                            .filter_map(controller_of)
-                            .map(|(owner, _)| owner),
-                    );
-                } else if rest.starts_with("cronjobs/") {
-                    touched.insert(rest.to_string());
-                }
-            }
-        }
+        let touched = super::touched_owners(cache, changes, "cronjobs", "jobs", changes.everything);
         if touched.is_empty() {
             return Ok(None);
         }

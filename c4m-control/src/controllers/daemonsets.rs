@@ -290,6 +290,7 @@ pub(crate) async fn reconcile(
         cache,
         changes,
         "daemonsets",
+        "pods",
         changes.everything || nodes_changed,
     );
     if touched.is_empty() {

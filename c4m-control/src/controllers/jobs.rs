@@ -782,7 +782,7 @@ impl JobController {
         cache: &Cache,
         changes: &Changes,
     ) -> Result<Option<i64>> {
-        let touched = super::touched_owners(cache, changes, "jobs", changes.everything);
+        let touched = super::touched_owners(cache, changes, "jobs", "pods", changes.everything);
         let (written, failed) = super::for_each_concurrently(touched, |job| async move {
             self.reconcile_job(objects, cache, &job)
                 .await

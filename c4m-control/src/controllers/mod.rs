@@ -239,12 +239,14 @@ impl Wakeups {
 
 /// The objects of `plural` (as `PLURAL/NAMESPACE/NAME`) a batch of
 /// `changes` touches: each changed one, and the controller of each changed
-/// pod (before and after the change); every one, and every controller of
-/// pods of that kind, when `everything`.
+/// object of `children` (`pods`, or a CronJob's `jobs`) before and after
+/// the change; every one, and every controller of pods of that kind, when
+/// `everything`.
 pub(crate) fn touched_owners(
     cache: &Cache,
     changes: &Changes,
     plural: &str,
+    children: &str,
     everything: bool,
 ) -> std::collections::BTreeSet<String> {
     use crate::cache::{ROOT, controller_key};
@@ -265,11 +267,12 @@ pub(crate) fn touched_owners(
         );
         return touched;
     }
+    let children = format!("{children}/");
     for (key, before) in &changes.changed {
         let Some(rest) = key.strip_prefix(ROOT) else {
             continue;
         };
-        if rest.starts_with("pods/") {
+        if rest.starts_with(&children) {
             let before = before.as_ref().and_then(|before| before.decode(key));
             let current = cache.get_key(key);
             touched.extend(

@@ -495,7 +495,10 @@ async fn the_controller_runs_a_job_to_complete_and_deletes_it_after_its_ttl() {
     let pods = cache.list(kind("pods"), Some("default"));
     assert_eq!(pods.len(), 2);
     for pod in &pods {
-        assert_eq!(crate::pods::controller_uid(pod), created["metadata"]["uid"].as_str());
+        assert_eq!(
+            crate::pods::controller_uid(pod),
+            created["metadata"]["uid"].as_str()
+        );
         assert_eq!(pod["metadata"]["labels"]["job-name"], "pi");
     }
     let stored = cache.get(kind("jobs"), "default", "pi").unwrap();
