@@ -471,19 +471,12 @@ impl CronJobController {
             }
         }
         let jobs_by_owner = &jobs_by_owner;
-        let (written, failed) = super::for_each_concurrently(touched, |key| async move {
+        super::reconcile_each("cronjobs", touched, |key| async move {
             self.reconcile_cronjob(objects, cache, jobs_by_owner, &key)
                 .await
                 .inspect_err(|e| tracing::warn!(cronjob = %key, error = %e, "cannot reconcile"))
         })
-        .await;
-        if failed > 0 {
-            return Err(crate::Error::Reconcile {
-                failed,
-                what: "cronjobs",
-            });
-        }
-        Ok(written)
+        .await
     }
 
     async fn reconcile_cronjob(

@@ -298,19 +298,12 @@ pub(crate) async fn reconcile(
     }
     let nodes = cache.list(kind("nodes"), None);
     let nodes = &nodes;
-    let (written, failed) = super::for_each_concurrently(touched, |key| async move {
+    super::reconcile_each("daemonsets", touched, |key| async move {
         reconcile_daemon_set(objects, cache, nodes, &key)
             .await
             .inspect_err(|e| tracing::warn!(daemonset = %key, error = %e, "cannot reconcile"))
     })
-    .await;
-    if failed > 0 {
-        return Err(crate::Error::Reconcile {
-            failed,
-            what: "daemonsets",
-        });
-    }
-    Ok(written)
+    .await
 }
 
 async fn reconcile_daemon_set(

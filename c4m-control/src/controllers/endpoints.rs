@@ -246,22 +246,14 @@ pub(crate) async fn reconcile(
             }
         }
     }
-    let (written, failed) =
-        super::for_each_concurrently(touched, |(namespace, name)| async move {
+    super::reconcile_each("services' endpoints", touched, |(namespace, name)| async move {
             reconcile_service(objects, cache, &namespace, &name)
                 .await
                 .inspect_err(
                     |e| tracing::warn!(service = %name, %namespace, error = %e, "cannot write endpoints"),
                 )
         })
-        .await;
-    if failed > 0 {
-        return Err(crate::Error::Reconcile {
-            failed,
-            what: "services' endpoints",
-        });
-    }
-    Ok(written)
+        .await
 }
 
 /// Brings the Endpoints of `namespace/name` in line with its service:

@@ -783,19 +783,12 @@ impl JobController {
         changes: &Changes,
     ) -> Result<Option<i64>> {
         let touched = super::touched_owners(cache, changes, "jobs", "pods", changes.everything);
-        let (written, failed) = super::for_each_concurrently(touched, |job| async move {
+        super::reconcile_each("jobs", touched, |job| async move {
             self.reconcile_job(objects, cache, &job)
                 .await
                 .inspect_err(|e| tracing::warn!(%job, error = %e, "cannot reconcile the job"))
         })
-        .await;
-        if failed > 0 {
-            return Err(crate::Error::Reconcile {
-                failed,
-                what: "jobs",
-            });
-        }
-        Ok(written)
+        .await
     }
 
     /// Reconciles one Job (`jobs/NAMESPACE/NAME`): pods controlled by a

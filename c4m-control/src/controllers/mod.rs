@@ -94,18 +94,19 @@ pub(crate) async fn run<F, Fut>(
 const CONCURRENT_RECONCILES: usize = 64;
 
 /// Runs `reconcile` on every item, [`CONCURRENT_RECONCILES`] at a time;
-/// returns the latest revision written and how many failed (each failure
-/// is logged by `reconcile`).
-pub(crate) async fn for_each_concurrently<T, F, Fut>(
+/// returns the latest revision written, or how many of `what` failed (each
+/// failure is logged by `reconcile`).
+pub(crate) async fn reconcile_each<T, F, Fut>(
+    what: &'static str,
     items: impl IntoIterator<Item = T>,
     reconcile: F,
-) -> (Option<i64>, usize)
+) -> Result<Option<i64>>
 where
     F: FnMut(T) -> Fut,
     Fut: Future<Output = Result<Option<i64>>>,
 {
     use futures::StreamExt;
-    futures::stream::iter(items)
+    let (written, failed) = futures::stream::iter(items)
         .map(reconcile)
         .buffer_unordered(CONCURRENT_RECONCILES)
         .fold((None, 0), |(written, failed), outcome| async move {
@@ -114,7 +115,11 @@ where
                 Err(_) => (written, failed + 1),
             }
         })
-        .await
+        .await;
+    match failed {
+        0 => Ok(written),
+        failed => Err(crate::Error::Reconcile { failed, what }),
+    }
 }
 
 /// The larger of two optional revisions.

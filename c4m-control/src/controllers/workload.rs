@@ -105,19 +105,12 @@ pub(crate) async fn reconcile(
         None => ReplicaSetIndex::default(),
     };
     let replica_sets = &replica_sets;
-    let (written, failed) = super::for_each_concurrently(touched, |owner| async move {
+    super::reconcile_each("workloads", touched, |owner| async move {
         reconcile_workload(objects, cache, replica_sets, &owner)
             .await
             .inspect_err(|e| tracing::warn!(%owner, error = %e, "cannot reconcile"))
     })
-    .await;
-    if failed > 0 {
-        return Err(crate::Error::Reconcile {
-            failed,
-            what: "workloads",
-        });
-    }
-    Ok(written)
+    .await
 }
 
 /// Reconciles one workload (`PLURAL/NAMESPACE/NAME`) and its instances:
