@@ -388,6 +388,16 @@ static PRIORITY_CLASS: &[Column] = &[
     AGE,
 ];
 
+static NAMESPACE: &[Column] = &[
+    NAME,
+    Column::new(
+        "STATUS",
+        "The phase of the namespace: Active, or Terminating while its content is deleted",
+        |n| text(&n["status"]["phase"]),
+    ),
+    AGE,
+];
+
 static VPC: &[Column] = &[
     NAME,
     Column::new("CIDR", "spec.cidr", |v| text(&v["spec"]["cidr"])),
@@ -715,6 +725,7 @@ pub fn columns(kind: &ResourceKind) -> &'static [Column] {
         "PriorityClass" => PRIORITY_CLASS,
         "PodDisruptionBudget" => POD_DISRUPTION_BUDGET,
         "Vpc" => VPC,
+        "Namespace" => NAMESPACE,
         "Event" => EVENT,
         "Job" => JOB,
         "DaemonSet" => DAEMON_SET,

@@ -670,10 +670,11 @@ async fn resource_request(
                 .objects
                 .delete_with(kind, &namespace, name, &options)
                 .await?;
-            if kind.kind == "Namespace" && deleted.gone {
-                delete_namespace_contents(&state, name).await?;
-            }
             Ok(axum::Json(deleted.object).into_response())
+        }
+        (&Method::PUT, Some(name), Some("finalize")) if kind.kind == "Namespace" => {
+            let namespace: Value = parse_body()?;
+            Ok(axum::Json(finalize_namespace(&state, name, &namespace).await?).into_response())
         }
         (_, Some(_), Some(sub)) if sub != "status" => Err(Error::NotFound {
             kind: "path".into(),
@@ -856,21 +857,43 @@ fn validate(kind: &ResourceKind, value: &Value) -> Result<Vec<String>> {
     Ok(warnings)
 }
 
-async fn delete_namespace_contents(state: &ApiState, namespace: &str) -> Result<()> {
-    for kind in c4m_core::KINDS.iter().filter(|k| k.namespaced) {
-        let (items, _) = state.objects.list(kind, Some(namespace)).await?;
-        for item in items {
-            match state
-                .objects
-                .delete(kind, namespace, crate::objects::name_of(&item))
-                .await
-            {
-                Ok(_) | Err(Error::NotFound { .. }) => {}
-                Err(e) => return Err(e),
-            }
+/// `PUT namespaces/NAME/finalize`: replaces a namespace's
+/// `spec.finalizers` (the only way to change them); a namespace being
+/// deleted that is left with none goes.
+async fn finalize_namespace(state: &ApiState, name: &str, body: &Value) -> Result<Value> {
+    let namespaces = crate::objects::kind("namespaces");
+    let finalizers = match &body["spec"]["finalizers"] {
+        Value::Null => json!([]),
+        Value::Array(list) if list.iter().all(Value::is_string) => json!(list),
+        other => {
+            return Err(Error::Invalid(format!(
+                "spec.finalizers: Invalid value: {other}: must be a list of strings"
+            )));
         }
+    };
+    state
+        .objects
+        .update_with(namespaces, "", name, |current| {
+            if current["spec"]["finalizers"] == finalizers {
+                return false;
+            }
+            current["spec"]["finalizers"] = finalizers.clone();
+            true
+        })
+        .await?;
+    let current = state.objects.get(namespaces, "", name).await?;
+    if !crate::deletion::is_finished(&current) {
+        return Ok(current);
     }
-    Ok(())
+    match state
+        .objects
+        .delete_with(namespaces, "", name, &DeleteOptions::default())
+        .await
+    {
+        Ok(deleted) => Ok(deleted.object),
+        Err(Error::NotFound { .. }) => Ok(current),
+        Err(e) => Err(e),
+    }
 }
 
 /// What a Table row carries besides its cells (`includeObject`).

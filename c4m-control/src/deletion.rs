@@ -29,6 +29,12 @@ use crate::{Error, Result};
 pub(crate) const ORPHAN: &str = "orphan";
 /// The finalizer of a deletion with the `Foreground` policy.
 pub(crate) const FOREGROUND: &str = "foregroundDeletion";
+/// The finalizer in a namespace's `spec.finalizers` that holds it, in the
+/// Terminating phase, until the namespace controller has deleted its
+/// content.
+pub(crate) const NAMESPACE_FINALIZER: &str = "kubernetes";
+/// Namespaces that may not be deleted (as in Kubernetes).
+const PROTECTED_NAMESPACES: [&str; 3] = ["default", "kube-system", "kube-public"];
 /// A pod's grace period when neither the request nor the pod gives one.
 const DEFAULT_POD_GRACE_SECONDS: i64 = 30;
 
@@ -173,8 +179,6 @@ pub(crate) struct Deleted {
     pub object: Value,
     /// The revision of the write (the object's, when nothing was written).
     pub revision: i64,
-    /// Whether the object is gone.
-    pub gone: bool,
 }
 
 /// A `metadata` list of strings (finalizers), empty when absent.
@@ -188,6 +192,33 @@ pub(crate) fn finalizers(object: &Value) -> Vec<String> {
         .collect()
 }
 
+/// A namespace's `spec.finalizers`, empty when absent.
+pub(crate) fn namespace_finalizers(namespace: &Value) -> Vec<String> {
+    namespace["spec"]["finalizers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .map(str::to_string)
+        .collect()
+}
+
+/// What a new namespace gets from the API server: the `kubernetes`
+/// finalizer and the Active phase.
+pub(crate) fn default_new_namespace(namespace: &mut Value) {
+    let mut finalizers = namespace_finalizers(namespace);
+    if !finalizers.iter().any(|f| f == NAMESPACE_FINALIZER) {
+        finalizers.push(NAMESPACE_FINALIZER.to_string());
+    }
+    if let Some(object) = namespace.as_object_mut() {
+        let spec = object.entry("spec").or_insert_with(|| json!({}));
+        if let Some(spec) = spec.as_object_mut() {
+            spec.insert("finalizers".into(), json!(finalizers));
+        }
+        object.insert("status".into(), json!({"phase": "Active"}));
+    }
+}
+
 /// Whether the object is marked for deletion.
 pub(crate) fn is_deleting(object: &Value) -> bool {
     object["metadata"]["deletionTimestamp"].is_string()
@@ -199,6 +230,7 @@ pub(crate) fn is_deleting(object: &Value) -> bool {
 pub(crate) fn is_finished(object: &Value) -> bool {
     is_deleting(object)
         && finalizers(object).is_empty()
+        && (object["kind"] != "Namespace" || namespace_finalizers(object).is_empty())
         && object["metadata"]["deletionGracePeriodSeconds"]
             .as_i64()
             .unwrap_or(0)
@@ -277,6 +309,16 @@ pub(crate) fn plan(
             meta["resourceVersion"].as_str().unwrap_or_default()
         )));
     }
+    if kind.kind == "Namespace" && PROTECTED_NAMESPACES.contains(&name) {
+        return Err(Error::ForbiddenObject {
+            plural: kind.plural.to_string(),
+            name: name.to_string(),
+            reason: "this namespace may not be deleted".into(),
+        });
+    }
+    // A namespace with spec finalizers stays, Terminating, until its
+    // controller has emptied it.
+    let held = kind.kind == "Namespace" && !namespace_finalizers(current).is_empty();
     let before = finalizers(current);
     let mut after = before.clone();
     let (add, remove): (&[&str], &[&str]) = match options.propagation {
@@ -310,7 +352,7 @@ pub(crate) fn plan(
         |grace: i64| c4m_core::format_rfc3339(now + Duration::from_secs(grace.max(0) as u64));
     if is_deleting(current) {
         let running = meta["deletionGracePeriodSeconds"].as_i64().unwrap_or(0);
-        if grace == 0 && after.is_empty() && (running == 0 || kind.kind == "Pod") {
+        if grace == 0 && after.is_empty() && !held && (running == 0 || kind.kind == "Pod") {
             return Ok(Deletion::Remove);
         }
         let mut changed = after != before;
@@ -327,10 +369,13 @@ pub(crate) fn plan(
             Deletion::Keep
         });
     }
-    if grace == 0 && after.is_empty() {
+    if grace == 0 && after.is_empty() && !held {
         return Ok(Deletion::Remove);
     }
     set_finalizers(&mut marked);
+    if kind.kind == "Namespace" {
+        marked["status"] = json!({"phase": "Terminating"});
+    }
     marked["metadata"]["deletionTimestamp"] = json!(deadline(grace));
     marked["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
     if let Some(generation) = meta["generation"].as_i64() {
@@ -460,6 +505,59 @@ mod tests {
             plan(deployments, &marked, &options, at(9), true).unwrap(),
             Deletion::Keep
         );
+    }
+
+    #[test]
+    fn a_namespace_terminates_until_its_finalizer_is_gone() {
+        let namespaces = kind("namespaces");
+        let options = DeleteOptions::default();
+        let mut namespace = json!({"kind": "Namespace", "metadata": {"name": "shop", "uid": "u1"}});
+        default_new_namespace(&mut namespace);
+        assert_eq!(namespace_finalizers(&namespace), [NAMESPACE_FINALIZER]);
+        assert_eq!(namespace["status"]["phase"], "Active");
+
+        let terminating = marked(plan(namespaces, &namespace, &options, at(0), true).unwrap());
+        assert_eq!(terminating["status"]["phase"], "Terminating");
+        assert!(is_deleting(&terminating));
+        assert!(!is_finished(&terminating));
+        // Deleting again while it empties changes nothing.
+        assert_eq!(
+            plan(namespaces, &terminating, &options, at(5), true).unwrap(),
+            Deletion::Keep
+        );
+        let mut emptied = terminating.clone();
+        emptied["spec"]["finalizers"] = json!([]);
+        assert!(is_finished(&emptied));
+        assert_eq!(
+            plan(namespaces, &emptied, &options, at(9), true).unwrap(),
+            Deletion::Remove
+        );
+        // One made without the finalizer (a store from before) goes at once.
+        let bare = json!({"kind": "Namespace", "metadata": {"name": "old", "uid": "u2"}});
+        assert_eq!(
+            plan(namespaces, &bare, &options, at(0), true).unwrap(),
+            Deletion::Remove
+        );
+    }
+
+    #[test]
+    fn the_default_namespaces_may_not_be_deleted() {
+        for name in ["default", "kube-system", "kube-public"] {
+            let namespace = json!({"kind": "Namespace", "metadata": {"name": name, "uid": "u"}});
+            let refused = plan(
+                kind("namespaces"),
+                &namespace,
+                &DeleteOptions::default(),
+                at(0),
+                true,
+            )
+            .unwrap_err();
+            assert_eq!(refused.http_status().0, 403, "{name}");
+            assert_eq!(
+                refused.to_string(),
+                format!("namespaces \"{name}\" is forbidden: this namespace may not be deleted")
+            );
+        }
     }
 
     #[test]

@@ -66,6 +66,19 @@ pub enum Error {
     /// The caller may not do this (an admission hook's denial, ...).
     #[error(transparent)]
     Forbidden(#[from] c4m_plugin::Denied),
+    /// The API server's own rules forbid this to anyone (403), as
+    /// Kubernetes' NamespaceLifecycle admission does: content for a
+    /// namespace being deleted, the deletion of `default`.
+    #[error("{plural} {name:?} is forbidden: {reason}")]
+    ForbiddenObject {
+        /// The kind's plural (`pods`).
+        plural: String,
+        /// The object's name.
+        name: String,
+        /// Why (`unable to create new content in namespace x because it
+        /// is being terminated`).
+        reason: String,
+    },
     /// A watch asked for history that was compacted (410).
     #[error("{0}")]
     Gone(String),
@@ -200,7 +213,7 @@ impl Error {
             Error::MethodNotAllowed(_) => (405, "MethodNotAllowed"),
             Error::UnsupportedMediaType(_) => (415, "UnsupportedMediaType"),
             Error::Unauthorized(_) => (401, "Unauthorized"),
-            Error::Forbidden(_) => (403, "Forbidden"),
+            Error::Forbidden(_) | Error::ForbiddenObject { .. } => (403, "Forbidden"),
             Error::Gone(_) => (410, "Expired"),
             Error::Unavailable(_) | Error::AgentUnreachable { .. } => (503, "ServiceUnavailable"),
             Error::Protobuf(error) => error.http_status(),

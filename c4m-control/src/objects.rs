@@ -306,6 +306,9 @@ impl Objects {
         if kind.kind == "Job" {
             crate::controllers::jobs::default_new_job(&mut value);
         }
+        if kind.kind == "Namespace" {
+            crate::deletion::default_new_namespace(&mut value);
+        }
         // The API server's default (kubectl create secret generic sends none).
         if kind.kind == "Secret"
             && value["type"].as_str().is_none_or(str::is_empty)
@@ -378,6 +381,15 @@ impl Objects {
                 merged
             }
         };
+        // A namespace's finalizers change only through `finalize`.
+        if kind.kind == "Namespace" && part == Part::Main {
+            if let Some(finalizers) = current["spec"].get("finalizers")
+                && merged.is_object()
+                && (merged["spec"].is_object() || merged["spec"].is_null())
+            {
+                merged["spec"]["finalizers"] = finalizers.clone();
+            }
+        }
         // Nodes carve their slices and allocations out of a VPC's range:
         // it cannot move under them (and so never comes to overlap).
         if kind.kind == "Vpc" && merged["spec"]["cidr"] != current["spec"]["cidr"] {
@@ -423,7 +435,7 @@ impl Objects {
         let mut value = self.prepare_create(kind, namespace, value, None).await?;
         let name = name_of(&value).to_string();
         if kind.namespaced && kind.kind != "Namespace" {
-            self.require_namespace(namespace).await?;
+            self.require_namespace(kind, namespace, &name).await?;
         }
         let key = key(kind, namespace, &name);
         let revision = self
@@ -444,17 +456,34 @@ impl Objects {
         Ok(value)
     }
 
-    async fn require_namespace(&self, namespace: &str) -> Result<()> {
-        let ns_kind = kind("namespaces");
-        if self
-            .store
-            .get(&key(ns_kind, "", namespace))
-            .await?
-            .is_none()
-        {
-            return Err(Self::not_found(ns_kind, namespace));
+    /// Fails unless `namespace` exists and is not being deleted.
+    async fn require_namespace(
+        &self,
+        kind: &ResourceKind,
+        namespace: &str,
+        name: &str,
+    ) -> Result<()> {
+        let ns_kind = crate::objects::kind("namespaces");
+        match self.store.get(&key(ns_kind, "", namespace)).await? {
+            None => Err(Self::not_found(ns_kind, namespace)),
+            Some(kv) => Self::refuse_if_terminating(&decode(&kv)?, kind, name),
         }
-        Ok(())
+    }
+
+    /// New content in a namespace being deleted would outlive it: refused,
+    /// as Kubernetes' NamespaceLifecycle admission refuses it.
+    fn refuse_if_terminating(namespace: &Value, kind: &ResourceKind, name: &str) -> Result<()> {
+        if !crate::deletion::is_deleting(namespace) {
+            return Ok(());
+        }
+        Err(Error::ForbiddenObject {
+            plural: kind.plural.to_string(),
+            name: name.to_string(),
+            reason: format!(
+                "unable to create new content in namespace {} because it is being terminated",
+                name_of(namespace)
+            ),
+        })
     }
 
     /// Replaces an object. When `value` carries a resourceVersion, the write
@@ -744,7 +773,6 @@ impl Objects {
                     return Ok(Deleted {
                         object: current,
                         revision: kv.mod_revision,
-                        gone: false,
                     });
                 }
             };
@@ -752,11 +780,7 @@ impl Objects {
                 if !gone {
                     object["metadata"]["resourceVersion"] = Value::String(revision.to_string());
                 }
-                return Ok(Deleted {
-                    object,
-                    revision,
-                    gone,
-                });
+                return Ok(Deleted { object, revision });
             }
         }
         Err(Self::keeps_changing(kind, name))
@@ -768,9 +792,18 @@ impl Objects {
         objects: Vec<(&'static ResourceKind, Value)>,
     ) -> Result<i64> {
         let mut ops = Vec::with_capacity(objects.len());
+        let mut checked = std::collections::HashSet::new();
         for (kind, value) in objects {
             let namespace = namespace_of(&value).to_string();
             let value = self.prepare_create(kind, &namespace, value, None).await?;
+            // Controllers create only beside an owner, in a namespace that
+            // exists; one being deleted gets nothing new.
+            if kind.namespaced && checked.insert(namespace.clone()) {
+                let ns_key = key(crate::objects::kind("namespaces"), "", &namespace);
+                if let Some(kv) = self.store.get(&ns_key).await? {
+                    Self::refuse_if_terminating(&decode(&kv)?, kind, name_of(&value))?;
+                }
+            }
             ops.push(Op::put(
                 &key(kind, &namespace, name_of(&value)),
                 encode(&value),
@@ -849,12 +882,12 @@ impl Objects {
             .map(|(_, _, _, name, _)| name.as_str())
             .collect();
         let mut namespaces_checked = std::collections::BTreeSet::new();
-        for (_, kind, namespace, ..) in &items {
+        for (_, kind, namespace, name, _) in &items {
             if kind.namespaced
                 && !new_namespaces.contains(&namespace.as_str())
                 && namespaces_checked.insert(namespace.clone())
             {
-                self.require_namespace(namespace).await?;
+                self.require_namespace(kind, namespace, name).await?;
             }
         }
         // Instances may name a PriorityClass created by this same apply.

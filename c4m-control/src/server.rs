@@ -379,6 +379,14 @@ fn spawn_controllers(
         }),
     );
     spawn(
+        "namespaces",
+        &every_kind[..],
+        FULL_RESYNC,
+        Box::new(|o, c, _| {
+            Box::pin(async move { controllers::namespaces::reconcile(&o, &c).await })
+        }),
+    );
+    spawn(
         "daemonsets",
         &["daemonsets", "pods", "nodes"],
         FULL_RESYNC,

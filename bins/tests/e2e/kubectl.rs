@@ -871,7 +871,58 @@ fn kubectl_applies_a_realistic_manifest_set() {
         .expect("the inventory process runs");
     assert_eq!(environment["CURRENCY"], "EUR");
 
-    kubectl.ok(&["delete", "namespace", "bookshop"]);
+    // Deleting the namespace: it stays, Terminating, while content remains
+    // (a finalizer holds a ConfigMap here), and takes nothing new.
+    kubectl.ok(&[
+        "patch",
+        "configmap",
+        "bookshop-config",
+        "-n",
+        "bookshop",
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"finalizers":["example.com/hold"]}}"#,
+    ]);
+    assert_eq!(
+        kubectl.ok(&["delete", "namespace", "bookshop", "--wait=false"]),
+        "namespace \"bookshop\" deleted\n"
+    );
+    let refused = kubectl.fails(&["create", "configmap", "late", "-n", "bookshop"]);
+    assert!(
+        refused.contains(
+            "configmaps \"late\" is forbidden: unable to create new content in namespace bookshop because it is being terminated"
+        ),
+        "{refused}"
+    );
+    let namespace = wait_for("the namespace to report what holds it", WAIT, || {
+        let namespace = kubectl.json(&["get", "namespace", "bookshop"]);
+        namespace["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .any(|c| c["type"] == "NamespaceFinalizersRemaining" && c["status"] == "True")
+            .then_some(namespace)
+    });
+    assert_eq!(namespace["status"]["phase"], "Terminating", "{namespace}");
+    let listed = kubectl.ok(&["get", "namespace", "bookshop"]);
+    assert!(listed.contains("bookshop   Terminating"), "{listed}");
+    kubectl.ok(&[
+        "patch",
+        "configmap",
+        "bookshop-config",
+        "-n",
+        "bookshop",
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"finalizers":null}}"#,
+    ]);
+    kubectl.ok(&[
+        "wait",
+        "--for=delete",
+        "namespace/bookshop",
+        "--timeout=60s",
+    ]);
+    let gone = kubectl.fails(&["get", "configmap", "bookshop-config", "-n", "bookshop"]);
+    assert!(gone.contains("not found"), "{gone}");
     wait_for("the bookshop to stop", WAIT, || {
         process_environment(&["c4m-demo", "--name", "payments"])
             .is_none()

@@ -24,6 +24,7 @@ pub(crate) mod disruption;
 pub(crate) mod endpoints;
 pub(crate) mod garbage_collector;
 pub(crate) mod jobs;
+pub(crate) mod namespaces;
 pub(crate) mod nodes;
 pub(crate) mod replicasets;
 pub(crate) mod workload;
