@@ -382,13 +382,13 @@ impl Objects {
             }
         };
         // A namespace's finalizers change only through `finalize`.
-        if kind.kind == "Namespace" && part == Part::Main {
-            if let Some(finalizers) = current["spec"].get("finalizers")
-                && merged.is_object()
-                && (merged["spec"].is_object() || merged["spec"].is_null())
-            {
-                merged["spec"]["finalizers"] = finalizers.clone();
-            }
+        if kind.kind == "Namespace"
+            && part == Part::Main
+            && let Some(finalizers) = current["spec"].get("finalizers")
+            && merged.is_object()
+            && (merged["spec"].is_object() || merged["spec"].is_null())
+        {
+            merged["spec"]["finalizers"] = finalizers.clone();
         }
         // Nodes carve their slices and allocations out of a VPC's range:
         // it cannot move under them (and so never comes to overlap).
