@@ -249,6 +249,9 @@ async fn exec_session(
             }
         }
         let status = match exit_code {
+            // An attach ends in success whatever the container's code, as
+            // the kubelet's does: the client reads the code from the pod.
+            Some(Ok(_)) if attach => channel::exit_status(0),
             Some(Ok(code)) => channel::exit_status(code),
             Some(Err(e)) => channel::failure_status(&e.to_string()),
             None => return false,
