@@ -18,6 +18,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::pod_etc::PodEtc;
 use crate::server::{ServerState, router};
 use crate::session::{ControlPlaneChannel, NetworkFeeds, Session, register_request};
 use crate::supervisor::{RestartBackoff, Supervisor};
@@ -377,6 +378,13 @@ impl Agent {
             dns_address: dns_rx,
             network: network.clone(),
             backoff: self.config.restart_backoff,
+            pod_etc: PodEtc::new(
+                &self.config.data_dir,
+                self.config
+                    .network
+                    .as_ref()
+                    .map_or(c4m_mesh::DEFAULT_CLUSTER_DOMAIN, |n| &n.cluster_domain),
+            ),
         };
         let session = Session {
             channel: ControlPlaneChannel::new(

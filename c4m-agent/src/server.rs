@@ -40,6 +40,10 @@ pub(crate) fn router(state: Arc<ServerState>) -> Router {
         .route("/v1/instances/{ns}/{name}/log", get(log))
         .route("/v1/instances/{ns}/{name}/exec", get(crate::stream::exec))
         .route(
+            "/v1/instances/{ns}/{name}/attach",
+            get(crate::stream::attach),
+        )
+        .route(
             "/v1/instances/{ns}/{name}/portforward",
             get(crate::stream::port_forward),
         )

@@ -27,12 +27,34 @@ const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
 
 /// `GET .../exec?command=..&stdin=..&tty=..`, upgraded to WebSocket.
 pub(crate) async fn exec(
-    State(state): State<Arc<ServerState>>,
-    Path((ns, name)): Path<(String, String)>,
+    state: State<Arc<ServerState>>,
+    path: Path<(String, String)>,
     RawQuery(query): RawQuery,
     upgrade: WebSocketUpgrade,
 ) -> Response {
     let parsed = ExecQuery::parse(query.as_deref().unwrap_or_default());
+    exec_or_attach(state, path, upgrade, parsed, false).await
+}
+
+/// `GET .../attach`, upgraded to WebSocket: the container's own stdin,
+/// stdout and stderr in the channels of an exec ([`ContainerRuntime::attach`](c4m_core::ContainerRuntime::attach)).
+pub(crate) async fn attach(
+    state: State<Arc<ServerState>>,
+    path: Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let parsed = ExecQuery::parse_attach(query.as_deref().unwrap_or_default());
+    exec_or_attach(state, path, upgrade, parsed, true).await
+}
+
+async fn exec_or_attach(
+    State(state): State<Arc<ServerState>>,
+    Path((ns, name)): Path<(String, String)>,
+    upgrade: WebSocketUpgrade,
+    parsed: Result<ExecQuery, String>,
+    attach: bool,
+) -> Response {
     let (query, placement) = match stream_target(&state, &ns, &name, parsed) {
         Ok(target) => target,
         Err(response) => return *response,
@@ -43,7 +65,7 @@ pub(crate) async fn exec(
         .is_some_and(|p| p == channel::EXEC_PROTOCOL_V5);
     let shutdown = state.shutdown.clone();
     upgrade.on_upgrade(move |socket| async move {
-        exec_session(socket, placement, query, v5, shutdown).await;
+        exec_session(socket, placement, query, v5, attach, shutdown).await;
     })
 }
 
@@ -125,6 +147,7 @@ async fn exec_session(
     placement: Placement,
     query: ExecQuery,
     v5: bool,
+    attach: bool,
     shutdown: CancellationToken,
 ) {
     let (mut sink, mut incoming) = socket.split();
@@ -133,11 +156,15 @@ async fn exec_session(
         stdin: query.stdin,
         tty: query.tty,
     };
-    let session = match placement
-        .runtime
-        .exec_interactive(&placement.id, request)
-        .await
-    {
+    let session = if attach {
+        placement.runtime.attach(&placement.id, request).await
+    } else {
+        placement
+            .runtime
+            .exec_interactive(&placement.id, request)
+            .await
+    };
+    let session = match session {
         Ok(session) => session,
         Err(e) => {
             finish(sink, incoming, channel::failure_status(&e.to_string())).await;
@@ -222,6 +249,9 @@ async fn exec_session(
             }
         }
         let status = match exit_code {
+            // An attach ends in success whatever the container's code, as
+            // the kubelet's does: the client reads the code from the pod.
+            Some(Ok(_)) if attach => channel::exit_status(0),
             Some(Ok(code)) => channel::exit_status(code),
             Some(Err(e)) => channel::failure_status(&e.to_string()),
             None => return false,
@@ -232,7 +262,7 @@ async fn exec_session(
     };
     both_directions(upstream, downstream, &shutdown).await;
     // Returning drops `exit`: unfinished, that kills the command (the
-    // client left, or the agent stops).
+    // client left, or the agent stops); an attach only detaches.
 }
 
 /// `GET .../portforward?ports=..`, upgraded to WebSocket: one TCP

@@ -19,6 +19,7 @@ use c4m_mesh::InstanceNetwork;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::pod_etc::PodEtc;
 use crate::session::AssignmentSet;
 
 /// How the supervisor spaces the restarts of a crashing container.
@@ -56,6 +57,8 @@ const TICK: Duration = Duration::from_millis(250);
 const ERR_IMAGE_PULL: &str = "ErrImagePull";
 /// Why it waits later, until the next pull.
 const IMAGE_PULL_BACK_OFF: &str = "ImagePullBackOff";
+/// Why it waits when the node lacks its image and may not pull it.
+const ERR_IMAGE_NEVER_PULL: &str = "ErrImageNeverPull";
 /// The variable telling an instance where the cluster DNS answers.
 const DNS_SERVER_ENV: &str = "C4M_DNS_SERVER";
 
@@ -147,6 +150,8 @@ pub(crate) struct Supervisor {
     pub prober: Arc<dyn Prober>,
     /// How restarts of crashing containers are spaced.
     pub backoff: RestartBackoff,
+    /// The `/etc` files of containers with a network namespace.
+    pub pod_etc: PodEtc,
 }
 
 impl Supervisor {
@@ -270,6 +275,7 @@ impl Supervisor {
                 lock(stopping).insert(id.clone(), report(&instance));
                 let stopping = Arc::clone(stopping);
                 let runtime = instance.runtime;
+                self.pod_etc.remove(&id);
                 tokio::spawn(async move {
                     remove(runtime, network, id.clone(), grace).await;
                     lock(&stopping).remove(&id);
@@ -285,6 +291,7 @@ impl Supervisor {
             if let Some((_, runtime)) = leftovers.remove(&id) {
                 tracing::info!(container = %id, "removing a container that is no longer assigned");
                 let network = self.network_for(runtime.as_ref());
+                self.pod_etc.remove(&id);
                 tokio::spawn(remove(runtime, network, id, Duration::from_secs(10)));
             }
         }
@@ -304,9 +311,17 @@ impl Supervisor {
                 }
             };
             let attached = self.network_for(runtime.as_ref()).is_some();
-            let spec = ContainerSpec::from_pod(pod, id.clone()).map(|mut spec| {
+            let spec = ContainerSpec::from_pod(pod, id.clone()).and_then(|mut spec| {
+                // What the node's default driver cannot honour is refused
+                // here, naming the field, as admission refuses it for a pod
+                // that names its driver.
+                if let Some((field, why)) = pod.spec.as_ref().and_then(|pod_spec| {
+                    c4m_core::pod_etc::unsupported_by_driver(runtime.name(), pod_spec)
+                }) {
+                    return Err(c4m_core::Error::Invalid(format!("spec.{field}: {why}")));
+                }
                 self.add_instance_env(&mut spec, pod, attached);
-                spec
+                Ok(spec)
             });
             let problem = spec
                 .as_ref()
@@ -480,6 +495,7 @@ impl Supervisor {
 
     async fn start(&self, id: &str, instance: &mut Managed, spec: &ContainerSpec) {
         let mut spec = spec.clone();
+        let mut cluster_dns = None;
         if let Some(network) = self.network_for(instance.runtime.as_ref()) {
             match network.attach(id, &instance.pod).await {
                 Ok(attachment) => {
@@ -495,7 +511,7 @@ impl Supervisor {
                         ),
                     );
                     spec.network_namespace = Some(attachment.network_namespace);
-                    spec.resolv_conf = Some(attachment.resolv_conf);
+                    cluster_dns = Some(attachment.gateway.into());
                     instance.pod_ip = Some(attachment.address);
                     instance.host_bindings = network.host_bindings(id);
                 }
@@ -506,6 +522,22 @@ impl Supervisor {
                     instance.backoff = (instance.backoff * 2).min(self.backoff.max);
                     return;
                 }
+            }
+        }
+        if instance.runtime.takes_network_namespace() {
+            let address = instance.pod_ip.map(Into::into);
+            if let Err(e) = self
+                .pod_etc
+                .write(&mut spec, &instance.pod, address, cluster_dns)
+            {
+                tracing::warn!(container = id, error = %e, "cannot write the pod's /etc files");
+                instance.problem = Some((
+                    "CreateContainerConfigError".into(),
+                    format!("writing the pod's /etc files: {e}"),
+                ));
+                instance.restart_at = Some(Instant::now() + instance.backoff);
+                instance.backoff = (instance.backoff * 2).min(self.backoff.max);
+                return;
             }
         }
         match instance.runtime.start(&spec).await {
@@ -523,9 +555,13 @@ impl Supervisor {
                 instance.pull_backoff = self.backoff.image_pull_initial;
                 instance.pull_failed_at = None;
             }
-            Err(e @ c4m_core::Error::Image { .. }) => {
+            Err(e @ (c4m_core::Error::Image { .. } | c4m_core::Error::ImageNeverPull { .. })) => {
                 tracing::warn!(container = id, error = %e, "cannot pull the container's image");
-                instance.problem = Some((ERR_IMAGE_PULL.into(), e.to_string()));
+                let reason = match e {
+                    c4m_core::Error::ImageNeverPull { .. } => ERR_IMAGE_NEVER_PULL,
+                    _ => ERR_IMAGE_PULL,
+                };
+                instance.problem = Some((reason.into(), e.to_string()));
                 let now = Instant::now();
                 instance.pull_failed_at = Some(now);
                 instance.restart_at = Some(now + instance.pull_backoff);

@@ -211,6 +211,36 @@ pub struct ExecQuery {
 impl ExecQuery {
     /// Reads a query string; `Err` names what is wrong.
     pub fn parse(query: &str) -> Result<ExecQuery, String> {
+        let parsed = ExecQuery::read(query);
+        if parsed.command.is_empty() {
+            return Err("exec needs a command (the command parameter)".into());
+        }
+        parsed.check_streams("exec")?;
+        Ok(parsed)
+    }
+
+    /// Reads the query string of an attach (`pods/attach`): the streams
+    /// and the container, no command.
+    pub fn parse_attach(query: &str) -> Result<ExecQuery, String> {
+        let parsed = ExecQuery::read(query);
+        if !parsed.command.is_empty() {
+            return Err("attach takes no command".into());
+        }
+        parsed.check_streams("attach")?;
+        Ok(parsed)
+    }
+
+    fn check_streams(&self, what: &str) -> Result<(), String> {
+        if self.stdin || self.stdout || self.stderr {
+            Ok(())
+        } else {
+            Err(format!(
+                "{what} needs at least one of stdin, stdout and stderr"
+            ))
+        }
+    }
+
+    fn read(query: &str) -> ExecQuery {
         let mut parsed = ExecQuery::default();
         for (key, value) in form_urlencoded::parse(query.as_bytes()) {
             let flag = || matches!(&*value, "1" | "true" | "True");
@@ -224,13 +254,7 @@ impl ExecQuery {
                 _ => {}
             }
         }
-        if parsed.command.is_empty() {
-            return Err("exec needs a command (the command parameter)".into());
-        }
-        if !(parsed.stdin || parsed.stdout || parsed.stderr) {
-            return Err("exec needs at least one of stdin, stdout and stderr".into());
-        }
-        Ok(parsed)
+        parsed
     }
 
     /// The query string saying the same.

@@ -345,7 +345,9 @@ impl Agents {
                         match self
                             .resolve_env(&pod)
                             .and_then(|resolved| self.add_vpc_cidr(resolved))
-                        {
+                            .map(|resolved| {
+                                crate::pull_secrets::with_registry_logins(&self.cache, resolved)
+                            }) {
                             Ok(resolved) => Some(serde_json::to_vec(&resolved).unwrap_or_default()),
                             Err(message) => {
                                 // Not remembered: resolved again on the next change.

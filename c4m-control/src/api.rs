@@ -123,6 +123,10 @@ pub(crate) fn router(state: Arc<ApiState>) -> Router {
             get(streams::pod_exec),
         )
         .route(
+            "/api/v1/namespaces/{ns}/pods/{name}/attach",
+            get(streams::pod_attach),
+        )
+        .route(
             "/api/v1/namespaces/{ns}/pods/{name}/portforward",
             get(streams::pod_port_forward),
         )

@@ -124,6 +124,14 @@ pub(crate) fn container_events(before: &Value, after: &Value) -> Vec<ContainerEv
                         "Error: ImagePullBackOff".into(),
                     );
                 }
+                "ErrImageNeverPull" => {
+                    push(EventType::Warning, "ErrImageNeverPull", message.to_string());
+                    push(
+                        EventType::Warning,
+                        "Failed",
+                        "Error: ErrImageNeverPull".into(),
+                    );
+                }
                 "CreateContainerError" | "CreateContainerConfigError" => {
                     push(EventType::Warning, "Failed", format!("Error: {message}"))
                 }

@@ -72,6 +72,7 @@ fn subresource_shape(
         "scale" => ("autoscaling", "v1", "Scale", &["get", "patch", "update"]),
         "log" => ("", "v1", kind.kind, &["get"]),
         "exec" => ("", "v1", "PodExecOptions", &["create", "get"]),
+        "attach" => ("", "v1", "PodAttachOptions", &["create", "get"]),
         "portforward" => ("", "v1", "PodPortForwardOptions", &["create", "get"]),
         _ => (
             kind.group,

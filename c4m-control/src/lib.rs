@@ -62,6 +62,7 @@ mod pagination;
 mod patch;
 mod pods;
 mod protobuf;
+mod pull_secrets;
 mod registry;
 mod scheduler;
 mod scheduler_policy;

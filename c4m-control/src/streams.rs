@@ -131,20 +131,41 @@ fn agent_refused(code: u16, message: &str, node: &str, ns: &str, name: &str) -> 
 
 /// `GET .../pods/{name}/exec` upgraded to WebSocket.
 pub(crate) async fn pod_exec(
-    State(state): Shared,
-    Path((ns, name)): Path<(String, String)>,
+    state: Shared,
+    path: Path<(String, String)>,
     RawQuery(query): RawQuery,
     upgrade: WebSocketUpgrade,
 ) -> Result<Response> {
-    let query = query.unwrap_or_default();
-    let exec = ExecQuery::parse(&query).map_err(Error::BadRequest)?;
+    let exec = ExecQuery::parse(&query.unwrap_or_default()).map_err(Error::BadRequest)?;
+    relay_exec(state, path, upgrade, "exec", exec).await
+}
+
+/// `GET .../pods/{name}/attach` upgraded to WebSocket: the container's
+/// own streams, in the channels of an exec.
+pub(crate) async fn pod_attach(
+    state: Shared,
+    path: Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    upgrade: WebSocketUpgrade,
+) -> Result<Response> {
+    let attach = ExecQuery::parse_attach(&query.unwrap_or_default()).map_err(Error::BadRequest)?;
+    relay_exec(state, path, upgrade, "attach", attach).await
+}
+
+async fn relay_exec(
+    State(state): Shared,
+    Path((ns, name)): Path<(String, String)>,
+    upgrade: WebSocketUpgrade,
+    path: &'static str,
+    query: ExecQuery,
+) -> Result<Response> {
     let upgrade = upgrade.protocols(channel::EXEC_PROTOCOLS);
     let target = Target {
         ns,
         name,
-        container: exec.container.clone(),
-        path: "exec",
-        query: exec.to_query(),
+        container: query.container.clone(),
+        path,
+        query: query.to_query(),
     };
     relay(&state, upgrade, target).await
 }

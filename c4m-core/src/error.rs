@@ -96,6 +96,14 @@ pub enum Error {
         source: BoxError,
     },
 
+    /// A container's image is not on the node and its `imagePullPolicy`
+    /// is `Never` (the kubelet's `ErrImageNeverPull`).
+    #[error("Container image {reference:?} is not present with pull policy of Never")]
+    ImageNeverPull {
+        /// The image as the container names it.
+        reference: String,
+    },
+
     /// A layer under the driver failed (cgroups, a daemon's API, ...).
     #[error("{context}: {source}")]
     Driver {

@@ -63,6 +63,8 @@ pub use model::pod::{
     AUTO_DRIVER, CONTAINER_DRIVERS, DEFAULT_DRIVER, Requests, instance_driver, pod_requests,
     pod_template_for_microservice, resolve_default_driver,
 };
+pub use model::pod_etc;
+pub use model::pull_secrets::{registry_login, registry_of_config_key};
 pub use model::vpc::{DEFAULT_VPC, Vpc, VpcSpec, cidrs_overlap, parse_vpc_cidr};
 pub use model::{Instance, annotations, labels};
 pub use probe::{ProbeFailure, ProbeTracker, Prober, probe_timeout};
@@ -70,8 +72,8 @@ pub use quantity::{format_cpu_millis, format_memory_bytes, parse_cpu_millis, par
 pub use reference::{InvalidReference, Reference, SHA256_PREFIX, sha256_hex};
 pub use runtime::{
     ContainerRuntime, ContainerSpec, ContainerState, ContainerStatus, ExecOutput, ExecRequest,
-    ExecSession, LogOptions, PortBinding, PortSpec, ResizeTerminal, ResourceLimits, ResourceUsage,
-    TerminalSize,
+    ExecSession, LogOptions, PortBinding, PortSpec, PullPolicy, RegistryLogin, ResizeTerminal,
+    ResourceLimits, ResourceUsage, TerminalSize,
 };
 #[cfg(feature = "spdy")]
 pub use spdy::{SpdyCodec, SpdyError, SpdyFrame};

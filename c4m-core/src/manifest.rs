@@ -1016,7 +1016,146 @@ fn check_pod_spec(spec: &PodSpec, path: &str) -> Result<(), FieldError> {
         spec.preemption_policy.as_deref(),
         &join(path, "preemptionPolicy"),
     )?;
+    check_pod_dns_and_pulls(spec, path)?;
     check_restart_policy(spec.restart_policy.as_deref(), &join(path, "restartPolicy"))
+}
+
+/// What the kubelet reads for a pod's `/etc` files and image pulls, checked
+/// as the API server checks it, and refused when the driver the pod names
+/// cannot honour it ([`crate::pod_etc::unsupported_by_driver`]).
+fn check_pod_dns_and_pulls(spec: &PodSpec, path: &str) -> Result<(), FieldError> {
+    for (field, value) in [("hostname", &spec.hostname), ("subdomain", &spec.subdomain)] {
+        if let Some(value) = value.as_deref().filter(|v| !v.is_empty()) {
+            dns1123_label(value)
+                .map_err(|reason| field_error(join(path, field), format!("{value:?} {reason}")))?;
+        }
+    }
+    let policy = spec.dns_policy.as_deref().unwrap_or("ClusterFirst");
+    if !["ClusterFirst", "ClusterFirstWithHostNet", "Default", "None"].contains(&policy) {
+        return Err(field_error(
+            join(path, "dnsPolicy"),
+            format!(
+                "{policy:?} is not one of ClusterFirst, ClusterFirstWithHostNet, Default, None"
+            ),
+        ));
+    }
+    let config = spec.dns_config.as_ref();
+    let nameservers = config
+        .and_then(|c| c.nameservers.as_deref())
+        .unwrap_or_default();
+    if policy == "None" && nameservers.is_empty() {
+        return Err(field_error(
+            join(path, "dnsConfig.nameservers"),
+            "must provide at least one DNS nameserver when dnsPolicy is None",
+        ));
+    }
+    if nameservers.len() > crate::pod_etc::MAX_NAMESERVERS {
+        return Err(field_error(
+            join(path, "dnsConfig.nameservers"),
+            format!(
+                "must not have more than {} nameservers",
+                crate::pod_etc::MAX_NAMESERVERS
+            ),
+        ));
+    }
+    for (i, nameserver) in nameservers.iter().enumerate() {
+        if nameserver.parse::<std::net::IpAddr>().is_err() {
+            return Err(field_error(
+                format!("{}[{i}]", join(path, "dnsConfig.nameservers")),
+                format!("{nameserver:?} must be a valid IP address"),
+            ));
+        }
+    }
+    let searches = config
+        .and_then(|c| c.searches.as_deref())
+        .unwrap_or_default();
+    if searches.len() > crate::pod_etc::MAX_SEARCHES {
+        return Err(field_error(
+            join(path, "dnsConfig.searches"),
+            format!(
+                "must not have more than {} search paths",
+                crate::pod_etc::MAX_SEARCHES
+            ),
+        ));
+    }
+    for (i, search) in searches.iter().enumerate() {
+        dns1123_subdomain(search.strip_suffix('.').unwrap_or(search)).map_err(|reason| {
+            field_error(
+                format!("{}[{i}]", join(path, "dnsConfig.searches")),
+                format!("{search:?} {reason}"),
+            )
+        })?;
+    }
+    for (i, option) in config
+        .and_then(|c| c.options.as_deref())
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+    {
+        if option.name.as_deref().is_none_or(str::is_empty) {
+            return Err(field_error(
+                format!("{}[{i}].name", join(path, "dnsConfig.options")),
+                "must not be empty",
+            ));
+        }
+    }
+    for (i, alias) in spec
+        .host_aliases
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+    {
+        let alias_path = format!("{}[{i}]", join(path, "hostAliases"));
+        if alias.ip.parse::<std::net::IpAddr>().is_err() {
+            return Err(field_error(
+                join(&alias_path, "ip"),
+                format!("{:?} must be a valid IP address", alias.ip),
+            ));
+        }
+        for (j, hostname) in alias
+            .hostnames
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+        {
+            dns1123_subdomain(hostname).map_err(|reason| {
+                field_error(
+                    format!("{}[{j}]", join(&alias_path, "hostnames")),
+                    format!("{hostname:?} {reason}"),
+                )
+            })?;
+        }
+    }
+    let init_containers = spec.init_containers.as_deref().unwrap_or_default();
+    for (field, containers) in [
+        ("containers", &spec.containers[..]),
+        ("initContainers", init_containers),
+    ] {
+        for (i, container) in containers.iter().enumerate() {
+            crate::PullPolicy::of(container.image_pull_policy.as_deref(), None).map_err(
+                |reason| {
+                    field_error(
+                        format!("{}[{i}].imagePullPolicy", join(path, field)),
+                        reason,
+                    )
+                },
+            )?;
+            if container.tty == Some(true) {
+                return Err(field_error(
+                    format!("{}[{i}].tty", join(path, field)),
+                    "is not supported: no driver gives a container's main process a terminal; attach to its stdin without one (stdin: true, kubectl run -i)",
+                ));
+            }
+        }
+    }
+    if let Some(driver) = spec.runtime_class_name.as_deref()
+        && let Some((field, why)) = crate::pod_etc::unsupported_by_driver(driver, spec)
+    {
+        return Err(field_error(join(path, field), why));
+    }
+    Ok(())
 }
 
 /// A PriorityClass name an instance refers to (empty means none).
@@ -1461,8 +1600,6 @@ const UNHONOURED: &[(Scope, &str, &str)] = &[
     (Scope::PodSpec, "hostNetwork=true", IGNORED),
     (Scope::PodSpec, "hostPID=true", IGNORED),
     (Scope::PodSpec, "hostIPC=true", IGNORED),
-    (Scope::PodSpec, "hostAliases", IGNORED),
-    (Scope::PodSpec, "dnsConfig", IGNORED),
     (
         Scope::PodSpec,
         "serviceAccountName",
@@ -1473,7 +1610,6 @@ const UNHONOURED: &[(Scope, &str, &str)] = &[
         "serviceAccount",
         "is accepted but has no effect",
     ),
-    (Scope::PodSpec, "imagePullSecrets", IGNORED),
     (
         Scope::Kind("Deployment"),
         "spec.strategy.type=Recreate",
@@ -1954,6 +2090,98 @@ spec:
         assert_eq!(
             validate_value(&value).unwrap_err().1,
             "exactly one of exec, httpGet, tcpSocket or grpc is required, found httpGet, tcpSocket"
+        );
+    }
+
+    #[test]
+    fn pod_dns_hosts_and_pulls_are_checked_as_kubernetes_checks_them() {
+        let pod = |spec: &str| {
+            parse_one(&format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: p}}\nspec: {{containers: [{{name: a, image: bb:1}}], {spec}}}"
+            ))
+        };
+        let valid = validate_value(&pod(
+            "hostname: db, subdomain: nodes, hostAliases: [{ip: 10.0.0.1, hostnames: [foo.local]}], dnsPolicy: None, dnsConfig: {nameservers: [1.1.1.1], searches: [a.example.], options: [{name: ndots, value: '2'}]}, imagePullSecrets: [{name: regcred}]",
+        ))
+        .unwrap();
+        assert!(valid.warnings.is_empty(), "{:?}", valid.warnings);
+        for (spec, path, message) in [
+            ("hostname: Db", "spec.hostname", "\"Db\" must consist of"),
+            (
+                "subdomain: a.b",
+                "spec.subdomain",
+                "\"a.b\" must consist of",
+            ),
+            (
+                "dnsPolicy: Cluster",
+                "spec.dnsPolicy",
+                "\"Cluster\" is not one of",
+            ),
+            (
+                "dnsPolicy: None",
+                "spec.dnsConfig.nameservers",
+                "must provide at least one",
+            ),
+            (
+                "dnsConfig: {nameservers: [1.1.1.1, 2.2.2.2, 3.3.3.3, 4.4.4.4]}",
+                "spec.dnsConfig.nameservers",
+                "must not have more than 3",
+            ),
+            (
+                "dnsConfig: {nameservers: [dns.example]}",
+                "spec.dnsConfig.nameservers[0]",
+                "must be a valid IP",
+            ),
+            (
+                "dnsConfig: {searches: [UP.example]}",
+                "spec.dnsConfig.searches[0]",
+                "\"UP.example\" must consist",
+            ),
+            (
+                "dnsConfig: {options: [{value: '1'}]}",
+                "spec.dnsConfig.options[0].name",
+                "must not be empty",
+            ),
+            (
+                "hostAliases: [{ip: 10.0.0.300, hostnames: [a]}]",
+                "spec.hostAliases[0].ip",
+                "must be a valid IP",
+            ),
+            (
+                "hostAliases: [{ip: 10.0.0.3, hostnames: [a, -b]}]",
+                "spec.hostAliases[0].hostnames[1]",
+                "\"-b\" must consist",
+            ),
+            (
+                "initContainers: [{name: i, image: bb:1, imagePullPolicy: always}]",
+                "spec.initContainers[0].imagePullPolicy",
+                "\"always\" is not one of Always, IfNotPresent, Never",
+            ),
+            (
+                "runtimeClassName: process, hostAliases: [{ip: 10.0.0.3, hostnames: [a]}]",
+                "spec.hostAliases",
+                "the process driver cannot honour it",
+            ),
+            (
+                "runtimeClassName: docker, subdomain: s",
+                "spec.subdomain",
+                "the docker driver cannot honour it",
+            ),
+            (
+                "initContainers: [{name: i, image: bb:1, tty: true}]",
+                "spec.initContainers[0].tty",
+                "is not supported",
+            ),
+        ] {
+            let (error_path, error) = validate_value(&pod(spec)).unwrap_err();
+            assert_eq!(error_path, path, "{spec}: {error}");
+            assert!(error.contains(message), "{spec}: {error}");
+        }
+        assert!(
+            validate_value(&pod(
+                "runtimeClassName: oci, hostAliases: [{ip: 10.0.0.3, hostnames: [a]}]"
+            ))
+            .is_ok()
         );
     }
 

@@ -66,6 +66,95 @@ pub struct ContainerSpec {
     /// that run host processes ignore it.
     #[serde(default)]
     pub hostname: Option<String>,
+    /// A hosts file to mount at `/etc/hosts` (the kubelet's managed one,
+    /// [`crate::pod_etc::hosts_file`]); drivers that run host processes
+    /// ignore it.
+    #[serde(default)]
+    pub hosts_file: Option<PathBuf>,
+    /// A file holding the host name, to mount at `/etc/hostname`.
+    #[serde(default)]
+    pub hostname_file: Option<PathBuf>,
+    /// When to pull the image (`imagePullPolicy`, defaulted as Kubernetes
+    /// does: see [`PullPolicy::of`]).
+    #[serde(default)]
+    pub pull_policy: PullPolicy,
+    /// The login for the image's registry, from the pod's
+    /// `imagePullSecrets`. Never written to disk with the spec.
+    #[serde(skip)]
+    pub pull_credentials: Option<RegistryLogin>,
+    /// Keep the main process's standard input open for attaching
+    /// (`stdin: true`); without it, it reads end of file.
+    #[serde(default)]
+    pub stdin: bool,
+    /// Close that standard input when the first attached client detaches
+    /// (`stdinOnce: true`, as `kubectl run -i` asks).
+    #[serde(default)]
+    pub stdin_once: bool,
+}
+
+/// When a driver pulls a container's image (`imagePullPolicy`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PullPolicy {
+    /// Pull every time the container starts.
+    Always,
+    /// Pull only when the node lacks the image.
+    #[default]
+    IfNotPresent,
+    /// Never pull: a missing image is `ErrImageNeverPull`.
+    Never,
+}
+
+impl PullPolicy {
+    /// The policy a container asks for (`policy`), or Kubernetes' default
+    /// for `image`: `Always` when its tag is `latest` or it has neither tag
+    /// nor digest, else `IfNotPresent`. An unknown policy is refused, with
+    /// the reason.
+    pub fn of(
+        policy: Option<&str>,
+        image: Option<&str>,
+    ) -> std::result::Result<PullPolicy, String> {
+        match policy.filter(|p| !p.is_empty()) {
+            Some("Always") => Ok(PullPolicy::Always),
+            Some("IfNotPresent") => Ok(PullPolicy::IfNotPresent),
+            Some("Never") => Ok(PullPolicy::Never),
+            Some(other) => Err(format!(
+                "{other:?} is not one of Always, IfNotPresent, Never"
+            )),
+            None => {
+                let latest = image
+                    .and_then(|image| crate::Reference::parse(image).ok())
+                    .is_some_and(|r| match r.tag.as_deref() {
+                        Some(tag) => tag == "latest",
+                        None => r.digest.is_none(),
+                    });
+                Ok(if latest {
+                    PullPolicy::Always
+                } else {
+                    PullPolicy::IfNotPresent
+                })
+            }
+        }
+    }
+}
+
+/// A user name and password for a registry (from a
+/// `kubernetes.io/dockerconfigjson` Secret). Its `Debug` hides the
+/// password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RegistryLogin {
+    /// User name.
+    pub username: String,
+    /// Password or token.
+    pub password: String,
+}
+
+impl std::fmt::Debug for RegistryLogin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryLogin")
+            .field("username", &self.username)
+            .field("password", &"<hidden>")
+            .finish()
+    }
 }
 
 /// A port the container listens on.
@@ -289,6 +378,20 @@ pub trait ContainerRuntime: Send + Sync + 'static {
         Err(Error::Unsupported {
             driver: self.name().to_string(),
             operation: "interactive exec",
+        })
+    }
+
+    /// Attaches to the container's main process (`kubectl attach`): its
+    /// output from now on and, when it was started with one
+    /// ([`ContainerSpec::stdin`]), its standard input ([`ExecRequest::command`]
+    /// is empty). `exit` resolves when the process ends; dropping the
+    /// session before that detaches, leaving it running. Drivers without
+    /// it answer [`Error::Unsupported`].
+    async fn attach(&self, id: &str, request: ExecRequest) -> Result<ExecSession> {
+        let _ = (id, request);
+        Err(Error::Unsupported {
+            driver: self.name().to_string(),
+            operation: "attach",
         })
     }
 }

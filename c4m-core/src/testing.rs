@@ -166,6 +166,11 @@ impl ContainerRuntime for FakeRuntime {
             .as_ref()
             .filter(|image| state.missing_images.contains(*image))
         {
+            if spec.pull_policy == crate::PullPolicy::Never {
+                return Err(Error::ImageNeverPull {
+                    reference: image.clone(),
+                });
+            }
             return Err(Error::Image {
                 reference: image.clone(),
                 source: "manifest unknown (as the test asked)".into(),

@@ -40,7 +40,7 @@ pub const DEFAULT_CLUSTER_DOMAIN: &str = "c4m";
 /// `namespace` of a cluster whose domain is `cluster_domain` (`c4m`,
 /// `cluster.local`), as the kubelet writes them.
 pub fn search_domains(namespace: &str, cluster_domain: &str) -> String {
-    format!("{namespace}.svc.{cluster_domain} svc.{cluster_domain} {cluster_domain}")
+    c4m_core::pod_etc::cluster_searches(namespace, cluster_domain).join(" ")
 }
 
 /// A port of an instance published on the node (a container's

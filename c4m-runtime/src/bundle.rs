@@ -332,13 +332,20 @@ pub(super) fn runtime_spec(spec: &ContainerSpec, input: &BundleInput<'_>) -> Res
         .build()
         .map_err(fail)?;
     let mut mounts = get_default_mounts();
-    if let Some(resolv_conf) = &spec.resolv_conf {
-        // The instance's DNS: its VPC gateway, which relays to c4m's DNS.
+    // The files the agent writes for the pod, as the kubelet does: its DNS
+    // (the VPC gateway, which relays to c4m's DNS), hosts and host name.
+    let pod_files = [
+        ("/etc/resolv.conf", &spec.resolv_conf),
+        ("/etc/hosts", &spec.hosts_file),
+        ("/etc/hostname", &spec.hostname_file),
+    ];
+    for (destination, source) in pod_files {
+        let Some(source) = source else { continue };
         mounts.push(
             MountBuilder::default()
-                .destination("/etc/resolv.conf")
+                .destination(destination)
                 .typ("bind")
-                .source(resolv_conf.clone())
+                .source(source.clone())
                 .options(vec!["rbind".to_string(), "ro".to_string()])
                 .build()
                 .map_err(fail)?,

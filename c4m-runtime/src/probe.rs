@@ -275,8 +275,7 @@ mod tests {
             network_namespace: None,
             privileged: false,
             read_only_root_filesystem: false,
-            resolv_conf: None,
-            hostname: None,
+            ..ContainerSpec::default()
         };
         ContainerStatus {
             id: spec.id.clone(),
@@ -427,8 +426,7 @@ mod tests {
             network_namespace: None,
             privileged: false,
             read_only_root_filesystem: false,
-            resolv_conf: None,
-            hostname: None,
+            ..ContainerSpec::default()
         };
         let status = runtime.start(&spec).await.unwrap();
         let exec = |script: &str| Probe {

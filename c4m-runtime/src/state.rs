@@ -81,10 +81,35 @@ where
 #[error("not in this node's image store, and pulling it failed: {0}")]
 struct NotPulled(#[source] c4m_image::Error);
 
-/// The image `reference` names in `images`, pulled first if the store
-/// lacks it (as a kubelet with `IfNotPresent` does).
+/// The image `spec` names (as `reference`) in `images`, pulled as its
+/// `imagePullPolicy` says: `IfNotPresent` when the store lacks it, `Always`
+/// every time, `Never` not at all (a missing image is
+/// [`Error::ImageNeverPull`]). A pull logs in with the spec's registry
+/// login, if it has one.
 #[cfg(any(feature = "oci", feature = "containerd"))]
-pub(crate) async fn image_on_demand(images: &Arc<ImageStore>, reference: &str) -> Result<Image> {
+pub(crate) async fn image_on_demand(
+    images: &Arc<ImageStore>,
+    spec: &ContainerSpec,
+    reference: &str,
+) -> Result<Image> {
+    let pull = || async {
+        let login = spec
+            .pull_credentials
+            .as_ref()
+            .map(|login| c4m_image::RegistryCredentials {
+                username: login.username.clone(),
+                password: login.password.clone(),
+            });
+        c4m_image::pull(images, reference, login.as_ref())
+            .await
+            .map_err(|e| Error::Image {
+                reference: reference.to_string(),
+                source: Box::new(NotPulled(e)),
+            })
+    };
+    if spec.pull_policy == c4m_core::PullPolicy::Always {
+        return pull().await;
+    }
     let store = Arc::clone(images);
     let wanted = reference.to_string();
     let found = tokio::task::spawn_blocking(move || store.resolve(&wanted))
@@ -92,12 +117,12 @@ pub(crate) async fn image_on_demand(images: &Arc<ImageStore>, reference: &str) -
         .map_err(|e| Error::driver("an image store task", e))?;
     match found {
         Ok(image) => Ok(image),
-        Err(c4m_image::Error::NotFound(_)) => c4m_image::pull(images, reference, None)
-            .await
-            .map_err(|e| Error::Image {
+        Err(c4m_image::Error::NotFound(_)) if spec.pull_policy == c4m_core::PullPolicy::Never => {
+            Err(Error::ImageNeverPull {
                 reference: reference.to_string(),
-                source: Box::new(NotPulled(e)),
-            }),
+            })
+        }
+        Err(c4m_image::Error::NotFound(_)) => pull().await,
         Err(e) => Err(e.into()),
     }
 }

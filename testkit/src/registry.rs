@@ -11,6 +11,7 @@ use crate::{free_port, wait_for};
 pub struct Registry {
     child: Child,
     port: u16,
+    login: Option<(String, String)>,
 }
 
 impl Registry {
@@ -20,17 +21,41 @@ impl Registry {
     /// When `docker-registry` is not installed or does not listen within
     /// 20 s.
     pub fn start(dir: &Path) -> Registry {
+        Registry::start_with(dir, None)
+    }
+
+    /// [`Registry::start`], answering only requests that log in as
+    /// `username` with `password` (HTTP basic, an htpasswd file made with
+    /// `htpasswd` from apache2-utils); pushes log in too.
+    ///
+    /// # Panics
+    /// As [`Registry::start`], or when `htpasswd` is missing.
+    pub fn start_with_login(dir: &Path, username: &str, password: &str) -> Registry {
+        Registry::start_with(dir, Some((username.to_string(), password.to_string())))
+    }
+
+    fn start_with(dir: &Path, login: Option<(String, String)>) -> Registry {
         std::fs::create_dir_all(dir).expect("creating the registry's directory");
         let port = free_port();
         let config = dir.join("registry.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog: {{level: warn}}\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
-                dir.join("registry").display()
-            ),
-        )
-        .expect("writing the registry's config");
+        let mut text = format!(
+            "version: 0.1\nlog: {{level: warn}}\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            dir.join("registry").display()
+        );
+        if let Some((username, password)) = &login {
+            let output = Command::new("htpasswd")
+                .args(["-Bbn", username, password])
+                .output()
+                .expect("htpasswd is required (apt-get install apache2-utils)");
+            assert!(output.status.success(), "htpasswd failed: {output:?}");
+            let file = dir.join("htpasswd");
+            std::fs::write(&file, output.stdout).expect("writing the htpasswd file");
+            text.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: c4m-testkit\n    path: {}\n",
+                file.display()
+            ));
+        }
+        std::fs::write(&config, text).expect("writing the registry's config");
         let child = Command::new("docker-registry")
             .arg("serve")
             .arg(&config)
@@ -38,7 +63,7 @@ impl Registry {
             .stderr(Stdio::null())
             .spawn()
             .expect("docker-registry is required (apt-get install docker-registry)");
-        let registry = Registry { child, port };
+        let registry = Registry { child, port, login };
         wait_for("the registry to listen", Duration::from_secs(20), || {
             std::net::TcpStream::connect(("127.0.0.1", port))
                 .ok()
@@ -63,8 +88,12 @@ impl Registry {
     /// # Panics
     /// When skopeo is missing or the copy fails.
     pub fn push_oci_layout(&self, layout: &Path, tag: &str, name: &str) {
-        let status = Command::new("skopeo")
-            .args(["copy", "--quiet", "--dest-tls-verify=false"])
+        let mut skopeo = Command::new("skopeo");
+        skopeo.args(["copy", "--quiet", "--dest-tls-verify=false"]);
+        if let Some((username, password)) = &self.login {
+            skopeo.arg(format!("--dest-creds={username}:{password}"));
+        }
+        let status = skopeo
             .arg(format!("oci:{}:{tag}", layout.display()))
             .arg(format!("docker://{}/{name}", self.host()))
             .status()

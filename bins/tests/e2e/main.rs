@@ -21,6 +21,7 @@ mod kubectl_stream;
 mod oci;
 mod overlay;
 mod placement;
+mod pod_spec;
 mod pods;
 mod policy;
 mod python_client;

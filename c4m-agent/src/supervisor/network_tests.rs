@@ -202,6 +202,11 @@ async fn a_namespaced_instance_gets_a_vpc_address_dns_and_is_detached() {
         network: Some(Arc::new(network)),
         prober: Arc::new(c4m_runtime::DefaultProber),
         backoff: super::RestartBackoff::default(),
+        pod_etc: crate::pod_etc::PodEtc {
+            dir: run_dir.path().join("pods"),
+            cluster_domain: "c4m".into(),
+            node_resolv_conf: run_dir.path().join("node-resolv.conf"),
+        },
     };
     let running = tokio::spawn(supervisor.run(shutdown.clone()));
 
@@ -250,15 +255,15 @@ async fn a_namespaced_instance_gets_a_vpc_address_dns_and_is_detached() {
         .unwrap()
         .expect("attached");
     assert_eq!(namespace, attachment.network_namespace);
+    // The pod's own resolv.conf (the kubelet's ClusterFirst), hosts and
+    // host name, naming its gateway and address.
+    let resolv_conf = std::fs::read_to_string(started.spec.resolv_conf.unwrap()).unwrap();
     assert_eq!(
-        started.spec.resolv_conf,
-        Some(attachment.resolv_conf.clone())
+        resolv_conf,
+        "search shop.svc.c4m svc.c4m c4m\nnameserver 10.99.34.1\noptions ndots:5\n"
     );
-    let resolv_conf = std::fs::read_to_string(&attachment.resolv_conf).unwrap();
-    assert!(
-        resolv_conf.starts_with("nameserver 10.99.34.1\nsearch shop.svc.c4m svc.c4m c4m\n"),
-        "{resolv_conf}"
-    );
+    let hosts = std::fs::read_to_string(started.spec.hosts_file.unwrap()).unwrap();
+    assert!(hosts.ends_with("\n10.99.34.2\tweb-1\n"), "{hosts}");
     assert_eq!(attachment.vpc, "agent-blue");
     assert_eq!(attachment.address, Ipv4Addr::new(10, 99, 34, 2));
 

@@ -50,6 +50,7 @@ impl Harness {
             network: None,
             prober: Arc::new(prober.clone()),
             backoff: BACKOFF,
+            pod_etc: crate::pod_etc::PodEtc::new(&std::env::temp_dir(), "cluster.local"),
         };
         let running = tokio::spawn(supervisor.run(shutdown.clone()));
         Harness {
@@ -200,6 +201,76 @@ async fn an_unpullable_image_shows_err_image_pull_then_image_pull_back_off() {
         .await;
     assert_eq!(running[0].reason, "");
     assert_eq!(running[0].restart_count, 0, "pulls are not restarts");
+    harness.stop().await;
+}
+
+/// `imagePullPolicy: Never` with the image missing waits with the
+/// kubelet's `ErrImageNeverPull` (never turned into `ImagePullBackOff`) and
+/// starts once the node has the image.
+#[tokio::test]
+async fn a_missing_image_that_may_not_be_pulled_shows_err_image_never_pull() {
+    let runtime = FakeRuntime::new();
+    let image = "127.0.0.1:1/local-only:1";
+    runtime.lack_image(image);
+    let mut harness = Harness::start(&runtime);
+    let mut web = pod("web");
+    let container = &mut web.spec.as_mut().unwrap().containers[0];
+    container.image = Some(image.into());
+    container.image_pull_policy = Some("Never".into());
+    harness.assign(std::slice::from_ref(&web));
+    let reason = |s: &[InstanceStatus]| s.first().map(|s| s.reason.clone()).unwrap_or_default();
+    let waiting = harness.wait_for(|s| reason(s) == "ErrImageNeverPull").await;
+    assert_eq!(
+        waiting[0].message,
+        format!("Container image {image:?} is not present with pull policy of Never")
+    );
+    // Still the same reason after the moment ErrImagePull would turn
+    // into ImagePullBackOff (half the 1 s pull backoff).
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(reason(&harness.statuses.borrow()), "ErrImageNeverPull");
+    runtime.publish_image(image);
+    harness
+        .wait_for(|s| s.first().is_some_and(|s| s.phase == "Running"))
+        .await;
+    harness.stop().await;
+}
+
+/// A pod whose node's default driver shares the node's `/etc/hosts`
+/// cannot have its `hostAliases`: it waits with
+/// `CreateContainerConfigError` naming the field, and is not started.
+#[tokio::test]
+async fn fields_the_nodes_default_driver_cannot_honour_are_refused_by_name() {
+    let runtime = FakeRuntime::new().named("process");
+    let mut harness = Harness::start(&runtime);
+    let mut web: Instance = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "web", "namespace": "default", "uid": "uid-web"},
+        "spec": {
+            "hostAliases": [{"ip": "10.0.0.1", "hostnames": ["db"]}],
+            "containers": [{"name": "main", "command": ["serve"]}],
+        },
+    }))
+    .unwrap();
+    harness.assign(std::slice::from_ref(&web));
+    let refused = harness
+        .wait_for(|s| {
+            s.first()
+                .is_some_and(|s| s.reason == "CreateContainerConfigError")
+        })
+        .await;
+    assert!(
+        refused[0]
+            .message
+            .starts_with("spec.hostAliases: the process driver cannot honour it"),
+        "{refused:?}"
+    );
+    assert_eq!(runtime.starts(&container_id(&web)), 0);
+    // Without the field it runs.
+    web.spec.as_mut().unwrap().host_aliases = None;
+    web.metadata.uid = Some("uid-web-2".into());
+    harness.assign(std::slice::from_ref(&web));
+    harness
+        .wait_for(|s| s.first().is_some_and(|s| s.phase == "Running"))
+        .await;
     harness.stop().await;
 }
 

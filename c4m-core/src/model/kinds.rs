@@ -56,7 +56,7 @@ pub static KINDS: &[ResourceKind] = &[
         "pods",
         ["pod", "po", "instances", "instance", "inst"],
         true,
-        ["status", "log", "exec", "portforward"]
+        ["status", "log", "exec", "attach", "portforward"]
     ),
     kind!(
         "",

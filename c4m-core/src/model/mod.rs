@@ -3,6 +3,8 @@
 pub(crate) mod kinds;
 pub(crate) mod microservice;
 pub(crate) mod pod;
+pub mod pod_etc;
+pub(crate) mod pull_secrets;
 pub(crate) mod vpc;
 
 /// An instance: the unit the scheduler places and an agent runs. It *is* a
@@ -36,6 +38,11 @@ pub mod annotations {
     /// index), assigned by the control plane when the node registers for
     /// instance networking, as Kubernetes assigns `node.spec.podCIDR`.
     pub const NODE_SLICE: &str = "c4m.io/node-slice";
+    /// On an instance as it leaves for its node, never stored: the
+    /// registry logins of its `imagePullSecrets`, as JSON
+    /// `{"REGISTRY": {"username": .., "password": ..}}`, which the control
+    /// plane resolves (and sets or removes) as it does `valueFrom`.
+    pub const REGISTRY_LOGINS: &str = "c4m.io/registry-logins";
 }
 
 /// Label keys c4m writes or reads.

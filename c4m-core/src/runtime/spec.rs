@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use k8s_openapi::api::core::v1::{Container, Pod};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
-use super::{ContainerSpec, PortSpec, ResourceLimits};
+use super::{ContainerSpec, PortSpec, PullPolicy, ResourceLimits};
 use crate::{Error, Result};
 
 /// Where the container is in the Pod, for error messages.
@@ -65,8 +65,19 @@ impl ContainerSpec {
             read_only_root_filesystem: container_security
                 .and_then(|s| s.read_only_root_filesystem)
                 .unwrap_or(false),
-            resolv_conf: None,
-            hostname: spec.hostname.clone().or_else(|| pod.metadata.name.clone()),
+            hostname: Some(crate::pod_etc::pod_hostname(pod)),
+            pull_policy: PullPolicy::of(
+                container.image_pull_policy.as_deref(),
+                container.image.as_deref(),
+            )
+            .map_err(|e| invalid(&format!("{CONTAINER_PATH}.imagePullPolicy"), e))?,
+            stdin: container.stdin.unwrap_or(false),
+            stdin_once: container.stdin_once.unwrap_or(false),
+            pull_credentials: container
+                .image
+                .as_deref()
+                .and_then(|image| crate::registry_login(pod, image)),
+            ..ContainerSpec::default()
         })
     }
 }
@@ -234,8 +245,9 @@ spec:
                 network_namespace: None,
                 privileged: false,
                 read_only_root_filesystem: false,
-                resolv_conf: None,
                 hostname: Some("web-0".into()),
+                pull_policy: PullPolicy::IfNotPresent,
+                ..ContainerSpec::default()
             }
         );
     }
@@ -253,6 +265,49 @@ spec:
         assert_eq!(spec.resources.memory_request_bytes, 1 << 30);
         assert_eq!(spec.user, None);
         assert!(spec.command.is_empty());
+    }
+
+    #[test]
+    fn pull_policy_defaults_as_kubernetes_does() {
+        let policy = |image: &str, policy: &str| {
+            let policy = if policy.is_empty() {
+                String::new()
+            } else {
+                format!(", imagePullPolicy: {policy}")
+            };
+            ContainerSpec::from_pod(
+                &pod(&format!(
+                    "spec: {{containers: [{{name: a, image: {image:?}{policy}}}]}}"
+                )),
+                "a".into(),
+            )
+            .map(|spec| spec.pull_policy)
+        };
+        assert_eq!(policy("busybox", "").unwrap(), PullPolicy::Always);
+        assert_eq!(policy("busybox:latest", "").unwrap(), PullPolicy::Always);
+        assert_eq!(
+            policy("127.0.0.1:5000/bb:latest", "").unwrap(),
+            PullPolicy::Always
+        );
+        assert_eq!(
+            policy("busybox:1.36", "").unwrap(),
+            PullPolicy::IfNotPresent
+        );
+        let digest = format!("busybox@sha256:{}", "a".repeat(64));
+        assert_eq!(policy(&digest, "").unwrap(), PullPolicy::IfNotPresent);
+        assert_eq!(
+            policy("busybox", "IfNotPresent").unwrap(),
+            PullPolicy::IfNotPresent
+        );
+        assert_eq!(policy("busybox:1", "Always").unwrap(), PullPolicy::Always);
+        assert_eq!(policy("busybox:1", "Never").unwrap(), PullPolicy::Never);
+        assert_eq!(
+            policy("busybox:1", "Sometimes").unwrap_err().to_string(),
+            "spec.containers[0].imagePullPolicy: \"Sometimes\" is not one of Always, IfNotPresent, Never"
+        );
+        let named = pod("metadata: {name: web-0}\nspec: {hostname: db, containers: [{name: a}]}");
+        let spec = ContainerSpec::from_pod(&named, "a".into()).unwrap();
+        assert_eq!(spec.hostname.as_deref(), Some("db"));
     }
 
     #[test]

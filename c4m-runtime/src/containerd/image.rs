@@ -78,16 +78,17 @@ fn image_error(reference: &str, what: &str, status: &containerd_client::tonic::S
 }
 
 /// Makes sure containerd has the image `reference` names (pulled into c4m's
-/// store first if it lacks it).
+/// store first as `spec`'s pull policy says).
 pub(super) async fn ensure(
     client: &Client,
     images: &Arc<ImageStore>,
+    spec: &c4m_core::ContainerSpec,
     reference: &str,
 ) -> Result<Imported> {
     // Garbage collection of c4m's store waits until the blobs are copied.
     let store = Arc::clone(images);
     let _fence = blocking(move || store.gc_fence()).await?;
-    let image = state::image_on_demand(images, reference).await?;
+    let image = state::image_on_demand(images, spec, reference).await?;
     let store = Arc::clone(images);
     let wanted = image.clone();
     let (config, layer_dirs, manifest_path, config_path, layer_paths) = blocking(move || {

@@ -384,7 +384,7 @@ impl Inner {
             // One import at a time: containerd refuses a second writer of
             // the same blob, and the second start then finds it all there.
             let _importing = self.imports.lock().await;
-            image::ensure(&self.client, &self.images, &reference).await?
+            image::ensure(&self.client, &self.images, spec, &reference).await?
         };
         let input = bundle::BundleInput {
             image: image.config.config().as_ref(),

@@ -328,33 +328,53 @@ impl Inner {
         }
     }
 
-    /// Makes sure the runtime has `image`, pulling it if not (Kubernetes'
-    /// `IfNotPresent`).
-    async fn ensure_image(&self, id: &str, image: &str, sandbox: &PodSandboxConfig) -> Result<()> {
+    /// Makes sure the runtime has `image`, pulled as `container`'s
+    /// `imagePullPolicy` says (with its registry login, if any).
+    async fn ensure_image(
+        &self,
+        container: &ContainerSpec,
+        image: &str,
+        sandbox: &PodSandboxConfig,
+    ) -> Result<()> {
+        let id = container.id.as_str();
         let spec = ImageSpec {
             image: image.to_string(),
             ..Default::default()
         };
-        let present = self
-            .images
-            .clone()
-            .image_status(ImageStatusRequest {
-                image: Some(spec.clone()),
-                verbose: false,
-            })
-            .await
-            .map_err(|e| call_error(id, &format!("ImageStatus {image}"), &e))?
-            .into_inner()
-            .image
-            .is_some();
+        let present = container.pull_policy != c4m_core::PullPolicy::Always
+            && self
+                .images
+                .clone()
+                .image_status(ImageStatusRequest {
+                    image: Some(spec.clone()),
+                    verbose: false,
+                })
+                .await
+                .map_err(|e| call_error(id, &format!("ImageStatus {image}"), &e))?
+                .into_inner()
+                .image
+                .is_some();
         if present {
             return Ok(());
         }
+        if container.pull_policy == c4m_core::PullPolicy::Never {
+            return Err(Error::ImageNeverPull {
+                reference: image.to_string(),
+            });
+        }
+        let auth = container
+            .pull_credentials
+            .as_ref()
+            .map(|login| api::AuthConfig {
+                username: login.username.clone(),
+                password: login.password.clone(),
+                ..Default::default()
+            });
         self.images
             .clone()
             .pull_image(PullImageRequest {
                 image: Some(spec),
-                auth: None,
+                auth,
                 sandbox_config: Some(sandbox.clone()),
             })
             .await
@@ -493,7 +513,7 @@ impl Inner {
         }
         let sandbox_config = config::sandbox_config(spec, &log_dir)?;
         // The image first: a missing one leaves no sandbox behind.
-        self.ensure_image(id, image, &sandbox_config).await?;
+        self.ensure_image(spec, image, &sandbox_config).await?;
         let (sandbox_id, new_sandbox) = self.sandbox(spec, &sandbox_config).await?;
         // A restart replaces the exited container in the same sandbox (the
         // log file goes on).

@@ -155,21 +155,38 @@ impl DockerRuntime {
             .map_err(|e| self.error(id, e))
     }
 
-    /// The image `reference` as the daemon has it, pulled first if it has
-    /// not (as a kubelet with `IfNotPresent` does).
+    /// The image `reference` as the daemon has it, pulled as `spec`'s
+    /// `imagePullPolicy` says (with its registry login, if any).
     async fn ensure_image(
         &self,
-        id: &str,
+        spec: &ContainerSpec,
         reference: &Reference,
     ) -> Result<bollard::models::ImageInspect> {
+        let id = spec.id.as_str();
         let name = reference.to_string();
-        match self.docker.inspect_image(&name).await {
-            Ok(image) => return Ok(image),
-            Err(DockerError::DockerResponseServerError {
-                status_code: 404, ..
-            }) => {}
-            Err(e) => return Err(self.error(id, e)),
+        if spec.pull_policy != c4m_core::PullPolicy::Always {
+            match self.docker.inspect_image(&name).await {
+                Ok(image) => return Ok(image),
+                Err(DockerError::DockerResponseServerError {
+                    status_code: 404, ..
+                }) if spec.pull_policy == c4m_core::PullPolicy::Never => {
+                    return Err(Error::ImageNeverPull { reference: name });
+                }
+                Err(DockerError::DockerResponseServerError {
+                    status_code: 404, ..
+                }) => {}
+                Err(e) => return Err(self.error(id, e)),
+            }
         }
+        let credentials =
+            spec.pull_credentials
+                .as_ref()
+                .map(|login| bollard::auth::DockerCredentials {
+                    username: Some(login.username.clone()),
+                    password: Some(login.password.clone()),
+                    serveraddress: Some(reference.registry.clone()),
+                    ..Default::default()
+                });
         let options = CreateImageOptions {
             from_image: Some(reference.name()),
             // A digest is pulled by digest; never an empty tag, which pulls
@@ -184,7 +201,7 @@ impl DockerRuntime {
             other => Error::container(id, what, other),
         };
         self.docker
-            .create_image(Some(options), None, None)
+            .create_image(Some(options), None, credentials)
             .try_for_each(|_progress| futures::future::ready(Ok(())))
             .await
             .map_err(|e| {
@@ -212,7 +229,7 @@ impl DockerRuntime {
             reference: image.to_string(),
             source: Box::new(e),
         })?;
-        let image = self.ensure_image(id, &reference).await?;
+        let image = self.ensure_image(spec, &reference).await?;
         let body = create::container_body(
             spec,
             self.node.as_deref(),

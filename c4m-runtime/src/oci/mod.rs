@@ -15,6 +15,7 @@
 //! `ctr.log`, `exit/`, `pidfile`, `conmon.pid` and the runtime's error log
 //! `runtime.log`; `<data_dir>/runtime/` is the OCI runtime's state root.
 
+mod attach;
 mod exec;
 #[cfg(test)]
 mod tests;
@@ -374,7 +375,7 @@ impl Inner {
         // collection waits.
         let images = self.images.clone();
         let fence = blocking(move || images.gc_fence()).await?;
-        let image = state::image_on_demand(&self.images, &reference).await?;
+        let image = state::image_on_demand(&self.images, spec, &reference).await?;
         let images = self.images.clone();
         let holder = id.to_string();
         let (image, layers, config) = blocking(move || {
@@ -402,7 +403,7 @@ impl Inner {
             std::fs::create_dir_all(dir.join(sub))
                 .map_err(|e| Error::io(format!("create {}", dir.join(sub).display()), e))?;
         }
-        let (conmon_pid, conmon_start_ticks) = self.spawn_conmon(id, dir).await?;
+        let (conmon_pid, conmon_start_ticks) = self.spawn_conmon(spec, dir).await?;
         let pid = self
             .wait_for_create(id, dir, conmon_pid, conmon_start_ticks)
             .await?;
@@ -425,12 +426,21 @@ impl Inner {
 
     /// Starts conmon, which creates the container and daemonizes; returns
     /// the monitor's pid and start time.
-    async fn spawn_conmon(&self, id: &str, dir: &Path) -> Result<(u32, u64)> {
+    async fn spawn_conmon(&self, spec: &ContainerSpec, dir: &Path) -> Result<(u32, u64)> {
+        let id = spec.id.as_str();
         let path = |name: &str| dir.join(name).display().to_string();
         let conmon_log = std::fs::File::create(dir.join("conmon.log"))
             .map_err(|e| Error::io(format!("create {}", path("conmon.log")), e))?;
+        // A stdin for attaching (`stdin: true`), closed when the first
+        // attached client's input ends if `stdinOnce`.
+        let stdin: &[&str] = match (spec.stdin, spec.stdin_once) {
+            (false, _) => &[],
+            (true, true) => &["--stdin"],
+            (true, false) => &["--stdin", "--leave-stdin-open"],
+        };
         let status = Command::new(&self.conmon)
             .args(["--api-version", "1", "-c", id, "-u", id, "-n", id])
+            .args(stdin)
             .arg("-r")
             .arg(&self.runtime)
             .args(["-b", &dir.display().to_string()])
@@ -698,5 +708,9 @@ impl ContainerRuntime for OciRuntime {
 
     async fn exec_interactive(&self, id: &str, request: ExecRequest) -> Result<ExecSession> {
         self.inner.exec_interactive(id, request).await
+    }
+
+    async fn attach(&self, id: &str, request: ExecRequest) -> Result<ExecSession> {
+        self.inner.attach(id, request).await
     }
 }

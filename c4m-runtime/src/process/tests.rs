@@ -56,8 +56,7 @@ impl Fixture {
             network_namespace: None,
             privileged: false,
             read_only_root_filesystem: false,
-            resolv_conf: None,
-            hostname: None,
+            ..ContainerSpec::default()
         }
     }
 }
