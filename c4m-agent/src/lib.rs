@@ -37,6 +37,7 @@
 mod agent;
 mod error;
 mod hollow;
+mod node_usage;
 mod server;
 mod session;
 mod stream;

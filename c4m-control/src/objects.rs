@@ -306,6 +306,9 @@ impl Objects {
         if kind.kind == "Job" {
             crate::controllers::jobs::default_new_job(&mut value);
         }
+        if kind.kind == "HorizontalPodAutoscaler" {
+            crate::controllers::horizontal::default_new_autoscaler(&mut value);
+        }
         // The API server's default (kubectl create secret generic sends none).
         if kind.kind == "Secret"
             && value["type"].as_str().is_none_or(str::is_empty)
