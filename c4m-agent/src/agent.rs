@@ -399,6 +399,7 @@ impl Agent {
                 node_slice: slice_tx,
                 peers: peers_tx,
             }),
+            measure_node: true,
         };
         let state = Arc::new(ServerState {
             directory,

@@ -128,6 +128,7 @@ impl HollowAgents {
             statuses: statuses_rx,
             dns_address: watch::channel(String::new()).0,
             network: None,
+            measure_node: false,
         };
         nodes.spawn(session.run(shutdown.clone()));
         nodes.spawn(report_running(

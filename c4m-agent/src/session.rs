@@ -141,6 +141,9 @@ pub(crate) struct Session {
     pub dns_address: watch::Sender<String>,
     /// For a node of the instance network (`register.instance_network`).
     pub network: Option<NetworkFeeds>,
+    /// Whether heartbeats carry the machine's usage (not for hollow nodes,
+    /// which share one machine).
+    pub measure_node: bool,
 }
 
 /// Adds the cluster token to every call.
@@ -335,10 +338,12 @@ impl Session {
     async fn send_heartbeats(&self, node_name: &str, every: Duration) -> Result<()> {
         let mut client = self.channel.client();
         let mut heartbeat = tokio::time::interval(every);
+        let mut usage = crate::node_usage::NodeUsage::default();
         loop {
             heartbeat.tick().await;
             let request = HeartbeatRequest {
                 node_name: node_name.to_string(),
+                usage: self.measure_node.then(|| usage.sample()).flatten(),
             };
             let reply = self.call("heartbeat", client.heartbeat(request)).await?;
             if reply.register_again {

@@ -707,9 +707,11 @@ impl Supervisor {
         let now = Instant::now();
         match instance.cpu_sample {
             Some((cpu, at)) if now.duration_since(at) >= Duration::from_secs(1) => {
-                let elapsed = now.duration_since(at).as_nanos().max(1) as u64;
-                let millis = usage.cpu_nanos.saturating_sub(cpu).saturating_mul(1000) / elapsed;
-                instance.usage.cpu_millis = millis as i64;
+                let elapsed = now.duration_since(at);
+                let nanocores = cpu_nanocores(usage.cpu_nanos.saturating_sub(cpu), elapsed);
+                instance.usage.cpu_nanocores = nanocores;
+                instance.usage.cpu_millis = nanocores / 1_000_000;
+                instance.usage.window_millis = elapsed.as_millis() as i64;
                 instance.cpu_sample = Some((usage.cpu_nanos, now));
             }
             Some(_) => {}
@@ -717,6 +719,13 @@ impl Supervisor {
         }
         instance.usage.memory_bytes = usage.memory_bytes as i64;
     }
+}
+
+/// The CPU rate of `used` nanoseconds of CPU time over `elapsed`, in
+/// nanocores (metrics.k8s.io's unit).
+pub(crate) fn cpu_nanocores(used: u64, elapsed: Duration) -> i64 {
+    let elapsed = elapsed.as_nanos().max(1);
+    (u128::from(used) * 1_000_000_000 / elapsed).min(i64::MAX as u128) as i64
 }
 
 /// The last status of each instance being stopped, by container id.
@@ -877,7 +886,7 @@ fn report(instance: &Managed) -> InstanceStatus {
         phase: "Pending".into(),
         ready: false,
         restart_count: instance.restart_count,
-        usage: Some(instance.usage),
+        usage: Some(instance.usage.clone()),
         pod_ip: instance.pod_ip.map(|ip| ip.to_string()).unwrap_or_default(),
         ..InstanceStatus::default()
     };

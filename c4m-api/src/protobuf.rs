@@ -711,7 +711,7 @@ fn parse_go_duration(text: &str) -> Option<i64> {
 }
 
 /// Nanoseconds as Go prints a `time.Duration` (`1h2m3.5s`, `300ms`, `0s`).
-fn format_go_duration(nanos: i64) -> String {
+pub fn format_go_duration(nanos: i64) -> String {
     if nanos == 0 {
         return "0s".into();
     }

@@ -710,6 +710,97 @@ fn match_labels(selector: &Value) -> String {
         .join(",")
 }
 
+static HORIZONTAL_POD_AUTOSCALER: &[Column] = &[
+    NAME,
+    Column::new("REFERENCE", "The scale target", |h| {
+        let target = &h["spec"]["scaleTargetRef"];
+        format!("{}/{}", text(&target["kind"]), text(&target["name"]))
+    }),
+    Column::new(
+        "TARGETS",
+        "Each metric's current value against its target",
+        autoscaler_targets,
+    ),
+    Column::new(
+        "MINPODS",
+        "The fewest replicas",
+        |h| match h["spec"]["minReplicas"].as_i64() {
+            Some(min) => min.to_string(),
+            None => "<unset>".into(),
+        },
+    ),
+    Column::new("MAXPODS", "The most replicas", |h| {
+        h["spec"]["maxReplicas"].as_i64().unwrap_or(0).to_string()
+    }),
+    Column::new("REPLICAS", "Replicas of the target now", |h| {
+        h["status"]["currentReplicas"]
+            .as_i64()
+            .unwrap_or(0)
+            .to_string()
+    }),
+    AGE,
+];
+
+/// An autoscaler's TARGETS, as Kubernetes' printer writes them: the first
+/// two metrics (`cpu: 42%/50%`, `memory: 12Mi/64Mi`), `+ N more...`.
+fn autoscaler_targets(autoscaler: &Value) -> String {
+    let Some(specs) = autoscaler["spec"]["metrics"]
+        .as_array()
+        .filter(|m| !m.is_empty())
+    else {
+        return "<none>".into();
+    };
+    let statuses = autoscaler["status"]["currentMetrics"].as_array();
+    let cells: Vec<String> = specs
+        .iter()
+        .enumerate()
+        .map(|(i, spec)| {
+            let (source, status_source) = match spec["type"].as_str() {
+                Some("Resource") => ("resource", "resource"),
+                Some("ContainerResource") => ("containerResource", "containerResource"),
+                Some("Pods") => ("pods", "pods"),
+                Some("Object") => ("object", "object"),
+                Some("External") => ("external", "external"),
+                _ => return "<unknown type>".to_string(),
+            };
+            let spec = &spec[source];
+            let current = statuses
+                .and_then(|s| s.get(i))
+                .map(|s| &s[status_source]["current"]);
+            let target = &spec["target"];
+            let name = text(&spec["name"]);
+            let prefix = if source == "resource" || source == "containerResource" {
+                format!("{name}: ")
+            } else {
+                String::new()
+            };
+            let (current, target) = if target["averageValue"].is_string() {
+                (
+                    current.map(|c| text(&c["averageValue"])),
+                    text(&target["averageValue"]),
+                )
+            } else if target["averageUtilization"].is_number() {
+                (
+                    current
+                        .and_then(|c| c["averageUtilization"].as_i64())
+                        .map(|u| format!("{u}%")),
+                    format!("{}%", target["averageUtilization"]),
+                )
+            } else {
+                (current.map(|c| text(&c["value"])), text(&target["value"]))
+            };
+            let current = current
+                .filter(|c| !c.is_empty())
+                .unwrap_or_else(|| "<unknown>".into());
+            format!("{prefix}{current}/{target}")
+        })
+        .collect();
+    match cells.len() {
+        n if n > 2 => format!("{} + {} more...", cells[..2].join(", "), n - 2),
+        _ => cells.join(", "),
+    }
+}
+
 static DEFAULT: &[Column] = &[NAME, AGE];
 
 /// The columns objects of `kind` are listed with.
@@ -730,6 +821,7 @@ pub fn columns(kind: &ResourceKind) -> &'static [Column] {
         "Job" => JOB,
         "DaemonSet" => DAEMON_SET,
         "CronJob" => CRON_JOB,
+        "HorizontalPodAutoscaler" => HORIZONTAL_POD_AUTOSCALER,
         _ => DEFAULT,
     }
 }
@@ -855,6 +947,47 @@ mod tests {
             row(jobs, &queue)[..4],
             ["q", "FailureTarget", "0/1 of 4", ""]
         );
+    }
+
+    #[test]
+    fn autoscaler_cells_follow_kubectl() {
+        let hpa = json!({"metadata": {"name": "web"},
+            "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"},
+                "minReplicas": 1, "maxReplicas": 4,
+                "metrics": [{"type": "Resource", "resource": {"name": "cpu",
+                    "target": {"type": "Utilization", "averageUtilization": 50}}}]},
+            "status": {"currentReplicas": 2}});
+        let kind = ResourceKind::from_name("hpa").unwrap();
+        assert_eq!(
+            headers("hpa", 0),
+            [
+                "NAME",
+                "REFERENCE",
+                "TARGETS",
+                "MINPODS",
+                "MAXPODS",
+                "REPLICAS",
+                "AGE"
+            ]
+        );
+        let cells = row(kind, &hpa);
+        assert_eq!(
+            cells[1..6],
+            ["Deployment/web", "cpu: <unknown>/50%", "1", "4", "2"]
+        );
+        let mut measured = hpa.clone();
+        measured["status"]["currentMetrics"] = json!([{"type": "Resource", "resource": {
+            "name": "cpu", "current": {"averageUtilization": 73, "averageValue": "730m"}}}]);
+        measured["spec"]["metrics"][1] = json!({"type": "Resource", "resource": {"name": "memory",
+            "target": {"type": "AverageValue", "averageValue": "64Mi"}}});
+        assert_eq!(
+            row(kind, &measured)[2],
+            "cpu: 73%/50%, memory: <unknown>/64Mi"
+        );
+        let mut bare = hpa;
+        bare["spec"] =
+            json!({"scaleTargetRef": {"kind": "Deployment", "name": "web"}, "maxReplicas": 3});
+        assert_eq!(row(kind, &bare)[2..4], ["<none>", "<unset>"]);
     }
 
     #[test]

@@ -23,7 +23,6 @@ use c4m_api::agent::{
     RegisterRequest, RegisterResponse, StatusReport, StatusReportResponse, WatchAssignmentsRequest,
     WatchPeersRequest,
 };
-use dashmap::DashMap;
 use futures::Stream;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -31,29 +30,16 @@ use tonic::{Request, Response, Status};
 
 use crate::cache::Cache;
 use crate::controllers::nodes::NodeHealth;
+use crate::metrics::Sample;
 use crate::objects::{Objects, kind, name_of, namespace_of, now_rfc3339, prefix};
 use crate::pods::{is_terminal, node_name, set_condition};
-
-/// Latest resource usage of an instance, as its agent reported it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Usage {
-    /// CPU in millicores.
-    pub cpu_millis: i64,
-    /// Memory in bytes.
-    pub memory_bytes: i64,
-    /// When it was reported.
-    pub at: SystemTime,
-}
-
-/// Usage by (namespace, instance name).
-pub(crate) type UsageMap = DashMap<(String, String), Usage>;
 
 /// The agent-facing service.
 pub(crate) struct Agents {
     pub objects: Objects,
     pub cache: Arc<Cache>,
     pub health: Arc<NodeHealth>,
-    pub usage: Arc<UsageMap>,
+    pub metrics: Arc<crate::metrics::Metrics>,
     pub heartbeat_interval: Duration,
     pub dns_address: String,
     /// Held while a node's slice is chosen and written, so two nodes
@@ -761,7 +747,15 @@ impl AgentService for Agents {
         &self,
         request: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
-        let node = request.into_inner().node_name;
+        let request = request.into_inner();
+        let node = request.node_name;
+        if let Some(sample) = request
+            .usage
+            .as_ref()
+            .and_then(|usage| Sample::from_report(usage, SystemTime::now()))
+        {
+            self.metrics.record_node(&node, sample);
+        }
         let Some(ready) = self.cache.node_ready(&node) else {
             // The cache may trail a fresh registration: ask the store.
             if self.objects.get(kind("nodes"), "", &node).await.is_err() {
@@ -803,7 +797,7 @@ impl AgentService for Agents {
             objects: self.objects.clone(),
             cache: Arc::clone(&self.cache),
             health: Arc::clone(&self.health),
-            usage: Arc::clone(&self.usage),
+            metrics: Arc::clone(&self.metrics),
             heartbeat_interval: self.heartbeat_interval,
             dns_address: self.dns_address.clone(),
             slices: Arc::clone(&self.slices),
@@ -895,15 +889,13 @@ impl AgentService for Agents {
         // (as stored, as reported) of each instance the report changes.
         let mut moves = Vec::new();
         for instance in &report.instances {
-            if let Some(usage) = &instance.usage {
-                self.usage.insert(
-                    (instance.namespace.clone(), instance.name.clone()),
-                    Usage {
-                        cpu_millis: usage.cpu_millis,
-                        memory_bytes: usage.memory_bytes,
-                        at: SystemTime::now(),
-                    },
-                );
+            if let Some(sample) = instance
+                .usage
+                .as_ref()
+                .and_then(|usage| Sample::from_report(usage, SystemTime::now()))
+            {
+                self.metrics
+                    .record_pod(&instance.namespace, &instance.name, &instance.uid, sample);
             }
             let Some(cached) = self
                 .cache
@@ -999,7 +991,7 @@ mod tests {
                 Duration::from_secs(10),
                 Duration::from_secs(10),
             )),
-            usage: Arc::default(),
+            metrics: Arc::default(),
             heartbeat_interval: Duration::from_secs(1),
             dns_address: dns.to_string(),
             slices: Arc::default(),

@@ -25,10 +25,10 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::agents::UsageMap;
 use crate::bookmarks::{self, WatchOptions};
 use crate::deletion::DeleteOptions;
 use crate::discovery;
+use crate::metrics;
 use crate::objects::{Objects, Part, decode, kind, prefix};
 use crate::pagination::PageRequest;
 use crate::registry::Registry;
@@ -43,7 +43,7 @@ use crate::{invalid, patch};
 pub(crate) struct ApiState {
     pub objects: Objects,
     pub registry: Registry,
-    pub usage: Arc<UsageMap>,
+    pub metrics: crate::metrics::MetricsState,
     /// The bearer token clients must present; None in dev mode.
     pub token: Option<String>,
     /// The token the control plane presents to agents.
@@ -110,9 +110,19 @@ pub(crate) fn router(state: Arc<ApiState>) -> Router {
             "/c4m/v1/namespaces/{ns}/services/{name}/endpoints",
             get(service_endpoints),
         )
+        .route("/apis/metrics.k8s.io/v1beta1/pods", get(metrics::all_pods))
+        .route(
+            "/apis/metrics.k8s.io/v1beta1/namespaces/{ns}/pods",
+            get(metrics::namespace_pods),
+        )
         .route(
             "/apis/metrics.k8s.io/v1beta1/namespaces/{ns}/pods/{name}",
-            get(pod_metrics),
+            get(metrics::pod),
+        )
+        .route("/apis/metrics.k8s.io/v1beta1/nodes", get(metrics::nodes))
+        .route(
+            "/apis/metrics.k8s.io/v1beta1/nodes/{name}",
+            get(metrics::node),
         )
         .route(
             "/api/v1/namespaces/{ns}/pods/{name}/log",
@@ -162,6 +172,7 @@ pub(crate) fn router(state: Arc<ApiState>) -> Router {
         )
         .fallback(resource)
         .layer(middleware::from_fn(crate::events_view::view))
+        .layer(middleware::from_fn(crate::autoscaling_v1::view))
         .layer(middleware::from_fn(crate::protobuf::negotiate))
         .layer(middleware::from_fn_with_state(
             Arc::clone(&state),
@@ -315,36 +326,6 @@ async fn service_endpoints(
             name: format!("{ns}/{name}"),
         }),
     }
-}
-
-async fn pod_metrics(
-    State(state): Shared,
-    Path((ns, name)): Path<(String, String)>,
-) -> Result<axum::Json<Value>> {
-    let pod = state.objects.get(kind("pods"), &ns, &name).await?;
-    let usage = state
-        .usage
-        .get(&(ns.clone(), name.clone()))
-        .map(|u| *u)
-        .ok_or_else(|| Error::NotFound {
-            kind: "podmetrics".into(),
-            name: format!("{ns}/{name} (no usage reported yet)"),
-        })?;
-    let timestamp = c4m_core::format_rfc3339(usage.at);
-    Ok(axum::Json(json!({
-        "apiVersion": "metrics.k8s.io/v1beta1",
-        "kind": "PodMetrics",
-        "metadata": {"name": name, "namespace": ns, "creationTimestamp": timestamp},
-        "timestamp": timestamp,
-        "window": "10s",
-        "containers": [{
-            "name": pod["spec"]["containers"][0]["name"],
-            "usage": {
-                "cpu": c4m_core::format_cpu_millis(usage.cpu_millis.max(0) as u64),
-                "memory": format!("{}Ki", usage.memory_bytes.max(0) / 1024),
-            },
-        }],
-    })))
 }
 
 /// The HTTP address of `node`'s agent.

@@ -26,6 +26,17 @@ pub(crate) fn wants_aggregated(accept: &str) -> bool {
     })
 }
 
+/// Resources served by handlers of their own, not stored: the resource
+/// metrics API (`metrics.rs`), read-only as metrics-server serves it.
+/// (group, version, plural, kind, namespaced).
+const READ_ONLY: &[(&str, &str, &str, &str, bool)] = &[
+    ("metrics.k8s.io", "v1beta1", "pods", "PodMetrics", true),
+    ("metrics.k8s.io", "v1beta1", "nodes", "NodeMetrics", false),
+];
+
+/// Verbs on a read-only resource.
+const READ_VERBS: &[&str] = &["get", "list"];
+
 /// The non-core groups and versions, in the order `KINDS` first names them.
 fn group_versions() -> Vec<(&'static str, &'static str)> {
     let mut seen = Vec::new();
@@ -35,6 +46,21 @@ fn group_versions() -> Vec<(&'static str, &'static str)> {
         }
     }
     seen
+}
+
+/// Each non-core group with its versions, the preferred (first named) one
+/// first, the read-only groups last.
+fn groups() -> Vec<(&'static str, Vec<&'static str>)> {
+    let mut groups: Vec<(&'static str, Vec<&'static str>)> = Vec::new();
+    let read_only = READ_ONLY.iter().map(|(g, v, ..)| (*g, *v));
+    for (group, version) in group_versions().into_iter().chain(read_only) {
+        match groups.iter_mut().find(|(g, _)| *g == group) {
+            Some((_, versions)) if versions.contains(&version) => {}
+            Some((_, versions)) => versions.push(version),
+            None => groups.push((group, vec![version])),
+        }
+    }
+    groups
 }
 
 /// `/api`: the core group's versions.
@@ -48,14 +74,28 @@ pub(crate) fn api_versions() -> Value {
 
 /// `/apis`: every named group.
 pub(crate) fn group_list() -> Value {
-    let groups: Vec<Value> = group_versions()
+    let groups: Vec<Value> = groups()
         .into_iter()
-        .map(|(group, version)| {
-            let group_version = json!({"groupVersion": format!("{group}/{version}"), "version": version});
-            json!({"name": group, "versions": [group_version.clone()], "preferredVersion": group_version})
+        .map(|(group, versions)| {
+            let versions: Vec<Value> = versions
+                .iter()
+                .map(|version| json!({"groupVersion": format!("{group}/{version}"), "version": version}))
+                .collect();
+            json!({"name": group, "preferredVersion": versions[0].clone(), "versions": versions})
         })
         .collect();
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
+}
+
+/// The read-only resources of a group version.
+fn read_only(
+    group: &str,
+    version: &str,
+) -> impl Iterator<Item = &'static (&'static str, &'static str, &'static str, &'static str, bool)> {
+    let (group, version) = (group.to_string(), version.to_string());
+    READ_ONLY
+        .iter()
+        .filter(move |(g, v, ..)| *g == group && *v == version)
 }
 
 /// What a subresource answers with: (group, version, kind, verbs).
@@ -90,10 +130,15 @@ pub(crate) fn resource_list(group: &str, version: &str) -> Option<Value> {
         .iter()
         .filter(|k| k.group == group && k.version == version)
         .collect();
-    if kinds.is_empty() {
+    let mut resources: Vec<Value> = read_only(group, version)
+        .map(|(_, _, plural, kind, namespaced)| {
+            json!({"name": plural, "singularName": "", "namespaced": namespaced,
+                "kind": kind, "verbs": READ_VERBS})
+        })
+        .collect();
+    if kinds.is_empty() && resources.is_empty() {
         return None;
     }
-    let mut resources = Vec::new();
     for kind in kinds {
         resources.push(json!({
             "name": kind.plural,
@@ -152,24 +197,41 @@ fn aggregated_resource(kind: &ResourceKind) -> Value {
     })
 }
 
-/// `/api` (`core`) or `/apis` as an `APIGroupDiscoveryList`.
+/// `/api` (`core`) or `/apis` as an `APIGroupDiscoveryList`, each group's
+/// versions in order of preference.
 pub(crate) fn aggregated(core: bool) -> Value {
-    let group_versions = if core {
-        vec![("", "v1")]
+    let groups = if core {
+        vec![("", vec!["v1"])]
     } else {
-        group_versions()
+        groups()
     };
-    let items: Vec<Value> = group_versions
+    let items: Vec<Value> = groups
         .into_iter()
-        .map(|(group, version)| {
-            let resources: Vec<Value> = KINDS
-                .iter()
-                .filter(|k| k.group == group && k.version == version)
-                .map(aggregated_resource)
+        .map(|(group, versions)| {
+            let versions: Vec<Value> = versions
+                .into_iter()
+                .map(|version| {
+                    let mut resources: Vec<Value> = KINDS
+                        .iter()
+                        .filter(|k| k.group == group && k.version == version)
+                        .map(aggregated_resource)
+                        .collect();
+                    resources.extend(read_only(group, version).map(
+                        |(group, version, plural, kind, namespaced)| {
+                            json!({
+                                "resource": plural,
+                                "responseKind": {"group": group, "version": version, "kind": kind},
+                                "scope": if *namespaced { "Namespaced" } else { "Cluster" },
+                                "verbs": READ_VERBS,
+                            })
+                        },
+                    ));
+                    json!({"version": version, "resources": resources, "freshness": "Current"})
+                })
                 .collect();
             json!({
                 "metadata": {"name": group, "creationTimestamp": null},
-                "versions": [{"version": version, "resources": resources, "freshness": "Current"}],
+                "versions": versions,
             })
         })
         .collect();
@@ -307,6 +369,64 @@ mod tests {
             "{names:?}"
         );
         assert!(!names.contains(&""));
+    }
+
+    #[test]
+    fn autoscaling_serves_v2_first_and_v1() {
+        let groups = group_list();
+        let autoscaling = groups["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["name"] == "autoscaling")
+            .unwrap();
+        assert_eq!(autoscaling["preferredVersion"]["version"], "v2");
+        assert_eq!(autoscaling["versions"][1]["groupVersion"], "autoscaling/v1");
+        let aggregated = aggregated(false);
+        let autoscaling = aggregated["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["metadata"]["name"] == "autoscaling")
+            .unwrap();
+        assert_eq!(autoscaling["versions"][0]["version"], "v2");
+        assert_eq!(
+            autoscaling["versions"][1]["resources"][0]["resource"],
+            "horizontalpodautoscalers"
+        );
+        let v2 = resource_list("autoscaling", "v2").unwrap();
+        let hpa = resource(&v2, "horizontalpodautoscalers");
+        assert_eq!(hpa["shortNames"], json!(["hpa"]));
+    }
+
+    #[test]
+    fn metrics_are_discovered_read_only() {
+        let list = resource_list("metrics.k8s.io", "v1beta1").unwrap();
+        assert_eq!(resource(&list, "pods")["kind"], "PodMetrics");
+        assert_eq!(resource(&list, "nodes")["namespaced"], false);
+        assert_eq!(resource(&list, "nodes")["verbs"], json!(["get", "list"]));
+        let groups = group_list();
+        let metrics = groups["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["name"] == "metrics.k8s.io")
+            .unwrap();
+        assert_eq!(
+            metrics["preferredVersion"]["groupVersion"],
+            "metrics.k8s.io/v1beta1"
+        );
+        let aggregated = aggregated(false);
+        let metrics = aggregated["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["metadata"]["name"] == "metrics.k8s.io")
+            .unwrap();
+        assert_eq!(
+            metrics["versions"][0]["resources"][1]["responseKind"]["kind"],
+            "NodeMetrics"
+        );
     }
 
     #[test]

@@ -44,6 +44,7 @@
 mod admission;
 mod agents;
 mod api;
+mod autoscaling_v1;
 mod bookmarks;
 mod cache;
 mod container_events;
@@ -56,6 +57,7 @@ mod error;
 mod events;
 mod events_view;
 mod invalid;
+mod metrics;
 mod objects;
 mod openapi_schemas;
 mod pagination;
@@ -73,6 +75,7 @@ mod streams;
 #[cfg(test)]
 mod test_support;
 mod tls;
+mod version_view;
 
 pub use error::{Error, FieldCause, Result};
 pub use objects::Objects;

@@ -309,6 +309,9 @@ impl Objects {
         if kind.kind == "Namespace" {
             crate::deletion::default_new_namespace(&mut value);
         }
+        if kind.kind == "HorizontalPodAutoscaler" {
+            crate::controllers::horizontal::default_new_autoscaler(&mut value);
+        }
         // The API server's default (kubectl create secret generic sends none).
         if kind.kind == "Secret"
             && value["type"].as_str().is_none_or(str::is_empty)

@@ -48,6 +48,12 @@ fn add_kind(generator: &mut SchemaGenerator, kind: &ResourceKind) -> Option<Stri
         "Job" => add::<k8s_openapi::api::batch::v1::Job>(generator),
         "DaemonSet" => add::<k8s_openapi::api::apps::v1::DaemonSet>(generator),
         "CronJob" => add::<k8s_openapi::api::batch::v1::CronJob>(generator),
+        "HorizontalPodAutoscaler" if kind.version == "v1" => {
+            add::<k8s_openapi::api::autoscaling::v1::HorizontalPodAutoscaler>(generator)
+        }
+        "HorizontalPodAutoscaler" => {
+            add::<k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler>(generator)
+        }
         _ => None,
     }
 }

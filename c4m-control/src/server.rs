@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::agents::{Agents, UsageMap};
+use crate::agents::Agents;
 use crate::api::ApiState;
 use crate::cache::Cache;
 use crate::controllers::{self, nodes::NodeHealth};
@@ -58,6 +58,13 @@ pub struct ControlPlaneConfig {
     /// Whether Events are recorded at all (on; off only to measure what
     /// they cost).
     pub record_events: bool,
+    /// How often each HorizontalPodAutoscaler is reconciled (Kubernetes'
+    /// `--horizontal-pod-autoscaler-sync-period`, 15 s).
+    pub hpa_sync_period: Duration,
+    /// The scale-down stabilization window of autoscalers whose behavior
+    /// sets none (`--horizontal-pod-autoscaler-downscale-stabilization`,
+    /// 5 minutes).
+    pub hpa_downscale_stabilization: Duration,
 }
 
 impl Default for ControlPlaneConfig {
@@ -74,6 +81,8 @@ impl Default for ControlPlaneConfig {
             api_tls: None,
             event_ttl: Duration::from_secs(3600),
             record_events: true,
+            hpa_sync_period: Duration::from_secs(15),
+            hpa_downscale_stabilization: Duration::from_secs(300),
         }
     }
 }
@@ -156,7 +165,7 @@ impl ControlPlane {
             self.config.node_grace,
             self.config.eviction_delay,
         ));
-        let usage = Arc::new(UsageMap::new());
+        let metrics = Arc::new(crate::metrics::Metrics::default());
         let mut tasks = JoinSet::new();
         tasks.spawn(event_writer.run(shutdown.clone()));
 
@@ -165,11 +174,30 @@ impl ControlPlane {
             self.extensions.scorers.clone(),
         );
         spawn_controllers(&mut tasks, &objects, &cache, &health, scheduler, &shutdown);
+        spawn_autoscaler_controller(
+            &mut tasks,
+            &objects,
+            &cache,
+            controllers::horizontal::AutoscalerController::new(
+                Arc::new(controllers::clock::SystemClock),
+                Arc::clone(&metrics),
+                controllers::horizontal::AutoscalerConfig {
+                    sync_period: self.config.hpa_sync_period,
+                    downscale_stabilization: self.config.hpa_downscale_stabilization,
+                    ..Default::default()
+                },
+            ),
+            self.config.hpa_sync_period,
+            &shutdown,
+        );
 
         let state = Arc::new(ApiState {
             objects: objects.clone(),
             registry,
-            usage: Arc::clone(&usage),
+            metrics: crate::metrics::MetricsState {
+                metrics: Arc::clone(&metrics),
+                cache: Arc::clone(&cache),
+            },
             token: self.config.token.clone(),
             agent_token: self.config.token.clone().unwrap_or_default(),
             http: reqwest::Client::new(),
@@ -197,7 +225,7 @@ impl ControlPlane {
             objects,
             cache,
             health,
-            usage,
+            metrics,
             heartbeat_interval: self.config.heartbeat_interval,
             dns_address: self
                 .dns
@@ -435,6 +463,34 @@ fn spawn_cronjob_controller(
             move |changes| {
                 let (o, c, cronjobs) = (o.clone(), Arc::clone(&c), Arc::clone(&cronjobs));
                 async move { cronjobs.reconcile(&o, &c, &changes).await }
+            },
+        )
+        .then_ok(),
+    );
+}
+
+/// Runs the HorizontalPodAutoscaler controller: every autoscaler each
+/// `sync_period`, and new ones as they come.
+fn spawn_autoscaler_controller(
+    tasks: &mut JoinSet<Result<()>>,
+    objects: &Objects,
+    cache: &Arc<Cache>,
+    controller: controllers::horizontal::AutoscalerController,
+    sync_period: Duration,
+    shutdown: &CancellationToken,
+) {
+    let controller = Arc::new(controller);
+    let (o, c) = (objects.clone(), Arc::clone(cache));
+    tasks.spawn(
+        controllers::run(
+            "horizontalpodautoscalers",
+            Arc::clone(cache),
+            cache.feed(&["horizontalpodautoscalers"]),
+            sync_period,
+            shutdown.clone(),
+            move |changes| {
+                let (o, c, controller) = (o.clone(), Arc::clone(&c), Arc::clone(&controller));
+                async move { controller.reconcile(&o, &c, &changes).await }
             },
         )
         .then_ok(),

@@ -16,6 +16,9 @@ use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet};
+use k8s_openapi::api::autoscaling::v2::{
+    HPAScalingRules, HorizontalPodAutoscaler, MetricSpec, MetricTarget,
+};
 use k8s_openapi::api::batch::v1::{CronJob, Job, JobSpec};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{
@@ -440,6 +443,19 @@ fn check_typed(kind: &ResourceKind, value: &Value) -> Result<ObjectMeta, FieldEr
             let cronjob: CronJob = typed(value)?;
             check_cronjob(&cronjob)?;
             cronjob.metadata
+        }
+        // The API serves autoscaling/v1 as a view of the stored v2 objects;
+        // a batch apply writes what it is given, so it takes v2 only.
+        "HorizontalPodAutoscaler" if kind.version != "v2" => {
+            return Err(field_error(
+                "apiVersion",
+                "write HorizontalPodAutoscalers as autoscaling/v2 here (kubectl converts autoscaling/v1 through the API)",
+            ));
+        }
+        "HorizontalPodAutoscaler" => {
+            let autoscaler: HorizontalPodAutoscaler = typed(value)?;
+            check_autoscaler(&autoscaler)?;
+            autoscaler.metadata
         }
         "PodDisruptionBudget" => {
             let budget: PodDisruptionBudget = typed(value)?;
@@ -1441,6 +1457,201 @@ fn check_protocol(protocol: Option<&str>, port_path: &str) -> Result<(), FieldEr
             format!("{other:?} is not one of TCP, UDP, SCTP"),
         )),
     }
+}
+
+/// A HorizontalPodAutoscaler as Kubernetes validates one: a target with a
+/// kind and name, 1 <= minReplicas <= maxReplicas, resource metrics (cpu,
+/// memory) with a positive Utilization or AverageValue target, and
+/// behavior rules within Kubernetes' bounds. Other metric types need
+/// metrics APIs c4m does not serve, and are refused naming the field.
+fn check_autoscaler(autoscaler: &HorizontalPodAutoscaler) -> Result<(), FieldError> {
+    let spec = autoscaler
+        .spec
+        .as_ref()
+        .ok_or_else(|| field_error("spec", "required field is missing"))?;
+    let target = &spec.scale_target_ref;
+    if target.kind.is_empty() {
+        return Err(field_error("spec.scaleTargetRef.kind", "required value"));
+    }
+    if target.name.is_empty() {
+        return Err(field_error("spec.scaleTargetRef.name", "required value"));
+    }
+    let min = spec.min_replicas.unwrap_or(1);
+    if min < 1 {
+        return Err(field_error(
+            "spec.minReplicas",
+            format!("must be greater than or equal to 1, found {min}"),
+        ));
+    }
+    if spec.max_replicas < 1 {
+        return Err(field_error(
+            "spec.maxReplicas",
+            format!("must be greater than 0, found {}", spec.max_replicas),
+        ));
+    }
+    if spec.max_replicas < min {
+        return Err(field_error(
+            "spec.maxReplicas",
+            format!(
+                "must be greater than or equal to `minReplicas` ({min}), found {}",
+                spec.max_replicas
+            ),
+        ));
+    }
+    for (i, metric) in spec.metrics.iter().flatten().enumerate() {
+        check_metric(metric, &format!("spec.metrics[{i}]"))?;
+    }
+    if let Some(behavior) = &spec.behavior {
+        for (rules, path) in [
+            (&behavior.scale_up, "spec.behavior.scaleUp"),
+            (&behavior.scale_down, "spec.behavior.scaleDown"),
+        ] {
+            if let Some(rules) = rules {
+                check_scaling_rules(rules, path)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_metric(metric: &MetricSpec, path: &str) -> Result<(), FieldError> {
+    let (source, name, target) = match metric.type_.as_str() {
+        "Resource" => {
+            let source = metric.resource.as_ref().ok_or_else(|| {
+                field_error(join(path, "resource"), "must be set for type Resource")
+            })?;
+            ("resource", &source.name, &source.target)
+        }
+        "ContainerResource" => {
+            let source = metric.container_resource.as_ref().ok_or_else(|| {
+                field_error(
+                    join(path, "containerResource"),
+                    "must be set for type ContainerResource",
+                )
+            })?;
+            if source.container.is_empty() {
+                return Err(field_error(
+                    join(path, "containerResource.container"),
+                    "required value",
+                ));
+            }
+            ("containerResource", &source.name, &source.target)
+        }
+        "Pods" | "Object" | "External" => {
+            return Err(field_error(
+                join(path, "type"),
+                format!(
+                    "{:?} metrics are not supported: c4m serves resource metrics (metrics.k8s.io) only; use Resource or ContainerResource",
+                    metric.type_
+                ),
+            ));
+        }
+        other => {
+            return Err(field_error(
+                join(path, "type"),
+                format!(
+                    "unsupported value {other:?}: supported values: \"ContainerResource\", \"External\", \"Object\", \"Pods\", \"Resource\""
+                ),
+            ));
+        }
+    };
+    let source_path = join(path, source);
+    if name != "cpu" && name != "memory" {
+        return Err(field_error(
+            join(&source_path, "name"),
+            format!("unsupported value {name:?}: supported values: \"cpu\", \"memory\""),
+        ));
+    }
+    check_metric_target(target, &join(&source_path, "target"))
+}
+
+fn check_metric_target(target: &MetricTarget, path: &str) -> Result<(), FieldError> {
+    match target.type_.as_str() {
+        "Utilization" => match target.average_utilization {
+            Some(percent) if percent > 0 => Ok(()),
+            Some(percent) => Err(field_error(
+                join(path, "averageUtilization"),
+                format!("must be greater than 0, found {percent}"),
+            )),
+            None => Err(field_error(
+                join(path, "averageUtilization"),
+                "must be set for type Utilization",
+            )),
+        },
+        "AverageValue" => {
+            let value = target.average_value.as_ref().ok_or_else(|| {
+                field_error(
+                    join(path, "averageValue"),
+                    "must be set for type AverageValue",
+                )
+            })?;
+            // Kubernetes' quantity syntax: a CPU (`500m`) or memory (`64Mi`) form.
+            let positive = parse_cpu_millis(&value.0).is_ok_and(|m| m > 0)
+                || parse_memory_bytes(&value.0).is_ok_and(|b| b > 0);
+            match positive {
+                true => Ok(()),
+                _ => Err(field_error(
+                    join(path, "averageValue"),
+                    format!("must be a positive quantity, found {:?}", value.0),
+                )),
+            }
+        }
+        other => Err(field_error(
+            join(path, "type"),
+            format!(
+                "unsupported value {other:?}: a resource metric's target must be \"Utilization\" or \"AverageValue\""
+            ),
+        )),
+    }
+}
+
+fn check_scaling_rules(rules: &HPAScalingRules, path: &str) -> Result<(), FieldError> {
+    if let Some(window) = rules.stabilization_window_seconds
+        && !(0..=3600).contains(&window)
+    {
+        return Err(field_error(
+            join(path, "stabilizationWindowSeconds"),
+            format!("must be between 0 and 3600 (one hour), found {window}"),
+        ));
+    }
+    if let Some(select) = rules.select_policy.as_deref()
+        && !matches!(select, "Max" | "Min" | "Disabled")
+    {
+        return Err(field_error(
+            join(path, "selectPolicy"),
+            format!(
+                "unsupported value {select:?}: supported values: \"Disabled\", \"Max\", \"Min\""
+            ),
+        ));
+    }
+    for (i, policy) in rules.policies.iter().flatten().enumerate() {
+        let policy_path = format!("{path}.policies[{i}]");
+        if !matches!(policy.type_.as_str(), "Pods" | "Percent") {
+            return Err(field_error(
+                join(&policy_path, "type"),
+                format!(
+                    "unsupported value {:?}: supported values: \"Percent\", \"Pods\"",
+                    policy.type_
+                ),
+            ));
+        }
+        if policy.value <= 0 {
+            return Err(field_error(
+                join(&policy_path, "value"),
+                format!("must be greater than 0, found {}", policy.value),
+            ));
+        }
+        if !(1..=1800).contains(&policy.period_seconds) {
+            return Err(field_error(
+                join(&policy_path, "periodSeconds"),
+                format!(
+                    "must be between 1 and 1800 (30 minutes), found {}",
+                    policy.period_seconds
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn check_non_negative(value: i64, path: &str) -> Result<(), FieldError> {

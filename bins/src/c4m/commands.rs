@@ -400,10 +400,11 @@ pub(crate) async fn metrics(args: InstancesArgs, connection: &Connection) -> Res
         match client.instance_metrics(&args.namespace, name).await {
             Ok(m) => rows.push(vec![
                 name.clone(),
+                // Nanocores on the wire (`250000000n`), millicores here.
                 m["containers"][0]["usage"]["cpu"]
                     .as_str()
-                    .unwrap_or("-")
-                    .to_string(),
+                    .and_then(|cpu| c4m_core::parse_cpu_millis(cpu).ok())
+                    .map_or_else(|| "-".to_string(), c4m_core::format_cpu_millis),
                 output::memory_from_ki(
                     m["containers"][0]["usage"]["memory"]
                         .as_str()

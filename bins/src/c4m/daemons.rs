@@ -50,6 +50,13 @@ pub(crate) struct ControlFlags {
     /// Record no Events (only to measure what they cost).
     #[arg(long)]
     no_events: bool,
+    /// How often each HorizontalPodAutoscaler is reconciled.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    horizontal_pod_autoscaler_sync_period: Duration,
+    /// The scale-down stabilization window of autoscalers whose behavior
+    /// sets none.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    horizontal_pod_autoscaler_downscale_stabilization: Duration,
 }
 
 /// `c4m up`.
@@ -196,6 +203,8 @@ async fn bind_control(
         api_tls: Some(api_tls_identity(dir, flags.api)?),
         event_ttl: flags.event_ttl,
         record_events: !flags.no_events,
+        hpa_sync_period: flags.horizontal_pod_autoscaler_sync_period,
+        hpa_downscale_stabilization: flags.horizontal_pod_autoscaler_downscale_stabilization,
     };
     let control = ControlPlane::bind(config, ControlPlaneExtensions::new(Arc::new(store))).await?;
     let client = ClientConfig {

@@ -6,6 +6,7 @@
 
 mod common;
 
+mod autoscaling;
 mod cluster;
 mod containerd;
 mod cri;

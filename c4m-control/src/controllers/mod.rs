@@ -23,6 +23,7 @@ pub(crate) mod daemonsets;
 pub(crate) mod disruption;
 pub(crate) mod endpoints;
 pub(crate) mod garbage_collector;
+pub(crate) mod horizontal;
 pub(crate) mod jobs;
 pub(crate) mod namespaces;
 pub(crate) mod nodes;

@@ -153,6 +153,26 @@ pub static KINDS: &[ResourceKind] = &[
     // and served, stored as core/v1 Events.
     kind!("events.k8s.io", "v1", "Event", "events", [], true),
     kind!(
+        "autoscaling",
+        "v2",
+        "HorizontalPodAutoscaler",
+        "horizontalpodautoscalers",
+        ["horizontalpodautoscaler", "hpa"],
+        true,
+        ["status"]
+    ),
+    // A view of the same stored autoscaling/v2 objects (c4m-control's
+    // version_view): discovered and served, stored as autoscaling/v2.
+    kind!(
+        "autoscaling",
+        "v1",
+        "HorizontalPodAutoscaler",
+        "horizontalpodautoscalers",
+        [],
+        true,
+        ["status"]
+    ),
+    kind!(
         "policy",
         "v1",
         "PodDisruptionBudget",

@@ -125,6 +125,8 @@ pub(crate) struct Cluster {
     /// A control plane run in this process instead of `c4m control`.
     embedded: Option<EmbeddedControl>,
     agents: BTreeMap<String, Child>,
+    /// More flags for `c4m control`.
+    control_flags: Vec<String>,
 }
 
 /// A control plane run by the test process itself, on a runtime of its own.
@@ -142,10 +144,20 @@ impl Cluster {
     /// [`Cluster::start`] with the agents' gRPC and the DNS on `address`
     /// (the API stays on loopback, for the CLI).
     pub(crate) fn start_listening_on(address: &str) -> Cluster {
+        Cluster::start_with(address, &[])
+    }
+
+    /// [`Cluster::start`] with more `c4m control` flags.
+    pub(crate) fn start_with_control_flags(flags: &[&str]) -> Cluster {
+        Cluster::start_with("127.0.0.1", flags)
+    }
+
+    fn start_with(address: &str, flags: &[&str]) -> Cluster {
         // A free port found now may be taken by a parallel test before the
         // control plane binds it: then it exits, and a fresh set is tried.
         for _ in 0..3 {
             let mut cluster = Cluster::unstarted(address);
+            cluster.control_flags = flags.iter().map(|f| f.to_string()).collect();
             if cluster.try_start_control() {
                 return cluster;
             }
@@ -164,6 +176,7 @@ impl Cluster {
             control: None,
             embedded: None,
             agents: BTreeMap::new(),
+            control_flags: Vec::new(),
         }
     }
 
@@ -259,6 +272,7 @@ impl Cluster {
                 "--heartbeat",
                 "500ms",
             ])
+            .args(&self.control_flags)
             .env("C4M_ACCESS_TOKEN", ACCESS_TOKEN)
             .env("C4M_SECRET_KEY", SECRET_KEY)
             .env("RUST_LOG", "info")
