@@ -13,7 +13,7 @@ use c4m_agent::{
 use c4m_api::Credentials;
 use clap::Args;
 
-use crate::cli::{data_dir, parse_key_value, shutdown_on_signal};
+use crate::cli::{data_dir, parse_duration, parse_key_value, shutdown_on_signal};
 
 /// A node's flags, shared by `c4m up`, `c4m agent` and `c4m-agent`.
 #[derive(Args, Clone)]
@@ -109,6 +109,11 @@ pub struct AgentArgs {
     /// Running and Ready without starting anything (for scale tests).
     #[arg(long, value_name = "N", conflicts_with = "data_dir")]
     hollow: Option<usize>,
+    /// With --hollow: an instance that does not restart (`restartPolicy`
+    /// Never or OnFailure, a Job's) exits 0 this long after it starts,
+    /// e.g. 1s; without it, such an instance runs until deleted.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, requires = "hollow")]
+    hollow_run_for: Option<std::time::Duration>,
     #[command(flatten)]
     node: NodeFlags,
     #[command(flatten)]
@@ -232,6 +237,7 @@ pub async fn run_agent(args: AgentArgs, credentials: Option<Credentials>) -> Res
             max_instances: args.node.max_instances,
             labels: args.node.labels.iter().cloned().collect(),
             address: args.node.address,
+            run_for: args.hollow_run_for,
         })?;
         hollow.run(shutdown_on_signal()).await?;
         return Ok(());

@@ -4,14 +4,17 @@
 //! Each hollow node runs the agent's own [`Session`] (register, heartbeats,
 //! assignment stream, status reports), so the control plane cannot tell it
 //! from a real node; in place of a supervisor, it reports every assigned
-//! instance Running and Ready at once and forgets it when unassigned. No
+//! instance Running and Ready at once and forgets it when unassigned. With
+//! [`HollowConfig::run_for`], an instance that does not restart (a Job's:
+//! `restartPolicy` Never or OnFailure) exits 0 that long after it started
+//! and is reported Succeeded, as a batch workload of that length would. No
 //! driver, cgroup, port or process is involved. Nodes share HTTP/2
 //! connections, [`NODES_PER_CONNECTION`] to each.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use c4m_api::agent::{Driver, InstanceStatus};
 use c4m_core::{DEFAULT_DRIVER, format_rfc3339};
@@ -50,6 +53,10 @@ pub struct HollowConfig {
     pub labels: BTreeMap<String, String>,
     /// Address every node advertises.
     pub address: IpAddr,
+    /// How long an instance that does not restart (`restartPolicy` Never
+    /// or OnFailure) runs before it exits 0; None: it runs until
+    /// unassigned, like every other instance.
+    pub run_for: Option<Duration>,
 }
 
 /// A set of hollow nodes, ready to [`run`](Self::run).
@@ -134,29 +141,58 @@ impl HollowAgents {
         nodes.spawn(report_running(
             assignments_rx,
             statuses_tx,
+            self.config.run_for,
             shutdown.clone(),
         ));
     }
 }
 
+/// An instance as a hollow node runs it.
+struct Run {
+    /// RFC 3339, as reported.
+    started_at: String,
+    /// When it exits 0, if it does.
+    exits_at: Option<tokio::time::Instant>,
+}
+
 /// The hollow supervisor: every assigned instance is Running and Ready since
-/// it was first assigned; an unassigned one is forgotten.
+/// it was first assigned, until it exits 0 `run_for` later if it does not
+/// restart (then Succeeded); an unassigned one is forgotten.
 async fn report_running(
     mut assignments: watch::Receiver<Option<AssignmentSet>>,
     statuses: watch::Sender<Arc<Vec<InstanceStatus>>>,
+    run_for: Option<Duration>,
     shutdown: CancellationToken,
 ) {
-    let mut started_at: HashMap<String, String> = HashMap::new();
+    let mut runs: HashMap<String, Run> = HashMap::new();
+    let mut assigned: AssignmentSet = Arc::new(Vec::new());
     loop {
+        let next_exit = runs
+            .values()
+            .filter_map(|run| run.exits_at)
+            .filter(|at| *at > tokio::time::Instant::now())
+            .min();
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            changed = assignments.changed() => if changed.is_err() { return },
+            changed = assignments.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let Some(set) = assignments.borrow_and_update().clone() else {
+                    continue;
+                };
+                assigned = set;
+            }
+            _ = async {
+                match next_exit {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            } => {}
         }
-        let Some(assigned) = assignments.borrow_and_update().clone() else {
-            continue;
-        };
-        let now = format_rfc3339(SystemTime::now());
-        let mut running = HashMap::with_capacity(assigned.len());
+        let now = tokio::time::Instant::now();
+        let wall = format_rfc3339(SystemTime::now());
+        let mut kept = HashMap::with_capacity(assigned.len());
         // A deleted pod stops at once on a hollow node.
         let reports = assigned
             .iter()
@@ -164,20 +200,32 @@ async fn report_running(
             .map(|pod| {
                 let meta = &pod.metadata;
                 let uid = meta.uid.clone().unwrap_or_default();
-                let since = started_at.remove(&uid).unwrap_or_else(|| now.clone());
-                running.insert(uid.clone(), since.clone());
-                InstanceStatus {
+                let restarts = pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.restart_policy.as_deref())
+                    .is_none_or(|policy| policy == "Always");
+                let run = runs.remove(&uid).unwrap_or_else(|| Run {
+                    started_at: wall.clone(),
+                    exits_at: run_for.filter(|_| !restarts).map(|run_for| now + run_for),
+                });
+                let exited = run.exits_at.is_some_and(|at| at <= now);
+                let status = InstanceStatus {
                     namespace: meta.namespace.clone().unwrap_or_default(),
                     name: meta.name.clone().unwrap_or_default(),
-                    uid,
-                    phase: "Running".into(),
-                    ready: true,
-                    started_at: since,
+                    uid: uid.clone(),
+                    phase: if exited { "Succeeded" } else { "Running" }.into(),
+                    ready: !exited,
+                    started_at: run.started_at.clone(),
+                    exit_code: exited.then_some(0),
+                    reason: if exited { "Completed" } else { "" }.into(),
                     ..InstanceStatus::default()
-                }
+                };
+                kept.insert(uid, run);
+                status
             })
             .collect();
-        started_at = running;
+        runs = kept;
         statuses.send_replace(Arc::new(reports));
     }
 }
@@ -203,6 +251,7 @@ mod tests {
         let task = tokio::spawn(report_running(
             assignments_rx,
             statuses_tx,
+            None,
             shutdown.clone(),
         ));
 
@@ -227,6 +276,63 @@ mod tests {
         task.await.unwrap();
     }
 
+    #[tokio::test]
+    async fn instances_that_do_not_restart_exit_zero_after_run_for() {
+        let (assignments_tx, assignments_rx) = watch::channel(None);
+        let (statuses_tx, mut statuses_rx) = watch::channel(Arc::new(Vec::new()));
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(report_running(
+            assignments_rx,
+            statuses_tx,
+            Some(Duration::from_millis(200)),
+            shutdown.clone(),
+        ));
+        let with_policy = |name: &str, uid: &str, policy: Option<&str>| {
+            let mut pod = pod(name, uid);
+            pod.spec = Some(k8s_openapi::api::core::v1::PodSpec {
+                restart_policy: policy.map(str::to_string),
+                ..Default::default()
+            });
+            Arc::new(pod)
+        };
+        let assigned_at = tokio::time::Instant::now();
+        assignments_tx.send_replace(Some(Arc::new(vec![
+            with_policy("job", "1", Some("Never")),
+            with_policy("retry", "2", Some("OnFailure")),
+            with_policy("web", "3", None),
+        ])));
+        statuses_rx.changed().await.unwrap();
+        let first = statuses_rx.borrow_and_update().clone();
+        assert!(first.iter().all(|s| s.phase == "Running" && s.ready));
+
+        statuses_rx.changed().await.unwrap();
+        assert!(assigned_at.elapsed() >= Duration::from_millis(200));
+        let exited = statuses_rx.borrow_and_update().clone();
+        let phases: Vec<(&str, &str, Option<i32>)> = exited
+            .iter()
+            .map(|s| (s.name.as_str(), s.phase.as_str(), s.exit_code))
+            .collect();
+        assert_eq!(
+            phases,
+            [
+                ("job", "Succeeded", Some(0)),
+                ("retry", "Succeeded", Some(0)),
+                ("web", "Running", None)
+            ]
+        );
+        assert_eq!(exited[0].reason, "Completed");
+        assert!(!exited[0].ready && exited[2].ready);
+        // Nothing more happens: the one left runs on.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), statuses_rx.changed())
+                .await
+                .is_err()
+        );
+
+        shutdown.cancel();
+        task.await.unwrap();
+    }
+
     #[test]
     fn nodes_are_numbered_from_zero() {
         let hollow = HollowAgents::new(HollowConfig {
@@ -239,6 +345,7 @@ mod tests {
             max_instances: 10,
             labels: BTreeMap::new(),
             address: IpAddr::from([127, 0, 0, 1]),
+            run_for: None,
         })
         .unwrap();
         assert_eq!(hollow.node_names(), ["hollow-0", "hollow-1", "hollow-2"]);

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
-use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -35,6 +35,7 @@ use crate::registry::Registry;
 use crate::selector::Selector;
 use crate::server_side_apply::ApplyPatch as ServerSideApply;
 use crate::streams;
+use crate::tables::{IncludeObject, List, ListMeta, Table};
 use crate::{Error, Result, scheduler_policy};
 use crate::{invalid, patch};
 
@@ -557,9 +558,7 @@ async fn resource_request(
         (&Method::GET, Some(name), None | Some("status")) => {
             let object = state.objects.get(kind, &namespace, name).await?;
             Ok(match table {
-                Some(include) => {
-                    axum::Json(as_table(kind, std::slice::from_ref(&object), None, include))
-                }
+                Some(include) => axum::Json(as_table(kind, &object, include)),
                 None => axum::Json(object),
             }
             .into_response())
@@ -881,14 +880,6 @@ async fn finalize_namespace(state: &ApiState, name: &str, body: &Value) -> Resul
     }
 }
 
-/// What a Table row carries besides its cells (`includeObject`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum IncludeObject {
-    None,
-    Metadata,
-    Object,
-}
-
 /// Whether the client asks for a `meta.k8s.io` Table (kubectl's `get`
 /// does, in its `Accept` header), and what its rows should carry.
 fn table_request(
@@ -916,55 +907,15 @@ fn table_request(
     }
 }
 
-/// Objects as a `meta.k8s.io/v1` Table with the kind's columns.
-fn as_table(
-    kind: &ResourceKind,
-    items: &[Value],
-    revision: Option<i64>,
-    include: IncludeObject,
-) -> Value {
-    let columns = c4m_api::table::columns(kind);
-    let definitions: Vec<Value> = columns
-        .iter()
-        .map(|c| {
-            json!({
-                "name": c.name,
-                "type": "string",
-                "format": if c.name == "NAME" { "name" } else { "" },
-                "description": c.description,
-                "priority": c.priority,
-            })
-        })
-        .collect();
-    let rows: Vec<Value> = items
-        .iter()
-        .map(|item| {
-            let mut row = json!({"cells": c4m_api::table::row(kind, item)});
-            match include {
-                IncludeObject::None => {}
-                IncludeObject::Metadata => {
-                    row["object"] = json!({
-                        "kind": "PartialObjectMetadata",
-                        "apiVersion": "meta.k8s.io/v1",
-                        "metadata": item["metadata"],
-                    });
-                }
-                IncludeObject::Object => row["object"] = item.clone(),
-            }
-            row
-        })
-        .collect();
-    let mut metadata = json!({});
-    if let Some(revision) = revision {
-        metadata["resourceVersion"] = json!(revision.to_string());
-    }
-    json!({
-        "kind": "Table",
-        "apiVersion": "meta.k8s.io/v1",
-        "metadata": metadata,
-        "columnDefinitions": definitions,
-        "rows": rows,
-    })
+/// One object as a `meta.k8s.io/v1` Table with the kind's columns.
+fn as_table(kind: &ResourceKind, object: &Value, include: IncludeObject) -> Value {
+    Table::new(
+        kind,
+        std::slice::from_ref(object),
+        ListMeta::default(),
+        include,
+    )
+    .to_value()
 }
 
 fn selectors(query: &HashMap<String, String>) -> Result<(Selector, Selector)> {
@@ -1008,24 +959,32 @@ async fn list(
         Some(token) => state.pages.resume(&scope, token, paging.limit)?,
         None => {
             let (items, revision) = state.objects.list(kind, namespace).await?;
-            let items: Vec<Value> = items
-                .into_iter()
-                .filter(|o| selected(o, &labels, &fields))
-                .collect();
+            let items: Vec<Value> = if labels.is_empty() && fields.is_empty() {
+                items
+            } else {
+                items
+                    .into_iter()
+                    .filter(|o| selected(o, &labels, &fields))
+                    .collect()
+            };
             state.pages.first(&scope, items, revision, paging.limit)
         }
     };
-    let mut list = match table {
-        Some(include) => as_table(kind, &page.items, Some(page.revision), include),
-        None => json!({
-            "apiVersion": kind.api_version(),
-            "kind": format!("{}List", kind.kind),
-            "metadata": {"resourceVersion": page.revision.to_string()},
-            "items": page.items,
-        }),
+    // Written from the page's items as they are kept, without a copy.
+    let body = match table {
+        Some(include) => {
+            serde_json::to_vec(&Table::new(kind, page.items(), page.list_meta(), include))
+        }
+        None => serde_json::to_vec(&List::new(kind, page.items(), page.list_meta())),
     };
-    page.annotate(&mut list);
-    Ok(axum::Json(list).into_response())
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body.unwrap_or_default(),
+    )
+        .into_response())
 }
 
 async fn watch(
@@ -1109,7 +1068,7 @@ async fn watch(
                 && event["type"] != "BOOKMARK"
             {
                 let object = event["object"].take();
-                event["object"] = as_table(kind, std::slice::from_ref(&object), None, include);
+                event["object"] = as_table(kind, &object, include);
             }
             Ok::<_, std::io::Error>(Bytes::from(format!("{event}\n")))
         })
@@ -1152,23 +1111,16 @@ mod tests {
             "metadata": {"name": "web", "namespace": "default"},
             "spec": {"replicas": 2}, "status": {"readyReplicas": 1}});
         let kind = ResourceKind::from_name("deployments").unwrap();
-        let items = std::slice::from_ref(&deployment);
-        let table = as_table(kind, items, Some(7), IncludeObject::Metadata);
+        let table = as_table(kind, &deployment, IncludeObject::Metadata);
         assert_eq!(
             (&table["kind"], &table["apiVersion"]),
             (&json!("Table"), &json!("meta.k8s.io/v1"))
         );
-        assert_eq!(table["metadata"]["resourceVersion"], "7");
-        assert_eq!(table["columnDefinitions"][0]["format"], "name");
         assert_eq!(table["rows"][0]["cells"][1], "1/2");
         assert_eq!(table["rows"][0]["object"]["kind"], "PartialObjectMetadata");
-        assert_eq!(
-            table["rows"][0]["object"]["metadata"]["namespace"],
-            "default"
-        );
-        let table = as_table(kind, items, None, IncludeObject::Object);
+        let table = as_table(kind, &deployment, IncludeObject::Object);
         assert_eq!(table["rows"][0]["object"], deployment);
-        let table = as_table(kind, items, None, IncludeObject::None);
+        let table = as_table(kind, &deployment, IncludeObject::None);
         assert!(table["rows"][0].get("object").is_none());
     }
 

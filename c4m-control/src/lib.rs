@@ -72,6 +72,7 @@ mod selector;
 mod server;
 mod server_side_apply;
 mod streams;
+mod tables;
 #[cfg(test)]
 mod test_support;
 mod tls;

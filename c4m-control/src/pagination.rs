@@ -5,13 +5,16 @@
 //!
 //! Every page of one list comes from the same snapshot, so a paged list is
 //! consistent at one resourceVersion, as Kubernetes' is: the first page
-//! lists, keeps the rest of the (filtered) list in memory and names it in
-//! the token. A snapshot is kept five minutes (as etcd keeps history for
+//! lists, keeps the (filtered, sorted) list in memory and names it in the
+//! token, which says where the next page starts. A page is a range of the
+//! kept list, shared, not copied: each page of 500 costs what its own
+//! items cost to write out, whatever the length of the list. A snapshot is kept five minutes (as etcd keeps history for
 //! Kubernetes) and at most 32 are kept at once (both set in
 //! [`Snapshots::new`]); a token for one that is gone is 410 Gone, saying to
 //! list again, as Kubernetes says it when its history was compacted.
 
 use std::collections::{HashMap, VecDeque};
+use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -21,6 +24,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as TOKEN_BASE64;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::tables::ListMeta;
 use crate::{Error, Result};
 
 /// What a list request asks for: `limit` and `continue`.
@@ -54,8 +58,10 @@ impl PageRequest {
 /// One page of a list.
 #[derive(Debug)]
 pub(crate) struct Page {
-    /// The page's items.
-    pub items: Vec<Value>,
+    /// The whole list the page is of.
+    list: Arc<Vec<Value>>,
+    /// The page's items in `list`.
+    range: Range<usize>,
     /// The resourceVersion the whole list was read at.
     pub revision: i64,
     /// The token for the next page, when there is one.
@@ -65,17 +71,18 @@ pub(crate) struct Page {
 }
 
 impl Page {
-    /// Writes the page's `continue` and `remainingItemCount` into a list's
-    /// (or Table's) metadata.
-    pub(crate) fn annotate(&self, list: &mut Value) {
-        let Some(metadata) = list.get_mut("metadata").and_then(Value::as_object_mut) else {
-            return;
-        };
-        if let Some(token) = &self.continue_token {
-            metadata.insert("continue".into(), Value::String(token.clone()));
-        }
-        if let Some(remaining) = self.remaining {
-            metadata.insert("remainingItemCount".into(), remaining.into());
+    /// The page's items.
+    pub(crate) fn items(&self) -> &[Value] {
+        &self.list[self.range.clone()]
+    }
+
+    /// The page's list metadata: resourceVersion, and `continue` and
+    /// `remainingItemCount` when more follows.
+    pub(crate) fn list_meta(&self) -> ListMeta {
+        ListMeta {
+            continue_token: self.continue_token.clone(),
+            remaining_item_count: self.remaining,
+            resource_version: Some(self.revision.to_string()),
         }
     }
 }
@@ -115,7 +122,7 @@ impl Token {
     }
 }
 
-/// The rest of one list, kept for its next pages.
+/// One list, kept for its next pages.
 struct Snapshot {
     id: u64,
     /// The list it is: kind, namespace and selectors.
@@ -151,25 +158,26 @@ impl Snapshots {
     }
 
     /// The first page of `items` (the whole list `scope`, read at
-    /// `revision`); the rest is kept when there is more.
+    /// `revision`); the list is kept when there is more.
     pub(crate) fn first(
         &self,
         scope: &str,
-        mut items: Vec<Value>,
+        items: Vec<Value>,
         revision: i64,
         limit: Option<usize>,
     ) -> Page {
-        let Some(limit) = limit.filter(|&l| l < items.len()) else {
+        let total = items.len();
+        let items = Arc::new(items);
+        let Some(limit) = limit.filter(|&l| l < total) else {
             return Page {
-                items,
+                list: items,
+                range: 0..total,
                 revision,
                 continue_token: None,
                 remaining: None,
             };
         };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let total = items.len();
-        let rest = Arc::new(items.split_off(limit));
         let mut kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
         let now = Instant::now();
         kept.retain(|s| now.duration_since(s.taken) < self.ttl);
@@ -180,21 +188,11 @@ impl Snapshots {
             id,
             scope: scope.to_string(),
             revision,
-            items: rest,
+            items: Arc::clone(&items),
             taken: now,
         });
-        let token = Token {
-            v: TOKEN_VERSION.into(),
-            rv: revision,
-            id,
-            start: 0,
-        };
-        Page {
-            items,
-            revision,
-            continue_token: Some(token.encode()),
-            remaining: Some(total - limit),
-        }
+        drop(kept);
+        page_of(items, id, revision, 0, limit)
     }
 
     /// The page after `token` of the list `scope`.
@@ -220,24 +218,36 @@ impl Snapshots {
             }
             (Arc::clone(&snapshot.items), snapshot.revision)
         };
-        let start = token.start.min(items.len());
-        let end = limit.map_or(items.len(), |l| start.saturating_add(l).min(items.len()));
-        let page: Vec<Value> = items[start..end].to_vec();
-        let more = end < items.len();
-        Ok(Page {
-            items: page,
+        Ok(page_of(
+            items,
+            token.id,
             revision,
-            continue_token: more.then(|| {
-                Token {
-                    v: TOKEN_VERSION.into(),
-                    rv: revision,
-                    id: token.id,
-                    start: end,
-                }
-                .encode()
-            }),
-            remaining: more.then(|| items.len() - end),
-        })
+            token.start,
+            limit.unwrap_or(usize::MAX),
+        ))
+    }
+}
+
+/// The page of `list` (kept as snapshot `id`) from `start`, of at most
+/// `limit` items, with the token of the next one when there is more.
+fn page_of(list: Arc<Vec<Value>>, id: u64, revision: i64, start: usize, limit: usize) -> Page {
+    let start = start.min(list.len());
+    let end = start.saturating_add(limit).min(list.len());
+    let more = end < list.len();
+    Page {
+        continue_token: more.then(|| {
+            Token {
+                v: TOKEN_VERSION.into(),
+                rv: revision,
+                id,
+                start: end,
+            }
+            .encode()
+        }),
+        remaining: more.then(|| list.len() - end),
+        list,
+        range: start..end,
+        revision,
     }
 }
 
@@ -257,7 +267,7 @@ mod tests {
     }
 
     fn names(page: &Page) -> Vec<String> {
-        page.items
+        page.items()
             .iter()
             .map(|i| i["metadata"]["name"].as_str().unwrap().to_string())
             .collect()
@@ -286,21 +296,29 @@ mod tests {
             )
             .unwrap();
         assert_eq!(names(&last), ["p06"]);
-        assert_eq!((last.continue_token, last.remaining), (None, None));
+        assert_eq!(
+            (last.continue_token.as_deref(), last.remaining),
+            (None, None)
+        );
 
-        let mut list = json!({"metadata": {"resourceVersion": "42"}});
-        second.annotate(&mut list);
-        assert_eq!(list["metadata"]["remainingItemCount"], 1);
-        assert!(list["metadata"]["continue"].is_string());
+        let meta = second.list_meta();
+        assert_eq!(meta.remaining_item_count, Some(1));
+        assert_eq!(meta.resource_version.as_deref(), Some("42"));
+        assert_eq!(meta.continue_token, second.continue_token);
+        let meta = last.list_meta();
+        assert_eq!(
+            (meta.continue_token, meta.remaining_item_count),
+            (None, None)
+        );
     }
 
     #[test]
     fn no_limit_or_a_short_list_is_one_page() {
         let snapshots = Snapshots::default();
         let all = snapshots.first("pods/", items(3), 1, None);
-        assert_eq!((all.items.len(), all.continue_token), (3, None));
+        assert_eq!((all.items().len(), all.continue_token), (3, None));
         let short = snapshots.first("pods/", items(3), 1, Some(3));
-        assert_eq!((short.items.len(), short.remaining), (3, None));
+        assert_eq!((short.items().len(), short.remaining), (3, None));
     }
 
     #[test]

@@ -110,6 +110,11 @@ impl Selector {
         Ok(Selector(requirements))
     }
 
+    /// Whether it has no requirement (every object matches).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// Whether `labels` satisfy every requirement.
     pub(crate) fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
         self.0.iter().all(|r| match r {
