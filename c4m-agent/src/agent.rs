@@ -377,6 +377,7 @@ impl Agent {
             directory: Arc::clone(&directory),
             dns_address: dns_rx,
             network: network.clone(),
+            pod_namespaces: Some(self.config.data_dir.join("pods")),
             backoff: self.config.restart_backoff,
             pod_etc: PodEtc::new(
                 &self.config.data_dir,

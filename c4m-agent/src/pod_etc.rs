@@ -24,26 +24,28 @@ pub(crate) struct PodEtc {
 }
 
 impl PodEtc {
-    /// Files under `data_dir/pods`, the node's `/etc/resolv.conf`.
+    /// Files under `data_dir/pod-etc` (`data_dir/pods` holds pods'
+    /// network namespaces), the node's `/etc/resolv.conf`.
     pub(crate) fn new(data_dir: &Path, cluster_domain: &str) -> PodEtc {
         PodEtc {
-            dir: data_dir.join("pods"),
+            dir: data_dir.join("pod-etc"),
             cluster_domain: cluster_domain.to_string(),
             node_resolv_conf: PathBuf::from("/etc/resolv.conf"),
         }
     }
 
-    /// Writes the files of container `spec.id` of `pod`, whose address is
+    /// Writes the files of pod `pod_id` (one set its containers share), whose address is
     /// `address` and whose cluster DNS server (where it reaches it) is
     /// `cluster_dns`, and points `spec` at them; its host name too.
     pub(crate) fn write(
         &self,
+        pod_id: &str,
         spec: &mut ContainerSpec,
         pod: &Instance,
         address: Option<IpAddr>,
         cluster_dns: Option<IpAddr>,
     ) -> io::Result<()> {
-        let dir = self.dir.join(&spec.id);
+        let dir = self.dir.join(pod_id);
         std::fs::create_dir_all(&dir)?;
         let node = match std::fs::read_to_string(&self.node_resolv_conf) {
             Ok(text) => ResolvConf::parse(&text),
@@ -101,7 +103,7 @@ mod tests {
         )
         .unwrap();
         let etc = PodEtc {
-            dir: dir.path().join("pods"),
+            dir: dir.path().join("pod-etc"),
             cluster_domain: "cluster.local".into(),
             node_resolv_conf: dir.path().join("node.conf"),
         };
@@ -114,9 +116,15 @@ mod tests {
             id: "shop_web_1".into(),
             ..ContainerSpec::default()
         };
-        etc.write(&mut spec, &pod, Some("10.9.0.4".parse().unwrap()), None)
-            .unwrap();
-        let files = dir.path().join("pods/shop_web_1");
+        etc.write(
+            "web-1",
+            &mut spec,
+            &pod,
+            Some("10.9.0.4".parse().unwrap()),
+            None,
+        )
+        .unwrap();
+        let files = dir.path().join("pod-etc/web-1");
         assert_eq!(spec.hosts_file, Some(files.join("hosts")));
         assert_eq!(spec.resolv_conf, Some(files.join("resolv.conf")));
         assert_eq!(spec.hostname.as_deref(), Some("db"));
@@ -133,8 +141,8 @@ mod tests {
             std::fs::read_to_string(files.join("resolv.conf")).unwrap(),
             "search corp.example\nnameserver 10.0.0.2\n"
         );
-        etc.remove("shop_web_1");
+        etc.remove("web-1");
         assert!(!files.exists());
-        etc.remove("shop_web_1");
+        etc.remove("web-1");
     }
 }

@@ -78,11 +78,15 @@ async fn authenticate(
     next.run(request).await
 }
 
-/// The instance `ns/name` on this node, or the 404 saying it is not here.
+/// The instance `ns/name` on this node, with [`Placement::id`] the id of
+/// its container named `container` (its first app container when none is
+/// named); else the 404 saying it is not here, or the 400 naming a
+/// container it lacks.
 pub(crate) fn placement_of(
     state: &ServerState,
     ns: &str,
     name: &str,
+    container: Option<&str>,
 ) -> Result<Placement, Box<Response>> {
     let placement = state
         .directory
@@ -90,10 +94,19 @@ pub(crate) fn placement_of(
         .unwrap_or_else(|e| e.into_inner())
         .get(&(ns.to_string(), name.to_string()))
         .cloned();
-    placement.ok_or_else(|| {
+    let mut placement = placement.ok_or_else(|| {
         let message = format!("instance {ns}/{name} does not run on this node\n");
         Box::new((StatusCode::NOT_FOUND, message).into_response())
-    })
+    })?;
+    let id = placement.container(container).map(str::to_string);
+    placement.id = id.ok_or_else(|| {
+        let message = format!(
+            "container {} is not valid for pod {name}\n",
+            container.unwrap_or_default()
+        );
+        Box::new((StatusCode::BAD_REQUEST, message).into_response())
+    })?;
+    Ok(placement)
 }
 
 /// Kubernetes' log parameters: `follow`, `tailLines`, `timestamps`,
@@ -164,7 +177,8 @@ async fn log(
     Path((ns, name)): Path<(String, String)>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
-    let placement = match placement_of(&state, &ns, &name) {
+    let container = query.get("container").map(String::as_str);
+    let placement = match placement_of(&state, &ns, &name, container) {
         Ok(placement) => placement,
         Err(response) => return *response,
     };

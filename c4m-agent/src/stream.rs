@@ -55,10 +55,11 @@ async fn exec_or_attach(
     parsed: Result<ExecQuery, String>,
     attach: bool,
 ) -> Response {
-    let (query, placement) = match stream_target(&state, &ns, &name, parsed) {
-        Ok(target) => target,
-        Err(response) => return *response,
-    };
+    let (query, placement) =
+        match stream_target(&state, &ns, &name, parsed, |q| q.container.as_deref()) {
+            Ok(target) => target,
+            Err(response) => return *response,
+        };
     let upgrade = upgrade.protocols(channel::EXEC_PROTOCOLS);
     let v5 = upgrade
         .selected_protocol()
@@ -135,10 +136,11 @@ fn stream_target<T>(
     ns: &str,
     name: &str,
     query: Result<T, String>,
+    container: impl FnOnce(&T) -> Option<&str>,
 ) -> Result<(T, Placement), Box<Response>> {
     let query =
         query.map_err(|e| Box::new((StatusCode::BAD_REQUEST, format!("{e}\n")).into_response()))?;
-    let placement = placement_of(state, ns, name)?;
+    let placement = placement_of(state, ns, name, container(&query))?;
     Ok((query, placement))
 }
 
@@ -274,7 +276,7 @@ pub(crate) async fn port_forward(
     upgrade: WebSocketUpgrade,
 ) -> Response {
     let parsed = channel::parse_ports(query.as_deref().unwrap_or_default());
-    let (ports, placement) = match stream_target(&state, &ns, &name, parsed) {
+    let (ports, placement) = match stream_target(&state, &ns, &name, parsed, |_| None) {
         Ok(target) => target,
         Err(response) => return *response,
     };

@@ -1,19 +1,26 @@
 //! The supervisor: drives the node's containers toward the assigned set.
 //!
 //! One loop owns every instance's state. It wakes on a new assignment set, a
-//! probe result, or a tick, and for each instance decides: start, restart
-//! (after backoff), stop, or leave alone. Probes run in their own tasks per
+//! probe result, or a tick, and for each container of each instance
+//! decides: start, restart (after backoff), stop, or leave alone. A pod's
+//! containers start in the kubelet's order: init containers one at a time,
+//! each to success (a sidecar, `restartPolicy: Always`, until it runs and
+//! then for as long as the app runs), then the app containers. Probes run in their own tasks per
 //! container run, so a slow probe never stalls the loop.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::Ipv4Addr;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
-use c4m_api::agent::{InstanceStatus, PortBinding as WirePort, ResourceUsage as WireUsage};
+use c4m_api::agent::{
+    ContainerReport, ContainerRunning, ContainerTerminated, ContainerWaiting, InstanceStatus,
+    PortBinding as WirePort, ResourceUsage as WireUsage,
+};
 use c4m_core::{
-    ContainerRuntime, ContainerSpec, ContainerState, ContainerStatus, Instance, PortBinding,
-    ProbeTracker, Prober,
+    ContainerRuntime, ContainerSpec, ContainerState, ContainerStatus, Instance, PodContainer,
+    PortBinding, ProbeTracker, Prober,
 };
 use c4m_mesh::InstanceNetwork;
 use tokio::sync::{mpsc, watch};
@@ -62,17 +69,39 @@ const ERR_IMAGE_NEVER_PULL: &str = "ErrImageNeverPull";
 /// The variable telling an instance where the cluster DNS answers.
 const DNS_SERVER_ENV: &str = "C4M_DNS_SERVER";
 
-/// Where an instance runs: its container id and driver.
+/// Where an instance runs: its containers' ids and its driver.
 #[derive(Clone)]
 pub(crate) struct Placement {
+    /// The instance's id: its first app container's, under which its
+    /// network is kept.
     pub id: String,
     pub runtime: Arc<dyn ContainerRuntime>,
+    /// Each container's name and id, init containers first.
+    pub containers: Vec<(String, String)>,
+}
+
+impl Placement {
+    /// The id of the container named `name`; with no name, the first app
+    /// container's (as Kubernetes' default container).
+    pub(crate) fn container(&self, name: Option<&str>) -> Option<&str> {
+        match name.filter(|n| !n.is_empty()) {
+            None => Some(&self.id),
+            Some(name) => self
+                .containers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, id)| id.as_str()),
+        }
+    }
 }
 
 /// Instances by (namespace, name), for the agent's HTTP server.
 pub(crate) type Directory = Arc<Mutex<HashMap<(String, String), Placement>>>;
 
-/// The container id of an instance: unique and file-name safe.
+/// The id of an instance: unique and file-name safe. Its first app
+/// container runs under it (so containers of agents that ran one container
+/// per instance are adopted), its network is kept under it, and its other
+/// containers' ids start with it ([`containers_of`]).
 pub(crate) fn container_id(pod: &Instance) -> String {
     let meta = &pod.metadata;
     let uid: String = meta
@@ -91,6 +120,40 @@ pub(crate) fn container_id(pod: &Instance) -> String {
     )
 }
 
+/// One container of a pod as the supervisor knows it before it runs.
+pub(crate) struct PodMember {
+    pub which: PodContainer,
+    pub name: String,
+    pub id: String,
+    /// An init container with `restartPolicy: Always`.
+    pub sidecar: bool,
+}
+
+/// A pod's containers, init containers first, in the pod's order, with
+/// their ids: `pod_id` for the first app container, `pod_id_NAME` for the
+/// others (container names are DNS labels: file-name safe, no `_`).
+pub(crate) fn containers_of(pod: &Instance, pod_id: &str) -> Vec<PodMember> {
+    let Some(spec) = pod.spec.as_ref() else {
+        return Vec::new();
+    };
+    let init = spec.init_containers.iter().flatten().enumerate();
+    let init = init.map(|(i, c)| (PodContainer::Init(i), c));
+    let app = spec.containers.iter().enumerate();
+    let app = app.map(|(i, c)| (PodContainer::App(i), c));
+    init.chain(app)
+        .map(|(which, c)| PodMember {
+            which,
+            name: c.name.clone(),
+            id: match which {
+                PodContainer::App(0) => pod_id.to_string(),
+                _ => format!("{pod_id}_{}", c.name),
+            },
+            sidecar: matches!(which, PodContainer::Init(_))
+                && c.restart_policy.as_deref() == Some("Always"),
+        })
+        .collect()
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ProbeKind {
     Liveness,
@@ -98,6 +161,9 @@ enum ProbeKind {
 }
 
 struct ProbeResult {
+    /// The instance's id.
+    pod: String,
+    /// The container's id.
     id: String,
     run: u64,
     kind: ProbeKind,
@@ -105,11 +171,72 @@ struct ProbeResult {
     message: String,
 }
 
-/// One assigned instance.
-struct Managed {
-    pod: Arc<Instance>,
+/// How a container's run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Exit {
+    exit_code: Option<i32>,
+    signal: Option<i32>,
+    oom_killed: bool,
+    started_at: SystemTime,
+    finished_at: SystemTime,
+}
+
+impl Exit {
+    fn of(state: &ContainerState) -> Option<Exit> {
+        match state {
+            ContainerState::Exited {
+                exit_code,
+                signal,
+                oom_killed,
+                started_at,
+                finished_at,
+            } => Some(Exit {
+                exit_code: *exit_code,
+                signal: *signal,
+                oom_killed: *oom_killed,
+                started_at: *started_at,
+                finished_at: *finished_at,
+            }),
+            ContainerState::Running { .. } => None,
+        }
+    }
+
+    fn succeeded(&self) -> bool {
+        self.exit_code == Some(0)
+    }
+
+    /// "exited with code 1", "killed by signal 9".
+    fn how(&self) -> String {
+        match (self.exit_code, self.signal) {
+            (_, Some(signal)) => format!("killed by signal {signal}"),
+            (Some(code), None) => format!("exited with code {code}"),
+            (None, None) => "exited (code unknown)".to_string(),
+        }
+    }
+
+    fn wire(&self) -> ContainerTerminated {
+        ContainerTerminated {
+            // Kubernetes shows 128 + the signal for a killed process.
+            exit_code: self
+                .exit_code
+                .or(self.signal.map(|s| 128 + s))
+                .unwrap_or(-1),
+            signal: self.signal.unwrap_or(0),
+            reason: termination_reason(self.exit_code, self.oom_killed).into(),
+            message: String::new(),
+            started_at: rfc3339(self.started_at),
+            finished_at: rfc3339(self.finished_at),
+        }
+    }
+}
+
+/// One container of an assigned instance.
+struct Slot {
+    which: PodContainer,
+    name: String,
+    id: String,
+    sidecar: bool,
     spec: Option<ContainerSpec>,
-    runtime: Arc<dyn ContainerRuntime>,
     status: Option<ContainerStatus>,
     /// Counts container runs, so late probe results of an old run are ignored.
     run: u64,
@@ -123,17 +250,86 @@ struct Managed {
     /// When the last pull failed, while the next one waits.
     pull_failed_at: Option<Instant>,
     running_since: Option<Instant>,
-    last_exit: Option<(Option<i32>, bool)>,
-    /// Why the instance is not running as it should (config errors, probes).
+    /// How the run before the current one ended (Kubernetes' `lastState`).
+    last_exit: Option<Exit>,
+    /// Why the container is not running as it should (config errors, probes).
     problem: Option<(String, String)>,
+    /// An init container that succeeded, or a sidecar stopped after the app
+    /// containers ended: not started again.
+    finished: bool,
     /// Previous CPU counter sample for usage rates.
     cpu_sample: Option<(u64, Instant)>,
     usage: WireUsage,
+}
+
+impl Slot {
+    fn running(&self) -> bool {
+        matches!(
+            self.status.as_ref().map(|s| &s.state),
+            Some(ContainerState::Running { .. })
+        )
+    }
+
+    fn exit(&self) -> Option<Exit> {
+        self.status.as_ref().and_then(|s| Exit::of(&s.state))
+    }
+
+    /// Ended and not to be started again.
+    fn terminal(&self) -> bool {
+        self.exit().is_some() && self.restart_at.is_none()
+    }
+
+    fn is_init(&self) -> bool {
+        matches!(self.which, PodContainer::Init(_))
+    }
+}
+
+/// One assigned instance.
+struct Managed {
+    pod: Arc<Instance>,
+    runtime: Arc<dyn ContainerRuntime>,
+    /// Its containers, init containers first, in the pod's order.
+    slots: Vec<Slot>,
+    /// Every init container has succeeded (sidecars: started); kept once
+    /// true, as the kubelet keeps a pod initialized.
+    initialized: bool,
+    /// Why none of its containers can run (a pod its driver cannot run).
+    problem: Option<(String, String)>,
     /// The instance's address in its VPC, when its driver joins the
     /// namespace the agent makes.
     pod_ip: Option<Ipv4Addr>,
     /// Where its `hostPort`s are published on the node (in a VPC).
     host_bindings: Vec<PortBinding>,
+    /// The network namespace its containers share when it has several and
+    /// no VPC attachment.
+    shared_namespace: Option<PathBuf>,
+}
+
+impl Managed {
+    fn app(&self) -> impl Iterator<Item = &Slot> {
+        self.slots.iter().filter(|s| !s.is_init())
+    }
+
+    fn policy(&self) -> &str {
+        self.pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.restart_policy.as_deref())
+            .unwrap_or("Always")
+    }
+
+    /// Every app container has ended for good.
+    fn app_finished(&self) -> bool {
+        self.initialized && self.app().all(Slot::terminal)
+    }
+
+    /// An init container failed and will not run again (restartPolicy
+    /// Never): the pod has failed.
+    fn init_failed(&self) -> bool {
+        self.slots
+            .iter()
+            .any(|s| s.is_init() && !s.sidecar && s.terminal() && !s.finished)
+    }
 }
 
 /// The supervisor's inputs and outputs.
@@ -146,6 +342,10 @@ pub(crate) struct Supervisor {
     pub dns_address: watch::Receiver<String>,
     /// Instance networking, when this node has it.
     pub network: Option<Arc<InstanceNetwork>>,
+    /// Where the network namespaces shared by the containers of a pod
+    /// without a VPC address are kept (`None`: each container of such a
+    /// pod gets its own).
+    pub pod_namespaces: Option<PathBuf>,
     /// Runs probe attempts.
     pub prober: Arc<dyn Prober>,
     /// How restarts of crashing containers are spaced.
@@ -232,8 +432,10 @@ impl Supervisor {
             });
         }
         for instance in managed.values() {
-            if let Some(probes) = &instance.probes {
-                probes.cancel();
+            for slot in &instance.slots {
+                if let Some(probes) = &slot.probes {
+                    probes.cancel();
+                }
             }
         }
     }
@@ -263,8 +465,10 @@ impl Supervisor {
             .collect();
         for id in gone {
             if let Some(instance) = managed.remove(&id) {
-                if let Some(probes) = &instance.probes {
-                    probes.cancel();
+                for slot in &instance.slots {
+                    if let Some(probes) = &slot.probes {
+                        probes.cancel();
+                    }
                 }
                 self.forget(&instance.pod);
                 let grace = match deleted.get(&id) {
@@ -274,17 +478,30 @@ impl Supervisor {
                 let network = self.network_for(instance.runtime.as_ref());
                 lock(stopping).insert(id.clone(), report(&instance));
                 let stopping = Arc::clone(stopping);
-                let runtime = instance.runtime;
                 self.pod_etc.remove(&id);
+                let removal = Removal {
+                    runtime: instance.runtime,
+                    network,
+                    id: id.clone(),
+                    // App containers first, then sidecars and init
+                    // containers, last started first (as the kubelet).
+                    containers: instance.slots.iter().rev().map(|s| s.id.clone()).collect(),
+                    shared_namespace: instance.shared_namespace,
+                    grace,
+                };
                 tokio::spawn(async move {
-                    remove(runtime, network, id.clone(), grace).await;
+                    removal.run().await;
                     lock(&stopping).remove(&id);
                 });
             }
         }
+        let wanted_containers: HashSet<String> = wanted
+            .iter()
+            .flat_map(|(id, pod)| containers_of(pod, id).into_iter().map(|m| m.id))
+            .collect();
         let unassigned: Vec<String> = leftovers
             .keys()
-            .filter(|id| !wanted.contains_key(*id))
+            .filter(|id| !wanted_containers.contains(*id))
             .cloned()
             .collect();
         for id in unassigned {
@@ -292,7 +509,15 @@ impl Supervisor {
                 tracing::info!(container = %id, "removing a container that is no longer assigned");
                 let network = self.network_for(runtime.as_ref());
                 self.pod_etc.remove(&id);
-                tokio::spawn(remove(runtime, network, id, Duration::from_secs(10)));
+                let removal = Removal {
+                    runtime,
+                    network,
+                    containers: vec![id.clone()],
+                    id,
+                    shared_namespace: None,
+                    grace: Duration::from_secs(10),
+                };
+                tokio::spawn(removal.run());
             }
         }
         for (id, pod) in wanted {
@@ -300,9 +525,13 @@ impl Supervisor {
                 instance.pod = Arc::clone(pod);
                 continue;
             }
+            let members = containers_of(pod, &id);
+            let adopted: HashMap<String, (ContainerStatus, Arc<dyn ContainerRuntime>)> = members
+                .iter()
+                .filter_map(|m| Some((m.id.clone(), leftovers.remove(&m.id)?)))
+                .collect();
             let driver = c4m_core::instance_driver(pod);
-            let adopted = leftovers.remove(&id);
-            let runtime = match (&adopted, self.runtime(driver)) {
+            let runtime = match (adopted.values().next(), self.runtime(driver)) {
                 (Some((_, runtime)), _) => Arc::clone(runtime),
                 (None, Some(runtime)) => runtime,
                 (None, None) => {
@@ -310,77 +539,163 @@ impl Supervisor {
                     continue;
                 }
             };
-            let attached = self.network_for(runtime.as_ref()).is_some();
-            let spec = ContainerSpec::from_pod(pod, id.clone()).and_then(|mut spec| {
-                // What the node's default driver cannot honour is refused
-                // here, naming the field, as admission refuses it for a pod
-                // that names its driver.
-                if let Some((field, why)) = pod.spec.as_ref().and_then(|pod_spec| {
-                    c4m_core::pod_etc::unsupported_by_driver(runtime.name(), pod_spec)
-                }) {
-                    return Err(c4m_core::Error::Invalid(format!("spec.{field}: {why}")));
-                }
-                self.add_instance_env(&mut spec, pod, attached);
-                Ok(spec)
-            });
-            let problem = spec
+            let instance = self.manage(pod, &id, members, adopted, runtime).await;
+            managed.insert(id, instance);
+        }
+    }
+
+    /// Takes over the instance `pod` (id `id`) on `runtime`, with the
+    /// containers an earlier agent left running (`adopted`).
+    async fn manage(
+        &self,
+        pod: &Arc<Instance>,
+        id: &str,
+        members: Vec<PodMember>,
+        mut adopted: HashMap<String, (ContainerStatus, Arc<dyn ContainerRuntime>)>,
+        runtime: Arc<dyn ContainerRuntime>,
+    ) -> Managed {
+        let attached = self.network_for(runtime.as_ref()).is_some();
+        let several = members.len() > 1;
+        let problem = (several && !runtime.runs_several_containers_per_pod()).then(|| {
+            let field = members
+                .iter()
+                .find(|m| m.which != PodContainer::App(0))
+                .map(|m| m.which.to_string())
+                .unwrap_or_default();
+            (
+                "CreateContainerConfigError".to_string(),
+                format!(
+                    "{field}: the {} driver runs one container per pod; use a driver that runs several (oci, containerd, process)",
+                    runtime.name()
+                ),
+            )
+        });
+        // What the node's default driver cannot honour is refused here,
+        // naming the field, as admission refuses it for a pod that names
+        // its driver.
+        let problem = problem.or_else(|| {
+            let (field, why) = pod.spec.as_ref().and_then(|pod_spec| {
+                c4m_core::pod_etc::unsupported_by_driver(runtime.name(), pod_spec)
+            })?;
+            Some((
+                "CreateContainerConfigError".to_string(),
+                format!("spec.{field}: {why}"),
+            ))
+        });
+        let shared_namespace = match &self.pod_namespaces {
+            Some(dir) if several && !attached && runtime.takes_network_namespace() => {
+                Some(dir.join(id))
+            }
+            _ => None,
+        };
+        let known = |statuses: Option<&Vec<k8s_openapi::api::core::v1::ContainerStatus>>,
+                     name: &str| {
+            statuses
+                .and_then(|list| list.iter().find(|c| c.name == name))
+                .map(|c| {
+                    (
+                        c.restart_count,
+                        c.state
+                            .as_ref()
+                            .and_then(|s| s.terminated.as_ref())
+                            .is_some_and(|t| t.exit_code == 0),
+                    )
+                })
+        };
+        let pod_status = pod.status.as_ref();
+        let mut slots = Vec::with_capacity(members.len());
+        for member in members {
+            let spec = ContainerSpec::for_container(pod, member.which, member.id.clone()).map(
+                |mut spec| {
+                    self.add_instance_env(&mut spec, pod, attached);
+                    spec
+                },
+            );
+            let slot_problem = spec
                 .as_ref()
                 .err()
                 .map(|e| ("CreateContainerConfigError".to_string(), e.to_string()));
-            let restart_count = pod
-                .status
-                .as_ref()
-                .and_then(|s| s.container_statuses.as_ref())
-                .and_then(|c| c.first())
-                .map_or(0, |c| c.restart_count);
-            let status = adopted.map(|(status, _)| status);
-            if status.is_some() {
-                tracing::info!(instance = %id, "adopted a running container");
-            }
-            let (pod_ip, host_bindings) = match self.network_for(runtime.as_ref()) {
-                Some(network) if status.is_some() => (
-                    network.readopt(&id, pod).await.map(|a| a.address),
-                    network.host_bindings(&id),
+            // What the pod's status says survives an agent restart: the
+            // restart count, and init containers that already succeeded.
+            let (restart_count, succeeded) = match member.which {
+                PodContainer::Init(_) => known(
+                    pod_status.and_then(|s| s.init_container_statuses.as_ref()),
+                    &member.name,
                 ),
-                _ => (None, Vec::new()),
-            };
-            self.directory
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(
-                    (
-                        pod.metadata.namespace.clone().unwrap_or_default(),
-                        pod.metadata.name.clone().unwrap_or_default(),
-                    ),
-                    Placement {
-                        id: id.clone(),
-                        runtime: Arc::clone(&runtime),
-                    },
-                );
-            managed.insert(
-                id,
-                Managed {
-                    pod: Arc::clone(pod),
-                    spec: spec.ok(),
-                    runtime,
-                    running_since: status.as_ref().map(|_| Instant::now()),
-                    status,
-                    run: 0,
-                    probes: None,
-                    ready: false,
-                    restart_count,
-                    backoff: self.backoff.initial,
-                    restart_at: None,
-                    pull_backoff: self.backoff.image_pull_initial,
-                    pull_failed_at: None,
-                    last_exit: None,
-                    problem,
-                    cpu_sample: None,
-                    usage: WireUsage::default(),
-                    pod_ip,
-                    host_bindings,
+                PodContainer::App(_) => known(
+                    pod_status.and_then(|s| s.container_statuses.as_ref()),
+                    &member.name,
+                ),
+            }
+            .unwrap_or((0, false));
+            let status = adopted.remove(&member.id).map(|(status, _)| status);
+            if status.is_some() {
+                tracing::info!(container = %member.id, "adopted a running container");
+            }
+            slots.push(Slot {
+                which: member.which,
+                name: member.name,
+                id: member.id,
+                sidecar: member.sidecar,
+                spec: spec.ok(),
+                running_since: status.as_ref().map(|_| Instant::now()),
+                status,
+                run: 0,
+                probes: None,
+                ready: false,
+                restart_count,
+                backoff: self.backoff.initial,
+                restart_at: None,
+                pull_backoff: self.backoff.image_pull_initial,
+                pull_failed_at: None,
+                last_exit: None,
+                problem: slot_problem,
+                finished: matches!(member.which, PodContainer::Init(_))
+                    && !member.sidecar
+                    && succeeded,
+                cpu_sample: None,
+                usage: WireUsage::default(),
+            });
+        }
+        let adopted_any = slots.iter().any(|s| s.status.is_some());
+        // A pod whose app containers ran (or run) has been initialized.
+        let initialized = !slots.iter().any(Slot::is_init)
+            || slots
+                .iter()
+                .any(|s| !s.is_init() && (s.status.is_some() || s.restart_count > 0));
+        let (pod_ip, host_bindings) = match self.network_for(runtime.as_ref()) {
+            Some(network) if adopted_any => (
+                network.readopt(id, pod).await.map(|a| a.address),
+                network.host_bindings(id),
+            ),
+            _ => (None, Vec::new()),
+        };
+        self.directory
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                (
+                    pod.metadata.namespace.clone().unwrap_or_default(),
+                    pod.metadata.name.clone().unwrap_or_default(),
+                ),
+                Placement {
+                    id: id.to_string(),
+                    runtime: Arc::clone(&runtime),
+                    containers: slots
+                        .iter()
+                        .map(|s| (s.name.clone(), s.id.clone()))
+                        .collect(),
                 },
             );
+        Managed {
+            pod: Arc::clone(pod),
+            runtime,
+            slots,
+            initialized,
+            problem,
+            pod_ip,
+            host_bindings,
+            shared_namespace,
         }
     }
 
@@ -419,85 +734,185 @@ impl Supervisor {
             .remove(&key);
     }
 
-    /// Moves one instance along: start, observe, restart.
+    /// Moves one instance along, as the kubelet orders a pod's containers:
+    /// init containers one at a time, each to success (a sidecar: until it
+    /// runs), then the app containers together; sidecars keep running
+    /// until every app container has ended for good, then stop.
     async fn drive(&self, id: &str, instance: &mut Managed, probes: &mpsc::Sender<ProbeResult>) {
-        let Some(spec) = instance.spec.clone() else {
+        if instance.problem.is_some() {
+            return;
+        }
+        // Observe every container that has run.
+        for index in 0..instance.slots.len() {
+            self.observe(instance, index).await;
+        }
+        if !instance.initialized {
+            let mut all_done = true;
+            for index in 0..instance.slots.len() {
+                let slot = &instance.slots[index];
+                if !slot.is_init() {
+                    break;
+                }
+                if slot.finished && !slot.sidecar {
+                    continue;
+                }
+                self.advance(id, instance, index, probes).await;
+                let slot = &instance.slots[index];
+                let through = if slot.sidecar {
+                    slot.running()
+                } else {
+                    slot.finished
+                };
+                if !through {
+                    all_done = false;
+                    break;
+                }
+            }
+            if !all_done {
+                self.sample_usage(instance).await;
+                return;
+            }
+            instance.initialized = true;
+        }
+        if instance.app_finished() {
+            self.stop_sidecars(instance).await;
+        } else {
+            for index in 0..instance.slots.len() {
+                let slot = &instance.slots[index];
+                if slot.is_init() && !slot.sidecar {
+                    continue;
+                }
+                self.advance(id, instance, index, probes).await;
+            }
+        }
+        self.sample_usage(instance).await;
+    }
+
+    /// Reads the current state of container `index` if it has run, and
+    /// records an exit.
+    async fn observe(&self, instance: &mut Managed, index: usize) {
+        let runtime = Arc::clone(&instance.runtime);
+        let slot = &mut instance.slots[index];
+        if slot.status.is_none() {
+            return;
+        }
+        match runtime.status(&slot.id).await {
+            Ok(status) => {
+                let was_running = slot.running();
+                slot.status = Some(status);
+                if was_running && !slot.running() {
+                    let policy = instance.policy().to_string();
+                    let stopped_on_purpose = instance.slots[index].finished;
+                    self.on_exit(&mut instance.slots[index], &policy, stopped_on_purpose);
+                }
+            }
+            Err(c4m_core::Error::ContainerNotFound(_)) => {
+                // Removed behind our back: start it again.
+                slot.status = None;
+            }
+            Err(e) => {
+                tracing::warn!(container = %slot.id, error = %e, "cannot read container status");
+            }
+        }
+    }
+
+    /// Starts container `index` when it has not run, or restarts it when
+    /// its backoff is over; starts its probes once it runs.
+    async fn advance(
+        &self,
+        pod_id: &str,
+        instance: &mut Managed,
+        index: usize,
+        probes: &mpsc::Sender<ProbeResult>,
+    ) {
+        let slot = &mut instance.slots[index];
+        let Some(spec) = slot.spec.clone() else {
             return;
         };
-        let needs_probes = match &instance.status {
+        if slot.finished {
+            return;
+        }
+        let needs_probes = match &slot.status {
             None => {
-                if let Some(at) = instance.restart_at.filter(|at| Instant::now() < *at) {
-                    show_pull_backoff(instance, at);
+                if let Some(at) = slot.restart_at.filter(|at| Instant::now() < *at) {
+                    show_pull_backoff(slot, at);
                     return;
                 }
                 // A container may exist that this agent has not seen (one
                 // whose start outlived a crash): adopt it, never duplicate it.
-                match instance.runtime.status(id).await {
+                match instance.runtime.status(&slot.id).await {
                     Ok(status) if matches!(status.state, ContainerState::Running { .. }) => {
-                        tracing::info!(container = id, "adopted a running container");
-                        instance.status = Some(status);
-                        instance.running_since = Some(Instant::now());
+                        tracing::info!(container = %slot.id, "adopted a running container");
+                        slot.status = Some(status);
+                        slot.running_since = Some(Instant::now());
                         if let Some(network) = self.network_for(instance.runtime.as_ref()) {
-                            instance.pod_ip =
-                                network.readopt(id, &instance.pod).await.map(|a| a.address);
-                            instance.host_bindings = network.host_bindings(id);
+                            instance.pod_ip = network
+                                .readopt(pod_id, &instance.pod)
+                                .await
+                                .map(|a| a.address);
+                            instance.host_bindings = network.host_bindings(pod_id);
                         }
                     }
-                    _ => self.start(id, instance, &spec).await,
+                    _ => self.start(pod_id, instance, index, &spec).await,
                 }
                 true
             }
-            Some(_) => match instance.runtime.status(id).await {
-                Ok(status) => {
-                    let was_running = matches!(
-                        instance.status.as_ref().map(|s| &s.state),
-                        Some(ContainerState::Running { .. })
-                    );
-                    let exited = matches!(status.state, ContainerState::Exited { .. });
-                    instance.status = Some(status);
-                    if exited {
-                        if was_running {
-                            self.on_exit(id, instance);
-                        }
-                        if instance.restart_at.is_some_and(|at| Instant::now() >= at) {
-                            instance.restart_at = None;
-                            instance.restart_count += 1;
-                            self.start(id, instance, &spec).await;
-                            true
-                        } else {
-                            false
-                        }
-                    } else {
-                        instance.probes.is_none()
-                    }
-                }
-                Err(c4m_core::Error::ContainerNotFound(_)) => {
-                    // Removed behind our back: start it again.
-                    instance.status = None;
+            Some(_) if slot.running() => slot.probes.is_none(),
+            Some(_) => {
+                if slot.restart_at.is_some_and(|at| Instant::now() >= at) {
+                    slot.restart_at = None;
+                    slot.restart_count += 1;
+                    slot.last_exit = slot.exit();
+                    self.start(pod_id, instance, index, &spec).await;
+                    true
+                } else {
                     false
                 }
-                Err(e) => {
-                    tracing::warn!(container = id, error = %e, "cannot read container status");
-                    false
-                }
-            },
+            }
         };
-        if needs_probes
-            && matches!(
-                instance.status.as_ref().map(|s| &s.state),
-                Some(ContainerState::Running { .. })
-            )
-        {
-            self.start_probes(id, instance, probes.clone());
+        if needs_probes && instance.slots[index].running() {
+            self.start_probes(pod_id, instance, index, probes.clone());
         }
-        self.sample_usage(id, instance).await;
     }
 
-    async fn start(&self, id: &str, instance: &mut Managed, spec: &ContainerSpec) {
+    /// Stops the sidecars once the app containers have ended for good, the
+    /// last started first, so that a Job's pod completes.
+    async fn stop_sidecars(&self, instance: &mut Managed) {
+        let grace = grace_period(&instance.pod);
+        for slot in instance.slots.iter_mut().rev().filter(|s| s.sidecar) {
+            if slot.finished {
+                continue;
+            }
+            slot.finished = true;
+            slot.restart_at = None;
+            if let Some(probes) = slot.probes.take() {
+                probes.cancel();
+            }
+            if slot.running() {
+                tracing::info!(container = %slot.id, "stopping a sidecar: the app containers have ended");
+                if let Err(e) = instance.runtime.stop(&slot.id, grace).await {
+                    tracing::warn!(container = %slot.id, error = %e, "cannot stop a sidecar");
+                }
+                if let Ok(status) = instance.runtime.status(&slot.id).await {
+                    slot.status = Some(status);
+                }
+            }
+        }
+    }
+
+    /// The network namespace container `index` joins: the VPC attachment's
+    /// (attaching the pod first), else the one its pod's containers share.
+    async fn start(
+        &self,
+        pod_id: &str,
+        instance: &mut Managed,
+        index: usize,
+        spec: &ContainerSpec,
+    ) {
         let mut spec = spec.clone();
         let mut cluster_dns = None;
-        if let Some(network) = self.network_for(instance.runtime.as_ref()) {
-            match network.attach(id, &instance.pod).await {
+        let attached = match self.network_for(instance.runtime.as_ref()) {
+            Some(network) => match network.attach(pod_id, &instance.pod).await {
                 Ok(attachment) => {
                     // The cluster DNS as seen from inside: the relay on the
                     // gateway (the control plane's own address is the
@@ -513,128 +928,142 @@ impl Supervisor {
                     spec.network_namespace = Some(attachment.network_namespace);
                     cluster_dns = Some(attachment.gateway.into());
                     instance.pod_ip = Some(attachment.address);
-                    instance.host_bindings = network.host_bindings(id);
+                    instance.host_bindings = network.host_bindings(pod_id);
+                    Ok(())
                 }
-                Err(e) => {
-                    tracing::warn!(container = id, error = %e, "cannot attach to its vpc");
-                    instance.problem = Some(("NetworkNotReady".into(), e.to_string()));
-                    instance.restart_at = Some(Instant::now() + instance.backoff);
-                    instance.backoff = (instance.backoff * 2).min(self.backoff.max);
-                    return;
-                }
-            }
+                Err(e) => Err(("cannot attach to its vpc", e.to_string())),
+            },
+            None => match &instance.shared_namespace {
+                Some(path) => match c4m_mesh::create_loopback_namespace(path).await {
+                    Ok(()) => {
+                        spec.network_namespace = Some(path.clone());
+                        Ok(())
+                    }
+                    Err(e) => Err(("cannot make the pod's network namespace", e.to_string())),
+                },
+                None => Ok(()),
+            },
+        };
+        let slot = &mut instance.slots[index];
+        if let Err((what, error)) = attached {
+            tracing::warn!(container = %slot.id, error = %error, "{what}");
+            slot.problem = Some(("NetworkNotReady".into(), error));
+            slot.restart_at = Some(Instant::now() + slot.backoff);
+            slot.backoff = (slot.backoff * 2).min(self.backoff.max);
+            return;
         }
         if instance.runtime.takes_network_namespace() {
             let address = instance.pod_ip.map(Into::into);
-            if let Err(e) = self
-                .pod_etc
-                .write(&mut spec, &instance.pod, address, cluster_dns)
+            if let Err(e) =
+                self.pod_etc
+                    .write(pod_id, &mut spec, &instance.pod, address, cluster_dns)
             {
-                tracing::warn!(container = id, error = %e, "cannot write the pod's /etc files");
-                instance.problem = Some((
+                tracing::warn!(container = %slot.id, error = %e, "cannot write the pod's /etc files");
+                slot.problem = Some((
                     "CreateContainerConfigError".into(),
                     format!("writing the pod's /etc files: {e}"),
                 ));
-                instance.restart_at = Some(Instant::now() + instance.backoff);
-                instance.backoff = (instance.backoff * 2).min(self.backoff.max);
+                slot.restart_at = Some(Instant::now() + slot.backoff);
+                slot.backoff = (slot.backoff * 2).min(self.backoff.max);
                 return;
             }
         }
         match instance.runtime.start(&spec).await {
             Ok(status) => {
                 tracing::info!(
-                    container = id,
-                    restarts = instance.restart_count,
+                    container = %slot.id,
+                    restarts = slot.restart_count,
                     "container started"
                 );
-                instance.status = Some(status);
-                instance.running_since = Some(Instant::now());
-                instance.problem = None;
-                instance.ready = false;
-                instance.run += 1;
-                instance.pull_backoff = self.backoff.image_pull_initial;
-                instance.pull_failed_at = None;
+                slot.status = Some(status);
+                slot.running_since = Some(Instant::now());
+                slot.problem = None;
+                slot.ready = false;
+                slot.run += 1;
+                slot.pull_backoff = self.backoff.image_pull_initial;
+                slot.pull_failed_at = None;
             }
             Err(e @ (c4m_core::Error::Image { .. } | c4m_core::Error::ImageNeverPull { .. })) => {
-                tracing::warn!(container = id, error = %e, "cannot pull the container's image");
+                tracing::warn!(container = %slot.id, error = %e, "cannot pull the container's image");
                 let reason = match e {
                     c4m_core::Error::ImageNeverPull { .. } => ERR_IMAGE_NEVER_PULL,
                     _ => ERR_IMAGE_PULL,
                 };
-                instance.problem = Some((reason.into(), e.to_string()));
+                slot.problem = Some((reason.into(), e.to_string()));
                 let now = Instant::now();
-                instance.pull_failed_at = Some(now);
-                instance.restart_at = Some(now + instance.pull_backoff);
-                instance.pull_backoff =
-                    (instance.pull_backoff * 2).min(self.backoff.image_pull_max);
+                slot.pull_failed_at = Some(now);
+                slot.restart_at = Some(now + slot.pull_backoff);
+                slot.pull_backoff = (slot.pull_backoff * 2).min(self.backoff.image_pull_max);
             }
             Err(e) => {
-                tracing::warn!(container = id, error = %e, "cannot start container");
-                instance.problem = Some(("CreateContainerError".into(), e.to_string()));
-                instance.restart_at = Some(Instant::now() + instance.backoff);
-                instance.backoff = (instance.backoff * 2).min(self.backoff.max);
+                tracing::warn!(container = %slot.id, error = %e, "cannot start container");
+                slot.problem = Some(("CreateContainerError".into(), e.to_string()));
+                slot.restart_at = Some(Instant::now() + slot.backoff);
+                slot.backoff = (slot.backoff * 2).min(self.backoff.max);
             }
         }
     }
 
-    /// Records an exit and schedules the restart the policy asks for.
-    fn on_exit(&self, id: &str, instance: &mut Managed) {
-        if let Some(probes) = instance.probes.take() {
+    /// Records an exit and schedules the restart the policy asks for: a
+    /// sidecar always restarts (unless `stopped` on purpose), an init
+    /// container until it succeeds (unless the pod's policy is Never), an
+    /// app container as the pod's policy says.
+    fn on_exit(&self, slot: &mut Slot, policy: &str, stopped: bool) {
+        if let Some(probes) = slot.probes.take() {
             probes.cancel();
         }
-        instance.ready = false;
-        let Some(ContainerState::Exited {
-            exit_code,
-            oom_killed,
-            ..
-        }) = instance.status.as_ref().map(|s| &s.state)
-        else {
+        slot.ready = false;
+        let Some(exit) = slot.exit() else {
             return;
         };
-        instance.last_exit = Some((*exit_code, *oom_killed));
-        let ran_long = instance
+        let ran_long = slot
             .running_since
             .is_some_and(|since| since.elapsed() >= self.backoff.reset);
         if ran_long {
-            instance.backoff = self.backoff.initial;
+            slot.backoff = self.backoff.initial;
         }
-        let policy = instance
-            .pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.restart_policy.clone())
-            .unwrap_or_else(|| "Always".into());
-        let failed = *exit_code != Some(0);
-        let restart = policy == "Always" || (policy == "OnFailure" && failed);
+        let failed = !exit.succeeded();
+        let restart = match slot.which {
+            _ if stopped => false,
+            PodContainer::Init(_) if slot.sidecar => true,
+            PodContainer::Init(_) => {
+                slot.finished = !failed;
+                failed && policy != "Never"
+            }
+            PodContainer::App(_) => policy == "Always" || (policy == "OnFailure" && failed),
+        };
         tracing::info!(
-            container = id,
-            ?exit_code,
-            oom_killed,
+            container = %slot.id,
+            exit_code = ?exit.exit_code,
+            oom_killed = exit.oom_killed,
             restart,
             "container exited"
         );
         if restart {
-            instance.restart_at = Some(Instant::now() + instance.backoff);
-            instance.backoff = (instance.backoff * 2).min(self.backoff.max);
+            slot.restart_at = Some(Instant::now() + slot.backoff);
+            slot.backoff = (slot.backoff * 2).min(self.backoff.max);
         }
     }
 
-    fn start_probes(&self, id: &str, instance: &mut Managed, results: mpsc::Sender<ProbeResult>) {
-        if let Some(old) = instance.probes.take() {
+    fn start_probes(
+        &self,
+        pod_id: &str,
+        instance: &mut Managed,
+        index: usize,
+        results: mpsc::Sender<ProbeResult>,
+    ) {
+        let slot = &mut instance.slots[index];
+        if let Some(old) = slot.probes.take() {
             old.cancel();
         }
         let token = CancellationToken::new();
-        let container = instance
-            .pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.containers.first());
+        let container = slot.which.of(&instance.pod);
         let liveness = container.and_then(|c| c.liveness_probe.clone());
         let readiness = container.and_then(|c| c.readiness_probe.clone());
         if readiness.is_none() {
-            instance.ready = true; // No readiness probe: ready once running.
+            slot.ready = true; // No readiness probe: ready once running.
         }
-        let Some(mut status) = instance.status.clone() else {
+        let Some(mut status) = slot.status.clone() else {
             return;
         };
         // Probes go where the ports are reached: in a VPC, the instance's
@@ -646,8 +1075,9 @@ impl Supervisor {
         ] {
             let Some(probe) = probe else { continue };
             tokio::spawn(probe_loop(ProbeLoop {
-                id: id.to_string(),
-                run: instance.run,
+                pod: pod_id.to_string(),
+                id: slot.id.clone(),
+                run: slot.run,
                 kind,
                 probe,
                 runtime: Arc::clone(&instance.runtime),
@@ -657,35 +1087,39 @@ impl Supervisor {
                 token: token.clone(),
             }));
         }
-        instance.probes = Some(token);
+        slot.probes = Some(token);
     }
 
     async fn on_probe(&self, managed: &mut BTreeMap<String, Managed>, result: ProbeResult) {
-        let Some(instance) = managed.get_mut(&result.id) else {
+        let Some(instance) = managed.get_mut(&result.pod) else {
             return;
         };
-        if instance.run != result.run {
+        let grace = grace_period(&instance.pod);
+        let runtime = Arc::clone(&instance.runtime);
+        let Some(slot) = instance.slots.iter_mut().find(|s| s.id == result.id) else {
+            return;
+        };
+        if slot.run != result.run {
             return;
         }
         match result.kind {
             ProbeKind::Readiness => {
-                instance.ready = result.healthy;
+                slot.ready = result.healthy;
                 if !result.healthy {
                     tracing::info!(container = %result.id, message = %result.message, "readiness probe failed");
                 }
             }
             ProbeKind::Liveness if !result.healthy => {
                 tracing::warn!(container = %result.id, message = %result.message, "liveness probe failed; restarting");
-                instance.problem = Some((
+                slot.problem = Some((
                     "Unhealthy".into(),
                     format!("liveness probe failed: {}", result.message),
                 ));
-                instance.ready = false;
-                if let Some(probes) = instance.probes.take() {
+                slot.ready = false;
+                if let Some(probes) = slot.probes.take() {
                     probes.cancel();
                 }
-                let grace = grace_period(&instance.pod);
-                if let Err(e) = instance.runtime.stop(&result.id, grace).await {
+                if let Err(e) = runtime.stop(&result.id, grace).await {
                     tracing::warn!(container = %result.id, error = %e, "cannot stop an unhealthy container");
                 }
             }
@@ -693,31 +1127,31 @@ impl Supervisor {
         }
     }
 
-    async fn sample_usage(&self, id: &str, instance: &mut Managed) {
-        if !matches!(
-            instance.status.as_ref().map(|s| &s.state),
-            Some(ContainerState::Running { .. })
-        ) {
-            instance.usage = WireUsage::default();
-            return;
-        }
-        let Ok(usage) = instance.runtime.stats(id).await else {
-            return;
-        };
-        let now = Instant::now();
-        match instance.cpu_sample {
-            Some((cpu, at)) if now.duration_since(at) >= Duration::from_secs(1) => {
-                let elapsed = now.duration_since(at);
-                let nanocores = cpu_nanocores(usage.cpu_nanos.saturating_sub(cpu), elapsed);
-                instance.usage.cpu_nanocores = nanocores;
-                instance.usage.cpu_millis = nanocores / 1_000_000;
-                instance.usage.window_millis = elapsed.as_millis() as i64;
-                instance.cpu_sample = Some((usage.cpu_nanos, now));
+    async fn sample_usage(&self, instance: &mut Managed) {
+        for slot in &mut instance.slots {
+            if !slot.running() {
+                slot.usage = WireUsage::default();
+                continue;
             }
-            Some(_) => {}
-            None => instance.cpu_sample = Some((usage.cpu_nanos, now)),
+            let Ok(usage) = instance.runtime.stats(&slot.id).await else {
+                continue;
+            };
+            let now = Instant::now();
+            match slot.cpu_sample {
+                Some((cpu, at)) if now.duration_since(at) >= Duration::from_secs(1) => {
+                    let elapsed = now.duration_since(at);
+                    let nanocores = cpu_nanocores(usage.cpu_nanos.saturating_sub(cpu), elapsed);
+                    slot.usage.cpu_nanocores = nanocores;
+                    slot.usage.cpu_millis = nanocores / 1_000_000;
+                    slot.usage.window_millis =
+                        i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX);
+                    slot.cpu_sample = Some((usage.cpu_nanos, now));
+                }
+                Some(_) => {}
+                None => slot.cpu_sample = Some((usage.cpu_nanos, now)),
+            }
+            slot.usage.memory_bytes = usage.memory_bytes as i64;
         }
-        instance.usage.memory_bytes = usage.memory_bytes as i64;
     }
 }
 
@@ -748,18 +1182,18 @@ fn deletion_grace_period(pod: &Instance) -> Duration {
 /// Turns `ErrImagePull` into `ImagePullBackOff` half way to the next pull
 /// (`retry_at`), as the kubelet's next sync of the pod would: the error is
 /// seen first, then the wait.
-fn show_pull_backoff(instance: &mut Managed, retry_at: Instant) {
-    let Some(failed_at) = instance.pull_failed_at else {
+fn show_pull_backoff(slot: &mut Slot, retry_at: Instant) {
+    let Some(failed_at) = slot.pull_failed_at else {
         return;
     };
-    let Some((reason, message)) = &mut instance.problem else {
+    let Some((reason, message)) = &mut slot.problem else {
         return;
     };
     if reason.as_str() != ERR_IMAGE_PULL || Instant::now() < failed_at + (retry_at - failed_at) / 2
     {
         return;
     }
-    let image = instance
+    let image = slot
         .spec
         .as_ref()
         .and_then(|spec| spec.image.as_deref())
@@ -777,29 +1211,48 @@ fn grace_period(pod: &Instance) -> Duration {
     Duration::from_secs(seconds.clamp(0, 3600) as u64)
 }
 
-async fn remove(
+/// Stopping and removing an instance's containers, then its network.
+struct Removal {
     runtime: Arc<dyn ContainerRuntime>,
     network: Option<Arc<InstanceNetwork>>,
+    /// The instance's id (its network's key).
     id: String,
+    /// Its containers' ids, in the order they stop.
+    containers: Vec<String>,
+    shared_namespace: Option<PathBuf>,
     grace: Duration,
-) {
-    if let Err(e) = runtime.stop(&id, grace).await {
-        tracing::warn!(container = %id, error = %e, "cannot stop container");
-    }
-    match runtime.remove(&id).await {
-        Ok(()) => tracing::info!(container = %id, "container removed"),
-        Err(e) => {
-            // Its namespace stays while the container might still use it.
-            tracing::warn!(container = %id, error = %e, "cannot remove container");
-            return;
+}
+
+impl Removal {
+    async fn run(self) {
+        for id in &self.containers {
+            if let Err(e) = self.runtime.stop(id, self.grace).await {
+                tracing::warn!(container = %id, error = %e, "cannot stop container");
+            }
         }
-    }
-    if let Some(network) = network {
-        network.detach(&id).await;
+        for id in &self.containers {
+            match self.runtime.remove(id).await {
+                Ok(()) => tracing::info!(container = %id, "container removed"),
+                Err(e) => {
+                    // Its namespace stays while the container might still use it.
+                    tracing::warn!(container = %id, error = %e, "cannot remove container");
+                    return;
+                }
+            }
+        }
+        if let Some(network) = self.network {
+            network.detach(&self.id).await;
+        }
+        if let Some(path) = self.shared_namespace
+            && let Err(e) = c4m_mesh::remove_network_namespace(&path)
+        {
+            tracing::warn!(instance = %self.id, error = %e, "cannot remove the pod's network namespace");
+        }
     }
 }
 
 struct ProbeLoop {
+    pod: String,
     id: String,
     run: u64,
     kind: ProbeKind,
@@ -830,6 +1283,7 @@ async fn probe_loop(p: ProbeLoop) {
             .unwrap_or_default();
         if let Some(healthy) = tracker.record(outcome.is_ok(), Instant::now()) {
             let result = ProbeResult {
+                pod: p.pod.clone(),
                 id: p.id.clone(),
                 run: p.run,
                 kind: p.kind,
@@ -853,7 +1307,6 @@ fn termination_reason(exit_code: Option<i32>, oom_killed: bool) -> &'static str 
     }
 }
 
-/// What the control plane hears about an instance.
 /// Where the container's declared ports are reached: in a VPC at the
 /// instance's own address (`pod_ip`), else where the driver bound them.
 pub(crate) fn port_bindings(
@@ -877,32 +1330,174 @@ pub(crate) fn port_bindings(
     }
 }
 
+/// The pod's phase as the kubelet computes it: Pending while initializing
+/// or while an app container has yet to run; Running while one runs or
+/// will run again (sidecars being stopped included); then Succeeded when
+/// every app container succeeded, else Failed.
+fn pod_phase(instance: &Managed) -> &'static str {
+    if instance.problem.is_some() {
+        return "Pending";
+    }
+    if !instance.initialized {
+        return if instance.init_failed() {
+            "Failed"
+        } else {
+            "Pending"
+        };
+    }
+    let app: Vec<&Slot> = instance.app().collect();
+    if app
+        .iter()
+        .any(|s| s.status.is_none() && s.restart_count == 0)
+    {
+        return "Pending";
+    }
+    let sidecar_running = instance.slots.iter().any(|s| s.sidecar && s.running());
+    if sidecar_running || app.iter().any(|s| !s.terminal()) {
+        return "Running";
+    }
+    if app.iter().all(|s| s.exit().is_some_and(|e| e.succeeded())) {
+        "Succeeded"
+    } else {
+        "Failed"
+    }
+}
+
+/// What the control plane hears about one container.
+fn container_report(instance: &Managed, slot: &Slot) -> ContainerReport {
+    let mut report = ContainerReport {
+        name: slot.name.clone(),
+        init: slot.is_init(),
+        ready: slot.running() && slot.ready,
+        started: slot.running(),
+        restart_count: slot.restart_count,
+        last_terminated: slot.last_exit.as_ref().map(Exit::wire),
+        container_id: match &slot.status {
+            Some(_) => format!("{}://{}", instance.runtime.name(), slot.id),
+            None => String::new(),
+        },
+        ..ContainerReport::default()
+    };
+    let waiting = |reason: &str, message: String| ContainerWaiting {
+        reason: reason.to_string(),
+        message,
+    };
+    if let Some((reason, message)) = &instance.problem {
+        report.waiting = Some(waiting(reason, message.clone()));
+        return report;
+    }
+    match (&slot.status, slot.exit()) {
+        (
+            Some(ContainerStatus {
+                state: ContainerState::Running { started_at, .. },
+                ..
+            }),
+            _,
+        ) => {
+            report.running = Some(ContainerRunning {
+                started_at: rfc3339(*started_at),
+            })
+        }
+        (_, Some(exit)) if slot.restart_at.is_some() => {
+            let message = format!(
+                "back-off {}s restarting failed container={} pod={}: the process {}",
+                slot.backoff.as_secs(),
+                slot.name,
+                instance.pod.metadata.name.as_deref().unwrap_or_default(),
+                exit.how()
+            );
+            report.waiting = Some(match &slot.problem {
+                Some((reason, message)) => waiting(reason, message.clone()),
+                None => waiting("CrashLoopBackOff", message),
+            });
+            report.last_terminated = Some(exit.wire());
+        }
+        (_, Some(exit)) => {
+            let mut terminated = exit.wire();
+            terminated.message = format!("the process {}", exit.how());
+            report.terminated = Some(terminated);
+        }
+        (_, None) => {
+            let blocked = !instance.initialized && !slot.is_init();
+            report.waiting = Some(match &slot.problem {
+                Some((reason, message)) => waiting(reason, message.clone()),
+                None if blocked => waiting("PodInitializing", String::new()),
+                None => waiting("ContainerCreating", String::new()),
+            });
+        }
+    }
+    report
+}
+
+/// What the control plane hears about an instance: each container, and
+/// the pod-wide fields (phase, readiness, ports, usage). The fields agents
+/// of one container per pod sent alone describe the container that
+/// decides the pod's state: the init container it waits for, else the
+/// first app container.
 fn report(instance: &Managed) -> InstanceStatus {
     let meta = &instance.pod.metadata;
+    let containers: Vec<ContainerReport> = instance
+        .slots
+        .iter()
+        .map(|slot| container_report(instance, slot))
+        .collect();
+    // The pod's usage is its running containers' (metrics.k8s.io lists
+    // each; the window is the longest of theirs).
+    let running: Vec<&Slot> = instance.slots.iter().filter(|s| s.running()).collect();
+    let usage = WireUsage {
+        cpu_millis: running.iter().map(|s| s.usage.cpu_millis).sum(),
+        memory_bytes: running.iter().map(|s| s.usage.memory_bytes).sum(),
+        cpu_nanocores: running.iter().map(|s| s.usage.cpu_nanocores).sum(),
+        window_millis: running
+            .iter()
+            .map(|s| s.usage.window_millis)
+            .max()
+            .unwrap_or(0),
+        containers: running
+            .iter()
+            .map(|s| c4m_api::agent::ContainerUsage {
+                name: s.name.clone(),
+                cpu_nanocores: s.usage.cpu_nanocores,
+                memory_bytes: s.usage.memory_bytes,
+            })
+            .collect(),
+    };
+    let phase = pod_phase(instance);
+    let ready = phase == "Running"
+        && instance.initialized
+        && instance.app().all(|s| s.running() && s.ready);
+    let main = instance
+        .slots
+        .iter()
+        .position(|s| {
+            if instance.initialized {
+                s.which == PodContainer::App(0)
+            } else {
+                s.is_init() && !s.finished && !(s.sidecar && s.running())
+            }
+        })
+        .unwrap_or_default();
     let mut status = InstanceStatus {
         namespace: meta.namespace.clone().unwrap_or_default(),
         name: meta.name.clone().unwrap_or_default(),
         uid: meta.uid.clone().unwrap_or_default(),
-        phase: "Pending".into(),
-        ready: false,
-        restart_count: instance.restart_count,
-        usage: Some(instance.usage.clone()),
+        phase: phase.into(),
+        ready,
+        restart_count: instance
+            .slots
+            .iter()
+            .find(|s| s.which == PodContainer::App(0))
+            .map_or(0, |s| s.restart_count),
+        usage: Some(usage),
         pod_ip: instance.pod_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+        initialized: instance.initialized,
         ..InstanceStatus::default()
     };
-    if let Some((exit_code, oom_killed)) = instance.last_exit {
-        status.exit_code = exit_code;
-        status.last_termination_reason = termination_reason(exit_code, oom_killed).into();
-    }
-    let Some(container) = &instance.status else {
-        if let Some((reason, message)) = &instance.problem {
-            status.reason = reason.clone();
-            status.message = message.clone();
-        }
-        return status;
-    };
-    status.ports = port_bindings(container, instance.pod_ip)
-        .into_iter()
+    status.ports = instance
+        .slots
+        .iter()
+        .filter_map(|s| s.status.as_ref())
+        .flat_map(|container| port_bindings(container, instance.pod_ip))
         .chain(instance.host_bindings.iter().cloned())
         .map(|p| WirePort {
             name: p.name,
@@ -912,45 +1507,32 @@ fn report(instance: &Managed) -> InstanceStatus {
             protocol: p.protocol,
         })
         .collect();
-    match &container.state {
-        ContainerState::Running { started_at, .. } => {
-            status.phase = "Running".into();
-            status.ready = instance.ready;
-            status.started_at = rfc3339(*started_at);
-            if let Some((reason, message)) = &instance.problem {
+    if let Some(container) = containers.get(main) {
+        if let Some(last) = &container.last_terminated {
+            status.exit_code = Some(last.exit_code);
+            status.last_termination_reason = last.reason.clone();
+        }
+        if let Some(running) = &container.running {
+            status.started_at = running.started_at.clone();
+            if let Some((reason, message)) = &instance.slots[main].problem {
                 status.message = format!("{reason}: {message}");
             }
         }
-        ContainerState::Exited {
-            exit_code,
-            signal,
-            oom_killed,
-            started_at,
-            ..
-        } => {
-            status.started_at = rfc3339(*started_at);
-            status.exit_code = *exit_code;
-            let how = match (exit_code, signal) {
-                (_, Some(signal)) => format!("killed by signal {signal}"),
-                (Some(code), None) => format!("exited with code {code}"),
-                (None, None) => "exited (code unknown)".to_string(),
-            };
-            if instance.restart_at.is_some() {
-                status.phase = "Running".into();
-                status.reason = "CrashLoopBackOff".into();
-                status.message = format!("back-off restarting: the process {how}");
-            } else {
-                status.phase = if *exit_code == Some(0) {
-                    "Succeeded"
-                } else {
-                    "Failed"
-                }
-                .into();
-                status.reason = termination_reason(*exit_code, *oom_killed).into();
-                status.message = format!("the process {how}");
-            }
+        if let Some(waiting) = &container.waiting {
+            status.reason = waiting.reason.clone();
+            status.message = waiting.message.clone();
+        }
+        if let Some(terminated) = &container.terminated {
+            status.started_at = terminated.started_at.clone();
+            status.exit_code = Some(terminated.exit_code);
+            status.reason = terminated.reason.clone();
+            status.message = terminated.message.clone();
         }
     }
+    if !matches!(phase, "Pending") && status.reason == "ContainerCreating" {
+        status.reason.clear();
+    }
+    status.containers = containers;
     status
 }
 

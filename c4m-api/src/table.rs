@@ -78,29 +78,81 @@ pub fn condition<'a>(object: &'a Value, condition_type: &str) -> Option<&'a Valu
         .find(|c| c["type"] == condition_type)
 }
 
-/// What `STATUS` shows for an instance: `Terminating` while it is being
-/// deleted, else the waiting reason when there is one, else the phase.
+/// What `STATUS` shows for an instance, as kubectl prints a pod:
+/// `Terminating` while it is being deleted; while it initializes
+/// `Init:N/M`, `Init:Error`, `Init:CrashLoopBackOff`; then the last app
+/// container's waiting or terminated reason (`CrashLoopBackOff`,
+/// `Completed`), `NotReady` when a container still runs after others
+/// completed; else the phase.
 pub fn instance_status(pod: &Value) -> String {
     if pod["metadata"]["deletionTimestamp"].is_string() {
         return "Terminating".into();
     }
-    let state = &pod["status"]["containerStatuses"][0]["state"];
-    if let Some(reason) = state["waiting"]["reason"]
+    let mut reason = pod["status"]["reason"]
         .as_str()
         .filter(|r| !r.is_empty())
-    {
-        return reason.to_string();
+        .map_or_else(|| text(&pod["status"]["phase"]), str::to_string);
+    let init_specs = pod["spec"]["initContainers"].as_array();
+    let init_count = init_specs.map_or(0, Vec::len);
+    let sidecar = |name: &Value| {
+        init_specs
+            .into_iter()
+            .flatten()
+            .any(|c| c["name"] == *name && c["restartPolicy"] == "Always")
+    };
+    let statuses = |field: &str| pod["status"][field].as_array().cloned().unwrap_or_default();
+    let mut initializing = false;
+    for (i, container) in statuses("initContainerStatuses").iter().enumerate() {
+        let state = &container["state"];
+        let terminated = &state["terminated"];
+        let waiting_reason = state["waiting"]["reason"].as_str().unwrap_or_default();
+        if terminated["exitCode"] == 0 && terminated.is_object() {
+            continue;
+        }
+        if sidecar(&container["name"]) && container["started"] == true {
+            continue;
+        }
+        reason = if terminated.is_object() {
+            match terminated["reason"].as_str().filter(|r| !r.is_empty()) {
+                Some(why) => format!("Init:{why}"),
+                None => format!("Init:ExitCode:{}", text(&terminated["exitCode"])),
+            }
+        } else if !waiting_reason.is_empty() && waiting_reason != "PodInitializing" {
+            format!("Init:{waiting_reason}")
+        } else {
+            format!("Init:{i}/{init_count}")
+        };
+        initializing = true;
+        break;
     }
-    if let Some(reason) = state["terminated"]["reason"]
-        .as_str()
-        .filter(|r| !r.is_empty())
-    {
-        return reason.to_string();
+    let initialized = condition(pod, "Initialized").is_some_and(|c| c["status"] == "True");
+    if initializing && !initialized {
+        return reason;
     }
-    if let Some(reason) = pod["status"]["reason"].as_str() {
-        return reason.to_string();
+    let mut has_running = false;
+    for container in statuses("containerStatuses").iter().rev() {
+        let state = &container["state"];
+        if let Some(why) = state["waiting"]["reason"]
+            .as_str()
+            .filter(|r| !r.is_empty())
+        {
+            reason = why.to_string();
+        } else if let Some(why) = state["terminated"]["reason"]
+            .as_str()
+            .filter(|r| !r.is_empty())
+        {
+            reason = why.to_string();
+        } else if state["terminated"].is_object() {
+            reason = format!("ExitCode:{}", text(&state["terminated"]["exitCode"]));
+        } else if container["ready"] == true && state["running"].is_object() {
+            has_running = true;
+        }
     }
-    text(&pod["status"]["phase"])
+    if reason == "Completed" && has_running {
+        let ready = condition(pod, "Ready").is_some_and(|c| c["status"] == "True");
+        reason = if ready { "Running" } else { "NotReady" }.into();
+    }
+    reason
 }
 
 /// Where an instance is reached: its IP and the ports bound there
@@ -135,12 +187,17 @@ pub fn instance_endpoint(pod: &Value) -> String {
     endpoint
 }
 
-/// An instance's restarts.
+/// An instance's restarts: its containers', summed.
 pub fn restart_count(pod: &Value) -> String {
-    pod["status"]["containerStatuses"][0]["restartCount"]
-        .as_i64()
-        .unwrap_or(0)
-        .to_string()
+    let sum = |field: &str| -> i64 {
+        pod["status"][field]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["restartCount"].as_i64())
+            .sum()
+    };
+    (sum("containerStatuses") + sum("initContainerStatuses")).to_string()
 }
 
 /// The node an instance is bound to, or `<none>`.
@@ -151,10 +208,32 @@ pub fn node_of(pod: &Value) -> String {
         .to_string()
 }
 
-/// `1/1` when an instance's container is ready, else `0/1`.
+/// Ready containers of all (`1/2`): app containers and sidecars, as
+/// kubectl counts them.
 pub fn ready_count(pod: &Value) -> String {
-    let ready = pod["status"]["containerStatuses"][0]["ready"] == true;
-    format!("{}/1", u8::from(ready))
+    let sidecars = pod["spec"]["initContainers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| c["restartPolicy"] == "Always")
+        .filter_map(|c| c["name"].as_str());
+    let total = pod["spec"]["containers"].as_array().map_or(1, Vec::len) + sidecars.clone().count();
+    let ready = |field: &str, only: &dyn Fn(&Value) -> bool| {
+        pod["status"][field]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| c["ready"] == true && only(c))
+            .count()
+    };
+    let sidecar_names: Vec<&str> = sidecars.collect();
+    let ready = ready("containerStatuses", &|_| true)
+        + ready("initContainerStatuses", &|c| {
+            c["name"]
+                .as_str()
+                .is_some_and(|n| sidecar_names.contains(&n))
+        });
+    format!("{ready}/{total}")
 }
 
 fn name(object: &Value) -> String {

@@ -19,9 +19,9 @@ use std::time::{Duration, SystemTime};
 
 use c4m_api::agent::agent_service_server::AgentService;
 use c4m_api::agent::{
-    Assignments, HeartbeatRequest, HeartbeatResponse, InstanceStatus, Peer, PeerChanges,
-    RegisterRequest, RegisterResponse, StatusReport, StatusReportResponse, WatchAssignmentsRequest,
-    WatchPeersRequest,
+    Assignments, ContainerReport, ContainerTerminated, HeartbeatRequest, HeartbeatResponse,
+    InstanceStatus, Peer, PeerChanges, RegisterRequest, RegisterResponse, StatusReport,
+    StatusReportResponse, WatchAssignmentsRequest, WatchPeersRequest,
 };
 use futures::Stream;
 use serde_json::{Value, json};
@@ -594,6 +594,26 @@ fn apply_report(pod: &mut Value, report: &InstanceStatus, address: &str) -> bool
             object.remove(field);
         }
     }
+    if report.containers.is_empty() {
+        apply_single_container(pod, report);
+    } else {
+        apply_containers(pod, report);
+    }
+    let ports: Vec<Value> = report
+        .ports
+        .iter()
+        .map(|p| json!({"name": p.name, "containerPort": p.container_port, "hostIP": p.host_ip, "hostPort": p.host_port, "protocol": p.protocol}))
+        .collect();
+    if !pod["metadata"]["annotations"].is_object() {
+        pod["metadata"]["annotations"] = json!({});
+    }
+    pod["metadata"]["annotations"][c4m_core::annotations::PORTS] =
+        json!(Value::Array(ports).to_string());
+    *pod != before
+}
+
+/// The status of an agent that reports only the pod's first container.
+fn apply_single_container(pod: &mut Value, report: &InstanceStatus) {
     let running = report.phase == "Running";
     let state = if running && report.reason.is_empty() {
         json!({"running": {"startedAt": report.started_at}})
@@ -615,31 +635,107 @@ fn apply_report(pod: &mut Value, report: &InstanceStatus, address: &str) -> bool
         container["lastState"] = json!({"terminated": {"exitCode": report.exit_code.unwrap_or(-1), "reason": report.last_termination_reason}});
     }
     pod["status"]["containerStatuses"] = json!([container]);
-    set_condition(pod, "Initialized", true, "", "");
-    let (ready_reason, ready_message) = if report.ready {
+    set_pod_conditions(pod, true, report.ready);
+}
+
+/// Each container's status as the kubelet writes it
+/// (`status.containerStatuses`, `status.initContainerStatuses`), and the
+/// pod's conditions: Initialized once every init container succeeded,
+/// Ready when every app container is.
+fn apply_containers(pod: &mut Value, report: &InstanceStatus) {
+    let image = |pod: &Value, report: &ContainerReport| {
+        let list = if report.init {
+            "initContainers"
+        } else {
+            "containers"
+        };
+        pod["spec"][list]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["name"] == report.name.as_str())
+            .and_then(|c| c["image"].as_str())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let terminated = |t: &ContainerTerminated| {
+        let mut state = json!({"exitCode": t.exit_code, "reason": t.reason, "startedAt": t.started_at, "finishedAt": t.finished_at});
+        if t.signal != 0 {
+            state["signal"] = json!(t.signal);
+        }
+        if !t.message.is_empty() {
+            state["message"] = json!(t.message);
+        }
+        state
+    };
+    let (mut init, mut app) = (Vec::new(), Vec::new());
+    for container in &report.containers {
+        let state = match (
+            &container.running,
+            &container.waiting,
+            &container.terminated,
+        ) {
+            (Some(running), _, _) => json!({"running": {"startedAt": running.started_at}}),
+            (_, _, Some(t)) => json!({"terminated": terminated(t)}),
+            (_, Some(waiting), _) if waiting.message.is_empty() => {
+                json!({"waiting": {"reason": waiting.reason}})
+            }
+            (_, Some(waiting), _) => {
+                json!({"waiting": {"reason": waiting.reason, "message": waiting.message}})
+            }
+            (None, None, None) => json!({"waiting": {}}),
+        };
+        let mut status = json!({
+            "name": container.name,
+            "image": image(pod, container),
+            "imageID": "",
+            "ready": container.ready,
+            "started": container.started,
+            "restartCount": container.restart_count,
+            "state": state,
+            "lastState": {},
+        });
+        if !container.container_id.is_empty() {
+            status["containerID"] = json!(container.container_id);
+        }
+        if let Some(last) = &container.last_terminated {
+            status["lastState"] = json!({"terminated": terminated(last)});
+        }
+        if container.init {
+            init.push(status);
+        } else {
+            app.push(status);
+        }
+    }
+    pod["status"]["containerStatuses"] = Value::Array(app);
+    if init.is_empty() {
+        if let Some(status) = pod["status"].as_object_mut() {
+            status.remove("initContainerStatuses");
+        }
+    } else {
+        pod["status"]["initContainerStatuses"] = Value::Array(init);
+    }
+    set_pod_conditions(pod, report.initialized, report.ready);
+}
+
+/// The pod's Initialized, ContainersReady and Ready conditions.
+fn set_pod_conditions(pod: &mut Value, initialized: bool, ready: bool) {
+    let (reason, message) = if initialized {
+        ("", "")
+    } else {
+        (
+            "ContainersNotInitialized",
+            "containers with incomplete status: init containers",
+        )
+    };
+    set_condition(pod, "Initialized", initialized, reason, message);
+    let (ready_reason, ready_message) = if ready {
         ("", "")
     } else {
         ("ContainersNotReady", "the instance is not ready")
     };
-    set_condition(
-        pod,
-        "ContainersReady",
-        report.ready,
-        ready_reason,
-        ready_message,
-    );
-    set_condition(pod, "Ready", report.ready, ready_reason, ready_message);
-    let ports: Vec<Value> = report
-        .ports
-        .iter()
-        .map(|p| json!({"name": p.name, "containerPort": p.container_port, "hostIP": p.host_ip, "hostPort": p.host_port, "protocol": p.protocol}))
-        .collect();
-    if !pod["metadata"]["annotations"].is_object() {
-        pod["metadata"]["annotations"] = json!({});
-    }
-    pod["metadata"]["annotations"][c4m_core::annotations::PORTS] =
-        json!(Value::Array(ports).to_string());
-    *pod != before
+    set_condition(pod, "ContainersReady", ready, ready_reason, ready_message);
+    set_condition(pod, "Ready", ready, ready_reason, ready_message);
 }
 
 type AssignmentStream = Pin<Box<dyn Stream<Item = Result<Assignments, Status>> + Send>>;

@@ -21,6 +21,8 @@ const KUBELET: &str = "kubelet";
 pub(crate) struct ContainerEvent {
     /// The container's name (the Event's `spec.containers{name}`).
     pub(crate) container: String,
+    /// Where its spec is: `spec.containers` or `spec.initContainers`.
+    pub(crate) list: &'static str,
     pub(crate) event_type: EventType,
     pub(crate) reason: &'static str,
     pub(crate) message: String,
@@ -35,7 +37,7 @@ pub(crate) fn record(events: &Events, before: &Value, after: &Value) {
             regarding.api_version = "v1".into();
             regarding.kind = "Pod".into();
         }
-        regarding.field_path = Some(format!("spec.containers{{{}}}", event.container));
+        regarding.field_path = Some(format!("{}{{{}}}", event.list, event.container));
         events.record(
             regarding,
             event.event_type,
@@ -49,15 +51,29 @@ pub(crate) fn record(events: &Events, before: &Value, after: &Value) {
 /// What happened to the containers between `before` and `after`, in the
 /// words the kubelet uses.
 pub(crate) fn container_events(before: &Value, after: &Value) -> Vec<ContainerEvent> {
-    let empty = Vec::new();
-    let statuses = |pod: &Value| -> Vec<Value> {
-        pod["status"]["containerStatuses"]
-            .as_array()
-            .unwrap_or(&empty)
-            .clone()
-    };
-    let old = statuses(before);
     let mut out = Vec::new();
+    for (field, list) in [
+        ("initContainerStatuses", "spec.initContainers"),
+        ("containerStatuses", "spec.containers"),
+    ] {
+        list_events(before, after, field, list, &mut out);
+    }
+    out
+}
+
+/// The Events of the containers in the status list `field` (their specs
+/// in `list`).
+fn list_events(
+    before: &Value,
+    after: &Value,
+    field: &str,
+    list: &'static str,
+    out: &mut Vec<ContainerEvent>,
+) {
+    let empty = Vec::new();
+    let statuses =
+        |pod: &Value| -> Vec<Value> { pod["status"][field].as_array().unwrap_or(&empty).clone() };
+    let old = statuses(before);
     for new in statuses(after) {
         let Some(name) = new["name"].as_str() else {
             continue;
@@ -71,6 +87,7 @@ pub(crate) fn container_events(before: &Value, after: &Value) -> Vec<ContainerEv
         let mut push = |event_type, reason, message: String| {
             out.push(ContainerEvent {
                 container: name.to_string(),
+                list,
                 event_type,
                 reason,
                 message,
@@ -156,7 +173,6 @@ pub(crate) fn container_events(before: &Value, after: &Value) -> Vec<ContainerEv
             );
         }
     }
-    out
 }
 
 #[cfg(test)]

@@ -37,7 +37,8 @@ type Shared = State<Arc<ApiState>>;
 const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The query parameters of a log request passed on to the agent.
-const LOG_PARAMETERS: [&str; 7] = [
+const LOG_PARAMETERS: [&str; 8] = [
+    "container",
     "follow",
     "tailLines",
     "timestamps",
@@ -65,12 +66,13 @@ async fn agent_of(
     Ok((node.to_string(), agent_url))
 }
 
-/// A `container` parameter must name the instance's container, as
-/// Kubernetes insists.
+/// A `container` parameter must name one of the instance's containers
+/// (app or init), as Kubernetes insists.
 fn check_container(pod: &Value, name: &str, container: &str) -> Result<()> {
-    let containers = pod["spec"]["containers"].as_array();
-    let names: Vec<&str> = containers
+    let lists = [&pod["spec"]["containers"], &pod["spec"]["initContainers"]];
+    let names: Vec<&str> = lists
         .into_iter()
+        .filter_map(Value::as_array)
         .flatten()
         .filter_map(|c| c["name"].as_str())
         .collect();

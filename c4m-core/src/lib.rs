@@ -72,8 +72,8 @@ pub use quantity::{format_cpu_millis, format_memory_bytes, parse_cpu_millis, par
 pub use reference::{InvalidReference, Reference, SHA256_PREFIX, sha256_hex};
 pub use runtime::{
     ContainerRuntime, ContainerSpec, ContainerState, ContainerStatus, ExecOutput, ExecRequest,
-    ExecSession, LogOptions, PortBinding, PortSpec, PullPolicy, RegistryLogin, ResizeTerminal,
-    ResourceLimits, ResourceUsage, TerminalSize,
+    ExecSession, LogOptions, PodContainer, PortBinding, PortSpec, PullPolicy, RegistryLogin,
+    ResizeTerminal, ResourceLimits, ResourceUsage, TerminalSize,
 };
 #[cfg(feature = "spdy")]
 pub use spdy::{SpdyCodec, SpdyError, SpdyFrame};

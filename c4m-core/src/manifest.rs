@@ -1018,6 +1018,11 @@ fn check_pod_spec(spec: &PodSpec, path: &str) -> Result<(), FieldError> {
                     .and_then(|s| s.run_as_user)
                     .map(|uid| ("securityContext.runAsUser", uid)),
             })?;
+            check_container_restart_policy(
+                container.restart_policy.as_deref(),
+                field == "initContainers",
+                &join(&container_path, "restartPolicy"),
+            )?;
         }
     }
     if let Some(uid) = spec.security_context.as_ref().and_then(|s| s.run_as_user) {
@@ -1172,6 +1177,27 @@ fn check_pod_dns_and_pulls(spec: &PodSpec, path: &str) -> Result<(), FieldError>
         return Err(field_error(join(path, field), why));
     }
     Ok(())
+}
+
+/// A container's own `restartPolicy`: only `Always`, and only on an init
+/// container (which makes it a sidecar), as Kubernetes allows.
+fn check_container_restart_policy(
+    policy: Option<&str>,
+    init: bool,
+    path: &str,
+) -> Result<(), FieldError> {
+    match policy {
+        None | Some("Always") if init => Ok(()),
+        None => Ok(()),
+        Some(policy) if init => Err(field_error(
+            path,
+            format!("{policy:?}: only \"Always\" is allowed (a sidecar)"),
+        )),
+        Some(_) => Err(field_error(
+            path,
+            "may be set only on an init container (spec.initContainers)",
+        )),
+    }
 }
 
 /// A PriorityClass name an instance refers to (empty means none).
@@ -1773,14 +1799,12 @@ const CLUSTER_IP: &str = "is not supported; the service is treated as ClusterIP"
 const UNHONOURED: &[(Scope, &str, &str)] = &[
     (Scope::PodSpec, "volumes", IGNORED),
     (Scope::PodSpec, "containers[*].volumeMounts", IGNORED),
-    (Scope::PodSpec, "initContainers", IGNORED),
-    (
-        Scope::PodSpec,
-        "containers[1:]",
-        "is ignored: only the first container runs",
-    ),
+    (Scope::PodSpec, "initContainers[*].volumeMounts", IGNORED),
     (Scope::PodSpec, "containers[*].startupProbe", IGNORED),
+    (Scope::PodSpec, "initContainers[*].startupProbe", IGNORED),
     (Scope::PodSpec, "containers[*].lifecycle", IGNORED),
+    (Scope::PodSpec, "initContainers[*].lifecycle", IGNORED),
+    (Scope::PodSpec, "shareProcessNamespace=true", IGNORED),
     (
         Scope::PodSpec,
         "containers[*].securityContext.!runAsUser|runAsGroup",
@@ -2518,7 +2542,6 @@ spec:
             "spec.strategy.type=Recreate is not supported; RollingUpdate is used",
             "spec.template.spec.containers[0].securityContext.privileged is not supported and will be ignored (only runAsUser and runAsGroup are honoured)",
             "spec.template.spec.containers[0].volumeMounts is not supported and will be ignored",
-            "spec.template.spec.containers[1] is ignored: only the first container runs",
             "spec.template.spec.securityContext.fsGroup is not supported and will be ignored (only runAsUser and runAsGroup are honoured)",
             "spec.template.spec.serviceAccountName is accepted but has no effect",
             "spec.template.spec.volumes is not supported and will be ignored",

@@ -20,6 +20,8 @@ use crate::{Error, Result};
 
 mod spec;
 
+pub use spec::PodContainer;
+
 /// Everything a driver needs to start one container.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerSpec {
@@ -336,6 +338,15 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     /// the node's network (`process`) say no.
     fn takes_network_namespace(&self) -> bool {
         false
+    }
+
+    /// Whether this driver runs a pod of several containers (app, init and
+    /// sidecar containers) so that they share its network: drivers that
+    /// take the agent's network namespace do, each container of the pod
+    /// joining the same one. The agent refuses such pods on other drivers,
+    /// naming the field.
+    fn runs_several_containers_per_pod(&self) -> bool {
+        self.takes_network_namespace()
     }
 
     /// Starts a container. Starting an id whose previous process exited

@@ -22,6 +22,7 @@ use crate::{Error, Result};
 pub struct FakeRuntime {
     name: Option<String>,
     takes_network_namespace: bool,
+    one_container_per_pod: bool,
     state: Arc<Mutex<FakeState>>,
 }
 
@@ -29,6 +30,8 @@ pub struct FakeRuntime {
 struct FakeState {
     containers: HashMap<String, ContainerStatus>,
     starts: HashMap<String, u32>,
+    /// Every start, in order: (container id, when).
+    start_log: Vec<(String, SystemTime)>,
     failing_starts: u32,
     /// Images no registry has: starting a container of one fails to pull.
     missing_images: HashSet<String>,
@@ -51,6 +54,34 @@ impl FakeRuntime {
     pub fn taking_network_namespace(mut self) -> Self {
         self.takes_network_namespace = true;
         self
+    }
+
+    /// It runs one container per pod (as `docker`, `cri`): the agent
+    /// refuses pods of several.
+    pub fn one_container_per_pod(mut self) -> Self {
+        self.one_container_per_pod = true;
+        self
+    }
+
+    /// The ids of the containers started, in the order of their starts
+    /// (a restart is listed again).
+    pub fn start_order(&self) -> Vec<String> {
+        self.state()
+            .start_log
+            .iter()
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// When `id` was last started, if it was.
+    pub fn started_at(&self, id: &str) -> Option<SystemTime> {
+        let state = self.state();
+        state
+            .start_log
+            .iter()
+            .rev()
+            .find(|(i, _)| i == id)
+            .map(|(_, at)| *at)
     }
 
     fn state(&self) -> MutexGuard<'_, FakeState> {
@@ -148,6 +179,10 @@ impl ContainerRuntime for FakeRuntime {
         self.takes_network_namespace
     }
 
+    fn runs_several_containers_per_pod(&self) -> bool {
+        !self.one_container_per_pod
+    }
+
     async fn start(&self, spec: &ContainerSpec) -> Result<ContainerStatus> {
         let mut state = self.state();
         if let Some(ContainerStatus {
@@ -185,6 +220,7 @@ impl ContainerRuntime for FakeRuntime {
         }
         let status = running(&mut state, spec);
         state.containers.insert(spec.id.clone(), status.clone());
+        state.start_log.push((spec.id.clone(), SystemTime::now()));
         Ok(status)
     }
 

@@ -663,6 +663,12 @@ impl ContainerRuntime for ProcessRuntime {
         env!("CARGO_PKG_VERSION").to_string()
     }
 
+    /// A pod's processes share the node's network, so each other's
+    /// `localhost`.
+    fn runs_several_containers_per_pod(&self) -> bool {
+        true
+    }
+
     async fn start(&self, spec: &ContainerSpec) -> Result<ContainerStatus> {
         self.ensure_clock();
         let inner = &*self.inner;

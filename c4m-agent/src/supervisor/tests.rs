@@ -48,6 +48,7 @@ impl Harness {
             directory: Arc::default(),
             dns_address: watch::channel(String::new()).1,
             network: None,
+            pod_namespaces: None,
             prober: Arc::new(prober.clone()),
             backoff: BACKOFF,
             pod_etc: crate::pod_etc::PodEtc::new(&std::env::temp_dir(), "cluster.local"),
@@ -370,5 +371,225 @@ async fn a_deleted_pod_is_reported_until_its_container_is_removed() {
     harness.wait_for(<[InstanceStatus]>::is_empty).await;
     // Gone from the report only once its container is gone.
     assert!(runtime.list().await.unwrap().is_empty());
+    harness.stop().await;
+}
+
+/// A pod of `init` containers (a name ending in `-sidecar` makes it a
+/// sidecar) and `app` containers, each running `serve`.
+fn pod_of(name: &str, policy: &str, init: &[&str], app: &[&str]) -> Instance {
+    let container = |name: &&str| {
+        let mut c = serde_json::json!({"name": name, "command": ["serve"]});
+        if name.ends_with("-sidecar") {
+            c["restartPolicy"] = "Always".into();
+        }
+        c
+    };
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "namespace": "default", "uid": format!("uid-{name}")},
+        "spec": {
+            "restartPolicy": policy,
+            "initContainers": init.iter().map(container).collect::<Vec<_>>(),
+            "containers": app.iter().map(container).collect::<Vec<_>>(),
+        },
+    }))
+    .unwrap()
+}
+
+/// The id of `pod`'s container `name`.
+fn id_of(pod: &Instance, name: &str) -> String {
+    super::containers_of(pod, &container_id(pod))
+        .into_iter()
+        .find(|m| m.name == name)
+        .map(|m| m.id)
+        .unwrap()
+}
+
+/// The report on container `name` of the first instance.
+fn container<'a>(
+    statuses: &'a [InstanceStatus],
+    name: &str,
+) -> Option<&'a c4m_api::agent::ContainerReport> {
+    statuses.first()?.containers.iter().find(|c| c.name == name)
+}
+
+fn running(statuses: &[InstanceStatus], name: &str) -> bool {
+    container(statuses, name).is_some_and(|c| c.running.is_some())
+}
+
+/// Init containers run one at a time, each to success, before a sidecar
+/// that must be running before the app containers start.
+#[tokio::test]
+async fn init_containers_run_in_order_then_the_sidecar_then_the_app() {
+    let runtime = FakeRuntime::new();
+    let mut harness = Harness::start(&runtime);
+    let web = pod_of(
+        "web",
+        "Always",
+        &["first", "second", "log-sidecar"],
+        &["app"],
+    );
+    let id = |name| id_of(&web, name);
+    harness.assign(std::slice::from_ref(&web));
+
+    let statuses = harness.wait_for(|s| running(s, "first")).await;
+    assert_eq!(statuses[0].phase, "Pending");
+    assert!(!statuses[0].initialized);
+    let app = container(&statuses, "app").unwrap();
+    assert_eq!(app.waiting.as_ref().unwrap().reason, "PodInitializing");
+    assert_eq!(runtime.start_order(), [id("first")], "one at a time");
+
+    runtime.exit(&id("first"), 0);
+    harness.wait_for(|s| running(s, "second")).await;
+    assert_eq!(runtime.start_order(), [id("first"), id("second")]);
+    let statuses = harness.statuses.borrow().clone();
+    let first = container(&statuses, "first").unwrap();
+    assert_eq!(first.terminated.as_ref().unwrap().reason, "Completed");
+
+    runtime.exit(&id("second"), 0);
+    let statuses = harness
+        .wait_for(|s| running(s, "app") && s[0].phase == "Running")
+        .await;
+    assert!(statuses[0].initialized);
+    assert!(statuses[0].ready, "{statuses:?}");
+    assert_eq!(
+        runtime.start_order(),
+        [id("first"), id("second"), id("log-sidecar"), id("app")]
+    );
+    assert!(running(&statuses, "log-sidecar"), "the sidecar stays up");
+    assert!(runtime.started_at(&id("log-sidecar")) <= runtime.started_at(&id("app")));
+    harness.stop().await;
+}
+
+/// A failing init container is retried with backoff (restartPolicy
+/// Always), its restarts counted; the app waits for its success.
+#[tokio::test]
+async fn a_failing_init_container_is_retried_before_the_app_starts() {
+    let runtime = FakeRuntime::new();
+    let mut harness = Harness::start(&runtime);
+    let web = pod_of("web", "Always", &["migrate"], &["app"]);
+    let migrate = id_of(&web, "migrate");
+    harness.assign(std::slice::from_ref(&web));
+    harness.wait_for(|s| running(s, "migrate")).await;
+    runtime.exit(&migrate, 3);
+    let statuses = harness
+        .wait_for(|s| container(s, "migrate").is_some_and(|c| c.restart_count == 1))
+        .await;
+    assert_eq!(statuses[0].phase, "Pending");
+    assert_eq!(runtime.starts(&id_of(&web, "app")), 0);
+    harness.wait_for(|s| running(s, "migrate")).await;
+    runtime.exit(&migrate, 0);
+    let statuses = harness.wait_for(|s| running(s, "app")).await;
+    let migrate = container(&statuses, "migrate").unwrap();
+    assert_eq!(migrate.last_terminated.as_ref().unwrap().exit_code, 3);
+    harness.stop().await;
+}
+
+/// With restartPolicy Never a failed init container fails the pod; the
+/// app never starts.
+#[tokio::test]
+async fn a_failed_init_container_fails_a_pod_that_never_restarts() {
+    let runtime = FakeRuntime::new();
+    let mut harness = Harness::start(&runtime);
+    let job = pod_of("job", "Never", &["fetch"], &["work"]);
+    harness.assign(std::slice::from_ref(&job));
+    harness.wait_for(|s| running(s, "fetch")).await;
+    runtime.exit(&id_of(&job, "fetch"), 1);
+    let statuses = harness.wait_for(|s| s[0].phase == "Failed").await;
+    let fetch = container(&statuses, "fetch").unwrap();
+    assert_eq!(fetch.terminated.as_ref().unwrap().exit_code, 1);
+    assert_eq!(fetch.terminated.as_ref().unwrap().reason, "Error");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(runtime.starts(&id_of(&job, "work")), 0);
+    assert_eq!(runtime.starts(&id_of(&job, "fetch")), 1);
+    harness.stop().await;
+}
+
+/// A sidecar that crashes is restarted while the app runs; once the app
+/// containers have succeeded it is stopped (not restarted) and the pod
+/// succeeds, as a Job's pod must.
+#[tokio::test]
+async fn a_sidecar_restarts_while_the_app_runs_and_stops_after_it() {
+    let runtime = FakeRuntime::new();
+    let mut harness = Harness::start(&runtime);
+    let job = pod_of("job", "Never", &["proxy-sidecar"], &["work"]);
+    let (sidecar, work) = (id_of(&job, "proxy-sidecar"), id_of(&job, "work"));
+    harness.assign(std::slice::from_ref(&job));
+    harness.wait_for(|s| running(s, "work")).await;
+    runtime.exit(&sidecar, 1);
+    harness
+        .wait_for(|s| {
+            container(s, "proxy-sidecar").is_some_and(|c| c.restart_count == 1)
+                && running(s, "proxy-sidecar")
+        })
+        .await;
+
+    runtime.exit(&work, 0);
+    let statuses = harness.wait_for(|s| s[0].phase == "Succeeded").await;
+    let proxy = container(&statuses, "proxy-sidecar").unwrap();
+    assert!(proxy.terminated.is_some(), "the sidecar stopped: {proxy:?}");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(runtime.starts(&sidecar), 2, "not restarted once stopped");
+    assert_eq!(runtime.starts(&work), 1);
+    harness.stop().await;
+}
+
+/// Two app containers start together; each restarts on its own, and the
+/// pod is ready only while both are.
+#[tokio::test]
+async fn app_containers_restart_on_their_own_and_the_pod_is_ready_when_all_are() {
+    let runtime = FakeRuntime::new();
+    let prober = FakeProber::new();
+    let mut harness = Harness::start_probing(&runtime, &prober);
+    let mut web = pod_of("web", "Always", &[], &["web", "metrics"]);
+    web.spec.as_mut().unwrap().containers[1].readiness_probe = serde_json::from_value(
+        serde_json::json!({"exec": {"command": ["true"]}, "periodSeconds": 1}),
+    )
+    .unwrap();
+    prober.set_failing(true);
+    harness.assign(std::slice::from_ref(&web));
+    let statuses = harness
+        .wait_for(|s| running(s, "web") && running(s, "metrics"))
+        .await;
+    assert!(!statuses[0].ready, "metrics is not ready: {statuses:?}");
+    assert!(container(&statuses, "web").unwrap().ready);
+    prober.set_failing(false);
+    harness.wait_for(|s| s[0].ready).await;
+
+    runtime.exit(&id_of(&web, "metrics"), 2);
+    let statuses = harness
+        .wait_for(|s| {
+            container(s, "metrics").is_some_and(|c| c.restart_count == 1) && running(s, "metrics")
+        })
+        .await;
+    assert_eq!(container(&statuses, "web").unwrap().restart_count, 0);
+    assert_eq!(runtime.starts(&id_of(&web, "web")), 1);
+    assert_eq!(
+        container_id(&web),
+        id_of(&web, "web"),
+        "the first app container keeps the instance's id"
+    );
+    harness.stop().await;
+}
+
+/// A driver that runs one container per pod refuses a pod of several,
+/// naming the field, and starts none of them.
+#[tokio::test]
+async fn a_driver_of_one_container_per_pod_refuses_several_naming_the_field() {
+    let runtime = FakeRuntime::new().one_container_per_pod();
+    let mut harness = Harness::start(&runtime);
+    let web = pod_of("web", "Always", &["setup"], &["web"]);
+    harness.assign(std::slice::from_ref(&web));
+    let statuses = harness
+        .wait_for(|s| s.first().is_some_and(|s| !s.reason.is_empty()))
+        .await;
+    assert_eq!(statuses[0].reason, "CreateContainerConfigError");
+    assert!(
+        statuses[0]
+            .message
+            .starts_with("spec.initContainers[0]: the fake driver runs one container per pod"),
+        "{statuses:?}"
+    );
+    assert_eq!(statuses[0].phase, "Pending");
+    assert!(runtime.start_order().is_empty());
     harness.stop().await;
 }

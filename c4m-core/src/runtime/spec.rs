@@ -1,6 +1,7 @@
 //! From an instance (a Pod) to the [`ContainerSpec`] a driver runs.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::path::PathBuf;
 
 use k8s_openapi::api::core::v1::{Container, Pod};
@@ -9,8 +10,46 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use super::{ContainerSpec, PortSpec, PullPolicy, ResourceLimits};
 use crate::{Error, Result};
 
-/// Where the container is in the Pod, for error messages.
-const CONTAINER_PATH: &str = "spec.containers[0]";
+/// One of a pod's containers: `spec.containers[i]` or
+/// `spec.initContainers[i]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PodContainer {
+    /// An init container (`spec.initContainers[i]`), run before the app
+    /// containers; a sidecar when its `restartPolicy` is `Always`.
+    Init(usize),
+    /// An app container (`spec.containers[i]`).
+    App(usize),
+}
+
+impl PodContainer {
+    /// The container's spec in `pod`, if it has one there.
+    pub fn of(self, pod: &Pod) -> Option<&Container> {
+        let spec = pod.spec.as_ref()?;
+        match self {
+            PodContainer::Init(i) => spec.init_containers.as_ref()?.get(i),
+            PodContainer::App(i) => spec.containers.get(i),
+        }
+    }
+
+    /// The field that holds its list (`spec.containers`), as Events' `fieldPath` names
+    /// a container: `spec.containers{NAME}`.
+    pub fn list_field(self) -> &'static str {
+        match self {
+            PodContainer::Init(_) => "spec.initContainers",
+            PodContainer::App(_) => "spec.containers",
+        }
+    }
+}
+
+impl fmt::Display for PodContainer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PodContainer::Init(i) | PodContainer::App(i) => {
+                write!(f, "{}[{i}]", self.list_field())
+            }
+        }
+    }
+}
 
 impl ContainerSpec {
     /// The spec of the pod's first container, with id `id`.
@@ -21,14 +60,22 @@ impl ContainerSpec {
     /// Errors name the field (`spec.containers[0].resources.limits.memory:
     /// invalid quantity "12Q": ...`).
     pub fn from_pod(pod: &Pod, id: String) -> Result<ContainerSpec> {
+        ContainerSpec::for_container(pod, PodContainer::App(0), id)
+    }
+
+    /// The spec of the pod's container `which`, with id `id`; as
+    /// [`ContainerSpec::from_pod`] for the first.
+    pub fn for_container(pod: &Pod, which: PodContainer, id: String) -> Result<ContainerSpec> {
         let spec = pod
             .spec
             .as_ref()
             .ok_or_else(|| invalid("spec", "missing"))?;
-        let container = spec
-            .containers
-            .first()
-            .ok_or_else(|| invalid("spec.containers", "no container"))?;
+        let path = which.to_string();
+        let container = which.of(pod).ok_or_else(|| match which {
+            PodContainer::App(0) => invalid("spec.containers", "no container"),
+            _ => invalid(&path, "no such container"),
+        })?;
+        let path = path.as_str();
         let pod_security = spec.security_context.as_ref();
         let container_security = container.security_context.as_ref();
         let user = container_security
@@ -52,12 +99,12 @@ impl ContainerSpec {
             image: container.image.clone(),
             command: container.command.clone().unwrap_or_default(),
             args: container.args.clone().unwrap_or_default(),
-            env: env(container)?,
+            env: env(container, path)?,
             working_dir: container.working_dir.as_ref().map(PathBuf::from),
-            user: user.map(id_from).transpose()?,
-            group: group.map(id_from).transpose()?,
-            ports: ports(container)?,
-            resources: resources(container)?,
+            user: user.map(|u| id_from(u, path)).transpose()?,
+            group: group.map(|g| id_from(g, path)).transpose()?,
+            ports: ports(container, path)?,
+            resources: resources(container, path)?,
             network_namespace: None,
             privileged: container_security
                 .and_then(|s| s.privileged)
@@ -70,7 +117,7 @@ impl ContainerSpec {
                 container.image_pull_policy.as_deref(),
                 container.image.as_deref(),
             )
-            .map_err(|e| invalid(&format!("{CONTAINER_PATH}.imagePullPolicy"), e))?,
+            .map_err(|e| invalid(&format!("{path}.imagePullPolicy"), e))?,
             stdin: container.stdin.unwrap_or(false),
             stdin_once: container.stdin_once.unwrap_or(false),
             pull_credentials: container
@@ -88,25 +135,25 @@ fn invalid(field: &str, message: impl std::fmt::Display) -> Error {
 
 /// A uid or gid; `field` is relative to the container unless it starts
 /// with `spec.`.
-fn id_from((value, field): (i64, &str)) -> Result<u32> {
+fn id_from((value, field): (i64, &str), container_path: &str) -> Result<u32> {
     u32::try_from(value).map_err(|_| {
         let path = if field.starts_with("spec.") {
             field.to_string()
         } else {
-            format!("{CONTAINER_PATH}.{field}")
+            format!("{container_path}.{field}")
         };
         invalid(&path, format!("{value} is not a valid id"))
     })
 }
 
-fn env(container: &Container) -> Result<Vec<(String, String)>> {
+fn env(container: &Container, container_path: &str) -> Result<Vec<(String, String)>> {
     let vars = container.env.as_deref().unwrap_or_default();
     vars.iter()
         .enumerate()
         .map(|(i, var)| {
             if var.value_from.is_some() {
                 return Err(invalid(
-                    &format!("{CONTAINER_PATH}.env[{i}]"),
+                    &format!("{container_path}.env[{i}]"),
                     format!(
                         "variable {} still has valueFrom: the control plane must resolve it before the pod reaches the agent",
                         var.name
@@ -118,7 +165,7 @@ fn env(container: &Container) -> Result<Vec<(String, String)>> {
         .collect()
 }
 
-fn ports(container: &Container) -> Result<Vec<PortSpec>> {
+fn ports(container: &Container, container_path: &str) -> Result<Vec<PortSpec>> {
     let ports = container.ports.as_deref().unwrap_or_default();
     ports
         .iter()
@@ -129,7 +176,7 @@ fn ports(container: &Container) -> Result<Vec<PortSpec>> {
                 .filter(|&p| p != 0)
                 .ok_or_else(|| {
                     invalid(
-                        &format!("{CONTAINER_PATH}.ports[{i}].containerPort"),
+                        &format!("{container_path}.ports[{i}].containerPort"),
                         format!("{} is not a port number", port.container_port),
                     )
                 })?;
@@ -142,7 +189,7 @@ fn ports(container: &Container) -> Result<Vec<PortSpec>> {
         .collect()
 }
 
-fn resources(container: &Container) -> Result<ResourceLimits> {
+fn resources(container: &Container, container_path: &str) -> Result<ResourceLimits> {
     let resources = container.resources.as_ref();
     let empty = BTreeMap::new();
     let limits = resources.and_then(|r| r.limits.as_ref()).unwrap_or(&empty);
@@ -157,7 +204,7 @@ fn resources(container: &Container) -> Result<ResourceLimits> {
         map.get(name)
             .map(|q| {
                 parse(&q.0).map_err(|e| {
-                    invalid(&format!("{CONTAINER_PATH}.resources.{section}.{name}"), e)
+                    invalid(&format!("{container_path}.resources.{section}.{name}"), e)
                 })
             })
             .transpose()

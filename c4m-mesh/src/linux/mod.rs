@@ -33,7 +33,7 @@ mod vxlan;
 
 pub use bridge::LinuxNetwork;
 pub use cni::CniNetwork;
-pub use netns::enter_network_namespace;
+pub use netns::{create_loopback_namespace, enter_network_namespace, remove_network_namespace};
 pub use vxlan::{OVERLAY_DEVICE, VxlanOverlay};
 
 /// Where a network keeps the namespace of `instance` under its run dir.

@@ -56,6 +56,29 @@ pub(crate) fn create(path: &Path) -> Result<()> {
     })
 }
 
+/// Creates, unless one is mounted there, a network namespace at `path`
+/// with only its loopback, up: the one a pod's containers share (each
+/// other's `localhost`) when the pod has no VPC address.
+pub async fn create_loopback_namespace(path: &Path) -> Result<()> {
+    create(path)?;
+    let handle = netlink_in(path)?;
+    let loopback = super::bridge::link_index(&handle, "lo")
+        .await
+        .map_err(|e| namespace_failed(path, "finding lo", e))?
+        .ok_or_else(|| namespace_failed(path, "finding lo", "no loopback link"))?;
+    handle
+        .link()
+        .set(rtnetlink::LinkUnspec::new_with_index(loopback).up().build())
+        .execute()
+        .await
+        .map_err(|e| namespace_failed(path, "bringing lo up", e))
+}
+
+/// Removes the namespace [`create_loopback_namespace`] made; absent is Ok.
+pub fn remove_network_namespace(path: &Path) -> Result<()> {
+    remove(path)
+}
+
 /// Whether a network namespace is mounted at `path`.
 pub(crate) fn is_namespace(path: &Path) -> bool {
     statfs(path).is_ok_and(|fs| fs.filesystem_type() == NSFS_MAGIC)
