@@ -181,21 +181,19 @@ pub(crate) struct Deleted {
     pub revision: i64,
 }
 
-/// A `metadata` list of strings (finalizers), empty when absent.
+/// An object's `metadata.finalizers`, empty when absent.
 pub(crate) fn finalizers(object: &Value) -> Vec<String> {
-    object["metadata"]["finalizers"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-        .map(str::to_string)
-        .collect()
+    strings(&object["metadata"]["finalizers"])
 }
 
 /// A namespace's `spec.finalizers`, empty when absent.
 pub(crate) fn namespace_finalizers(namespace: &Value) -> Vec<String> {
-    namespace["spec"]["finalizers"]
-        .as_array()
+    strings(&namespace["spec"]["finalizers"])
+}
+
+/// The strings of a JSON list, empty when it is not one.
+fn strings(list: &Value) -> Vec<String> {
+    list.as_array()
         .into_iter()
         .flatten()
         .filter_map(Value::as_str)

@@ -873,16 +873,12 @@ fn kubectl_applies_a_realistic_manifest_set() {
 
     // Deleting the namespace: it stays, Terminating, while content remains
     // (a finalizer holds a ConfigMap here), and takes nothing new.
-    kubectl.ok(&[
-        "patch",
-        "configmap",
-        "bookshop-config",
-        "-n",
-        "bookshop",
-        "--type=merge",
-        "-p",
-        r#"{"metadata":{"finalizers":["example.com/hold"]}}"#,
-    ]);
+    let set_finalizers = |finalizers: &str| {
+        let patch = format!(r#"{{"metadata":{{"finalizers":{finalizers}}}}}"#);
+        let args = ["patch", "configmap", "bookshop-config", "-n", "bookshop"];
+        kubectl.ok(&[&args[..], &["--type=merge", "-p", &patch]].concat());
+    };
+    set_finalizers(r#"["example.com/hold"]"#);
     assert_eq!(
         kubectl.ok(&["delete", "namespace", "bookshop", "--wait=false"]),
         "namespace \"bookshop\" deleted\n"
@@ -905,16 +901,7 @@ fn kubectl_applies_a_realistic_manifest_set() {
     assert_eq!(namespace["status"]["phase"], "Terminating", "{namespace}");
     let listed = kubectl.ok(&["get", "namespace", "bookshop"]);
     assert!(listed.contains("bookshop   Terminating"), "{listed}");
-    kubectl.ok(&[
-        "patch",
-        "configmap",
-        "bookshop-config",
-        "-n",
-        "bookshop",
-        "--type=merge",
-        "-p",
-        r#"{"metadata":{"finalizers":null}}"#,
-    ]);
+    set_finalizers("null");
     kubectl.ok(&[
         "wait",
         "--for=delete",
