@@ -781,6 +781,47 @@ mod tests {
     }
 
     #[test]
+    fn autoscalers_and_metrics_round_trip() {
+        let v2 = json!({"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+            "metadata": {"name": "web", "namespace": "default"},
+            "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"},
+                "minReplicas": 1, "maxReplicas": 4,
+                "metrics": [{"type": "Resource", "resource": {"name": "memory",
+                    "target": {"type": "AverageValue", "averageValue": "64Mi"}}}],
+                "behavior": {"scaleDown": {"stabilizationWindowSeconds": 10, "selectPolicy": "Max",
+                    "policies": [{"type": "Percent", "value": 100, "periodSeconds": 15}]}}},
+            "status": {"currentReplicas": 2, "desiredReplicas": 4,
+                "lastScaleTime": "2026-01-01T00:00:00Z",
+                "currentMetrics": [{"type": "Resource", "resource": {"name": "memory",
+                    "current": {"averageValue": "12Mi"}}}],
+                "conditions": [{"type": "AbleToScale", "status": "True",
+                    "lastTransitionTime": "2026-01-01T00:00:00Z", "reason": "SucceededRescale",
+                    "message": "the HPA controller was able to update the target scale to 4"}]}});
+        assert_eq!(round_trip(v2.clone()), v2);
+        let v1 = json!({"apiVersion": "autoscaling/v1", "kind": "HorizontalPodAutoscaler",
+            "metadata": {"name": "web", "namespace": "default"},
+            "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"},
+                "minReplicas": 1, "maxReplicas": 4, "targetCPUUtilizationPercentage": 50},
+            "status": {"currentReplicas": 1, "desiredReplicas": 1,
+                "currentCPUUtilizationPercentage": 73}});
+        assert_eq!(round_trip(v1.clone()), v1);
+        let pods = json!({"apiVersion": "metrics.k8s.io/v1beta1", "kind": "PodMetricsList",
+            "metadata": {},
+            "items": [{"metadata": {"name": "web-1", "namespace": "default",
+                "creationTimestamp": "2026-01-01T00:00:01Z", "labels": {"app": "web"}},
+                "timestamp": "2026-01-01T00:00:00Z", "window": "1.5s",
+                "containers": [{"name": "app",
+                    "usage": {"cpu": "250123456n", "memory": "5120Ki"}}]}]});
+        assert_eq!(round_trip(pods.clone()), pods);
+        let nodes = json!({"apiVersion": "metrics.k8s.io/v1beta1", "kind": "NodeMetricsList",
+            "metadata": {},
+            "items": [{"metadata": {"name": "a", "creationTimestamp": "2026-01-01T00:00:01Z"},
+                "timestamp": "2026-01-01T00:00:00Z", "window": "2s",
+                "usage": {"cpu": "1000000n", "memory": "1024Ki"}}]});
+        assert_eq!(round_trip(nodes.clone()), nodes);
+    }
+
+    #[test]
     fn namespace_round_trips_with_its_type_meta() {
         let namespace = json!({"apiVersion": "v1", "kind": "Namespace",
             "metadata": {"name": "x", "labels": {"team": "a"}, "resourceVersion": "12"}});

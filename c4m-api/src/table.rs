@@ -1057,8 +1057,11 @@ mod tests {
         let mut measured = hpa.clone();
         measured["status"]["currentMetrics"] = json!([{"type": "Resource", "resource": {
             "name": "cpu", "current": {"averageUtilization": 73, "averageValue": "730m"}}}]);
-        measured["spec"]["metrics"][1] = json!({"type": "Resource", "resource": {"name": "memory",
-            "target": {"type": "AverageValue", "averageValue": "64Mi"}}});
+        measured["spec"]["metrics"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"type": "Resource", "resource": {"name": "memory",
+                "target": {"type": "AverageValue", "averageValue": "64Mi"}}}));
         assert_eq!(
             row(kind, &measured)[2],
             "cpu: 73%/50%, memory: <unknown>/64Mi"

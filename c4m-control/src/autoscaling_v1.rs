@@ -106,7 +106,7 @@ fn to_v1(object: &mut Map<String, Value>) {
                 cpu["resource"]["target"]["averageUtilization"].clone(),
             );
         }
-        spec_rest = (!rest.is_empty()).then(|| Value::Array(rest));
+        spec_rest = (!rest.is_empty()).then_some(Value::Array(rest));
         behavior = spec.remove("behavior").filter(|b| !b.is_null());
     }
     let mut conditions = None;
@@ -125,7 +125,7 @@ fn to_v1(object: &mut Map<String, Value>) {
                 cpu["resource"]["current"]["averageUtilization"].clone(),
             );
         }
-        current_rest = (!rest.is_empty()).then(|| Value::Array(rest));
+        current_rest = (!rest.is_empty()).then_some(Value::Array(rest));
         conditions = status
             .remove("conditions")
             .filter(|c| c.as_array().is_some_and(|c| !c.is_empty()));

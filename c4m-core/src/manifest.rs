@@ -2811,6 +2811,70 @@ spec:
     }
 
     #[test]
+    fn autoscalers_are_checked_as_kubernetes_checks_them() {
+        let hpa = |spec: &str| {
+            format!(
+                "apiVersion: autoscaling/v2\nkind: HorizontalPodAutoscaler\nmetadata: {{name: web}}\nspec:\n  scaleTargetRef: {{apiVersion: apps/v1, kind: Deployment, name: web}}\n{spec}"
+            )
+        };
+        let good = hpa(
+            "  minReplicas: 1\n  maxReplicas: 4\n  metrics: [{type: Resource, resource: {name: cpu, target: {type: Utilization, averageUtilization: 50}}}]\n  behavior: {scaleDown: {stabilizationWindowSeconds: 10, policies: [{type: Pods, value: 1, periodSeconds: 60}]}}\n",
+        );
+        assert!(validate_value(&parse_one(&good)).is_ok());
+        let cases = [
+            (
+                "  minReplicas: 5\n  maxReplicas: 4\n",
+                "spec.maxReplicas",
+                "must be greater than or equal to `minReplicas` (5), found 4",
+            ),
+            (
+                "  minReplicas: 0\n  maxReplicas: 4\n",
+                "spec.minReplicas",
+                "must be greater than or equal to 1, found 0",
+            ),
+            (
+                "  maxReplicas: 2\n  metrics: [{type: Resource, resource: {name: cpu, target: {type: Utilization, averageUtilization: 0}}}]\n",
+                "spec.metrics[0].resource.target.averageUtilization",
+                "must be greater than 0, found 0",
+            ),
+            (
+                "  maxReplicas: 2\n  metrics: [{type: Resource, resource: {name: gpu, target: {type: Utilization, averageUtilization: 50}}}]\n",
+                "spec.metrics[0].resource.name",
+                "unsupported value \"gpu\": supported values: \"cpu\", \"memory\"",
+            ),
+            (
+                "  maxReplicas: 2\n  metrics: [{type: Pods, pods: {metric: {name: qps}, target: {type: AverageValue, averageValue: 10}}}]\n",
+                "spec.metrics[0].type",
+                "\"Pods\" metrics are not supported: c4m serves resource metrics (metrics.k8s.io) only; use Resource or ContainerResource",
+            ),
+            (
+                "  maxReplicas: 2\n  behavior: {scaleUp: {stabilizationWindowSeconds: 4000}}\n",
+                "spec.behavior.scaleUp.stabilizationWindowSeconds",
+                "must be between 0 and 3600 (one hour), found 4000",
+            ),
+            (
+                "  maxReplicas: 2\n  behavior: {scaleDown: {policies: [{type: Pods, value: 1, periodSeconds: 0}]}}\n",
+                "spec.behavior.scaleDown.policies[0].periodSeconds",
+                "must be between 1 and 1800 (30 minutes), found 0",
+            ),
+            (
+                "  maxReplicas: 2\n  behavior: {scaleDown: {selectPolicy: Fastest}}\n",
+                "spec.behavior.scaleDown.selectPolicy",
+                "unsupported value \"Fastest\": supported values: \"Disabled\", \"Max\", \"Min\"",
+            ),
+        ];
+        for (spec, path, message) in cases {
+            assert_eq!(
+                error_of(&hpa(spec)),
+                (path.to_string(), message.to_string()),
+                "{spec}"
+            );
+        }
+        let v1 = "apiVersion: autoscaling/v1\nkind: HorizontalPodAutoscaler\nmetadata: {name: web}\nspec: {maxReplicas: 2}\n";
+        assert_eq!(error_of(v1).0, "apiVersion");
+    }
+
+    #[test]
     fn hostile_input_does_not_panic() {
         for text in [
             "[",

@@ -332,14 +332,17 @@ fn within(tolerance: f64, ratio: f64) -> bool {
 /// `GetResourceReplicas` and `GetRawResourceReplicas`).
 pub(crate) fn proposal(
     current: i32,
-    target: Target,
-    resource: &str,
-    container: Option<&str>,
+    metric: &MetricSpec,
     pods: &[&Value],
     mut metrics: PodMetrics,
     config: &AutoscalerConfig,
     now: SystemTime,
 ) -> std::result::Result<Proposal, String> {
+    let (target, resource, container) = (
+        metric.target,
+        metric.resource.as_str(),
+        metric.container.as_deref(),
+    );
     if pods.is_empty() {
         return Err("no pods returned by selector while calculating replica count".into());
     }
@@ -907,12 +910,12 @@ fn set_condition(conditions: &mut Vec<Value>, update: &ConditionUpdate, now: &st
 
 /// One metric of `spec.metrics`, as the controller reads it.
 #[derive(Debug, Clone, PartialEq)]
-struct MetricSpec {
+pub(crate) struct MetricSpec {
     /// `Resource` or `ContainerResource`.
-    source: &'static str,
-    resource: String,
-    container: Option<String>,
-    target: Target,
+    pub source: &'static str,
+    pub resource: String,
+    pub container: Option<String>,
+    pub target: Target,
 }
 
 fn metric_specs(spec: &Value) -> std::result::Result<Vec<MetricSpec>, String> {
@@ -1123,7 +1126,7 @@ impl AutoscalerController {
             objects.events().record(
                 Regarding::of(autoscaler),
                 EventType::Warning,
-                *reason,
+                reason,
                 message.clone(),
                 COMPONENT,
             );
@@ -1368,10 +1371,17 @@ impl AutoscalerController {
         stamp: &str,
     ) -> std::result::Result<(i32, String, Vec<Value>), String> {
         let selector = &target["spec"]["selector"];
-        let selector = serde_json::from_value(selector.clone())
-            .ok()
-            .and_then(|s| Selector::from_label_selector(&s).ok())
-            .filter(|_| selector.is_object());
+        let selector = if selector.is_object() {
+            serde_json::from_value(selector.clone())
+                .ok()
+                .and_then(|s| Selector::from_label_selector(&s).ok())
+        } else if target["kind"] == "Microservice" {
+            // A Microservice's instances carry its name in a label.
+            let label = c4m_core::labels::MICROSERVICE;
+            Selector::parse(&format!("{label}={}", name_of(target))).ok()
+        } else {
+            None
+        };
         let Some(selector) = selector else {
             set_condition(
                 conditions,
@@ -1421,16 +1431,7 @@ impl AutoscalerController {
                     metric.resource
                 ))
             } else {
-                proposal(
-                    current,
-                    metric.target,
-                    &metric.resource,
-                    container,
-                    &pods,
-                    samples,
-                    &self.config,
-                    now,
-                )
+                proposal(current, metric, &pods, samples, &self.config, now)
             };
             let reason = match metric.source {
                 "ContainerResource" => "FailedGetContainerResourceMetric",

@@ -52,13 +52,20 @@ fn usage(values: &[i64]) -> PodMetrics {
         .collect()
 }
 
+fn metric(resource: &str, target: Target) -> MetricSpec {
+    MetricSpec {
+        source: "Resource",
+        resource: resource.into(),
+        container: None,
+        target,
+    }
+}
+
 fn cpu(current: i32, percent: i32, pods: &[Value], metrics: PodMetrics) -> Proposal {
     let pods: Vec<&Value> = pods.iter().collect();
     proposal(
         current,
-        Target::Utilization(percent),
-        "cpu",
-        None,
+        &metric("cpu", Target::Utilization(percent)),
         &pods,
         metrics,
         &AutoscalerConfig::default(),
@@ -158,9 +165,7 @@ fn requests_are_required_and_errors_name_the_pod() {
     let refs: Vec<&Value> = all.iter().collect();
     let error = proposal(
         2,
-        Target::Utilization(50),
-        "cpu",
-        None,
+        &metric("cpu", Target::Utilization(50)),
         &refs,
         usage(&[500, 500]),
         &AutoscalerConfig::default(),
@@ -173,9 +178,7 @@ fn requests_are_required_and_errors_name_the_pod() {
     );
     let error = proposal(
         2,
-        Target::Utilization(50),
-        "cpu",
-        None,
+        &metric("cpu", Target::Utilization(50)),
         &[],
         usage(&[]),
         &AutoscalerConfig::default(),
@@ -192,9 +195,7 @@ fn an_average_value_target_counts_usage_per_pod() {
     // 2 pods at 300m against an average of 200m: ceil(2 * 1.5) = 3.
     let p = proposal(
         2,
-        Target::AverageValue(200),
-        "cpu",
-        None,
+        &metric("cpu", Target::AverageValue(200)),
         &refs,
         usage(&[300, 300]),
         &AutoscalerConfig::default(),
