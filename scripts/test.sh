@@ -14,7 +14,8 @@ cd "$(dirname "$0")/.."
 # (which runs the example in containers): runc and crun
 # (OCI runtimes), conmon (the container monitor), busybox-static (test
 # images), skopeo (docker archives, pushes) and docker-registry (a registry
-# on loopback); tar. For the instance network tests: iproute2, nftables,
+# on loopback), apache2-utils (htpasswd: a registry that insists on a login,
+# for imagePullSecrets in pod_spec.rs); tar. For the instance network tests: iproute2, nftables,
 # util-linux (nsenter: agents on simulated hosts) and mount (umount); for CNI networks containernetworking-plugins (bridge,
 # host-local, portmap in /usr/lib/cni) and iptables (which portmap and
 # bridge's ipMasq drive). For the driver conformance suite: containerd (also
@@ -29,7 +30,7 @@ cd "$(dirname "$0")/.."
 # nfs-ganesha-vfs (the NFSv3 server tests/nfs.rs starts on loopback), rpcbind
 # (ganesha will not start without registering with it), fio (the bench's
 # throughput figures).
-packages=(procps coreutils curl ca-certificates bsdutils util-linux python3 tar runc crun conmon busybox-static skopeo docker-registry iproute2 nftables mount containerd docker.io containernetworking-plugins iptables protobuf-compiler e2fsprogs fuse3 nfs-ganesha nfs-ganesha-vfs rpcbind fio)
+packages=(procps coreutils curl ca-certificates bsdutils util-linux python3 tar runc crun conmon busybox-static skopeo docker-registry apache2-utils iproute2 nftables mount containerd docker.io containernetworking-plugins iptables protobuf-compiler e2fsprogs fuse3 nfs-ganesha nfs-ganesha-vfs rpcbind fio)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -411,6 +411,22 @@ mod tests {
     }
 
     #[test]
+    fn attach_queries() {
+        let parsed = ExecQuery::parse_attach("container=app&stdin=true&stdout=true").unwrap();
+        assert_eq!(parsed.container.as_deref(), Some("app"));
+        assert!(parsed.stdin && parsed.stdout && !parsed.stderr && parsed.command.is_empty());
+        assert_eq!(ExecQuery::parse_attach(&parsed.to_query()).unwrap(), parsed);
+        assert_eq!(
+            ExecQuery::parse_attach("command=ls&stdout=true").unwrap_err(),
+            "attach takes no command"
+        );
+        assert_eq!(
+            ExecQuery::parse_attach("container=app").unwrap_err(),
+            "attach needs at least one of stdin, stdout and stderr"
+        );
+    }
+
+    #[test]
     fn port_forward_channels() {
         assert_eq!(parse_ports("ports=8080"), Ok(vec![8080]));
         assert_eq!(

@@ -40,6 +40,7 @@ spec:
       labels: {app: box}
     spec:
       runtimeClassName: containerd
+      hostAliases: [{ip: 127.0.0.3, hostnames: [peer.local]}]
       containers:
         - name: main
           image: bb:1
@@ -57,6 +58,15 @@ spec:
     });
     let exec = cluster.ok(&["exec", &name, "--", "sh", "-c", "echo $((6 * 7))"]);
     assert_eq!(exec, "42\n");
+    // The kubelet's pod files: its host name, hosts with its aliases.
+    let hostname = cluster.ok(&["exec", &name, "--", "cat", "/etc/hostname"]);
+    assert_eq!(hostname, format!("{name}\n"));
+    let hosts = cluster.ok(&["exec", &name, "--", "cat", "/etc/hosts"]);
+    assert!(
+        hosts.starts_with("# Kubernetes-managed hosts file.\n")
+            && hosts.ends_with("# Entries added by HostAliases.\n127.0.0.3\tpeer.local\n"),
+        "{hosts}"
+    );
     // The driver really runs it as a containerd task, in namespace c4m.
     let tasks = containerd.ctr(&["-n", "c4m", "tasks", "ls"]);
     assert!(

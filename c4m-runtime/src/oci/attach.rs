@@ -170,10 +170,7 @@ async fn write_input(
     loop {
         let n = tokio::select! {
             _ = detached.cancelled() => return,
-            read = input.read(&mut chunk) => match read {
-                Ok(n) => n,
-                Err(_) => 0,
-            },
+            read = input.read(&mut chunk) => read.unwrap_or(0),
         };
         if n == 0 {
             let _ = nix::sys::socket::shutdown(socket.as_raw_fd(), Shutdown::Write);
