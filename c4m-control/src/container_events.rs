@@ -187,6 +187,30 @@ mod tests {
             .collect()
     }
 
+    /// Init containers' Events name them under `spec.initContainers`.
+    #[test]
+    fn init_containers_have_their_own_field_path() {
+        let pending = json!({"metadata": {"name": "web"}, "status": {
+            "initContainerStatuses": [{"name": "setup", "state": {"waiting": {"reason": "PodInitializing"}}}],
+        }});
+        let running = json!({"metadata": {"name": "web"}, "status": {
+            "initContainerStatuses": [{"name": "setup", "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}}}],
+            "containerStatuses": [{"name": "app", "state": {"waiting": {"reason": "PodInitializing"}}}],
+        }});
+        let events = container_events(&pending, &running);
+        let seen: Vec<(&str, &str, &str)> = events
+            .iter()
+            .map(|e| (e.list, e.container.as_str(), e.reason))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("spec.initContainers", "setup", "Created"),
+                ("spec.initContainers", "setup", "Started"),
+            ]
+        );
+    }
+
     #[test]
     fn a_new_run_is_created_and_started() {
         let pending =
