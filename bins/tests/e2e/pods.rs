@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::common::kubectl::Kubectl;
 use crate::common::oci::require_oci;
 use crate::common::*;
-use c4m_testkit::Registry;
+use c4m_testkit::{Containerd, Registry};
 
 const MINUTE: Duration = Duration::from_secs(60);
 
@@ -182,15 +182,41 @@ fn at(time: &str) -> jiff::Timestamp {
 #[ignore = "needs root + runc + conmon + kubectl"]
 fn an_init_container_runs_first_and_a_sidecar_is_up_before_the_app() {
     let (cluster, kubectl) = oci_node_with_busybox();
+    init_container_and_sidecar_come_first(&cluster, &kubectl, "oci");
+}
+
+/// The same pod on the `containerd` driver.
+#[test]
+#[ignore = "needs root + containerd + runc + kubectl"]
+fn on_containerd_an_init_container_runs_first_and_a_sidecar_is_up_before_the_app() {
+    require_oci();
+    // Declared first so that it stops last, after the agent.
+    let containerd_dir = tempfile::tempdir().unwrap();
+    let containerd = Containerd::start(containerd_dir.path());
+    let socket = containerd.socket().display().to_string();
+    let mut cluster = Cluster::start();
+    cluster.start_agent_with("n1", "4", "4Gi", &["--containerd-socket", &socket]);
+    cluster.offered_driver("containerd");
+    let tar = busybox_image_tar(cluster.dir.path());
+    cluster.ok(&["image", "import", tar.to_str().unwrap(), "--name", "bb"]);
+    let kubectl = Kubectl::for_cluster(&cluster);
+    init_container_and_sidecar_come_first(&cluster, &kubectl, "containerd");
+}
+
+/// Runs the pod of an init container, a sidecar and an app on `driver` and
+/// checks their order, as the two tests above say.
+fn init_container_and_sidecar_come_first(cluster: &Cluster, kubectl: &Kubectl, driver: &str) {
     kubectl_apply(
-        &cluster,
-        &kubectl,
+        cluster,
+        kubectl,
         "ordered.yaml",
-        r#"
+        &format!(
+            r#"
 apiVersion: v1
 kind: Pod
-metadata: {name: ordered}
+metadata: {{name: ordered}}
 spec:
+  runtimeClassName: {driver}
   restartPolicy: Never
   terminationGracePeriodSeconds: 2
   initContainers:
@@ -205,11 +231,12 @@ spec:
   - name: app
     image: bb:1
     command: [sh, -c, "for i in 1 2 3 4 5 6 7 8 9 10; do wget -q -O- http://127.0.0.1:8080/up && break; sleep 0.2; done; sleep 6"]
-"#,
+"#
+        ),
     );
-    let (setup_at, setup) = first_line(&kubectl, "ordered", "setup");
-    let (proxy_at, proxy) = first_line(&kubectl, "ordered", "proxy");
-    let (app_at, app) = first_line(&kubectl, "ordered", "app");
+    let (setup_at, setup) = first_line(kubectl, "ordered", "setup");
+    let (proxy_at, proxy) = first_line(kubectl, "ordered", "proxy");
+    let (app_at, app) = first_line(kubectl, "ordered", "app");
     // (a) The init container ran first: nothing served yet, and it wrote
     // before the sidecar did.
     assert_eq!(setup, "setup-ran");
@@ -227,6 +254,10 @@ spec:
         "{pod:#}"
     );
     assert_eq!(init[0]["state"]["terminated"]["exitCode"], 0, "{pod:#}");
+    for container in [&init[0], &init[1], &pod["status"]["containerStatuses"][0]] {
+        let id = container["containerID"].as_str().unwrap_or_default();
+        assert!(id.starts_with(&format!("{driver}://")), "{pod:#}");
+    }
     assert_eq!(init[1]["name"], "proxy", "{pod:#}");
     assert!(init[1]["state"]["running"].is_object(), "{pod:#}");
     assert_eq!(pod["status"]["phase"], "Running", "{pod:#}");
