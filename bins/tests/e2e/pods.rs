@@ -222,7 +222,7 @@ spec:
   initContainers:
   - name: setup
     image: bb:1
-    command: [sh, -c, "if wget -q -O- http://127.0.0.1:8080/up; then echo sidecar-too-early; else echo setup-ran; fi"]
+    command: [sh, -c, "if wget -q -O- http://127.0.0.1:8080/up 2>/dev/null; then echo sidecar-too-early; else echo setup-ran; fi"]
   - name: proxy
     image: bb:1
     restartPolicy: Always
@@ -230,7 +230,7 @@ spec:
   containers:
   - name: app
     image: bb:1
-    command: [sh, -c, "for i in 1 2 3 4 5 6 7 8 9 10; do wget -q -O- http://127.0.0.1:8080/up && break; sleep 0.2; done; sleep 6"]
+    command: [sh, -c, "for i in 1 2 3 4 5 6 7 8 9 10; do wget -q -O- http://127.0.0.1:8080/up 2>/dev/null && break; sleep 0.2; done; sleep 6"]
 "#
         ),
     );
@@ -380,7 +380,7 @@ spec:
     command: [sh, -c, "mkdir -p /tmp/www && echo hello-from-web > /tmp/www/index.html && exec httpd -f -p 127.0.0.1:8080 -h /tmp/www"]
   - name: client
     image: bb:1
-    command: [sh, -c, "while true; do wget -q -O- http://127.0.0.1:8080/ && exec sleep 3600; sleep 0.3; done"]
+    command: [sh, -c, "while true; do wget -q -O- http://127.0.0.1:8080/ 2>/dev/null && exec sleep 3600; sleep 0.3; done"]
 "#,
     );
     let logs = wait_for("the client's output", MINUTE, || {
