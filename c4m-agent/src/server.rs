@@ -196,6 +196,19 @@ async fn log(
                 .body(Body::from_stream(body))
                 .unwrap_or_default()
         }
+        // Not started yet (an app container while init containers run),
+        // as Kubernetes answers it.
+        Err(c4m_core::Error::ContainerNotFound(_)) => {
+            let container = placement
+                .containers
+                .iter()
+                .find(|(_, id)| *id == placement.id);
+            let message = format!(
+                "container {} in pod {name} is waiting to start\n",
+                container.map_or("", |(name, _)| name.as_str())
+            );
+            (StatusCode::BAD_REQUEST, message).into_response()
+        }
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
     }
 }

@@ -257,6 +257,8 @@ struct Slot {
     /// An init container that succeeded, or a sidecar stopped after the app
     /// containers ended: not started again.
     finished: bool,
+    /// The current run's exit has been handled ([`Supervisor::on_exit`]).
+    exit_handled: bool,
     /// Previous CPU counter sample for usage rates.
     cpu_sample: Option<(u64, Instant)>,
     usage: WireUsage,
@@ -655,6 +657,7 @@ impl Supervisor {
                     && succeeded,
                 cpu_sample: None,
                 usage: WireUsage::default(),
+                exit_handled: false,
             });
         }
         let adopted_any = slots.iter().any(|s| s.status.is_some());
@@ -798,13 +801,8 @@ impl Supervisor {
         }
         match runtime.status(&slot.id).await {
             Ok(status) => {
-                let was_running = slot.running();
                 slot.status = Some(status);
-                if was_running && !slot.running() {
-                    let policy = instance.policy().to_string();
-                    let stopped_on_purpose = instance.slots[index].finished;
-                    self.on_exit(&mut instance.slots[index], &policy, stopped_on_purpose);
-                }
+                self.note_exit(instance, index);
             }
             Err(c4m_core::Error::ContainerNotFound(_)) => {
                 // Removed behind our back: start it again.
@@ -814,6 +812,21 @@ impl Supervisor {
                 tracing::warn!(container = %slot.id, error = %e, "cannot read container status");
             }
         }
+    }
+
+    /// Handles the exit of container `index`'s current run once, however
+    /// it was seen: ended between two looks, or already ended when its
+    /// start or adoption returned.
+    fn note_exit(&self, instance: &mut Managed, index: usize) {
+        let slot = &instance.slots[index];
+        if slot.exit_handled || slot.exit().is_none() {
+            return;
+        }
+        let policy = instance.policy().to_string();
+        let slot = &mut instance.slots[index];
+        let stopped_on_purpose = slot.finished;
+        slot.exit_handled = true;
+        self.on_exit(slot, &policy, stopped_on_purpose);
     }
 
     /// Starts container `index` when it has not run, or restarts it when
@@ -870,6 +883,7 @@ impl Supervisor {
                 }
             }
         };
+        self.note_exit(instance, index);
         if needs_probes && instance.slots[index].running() {
             self.start_probes(pod_id, instance, index, probes.clone());
         }
@@ -979,6 +993,7 @@ impl Supervisor {
                 slot.running_since = Some(Instant::now());
                 slot.problem = None;
                 slot.ready = false;
+                slot.exit_handled = false;
                 slot.run += 1;
                 slot.pull_backoff = self.backoff.image_pull_initial;
                 slot.pull_failed_at = None;

@@ -923,6 +923,73 @@ mod tests {
             .collect()
     }
 
+    /// STATUS, READY and RESTARTS of a pod with an init container and a
+    /// sidecar, as kubectl prints them against Kubernetes.
+    #[test]
+    fn init_containers_and_sidecars_show_as_kubectl_prints_them() {
+        let pod = |init: Value, app: Value, initialized: bool| {
+            json!({
+                "spec": {
+                    "initContainers": [{"name": "setup"}, {"name": "proxy", "restartPolicy": "Always"}],
+                    "containers": [{"name": "app"}],
+                },
+                "status": {
+                    "phase": if initialized { "Running" } else { "Pending" },
+                    "conditions": [{"type": "Initialized", "status": if initialized { "True" } else { "False" }}],
+                    "initContainerStatuses": init,
+                    "containerStatuses": app,
+                },
+            })
+        };
+        let waiting = json!([{"name": "app", "ready": false, "restartCount": 0, "state": {"waiting": {"reason": "PodInitializing"}}}]);
+        let first = pod(
+            json!([
+                {"name": "setup", "restartCount": 0, "state": {"running": {}}},
+                {"name": "proxy", "restartCount": 0, "state": {"waiting": {"reason": "PodInitializing"}}},
+            ]),
+            waiting.clone(),
+            false,
+        );
+        assert_eq!(instance_status(&first), "Init:0/2");
+        assert_eq!(ready_count(&first), "0/2");
+        let crashing = pod(
+            json!([
+                {"name": "setup", "restartCount": 3, "state": {"waiting": {"reason": "CrashLoopBackOff"}}},
+                {"name": "proxy", "restartCount": 0, "state": {"waiting": {"reason": "PodInitializing"}}},
+            ]),
+            waiting.clone(),
+            false,
+        );
+        assert_eq!(instance_status(&crashing), "Init:CrashLoopBackOff");
+        assert_eq!(restart_count(&crashing), "3");
+        let failed = pod(
+            json!([{"name": "setup", "state": {"terminated": {"exitCode": 1, "reason": "Error"}}}]),
+            waiting.clone(),
+            false,
+        );
+        assert_eq!(instance_status(&failed), "Init:Error");
+        let sidecar_starting = pod(
+            json!([
+                {"name": "setup", "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}},
+                {"name": "proxy", "started": false, "state": {"waiting": {"reason": "ContainerCreating"}}},
+            ]),
+            waiting,
+            false,
+        );
+        assert_eq!(instance_status(&sidecar_starting), "Init:ContainerCreating");
+        let running = pod(
+            json!([
+                {"name": "setup", "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}},
+                {"name": "proxy", "started": true, "ready": true, "restartCount": 1, "state": {"running": {}}},
+            ]),
+            json!([{"name": "app", "ready": true, "restartCount": 2, "state": {"running": {}}}]),
+            true,
+        );
+        assert_eq!(instance_status(&running), "Running");
+        assert_eq!(ready_count(&running), "2/2");
+        assert_eq!(restart_count(&running), "3");
+    }
+
     #[test]
     fn an_instance_endpoint_shows_its_ip_ports_and_host_bindings() {
         let pod = |ip: &str, ports: Value| {

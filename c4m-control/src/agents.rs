@@ -1040,6 +1040,97 @@ impl AgentService for Agents {
 mod tests {
     use super::*;
 
+    /// A report of each container becomes the kubelet's status lists and
+    /// conditions: init containers apart, Initialized once they are done,
+    /// Ready only when every app container is.
+    #[test]
+    fn container_reports_become_container_and_init_container_statuses() {
+        use c4m_api::agent::{ContainerRunning, ContainerWaiting};
+        let mut pod = json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "web", "namespace": "default"},
+            "spec": {
+                "initContainers": [{"name": "setup", "image": "bb:1"}],
+                "containers": [{"name": "web", "image": "web:2"}, {"name": "metrics", "image": "m:3"}],
+            },
+        });
+        let report = InstanceStatus {
+            phase: "Running".into(),
+            ready: false,
+            initialized: true,
+            containers: vec![
+                ContainerReport {
+                    name: "setup".into(),
+                    init: true,
+                    terminated: Some(ContainerTerminated {
+                        exit_code: 0,
+                        reason: "Completed".into(),
+                        ..ContainerTerminated::default()
+                    }),
+                    container_id: "oci://x_setup".into(),
+                    ..ContainerReport::default()
+                },
+                ContainerReport {
+                    name: "web".into(),
+                    ready: true,
+                    started: true,
+                    running: Some(ContainerRunning {
+                        started_at: "2026-12-07T00:00:00Z".into(),
+                    }),
+                    ..ContainerReport::default()
+                },
+                ContainerReport {
+                    name: "metrics".into(),
+                    restart_count: 2,
+                    waiting: Some(ContainerWaiting {
+                        reason: "CrashLoopBackOff".into(),
+                        message: "back-off".into(),
+                    }),
+                    last_terminated: Some(ContainerTerminated {
+                        exit_code: 2,
+                        reason: "Error".into(),
+                        ..ContainerTerminated::default()
+                    }),
+                    ..ContainerReport::default()
+                },
+            ],
+            ..InstanceStatus::default()
+        };
+        assert!(apply_report(&mut pod, &report, "10.0.0.1"));
+        let status = &pod["status"];
+        assert_eq!(status["initContainerStatuses"][0]["name"], "setup");
+        assert_eq!(status["initContainerStatuses"][0]["image"], "bb:1");
+        assert_eq!(
+            status["initContainerStatuses"][0]["containerID"],
+            "oci://x_setup"
+        );
+        assert_eq!(
+            status["initContainerStatuses"][0]["state"]["terminated"]["reason"],
+            "Completed"
+        );
+        assert_eq!(status["containerStatuses"][0]["name"], "web");
+        assert_eq!(status["containerStatuses"][0]["image"], "web:2");
+        assert_eq!(status["containerStatuses"][0]["ready"], true);
+        let metrics = &status["containerStatuses"][1];
+        assert_eq!(metrics["state"]["waiting"]["reason"], "CrashLoopBackOff");
+        assert_eq!(metrics["lastState"]["terminated"]["exitCode"], 2);
+        assert_eq!(metrics["restartCount"], 2);
+        let condition = |name: &str| {
+            status["conditions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["type"] == name)
+                .unwrap()["status"]
+                .clone()
+        };
+        assert_eq!(condition("Initialized"), "True");
+        assert_eq!(condition("ContainersReady"), "False");
+        assert_eq!(condition("Ready"), "False");
+        // The same report again changes nothing.
+        assert!(!apply_report(&mut pod, &report, "10.0.0.1"));
+    }
+
     fn pod(name: &str) -> Value {
         json!({
             "apiVersion": "v1", "kind": "Pod",

@@ -93,8 +93,23 @@ fn list_events(
                 message,
             });
         };
-        let started = &new["state"]["running"]["startedAt"];
-        if started.is_string() && *started != previous["state"]["running"]["startedAt"] {
+        // Each run not seen before was created and started, also one that
+        // began and ended between two reports (seen only as terminated).
+        let runs = |status: &Value| -> Vec<Value> {
+            [
+                &status["state"]["running"]["startedAt"],
+                &status["state"]["terminated"]["startedAt"],
+                &status["lastState"]["terminated"]["startedAt"],
+            ]
+            .into_iter()
+            .filter(|started| started.as_str().is_some_and(|s| !s.is_empty()))
+            .cloned()
+            .collect()
+        };
+        let seen = runs(&previous);
+        let mut new_runs = runs(&new);
+        new_runs.dedup();
+        for _ in new_runs.iter().filter(|run| !seen.contains(run)) {
             push(
                 EventType::Normal,
                 "Created",
@@ -193,6 +208,51 @@ mod tests {
             .iter()
             .map(|e| (e.reason, e.message.clone()))
             .collect()
+    }
+
+    /// A run that began and ended between two reports was still created
+    /// and started.
+    #[test]
+    fn a_run_seen_only_once_ended_was_started() {
+        let pending = pod(
+            json!({"name": "main", "image": "bb:1", "state": {"waiting": {"reason": "ContainerCreating"}}}),
+        );
+        let crashed = pod(json!({"name": "main", "image": "bb:1",
+            "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off"}},
+            "lastState": {"terminated": {"exitCode": 1, "startedAt": "2026-01-01T00:00:00Z"}}}));
+        let seen: Vec<&str> = container_events(&pending, &crashed)
+            .iter()
+            .map(|e| e.reason)
+            .collect();
+        assert_eq!(seen, ["Created", "Started", "BackOff"]);
+        assert!(
+            container_events(&crashed, &crashed).is_empty(),
+            "the same run again is no new start"
+        );
+    }
+
+    /// Init containers' Events name them under `spec.initContainers`.
+    #[test]
+    fn init_containers_have_their_own_field_path() {
+        let pending = json!({"metadata": {"name": "web"}, "status": {
+            "initContainerStatuses": [{"name": "setup", "state": {"waiting": {"reason": "PodInitializing"}}}],
+        }});
+        let running = json!({"metadata": {"name": "web"}, "status": {
+            "initContainerStatuses": [{"name": "setup", "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}}}],
+            "containerStatuses": [{"name": "app", "state": {"waiting": {"reason": "PodInitializing"}}}],
+        }});
+        let events = container_events(&pending, &running);
+        let seen: Vec<(&str, &str, &str)> = events
+            .iter()
+            .map(|e| (e.list, e.container.as_str(), e.reason))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("spec.initContainers", "setup", "Created"),
+                ("spec.initContainers", "setup", "Started"),
+            ]
+        );
     }
 
     #[test]

@@ -2070,6 +2070,26 @@ spec:
       containers: [{name: main, image: busybox}]
 "#;
 
+    /// A container's own restartPolicy is only for init containers (a
+    /// sidecar), only `Always`; init containers and sidecars warn no more.
+    #[test]
+    fn only_an_init_container_may_be_a_sidecar() {
+        let with = |init: &str, app: &str| {
+            JOB.replace(
+                "      containers: [{name: main, image: busybox}]",
+                &format!("      initContainers: [{{name: side, image: busybox{init}}}]\n      containers: [{{name: main, image: busybox{app}}}]"),
+            )
+        };
+        let validated = validate_value(&parse_one(&with(", restartPolicy: Always", ""))).unwrap();
+        assert!(validated.warnings.is_empty(), "{:?}", validated.warnings);
+        let (path, message) = error_of(&with(", restartPolicy: OnFailure", ""));
+        assert_eq!(path, "spec.template.spec.initContainers[0].restartPolicy");
+        assert!(message.contains("only \"Always\""), "{message}");
+        let (path, message) = error_of(&with("", ", restartPolicy: Always"));
+        assert_eq!(path, "spec.template.spec.containers[0].restartPolicy");
+        assert!(message.contains("only on an init container"), "{message}");
+    }
+
     #[test]
     fn jobs_and_cronjobs_are_checked_as_kubernetes_checks_them() {
         assert!(validate_value(&parse_one(JOB)).is_ok());

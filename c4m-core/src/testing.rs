@@ -33,6 +33,9 @@ struct FakeState {
     /// Every start, in order: (container id, when).
     start_log: Vec<(String, SystemTime)>,
     failing_starts: u32,
+    /// Containers whose next start ends at once with this exit code
+    /// (the process exited before the driver answered).
+    exiting_at_start: HashMap<String, i32>,
     /// Images no registry has: starting a container of one fails to pull.
     missing_images: HashSet<String>,
     next_pid: u32,
@@ -127,6 +130,14 @@ impl FakeRuntime {
         true
     }
 
+    /// Makes the next start of `id` report a process that already exited
+    /// with `exit_code`, as a driver does for one that ends at once.
+    pub fn exit_at_next_start(&self, id: &str, exit_code: i32) {
+        self.state()
+            .exiting_at_start
+            .insert(id.to_string(), exit_code);
+    }
+
     /// Makes the next `count` starts fail.
     pub fn fail_next_starts(&self, count: u32) {
         self.state().failing_starts = count;
@@ -218,7 +229,16 @@ impl ContainerRuntime for FakeRuntime {
                 message: "start failed (as the test asked)".into(),
             });
         }
-        let status = running(&mut state, spec);
+        let mut status = running(&mut state, spec);
+        if let Some(exit_code) = state.exiting_at_start.remove(&spec.id) {
+            status.state = ContainerState::Exited {
+                exit_code: Some(exit_code),
+                signal: None,
+                oom_killed: false,
+                started_at: SystemTime::now(),
+                finished_at: SystemTime::now(),
+            };
+        }
         state.containers.insert(spec.id.clone(), status.clone());
         state.start_log.push((spec.id.clone(), SystemTime::now()));
         Ok(status)

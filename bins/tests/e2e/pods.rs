@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::common::kubectl::Kubectl;
 use crate::common::oci::require_oci;
 use crate::common::*;
-use c4m_testkit::Registry;
+use c4m_testkit::{Containerd, Registry};
 
 const MINUTE: Duration = Duration::from_secs(60);
 
@@ -136,4 +136,300 @@ fn an_unpullable_image_shows_err_image_pull_then_image_pull_back_off() {
         "{table}"
     );
     kubectl.ok(&["delete", "pod", "ghost", "--wait=false"]);
+}
+
+/// A cluster whose `boxed` node runs pods in `oci` containers, with the
+/// busybox fixture imported as `bb:1`, and kubectl for it.
+fn oci_node_with_busybox() -> (Cluster, Kubectl) {
+    let cluster = oci_node();
+    let tar = busybox_image_tar(cluster.dir.path());
+    cluster.ok(&["image", "import", tar.to_str().unwrap(), "--name", "bb"]);
+    let kubectl = Kubectl::for_cluster(&cluster);
+    (cluster, kubectl)
+}
+
+/// `kubectl apply -f` of `yaml`, written to the cluster's directory as `name`.
+fn kubectl_apply(cluster: &Cluster, kubectl: &Kubectl, name: &str, yaml: &str) {
+    let path = cluster.dir.path().join(name);
+    std::fs::write(&path, yaml).unwrap();
+    kubectl.ok(&["apply", "-f", path.to_str().unwrap()]);
+}
+
+/// The first line `kubectl logs --timestamps` shows of a container, split
+/// into its time and text, once it has one.
+fn first_line(kubectl: &Kubectl, pod: &str, container: &str) -> (String, String) {
+    wait_for(&format!("{container}'s first line"), MINUTE, || {
+        let output = kubectl.run(&["logs", pod, "-c", container, "--timestamps"]);
+        let text = String::from_utf8_lossy(&output.stdout).to_string();
+        let line = text.lines().next()?;
+        let (time, rest) = line.split_once(' ')?;
+        Some((time.to_string(), rest.to_string()))
+    })
+}
+
+/// RFC 3339 times with nanoseconds, as kubectl's `--timestamps` prints
+/// them, in order.
+fn at(time: &str) -> jiff::Timestamp {
+    time.parse()
+        .unwrap_or_else(|e| panic!("{time:?} is not an RFC 3339 time: {e}"))
+}
+
+/// A pod with an init container and a native sidecar: the init container
+/// runs first and to completion, the sidecar is up (serving on the pod's
+/// localhost) before the app starts, and once the app has ended the
+/// sidecar is stopped and the pod succeeds.
+#[test]
+#[ignore = "needs root + runc + conmon + kubectl"]
+fn an_init_container_runs_first_and_a_sidecar_is_up_before_the_app() {
+    let (cluster, kubectl) = oci_node_with_busybox();
+    init_container_and_sidecar_come_first(&cluster, &kubectl, "oci");
+}
+
+/// The same pod on the `containerd` driver.
+#[test]
+#[ignore = "needs root + containerd + runc + kubectl"]
+fn on_containerd_an_init_container_runs_first_and_a_sidecar_is_up_before_the_app() {
+    require_oci();
+    // Declared first so that it stops last, after the agent.
+    let containerd_dir = tempfile::tempdir().unwrap();
+    let containerd = Containerd::start(containerd_dir.path());
+    let socket = containerd.socket().display().to_string();
+    let mut cluster = Cluster::start();
+    cluster.start_agent_with("n1", "4", "4Gi", &["--containerd-socket", &socket]);
+    cluster.offered_driver("containerd");
+    let tar = busybox_image_tar(cluster.dir.path());
+    cluster.ok(&["image", "import", tar.to_str().unwrap(), "--name", "bb"]);
+    let kubectl = Kubectl::for_cluster(&cluster);
+    init_container_and_sidecar_come_first(&cluster, &kubectl, "containerd");
+}
+
+/// Runs the pod of an init container, a sidecar and an app on `driver` and
+/// checks their order, as the two tests above say.
+fn init_container_and_sidecar_come_first(cluster: &Cluster, kubectl: &Kubectl, driver: &str) {
+    kubectl_apply(
+        cluster,
+        kubectl,
+        "ordered.yaml",
+        &format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: ordered}}
+spec:
+  runtimeClassName: {driver}
+  restartPolicy: Never
+  terminationGracePeriodSeconds: 2
+  initContainers:
+  - name: setup
+    image: bb:1
+    command: [sh, -c, "if wget -q -O- http://127.0.0.1:8080/up 2>/dev/null; then echo sidecar-too-early; else echo setup-ran; fi"]
+  - name: proxy
+    image: bb:1
+    restartPolicy: Always
+    command: [sh, -c, "mkdir -p /tmp/www && echo sidecar-up > /tmp/www/up && echo serving && exec httpd -f -p 127.0.0.1:8080 -h /tmp/www"]
+  containers:
+  - name: app
+    image: bb:1
+    command: [sh, -c, "for i in 1 2 3 4 5 6 7 8 9 10; do wget -q -O- http://127.0.0.1:8080/up 2>/dev/null && break; sleep 0.2; done; sleep 6"]
+"#
+        ),
+    );
+    let (setup_at, setup) = first_line(kubectl, "ordered", "setup");
+    let (proxy_at, proxy) = first_line(kubectl, "ordered", "proxy");
+    let (app_at, app) = first_line(kubectl, "ordered", "app");
+    // (a) The init container ran first: nothing served yet, and it wrote
+    // before the sidecar did.
+    assert_eq!(setup, "setup-ran");
+    assert_eq!(proxy, "serving");
+    assert!(at(&setup_at) < at(&proxy_at), "{setup_at} then {proxy_at}");
+    // (b) The sidecar was up before the app started: the app reached it on
+    // localhost, and wrote after it.
+    assert_eq!(app, "sidecar-up");
+    assert!(at(&proxy_at) < at(&app_at), "{proxy_at} then {app_at}");
+    let pod = kubectl.json(&["get", "pod", "ordered"]);
+    let init = &pod["status"]["initContainerStatuses"];
+    assert_eq!(init[0]["name"], "setup", "{pod:#}");
+    assert_eq!(
+        init[0]["state"]["terminated"]["reason"], "Completed",
+        "{pod:#}"
+    );
+    assert_eq!(init[0]["state"]["terminated"]["exitCode"], 0, "{pod:#}");
+    for container in [&init[0], &init[1], &pod["status"]["containerStatuses"][0]] {
+        let id = container["containerID"].as_str().unwrap_or_default();
+        assert!(id.starts_with(&format!("{driver}://")), "{pod:#}");
+    }
+    assert_eq!(init[1]["name"], "proxy", "{pod:#}");
+    assert!(init[1]["state"]["running"].is_object(), "{pod:#}");
+    assert_eq!(pod["status"]["phase"], "Running", "{pod:#}");
+    let table = kubectl.ok(&["get", "pod", "ordered"]);
+    let row = table.lines().nth(1).unwrap_or_default();
+    assert!(row.contains(" 2/2 ") && row.contains("Running"), "{table}");
+
+    // (c) The app ends: the sidecar is stopped after it, and the pod
+    // succeeds.
+    let pod = wait_for("the pod to succeed", MINUTE, || {
+        let pod = kubectl.json(&["get", "pod", "ordered"]);
+        matches!(
+            pod["status"]["phase"].as_str(),
+            Some("Succeeded" | "Failed")
+        )
+        .then_some(pod)
+    });
+    assert_eq!(pod["status"]["phase"], "Succeeded", "{pod:#}");
+    let proxy = &pod["status"]["initContainerStatuses"][1];
+    assert!(proxy["state"]["terminated"].is_object(), "{pod:#}");
+    assert_eq!(proxy["restartCount"], 0, "{pod:#}");
+    let app = &pod["status"]["containerStatuses"][0];
+    assert_eq!(app["state"]["terminated"]["reason"], "Completed", "{pod:#}");
+    let described = kubectl.ok(&["describe", "pod", "ordered"]);
+    for expected in [
+        "Started container setup",
+        "Started container proxy",
+        "Started container app",
+    ] {
+        assert!(described.contains(expected), "{expected}: {described}");
+    }
+    let events = kubectl.ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=ordered",
+        "-o",
+        "jsonpath={range .items[*]}{.involvedObject.fieldPath} {.reason}{\"\\n\"}{end}",
+    ]);
+    assert!(
+        events.contains("spec.initContainers{proxy} Started"),
+        "{events}"
+    );
+    assert!(events.contains("spec.containers{app} Started"), "{events}");
+}
+
+/// A Job whose pod has a sidecar completes: the app container's success
+/// stops the sidecar, and the pod succeeds.
+#[test]
+#[ignore = "needs root + runc + conmon + kubectl"]
+fn a_job_whose_pod_has_a_sidecar_completes_and_the_sidecar_stops() {
+    let (cluster, kubectl) = oci_node_with_busybox();
+    kubectl_apply(
+        &cluster,
+        &kubectl,
+        "job.yaml",
+        r#"
+apiVersion: batch/v1
+kind: Job
+metadata: {name: report}
+spec:
+  backoffLimit: 0
+  template:
+    spec:
+      restartPolicy: Never
+      terminationGracePeriodSeconds: 2
+      initContainers:
+      - name: shipper
+        image: bb:1
+        restartPolicy: Always
+        command: [sh, -c, "echo shipping; exec sleep 3600"]
+      containers:
+      - name: work
+        image: bb:1
+        command: [sh, -c, "echo working; sleep 2"]
+"#,
+    );
+    kubectl.ok(&[
+        "wait",
+        "--for=condition=complete",
+        "job/report",
+        "--timeout=90s",
+    ]);
+    let pods = kubectl.json(&["get", "pods", "-l", "job-name=report"]);
+    let pod = &pods["items"][0];
+    assert_eq!(pod["status"]["phase"], "Succeeded", "{pods:#}");
+    let shipper = &pod["status"]["initContainerStatuses"][0];
+    assert_eq!(shipper["name"], "shipper", "{pod:#}");
+    assert!(
+        shipper["state"]["terminated"].is_object(),
+        "the sidecar stopped: {pod:#}"
+    );
+    assert_eq!(
+        pod["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"], 0,
+        "{pod:#}"
+    );
+    let job = kubectl.json(&["get", "job", "report"]);
+    assert_eq!(job["status"]["succeeded"], 1, "{job:#}");
+}
+
+/// Two containers of one pod share its network (each other's localhost);
+/// `kubectl logs -c` and `kubectl exec -c` reach the container named, and
+/// a name the pod lacks is refused.
+#[test]
+#[ignore = "needs root + runc + conmon + kubectl"]
+fn two_containers_share_localhost_and_logs_and_exec_take_a_container() {
+    let (cluster, kubectl) = oci_node_with_busybox();
+    kubectl_apply(
+        &cluster,
+        &kubectl,
+        "shared.yaml",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: shared}
+spec:
+  containers:
+  - name: web
+    image: bb:1
+    command: [sh, -c, "mkdir -p /tmp/www && echo hello-from-web > /tmp/www/index.html && exec httpd -f -p 127.0.0.1:8080 -h /tmp/www"]
+  - name: client
+    image: bb:1
+    command: [sh, -c, "while true; do wget -q -O- http://127.0.0.1:8080/ 2>/dev/null && exec sleep 3600; sleep 0.3; done"]
+"#,
+    );
+    let logs = wait_for("the client's output", MINUTE, || {
+        let output = kubectl.run(&["logs", "shared", "-c", "client"]);
+        let text = String::from_utf8_lossy(&output.stdout).to_string();
+        (!text.is_empty()).then_some(text)
+    });
+    assert_eq!(logs, "hello-from-web\n");
+    let table = wait_for("both containers ready", MINUTE, || {
+        let table = kubectl.ok(&["get", "pod", "shared"]);
+        table.lines().nth(1)?.contains(" 2/2 ").then_some(table)
+    });
+    assert!(table.contains("Running"), "{table}");
+    assert_eq!(
+        kubectl.ok(&[
+            "exec",
+            "shared",
+            "-c",
+            "web",
+            "--",
+            "cat",
+            "/tmp/www/index.html"
+        ]),
+        "hello-from-web\n"
+    );
+    // Each container has its own file system: the client has no /tmp/www.
+    let output = kubectl.run(&["exec", "shared", "-c", "client", "--", "ls", "/tmp/www"]);
+    assert!(!output.status.success(), "{output:?}");
+    let refused = kubectl.fails(&["logs", "shared", "-c", "nosuch"]);
+    assert!(
+        refused.contains("container nosuch is not valid for pod shared"),
+        "{refused}"
+    );
+    let pod = kubectl.json(&["get", "pod", "shared"]);
+    let names: Vec<&str> = pod["status"]["containerStatuses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["web", "client"], "{pod:#}");
+    for container in pod["status"]["containerStatuses"].as_array().unwrap() {
+        assert!(container["state"]["running"].is_object(), "{pod:#}");
+        assert!(
+            container["containerID"]
+                .as_str()
+                .is_some_and(|id| id.starts_with("oci://")),
+            "{pod:#}"
+        );
+    }
+    kubectl.ok(&["delete", "pod", "shared", "--wait=false"]);
 }

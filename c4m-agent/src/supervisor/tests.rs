@@ -593,3 +593,37 @@ async fn a_driver_of_one_container_per_pod_refuses_several_naming_the_field() {
     assert!(runtime.start_order().is_empty());
     harness.stop().await;
 }
+
+/// An init container that has already exited when its start returns (it
+/// ran in an instant) is handled as any exit: it succeeded, the app
+/// starts; a failed one is retried, and the pod never shows Failed.
+#[tokio::test]
+async fn an_init_container_that_ends_before_its_start_returns_is_handled() {
+    let runtime = FakeRuntime::new();
+    let web = pod_of("web", "Always", &["quick", "flaky"], &["app"]);
+    runtime.exit_at_next_start(&id_of(&web, "quick"), 0);
+    runtime.exit_at_next_start(&id_of(&web, "flaky"), 1);
+    let mut harness = Harness::start(&runtime);
+    harness.assign(std::slice::from_ref(&web));
+    let not_failed = |s: &[InstanceStatus]| {
+        assert_ne!(s.first().map(|s| s.phase.as_str()), Some("Failed"), "{s:?}");
+    };
+    // Retried after its backoff; this run ends on its own, well.
+    harness
+        .wait_for(|s| {
+            not_failed(s);
+            running(s, "flaky")
+        })
+        .await;
+    runtime.exit(&id_of(&web, "flaky"), 0);
+    let statuses = harness
+        .wait_for(|s| {
+            not_failed(s);
+            running(s, "app")
+        })
+        .await;
+    assert_eq!(container(&statuses, "quick").unwrap().restart_count, 0);
+    assert_eq!(container(&statuses, "flaky").unwrap().restart_count, 1);
+    assert_eq!(runtime.starts(&id_of(&web, "quick")), 1);
+    harness.stop().await;
+}

@@ -125,9 +125,12 @@ pub struct Requests {
     pub memory_bytes: u64,
 }
 
-/// The sum of the containers' CPU and memory requests. A container that sets
-/// a limit but no request for a resource requests its limit, as in
-/// Kubernetes.
+/// What the pod's containers request of CPU and memory, as Kubernetes
+/// counts it: the app containers' sum plus the sidecars' (init containers
+/// with `restartPolicy: Always`, which run beside them), or more if an init
+/// container (with the sidecars started before it) asks more. A container
+/// that sets a limit but no request for a resource requests its limit, as
+/// in Kubernetes.
 ///
 /// # Errors
 /// [`Error::InvalidField`] naming the field
@@ -137,18 +140,63 @@ pub fn pod_requests(spec: &PodSpec) -> Result<Requests> {
     let mut total = Requests::default();
     for (index, container) in spec.containers.iter().enumerate() {
         let path = format!("containers[{index}].resources");
-        let resources = container.resources.as_ref();
-        let cpu = effective_request(resources, "cpu", &path, parse_cpu_millis)?;
-        let memory = effective_request(resources, "memory", &path, parse_memory_bytes)?;
-        total.cpu_millis = total
-            .cpu_millis
-            .checked_add(cpu)
-            .ok_or_else(|| Error::Invalid(format!("{path}.requests.cpu: total cpu overflows")))?;
-        total.memory_bytes = total.memory_bytes.checked_add(memory).ok_or_else(|| {
-            Error::Invalid(format!("{path}.requests.memory: total memory overflows"))
-        })?;
+        total = total.plus(container_requests(container, &path)?, &path)?;
     }
-    Ok(total)
+    let mut sidecars = Requests::default();
+    let mut init_peak = Requests::default();
+    let init = spec.init_containers.as_deref().unwrap_or_default();
+    for (index, container) in init.iter().enumerate() {
+        let path = format!("initContainers[{index}].resources");
+        let requests = container_requests(container, &path)?;
+        let while_it_runs = if container.restart_policy.as_deref() == Some("Always") {
+            sidecars = sidecars.plus(requests, &path)?;
+            sidecars
+        } else {
+            sidecars.plus(requests, &path)?
+        };
+        init_peak = init_peak.max(while_it_runs);
+    }
+    Ok(total.plus(sidecars, "initContainers")?.max(init_peak))
+}
+
+impl Requests {
+    /// Both summed; an overflow is an error naming `path`.
+    fn plus(self, other: Requests, path: &str) -> Result<Requests> {
+        Ok(Requests {
+            cpu_millis: self
+                .cpu_millis
+                .checked_add(other.cpu_millis)
+                .ok_or_else(|| {
+                    Error::Invalid(format!("{path}.requests.cpu: total cpu overflows"))
+                })?,
+            memory_bytes: self
+                .memory_bytes
+                .checked_add(other.memory_bytes)
+                .ok_or_else(|| {
+                    Error::Invalid(format!("{path}.requests.memory: total memory overflows"))
+                })?,
+        })
+    }
+
+    /// The larger of each.
+    fn max(self, other: Requests) -> Requests {
+        Requests {
+            cpu_millis: self.cpu_millis.max(other.cpu_millis),
+            memory_bytes: self.memory_bytes.max(other.memory_bytes),
+        }
+    }
+}
+
+/// One container's requests (`path` names its `resources`).
+fn container_requests(
+    container: &k8s_openapi::api::core::v1::Container,
+    path: &str,
+) -> Result<Requests> {
+    let resources = container.resources.as_ref();
+    Ok(Requests {
+        cpu_millis: effective_request(resources, "cpu", path, parse_cpu_millis)?,
+        memory_bytes: effective_request(resources, "memory", path, parse_memory_bytes)?,
+    })
 }
 
 /// One resource's request, falling back to its limit; 0 when neither is set.
@@ -294,6 +342,31 @@ mod tests {
                 memory_bytes: (64 << 20) + (128 << 20)
             }
         );
+    }
+
+    /// Kubernetes' effective requests: sidecars run beside the app, an init
+    /// container beside the sidecars started before it.
+    #[test]
+    fn requests_count_sidecars_and_the_largest_init_container() {
+        let cpu = |c: &str| json!({"requests": {"cpu": c}});
+        let spec = pod_spec(json!({
+            "initContainers": [
+                {"name": "small", "resources": cpu("100m")},
+                {"name": "proxy", "restartPolicy": "Always", "resources": cpu("200m")},
+                {"name": "big", "resources": cpu("2")},
+            ],
+            "containers": [{"name": "app", "resources": cpu("500m")}],
+        }));
+        // big with the proxy beside it (2.2) is more than app + proxy (0.7).
+        assert_eq!(pod_requests(&spec).unwrap().cpu_millis, 2200);
+        let spec = pod_spec(json!({
+            "initContainers": [
+                {"name": "proxy", "restartPolicy": "Always", "resources": cpu("200m")},
+                {"name": "small", "resources": cpu("100m")},
+            ],
+            "containers": [{"name": "app", "resources": cpu("500m")}],
+        }));
+        assert_eq!(pod_requests(&spec).unwrap().cpu_millis, 700);
     }
 
     #[test]

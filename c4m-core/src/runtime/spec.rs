@@ -394,4 +394,38 @@ spec:
         );
         assert_eq!(error("metadata: {name: a}"), "spec: missing");
     }
+
+    /// Any container of the pod, init containers too; errors name it.
+    #[test]
+    fn takes_any_container_and_errors_name_it() {
+        let pod = pod(r#"
+metadata: {name: web}
+spec:
+  initContainers:
+  - {name: setup, image: bb:1, command: [sh, -c, "true"]}
+  - {name: bad, image: bb:1, ports: [{containerPort: 0}]}
+  containers:
+  - {name: web, image: web:1}
+  - {name: metrics, image: m:1, args: [--port, "9090"]}
+"#);
+        let spec = |which| ContainerSpec::for_container(&pod, which, "id".into());
+        assert_eq!(
+            spec(PodContainer::Init(0)).unwrap().command,
+            ["sh", "-c", "true"]
+        );
+        assert_eq!(spec(PodContainer::App(1)).unwrap().args, ["--port", "9090"]);
+        assert_eq!(
+            spec(PodContainer::App(1)).unwrap().hostname.as_deref(),
+            Some("web")
+        );
+        assert_eq!(
+            spec(PodContainer::Init(1)).unwrap_err().to_string(),
+            "spec.initContainers[1].ports[0].containerPort: 0 is not a port number"
+        );
+        assert_eq!(
+            spec(PodContainer::App(2)).unwrap_err().to_string(),
+            "spec.containers[2]: no such container"
+        );
+        assert_eq!(PodContainer::Init(1).to_string(), "spec.initContainers[1]");
+    }
 }
