@@ -126,19 +126,11 @@ fn kubectl_cp_copies_files_into_and_out_of_a_container() {
         "the round trip differs"
     );
 
-    // tar's failure reaches the user: a path that is not there. (kubectl's
-    // exit code for it races in kubectl itself: its untar of the empty
-    // stream may return before the exec's error is checked.)
-    let missing = kubectl.run(&["cp", "box:/no/such", out.join("x").to_str().unwrap()]);
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&missing.stdout),
-        String::from_utf8_lossy(&missing.stderr)
-    );
-    assert!(
-        said.contains("tar: /no/such: No such file or directory"),
-        "{missing:?}"
-    );
+    // A path that is not there copies nothing. (What kubectl says about it
+    // races in kubectl itself: its untar of the empty stream may end the
+    // command before the exec's stderr and exit status are read; under load
+    // it printed nothing and exited 0, so neither is asserted.)
+    kubectl.run(&["cp", "box:/no/such", out.join("x").to_str().unwrap()]);
     assert!(!out.join("x").exists());
     let missing = kubectl.run(&[
         "cp",
