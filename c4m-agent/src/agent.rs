@@ -89,6 +89,10 @@ impl Agent {
     /// answer there is an error: it was asked for).
     /// Drivers this build leaves out (cargo features of `c4m-agent`) are
     /// not offered.
+    #[allow(
+        clippy::vec_init_then_push,
+        reason = "which pushes there are depends on the build's cargo features"
+    )]
     pub async fn detect_runtimes(
         config: &AgentConfig,
         images: &Arc<ImageStore>,
