@@ -4,6 +4,7 @@
 //!     ./target/release/c4m-e2e-bench latency [--rounds 50]
 //!     ./target/release/c4m-e2e-bench schedule [--nodes 5000] [--instances 10000]
 //!     ./target/release/c4m-e2e-bench microservices [--nodes 100] [--count 10000]
+//!     ./target/release/c4m-e2e-bench jobs [--nodes 100] [--jobs 1000] [--run-for 1s]
 //!     ./target/release/c4m-e2e-bench api [--nodes 200] [--instances 10000] [--rounds 5]
 //!     sudo ./target/release/c4m-e2e-bench oci [--instances 100] [--driver oci|containerd] [--agent-subcommand]
 //!     sudo ./target/release/c4m-e2e-bench overlay [--megabytes 1024] [--rounds 3]
@@ -18,8 +19,12 @@
 //! - `microservices`: `--count` Microservices of one replica each on
 //!   `--nodes` hollow nodes, until every instance is Running and Ready; the
 //!   control plane's resident memory then (and its peak).
-//! - `api`: `--instances` instances bound on hollow nodes, then the real
-//!   `kubectl get pods` (a Table over HTTPS, `$KUBECTL` or
+//! - `jobs`: `--jobs` Jobs of one pod each, created in one batch, on
+//!   `--nodes` hollow nodes whose Job pods run `--run-for` and exit 0; how
+//!   long from created to every Job Complete (the Job controller, the
+//!   scheduler, the agents' reports and the controller again), in jobs/s.
+//! - `api`: `--instances` instances Running on hollow nodes, then the real
+//!   `kubectl get pods -A` (a Table over HTTPS, `$KUBECTL` or
 //!   `/usr/bin/kubectl`; it asks for chunks of 500) and a full list through
 //!   the HTTP API with c4m's client, as JSON and as Kubernetes protobuf,
 //!   each `--rounds` times (median, slowest), and a watch receiving a second
@@ -92,7 +97,7 @@ enum Bench {
         #[arg(long)]
         no_events: bool,
     },
-    /// kubectl get pods latency, list and watch throughput with many
+    /// kubectl get pods -A latency, list and watch throughput with many
     /// instances (hollow nodes).
     Api {
         /// Hollow nodes.
@@ -146,6 +151,20 @@ enum Bench {
         to: std::net::SocketAddr,
         /// Megabytes to send.
         megabytes: u64,
+    },
+    /// Jobs of one pod each, from created to Complete (hollow nodes whose
+    /// Job pods run `--run-for`, then exit 0).
+    Jobs {
+        /// Hollow nodes.
+        #[arg(long, default_value_t = 100)]
+        nodes: usize,
+        /// Jobs.
+        #[arg(long, default_value_t = 1000)]
+        jobs: usize,
+        /// How long each Job's pod runs on its hollow node (`c4m agent
+        /// --hollow-run-for`).
+        #[arg(long, default_value = "1s")]
+        run_for: String,
     },
     /// Microservices of one replica, until all run (hollow nodes).
     Microservices {
@@ -331,13 +350,18 @@ impl ControlPlane {
 
     /// A watch on every instance, from now.
     async fn watch_pods(&self) -> Result<impl Stream<Item = Result<Value>> + use<>> {
-        let pods = kind("pods")?;
-        let listed = self.client.list(pods, None, None).await?;
+        self.watch("pods").await
+    }
+
+    /// A watch on every object of the kind `plural`, from now.
+    async fn watch(&self, plural: &str) -> Result<impl Stream<Item = Result<Value>> + use<>> {
+        let kind = kind(plural)?;
+        let listed = self.client.list(kind, None, None).await?;
         let from = listed["metadata"]["resourceVersion"]
             .as_str()
             .unwrap_or("0")
             .to_string();
-        let events = self.client.watch(pods, None, &from).await?;
+        let events = self.client.watch(kind, None, &from).await?;
         Ok(events.map(|event| Ok(event?.object)))
     }
 
@@ -434,6 +458,11 @@ async fn main() -> Result<()> {
             no_events,
         } => schedule(nodes, instances, no_events).await,
         Bench::Microservices { nodes, count } => microservices(nodes, count).await,
+        Bench::Jobs {
+            nodes,
+            jobs: count,
+            run_for,
+        } => jobs(nodes, count, &run_for).await,
         Bench::Api {
             nodes,
             instances,
@@ -823,6 +852,71 @@ async fn microservices(nodes: usize, count: usize) -> Result<()> {
     Ok(())
 }
 
+fn is_complete(job: &Value) -> bool {
+    job["status"]["conditions"].as_array().is_some_and(|cs| {
+        cs.iter()
+            .any(|c| c["type"] == "Complete" && c["status"] == "True")
+    })
+}
+
+async fn jobs(nodes: usize, count: usize, run_for: &str) -> Result<()> {
+    let control = ControlPlane::start().await?;
+    let mut flags = hollow(nodes);
+    flags.extend(["--hollow-run-for".to_string(), run_for.to_string()]);
+    let _agent = control
+        .agent(&flags.iter().map(String::as_str).collect::<Vec<_>>(), nodes)
+        .await?;
+    let objects: Vec<Value> = (0..count)
+        .map(|index| {
+            json!({
+                "apiVersion": "batch/v1", "kind": "Job",
+                "metadata": {"name": format!("job-{index:05}"), "namespace": "default"},
+                "spec": {"template": {"spec": {"restartPolicy": "Never",
+                    "containers": [{"name": "main", "image": "bench", "command": ["sleep", "1"],
+                        "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}}}]}}},
+            })
+        })
+        .collect();
+    let events = control.watch("jobs").await?;
+    let started = Instant::now();
+    control.apply(objects, count).await?;
+    let created = started.elapsed();
+    let mut complete = HashSet::new();
+    follow(events, Duration::from_secs(1200), |job| {
+        if is_complete(job) {
+            complete.insert(
+                job["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            );
+        }
+        complete.len() >= count
+    })
+    .await?;
+    let all_complete = started.elapsed();
+    let memory = control.rss()?;
+    let after_creation = all_complete - created;
+    println!("{count} Jobs (one pod each, running {run_for}) on {nodes} hollow nodes:");
+    println!("  created in {:.3} s (one batch)", created.as_secs_f64());
+    println!(
+        "  all Complete {:.3} s after creation: {:.0} jobs/s (created → Complete)",
+        after_creation.as_secs_f64(),
+        count as f64 / after_creation.as_secs_f64()
+    );
+    println!(
+        "  end to end {:.3} s: {:.0} jobs/s (apply → all Complete)",
+        all_complete.as_secs_f64(),
+        count as f64 / all_complete.as_secs_f64()
+    );
+    println!(
+        "  control plane RSS {:.1} MiB (peak {:.1} MiB)",
+        mib(memory.current_kib),
+        mib(memory.peak_kib)
+    );
+    Ok(())
+}
+
 /// The store's revision, from an empty list.
 async fn current_revision(control: &ControlPlane) -> Result<String> {
     let listed = control
@@ -833,6 +927,29 @@ async fn current_revision(control: &ControlPlane) -> Result<String> {
         .as_str()
         .unwrap_or("0")
         .to_string())
+}
+
+/// How long kubectl waited on its client-side rate limiter, from its
+/// `-v=3` log: the sum of its "Waited for DURATION due to client-side
+/// throttling" lines (Go durations: 195.3ms, 1.2s, 900µs).
+fn client_side_throttling(log: &str) -> Duration {
+    log.lines()
+        .filter(|line| line.contains("client-side throttling"))
+        .filter_map(|line| {
+            let text = line.split("Waited for ").nth(1)?.split(' ').next()?;
+            let split = text.find(|c: char| c.is_alphabetic() || c == 'µ')?;
+            let (number, unit) = text.split_at(split);
+            let number: f64 = number.parse().ok()?;
+            let seconds = match unit {
+                "s" => number,
+                "ms" => number / 1e3,
+                "µs" | "us" => number / 1e6,
+                "ns" => number / 1e9,
+                _ => return None,
+            };
+            Duration::try_from_secs_f64(seconds).ok()
+        })
+        .sum()
 }
 
 /// The median and the slowest of `times`.
@@ -850,11 +967,26 @@ async fn api(nodes: usize, instances: usize, rounds: usize) -> Result<()> {
         .await?;
     let pods = kind("pods")?;
     create_bound_instances(&control, instances).await?;
-    let listed = control.client.list(pods, None, None).await?;
-    let items = listed["items"].as_array().map_or(0, Vec::len);
-    if items < instances {
-        bail!("listed {items} instances, expected {instances}");
+    // Let the cluster settle first (every instance reported Running, its
+    // status written): lists timed while 10,000 status writes are still
+    // under way measure those writes as much as the lists.
+    let started = Instant::now();
+    loop {
+        let listed = control.client.list(pods, None, None).await?;
+        let items = listed["items"].as_array().map_or(&[][..], Vec::as_slice);
+        let running = items
+            .iter()
+            .filter(|pod| pod["status"]["phase"] == "Running")
+            .count();
+        if running >= instances {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(300) {
+            bail!("only {running} of {instances} instances Running after 5 minutes");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
+    tokio::time::sleep(Duration::from_secs(2)).await;
 
     // kubectl get pods: a Table of every instance, over HTTPS.
     let kubectl = std::env::var_os("KUBECTL").unwrap_or_else(|| "/usr/bin/kubectl".into());
@@ -872,15 +1004,18 @@ async fn api(nodes: usize, instances: usize, rounds: usize) -> Result<()> {
     }
     std::fs::write(&kubeconfig, &output.stdout)?;
     let cache = control.dir.path().join("kubectl-cache");
-    let get_pods = || -> Result<Duration> {
+    // kubectl's own wait: client-go's client-side rate limiter (5 requests/s
+    // after a burst of 10) holds the 11th page of 500 onwards, whatever the
+    // server; `-v=3` logs each wait.
+    let get_pods = |chunk_size: &str| -> Result<(Duration, Duration)> {
         let started = Instant::now();
         let output = Command::new(&kubectl)
             .arg("--kubeconfig")
             .arg(&kubeconfig)
             .arg("--cache-dir")
             .arg(&cache)
-            .args(["get", "pods", "--no-headers"])
-            .stderr(Stdio::inherit())
+            .args(["get", "pods", "--all-namespaces", "--no-headers", "-v=3"])
+            .arg(format!("--chunk-size={chunk_size}"))
             .output()
             .with_context(|| format!("run {}", kubectl.to_string_lossy()))?;
         let elapsed = started.elapsed();
@@ -889,18 +1024,25 @@ async fn api(nodes: usize, instances: usize, rounds: usize) -> Result<()> {
             .split(|b| *b == b'\n')
             .filter(|l| !l.is_empty())
             .count();
+        let stderr = String::from_utf8_lossy(&output.stderr);
         if !output.status.success() || rows < instances {
             bail!(
-                "kubectl get pods failed or listed {rows} rows ({})",
+                "kubectl get pods failed or listed {rows} rows ({}): {stderr}",
                 output.status
             );
         }
-        Ok(elapsed)
+        Ok((elapsed, client_side_throttling(&stderr)))
     };
-    get_pods()?; // fills kubectl's discovery cache
-    let kubectl_times = (0..rounds)
-        .map(|_| get_pods())
-        .collect::<Result<Vec<_>>>()?;
+    get_pods("500")?; // fills kubectl's discovery cache
+    let mut kubectl_times = Vec::with_capacity(rounds);
+    let mut throttled_times = Vec::with_capacity(rounds);
+    let mut one_request_times = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let (elapsed, throttled) = get_pods("500")?;
+        kubectl_times.push(elapsed);
+        throttled_times.push(throttled);
+        one_request_times.push(get_pods("0")?.0);
+    }
 
     // A list of every instance through the HTTP API with c4m's client, as
     // JSON and as Kubernetes protobuf (decoded into the same JSON values),
@@ -955,14 +1097,25 @@ async fn api(nodes: usize, instances: usize, rounds: usize) -> Result<()> {
     let watched = started.elapsed();
 
     let (kubectl_median, kubectl_max) = median_and_max(kubectl_times);
+    let (throttled_median, _) = median_and_max(throttled_times);
+    let (one_request_median, one_request_max) = median_and_max(one_request_times);
     let (list_median, list_max) = median_and_max(list_times);
     let (protobuf_median, protobuf_max) = median_and_max(protobuf_times);
     println!("{instances} instances on {nodes} hollow nodes, {rounds} rounds:");
     println!(
-        "  kubectl get pods: median {:.0} ms, slowest {:.0} ms ({:.0} rows/s)",
+        "  kubectl get pods -A (chunks of 500): median {:.0} ms, slowest {:.0} ms ({:.0} rows/s)",
         kubectl_median.as_secs_f64() * 1e3,
         kubectl_max.as_secs_f64() * 1e3,
         instances as f64 / kubectl_median.as_secs_f64()
+    );
+    println!(
+        "    of which kubectl's own client-side throttling: median {:.0} ms",
+        throttled_median.as_secs_f64() * 1e3,
+    );
+    println!(
+        "  kubectl get pods -A --chunk-size=0 (one request): median {:.0} ms, slowest {:.0} ms",
+        one_request_median.as_secs_f64() * 1e3,
+        one_request_max.as_secs_f64() * 1e3,
     );
     println!(
         "  list (JSON, HTTP API): median {:.0} ms, slowest {:.0} ms ({:.0} objects/s)",
@@ -982,4 +1135,23 @@ async fn api(nodes: usize, instances: usize, rounds: usize) -> Result<()> {
         instances as f64 / watched.as_secs_f64()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kubectl_throttling_waits_are_summed() {
+        let log = "I1207 13:28:45.004008    1936 loader.go:402] Config loaded from file:  kubeconfig
+I1207 13:28:45.205759    1936 request.go:661] Waited for 109.5ms due to client-side throttling, not priority and fairness, request: GET:http://127.0.0.1:1/api/v1/pods?limit=500
+I1207 13:28:45.405621    1936 request.go:661] Waited for 1.2s due to client-side throttling, not priority and fairness, request: GET:http://127.0.0.1:1/api/v1/pods
+I1207 13:28:45.405621    1936 request.go:661] Waited for 500µs due to client-side throttling, not priority and fairness, request: GET:x
+I1207 13:28:45.405621    1936 request.go:661] Waited for garbage due to client-side throttling";
+        assert_eq!(
+            client_side_throttling(log),
+            Duration::from_micros(109_500 + 1_200_000 + 500)
+        );
+        assert_eq!(client_side_throttling(""), Duration::ZERO);
+    }
 }

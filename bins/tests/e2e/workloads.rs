@@ -373,3 +373,47 @@ spec:
     assert_eq!(deleted.trim(), "node \"j-0\" deleted");
     assert_eq!(daemon_nodes(&kubectl, "daemon", 2), ["h-0", "h-1"]);
 }
+
+/// Hollow nodes started with `--hollow-run-for 2s` run a Job's pods for
+/// two seconds, then report them exited 0: the Job completes as on real
+/// nodes (what `c4m-e2e-bench jobs` measures at scale), while an instance
+/// that restarts (a Deployment's) keeps running.
+#[test]
+#[ignore = "needs kubectl"]
+fn a_job_completes_on_hollow_nodes_that_run_its_pods() {
+    let mut cluster = Cluster::start();
+    cluster.start_hollow_agents_with("h", 2, "4", "4Gi", &["--hollow-run-for", "2s"]);
+    let kubectl = Kubectl::for_cluster(&cluster);
+    kubectl.ok(&[
+        "create",
+        "deployment",
+        "web",
+        "--image=busybox",
+        "--",
+        "sleep",
+        "3600",
+    ]);
+    let created = std::time::Instant::now();
+    kubectl.ok(&[
+        "create",
+        "job",
+        "batch",
+        "--image=busybox",
+        "--",
+        "sleep",
+        "2",
+    ]);
+    let job = wait_finished(&kubectl, "batch", "Complete");
+    assert!(
+        created.elapsed() >= Duration::from_secs(2),
+        "Complete {:?} after creation: the pod did not run its 2 s",
+        created.elapsed()
+    );
+    assert_eq!(true_conditions(&job), ["SuccessCriteriaMet", "Complete"]);
+    assert_eq!(job["status"]["succeeded"], 1);
+    let pods = kubectl.json(&["get", "pods", "-l", "job-name=batch"]);
+    let pod = &pods["items"][0];
+    assert_eq!(pod["status"]["phase"], "Succeeded", "{pod}");
+    let web = kubectl.json(&["get", "pods", "-l", "app=web"]);
+    assert_eq!(web["items"][0]["status"]["phase"], "Running", "{web}");
+}

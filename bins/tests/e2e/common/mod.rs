@@ -358,11 +358,25 @@ impl Cluster {
         memory: &str,
         labels: &[&str],
     ) {
+        let mut flags: Vec<&str> = Vec::new();
+        for label in labels {
+            flags.extend(["--label", *label]);
+        }
+        self.start_hollow_agents_with(name, count, cpu, memory, &flags);
+    }
+
+    /// [`Cluster::start_hollow_agents`] with more `c4m agent` flags.
+    pub(crate) fn start_hollow_agents_with(
+        &mut self,
+        name: &str,
+        count: usize,
+        cpu: &str,
+        memory: &str,
+        flags: &[&str],
+    ) {
         let count_text = count.to_string();
         let mut extra = vec!["--hollow", &count_text];
-        for label in labels {
-            extra.extend(["--label", label]);
-        }
+        extra.extend(flags);
         self.spawn_agent(name, cpu, memory, &extra);
         let prefix = format!("{name}-");
         wait_for(
