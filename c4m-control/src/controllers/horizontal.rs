@@ -646,7 +646,7 @@ impl History {
                 "the desired replica count is more than the maximum replica count",
             )
         };
-        let (replicas, reason, message) = if stabilized < min {
+        let limited = if stabilized < min {
             (
                 min,
                 "TooFewReplicas",
@@ -655,22 +655,9 @@ impl History {
         } else if stabilized > maximum {
             (maximum, limit_reason, limit_message)
         } else {
-            (
-                stabilized,
-                "DesiredWithinRange",
-                "the desired count is within the acceptable range",
-            )
+            within_range(stabilized)
         };
-        conditions.push((
-            "ScalingLimited",
-            replicas != stabilized,
-            reason,
-            message.to_string(),
-        ));
-        Normalized {
-            replicas,
-            conditions,
-        }
+        limited_to(conditions, stabilized, limited)
     }
 
     /// With behavior: stabilized within each direction's window, then held
@@ -715,7 +702,7 @@ impl History {
             ("AbleToScale", true, "ScaleDownStabilized",
                 "recent recommendations were higher than current one, applying the highest recent recommendation".to_string())
         }];
-        let (replicas, reason, message) = if stabilized > current {
+        let limited = if stabilized > current {
             let limit =
                 scale_up_limit(current, &self.scale_up, &behavior.scale_up, now).max(current);
             let (maximum, reason, message) = if max > limit {
@@ -734,11 +721,7 @@ impl History {
             if stabilized > maximum {
                 (maximum, reason, message)
             } else {
-                (
-                    stabilized,
-                    "DesiredWithinRange",
-                    "the desired count is within the acceptable range",
-                )
+                within_range(stabilized)
             }
         } else if stabilized < current {
             let limit =
@@ -759,29 +742,12 @@ impl History {
             if stabilized < minimum {
                 (minimum, reason, message)
             } else {
-                (
-                    stabilized,
-                    "DesiredWithinRange",
-                    "the desired count is within the acceptable range",
-                )
+                within_range(stabilized)
             }
         } else {
-            (
-                stabilized,
-                "DesiredWithinRange",
-                "the desired count is within the acceptable range",
-            )
+            within_range(stabilized)
         };
-        conditions.push((
-            "ScalingLimited",
-            replicas != stabilized,
-            reason,
-            message.to_string(),
-        ));
-        Normalized {
-            replicas,
-            conditions,
-        }
+        limited_to(conditions, stabilized, limited)
     }
 
     /// Records a scale from `from` to `to` for the rate policies (only
@@ -1513,6 +1479,34 @@ fn scale_kind(target: &Value) -> Option<&'static c4m_core::ResourceKind> {
     c4m_core::KINDS
         .iter()
         .find(|k| k.group == group && target["kind"] == k.kind && k.has_subresource("scale"))
+}
+
+/// A stabilized count that no bound held back.
+fn within_range(stabilized: i32) -> (i32, &'static str, &'static str) {
+    (
+        stabilized,
+        "DesiredWithinRange",
+        "the desired count is within the acceptable range",
+    )
+}
+
+/// The outcome of normalizing: `stabilized` held to `limited` (the count,
+/// and why), with the ScalingLimited condition saying whether it was.
+fn limited_to(
+    mut conditions: Vec<ConditionUpdate>,
+    stabilized: i32,
+    (replicas, reason, message): (i32, &'static str, &'static str),
+) -> Normalized {
+    conditions.push((
+        "ScalingLimited",
+        replicas != stabilized,
+        reason,
+        message.to_string(),
+    ));
+    Normalized {
+        replicas,
+        conditions,
+    }
 }
 
 #[cfg(test)]
