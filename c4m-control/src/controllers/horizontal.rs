@@ -621,7 +621,7 @@ impl History {
             .map(|r| r.replicas)
             .fold(desired, i32::max);
         self.remember(desired, now, |at| at < cutoff);
-        let mut conditions = vec![if stabilized != desired {
+        let conditions = vec![if stabilized != desired {
             ("AbleToScale", true, "ScaleDownStabilized",
                 "recent recommendations were higher than current one, applying the highest recent recommendation".to_string())
         } else {
@@ -688,7 +688,7 @@ impl History {
         }
         let stabilized = current.max(up).min(down);
         self.remember(desired, now, |at| at < up_cutoff && at < down_cutoff);
-        let mut conditions = vec![if stabilized == desired {
+        let conditions = vec![if stabilized == desired {
             (
                 "AbleToScale",
                 true,
