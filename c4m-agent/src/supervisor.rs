@@ -158,6 +158,7 @@ pub(crate) fn containers_of(pod: &Instance, pod_id: &str) -> Vec<PodMember> {
 enum ProbeKind {
     Liveness,
     Readiness,
+    Startup,
 }
 
 struct ProbeResult {
@@ -242,6 +243,10 @@ struct Slot {
     run: u64,
     probes: Option<CancellationToken>,
     ready: bool,
+    /// The current run's startup probe has passed (or it has none):
+    /// liveness and readiness probes run only then, and only then does a
+    /// sidecar let the next container start.
+    started: bool,
     restart_count: i32,
     backoff: Duration,
     restart_at: Option<Instant>,
@@ -645,6 +650,7 @@ impl Supervisor {
                 run: 0,
                 probes: None,
                 ready: false,
+                started: false,
                 restart_count,
                 backoff: self.backoff.initial,
                 restart_at: None,
@@ -762,7 +768,7 @@ impl Supervisor {
                 self.advance(id, instance, index, probes).await;
                 let slot = &instance.slots[index];
                 let through = if slot.sidecar {
-                    slot.running()
+                    slot.running() && slot.started
                 } else {
                     slot.finished
                 };
@@ -993,6 +999,7 @@ impl Supervisor {
                 slot.running_since = Some(Instant::now());
                 slot.problem = None;
                 slot.ready = false;
+                slot.started = false;
                 slot.exit_handled = false;
                 slot.run += 1;
                 slot.pull_backoff = self.backoff.image_pull_initial;
@@ -1073,21 +1080,34 @@ impl Supervisor {
         }
         let token = CancellationToken::new();
         let container = slot.which.of(&instance.pod);
-        let liveness = container.and_then(|c| c.liveness_probe.clone());
-        let readiness = container.and_then(|c| c.readiness_probe.clone());
-        if readiness.is_none() {
-            slot.ready = true; // No readiness probe: ready once running.
-        }
+        // A startup probe runs alone, until it passes; then the others.
+        let startup = container
+            .and_then(|c| c.startup_probe.clone())
+            .filter(|_| !slot.started);
+        let probes = match startup {
+            Some(startup) => vec![(ProbeKind::Startup, Some(startup))],
+            None => {
+                slot.started = true;
+                let readiness = container.and_then(|c| c.readiness_probe.clone());
+                if readiness.is_none() {
+                    slot.ready = true; // No readiness probe: ready once running.
+                }
+                vec![
+                    (
+                        ProbeKind::Liveness,
+                        container.and_then(|c| c.liveness_probe.clone()),
+                    ),
+                    (ProbeKind::Readiness, readiness),
+                ]
+            }
+        };
         let Some(mut status) = slot.status.clone() else {
             return;
         };
         // Probes go where the ports are reached: in a VPC, the instance's
         // own address (the driver binds nothing on the node).
         status.ports = port_bindings(&status, instance.pod_ip);
-        for (kind, probe) in [
-            (ProbeKind::Liveness, liveness),
-            (ProbeKind::Readiness, readiness),
-        ] {
+        for (kind, probe) in probes {
             let Some(probe) = probe else { continue };
             tokio::spawn(probe_loop(ProbeLoop {
                 pod: pod_id.to_string(),
@@ -1124,11 +1144,22 @@ impl Supervisor {
                     tracing::info!(container = %result.id, message = %result.message, "readiness probe failed");
                 }
             }
-            ProbeKind::Liveness if !result.healthy => {
-                tracing::warn!(container = %result.id, message = %result.message, "liveness probe failed; restarting");
+            ProbeKind::Startup if result.healthy => {
+                // Its liveness and readiness probes start on the next look.
+                slot.started = true;
+                if let Some(probes) = slot.probes.take() {
+                    probes.cancel();
+                }
+            }
+            ProbeKind::Liveness | ProbeKind::Startup if !result.healthy => {
+                let which = match result.kind {
+                    ProbeKind::Startup => "Startup",
+                    _ => "Liveness",
+                };
+                tracing::warn!(container = %result.id, message = %result.message, "{which} probe failed; restarting");
                 slot.problem = Some((
                     "Unhealthy".into(),
-                    format!("liveness probe failed: {}", result.message),
+                    format!("{which} probe failed: {}", result.message),
                 ));
                 slot.ready = false;
                 if let Some(probes) = slot.probes.take() {
@@ -1138,7 +1169,7 @@ impl Supervisor {
                     tracing::warn!(container = %result.id, error = %e, "cannot stop an unhealthy container");
                 }
             }
-            ProbeKind::Liveness => {}
+            ProbeKind::Liveness | ProbeKind::Startup => {}
         }
     }
 
@@ -1296,7 +1327,12 @@ async fn probe_loop(p: ProbeLoop) {
             .err()
             .map(ToString::to_string)
             .unwrap_or_default();
-        if let Some(healthy) = tracker.record(outcome.is_ok(), Instant::now()) {
+        let flipped = tracker.record(outcome.is_ok(), Instant::now());
+        let verdict = match p.kind {
+            ProbeKind::Startup => tracker.verdict(),
+            _ => flipped,
+        };
+        if let Some(healthy) = verdict {
             let result = ProbeResult {
                 pod: p.pod.clone(),
                 id: p.id.clone(),
@@ -1305,7 +1341,8 @@ async fn probe_loop(p: ProbeLoop) {
                 healthy,
                 message,
             };
-            if p.results.send(result).await.is_err() {
+            // A startup probe stops at its verdict.
+            if p.results.send(result).await.is_err() || p.kind == ProbeKind::Startup {
                 return;
             }
         }
@@ -1384,7 +1421,7 @@ fn container_report(instance: &Managed, slot: &Slot) -> ContainerReport {
         name: slot.name.clone(),
         init: slot.is_init(),
         ready: slot.running() && slot.ready,
-        started: slot.running(),
+        started: slot.running() && slot.started,
         restart_count: slot.restart_count,
         last_terminated: slot.last_exit.as_ref().map(Exit::wire),
         container_id: match &slot.status {
