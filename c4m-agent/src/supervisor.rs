@@ -66,6 +66,11 @@ const ERR_IMAGE_PULL: &str = "ErrImagePull";
 const IMAGE_PULL_BACK_OFF: &str = "ImagePullBackOff";
 /// Why it waits when the node lacks its image and may not pull it.
 const ERR_IMAGE_NEVER_PULL: &str = "ErrImageNeverPull";
+/// Where a container writes its termination message unless it says
+/// otherwise (`terminationMessagePath`).
+const DEFAULT_TERMINATION_MESSAGE_PATH: &str = "/dev/termination-log";
+/// The most of it that is kept, as the kubelet keeps.
+const MAX_TERMINATION_MESSAGE: u64 = 4096;
 /// The variable telling an instance where the cluster DNS answers.
 const DNS_SERVER_ENV: &str = "C4M_DNS_SERVER";
 
@@ -180,6 +185,8 @@ struct Exit {
     oom_killed: bool,
     started_at: SystemTime,
     finished_at: SystemTime,
+    /// What the container wrote to its `terminationMessagePath`.
+    message: String,
 }
 
 impl Exit {
@@ -197,6 +204,7 @@ impl Exit {
                 oom_killed: *oom_killed,
                 started_at: *started_at,
                 finished_at: *finished_at,
+                message: String::new(),
             }),
             ContainerState::Running { .. } => None,
         }
@@ -224,7 +232,7 @@ impl Exit {
                 .unwrap_or(-1),
             signal: self.signal.unwrap_or(0),
             reason: termination_reason(self.exit_code, self.oom_killed).into(),
-            message: String::new(),
+            message: self.message.clone(),
             started_at: rfc3339(self.started_at),
             finished_at: rfc3339(self.finished_at),
         }
@@ -247,6 +255,10 @@ struct Slot {
     /// liveness and readiness probes run only then, and only then does a
     /// sidecar let the next container start.
     started: bool,
+    /// The host file bound at the current run's `terminationMessagePath`.
+    termination_log: Option<PathBuf>,
+    /// What the current run wrote there, read when it ended.
+    termination_message: String,
     restart_count: i32,
     backoff: Duration,
     restart_at: Option<Instant>,
@@ -278,7 +290,9 @@ impl Slot {
     }
 
     fn exit(&self) -> Option<Exit> {
-        self.status.as_ref().and_then(|s| Exit::of(&s.state))
+        let mut exit = self.status.as_ref().and_then(|s| Exit::of(&s.state))?;
+        exit.message = self.termination_message.clone();
+        Some(exit)
     }
 
     /// Ended and not to be started again.
@@ -651,6 +665,8 @@ impl Supervisor {
                 probes: None,
                 ready: false,
                 started: false,
+                termination_log: None,
+                termination_message: String::new(),
                 restart_count,
                 backoff: self.backoff.initial,
                 restart_at: None,
@@ -832,6 +848,11 @@ impl Supervisor {
         let slot = &mut instance.slots[index];
         let stopped_on_purpose = slot.finished;
         slot.exit_handled = true;
+        slot.termination_message = slot
+            .termination_log
+            .as_deref()
+            .map(read_termination_message)
+            .unwrap_or_default();
         self.on_exit(slot, &policy, stopped_on_purpose);
     }
 
@@ -987,6 +1008,27 @@ impl Supervisor {
                 slot.backoff = (slot.backoff * 2).min(self.backoff.max);
                 return;
             }
+            let path = slot
+                .which
+                .of(&instance.pod)
+                .and_then(|c| c.termination_message_path.clone())
+                .unwrap_or_else(|| DEFAULT_TERMINATION_MESSAGE_PATH.into());
+            match self.pod_etc.termination_log(pod_id, &slot.name) {
+                Ok(file) => {
+                    spec.termination_message = Some((file.clone(), path.into()));
+                    slot.termination_log = Some(file);
+                }
+                Err(e) => {
+                    tracing::warn!(container = %slot.id, error = %e, "cannot make the termination log");
+                    slot.problem = Some((
+                        "CreateContainerConfigError".into(),
+                        format!("making the file for {path}: {e}"),
+                    ));
+                    slot.restart_at = Some(Instant::now() + slot.backoff);
+                    slot.backoff = (slot.backoff * 2).min(self.backoff.max);
+                    return;
+                }
+            }
         }
         match instance.runtime.start(&spec).await {
             Ok(status) => {
@@ -1000,6 +1042,7 @@ impl Supervisor {
                 slot.problem = None;
                 slot.ready = false;
                 slot.started = false;
+                slot.termination_message.clear();
                 slot.exit_handled = false;
                 slot.run += 1;
                 slot.pull_backoff = self.backoff.image_pull_initial;
@@ -1351,6 +1394,19 @@ async fn probe_loop(p: ProbeLoop) {
 
 use c4m_core::format_rfc3339 as rfc3339;
 
+/// The first 4096 bytes of a container's termination log (lossy UTF-8);
+/// empty when it cannot be read.
+fn read_termination_message(path: &std::path::Path) -> String {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    let read = std::fs::File::open(path)
+        .and_then(|file| file.take(MAX_TERMINATION_MESSAGE).read_to_end(&mut bytes));
+    if let Err(e) = read {
+        tracing::warn!(file = %path.display(), error = %e, "cannot read a termination message");
+    }
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
 fn termination_reason(exit_code: Option<i32>, oom_killed: bool) -> &'static str {
     match (oom_killed, exit_code) {
         (true, _) => "OOMKilled",
@@ -1466,7 +1522,9 @@ fn container_report(instance: &Managed, slot: &Slot) -> ContainerReport {
         }
         (_, Some(exit)) => {
             let mut terminated = exit.wire();
-            terminated.message = format!("the process {}", exit.how());
+            if terminated.message.is_empty() {
+                terminated.message = format!("the process {}", exit.how());
+            }
             report.terminated = Some(terminated);
         }
         (_, None) => {

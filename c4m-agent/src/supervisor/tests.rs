@@ -771,3 +771,52 @@ async fn the_app_waits_for_the_sidecars_startup_probe() {
     assert!(container(&statuses, "proxy-sidecar").unwrap().started);
     harness.stop().await;
 }
+
+/// What a container of a driver with its own root file system wrote to
+/// its terminationMessagePath (a host file the agent binds there, emptied
+/// at each start) becomes its terminated state's message, at most 4096
+/// bytes; without one the message says how the process ended.
+#[tokio::test]
+async fn the_termination_message_is_what_the_container_wrote() {
+    let runtime = FakeRuntime::new().taking_network_namespace();
+    let mut harness = Harness::start(&runtime);
+    let mut job = pod_of("job-msg", "OnFailure", &[], &["work"]);
+    job.spec.as_mut().unwrap().containers[0].termination_message_path = Some("/tmp/why".into());
+    let work = id_of(&job, "work");
+    harness.assign(std::slice::from_ref(&job));
+    harness.wait_for(|s| running(s, "work")).await;
+    let spec = runtime.container(&work).unwrap().spec;
+    let (file, inside) = spec
+        .termination_message
+        .expect("a termination log is bound");
+    assert_eq!(inside, std::path::PathBuf::from("/tmp/why"));
+    assert_eq!(std::fs::read(&file).unwrap(), b"", "empty at the start");
+    std::fs::write(&file, "x".repeat(5000)).unwrap();
+    runtime.exit(&work, 2);
+    let statuses = harness
+        .wait_for(|s| container(s, "work").is_some_and(|c| c.restart_count == 1))
+        .await;
+    let last = container(&statuses, "work")
+        .unwrap()
+        .last_terminated
+        .clone()
+        .unwrap();
+    assert_eq!(last.exit_code, 2);
+    assert_eq!(last.message, "x".repeat(4096));
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        b"",
+        "emptied for the new run"
+    );
+    harness.wait_for(|s| running(s, "work")).await;
+    std::fs::write(&file, "done: 42 rows\n").unwrap();
+    runtime.exit(&work, 0);
+    let statuses = harness.wait_for(|s| s[0].phase == "Succeeded").await;
+    let terminated = container(&statuses, "work")
+        .unwrap()
+        .terminated
+        .clone()
+        .unwrap();
+    assert_eq!(terminated.message, "done: 42 rows\n");
+    harness.stop().await;
+}
