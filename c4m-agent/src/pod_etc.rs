@@ -79,6 +79,19 @@ impl PodEtc {
         Ok(())
     }
 
+    /// A new empty file for container `name` of the pod `pod_id` to write
+    /// its termination message to (its `terminationMessagePath` is bound
+    /// to it), emptied at each start; removed with the pod's files.
+    pub(crate) fn termination_log(&self, pod_id: &str, name: &str) -> io::Result<PathBuf> {
+        let dir = self.dir.join(pod_id);
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join(format!("termination-log-{name}"));
+        std::fs::write(&path, "")?;
+        // Writable by the container's user, whichever it is.
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o666))?;
+        Ok(path)
+    }
+
     /// Removes the files of container `id`; none is Ok.
     pub(crate) fn remove(&self, id: &str) {
         let dir = self.dir.join(id);

@@ -66,6 +66,11 @@ const ERR_IMAGE_PULL: &str = "ErrImagePull";
 const IMAGE_PULL_BACK_OFF: &str = "ImagePullBackOff";
 /// Why it waits when the node lacks its image and may not pull it.
 const ERR_IMAGE_NEVER_PULL: &str = "ErrImageNeverPull";
+/// Where a container writes its termination message unless it says
+/// otherwise (`terminationMessagePath`).
+const DEFAULT_TERMINATION_MESSAGE_PATH: &str = "/dev/termination-log";
+/// The most of it that is kept, as the kubelet keeps.
+const MAX_TERMINATION_MESSAGE: u64 = 4096;
 /// The variable telling an instance where the cluster DNS answers.
 const DNS_SERVER_ENV: &str = "C4M_DNS_SERVER";
 
@@ -158,6 +163,7 @@ pub(crate) fn containers_of(pod: &Instance, pod_id: &str) -> Vec<PodMember> {
 enum ProbeKind {
     Liveness,
     Readiness,
+    Startup,
 }
 
 struct ProbeResult {
@@ -179,6 +185,8 @@ struct Exit {
     oom_killed: bool,
     started_at: SystemTime,
     finished_at: SystemTime,
+    /// What the container wrote to its `terminationMessagePath`.
+    message: String,
 }
 
 impl Exit {
@@ -196,6 +204,7 @@ impl Exit {
                 oom_killed: *oom_killed,
                 started_at: *started_at,
                 finished_at: *finished_at,
+                message: String::new(),
             }),
             ContainerState::Running { .. } => None,
         }
@@ -223,7 +232,7 @@ impl Exit {
                 .unwrap_or(-1),
             signal: self.signal.unwrap_or(0),
             reason: termination_reason(self.exit_code, self.oom_killed).into(),
-            message: String::new(),
+            message: self.message.clone(),
             started_at: rfc3339(self.started_at),
             finished_at: rfc3339(self.finished_at),
         }
@@ -242,6 +251,14 @@ struct Slot {
     run: u64,
     probes: Option<CancellationToken>,
     ready: bool,
+    /// The current run's startup probe has passed (or it has none):
+    /// liveness and readiness probes run only then, and only then does a
+    /// sidecar let the next container start.
+    started: bool,
+    /// The host file bound at the current run's `terminationMessagePath`.
+    termination_log: Option<PathBuf>,
+    /// What the current run wrote there, read when it ended.
+    termination_message: String,
     restart_count: i32,
     backoff: Duration,
     restart_at: Option<Instant>,
@@ -273,7 +290,9 @@ impl Slot {
     }
 
     fn exit(&self) -> Option<Exit> {
-        self.status.as_ref().and_then(|s| Exit::of(&s.state))
+        let mut exit = self.status.as_ref().and_then(|s| Exit::of(&s.state))?;
+        exit.message = self.termination_message.clone();
+        Some(exit)
     }
 
     /// Ended and not to be started again.
@@ -645,6 +664,9 @@ impl Supervisor {
                 run: 0,
                 probes: None,
                 ready: false,
+                started: false,
+                termination_log: None,
+                termination_message: String::new(),
                 restart_count,
                 backoff: self.backoff.initial,
                 restart_at: None,
@@ -762,7 +784,7 @@ impl Supervisor {
                 self.advance(id, instance, index, probes).await;
                 let slot = &instance.slots[index];
                 let through = if slot.sidecar {
-                    slot.running()
+                    slot.running() && slot.started
                 } else {
                     slot.finished
                 };
@@ -826,6 +848,11 @@ impl Supervisor {
         let slot = &mut instance.slots[index];
         let stopped_on_purpose = slot.finished;
         slot.exit_handled = true;
+        slot.termination_message = slot
+            .termination_log
+            .as_deref()
+            .map(read_termination_message)
+            .unwrap_or_default();
         self.on_exit(slot, &policy, stopped_on_purpose);
     }
 
@@ -981,6 +1008,27 @@ impl Supervisor {
                 slot.backoff = (slot.backoff * 2).min(self.backoff.max);
                 return;
             }
+            let path = slot
+                .which
+                .of(&instance.pod)
+                .and_then(|c| c.termination_message_path.clone())
+                .unwrap_or_else(|| DEFAULT_TERMINATION_MESSAGE_PATH.into());
+            match self.pod_etc.termination_log(pod_id, &slot.name) {
+                Ok(file) => {
+                    spec.termination_message = Some((file.clone(), path.into()));
+                    slot.termination_log = Some(file);
+                }
+                Err(e) => {
+                    tracing::warn!(container = %slot.id, error = %e, "cannot make the termination log");
+                    slot.problem = Some((
+                        "CreateContainerConfigError".into(),
+                        format!("making the file for {path}: {e}"),
+                    ));
+                    slot.restart_at = Some(Instant::now() + slot.backoff);
+                    slot.backoff = (slot.backoff * 2).min(self.backoff.max);
+                    return;
+                }
+            }
         }
         match instance.runtime.start(&spec).await {
             Ok(status) => {
@@ -993,6 +1041,8 @@ impl Supervisor {
                 slot.running_since = Some(Instant::now());
                 slot.problem = None;
                 slot.ready = false;
+                slot.started = false;
+                slot.termination_message.clear();
                 slot.exit_handled = false;
                 slot.run += 1;
                 slot.pull_backoff = self.backoff.image_pull_initial;
@@ -1073,21 +1123,34 @@ impl Supervisor {
         }
         let token = CancellationToken::new();
         let container = slot.which.of(&instance.pod);
-        let liveness = container.and_then(|c| c.liveness_probe.clone());
-        let readiness = container.and_then(|c| c.readiness_probe.clone());
-        if readiness.is_none() {
-            slot.ready = true; // No readiness probe: ready once running.
-        }
+        // A startup probe runs alone, until it passes; then the others.
+        let startup = container
+            .and_then(|c| c.startup_probe.clone())
+            .filter(|_| !slot.started);
+        let probes = match startup {
+            Some(startup) => vec![(ProbeKind::Startup, Some(startup))],
+            None => {
+                slot.started = true;
+                let readiness = container.and_then(|c| c.readiness_probe.clone());
+                if readiness.is_none() {
+                    slot.ready = true; // No readiness probe: ready once running.
+                }
+                vec![
+                    (
+                        ProbeKind::Liveness,
+                        container.and_then(|c| c.liveness_probe.clone()),
+                    ),
+                    (ProbeKind::Readiness, readiness),
+                ]
+            }
+        };
         let Some(mut status) = slot.status.clone() else {
             return;
         };
         // Probes go where the ports are reached: in a VPC, the instance's
         // own address (the driver binds nothing on the node).
         status.ports = port_bindings(&status, instance.pod_ip);
-        for (kind, probe) in [
-            (ProbeKind::Liveness, liveness),
-            (ProbeKind::Readiness, readiness),
-        ] {
+        for (kind, probe) in probes {
             let Some(probe) = probe else { continue };
             tokio::spawn(probe_loop(ProbeLoop {
                 pod: pod_id.to_string(),
@@ -1124,11 +1187,22 @@ impl Supervisor {
                     tracing::info!(container = %result.id, message = %result.message, "readiness probe failed");
                 }
             }
-            ProbeKind::Liveness if !result.healthy => {
-                tracing::warn!(container = %result.id, message = %result.message, "liveness probe failed; restarting");
+            ProbeKind::Startup if result.healthy => {
+                // Its liveness and readiness probes start on the next look.
+                slot.started = true;
+                if let Some(probes) = slot.probes.take() {
+                    probes.cancel();
+                }
+            }
+            ProbeKind::Liveness | ProbeKind::Startup if !result.healthy => {
+                let which = match result.kind {
+                    ProbeKind::Startup => "Startup",
+                    _ => "Liveness",
+                };
+                tracing::warn!(container = %result.id, message = %result.message, "{which} probe failed; restarting");
                 slot.problem = Some((
                     "Unhealthy".into(),
-                    format!("liveness probe failed: {}", result.message),
+                    format!("{which} probe failed: {}", result.message),
                 ));
                 slot.ready = false;
                 if let Some(probes) = slot.probes.take() {
@@ -1138,7 +1212,7 @@ impl Supervisor {
                     tracing::warn!(container = %result.id, error = %e, "cannot stop an unhealthy container");
                 }
             }
-            ProbeKind::Liveness => {}
+            ProbeKind::Liveness | ProbeKind::Startup => {}
         }
     }
 
@@ -1296,7 +1370,12 @@ async fn probe_loop(p: ProbeLoop) {
             .err()
             .map(ToString::to_string)
             .unwrap_or_default();
-        if let Some(healthy) = tracker.record(outcome.is_ok(), Instant::now()) {
+        let flipped = tracker.record(outcome.is_ok(), Instant::now());
+        let verdict = match p.kind {
+            ProbeKind::Startup => tracker.verdict(),
+            _ => flipped,
+        };
+        if let Some(healthy) = verdict {
             let result = ProbeResult {
                 pod: p.pod.clone(),
                 id: p.id.clone(),
@@ -1305,7 +1384,8 @@ async fn probe_loop(p: ProbeLoop) {
                 healthy,
                 message,
             };
-            if p.results.send(result).await.is_err() {
+            // A startup probe stops at its verdict.
+            if p.results.send(result).await.is_err() || p.kind == ProbeKind::Startup {
                 return;
             }
         }
@@ -1313,6 +1393,19 @@ async fn probe_loop(p: ProbeLoop) {
 }
 
 use c4m_core::format_rfc3339 as rfc3339;
+
+/// The first 4096 bytes of a container's termination log (lossy UTF-8);
+/// empty when it cannot be read.
+fn read_termination_message(path: &std::path::Path) -> String {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    let read = std::fs::File::open(path)
+        .and_then(|file| file.take(MAX_TERMINATION_MESSAGE).read_to_end(&mut bytes));
+    if let Err(e) = read {
+        tracing::warn!(file = %path.display(), error = %e, "cannot read a termination message");
+    }
+    String::from_utf8_lossy(&bytes).into_owned()
+}
 
 fn termination_reason(exit_code: Option<i32>, oom_killed: bool) -> &'static str {
     match (oom_killed, exit_code) {
@@ -1384,7 +1477,7 @@ fn container_report(instance: &Managed, slot: &Slot) -> ContainerReport {
         name: slot.name.clone(),
         init: slot.is_init(),
         ready: slot.running() && slot.ready,
-        started: slot.running(),
+        started: slot.running() && slot.started,
         restart_count: slot.restart_count,
         last_terminated: slot.last_exit.as_ref().map(Exit::wire),
         container_id: match &slot.status {
@@ -1429,7 +1522,9 @@ fn container_report(instance: &Managed, slot: &Slot) -> ContainerReport {
         }
         (_, Some(exit)) => {
             let mut terminated = exit.wire();
-            terminated.message = format!("the process {}", exit.how());
+            if terminated.message.is_empty() {
+                terminated.message = format!("the process {}", exit.how());
+            }
             report.terminated = Some(terminated);
         }
         (_, None) => {

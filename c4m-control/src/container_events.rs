@@ -164,6 +164,20 @@ fn list_events(
                         "Error: ErrImageNeverPull".into(),
                     );
                 }
+                // A liveness or startup probe failed: the agent killed the
+                // container ("Startup probe failed: ...").
+                "Unhealthy" => {
+                    push(EventType::Warning, "Unhealthy", message.to_string());
+                    let probe = message.split(' ').next().unwrap_or_default();
+                    push(
+                        EventType::Normal,
+                        "Killing",
+                        format!(
+                            "Container {name} failed {} probe, will be restarted",
+                            probe.to_lowercase()
+                        ),
+                    );
+                }
                 "CreateContainerError" | "CreateContainerConfigError" => {
                     push(EventType::Warning, "Failed", format!("Error: {message}"))
                 }
@@ -318,6 +332,29 @@ mod tests {
             ]
         );
         assert_eq!(backoff[0].event_type, EventType::Normal);
+    }
+
+    /// A container killed by its failed startup (or liveness) probe.
+    #[test]
+    fn a_failed_probe_is_unhealthy_and_kills() {
+        let running = pod(
+            json!({"name": "main", "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}}}),
+        );
+        let killed = pod(
+            json!({"name": "main", "state": {"waiting": {"reason": "Unhealthy", "message": "Startup probe failed: exit 1"}}}),
+        );
+        let events = container_events(&running, &killed);
+        assert_eq!(
+            reasons(&events),
+            [
+                ("Unhealthy", "Startup probe failed: exit 1".to_string()),
+                (
+                    "Killing",
+                    "Container main failed startup probe, will be restarted".to_string()
+                )
+            ]
+        );
+        assert_eq!(events[0].event_type, EventType::Warning);
     }
 
     #[test]

@@ -1023,6 +1023,11 @@ fn check_pod_spec(spec: &PodSpec, path: &str) -> Result<(), FieldError> {
                 field == "initContainers",
                 &join(&container_path, "restartPolicy"),
             )?;
+            check_startup_probe(
+                container.startup_probe.as_ref(),
+                field == "initContainers" && container.restart_policy.is_none(),
+                &join(&container_path, "startupProbe"),
+            )?;
         }
     }
     if let Some(uid) = spec.security_context.as_ref().and_then(|s| s.run_as_user) {
@@ -1197,6 +1202,31 @@ fn check_container_restart_policy(
             path,
             "may be set only on an init container (spec.initContainers)",
         )),
+    }
+}
+
+/// A `startupProbe`, as Kubernetes allows it: not on an init container that
+/// is not a sidecar (it runs to completion), and `successThreshold` 1.
+fn check_startup_probe(
+    probe: Option<&Probe>,
+    plain_init: bool,
+    path: &str,
+) -> Result<(), FieldError> {
+    let Some(probe) = probe else {
+        return Ok(());
+    };
+    if plain_init {
+        return Err(field_error(
+            path,
+            "may not be set for init containers without restartPolicy=Always",
+        ));
+    }
+    match probe.success_threshold {
+        Some(threshold) if threshold != 1 => Err(field_error(
+            join(path, "successThreshold"),
+            format!("{threshold}: must be 1"),
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -1800,8 +1830,6 @@ const UNHONOURED: &[(Scope, &str, &str)] = &[
     (Scope::PodSpec, "volumes", IGNORED),
     (Scope::PodSpec, "containers[*].volumeMounts", IGNORED),
     (Scope::PodSpec, "initContainers[*].volumeMounts", IGNORED),
-    (Scope::PodSpec, "containers[*].startupProbe", IGNORED),
-    (Scope::PodSpec, "initContainers[*].startupProbe", IGNORED),
     (Scope::PodSpec, "containers[*].lifecycle", IGNORED),
     (Scope::PodSpec, "initContainers[*].lifecycle", IGNORED),
     (Scope::PodSpec, "shareProcessNamespace=true", IGNORED),
@@ -2088,6 +2116,35 @@ spec:
         let (path, message) = error_of(&with("", ", restartPolicy: Always"));
         assert_eq!(path, "spec.template.spec.containers[0].restartPolicy");
         assert!(message.contains("only on an init container"), "{message}");
+    }
+
+    /// A startupProbe is honoured (no warning) on app containers and
+    /// sidecars; refused on a plain init container and with a
+    /// successThreshold other than 1.
+    #[test]
+    fn a_startup_probe_is_checked_as_kubernetes_checks_it() {
+        let probe = r#", startupProbe: {exec: {command: ["true"]}}"#;
+        let with = |init: &str, app: &str| {
+            JOB.replace(
+                "      containers: [{name: main, image: busybox}]",
+                &format!("      initContainers: [{{name: side, image: busybox{init}}}]\n      containers: [{{name: main, image: busybox{app}}}]"),
+            )
+        };
+        let sidecar = format!(", restartPolicy: Always{probe}");
+        let validated = validate_value(&parse_one(&with(&sidecar, probe))).unwrap();
+        assert!(validated.warnings.is_empty(), "{:?}", validated.warnings);
+        let (path, message) = error_of(&with(probe, ""));
+        assert_eq!(path, "spec.template.spec.initContainers[0].startupProbe");
+        assert!(message.contains("restartPolicy=Always"), "{message}");
+        let (path, message) = error_of(&with(
+            "",
+            r#", startupProbe: {exec: {command: ["true"]}, successThreshold: 2}"#,
+        ));
+        assert_eq!(
+            path,
+            "spec.template.spec.containers[0].startupProbe.successThreshold"
+        );
+        assert!(message.contains("must be 1"), "{message}");
     }
 
     #[test]

@@ -124,6 +124,20 @@ impl ProbeTracker {
     pub fn healthy(&self) -> bool {
         self.healthy
     }
+
+    /// A startup probe's verdict on the attempts so far: passed
+    /// (`successThreshold` successes in a row), failed (`failureThreshold`
+    /// failures in a row), or undecided (`None`). A startup probe stops at
+    /// its verdict.
+    pub fn verdict(&self) -> Option<bool> {
+        if self.consecutive_successes >= self.success_threshold {
+            Some(true)
+        } else if self.consecutive_failures >= self.failure_threshold {
+            Some(false)
+        } else {
+            None
+        }
+    }
 }
 
 #[cfg(test)]
@@ -171,6 +185,22 @@ mod tests {
         assert_eq!(tracker.record(true, t1), Some(true));
         // failureThreshold 1: one failure flips.
         assert_eq!(tracker.record(false, t1), Some(false));
+    }
+
+    #[test]
+    fn a_startup_probe_passes_on_success_and_fails_after_the_threshold() {
+        let start = Instant::now();
+        let probe = probe("{exec: {command: [x]}, failureThreshold: 2}");
+        let mut tracker = ProbeTracker::new(&probe, start, false);
+        assert_eq!(tracker.verdict(), None);
+        tracker.record(false, start);
+        assert_eq!(tracker.verdict(), None);
+        tracker.record(true, start);
+        assert_eq!(tracker.verdict(), Some(true));
+        let mut tracker = ProbeTracker::new(&probe, start, false);
+        tracker.record(false, start);
+        tracker.record(false, start);
+        assert_eq!(tracker.verdict(), Some(false));
     }
 
     #[test]

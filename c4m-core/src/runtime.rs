@@ -76,6 +76,10 @@ pub struct ContainerSpec {
     /// A file holding the host name, to mount at `/etc/hostname`.
     #[serde(default)]
     pub hostname_file: Option<PathBuf>,
+    /// A host file to bind-mount writable at a path inside the container:
+    /// its `terminationMessagePath`, which the agent reads when it ends (as
+    /// the kubelet does). Drivers that run host processes ignore it.
+    pub termination_message: Option<(PathBuf, PathBuf)>,
     /// When to pull the image (`imagePullPolicy`, defaulted as Kubernetes
     /// does: see [`PullPolicy::of`]).
     #[serde(default)]

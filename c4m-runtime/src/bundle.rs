@@ -351,6 +351,17 @@ pub(super) fn runtime_spec(spec: &ContainerSpec, input: &BundleInput<'_>) -> Res
                 .map_err(fail)?,
         );
     }
+    if let Some((source, destination)) = &spec.termination_message {
+        mounts.push(
+            MountBuilder::default()
+                .destination(destination)
+                .typ("bind")
+                .source(source)
+                .options(vec!["rbind".to_string(), "rw".to_string()])
+                .build()
+                .map_err(fail)?,
+        );
+    }
     let mut runtime_spec = Spec::default();
     runtime_spec
         .set_process(Some(process))

@@ -433,3 +433,56 @@ spec:
     }
     kubectl.ok(&["delete", "pod", "shared", "--wait=false"]);
 }
+
+/// A container with a startupProbe is `started` only once it passed; what
+/// it writes to /dev/termination-log before it fails is its terminated
+/// state's message.
+#[test]
+#[ignore = "needs root + runc + conmon + kubectl"]
+fn a_startup_probe_gates_started_and_the_termination_message_is_kept() {
+    let (cluster, kubectl) = oci_node_with_busybox();
+    kubectl_apply(
+        &cluster,
+        &kubectl,
+        "pod.yaml",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: slow}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: main
+    image: bb:1
+    command: [sh, -c, "sleep 6; touch /tmp/up; sleep 4; echo bye > /dev/termination-log; exit 3"]
+    startupProbe:
+      exec: {command: [test, -f, /tmp/up]}
+      periodSeconds: 1
+      failureThreshold: 60
+"#,
+    );
+    let started = |kubectl: &Kubectl| {
+        let pod = kubectl.json(&["get", "pod", "slow"]);
+        let main = pod["status"]["containerStatuses"][0].clone();
+        (
+            main["state"]["running"].is_object(),
+            main["started"] == true,
+        )
+    };
+    wait_for("main to run", MINUTE, || {
+        let (running, started) = started(&kubectl);
+        assert!(!started || running, "started only while it runs");
+        running.then_some(())
+    });
+    assert!(!started(&kubectl).1, "not started before /tmp/up exists");
+    wait_for("the startup probe to pass", MINUTE, || {
+        started(&kubectl).1.then_some(())
+    });
+    let pod = wait_for("the pod to fail", MINUTE, || {
+        let pod = kubectl.json(&["get", "pod", "slow"]);
+        (pod["status"]["phase"] == "Failed").then_some(pod)
+    });
+    let terminated = &pod["status"]["containerStatuses"][0]["state"]["terminated"];
+    assert_eq!(terminated["exitCode"], 3, "{pod:#}");
+    assert_eq!(terminated["message"], "bye\n", "{pod:#}");
+}

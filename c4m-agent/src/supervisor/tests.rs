@@ -627,3 +627,196 @@ async fn an_init_container_that_ends_before_its_start_returns_is_handled() {
     assert_eq!(runtime.starts(&id_of(&web, "quick")), 1);
     harness.stop().await;
 }
+
+/// A pod whose container `main` has `probes` (JSON fields of a container).
+fn probed(name: &str, probes: serde_json::Value) -> Instance {
+    let mut main = serde_json::json!({"name": "main", "command": ["serve"]});
+    main.as_object_mut()
+        .unwrap()
+        .extend(probes.as_object().unwrap().clone());
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "namespace": "default", "uid": format!("uid-{name}")},
+        "spec": {"containers": [main]},
+    }))
+    .unwrap()
+}
+
+/// Until its startup probe has passed a container is not started and not
+/// ready, and its liveness probe does not run (here it would kill it).
+#[tokio::test]
+async fn liveness_and_readiness_wait_for_the_startup_probe() {
+    let runtime = FakeRuntime::new();
+    let prober = FakeProber::new();
+    prober.set_failing(true);
+    let mut harness = Harness::start_probing(&runtime, &prober);
+    let web = probed(
+        "web",
+        serde_json::json!({
+            // Its first attempt is far off: startup is never decided here.
+            "startupProbe": {"exec": {"command": ["true"]}, "initialDelaySeconds": 3600},
+            "livenessProbe": {"exec": {"command": ["true"]}, "periodSeconds": 1, "failureThreshold": 1},
+        }),
+    );
+    harness.assign(std::slice::from_ref(&web));
+    let statuses = harness.wait_for(|s| running(s, "main")).await;
+    let main = container(&statuses, "main").unwrap();
+    assert!(!main.started && !main.ready, "{main:?}");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(prober.attempts(), 0, "no probe ran before startup");
+    assert_eq!(runtime.starts(&id_of(&web, "main")), 1, "not killed");
+    let statuses = harness.statuses.borrow().clone();
+    let main = container(&statuses, "main").unwrap();
+    assert!(!main.started && !main.ready, "{main:?}");
+    harness.stop().await;
+}
+
+/// A startup probe that passes marks the container started; then its
+/// liveness and readiness probes run (readiness failing: not ready).
+#[tokio::test]
+async fn a_passed_startup_probe_starts_the_other_probes() {
+    let runtime = FakeRuntime::new();
+    let prober = FakeProber::new();
+    let mut harness = Harness::start_probing(&runtime, &prober);
+    let web = probed(
+        "web",
+        serde_json::json!({
+            "startupProbe": {"exec": {"command": ["true"]}, "periodSeconds": 1},
+            "readinessProbe": {"exec": {"command": ["true"]}, "periodSeconds": 1},
+        }),
+    );
+    harness.assign(std::slice::from_ref(&web));
+    let statuses = harness
+        .wait_for(|s| container(s, "main").is_some_and(|c| c.started && c.ready))
+        .await;
+    assert_eq!(statuses[0].phase, "Running");
+    assert!(statuses[0].ready);
+    assert!(prober.attempts() >= 2, "startup, then readiness");
+    prober.set_failing(true);
+    harness
+        .wait_for(|s| container(s, "main").is_some_and(|c| c.started && !c.ready))
+        .await;
+    harness.stop().await;
+}
+
+/// failureThreshold failed startup attempts kill the container, which
+/// restarts as its policy says, shown as Unhealthy: "Startup probe failed".
+#[tokio::test]
+async fn a_failing_startup_probe_kills_and_restarts_the_container() {
+    let runtime = FakeRuntime::new();
+    let prober = FakeProber::new();
+    prober.set_failing(true);
+    let mut harness = Harness::start_probing(&runtime, &prober);
+    let web = probed(
+        "web",
+        serde_json::json!({
+            "startupProbe": {"exec": {"command": ["true"]}, "periodSeconds": 1, "failureThreshold": 2},
+        }),
+    );
+    let main = id_of(&web, "main");
+    harness.assign(std::slice::from_ref(&web));
+    harness.wait_for(|s| running(s, "main")).await;
+    let started = Instant::now();
+    // Killed, it waits out its backoff showing why.
+    let statuses = harness
+        .wait_for(|s| {
+            container(s, "main")
+                .and_then(|c| c.waiting.as_ref())
+                .is_some_and(|w| w.reason == "Unhealthy")
+        })
+        .await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "killed after the second attempt, one period after the first"
+    );
+    assert!(prober.attempts() >= 2);
+    let report = container(&statuses, "main").unwrap();
+    assert!(!report.started);
+    let message = &report.waiting.as_ref().unwrap().message;
+    assert!(message.starts_with("Startup probe failed: "), "{message}");
+    let last = report.last_terminated.as_ref().expect("the killed run");
+    assert_eq!(last.signal, 15, "{last:?}");
+    harness
+        .wait_for(|s| container(s, "main").is_some_and(|c| c.restart_count == 1))
+        .await;
+    prober.set_failing(false);
+    harness
+        .wait_for(|s| container(s, "main").is_some_and(|c| c.started))
+        .await;
+    assert_eq!(runtime.starts(&main), 2);
+    harness.stop().await;
+}
+
+/// A native sidecar lets the app start only once its startup probe passed.
+#[tokio::test]
+async fn the_app_waits_for_the_sidecars_startup_probe() {
+    let runtime = FakeRuntime::new();
+    let prober = FakeProber::new();
+    prober.set_failing(true);
+    let mut harness = Harness::start_probing(&runtime, &prober);
+    let mut web = pod_of("web", "Always", &["proxy-sidecar"], &["app"]);
+    let probe: k8s_openapi::api::core::v1::Probe = serde_json::from_value(serde_json::json!(
+        {"exec": {"command": ["true"]}, "periodSeconds": 1, "failureThreshold": 100}
+    ))
+    .unwrap();
+    web.spec.as_mut().unwrap().init_containers.as_mut().unwrap()[0].startup_probe = Some(probe);
+    harness.assign(std::slice::from_ref(&web));
+    harness.wait_for(|s| running(s, "proxy-sidecar")).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(prober.attempts() >= 1);
+    assert_eq!(runtime.starts(&id_of(&web, "app")), 0, "the app waits");
+    let statuses = harness.statuses.borrow().clone();
+    assert!(!statuses[0].initialized);
+    prober.set_failing(false);
+    let statuses = harness.wait_for(|s| running(s, "app")).await;
+    assert!(container(&statuses, "proxy-sidecar").unwrap().started);
+    harness.stop().await;
+}
+
+/// What a container of a driver with its own root file system wrote to
+/// its terminationMessagePath (a host file the agent binds there, emptied
+/// at each start) becomes its terminated state's message, at most 4096
+/// bytes; without one the message says how the process ended.
+#[tokio::test]
+async fn the_termination_message_is_what_the_container_wrote() {
+    let runtime = FakeRuntime::new().taking_network_namespace();
+    let mut harness = Harness::start(&runtime);
+    let mut job = pod_of("job-msg", "OnFailure", &[], &["work"]);
+    job.spec.as_mut().unwrap().containers[0].termination_message_path = Some("/tmp/why".into());
+    let work = id_of(&job, "work");
+    harness.assign(std::slice::from_ref(&job));
+    harness.wait_for(|s| running(s, "work")).await;
+    let spec = runtime.container(&work).unwrap().spec;
+    let (file, inside) = spec
+        .termination_message
+        .expect("a termination log is bound");
+    assert_eq!(inside, std::path::PathBuf::from("/tmp/why"));
+    assert_eq!(std::fs::read(&file).unwrap(), b"", "empty at the start");
+    std::fs::write(&file, "x".repeat(5000)).unwrap();
+    runtime.exit(&work, 2);
+    let statuses = harness
+        .wait_for(|s| container(s, "work").is_some_and(|c| c.restart_count == 1))
+        .await;
+    let last = container(&statuses, "work")
+        .unwrap()
+        .last_terminated
+        .clone()
+        .unwrap();
+    assert_eq!(last.exit_code, 2);
+    assert_eq!(last.message, "x".repeat(4096));
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        b"",
+        "emptied for the new run"
+    );
+    harness.wait_for(|s| running(s, "work")).await;
+    std::fs::write(&file, "done: 42 rows\n").unwrap();
+    runtime.exit(&work, 0);
+    let statuses = harness.wait_for(|s| s[0].phase == "Succeeded").await;
+    let terminated = container(&statuses, "work")
+        .unwrap()
+        .terminated
+        .clone()
+        .unwrap();
+    assert_eq!(terminated.message, "done: 42 rows\n");
+    harness.stop().await;
+}
