@@ -2475,8 +2475,8 @@ spec:
                 "the process driver cannot honour it",
             ),
             (
-                "runtimeClassName: docker, subdomain: s",
-                "spec.subdomain",
+                "runtimeClassName: docker, setHostnameAsFQDN: true",
+                "spec.setHostnameAsFQDN",
                 "the docker driver cannot honour it",
             ),
             (

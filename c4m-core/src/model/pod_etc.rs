@@ -241,17 +241,10 @@ pub fn unsupported_by_driver(
         return None;
     }
     let set = |value: Option<&str>| value.is_some_and(|v| !v.is_empty());
+    // `hostname` and `subdomain` alone are not refused: controllers set
+    // them (an Indexed Job's pods, `<job>-<index>`), and the pod's DNS
+    // name still answers; its containers see the node's host name.
     let fields = [
-        (
-            "hostname",
-            set(spec.hostname.as_deref()),
-            "the node's host name",
-        ),
-        (
-            "subdomain",
-            set(spec.subdomain.as_deref()),
-            "the node's host name",
-        ),
         (
             "setHostnameAsFQDN",
             spec.set_hostname_as_fqdn == Some(true),
@@ -413,8 +406,8 @@ spec:
         assert_eq!(unsupported_by_driver("containerd", &aliases), None);
         assert_eq!(unsupported_by_driver("my-own", &aliases), None);
         for (driver, yaml, field) in [
-            ("docker", "hostname: db", "hostname"),
-            ("cri", "subdomain: s", "subdomain"),
+            ("docker", "setHostnameAsFQDN: true", "setHostnameAsFQDN"),
+            ("cri", "hostAliases: [{ip: 10.0.0.3}]", "hostAliases"),
             (
                 "process",
                 "dnsPolicy: None, dnsConfig: {nameservers: [1.1.1.1]}",
@@ -431,6 +424,7 @@ spec:
             "dnsPolicy: ClusterFirst",
             "dnsPolicy: Default",
             "restartPolicy: Never",
+            "hostname: indexed-0, subdomain: s",
         ] {
             assert_eq!(
                 unsupported_by_driver("process", &spec(yaml)),
