@@ -463,9 +463,11 @@ spec:
 "#,
     );
     let before = cluster.wait_ready("c4m.io/microservice=kept", 2, MINUTE);
+    // Ready (it has no readiness probe) once its process runs, which may be
+    // before it listens.
     let pids: Vec<i32> = before
         .iter()
-        .map(|p| demo_pid(&instance_addr(p)).unwrap())
+        .map(|p| wait_for("the demo to answer", MINUTE, || demo_pid(&instance_addr(p))))
         .collect();
     cluster.kill_agent("node-a");
     cluster.start_agent("node-a", "2", "1Gi");
