@@ -240,7 +240,6 @@ pub fn unsupported_by_driver(
     if DRIVERS_WITH_POD_FILES.contains(&driver) || !known {
         return None;
     }
-    let set = |value: Option<&str>| value.is_some_and(|v| !v.is_empty());
     // `hostname` and `subdomain` alone are not refused: controllers set
     // them (an Indexed Job's pods, `<job>-<index>`), and the pod's DNS
     // name still answers; its containers see the node's host name.
