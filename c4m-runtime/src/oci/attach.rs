@@ -88,7 +88,14 @@ impl Inner {
         let exit = async move {
             let _detach_when_dropped = guard;
             loop {
-                let status = Inner::status(&inner, &id).await?;
+                let status = match Inner::status(&inner, &id).await {
+                    Ok(status) => status,
+                    // Removed between two looks (its pod ended and is no
+                    // longer assigned): the attachment has ended all the
+                    // same, and an attach reports no code of its own.
+                    Err(Error::ContainerNotFound(_)) => return Ok(0),
+                    Err(e) => return Err(e),
+                };
                 if let ContainerState::Exited {
                     exit_code, signal, ..
                 } = status.state
