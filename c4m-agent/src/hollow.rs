@@ -243,17 +243,32 @@ mod tests {
         pod
     }
 
-    #[tokio::test]
-    async fn assigned_instances_run_at_once_and_unassigned_ones_are_forgotten() {
+    /// `report_running` on channels of the test's: assignments in,
+    /// statuses out.
+    #[allow(clippy::type_complexity)]
+    fn run_hollow(
+        run_for: Option<Duration>,
+    ) -> (
+        watch::Sender<Option<AssignmentSet>>,
+        watch::Receiver<Arc<Vec<InstanceStatus>>>,
+        CancellationToken,
+        tokio::task::JoinHandle<()>,
+    ) {
         let (assignments_tx, assignments_rx) = watch::channel(None);
-        let (statuses_tx, mut statuses_rx) = watch::channel(Arc::new(Vec::new()));
+        let (statuses_tx, statuses_rx) = watch::channel(Arc::new(Vec::new()));
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(report_running(
             assignments_rx,
             statuses_tx,
-            None,
+            run_for,
             shutdown.clone(),
         ));
+        (assignments_tx, statuses_rx, shutdown, task)
+    }
+
+    #[tokio::test]
+    async fn assigned_instances_run_at_once_and_unassigned_ones_are_forgotten() {
+        let (assignments_tx, mut statuses_rx, shutdown, task) = run_hollow(None);
 
         assignments_tx.send_replace(Some(Arc::new(vec![
             Arc::new(pod("a", "1")),
@@ -278,15 +293,8 @@ mod tests {
 
     #[tokio::test]
     async fn instances_that_do_not_restart_exit_zero_after_run_for() {
-        let (assignments_tx, assignments_rx) = watch::channel(None);
-        let (statuses_tx, mut statuses_rx) = watch::channel(Arc::new(Vec::new()));
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(report_running(
-            assignments_rx,
-            statuses_tx,
-            Some(Duration::from_millis(200)),
-            shutdown.clone(),
-        ));
+        let (assignments_tx, mut statuses_rx, shutdown, task) =
+            run_hollow(Some(Duration::from_millis(200)));
         let with_policy = |name: &str, uid: &str, policy: Option<&str>| {
             let mut pod = pod(name, uid);
             pod.spec = Some(k8s_openapi::api::core::v1::PodSpec {

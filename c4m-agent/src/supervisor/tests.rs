@@ -82,6 +82,12 @@ impl Harness {
         .expect("the supervisor reported in time")
     }
 
+    /// The statuses once the first instance runs.
+    async fn wait_running(&mut self) -> Vec<InstanceStatus> {
+        self.wait_for(|s| s.first().is_some_and(|s| s.phase == "Running"))
+            .await
+    }
+
     async fn stop(self) {
         self.shutdown.cancel();
         self.running.await.expect("the supervisor does not panic");
@@ -107,9 +113,7 @@ async fn a_crashing_container_restarts_with_doubling_delays() {
     let web = pod("web");
     let id = container_id(&web);
     harness.assign(std::slice::from_ref(&web));
-    harness
-        .wait_for(|s| s.first().is_some_and(|s| s.phase == "Running"))
-        .await;
+    harness.wait_running().await;
     assert_eq!(runtime.starts(&id), 1);
 
     // Each crash waits longer than the one before: 300 ms, 600 ms, 1.2 s
@@ -150,9 +154,7 @@ async fn a_failing_start_is_retried_with_backoff() {
     let id = container_id(&web);
     let started = Instant::now();
     harness.assign(std::slice::from_ref(&web));
-    harness
-        .wait_for(|s| s.first().is_some_and(|s| s.phase == "Running"))
-        .await;
+    harness.wait_running().await;
     assert_eq!(
         runtime.starts(&id),
         3,
@@ -197,9 +199,7 @@ async fn an_unpullable_image_shows_err_image_pull_then_image_pull_back_off() {
         assigned.elapsed()
     );
     runtime.publish_image(image);
-    let running = harness
-        .wait_for(|s| s.first().is_some_and(|s| s.phase == "Running"))
-        .await;
+    let running = harness.wait_running().await;
     assert_eq!(running[0].reason, "");
     assert_eq!(running[0].restart_count, 0, "pulls are not restarts");
     harness.stop().await;
@@ -230,9 +230,7 @@ async fn a_missing_image_that_may_not_be_pulled_shows_err_image_never_pull() {
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(reason(&harness.statuses.borrow()), "ErrImageNeverPull");
     runtime.publish_image(image);
-    harness
-        .wait_for(|s| s.first().is_some_and(|s| s.phase == "Running"))
-        .await;
+    harness.wait_running().await;
     harness.stop().await;
 }
 
@@ -269,9 +267,7 @@ async fn fields_the_nodes_default_driver_cannot_honour_are_refused_by_name() {
     web.spec.as_mut().unwrap().host_aliases = None;
     web.metadata.uid = Some("uid-web-2".into());
     harness.assign(std::slice::from_ref(&web));
-    harness
-        .wait_for(|s| s.first().is_some_and(|s| s.phase == "Running"))
-        .await;
+    harness.wait_running().await;
     harness.stop().await;
 }
 
@@ -291,9 +287,7 @@ async fn a_restarted_agent_adopts_running_containers_and_removes_unassigned_ones
     }
     let mut harness = Harness::start(&runtime);
     harness.assign(std::slice::from_ref(&web));
-    let statuses = harness
-        .wait_for(|s| s.first().is_some_and(|s| s.phase == "Running"))
-        .await;
+    let statuses = harness.wait_running().await;
     assert_eq!(statuses[0].name, "web");
     assert_eq!(runtime.starts(&id), 0, "adopted, not started again");
     // The container the assignment no longer names is removed.
@@ -357,9 +351,7 @@ async fn a_deleted_pod_is_reported_until_its_container_is_removed() {
     let mut harness = Harness::start(&runtime);
     let web = pod("web");
     harness.assign(std::slice::from_ref(&web));
-    harness
-        .wait_for(|s| s.first().is_some_and(|s| s.phase == "Running"))
-        .await;
+    harness.wait_running().await;
     // The control plane marks it deleted; it stays in the assignment.
     let mut deleted = web.clone();
     deleted.metadata.deletion_timestamp =

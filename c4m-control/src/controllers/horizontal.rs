@@ -633,19 +633,7 @@ impl History {
             )
         }];
         let scale_up_limit = (2.0 * f64::from(current)).max(4.0) as i32;
-        let (maximum, limit_reason, limit_message) = if max > scale_up_limit {
-            (
-                scale_up_limit,
-                "ScaleUpLimit",
-                "the desired replica count is increasing faster than the maximum scale rate",
-            )
-        } else {
-            (
-                max,
-                "TooManyReplicas",
-                "the desired replica count is more than the maximum replica count",
-            )
-        };
+        let (maximum, limit_reason, limit_message) = upper_bound(scale_up_limit, max);
         let limited = if stabilized < min {
             (
                 min,
@@ -705,19 +693,7 @@ impl History {
         let limited = if stabilized > current {
             let limit =
                 scale_up_limit(current, &self.scale_up, &behavior.scale_up, now).max(current);
-            let (maximum, reason, message) = if max > limit {
-                (
-                    limit,
-                    "ScaleUpLimit",
-                    "the desired replica count is increasing faster than the maximum scale rate",
-                )
-            } else {
-                (
-                    max,
-                    "TooManyReplicas",
-                    "the desired replica count is more than the maximum replica count",
-                )
-            };
+            let (maximum, reason, message) = upper_bound(limit, max);
             if stabilized > maximum {
                 (maximum, reason, message)
             } else {
@@ -1479,6 +1455,24 @@ fn scale_kind(target: &Value) -> Option<&'static c4m_core::ResourceKind> {
     c4m_core::KINDS
         .iter()
         .find(|k| k.group == group && target["kind"] == k.kind && k.has_subresource("scale"))
+}
+
+/// The highest count allowed: the rate's `limit`, or `max` when that is
+/// lower, with the reason ScalingLimited gives when it holds.
+fn upper_bound(limit: i32, max: i32) -> (i32, &'static str, &'static str) {
+    if max > limit {
+        (
+            limit,
+            "ScaleUpLimit",
+            "the desired replica count is increasing faster than the maximum scale rate",
+        )
+    } else {
+        (
+            max,
+            "TooManyReplicas",
+            "the desired replica count is more than the maximum replica count",
+        )
+    }
 }
 
 /// A stabilized count that no bound held back.
