@@ -586,8 +586,8 @@ impl Supervisor {
             (
                 "CreateContainerConfigError".to_string(),
                 format!(
-                    "{field}: the {} driver runs one container per pod; use a driver that runs several (oci, containerd, process)",
-                    runtime.name()
+                    "{field}: {}",
+                    c4m_core::one_container_per_pod(runtime.name())
                 ),
             )
         });

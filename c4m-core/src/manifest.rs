@@ -1176,10 +1176,23 @@ fn check_pod_dns_and_pulls(spec: &PodSpec, path: &str) -> Result<(), FieldError>
             }
         }
     }
-    if let Some(driver) = spec.runtime_class_name.as_deref()
-        && let Some((field, why)) = crate::pod_etc::unsupported_by_driver(driver, spec)
-    {
-        return Err(field_error(join(path, field), why));
+    if let Some(driver) = spec.runtime_class_name.as_deref() {
+        let second = if spec.init_containers.as_ref().is_some_and(|c| !c.is_empty()) {
+            Some("initContainers[0]")
+        } else {
+            (spec.containers.len() > 1).then_some("containers[1]")
+        };
+        if let Some(second) = second
+            && crate::ONE_CONTAINER_DRIVERS.contains(&driver)
+        {
+            return Err(field_error(
+                join(path, second),
+                crate::one_container_per_pod(driver),
+            ));
+        }
+        if let Some((field, why)) = crate::pod_etc::unsupported_by_driver(driver, spec) {
+            return Err(field_error(join(path, field), why));
+        }
     }
     Ok(())
 }
@@ -2478,6 +2491,11 @@ spec:
                 "runtimeClassName: docker, setHostnameAsFQDN: true",
                 "spec.setHostnameAsFQDN",
                 "the docker driver cannot honour it",
+            ),
+            (
+                "runtimeClassName: cri, initContainers: [{name: i, image: bb:1}]",
+                "spec.initContainers[0]",
+                "the cri driver runs one container per pod",
             ),
             (
                 "initContainers: [{name: i, image: bb:1, tty: true}]",
