@@ -606,19 +606,40 @@ fn check_daemon_set(daemon_set: &DaemonSet) -> Result<(), FieldError> {
             format!("unsupported value {policy:?}: supported values: \"Always\""),
         ));
     }
-    match spec
-        .update_strategy
-        .as_ref()
-        .and_then(|s| s.type_.as_deref())
-    {
-        None | Some("RollingUpdate" | "OnDelete") => Ok(()),
-        Some(other) => Err(field_error(
-            "spec.updateStrategy.type",
-            format!(
-                "unsupported value {other:?}: supported values: \"OnDelete\", \"RollingUpdate\""
-            ),
-        )),
+    let strategy = spec.update_strategy.as_ref();
+    match strategy.and_then(|s| s.type_.as_deref()) {
+        None | Some("RollingUpdate" | "OnDelete") => {}
+        Some(other) => {
+            return Err(field_error(
+                "spec.updateStrategy.type",
+                format!(
+                    "unsupported value {other:?}: supported values: \"OnDelete\", \"RollingUpdate\""
+                ),
+            ));
+        }
     }
+    let Some(rolling) = strategy.and_then(|s| s.rolling_update.as_ref()) else {
+        return Ok(());
+    };
+    for (value, field) in [
+        (&rolling.max_surge, "maxSurge"),
+        (&rolling.max_unavailable, "maxUnavailable"),
+    ] {
+        if let Some(value) = value {
+            check_int_or_percent(value, &format!("spec.updateStrategy.rollingUpdate.{field}"))?;
+        }
+    }
+    let zero = |value: &Option<IntOrString>| {
+        matches!(value, Some(IntOrString::Int(0)))
+            || matches!(value, Some(IntOrString::String(text)) if text == "0%")
+    };
+    if zero(&rolling.max_surge) && zero(&rolling.max_unavailable) {
+        return Err(field_error(
+            "spec.updateStrategy.rollingUpdate.maxUnavailable",
+            "may not be 0 when maxSurge is 0",
+        ));
+    }
+    Ok(())
 }
 
 fn check_job(job: &Job) -> Result<(), FieldError> {
@@ -2010,11 +2031,6 @@ const UNHONOURED: &[(Scope, &str, &str)] = &[
         "spec.template",
         "is not run: c4m keeps ReplicaSets as the revisions of Deployments; use a Deployment",
     ),
-    (
-        Scope::Kind("DaemonSet"),
-        "spec.updateStrategy.rollingUpdate.maxSurge",
-        "is not supported; pods are replaced without surge",
-    ),
     (Scope::Kind("Service"), "spec.type=LoadBalancer", CLUSTER_IP),
     (Scope::Kind("Service"), "spec.type=NodePort", CLUSTER_IP),
     (Scope::Kind("Service"), "spec.type=ExternalName", CLUSTER_IP),
@@ -2216,6 +2232,45 @@ spec:
       restartPolicy: Never
       containers: [{name: main, image: busybox}]
 "#;
+
+    #[test]
+    fn a_daemon_set_rolling_update_needs_room_to_move() {
+        let daemon_set = |rolling: &str| {
+            format!(
+                r#"
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {{name: agent}}
+spec:
+  selector: {{matchLabels: {{app: agent}}}}
+  updateStrategy: {{type: RollingUpdate, rollingUpdate: {rolling}}}
+  template:
+    metadata: {{labels: {{app: agent}}}}
+    spec: {{containers: [{{name: main, image: busybox}}]}}
+"#
+            )
+        };
+        assert!(
+            validate_value(&parse_one(&daemon_set("{maxSurge: 1, maxUnavailable: 0}"))).is_ok()
+        );
+        assert!(validate_value(&parse_one(&daemon_set("{maxSurge: '25%'}"))).is_ok());
+        for (rolling, path, message) in [
+            (
+                "{maxSurge: 0, maxUnavailable: '0%'}",
+                "spec.updateStrategy.rollingUpdate.maxUnavailable",
+                "may not be 0 when maxSurge is 0",
+            ),
+            (
+                "{maxSurge: '150%'}",
+                "spec.updateStrategy.rollingUpdate.maxSurge",
+                "must not be greater than 100%",
+            ),
+        ] {
+            let (error_path, error) = error_of(&daemon_set(rolling));
+            assert_eq!(error_path, path, "{rolling}: {error}");
+            assert!(error.contains(message), "{rolling}: {error}");
+        }
+    }
 
     /// A container's own restartPolicy is only for init containers (a
     /// sidecar), only `Always`; init containers and sidecars warn no more.
