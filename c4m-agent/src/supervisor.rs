@@ -15,8 +15,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use c4m_api::agent::{
-    ContainerReport, ContainerRunning, ContainerTerminated, ContainerWaiting, InstanceStatus,
-    PortBinding as WirePort, ResourceUsage as WireUsage,
+    ContainerEvent, ContainerReport, ContainerRunning, ContainerTerminated, ContainerWaiting,
+    InstanceStatus, PortBinding as WirePort, ResourceUsage as WireUsage,
 };
 use c4m_core::{
     ContainerRuntime, ContainerSpec, ContainerState, ContainerStatus, Instance, PodContainer,
@@ -26,6 +26,7 @@ use c4m_mesh::InstanceNetwork;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::hooks::{Hook, HookRun, grace_after_hook};
 use crate::pod_etc::PodEtc;
 use crate::session::AssignmentSet;
 
@@ -71,6 +72,13 @@ const ERR_IMAGE_NEVER_PULL: &str = "ErrImageNeverPull";
 const DEFAULT_TERMINATION_MESSAGE_PATH: &str = "/dev/termination-log";
 /// The most of it that is kept, as the kubelet keeps.
 const MAX_TERMINATION_MESSAGE: u64 = 4096;
+/// Why a container waits after its postStart hook failed (the kubelet's).
+const POST_START_HOOK_ERROR: &str = "PostStartHookError";
+/// How long a stopping instance waits for a failed preStop hook's Event to
+/// be published (a tick or two of the loop).
+const TELL_WAIT: Duration = Duration::from_secs(2);
+/// The most Events about one container kept for reports.
+const EVENTS_KEPT: usize = 4;
 /// The variable telling an instance where the cluster DNS answers.
 const DNS_SERVER_ENV: &str = "C4M_DNS_SERVER";
 
@@ -159,11 +167,16 @@ pub(crate) fn containers_of(pod: &Instance, pod_id: &str) -> Vec<PodMember> {
         .collect()
 }
 
+/// What reports on a container's run: a probe, or a lifecycle hook.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ProbeKind {
     Liveness,
     Readiness,
     Startup,
+    /// Its postStart hook returned.
+    PostStart,
+    /// Its preStop hook failed.
+    PreStop,
 }
 
 struct ProbeResult {
@@ -274,6 +287,14 @@ struct Slot {
     /// An init container that succeeded, or a sidecar stopped after the app
     /// containers ended: not started again.
     finished: bool,
+    /// The current run's postStart hook has yet to return: the container
+    /// is not started (nor Running in reports), its probes wait.
+    post_start_pending: bool,
+    /// The current run is being stopped (its preStop hook, then the stop
+    /// signal), in the background.
+    stopping: bool,
+    /// Recent Events its state does not show (failed hooks).
+    events: Vec<ContainerEvent>,
     /// The current run's exit has been handled ([`Supervisor::on_exit`]).
     exit_handled: bool,
     /// Previous CPU counter sample for usage rates.
@@ -426,7 +447,7 @@ impl Supervisor {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 changed = self.assignments.changed() => if changed.is_err() { break },
-                Some(result) = probe_rx.recv() => self.on_probe(&mut managed, result).await,
+                Some(result) = probe_rx.recv() => self.on_probe(&mut managed, result, &probe_tx),
                 _ = ticker.tick() => {}
             }
             let assigned = self.assignments.borrow_and_update().clone();
@@ -501,14 +522,26 @@ impl Supervisor {
                 let stopping = Arc::clone(stopping);
                 self.pod_etc.remove(&id);
                 let removal = Removal {
-                    runtime: instance.runtime,
                     network,
                     id: id.clone(),
                     // App containers first, then sidecars and init
                     // containers, last started first (as the kubelet).
-                    containers: instance.slots.iter().rev().map(|s| s.id.clone()).collect(),
+                    containers: instance
+                        .slots
+                        .iter()
+                        .rev()
+                        .map(|slot| RemovedContainer {
+                            id: slot.id.clone(),
+                            name: slot.name.clone(),
+                            app: !slot.is_init(),
+                            pre_stop: hook_target(&instance, slot, Hook::PreStop),
+                        })
+                        .collect(),
+                    runtime: instance.runtime,
+                    prober: Arc::clone(&self.prober),
                     shared_namespace: instance.shared_namespace,
                     grace,
+                    reported: Some((Arc::clone(&stopping), self.statuses.subscribe())),
                 };
                 tokio::spawn(async move {
                     removal.run().await;
@@ -532,11 +565,18 @@ impl Supervisor {
                 self.pod_etc.remove(&id);
                 let removal = Removal {
                     runtime,
+                    prober: Arc::clone(&self.prober),
                     network,
-                    containers: vec![id.clone()],
+                    containers: vec![RemovedContainer {
+                        id: id.clone(),
+                        name: String::new(),
+                        app: true,
+                        pre_stop: None,
+                    }],
                     id,
                     shared_namespace: None,
                     grace: Duration::from_secs(10),
+                    reported: None,
                 };
                 tokio::spawn(removal.run());
             }
@@ -680,6 +720,9 @@ impl Supervisor {
                 cpu_sample: None,
                 usage: WireUsage::default(),
                 exit_handled: false,
+                post_start_pending: false,
+                stopping: false,
+                events: Vec::new(),
             });
         }
         let adopted_any = slots.iter().any(|s| s.status.is_some());
@@ -800,7 +843,7 @@ impl Supervisor {
             instance.initialized = true;
         }
         if instance.app_finished() {
-            self.stop_sidecars(instance).await;
+            self.stop_sidecars(id, instance, probes);
         } else {
             for index in 0..instance.slots.len() {
                 let slot = &instance.slots[index];
@@ -897,7 +940,7 @@ impl Supervisor {
                 }
                 true
             }
-            Some(_) if slot.running() => slot.probes.is_none(),
+            Some(_) if slot.running() => !slot.stopping && slot.probes.is_none(),
             Some(_) => {
                 if slot.restart_at.is_some_and(|at| Instant::now() >= at) {
                     slot.restart_at = None;
@@ -912,16 +955,103 @@ impl Supervisor {
         };
         self.note_exit(instance, index);
         if needs_probes && instance.slots[index].running() {
-            self.start_probes(pod_id, instance, index, probes.clone());
+            if instance.slots[index].post_start_pending {
+                self.start_post_start(pod_id, instance, index, probes.clone());
+            } else {
+                self.start_probes(pod_id, instance, index, probes.clone());
+            }
         }
+    }
+
+    /// Runs the postStart hook of container `index`'s current run in the
+    /// background; its probes start once it returns
+    /// ([`ProbeKind::PostStart`]).
+    fn start_post_start(
+        &self,
+        pod_id: &str,
+        instance: &mut Managed,
+        index: usize,
+        results: mpsc::Sender<ProbeResult>,
+    ) {
+        let target = hook_target(instance, &instance.slots[index], Hook::PostStart);
+        let slot = &mut instance.slots[index];
+        let Some((hook, status)) = target else {
+            slot.post_start_pending = false;
+            return;
+        };
+        let token = CancellationToken::new();
+        let cancelled = token.clone();
+        let runtime = Arc::clone(&instance.runtime);
+        let prober = Arc::clone(&self.prober);
+        let (pod, id, run) = (pod_id.to_string(), slot.id.clone(), slot.run);
+        tokio::spawn(async move {
+            // The kubelet bounds a postStart hook by nothing but the
+            // container's life (the token ends with the run).
+            let outcome = tokio::select! {
+                _ = cancelled.cancelled() => return,
+                outcome = hook.run(prober.as_ref(), runtime.as_ref(), &status, Duration::MAX) => outcome,
+            };
+            let result = ProbeResult {
+                pod,
+                id,
+                run,
+                kind: ProbeKind::PostStart,
+                healthy: outcome.is_ok(),
+                message: outcome.err().unwrap_or_default(),
+            };
+            let _ = results.send(result).await;
+        });
+        slot.probes = Some(token);
+    }
+
+    /// Stops container `index` in the background as the kubelet kills one
+    /// ([`kill`]); a failed preStop hook comes back as
+    /// [`ProbeKind::PreStop`].
+    fn spawn_kill(
+        &self,
+        pod_id: &str,
+        instance: &mut Managed,
+        index: usize,
+        results: mpsc::Sender<ProbeResult>,
+    ) {
+        let grace = grace_period(&instance.pod);
+        let pre_stop = hook_target(instance, &instance.slots[index], Hook::PreStop);
+        let slot = &mut instance.slots[index];
+        slot.stopping = true;
+        if let Some(probes) = slot.probes.take() {
+            probes.cancel();
+        }
+        let runtime = Arc::clone(&instance.runtime);
+        let prober = Arc::clone(&self.prober);
+        let (pod, id, run) = (pod_id.to_string(), slot.id.clone(), slot.run);
+        tokio::spawn(async move {
+            if let Some(message) =
+                kill(runtime.as_ref(), prober.as_ref(), &id, pre_stop, grace).await
+            {
+                let result = ProbeResult {
+                    pod,
+                    id,
+                    run,
+                    kind: ProbeKind::PreStop,
+                    healthy: false,
+                    message,
+                };
+                let _ = results.send(result).await;
+            }
+        });
     }
 
     /// Stops the sidecars once the app containers have ended for good, the
     /// last started first, so that a Job's pod completes.
-    async fn stop_sidecars(&self, instance: &mut Managed) {
-        let grace = grace_period(&instance.pod);
-        for slot in instance.slots.iter_mut().rev().filter(|s| s.sidecar) {
-            if slot.finished {
+    fn stop_sidecars(
+        &self,
+        pod_id: &str,
+        instance: &mut Managed,
+        results: &mpsc::Sender<ProbeResult>,
+    ) {
+        for index in (0..instance.slots.len()).rev() {
+            let slot = &mut instance.slots[index];
+            if !slot.sidecar || slot.finished {
                 continue;
             }
             slot.finished = true;
@@ -931,12 +1061,7 @@ impl Supervisor {
             }
             if slot.running() {
                 tracing::info!(container = %slot.id, "stopping a sidecar: the app containers have ended");
-                if let Err(e) = instance.runtime.stop(&slot.id, grace).await {
-                    tracing::warn!(container = %slot.id, error = %e, "cannot stop a sidecar");
-                }
-                if let Ok(status) = instance.runtime.status(&slot.id).await {
-                    slot.status = Some(status);
-                }
+                self.spawn_kill(pod_id, instance, index, results.clone());
             }
         }
     }
@@ -1044,6 +1169,12 @@ impl Supervisor {
                 slot.started = false;
                 slot.termination_message.clear();
                 slot.exit_handled = false;
+                slot.stopping = false;
+                slot.post_start_pending = slot
+                    .which
+                    .of(&instance.pod)
+                    .and_then(|c| Hook::PostStart.of(c))
+                    .is_some();
                 slot.run += 1;
                 slot.pull_backoff = self.backoff.image_pull_initial;
                 slot.pull_failed_at = None;
@@ -1168,15 +1299,25 @@ impl Supervisor {
         slot.probes = Some(token);
     }
 
-    async fn on_probe(&self, managed: &mut BTreeMap<String, Managed>, result: ProbeResult) {
+    fn on_probe(
+        &self,
+        managed: &mut BTreeMap<String, Managed>,
+        result: ProbeResult,
+        results: &mpsc::Sender<ProbeResult>,
+    ) {
         let Some(instance) = managed.get_mut(&result.pod) else {
             return;
         };
-        let grace = grace_period(&instance.pod);
-        let runtime = Arc::clone(&instance.runtime);
-        let Some(slot) = instance.slots.iter_mut().find(|s| s.id == result.id) else {
+        let Some(index) = instance.slots.iter().position(|s| s.id == result.id) else {
             return;
         };
+        let slot = &mut instance.slots[index];
+        if result.kind == ProbeKind::PreStop {
+            // The run it stopped has ended by now, or is ending.
+            tracing::warn!(container = %result.id, message = %result.message, "preStop hook failed");
+            push_event(slot, Hook::PreStop, result.message);
+            return;
+        }
         if slot.run != result.run {
             return;
         }
@@ -1187,12 +1328,21 @@ impl Supervisor {
                     tracing::info!(container = %result.id, message = %result.message, "readiness probe failed");
                 }
             }
-            ProbeKind::Startup if result.healthy => {
-                // Its liveness and readiness probes start on the next look.
-                slot.started = true;
+            ProbeKind::Startup | ProbeKind::PostStart if result.healthy => {
+                // Its (other) probes start on the next look.
+                slot.post_start_pending = false;
+                if result.kind == ProbeKind::Startup {
+                    slot.started = true;
+                }
                 if let Some(probes) = slot.probes.take() {
                     probes.cancel();
                 }
+            }
+            ProbeKind::PostStart => {
+                tracing::warn!(container = %result.id, message = %result.message, "postStart hook failed; killing the container");
+                slot.problem = Some((POST_START_HOOK_ERROR.into(), result.message.clone()));
+                push_event(slot, Hook::PostStart, result.message);
+                self.spawn_kill(&result.pod, instance, index, results.clone());
             }
             ProbeKind::Liveness | ProbeKind::Startup if !result.healthy => {
                 let which = match result.kind {
@@ -1205,14 +1355,9 @@ impl Supervisor {
                     format!("{which} probe failed: {}", result.message),
                 ));
                 slot.ready = false;
-                if let Some(probes) = slot.probes.take() {
-                    probes.cancel();
-                }
-                if let Err(e) = runtime.stop(&result.id, grace).await {
-                    tracing::warn!(container = %result.id, error = %e, "cannot stop an unhealthy container");
-                }
+                self.spawn_kill(&result.pod, instance, index, results.clone());
             }
-            ProbeKind::Liveness | ProbeKind::Startup => {}
+            ProbeKind::Liveness | ProbeKind::Startup | ProbeKind::PreStop => {}
         }
     }
 
@@ -1303,23 +1448,43 @@ fn grace_period(pod: &Instance) -> Duration {
 /// Stopping and removing an instance's containers, then its network.
 struct Removal {
     runtime: Arc<dyn ContainerRuntime>,
+    prober: Arc<dyn Prober>,
     network: Option<Arc<InstanceNetwork>>,
     /// The instance's id (its network's key).
     id: String,
-    /// Its containers' ids, in the order they stop.
-    containers: Vec<String>,
+    /// Its containers, in the order they stop.
+    containers: Vec<RemovedContainer>,
     shared_namespace: Option<PathBuf>,
     grace: Duration,
+    /// Where the instance is reported while it stops, and what the
+    /// supervisor publishes: a failed preStop hook is told there.
+    reported: Option<(Stopping, watch::Receiver<Arc<Vec<InstanceStatus>>>)>,
+}
+
+/// One container of a [`Removal`].
+struct RemovedContainer {
+    id: String,
+    name: String,
+    /// An app container: stopped together with the others, first.
+    app: bool,
+    /// Its preStop hook, when it has one and runs.
+    pre_stop: Option<(HookRun, ContainerStatus)>,
 }
 
 impl Removal {
-    async fn run(self) {
-        for id in &self.containers {
-            if let Err(e) = self.runtime.stop(id, self.grace).await {
-                tracing::warn!(container = %id, error = %e, "cannot stop container");
-            }
+    async fn run(mut self) {
+        // App containers stop together, each within the grace period; then
+        // the sidecars, last started first, within what is left of it.
+        let deadline = Instant::now() + self.grace;
+        let containers = std::mem::take(&mut self.containers);
+        let (app, others): (Vec<_>, Vec<_>) = containers.into_iter().partition(|c| c.app);
+        let ids: Vec<String> = app.iter().chain(&others).map(|c| c.id.clone()).collect();
+        futures::future::join_all(app.into_iter().map(|c| self.stop(c, self.grace))).await;
+        for container in others {
+            let grace = deadline.saturating_duration_since(Instant::now());
+            self.stop(container, grace).await;
         }
-        for id in &self.containers {
+        for id in &ids {
             match self.runtime.remove(id).await {
                 Ok(()) => tracing::info!(container = %id, "container removed"),
                 Err(e) => {
@@ -1338,6 +1503,114 @@ impl Removal {
             tracing::warn!(instance = %self.id, error = %e, "cannot remove the pod's network namespace");
         }
     }
+
+    /// Stops one container ([`kill`]); tells a failed preStop hook.
+    async fn stop(&self, container: RemovedContainer, grace: Duration) {
+        let failure = kill(
+            self.runtime.as_ref(),
+            self.prober.as_ref(),
+            &container.id,
+            container.pre_stop,
+            grace,
+        )
+        .await;
+        if let (Some(message), Some((stopping, published))) = (failure, &self.reported) {
+            self.tell(stopping, published.clone(), &container.name, message)
+                .await;
+        }
+    }
+
+    /// Adds a failed preStop hook's Event to the instance's report, and
+    /// waits (a little) until the supervisor has published it, so that it
+    /// is sent before the instance's report goes with its containers.
+    async fn tell(
+        &self,
+        stopping: &Stopping,
+        mut published: watch::Receiver<Arc<Vec<InstanceStatus>>>,
+        container: &str,
+        message: String,
+    ) {
+        let event = {
+            let mut stopping = lock(stopping);
+            let Some(report) = stopping
+                .get_mut(&self.id)
+                .and_then(|status| status.containers.iter_mut().find(|c| c.name == container))
+            else {
+                return;
+            };
+            let event = event_of(Hook::PreStop, message);
+            report.events.push(event.clone());
+            event
+        };
+        let told = |statuses: &Arc<Vec<InstanceStatus>>| {
+            statuses
+                .iter()
+                .flat_map(|s| &s.containers)
+                .any(|c| c.events.contains(&event))
+        };
+        let _ = tokio::time::timeout(TELL_WAIT, published.wait_for(told)).await;
+    }
+}
+
+/// The `hook` of `slot`'s container and the container as it is reached
+/// (its ports at the pod's address), when it has one and runs.
+fn hook_target(instance: &Managed, slot: &Slot, hook: Hook) -> Option<(HookRun, ContainerStatus)> {
+    if !slot.running() {
+        return None;
+    }
+    let run = HookRun::of(hook, &instance.pod, slot.which.of(&instance.pod)?)?;
+    let mut status = slot.status.clone()?;
+    status.ports = port_bindings(&status, instance.pod_ip);
+    Some((run, status))
+}
+
+/// Keeps the Event of a failed `hook` for the container's reports (the
+/// control plane records each once).
+fn push_event(slot: &mut Slot, hook: Hook, message: String) {
+    if slot.events.len() >= EVENTS_KEPT {
+        slot.events.remove(0);
+    }
+    slot.events.push(event_of(hook, message));
+}
+
+/// The Event of a failed `hook`, with an id of its own.
+fn event_of(hook: Hook, message: String) -> ContainerEvent {
+    let at = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    ContainerEvent {
+        id: format!("{}-{at}", hook.failure_reason()),
+        reason: hook.failure_reason().into(),
+        message,
+    }
+}
+
+/// Stops container `id` as the kubelet kills one: its preStop hook first
+/// (when it has one and runs, and the grace period is not zero), bounded by
+/// the grace period, then the stop signal with what is left of it (at least
+/// [`crate::hooks::MINIMUM_STOP_GRACE`]). Returns the hook's failure.
+async fn kill(
+    runtime: &dyn ContainerRuntime,
+    prober: &dyn Prober,
+    id: &str,
+    pre_stop: Option<(HookRun, ContainerStatus)>,
+    grace: Duration,
+) -> Option<String> {
+    let mut failure = None;
+    let mut signal_grace = grace;
+    if let Some((hook, status)) = pre_stop.filter(|_| !grace.is_zero()) {
+        let began = Instant::now();
+        if let Err(message) = hook.run(prober, runtime, &status, grace).await {
+            tracing::warn!(container = %id, %message, "preStop hook failed");
+            failure = Some(message);
+        }
+        signal_grace = grace_after_hook(grace, began.elapsed());
+    }
+    if let Err(e) = runtime.stop(id, signal_grace).await {
+        tracing::warn!(container = %id, error = %e, "cannot stop container");
+    }
+    failure
 }
 
 struct ProbeLoop {
@@ -1456,7 +1729,7 @@ fn pod_phase(instance: &Managed) -> &'static str {
     let app: Vec<&Slot> = instance.app().collect();
     if app
         .iter()
-        .any(|s| s.status.is_none() && s.restart_count == 0)
+        .any(|s| (s.status.is_none() || s.post_start_pending) && s.restart_count == 0)
     {
         return "Pending";
     }
@@ -1484,6 +1757,7 @@ fn container_report(instance: &Managed, slot: &Slot) -> ContainerReport {
             Some(_) => format!("{}://{}", instance.runtime.name(), slot.id),
             None => String::new(),
         },
+        events: slot.events.clone(),
         ..ContainerReport::default()
     };
     let waiting = |reason: &str, message: String| ContainerWaiting {
@@ -1495,6 +1769,10 @@ fn container_report(instance: &Managed, slot: &Slot) -> ContainerReport {
         return report;
     }
     match (&slot.status, slot.exit()) {
+        // Not Running until its postStart hook returns, as the kubelet.
+        (Some(_), None) if slot.post_start_pending => {
+            report.waiting = Some(waiting("ContainerCreating", String::new()));
+        }
         (
             Some(ContainerStatus {
                 state: ContainerState::Running { started_at, .. },

@@ -45,6 +45,8 @@ pub(crate) struct Agents {
     /// Held while a node's slice is chosen and written, so two nodes
     /// registering at once never get the same one.
     pub slices: Arc<tokio::sync::Mutex<()>>,
+    /// The Events agents reported as such that were recorded.
+    pub reported_events: Arc<crate::container_events::ReportedEvents>,
     pub shutdown: CancellationToken,
 }
 
@@ -897,6 +899,7 @@ impl AgentService for Agents {
             heartbeat_interval: self.heartbeat_interval,
             dns_address: self.dns_address.clone(),
             slices: Arc::clone(&self.slices),
+            reported_events: Arc::clone(&self.reported_events),
             shutdown: self.shutdown.clone(),
         };
         tokio::spawn(async move {
@@ -1005,6 +1008,8 @@ impl AgentService for Agents {
             {
                 continue;
             }
+            self.reported_events
+                .record(self.objects.events(), &cached, instance);
             let mut preview = (*cached).clone();
             if !apply_report(&mut preview, instance, &address) {
                 continue;
@@ -1182,6 +1187,7 @@ mod tests {
             heartbeat_interval: Duration::from_secs(1),
             dns_address: dns.to_string(),
             slices: Arc::default(),
+            reported_events: Arc::default(),
             shutdown: shutdown.clone(),
         }
     }

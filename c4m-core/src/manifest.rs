@@ -23,8 +23,7 @@ use k8s_openapi::api::batch::v1::{CronJob, Job, JobSpec};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{
     ConfigMap, ContainerPort, Endpoints, Event, LifecycleHandler, Namespace, Node, Pod, PodSpec,
-    Probe,
-    ResourceRequirements, Secret, Service, ServiceAccount, ServiceSpec,
+    Probe, ResourceRequirements, Secret, Service, ServiceAccount, ServiceSpec,
 };
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::scheduling::v1::PriorityClass;

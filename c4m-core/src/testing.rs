@@ -39,6 +39,8 @@ struct FakeState {
     /// Images no registry has: starting a container of one fails to pull.
     missing_images: HashSet<String>,
     next_pid: u32,
+    /// Every stop: (container id, grace period, when).
+    stops: Vec<(String, Duration, SystemTime)>,
 }
 
 impl FakeRuntime {
@@ -91,6 +93,11 @@ impl FakeRuntime {
         self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Every stop asked for: (container id, grace period, when), in order.
+    pub fn stops(&self) -> Vec<(String, Duration, SystemTime)> {
+        self.state().stops.clone()
     }
 
     /// How many times `id` was started.
@@ -253,8 +260,9 @@ impl ContainerRuntime for FakeRuntime {
         Ok(self.state().containers.values().cloned().collect())
     }
 
-    async fn stop(&self, id: &str, _grace: Duration) -> Result<()> {
+    async fn stop(&self, id: &str, grace: Duration) -> Result<()> {
         let mut state = self.state();
+        state.stops.push((id.to_string(), grace, SystemTime::now()));
         let container = state
             .containers
             .get_mut(id)
@@ -329,6 +337,27 @@ pub struct FakeProber {
 struct ProberState {
     failing: bool,
     attempts: u64,
+    /// Exec attempts whose command's first word is here fail.
+    failing_commands: HashSet<String>,
+    /// Exec attempts whose command's first word is here never end (the
+    /// caller's timeout ends them).
+    hanging_commands: HashSet<String>,
+    /// Every exec attempt: the container, its command, whether the
+    /// container was running then.
+    execs: Vec<ProbedExec>,
+}
+
+/// One exec attempt a [`FakeProber`] saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbedExec {
+    /// The container's id.
+    pub id: String,
+    /// The command, words joined by spaces.
+    pub command: String,
+    /// The driver said the container was running when the attempt began.
+    pub running: bool,
+    /// When the attempt began.
+    pub at: SystemTime,
 }
 
 impl FakeProber {
@@ -337,17 +366,33 @@ impl FakeProber {
         Self::default()
     }
 
+    fn state(&self) -> MutexGuard<'_, ProberState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// From now on attempts fail (`true`) or succeed (`false`).
     pub fn set_failing(&self, failing: bool) {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).failing = failing;
+        self.state().failing = failing;
+    }
+
+    /// Exec attempts of commands starting with `word` fail with exit code 1.
+    pub fn fail_command(&self, word: &str) {
+        self.state().failing_commands.insert(word.to_string());
+    }
+
+    /// Exec attempts of commands starting with `word` never end.
+    pub fn hang_command(&self, word: &str) {
+        self.state().hanging_commands.insert(word.to_string());
     }
 
     /// How many attempts ran.
     pub fn attempts(&self) -> u64 {
-        self.state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .attempts
+        self.state().attempts
+    }
+
+    /// Every exec attempt so far, in order.
+    pub fn execs(&self) -> Vec<ProbedExec> {
+        self.state().execs.clone()
     }
 }
 
@@ -355,19 +400,42 @@ impl FakeProber {
 impl crate::Prober for FakeProber {
     async fn probe_once(
         &self,
-        _probe: &k8s_openapi::api::core::v1::Probe,
-        _runtime: &dyn ContainerRuntime,
+        probe: &k8s_openapi::api::core::v1::Probe,
+        runtime: &dyn ContainerRuntime,
         status: &ContainerStatus,
     ) -> std::result::Result<(), crate::ProbeFailure> {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        state.attempts += 1;
-        if state.failing {
-            Err(crate::ProbeFailure(format!(
-                "{}: failing (as the test asked)",
-                status.id
-            )))
-        } else {
-            Ok(())
+        let command = probe
+            .exec
+            .as_ref()
+            .and_then(|e| e.command.clone())
+            .unwrap_or_default();
+        let running = matches!(
+            runtime.status(&status.id).await.map(|s| s.state),
+            Ok(ContainerState::Running { .. })
+        );
+        let first = command.first().cloned().unwrap_or_default();
+        let hangs = {
+            let mut state = self.state();
+            state.attempts += 1;
+            if probe.exec.is_some() {
+                state.execs.push(ProbedExec {
+                    id: status.id.clone(),
+                    command: command.join(" "),
+                    running,
+                    at: SystemTime::now(),
+                });
+            }
+            if state.failing || state.failing_commands.contains(&first) {
+                return Err(crate::ProbeFailure(format!(
+                    "{}: failing (as the test asked)",
+                    status.id
+                )));
+            }
+            state.hanging_commands.contains(&first)
+        };
+        if hangs {
+            std::future::pending::<()>().await;
         }
+        Ok(())
     }
 }
