@@ -138,3 +138,123 @@ async fn sleep_for(duration: Duration) -> Result<(), String> {
 pub(crate) fn grace_after_hook(grace: Duration, spent: Duration) -> Duration {
     grace.saturating_sub(spent).max(MINIMUM_STOP_GRACE)
 }
+
+#[cfg(test)]
+mod tests {
+    use c4m_core::testing::FakeRuntime;
+    use c4m_core::{ContainerSpec, ContainerState, PortBinding};
+    use c4m_runtime::DefaultProber;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// The hook `handler` (JSON) of container `web` in pod `web_shop(u1)`.
+    fn hook(handler: serde_json::Value) -> HookRun {
+        HookRun {
+            handler: serde_json::from_value(handler).unwrap(),
+            container: "web".into(),
+            pod: "web_shop(u1)".into(),
+        }
+    }
+
+    /// A running container whose port 80 is reached at 127.0.0.1:`port`.
+    fn reached_at(port: u16) -> ContainerStatus {
+        ContainerStatus {
+            id: "web".into(),
+            spec: ContainerSpec::default(),
+            state: ContainerState::Running {
+                pid: 1,
+                started_at: std::time::SystemTime::now(),
+            },
+            ports: vec![PortBinding {
+                name: "http".into(),
+                container_port: 80,
+                host_ip: "127.0.0.1".into(),
+                host_port: port,
+                protocol: "TCP".into(),
+            }],
+        }
+    }
+
+    /// An httpGet hook requests the container's port, by number or name,
+    /// as an httpGet probe does; a status of 500 fails it, in the kubelet's
+    /// words.
+    #[tokio::test]
+    async fn http_get_requests_the_containers_port_as_a_probe_does() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            let mut paths = Vec::new();
+            for _ in 0..2 {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                let mut request = vec![0; 4096];
+                let n = stream.read(&mut request).await.unwrap();
+                let request = String::from_utf8_lossy(&request[..n]).to_string();
+                let path = request.split(' ').nth(1).unwrap_or_default().to_string();
+                let status = if path == "/quit" {
+                    "200 OK"
+                } else {
+                    "500 Oops"
+                };
+                let response = format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\n\r\n");
+                stream.write_all(response.as_bytes()).await.unwrap();
+                paths.push(path);
+            }
+            paths
+        });
+        let runtime = FakeRuntime::new();
+        let status = reached_at(port);
+        let timeout = Duration::from_secs(5);
+        hook(serde_json::json!({"httpGet": {"path": "/quit", "port": 80}}))
+            .run(&DefaultProber, &runtime, &status, timeout)
+            .await
+            .unwrap();
+        let error = hook(serde_json::json!({"httpGet": {"path": "/broken", "port": "http"}}))
+            .run(&DefaultProber, &runtime, &status, timeout)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            error,
+            format!(
+                "HTTP lifecycle hook (/broken) for Container \"web\" in Pod \"web_shop(u1)\" failed - error: HTTP GET http://127.0.0.1:{port}/broken: status 500"
+            )
+        );
+        assert_eq!(server.await.unwrap(), ["/quit", "/broken"]);
+    }
+
+    /// A sleep hook sleeps its seconds, cut at the timeout (a preStop's
+    /// grace period), which fails it.
+    #[tokio::test]
+    async fn sleep_sleeps_within_the_timeout() {
+        let runtime = FakeRuntime::new();
+        let status = reached_at(1);
+        let began = std::time::Instant::now();
+        hook(serde_json::json!({"sleep": {"seconds": 1}}))
+            .run(&DefaultProber, &runtime, &status, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert!(began.elapsed() >= Duration::from_secs(1));
+        let error = hook(serde_json::json!({"sleep": {"seconds": 60}}))
+            .run(
+                &DefaultProber,
+                &runtime,
+                &status,
+                Duration::from_millis(200),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(
+            error,
+            "Sleep lifecycle hook (60) for Container \"web\" in Pod \"web_shop(u1)\" failed - error: did not finish within 200ms"
+        );
+        assert_eq!(
+            grace_after_hook(Duration::from_secs(30), Duration::from_secs(5)),
+            Duration::from_secs(25)
+        );
+        assert_eq!(
+            grace_after_hook(Duration::from_secs(3), Duration::from_secs(3)),
+            MINIMUM_STOP_GRACE
+        );
+    }
+}

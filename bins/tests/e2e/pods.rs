@@ -486,3 +486,96 @@ spec:
     assert_eq!(terminated["exitCode"], 3, "{pod:#}");
     assert_eq!(terminated["message"], "bye\n", "{pod:#}");
 }
+
+/// Lifecycle hooks on `oci`, through the real kubectl: the postStart hook
+/// (an exec in the container) writes the file the main command waits for;
+/// the preStop hook (`sleep 2`) makes the deletion take its two seconds; a
+/// failing postStart kills the container, and `kubectl describe` shows
+/// FailedPostStartHook, a failing preStop FailedPreStopHook.
+#[test]
+#[ignore = "needs root + runc + conmon + kubectl"]
+fn lifecycle_hooks_run_around_the_container() {
+    let (cluster, kubectl) = oci_node_with_busybox();
+    kubectl_apply(
+        &cluster,
+        &kubectl,
+        "hooked.yaml",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: hooked}
+spec:
+  containers:
+  - name: main
+    image: bb:1
+    command: [sh, -c, "trap 'exit 0' TERM; until test -f /tmp/ready; do sleep 0.1; done; echo ready: $(cat /tmp/ready); while true; do sleep 0.2; done"]
+    lifecycle:
+      postStart:
+        exec: {command: [sh, -c, "echo from-post-start > /tmp/ready"]}
+      preStop:
+        sleep: {seconds: 2}
+"#,
+    );
+    wait_for("the main command to see the hook's file", MINUTE, || {
+        let output = kubectl.run(&["logs", "hooked"]);
+        String::from_utf8_lossy(&output.stdout)
+            .contains("ready: from-post-start")
+            .then_some(())
+    });
+    let pod = kubectl.json(&["get", "pod", "hooked"]);
+    assert_eq!(pod["status"]["phase"], "Running", "{pod:#}");
+    assert_eq!(
+        pod["status"]["containerStatuses"][0]["restartCount"], 0,
+        "{pod:#}"
+    );
+    let began = std::time::Instant::now();
+    kubectl.ok(&["delete", "pod", "hooked"]);
+    let took = began.elapsed();
+    assert!(
+        took >= Duration::from_secs(2),
+        "the preStop sleep ran first: {took:?}"
+    );
+    assert!(
+        took < Duration::from_secs(20),
+        "then the container stopped on TERM: {took:?}"
+    );
+
+    kubectl_apply(
+        &cluster,
+        &kubectl,
+        "broken.yaml",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: broken}
+spec:
+  terminationGracePeriodSeconds: 5
+  containers:
+  - name: main
+    image: bb:1
+    command: [sh, -c, "trap 'exit 0' TERM; while true; do sleep 0.2; done"]
+    lifecycle:
+      postStart:
+        exec: {command: [sh, -c, "echo no setup >&2; exit 3"]}
+      preStop:
+        exec: {command: [sh, -c, "exit 7"]}
+"#,
+    );
+    let (described, line) =
+        crate::events::described_with(&kubectl, "broken", "FailedPostStartHook");
+    assert!(line.starts_with("Warning"), "{line}");
+    assert!(
+        described.contains(r#"Exec lifecycle hook (["sh", "-c", "echo no setup >&2; exit 3"]) for Container "main""#),
+        "{described}"
+    );
+    let (_, line) = crate::events::described_with(&kubectl, "broken", "FailedPreStopHook");
+    assert!(line.starts_with("Warning"), "{line}");
+    let pod = kubectl.json(&["get", "pod", "broken"]);
+    let main = &pod["status"]["containerStatuses"][0];
+    assert!(
+        main["restartCount"].as_i64() >= Some(1)
+            || main["state"]["waiting"]["reason"] == "PostStartHookError",
+        "killed and restarted as its policy says: {pod:#}"
+    );
+    kubectl.ok(&["delete", "pod", "broken", "--wait=false"]);
+}
