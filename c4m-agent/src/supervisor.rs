@@ -72,6 +72,15 @@ const ERR_IMAGE_NEVER_PULL: &str = "ErrImageNeverPull";
 const DEFAULT_TERMINATION_MESSAGE_PATH: &str = "/dev/termination-log";
 /// The most of it that is kept, as the kubelet keeps.
 const MAX_TERMINATION_MESSAGE: u64 = 4096;
+/// The `terminationMessagePolicy` that takes the end of the log as the
+/// message of a failed container that wrote none.
+const FALLBACK_TO_LOGS_ON_ERROR: &str = "FallbackToLogsOnError";
+/// How much of the log that is: the last lines, and of them the last
+/// bytes (the kubelet's `MaxContainerTerminationMessageLog*`).
+const FALLBACK_LOG_LINES: usize = 80;
+const FALLBACK_LOG_BYTES: usize = 2048;
+/// How long reading it may take (the supervisor's loop waits).
+const FALLBACK_LOG_WAIT: Duration = Duration::from_secs(2);
 /// Why a container waits after its postStart hook failed (the kubelet's).
 const POST_START_HOOK_ERROR: &str = "PostStartHookError";
 /// How long a stopping instance waits for a failed preStop hook's Event to
@@ -867,7 +876,7 @@ impl Supervisor {
         match runtime.status(&slot.id).await {
             Ok(status) => {
                 slot.status = Some(status);
-                self.note_exit(instance, index);
+                self.note_exit(instance, index).await;
             }
             Err(c4m_core::Error::ContainerNotFound(_)) => {
                 // Removed behind our back: start it again.
@@ -882,12 +891,17 @@ impl Supervisor {
     /// Handles the exit of container `index`'s current run once, however
     /// it was seen: ended between two looks, or already ended when its
     /// start or adoption returned.
-    fn note_exit(&self, instance: &mut Managed, index: usize) {
+    async fn note_exit(&self, instance: &mut Managed, index: usize) {
         let slot = &instance.slots[index];
-        if slot.exit_handled || slot.exit().is_none() {
+        let Some(exit) = slot.exit().filter(|_| !slot.exit_handled) else {
             return;
-        }
+        };
         let policy = instance.policy().to_string();
+        let fallback_to_logs = slot
+            .which
+            .of(&instance.pod)
+            .and_then(|c| c.termination_message_policy.as_deref())
+            == Some(FALLBACK_TO_LOGS_ON_ERROR);
         let slot = &mut instance.slots[index];
         let stopped_on_purpose = slot.finished;
         slot.exit_handled = true;
@@ -896,6 +910,9 @@ impl Supervisor {
             .as_deref()
             .map(read_termination_message)
             .unwrap_or_default();
+        if slot.termination_message.is_empty() && !exit.succeeded() && fallback_to_logs {
+            slot.termination_message = log_tail(instance.runtime.as_ref(), &slot.id).await;
+        }
         self.on_exit(slot, &policy, stopped_on_purpose);
     }
 
@@ -953,7 +970,7 @@ impl Supervisor {
                 }
             }
         };
-        self.note_exit(instance, index);
+        self.note_exit(instance, index).await;
         if needs_probes && instance.slots[index].running() {
             if instance.slots[index].post_start_pending {
                 self.start_post_start(pod_id, instance, index, probes.clone());
@@ -1678,6 +1695,38 @@ fn read_termination_message(path: &std::path::Path) -> String {
         tracing::warn!(file = %path.display(), error = %e, "cannot read a termination message");
     }
     String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// The end of container `id`'s log: its last [`FALLBACK_LOG_LINES`] lines,
+/// of them the last [`FALLBACK_LOG_BYTES`] (lossy UTF-8); empty when it
+/// cannot be read.
+async fn log_tail(runtime: &dyn ContainerRuntime, id: &str) -> String {
+    use futures::StreamExt;
+    let options = c4m_core::LogOptions {
+        tail_lines: Some(FALLBACK_LOG_LINES),
+        ..c4m_core::LogOptions::default()
+    };
+    let read = async {
+        let mut stream = runtime.logs(id, options).await?;
+        let mut bytes = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            bytes.extend_from_slice(&chunk?);
+        }
+        Ok::<_, c4m_core::Error>(bytes)
+    };
+    let bytes = match tokio::time::timeout(FALLBACK_LOG_WAIT, read).await {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(e)) => {
+            tracing::warn!(container = %id, error = %e, "cannot read the log for a termination message");
+            return String::new();
+        }
+        Err(_) => {
+            tracing::warn!(container = %id, "reading the log for a termination message timed out");
+            return String::new();
+        }
+    };
+    let start = bytes.len().saturating_sub(FALLBACK_LOG_BYTES);
+    String::from_utf8_lossy(&bytes[start..]).into_owned()
 }
 
 fn termination_reason(exit_code: Option<i32>, oom_killed: bool) -> &'static str {

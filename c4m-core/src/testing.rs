@@ -41,6 +41,8 @@ struct FakeState {
     next_pid: u32,
     /// Every stop: (container id, grace period, when).
     stops: Vec<(String, Duration, SystemTime)>,
+    /// What each container wrote to its log.
+    logs: HashMap<String, Vec<u8>>,
 }
 
 impl FakeRuntime {
@@ -93,6 +95,13 @@ impl FakeRuntime {
         self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Container `id` writes `text` to its log.
+    pub fn write_log(&self, id: &str, text: &str) {
+        let mut state = self.state();
+        let log = state.logs.entry(id.to_string()).or_default();
+        log.extend_from_slice(text.as_bytes());
     }
 
     /// Every stop asked for: (container id, grace period, when), in order.
@@ -293,13 +302,24 @@ impl ContainerRuntime for FakeRuntime {
         })
     }
 
+    /// What the container wrote ([`FakeRuntime::write_log`]), its last
+    /// `tail_lines` lines if asked; the other options are not applied.
     async fn logs(
         &self,
         id: &str,
-        _options: LogOptions,
+        options: LogOptions,
     ) -> Result<BoxStream<'static, Result<Bytes>>> {
         self.status(id).await?;
-        Ok(Box::pin(Empty))
+        let log = self.state().logs.get(id).cloned().unwrap_or_default();
+        let lines: Vec<&[u8]> = log.split_inclusive(|b| *b == b'\n').collect();
+        let skip = options
+            .tail_lines
+            .map_or(0, |tail| lines.len().saturating_sub(tail));
+        let text = lines[skip..].concat();
+        if text.is_empty() {
+            return Ok(Box::pin(Empty));
+        }
+        Ok(Box::pin(Once(Some(Bytes::from(text)))))
     }
 
     async fn exec(&self, id: &str, command: &[String], _timeout: Duration) -> Result<ExecOutput> {
@@ -309,6 +329,20 @@ impl ContainerRuntime for FakeRuntime {
             stdout: command.join(" ").into_bytes(),
             stderr: Vec::new(),
         })
+    }
+}
+
+/// A stream of one chunk (futures-core has none).
+struct Once(Option<Bytes>);
+
+impl futures_core::Stream for Once {
+    type Item = Result<Bytes>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        std::task::Poll::Ready(self.0.take().map(Ok))
     }
 }
 

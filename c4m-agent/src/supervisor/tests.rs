@@ -1047,3 +1047,59 @@ async fn a_sidecar_stopped_after_the_app_runs_its_pre_stop() {
     assert!(execs[0].running);
     harness.stop().await;
 }
+
+/// `terminationMessagePolicy: FallbackToLogsOnError`: a failed container
+/// that wrote no message gets the end of its log (the last 80 lines, of
+/// them the last 2048 bytes); one that succeeded, or wrote a message, not.
+#[tokio::test]
+async fn a_failed_container_without_a_message_falls_back_to_its_log() {
+    let runtime = FakeRuntime::new();
+    let mut harness = Harness::start(&runtime);
+    let mut job = pod_of("job-log", "OnFailure", &[], &["work"]);
+    job.spec.as_mut().unwrap().containers[0].termination_message_policy =
+        Some("FallbackToLogsOnError".into());
+    let work = id_of(&job, "work");
+    harness.assign(std::slice::from_ref(&job));
+    harness.wait_for(|s| running(s, "work")).await;
+    for line in 0..100 {
+        runtime.write_log(&work, &format!("line {line:03}\n"));
+    }
+    runtime.exit(&work, 1);
+    let statuses = harness
+        .wait_for(|s| container(s, "work").is_some_and(|c| c.restart_count == 1))
+        .await;
+    let last = container(&statuses, "work")
+        .unwrap()
+        .last_terminated
+        .clone()
+        .unwrap();
+    let expected: String = (20..100).map(|line| format!("line {line:03}\n")).collect();
+    assert_eq!(last.message, expected, "the last 80 lines");
+
+    harness.wait_for(|s| running(s, "work")).await;
+    runtime.write_log(&work, &"y".repeat(3000));
+    runtime.exit(&work, 1);
+    let statuses = harness
+        .wait_for(|s| container(s, "work").is_some_and(|c| c.restart_count == 2))
+        .await;
+    let last = container(&statuses, "work")
+        .unwrap()
+        .last_terminated
+        .clone()
+        .unwrap();
+    assert_eq!(last.message, "y".repeat(2048), "at most 2048 bytes");
+
+    harness.wait_for(|s| running(s, "work")).await;
+    runtime.exit(&work, 0);
+    let statuses = harness.wait_for(|s| s[0].phase == "Succeeded").await;
+    let terminated = container(&statuses, "work")
+        .unwrap()
+        .terminated
+        .clone()
+        .unwrap();
+    assert_eq!(
+        terminated.message, "the process exited with code 0",
+        "a success keeps no log as its message"
+    );
+    harness.stop().await;
+}
