@@ -79,8 +79,9 @@ const FALLBACK_TO_LOGS_ON_ERROR: &str = "FallbackToLogsOnError";
 /// bytes (the kubelet's `MaxContainerTerminationMessageLog*`).
 const FALLBACK_LOG_LINES: usize = 80;
 const FALLBACK_LOG_BYTES: usize = 2048;
-/// How long reading it may take (the supervisor's loop waits).
-const FALLBACK_LOG_WAIT: Duration = Duration::from_secs(2);
+/// How long reading a container's log for it (or to keep a previous
+/// run's) may take: the supervisor's loop waits.
+const LOG_READ_WAIT: Duration = Duration::from_secs(5);
 /// Why a container waits after its postStart hook failed (the kubelet's).
 const POST_START_HOOK_ERROR: &str = "PostStartHookError";
 /// How long a stopping instance waits for a failed preStop hook's Event to
@@ -100,6 +101,12 @@ pub(crate) struct Placement {
     pub runtime: Arc<dyn ContainerRuntime>,
     /// Each container's name and id, init containers first.
     pub containers: Vec<(String, String)>,
+    /// Where each container's previous run's log is kept, by name
+    /// ([`PodEtc::previous_log`]).
+    pub previous_logs: HashMap<String, PathBuf>,
+    /// When each container's current run began, by name: its log is what
+    /// was written since (drivers may keep earlier runs' output in it).
+    pub runs_began: HashMap<String, SystemTime>,
 }
 
 impl Placement {
@@ -304,6 +311,9 @@ struct Slot {
     stopping: bool,
     /// Recent Events its state does not show (failed hooks).
     events: Vec<ContainerEvent>,
+    /// When this agent asked the driver to start the current run (its
+    /// output is what the log holds since then).
+    run_began: Option<SystemTime>,
     /// The current run's exit has been handled ([`Supervisor::on_exit`]).
     exit_handled: bool,
     /// Previous CPU counter sample for usage rates.
@@ -732,6 +742,7 @@ impl Supervisor {
                 post_start_pending: false,
                 stopping: false,
                 events: Vec::new(),
+                run_began: None,
             });
         }
         let adopted_any = slots.iter().any(|s| s.status.is_some());
@@ -762,6 +773,11 @@ impl Supervisor {
                         .iter()
                         .map(|s| (s.name.clone(), s.id.clone()))
                         .collect(),
+                    previous_logs: slots
+                        .iter()
+                        .map(|s| (s.name.clone(), self.pod_etc.previous_log(id, &s.name)))
+                        .collect(),
+                    runs_began: HashMap::new(),
                 },
             );
         Managed {
@@ -798,6 +814,19 @@ impl Supervisor {
         // The manifest's own variables come after, so they win.
         env.append(&mut spec.env);
         spec.env = env;
+    }
+
+    /// Tells the agent's HTTP server when container `name` of `pod` began
+    /// its current run.
+    fn note_run_began(&self, pod: &Instance, name: &str, began: SystemTime) {
+        let key = (
+            pod.metadata.namespace.clone().unwrap_or_default(),
+            pod.metadata.name.clone().unwrap_or_default(),
+        );
+        let mut directory = self.directory.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(placement) = directory.get_mut(&key) {
+            placement.runs_began.insert(name.to_string(), began);
+        }
     }
 
     fn forget(&self, pod: &Instance) {
@@ -911,7 +940,8 @@ impl Supervisor {
             .map(read_termination_message)
             .unwrap_or_default();
         if slot.termination_message.is_empty() && !exit.succeeded() && fallback_to_logs {
-            slot.termination_message = log_tail(instance.runtime.as_ref(), &slot.id).await;
+            slot.termination_message =
+                log_tail(instance.runtime.as_ref(), &slot.id, slot.run_began).await;
         }
         self.on_exit(slot, &policy, stopped_on_purpose);
     }
@@ -963,6 +993,7 @@ impl Supervisor {
                     slot.restart_at = None;
                     slot.restart_count += 1;
                     slot.last_exit = slot.exit();
+                    self.keep_previous_log(pod_id, instance, index).await;
                     self.start(pod_id, instance, index, &spec).await;
                     true
                 } else {
@@ -977,6 +1008,31 @@ impl Supervisor {
             } else {
                 self.start_probes(pod_id, instance, index, probes.clone());
             }
+        }
+    }
+
+    /// Keeps the log of container `index`'s ended run apart before it runs
+    /// again, with its lines' times, for `kubectl logs --previous`: one run
+    /// back, as the kubelet keeps.
+    async fn keep_previous_log(&self, pod_id: &str, instance: &Managed, index: usize) {
+        let slot = &instance.slots[index];
+        if slot.exit().is_none() {
+            return;
+        }
+        // What the run wrote: since it began (a driver may keep earlier
+        // runs' output in the same log).
+        let options = c4m_core::LogOptions {
+            timestamps: true,
+            since: slot.run_began,
+            ..c4m_core::LogOptions::default()
+        };
+        let path = self.pod_etc.previous_log(pod_id, &slot.name);
+        let kept = match read_log(instance.runtime.as_ref(), &slot.id, options).await {
+            Ok(log) => write_file(&path, &log),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = kept {
+            tracing::warn!(container = %slot.id, error = %e, "cannot keep the previous run's log");
         }
     }
 
@@ -1172,6 +1228,7 @@ impl Supervisor {
                 }
             }
         }
+        let began = SystemTime::now();
         match instance.runtime.start(&spec).await {
             Ok(status) => {
                 tracing::info!(
@@ -1187,6 +1244,8 @@ impl Supervisor {
                 slot.termination_message.clear();
                 slot.exit_handled = false;
                 slot.stopping = false;
+                slot.run_began = Some(began);
+                self.note_run_began(&instance.pod, &slot.name, began);
                 slot.post_start_pending = slot
                     .which
                     .of(&instance.pod)
@@ -1697,15 +1756,35 @@ fn read_termination_message(path: &std::path::Path) -> String {
     String::from_utf8_lossy(&bytes).into_owned()
 }
 
-/// The end of container `id`'s log: its last [`FALLBACK_LOG_LINES`] lines,
-/// of them the last [`FALLBACK_LOG_BYTES`] (lossy UTF-8); empty when it
-/// cannot be read.
-async fn log_tail(runtime: &dyn ContainerRuntime, id: &str) -> String {
-    use futures::StreamExt;
+/// The end of container `id`'s log of the run that began at `began`: its
+/// last [`FALLBACK_LOG_LINES`] lines, of them the last
+/// [`FALLBACK_LOG_BYTES`] (lossy UTF-8); empty when it cannot be read.
+async fn log_tail(runtime: &dyn ContainerRuntime, id: &str, began: Option<SystemTime>) -> String {
     let options = c4m_core::LogOptions {
         tail_lines: Some(FALLBACK_LOG_LINES),
+        since: began,
         ..c4m_core::LogOptions::default()
     };
+    match read_log(runtime, id, options).await {
+        Ok(bytes) => {
+            let start = bytes.len().saturating_sub(FALLBACK_LOG_BYTES);
+            String::from_utf8_lossy(&bytes[start..]).into_owned()
+        }
+        Err(e) => {
+            tracing::warn!(container = %id, error = %e, "cannot read the log for a termination message");
+            String::new()
+        }
+    }
+}
+
+/// Container `id`'s log as `options` ask (not followed), read within
+/// [`LOG_READ_WAIT`] (the supervisor's loop waits).
+async fn read_log(
+    runtime: &dyn ContainerRuntime,
+    id: &str,
+    options: c4m_core::LogOptions,
+) -> Result<Vec<u8>, String> {
+    use futures::StreamExt;
     let read = async {
         let mut stream = runtime.logs(id, options).await?;
         let mut bytes = Vec::new();
@@ -1714,19 +1793,23 @@ async fn log_tail(runtime: &dyn ContainerRuntime, id: &str) -> String {
         }
         Ok::<_, c4m_core::Error>(bytes)
     };
-    let bytes = match tokio::time::timeout(FALLBACK_LOG_WAIT, read).await {
-        Ok(Ok(bytes)) => bytes,
-        Ok(Err(e)) => {
-            tracing::warn!(container = %id, error = %e, "cannot read the log for a termination message");
-            return String::new();
+    match tokio::time::timeout(LOG_READ_WAIT, read).await {
+        Ok(read) => read.map_err(|e| e.to_string()),
+        Err(_) => Err(format!("reading the log took over {LOG_READ_WAIT:?}")),
+    }
+}
+
+/// Writes `bytes` to `path` whole (a new file renamed over the old).
+fn write_file(path: &std::path::Path, bytes: &[u8]) -> Result<(), String> {
+    let write = || {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
         }
-        Err(_) => {
-            tracing::warn!(container = %id, "reading the log for a termination message timed out");
-            return String::new();
-        }
+        let new = path.with_extension("new");
+        std::fs::write(&new, bytes)?;
+        std::fs::rename(&new, path)
     };
-    let start = bytes.len().saturating_sub(FALLBACK_LOG_BYTES);
-    String::from_utf8_lossy(&bytes[start..]).into_owned()
+    write().map_err(|e: std::io::Error| format!("writing {}: {e}", path.display()))
 }
 
 fn termination_reason(exit_code: Option<i32>, oom_killed: bool) -> &'static str {

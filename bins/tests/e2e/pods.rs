@@ -579,3 +579,69 @@ spec:
     );
     kubectl.ok(&["delete", "pod", "broken", "--wait=false"]);
 }
+
+/// A crash-looping container on `oci`, through the real kubectl: `kubectl
+/// logs --previous` shows the run before the current one (and only it),
+/// and with `terminationMessagePolicy: FallbackToLogsOnError` the end of
+/// the failed run's log is its termination message.
+#[test]
+#[ignore = "needs root + runc + conmon + kubectl"]
+fn logs_of_the_previous_run_and_the_log_as_termination_message() {
+    let (cluster, kubectl) = oci_node_with_busybox();
+    kubectl_apply(
+        &cluster,
+        &kubectl,
+        "crasher.yaml",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: crasher}
+spec:
+  containers:
+  - name: main
+    image: bb:1
+    terminationMessagePolicy: FallbackToLogsOnError
+    command: [sh, -c, "echo run $(cat /proc/uptime); echo failing; exit 2"]
+"#,
+    );
+    let pod = wait_for("a restart", MINUTE, || {
+        let pod = kubectl.json(&["get", "pod", "crasher"]);
+        let restarts = pod["status"]["containerStatuses"][0]["restartCount"].as_i64();
+        (restarts >= Some(1)).then_some(pod)
+    });
+    let last = &pod["status"]["containerStatuses"][0]["lastState"]["terminated"];
+    assert_eq!(last["exitCode"], 2, "{pod:#}");
+    let message = last["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with("run ") && message.ends_with("\nfailing\n"),
+        "the log's end is the message: {pod:#}"
+    );
+    let previous = kubectl.ok(&["logs", "crasher", "--previous"]);
+    let lines: Vec<&str> = previous.lines().collect();
+    assert_eq!(lines.len(), 2, "one run: {previous:?}");
+    assert!(
+        lines[0].starts_with("run ") && lines[1] == "failing",
+        "{previous:?}"
+    );
+    let current = wait_for("the current run's output", MINUTE, || {
+        let output = kubectl.run(&["logs", "crasher"]);
+        let text = String::from_utf8_lossy(&output.stdout).to_string();
+        text.starts_with("run ").then_some(text)
+    });
+    assert_ne!(
+        current.lines().next(),
+        Some(lines[0]),
+        "the previous run is not the current one"
+    );
+    assert_eq!(
+        kubectl.ok(&["logs", "crasher", "--previous", "--tail=1"]),
+        "failing\n"
+    );
+    let stamped = kubectl.ok(&["logs", "crasher", "--previous", "--timestamps"]);
+    for line in stamped.lines() {
+        let (time, _) = line.split_once(' ').unwrap();
+        time.parse::<jiff::Timestamp>()
+            .unwrap_or_else(|e| panic!("{line:?}: {e}"));
+    }
+    kubectl.ok(&["delete", "pod", "crasher", "--wait=false"]);
+}

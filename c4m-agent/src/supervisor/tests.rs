@@ -1103,3 +1103,26 @@ async fn a_failed_container_without_a_message_falls_back_to_its_log() {
     );
     harness.stop().await;
 }
+
+/// When a container restarts, the log of the run that ended is kept apart
+/// (with its lines' times), for `kubectl logs --previous`; one run back.
+#[tokio::test]
+async fn a_restarted_container_keeps_its_previous_runs_log() {
+    let runtime = FakeRuntime::new();
+    let mut harness = Harness::start(&runtime);
+    let web = pod("web-previous");
+    let id = id_of(&web, "main");
+    let kept = crate::pod_etc::PodEtc::new(&std::env::temp_dir(), "cluster.local")
+        .previous_log(&container_id(&web), "main");
+    let _ = std::fs::remove_file(&kept);
+    harness.assign(std::slice::from_ref(&web));
+    harness.wait_running().await;
+    assert!(!kept.exists(), "nothing kept before a restart");
+    runtime.write_log(&id, "first run\n");
+    runtime.exit(&id, 1);
+    harness
+        .wait_for(|s| restarts(s) == 1 && s[0].phase == "Running")
+        .await;
+    assert_eq!(std::fs::read_to_string(&kept).unwrap(), "first run\n");
+    harness.stop().await;
+}
