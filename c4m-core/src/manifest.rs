@@ -22,8 +22,9 @@ use k8s_openapi::api::autoscaling::v2::{
 use k8s_openapi::api::batch::v1::{CronJob, Job, JobSpec};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{
-    ConfigMap, ContainerPort, Endpoints, Event, LifecycleHandler, Namespace, Node, Pod, PodSpec,
-    Probe, ResourceRequirements, Secret, Service, ServiceAccount, ServiceSpec,
+    ConfigMap, ContainerPort, Endpoints, Event, ExecAction, HTTPGetAction, LifecycleHandler,
+    Namespace, Node, Pod, PodSpec, Probe, ResourceRequirements, Secret, Service, ServiceAccount,
+    ServiceSpec,
 };
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::scheduling::v1::PriorityClass;
@@ -1393,14 +1394,7 @@ fn check_probe(probe: &Probe, path: &str) -> Result<(), FieldError> {
             ("grpc", probe.grpc.is_some()),
         ],
     )?;
-    if let Some(exec) = &probe.exec
-        && exec.command.as_deref().unwrap_or_default().is_empty()
-    {
-        return Err(field_error(join(path, "exec.command"), "must not be empty"));
-    }
-    if let Some(http) = &probe.http_get {
-        check_port_ref(&http.port, &join(path, "httpGet.port"))?;
-    }
+    check_exec_and_http_get(probe.exec.as_ref(), probe.http_get.as_ref(), path)?;
     if let Some(tcp) = &probe.tcp_socket {
         check_port_ref(&tcp.port, &join(path, "tcpSocket.port"))?;
     }
@@ -1425,6 +1419,23 @@ fn check_probe(probe: &Probe, path: &str) -> Result<(), FieldError> {
         if let Some(value) = value {
             check_non_negative(value, &join(path, field))?;
         }
+    }
+    Ok(())
+}
+
+/// An exec handler has a command; an httpGet handler a port.
+fn check_exec_and_http_get(
+    exec: Option<&ExecAction>,
+    http_get: Option<&HTTPGetAction>,
+    path: &str,
+) -> Result<(), FieldError> {
+    if let Some(exec) = exec
+        && exec.command.as_deref().unwrap_or_default().is_empty()
+    {
+        return Err(field_error(join(path, "exec.command"), "must not be empty"));
+    }
+    if let Some(http) = http_get {
+        check_port_ref(&http.port, &join(path, "httpGet.port"))?;
     }
     Ok(())
 }
@@ -1473,14 +1484,7 @@ fn check_lifecycle_handler(handler: &LifecycleHandler, path: &str) -> Result<(),
             "is deprecated and not supported; use exec, httpGet or sleep",
         ));
     }
-    if let Some(exec) = &handler.exec
-        && exec.command.as_deref().unwrap_or_default().is_empty()
-    {
-        return Err(field_error(join(path, "exec.command"), "must not be empty"));
-    }
-    if let Some(http) = &handler.http_get {
-        check_port_ref(&http.port, &join(path, "httpGet.port"))?;
-    }
+    check_exec_and_http_get(handler.exec.as_ref(), handler.http_get.as_ref(), path)?;
     if let Some(sleep) = &handler.sleep {
         check_non_negative(sleep.seconds, &join(path, "sleep.seconds"))?;
     }

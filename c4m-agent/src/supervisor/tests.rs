@@ -825,6 +825,38 @@ fn deleted(pod: &Instance, grace: i64) -> Instance {
     deleted
 }
 
+/// A supervisor over fakes, assigned pod `web` whose container `main` has
+/// `fields` (JSON), with the prober's exec commands whose first word is in
+/// `failing` failing and in `hanging` never ending.
+struct Hooked {
+    runtime: FakeRuntime,
+    prober: FakeProber,
+    harness: Harness,
+    web: Instance,
+    /// The container's id.
+    id: String,
+}
+
+impl Hooked {
+    fn start(fields: serde_json::Value, failing: &[&str], hanging: &[&str]) -> Hooked {
+        let runtime = FakeRuntime::new();
+        let prober = FakeProber::new();
+        failing.iter().for_each(|word| prober.fail_command(word));
+        hanging.iter().for_each(|word| prober.hang_command(word));
+        let harness = Harness::start_probing(&runtime, &prober);
+        let web = probed("web", fields);
+        let id = id_of(&web, "main");
+        harness.assign(std::slice::from_ref(&web));
+        Hooked {
+            runtime,
+            prober,
+            harness,
+            web,
+            id,
+        }
+    }
+}
+
 /// The Event reasons reported on container `name`.
 fn event_reasons(statuses: &[InstanceStatus], name: &str) -> Vec<String> {
     container(statuses, name)
@@ -874,16 +906,16 @@ async fn post_start_holds_the_container_and_the_next_one_until_it_returns() {
 /// waiting PostStartHookError) and the restart policy applies.
 #[tokio::test]
 async fn a_failing_post_start_kills_the_container_which_restarts_as_its_policy_says() {
-    let runtime = FakeRuntime::new();
-    let prober = FakeProber::new();
-    prober.fail_command("setup");
-    let mut harness = Harness::start_probing(&runtime, &prober);
-    let web = probed(
-        "web",
+    let Hooked {
+        runtime,
+        mut harness,
+        id,
+        ..
+    } = Hooked::start(
         serde_json::json!({"lifecycle": {"postStart": {"exec": {"command": ["setup", "--now"]}}}}),
+        &["setup"],
+        &[],
     );
-    let id = id_of(&web, "main");
-    harness.assign(std::slice::from_ref(&web));
     let statuses = harness
         .wait_for(|s| {
             container(s, "main")
@@ -917,15 +949,17 @@ async fn a_failing_post_start_kills_the_container_which_restarts_as_its_policy_s
 /// the stop signal, with what the hook left of the grace period.
 #[tokio::test]
 async fn pre_stop_runs_before_the_stop_signal_of_a_deleted_pod() {
-    let runtime = FakeRuntime::new();
-    let prober = FakeProber::new();
-    let mut harness = Harness::start_probing(&runtime, &prober);
-    let web = probed(
-        "web",
+    let Hooked {
+        runtime,
+        prober,
+        mut harness,
+        web,
+        id,
+    } = Hooked::start(
         serde_json::json!({"lifecycle": {"preStop": {"exec": {"command": ["drain"]}}}}),
+        &[],
+        &[],
     );
-    let id = id_of(&web, "main");
-    harness.assign(std::slice::from_ref(&web));
     harness.wait_running().await;
     assert!(prober.execs().is_empty(), "no hook ran yet");
     harness.assign(&[deleted(&web, 30)]);
@@ -953,15 +987,16 @@ async fn pre_stop_runs_before_the_stop_signal_of_a_deleted_pod() {
 /// reported while the pod stops.
 #[tokio::test]
 async fn a_hanging_pre_stop_is_bounded_by_the_grace_period_and_reported() {
-    let runtime = FakeRuntime::new();
-    let prober = FakeProber::new();
-    prober.hang_command("drain");
-    let mut harness = Harness::start_probing(&runtime, &prober);
-    let web = probed(
-        "web",
+    let Hooked {
+        runtime,
+        mut harness,
+        web,
+        ..
+    } = Hooked::start(
         serde_json::json!({"lifecycle": {"preStop": {"exec": {"command": ["drain"]}}}}),
+        &[],
+        &["drain"],
     );
-    harness.assign(std::slice::from_ref(&web));
     harness.wait_running().await;
     let began = Instant::now();
     harness.assign(&[deleted(&web, 1)]);
@@ -990,19 +1025,20 @@ async fn a_hanging_pre_stop_is_bounded_by_the_grace_period_and_reported() {
 /// first.
 #[tokio::test]
 async fn a_liveness_failure_runs_pre_stop_before_the_kill() {
-    let runtime = FakeRuntime::new();
-    let prober = FakeProber::new();
-    prober.fail_command("check");
-    let mut harness = Harness::start_probing(&runtime, &prober);
-    let web = probed(
-        "web",
+    let Hooked {
+        runtime,
+        prober,
+        mut harness,
+        id,
+        ..
+    } = Hooked::start(
         serde_json::json!({
             "livenessProbe": {"exec": {"command": ["check"]}, "periodSeconds": 1, "failureThreshold": 1},
             "lifecycle": {"preStop": {"exec": {"command": ["drain"]}}},
         }),
+        &["check"],
+        &[],
     );
-    let id = id_of(&web, "main");
-    harness.assign(std::slice::from_ref(&web));
     harness
         .wait_for(|s| container(s, "main").is_some_and(|c| c.restart_count >= 1))
         .await;
