@@ -1394,7 +1394,9 @@ impl Supervisor {
             push_event(slot, Hook::PreStop, result.message);
             return;
         }
-        if slot.run != result.run {
+        // A late result of a run being stopped changes nothing (it must not
+        // kill it twice).
+        if slot.run != result.run || slot.stopping {
             return;
         }
         match result.kind {
