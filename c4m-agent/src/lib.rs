@@ -37,6 +37,7 @@
 mod agent;
 mod error;
 mod hollow;
+mod hooks;
 mod node_usage;
 mod pod_etc;
 mod server;

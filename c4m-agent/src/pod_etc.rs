@@ -92,6 +92,13 @@ impl PodEtc {
         Ok(path)
     }
 
+    /// Where the log of the run before the current one of container `name`
+    /// of the pod `pod_id` is kept (for `kubectl logs --previous`), with
+    /// its lines' times: removed with the pod's files.
+    pub(crate) fn previous_log(&self, pod_id: &str, name: &str) -> PathBuf {
+        self.dir.join(pod_id).join(format!("previous-log-{name}"))
+    }
+
     /// Removes the files of container `id`; none is Ok.
     pub(crate) fn remove(&self, id: &str) {
         let dir = self.dir.join(id);

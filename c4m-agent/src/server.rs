@@ -109,10 +109,18 @@ pub(crate) fn placement_of(
     Ok(placement)
 }
 
+/// A log request: what the driver applies, and what the agent does.
+struct LogRequest {
+    options: LogOptions,
+    /// `limitBytes`: every driver's stream is cut the same way.
+    limit: Option<u64>,
+    /// `previous`: the log of the run before the current one.
+    previous: bool,
+}
+
 /// Kubernetes' log parameters: `follow`, `tailLines`, `timestamps`,
-/// `sinceSeconds` or `sinceTime` (RFC 3339), and `limitBytes` (returned
-/// beside the options: every driver's stream is cut the same way).
-fn log_options(query: &HashMap<String, String>) -> Result<(LogOptions, Option<u64>), String> {
+/// `sinceSeconds` or `sinceTime` (RFC 3339), `limitBytes` and `previous`.
+fn log_options(query: &HashMap<String, String>) -> Result<LogRequest, String> {
     let flag = |key: &str| query.get(key).is_some_and(|f| f == "true" || f == "1");
     let number = |key: &str| {
         query
@@ -132,16 +140,39 @@ fn log_options(query: &HashMap<String, String>) -> Result<(LogOptions, Option<u6
         ),
         (None, None) => None,
     };
-    if flag("previous") {
-        return Err("the output of a previous run is not kept apart: omit previous".into());
-    }
     let options = LogOptions {
         follow: flag("follow"),
         tail_lines: number("tailLines")?.map(|n| n as usize),
         since,
         timestamps: flag("timestamps"),
     };
-    Ok((options, number("limitBytes")?.filter(|n| *n > 0)))
+    Ok(LogRequest {
+        options,
+        limit: number("limitBytes")?.filter(|n| *n > 0),
+        previous: flag("previous"),
+    })
+}
+
+/// The kept log of a previous run (each line `<RFC 3339 time> <text>`) as
+/// `options` ask: lines since `since`, the last `tail_lines` of them, with
+/// their times only if `timestamps`.
+fn previous_log(kept: &[u8], options: &LogOptions) -> Vec<u8> {
+    let lines = kept.split_inclusive(|b| *b == b'\n').filter_map(|line| {
+        let space = line.iter().position(|b| *b == b' ')?;
+        let time: jiff::Timestamp = std::str::from_utf8(&line[..space]).ok()?.parse().ok()?;
+        Some((SystemTime::from(time), line, &line[space + 1..]))
+    });
+    let lines: Vec<_> = lines
+        .filter(|(time, _, _)| options.since.is_none_or(|since| *time >= since))
+        .collect();
+    let skip = options
+        .tail_lines
+        .map_or(0, |tail| lines.len().saturating_sub(tail));
+    lines[skip..]
+        .iter()
+        .flat_map(|(_, stamped, text)| if options.timestamps { *stamped } else { *text })
+        .copied()
+        .collect()
 }
 
 /// Ends `stream` after `limit` bytes, if there is a limit.
@@ -182,10 +213,42 @@ async fn log(
         Ok(placement) => placement,
         Err(response) => return *response,
     };
-    let (options, limit) = match log_options(&query) {
+    let LogRequest {
+        mut options,
+        limit,
+        previous,
+    } = match log_options(&query) {
         Ok(options) => options,
         Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
     };
+    let container = placement
+        .containers
+        .iter()
+        .find(|(_, id)| *id == placement.id)
+        .map_or("", |(name, _)| name.as_str());
+    if previous {
+        // Kept by the supervisor when the container restarted.
+        let kept = placement
+            .previous_logs
+            .get(container)
+            .and_then(|path| std::fs::read(path).ok());
+        let Some(kept) = kept else {
+            let message =
+                format!("previous terminated container {container:?} in pod {name:?} not found\n");
+            return (StatusCode::BAD_REQUEST, message).into_response();
+        };
+        let body = previous_log(&kept, &options);
+        let stream = futures::stream::once(async move { Ok(Bytes::from(body)) }).boxed();
+        let body = limit_bytes(stream, limit).map(|chunk| chunk.map_err(std::io::Error::other));
+        return Response::builder()
+            .header(header::CONTENT_TYPE, "text/plain")
+            .body(Body::from_stream(body))
+            .unwrap_or_default();
+    }
+    // The current run's output only, as Kubernetes shows it.
+    if let Some(began) = placement.runs_began.get(container) {
+        options.since = Some(options.since.map_or(*began, |since| since.max(*began)));
+    }
     match placement.runtime.logs(&placement.id, options).await {
         Ok(stream) => {
             let body = limit_bytes(stream, limit)
@@ -199,14 +262,7 @@ async fn log(
         // Not started yet (an app container while init containers run),
         // as Kubernetes answers it.
         Err(c4m_core::Error::ContainerNotFound(_)) => {
-            let container = placement
-                .containers
-                .iter()
-                .find(|(_, id)| *id == placement.id);
-            let message = format!(
-                "container {} in pod {name} is waiting to start\n",
-                container.map_or("", |(name, _)| name.as_str())
-            );
+            let message = format!("container {container} in pod {name} is waiting to start\n");
             (StatusCode::BAD_REQUEST, message).into_response()
         }
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
@@ -320,5 +376,40 @@ async fn pull_image(
     match c4m_image::pull(&state.images, &request.reference, credentials.as_ref()).await {
         Ok(image) => axum::Json(image).into_response(),
         Err(e) => (StatusCode::BAD_GATEWAY, format!("{e}\n")).into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A kept log is served as the current one is: since, tail, and times
+    /// only when asked.
+    #[test]
+    fn a_previous_log_is_served_as_asked() {
+        let kept = b"2026-12-07T10:00:00.000000001Z one\n\
+                     2026-12-07T10:00:01.000000000Z two\n\
+                     2026-12-07T10:00:02.000000000Z three";
+        let all = LogOptions::default();
+        assert_eq!(previous_log(kept, &all), b"one\ntwo\nthree");
+        let tail = LogOptions {
+            tail_lines: Some(2),
+            timestamps: true,
+            ..LogOptions::default()
+        };
+        assert_eq!(
+            String::from_utf8(previous_log(kept, &tail)).unwrap(),
+            "2026-12-07T10:00:01.000000000Z two\n2026-12-07T10:00:02.000000000Z three"
+        );
+        let since = LogOptions {
+            since: Some(
+                "2026-12-07T10:00:00.5Z"
+                    .parse::<jiff::Timestamp>()
+                    .unwrap()
+                    .into(),
+            ),
+            ..LogOptions::default()
+        };
+        assert_eq!(previous_log(kept, &since), b"two\nthree");
     }
 }

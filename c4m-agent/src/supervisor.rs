@@ -15,8 +15,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use c4m_api::agent::{
-    ContainerReport, ContainerRunning, ContainerTerminated, ContainerWaiting, InstanceStatus,
-    PortBinding as WirePort, ResourceUsage as WireUsage,
+    ContainerEvent, ContainerReport, ContainerRunning, ContainerTerminated, ContainerWaiting,
+    InstanceStatus, PortBinding as WirePort, ResourceUsage as WireUsage,
 };
 use c4m_core::{
     ContainerRuntime, ContainerSpec, ContainerState, ContainerStatus, Instance, PodContainer,
@@ -26,6 +26,7 @@ use c4m_mesh::InstanceNetwork;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::hooks::{Hook, HookRun, grace_after_hook};
 use crate::pod_etc::PodEtc;
 use crate::session::AssignmentSet;
 
@@ -71,6 +72,23 @@ const ERR_IMAGE_NEVER_PULL: &str = "ErrImageNeverPull";
 const DEFAULT_TERMINATION_MESSAGE_PATH: &str = "/dev/termination-log";
 /// The most of it that is kept, as the kubelet keeps.
 const MAX_TERMINATION_MESSAGE: u64 = 4096;
+/// The `terminationMessagePolicy` that takes the end of the log as the
+/// message of a failed container that wrote none.
+const FALLBACK_TO_LOGS_ON_ERROR: &str = "FallbackToLogsOnError";
+/// How much of the log that is: the last lines, and of them the last
+/// bytes (the kubelet's `MaxContainerTerminationMessageLog*`).
+const FALLBACK_LOG_LINES: usize = 80;
+const FALLBACK_LOG_BYTES: usize = 2048;
+/// How long reading a container's log for it (or to keep a previous
+/// run's) may take: the supervisor's loop waits.
+const LOG_READ_WAIT: Duration = Duration::from_secs(5);
+/// Why a container waits after its postStart hook failed (the kubelet's).
+const POST_START_HOOK_ERROR: &str = "PostStartHookError";
+/// How long a stopping instance waits for a failed preStop hook's Event to
+/// be published (a tick or two of the loop).
+const TELL_WAIT: Duration = Duration::from_secs(2);
+/// The most Events about one container kept for reports.
+const EVENTS_KEPT: usize = 4;
 /// The variable telling an instance where the cluster DNS answers.
 const DNS_SERVER_ENV: &str = "C4M_DNS_SERVER";
 
@@ -83,6 +101,12 @@ pub(crate) struct Placement {
     pub runtime: Arc<dyn ContainerRuntime>,
     /// Each container's name and id, init containers first.
     pub containers: Vec<(String, String)>,
+    /// Where each container's previous run's log is kept, by name
+    /// ([`PodEtc::previous_log`]).
+    pub previous_logs: HashMap<String, PathBuf>,
+    /// When each container's current run began, by name: its log is what
+    /// was written since (drivers may keep earlier runs' output in it).
+    pub runs_began: HashMap<String, SystemTime>,
 }
 
 impl Placement {
@@ -159,11 +183,16 @@ pub(crate) fn containers_of(pod: &Instance, pod_id: &str) -> Vec<PodMember> {
         .collect()
 }
 
+/// What reports on a container's run: a probe, or a lifecycle hook.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ProbeKind {
     Liveness,
     Readiness,
     Startup,
+    /// Its postStart hook returned.
+    PostStart,
+    /// Its preStop hook failed.
+    PreStop,
 }
 
 struct ProbeResult {
@@ -274,6 +303,17 @@ struct Slot {
     /// An init container that succeeded, or a sidecar stopped after the app
     /// containers ended: not started again.
     finished: bool,
+    /// The current run's postStart hook has yet to return: the container
+    /// is not started (nor Running in reports), its probes wait.
+    post_start_pending: bool,
+    /// The current run is being stopped (its preStop hook, then the stop
+    /// signal), in the background.
+    stopping: bool,
+    /// Recent Events its state does not show (failed hooks).
+    events: Vec<ContainerEvent>,
+    /// When this agent asked the driver to start the current run (its
+    /// output is what the log holds since then).
+    run_began: Option<SystemTime>,
     /// The current run's exit has been handled ([`Supervisor::on_exit`]).
     exit_handled: bool,
     /// Previous CPU counter sample for usage rates.
@@ -426,7 +466,7 @@ impl Supervisor {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 changed = self.assignments.changed() => if changed.is_err() { break },
-                Some(result) = probe_rx.recv() => self.on_probe(&mut managed, result).await,
+                Some(result) = probe_rx.recv() => self.on_probe(&mut managed, result, &probe_tx),
                 _ = ticker.tick() => {}
             }
             let assigned = self.assignments.borrow_and_update().clone();
@@ -501,14 +541,26 @@ impl Supervisor {
                 let stopping = Arc::clone(stopping);
                 self.pod_etc.remove(&id);
                 let removal = Removal {
-                    runtime: instance.runtime,
                     network,
                     id: id.clone(),
                     // App containers first, then sidecars and init
                     // containers, last started first (as the kubelet).
-                    containers: instance.slots.iter().rev().map(|s| s.id.clone()).collect(),
+                    containers: instance
+                        .slots
+                        .iter()
+                        .rev()
+                        .map(|slot| RemovedContainer {
+                            id: slot.id.clone(),
+                            name: slot.name.clone(),
+                            app: !slot.is_init(),
+                            pre_stop: hook_target(&instance, slot, Hook::PreStop),
+                        })
+                        .collect(),
+                    runtime: instance.runtime,
+                    prober: Arc::clone(&self.prober),
                     shared_namespace: instance.shared_namespace,
                     grace,
+                    reported: Some((Arc::clone(&stopping), self.statuses.subscribe())),
                 };
                 tokio::spawn(async move {
                     removal.run().await;
@@ -532,11 +584,18 @@ impl Supervisor {
                 self.pod_etc.remove(&id);
                 let removal = Removal {
                     runtime,
+                    prober: Arc::clone(&self.prober),
                     network,
-                    containers: vec![id.clone()],
+                    containers: vec![RemovedContainer {
+                        id: id.clone(),
+                        name: String::new(),
+                        app: true,
+                        pre_stop: None,
+                    }],
                     id,
                     shared_namespace: None,
                     grace: Duration::from_secs(10),
+                    reported: None,
                 };
                 tokio::spawn(removal.run());
             }
@@ -680,6 +739,10 @@ impl Supervisor {
                 cpu_sample: None,
                 usage: WireUsage::default(),
                 exit_handled: false,
+                post_start_pending: false,
+                stopping: false,
+                events: Vec::new(),
+                run_began: None,
             });
         }
         let adopted_any = slots.iter().any(|s| s.status.is_some());
@@ -710,6 +773,11 @@ impl Supervisor {
                         .iter()
                         .map(|s| (s.name.clone(), s.id.clone()))
                         .collect(),
+                    previous_logs: slots
+                        .iter()
+                        .map(|s| (s.name.clone(), self.pod_etc.previous_log(id, &s.name)))
+                        .collect(),
+                    runs_began: HashMap::new(),
                 },
             );
         Managed {
@@ -746,6 +814,19 @@ impl Supervisor {
         // The manifest's own variables come after, so they win.
         env.append(&mut spec.env);
         spec.env = env;
+    }
+
+    /// Tells the agent's HTTP server when container `name` of `pod` began
+    /// its current run.
+    fn note_run_began(&self, pod: &Instance, name: &str, began: SystemTime) {
+        let key = (
+            pod.metadata.namespace.clone().unwrap_or_default(),
+            pod.metadata.name.clone().unwrap_or_default(),
+        );
+        let mut directory = self.directory.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(placement) = directory.get_mut(&key) {
+            placement.runs_began.insert(name.to_string(), began);
+        }
     }
 
     fn forget(&self, pod: &Instance) {
@@ -800,7 +881,7 @@ impl Supervisor {
             instance.initialized = true;
         }
         if instance.app_finished() {
-            self.stop_sidecars(instance).await;
+            self.stop_sidecars(id, instance, probes);
         } else {
             for index in 0..instance.slots.len() {
                 let slot = &instance.slots[index];
@@ -824,7 +905,7 @@ impl Supervisor {
         match runtime.status(&slot.id).await {
             Ok(status) => {
                 slot.status = Some(status);
-                self.note_exit(instance, index);
+                self.note_exit(instance, index).await;
             }
             Err(c4m_core::Error::ContainerNotFound(_)) => {
                 // Removed behind our back: start it again.
@@ -839,12 +920,17 @@ impl Supervisor {
     /// Handles the exit of container `index`'s current run once, however
     /// it was seen: ended between two looks, or already ended when its
     /// start or adoption returned.
-    fn note_exit(&self, instance: &mut Managed, index: usize) {
+    async fn note_exit(&self, instance: &mut Managed, index: usize) {
         let slot = &instance.slots[index];
-        if slot.exit_handled || slot.exit().is_none() {
+        let Some(exit) = slot.exit().filter(|_| !slot.exit_handled) else {
             return;
-        }
+        };
         let policy = instance.policy().to_string();
+        let fallback_to_logs = slot
+            .which
+            .of(&instance.pod)
+            .and_then(|c| c.termination_message_policy.as_deref())
+            == Some(FALLBACK_TO_LOGS_ON_ERROR);
         let slot = &mut instance.slots[index];
         let stopped_on_purpose = slot.finished;
         slot.exit_handled = true;
@@ -853,6 +939,10 @@ impl Supervisor {
             .as_deref()
             .map(read_termination_message)
             .unwrap_or_default();
+        if slot.termination_message.is_empty() && !exit.succeeded() && fallback_to_logs {
+            slot.termination_message =
+                log_tail(instance.runtime.as_ref(), &slot.id, slot.run_began).await;
+        }
         self.on_exit(slot, &policy, stopped_on_purpose);
     }
 
@@ -897,12 +987,13 @@ impl Supervisor {
                 }
                 true
             }
-            Some(_) if slot.running() => slot.probes.is_none(),
+            Some(_) if slot.running() => !slot.stopping && slot.probes.is_none(),
             Some(_) => {
                 if slot.restart_at.is_some_and(|at| Instant::now() >= at) {
                     slot.restart_at = None;
                     slot.restart_count += 1;
                     slot.last_exit = slot.exit();
+                    self.keep_previous_log(pod_id, instance, index).await;
                     self.start(pod_id, instance, index, &spec).await;
                     true
                 } else {
@@ -910,18 +1001,130 @@ impl Supervisor {
                 }
             }
         };
-        self.note_exit(instance, index);
+        self.note_exit(instance, index).await;
         if needs_probes && instance.slots[index].running() {
-            self.start_probes(pod_id, instance, index, probes.clone());
+            if instance.slots[index].post_start_pending {
+                self.start_post_start(pod_id, instance, index, probes.clone());
+            } else {
+                self.start_probes(pod_id, instance, index, probes.clone());
+            }
         }
+    }
+
+    /// Keeps the log of container `index`'s ended run apart before it runs
+    /// again, with its lines' times, for `kubectl logs --previous`: one run
+    /// back, as the kubelet keeps.
+    async fn keep_previous_log(&self, pod_id: &str, instance: &Managed, index: usize) {
+        let slot = &instance.slots[index];
+        if slot.exit().is_none() {
+            return;
+        }
+        // What the run wrote: since it began (a driver may keep earlier
+        // runs' output in the same log).
+        let options = c4m_core::LogOptions {
+            timestamps: true,
+            since: slot.run_began,
+            ..c4m_core::LogOptions::default()
+        };
+        let path = self.pod_etc.previous_log(pod_id, &slot.name);
+        let kept = match read_log(instance.runtime.as_ref(), &slot.id, options).await {
+            Ok(log) => write_file(&path, &log),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = kept {
+            tracing::warn!(container = %slot.id, error = %e, "cannot keep the previous run's log");
+        }
+    }
+
+    /// Runs the postStart hook of container `index`'s current run in the
+    /// background; its probes start once it returns
+    /// ([`ProbeKind::PostStart`]).
+    fn start_post_start(
+        &self,
+        pod_id: &str,
+        instance: &mut Managed,
+        index: usize,
+        results: mpsc::Sender<ProbeResult>,
+    ) {
+        let target = hook_target(instance, &instance.slots[index], Hook::PostStart);
+        let slot = &mut instance.slots[index];
+        let Some((hook, status)) = target else {
+            slot.post_start_pending = false;
+            return;
+        };
+        let token = CancellationToken::new();
+        let cancelled = token.clone();
+        let runtime = Arc::clone(&instance.runtime);
+        let prober = Arc::clone(&self.prober);
+        let (pod, id, run) = (pod_id.to_string(), slot.id.clone(), slot.run);
+        tokio::spawn(async move {
+            // The kubelet bounds a postStart hook by nothing but the
+            // container's life (the token ends with the run).
+            let outcome = tokio::select! {
+                _ = cancelled.cancelled() => return,
+                outcome = hook.run(prober.as_ref(), runtime.as_ref(), &status, Duration::MAX) => outcome,
+            };
+            let result = ProbeResult {
+                pod,
+                id,
+                run,
+                kind: ProbeKind::PostStart,
+                healthy: outcome.is_ok(),
+                message: outcome.err().unwrap_or_default(),
+            };
+            let _ = results.send(result).await;
+        });
+        slot.probes = Some(token);
+    }
+
+    /// Stops container `index` in the background as the kubelet kills one
+    /// ([`kill`]); a failed preStop hook comes back as
+    /// [`ProbeKind::PreStop`].
+    fn spawn_kill(
+        &self,
+        pod_id: &str,
+        instance: &mut Managed,
+        index: usize,
+        results: mpsc::Sender<ProbeResult>,
+    ) {
+        let grace = grace_period(&instance.pod);
+        let pre_stop = hook_target(instance, &instance.slots[index], Hook::PreStop);
+        let slot = &mut instance.slots[index];
+        slot.stopping = true;
+        if let Some(probes) = slot.probes.take() {
+            probes.cancel();
+        }
+        let runtime = Arc::clone(&instance.runtime);
+        let prober = Arc::clone(&self.prober);
+        let (pod, id, run) = (pod_id.to_string(), slot.id.clone(), slot.run);
+        tokio::spawn(async move {
+            if let Some(message) =
+                kill(runtime.as_ref(), prober.as_ref(), &id, pre_stop, grace).await
+            {
+                let result = ProbeResult {
+                    pod,
+                    id,
+                    run,
+                    kind: ProbeKind::PreStop,
+                    healthy: false,
+                    message,
+                };
+                let _ = results.send(result).await;
+            }
+        });
     }
 
     /// Stops the sidecars once the app containers have ended for good, the
     /// last started first, so that a Job's pod completes.
-    async fn stop_sidecars(&self, instance: &mut Managed) {
-        let grace = grace_period(&instance.pod);
-        for slot in instance.slots.iter_mut().rev().filter(|s| s.sidecar) {
-            if slot.finished {
+    fn stop_sidecars(
+        &self,
+        pod_id: &str,
+        instance: &mut Managed,
+        results: &mpsc::Sender<ProbeResult>,
+    ) {
+        for index in (0..instance.slots.len()).rev() {
+            let slot = &mut instance.slots[index];
+            if !slot.sidecar || slot.finished {
                 continue;
             }
             slot.finished = true;
@@ -931,12 +1134,7 @@ impl Supervisor {
             }
             if slot.running() {
                 tracing::info!(container = %slot.id, "stopping a sidecar: the app containers have ended");
-                if let Err(e) = instance.runtime.stop(&slot.id, grace).await {
-                    tracing::warn!(container = %slot.id, error = %e, "cannot stop a sidecar");
-                }
-                if let Ok(status) = instance.runtime.status(&slot.id).await {
-                    slot.status = Some(status);
-                }
+                self.spawn_kill(pod_id, instance, index, results.clone());
             }
         }
     }
@@ -1030,6 +1228,7 @@ impl Supervisor {
                 }
             }
         }
+        let began = SystemTime::now();
         match instance.runtime.start(&spec).await {
             Ok(status) => {
                 tracing::info!(
@@ -1044,6 +1243,14 @@ impl Supervisor {
                 slot.started = false;
                 slot.termination_message.clear();
                 slot.exit_handled = false;
+                slot.stopping = false;
+                slot.run_began = Some(began);
+                self.note_run_began(&instance.pod, &slot.name, began);
+                slot.post_start_pending = slot
+                    .which
+                    .of(&instance.pod)
+                    .and_then(|c| Hook::PostStart.of(c))
+                    .is_some();
                 slot.run += 1;
                 slot.pull_backoff = self.backoff.image_pull_initial;
                 slot.pull_failed_at = None;
@@ -1168,16 +1375,28 @@ impl Supervisor {
         slot.probes = Some(token);
     }
 
-    async fn on_probe(&self, managed: &mut BTreeMap<String, Managed>, result: ProbeResult) {
+    fn on_probe(
+        &self,
+        managed: &mut BTreeMap<String, Managed>,
+        result: ProbeResult,
+        results: &mpsc::Sender<ProbeResult>,
+    ) {
         let Some(instance) = managed.get_mut(&result.pod) else {
             return;
         };
-        let grace = grace_period(&instance.pod);
-        let runtime = Arc::clone(&instance.runtime);
-        let Some(slot) = instance.slots.iter_mut().find(|s| s.id == result.id) else {
+        let Some(index) = instance.slots.iter().position(|s| s.id == result.id) else {
             return;
         };
-        if slot.run != result.run {
+        let slot = &mut instance.slots[index];
+        if result.kind == ProbeKind::PreStop {
+            // The run it stopped has ended by now, or is ending.
+            tracing::warn!(container = %result.id, message = %result.message, "preStop hook failed");
+            push_event(slot, Hook::PreStop, result.message);
+            return;
+        }
+        // A late result of a run being stopped changes nothing (it must not
+        // kill it twice).
+        if slot.run != result.run || slot.stopping {
             return;
         }
         match result.kind {
@@ -1187,12 +1406,21 @@ impl Supervisor {
                     tracing::info!(container = %result.id, message = %result.message, "readiness probe failed");
                 }
             }
-            ProbeKind::Startup if result.healthy => {
-                // Its liveness and readiness probes start on the next look.
-                slot.started = true;
+            ProbeKind::Startup | ProbeKind::PostStart if result.healthy => {
+                // Its (other) probes start on the next look.
+                slot.post_start_pending = false;
+                if result.kind == ProbeKind::Startup {
+                    slot.started = true;
+                }
                 if let Some(probes) = slot.probes.take() {
                     probes.cancel();
                 }
+            }
+            ProbeKind::PostStart => {
+                tracing::warn!(container = %result.id, message = %result.message, "postStart hook failed; killing the container");
+                slot.problem = Some((POST_START_HOOK_ERROR.into(), result.message.clone()));
+                push_event(slot, Hook::PostStart, result.message);
+                self.spawn_kill(&result.pod, instance, index, results.clone());
             }
             ProbeKind::Liveness | ProbeKind::Startup if !result.healthy => {
                 let which = match result.kind {
@@ -1205,14 +1433,9 @@ impl Supervisor {
                     format!("{which} probe failed: {}", result.message),
                 ));
                 slot.ready = false;
-                if let Some(probes) = slot.probes.take() {
-                    probes.cancel();
-                }
-                if let Err(e) = runtime.stop(&result.id, grace).await {
-                    tracing::warn!(container = %result.id, error = %e, "cannot stop an unhealthy container");
-                }
+                self.spawn_kill(&result.pod, instance, index, results.clone());
             }
-            ProbeKind::Liveness | ProbeKind::Startup => {}
+            ProbeKind::Liveness | ProbeKind::Startup | ProbeKind::PreStop => {}
         }
     }
 
@@ -1303,23 +1526,43 @@ fn grace_period(pod: &Instance) -> Duration {
 /// Stopping and removing an instance's containers, then its network.
 struct Removal {
     runtime: Arc<dyn ContainerRuntime>,
+    prober: Arc<dyn Prober>,
     network: Option<Arc<InstanceNetwork>>,
     /// The instance's id (its network's key).
     id: String,
-    /// Its containers' ids, in the order they stop.
-    containers: Vec<String>,
+    /// Its containers, in the order they stop.
+    containers: Vec<RemovedContainer>,
     shared_namespace: Option<PathBuf>,
     grace: Duration,
+    /// Where the instance is reported while it stops, and what the
+    /// supervisor publishes: a failed preStop hook is told there.
+    reported: Option<(Stopping, watch::Receiver<Arc<Vec<InstanceStatus>>>)>,
+}
+
+/// One container of a [`Removal`].
+struct RemovedContainer {
+    id: String,
+    name: String,
+    /// An app container: stopped together with the others, first.
+    app: bool,
+    /// Its preStop hook, when it has one and runs.
+    pre_stop: Option<(HookRun, ContainerStatus)>,
 }
 
 impl Removal {
-    async fn run(self) {
-        for id in &self.containers {
-            if let Err(e) = self.runtime.stop(id, self.grace).await {
-                tracing::warn!(container = %id, error = %e, "cannot stop container");
-            }
+    async fn run(mut self) {
+        // App containers stop together, each within the grace period; then
+        // the sidecars, last started first, within what is left of it.
+        let deadline = Instant::now() + self.grace;
+        let containers = std::mem::take(&mut self.containers);
+        let (app, others): (Vec<_>, Vec<_>) = containers.into_iter().partition(|c| c.app);
+        let ids: Vec<String> = app.iter().chain(&others).map(|c| c.id.clone()).collect();
+        futures::future::join_all(app.into_iter().map(|c| self.stop(c, self.grace))).await;
+        for container in others {
+            let grace = deadline.saturating_duration_since(Instant::now());
+            self.stop(container, grace).await;
         }
-        for id in &self.containers {
+        for id in &ids {
             match self.runtime.remove(id).await {
                 Ok(()) => tracing::info!(container = %id, "container removed"),
                 Err(e) => {
@@ -1338,6 +1581,114 @@ impl Removal {
             tracing::warn!(instance = %self.id, error = %e, "cannot remove the pod's network namespace");
         }
     }
+
+    /// Stops one container ([`kill`]); tells a failed preStop hook.
+    async fn stop(&self, container: RemovedContainer, grace: Duration) {
+        let failure = kill(
+            self.runtime.as_ref(),
+            self.prober.as_ref(),
+            &container.id,
+            container.pre_stop,
+            grace,
+        )
+        .await;
+        if let (Some(message), Some((stopping, published))) = (failure, &self.reported) {
+            self.tell(stopping, published.clone(), &container.name, message)
+                .await;
+        }
+    }
+
+    /// Adds a failed preStop hook's Event to the instance's report, and
+    /// waits (a little) until the supervisor has published it, so that it
+    /// is sent before the instance's report goes with its containers.
+    async fn tell(
+        &self,
+        stopping: &Stopping,
+        mut published: watch::Receiver<Arc<Vec<InstanceStatus>>>,
+        container: &str,
+        message: String,
+    ) {
+        let event = {
+            let mut stopping = lock(stopping);
+            let Some(report) = stopping
+                .get_mut(&self.id)
+                .and_then(|status| status.containers.iter_mut().find(|c| c.name == container))
+            else {
+                return;
+            };
+            let event = event_of(Hook::PreStop, message);
+            report.events.push(event.clone());
+            event
+        };
+        let told = |statuses: &Arc<Vec<InstanceStatus>>| {
+            statuses
+                .iter()
+                .flat_map(|s| &s.containers)
+                .any(|c| c.events.contains(&event))
+        };
+        let _ = tokio::time::timeout(TELL_WAIT, published.wait_for(told)).await;
+    }
+}
+
+/// The `hook` of `slot`'s container and the container as it is reached
+/// (its ports at the pod's address), when it has one and runs.
+fn hook_target(instance: &Managed, slot: &Slot, hook: Hook) -> Option<(HookRun, ContainerStatus)> {
+    if !slot.running() {
+        return None;
+    }
+    let run = HookRun::of(hook, &instance.pod, slot.which.of(&instance.pod)?)?;
+    let mut status = slot.status.clone()?;
+    status.ports = port_bindings(&status, instance.pod_ip);
+    Some((run, status))
+}
+
+/// Keeps the Event of a failed `hook` for the container's reports (the
+/// control plane records each once).
+fn push_event(slot: &mut Slot, hook: Hook, message: String) {
+    if slot.events.len() >= EVENTS_KEPT {
+        slot.events.remove(0);
+    }
+    slot.events.push(event_of(hook, message));
+}
+
+/// The Event of a failed `hook`, with an id of its own.
+fn event_of(hook: Hook, message: String) -> ContainerEvent {
+    let at = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    ContainerEvent {
+        id: format!("{}-{at}", hook.failure_reason()),
+        reason: hook.failure_reason().into(),
+        message,
+    }
+}
+
+/// Stops container `id` as the kubelet kills one: its preStop hook first
+/// (when it has one and runs, and the grace period is not zero), bounded by
+/// the grace period, then the stop signal with what is left of it (at least
+/// [`crate::hooks::MINIMUM_STOP_GRACE`]). Returns the hook's failure.
+async fn kill(
+    runtime: &dyn ContainerRuntime,
+    prober: &dyn Prober,
+    id: &str,
+    pre_stop: Option<(HookRun, ContainerStatus)>,
+    grace: Duration,
+) -> Option<String> {
+    let mut failure = None;
+    let mut signal_grace = grace;
+    if let Some((hook, status)) = pre_stop.filter(|_| !grace.is_zero()) {
+        let began = Instant::now();
+        if let Err(message) = hook.run(prober, runtime, &status, grace).await {
+            tracing::warn!(container = %id, %message, "preStop hook failed");
+            failure = Some(message);
+        }
+        signal_grace = grace_after_hook(grace, began.elapsed());
+    }
+    if let Err(e) = runtime.stop(id, signal_grace).await {
+        tracing::warn!(container = %id, error = %e, "cannot stop container");
+    }
+    failure
 }
 
 struct ProbeLoop {
@@ -1407,6 +1758,62 @@ fn read_termination_message(path: &std::path::Path) -> String {
     String::from_utf8_lossy(&bytes).into_owned()
 }
 
+/// The end of container `id`'s log of the run that began at `began`: its
+/// last [`FALLBACK_LOG_LINES`] lines, of them the last
+/// [`FALLBACK_LOG_BYTES`] (lossy UTF-8); empty when it cannot be read.
+async fn log_tail(runtime: &dyn ContainerRuntime, id: &str, began: Option<SystemTime>) -> String {
+    let options = c4m_core::LogOptions {
+        tail_lines: Some(FALLBACK_LOG_LINES),
+        since: began,
+        ..c4m_core::LogOptions::default()
+    };
+    match read_log(runtime, id, options).await {
+        Ok(bytes) => {
+            let start = bytes.len().saturating_sub(FALLBACK_LOG_BYTES);
+            String::from_utf8_lossy(&bytes[start..]).into_owned()
+        }
+        Err(e) => {
+            tracing::warn!(container = %id, error = %e, "cannot read the log for a termination message");
+            String::new()
+        }
+    }
+}
+
+/// Container `id`'s log as `options` ask (not followed), read within
+/// [`LOG_READ_WAIT`] (the supervisor's loop waits).
+async fn read_log(
+    runtime: &dyn ContainerRuntime,
+    id: &str,
+    options: c4m_core::LogOptions,
+) -> Result<Vec<u8>, String> {
+    use futures::StreamExt;
+    let read = async {
+        let mut stream = runtime.logs(id, options).await?;
+        let mut bytes = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            bytes.extend_from_slice(&chunk?);
+        }
+        Ok::<_, c4m_core::Error>(bytes)
+    };
+    match tokio::time::timeout(LOG_READ_WAIT, read).await {
+        Ok(read) => read.map_err(|e| e.to_string()),
+        Err(_) => Err(format!("reading the log took over {LOG_READ_WAIT:?}")),
+    }
+}
+
+/// Writes `bytes` to `path` whole (a new file renamed over the old).
+fn write_file(path: &std::path::Path, bytes: &[u8]) -> Result<(), String> {
+    let write = || {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let new = path.with_extension("new");
+        std::fs::write(&new, bytes)?;
+        std::fs::rename(&new, path)
+    };
+    write().map_err(|e: std::io::Error| format!("writing {}: {e}", path.display()))
+}
+
 fn termination_reason(exit_code: Option<i32>, oom_killed: bool) -> &'static str {
     match (oom_killed, exit_code) {
         (true, _) => "OOMKilled",
@@ -1456,7 +1863,7 @@ fn pod_phase(instance: &Managed) -> &'static str {
     let app: Vec<&Slot> = instance.app().collect();
     if app
         .iter()
-        .any(|s| s.status.is_none() && s.restart_count == 0)
+        .any(|s| (s.status.is_none() || s.post_start_pending) && s.restart_count == 0)
     {
         return "Pending";
     }
@@ -1484,6 +1891,7 @@ fn container_report(instance: &Managed, slot: &Slot) -> ContainerReport {
             Some(_) => format!("{}://{}", instance.runtime.name(), slot.id),
             None => String::new(),
         },
+        events: slot.events.clone(),
         ..ContainerReport::default()
     };
     let waiting = |reason: &str, message: String| ContainerWaiting {
@@ -1495,6 +1903,10 @@ fn container_report(instance: &Managed, slot: &Slot) -> ContainerReport {
         return report;
     }
     match (&slot.status, slot.exit()) {
+        // Not Running until its postStart hook returns, as the kubelet.
+        (Some(_), None) if slot.post_start_pending => {
+            report.waiting = Some(waiting("ContainerCreating", String::new()));
+        }
         (
             Some(ContainerStatus {
                 state: ContainerState::Running { started_at, .. },

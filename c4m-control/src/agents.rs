@@ -49,6 +49,8 @@ pub(crate) struct Agents {
     /// What each node last reported of each instance, so a report that
     /// repeats it decodes nothing.
     pub reported: Arc<ReportMemo>,
+    /// The Events agents reported as such that were recorded.
+    pub reported_events: Arc<crate::container_events::ReportedEvents>,
     pub shutdown: CancellationToken,
 }
 
@@ -1068,6 +1070,8 @@ impl AgentService for Agents {
             {
                 continue;
             }
+            self.reported_events
+                .record(self.objects.events(), &cached, instance);
             let mut preview = (*cached).clone();
             if !apply_report(&mut preview, instance, &address) {
                 self.reported
@@ -1254,6 +1258,7 @@ mod tests {
             dns_address: dns.to_string(),
             slices: Arc::default(),
             reported: Arc::default(),
+            reported_events: Arc::default(),
             shutdown: shutdown.clone(),
         }
     }

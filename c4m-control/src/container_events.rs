@@ -8,6 +8,10 @@
 //! a run ended out of memory). The recorder folds repeats into one Event
 //! with a count, so a crash loop shows `BackOff` with a growing count.
 
+use std::collections::{HashSet, VecDeque};
+use std::sync::Mutex;
+
+use c4m_api::agent::InstanceStatus;
 use serde_json::Value;
 
 use crate::events::{EventType, Events, Regarding};
@@ -15,6 +19,8 @@ use crate::objects::{name_of, namespace_of};
 
 /// The component agents' Events are reported as, as Kubernetes' kubelet.
 const KUBELET: &str = "kubelet";
+/// Ids of reported Events remembered; the oldest are forgotten first.
+const REMEMBERED: usize = 4096;
 
 /// One Event about a container.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,19 +38,84 @@ pub(crate) struct ContainerEvent {
 /// as stored and as an agent's report leaves it).
 pub(crate) fn record(events: &Events, before: &Value, after: &Value) {
     for event in container_events(before, after) {
-        let mut regarding = Regarding::of(after);
-        if regarding.api_version.is_empty() {
-            regarding.api_version = "v1".into();
-            regarding.kind = "Pod".into();
-        }
-        regarding.field_path = Some(format!("{}{{{}}}", event.list, event.container));
-        events.record(
-            regarding,
+        record_one(
+            events,
+            after,
+            event.list,
+            &event.container,
             event.event_type,
             event.reason,
             event.message,
-            KUBELET,
         );
+    }
+}
+
+fn record_one(
+    events: &Events,
+    pod: &Value,
+    list: &str,
+    container: &str,
+    event_type: EventType,
+    reason: &str,
+    message: String,
+) {
+    let mut regarding = Regarding::of(pod);
+    if regarding.api_version.is_empty() {
+        regarding.api_version = "v1".into();
+        regarding.kind = "Pod".into();
+    }
+    regarding.field_path = Some(format!("{list}{{{container}}}"));
+    events.record(regarding, event_type, reason, message, KUBELET);
+}
+
+/// The Events agents report as such (a failed lifecycle hook, which no
+/// state shows), each recorded once although reports repeat it: the ids
+/// recorded, the oldest forgotten first.
+#[derive(Debug, Default)]
+pub(crate) struct ReportedEvents {
+    seen: Mutex<(HashSet<String>, VecDeque<String>)>,
+}
+
+impl ReportedEvents {
+    /// Records the Events in `report` about `pod` not recorded before, all
+    /// as warnings (the kubelet's hook failures are); returns how many.
+    pub(crate) fn record(&self, events: &Events, pod: &Value, report: &InstanceStatus) -> usize {
+        let uid = report.uid.as_str();
+        let mut recorded = 0;
+        for container in &report.containers {
+            for event in &container.events {
+                let key = format!("{uid}/{}/{}", container.name, event.id);
+                {
+                    let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+                    let (set, order) = &mut *seen;
+                    if !set.insert(key.clone()) {
+                        continue;
+                    }
+                    order.push_back(key);
+                    while order.len() > REMEMBERED {
+                        if let Some(old) = order.pop_front() {
+                            set.remove(&old);
+                        }
+                    }
+                }
+                let list = if container.init {
+                    "spec.initContainers"
+                } else {
+                    "spec.containers"
+                };
+                record_one(
+                    events,
+                    pod,
+                    list,
+                    &container.name,
+                    EventType::Warning,
+                    &event.reason,
+                    event.message.clone(),
+                );
+                recorded += 1;
+            }
+        }
+        recorded
     }
 }
 
@@ -355,6 +426,35 @@ mod tests {
             ]
         );
         assert_eq!(events[0].event_type, EventType::Warning);
+    }
+
+    /// A failed hook an agent reports is recorded once, however often the
+    /// report is sent again; another occurrence is recorded again.
+    #[test]
+    fn reported_events_are_recorded_once_per_id() {
+        use c4m_api::agent::{ContainerEvent as Reported, ContainerReport};
+        let report = |ids: &[&str]| InstanceStatus {
+            uid: "u1".into(),
+            containers: vec![ContainerReport {
+                name: "main".into(),
+                events: ids
+                    .iter()
+                    .map(|id| Reported {
+                        id: id.to_string(),
+                        reason: "FailedPreStopHook".into(),
+                        message: "Exec lifecycle hook failed".into(),
+                    })
+                    .collect(),
+                ..ContainerReport::default()
+            }],
+            ..InstanceStatus::default()
+        };
+        let seen = ReportedEvents::default();
+        let events = Events::disabled();
+        let pod = pod(json!({"name": "main"}));
+        assert_eq!(seen.record(&events, &pod, &report(&["a"])), 1);
+        assert_eq!(seen.record(&events, &pod, &report(&["a"])), 0);
+        assert_eq!(seen.record(&events, &pod, &report(&["a", "b"])), 1);
     }
 
     #[test]

@@ -234,6 +234,7 @@ impl ControlPlane {
                 .unwrap_or_default(),
             slices: Arc::default(),
             reported: Arc::default(),
+            reported_events: Arc::default(),
             shutdown: shutdown.clone(),
         };
         let token = self.config.token.clone();

@@ -22,8 +22,9 @@ use k8s_openapi::api::autoscaling::v2::{
 use k8s_openapi::api::batch::v1::{CronJob, Job, JobSpec};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{
-    ConfigMap, ContainerPort, Endpoints, Event, Namespace, Node, Pod, PodSpec, Probe,
-    ResourceRequirements, Secret, Service, ServiceAccount, ServiceSpec,
+    ConfigMap, ContainerPort, Endpoints, Event, ExecAction, HTTPGetAction, LifecycleHandler,
+    Namespace, Node, Pod, PodSpec, Probe, ResourceRequirements, Secret, Service, ServiceAccount,
+    ServiceSpec,
 };
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::scheduling::v1::PriorityClass;
@@ -1158,6 +1159,17 @@ fn check_pod_spec(spec: &PodSpec, path: &str) -> Result<(), FieldError> {
                 field == "initContainers" && container.restart_policy.is_none(),
                 &join(&container_path, "startupProbe"),
             )?;
+            if let Some(lifecycle) = &container.lifecycle {
+                let path = join(&container_path, "lifecycle");
+                for (hook, handler) in [
+                    ("postStart", lifecycle.post_start.as_ref()),
+                    ("preStop", lifecycle.pre_stop.as_ref()),
+                ] {
+                    if let Some(handler) = handler {
+                        check_lifecycle_handler(handler, &join(&path, hook))?;
+                    }
+                }
+            }
         }
     }
     if let Some(uid) = spec.security_context.as_ref().and_then(|s| s.run_as_user) {
@@ -1516,34 +1528,16 @@ fn resources_limit_text(resources: &ResourceRequirements, resource: &str, parsed
 }
 
 fn check_probe(probe: &Probe, path: &str) -> Result<(), FieldError> {
-    let handlers: Vec<&str> = [
-        ("exec", probe.exec.is_some()),
-        ("httpGet", probe.http_get.is_some()),
-        ("tcpSocket", probe.tcp_socket.is_some()),
-        ("grpc", probe.grpc.is_some()),
-    ]
-    .into_iter()
-    .filter_map(|(name, set)| set.then_some(name))
-    .collect();
-    if handlers.len() != 1 {
-        let found = if handlers.is_empty() {
-            "none".to_string()
-        } else {
-            handlers.join(", ")
-        };
-        return Err(field_error(
-            path,
-            format!("exactly one of exec, httpGet, tcpSocket or grpc is required, found {found}"),
-        ));
-    }
-    if let Some(exec) = &probe.exec
-        && exec.command.as_deref().unwrap_or_default().is_empty()
-    {
-        return Err(field_error(join(path, "exec.command"), "must not be empty"));
-    }
-    if let Some(http) = &probe.http_get {
-        check_port_ref(&http.port, &join(path, "httpGet.port"))?;
-    }
+    exactly_one_handler(
+        path,
+        &[
+            ("exec", probe.exec.is_some()),
+            ("httpGet", probe.http_get.is_some()),
+            ("tcpSocket", probe.tcp_socket.is_some()),
+            ("grpc", probe.grpc.is_some()),
+        ],
+    )?;
+    check_exec_and_http_get(probe.exec.as_ref(), probe.http_get.as_ref(), path)?;
     if let Some(tcp) = &probe.tcp_socket {
         check_port_ref(&tcp.port, &join(path, "tcpSocket.port"))?;
     }
@@ -1568,6 +1562,74 @@ fn check_probe(probe: &Probe, path: &str) -> Result<(), FieldError> {
         if let Some(value) = value {
             check_non_negative(value, &join(path, field))?;
         }
+    }
+    Ok(())
+}
+
+/// An exec handler has a command; an httpGet handler a port.
+fn check_exec_and_http_get(
+    exec: Option<&ExecAction>,
+    http_get: Option<&HTTPGetAction>,
+    path: &str,
+) -> Result<(), FieldError> {
+    if let Some(exec) = exec
+        && exec.command.as_deref().unwrap_or_default().is_empty()
+    {
+        return Err(field_error(join(path, "exec.command"), "must not be empty"));
+    }
+    if let Some(http) = http_get {
+        check_port_ref(&http.port, &join(path, "httpGet.port"))?;
+    }
+    Ok(())
+}
+
+/// Exactly one of the `handlers` (name, set) is set.
+fn exactly_one_handler(path: &str, handlers: &[(&str, bool)]) -> Result<(), FieldError> {
+    let set: Vec<&str> = handlers
+        .iter()
+        .filter_map(|&(name, set)| set.then_some(name))
+        .collect();
+    if set.len() == 1 {
+        return Ok(());
+    }
+    let names: Vec<&str> = handlers.iter().map(|(name, _)| *name).collect();
+    let (last, first) = names.split_last().unwrap_or((&"", &[]));
+    let found = if set.is_empty() {
+        "none".to_string()
+    } else {
+        set.join(", ")
+    };
+    Err(field_error(
+        path,
+        format!(
+            "exactly one of {} or {last} is required, found {found}",
+            first.join(", ")
+        ),
+    ))
+}
+
+/// A `postStart` or `preStop` handler: exactly one of exec, httpGet or
+/// sleep. tcpSocket (deprecated, and never run by the kubelet) is refused
+/// naming it.
+fn check_lifecycle_handler(handler: &LifecycleHandler, path: &str) -> Result<(), FieldError> {
+    exactly_one_handler(
+        path,
+        &[
+            ("exec", handler.exec.is_some()),
+            ("httpGet", handler.http_get.is_some()),
+            ("sleep", handler.sleep.is_some()),
+            ("tcpSocket", handler.tcp_socket.is_some()),
+        ],
+    )?;
+    if handler.tcp_socket.is_some() {
+        return Err(field_error(
+            join(path, "tcpSocket"),
+            "is deprecated and not supported; use exec, httpGet or sleep",
+        ));
+    }
+    check_exec_and_http_get(handler.exec.as_ref(), handler.http_get.as_ref(), path)?;
+    if let Some(sleep) = &handler.sleep {
+        check_non_negative(sleep.seconds, &join(path, "sleep.seconds"))?;
     }
     Ok(())
 }
@@ -1973,8 +2035,6 @@ const UNHONOURED: &[(Scope, &str, &str)] = &[
     (Scope::PodSpec, "volumes", IGNORED),
     (Scope::PodSpec, "containers[*].volumeMounts", IGNORED),
     (Scope::PodSpec, "initContainers[*].volumeMounts", IGNORED),
-    (Scope::PodSpec, "containers[*].lifecycle", IGNORED),
-    (Scope::PodSpec, "initContainers[*].lifecycle", IGNORED),
     (Scope::PodSpec, "shareProcessNamespace=true", IGNORED),
     (
         Scope::PodSpec,
@@ -2645,6 +2705,63 @@ spec:
             validate_value(&value).unwrap_err().1,
             "exactly one of exec, httpGet, tcpSocket or grpc is required, found httpGet, tcpSocket"
         );
+    }
+
+    /// Lifecycle hooks: one handler each, a port for httpGet, seconds of
+    /// sleep not negative; tcpSocket is refused by name. They are honoured,
+    /// so no warning.
+    #[test]
+    fn lifecycle_hooks_are_checked_and_tcp_socket_is_refused() {
+        let pod = |lifecycle: &str| {
+            parse_one(&format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: p}}\nspec: {{initContainers: [{{name: i, image: bb:1}}], containers: [{{name: a, image: bb:1, lifecycle: {lifecycle}}}]}}"
+            ))
+        };
+        let valid = pod(
+            "{postStart: {exec: {command: [sh, -c, 'echo hi']}}, preStop: {sleep: {seconds: 2}}}",
+        );
+        let validated = validate_value(&valid).unwrap();
+        assert!(validated.warnings.is_empty(), "{:?}", validated.warnings);
+        validate_value(&pod("{preStop: {httpGet: {path: /quit, port: 8080}}}")).unwrap();
+        let cases = [
+            (
+                "{postStart: {}}",
+                "spec.containers[0].lifecycle.postStart",
+                "exactly one of exec, httpGet, sleep or tcpSocket is required, found none",
+            ),
+            (
+                "{preStop: {exec: {command: ['true']}, sleep: {seconds: 1}}}",
+                "spec.containers[0].lifecycle.preStop",
+                "exactly one of exec, httpGet, sleep or tcpSocket is required, found exec, sleep",
+            ),
+            (
+                "{preStop: {tcpSocket: {port: 80}}}",
+                "spec.containers[0].lifecycle.preStop.tcpSocket",
+                "is deprecated and not supported; use exec, httpGet or sleep",
+            ),
+            (
+                "{postStart: {exec: {command: []}}}",
+                "spec.containers[0].lifecycle.postStart.exec.command",
+                "must not be empty",
+            ),
+            (
+                "{postStart: {httpGet: {port: 0}}}",
+                "spec.containers[0].lifecycle.postStart.httpGet.port",
+                "",
+            ),
+            (
+                "{preStop: {sleep: {seconds: -1}}}",
+                "spec.containers[0].lifecycle.preStop.sleep.seconds",
+                "",
+            ),
+        ];
+        for (lifecycle, path, message) in cases {
+            let (got_path, got) = validate_value(&pod(lifecycle)).unwrap_err();
+            assert_eq!(got_path, path, "{lifecycle}: {got}");
+            if !message.is_empty() {
+                assert_eq!(got, message, "{lifecycle}");
+            }
+        }
     }
 
     #[test]

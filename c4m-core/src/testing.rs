@@ -39,6 +39,10 @@ struct FakeState {
     /// Images no registry has: starting a container of one fails to pull.
     missing_images: HashSet<String>,
     next_pid: u32,
+    /// Every stop: (container id, grace period, when).
+    stops: Vec<(String, Duration, SystemTime)>,
+    /// What each container wrote to its log.
+    logs: HashMap<String, Vec<u8>>,
 }
 
 impl FakeRuntime {
@@ -91,6 +95,18 @@ impl FakeRuntime {
         self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Container `id` writes `text` to its log.
+    pub fn write_log(&self, id: &str, text: &str) {
+        let mut state = self.state();
+        let log = state.logs.entry(id.to_string()).or_default();
+        log.extend_from_slice(text.as_bytes());
+    }
+
+    /// Every stop asked for: (container id, grace period, when), in order.
+    pub fn stops(&self) -> Vec<(String, Duration, SystemTime)> {
+        self.state().stops.clone()
     }
 
     /// How many times `id` was started.
@@ -253,8 +269,9 @@ impl ContainerRuntime for FakeRuntime {
         Ok(self.state().containers.values().cloned().collect())
     }
 
-    async fn stop(&self, id: &str, _grace: Duration) -> Result<()> {
+    async fn stop(&self, id: &str, grace: Duration) -> Result<()> {
         let mut state = self.state();
+        state.stops.push((id.to_string(), grace, SystemTime::now()));
         let container = state
             .containers
             .get_mut(id)
@@ -285,13 +302,24 @@ impl ContainerRuntime for FakeRuntime {
         })
     }
 
+    /// What the container wrote ([`FakeRuntime::write_log`]), its last
+    /// `tail_lines` lines if asked; the other options are not applied.
     async fn logs(
         &self,
         id: &str,
-        _options: LogOptions,
+        options: LogOptions,
     ) -> Result<BoxStream<'static, Result<Bytes>>> {
         self.status(id).await?;
-        Ok(Box::pin(Empty))
+        let log = self.state().logs.get(id).cloned().unwrap_or_default();
+        let lines: Vec<&[u8]> = log.split_inclusive(|b| *b == b'\n').collect();
+        let skip = options
+            .tail_lines
+            .map_or(0, |tail| lines.len().saturating_sub(tail));
+        let text = lines[skip..].concat();
+        if text.is_empty() {
+            return Ok(Box::pin(Empty));
+        }
+        Ok(Box::pin(Once(Some(Bytes::from(text)))))
     }
 
     async fn exec(&self, id: &str, command: &[String], _timeout: Duration) -> Result<ExecOutput> {
@@ -301,6 +329,20 @@ impl ContainerRuntime for FakeRuntime {
             stdout: command.join(" ").into_bytes(),
             stderr: Vec::new(),
         })
+    }
+}
+
+/// A stream of one chunk (futures-core has none).
+struct Once(Option<Bytes>);
+
+impl futures_core::Stream for Once {
+    type Item = Result<Bytes>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        std::task::Poll::Ready(self.0.take().map(Ok))
     }
 }
 
@@ -329,6 +371,27 @@ pub struct FakeProber {
 struct ProberState {
     failing: bool,
     attempts: u64,
+    /// Exec attempts whose command's first word is here fail.
+    failing_commands: HashSet<String>,
+    /// Exec attempts whose command's first word is here never end (the
+    /// caller's timeout ends them).
+    hanging_commands: HashSet<String>,
+    /// Every exec attempt: the container, its command, whether the
+    /// container was running then.
+    execs: Vec<ProbedExec>,
+}
+
+/// One exec attempt a [`FakeProber`] saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbedExec {
+    /// The container's id.
+    pub id: String,
+    /// The command, words joined by spaces.
+    pub command: String,
+    /// The driver said the container was running when the attempt began.
+    pub running: bool,
+    /// When the attempt began.
+    pub at: SystemTime,
 }
 
 impl FakeProber {
@@ -337,17 +400,33 @@ impl FakeProber {
         Self::default()
     }
 
+    fn state(&self) -> MutexGuard<'_, ProberState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// From now on attempts fail (`true`) or succeed (`false`).
     pub fn set_failing(&self, failing: bool) {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).failing = failing;
+        self.state().failing = failing;
+    }
+
+    /// Exec attempts of commands starting with `word` fail with exit code 1.
+    pub fn fail_command(&self, word: &str) {
+        self.state().failing_commands.insert(word.to_string());
+    }
+
+    /// Exec attempts of commands starting with `word` never end.
+    pub fn hang_command(&self, word: &str) {
+        self.state().hanging_commands.insert(word.to_string());
     }
 
     /// How many attempts ran.
     pub fn attempts(&self) -> u64 {
-        self.state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .attempts
+        self.state().attempts
+    }
+
+    /// Every exec attempt so far, in order.
+    pub fn execs(&self) -> Vec<ProbedExec> {
+        self.state().execs.clone()
     }
 }
 
@@ -355,19 +434,42 @@ impl FakeProber {
 impl crate::Prober for FakeProber {
     async fn probe_once(
         &self,
-        _probe: &k8s_openapi::api::core::v1::Probe,
-        _runtime: &dyn ContainerRuntime,
+        probe: &k8s_openapi::api::core::v1::Probe,
+        runtime: &dyn ContainerRuntime,
         status: &ContainerStatus,
     ) -> std::result::Result<(), crate::ProbeFailure> {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        state.attempts += 1;
-        if state.failing {
-            Err(crate::ProbeFailure(format!(
-                "{}: failing (as the test asked)",
-                status.id
-            )))
-        } else {
-            Ok(())
+        let command = probe
+            .exec
+            .as_ref()
+            .and_then(|e| e.command.clone())
+            .unwrap_or_default();
+        let running = matches!(
+            runtime.status(&status.id).await.map(|s| s.state),
+            Ok(ContainerState::Running { .. })
+        );
+        let first = command.first().cloned().unwrap_or_default();
+        let hangs = {
+            let mut state = self.state();
+            state.attempts += 1;
+            if probe.exec.is_some() {
+                state.execs.push(ProbedExec {
+                    id: status.id.clone(),
+                    command: command.join(" "),
+                    running,
+                    at: SystemTime::now(),
+                });
+            }
+            if state.failing || state.failing_commands.contains(&first) {
+                return Err(crate::ProbeFailure(format!(
+                    "{}: failing (as the test asked)",
+                    status.id
+                )));
+            }
+            state.hanging_commands.contains(&first)
+        };
+        if hangs {
+            std::future::pending::<()>().await;
         }
+        Ok(())
     }
 }

@@ -34,7 +34,7 @@ fn event_line<'a>(described: &'a str, reason: &str) -> Option<&'a str> {
 
 /// `kubectl describe pod NAME` once its Events section holds `reason`,
 /// and that Event's line.
-fn described_with(kubectl: &Kubectl, name: &str, reason: &str) -> (String, String) {
+pub(crate) fn described_with(kubectl: &Kubectl, name: &str, reason: &str) -> (String, String) {
     let started = Instant::now();
     loop {
         let described = kubectl.ok(&["describe", "pod", name]);

@@ -69,7 +69,11 @@ fn kubectl_logs_and_exec() {
         "one\ntw"
     );
     let previous = kubectl.fails(&["logs", "talker", "--previous"]);
-    assert!(previous.contains("previous run is not kept"), "{previous}");
+    assert!(
+        previous.contains(r#"previous terminated container "talker" in pod"#)
+            && previous.contains("not found"),
+        "it has not restarted: {previous}"
+    );
     assert_eq!(
         kubectl.ok(&["logs", "talker", "-c", "talker"]),
         "one\ntwo\nthree\n"

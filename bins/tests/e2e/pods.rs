@@ -486,3 +486,162 @@ spec:
     assert_eq!(terminated["exitCode"], 3, "{pod:#}");
     assert_eq!(terminated["message"], "bye\n", "{pod:#}");
 }
+
+/// Lifecycle hooks on `oci`, through the real kubectl: the postStart hook
+/// (an exec in the container) writes the file the main command waits for;
+/// the preStop hook (`sleep 2`) makes the deletion take its two seconds; a
+/// failing postStart kills the container, and `kubectl describe` shows
+/// FailedPostStartHook, a failing preStop FailedPreStopHook.
+#[test]
+#[ignore = "needs root + runc + conmon + kubectl"]
+fn lifecycle_hooks_run_around_the_container() {
+    let (cluster, kubectl) = oci_node_with_busybox();
+    kubectl_apply(
+        &cluster,
+        &kubectl,
+        "hooked.yaml",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: hooked}
+spec:
+  containers:
+  - name: main
+    image: bb:1
+    command: [sh, -c, "trap 'exit 0' TERM; until test -f /tmp/ready; do sleep 0.1; done; echo ready: $(cat /tmp/ready); while true; do sleep 0.2; done"]
+    lifecycle:
+      postStart:
+        exec: {command: [sh, -c, "echo from-post-start > /tmp/ready"]}
+      preStop:
+        sleep: {seconds: 2}
+"#,
+    );
+    wait_for("the main command to see the hook's file", MINUTE, || {
+        let output = kubectl.run(&["logs", "hooked"]);
+        String::from_utf8_lossy(&output.stdout)
+            .contains("ready: from-post-start")
+            .then_some(())
+    });
+    let pod = kubectl.json(&["get", "pod", "hooked"]);
+    assert_eq!(pod["status"]["phase"], "Running", "{pod:#}");
+    assert_eq!(
+        pod["status"]["containerStatuses"][0]["restartCount"], 0,
+        "{pod:#}"
+    );
+    let began = std::time::Instant::now();
+    kubectl.ok(&["delete", "pod", "hooked"]);
+    let took = began.elapsed();
+    assert!(
+        took >= Duration::from_secs(2),
+        "the preStop sleep ran first: {took:?}"
+    );
+    assert!(
+        took < Duration::from_secs(20),
+        "then the container stopped on TERM: {took:?}"
+    );
+
+    kubectl_apply(
+        &cluster,
+        &kubectl,
+        "broken.yaml",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: broken}
+spec:
+  terminationGracePeriodSeconds: 5
+  containers:
+  - name: main
+    image: bb:1
+    command: [sh, -c, "trap 'exit 0' TERM; while true; do sleep 0.2; done"]
+    lifecycle:
+      postStart:
+        exec: {command: [sh, -c, "echo no setup >&2; exit 3"]}
+      preStop:
+        exec: {command: [sh, -c, "exit 7"]}
+"#,
+    );
+    let (described, line) =
+        crate::events::described_with(&kubectl, "broken", "FailedPostStartHook");
+    assert!(line.starts_with("Warning"), "{line}");
+    assert!(
+        described.contains(r#"Exec lifecycle hook (["sh", "-c", "echo no setup >&2; exit 3"]) for Container "main""#),
+        "{described}"
+    );
+    let (_, line) = crate::events::described_with(&kubectl, "broken", "FailedPreStopHook");
+    assert!(line.starts_with("Warning"), "{line}");
+    let pod = kubectl.json(&["get", "pod", "broken"]);
+    let main = &pod["status"]["containerStatuses"][0];
+    assert!(
+        main["restartCount"].as_i64() >= Some(1)
+            || main["state"]["waiting"]["reason"] == "PostStartHookError",
+        "killed and restarted as its policy says: {pod:#}"
+    );
+    kubectl.ok(&["delete", "pod", "broken", "--wait=false"]);
+}
+
+/// A crash-looping container on `oci`, through the real kubectl: `kubectl
+/// logs --previous` shows the run before the current one (and only it),
+/// and with `terminationMessagePolicy: FallbackToLogsOnError` the end of
+/// the failed run's log is its termination message.
+#[test]
+#[ignore = "needs root + runc + conmon + kubectl"]
+fn logs_of_the_previous_run_and_the_log_as_termination_message() {
+    let (cluster, kubectl) = oci_node_with_busybox();
+    kubectl_apply(
+        &cluster,
+        &kubectl,
+        "crasher.yaml",
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: crasher}
+spec:
+  containers:
+  - name: main
+    image: bb:1
+    terminationMessagePolicy: FallbackToLogsOnError
+    command: [sh, -c, "echo run $(cat /proc/uptime); echo failing; exit 2"]
+"#,
+    );
+    let pod = wait_for("a restart", MINUTE, || {
+        let pod = kubectl.json(&["get", "pod", "crasher"]);
+        let restarts = pod["status"]["containerStatuses"][0]["restartCount"].as_i64();
+        (restarts >= Some(1)).then_some(pod)
+    });
+    let last = &pod["status"]["containerStatuses"][0]["lastState"]["terminated"];
+    assert_eq!(last["exitCode"], 2, "{pod:#}");
+    let message = last["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with("run ") && message.ends_with("\nfailing\n"),
+        "the log's end is the message: {pod:#}"
+    );
+    let previous = kubectl.ok(&["logs", "crasher", "--previous"]);
+    let lines: Vec<&str> = previous.lines().collect();
+    assert_eq!(lines.len(), 2, "one run: {previous:?}");
+    assert!(
+        lines[0].starts_with("run ") && lines[1] == "failing",
+        "{previous:?}"
+    );
+    let current = wait_for("the current run's output", MINUTE, || {
+        let output = kubectl.run(&["logs", "crasher"]);
+        let text = String::from_utf8_lossy(&output.stdout).to_string();
+        text.starts_with("run ").then_some(text)
+    });
+    assert_ne!(
+        current.lines().next(),
+        Some(lines[0]),
+        "the previous run is not the current one"
+    );
+    assert_eq!(
+        kubectl.ok(&["logs", "crasher", "--previous", "--tail=1"]),
+        "failing\n"
+    );
+    let stamped = kubectl.ok(&["logs", "crasher", "--previous", "--timestamps"]);
+    for line in stamped.lines() {
+        let (time, _) = line.split_once(' ').unwrap();
+        time.parse::<jiff::Timestamp>()
+            .unwrap_or_else(|e| panic!("{line:?}: {e}"));
+    }
+    kubectl.ok(&["delete", "pod", "crasher", "--wait=false"]);
+}

@@ -812,3 +812,353 @@ async fn the_termination_message_is_what_the_container_wrote() {
     assert_eq!(terminated.message, "done: 42 rows\n");
     harness.stop().await;
 }
+
+/// The pod `pod` marked deleted with `grace` seconds, as the control plane
+/// leaves it assigned until its containers have stopped.
+fn deleted(pod: &Instance, grace: i64) -> Instance {
+    let mut deleted = pod.clone();
+    deleted.metadata.deletion_timestamp =
+        Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            "2026-12-07T00:00:00Z".parse().unwrap(),
+        ));
+    deleted.metadata.deletion_grace_period_seconds = Some(grace);
+    deleted
+}
+
+/// A supervisor over fakes, assigned pod `web` whose container `main` has
+/// `fields` (JSON), with the prober's exec commands whose first word is in
+/// `failing` failing and in `hanging` never ending.
+struct Hooked {
+    runtime: FakeRuntime,
+    prober: FakeProber,
+    harness: Harness,
+    web: Instance,
+    /// The container's id.
+    id: String,
+}
+
+impl Hooked {
+    fn start(fields: serde_json::Value, failing: &[&str], hanging: &[&str]) -> Hooked {
+        let runtime = FakeRuntime::new();
+        let prober = FakeProber::new();
+        failing.iter().for_each(|word| prober.fail_command(word));
+        hanging.iter().for_each(|word| prober.hang_command(word));
+        let harness = Harness::start_probing(&runtime, &prober);
+        let web = probed("web", fields);
+        let id = id_of(&web, "main");
+        harness.assign(std::slice::from_ref(&web));
+        Hooked {
+            runtime,
+            prober,
+            harness,
+            web,
+            id,
+        }
+    }
+}
+
+/// The Event reasons reported on container `name`.
+fn event_reasons(statuses: &[InstanceStatus], name: &str) -> Vec<String> {
+    container(statuses, name)
+        .map(|c| c.events.iter().map(|e| e.reason.clone()).collect())
+        .unwrap_or_default()
+}
+
+/// A sidecar's postStart hook runs before it counts as started: it is not
+/// Running (ContainerCreating, the pod Pending) and the app does not start
+/// until the hook returns.
+#[tokio::test]
+async fn post_start_holds_the_container_and_the_next_one_until_it_returns() {
+    let runtime = FakeRuntime::new();
+    let mut harness = Harness::start(&runtime);
+    let mut web = pod_of("web", "Always", &["proxy-sidecar"], &["app"]);
+    let spec = web.spec.as_mut().unwrap();
+    spec.init_containers.as_mut().unwrap()[0].lifecycle = Some(
+        serde_json::from_value(serde_json::json!({"postStart": {"sleep": {"seconds": 1}}}))
+            .unwrap(),
+    );
+    let (sidecar, app) = (id_of(&web, "proxy-sidecar"), id_of(&web, "app"));
+    harness.assign(std::slice::from_ref(&web));
+    // Started by the driver (it has a container id), its hook running.
+    let statuses = harness
+        .wait_for(|s| container(s, "proxy-sidecar").is_some_and(|c| !c.container_id.is_empty()))
+        .await;
+    assert_eq!(runtime.starts(&sidecar), 1);
+    let proxy = container(&statuses, "proxy-sidecar").unwrap();
+    assert_eq!(
+        proxy.waiting.as_ref().map(|w| w.reason.as_str()),
+        Some("ContainerCreating"),
+        "not Running during its postStart: {proxy:?}"
+    );
+    assert!(!proxy.started, "{proxy:?}");
+    assert_eq!(statuses[0].phase, "Pending");
+    harness.wait_for(|s| running(s, "app")).await;
+    let started = |id: &str| runtime.started_at(id).unwrap();
+    let gap = started(&app).duration_since(started(&sidecar)).unwrap();
+    assert!(
+        gap >= Duration::from_secs(1),
+        "the app started {gap:?} after the sidecar"
+    );
+    harness.stop().await;
+}
+
+/// A failing postStart hook kills the container (Event FailedPostStartHook,
+/// waiting PostStartHookError) and the restart policy applies.
+#[tokio::test]
+async fn a_failing_post_start_kills_the_container_which_restarts_as_its_policy_says() {
+    let Hooked {
+        runtime,
+        mut harness,
+        id,
+        ..
+    } = Hooked::start(
+        serde_json::json!({"lifecycle": {"postStart": {"exec": {"command": ["setup", "--now"]}}}}),
+        &["setup"],
+        &[],
+    );
+    let statuses = harness
+        .wait_for(|s| {
+            container(s, "main")
+                .and_then(|c| c.waiting.as_ref())
+                .is_some_and(|w| w.reason == "PostStartHookError")
+        })
+        .await;
+    let main = container(&statuses, "main").unwrap();
+    let message = &main.waiting.as_ref().unwrap().message;
+    assert!(
+        message.starts_with(r#"Exec lifecycle hook (["setup", "--now"]) for Container "main" in Pod "web_default(uid-web)" failed - error: "#),
+        "{message}"
+    );
+    assert_eq!(event_reasons(&statuses, "main"), ["FailedPostStartHook"]);
+    assert_eq!(main.events[0].message, *message);
+    assert!(
+        runtime.stops().iter().any(|(stopped, _, _)| *stopped == id),
+        "killed"
+    );
+    // Restarted after its backoff (policy Always), and killed again.
+    harness
+        .wait_for(|s| {
+            container(s, "main").is_some_and(|c| c.restart_count >= 1 && c.events.len() >= 2)
+        })
+        .await;
+    assert!(runtime.starts(&id) >= 2);
+    harness.stop().await;
+}
+
+/// On deletion the preStop hook runs while the container still runs, then
+/// the stop signal, with what the hook left of the grace period.
+#[tokio::test]
+async fn pre_stop_runs_before_the_stop_signal_of_a_deleted_pod() {
+    let Hooked {
+        runtime,
+        prober,
+        mut harness,
+        web,
+        id,
+    } = Hooked::start(
+        serde_json::json!({"lifecycle": {"preStop": {"exec": {"command": ["drain"]}}}}),
+        &[],
+        &[],
+    );
+    harness.wait_running().await;
+    assert!(prober.execs().is_empty(), "no hook ran yet");
+    harness.assign(&[deleted(&web, 30)]);
+    harness.wait_for(<[InstanceStatus]>::is_empty).await;
+    let execs = prober.execs();
+    assert_eq!(execs.len(), 1, "{execs:?}");
+    assert_eq!(
+        (execs[0].id.as_str(), execs[0].command.as_str()),
+        (id.as_str(), "drain")
+    );
+    assert!(execs[0].running, "the hook ran before the stop");
+    let stops = runtime.stops();
+    assert_eq!(stops.len(), 1, "{stops:?}");
+    assert!(stops[0].2 >= execs[0].at);
+    let grace = stops[0].1;
+    assert!(
+        grace <= Duration::from_secs(30) && grace >= Duration::from_secs(29),
+        "the signal's grace is what the hook left: {grace:?}"
+    );
+    harness.stop().await;
+}
+
+/// A preStop hook that does not end is cut at the grace period; the stop
+/// goes on (with the kubelet's 2 s minimum) and FailedPreStopHook is
+/// reported while the pod stops.
+#[tokio::test]
+async fn a_hanging_pre_stop_is_bounded_by_the_grace_period_and_reported() {
+    let Hooked {
+        runtime,
+        mut harness,
+        web,
+        ..
+    } = Hooked::start(
+        serde_json::json!({"lifecycle": {"preStop": {"exec": {"command": ["drain"]}}}}),
+        &[],
+        &["drain"],
+    );
+    harness.wait_running().await;
+    let began = Instant::now();
+    harness.assign(&[deleted(&web, 1)]);
+    let statuses = harness
+        .wait_for(|s| event_reasons(s, "main") == ["FailedPreStopHook"])
+        .await;
+    let message = &container(&statuses, "main").unwrap().events[0].message;
+    assert!(message.contains("did not finish within 1s"), "{message}");
+    harness.wait_for(<[InstanceStatus]>::is_empty).await;
+    let took = began.elapsed();
+    assert!(
+        took >= Duration::from_secs(1),
+        "the hook had its grace: {took:?}"
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "bounded by the grace: {took:?}"
+    );
+    let stops = runtime.stops();
+    assert_eq!(stops.len(), 1, "{stops:?}");
+    assert_eq!(stops[0].1, crate::hooks::MINIMUM_STOP_GRACE);
+    harness.stop().await;
+}
+
+/// A container killed by its failed liveness probe runs its preStop hook
+/// first.
+#[tokio::test]
+async fn a_liveness_failure_runs_pre_stop_before_the_kill() {
+    let Hooked {
+        runtime,
+        prober,
+        mut harness,
+        id,
+        ..
+    } = Hooked::start(
+        serde_json::json!({
+            "livenessProbe": {"exec": {"command": ["check"]}, "periodSeconds": 1, "failureThreshold": 1},
+            "lifecycle": {"preStop": {"exec": {"command": ["drain"]}}},
+        }),
+        &["check"],
+        &[],
+    );
+    harness
+        .wait_for(|s| container(s, "main").is_some_and(|c| c.restart_count >= 1))
+        .await;
+    let drain = prober
+        .execs()
+        .into_iter()
+        .find(|e| e.command == "drain")
+        .expect("the preStop hook ran");
+    assert!(drain.running, "before the kill");
+    let stop = runtime
+        .stops()
+        .into_iter()
+        .find(|(s, _, _)| *s == id)
+        .unwrap();
+    assert!(stop.2 >= drain.at);
+    harness.stop().await;
+}
+
+/// A sidecar stopped after the app containers ended runs its preStop hook
+/// first.
+#[tokio::test]
+async fn a_sidecar_stopped_after_the_app_runs_its_pre_stop() {
+    let runtime = FakeRuntime::new();
+    let prober = FakeProber::new();
+    let mut harness = Harness::start_probing(&runtime, &prober);
+    let mut job = pod_of("job", "Never", &["proxy-sidecar"], &["work"]);
+    job.spec.as_mut().unwrap().init_containers.as_mut().unwrap()[0].lifecycle = Some(
+        serde_json::from_value(serde_json::json!({"preStop": {"exec": {"command": ["flush"]}}}))
+            .unwrap(),
+    );
+    let (sidecar, work) = (id_of(&job, "proxy-sidecar"), id_of(&job, "work"));
+    harness.assign(std::slice::from_ref(&job));
+    harness.wait_for(|s| running(s, "work")).await;
+    runtime.exit(&work, 0);
+    harness.wait_for(|s| s[0].phase == "Succeeded").await;
+    let execs = prober.execs();
+    assert_eq!(execs.len(), 1, "{execs:?}");
+    assert_eq!(
+        (execs[0].id.as_str(), execs[0].command.as_str()),
+        (sidecar.as_str(), "flush")
+    );
+    assert!(execs[0].running);
+    harness.stop().await;
+}
+
+/// `terminationMessagePolicy: FallbackToLogsOnError`: a failed container
+/// that wrote no message gets the end of its log (the last 80 lines, of
+/// them the last 2048 bytes); one that succeeded, or wrote a message, not.
+#[tokio::test]
+async fn a_failed_container_without_a_message_falls_back_to_its_log() {
+    let runtime = FakeRuntime::new();
+    let mut harness = Harness::start(&runtime);
+    let mut job = pod_of("job-log", "OnFailure", &[], &["work"]);
+    job.spec.as_mut().unwrap().containers[0].termination_message_policy =
+        Some("FallbackToLogsOnError".into());
+    let work = id_of(&job, "work");
+    harness.assign(std::slice::from_ref(&job));
+    harness.wait_for(|s| running(s, "work")).await;
+    for line in 0..100 {
+        runtime.write_log(&work, &format!("line {line:03}\n"));
+    }
+    runtime.exit(&work, 1);
+    let statuses = harness
+        .wait_for(|s| container(s, "work").is_some_and(|c| c.restart_count == 1))
+        .await;
+    let last = container(&statuses, "work")
+        .unwrap()
+        .last_terminated
+        .clone()
+        .unwrap();
+    let expected: String = (20..100).map(|line| format!("line {line:03}\n")).collect();
+    assert_eq!(last.message, expected, "the last 80 lines");
+
+    harness.wait_for(|s| running(s, "work")).await;
+    runtime.write_log(&work, &"y".repeat(3000));
+    runtime.exit(&work, 1);
+    let statuses = harness
+        .wait_for(|s| container(s, "work").is_some_and(|c| c.restart_count == 2))
+        .await;
+    let last = container(&statuses, "work")
+        .unwrap()
+        .last_terminated
+        .clone()
+        .unwrap();
+    assert_eq!(last.message, "y".repeat(2048), "at most 2048 bytes");
+
+    harness.wait_for(|s| running(s, "work")).await;
+    runtime.exit(&work, 0);
+    let statuses = harness.wait_for(|s| s[0].phase == "Succeeded").await;
+    let terminated = container(&statuses, "work")
+        .unwrap()
+        .terminated
+        .clone()
+        .unwrap();
+    assert_eq!(
+        terminated.message, "the process exited with code 0",
+        "a success keeps no log as its message"
+    );
+    harness.stop().await;
+}
+
+/// When a container restarts, the log of the run that ended is kept apart
+/// (with its lines' times), for `kubectl logs --previous`; one run back.
+#[tokio::test]
+async fn a_restarted_container_keeps_its_previous_runs_log() {
+    let runtime = FakeRuntime::new();
+    let mut harness = Harness::start(&runtime);
+    let web = pod("web-previous");
+    let id = id_of(&web, "main");
+    let kept = crate::pod_etc::PodEtc::new(&std::env::temp_dir(), "cluster.local")
+        .previous_log(&container_id(&web), "main");
+    let _ = std::fs::remove_file(&kept);
+    harness.assign(std::slice::from_ref(&web));
+    harness.wait_running().await;
+    assert!(!kept.exists(), "nothing kept before a restart");
+    runtime.write_log(&id, "first run\n");
+    runtime.exit(&id, 1);
+    harness
+        .wait_for(|s| restarts(s) == 1 && s[0].phase == "Running")
+        .await;
+    assert_eq!(std::fs::read_to_string(&kept).unwrap(), "first run\n");
+    harness.stop().await;
+}
