@@ -26,6 +26,7 @@ use c4m_mesh::InstanceNetwork;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::holder::PodHolders;
 use crate::pod_etc::PodEtc;
 use crate::session::AssignmentSet;
 
@@ -123,6 +124,16 @@ pub(crate) fn container_id(pod: &Instance) -> String {
         meta.name.as_deref().unwrap_or_default(),
         uid
     )
+}
+
+/// The id of the instance container `id` belongs to ([`containers_of`]):
+/// its first three `_`-separated parts (namespace, name and uid have no
+/// `_`).
+fn pod_of_container(id: &str) -> &str {
+    match id.match_indices('_').nth(2) {
+        Some((at, _)) => &id[..at],
+        None => id,
+    }
 }
 
 /// One container of a pod as the supervisor knows it before it runs.
@@ -367,6 +378,10 @@ pub(crate) struct Supervisor {
     /// without a VPC address are kept (`None`: each container of such a
     /// pod gets its own).
     pub pod_namespaces: Option<PathBuf>,
+    /// The holders of the IPC and PID namespaces the containers of a pod
+    /// share, on drivers that take a network namespace (`None`: each
+    /// container gets its own, and `shareProcessNamespace` is refused).
+    pub holders: Option<Arc<PodHolders>>,
     /// Runs probe attempts.
     pub prober: Arc<dyn Prober>,
     /// How restarts of crashing containers are spaced.
@@ -418,6 +433,12 @@ impl Supervisor {
                 "found containers from an earlier agent run"
             );
         }
+        // The namespace holders of those pods, adopted or removed likewise.
+        let mut stray_holders = self
+            .holders
+            .as_ref()
+            .map(|holders| holders.find_running())
+            .unwrap_or_default();
         let stopping = Stopping::default();
         let (probe_tx, mut probe_rx) = mpsc::channel::<ProbeResult>(64);
         let mut ticker = tokio::time::interval(TICK);
@@ -431,8 +452,14 @@ impl Supervisor {
             }
             let assigned = self.assignments.borrow_and_update().clone();
             if let Some(assigned) = assigned {
-                self.sync(&mut managed, &mut leftovers, &stopping, &assigned)
-                    .await;
+                self.sync(
+                    &mut managed,
+                    &mut leftovers,
+                    &mut stray_holders,
+                    &stopping,
+                    &assigned,
+                )
+                .await;
             }
             for (id, instance) in managed.iter_mut() {
                 self.drive(id, instance, &probe_tx).await;
@@ -466,6 +493,7 @@ impl Supervisor {
         &self,
         managed: &mut BTreeMap<String, Managed>,
         leftovers: &mut HashMap<String, (ContainerStatus, Arc<dyn ContainerRuntime>)>,
+        stray_holders: &mut HashSet<String>,
         stopping: &Stopping,
         assigned: &[Arc<Instance>],
     ) {
@@ -508,6 +536,7 @@ impl Supervisor {
                     // containers, last started first (as the kubelet).
                     containers: instance.slots.iter().rev().map(|s| s.id.clone()).collect(),
                     shared_namespace: instance.shared_namespace,
+                    holders: self.holders.clone(),
                     grace,
                 };
                 tokio::spawn(async move {
@@ -520,26 +549,50 @@ impl Supervisor {
             .iter()
             .flat_map(|(id, pod)| containers_of(pod, id).into_iter().map(|m| m.id))
             .collect();
-        let unassigned: Vec<String> = leftovers
+        // Leftovers no longer assigned go pod by pod: containers, then the
+        // pod's network and namespace holder.
+        let mut unassigned: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for id in leftovers
             .keys()
             .filter(|id| !wanted_containers.contains(*id))
-            .cloned()
-            .collect();
-        for id in unassigned {
-            if let Some((_, runtime)) = leftovers.remove(&id) {
-                tracing::info!(container = %id, "removing a container that is no longer assigned");
-                let network = self.network_for(runtime.as_ref());
-                self.pod_etc.remove(&id);
-                let removal = Removal {
-                    runtime,
-                    network,
-                    containers: vec![id.clone()],
-                    id,
-                    shared_namespace: None,
-                    grace: Duration::from_secs(10),
-                };
-                tokio::spawn(removal.run());
+        {
+            let pod = pod_of_container(id).to_string();
+            unassigned.entry(pod).or_default().push(id.clone());
+        }
+        stray_holders.retain(|pod| !wanted.contains_key(pod));
+        for pod in stray_holders.drain() {
+            unassigned.entry(pod).or_default();
+        }
+        for (pod, containers) in unassigned {
+            let runtimes: Vec<_> = containers
+                .iter()
+                .filter_map(|id| leftovers.remove(id))
+                .map(|(_, runtime)| runtime)
+                .collect();
+            let Some(runtime) = runtimes.into_iter().next() else {
+                // Only a holder is left.
+                if let Some(holders) = &self.holders {
+                    holders.remove(&pod);
+                }
+                continue;
+            };
+            tracing::info!(instance = %pod, ?containers, "removing containers that are no longer assigned");
+            // A container the pod no longer has goes alone: its pod stays.
+            let pod_gone = !wanted.contains_key(&pod);
+            let network = self.network_for(runtime.as_ref()).filter(|_| pod_gone);
+            if pod_gone {
+                self.pod_etc.remove(&pod);
             }
+            let removal = Removal {
+                runtime,
+                network,
+                containers,
+                id: pod,
+                shared_namespace: None,
+                holders: self.holders.clone().filter(|_| pod_gone),
+                grace: Duration::from_secs(10),
+            };
+            tokio::spawn(removal.run());
         }
         for (id, pod) in wanted {
             if let Some(instance) = managed.get_mut(&id) {
@@ -602,6 +655,15 @@ impl Supervisor {
                 "CreateContainerConfigError".to_string(),
                 format!("spec.{field}: {why}"),
             ))
+        });
+        let problem = problem.or_else(|| {
+            let shares = pod.spec.as_ref().and_then(|s| s.share_process_namespace);
+            (shares == Some(true) && self.holders.is_none()).then(|| {
+                (
+                    "CreateContainerConfigError".to_string(),
+                    "spec.shareProcessNamespace: this agent starts no pod namespace holder (AgentConfig::pod_holder)".to_string(),
+                )
+            })
         });
         let shared_namespace = match &self.pod_namespaces {
             Some(dir) if several && !attached && runtime.takes_network_namespace() => {
@@ -988,24 +1050,34 @@ impl Supervisor {
         let slot = &mut instance.slots[index];
         if let Err((what, error)) = attached {
             tracing::warn!(container = %slot.id, error = %error, "{what}");
-            slot.problem = Some(("NetworkNotReady".into(), error));
-            slot.restart_at = Some(Instant::now() + slot.backoff);
-            slot.backoff = (slot.backoff * 2).min(self.backoff.max);
+            self.retry_later(slot, "NetworkNotReady", error);
             return;
         }
         if instance.runtime.takes_network_namespace() {
+            if let Some(holders) = &self.holders {
+                match holders.ensure(pod_id).await {
+                    Ok(namespaces) => {
+                        spec.ipc_namespace = Some(namespaces.ipc());
+                        let pod_spec = instance.pod.spec.as_ref();
+                        if pod_spec.and_then(|s| s.share_process_namespace) == Some(true) {
+                            spec.pid_namespace = Some(namespaces.pid());
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(container = %slot.id, error = %e, "cannot start the pod's namespace holder");
+                        self.retry_later(slot, "CreateContainerError", e.to_string());
+                        return;
+                    }
+                }
+            }
             let address = instance.pod_ip.map(Into::into);
             if let Err(e) =
                 self.pod_etc
                     .write(pod_id, &mut spec, &instance.pod, address, cluster_dns)
             {
                 tracing::warn!(container = %slot.id, error = %e, "cannot write the pod's /etc files");
-                slot.problem = Some((
-                    "CreateContainerConfigError".into(),
-                    format!("writing the pod's /etc files: {e}"),
-                ));
-                slot.restart_at = Some(Instant::now() + slot.backoff);
-                slot.backoff = (slot.backoff * 2).min(self.backoff.max);
+                let message = format!("writing the pod's /etc files: {e}");
+                self.retry_later(slot, "CreateContainerConfigError", message);
                 return;
             }
             let path = slot
@@ -1020,12 +1092,8 @@ impl Supervisor {
                 }
                 Err(e) => {
                     tracing::warn!(container = %slot.id, error = %e, "cannot make the termination log");
-                    slot.problem = Some((
-                        "CreateContainerConfigError".into(),
-                        format!("making the file for {path}: {e}"),
-                    ));
-                    slot.restart_at = Some(Instant::now() + slot.backoff);
-                    slot.backoff = (slot.backoff * 2).min(self.backoff.max);
+                    let message = format!("making the file for {path}: {e}");
+                    self.retry_later(slot, "CreateContainerConfigError", message);
                     return;
                 }
             }
@@ -1062,11 +1130,17 @@ impl Supervisor {
             }
             Err(e) => {
                 tracing::warn!(container = %slot.id, error = %e, "cannot start container");
-                slot.problem = Some(("CreateContainerError".into(), e.to_string()));
-                slot.restart_at = Some(Instant::now() + slot.backoff);
-                slot.backoff = (slot.backoff * 2).min(self.backoff.max);
+                self.retry_later(slot, "CreateContainerError", e.to_string());
             }
         }
+    }
+
+    /// Shows why container `slot` could not start (`reason`, `message`)
+    /// and tries again after its backoff, which doubles.
+    fn retry_later(&self, slot: &mut Slot, reason: &str, message: String) {
+        slot.problem = Some((reason.into(), message));
+        slot.restart_at = Some(Instant::now() + slot.backoff);
+        slot.backoff = (slot.backoff * 2).min(self.backoff.max);
     }
 
     /// Records an exit and schedules the restart the policy asks for: a
@@ -1309,6 +1383,8 @@ struct Removal {
     /// Its containers' ids, in the order they stop.
     containers: Vec<String>,
     shared_namespace: Option<PathBuf>,
+    /// Whose holder of this pod goes last.
+    holders: Option<Arc<PodHolders>>,
     grace: Duration,
 }
 
@@ -1336,6 +1412,9 @@ impl Removal {
             && let Err(e) = c4m_mesh::remove_network_namespace(&path)
         {
             tracing::warn!(instance = %self.id, error = %e, "cannot remove the pod's network namespace");
+        }
+        if let Some(holders) = &self.holders {
+            holders.remove(&self.id);
         }
     }
 }

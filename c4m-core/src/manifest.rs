@@ -1832,7 +1832,6 @@ const UNHONOURED: &[(Scope, &str, &str)] = &[
     (Scope::PodSpec, "initContainers[*].volumeMounts", IGNORED),
     (Scope::PodSpec, "containers[*].lifecycle", IGNORED),
     (Scope::PodSpec, "initContainers[*].lifecycle", IGNORED),
-    (Scope::PodSpec, "shareProcessNamespace=true", IGNORED),
     (
         Scope::PodSpec,
         "containers[*].securityContext.!runAsUser|runAsGroup",

@@ -49,6 +49,7 @@ impl Harness {
             dns_address: watch::channel(String::new()).1,
             network: None,
             pod_namespaces: None,
+            holders: None,
             prober: Arc::new(prober.clone()),
             backoff: BACKOFF,
             pod_etc: crate::pod_etc::PodEtc::new(&std::env::temp_dir(), "cluster.local"),

@@ -224,12 +224,14 @@ pub fn resolv_conf(
 }
 
 /// The drivers whose containers have their own network namespace, into
-/// which the agent mounts the files above; the others run on the node's
-/// network, `/etc/hosts` and `resolv.conf` (`process`, `docker`, `cri`).
+/// which the agent mounts the files above, and join the pod's IPC and PID
+/// namespaces; the others run on the node's network, `/etc/hosts` and
+/// `resolv.conf` (`process`, `docker`, `cri`).
 pub const DRIVERS_WITH_POD_FILES: [&str; 2] = ["oci", "containerd"];
 
 /// The first pod spec field `driver` cannot honour because its containers
-/// share the node's host name, `/etc/hosts` and `resolv.conf`: as
+/// share the node's host name, `/etc/hosts` and `resolv.conf`, or have a
+/// process namespace each (`shareProcessNamespace`): as
 /// `(field, why)`, the field relative to the pod spec. Unknown drivers
 /// (an embedder's) are not judged.
 pub fn unsupported_by_driver(
@@ -263,6 +265,11 @@ pub fn unsupported_by_driver(
             "dnsPolicy",
             spec.dns_policy.as_deref() == Some("None"),
             "the node's /etc/resolv.conf",
+        ),
+        (
+            "shareProcessNamespace",
+            spec.share_process_namespace == Some(true),
+            "a process namespace each",
         ),
     ];
     fields
@@ -413,6 +420,11 @@ spec:
                 "dnsConfig",
             ),
             ("docker", "dnsPolicy: None", "dnsPolicy"),
+            (
+                "cri",
+                "shareProcessNamespace: true",
+                "shareProcessNamespace",
+            ),
         ] {
             assert_eq!(
                 unsupported_by_driver(driver, &spec(yaml)).map(|(f, _)| f),
@@ -424,6 +436,7 @@ spec:
             "dnsPolicy: Default",
             "restartPolicy: Never",
             "hostname: indexed-0, subdomain: s",
+            "shareProcessNamespace: false",
         ] {
             assert_eq!(
                 unsupported_by_driver("process", &spec(yaml)),
