@@ -272,6 +272,49 @@ async fn fields_the_nodes_default_driver_cannot_honour_are_refused_by_name() {
     harness.stop().await;
 }
 
+/// Without a namespace holder (an embedder's agent that names no
+/// `pod_holder`), `shareProcessNamespace` is refused, naming the field.
+#[tokio::test]
+async fn share_process_namespace_needs_a_holder() {
+    let runtime = FakeRuntime::new().named("oci").taking_network_namespace();
+    let mut harness = Harness::start(&runtime);
+    let web: Instance = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "web", "namespace": "default", "uid": "uid-web"},
+        "spec": {
+            "shareProcessNamespace": true,
+            "containers": [{"name": "main", "command": ["serve"]}],
+        },
+    }))
+    .unwrap();
+    harness.assign(std::slice::from_ref(&web));
+    let refused = harness
+        .wait_for(|s| {
+            s.first()
+                .is_some_and(|s| s.reason == "CreateContainerConfigError")
+        })
+        .await;
+    assert!(
+        refused[0]
+            .message
+            .starts_with("spec.shareProcessNamespace: this agent starts no pod namespace holder"),
+        "{refused:?}"
+    );
+    assert_eq!(runtime.starts(&container_id(&web)), 0);
+    harness.stop().await;
+}
+
+#[test]
+fn a_containers_pod_is_the_first_three_parts_of_its_id() {
+    for (container, pod) in [
+        ("default_web_ab12cd34", "default_web_ab12cd34"),
+        ("default_web_ab12cd34_sidecar", "default_web_ab12cd34"),
+        ("default_web__sidecar", "default_web_"),
+        ("default_web_", "default_web_"),
+    ] {
+        assert_eq!(super::pod_of_container(container), pod, "{container}");
+    }
+}
+
 #[tokio::test]
 async fn a_restarted_agent_adopts_running_containers_and_removes_unassigned_ones() {
     let runtime = FakeRuntime::new();
