@@ -126,6 +126,47 @@ pub(crate) fn container_id(pod: &Instance) -> String {
     )
 }
 
+/// The PID namespace an ephemeral container (`index`) joins: its
+/// `targetContainerName`'s, whose process must run. `None` for others.
+fn target_pid_namespace(instance: &Managed, index: usize) -> Result<Option<PathBuf>, String> {
+    let PodContainer::Ephemeral(i) = instance.slots[index].which else {
+        return Ok(None);
+    };
+    let target = instance.pod.spec.as_ref().and_then(|s| {
+        s.ephemeral_containers
+            .as_ref()?
+            .get(i)?
+            .target_container_name
+            .clone()
+    });
+    let Some(target) = target.filter(|t| !t.is_empty()) else {
+        return Ok(None);
+    };
+    let pid = instance
+        .slots
+        .iter()
+        .find(|s| s.name == target && !matches!(s.which, PodContainer::Ephemeral(_)))
+        .and_then(|s| match s.status.as_ref()?.state {
+            ContainerState::Running { pid, .. } => Some(pid),
+            ContainerState::Exited { .. } => None,
+        });
+    match pid {
+        Some(pid) => Ok(Some(PathBuf::from(format!("/proc/{pid}/ns/pid")))),
+        None => Err(format!("the target container {target:?} is not running")),
+    }
+}
+
+/// Whether the pod's status shows its ephemeral container `name` ended
+/// (an ephemeral container runs once).
+fn known_ended(pod: &Instance, name: &str) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.ephemeral_container_statuses.as_ref())
+        .into_iter()
+        .flatten()
+        .any(|c| c.name == name && c.state.as_ref().is_some_and(|s| s.terminated.is_some()))
+}
+
 /// The id of the instance container `id` belongs to ([`containers_of`]):
 /// its first three `_`-separated parts (namespace, name and uid have no
 /// `_`).
@@ -155,17 +196,26 @@ pub(crate) fn containers_of(pod: &Instance, pod_id: &str) -> Vec<PodMember> {
     let init = spec.init_containers.iter().flatten().enumerate();
     let init = init.map(|(i, c)| (PodContainer::Init(i), c));
     let app = spec.containers.iter().enumerate();
-    let app = app.map(|(i, c)| (PodContainer::App(i), c));
+    let app = app.map(|(i, c)| {
+        (
+            PodContainer::App(i),
+            c.name.as_str(),
+            c.restart_policy.as_deref(),
+        )
+    });
+    let init = init.map(|(which, c)| (which, c.name.as_str(), c.restart_policy.as_deref()));
+    let ephemeral = spec.ephemeral_containers.iter().flatten().enumerate();
+    let ephemeral = ephemeral.map(|(i, c)| (PodContainer::Ephemeral(i), c.name.as_str(), None));
     init.chain(app)
-        .map(|(which, c)| PodMember {
+        .chain(ephemeral)
+        .map(|(which, name, restart_policy)| PodMember {
             which,
-            name: c.name.clone(),
+            name: name.to_string(),
             id: match which {
                 PodContainer::App(0) => pod_id.to_string(),
-                _ => format!("{pod_id}_{}", c.name),
+                _ => format!("{pod_id}_{name}"),
             },
-            sidecar: matches!(which, PodContainer::Init(_))
-                && c.restart_policy.as_deref() == Some("Always"),
+            sidecar: matches!(which, PodContainer::Init(_)) && restart_policy == Some("Always"),
         })
         .collect()
 }
@@ -314,6 +364,10 @@ impl Slot {
     fn is_init(&self) -> bool {
         matches!(self.which, PodContainer::Init(_))
     }
+
+    fn is_app(&self) -> bool {
+        matches!(self.which, PodContainer::App(_))
+    }
 }
 
 /// One assigned instance.
@@ -339,7 +393,7 @@ struct Managed {
 
 impl Managed {
     fn app(&self) -> impl Iterator<Item = &Slot> {
-        self.slots.iter().filter(|s| !s.is_init())
+        self.slots.iter().filter(|s| s.is_app())
     }
 
     fn policy(&self) -> &str {
@@ -597,6 +651,7 @@ impl Supervisor {
         for (id, pod) in wanted {
             if let Some(instance) = managed.get_mut(&id) {
                 instance.pod = Arc::clone(pod);
+                self.add_ephemeral(&id, instance);
                 continue;
             }
             let members = containers_of(pod, &id);
@@ -688,16 +743,6 @@ impl Supervisor {
         let pod_status = pod.status.as_ref();
         let mut slots = Vec::with_capacity(members.len());
         for member in members {
-            let spec = ContainerSpec::for_container(pod, member.which, member.id.clone()).map(
-                |mut spec| {
-                    self.add_instance_env(&mut spec, pod, attached);
-                    spec
-                },
-            );
-            let slot_problem = spec
-                .as_ref()
-                .err()
-                .map(|e| ("CreateContainerConfigError".to_string(), e.to_string()));
             // What the pod's status says survives an agent restart: the
             // restart count, and init containers that already succeeded.
             let (restart_count, succeeded) = match member.which {
@@ -709,47 +754,32 @@ impl Supervisor {
                     pod_status.and_then(|s| s.container_statuses.as_ref()),
                     &member.name,
                 ),
+                PodContainer::Ephemeral(_) => known(
+                    pod_status.and_then(|s| s.ephemeral_container_statuses.as_ref()),
+                    &member.name,
+                ),
             }
             .unwrap_or((0, false));
             let status = adopted.remove(&member.id).map(|(status, _)| status);
             if status.is_some() {
                 tracing::info!(container = %member.id, "adopted a running container");
             }
-            slots.push(Slot {
-                which: member.which,
-                name: member.name,
-                id: member.id,
-                sidecar: member.sidecar,
-                spec: spec.ok(),
-                running_since: status.as_ref().map(|_| Instant::now()),
-                status,
-                run: 0,
-                probes: None,
-                ready: false,
-                started: false,
-                termination_log: None,
-                termination_message: String::new(),
-                restart_count,
-                backoff: self.backoff.initial,
-                restart_at: None,
-                pull_backoff: self.backoff.image_pull_initial,
-                pull_failed_at: None,
-                last_exit: None,
-                problem: slot_problem,
-                finished: matches!(member.which, PodContainer::Init(_))
-                    && !member.sidecar
-                    && succeeded,
-                cpu_sample: None,
-                usage: WireUsage::default(),
-                exit_handled: false,
-            });
+            let mut slot = self.new_slot(pod, member, attached, status);
+            slot.restart_count = restart_count;
+            // An ephemeral container that ended stays ended.
+            slot.finished = match slot.which {
+                PodContainer::Init(_) => !slot.sidecar && succeeded,
+                PodContainer::App(_) => false,
+                PodContainer::Ephemeral(_) => slot.status.is_none() && known_ended(pod, &slot.name),
+            };
+            slots.push(slot);
         }
         let adopted_any = slots.iter().any(|s| s.status.is_some());
         // A pod whose app containers ran (or run) has been initialized.
         let initialized = !slots.iter().any(Slot::is_init)
             || slots
                 .iter()
-                .any(|s| !s.is_init() && (s.status.is_some() || s.restart_count > 0));
+                .any(|s| s.is_app() && (s.status.is_some() || s.restart_count > 0));
         let (pod_ip, host_bindings) = match self.network_for(runtime.as_ref()) {
             Some(network) if adopted_any => (
                 network.readopt(id, pod).await.map(|a| a.address),
@@ -757,23 +787,7 @@ impl Supervisor {
             ),
             _ => (None, Vec::new()),
         };
-        self.directory
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(
-                (
-                    pod.metadata.namespace.clone().unwrap_or_default(),
-                    pod.metadata.name.clone().unwrap_or_default(),
-                ),
-                Placement {
-                    id: id.to_string(),
-                    runtime: Arc::clone(&runtime),
-                    containers: slots
-                        .iter()
-                        .map(|s| (s.name.clone(), s.id.clone()))
-                        .collect(),
-                },
-            );
+        self.publish(pod, id, &runtime, &slots);
         Managed {
             pod: Arc::clone(pod),
             runtime,
@@ -784,6 +798,99 @@ impl Supervisor {
             host_bindings,
             shared_namespace,
         }
+    }
+
+    /// Container `member` of `pod`, not yet run unless `status` (adopted).
+    fn new_slot(
+        &self,
+        pod: &Instance,
+        member: PodMember,
+        attached: bool,
+        status: Option<ContainerStatus>,
+    ) -> Slot {
+        let spec =
+            ContainerSpec::for_container(pod, member.which, member.id.clone()).map(|mut spec| {
+                self.add_instance_env(&mut spec, pod, attached);
+                spec
+            });
+        let problem = spec
+            .as_ref()
+            .err()
+            .map(|e| ("CreateContainerConfigError".to_string(), e.to_string()));
+        Slot {
+            which: member.which,
+            name: member.name,
+            id: member.id,
+            sidecar: member.sidecar,
+            spec: spec.ok(),
+            running_since: status.as_ref().map(|_| Instant::now()),
+            status,
+            run: 0,
+            probes: None,
+            ready: false,
+            started: false,
+            termination_log: None,
+            termination_message: String::new(),
+            restart_count: 0,
+            backoff: self.backoff.initial,
+            restart_at: None,
+            pull_backoff: self.backoff.image_pull_initial,
+            pull_failed_at: None,
+            last_exit: None,
+            problem,
+            finished: false,
+            cpu_sample: None,
+            usage: WireUsage::default(),
+            exit_handled: false,
+        }
+    }
+
+    /// Adds the ephemeral containers `kubectl debug` added to a managed
+    /// pod since (they are the only containers a pod gains).
+    fn add_ephemeral(&self, id: &str, instance: &mut Managed) {
+        let attached = self.network_for(instance.runtime.as_ref()).is_some();
+        let new: Vec<PodMember> = containers_of(&instance.pod, id)
+            .into_iter()
+            .filter(|m| matches!(m.which, PodContainer::Ephemeral(_)))
+            .filter(|m| !instance.slots.iter().any(|s| s.id == m.id))
+            .collect();
+        if new.is_empty() {
+            return;
+        }
+        for member in new {
+            tracing::info!(container = %member.id, "an ephemeral container was added");
+            let slot = self.new_slot(&instance.pod, member, attached, None);
+            instance.slots.push(slot);
+        }
+        self.publish(&instance.pod, id, &instance.runtime, &instance.slots);
+    }
+
+    /// Makes pod `id`'s containers reachable by name for the HTTP server
+    /// (logs, exec, attach).
+    fn publish(
+        &self,
+        pod: &Instance,
+        id: &str,
+        runtime: &Arc<dyn ContainerRuntime>,
+        slots: &[Slot],
+    ) {
+        self.directory
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                (
+                    pod.metadata.namespace.clone().unwrap_or_default(),
+                    pod.metadata.name.clone().unwrap_or_default(),
+                ),
+                Placement {
+                    id: id.to_string(),
+                    runtime: Arc::clone(runtime),
+                    containers: slots
+                        .iter()
+                        .map(|s| (s.name.clone(), s.id.clone()))
+                        .collect(),
+                },
+            );
     }
 
     /// What every instance learns about itself and the cluster from its
@@ -1013,6 +1120,15 @@ impl Supervisor {
         spec: &ContainerSpec,
     ) {
         let mut spec = spec.clone();
+        let target = match target_pid_namespace(instance, index) {
+            Ok(target) => target,
+            Err(message) => {
+                let slot = &mut instance.slots[index];
+                tracing::warn!(container = %slot.id, "{message}");
+                self.retry_later(slot, "CreateContainerError", message);
+                return;
+            }
+        };
         let mut cluster_dns = None;
         let attached = match self.network_for(instance.runtime.as_ref()) {
             Some(network) => match network.attach(pod_id, &instance.pod).await {
@@ -1069,6 +1185,10 @@ impl Supervisor {
                         return;
                     }
                 }
+            }
+            // An ephemeral container sees its target's processes.
+            if spec.pid_namespace.is_none() {
+                spec.pid_namespace = target;
             }
             let address = instance.pod_ip.map(Into::into);
             if let Err(e) =
@@ -1170,6 +1290,8 @@ impl Supervisor {
                 failed && policy != "Never"
             }
             PodContainer::App(_) => policy == "Always" || (policy == "OnFailure" && failed),
+            // Run once, as the kubelet runs them.
+            PodContainer::Ephemeral(_) => false,
         };
         tracing::info!(
             container = %slot.id,
@@ -1197,6 +1319,7 @@ impl Supervisor {
         }
         let token = CancellationToken::new();
         let container = slot.which.of(&instance.pod);
+        let container = container.as_deref();
         // A startup probe runs alone, until it passes; then the others.
         let startup = container
             .and_then(|c| c.startup_probe.clone())
@@ -1555,6 +1678,7 @@ fn container_report(instance: &Managed, slot: &Slot) -> ContainerReport {
     let mut report = ContainerReport {
         name: slot.name.clone(),
         init: slot.is_init(),
+        ephemeral: matches!(slot.which, PodContainer::Ephemeral(_)),
         ready: slot.running() && slot.ready,
         started: slot.running() && slot.started,
         restart_count: slot.restart_count,

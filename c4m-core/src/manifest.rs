@@ -1733,7 +1733,7 @@ fn is_label_like(s: &str) -> bool {
 
 /// A DNS-1123 label: at most 63 lowercase alphanumerics or '-', starting and
 /// ending alphanumeric.
-fn dns1123_label(s: &str) -> Result<(), String> {
+pub fn dns1123_label(s: &str) -> Result<(), String> {
     if s.len() > 63 {
         return Err("must be at most 63 characters".to_string());
     }

@@ -662,3 +662,142 @@ spec:
     assert_eq!(terminated["exitCode"], 3, "{pod:#}");
     assert_eq!(terminated["message"], "bye\n", "{pod:#}");
 }
+
+/// `kubectl debug --target`: the API adds an ephemeral container (through
+/// the `ephemeralcontainers` subresource, refusing a target the pod lacks),
+/// the agent runs it once in the pod's network and IPC namespace and in its
+/// target's PID namespace, and it is reported in
+/// `ephemeralContainerStatuses`; `kubectl logs` and `exec` take it with
+/// `-c`.
+#[test]
+#[ignore = "needs root + runc + conmon + kubectl"]
+fn kubectl_debug_runs_an_ephemeral_container_that_sees_its_target() {
+    let (cluster, kubectl) = oci_node_with_busybox();
+    ephemeral_debugger(&cluster, &kubectl, "oci");
+}
+
+/// The same on the `containerd` driver.
+#[test]
+#[ignore = "needs root + containerd + runc + kubectl"]
+fn on_containerd_kubectl_debug_runs_an_ephemeral_container_that_sees_its_target() {
+    let node = ContainerdNode::start();
+    ephemeral_debugger(&node.cluster, &node.kubectl, "containerd");
+}
+
+/// The `kubectl debug` test above on `driver`.
+fn ephemeral_debugger(cluster: &Cluster, kubectl: &Kubectl, driver: &str) {
+    kubectl_apply(
+        cluster,
+        kubectl,
+        "target.yaml",
+        &format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: target}}
+spec:
+  runtimeClassName: {driver}
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: app
+    image: bb:1
+    command: [sleep, "3600"]
+  - name: other
+    image: bb:1
+    command: [sleep, "3601"]
+"#
+        ),
+    );
+    wait_for("the pod running", MINUTE, || {
+        let table = kubectl.ok(&["get", "pod", "target"]);
+        table.lines().nth(1)?.contains(" 2/2 ").then_some(())
+    });
+    let refused = kubectl.run(&[
+        "debug",
+        "target",
+        "--image=bb:1",
+        "--target=nosuch",
+        "--",
+        "true",
+    ]);
+    assert!(!refused.status.success(), "{refused:?}");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("spec.ephemeralContainers[0].targetContainerName: Not found: \"nosuch\""),
+        "{stderr}"
+    );
+    let script = "ps -o pid,args; readlink /proc/self/ns/ipc; sleep 4";
+    let output = kubectl.run(&[
+        "debug",
+        "target",
+        "--image=bb:1",
+        "--target=app",
+        "--",
+        "sh",
+        "-c",
+        script,
+    ]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{output:?}");
+    let name = stdout
+        .split("Defaulting debug container name to ")
+        .nth(1)
+        .and_then(|rest| rest.split('.').next())
+        .unwrap_or_else(|| panic!("no debug container name in {stdout:?}"))
+        .to_string();
+    assert!(name.starts_with("debugger-"), "{stdout}");
+    let logs = wait_for("the debugger's output", MINUTE, || {
+        let output = kubectl.run(&["logs", "target", "-c", &name]);
+        let text = String::from_utf8_lossy(&output.stdout).to_string();
+        text.contains("ipc:[").then_some(text)
+    });
+    // It sees its target's process (PID 1 there), not the other
+    // container's, and shares the pod's IPC namespace.
+    assert!(logs.contains("sleep 3600"), "{logs}");
+    assert!(!logs.contains("sleep 3601"), "{logs}");
+    let app_ipc = kubectl.ok(&[
+        "exec",
+        "target",
+        "-c",
+        "app",
+        "--",
+        "readlink",
+        "/proc/self/ns/ipc",
+    ]);
+    assert!(logs.contains(app_ipc.trim()), "{logs} / {app_ipc}");
+    assert_eq!(
+        kubectl.ok(&["exec", "target", "-c", &name, "--", "echo", "inside"]),
+        "inside\n"
+    );
+    let pod = kubectl.json(&["get", "pod", "target"]);
+    let status = &pod["status"]["ephemeralContainerStatuses"][0];
+    assert_eq!(status["name"], name.as_str(), "{pod:#}");
+    assert!(status["state"]["running"].is_object(), "{pod:#}");
+    assert_eq!(
+        pod["spec"]["ephemeralContainers"][0]["targetContainerName"],
+        "app"
+    );
+    // It runs once: it ends, and stays ended; the pod runs on.
+    let pod = wait_for("the debugger to end", MINUTE, || {
+        let pod = kubectl.json(&["get", "pod", "target"]);
+        let state = &pod["status"]["ephemeralContainerStatuses"][0]["state"];
+        state["terminated"].is_object().then_some(pod)
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let pod = {
+        let later = kubectl.json(&["get", "pod", "target"]);
+        assert_eq!(
+            later["status"]["ephemeralContainerStatuses"],
+            pod["status"]["ephemeralContainerStatuses"],
+            "not restarted"
+        );
+        later
+    };
+    let status = &pod["status"]["ephemeralContainerStatuses"][0];
+    assert_eq!(status["state"]["terminated"]["exitCode"], 0, "{pod:#}");
+    assert_eq!(status["restartCount"], 0, "{pod:#}");
+    assert_eq!(pod["status"]["phase"], "Running", "{pod:#}");
+    let described = kubectl.ok(&["describe", "pod", "target"]);
+    assert!(described.contains("Ephemeral Containers:"), "{described}");
+    kubectl.ok(&["delete", "pod", "target", "--wait=false"]);
+}
