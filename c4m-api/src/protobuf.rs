@@ -18,6 +18,7 @@
 //! | `runtime.RawExtension` | any JSON | `{raw}`: JSON text, or a protobuf envelope |
 //! | `meta.v1.FieldsV1` | an object | `{Raw}`: JSON text |
 //! | `bytes` fields (Secret `data`) | base64 | the bytes |
+//! | `core.v1.EphemeralContainer` | the container's fields, `targetContainerName` | `{ephemeralContainerCommon, targetContainerName}` ([`INLINE`]) |
 //!
 //! Go writes every non-pointer field of an object, empty or not, and its
 //! JSON leaves empty ones out (`omitempty`): an empty string, a zero Time,
@@ -111,6 +112,17 @@ const FIELDS_V1: &str = "apimachinery.pkg.apis.meta.v1.FieldsV1";
 const RAW_EXTENSION: &str = "apimachinery.pkg.runtime.RawExtension";
 const UNKNOWN: &str = "apimachinery.pkg.runtime.Unknown";
 const META_PACKAGE: &str = "apimachinery.pkg.apis.meta.v1";
+/// Messages that embed a struct inline (`json:",inline"` in Go): its fields
+/// are the message's own in JSON, one nested message in protobuf.
+const INLINE: &[(&str, &str)] = &[("api.core.v1.EphemeralContainer", "ephemeralContainerCommon")];
+
+/// The field of `descriptor` whose message is inline in JSON, if any.
+fn inline_field(descriptor: &MessageDescriptor) -> Option<FieldDescriptor> {
+    let (_, field) = INLINE
+        .iter()
+        .find(|(message, _)| *message == descriptor.full_name())?;
+    descriptor.get_field_by_name(field)
+}
 
 /// The message type of a built-in kind, or None for a kind that has no
 /// protobuf form (custom resources, c4m's own kinds).
@@ -352,6 +364,19 @@ fn to_message(
             let fields = json
                 .as_object()
                 .ok_or_else(|| field_error(path, format!("{json} is not an object")))?;
+            let inline = inline_field(descriptor);
+            if let Some(inline) = &inline
+                && let Kind::Message(inner) = inline.kind()
+            {
+                // What is not the message's own goes to the inline one.
+                let rest: Map<String, Value> = fields
+                    .iter()
+                    .filter(|(name, _)| descriptor.get_field_by_name(name).is_none())
+                    .map(|(name, value)| (name.clone(), value.clone()))
+                    .collect();
+                let nested = to_message(&inner, &Value::Object(rest), path)?;
+                message.set_field(inline, Proto::Message(nested));
+            }
             for (name, value) in fields {
                 if value.is_null() {
                     continue;
@@ -361,6 +386,9 @@ fn to_message(
                 let Some(field) = descriptor.get_field_by_name(name) else {
                     continue;
                 };
+                if inline.as_ref() == Some(&field) {
+                    continue;
+                }
                 let len = path.len();
                 if !path.is_empty() {
                     path.push('.');
@@ -551,7 +579,14 @@ fn from_message(message: &DynamicMessage) -> Value {
                     Value::Bool(false) if !keeps_zero(field.name()) => continue,
                     _ => {}
                 }
-                object.insert(field.name().to_string(), json);
+                match json {
+                    Value::Object(inner) if inline_field(&descriptor).as_ref() == Some(&field) => {
+                        object.extend(inner);
+                    }
+                    json => {
+                        object.insert(field.name().to_string(), json);
+                    }
+                }
             }
             Value::Object(object)
         }
@@ -819,6 +854,39 @@ mod tests {
                 "timestamp": "2026-01-01T00:00:00Z", "window": "2s",
                 "usage": {"cpu": "1000000n", "memory": "1024Ki"}}]});
         assert_eq!(round_trip(nodes.clone()), nodes);
+    }
+
+    #[test]
+    fn ephemeral_containers_keep_their_inline_fields() {
+        let pod = json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "web", "namespace": "default"},
+            "spec": {"containers": [{"name": "app", "image": "bb:1"}],
+                "ephemeralContainers": [{"name": "debugger-x", "image": "bb:1",
+                    "command": ["sh"], "stdin": true, "targetContainerName": "app"}]},
+            "status": {"ephemeralContainerStatuses": [{"name": "debugger-x", "image": "bb:1",
+                "ready": false, "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}}}]}});
+        assert_eq!(round_trip(pod.clone()), pod);
+        // In protobuf, the container's fields are in ephemeralContainerCommon.
+        let bytes = encode_object(&pod).unwrap();
+        let descriptor = message_for("v1", "Pod").unwrap();
+        let unknown = decode_message(&message(UNKNOWN).unwrap(), &bytes[MAGIC.len()..]).unwrap();
+        let raw = unknown
+            .get_field_by_name("raw")
+            .unwrap()
+            .as_bytes()
+            .unwrap()
+            .clone();
+        let decoded = decode_message(&descriptor, &raw).unwrap();
+        let spec = decoded.get_field_by_name("spec").unwrap();
+        let spec = spec.as_message().unwrap();
+        let list = spec.get_field_by_name("ephemeralContainers").unwrap();
+        let first = list.as_list().unwrap()[0].as_message().unwrap().clone();
+        let common = first.get_field_by_name("ephemeralContainerCommon").unwrap();
+        let common = common.as_message().unwrap();
+        assert_eq!(
+            common.get_field_by_name("name").unwrap().as_str(),
+            Some("debugger-x")
+        );
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! Kubernetes allows it, entries may only be added; an added one names an
 //! image, no ports, probes, lifecycle hooks, resources or restart policy,
 //! and its `targetContainerName` (whose processes it sees) is one of the
-//! pod's containers. Everything else of the pod stays as it was.
+//! pod's containers; no terminal (`tty`), as for any container. Everything
+//! else of the pod stays as it was.
 
 use std::collections::HashSet;
 
@@ -114,6 +115,14 @@ pub(crate) fn with_ephemeral_containers(
                 "Forbidden: cannot be set for an Ephemeral Container".into(),
             ));
         }
+        // As for every container (c4m_core::validate): no driver gives a
+        // main process a terminal.
+        if typed.tty == Some(true) {
+            return Err(invalid(
+                &format!("{path}.tty"),
+                "is not supported: no driver gives a container's main process a terminal; attach to its stdin without one (kubectl debug -i)".into(),
+            ));
+        }
         if let Some(target) = typed.target_container_name.as_deref()
             && !target.is_empty()
             && !targets.contains(target)
@@ -172,7 +181,7 @@ mod tests {
     #[test]
     fn new_ephemeral_containers_are_added_and_nothing_else_changes() {
         let debugger = json!({"name": "debugger-abc", "image": "bb:1", "targetContainerName": "app",
-            "command": ["sh"], "stdin": true, "tty": true, "resources": {}});
+            "command": ["sh"], "stdin": true, "tty": false, "resources": {}});
         let pod = adding(&pod(), json!([debugger])).unwrap();
         assert_eq!(pod["spec"]["ephemeralContainers"], json!([debugger]));
         assert_eq!(pod["spec"]["containers"][0]["image"], "bb:1");
@@ -234,6 +243,10 @@ mod tests {
             (
                 json!({"name": "d", "image": "bb:1", "targetContainerName": "nosuch"}),
                 "spec.ephemeralContainers[0].targetContainerName: Not found: \"nosuch\"",
+            ),
+            (
+                json!({"name": "d", "image": "bb:1", "stdin": true, "tty": true}),
+                "spec.ephemeralContainers[0].tty: Invalid value: true: is not supported",
             ),
             (
                 json!({"name": "d", "image": "bb:1", "command": "sh"}),

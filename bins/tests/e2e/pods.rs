@@ -2,6 +2,8 @@
 //! driver a pod naming none runs on, how an image that cannot be pulled
 //! shows, and the kubelet's Events `kubectl describe pod` lists.
 
+use std::io::Write;
+use std::process::Stdio;
 use std::time::Duration;
 
 use crate::common::kubectl::Kubectl;
@@ -799,5 +801,40 @@ spec:
     assert_eq!(pod["status"]["phase"], "Running", "{pod:#}");
     let described = kubectl.ok(&["describe", "pod", "target"]);
     assert!(described.contains("Ephemeral Containers:"), "{described}");
+    // Interactive: kubectl waits for it to run and attaches (attach is
+    // oci's alone); a terminal is refused, naming the field.
+    if driver == "oci" {
+        let mut debug = kubectl
+            .command(&[
+                "debug",
+                "-i",
+                "target",
+                "--image=bb:1",
+                "--target=app",
+                "--",
+                "sh",
+                "-c",
+                "read line; echo got-$line",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut input = debug.stdin.take().unwrap();
+        input.write_all(b"hello\n").unwrap();
+        drop(input);
+        let debug = debug.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&debug.stdout);
+        assert!(debug.status.success(), "{debug:?}");
+        assert!(stdout.contains("got-hello"), "{debug:?}");
+    }
+    let refused = kubectl.run(&["debug", "-it", "target", "--image=bb:1", "--", "sh"]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{refused:?}");
+    assert!(
+        stderr.contains(".tty: Invalid value: true: is not supported"),
+        "{stderr}"
+    );
     kubectl.ok(&["delete", "pod", "target", "--wait=false"]);
 }
