@@ -764,7 +764,7 @@ impl Supervisor {
             if status.is_some() {
                 tracing::info!(container = %member.id, "adopted a running container");
             }
-            let mut slot = self.new_slot(pod, member, attached, status);
+            let mut slot = self.new_slot(pod, member, runtime.as_ref(), status);
             slot.restart_count = restart_count;
             // An ephemeral container that ended stays ended.
             slot.finished = match slot.which {
@@ -805,14 +805,23 @@ impl Supervisor {
         &self,
         pod: &Instance,
         member: PodMember,
-        attached: bool,
+        runtime: &dyn ContainerRuntime,
         status: Option<ContainerStatus>,
     ) -> Slot {
+        let attached = self.network_for(runtime).is_some();
         let spec =
             ContainerSpec::for_container(pod, member.which, member.id.clone()).map(|mut spec| {
                 self.add_instance_env(&mut spec, pod, attached);
                 spec
             });
+        let refused = matches!(member.which, PodContainer::Ephemeral(_))
+            .then(|| c4m_core::pod_etc::refuses_ephemeral_containers(runtime.name()))
+            .flatten()
+            .map(|why| format!("{}: {why}", member.which));
+        let spec = match refused {
+            Some(why) => Err(c4m_core::Error::Invalid(why)),
+            None => spec,
+        };
         let problem = spec
             .as_ref()
             .err()
@@ -848,7 +857,6 @@ impl Supervisor {
     /// Adds the ephemeral containers `kubectl debug` added to a managed
     /// pod since (they are the only containers a pod gains).
     fn add_ephemeral(&self, id: &str, instance: &mut Managed) {
-        let attached = self.network_for(instance.runtime.as_ref()).is_some();
         let new: Vec<PodMember> = containers_of(&instance.pod, id)
             .into_iter()
             .filter(|m| matches!(m.which, PodContainer::Ephemeral(_)))
@@ -859,7 +867,7 @@ impl Supervisor {
         }
         for member in new {
             tracing::info!(container = %member.id, "an ephemeral container was added");
-            let slot = self.new_slot(&instance.pod, member, attached, None);
+            let slot = self.new_slot(&instance.pod, member, instance.runtime.as_ref(), None);
             instance.slots.push(slot);
         }
         self.publish(&instance.pod, id, &instance.runtime, &instance.slots);

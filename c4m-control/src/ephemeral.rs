@@ -123,6 +123,10 @@ pub(crate) fn with_ephemeral_containers(
                 "is not supported: no driver gives a container's main process a terminal; attach to its stdin without one (kubectl debug -i)".into(),
             ));
         }
+        let driver = current["spec"]["runtimeClassName"].as_str();
+        if let Some(why) = driver.and_then(c4m_core::pod_etc::refuses_ephemeral_containers) {
+            return Err(invalid(&path, why));
+        }
         if let Some(target) = typed.target_container_name.as_deref()
             && !target.is_empty()
             && !targets.contains(target)
@@ -258,5 +262,15 @@ mod tests {
         }
         let refused = refusal(adding(&pod(), json!({"name": "d"})));
         assert!(refused.contains("must be a list"), "{refused}");
+        // A pod that names a driver without pod namespaces.
+        let mut on_process = pod();
+        on_process["spec"]["runtimeClassName"] = json!("process");
+        let refused = refusal(adding(&on_process, json!([{"name": "d", "image": "bb:1"}])));
+        assert!(
+            refused.contains(
+                "spec.ephemeralContainers[0]: the process driver cannot run ephemeral containers"
+            ),
+            "{refused}"
+        );
     }
 }

@@ -286,6 +286,19 @@ pub fn unsupported_by_driver(
         })
 }
 
+/// Why `driver` cannot run an ephemeral container (`kubectl debug`): its
+/// containers join no pod namespaces. `None` for `oci`, `containerd` and
+/// drivers c4m does not know (an embedder's).
+pub fn refuses_ephemeral_containers(driver: &str) -> Option<String> {
+    let known = crate::CONTAINER_DRIVERS.contains(&driver) || driver == crate::DEFAULT_DRIVER;
+    (known && !DRIVERS_WITH_POD_FILES.contains(&driver)).then(|| {
+        format!(
+            "the {driver} driver cannot run ephemeral containers: its containers join no pod namespaces (drivers that can: {})",
+            DRIVERS_WITH_POD_FILES.join(", ")
+        )
+    })
+}
+
 fn without_duplicates(items: Vec<String>) -> Vec<String> {
     let mut seen = std::collections::HashSet::new();
     items
@@ -442,6 +455,22 @@ spec:
                 unsupported_by_driver("process", &spec(yaml)),
                 None,
                 "{yaml}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_drivers_with_pod_namespaces_run_ephemeral_containers() {
+        for driver in ["oci", "containerd", "my-own"] {
+            assert_eq!(refuses_ephemeral_containers(driver), None, "{driver}");
+        }
+        for driver in ["process", "docker", "cri"] {
+            let why = refuses_ephemeral_containers(driver).unwrap();
+            assert!(
+                why.starts_with(&format!(
+                    "the {driver} driver cannot run ephemeral containers"
+                )),
+                "{why}"
             );
         }
     }
