@@ -18,6 +18,7 @@
 //! | `runtime.RawExtension` | any JSON | `{raw}`: JSON text, or a protobuf envelope |
 //! | `meta.v1.FieldsV1` | an object | `{Raw}`: JSON text |
 //! | `bytes` fields (Secret `data`) | base64 | the bytes |
+//! | a struct Go embeds ([`EMBEDDED`]: a Probe's handler, a Volume's source, an EphemeralContainer's container) | its fields are the parent's | one nested message |
 //!
 //! Go writes every non-pointer field of an object, empty or not, and its
 //! JSON leaves empty ones out (`omitempty`): an empty string, a zero Time,
@@ -668,6 +669,39 @@ mod tests {
                 "timestamp": "2026-01-01T00:00:00Z", "window": "2s",
                 "usage": {"cpu": "1000000n", "memory": "1024Ki"}}]});
         assert_eq!(round_trip(nodes.clone()), nodes);
+    }
+
+    #[test]
+    fn ephemeral_containers_keep_their_inline_fields() {
+        let pod = json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "web", "namespace": "default"},
+            "spec": {"containers": [{"name": "app", "image": "bb:1"}],
+                "ephemeralContainers": [{"name": "debugger-x", "image": "bb:1",
+                    "command": ["sh"], "stdin": true, "targetContainerName": "app"}]},
+            "status": {"ephemeralContainerStatuses": [{"name": "debugger-x", "image": "bb:1",
+                "ready": false, "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}}}]}});
+        assert_eq!(round_trip(pod.clone()), pod);
+        // In protobuf, the container's fields are in ephemeralContainerCommon.
+        let bytes = encode_object(&pod).unwrap();
+        let descriptor = message_for("v1", "Pod").unwrap();
+        let unknown = decode_message(&message(UNKNOWN).unwrap(), &bytes[MAGIC.len()..]).unwrap();
+        let raw = unknown
+            .get_field_by_name("raw")
+            .unwrap()
+            .as_bytes()
+            .unwrap()
+            .clone();
+        let decoded = decode_message(&descriptor, &raw).unwrap();
+        let spec = decoded.get_field_by_name("spec").unwrap();
+        let spec = spec.as_message().unwrap();
+        let list = spec.get_field_by_name("ephemeralContainers").unwrap();
+        let first = list.as_list().unwrap()[0].as_message().unwrap().clone();
+        let common = first.get_field_by_name("ephemeralContainerCommon").unwrap();
+        let common = common.as_message().unwrap();
+        assert_eq!(
+            common.get_field_by_name("name").unwrap().as_str(),
+            Some("debugger-x")
+        );
     }
 
     #[test]

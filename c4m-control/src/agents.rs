@@ -709,10 +709,10 @@ fn apply_single_container(pod: &mut Value, report: &InstanceStatus) {
 /// Ready when every app container is.
 fn apply_containers(pod: &mut Value, report: &InstanceStatus) {
     let image = |pod: &Value, report: &ContainerReport| {
-        let list = if report.init {
-            "initContainers"
-        } else {
-            "containers"
+        let list = match (report.init, report.ephemeral) {
+            (true, _) => "initContainers",
+            (_, true) => "ephemeralContainers",
+            _ => "containers",
         };
         pod["spec"][list]
             .as_array()
@@ -733,7 +733,7 @@ fn apply_containers(pod: &mut Value, report: &InstanceStatus) {
         }
         state
     };
-    let (mut init, mut app) = (Vec::new(), Vec::new());
+    let (mut init, mut app, mut ephemeral) = (Vec::new(), Vec::new(), Vec::new());
     for container in &report.containers {
         let state = match (
             &container.running,
@@ -768,17 +768,24 @@ fn apply_containers(pod: &mut Value, report: &InstanceStatus) {
         }
         if container.init {
             init.push(status);
+        } else if container.ephemeral {
+            ephemeral.push(status);
         } else {
             app.push(status);
         }
     }
     pod["status"]["containerStatuses"] = Value::Array(app);
-    if init.is_empty() {
-        if let Some(status) = pod["status"].as_object_mut() {
-            status.remove("initContainerStatuses");
+    for (field, list) in [
+        ("initContainerStatuses", init),
+        ("ephemeralContainerStatuses", ephemeral),
+    ] {
+        if list.is_empty() {
+            if let Some(status) = pod["status"].as_object_mut() {
+                status.remove(field);
+            }
+        } else {
+            pod["status"][field] = Value::Array(list);
         }
-    } else {
-        pod["status"]["initContainerStatuses"] = Value::Array(init);
     }
     set_pod_conditions(pod, report.initialized, report.ready);
 }
@@ -1127,6 +1134,7 @@ mod tests {
             "spec": {
                 "initContainers": [{"name": "setup", "image": "bb:1"}],
                 "containers": [{"name": "web", "image": "web:2"}, {"name": "metrics", "image": "m:3"}],
+                "ephemeralContainers": [{"name": "debugger-x", "image": "bb:1", "targetContainerName": "web"}],
             },
         });
         let report = InstanceStatus {
@@ -1168,6 +1176,14 @@ mod tests {
                     }),
                     ..ContainerReport::default()
                 },
+                ContainerReport {
+                    name: "debugger-x".into(),
+                    ephemeral: true,
+                    running: Some(ContainerRunning {
+                        started_at: "2026-12-07T00:00:01Z".into(),
+                    }),
+                    ..ContainerReport::default()
+                },
             ],
             ..InstanceStatus::default()
         };
@@ -1190,6 +1206,11 @@ mod tests {
         assert_eq!(metrics["state"]["waiting"]["reason"], "CrashLoopBackOff");
         assert_eq!(metrics["lastState"]["terminated"]["exitCode"], 2);
         assert_eq!(metrics["restartCount"], 2);
+        assert_eq!(status["containerStatuses"].as_array().unwrap().len(), 2);
+        let debugger = &status["ephemeralContainerStatuses"][0];
+        assert_eq!(debugger["name"], "debugger-x");
+        assert_eq!(debugger["image"], "bb:1");
+        assert!(debugger["state"]["running"].is_object(), "{debugger}");
         let condition = |name: &str| {
             status["conditions"]
                 .as_array()

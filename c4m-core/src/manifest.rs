@@ -1938,7 +1938,7 @@ fn is_label_like(s: &str) -> bool {
 
 /// A DNS-1123 label: at most 63 lowercase alphanumerics or '-', starting and
 /// ending alphanumeric.
-fn dns1123_label(s: &str) -> Result<(), String> {
+pub fn dns1123_label(s: &str) -> Result<(), String> {
     if s.len() > 63 {
         return Err("must be at most 63 characters".to_string());
     }
@@ -2035,7 +2035,6 @@ const UNHONOURED: &[(Scope, &str, &str)] = &[
     (Scope::PodSpec, "volumes", IGNORED),
     (Scope::PodSpec, "containers[*].volumeMounts", IGNORED),
     (Scope::PodSpec, "initContainers[*].volumeMounts", IGNORED),
-    (Scope::PodSpec, "shareProcessNamespace=true", IGNORED),
     (
         Scope::PodSpec,
         "containers[*].securityContext.!runAsUser|runAsGroup",
