@@ -158,11 +158,13 @@ pub(crate) trait Containers: Send + Sync + 'static {
     /// The container's current status.
     async fn status(&self, id: &str) -> Result<ContainerStatus>;
 
-    /// Whether all the output of container `id`, which exited at
-    /// `finished_at`, is in its log. Drivers whose log is written by
-    /// another process after the exit is reported say when it is done.
-    async fn output_written(&self, id: &str, finished_at: SystemTime) -> bool {
-        let _ = (id, finished_at);
+    /// Whether all the output of container `id`, whose exit a log
+    /// follower first saw at `exit_seen_at`, is in its log. Drivers whose
+    /// log is written by another process after the exit is reported say
+    /// when it is done. (The follower's own time, not the reported exit's:
+    /// a driver's clock or a missing exit time must not end it early.)
+    async fn output_written(&self, id: &str, exit_seen_at: SystemTime) -> bool {
+        let _ = (id, exit_seen_at);
         true
     }
 }
@@ -360,9 +362,11 @@ pub(crate) async fn logs<C: Containers>(
         // once it is gone the stream ends.
         let containers = Arc::downgrade(containers);
         let id = id.to_string();
+        let exit_seen_at = Arc::new(std::sync::Mutex::new(None::<SystemTime>));
         logs::exited_check(move || {
             let containers = containers.clone();
             let id = id.clone();
+            let exit_seen_at = Arc::clone(&exit_seen_at);
             async move {
                 let Some(containers) = containers.upgrade() else {
                     return true;
@@ -373,9 +377,15 @@ pub(crate) async fn logs<C: Containers>(
                         ..
                     }) => false,
                     Ok(ContainerStatus {
-                        state: ContainerState::Exited { finished_at, .. },
+                        state: ContainerState::Exited { .. },
                         ..
-                    }) => containers.output_written(&id, finished_at).await,
+                    }) => {
+                        let seen_at = *exit_seen_at
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .get_or_insert_with(SystemTime::now);
+                        containers.output_written(&id, seen_at).await
+                    }
                     Err(_) => true,
                 }
             }

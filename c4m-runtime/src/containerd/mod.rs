@@ -73,10 +73,9 @@ const RUNTIME: &str = "io.containerd.runc.v2";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long `stop` waits for the task to end after SIGKILL.
 const KILL_WAIT: Duration = Duration::from_secs(10);
-/// How long after an exit the shim may still be copying output to the log.
-/// Only a shim that is gone or hung lets it run out (a live one closes the
-/// log once it has copied everything), so it is generous: on a loaded node
-/// a follower may first look several seconds after the exit.
+/// How long after a follower saw an exit the shim may still be copying
+/// output to the log. Only a shim that is gone or hung lets it run out (a
+/// live one closes the log once it has copied everything).
 const OUTPUT_COPY_LIMIT: Duration = Duration::from_secs(30);
 /// How long a start waits for runc's init to exec the program.
 const EXEC_WAIT: Duration = Duration::from_secs(2);
@@ -607,8 +606,8 @@ impl state::Containers for Inner {
 
     /// The shim reports the exit before it has copied the last output; it
     /// closes the log once it has.
-    async fn output_written(&self, id: &str, finished_at: SystemTime) -> bool {
-        let waited_enough = finished_at
+    async fn output_written(&self, id: &str, exit_seen_at: SystemTime) -> bool {
+        let waited_enough = exit_seen_at
             .elapsed()
             .is_ok_and(|elapsed| elapsed >= OUTPUT_COPY_LIMIT);
         if waited_enough {
