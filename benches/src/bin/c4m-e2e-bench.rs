@@ -930,13 +930,18 @@ async fn current_revision(control: &ControlPlane) -> Result<String> {
 }
 
 /// How long kubectl waited on its client-side rate limiter, from its
-/// `-v=3` log: the sum of its "Waited for DURATION due to client-side
-/// throttling" lines (Go durations: 195.3ms, 1.2s, 900µs).
+/// `-v=3` log: the sum of its client-side throttling lines, as client-go
+/// 1.32 writes them (`"Waited before sending request" delay="195.3ms"`)
+/// or as earlier ones did (`Waited for 195.3ms due to client-side
+/// throttling`); Go durations: 195.3ms, 1.2s, 900µs.
 fn client_side_throttling(log: &str) -> Duration {
     log.lines()
         .filter(|line| line.contains("client-side throttling"))
         .filter_map(|line| {
-            let text = line.split("Waited for ").nth(1)?.split(' ').next()?;
+            let text = match line.split_once("delay=\"") {
+                Some((_, rest)) => rest.split('"').next()?,
+                None => line.split("Waited for ").nth(1)?.split(' ').next()?,
+            };
             let split = text.find(|c: char| c.is_alphabetic() || c == 'µ')?;
             let (number, unit) = text.split_at(split);
             let number: f64 = number.parse().ok()?;
@@ -1042,7 +1047,7 @@ async fn api(nodes: usize, instances: usize, rounds: usize) -> Result<()> {
     let cache = control.dir.path().join("kubectl-cache");
     // kubectl's own wait: client-go's client-side rate limiter (5 requests/s
     // after a burst of 10) holds the 11th page of 500 onwards, whatever the
-    // server; `-v=3` logs each wait.
+    // server; `-v=3` and above log each wait.
     let get_pods = |chunk_size: &str| -> Result<(Duration, Duration)> {
         let started = Instant::now();
         let output = Command::new(&kubectl)
@@ -1050,7 +1055,7 @@ async fn api(nodes: usize, instances: usize, rounds: usize) -> Result<()> {
             .arg(&kubeconfig)
             .arg("--cache-dir")
             .arg(&cache)
-            .args(["get", "pods", "--all-namespaces", "--no-headers", "-v=3"])
+            .args(["get", "pods", "--all-namespaces", "--no-headers", "-v=6"])
             .arg(format!("--chunk-size={chunk_size}"))
             .output()
             .with_context(|| format!("run {}", kubectl.to_string_lossy()))?;
@@ -1061,6 +1066,14 @@ async fn api(nodes: usize, instances: usize, rounds: usize) -> Result<()> {
             .filter(|l| !l.is_empty())
             .count();
         let stderr = String::from_utf8_lossy(&output.stderr);
+        // kubectl's -v=6 log of the last run of each chunk size
+        // (PATH.500, PATH.0), to see where its time went.
+        if let Some(path) = std::env::var_os("C4M_BENCH_KUBECTL_LOG") {
+            let mut path = PathBuf::from(path).into_os_string();
+            path.push(format!(".{chunk_size}"));
+            std::fs::write(&path, &output.stderr)
+                .with_context(|| format!("C4M_BENCH_KUBECTL_LOG: cannot write {path:?}"))?;
+        }
         if !output.status.success() || rows < instances {
             bail!(
                 "kubectl get pods failed or listed {rows} rows ({}): {stderr}",
@@ -1200,10 +1213,11 @@ mod tests {
 I1207 13:28:45.205759    1936 request.go:661] Waited for 109.5ms due to client-side throttling, not priority and fairness, request: GET:http://127.0.0.1:1/api/v1/pods?limit=500
 I1207 13:28:45.405621    1936 request.go:661] Waited for 1.2s due to client-side throttling, not priority and fairness, request: GET:http://127.0.0.1:1/api/v1/pods
 I1207 13:28:45.405621    1936 request.go:661] Waited for 500µs due to client-side throttling, not priority and fairness, request: GET:x
-I1207 13:28:45.405621    1936 request.go:661] Waited for garbage due to client-side throttling";
+I1207 13:28:45.405621    1936 request.go:661] Waited for garbage due to client-side throttling
+I1207 16:41:31.968632   20544 request.go:683] \"Waited before sending request\" delay=\"146.362113ms\" reason=\"client-side throttling, not priority and fairness\" verb=\"GET\" URL=\"https://127.0.0.1:43015/api/v1/pods?limit=500\"";
         assert_eq!(
             client_side_throttling(log),
-            Duration::from_micros(109_500 + 1_200_000 + 500)
+            Duration::from_nanos(109_500_000 + 1_200_000_000 + 500_000 + 146_362_113)
         );
         assert_eq!(client_side_throttling(""), Duration::ZERO);
     }
