@@ -645,3 +645,54 @@ spec:
     }
     kubectl.ok(&["delete", "pod", "crasher", "--wait=false"]);
 }
+
+/// On the `process` driver exec hooks run as host processes in the
+/// instance's environment (its variables): the postStart hook writes what
+/// the command waits for, the preStop hook runs on deletion.
+#[test]
+#[ignore = "needs root + kubectl: cgroups"]
+fn on_the_process_driver_exec_hooks_run_in_the_instances_environment() {
+    let mut cluster = Cluster::start();
+    cluster.start_agent("node-a", "4", "4Gi");
+    let kubectl = Kubectl::for_cluster(&cluster);
+    let (mark, stopped) = (
+        cluster.dir.path().join("mark"),
+        cluster.dir.path().join("stopped"),
+    );
+    kubectl_apply(
+        &cluster,
+        &kubectl,
+        "hooked.yaml",
+        &format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: hooked}}
+spec:
+  containers:
+  - name: main
+    env: [{{name: MARK, value: from-env}}]
+    command: [sh, -c, "until [ -e {mark} ]; do sleep 0.05; done; echo saw $(cat {mark}); exec sleep 3600"]
+    lifecycle:
+      postStart:
+        exec: {{command: [sh, -c, "echo $MARK > {mark}"]}}
+      preStop:
+        exec: {{command: [sh, -c, "echo $MARK stopping > {stopped}"]}}
+"#,
+            mark = mark.display(),
+            stopped = stopped.display()
+        ),
+    );
+    wait_for("the command to see the hook's file", MINUTE, || {
+        let output = kubectl.run(&["logs", "hooked"]);
+        String::from_utf8_lossy(&output.stdout)
+            .contains("saw from-env")
+            .then_some(())
+    });
+    assert!(!stopped.exists(), "no preStop before the deletion");
+    kubectl.ok(&["delete", "pod", "hooked"]);
+    assert_eq!(
+        std::fs::read_to_string(&stopped).unwrap(),
+        "from-env stopping\n"
+    );
+}
