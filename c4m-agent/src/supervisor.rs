@@ -1115,7 +1115,8 @@ impl Supervisor {
     }
 
     /// Stops the sidecars once the app containers have ended for good, the
-    /// last started first, so that a Job's pod completes.
+    /// last started first, each once the one after it has stopped, so that
+    /// a Job's pod completes.
     fn stop_sidecars(
         &self,
         pod_id: &str,
@@ -1124,7 +1125,13 @@ impl Supervisor {
     ) {
         for index in (0..instance.slots.len()).rev() {
             let slot = &mut instance.slots[index];
-            if !slot.sidecar || slot.finished {
+            if !slot.sidecar {
+                continue;
+            }
+            if slot.finished {
+                if slot.running() {
+                    return; // Still stopping: the next one waits.
+                }
                 continue;
             }
             slot.finished = true;
@@ -1135,6 +1142,7 @@ impl Supervisor {
             if slot.running() {
                 tracing::info!(container = %slot.id, "stopping a sidecar: the app containers have ended");
                 self.spawn_kill(pod_id, instance, index, results.clone());
+                return;
             }
         }
     }

@@ -1162,3 +1162,39 @@ async fn a_restarted_container_keeps_its_previous_runs_log() {
     assert_eq!(std::fs::read_to_string(&kept).unwrap(), "first run\n");
     harness.stop().await;
 }
+
+/// Two sidecars stop after the app, the last started first, the other
+/// only once it has stopped (here after its preStop hook had its grace).
+#[tokio::test]
+async fn sidecars_stop_one_after_the_other_last_started_first() {
+    let runtime = FakeRuntime::new();
+    let prober = FakeProber::new();
+    prober.hang_command("flush");
+    let mut harness = Harness::start_probing(&runtime, &prober);
+    let mut job = pod_of(
+        "job-two",
+        "Never",
+        &["log-sidecar", "proxy-sidecar"],
+        &["work"],
+    );
+    let spec = job.spec.as_mut().unwrap();
+    spec.termination_grace_period_seconds = Some(1);
+    spec.init_containers.as_mut().unwrap()[1].lifecycle = Some(
+        serde_json::from_value(serde_json::json!({"preStop": {"exec": {"command": ["flush"]}}}))
+            .unwrap(),
+    );
+    let (log, proxy) = (id_of(&job, "log-sidecar"), id_of(&job, "proxy-sidecar"));
+    harness.assign(std::slice::from_ref(&job));
+    harness.wait_for(|s| running(s, "work")).await;
+    runtime.exit(&id_of(&job, "work"), 0);
+    harness.wait_for(|s| s[0].phase == "Succeeded").await;
+    let stops = runtime.stops();
+    let order: Vec<&str> = stops.iter().map(|(id, _, _)| id.as_str()).collect();
+    assert_eq!(order, [proxy.as_str(), log.as_str()]);
+    let flushed = prober.execs()[0].at;
+    assert!(
+        stops[1].2.duration_since(flushed).unwrap() >= Duration::from_secs(1),
+        "the log sidecar waited for the proxy's stop: {stops:?}"
+    );
+    harness.stop().await;
+}
