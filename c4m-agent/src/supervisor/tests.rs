@@ -903,7 +903,8 @@ async fn post_start_holds_the_container_and_the_next_one_until_it_returns() {
 }
 
 /// A failing postStart hook kills the container (Event FailedPostStartHook,
-/// waiting PostStartHookError) and the restart policy applies.
+/// waiting PostStartHookError, then CrashLoopBackOff) and the restart
+/// policy applies.
 #[tokio::test]
 async fn a_failing_post_start_kills_the_container_which_restarts_as_its_policy_says() {
     let Hooked {
@@ -942,6 +943,14 @@ async fn a_failing_post_start_kills_the_container_which_restarts_as_its_policy_s
         })
         .await;
     assert!(runtime.starts(&id) >= 2);
+    // The error first, then (half way to the restart) the back-off.
+    harness
+        .wait_for(|s| {
+            container(s, "main")
+                .and_then(|c| c.waiting.as_ref())
+                .is_some_and(|w| w.reason == "CrashLoopBackOff")
+        })
+        .await;
     harness.stop().await;
 }
 
