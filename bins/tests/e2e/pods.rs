@@ -570,13 +570,12 @@ spec:
     );
     let (_, line) = crate::events::described_with(&kubectl, "broken", "FailedPreStopHook");
     assert!(line.starts_with("Warning"), "{line}");
-    let pod = kubectl.json(&["get", "pod", "broken"]);
-    let main = &pod["status"]["containerStatuses"][0];
-    assert!(
-        main["restartCount"].as_i64() >= Some(1)
-            || main["state"]["waiting"]["reason"] == "PostStartHookError",
-        "killed and restarted as its policy says: {pod:#}"
-    );
+    wait_for("the killed container to restart", MINUTE, || {
+        let pod = kubectl.json(&["get", "pod", "broken"]);
+        let restarts = pod["status"]["containerStatuses"][0]["restartCount"].as_i64();
+        (restarts >= Some(1)).then_some(())
+    });
+    crate::events::described_with(&kubectl, "broken", "BackOff");
     kubectl.ok(&["delete", "pod", "broken", "--wait=false"]);
 }
 
