@@ -404,6 +404,12 @@ fn container<'a>(
     statuses.first()?.containers.iter().find(|c| c.name == name)
 }
 
+/// Why container `name` of the first instance waits, if it does.
+fn waiting_reason<'a>(statuses: &'a [InstanceStatus], name: &str) -> Option<&'a str> {
+    let waiting = container(statuses, name)?.waiting.as_ref()?;
+    Some(waiting.reason.as_str())
+}
+
 fn running(statuses: &[InstanceStatus], name: &str) -> bool {
     container(statuses, name).is_some_and(|c| c.running.is_some())
 }
@@ -710,11 +716,7 @@ async fn a_failing_startup_probe_kills_and_restarts_the_container() {
     let started = Instant::now();
     // Killed, it waits out its backoff showing why.
     let statuses = harness
-        .wait_for(|s| {
-            container(s, "main")
-                .and_then(|c| c.waiting.as_ref())
-                .is_some_and(|w| w.reason == "Unhealthy")
-        })
+        .wait_for(|s| waiting_reason(s, "main") == Some("Unhealthy"))
         .await;
     assert!(
         started.elapsed() >= Duration::from_millis(900),
@@ -918,11 +920,7 @@ async fn a_failing_post_start_kills_the_container_which_restarts_as_its_policy_s
         &[],
     );
     let statuses = harness
-        .wait_for(|s| {
-            container(s, "main")
-                .and_then(|c| c.waiting.as_ref())
-                .is_some_and(|w| w.reason == "PostStartHookError")
-        })
+        .wait_for(|s| waiting_reason(s, "main") == Some("PostStartHookError"))
         .await;
     let main = container(&statuses, "main").unwrap();
     let message = &main.waiting.as_ref().unwrap().message;
@@ -945,11 +943,7 @@ async fn a_failing_post_start_kills_the_container_which_restarts_as_its_policy_s
     assert!(runtime.starts(&id) >= 2);
     // The error first, then (half way to the restart) the back-off.
     harness
-        .wait_for(|s| {
-            container(s, "main")
-                .and_then(|c| c.waiting.as_ref())
-                .is_some_and(|w| w.reason == "CrashLoopBackOff")
-        })
+        .wait_for(|s| waiting_reason(s, "main") == Some("CrashLoopBackOff"))
         .await;
     harness.stop().await;
 }
