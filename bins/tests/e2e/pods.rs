@@ -189,6 +189,14 @@ fn an_init_container_runs_first_and_a_sidecar_is_up_before_the_app() {
 #[test]
 #[ignore = "needs root + containerd + runc + kubectl"]
 fn on_containerd_an_init_container_runs_first_and_a_sidecar_is_up_before_the_app() {
+    on_a_containerd_node_with_busybox(|cluster, kubectl| {
+        init_container_and_sidecar_come_first(cluster, kubectl, "containerd")
+    });
+}
+
+/// Runs `test` on a cluster of one node that offers `containerd` (a real
+/// containerd of the test's own) and has the busybox image as `bb`.
+fn on_a_containerd_node_with_busybox(test: impl FnOnce(&Cluster, &Kubectl)) {
     require_oci();
     // Declared first so that it stops last, after the agent.
     let containerd_dir = tempfile::tempdir().unwrap();
@@ -200,7 +208,7 @@ fn on_containerd_an_init_container_runs_first_and_a_sidecar_is_up_before_the_app
     let tar = busybox_image_tar(cluster.dir.path());
     cluster.ok(&["image", "import", tar.to_str().unwrap(), "--name", "bb"]);
     let kubectl = Kubectl::for_cluster(&cluster);
-    init_container_and_sidecar_come_first(&cluster, &kubectl, "containerd");
+    test(&cluster, &kubectl);
 }
 
 /// Runs the pod of an init container, a sidecar and an app on `driver` and
@@ -496,25 +504,42 @@ spec:
 #[ignore = "needs root + runc + conmon + kubectl"]
 fn lifecycle_hooks_run_around_the_container() {
     let (cluster, kubectl) = oci_node_with_busybox();
+    lifecycle_hooks_on(&cluster, &kubectl, "oci");
+}
+
+/// The same hooks on the `containerd` driver.
+#[test]
+#[ignore = "needs root + containerd + runc + kubectl"]
+fn on_containerd_lifecycle_hooks_run_around_the_container() {
+    on_a_containerd_node_with_busybox(|cluster, kubectl| {
+        lifecycle_hooks_on(cluster, kubectl, "containerd")
+    });
+}
+
+/// Runs the pods of the two tests above on `driver`.
+fn lifecycle_hooks_on(cluster: &Cluster, kubectl: &Kubectl, driver: &str) {
     kubectl_apply(
-        &cluster,
-        &kubectl,
+        cluster,
+        kubectl,
         "hooked.yaml",
-        r#"
+        &format!(
+            r#"
 apiVersion: v1
 kind: Pod
-metadata: {name: hooked}
+metadata: {{name: hooked}}
 spec:
+  runtimeClassName: {driver}
   containers:
   - name: main
     image: bb:1
     command: [sh, -c, "trap 'exit 0' TERM; until test -f /tmp/ready; do sleep 0.1; done; echo ready: $(cat /tmp/ready); while true; do sleep 0.2; done"]
     lifecycle:
       postStart:
-        exec: {command: [sh, -c, "echo from-post-start > /tmp/ready"]}
+        exec: {{command: [sh, -c, "echo from-post-start > /tmp/ready"]}}
       preStop:
-        sleep: {seconds: 2}
-"#,
+        sleep: {{seconds: 2}}
+"#
+        ),
     );
     wait_for("the main command to see the hook's file", MINUTE, || {
         let output = kubectl.run(&["logs", "hooked"]);
@@ -541,14 +566,16 @@ spec:
     );
 
     kubectl_apply(
-        &cluster,
-        &kubectl,
+        cluster,
+        kubectl,
         "broken.yaml",
-        r#"
+        &format!(
+            r#"
 apiVersion: v1
 kind: Pod
-metadata: {name: broken}
+metadata: {{name: broken}}
 spec:
+  runtimeClassName: {driver}
   terminationGracePeriodSeconds: 5
   containers:
   - name: main
@@ -556,26 +583,26 @@ spec:
     command: [sh, -c, "trap 'exit 0' TERM; while true; do sleep 0.2; done"]
     lifecycle:
       postStart:
-        exec: {command: [sh, -c, "echo no setup >&2; exit 3"]}
+        exec: {{command: [sh, -c, "echo no setup >&2; exit 3"]}}
       preStop:
-        exec: {command: [sh, -c, "exit 7"]}
-"#,
+        exec: {{command: [sh, -c, "exit 7"]}}
+"#
+        ),
     );
-    let (described, line) =
-        crate::events::described_with(&kubectl, "broken", "FailedPostStartHook");
+    let (described, line) = crate::events::described_with(kubectl, "broken", "FailedPostStartHook");
     assert!(line.starts_with("Warning"), "{line}");
     assert!(
         described.contains(r#"Exec lifecycle hook (["sh", "-c", "echo no setup >&2; exit 3"]) for Container "main""#),
         "{described}"
     );
-    let (_, line) = crate::events::described_with(&kubectl, "broken", "FailedPreStopHook");
+    let (_, line) = crate::events::described_with(kubectl, "broken", "FailedPreStopHook");
     assert!(line.starts_with("Warning"), "{line}");
     wait_for("the killed container to restart", MINUTE, || {
         let pod = kubectl.json(&["get", "pod", "broken"]);
         let restarts = pod["status"]["containerStatuses"][0]["restartCount"].as_i64();
         (restarts >= Some(1)).then_some(())
     });
-    crate::events::described_with(&kubectl, "broken", "BackOff");
+    crate::events::described_with(kubectl, "broken", "BackOff");
     kubectl.ok(&["delete", "pod", "broken", "--wait=false"]);
 }
 
