@@ -614,21 +614,38 @@ spec:
 #[ignore = "needs root + runc + conmon + kubectl"]
 fn logs_of_the_previous_run_and_the_log_as_termination_message() {
     let (cluster, kubectl) = oci_node_with_busybox();
+    previous_logs_on(&cluster, &kubectl, "oci");
+}
+
+/// The same crash loop on the `containerd` driver.
+#[test]
+#[ignore = "needs root + containerd + runc + kubectl"]
+fn on_containerd_logs_of_the_previous_run_and_the_log_as_termination_message() {
+    on_a_containerd_node_with_busybox(|cluster, kubectl| {
+        previous_logs_on(cluster, kubectl, "containerd")
+    });
+}
+
+/// Runs the crash loop of the two tests above on `driver`.
+fn previous_logs_on(cluster: &Cluster, kubectl: &Kubectl, driver: &str) {
     kubectl_apply(
-        &cluster,
-        &kubectl,
+        cluster,
+        kubectl,
         "crasher.yaml",
-        r#"
+        &format!(
+            r#"
 apiVersion: v1
 kind: Pod
-metadata: {name: crasher}
+metadata: {{name: crasher}}
 spec:
+  runtimeClassName: {driver}
   containers:
   - name: main
     image: bb:1
     terminationMessagePolicy: FallbackToLogsOnError
     command: [sh, -c, "echo run $(cat /proc/uptime); echo failing; exit 2"]
-"#,
+"#
+        ),
     );
     let pod = wait_for("a restart", MINUTE, || {
         let pod = kubectl.json(&["get", "pod", "crasher"]);
