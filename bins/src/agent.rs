@@ -18,6 +18,7 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
+    c4m_agent::run_pod_holder_if_asked();
     let cli = Cli::parse();
     c4m_bins::init_logging("info");
     c4m_bins::run(

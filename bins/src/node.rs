@@ -205,6 +205,9 @@ fn agent_config(
         containerd_socket: Some(node.containerd_socket.clone()),
         cri_socket: node.cri_socket.clone(),
         restart_backoff: RestartBackoff::default(),
+        // Both binaries that run an agent (`c4m`, `c4m-agent`) start as a
+        // pod's namespace holder when asked, first thing in `main`.
+        pod_holder: std::env::current_exe().ok(),
     })
 }
 

@@ -18,6 +18,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::holder::PodHolders;
 use crate::pod_etc::PodEtc;
 use crate::server::{ServerState, router};
 use crate::session::{ControlPlaneChannel, NetworkFeeds, Session, register_request};
@@ -67,6 +68,13 @@ pub struct AgentConfig {
     pub cri_socket: Option<PathBuf>,
     /// How restarts of crashing containers are spaced.
     pub restart_backoff: RestartBackoff,
+    /// The program started as each pod's namespace holder, whose IPC (and,
+    /// with `shareProcessNamespace`, PID) namespace the pod's containers
+    /// join on drivers that take a network namespace: a binary whose `main`
+    /// first calls [`crate::run_pod_holder_if_asked`] (the c4m binaries do:
+    /// they pass [`std::env::current_exe`]). `None`: each container has its
+    /// own, and pods asking `shareProcessNamespace` are refused.
+    pub pod_holder: Option<PathBuf>,
 }
 
 /// An agent with its HTTP listener bound, ready to [`run`](Self::run).
@@ -382,6 +390,9 @@ impl Agent {
             dns_address: dns_rx,
             network: network.clone(),
             pod_namespaces: Some(self.config.data_dir.join("pods")),
+            holders: self.config.pod_holder.clone().map(|program| {
+                Arc::new(PodHolders::new(program, self.config.data_dir.join("pods")))
+            }),
             backoff: self.config.restart_backoff,
             pod_etc: PodEtc::new(
                 &self.config.data_dir,

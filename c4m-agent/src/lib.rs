@@ -36,6 +36,7 @@
 
 mod agent;
 mod error;
+mod holder;
 mod hollow;
 mod hooks;
 mod node_usage;
@@ -48,5 +49,6 @@ mod supervisor;
 pub use agent::{Agent, AgentConfig};
 pub use c4m_mesh::{CniConfig, DNS_PORT, NetworkConfig};
 pub use error::{Error, Result};
+pub use holder::{HOLDER_NAME, run_pod_holder_if_asked};
 pub use hollow::{HollowAgents, HollowConfig};
 pub use supervisor::RestartBackoff;

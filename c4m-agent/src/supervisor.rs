@@ -26,6 +26,7 @@ use c4m_mesh::InstanceNetwork;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::holder::PodHolders;
 use crate::hooks::{Hook, HookRun, grace_after_hook};
 use crate::pod_etc::PodEtc;
 use crate::session::AssignmentSet;
@@ -149,6 +150,57 @@ pub(crate) fn container_id(pod: &Instance) -> String {
     )
 }
 
+/// The PID namespace an ephemeral container (`index`) joins: its
+/// `targetContainerName`'s, whose process must run. `None` for others.
+fn target_pid_namespace(instance: &Managed, index: usize) -> Result<Option<PathBuf>, String> {
+    let PodContainer::Ephemeral(i) = instance.slots[index].which else {
+        return Ok(None);
+    };
+    let target = instance.pod.spec.as_ref().and_then(|s| {
+        s.ephemeral_containers
+            .as_ref()?
+            .get(i)?
+            .target_container_name
+            .clone()
+    });
+    let Some(target) = target.filter(|t| !t.is_empty()) else {
+        return Ok(None);
+    };
+    let pid = instance
+        .slots
+        .iter()
+        .find(|s| s.name == target && !matches!(s.which, PodContainer::Ephemeral(_)))
+        .and_then(|s| match s.status.as_ref()?.state {
+            ContainerState::Running { pid, .. } => Some(pid),
+            ContainerState::Exited { .. } => None,
+        });
+    match pid {
+        Some(pid) => Ok(Some(PathBuf::from(format!("/proc/{pid}/ns/pid")))),
+        None => Err(format!("the target container {target:?} is not running")),
+    }
+}
+
+/// Whether the pod's status shows its ephemeral container `name` ended
+/// (an ephemeral container runs once).
+fn known_ended(pod: &Instance, name: &str) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.ephemeral_container_statuses.as_ref())
+        .into_iter()
+        .flatten()
+        .any(|c| c.name == name && c.state.as_ref().is_some_and(|s| s.terminated.is_some()))
+}
+
+/// The id of the instance container `id` belongs to ([`containers_of`]):
+/// its first three `_`-separated parts (namespace, name and uid have no
+/// `_`).
+fn pod_of_container(id: &str) -> &str {
+    match id.match_indices('_').nth(2) {
+        Some((at, _)) => &id[..at],
+        None => id,
+    }
+}
+
 /// One container of a pod as the supervisor knows it before it runs.
 pub(crate) struct PodMember {
     pub which: PodContainer,
@@ -168,17 +220,26 @@ pub(crate) fn containers_of(pod: &Instance, pod_id: &str) -> Vec<PodMember> {
     let init = spec.init_containers.iter().flatten().enumerate();
     let init = init.map(|(i, c)| (PodContainer::Init(i), c));
     let app = spec.containers.iter().enumerate();
-    let app = app.map(|(i, c)| (PodContainer::App(i), c));
+    let app = app.map(|(i, c)| {
+        (
+            PodContainer::App(i),
+            c.name.as_str(),
+            c.restart_policy.as_deref(),
+        )
+    });
+    let init = init.map(|(which, c)| (which, c.name.as_str(), c.restart_policy.as_deref()));
+    let ephemeral = spec.ephemeral_containers.iter().flatten().enumerate();
+    let ephemeral = ephemeral.map(|(i, c)| (PodContainer::Ephemeral(i), c.name.as_str(), None));
     init.chain(app)
-        .map(|(which, c)| PodMember {
+        .chain(ephemeral)
+        .map(|(which, name, restart_policy)| PodMember {
             which,
-            name: c.name.clone(),
+            name: name.to_string(),
             id: match which {
                 PodContainer::App(0) => pod_id.to_string(),
-                _ => format!("{pod_id}_{}", c.name),
+                _ => format!("{pod_id}_{name}"),
             },
-            sidecar: matches!(which, PodContainer::Init(_))
-                && c.restart_policy.as_deref() == Some("Always"),
+            sidecar: matches!(which, PodContainer::Init(_)) && restart_policy == Some("Always"),
         })
         .collect()
 }
@@ -344,6 +405,10 @@ impl Slot {
     fn is_init(&self) -> bool {
         matches!(self.which, PodContainer::Init(_))
     }
+
+    fn is_app(&self) -> bool {
+        matches!(self.which, PodContainer::App(_))
+    }
 }
 
 /// One assigned instance.
@@ -369,7 +434,7 @@ struct Managed {
 
 impl Managed {
     fn app(&self) -> impl Iterator<Item = &Slot> {
-        self.slots.iter().filter(|s| !s.is_init())
+        self.slots.iter().filter(|s| s.is_app())
     }
 
     fn policy(&self) -> &str {
@@ -408,6 +473,10 @@ pub(crate) struct Supervisor {
     /// without a VPC address are kept (`None`: each container of such a
     /// pod gets its own).
     pub pod_namespaces: Option<PathBuf>,
+    /// The holders of the IPC and PID namespaces the containers of a pod
+    /// share, on drivers that take a network namespace (`None`: each
+    /// container gets its own, and `shareProcessNamespace` is refused).
+    pub holders: Option<Arc<PodHolders>>,
     /// Runs probe attempts.
     pub prober: Arc<dyn Prober>,
     /// How restarts of crashing containers are spaced.
@@ -459,6 +528,12 @@ impl Supervisor {
                 "found containers from an earlier agent run"
             );
         }
+        // The namespace holders of those pods, adopted or removed likewise.
+        let mut stray_holders = self
+            .holders
+            .as_ref()
+            .map(|holders| holders.find_running())
+            .unwrap_or_default();
         let stopping = Stopping::default();
         let (probe_tx, mut probe_rx) = mpsc::channel::<ProbeResult>(64);
         let mut ticker = tokio::time::interval(TICK);
@@ -472,8 +547,14 @@ impl Supervisor {
             }
             let assigned = self.assignments.borrow_and_update().clone();
             if let Some(assigned) = assigned {
-                self.sync(&mut managed, &mut leftovers, &stopping, &assigned)
-                    .await;
+                self.sync(
+                    &mut managed,
+                    &mut leftovers,
+                    &mut stray_holders,
+                    &stopping,
+                    &assigned,
+                )
+                .await;
             }
             for (id, instance) in managed.iter_mut() {
                 self.drive(id, instance, &probe_tx).await;
@@ -507,6 +588,7 @@ impl Supervisor {
         &self,
         managed: &mut BTreeMap<String, Managed>,
         leftovers: &mut HashMap<String, (ContainerStatus, Arc<dyn ContainerRuntime>)>,
+        stray_holders: &mut HashSet<String>,
         stopping: &Stopping,
         assigned: &[Arc<Instance>],
     ) {
@@ -560,6 +642,7 @@ impl Supervisor {
                     runtime: instance.runtime,
                     prober: Arc::clone(&self.prober),
                     shared_namespace: instance.shared_namespace,
+                    holders: self.holders.clone(),
                     grace,
                     reported: Some((Arc::clone(&stopping), self.statuses.subscribe())),
                 };
@@ -573,37 +656,65 @@ impl Supervisor {
             .iter()
             .flat_map(|(id, pod)| containers_of(pod, id).into_iter().map(|m| m.id))
             .collect();
-        let unassigned: Vec<String> = leftovers
+        // Leftovers no longer assigned go pod by pod: containers, then the
+        // pod's network and namespace holder.
+        let mut unassigned: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for id in leftovers
             .keys()
             .filter(|id| !wanted_containers.contains(*id))
-            .cloned()
-            .collect();
-        for id in unassigned {
-            if let Some((_, runtime)) = leftovers.remove(&id) {
-                tracing::info!(container = %id, "removing a container that is no longer assigned");
-                let network = self.network_for(runtime.as_ref());
-                self.pod_etc.remove(&id);
-                let removal = Removal {
-                    runtime,
-                    prober: Arc::clone(&self.prober),
-                    network,
-                    containers: vec![RemovedContainer {
-                        id: id.clone(),
+        {
+            let pod = pod_of_container(id).to_string();
+            unassigned.entry(pod).or_default().push(id.clone());
+        }
+        stray_holders.retain(|pod| !wanted.contains_key(pod));
+        for pod in stray_holders.drain() {
+            unassigned.entry(pod).or_default();
+        }
+        for (pod, containers) in unassigned {
+            let runtimes: Vec<_> = containers
+                .iter()
+                .filter_map(|id| leftovers.remove(id))
+                .map(|(_, runtime)| runtime)
+                .collect();
+            let Some(runtime) = runtimes.into_iter().next() else {
+                // Only a holder is left.
+                if let Some(holders) = &self.holders {
+                    holders.remove(&pod);
+                }
+                continue;
+            };
+            tracing::info!(instance = %pod, ?containers, "removing containers that are no longer assigned");
+            // A container the pod no longer has goes alone: its pod stays.
+            let pod_gone = !wanted.contains_key(&pod);
+            let network = self.network_for(runtime.as_ref()).filter(|_| pod_gone);
+            if pod_gone {
+                self.pod_etc.remove(&pod);
+            }
+            let removal = Removal {
+                runtime,
+                prober: Arc::clone(&self.prober),
+                network,
+                containers: containers
+                    .into_iter()
+                    .map(|id| RemovedContainer {
+                        id,
                         name: String::new(),
                         app: true,
                         pre_stop: None,
-                    }],
-                    id,
-                    shared_namespace: None,
-                    grace: Duration::from_secs(10),
-                    reported: None,
-                };
-                tokio::spawn(removal.run());
-            }
+                    })
+                    .collect(),
+                id: pod,
+                shared_namespace: None,
+                holders: self.holders.clone().filter(|_| pod_gone),
+                grace: Duration::from_secs(10),
+                reported: None,
+            };
+            tokio::spawn(removal.run());
         }
         for (id, pod) in wanted {
             if let Some(instance) = managed.get_mut(&id) {
                 instance.pod = Arc::clone(pod);
+                self.add_ephemeral(&id, instance);
                 continue;
             }
             let members = containers_of(pod, &id);
@@ -646,8 +757,8 @@ impl Supervisor {
             (
                 "CreateContainerConfigError".to_string(),
                 format!(
-                    "{field}: the {} driver runs one container per pod; use a driver that runs several (oci, containerd, process)",
-                    runtime.name()
+                    "{field}: {}",
+                    c4m_core::one_container_per_pod(runtime.name())
                 ),
             )
         });
@@ -662,6 +773,15 @@ impl Supervisor {
                 "CreateContainerConfigError".to_string(),
                 format!("spec.{field}: {why}"),
             ))
+        });
+        let problem = problem.or_else(|| {
+            let shares = pod.spec.as_ref().and_then(|s| s.share_process_namespace);
+            (shares == Some(true) && self.holders.is_none()).then(|| {
+                (
+                    "CreateContainerConfigError".to_string(),
+                    "spec.shareProcessNamespace: this agent starts no pod namespace holder (AgentConfig::pod_holder)".to_string(),
+                )
+            })
         });
         let shared_namespace = match &self.pod_namespaces {
             Some(dir) if several && !attached && runtime.takes_network_namespace() => {
@@ -686,16 +806,6 @@ impl Supervisor {
         let pod_status = pod.status.as_ref();
         let mut slots = Vec::with_capacity(members.len());
         for member in members {
-            let spec = ContainerSpec::for_container(pod, member.which, member.id.clone()).map(
-                |mut spec| {
-                    self.add_instance_env(&mut spec, pod, attached);
-                    spec
-                },
-            );
-            let slot_problem = spec
-                .as_ref()
-                .err()
-                .map(|e| ("CreateContainerConfigError".to_string(), e.to_string()));
             // What the pod's status says survives an agent restart: the
             // restart count, and init containers that already succeeded.
             let (restart_count, succeeded) = match member.which {
@@ -707,51 +817,32 @@ impl Supervisor {
                     pod_status.and_then(|s| s.container_statuses.as_ref()),
                     &member.name,
                 ),
+                PodContainer::Ephemeral(_) => known(
+                    pod_status.and_then(|s| s.ephemeral_container_statuses.as_ref()),
+                    &member.name,
+                ),
             }
             .unwrap_or((0, false));
             let status = adopted.remove(&member.id).map(|(status, _)| status);
             if status.is_some() {
                 tracing::info!(container = %member.id, "adopted a running container");
             }
-            slots.push(Slot {
-                which: member.which,
-                name: member.name,
-                id: member.id,
-                sidecar: member.sidecar,
-                spec: spec.ok(),
-                running_since: status.as_ref().map(|_| Instant::now()),
-                status,
-                run: 0,
-                probes: None,
-                ready: false,
-                started: false,
-                termination_log: None,
-                termination_message: String::new(),
-                restart_count,
-                backoff: self.backoff.initial,
-                restart_at: None,
-                pull_backoff: self.backoff.image_pull_initial,
-                failed_at: None,
-                last_exit: None,
-                problem: slot_problem,
-                finished: matches!(member.which, PodContainer::Init(_))
-                    && !member.sidecar
-                    && succeeded,
-                cpu_sample: None,
-                usage: WireUsage::default(),
-                exit_handled: false,
-                post_start_pending: false,
-                stopping: false,
-                events: Vec::new(),
-                run_began: None,
-            });
+            let mut slot = self.new_slot(pod, member, runtime.as_ref(), status);
+            slot.restart_count = restart_count;
+            // An ephemeral container that ended stays ended.
+            slot.finished = match slot.which {
+                PodContainer::Init(_) => !slot.sidecar && succeeded,
+                PodContainer::App(_) => false,
+                PodContainer::Ephemeral(_) => slot.status.is_none() && known_ended(pod, &slot.name),
+            };
+            slots.push(slot);
         }
         let adopted_any = slots.iter().any(|s| s.status.is_some());
         // A pod whose app containers ran (or run) has been initialized.
         let initialized = !slots.iter().any(Slot::is_init)
             || slots
                 .iter()
-                .any(|s| !s.is_init() && (s.status.is_some() || s.restart_count > 0));
+                .any(|s| s.is_app() && (s.status.is_some() || s.restart_count > 0));
         let (pod_ip, host_bindings) = match self.network_for(runtime.as_ref()) {
             Some(network) if adopted_any => (
                 network.readopt(id, pod).await.map(|a| a.address),
@@ -759,28 +850,7 @@ impl Supervisor {
             ),
             _ => (None, Vec::new()),
         };
-        self.directory
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(
-                (
-                    pod.metadata.namespace.clone().unwrap_or_default(),
-                    pod.metadata.name.clone().unwrap_or_default(),
-                ),
-                Placement {
-                    id: id.to_string(),
-                    runtime: Arc::clone(&runtime),
-                    containers: slots
-                        .iter()
-                        .map(|s| (s.name.clone(), s.id.clone()))
-                        .collect(),
-                    previous_logs: slots
-                        .iter()
-                        .map(|s| (s.name.clone(), self.pod_etc.previous_log(id, &s.name)))
-                        .collect(),
-                    runs_began: HashMap::new(),
-                },
-            );
+        self.publish(pod, id, &runtime, &slots);
         Managed {
             pod: Arc::clone(pod),
             runtime,
@@ -791,6 +861,122 @@ impl Supervisor {
             host_bindings,
             shared_namespace,
         }
+    }
+
+    /// Container `member` of `pod`, not yet run unless `status` (adopted).
+    fn new_slot(
+        &self,
+        pod: &Instance,
+        member: PodMember,
+        runtime: &dyn ContainerRuntime,
+        status: Option<ContainerStatus>,
+    ) -> Slot {
+        let attached = self.network_for(runtime).is_some();
+        let spec =
+            ContainerSpec::for_container(pod, member.which, member.id.clone()).map(|mut spec| {
+                self.add_instance_env(&mut spec, pod, attached);
+                spec
+            });
+        let refused = matches!(member.which, PodContainer::Ephemeral(_))
+            .then(|| c4m_core::pod_etc::refuses_ephemeral_containers(runtime.name()))
+            .flatten()
+            .map(|why| format!("{}: {why}", member.which));
+        let spec = match refused {
+            Some(why) => Err(c4m_core::Error::Invalid(why)),
+            None => spec,
+        };
+        let problem = spec
+            .as_ref()
+            .err()
+            .map(|e| ("CreateContainerConfigError".to_string(), e.to_string()));
+        Slot {
+            which: member.which,
+            name: member.name,
+            id: member.id,
+            sidecar: member.sidecar,
+            spec: spec.ok(),
+            running_since: status.as_ref().map(|_| Instant::now()),
+            status,
+            run: 0,
+            probes: None,
+            ready: false,
+            started: false,
+            termination_log: None,
+            termination_message: String::new(),
+            restart_count: 0,
+            backoff: self.backoff.initial,
+            restart_at: None,
+            pull_backoff: self.backoff.image_pull_initial,
+            failed_at: None,
+            last_exit: None,
+            problem,
+            finished: false,
+            cpu_sample: None,
+            usage: WireUsage::default(),
+            exit_handled: false,
+            post_start_pending: false,
+            stopping: false,
+            events: Vec::new(),
+            run_began: None,
+        }
+    }
+
+    /// Adds the ephemeral containers `kubectl debug` added to a managed
+    /// pod since (they are the only containers a pod gains).
+    fn add_ephemeral(&self, id: &str, instance: &mut Managed) {
+        let new: Vec<PodMember> = containers_of(&instance.pod, id)
+            .into_iter()
+            .filter(|m| matches!(m.which, PodContainer::Ephemeral(_)))
+            .filter(|m| !instance.slots.iter().any(|s| s.id == m.id))
+            .collect();
+        if new.is_empty() {
+            return;
+        }
+        for member in new {
+            tracing::info!(container = %member.id, "an ephemeral container was added");
+            let slot = self.new_slot(&instance.pod, member, instance.runtime.as_ref(), None);
+            instance.slots.push(slot);
+        }
+        self.publish(&instance.pod, id, &instance.runtime, &instance.slots);
+    }
+
+    /// Makes pod `id`'s containers reachable by name for the HTTP server
+    /// (logs, exec, attach).
+    fn publish(
+        &self,
+        pod: &Instance,
+        id: &str,
+        runtime: &Arc<dyn ContainerRuntime>,
+        slots: &[Slot],
+    ) {
+        let key = (
+            pod.metadata.namespace.clone().unwrap_or_default(),
+            pod.metadata.name.clone().unwrap_or_default(),
+        );
+        let mut directory = self.directory.lock().unwrap_or_else(|e| e.into_inner());
+        // Published again (an ephemeral container added): the runs keep
+        // their beginnings.
+        let runs_began = directory
+            .get(&key)
+            .filter(|placement| placement.id == id)
+            .map(|placement| placement.runs_began.clone())
+            .unwrap_or_default();
+        directory.insert(
+            key,
+            Placement {
+                id: id.to_string(),
+                runtime: Arc::clone(runtime),
+                containers: slots
+                    .iter()
+                    .map(|s| (s.name.clone(), s.id.clone()))
+                    .collect(),
+                previous_logs: slots
+                    .iter()
+                    .map(|s| (s.name.clone(), self.pod_etc.previous_log(id, &s.name)))
+                    .collect(),
+                runs_began,
+            },
+        );
     }
 
     /// What every instance learns about itself and the cluster from its
@@ -927,11 +1113,9 @@ impl Supervisor {
             return;
         };
         let policy = instance.policy().to_string();
-        let fallback_to_logs = slot
-            .which
-            .of(&instance.pod)
-            .and_then(|c| c.termination_message_policy.as_deref())
-            == Some(FALLBACK_TO_LOGS_ON_ERROR);
+        let fallback_to_logs = slot.which.of(&instance.pod).is_some_and(|c| {
+            c.termination_message_policy.as_deref() == Some(FALLBACK_TO_LOGS_ON_ERROR)
+        });
         let slot = &mut instance.slots[index];
         let stopped_on_purpose = slot.finished;
         slot.exit_handled = true;
@@ -1168,6 +1352,15 @@ impl Supervisor {
         spec: &ContainerSpec,
     ) {
         let mut spec = spec.clone();
+        let target = match target_pid_namespace(instance, index) {
+            Ok(target) => target,
+            Err(message) => {
+                let slot = &mut instance.slots[index];
+                tracing::warn!(container = %slot.id, "{message}");
+                self.retry_later(slot, "CreateContainerError", message);
+                return;
+            }
+        };
         let mut cluster_dns = None;
         let attached = match self.network_for(instance.runtime.as_ref()) {
             Some(network) => match network.attach(pod_id, &instance.pod).await {
@@ -1205,24 +1398,38 @@ impl Supervisor {
         let slot = &mut instance.slots[index];
         if let Err((what, error)) = attached {
             tracing::warn!(container = %slot.id, error = %error, "{what}");
-            slot.problem = Some(("NetworkNotReady".into(), error));
-            slot.restart_at = Some(Instant::now() + slot.backoff);
-            slot.backoff = (slot.backoff * 2).min(self.backoff.max);
+            self.retry_later(slot, "NetworkNotReady", error);
             return;
         }
         if instance.runtime.takes_network_namespace() {
+            if let Some(holders) = &self.holders {
+                match holders.ensure(pod_id).await {
+                    Ok(namespaces) => {
+                        spec.ipc_namespace = Some(namespaces.ipc());
+                        let pod_spec = instance.pod.spec.as_ref();
+                        if pod_spec.and_then(|s| s.share_process_namespace) == Some(true) {
+                            spec.pid_namespace = Some(namespaces.pid());
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(container = %slot.id, error = %e, "cannot start the pod's namespace holder");
+                        self.retry_later(slot, "CreateContainerError", e.to_string());
+                        return;
+                    }
+                }
+            }
+            // An ephemeral container sees its target's processes.
+            if spec.pid_namespace.is_none() {
+                spec.pid_namespace = target;
+            }
             let address = instance.pod_ip.map(Into::into);
             if let Err(e) =
                 self.pod_etc
                     .write(pod_id, &mut spec, &instance.pod, address, cluster_dns)
             {
                 tracing::warn!(container = %slot.id, error = %e, "cannot write the pod's /etc files");
-                slot.problem = Some((
-                    "CreateContainerConfigError".into(),
-                    format!("writing the pod's /etc files: {e}"),
-                ));
-                slot.restart_at = Some(Instant::now() + slot.backoff);
-                slot.backoff = (slot.backoff * 2).min(self.backoff.max);
+                let message = format!("writing the pod's /etc files: {e}");
+                self.retry_later(slot, "CreateContainerConfigError", message);
                 return;
             }
             let path = slot
@@ -1237,12 +1444,8 @@ impl Supervisor {
                 }
                 Err(e) => {
                     tracing::warn!(container = %slot.id, error = %e, "cannot make the termination log");
-                    slot.problem = Some((
-                        "CreateContainerConfigError".into(),
-                        format!("making the file for {path}: {e}"),
-                    ));
-                    slot.restart_at = Some(Instant::now() + slot.backoff);
-                    slot.backoff = (slot.backoff * 2).min(self.backoff.max);
+                    let message = format!("making the file for {path}: {e}");
+                    self.retry_later(slot, "CreateContainerConfigError", message);
                     return;
                 }
             }
@@ -1268,8 +1471,7 @@ impl Supervisor {
                 slot.post_start_pending = slot
                     .which
                     .of(&instance.pod)
-                    .and_then(|c| Hook::PostStart.of(c))
-                    .is_some();
+                    .is_some_and(|c| Hook::PostStart.of(&c).is_some());
                 slot.run += 1;
                 slot.pull_backoff = self.backoff.image_pull_initial;
                 slot.failed_at = None;
@@ -1288,11 +1490,17 @@ impl Supervisor {
             }
             Err(e) => {
                 tracing::warn!(container = %slot.id, error = %e, "cannot start container");
-                slot.problem = Some(("CreateContainerError".into(), e.to_string()));
-                slot.restart_at = Some(Instant::now() + slot.backoff);
-                slot.backoff = (slot.backoff * 2).min(self.backoff.max);
+                self.retry_later(slot, "CreateContainerError", e.to_string());
             }
         }
+    }
+
+    /// Shows why container `slot` could not start (`reason`, `message`)
+    /// and tries again after its backoff, which doubles.
+    fn retry_later(&self, slot: &mut Slot, reason: &str, message: String) {
+        slot.problem = Some((reason.into(), message));
+        slot.restart_at = Some(Instant::now() + slot.backoff);
+        slot.backoff = (slot.backoff * 2).min(self.backoff.max);
     }
 
     /// Records an exit and schedules the restart the policy asks for: a
@@ -1322,6 +1530,8 @@ impl Supervisor {
                 failed && policy != "Never"
             }
             PodContainer::App(_) => policy == "Always" || (policy == "OnFailure" && failed),
+            // Run once, as the kubelet runs them.
+            PodContainer::Ephemeral(_) => false,
         };
         tracing::info!(
             container = %slot.id,
@@ -1349,6 +1559,7 @@ impl Supervisor {
         }
         let token = CancellationToken::new();
         let container = slot.which.of(&instance.pod);
+        let container = container.as_deref();
         // A startup probe runs alone, until it passes; then the others.
         let startup = container
             .and_then(|c| c.startup_probe.clone())
@@ -1558,6 +1769,8 @@ struct Removal {
     /// Its containers, in the order they stop.
     containers: Vec<RemovedContainer>,
     shared_namespace: Option<PathBuf>,
+    /// Whose holder of this pod goes last.
+    holders: Option<Arc<PodHolders>>,
     grace: Duration,
     /// Where the instance is reported while it stops, and what the
     /// supervisor publishes: a failed preStop hook is told there.
@@ -1604,6 +1817,9 @@ impl Removal {
             && let Err(e) = c4m_mesh::remove_network_namespace(&path)
         {
             tracing::warn!(instance = %self.id, error = %e, "cannot remove the pod's network namespace");
+        }
+        if let Some(holders) = &self.holders {
+            holders.remove(&self.id);
         }
     }
 
@@ -1661,7 +1877,8 @@ fn hook_target(instance: &Managed, slot: &Slot, hook: Hook) -> Option<(HookRun, 
     if !slot.running() {
         return None;
     }
-    let run = HookRun::of(hook, &instance.pod, slot.which.of(&instance.pod)?)?;
+    let container = slot.which.of(&instance.pod)?;
+    let run = HookRun::of(hook, &instance.pod, &container)?;
     let mut status = slot.status.clone()?;
     status.ports = port_bindings(&status, instance.pod_ip);
     Some((run, status))
@@ -1908,6 +2125,7 @@ fn container_report(instance: &Managed, slot: &Slot) -> ContainerReport {
     let mut report = ContainerReport {
         name: slot.name.clone(),
         init: slot.is_init(),
+        ephemeral: matches!(slot.which, PodContainer::Ephemeral(_)),
         ready: slot.running() && slot.ready,
         started: slot.running() && slot.started,
         restart_count: slot.restart_count,

@@ -84,6 +84,7 @@ async fn a_deployment_runs_restarts_and_goes_away_on_a_fake_node() {
             initial: Duration::from_millis(100),
             ..RestartBackoff::default()
         },
+        pod_holder: None,
     };
     let fake = FakeRuntime::new();
     let images = Agent::image_store(&config).unwrap();

@@ -177,6 +177,15 @@ impl Client {
         self.json(self.request(Method::GET, path)).await
     }
 
+    /// `GET` of any API path asking for `accept` (a Table is
+    /// `application/json;as=Table;v=v1;g=meta.k8s.io`), decoded as JSON.
+    pub async fn get_path_as<T: DeserializeOwned>(&self, path: &str, accept: &str) -> Result<T> {
+        let request = self
+            .request(Method::GET, path)
+            .header(reqwest::header::ACCEPT, accept);
+        self.json(request).await
+    }
+
     /// Lists objects of a kind (all namespaces when `namespace` is None),
     /// optionally filtered by a label selector. Returns the Kubernetes List.
     pub async fn list(

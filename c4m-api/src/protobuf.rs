@@ -18,6 +18,7 @@
 //! | `runtime.RawExtension` | any JSON | `{raw}`: JSON text, or a protobuf envelope |
 //! | `meta.v1.FieldsV1` | an object | `{Raw}`: JSON text |
 //! | `bytes` fields (Secret `data`) | base64 | the bytes |
+//! | a struct Go embeds ([`EMBEDDED`]: a Probe's handler, a Volume's source, an EphemeralContainer's container) | its fields are the parent's | one nested message |
 //!
 //! Go writes every non-pointer field of an object, empty or not, and its
 //! JSON leaves empty ones out (`omitempty`): an empty string, a zero Time,
@@ -25,7 +26,6 @@
 //! declares as pointers, [`POINTER_SCALARS`], where zero means something)
 //! read from protobuf are left out of the JSON likewise.
 
-use std::collections::HashMap;
 use std::sync::LazyLock;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -34,10 +34,11 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 use prost::Message as _;
 use prost_reflect::{
-    DescriptorPool, DynamicMessage, FieldDescriptor, Kind, MapKey, MessageDescriptor,
-    ReflectMessage, Value as Proto,
+    DescriptorPool, DynamicMessage, MapKey, MessageDescriptor, ReflectMessage, Value as Proto,
 };
 use serde_json::{Map, Value, json};
+
+mod wire;
 
 /// Kubernetes' protobuf media type.
 pub const MEDIA_TYPE: &str = "application/vnd.kubernetes.protobuf";
@@ -145,8 +146,9 @@ pub fn has_protobuf_form(api_version: &str, kind: &str) -> bool {
 pub fn encode_object(object: &Value) -> Result<Vec<u8>> {
     let (api_version, kind) = type_meta(object)?;
     let descriptor = message_for(api_version, kind).ok_or_else(|| no_form(api_version, kind))?;
-    let message = to_message(&descriptor, object, &mut String::new())?;
-    envelope(api_version, kind, message.encode_to_vec())
+    let mut raw = Vec::new();
+    wire::write_message(&descriptor, object, &mut String::new(), &mut raw)?;
+    envelope(api_version, kind, raw)
 }
 
 /// A protobuf envelope as the JSON object it holds, with its apiVersion
@@ -275,195 +277,6 @@ fn field_error(path: &str, message: impl Into<String>) -> ProtobufError {
     }
 }
 
-// ---- JSON to protobuf ----
-
-/// `json` as a message of `descriptor`; `path` names where it is, for errors.
-fn to_message(
-    descriptor: &MessageDescriptor,
-    json: &Value,
-    path: &mut String,
-) -> Result<DynamicMessage> {
-    let mut message = DynamicMessage::new(descriptor.clone());
-    match descriptor.full_name() {
-        INT_OR_STRING => match json {
-            Value::Number(n) => {
-                let value = n
-                    .as_i64()
-                    .and_then(|v| i32::try_from(v).ok())
-                    .ok_or_else(|| field_error(path, format!("{n} is not a 32-bit integer")))?;
-                message.set_field_by_name("type", Proto::I64(0));
-                message.set_field_by_name("intVal", Proto::I32(value));
-            }
-            Value::String(s) => {
-                message.set_field_by_name("type", Proto::I64(1));
-                message.set_field_by_name("strVal", Proto::String(s.clone()));
-            }
-            other => {
-                return Err(field_error(
-                    path,
-                    format!("{other} is not an integer or a string"),
-                ));
-            }
-        },
-        QUANTITY => {
-            let text = match json {
-                Value::String(s) => s.clone(),
-                Value::Number(n) => n.to_string(),
-                other => return Err(field_error(path, format!("{other} is not a quantity"))),
-            };
-            message.set_field_by_name("string", Proto::String(text));
-        }
-        TIME | MICRO_TIME => {
-            let text = json
-                .as_str()
-                .ok_or_else(|| field_error(path, format!("{json} is not an RFC 3339 time")))?;
-            let since_epoch = c4m_core::parse_rfc3339(text)
-                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-                .ok_or_else(|| field_error(path, format!("{text:?} is not an RFC 3339 time")))?;
-            let seconds = i64::try_from(since_epoch.as_secs())
-                .map_err(|_| field_error(path, format!("{text:?} is out of range")))?;
-            message.set_field_by_name("seconds", Proto::I64(seconds));
-            // Time keeps whole seconds, as Kubernetes' does.
-            if descriptor.full_name() == MICRO_TIME {
-                let micros = since_epoch.subsec_micros() as i32;
-                message.set_field_by_name("nanos", Proto::I32(micros * 1000));
-            }
-        }
-        DURATION => {
-            let text = json
-                .as_str()
-                .ok_or_else(|| field_error(path, format!("{json} is not a duration")))?;
-            let nanos = parse_go_duration(text).ok_or_else(|| {
-                field_error(path, format!("{text:?} is not a duration (like 1m30s)"))
-            })?;
-            message.set_field_by_name("duration", Proto::I64(nanos));
-        }
-        RAW_EXTENSION | FIELDS_V1 => {
-            let field = if descriptor.full_name() == FIELDS_V1 {
-                "Raw"
-            } else {
-                "raw"
-            };
-            let text = serde_json::to_vec(json)
-                .map_err(|e| field_error(path, format!("cannot be written as JSON: {e}")))?;
-            message.set_field_by_name(field, Proto::Bytes(text.into()));
-        }
-        _ => {
-            let fields = json
-                .as_object()
-                .ok_or_else(|| field_error(path, format!("{json} is not an object")))?;
-            for (name, value) in fields {
-                if value.is_null() {
-                    continue;
-                }
-                // apiVersion, kind and fields the protos do not have (none
-                // for an object c4m validated) have no place in the message.
-                let Some(field) = descriptor.get_field_by_name(name) else {
-                    continue;
-                };
-                let len = path.len();
-                if !path.is_empty() {
-                    path.push('.');
-                }
-                path.push_str(name);
-                let converted = field_to_proto(&field, value, path);
-                path.truncate(len);
-                message.set_field(&field, converted?);
-            }
-        }
-    }
-    Ok(message)
-}
-
-fn field_to_proto(field: &FieldDescriptor, value: &Value, path: &mut String) -> Result<Proto> {
-    if field.is_map() {
-        let Kind::Message(entry) = field.kind() else {
-            return Err(field_error(path, "a map field without an entry type"));
-        };
-        let value_field = entry.map_entry_value_field();
-        let object = value
-            .as_object()
-            .ok_or_else(|| field_error(path, format!("{value} is not an object")))?;
-        let mut map = HashMap::with_capacity(object.len());
-        for (key, item) in object {
-            if item.is_null() {
-                continue;
-            }
-            let len = path.len();
-            path.push_str(&format!("[{key}]"));
-            let converted = scalar_to_proto(&value_field.kind(), item, path);
-            path.truncate(len);
-            map.insert(MapKey::String(key.clone()), converted?);
-        }
-        return Ok(Proto::Map(map));
-    }
-    if field.is_list() {
-        let items = value
-            .as_array()
-            .ok_or_else(|| field_error(path, format!("{value} is not an array")))?;
-        let mut list = Vec::with_capacity(items.len());
-        for (index, item) in items.iter().enumerate() {
-            let len = path.len();
-            path.push_str(&format!("[{index}]"));
-            let converted = scalar_to_proto(&field.kind(), item, path);
-            path.truncate(len);
-            list.push(converted?);
-        }
-        return Ok(Proto::List(list));
-    }
-    scalar_to_proto(&field.kind(), value, path)
-}
-
-fn scalar_to_proto(kind: &Kind, value: &Value, path: &mut String) -> Result<Proto> {
-    let wrong = |what: &str| field_error(path, format!("{value} is not {what}"));
-    let integer = || -> Option<i64> {
-        value.as_i64().or_else(|| {
-            value
-                .as_f64()
-                .filter(|f| f.fract() == 0.0)
-                .map(|f| f as i64)
-        })
-    };
-    Ok(match kind {
-        Kind::Message(descriptor) => Proto::Message(to_message(descriptor, value, path)?),
-        Kind::String => Proto::String(value.as_str().ok_or_else(|| wrong("a string"))?.into()),
-        Kind::Bool => Proto::Bool(value.as_bool().ok_or_else(|| wrong("a boolean"))?),
-        Kind::Bytes => {
-            let text = value.as_str().ok_or_else(|| wrong("base64 text"))?;
-            let bytes = BASE64
-                .decode(text)
-                .map_err(|e| field_error(path, format!("is not valid base64: {e}")))?;
-            Proto::Bytes(bytes.into())
-        }
-        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => Proto::I32(
-            integer()
-                .and_then(|v| i32::try_from(v).ok())
-                .ok_or_else(|| wrong("a 32-bit integer"))?,
-        ),
-        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => {
-            Proto::I64(integer().ok_or_else(|| wrong("an integer"))?)
-        }
-        Kind::Uint32 | Kind::Fixed32 => Proto::U32(
-            integer()
-                .and_then(|v| u32::try_from(v).ok())
-                .ok_or_else(|| wrong("a non-negative 32-bit integer"))?,
-        ),
-        Kind::Uint64 | Kind::Fixed64 => Proto::U64(
-            value
-                .as_u64()
-                .ok_or_else(|| wrong("a non-negative integer"))?,
-        ),
-        Kind::Double => Proto::F64(value.as_f64().ok_or_else(|| wrong("a number"))?),
-        Kind::Float => Proto::F32(value.as_f64().ok_or_else(|| wrong("a number"))? as f32),
-        // Kubernetes' protos have no enums (its enumerations are strings).
-        Kind::Enum(_) => Proto::EnumNumber(
-            integer()
-                .and_then(|v| i32::try_from(v).ok())
-                .ok_or_else(|| wrong("an enum number"))?,
-        ),
-    })
-}
-
 // ---- protobuf to JSON ----
 
 /// A message as Kubernetes' JSON for it.
@@ -551,11 +364,48 @@ fn from_message(message: &DynamicMessage) -> Value {
                     Value::Bool(false) if !keeps_zero(field.name()) => continue,
                     _ => {}
                 }
+                // An embedded struct's fields are its parent's in JSON.
+                if is_embedded(&field)
+                    && let Value::Object(fields) = json
+                {
+                    object.extend(fields);
+                    continue;
+                }
                 object.insert(field.name().to_string(), json);
             }
             Value::Object(object)
         }
     }
+}
+
+/// The fields that hold a struct Go embeds (`json:""` or `json:",inline"`):
+/// `(message, field)`. In JSON their fields are the parent's own
+/// (a Probe's `httpGet`, a Volume's `emptyDir`, a ConfigMapKeySelector's
+/// `name`); in protobuf they are one nested message.
+const EMBEDDED: &[(&str, &str)] = &[
+    ("Probe", "handler"),
+    ("Volume", "volumeSource"),
+    ("PersistentVolumeSpec", "persistentVolumeSource"),
+    ("EphemeralContainer", "ephemeralContainerCommon"),
+    ("SecretProjection", "localObjectReference"),
+    ("ConfigMapVolumeSource", "localObjectReference"),
+    ("ConfigMapProjection", "localObjectReference"),
+    ("ConfigMapKeySelector", "localObjectReference"),
+    ("SecretKeySelector", "localObjectReference"),
+    ("ConfigMapEnvSource", "localObjectReference"),
+    ("SecretEnvSource", "localObjectReference"),
+    ("IngressRule", "ingressRuleValue"),
+    ("NamedRuleWithOperations", "ruleWithOperations"),
+    ("RuleWithOperations", "rule"),
+    ("DeviceClassConfiguration", "deviceConfiguration"),
+];
+
+/// Whether `field` holds a struct Go embeds ([`EMBEDDED`]).
+fn is_embedded(field: &prost_reflect::FieldDescriptor) -> bool {
+    let message = field.parent_message();
+    EMBEDDED
+        .iter()
+        .any(|(parent, name)| field.name() == *name && message.name() == *parent)
 }
 
 /// Fields Kubernetes declares as pointers (`*int32`, `*bool`), where a zero
@@ -822,6 +672,39 @@ mod tests {
     }
 
     #[test]
+    fn ephemeral_containers_keep_their_inline_fields() {
+        let pod = json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "web", "namespace": "default"},
+            "spec": {"containers": [{"name": "app", "image": "bb:1"}],
+                "ephemeralContainers": [{"name": "debugger-x", "image": "bb:1",
+                    "command": ["sh"], "stdin": true, "targetContainerName": "app"}]},
+            "status": {"ephemeralContainerStatuses": [{"name": "debugger-x", "image": "bb:1",
+                "ready": false, "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}}}]}});
+        assert_eq!(round_trip(pod.clone()), pod);
+        // In protobuf, the container's fields are in ephemeralContainerCommon.
+        let bytes = encode_object(&pod).unwrap();
+        let descriptor = message_for("v1", "Pod").unwrap();
+        let unknown = decode_message(&message(UNKNOWN).unwrap(), &bytes[MAGIC.len()..]).unwrap();
+        let raw = unknown
+            .get_field_by_name("raw")
+            .unwrap()
+            .as_bytes()
+            .unwrap()
+            .clone();
+        let decoded = decode_message(&descriptor, &raw).unwrap();
+        let spec = decoded.get_field_by_name("spec").unwrap();
+        let spec = spec.as_message().unwrap();
+        let list = spec.get_field_by_name("ephemeralContainers").unwrap();
+        let first = list.as_list().unwrap()[0].as_message().unwrap().clone();
+        let common = first.get_field_by_name("ephemeralContainerCommon").unwrap();
+        let common = common.as_message().unwrap();
+        assert_eq!(
+            common.get_field_by_name("name").unwrap().as_str(),
+            Some("debugger-x")
+        );
+    }
+
+    #[test]
     fn namespace_round_trips_with_its_type_meta() {
         let namespace = json!({"apiVersion": "v1", "kind": "Namespace",
             "metadata": {"name": "x", "labels": {"team": "a"}, "resourceVersion": "12"}});
@@ -840,12 +723,45 @@ mod tests {
         // And on the wire it is Kubernetes' {type, intVal, strVal}.
         let port = &service["spec"]["ports"][1]["targetPort"];
         let descriptor = message(INT_OR_STRING).unwrap();
-        let message = to_message(&descriptor, port, &mut String::new()).unwrap();
+        let mut bytes = Vec::new();
+        wire::write_message(&descriptor, port, &mut String::new(), &mut bytes).unwrap();
+        let message = decode_message(&descriptor, &bytes).unwrap();
         assert_eq!(message.get_field_by_name("type").unwrap().as_i64(), Some(1));
         assert_eq!(
             message.get_field_by_name("strVal").unwrap().as_str(),
             Some("http")
         );
+    }
+
+    /// The wire writer's bytes are those prost writes for the same message:
+    /// fields in number order, each of its wire type. (Maps have one entry
+    /// here: a DynamicMessage writes its map in no fixed order.) Embedded
+    /// structs (a probe's handler, a volume's source, a key selector's
+    /// name) come back where JSON has them.
+    #[test]
+    fn written_bytes_are_the_canonical_encoding() {
+        let pod = json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "p", "namespace": "default", "labels": {"app": "web"},
+                "creationTimestamp": "2026-01-02T03:04:05Z", "generation": 3,
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                    "name": "web", "uid": "u", "controller": true}]},
+            "spec": {"nodeName": "n1", "terminationGracePeriodSeconds": 30,
+                "volumes": [{"name": "data", "emptyDir": {"medium": "Memory"}}],
+                "containers": [{"name": "c", "image": "busybox", "args": ["sleep", "-1"],
+                    "ports": [{"containerPort": 8080, "protocol": "TCP"}],
+                    "readinessProbe": {"httpGet": {"path": "/", "port": "http"}},
+                    "env": [{"name": "A", "valueFrom":
+                        {"configMapKeyRef": {"name": "cm", "key": "a"}}}],
+                    "resources": {"limits": {"cpu": "250m"}}}]},
+            "status": {"phase": "Running", "podIPs": [{"ip": "10.0.0.1"}],
+                "containerStatuses": [{"name": "c", "ready": true, "restartCount": 2,
+                    "state": {"running": {"startedAt": "2026-01-02T03:04:06Z"}}}]}});
+        let descriptor = message_for("v1", "Pod").unwrap();
+        let mut written = Vec::new();
+        wire::write_message(&descriptor, &pod, &mut String::new(), &mut written).unwrap();
+        let decoded = decode_message(&descriptor, &written).unwrap();
+        assert_eq!(decoded.encode_to_vec(), written);
+        assert_eq!(round_trip(pod.clone()), pod);
     }
 
     #[test]

@@ -11,7 +11,7 @@
 //! node exists), and a stream of their peers: the other such nodes, with
 //! their underlay address and slice, which their overlay routes to.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -35,6 +35,7 @@ use crate::objects::{Objects, kind, name_of, namespace_of, now_rfc3339, prefix};
 use crate::pods::{is_terminal, node_name, set_condition};
 
 /// The agent-facing service.
+#[derive(Clone)]
 pub(crate) struct Agents {
     pub objects: Objects,
     pub cache: Arc<Cache>,
@@ -45,9 +46,69 @@ pub(crate) struct Agents {
     /// Held while a node's slice is chosen and written, so two nodes
     /// registering at once never get the same one.
     pub slices: Arc<tokio::sync::Mutex<()>>,
+    /// What each node last reported of each instance, so a report that
+    /// repeats it decodes nothing.
+    pub reported: Arc<ReportMemo>,
     /// The Events agents reported as such that were recorded.
     pub reported_events: Arc<crate::container_events::ReportedEvents>,
     pub shutdown: CancellationToken,
+}
+
+/// Per node, per instance uid: a digest of the last report applied (usage
+/// aside) and the revision of the instance it was applied to. A report
+/// equal to it, about an instance still at that revision, would change
+/// nothing: every agent repeats all its instances every few seconds, and
+/// decoding each of them was most of the control plane's work at rest.
+#[derive(Default)]
+pub(crate) struct ReportMemo(std::sync::Mutex<Memos>);
+
+/// By node, by instance uid: the digest of its last applied report and the
+/// revision it was applied to.
+type Memos = HashMap<String, HashMap<String, (u64, i64)>>;
+
+impl ReportMemo {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Memos> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether `node` already reported `digest` of `uid` at `revision`.
+    fn repeats(&self, node: &str, uid: &str, digest: u64, revision: i64) -> bool {
+        self.lock()
+            .get(node)
+            .and_then(|instances| instances.get(uid))
+            .is_some_and(|&seen| seen == (digest, revision))
+    }
+
+    fn remember(&self, node: &str, uid: &str, digest: u64, revision: i64) {
+        self.lock()
+            .entry(node.to_string())
+            .or_default()
+            .insert(uid.to_string(), (digest, revision));
+    }
+
+    /// Forgets the instances of `node` a complete report no longer lists.
+    fn keep_only(&self, node: &str, uids: &HashSet<&str>) {
+        if let Some(instances) = self.lock().get_mut(node) {
+            instances.retain(|uid, _| uids.contains(uid.as_str()));
+        }
+    }
+}
+
+/// A digest of what a report says of an instance, resource usage aside
+/// (it goes to the metrics, never to the store).
+fn report_digest(instance: &InstanceStatus) -> u64 {
+    use prost::Message;
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    let bytes = InstanceStatus {
+        usage: None,
+        ..instance.clone()
+    }
+    .encode_to_vec();
+    let mut hasher = DefaultHasher::new();
+    bytes.hash(&mut hasher);
+    hasher.finish()
 }
 
 fn internal(e: crate::Error) -> Status {
@@ -356,7 +417,13 @@ impl Agents {
     /// Removes the pods being deleted on the reporting node that a
     /// complete report no longer lists: their containers have stopped.
     async fn remove_stopped(&self, report: &StatusReport) -> crate::Result<()> {
-        for pod in self.cache.pods_on_node(&report.node_name) {
+        let deleting = self
+            .cache
+            .pods_on_node_stored(&report.node_name)
+            .into_iter()
+            .filter(|(_, stored)| stored.contains(b"\"deletionTimestamp\""))
+            .filter_map(|(key, stored)| stored.decode(&key));
+        for pod in deleting {
             let uid = pod["metadata"]["uid"].as_str().unwrap_or_default();
             if !crate::deletion::is_deleting(&pod) || report.instances.iter().any(|i| i.uid == uid)
             {
@@ -646,10 +713,10 @@ fn apply_single_container(pod: &mut Value, report: &InstanceStatus) {
 /// Ready when every app container is.
 fn apply_containers(pod: &mut Value, report: &InstanceStatus) {
     let image = |pod: &Value, report: &ContainerReport| {
-        let list = if report.init {
-            "initContainers"
-        } else {
-            "containers"
+        let list = match (report.init, report.ephemeral) {
+            (true, _) => "initContainers",
+            (_, true) => "ephemeralContainers",
+            _ => "containers",
         };
         pod["spec"][list]
             .as_array()
@@ -670,7 +737,7 @@ fn apply_containers(pod: &mut Value, report: &InstanceStatus) {
         }
         state
     };
-    let (mut init, mut app) = (Vec::new(), Vec::new());
+    let (mut init, mut app, mut ephemeral) = (Vec::new(), Vec::new(), Vec::new());
     for container in &report.containers {
         let state = match (
             &container.running,
@@ -705,17 +772,24 @@ fn apply_containers(pod: &mut Value, report: &InstanceStatus) {
         }
         if container.init {
             init.push(status);
+        } else if container.ephemeral {
+            ephemeral.push(status);
         } else {
             app.push(status);
         }
     }
     pod["status"]["containerStatuses"] = Value::Array(app);
-    if init.is_empty() {
-        if let Some(status) = pod["status"].as_object_mut() {
-            status.remove("initContainerStatuses");
+    for (field, list) in [
+        ("initContainerStatuses", init),
+        ("ephemeralContainerStatuses", ephemeral),
+    ] {
+        if list.is_empty() {
+            if let Some(status) = pod["status"].as_object_mut() {
+                status.remove(field);
+            }
+        } else {
+            pod["status"][field] = Value::Array(list);
         }
-    } else {
-        pod["status"]["initContainerStatuses"] = Value::Array(init);
     }
     set_pod_conditions(pod, report.initialized, report.ready);
 }
@@ -891,17 +965,7 @@ impl AgentService for Agents {
     ) -> Result<Response<Self::WatchAssignmentsStream>, Status> {
         let node = request.into_inner().node_name;
         let (sender, receiver) = tokio::sync::mpsc::channel(4);
-        let agents = Agents {
-            objects: self.objects.clone(),
-            cache: Arc::clone(&self.cache),
-            health: Arc::clone(&self.health),
-            metrics: Arc::clone(&self.metrics),
-            heartbeat_interval: self.heartbeat_interval,
-            dns_address: self.dns_address.clone(),
-            slices: Arc::clone(&self.slices),
-            reported_events: Arc::clone(&self.reported_events),
-            shutdown: self.shutdown.clone(),
-        };
+        let agents = self.clone();
         tokio::spawn(async move {
             // Subscribed before the first read, so no change slips between them.
             let mut changed = agents.cache.watch_node(&node);
@@ -996,15 +1060,24 @@ impl AgentService for Agents {
                 self.metrics
                     .record_pod(&instance.namespace, &instance.name, &instance.uid, sample);
             }
-            let Some(cached) = self
-                .cache
-                .get(kind("pods"), &instance.namespace, &instance.name)
-            else {
+            let key = crate::objects::key(kind("pods"), &instance.namespace, &instance.name);
+            let Some(stored) = self.cache.stored(&key) else {
+                continue;
+            };
+            let digest = report_digest(instance);
+            let node = report.node_name.as_str();
+            if self
+                .reported
+                .repeats(node, &instance.uid, digest, stored.revision())
+            {
+                continue;
+            }
+            let Some(cached) = stored.decode(&key) else {
                 continue;
             };
             // Only the node an instance is bound to may report on it.
             if cached["metadata"]["uid"] != instance.uid.as_str()
-                || node_name(&cached) != Some(report.node_name.as_str())
+                || node_name(&cached) != Some(node)
             {
                 continue;
             }
@@ -1012,9 +1085,11 @@ impl AgentService for Agents {
                 .record(self.objects.events(), &cached, instance);
             let mut preview = (*cached).clone();
             if !apply_report(&mut preview, instance, &address) {
+                self.reported
+                    .remember(node, &instance.uid, digest, stored.revision());
                 continue;
             }
-            moves.push((cached, preview));
+            moves.push((cached, preview, instance, digest));
             let address = &address;
             updates.push(self.objects.update_with(
                 kind("pods"),
@@ -1028,13 +1103,19 @@ impl AgentService for Agents {
         }
         // Concurrently, so the store commits a report's writes together
         // rather than one fsync after another.
-        futures::future::try_join_all(updates)
+        let written = futures::future::try_join_all(updates)
             .await
             .map_err(internal)?;
-        for (stored, reported) in &moves {
+        for ((stored, reported, instance, digest), revision) in moves.iter().zip(written) {
             crate::container_events::record(self.objects.events(), stored, reported);
+            if let Some(revision) = revision {
+                self.reported
+                    .remember(&report.node_name, &instance.uid, *digest, revision);
+            }
         }
         if report.complete {
+            let uids = report.instances.iter().map(|i| i.uid.as_str()).collect();
+            self.reported.keep_only(&report.node_name, &uids);
             self.remove_stopped(&report).await.map_err(internal)?;
         }
         Ok(Response::new(StatusReportResponse {}))
@@ -1057,6 +1138,7 @@ mod tests {
             "spec": {
                 "initContainers": [{"name": "setup", "image": "bb:1"}],
                 "containers": [{"name": "web", "image": "web:2"}, {"name": "metrics", "image": "m:3"}],
+                "ephemeralContainers": [{"name": "debugger-x", "image": "bb:1", "targetContainerName": "web"}],
             },
         });
         let report = InstanceStatus {
@@ -1098,6 +1180,14 @@ mod tests {
                     }),
                     ..ContainerReport::default()
                 },
+                ContainerReport {
+                    name: "debugger-x".into(),
+                    ephemeral: true,
+                    running: Some(ContainerRunning {
+                        started_at: "2026-12-07T00:00:01Z".into(),
+                    }),
+                    ..ContainerReport::default()
+                },
             ],
             ..InstanceStatus::default()
         };
@@ -1120,6 +1210,11 @@ mod tests {
         assert_eq!(metrics["state"]["waiting"]["reason"], "CrashLoopBackOff");
         assert_eq!(metrics["lastState"]["terminated"]["exitCode"], 2);
         assert_eq!(metrics["restartCount"], 2);
+        assert_eq!(status["containerStatuses"].as_array().unwrap().len(), 2);
+        let debugger = &status["ephemeralContainerStatuses"][0];
+        assert_eq!(debugger["name"], "debugger-x");
+        assert_eq!(debugger["image"], "bb:1");
+        assert!(debugger["state"]["running"].is_object(), "{debugger}");
         let condition = |name: &str| {
             status["conditions"]
                 .as_array()
@@ -1187,6 +1282,7 @@ mod tests {
             heartbeat_interval: Duration::from_secs(1),
             dns_address: dns.to_string(),
             slices: Arc::default(),
+            reported: Arc::default(),
             reported_events: Arc::default(),
             shutdown: shutdown.clone(),
         }
@@ -1413,6 +1509,87 @@ mod tests {
                 ("shop-a".to_string(), json!("10.77.0.0/16")),
             ]
         );
+        shutdown.cancel();
+    }
+
+    /// A report that repeats the last one about an unchanged instance is
+    /// skipped; once anything else writes the instance, the same report is
+    /// applied again; a complete report forgets instances it no longer lists.
+    #[tokio::test]
+    async fn a_repeated_report_is_applied_again_only_after_the_instance_changed() {
+        let (_dir, store, objects) = crate::test_support::store_with_default_namespace().await;
+        let created = objects
+            .create(kind("pods"), "default", pod("a"))
+            .await
+            .unwrap();
+        let uid = created["metadata"]["uid"].as_str().unwrap().to_string();
+        let shutdown = CancellationToken::new();
+        let agents = agents_over(Arc::clone(&store), objects.clone(), "", &shutdown).await;
+        let running = InstanceStatus {
+            namespace: "default".into(),
+            name: "a".into(),
+            uid: uid.clone(),
+            phase: "Running".into(),
+            ready: true,
+            ..Default::default()
+        };
+        let report = |complete| StatusReport {
+            node_name: "n1".into(),
+            instances: vec![running.clone()],
+            complete,
+        };
+        let phase = || async {
+            let pod = objects.get(kind("pods"), "default", "a").await.unwrap();
+            pod["status"]["phase"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        };
+        let sync = || async {
+            let revision = objects.get(kind("pods"), "default", "a").await.unwrap()["metadata"]
+                ["resourceVersion"]
+                .as_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            agents.cache.wait_for(revision).await;
+        };
+
+        sync().await;
+        agents
+            .report_status(Request::new(report(false)))
+            .await
+            .unwrap();
+        assert_eq!(phase().await, "Running");
+        sync().await;
+        let memo = |uid: &str| agents.reported.lock()["n1"].get(uid).copied();
+        let remembered = memo(&uid).expect("the applied report is remembered");
+        agents
+            .report_status(Request::new(report(false)))
+            .await
+            .unwrap();
+        assert_eq!(memo(&uid), Some(remembered));
+
+        // Another writer changes the instance: the same report applies again.
+        objects
+            .update_with(kind("pods"), "default", "a", |pod| {
+                pod["status"]["phase"] = json!("Pending");
+                true
+            })
+            .await
+            .unwrap();
+        sync().await;
+        agents
+            .report_status(Request::new(report(false)))
+            .await
+            .unwrap();
+        assert_eq!(phase().await, "Running");
+        assert_ne!(memo(&uid), Some(remembered));
+
+        let mut empty = report(true);
+        empty.instances.clear();
+        agents.report_status(Request::new(empty)).await.unwrap();
+        assert_eq!(memo(&uid), None);
         shutdown.cancel();
     }
 }

@@ -555,7 +555,7 @@ async fn resource_request(
             let created = state.objects.create(kind, &namespace, value).await?;
             Ok(with_warnings(StatusCode::CREATED, created, warnings))
         }
-        (&Method::GET, Some(name), None | Some("status")) => {
+        (&Method::GET, Some(name), None | Some("status" | "ephemeralcontainers")) => {
             let object = state.objects.get(kind, &namespace, name).await?;
             Ok(match table {
                 Some(include) => axum::Json(as_table(kind, &object, include)),
@@ -626,6 +626,23 @@ async fn resource_request(
                 Part::Main => with_warnings(StatusCode::OK, patched, warnings),
                 Part::Status => axum::Json(patched).into_response(),
             })
+        }
+        (&Method::PUT | &Method::PATCH, Some(name), Some("ephemeralcontainers")) => {
+            let patch_type = match method {
+                Method::PATCH => Some(patch::PatchType::from_content_type(content_type(&headers))?),
+                _ => None,
+            };
+            let updated = state
+                .objects
+                .modify(kind, &namespace, name, Part::Main, |current| {
+                    let requested = match patch_type {
+                        Some(patch_type) => patch::apply(patch_type, current, &body)?,
+                        None => parse_body()?,
+                    };
+                    crate::ephemeral::with_ephemeral_containers(kind, current, &requested)
+                })
+                .await?;
+            Ok(axum::Json(updated).into_response())
         }
         (&Method::GET, Some(name), Some("scale")) => {
             let object = state.objects.get(kind, &namespace, name).await?;

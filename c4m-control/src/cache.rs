@@ -99,6 +99,9 @@ fn decode_all(handles: Vec<(String, Stored)>) -> Vec<Arc<Value>> {
         .collect()
 }
 
+/// An instance no owner controls: its labels and stored JSON.
+type UncontrolledPod = (Arc<BTreeMap<String, String>>, Stored);
+
 /// A mirrored object, with what the indexes read of it.
 struct Entry {
     stored: Stored,
@@ -106,6 +109,9 @@ struct Entry {
     node: Option<String>,
     /// The [`controller_key`] of an instance.
     owner: Option<String>,
+    /// The labels of an instance no owner controls (a controller whose
+    /// selector matches may adopt it); None for any other object.
+    uncontrolled: Option<Arc<BTreeMap<String, String>>>,
     /// Whether a Node's Ready condition is True: read on every heartbeat
     /// and node-lifecycle pass, for thousands of nodes.
     ready: bool,
@@ -130,13 +136,13 @@ impl Entry {
         } else {
             false
         };
-        let (node, owner) = match indexed {
-            Some(pod) => (pod.node(), pod.controller()),
+        let (node, owner, uncontrolled) = match indexed {
+            Some(pod) => (pod.node(), pod.controller(), pod.uncontrolled_labels()),
             None => {
                 // Not an instance, or fields of unexpected types (which
                 // validation refuses): only check that it is JSON.
                 serde_json::from_slice::<serde::de::IgnoredAny>(&kv.value).map_err(corrupt)?;
-                (None, None)
+                (None, None, None)
             }
         };
         Ok(Entry {
@@ -146,6 +152,7 @@ impl Entry {
             },
             node,
             owner,
+            uncontrolled,
             ready,
         })
     }
@@ -232,6 +239,8 @@ struct IndexedFields {
 struct IndexedMetadata {
     namespace: Option<String>,
     owner_references: Option<Vec<IndexedOwner>>,
+    labels: Option<BTreeMap<String, String>>,
+    deletion_timestamp: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -251,6 +260,21 @@ impl IndexedFields {
     /// The node the instance is bound to.
     fn node(&self) -> Option<String> {
         self.spec.node_name.clone().filter(|node| !node.is_empty())
+    }
+
+    /// The labels of an instance that no owner controls and that is not
+    /// being deleted: one a controller may adopt.
+    fn uncontrolled_labels(&self) -> Option<Arc<BTreeMap<String, String>>> {
+        let controlled = self
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|r| r.controller == Some(true));
+        if controlled || self.metadata.deletion_timestamp.is_some() {
+            return None;
+        }
+        Some(Arc::new(self.metadata.labels.clone().unwrap_or_default()))
     }
 
     /// The [`owner_key`] of the workload that controls the instance.
@@ -283,6 +307,13 @@ pub(crate) fn controller_key(pod: &Value) -> Option<String> {
     IndexedFields::deserialize(pod).ok()?.controller()
 }
 
+/// The namespace in an instance's key (`/registry/pods/NS/NAME`).
+fn pod_namespace(key: &str) -> &str {
+    key.strip_prefix(PODS)
+        .and_then(|rest| rest.split_once('/'))
+        .map_or("", |(namespace, _)| namespace)
+}
+
 /// The index key of a workload: `PLURAL/NAMESPACE/NAME`.
 pub(crate) fn owner_key(plural: &str, namespace: &str, name: &str) -> String {
     format!("{plural}/{namespace}/{name}")
@@ -294,6 +325,8 @@ struct Mirror {
     objects: BTreeMap<String, Entry>,
     pods_by_node: PodIndex,
     pods_by_owner: PodIndex,
+    /// Instances no owner controls, by namespace, by key, with their labels.
+    uncontrolled_pods: HashMap<String, BTreeMap<String, UncontrolledPod>>,
     /// How many instances are bound to no node (terminal ones included).
     unbound_pods: usize,
 }
@@ -317,6 +350,12 @@ impl Mirror {
         if key.starts_with(PODS) && entry.node.is_none() {
             self.unbound_pods += 1;
         }
+        if let Some(labels) = &entry.uncontrolled {
+            self.uncontrolled_pods
+                .entry(pod_namespace(&key).to_string())
+                .or_default()
+                .insert(key.clone(), (Arc::clone(labels), entry.stored.clone()));
+        }
         self.objects.insert(key, entry);
         previous
     }
@@ -328,6 +367,15 @@ impl Mirror {
         self.pods_by_owner.remove(previous.owner.as_deref(), key);
         if key.starts_with(PODS) && previous.node.is_none() {
             self.unbound_pods -= 1;
+        }
+        if previous.uncontrolled.is_some() {
+            let namespace = pod_namespace(key);
+            if let Some(pods) = self.uncontrolled_pods.get_mut(namespace) {
+                pods.remove(key);
+                if pods.is_empty() {
+                    self.uncontrolled_pods.remove(namespace);
+                }
+            }
         }
         Some(previous)
     }
@@ -722,6 +770,26 @@ impl Cache {
 
     /// The instances whose controller owner reference names the workload
     /// `owner` ([`owner_key`]), whatever its uid, sorted by key.
+    /// The instances of `namespace` that no owner controls and that are not
+    /// being deleted, whose labels `wanted` accepts: read without decoding
+    /// the others.
+    pub(crate) fn uncontrolled_pods(
+        &self,
+        namespace: &str,
+        wanted: impl Fn(&BTreeMap<String, String>) -> bool,
+    ) -> Vec<Arc<Value>> {
+        let handles: Vec<(String, Stored)> = self
+            .read()
+            .uncontrolled_pods
+            .get(namespace)
+            .into_iter()
+            .flatten()
+            .filter(|(_, (labels, _))| wanted(labels))
+            .map(|(key, (_, stored))| (key.clone(), stored.clone()))
+            .collect();
+        decode_all(handles)
+    }
+
     pub(crate) fn pods_of_owner(&self, owner: &str) -> Vec<Arc<Value>> {
         let pods = self.read().pods_by_owner.get(owner);
         decode_all(pods)

@@ -57,8 +57,9 @@ fn split_field(message: &str) -> (&str, &str) {
 /// A cause in Kubernetes' words: its reason, and for an invalid value the
 /// value itself (`Invalid value: -1: ...`) when `object` has it.
 fn cause(field: &str, message: &str, object: Option<&Value>) -> FieldCause {
-    const KNOWN: [(&str, &str); 5] = [
+    const KNOWN: [(&str, &str); 6] = [
         ("Required value", "FieldValueRequired"),
+        ("Not found", "FieldValueNotFound"),
         ("Unsupported value", "FieldValueNotSupported"),
         ("Forbidden", "FieldValueForbidden"),
         ("Duplicate value", "FieldValueDuplicate"),

@@ -53,6 +53,7 @@ mod deletion;
 mod discovery;
 mod disruption;
 mod dry_run;
+mod ephemeral;
 mod error;
 mod events;
 mod events_view;

@@ -329,6 +329,13 @@ impl Objects {
             if value.get("status").is_none_or(Value::is_null) {
                 value["status"] = json!({"phase": "Pending"});
             }
+            // The API server's default, which clients read without a
+            // check (`kubectl debug` crashes without it).
+            if let Some(spec) = value.get_mut("spec").and_then(Value::as_object_mut)
+                && spec.get("securityContext").is_none_or(Value::is_null)
+            {
+                spec.insert("securityContext".into(), json!({}));
+            }
         }
         self.admit(Operation::Create, kind, namespace, None, &mut value)
             .await?;

@@ -233,6 +233,7 @@ impl ControlPlane {
                 .map(|d| d.local_addr().to_string())
                 .unwrap_or_default(),
             slices: Arc::default(),
+            reported: Arc::default(),
             reported_events: Arc::default(),
             shutdown: shutdown.clone(),
         };

@@ -67,9 +67,14 @@ async fn agent_of(
 }
 
 /// A `container` parameter must name one of the instance's containers
-/// (app or init), as Kubernetes insists.
+/// (app, init or ephemeral), as Kubernetes insists.
 fn check_container(pod: &Value, name: &str, container: &str) -> Result<()> {
-    let lists = [&pod["spec"]["containers"], &pod["spec"]["initContainers"]];
+    let spec = &pod["spec"];
+    let lists = [
+        &spec["containers"],
+        &spec["initContainers"],
+        &spec["ephemeralContainers"],
+    ];
     let names: Vec<&str> = lists
         .into_iter()
         .filter_map(Value::as_array)

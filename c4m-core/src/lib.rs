@@ -56,12 +56,15 @@ mod time;
 
 pub use error::{BoxError, Error, Result};
 pub use image::{GcReport, Image, Layer};
-pub use manifest::{Document, ManifestError, Validated, parse_documents, validate, validate_value};
+pub use manifest::{
+    Document, ManifestError, Validated, dns1123_label, parse_documents, validate, validate_value,
+};
 pub use model::kinds::{KINDS, ResourceKind};
 pub use model::microservice::{Microservice, MicroserviceSpec, MicroserviceStatus};
 pub use model::pod::{
-    AUTO_DRIVER, CONTAINER_DRIVERS, DEFAULT_DRIVER, Requests, instance_driver, pod_requests,
-    pod_template_for_microservice, resolve_default_driver,
+    AUTO_DRIVER, CONTAINER_DRIVERS, DEFAULT_DRIVER, ONE_CONTAINER_DRIVERS, Requests,
+    instance_driver, one_container_per_pod, pod_requests, pod_template_for_microservice,
+    resolve_default_driver,
 };
 pub use model::pod_etc;
 pub use model::pull_secrets::{registry_login, registry_of_config_key};

@@ -607,19 +607,40 @@ fn check_daemon_set(daemon_set: &DaemonSet) -> Result<(), FieldError> {
             format!("unsupported value {policy:?}: supported values: \"Always\""),
         ));
     }
-    match spec
-        .update_strategy
-        .as_ref()
-        .and_then(|s| s.type_.as_deref())
-    {
-        None | Some("RollingUpdate" | "OnDelete") => Ok(()),
-        Some(other) => Err(field_error(
-            "spec.updateStrategy.type",
-            format!(
-                "unsupported value {other:?}: supported values: \"OnDelete\", \"RollingUpdate\""
-            ),
-        )),
+    let strategy = spec.update_strategy.as_ref();
+    match strategy.and_then(|s| s.type_.as_deref()) {
+        None | Some("RollingUpdate" | "OnDelete") => {}
+        Some(other) => {
+            return Err(field_error(
+                "spec.updateStrategy.type",
+                format!(
+                    "unsupported value {other:?}: supported values: \"OnDelete\", \"RollingUpdate\""
+                ),
+            ));
+        }
     }
+    let Some(rolling) = strategy.and_then(|s| s.rolling_update.as_ref()) else {
+        return Ok(());
+    };
+    for (value, field) in [
+        (&rolling.max_surge, "maxSurge"),
+        (&rolling.max_unavailable, "maxUnavailable"),
+    ] {
+        if let Some(value) = value {
+            check_int_or_percent(value, &format!("spec.updateStrategy.rollingUpdate.{field}"))?;
+        }
+    }
+    let zero = |value: &Option<IntOrString>| {
+        matches!(value, Some(IntOrString::Int(0)))
+            || matches!(value, Some(IntOrString::String(text)) if text == "0%")
+    };
+    if zero(&rolling.max_surge) && zero(&rolling.max_unavailable) {
+        return Err(field_error(
+            "spec.updateStrategy.rollingUpdate.maxUnavailable",
+            "may not be 0 when maxSurge is 0",
+        ));
+    }
+    Ok(())
 }
 
 fn check_job(job: &Job) -> Result<(), FieldError> {
@@ -688,6 +709,8 @@ fn check_job_spec(spec: &JobSpec, path: &str) -> Result<(), FieldError> {
         (spec.parallelism, "parallelism"),
         (spec.completions, "completions"),
         (spec.backoff_limit, "backoffLimit"),
+        (spec.backoff_limit_per_index, "backoffLimitPerIndex"),
+        (spec.max_failed_indexes, "maxFailedIndexes"),
         (spec.ttl_seconds_after_finished, "ttlSecondsAfterFinished"),
     ] {
         if let Some(value) = value {
@@ -720,6 +743,7 @@ fn check_job_spec(spec: &JobSpec, path: &str) -> Result<(), FieldError> {
             ));
         }
     }
+    check_job_indexes(spec, path)?;
     let template_path = at("template.spec");
     let pod_spec = spec
         .template
@@ -782,6 +806,12 @@ fn check_job_spec(spec: &JobSpec, path: &str) -> Result<(), FieldError> {
                     ),
                 ));
             }
+            if rule.action == "FailIndex" && spec.backoff_limit_per_index.is_none() {
+                return Err(field_error(
+                    join(&rule_path, "action"),
+                    "\"FailIndex\": is only supported when backoffLimitPerIndex is set",
+                ));
+            }
             if rule.on_exit_codes.is_some() == rule.on_pod_conditions.is_some() {
                 return Err(field_error(
                     rule_path,
@@ -791,6 +821,106 @@ fn check_job_spec(spec: &JobSpec, path: &str) -> Result<(), FieldError> {
         }
     }
     Ok(())
+}
+
+/// What only an Indexed Job may have (`backoffLimitPerIndex`,
+/// `maxFailedIndexes`, `successPolicy`), checked as the API server does.
+fn check_job_indexes(spec: &JobSpec, path: &str) -> Result<(), FieldError> {
+    let at = |field: &str| join(path, field);
+    let indexed = spec.completion_mode.as_deref() == Some("Indexed");
+    let completions = spec.completions.unwrap_or(0);
+    if spec.backoff_limit_per_index.is_some() && !indexed {
+        return Err(field_error(
+            at("backoffLimitPerIndex"),
+            "requires indexed completion mode",
+        ));
+    }
+    if let Some(max) = spec.max_failed_indexes {
+        if spec.backoff_limit_per_index.is_none() {
+            return Err(field_error(
+                at("maxFailedIndexes"),
+                "cannot set maxFailedIndexes when backoffLimitPerIndex is not set",
+            ));
+        }
+        if max > completions {
+            return Err(field_error(
+                at("maxFailedIndexes"),
+                format!("invalid value {max}: must be less than or equal to completions"),
+            ));
+        }
+    }
+    let Some(policy) = &spec.success_policy else {
+        return Ok(());
+    };
+    if !indexed {
+        return Err(field_error(
+            at("successPolicy"),
+            "requires indexed completion mode",
+        ));
+    }
+    if policy.rules.is_empty() || policy.rules.len() > 20 {
+        return Err(field_error(
+            at("successPolicy.rules"),
+            "must have between 1 and 20 rules",
+        ));
+    }
+    for (i, rule) in policy.rules.iter().enumerate() {
+        let rule_path = format!("{}[{i}]", at("successPolicy.rules"));
+        if rule.succeeded_indexes.is_none() && rule.succeeded_count.is_none() {
+            return Err(field_error(
+                rule_path,
+                "at least one of succeededCount or succeededIndexes must be specified",
+            ));
+        }
+        let mut listed = None;
+        if let Some(text) = &rule.succeeded_indexes {
+            let indexes = parse_index_list(text, completions).map_err(|reason| {
+                field_error(
+                    join(&rule_path, "succeededIndexes"),
+                    format!("{text:?}: {reason}"),
+                )
+            })?;
+            listed = Some(indexes);
+        }
+        if let Some(count) = rule.succeeded_count {
+            let most = listed.unwrap_or(u64::from(completions.max(0) as u32));
+            if count < 0 || u64::from(count as u32) > most {
+                return Err(field_error(
+                    join(&rule_path, "succeededCount"),
+                    format!(
+                        "invalid value {count}: must be between 0 and {most} (the indexes it counts)"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// How many indexes a list like `0,2-4` names, each below `completions`
+/// and in increasing order, as Kubernetes requires.
+fn parse_index_list(text: &str, completions: i32) -> Result<u64, String> {
+    let mut count = 0u64;
+    let mut next = 0i64;
+    for part in text.split(',') {
+        let (first, last) = part.split_once('-').unwrap_or((part, part));
+        let parse = |n: &str| {
+            n.parse::<i64>()
+                .map_err(|_| format!("{part:?} is not an index or a range of indexes"))
+        };
+        let (first, last) = (parse(first)?, parse(last)?);
+        if first < next || last < first {
+            return Err("indexes must be in increasing order, without repeats".into());
+        }
+        if last >= i64::from(completions) {
+            return Err(format!(
+                "index {last} must be less than completions ({completions})"
+            ));
+        }
+        count += (last - first + 1) as u64;
+        next = last + 1;
+    }
+    Ok(count)
 }
 
 /// A Deployment's selector must be non-empty and select its own template.
@@ -1188,10 +1318,23 @@ fn check_pod_dns_and_pulls(spec: &PodSpec, path: &str) -> Result<(), FieldError>
             }
         }
     }
-    if let Some(driver) = spec.runtime_class_name.as_deref()
-        && let Some((field, why)) = crate::pod_etc::unsupported_by_driver(driver, spec)
-    {
-        return Err(field_error(join(path, field), why));
+    if let Some(driver) = spec.runtime_class_name.as_deref() {
+        let second = if spec.init_containers.as_ref().is_some_and(|c| !c.is_empty()) {
+            Some("initContainers[0]")
+        } else {
+            (spec.containers.len() > 1).then_some("containers[1]")
+        };
+        if let Some(second) = second
+            && crate::ONE_CONTAINER_DRIVERS.contains(&driver)
+        {
+            return Err(field_error(
+                join(path, second),
+                crate::one_container_per_pod(driver),
+            ));
+        }
+        if let Some((field, why)) = crate::pod_etc::unsupported_by_driver(driver, spec) {
+            return Err(field_error(join(path, field), why));
+        }
     }
     Ok(())
 }
@@ -1795,7 +1938,7 @@ fn is_label_like(s: &str) -> bool {
 
 /// A DNS-1123 label: at most 63 lowercase alphanumerics or '-', starting and
 /// ending alphanumeric.
-fn dns1123_label(s: &str) -> Result<(), String> {
+pub fn dns1123_label(s: &str) -> Result<(), String> {
     if s.len() > 63 {
         return Err("must be at most 63 characters".to_string());
     }
@@ -1892,7 +2035,6 @@ const UNHONOURED: &[(Scope, &str, &str)] = &[
     (Scope::PodSpec, "volumes", IGNORED),
     (Scope::PodSpec, "containers[*].volumeMounts", IGNORED),
     (Scope::PodSpec, "initContainers[*].volumeMounts", IGNORED),
-    (Scope::PodSpec, "shareProcessNamespace=true", IGNORED),
     (
         Scope::PodSpec,
         "containers[*].securityContext.!runAsUser|runAsGroup",
@@ -1948,14 +2090,6 @@ const UNHONOURED: &[(Scope, &str, &str)] = &[
         "spec.template",
         "is not run: c4m keeps ReplicaSets as the revisions of Deployments; use a Deployment",
     ),
-    (Scope::Kind("Job"), "spec.backoffLimitPerIndex", IGNORED),
-    (
-        Scope::Kind("DaemonSet"),
-        "spec.updateStrategy.rollingUpdate.maxSurge",
-        "is not supported; pods are replaced without surge",
-    ),
-    (Scope::Kind("Job"), "spec.maxFailedIndexes", IGNORED),
-    (Scope::Kind("Job"), "spec.successPolicy", IGNORED),
     (Scope::Kind("Service"), "spec.type=LoadBalancer", CLUSTER_IP),
     (Scope::Kind("Service"), "spec.type=NodePort", CLUSTER_IP),
     (Scope::Kind("Service"), "spec.type=ExternalName", CLUSTER_IP),
@@ -2158,6 +2292,45 @@ spec:
       containers: [{name: main, image: busybox}]
 "#;
 
+    #[test]
+    fn a_daemon_set_rolling_update_needs_room_to_move() {
+        let daemon_set = |rolling: &str| {
+            format!(
+                r#"
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {{name: agent}}
+spec:
+  selector: {{matchLabels: {{app: agent}}}}
+  updateStrategy: {{type: RollingUpdate, rollingUpdate: {rolling}}}
+  template:
+    metadata: {{labels: {{app: agent}}}}
+    spec: {{containers: [{{name: main, image: busybox}}]}}
+"#
+            )
+        };
+        assert!(
+            validate_value(&parse_one(&daemon_set("{maxSurge: 1, maxUnavailable: 0}"))).is_ok()
+        );
+        assert!(validate_value(&parse_one(&daemon_set("{maxSurge: '25%'}"))).is_ok());
+        for (rolling, path, message) in [
+            (
+                "{maxSurge: 0, maxUnavailable: '0%'}",
+                "spec.updateStrategy.rollingUpdate.maxUnavailable",
+                "may not be 0 when maxSurge is 0",
+            ),
+            (
+                "{maxSurge: '150%'}",
+                "spec.updateStrategy.rollingUpdate.maxSurge",
+                "must not be greater than 100%",
+            ),
+        ] {
+            let (error_path, error) = error_of(&daemon_set(rolling));
+            assert_eq!(error_path, path, "{rolling}: {error}");
+            assert!(error.contains(message), "{rolling}: {error}");
+        }
+    }
+
     /// A container's own restartPolicy is only for init containers (a
     /// sidecar), only `Always`; init containers and sidecars warn no more.
     #[test]
@@ -2225,6 +2398,74 @@ spec:
         let policy = "podFailurePolicy: {rules: [{action: Explode, onExitCodes: {operator: In, values: [1]}}]}";
         let (path, _) = error_of(&JOB.replace("completions: 2", policy));
         assert_eq!(path, "spec.podFailurePolicy.rules[0].action");
+
+        // What only an Indexed Job has.
+        let indexed = |extra: &str| {
+            JOB.replace(
+                "completions: 2",
+                &format!("completions: 3\n  completionMode: Indexed\n  {extra}"),
+            )
+        };
+        for (job, path, message) in [
+            (
+                JOB.replace("completions: 2", "backoffLimitPerIndex: 1"),
+                "spec.backoffLimitPerIndex",
+                "requires indexed completion mode",
+            ),
+            (
+                indexed("maxFailedIndexes: 1"),
+                "spec.maxFailedIndexes",
+                "when backoffLimitPerIndex is not set",
+            ),
+            (
+                indexed("backoffLimitPerIndex: 1\n  maxFailedIndexes: 4"),
+                "spec.maxFailedIndexes",
+                "less than or equal to completions",
+            ),
+            (
+                indexed(
+                    "podFailurePolicy: {rules: [{action: FailIndex, onExitCodes: {operator: In, values: [3]}}]}",
+                ),
+                "spec.podFailurePolicy.rules[0].action",
+                "only supported when backoffLimitPerIndex is set",
+            ),
+            (
+                indexed("successPolicy: {rules: [{succeededIndexes: '0,5'}]}"),
+                "spec.successPolicy.rules[0].succeededIndexes",
+                "index 5 must be less than completions (3)",
+            ),
+            (
+                indexed("successPolicy: {rules: [{succeededIndexes: '2,0-1'}]}"),
+                "spec.successPolicy.rules[0].succeededIndexes",
+                "increasing order",
+            ),
+            (
+                indexed("successPolicy: {rules: [{succeededIndexes: '0-1', succeededCount: 3}]}"),
+                "spec.successPolicy.rules[0].succeededCount",
+                "between 0 and 2",
+            ),
+            (
+                indexed("successPolicy: {rules: [{}]}"),
+                "spec.successPolicy.rules[0]",
+                "at least one of succeededCount or succeededIndexes",
+            ),
+            (
+                JOB.replace(
+                    "completions: 2",
+                    "successPolicy: {rules: [{succeededCount: 1}]}",
+                ),
+                "spec.successPolicy",
+                "requires indexed completion mode",
+            ),
+        ] {
+            let (error_path, error) = error_of(&job);
+            assert_eq!(error_path, path, "{job}: {error}");
+            assert!(error.contains(message), "{job}: {error}");
+        }
+        let good = indexed(
+            "backoffLimitPerIndex: 1\n  maxFailedIndexes: 1\n  successPolicy: {rules: [{succeededIndexes: '0-1', succeededCount: 1}]}",
+        );
+        assert!(validate_value(&parse_one(&good)).is_ok(), "{good}");
 
         let cronjob = r#"
 apiVersion: batch/v1
@@ -2595,6 +2836,11 @@ spec:
                 "runtimeClassName: docker, setHostnameAsFQDN: true",
                 "spec.setHostnameAsFQDN",
                 "the docker driver cannot honour it",
+            ),
+            (
+                "runtimeClassName: cri, initContainers: [{name: i, image: bb:1}]",
+                "spec.initContainers[0]",
+                "the cri driver runs one container per pod",
             ),
             (
                 "initContainers: [{name: i, image: bb:1, tty: true}]",

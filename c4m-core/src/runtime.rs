@@ -50,6 +50,18 @@ pub struct ContainerSpec {
     /// run host processes ignore it.
     #[serde(default)]
     pub network_namespace: Option<PathBuf>,
+    /// An existing IPC namespace to join (`/proc/<pid>/ns/ipc` of the
+    /// pod's namespace holder), so that the pod's containers share System V
+    /// IPC as Kubernetes' do; `None` gives it a new one. Drivers that run
+    /// host processes ignore it.
+    #[serde(default)]
+    pub ipc_namespace: Option<PathBuf>,
+    /// An existing PID namespace to join (`/proc/<pid>/ns/pid` of the pod's
+    /// holder, whose process is its PID 1): the pod's containers see each
+    /// other's processes (`shareProcessNamespace: true`). `None` gives it a
+    /// new one, where its own process is PID 1.
+    #[serde(default)]
+    pub pid_namespace: Option<PathBuf>,
     /// Run with every capability, no seccomp filter and unmasked `/proc`
     /// (the Pod's `securityContext.privileged`). Only when asked explicitly.
     #[serde(default)]

@@ -269,25 +269,21 @@ pub(super) fn runtime_spec(spec: &ContainerSpec, input: &BundleInput<'_>) -> Res
         .build()
         .map_err(fail)?;
 
+    // A new namespace of each kind, or the pod's, joined by path.
     let mut namespaces = Vec::new();
-    for typ in [
-        LinuxNamespaceType::Pid,
-        LinuxNamespaceType::Mount,
-        LinuxNamespaceType::Uts,
-        LinuxNamespaceType::Ipc,
+    for (typ, path) in [
+        (LinuxNamespaceType::Pid, &spec.pid_namespace),
+        (LinuxNamespaceType::Mount, &None),
+        (LinuxNamespaceType::Uts, &None),
+        (LinuxNamespaceType::Ipc, &spec.ipc_namespace),
+        (LinuxNamespaceType::Network, &spec.network_namespace),
     ] {
-        namespaces.push(
-            LinuxNamespaceBuilder::default()
-                .typ(typ)
-                .build()
-                .map_err(fail)?,
-        );
+        let mut namespace = LinuxNamespaceBuilder::default().typ(typ);
+        if let Some(path) = path {
+            namespace = namespace.path(path.clone());
+        }
+        namespaces.push(namespace.build().map_err(fail)?);
     }
-    let mut network = LinuxNamespaceBuilder::default().typ(LinuxNamespaceType::Network);
-    if let Some(path) = &spec.network_namespace {
-        network = network.path(path.clone());
-    }
-    namespaces.push(network.build().map_err(fail)?);
 
     let limits = &spec.resources;
     let mut memory = LinuxMemoryBuilder::default();

@@ -68,6 +68,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // `c4m agent` and `c4m up` start this binary as pods' namespace holders.
+    c4m_agent::run_pod_holder_if_asked();
     let cli = Cli::parse();
     let daemon = matches!(
         cli.command,

@@ -1,6 +1,7 @@
 //! Deletion as Kubernetes users know it, with the real kubectl: `delete
 //! --cascade=orphan|background|foreground` of a Deployment (its ReplicaSet
-//! and instances kept or collected by the garbage collector), graceful pod
+//! and instances kept, and adopted by the next Deployment of that selector,
+//! or collected by the garbage collector), graceful pod
 //! deletion (`Terminating` until the agent has stopped the containers,
 //! `wait --for=delete`, `--grace-period=0 --force`), and `rollout
 //! pause|resume|restart`.
@@ -93,6 +94,35 @@ fn kubectl_deletes_with_each_cascade() {
                 && p["metadata"]["deletionTimestamp"].is_null()),
         "{orphans:?}"
     );
+
+    // The same Deployment again adopts them, ReplicaSet and instances,
+    // rather than starting others.
+    rolled_out(&kubectl, &cluster, "kept", &deployment("kept", 2));
+    let uid = kubectl.json(&["get", "deployment", "kept"])["metadata"]["uid"].clone();
+    let names = |pods: &[Value]| {
+        let mut names: Vec<String> = pods
+            .iter()
+            .map(|p| {
+                p["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .collect();
+        names.sort();
+        names
+    };
+    let adopted = wait_for("the orphans to be adopted", WAIT, || {
+        let pods = pods(&kubectl, "kept");
+        pods.iter()
+            .all(|p| p["metadata"]["ownerReferences"][0]["uid"] == uid)
+            .then_some(pods)
+    });
+    assert_eq!(names(&adopted), names(&orphans));
+    let sets = replica_sets(&kubectl, "kept");
+    assert_eq!(sets.len(), 1, "{sets:?}");
+    assert_eq!(sets[0]["metadata"]["ownerReferences"][0]["uid"], uid);
+    kubectl.ok(&["delete", "deployment", "kept"]);
 
     // Background (the default): the Deployment goes at once, the garbage
     // collector takes its ReplicaSet and instances after it.

@@ -2,6 +2,8 @@
 //! driver a pod naming none runs on, how an image that cannot be pulled
 //! shows, and the kubelet's Events `kubectl describe pod` lists.
 
+use std::io::Write;
+use std::process::Stdio;
 use std::time::Duration;
 
 use crate::common::kubectl::Kubectl;
@@ -189,26 +191,194 @@ fn an_init_container_runs_first_and_a_sidecar_is_up_before_the_app() {
 #[test]
 #[ignore = "needs root + containerd + runc + kubectl"]
 fn on_containerd_an_init_container_runs_first_and_a_sidecar_is_up_before_the_app() {
-    on_a_containerd_node_with_busybox(|cluster, kubectl| {
-        init_container_and_sidecar_come_first(cluster, kubectl, "containerd")
-    });
+    let node = ContainerdNode::start();
+    init_container_and_sidecar_come_first(&node.cluster, &node.kubectl, "containerd");
 }
 
-/// Runs `test` on a cluster of one node that offers `containerd` (a real
-/// containerd of the test's own) and has the busybox image as `bb`.
-fn on_a_containerd_node_with_busybox(test: impl FnOnce(&Cluster, &Kubectl)) {
-    require_oci();
-    // Declared first so that it stops last, after the agent.
-    let containerd_dir = tempfile::tempdir().unwrap();
-    let containerd = Containerd::start(containerd_dir.path());
-    let socket = containerd.socket().display().to_string();
-    let mut cluster = Cluster::start();
-    cluster.start_agent_with("n1", "4", "4Gi", &["--containerd-socket", &socket]);
-    cluster.offered_driver("containerd");
-    let tar = busybox_image_tar(cluster.dir.path());
-    cluster.ok(&["image", "import", tar.to_str().unwrap(), "--name", "bb"]);
-    let kubectl = Kubectl::for_cluster(&cluster);
-    test(&cluster, &kubectl);
+/// A cluster whose node `n1` offers the `containerd` driver of a
+/// containerd of its own, with the busybox fixture imported as `bb:1`.
+/// Fields drop in order: the agent stops before containerd.
+struct ContainerdNode {
+    kubectl: Kubectl,
+    cluster: Cluster,
+    /// The agent's flags, to start it again.
+    flags: Vec<String>,
+    _containerd: Containerd,
+    _dir: tempfile::TempDir,
+}
+
+impl ContainerdNode {
+    fn start() -> ContainerdNode {
+        require_oci();
+        let dir = tempfile::tempdir().unwrap();
+        let containerd = Containerd::start(dir.path());
+        let flags = vec![
+            "--containerd-socket".to_string(),
+            containerd.socket().display().to_string(),
+        ];
+        let mut cluster = Cluster::start();
+        cluster.start_agent_with("n1", "4", "4Gi", &strs(&flags));
+        cluster.offered_driver("containerd");
+        let tar = busybox_image_tar(cluster.dir.path());
+        cluster.ok(&["image", "import", tar.to_str().unwrap(), "--name", "bb"]);
+        let kubectl = Kubectl::for_cluster(&cluster);
+        ContainerdNode {
+            kubectl,
+            cluster,
+            flags,
+            _containerd: containerd,
+            _dir: dir,
+        }
+    }
+}
+
+fn strs(strings: &[String]) -> Vec<&str> {
+    strings.iter().map(String::as_str).collect()
+}
+
+/// The containers of a pod share one IPC namespace; with
+/// `shareProcessNamespace: true` also one PID namespace, whose PID 1 is
+/// the pod's holder (so an init container's exit takes nothing with it),
+/// and without it each its own. A restarted agent adopts the holder: a
+/// container restarted after it joins the same namespaces. Deleting the
+/// pods stops their holders.
+#[test]
+#[ignore = "needs root + runc + conmon + kubectl"]
+fn a_pods_containers_share_ipc_and_with_share_process_namespace_processes() {
+    let (mut cluster, kubectl) = oci_node_with_busybox();
+    let restart = |cluster: &mut Cluster| {
+        cluster.kill_agent("boxed");
+        cluster.start_agent_with("boxed", "4", "4Gi", &["--default-driver", "auto"]);
+    };
+    pod_namespaces_are_shared(&mut cluster, &kubectl, "oci", restart);
+}
+
+/// The same on the `containerd` driver.
+#[test]
+#[ignore = "needs root + containerd + runc + kubectl"]
+fn on_containerd_a_pods_containers_share_ipc_and_with_share_process_namespace_processes() {
+    let mut node = ContainerdNode::start();
+    let flags = node.flags.clone();
+    let restart = |cluster: &mut Cluster| {
+        cluster.kill_agent("n1");
+        cluster.start_agent_with("n1", "4", "4Gi", &strs(&flags));
+    };
+    pod_namespaces_are_shared(&mut node.cluster, &node.kubectl, "containerd", restart);
+}
+
+/// The pod namespaces test above on `driver`; `restart` restarts the
+/// node's agent.
+fn pod_namespaces_are_shared(
+    cluster: &mut Cluster,
+    kubectl: &Kubectl,
+    driver: &str,
+    restart: impl Fn(&mut Cluster),
+) {
+    let pod = |name: &str, share: bool| {
+        format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}}}
+spec:
+  runtimeClassName: {driver}
+  shareProcessNamespace: {share}
+  terminationGracePeriodSeconds: 1
+  initContainers:
+  - name: setup
+    image: bb:1
+    command: [sh, -c, "echo set-up"]
+  containers:
+  - name: a
+    image: bb:1
+    command: [sleep, "3600"]
+  - name: b
+    image: bb:1
+    command: [sleep, "3601"]
+"#
+        )
+    };
+    kubectl_apply(
+        cluster,
+        kubectl,
+        "namespaces.yaml",
+        &format!("{}---{}", pod("together", true), pod("apart", false)),
+    );
+    for name in ["together", "apart"] {
+        wait_for(&format!("{name}'s containers running"), MINUTE, || {
+            let table = kubectl.ok(&["get", "pod", name]);
+            table.lines().nth(1)?.contains(" 2/2 ").then_some(())
+        });
+    }
+    let exec = |pod: &str, container: &str, command: &[&str]| {
+        let mut args = vec!["exec", pod, "-c", container, "--"];
+        args.extend_from_slice(command);
+        kubectl.ok(&args)
+    };
+    // With shareProcessNamespace, a sees b's process, and PID 1 is the
+    // pod's holder, which outlived the init container.
+    let ps = exec("together", "a", &["ps", "-o", "pid,args"]);
+    assert!(ps.contains("sleep 3601"), "{ps}");
+    let first = ps.lines().nth(1).unwrap_or_default();
+    assert!(
+        first.trim_start().starts_with("1 ") && first.contains("c4m-pod-holder"),
+        "{ps}"
+    );
+    // Without, each container is alone, its own process PID 1.
+    let ps = exec("apart", "a", &["ps", "-o", "pid,args"]);
+    assert!(!ps.contains("sleep 3601"), "{ps}");
+    assert!(
+        ps.lines()
+            .nth(1)
+            .is_some_and(|l| l.trim_start().starts_with("1 ") && l.contains("sleep 3600")),
+        "{ps}"
+    );
+    // Both pods' containers share one IPC namespace, each pod its own.
+    let ipc = |pod: &str, container: &str| exec(pod, container, &["readlink", "/proc/self/ns/ipc"]);
+    assert!(ipc("together", "a").starts_with("ipc:["));
+    assert_eq!(ipc("together", "a"), ipc("together", "b"));
+    assert_eq!(ipc("apart", "a"), ipc("apart", "b"));
+    assert_ne!(ipc("together", "a"), ipc("apart", "a"));
+    let together_ipc = ipc("together", "a");
+
+    // The agent restarts and adopts the holder: b, killed from a, comes
+    // back in the same namespaces.
+    restart(cluster);
+    std::thread::sleep(Duration::from_secs(3));
+    let kill_b = "kill $(ps -o pid,args | grep 'sleep 360[1]' | awk '{print $1}')";
+    exec("together", "a", &["sh", "-c", kill_b]);
+    wait_for("b to restart", MINUTE, || {
+        let pod = kubectl.json(&["get", "pod", "together"]);
+        let b = &pod["status"]["containerStatuses"][1];
+        (b["restartCount"] == 1 && b["state"]["running"].is_object()).then_some(())
+    });
+    let ps = exec("together", "a", &["ps", "-o", "pid,args"]);
+    assert!(ps.contains("sleep 3601"), "{ps}");
+    assert_eq!(ipc("together", "b"), together_ipc);
+    let pod = kubectl.json(&["get", "pod", "together"]);
+    assert_eq!(
+        pod["status"]["containerStatuses"][0]["restartCount"], 0,
+        "{pod:#}"
+    );
+
+    // Deleting the pods stops their holders.
+    let pods_dir = cluster.dir.path().display().to_string();
+    let holders = || {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+            .filter(|cmdline| {
+                let text = String::from_utf8_lossy(cmdline);
+                text.starts_with("c4m-pod-holder\0") && text.contains(&pods_dir)
+            })
+            .count()
+    };
+    assert_eq!(holders(), 2, "one holder per pod");
+    kubectl.ok(&["delete", "pod", "together", "apart"]);
+    wait_for("the holders to stop", MINUTE, || {
+        (holders() == 0).then_some(())
+    });
 }
 
 /// Runs the pod of an init container, a sidecar and an app on `driver` and
@@ -511,9 +681,8 @@ fn lifecycle_hooks_run_around_the_container() {
 #[test]
 #[ignore = "needs root + containerd + runc + kubectl"]
 fn on_containerd_lifecycle_hooks_run_around_the_container() {
-    on_a_containerd_node_with_busybox(|cluster, kubectl| {
-        lifecycle_hooks_on(cluster, kubectl, "containerd")
-    });
+    let node = ContainerdNode::start();
+    lifecycle_hooks_on(&node.cluster, &node.kubectl, "containerd");
 }
 
 /// Runs the pods of the two tests above on `driver`.
@@ -621,9 +790,8 @@ fn logs_of_the_previous_run_and_the_log_as_termination_message() {
 #[test]
 #[ignore = "needs root + containerd + runc + kubectl"]
 fn on_containerd_logs_of_the_previous_run_and_the_log_as_termination_message() {
-    on_a_containerd_node_with_busybox(|cluster, kubectl| {
-        previous_logs_on(cluster, kubectl, "containerd")
-    });
+    let node = ContainerdNode::start();
+    previous_logs_on(&node.cluster, &node.kubectl, "containerd");
 }
 
 /// Runs the crash loop of the two tests above on `driver`.
@@ -738,4 +906,178 @@ spec:
         std::fs::read_to_string(&stopped).unwrap(),
         "from-env stopping\n"
     );
+}
+
+/// `kubectl debug --target`: the API adds an ephemeral container (through
+/// the `ephemeralcontainers` subresource, refusing a target the pod lacks),
+/// the agent runs it once in the pod's network and IPC namespace and in its
+/// target's PID namespace, and it is reported in
+/// `ephemeralContainerStatuses`; `kubectl logs` and `exec` take it with
+/// `-c`.
+#[test]
+#[ignore = "needs root + runc + conmon + kubectl"]
+fn kubectl_debug_runs_an_ephemeral_container_that_sees_its_target() {
+    let (cluster, kubectl) = oci_node_with_busybox();
+    ephemeral_debugger(&cluster, &kubectl, "oci");
+}
+
+/// The same on the `containerd` driver.
+#[test]
+#[ignore = "needs root + containerd + runc + kubectl"]
+fn on_containerd_kubectl_debug_runs_an_ephemeral_container_that_sees_its_target() {
+    let node = ContainerdNode::start();
+    ephemeral_debugger(&node.cluster, &node.kubectl, "containerd");
+}
+
+/// The `kubectl debug` test above on `driver`.
+fn ephemeral_debugger(cluster: &Cluster, kubectl: &Kubectl, driver: &str) {
+    kubectl_apply(
+        cluster,
+        kubectl,
+        "target.yaml",
+        &format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: target}}
+spec:
+  runtimeClassName: {driver}
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: app
+    image: bb:1
+    command: [sleep, "3600"]
+  - name: other
+    image: bb:1
+    command: [sleep, "3601"]
+"#
+        ),
+    );
+    wait_for("the pod running", MINUTE, || {
+        let table = kubectl.ok(&["get", "pod", "target"]);
+        table.lines().nth(1)?.contains(" 2/2 ").then_some(())
+    });
+    let refused = kubectl.run(&[
+        "debug",
+        "target",
+        "--image=bb:1",
+        "--target=nosuch",
+        "--",
+        "true",
+    ]);
+    assert!(!refused.status.success(), "{refused:?}");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("spec.ephemeralContainers[0].targetContainerName: Not found: \"nosuch\""),
+        "{stderr}"
+    );
+    let script = "ps -o pid,args; readlink /proc/self/ns/ipc; sleep 4";
+    let output = kubectl.run(&[
+        "debug",
+        "target",
+        "--image=bb:1",
+        "--target=app",
+        "--",
+        "sh",
+        "-c",
+        script,
+    ]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{output:?}");
+    let name = stdout
+        .split("Defaulting debug container name to ")
+        .nth(1)
+        .and_then(|rest| rest.split('.').next())
+        .unwrap_or_else(|| panic!("no debug container name in {stdout:?}"))
+        .to_string();
+    assert!(name.starts_with("debugger-"), "{stdout}");
+    let logs = wait_for("the debugger's output", MINUTE, || {
+        let output = kubectl.run(&["logs", "target", "-c", &name]);
+        let text = String::from_utf8_lossy(&output.stdout).to_string();
+        text.contains("ipc:[").then_some(text)
+    });
+    // It sees its target's process (PID 1 there), not the other
+    // container's, and shares the pod's IPC namespace.
+    assert!(logs.contains("sleep 3600"), "{logs}");
+    assert!(!logs.contains("sleep 3601"), "{logs}");
+    let app_ipc = kubectl.ok(&[
+        "exec",
+        "target",
+        "-c",
+        "app",
+        "--",
+        "readlink",
+        "/proc/self/ns/ipc",
+    ]);
+    assert!(logs.contains(app_ipc.trim()), "{logs} / {app_ipc}");
+    assert_eq!(
+        kubectl.ok(&["exec", "target", "-c", &name, "--", "echo", "inside"]),
+        "inside\n"
+    );
+    let pod = kubectl.json(&["get", "pod", "target"]);
+    let status = &pod["status"]["ephemeralContainerStatuses"][0];
+    assert_eq!(status["name"], name.as_str(), "{pod:#}");
+    assert!(status["state"]["running"].is_object(), "{pod:#}");
+    assert_eq!(
+        pod["spec"]["ephemeralContainers"][0]["targetContainerName"],
+        "app"
+    );
+    // It runs once: it ends, and stays ended; the pod runs on.
+    let pod = wait_for("the debugger to end", MINUTE, || {
+        let pod = kubectl.json(&["get", "pod", "target"]);
+        let state = &pod["status"]["ephemeralContainerStatuses"][0]["state"];
+        state["terminated"].is_object().then_some(pod)
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let pod = {
+        let later = kubectl.json(&["get", "pod", "target"]);
+        assert_eq!(
+            later["status"]["ephemeralContainerStatuses"],
+            pod["status"]["ephemeralContainerStatuses"],
+            "not restarted"
+        );
+        later
+    };
+    let status = &pod["status"]["ephemeralContainerStatuses"][0];
+    assert_eq!(status["state"]["terminated"]["exitCode"], 0, "{pod:#}");
+    assert_eq!(status["restartCount"], 0, "{pod:#}");
+    assert_eq!(pod["status"]["phase"], "Running", "{pod:#}");
+    let described = kubectl.ok(&["describe", "pod", "target"]);
+    assert!(described.contains("Ephemeral Containers:"), "{described}");
+    // Interactive: kubectl waits for it to run and attaches (attach is
+    // oci's alone); a terminal is refused, naming the field.
+    if driver == "oci" {
+        let mut debug = kubectl
+            .command(&[
+                "debug",
+                "-i",
+                "target",
+                "--image=bb:1",
+                "--target=app",
+                "--",
+                "sh",
+                "-c",
+                "read line; echo got-$line",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut input = debug.stdin.take().unwrap();
+        input.write_all(b"hello\n").unwrap();
+        drop(input);
+        let debug = debug.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&debug.stdout);
+        assert!(debug.status.success(), "{debug:?}");
+        assert!(stdout.contains("got-hello"), "{debug:?}");
+    }
+    let refused = kubectl.run(&["debug", "-it", "target", "--image=bb:1", "--", "sh"]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{refused:?}");
+    assert!(
+        stderr.contains(".tty: Invalid value: true: is not supported"),
+        "{stderr}"
+    );
+    kubectl.ok(&["delete", "pod", "target", "--wait=false"]);
 }

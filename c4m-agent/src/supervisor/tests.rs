@@ -49,6 +49,7 @@ impl Harness {
             dns_address: watch::channel(String::new()).1,
             network: None,
             pod_namespaces: None,
+            holders: None,
             prober: Arc::new(prober.clone()),
             backoff: BACKOFF,
             pod_etc: crate::pod_etc::PodEtc::new(&std::env::temp_dir(), "cluster.local"),
@@ -269,6 +270,128 @@ async fn fields_the_nodes_default_driver_cannot_honour_are_refused_by_name() {
     harness.assign(std::slice::from_ref(&web));
     harness.wait_running().await;
     harness.stop().await;
+}
+
+/// Without a namespace holder (an embedder's agent that names no
+/// `pod_holder`), `shareProcessNamespace` is refused, naming the field.
+#[tokio::test]
+async fn share_process_namespace_needs_a_holder() {
+    let runtime = FakeRuntime::new().named("oci").taking_network_namespace();
+    let mut harness = Harness::start(&runtime);
+    let web: Instance = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "web", "namespace": "default", "uid": "uid-web"},
+        "spec": {
+            "shareProcessNamespace": true,
+            "containers": [{"name": "main", "command": ["serve"]}],
+        },
+    }))
+    .unwrap();
+    harness.assign(std::slice::from_ref(&web));
+    let refused = harness
+        .wait_for(|s| {
+            s.first()
+                .is_some_and(|s| s.reason == "CreateContainerConfigError")
+        })
+        .await;
+    assert!(
+        refused[0]
+            .message
+            .starts_with("spec.shareProcessNamespace: this agent starts no pod namespace holder"),
+        "{refused:?}"
+    );
+    assert_eq!(runtime.starts(&container_id(&web)), 0);
+    harness.stop().await;
+}
+
+/// An ephemeral container added to a running pod starts once, is never
+/// restarted, is reported apart, and leaves the pod's readiness alone; a
+/// driver without pod namespaces refuses it by field and runs the rest.
+#[tokio::test]
+async fn an_added_ephemeral_container_runs_once() {
+    let runtime = FakeRuntime::new().named("oci").taking_network_namespace();
+    let mut harness = Harness::start(&runtime);
+    let mut web = pod("web");
+    harness.assign(std::slice::from_ref(&web));
+    harness.wait_running().await;
+    let debugger = format!("{}_debugger", container_id(&web));
+    web.spec.as_mut().unwrap().ephemeral_containers = Some(vec![serde_json::from_value(
+        serde_json::json!({"name": "debugger", "command": ["sh"], "targetContainerName": "main"}),
+    )
+    .unwrap()]);
+    harness.assign(std::slice::from_ref(&web));
+    let statuses = harness
+        .wait_for(|s| {
+            s.first().is_some_and(|s| {
+                s.containers
+                    .iter()
+                    .any(|c| c.name == "debugger" && c.running.is_some())
+            })
+        })
+        .await;
+    let report = &statuses[0];
+    let reported = report
+        .containers
+        .iter()
+        .find(|c| c.name == "debugger")
+        .unwrap();
+    assert!(reported.ephemeral && !reported.init, "{reported:?}");
+    assert!(report.ready, "{report:?}");
+    assert!(runtime.exit(&debugger, 0));
+    harness
+        .wait_for(|s| {
+            s.first().is_some_and(|s| {
+                s.containers
+                    .iter()
+                    .any(|c| c.name == "debugger" && c.terminated.is_some())
+            })
+        })
+        .await;
+    tokio::time::sleep(BACKOFF.initial * 3).await;
+    assert_eq!(runtime.starts(&debugger), 1, "never restarted");
+    assert_eq!(runtime.starts(&container_id(&web)), 1);
+    harness.stop().await;
+
+    let runtime = FakeRuntime::new().named("process");
+    let mut harness = Harness::start(&runtime);
+    harness.assign(std::slice::from_ref(&web));
+    let statuses = harness
+        .wait_for(|s| {
+            s.first().is_some_and(|s| {
+                s.phase == "Running"
+                    && s.containers.iter().any(|c| {
+                        c.waiting
+                            .as_ref()
+                            .is_some_and(|w| w.reason == "CreateContainerConfigError")
+                    })
+            })
+        })
+        .await;
+    let refused = statuses[0]
+        .containers
+        .iter()
+        .find(|c| c.name == "debugger")
+        .unwrap();
+    let message = &refused.waiting.as_ref().unwrap().message;
+    assert!(
+        message.starts_with(
+            "spec.ephemeralContainers[0]: the process driver cannot run ephemeral containers"
+        ),
+        "{message}"
+    );
+    assert_eq!(runtime.starts(&debugger), 0);
+    harness.stop().await;
+}
+
+#[test]
+fn a_containers_pod_is_the_first_three_parts_of_its_id() {
+    for (container, pod) in [
+        ("default_web_ab12cd34", "default_web_ab12cd34"),
+        ("default_web_ab12cd34_sidecar", "default_web_ab12cd34"),
+        ("default_web__sidecar", "default_web_"),
+        ("default_web_", "default_web_"),
+    ] {
+        assert_eq!(super::pod_of_container(container), pod, "{container}");
+    }
 }
 
 #[tokio::test]

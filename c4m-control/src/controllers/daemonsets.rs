@@ -8,7 +8,9 @@
 //! a required node affinity on its node's name and is then bound by the
 //! scheduler. Pods of an older template are replaced under
 //! `RollingUpdate` (at most `maxUnavailable` unavailable at once, default
-//! 1) or left until deleted under `OnDelete`. Failed pods are replaced.
+//! 1; with `maxSurge`, up to that many nodes at once get the new pod
+//! beside the old one, which goes once the new one is ready) or left until
+//! deleted under `OnDelete`. Failed pods are replaced.
 //!
 //! What it decides is a pure function of the DaemonSet, the nodes and its
 //! pods ([`plan`]); [`reconcile`] carries it out.
@@ -158,20 +160,27 @@ pub(crate) struct DaemonPlan {
     pub(crate) status: Value,
 }
 
-/// `maxUnavailable` of a rolling update against `desired` nodes (an
-/// integer or a percentage, rounded up; default 1; at least 1 when no
-/// surge is allowed, as Kubernetes requires).
-fn max_unavailable(daemon_set: &Value, desired: usize) -> usize {
-    let value = &daemon_set["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"];
-    let count = match value {
-        Value::Number(n) => n.as_u64().map_or(1, |n| n as usize),
+/// `maxUnavailable` and `maxSurge` of a rolling update against `desired`
+/// nodes (integers or percentages: unavailable rounded up, surge down, as
+/// Kubernetes rounds them; defaults 1 and 0). At least one of them is at
+/// least 1, as Kubernetes requires.
+fn rolling_budget(daemon_set: &Value, desired: usize) -> (usize, usize) {
+    let rolling = &daemon_set["spec"]["updateStrategy"]["rollingUpdate"];
+    let amount = |value: &Value, default: usize, round_up: bool| match value {
+        Value::Number(n) => n.as_u64().map_or(default, |n| n as usize),
         Value::String(s) => match s.strip_suffix('%').and_then(|p| p.parse::<usize>().ok()) {
-            Some(percent) => (desired * percent).div_ceil(100),
-            None => s.parse().unwrap_or(1),
+            Some(percent) if round_up => (desired * percent).div_ceil(100),
+            Some(percent) => desired * percent / 100,
+            None => s.parse().unwrap_or(default),
         },
-        _ => 1,
+        _ => default,
     };
-    count.max(1)
+    let surge = amount(&rolling["maxSurge"], 0, false);
+    let unavailable = amount(&rolling["maxUnavailable"], 1, true);
+    match (unavailable, surge) {
+        (0, 0) => (1, 0),
+        budget => budget,
+    }
 }
 
 /// Decides what `daemon_set` needs given every node and its pods.
@@ -199,8 +208,12 @@ pub(crate) fn plan(daemon_set: &Value, nodes: &[&Value], pods: &[&Value]) -> Dae
         .collect();
     let is_current = |pod: &Value| pod["metadata"]["labels"][REVISION_HASH] == hash.as_str();
     let (mut scheduled, mut misscheduled, mut ready, mut updated) = (0, 0, 0, 0);
-    let mut outdated: Vec<&Value> = Vec::new();
+    let mut outdated: Vec<(&str, &Value)> = Vec::new();
     let mut unavailable = 0;
+    // Nodes running a new pod beside the old one it is to replace.
+    let mut surging = 0;
+    let rolling = daemon_set["spec"]["updateStrategy"]["type"] != "OnDelete";
+    let (unavailable_budget, surge_budget) = rolling_budget(daemon_set, wanted.len());
     for (node, node_pods) in &mut by_node {
         if !wanted.contains(node) {
             misscheduled += 1;
@@ -219,12 +232,27 @@ pub(crate) fn plan(daemon_set: &Value, nodes: &[&Value], pods: &[&Value]) -> Dae
                     .to_string(),
             )
         });
-        let (kept, extra) = node_pods.split_at(1);
+        let (kept, mut extra) = node_pods.split_at(1);
+        let pod = kept[0];
+        let mut old_serves = false;
+        // A surge in progress: the new pod not yet ready keeps the old,
+        // ready one beside it; once it is ready the old one goes.
+        if rolling
+            && surge_budget > 0
+            && is_current(pod)
+            && !is_ready(pod)
+            && let Some((old, rest)) = extra.split_first()
+            && !is_current(old)
+            && is_ready(old)
+        {
+            surging += 1;
+            old_serves = true;
+            extra = rest;
+        }
         plan.delete
             .extend(extra.iter().map(|p| name_of(p).to_string()));
-        let pod = kept[0];
         scheduled += 1;
-        if is_ready(pod) {
+        if is_ready(pod) || old_serves {
             ready += 1;
         } else {
             unavailable += 1;
@@ -232,7 +260,7 @@ pub(crate) fn plan(daemon_set: &Value, nodes: &[&Value], pods: &[&Value]) -> Dae
         if is_current(pod) {
             updated += 1;
         } else {
-            outdated.push(pod);
+            outdated.push((node, pod));
         }
     }
     for node in &wanted {
@@ -242,15 +270,20 @@ pub(crate) fn plan(daemon_set: &Value, nodes: &[&Value], pods: &[&Value]) -> Dae
         }
     }
     let desired = wanted.len();
-    if daemon_set["spec"]["updateStrategy"]["type"] != "OnDelete" {
-        // Not-ready outdated pods go first; ready ones only while the
-        // unavailable stay within maxUnavailable.
-        let budget = max_unavailable(daemon_set, desired);
-        outdated.sort_by_key(|p| is_ready(p));
-        for pod in outdated {
+    if rolling {
+        // Not-ready outdated pods go first; a ready one gets its
+        // replacement beside it while the surge allows, else goes while
+        // the unavailable stay within maxUnavailable.
+        outdated.sort_by_key(|(_, p)| is_ready(p));
+        for (node, pod) in outdated {
             if is_ready(pod) {
-                if unavailable >= budget {
-                    break;
+                if surging < surge_budget {
+                    surging += 1;
+                    plan.create.push(node.to_string());
+                    continue;
+                }
+                if unavailable >= unavailable_budget {
+                    continue;
                 }
                 unavailable += 1;
             }

@@ -9,8 +9,12 @@
 //!   to 10 min, from the last failure since the last success), and
 //!   `backoffLimit` failures (restarts, for `restartPolicy: OnFailure`)
 //!   fail the Job;
-//! - `podFailurePolicy` rules (FailJob, Ignore, Count) are matched against
-//!   each failed pod's exit codes and conditions, in order;
+//! - `podFailurePolicy` rules (FailJob, FailIndex, Ignore, Count) are
+//!   matched against each failed pod's exit codes and conditions, in order;
+//! - Indexed Jobs: `backoffLimitPerIndex` (each index its own failures and
+//!   backoff; an index past its limit is failed, `status.failedIndexes`,
+//!   and no longer run), `maxFailedIndexes`, and `successPolicy` rules
+//!   (`succeededIndexes`, `succeededCount`);
 //! - `activeDeadlineSeconds`, `suspend` and `ttlSecondsAfterFinished`;
 //! - conditions as Kubernetes 1.31+ sets them: `SuccessCriteriaMet` or
 //!   `FailureTarget` first, and `Complete` or `Failed` once no pod of the
@@ -47,6 +51,9 @@ use crate::pods::{is_ready, phase};
 
 /// The label and annotation carrying an Indexed Job pod's index.
 pub(crate) const COMPLETION_INDEX: &str = "batch.kubernetes.io/job-completion-index";
+/// The annotation on a pod of an index with `backoffLimitPerIndex`: how
+/// many pods of that index failed before it (Kubernetes' name).
+pub(crate) const INDEX_FAILURE_COUNT: &str = "batch.kubernetes.io/job-index-failure-count";
 /// The labels Kubernetes puts on a Job's pod template (and so its pods).
 const CONTROLLER_UID_LABELS: [&str; 2] = ["batch.kubernetes.io/controller-uid", "controller-uid"];
 const JOB_NAME_LABELS: [&str; 2] = ["batch.kubernetes.io/job-name", "job-name"];
@@ -106,8 +113,16 @@ pub(crate) fn default_new_job(job: &mut Value) {
             spec.insert("completions".into(), json!(1));
         }
     }
-    spec.entry("backoffLimit")
-        .or_insert(json!(DEFAULT_BACKOFF_LIMIT));
+    // With a limit per index, the Job-wide one is off unless set.
+    let backoff_limit = if spec
+        .get("backoffLimitPerIndex")
+        .is_some_and(|l| !l.is_null())
+    {
+        i32::MAX
+    } else {
+        DEFAULT_BACKOFF_LIMIT
+    };
+    spec.entry("backoffLimit").or_insert(json!(backoff_limit));
     spec.entry("completionMode").or_insert(json!("NonIndexed"));
     spec.entry("suspend").or_insert(json!(false));
     spec.entry("podReplacementPolicy")
@@ -143,6 +158,9 @@ pub(crate) fn default_new_job(job: &mut Value) {
 pub(crate) struct Plan {
     /// Pods to create: their completion index (Indexed) or None.
     pub(crate) create: Vec<Option<u32>>,
+    /// With `backoffLimitPerIndex`: how many pods of each index to create
+    /// failed before ([`INDEX_FAILURE_COUNT`]).
+    pub(crate) index_failures: HashMap<u32, u64>,
     /// Names of pods to delete.
     pub(crate) delete: Vec<String>,
     /// The Job's new `status`.
@@ -298,6 +316,14 @@ pub(crate) fn plan(
     failed.sort_by_key(|p| p.finished_at);
     let mut fail_job = None;
     let mut counted_failures: Vec<&PodView<'_>> = Vec::new();
+    let per_index_limit = spec
+        .backoff_limit_per_index
+        .filter(|_| indexed)
+        .map(|limit| limit.max(0) as u64);
+    let mut failed_indexes = match per_index_limit {
+        Some(_) => parse_indexes(status["failedIndexes"].as_str().unwrap_or("")),
+        None => BTreeSet::new(),
+    };
     for pod in &failed {
         let verdict = spec
             .pod_failure_policy
@@ -308,11 +334,38 @@ pub(crate) fn plan(
                 fail_job.get_or_insert(message);
                 counted_failures.push(pod);
             }
+            Some((action, _)) if action == "FailIndex" && per_index_limit.is_some() => {
+                failed_indexes.extend(pod.index);
+                counted_failures.push(pod);
+            }
             Some((action, _)) if action == "Ignore" => {}
             _ => counted_failures.push(pod),
         }
     }
     let failed_count = (counted_failures.len() as u64).max(status["failed"].as_u64().unwrap_or(0));
+    // Each index's failures: what its newest pod carries from before, and
+    // its own failure.
+    let mut index_failures: HashMap<u32, u64> = HashMap::new();
+    if let Some(limit) = per_index_limit {
+        for pod in &views {
+            let Some(index) = pod.index else { continue };
+            let before: u64 = pod.object["metadata"]["annotations"][INDEX_FAILURE_COUNT]
+                .as_str()
+                .and_then(|count| count.parse().ok())
+                .unwrap_or(0);
+            let own = u64::from(counted_failures.iter().any(|f| f.name == pod.name));
+            let count = index_failures.entry(index).or_default();
+            *count = (*count).max(before + own);
+        }
+        failed_indexes.extend(
+            index_failures
+                .iter()
+                .filter(|&(_, &count)| count > limit)
+                .map(|(&index, _)| index),
+        );
+        let limit = completions.unwrap_or(0);
+        failed_indexes.retain(|i| *i < limit && !completed_indexes.contains(i));
+    }
 
     let mut target = ["SuccessCriteriaMet", "FailureTarget"]
         .into_iter()
@@ -345,6 +398,14 @@ pub(crate) fn plan(
             Some(c) => succeeded_count >= u64::from(c),
             None => succeeded_count > 0 && active.is_empty(),
         };
+        let too_many_failed_indexes = spec
+            .max_failed_indexes
+            .filter(|_| per_index_limit.is_some())
+            .is_some_and(|max| failed_indexes.len() as u64 > max.max(0) as u64);
+        let all_indexes_done = indexed
+            && completions.is_some_and(|c| {
+                (completed_indexes.len() + failed_indexes.len()) as u64 >= u64::from(c)
+            });
         target = if let Some(message) = fail_job {
             Some(("FailureTarget", "PodFailurePolicy", message))
         } else if failed_count > backoff_limit || past_restart_limit {
@@ -352,6 +413,27 @@ pub(crate) fn plan(
                 "FailureTarget",
                 "BackoffLimitExceeded",
                 "Job has reached the specified backoff limit".to_string(),
+            ))
+        } else if too_many_failed_indexes {
+            Some((
+                "FailureTarget",
+                "MaxFailedIndexesExceeded",
+                "Job has exceeded the specified maximal number of failed indexes".to_string(),
+            ))
+        } else if let Some(rule) = indexed
+            .then(|| matched_success_rule(&spec, &completed_indexes))
+            .flatten()
+        {
+            Some((
+                "SuccessCriteriaMet",
+                "SuccessPolicy",
+                format!("Matched rules at index {rule}"),
+            ))
+        } else if all_indexes_done && !failed_indexes.is_empty() {
+            Some((
+                "FailureTarget",
+                "FailedIndexes",
+                "Job has failed indexes".to_string(),
             ))
         } else if let Some(deadline) = spec
             .active_deadline_seconds
@@ -471,6 +553,7 @@ pub(crate) fn plan(
                 let keep = pod.index.is_some_and(|i| {
                     completions.is_some_and(|c| i < c)
                         && !completed_indexes.contains(&i)
+                        && !failed_indexes.contains(&i)
                         && running_indexes.insert(i)
                 });
                 if !keep {
@@ -498,38 +581,54 @@ pub(crate) fn plan(
 
         let missing = want.saturating_sub(occupying.saturating_sub(surplus.len()));
         if missing > 0 {
-            // A failure since the last success delays the next pod.
+            // A failure since the last success delays the next pod; with a
+            // limit per index, a failure of that index delays its next pod.
             let last_success = succeeded.iter().filter_map(|p| p.finished_at).max();
-            let recent: Vec<SystemTime> = counted_failures
-                .iter()
-                .filter_map(|p| p.finished_at)
-                .filter(|at| last_success.is_none_or(|s| *at > s))
-                .collect();
-            let ready_at = recent
-                .iter()
-                .max()
-                .map(|last| *last + backoff.delay(recent.len()));
-            match ready_at {
-                Some(at) if at > now => {
-                    plan.wake_at = Some(plan.wake_at.map_or(at, |w| w.min(at)));
-                }
-                _ => {
-                    if indexed {
-                        let limit = completions.unwrap_or(0);
-                        plan.create.extend(
-                            (0..limit)
-                                .filter(|i| {
-                                    !completed_indexes.contains(i) && !running_indexes.contains(i)
-                                })
-                                .take(missing)
-                                .map(Some),
-                        );
-                    } else {
-                        plan.create.extend(std::iter::repeat_n(None, missing));
+            let ready_at = |index: Option<u32>| {
+                let recent: Vec<SystemTime> = counted_failures
+                    .iter()
+                    .filter(|p| per_index_limit.is_none() || p.index == index)
+                    .filter_map(|p| p.finished_at)
+                    .filter(|at| per_index_limit.is_some() || last_success.is_none_or(|s| *at > s))
+                    .collect();
+                recent
+                    .iter()
+                    .max()
+                    .map(|last| *last + backoff.delay(recent.len()))
+                    .filter(|at| *at > now)
+            };
+            let mut wait = |at: SystemTime| {
+                plan.wake_at = Some(plan.wake_at.map_or(at, |w| w.min(at)));
+            };
+            if indexed {
+                let limit = completions.unwrap_or(0);
+                let mut due = Vec::new();
+                for index in (0..limit).filter(|i| {
+                    !completed_indexes.contains(i)
+                        && !running_indexes.contains(i)
+                        && !failed_indexes.contains(i)
+                }) {
+                    if due.len() == missing {
+                        break;
                     }
-                    active_after += plan.create.len();
+                    match ready_at(Some(index)) {
+                        Some(at) => wait(at),
+                        None => due.push(index),
+                    }
+                }
+                for index in &due {
+                    if let Some(&count) = index_failures.get(index).filter(|c| **c > 0) {
+                        plan.index_failures.insert(*index, count);
+                    }
+                }
+                plan.create.extend(due.into_iter().map(Some));
+            } else {
+                match ready_at(None) {
+                    Some(at) => wait(at),
+                    None => plan.create.extend(std::iter::repeat_n(None, missing)),
                 }
             }
+            active_after += plan.create.len();
         }
     }
 
@@ -546,6 +645,9 @@ pub(crate) fn plan(
         let text = format_indexes(&completed_indexes);
         status["completedIndexes"] = json!(text);
     }
+    if per_index_limit.is_some() {
+        status["failedIndexes"] = json!(format_indexes(&failed_indexes));
+    }
     status["uncountedTerminatedPods"] = json!({});
     // Kubernetes omits zero counts.
     if let Some(fields) = status.as_object_mut() {
@@ -559,7 +661,7 @@ pub(crate) fn plan(
 fn is_empty_count(key: &str, value: &Value) -> bool {
     match key {
         "active" | "ready" | "succeeded" | "failed" | "terminating" => value == &json!(0),
-        "completedIndexes" => value == &json!(""),
+        "completedIndexes" | "failedIndexes" => value == &json!(""),
         _ => false,
     }
 }
@@ -569,6 +671,8 @@ fn static_reason(reason: &str) -> &'static str {
     match reason {
         "PodFailurePolicy" => "PodFailurePolicy",
         "DeadlineExceeded" => "DeadlineExceeded",
+        "MaxFailedIndexesExceeded" => "MaxFailedIndexesExceeded",
+        "FailedIndexes" => "FailedIndexes",
         _ => "BackoffLimitExceeded",
     }
 }
@@ -631,6 +735,31 @@ fn match_failure_policy(rules: &[PodFailurePolicyRule], pod: &Value) -> Option<(
         }
     }
     None
+}
+
+/// The index of the first `successPolicy` rule the completed indexes
+/// meet: all of its `succeededIndexes` (or, with `succeededCount`, that
+/// many of them; with `succeededCount` alone, that many of any).
+fn matched_success_rule(spec: &JobSpec, completed: &BTreeSet<u32>) -> Option<usize> {
+    let rules = &spec.success_policy.as_ref()?.rules;
+    rules.iter().position(|rule| {
+        let (within, needed) = match rule.succeeded_indexes.as_deref() {
+            Some(text) => {
+                let wanted = parse_indexes(text);
+                let within = wanted.intersection(completed).count();
+                (
+                    within,
+                    rule.succeeded_count
+                        .map_or(wanted.len(), |c| c.max(0) as usize),
+                )
+            }
+            None => match rule.succeeded_count {
+                Some(count) => (completed.len(), count.max(0) as usize),
+                None => return false,
+            },
+        };
+        needed > 0 && within >= needed
+    })
 }
 
 fn restart_count(pod: &Value) -> u64 {
@@ -823,7 +952,17 @@ impl JobController {
         if plan.delete_job {
             return Ok(super::delete_object(objects, "jobs", job).await);
         }
-        let pods = plan.create.iter().map(|i| new_pod(job, *i)).collect();
+        let pods = plan
+            .create
+            .iter()
+            .map(|index| {
+                let mut pod = new_pod(job, *index);
+                if let Some(count) = index.and_then(|i| plan.index_failures.get(&i)) {
+                    pod["metadata"]["annotations"][INDEX_FAILURE_COUNT] = json!(count.to_string());
+                }
+                pod
+            })
+            .collect();
         written = latest(
             written,
             super::create_pods(objects, job, pods, COMPONENT).await?,

@@ -131,8 +131,9 @@ pub(crate) fn latest(a: Option<i64>, b: Option<i64>) -> Option<i64> {
 
 /// The object `key` (`PLURAL/NAMESPACE/NAME`) names, as cached, and the
 /// instances it controls. Instances controlled by an older object of that
-/// name (or by one that is gone) are deleted; the revision of the last
-/// deletion comes back too.
+/// name (or by one that is gone) are deleted, and those no owner controls
+/// that its selector matches are adopted ([`adopt_orphans`]); the revision
+/// of the last such write comes back too.
 pub(crate) async fn owner_and_pods(
     objects: &crate::objects::Objects,
     cache: &Cache,
@@ -157,7 +158,77 @@ pub(crate) async fn owner_and_pods(
     for pod in &orphans {
         written = latest(written, delete_object(objects, "pods", pod).await);
     }
+    if let (Some(owner), Some((plural, _))) = (&owner, key.split_once('/')) {
+        written = latest(written, adopt_orphans(objects, cache, plural, owner).await);
+    }
     (owner, mine, written)
+}
+
+/// Makes `owner` the controller of the instances of its namespace that no
+/// owner controls and that its selector matches, as Kubernetes' controllers
+/// adopt orphans: after `kubectl delete --cascade=orphan`, a new owner with
+/// the same selector takes the instances on (they count towards it from
+/// its next reconcile). Owners being deleted adopt nothing. Returns the
+/// revision of the last adoption.
+async fn adopt_orphans(
+    objects: &crate::objects::Objects,
+    cache: &Cache,
+    plural: &str,
+    owner: &serde_json::Value,
+) -> Option<i64> {
+    use crate::objects::{kind, name_of, namespace_of};
+    let (api_version, owner_kind) = match plural {
+        "deployments" => ("apps/v1", "Deployment"),
+        "daemonsets" => ("apps/v1", "DaemonSet"),
+        "jobs" => ("batch/v1", "Job"),
+        _ => return None,
+    };
+    if !owner["metadata"]["deletionTimestamp"].is_null() {
+        return None;
+    }
+    let selector = serde_json::from_value(owner["spec"]["selector"].clone()).ok()?;
+    let selector = crate::selector::Selector::from_label_selector(&selector).ok()?;
+    // An empty selector would take every instance of the namespace.
+    if selector.is_empty() {
+        return None;
+    }
+    let namespace = namespace_of(owner);
+    let reference = serde_json::json!({
+        "apiVersion": api_version,
+        "kind": owner_kind,
+        "name": name_of(owner),
+        "uid": owner["metadata"]["uid"],
+        "controller": true,
+        "blockOwnerDeletion": true,
+    });
+    let mut written = None;
+    for orphan in cache.uncontrolled_pods(namespace, |labels| selector.matches(labels)) {
+        let adopted = objects
+            .update_with(kind("pods"), namespace, name_of(&orphan), |pod| {
+                let deleting = !pod["metadata"]["deletionTimestamp"].is_null();
+                let references = &mut pod["metadata"]["ownerReferences"];
+                let controlled = references
+                    .as_array()
+                    .is_some_and(|refs| refs.iter().any(|r| r["controller"] == true));
+                if controlled || deleting {
+                    return false;
+                }
+                match references.as_array_mut() {
+                    Some(refs) => refs.push(reference.clone()),
+                    None => *references = serde_json::json!([reference.clone()]),
+                }
+                true
+            })
+            .await;
+        match adopted {
+            Ok(revision) => written = latest(written, revision),
+            Err(e) => tracing::warn!(
+                pod = %name_of(&orphan), owner = %name_of(owner), error = %e,
+                "cannot adopt an orphaned instance"
+            ),
+        }
+    }
+    written
 }
 
 /// Deletes an object a controller no longer wants; returns the deletion's
@@ -386,4 +457,86 @@ pub(crate) async fn delete_pods(
         }
     }
     Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use serde_json::json;
+    use tokio_util::sync::CancellationToken;
+
+    use crate::cache::Cache;
+    use crate::objects::kind;
+
+    /// An owner adopts the uncontrolled instances its selector matches,
+    /// and nothing else: not those of another controller, another
+    /// namespace or other labels.
+    #[tokio::test]
+    async fn an_owner_adopts_the_orphans_its_selector_matches() {
+        let (_dir, store, objects) = crate::test_support::store_with_default_namespace().await;
+        let pod = |name: &str, labels: serde_json::Value| {
+            json!({"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": name, "namespace": "default", "labels": labels},
+                "spec": {"containers": [{"name": "c", "image": "web:1"}]}})
+        };
+        objects
+            .create(
+                kind("pods"),
+                "default",
+                pod("orphan", json!({"app": "web"})),
+            )
+            .await
+            .unwrap();
+        objects
+            .create(kind("pods"), "default", pod("other", json!({"app": "db"})))
+            .await
+            .unwrap();
+        let mut owned = pod("owned", json!({"app": "web"}));
+        owned["metadata"]["ownerReferences"] = json!([{"apiVersion": "batch/v1",
+            "kind": "Job", "name": "j", "uid": "job-uid", "controller": true}]);
+        objects
+            .create(kind("pods"), "default", owned)
+            .await
+            .unwrap();
+        let deployment = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "web", "namespace": "default"},
+            "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "web"}},
+                "template": {"metadata": {"labels": {"app": "web"}},
+                    "spec": {"containers": [{"name": "c", "image": "web:1"}]}}}});
+        let created = objects
+            .create(kind("deployments"), "default", deployment)
+            .await
+            .unwrap();
+        let shutdown = CancellationToken::new();
+        let cache = Cache::start(Arc::clone(&store), shutdown.clone())
+            .await
+            .unwrap();
+
+        let (_, mine, written) =
+            super::owner_and_pods(&objects, &cache, "deployments/default/web").await;
+        assert!(
+            mine.is_empty(),
+            "adopted instances count from the next reconcile"
+        );
+        cache
+            .wait_for(written.expect("an adoption was written"))
+            .await;
+        let references = |name: &str| {
+            cache.get(kind("pods"), "default", name).unwrap()["metadata"]["ownerReferences"].clone()
+        };
+        assert_eq!(
+            references("orphan"),
+            json!([{"apiVersion": "apps/v1", "kind": "Deployment", "name": "web",
+                "uid": created["metadata"]["uid"], "controller": true,
+                "blockOwnerDeletion": true}])
+        );
+        assert!(references("other").is_null());
+        assert_eq!(references("owned")[0]["kind"], "Job");
+        let (_, mine, written) =
+            super::owner_and_pods(&objects, &cache, "deployments/default/web").await;
+        assert_eq!(mine.len(), 1);
+        assert_eq!(written, None, "nothing left to adopt");
+        shutdown.cancel();
+    }
 }

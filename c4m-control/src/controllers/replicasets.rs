@@ -177,14 +177,25 @@ pub(crate) async fn sync(
     let mut written = None;
     if current.is_none() {
         let created = new_replica_set(deployment, revision, count(deployment.hash));
-        written = latest(
-            written,
-            Some(
+        let existing = objects
+            .get(
+                kind("replicasets"),
+                namespace_of(&created),
+                name_of(&created),
+            )
+            .await;
+        let write = match existing {
+            // Orphaned by an earlier Deployment of this name and template
+            // (`delete --cascade=orphan`): adopted, as Kubernetes does.
+            Ok(_) => adopt(objects, &created).await?,
+            Err(crate::Error::NotFound { .. }) => Some(
                 objects
                     .create_many(vec![(kind("replicasets"), created)])
                     .await?,
             ),
-        );
+            Err(e) => return Err(e),
+        };
+        written = latest(written, write);
     }
     for rs in &mine {
         let hash = hash_of(rs);
@@ -213,6 +224,33 @@ pub(crate) async fn sync(
         written = latest(written, delete(objects, rs).await);
     }
     Ok((written, revision))
+}
+
+/// Makes the ReplicaSet named as `wanted` (made for a Deployment) that
+/// exists without a controller the Deployment's: its owner reference and
+/// revision. One another owner controls is left alone.
+async fn adopt(objects: &Objects, wanted: &Value) -> Result<Option<i64>> {
+    let metadata = &wanted["metadata"];
+    let name = metadata["name"].as_str().unwrap_or_default();
+    objects
+        .update_with(
+            kind("replicasets"),
+            namespace_of(wanted),
+            name,
+            |replica_set| {
+                let controlled = replica_set["metadata"]["ownerReferences"]
+                    .as_array()
+                    .is_some_and(|refs| refs.iter().any(|r| r["controller"] == true));
+                if controlled || !replica_set["metadata"]["deletionTimestamp"].is_null() {
+                    return false;
+                }
+                replica_set["metadata"]["ownerReferences"] = metadata["ownerReferences"].clone();
+                replica_set["metadata"]["annotations"][REVISION] =
+                    metadata["annotations"][REVISION].clone();
+                true
+            },
+        )
+        .await
 }
 
 /// The ReplicaSet of the Deployment's current template.

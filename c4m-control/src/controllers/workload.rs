@@ -21,7 +21,7 @@ use crate::Result;
 use crate::cache::{Cache, Changes, ROOT, controller_key};
 use crate::deletion::is_deleting;
 use crate::objects::{Objects, kind, name_of, namespace_of, random_suffix};
-use crate::pods::{controller_uid, is_ready, is_terminal, stable_hash};
+use crate::pods::{is_ready, is_terminal, stable_hash};
 
 /// The kinds whose objects own instances.
 const OWNER_PLURALS: [&str; 2] = ["microservices", "deployments"];
@@ -113,38 +113,23 @@ pub(crate) async fn reconcile(
     .await
 }
 
-/// Reconciles one workload (`PLURAL/NAMESPACE/NAME`) and its instances:
-/// instances controlled by another object of that name (an older uid), or
-/// by none at all any more, are deleted (garbage collection), and so are
-/// a Deployment's ReplicaSets.
+/// Reconciles one workload (`PLURAL/NAMESPACE/NAME`) and its instances
+/// ([`super::owner_and_pods`]: those of an older object of that name go,
+/// orphans its selector matches are adopted); a Deployment's ReplicaSets
+/// of an older object go too.
 async fn reconcile_workload(
     objects: &Objects,
     cache: &Cache,
     replica_sets: &ReplicaSetIndex,
     owner_key: &str,
 ) -> Result<Option<i64>> {
-    let pods = cache.pods_of_owner(owner_key);
-    let owner = owner_key
-        .splitn(3, '/')
-        .collect::<Vec<_>>()
-        .as_slice()
-        .try_into()
-        .ok()
-        .and_then(|[plural, namespace, name]: [&str; 3]| {
-            let object = cache.get(kind(plural), namespace, name)?;
-            Owner::decode(plural, object)
-                .map_err(|e| tracing::warn!(owner = owner_key, error = %e, "skipping an undecodable workload"))
-                .ok()
-        });
-    let (mine, orphans): (Vec<Arc<Value>>, Vec<Arc<Value>>) = pods.into_iter().partition(|pod| {
-        owner
-            .as_ref()
-            .is_some_and(|owner| controller_uid(pod) == Some(owner.uid.as_str()))
+    let (object, mine, mut written) = super::owner_and_pods(objects, cache, owner_key).await;
+    let plural = owner_key.split('/').next().unwrap_or_default();
+    let owner = object.and_then(|object| {
+        Owner::decode(plural, object)
+            .map_err(|e| tracing::warn!(owner = owner_key, error = %e, "skipping an undecodable workload"))
+            .ok()
     });
-    let mut written = None;
-    for pod in &orphans {
-        written = latest(written, delete_pod(objects, pod).await);
-    }
     let replica_sets = replica_sets.of(owner_key);
     written = latest(
         written,

@@ -56,7 +56,14 @@ pub static KINDS: &[ResourceKind] = &[
         "pods",
         ["pod", "po", "instances", "instance", "inst"],
         true,
-        ["status", "log", "exec", "attach", "portforward"]
+        [
+            "status",
+            "log",
+            "exec",
+            "attach",
+            "portforward",
+            "ephemeralcontainers"
+        ]
     ),
     kind!(
         "",

@@ -27,6 +27,17 @@ pub const AUTO_DRIVER: &str = "auto";
 /// prefers them as its default ([`AUTO_DRIVER`]).
 pub const CONTAINER_DRIVERS: [&str; 4] = ["oci", "containerd", "docker", "cri"];
 
+/// The drivers that run one container per pod (Docker's and a CRI
+/// runtime's sandbox are not shared with a second container by c4m).
+pub const ONE_CONTAINER_DRIVERS: [&str; 2] = ["docker", "cri"];
+
+/// Why a pod of several containers cannot run on `driver`.
+pub fn one_container_per_pod(driver: &str) -> String {
+    format!(
+        "the {driver} driver runs one container per pod; use a driver that runs several (oci, containerd, process)"
+    )
+}
+
 /// The default driver of a node offering `offered`, as its configuration
 /// names it (`configured`): [`AUTO_DRIVER`] picks the first of
 /// [`CONTAINER_DRIVERS`] offered, else [`DEFAULT_DRIVER`] if offered. `None`

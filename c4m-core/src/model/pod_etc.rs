@@ -224,12 +224,14 @@ pub fn resolv_conf(
 }
 
 /// The drivers whose containers have their own network namespace, into
-/// which the agent mounts the files above; the others run on the node's
-/// network, `/etc/hosts` and `resolv.conf` (`process`, `docker`, `cri`).
+/// which the agent mounts the files above, and join the pod's IPC and PID
+/// namespaces; the others run on the node's network, `/etc/hosts` and
+/// `resolv.conf` (`process`, `docker`, `cri`).
 pub const DRIVERS_WITH_POD_FILES: [&str; 2] = ["oci", "containerd"];
 
 /// The first pod spec field `driver` cannot honour because its containers
-/// share the node's host name, `/etc/hosts` and `resolv.conf`: as
+/// share the node's host name, `/etc/hosts` and `resolv.conf`, or have a
+/// process namespace each (`shareProcessNamespace`): as
 /// `(field, why)`, the field relative to the pod spec. Unknown drivers
 /// (an embedder's) are not judged.
 pub fn unsupported_by_driver(
@@ -264,6 +266,11 @@ pub fn unsupported_by_driver(
             spec.dns_policy.as_deref() == Some("None"),
             "the node's /etc/resolv.conf",
         ),
+        (
+            "shareProcessNamespace",
+            spec.share_process_namespace == Some(true),
+            "a process namespace each",
+        ),
     ];
     fields
         .into_iter()
@@ -277,6 +284,19 @@ pub fn unsupported_by_driver(
                 ),
             )
         })
+}
+
+/// Why `driver` cannot run an ephemeral container (`kubectl debug`): its
+/// containers join no pod namespaces. `None` for `oci`, `containerd` and
+/// drivers c4m does not know (an embedder's).
+pub fn refuses_ephemeral_containers(driver: &str) -> Option<String> {
+    let known = crate::CONTAINER_DRIVERS.contains(&driver) || driver == crate::DEFAULT_DRIVER;
+    (known && !DRIVERS_WITH_POD_FILES.contains(&driver)).then(|| {
+        format!(
+            "the {driver} driver cannot run ephemeral containers: its containers join no pod namespaces (drivers that can: {})",
+            DRIVERS_WITH_POD_FILES.join(", ")
+        )
+    })
 }
 
 fn without_duplicates(items: Vec<String>) -> Vec<String> {
@@ -413,6 +433,11 @@ spec:
                 "dnsConfig",
             ),
             ("docker", "dnsPolicy: None", "dnsPolicy"),
+            (
+                "cri",
+                "shareProcessNamespace: true",
+                "shareProcessNamespace",
+            ),
         ] {
             assert_eq!(
                 unsupported_by_driver(driver, &spec(yaml)).map(|(f, _)| f),
@@ -424,11 +449,28 @@ spec:
             "dnsPolicy: Default",
             "restartPolicy: Never",
             "hostname: indexed-0, subdomain: s",
+            "shareProcessNamespace: false",
         ] {
             assert_eq!(
                 unsupported_by_driver("process", &spec(yaml)),
                 None,
                 "{yaml}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_drivers_with_pod_namespaces_run_ephemeral_containers() {
+        for driver in ["oci", "containerd", "my-own"] {
+            assert_eq!(refuses_ephemeral_containers(driver), None, "{driver}");
+        }
+        for driver in ["process", "docker", "cri"] {
+            let why = refuses_ephemeral_containers(driver).unwrap();
+            assert!(
+                why.starts_with(&format!(
+                    "the {driver} driver cannot run ephemeral containers"
+                )),
+                "{why}"
             );
         }
     }

@@ -1,17 +1,18 @@
 //! From an instance (a Pod) to the [`ContainerSpec`] a driver runs.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 
-use k8s_openapi::api::core::v1::{Container, Pod};
+use k8s_openapi::api::core::v1::{Container, EphemeralContainer, Pod};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 use super::{ContainerSpec, PortSpec, PullPolicy, ResourceLimits};
 use crate::{Error, Result};
 
-/// One of a pod's containers: `spec.containers[i]` or
-/// `spec.initContainers[i]`.
+/// One of a pod's containers: `spec.containers[i]`,
+/// `spec.initContainers[i]` or `spec.ephemeralContainers[i]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum PodContainer {
     /// An init container (`spec.initContainers[i]`), run before the app
@@ -19,15 +20,23 @@ pub enum PodContainer {
     Init(usize),
     /// An app container (`spec.containers[i]`).
     App(usize),
+    /// An ephemeral container (`spec.ephemeralContainers[i]`, added by
+    /// `kubectl debug`): run once, never restarted.
+    Ephemeral(usize),
 }
 
 impl PodContainer {
-    /// The container's spec in `pod`, if it has one there.
-    pub fn of(self, pod: &Pod) -> Option<&Container> {
+    /// The container's spec in `pod`, if it has one there (an ephemeral
+    /// container's as a [`Container`], without `targetContainerName`).
+    pub fn of(self, pod: &Pod) -> Option<Cow<'_, Container>> {
         let spec = pod.spec.as_ref()?;
         match self {
-            PodContainer::Init(i) => spec.init_containers.as_ref()?.get(i),
-            PodContainer::App(i) => spec.containers.get(i),
+            PodContainer::Init(i) => spec.init_containers.as_ref()?.get(i).map(Cow::Borrowed),
+            PodContainer::App(i) => spec.containers.get(i).map(Cow::Borrowed),
+            PodContainer::Ephemeral(i) => {
+                let ephemeral = spec.ephemeral_containers.as_ref()?.get(i)?;
+                Some(Cow::Owned(as_container(ephemeral)))
+            }
         }
     }
 
@@ -37,6 +46,7 @@ impl PodContainer {
         match self {
             PodContainer::Init(_) => "spec.initContainers",
             PodContainer::App(_) => "spec.containers",
+            PodContainer::Ephemeral(_) => "spec.ephemeralContainers",
         }
     }
 }
@@ -44,10 +54,41 @@ impl PodContainer {
 impl fmt::Display for PodContainer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            PodContainer::Init(i) | PodContainer::App(i) => {
+            PodContainer::Init(i) | PodContainer::App(i) | PodContainer::Ephemeral(i) => {
                 write!(f, "{}[{i}]", self.list_field())
             }
         }
+    }
+}
+
+/// An ephemeral container as the container it runs as: the same fields,
+/// but its target.
+fn as_container(e: &EphemeralContainer) -> Container {
+    Container {
+        args: e.args.clone(),
+        command: e.command.clone(),
+        env: e.env.clone(),
+        env_from: e.env_from.clone(),
+        image: e.image.clone(),
+        image_pull_policy: e.image_pull_policy.clone(),
+        lifecycle: e.lifecycle.clone(),
+        liveness_probe: e.liveness_probe.clone(),
+        name: e.name.clone(),
+        ports: e.ports.clone(),
+        readiness_probe: e.readiness_probe.clone(),
+        resize_policy: e.resize_policy.clone(),
+        resources: e.resources.clone(),
+        restart_policy: e.restart_policy.clone(),
+        security_context: e.security_context.clone(),
+        startup_probe: e.startup_probe.clone(),
+        stdin: e.stdin,
+        stdin_once: e.stdin_once,
+        termination_message_path: e.termination_message_path.clone(),
+        termination_message_policy: e.termination_message_policy.clone(),
+        tty: e.tty,
+        volume_devices: e.volume_devices.clone(),
+        volume_mounts: e.volume_mounts.clone(),
+        working_dir: e.working_dir.clone(),
     }
 }
 
@@ -99,12 +140,12 @@ impl ContainerSpec {
             image: container.image.clone(),
             command: container.command.clone().unwrap_or_default(),
             args: container.args.clone().unwrap_or_default(),
-            env: env(container, path)?,
+            env: env(&container, path)?,
             working_dir: container.working_dir.as_ref().map(PathBuf::from),
             user: user.map(|u| id_from(u, path)).transpose()?,
             group: group.map(|g| id_from(g, path)).transpose()?,
-            ports: ports(container, path)?,
-            resources: resources(container, path)?,
+            ports: ports(&container, path)?,
+            resources: resources(&container, path)?,
             network_namespace: None,
             privileged: container_security
                 .and_then(|s| s.privileged)

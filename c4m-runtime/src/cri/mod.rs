@@ -378,14 +378,17 @@ impl Inner {
                 sandbox_config: Some(sandbox.clone()),
             })
             .await
-            .map_err(|e| {
-                runtime_error(
-                    id,
-                    format!(
-                        "image {image} is not on this node and pulling it failed: {}",
-                        e.message()
-                    ),
-                )
+            .map_err(|e| match e.code() {
+                // The runtime itself did not answer: not the image's fault.
+                tonic::Code::Unavailable => {
+                    runtime_error(id, format!("pulling image {image}: {}", e.message()))
+                }
+                // The kubelet's ErrImagePull, then ImagePullBackOff.
+                _ => Error::Image {
+                    reference: image.to_string(),
+                    source: format!("not on this node and pulling it failed: {}", e.message())
+                        .into(),
+                },
             })?;
         Ok(())
     }

@@ -204,11 +204,18 @@ impl DockerRuntime {
             .create_image(Some(options), None, credentials)
             .try_for_each(|_progress| futures::future::ready(Ok(())))
             .await
-            .map_err(|e| {
-                failed(
-                    format!("image {name} is not on the docker daemon and pulling it failed"),
-                    e,
-                )
+            .map_err(|e| match self.error(id, e) {
+                unreachable @ Error::DaemonUnreachable { .. } => unreachable,
+                // The kubelet's ErrImagePull, then ImagePullBackOff.
+                Error::Container { source, .. } => Error::Image {
+                    reference: name.clone(),
+                    source: format!("not on the docker daemon and pulling it failed: {source}")
+                        .into(),
+                },
+                other => Error::Image {
+                    reference: name.clone(),
+                    source: other.into(),
+                },
             })?;
         self.docker.inspect_image(&name).await.map_err(|e| {
             failed(

@@ -535,17 +535,20 @@ async fn adoption(cx: &Case<'_>) {
     second.remove(&kept.id).await.expect("remove");
 }
 
-/// An image no registry has: a clear error naming it, and no container.
+/// An image no registry has: a clear error naming it, an image error (the
+/// agent shows it as ErrImagePull), and no container.
 async fn missing_image(cx: &Case<'_>) {
     let rt = cx.runtime.as_ref();
     let mut ghost = spec(cx.kit, &cx.id("ghost"), &["true"]);
     // A loopback port nothing listens on: the pull fails fast.
     ghost.image = Some("127.0.0.1:1/c4m/nope:1".into());
-    let error = rt
-        .start(&ghost)
-        .await
-        .expect_err("no such image")
-        .to_string();
+    let error = rt.start(&ghost).await.expect_err("no such image");
+    assert!(
+        matches!(error, c4m_core::Error::Image { .. }),
+        "{}: {error:?}",
+        rt.name()
+    );
+    let error = error.to_string();
     assert!(error.contains("127.0.0.1:1/c4m/nope:1"), "{error}");
     assert!(
         rt.list()

@@ -46,6 +46,26 @@ pub(crate) fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     Some((code, body))
 }
 
+/// Kills the pod namespace holders the agents under `dir` started (their
+/// command line names their pods directory).
+pub(crate) fn kill_pod_holders(dir: &Path) {
+    let dir = dir.as_os_str().as_encoded_bytes();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let mut args = cmdline.split(|b| *b == 0);
+        let holder = args.next() == Some(c4m_agent::HOLDER_NAME.as_bytes())
+            && args.nth(1).is_some_and(|pods| pods.starts_with(dir));
+        if let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok())
+            && holder
+        {
+            let pid = nix::unistd::Pid::from_raw(pid);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
 /// Kills every instance process recorded in a driver state dir, so a test
 /// leaves nothing running (instances outlive agents by design).
 pub(crate) fn kill_instances(dir: &Path) {
@@ -685,6 +705,7 @@ impl Drop for Cluster {
             let _ = embedded.thread.join();
         }
         kill_instances(self.dir.path());
+        kill_pod_holders(self.dir.path());
         unmount_under(self.dir.path());
         if std::thread::panicking() {
             for name in std::fs::read_dir(self.dir.path())

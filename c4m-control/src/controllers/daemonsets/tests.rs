@@ -157,6 +157,51 @@ fn a_rolling_update_replaces_within_max_unavailable() {
     assert!(run(&new, &nodes, &pods).delete.is_empty());
 }
 
+/// With maxSurge (and no unavailability), a node gets its new pod beside
+/// the old one, which goes once the new one is ready; at most maxSurge
+/// nodes at once.
+#[test]
+fn a_rolling_update_with_surge_replaces_each_pod_once_its_successor_is_ready() {
+    let old = daemon_set(json!({}));
+    let nodes: Vec<Value> = ["a", "b", "c"]
+        .iter()
+        .map(|n| node(n, json!({}), json!([])))
+        .collect();
+    let mut new = old.clone();
+    new["spec"]["template"]["spec"]["containers"][0]["image"] = json!("busybox:2");
+    new["spec"]["updateStrategy"] = json!({"type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}});
+    let old_pods: Vec<Value> = ["a", "b", "c"]
+        .iter()
+        .map(|n| pod_on(&old, n, true))
+        .collect();
+    let plan = run(&new, &nodes, &old_pods);
+    assert_eq!(plan.create, ["a"], "one node surges");
+    assert!(plan.delete.is_empty(), "nothing goes unavailable");
+
+    // a's new pod is not ready yet: both stay, no other node surges.
+    let mut successor = pod_on(&new, "a", false);
+    successor["metadata"]["name"] = json!("agent-a-new");
+    let mut pods = old_pods.clone();
+    pods.push(successor.clone());
+    let plan = run(&new, &nodes, &pods);
+    assert!(plan.create.is_empty() && plan.delete.is_empty(), "{plan:?}");
+    assert_eq!(plan.status["numberReady"], 3, "a's old pod still serves");
+
+    // Ready: a's old pod goes, and b surges.
+    successor["status"]["conditions"][0]["status"] = json!("True");
+    pods[3] = successor;
+    let plan = run(&new, &nodes, &pods);
+    assert_eq!(plan.delete, ["agent-a"]);
+    assert_eq!(plan.create, ["b"]);
+
+    // A percentage of surge rounds down, but is never less than one node
+    // when no unavailability is allowed either.
+    new["spec"]["updateStrategy"]["rollingUpdate"] =
+        json!({"maxSurge": "10%", "maxUnavailable": 0});
+    assert_eq!(run(&new, &nodes, &old_pods).delete.len(), 1);
+}
+
 #[test]
 fn failed_and_duplicate_pods_are_replaced() {
     let ds = daemon_set(json!({}));

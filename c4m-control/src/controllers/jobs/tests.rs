@@ -403,6 +403,134 @@ fn a_pod_of_an_indexed_job_carries_its_index() {
     assert_eq!(pod["spec"]["restartPolicy"], "Never");
 }
 
+/// A pod of index `index`, named `name`, that carries `failures_before`
+/// earlier failures of its index; a terminal one finished at `finished`.
+fn index_pod(
+    name: &str,
+    index: u32,
+    phase: &str,
+    finished: Option<SystemTime>,
+    failures_before: u64,
+) -> Value {
+    let mut pod = pod(name, phase, finished);
+    pod["metadata"]["annotations"] = json!({COMPLETION_INDEX: index.to_string()});
+    if failures_before > 0 {
+        pod["metadata"]["annotations"][INDEX_FAILURE_COUNT] = json!(failures_before.to_string());
+    }
+    pod
+}
+
+#[test]
+fn a_limit_per_index_fails_that_index_alone_and_then_the_job() {
+    let spec = json!({"completions": 3, "parallelism": 3, "completionMode": "Indexed",
+        "backoffLimitPerIndex": 1});
+    let job = started(job(spec), t0());
+    // The API server's default: no Job-wide limit unless one is set.
+    assert_eq!(job["spec"]["backoffLimit"], i32::MAX);
+    let running = |name: &str, index| index_pod(name, index, "Running", None, 0);
+
+    // Index 0 failed once: its next pod waits for the backoff, then carries
+    // the count; the other indexes run on.
+    let first = index_pod("pi-0-a", 0, "Failed", Some(t0()), 0);
+    let pods = [first.clone(), running("pi-1", 1), running("pi-2", 2)];
+    let plan = run(&job, &pods, t0() + secs(5));
+    assert!(plan.create.is_empty(), "{plan:?}");
+    assert_eq!(plan.wake_at, Some(t0() + secs(10)));
+    let plan = run(&job, &pods, t0() + secs(10));
+    assert_eq!(plan.create, [Some(0)]);
+    assert_eq!(plan.index_failures.get(&0), Some(&1));
+    assert!(
+        plan.status.get("failedIndexes").is_none(),
+        "{:#}",
+        plan.status
+    );
+
+    // Its second failure passes the limit: index 0 is failed, not run again.
+    let second = index_pod("pi-0-b", 0, "Failed", Some(t0() + secs(20)), 1);
+    let pods = [
+        first.clone(),
+        second.clone(),
+        running("pi-1", 1),
+        running("pi-2", 2),
+    ];
+    let plan = run(&job, &pods, t0() + secs(60));
+    assert!(plan.create.is_empty(), "{plan:?}");
+    assert_eq!(plan.status["failedIndexes"], "0");
+    assert!(condition(&plan, "FailureTarget").is_none());
+
+    // Once every other index has succeeded, the Job has failed indexes.
+    let done = |name: &str, index| index_pod(name, index, "Succeeded", Some(t0() + secs(30)), 0);
+    let pods = [first, second, done("pi-1", 1), done("pi-2", 2)];
+    let plan = run(&after(job, &plan), &pods, t0() + secs(61));
+    assert_eq!(
+        condition(&plan, "Failed").unwrap()["reason"],
+        "FailedIndexes"
+    );
+    assert_eq!(plan.status["completedIndexes"], "1,2");
+    assert_eq!(plan.status["failedIndexes"], "0");
+}
+
+#[test]
+fn more_failed_indexes_than_allowed_fail_the_job_at_once() {
+    let spec = json!({"completions": 3, "parallelism": 3, "completionMode": "Indexed",
+        "backoffLimitPerIndex": 0, "maxFailedIndexes": 0});
+    let job = started(job(spec), t0());
+    let pods = [
+        index_pod("pi-0", 0, "Failed", Some(t0()), 0),
+        index_pod("pi-1", 1, "Running", None, 0),
+    ];
+    let plan = run(&job, &pods, t0() + secs(1));
+    let target = condition(&plan, "FailureTarget").unwrap();
+    assert_eq!(target["reason"], "MaxFailedIndexesExceeded");
+    assert_eq!(plan.delete, ["pi-1"]);
+    assert!(plan.create.is_empty());
+}
+
+#[test]
+fn fail_index_in_the_pod_failure_policy_fails_the_index_without_retries() {
+    let spec = json!({"completions": 2, "parallelism": 2, "completionMode": "Indexed",
+        "backoffLimitPerIndex": 5, "podFailurePolicy": {"rules": [
+            {"action": "FailIndex", "onExitCodes": {"operator": "In", "values": [1]}}]}});
+    let job = started(job(spec), t0());
+    let pods = [
+        index_pod("pi-0", 0, "Failed", Some(t0()), 0),
+        index_pod("pi-1", 1, "Running", None, 0),
+    ];
+    let plan = run(&job, &pods, t0() + secs(600));
+    assert!(plan.create.is_empty(), "{plan:?}");
+    assert_eq!(plan.status["failedIndexes"], "0");
+}
+
+#[test]
+fn a_success_policy_completes_the_job_early() {
+    let spec = json!({"completions": 3, "parallelism": 3, "completionMode": "Indexed",
+        "successPolicy": {"rules": [{"succeededIndexes": "2"}, {"succeededIndexes": "0-1", "succeededCount": 1}]}});
+    let job = started(job(spec), t0());
+    let pods = [
+        index_pod("pi-0", 0, "Running", None, 0),
+        index_pod("pi-1", 1, "Succeeded", Some(t0()), 0),
+        index_pod("pi-2", 2, "Running", None, 0),
+    ];
+    let plan = run(&job, &pods, t0() + secs(1));
+    let met = condition(&plan, "SuccessCriteriaMet").unwrap();
+    assert_eq!(met["reason"], "SuccessPolicy");
+    assert_eq!(met["message"], "Matched rules at index 1");
+    let mut deleted = plan.delete.clone();
+    deleted.sort();
+    assert_eq!(deleted, ["pi-0", "pi-2"]);
+    assert!(
+        condition(&plan, "Complete").is_none(),
+        "waits for its pods to go"
+    );
+
+    let pods = [index_pod("pi-1", 1, "Succeeded", Some(t0()), 0)];
+    let plan = run(&after(job, &plan), &pods, t0() + secs(2));
+    assert_eq!(
+        condition(&plan, "Complete").unwrap()["reason"],
+        "SuccessPolicy"
+    );
+}
+
 #[test]
 fn indexes_read_and_write_in_kubernetes_compressed_form() {
     let indexes = parse_indexes("1,3-5,7,9");
