@@ -354,8 +354,9 @@ struct Slot {
     restart_at: Option<Instant>,
     /// The wait after the next failed pull of the image.
     pull_backoff: Duration,
-    /// When the last pull failed, while the next one waits.
-    pull_failed_at: Option<Instant>,
+    /// When the current wait before a retry began, after a failed pull or
+    /// a run killed for its failed postStart hook.
+    failed_at: Option<Instant>,
     running_since: Option<Instant>,
     /// How the run before the current one ended (Kubernetes' `lastState`).
     last_exit: Option<Exit>,
@@ -906,7 +907,7 @@ impl Supervisor {
             backoff: self.backoff.initial,
             restart_at: None,
             pull_backoff: self.backoff.image_pull_initial,
-            pull_failed_at: None,
+            failed_at: None,
             last_exit: None,
             problem,
             finished: false,
@@ -1123,6 +1124,13 @@ impl Supervisor {
             .as_deref()
             .map(read_termination_message)
             .unwrap_or_default();
+        if slot
+            .problem
+            .as_ref()
+            .is_some_and(|(reason, _)| reason == POST_START_HOOK_ERROR)
+        {
+            slot.failed_at = Some(Instant::now());
+        }
         if slot.termination_message.is_empty() && !exit.succeeded() && fallback_to_logs {
             slot.termination_message =
                 log_tail(instance.runtime.as_ref(), &slot.id, slot.run_began).await;
@@ -1149,7 +1157,7 @@ impl Supervisor {
         let needs_probes = match &slot.status {
             None => {
                 if let Some(at) = slot.restart_at.filter(|at| Instant::now() < *at) {
-                    show_pull_backoff(slot, at);
+                    show_backoff(slot, at);
                     return;
                 }
                 // A container may exist that this agent has not seen (one
@@ -1172,18 +1180,21 @@ impl Supervisor {
                 true
             }
             Some(_) if slot.running() => !slot.stopping && slot.probes.is_none(),
-            Some(_) => {
-                if slot.restart_at.is_some_and(|at| Instant::now() >= at) {
+            Some(_) => match slot.restart_at {
+                Some(at) if Instant::now() >= at => {
                     slot.restart_at = None;
                     slot.restart_count += 1;
                     slot.last_exit = slot.exit();
                     self.keep_previous_log(pod_id, instance, index).await;
                     self.start(pod_id, instance, index, &spec).await;
                     true
-                } else {
+                }
+                Some(at) => {
+                    show_backoff(slot, at);
                     false
                 }
-            }
+                None => false,
+            },
         };
         self.note_exit(instance, index).await;
         if needs_probes && instance.slots[index].running() {
@@ -1299,7 +1310,8 @@ impl Supervisor {
     }
 
     /// Stops the sidecars once the app containers have ended for good, the
-    /// last started first, so that a Job's pod completes.
+    /// last started first, each once the one after it has stopped, so that
+    /// a Job's pod completes.
     fn stop_sidecars(
         &self,
         pod_id: &str,
@@ -1308,7 +1320,13 @@ impl Supervisor {
     ) {
         for index in (0..instance.slots.len()).rev() {
             let slot = &mut instance.slots[index];
-            if !slot.sidecar || slot.finished {
+            if !slot.sidecar {
+                continue;
+            }
+            if slot.finished {
+                if slot.running() {
+                    return; // Still stopping: the next one waits.
+                }
                 continue;
             }
             slot.finished = true;
@@ -1319,6 +1337,7 @@ impl Supervisor {
             if slot.running() {
                 tracing::info!(container = %slot.id, "stopping a sidecar: the app containers have ended");
                 self.spawn_kill(pod_id, instance, index, results.clone());
+                return;
             }
         }
     }
@@ -1455,7 +1474,7 @@ impl Supervisor {
                     .is_some_and(|c| Hook::PostStart.of(&c).is_some());
                 slot.run += 1;
                 slot.pull_backoff = self.backoff.image_pull_initial;
-                slot.pull_failed_at = None;
+                slot.failed_at = None;
             }
             Err(e @ (c4m_core::Error::Image { .. } | c4m_core::Error::ImageNeverPull { .. })) => {
                 tracing::warn!(container = %slot.id, error = %e, "cannot pull the container's image");
@@ -1465,7 +1484,7 @@ impl Supervisor {
                 };
                 slot.problem = Some((reason.into(), e.to_string()));
                 let now = Instant::now();
-                slot.pull_failed_at = Some(now);
+                slot.failed_at = Some(now);
                 slot.restart_at = Some(now + slot.pull_backoff);
                 slot.pull_backoff = (slot.pull_backoff * 2).min(self.backoff.image_pull_max);
             }
@@ -1702,27 +1721,33 @@ fn deletion_grace_period(pod: &Instance) -> Duration {
     }
 }
 
-/// Turns `ErrImagePull` into `ImagePullBackOff` half way to the next pull
-/// (`retry_at`), as the kubelet's next sync of the pod would: the error is
-/// seen first, then the wait.
-fn show_pull_backoff(slot: &mut Slot, retry_at: Instant) {
-    let Some(failed_at) = slot.pull_failed_at else {
+/// Half way to the retry (`retry_at`) shows the wait instead of the error,
+/// as the kubelet's next sync of the pod would: `ErrImagePull` turns into
+/// `ImagePullBackOff`, `PostStartHookError` into `CrashLoopBackOff` (a
+/// report's reason for a container waiting to restart without a problem).
+fn show_backoff(slot: &mut Slot, retry_at: Instant) {
+    let Some(failed_at) = slot.failed_at else {
         return;
     };
     let Some((reason, message)) = &mut slot.problem else {
         return;
     };
-    if reason.as_str() != ERR_IMAGE_PULL || Instant::now() < failed_at + (retry_at - failed_at) / 2
-    {
+    if Instant::now() < failed_at + (retry_at - failed_at) / 2 {
         return;
     }
-    let image = slot
-        .spec
-        .as_ref()
-        .and_then(|spec| spec.image.as_deref())
-        .unwrap_or_default();
-    *reason = IMAGE_PULL_BACK_OFF.into();
-    *message = format!("Back-off pulling image {image:?}");
+    match reason.as_str() {
+        ERR_IMAGE_PULL => {
+            let image = slot
+                .spec
+                .as_ref()
+                .and_then(|spec| spec.image.as_deref())
+                .unwrap_or_default();
+            *reason = IMAGE_PULL_BACK_OFF.into();
+            *message = format!("Back-off pulling image {image:?}");
+        }
+        POST_START_HOOK_ERROR => slot.problem = None,
+        _ => {}
+    }
 }
 
 fn grace_period(pod: &Instance) -> Duration {

@@ -60,10 +60,14 @@ pub(crate) struct Agents {
 /// nothing: every agent repeats all its instances every few seconds, and
 /// decoding each of them was most of the control plane's work at rest.
 #[derive(Default)]
-pub(crate) struct ReportMemo(std::sync::Mutex<HashMap<String, HashMap<String, (u64, i64)>>>);
+pub(crate) struct ReportMemo(std::sync::Mutex<Memos>);
+
+/// By node, by instance uid: the digest of its last applied report and the
+/// revision it was applied to.
+type Memos = HashMap<String, HashMap<String, (u64, i64)>>;
 
 impl ReportMemo {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, HashMap<String, (u64, i64)>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Memos> {
         self.0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

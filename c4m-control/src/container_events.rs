@@ -249,6 +249,13 @@ fn list_events(
                         ),
                     );
                 }
+                // Its postStart hook failed: the agent killed it (the
+                // hook's own Event, FailedPostStartHook, it reports apart).
+                "PostStartHookError" => push(
+                    EventType::Normal,
+                    "Killing",
+                    "FailedPostStartHook".to_string(),
+                ),
                 "CreateContainerError" | "CreateContainerConfigError" => {
                     push(EventType::Warning, "Failed", format!("Error: {message}"))
                 }
@@ -455,6 +462,23 @@ mod tests {
         assert_eq!(seen.record(&events, &pod, &report(&["a"])), 1);
         assert_eq!(seen.record(&events, &pod, &report(&["a"])), 0);
         assert_eq!(seen.record(&events, &pod, &report(&["a", "b"])), 1);
+    }
+
+    /// A container killed because its postStart hook failed: Killing, as
+    /// the kubelet words it.
+    #[test]
+    fn a_failed_post_start_hook_kills() {
+        let running = pod(
+            json!({"name": "main", "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}}}),
+        );
+        let killed = pod(
+            json!({"name": "main", "state": {"waiting": {"reason": "PostStartHookError", "message": "Exec lifecycle hook ([false]) ..."}}}),
+        );
+        let events = container_events(&running, &killed);
+        assert_eq!(
+            reasons(&events),
+            [("Killing", "FailedPostStartHook".to_string())]
+        );
     }
 
     #[test]

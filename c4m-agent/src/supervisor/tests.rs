@@ -527,6 +527,12 @@ fn container<'a>(
     statuses.first()?.containers.iter().find(|c| c.name == name)
 }
 
+/// Why container `name` of the first instance waits, if it does.
+fn waiting_reason<'a>(statuses: &'a [InstanceStatus], name: &str) -> Option<&'a str> {
+    let waiting = container(statuses, name)?.waiting.as_ref()?;
+    Some(waiting.reason.as_str())
+}
+
 fn running(statuses: &[InstanceStatus], name: &str) -> bool {
     container(statuses, name).is_some_and(|c| c.running.is_some())
 }
@@ -833,11 +839,7 @@ async fn a_failing_startup_probe_kills_and_restarts_the_container() {
     let started = Instant::now();
     // Killed, it waits out its backoff showing why.
     let statuses = harness
-        .wait_for(|s| {
-            container(s, "main")
-                .and_then(|c| c.waiting.as_ref())
-                .is_some_and(|w| w.reason == "Unhealthy")
-        })
+        .wait_for(|s| waiting_reason(s, "main") == Some("Unhealthy"))
         .await;
     assert!(
         started.elapsed() >= Duration::from_millis(900),
@@ -1026,7 +1028,8 @@ async fn post_start_holds_the_container_and_the_next_one_until_it_returns() {
 }
 
 /// A failing postStart hook kills the container (Event FailedPostStartHook,
-/// waiting PostStartHookError) and the restart policy applies.
+/// waiting PostStartHookError, then CrashLoopBackOff) and the restart
+/// policy applies.
 #[tokio::test]
 async fn a_failing_post_start_kills_the_container_which_restarts_as_its_policy_says() {
     let Hooked {
@@ -1040,11 +1043,7 @@ async fn a_failing_post_start_kills_the_container_which_restarts_as_its_policy_s
         &[],
     );
     let statuses = harness
-        .wait_for(|s| {
-            container(s, "main")
-                .and_then(|c| c.waiting.as_ref())
-                .is_some_and(|w| w.reason == "PostStartHookError")
-        })
+        .wait_for(|s| waiting_reason(s, "main") == Some("PostStartHookError"))
         .await;
     let main = container(&statuses, "main").unwrap();
     let message = &main.waiting.as_ref().unwrap().message;
@@ -1065,6 +1064,10 @@ async fn a_failing_post_start_kills_the_container_which_restarts_as_its_policy_s
         })
         .await;
     assert!(runtime.starts(&id) >= 2);
+    // The error first, then (half way to the restart) the back-off.
+    harness
+        .wait_for(|s| waiting_reason(s, "main") == Some("CrashLoopBackOff"))
+        .await;
     harness.stop().await;
 }
 
@@ -1283,5 +1286,41 @@ async fn a_restarted_container_keeps_its_previous_runs_log() {
         .wait_for(|s| restarts(s) == 1 && s[0].phase == "Running")
         .await;
     assert_eq!(std::fs::read_to_string(&kept).unwrap(), "first run\n");
+    harness.stop().await;
+}
+
+/// Two sidecars stop after the app, the last started first, the other
+/// only once it has stopped (here after its preStop hook had its grace).
+#[tokio::test]
+async fn sidecars_stop_one_after_the_other_last_started_first() {
+    let runtime = FakeRuntime::new();
+    let prober = FakeProber::new();
+    prober.hang_command("flush");
+    let mut harness = Harness::start_probing(&runtime, &prober);
+    let mut job = pod_of(
+        "job-two",
+        "Never",
+        &["log-sidecar", "proxy-sidecar"],
+        &["work"],
+    );
+    let spec = job.spec.as_mut().unwrap();
+    spec.termination_grace_period_seconds = Some(1);
+    spec.init_containers.as_mut().unwrap()[1].lifecycle = Some(
+        serde_json::from_value(serde_json::json!({"preStop": {"exec": {"command": ["flush"]}}}))
+            .unwrap(),
+    );
+    let (log, proxy) = (id_of(&job, "log-sidecar"), id_of(&job, "proxy-sidecar"));
+    harness.assign(std::slice::from_ref(&job));
+    harness.wait_for(|s| running(s, "work")).await;
+    runtime.exit(&id_of(&job, "work"), 0);
+    harness.wait_for(|s| s[0].phase == "Succeeded").await;
+    let stops = runtime.stops();
+    let order: Vec<&str> = stops.iter().map(|(id, _, _)| id.as_str()).collect();
+    assert_eq!(order, [proxy.as_str(), log.as_str()]);
+    let flushed = prober.execs()[0].at;
+    assert!(
+        stops[1].2.duration_since(flushed).unwrap() >= Duration::from_secs(1),
+        "the log sidecar waited for the proxy's stop: {stops:?}"
+    );
     harness.stop().await;
 }
