@@ -89,6 +89,20 @@ impl Harness {
             .await
     }
 
+    /// Assigns `pod` and insists it waits with CreateContainerConfigError,
+    /// its message starting with `refusal`, none of its containers started.
+    async fn assert_refused(&mut self, runtime: &FakeRuntime, pod: &Instance, refusal: &str) {
+        self.assign(std::slice::from_ref(pod));
+        let refused = self
+            .wait_for(|s| {
+                s.first()
+                    .is_some_and(|s| s.reason == "CreateContainerConfigError")
+            })
+            .await;
+        assert!(refused[0].message.starts_with(refusal), "{refused:?}");
+        assert_eq!(runtime.starts(&container_id(pod)), 0);
+    }
+
     async fn stop(self) {
         self.shutdown.cancel();
         self.running.await.expect("the supervisor does not panic");
@@ -250,20 +264,8 @@ async fn fields_the_nodes_default_driver_cannot_honour_are_refused_by_name() {
         },
     }))
     .unwrap();
-    harness.assign(std::slice::from_ref(&web));
-    let refused = harness
-        .wait_for(|s| {
-            s.first()
-                .is_some_and(|s| s.reason == "CreateContainerConfigError")
-        })
-        .await;
-    assert!(
-        refused[0]
-            .message
-            .starts_with("spec.hostAliases: the process driver cannot honour it"),
-        "{refused:?}"
-    );
-    assert_eq!(runtime.starts(&container_id(&web)), 0);
+    let refusal = "spec.hostAliases: the process driver cannot honour it";
+    harness.assert_refused(&runtime, &web, refusal).await;
     // Without the field it runs.
     web.spec.as_mut().unwrap().host_aliases = None;
     web.metadata.uid = Some("uid-web-2".into());
@@ -286,20 +288,8 @@ async fn share_process_namespace_needs_a_holder() {
         },
     }))
     .unwrap();
-    harness.assign(std::slice::from_ref(&web));
-    let refused = harness
-        .wait_for(|s| {
-            s.first()
-                .is_some_and(|s| s.reason == "CreateContainerConfigError")
-        })
-        .await;
-    assert!(
-        refused[0]
-            .message
-            .starts_with("spec.shareProcessNamespace: this agent starts no pod namespace holder"),
-        "{refused:?}"
-    );
-    assert_eq!(runtime.starts(&container_id(&web)), 0);
+    let refusal = "spec.shareProcessNamespace: this agent starts no pod namespace holder";
+    harness.assert_refused(&runtime, &web, refusal).await;
     harness.stop().await;
 }
 
