@@ -574,6 +574,10 @@ async fn resource_request(
                 Part::Main => validate_update(kind, &value)?,
                 Part::Status => Vec::new(),
             };
+            if part == Part::Main && kind.kind == "Pod" {
+                let current = state.objects.get(kind, &namespace, name).await?;
+                crate::ephemeral::unchanged(kind, &current, &value)?;
+            }
             let replaced = state
                 .objects
                 .replace(kind, &namespace, name, value, part)
@@ -612,6 +616,9 @@ async fn resource_request(
                 .objects
                 .modify(kind, &namespace, name, part, |current| {
                     let patched = patch::apply(patch_type, current, &body)?;
+                    if part == Part::Main && kind.kind == "Pod" {
+                        crate::ephemeral::unchanged(kind, current, &patched)?;
+                    }
                     if part == Part::Main {
                         *warnings.lock().unwrap_or_else(PoisonError::into_inner) =
                             validate_update(kind, &patched)?;
@@ -835,6 +842,13 @@ fn validate_update(kind: &ResourceKind, value: &Value) -> Result<Vec<String>> {
     let mut value = value.clone();
     if let Some(object) = value.as_object_mut() {
         object.remove("status");
+    }
+    // A pod's ephemeral containers were judged when added (and may not
+    // change here: `ephemeral::unchanged`).
+    if kind.kind == "Pod"
+        && let Some(spec) = value.get_mut("spec").and_then(Value::as_object_mut)
+    {
+        spec.remove("ephemeralContainers");
     }
     validate(kind, &value)
 }

@@ -801,6 +801,11 @@ spec:
     assert_eq!(pod["status"]["phase"], "Running", "{pod:#}");
     let described = kubectl.ok(&["describe", "pod", "target"]);
     assert!(described.contains("Ephemeral Containers:"), "{described}");
+    // The pod itself still takes updates, which keep its ephemeral
+    // containers.
+    kubectl.ok(&["label", "pod", "target", "debugged=yes"]);
+    let pod = kubectl.json(&["get", "pod", "target"]);
+    assert_eq!(pod["spec"]["ephemeralContainers"][0]["name"], name.as_str());
     // Interactive: kubectl waits for it to run and attaches (attach is
     // oci's alone); a terminal is refused, naming the field.
     if driver == "oci" {
