@@ -117,6 +117,18 @@ fn pod(name: &str) -> Instance {
     .unwrap()
 }
 
+/// Pod `web` of one container, `main`, with the spec fields of `extra`.
+fn web_with(extra: serde_json::Value) -> Instance {
+    let mut pod = serde_json::json!({
+        "metadata": {"name": "web", "namespace": "default", "uid": "uid-web"},
+        "spec": {"containers": [{"name": "main", "command": ["serve"]}]},
+    });
+    if let (Some(spec), Some(extra)) = (pod["spec"].as_object_mut(), extra.as_object()) {
+        spec.extend(extra.clone());
+    }
+    serde_json::from_value(pod).unwrap()
+}
+
 fn restarts(statuses: &[InstanceStatus]) -> i32 {
     statuses.first().map_or(0, |s| s.restart_count)
 }
@@ -256,14 +268,8 @@ async fn a_missing_image_that_may_not_be_pulled_shows_err_image_never_pull() {
 async fn fields_the_nodes_default_driver_cannot_honour_are_refused_by_name() {
     let runtime = FakeRuntime::new().named("process");
     let mut harness = Harness::start(&runtime);
-    let mut web: Instance = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "web", "namespace": "default", "uid": "uid-web"},
-        "spec": {
-            "hostAliases": [{"ip": "10.0.0.1", "hostnames": ["db"]}],
-            "containers": [{"name": "main", "command": ["serve"]}],
-        },
-    }))
-    .unwrap();
+    let mut web =
+        web_with(serde_json::json!({"hostAliases": [{"ip": "10.0.0.1", "hostnames": ["db"]}]}));
     let refusal = "spec.hostAliases: the process driver cannot honour it";
     harness.assert_refused(&runtime, &web, refusal).await;
     // Without the field it runs.
@@ -280,14 +286,7 @@ async fn fields_the_nodes_default_driver_cannot_honour_are_refused_by_name() {
 async fn share_process_namespace_needs_a_holder() {
     let runtime = FakeRuntime::new().named("oci").taking_network_namespace();
     let mut harness = Harness::start(&runtime);
-    let web: Instance = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "web", "namespace": "default", "uid": "uid-web"},
-        "spec": {
-            "shareProcessNamespace": true,
-            "containers": [{"name": "main", "command": ["serve"]}],
-        },
-    }))
-    .unwrap();
+    let web = web_with(serde_json::json!({"shareProcessNamespace": true}));
     let refusal = "spec.shareProcessNamespace: this agent starts no pod namespace holder";
     harness.assert_refused(&runtime, &web, refusal).await;
     harness.stop().await;
