@@ -822,6 +822,10 @@ spec:
     assert_eq!(pod["status"]["phase"], "Running", "{pod:#}");
     let described = kubectl.ok(&["describe", "pod", "target"]);
     assert!(described.contains("Ephemeral Containers:"), "{described}");
+    assert!(
+        described.contains(&format!("Started container {name}")),
+        "{described}"
+    );
     // The pod itself still takes updates, which keep its ephemeral
     // containers.
     kubectl.ok(&["label", "pod", "target", "debugged=yes"]);
