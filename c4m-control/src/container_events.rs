@@ -247,6 +247,14 @@ mod tests {
         );
     }
 
+    /// Each Event's container, where its spec is, and its reason.
+    fn placed(events: &[ContainerEvent]) -> Vec<(&str, &str, &str)> {
+        events
+            .iter()
+            .map(|e| (e.list, e.container.as_str(), e.reason))
+            .collect()
+    }
+
     /// Init containers' Events name them under `spec.initContainers`.
     #[test]
     fn init_containers_have_their_own_field_path() {
@@ -258,12 +266,8 @@ mod tests {
             "containerStatuses": [{"name": "app", "state": {"waiting": {"reason": "PodInitializing"}}}],
         }});
         let events = container_events(&pending, &running);
-        let seen: Vec<(&str, &str, &str)> = events
-            .iter()
-            .map(|e| (e.list, e.container.as_str(), e.reason))
-            .collect();
         assert_eq!(
-            seen,
+            placed(&events),
             [
                 ("spec.initContainers", "setup", "Created"),
                 ("spec.initContainers", "setup", "Started"),
@@ -282,12 +286,8 @@ mod tests {
         after["status"]["ephemeralContainerStatuses"] = json!([{"name": "debugger-x",
             "state": {"running": {"startedAt": "2026-01-01T00:00:05Z"}}}]);
         let events = container_events(&before, &after);
-        let seen: Vec<(&str, &str, &str)> = events
-            .iter()
-            .map(|e| (e.list, e.container.as_str(), e.reason))
-            .collect();
         assert_eq!(
-            seen,
+            placed(&events),
             [
                 ("spec.ephemeralContainers", "debugger-x", "Created"),
                 ("spec.ephemeralContainers", "debugger-x", "Started"),
