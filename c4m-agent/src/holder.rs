@@ -3,7 +3,9 @@
 //! The containers of a pod share an IPC namespace, and with
 //! `shareProcessNamespace: true` a PID namespace, whatever each of them
 //! does: an init container ends, a container restarts, and the namespaces
-//! stay. A holder keeps them: the agent's own binary started again as
+//! stay. Its `/dev/shm` likewise: a tmpfs the agent mounts at
+//! `<pods dir>/<id>.shm` with the holder and unmounts with it, which every
+//! container binds. A holder keeps them: the agent's own binary started again as
 //! [`HOLDER_NAME`] (see [`run_pod_holder_if_asked`]). Its first stage
 //! unshares a new PID and IPC namespace and starts the second, which is
 //! PID 1 there and only reaps orphans until it is killed; the first stage
@@ -34,6 +36,8 @@ pub const HOLDER_NAME: &str = "c4m-pod-holder";
 const START: &str = "start";
 /// The second stage: PID 1 of the pod's namespaces.
 const HOLD: &str = "hold";
+/// The size of a pod's `/dev/shm`, as the CRI runtimes make it.
+const SHM_SIZE: &str = "64m";
 
 /// Runs this process as a pod's namespace holder, and never returns, when
 /// it was started as one (`argv[0]` is [`HOLDER_NAME`]); returns at once
@@ -127,22 +131,41 @@ pub(crate) enum HolderError {
     /// It ran but did not start the holder.
     #[error("the pod's namespace holder did not start: {0}")]
     Failed(String),
+    /// The pod's `/dev/shm` could not be made.
+    #[error("mounting the pod's /dev/shm at {dir}: {source}")]
+    Shm {
+        /// Where.
+        dir: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
-/// A pod's holder, by its pid on the node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Whether `dir` is a mount point: on another device than its parent.
+fn is_mount_point(dir: &std::path::Path) -> std::io::Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let parent = dir.parent().unwrap_or(dir);
+    Ok(std::fs::metadata(dir)?.dev() != std::fs::metadata(parent)?.dev())
+}
+
+/// A pod's holder, by its pid on the node, and its `/dev/shm`.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct PodNamespaces {
     pid: i32,
+    /// The pod's shared memory (POSIX), which each container binds at its
+    /// `/dev/shm`.
+    pub(crate) shm: PathBuf,
 }
 
 impl PodNamespaces {
     /// The IPC namespace every container of the pod joins.
-    pub(crate) fn ipc(self) -> PathBuf {
+    pub(crate) fn ipc(&self) -> PathBuf {
         PathBuf::from(format!("/proc/{}/ns/ipc", self.pid))
     }
 
     /// The PID namespace its containers join with `shareProcessNamespace`.
-    pub(crate) fn pid(self) -> PathBuf {
+    pub(crate) fn pid(&self) -> PathBuf {
         PathBuf::from(format!("/proc/{}/ns/pid", self.pid))
     }
 }
@@ -171,8 +194,21 @@ impl PodHolders {
     }
 
     /// Finds the holders an earlier run of this agent started (by their
-    /// command line in `/proc`), keeps them, and returns their pods' ids.
+    /// command line in `/proc`), keeps them, and returns their pods' ids,
+    /// with those of any `/dev/shm` left without a holder.
     pub(crate) fn find_running(&self) -> HashSet<String> {
+        let mut found: HashSet<String> = std::fs::read_dir(&self.dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| Some(e.file_name().to_str()?.strip_suffix(".shm")?.to_string()))
+            .collect();
+        found.extend(self.find_holders());
+        found
+    }
+
+    /// The holders of [`PodHolders::find_running`], by their command line.
+    fn find_holders(&self) -> HashSet<String> {
         let Ok(entries) = std::fs::read_dir("/proc") else {
             return HashSet::new();
         };
@@ -196,11 +232,52 @@ impl PodHolders {
         (dir == self.dir).then_some(id)
     }
 
-    /// The holder of pod `id`, started if it has none (or it died).
+    /// Where pod `id`'s `/dev/shm` is mounted.
+    fn shm_of(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.shm"))
+    }
+
+    /// Mounts pod `id`'s `/dev/shm` unless it is.
+    fn mount_shm(&self, id: &str) -> Result<PathBuf, HolderError> {
+        use nix::mount::{MsFlags, mount};
+        let dir = self.shm_of(id);
+        let io = |source| HolderError::Shm {
+            dir: dir.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&dir).map_err(io)?;
+        if !is_mount_point(&dir).map_err(io)? {
+            mount(
+                Some("shm"),
+                &dir,
+                Some("tmpfs"),
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                Some(format!("mode=1777,size={SHM_SIZE}").as_str()),
+            )
+            .map_err(|e| io(e.into()))?;
+        }
+        Ok(dir)
+    }
+
+    /// Unmounts pod `id`'s `/dev/shm` if it is mounted, and removes it.
+    fn unmount_shm(&self, id: &str) {
+        let dir = self.shm_of(id);
+        if is_mount_point(&dir).unwrap_or(false)
+            && let Err(e) = nix::mount::umount2(&dir, nix::mount::MntFlags::MNT_DETACH)
+        {
+            tracing::warn!(pod = %id, error = %e, "cannot unmount the pod's /dev/shm");
+            return;
+        }
+        let _ = std::fs::remove_dir(&dir);
+    }
+
+    /// The holder of pod `id`, started if it has none (or it died), and
+    /// its `/dev/shm`, mounted if it is not.
     pub(crate) async fn ensure(&self, id: &str) -> Result<PodNamespaces, HolderError> {
+        let shm = self.mount_shm(id)?;
         let known = self.pids().get(id).copied();
         if let Some(pid) = known.filter(|pid| self.pod_of(*pid).as_deref() == Some(id)) {
-            return Ok(PodNamespaces { pid });
+            return Ok(PodNamespaces { pid, shm });
         }
         let output = tokio::process::Command::new(&self.program)
             .arg0(HOLDER_NAME)
@@ -228,12 +305,14 @@ impl PodHolders {
         };
         tracing::info!(pod = %id, pid, "started the pod's namespace holder");
         self.pids().insert(id.to_string(), pid);
-        Ok(PodNamespaces { pid })
+        Ok(PodNamespaces { pid, shm })
     }
 
     /// Kills pod `id`'s holder (its namespaces go with the last process in
-    /// them) and forgets it. Call it once the pod's containers are gone.
+    /// them), unmounts its `/dev/shm` and forgets it. Call it once the
+    /// pod's containers are gone.
     pub(crate) fn remove(&self, id: &str) {
+        self.unmount_shm(id);
         let Some(pid) = self.pids().remove(id) else {
             return;
         };
@@ -288,8 +367,21 @@ mod tests {
     }
 
     #[test]
+    fn a_directory_on_its_parents_device_is_no_mount_point() {
+        let dir = tempfile::tempdir().unwrap();
+        let inner = dir.path().join("x.shm");
+        std::fs::create_dir(&inner).unwrap();
+        assert!(!is_mount_point(&inner).unwrap());
+        assert!(is_mount_point(std::path::Path::new("/proc")).unwrap());
+        assert!(is_mount_point(&dir.path().join("missing")).is_err());
+    }
+
+    #[test]
     fn namespaces_are_the_holders() {
-        let ns = PodNamespaces { pid: 42 };
+        let ns = PodNamespaces {
+            pid: 42,
+            shm: PathBuf::from("/d/p.shm"),
+        };
         assert_eq!(ns.ipc(), PathBuf::from("/proc/42/ns/ipc"));
         assert_eq!(ns.pid(), PathBuf::from("/proc/42/ns/pid"));
     }

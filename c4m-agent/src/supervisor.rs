@@ -1406,6 +1406,7 @@ impl Supervisor {
                 match holders.ensure(pod_id).await {
                     Ok(namespaces) => {
                         spec.ipc_namespace = Some(namespaces.ipc());
+                        spec.shm = Some(namespaces.shm.clone());
                         let pod_spec = instance.pod.spec.as_ref();
                         if pod_spec.and_then(|s| s.share_process_namespace) == Some(true) {
                             spec.pid_namespace = Some(namespaces.pid());

@@ -574,6 +574,10 @@ async fn resource_request(
                 Part::Main => validate_update(kind, &value)?,
                 Part::Status => Vec::new(),
             };
+            if part == Part::Main && kind.kind == "Pod" {
+                let current = state.objects.get(kind, &namespace, name).await?;
+                crate::ephemeral::unchanged(kind, &current, &value)?;
+            }
             let replaced = state
                 .objects
                 .replace(kind, &namespace, name, value, part)
@@ -612,6 +616,9 @@ async fn resource_request(
                 .objects
                 .modify(kind, &namespace, name, part, |current| {
                     let patched = patch::apply(patch_type, current, &body)?;
+                    if part == Part::Main && kind.kind == "Pod" {
+                        crate::ephemeral::unchanged(kind, current, &patched)?;
+                    }
                     if part == Part::Main {
                         *warnings.lock().unwrap_or_else(PoisonError::into_inner) =
                             validate_update(kind, &patched)?;
@@ -628,17 +635,11 @@ async fn resource_request(
             })
         }
         (&Method::PUT | &Method::PATCH, Some(name), Some("ephemeralcontainers")) => {
-            let patch_type = match method {
-                Method::PATCH => Some(patch::PatchType::from_content_type(content_type(&headers))?),
-                _ => None,
-            };
+            let patch_type = patch_type_of(&method, &headers)?;
             let updated = state
                 .objects
                 .modify(kind, &namespace, name, Part::Main, |current| {
-                    let requested = match patch_type {
-                        Some(patch_type) => patch::apply(patch_type, current, &body)?,
-                        None => parse_body()?,
-                    };
+                    let requested = sent(patch_type, current, &body, parse_body)?;
                     crate::ephemeral::with_ephemeral_containers(kind, current, &requested)
                 })
                 .await?;
@@ -649,17 +650,11 @@ async fn resource_request(
             Ok(axum::Json(scale_of(&object)).into_response())
         }
         (&Method::PUT | &Method::PATCH, Some(name), Some("scale")) => {
-            let patch_type = match method {
-                Method::PATCH => Some(patch::PatchType::from_content_type(content_type(&headers))?),
-                _ => None,
-            };
+            let patch_type = patch_type_of(&method, &headers)?;
             let scaled = state
                 .objects
                 .modify(kind, &namespace, name, Part::Main, |current| {
-                    let scale = match patch_type {
-                        Some(patch_type) => patch::apply(patch_type, &scale_of(current), &body)?,
-                        None => parse_body()?,
-                    };
+                    let scale = sent(patch_type, &scale_of(current), &body, parse_body)?;
                     with_replicas(kind, current, &scale)
                 })
                 .await?;
@@ -685,6 +680,31 @@ async fn resource_request(
             "{method} is not supported on {}",
             uri.path()
         ))),
+    }
+}
+
+/// The patch type of a PATCH of a subresource; `None` for a PUT.
+fn patch_type_of(method: &Method, headers: &HeaderMap) -> Result<Option<patch::PatchType>> {
+    match *method {
+        Method::PATCH => Ok(Some(patch::PatchType::from_content_type(content_type(
+            headers,
+        ))?)),
+        _ => Ok(None),
+    }
+}
+
+/// The subresource a PUT or PATCH asks for: the body as it is (read by
+/// `parse_body`), or the patch applied to the subresource as it is
+/// (`current`).
+fn sent(
+    patch_type: Option<patch::PatchType>,
+    current: &Value,
+    body: &[u8],
+    parse_body: impl Fn() -> Result<Value>,
+) -> Result<Value> {
+    match patch_type {
+        Some(patch_type) => patch::apply(patch_type, current, body),
+        None => parse_body(),
     }
 }
 
@@ -822,6 +842,13 @@ fn validate_update(kind: &ResourceKind, value: &Value) -> Result<Vec<String>> {
     let mut value = value.clone();
     if let Some(object) = value.as_object_mut() {
         object.remove("status");
+    }
+    // A pod's ephemeral containers were judged when added (and may not
+    // change here: `ephemeral::unchanged`).
+    if kind.kind == "Pod"
+        && let Some(spec) = value.get_mut("spec").and_then(Value::as_object_mut)
+    {
+        spec.remove("ephemeralContainers");
     }
     validate(kind, &value)
 }

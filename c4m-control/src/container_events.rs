@@ -27,7 +27,8 @@ const REMEMBERED: usize = 4096;
 pub(crate) struct ContainerEvent {
     /// The container's name (the Event's `spec.containers{name}`).
     pub(crate) container: String,
-    /// Where its spec is: `spec.containers` or `spec.initContainers`.
+    /// Where its spec is: `spec.containers`, `spec.initContainers` or
+    /// `spec.ephemeralContainers`.
     pub(crate) list: &'static str,
     pub(crate) event_type: EventType,
     pub(crate) reason: &'static str,
@@ -126,6 +127,7 @@ pub(crate) fn container_events(before: &Value, after: &Value) -> Vec<ContainerEv
     for (field, list) in [
         ("initContainerStatuses", "spec.initContainers"),
         ("containerStatuses", "spec.containers"),
+        ("ephemeralContainerStatuses", "spec.ephemeralContainers"),
     ] {
         list_events(before, after, field, list, &mut out);
     }
@@ -323,6 +325,14 @@ mod tests {
         );
     }
 
+    /// Each Event's container, where its spec is, and its reason.
+    fn placed(events: &[ContainerEvent]) -> Vec<(&str, &str, &str)> {
+        events
+            .iter()
+            .map(|e| (e.list, e.container.as_str(), e.reason))
+            .collect()
+    }
+
     /// Init containers' Events name them under `spec.initContainers`.
     #[test]
     fn init_containers_have_their_own_field_path() {
@@ -334,15 +344,31 @@ mod tests {
             "containerStatuses": [{"name": "app", "state": {"waiting": {"reason": "PodInitializing"}}}],
         }});
         let events = container_events(&pending, &running);
-        let seen: Vec<(&str, &str, &str)> = events
-            .iter()
-            .map(|e| (e.list, e.container.as_str(), e.reason))
-            .collect();
         assert_eq!(
-            seen,
+            placed(&events),
             [
                 ("spec.initContainers", "setup", "Created"),
                 ("spec.initContainers", "setup", "Started"),
+            ]
+        );
+    }
+
+    /// So do ephemeral containers' (`kubectl debug`), under
+    /// `spec.ephemeralContainers`.
+    #[test]
+    fn ephemeral_containers_have_their_own_field_path() {
+        let before = json!({"metadata": {"name": "web"}, "status": {
+            "containerStatuses": [{"name": "app", "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}}}],
+        }});
+        let mut after = before.clone();
+        after["status"]["ephemeralContainerStatuses"] = json!([{"name": "debugger-x",
+            "state": {"running": {"startedAt": "2026-01-01T00:00:05Z"}}}]);
+        let events = container_events(&before, &after);
+        assert_eq!(
+            placed(&events),
+            [
+                ("spec.ephemeralContainers", "debugger-x", "Created"),
+                ("spec.ephemeralContainers", "debugger-x", "Started"),
             ]
         );
     }

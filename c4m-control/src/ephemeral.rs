@@ -27,6 +27,26 @@ const FORBIDDEN: [&str; 8] = [
     "restartPolicy",
 ];
 
+/// Refuses an update of the pod itself (not of this subresource) that
+/// changes its ephemeral containers, as Kubernetes does.
+pub(crate) fn unchanged(kind: &ResourceKind, current: &Value, updated: &Value) -> Result<()> {
+    let list = |pod: &Value| match pod["spec"].get("ephemeralContainers") {
+        None | Some(Value::Null) => Value::Array(Vec::new()),
+        Some(list) => list.clone(),
+    };
+    if list(current) == list(updated) {
+        return Ok(());
+    }
+    let name = current["metadata"]["name"].as_str().unwrap_or_default();
+    Err(invalid_field(
+        kind,
+        name,
+        "spec.ephemeralContainers",
+        "Forbidden: may only be changed through the pod's ephemeralcontainers subresource",
+        None,
+    ))
+}
+
 /// The pod `current` with the ephemeral containers of `requested` (the
 /// pod as the client wants it), or why they are refused.
 pub(crate) fn with_ephemeral_containers(
@@ -196,6 +216,24 @@ mod tests {
         assert_eq!(
             pod["spec"]["ephemeralContainers"][1]["name"],
             "debugger-def"
+        );
+    }
+
+    #[test]
+    fn an_update_of_the_pod_keeps_its_ephemeral_containers() {
+        let debugger = json!({"name": "debugger-abc", "image": "bb:1"});
+        let current = adding(&pod(), json!([debugger])).unwrap();
+        let mut relabelled = current.clone();
+        relabelled["metadata"]["labels"] = json!({"a": "b"});
+        assert!(unchanged(pods(), &current, &relabelled).is_ok());
+        assert!(unchanged(pods(), &pod(), &pod()).is_ok());
+        let mut added = current.clone();
+        let list = added["spec"]["ephemeralContainers"].as_array_mut().unwrap();
+        list.push(json!({"name": "more", "image": "bb:1"}));
+        let refused = unchanged(pods(), &current, &added).unwrap_err().to_string();
+        assert!(
+            refused.contains("spec.ephemeralContainers: Forbidden: may only be changed through"),
+            "{refused}"
         );
     }
 

@@ -1184,6 +1184,16 @@ fn check_pod_spec(spec: &PodSpec, path: &str) -> Result<(), FieldError> {
         spec.preemption_policy.as_deref(),
         &join(path, "preemptionPolicy"),
     )?;
+    if spec
+        .ephemeral_containers
+        .as_ref()
+        .is_some_and(|e| !e.is_empty())
+    {
+        return Err(field_error(
+            join(path, "ephemeralContainers"),
+            "Forbidden: cannot be set here: kubectl debug adds them to a running pod through its ephemeralcontainers subresource",
+        ));
+    }
     check_pod_dns_and_pulls(spec, path)?;
     check_restart_policy(spec.restart_policy.as_deref(), &join(path, "restartPolicy"))
 }
@@ -2846,6 +2856,16 @@ spec:
                 "initContainers: [{name: i, image: bb:1, tty: true}]",
                 "spec.initContainers[0].tty",
                 "is not supported",
+            ),
+            (
+                "ephemeralContainers: [{name: d, image: bb:1}]",
+                "spec.ephemeralContainers",
+                "Forbidden: cannot be set here: kubectl debug adds them",
+            ),
+            (
+                "runtimeClassName: process, shareProcessNamespace: true",
+                "spec.shareProcessNamespace",
+                "the process driver cannot honour it",
             ),
         ] {
             let (error_path, error) = validate_value(&pod(spec)).unwrap_err();

@@ -62,6 +62,11 @@ pub struct ContainerSpec {
     /// new one, where its own process is PID 1.
     #[serde(default)]
     pub pid_namespace: Option<PathBuf>,
+    /// A directory to bind at `/dev/shm` (the pod's, so that its containers
+    /// share POSIX shared memory as they share System V IPC); `None` gives
+    /// the container a tmpfs of its own there.
+    #[serde(default)]
+    pub shm: Option<PathBuf>,
     /// Run with every capability, no seccomp filter and unmasked `/proc`
     /// (the Pod's `securityContext.privileged`). Only when asked explicitly.
     #[serde(default)]

@@ -4,7 +4,7 @@
 //! [`ContainerSpec`] as Kubernetes merges them, and Docker's security
 //! defaults unless the spec asks for `privileged`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use oci_spec::image::Config as ImageConfig;
 use oci_spec::runtime::{
@@ -328,6 +328,23 @@ pub(super) fn runtime_spec(spec: &ContainerSpec, input: &BundleInput<'_>) -> Res
         .build()
         .map_err(fail)?;
     let mut mounts = get_default_mounts();
+    // The pod's shared memory instead of the container's own.
+    if let Some(shm) = &spec.shm {
+        mounts.retain(|m| m.destination() != Path::new("/dev/shm"));
+        mounts.push(
+            MountBuilder::default()
+                .destination("/dev/shm")
+                .typ("bind")
+                .source(shm.clone())
+                .options(
+                    ["rbind", "rw", "nosuid", "nodev", "noexec"]
+                        .map(String::from)
+                        .to_vec(),
+                )
+                .build()
+                .map_err(fail)?,
+        );
+    }
     // The files the agent writes for the pod, as the kubelet does: its DNS
     // (the VPC gateway, which relays to c4m's DNS), hosts and host name.
     let pod_files = [

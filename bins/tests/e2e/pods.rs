@@ -340,6 +340,18 @@ spec:
     assert_eq!(ipc("apart", "a"), ipc("apart", "b"));
     assert_ne!(ipc("together", "a"), ipc("apart", "a"));
     let together_ipc = ipc("together", "a");
+    // And one /dev/shm (POSIX shared memory), each pod its own.
+    for pod in ["together", "apart"] {
+        exec(
+            pod,
+            "a",
+            &["sh", "-c", &format!("echo from-{pod} > /dev/shm/note")],
+        );
+        assert_eq!(
+            exec(pod, "b", &["cat", "/dev/shm/note"]),
+            format!("from-{pod}\n")
+        );
+    }
 
     // The agent restarts and adopts the holder: b, killed from a, comes
     // back in the same namespaces.
@@ -375,10 +387,19 @@ spec:
             .count()
     };
     assert_eq!(holders(), 2, "one holder per pod");
+    let shm_mounts = || {
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        mounts
+            .lines()
+            .filter(|l| l.contains(&pods_dir) && l.contains(".shm "))
+            .count()
+    };
+    assert_eq!(shm_mounts(), 2, "one /dev/shm per pod");
     kubectl.ok(&["delete", "pod", "together", "apart"]);
     wait_for("the holders to stop", MINUTE, || {
         (holders() == 0).then_some(())
     });
+    assert_eq!(shm_mounts(), 0, "unmounted with their holders");
 }
 
 /// Runs the pod of an init container, a sidecar and an app on `driver` and
@@ -1044,6 +1065,15 @@ spec:
     assert_eq!(pod["status"]["phase"], "Running", "{pod:#}");
     let described = kubectl.ok(&["describe", "pod", "target"]);
     assert!(described.contains("Ephemeral Containers:"), "{described}");
+    assert!(
+        described.contains(&format!("Started container {name}")),
+        "{described}"
+    );
+    // The pod itself still takes updates, which keep its ephemeral
+    // containers.
+    kubectl.ok(&["label", "pod", "target", "debugged=yes"]);
+    let pod = kubectl.json(&["get", "pod", "target"]);
+    assert_eq!(pod["spec"]["ephemeralContainers"][0]["name"], name.as_str());
     // Interactive: kubectl waits for it to run and attaches (attach is
     // oci's alone); a terminal is refused, naming the field.
     if driver == "oci" {

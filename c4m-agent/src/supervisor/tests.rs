@@ -89,6 +89,20 @@ impl Harness {
             .await
     }
 
+    /// Assigns `pod` and insists it waits with CreateContainerConfigError,
+    /// its message starting with `refusal`, none of its containers started.
+    async fn assert_refused(&mut self, runtime: &FakeRuntime, pod: &Instance, refusal: &str) {
+        self.assign(std::slice::from_ref(pod));
+        let refused = self
+            .wait_for(|s| {
+                s.first()
+                    .is_some_and(|s| s.reason == "CreateContainerConfigError")
+            })
+            .await;
+        assert!(refused[0].message.starts_with(refusal), "{refused:?}");
+        assert_eq!(runtime.starts(&container_id(pod)), 0);
+    }
+
     async fn stop(self) {
         self.shutdown.cancel();
         self.running.await.expect("the supervisor does not panic");
@@ -101,6 +115,18 @@ fn pod(name: &str) -> Instance {
         "spec": {"containers": [{"name": "main", "command": ["serve"]}]},
     }))
     .unwrap()
+}
+
+/// Pod `web` of one container, `main`, with the spec fields of `extra`.
+fn web_with(extra: serde_json::Value) -> Instance {
+    let mut pod = serde_json::json!({
+        "metadata": {"name": "web", "namespace": "default", "uid": "uid-web"},
+        "spec": {"containers": [{"name": "main", "command": ["serve"]}]},
+    });
+    if let (Some(spec), Some(extra)) = (pod["spec"].as_object_mut(), extra.as_object()) {
+        spec.extend(extra.clone());
+    }
+    serde_json::from_value(pod).unwrap()
 }
 
 fn restarts(statuses: &[InstanceStatus]) -> i32 {
@@ -242,28 +268,10 @@ async fn a_missing_image_that_may_not_be_pulled_shows_err_image_never_pull() {
 async fn fields_the_nodes_default_driver_cannot_honour_are_refused_by_name() {
     let runtime = FakeRuntime::new().named("process");
     let mut harness = Harness::start(&runtime);
-    let mut web: Instance = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "web", "namespace": "default", "uid": "uid-web"},
-        "spec": {
-            "hostAliases": [{"ip": "10.0.0.1", "hostnames": ["db"]}],
-            "containers": [{"name": "main", "command": ["serve"]}],
-        },
-    }))
-    .unwrap();
-    harness.assign(std::slice::from_ref(&web));
-    let refused = harness
-        .wait_for(|s| {
-            s.first()
-                .is_some_and(|s| s.reason == "CreateContainerConfigError")
-        })
-        .await;
-    assert!(
-        refused[0]
-            .message
-            .starts_with("spec.hostAliases: the process driver cannot honour it"),
-        "{refused:?}"
-    );
-    assert_eq!(runtime.starts(&container_id(&web)), 0);
+    let mut web =
+        web_with(serde_json::json!({"hostAliases": [{"ip": "10.0.0.1", "hostnames": ["db"]}]}));
+    let refusal = "spec.hostAliases: the process driver cannot honour it";
+    harness.assert_refused(&runtime, &web, refusal).await;
     // Without the field it runs.
     web.spec.as_mut().unwrap().host_aliases = None;
     web.metadata.uid = Some("uid-web-2".into());
@@ -278,28 +286,9 @@ async fn fields_the_nodes_default_driver_cannot_honour_are_refused_by_name() {
 async fn share_process_namespace_needs_a_holder() {
     let runtime = FakeRuntime::new().named("oci").taking_network_namespace();
     let mut harness = Harness::start(&runtime);
-    let web: Instance = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "web", "namespace": "default", "uid": "uid-web"},
-        "spec": {
-            "shareProcessNamespace": true,
-            "containers": [{"name": "main", "command": ["serve"]}],
-        },
-    }))
-    .unwrap();
-    harness.assign(std::slice::from_ref(&web));
-    let refused = harness
-        .wait_for(|s| {
-            s.first()
-                .is_some_and(|s| s.reason == "CreateContainerConfigError")
-        })
-        .await;
-    assert!(
-        refused[0]
-            .message
-            .starts_with("spec.shareProcessNamespace: this agent starts no pod namespace holder"),
-        "{refused:?}"
-    );
-    assert_eq!(runtime.starts(&container_id(&web)), 0);
+    let web = web_with(serde_json::json!({"shareProcessNamespace": true}));
+    let refusal = "spec.shareProcessNamespace: this agent starts no pod namespace holder";
+    harness.assert_refused(&runtime, &web, refusal).await;
     harness.stop().await;
 }
 
