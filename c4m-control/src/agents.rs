@@ -100,15 +100,12 @@ impl ReportMemo {
 /// (it goes to the metrics, never to the store).
 fn report_digest(instance: &InstanceStatus) -> u64 {
     use prost::Message;
-    use std::hash::{DefaultHasher, Hash, Hasher};
     let bytes = InstanceStatus {
         usage: None,
         ..instance.clone()
     }
     .encode_to_vec();
-    let mut hasher = DefaultHasher::new();
-    bytes.hash(&mut hasher);
-    hasher.finish()
+    digest(std::slice::from_ref(&bytes))
 }
 
 fn internal(e: crate::Error) -> Status {
@@ -503,13 +500,13 @@ struct Resolved {
     instances: HashMap<String, (i64, Option<Vec<u8>>)>,
 }
 
-/// A digest of a node's assignments, to tell whether they changed since
-/// the last message (64-bit SipHash: two different lists colliding is
-/// as good as impossible).
-fn digest(instances: &[Vec<u8>]) -> u64 {
+/// A digest of encoded messages (a node's assignments, one report), to
+/// tell whether they changed since the last one (64-bit SipHash: two
+/// different lists colliding is as good as impossible).
+fn digest(messages: &[Vec<u8>]) -> u64 {
     use std::hash::{DefaultHasher, Hash, Hasher};
     let mut hasher = DefaultHasher::new();
-    instances.hash(&mut hasher);
+    messages.hash(&mut hasher);
     hasher.finish()
 }
 
