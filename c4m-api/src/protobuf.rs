@@ -326,6 +326,7 @@ fn from_message(message: &DynamicMessage) -> Value {
         FIELDS_V1 => raw_to_json(&bytes("Raw")),
         _ => {
             let mut object = Map::new();
+            let embedded = embedded_fields(&descriptor);
             for field in descriptor.fields() {
                 let value = message.get_field(&field);
                 let json = if field.is_map() {
@@ -365,7 +366,7 @@ fn from_message(message: &DynamicMessage) -> Value {
                     _ => {}
                 }
                 // An embedded struct's fields are its parent's in JSON.
-                if is_embedded(&field)
+                if embedded.contains(&field)
                     && let Value::Object(fields) = json
                 {
                     object.extend(fields);
@@ -400,12 +401,16 @@ const EMBEDDED: &[(&str, &str)] = &[
     ("DeviceClassConfiguration", "deviceConfiguration"),
 ];
 
-/// Whether `field` holds a struct Go embeds ([`EMBEDDED`]).
-fn is_embedded(field: &prost_reflect::FieldDescriptor) -> bool {
-    let message = field.parent_message();
+/// The fields of `message` that hold a struct Go embeds ([`EMBEDDED`]):
+/// none for all but a few messages, found by one name compare per entry
+/// rather than per field (every message of a list passes here).
+fn embedded_fields(message: &MessageDescriptor) -> Vec<prost_reflect::FieldDescriptor> {
+    let name = message.name();
     EMBEDDED
         .iter()
-        .any(|(parent, name)| field.name() == *name && message.name() == *parent)
+        .filter(|(parent, _)| *parent == name)
+        .filter_map(|(_, field)| message.get_field_by_name(field))
+        .collect()
 }
 
 /// Fields Kubernetes declares as pointers (`*int32`, `*bool`), where a zero

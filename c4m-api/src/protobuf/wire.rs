@@ -17,7 +17,7 @@ use serde_json::Value;
 
 use super::{
     DURATION, FIELDS_V1, INT_OR_STRING, MICRO_TIME, QUANTITY, RAW_EXTENSION, Result, TIME,
-    field_error, is_embedded, parse_go_duration,
+    embedded_fields, field_error, parse_go_duration,
 };
 
 /// One field's value, ready for the wire.
@@ -146,9 +146,8 @@ pub(super) fn write_message(
                 .collect();
             // An embedded struct takes its fields from this object's own.
             present.extend(
-                descriptor
-                    .fields()
-                    .filter(is_embedded)
+                embedded_fields(descriptor)
+                    .into_iter()
                     .map(|field| (field, None, json)),
             );
             present.sort_unstable_by_key(|(field, _, _)| field.number());
