@@ -176,7 +176,7 @@ async fn adopt_orphans(
     plural: &str,
     owner: &serde_json::Value,
 ) -> Option<i64> {
-    use crate::objects::{kind, name_of, namespace_of};
+    use crate::objects::{name_of, namespace_of};
     let (api_version, owner_kind) = match plural {
         "deployments" => ("apps/v1", "Deployment"),
         "daemonsets" => ("apps/v1", "DaemonSet"),
@@ -203,24 +203,7 @@ async fn adopt_orphans(
     });
     let mut written = None;
     for orphan in cache.uncontrolled_pods(namespace, |labels| selector.matches(labels)) {
-        let adopted = objects
-            .update_with(kind("pods"), namespace, name_of(&orphan), |pod| {
-                let deleting = !pod["metadata"]["deletionTimestamp"].is_null();
-                let references = &mut pod["metadata"]["ownerReferences"];
-                let controlled = references
-                    .as_array()
-                    .is_some_and(|refs| refs.iter().any(|r| r["controller"] == true));
-                if controlled || deleting {
-                    return false;
-                }
-                match references.as_array_mut() {
-                    Some(refs) => refs.push(reference.clone()),
-                    None => *references = serde_json::json!([reference.clone()]),
-                }
-                true
-            })
-            .await;
-        match adopted {
+        match adopt(objects, "pods", &orphan, &reference, |_| {}).await {
             Ok(revision) => written = latest(written, revision),
             Err(e) => tracing::warn!(
                 pod = %name_of(&orphan), owner = %name_of(owner), error = %e,
@@ -229,6 +212,40 @@ async fn adopt_orphans(
         }
     }
     written
+}
+
+/// Makes `reference` the controller of `object` (of kind `plural`), and
+/// applies `also` to it, unless another owner controls it or it is being
+/// deleted by the time it is written. Returns the write's revision.
+pub(crate) async fn adopt(
+    objects: &crate::objects::Objects,
+    plural: &str,
+    object: &serde_json::Value,
+    reference: &serde_json::Value,
+    mut also: impl FnMut(&mut serde_json::Value),
+) -> Result<Option<i64>> {
+    use crate::objects::{kind, name_of, namespace_of};
+    objects
+        .update_with(
+            kind(plural),
+            namespace_of(object),
+            name_of(object),
+            |current| {
+                if crate::pods::controller_uid(current).is_some()
+                    || crate::deletion::is_deleting(current)
+                {
+                    return false;
+                }
+                let references = &mut current["metadata"]["ownerReferences"];
+                match references.as_array_mut() {
+                    Some(refs) => refs.push(reference.clone()),
+                    None => *references = serde_json::json!([reference]),
+                }
+                also(current);
+                true
+            },
+        )
+        .await
 }
 
 /// Deletes an object a controller no longer wants; returns the deletion's

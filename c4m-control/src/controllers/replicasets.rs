@@ -231,26 +231,17 @@ pub(crate) async fn sync(
 /// revision. One another owner controls is left alone.
 async fn adopt(objects: &Objects, wanted: &Value) -> Result<Option<i64>> {
     let metadata = &wanted["metadata"];
-    let name = metadata["name"].as_str().unwrap_or_default();
-    objects
-        .update_with(
-            kind("replicasets"),
-            namespace_of(wanted),
-            name,
-            |replica_set| {
-                let controlled = replica_set["metadata"]["ownerReferences"]
-                    .as_array()
-                    .is_some_and(|refs| refs.iter().any(|r| r["controller"] == true));
-                if controlled || !replica_set["metadata"]["deletionTimestamp"].is_null() {
-                    return false;
-                }
-                replica_set["metadata"]["ownerReferences"] = metadata["ownerReferences"].clone();
-                replica_set["metadata"]["annotations"][REVISION] =
-                    metadata["annotations"][REVISION].clone();
-                true
-            },
-        )
-        .await
+    super::adopt(
+        objects,
+        "replicasets",
+        wanted,
+        &metadata["ownerReferences"][0],
+        |replica_set| {
+            replica_set["metadata"]["annotations"][REVISION] =
+                metadata["annotations"][REVISION].clone();
+        },
+    )
+    .await
 }
 
 /// The ReplicaSet of the Deployment's current template.
