@@ -780,16 +780,7 @@ async fn schedule(nodes: usize, instances: usize, no_events: bool) -> Result<()>
         if no_events { ", no Events" } else { "" }
     );
     println!("  created in {:.3} s", created.as_secs_f64());
-    println!(
-        "  all bound {:.3} s after creation: {:.0} instances/s (created → bound)",
-        binding.as_secs_f64(),
-        instances as f64 / binding.as_secs_f64()
-    );
-    println!(
-        "  end to end {:.3} s: {:.0} instances/s (apply → all bound)",
-        all_bound.as_secs_f64(),
-        instances as f64 / all_bound.as_secs_f64()
-    );
+    print_rates(instances, "instances", "bound", binding, all_bound);
     println!(
         "  control plane RSS {:.1} MiB with the nodes only, {:.1} MiB after (peak {:.1} MiB)",
         mib(before.current_kib),
@@ -899,22 +890,36 @@ async fn jobs(nodes: usize, count: usize, run_for: &str) -> Result<()> {
     let after_creation = all_complete - created;
     println!("{count} Jobs (one pod each, running {run_for}) on {nodes} hollow nodes:");
     println!("  created in {:.3} s (one batch)", created.as_secs_f64());
-    println!(
-        "  all Complete {:.3} s after creation: {:.0} jobs/s (created → Complete)",
-        after_creation.as_secs_f64(),
-        count as f64 / after_creation.as_secs_f64()
-    );
-    println!(
-        "  end to end {:.3} s: {:.0} jobs/s (apply → all Complete)",
-        all_complete.as_secs_f64(),
-        count as f64 / all_complete.as_secs_f64()
-    );
+    print_rates(count, "jobs", "Complete", after_creation, all_complete);
     println!(
         "  control plane RSS {:.1} MiB (peak {:.1} MiB)",
         mib(memory.current_kib),
         mib(memory.peak_kib)
     );
     Ok(())
+}
+
+/// How fast `count` objects (`unit`) reached `state`: from their creation
+/// (`after_creation`) and from the apply (`end_to_end`). scripts/bench-events.sh
+/// reads the first line.
+fn print_rates(
+    count: usize,
+    unit: &str,
+    state: &str,
+    after_creation: Duration,
+    end_to_end: Duration,
+) {
+    let rate = |took: Duration| count as f64 / took.as_secs_f64();
+    println!(
+        "  all {state} {:.3} s after creation: {:.0} {unit}/s (created → {state})",
+        after_creation.as_secs_f64(),
+        rate(after_creation)
+    );
+    println!(
+        "  end to end {:.3} s: {:.0} {unit}/s (apply → all {state})",
+        end_to_end.as_secs_f64(),
+        rate(end_to_end)
+    );
 }
 
 /// The store's revision, from an empty list.
