@@ -935,7 +935,7 @@ async fn current_revision(control: &ControlPlane) -> Result<String> {
 }
 
 /// How long kubectl waited on its client-side rate limiter, from its
-/// `-v=3` log: the sum of its client-side throttling lines, as client-go
+/// log (`-v=3` and above): the sum of its client-side throttling lines, as client-go
 /// 1.32 writes them (`"Waited before sending request" delay="195.3ms"`)
 /// or as earlier ones did (`Waited for 195.3ms due to client-side
 /// throttling`); Go durations: 195.3ms, 1.2s, 900µs.
