@@ -347,13 +347,14 @@ pub(crate) fn plan(
     // its own failure.
     let mut index_failures: HashMap<u32, u64> = HashMap::new();
     if let Some(limit) = per_index_limit {
+        let counted: BTreeSet<&str> = counted_failures.iter().map(|p| p.name).collect();
         for pod in &views {
             let Some(index) = pod.index else { continue };
             let before: u64 = pod.object["metadata"]["annotations"][INDEX_FAILURE_COUNT]
                 .as_str()
                 .and_then(|count| count.parse().ok())
                 .unwrap_or(0);
-            let own = u64::from(counted_failures.iter().any(|f| f.name == pod.name));
+            let own = u64::from(counted.contains(pod.name));
             let count = index_failures.entry(index).or_default();
             *count = (*count).max(before + own);
         }
