@@ -438,16 +438,22 @@ mod tests {
         assert_eq!(backoff[0].event_type, EventType::Normal);
     }
 
-    /// A container killed by its failed startup (or liveness) probe.
-    #[test]
-    fn a_failed_probe_is_unhealthy_and_kills() {
+    /// The Events of a running container `main` that the agent killed,
+    /// leaving it waiting for `reason` with `message`.
+    fn killed(reason: &str, message: &str) -> Vec<ContainerEvent> {
         let running = pod(
             json!({"name": "main", "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}}}),
         );
         let killed = pod(
-            json!({"name": "main", "state": {"waiting": {"reason": "Unhealthy", "message": "Startup probe failed: exit 1"}}}),
+            json!({"name": "main", "state": {"waiting": {"reason": reason, "message": message}}}),
         );
-        let events = container_events(&running, &killed);
+        container_events(&running, &killed)
+    }
+
+    /// A container killed by its failed startup (or liveness) probe.
+    #[test]
+    fn a_failed_probe_is_unhealthy_and_kills() {
+        let events = killed("Unhealthy", "Startup probe failed: exit 1");
         assert_eq!(
             reasons(&events),
             [
@@ -494,13 +500,7 @@ mod tests {
     /// the kubelet words it.
     #[test]
     fn a_failed_post_start_hook_kills() {
-        let running = pod(
-            json!({"name": "main", "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}}}),
-        );
-        let killed = pod(
-            json!({"name": "main", "state": {"waiting": {"reason": "PostStartHookError", "message": "Exec lifecycle hook ([false]) ..."}}}),
-        );
-        let events = container_events(&running, &killed);
+        let events = killed("PostStartHookError", "Exec lifecycle hook ([false]) ...");
         assert_eq!(
             reasons(&events),
             [("Killing", "FailedPostStartHook".to_string())]
