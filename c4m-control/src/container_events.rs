@@ -78,6 +78,23 @@ pub(crate) struct ReportedEvents {
 }
 
 impl ReportedEvents {
+    /// Whether `key` was not seen before; it is remembered, and the oldest
+    /// key forgotten beyond [`REMEMBERED`].
+    fn first_time(&self, key: String) -> bool {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let (set, order) = &mut *seen;
+        if !set.insert(key.clone()) {
+            return false;
+        }
+        order.push_back(key);
+        if order.len() > REMEMBERED
+            && let Some(old) = order.pop_front()
+        {
+            set.remove(&old);
+        }
+        true
+    }
+
     /// Records the Events in `report` about `pod` not recorded before, all
     /// as warnings (the kubelet's hook failures are); returns how many.
     pub(crate) fn record(&self, events: &Events, pod: &Value, report: &InstanceStatus) -> usize {
@@ -85,19 +102,8 @@ impl ReportedEvents {
         let mut recorded = 0;
         for container in &report.containers {
             for event in &container.events {
-                let key = format!("{uid}/{}/{}", container.name, event.id);
-                {
-                    let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-                    let (set, order) = &mut *seen;
-                    if !set.insert(key.clone()) {
-                        continue;
-                    }
-                    order.push_back(key);
-                    while order.len() > REMEMBERED {
-                        if let Some(old) = order.pop_front() {
-                            set.remove(&old);
-                        }
-                    }
+                if !self.first_time(format!("{uid}/{}/{}", container.name, event.id)) {
+                    continue;
                 }
                 let list = if container.init {
                     "spec.initContainers"
