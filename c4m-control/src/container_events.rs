@@ -78,6 +78,23 @@ pub(crate) struct ReportedEvents {
 }
 
 impl ReportedEvents {
+    /// Whether `key` was not seen before; it is remembered, and the oldest
+    /// key forgotten beyond [`REMEMBERED`].
+    fn first_time(&self, key: String) -> bool {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let (set, order) = &mut *seen;
+        if !set.insert(key.clone()) {
+            return false;
+        }
+        order.push_back(key);
+        if order.len() > REMEMBERED
+            && let Some(old) = order.pop_front()
+        {
+            set.remove(&old);
+        }
+        true
+    }
+
     /// Records the Events in `report` about `pod` not recorded before, all
     /// as warnings (the kubelet's hook failures are); returns how many.
     pub(crate) fn record(&self, events: &Events, pod: &Value, report: &InstanceStatus) -> usize {
@@ -85,19 +102,8 @@ impl ReportedEvents {
         let mut recorded = 0;
         for container in &report.containers {
             for event in &container.events {
-                let key = format!("{uid}/{}/{}", container.name, event.id);
-                {
-                    let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-                    let (set, order) = &mut *seen;
-                    if !set.insert(key.clone()) {
-                        continue;
-                    }
-                    order.push_back(key);
-                    while order.len() > REMEMBERED {
-                        if let Some(old) = order.pop_front() {
-                            set.remove(&old);
-                        }
-                    }
+                if !self.first_time(format!("{uid}/{}/{}", container.name, event.id)) {
+                    continue;
                 }
                 let list = if container.init {
                     "spec.initContainers"
@@ -438,16 +444,22 @@ mod tests {
         assert_eq!(backoff[0].event_type, EventType::Normal);
     }
 
-    /// A container killed by its failed startup (or liveness) probe.
-    #[test]
-    fn a_failed_probe_is_unhealthy_and_kills() {
+    /// The Events of a running container `main` that the agent killed,
+    /// leaving it waiting for `reason` with `message`.
+    fn killed(reason: &str, message: &str) -> Vec<ContainerEvent> {
         let running = pod(
             json!({"name": "main", "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}}}),
         );
         let killed = pod(
-            json!({"name": "main", "state": {"waiting": {"reason": "Unhealthy", "message": "Startup probe failed: exit 1"}}}),
+            json!({"name": "main", "state": {"waiting": {"reason": reason, "message": message}}}),
         );
-        let events = container_events(&running, &killed);
+        container_events(&running, &killed)
+    }
+
+    /// A container killed by its failed startup (or liveness) probe.
+    #[test]
+    fn a_failed_probe_is_unhealthy_and_kills() {
+        let events = killed("Unhealthy", "Startup probe failed: exit 1");
         assert_eq!(
             reasons(&events),
             [
@@ -494,13 +506,7 @@ mod tests {
     /// the kubelet words it.
     #[test]
     fn a_failed_post_start_hook_kills() {
-        let running = pod(
-            json!({"name": "main", "state": {"running": {"startedAt": "2026-01-01T00:00:00Z"}}}),
-        );
-        let killed = pod(
-            json!({"name": "main", "state": {"waiting": {"reason": "PostStartHookError", "message": "Exec lifecycle hook ([false]) ..."}}}),
-        );
-        let events = container_events(&running, &killed);
+        let events = killed("PostStartHookError", "Exec lifecycle hook ([false]) ...");
         assert_eq!(
             reasons(&events),
             [("Killing", "FailedPostStartHook".to_string())]

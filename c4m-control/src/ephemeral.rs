@@ -30,11 +30,7 @@ const FORBIDDEN: [&str; 8] = [
 /// Refuses an update of the pod itself (not of this subresource) that
 /// changes its ephemeral containers, as Kubernetes does.
 pub(crate) fn unchanged(kind: &ResourceKind, current: &Value, updated: &Value) -> Result<()> {
-    let list = |pod: &Value| match pod["spec"].get("ephemeralContainers") {
-        None | Some(Value::Null) => Value::Array(Vec::new()),
-        Some(list) => list.clone(),
-    };
-    if list(current) == list(updated) {
+    if ephemeral_containers(current) == ephemeral_containers(updated) {
         return Ok(());
     }
     let name = current["metadata"]["name"].as_str().unwrap_or_default();
@@ -45,6 +41,15 @@ pub(crate) fn unchanged(kind: &ResourceKind, current: &Value, updated: &Value) -
         "Forbidden: may only be changed through the pod's ephemeralcontainers subresource",
         None,
     ))
+}
+
+/// A pod's `spec.ephemeralContainers` as sent; an empty list when absent.
+fn ephemeral_containers(pod: &Value) -> &Value {
+    static NONE: Value = Value::Array(Vec::new());
+    match pod["spec"].get("ephemeralContainers") {
+        None | Some(Value::Null) => &NONE,
+        Some(list) => list,
+    }
 }
 
 /// The pod `current` with the ephemeral containers of `requested` (the

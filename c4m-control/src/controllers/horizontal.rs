@@ -702,19 +702,7 @@ impl History {
         } else if stabilized < current {
             let limit =
                 scale_down_limit(current, &self.scale_down, &behavior.scale_down, now).min(current);
-            let (minimum, reason, message) = if min < limit {
-                (
-                    limit,
-                    "ScaleDownLimit",
-                    "the desired replica count is decreasing faster than the maximum scale rate",
-                )
-            } else {
-                (
-                    min,
-                    "TooFewReplicas",
-                    "the desired replica count is less than the minimum replica count",
-                )
-            };
+            let (minimum, reason, message) = lower_bound(limit, min);
             if stabilized < minimum {
                 (minimum, reason, message)
             } else {
@@ -1471,6 +1459,24 @@ fn upper_bound(limit: i32, max: i32) -> (i32, &'static str, &'static str) {
             max,
             "TooManyReplicas",
             "the desired replica count is more than the maximum replica count",
+        )
+    }
+}
+
+/// The lowest count allowed: the rate's `limit`, or `min` when that is
+/// higher, with the reason ScalingLimited gives when it holds.
+fn lower_bound(limit: i32, min: i32) -> (i32, &'static str, &'static str) {
+    if min < limit {
+        (
+            limit,
+            "ScaleDownLimit",
+            "the desired replica count is decreasing faster than the maximum scale rate",
+        )
+    } else {
+        (
+            min,
+            "TooFewReplicas",
+            "the desired replica count is less than the minimum replica count",
         )
     }
 }

@@ -238,8 +238,7 @@ pub fn unsupported_by_driver(
     driver: &str,
     spec: &k8s_openapi::api::core::v1::PodSpec,
 ) -> Option<(&'static str, String)> {
-    let known = crate::CONTAINER_DRIVERS.contains(&driver) || driver == crate::DEFAULT_DRIVER;
-    if DRIVERS_WITH_POD_FILES.contains(&driver) || !known {
+    if !judged_without_pod_namespaces(driver) {
         return None;
     }
     // `hostname` and `subdomain` alone are not refused: controllers set
@@ -290,13 +289,20 @@ pub fn unsupported_by_driver(
 /// containers join no pod namespaces. `None` for `oci`, `containerd` and
 /// drivers c4m does not know (an embedder's).
 pub fn refuses_ephemeral_containers(driver: &str) -> Option<String> {
-    let known = crate::CONTAINER_DRIVERS.contains(&driver) || driver == crate::DEFAULT_DRIVER;
-    (known && !DRIVERS_WITH_POD_FILES.contains(&driver)).then(|| {
+    judged_without_pod_namespaces(driver).then(|| {
         format!(
             "the {driver} driver cannot run ephemeral containers: its containers join no pod namespaces (drivers that can: {})",
             DRIVERS_WITH_POD_FILES.join(", ")
         )
     })
+}
+
+/// Whether `driver` is one c4m knows whose containers join no pod
+/// namespaces (not one of [`DRIVERS_WITH_POD_FILES`]); an embedder's
+/// drivers are not judged.
+fn judged_without_pod_namespaces(driver: &str) -> bool {
+    let known = crate::CONTAINER_DRIVERS.contains(&driver) || driver == crate::DEFAULT_DRIVER;
+    known && !DRIVERS_WITH_POD_FILES.contains(&driver)
 }
 
 fn without_duplicates(items: Vec<String>) -> Vec<String> {
