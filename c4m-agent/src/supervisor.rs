@@ -191,6 +191,14 @@ fn known_ended(pod: &Instance, name: &str) -> bool {
         .any(|c| c.name == name && c.state.as_ref().is_some_and(|s| s.terminated.is_some()))
 }
 
+/// The key of `pod` in the [`Directory`]: its namespace and name.
+fn directory_key(pod: &Instance) -> (String, String) {
+    (
+        pod.metadata.namespace.clone().unwrap_or_default(),
+        pod.metadata.name.clone().unwrap_or_default(),
+    )
+}
+
 /// The id of the instance container `id` belongs to ([`containers_of`]):
 /// its first three `_`-separated parts (namespace, name and uid have no
 /// `_`).
@@ -949,10 +957,7 @@ impl Supervisor {
         runtime: &Arc<dyn ContainerRuntime>,
         slots: &[Slot],
     ) {
-        let key = (
-            pod.metadata.namespace.clone().unwrap_or_default(),
-            pod.metadata.name.clone().unwrap_or_default(),
-        );
+        let key = directory_key(pod);
         let mut directory = self.directory.lock().unwrap_or_else(|e| e.into_inner());
         // Published again (an ephemeral container added): the runs keep
         // their beginnings.
@@ -1006,10 +1011,7 @@ impl Supervisor {
     /// Tells the agent's HTTP server when container `name` of `pod` began
     /// its current run.
     fn note_run_began(&self, pod: &Instance, name: &str, began: SystemTime) {
-        let key = (
-            pod.metadata.namespace.clone().unwrap_or_default(),
-            pod.metadata.name.clone().unwrap_or_default(),
-        );
+        let key = directory_key(pod);
         let mut directory = self.directory.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(placement) = directory.get_mut(&key) {
             placement.runs_began.insert(name.to_string(), began);
@@ -1017,10 +1019,7 @@ impl Supervisor {
     }
 
     fn forget(&self, pod: &Instance) {
-        let key = (
-            pod.metadata.namespace.clone().unwrap_or_default(),
-            pod.metadata.name.clone().unwrap_or_default(),
-        );
+        let key = directory_key(pod);
         self.directory
             .lock()
             .unwrap_or_else(|e| e.into_inner())
