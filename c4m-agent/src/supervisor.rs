@@ -1220,9 +1220,11 @@ impl Supervisor {
             since: slot.run_began,
             ..c4m_core::LogOptions::default()
         };
-        let path = self.pod_etc.previous_log(pod_id, &slot.name);
         let kept = match read_log(instance.runtime.as_ref(), &slot.id, options).await {
-            Ok(log) => write_file(&path, &log),
+            Ok(log) => self
+                .pod_etc
+                .keep_previous_log(pod_id, &slot.name, &log)
+                .map_err(|e| format!("writing the kept log: {e}")),
             Err(e) => Err(e),
         };
         if let Err(e) = kept {
@@ -2041,19 +2043,6 @@ async fn read_log(
         Ok(read) => read.map_err(|e| e.to_string()),
         Err(_) => Err(format!("reading the log took over {LOG_READ_WAIT:?}")),
     }
-}
-
-/// Writes `bytes` to `path` whole (a new file renamed over the old).
-fn write_file(path: &std::path::Path, bytes: &[u8]) -> Result<(), String> {
-    let write = || {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let new = path.with_extension("new");
-        std::fs::write(&new, bytes)?;
-        std::fs::rename(&new, path)
-    };
-    write().map_err(|e: std::io::Error| format!("writing {}: {e}", path.display()))
 }
 
 fn termination_reason(exit_code: Option<i32>, oom_killed: bool) -> &'static str {
