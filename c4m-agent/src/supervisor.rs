@@ -932,6 +932,19 @@ impl Supervisor {
     /// Adds the ephemeral containers `kubectl debug` added to a managed
     /// pod since (they are the only containers a pod gains).
     fn add_ephemeral(&self, id: &str, instance: &mut Managed) {
+        // Called every tick: nothing to build while every ephemeral
+        // container declared already has its slot.
+        let declared = instance.pod.spec.as_ref();
+        let declared = declared.and_then(|s| s.ephemeral_containers.as_ref());
+        let has_slot = |name: &str| {
+            instance
+                .slots
+                .iter()
+                .any(|s| matches!(s.which, PodContainer::Ephemeral(_)) && s.name == name)
+        };
+        if declared.into_iter().flatten().all(|c| has_slot(&c.name)) {
+            return;
+        }
         let new: Vec<PodMember> = containers_of(&instance.pod, id)
             .into_iter()
             .filter(|m| matches!(m.which, PodContainer::Ephemeral(_)))
