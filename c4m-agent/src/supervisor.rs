@@ -1160,10 +1160,7 @@ impl Supervisor {
         probes: &mpsc::Sender<ProbeResult>,
     ) {
         let slot = &mut instance.slots[index];
-        let Some(spec) = slot.spec.clone() else {
-            return;
-        };
-        if slot.finished {
+        if slot.spec.is_none() || slot.finished {
             return;
         }
         let needs_probes = match &slot.status {
@@ -1187,7 +1184,7 @@ impl Supervisor {
                             instance.host_bindings = network.host_bindings(pod_id);
                         }
                     }
-                    _ => self.start(pod_id, instance, index, &spec).await,
+                    _ => self.start(pod_id, instance, index).await,
                 }
                 true
             }
@@ -1198,7 +1195,7 @@ impl Supervisor {
                     slot.restart_count += 1;
                     slot.last_exit = slot.exit();
                     self.keep_previous_log(pod_id, instance, index).await;
-                    self.start(pod_id, instance, index, &spec).await;
+                    self.start(pod_id, instance, index).await;
                     true
                 }
                 Some(at) => {
@@ -1358,14 +1355,10 @@ impl Supervisor {
 
     /// The network namespace container `index` joins: the VPC attachment's
     /// (attaching the pod first), else the one its pod's containers share.
-    async fn start(
-        &self,
-        pod_id: &str,
-        instance: &mut Managed,
-        index: usize,
-        spec: &ContainerSpec,
-    ) {
-        let mut spec = spec.clone();
+    async fn start(&self, pod_id: &str, instance: &mut Managed, index: usize) {
+        let Some(mut spec) = instance.slots[index].spec.clone() else {
+            return;
+        };
         let target = match target_pid_namespace(instance, index) {
             Ok(target) => target,
             Err(message) => {
