@@ -79,22 +79,27 @@ impl HookRun {
         timeout: Duration,
     ) -> Result<(), String> {
         let handler = &self.handler;
-        let (what, attempt) = if let Some(sleep) = &handler.sleep {
-            let seconds = Duration::from_secs(sleep.seconds.max(0).unsigned_abs());
-            let what = format!("Sleep lifecycle hook ({})", sleep.seconds);
-            (what, futures::future::Either::Left(sleep_for(seconds)))
-        } else {
-            let what = match (&handler.exec, &handler.http_get) {
-                (Some(exec), _) => format!(
-                    "Exec lifecycle hook ({:?})",
-                    exec.command.as_deref().unwrap_or_default()
-                ),
-                (None, Some(http)) => format!(
-                    "HTTP lifecycle hook ({})",
-                    http.path.as_deref().unwrap_or("/")
-                ),
-                (None, None) => format!("Lifecycle hook for Container {:?}", self.container),
-            };
+        let what = match (&handler.sleep, &handler.exec, &handler.http_get) {
+            (Some(sleep), _, _) => format!("Sleep lifecycle hook ({})", sleep.seconds),
+            (None, Some(exec), _) => format!(
+                "Exec lifecycle hook ({:?})",
+                exec.command.as_deref().unwrap_or_default()
+            ),
+            (None, None, Some(http)) => format!(
+                "HTTP lifecycle hook ({})",
+                http.path.as_deref().unwrap_or("/")
+            ),
+            (None, None, None) => format!("Lifecycle hook for Container {:?}", self.container),
+        };
+        let attempt = async {
+            if let Some(sleep) = &handler.sleep {
+                let seconds = Duration::from_secs(sleep.seconds.max(0).unsigned_abs());
+                tokio::time::sleep(seconds).await;
+                return Ok(());
+            }
+            if handler.exec.is_none() && handler.http_get.is_none() {
+                return Err("no exec, httpGet or sleep handler".to_string());
+            }
             // The prober bounds an attempt by whole seconds; the exact
             // bound is the timeout below.
             let probe = Probe {
@@ -105,16 +110,10 @@ impl HookRun {
                 ),
                 ..Probe::default()
             };
-            let attempt = async move {
-                if probe.exec.is_none() && probe.http_get.is_none() {
-                    return Err("no exec, httpGet or sleep handler".to_string());
-                }
-                prober
-                    .probe_once(&probe, runtime, status)
-                    .await
-                    .map_err(|e| e.to_string())
-            };
-            (what, futures::future::Either::Right(attempt))
+            prober
+                .probe_once(&probe, runtime, status)
+                .await
+                .map_err(|e| e.to_string())
         };
         let error = match tokio::time::timeout(timeout, attempt).await {
             Ok(Ok(())) => return Ok(()),
@@ -126,11 +125,6 @@ impl HookRun {
             self.container, self.pod
         ))
     }
-}
-
-async fn sleep_for(duration: Duration) -> Result<(), String> {
-    tokio::time::sleep(duration).await;
-    Ok(())
 }
 
 /// What is left of `grace` for the stop signal once a preStop hook took

@@ -67,10 +67,7 @@ impl PodEtc {
         ];
         for (name, contents) in files {
             // Atomically: a running container of an earlier start may read it.
-            let path = dir.join(name);
-            let temporary = dir.join(format!(".{name}.new"));
-            std::fs::write(&temporary, contents)?;
-            std::fs::rename(&temporary, &path)?;
+            write_replacing(&dir.join(name), contents.as_bytes())?;
         }
         spec.hosts_file = Some(dir.join("hosts"));
         spec.hostname_file = Some(dir.join("hostname"));
@@ -99,6 +96,13 @@ impl PodEtc {
         self.dir.join(pod_id).join(format!("previous-log-{name}"))
     }
 
+    /// Keeps `log` as the [`PodEtc::previous_log`] of container `name` of
+    /// the pod `pod_id`, replacing the one kept before whole.
+    pub(crate) fn keep_previous_log(&self, pod_id: &str, name: &str, log: &[u8]) -> io::Result<()> {
+        std::fs::create_dir_all(self.dir.join(pod_id))?;
+        write_replacing(&self.previous_log(pod_id, name), log)
+    }
+
     /// Removes the files of container `id`; none is Ok.
     pub(crate) fn remove(&self, id: &str) {
         let dir = self.dir.join(id);
@@ -108,6 +112,14 @@ impl PodEtc {
             tracing::warn!(dir = %dir.display(), error = %e, "cannot remove a pod's files");
         }
     }
+}
+
+/// Writes `contents` to `path` whole: a new file beside it, renamed over it.
+fn write_replacing(path: &Path, contents: &[u8]) -> io::Result<()> {
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let temporary = path.with_file_name(format!(".{name}.new"));
+    std::fs::write(&temporary, contents)?;
+    std::fs::rename(&temporary, path)
 }
 
 #[cfg(test)]

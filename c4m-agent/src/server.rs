@@ -228,10 +228,10 @@ async fn log(
         .map_or("", |(name, _)| name.as_str());
     if previous {
         // Kept by the supervisor when the container restarted.
-        let kept = placement
-            .previous_logs
-            .get(container)
-            .and_then(|path| std::fs::read(path).ok());
+        let kept = match placement.previous_logs.get(container) {
+            Some(path) => tokio::fs::read(path).await.ok(),
+            None => None,
+        };
         let Some(kept) = kept else {
             let message =
                 format!("previous terminated container {container:?} in pod {name:?} not found\n");

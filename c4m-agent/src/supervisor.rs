@@ -191,6 +191,14 @@ fn known_ended(pod: &Instance, name: &str) -> bool {
         .any(|c| c.name == name && c.state.as_ref().is_some_and(|s| s.terminated.is_some()))
 }
 
+/// The key of `pod` in the [`Directory`]: its namespace and name.
+fn directory_key(pod: &Instance) -> (String, String) {
+    (
+        pod.metadata.namespace.clone().unwrap_or_default(),
+        pod.metadata.name.clone().unwrap_or_default(),
+    )
+}
+
 /// The id of the instance container `id` belongs to ([`containers_of`]):
 /// its first three `_`-separated parts (namespace, name and uid have no
 /// `_`).
@@ -924,6 +932,19 @@ impl Supervisor {
     /// Adds the ephemeral containers `kubectl debug` added to a managed
     /// pod since (they are the only containers a pod gains).
     fn add_ephemeral(&self, id: &str, instance: &mut Managed) {
+        // Called every tick: nothing to build while every ephemeral
+        // container declared already has its slot.
+        let declared = instance.pod.spec.as_ref();
+        let declared = declared.and_then(|s| s.ephemeral_containers.as_ref());
+        let has_slot = |name: &str| {
+            instance
+                .slots
+                .iter()
+                .any(|s| matches!(s.which, PodContainer::Ephemeral(_)) && s.name == name)
+        };
+        if declared.into_iter().flatten().all(|c| has_slot(&c.name)) {
+            return;
+        }
         let new: Vec<PodMember> = containers_of(&instance.pod, id)
             .into_iter()
             .filter(|m| matches!(m.which, PodContainer::Ephemeral(_)))
@@ -949,10 +970,7 @@ impl Supervisor {
         runtime: &Arc<dyn ContainerRuntime>,
         slots: &[Slot],
     ) {
-        let key = (
-            pod.metadata.namespace.clone().unwrap_or_default(),
-            pod.metadata.name.clone().unwrap_or_default(),
-        );
+        let key = directory_key(pod);
         let mut directory = self.directory.lock().unwrap_or_else(|e| e.into_inner());
         // Published again (an ephemeral container added): the runs keep
         // their beginnings.
@@ -1006,10 +1024,7 @@ impl Supervisor {
     /// Tells the agent's HTTP server when container `name` of `pod` began
     /// its current run.
     fn note_run_began(&self, pod: &Instance, name: &str, began: SystemTime) {
-        let key = (
-            pod.metadata.namespace.clone().unwrap_or_default(),
-            pod.metadata.name.clone().unwrap_or_default(),
-        );
+        let key = directory_key(pod);
         let mut directory = self.directory.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(placement) = directory.get_mut(&key) {
             placement.runs_began.insert(name.to_string(), began);
@@ -1017,10 +1032,7 @@ impl Supervisor {
     }
 
     fn forget(&self, pod: &Instance) {
-        let key = (
-            pod.metadata.namespace.clone().unwrap_or_default(),
-            pod.metadata.name.clone().unwrap_or_default(),
-        );
+        let key = directory_key(pod);
         self.directory
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -1148,10 +1160,7 @@ impl Supervisor {
         probes: &mpsc::Sender<ProbeResult>,
     ) {
         let slot = &mut instance.slots[index];
-        let Some(spec) = slot.spec.clone() else {
-            return;
-        };
-        if slot.finished {
+        if slot.spec.is_none() || slot.finished {
             return;
         }
         let needs_probes = match &slot.status {
@@ -1175,7 +1184,7 @@ impl Supervisor {
                             instance.host_bindings = network.host_bindings(pod_id);
                         }
                     }
-                    _ => self.start(pod_id, instance, index, &spec).await,
+                    _ => self.start(pod_id, instance, index).await,
                 }
                 true
             }
@@ -1186,7 +1195,7 @@ impl Supervisor {
                     slot.restart_count += 1;
                     slot.last_exit = slot.exit();
                     self.keep_previous_log(pod_id, instance, index).await;
-                    self.start(pod_id, instance, index, &spec).await;
+                    self.start(pod_id, instance, index).await;
                     true
                 }
                 Some(at) => {
@@ -1221,9 +1230,11 @@ impl Supervisor {
             since: slot.run_began,
             ..c4m_core::LogOptions::default()
         };
-        let path = self.pod_etc.previous_log(pod_id, &slot.name);
         let kept = match read_log(instance.runtime.as_ref(), &slot.id, options).await {
-            Ok(log) => write_file(&path, &log),
+            Ok(log) => self
+                .pod_etc
+                .keep_previous_log(pod_id, &slot.name, &log)
+                .map_err(|e| format!("writing the kept log: {e}")),
             Err(e) => Err(e),
         };
         if let Err(e) = kept {
@@ -1344,14 +1355,10 @@ impl Supervisor {
 
     /// The network namespace container `index` joins: the VPC attachment's
     /// (attaching the pod first), else the one its pod's containers share.
-    async fn start(
-        &self,
-        pod_id: &str,
-        instance: &mut Managed,
-        index: usize,
-        spec: &ContainerSpec,
-    ) {
-        let mut spec = spec.clone();
+    async fn start(&self, pod_id: &str, instance: &mut Managed, index: usize) {
+        let Some(mut spec) = instance.slots[index].spec.clone() else {
+            return;
+        };
         let target = match target_pid_namespace(instance, index) {
             Ok(target) => target,
             Err(message) => {
@@ -2042,19 +2049,6 @@ async fn read_log(
         Ok(read) => read.map_err(|e| e.to_string()),
         Err(_) => Err(format!("reading the log took over {LOG_READ_WAIT:?}")),
     }
-}
-
-/// Writes `bytes` to `path` whole (a new file renamed over the old).
-fn write_file(path: &std::path::Path, bytes: &[u8]) -> Result<(), String> {
-    let write = || {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let new = path.with_extension("new");
-        std::fs::write(&new, bytes)?;
-        std::fs::rename(&new, path)
-    };
-    write().map_err(|e: std::io::Error| format!("writing {}: {e}", path.display()))
 }
 
 fn termination_reason(exit_code: Option<i32>, oom_killed: bool) -> &'static str {
