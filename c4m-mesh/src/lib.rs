@@ -47,14 +47,14 @@ pub mod proxy;
 pub mod testing;
 
 #[cfg(feature = "dns")]
-pub use dns::{DnsError, DnsServer, RECORD_TTL_SECS, cluster_resolver};
+pub use dns::{DNS_SCHEMA_VERSION, DnsError, DnsServer, RECORD_TTL_SECS, cluster_resolver};
 pub use error::{Error, Result};
 #[cfg(feature = "linux")]
 pub use linux::{
     CniNetwork, LinuxNetwork, OVERLAY_DEVICE, VxlanOverlay, create_loopback_namespace,
     enter_network_namespace, remove_network_namespace,
 };
-pub use lookup::{DnsEndpoint, FirstKnown, ServiceLookup};
+pub use lookup::{DnsEndpoint, DnsService, DnsServiceKind, FirstKnown, ServiceLookup};
 pub use network::{
     Attachment, DEFAULT_CLUSTER_DOMAIN, HostPort, Network, VpcNetwork, node_slice, search_domains,
 };
