@@ -296,7 +296,13 @@ impl ZoneHandler {
     }
 
     /// The answer for `name` (spelled `owner`), having followed `depth` CNAMEs to it.
-    fn answer_name(&self, name: &LowerName, owner: &Name, qtype: RecordType, depth: usize) -> Answer {
+    fn answer_name(
+        &self,
+        name: &LowerName,
+        owner: &Name,
+        qtype: RecordType,
+        depth: usize,
+    ) -> Answer {
         let Some((zone, labels)) = self.zone_of(name) else {
             return Answer::error(ResponseCode::Refused);
         };
@@ -464,10 +470,9 @@ impl ZoneHandler {
         if ips.is_empty() {
             return query.zone.nxdomain();
         }
-        query.zone.records(
-            address_records(query.owner, query.qtype, ips),
-            Vec::new(),
-        )
+        query
+            .zone
+            .records(address_records(query.owner, query.qtype, ips), Vec::new())
     }
 
     /// The CNAME of an ExternalName service to `target`; when the target is in a served zone,
@@ -539,7 +544,10 @@ fn cluster_ip_srv(
     if numbers.is_empty() {
         return (Vec::new(), Vec::new());
     }
-    let srv = srv_set(owner, numbers.into_iter().map(|port| (port, target.clone())));
+    let srv = srv_set(
+        owner,
+        numbers.into_iter().map(|port| (port, target.clone())),
+    );
     let glue = address_records(&target, RecordType::ANY, ips.iter().copied());
     (srv, glue)
 }
@@ -983,9 +991,10 @@ mod tests {
     }
 
     fn has_zone_soa(message: &Message) -> bool {
-        message.authorities.iter().any(|record| {
-            matches!(record.data, RData::SOA(_)) && record.name.to_ascii() == "c4m."
-        })
+        message
+            .authorities
+            .iter()
+            .any(|record| matches!(record.data, RData::SOA(_)) && record.name.to_ascii() == "c4m.")
     }
 
     fn v4(ip: &str) -> IpAddr {
@@ -1242,7 +1251,11 @@ mod tests {
             "dns-version.c4m.",
         ] {
             let response = udp_query(server.addr, name, RecordType::A).await;
-            assert_eq!(response.metadata.response_code, ResponseCode::NoError, "{name}");
+            assert_eq!(
+                response.metadata.response_code,
+                ResponseCode::NoError,
+                "{name}"
+            );
             assert!(response.answers.is_empty(), "{name}");
         }
         server.stop().await;
@@ -1543,7 +1556,11 @@ mod tests {
             assert_eq!(ips(lookup.answers()), [v4("10.96.0.1")], "{name}");
             // An IPv4 service has no AAAA: NODATA, not NXDOMAIN.
             let response = udp_query(server.addr, name, RecordType::AAAA).await;
-            assert_eq!(response.metadata.response_code, ResponseCode::NoError, "{name}");
+            assert_eq!(
+                response.metadata.response_code,
+                ResponseCode::NoError,
+                "{name}"
+            );
             assert!(response.answers.is_empty(), "{name}");
             assert!(!response.authorities.is_empty(), "{name}");
         }
@@ -1566,8 +1583,7 @@ mod tests {
             "kubernetes.default.svc.cluster.local."
         );
         // The service's own SRV lists every port, the unnamed one too.
-        let response =
-            udp_query(server.addr, "kubernetes.default.svc.c4m.", RecordType::SRV).await;
+        let response = udp_query(server.addr, "kubernetes.default.svc.c4m.", RecordType::SRV).await;
         assert_eq!(
             srv_targets(&response.answers),
             [
@@ -1582,7 +1598,11 @@ mod tests {
             "api-1.kubernetes.default.svc.cluster.local.",
         ] {
             let response = udp_query(server.addr, name, RecordType::SRV).await;
-            assert_eq!(response.metadata.response_code, ResponseCode::NXDomain, "{name}");
+            assert_eq!(
+                response.metadata.response_code,
+                ResponseCode::NXDomain,
+                "{name}"
+            );
         }
         let response = udp_query(
             server.addr,
@@ -1603,8 +1623,7 @@ mod tests {
         registry.set("prod", "pets", vec![pet, other]);
         let server = start(registry).await;
 
-        let response =
-            udp_query(server.addr, "pets.prod.svc.cluster.local.", RecordType::A).await;
+        let response = udp_query(server.addr, "pets.prod.svc.cluster.local.", RecordType::A).await;
         assert_eq!(ips(&response.answers), [v4("10.0.1.5"), v4("10.0.1.6")]);
         for name in [
             "db-0.pets.prod.svc.cluster.local.",
@@ -1687,8 +1706,12 @@ mod tests {
         let server = start(registry()).await;
 
         for domain in ["cluster.local.", "c4m."] {
-            let response =
-                udp_query(server.addr, &format!("dns-version.{domain}"), RecordType::TXT).await;
+            let response = udp_query(
+                server.addr,
+                &format!("dns-version.{domain}"),
+                RecordType::TXT,
+            )
+            .await;
             let texts: Vec<String> = response
                 .answers
                 .iter()
@@ -1713,7 +1736,11 @@ mod tests {
             "web.default.pod.cluster.local.",
         ] {
             let response = udp_query(server.addr, name, RecordType::A).await;
-            assert_eq!(response.metadata.response_code, ResponseCode::NXDomain, "{name}");
+            assert_eq!(
+                response.metadata.response_code,
+                ResponseCode::NXDomain,
+                "{name}"
+            );
         }
         server.stop().await;
     }

@@ -56,7 +56,8 @@ pub use linux::{
 };
 pub use lookup::{DnsEndpoint, DnsService, DnsServiceKind, FirstKnown, ServiceLookup};
 pub use network::{
-    Attachment, DEFAULT_CLUSTER_DOMAIN, HostPort, Network, VpcNetwork, node_slice, search_domains,
+    Attachment, C4M_DOMAIN, DEFAULT_CLUSTER_DOMAIN, HostPort, Network, VpcNetwork, node_slice,
+    search_domains,
 };
 pub use node::{CniConfig, DNS_PORT, InstanceNetwork, NetworkConfig, host_ports};
 pub use overlay::{Overlay, OverlayPeer, OverlayVpc, keep_overlay};
