@@ -73,6 +73,7 @@ mod scheduler_policy;
 mod selector;
 mod server;
 mod server_side_apply;
+mod service_env;
 mod streams;
 mod tables;
 #[cfg(test)]

@@ -2949,13 +2949,15 @@ spec:
 
     #[test]
     fn an_external_name_must_be_a_dns_name() {
-        let service = |spec: Value| {
-            json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "mail"}, "spec": spec})
-        };
+        let service = |spec: Value| json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "mail"}, "spec": spec});
         for name in ["smtp.example.com", "smtp.example.com.", "db"] {
             let external = service(json!({"type": "ExternalName", "externalName": name}));
             let validated = validate_value(&external).unwrap();
-            assert!(validated.warnings.is_empty(), "{name}: {:?}", validated.warnings);
+            assert!(
+                validated.warnings.is_empty(),
+                "{name}: {:?}",
+                validated.warnings
+            );
         }
         for spec in [
             json!({"type": "ExternalName"}),
