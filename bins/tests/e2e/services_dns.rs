@@ -208,7 +208,7 @@ fn instances_resolve_services_as_kubernetes_dns_gives_them_and_get_service_varia
         ("pet-b.pets.shop.svc.c4m", &pet_b),
     ] {
         let answer = nslookup(&[name]);
-        assert_eq!(addresses(&answer), [ip.clone()], "{name}: {answer}");
+        assert_eq!(addresses(&answer), [ip.as_str()], "{name}: {answer}");
     }
     let answer = nslookup(&["-type=srv", "_pg._tcp.pets.shop.svc.cluster.local"]);
     for target in [
