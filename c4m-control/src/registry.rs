@@ -3,6 +3,7 @@
 //! DNS, what each Service's own name answers (its cluster IP, its endpoints
 //! when headless, or the CNAME of an ExternalName).
 
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -10,8 +11,8 @@ use c4m_api::{EndpointInfo, ServiceEndpoints};
 use serde_json::Value;
 
 use crate::cache::Cache;
-use crate::objects::kind;
-use c4m_mesh::{DnsEndpoint, DnsService, DnsServiceKind, ServiceLookup};
+use crate::objects::{kind, prefix};
+use c4m_mesh::{DnsEndpoint, DnsName, DnsService, DnsServiceKind, ServiceLookup};
 
 /// Reads the registry from the cache.
 #[derive(Clone)]
@@ -159,6 +160,32 @@ impl ServiceLookup for Registry {
         };
         Some(DnsService { kind, endpoints })
     }
+
+    /// Scans the Services and Endpoints that mention `ip` (a byte search of
+    /// the stored JSON, decoding only those), for the rare PTR query.
+    fn names_of(&self, ip: IpAddr) -> Vec<DnsName> {
+        let needle = format!("\"{ip}\"");
+        let mut candidates: BTreeSet<(String, String)> = BTreeSet::new();
+        for plural in ["services", "endpoints"] {
+            let under = prefix(kind(plural), None);
+            self.cache.for_each_stored(&under, |key, stored| {
+                if !stored.contains(needle.as_bytes()) {
+                    return;
+                }
+                if let Some((namespace, name)) = key[under.len()..].split_once('/') {
+                    candidates.insert((namespace.to_string(), name.to_string()));
+                }
+            });
+        }
+        candidates
+            .into_iter()
+            .filter_map(|(namespace, name)| {
+                let service = ServiceLookup::service(self, &namespace, &name)?;
+                Some(service.names_at(&namespace, &name, ip))
+            })
+            .flatten()
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -196,6 +223,102 @@ mod tests {
             service_kind(&external),
             DnsServiceKind::ExternalName("db.example.com".into())
         );
+    }
+
+    #[tokio::test]
+    async fn dns_reads_services_and_endpoints_from_the_cache() {
+        let (_dir, store, objects) = crate::test_support::store_with_default_namespace().await;
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let object = |kind: &str, name: &str, body: Value| {
+            let mut object = json!({"apiVersion": "v1", "kind": kind,
+                                    "metadata": {"name": name, "namespace": "default"}});
+            object
+                .as_object_mut()
+                .unwrap()
+                .extend(body.as_object().unwrap().clone());
+            object
+        };
+        let endpoints = |ip: &str| {
+            json!({"subsets": [{"ports": [{"name": "pg", "port": 5432}],
+                   "addresses": [{"ip": ip, "hostname": "db-0", "targetRef": {"name": "db-abc"}}]}]})
+        };
+        for (plural, value) in [
+            (
+                "services",
+                object(
+                    "Service",
+                    "api",
+                    json!({"spec": {"clusterIP": "10.96.0.7", "ports": [{"port": 80}]}}),
+                ),
+            ),
+            (
+                "endpoints",
+                object("Endpoints", "api", endpoints("10.88.0.2")),
+            ),
+            (
+                "services",
+                object(
+                    "Service",
+                    "db",
+                    json!({"spec": {"clusterIP": "None", "ports": [{"port": 5432}]}}),
+                ),
+            ),
+            (
+                "endpoints",
+                object("Endpoints", "db", endpoints("10.88.0.3")),
+            ),
+            (
+                "endpoints",
+                object("Endpoints", "legacy", endpoints("10.88.0.4")),
+            ),
+            (
+                "services",
+                object(
+                    "Service",
+                    "mail",
+                    json!({"spec": {"type": "ExternalName", "externalName": "smtp.example.com"}}),
+                ),
+            ),
+        ] {
+            objects
+                .create(kind(plural), "default", value)
+                .await
+                .unwrap();
+        }
+        let cache = Cache::start(store, shutdown.clone()).await.unwrap();
+        let registry = Registry::new(cache);
+        let lookup = |name: &str| ServiceLookup::service(&registry, "default", name);
+
+        let api = lookup("api").unwrap();
+        assert!(
+            matches!(api.kind, DnsServiceKind::ClusterIp { .. }),
+            "{api:?}"
+        );
+        assert!(api.endpoints.is_empty());
+        let db = lookup("db").unwrap();
+        assert_eq!(db.kind, DnsServiceKind::Endpoints);
+        assert_eq!(db.endpoints[0].hostname.as_deref(), Some("db-0"));
+        assert_eq!(db.endpoints[0].ports, [("pg".into(), "tcp".into(), 5432)]);
+        // Endpoints without a Service: a Microservice's own service.
+        assert_eq!(lookup("legacy").unwrap().endpoints.len(), 1);
+        assert_eq!(
+            lookup("mail").unwrap().kind,
+            DnsServiceKind::ExternalName("smtp.example.com".into())
+        );
+        assert_eq!(lookup("nothing"), None);
+
+        let names = |ip: &str| registry.names_of(ip.parse().unwrap());
+        let name = |service: &str, endpoint: Option<&str>| DnsName {
+            namespace: "default".into(),
+            service: service.into(),
+            endpoint: endpoint.map(str::to_string),
+        };
+        assert_eq!(names("10.96.0.7"), [name("api", None)]);
+        assert_eq!(names("10.88.0.3"), [name("db", Some("db-0"))]);
+        // An endpoint behind a cluster IP has no PTR record.
+        assert_eq!(names("10.88.0.2"), []);
+        assert_eq!(names("10.88.0.9"), []);
+        shutdown.cancel();
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //! inside a real `oci` instance through the real kubectl: busybox
 //! `nslookup` (through the node's DNS relay and the `resolv.conf` the
 //! agent wrote) gets a Service's cluster IP under `cluster.local` and
-//! `c4m`, a headless Service's endpoints and its pods' hostnames, SRV
-//! records of named ports, the CNAME of an ExternalName; `env` shows the
+//! `c4m`, its PTR record, a headless Service's endpoints and its pods'
+//! hostnames, SRV records of named ports, the CNAME of an ExternalName;
+//! `env` shows the
 //! `FOO_SERVICE_HOST` family.
 
 use std::time::Duration;
@@ -157,6 +158,12 @@ fn instances_resolve_services_as_kubernetes_dns_gives_them_and_get_service_varia
         let answer = nslookup(&[name]);
         assert_eq!(addresses(&answer), [WEB_IP], "{name}: {answer}");
     }
+    // Its PTR record names it in the cluster domain.
+    let answer = nslookup(&[WEB_IP]);
+    assert!(
+        answer.contains("name = web.shop.svc.cluster.local"),
+        "{answer}"
+    );
     // SRV of its named port targets the Service's name.
     let answer = nslookup(&["-type=srv", "_http._tcp.web.shop.svc.cluster.local"]);
     assert!(answer.contains("80 web.shop.svc.cluster.local"), "{answer}");
