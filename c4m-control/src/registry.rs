@@ -70,18 +70,7 @@ fn ready_addresses(endpoints: &Value) -> impl Iterator<Item = ReadyAddress> + '_
         .into_iter()
         .flatten()
         .flat_map(|subset| {
-            let ports: Vec<(String, String, u16)> = subset["ports"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|p| {
-                    Some((
-                        p["name"].as_str().unwrap_or_default().to_string(),
-                        p["protocol"].as_str().unwrap_or("TCP").to_ascii_lowercase(),
-                        u16::try_from(p["port"].as_u64()?).ok()?,
-                    ))
-                })
-                .collect();
+            let ports = dns_ports(&subset["ports"]);
             subset["addresses"]
                 .as_array()
                 .into_iter()
@@ -97,6 +86,22 @@ fn ready_addresses(endpoints: &Value) -> impl Iterator<Item = ReadyAddress> + '_
                     ports: ports.clone(),
                 })
         })
+}
+
+/// A list of ports (an Endpoints subset's, a Service's) as
+/// `(name, protocol lowercase, port)`.
+fn dns_ports(list: &Value) -> Vec<(String, String, u16)> {
+    list.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| {
+            Some((
+                text(&p["name"]),
+                p["protocol"].as_str().unwrap_or("TCP").to_ascii_lowercase(),
+                u16::try_from(p["port"].as_u64()?).ok()?,
+            ))
+        })
+        .collect()
 }
 
 fn text(value: &Value) -> String {
@@ -121,19 +126,10 @@ fn service_kind(service: &Value) -> DnsServiceKind {
     if ips.is_empty() {
         return DnsServiceKind::Endpoints;
     }
-    let ports = spec["ports"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|p| {
-            Some((
-                text(&p["name"]),
-                p["protocol"].as_str().unwrap_or("TCP").to_ascii_lowercase(),
-                u16::try_from(p["port"].as_u64()?).ok()?,
-            ))
-        })
-        .collect();
-    DnsServiceKind::ClusterIp { ips, ports }
+    DnsServiceKind::ClusterIp {
+        ips,
+        ports: dns_ports(&spec["ports"]),
+    }
 }
 
 impl ServiceLookup for Registry {

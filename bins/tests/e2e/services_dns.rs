@@ -9,8 +9,7 @@
 
 use std::time::Duration;
 
-use crate::common::kubectl::Kubectl;
-use crate::common::oci::require_oci;
+use crate::common::oci::oci_cluster_with;
 use crate::common::*;
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -90,12 +89,7 @@ fn addresses(answer: &str) -> Vec<String> {
 #[test]
 #[ignore = "needs root + runc + conmon + nftables + kubectl"]
 fn instances_resolve_services_as_kubernetes_dns_gives_them_and_get_service_variables() {
-    require_oci();
-    let mut cluster = Cluster::start();
-    cluster.start_agent_with("netted", "4", "4Gi", NETWORK_FLAGS);
-    let tar = busybox_image_tar(cluster.dir.path());
-    cluster.ok(&["image", "import", tar.to_str().unwrap(), "--name", "bb"]);
-    let kubectl = Kubectl::for_cluster(&cluster);
+    let (cluster, kubectl) = oci_cluster_with("netted", NETWORK_FLAGS);
     let apply = |name: &str, manifest: &str| {
         let path = cluster.dir.path().join(format!("{name}.yaml"));
         std::fs::write(&path, manifest).unwrap();
