@@ -322,6 +322,38 @@ fn endpoint_addresses(endpoints: &Value) -> String {
     joined_or_none(&addresses)
 }
 
+/// The first three of `count` items, and how many more, as kubectl
+/// lists a slice's ports and addresses; `<unset>` for none.
+fn first_three(list: impl Iterator<Item = String>) -> String {
+    let list: Vec<String> = list.collect();
+    match list.len() {
+        0 => "<unset>".into(),
+        n if n > 3 => format!("{} + {} more...", list[..3].join(","), n - 3),
+        _ => list.join(","),
+    }
+}
+
+fn slice_ports(slice: &Value) -> String {
+    first_three(slice["ports"].as_array().into_iter().flatten().map(|p| {
+        match (&p["port"], p["name"].as_str()) {
+            (Value::Number(n), _) => n.to_string(),
+            (_, Some(name)) => name.to_string(),
+            _ => "*".to_string(),
+        }
+    }))
+}
+
+fn slice_addresses(slice: &Value) -> String {
+    first_three(
+        slice["endpoints"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|e| e["addresses"].as_array().cloned().unwrap_or_default())
+            .map(|a| text(&a)),
+    )
+}
+
 fn or_not_applicable(value: &Value) -> String {
     match text(value) {
         t if t.is_empty() => "N/A".to_string(),
@@ -455,6 +487,16 @@ static SERVICE: &[Column] = &[
 static ENDPOINTS: &[Column] = &[
     NAME,
     Column::new("ENDPOINTS", "Ready addresses", endpoint_addresses),
+    AGE,
+];
+
+static ENDPOINT_SLICE: &[Column] = &[
+    NAME,
+    Column::new("ADDRESSTYPE", "Type of the addresses", |s| {
+        text(&s["addressType"])
+    }),
+    Column::new("PORTS", "Ports of the endpoints", slice_ports),
+    Column::new("ENDPOINTS", "Addresses of the endpoints", slice_addresses),
     AGE,
 ];
 
@@ -892,6 +934,7 @@ pub fn columns(kind: &ResourceKind) -> &'static [Column] {
         "Node" => NODE,
         "Service" => SERVICE,
         "Endpoints" => ENDPOINTS,
+        "EndpointSlice" => ENDPOINT_SLICE,
         "PriorityClass" => PRIORITY_CLASS,
         "PodDisruptionBudget" => POD_DISRUPTION_BUDGET,
         "Vpc" => VPC,
@@ -1072,6 +1115,31 @@ mod tests {
             headers("jobs", 0),
             ["NAME", "STATUS", "COMPLETIONS", "DURATION", "AGE"]
         );
+    }
+
+    #[test]
+    fn endpoint_slice_cells_follow_kubectl() {
+        let slices = ResourceKind::from_name("endpointslices").unwrap();
+        assert_eq!(
+            headers("endpointslices", 1),
+            ["NAME", "ADDRESSTYPE", "PORTS", "ENDPOINTS", "AGE"]
+        );
+        let slice = json!({"metadata": {"name": "web-abcde"}, "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080}, {"name": "dns"}],
+            "endpoints": [{"addresses": ["10.0.0.1"]}, {"addresses": ["10.0.0.2"]},
+                {"addresses": ["10.0.0.3"]}, {"addresses": ["10.0.0.4"]}]});
+        assert_eq!(
+            row(slices, &slice)[..4],
+            [
+                "web-abcde",
+                "IPv4",
+                "8080,dns",
+                "10.0.0.1,10.0.0.2,10.0.0.3 + 1 more..."
+            ]
+        );
+        let empty = json!({"metadata": {"name": "web-abcde"}, "addressType": "IPv4",
+            "endpoints": []});
+        assert_eq!(row(slices, &empty)[2..4], ["<unset>", "<unset>"]);
     }
 
     #[test]

@@ -358,7 +358,13 @@ fn spawn_controllers(
     );
     spawn(
         "endpoints",
-        &["services", "microservices", "endpoints", "pods"],
+        &[
+            "services",
+            "microservices",
+            "endpoints",
+            "endpointslices",
+            "pods",
+        ],
         FULL_RESYNC,
         Box::new(|o, c, changes| {
             Box::pin(async move { controllers::endpoints::reconcile(&o, &c, &changes).await })

@@ -26,6 +26,7 @@ use k8s_openapi::api::core::v1::{
     Namespace, Node, Pod, PodSpec, Probe, ResourceRequirements, Secret, Service, ServiceAccount,
     ServiceSpec,
 };
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::scheduling::v1::PriorityClass;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -391,6 +392,11 @@ fn check_typed(kind: &ResourceKind, value: &Value) -> Result<ObjectMeta, FieldEr
                 }
             }
             endpoints.metadata
+        }
+        "EndpointSlice" => {
+            let slice: EndpointSlice = typed(value)?;
+            check_endpoint_slice(&slice)?;
+            slice.metadata
         }
         "ConfigMap" => {
             let config_map: ConfigMap = typed(value)?;
@@ -1677,6 +1683,58 @@ fn check_service_spec(spec: &ServiceSpec) -> Result<(), FieldError> {
                 format!("duplicate port name {name:?}"),
             ));
         }
+    }
+    Ok(())
+}
+
+/// An EndpointSlice as Kubernetes validates one: a known `addressType`,
+/// at most 1000 endpoints of 1 to 100 addresses each, valid port numbers
+/// and protocols, at most 20000 ports.
+fn check_endpoint_slice(slice: &EndpointSlice) -> Result<(), FieldError> {
+    const TYPES: &[&str] = &["IPv4", "IPv6", "FQDN"];
+    if !TYPES.contains(&slice.address_type.as_str()) {
+        return Err(field_error(
+            "addressType",
+            format!(
+                "{:?} is not one of {}",
+                slice.address_type,
+                TYPES.join(", ")
+            ),
+        ));
+    }
+    if slice.endpoints.len() > 1000 {
+        return Err(field_error(
+            "endpoints",
+            format!(
+                "must have at most 1000 items, found {}",
+                slice.endpoints.len()
+            ),
+        ));
+    }
+    for (i, endpoint) in slice.endpoints.iter().enumerate() {
+        if !(1..=100).contains(&endpoint.addresses.len()) {
+            return Err(field_error(
+                format!("endpoints[{i}].addresses"),
+                format!(
+                    "must have 1 to 100 items, found {}",
+                    endpoint.addresses.len()
+                ),
+            ));
+        }
+    }
+    let ports = slice.ports.as_deref().unwrap_or_default();
+    if ports.len() > 20000 {
+        return Err(field_error(
+            "ports",
+            format!("must have at most 20000 items, found {}", ports.len()),
+        ));
+    }
+    for (i, port) in ports.iter().enumerate() {
+        let path = format!("ports[{i}]");
+        if let Some(number) = port.port {
+            check_port_number(number, &join(&path, "port"))?;
+        }
+        check_protocol(port.protocol.as_deref(), &path)?;
     }
     Ok(())
 }
