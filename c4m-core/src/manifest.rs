@@ -2089,7 +2089,6 @@ enum Scope {
 const IGNORED: &str = "is not supported and will be ignored";
 const SECURITY_IGNORED: &str =
     "is not supported and will be ignored (only runAsUser and runAsGroup are honoured)";
-const CLUSTER_IP: &str = "is not supported; the service is treated as ClusterIP";
 
 /// Fields that are valid Kubernetes but that c4m does not honour, with the
 /// note a warning gives. Patterns are `.`-separated keys where:
@@ -2158,9 +2157,6 @@ const UNHONOURED: &[(Scope, &str, &str)] = &[
         "spec.template",
         "is not run: c4m keeps ReplicaSets as the revisions of Deployments; use a Deployment",
     ),
-    (Scope::Kind("Service"), "spec.type=LoadBalancer", CLUSTER_IP),
-    (Scope::Kind("Service"), "spec.type=NodePort", CLUSTER_IP),
-    (Scope::Kind("Service"), "spec.type=ExternalName", CLUSTER_IP),
     (Scope::Kind("Service"), "spec.externalIPs", IGNORED),
     (
         Scope::Kind("PodDisruptionBudget"),
@@ -3071,12 +3067,11 @@ spec:
         assert_eq!(warnings, expected);
 
         let service = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
-                             "spec": {"type": "LoadBalancer", "ports": [{"port": 80}]}});
+                             "spec": {"type": "LoadBalancer", "ports": [{"port": 80}],
+                                      "externalIPs": ["192.0.2.1"]}});
         assert_eq!(
             validate_value(&service).unwrap().warnings,
-            [
-                "Service web: spec.type=LoadBalancer is not supported; the service is treated as ClusterIP"
-            ]
+            ["Service web: spec.externalIPs is not supported and will be ignored"]
         );
         let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
                          "spec": {"hostNetwork": true, "containers": [{"name": "c", "command": ["x"]}]}});

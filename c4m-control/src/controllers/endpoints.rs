@@ -22,6 +22,7 @@ use crate::objects::{Objects, kind, name_of, namespace_of};
 use crate::pods::{is_ready, labels, phase, reported_ports, selects, string_map};
 
 mod slices;
+pub(crate) use slices::SERVICE_NAME;
 
 /// Label marking Endpoints this controller manages (and may delete).
 const MANAGED_BY: &str = "endpoints.kubernetes.io/managed-by";
