@@ -286,20 +286,70 @@ fn joined_or_none(items: &[String]) -> String {
     }
 }
 
+/// `PORT/PROTOCOL`, or `PORT:NODEPORT/PROTOCOL` with a node port, as
+/// kubectl prints a Service's ports.
 fn service_ports(service: &Value) -> String {
     let ports: Vec<String> = service["spec"]["ports"]
         .as_array()
         .into_iter()
         .flatten()
         .map(|p| {
-            format!(
-                "{}/{}",
-                text(&p["port"]),
-                p["protocol"].as_str().unwrap_or("TCP")
-            )
+            let protocol = p["protocol"].as_str().unwrap_or("TCP");
+            match p["nodePort"].as_u64().filter(|n| *n > 0) {
+                Some(node_port) => format!("{}:{node_port}/{protocol}", text(&p["port"])),
+                None => format!("{}/{protocol}", text(&p["port"])),
+            }
         })
         .collect();
     joined_or_none(&ports)
+}
+
+/// The first cluster IP, else `<none>`.
+fn service_cluster_ip(service: &Value) -> String {
+    let spec = &service["spec"];
+    spec["clusterIPs"][0]
+        .as_str()
+        .or(spec["clusterIP"].as_str())
+        .filter(|ip| !ip.is_empty())
+        .unwrap_or("<none>")
+        .to_string()
+}
+
+/// kubectl's EXTERNAL-IP: the external IPs; for a LoadBalancer its
+/// ingress addresses first, `<pending>` while it has none; an
+/// ExternalName's name.
+fn service_external_ip(service: &Value) -> String {
+    let strings = |value: &Value| -> Vec<String> {
+        value
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect()
+    };
+    let external = strings(&service["spec"]["externalIPs"]);
+    match service["spec"]["type"].as_str().unwrap_or("ClusterIP") {
+        "ClusterIP" | "NodePort" if external.is_empty() => "<none>".into(),
+        "ClusterIP" | "NodePort" => external.join(","),
+        "LoadBalancer" => {
+            let mut addresses: Vec<String> = service["status"]["loadBalancer"]["ingress"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|i| i["ip"].as_str().or(i["hostname"].as_str()))
+                .filter(|a| !a.is_empty())
+                .map(str::to_string)
+                .collect();
+            addresses.extend(external);
+            if addresses.is_empty() {
+                "<pending>".into()
+            } else {
+                addresses.join(",")
+            }
+        }
+        "ExternalName" => text(&service["spec"]["externalName"]),
+        _ => "<unknown>".into(),
+    }
 }
 
 fn service_selector(service: &Value) -> String {
@@ -474,6 +524,12 @@ static SERVICE: &[Column] = &[
             .unwrap_or("ClusterIP")
             .to_string()
     }),
+    Column::new("CLUSTER-IP", "The Service's cluster IP", service_cluster_ip),
+    Column::new(
+        "EXTERNAL-IP",
+        "Where the Service is reached from outside the cluster",
+        service_external_ip,
+    ),
     Column::new("PORT(S)", "Ports and protocols", service_ports),
     AGE,
     Column::new(
@@ -1114,6 +1170,79 @@ mod tests {
         assert_eq!(
             headers("jobs", 0),
             ["NAME", "STATUS", "COMPLETIONS", "DURATION", "AGE"]
+        );
+    }
+
+    #[test]
+    fn service_cells_follow_kubectl() {
+        let services = ResourceKind::from_name("svc").unwrap();
+        assert_eq!(
+            headers("svc", 1),
+            [
+                "NAME",
+                "TYPE",
+                "CLUSTER-IP",
+                "EXTERNAL-IP",
+                "PORT(S)",
+                "AGE",
+                "SELECTOR"
+            ]
+        );
+        let cells = |service: Value| {
+            let row = row(services, &service);
+            [
+                row[1].clone(),
+                row[2].clone(),
+                row[3].clone(),
+                row[4].clone(),
+                row[6].clone(),
+            ]
+        };
+        assert_eq!(
+            cells(
+                json!({"spec": {"type": "NodePort", "clusterIP": "10.96.0.10",
+                "clusterIPs": ["10.96.0.10"], "selector": {"app": "web"},
+                "ports": [{"port": 80, "nodePort": 30080, "protocol": "TCP"},
+                    {"port": 53, "nodePort": 30053, "protocol": "UDP"}]}})
+            ),
+            [
+                "NodePort",
+                "10.96.0.10",
+                "<none>",
+                "80:30080/TCP,53:30053/UDP",
+                "app=web"
+            ]
+        );
+        assert_eq!(
+            cells(
+                json!({"spec": {"type": "LoadBalancer", "clusterIPs": ["10.96.0.11"],
+                "ports": [{"port": 80, "nodePort": 31000}]}})
+            ),
+            [
+                "LoadBalancer",
+                "10.96.0.11",
+                "<pending>",
+                "80:31000/TCP",
+                "<none>"
+            ]
+        );
+        assert_eq!(
+            cells(
+                json!({"spec": {"type": "LoadBalancer", "clusterIPs": ["10.96.0.11"],
+                "ports": [{"port": 80, "nodePort": 31000}]},
+                "status": {"loadBalancer": {"ingress": [{"ip": "192.168.1.2"}, {"ip": "192.168.1.3"}]}}})
+            )[2],
+            "192.168.1.2,192.168.1.3"
+        );
+        assert_eq!(
+            cells(json!({"spec": {"type": "ExternalName", "externalName": "example.com"}})),
+            ["ExternalName", "<none>", "example.com", "<none>", "<none>"]
+        );
+        assert_eq!(
+            cells(
+                json!({"spec": {"clusterIP": "None", "clusterIPs": ["None"], "ports": [{"port": 80}]}})
+            )[..3],
+            ["ClusterIP", "None", "<none>"]
         );
     }
 
