@@ -73,6 +73,7 @@ mod scheduler_policy;
 mod selector;
 mod server;
 mod server_side_apply;
+mod service_addresses;
 mod streams;
 mod tables;
 #[cfg(test)]
@@ -84,4 +85,5 @@ pub use error::{Error, FieldCause, Result};
 pub use objects::Objects;
 pub use protobuf::ProtobufError;
 pub use server::{ControlPlane, ControlPlaneConfig};
+pub use service_addresses::{RangeError, ServiceRanges};
 pub use tls::TlsIdentity;
