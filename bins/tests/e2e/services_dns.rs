@@ -152,6 +152,9 @@ fn instances_resolve_services_as_kubernetes_dns_gives_them_and_get_service_varia
         let answer = nslookup(&[name]);
         assert_eq!(addresses(&answer), [WEB_IP], "{name}: {answer}");
     }
+    // The kubernetes Service, as charts look it up.
+    let answer = nslookup(&["kubernetes.default.svc.cluster.local"]);
+    assert_eq!(addresses(&answer), ["10.96.0.1"], "{answer}");
     // Its PTR record names it in the cluster domain.
     let answer = nslookup(&[WEB_IP]);
     assert!(
@@ -191,6 +194,11 @@ fn instances_resolve_services_as_kubernetes_dns_gives_them_and_get_service_varia
         "WEB_PORT_80_TCP_PROTO=tcp",
         "WEB_PORT_80_TCP_PORT=80",
         "WEB_PORT_80_TCP_ADDR=10.96.0.50",
+        // The kubernetes Service of default, in every namespace.
+        "KUBERNETES_SERVICE_HOST=10.96.0.1",
+        "KUBERNETES_SERVICE_PORT=443",
+        "KUBERNETES_SERVICE_PORT_HTTPS=443",
+        "KUBERNETES_PORT=tcp://10.96.0.1:443",
     ] {
         assert!(
             env.lines().any(|line| line == variable),
