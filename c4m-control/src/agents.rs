@@ -176,9 +176,10 @@ impl Agents {
         })
     }
 
-    /// Resolves `valueFrom` and `envFrom` against ConfigMaps, Secrets and the
-    /// instance's own fields, so the agent receives plain values, and adds
-    /// the Service variables (`service_env.rs`) a container does not set.
+    /// Resolves `valueFrom` and `envFrom` of every container (init ones
+    /// too) against ConfigMaps, Secrets and the instance's own fields, so the
+    /// agent receives plain values, and adds the Service variables
+    /// (`service_env.rs`) a container does not set.
     fn resolve_env(&self, pod: &Value) -> Result<Value, String> {
         let mut pod = pod.clone();
         let namespace = namespace_of(&pod).to_string();
@@ -187,76 +188,78 @@ impl Agents {
             &namespace,
             crate::service_env::links_enabled(&pod),
         );
-        let containers = pod["spec"]["containers"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        let mut resolved = Vec::with_capacity(containers.len());
-        for (index, mut container) in containers.into_iter().enumerate() {
-            let mut env: Vec<Value> = Vec::new();
-            for (from_index, source) in container["envFrom"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .enumerate()
-            {
-                let prefix = source["prefix"].as_str().unwrap_or_default();
-                let path = format!("spec.containers[{index}].envFrom[{from_index}]");
-                let (data, optional) = if let Some(cm) = source["configMapRef"].as_object() {
-                    (
-                        self.config_data("configmaps", &namespace, cm.get("name")),
-                        cm.get("optional") == Some(&json!(true)),
-                    )
-                } else if let Some(secret) = source["secretRef"].as_object() {
-                    (
-                        self.config_data("secrets", &namespace, secret.get("name")),
-                        secret.get("optional") == Some(&json!(true)),
-                    )
-                } else {
-                    continue;
-                };
-                match data {
-                    Some(data) => env.extend(
-                        data.into_iter()
-                            .map(|(k, v)| json!({"name": format!("{prefix}{k}"), "value": v})),
-                    ),
-                    None if optional => {}
-                    None => return Err(format!("{path}: referenced object not found")),
+        for list in ["initContainers", "containers"] {
+            let Some(containers) = pod["spec"][list].as_array().cloned() else {
+                continue;
+            };
+            let mut resolved = Vec::with_capacity(containers.len());
+            for (index, mut container) in containers.into_iter().enumerate() {
+                let mut env: Vec<Value> = Vec::new();
+                for (from_index, source) in container["envFrom"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .enumerate()
+                {
+                    let prefix = source["prefix"].as_str().unwrap_or_default();
+                    let path = format!("spec.{list}[{index}].envFrom[{from_index}]");
+                    let (data, optional) = if let Some(cm) = source["configMapRef"].as_object() {
+                        (
+                            self.config_data("configmaps", &namespace, cm.get("name")),
+                            cm.get("optional") == Some(&json!(true)),
+                        )
+                    } else if let Some(secret) = source["secretRef"].as_object() {
+                        (
+                            self.config_data("secrets", &namespace, secret.get("name")),
+                            secret.get("optional") == Some(&json!(true)),
+                        )
+                    } else {
+                        continue;
+                    };
+                    match data {
+                        Some(data) => env.extend(
+                            data.into_iter()
+                                .map(|(k, v)| json!({"name": format!("{prefix}{k}"), "value": v})),
+                        ),
+                        None if optional => {}
+                        None => return Err(format!("{path}: referenced object not found")),
+                    }
                 }
-            }
-            for (env_index, var) in container["env"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .enumerate()
-            {
-                let name = var["name"].as_str().unwrap_or_default();
-                let Some(from) = var.get("valueFrom").filter(|v| !v.is_null()) else {
-                    env.push(var.clone());
-                    continue;
-                };
-                let path = format!("spec.containers[{index}].env[{env_index}].valueFrom");
-                let value = self
-                    .value_from(&pod, &namespace, from)
-                    .map_err(|e| format!("{path}: {e}"))?;
-                if let Some(value) = value {
-                    env.push(json!({"name": name, "value": value}));
+                for (env_index, var) in container["env"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .enumerate()
+                {
+                    let name = var["name"].as_str().unwrap_or_default();
+                    let Some(from) = var.get("valueFrom").filter(|v| !v.is_null()) else {
+                        env.push(var.clone());
+                        continue;
+                    };
+                    let path = format!("spec.{list}[{index}].env[{env_index}].valueFrom");
+                    let value = self
+                        .value_from(&pod, &namespace, from)
+                        .map_err(|e| format!("{path}: {e}"))?;
+                    if let Some(value) = value {
+                        env.push(json!({"name": name, "value": value}));
+                    }
                 }
+                let own: HashSet<&str> =
+                    env.iter().filter_map(|var| var["name"].as_str()).collect();
+                let mut with_services: Vec<Value> = service_env
+                    .iter()
+                    .filter(|(name, _)| !own.contains(name.as_str()))
+                    .map(|(name, value)| json!({"name": name, "value": value}))
+                    .collect();
+                with_services.extend(env);
+                container["env"] = Value::Array(with_services);
+                if let Some(object) = container.as_object_mut() {
+                    object.remove("envFrom");
+                }
+                resolved.push(container);
             }
-            let own: HashSet<&str> = env.iter().filter_map(|var| var["name"].as_str()).collect();
-            let mut with_services: Vec<Value> = service_env
-                .iter()
-                .filter(|(name, _)| !own.contains(name.as_str()))
-                .map(|(name, value)| json!({"name": name, "value": value}))
-                .collect();
-            with_services.extend(env);
-            container["env"] = Value::Array(with_services);
-            if let Some(object) = container.as_object_mut() {
-                object.remove("envFrom");
-            }
-            resolved.push(container);
+            pod["spec"][list] = Value::Array(resolved);
         }
-        pod["spec"]["containers"] = Value::Array(resolved);
         Ok(pod)
     }
 
@@ -1531,19 +1534,26 @@ mod tests {
         let env_of = |links: Option<bool>| {
             let mut pod = json!({"apiVersion": "v1", "kind": "Pod",
                 "metadata": {"name": "p", "namespace": "shop"},
-                "spec": {"containers": [{"name": "c", "image": "x", "env": [
+                "spec": {"initContainers": [{"name": "i", "image": "x"}],
+                         "containers": [{"name": "c", "image": "x", "env": [
                     {"name": "WEB_SERVICE_HOST", "value": "mine"}]}]}});
             if let Some(links) = links {
                 pod["spec"]["enableServiceLinks"] = json!(links);
             }
             let resolved = agents.resolve_env(&pod).unwrap();
-            let env: Vec<(String, String)> = resolved["spec"]["containers"][0]["env"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|v| (text(&v["name"]), text(&v["value"])))
-                .collect();
-            env
+            let env_of = |list: &str| -> Vec<(String, String)> {
+                resolved["spec"][list][0]["env"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| (text(&v["name"]), text(&v["value"])))
+                    .collect()
+            };
+            // Init containers get them too.
+            let init = env_of("initContainers");
+            let linked = init.contains(&("DB_SERVICE_HOST".into(), "10.96.0.5".into()));
+            assert_eq!(linked, links.unwrap_or(true), "{init:?}");
+            env_of("containers")
         };
         fn text(value: &Value) -> String {
             value.as_str().unwrap().to_string()
