@@ -258,7 +258,8 @@ async fn a_chain_attaches_instances_that_reach_each_other_and_a_published_port()
     );
     let resolv = std::fs::read_to_string(&a.resolv_conf)?;
     ensure!(
-        resolv.contains("nameserver 10.99.90.1\n") && resolv.contains("search shop.svc.c4m"),
+        resolv.contains("nameserver 10.99.90.1\n")
+            && resolv.contains("search shop.svc.cluster.local"),
         "{resolv}"
     );
     network.check("cni-a").await?;

@@ -138,7 +138,7 @@ async fn instances_of_one_vpc_reach_each_other_and_not_another_vpc() -> Result<(
     let resolv = std::fs::read_to_string(&a1.resolv_conf)?;
     assert_eq!(
         resolv,
-        "nameserver 10.99.11.1\nsearch shop.svc.c4m svc.c4m c4m\noptions ndots:5\n"
+        "nameserver 10.99.11.1\nsearch shop.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5\n"
     );
 
     let _a2_listener = listen_in(&a2.network_namespace, a2.address)?;
