@@ -51,6 +51,8 @@ pub(crate) struct Agents {
     pub reported: Arc<ReportMemo>,
     /// The Events agents reported as such that were recorded.
     pub reported_events: Arc<crate::container_events::ReportedEvents>,
+    /// Each Service's variables, made once per revision.
+    pub service_envs: Arc<crate::service_env::ServiceEnvs>,
     pub shutdown: CancellationToken,
 }
 
@@ -183,7 +185,7 @@ impl Agents {
     fn resolve_env(&self, pod: &Value) -> Result<Value, String> {
         let mut pod = pod.clone();
         let namespace = namespace_of(&pod).to_string();
-        let service_env = crate::service_env::service_env(
+        let service_env = self.service_envs.for_instance(
             &self.cache,
             &namespace,
             crate::service_env::links_enabled(&pod),
@@ -1313,6 +1315,7 @@ mod tests {
             slices: Arc::default(),
             reported: Arc::default(),
             reported_events: Arc::default(),
+            service_envs: Arc::default(),
             shutdown: shutdown.clone(),
         }
     }
@@ -1551,8 +1554,8 @@ mod tests {
             };
             // Init containers get them too.
             let init = env_of("initContainers");
-            let linked = init.contains(&("DB_SERVICE_HOST".into(), "10.96.0.5".into()));
-            assert_eq!(linked, links.unwrap_or(true), "{init:?}");
+            let master = ("KUBERNETES_SERVICE_HOST".into(), "10.96.0.1".into());
+            assert!(init.contains(&master), "{init:?}");
             env_of("containers")
         };
         fn text(value: &Value) -> String {
@@ -1586,6 +1589,24 @@ mod tests {
         assert_eq!(value(&env, "KUBERNETES_SERVICE_HOST"), "10.96.0.1");
         assert_eq!(value(&env, "DB_SERVICE_HOST"), "");
         assert_eq!(value(&env, "WEB_SERVICE_HOST"), "mine");
+
+        // Services changed since are seen: a port changed, one gone.
+        objects
+            .update_with(kind("services"), "shop", "web", |service| {
+                service["spec"]["ports"][0]["port"] = json!(9443);
+                true
+            })
+            .await
+            .unwrap();
+        let (_, revision) = objects
+            .delete(kind("services"), "shop", "db")
+            .await
+            .unwrap();
+        agents.cache.wait_for(revision).await;
+        let env = env_of(None);
+        assert_eq!(value(&env, "WEB_SERVICE_PORT"), "9443");
+        assert_eq!(value(&env, "DB_SERVICE_HOST"), "");
+        assert_eq!(value(&env, "KUBERNETES_SERVICE_HOST"), "10.96.0.1");
         shutdown.cancel();
     }
 

@@ -258,6 +258,7 @@ impl ControlPlane {
             slices: Arc::default(),
             reported: Arc::default(),
             reported_events: Arc::default(),
+            service_envs: Arc::default(),
             shutdown: shutdown.clone(),
         };
         let token = self.config.token.clone();

@@ -10,36 +10,96 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 
-use crate::cache::Cache;
-use crate::objects::{kind, name_of};
+use crate::cache::{Cache, Stored};
+use crate::objects::{key, kind, name_of, prefix};
 
 /// The namespace of the master Service, always linked.
 const MASTER_NAMESPACE: &str = "default";
 /// The master Service, linked into every namespace.
 const MASTER_SERVICE: &str = "kubernetes";
 
-/// The Service variables of an instance of namespace `namespace` whose
-/// `spec.enableServiceLinks` is `links` (Kubernetes' default: true), in
-/// Service name order.
-pub(crate) fn service_env(cache: &Cache, namespace: &str, links: bool) -> Vec<(String, String)> {
-    let mut services: BTreeMap<String, Arc<Value>> = BTreeMap::new();
-    // A Service of the instance's namespace shadows the master one of its name.
-    if let Some(master) = cache.get(kind("services"), MASTER_NAMESPACE, MASTER_SERVICE) {
-        services.insert(MASTER_SERVICE.to_string(), master);
-    }
-    if links {
-        for service in cache.list(kind("services"), Some(namespace)) {
-            services.insert(name_of(&service).to_string(), service);
+/// The variables of each Service by key, with the revision they were made
+/// from: building an instance's environment decodes only the Services that
+/// changed since (the cache keeps objects encoded), so a namespace of many
+/// Services costs a scan of their keys per instance, not a decode of each.
+#[derive(Default)]
+pub(crate) struct ServiceEnvs(Mutex<BTreeMap<String, (i64, Variables)>>);
+
+/// One Service's variables, shared between the instances that get them.
+type Variables = Arc<[(String, String)]>;
+
+impl ServiceEnvs {
+    /// The Service variables of an instance of namespace `namespace` whose
+    /// `spec.enableServiceLinks` is `links` (Kubernetes' default: true), in
+    /// Service name order.
+    pub(crate) fn for_instance(
+        &self,
+        cache: &Cache,
+        namespace: &str,
+        links: bool,
+    ) -> Vec<(String, String)> {
+        let mut memo = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut by_name: BTreeMap<String, Variables> = BTreeMap::new();
+        // A Service of the instance's namespace shadows the master one of its name.
+        let master = key(kind("services"), MASTER_NAMESPACE, MASTER_SERVICE);
+        if let Some(stored) = cache.stored(&master) {
+            by_name.insert(
+                MASTER_SERVICE.to_string(),
+                variables_of(&mut memo, &master, &stored),
+            );
         }
+        if links {
+            let under = prefix(kind("services"), Some(namespace));
+            let mut found = Vec::new();
+            cache.for_each_stored(&under, |key, stored| {
+                found.push((key.to_string(), stored.clone()));
+            });
+            // Forget the Services of this namespace that are gone.
+            let gone: Vec<String> = memo
+                .range(under.clone()..)
+                .map(|(key, _)| key)
+                .take_while(|key| key.starts_with(&under))
+                .filter(|key| found.binary_search_by(|(k, _)| k.cmp(key)).is_err())
+                .cloned()
+                .collect();
+            for key in gone {
+                memo.remove(&key);
+            }
+            for (key, stored) in found {
+                let name = key[under.len()..].to_string();
+                by_name.insert(name, variables_of(&mut memo, &key, &stored));
+            }
+        }
+        by_name
+            .values()
+            .flat_map(|variables| variables.iter().cloned())
+            .collect()
     }
-    services
-        .into_iter()
-        .flat_map(|(name, service)| variables(&name, &service))
-        .collect()
+}
+
+/// The variables of the Service stored at `key`, from `memo` while its
+/// revision is the one they were made from.
+fn variables_of(
+    memo: &mut BTreeMap<String, (i64, Variables)>,
+    key: &str,
+    stored: &Stored,
+) -> Variables {
+    if let Some((revision, variables)) = memo.get(key)
+        && *revision == stored.revision()
+    {
+        return Arc::clone(variables);
+    }
+    let made: Variables = stored
+        .decode(key)
+        .map(|service| variables(name_of(&service), &service))
+        .unwrap_or_default()
+        .into();
+    memo.insert(key.to_string(), (stored.revision(), Arc::clone(&made)));
+    made
 }
 
 /// Whether `pod` wants Service links (`spec.enableServiceLinks`, default true).
