@@ -165,15 +165,6 @@ pub(crate) async fn reconcile_api_service(
     Ok(latest(latest(service, endpoints), slice))
 }
 
-/// A node's InternalIP, if it reports one.
-fn internal_ip(node: &Value) -> Option<&str> {
-    node["status"]["addresses"]
-        .as_array()?
-        .iter()
-        .find(|a| a["type"] == "InternalIP")?["address"]
-        .as_str()
-}
-
 /// The `status.loadBalancer` a Service should have: for a LoadBalancer,
 /// the InternalIP of each Ready node.
 fn load_balancer_status(service: &Value, nodes: &[(String, String)]) -> Value {
@@ -204,7 +195,8 @@ pub(crate) async fn reconcile_load_balancers(
         .filter(|(_, ready)| *ready)
         .filter_map(|(name, _)| {
             let node = cache.get(kind("nodes"), "", &name)?;
-            Some((name, internal_ip(&node)?.to_string()))
+            let address = crate::agents::node_address(&node);
+            (!address.is_empty()).then_some((name, address))
         })
         .collect();
     nodes.sort();
