@@ -211,29 +211,26 @@ fn services_get_cluster_ips_node_ports_and_load_balancers() {
     let kubectl = Kubectl::for_cluster(&cluster);
 
     // The API's own Service, its Endpoints and EndpointSlice.
-    let api = wait_for("the kubernetes Service", MINUTE, || {
-        let output = kubectl.run(&["get", "service", "kubernetes", "-o", "json"]);
-        output
-            .status
-            .success()
-            .then(|| serde_json::from_slice::<Value>(&output.stdout).unwrap())
-    });
+    let present = |kind: &str| {
+        wait_for(&format!("the kubernetes {kind}"), MINUTE, || {
+            let output = kubectl.run(&["get", kind, "kubernetes", "-o", "json"]);
+            output
+                .status
+                .success()
+                .then(|| serde_json::from_slice::<Value>(&output.stdout).unwrap())
+        })
+    };
+    let api = present("service");
     assert_eq!(api["spec"]["clusterIP"], "10.96.0.1");
     assert_eq!(
         api["spec"]["ports"],
         serde_json::json!([{"name": "https", "port": 443, "protocol": "TCP",
             "targetPort": cluster.api}])
     );
-    let endpoints = wait_for("the kubernetes Endpoints", MINUTE, || {
-        let output = kubectl.run(&["get", "endpoints", "kubernetes", "-o", "json"]);
-        output
-            .status
-            .success()
-            .then(|| serde_json::from_slice::<Value>(&output.stdout).unwrap())
-    });
+    let endpoints = present("endpoints");
     assert_eq!(endpoints["subsets"][0]["addresses"][0]["ip"], "127.0.0.1");
     assert_eq!(endpoints["subsets"][0]["ports"][0]["port"], cluster.api);
-    let slice = kubectl.json(&["get", "endpointslice", "kubernetes"]);
+    let slice = present("endpointslice");
     assert_eq!(
         slice["endpoints"][0]["addresses"],
         serde_json::json!(["127.0.0.1"])
