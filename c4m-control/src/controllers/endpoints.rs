@@ -44,6 +44,8 @@ struct Service {
     ports: Vec<ServicePort>,
     /// A Microservice's own service (no Service of its name exists).
     microservice: bool,
+    /// `spec.publishNotReadyAddresses`: every endpoint counts as ready.
+    publish_not_ready: bool,
     /// The owner reference the service's EndpointSlices carry.
     owner: Value,
 }
@@ -90,6 +92,7 @@ fn service(cache: &Cache, namespace: &str, name: &str) -> Option<Service> {
                 target => target.clone(),
             }),
             microservice: false,
+            publish_not_ready: svc["spec"]["publishNotReadyAddresses"] == true,
             owner: owner_reference(&svc, "v1", "Service"),
         });
     }
@@ -100,6 +103,7 @@ fn service(cache: &Cache, namespace: &str, name: &str) -> Option<Service> {
         name: name.to_string(),
         ports: ports(&ms["spec"]["ports"], |p| p["containerPort"].clone()),
         microservice: true,
+        publish_not_ready: false,
         owner: owner_reference(&ms, "c4m.io/v1", "Microservice"),
     })
 }
@@ -143,6 +147,8 @@ struct Backend<'a> {
     ready: bool,
     /// Being deleted: it takes no new traffic while it stops.
     terminating: bool,
+    /// The service publishes endpoints whether ready or not.
+    publish_not_ready: bool,
     /// The service's ports as resolved in this instance: `name`, `port`
     /// (the node port bound for the target, else the target itself),
     /// `protocol`, `appProtocol`.
@@ -151,9 +157,10 @@ struct Backend<'a> {
 
 impl Backend<'_> {
     /// Whether new traffic may go to it (Endpoints' `addresses`,
-    /// EndpointSlices' `ready`).
+    /// EndpointSlices' `ready`): ready and not terminating, or anyway when
+    /// the service publishes endpoints that are not ready.
     fn takes_traffic(&self) -> bool {
-        self.ready && !self.terminating
+        self.publish_not_ready || (self.ready && !self.terminating)
     }
 }
 
@@ -193,6 +200,7 @@ fn backends<'a>(service: &Service, pods: &'a [Arc<Value>]) -> Vec<Backend<'a>> {
             pod,
             ip,
             ready: is_ready(pod),
+            publish_not_ready: service.publish_not_ready,
             terminating: crate::deletion::is_deleting(pod),
             ports,
         });

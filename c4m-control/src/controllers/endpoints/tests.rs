@@ -109,9 +109,9 @@ async fn a_service_gets_endpoint_slices_beside_its_endpoints() {
 
     reconcile(&objects, &cache).await;
 
-    let slices = slices(&cache);
-    assert_eq!(slices.len(), 1, "{slices:#?}");
-    let (name, slice) = slices.into_iter().next().unwrap();
+    let found = slices(&cache);
+    assert_eq!(found.len(), 1, "{found:#?}");
+    let (name, slice) = found.into_iter().next().unwrap();
     assert!(name.starts_with("web-"), "{name}");
     let uid =
         |name: &str| cache.get(kind("pods"), "default", name).unwrap()["metadata"]["uid"].clone();
@@ -155,6 +155,26 @@ async fn a_service_gets_endpoint_slices_beside_its_endpoints() {
         .map(|a| &a["ip"])
         .collect();
     assert_eq!(not_ready, [&json!("10.1.0.3"), &json!("10.1.0.4")]);
+
+    // Published whether ready or not: every endpoint is ready.
+    let revision = objects
+        .update_with(kind("services"), "default", "web", |service| {
+            service["spec"]["publishNotReadyAddresses"] = json!(true);
+            true
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    cache.wait_for(revision).await;
+    reconcile(&objects, &cache).await;
+    let published = slices(&cache).into_values().next().unwrap();
+    let ready: Vec<&Value> = published["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["conditions"]["ready"])
+        .collect();
+    assert_eq!(ready, [&json!(true); 3]);
 
     // Nothing changed: nothing written.
     let everything = Changes {
