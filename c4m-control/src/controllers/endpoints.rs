@@ -381,16 +381,39 @@ async fn reconcile_service(
         .as_ref()
         .map(|service| backends(service, &pods))
         .unwrap_or_default();
-    let desired_slices = service
-        .as_ref()
-        .map(|service| slices::desired(service, &backends))
-        .unwrap_or_default();
+    let desired_slices = match &service {
+        Some(service) => slices::desired(service, &backends),
+        None => mirrored(cache, namespace, name),
+    };
     let desired = service
         .as_ref()
         .map(|service| desired_endpoints(service, &backends));
     let written = reconcile_endpoints(objects, cache, namespace, name, desired).await?;
     let sliced = slices::reconcile(objects, cache, namespace, name, desired_slices).await?;
     Ok(super::latest(written, sliced))
+}
+
+/// Label by which Endpoints opt out of mirroring into EndpointSlices.
+const SKIP_MIRROR: &str = "endpointslice.kubernetes.io/skip-mirror";
+
+/// The slices mirroring the Endpoints users write for the Service
+/// `namespace/name` when it has no selector (none when it has one, or
+/// there is no such Service, or its Endpoints are managed here or opt out).
+fn mirrored(cache: &Cache, namespace: &str, name: &str) -> BTreeMap<String, Value> {
+    let Some(svc) = cache.get(kind("services"), namespace, name) else {
+        return BTreeMap::new();
+    };
+    let Some(endpoints) = cache.get(kind("endpoints"), namespace, name) else {
+        return BTreeMap::new();
+    };
+    let endpoint_labels = labels(&endpoints);
+    if !string_map(&svc["spec"]["selector"]).is_empty()
+        || endpoint_labels.contains_key(MANAGED_BY)
+        || endpoint_labels.get(SKIP_MIRROR).map(String::as_str) == Some("true")
+    {
+        return BTreeMap::new();
+    }
+    slices::mirrored(&svc, &endpoints)
 }
 
 /// Brings the Endpoints of `namespace/name` to `desired`: created,
