@@ -291,6 +291,28 @@ fn services_get_cluster_ips_node_ports_and_load_balancers() {
         ["ClusterIP", "10.96.0.1", "<none>", "443/TCP"]
     );
 
+    // kubectl describe reads the Service and its EndpointSlices.
+    let described = wait_for("described endpoints", MINUTE, || {
+        let described = kubectl.ok(&["describe", "service", "web"]);
+        described
+            .lines()
+            .any(|l| {
+                l.starts_with("Endpoints:")
+                    && l.contains(':'.to_string().as_str())
+                    && !l.contains("<none>")
+            })
+            .then_some(described)
+    });
+    for expected in [
+        format!("IP:                       {ip}"),
+        format!("NodePort:                 <unset>  {node_port}/TCP"),
+        "Type:                     NodePort".to_string(),
+        "Endpoints:                127.0.0.1:".to_string(),
+        "External Traffic Policy:  Cluster".to_string(),
+    ] {
+        assert!(described.contains(&expected), "{expected:?} in {described}");
+    }
+
     // The same node port again, and a new cluster IP: refused.
     let taken = format!(
         r#"{{"apiVersion": "v1", "kind": "Service", "metadata": {{"name": "taken"}},
