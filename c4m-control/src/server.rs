@@ -39,8 +39,10 @@ pub struct ControlPlaneConfig {
     pub grpc_addr: SocketAddr,
     /// DNS address (UDP and TCP); None to run without DNS.
     pub dns_addr: Option<SocketAddr>,
-    /// DNS zone services are answered under.
-    pub dns_zone: String,
+    /// The cluster's DNS domain (`--cluster-domain`): services answer as
+    /// `NAME.NAMESPACE.svc.<domain>`, and as `NAME.NAMESPACE.svc.c4m` too
+    /// ([`c4m_mesh::C4M_DOMAIN`]).
+    pub cluster_domain: String,
     /// Bearer token clients and agents must present; None runs an
     /// unauthenticated dev-mode control plane.
     pub token: Option<String>,
@@ -80,7 +82,7 @@ impl Default for ControlPlaneConfig {
             api_addr: ([127, 0, 0, 1], 8140).into(),
             grpc_addr: ([127, 0, 0, 1], 8141).into(),
             dns_addr: Some(([127, 0, 0, 1], 8153).into()),
-            dns_zone: "svc.c4m".into(),
+            cluster_domain: c4m_mesh::DEFAULT_CLUSTER_DOMAIN.into(),
             token: None,
             heartbeat_interval: Duration::from_secs(2),
             node_grace: Duration::from_secs(10),
@@ -170,7 +172,8 @@ impl ControlPlane {
                 }),
                 None => Arc::new(registry.clone()),
             };
-            self.dns = Some(DnsServer::bind(addr, &self.config.dns_zone, lookup).await?);
+            let domains = [self.config.cluster_domain.as_str(), c4m_mesh::C4M_DOMAIN];
+            self.dns = Some(DnsServer::bind(addr, &domains, lookup).await?);
         }
         let health = Arc::new(NodeHealth::new(
             self.config.node_grace,

@@ -377,6 +377,7 @@ fn check_typed(kind: &ResourceKind, value: &Value) -> Result<ObjectMeta, FieldEr
             let service: Service = typed(value)?;
             if let Some(spec) = &service.spec {
                 check_service_spec(spec)?;
+                check_external_name(spec)?;
             }
             service.metadata
         }
@@ -2030,6 +2031,23 @@ fn dns1123_subdomain(s: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// `spec.externalName` of an ExternalName Service: required, a DNS-1123
+/// subdomain with an optional trailing dot (the CNAME cluster DNS answers).
+fn check_external_name(spec: &ServiceSpec) -> Result<(), FieldError> {
+    if spec.type_.as_deref() != Some("ExternalName") {
+        return Ok(());
+    }
+    let name = spec.external_name.as_deref().unwrap_or_default();
+    let name = name.strip_suffix('.').unwrap_or(name);
+    if name.is_empty() {
+        return Err(field_error(
+            "spec.externalName",
+            "required for a Service of type ExternalName",
+        ));
+    }
+    dns1123_subdomain(name).map_err(|reason| field_error("spec.externalName", reason))
+}
+
 /// A label key: `[prefix/]name`, the prefix a DNS-1123 subdomain.
 fn label_key(key: &str) -> Result<(), String> {
     let name = match key.split_once('/') {
@@ -2982,6 +3000,33 @@ spec:
         let (path, _) =
             validate_value(&service(json!([{"port": 80, "protocol": "HTTP"}]))).unwrap_err();
         assert_eq!(path, "spec.ports[0].protocol");
+    }
+
+    #[test]
+    fn an_external_name_must_be_a_dns_name() {
+        let service = |spec: Value| json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "mail"}, "spec": spec});
+        for name in ["smtp.example.com", "smtp.example.com.", "db"] {
+            let external = service(json!({"type": "ExternalName", "externalName": name}));
+            let validated = validate_value(&external).unwrap();
+            assert!(
+                validated.warnings.is_empty(),
+                "{name}: {:?}",
+                validated.warnings
+            );
+        }
+        for spec in [
+            json!({"type": "ExternalName"}),
+            json!({"type": "ExternalName", "externalName": "."}),
+            json!({"type": "ExternalName", "externalName": "smtp..example.com"}),
+            json!({"type": "ExternalName", "externalName": "Smtp_1.example.com"}),
+            json!({"type": "ExternalName", "externalName": "http://example.com"}),
+        ] {
+            let (path, message) = validate_value(&service(spec.clone())).unwrap_err();
+            assert_eq!(path, "spec.externalName", "{spec}: {message}");
+        }
+        // Only an ExternalName Service's is checked.
+        let other = service(json!({"ports": [{"port": 80}], "externalName": "not a name"}));
+        assert!(validate_value(&other).is_ok());
     }
 
     #[test]

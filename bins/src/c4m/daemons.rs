@@ -29,7 +29,8 @@ pub(crate) struct ControlFlags {
     /// gRPC address agents dial.
     #[arg(long, default_value = "127.0.0.1:8141")]
     grpc: SocketAddr,
-    /// DNS address (UDP and TCP) for NAME.NAMESPACE.svc.c4m.
+    /// DNS address (UDP and TCP) for NAME.NAMESPACE.svc.<cluster domain> and
+    /// NAME.NAMESPACE.svc.c4m.
     #[arg(long, default_value = "127.0.0.1:8153")]
     dns: SocketAddr,
     /// Run without authentication (development only).
@@ -215,7 +216,7 @@ async fn bind_control(
         api_addr: flags.api,
         grpc_addr: flags.grpc,
         dns_addr: Some(flags.dns),
-        dns_zone: cluster.service_zone(),
+        cluster_domain: cluster.cluster_domain.clone(),
         token: credentials.as_ref().map(Credentials::bearer),
         heartbeat_interval: flags.heartbeat,
         node_grace: flags.node_grace,

@@ -7,6 +7,7 @@
 mod common;
 
 mod autoscaling;
+mod bookshop;
 mod cluster;
 mod containerd;
 mod cri;
