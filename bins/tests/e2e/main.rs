@@ -29,5 +29,6 @@ mod policy;
 mod python_client;
 mod quickstart;
 mod services;
+mod services_dns;
 mod vpc;
 mod workloads;
