@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use futures::TryStreamExt;
-use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use tokio::sync::Mutex;
 
 use super::ipam::{Ipam, validate_name};
@@ -265,6 +265,16 @@ impl LinuxNetwork {
             .execute()
             .await
             .map_err(|e| failed("joining the bridge", e))?;
+        // Hairpin, as the CNI bridge plugin's hairpinMode: where bridged
+        // traffic passes netfilter (br_netfilter), an instance that reaches
+        // itself through a Service's virtual IP is answered through its own
+        // port.
+        self.host
+            .link()
+            .set(LinkBridgePort::new(host_index).hairpin(true).build())
+            .execute()
+            .await
+            .map_err(|e| failed("setting hairpin mode", e))?;
 
         let index = required_link(inside, &peer, instance).await?;
         let mut eth0 = LinkUnspec::new_with_index(index)
