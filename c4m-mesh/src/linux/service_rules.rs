@@ -647,3 +647,86 @@ fn port_objects(name: &ServicePortName, rules: &ServicePortRules, node: &str) ->
     }
     objects
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn table(endpoint_ready: bool) -> ServiceTable {
+        let services = [
+            json!({"metadata": {"name": "a", "namespace": "shop"},
+                   "spec": {"clusterIP": "10.96.0.10", "ports": [{"port": 80}]}}),
+            json!({"metadata": {"name": "b", "namespace": "shop"},
+                   "spec": {"type": "NodePort", "clusterIP": "10.96.0.11",
+                            "ports": [{"port": 80, "nodePort": 30080}]}}),
+        ];
+        let slice = |name: &str, ready: bool| {
+            json!({"metadata": {"name": name, "namespace": "shop",
+                                "labels": {"kubernetes.io/service-name": name}},
+                   "endpoints": [{"addresses": ["10.88.1.2"], "conditions": {"ready": ready}}],
+                   "ports": [{"port": 8080}]})
+        };
+        let (table, problems) =
+            ServiceTable::from_objects(&services, &[slice("a", true), slice("b", endpoint_ready)]);
+        assert!(problems.is_empty());
+        table
+    }
+
+    #[test]
+    fn a_later_sync_writes_only_the_changed_service_port() {
+        let rules = ServiceRules::new("n1");
+        let (full, applied, report, _) =
+            rules.plan(&table(true), Applied::default(), true, &BTreeSet::new());
+        assert_eq!((report.full, report.changed, report.removed), (true, 2, 0));
+        assert!(full.contains("flush map ip c4m_services service-ips"));
+        assert!(full.contains(
+            "add chain ip c4m_services nat-prerouting { type nat hook prerouting priority -100; policy accept; }"
+        ));
+        assert!(full.contains(
+            "add rule ip c4m_services ep-shop/a/tcp/__10.88.1.2/8080 meta l4proto tcp dnat to 10.88.1.2:8080"
+        ));
+        assert!(full.contains("tcp . 30080 : goto ext-shop/b/tcp/"));
+
+        // b's endpoint turns unready: only b is written; it now rejects.
+        let (partial, _, report, stale) =
+            rules.plan(&table(false), applied, false, &BTreeSet::new());
+        assert_eq!((report.full, report.changed, report.removed), (false, 1, 0));
+        assert!(!partial.contains("shop/a/"), "{partial}");
+        assert!(!partial.contains("flush map ip c4m_services service-ips"));
+        assert!(
+            partial
+                .contains("delete element ip c4m_services service-ips { 10.96.0.11 . tcp . 80 }")
+        );
+        assert!(partial.contains(
+            "add element ip c4m_services no-endpoint-services { 10.96.0.11 . tcp . 80 : goto reject-chain }"
+        ));
+        assert!(partial.contains(
+            "add element ip c4m_services no-endpoint-nodeports { tcp . 30080 : goto reject-chain }"
+        ));
+        assert_eq!(
+            stale,
+            [
+                "ep-shop/b/tcp/__10.88.1.2/8080",
+                "ext-shop/b/tcp/",
+                "svc-shop/b/tcp/"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_full_sync_drops_chains_and_sets_no_port_wants() {
+        let rules = ServiceRules::new("n1");
+        let existing: BTreeSet<String> = [
+            "svc-shop/old/tcp/".to_string(),
+            "aff-60-shop/old/tcp/__10.88.1.9/80".to_string(),
+            "svc-shop/a/tcp/".to_string(),
+        ]
+        .into();
+        let (script, _, _, stale) = rules.plan(&table(true), Applied::default(), true, &existing);
+        assert_eq!(stale, ["svc-shop/old/tcp/"]);
+        assert!(script.contains("flush chain ip c4m_services svc-shop/old/tcp/\n"));
+        assert!(script.contains("delete set ip c4m_services aff-60-shop/old/tcp/__10.88.1.9/80\n"));
+    }
+}
