@@ -75,20 +75,14 @@ pub struct NodeFlags {
 }
 
 /// The cluster's DNS domain: the control plane answers services as
-/// `NAME.NAMESPACE.svc.<domain>`, and instances' `resolv.conf` searches it.
-/// Every node and control plane of a cluster must say the same.
+/// `NAME.NAMESPACE.svc.<domain>` (and as `NAME.NAMESPACE.svc.c4m`), and
+/// instances' `resolv.conf` searches it. Every node and control plane of a
+/// cluster must say the same.
 #[derive(Args, Clone)]
 pub struct ClusterFlags {
     /// The cluster's DNS domain.
     #[arg(long, default_value = c4m_mesh::DEFAULT_CLUSTER_DOMAIN)]
     pub cluster_domain: String,
-}
-
-impl ClusterFlags {
-    /// The zone the control plane's DNS answers (`svc.<domain>`).
-    pub fn service_zone(&self) -> String {
-        format!("svc.{}", self.cluster_domain)
-    }
 }
 
 /// The flags of `c4m agent` and `c4m-agent`.

@@ -21,7 +21,7 @@ use c4m_api::agent::agent_service_server::AgentService;
 use c4m_api::agent::{
     Assignments, ContainerReport, ContainerTerminated, HeartbeatRequest, HeartbeatResponse,
     InstanceStatus, Peer, PeerChanges, RegisterRequest, RegisterResponse, StatusReport,
-    StatusReportResponse, WatchAssignmentsRequest, WatchPeersRequest,
+    StatusReportResponse, WatchAssignmentsRequest, WatchObjectsRequest, WatchPeersRequest,
 };
 use futures::Stream;
 use serde_json::{Value, json};
@@ -177,10 +177,16 @@ impl Agents {
     }
 
     /// Resolves `valueFrom` and `envFrom` against ConfigMaps, Secrets and the
-    /// instance's own fields, so the agent receives plain values.
+    /// instance's own fields, so the agent receives plain values, and adds
+    /// the Service variables (`service_env.rs`) a container does not set.
     fn resolve_env(&self, pod: &Value) -> Result<Value, String> {
         let mut pod = pod.clone();
         let namespace = namespace_of(&pod).to_string();
+        let service_env = crate::service_env::service_env(
+            &self.cache,
+            &namespace,
+            crate::service_env::links_enabled(&pod),
+        );
         let containers = pod["spec"]["containers"]
             .as_array()
             .cloned()
@@ -237,7 +243,14 @@ impl Agents {
                     env.push(json!({"name": name, "value": value}));
                 }
             }
-            container["env"] = Value::Array(env);
+            let own: HashSet<&str> = env.iter().filter_map(|var| var["name"].as_str()).collect();
+            let mut with_services: Vec<Value> = service_env
+                .iter()
+                .filter(|(name, _)| !own.contains(name.as_str()))
+                .map(|(name, value)| json!({"name": name, "value": value}))
+                .collect();
+            with_services.extend(env);
+            container["env"] = Value::Array(with_services);
             if let Some(object) = container.as_object_mut() {
                 object.remove("envFrom");
             }
@@ -1035,6 +1048,22 @@ impl AgentService for Agents {
         )))
     }
 
+    type WatchObjectsStream = crate::node_objects::ObjectStream;
+
+    async fn watch_objects(
+        &self,
+        request: Request<WatchObjectsRequest>,
+    ) -> Result<Response<Self::WatchObjectsStream>, Status> {
+        let request = request.into_inner();
+        crate::node_objects::watch_objects(
+            Arc::clone(&self.cache),
+            request.node_name,
+            request.kinds,
+            self.shutdown.clone(),
+        )
+        .map(Response::new)
+    }
+
     async fn report_status(
         &self,
         request: Request<StatusReport>,
@@ -1355,6 +1384,80 @@ mod tests {
         shutdown.cancel();
     }
 
+    #[tokio::test]
+    async fn a_node_watches_objects_whole_then_changes_and_sees_only_tls_secrets() {
+        use futures::StreamExt;
+
+        let (_dir, store, objects) = crate::test_support::store_with_default_namespace().await;
+        let shutdown = CancellationToken::new();
+        let agents = agents_over(store, objects.clone(), "0.0.0.0:8153", &shutdown).await;
+        let watch = |kinds: &[&str]| {
+            agents.watch_objects(Request::new(WatchObjectsRequest {
+                node_name: "a".into(),
+                kinds: kinds.iter().map(|k| k.to_string()).collect(),
+            }))
+        };
+        let refused = watch(&["services", "pods"]).await.err().unwrap();
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+        assert!(
+            refused.message().contains("\"pods\""),
+            "{}",
+            refused.message()
+        );
+
+        let service = |port: u16| {
+            json!({"apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": "web", "namespace": "default"},
+                "spec": {"selector": {"app": "web"}, "ports": [{"port": port}]}})
+        };
+        objects
+            .create(kind("services"), "default", service(80))
+            .await
+            .unwrap();
+        for (name, kind_of) in [("cert", "kubernetes.io/tls"), ("password", "Opaque")] {
+            let secret = json!({"apiVersion": "v1", "kind": "Secret", "type": kind_of,
+                "metadata": {"name": name, "namespace": "default"}, "data": {"tls.crt": "eA==", "tls.key": "eA=="}});
+            let created = objects
+                .create(kind("secrets"), "default", secret)
+                .await
+                .unwrap();
+            let revision = created["metadata"]["resourceVersion"].as_str().unwrap();
+            agents.cache.wait_for(revision.parse().unwrap()).await;
+        }
+
+        let mut stream = watch(&["services", "secrets", "services"])
+            .await
+            .unwrap()
+            .into_inner();
+        let first = stream.next().await.unwrap().unwrap();
+        assert!(first.full && !first.more);
+        let keys: Vec<_> = first.objects.iter().map(|o| o.key.as_str()).collect();
+        assert_eq!(keys, ["secrets/default/cert", "services/default/web"]);
+
+        let revision = objects
+            .update_with(kind("services"), "default", "web", |svc| {
+                svc["spec"]["ports"][0]["port"] = json!(8080);
+                true
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        let changed = stream.next().await.unwrap().unwrap();
+        assert!(!changed.full);
+        assert_eq!(changed.objects.len(), 1);
+        assert_eq!(changed.objects[0].revision, revision);
+        let json: Value = serde_json::from_slice(&changed.objects[0].json).unwrap();
+        assert_eq!(json["spec"]["ports"][0]["port"], 8080);
+
+        objects
+            .delete(kind("services"), "default", "web")
+            .await
+            .unwrap();
+        let removed = stream.next().await.unwrap().unwrap();
+        assert_eq!(removed.removed, ["services/default/web"]);
+        shutdown.cancel();
+    }
+
     #[test]
     fn a_dns_server_on_every_address_is_advertised_where_the_agent_dialled() {
         let local: SocketAddr = "10.99.250.1:8141".parse().unwrap();
@@ -1368,6 +1471,112 @@ mod tests {
         );
         assert_eq!(advertised_dns("0.0.0.0:8153", None), "0.0.0.0:8153");
         assert_eq!(advertised_dns("", Some(local)), "");
+    }
+
+    #[tokio::test]
+    async fn instances_get_the_service_variables_their_own_env_does_not_set() {
+        let (_dir, store, objects) = crate::test_support::store_with_default_namespace().await;
+        let shutdown = CancellationToken::new();
+        let agents = agents_over(store, objects.clone(), "", &shutdown).await;
+        let service = |namespace: &str, name: &str, spec: Value| {
+            json!({"apiVersion": "v1", "kind": "Service",
+                   "metadata": {"name": name, "namespace": namespace}, "spec": spec})
+        };
+        let namespace =
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}});
+        objects
+            .create(kind("namespaces"), "", namespace)
+            .await
+            .unwrap();
+        let port = |port: u16| json!([{"name": "https", "port": port}]);
+        let mut revision = 0;
+        for (namespace, name, spec) in [
+            (
+                "default",
+                "kubernetes",
+                json!({"clusterIP": "10.96.0.1", "ports": port(443)}),
+            ),
+            (
+                "default",
+                "elsewhere",
+                json!({"clusterIP": "10.96.0.9", "ports": port(80)}),
+            ),
+            (
+                "shop",
+                "db",
+                json!({"clusterIP": "10.96.0.5", "ports": [{"port": 5432}]}),
+            ),
+            (
+                "shop",
+                "pets",
+                json!({"clusterIP": "None", "ports": [{"port": 5432}]}),
+            ),
+            (
+                "shop",
+                "web",
+                json!({"clusterIP": "10.96.0.6", "ports": port(8443)}),
+            ),
+        ] {
+            let created = objects
+                .create(kind("services"), namespace, service(namespace, name, spec))
+                .await
+                .unwrap();
+            revision = created["metadata"]["resourceVersion"]
+                .as_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+        }
+        agents.cache.wait_for(revision).await;
+        let env_of = |links: Option<bool>| {
+            let mut pod = json!({"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": "p", "namespace": "shop"},
+                "spec": {"containers": [{"name": "c", "image": "x", "env": [
+                    {"name": "WEB_SERVICE_HOST", "value": "mine"}]}]}});
+            if let Some(links) = links {
+                pod["spec"]["enableServiceLinks"] = json!(links);
+            }
+            let resolved = agents.resolve_env(&pod).unwrap();
+            let env: Vec<(String, String)> = resolved["spec"]["containers"][0]["env"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| (text(&v["name"]), text(&v["value"])))
+                .collect();
+            env
+        };
+        fn text(value: &Value) -> String {
+            value.as_str().unwrap().to_string()
+        }
+        let value = |env: &[(String, String)], name: &str| {
+            let values: Vec<&str> = env
+                .iter()
+                .filter(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str())
+                .collect();
+            values.join(",")
+        };
+
+        let env = env_of(None);
+        assert_eq!(value(&env, "KUBERNETES_SERVICE_HOST"), "10.96.0.1");
+        assert_eq!(value(&env, "KUBERNETES_SERVICE_PORT"), "443");
+        assert_eq!(value(&env, "KUBERNETES_SERVICE_PORT_HTTPS"), "443");
+        assert_eq!(value(&env, "DB_SERVICE_HOST"), "10.96.0.5");
+        assert_eq!(value(&env, "DB_PORT"), "tcp://10.96.0.5:5432");
+        assert_eq!(value(&env, "DB_PORT_5432_TCP_ADDR"), "10.96.0.5");
+        // The container's own variable wins, once; headless Services and
+        // other namespaces' give none.
+        assert_eq!(value(&env, "WEB_SERVICE_HOST"), "mine");
+        assert_eq!(value(&env, "WEB_SERVICE_PORT"), "8443");
+        assert_eq!(value(&env, "PETS_SERVICE_HOST"), "");
+        assert_eq!(value(&env, "ELSEWHERE_SERVICE_HOST"), "");
+
+        // Without links, only the master Service's.
+        let env = env_of(Some(false));
+        assert_eq!(value(&env, "KUBERNETES_SERVICE_HOST"), "10.96.0.1");
+        assert_eq!(value(&env, "DB_SERVICE_HOST"), "");
+        assert_eq!(value(&env, "WEB_SERVICE_HOST"), "mine");
+        shutdown.cancel();
     }
 
     #[tokio::test]

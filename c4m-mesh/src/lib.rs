@@ -51,16 +51,17 @@ mod service_ips;
 pub mod testing;
 
 #[cfg(feature = "dns")]
-pub use dns::{DnsError, DnsServer, RECORD_TTL_SECS, cluster_resolver};
+pub use dns::{DNS_SCHEMA_VERSION, DnsError, DnsServer, RECORD_TTL_SECS, cluster_resolver};
 pub use error::{Error, Result};
 #[cfg(feature = "linux")]
 pub use linux::{
     CniNetwork, LinuxNetwork, OVERLAY_DEVICE, SERVICE_TABLE, ServiceRules, SyncReport,
     VxlanOverlay, create_loopback_namespace, enter_network_namespace, remove_network_namespace,
 };
-pub use lookup::{DnsEndpoint, FirstKnown, ServiceLookup};
+pub use lookup::{DnsEndpoint, DnsService, DnsServiceKind, FirstKnown, ServiceLookup};
 pub use network::{
-    Attachment, DEFAULT_CLUSTER_DOMAIN, HostPort, Network, VpcNetwork, node_slice, search_domains,
+    Attachment, C4M_DOMAIN, DEFAULT_CLUSTER_DOMAIN, HostPort, Network, VpcNetwork, node_slice,
+    search_domains,
 };
 pub use node::{CniConfig, DNS_PORT, InstanceNetwork, NetworkConfig, host_ports};
 pub use overlay::{Overlay, OverlayPeer, OverlayVpc, keep_overlay};

@@ -7,6 +7,7 @@
 mod common;
 
 mod autoscaling;
+mod bookshop;
 mod cluster;
 mod containerd;
 mod cri;
@@ -27,5 +28,6 @@ mod pods;
 mod policy;
 mod python_client;
 mod quickstart;
+mod services;
 mod vpc;
 mod workloads;

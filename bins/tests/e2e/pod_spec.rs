@@ -191,7 +191,7 @@ fn containers_get_the_kubelets_hosts_hostname_and_resolv_conf() {
              fe00::0\tip6-mcastprefix\n\
              fe00::1\tip6-allnodes\n\
              fe00::2\tip6-allrouters\n\
-             {ip}\tdb.nodes.default.svc.c4m\tdb\n\
+             {ip}\tdb.nodes.default.svc.cluster.local\tdb\n\
              \n\
              # Entries added by HostAliases.\n\
              127.0.0.2\tfoo.local\tbar.local\n"
@@ -218,7 +218,7 @@ fn containers_get_the_kubelets_hosts_hostname_and_resolv_conf() {
     let resolv = kubectl.ok(&["exec", "web-0", "--", "cat", "/etc/resolv.conf"]);
     let (searches, rest) = resolv.split_once('\n').unwrap();
     assert!(
-        searches.starts_with("search default.svc.c4m svc.c4m c4m"),
+        searches.starts_with("search default.svc.cluster.local svc.cluster.local cluster.local"),
         "{resolv}"
     );
     assert_eq!(
