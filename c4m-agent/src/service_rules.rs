@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use c4m_mesh::{OverlayVpc, ServiceRules, ServiceTable};
+use c4m_mesh::{OverlayVpc, ServiceRules, ServiceTable, changed_or_retry};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -81,17 +81,8 @@ pub(crate) async fn keep_service_rules(
                 }
             }
         };
-        let retried = async {
-            match retry {
-                Some(delay) => tokio::time::sleep(delay).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            changed = objects.changed() => if changed.is_err() { return },
-            changed = vpcs.changed() => if changed.is_err() { return },
-            _ = retried => {}
+        if !changed_or_retry(&mut objects, &mut vpcs, retry, &shutdown).await {
+            return;
         }
     }
 }

@@ -64,7 +64,7 @@ pub use network::{
     search_domains,
 };
 pub use node::{CniConfig, DNS_PORT, InstanceNetwork, NetworkConfig, host_ports};
-pub use overlay::{Overlay, OverlayPeer, OverlayVpc, keep_overlay};
+pub use overlay::{Overlay, OverlayPeer, OverlayVpc, changed_or_retry, keep_overlay};
 pub use service_ips::{
     DEFAULT_AFFINITY_TIMEOUT_SECS, Protocol, SERVICE_NAME_LABEL, Selection, ServiceEndpoint,
     ServicePortName, ServicePortRules, ServiceTable,

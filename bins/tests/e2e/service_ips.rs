@@ -14,7 +14,6 @@ use std::time::Duration;
 use crate::common::oci::require_oci;
 use crate::common::*;
 use c4m_testkit::Hosts;
-use serde_json::Value;
 
 const MINUTE: Duration = Duration::from_secs(60);
 /// The hosts' subnet (apart from the other multi-host tests'): the control
@@ -90,20 +89,6 @@ fn fetch_here(address: SocketAddr) -> Option<String> {
         .map(str::to_string)
 }
 
-fn name_of(pod: &Value) -> String {
-    pod["metadata"]["name"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string()
-}
-
-fn node_of(pod: &Value) -> String {
-    pod["spec"]["nodeName"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string()
-}
-
 /// Host `index`'s service table as nft lists it.
 fn service_table(hosts: &Hosts, index: usize) -> String {
     let output = hosts
@@ -112,6 +97,20 @@ fn service_table(hosts: &Hosts, index: usize) -> String {
         .output()
         .unwrap();
     String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Every host's service table and routes, for a failure's message.
+fn diagnose(hosts: &Hosts) -> String {
+    let mut text = String::new();
+    for index in 1..=hosts.count() {
+        let routes = hosts.command(index, "ip").arg("route").output().unwrap();
+        text.push_str(&format!(
+            "host {index}:\n{}{}",
+            service_table(hosts, index),
+            String::from_utf8_lossy(&routes.stdout)
+        ));
+    }
+    text
 }
 
 #[test]
@@ -126,26 +125,7 @@ fn cluster_ips_spread_over_nodes_and_node_ports_answer_on_every_node() {
     // Declared first, dropped last: after the cluster's processes are gone.
     let hosts = Hosts::create(UNDERLAY, 3);
     let mut cluster = Cluster::start_listening_on(&hosts.gateway().to_string());
-    for index in 1..=3 {
-        let node = format!("h{index}");
-        let address = hosts.address(index).to_string();
-        let listen = format!("{address}:0");
-        cluster.start_agent_from(
-            hosts.command(index, C4M_AGENT),
-            &node,
-            "2",
-            "2Gi",
-            &[
-                "--instance-network",
-                "--default-vpc-cidr",
-                DEFAULT_VPC,
-                "--address",
-                &address,
-                "--listen",
-                &listen,
-            ],
-        );
-    }
+    start_host_agents(&mut cluster, &hosts, "2", "2Gi", DEFAULT_VPC, &[]);
     let tar = busybox_image_tar(cluster.dir.path());
     for index in 1..=3 {
         let node = format!("h{index}");
@@ -180,10 +160,16 @@ fn cluster_ips_spread_over_nodes_and_node_ports_answer_on_every_node() {
     // From inside the instance on h1: the cluster IP balances over all
     // three, its own included (hairpin), each at least 1/(2n) of 1,000.
     let client = &on["h1"];
-    let counts = wait_for("h1's rules to reach all three endpoints", MINUTE, || {
-        let counts = fetch_from(&cluster, client, &cluster_ip, 30);
-        (counts.len() == 3).then_some(counts)
-    });
+    let mut counts = BTreeMap::new();
+    let deadline = std::time::Instant::now() + MINUTE;
+    while counts.len() != 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "h1 reached {counts:?} through {cluster_ip}:8080, not all of {on:?}\n{}",
+            diagnose(&hosts)
+        );
+        counts = fetch_from(&cluster, client, &cluster_ip, 30);
+    }
     let everyone: BTreeSet<&String> = on.values().collect();
     assert_eq!(counts.keys().collect::<BTreeSet<_>>(), everyone);
     let counts = fetch_from(&cluster, client, &cluster_ip, 1000);
@@ -205,7 +191,7 @@ fn cluster_ips_spread_over_nodes_and_node_ports_answer_on_every_node() {
     let leaving_ip = pods
         .iter()
         .find(|p| name_of(p) == *leaving)
-        .map(|p| p["status"]["podIP"].as_str().unwrap().to_string())
+        .map(ip_of)
         .unwrap();
     cluster.ok(&["exec", leaving, "--", "touch", "/tmp/unready"]);
     wait_for(

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use futures::TryStreamExt;
+use rtnetlink::packet_core::{NLM_F_ACK, NLM_F_REQUEST};
 use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use tokio::sync::Mutex;
 
@@ -271,7 +272,10 @@ impl LinuxNetwork {
         // port.
         self.host
             .link()
-            .set(LinkBridgePort::new(host_index).hairpin(true).build())
+            // RTM_NEWLINK on the existing link, neither creating nor
+            // replacing it (RTM_SETLINK ignores a port's settings).
+            .add(LinkBridgePort::new(host_index).hairpin(true).build())
+            .set_flags(NLM_F_REQUEST | NLM_F_ACK)
             .execute()
             .await
             .map_err(|e| failed("setting hairpin mode", e))?;
