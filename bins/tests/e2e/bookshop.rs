@@ -54,16 +54,27 @@ fn start_hosts(image: &str) -> HostCluster {
     ]);
     let hosts = Hosts::create(UNDERLAY, 3);
     let mut cluster = Cluster::start_listening_on(&hosts.gateway().to_string());
-    start_host_agents(
-        &mut cluster,
-        &hosts,
-        "4",
-        "4Gi",
-        DEFAULT_VPC,
-        &["--default-driver", "oci"],
-    );
     for index in 1..=3 {
         let node = format!("h{index}");
+        let address = hosts.address(index).to_string();
+        let listen = format!("{address}:0");
+        cluster.start_agent_from(
+            hosts.command(index, C4M_AGENT),
+            &node,
+            "4",
+            "4Gi",
+            &[
+                "--instance-network",
+                "--default-driver",
+                "oci",
+                "--default-vpc-cidr",
+                DEFAULT_VPC,
+                "--address",
+                &address,
+                "--listen",
+                &listen,
+            ],
+        );
         cluster.ok(&["image", "build", image, "--add", DEMO, "--node", &node]);
     }
     HostCluster {

@@ -30,7 +30,8 @@ const FETCH: &str =
 
 /// `replicas` oci instances serving their name, spread evenly over the
 /// nodes, in VPC `vpc` (the default if None), on `nodes` (any if empty),
-/// and a Service selecting them.
+/// and a headless Service selecting them (its name gives every instance's
+/// address).
 fn server(name: &str, replicas: usize, vpc: Option<&str>, nodes: &[&str]) -> String {
     let mut pod_spec = format!(
         "      topologySpreadConstraints:\n        - {{maxSkew: 1, topologyKey: kubernetes.io/hostname, whenUnsatisfiable: DoNotSchedule, labelSelector: {{matchLabels: {{app: {name}}}}}}}\n"
@@ -42,7 +43,7 @@ fn server(name: &str, replicas: usize, vpc: Option<&str>, nodes: &[&str]) -> Str
         ));
     }
     format!(
-        "{}---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  selector: {{app: {name}}}\n  ports: [{{port: 8080, targetPort: 8080}}]\n",
+        "{}---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  clusterIP: None\n  selector: {{app: {name}}}\n  ports: [{{port: 8080, targetPort: 8080}}]\n",
         deployment_of("oci", name, "bb:1", replicas, vpc, SERVE_NAME, &pod_spec)
     )
 }

@@ -173,6 +173,7 @@ fn cluster_ips_spread_over_nodes_and_node_ports_answer_on_every_node() {
     let everyone: BTreeSet<&String> = on.values().collect();
     assert_eq!(counts.keys().collect::<BTreeSet<_>>(), everyone);
     let counts = fetch_from(&cluster, client, &cluster_ip, 1000);
+    eprintln!("1,000 connections to {cluster_ip}:8080 from {client}: {counts:?}");
     assert_eq!(
         counts.values().sum::<usize>(),
         1000,
