@@ -4,6 +4,7 @@ mod gateway;
 mod ingress;
 mod refs;
 mod rules;
+mod validate;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -18,6 +19,7 @@ use super::table::{ActionId, RouteTable, RouteTableBuilder};
 use crate::proxy::api::{Gateway, GatewayClass, GrpcRoute, HttpRoute, ReferenceGrant};
 
 pub use rules::{CompiledRule, compile_grpc_rules, compile_http_rules};
+pub use validate::validate;
 
 /// The annotation giving a route (HTTPRoute, GRPCRoute or Ingress) a rate
 /// limit: `N/s`, `N/m` or `N/h`. Gateway API has no rate limit yet.
@@ -150,6 +152,52 @@ pub struct Translation {
     pub config: RouteConfig,
     /// What was refused, and why.
     pub errors: Vec<RouteError>,
+    /// For each parentRef of an HTTPRoute or GRPCRoute that names a
+    /// Gateway of this controller: whether the route attached there.
+    pub parents: Vec<ParentAttachment>,
+    /// How many routes attached to each listener, by Gateway and listener
+    /// name (listeners without any are absent).
+    pub attached_routes: BTreeMap<(ObjectRef, String), u32>,
+}
+
+/// How one parentRef of a route fared: its `status.parents[]` entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParentAttachment {
+    /// The HTTPRoute or GRPCRoute.
+    pub route: ObjectRef,
+    /// The index of the parentRef in `spec.parentRefs`.
+    pub index: usize,
+    /// The outcome.
+    pub attachment: Attachment,
+}
+
+/// Whether a route attached to a parent, in Gateway API's reasons for the
+/// `Accepted` condition of `status.parents[]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attachment {
+    /// Attached to at least one listener.
+    Accepted,
+    /// The route was refused whole (its errors say why).
+    UnsupportedValue,
+    /// No listener of the parent admits the route's kind and namespace.
+    NotAllowedByListeners,
+    /// Admitted, but no hostname in common with the listeners.
+    NoMatchingListenerHostname,
+    /// No usable listener matches the parentRef (its sectionName or port).
+    NoMatchingParent,
+}
+
+impl Attachment {
+    /// The condition's `reason`.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Attachment::Accepted => "Accepted",
+            Attachment::UnsupportedValue => "UnsupportedValue",
+            Attachment::NotAllowedByListeners => "NotAllowedByListeners",
+            Attachment::NoMatchingListenerHostname => "NoMatchingListenerHostname",
+            Attachment::NoMatchingParent => "NoMatchingParent",
+        }
+    }
 }
 
 /// Validates and translates the objects into one configuration.
@@ -172,6 +220,8 @@ pub(crate) struct ConfigBuilder {
     actions: Vec<RouteAction>,
     ports: BTreeMap<u16, PortBuilder>,
     errors: Vec<RouteError>,
+    parents: Vec<ParentAttachment>,
+    attached_routes: BTreeMap<(ObjectRef, String), u32>,
 }
 
 struct PortBuilder {
@@ -249,6 +299,8 @@ impl ConfigBuilder {
                 actions: self.actions,
             },
             errors: self.errors,
+            parents: self.parents,
+            attached_routes: self.attached_routes,
         }
     }
 }
