@@ -18,8 +18,14 @@ use super::host::HostPattern;
 use super::table::{ActionId, RouteTable, RouteTableBuilder};
 use crate::proxy::api::{Gateway, GatewayClass, GrpcRoute, HttpRoute, ReferenceGrant};
 
+pub use ingress::DEFAULT_CLASS_ANNOTATION;
 pub use rules::{CompiledRule, compile_grpc_rules, compile_http_rules};
 pub use validate::validate;
+
+/// The `controllerName` of c4m's GatewayClasses.
+pub const GATEWAY_CONTROLLER: &str = "c4m.io/gateway";
+/// The `controller` of c4m's IngressClasses.
+pub const INGRESS_CONTROLLER: &str = "c4m.io/ingress";
 
 /// The annotation giving a route (HTTPRoute, GRPCRoute or Ingress) a rate
 /// limit: `N/s`, `N/m` or `N/h`. Gateway API has no rate limit yet.
@@ -53,9 +59,12 @@ impl Default for IngressPorts {
 /// concern the gateway. Objects of other controllers are ignored.
 #[derive(Clone, Copy, Debug)]
 pub struct Inputs<'a> {
-    /// The `controllerName` of GatewayClasses and the `controller` of
-    /// IngressClasses this gateway serves, e.g. `c4m.io/gateway`.
+    /// The `controllerName` of GatewayClasses this gateway serves, e.g.
+    /// [`GATEWAY_CONTROLLER`].
     pub controller_name: &'a str,
+    /// The `controller` of IngressClasses this gateway serves, e.g.
+    /// [`INGRESS_CONTROLLER`].
+    pub ingress_controller_name: &'a str,
     /// GatewayClasses.
     pub gateway_classes: &'a [GatewayClass],
     /// Gateways.
@@ -79,10 +88,12 @@ pub struct Inputs<'a> {
 }
 
 impl<'a> Inputs<'a> {
-    /// No objects, for `controller_name`.
+    /// No objects, for GatewayClasses and IngressClasses both of
+    /// `controller_name`.
     pub fn new(controller_name: &'a str) -> Self {
         Inputs {
             controller_name,
+            ingress_controller_name: controller_name,
             gateway_classes: &[],
             gateways: &[],
             http_routes: &[],
@@ -158,6 +169,8 @@ pub struct Translation {
     /// How many routes attached to each listener, by Gateway and listener
     /// name (listeners without any are absent).
     pub attached_routes: BTreeMap<(ObjectRef, String), u32>,
+    /// The Ingresses of this controller's IngressClasses, served or refused.
+    pub ingresses: Vec<ObjectRef>,
 }
 
 /// How one parentRef of a route fared: its `status.parents[]` entry.
@@ -222,6 +235,7 @@ pub(crate) struct ConfigBuilder {
     errors: Vec<RouteError>,
     parents: Vec<ParentAttachment>,
     attached_routes: BTreeMap<(ObjectRef, String), u32>,
+    ingresses: Vec<ObjectRef>,
 }
 
 struct PortBuilder {
@@ -301,6 +315,7 @@ impl ConfigBuilder {
             errors: self.errors,
             parents: self.parents,
             attached_routes: self.attached_routes,
+            ingresses: self.ingresses,
         }
     }
 }

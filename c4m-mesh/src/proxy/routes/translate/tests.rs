@@ -438,6 +438,8 @@ spec:
     };
     let t = translate(&inputs);
     assert!(t.errors.is_empty(), "{:?}", t.errors);
+    let served: Vec<&str> = t.ingresses.iter().map(|i| i.name.as_str()).collect();
+    assert_eq!(served, ["web"], "not the nginx one");
     let api = route(&t.config, 443, "secure.example.com", "/api/x").unwrap();
     assert_eq!(
         api.backends[0].target,

@@ -7,6 +7,7 @@ use serde_json::Value;
 
 use super::super::action::ObjectRef;
 use super::super::error::{Problem, RouteError};
+use super::ingress::DEFAULT_CLASS_ANNOTATION;
 use super::rules::{compile_grpc_rules, compile_http_rules};
 use super::{Inputs, rate_limit, translate};
 use crate::proxy::api::{
@@ -59,11 +60,7 @@ pub fn validate(object: &Value) -> Vec<RouteError> {
                 let class = IngressClass {
                     metadata: ObjectMeta {
                         annotations: Some(
-                            [(
-                                "ingressclass.kubernetes.io/is-default-class".to_owned(),
-                                "true".to_owned(),
-                            )]
-                            .into(),
+                            [(DEFAULT_CLASS_ANNOTATION.to_owned(), "true".to_owned())].into(),
                         ),
                         ..named(
                             ingress
