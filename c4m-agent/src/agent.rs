@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::holder::PodHolders;
+use crate::objects::NodeObjects;
 use crate::pod_etc::PodEtc;
 use crate::server::{ServerState, router};
 use crate::session::{ControlPlaneChannel, NetworkFeeds, Session, register_request};
@@ -360,6 +361,10 @@ impl Agent {
         register.agent_url = format!("http://{http_addr}");
         let (slice_tx, slice_rx) = watch::channel(None);
         let (peers_tx, peers_rx) = watch::channel(Arc::default());
+        // What the node's own controllers (service rules, edge gateway) read
+        // from the control plane: each subscribes here before the session
+        // starts.
+        let objects = NodeObjects::new();
         let mut overlay_keeper = None;
         let network = match (&self.config.network, self.extensions.network.clone()) {
             (Some(config), Some(network)) => {
@@ -415,6 +420,7 @@ impl Agent {
                 node_slice: slice_tx,
                 peers: peers_tx,
             }),
+            objects,
             measure_node: true,
         };
         let state = Arc::new(ServerState {

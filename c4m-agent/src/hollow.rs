@@ -22,6 +22,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::objects::NodeObjects;
 use crate::session::{AssignmentSet, ControlPlaneChannel, Session, register_request};
 use crate::{Error, Result};
 
@@ -135,6 +136,7 @@ impl HollowAgents {
             statuses: statuses_rx,
             dns_address: watch::channel(String::new()).0,
             network: None,
+            objects: NodeObjects::new(),
             measure_node: false,
         };
         nodes.spawn(session.run(shutdown.clone()));

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use c4m_api::agent::agent_service_client::AgentServiceClient;
 use c4m_api::agent::{
-    HeartbeatRequest, InstanceStatus, PeerChanges, RegisterRequest, StatusReport,
-    WatchAssignmentsRequest, WatchPeersRequest,
+    HeartbeatRequest, InstanceStatus, ObjectChanges, PeerChanges, RegisterRequest, StatusReport,
+    WatchAssignmentsRequest, WatchObjectsRequest, WatchPeersRequest,
 };
 use c4m_core::Instance;
 use c4m_mesh::OverlayPeer;
@@ -18,6 +18,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::objects::NodeObjects;
 use crate::{Error, Result};
 
 /// How long one unary call may take.
@@ -141,6 +142,9 @@ pub(crate) struct Session {
     pub dns_address: watch::Sender<String>,
     /// For a node of the instance network (`register.instance_network`).
     pub network: Option<NetworkFeeds>,
+    /// The objects the node's own controllers read (no stream when none
+    /// subscribed).
+    pub objects: NodeObjects,
     /// Whether heartbeats carry the machine's usage (not for hollow nodes,
     /// which share one machine).
     pub measure_node: bool,
@@ -239,6 +243,20 @@ impl Session {
             ),
             None => None,
         };
+        let objects = if self.objects.kinds().is_empty() {
+            None
+        } else {
+            Some(
+                self.call(
+                    "watch objects",
+                    client.watch_objects(WatchObjectsRequest {
+                        node_name: node_name.clone(),
+                        kinds: self.objects.kinds().to_vec(),
+                    }),
+                )
+                .await?,
+            )
+        };
         tracing::info!(node = %node_name, endpoint = %self.channel.endpoint, "connected to the control plane");
         *backoff = Duration::from_millis(250);
 
@@ -251,6 +269,25 @@ impl Session {
             result = self.send_heartbeats(&node_name, heartbeat_every) => result,
             result = self.send_reports(&node_name) => result,
             result = self.forward_peers(peers) => result,
+            result = self.forward_objects(objects) => result,
+        }
+    }
+
+    /// Keeps the node's object mirror in step; ends with the stream (never,
+    /// when no controller asked for objects).
+    async fn forward_objects(&self, stream: Option<tonic::Streaming<ObjectChanges>>) -> Result<()> {
+        let Some(mut stream) = stream else {
+            return std::future::pending().await;
+        };
+        let mut pending = None;
+        loop {
+            match stream.message().await {
+                Ok(Some(changes)) => self.objects.receive(&mut pending, &changes),
+                Ok(None) => return Err(self.error("the object stream ended")),
+                Err(status) => {
+                    return Err(self.error(format!("object stream: {}", status.message())));
+                }
+            }
         }
     }
 

@@ -21,7 +21,7 @@ use c4m_api::agent::agent_service_server::AgentService;
 use c4m_api::agent::{
     Assignments, ContainerReport, ContainerTerminated, HeartbeatRequest, HeartbeatResponse,
     InstanceStatus, Peer, PeerChanges, RegisterRequest, RegisterResponse, StatusReport,
-    StatusReportResponse, WatchAssignmentsRequest, WatchPeersRequest,
+    StatusReportResponse, WatchAssignmentsRequest, WatchObjectsRequest, WatchPeersRequest,
 };
 use futures::Stream;
 use serde_json::{Value, json};
@@ -1035,6 +1035,22 @@ impl AgentService for Agents {
         )))
     }
 
+    type WatchObjectsStream = crate::node_objects::ObjectStream;
+
+    async fn watch_objects(
+        &self,
+        request: Request<WatchObjectsRequest>,
+    ) -> Result<Response<Self::WatchObjectsStream>, Status> {
+        let request = request.into_inner();
+        crate::node_objects::watch_objects(
+            Arc::clone(&self.cache),
+            request.node_name,
+            request.kinds,
+            self.shutdown.clone(),
+        )
+        .map(Response::new)
+    }
+
     async fn report_status(
         &self,
         request: Request<StatusReport>,
@@ -1352,6 +1368,80 @@ mod tests {
                 .peers
                 .is_empty()
         );
+        shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_node_watches_objects_whole_then_changes_and_sees_only_tls_secrets() {
+        use futures::StreamExt;
+
+        let (_dir, store, objects) = crate::test_support::store_with_default_namespace().await;
+        let shutdown = CancellationToken::new();
+        let agents = agents_over(store, objects.clone(), "0.0.0.0:8153", &shutdown).await;
+        let watch = |kinds: &[&str]| {
+            agents.watch_objects(Request::new(WatchObjectsRequest {
+                node_name: "a".into(),
+                kinds: kinds.iter().map(|k| k.to_string()).collect(),
+            }))
+        };
+        let refused = watch(&["services", "pods"]).await.err().unwrap();
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+        assert!(
+            refused.message().contains("\"pods\""),
+            "{}",
+            refused.message()
+        );
+
+        let service = |port: u16| {
+            json!({"apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": "web", "namespace": "default"},
+                "spec": {"selector": {"app": "web"}, "ports": [{"port": port}]}})
+        };
+        objects
+            .create(kind("services"), "default", service(80))
+            .await
+            .unwrap();
+        for (name, kind_of) in [("cert", "kubernetes.io/tls"), ("password", "Opaque")] {
+            let secret = json!({"apiVersion": "v1", "kind": "Secret", "type": kind_of,
+                "metadata": {"name": name, "namespace": "default"}, "data": {"tls.crt": "eA==", "tls.key": "eA=="}});
+            let created = objects
+                .create(kind("secrets"), "default", secret)
+                .await
+                .unwrap();
+            let revision = created["metadata"]["resourceVersion"].as_str().unwrap();
+            agents.cache.wait_for(revision.parse().unwrap()).await;
+        }
+
+        let mut stream = watch(&["services", "secrets", "services"])
+            .await
+            .unwrap()
+            .into_inner();
+        let first = stream.next().await.unwrap().unwrap();
+        assert!(first.full && !first.more);
+        let keys: Vec<_> = first.objects.iter().map(|o| o.key.as_str()).collect();
+        assert_eq!(keys, ["secrets/default/cert", "services/default/web"]);
+
+        let revision = objects
+            .update_with(kind("services"), "default", "web", |svc| {
+                svc["spec"]["ports"][0]["port"] = json!(8080);
+                true
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        let changed = stream.next().await.unwrap().unwrap();
+        assert!(!changed.full);
+        assert_eq!(changed.objects.len(), 1);
+        assert_eq!(changed.objects[0].revision, revision);
+        let json: Value = serde_json::from_slice(&changed.objects[0].json).unwrap();
+        assert_eq!(json["spec"]["ports"][0]["port"], 8080);
+
+        objects
+            .delete(kind("services"), "default", "web")
+            .await
+            .unwrap();
+        let removed = stream.next().await.unwrap().unwrap();
+        assert_eq!(removed.removed, ["services/default/web"]);
         shutdown.cancel();
     }
 

@@ -574,14 +574,23 @@ async fn resource_request(
                 Part::Main => validate_update(kind, &value)?,
                 Part::Status => Vec::new(),
             };
-            if part == Part::Main && kind.kind == "Pod" {
-                let current = state.objects.get(kind, &namespace, name).await?;
-                crate::ephemeral::unchanged(kind, &current, &value)?;
-            }
-            let replaced = state
-                .objects
-                .replace(kind, &namespace, name, value, part)
-                .await?;
+            let replaced = if part == Part::Main && kind.kind == "Pod" {
+                // Judged against the version written over, in the write's
+                // own retry loop: a PUT without resourceVersion must not
+                // drop an ephemeral container added since it was read.
+                state
+                    .objects
+                    .modify(kind, &namespace, name, part, |current| {
+                        crate::ephemeral::unchanged(kind, current, &value)?;
+                        Ok(value.clone())
+                    })
+                    .await?
+            } else {
+                state
+                    .objects
+                    .replace(kind, &namespace, name, value, part)
+                    .await?
+            };
             Ok(match part {
                 Part::Main => with_warnings(StatusCode::OK, replaced, warnings),
                 Part::Status => axum::Json(replaced).into_response(),

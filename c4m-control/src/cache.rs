@@ -63,6 +63,11 @@ impl Stored {
             .any(|window| window == needle)
     }
 
+    /// The JSON as stored (without resourceVersion).
+    pub(crate) fn json(&self) -> &[u8] {
+        &self.json
+    }
+
     /// The revision of the write that stored this version
     /// (its resourceVersion).
     pub(crate) fn revision(&self) -> i64 {
@@ -601,9 +606,14 @@ impl Cache {
             }
         };
         let before = previous.as_ref().map(|p| &p.stored);
-        for feed in self.feeds.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        let mut feeds = self.feeds.lock().unwrap_or_else(|e| e.into_inner());
+        // A feed only the cache holds has lost its reader (a node's object
+        // stream that ended): drop it rather than queue changes for no one.
+        feeds.retain(|feed| Arc::strong_count(feed) > 1);
+        for feed in feeds.iter() {
             feed.record(key, before);
         }
+        drop(feeds);
         if ASSIGNMENT_SOURCES.iter().any(|p| key.starts_with(p)) {
             self.signal_all_nodes();
             return;

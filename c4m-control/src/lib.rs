@@ -59,6 +59,7 @@ mod events;
 mod events_view;
 mod invalid;
 mod metrics;
+mod node_objects;
 mod objects;
 mod openapi_schemas;
 mod pagination;

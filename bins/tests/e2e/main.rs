@@ -27,5 +27,6 @@ mod pods;
 mod policy;
 mod python_client;
 mod quickstart;
+mod services;
 mod vpc;
 mod workloads;
