@@ -21,17 +21,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use c4m_core::labels::EDGE_GATEWAY;
-use c4m_mesh::proxy::api::{
-    self, BackendObjectReference, GROUP, Gateway, GatewayClass, GrpcRoute, HttpRoute, Kind,
-    ReferenceGrant,
-};
+use c4m_mesh::proxy::api::{BackendObjectReference, GROUP, Gateway, GrpcRoute, HttpRoute, Kind};
 use c4m_mesh::proxy::routes::{
-    Attachment, DEFAULT_CLASS_ANNOTATION, GATEWAY_CONTROLLER, INGRESS_CONTROLLER, Inputs,
-    ObjectRef, Problem, RouteError, Translation, translate,
+    Attachment, ClusterObjects, DEFAULT_CLASS_ANNOTATION, GATEWAY_CONTROLLER, INGRESS_CONTROLLER,
+    IngressPorts, ObjectRef, Problem, RouteError, Translation, translate,
 };
-use k8s_openapi::api::core::v1::{Namespace, Secret};
-use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
-use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use super::{latest, write_status};
@@ -124,60 +118,8 @@ fn gateway_addresses(cache: &Cache) -> Vec<String> {
     addresses
 }
 
-/// Objects as stored and decoded, side by side (undecodable ones skipped:
-/// admission refused them, so only an older c4m could have stored them).
-struct Decoded<T> {
-    stored: Vec<Arc<Value>>,
-    typed: Vec<T>,
-}
-
-impl<T: DeserializeOwned> Decoded<T> {
-    fn read(
-        list: &dyn Fn(&str) -> Vec<Arc<Value>>,
-        plural: &str,
-        decode: fn(&Value) -> Option<T>,
-    ) -> Self {
-        let mut out = Decoded {
-            stored: Vec::new(),
-            typed: Vec::new(),
-        };
-        for object in list(plural) {
-            match decode(&object) {
-                Some(typed) => {
-                    out.stored.push(object);
-                    out.typed.push(typed);
-                }
-                None => tracing::warn!(
-                    kind = plural,
-                    name = %object["metadata"]["name"],
-                    "skipping an undecodable object"
-                ),
-            }
-        }
-        out
-    }
-}
-
-fn gateway_api<T: Kind>(value: &Value) -> Option<T> {
-    api::decode(value).ok()
-}
-
-fn kubernetes<T: DeserializeOwned>(value: &Value) -> Option<T> {
-    serde_json::from_value(value.clone()).ok()
-}
-
 /// What the translation reads, as the cache holds it now.
-struct World {
-    gateway_classes: Decoded<GatewayClass>,
-    gateways: Decoded<Gateway>,
-    http_routes: Decoded<HttpRoute>,
-    grpc_routes: Decoded<GrpcRoute>,
-    reference_grants: Decoded<ReferenceGrant>,
-    ingress_classes: Decoded<IngressClass>,
-    ingresses: Decoded<Ingress>,
-    secrets: Vec<Secret>,
-    namespaces: Vec<Namespace>,
-}
+struct World(ClusterObjects);
 
 impl World {
     fn read(cache: &Cache) -> Self {
@@ -186,37 +128,12 @@ impl World {
 
     /// From `list`, which gives every object of a kind by its plural.
     fn new(list: &dyn Fn(&str) -> Vec<Arc<Value>>) -> Self {
-        World {
-            gateway_classes: Decoded::read(list, "gatewayclasses", gateway_api),
-            gateways: Decoded::read(list, "gateways", gateway_api),
-            http_routes: Decoded::read(list, "httproutes", gateway_api),
-            grpc_routes: Decoded::read(list, "grpcroutes", gateway_api),
-            reference_grants: Decoded::read(list, "referencegrants", gateway_api),
-            ingress_classes: Decoded::read(list, "ingressclasses", kubernetes),
-            ingresses: Decoded::read(list, "ingresses", kubernetes),
-            secrets: list("secrets")
-                .iter()
-                .filter(|s| s["type"] == "kubernetes.io/tls")
-                .filter_map(|s| kubernetes(s))
-                .collect(),
-            namespaces: Decoded::read(list, "namespaces", kubernetes).typed,
-        }
+        World(ClusterObjects::read(list))
     }
 
     fn translate(&self) -> Translation {
-        translate(&Inputs {
-            gateway_classes: &self.gateway_classes.typed,
-            gateways: &self.gateways.typed,
-            http_routes: &self.http_routes.typed,
-            grpc_routes: &self.grpc_routes.typed,
-            reference_grants: &self.reference_grants.typed,
-            ingress_classes: &self.ingress_classes.typed,
-            ingresses: &self.ingresses.typed,
-            secrets: &self.secrets,
-            namespaces: &self.namespaces,
-            ingress_controller_name: INGRESS_CONTROLLER,
-            ..Inputs::new(GATEWAY_CONTROLLER)
-        })
+        // The ports only place Ingresses in the configuration, not in status.
+        translate(&self.0.inputs(IngressPorts::default()))
     }
 
     /// Every status this controller owns, with the object it belongs to.
@@ -229,18 +146,14 @@ impl World {
         let errors = Errors::of(translation);
         let mut out = Vec::new();
         let ours: BTreeSet<&str> = self
+            .0
             .gateway_classes
-            .typed
+            .objects
             .iter()
             .filter(|c| c.spec.controller_name == GATEWAY_CONTROLLER)
             .filter_map(|c| c.metadata.name.as_deref())
             .collect();
-        for (stored, class) in self
-            .gateway_classes
-            .stored
-            .iter()
-            .zip(&self.gateway_classes.typed)
-        {
+        for (stored, class) in self.0.gateway_classes.iter() {
             if class.spec.controller_name == GATEWAY_CONTROLLER {
                 let conditions = vec![condition(
                     stored,
@@ -253,25 +166,17 @@ impl World {
                 out.push(("gatewayclasses", Arc::clone(stored), status));
             }
         }
-        for (stored, gateway) in self.gateways.stored.iter().zip(&self.gateways.typed) {
+        for (stored, gateway) in self.0.gateways.iter() {
             if ours.contains(gateway.spec.gateway_class_name.as_str()) {
                 let status = gateway_status(stored, gateway, translation, &errors, addresses);
                 out.push(("gateways", Arc::clone(stored), status));
             }
         }
-        let http = self.http_routes.stored.iter().zip(
-            self.http_routes
-                .typed
-                .iter()
-                .map(|r| (HttpRoute::KIND, http_backends(r))),
-        );
-        let grpc = self.grpc_routes.stored.iter().zip(
-            self.grpc_routes
-                .typed
-                .iter()
-                .map(|r| (GrpcRoute::KIND, grpc_backends(r))),
-        );
-        for (stored, (route_kind, backends)) in http.chain(grpc) {
+        let http = (self.0.http_routes.iter())
+            .map(|(stored, r)| (stored, HttpRoute::KIND, http_backends(r)));
+        let grpc = (self.0.grpc_routes.iter())
+            .map(|(stored, r)| (stored, GrpcRoute::KIND, grpc_backends(r)));
+        for (stored, route_kind, backends) in http.chain(grpc) {
             let route = object_ref(route_kind, stored);
             let attachments: Vec<_> = translation
                 .parents
@@ -293,7 +198,7 @@ impl World {
             out.push((plural, Arc::clone(stored), status));
         }
         let load_balancer: Vec<Value> = addresses.iter().map(|a| json!({"ip": a})).collect();
-        for stored in &self.ingresses.stored {
+        for stored in &self.0.ingresses.sources {
             if translation
                 .ingresses
                 .contains(&object_ref("Ingress", stored))

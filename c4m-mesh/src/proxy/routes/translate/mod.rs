@@ -2,6 +2,7 @@
 
 mod gateway;
 mod ingress;
+mod objects;
 mod refs;
 mod rules;
 mod validate;
@@ -19,6 +20,7 @@ use super::table::{ActionId, RouteTable, RouteTableBuilder};
 use crate::proxy::api::{Gateway, GatewayClass, GrpcRoute, HttpRoute, ReferenceGrant};
 
 pub use ingress::DEFAULT_CLASS_ANNOTATION;
+pub use objects::{ClusterObjects, Decoded, TRANSLATED_KINDS};
 pub use rules::{CompiledRule, compile_grpc_rules, compile_http_rules};
 pub use validate::validate;
 
