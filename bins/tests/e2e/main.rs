@@ -13,6 +13,7 @@ mod cri;
 mod deletion;
 mod docker;
 mod drivers;
+mod edge;
 mod events;
 mod hollow;
 mod kubectl;
