@@ -385,7 +385,7 @@ fn spawn_controllers(
     );
     spawn(
         "edge",
-        controllers::edge::FOLLOWS,
+        &controllers::edge::follows(),
         FULL_RESYNC,
         Box::new(|o, c, _| Box::pin(async move { controllers::edge::reconcile(&o, &c).await })),
     );

@@ -24,7 +24,7 @@ use c4m_core::labels::EDGE_GATEWAY;
 use c4m_mesh::proxy::api::{BackendObjectReference, GROUP, Gateway, GrpcRoute, HttpRoute, Kind};
 use c4m_mesh::proxy::routes::{
     Attachment, ClusterObjects, DEFAULT_CLASS_ANNOTATION, GATEWAY_CONTROLLER, INGRESS_CONTROLLER,
-    IngressPorts, ObjectRef, Problem, RouteError, Translation, translate,
+    IngressPorts, ObjectRef, Problem, RouteError, TRANSLATED_KINDS, Translation, translate,
 };
 use serde_json::{Value, json};
 
@@ -36,20 +36,13 @@ use crate::{Error, Result};
 /// The name of the default IngressClass and GatewayClass.
 pub(crate) const CLASS: &str = "c4m";
 
-/// The kinds whose changes change a status here.
-pub(crate) const FOLLOWS: &[&str] = &[
-    "gatewayclasses",
-    "gateways",
-    "httproutes",
-    "grpcroutes",
-    "referencegrants",
-    "ingressclasses",
-    "ingresses",
-    "secrets",
-    "services",
-    "namespaces",
-    "nodes",
-];
+/// The kinds whose changes change a status here: what the translation
+/// reads, Services (`BackendNotFound`) and Nodes (addresses).
+pub(crate) fn follows() -> Vec<&'static str> {
+    let mut kinds = TRANSLATED_KINDS.to_vec();
+    kinds.extend(["services", "nodes"]);
+    kinds
+}
 
 /// Creates the IngressClass `c4m` (the default class) and the
 /// GatewayClass `c4m` unless they exist (a user may have changed them).
@@ -172,10 +165,14 @@ impl World {
                 out.push(("gateways", Arc::clone(stored), status));
             }
         }
-        let http = (self.0.http_routes.iter())
-            .map(|(stored, r)| (stored, HttpRoute::KIND, http_backends(r)));
-        let grpc = (self.0.grpc_routes.iter())
-            .map(|(stored, r)| (stored, GrpcRoute::KIND, grpc_backends(r)));
+        let http = self.0.http_routes.iter().map(|(stored, r)| {
+            let refs = r.spec.rules.iter().flat_map(|r| &r.backend_refs);
+            (stored, HttpRoute::KIND, services(refs.map(|b| &b.backend)))
+        });
+        let grpc = self.0.grpc_routes.iter().map(|(stored, r)| {
+            let refs = r.spec.rules.iter().flat_map(|r| &r.backend_refs);
+            (stored, GrpcRoute::KIND, services(refs.map(|b| &b.backend)))
+        });
         for (stored, route_kind, backends) in http.chain(grpc) {
             let route = object_ref(route_kind, stored);
             let attachments: Vec<_> = translation
@@ -486,28 +483,6 @@ fn services<'a>(refs: impl Iterator<Item = &'a BackendObjectReference>) -> Backe
     refs.filter(|b| is_service(b.group.as_deref(), b.kind.as_deref()))
         .map(|b| (b.namespace.clone(), b.name.clone()))
         .collect()
-}
-
-fn http_backends(route: &HttpRoute) -> Backends {
-    services(
-        route
-            .spec
-            .rules
-            .iter()
-            .flat_map(|r| &r.backend_refs)
-            .map(|b| &b.backend),
-    )
-}
-
-fn grpc_backends(route: &GrpcRoute) -> Backends {
-    services(
-        route
-            .spec
-            .rules
-            .iter()
-            .flat_map(|r| &r.backend_refs)
-            .map(|b| &b.backend),
-    )
 }
 
 fn is_service(group: Option<&str>, kind: Option<&str>) -> bool {
