@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 
+use crate::common::kubectl::Kubectl;
 use crate::common::oci::require_oci;
 use crate::common::*;
 
@@ -262,10 +263,29 @@ spec:
     assert_eq!(body.trim().len(), "traceparent=".len() + 55, "{body}");
 
     // Status, as kubectl shows it: the node's address, Programmed.
-    wait_for("the Gateway to be programmed", MINUTE, || {
-        let row = row(cluster, "gateways", "edge");
-        (row.contains("127.0.0.1") && row.contains("True")).then_some(())
+    let kubectl = Kubectl::for_cluster(cluster);
+    let gateways = wait_for("the Gateway to be programmed", MINUTE, || {
+        let table = kubectl.ok(&["get", "gateways"]);
+        table.contains("True").then_some(table)
     });
+    let words = |table: &str, line: usize| -> Vec<String> {
+        let line = table.lines().nth(line).unwrap_or_default();
+        line.split_whitespace().map(str::to_string).collect()
+    };
+    assert_eq!(
+        words(&gateways, 0),
+        ["NAME", "CLASS", "ADDRESS", "PROGRAMMED", "AGE"]
+    );
+    assert_eq!(
+        words(&gateways, 1)[..4],
+        ["edge", "c4m", "127.0.0.1", "True"]
+    );
+    let routes = kubectl.ok(&["get", "httproutes"]);
+    assert_eq!(
+        words(&routes, 1)[..2],
+        ["api", r#"["api.test"]"#],
+        "{routes}"
+    );
     assert!(row(cluster, "ingresses", "site").contains("127.0.0.1"));
     let route = &cluster.list("httproutes")[0];
     let parent = &route["status"]["parents"][0];
