@@ -9,8 +9,8 @@ use c4m_api::agent::Driver;
 use c4m_core::ContainerRuntime;
 use c4m_image::ImageStore;
 use c4m_mesh::{
-    CniNetwork, InstanceNetwork, LinuxNetwork, Network, NetworkConfig, Overlay, VxlanOverlay,
-    keep_overlay,
+    CniNetwork, InstanceNetwork, LinuxNetwork, Network, NetworkConfig, Overlay, ServiceRules,
+    VxlanOverlay, keep_overlay,
 };
 use c4m_plugin::NodeExtensions;
 use c4m_runtime::DefaultProber;
@@ -18,10 +18,12 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::edge::GatewayConfig;
 use crate::holder::PodHolders;
 use crate::objects::NodeObjects;
 use crate::pod_etc::PodEtc;
 use crate::server::{ServerState, router};
+use crate::service_rules::{self, keep_service_rules};
 use crate::session::{ControlPlaneChannel, NetworkFeeds, Session, register_request};
 use crate::supervisor::{RestartBackoff, Supervisor};
 use crate::{Error, Result};
@@ -76,6 +78,10 @@ pub struct AgentConfig {
     /// they pass [`std::env::current_exe`]). `None`: each container has its
     /// own, and pods asking `shareProcessNamespace` are refused.
     pub pod_holder: Option<PathBuf>,
+    /// Run the edge gateway on this node (Ingresses and Gateway API
+    /// routes, fed by the control plane); `None`: not run. The node gets
+    /// the label `c4m.io/edge-gateway: "true"`.
+    pub gateway: Option<GatewayConfig>,
 }
 
 /// An agent with its HTTP listener bound, ready to [`run`](Self::run).
@@ -340,12 +346,16 @@ impl Agent {
         let (statuses_tx, statuses_rx) = watch::channel(Arc::new(Vec::new()));
         let directory = Arc::new(Mutex::new(HashMap::new()));
         let (dns_tx, dns_rx) = watch::channel(String::new());
+        let mut labels = self.config.labels.clone();
+        if self.config.gateway.is_some() {
+            labels.insert(c4m_core::labels::EDGE_GATEWAY.into(), "true".into());
+        }
         let mut register = register_request(
             &self.config.node_name,
             self.config.cpu_millis,
             self.config.memory_bytes,
             self.config.max_instances,
-            &self.config.labels,
+            &labels,
             self.config.address,
         );
         register.drivers = self
@@ -364,8 +374,13 @@ impl Agent {
         // What the node's own controllers (service rules, edge gateway) read
         // from the control plane: each subscribes here before the session
         // starts.
-        let objects = NodeObjects::new();
+        let mut objects = NodeObjects::new();
+        let edge_gateway = self.config.gateway.clone().map(|config| {
+            let set = objects.subscribe(&crate::edge::kinds());
+            crate::edge::run(config, self.config.token.clone(), set, shutdown.clone())
+        });
         let mut overlay_keeper = None;
+        let mut service_keeper = None;
         let network = match (&self.config.network, self.extensions.network.clone()) {
             (Some(config), Some(network)) => {
                 register.instance_network = true;
@@ -379,6 +394,14 @@ impl Agent {
                 overlay_keeper = self.extensions.overlay.clone().map(|overlay| {
                     keep_overlay(overlay, peers_rx, network.local_vpcs(), shutdown.clone())
                 });
+                // A node with an instance network gives Services their
+                // virtual IPs, for its instances and its host processes.
+                service_keeper = Some(keep_service_rules(
+                    ServiceRules::new(&self.config.node_name),
+                    objects.subscribe(&service_rules::KINDS),
+                    network.local_vpcs(),
+                    shutdown.clone(),
+                ));
                 Some(network)
             }
             _ => None,
@@ -439,9 +462,23 @@ impl Agent {
             session.run(shutdown.clone()),
             server,
             async {
-                if let Some(keeper) = overlay_keeper {
-                    keeper.await;
-                }
+                tokio::join!(
+                    async {
+                        if let Some(keeper) = overlay_keeper {
+                            keeper.await;
+                        }
+                    },
+                    async {
+                        if let Some(keeper) = service_keeper {
+                            keeper.await;
+                        }
+                    },
+                    async {
+                        if let Some(gateway) = edge_gateway {
+                            gateway.await;
+                        }
+                    }
+                );
             }
         );
         tracing::info!("agent stopped; its containers keep running");

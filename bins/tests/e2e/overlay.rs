@@ -61,27 +61,6 @@ fn exec(cluster: &Cluster, name: &str, script: &str) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-fn name_of(pod: &Value) -> String {
-    pod["metadata"]["name"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string()
-}
-
-fn node_of(pod: &Value) -> String {
-    pod["spec"]["nodeName"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string()
-}
-
-fn ip_of(pod: &Value) -> String {
-    pod["status"]["podIP"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string()
-}
-
 /// Each host's overlay as the kernel has it, for a failure's message.
 fn diagnose(hosts: &Hosts) -> String {
     let device = c4m_mesh::OVERLAY_DEVICE;
@@ -120,25 +99,7 @@ fn instances_on_different_nodes_reach_each_other_over_the_overlay() {
     let hosts = Hosts::create(UNDERLAY, 3);
     let mut cluster = Cluster::start_listening_on(&hosts.gateway().to_string());
     let nodes = ["h1", "h2", "h3"];
-    for (index, node) in (1..=3).zip(nodes) {
-        let address = hosts.address(index).to_string();
-        let listen = format!("{address}:0");
-        cluster.start_agent_from(
-            hosts.command(index, C4M_AGENT),
-            node,
-            "2",
-            "2Gi",
-            &[
-                "--instance-network",
-                "--default-vpc-cidr",
-                DEFAULT_VPC,
-                "--address",
-                &address,
-                "--listen",
-                &listen,
-            ],
-        );
-    }
+    start_host_agents(&mut cluster, &hosts, "2", "2Gi", DEFAULT_VPC, &[]);
     // Each node got a slice of its own from the control plane.
     let slices: BTreeSet<String> = cluster
         .list("nodes")
