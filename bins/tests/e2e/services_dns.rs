@@ -227,3 +227,51 @@ fn instances_resolve_services_as_kubernetes_dns_gives_them_and_get_service_varia
         assert!(answer.contains(target), "{target}: {answer}");
     }
 }
+
+/// `--cluster-domain` names the domain the control plane's DNS answers,
+/// beside `c4m`; `cluster.local` is then not the cluster's.
+#[test]
+fn the_cluster_domain_is_configurable_and_c4m_stays() {
+    use hickory_resolver::proto::rr::{RData, RecordType};
+
+    let cluster = Cluster::start_with_control_flags(&["--cluster-domain", "corp.internal"]);
+    cluster.apply(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec:\n  clusterIP: 10.96.0.60\n  ports: [{port: 80}]\n",
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let resolver = c4m_mesh::cluster_resolver(([127, 0, 0, 1], cluster.dns).into());
+    let lookup = |name: &str, record_type: RecordType| {
+        runtime.block_on(async {
+            resolver
+                .lookup(name, record_type)
+                .await
+                .map(|found| {
+                    found
+                        .answers()
+                        .iter()
+                        .map(|record| match &record.data {
+                            RData::A(a) => a.to_string(),
+                            RData::TXT(txt) => txt.to_string(),
+                            other => format!("{other:?}"),
+                        })
+                        .collect::<Vec<String>>()
+                })
+                .map_err(|error| error.to_string())
+        })
+    };
+    for name in ["web.default.svc.corp.internal.", "web.default.svc.c4m."] {
+        let answer = wait_for(&format!("{name} to answer"), MINUTE, || {
+            lookup(name, RecordType::A).ok()
+        });
+        assert_eq!(answer, ["10.96.0.60"], "{name}");
+    }
+    assert_eq!(
+        lookup("dns-version.corp.internal.", RecordType::TXT).unwrap(),
+        [c4m_mesh::DNS_SCHEMA_VERSION]
+    );
+    let refused = lookup("web.default.svc.cluster.local.", RecordType::A).unwrap_err();
+    assert!(refused.to_lowercase().contains("refused"), "{refused}");
+}
