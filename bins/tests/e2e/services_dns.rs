@@ -4,8 +4,8 @@
 //! agent wrote) gets a Service's cluster IP under `cluster.local` and
 //! `c4m`, its PTR record, a headless Service's endpoints and its pods'
 //! hostnames, SRV records of named ports, the CNAME of an ExternalName;
-//! `env` shows the
-//! `FOO_SERVICE_HOST` family.
+//! `env` shows the `FOO_SERVICE_HOST` family. And `--cluster-domain`
+//! changes the domain answered beside `c4m`.
 
 use std::time::Duration;
 
