@@ -230,7 +230,8 @@ impl Zone {
             // Negative answers are cached for min(SOA TTL, minimum): keep it as short as records.
             RECORD_TTL_SECS,
         );
-        // The longest name below the apex is `_PORT._PROTO.NAME.NAMESPACE.svc`.
+        // A domain too long to hold even the shortest `_PORT._PROTO.NAME.NAMESPACE.svc` below
+        // it (253 characters in all) could answer nothing: refused now, not at each query.
         soa_name("_a._b.c.d.svc")?;
         Ok(Zone {
             labels: apex.iter().map(<[u8]>::to_vec).collect(),
