@@ -22,22 +22,6 @@ const SERVICE_CIDR: &str = "10.96.0.0/16";
 /// The image every bookshop service runs here: busybox and c4m-demo.
 const IMAGE: &str = "bookshop:1";
 
-/// The twelve services of `examples/k8s-realistic`.
-const BOOKSHOP: [&str; 12] = [
-    "frontend",
-    "gateway",
-    "catalog",
-    "search",
-    "cart",
-    "checkout",
-    "payments",
-    "shipping",
-    "notifications",
-    "reviews",
-    "inventory",
-    "accounts",
-];
-
 /// A cluster of three hosts (`h1`..`h3`) running `oci` instances in the
 /// default VPC, each with `image` built from busybox and c4m-demo.
 struct HostCluster {
