@@ -1884,4 +1884,33 @@ mod tests {
         }
         server.stop().await;
     }
+    #[tokio::test]
+    async fn a_domain_given_twice_is_served_once_and_the_most_specific_zone_answers() {
+        let server = DnsServer::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            &["corp.c4m", "c4m", "C4M."],
+            registry(),
+        )
+        .await
+        .unwrap();
+        let addr = server.local_addr();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(server.run(shutdown.clone()));
+
+        for name in ["web.default.svc.corp.c4m.", "web.default.svc.c4m."] {
+            let response = udp_query(addr, name, RecordType::A).await;
+            assert_eq!(
+                ips(&response.answers),
+                [v4("10.0.0.1"), v4("10.0.0.2")],
+                "{name}"
+            );
+        }
+        // A negative answer below corp.c4m carries corp.c4m's SOA.
+        let response = udp_query(addr, "nope.default.svc.corp.c4m.", RecordType::A).await;
+        assert_eq!(response.metadata.response_code, ResponseCode::NXDomain);
+        assert_eq!(response.authorities[0].name.to_ascii(), "corp.c4m.");
+
+        shutdown.cancel();
+        timeout(WAIT, task).await.unwrap().unwrap().unwrap();
+    }
 }
