@@ -307,6 +307,8 @@ fn default_spec(service: &mut Value) {
     }
     if type_ == "LoadBalancer" {
         default_field(spec, "allocateLoadBalancerNodePorts", json!(true));
+    } else if let Some(spec) = spec.as_object_mut() {
+        spec.remove("allocateLoadBalancerNodePorts");
     }
     default_field(service, "status", json!({"loadBalancer": {}}));
 }

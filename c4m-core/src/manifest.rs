@@ -1659,6 +1659,7 @@ fn check_service_spec(spec: &ServiceSpec) -> Result<(), FieldError> {
             format!("{type_:?} is not one of {}", TYPES.join(", ")),
         ));
     }
+    check_service_policies(spec)?;
     let ports = spec.ports.as_deref().unwrap_or_default();
     let mut names = HashSet::new();
     for (i, port) in ports.iter().enumerate() {
@@ -1684,6 +1685,56 @@ fn check_service_spec(spec: &ServiceSpec) -> Result<(), FieldError> {
                 format!("duplicate port name {name:?}"),
             ));
         }
+    }
+    Ok(())
+}
+
+/// A Service's session affinity and traffic policies, as Kubernetes
+/// validates them: known values, a ClientIP timeout within (0, 86400], and
+/// an `externalName` for an ExternalName Service. (A policy the type does
+/// not use is dropped when the Service is written, as Kubernetes drops the
+/// fields of a former type.)
+fn check_service_policies(spec: &ServiceSpec) -> Result<(), FieldError> {
+    let one_of = |path: &str, value: Option<&str>, allowed: &[&str]| match value {
+        Some(value) if !allowed.contains(&value) => Err(field_error(
+            path,
+            format!("{value:?} is not one of {}", allowed.join(", ")),
+        )),
+        _ => Ok(()),
+    };
+    one_of(
+        "spec.sessionAffinity",
+        spec.session_affinity.as_deref(),
+        &["None", "ClientIP"],
+    )?;
+    one_of(
+        "spec.internalTrafficPolicy",
+        spec.internal_traffic_policy.as_deref(),
+        &["Cluster", "Local"],
+    )?;
+    one_of(
+        "spec.externalTrafficPolicy",
+        spec.external_traffic_policy.as_deref(),
+        &["Cluster", "Local"],
+    )?;
+    let type_ = spec.type_.as_deref().unwrap_or("ClusterIP");
+    if let Some(timeout) = spec
+        .session_affinity_config
+        .as_ref()
+        .and_then(|config| config.client_ip.as_ref())
+        .and_then(|client_ip| client_ip.timeout_seconds)
+        && !(1..=86400).contains(&timeout)
+    {
+        return Err(field_error(
+            "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
+            format!("must be greater than 0 and less than 86400, found {timeout}"),
+        ));
+    }
+    if type_ == "ExternalName" && spec.external_name.as_deref().is_none_or(str::is_empty) {
+        return Err(field_error(
+            "spec.externalName",
+            "required field is missing",
+        ));
     }
     Ok(())
 }
@@ -3124,6 +3175,31 @@ spec:
             validate_value(&pod).unwrap().warnings,
             ["Pod p: spec.hostNetwork=true is not supported and will be ignored"]
         );
+    }
+
+    #[test]
+    fn service_policies_are_checked_as_kubernetes_checks_them() {
+        let error = |spec: Value| {
+            let service = json!({"apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": "web"}, "spec": spec});
+            let (path, message) = validate_value(&service).map(|_| ()).unwrap_err();
+            format!("{path}: {message}")
+        };
+        assert!(
+            error(json!({"ports": [{"port": 80}], "sessionAffinity": "ClientIP",
+                "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 0}}}))
+            .contains("spec.sessionAffinityConfig.clientIP.timeoutSeconds: must be greater than 0 and less than 86400, found 0")
+        );
+        assert!(
+            error(json!({"ports": [{"port": 80}], "internalTrafficPolicy": "Nearby"}))
+                .contains("spec.internalTrafficPolicy: \"Nearby\" is not one of Cluster, Local")
+        );
+        assert!(error(json!({"type": "ExternalName"})).contains("spec.externalName"));
+        let fine = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
+            "spec": {"type": "NodePort", "ports": [{"port": 80}], "externalTrafficPolicy": "Local",
+                "internalTrafficPolicy": "Local", "sessionAffinity": "ClientIP",
+                "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 600}}}});
+        assert!(validate_value(&fine).is_ok());
     }
 
     #[test]
