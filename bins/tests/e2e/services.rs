@@ -337,6 +337,21 @@ fn services_get_cluster_ips_node_ports_and_load_balancers() {
     ]);
     assert!(refused.contains("may not change once set"), "{refused}");
 
+    // Back to ClusterIP: the node port is given up, and another may take it.
+    kubectl.ok(&[
+        "patch",
+        "service",
+        "web",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"type":"ClusterIP"}}"#,
+    ]);
+    let web = kubectl.json(&["get", "service", "web"]);
+    assert!(web["spec"]["ports"][0]["nodePort"].is_null(), "{web}");
+    assert!(web["spec"]["externalTrafficPolicy"].is_null(), "{web}");
+    assert_eq!(web["spec"]["clusterIP"], ip.as_str());
+    kubectl.ok(&["create", "-f", file.to_str().unwrap()]);
+
     // A LoadBalancer through c4m expose: the node's address as ingress.
     let exposed = cluster.ok(&[
         "expose",
