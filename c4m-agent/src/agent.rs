@@ -9,8 +9,8 @@ use c4m_api::agent::Driver;
 use c4m_core::ContainerRuntime;
 use c4m_image::ImageStore;
 use c4m_mesh::{
-    CniNetwork, InstanceNetwork, LinuxNetwork, Network, NetworkConfig, Overlay, VxlanOverlay,
-    keep_overlay,
+    CniNetwork, InstanceNetwork, LinuxNetwork, Network, NetworkConfig, Overlay, ServiceRules,
+    VxlanOverlay, keep_overlay,
 };
 use c4m_plugin::NodeExtensions;
 use c4m_runtime::DefaultProber;
@@ -22,6 +22,7 @@ use crate::holder::PodHolders;
 use crate::objects::NodeObjects;
 use crate::pod_etc::PodEtc;
 use crate::server::{ServerState, router};
+use crate::service_rules::{self, keep_service_rules};
 use crate::session::{ControlPlaneChannel, NetworkFeeds, Session, register_request};
 use crate::supervisor::{RestartBackoff, Supervisor};
 use crate::{Error, Result};
@@ -364,8 +365,9 @@ impl Agent {
         // What the node's own controllers (service rules, edge gateway) read
         // from the control plane: each subscribes here before the session
         // starts.
-        let objects = NodeObjects::new();
+        let mut objects = NodeObjects::new();
         let mut overlay_keeper = None;
+        let mut service_keeper = None;
         let network = match (&self.config.network, self.extensions.network.clone()) {
             (Some(config), Some(network)) => {
                 register.instance_network = true;
@@ -379,6 +381,14 @@ impl Agent {
                 overlay_keeper = self.extensions.overlay.clone().map(|overlay| {
                     keep_overlay(overlay, peers_rx, network.local_vpcs(), shutdown.clone())
                 });
+                // A node with an instance network gives Services their
+                // virtual IPs, for its instances and its host processes.
+                service_keeper = Some(keep_service_rules(
+                    ServiceRules::new(&self.config.node_name),
+                    objects.subscribe(&service_rules::KINDS),
+                    network.local_vpcs(),
+                    shutdown.clone(),
+                ));
                 Some(network)
             }
             _ => None,
@@ -439,9 +449,18 @@ impl Agent {
             session.run(shutdown.clone()),
             server,
             async {
-                if let Some(keeper) = overlay_keeper {
-                    keeper.await;
-                }
+                tokio::join!(
+                    async {
+                        if let Some(keeper) = overlay_keeper {
+                            keeper.await;
+                        }
+                    },
+                    async {
+                        if let Some(keeper) = service_keeper {
+                            keeper.await;
+                        }
+                    }
+                );
             }
         );
         tracing::info!("agent stopped; its containers keep running");

@@ -28,6 +28,8 @@ mod pods;
 mod policy;
 mod python_client;
 mod quickstart;
+mod service_ips;
 mod services;
+mod services_dns;
 mod vpc;
 mod workloads;
