@@ -348,3 +348,38 @@ async fn written_endpoints_of_a_service_without_selector_are_mirrored() {
     assert!(slices(&cache).is_empty());
     shutdown.cancel();
 }
+
+/// How long a full pass takes over many Services and instances in one
+/// namespace (run with `--ignored --nocapture` to see the figure).
+#[tokio::test]
+#[ignore = "a measurement"]
+async fn full_pass_over_many_services() {
+    let (_dir, objects, cache, shutdown) = setup().await;
+    let count = 1000;
+    let mut batch = Vec::new();
+    for i in 0..count {
+        let mut svc = service();
+        svc["metadata"]["name"] = json!(format!("s{i}"));
+        svc["spec"]["selector"] = json!({"app": format!("a{i}")});
+        batch.push((kind("services"), svc));
+        let mut instance = pod(
+            &format!("p{i}"),
+            &format!("10.1.{}.{}", i / 200, i % 200 + 2),
+            true,
+        );
+        instance["metadata"]["labels"] = json!({"app": format!("a{i}")});
+        batch.push((kind("pods"), instance));
+    }
+    let revision = objects.create_many(batch).await.unwrap();
+    cache.wait_for(revision).await;
+    let started = std::time::Instant::now();
+    reconcile(&objects, &cache).await;
+    let first = started.elapsed();
+    let started = std::time::Instant::now();
+    reconcile(&objects, &cache).await;
+    eprintln!(
+        "{count} services x {count} instances: first pass {first:?}, unchanged pass {:?}",
+        started.elapsed()
+    );
+    shutdown.cancel();
+}
