@@ -14,6 +14,7 @@ mod cri;
 mod deletion;
 mod docker;
 mod drivers;
+mod edge;
 mod events;
 mod hollow;
 mod kubectl;
