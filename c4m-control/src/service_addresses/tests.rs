@@ -363,6 +363,22 @@ async fn a_vpc_may_not_overlap_the_service_cidr() {
     );
 }
 
+/// A control plane whose Service CIDR overlaps a stored VPC does not start.
+#[tokio::test]
+async fn a_service_cidr_over_a_vpc_is_refused_at_start() {
+    let (_dir, objects) = objects(ranges("10.200.0.0/16")).await;
+    let vpc = json!({"apiVersion": "c4m.io/v1", "kind": "Vpc", "metadata": {"name": "v"},
+        "spec": {"cidr": "10.96.128.0/24"}});
+    objects.create(kind("vpcs"), "", vpc).await.unwrap();
+    objects.check_service_cidr().await.unwrap();
+    let clashing = objects.with_service_ranges(ServiceRanges::default());
+    let error = clashing.check_service_cidr().await.unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "the Service CIDR 10.96.0.0/16 overlaps vpc v (10.96.128.0/24): choose another --service-cidr"
+    );
+}
+
 #[test]
 fn ranges_parse_with_reasons() {
     assert_eq!(
