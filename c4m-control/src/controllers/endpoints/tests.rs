@@ -16,6 +16,22 @@ async fn setup() -> (tempfile::TempDir, Objects, Arc<Cache>, CancellationToken) 
     (dir, objects, cache, shutdown)
 }
 
+/// Creates `value` (of `plural`, in `default`) and waits for the cache to
+/// see it.
+async fn create_seen(objects: &Objects, cache: &Cache, plural: &str, value: Value) -> Value {
+    let created = objects
+        .create(kind(plural), "default", value)
+        .await
+        .unwrap();
+    let revision = created["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    cache.wait_for(revision).await;
+    created
+}
+
 /// Reconciles everything and waits for the cache to see the writes.
 async fn reconcile(objects: &Objects, cache: &Cache) {
     let everything = Changes {
@@ -267,16 +283,7 @@ async fn a_microservice_gets_endpoint_slices() {
     // The agent bound container port 8080 to node port 31000.
     instance["metadata"]["annotations"] = json!({c4m_core::annotations::PORTS:
         r#"[{"name":"http","containerPort":8080,"hostPort":31000}]"#});
-    let created_pod = objects
-        .create(kind("pods"), "default", instance)
-        .await
-        .unwrap();
-    let revision = created_pod["metadata"]["resourceVersion"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    cache.wait_for(revision).await;
+    create_seen(&objects, &cache, "pods", instance).await;
     reconcile(&objects, &cache).await;
     let slices = slices(&cache);
     let slice = slices.values().next().expect("a slice");
@@ -308,16 +315,7 @@ async fn written_endpoints_of_a_service_without_selector_are_mirrored() {
         "metadata": {"name": "web", "namespace": "default"},
         "subsets": [{"addresses": [{"ip": "192.0.2.10"}], "notReadyAddresses": [{"ip": "192.0.2.11"}],
             "ports": [{"name": "pg", "port": 5432, "protocol": "TCP"}]}]});
-    let created = objects
-        .create(kind("endpoints"), "default", written)
-        .await
-        .unwrap();
-    let revision = created["metadata"]["resourceVersion"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    cache.wait_for(revision).await;
+    create_seen(&objects, &cache, "endpoints", written).await;
     reconcile(&objects, &cache).await;
     let found = slices(&cache);
     let slice = found.values().next().expect("a mirrored slice");
