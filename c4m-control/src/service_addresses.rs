@@ -313,6 +313,22 @@ fn default_spec(service: &mut Value) {
     default_field(service, "status", json!({"loadBalancer": {}}));
 }
 
+/// Whether a stored Service lacks an address its type needs: a cluster IP
+/// (unless ExternalName), or a node port.
+pub(crate) fn lacks_addresses(service: &Value) -> bool {
+    let no_ip = service_type(service) != "ExternalName"
+        && service["spec"]["clusterIP"]
+            .as_str()
+            .is_none_or(str::is_empty);
+    let no_node_port = needs_node_ports(service)
+        && service["spec"]["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|p| p["nodePort"].as_u64().is_none_or(|n| n == 0));
+    no_ip || no_node_port
+}
+
 /// Whether the Service's ports get node ports.
 fn needs_node_ports(service: &Value) -> bool {
     match service_type(service) {
