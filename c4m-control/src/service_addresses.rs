@@ -115,10 +115,16 @@ impl ServiceRanges {
 
     /// The first and last address a Service may get (network and
     /// broadcast addresses excluded).
+    /// (Fields set by hand to a prefix beyond /30 give no address at all,
+    /// rather than an overflow.)
     fn bounds(&self) -> (u32, u32) {
-        let network = u32::from(self.network);
-        let size = 1u32 << (32 - u32::from(self.prefix));
-        (network + 1, network + size - 2)
+        let network = u64::from(u32::from(self.network) & mask(self.prefix.min(32)));
+        let size = 1u64 << (32 - u32::from(self.prefix.min(32)));
+        let clamp = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
+        (
+            clamp(network + 1),
+            clamp((network + size).saturating_sub(2)),
+        )
     }
 
     /// The `kubernetes` Service's address: the range's first.
@@ -134,8 +140,8 @@ impl ServiceRanges {
     /// Where dynamic picks start: past the band kept for requests.
     fn upper_band(&self) -> u32 {
         let (first, last) = self.bounds();
-        let size = last - first + 1;
-        first + (size / 16).clamp(16, 256).min(size / 2)
+        let size = (last + 1).saturating_sub(first);
+        first.saturating_add((size / 16).clamp(16, 256).min(size / 2))
     }
 }
 
@@ -492,7 +498,10 @@ impl ServiceRanges {
     ) -> Result<Ipv4Addr> {
         let (first, last) = self.bounds();
         let upper = self.upper_band();
-        let bands = [upper..=last, first + 1..=upper - 1];
+        let bands = [
+            upper..=last,
+            first.saturating_add(1)..=upper.saturating_sub(1),
+        ];
         free(store, IP_RECORDS, &bands, Ipv4Addr::from, picked)
             .await?
             .ok_or_else(|| {

@@ -379,6 +379,22 @@ async fn a_service_cidr_over_a_vpc_is_refused_at_start() {
     );
 }
 
+/// Ranges set by hand beyond what the flags take give no address, without
+/// a panic.
+#[tokio::test]
+async fn a_range_without_addresses_is_full() {
+    for prefix in [31, 32] {
+        let ranges = ServiceRanges {
+            network: Ipv4Addr::new(10, 200, 0, 0),
+            prefix,
+            node_ports: 30000..=30000,
+        };
+        let (_dir, objects) = objects(ranges).await;
+        let error = create(&objects, web("web")).await.unwrap_err();
+        assert_eq!(error.http_status().0, 500, "/{prefix}: {error}");
+    }
+}
+
 #[test]
 fn ranges_parse_with_reasons() {
     assert_eq!(
