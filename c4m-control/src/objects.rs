@@ -159,10 +159,20 @@ impl Objects {
             return Ok(Vec::new());
         }
         let name = name_of(value).to_string();
-        self.ranges
+        let ops = self
+            .ranges
             .prepare(self.store.as_ref(), current, value, picked)
             .await
-            .map_err(|e| crate::invalid::for_object(e, kind, &name))
+            .map_err(|e| crate::invalid::for_object(e, kind, &name))?;
+        // The generation was bumped before the addresses and defaults kept
+        // were filled in: a write that leaves the spec as it was keeps it.
+        if let Some(current) = current
+            && spec_part(value) == spec_part(current)
+            && value["metadata"].is_object()
+        {
+            value["metadata"]["generation"] = current["metadata"]["generation"].clone();
+        }
+        Ok(ops)
     }
 
     /// Events recorded through [`Objects::events`] go to `events`.

@@ -379,6 +379,39 @@ async fn a_service_cidr_over_a_vpc_is_refused_at_start() {
     );
 }
 
+/// A batch apply allocates in its one transaction (two Services, two
+/// addresses), and applying the same again changes nothing.
+#[tokio::test]
+async fn a_batch_apply_allocates_once() {
+    let (_dir, objects) = objects(ranges("10.200.0.0/29")).await;
+    let request = || c4m_api::ApplyRequest {
+        objects: ["a", "b"]
+            .iter()
+            .enumerate()
+            .map(|(i, name)| c4m_api::ApplyObject {
+                source: "test".into(),
+                document: i + 1,
+                object: web(name),
+            })
+            .collect(),
+        default_namespace: None,
+    };
+    let actions = |response: c4m_api::ApplyResponse| -> Vec<c4m_api::ApplyAction> {
+        response.results.iter().map(|r| r.action).collect()
+    };
+    let first = objects.apply(request()).await.unwrap();
+    assert_eq!(actions(first), [c4m_api::ApplyAction::Created; 2]);
+    let mut ips = BTreeSet::new();
+    for name in ["a", "b"] {
+        let service = objects.get(kind("services"), "default", name).await;
+        ips.insert(ip_of(&service.unwrap()));
+    }
+    assert_eq!(ips.len(), 2);
+    assert_eq!(records(&objects, IP_RECORDS).await.len(), 2);
+    let again = objects.apply(request()).await.unwrap();
+    assert_eq!(actions(again), [c4m_api::ApplyAction::Unchanged; 2]);
+}
+
 /// Ranges set by hand beyond what the flags take give no address, without
 /// a panic.
 #[tokio::test]
