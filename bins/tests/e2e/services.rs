@@ -447,6 +447,31 @@ fn service_ranges_follow_the_flags() {
         "{full}"
     );
 
+    // Server-side apply, twice: one address, kept; then a type change.
+    let file = cluster.dir.path().join("ssa.yaml");
+    let manifest = |type_: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: ssa}}\nspec:\n  type: {type_}\n  selector: {{app: ssa}}\n  ports: [{{port: 80}}]\n"
+        )
+    };
+    std::fs::write(&file, manifest("ClusterIP")).unwrap();
+    let path = file.to_str().unwrap();
+    kubectl.ok(&["apply", "--server-side", "-f", path]);
+    let first = kubectl.json(&["get", "service", "ssa"]);
+    kubectl.ok(&["apply", "--server-side", "-f", path]);
+    let again = kubectl.json(&["get", "service", "ssa"]);
+    assert_eq!(again["spec"]["clusterIP"], first["spec"]["clusterIP"]);
+    assert_eq!(
+        again["metadata"]["generation"],
+        first["metadata"]["generation"]
+    );
+    kubectl.ok(&["delete", "service", "c"]);
+    std::fs::write(&file, manifest("NodePort")).unwrap();
+    kubectl.ok(&["apply", "--server-side", "-f", path]);
+    let node_port = kubectl.json(&["get", "service", "ssa"]);
+    assert_eq!(node_port["spec"]["clusterIP"], first["spec"]["clusterIP"]);
+    assert!(node_port["spec"]["ports"][0]["nodePort"].as_u64().is_some());
+
     let output = std::process::Command::new(crate::common::C4M)
         .args(["control", "--service-cidr", "10.200.0.1/24"])
         .output()
