@@ -350,6 +350,53 @@ async fn node_ports_are_allocated_once() {
     assert_eq!(records(&objects, PORT_RECORDS).await.len(), 1);
 }
 
+/// A LoadBalancer keeping external traffic on local endpoints gets a
+/// health check node port, kept by updates and released with the policy.
+#[tokio::test]
+async fn a_local_load_balancer_gets_a_health_check_node_port() {
+    let (_dir, objects) = objects(ServiceRanges::default()).await;
+    let local = || {
+        service(
+            "web",
+            json!({"type": "LoadBalancer", "externalTrafficPolicy": "Local",
+                "selector": {"app": "web"}, "ports": [{"port": 80}]}),
+        )
+    };
+    let created = create(&objects, local()).await.unwrap();
+    let health = created["spec"]["healthCheckNodePort"].as_u64().unwrap();
+    let node_port = created["spec"]["ports"][0]["nodePort"].as_u64().unwrap();
+    assert_ne!(health, node_port);
+    assert_eq!(records(&objects, PORT_RECORDS).await.len(), 2);
+    let kept = replace(&objects, local()).await.unwrap();
+    assert_eq!(kept["spec"]["healthCheckNodePort"], health);
+    let mut cluster = local();
+    cluster["spec"]["externalTrafficPolicy"] = json!("Cluster");
+    let cluster = replace(&objects, cluster).await.unwrap();
+    assert!(
+        cluster["spec"]["healthCheckNodePort"].is_null(),
+        "{cluster}"
+    );
+    assert_eq!(
+        records(&objects, PORT_RECORDS).await,
+        BTreeSet::from([node_port.to_string()])
+    );
+    let mut taken = service(
+        "other",
+        json!({"type": "LoadBalancer", "externalTrafficPolicy": "Local",
+            "ports": [{"port": 80}], "healthCheckNodePort": node_port}),
+    );
+    let error = create(&objects, taken.clone()).await.unwrap_err();
+    assert!(
+        error.to_string().contains(&format!(
+            "spec.healthCheckNodePort: Invalid value: {node_port}: provided port is already allocated"
+        )),
+        "{error}"
+    );
+    taken["spec"]["healthCheckNodePort"] = json!(health);
+    let other = create(&objects, taken).await.unwrap();
+    assert_eq!(other["spec"]["healthCheckNodePort"], health);
+}
+
 /// A VPC may not overlap the Service CIDR, naming `spec.cidr`.
 #[tokio::test]
 async fn a_vpc_may_not_overlap_the_service_cidr() {
