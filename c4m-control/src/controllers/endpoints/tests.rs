@@ -32,6 +32,26 @@ async fn create_seen(objects: &Objects, cache: &Cache, plural: &str, value: Valu
     created
 }
 
+/// Changes the object `name` (of `plural`, in `default`) with `change` and
+/// waits for the cache to see it.
+async fn update_seen(
+    objects: &Objects,
+    cache: &Cache,
+    plural: &str,
+    name: &str,
+    mut change: impl FnMut(&mut Value),
+) {
+    let revision = objects
+        .update_with(kind(plural), "default", name, |object| {
+            change(object);
+            true
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    cache.wait_for(revision).await;
+}
+
 /// Reconciles everything and waits for the cache to see the writes.
 async fn reconcile(objects: &Objects, cache: &Cache) {
     let everything = Changes {
@@ -93,10 +113,7 @@ fn slices(cache: &Cache) -> BTreeMap<String, Value> {
 #[tokio::test]
 async fn a_service_gets_endpoint_slices_beside_its_endpoints() {
     let (_dir, objects, cache, shutdown) = setup().await;
-    let created = objects
-        .create(kind("services"), "default", service())
-        .await
-        .unwrap();
+    let created = create_seen(&objects, &cache, "services", service()).await;
     let mut ready = pod("web-a", "10.1.0.2", true);
     ready["spec"]["hostname"] = json!("a");
     ready["spec"]["subdomain"] = json!("web");
@@ -104,24 +121,16 @@ async fn a_service_gets_endpoint_slices_beside_its_endpoints() {
     other_subdomain["spec"]["hostname"] = json!("b");
     other_subdomain["spec"]["subdomain"] = json!("elsewhere");
     for pod in [ready, other_subdomain, pod("web-c", "10.1.0.4", true)] {
-        objects.create(kind("pods"), "default", pod).await.unwrap();
+        create_seen(&objects, &cache, "pods", pod).await;
     }
     let mut elsewhere = pod("db", "10.1.0.5", true);
     elsewhere["metadata"]["labels"] = json!({"app": "db"});
-    objects
-        .create(kind("pods"), "default", elsewhere)
-        .await
-        .unwrap();
+    create_seen(&objects, &cache, "pods", elsewhere).await;
     // web-c is being deleted: serving still, but no longer ready.
-    let revision = objects
-        .update_with(kind("pods"), "default", "web-c", |pod| {
-            pod["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
-            true
-        })
-        .await
-        .unwrap()
-        .unwrap();
-    cache.wait_for(revision).await;
+    update_seen(&objects, &cache, "pods", "web-c", |pod| {
+        pod["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+    })
+    .await;
 
     reconcile(&objects, &cache).await;
 
@@ -173,15 +182,10 @@ async fn a_service_gets_endpoint_slices_beside_its_endpoints() {
     assert_eq!(not_ready, [&json!("10.1.0.3"), &json!("10.1.0.4")]);
 
     // Published whether ready or not: every endpoint is ready.
-    let revision = objects
-        .update_with(kind("services"), "default", "web", |service| {
-            service["spec"]["publishNotReadyAddresses"] = json!(true);
-            true
-        })
-        .await
-        .unwrap()
-        .unwrap();
-    cache.wait_for(revision).await;
+    update_seen(&objects, &cache, "services", "web", |service| {
+        service["spec"]["publishNotReadyAddresses"] = json!(true);
+    })
+    .await;
     reconcile(&objects, &cache).await;
     let published = slices(&cache).into_values().next().unwrap();
     let ready: Vec<&Value> = published["endpoints"]
@@ -212,10 +216,7 @@ async fn a_service_gets_endpoint_slices_beside_its_endpoints() {
 #[tokio::test]
 async fn slices_hold_at_most_a_hundred_endpoints_and_stale_ones_go() {
     let (_dir, objects, cache, shutdown) = setup().await;
-    objects
-        .create(kind("services"), "default", service())
-        .await
-        .unwrap();
+    create_seen(&objects, &cache, "services", service()).await;
     let pods: Vec<_> = (0..250)
         .map(|i| {
             (
@@ -272,10 +273,7 @@ async fn a_microservice_gets_endpoint_slices() {
     let microservice = json!({"apiVersion": "c4m.io/v1", "kind": "Microservice",
         "metadata": {"name": "web", "namespace": "default"},
         "spec": {"replicas": 1, "image": "web:1", "ports": [{"name": "http", "containerPort": 8080}]}});
-    let created = objects
-        .create(kind("microservices"), "default", microservice)
-        .await
-        .unwrap();
+    let created = create_seen(&objects, &cache, "microservices", microservice).await;
     let mut instance = pod("web-x1", "10.1.0.9", true);
     instance["metadata"]["labels"] = json!({c4m_core::labels::MICROSERVICE: "web"});
     instance["metadata"]["ownerReferences"] = json!([{"apiVersion": "c4m.io/v1",
@@ -307,10 +305,7 @@ async fn written_endpoints_of_a_service_without_selector_are_mirrored() {
     let external = json!({"apiVersion": "v1", "kind": "Service",
         "metadata": {"name": "web", "namespace": "default"},
         "spec": {"ports": [{"name": "pg", "port": 5432}]}});
-    objects
-        .create(kind("services"), "default", external)
-        .await
-        .unwrap();
+    create_seen(&objects, &cache, "services", external).await;
     let written = json!({"apiVersion": "v1", "kind": "Endpoints",
         "metadata": {"name": "web", "namespace": "default"},
         "subsets": [{"addresses": [{"ip": "192.0.2.10"}], "notReadyAddresses": [{"ip": "192.0.2.11"}],
@@ -332,16 +327,11 @@ async fn written_endpoints_of_a_service_without_selector_are_mirrored() {
     let endpoints = cache.get(kind("endpoints"), "default", "web").unwrap();
     assert!(endpoints["metadata"]["labels"].is_null(), "{endpoints}");
 
-    let revision = objects
-        .update_with(kind("endpoints"), "default", "web", |endpoints| {
-            endpoints["metadata"]["labels"] =
-                json!({"endpointslice.kubernetes.io/skip-mirror": "true"});
-            true
-        })
-        .await
-        .unwrap()
-        .unwrap();
-    cache.wait_for(revision).await;
+    update_seen(&objects, &cache, "endpoints", "web", |endpoints| {
+        endpoints["metadata"]["labels"] =
+            json!({"endpointslice.kubernetes.io/skip-mirror": "true"});
+    })
+    .await;
     reconcile(&objects, &cache).await;
     assert!(slices(&cache).is_empty());
     shutdown.cancel();
