@@ -632,3 +632,44 @@ async fn a_new_process_adopts_the_table_and_drops_what_is_gone() -> Result<()> {
     assert_eq!(lab.list_table(), "");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root + nftables, iproute2, nsenter: network namespaces"]
+async fn udp_datagrams_reach_the_endpoint_and_answer_from_the_cluster_ip() -> Result<()> {
+    let lab = Lab::new(8, 1);
+    let endpoint = lab.endpoint(1);
+    let socket = enter_network_namespace(&lab.endpoint_namespace(1), move || {
+        std::net::UdpSocket::bind((endpoint, 5353))
+    })??;
+    std::thread::spawn(move || {
+        let mut buffer = [0u8; 64];
+        while let Ok((len, from)) = socket.recv_from(&mut buffer) {
+            let _ = socket.send_to(&buffer[..len], from);
+        }
+    });
+    let mut rules = ServiceRules::new("n1").in_namespace(&lab.node());
+    let spec = json!({"clusterIP": lab.cluster_ip(10).to_string(),
+                      "ports": [{"name": "dns", "port": 53, "protocol": "UDP"}]});
+    let slice = json!({
+        "metadata": {"name": "dns-1", "namespace": "shop",
+                     "labels": {"kubernetes.io/service-name": "dns"}},
+        "endpoints": [{"addresses": [endpoint.to_string()], "conditions": {"ready": true}}],
+        "ports": [{"name": "dns", "port": 5353, "protocol": "UDP"}]
+    });
+    rules
+        .sync(&table(&[service("dns", spec)], &[slice]))
+        .await?;
+    let to = SocketAddr::from((lab.cluster_ip(10), 53));
+    let (answer, from) = enter_network_namespace(&lab.client_namespace(), move || {
+        let socket = std::net::UdpSocket::bind("0.0.0.0:0")?;
+        socket.set_read_timeout(Some(Duration::from_secs(2)))?;
+        socket.send_to(b"ping", to)?;
+        let mut buffer = [0u8; 64];
+        let (len, from) = socket.recv_from(&mut buffer)?;
+        Ok::<_, std::io::Error>((buffer[..len].to_vec(), from))
+    })??;
+    assert_eq!(answer, b"ping");
+    // The answer comes from the address asked, as the client expects.
+    assert_eq!(from, to);
+    Ok(())
+}
