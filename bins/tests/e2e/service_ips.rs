@@ -186,6 +186,30 @@ fn cluster_ips_spread_over_nodes_and_node_ports_answer_on_every_node() {
     let by_name = fetch_from(&cluster, client, "echo.default.svc.cluster.local", 30);
     assert_eq!(by_name.values().sum::<usize>(), 30, "{by_name:?}");
 
+    // From h1's own network (a process-driver instance's): through the
+    // output hook, to the endpoints of all three nodes. A node routes
+    // cluster IPs (by its default route); the simulated hosts have none,
+    // so h1 gets a route for the Service range on its link (on-link: what
+    // no rule translates is asked for by ARP, answered by nobody).
+    let routed = hosts
+        .command(1, "ip")
+        .args(["route", "add", "10.96.0.0/16", "dev", "eth0"])
+        .status()
+        .unwrap();
+    assert!(routed.success());
+    let to = SocketAddr::from((cluster_ip.parse::<std::net::Ipv4Addr>().unwrap(), 8080));
+    let from_host = c4m_mesh::enter_network_namespace(&hosts.namespace_path(1), move || {
+        (0..60)
+            .filter_map(|_| fetch_here(to))
+            .collect::<BTreeSet<String>>()
+    })
+    .unwrap();
+    assert_eq!(
+        from_host.iter().collect::<BTreeSet<_>>(),
+        everyone,
+        "from h1's host network"
+    );
+
     // The instance on h3 turns unready: once h1 programmed its slice
     // change, it gets no new connection.
     let leaving = &on["h3"];
