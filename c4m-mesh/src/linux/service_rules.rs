@@ -163,8 +163,18 @@ impl ServiceRules {
         nft(&self.command, &["-f", "-"], &what, Some(&script)).await?;
         self.applied = Some(next);
         self.stale_chains.extend(stale);
-        self.stale_chains
-            .retain(|chain| !is_wanted(chain, self.applied.as_ref()));
+        // A chain left from an earlier sync may be wanted again.
+        if let Some(applied) = &self.applied
+            && !self.stale_chains.is_empty()
+        {
+            let wanted: BTreeSet<&str> = applied
+                .ports
+                .values()
+                .flat_map(|(_, objects)| objects.chains.iter().map(|(c, _)| c.as_str()))
+                .collect();
+            self.stale_chains
+                .retain(|chain| !wanted.contains(chain.as_str()));
+        }
         if !self.stale_chains.is_empty() {
             let mut script = String::new();
             for chain in &self.stale_chains {
@@ -178,6 +188,12 @@ impl ServiceRules {
             }
         }
         Ok(report)
+    }
+
+    /// Makes the next sync a full one, which repairs whatever changed the
+    /// table behind this process's back.
+    pub fn forget(&mut self) {
+        self.applied = None;
     }
 
     /// Deletes the table; absent is Ok.
@@ -382,16 +398,6 @@ impl ServiceRules {
         };
         (script, next, report, stale)
     }
-}
-
-/// Whether `chain` belongs to a Service port the kernel now holds.
-fn is_wanted(chain: &str, applied: Option<&Applied>) -> bool {
-    applied.is_some_and(|applied| {
-        applied
-            .ports
-            .values()
-            .any(|(_, objects)| objects.chains.iter().any(|(c, _)| c == chain))
-    })
 }
 
 /// The chains every table has (name, declaration, rules): base chains on
