@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use c4m_agent::{
-    Agent, AgentConfig, CniConfig, DNS_PORT, HollowAgents, HollowConfig, NetworkConfig,
-    RestartBackoff,
+    Agent, AgentConfig, CniConfig, DNS_PORT, GatewayConfig, HollowAgents, HollowConfig,
+    IngressPorts, NetworkConfig, RestartBackoff,
 };
 use c4m_api::Credentials;
 use clap::Args;
@@ -72,6 +72,21 @@ pub struct NodeFlags {
     /// answers there (probed at start, never required).
     #[arg(long, default_value = "/var/run/docker.sock")]
     docker_socket: PathBuf,
+    /// Run the edge gateway on this node: Ingresses (class `c4m`) and
+    /// Gateway API routes (GatewayClass `c4m`), served on the node's
+    /// address.
+    #[arg(long)]
+    gateway: bool,
+    /// The port Ingresses are served on over HTTP.
+    #[arg(long, default_value_t = 80, requires = "gateway")]
+    gateway_http_port: u16,
+    /// The port Ingresses with `tls` are served on over HTTPS.
+    #[arg(long, default_value_t = 443, requires = "gateway")]
+    gateway_https_port: u16,
+    /// Serve the gateway's `/metrics` and `/ready` here, to callers with the
+    /// cluster token.
+    #[arg(long, value_name = "ADDR", requires = "gateway")]
+    gateway_admin: Option<SocketAddr>,
 }
 
 /// The cluster's DNS domain: the control plane answers services as
@@ -202,6 +217,14 @@ fn agent_config(
         // Both binaries that run an agent (`c4m`, `c4m-agent`) start as a
         // pod's namespace holder when asked, first thing in `main`.
         pod_holder: std::env::current_exe().ok(),
+        gateway: node.gateway.then_some(GatewayConfig {
+            ingress_ports: IngressPorts {
+                http: node.gateway_http_port,
+                https: node.gateway_https_port,
+            },
+            bind_ip: node.address,
+            admin: node.gateway_admin,
+        }),
     })
 }
 

@@ -37,6 +37,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         cri_socket: None,
         restart_backoff: RestartBackoff::default(),
         pod_holder: None,
+        gateway: None,
     };
     let process = ProcessRuntime::new(data_dir.join("process"), config.address)?;
     let images = Agent::image_store(&config)?;

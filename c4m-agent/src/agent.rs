@@ -18,6 +18,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::edge::GatewayConfig;
 use crate::holder::PodHolders;
 use crate::objects::NodeObjects;
 use crate::pod_etc::PodEtc;
@@ -77,6 +78,10 @@ pub struct AgentConfig {
     /// they pass [`std::env::current_exe`]). `None`: each container has its
     /// own, and pods asking `shareProcessNamespace` are refused.
     pub pod_holder: Option<PathBuf>,
+    /// Run the edge gateway on this node (Ingresses and Gateway API
+    /// routes, fed by the control plane); `None`: not run. The node gets
+    /// the label `c4m.io/edge-gateway: "true"`.
+    pub gateway: Option<GatewayConfig>,
 }
 
 /// An agent with its HTTP listener bound, ready to [`run`](Self::run).
@@ -341,12 +346,16 @@ impl Agent {
         let (statuses_tx, statuses_rx) = watch::channel(Arc::new(Vec::new()));
         let directory = Arc::new(Mutex::new(HashMap::new()));
         let (dns_tx, dns_rx) = watch::channel(String::new());
+        let mut labels = self.config.labels.clone();
+        if self.config.gateway.is_some() {
+            labels.insert(c4m_core::labels::EDGE_GATEWAY.into(), "true".into());
+        }
         let mut register = register_request(
             &self.config.node_name,
             self.config.cpu_millis,
             self.config.memory_bytes,
             self.config.max_instances,
-            &self.config.labels,
+            &labels,
             self.config.address,
         );
         register.drivers = self
@@ -366,6 +375,10 @@ impl Agent {
         // from the control plane: each subscribes here before the session
         // starts.
         let mut objects = NodeObjects::new();
+        let edge_gateway = self.config.gateway.clone().map(|config| {
+            let set = objects.subscribe(&crate::edge::kinds());
+            crate::edge::run(config, self.config.token.clone(), set, shutdown.clone())
+        });
         let mut overlay_keeper = None;
         let mut service_keeper = None;
         let network = match (&self.config.network, self.extensions.network.clone()) {
@@ -458,6 +471,11 @@ impl Agent {
                     async {
                         if let Some(keeper) = service_keeper {
                             keeper.await;
+                        }
+                    },
+                    async {
+                        if let Some(gateway) = edge_gateway {
+                            gateway.await;
                         }
                     }
                 );

@@ -35,6 +35,7 @@
 //! Running and Ready and nothing started.
 
 mod agent;
+mod edge;
 mod error;
 mod holder;
 mod hollow;
@@ -49,7 +50,9 @@ mod stream;
 mod supervisor;
 
 pub use agent::{Agent, AgentConfig};
+pub use c4m_mesh::proxy::routes::IngressPorts;
 pub use c4m_mesh::{CniConfig, DNS_PORT, NetworkConfig};
+pub use edge::GatewayConfig;
 pub use error::{Error, Result};
 pub use holder::{HOLDER_NAME, run_pod_holder_if_asked};
 pub use hollow::{HollowAgents, HollowConfig};

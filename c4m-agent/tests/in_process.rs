@@ -85,6 +85,7 @@ async fn a_deployment_runs_restarts_and_goes_away_on_a_fake_node() {
             ..RestartBackoff::default()
         },
         pod_holder: None,
+        gateway: None,
     };
     let fake = FakeRuntime::new();
     let images = Agent::image_store(&config).unwrap();

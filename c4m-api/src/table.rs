@@ -978,6 +978,131 @@ fn autoscaler_targets(autoscaler: &Value) -> String {
     }
 }
 
+static INGRESS: &[Column] = &[
+    NAME,
+    Column::new("CLASS", "The IngressClass", |i| {
+        or_none(&i["spec"]["ingressClassName"])
+    }),
+    Column::new("HOSTS", "Hosts of the rules", ingress_hosts),
+    Column::new("ADDRESS", "Addresses the Ingress is served on", |i| {
+        load_balancer_addresses(&i["status"]["loadBalancer"])
+    }),
+    Column::new("PORTS", "Ports served", |i| {
+        match i["spec"]["tls"].as_array().is_some_and(|t| !t.is_empty()) {
+            true => "80, 443".into(),
+            false => "80".into(),
+        }
+    }),
+    AGE,
+];
+
+/// An Ingress' HOSTS as Kubernetes' printer writes them: `*` for a rule
+/// without a host, three at most then `+ N more...`.
+fn ingress_hosts(ingress: &Value) -> String {
+    let hosts: Vec<String> = ingress["spec"]["rules"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| match text(&r["host"]) {
+            h if h.is_empty() => "*".to_string(),
+            h => h,
+        })
+        .collect();
+    match hosts.len() {
+        0 => "*".into(),
+        n if n > 3 => format!("{} + {} more...", hosts[..3].join(","), n - 3),
+        _ => hosts.join(","),
+    }
+}
+
+/// A `status.loadBalancer`'s ingress IPs and hostnames, comma-separated,
+/// cut to 16 characters as kubectl's default output cuts them.
+fn load_balancer_addresses(status: &Value) -> String {
+    let addresses: Vec<String> = status["ingress"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|i| [text(&i["ip"]), text(&i["hostname"])])
+        .filter(|a| !a.is_empty())
+        .collect();
+    let joined = addresses.join(",");
+    match joined.len() {
+        n if n > 16 => format!("{}...", &joined[..13]),
+        _ => joined,
+    }
+}
+
+static INGRESS_CLASS: &[Column] = &[
+    NAME,
+    Column::new("CONTROLLER", "The controller serving the class", |c| {
+        text(&c["spec"]["controller"])
+    }),
+    Column::new("PARAMETERS", "The class' parameters object", |c| {
+        let parameters = &c["spec"]["parameters"];
+        if !parameters.is_object() {
+            return "<none>".into();
+        }
+        let mut kind = text(&parameters["kind"]);
+        if let Some(group) = parameters["apiGroup"].as_str() {
+            kind = format!("{kind}.{group}");
+        }
+        format!("{kind}/{}", text(&parameters["name"]))
+    }),
+    AGE,
+];
+
+// The Gateway API kinds print the columns of their CRDs'
+// additionalPrinterColumns: a JSONPath's first match, empty when none.
+
+/// The `status` of the condition `condition_type`, or empty.
+fn condition_status(object: &Value, condition_type: &str) -> String {
+    condition(object, condition_type)
+        .map(|c| text(&c["status"]))
+        .unwrap_or_default()
+}
+
+static GATEWAY_CLASS: &[Column] = &[
+    NAME,
+    Column::new("CONTROLLER", "spec.controllerName", |c| {
+        text(&c["spec"]["controllerName"])
+    }),
+    Column::new("ACCEPTED", "The Accepted condition", |c| {
+        condition_status(c, "Accepted")
+    }),
+    AGE,
+    Column::new("DESCRIPTION", "spec.description", |c| {
+        text(&c["spec"]["description"])
+    })
+    .wide(),
+];
+
+static GATEWAY: &[Column] = &[
+    NAME,
+    Column::new("CLASS", "spec.gatewayClassName", |g| {
+        text(&g["spec"]["gatewayClassName"])
+    }),
+    Column::new("ADDRESS", "status.addresses[*].value", |g| {
+        text(&g["status"]["addresses"][0]["value"])
+    }),
+    Column::new("PROGRAMMED", "The Programmed condition", |g| {
+        condition_status(g, "Programmed")
+    }),
+    AGE,
+];
+
+static ROUTE: &[Column] = &[
+    NAME,
+    Column::new(
+        "HOSTNAMES",
+        "spec.hostnames",
+        |r| match &r["spec"]["hostnames"] {
+            Value::Array(hosts) if !hosts.is_empty() => Value::Array(hosts.clone()).to_string(),
+            _ => String::new(),
+        },
+    ),
+    AGE,
+];
+
 static DEFAULT: &[Column] = &[NAME, AGE];
 
 /// The columns objects of `kind` are listed with.
@@ -1000,6 +1125,11 @@ pub fn columns(kind: &ResourceKind) -> &'static [Column] {
         "DaemonSet" => DAEMON_SET,
         "CronJob" => CRON_JOB,
         "HorizontalPodAutoscaler" => HORIZONTAL_POD_AUTOSCALER,
+        "Ingress" => INGRESS,
+        "IngressClass" => INGRESS_CLASS,
+        "GatewayClass" => GATEWAY_CLASS,
+        "Gateway" => GATEWAY,
+        "HTTPRoute" | "GRPCRoute" => ROUTE,
         _ => DEFAULT,
     }
 }
@@ -1269,6 +1399,66 @@ mod tests {
         let empty = json!({"metadata": {"name": "web-abcde"}, "addressType": "IPv4",
             "endpoints": []});
         assert_eq!(row(slices, &empty)[2..4], ["<unset>", "<unset>"]);
+    }
+
+    #[test]
+    fn edge_kinds_print_as_kubectl_prints_them() {
+        assert_eq!(
+            headers("ing", 0),
+            ["NAME", "CLASS", "HOSTS", "ADDRESS", "PORTS", "AGE"]
+        );
+        assert_eq!(
+            headers("gatewayclasses", 0),
+            ["NAME", "CONTROLLER", "ACCEPTED", "AGE"]
+        );
+        assert_eq!(
+            headers("gtw", 0),
+            ["NAME", "CLASS", "ADDRESS", "PROGRAMMED", "AGE"]
+        );
+        assert_eq!(headers("httproutes", 0), ["NAME", "HOSTNAMES", "AGE"]);
+        let cells = |plural: &str, object: Value| {
+            let kind = ResourceKind::from_name(plural).unwrap();
+            let mut row = row(kind, &object);
+            row.pop(); // AGE
+            row
+        };
+        let ingress = json!({"metadata": {"name": "web"},
+            "spec": {"ingressClassName": "c4m", "tls": [{"hosts": ["a.test"]}],
+                "rules": [{"host": "a.test"}, {"http": {}}, {"host": "b.test"}, {"host": "c.test"}]},
+            "status": {"loadBalancer": {"ingress": [{"ip": "10.0.0.1"}, {"ip": "10.0.0.2"}]}}});
+        assert_eq!(
+            cells("ingresses", ingress),
+            [
+                "web",
+                "c4m",
+                "a.test,*,b.test + 1 more...",
+                "10.0.0.1,10.0...",
+                "80, 443"
+            ]
+        );
+        let bare = json!({"metadata": {"name": "bare"}, "spec": {}});
+        assert_eq!(cells("ingresses", bare), ["bare", "<none>", "*", "", "80"]);
+        let gateway = json!({"metadata": {"name": "edge"},
+            "spec": {"gatewayClassName": "c4m"},
+            "status": {"addresses": [{"value": "10.0.0.1"}, {"value": "10.0.0.2"}],
+                "conditions": [{"type": "Accepted", "status": "True"},
+                    {"type": "Programmed", "status": "False"}]}});
+        assert_eq!(
+            cells("gateways", gateway),
+            ["edge", "c4m", "10.0.0.1", "False"]
+        );
+        let route = json!({"metadata": {"name": "r"}, "spec": {"hostnames": ["a.test", "b.test"]}});
+        assert_eq!(cells("grpcroutes", route), ["r", r#"["a.test","b.test"]"#]);
+        let class = json!({"metadata": {"name": "c4m"}, "spec": {"controller": "c4m.io/ingress",
+            "parameters": {"apiGroup": "k8s.example.com", "kind": "IngressParameters", "name": "p"}}});
+        assert_eq!(
+            cells("ingressclasses", class),
+            [
+                "c4m",
+                "c4m.io/ingress",
+                "IngressParameters.k8s.example.com/p"
+            ]
+        );
     }
 
     #[test]

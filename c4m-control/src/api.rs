@@ -885,6 +885,10 @@ fn validate(kind: &ResourceKind, value: &Value) -> Result<Vec<String>> {
         .map_err(|e| {
             invalid::invalid_field(kind, name, &e.path, &e.message, Some(&document.value))
         })?;
+    // Routes are checked here: c4m-core has no route model.
+    crate::controllers::edge::check(&document.value).map_err(|(field, message)| {
+        invalid::invalid_field(kind, name, &field, &message, Some(&document.value))
+    })?;
     // The schedule is parsed here: c4m-core has no cron parser.
     if kind.kind == "CronJob" {
         crate::controllers::cronjobs::check(&document.value).map_err(|e| {

@@ -958,6 +958,12 @@ impl Objects {
             };
             let validated =
                 c4m_core::validate(&document).map_err(|e| Error::Invalid(e.to_string()))?;
+            crate::controllers::edge::check(&document.value).map_err(|(field, message)| {
+                Error::Invalid(format!(
+                    "{}: document {}: {field}: {message}",
+                    document.source, document.index
+                ))
+            })?;
             warnings.extend(validated.warnings);
             let namespace = match namespace_of(&validated.object) {
                 "" => default_ns.clone(),

@@ -162,6 +162,7 @@ impl ControlPlane {
         };
         ensure_default_namespace(&objects).await?;
         objects.check_service_cidr().await?;
+        controllers::edge::ensure_default_classes(&objects).await?;
         let cache = Cache::start(store, shutdown.clone()).await?;
         let registry = Registry::new(Arc::clone(&cache));
         if let Some(addr) = self.config.dns_addr {
@@ -410,6 +411,12 @@ fn spawn_controllers(
             let scheduler = Arc::clone(&scheduler);
             Box::pin(async move { scheduler.lock().await.reconcile(&o, &c).await })
         }),
+    );
+    spawn(
+        "edge",
+        &controllers::edge::follows(),
+        FULL_RESYNC,
+        Box::new(|o, c, _| Box::pin(async move { controllers::edge::reconcile(&o, &c).await })),
     );
     spawn(
         "disruption",

@@ -465,7 +465,8 @@ impl ServiceRanges {
     }
 
     /// A free address: random picks in the upper band, then a scan of
-    /// the whole range.
+    /// the whole range, the upper band first (the first address is the
+    /// `kubernetes` Service's).
     async fn free_ip(
         &self,
         store: &dyn Store,
@@ -473,39 +474,15 @@ impl ServiceRanges {
     ) -> Result<Ipv4Addr> {
         let (first, last) = self.bounds();
         let upper = self.upper_band();
-        for _ in 0..RANDOM_TRIES {
-            let ip = Ipv4Addr::from(upper + random_below(last - upper + 1));
-            if !picked.contains(&ip) && store.get(&ip_key(ip)).await?.is_none() {
-                picked.insert(ip);
-                return Ok(ip);
-            }
-        }
-        let (records, _) = store.range(IP_RECORDS).await?;
-        let taken: BTreeSet<Ipv4Addr> = records
-            .iter()
-            .filter_map(|kv| kv.key.strip_prefix(IP_RECORDS)?.parse().ok())
-            .chain(picked.iter().copied())
-            .collect();
-        // The upper band first, then the lower (the first address is the
-        // `kubernetes` Service's); at random within, so that concurrent
-        // creates seldom pick the same.
-        let free_in = |band: std::ops::RangeInclusive<u32>| {
-            let free: Vec<Ipv4Addr> = band
-                .map(Ipv4Addr::from)
-                .filter(|ip| !taken.contains(ip))
-                .collect();
-            pick(&free)
-        };
-        let free = free_in(upper..=last)
-            .or_else(|| free_in(first + 1..=upper - 1))
+        let bands = [upper..=last, first + 1..=upper - 1];
+        free(store, IP_RECORDS, &bands, Ipv4Addr::from, picked)
+            .await?
             .ok_or_else(|| {
                 Error::RangeFull(format!(
                     "failed to allocate a serviceIP: range is full ({})",
                     self.cidr()
                 ))
-            })?;
-        picked.insert(free);
-        Ok(free)
+            })
     }
 
     /// Each port's node port: the one it has, the one it asks for, or a
@@ -592,28 +569,62 @@ impl ServiceRanges {
 
     async fn free_port(&self, store: &dyn Store, picked: &mut BTreeSet<u16>) -> Result<u16> {
         let (low, high) = (*self.node_ports.start(), *self.node_ports.end());
+        let bands = [u32::from(low)..=u32::from(high)];
+        let to_port = |n: u32| u16::try_from(n).unwrap_or(high);
+        free(store, PORT_RECORDS, &bands, to_port, picked)
+            .await?
+            .ok_or_else(|| {
+                Error::RangeFull(format!(
+                    "failed to allocate a nodePort: range is full ({low}-{high})"
+                ))
+            })
+    }
+}
+
+/// A value of `bands` (numbered, made values by `to`) that has no record
+/// under `prefix` and that this transaction did not pick: random picks in
+/// the first band, then a scan of the records and a random one of the
+/// free values of the first band that has any (so that concurrent creates
+/// seldom pick the same); None when every band is full.
+async fn free<T>(
+    store: &dyn Store,
+    prefix: &str,
+    bands: &[RangeInclusive<u32>],
+    to: impl Fn(u32) -> T,
+    picked: &mut BTreeSet<T>,
+) -> Result<Option<T>>
+where
+    T: Ord + Copy + std::fmt::Display + std::str::FromStr,
+{
+    if let Some(band) = bands.first().filter(|band| !band.is_empty()) {
         for _ in 0..RANDOM_TRIES {
-            let port = low + random_below(u32::from(high - low) + 1) as u16;
-            if !picked.contains(&port) && store.get(&port_key(port)).await?.is_none() {
-                picked.insert(port);
-                return Ok(port);
+            let candidate = to(band.start() + random_below(band.end() - band.start() + 1));
+            if !picked.contains(&candidate)
+                && store.get(&format!("{prefix}{candidate}")).await?.is_none()
+            {
+                picked.insert(candidate);
+                return Ok(Some(candidate));
             }
         }
-        let (records, _) = store.range(PORT_RECORDS).await?;
-        let taken: BTreeSet<u16> = records
-            .iter()
-            .filter_map(|kv| kv.key.strip_prefix(PORT_RECORDS)?.parse().ok())
-            .chain(picked.iter().copied())
-            .collect();
-        let free: Vec<u16> = (low..=high).filter(|p| !taken.contains(p)).collect();
-        let free = pick(&free).ok_or_else(|| {
-            Error::RangeFull(format!(
-                "failed to allocate a nodePort: range is full ({low}-{high})"
-            ))
-        })?;
-        picked.insert(free);
-        Ok(free)
     }
+    let (records, _) = store.range(prefix).await?;
+    let taken: BTreeSet<T> = records
+        .iter()
+        .filter_map(|kv| kv.key.strip_prefix(prefix)?.parse().ok())
+        .chain(picked.iter().copied())
+        .collect();
+    for band in bands {
+        let free: Vec<T> = band
+            .clone()
+            .map(&to)
+            .filter(|value| !taken.contains(value))
+            .collect();
+        if let Some(value) = pick(&free) {
+            picked.insert(value);
+            return Ok(Some(value));
+        }
+    }
+    Ok(None)
 }
 
 /// What an update of `current` may not change, and what it keeps when it

@@ -27,6 +27,7 @@ use k8s_openapi::api::core::v1::{
     ServiceSpec,
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::scheduling::v1::PriorityClass;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -470,6 +471,13 @@ fn check_typed(kind: &ResourceKind, value: &Value) -> Result<ObjectMeta, FieldEr
             check_disruption_budget(&budget)?;
             budget.metadata
         }
+        // Their rules are validated by the control plane with c4m-mesh's
+        // route model (`proxy::routes::validate`), which c4m-core cannot use.
+        "Ingress" => typed::<Ingress>(value)?.metadata,
+        "IngressClass" => typed::<IngressClass>(value)?.metadata,
+        "GatewayClass" | "Gateway" | "HTTPRoute" | "GRPCRoute" | "ReferenceGrant" => {
+            typed::<GatewayApiObject>(value)?.metadata
+        }
         other => {
             return Err(field_error(
                 "kind",
@@ -477,6 +485,23 @@ fn check_typed(kind: &ResourceKind, value: &Value) -> Result<ObjectMeta, FieldEr
             ));
         }
     })
+}
+
+/// A Gateway API object as c4m-core sees it: its metadata, and a spec that
+/// must be an object (checked field by field by the control plane).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct GatewayApiObject {
+    #[serde(rename = "apiVersion")]
+    _api_version: String,
+    #[serde(rename = "kind")]
+    _kind: String,
+    #[serde(default)]
+    metadata: ObjectMeta,
+    #[serde(rename = "spec")]
+    _spec: serde_json::Map<String, Value>,
+    #[serde(default, rename = "status")]
+    _status: Option<Value>,
 }
 
 /// Deserialises `value` into `T`, reporting type errors and unknown fields
@@ -3298,6 +3323,50 @@ spec:
             validate_value(&value).unwrap_err().0,
             "spec.template.spec.preemptionPolicy"
         );
+    }
+
+    #[test]
+    fn edge_kinds_are_checked_up_to_what_c4m_core_knows() {
+        let ingress = "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: web}\n\
+            spec: {rules: [{host: a.test, http: {paths: [{path: /, pathType: Prefix, \
+            backend: {service: {name: web, port: {number: 80}}}}]}}]}\n";
+        assert_eq!(
+            validate_value(&parse_one(ingress)).unwrap().kind.plural,
+            "ingresses"
+        );
+        let bad = ingress.replace("pathType", "pathKind");
+        assert_eq!(
+            validate_value(&parse_one(&bad)).unwrap_err().0,
+            "spec.rules[0].http.paths[0].pathKind"
+        );
+        let route = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
+            metadata: {name: web, labels: {app: web}}\nspec: {hostnames: [a.test]}\n";
+        assert_eq!(
+            validate_value(&parse_one(route)).unwrap().kind.plural,
+            "httproutes"
+        );
+        let grant = "apiVersion: gateway.networking.k8s.io/v1beta1\nkind: ReferenceGrant\n\
+                     metadata: {name: g}\n";
+        for (manifest, path, message) in [
+            (
+                route.replace("spec: {hostnames: [a.test]}", "spec: [1]"),
+                "spec",
+                "invalid type",
+            ),
+            (route.replace("spec:", "spek: {}\nspec:"), "spek", "unknown"),
+            (
+                route.replace("app: web", "app: \"a b\""),
+                "metadata.labels",
+                "",
+            ),
+            (grant.to_string(), "", "missing field `spec`"),
+        ] {
+            let (at, why) = validate_value(&parse_one(&manifest)).unwrap_err();
+            assert!(
+                at.starts_with(path) && why.contains(message),
+                "{manifest}: {at}: {why}"
+            );
+        }
     }
 
     #[test]

@@ -16,7 +16,10 @@
 //! - `dns-version.<domain>` TXT: the schema version; `A-B-C-D.NAMESPACE.pod.<domain>` A: the
 //!   deprecated pod records (2.6).
 //!
-//! PTR records (`in-addr.arpa`) are not served. The server keeps no cache: every query asks the
+//! - `D.C.B.A.in-addr.arpa` PTR: the Service whose cluster IP, or the headless service endpoint
+//!   whose address, `A.B.C.D` is, named in the configured domain; other addresses are refused.
+//!
+//! The server keeps no cache: every query asks the
 //! [`ServiceLookup`], so registry changes are visible to the next query, and records carry a
 //! short TTL ([`RECORD_TTL_SECS`]) so clients don't hold on to them either. Queries outside the
 //! domains are refused: this is not a recursive resolver, so an ExternalName pointing outside
@@ -33,7 +36,7 @@ use hickory_server::net::runtime::Time;
 use hickory_server::proto::op::{
     Edns, Header, HeaderCounts, LowerQuery, Metadata, OpCode, ResponseCode,
 };
-use hickory_server::proto::rr::rdata::{A, AAAA, CNAME, SOA, SRV, TXT};
+use hickory_server::proto::rr::rdata::{A, AAAA, CNAME, PTR, SOA, SRV, TXT};
 use hickory_server::proto::rr::{DNSClass, LowerName, Name, RData, Record, RecordType};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
@@ -185,6 +188,7 @@ async fn bind_udp_and_tcp(addr: SocketAddr) -> Result<(UdpSocket, TcpListener), 
 }
 
 /// One cluster domain the server is authoritative for.
+#[derive(Clone)]
 struct Zone {
     /// The apex (the cluster domain), lowercase and fully qualified.
     apex: Name,
@@ -249,7 +253,10 @@ const MAX_CNAME_CHAIN: usize = 8;
 
 /// Answers queries for the cluster domains from a [`ServiceLookup`].
 struct ZoneHandler {
+    /// The domains served, the most specific first.
     zones: Vec<Zone>,
+    /// The configured cluster domain (the first given): PTR records name it.
+    primary: Zone,
     lookup: Arc<dyn ServiceLookup>,
 }
 
@@ -262,15 +269,19 @@ impl ZoneHandler {
                 zones.push(zone);
             }
         }
-        if zones.is_empty() {
+        let Some(primary) = zones.first().cloned() else {
             return Err(DnsError::InvalidZone {
                 zone: String::new(),
                 source: "no cluster domain to serve".into(),
             });
-        }
+        };
         // The most specific zone first, so a domain below another is found before it.
         zones.sort_by_key(|zone| std::cmp::Reverse(zone.labels.len()));
-        Ok(Self { zones, lookup })
+        Ok(Self {
+            zones,
+            primary,
+            lookup,
+        })
     }
 
     /// The zone `name` is in, and its labels left of the apex; `None` outside every zone.
@@ -291,8 +302,46 @@ impl ZoneHandler {
         if !matches!(query.query_class(), DNSClass::IN | DNSClass::ANY) {
             return Answer::error(ResponseCode::Refused);
         }
+        if let Some(address) = reverse_address(query.name()) {
+            return self.answer_reverse(query, address);
+        }
         // Answer with the name as the client spelled it (some resolvers randomize case).
         self.answer_name(query.name(), query.original().name(), query.query_type(), 0)
+    }
+
+    /// `D.C.B.A.in-addr.arpa` PTR (2.3.3, 2.4.3): the names at `A.B.C.D` in the configured
+    /// domain. An address the registry has no name at is refused, as names outside the domains
+    /// are: the server is authoritative for the cluster's addresses only.
+    fn answer_reverse(&self, query: &LowerQuery, address: Option<IpAddr>) -> Answer {
+        let mut names = address.map_or_else(Vec::new, |ip| self.lookup.names_of(ip));
+        names.sort();
+        names.dedup();
+        let owner = query.original().name();
+        let answers: Vec<Record> = names
+            .iter()
+            .filter_map(|name| {
+                let mut labels: Vec<&str> = name.endpoint.iter().map(String::as_str).collect();
+                labels.extend([name.service.as_str(), name.namespace.as_str(), "svc"]);
+                self.primary.name(&labels)
+            })
+            .map(|target| {
+                Record::from_rdata(owner.clone(), RECORD_TTL_SECS, RData::PTR(PTR(target)))
+            })
+            .collect();
+        if answers.is_empty() {
+            return Answer::error(ResponseCode::Refused);
+        }
+        let answers = match query.query_type() {
+            RecordType::PTR | RecordType::ANY => answers,
+            _ => Vec::new(),
+        };
+        Answer {
+            response_code: ResponseCode::NoError,
+            authoritative: true,
+            answers,
+            soa: Vec::new(),
+            additionals: Vec::new(),
+        }
     }
 
     /// The answer for `name` (spelled `owner`), having followed `depth` CNAMEs to it.
@@ -499,6 +548,32 @@ impl ZoneHandler {
         chased.answers.insert(0, record);
         chased
     }
+}
+
+/// For a name in `in-addr.arpa`, the IPv4 address it stands for (`None` if it names none, e.g.
+/// `10.in-addr.arpa`); `None` for every other name.
+fn reverse_address(name: &LowerName) -> Option<Option<IpAddr>> {
+    let labels: Vec<&[u8]> = name.iter().collect();
+    let (arpa, labels) = labels.split_last()?;
+    let (in_addr, octets) = labels.split_last()?;
+    if *arpa != b"arpa" || *in_addr != b"in-addr" {
+        return None;
+    }
+    let octet = |label: &[u8]| {
+        let digits = std::str::from_utf8(label).ok()?;
+        digits
+            .bytes()
+            .all(|b| b.is_ascii_digit())
+            .then(|| digits.parse::<u8>().ok())?
+    };
+    let address = match octets {
+        [d, c, b, a] => match (octet(a), octet(b), octet(c), octet(d)) {
+            (Some(a), Some(b), Some(c), Some(d)) => Some(IpAddr::V4(Ipv4Addr::new(a, b, c, d))),
+            _ => None,
+        },
+        _ => None,
+    };
+    Some(address)
 }
 
 /// One query as the handlers see it.
@@ -815,6 +890,14 @@ mod tests {
                 .unwrap()
                 .get(&(namespace.to_owned(), name.to_owned()))
                 .cloned()
+        }
+
+        fn names_of(&self, ip: IpAddr) -> Vec<crate::DnsName> {
+            let services = self.services.lock().unwrap();
+            services
+                .iter()
+                .flat_map(|((namespace, name), service)| service.names_at(namespace, name, ip))
+                .collect()
         }
     }
 
@@ -1739,6 +1822,62 @@ mod tests {
             assert_eq!(
                 response.metadata.response_code,
                 ResponseCode::NXDomain,
+                "{name}"
+            );
+        }
+        server.stop().await;
+    }
+    #[tokio::test]
+    async fn ptr_records_name_cluster_ips_and_headless_endpoints() {
+        let registry = registry();
+        registry.set_service("default", "kubernetes", cluster_ip("10.96.0.1", &[]));
+        let mut pet = endpoint("db-7f9c2", "10.0.1.5", &[]);
+        pet.hostname = Some("db-0".into());
+        registry.set("prod", "pets", vec![pet]);
+        let server = start(registry).await;
+
+        let ptr = |response: &Message| -> Vec<String> {
+            let mut targets: Vec<String> = response
+                .answers
+                .iter()
+                .filter_map(|record| match &record.data {
+                    RData::PTR(target) => Some(target.0.to_ascii()),
+                    _ => None,
+                })
+                .collect();
+            targets.sort();
+            targets
+        };
+        // In the configured domain (the first).
+        let response = udp_query(server.addr, "1.0.96.10.in-addr.arpa.", RecordType::PTR).await;
+        assert_eq!(response.metadata.response_code, ResponseCode::NoError);
+        assert_eq!(ptr(&response), ["kubernetes.default.svc.cluster.local."]);
+        let response = udp_query(server.addr, "5.1.0.10.IN-ADDR.ARPA.", RecordType::PTR).await;
+        assert_eq!(ptr(&response), ["db-0.pets.prod.svc.cluster.local."]);
+        // web-1 and web-2 share 10.0.0.1.
+        let response = udp_query(server.addr, "1.0.0.10.in-addr.arpa.", RecordType::PTR).await;
+        assert_eq!(
+            ptr(&response),
+            [
+                "web-1.web.default.svc.cluster.local.",
+                "web-2.web.default.svc.cluster.local."
+            ]
+        );
+        // Another type at a known address: NODATA.
+        let response = udp_query(server.addr, "1.0.96.10.in-addr.arpa.", RecordType::A).await;
+        assert_eq!(response.metadata.response_code, ResponseCode::NoError);
+        assert!(response.answers.is_empty());
+        // Addresses of nothing in the cluster, or no address: refused.
+        for name in [
+            "9.9.9.9.in-addr.arpa.",
+            "96.10.in-addr.arpa.",
+            "x.0.96.10.in-addr.arpa.",
+            "256.0.96.10.in-addr.arpa.",
+        ] {
+            let response = udp_query(server.addr, name, RecordType::PTR).await;
+            assert_eq!(
+                response.metadata.response_code,
+                ResponseCode::Refused,
                 "{name}"
             );
         }

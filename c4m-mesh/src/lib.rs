@@ -58,7 +58,7 @@ pub use linux::{
     CniNetwork, LinuxNetwork, OVERLAY_DEVICE, SERVICE_TABLE, ServiceRules, SyncReport,
     VxlanOverlay, create_loopback_namespace, enter_network_namespace, remove_network_namespace,
 };
-pub use lookup::{DnsEndpoint, DnsService, DnsServiceKind, FirstKnown, ServiceLookup};
+pub use lookup::{DnsEndpoint, DnsName, DnsService, DnsServiceKind, FirstKnown, ServiceLookup};
 pub use network::{
     Attachment, C4M_DOMAIN, DEFAULT_CLUSTER_DOMAIN, HostPort, Network, VpcNetwork, node_slice,
     search_domains,

@@ -9,6 +9,25 @@ pub trait ServiceLookup: Send + Sync + 'static {
     ///
     /// `namespace` and `name` are lowercase, since DNS names are case-insensitive.
     fn service(&self, namespace: &str, name: &str) -> Option<DnsService>;
+
+    /// The names `ip` is the address of, for PTR records: Services whose cluster IP it is, and
+    /// the ready endpoints of headless services at it. None by default.
+    fn names_of(&self, ip: IpAddr) -> Vec<DnsName> {
+        let _ = ip;
+        Vec::new()
+    }
+}
+
+/// A name in the `svc` subtree, as a PTR record gives it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct DnsName {
+    /// The service's namespace.
+    pub namespace: String,
+    /// The service.
+    pub service: String,
+    /// The endpoint's [`DnsEndpoint::dns_label`] for an endpoint of a headless service; `None`
+    /// for a Service's cluster IP.
+    pub endpoint: Option<String>,
 }
 
 /// A service as DNS answers it (Kubernetes' DNS specification, section 2).
@@ -48,6 +67,26 @@ impl DnsService {
         DnsService {
             kind: DnsServiceKind::Endpoints,
             endpoints,
+        }
+    }
+
+    /// The names of this service (`namespace/name`) at `ip`, for PTR records: the service's
+    /// own if `ip` is its cluster IP, each endpoint's at `ip` if it answers its endpoints.
+    pub fn names_at(&self, namespace: &str, name: &str, ip: IpAddr) -> Vec<DnsName> {
+        let named = |endpoint: Option<&str>| DnsName {
+            namespace: namespace.to_string(),
+            service: name.to_string(),
+            endpoint: endpoint.map(str::to_string),
+        };
+        match &self.kind {
+            DnsServiceKind::ClusterIp { ips, .. } if ips.contains(&ip) => vec![named(None)],
+            DnsServiceKind::Endpoints => self
+                .endpoints
+                .iter()
+                .filter(|endpoint| endpoint.ip == ip)
+                .map(|endpoint| named(Some(endpoint.dns_label())))
+                .collect(),
+            _ => Vec::new(),
         }
     }
 }
@@ -100,6 +139,12 @@ impl ServiceLookup for FirstKnown {
             .service(namespace, name)
             .or_else(|| self.second.service(namespace, name))
     }
+
+    fn names_of(&self, ip: IpAddr) -> Vec<DnsName> {
+        let mut names = self.first.names_of(ip);
+        names.extend(self.second.names_of(ip));
+        names
+    }
 }
 
 #[cfg(test)]
@@ -144,6 +189,31 @@ mod tests {
             Some(vec!["db".to_string()])
         );
         assert_eq!(lookup.service("shop", "nothing"), None);
+    }
+
+    #[test]
+    fn names_at_an_address_are_a_cluster_ip_or_headless_endpoints() {
+        let ip = |last: u8| IpAddr::from([10, 0, 0, last]);
+        let mut pet = endpoint("db-7f9c", [10, 0, 0, 3]);
+        pet.hostname = Some("db-0".into());
+        let headless = DnsService::endpoints(vec![pet, endpoint("db-x", [10, 0, 0, 4])]);
+        let name = |endpoint: Option<&str>| DnsName {
+            namespace: "shop".into(),
+            service: "db".into(),
+            endpoint: endpoint.map(str::to_string),
+        };
+        assert_eq!(headless.names_at("shop", "db", ip(3)), [name(Some("db-0"))]);
+        assert_eq!(headless.names_at("shop", "db", ip(4)), [name(Some("db-x"))]);
+        assert_eq!(headless.names_at("shop", "db", ip(5)), []);
+        let normal = DnsService {
+            kind: DnsServiceKind::ClusterIp {
+                ips: vec![ip(100)],
+                ports: Vec::new(),
+            },
+            endpoints: headless.endpoints.clone(),
+        };
+        assert_eq!(normal.names_at("shop", "db", ip(100)), [name(None)]);
+        assert_eq!(normal.names_at("shop", "db", ip(3)), []);
     }
 
     #[test]

@@ -10,8 +10,8 @@ use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    Attachment, DnsEndpoint, DnsService, Error, Network, Overlay, OverlayPeer, OverlayVpc, Result,
-    ServiceLookup, VpcNetwork,
+    Attachment, DnsEndpoint, DnsName, DnsService, Error, Network, Overlay, OverlayPeer, OverlayVpc,
+    Result, ServiceLookup, VpcNetwork,
 };
 
 /// An instance network in memory: it makes no namespace and moves no
@@ -201,5 +201,12 @@ impl ServiceLookup for StaticLookup {
         self.services
             .get(&(namespace.to_string(), name.to_string()))
             .cloned()
+    }
+
+    fn names_of(&self, ip: std::net::IpAddr) -> Vec<DnsName> {
+        self.services
+            .iter()
+            .flat_map(|((namespace, name), service)| service.names_at(namespace, name, ip))
+            .collect()
     }
 }

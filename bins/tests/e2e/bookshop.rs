@@ -246,3 +246,37 @@ spec:
     );
     assert!(answer.starts_with("accounts ("), "{answer}");
 }
+
+#[test]
+#[ignore = "needs root + runc + conmon + nftables: simulated hosts"]
+fn the_kubernetes_service_reaches_the_api_from_inside_an_instance() {
+    let HostCluster { cluster, _hosts } = start_hosts("probe:1");
+    cluster.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: probe, labels: {app: probe}}
+spec:
+  containers:
+    - name: probe
+      image: probe:1
+      command: ["sleep", "3600"]
+"#,
+    );
+    cluster.wait_ready("app=probe", 1, MINUTE);
+    let kubernetes = cluster.ok(&["get", "service", "kubernetes", "-o", "json"]);
+    let kubernetes: serde_json::Value = serde_json::from_str(&kubernetes).unwrap();
+    let cluster_ip = kubernetes["spec"]["clusterIP"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // The name resolves to the cluster IP, which reaches the API's /healthz.
+    let script = "ip=$(nslookup kubernetes.default.svc.cluster.local 2>/dev/null | awk '/^Address: /{print $2}' | grep -v : | head -n1); echo \"ip=$ip\"; printf 'GET /healthz HTTP/1.0\\r\\n\\r\\n' | nc -w 3 \"$ip\" 443 | head -n1";
+    let mut last = String::new();
+    wait_for("the API through the kubernetes Service", MINUTE, || {
+        let output = cluster.c4m(&["exec", "probe", "--", "sh", "-c", script]);
+        last = String::from_utf8_lossy(&output.stdout).into_owned();
+        last.contains(" 200 ").then_some(())
+    });
+    assert!(last.contains(&format!("ip={cluster_ip}")), "{last}");
+}

@@ -30,8 +30,7 @@ const FETCH: &str =
 
 /// `replicas` oci instances serving their name, spread evenly over the
 /// nodes, in VPC `vpc` (the default if None), on `nodes` (any if empty),
-/// and a headless Service selecting them (its name gives every instance's
-/// address).
+/// and a headless Service selecting them (its name gives their addresses).
 fn server(name: &str, replicas: usize, vpc: Option<&str>, nodes: &[&str]) -> String {
     let mut pod_spec = format!(
         "      topologySpreadConstraints:\n        - {{maxSkew: 1, topologyKey: kubernetes.io/hostname, whenUnsatisfiable: DoNotSchedule, labelSelector: {{matchLabels: {{app: {name}}}}}}}\n"

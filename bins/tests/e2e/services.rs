@@ -165,3 +165,228 @@ fn endpoint_slices_follow_the_ready_instances() {
         slices(&kubectl).is_empty().then_some(())
     });
 }
+
+/// A table's row for `name`, split into cells.
+fn table_row(table: &str, name: &str) -> Vec<String> {
+    table
+        .lines()
+        .map(|line| {
+            line.split_whitespace()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .find(|cells| cells.first().is_some_and(|n| n == name))
+        .unwrap_or_else(|| panic!("no row {name} in {table}"))
+}
+
+/// The cluster IPs of every Service, by name.
+fn cluster_ips(kubectl: &Kubectl) -> std::collections::BTreeMap<String, String> {
+    kubectl.json(&["get", "services"])["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["metadata"]["name"].as_str().unwrap().to_string(),
+                s["spec"]["clusterIP"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Cluster IPs, node ports and load balancers through the real kubectl:
+/// the `kubernetes` Service points at the API; `kubectl expose --type
+/// NodePort` gets an address and a node port, shown as kubectl shows them;
+/// a taken node port and a changed cluster IP are refused in Kubernetes'
+/// words; a LoadBalancer gets the node's address; after a restart every
+/// Service keeps its address and a new one gets a fresh one.
+#[test]
+#[ignore = "needs kubectl"]
+fn services_get_cluster_ips_node_ports_and_load_balancers() {
+    let mut cluster = Cluster::start();
+    cluster.start_agent("node-a", "2", "1Gi");
+    let kubectl = Kubectl::for_cluster(&cluster);
+
+    // The API's own Service, its Endpoints and EndpointSlice.
+    let present = |kind: &str| {
+        wait_for(&format!("the kubernetes {kind}"), MINUTE, || {
+            let output = kubectl.run(&["get", kind, "kubernetes", "-o", "json"]);
+            output
+                .status
+                .success()
+                .then(|| serde_json::from_slice::<Value>(&output.stdout).unwrap())
+        })
+    };
+    let api = present("service");
+    assert_eq!(api["spec"]["clusterIP"], "10.96.0.1");
+    assert_eq!(
+        api["spec"]["ports"],
+        serde_json::json!([{"name": "https", "port": 443, "protocol": "TCP",
+            "targetPort": cluster.api}])
+    );
+    let endpoints = present("endpoints");
+    assert_eq!(endpoints["subsets"][0]["addresses"][0]["ip"], "127.0.0.1");
+    assert_eq!(endpoints["subsets"][0]["ports"][0]["port"], cluster.api);
+    let slice = present("endpointslice");
+    assert_eq!(
+        slice["endpoints"][0]["addresses"],
+        serde_json::json!(["127.0.0.1"])
+    );
+
+    // kubectl expose, NodePort.
+    cluster.apply(&web(1));
+    cluster.wait_ready("app=web", 1, MINUTE);
+    kubectl.ok(&["delete", "service", "web"]);
+    let exposed = kubectl.ok(&[
+        "expose",
+        "deployment",
+        "web",
+        "--port",
+        "80",
+        "--target-port",
+        "8080",
+        "--type",
+        "NodePort",
+    ]);
+    assert_eq!(exposed, "service/web exposed\n");
+    let web = kubectl.json(&["get", "service", "web"]);
+    let ip = web["spec"]["clusterIP"].as_str().unwrap().to_string();
+    assert!(ip.starts_with("10.96."), "{web}");
+    let node_port = web["spec"]["ports"][0]["nodePort"].as_u64().unwrap();
+    assert!((30000..=32767).contains(&node_port), "{web}");
+    let table = kubectl.ok(&["get", "services", "-o", "wide"]);
+    assert_eq!(
+        table
+            .lines()
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        [
+            "NAME",
+            "TYPE",
+            "CLUSTER-IP",
+            "EXTERNAL-IP",
+            "PORT(S)",
+            "AGE",
+            "SELECTOR"
+        ]
+    );
+    let row = table_row(&table, "web");
+    assert_eq!(
+        row[1..5],
+        [
+            "NodePort".to_string(),
+            ip.clone(),
+            "<none>".into(),
+            format!("80:{node_port}/TCP")
+        ]
+    );
+    assert_eq!(row[6], "app=web");
+    assert_eq!(
+        table_row(&table, "kubernetes")[1..5],
+        ["ClusterIP", "10.96.0.1", "<none>", "443/TCP"]
+    );
+
+    // kubectl describe reads the Service and its EndpointSlices.
+    let described = wait_for("described endpoints", MINUTE, || {
+        let described = kubectl.ok(&["describe", "service", "web"]);
+        described
+            .lines()
+            .any(|l| {
+                l.starts_with("Endpoints:")
+                    && l.contains(':'.to_string().as_str())
+                    && !l.contains("<none>")
+            })
+            .then_some(described)
+    });
+    for expected in [
+        format!("IP:                       {ip}"),
+        format!("NodePort:                 <unset>  {node_port}/TCP"),
+        "Type:                     NodePort".to_string(),
+        "Endpoints:                127.0.0.1:".to_string(),
+        "External Traffic Policy:  Cluster".to_string(),
+    ] {
+        assert!(described.contains(&expected), "{expected:?} in {described}");
+    }
+
+    // The same node port again, and a new cluster IP: refused.
+    let taken = format!(
+        r#"{{"apiVersion": "v1", "kind": "Service", "metadata": {{"name": "taken"}},
+            "spec": {{"type": "NodePort", "ports": [{{"port": 80, "nodePort": {node_port}}}]}}}}"#
+    );
+    let file = cluster.dir.path().join("taken.json");
+    std::fs::write(&file, taken).unwrap();
+    let refused = kubectl.fails(&["create", "-f", file.to_str().unwrap()]);
+    assert!(
+        refused.contains(&format!(
+            "The Service \"taken\" is invalid: spec.ports[0].nodePort: Invalid value: {node_port}: provided port is already allocated"
+        )),
+        "{refused}"
+    );
+    let refused = kubectl.fails(&[
+        "patch",
+        "service",
+        "web",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"clusterIP":"10.96.0.99","clusterIPs":["10.96.0.99"]}}"#,
+    ]);
+    assert!(refused.contains("may not change once set"), "{refused}");
+
+    // A LoadBalancer through c4m expose: the node's address as ingress.
+    let exposed = cluster.ok(&[
+        "expose",
+        "deployment",
+        "web",
+        "--name",
+        "web-lb",
+        "--type",
+        "LoadBalancer",
+        "--port",
+        "8081",
+        "--target-port",
+        "http",
+    ]);
+    assert_eq!(exposed, "service/web-lb exposed\n");
+    let node = kubectl.json(&["get", "node", "node-a"]);
+    let node_ip = node["status"]["addresses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["type"] == "InternalIP")
+        .unwrap()["address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait_for("the load balancer's address", MINUTE, || {
+        let table = kubectl.ok(&["get", "service", "web-lb"]);
+        (table_row(&table, "web-lb")[3] == node_ip).then_some(())
+    });
+    let lb = kubectl.json(&["get", "service", "web-lb"]);
+    assert!(
+        lb["spec"]["ports"][0]["nodePort"].as_u64().is_some(),
+        "{lb}"
+    );
+    let c4m_table = cluster.ok(&["get", "services"]);
+    assert_eq!(table_row(&c4m_table, "web-lb")[3], node_ip, "{c4m_table}");
+
+    // A restart keeps every address; a new Service gets another.
+    let before = cluster_ips(&kubectl);
+    cluster.kill_control();
+    cluster.start_control();
+    assert_eq!(cluster_ips(&kubectl), before);
+    kubectl.ok(&["create", "service", "clusterip", "fresh", "--tcp=80:8080"]);
+    let fresh = kubectl.json(&["get", "service", "fresh"])["spec"]["clusterIP"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(fresh.starts_with("10.96."), "{fresh}");
+    assert!(
+        !before.values().any(|ip| *ip == fresh),
+        "{fresh} in {before:?}"
+    );
+}

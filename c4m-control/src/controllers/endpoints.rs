@@ -44,6 +44,8 @@ struct Service {
     ports: Vec<ServicePort>,
     /// A Microservice's own service (no Service of its name exists).
     microservice: bool,
+    /// `spec.publishNotReadyAddresses`: every endpoint counts as ready.
+    publish_not_ready: bool,
     /// The owner reference the service's EndpointSlices carry.
     owner: Value,
 }
@@ -90,6 +92,7 @@ fn service(cache: &Cache, namespace: &str, name: &str) -> Option<Service> {
                 target => target.clone(),
             }),
             microservice: false,
+            publish_not_ready: svc["spec"]["publishNotReadyAddresses"] == true,
             owner: owner_reference(&svc, "v1", "Service"),
         });
     }
@@ -100,6 +103,7 @@ fn service(cache: &Cache, namespace: &str, name: &str) -> Option<Service> {
         name: name.to_string(),
         ports: ports(&ms["spec"]["ports"], |p| p["containerPort"].clone()),
         microservice: true,
+        publish_not_ready: false,
         owner: owner_reference(&ms, "c4m.io/v1", "Microservice"),
     })
 }
@@ -143,6 +147,8 @@ struct Backend<'a> {
     ready: bool,
     /// Being deleted: it takes no new traffic while it stops.
     terminating: bool,
+    /// The service publishes endpoints whether ready or not.
+    publish_not_ready: bool,
     /// The service's ports as resolved in this instance: `name`, `port`
     /// (the node port bound for the target, else the target itself),
     /// `protocol`, `appProtocol`.
@@ -151,9 +157,10 @@ struct Backend<'a> {
 
 impl Backend<'_> {
     /// Whether new traffic may go to it (Endpoints' `addresses`,
-    /// EndpointSlices' `ready`).
+    /// EndpointSlices' `ready`): ready and not terminating, or anyway when
+    /// the service publishes endpoints that are not ready.
     fn takes_traffic(&self) -> bool {
-        self.ready && !self.terminating
+        self.publish_not_ready || (self.ready && !self.terminating)
     }
 }
 
@@ -193,6 +200,7 @@ fn backends<'a>(service: &Service, pods: &'a [Arc<Value>]) -> Vec<Backend<'a>> {
             pod,
             ip,
             ready: is_ready(pod),
+            publish_not_ready: service.publish_not_ready,
             terminating: crate::deletion::is_deleting(pod),
             ports,
         });
@@ -373,16 +381,39 @@ async fn reconcile_service(
         .as_ref()
         .map(|service| backends(service, &pods))
         .unwrap_or_default();
-    let desired_slices = service
-        .as_ref()
-        .map(|service| slices::desired(service, &backends))
-        .unwrap_or_default();
+    let desired_slices = match &service {
+        Some(service) => slices::desired(service, &backends),
+        None => mirrored(cache, namespace, name),
+    };
     let desired = service
         .as_ref()
         .map(|service| desired_endpoints(service, &backends));
     let written = reconcile_endpoints(objects, cache, namespace, name, desired).await?;
     let sliced = slices::reconcile(objects, cache, namespace, name, desired_slices).await?;
     Ok(super::latest(written, sliced))
+}
+
+/// Label by which Endpoints opt out of mirroring into EndpointSlices.
+const SKIP_MIRROR: &str = "endpointslice.kubernetes.io/skip-mirror";
+
+/// The slices mirroring the Endpoints users write for the Service
+/// `namespace/name` when it has no selector (none when it has one, or
+/// there is no such Service, or its Endpoints are managed here or opt out).
+fn mirrored(cache: &Cache, namespace: &str, name: &str) -> BTreeMap<String, Value> {
+    let Some(svc) = cache.get(kind("services"), namespace, name) else {
+        return BTreeMap::new();
+    };
+    let Some(endpoints) = cache.get(kind("endpoints"), namespace, name) else {
+        return BTreeMap::new();
+    };
+    let endpoint_labels = labels(&endpoints);
+    if !string_map(&svc["spec"]["selector"]).is_empty()
+        || endpoint_labels.contains_key(MANAGED_BY)
+        || endpoint_labels.get(SKIP_MIRROR).map(String::as_str) == Some("true")
+    {
+        return BTreeMap::new();
+    }
+    slices::mirrored(&svc, &endpoints)
 }
 
 /// Brings the Endpoints of `namespace/name` to `desired`: created,

@@ -21,6 +21,7 @@ pub(crate) mod clock;
 pub(crate) mod cronjobs;
 pub(crate) mod daemonsets;
 pub(crate) mod disruption;
+pub(crate) mod edge;
 pub(crate) mod endpoints;
 pub(crate) mod garbage_collector;
 pub(crate) mod horizontal;

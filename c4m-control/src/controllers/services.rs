@@ -165,15 +165,6 @@ pub(crate) async fn reconcile_api_service(
     Ok(latest(latest(service, endpoints), slice))
 }
 
-/// A node's InternalIP, if it reports one.
-fn internal_ip(node: &Value) -> Option<&str> {
-    node["status"]["addresses"]
-        .as_array()?
-        .iter()
-        .find(|a| a["type"] == "InternalIP")?["address"]
-        .as_str()
-}
-
 /// The `status.loadBalancer` a Service should have: for a LoadBalancer,
 /// the InternalIP of each Ready node.
 fn load_balancer_status(service: &Value, nodes: &[(String, String)]) -> Value {
@@ -204,7 +195,8 @@ pub(crate) async fn reconcile_load_balancers(
         .filter(|(_, ready)| *ready)
         .filter_map(|(name, _)| {
             let node = cache.get(kind("nodes"), "", &name)?;
-            Some((name, internal_ip(&node)?.to_string()))
+            let address = crate::agents::node_address(&node);
+            (!address.is_empty()).then_some((name, address))
         })
         .collect();
     nodes.sort();
@@ -248,7 +240,145 @@ pub(crate) async fn reconcile_load_balancers(
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use tokio_util::sync::CancellationToken;
+
     use super::*;
+
+    fn everything() -> Changes {
+        Changes {
+            everything: true,
+            changed: BTreeMap::new(),
+        }
+    }
+
+    async fn setup() -> (tempfile::TempDir, Objects, Arc<Cache>, CancellationToken) {
+        let (dir, store, objects) = crate::test_support::store_with_default_namespace().await;
+        let shutdown = CancellationToken::new();
+        let cache = Cache::start(store, shutdown.clone()).await.unwrap();
+        (dir, objects, cache, shutdown)
+    }
+
+    fn node(name: &str, address: &str, ready: &str) -> Value {
+        json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name},
+            "status": {"addresses": [{"type": "InternalIP", "address": address}],
+                "conditions": [{"type": "Ready", "status": ready}]}})
+    }
+
+    /// A LoadBalancer's ingress follows the Ready nodes: one goes NotReady,
+    /// its address goes; the Service's other fields stay.
+    #[tokio::test]
+    async fn load_balancer_ingress_follows_the_ready_nodes() {
+        let (_dir, objects, cache, shutdown) = setup().await;
+        for (name, address) in [("a", "192.168.1.10"), ("b", "192.168.1.11")] {
+            objects
+                .create(kind("nodes"), "", node(name, address, "True"))
+                .await
+                .unwrap();
+        }
+        let lb = json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "lb", "namespace": "default"},
+            "spec": {"type": "LoadBalancer", "ports": [{"port": 80}]}});
+        let created = objects
+            .create(kind("services"), "default", lb)
+            .await
+            .unwrap();
+        cache
+            .wait_for(
+                created["metadata"]["resourceVersion"]
+                    .as_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap(),
+            )
+            .await;
+        let ingress = |cache: &Cache| {
+            cache.get(kind("services"), "default", "lb").unwrap()["status"]["loadBalancer"].clone()
+        };
+        let written = reconcile_load_balancers(&objects, &cache, &everything())
+            .await
+            .unwrap()
+            .unwrap();
+        cache.wait_for(written).await;
+        assert_eq!(
+            ingress(&cache),
+            json!({"ingress": [{"ip": "192.168.1.10", "ipMode": "VIP"},
+                {"ip": "192.168.1.11", "ipMode": "VIP"}]})
+        );
+        let revision = objects
+            .update_with(kind("nodes"), "", "b", |node| {
+                node["status"]["conditions"][0]["status"] = json!("Unknown");
+                true
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        cache.wait_for(revision).await;
+        let changes = Changes {
+            everything: false,
+            changed: BTreeMap::from([("/registry/nodes/b".to_string(), None)]),
+        };
+        let written = reconcile_load_balancers(&objects, &cache, &changes)
+            .await
+            .unwrap()
+            .unwrap();
+        cache.wait_for(written).await;
+        assert_eq!(
+            ingress(&cache),
+            json!({"ingress": [{"ip": "192.168.1.10", "ipMode": "VIP"}]})
+        );
+        let service = cache.get(kind("services"), "default", "lb").unwrap();
+        assert_eq!(service["spec"]["clusterIP"], created["spec"]["clusterIP"]);
+        shutdown.cancel();
+    }
+
+    /// The `kubernetes` Service, Endpoints and EndpointSlice are made, left
+    /// alone while right, and put back when deleted.
+    #[tokio::test]
+    async fn the_api_service_is_kept() {
+        let (_dir, objects, cache, shutdown) = setup().await;
+        let api = ApiEndpoint {
+            service_ip: std::net::Ipv4Addr::new(10, 96, 0, 1),
+            address: IpAddr::from([192, 168, 1, 5]),
+            port: 6443,
+        };
+        let written = reconcile_api_service(&objects, &cache, &api)
+            .await
+            .unwrap()
+            .unwrap();
+        cache.wait_for(written).await;
+        let service = cache.get(kind("services"), "default", API_SERVICE).unwrap();
+        assert_eq!(service["spec"]["clusterIPs"], json!(["10.96.0.1"]));
+        assert_eq!(service["spec"]["ports"][0]["targetPort"], 6443);
+        let slice = cache
+            .get(kind("endpointslices"), "default", API_SERVICE)
+            .unwrap();
+        assert_eq!(slice["endpoints"][0]["addresses"], json!(["192.168.1.5"]));
+        assert_eq!(slice["ports"][0]["port"], 6443);
+        let endpoints = cache
+            .get(kind("endpoints"), "default", API_SERVICE)
+            .unwrap();
+        assert_eq!(endpoints["subsets"][0]["addresses"][0]["ip"], "192.168.1.5");
+        assert_eq!(
+            reconcile_api_service(&objects, &cache, &api).await.unwrap(),
+            None
+        );
+        let (_, revision) = objects
+            .delete(kind("services"), "default", API_SERVICE)
+            .await
+            .unwrap();
+        cache.wait_for(revision).await;
+        let written = reconcile_api_service(&objects, &cache, &api)
+            .await
+            .unwrap()
+            .unwrap();
+        cache.wait_for(written).await;
+        let again = cache.get(kind("services"), "default", API_SERVICE).unwrap();
+        assert_eq!(again["spec"]["clusterIP"], "10.96.0.1");
+        shutdown.cancel();
+    }
 
     #[test]
     fn a_load_balancer_gets_the_ready_nodes_addresses() {

@@ -47,6 +47,19 @@ async fn create(objects: &Objects, value: Value) -> crate::Result<Value> {
     objects.create(kind("services"), "default", value).await
 }
 
+/// Replaces the Service `web` with `value`.
+async fn replace(objects: &Objects, value: Value) -> crate::Result<Value> {
+    objects
+        .replace(
+            kind("services"),
+            "default",
+            "web",
+            value,
+            crate::objects::Part::Main,
+        )
+        .await
+}
+
 fn ip_of(service: &Value) -> Ipv4Addr {
     service["spec"]["clusterIP"]
         .as_str()
@@ -213,12 +226,7 @@ async fn allocations_survive_a_restart() {
         Objects::new(store).with_service_ranges(ranges("10.200.0.0/29"))
     };
     let objects = open();
-    let namespace =
-        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default"}});
-    objects
-        .create(kind("namespaces"), "", namespace)
-        .await
-        .unwrap();
+    crate::test_support::create_default_namespace(&objects).await;
     let mut first = BTreeSet::new();
     for i in 0..4 {
         first.insert(ip_of(
@@ -246,31 +254,12 @@ async fn updates_keep_and_may_not_change_addresses() {
     let (_dir, objects) = objects(ServiceRanges::default()).await;
     let created = create(&objects, web("web")).await.unwrap();
     let ip = ip_of(&created);
-    let services = kind("services");
     // A replacement without the address keeps it.
-    let replaced = objects
-        .replace(
-            services,
-            "default",
-            "web",
-            web("web"),
-            crate::objects::Part::Main,
-        )
-        .await
-        .unwrap();
+    let replaced = replace(&objects, web("web")).await.unwrap();
     assert_eq!(ip_of(&replaced), ip);
     let mut moved = web("web");
     moved["spec"]["clusterIP"] = json!("10.96.0.77");
-    let error = objects
-        .replace(
-            services,
-            "default",
-            "web",
-            moved,
-            crate::objects::Part::Main,
-        )
-        .await
-        .unwrap_err();
+    let error = replace(&objects, moved).await.unwrap_err();
     assert_eq!(error.http_status().0, 422);
     assert!(
         error.to_string().contains(
@@ -282,29 +271,11 @@ async fn updates_keep_and_may_not_change_addresses() {
     // To NodePort: a node port in range; kept by an update without it.
     let mut node_port = web("web");
     node_port["spec"]["type"] = json!("NodePort");
-    let exposed = objects
-        .replace(
-            services,
-            "default",
-            "web",
-            node_port.clone(),
-            crate::objects::Part::Main,
-        )
-        .await
-        .unwrap();
+    let exposed = replace(&objects, node_port.clone()).await.unwrap();
     let port = exposed["spec"]["ports"][0]["nodePort"].as_u64().unwrap();
     assert!((30000..=32767).contains(&port), "{port}");
     assert_eq!(exposed["spec"]["externalTrafficPolicy"], "Cluster");
-    let again = objects
-        .replace(
-            services,
-            "default",
-            "web",
-            node_port,
-            crate::objects::Part::Main,
-        )
-        .await
-        .unwrap();
+    let again = replace(&objects, node_port).await.unwrap();
     assert_eq!(again["spec"]["ports"][0]["nodePort"], port);
     assert_eq!(
         records(&objects, PORT_RECORDS).await,
@@ -312,16 +283,7 @@ async fn updates_keep_and_may_not_change_addresses() {
     );
 
     // Back to ClusterIP: the node port is released.
-    let back = objects
-        .replace(
-            services,
-            "default",
-            "web",
-            web("web"),
-            crate::objects::Part::Main,
-        )
-        .await
-        .unwrap();
+    let back = replace(&objects, web("web")).await.unwrap();
     assert!(back["spec"]["ports"][0]["nodePort"].is_null());
     assert!(records(&objects, PORT_RECORDS).await.is_empty());
 
@@ -330,16 +292,7 @@ async fn updates_keep_and_may_not_change_addresses() {
         "web",
         json!({"type": "ExternalName", "externalName": "example.com"}),
     );
-    objects
-        .replace(
-            services,
-            "default",
-            "web",
-            external,
-            crate::objects::Part::Main,
-        )
-        .await
-        .unwrap();
+    replace(&objects, external).await.unwrap();
     assert!(records(&objects, IP_RECORDS).await.is_empty());
 }
 

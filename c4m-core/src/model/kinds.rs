@@ -196,6 +196,69 @@ pub static KINDS: &[ResourceKind] = &[
         true,
         ["status"]
     ),
+    // The edge gateway's kinds: Ingress, and the Gateway API (served as
+    // c4m's own kinds, as Kubernetes serves its CRDs: JSON only).
+    kind!(
+        "networking.k8s.io",
+        "v1",
+        "Ingress",
+        "ingresses",
+        ["ingress", "ing"],
+        true,
+        ["status"]
+    ),
+    kind!(
+        "networking.k8s.io",
+        "v1",
+        "IngressClass",
+        "ingressclasses",
+        ["ingressclass"],
+        false
+    ),
+    kind!(
+        "gateway.networking.k8s.io",
+        "v1",
+        "GatewayClass",
+        "gatewayclasses",
+        ["gatewayclass", "gc"],
+        false,
+        ["status"]
+    ),
+    kind!(
+        "gateway.networking.k8s.io",
+        "v1",
+        "Gateway",
+        "gateways",
+        ["gateway", "gtw"],
+        true,
+        ["status"]
+    ),
+    kind!(
+        "gateway.networking.k8s.io",
+        "v1",
+        "HTTPRoute",
+        "httproutes",
+        ["httproute"],
+        true,
+        ["status"]
+    ),
+    kind!(
+        "gateway.networking.k8s.io",
+        "v1",
+        "GRPCRoute",
+        "grpcroutes",
+        ["grpcroute"],
+        true,
+        ["status"]
+    ),
+    kind!(
+        "gateway.networking.k8s.io",
+        "v1beta1",
+        "ReferenceGrant",
+        "referencegrants",
+        ["referencegrant", "refgrant"],
+        true
+    ),
 ];
 
 impl ResourceKind {

@@ -54,4 +54,7 @@ pub mod labels {
     pub const MICROSERVICE: &str = "c4m.io/microservice";
     /// On a node: its name (as `kubernetes.io/hostname` does).
     pub const HOSTNAME: &str = "kubernetes.io/hostname";
+    /// On a node whose agent runs the edge gateway: `"true"`. Gateways and
+    /// Ingresses are given these nodes' addresses.
+    pub const EDGE_GATEWAY: &str = "c4m.io/edge-gateway";
 }

@@ -255,6 +255,14 @@ impl Cluster {
         cluster
     }
 
+    fn api_bind(&self) -> &str {
+        if self.listen == "127.0.0.1" {
+            "127.0.0.1"
+        } else {
+            "0.0.0.0"
+        }
+    }
+
     pub(crate) fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.api)
     }
@@ -281,7 +289,9 @@ impl Cluster {
         let child = Command::new(C4M)
             .args(["control", "--data-dir"])
             .arg(self.dir.path().join("control"))
-            .args(["--api", &format!("127.0.0.1:{}", self.api)])
+            // On every address when the agents are elsewhere (simulated
+            // hosts), so instances reach it through the `kubernetes` Service.
+            .args(["--api", &format!("{}:{}", self.api_bind(), self.api)])
             .args(["--grpc", &format!("{}:{}", self.listen, self.grpc)])
             .args(["--dns", &format!("{}:{}", self.listen, self.dns)])
             .args([

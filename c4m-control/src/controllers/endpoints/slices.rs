@@ -34,53 +34,102 @@ pub(crate) const MAX_ENDPOINTS: usize = 100;
 
 /// The EndpointSlices `service` should have now, by name.
 pub(super) fn desired(service: &Service, backends: &[Backend<'_>]) -> BTreeMap<String, Value> {
-    let mut by_ports: BTreeMap<String, (Vec<Value>, Vec<&Backend<'_>>)> = BTreeMap::new();
-    for backend in backends {
-        if backend.ip.parse::<Ipv4Addr>().is_err() {
-            continue;
+    let mut members: Vec<&Backend<'_>> = backends
+        .iter()
+        .filter(|backend| backend.ip.parse::<Ipv4Addr>().is_ok())
+        .collect();
+    members.sort_by(|a, b| name_of(a.pod).cmp(name_of(b.pod)));
+    let endpoints = members
+        .into_iter()
+        .map(|backend| (backend.ports.clone(), endpoint(service, backend)));
+    slices_of(&service.namespace, &service.name, &service.owner, endpoints)
+}
+
+/// The slices of a Service without selector whose Endpoints its users
+/// write: those endpoints, ready or not as they are listed (Kubernetes'
+/// EndpointSlice mirroring). IPv4 addresses only.
+pub(super) fn mirrored(service: &Value, endpoints: &Value) -> BTreeMap<String, Value> {
+    let mut listed = Vec::new();
+    for subset in endpoints["subsets"].as_array().into_iter().flatten() {
+        let ports: Vec<Value> = subset["ports"].as_array().cloned().unwrap_or_default();
+        for (field, ready) in [("addresses", true), ("notReadyAddresses", false)] {
+            for address in subset[field].as_array().into_iter().flatten() {
+                let Some(ip) = address["ip"]
+                    .as_str()
+                    .filter(|ip| ip.parse::<Ipv4Addr>().is_ok())
+                else {
+                    continue;
+                };
+                let mut endpoint = json!({
+                    "addresses": [ip],
+                    "conditions": {"ready": ready, "serving": ready, "terminating": false},
+                });
+                for field in ["nodeName", "hostname", "targetRef"] {
+                    if !address[field].is_null() {
+                        endpoint[field] = address[field].clone();
+                    }
+                }
+                listed.push((ports.clone(), endpoint));
+            }
         }
+    }
+    slices_of(
+        crate::objects::namespace_of(service),
+        name_of(service),
+        &super::owner_reference(service, "v1", "Service"),
+        listed.into_iter(),
+    )
+}
+
+/// The slices of the service `namespace/name` (owned by `owner`) for
+/// `endpoints`, each with the ports it is reached on: one slice per set of
+/// ports, [`MAX_ENDPOINTS`] endpoints at most each, in the order given; one
+/// empty slice when there is none.
+fn slices_of(
+    namespace: &str,
+    name: &str,
+    owner: &Value,
+    endpoints: impl Iterator<Item = (Vec<Value>, Value)>,
+) -> BTreeMap<String, Value> {
+    let mut by_ports: BTreeMap<String, (Vec<Value>, Vec<Value>)> = BTreeMap::new();
+    for (ports, endpoint) in endpoints {
         by_ports
-            .entry(Value::Array(backend.ports.clone()).to_string())
-            .or_insert_with(|| (backend.ports.clone(), Vec::new()))
+            .entry(Value::Array(ports.clone()).to_string())
+            .or_insert_with(|| (ports, Vec::new()))
             .1
-            .push(backend);
+            .push(endpoint);
     }
     if by_ports.is_empty() {
         // No endpoint: one placeholder slice, as Kubernetes keeps.
         by_ports.insert("[]".into(), (Vec::new(), Vec::new()));
     }
     let mut slices = BTreeMap::new();
-    for (key, (ports, mut members)) in by_ports {
-        members.sort_by(|a, b| name_of(a.pod).cmp(name_of(b.pod)));
-        let base = format!("{}-{}", service.name, &stable_hash(key.as_bytes())[..5]);
-        let chunks: Vec<&[&Backend<'_>]> = if members.is_empty() {
+    for (key, (ports, members)) in by_ports {
+        let base = format!("{name}-{}", &stable_hash(key.as_bytes())[..5]);
+        let chunks: Vec<&[Value]> = if members.is_empty() {
             vec![&[]]
         } else {
             members.chunks(MAX_ENDPOINTS).collect()
         };
         for (i, chunk) in chunks.into_iter().enumerate() {
-            let name = match i {
+            let slice_name = match i {
                 0 => base.clone(),
                 i => format!("{base}-{i}"),
             };
-            let endpoints: Vec<Value> = chunk
-                .iter()
-                .map(|backend| endpoint(service, backend))
-                .collect();
             let slice = json!({
                 "apiVersion": "discovery.k8s.io/v1",
                 "kind": "EndpointSlice",
                 "metadata": {
-                    "name": name,
-                    "namespace": service.namespace,
-                    "labels": {SERVICE_NAME: service.name, MANAGED_BY: MANAGER},
-                    "ownerReferences": [service.owner],
+                    "name": slice_name,
+                    "namespace": namespace,
+                    "labels": {SERVICE_NAME: name, MANAGED_BY: MANAGER},
+                    "ownerReferences": [owner],
                 },
                 "addressType": "IPv4",
-                "endpoints": endpoints,
+                "endpoints": chunk,
                 "ports": ports,
             });
-            slices.insert(name, slice);
+            slices.insert(slice_name, slice);
         }
     }
     slices

@@ -109,9 +109,9 @@ async fn a_service_gets_endpoint_slices_beside_its_endpoints() {
 
     reconcile(&objects, &cache).await;
 
-    let slices = slices(&cache);
-    assert_eq!(slices.len(), 1, "{slices:#?}");
-    let (name, slice) = slices.into_iter().next().unwrap();
+    let found = slices(&cache);
+    assert_eq!(found.len(), 1, "{found:#?}");
+    let (name, slice) = found.into_iter().next().unwrap();
     assert!(name.starts_with("web-"), "{name}");
     let uid =
         |name: &str| cache.get(kind("pods"), "default", name).unwrap()["metadata"]["uid"].clone();
@@ -155,6 +155,26 @@ async fn a_service_gets_endpoint_slices_beside_its_endpoints() {
         .map(|a| &a["ip"])
         .collect();
     assert_eq!(not_ready, [&json!("10.1.0.3"), &json!("10.1.0.4")]);
+
+    // Published whether ready or not: every endpoint is ready.
+    let revision = objects
+        .update_with(kind("services"), "default", "web", |service| {
+            service["spec"]["publishNotReadyAddresses"] = json!(true);
+            true
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    cache.wait_for(revision).await;
+    reconcile(&objects, &cache).await;
+    let published = slices(&cache).into_values().next().unwrap();
+    let ready: Vec<&Value> = published["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["conditions"]["ready"])
+        .collect();
+    assert_eq!(ready, [&json!(true); 3]);
 
     // Nothing changed: nothing written.
     let everything = Changes {
@@ -269,5 +289,62 @@ async fn a_microservice_gets_endpoint_slices() {
         json!([{"name": "http", "port": 31000, "protocol": "TCP"}])
     );
     assert_eq!(slice["endpoints"][0]["addresses"], json!(["10.1.0.9"]));
+    shutdown.cancel();
+}
+
+/// The Endpoints users write for a Service without selector are mirrored
+/// into slices (ready or not as listed), unless they opt out.
+#[tokio::test]
+async fn written_endpoints_of_a_service_without_selector_are_mirrored() {
+    let (_dir, objects, cache, shutdown) = setup().await;
+    let external = json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "web", "namespace": "default"},
+        "spec": {"ports": [{"name": "pg", "port": 5432}]}});
+    objects
+        .create(kind("services"), "default", external)
+        .await
+        .unwrap();
+    let written = json!({"apiVersion": "v1", "kind": "Endpoints",
+        "metadata": {"name": "web", "namespace": "default"},
+        "subsets": [{"addresses": [{"ip": "192.0.2.10"}], "notReadyAddresses": [{"ip": "192.0.2.11"}],
+            "ports": [{"name": "pg", "port": 5432, "protocol": "TCP"}]}]});
+    let created = objects
+        .create(kind("endpoints"), "default", written)
+        .await
+        .unwrap();
+    let revision = created["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    cache.wait_for(revision).await;
+    reconcile(&objects, &cache).await;
+    let found = slices(&cache);
+    let slice = found.values().next().expect("a mirrored slice");
+    assert_eq!(
+        slice["endpoints"],
+        json!([{"addresses": ["192.0.2.10"], "conditions": {"ready": true, "serving": true, "terminating": false}},
+            {"addresses": ["192.0.2.11"], "conditions": {"ready": false, "serving": false, "terminating": false}}])
+    );
+    assert_eq!(
+        slice["ports"],
+        json!([{"name": "pg", "port": 5432, "protocol": "TCP"}])
+    );
+    // The user's Endpoints stay as written.
+    let endpoints = cache.get(kind("endpoints"), "default", "web").unwrap();
+    assert!(endpoints["metadata"]["labels"].is_null(), "{endpoints}");
+
+    let revision = objects
+        .update_with(kind("endpoints"), "default", "web", |endpoints| {
+            endpoints["metadata"]["labels"] =
+                json!({"endpointslice.kubernetes.io/skip-mirror": "true"});
+            true
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    cache.wait_for(revision).await;
+    reconcile(&objects, &cache).await;
+    assert!(slices(&cache).is_empty());
     shutdown.cancel();
 }

@@ -59,6 +59,22 @@ impl StdError for RouteError {
     }
 }
 
+impl Problem {
+    /// Whether the problem makes the object invalid as written, whatever
+    /// else the cluster holds: an API server refuses such a write. The
+    /// others (a reference that does not resolve or is not granted, a
+    /// value this implementation does not serve) are reported in the
+    /// object's status, as Gateway API controllers report them.
+    pub fn invalidates_object(&self) -> bool {
+        match self {
+            Problem::Invalid(_) | Problem::Regex(_) | Problem::Hostname(_) | Problem::Decode(_) => {
+                true
+            }
+            Problem::Unsupported(_) | Problem::NotPermitted { .. } | Problem::NotFound(_) => false,
+        }
+    }
+}
+
 /// The kinds of problem a field can have.
 #[derive(Debug, thiserror::Error)]
 pub enum Problem {

@@ -25,7 +25,9 @@ pub use host::{HostPattern, HostnameError};
 pub use matching::{HeaderMatch, PathMatch, QueryMatch, RequestMatch, ValueMatch};
 pub use table::{ActionId, RouteEntry, RouteOrder, RouteTable, RouteTableBuilder};
 pub use translate::{
-    CompiledRule, IngressPorts, Inputs, ListenerRoutes, RATE_LIMIT_ANNOTATION,
-    RATE_LIMIT_BURST_ANNOTATION, RouteConfig, SSL_REDIRECT_ANNOTATION, TlsCertificate, Translation,
-    compile_grpc_rules, compile_http_rules, parse_duration, translate,
+    Attachment, ClusterObjects, CompiledRule, DEFAULT_CLASS_ANNOTATION, Decoded,
+    GATEWAY_CONTROLLER, INGRESS_CONTROLLER, IngressPorts, Inputs, ListenerRoutes, ParentAttachment,
+    RATE_LIMIT_ANNOTATION, RATE_LIMIT_BURST_ANNOTATION, RouteConfig, SSL_REDIRECT_ANNOTATION,
+    TRANSLATED_KINDS, TlsCertificate, Translation, compile_grpc_rules, compile_http_rules,
+    parse_duration, translate, validate,
 };

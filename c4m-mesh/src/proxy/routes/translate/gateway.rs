@@ -5,12 +5,13 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::super::action::ObjectRef;
+use super::super::action::RateLimit;
 use super::super::error::{Problem, RouteError};
 use super::super::host::HostPattern;
 use super::super::table::RouteOrder;
 use super::refs::{Grants, selector_matches, tls_secret};
 use super::rules::{CompiledRule, compile_grpc_rules, compile_http_rules};
-use super::{ConfigBuilder, Inputs, TlsCertificate, rate_limit};
+use super::{Attachment, ConfigBuilder, Inputs, ParentAttachment, TlsCertificate, rate_limit};
 use crate::proxy::api::{
     AllowedRoutes, GROUP, Gateway, GrpcRoute, HttpRoute, Listener, ParentReference,
 };
@@ -73,10 +74,31 @@ pub(super) fn translate(inputs: &Inputs<'_>, grants: &Grants<'_>, builder: &mut 
             AnyRoute::Http(r) => compile_http_rules(r, &may_refer, &mut builder.errors),
             AnyRoute::Grpc(r) => compile_grpc_rules(r, &may_refer, &mut builder.errors),
         };
-        if let Some(rules) = rules {
-            attach(
-                &object, meta, hostnames, parents, rules, &listeners, inputs, &owned, builder,
-            );
+        let limit = rules
+            .map(|rules| (rules, rate_limit(&object, meta.annotations.as_ref())))
+            .and_then(|(rules, limit)| match limit {
+                Ok(limit) => Some((rules, limit)),
+                Err(e) => {
+                    builder.error(e);
+                    None
+                }
+            });
+        match limit {
+            Some((rules, limit)) => attach(
+                &object, meta, hostnames, parents, rules, limit, &listeners, inputs, &owned,
+                builder,
+            ),
+            None => {
+                for (index, parent) in parents.iter().enumerate() {
+                    if is_ours(parent, &object.namespace, &owned) {
+                        builder.parents.push(ParentAttachment {
+                            route: object.clone(),
+                            index,
+                            attachment: Attachment::UnsupportedValue,
+                        });
+                    }
+                }
+            }
         }
     }
 }
@@ -206,7 +228,13 @@ fn listener_of(
         let config = listener
             .tls
             .as_ref()
-            .ok_or_else(|| invalid("tls", "an HTTPS listener needs tls".into()))?;
+            .filter(|t| !t.certificate_refs.is_empty())
+            .ok_or_else(|| {
+                invalid(
+                    "tls.certificateRefs",
+                    "an HTTPS listener needs at least one certificate".into(),
+                )
+            })?;
         if let Some(mode) = config.mode.as_deref()
             && mode != "Terminate"
         {
@@ -257,9 +285,11 @@ fn listener_of(
             }
         }
         if certificates.is_empty() {
-            return Err(invalid(
-                "tls.certificateRefs",
-                "no usable certificate".into(),
+            // Each reference's own error is reported above.
+            return Err(RouteError::new(
+                object,
+                format!("{at}.tls.certificateRefs"),
+                Problem::NotFound("a usable certificate".into()),
             ));
         }
     }
@@ -317,15 +347,12 @@ fn attach(
     hostnames: &[String],
     parents: &[ParentReference],
     rules: Vec<CompiledRule>,
+    limit: Option<RateLimit>,
     listeners: &[Attachable<'_>],
     inputs: &Inputs<'_>,
     owned: &dyn Fn(&str, &str) -> bool,
     builder: &mut ConfigBuilder,
 ) {
-    let limit = match rate_limit(object, meta.annotations.as_ref()) {
-        Ok(limit) => limit,
-        Err(e) => return builder.error(e),
-    };
     let route_hosts: Vec<HostPattern> = if hostnames.is_empty() {
         vec![HostPattern::Any]
     } else {
@@ -348,7 +375,13 @@ fn attach(
             .filter(|l| parent.section_name.as_deref().is_none_or(|s| s == l.name))
             .filter(|l| parent.port.is_none_or(|port| port == i32::from(l.port)))
             .collect();
+        let outcome = |attachment| ParentAttachment {
+            route: object.clone(),
+            index: p,
+            attachment,
+        };
         if candidates.is_empty() {
+            builder.parents.push(outcome(Attachment::NoMatchingParent));
             builder.error(RouteError::new(
                 object,
                 at,
@@ -374,13 +407,28 @@ fn attach(
                     continue;
                 }
             }
+            let mut attached = false;
             for host in &route_hosts {
                 if let Some(common) = host.intersect(&listener.hostname) {
-                    common_host = true;
+                    attached = true;
                     targets.insert((listener.port, common));
                 }
             }
+            if attached {
+                common_host = true;
+                let gateway =
+                    ObjectRef::new("Gateway", listener.gateway_namespace, listener.gateway_name);
+                *builder
+                    .attached_routes
+                    .entry((gateway, listener.name.to_owned()))
+                    .or_default() += 1;
+            }
         }
+        builder.parents.push(outcome(match (admitted, common_host) {
+            (false, _) => Attachment::NotAllowedByListeners,
+            (true, false) => Attachment::NoMatchingListenerHostname,
+            (true, true) => Attachment::Accepted,
+        }));
         if !admitted {
             builder.error(RouteError::new(
                 object,

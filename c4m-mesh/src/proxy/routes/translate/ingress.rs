@@ -16,8 +16,8 @@ use super::super::table::RouteOrder;
 use super::refs::tls_secret;
 use super::{ConfigBuilder, Inputs, SSL_REDIRECT_ANNOTATION, TlsCertificate, rate_limit};
 
-/// The annotation marking the cluster's default IngressClass.
-const DEFAULT_CLASS_ANNOTATION: &str = "ingressclass.kubernetes.io/is-default-class";
+/// The annotation marking the cluster's default IngressClass (`"true"`).
+pub const DEFAULT_CLASS_ANNOTATION: &str = "ingressclass.kubernetes.io/is-default-class";
 /// The class annotation that predates `spec.ingressClassName`.
 const LEGACY_CLASS_ANNOTATION: &str = "kubernetes.io/ingress.class";
 
@@ -34,7 +34,8 @@ pub(super) fn translate(inputs: &Inputs<'_>, builder: &mut ConfigBuilder) {
         .ingress_classes
         .iter()
         .filter(|c| {
-            c.spec.as_ref().and_then(|s| s.controller.as_deref()) == Some(inputs.controller_name)
+            c.spec.as_ref().and_then(|s| s.controller.as_deref())
+                == Some(inputs.ingress_controller_name)
         })
         .collect();
     let is_ours = |name: &str| {
@@ -66,6 +67,11 @@ pub(super) fn translate(inputs: &Inputs<'_>, builder: &mut ConfigBuilder) {
             None => default_is_ours,
         };
         if served {
+            builder.ingresses.push(ObjectRef::new(
+                "Ingress",
+                ingress.metadata.namespace.as_deref().unwrap_or_default(),
+                ingress.metadata.name.as_deref().unwrap_or_default(),
+            ));
             translate_one(ingress, inputs, builder);
         }
     }

@@ -2,8 +2,10 @@
 
 mod gateway;
 mod ingress;
+mod objects;
 mod refs;
 mod rules;
+mod validate;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -17,7 +19,15 @@ use super::host::HostPattern;
 use super::table::{ActionId, RouteTable, RouteTableBuilder};
 use crate::proxy::api::{Gateway, GatewayClass, GrpcRoute, HttpRoute, ReferenceGrant};
 
+pub use ingress::DEFAULT_CLASS_ANNOTATION;
+pub use objects::{ClusterObjects, Decoded, TRANSLATED_KINDS};
 pub use rules::{CompiledRule, compile_grpc_rules, compile_http_rules};
+pub use validate::validate;
+
+/// The `controllerName` of c4m's GatewayClasses.
+pub const GATEWAY_CONTROLLER: &str = "c4m.io/gateway";
+/// The `controller` of c4m's IngressClasses.
+pub const INGRESS_CONTROLLER: &str = "c4m.io/ingress";
 
 /// The annotation giving a route (HTTPRoute, GRPCRoute or Ingress) a rate
 /// limit: `N/s`, `N/m` or `N/h`. Gateway API has no rate limit yet.
@@ -51,9 +61,12 @@ impl Default for IngressPorts {
 /// concern the gateway. Objects of other controllers are ignored.
 #[derive(Clone, Copy, Debug)]
 pub struct Inputs<'a> {
-    /// The `controllerName` of GatewayClasses and the `controller` of
-    /// IngressClasses this gateway serves, e.g. `c4m.io/gateway`.
+    /// The `controllerName` of GatewayClasses this gateway serves, e.g.
+    /// [`GATEWAY_CONTROLLER`].
     pub controller_name: &'a str,
+    /// The `controller` of IngressClasses this gateway serves, e.g.
+    /// [`INGRESS_CONTROLLER`].
+    pub ingress_controller_name: &'a str,
     /// GatewayClasses.
     pub gateway_classes: &'a [GatewayClass],
     /// Gateways.
@@ -77,10 +90,12 @@ pub struct Inputs<'a> {
 }
 
 impl<'a> Inputs<'a> {
-    /// No objects, for `controller_name`.
+    /// No objects, for GatewayClasses and IngressClasses both of
+    /// `controller_name`.
     pub fn new(controller_name: &'a str) -> Self {
         Inputs {
             controller_name,
+            ingress_controller_name: controller_name,
             gateway_classes: &[],
             gateways: &[],
             http_routes: &[],
@@ -150,6 +165,54 @@ pub struct Translation {
     pub config: RouteConfig,
     /// What was refused, and why.
     pub errors: Vec<RouteError>,
+    /// For each parentRef of an HTTPRoute or GRPCRoute that names a
+    /// Gateway of this controller: whether the route attached there.
+    pub parents: Vec<ParentAttachment>,
+    /// How many routes attached to each listener, by Gateway and listener
+    /// name (listeners without any are absent).
+    pub attached_routes: BTreeMap<(ObjectRef, String), u32>,
+    /// The Ingresses of this controller's IngressClasses, served or refused.
+    pub ingresses: Vec<ObjectRef>,
+}
+
+/// How one parentRef of a route fared: its `status.parents[]` entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParentAttachment {
+    /// The HTTPRoute or GRPCRoute.
+    pub route: ObjectRef,
+    /// The index of the parentRef in `spec.parentRefs`.
+    pub index: usize,
+    /// The outcome.
+    pub attachment: Attachment,
+}
+
+/// Whether a route attached to a parent, in Gateway API's reasons for the
+/// `Accepted` condition of `status.parents[]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attachment {
+    /// Attached to at least one listener.
+    Accepted,
+    /// The route was refused whole (its errors say why).
+    UnsupportedValue,
+    /// No listener of the parent admits the route's kind and namespace.
+    NotAllowedByListeners,
+    /// Admitted, but no hostname in common with the listeners.
+    NoMatchingListenerHostname,
+    /// No usable listener matches the parentRef (its sectionName or port).
+    NoMatchingParent,
+}
+
+impl Attachment {
+    /// The condition's `reason`.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Attachment::Accepted => "Accepted",
+            Attachment::UnsupportedValue => "UnsupportedValue",
+            Attachment::NotAllowedByListeners => "NotAllowedByListeners",
+            Attachment::NoMatchingListenerHostname => "NoMatchingListenerHostname",
+            Attachment::NoMatchingParent => "NoMatchingParent",
+        }
+    }
 }
 
 /// Validates and translates the objects into one configuration.
@@ -172,6 +235,9 @@ pub(crate) struct ConfigBuilder {
     actions: Vec<RouteAction>,
     ports: BTreeMap<u16, PortBuilder>,
     errors: Vec<RouteError>,
+    parents: Vec<ParentAttachment>,
+    attached_routes: BTreeMap<(ObjectRef, String), u32>,
+    ingresses: Vec<ObjectRef>,
 }
 
 struct PortBuilder {
@@ -249,6 +315,9 @@ impl ConfigBuilder {
                 actions: self.actions,
             },
             errors: self.errors,
+            parents: self.parents,
+            attached_routes: self.attached_routes,
+            ingresses: self.ingresses,
         }
     }
 }

@@ -10,7 +10,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use super::*;
 use crate::proxy::api::{GatewayClass, GrpcRoute, HttpRoute, ReferenceGrant};
 use crate::proxy::routes::{
-    BackendTarget, PathModifier, Problem, RouteProtocol, Scheme, ServicePort,
+    BackendTarget, ObjectRef, PathModifier, Problem, RouteProtocol, Scheme, ServicePort,
 };
 
 const CONTROLLER: &str = "c4m.io/gateway";
@@ -336,6 +336,26 @@ spec:
         route(&t.config, 81, "x", "/").unwrap().route.name,
         "selected"
     );
+    // What each route's status.parents[] says, and the listeners' counts.
+    let parents: Vec<(&str, usize, &str)> = t
+        .parents
+        .iter()
+        .map(|p| (p.route.name.as_str(), p.index, p.attachment.reason()))
+        .collect();
+    assert_eq!(
+        parents,
+        [
+            ("foreign", 0, "NotAllowedByListeners"),
+            ("other-host", 0, "NoMatchingListenerHostname"),
+            ("selected", 0, "Accepted"),
+            ("no-such-listener", 0, "NoMatchingParent"),
+        ]
+    );
+    let gw = ObjectRef::new("Gateway", "infra", "gw");
+    assert_eq!(
+        t.attached_routes,
+        BTreeMap::from([((gw, "sel".to_owned()), 1)])
+    );
 }
 
 #[test]
@@ -418,6 +438,8 @@ spec:
     };
     let t = translate(&inputs);
     assert!(t.errors.is_empty(), "{:?}", t.errors);
+    let served: Vec<&str> = t.ingresses.iter().map(|i| i.name.as_str()).collect();
+    assert_eq!(served, ["web"], "not the nginx one");
     let api = route(&t.config, 443, "secure.example.com", "/api/x").unwrap();
     assert_eq!(
         api.backends[0].target,
