@@ -126,19 +126,7 @@ fn cluster_ips_spread_over_nodes_and_node_ports_answer_on_every_node() {
     let hosts = Hosts::create(UNDERLAY, 3);
     let mut cluster = Cluster::start_listening_on(&hosts.gateway().to_string());
     start_host_agents(&mut cluster, &hosts, "2", "2Gi", DEFAULT_VPC, &[]);
-    let tar = busybox_image_tar(cluster.dir.path());
-    for index in 1..=3 {
-        let node = format!("h{index}");
-        cluster.ok(&[
-            "image",
-            "import",
-            tar.to_str().unwrap(),
-            "--name",
-            "bb",
-            "--node",
-            &node,
-        ]);
-    }
+    import_busybox(&cluster, "bb", &["h1", "h2", "h3"]);
     cluster.apply(ECHO);
     let pods = cluster.wait_ready("app=echo", 3, 2 * MINUTE);
     let on: BTreeMap<String, String> = pods.iter().map(|p| (node_of(p), name_of(p))).collect();

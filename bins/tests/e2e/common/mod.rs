@@ -894,3 +894,19 @@ pub(crate) fn ip_of(pod: &Value) -> String {
         .unwrap_or_default()
         .to_string()
 }
+
+/// Imports the busybox fixture as image `name` on each of `nodes`.
+pub(crate) fn import_busybox(cluster: &Cluster, name: &str, nodes: &[&str]) {
+    let tar = busybox_image_tar(cluster.dir.path());
+    for node in nodes {
+        cluster.ok(&[
+            "image",
+            "import",
+            tar.to_str().unwrap(),
+            "--name",
+            name,
+            "--node",
+            node,
+        ]);
+    }
+}
