@@ -111,6 +111,8 @@ async fn connections_spread_over_ready_endpoints_and_an_unready_one_gets_no_new_
     eprintln!("one endpoint change programmed in {:?}", started.elapsed());
     let counts = spread(&lab.connect(lab.client_namespace(), to, 300)?);
     assert_eq!(counts.get("e3"), None, "{counts:?}");
+    let listed = lab.list_table();
+    assert_eq!(listed.matches("chain ep-shop/cart/").count(), 2, "{listed}");
     assert_eq!(counts.values().sum::<usize>(), 300);
     Ok(())
 }
@@ -424,5 +426,28 @@ async fn udp_datagrams_reach_the_endpoint_and_answer_from_the_cluster_ip() -> Re
     assert_eq!(answer, b"ping");
     // The answer comes from the address asked, as the client expects.
     assert_eq!(from, to);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root + nftables, iproute2, nsenter: network namespaces"]
+async fn an_adopting_process_removes_the_chain_of_an_endpoint_gone_meanwhile() -> Result<()> {
+    let lab = Lab::new(10, 2);
+    let spec = json!({"clusterIP": lab.cluster_ip(10).to_string(), "ports": [{"port": 80}]});
+    let both = [(lab.endpoint(1), "n1", true), (lab.endpoint(2), "n1", true)];
+    let one = [both[0], (lab.endpoint(2), "n1", false)];
+    let mut first = ServiceRules::new("n1").in_namespace(&lab.node());
+    first
+        .sync(&table(
+            &[service("web", spec.clone())],
+            &[slice("web", &both)],
+        ))
+        .await?;
+    let mut second = ServiceRules::new("n1").in_namespace(&lab.node());
+    second
+        .sync(&table(&[service("web", spec)], &[slice("web", &one)]))
+        .await?;
+    let listed = lab.list_table();
+    assert_eq!(listed.matches("chain ep-shop/web/").count(), 1, "{listed}");
     Ok(())
 }
