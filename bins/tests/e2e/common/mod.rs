@@ -924,3 +924,19 @@ pub(crate) fn import_busybox(cluster: &Cluster, name: &str, nodes: &[&str]) {
         ]);
     }
 }
+
+/// The twelve services of `examples/k8s-realistic`.
+pub(crate) const BOOKSHOP: [&str; 12] = [
+    "frontend",
+    "gateway",
+    "catalog",
+    "search",
+    "cart",
+    "checkout",
+    "payments",
+    "shipping",
+    "notifications",
+    "reviews",
+    "inventory",
+    "accounts",
+];
