@@ -731,6 +731,19 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn without_nft_a_sync_fails_saying_what_is_missing_and_stays_full() {
+        let mut rules = ServiceRules::new("n1");
+        rules.command = vec!["c4m-test-no-such-nft".to_string()];
+        let error = rules.sync(&table(true)).await.unwrap_err().to_string();
+        assert!(
+            error.contains("running c4m-test-no-such-nft (is the nftables package installed?)"),
+            "{error}"
+        );
+        // Nothing is taken as programmed: the next sync is a full one.
+        assert!(rules.applied.is_none());
+    }
+
     #[test]
     fn a_full_sync_drops_chains_and_sets_no_port_wants() {
         let rules = ServiceRules::new("n1");
