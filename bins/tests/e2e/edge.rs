@@ -28,13 +28,16 @@ struct Edge {
     /// Where Ingresses are served over HTTP and HTTPS.
     ingress_http: u16,
     ingress_https: u16,
+    /// The gateway's admin endpoint (`/metrics`, `/ready`).
+    admin: u16,
 }
 
 fn start_edge() -> Edge {
     require_oci();
     c4m_testkit::require_commands(&[("nft", "nftables"), ("curl", "curl")]);
     let mut cluster = Cluster::start();
-    let (ingress_http, ingress_https) = (free_port(), free_port());
+    let (ingress_http, ingress_https, admin) = (free_port(), free_port(), free_port());
+    let admin_addr = format!("127.0.0.1:{admin}");
     cluster.start_agent_with(
         "edge",
         "4",
@@ -48,6 +51,8 @@ fn start_edge() -> Edge {
             &ingress_http.to_string(),
             "--gateway-https-port",
             &ingress_https.to_string(),
+            "--gateway-admin",
+            &admin_addr,
         ],
     );
     let tar = busybox_image_tar(cluster.dir.path());
@@ -56,6 +61,7 @@ fn start_edge() -> Edge {
         cluster,
         ingress_http,
         ingress_https,
+        admin,
     }
 }
 
@@ -122,9 +128,15 @@ fn curl(host: &str, port: u16, url: &str, ca: &std::path::Path, headers: &[&str]
 /// connection of its own: the status and the response head; None when
 /// the connection failed.
 fn get(port: u16, host: &str, path: &str) -> Option<(u16, String)> {
+    get_with(port, host, path, "")
+}
+
+/// [`get`] with more header lines (each ending in CRLF).
+fn get_with(port: u16, host: &str, path: &str, headers: &str) -> Option<(u16, String)> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n{headers}Connection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
@@ -425,5 +437,21 @@ fn route_updates_drop_no_request_and_a_rate_limit_holds_its_rate() {
         (ok as f64) >= expected * 0.95 && (ok as f64) <= expected * 1.05 + 5.0,
         "{ok} passed in {elapsed:.2} s ({:.2}/s), {refused} refused: not 20/s within 5%",
         ok as f64 / elapsed
+    );
+
+    // The admin endpoint serves the route's metrics to the cluster token only.
+    let (code, _) = get(edge.admin, "admin", "/metrics").unwrap();
+    assert_eq!(code, 401);
+    let wrong = "Authorization: Bearer nope\r\n";
+    assert_eq!(
+        get_with(edge.admin, "admin", "/metrics", wrong).unwrap().0,
+        401
+    );
+    let token = format!("Authorization: Bearer {ACCESS_TOKEN}.{SECRET_KEY}\r\n");
+    let (code, metrics) = get_with(edge.admin, "admin", "/metrics", &token).unwrap();
+    assert_eq!(code, 200, "{metrics}");
+    assert!(
+        metrics.contains(r#"c4m_proxy_requests_total{kind="HTTPRoute",namespace="default",name="api",code="429"}"#),
+        "{metrics}"
     );
 }
