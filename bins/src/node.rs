@@ -90,20 +90,14 @@ pub struct NodeFlags {
 }
 
 /// The cluster's DNS domain: the control plane answers services as
-/// `NAME.NAMESPACE.svc.<domain>`, and instances' `resolv.conf` searches it.
-/// Every node and control plane of a cluster must say the same.
+/// `NAME.NAMESPACE.svc.<domain>` (and as `NAME.NAMESPACE.svc.c4m`), and
+/// instances' `resolv.conf` searches it. Every node and control plane of a
+/// cluster must say the same.
 #[derive(Args, Clone)]
 pub struct ClusterFlags {
     /// The cluster's DNS domain.
     #[arg(long, default_value = c4m_mesh::DEFAULT_CLUSTER_DOMAIN)]
     pub cluster_domain: String,
-}
-
-impl ClusterFlags {
-    /// The zone the control plane's DNS answers (`svc.<domain>`).
-    pub fn service_zone(&self) -> String {
-        format!("svc.{}", self.cluster_domain)
-    }
 }
 
 /// The flags of `c4m agent` and `c4m-agent`.
@@ -223,7 +217,7 @@ fn agent_config(
         // Both binaries that run an agent (`c4m`, `c4m-agent`) start as a
         // pod's namespace holder when asked, first thing in `main`.
         pod_holder: std::env::current_exe().ok(),
-        gateway: node.gateway.then(|| GatewayConfig {
+        gateway: node.gateway.then_some(GatewayConfig {
             ingress_ports: IngressPorts {
                 http: node.gateway_http_port,
                 https: node.gateway_https_port,

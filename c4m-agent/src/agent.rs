@@ -9,8 +9,8 @@ use c4m_api::agent::Driver;
 use c4m_core::ContainerRuntime;
 use c4m_image::ImageStore;
 use c4m_mesh::{
-    CniNetwork, InstanceNetwork, LinuxNetwork, Network, NetworkConfig, Overlay, VxlanOverlay,
-    keep_overlay,
+    CniNetwork, InstanceNetwork, LinuxNetwork, Network, NetworkConfig, Overlay, ServiceRules,
+    VxlanOverlay, keep_overlay,
 };
 use c4m_plugin::NodeExtensions;
 use c4m_runtime::DefaultProber;
@@ -23,6 +23,7 @@ use crate::holder::PodHolders;
 use crate::objects::NodeObjects;
 use crate::pod_etc::PodEtc;
 use crate::server::{ServerState, router};
+use crate::service_rules::{self, keep_service_rules};
 use crate::session::{ControlPlaneChannel, NetworkFeeds, Session, register_request};
 use crate::supervisor::{RestartBackoff, Supervisor};
 use crate::{Error, Result};
@@ -379,6 +380,7 @@ impl Agent {
             crate::edge::run(config, self.config.token.clone(), set, shutdown.clone())
         });
         let mut overlay_keeper = None;
+        let mut service_keeper = None;
         let network = match (&self.config.network, self.extensions.network.clone()) {
             (Some(config), Some(network)) => {
                 register.instance_network = true;
@@ -392,6 +394,14 @@ impl Agent {
                 overlay_keeper = self.extensions.overlay.clone().map(|overlay| {
                     keep_overlay(overlay, peers_rx, network.local_vpcs(), shutdown.clone())
                 });
+                // A node with an instance network gives Services their
+                // virtual IPs, for its instances and its host processes.
+                service_keeper = Some(keep_service_rules(
+                    ServiceRules::new(&self.config.node_name),
+                    objects.subscribe(&service_rules::KINDS),
+                    network.local_vpcs(),
+                    shutdown.clone(),
+                ));
                 Some(network)
             }
             _ => None,
@@ -452,12 +462,23 @@ impl Agent {
             session.run(shutdown.clone()),
             server,
             async {
-                if let Some(keeper) = overlay_keeper {
-                    keeper.await;
-                }
-                if let Some(gateway) = edge_gateway {
-                    gateway.await;
-                }
+                tokio::join!(
+                    async {
+                        if let Some(keeper) = overlay_keeper {
+                            keeper.await;
+                        }
+                    },
+                    async {
+                        if let Some(keeper) = service_keeper {
+                            keeper.await;
+                        }
+                    },
+                    async {
+                        if let Some(gateway) = edge_gateway {
+                            gateway.await;
+                        }
+                    }
+                );
             }
         );
         tracing::info!("agent stopped; its containers keep running");

@@ -44,6 +44,7 @@ mod node_usage;
 mod objects;
 mod pod_etc;
 mod server;
+mod service_rules;
 mod session;
 mod stream;
 mod supervisor;

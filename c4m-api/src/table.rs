@@ -286,20 +286,70 @@ fn joined_or_none(items: &[String]) -> String {
     }
 }
 
+/// `PORT/PROTOCOL`, or `PORT:NODEPORT/PROTOCOL` with a node port, as
+/// kubectl prints a Service's ports.
 fn service_ports(service: &Value) -> String {
     let ports: Vec<String> = service["spec"]["ports"]
         .as_array()
         .into_iter()
         .flatten()
         .map(|p| {
-            format!(
-                "{}/{}",
-                text(&p["port"]),
-                p["protocol"].as_str().unwrap_or("TCP")
-            )
+            let protocol = p["protocol"].as_str().unwrap_or("TCP");
+            match p["nodePort"].as_u64().filter(|n| *n > 0) {
+                Some(node_port) => format!("{}:{node_port}/{protocol}", text(&p["port"])),
+                None => format!("{}/{protocol}", text(&p["port"])),
+            }
         })
         .collect();
     joined_or_none(&ports)
+}
+
+/// The first cluster IP, else `<none>`.
+fn service_cluster_ip(service: &Value) -> String {
+    let spec = &service["spec"];
+    spec["clusterIPs"][0]
+        .as_str()
+        .or(spec["clusterIP"].as_str())
+        .filter(|ip| !ip.is_empty())
+        .unwrap_or("<none>")
+        .to_string()
+}
+
+/// kubectl's EXTERNAL-IP: the external IPs; for a LoadBalancer its
+/// ingress addresses first, `<pending>` while it has none; an
+/// ExternalName's name.
+fn service_external_ip(service: &Value) -> String {
+    let strings = |value: &Value| -> Vec<String> {
+        value
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect()
+    };
+    let external = strings(&service["spec"]["externalIPs"]);
+    match service["spec"]["type"].as_str().unwrap_or("ClusterIP") {
+        "ClusterIP" | "NodePort" if external.is_empty() => "<none>".into(),
+        "ClusterIP" | "NodePort" => external.join(","),
+        "LoadBalancer" => {
+            let mut addresses: Vec<String> = service["status"]["loadBalancer"]["ingress"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|i| i["ip"].as_str().or(i["hostname"].as_str()))
+                .filter(|a| !a.is_empty())
+                .map(str::to_string)
+                .collect();
+            addresses.extend(external);
+            if addresses.is_empty() {
+                "<pending>".into()
+            } else {
+                addresses.join(",")
+            }
+        }
+        "ExternalName" => text(&service["spec"]["externalName"]),
+        _ => "<unknown>".into(),
+    }
 }
 
 fn service_selector(service: &Value) -> String {
@@ -320,6 +370,38 @@ fn endpoint_addresses(endpoints: &Value) -> String {
         }
     }
     joined_or_none(&addresses)
+}
+
+/// The first three of `count` items, and how many more, as kubectl
+/// lists a slice's ports and addresses; `<unset>` for none.
+fn first_three(list: impl Iterator<Item = String>) -> String {
+    let list: Vec<String> = list.collect();
+    match list.len() {
+        0 => "<unset>".into(),
+        n if n > 3 => format!("{} + {} more...", list[..3].join(","), n - 3),
+        _ => list.join(","),
+    }
+}
+
+fn slice_ports(slice: &Value) -> String {
+    first_three(slice["ports"].as_array().into_iter().flatten().map(|p| {
+        match (&p["port"], p["name"].as_str()) {
+            (Value::Number(n), _) => n.to_string(),
+            (_, Some(name)) => name.to_string(),
+            _ => "*".to_string(),
+        }
+    }))
+}
+
+fn slice_addresses(slice: &Value) -> String {
+    first_three(
+        slice["endpoints"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|e| e["addresses"].as_array().cloned().unwrap_or_default())
+            .map(|a| text(&a)),
+    )
 }
 
 fn or_not_applicable(value: &Value) -> String {
@@ -442,6 +524,12 @@ static SERVICE: &[Column] = &[
             .unwrap_or("ClusterIP")
             .to_string()
     }),
+    Column::new("CLUSTER-IP", "The Service's cluster IP", service_cluster_ip),
+    Column::new(
+        "EXTERNAL-IP",
+        "Where the Service is reached from outside the cluster",
+        service_external_ip,
+    ),
     Column::new("PORT(S)", "Ports and protocols", service_ports),
     AGE,
     Column::new(
@@ -455,6 +543,16 @@ static SERVICE: &[Column] = &[
 static ENDPOINTS: &[Column] = &[
     NAME,
     Column::new("ENDPOINTS", "Ready addresses", endpoint_addresses),
+    AGE,
+];
+
+static ENDPOINT_SLICE: &[Column] = &[
+    NAME,
+    Column::new("ADDRESSTYPE", "Type of the addresses", |s| {
+        text(&s["addressType"])
+    }),
+    Column::new("PORTS", "Ports of the endpoints", slice_ports),
+    Column::new("ENDPOINTS", "Addresses of the endpoints", slice_addresses),
     AGE,
 ];
 
@@ -1017,6 +1115,7 @@ pub fn columns(kind: &ResourceKind) -> &'static [Column] {
         "Node" => NODE,
         "Service" => SERVICE,
         "Endpoints" => ENDPOINTS,
+        "EndpointSlice" => ENDPOINT_SLICE,
         "PriorityClass" => PRIORITY_CLASS,
         "PodDisruptionBudget" => POD_DISRUPTION_BUDGET,
         "Vpc" => VPC,
@@ -1202,6 +1301,104 @@ mod tests {
             headers("jobs", 0),
             ["NAME", "STATUS", "COMPLETIONS", "DURATION", "AGE"]
         );
+    }
+
+    #[test]
+    fn service_cells_follow_kubectl() {
+        let services = ResourceKind::from_name("svc").unwrap();
+        assert_eq!(
+            headers("svc", 1),
+            [
+                "NAME",
+                "TYPE",
+                "CLUSTER-IP",
+                "EXTERNAL-IP",
+                "PORT(S)",
+                "AGE",
+                "SELECTOR"
+            ]
+        );
+        let cells = |service: Value| {
+            let row = row(services, &service);
+            [
+                row[1].clone(),
+                row[2].clone(),
+                row[3].clone(),
+                row[4].clone(),
+                row[6].clone(),
+            ]
+        };
+        assert_eq!(
+            cells(
+                json!({"spec": {"type": "NodePort", "clusterIP": "10.96.0.10",
+                "clusterIPs": ["10.96.0.10"], "selector": {"app": "web"},
+                "ports": [{"port": 80, "nodePort": 30080, "protocol": "TCP"},
+                    {"port": 53, "nodePort": 30053, "protocol": "UDP"}]}})
+            ),
+            [
+                "NodePort",
+                "10.96.0.10",
+                "<none>",
+                "80:30080/TCP,53:30053/UDP",
+                "app=web"
+            ]
+        );
+        assert_eq!(
+            cells(
+                json!({"spec": {"type": "LoadBalancer", "clusterIPs": ["10.96.0.11"],
+                "ports": [{"port": 80, "nodePort": 31000}]}})
+            ),
+            [
+                "LoadBalancer",
+                "10.96.0.11",
+                "<pending>",
+                "80:31000/TCP",
+                "<none>"
+            ]
+        );
+        assert_eq!(
+            cells(
+                json!({"spec": {"type": "LoadBalancer", "clusterIPs": ["10.96.0.11"],
+                "ports": [{"port": 80, "nodePort": 31000}]},
+                "status": {"loadBalancer": {"ingress": [{"ip": "192.168.1.2"}, {"ip": "192.168.1.3"}]}}})
+            )[2],
+            "192.168.1.2,192.168.1.3"
+        );
+        assert_eq!(
+            cells(json!({"spec": {"type": "ExternalName", "externalName": "example.com"}})),
+            ["ExternalName", "<none>", "example.com", "<none>", "<none>"]
+        );
+        assert_eq!(
+            cells(
+                json!({"spec": {"clusterIP": "None", "clusterIPs": ["None"], "ports": [{"port": 80}]}})
+            )[..3],
+            ["ClusterIP", "None", "<none>"]
+        );
+    }
+
+    #[test]
+    fn endpoint_slice_cells_follow_kubectl() {
+        let slices = ResourceKind::from_name("endpointslices").unwrap();
+        assert_eq!(
+            headers("endpointslices", 1),
+            ["NAME", "ADDRESSTYPE", "PORTS", "ENDPOINTS", "AGE"]
+        );
+        let slice = json!({"metadata": {"name": "web-abcde"}, "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080}, {"name": "dns"}],
+            "endpoints": [{"addresses": ["10.0.0.1"]}, {"addresses": ["10.0.0.2"]},
+                {"addresses": ["10.0.0.3"]}, {"addresses": ["10.0.0.4"]}]});
+        assert_eq!(
+            row(slices, &slice)[..4],
+            [
+                "web-abcde",
+                "IPv4",
+                "8080,dns",
+                "10.0.0.1,10.0.0.2,10.0.0.3 + 1 more..."
+            ]
+        );
+        let empty = json!({"metadata": {"name": "web-abcde"}, "addressType": "IPv4",
+            "endpoints": []});
+        assert_eq!(row(slices, &empty)[2..4], ["<unset>", "<unset>"]);
     }
 
     #[test]

@@ -177,10 +177,16 @@ impl Agents {
     }
 
     /// Resolves `valueFrom` and `envFrom` against ConfigMaps, Secrets and the
-    /// instance's own fields, so the agent receives plain values.
+    /// instance's own fields, so the agent receives plain values, and adds
+    /// the Service variables (`service_env.rs`) a container does not set.
     fn resolve_env(&self, pod: &Value) -> Result<Value, String> {
         let mut pod = pod.clone();
         let namespace = namespace_of(&pod).to_string();
+        let service_env = crate::service_env::service_env(
+            &self.cache,
+            &namespace,
+            crate::service_env::links_enabled(&pod),
+        );
         let containers = pod["spec"]["containers"]
             .as_array()
             .cloned()
@@ -237,7 +243,14 @@ impl Agents {
                     env.push(json!({"name": name, "value": value}));
                 }
             }
-            container["env"] = Value::Array(env);
+            let own: HashSet<&str> = env.iter().filter_map(|var| var["name"].as_str()).collect();
+            let mut with_services: Vec<Value> = service_env
+                .iter()
+                .filter(|(name, _)| !own.contains(name.as_str()))
+                .map(|(name, value)| json!({"name": name, "value": value}))
+                .collect();
+            with_services.extend(env);
+            container["env"] = Value::Array(with_services);
             if let Some(object) = container.as_object_mut() {
                 object.remove("envFrom");
             }
@@ -1458,6 +1471,112 @@ mod tests {
         );
         assert_eq!(advertised_dns("0.0.0.0:8153", None), "0.0.0.0:8153");
         assert_eq!(advertised_dns("", Some(local)), "");
+    }
+
+    #[tokio::test]
+    async fn instances_get_the_service_variables_their_own_env_does_not_set() {
+        let (_dir, store, objects) = crate::test_support::store_with_default_namespace().await;
+        let shutdown = CancellationToken::new();
+        let agents = agents_over(store, objects.clone(), "", &shutdown).await;
+        let service = |namespace: &str, name: &str, spec: Value| {
+            json!({"apiVersion": "v1", "kind": "Service",
+                   "metadata": {"name": name, "namespace": namespace}, "spec": spec})
+        };
+        let namespace =
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}});
+        objects
+            .create(kind("namespaces"), "", namespace)
+            .await
+            .unwrap();
+        let port = |port: u16| json!([{"name": "https", "port": port}]);
+        let mut revision = 0;
+        for (namespace, name, spec) in [
+            (
+                "default",
+                "kubernetes",
+                json!({"clusterIP": "10.96.0.1", "ports": port(443)}),
+            ),
+            (
+                "default",
+                "elsewhere",
+                json!({"clusterIP": "10.96.0.9", "ports": port(80)}),
+            ),
+            (
+                "shop",
+                "db",
+                json!({"clusterIP": "10.96.0.5", "ports": [{"port": 5432}]}),
+            ),
+            (
+                "shop",
+                "pets",
+                json!({"clusterIP": "None", "ports": [{"port": 5432}]}),
+            ),
+            (
+                "shop",
+                "web",
+                json!({"clusterIP": "10.96.0.6", "ports": port(8443)}),
+            ),
+        ] {
+            let created = objects
+                .create(kind("services"), namespace, service(namespace, name, spec))
+                .await
+                .unwrap();
+            revision = created["metadata"]["resourceVersion"]
+                .as_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+        }
+        agents.cache.wait_for(revision).await;
+        let env_of = |links: Option<bool>| {
+            let mut pod = json!({"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": "p", "namespace": "shop"},
+                "spec": {"containers": [{"name": "c", "image": "x", "env": [
+                    {"name": "WEB_SERVICE_HOST", "value": "mine"}]}]}});
+            if let Some(links) = links {
+                pod["spec"]["enableServiceLinks"] = json!(links);
+            }
+            let resolved = agents.resolve_env(&pod).unwrap();
+            let env: Vec<(String, String)> = resolved["spec"]["containers"][0]["env"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| (text(&v["name"]), text(&v["value"])))
+                .collect();
+            env
+        };
+        fn text(value: &Value) -> String {
+            value.as_str().unwrap().to_string()
+        }
+        let value = |env: &[(String, String)], name: &str| {
+            let values: Vec<&str> = env
+                .iter()
+                .filter(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str())
+                .collect();
+            values.join(",")
+        };
+
+        let env = env_of(None);
+        assert_eq!(value(&env, "KUBERNETES_SERVICE_HOST"), "10.96.0.1");
+        assert_eq!(value(&env, "KUBERNETES_SERVICE_PORT"), "443");
+        assert_eq!(value(&env, "KUBERNETES_SERVICE_PORT_HTTPS"), "443");
+        assert_eq!(value(&env, "DB_SERVICE_HOST"), "10.96.0.5");
+        assert_eq!(value(&env, "DB_PORT"), "tcp://10.96.0.5:5432");
+        assert_eq!(value(&env, "DB_PORT_5432_TCP_ADDR"), "10.96.0.5");
+        // The container's own variable wins, once; headless Services and
+        // other namespaces' give none.
+        assert_eq!(value(&env, "WEB_SERVICE_HOST"), "mine");
+        assert_eq!(value(&env, "WEB_SERVICE_PORT"), "8443");
+        assert_eq!(value(&env, "PETS_SERVICE_HOST"), "");
+        assert_eq!(value(&env, "ELSEWHERE_SERVICE_HOST"), "");
+
+        // Without links, only the master Service's.
+        let env = env_of(Some(false));
+        assert_eq!(value(&env, "KUBERNETES_SERVICE_HOST"), "10.96.0.1");
+        assert_eq!(value(&env, "DB_SERVICE_HOST"), "");
+        assert_eq!(value(&env, "WEB_SERVICE_HOST"), "mine");
+        shutdown.cancel();
     }
 
     #[tokio::test]

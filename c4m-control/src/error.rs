@@ -115,6 +115,10 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A range Services take addresses from has none left (500, as
+    /// kube-apiserver answers).
+    #[error("{0}")]
+    RangeFull(String),
     /// A controller could not reconcile some of the objects of a batch
     /// (each failure was logged where it happened); the batch is retried.
     #[error("{failed} {what} could not be reconciled")]
@@ -221,6 +225,7 @@ impl Error {
             | Error::Corrupt { .. }
             | Error::Io { .. }
             | Error::Dns(_)
+            | Error::RangeFull(_)
             | Error::Reconcile { .. } => (500, "InternalError"),
         }
     }

@@ -13,7 +13,8 @@
 //! - **admission** of instances (priority from their PriorityClass);
 //! - the **scheduler** loop around `c4m-sched`, with its policy served and
 //!   audited over HTTP;
-//! - a **DNS** server answering `NAME.NAMESPACE.svc.c4m` (A and SRV).
+//! - a **DNS** server answering `NAME.NAMESPACE.svc.<cluster domain>` and
+//!   `NAME.NAMESPACE.svc.c4m` per Kubernetes' DNS specification.
 //!
 //! Everything reads from one in-memory mirror of the store and writes
 //! through compare-and-swap; nothing but this crate writes to the store.
@@ -73,6 +74,8 @@ mod scheduler_policy;
 mod selector;
 mod server;
 mod server_side_apply;
+mod service_addresses;
+mod service_env;
 mod streams;
 mod tables;
 #[cfg(test)]
@@ -84,4 +87,5 @@ pub use error::{Error, FieldCause, Result};
 pub use objects::Objects;
 pub use protobuf::ProtobufError;
 pub use server::{ControlPlane, ControlPlaneConfig};
+pub use service_addresses::{RangeError, ServiceRanges};
 pub use tls::TlsIdentity;

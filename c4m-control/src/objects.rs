@@ -17,6 +17,7 @@ use c4m_plugin::{Admission, AdmissionRequest, Operation};
 use crate::admission::PriorityClasses;
 use crate::deletion::{DeleteOptions, Deleted, Deletion};
 use crate::events::Events;
+use crate::service_addresses::{Picked, ServiceRanges};
 use crate::{Error, Result};
 
 /// How many times a write that lost a compare-and-swap race is retried.
@@ -123,6 +124,8 @@ pub struct Objects {
     admission: Arc<[Arc<dyn Admission>]>,
     /// Where the control plane's parts record Events.
     events: Events,
+    /// Where Services' cluster IPs and node ports come from.
+    ranges: Arc<ServiceRanges>,
 }
 
 impl Objects {
@@ -132,7 +135,34 @@ impl Objects {
             store,
             admission: Arc::new([]),
             events: Events::disabled(),
+            ranges: Arc::new(ServiceRanges::default()),
         }
+    }
+
+    /// Services take their addresses from `ranges`.
+    pub(crate) fn with_service_ranges(mut self, ranges: ServiceRanges) -> Self {
+        self.ranges = Arc::new(ranges);
+        self
+    }
+
+    /// The record writes that go with writing `value`, a Service created
+    /// (`current` None) or replacing `current`: its addresses allocated,
+    /// those it gave up released. Nothing for other kinds.
+    async fn address_ops(
+        &self,
+        kind: &ResourceKind,
+        current: Option<&Value>,
+        value: &mut Value,
+        picked: &mut Picked,
+    ) -> Result<Vec<Op>> {
+        if kind.kind != "Service" {
+            return Ok(Vec::new());
+        }
+        let name = name_of(value).to_string();
+        self.ranges
+            .prepare(self.store.as_ref(), current, value, picked)
+            .await
+            .map_err(|e| crate::invalid::for_object(e, kind, &name))
     }
 
     /// Events recorded through [`Objects::events`] go to `events`.
@@ -181,6 +211,7 @@ impl Objects {
             store,
             admission: Arc::clone(&self.admission),
             events: Events::disabled(),
+            ranges: Arc::clone(&self.ranges),
         }
     }
 
@@ -201,8 +232,8 @@ impl Objects {
     /// Commits `op`, whose precondition pins the revision it was computed
     /// from: Some(new revision), or None when another writer got there first
     /// and the caller should read again.
-    async fn commit_if_unchanged(&self, op: Op) -> Result<Option<i64>> {
-        match self.store.txn(vec![op]).await {
+    async fn commit_if_unchanged(&self, ops: Vec<Op>) -> Result<Option<i64>> {
+        match self.store.txn(ops).await {
             Ok(revision) => Ok(Some(revision)),
             Err(e) if e.is_conflict() => Ok(None),
             Err(e) => Err(e.into()),
@@ -446,28 +477,36 @@ impl Objects {
         namespace: &str,
         value: Value,
     ) -> Result<Value> {
-        let mut value = self.prepare_create(kind, namespace, value, None).await?;
+        let value = self.prepare_create(kind, namespace, value, None).await?;
         let name = name_of(&value).to_string();
         if kind.namespaced && kind.kind != "Namespace" {
             self.require_namespace(kind, namespace, &name).await?;
         }
         let key = key(kind, namespace, &name);
-        let revision = self
-            .store
-            .txn(vec![Op::put(&key, encode(&value), Precondition::Absent)])
-            .await
-            .map_err(|e| {
-                if e.is_conflict() {
-                    Error::AlreadyExists {
-                        kind: kind.plural.to_string(),
-                        name: name.clone(),
-                    }
-                } else {
-                    e.into()
+        let prepared = value;
+        for _ in 0..crate::service_addresses::PICK_RETRIES {
+            let mut value = prepared.clone();
+            let mut ops = self
+                .address_ops(kind, None, &mut value, &mut Picked::default())
+                .await?;
+            ops.insert(0, Op::put(&key, encode(&value), Precondition::Absent));
+            match self.store.txn(ops).await {
+                Ok(revision) => {
+                    value["metadata"]["resourceVersion"] = Value::String(revision.to_string());
+                    return Ok(value);
                 }
-            })?;
-        value["metadata"]["resourceVersion"] = Value::String(revision.to_string());
-        Ok(value)
+                // An address taken meanwhile: pick again.
+                Err(c4m_state::Error::Conflict { key: taken, .. }) if taken != key => continue,
+                Err(e) if e.is_conflict() => {
+                    return Err(Error::AlreadyExists {
+                        kind: kind.plural.to_string(),
+                        name,
+                    });
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(Self::keeps_changing(kind, &name))
     }
 
     /// Fails unless `namespace` exists and is not being deleted.
@@ -544,12 +583,24 @@ impl Objects {
             let precondition = Precondition::ModRevision(kv.mod_revision);
             // The update that takes the last finalizer off an object being
             // deleted removes it.
-            let op = if crate::deletion::is_finished(&merged) {
-                Op::delete(&key, precondition)
+            let ops = if crate::deletion::is_finished(&merged) {
+                let mut ops = vec![Op::delete(&key, precondition)];
+                if kind.kind == "Service" {
+                    ops.extend(crate::service_addresses::release(&current));
+                }
+                ops
             } else {
-                Op::put(&key, encode(&merged), precondition)
+                let mut ops = match part {
+                    Part::Main => {
+                        self.address_ops(kind, Some(&current), &mut merged, &mut Picked::default())
+                            .await?
+                    }
+                    Part::Status => Vec::new(),
+                };
+                ops.insert(0, Op::put(&key, encode(&merged), precondition));
+                ops
             };
-            match self.commit_if_unchanged(op).await? {
+            match self.commit_if_unchanged(ops).await? {
                 Some(revision) => {
                     merged["metadata"]["resourceVersion"] = Value::String(revision.to_string());
                     return Ok(merged);
@@ -616,7 +667,7 @@ impl Objects {
                 encode(&value),
                 Precondition::ModRevision(kv.mod_revision),
             );
-            if let Some(revision) = self.commit_if_unchanged(op).await? {
+            if let Some(revision) = self.commit_if_unchanged(vec![op]).await? {
                 return Ok(Some(revision));
             }
         }
@@ -692,6 +743,13 @@ impl Objects {
         let text = vpc["spec"]["cidr"].as_str().unwrap_or_default();
         let cidr = c4m_core::parse_vpc_cidr(text)
             .map_err(|reason| Error::Invalid(format!("spec.cidr: {reason}")))?;
+        if let Ok(services) = c4m_core::parse_vpc_cidr(&self.ranges.cidr())
+            && c4m_core::cidrs_overlap(&cidr, &services)
+        {
+            return Err(Error::Invalid(format!(
+                "spec.cidr: {cidr} overlaps the Service CIDR ({services})"
+            )));
+        }
         let (stored, _) = self.store.range(&prefix(kind("vpcs"), None)).await?;
         for other in stored.iter().filter_map(|kv| decode(kv).ok()) {
             if name_of(&other) == name_of(vpc) {
@@ -704,6 +762,27 @@ impl Objects {
                 return Err(Error::Invalid(format!(
                     "spec.cidr: {cidr} overlaps vpc {} ({theirs})",
                     name_of(&other)
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Fails when the Service CIDR overlaps a stored VPC's range: cluster
+    /// IPs and instance addresses would be confused.
+    pub(crate) async fn check_service_cidr(&self) -> Result<()> {
+        let Ok(services) = c4m_core::parse_vpc_cidr(&self.ranges.cidr()) else {
+            return Ok(());
+        };
+        let (stored, _) = self.store.range(&prefix(kind("vpcs"), None)).await?;
+        for vpc in stored.iter().filter_map(|kv| decode(kv).ok()) {
+            let text = vpc["spec"]["cidr"].as_str().unwrap_or_default();
+            if let Ok(theirs) = c4m_core::parse_vpc_cidr(text)
+                && c4m_core::cidrs_overlap(&services, &theirs)
+            {
+                return Err(Error::Invalid(format!(
+                    "the Service CIDR {services} overlaps vpc {} ({theirs}): choose another --service-cidr",
+                    name_of(&vpc)
                 )));
             }
         }
@@ -778,11 +857,19 @@ impl Objects {
                 .ok_or_else(|| Self::not_found(kind, name))?;
             let current = decode(&kv)?;
             let precondition = Precondition::ModRevision(kv.mod_revision);
-            let (op, mut object, gone) = match plan(&current)? {
-                Deletion::Remove => (Op::delete(&key, precondition), current, true),
-                Deletion::Mark(marked) => {
-                    (Op::put(&key, encode(&marked), precondition), marked, false)
+            let (ops, mut object, gone) = match plan(&current)? {
+                Deletion::Remove => {
+                    let mut ops = vec![Op::delete(&key, precondition)];
+                    if kind.kind == "Service" {
+                        ops.extend(crate::service_addresses::release(&current));
+                    }
+                    (ops, current, true)
                 }
+                Deletion::Mark(marked) => (
+                    vec![Op::put(&key, encode(&marked), precondition)],
+                    marked,
+                    false,
+                ),
                 Deletion::Keep => {
                     return Ok(Deleted {
                         object: current,
@@ -790,7 +877,7 @@ impl Objects {
                     });
                 }
             };
-            if let Some(revision) = self.commit_if_unchanged(op).await? {
+            if let Some(revision) = self.commit_if_unchanged(ops).await? {
                 if !gone {
                     object["metadata"]["resourceVersion"] = Value::String(revision.to_string());
                 }
@@ -920,14 +1007,19 @@ impl Objects {
         for _ in 0..CONFLICT_RETRIES {
             let mut ops = Vec::with_capacity(items.len());
             let mut results = Vec::with_capacity(items.len());
+            let mut picked = Picked::default();
             let keys: Vec<String> = items.iter().map(|(key, ..)| key.clone()).collect();
             let stored = self.store.get_many(&keys).await?;
             for ((key, kind, namespace, name, object), stored) in items.iter().zip(stored) {
                 let (op, action) = match stored {
                     None => {
-                        let value = self
+                        let mut value = self
                             .prepare_create(kind, namespace, object.clone(), Some(&classes))
                             .await?;
+                        ops.extend(
+                            self.address_ops(kind, None, &mut value, &mut picked)
+                                .await?,
+                        );
                         (
                             Some(Op::put(key, encode(&value), Precondition::Absent)),
                             ApplyAction::Created,
@@ -941,9 +1033,13 @@ impl Objects {
                         {
                             meta.remove("resourceVersion");
                         }
-                        let merged = self
+                        let mut merged = self
                             .prepare_replace(kind, &current, desired, Part::Main)
                             .await?;
+                        ops.extend(
+                            self.address_ops(kind, Some(&current), &mut merged, &mut picked)
+                                .await?,
+                        );
                         let mut current_cmp = current.clone();
                         current_cmp["metadata"]
                             .as_object_mut()

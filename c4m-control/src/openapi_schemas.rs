@@ -33,6 +33,7 @@ fn add_kind(generator: &mut SchemaGenerator, kind: &ResourceKind) -> Option<Stri
         "Pod" => add::<Pod>(generator),
         "Service" => add::<Service>(generator),
         "Endpoints" => add::<Endpoints>(generator),
+        "EndpointSlice" => add::<k8s_openapi::api::discovery::v1::EndpointSlice>(generator),
         "ConfigMap" => add::<ConfigMap>(generator),
         "Secret" => add::<Secret>(generator),
         "ServiceAccount" => add::<ServiceAccount>(generator),

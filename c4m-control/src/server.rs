@@ -2,7 +2,7 @@
 //! scheduler and DNS, all stopped by one cancellation token.
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +22,7 @@ use crate::controllers::{self, nodes::NodeHealth};
 use crate::events::{self, EventsConfig};
 use crate::objects::{Objects, kind};
 use crate::registry::Registry;
+use crate::service_addresses::ServiceRanges;
 use crate::tls::{ApiListener, TlsIdentity};
 use crate::{Error, Result, scheduler};
 use c4m_mesh::DnsServer;
@@ -38,8 +39,10 @@ pub struct ControlPlaneConfig {
     pub grpc_addr: SocketAddr,
     /// DNS address (UDP and TCP); None to run without DNS.
     pub dns_addr: Option<SocketAddr>,
-    /// DNS zone services are answered under.
-    pub dns_zone: String,
+    /// The cluster's DNS domain (`--cluster-domain`): services answer as
+    /// `NAME.NAMESPACE.svc.<domain>`, and as `NAME.NAMESPACE.svc.c4m` too
+    /// ([`c4m_mesh::C4M_DOMAIN`]).
+    pub cluster_domain: String,
     /// Bearer token clients and agents must present; None runs an
     /// unauthenticated dev-mode control plane.
     pub token: Option<String>,
@@ -65,6 +68,12 @@ pub struct ControlPlaneConfig {
     /// sets none (`--horizontal-pod-autoscaler-downscale-stabilization`,
     /// 5 minutes).
     pub hpa_downscale_stabilization: Duration,
+    /// Where Services take cluster IPs and node ports from
+    /// (`--service-cidr`, `--service-node-port-range`).
+    pub service_ranges: ServiceRanges,
+    /// The address the `kubernetes` Service's endpoints give for the API
+    /// (`--advertise-address`); None picks one as kube-apiserver does.
+    pub advertise_address: Option<IpAddr>,
 }
 
 impl Default for ControlPlaneConfig {
@@ -73,7 +82,7 @@ impl Default for ControlPlaneConfig {
             api_addr: ([127, 0, 0, 1], 8140).into(),
             grpc_addr: ([127, 0, 0, 1], 8141).into(),
             dns_addr: Some(([127, 0, 0, 1], 8153).into()),
-            dns_zone: "svc.c4m".into(),
+            cluster_domain: c4m_mesh::DEFAULT_CLUSTER_DOMAIN.into(),
             token: None,
             heartbeat_interval: Duration::from_secs(2),
             node_grace: Duration::from_secs(10),
@@ -83,6 +92,8 @@ impl Default for ControlPlaneConfig {
             record_events: true,
             hpa_sync_period: Duration::from_secs(15),
             hpa_downscale_stabilization: Duration::from_secs(300),
+            service_ranges: ServiceRanges::default(),
+            advertise_address: None,
         }
     }
 }
@@ -141,14 +152,16 @@ impl ControlPlane {
                 ..EventsConfig::default()
             },
         );
-        let objects =
-            Objects::new(Arc::clone(&store)).with_admission(self.extensions.admission.clone());
+        let objects = Objects::new(Arc::clone(&store))
+            .with_admission(self.extensions.admission.clone())
+            .with_service_ranges(self.config.service_ranges.clone());
         let objects = if self.config.record_events {
             objects.with_events(events)
         } else {
             objects
         };
         ensure_default_namespace(&objects).await?;
+        objects.check_service_cidr().await?;
         controllers::edge::ensure_default_classes(&objects).await?;
         let cache = Cache::start(store, shutdown.clone()).await?;
         let registry = Registry::new(Arc::clone(&cache));
@@ -160,7 +173,8 @@ impl ControlPlane {
                 }),
                 None => Arc::new(registry.clone()),
             };
-            self.dns = Some(DnsServer::bind(addr, &self.config.dns_zone, lookup).await?);
+            let domains = [self.config.cluster_domain.as_str(), c4m_mesh::C4M_DOMAIN];
+            self.dns = Some(DnsServer::bind(addr, &domains, lookup).await?);
         }
         let health = Arc::new(NodeHealth::new(
             self.config.node_grace,
@@ -175,6 +189,15 @@ impl ControlPlane {
             self.extensions.scorers.clone(),
         );
         spawn_controllers(&mut tasks, &objects, &cache, &health, scheduler, &shutdown);
+        let api_endpoint = controllers::services::ApiEndpoint {
+            service_ip: self.config.service_ranges.api_service_ip(),
+            address: self
+                .config
+                .advertise_address
+                .unwrap_or_else(|| advertise_address(self.api_addr(), self.grpc_addr())),
+            port: self.api_addr().port(),
+        };
+        spawn_service_controllers(&mut tasks, &objects, &cache, api_endpoint, &shutdown);
         spawn_autoscaler_controller(
             &mut tasks,
             &objects,
@@ -359,7 +382,13 @@ fn spawn_controllers(
     );
     spawn(
         "endpoints",
-        &["services", "microservices", "endpoints", "pods"],
+        &[
+            "services",
+            "microservices",
+            "endpoints",
+            "endpointslices",
+            "pods",
+        ],
         FULL_RESYNC,
         Box::new(|o, c, changes| {
             Box::pin(async move { controllers::endpoints::reconcile(&o, &c, &changes).await })
@@ -566,6 +595,72 @@ trait ThenOk: std::future::Future<Output = ()> + Sized {
 }
 
 impl<F: std::future::Future<Output = ()>> ThenOk for F {}
+
+/// The address in-cluster clients reach the API at, as kube-apiserver picks
+/// it without `--advertise-address`: the API's bind address unless
+/// unspecified, else the agents' (gRPC) one, else the host's address on its
+/// default route (a UDP socket's source address: nothing is sent), else
+/// loopback.
+fn advertise_address(api: SocketAddr, grpc: SocketAddr) -> IpAddr {
+    if !api.ip().is_unspecified() {
+        return api.ip();
+    }
+    if !grpc.ip().is_unspecified() {
+        return grpc.ip();
+    }
+    std::net::UdpSocket::bind(("0.0.0.0", 0))
+        .and_then(|socket| {
+            socket.connect(("192.0.2.1", 9))?;
+            socket.local_addr()
+        })
+        .map(|addr| addr.ip())
+        .ok()
+        .filter(|ip| !ip.is_unspecified())
+        .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
+}
+
+/// The `kubernetes` Service's keeper and the load balancer status
+/// controller (`controllers/services.rs`).
+fn spawn_service_controllers(
+    tasks: &mut JoinSet<Result<()>>,
+    objects: &Objects,
+    cache: &Arc<Cache>,
+    api: controllers::services::ApiEndpoint,
+    shutdown: &CancellationToken,
+) {
+    let (o, c) = (objects.clone(), Arc::clone(cache));
+    tasks.spawn(
+        controllers::run(
+            "kubernetes service",
+            Arc::clone(cache),
+            cache.feed(&["services", "endpoints", "endpointslices"]),
+            FULL_RESYNC,
+            shutdown.clone(),
+            move |_| {
+                let (o, c) = (o.clone(), Arc::clone(&c));
+                async move { controllers::services::reconcile_api_service(&o, &c, &api).await }
+            },
+        )
+        .then_ok(),
+    );
+    let (o, c) = (objects.clone(), Arc::clone(cache));
+    tasks.spawn(
+        controllers::run(
+            "load balancers",
+            Arc::clone(cache),
+            cache.feed(&["services", "nodes"]),
+            FULL_RESYNC,
+            shutdown.clone(),
+            move |changes| {
+                let (o, c) = (o.clone(), Arc::clone(&c));
+                async move {
+                    controllers::services::reconcile_load_balancers(&o, &c, &changes).await
+                }
+            },
+        )
+        .then_ok(),
+    );
+}
 
 async fn ensure_default_namespace(objects: &Objects) -> Result<()> {
     let namespace =

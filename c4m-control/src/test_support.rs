@@ -14,11 +14,16 @@ pub(crate) async fn store_with_default_namespace()
     let store: Arc<dyn c4m_state::Store> =
         Arc::new(c4m_state::RedbStore::open(&dir.path().join("store.redb")).unwrap());
     let objects = Objects::new(Arc::clone(&store));
+    create_default_namespace(&objects).await;
+    (dir, store, objects)
+}
+
+/// Creates the `default` namespace.
+pub(crate) async fn create_default_namespace(objects: &Objects) {
     let namespace =
         json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default"}});
     objects
         .create(kind("namespaces"), "", namespace)
         .await
         .unwrap();
-    (dir, store, objects)
 }

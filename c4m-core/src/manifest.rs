@@ -26,6 +26,7 @@ use k8s_openapi::api::core::v1::{
     Namespace, Node, Pod, PodSpec, Probe, ResourceRequirements, Secret, Service, ServiceAccount,
     ServiceSpec,
 };
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::scheduling::v1::PriorityClass;
@@ -377,6 +378,7 @@ fn check_typed(kind: &ResourceKind, value: &Value) -> Result<ObjectMeta, FieldEr
             let service: Service = typed(value)?;
             if let Some(spec) = &service.spec {
                 check_service_spec(spec)?;
+                check_external_name(spec)?;
             }
             service.metadata
         }
@@ -392,6 +394,11 @@ fn check_typed(kind: &ResourceKind, value: &Value) -> Result<ObjectMeta, FieldEr
                 }
             }
             endpoints.metadata
+        }
+        "EndpointSlice" => {
+            let slice: EndpointSlice = typed(value)?;
+            check_endpoint_slice(&slice)?;
+            slice.metadata
         }
         "ConfigMap" => {
             let config_map: ConfigMap = typed(value)?;
@@ -1706,6 +1713,58 @@ fn check_service_spec(spec: &ServiceSpec) -> Result<(), FieldError> {
     Ok(())
 }
 
+/// An EndpointSlice as Kubernetes validates one: a known `addressType`,
+/// at most 1000 endpoints of 1 to 100 addresses each, valid port numbers
+/// and protocols, at most 20000 ports.
+fn check_endpoint_slice(slice: &EndpointSlice) -> Result<(), FieldError> {
+    const TYPES: &[&str] = &["IPv4", "IPv6", "FQDN"];
+    if !TYPES.contains(&slice.address_type.as_str()) {
+        return Err(field_error(
+            "addressType",
+            format!(
+                "{:?} is not one of {}",
+                slice.address_type,
+                TYPES.join(", ")
+            ),
+        ));
+    }
+    if slice.endpoints.len() > 1000 {
+        return Err(field_error(
+            "endpoints",
+            format!(
+                "must have at most 1000 items, found {}",
+                slice.endpoints.len()
+            ),
+        ));
+    }
+    for (i, endpoint) in slice.endpoints.iter().enumerate() {
+        if !(1..=100).contains(&endpoint.addresses.len()) {
+            return Err(field_error(
+                format!("endpoints[{i}].addresses"),
+                format!(
+                    "must have 1 to 100 items, found {}",
+                    endpoint.addresses.len()
+                ),
+            ));
+        }
+    }
+    let ports = slice.ports.as_deref().unwrap_or_default();
+    if ports.len() > 20000 {
+        return Err(field_error(
+            "ports",
+            format!("must have at most 20000 items, found {}", ports.len()),
+        ));
+    }
+    for (i, port) in ports.iter().enumerate() {
+        let path = format!("ports[{i}]");
+        if let Some(number) = port.port {
+            check_port_number(number, &join(&path, "port"))?;
+        }
+        check_protocol(port.protocol.as_deref(), &path)?;
+    }
+    Ok(())
+}
+
 /// ConfigMap and Secret keys become file names: `[-._a-zA-Z0-9]+`.
 fn check_data_keys<V>(data: Option<&BTreeMap<String, V>>, path: &str) -> Result<(), FieldError> {
     for key in data.into_iter().flat_map(BTreeMap::keys) {
@@ -1997,6 +2056,23 @@ fn dns1123_subdomain(s: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// `spec.externalName` of an ExternalName Service: required, a DNS-1123
+/// subdomain with an optional trailing dot (the CNAME cluster DNS answers).
+fn check_external_name(spec: &ServiceSpec) -> Result<(), FieldError> {
+    if spec.type_.as_deref() != Some("ExternalName") {
+        return Ok(());
+    }
+    let name = spec.external_name.as_deref().unwrap_or_default();
+    let name = name.strip_suffix('.').unwrap_or(name);
+    if name.is_empty() {
+        return Err(field_error(
+            "spec.externalName",
+            "required for a Service of type ExternalName",
+        ));
+    }
+    dns1123_subdomain(name).map_err(|reason| field_error("spec.externalName", reason))
+}
+
 /// A label key: `[prefix/]name`, the prefix a DNS-1123 subdomain.
 fn label_key(key: &str) -> Result<(), String> {
     let name = match key.split_once('/') {
@@ -2056,7 +2132,6 @@ enum Scope {
 const IGNORED: &str = "is not supported and will be ignored";
 const SECURITY_IGNORED: &str =
     "is not supported and will be ignored (only runAsUser and runAsGroup are honoured)";
-const CLUSTER_IP: &str = "is not supported; the service is treated as ClusterIP";
 
 /// Fields that are valid Kubernetes but that c4m does not honour, with the
 /// note a warning gives. Patterns are `.`-separated keys where:
@@ -2125,9 +2200,6 @@ const UNHONOURED: &[(Scope, &str, &str)] = &[
         "spec.template",
         "is not run: c4m keeps ReplicaSets as the revisions of Deployments; use a Deployment",
     ),
-    (Scope::Kind("Service"), "spec.type=LoadBalancer", CLUSTER_IP),
-    (Scope::Kind("Service"), "spec.type=NodePort", CLUSTER_IP),
-    (Scope::Kind("Service"), "spec.type=ExternalName", CLUSTER_IP),
     (Scope::Kind("Service"), "spec.externalIPs", IGNORED),
     (
         Scope::Kind("PodDisruptionBudget"),
@@ -2956,6 +3028,33 @@ spec:
     }
 
     #[test]
+    fn an_external_name_must_be_a_dns_name() {
+        let service = |spec: Value| json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "mail"}, "spec": spec});
+        for name in ["smtp.example.com", "smtp.example.com.", "db"] {
+            let external = service(json!({"type": "ExternalName", "externalName": name}));
+            let validated = validate_value(&external).unwrap();
+            assert!(
+                validated.warnings.is_empty(),
+                "{name}: {:?}",
+                validated.warnings
+            );
+        }
+        for spec in [
+            json!({"type": "ExternalName"}),
+            json!({"type": "ExternalName", "externalName": "."}),
+            json!({"type": "ExternalName", "externalName": "smtp..example.com"}),
+            json!({"type": "ExternalName", "externalName": "Smtp_1.example.com"}),
+            json!({"type": "ExternalName", "externalName": "http://example.com"}),
+        ] {
+            let (path, message) = validate_value(&service(spec.clone())).unwrap_err();
+            assert_eq!(path, "spec.externalName", "{spec}: {message}");
+        }
+        // Only an ExternalName Service's is checked.
+        let other = service(json!({"ports": [{"port": 80}], "externalName": "not a name"}));
+        assert!(validate_value(&other).is_ok());
+    }
+
+    #[test]
     fn secret_data_must_be_base64() {
         let secret = |data: Value| json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "db"}, "data": data});
         assert!(validate_value(&secret(json!({"password": "aHVudGVyMg=="}))).is_ok());
@@ -3038,12 +3137,11 @@ spec:
         assert_eq!(warnings, expected);
 
         let service = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
-                             "spec": {"type": "LoadBalancer", "ports": [{"port": 80}]}});
+                             "spec": {"type": "LoadBalancer", "ports": [{"port": 80}],
+                                      "externalIPs": ["192.0.2.1"]}});
         assert_eq!(
             validate_value(&service).unwrap().warnings,
-            [
-                "Service web: spec.type=LoadBalancer is not supported; the service is treated as ClusterIP"
-            ]
+            ["Service web: spec.externalIPs is not supported and will be ignored"]
         );
         let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
                          "spec": {"hostNetwork": true, "containers": [{"name": "c", "command": ["x"]}]}});

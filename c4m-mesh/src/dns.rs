@@ -1,21 +1,32 @@
-//! Cluster DNS: an authoritative server for the service zone (`svc.c4m` by default), answered
-//! from the service registry.
+//! Cluster DNS: an authoritative server for the cluster domains (`cluster.local` by default, and
+//! always `c4m`), answered from the service registry.
 //!
-//! Names follow Kubernetes' DNS specification for services, with c4m's zone:
+//! Names follow Kubernetes' DNS specification (schema 1.0.1,
+//! <https://github.com/kubernetes/dns/blob/master/docs/specification.md>), in every domain served:
 //!
-//! - `NAME.NAMESPACE.<zone>` A/AAAA: the distinct IPs of the service's ready endpoints.
-//! - `NAME.NAMESPACE.<zone>` SRV: every port of every ready endpoint, targeting the instance
-//!   name below, whose address records go in the additional section.
-//! - `_PORT._PROTO.NAME.NAMESPACE.<zone>` SRV: the endpoints' port named `PORT` for `PROTO`.
-//! - `INSTANCE.NAME.NAMESPACE.<zone>` A/AAAA: that endpoint's IP.
+//! - `NAME.NAMESPACE.svc.<domain>` A: a Service's cluster IP; a headless Service's (or a
+//!   Microservice's) ready endpoints, NXDOMAIN while it has none; for `type: ExternalName`, a
+//!   CNAME to `spec.externalName`, followed when that name is in a served domain. AAAA of an
+//!   IPv4 service is NODATA, not NXDOMAIN.
+//! - `_PORT._PROTO.NAME.NAMESPACE.svc.<domain>` SRV: the named port, targeting the Service's own
+//!   name (cluster IP) or each ready endpoint's name (headless), with their addresses in the
+//!   additional section; `NAME.NAMESPACE.svc.<domain>` SRV gives every port so.
+//! - `HOSTNAME.NAME.NAMESPACE.svc.<domain>` A: a headless service's endpoint, by its `hostname`
+//!   (a pod's `spec.hostname` with `spec.subdomain` naming the Service) or its instance name.
+//! - `dns-version.<domain>` TXT: the schema version; `A-B-C-D.NAMESPACE.pod.<domain>` A: the
+//!   deprecated pod records (2.6).
 //!
-//! The server keeps no cache: every query asks the [`ServiceLookup`], so registry changes are
-//! visible to the next query, and records carry a short TTL ([`RECORD_TTL_SECS`]) so clients
-//! don't hold on to them either. Queries outside the zone are refused: this is not a recursive
-//! resolver.
+//! - `D.C.B.A.in-addr.arpa` PTR: the Service whose cluster IP, or the headless service endpoint
+//!   whose address, `A.B.C.D` is, named in the configured domain; other addresses are refused.
+//!
+//! The server keeps no cache: every query asks the
+//! [`ServiceLookup`], so registry changes are visible to the next query, and records carry a
+//! short TTL ([`RECORD_TTL_SECS`]) so clients don't hold on to them either. Queries outside the
+//! domains are refused: this is not a recursive resolver, so an ExternalName pointing outside
+//! the cluster answers its CNAME alone.
 
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -25,7 +36,7 @@ use hickory_server::net::runtime::Time;
 use hickory_server::proto::op::{
     Edns, Header, HeaderCounts, LowerQuery, Metadata, OpCode, ResponseCode,
 };
-use hickory_server::proto::rr::rdata::{A, AAAA, SOA, SRV};
+use hickory_server::proto::rr::rdata::{A, AAAA, CNAME, PTR, SOA, SRV, TXT};
 use hickory_server::proto::rr::{DNSClass, LowerName, Name, RData, Record, RecordType};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
@@ -35,10 +46,13 @@ use tracing::{debug, warn};
 
 use c4m_core::BoxError;
 
-use crate::lookup::{DnsEndpoint, ServiceLookup};
+use crate::lookup::{DnsEndpoint, DnsService, DnsServiceKind, ServiceLookup};
 
 /// TTL of every record served, in seconds: short, because endpoints come and go.
 pub const RECORD_TTL_SECS: u32 = 5;
+
+/// The version of Kubernetes' DNS schema served, the TXT record of `dns-version.<domain>`.
+pub const DNS_SCHEMA_VERSION: &str = "1.0.1";
 
 /// A TCP client that sends nothing for this long is disconnected.
 const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -52,8 +66,8 @@ const EPHEMERAL_BIND_ATTEMPTS: usize = 16;
 /// Errors of the DNS server.
 #[derive(Debug, thiserror::Error)]
 pub enum DnsError {
-    /// The configured zone is not a usable domain name.
-    #[error("invalid dns zone {zone:?}: {source}")]
+    /// A configured cluster domain is not a usable domain name.
+    #[error("invalid cluster domain {zone:?}: {source}")]
     InvalidZone {
         /// The zone as configured.
         zone: String,
@@ -76,7 +90,7 @@ pub enum DnsError {
     Serve(#[source] NetError),
 }
 
-/// A DNS server for the service zone, listening on UDP and TCP on the same address.
+/// A DNS server for the cluster domains, listening on UDP and TCP on the same address.
 ///
 /// Queries are answered as soon as [`DnsServer::bind`] returns; [`DnsServer::run`] keeps the
 /// server alive until shutdown is requested.
@@ -95,13 +109,13 @@ impl fmt::Debug for DnsServer {
 
 impl DnsServer {
     /// Binds UDP and TCP on `addr` (port 0 allowed: query [`DnsServer::local_addr`]) and starts
-    /// answering for `zone` (e.g. `"svc.c4m"`) from `lookup`.
+    /// answering for the cluster `domains` (e.g. `["cluster.local", "c4m"]`) from `lookup`.
     pub async fn bind(
         addr: SocketAddr,
-        zone: &str,
+        domains: &[&str],
         lookup: Arc<dyn ServiceLookup>,
     ) -> Result<Self, DnsError> {
-        let handler = ZoneHandler::new(zone, lookup)?;
+        let handler = ZoneHandler::new(domains, lookup)?;
         let (udp, tcp) = bind_udp_and_tcp(addr).await?;
         let local_addr = udp
             .local_addr()
@@ -110,7 +124,7 @@ impl DnsServer {
         let mut server = Server::new(handler);
         server.register_socket(udp);
         server.register_listener(tcp, TCP_IDLE_TIMEOUT, TCP_RESPONSE_BUFFER);
-        debug!(%local_addr, zone, "dns server listening");
+        debug!(%local_addr, ?domains, "dns server listening");
         Ok(Self { server, local_addr })
     }
 
@@ -173,31 +187,30 @@ async fn bind_udp_and_tcp(addr: SocketAddr) -> Result<(UdpSocket, TcpListener), 
     }
 }
 
-/// Answers queries for one zone from a [`ServiceLookup`].
-struct ZoneHandler {
-    /// The zone apex, lowercase and fully qualified.
-    zone: Name,
-    /// The zone's labels, lowercase, most specific first (as [`Name::iter`] yields them).
-    zone_labels: Vec<Vec<u8>>,
+/// One cluster domain the server is authoritative for.
+#[derive(Clone)]
+struct Zone {
+    /// The apex (the cluster domain), lowercase and fully qualified.
+    apex: Name,
+    /// The apex's labels, lowercase, most specific first (as [`Name::iter`] yields them).
+    labels: Vec<Vec<u8>>,
     /// The synthetic SOA put in the authority section of negative answers.
     soa: Record,
-    lookup: Arc<dyn ServiceLookup>,
 }
 
-impl ZoneHandler {
-    fn new(zone: &str, lookup: Arc<dyn ServiceLookup>) -> Result<Self, DnsError> {
+impl Zone {
+    fn new(domain: &str) -> Result<Self, DnsError> {
         let invalid = |source: BoxError| DnsError::InvalidZone {
-            zone: zone.to_owned(),
+            zone: domain.to_owned(),
             source,
         };
-        let mut apex = Name::from_ascii(zone)
+        let mut apex = Name::from_ascii(domain)
             .map_err(|error| invalid(error.into()))?
             .to_lowercase();
         apex.set_fqdn(true);
         if apex.is_root() {
             return Err(invalid("the root zone cannot be served".into()));
         }
-
         let soa_name = |prefix: &str| {
             Name::from_ascii(prefix)
                 .and_then(|name| name.append_domain(&apex))
@@ -217,24 +230,71 @@ impl ZoneHandler {
             // Negative answers are cached for min(SOA TTL, minimum): keep it as short as records.
             RECORD_TTL_SECS,
         );
-
-        Ok(Self {
-            zone_labels: apex.iter().map(<[u8]>::to_vec).collect(),
+        // The longest name below the apex is `_PORT._PROTO.NAME.NAMESPACE.svc`.
+        soa_name("_a._b.c.d.svc")?;
+        Ok(Zone {
+            labels: apex.iter().map(<[u8]>::to_vec).collect(),
             soa: Record::from_rdata(apex.clone(), RECORD_TTL_SECS, RData::SOA(soa)),
-            zone: apex,
+            apex,
+        })
+    }
+
+    /// `LABELS...<apex>`, or `None` if that is no valid name.
+    fn name(&self, labels: &[&str]) -> Option<Name> {
+        let labels: Vec<String> = labels.iter().map(|l| l.to_ascii_lowercase()).collect();
+        Name::from_labels(labels.iter().map(String::as_str))
+            .and_then(|relative| relative.append_domain(&self.apex))
+            .ok()
+    }
+}
+
+/// How many ExternalName CNAMEs an answer follows inside the served zones.
+const MAX_CNAME_CHAIN: usize = 8;
+
+/// Answers queries for the cluster domains from a [`ServiceLookup`].
+struct ZoneHandler {
+    /// The domains served, the most specific first.
+    zones: Vec<Zone>,
+    /// The configured cluster domain (the first given): PTR records name it.
+    primary: Zone,
+    lookup: Arc<dyn ServiceLookup>,
+}
+
+impl ZoneHandler {
+    fn new(domains: &[&str], lookup: Arc<dyn ServiceLookup>) -> Result<Self, DnsError> {
+        let mut zones: Vec<Zone> = Vec::with_capacity(domains.len());
+        for domain in domains {
+            let zone = Zone::new(domain)?;
+            if !zones.iter().any(|known| known.apex == zone.apex) {
+                zones.push(zone);
+            }
+        }
+        let Some(primary) = zones.first().cloned() else {
+            return Err(DnsError::InvalidZone {
+                zone: String::new(),
+                source: "no cluster domain to serve".into(),
+            });
+        };
+        // The most specific zone first, so a domain below another is found before it.
+        zones.sort_by_key(|zone| std::cmp::Reverse(zone.labels.len()));
+        Ok(Self {
+            zones,
+            primary,
             lookup,
         })
     }
 
-    /// The labels of `name` left of the zone apex, or `None` if `name` is outside the zone.
-    fn labels_in_zone<'n>(&self, name: &'n LowerName) -> Option<Vec<&'n [u8]>> {
+    /// The zone `name` is in, and its labels left of the apex; `None` outside every zone.
+    fn zone_of<'n>(&self, name: &'n LowerName) -> Option<(&Zone, Vec<&'n [u8]>)> {
         let labels: Vec<&[u8]> = name.iter().collect();
-        let split = labels.len().checked_sub(self.zone_labels.len())?;
-        let in_zone = labels[split..]
-            .iter()
-            .zip(&self.zone_labels)
-            .all(|(label, zone_label)| label.eq_ignore_ascii_case(zone_label));
-        in_zone.then(|| labels[..split].to_vec())
+        self.zones.iter().find_map(|zone| {
+            let split = labels.len().checked_sub(zone.labels.len())?;
+            let in_zone = labels[split..]
+                .iter()
+                .zip(&zone.labels)
+                .all(|(label, zone_label)| label.eq_ignore_ascii_case(zone_label));
+            in_zone.then(|| (zone, labels[..split].to_vec()))
+        })
     }
 
     /// Computes the answer to one query.
@@ -242,7 +302,57 @@ impl ZoneHandler {
         if !matches!(query.query_class(), DNSClass::IN | DNSClass::ANY) {
             return Answer::error(ResponseCode::Refused);
         }
-        let Some(labels) = self.labels_in_zone(query.name()) else {
+        if let Some(address) = reverse_address(query.name()) {
+            return self.answer_reverse(query, address);
+        }
+        // Answer with the name as the client spelled it (some resolvers randomize case).
+        self.answer_name(query.name(), query.original().name(), query.query_type(), 0)
+    }
+
+    /// `D.C.B.A.in-addr.arpa` PTR (2.3.3, 2.4.3): the names at `A.B.C.D` in the configured
+    /// domain. An address the registry has no name at is refused, as names outside the domains
+    /// are: the server is authoritative for the cluster's addresses only.
+    fn answer_reverse(&self, query: &LowerQuery, address: Option<IpAddr>) -> Answer {
+        let mut names = address.map_or_else(Vec::new, |ip| self.lookup.names_of(ip));
+        names.sort();
+        names.dedup();
+        let owner = query.original().name();
+        let answers: Vec<Record> = names
+            .iter()
+            .filter_map(|name| {
+                let mut labels: Vec<&str> = name.endpoint.iter().map(String::as_str).collect();
+                labels.extend([name.service.as_str(), name.namespace.as_str(), "svc"]);
+                self.primary.name(&labels)
+            })
+            .map(|target| {
+                Record::from_rdata(owner.clone(), RECORD_TTL_SECS, RData::PTR(PTR(target)))
+            })
+            .collect();
+        if answers.is_empty() {
+            return Answer::error(ResponseCode::Refused);
+        }
+        let answers = match query.query_type() {
+            RecordType::PTR | RecordType::ANY => answers,
+            _ => Vec::new(),
+        };
+        Answer {
+            response_code: ResponseCode::NoError,
+            authoritative: true,
+            answers,
+            soa: Vec::new(),
+            additionals: Vec::new(),
+        }
+    }
+
+    /// The answer for `name` (spelled `owner`), having followed `depth` CNAMEs to it.
+    fn answer_name(
+        &self,
+        name: &LowerName,
+        owner: &Name,
+        qtype: RecordType,
+        depth: usize,
+    ) -> Answer {
+        let Some((zone, labels)) = self.zone_of(name) else {
             return Answer::error(ResponseCode::Refused);
         };
         // Non-UTF-8 labels can't name anything in the registry.
@@ -251,175 +361,324 @@ impl ZoneHandler {
             .map(|label| std::str::from_utf8(label).ok())
             .collect::<Option<Vec<&str>>>()
         else {
-            return self.nxdomain();
+            return zone.nxdomain();
         };
-        // Answer with the name as the client spelled it (some resolvers randomize case).
-        let owner = query.original().name();
-        let qtype = query.query_type();
+        let query = Query {
+            zone,
+            owner,
+            qtype,
+            depth,
+        };
 
+        // `name` is lowercase: so are its labels.
         match labels.as_slice() {
             [] if matches!(qtype, RecordType::SOA | RecordType::ANY) => {
-                self.records(vec![self.soa.clone()], Vec::new())
+                zone.records(vec![zone.soa.clone()], Vec::new())
             }
-            [] => self.nodata(),
-            // A namespace exists whenever a service in it does, and we can't list services: an
-            // NXDOMAIN here could make resolvers give up on every name below it (RFC 8020).
-            [_namespace] => self.nodata(),
-            [service, namespace] => self.answer_service(owner, qtype, namespace, service),
+            ["dns-version"] if matches!(qtype, RecordType::TXT | RecordType::ANY) => {
+                let txt = TXT::new(vec![DNS_SCHEMA_VERSION.to_owned()]);
+                let record = Record::from_rdata(owner.clone(), RECORD_TTL_SECS, RData::TXT(txt));
+                zone.records(vec![record], Vec::new())
+            }
+            // The apex, its fixed names, and a namespace (which exists whenever a service in it
+            // does, and we can't list services: an NXDOMAIN could make resolvers give up on
+            // every name below it, RFC 8020).
+            [] | ["dns-version" | "svc" | "pod"] | [_, "svc" | "pod"] => zone.nodata(),
+            [service, namespace, "svc"] => self.answer_service(&query, namespace, service),
             // `_PROTO.NAME.NAMESPACE`: an empty non-terminal above the named-port SRV records.
-            [proto, service, namespace] if proto.starts_with('_') => {
-                match self.lookup.endpoints(namespace, service) {
-                    Some(_) => self.nodata(),
-                    None => self.nxdomain(),
+            [proto, service, namespace, "svc"] if proto.starts_with('_') => {
+                match self.lookup.service(namespace, service) {
+                    Some(found) if has_names_below(&found) => zone.nodata(),
+                    _ => zone.nxdomain(),
                 }
             }
-            [instance, service, namespace] => {
-                self.answer_instance(owner, qtype, namespace, service, instance)
+            [endpoint, service, namespace, "svc"] => {
+                self.answer_endpoint(&query, namespace, service, endpoint)
             }
-            [port, proto, service, namespace] => {
+            [port, proto, service, namespace, "svc"] => {
                 match (port.strip_prefix('_'), proto.strip_prefix('_')) {
                     (Some(port), Some(proto)) => {
-                        self.answer_named_port(owner, qtype, namespace, service, port, proto)
+                        self.answer_named_port(&query, namespace, service, port, proto)
                     }
-                    _ => self.nxdomain(),
+                    _ => zone.nxdomain(),
                 }
             }
-            _ => self.nxdomain(),
+            // `A-B-C-D.NAMESPACE.pod`: the deprecated pod records the specification still asks
+            // for (2.6), answered for any IPv4 address as kube-dns did.
+            [dashed, _namespace, "pod"] => match dashed.replace('-', ".").parse::<Ipv4Addr>() {
+                Ok(ip) if dashed.split('-').count() == 4 => {
+                    zone.records(address_records(owner, qtype, [IpAddr::V4(ip)]), Vec::new())
+                }
+                _ => zone.nxdomain(),
+            },
+            _ => zone.nxdomain(),
         }
     }
 
-    /// `NAME.NAMESPACE.<zone>`: endpoint addresses, and SRV records for all ports.
-    fn answer_service(
-        &self,
-        owner: &Name,
-        qtype: RecordType,
-        namespace: &str,
-        service: &str,
-    ) -> Answer {
-        let Some(endpoints) = self.lookup.endpoints(namespace, service) else {
-            return self.nxdomain();
+    /// `NAME.NAMESPACE.svc.<zone>`: the cluster IP, the ready endpoints' addresses (headless),
+    /// or a CNAME (ExternalName); SRV records for every port.
+    fn answer_service(&self, query: &Query<'_>, namespace: &str, service: &str) -> Answer {
+        let Query {
+            zone, owner, qtype, ..
+        } = *query;
+        let Some(found) = self.lookup.service(namespace, service) else {
+            return zone.nxdomain();
         };
-        let mut answers = address_records(owner, qtype, endpoints.iter().map(|e| e.ip));
-        let mut additionals = Vec::new();
-        if matches!(qtype, RecordType::SRV | RecordType::ANY) {
-            let (srv, targets) =
-                self.srv_records(owner, namespace, service, &endpoints, |_, _| true);
-            answers.extend(srv);
-            additionals = targets;
+        match &found.kind {
+            DnsServiceKind::ExternalName(target) => self.cname(query, target),
+            DnsServiceKind::ClusterIp { ips, ports } => {
+                let mut answers = address_records(owner, qtype, ips.iter().copied());
+                let mut additionals = Vec::new();
+                if matches!(qtype, RecordType::SRV | RecordType::ANY) {
+                    let (srv, glue) =
+                        cluster_ip_srv(zone, owner, namespace, service, ips, ports, |_, _| true);
+                    answers.extend(srv);
+                    additionals = glue;
+                }
+                zone.records(answers, additionals)
+            }
+            // A headless service without ready endpoints has no records at all (2.4.1).
+            DnsServiceKind::Endpoints if found.endpoints.is_empty() => zone.nxdomain(),
+            DnsServiceKind::Endpoints => {
+                let mut answers =
+                    address_records(owner, qtype, found.endpoints.iter().map(|e| e.ip));
+                let mut additionals = Vec::new();
+                if matches!(qtype, RecordType::SRV | RecordType::ANY) {
+                    let (srv, glue) =
+                        endpoint_srv(zone, owner, namespace, service, &found.endpoints, |_, _| {
+                            true
+                        });
+                    answers.extend(srv);
+                    additionals = glue;
+                }
+                zone.records(answers, additionals)
+            }
         }
-        self.records(answers, additionals)
     }
 
-    /// `_PORT._PROTO.NAME.NAMESPACE.<zone>`: SRV records for one named port.
+    /// `_PORT._PROTO.NAME.NAMESPACE.svc.<zone>`: SRV records for one named port.
     fn answer_named_port(
         &self,
-        owner: &Name,
-        qtype: RecordType,
+        query: &Query<'_>,
         namespace: &str,
         service: &str,
         port_name: &str,
         protocol: &str,
     ) -> Answer {
-        let Some(endpoints) = self.lookup.endpoints(namespace, service) else {
-            return self.nxdomain();
+        let Query {
+            zone, owner, qtype, ..
+        } = *query;
+        let wanted = |name: &str, proto: &str| {
+            name.eq_ignore_ascii_case(port_name) && proto.eq_ignore_ascii_case(protocol)
         };
-        let (srv, targets) =
-            self.srv_records(owner, namespace, service, &endpoints, |name, proto| {
-                name.eq_ignore_ascii_case(port_name) && proto.eq_ignore_ascii_case(protocol)
-            });
-        // Without endpoints we can't tell whether the port exists; the service does, so NODATA.
-        if srv.is_empty() && !endpoints.is_empty() {
-            return self.nxdomain();
+        let (srv, glue) = match self.lookup.service(namespace, service) {
+            Some(DnsService {
+                kind: DnsServiceKind::ClusterIp { ips, ports },
+                ..
+            }) => cluster_ip_srv(zone, owner, namespace, service, &ips, &ports, wanted),
+            Some(DnsService {
+                kind: DnsServiceKind::Endpoints,
+                endpoints,
+            }) => endpoint_srv(zone, owner, namespace, service, &endpoints, wanted),
+            Some(DnsService {
+                kind: DnsServiceKind::ExternalName(_),
+                ..
+            })
+            | None => return zone.nxdomain(),
+        };
+        if srv.is_empty() {
+            return zone.nxdomain();
         }
         match qtype {
-            RecordType::SRV | RecordType::ANY => self.records(srv, targets),
-            _ => self.nodata(),
+            RecordType::SRV | RecordType::ANY => zone.records(srv, glue),
+            _ => zone.nodata(),
         }
     }
 
-    /// `INSTANCE.NAME.NAMESPACE.<zone>`: that endpoint's address.
-    fn answer_instance(
+    /// `ENDPOINT.NAME.NAMESPACE.svc.<zone>`: the address of the endpoint with that hostname or
+    /// instance name, for a service answering its endpoints.
+    fn answer_endpoint(
         &self,
-        owner: &Name,
-        qtype: RecordType,
+        query: &Query<'_>,
         namespace: &str,
         service: &str,
-        instance: &str,
+        label: &str,
     ) -> Answer {
-        let Some(endpoints) = self.lookup.endpoints(namespace, service) else {
-            return self.nxdomain();
+        let Some(DnsService {
+            kind: DnsServiceKind::Endpoints,
+            endpoints,
+        }) = self.lookup.service(namespace, service)
+        else {
+            return query.zone.nxdomain();
         };
         let ips: Vec<IpAddr> = endpoints
             .iter()
-            .filter(|endpoint| endpoint.instance.eq_ignore_ascii_case(instance))
+            .filter(|endpoint| endpoint.is_named(label))
             .map(|endpoint| endpoint.ip)
             .collect();
         if ips.is_empty() {
-            return self.nxdomain();
+            return query.zone.nxdomain();
         }
-        self.records(address_records(owner, qtype, ips), Vec::new())
+        query
+            .zone
+            .records(address_records(query.owner, query.qtype, ips), Vec::new())
     }
 
-    /// SRV records (owned by `owner`) for the endpoints' ports accepted by `wanted(name, proto)`,
-    /// and the address records of their targets for the additional section.
-    fn srv_records(
-        &self,
-        owner: &Name,
-        namespace: &str,
-        service: &str,
-        endpoints: &[DnsEndpoint],
-        wanted: impl Fn(&str, &str) -> bool,
-    ) -> (Vec<Record>, Vec<Record>) {
-        let mut targets: Vec<(Name, IpAddr, Vec<u16>)> = Vec::new();
-        for endpoint in endpoints {
-            let mut ports: Vec<u16> = endpoint
-                .ports
-                .iter()
-                .filter(|(name, proto, _)| wanted(name, proto))
-                .map(|&(_, _, port)| port)
-                .collect();
-            if ports.is_empty() {
-                continue;
-            }
-            let Some(target) = self.instance_name(&endpoint.instance, service, namespace) else {
-                warn!(
-                    instance = endpoint.instance,
-                    service, namespace, "endpoint instance is not a valid dns label, skipped"
-                );
-                continue;
-            };
-            ports.sort_unstable();
-            ports.dedup();
-            targets.push((target, endpoint.ip, ports));
+    /// The CNAME of an ExternalName service to `target`; when the target is in a served zone,
+    /// followed by what the target answers (as a recursive resolver would give it).
+    fn cname(&self, query: &Query<'_>, target: &str) -> Answer {
+        let Ok(mut target) = Name::from_ascii(target) else {
+            warn!(target, "externalName is not a valid dns name");
+            return Answer::error(ResponseCode::ServFail);
+        };
+        target.set_fqdn(true);
+        let record = Record::from_rdata(
+            query.owner.clone(),
+            RECORD_TTL_SECS,
+            RData::CNAME(CNAME(target.clone())),
+        );
+        if query.qtype == RecordType::CNAME {
+            return query.zone.records(vec![record], Vec::new());
         }
-
-        let srv_count: usize = targets.iter().map(|(_, _, ports)| ports.len()).sum();
-        // Equal weights summing to about 100, as CoreDNS does; never 0 (0 means "last resort").
-        let weight = u16::try_from(100 / srv_count.max(1)).map_or(1, |weight| weight.max(1));
-        let mut srv = Vec::with_capacity(srv_count);
-        let mut additionals = Vec::with_capacity(targets.len());
-        for (target, ip, ports) in targets {
-            for port in ports {
-                let rdata = SRV::new(0, weight, port, target.clone());
-                srv.push(Record::from_rdata(
-                    owner.clone(),
-                    RECORD_TTL_SECS,
-                    RData::SRV(rdata),
-                ));
-            }
-            additionals.extend(address_records(&target, RecordType::ANY, [ip]));
+        let lower = LowerName::new(&target);
+        if query.depth >= MAX_CNAME_CHAIN || self.zone_of(&lower).is_none() {
+            return query.zone.records(vec![record], Vec::new());
         }
-        (srv, additionals)
+        let mut chased = self.answer_name(&lower, &target, query.qtype, query.depth + 1);
+        chased.answers.insert(0, record);
+        chased
     }
+}
 
-    /// `INSTANCE.SERVICE.NAMESPACE.<zone>`, or `None` if `instance` is not a valid label.
-    fn instance_name(&self, instance: &str, service: &str, namespace: &str) -> Option<Name> {
-        let instance = instance.to_ascii_lowercase();
-        Name::from_labels([instance.as_str(), service, namespace])
-            .and_then(|relative| relative.append_domain(&self.zone))
-            .ok()
+/// For a name in `in-addr.arpa`, the IPv4 address it stands for (`None` if it names none, e.g.
+/// `10.in-addr.arpa`); `None` for every other name.
+fn reverse_address(name: &LowerName) -> Option<Option<IpAddr>> {
+    let labels: Vec<&[u8]> = name.iter().collect();
+    let (arpa, labels) = labels.split_last()?;
+    let (in_addr, octets) = labels.split_last()?;
+    if *arpa != b"arpa" || *in_addr != b"in-addr" {
+        return None;
     }
+    let octet = |label: &[u8]| {
+        let digits = std::str::from_utf8(label).ok()?;
+        digits
+            .bytes()
+            .all(|b| b.is_ascii_digit())
+            .then(|| digits.parse::<u8>().ok())?
+    };
+    let address = match octets {
+        [d, c, b, a] => match (octet(a), octet(b), octet(c), octet(d)) {
+            (Some(a), Some(b), Some(c), Some(d)) => Some(IpAddr::V4(Ipv4Addr::new(a, b, c, d))),
+            _ => None,
+        },
+        _ => None,
+    };
+    Some(address)
+}
 
+/// One query as the handlers see it.
+struct Query<'q> {
+    zone: &'q Zone,
+    /// The queried name as the client spelled it.
+    owner: &'q Name,
+    qtype: RecordType,
+    /// How many CNAMEs were followed to this name.
+    depth: usize,
+}
+
+/// Whether names exist below the service's own (its `_PORT._PROTO` SRV records).
+fn has_names_below(service: &DnsService) -> bool {
+    match &service.kind {
+        DnsServiceKind::ClusterIp { ports, .. } => !ports.is_empty(),
+        DnsServiceKind::Endpoints => !service.endpoints.is_empty(),
+        DnsServiceKind::ExternalName(_) => false,
+    }
+}
+
+/// SRV records (owned by `owner`) for the Service ports accepted by `wanted(name, proto)`, each
+/// targeting the Service's own name, and that name's address records for the additional section.
+fn cluster_ip_srv(
+    zone: &Zone,
+    owner: &Name,
+    namespace: &str,
+    service: &str,
+    ips: &[IpAddr],
+    ports: &[(String, String, u16)],
+    wanted: impl Fn(&str, &str) -> bool,
+) -> (Vec<Record>, Vec<Record>) {
+    let Some(target) = zone.name(&[service, namespace, "svc"]) else {
+        return (Vec::new(), Vec::new());
+    };
+    let mut numbers: Vec<u16> = ports
+        .iter()
+        .filter(|(name, proto, _)| wanted(name, proto))
+        .map(|&(_, _, port)| port)
+        .collect();
+    numbers.sort_unstable();
+    numbers.dedup();
+    if numbers.is_empty() {
+        return (Vec::new(), Vec::new());
+    }
+    let srv = srv_set(
+        owner,
+        numbers.into_iter().map(|port| (port, target.clone())),
+    );
+    let glue = address_records(&target, RecordType::ANY, ips.iter().copied());
+    (srv, glue)
+}
+
+/// SRV records (owned by `owner`) for the endpoints' ports accepted by `wanted(name, proto)`,
+/// each targeting its endpoint's name, and the targets' address records for the additional
+/// section.
+fn endpoint_srv(
+    zone: &Zone,
+    owner: &Name,
+    namespace: &str,
+    service: &str,
+    endpoints: &[DnsEndpoint],
+    wanted: impl Fn(&str, &str) -> bool,
+) -> (Vec<Record>, Vec<Record>) {
+    let mut targets: Vec<(u16, Name)> = Vec::new();
+    let mut glue = Vec::new();
+    for endpoint in endpoints {
+        let mut ports: Vec<u16> = endpoint
+            .ports
+            .iter()
+            .filter(|(name, proto, _)| wanted(name, proto))
+            .map(|&(_, _, port)| port)
+            .collect();
+        if ports.is_empty() {
+            continue;
+        }
+        let label = endpoint.dns_label();
+        let Some(target) = zone.name(&[label, service, namespace, "svc"]) else {
+            warn!(
+                endpoint = label,
+                service, namespace, "endpoint name is not a valid dns label, skipped"
+            );
+            continue;
+        };
+        ports.sort_unstable();
+        ports.dedup();
+        targets.extend(ports.into_iter().map(|port| (port, target.clone())));
+        glue.extend(address_records(&target, RecordType::ANY, [endpoint.ip]));
+    }
+    (srv_set(owner, targets.into_iter()), glue)
+}
+
+/// SRV records owned by `owner`, one per `(port, target)`.
+fn srv_set(owner: &Name, targets: impl ExactSizeIterator<Item = (u16, Name)>) -> Vec<Record> {
+    // Equal weights summing to about 100, as CoreDNS does; never 0 (0 means "last resort").
+    let weight = u16::try_from(100 / targets.len().max(1)).map_or(1, |weight| weight.max(1));
+    targets
+        .map(|(port, target)| {
+            let rdata = SRV::new(0, weight, port, target);
+            Record::from_rdata(owner.clone(), RECORD_TTL_SECS, RData::SRV(rdata))
+        })
+        .collect()
+}
+
+impl Zone {
     /// A positive answer (or NODATA, with the SOA, if `answers` is empty).
     fn records(&self, answers: Vec<Record>, additionals: Vec<Record>) -> Answer {
         if answers.is_empty() {
@@ -601,34 +860,51 @@ mod tests {
 
     const WAIT: Duration = Duration::from_secs(5);
 
+    /// What the control plane serves by default.
+    const DOMAINS: &[&str] = &["cluster.local", "c4m"];
+
     /// A registry stand-in: services by (namespace, name), editable while the server runs.
     #[derive(Default)]
     struct FakeRegistry {
-        services: Mutex<HashMap<(String, String), Vec<DnsEndpoint>>>,
+        services: Mutex<HashMap<(String, String), DnsService>>,
     }
 
     impl FakeRegistry {
+        /// A service answering its ready `endpoints` (headless).
         fn set(&self, namespace: &str, name: &str, endpoints: Vec<DnsEndpoint>) {
+            self.set_service(namespace, name, DnsService::endpoints(endpoints));
+        }
+
+        fn set_service(&self, namespace: &str, name: &str, service: DnsService) {
             self.services
                 .lock()
                 .unwrap()
-                .insert((namespace.to_owned(), name.to_owned()), endpoints);
+                .insert((namespace.to_owned(), name.to_owned()), service);
         }
     }
 
     impl ServiceLookup for FakeRegistry {
-        fn endpoints(&self, namespace: &str, name: &str) -> Option<Vec<DnsEndpoint>> {
+        fn service(&self, namespace: &str, name: &str) -> Option<DnsService> {
             self.services
                 .lock()
                 .unwrap()
                 .get(&(namespace.to_owned(), name.to_owned()))
                 .cloned()
         }
+
+        fn names_of(&self, ip: IpAddr) -> Vec<crate::DnsName> {
+            let services = self.services.lock().unwrap();
+            services
+                .iter()
+                .flat_map(|((namespace, name), service)| service.names_at(namespace, name, ip))
+                .collect()
+        }
     }
 
     fn endpoint(instance: &str, ip: &str, ports: &[(&str, &str, u16)]) -> DnsEndpoint {
         DnsEndpoint {
             instance: instance.to_owned(),
+            hostname: None,
             ip: ip.parse().unwrap(),
             ports: ports
                 .iter()
@@ -678,7 +954,7 @@ mod tests {
     }
 
     async fn start(lookup: Arc<dyn ServiceLookup>) -> Running {
-        let server = DnsServer::bind("127.0.0.1:0".parse().unwrap(), "svc.c4m", lookup)
+        let server = DnsServer::bind("127.0.0.1:0".parse().unwrap(), DOMAINS, lookup)
             .await
             .unwrap();
         let addr = server.local_addr();
@@ -798,9 +1074,10 @@ mod tests {
     }
 
     fn has_zone_soa(message: &Message) -> bool {
-        message.authorities.iter().any(|record| {
-            matches!(record.data, RData::SOA(_)) && record.name.to_ascii() == "svc.c4m."
-        })
+        message
+            .authorities
+            .iter()
+            .any(|record| matches!(record.data, RData::SOA(_)) && record.name.to_ascii() == "c4m.")
     }
 
     fn v4(ip: &str) -> IpAddr {
@@ -983,18 +1260,20 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn service_without_endpoints_is_nodata() {
+    async fn headless_service_without_ready_endpoints_is_nxdomain() {
         let server = start(registry()).await;
 
+        // Kubernetes' DNS specification, 2.4.1: no ready endpoints, no records.
         for (name, record_type) in [
             ("empty.default.svc.c4m.", RecordType::A),
             ("empty.default.svc.c4m.", RecordType::SRV),
+            ("_tcp.empty.default.svc.c4m.", RecordType::SRV),
             ("_http._tcp.empty.default.svc.c4m.", RecordType::SRV),
         ] {
             let response = udp_query(server.addr, name, record_type).await;
             assert_eq!(
                 response.metadata.response_code,
-                ResponseCode::NoError,
+                ResponseCode::NXDomain,
                 "{name}"
             );
             assert!(response.answers.is_empty(), "{name}");
@@ -1003,13 +1282,10 @@ mod tests {
 
         let resolver = resolver(server.addr, &[ConnectionConfig::udp()]);
         let error = resolver
-            .lookup("empty.default.svc.c4m.", RecordType::A)
+            .lookup("empty.default.svc.cluster.local.", RecordType::A)
             .await
             .unwrap_err();
-        assert!(
-            error.is_no_records_found() && !error.is_nx_domain(),
-            "{error}"
-        );
+        assert!(error.is_nx_domain(), "{error}");
         server.stop().await;
     }
 
@@ -1019,8 +1295,9 @@ mod tests {
 
         for name in [
             "example.com.",
-            "c4m.",
+            "local.",
             "web.default.svc.c4m.example.com.",
+            "web.default.svc.cluster.",
             ".",
         ] {
             let response = udp_query(server.addr, name, RecordType::A).await;
@@ -1039,12 +1316,31 @@ mod tests {
     async fn zone_apex_answers_soa() {
         let server = start(registry()).await;
 
-        let response = udp_query(server.addr, "svc.c4m.", RecordType::SOA).await;
-        assert_eq!(response.metadata.response_code, ResponseCode::NoError);
-        assert!(matches!(response.answers[..], [ref soa] if matches!(soa.data, RData::SOA(_))));
-        let response = udp_query(server.addr, "default.svc.c4m.", RecordType::A).await;
-        assert_eq!(response.metadata.response_code, ResponseCode::NoError);
-        assert!(response.answers.is_empty());
+        for apex in ["c4m.", "cluster.local."] {
+            let response = udp_query(server.addr, apex, RecordType::SOA).await;
+            assert_eq!(response.metadata.response_code, ResponseCode::NoError);
+            assert!(
+                matches!(response.answers[..], [ref soa] if matches!(soa.data, RData::SOA(_))),
+                "{apex}"
+            );
+        }
+        // The fixed names and a namespace exist, without records.
+        for name in [
+            "c4m.",
+            "svc.c4m.",
+            "default.svc.c4m.",
+            "pod.cluster.local.",
+            "default.pod.cluster.local.",
+            "dns-version.c4m.",
+        ] {
+            let response = udp_query(server.addr, name, RecordType::A).await;
+            assert_eq!(
+                response.metadata.response_code,
+                ResponseCode::NoError,
+                "{name}"
+            );
+            assert!(response.answers.is_empty(), "{name}");
+        }
         server.stop().await;
     }
 
@@ -1102,8 +1398,7 @@ mod tests {
 
         registry.set("default", "new", Vec::new());
         let response = udp_query(server.addr, "new.default.svc.c4m.", RecordType::A).await;
-        assert_eq!(response.metadata.response_code, ResponseCode::NoError);
-        assert!(response.answers.is_empty());
+        assert_eq!(response.metadata.response_code, ResponseCode::NXDomain);
 
         registry.set("default", "new", vec![endpoint("new-1", "10.0.0.7", &[])]);
         let response = udp_query(server.addr, "new.default.svc.c4m.", RecordType::A).await;
@@ -1112,6 +1407,11 @@ mod tests {
         registry.set("default", "new", vec![endpoint("new-2", "10.0.0.8", &[])]);
         let response = udp_query(server.addr, "new.default.svc.c4m.", RecordType::A).await;
         assert_eq!(ips(&response.answers), [v4("10.0.0.8")]);
+
+        // Given a cluster IP, the name answers it instead of the endpoints.
+        registry.set_service("default", "new", cluster_ip("10.96.0.20", &[]));
+        let response = udp_query(server.addr, "new.default.svc.c4m.", RecordType::A).await;
+        assert_eq!(ips(&response.answers), [v4("10.96.0.20")]);
         server.stop().await;
     }
 
@@ -1246,7 +1546,7 @@ mod tests {
     async fn custom_zone_is_served() {
         let server = DnsServer::bind(
             "127.0.0.1:0".parse().unwrap(),
-            "Cluster.Example.",
+            &["Cluster.Example."],
             registry(),
         )
         .await
@@ -1255,7 +1555,7 @@ mod tests {
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(server.run(shutdown.clone()));
 
-        let response = udp_query(addr, "web.default.cluster.example.", RecordType::A).await;
+        let response = udp_query(addr, "web.default.svc.cluster.example.", RecordType::A).await;
         assert_eq!(response.answers.len(), 2);
         let response = udp_query(addr, "web.default.svc.c4m.", RecordType::A).await;
         assert_eq!(response.metadata.response_code, ResponseCode::Refused);
@@ -1266,8 +1566,9 @@ mod tests {
 
     #[tokio::test]
     async fn bind_rejects_bad_zones_and_busy_addresses() {
-        for zone in [".", "", "a..b", &"x".repeat(64)] {
-            let error = DnsServer::bind("127.0.0.1:0".parse().unwrap(), zone, registry())
+        let long = vec!["x".repeat(63); 4].join(".");
+        for zone in [".", "", "a..b", &"x".repeat(64), &long] {
+            let error = DnsServer::bind("127.0.0.1:0".parse().unwrap(), &[zone], registry())
                 .await
                 .unwrap_err();
             assert!(
@@ -1276,11 +1577,310 @@ mod tests {
             );
         }
 
+        let error = DnsServer::bind("127.0.0.1:0".parse().unwrap(), &[], registry())
+            .await
+            .unwrap_err();
+        assert!(matches!(error, DnsError::InvalidZone { .. }), "{error}");
+
         let server = start(registry()).await;
-        let error = DnsServer::bind(server.addr, "svc.c4m", registry())
+        let error = DnsServer::bind(server.addr, DOMAINS, registry())
             .await
             .unwrap_err();
         assert!(matches!(error, DnsError::Bind { .. }), "{error}");
+        server.stop().await;
+    }
+    fn cluster_ip(ip: &str, ports: &[(&str, &str, u16)]) -> DnsService {
+        DnsService {
+            kind: DnsServiceKind::ClusterIp {
+                ips: vec![ip.parse().unwrap()],
+                ports: ports
+                    .iter()
+                    .map(|&(name, proto, port)| (name.to_owned(), proto.to_owned(), port))
+                    .collect(),
+            },
+            // Endpoints behind a cluster IP are not answered.
+            endpoints: vec![endpoint("api-1", "10.0.0.9", &[("https", "tcp", 6443)])],
+        }
+    }
+
+    fn external_name(target: &str) -> DnsService {
+        DnsService {
+            kind: DnsServiceKind::ExternalName(target.to_owned()),
+            endpoints: Vec::new(),
+        }
+    }
+
+    fn cnames(records: &[Record]) -> Vec<(String, String)> {
+        records
+            .iter()
+            .filter_map(|record| match &record.data {
+                RData::CNAME(target) => Some((record.name.to_ascii(), target.0.to_ascii())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_cluster_ip_service_answers_its_cluster_ip_in_both_domains() {
+        let registry = registry();
+        registry.set_service(
+            "default",
+            "kubernetes",
+            cluster_ip("10.96.0.1", &[("https", "tcp", 443), ("", "udp", 53)]),
+        );
+        let server = start(registry).await;
+        let resolver = resolver(server.addr, &[ConnectionConfig::udp()]);
+
+        for name in [
+            "kubernetes.default.svc.cluster.local.",
+            "kubernetes.default.svc.c4m.",
+        ] {
+            let lookup = resolver.lookup(name, RecordType::A).await.unwrap();
+            assert_eq!(ips(lookup.answers()), [v4("10.96.0.1")], "{name}");
+            // An IPv4 service has no AAAA: NODATA, not NXDOMAIN.
+            let response = udp_query(server.addr, name, RecordType::AAAA).await;
+            assert_eq!(
+                response.metadata.response_code,
+                ResponseCode::NoError,
+                "{name}"
+            );
+            assert!(response.answers.is_empty(), "{name}");
+            assert!(!response.authorities.is_empty(), "{name}");
+        }
+
+        // A named port: SRV to the Service's own name, its A record as glue (2.3.2).
+        let response = udp_query(
+            server.addr,
+            "_https._tcp.kubernetes.default.svc.cluster.local.",
+            RecordType::SRV,
+        )
+        .await;
+        assert_eq!(response.metadata.response_code, ResponseCode::NoError);
+        assert_eq!(
+            srv_targets(&response.answers),
+            [(443, "kubernetes.default.svc.cluster.local.".to_owned())]
+        );
+        assert_eq!(ips(&response.additionals), [v4("10.96.0.1")]);
+        assert_eq!(
+            response.additionals[0].name.to_ascii(),
+            "kubernetes.default.svc.cluster.local."
+        );
+        // The service's own SRV lists every port, the unnamed one too.
+        let response = udp_query(server.addr, "kubernetes.default.svc.c4m.", RecordType::SRV).await;
+        assert_eq!(
+            srv_targets(&response.answers),
+            [
+                (53, "kubernetes.default.svc.c4m.".to_owned()),
+                (443, "kubernetes.default.svc.c4m.".to_owned()),
+            ]
+        );
+        // No such port, or an endpoint's name below a cluster IP: no such name.
+        for name in [
+            "_http._tcp.kubernetes.default.svc.cluster.local.",
+            "_https._udp.kubernetes.default.svc.cluster.local.",
+            "api-1.kubernetes.default.svc.cluster.local.",
+        ] {
+            let response = udp_query(server.addr, name, RecordType::SRV).await;
+            assert_eq!(
+                response.metadata.response_code,
+                ResponseCode::NXDomain,
+                "{name}"
+            );
+        }
+        let response = udp_query(
+            server.addr,
+            "_tcp.kubernetes.default.svc.cluster.local.",
+            RecordType::SRV,
+        )
+        .await;
+        assert_eq!(response.metadata.response_code, ResponseCode::NoError);
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn headless_endpoints_answer_by_hostname_and_srv_targets_it() {
+        let registry = registry();
+        let mut pet = endpoint("db-7f9c2", "10.0.1.5", &[("pg", "tcp", 5432)]);
+        pet.hostname = Some("db-0".into());
+        let other = endpoint("db-x1", "10.0.1.6", &[("pg", "tcp", 5432)]);
+        registry.set("prod", "pets", vec![pet, other]);
+        let server = start(registry).await;
+
+        let response = udp_query(server.addr, "pets.prod.svc.cluster.local.", RecordType::A).await;
+        assert_eq!(ips(&response.answers), [v4("10.0.1.5"), v4("10.0.1.6")]);
+        for name in [
+            "db-0.pets.prod.svc.cluster.local.",
+            "db-7f9c2.pets.prod.svc.cluster.local.",
+        ] {
+            let response = udp_query(server.addr, name, RecordType::A).await;
+            assert_eq!(ips(&response.answers), [v4("10.0.1.5")], "{name}");
+        }
+        let response = udp_query(
+            server.addr,
+            "_pg._tcp.pets.prod.svc.cluster.local.",
+            RecordType::SRV,
+        )
+        .await;
+        assert_eq!(
+            srv_targets(&response.answers),
+            [
+                (5432, "db-0.pets.prod.svc.cluster.local.".to_owned()),
+                (5432, "db-x1.pets.prod.svc.cluster.local.".to_owned()),
+            ]
+        );
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn an_external_name_service_is_a_cname() {
+        let registry = registry();
+        registry.set_service("default", "mail", external_name("smtp.example.com"));
+        registry.set_service(
+            "default",
+            "alias",
+            external_name("web.default.svc.cluster.local."),
+        );
+        registry.set_service("default", "loop-a", external_name("loop-b.default.svc.c4m"));
+        registry.set_service("default", "loop-b", external_name("loop-a.default.svc.c4m"));
+        let server = start(registry).await;
+
+        // Outside the cluster: the CNAME alone, whatever the type asked (2.5).
+        for record_type in [RecordType::A, RecordType::AAAA, RecordType::CNAME] {
+            let response =
+                udp_query(server.addr, "mail.default.svc.cluster.local.", record_type).await;
+            assert_eq!(response.metadata.response_code, ResponseCode::NoError);
+            assert_eq!(
+                cnames(&response.answers),
+                [(
+                    "mail.default.svc.cluster.local.".to_owned(),
+                    "smtp.example.com.".to_owned()
+                )],
+                "{record_type}"
+            );
+            assert_eq!(response.answers.len(), 1);
+        }
+        // Inside: followed, as a recursive resolver would.
+        let response = udp_query(server.addr, "alias.default.svc.c4m.", RecordType::A).await;
+        assert_eq!(
+            cnames(&response.answers),
+            [(
+                "alias.default.svc.c4m.".to_owned(),
+                "web.default.svc.cluster.local.".to_owned()
+            )]
+        );
+        assert_eq!(ips(&response.answers), [v4("10.0.0.1"), v4("10.0.0.2")]);
+        // A loop ends.
+        let response = udp_query(server.addr, "loop-a.default.svc.c4m.", RecordType::A).await;
+        assert_eq!(response.metadata.response_code, ResponseCode::NoError);
+        assert_eq!(cnames(&response.answers).len(), MAX_CNAME_CHAIN + 1);
+        // Nothing below an ExternalName.
+        let response = udp_query(
+            server.addr,
+            "_smtp._tcp.mail.default.svc.c4m.",
+            RecordType::SRV,
+        )
+        .await;
+        assert_eq!(response.metadata.response_code, ResponseCode::NXDomain);
+        server.stop().await;
+    }
+
+    #[tokio::test]
+    async fn dns_version_and_pod_records_are_served() {
+        let server = start(registry()).await;
+
+        for domain in ["cluster.local.", "c4m."] {
+            let response = udp_query(
+                server.addr,
+                &format!("dns-version.{domain}"),
+                RecordType::TXT,
+            )
+            .await;
+            let texts: Vec<String> = response
+                .answers
+                .iter()
+                .filter_map(|record| match &record.data {
+                    RData::TXT(txt) => Some(txt.to_string()),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(texts, [DNS_SCHEMA_VERSION], "{domain}");
+        }
+
+        let response = udp_query(
+            server.addr,
+            "10-88-0-7.default.pod.cluster.local.",
+            RecordType::A,
+        )
+        .await;
+        assert_eq!(ips(&response.answers), [v4("10.88.0.7")]);
+        for name in [
+            "10-88-0.default.pod.cluster.local.",
+            "10-88-0-300.default.pod.cluster.local.",
+            "web.default.pod.cluster.local.",
+        ] {
+            let response = udp_query(server.addr, name, RecordType::A).await;
+            assert_eq!(
+                response.metadata.response_code,
+                ResponseCode::NXDomain,
+                "{name}"
+            );
+        }
+        server.stop().await;
+    }
+    #[tokio::test]
+    async fn ptr_records_name_cluster_ips_and_headless_endpoints() {
+        let registry = registry();
+        registry.set_service("default", "kubernetes", cluster_ip("10.96.0.1", &[]));
+        let mut pet = endpoint("db-7f9c2", "10.0.1.5", &[]);
+        pet.hostname = Some("db-0".into());
+        registry.set("prod", "pets", vec![pet]);
+        let server = start(registry).await;
+
+        let ptr = |response: &Message| -> Vec<String> {
+            let mut targets: Vec<String> = response
+                .answers
+                .iter()
+                .filter_map(|record| match &record.data {
+                    RData::PTR(target) => Some(target.0.to_ascii()),
+                    _ => None,
+                })
+                .collect();
+            targets.sort();
+            targets
+        };
+        // In the configured domain (the first).
+        let response = udp_query(server.addr, "1.0.96.10.in-addr.arpa.", RecordType::PTR).await;
+        assert_eq!(response.metadata.response_code, ResponseCode::NoError);
+        assert_eq!(ptr(&response), ["kubernetes.default.svc.cluster.local."]);
+        let response = udp_query(server.addr, "5.1.0.10.IN-ADDR.ARPA.", RecordType::PTR).await;
+        assert_eq!(ptr(&response), ["db-0.pets.prod.svc.cluster.local."]);
+        // web-1 and web-2 share 10.0.0.1.
+        let response = udp_query(server.addr, "1.0.0.10.in-addr.arpa.", RecordType::PTR).await;
+        assert_eq!(
+            ptr(&response),
+            [
+                "web-1.web.default.svc.cluster.local.",
+                "web-2.web.default.svc.cluster.local."
+            ]
+        );
+        // Another type at a known address: NODATA.
+        let response = udp_query(server.addr, "1.0.96.10.in-addr.arpa.", RecordType::A).await;
+        assert_eq!(response.metadata.response_code, ResponseCode::NoError);
+        assert!(response.answers.is_empty());
+        // Addresses of nothing in the cluster, or no address: refused.
+        for name in [
+            "9.9.9.9.in-addr.arpa.",
+            "96.10.in-addr.arpa.",
+            "x.0.96.10.in-addr.arpa.",
+            "256.0.96.10.in-addr.arpa.",
+        ] {
+            let response = udp_query(server.addr, name, RecordType::PTR).await;
+            assert_eq!(
+                response.metadata.response_code,
+                ResponseCode::Refused,
+                "{name}"
+            );
+        }
         server.stop().await;
     }
 }

@@ -8,8 +8,11 @@
 //!   attachment before its driver starts it, the DNS relay on each VPC
 //!   gateway that takes instances' queries to the control plane, the
 //!   `hostPort` proxies, and [`keep_overlay`].
+//! - **Service virtual IPs** ([`ServiceTable`]): Services and their
+//!   EndpointSlices as the plain data a node programs.
 //! - With feature `linux`: `LinuxNetwork` (a bridge per VPC over netlink,
-//!   nftables isolation), `CniNetwork` (a CNI plugin chain), `VxlanOverlay`.
+//!   nftables isolation), `CniNetwork` (a CNI plugin chain), `VxlanOverlay`,
+//!   `ServiceRules` (Service virtual IPs in nftables, kube-proxy's way).
 //! - With feature `dns`: `DnsServer`, the cluster DNS (`NAME.NAMESPACE.svc.<domain>`).
 //! - With feature `routes`: `proxy::api`, the Gateway API kinds (GatewayClass,
 //!   Gateway, HTTPRoute, GRPCRoute, ReferenceGrant) as serde types, and
@@ -43,20 +46,26 @@ mod node;
 mod overlay;
 #[cfg(feature = "routes")]
 pub mod proxy;
+mod service_ips;
 #[cfg(feature = "test-util")]
 pub mod testing;
 
 #[cfg(feature = "dns")]
-pub use dns::{DnsError, DnsServer, RECORD_TTL_SECS, cluster_resolver};
+pub use dns::{DNS_SCHEMA_VERSION, DnsError, DnsServer, RECORD_TTL_SECS, cluster_resolver};
 pub use error::{Error, Result};
 #[cfg(feature = "linux")]
 pub use linux::{
-    CniNetwork, LinuxNetwork, OVERLAY_DEVICE, VxlanOverlay, create_loopback_namespace,
-    enter_network_namespace, remove_network_namespace,
+    CniNetwork, LinuxNetwork, OVERLAY_DEVICE, SERVICE_TABLE, ServiceRules, SyncReport,
+    VxlanOverlay, create_loopback_namespace, enter_network_namespace, remove_network_namespace,
 };
-pub use lookup::{DnsEndpoint, FirstKnown, ServiceLookup};
+pub use lookup::{DnsEndpoint, DnsName, DnsService, DnsServiceKind, FirstKnown, ServiceLookup};
 pub use network::{
-    Attachment, DEFAULT_CLUSTER_DOMAIN, HostPort, Network, VpcNetwork, node_slice, search_domains,
+    Attachment, C4M_DOMAIN, DEFAULT_CLUSTER_DOMAIN, HostPort, Network, VpcNetwork, node_slice,
+    search_domains,
 };
 pub use node::{CniConfig, DNS_PORT, InstanceNetwork, NetworkConfig, host_ports};
-pub use overlay::{Overlay, OverlayPeer, OverlayVpc, keep_overlay};
+pub use overlay::{Overlay, OverlayPeer, OverlayVpc, changed_or_retry, keep_overlay};
+pub use service_ips::{
+    DEFAULT_AFFINITY_TIMEOUT_SECS, Protocol, SERVICE_NAME_LABEL, Selection, ServiceEndpoint,
+    ServicePortName, ServicePortRules, ServiceTable,
+};

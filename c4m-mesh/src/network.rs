@@ -32,9 +32,13 @@ pub fn node_slice(cidr: Ipv4Net, index: u32) -> Result<Ipv4Net> {
         })
 }
 
-/// The cluster domain when none is configured: services answer as
-/// `NAME.NAMESPACE.svc.c4m`.
-pub const DEFAULT_CLUSTER_DOMAIN: &str = "c4m";
+/// The cluster domain when none is configured, as in Kubernetes: services
+/// answer as `NAME.NAMESPACE.svc.cluster.local` (charts hard-code it).
+pub const DEFAULT_CLUSTER_DOMAIN: &str = "cluster.local";
+
+/// c4m's own domain, answered beside the configured one whatever it is:
+/// `NAME.NAMESPACE.svc.c4m` keeps working.
+pub const C4M_DOMAIN: &str = "c4m";
 
 /// The DNS search domains of an instance in Kubernetes namespace
 /// `namespace` of a cluster whose domain is `cluster_domain` (`c4m`,

@@ -74,18 +74,32 @@ pub async fn keep_overlay(
                 Some(RETRY)
             }
         };
-        let retried = async {
-            match retry {
-                Some(delay) => tokio::time::sleep(delay).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            changed = peers.changed() => if changed.is_err() { return },
-            changed = vpcs.changed() => if changed.is_err() { return },
-            _ = retried => {}
+        if !changed_or_retry(&mut peers, &mut vpcs, retry, &shutdown).await {
+            return;
         }
+    }
+}
+
+/// Waits until `a` or `b` changes, or `retry` (when a sync failed) has
+/// passed: true then; false once `shutdown` came or a sender is gone. The
+/// wait of a keeper loop that syncs from two feeds.
+pub async fn changed_or_retry<A, B>(
+    a: &mut watch::Receiver<A>,
+    b: &mut watch::Receiver<B>,
+    retry: Option<Duration>,
+    shutdown: &CancellationToken,
+) -> bool {
+    let retried = async {
+        match retry {
+            Some(delay) => tokio::time::sleep(delay).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = shutdown.cancelled() => false,
+        changed = a.changed() => changed.is_ok(),
+        changed = b.changed() => changed.is_ok(),
+        _ = retried => true,
     }
 }
 

@@ -10,8 +10,8 @@ use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    Attachment, DnsEndpoint, Error, Network, Overlay, OverlayPeer, OverlayVpc, Result,
-    ServiceLookup, VpcNetwork,
+    Attachment, DnsEndpoint, DnsName, DnsService, Error, Network, Overlay, OverlayPeer, OverlayVpc,
+    Result, ServiceLookup, VpcNetwork,
 };
 
 /// An instance network in memory: it makes no namespace and moves no
@@ -170,10 +170,10 @@ impl Overlay for FakeOverlay {
 }
 
 /// A service registry fixed at construction: `(namespace, name)` to
-/// endpoints.
+/// service.
 #[derive(Clone, Default)]
 pub struct StaticLookup {
-    services: BTreeMap<(String, String), Vec<DnsEndpoint>>,
+    services: BTreeMap<(String, String), DnsService>,
 }
 
 impl StaticLookup {
@@ -182,23 +182,31 @@ impl StaticLookup {
         Self::default()
     }
 
+    /// Adds (or replaces) service `name` in `namespace`, answering its
+    /// ready `endpoints` (a headless service).
+    pub fn with_service(self, namespace: &str, name: &str, endpoints: Vec<DnsEndpoint>) -> Self {
+        self.with(namespace, name, DnsService::endpoints(endpoints))
+    }
+
     /// Adds (or replaces) service `name` in `namespace`.
-    pub fn with_service(
-        mut self,
-        namespace: &str,
-        name: &str,
-        endpoints: Vec<DnsEndpoint>,
-    ) -> Self {
+    pub fn with(mut self, namespace: &str, name: &str, service: DnsService) -> Self {
         self.services
-            .insert((namespace.to_string(), name.to_string()), endpoints);
+            .insert((namespace.to_string(), name.to_string()), service);
         self
     }
 }
 
 impl ServiceLookup for StaticLookup {
-    fn endpoints(&self, namespace: &str, name: &str) -> Option<Vec<DnsEndpoint>> {
+    fn service(&self, namespace: &str, name: &str) -> Option<DnsService> {
         self.services
             .get(&(namespace.to_string(), name.to_string()))
             .cloned()
+    }
+
+    fn names_of(&self, ip: std::net::IpAddr) -> Vec<DnsName> {
+        self.services
+            .iter()
+            .flat_map(|((namespace, name), service)| service.names_at(namespace, name, ip))
+            .collect()
     }
 }

@@ -135,10 +135,14 @@ async fn instances_of_one_vpc_reach_each_other_and_not_another_vpc() -> Result<(
     assert_eq!(a2.address, Ipv4Addr::new(10, 99, 11, 3));
     assert_eq!(b1.address, Ipv4Addr::new(10, 99, 12, 2));
     assert_eq!(a1.gateway, Ipv4Addr::new(10, 99, 11, 1));
+    // Hairpin on the bridge port, so an instance reaches itself through a
+    // Service's virtual IP.
+    let hairpin = format!("/sys/class/net/{}/brport/hairpin_mode", a1.host_interface);
+    assert_eq!(std::fs::read_to_string(&hairpin)?.trim(), "1", "{hairpin}");
     let resolv = std::fs::read_to_string(&a1.resolv_conf)?;
     assert_eq!(
         resolv,
-        "nameserver 10.99.11.1\nsearch shop.svc.c4m svc.c4m c4m\noptions ndots:5\n"
+        "nameserver 10.99.11.1\nsearch shop.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5\n"
     );
 
     let _a2_listener = listen_in(&a2.network_namespace, a2.address)?;

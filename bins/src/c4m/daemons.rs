@@ -12,7 +12,7 @@ use c4m_api::Credentials;
 use c4m_bins::{
     ClusterFlags, NodeFlags, bind_agent, data_dir, default_home, parse_duration, shutdown_on_signal,
 };
-use c4m_control::{ControlPlane, ControlPlaneConfig, TlsIdentity};
+use c4m_control::{ControlPlane, ControlPlaneConfig, ServiceRanges, TlsIdentity};
 use c4m_plugin::ControlPlaneExtensions;
 use c4m_state::RedbStore;
 use clap::Args;
@@ -29,7 +29,8 @@ pub(crate) struct ControlFlags {
     /// gRPC address agents dial.
     #[arg(long, default_value = "127.0.0.1:8141")]
     grpc: SocketAddr,
-    /// DNS address (UDP and TCP) for NAME.NAMESPACE.svc.c4m.
+    /// DNS address (UDP and TCP) for NAME.NAMESPACE.svc.<cluster domain> and
+    /// NAME.NAMESPACE.svc.c4m.
     #[arg(long, default_value = "127.0.0.1:8153")]
     dns: SocketAddr,
     /// Run without authentication (development only).
@@ -57,6 +58,26 @@ pub(crate) struct ControlFlags {
     /// sets none.
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     horizontal_pod_autoscaler_downscale_stabilization: Duration,
+    /// The range Services' cluster IPs come from (IPv4); its first address
+    /// is the `kubernetes` Service's. It may not overlap a VPC.
+    #[arg(long, default_value = "10.96.0.0/16", value_parser = parse_service_cidr)]
+    service_cidr: (std::net::Ipv4Addr, u8),
+    /// The range NodePort and LoadBalancer Services' node ports come from.
+    #[arg(long, default_value = "30000-32767", value_parser = parse_node_port_range)]
+    service_node_port_range: std::ops::RangeInclusive<u16>,
+    /// The API's address in the `kubernetes` Service's endpoints [default:
+    /// the API's bind address unless unspecified, else the gRPC one, else
+    /// the address of the host's default route].
+    #[arg(long)]
+    advertise_address: Option<std::net::IpAddr>,
+}
+
+fn parse_service_cidr(text: &str) -> Result<(std::net::Ipv4Addr, u8), String> {
+    ServiceRanges::parse_cidr(text).map_err(|e| e.to_string())
+}
+
+fn parse_node_port_range(text: &str) -> Result<std::ops::RangeInclusive<u16>, String> {
+    ServiceRanges::parse_node_ports(text).map_err(|e| e.to_string())
 }
 
 /// `c4m up`.
@@ -195,7 +216,7 @@ async fn bind_control(
         api_addr: flags.api,
         grpc_addr: flags.grpc,
         dns_addr: Some(flags.dns),
-        dns_zone: cluster.service_zone(),
+        cluster_domain: cluster.cluster_domain.clone(),
         token: credentials.as_ref().map(Credentials::bearer),
         heartbeat_interval: flags.heartbeat,
         node_grace: flags.node_grace,
@@ -205,6 +226,12 @@ async fn bind_control(
         record_events: !flags.no_events,
         hpa_sync_period: flags.horizontal_pod_autoscaler_sync_period,
         hpa_downscale_stabilization: flags.horizontal_pod_autoscaler_downscale_stabilization,
+        service_ranges: ServiceRanges {
+            network: flags.service_cidr.0,
+            prefix: flags.service_cidr.1,
+            node_ports: flags.service_node_port_range.clone(),
+        },
+        advertise_address: flags.advertise_address,
     };
     let control = ControlPlane::bind(config, ControlPlaneExtensions::new(Arc::new(store))).await?;
     let client = ClientConfig {

@@ -4,6 +4,7 @@
 
 mod commands;
 mod daemons;
+mod expose;
 mod images;
 mod kubeconfig;
 mod output;
@@ -40,6 +41,9 @@ enum Command {
     Delete(commands::DeleteArgs),
     /// List objects of a kind, or show one.
     Get(commands::GetArgs),
+    /// Make a Service for a deployment, replicaset, microservice,
+    /// instance or service, as `kubectl expose` does.
+    Expose(expose::ExposeArgs),
     /// Show one object in detail, with why it is not running if it is not.
     Describe(commands::DescribeArgs),
     /// Print an instance's output.
@@ -97,6 +101,7 @@ fn main() -> ExitCode {
                 Command::Apply(args) => done(commands::apply(args, &connection).await),
                 Command::Delete(args) => done(commands::delete(args, &connection).await),
                 Command::Get(args) => done(commands::get(args, &connection).await),
+                Command::Expose(args) => done(expose::expose(args, &connection).await),
                 Command::Describe(args) => done(commands::describe(args, &connection).await),
                 Command::Logs(args) => done(commands::logs(args, &connection).await),
                 Command::Status(args) => done(commands::status(args, &connection).await),

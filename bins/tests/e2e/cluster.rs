@@ -34,6 +34,7 @@ apiVersion: v1
 kind: Service
 metadata: {{name: web}}
 spec:
+  clusterIP: None
   selector: {{app: web}}
   ports: [{{name: http, port: 80, targetPort: http}}]
 "#
@@ -137,7 +138,8 @@ fn deployment_spreads_by_fit_is_discoverable_and_restarts() {
         assert!(body.starts_with("web ("), "{body}");
     }
 
-    // DNS: A records and SRV records for the named port.
+    // DNS of a headless Service: its endpoints' A records and SRV records
+    // for the named port.
     let (a, srv) = wait_for("DNS to give 4 endpoints", MINUTE, || {
         let (a, srv) = resolve(cluster.dns, "web.default.svc.c4m.");
         (srv.len() == 4).then_some((a, srv))

@@ -7,6 +7,7 @@
 mod common;
 
 mod autoscaling;
+mod bookshop;
 mod cluster;
 mod containerd;
 mod cri;
@@ -28,6 +29,8 @@ mod pods;
 mod policy;
 mod python_client;
 mod quickstart;
+mod service_ips;
 mod services;
+mod services_dns;
 mod vpc;
 mod workloads;

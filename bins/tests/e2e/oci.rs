@@ -129,7 +129,7 @@ fn start_catalog(cluster: &Cluster, host_port: Option<u16>, prefix: &str) -> (Va
     )
     .replace("ports: [{containerPort: 8080}]", &ports);
     cluster.apply(&format!(
-        "{catalog}---\napiVersion: v1\nkind: Service\nmetadata: {{name: catalog}}\nspec:\n  selector: {{app: catalog}}\n  ports: [{{port: 8080, targetPort: 8080}}]\n",
+        "{catalog}---\napiVersion: v1\nkind: Service\nmetadata: {{name: catalog}}\nspec:\n  clusterIP: None\n  selector: {{app: catalog}}\n  ports: [{{port: 8080, targetPort: 8080}}]\n",
     ));
     let catalog = cluster.wait_ready("app=catalog", 1, MINUTE).remove(0);
     let catalog_ip = catalog["status"]["podIP"]
@@ -231,7 +231,8 @@ spec:
     );
 }
 
-/// Looks `catalog` up through c4m's DNS from inside the container (busybox
+/// Looks `catalog` (a headless Service: its instance's address) up through
+/// c4m's DNS from inside the container (busybox
 /// `nslookup` reads the `resolv.conf` the agent mounted) and fetches its page
 /// from the address it got with `nc`, once a second (busybox-static's `wget`
 /// crashes without the host's libc around it).

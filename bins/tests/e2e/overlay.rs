@@ -30,7 +30,7 @@ const FETCH: &str =
 
 /// `replicas` oci instances serving their name, spread evenly over the
 /// nodes, in VPC `vpc` (the default if None), on `nodes` (any if empty),
-/// and a Service selecting them.
+/// and a headless Service selecting them (its name gives their addresses).
 fn server(name: &str, replicas: usize, vpc: Option<&str>, nodes: &[&str]) -> String {
     let mut pod_spec = format!(
         "      topologySpreadConstraints:\n        - {{maxSkew: 1, topologyKey: kubernetes.io/hostname, whenUnsatisfiable: DoNotSchedule, labelSelector: {{matchLabels: {{app: {name}}}}}}}\n"
@@ -42,7 +42,7 @@ fn server(name: &str, replicas: usize, vpc: Option<&str>, nodes: &[&str]) -> Str
         ));
     }
     format!(
-        "{}---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  selector: {{app: {name}}}\n  ports: [{{port: 8080, targetPort: 8080}}]\n",
+        "{}---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  clusterIP: None\n  selector: {{app: {name}}}\n  ports: [{{port: 8080, targetPort: 8080}}]\n",
         deployment_of("oci", name, "bb:1", replicas, vpc, SERVE_NAME, &pod_spec)
     )
 }
@@ -59,27 +59,6 @@ fn fetched(text: &str) -> BTreeMap<String, String> {
 fn exec(cluster: &Cluster, name: &str, script: &str) -> String {
     let output = cluster.c4m(&["exec", name, "--", "sh", "-c", script]);
     String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn name_of(pod: &Value) -> String {
-    pod["metadata"]["name"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string()
-}
-
-fn node_of(pod: &Value) -> String {
-    pod["spec"]["nodeName"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string()
-}
-
-fn ip_of(pod: &Value) -> String {
-    pod["status"]["podIP"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string()
 }
 
 /// Each host's overlay as the kernel has it, for a failure's message.
@@ -120,25 +99,7 @@ fn instances_on_different_nodes_reach_each_other_over_the_overlay() {
     let hosts = Hosts::create(UNDERLAY, 3);
     let mut cluster = Cluster::start_listening_on(&hosts.gateway().to_string());
     let nodes = ["h1", "h2", "h3"];
-    for (index, node) in (1..=3).zip(nodes) {
-        let address = hosts.address(index).to_string();
-        let listen = format!("{address}:0");
-        cluster.start_agent_from(
-            hosts.command(index, C4M_AGENT),
-            node,
-            "2",
-            "2Gi",
-            &[
-                "--instance-network",
-                "--default-vpc-cidr",
-                DEFAULT_VPC,
-                "--address",
-                &address,
-                "--listen",
-                &listen,
-            ],
-        );
-    }
+    start_host_agents(&mut cluster, &hosts, "2", "2Gi", DEFAULT_VPC, &[]);
     // Each node got a slice of its own from the control plane.
     let slices: BTreeSet<String> = cluster
         .list("nodes")

@@ -9,20 +9,15 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use crate::common::kubectl::Kubectl;
-use crate::common::oci::require_oci;
+use crate::common::oci::oci_cluster_with;
 use crate::common::*;
 
 const MINUTE: Duration = Duration::from_secs(60);
 
 /// A cluster with one `oci` node and the busybox image imported as `bb:1`.
 fn oci_cluster() -> (Cluster, Kubectl) {
-    require_oci();
-    let mut cluster = Cluster::start();
-    cluster.start_agent_with("boxed", "4", "4Gi", &["--default-driver", "oci"]);
+    let (cluster, kubectl) = oci_cluster_with("boxed", &["--default-driver", "oci"]);
     cluster.offered_driver("oci");
-    let tar = busybox_image_tar(cluster.dir.path());
-    cluster.ok(&["image", "import", tar.to_str().unwrap(), "--name", "bb"]);
-    let kubectl = Kubectl::for_cluster(&cluster);
     (cluster, kubectl)
 }
 
@@ -162,12 +157,7 @@ const NETWORK_FLAGS: &[&str] = &[
 #[test]
 #[ignore = "needs root + runc + conmon + nftables + kubectl"]
 fn containers_get_the_kubelets_hosts_hostname_and_resolv_conf() {
-    require_oci();
-    let mut cluster = Cluster::start();
-    cluster.start_agent_with("netted", "4", "4Gi", NETWORK_FLAGS);
-    let tar = busybox_image_tar(cluster.dir.path());
-    cluster.ok(&["image", "import", tar.to_str().unwrap(), "--name", "bb"]);
-    let kubectl = Kubectl::for_cluster(&cluster);
+    let (cluster, kubectl) = oci_cluster_with("netted", NETWORK_FLAGS);
 
     run_ready(
         &kubectl,
@@ -191,7 +181,7 @@ fn containers_get_the_kubelets_hosts_hostname_and_resolv_conf() {
              fe00::0\tip6-mcastprefix\n\
              fe00::1\tip6-allnodes\n\
              fe00::2\tip6-allrouters\n\
-             {ip}\tdb.nodes.default.svc.c4m\tdb\n\
+             {ip}\tdb.nodes.default.svc.cluster.local\tdb\n\
              \n\
              # Entries added by HostAliases.\n\
              127.0.0.2\tfoo.local\tbar.local\n"
@@ -218,7 +208,7 @@ fn containers_get_the_kubelets_hosts_hostname_and_resolv_conf() {
     let resolv = kubectl.ok(&["exec", "web-0", "--", "cat", "/etc/resolv.conf"]);
     let (searches, rest) = resolv.split_once('\n').unwrap();
     assert!(
-        searches.starts_with("search default.svc.c4m svc.c4m c4m"),
+        searches.starts_with("search default.svc.cluster.local svc.cluster.local cluster.local"),
         "{resolv}"
     );
     assert_eq!(

@@ -1,248 +1,392 @@
-//! Services as apps written for Kubernetes use them: a dozen services
-//! calling each other by short name and port (`cart:80`) through cluster
-//! IPs, on three simulated hosts with `oci` instances (root, runc/crun,
-//! conmon, nftables).
+//! Services as Kubernetes users see them, through the real kubectl:
+//! EndpointSlices of real instances (the `process` driver).
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
+use serde_json::Value;
+
 use crate::common::kubectl::Kubectl;
-use crate::common::oci::require_oci;
-use crate::common::*;
-use c4m_testkit::Hosts;
+use crate::common::{Cluster, http_get, wait_for};
 
 const MINUTE: Duration = Duration::from_secs(60);
-/// The hosts' subnet (apart from the other multi-host tests'): the control
-/// plane at .1, hosts at .11, .12, .13.
-const UNDERLAY: [u8; 3] = [10, 99, 251];
-const DEFAULT_VPC: &str = "10.99.208.0/20";
-/// The control plane's default Service range.
-const SERVICE_CIDR: &str = "10.96.0.0/16";
-/// The image every bookshop service runs here: busybox and c4m-demo.
-const IMAGE: &str = "bookshop:1";
 
-/// The twelve services of `examples/k8s-realistic`.
-const BOOKSHOP: [&str; 12] = [
-    "frontend",
-    "gateway",
-    "catalog",
-    "search",
-    "cart",
-    "checkout",
-    "payments",
-    "shipping",
-    "notifications",
-    "reviews",
-    "inventory",
-    "accounts",
-];
-
-/// A cluster of three hosts (`h1`..`h3`) running `oci` instances in the
-/// default VPC, each with `image` built from busybox and c4m-demo.
-struct HostCluster {
-    cluster: Cluster,
-    // Dropped after the cluster: its processes live in these namespaces.
-    _hosts: Hosts,
-}
-
-fn start_hosts(image: &str) -> HostCluster {
-    require_oci();
-    c4m_testkit::require_commands(&[
-        ("ip", "iproute2"),
-        ("nsenter", "util-linux"),
-        ("nft", "nftables"),
-    ]);
-    let hosts = Hosts::create(UNDERLAY, 3);
-    let mut cluster = Cluster::start_listening_on(&hosts.gateway().to_string());
-    for index in 1..=3 {
-        let node = format!("h{index}");
-        let address = hosts.address(index).to_string();
-        let listen = format!("{address}:0");
-        cluster.start_agent_from(
-            hosts.command(index, C4M_AGENT),
-            &node,
-            "4",
-            "4Gi",
-            &[
-                "--instance-network",
-                "--default-driver",
-                "oci",
-                "--default-vpc-cidr",
-                DEFAULT_VPC,
-                "--address",
-                &address,
-                "--listen",
-                &listen,
-            ],
-        );
-        cluster.ok(&["image", "build", image, "--add", DEMO, "--node", &node]);
-    }
-    HostCluster {
-        cluster,
-        _hosts: hosts,
-    }
-}
-
-/// The first Running pod of deployment `name` in `namespace`.
-fn pod_of(kubectl: &Kubectl, namespace: &str, name: &str) -> String {
-    let pods = kubectl.json(&[
-        "get",
-        "pods",
-        "-n",
-        namespace,
-        "-l",
-        &format!("app.kubernetes.io/name={name}"),
-        "-o",
-        "json",
-    ]);
-    pods["items"]
-        .as_array()
-        .and_then(|items| items.first())
-        .and_then(|pod| pod["metadata"]["name"].as_str())
-        .unwrap_or_else(|| panic!("no pod of {name}: {pods}"))
-        .to_string()
-}
-
-/// The answer of `c4m-demo --call BACKEND` run in `pod`, once it answers.
-fn call_from(kubectl: &Kubectl, namespace: &str, pod: &str, backend: &str) -> String {
-    let mut last = String::new();
-    wait_for(&format!("{pod} to reach {backend}"), MINUTE, || {
-        let output = kubectl.run(&[
-            "exec", "-n", namespace, pod, "--", "c4m-demo", "--call", backend,
-        ]);
-        last = format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        (output.status.success() && !last.contains("cannot reach")).then_some(())
-    });
-    last
-}
-
-/// Every `via http://HOST:PORT/` in an answer: where each call went.
-fn called_addresses(answer: &str) -> Vec<std::net::Ipv4Addr> {
-    answer
-        .split("via http://")
-        .skip(1)
-        .filter_map(|rest| rest.split(':').next()?.parse().ok())
-        .collect()
-}
-
-#[test]
-#[ignore = "needs root + runc + conmon + nftables: simulated hosts"]
-fn a_dozen_services_call_each_other_by_short_name_and_port_across_nodes_and_namespaces() {
-    let HostCluster { cluster, _hosts } = start_hosts(IMAGE);
-    let kubectl = Kubectl::for_cluster(&cluster);
-    // The example as written for Kubernetes; only its images are the one
-    // built here (no registry).
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/k8s-realistic");
-    let mut entries: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    entries.sort();
-    let mut manifests = String::new();
-    for path in entries {
-        let text = std::fs::read_to_string(&path).unwrap();
-        let text: String = text
-            .lines()
-            .map(|line| match line.split_once("image: ghcr.io/example/") {
-                Some((indent, _)) => format!("{indent}image: {IMAGE}\n"),
-                None => format!("{line}\n"),
-            })
-            .collect();
-        manifests.push_str(&text);
-        manifests.push_str("---\n");
-    }
-    let applied = std::env::temp_dir().join(format!("bookshop-{}.yaml", std::process::id()));
-    std::fs::write(&applied, &manifests).unwrap();
-    kubectl.ok(&["apply", "-f", applied.to_str().unwrap()]);
-    let _ = std::fs::remove_file(&applied);
-    for service in BOOKSHOP {
-        let status = kubectl.ok(&[
-            "rollout",
-            "status",
-            &format!("deployment/{service}"),
-            "-n",
-            "bookshop",
-            "--timeout=120s",
-        ]);
-        assert!(status.contains("successfully rolled out"), "{status}");
-    }
-    let pods = kubectl.json(&["get", "pods", "-n", "bookshop", "-o", "json"]);
-    let nodes: BTreeSet<&str> = pods["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|pod| pod["spec"]["nodeName"].as_str())
-        .collect();
-    assert!(
-        nodes.len() >= 2,
-        "the bookshop spreads over nodes: {nodes:?}"
-    );
-
-    // Within the namespace: frontend's tree reaches all twelve, every call
-    // by short name and port, through cluster IPs.
-    let service_range: ipnet::Ipv4Net = SERVICE_CIDR.parse().unwrap();
-    let cart = pod_of(&kubectl, "bookshop", "cart");
-    let answer = call_from(&kubectl, "bookshop", &cart, "frontend:80");
-    for service in BOOKSHOP {
-        assert!(
-            answer.contains(&format!("{service} (")),
-            "{service} answered: {answer}"
-        );
-    }
-    let called = called_addresses(&answer);
-    assert_eq!(
-        called.len(),
-        15,
-        "one call per edge of the tree and the first: {answer}"
-    );
-    assert!(
-        called.iter().all(|ip| service_range.contains(ip)),
-        "every call went to a cluster IP: {answer}"
-    );
-
-    // Across namespaces: NAME.NAMESPACE:PORT, from a pod of another one.
-    kubectl.ok(&["create", "namespace", "storefront"]);
-    cluster.apply(&format!(
+/// `replicas` instances of `c4m-demo` answering on a port named `http`,
+/// ready once it answers, behind the Service `web` with a named target
+/// port (`http`), a numeric one (`metrics` to 8080) and a UDP one.
+fn web(replicas: u32) -> String {
+    format!(
         r#"
 apiVersion: apps/v1
 kind: Deployment
-metadata: {{name: kiosk, namespace: storefront}}
+metadata: {{name: web}}
 spec:
-  selector: {{matchLabels: {{app.kubernetes.io/name: kiosk}}}}
+  replicas: {replicas}
+  selector: {{matchLabels: {{app: web}}}}
   template:
-    metadata: {{labels: {{app.kubernetes.io/name: kiosk}}}}
+    metadata: {{labels: {{app: web}}}}
     spec:
       containers:
-        - name: kiosk
-          image: {IMAGE}
-          command: ["c4m-demo", "--name", "kiosk", "--address", "0.0.0.0", "--backend", "frontend.bookshop:80"]
+        - name: web
+          command: ["c4m-demo", "--name", "web"]
+          ports: [{{name: http, containerPort: 8080}}]
+          resources: {{requests: {{cpu: 100m, memory: 32Mi}}}}
+          readinessProbe:
+            httpGet: {{path: /healthz, port: http}}
+            periodSeconds: 1
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web}}
+spec:
+  selector: {{app: web}}
+  ports:
+    - {{name: http, port: 80, targetPort: http}}
+    - {{name: metrics, port: 9090, targetPort: 8080}}
+    - {{name: syslog, port: 514, targetPort: 5514, protocol: UDP}}
 "#
-    ));
-    kubectl.ok(&[
-        "rollout",
-        "status",
-        "deployment/kiosk",
-        "-n",
-        "storefront",
-        "--timeout=120s",
-    ]);
-    let kiosk = pod_of(&kubectl, "storefront", "kiosk");
-    let answer = call_from(&kubectl, "storefront", &kiosk, "frontend.bookshop:80");
-    for service in BOOKSHOP {
-        assert!(
-            answer.contains(&format!("{service} (")),
-            "{service} answered: {answer}"
-        );
+    )
+}
+
+/// The EndpointSlices of the Service `web`, as kubectl lists them.
+fn slices(kubectl: &Kubectl) -> Vec<Value> {
+    kubectl.json(&[
+        "get",
+        "endpointslices",
+        "-l",
+        "kubernetes.io/service-name=web",
+    ])["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// The ready endpoints of `slices` as `address:port` of their `http` port.
+fn ready_http(slices: &[Value]) -> Vec<String> {
+    let mut ready = Vec::new();
+    for slice in slices {
+        let Some(port) = slice["ports"]
+            .as_array()
+            .and_then(|ports| ports.iter().find(|p| p["name"] == "http"))
+        else {
+            continue;
+        };
+        for endpoint in slice["endpoints"].as_array().into_iter().flatten() {
+            if endpoint["conditions"]["ready"] == true {
+                ready.push(format!(
+                    "{}:{}",
+                    endpoint["addresses"][0].as_str().unwrap_or(""),
+                    port["port"]
+                ));
+            }
+        }
     }
-    let answer = call_from(
-        &kubectl,
-        "storefront",
-        &kiosk,
-        "accounts.bookshop.svc.cluster.local:80",
+    ready.sort();
+    ready
+}
+
+/// The control plane keeps EndpointSlices of ready instances: labelled
+/// with the Service and their manager, ports resolved from named and
+/// numeric target ports (TCP and UDP), each endpoint answering; a scale
+/// down deletes the slice no longer wanted, and the Service's deletion
+/// takes its slices.
+#[test]
+#[ignore = "needs kubectl"]
+fn endpoint_slices_follow_the_ready_instances() {
+    let mut cluster = Cluster::start();
+    cluster.start_agent("node-a", "2", "1Gi");
+    let kubectl = Kubectl::for_cluster(&cluster);
+    cluster.apply(&web(2));
+    let pods = cluster.wait_ready("app=web", 2, MINUTE);
+
+    let slices_now = wait_for("two ready endpoints in slices", MINUTE, || {
+        let slices = slices(&kubectl);
+        (ready_http(&slices).len() == 2).then_some(slices)
+    });
+    for slice in &slices_now {
+        assert_eq!(slice["apiVersion"], "discovery.k8s.io/v1");
+        assert_eq!(slice["addressType"], "IPv4");
+        assert_eq!(
+            slice["metadata"]["labels"]["endpointslice.kubernetes.io/managed-by"],
+            "c4m-endpointslice-controller"
+        );
+        let ports = slice["ports"].as_array().unwrap();
+        let port = |name: &str| ports.iter().find(|p| p["name"] == name).unwrap();
+        // `metrics` targets 8080 by number, `http` by name: the same port.
+        assert_eq!(port("http")["port"], port("metrics")["port"], "{slice}");
+        assert_eq!(port("http")["protocol"], "TCP");
+        assert_eq!(port("syslog")["protocol"], "UDP");
+        assert_eq!(port("syslog")["port"], 5514);
+        for endpoint in slice["endpoints"].as_array().unwrap() {
+            let pod = pods
+                .iter()
+                .find(|p| p["metadata"]["name"] == endpoint["targetRef"]["name"])
+                .unwrap_or_else(|| panic!("{endpoint} names an instance of web"));
+            assert_eq!(endpoint["nodeName"], "node-a");
+            assert_eq!(endpoint["addresses"][0], pod["status"]["podIP"]);
+            assert_eq!(
+                endpoint["conditions"],
+                serde_json::json!({"ready": true, "serving": true, "terminating": false})
+            );
+        }
+    }
+    for address in ready_http(&slices_now) {
+        let (code, body) = http_get(&address, "/").expect("an endpoint answers");
+        assert_eq!(code, 200, "{address}: {body}");
+    }
+
+    // kubectl's table of slices.
+    let table = kubectl.ok(&[
+        "get",
+        "endpointslices",
+        "-l",
+        "kubernetes.io/service-name=web",
+    ]);
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["NAME", "ADDRESSTYPE", "PORTS", "ENDPOINTS", "AGE"]);
+    for line in table.lines().skip(1) {
+        let cells: Vec<&str> = line.split_whitespace().collect();
+        assert!(cells[0].starts_with("web-"), "{table}");
+        assert_eq!(cells[1], "IPv4", "{table}");
+    }
+
+    // One replica: one ready endpoint left, and no slice without a reason.
+    kubectl.ok(&["scale", "deployment", "web", "--replicas=1"]);
+    wait_for("one endpoint in the slices", MINUTE, || {
+        let slices = slices(&kubectl);
+        let endpoints: usize = slices
+            .iter()
+            .map(|s| s["endpoints"].as_array().map_or(0, Vec::len))
+            .sum();
+        (endpoints == 1 && ready_http(&slices).len() == 1).then_some(())
+    });
+
+    kubectl.ok(&["delete", "service", "web"]);
+    wait_for("the slices to go with their Service", MINUTE, || {
+        slices(&kubectl).is_empty().then_some(())
+    });
+}
+
+/// A table's row for `name`, split into cells.
+fn table_row(table: &str, name: &str) -> Vec<String> {
+    table
+        .lines()
+        .map(|line| {
+            line.split_whitespace()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .find(|cells| cells.first().is_some_and(|n| n == name))
+        .unwrap_or_else(|| panic!("no row {name} in {table}"))
+}
+
+/// The cluster IPs of every Service, by name.
+fn cluster_ips(kubectl: &Kubectl) -> std::collections::BTreeMap<String, String> {
+    kubectl.json(&["get", "services"])["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["metadata"]["name"].as_str().unwrap().to_string(),
+                s["spec"]["clusterIP"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Cluster IPs, node ports and load balancers through the real kubectl:
+/// the `kubernetes` Service points at the API; `kubectl expose --type
+/// NodePort` gets an address and a node port, shown as kubectl shows them;
+/// a taken node port and a changed cluster IP are refused in Kubernetes'
+/// words; a LoadBalancer gets the node's address; after a restart every
+/// Service keeps its address and a new one gets a fresh one.
+#[test]
+#[ignore = "needs kubectl"]
+fn services_get_cluster_ips_node_ports_and_load_balancers() {
+    let mut cluster = Cluster::start();
+    cluster.start_agent("node-a", "2", "1Gi");
+    let kubectl = Kubectl::for_cluster(&cluster);
+
+    // The API's own Service, its Endpoints and EndpointSlice.
+    let present = |kind: &str| {
+        wait_for(&format!("the kubernetes {kind}"), MINUTE, || {
+            let output = kubectl.run(&["get", kind, "kubernetes", "-o", "json"]);
+            output
+                .status
+                .success()
+                .then(|| serde_json::from_slice::<Value>(&output.stdout).unwrap())
+        })
+    };
+    let api = present("service");
+    assert_eq!(api["spec"]["clusterIP"], "10.96.0.1");
+    assert_eq!(
+        api["spec"]["ports"],
+        serde_json::json!([{"name": "https", "port": 443, "protocol": "TCP",
+            "targetPort": cluster.api}])
     );
-    assert!(answer.starts_with("accounts ("), "{answer}");
+    let endpoints = present("endpoints");
+    assert_eq!(endpoints["subsets"][0]["addresses"][0]["ip"], "127.0.0.1");
+    assert_eq!(endpoints["subsets"][0]["ports"][0]["port"], cluster.api);
+    let slice = present("endpointslice");
+    assert_eq!(
+        slice["endpoints"][0]["addresses"],
+        serde_json::json!(["127.0.0.1"])
+    );
+
+    // kubectl expose, NodePort.
+    cluster.apply(&web(1));
+    cluster.wait_ready("app=web", 1, MINUTE);
+    kubectl.ok(&["delete", "service", "web"]);
+    let exposed = kubectl.ok(&[
+        "expose",
+        "deployment",
+        "web",
+        "--port",
+        "80",
+        "--target-port",
+        "8080",
+        "--type",
+        "NodePort",
+    ]);
+    assert_eq!(exposed, "service/web exposed\n");
+    let web = kubectl.json(&["get", "service", "web"]);
+    let ip = web["spec"]["clusterIP"].as_str().unwrap().to_string();
+    assert!(ip.starts_with("10.96."), "{web}");
+    let node_port = web["spec"]["ports"][0]["nodePort"].as_u64().unwrap();
+    assert!((30000..=32767).contains(&node_port), "{web}");
+    let table = kubectl.ok(&["get", "services", "-o", "wide"]);
+    assert_eq!(
+        table
+            .lines()
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        [
+            "NAME",
+            "TYPE",
+            "CLUSTER-IP",
+            "EXTERNAL-IP",
+            "PORT(S)",
+            "AGE",
+            "SELECTOR"
+        ]
+    );
+    let row = table_row(&table, "web");
+    assert_eq!(
+        row[1..5],
+        [
+            "NodePort".to_string(),
+            ip.clone(),
+            "<none>".into(),
+            format!("80:{node_port}/TCP")
+        ]
+    );
+    assert_eq!(row[6], "app=web");
+    assert_eq!(
+        table_row(&table, "kubernetes")[1..5],
+        ["ClusterIP", "10.96.0.1", "<none>", "443/TCP"]
+    );
+
+    // kubectl describe reads the Service and its EndpointSlices.
+    let described = wait_for("described endpoints", MINUTE, || {
+        let described = kubectl.ok(&["describe", "service", "web"]);
+        described
+            .lines()
+            .any(|l| {
+                l.starts_with("Endpoints:")
+                    && l.contains(':'.to_string().as_str())
+                    && !l.contains("<none>")
+            })
+            .then_some(described)
+    });
+    for expected in [
+        format!("IP:                       {ip}"),
+        format!("NodePort:                 <unset>  {node_port}/TCP"),
+        "Type:                     NodePort".to_string(),
+        "Endpoints:                127.0.0.1:".to_string(),
+        "External Traffic Policy:  Cluster".to_string(),
+    ] {
+        assert!(described.contains(&expected), "{expected:?} in {described}");
+    }
+
+    // The same node port again, and a new cluster IP: refused.
+    let taken = format!(
+        r#"{{"apiVersion": "v1", "kind": "Service", "metadata": {{"name": "taken"}},
+            "spec": {{"type": "NodePort", "ports": [{{"port": 80, "nodePort": {node_port}}}]}}}}"#
+    );
+    let file = cluster.dir.path().join("taken.json");
+    std::fs::write(&file, taken).unwrap();
+    let refused = kubectl.fails(&["create", "-f", file.to_str().unwrap()]);
+    assert!(
+        refused.contains(&format!(
+            "The Service \"taken\" is invalid: spec.ports[0].nodePort: Invalid value: {node_port}: provided port is already allocated"
+        )),
+        "{refused}"
+    );
+    let refused = kubectl.fails(&[
+        "patch",
+        "service",
+        "web",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"clusterIP":"10.96.0.99","clusterIPs":["10.96.0.99"]}}"#,
+    ]);
+    assert!(refused.contains("may not change once set"), "{refused}");
+
+    // A LoadBalancer through c4m expose: the node's address as ingress.
+    let exposed = cluster.ok(&[
+        "expose",
+        "deployment",
+        "web",
+        "--name",
+        "web-lb",
+        "--type",
+        "LoadBalancer",
+        "--port",
+        "8081",
+        "--target-port",
+        "http",
+    ]);
+    assert_eq!(exposed, "service/web-lb exposed\n");
+    let node = kubectl.json(&["get", "node", "node-a"]);
+    let node_ip = node["status"]["addresses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["type"] == "InternalIP")
+        .unwrap()["address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait_for("the load balancer's address", MINUTE, || {
+        let table = kubectl.ok(&["get", "service", "web-lb"]);
+        (table_row(&table, "web-lb")[3] == node_ip).then_some(())
+    });
+    let lb = kubectl.json(&["get", "service", "web-lb"]);
+    assert!(
+        lb["spec"]["ports"][0]["nodePort"].as_u64().is_some(),
+        "{lb}"
+    );
+    let c4m_table = cluster.ok(&["get", "services"]);
+    assert_eq!(table_row(&c4m_table, "web-lb")[3], node_ip, "{c4m_table}");
+
+    // A restart keeps every address; a new Service gets another.
+    let before = cluster_ips(&kubectl);
+    cluster.kill_control();
+    cluster.start_control();
+    assert_eq!(cluster_ips(&kubectl), before);
+    kubectl.ok(&["create", "service", "clusterip", "fresh", "--tcp=80:8080"]);
+    let fresh = kubectl.json(&["get", "service", "fresh"])["spec"]["clusterIP"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(fresh.starts_with("10.96."), "{fresh}");
+    assert!(
+        !before.values().any(|ip| *ip == fresh),
+        "{fresh} in {before:?}"
+    );
 }

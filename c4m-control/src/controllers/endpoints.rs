@@ -7,6 +7,9 @@
 //! `addresses`, the rest in `notReadyAddresses`. Ports are where the
 //! instance is reachable: the host port the agent bound for the target
 //! container port, or the container port itself when none was bound.
+//!
+//! The same computation ([`backends`]) gives each service its
+//! `discovery.k8s.io/v1` EndpointSlices ([`slices`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -18,14 +21,19 @@ use crate::cache::{Cache, Changes, owner_key};
 use crate::objects::{Objects, kind, name_of, namespace_of};
 use crate::pods::{is_ready, labels, phase, reported_ports, selects, string_map};
 
+mod slices;
+pub(crate) use slices::SERVICE_NAME;
+
 /// Label marking Endpoints this controller manages (and may delete).
 const MANAGED_BY: &str = "endpoints.kubernetes.io/managed-by";
 const MANAGER: &str = "c4m-endpoints-controller";
 
-/// A service port: name, protocol, and what it targets in the instance.
+/// A service port: name, protocol, application protocol, and what it
+/// targets in the instance.
 struct ServicePort {
     name: String,
     protocol: String,
+    app_protocol: Option<String>,
     target: Value,
 }
 
@@ -36,6 +44,10 @@ struct Service {
     ports: Vec<ServicePort>,
     /// A Microservice's own service (no Service of its name exists).
     microservice: bool,
+    /// `spec.publishNotReadyAddresses`: every endpoint counts as ready.
+    publish_not_ready: bool,
+    /// The owner reference the service's EndpointSlices carry.
+    owner: Value,
 }
 
 /// A list of ports (a Service's `spec.ports`, a Microservice's
@@ -47,9 +59,22 @@ fn ports(list: &Value, target: impl Fn(&Value) -> Value) -> Vec<ServicePort> {
         .map(|p| ServicePort {
             name: p["name"].as_str().unwrap_or_default().to_string(),
             protocol: p["protocol"].as_str().unwrap_or("TCP").to_string(),
+            app_protocol: p["appProtocol"].as_str().map(str::to_string),
             target: target(p),
         })
         .collect()
+}
+
+/// A controller reference to `object` (of `api_version` and `kind`).
+fn owner_reference(object: &Value, api_version: &str, kind: &str) -> Value {
+    json!({
+        "apiVersion": api_version,
+        "kind": kind,
+        "name": name_of(object),
+        "uid": object["metadata"]["uid"],
+        "controller": true,
+        "blockOwnerDeletion": true,
+    })
 }
 
 /// The service `namespace/name` stands for now: a Service with a selector,
@@ -67,6 +92,8 @@ fn service(cache: &Cache, namespace: &str, name: &str) -> Option<Service> {
                 target => target.clone(),
             }),
             microservice: false,
+            publish_not_ready: svc["spec"]["publishNotReadyAddresses"] == true,
+            owner: owner_reference(&svc, "v1", "Service"),
         });
     }
     let ms = cache.get(kind("microservices"), namespace, name)?;
@@ -76,6 +103,8 @@ fn service(cache: &Cache, namespace: &str, name: &str) -> Option<Service> {
         name: name.to_string(),
         ports: ports(&ms["spec"]["ports"], |p| p["containerPort"].clone()),
         microservice: true,
+        publish_not_ready: false,
+        owner: owner_reference(&ms, "c4m.io/v1", "Microservice"),
     })
 }
 
@@ -109,19 +138,38 @@ fn container_port(pod: &Value, target: &Value) -> Option<u16> {
     })
 }
 
-/// Addresses that share one set of ports.
-#[derive(Default)]
-struct Subset {
-    ready: Vec<Value>,
-    not_ready: Vec<Value>,
+/// An instance backing a service, as both its Endpoints and its
+/// EndpointSlices publish it: the one computation behind both.
+struct Backend<'a> {
+    pod: &'a Value,
+    ip: &'a str,
+    /// The instance's Ready condition.
+    ready: bool,
+    /// Being deleted: it takes no new traffic while it stops.
+    terminating: bool,
+    /// The service publishes endpoints whether ready or not.
+    publish_not_ready: bool,
+    /// The service's ports as resolved in this instance: `name`, `port`
+    /// (the node port bound for the target, else the target itself),
+    /// `protocol`, `appProtocol`.
     ports: Vec<Value>,
 }
 
-/// The Endpoints object a service should have now.
-fn desired_endpoints(service: &Service, pods: &[Arc<Value>]) -> Value {
-    // Instances with the same port numbers share a subset, as in Kubernetes.
-    let mut subsets: BTreeMap<String, Subset> = BTreeMap::new();
+impl Backend<'_> {
+    /// Whether new traffic may go to it (Endpoints' `addresses`,
+    /// EndpointSlices' `ready`): ready and not terminating, or anyway when
+    /// the service publishes endpoints that are not ready.
+    fn takes_traffic(&self) -> bool {
+        self.publish_not_ready || (self.ready && !self.terminating)
+    }
+}
+
+/// The Running instances with an address among `pods` that `service`
+/// selects, in the order given.
+fn backends<'a>(service: &Service, pods: &'a [Arc<Value>]) -> Vec<Backend<'a>> {
+    let mut out = Vec::new();
     for pod in pods {
+        let pod: &Value = pod;
         if namespace_of(pod) != service.namespace
             || phase(pod) != "Running"
             || !selects(&service.selector, &labels(pod))
@@ -132,7 +180,7 @@ fn desired_endpoints(service: &Service, pods: &[Arc<Value>]) -> Value {
             continue;
         };
         let bindings = reported_ports(pod);
-        let ports: Vec<Value> = service
+        let ports = service
             .ports
             .iter()
             .filter_map(|sp| {
@@ -141,28 +189,61 @@ fn desired_endpoints(service: &Service, pods: &[Arc<Value>]) -> Value {
                     .iter()
                     .find(|b| b.container_port == container_port)
                     .map_or(container_port, |b| b.host_port);
-                Some(json!({"name": sp.name, "port": port, "protocol": sp.protocol}))
+                let mut port = json!({"name": sp.name, "port": port, "protocol": sp.protocol});
+                if let Some(app_protocol) = &sp.app_protocol {
+                    port["appProtocol"] = json!(app_protocol);
+                }
+                Some(port)
             })
             .collect();
+        out.push(Backend {
+            pod,
+            ip,
+            ready: is_ready(pod),
+            publish_not_ready: service.publish_not_ready,
+            terminating: crate::deletion::is_deleting(pod),
+            ports,
+        });
+    }
+    out
+}
+
+/// A reference to the instance behind `backend`.
+fn target_ref(backend: &Backend<'_>) -> Value {
+    json!({
+        "kind": "Pod",
+        "namespace": namespace_of(backend.pod),
+        "name": name_of(backend.pod),
+        "uid": backend.pod["metadata"]["uid"],
+    })
+}
+
+/// Addresses that share one set of ports.
+#[derive(Default)]
+struct Subset {
+    ready: Vec<Value>,
+    not_ready: Vec<Value>,
+    ports: Vec<Value>,
+}
+
+/// The Endpoints object a service should have now.
+fn desired_endpoints(service: &Service, backends: &[Backend<'_>]) -> Value {
+    // Instances with the same port numbers share a subset, as in Kubernetes.
+    let mut subsets: BTreeMap<String, Subset> = BTreeMap::new();
+    for backend in backends {
         let address = json!({
-            "ip": ip,
-            "nodeName": pod["spec"]["nodeName"],
-            "hostname": name_of(pod),
-            "targetRef": {
-                "kind": "Pod",
-                "namespace": namespace_of(pod),
-                "name": name_of(pod),
-                "uid": pod["metadata"]["uid"],
-            },
+            "ip": backend.ip,
+            "nodeName": backend.pod["spec"]["nodeName"],
+            "hostname": name_of(backend.pod),
+            "targetRef": target_ref(backend),
         });
         let entry = subsets
-            .entry(Value::Array(ports.clone()).to_string())
+            .entry(Value::Array(backend.ports.clone()).to_string())
             .or_insert_with(|| Subset {
-                ports,
+                ports: backend.ports.clone(),
                 ..Subset::default()
             });
-        // A pod being deleted takes no new traffic while it stops.
-        if is_ready(pod) && !crate::deletion::is_deleting(pod) {
+        if backend.takes_traffic() {
             entry.ready.push(address);
         } else {
             entry.not_ready.push(address);
@@ -223,9 +304,25 @@ pub(crate) async fn reconcile(
                 Some((namespace.to_string(), name.to_string()))
             }));
         }
+        touched.extend(
+            cache
+                .list(kind("endpointslices"), None)
+                .iter()
+                .filter_map(|slice| slice_service(slice)),
+        );
     } else {
         for (key, before) in &changes.changed {
             let before = before.as_ref().and_then(|before| before.decode(key));
+            if key.starts_with("/registry/endpointslices/") {
+                let current = cache.get_key(key);
+                touched.extend(
+                    [before, current]
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|o| slice_service(&o)),
+                );
+                continue;
+            }
             if !key.starts_with("/registry/pods/") {
                 let current = cache.get_key(key);
                 touched.extend([before, current].into_iter().flatten().map(|o| named(&o)));
@@ -256,17 +353,79 @@ pub(crate) async fn reconcile(
         .await
 }
 
-/// Brings the Endpoints of `namespace/name` in line with its service:
-/// created, updated, or (when managed here and the service is gone) deleted.
+/// The service a slice this controller manages belongs to.
+fn slice_service(slice: &Value) -> Option<(String, String)> {
+    let labels = labels(slice);
+    (labels.get(slices::MANAGED_BY).map(String::as_str) == Some(slices::MANAGER)).then_some(())?;
+    Some((
+        namespace_of(slice).to_string(),
+        labels.get(slices::SERVICE_NAME)?.clone(),
+    ))
+}
+
+/// Brings the Endpoints and EndpointSlices of `namespace/name` in line
+/// with its service: created, updated, or (when managed here and the
+/// service is gone) deleted.
 async fn reconcile_service(
     objects: &Objects,
     cache: &Cache,
     namespace: &str,
     name: &str,
 ) -> Result<Option<i64>> {
+    let service = service(cache, namespace, name);
+    let pods = service
+        .as_ref()
+        .map(|service| candidates(cache, service))
+        .unwrap_or_default();
+    let backends = service
+        .as_ref()
+        .map(|service| backends(service, &pods))
+        .unwrap_or_default();
+    let desired_slices = match &service {
+        Some(service) => slices::desired(service, &backends),
+        None => mirrored(cache, namespace, name),
+    };
+    let desired = service
+        .as_ref()
+        .map(|service| desired_endpoints(service, &backends));
+    let written = reconcile_endpoints(objects, cache, namespace, name, desired).await?;
+    let sliced = slices::reconcile(objects, cache, namespace, name, desired_slices).await?;
+    Ok(super::latest(written, sliced))
+}
+
+/// Label by which Endpoints opt out of mirroring into EndpointSlices.
+const SKIP_MIRROR: &str = "endpointslice.kubernetes.io/skip-mirror";
+
+/// The slices mirroring the Endpoints users write for the Service
+/// `namespace/name` when it has no selector (none when it has one, or
+/// there is no such Service, or its Endpoints are managed here or opt out).
+fn mirrored(cache: &Cache, namespace: &str, name: &str) -> BTreeMap<String, Value> {
+    let Some(svc) = cache.get(kind("services"), namespace, name) else {
+        return BTreeMap::new();
+    };
+    let Some(endpoints) = cache.get(kind("endpoints"), namespace, name) else {
+        return BTreeMap::new();
+    };
+    let endpoint_labels = labels(&endpoints);
+    if !string_map(&svc["spec"]["selector"]).is_empty()
+        || endpoint_labels.contains_key(MANAGED_BY)
+        || endpoint_labels.get(SKIP_MIRROR).map(String::as_str) == Some("true")
+    {
+        return BTreeMap::new();
+    }
+    slices::mirrored(&svc, &endpoints)
+}
+
+/// Brings the Endpoints of `namespace/name` to `desired`: created,
+/// updated, or (when managed here and the service is gone) deleted.
+async fn reconcile_endpoints(
+    objects: &Objects,
+    cache: &Cache,
+    namespace: &str,
+    name: &str,
+    desired: Option<Value>,
+) -> Result<Option<i64>> {
     let endpoints_kind = kind("endpoints");
-    let desired = service(cache, namespace, name)
-        .map(|service| desired_endpoints(&service, &candidates(cache, &service)));
     let current = cache.get(endpoints_kind, namespace, name);
     match (desired, current) {
         (Some(desired), None) => match objects.create(endpoints_kind, namespace, desired).await {
@@ -301,3 +460,6 @@ async fn reconcile_service(
         (None, _) => Ok(None),
     }
 }
+
+#[cfg(test)]
+mod tests;

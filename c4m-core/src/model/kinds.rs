@@ -76,6 +76,14 @@ pub static KINDS: &[ResourceKind] = &[
     ),
     kind!("", "v1", "Endpoints", "endpoints", ["ep"], true),
     kind!(
+        "discovery.k8s.io",
+        "v1",
+        "EndpointSlice",
+        "endpointslices",
+        ["endpointslice"],
+        true
+    ),
+    kind!(
         "",
         "v1",
         "ConfigMap",

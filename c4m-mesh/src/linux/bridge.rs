@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use futures::TryStreamExt;
-use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use rtnetlink::packet_core::{NLM_F_ACK, NLM_F_REQUEST};
+use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use tokio::sync::Mutex;
 
 use super::ipam::{Ipam, validate_name};
@@ -265,6 +266,19 @@ impl LinuxNetwork {
             .execute()
             .await
             .map_err(|e| failed("joining the bridge", e))?;
+        // Hairpin, as the CNI bridge plugin's hairpinMode: where bridged
+        // traffic passes netfilter (br_netfilter), an instance that reaches
+        // itself through a Service's virtual IP is answered through its own
+        // port.
+        self.host
+            .link()
+            // RTM_NEWLINK on the existing link, neither creating nor
+            // replacing it (RTM_SETLINK ignores a port's settings).
+            .add(LinkBridgePort::new(host_index).hairpin(true).build())
+            .set_flags(NLM_F_REQUEST | NLM_F_ACK)
+            .execute()
+            .await
+            .map_err(|e| failed("setting hairpin mode", e))?;
 
         let index = required_link(inside, &peer, instance).await?;
         let mut eth0 = LinkUnspec::new_with_index(index)

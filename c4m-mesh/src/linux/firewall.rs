@@ -71,26 +71,44 @@ fn rules_of(vpc: &VpcNetwork) -> String {
 /// Runs `script` through `nft -f -` (one transaction); `what` names the
 /// rules in errors.
 pub(crate) async fn load(what: &str, script: &str) -> Result<()> {
+    nft(&["nft".to_string()], &["-f", "-"], what, Some(script))
+        .await
+        .map(drop)
+}
+
+/// Runs `command` (`nft`, or a wrapper such as `nsenter --net=PATH nft`)
+/// with `args`, writing `script` to its standard input; returns what it
+/// printed. `what` names the rules in errors.
+pub(crate) async fn nft(
+    command: &[String],
+    args: &[&str],
+    what: &str,
+    script: Option<&str>,
+) -> Result<String> {
     let failed = |message: String| Error::Network {
         what: what.to_string(),
         message,
     };
-    let mut child = tokio::process::Command::new("nft")
-        .args(["-f", "-"])
+    let (program, wrapper_args) = command
+        .split_first()
+        .ok_or_else(|| failed("no nft command".into()))?;
+    let mut child = tokio::process::Command::new(program)
+        .args(wrapper_args)
+        .args(args)
         .stdin(Stdio::piped())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| {
             Error::failed(
-                format!("{what}: running nft (is the nftables package installed?)"),
+                format!("{what}: running {program} (is the nftables package installed?)"),
                 e,
             )
         })?;
     if let Some(mut stdin) = child.stdin.take() {
         stdin
-            .write_all(script.as_bytes())
+            .write_all(script.unwrap_or_default().as_bytes())
             .await
             .map_err(|e| Error::failed(format!("{what}: writing to nft"), e))?;
     }
@@ -99,7 +117,7 @@ pub(crate) async fn load(what: &str, script: &str) -> Result<()> {
         .await
         .map_err(|e| Error::failed(format!("{what}: waiting for nft"), e))?;
     if output.status.success() {
-        Ok(())
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     } else {
         Err(failed(format!(
             "nft {}: {}",

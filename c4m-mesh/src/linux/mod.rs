@@ -16,6 +16,8 @@
 //! - between nodes, a VXLAN overlay ([`VxlanOverlay`]) routing each VPC's
 //!   other slices to the nodes that serve them.
 //!
+//! [`ServiceRules`] programs Services' virtual IPs into nftables.
+//!
 //! [`CniNetwork`] implements it with a CNI plugin chain instead (one
 //! network, whatever the plugins make of it), in the same namespaces.
 
@@ -29,11 +31,13 @@ mod cni;
 mod firewall;
 mod ipam;
 mod netns;
+mod service_rules;
 mod vxlan;
 
 pub use bridge::LinuxNetwork;
 pub use cni::CniNetwork;
 pub use netns::{create_loopback_namespace, enter_network_namespace, remove_network_namespace};
+pub use service_rules::{SERVICE_TABLE, ServiceRules, SyncReport};
 pub use vxlan::{OVERLAY_DEVICE, VxlanOverlay};
 
 /// Where a network keeps the namespace of `instance` under its run dir.

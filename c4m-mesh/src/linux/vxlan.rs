@@ -14,7 +14,9 @@
 //! bridge of the VPC its source address belongs to, what leaves through it
 //! must stay in its VPC, and nothing but VPC bridges forwards to or from
 //! it (VPC ranges do not overlap cluster-wide, so a source address names
-//! its VPC).
+//! its VPC), but connections a Service's rules DNATed to an endpoint
+//! (a NodePort reached from outside: `ServiceRules` then gives them this
+//! node's gateway address in the endpoint's VPC).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
@@ -397,8 +399,8 @@ fn ruleset(vpcs: &[OverlayVpc]) -> String {
     let chains = format!(
         "\tchain forward {{\n\
          \t\ttype filter hook forward priority filter - 10; policy accept;\n\
-         \t\tiifname \"{OVERLAY_DEVICE}\" oifname != \"{others}\" drop\n\
-         \t\toifname \"{OVERLAY_DEVICE}\" iifname != \"{others}\" drop\n\
+         \t\tiifname \"{OVERLAY_DEVICE}\" oifname != \"{others}\" ct status & dnat == 0 drop\n\
+         \t\toifname \"{OVERLAY_DEVICE}\" iifname != \"{others}\" ct status & dnat == 0 drop\n\
          {rules}\
          \t}}\n"
     );
@@ -485,7 +487,9 @@ mod tests {
         assert!(rules.contains(
             "iifname \"c4b0a630301\" oifname \"c4overlay\" ip daddr != 10.99.0.0/16 drop"
         ));
-        assert!(rules.contains("iifname \"c4overlay\" oifname != \"c4b*\" drop"));
+        assert!(
+            rules.contains("iifname \"c4overlay\" oifname != \"c4b*\" ct status & dnat == 0 drop")
+        );
         assert_eq!(
             vtep_mac(Ipv4Addr::new(10, 99, 250, 11)),
             vec![0x02, 0xc4, 10, 99, 250, 11]

@@ -255,6 +255,14 @@ impl Cluster {
         cluster
     }
 
+    fn api_bind(&self) -> &str {
+        if self.listen == "127.0.0.1" {
+            "127.0.0.1"
+        } else {
+            "0.0.0.0"
+        }
+    }
+
     pub(crate) fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.api)
     }
@@ -281,7 +289,9 @@ impl Cluster {
         let child = Command::new(C4M)
             .args(["control", "--data-dir"])
             .arg(self.dir.path().join("control"))
-            .args(["--api", &format!("127.0.0.1:{}", self.api)])
+            // On every address when the agents are elsewhere (simulated
+            // hosts), so instances reach it through the `kubernetes` Service.
+            .args(["--api", &format!("{}:{}", self.api_bind(), self.api)])
             .args(["--grpc", &format!("{}:{}", self.listen, self.grpc)])
             .args(["--dns", &format!("{}:{}", self.listen, self.dns)])
             .args([
@@ -825,4 +835,62 @@ pub(crate) fn busybox_image_tar(dir: &Path) -> PathBuf {
     )
     .unwrap();
     tar
+}
+
+/// Starts agents `h1`, `h2`, ... in the network namespaces of `hosts`, each
+/// on its host's address, with an instance network whose default VPC is
+/// `vpc`, and `flags`.
+pub(crate) fn start_host_agents(
+    cluster: &mut Cluster,
+    hosts: &c4m_testkit::Hosts,
+    cpu: &str,
+    memory: &str,
+    vpc: &str,
+    flags: &[&str],
+) {
+    for index in 1..=hosts.count() {
+        let address = hosts.address(index).to_string();
+        let listen = format!("{address}:0");
+        let mut all = vec![
+            "--instance-network",
+            "--default-vpc-cidr",
+            vpc,
+            "--address",
+            &address,
+            "--listen",
+            &listen,
+        ];
+        all.extend_from_slice(flags);
+        cluster.start_agent_from(
+            hosts.command(index, C4M_AGENT),
+            &format!("h{index}"),
+            cpu,
+            memory,
+            &all,
+        );
+    }
+}
+
+/// An instance's name.
+pub(crate) fn name_of(pod: &Value) -> String {
+    pod["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The node an instance is bound to.
+pub(crate) fn node_of(pod: &Value) -> String {
+    pod["spec"]["nodeName"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// An instance's address (`status.podIP`).
+pub(crate) fn ip_of(pod: &Value) -> String {
+    pod["status"]["podIP"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
 }
