@@ -19,10 +19,13 @@ use crate::common::oci::require_oci;
 use crate::common::*;
 
 const MINUTE: Duration = Duration::from_secs(60);
-/// The instances' VPC (apart from the other tests' ranges).
-const VPC: &str = "10.99.160.0/20";
+/// The instances' default VPC of each test (apart from each other's and
+/// the other tests' ranges: the same range on one machine is one bridge).
+const ROUTES_VPC: &str = "10.99.160.0/20";
+const UPDATES_VPC: &str = "10.99.112.0/20";
 
-/// A cluster of one node running the gateway, with the busybox image `bb`.
+/// A cluster of one node running the gateway, its instances in `vpc`,
+/// with the busybox image `bb`.
 struct Edge {
     cluster: Cluster,
     /// Where Ingresses are served over HTTP and HTTPS.
@@ -32,7 +35,7 @@ struct Edge {
     admin: u16,
 }
 
-fn start_edge() -> Edge {
+fn start_edge(vpc: &str) -> Edge {
     require_oci();
     c4m_testkit::require_commands(&[("nft", "nftables"), ("curl", "curl")]);
     let mut cluster = Cluster::start();
@@ -45,7 +48,7 @@ fn start_edge() -> Edge {
         &[
             "--instance-network",
             "--default-vpc-cidr",
-            VPC,
+            vpc,
             "--gateway",
             "--gateway-http-port",
             &ingress_http.to_string(),
@@ -153,7 +156,7 @@ fn row(cluster: &Cluster, kind: &str, name: &str) -> String {
 #[test]
 #[ignore = "needs root + runc + conmon + nftables + curl"]
 fn ingresses_and_http_routes_serve_two_services_by_host_and_path_over_tls() {
-    let edge = start_edge();
+    let edge = start_edge(ROUTES_VPC);
     let cluster = &edge.cluster;
     let (gateway_http, gateway_https) = (free_port(), free_port());
     let (secret, ca) = tls_secret();
@@ -347,7 +350,7 @@ spec:
 #[test]
 #[ignore = "needs root + runc + conmon + nftables + curl"]
 fn route_updates_drop_no_request_and_a_rate_limit_holds_its_rate() {
-    let edge = start_edge();
+    let edge = start_edge(UPDATES_VPC);
     let cluster = &edge.cluster;
     let port = free_port();
     cluster.apply(&app("api"));
@@ -429,6 +432,10 @@ fn route_updates_drop_no_request_and_a_rate_limit_holds_its_rate() {
     }
     let elapsed = start.elapsed().as_secs_f64();
     let expected = 20.0 * elapsed;
+    eprintln!(
+        "rate limit 20/s: {ok} passed in {elapsed:.2} s ({:.2}/s), {refused} refused",
+        ok as f64 / elapsed
+    );
     assert!(
         refused > ok / 2,
         "the client offered more than the rate: {ok} ok, {refused} refused"
