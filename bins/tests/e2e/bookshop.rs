@@ -12,30 +12,15 @@ use crate::common::*;
 use c4m_testkit::Hosts;
 
 const MINUTE: Duration = Duration::from_secs(60);
-/// The hosts' subnet (apart from the other multi-host tests'): the control
-/// plane at .1, hosts at .11, .12, .13.
-const UNDERLAY: [u8; 3] = [10, 99, 251];
+/// The hosts' subnets, one per test (apart from the other multi-host
+/// tests'): the control plane at .1, hosts at .11, .12, .13.
+const BOOKSHOP_UNDERLAY: [u8; 3] = [10, 99, 251];
+const PROBE_UNDERLAY: [u8; 3] = [10, 99, 253];
 const DEFAULT_VPC: &str = "10.99.208.0/20";
 /// The control plane's default Service range.
 const SERVICE_CIDR: &str = "10.96.0.0/16";
 /// The image every bookshop service runs here: busybox and c4m-demo.
 const IMAGE: &str = "bookshop:1";
-
-/// The twelve services of `examples/k8s-realistic`.
-const BOOKSHOP: [&str; 12] = [
-    "frontend",
-    "gateway",
-    "catalog",
-    "search",
-    "cart",
-    "checkout",
-    "payments",
-    "shipping",
-    "notifications",
-    "reviews",
-    "inventory",
-    "accounts",
-];
 
 /// A cluster of three hosts (`h1`..`h3`) running `oci` instances in the
 /// default VPC, each with `image` built from busybox and c4m-demo.
@@ -45,14 +30,14 @@ struct HostCluster {
     _hosts: Hosts,
 }
 
-fn start_hosts(image: &str) -> HostCluster {
+fn start_hosts(underlay: [u8; 3], image: &str) -> HostCluster {
     require_oci();
     c4m_testkit::require_commands(&[
         ("ip", "iproute2"),
         ("nsenter", "util-linux"),
         ("nft", "nftables"),
     ]);
-    let hosts = Hosts::create(UNDERLAY, 3);
+    let hosts = Hosts::create(underlay, 3);
     let mut cluster = Cluster::start_listening_on(&hosts.gateway().to_string());
     for index in 1..=3 {
         let node = format!("h{index}");
@@ -61,7 +46,9 @@ fn start_hosts(image: &str) -> HostCluster {
         cluster.start_agent_from(
             hosts.command(index, C4M_AGENT),
             &node,
-            "4",
+            // Small nodes, so the scheduler (best fit) spreads the
+            // bookshop's fifteen 50m instances over at least two.
+            "400m",
             "4Gi",
             &[
                 "--instance-network",
@@ -132,7 +119,7 @@ fn called_addresses(answer: &str) -> Vec<std::net::Ipv4Addr> {
 #[test]
 #[ignore = "needs root + runc + conmon + nftables: simulated hosts"]
 fn a_dozen_services_call_each_other_by_short_name_and_port_across_nodes_and_namespaces() {
-    let HostCluster { cluster, _hosts } = start_hosts(IMAGE);
+    let HostCluster { cluster, _hosts } = start_hosts(BOOKSHOP_UNDERLAY, IMAGE);
     let kubectl = Kubectl::for_cluster(&cluster);
     // The example as written for Kubernetes; only its images are the one
     // built here (no registry).
@@ -250,7 +237,7 @@ spec:
 #[test]
 #[ignore = "needs root + runc + conmon + nftables: simulated hosts"]
 fn the_kubernetes_service_reaches_the_api_from_inside_an_instance() {
-    let HostCluster { cluster, _hosts } = start_hosts("probe:1");
+    let HostCluster { cluster, _hosts } = start_hosts(PROBE_UNDERLAY, "probe:1");
     cluster.apply(
         r#"
 apiVersion: v1

@@ -9,7 +9,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use crate::common::kubectl::Kubectl;
-use crate::common::{Cluster, wait_for};
+use crate::common::{BOOKSHOP, Cluster, wait_for};
 use serde_json::Value;
 
 /// A table's rows, each split into its cells.
@@ -771,20 +771,7 @@ fn kubectl_applies_a_realistic_manifest_set() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stdout}{stderr}");
 
-    let services = [
-        "frontend",
-        "gateway",
-        "catalog",
-        "search",
-        "cart",
-        "checkout",
-        "payments",
-        "shipping",
-        "notifications",
-        "reviews",
-        "inventory",
-        "accounts",
-    ];
+    let services = BOOKSHOP;
     let mut expected: BTreeSet<String> = [
         "namespace/bookshop created",
         "configmap/bookshop-config created",

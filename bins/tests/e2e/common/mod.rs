@@ -894,3 +894,19 @@ pub(crate) fn ip_of(pod: &Value) -> String {
         .unwrap_or_default()
         .to_string()
 }
+
+/// The twelve services of `examples/k8s-realistic`.
+pub(crate) const BOOKSHOP: [&str; 12] = [
+    "frontend",
+    "gateway",
+    "catalog",
+    "search",
+    "cart",
+    "checkout",
+    "payments",
+    "shipping",
+    "notifications",
+    "reviews",
+    "inventory",
+    "accounts",
+];
