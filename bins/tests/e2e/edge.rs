@@ -313,16 +313,22 @@ spec:
         .collect();
     assert_eq!(conditions, [("Accepted", "True"), ("ResolvedRefs", "True")]);
 
-    // An invalid route is refused, naming the field; nothing changes.
-    let bad = cluster.c4m_with_stdin(
-        &["apply", "-f", "-"],
-        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: bad}\n\
-         spec:\n  rules: [{matches: [{path: {type: PathPrefix, value: api}}]}]\n",
-    );
-    assert!(!bad.status.success());
-    let stderr = String::from_utf8_lossy(&bad.stderr);
+    // An invalid route is refused, naming the field, through c4m and
+    // kubectl alike; nothing changes.
+    let bad = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: bad}\n\
+               spec:\n  rules: [{matches: [{path: {type: PathPrefix, value: api}}]}]\n";
+    let refused = cluster.c4m_with_stdin(&["apply", "-f", "-"], bad);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(
         stderr.contains("spec.rules[0].matches[0].path.value"),
+        "{stderr}"
+    );
+    let file = cluster.dir.path().join("bad-route.yaml");
+    std::fs::write(&file, bad).unwrap();
+    let stderr = kubectl.fails(&["apply", "-f", file.to_str().unwrap()]);
+    assert!(
+        stderr.contains(r#"The HTTPRoute "bad" is invalid: spec.rules[0].matches[0].path.value"#),
         "{stderr}"
     );
     assert_eq!(cluster.list("httproutes").len(), 1);
