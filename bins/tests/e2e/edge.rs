@@ -184,7 +184,7 @@ metadata: {{name: edge}}
 spec:
   gatewayClassName: c4m
   listeners:
-  - {{name: http, port: {gateway_http}, protocol: HTTP}}
+  - {{name: http, port: {gateway_http}, protocol: HTTP, allowedRoutes: {{namespaces: {{from: All}}}}}}
   - name: https
     port: {gateway_https}
     protocol: HTTPS
@@ -332,6 +332,38 @@ spec:
         "{stderr}"
     );
     assert_eq!(cluster.list("httproutes").len(), 1);
+
+    // A route of another namespace sending to Service default/api: its
+    // share gets 500 and its status says RefNotPermitted until a
+    // ReferenceGrant in `default` allows it.
+    cluster.apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n");
+    cluster.apply(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
+         metadata: {name: cross, namespace: shop}\nspec:\n  parentRefs: [{name: edge, namespace: default}]\n  \
+         hostnames: [cross.test]\n  rules: [{backendRefs: [{name: api, namespace: default, port: 80}]}]\n",
+    );
+    let resolved = |expected: &str| {
+        wait_for(&format!("ResolvedRefs {expected}"), MINUTE, || {
+            let routes = cluster.list("httproutes");
+            let cross = routes.iter().find(|r| r["metadata"]["name"] == "cross")?;
+            let conditions = cross["status"]["parents"][0]["conditions"].as_array()?;
+            let resolved = conditions.iter().find(|c| c["type"] == "ResolvedRefs")?;
+            (resolved["reason"] == expected).then_some(())
+        })
+    };
+    resolved("RefNotPermitted");
+    assert_eq!(get(gateway_http, "cross.test", "/api/").unwrap().0, 500);
+    cluster.apply(
+        "apiVersion: gateway.networking.k8s.io/v1beta1\nkind: ReferenceGrant\n\
+         metadata: {name: shop-routes}\nspec:\n  \
+         from: [{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: shop}]\n  \
+         to: [{group: \"\", kind: Service}]\n",
+    );
+    resolved("ResolvedRefs");
+    let answer = wait_for("the granted route to answer", MINUTE, || {
+        get(gateway_http, "cross.test", "/api/").filter(|(code, _)| *code == 200)
+    });
+    assert!(answer.1.contains("api api-"), "{}", answer.1);
 }
 
 /// The HTTPRoute `api` on the Gateway `edge`'s plain listener, with
