@@ -353,6 +353,10 @@ impl Objects {
         if kind.kind == "HorizontalPodAutoscaler" {
             crate::controllers::horizontal::default_new_autoscaler(&mut value);
         }
+        if kind.kind == "Ingress" {
+            crate::controllers::edge::default_ingress_class(self.store.as_ref(), &mut value)
+                .await?;
+        }
         // The API server's default (kubectl create secret generic sends none).
         if kind.kind == "Secret"
             && value["type"].as_str().is_none_or(str::is_empty)
