@@ -2251,16 +2251,10 @@ const UNHONOURED: &[(Scope, &str, &str)] = &[
         "spec.template",
         "is not run: c4m keeps ReplicaSets as the revisions of Deployments; use a Deployment",
     ),
-    (Scope::Kind("Service"), "spec.externalIPs", IGNORED),
     (
         Scope::Kind("PodDisruptionBudget"),
         "spec.unhealthyPodEvictionPolicy",
         "is not supported; instances that are not ready count as disrupted",
-    ),
-    (
-        Scope::Kind("Service"),
-        "spec.sessionAffinity=ClientIP",
-        IGNORED,
     ),
 ];
 
@@ -3189,11 +3183,9 @@ spec:
 
         let service = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
                              "spec": {"type": "LoadBalancer", "ports": [{"port": 80}],
-                                      "externalIPs": ["192.0.2.1"]}});
-        assert_eq!(
-            validate_value(&service).unwrap().warnings,
-            ["Service web: spec.externalIPs is not supported and will be ignored"]
-        );
+                                      "externalIPs": ["192.0.2.1"], "sessionAffinity": "ClientIP"}});
+        // Programmed on every node (c4m-mesh's ServiceRules): no warning.
+        assert!(validate_value(&service).unwrap().warnings.is_empty());
         let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
                          "spec": {"hostNetwork": true, "containers": [{"name": "c", "command": ["x"]}]}});
         assert_eq!(
