@@ -52,9 +52,6 @@ pub(crate) fn kinds() -> Vec<&'static str> {
     TRANSLATED_KINDS
         .iter()
         .copied()
-        // Nodes are not given namespaces: a listener's namespace selector
-        // sees only `kubernetes.io/metadata.name`.
-        .filter(|k| *k != "namespaces")
         .chain(["services", "endpointslices"])
         .collect()
 }

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use c4m_mesh::{OverlayVpc, ServiceRules, ServiceTable, changed_or_retry};
 use tokio::sync::watch;
@@ -19,6 +19,11 @@ pub(crate) const KINDS: [&str; 2] = ["services", "endpointslices"];
 /// How long a failed sync waits before it is tried again.
 const RETRY: Duration = Duration::from_secs(5);
 
+/// How often the whole table is written again, whatever changed: what
+/// changed it behind the agent's back is repaired (kube-proxy's full sync
+/// period).
+const FULL_SYNC: Duration = Duration::from_secs(3600);
+
 /// Keeps `rules` in step with the Services and EndpointSlices in
 /// `objects` and the VPCs this node serves (their gateways are the source
 /// of masqueraded traffic into the overlay), until `shutdown`. Nothing is
@@ -26,7 +31,7 @@ const RETRY: Duration = Duration::from_secs(5);
 /// program nftables (not root, no `nft`) says so once and goes on without
 /// Service virtual IPs, trying again now and then. The table stays when
 /// the agent stops: instances outlive their agent, and so does their
-/// traffic.
+/// traffic. Every [`FULL_SYNC`] the whole table is written again.
 pub(crate) async fn keep_service_rules(
     mut rules: ServiceRules,
     mut objects: watch::Receiver<Option<Arc<ObjectSet>>>,
@@ -35,7 +40,11 @@ pub(crate) async fn keep_service_rules(
 ) {
     let mut problems: Vec<String> = Vec::new();
     let mut failing = false;
+    let mut last_full = Instant::now();
     loop {
+        if last_full.elapsed() >= FULL_SYNC {
+            rules.forget();
+        }
         let set = objects.borrow_and_update().clone();
         let gateways: Vec<_> = vpcs
             .borrow_and_update()
@@ -60,6 +69,9 @@ pub(crate) async fn keep_service_rules(
                 }
                 match rules.sync(&table).await {
                     Ok(report) => {
+                        if report.full {
+                            last_full = Instant::now();
+                        }
                         if failing || report.full {
                             tracing::info!(
                                 service_ports = table.len(),
@@ -67,7 +79,7 @@ pub(crate) async fn keep_service_rules(
                             );
                         }
                         failing = false;
-                        None
+                        Some(FULL_SYNC.saturating_sub(last_full.elapsed()))
                     }
                     Err(e) => {
                         if failing {

@@ -27,6 +27,8 @@ pub(crate) const NODE_READABLE_KINDS: &[&str] = &[
     "grpcroutes",
     "referencegrants",
     "secrets",
+    // Their labels, for a Gateway listener's `allowedRoutes` selector.
+    "namespaces",
 ];
 
 /// A message stays under this many bytes of objects (the agent's decoder

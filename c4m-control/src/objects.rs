@@ -159,10 +159,20 @@ impl Objects {
             return Ok(Vec::new());
         }
         let name = name_of(value).to_string();
-        self.ranges
+        let ops = self
+            .ranges
             .prepare(self.store.as_ref(), current, value, picked)
             .await
-            .map_err(|e| crate::invalid::for_object(e, kind, &name))
+            .map_err(|e| crate::invalid::for_object(e, kind, &name))?;
+        // The generation was bumped before the addresses and defaults kept
+        // were filled in: a write that leaves the spec as it was keeps it.
+        if let Some(current) = current
+            && spec_part(value) == spec_part(current)
+            && value["metadata"].is_object()
+        {
+            value["metadata"]["generation"] = current["metadata"]["generation"].clone();
+        }
+        Ok(ops)
     }
 
     /// Events recorded through [`Objects::events`] go to `events`.
@@ -342,6 +352,10 @@ impl Objects {
         }
         if kind.kind == "HorizontalPodAutoscaler" {
             crate::controllers::horizontal::default_new_autoscaler(&mut value);
+        }
+        if kind.kind == "Ingress" {
+            crate::controllers::edge::default_ingress_class(self.store.as_ref(), &mut value)
+                .await?;
         }
         // The API server's default (kubectl create secret generic sends none).
         if kind.kind == "Secret"

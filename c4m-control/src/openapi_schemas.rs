@@ -46,6 +46,8 @@ fn add_kind(generator: &mut SchemaGenerator, kind: &ResourceKind) -> Option<Stri
         "ReplicaSet" => add::<ReplicaSet>(generator),
         "PriorityClass" => add::<PriorityClass>(generator),
         "PodDisruptionBudget" => add::<PodDisruptionBudget>(generator),
+        "Ingress" => add::<k8s_openapi::api::networking::v1::Ingress>(generator),
+        "IngressClass" => add::<k8s_openapi::api::networking::v1::IngressClass>(generator),
         "Job" => add::<k8s_openapi::api::batch::v1::Job>(generator),
         "DaemonSet" => add::<k8s_openapi::api::apps::v1::DaemonSet>(generator),
         "CronJob" => add::<k8s_openapi::api::batch::v1::CronJob>(generator),
@@ -159,5 +161,10 @@ mod tests {
             "port"
         );
         assert!(schemas("c4m.io", "v1").is_empty());
+        let networking = schemas("networking.k8s.io", "v1");
+        assert!(networking.contains_key("io.k8s.api.networking.v1.Ingress"));
+        assert!(networking.contains_key("io.k8s.api.networking.v1.IngressClass"));
+        // Gateway API kinds are CRDs in Kubernetes: JSON, no built-in schema.
+        assert!(schemas("gateway.networking.k8s.io", "v1").is_empty());
     }
 }

@@ -115,10 +115,16 @@ impl ServiceRanges {
 
     /// The first and last address a Service may get (network and
     /// broadcast addresses excluded).
+    /// (Fields set by hand to a prefix beyond /30 give no address at all,
+    /// rather than an overflow.)
     fn bounds(&self) -> (u32, u32) {
-        let network = u32::from(self.network);
-        let size = 1u32 << (32 - u32::from(self.prefix));
-        (network + 1, network + size - 2)
+        let network = u64::from(u32::from(self.network) & mask(self.prefix.min(32)));
+        let size = 1u64 << (32 - u32::from(self.prefix.min(32)));
+        let clamp = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
+        (
+            clamp(network + 1),
+            clamp((network + size).saturating_sub(2)),
+        )
     }
 
     /// The `kubernetes` Service's address: the range's first.
@@ -134,8 +140,8 @@ impl ServiceRanges {
     /// Where dynamic picks start: past the band kept for requests.
     fn upper_band(&self) -> u32 {
         let (first, last) = self.bounds();
-        let size = last - first + 1;
-        first + (size / 16).clamp(16, 256).min(size / 2)
+        let size = (last + 1).saturating_sub(first);
+        first.saturating_add((size / 16).clamp(16, 256).min(size / 2))
     }
 }
 
@@ -207,7 +213,9 @@ impl Held {
                 .as_array()
                 .into_iter()
                 .flatten()
-                .filter_map(|p| u16::try_from(p["nodePort"].as_u64()?).ok())
+                .map(|p| &p["nodePort"])
+                .chain([&service["spec"]["healthCheckNodePort"]])
+                .filter_map(|port| u16::try_from(port.as_u64()?).ok())
                 .filter(|port| *port != 0)
                 .collect(),
         }
@@ -307,8 +315,36 @@ fn default_spec(service: &mut Value) {
     }
     if type_ == "LoadBalancer" {
         default_field(spec, "allocateLoadBalancerNodePorts", json!(true));
+    } else if let Some(spec) = spec.as_object_mut() {
+        spec.remove("allocateLoadBalancerNodePorts");
     }
     default_field(service, "status", json!({"loadBalancer": {}}));
+}
+
+/// Whether a stored Service lacks an address its type needs: a cluster IP
+/// (unless ExternalName), or a node port.
+pub(crate) fn lacks_addresses(service: &Value) -> bool {
+    let no_ip = service_type(service) != "ExternalName"
+        && service["spec"]["clusterIP"]
+            .as_str()
+            .is_none_or(str::is_empty);
+    let no_node_port = needs_node_ports(service)
+        && service["spec"]["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|p| p["nodePort"].as_u64().is_none_or(|n| n == 0));
+    let no_health_check = needs_health_check(service)
+        && service["spec"]["healthCheckNodePort"]
+            .as_u64()
+            .is_none_or(|n| n == 0);
+    no_ip || no_node_port || no_health_check
+}
+
+/// Whether the Service gets a `healthCheckNodePort`: a LoadBalancer whose
+/// external traffic stays on nodes with a local endpoint.
+fn needs_health_check(service: &Value) -> bool {
+    service_type(service) == "LoadBalancer" && service["spec"]["externalTrafficPolicy"] == "Local"
 }
 
 /// Whether the Service's ports get node ports.
@@ -347,14 +383,22 @@ impl ServiceRanges {
                 .await?;
             after.ip = ip;
         }
-        if needs_node_ports(service) {
+        if needs_node_ports(service) || needs_health_check(service) {
             after.node_ports = self
                 .node_ports(store, &before, service, &mut picked.ports, &mut ops)
                 .await?;
-        } else if let Some(ports) = service["spec"]["ports"].as_array_mut() {
+        }
+        if !needs_node_ports(service)
+            && let Some(ports) = service["spec"]["ports"].as_array_mut()
+        {
             for port in ports.iter_mut().filter_map(Value::as_object_mut) {
                 port.remove("nodePort");
             }
+        }
+        if !needs_health_check(service)
+            && let Some(spec) = service["spec"].as_object_mut()
+        {
+            spec.remove("healthCheckNodePort");
         }
         ops.extend(before.released(&after));
         Ok(ops)
@@ -474,7 +518,10 @@ impl ServiceRanges {
     ) -> Result<Ipv4Addr> {
         let (first, last) = self.bounds();
         let upper = self.upper_band();
-        let bands = [upper..=last, first + 1..=upper - 1];
+        let bands = [
+            upper..=last,
+            first.saturating_add(1)..=upper.saturating_sub(1),
+        ];
         free(store, IP_RECORDS, &bands, Ipv4Addr::from, picked)
             .await?
             .ok_or_else(|| {
@@ -485,8 +532,10 @@ impl ServiceRanges {
             })
     }
 
-    /// Each port's node port: the one it has, the one it asks for, or a
-    /// free one. Ports of one Service may share a node port (TCP and UDP).
+    /// Each port's node port, and a LoadBalancer's with
+    /// `externalTrafficPolicy: Local` its `healthCheckNodePort`: the one it
+    /// has, the one it asks for, or a free one. Ports of one Service may
+    /// share a node port (TCP and UDP).
     async fn node_ports(
         &self,
         store: &dyn Store,
@@ -496,75 +545,89 @@ impl ServiceRanges {
         ops: &mut Vec<Op>,
     ) -> Result<BTreeSet<u16>> {
         let mut mine = BTreeSet::new();
-        let count = service["spec"]["ports"].as_array().map_or(0, Vec::len);
+        let count = match needs_node_ports(service) {
+            true => service["spec"]["ports"].as_array().map_or(0, Vec::len),
+            false => 0,
+        };
         for i in 0..count {
-            let asked = match &service["spec"]["ports"][i]["nodePort"] {
-                Value::Null => None,
-                value => match value.as_u64().and_then(|n| u16::try_from(n).ok()) {
-                    Some(0) => None,
-                    Some(port) => Some(port),
-                    None => {
-                        return Err(Error::Invalid(format!(
-                            "spec.ports[{i}].nodePort: Invalid value: {value}: provided port is not in the valid range. The range of valid ports is {}-{}",
-                            self.node_ports.start(),
-                            self.node_ports.end()
-                        )));
-                    }
-                },
-            };
-            let port = match asked {
-                Some(port) if mine.contains(&port) || before.node_ports.contains(&port) => port,
-                Some(port) => {
-                    self.take_port(store, i, port, service, picked).await?;
-                    ops.push(Op::put(
-                        &port_key(port),
-                        record(&port.to_string(), service),
-                        Precondition::Absent,
-                    ));
-                    port
-                }
-                None => {
-                    let port = self.free_port(store, picked).await?;
-                    ops.push(Op::put(
-                        &port_key(port),
-                        record(&port.to_string(), service),
-                        Precondition::Absent,
-                    ));
-                    port
-                }
-            };
+            let path = format!("spec.ports[{i}].nodePort");
+            let asked = service["spec"]["ports"][i]["nodePort"].clone();
+            let port = self
+                .node_port(store, &path, &asked, before, &mine, service, picked, ops)
+                .await?;
             service["spec"]["ports"][i]["nodePort"] = json!(port);
+            mine.insert(port);
+        }
+        if needs_health_check(service) {
+            let asked = service["spec"]["healthCheckNodePort"].clone();
+            let path = "spec.healthCheckNodePort";
+            let port = self
+                .node_port(store, path, &asked, before, &mine, service, picked, ops)
+                .await?;
+            service["spec"]["healthCheckNodePort"] = json!(port);
             mine.insert(port);
         }
         Ok(mine)
     }
 
-    async fn take_port(
+    /// One node port (at `path`): `asked` if held already (by the Service
+    /// before, or another of its ports), else taken if free and in range,
+    /// else a free one when none is asked.
+    #[allow(clippy::too_many_arguments)]
+    async fn node_port(
         &self,
         store: &dyn Store,
-        index: usize,
-        port: u16,
+        path: &str,
+        asked: &Value,
+        before: &Held,
+        mine: &BTreeSet<u16>,
         service: &Value,
         picked: &mut BTreeSet<u16>,
-    ) -> Result<()> {
-        if !self.node_ports.contains(&port) {
-            return Err(Error::Invalid(format!(
-                "spec.ports[{index}].nodePort: Invalid value: {port}: provided port is not in the valid range. The range of valid ports is {}-{}",
+        ops: &mut Vec<Op>,
+    ) -> Result<u16> {
+        let out_of_range = |value: &dyn std::fmt::Display| {
+            Error::Invalid(format!(
+                "{path}: Invalid value: {value}: provided port is not in the valid range. The range of valid ports is {}-{}",
                 self.node_ports.start(),
                 self.node_ports.end()
-            )));
-        }
-        let taken = match held_by(store, &port_key(port), service).await? {
-            Some(mine) => !mine,
-            None => picked.contains(&port),
+            ))
         };
-        if taken {
-            return Err(Error::Invalid(format!(
-                "spec.ports[{index}].nodePort: Invalid value: {port}: provided port is already allocated"
-            )));
-        }
-        picked.insert(port);
-        Ok(())
+        let asked = match asked {
+            Value::Null => None,
+            value => match value.as_u64().and_then(|n| u16::try_from(n).ok()) {
+                Some(0) => None,
+                Some(port) => Some(port),
+                None => return Err(out_of_range(value)),
+            },
+        };
+        let port = match asked {
+            Some(port) if mine.contains(&port) || before.node_ports.contains(&port) => {
+                return Ok(port);
+            }
+            Some(port) => {
+                if !self.node_ports.contains(&port) {
+                    return Err(out_of_range(&port));
+                }
+                let taken = match held_by(store, &port_key(port), service).await? {
+                    Some(held) => !held,
+                    None => picked.contains(&port),
+                };
+                if taken {
+                    return Err(Error::Invalid(format!(
+                        "{path}: Invalid value: {port}: provided port is already allocated"
+                    )));
+                }
+                picked.insert(port);
+                port
+            }
+            None => self.free_port(store, picked).await?,
+        };
+        ops.push(Op::put(
+            &port_key(port),
+            record(&port.to_string(), service),
+            Precondition::Absent,
+        ));
+        Ok(port)
     }
 
     async fn free_port(&self, store: &dyn Store, picked: &mut BTreeSet<u16>) -> Result<u16> {
@@ -629,18 +692,19 @@ where
 
 /// What an update of `current` may not change, and what it keeps when it
 /// leaves it unset (kube-apiserver's `patchAllocatedValues`): the cluster
-/// IP, and each node port of a port kept (same number and protocol).
+/// IP, the health check node port, and each node port of a port kept (same
+/// number and protocol).
 fn keep_allocated(current: &Value, service: &mut Value) -> Result<()> {
     if service_type(service) == "ExternalName" {
         return Ok(());
+    }
+    if !service["spec"].is_object() {
+        service["spec"] = json!({});
     }
     let had = current["spec"]["clusterIP"].as_str().unwrap_or_default();
     if !had.is_empty() {
         let asked = service["spec"]["clusterIP"].as_str().unwrap_or_default();
         if asked.is_empty() {
-            if !service["spec"].is_object() {
-                service["spec"] = json!({});
-            }
             service["spec"]["clusterIP"] = json!(had);
             service["spec"]["clusterIPs"] = json!([had]);
         } else if asked != had {
@@ -648,6 +712,14 @@ fn keep_allocated(current: &Value, service: &mut Value) -> Result<()> {
                 "spec.clusterIPs[0]: Invalid value: [{asked:?}]: may not change once set"
             )));
         }
+    }
+    let health = &current["spec"]["healthCheckNodePort"];
+    if health.as_u64().is_some_and(|port| port != 0)
+        && service["spec"]["healthCheckNodePort"]
+            .as_u64()
+            .is_none_or(|port| port == 0)
+    {
+        service["spec"]["healthCheckNodePort"] = health.clone();
     }
     if !needs_node_ports(current) {
         return Ok(());

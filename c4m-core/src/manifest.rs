@@ -1684,6 +1684,7 @@ fn check_service_spec(spec: &ServiceSpec) -> Result<(), FieldError> {
             format!("{type_:?} is not one of {}", TYPES.join(", ")),
         ));
     }
+    check_service_policies(spec)?;
     let ports = spec.ports.as_deref().unwrap_or_default();
     let mut names = HashSet::new();
     for (i, port) in ports.iter().enumerate() {
@@ -1709,6 +1710,56 @@ fn check_service_spec(spec: &ServiceSpec) -> Result<(), FieldError> {
                 format!("duplicate port name {name:?}"),
             ));
         }
+    }
+    Ok(())
+}
+
+/// A Service's session affinity and traffic policies, as Kubernetes
+/// validates them: known values, a ClientIP timeout within (0, 86400], and
+/// an `externalName` for an ExternalName Service. (A policy the type does
+/// not use is dropped when the Service is written, as Kubernetes drops the
+/// fields of a former type.)
+fn check_service_policies(spec: &ServiceSpec) -> Result<(), FieldError> {
+    let one_of = |path: &str, value: Option<&str>, allowed: &[&str]| match value {
+        Some(value) if !allowed.contains(&value) => Err(field_error(
+            path,
+            format!("{value:?} is not one of {}", allowed.join(", ")),
+        )),
+        _ => Ok(()),
+    };
+    one_of(
+        "spec.sessionAffinity",
+        spec.session_affinity.as_deref(),
+        &["None", "ClientIP"],
+    )?;
+    one_of(
+        "spec.internalTrafficPolicy",
+        spec.internal_traffic_policy.as_deref(),
+        &["Cluster", "Local"],
+    )?;
+    one_of(
+        "spec.externalTrafficPolicy",
+        spec.external_traffic_policy.as_deref(),
+        &["Cluster", "Local"],
+    )?;
+    let type_ = spec.type_.as_deref().unwrap_or("ClusterIP");
+    if let Some(timeout) = spec
+        .session_affinity_config
+        .as_ref()
+        .and_then(|config| config.client_ip.as_ref())
+        .and_then(|client_ip| client_ip.timeout_seconds)
+        && !(1..=86400).contains(&timeout)
+    {
+        return Err(field_error(
+            "spec.sessionAffinityConfig.clientIP.timeoutSeconds",
+            format!("must be greater than 0 and less than 86400, found {timeout}"),
+        ));
+    }
+    if type_ == "ExternalName" && spec.external_name.as_deref().is_none_or(str::is_empty) {
+        return Err(field_error(
+            "spec.externalName",
+            "required field is missing",
+        ));
     }
     Ok(())
 }
@@ -2200,16 +2251,10 @@ const UNHONOURED: &[(Scope, &str, &str)] = &[
         "spec.template",
         "is not run: c4m keeps ReplicaSets as the revisions of Deployments; use a Deployment",
     ),
-    (Scope::Kind("Service"), "spec.externalIPs", IGNORED),
     (
         Scope::Kind("PodDisruptionBudget"),
         "spec.unhealthyPodEvictionPolicy",
         "is not supported; instances that are not ready count as disrupted",
-    ),
-    (
-        Scope::Kind("Service"),
-        "spec.sessionAffinity=ClientIP",
-        IGNORED,
     ),
 ];
 
@@ -3138,17 +3183,40 @@ spec:
 
         let service = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
                              "spec": {"type": "LoadBalancer", "ports": [{"port": 80}],
-                                      "externalIPs": ["192.0.2.1"]}});
-        assert_eq!(
-            validate_value(&service).unwrap().warnings,
-            ["Service web: spec.externalIPs is not supported and will be ignored"]
-        );
+                                      "externalIPs": ["192.0.2.1"], "sessionAffinity": "ClientIP"}});
+        // Programmed on every node (c4m-mesh's ServiceRules): no warning.
+        assert!(validate_value(&service).unwrap().warnings.is_empty());
         let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
                          "spec": {"hostNetwork": true, "containers": [{"name": "c", "command": ["x"]}]}});
         assert_eq!(
             validate_value(&pod).unwrap().warnings,
             ["Pod p: spec.hostNetwork=true is not supported and will be ignored"]
         );
+    }
+
+    #[test]
+    fn service_policies_are_checked_as_kubernetes_checks_them() {
+        let error = |spec: Value| {
+            let service = json!({"apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": "web"}, "spec": spec});
+            let (path, message) = validate_value(&service).map(|_| ()).unwrap_err();
+            format!("{path}: {message}")
+        };
+        assert!(
+            error(json!({"ports": [{"port": 80}], "sessionAffinity": "ClientIP",
+                "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 0}}}))
+            .contains("spec.sessionAffinityConfig.clientIP.timeoutSeconds: must be greater than 0 and less than 86400, found 0")
+        );
+        assert!(
+            error(json!({"ports": [{"port": 80}], "internalTrafficPolicy": "Nearby"}))
+                .contains("spec.internalTrafficPolicy: \"Nearby\" is not one of Cluster, Local")
+        );
+        assert!(error(json!({"type": "ExternalName"})).contains("spec.externalName"));
+        let fine = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
+            "spec": {"type": "NodePort", "ports": [{"port": 80}], "externalTrafficPolicy": "Local",
+                "internalTrafficPolicy": "Local", "sessionAffinity": "ClientIP",
+                "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 600}}}});
+        assert!(validate_value(&fine).is_ok());
     }
 
     #[test]

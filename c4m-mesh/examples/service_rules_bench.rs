@@ -10,106 +10,23 @@
 //!
 //! `sudo cargo run -p c4m-mesh --features linux --example service_rules_bench [CONNECTIONS]`
 
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::Command;
+#[path = "../tests/service_lab/mod.rs"]
+mod service_lab;
+
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Result, ensure};
 use c4m_mesh::{ServiceRules, ServiceTable, enter_network_namespace};
 use serde_json::{Value, json};
+use service_lab::{Lab, TARGET_PORT};
 
 const SIZES: [usize; 3] = [100, 1_000, 10_000];
-const PORT: u16 = 8080;
-
-/// A node namespace with a bridge, an endpoint and a client instance on it.
-struct Lab {
-    namespaces: [String; 3],
-}
-
-impl Lab {
-    fn new() -> Result<Lab> {
-        let tag = format!("c4sb{}", std::process::id() % 100_000);
-        let lab = Lab {
-            namespaces: [format!("{tag}n"), format!("{tag}e"), format!("{tag}c")],
-        };
-        let [node, endpoint, client] = &lab.namespaces;
-        for namespace in &lab.namespaces {
-            ip(&["netns", "add", namespace])?;
-            ip(&["-n", namespace, "link", "set", "lo", "up"])?;
-        }
-        ip(&["-n", node, "link", "add", "c4b0", "type", "bridge"])?;
-        ip(&["-n", node, "addr", "add", "10.76.0.1/24", "dev", "c4b0"])?;
-        ip(&["-n", node, "link", "set", "c4b0", "up"])?;
-        ip(&["-n", node, "route", "add", "default", "via", "10.76.0.254"])?;
-        let forwarding = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                node,
-                "sysctl",
-                "-qw",
-                "net.ipv4.ip_forward=1",
-            ])
-            .status()?;
-        ensure!(forwarding.success(), "enabling forwarding");
-        for (namespace, address, port) in [
-            (endpoint, "10.76.0.2/24", "c4v1"),
-            (client, "10.76.0.3/24", "c4v2"),
-        ] {
-            ip(&[
-                "-n", node, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns",
-                namespace,
-            ])?;
-            ip(&["-n", node, "link", "set", port, "master", "c4b0", "up"])?;
-            ip(&["-n", namespace, "addr", "add", address, "dev", "eth0"])?;
-            ip(&["-n", namespace, "link", "set", "eth0", "up"])?;
-            ip(&[
-                "-n",
-                namespace,
-                "route",
-                "add",
-                "default",
-                "via",
-                "10.76.0.1",
-            ])?;
-        }
-        Ok(lab)
-    }
-
-    fn path(&self, index: usize) -> PathBuf {
-        PathBuf::from("/run/netns").join(&self.namespaces[index])
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for namespace in &self.namespaces {
-            let _ = Command::new("ip")
-                .args(["netns", "del", namespace])
-                .output();
-        }
-    }
-}
-
-fn ip(args: &[&str]) -> Result<()> {
-    let output = Command::new("ip")
-        .args(args)
-        .output()
-        .context("running ip")?;
-    ensure!(
-        output.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&output.stderr).trim()
-    );
-    Ok(())
-}
 
 /// `count` Services `svc-N` with cluster IPs from 10.96.0.10 on, two
-/// endpoints each; Service 0's endpoint is the lab's, the others' are not
+/// endpoints each; Service 0's endpoint is `reached`, the others' are not
 /// reached. `unready`: Service 1's first endpoint is not ready.
-fn services(count: usize, unready: bool) -> ServiceTable {
+fn services(count: usize, reached: Ipv4Addr, unready: bool) -> ServiceTable {
     let mut objects = Vec::with_capacity(count);
     let mut slices = Vec::with_capacity(count);
     for n in 0..count {
@@ -118,7 +35,7 @@ fn services(count: usize, unready: bool) -> ServiceTable {
         objects.push(json!({"metadata": {"name": name, "namespace": "bench"},
             "spec": {"clusterIP": cluster_ip.to_string(), "ports": [{"name": "http", "port": 80}]}}));
         let endpoints: Vec<Value> = if n == 0 {
-            vec![json!({"addresses": ["10.76.0.2"], "conditions": {"ready": true}})]
+            vec![json!({"addresses": [reached.to_string()], "conditions": {"ready": true}})]
         } else {
             (0..2u32)
                 .map(|e| {
@@ -132,7 +49,7 @@ fn services(count: usize, unready: bool) -> ServiceTable {
         slices.push(
             json!({"metadata": {"name": format!("{name}-1"), "namespace": "bench",
                 "labels": {"kubernetes.io/service-name": name}},
-            "endpoints": endpoints, "ports": [{"name": "http", "port": PORT}]}),
+            "endpoints": endpoints, "ports": [{"name": "http", "port": TARGET_PORT}]}),
         );
     }
     let (table, problems) = ServiceTable::from_objects(&objects, &slices);
@@ -159,14 +76,8 @@ async fn main() -> Result<()> {
         .map(|n| n.parse())
         .transpose()?
         .unwrap_or(2000);
-    let lab = Lab::new()?;
-    let listener =
-        enter_network_namespace(&lab.path(1), || TcpListener::bind(("10.76.0.2", PORT)))??;
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            drop(stream)
-        }
-    });
+    let lab = Lab::new(9, 1);
+    lab.serve(1)?;
 
     println!("Service change → rules programmed (ServiceRules::sync, nft 1 transaction)");
     println!(
@@ -174,8 +85,12 @@ async fn main() -> Result<()> {
         "services", "first sync ms", "one change ms (p50)"
     );
     for size in SIZES {
-        let mut rules = ServiceRules::new("bench").in_namespace(&lab.path(0));
-        let (ready, unready) = (services(size, false), services(size, true));
+        let mut rules = ServiceRules::new("bench").in_namespace(&lab.node());
+        let reached = lab.endpoint(1);
+        let (ready, unready) = (
+            services(size, reached, false),
+            services(size, reached, true),
+        );
         let started = Instant::now();
         rules.sync(&ready).await?;
         let first = started.elapsed();
@@ -202,22 +117,23 @@ async fn main() -> Result<()> {
     }
 
     let through = SocketAddr::from(([10, 96, 0, 10], 80));
-    let direct = SocketAddr::from(([10, 76, 0, 2], PORT));
-    let (mut via_service, mut straight) = enter_network_namespace(&lab.path(2), move || {
-        let mut timed = (Vec::new(), Vec::new());
-        for i in 0..connections * 2 {
-            let (to, into) = if i % 2 == 0 {
-                (through, &mut timed.0)
-            } else {
-                (direct, &mut timed.1)
-            };
-            let started = Instant::now();
-            let stream = TcpStream::connect(to);
-            into.push(started.elapsed());
-            stream.expect("connected");
-        }
-        timed
-    })?;
+    let direct = SocketAddr::from((lab.endpoint(1), TARGET_PORT));
+    let (mut via_service, mut straight) =
+        enter_network_namespace(&lab.client_namespace(), move || {
+            let mut timed = (Vec::new(), Vec::new());
+            for i in 0..connections * 2 {
+                let (to, into) = if i % 2 == 0 {
+                    (through, &mut timed.0)
+                } else {
+                    (direct, &mut timed.1)
+                };
+                let started = Instant::now();
+                let stream = TcpStream::connect(to);
+                into.push(started.elapsed());
+                stream.expect("connected");
+            }
+            timed
+        })?;
     via_service.sort();
     straight.sort();
     println!(

@@ -5,263 +5,16 @@
 //! test uses its own subnets (10.77.T.0/24, 10.78.T.0/24) and cluster IPs
 //! (10.96.T.0/24, inside its node namespace only), so they run in parallel.
 
+mod service_lab;
+
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::Command;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use c4m_mesh::{ServiceRules, ServiceTable, enter_network_namespace};
 use serde_json::{Value, json};
-
-/// The port every endpoint listens on.
-const TARGET_PORT: u16 = 8080;
-
-/// A node namespace with a bridge `c4b0` (10.77.T.1/24) holding endpoint
-/// namespaces (10.77.T.11, .12, ...) and a client instance (10.77.T.100),
-/// and an outside host (10.78.T.2) linked to the node's `ext0`
-/// (10.78.T.1). Everything goes when it drops.
-struct Lab {
-    subnet: u8,
-    namespaces: Vec<String>,
-}
-
-impl Lab {
-    fn new(subnet: u8, endpoints: usize) -> Lab {
-        c4m_testkit::require_commands(&[
-            ("ip", "iproute2"),
-            ("nft", "nftables"),
-            ("nsenter", "util-linux"),
-        ]);
-        assert!(
-            nix::unistd::geteuid().is_root(),
-            "the service rules tests need root (namespaces, nftables)"
-        );
-        let tag = format!("c4s{}x{subnet}", std::process::id() % 100_000);
-        let lab = Lab {
-            subnet,
-            namespaces: std::iter::once(format!("{tag}n"))
-                .chain(std::iter::once(format!("{tag}c")))
-                .chain(std::iter::once(format!("{tag}o")))
-                .chain((1..=endpoints).map(|i| format!("{tag}e{i}")))
-                .collect(),
-        };
-        let node = lab.namespaces[0].clone();
-        for namespace in &lab.namespaces {
-            ip(&["netns", "add", namespace]);
-            ip(&["-n", namespace, "link", "set", "lo", "up"]);
-        }
-        ip(&["-n", &node, "link", "add", "c4b0", "type", "bridge"]);
-        ip(&[
-            "-n",
-            &node,
-            "addr",
-            "add",
-            &format!("{}/24", lab.gateway()),
-            "dev",
-            "c4b0",
-        ]);
-        ip(&["-n", &node, "link", "set", "c4b0", "up"]);
-        sysctl(&node, "net.ipv4.ip_forward=1");
-        let instances = std::iter::once((1usize, lab.client()))
-            .chain((1..=endpoints).map(|i| (i + 2, lab.endpoint(i))));
-        for (index, address) in instances {
-            let namespace = &lab.namespaces[index];
-            let host_end = format!("c4v{index}");
-            ip(&[
-                "-n", &node, "link", "add", &host_end, "type", "veth", "peer", "name", "eth0",
-                "netns", namespace,
-            ]);
-            ip(&[
-                "-n", &node, "link", "set", &host_end, "master", "c4b0", "up",
-            ]);
-            // As LinuxNetwork does, so an instance reaches itself through a
-            // Service where bridged traffic passes netfilter (br_netfilter).
-            ip(&[
-                "-n",
-                &node,
-                "link",
-                "set",
-                &host_end,
-                "type",
-                "bridge_slave",
-                "hairpin",
-                "on",
-            ]);
-            ip(&[
-                "-n",
-                namespace,
-                "addr",
-                "add",
-                &format!("{address}/24"),
-                "dev",
-                "eth0",
-            ]);
-            ip(&["-n", namespace, "link", "set", "eth0", "up"]);
-            let gateway = lab.gateway().to_string();
-            ip(&["-n", namespace, "route", "add", "default", "via", &gateway]);
-        }
-        let outside = &lab.namespaces[2];
-        ip(&[
-            "-n", &node, "link", "add", "ext0", "type", "veth", "peer", "name", "eth0", "netns",
-            outside,
-        ]);
-        ip(&[
-            "-n",
-            &node,
-            "addr",
-            "add",
-            &format!("{}/24", lab.node_address()),
-            "dev",
-            "ext0",
-        ]);
-        ip(&["-n", &node, "link", "set", "ext0", "up"]);
-        ip(&[
-            "-n",
-            outside,
-            "addr",
-            "add",
-            &format!("{}/24", lab.outside()),
-            "dev",
-            "eth0",
-        ]);
-        ip(&["-n", outside, "link", "set", "eth0", "up"]);
-        let via = lab.node_address().to_string();
-        ip(&["-n", outside, "route", "add", "default", "via", &via]);
-        // A node has a default route (cluster IPs are routed before they
-        // are translated).
-        let out = lab.outside().to_string();
-        ip(&["-n", &node, "route", "add", "default", "via", &out]);
-        lab
-    }
-
-    fn path(&self, index: usize) -> PathBuf {
-        PathBuf::from("/run/netns").join(&self.namespaces[index])
-    }
-
-    fn node(&self) -> PathBuf {
-        self.path(0)
-    }
-
-    fn client_namespace(&self) -> PathBuf {
-        self.path(1)
-    }
-
-    fn outside_namespace(&self) -> PathBuf {
-        self.path(2)
-    }
-
-    fn endpoint_namespace(&self, i: usize) -> PathBuf {
-        self.path(i + 2)
-    }
-
-    fn gateway(&self) -> Ipv4Addr {
-        Ipv4Addr::new(10, 77, self.subnet, 1)
-    }
-
-    fn client(&self) -> Ipv4Addr {
-        Ipv4Addr::new(10, 77, self.subnet, 100)
-    }
-
-    fn endpoint(&self, i: usize) -> Ipv4Addr {
-        Ipv4Addr::new(10, 77, self.subnet, 10 + i as u8)
-    }
-
-    fn node_address(&self) -> Ipv4Addr {
-        Ipv4Addr::new(10, 78, self.subnet, 1)
-    }
-
-    fn outside(&self) -> Ipv4Addr {
-        Ipv4Addr::new(10, 78, self.subnet, 2)
-    }
-
-    fn cluster_ip(&self, last: u8) -> Ipv4Addr {
-        Ipv4Addr::new(10, 96, self.subnet, last)
-    }
-
-    /// Starts a server in endpoint `i`'s namespace that answers each
-    /// connection with `e<i> <peer address>` and closes it.
-    fn serve(&self, i: usize) -> Result<()> {
-        let address = self.endpoint(i);
-        let listener = enter_network_namespace(&self.endpoint_namespace(i), move || {
-            TcpListener::bind((address, TARGET_PORT))
-        })??;
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(mut stream) = stream else { continue };
-                let peer = stream
-                    .peer_addr()
-                    .map(|p| p.ip().to_string())
-                    .unwrap_or_default();
-                let _ = writeln!(stream, "e{i} {peer}");
-            }
-        });
-        Ok(())
-    }
-
-    /// Who answered each of `count` connections from the namespace at
-    /// `from` to `to`: `e<i> <the peer address it saw>`, or the error.
-    fn connect(
-        &self,
-        from: PathBuf,
-        to: SocketAddr,
-        count: usize,
-    ) -> Result<Vec<Result<String, std::io::ErrorKind>>> {
-        Ok(enter_network_namespace(&from, move || {
-            (0..count)
-                .map(|_| {
-                    let mut stream = TcpStream::connect_timeout(&to, Duration::from_millis(700))
-                        .map_err(|e| e.kind())?;
-                    stream
-                        .set_read_timeout(Some(Duration::from_secs(2)))
-                        .map_err(|e| e.kind())?;
-                    let mut answer = String::new();
-                    stream.read_to_string(&mut answer).map_err(|e| e.kind())?;
-                    Ok(answer.trim().to_string())
-                })
-                .collect()
-        })?)
-    }
-
-    fn list_table(&self) -> String {
-        let output = Command::new("nsenter")
-            .arg(format!("--net={}", self.node().display()))
-            .args(["nft", "list", "table", "ip", "c4m_services"])
-            .output()
-            .expect("nsenter nft");
-        String::from_utf8_lossy(&output.stdout).into_owned()
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for namespace in &self.namespaces {
-            let _ = Command::new("ip")
-                .args(["netns", "del", namespace])
-                .output();
-        }
-    }
-}
-
-fn ip(args: &[&str]) {
-    let output = Command::new("ip").args(args).output().expect("ip");
-    assert!(
-        output.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
-fn sysctl(namespace: &str, setting: &str) {
-    let output = Command::new("ip")
-        .args(["netns", "exec", namespace, "sysctl", "-qw", setting])
-        .output()
-        .expect("sysctl");
-    assert!(output.status.success(), "sysctl {setting}");
-}
+use service_lab::{Lab, TARGET_PORT};
 
 /// A Service `name` in namespace `shop` with `spec`, and its slice of
 /// `endpoints` (address, node, ready) on the lab's target port.
@@ -358,6 +111,8 @@ async fn connections_spread_over_ready_endpoints_and_an_unready_one_gets_no_new_
     eprintln!("one endpoint change programmed in {:?}", started.elapsed());
     let counts = spread(&lab.connect(lab.client_namespace(), to, 300)?);
     assert_eq!(counts.get("e3"), None, "{counts:?}");
+    let listed = lab.list_table();
+    assert_eq!(listed.matches("chain ep-shop/cart/").count(), 2, "{listed}");
     assert_eq!(counts.values().sum::<usize>(), 300);
     Ok(())
 }
@@ -630,5 +385,69 @@ async fn a_new_process_adopts_the_table_and_drops_what_is_gone() -> Result<()> {
     assert!(refused[0].is_err());
     second.remove().await?;
     assert_eq!(lab.list_table(), "");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root + nftables, iproute2, nsenter: network namespaces"]
+async fn udp_datagrams_reach_the_endpoint_and_answer_from_the_cluster_ip() -> Result<()> {
+    let lab = Lab::new(8, 1);
+    let endpoint = lab.endpoint(1);
+    let socket = enter_network_namespace(&lab.endpoint_namespace(1), move || {
+        std::net::UdpSocket::bind((endpoint, 5353))
+    })??;
+    std::thread::spawn(move || {
+        let mut buffer = [0u8; 64];
+        while let Ok((len, from)) = socket.recv_from(&mut buffer) {
+            let _ = socket.send_to(&buffer[..len], from);
+        }
+    });
+    let mut rules = ServiceRules::new("n1").in_namespace(&lab.node());
+    let spec = json!({"clusterIP": lab.cluster_ip(10).to_string(),
+                      "ports": [{"name": "dns", "port": 53, "protocol": "UDP"}]});
+    let slice = json!({
+        "metadata": {"name": "dns-1", "namespace": "shop",
+                     "labels": {"kubernetes.io/service-name": "dns"}},
+        "endpoints": [{"addresses": [endpoint.to_string()], "conditions": {"ready": true}}],
+        "ports": [{"name": "dns", "port": 5353, "protocol": "UDP"}]
+    });
+    rules
+        .sync(&table(&[service("dns", spec)], &[slice]))
+        .await?;
+    let to = SocketAddr::from((lab.cluster_ip(10), 53));
+    let (answer, from) = enter_network_namespace(&lab.client_namespace(), move || {
+        let socket = std::net::UdpSocket::bind("0.0.0.0:0")?;
+        socket.set_read_timeout(Some(Duration::from_secs(2)))?;
+        socket.send_to(b"ping", to)?;
+        let mut buffer = [0u8; 64];
+        let (len, from) = socket.recv_from(&mut buffer)?;
+        Ok::<_, std::io::Error>((buffer[..len].to_vec(), from))
+    })??;
+    assert_eq!(answer, b"ping");
+    // The answer comes from the address asked, as the client expects.
+    assert_eq!(from, to);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root + nftables, iproute2, nsenter: network namespaces"]
+async fn an_adopting_process_removes_the_chain_of_an_endpoint_gone_meanwhile() -> Result<()> {
+    let lab = Lab::new(10, 2);
+    let spec = json!({"clusterIP": lab.cluster_ip(10).to_string(), "ports": [{"port": 80}]});
+    let both = [(lab.endpoint(1), "n1", true), (lab.endpoint(2), "n1", true)];
+    let one = [both[0], (lab.endpoint(2), "n1", false)];
+    let mut first = ServiceRules::new("n1").in_namespace(&lab.node());
+    first
+        .sync(&table(
+            &[service("web", spec.clone())],
+            &[slice("web", &both)],
+        ))
+        .await?;
+    let mut second = ServiceRules::new("n1").in_namespace(&lab.node());
+    second
+        .sync(&table(&[service("web", spec)], &[slice("web", &one)]))
+        .await?;
+    let listed = lab.list_table();
+    assert_eq!(listed.matches("chain ep-shop/web/").count(), 1, "{listed}");
     Ok(())
 }

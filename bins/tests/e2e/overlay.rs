@@ -113,18 +113,7 @@ fn instances_on_different_nodes_reach_each_other_over_the_overlay() {
         .collect();
     assert_eq!(slices.len(), 3, "{slices:?}");
 
-    let tar = busybox_image_tar(cluster.dir.path());
-    for node in nodes {
-        cluster.ok(&[
-            "image",
-            "import",
-            tar.to_str().unwrap(),
-            "--name",
-            "bb",
-            "--node",
-            node,
-        ]);
-    }
+    import_busybox(&cluster, "bb", &nodes);
 
     cluster.apply(&server("echo", 6, None, &[]));
     let pods = cluster.wait_ready("app=echo", 6, 2 * MINUTE);

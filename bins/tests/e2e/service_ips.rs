@@ -89,6 +89,14 @@ fn fetch_here(address: SocketAddr) -> Option<String> {
         .map(str::to_string)
 }
 
+/// Who answers 60 connections to `to` from host `index`'s own network.
+fn reached_from_host(hosts: &Hosts, index: usize, to: SocketAddr) -> BTreeSet<String> {
+    c4m_mesh::enter_network_namespace(&hosts.namespace_path(index), move || {
+        (0..60).filter_map(|_| fetch_here(to)).collect()
+    })
+    .unwrap()
+}
+
 /// Host `index`'s service table as nft lists it.
 fn service_table(hosts: &Hosts, index: usize) -> String {
     let output = hosts
@@ -126,19 +134,7 @@ fn cluster_ips_spread_over_nodes_and_node_ports_answer_on_every_node() {
     let hosts = Hosts::create(UNDERLAY, 3);
     let mut cluster = Cluster::start_listening_on(&hosts.gateway().to_string());
     start_host_agents(&mut cluster, &hosts, "2", "2Gi", DEFAULT_VPC, &[]);
-    let tar = busybox_image_tar(cluster.dir.path());
-    for index in 1..=3 {
-        let node = format!("h{index}");
-        cluster.ok(&[
-            "image",
-            "import",
-            tar.to_str().unwrap(),
-            "--name",
-            "bb",
-            "--node",
-            &node,
-        ]);
-    }
+    import_busybox(&cluster, "bb", &["h1", "h2", "h3"]);
     cluster.apply(ECHO);
     let pods = cluster.wait_ready("app=echo", 3, 2 * MINUTE);
     let on: BTreeMap<String, String> = pods.iter().map(|p| (node_of(p), name_of(p))).collect();
@@ -170,8 +166,8 @@ fn cluster_ips_spread_over_nodes_and_node_ports_answer_on_every_node() {
         );
         counts = fetch_from(&cluster, client, &cluster_ip, 30);
     }
-    let everyone: BTreeSet<&String> = on.values().collect();
-    assert_eq!(counts.keys().collect::<BTreeSet<_>>(), everyone);
+    let everyone: BTreeSet<String> = on.values().cloned().collect();
+    assert_eq!(counts.keys().cloned().collect::<BTreeSet<_>>(), everyone);
     let counts = fetch_from(&cluster, client, &cluster_ip, 1000);
     eprintln!("1,000 connections to {cluster_ip}:8080 from {client}: {counts:?}");
     assert_eq!(
@@ -185,6 +181,24 @@ fn cluster_ips_spread_over_nodes_and_node_ports_answer_on_every_node() {
     // By name, as apps written for Kubernetes call it.
     let by_name = fetch_from(&cluster, client, "echo.default.svc.cluster.local", 30);
     assert_eq!(by_name.values().sum::<usize>(), 30, "{by_name:?}");
+
+    // From h1's own network (a process-driver instance's): through the
+    // output hook, to the endpoints of all three nodes. A node routes
+    // cluster IPs (by its default route); the simulated hosts have none,
+    // so h1 gets a route for the Service range on its link (on-link: what
+    // no rule translates is asked for by ARP, answered by nobody).
+    let routed = hosts
+        .command(1, "ip")
+        .args(["route", "add", "10.96.0.0/16", "dev", "eth0"])
+        .status()
+        .unwrap();
+    assert!(routed.success());
+    let to = SocketAddr::from((cluster_ip.parse::<std::net::Ipv4Addr>().unwrap(), 8080));
+    assert_eq!(
+        reached_from_host(&hosts, 1, to),
+        everyone,
+        "from h1's host network"
+    );
 
     // The instance on h3 turns unready: once h1 programmed its slice
     // change, it gets no new connection.
@@ -252,4 +266,43 @@ fn cluster_ips_spread_over_nodes_and_node_ports_answer_on_every_node() {
             assert_eq!(answered.len(), 3);
         }
     }
+
+    // Instances outlive their agent, and so do their Services' rules: with
+    // h1's agent gone, h1 still reaches every endpoint.
+    cluster.kill_agent("h1");
+    assert_eq!(
+        reached_from_host(&hosts, 1, to),
+        everyone,
+        "h1 without its agent"
+    );
+    // While it is away h3's instance turns unready; the agent that comes
+    // back adopts its table and its first sync drops that endpoint.
+    cluster.ok(&["exec", leaving, "--", "touch", "/tmp/unready"]);
+    wait_for("h3's instance to be unready", MINUTE, || {
+        let pods = cluster.instances_of("app=echo");
+        pods.iter()
+            .any(|p| name_of(p) == *leaving && !is_ready(p))
+            .then_some(())
+    });
+    start_host_agent(&mut cluster, &hosts, 1, ["2", "2Gi"], DEFAULT_VPC, &[]);
+    // Its chain goes too (flushed, then deleted by a second transaction);
+    // the two others stay (h1's own, once its adopted instance is ready
+    // again for the new agent).
+    wait_for(
+        "the restarted agent on h1 to drop the unready endpoint",
+        MINUTE,
+        || {
+            let table = service_table(&hosts, 1);
+            (!table.contains(&format!("__{leaving_ip}/"))
+                && table.matches("chain ep-default/echo/").count() == 2)
+                .then_some(())
+        },
+    );
+    let mut others = everyone.clone();
+    others.remove(leaving);
+    assert_eq!(
+        reached_from_host(&hosts, 1, to),
+        others,
+        "h1's adopted table"
+    );
 }

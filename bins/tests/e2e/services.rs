@@ -179,6 +179,18 @@ fn table_row(table: &str, name: &str) -> Vec<String> {
         .unwrap_or_else(|| panic!("no row {name} in {table}"))
 }
 
+/// The `kubernetes` object of `kind` in `default` (the API's Service, its
+/// Endpoints or EndpointSlice), once the control plane has made it.
+fn api_object(kubectl: &Kubectl, kind: &str) -> Value {
+    wait_for(&format!("the kubernetes {kind}"), MINUTE, || {
+        let output = kubectl.run(&["get", kind, "kubernetes", "-o", "json"]);
+        output
+            .status
+            .success()
+            .then(|| serde_json::from_slice::<Value>(&output.stdout).unwrap())
+    })
+}
+
 /// The cluster IPs of every Service, by name.
 fn cluster_ips(kubectl: &Kubectl) -> std::collections::BTreeMap<String, String> {
     kubectl.json(&["get", "services"])["items"]
@@ -211,15 +223,7 @@ fn services_get_cluster_ips_node_ports_and_load_balancers() {
     let kubectl = Kubectl::for_cluster(&cluster);
 
     // The API's own Service, its Endpoints and EndpointSlice.
-    let present = |kind: &str| {
-        wait_for(&format!("the kubernetes {kind}"), MINUTE, || {
-            let output = kubectl.run(&["get", kind, "kubernetes", "-o", "json"]);
-            output
-                .status
-                .success()
-                .then(|| serde_json::from_slice::<Value>(&output.stdout).unwrap())
-        })
-    };
+    let present = |kind: &str| api_object(&kubectl, kind);
     let api = present("service");
     assert_eq!(api["spec"]["clusterIP"], "10.96.0.1");
     assert_eq!(
@@ -337,6 +341,21 @@ fn services_get_cluster_ips_node_ports_and_load_balancers() {
     ]);
     assert!(refused.contains("may not change once set"), "{refused}");
 
+    // Back to ClusterIP: the node port is given up, and another may take it.
+    kubectl.ok(&[
+        "patch",
+        "service",
+        "web",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"type":"ClusterIP"}}"#,
+    ]);
+    let web = kubectl.json(&["get", "service", "web"]);
+    assert!(web["spec"]["ports"][0]["nodePort"].is_null(), "{web}");
+    assert!(web["spec"]["externalTrafficPolicy"].is_null(), "{web}");
+    assert_eq!(web["spec"]["clusterIP"], ip.as_str());
+    kubectl.ok(&["create", "-f", file.to_str().unwrap()]);
+
     // A LoadBalancer through c4m expose: the node's address as ingress.
     let exposed = cluster.ok(&[
         "expose",
@@ -388,5 +407,79 @@ fn services_get_cluster_ips_node_ports_and_load_balancers() {
     assert!(
         !before.values().any(|ip| *ip == fresh),
         "{fresh} in {before:?}"
+    );
+}
+
+/// `--service-cidr` and `--service-node-port-range` set where addresses
+/// come from; a bad range stops `c4m control` with a clear error.
+#[test]
+#[ignore = "needs kubectl"]
+fn service_ranges_follow_the_flags() {
+    let cluster = Cluster::start_with_control_flags(&[
+        "--service-cidr",
+        "10.200.0.0/24",
+        "--service-node-port-range",
+        "31000-31002",
+    ]);
+    let kubectl = Kubectl::for_cluster(&cluster);
+    let api = api_object(&kubectl, "service");
+    assert_eq!(api["spec"]["clusterIP"], "10.200.0.1");
+    let mut ports = std::collections::BTreeSet::new();
+    for name in ["a", "b", "c"] {
+        kubectl.ok(&["create", "service", "nodeport", name, "--tcp=80:8080"]);
+        let service = kubectl.json(&["get", "service", name]);
+        assert!(
+            service["spec"]["clusterIP"]
+                .as_str()
+                .unwrap()
+                .starts_with("10.200.0."),
+            "{service}"
+        );
+        ports.insert(service["spec"]["ports"][0]["nodePort"].as_u64().unwrap());
+    }
+    assert_eq!(
+        ports,
+        std::collections::BTreeSet::from([31000, 31001, 31002])
+    );
+    let full = kubectl.fails(&["create", "service", "nodeport", "d", "--tcp=80:8080"]);
+    assert!(
+        full.contains("failed to allocate a nodePort: range is full (31000-31002)"),
+        "{full}"
+    );
+
+    // Server-side apply, twice: one address, kept; then a type change.
+    let file = cluster.dir.path().join("ssa.yaml");
+    let manifest = |type_: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: ssa}}\nspec:\n  type: {type_}\n  selector: {{app: ssa}}\n  ports: [{{port: 80}}]\n"
+        )
+    };
+    std::fs::write(&file, manifest("ClusterIP")).unwrap();
+    let path = file.to_str().unwrap();
+    kubectl.ok(&["apply", "--server-side", "-f", path]);
+    let first = kubectl.json(&["get", "service", "ssa"]);
+    kubectl.ok(&["apply", "--server-side", "-f", path]);
+    let again = kubectl.json(&["get", "service", "ssa"]);
+    assert_eq!(again["spec"]["clusterIP"], first["spec"]["clusterIP"]);
+    assert_eq!(
+        again["metadata"]["generation"],
+        first["metadata"]["generation"]
+    );
+    kubectl.ok(&["delete", "service", "c"]);
+    std::fs::write(&file, manifest("NodePort")).unwrap();
+    kubectl.ok(&["apply", "--server-side", "-f", path]);
+    let node_port = kubectl.json(&["get", "service", "ssa"]);
+    assert_eq!(node_port["spec"]["clusterIP"], first["spec"]["clusterIP"]);
+    assert!(node_port["spec"]["ports"][0]["nodePort"].as_u64().is_some());
+
+    let output = std::process::Command::new(crate::common::C4M)
+        .args(["control", "--service-cidr", "10.200.0.1/24"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("service CIDR \"10.200.0.1/24\": host bits are set"),
+        "{stderr}"
     );
 }

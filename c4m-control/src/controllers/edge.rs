@@ -70,6 +70,46 @@ pub(crate) async fn ensure_default_classes(objects: &Objects) -> Result<()> {
     Ok(())
 }
 
+/// Gives a new Ingress naming no class (neither `spec.ingressClassName`
+/// nor the older annotation) the default IngressClass, as Kubernetes'
+/// `DefaultIngressClass` admission does: the class annotated
+/// `ingressclass.kubernetes.io/is-default-class: "true"`, the newest if
+/// several are.
+pub(crate) async fn default_ingress_class(
+    store: &dyn c4m_state::Store,
+    ingress: &mut Value,
+) -> Result<()> {
+    let named = ingress["spec"]["ingressClassName"]
+        .as_str()
+        .is_some_and(|c| !c.is_empty())
+        || ingress["metadata"]["annotations"]["kubernetes.io/ingress.class"].is_string();
+    if named {
+        return Ok(());
+    }
+    let (classes, _) = store
+        .range(&crate::objects::prefix(kind("ingressclasses"), None))
+        .await?;
+    let default = classes
+        .iter()
+        .filter_map(|kv| crate::objects::decode(kv).ok())
+        .filter(|c| c["metadata"]["annotations"][DEFAULT_CLASS_ANNOTATION] == "true")
+        .max_by(|a, b| {
+            let created = |c: &Value| {
+                c["metadata"]["creationTimestamp"]
+                    .as_str()
+                    .map(str::to_owned)
+            };
+            created(a).cmp(&created(b))
+        });
+    if let (Some(class), Some(spec)) = (
+        default,
+        ingress.get_mut("spec").and_then(Value::as_object_mut),
+    ) {
+        spec.insert("ingressClassName".into(), class["metadata"]["name"].clone());
+    }
+    Ok(())
+}
+
 /// The admission check of an object of the edge kinds (others pass): its
 /// first invalid field and why, as `(field, message)`.
 pub(crate) fn check(object: &Value) -> std::result::Result<(), (String, String)> {

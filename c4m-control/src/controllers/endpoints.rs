@@ -11,7 +11,7 @@
 //! The same computation ([`backends`]) gives each service its
 //! `discovery.k8s.io/v1` EndpointSlices ([`slices`]).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use serde_json::{Value, json};
@@ -108,9 +108,69 @@ fn service(cache: &Cache, namespace: &str, name: &str) -> Option<Service> {
     })
 }
 
+/// A Service's selector: the labels an instance must carry.
+type Selector = BTreeMap<String, String>;
+
+/// The instances of one namespace, decoded once per batch and indexed by
+/// label, so that a pass over many Services costs about what their
+/// instances do, not Services times instances.
+#[derive(Default)]
+struct NamespacePods {
+    pods: Vec<Arc<Value>>,
+    /// Positions in `pods` by `key=value` label.
+    by_label: HashMap<(String, String), Vec<usize>>,
+}
+
+impl NamespacePods {
+    fn new(pods: Vec<Arc<Value>>) -> Self {
+        let mut by_label: HashMap<(String, String), Vec<usize>> = HashMap::new();
+        for (i, pod) in pods.iter().enumerate() {
+            for label in labels(pod) {
+                by_label.entry(label).or_default().push(i);
+            }
+        }
+        NamespacePods { pods, by_label }
+    }
+
+    /// The instances carrying every label of `selector` (none for an empty
+    /// one): those of its rarest label, checked against the rest.
+    fn selected(&self, selector: &BTreeMap<String, String>) -> Vec<Arc<Value>> {
+        let rarest = selector
+            .iter()
+            .map(|(k, v)| {
+                self.by_label
+                    .get(&(k.clone(), v.clone()))
+                    .map_or(&[][..], Vec::as_slice)
+            })
+            .min_by_key(|positions| positions.len());
+        rarest
+            .into_iter()
+            .flatten()
+            .map(|i| &self.pods[*i])
+            .filter(|pod| selects(selector, &labels(pod)))
+            .cloned()
+            .collect()
+    }
+}
+
+/// [`NamespacePods`] of the namespaces a batch looks at, made on first use.
+#[derive(Default)]
+struct Pods(std::sync::Mutex<HashMap<String, Arc<NamespacePods>>>);
+
+impl Pods {
+    fn of(&self, cache: &Cache, namespace: &str) -> Arc<NamespacePods> {
+        let mut namespaces = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        Arc::clone(namespaces.entry(namespace.to_string()).or_insert_with(|| {
+            Arc::new(NamespacePods::new(
+                cache.list(kind("pods"), Some(namespace)),
+            ))
+        }))
+    }
+}
+
 /// The instances that may back `service`: a Microservice's own instances,
-/// or every instance in a Service's namespace.
-fn candidates(cache: &Cache, service: &Service) -> Vec<Arc<Value>> {
+/// or those of a Service's namespace its selector selects.
+fn candidates(cache: &Cache, pods: &Pods, service: &Service) -> Vec<Arc<Value>> {
     if service.microservice {
         cache.pods_of_owner(&owner_key(
             "microservices",
@@ -118,7 +178,8 @@ fn candidates(cache: &Cache, service: &Service) -> Vec<Arc<Value>> {
             &service.name,
         ))
     } else {
-        cache.list(kind("pods"), Some(&service.namespace))
+        pods.of(cache, &service.namespace)
+            .selected(&service.selector)
     }
 }
 
@@ -311,6 +372,7 @@ pub(crate) async fn reconcile(
                 .filter_map(|slice| slice_service(slice)),
         );
     } else {
+        let mut selectors: HashMap<String, Vec<(String, Selector)>> = HashMap::new();
         for (key, before) in &changes.changed {
             let before = before.as_ref().and_then(|before| before.decode(key));
             if key.starts_with("/registry/endpointslices/") {
@@ -334,17 +396,32 @@ pub(crate) async fn reconcile(
                 if let Some(ms) = pod_labels.get(c4m_core::labels::MICROSERVICE) {
                     touched.insert((namespace.to_string(), ms.clone()));
                 }
-                for svc in cache.list(kind("services"), Some(namespace)) {
-                    let selector = string_map(&svc["spec"]["selector"]);
-                    if !selector.is_empty() && selects(&selector, &pod_labels) {
-                        touched.insert(named(&svc));
+                // The selectors of a namespace's Services, read once a batch.
+                let selectors = selectors.entry(namespace.to_string()).or_insert_with(|| {
+                    cache
+                        .list(kind("services"), Some(namespace))
+                        .iter()
+                        .map(|svc| {
+                            (
+                                name_of(svc).to_string(),
+                                string_map(&svc["spec"]["selector"]),
+                            )
+                        })
+                        .filter(|(_, selector)| !selector.is_empty())
+                        .collect::<Vec<_>>()
+                });
+                for (name, selector) in selectors.iter() {
+                    if selects(selector, &pod_labels) {
+                        touched.insert((namespace.to_string(), name.clone()));
                     }
                 }
             }
         }
     }
+    let pods = Pods::default();
+    let pods = &pods;
     super::reconcile_each("services' endpoints", touched, |(namespace, name)| async move {
-            reconcile_service(objects, cache, &namespace, &name)
+            reconcile_service(objects, cache, pods, &namespace, &name)
                 .await
                 .inspect_err(
                     |e| tracing::warn!(service = %name, %namespace, error = %e, "cannot write endpoints"),
@@ -369,13 +446,14 @@ fn slice_service(slice: &Value) -> Option<(String, String)> {
 async fn reconcile_service(
     objects: &Objects,
     cache: &Cache,
+    pods: &Pods,
     namespace: &str,
     name: &str,
 ) -> Result<Option<i64>> {
     let service = service(cache, namespace, name);
     let pods = service
         .as_ref()
-        .map(|service| candidates(cache, service))
+        .map(|service| candidates(cache, pods, service))
         .unwrap_or_default();
     let backends = service
         .as_ref()

@@ -8,7 +8,9 @@
 //! - `status.loadBalancer` of LoadBalancer Services, the k3s servicelb
 //!   way: one ingress per Ready node, its InternalIP (every node answers
 //!   on the Service's port at its own address), kept current as nodes come
-//!   and go; other Services have an empty one.
+//!   and go; other Services have an empty one;
+//! - the addresses of Services stored before c4m allocated them, given
+//!   when the controller first sees them.
 
 use std::net::IpAddr;
 
@@ -218,24 +220,52 @@ pub(crate) async fn reconcile_load_balancers(
     super::reconcile_each("load balancer statuses", services, |service| {
         let nodes = &nodes;
         async move {
+            // Tried again on the next resync (a full range stays full).
+            let addressed = give_addresses(objects, &service).await.unwrap_or_else(|e| {
+                tracing::warn!(service = %name_of(&service), error = %e,
+                        "cannot give the Service its addresses");
+                None
+            });
             let mut status = service["status"].clone();
             if !status.is_object() {
                 status = json!({});
             }
             let wanted = load_balancer_status(&service, nodes);
             if status["loadBalancer"] == wanted {
-                return Ok(None);
+                return Ok(addressed);
             }
             status["loadBalancer"] = wanted;
-            super::write_status(objects, "services", &service, &status)
+            let written = super::write_status(objects, "services", &service, &status)
                 .await
                 .inspect_err(|e| {
                     tracing::warn!(service = %name_of(&service), error = %e,
                         "cannot write the load balancer status");
-                })
+                })?;
+            Ok(latest(addressed, written))
         }
     })
     .await
+}
+
+/// Gives a Service stored without the addresses its type needs (one
+/// written before c4m allocated them) its cluster IP and node ports: the
+/// Service is written again as it is, and the write allocates them.
+async fn give_addresses(objects: &Objects, service: &Value) -> Result<Option<i64>> {
+    if !crate::service_addresses::lacks_addresses(service) {
+        return Ok(None);
+    }
+    let written = objects
+        .modify(
+            kind("services"),
+            crate::objects::namespace_of(service),
+            name_of(service),
+            crate::objects::Part::Main,
+            |current| Ok(current.clone()),
+        )
+        .await?;
+    Ok(written["metadata"]["resourceVersion"]
+        .as_str()
+        .and_then(|rv| rv.parse().ok()))
 }
 
 #[cfg(test)]
@@ -331,6 +361,47 @@ mod tests {
         );
         let service = cache.get(kind("services"), "default", "lb").unwrap();
         assert_eq!(service["spec"]["clusterIP"], created["spec"]["clusterIP"]);
+        shutdown.cancel();
+    }
+
+    /// A Service stored by a release that gave no addresses gets them.
+    #[tokio::test]
+    async fn a_service_stored_without_addresses_gets_them() {
+        let (_dir, objects, cache, shutdown) = setup().await;
+        let old = json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "old", "namespace": "default", "uid": "u-old"},
+            "spec": {"type": "NodePort", "selector": {"app": "old"},
+                "ports": [{"port": 80, "protocol": "TCP"}]}});
+        let revision = objects
+            .store()
+            .txn(vec![c4m_state::Op::put(
+                "/registry/services/default/old",
+                bytes::Bytes::from(old.to_string()),
+                c4m_state::Precondition::Absent,
+            )])
+            .await
+            .unwrap();
+        cache.wait_for(revision).await;
+        let written = reconcile_load_balancers(&objects, &cache, &everything())
+            .await
+            .unwrap()
+            .unwrap();
+        cache.wait_for(written).await;
+        let service = cache.get(kind("services"), "default", "old").unwrap();
+        assert!(
+            service["spec"]["clusterIP"]
+                .as_str()
+                .unwrap()
+                .starts_with("10.96."),
+            "{service}"
+        );
+        assert!(service["spec"]["ports"][0]["nodePort"].as_u64().is_some());
+        assert_eq!(
+            reconcile_load_balancers(&objects, &cache, &everything())
+                .await
+                .unwrap(),
+            None
+        );
         shutdown.cancel();
     }
 

@@ -350,6 +350,53 @@ async fn node_ports_are_allocated_once() {
     assert_eq!(records(&objects, PORT_RECORDS).await.len(), 1);
 }
 
+/// A LoadBalancer keeping external traffic on local endpoints gets a
+/// health check node port, kept by updates and released with the policy.
+#[tokio::test]
+async fn a_local_load_balancer_gets_a_health_check_node_port() {
+    let (_dir, objects) = objects(ServiceRanges::default()).await;
+    let local = || {
+        service(
+            "web",
+            json!({"type": "LoadBalancer", "externalTrafficPolicy": "Local",
+                "selector": {"app": "web"}, "ports": [{"port": 80}]}),
+        )
+    };
+    let created = create(&objects, local()).await.unwrap();
+    let health = created["spec"]["healthCheckNodePort"].as_u64().unwrap();
+    let node_port = created["spec"]["ports"][0]["nodePort"].as_u64().unwrap();
+    assert_ne!(health, node_port);
+    assert_eq!(records(&objects, PORT_RECORDS).await.len(), 2);
+    let kept = replace(&objects, local()).await.unwrap();
+    assert_eq!(kept["spec"]["healthCheckNodePort"], health);
+    let mut cluster = local();
+    cluster["spec"]["externalTrafficPolicy"] = json!("Cluster");
+    let cluster = replace(&objects, cluster).await.unwrap();
+    assert!(
+        cluster["spec"]["healthCheckNodePort"].is_null(),
+        "{cluster}"
+    );
+    assert_eq!(
+        records(&objects, PORT_RECORDS).await,
+        BTreeSet::from([node_port.to_string()])
+    );
+    let mut taken = service(
+        "other",
+        json!({"type": "LoadBalancer", "externalTrafficPolicy": "Local",
+            "ports": [{"port": 80}], "healthCheckNodePort": node_port}),
+    );
+    let error = create(&objects, taken.clone()).await.unwrap_err();
+    assert!(
+        error.to_string().contains(&format!(
+            "spec.healthCheckNodePort: Invalid value: {node_port}: provided port is already allocated"
+        )),
+        "{error}"
+    );
+    taken["spec"]["healthCheckNodePort"] = json!(health);
+    let other = create(&objects, taken).await.unwrap();
+    assert_eq!(other["spec"]["healthCheckNodePort"], health);
+}
+
 /// A VPC may not overlap the Service CIDR, naming `spec.cidr`.
 #[tokio::test]
 async fn a_vpc_may_not_overlap_the_service_cidr() {
@@ -361,6 +408,71 @@ async fn a_vpc_may_not_overlap_the_service_cidr() {
         error.to_string(),
         "spec.cidr: 10.96.128.0/24 overlaps the Service CIDR (10.96.0.0/16)"
     );
+}
+
+/// A control plane whose Service CIDR overlaps a stored VPC does not start.
+#[tokio::test]
+async fn a_service_cidr_over_a_vpc_is_refused_at_start() {
+    let (_dir, objects) = objects(ranges("10.200.0.0/16")).await;
+    let vpc = json!({"apiVersion": "c4m.io/v1", "kind": "Vpc", "metadata": {"name": "v"},
+        "spec": {"cidr": "10.96.128.0/24"}});
+    objects.create(kind("vpcs"), "", vpc).await.unwrap();
+    objects.check_service_cidr().await.unwrap();
+    let clashing = objects.with_service_ranges(ServiceRanges::default());
+    let error = clashing.check_service_cidr().await.unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "the Service CIDR 10.96.0.0/16 overlaps vpc v (10.96.128.0/24): choose another --service-cidr"
+    );
+}
+
+/// A batch apply allocates in its one transaction (two Services, two
+/// addresses), and applying the same again changes nothing.
+#[tokio::test]
+async fn a_batch_apply_allocates_once() {
+    let (_dir, objects) = objects(ranges("10.200.0.0/29")).await;
+    let request = || c4m_api::ApplyRequest {
+        objects: ["a", "b"]
+            .iter()
+            .enumerate()
+            .map(|(i, name)| c4m_api::ApplyObject {
+                source: "test".into(),
+                document: i + 1,
+                object: web(name),
+            })
+            .collect(),
+        default_namespace: None,
+    };
+    let actions = |response: c4m_api::ApplyResponse| -> Vec<c4m_api::ApplyAction> {
+        response.results.iter().map(|r| r.action).collect()
+    };
+    let first = objects.apply(request()).await.unwrap();
+    assert_eq!(actions(first), [c4m_api::ApplyAction::Created; 2]);
+    let mut ips = BTreeSet::new();
+    for name in ["a", "b"] {
+        let service = objects.get(kind("services"), "default", name).await;
+        ips.insert(ip_of(&service.unwrap()));
+    }
+    assert_eq!(ips.len(), 2);
+    assert_eq!(records(&objects, IP_RECORDS).await.len(), 2);
+    let again = objects.apply(request()).await.unwrap();
+    assert_eq!(actions(again), [c4m_api::ApplyAction::Unchanged; 2]);
+}
+
+/// Ranges set by hand beyond what the flags take give no address, without
+/// a panic.
+#[tokio::test]
+async fn a_range_without_addresses_is_full() {
+    for prefix in [31, 32] {
+        let ranges = ServiceRanges {
+            network: Ipv4Addr::new(10, 200, 0, 0),
+            prefix,
+            node_ports: 30000..=30000,
+        };
+        let (_dir, objects) = objects(ranges).await;
+        let error = create(&objects, web("web")).await.unwrap_err();
+        assert_eq!(error.http_status().0, 500, "/{prefix}: {error}");
+    }
 }
 
 #[test]

@@ -163,8 +163,18 @@ impl ServiceRules {
         nft(&self.command, &["-f", "-"], &what, Some(&script)).await?;
         self.applied = Some(next);
         self.stale_chains.extend(stale);
-        self.stale_chains
-            .retain(|chain| !is_wanted(chain, self.applied.as_ref()));
+        // A chain left from an earlier sync may be wanted again.
+        if let Some(applied) = &self.applied
+            && !self.stale_chains.is_empty()
+        {
+            let wanted: BTreeSet<&str> = applied
+                .ports
+                .values()
+                .flat_map(|(_, objects)| objects.chains.iter().map(|(c, _)| c.as_str()))
+                .collect();
+            self.stale_chains
+                .retain(|chain| !wanted.contains(chain.as_str()));
+        }
         if !self.stale_chains.is_empty() {
             let mut script = String::new();
             for chain in &self.stale_chains {
@@ -178,6 +188,12 @@ impl ServiceRules {
             }
         }
         Ok(report)
+    }
+
+    /// Makes the next sync a full one, which repairs whatever changed the
+    /// table behind this process's back.
+    pub fn forget(&mut self) {
+        self.applied = None;
     }
 
     /// Deletes the table; absent is Ok.
@@ -382,16 +398,6 @@ impl ServiceRules {
         };
         (script, next, report, stale)
     }
-}
-
-/// Whether `chain` belongs to a Service port the kernel now holds.
-fn is_wanted(chain: &str, applied: Option<&Applied>) -> bool {
-    applied.is_some_and(|applied| {
-        applied
-            .ports
-            .values()
-            .any(|(_, objects)| objects.chains.iter().any(|(c, _)| c == chain))
-    })
 }
 
 /// The chains every table has (name, declaration, rules): base chains on
@@ -723,6 +729,19 @@ mod tests {
                 "svc-shop/b/tcp/"
             ]
         );
+    }
+
+    #[tokio::test]
+    async fn without_nft_a_sync_fails_saying_what_is_missing_and_stays_full() {
+        let mut rules = ServiceRules::new("n1");
+        rules.command = vec!["c4m-test-no-such-nft".to_string()];
+        let error = rules.sync(&table(true)).await.unwrap_err().to_string();
+        assert!(
+            error.contains("running c4m-test-no-such-nft (is the nftables package installed?)"),
+            "{error}"
+        );
+        // Nothing is taken as programmed: the next sync is a full one.
+        assert!(rules.applied.is_none());
     }
 
     #[test]

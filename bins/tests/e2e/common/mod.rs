@@ -849,26 +849,40 @@ pub(crate) fn start_host_agents(
     flags: &[&str],
 ) {
     for index in 1..=hosts.count() {
-        let address = hosts.address(index).to_string();
-        let listen = format!("{address}:0");
-        let mut all = vec![
-            "--instance-network",
-            "--default-vpc-cidr",
-            vpc,
-            "--address",
-            &address,
-            "--listen",
-            &listen,
-        ];
-        all.extend_from_slice(flags);
-        cluster.start_agent_from(
-            hosts.command(index, C4M_AGENT),
-            &format!("h{index}"),
-            cpu,
-            memory,
-            &all,
-        );
+        start_host_agent(cluster, hosts, index, [cpu, memory], vpc, flags);
     }
+}
+
+/// Starts (or starts again) agent `h<index>` as [`start_host_agents`] does,
+/// advertising `capacity` (CPU, memory).
+pub(crate) fn start_host_agent(
+    cluster: &mut Cluster,
+    hosts: &c4m_testkit::Hosts,
+    index: usize,
+    capacity: [&str; 2],
+    vpc: &str,
+    flags: &[&str],
+) {
+    let address = hosts.address(index).to_string();
+    let listen = format!("{address}:0");
+    let mut all = vec![
+        "--instance-network",
+        "--default-vpc-cidr",
+        vpc,
+        "--address",
+        &address,
+        "--listen",
+        &listen,
+    ];
+    all.extend_from_slice(flags);
+    let [cpu, memory] = capacity;
+    cluster.start_agent_from(
+        hosts.command(index, C4M_AGENT),
+        &format!("h{index}"),
+        cpu,
+        memory,
+        &all,
+    );
 }
 
 /// An instance's name.
@@ -893,6 +907,22 @@ pub(crate) fn ip_of(pod: &Value) -> String {
         .as_str()
         .unwrap_or_default()
         .to_string()
+}
+
+/// Imports the busybox fixture as image `name` on each of `nodes`.
+pub(crate) fn import_busybox(cluster: &Cluster, name: &str, nodes: &[&str]) {
+    let tar = busybox_image_tar(cluster.dir.path());
+    for node in nodes {
+        cluster.ok(&[
+            "image",
+            "import",
+            tar.to_str().unwrap(),
+            "--name",
+            name,
+            "--node",
+            node,
+        ]);
+    }
 }
 
 /// The twelve services of `examples/k8s-realistic`.

@@ -276,3 +276,35 @@ fn admission_names_the_field() {
     assert!(message.contains("must start with"), "{message}");
     assert!(check(&json!({"kind": "ConfigMap"})).is_ok());
 }
+
+#[tokio::test]
+async fn ingresses_naming_no_class_get_the_default_one() {
+    let (_dir, _store, objects) = crate::test_support::store_with_default_namespace().await;
+    let ingress = |spec: Value, annotations: Value| {
+        json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+            "metadata": {"generateName": "web-", "annotations": annotations}, "spec": spec})
+    };
+    let create = |object: Value| {
+        let objects = objects.clone();
+        async move {
+            objects
+                .create(kind("ingresses"), "default", object)
+                .await
+                .unwrap()
+        }
+    };
+    let before = create(ingress(json!({}), json!({}))).await;
+    assert!(before["spec"]["ingressClassName"].is_null(), "no class yet");
+    ensure_default_classes(&objects).await.unwrap();
+    ensure_default_classes(&objects).await.unwrap(); // again: no error
+    let defaulted = create(ingress(json!({}), json!({}))).await;
+    assert_eq!(defaulted["spec"]["ingressClassName"], "c4m");
+    let named = create(ingress(json!({"ingressClassName": "nginx"}), json!({}))).await;
+    assert_eq!(named["spec"]["ingressClassName"], "nginx");
+    let legacy = create(ingress(
+        json!({}),
+        json!({"kubernetes.io/ingress.class": "nginx"}),
+    ))
+    .await;
+    assert!(legacy["spec"]["ingressClassName"].is_null());
+}

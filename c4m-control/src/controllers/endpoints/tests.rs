@@ -16,6 +16,42 @@ async fn setup() -> (tempfile::TempDir, Objects, Arc<Cache>, CancellationToken) 
     (dir, objects, cache, shutdown)
 }
 
+/// Creates `value` (of `plural`, in `default`) and waits for the cache to
+/// see it.
+async fn create_seen(objects: &Objects, cache: &Cache, plural: &str, value: Value) -> Value {
+    let created = objects
+        .create(kind(plural), "default", value)
+        .await
+        .unwrap();
+    let revision = created["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    cache.wait_for(revision).await;
+    created
+}
+
+/// Changes the object `name` (of `plural`, in `default`) with `change` and
+/// waits for the cache to see it.
+async fn update_seen(
+    objects: &Objects,
+    cache: &Cache,
+    plural: &str,
+    name: &str,
+    mut change: impl FnMut(&mut Value),
+) {
+    let revision = objects
+        .update_with(kind(plural), "default", name, |object| {
+            change(object);
+            true
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    cache.wait_for(revision).await;
+}
+
 /// Reconciles everything and waits for the cache to see the writes.
 async fn reconcile(objects: &Objects, cache: &Cache) {
     let everything = Changes {
@@ -77,10 +113,7 @@ fn slices(cache: &Cache) -> BTreeMap<String, Value> {
 #[tokio::test]
 async fn a_service_gets_endpoint_slices_beside_its_endpoints() {
     let (_dir, objects, cache, shutdown) = setup().await;
-    let created = objects
-        .create(kind("services"), "default", service())
-        .await
-        .unwrap();
+    let created = create_seen(&objects, &cache, "services", service()).await;
     let mut ready = pod("web-a", "10.1.0.2", true);
     ready["spec"]["hostname"] = json!("a");
     ready["spec"]["subdomain"] = json!("web");
@@ -88,24 +121,16 @@ async fn a_service_gets_endpoint_slices_beside_its_endpoints() {
     other_subdomain["spec"]["hostname"] = json!("b");
     other_subdomain["spec"]["subdomain"] = json!("elsewhere");
     for pod in [ready, other_subdomain, pod("web-c", "10.1.0.4", true)] {
-        objects.create(kind("pods"), "default", pod).await.unwrap();
+        create_seen(&objects, &cache, "pods", pod).await;
     }
     let mut elsewhere = pod("db", "10.1.0.5", true);
     elsewhere["metadata"]["labels"] = json!({"app": "db"});
-    objects
-        .create(kind("pods"), "default", elsewhere)
-        .await
-        .unwrap();
+    create_seen(&objects, &cache, "pods", elsewhere).await;
     // web-c is being deleted: serving still, but no longer ready.
-    let revision = objects
-        .update_with(kind("pods"), "default", "web-c", |pod| {
-            pod["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
-            true
-        })
-        .await
-        .unwrap()
-        .unwrap();
-    cache.wait_for(revision).await;
+    update_seen(&objects, &cache, "pods", "web-c", |pod| {
+        pod["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+    })
+    .await;
 
     reconcile(&objects, &cache).await;
 
@@ -157,15 +182,10 @@ async fn a_service_gets_endpoint_slices_beside_its_endpoints() {
     assert_eq!(not_ready, [&json!("10.1.0.3"), &json!("10.1.0.4")]);
 
     // Published whether ready or not: every endpoint is ready.
-    let revision = objects
-        .update_with(kind("services"), "default", "web", |service| {
-            service["spec"]["publishNotReadyAddresses"] = json!(true);
-            true
-        })
-        .await
-        .unwrap()
-        .unwrap();
-    cache.wait_for(revision).await;
+    update_seen(&objects, &cache, "services", "web", |service| {
+        service["spec"]["publishNotReadyAddresses"] = json!(true);
+    })
+    .await;
     reconcile(&objects, &cache).await;
     let published = slices(&cache).into_values().next().unwrap();
     let ready: Vec<&Value> = published["endpoints"]
@@ -196,10 +216,7 @@ async fn a_service_gets_endpoint_slices_beside_its_endpoints() {
 #[tokio::test]
 async fn slices_hold_at_most_a_hundred_endpoints_and_stale_ones_go() {
     let (_dir, objects, cache, shutdown) = setup().await;
-    objects
-        .create(kind("services"), "default", service())
-        .await
-        .unwrap();
+    create_seen(&objects, &cache, "services", service()).await;
     let pods: Vec<_> = (0..250)
         .map(|i| {
             (
@@ -256,10 +273,7 @@ async fn a_microservice_gets_endpoint_slices() {
     let microservice = json!({"apiVersion": "c4m.io/v1", "kind": "Microservice",
         "metadata": {"name": "web", "namespace": "default"},
         "spec": {"replicas": 1, "image": "web:1", "ports": [{"name": "http", "containerPort": 8080}]}});
-    let created = objects
-        .create(kind("microservices"), "default", microservice)
-        .await
-        .unwrap();
+    let created = create_seen(&objects, &cache, "microservices", microservice).await;
     let mut instance = pod("web-x1", "10.1.0.9", true);
     instance["metadata"]["labels"] = json!({c4m_core::labels::MICROSERVICE: "web"});
     instance["metadata"]["ownerReferences"] = json!([{"apiVersion": "c4m.io/v1",
@@ -267,16 +281,7 @@ async fn a_microservice_gets_endpoint_slices() {
     // The agent bound container port 8080 to node port 31000.
     instance["metadata"]["annotations"] = json!({c4m_core::annotations::PORTS:
         r#"[{"name":"http","containerPort":8080,"hostPort":31000}]"#});
-    let created_pod = objects
-        .create(kind("pods"), "default", instance)
-        .await
-        .unwrap();
-    let revision = created_pod["metadata"]["resourceVersion"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    cache.wait_for(revision).await;
+    create_seen(&objects, &cache, "pods", instance).await;
     reconcile(&objects, &cache).await;
     let slices = slices(&cache);
     let slice = slices.values().next().expect("a slice");
@@ -300,24 +305,12 @@ async fn written_endpoints_of_a_service_without_selector_are_mirrored() {
     let external = json!({"apiVersion": "v1", "kind": "Service",
         "metadata": {"name": "web", "namespace": "default"},
         "spec": {"ports": [{"name": "pg", "port": 5432}]}});
-    objects
-        .create(kind("services"), "default", external)
-        .await
-        .unwrap();
+    create_seen(&objects, &cache, "services", external).await;
     let written = json!({"apiVersion": "v1", "kind": "Endpoints",
         "metadata": {"name": "web", "namespace": "default"},
         "subsets": [{"addresses": [{"ip": "192.0.2.10"}], "notReadyAddresses": [{"ip": "192.0.2.11"}],
             "ports": [{"name": "pg", "port": 5432, "protocol": "TCP"}]}]});
-    let created = objects
-        .create(kind("endpoints"), "default", written)
-        .await
-        .unwrap();
-    let revision = created["metadata"]["resourceVersion"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    cache.wait_for(revision).await;
+    create_seen(&objects, &cache, "endpoints", written).await;
     reconcile(&objects, &cache).await;
     let found = slices(&cache);
     let slice = found.values().next().expect("a mirrored slice");
@@ -334,17 +327,59 @@ async fn written_endpoints_of_a_service_without_selector_are_mirrored() {
     let endpoints = cache.get(kind("endpoints"), "default", "web").unwrap();
     assert!(endpoints["metadata"]["labels"].is_null(), "{endpoints}");
 
-    let revision = objects
-        .update_with(kind("endpoints"), "default", "web", |endpoints| {
-            endpoints["metadata"]["labels"] =
-                json!({"endpointslice.kubernetes.io/skip-mirror": "true"});
-            true
-        })
-        .await
-        .unwrap()
-        .unwrap();
-    cache.wait_for(revision).await;
+    update_seen(&objects, &cache, "endpoints", "web", |endpoints| {
+        endpoints["metadata"]["labels"] =
+            json!({"endpointslice.kubernetes.io/skip-mirror": "true"});
+    })
+    .await;
     reconcile(&objects, &cache).await;
     assert!(slices(&cache).is_empty());
+    shutdown.cancel();
+}
+
+/// A full pass over many Services and instances in one namespace reads
+/// each instance once per batch (it was Services times instances): every
+/// Service gets its one endpoint, and a pass with nothing changed writes
+/// nothing. The time of each pass is printed (`--nocapture`).
+#[tokio::test]
+async fn a_full_pass_over_many_services() {
+    let (_dir, objects, cache, shutdown) = setup().await;
+    let count = 1000;
+    let mut batch = Vec::new();
+    for i in 0..count {
+        let mut svc = service();
+        svc["metadata"]["name"] = json!(format!("s{i}"));
+        svc["spec"]["selector"] = json!({"app": format!("a{i}")});
+        batch.push((kind("services"), svc));
+        let ip = format!("10.1.{}.{}", i / 200, i % 200 + 2);
+        let mut instance = pod(&format!("p{i}"), &ip, true);
+        instance["metadata"]["labels"] = json!({"app": format!("a{i}"), "tier": "web"});
+        batch.push((kind("pods"), instance));
+    }
+    let revision = objects.create_many(batch).await.unwrap();
+    cache.wait_for(revision).await;
+    let everything = || Changes {
+        everything: true,
+        changed: BTreeMap::new(),
+    };
+    let started = std::time::Instant::now();
+    reconcile(&objects, &cache).await;
+    let first = started.elapsed();
+    let all = cache.list(kind("endpointslices"), Some("default"));
+    assert_eq!(all.len(), count);
+    assert!(
+        all.iter()
+            .all(|s| s["endpoints"].as_array().map(Vec::len) == Some(1)),
+        "every Service selects its one instance"
+    );
+    let started = std::time::Instant::now();
+    let written = super::reconcile(&objects, &cache, &everything())
+        .await
+        .unwrap();
+    assert_eq!(written, None);
+    eprintln!(
+        "{count} Services x {count} instances: first pass {first:?}, unchanged pass {:?}",
+        started.elapsed()
+    );
     shutdown.cancel();
 }
