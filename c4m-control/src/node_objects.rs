@@ -131,6 +131,21 @@ fn visible(key: &str, object: &Stored) -> Option<WatchedObject> {
     })
 }
 
+/// Every Secret of type `kubernetes.io/tls`, decoded; the others are not
+/// (a byte test first): what a gateway may read.
+pub(crate) fn tls_secrets(cache: &Cache) -> Vec<Arc<serde_json::Value>> {
+    let mut found = Vec::new();
+    cache.for_each_stored(&format!("{ROOT}secrets/"), |key, object| {
+        if is_tls_secret(object) {
+            found.push((key.to_string(), object.clone()));
+        }
+    });
+    found
+        .into_iter()
+        .filter_map(|(key, object)| object.decode(&key))
+        .collect()
+}
+
 fn is_tls_secret(object: &Stored) -> bool {
     object.contains(b"kubernetes.io/tls")
         && serde_json::from_slice::<serde_json::Value>(object.json())

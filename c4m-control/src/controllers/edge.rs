@@ -156,7 +156,12 @@ struct World(ClusterObjects);
 
 impl World {
     fn read(cache: &Cache) -> Self {
-        World::new(&|plural| cache.list(kind(plural), None))
+        // Only TLS Secrets can be a certificate: the others are not decoded
+        // on every pass (a pass follows every Secret and Service write).
+        World::new(&|plural| match plural {
+            "secrets" => crate::node_objects::tls_secrets(cache),
+            _ => cache.list(kind(plural), None),
+        })
     }
 
     /// From `list`, which gives every object of a kind by its plural.
