@@ -870,9 +870,7 @@ impl AgentService for Agents {
             None
         };
         let written = match self.objects.create(nodes, "", desired.clone()).await {
-            Ok(created) => created["metadata"]["resourceVersion"]
-                .as_str()
-                .and_then(|r| r.parse::<i64>().ok()),
+            Ok(created) => crate::objects::revision_of(&created),
             Err(crate::Error::AlreadyExists { .. }) => {
                 self.objects
                     .update_with(nodes, "", &request.node_name, |node| {
@@ -1427,8 +1425,8 @@ mod tests {
                 .create(kind("secrets"), "default", secret)
                 .await
                 .unwrap();
-            let revision = created["metadata"]["resourceVersion"].as_str().unwrap();
-            agents.cache.wait_for(revision.parse().unwrap()).await;
+            let revision = crate::objects::revision_of(&created).unwrap();
+            agents.cache.wait_for(revision).await;
         }
 
         let mut stream = watch(&["services", "secrets", "services"])
@@ -1527,11 +1525,7 @@ mod tests {
                 .create(kind("services"), namespace, service(namespace, name, spec))
                 .await
                 .unwrap();
-            revision = created["metadata"]["resourceVersion"]
-                .as_str()
-                .unwrap()
-                .parse()
-                .unwrap();
+            revision = crate::objects::revision_of(&created).unwrap();
         }
         agents.cache.wait_for(revision).await;
         let env_of = |links: Option<bool>| {
@@ -1730,11 +1724,7 @@ mod tests {
             let vpc = json!({"apiVersion": "c4m.io/v1", "kind": "Vpc",
                 "metadata": {"name": name}, "spec": {"cidr": cidr}});
             let created = objects.create(kind("vpcs"), "", vpc).await.unwrap();
-            let revision = created["metadata"]["resourceVersion"]
-                .as_str()
-                .unwrap()
-                .parse()
-                .unwrap();
+            let revision = crate::objects::revision_of(&created).unwrap();
             cache.wait_for(revision).await;
             assert!(changed.has_changed().unwrap(), "vpc {name} wakes the node");
             changed.borrow_and_update();

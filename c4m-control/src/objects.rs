@@ -32,6 +32,14 @@ pub(crate) fn key(kind: &ResourceKind, namespace: &str, name: &str) -> String {
     }
 }
 
+/// The revision an object was written at (its resourceVersion), if it
+/// carries one.
+pub(crate) fn revision_of(object: &Value) -> Option<i64> {
+    object["metadata"]["resourceVersion"]
+        .as_str()
+        .and_then(|rv| rv.parse().ok())
+}
+
 /// Store prefix of a kind's objects, in one namespace or all.
 pub(crate) fn prefix(kind: &ResourceKind, namespace: Option<&str>) -> String {
     match namespace {

@@ -77,10 +77,7 @@ pub(crate) fn current_policy(cache: &Cache) -> Policy {
 }
 
 fn revision_of(object: &Value) -> i64 {
-    object["metadata"]["resourceVersion"]
-        .as_str()
-        .and_then(|rv| rv.parse().ok())
-        .unwrap_or(0)
+    crate::objects::revision_of(object).unwrap_or(0)
 }
 
 /// A policy as the object the API serves.

@@ -551,12 +551,7 @@ impl CronJobController {
                 }
             };
             if let Some(created) = created {
-                written = latest(
-                    written,
-                    created["metadata"]["resourceVersion"]
-                        .as_str()
-                        .and_then(|rv| rv.parse().ok()),
-                );
+                written = latest(written, crate::objects::revision_of(&created));
                 if !status["active"].is_array() {
                     status["active"] = json!([]);
                 }

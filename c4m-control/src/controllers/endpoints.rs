@@ -507,9 +507,7 @@ async fn reconcile_endpoints(
     let current = cache.get(endpoints_kind, namespace, name);
     match (desired, current) {
         (Some(desired), None) => match objects.create(endpoints_kind, namespace, desired).await {
-            Ok(created) => Ok(created["metadata"]["resourceVersion"]
-                .as_str()
-                .and_then(|rv| rv.parse().ok())),
+            Ok(created) => Ok(crate::objects::revision_of(&created)),
             Err(crate::Error::AlreadyExists { .. }) => Ok(None),
             Err(e) => Err(e),
         },

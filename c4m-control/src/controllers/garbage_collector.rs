@@ -556,9 +556,7 @@ async fn remove_finalizer(
         )
         .await;
     match outcome {
-        Ok(written) => Ok(written["metadata"]["resourceVersion"]
-            .as_str()
-            .and_then(|rv| rv.parse().ok())),
+        Ok(written) => Ok(crate::objects::revision_of(&written)),
         Err(Error::NotFound { .. }) => Ok(None),
         Err(e) => Err(e),
     }

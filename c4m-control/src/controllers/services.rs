@@ -113,9 +113,7 @@ async fn keep(
     };
     match cache.get(kind, "default", API_SERVICE) {
         None => match objects.create(kind, "default", desired.clone()).await {
-            Ok(created) => Ok(created["metadata"]["resourceVersion"]
-                .as_str()
-                .and_then(|rv| rv.parse().ok())),
+            Ok(created) => Ok(crate::objects::revision_of(&created)),
             Err(crate::Error::AlreadyExists { .. }) => Ok(None),
             Err(e) => Err(e),
         },
@@ -263,9 +261,7 @@ async fn give_addresses(objects: &Objects, service: &Value) -> Result<Option<i64
             |current| Ok(current.clone()),
         )
         .await?;
-    Ok(written["metadata"]["resourceVersion"]
-        .as_str()
-        .and_then(|rv| rv.parse().ok()))
+    Ok(crate::objects::revision_of(&written))
 }
 
 #[cfg(test)]
@@ -316,13 +312,7 @@ mod tests {
             .await
             .unwrap();
         cache
-            .wait_for(
-                created["metadata"]["resourceVersion"]
-                    .as_str()
-                    .unwrap()
-                    .parse()
-                    .unwrap(),
-            )
+            .wait_for(crate::objects::revision_of(&created).unwrap())
             .await;
         let ingress = |cache: &Cache| {
             cache.get(kind("services"), "default", "lb").unwrap()["status"]["loadBalancer"].clone()

@@ -225,9 +225,7 @@ pub(super) async fn reconcile(
     for (_, slice) in desired {
         match objects.create(slices, namespace, slice).await {
             Ok(created) => {
-                let revision = created["metadata"]["resourceVersion"]
-                    .as_str()
-                    .and_then(|rv| rv.parse().ok());
+                let revision = crate::objects::revision_of(&created);
                 written = super::super::latest(written, revision);
             }
             Err(crate::Error::AlreadyExists { .. }) => {}

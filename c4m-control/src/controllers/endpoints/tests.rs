@@ -23,11 +23,7 @@ async fn create_seen(objects: &Objects, cache: &Cache, plural: &str, value: Valu
         .create(kind(plural), "default", value)
         .await
         .unwrap();
-    let revision = created["metadata"]["resourceVersion"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let revision = crate::objects::revision_of(&created).unwrap();
     cache.wait_for(revision).await;
     created
 }

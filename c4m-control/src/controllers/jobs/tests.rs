@@ -611,13 +611,7 @@ async fn the_controller_runs_a_job_to_complete_and_deletes_it_after_its_ttl() {
         }
     };
     cache
-        .wait_for(
-            created["metadata"]["resourceVersion"]
-                .as_str()
-                .unwrap()
-                .parse()
-                .unwrap(),
-        )
+        .wait_for(crate::objects::revision_of(&created).unwrap())
         .await;
     sync(&controller).await;
     let pods = cache.list(kind("pods"), Some("default"));
