@@ -35,6 +35,8 @@
 //! Running and Ready and nothing started.
 
 mod agent;
+#[allow(dead_code)] // The supervisor and the volume manager use it next.
+mod claims;
 mod edge;
 mod error;
 mod holder;

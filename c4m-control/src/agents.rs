@@ -21,7 +21,8 @@ use c4m_api::agent::agent_service_server::AgentService;
 use c4m_api::agent::{
     Assignments, ContainerReport, ContainerTerminated, HeartbeatRequest, HeartbeatResponse,
     InstanceStatus, Peer, PeerChanges, RegisterRequest, RegisterResponse, StatusReport,
-    StatusReportResponse, WatchAssignmentsRequest, WatchObjectsRequest, WatchPeersRequest,
+    StatusReportResponse, VolumeReport, VolumeReportResponse, WatchAssignmentsRequest,
+    WatchObjectsRequest, WatchPeersRequest,
 };
 use futures::Stream;
 use serde_json::{Value, json};
@@ -53,6 +54,8 @@ pub(crate) struct Agents {
     pub reported_events: Arc<crate::container_events::ReportedEvents>,
     /// Each Service's variables, made once per revision.
     pub service_envs: Arc<crate::service_env::ServiceEnvs>,
+    /// Each node's last storage report.
+    pub volume_reports: Arc<crate::volume_reports::VolumeReports>,
     pub shutdown: CancellationToken,
 }
 
@@ -1067,6 +1070,25 @@ impl AgentService for Agents {
         .map(Response::new)
     }
 
+    async fn report_volumes(
+        &self,
+        request: Request<VolumeReport>,
+    ) -> Result<Response<VolumeReportResponse>, Status> {
+        let report = request.into_inner();
+        if self
+            .cache
+            .get(kind("nodes"), "", &report.node_name)
+            .is_none()
+        {
+            return Err(Status::not_found(format!(
+                "node {:?} is not registered",
+                report.node_name
+            )));
+        }
+        self.volume_reports.record(report);
+        Ok(Response::new(VolumeReportResponse {}))
+    }
+
     async fn report_status(
         &self,
         request: Request<StatusReport>,
@@ -1314,6 +1336,7 @@ mod tests {
             reported: Arc::default(),
             reported_events: Arc::default(),
             service_envs: Arc::default(),
+            volume_reports: Arc::default(),
             shutdown: shutdown.clone(),
         }
     }

@@ -82,6 +82,7 @@ mod tables;
 mod test_support;
 mod tls;
 mod version_view;
+mod volume_reports;
 
 pub use error::{Error, FieldCause, Result};
 pub use objects::Objects;

@@ -29,6 +29,11 @@ pub(crate) const NODE_READABLE_KINDS: &[&str] = &[
     "secrets",
     // Their labels, for a Gateway listener's `allowedRoutes` selector.
     "namespaces",
+    // What a node provisions, expands, snapshots and garbage-collects.
+    "persistentvolumes",
+    "persistentvolumeclaims",
+    "storageclasses",
+    "volumesnapshotcontents",
 ];
 
 /// A message stays under this many bytes of objects (the agent's decoder

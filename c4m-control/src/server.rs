@@ -260,6 +260,7 @@ impl ControlPlane {
             reported: Arc::default(),
             reported_events: Arc::default(),
             service_envs: Arc::default(),
+            volume_reports: Arc::default(),
             shutdown: shutdown.clone(),
         };
         let token = self.config.token.clone();

@@ -68,6 +68,7 @@ pub use model::pod::{
 };
 pub use model::pod_etc;
 pub use model::pull_secrets::{registry_login, registry_of_config_key};
+pub use model::volumes;
 pub use model::vpc::{DEFAULT_VPC, Vpc, VpcSpec, cidrs_overlap, parse_vpc_cidr};
 pub use model::{Instance, annotations, labels};
 pub use probe::{ProbeFailure, ProbeTracker, Prober, probe_timeout};

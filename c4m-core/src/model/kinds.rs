@@ -259,6 +259,77 @@ pub static KINDS: &[ResourceKind] = &[
         ["referencegrant", "refgrant"],
         true
     ),
+    // Storage (c4m-control's volume controllers; nodes provision and mount).
+    kind!(
+        "",
+        "v1",
+        "PersistentVolume",
+        "persistentvolumes",
+        ["persistentvolume", "pv"],
+        false,
+        ["status"]
+    ),
+    kind!(
+        "",
+        "v1",
+        "PersistentVolumeClaim",
+        "persistentvolumeclaims",
+        ["persistentvolumeclaim", "pvc"],
+        true,
+        ["status"]
+    ),
+    kind!(
+        "storage.k8s.io",
+        "v1",
+        "StorageClass",
+        "storageclasses",
+        ["storageclass", "sc"],
+        false
+    ),
+    // The CSI external-snapshotter's kinds (served as c4m's own, JSON only).
+    kind!(
+        "snapshot.storage.k8s.io",
+        "v1",
+        "VolumeSnapshot",
+        "volumesnapshots",
+        ["volumesnapshot", "vs"],
+        true,
+        ["status"]
+    ),
+    kind!(
+        "snapshot.storage.k8s.io",
+        "v1",
+        "VolumeSnapshotClass",
+        "volumesnapshotclasses",
+        ["volumesnapshotclass", "vsclass", "vsclasses"],
+        false
+    ),
+    kind!(
+        "snapshot.storage.k8s.io",
+        "v1",
+        "VolumeSnapshotContent",
+        "volumesnapshotcontents",
+        ["volumesnapshotcontent", "vsc", "vscs"],
+        false,
+        ["status"]
+    ),
+    kind!(
+        "apps",
+        "v1",
+        "StatefulSet",
+        "statefulsets",
+        ["statefulset", "sts"],
+        true,
+        ["status", "scale"]
+    ),
+    kind!(
+        "apps",
+        "v1",
+        "ControllerRevision",
+        "controllerrevisions",
+        ["controllerrevision"],
+        true
+    ),
 ];
 
 impl ResourceKind {

@@ -5,6 +5,7 @@ pub(crate) mod microservice;
 pub(crate) mod pod;
 pub mod pod_etc;
 pub(crate) mod pull_secrets;
+pub mod volumes;
 pub(crate) mod vpc;
 
 /// An instance: the unit the scheduler places and an agent runs. It *is* a
@@ -43,6 +44,10 @@ pub mod annotations {
     /// `{"REGISTRY": {"username": .., "password": ..}}`, which the control
     /// plane resolves (and sets or removes) as it does `valueFrom`.
     pub const REGISTRY_LOGINS: &str = "c4m.io/registry-logins";
+    /// On an instance as it leaves for its node, never stored: its volumes'
+    /// sources resolved against other objects, as JSON
+    /// `{"VOLUME": ResolvedVolume}` ([`crate::volumes`]).
+    pub const RESOLVED_VOLUMES: &str = "c4m.io/resolved-volumes";
 }
 
 /// Label keys c4m writes or reads.
