@@ -43,7 +43,7 @@ use crate::model::vpc::{Vpc, parse_vpc_cidr};
 use crate::quantity::{parse_cpu_millis, parse_memory_bytes};
 
 mod storage;
-pub use storage::{ACCESS_MODES, HONOURED_PV_SOURCES, check_claim_spec, storage_bytes};
+pub use storage::check_claim_spec;
 
 /// One object read from a manifest, before validation.
 #[derive(Debug, Clone, PartialEq)]

@@ -21,7 +21,7 @@ use super::{
 use crate::quantity::parse_memory_bytes;
 
 /// The access modes Kubernetes knows.
-pub const ACCESS_MODES: &[&str] = &[
+const ACCESS_MODES: &[&str] = &[
     "ReadOnlyMany",
     "ReadWriteMany",
     "ReadWriteOnce",
@@ -56,7 +56,7 @@ const PV_SOURCES: &[&str] = &[
 ];
 
 /// The PersistentVolume sources a node can mount.
-pub const HONOURED_PV_SOURCES: &[&str] = &["csi", "hostPath", "local", "nfs"];
+const HONOURED_PV_SOURCES: &[&str] = &["csi", "hostPath", "local", "nfs"];
 
 /// A pod volume's sources, every one Kubernetes knows.
 const POD_VOLUME_SOURCES: &[&str] = &[
@@ -140,7 +140,7 @@ fn check_access_modes(modes: Option<&[String]>, path: &str, claim: bool) -> Resu
 }
 
 /// A storage size: a quantity greater than zero, in bytes.
-pub fn storage_bytes(text: &str, path: &str) -> Result<u64, FieldError> {
+fn storage_bytes(text: &str, path: &str) -> Result<u64, FieldError> {
     match parse_memory_bytes(text) {
         Ok(0) => Err(field_error(path, "must be greater than zero")),
         Ok(bytes) => Ok(bytes),
@@ -266,8 +266,11 @@ pub(super) fn check_persistent_volume_claim(value: &Value) -> Result<ObjectMeta,
     Ok(claim.metadata)
 }
 
-/// A claim's spec (also a StatefulSet's `volumeClaimTemplates` and an
-/// ephemeral volume's template), at `path`.
+/// Checks a claim's spec (also a StatefulSet's `volumeClaimTemplates` and
+/// an ephemeral volume's template) at `path`.
+///
+/// # Errors
+/// The first problem, as `(field path, message)` in Kubernetes' words.
 pub fn check_claim_spec(
     spec: &k8s_openapi::api::core::v1::PersistentVolumeClaimSpec,
     path: &str,
