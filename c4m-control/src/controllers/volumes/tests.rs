@@ -68,6 +68,15 @@ impl Harness {
         created
     }
 
+    async fn delete(&self, plural: &str, namespace: &str, name: &str) {
+        let (_, revision) = self
+            .objects
+            .delete(kind(plural), namespace, name)
+            .await
+            .unwrap();
+        self.cache.wait_for(revision).await;
+    }
+
     fn get(&self, plural: &str, namespace: &str, name: &str) -> Option<Arc<Value>> {
         self.cache.get(kind(plural), namespace, name)
     }
@@ -193,10 +202,7 @@ async fn new_objects_get_kubernetes_defaults_and_protection() {
     // Deleted by the user, it is not made again while another class exists.
     h.create("storageclasses", class("other", "Immediate", false))
         .await;
-    h.objects
-        .delete(kind("storageclasses"), "", "local")
-        .await
-        .unwrap();
+    h.delete("storageclasses", "", "local").await;
     super::admission::ensure_default_classes(&h.objects)
         .await
         .unwrap();
@@ -397,10 +403,7 @@ async fn a_claim_binds_the_smallest_static_volume_that_fits() {
     );
 
     // Deleted: the Retain volume stays, Released; protection let go.
-    h.objects
-        .delete(kind("persistentvolumeclaims"), "default", "data")
-        .await
-        .unwrap();
+    h.delete("persistentvolumeclaims", "default", "data").await;
     h.settle().await;
     assert!(h.get("persistentvolumeclaims", "default", "data").is_none());
     assert_eq!(
@@ -476,10 +479,7 @@ async fn an_immediate_claim_is_provisioned_on_the_best_fitting_node_and_bound() 
                 "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "data"}}]}}),
     )
     .await;
-    h.objects
-        .delete(kind("persistentvolumeclaims"), "default", "data")
-        .await
-        .unwrap();
+    h.delete("persistentvolumeclaims", "default", "data").await;
     h.settle().await;
     let terminating = h.get("persistentvolumeclaims", "default", "data").unwrap();
     assert!(crate::deletion::is_deleting(&terminating));
@@ -701,10 +701,7 @@ async fn a_snapshot_gets_its_content_and_is_ready_once_reported() {
     );
 
     // Deleted, the snapshot takes its content (policy Delete) along.
-    h.objects
-        .delete(kind("volumesnapshots"), "default", "snap")
-        .await
-        .unwrap();
+    h.delete("volumesnapshots", "default", "snap").await;
     h.settle().await;
     assert!(h.get("volumesnapshotcontents", "", &content_name).is_none());
 }
