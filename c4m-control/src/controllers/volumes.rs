@@ -35,7 +35,7 @@ mod claims;
 mod ephemeral;
 mod snapshots;
 
-pub(crate) use ephemeral::claims_of_pod;
+pub(crate) use ephemeral::{claims_of_pod, made_for};
 
 /// The kinds whose changes start a pass.
 pub(crate) const FOLLOWS: &[&str] = &[
