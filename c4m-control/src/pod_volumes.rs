@@ -60,26 +60,21 @@ pub(crate) fn resolve(cache: &Cache, pod: &Value) -> BTreeMap<String, ResolvedVo
             let claim = volume["persistentVolumeClaim"]["claimName"]
                 .as_str()
                 .unwrap_or_default();
-            Some(claim_volume(
-                cache,
-                pod,
-                claim,
-                volume["persistentVolumeClaim"]["readOnly"] == true,
-                false,
-            ))
+            let read_only = volume["persistentVolumeClaim"]["readOnly"] == true;
+            Some(claim_volume(cache, pod, claim, read_only, false))
         } else if volume["ephemeral"].is_object() {
             let claim = format!("{}-{name}", name_of(pod));
             Some(claim_volume(cache, pod, &claim, false, true))
-        } else if let Some(kind) = ["configMap", "secret", "projected", "downwardAPI"]
-            .into_iter()
-            .find(|k| volume[*k].is_object())
-        {
-            Some(files_volume(cache, pod, kind, &volume[kind]).map_or_else(
-                |message| ResolvedVolume::Waiting { message },
-                |files| ResolvedVolume::Files { files },
-            ))
         } else {
-            None
+            ["configMap", "secret", "projected", "downwardAPI"]
+                .into_iter()
+                .find(|k| volume[*k].is_object())
+                .map(|kind| {
+                    files_volume(cache, pod, kind, &volume[kind]).map_or_else(
+                        |message| ResolvedVolume::Waiting { message },
+                        |files| ResolvedVolume::Files { files },
+                    )
+                })
         };
         if let Some(outcome) = outcome {
             resolved.insert(name.to_string(), outcome);

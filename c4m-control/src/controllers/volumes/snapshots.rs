@@ -277,9 +277,7 @@ async fn collect(objects: &Objects, cache: &Cache, content: &Value) -> Option<i6
         return None;
     }
     let reference = &content["spec"]["volumeSnapshotRef"];
-    let Some(uid) = reference["uid"].as_str() else {
-        return None;
-    };
+    let uid = reference["uid"].as_str()?;
     let snapshot = cache.get(
         kind("volumesnapshots"),
         reference["namespace"].as_str().unwrap_or_default(),
