@@ -46,13 +46,13 @@ struct World<'a> {
     volumes: Vec<Arc<Value>>,
     /// Each VolumeSnapshot's uid, by namespace and name.
     snapshots: BTreeMap<(String, String), String>,
-    nodes: &'a NodeStorage,
+    nodes: &'a NodeStorage<'a>,
 }
 
 pub(super) async fn reconcile(
     objects: &Objects,
     cache: &Cache,
-    nodes: &NodeStorage,
+    nodes: &NodeStorage<'_>,
 ) -> Result<Option<i64>> {
     let world = World {
         classes: all(cache, "storageclasses")
@@ -176,7 +176,7 @@ fn static_volume<'a>(claim: &Value, volumes: &'a [Arc<Value>]) -> Option<&'a Arc
 /// The node to provision `bytes` of `driver` on: the ready node reporting
 /// the least free space that fits (best fit); else why none does.
 pub(super) fn pick_node(
-    nodes: &NodeStorage,
+    nodes: &NodeStorage<'_>,
     driver: &str,
     bytes: u64,
 ) -> std::result::Result<String, String> {
@@ -242,6 +242,16 @@ async fn reconcile_claim(
 /// volume's `claimRef` and phase, then the claim's `volumeName`,
 /// annotations and status.
 async fn bind(objects: &Objects, claim: &Value, pv: &Value) -> Result<Option<i64>> {
+    let settled = pv["spec"]["claimRef"]["uid"] == claim["metadata"]["uid"]
+        && pv["status"]["phase"] == "Bound"
+        && claim["spec"]["volumeName"] == pv["metadata"]["name"]
+        && claim["status"]["phase"] == "Bound"
+        && claim["metadata"]["annotations"][BIND_COMPLETED] == "yes"
+        && claim["status"]["accessModes"] == pv["spec"]["accessModes"]
+        && !claim["status"]["capacity"].is_null();
+    if settled {
+        return Ok(None);
+    }
     let claim_ref = json!({
         "apiVersion": "v1", "kind": "PersistentVolumeClaim",
         "namespace": namespace_of(claim), "name": name_of(claim),
@@ -404,8 +414,9 @@ async fn provision(objects: &Objects, world: &World<'_>, claim: &Value) -> Resul
         return select_node(objects, world, claim, class, provisioner, bytes).await;
     };
     let provisioning_failed = |message: String| {
-        objects.events().record(
-            Regarding::of(claim),
+        world.nodes.note(
+            objects,
+            claim,
             EventType::Warning,
             "ProvisioningFailed",
             format!("failed to provision volume with StorageClass \"{class_name}\": {message}"),
@@ -462,11 +473,12 @@ async fn select_node(
     } else if immediate {
         pick_node(world.nodes, provisioner, bytes)
     } else {
-        objects.events().record(
-            Regarding::of(claim),
+        world.nodes.note(
+            objects,
+            claim,
             EventType::Normal,
             "WaitForFirstConsumer",
-            "waiting for first consumer to be created before binding",
+            "waiting for first consumer to be created before binding".into(),
             BINDER,
         );
         return Ok(None);
@@ -474,8 +486,9 @@ async fn select_node(
     let node = match chosen {
         Ok(node) => node,
         Err(message) => {
-            objects.events().record(
-                Regarding::of(claim),
+            world.nodes.note(
+                objects,
+                claim,
                 EventType::Warning,
                 "ProvisioningFailed",
                 format!(
@@ -650,8 +663,9 @@ async fn expansion(
         return Ok(latest(pv_written, claim_written));
     }
     if !state.error.is_empty() {
-        objects.events().record(
-            Regarding::of(claim),
+        world.nodes.note(
+            objects,
+            claim,
             EventType::Warning,
             "VolumeResizeFailed",
             format!("resize volume {} failed: {}", name_of(pv), state.error),
@@ -794,11 +808,15 @@ async fn reconcile_volume(objects: &Objects, cache: &Cache, pv: &Value) -> Resul
         return Ok(None);
     }
     let uid = pv["metadata"]["uid"].clone();
-    let written = objects
-        .update_with(kind("persistentvolumes"), "", name_of(pv), |current| {
-            current["metadata"]["uid"] == uid && set_phase(current, phase)
-        })
-        .await?;
+    let written = if pv["status"]["phase"] == phase {
+        None
+    } else {
+        objects
+            .update_with(kind("persistentvolumes"), "", name_of(pv), |current| {
+                current["metadata"]["uid"] == uid && set_phase(current, phase)
+            })
+            .await?
+    };
     if phase == "Released" && pv["spec"]["persistentVolumeReclaimPolicy"] == "Delete" {
         return Ok(latest(
             written,

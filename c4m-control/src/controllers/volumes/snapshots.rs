@@ -27,7 +27,7 @@ pub(crate) fn content_name_for(snapshot_uid: &str) -> String {
 pub(super) async fn reconcile(
     objects: &Objects,
     cache: &Cache,
-    nodes: &NodeStorage,
+    nodes: &NodeStorage<'_>,
 ) -> Result<Option<i64>> {
     let mut written = None;
     for snapshot in all(cache, "volumesnapshots") {
@@ -56,13 +56,13 @@ pub(super) async fn reconcile(
 async fn dynamic(
     objects: &Objects,
     cache: &Cache,
-    nodes: &NodeStorage,
+    nodes: &NodeStorage<'_>,
     snapshot: &Value,
 ) -> Result<Option<i64>> {
     let uid = snapshot["metadata"]["uid"].as_str().unwrap_or_default();
     let name = content_name_for(uid);
     let Some(content) = cache.get(kind("volumesnapshotcontents"), "", &name) else {
-        return create_content(objects, cache, snapshot, &name).await;
+        return create_content(objects, cache, nodes, snapshot, &name).await;
     };
     let handle = c4m_core::volumes::snapshot_handle_for(uid);
     let (content_written, status) = content_status(objects, nodes, &content, &handle).await?;
@@ -77,6 +77,7 @@ async fn dynamic(
 async fn create_content(
     objects: &Objects,
     cache: &Cache,
+    nodes: &NodeStorage<'_>,
     snapshot: &Value,
     name: &str,
 ) -> Result<Option<i64>> {
@@ -85,8 +86,9 @@ async fn create_content(
         .as_str()
         .unwrap_or_default();
     let fail = |message: String| {
-        objects.events().record(
-            Regarding::of(snapshot),
+        nodes.note(
+            objects,
+            snapshot,
             EventType::Warning,
             "SnapshotContentCreationFailed",
             message,
@@ -159,7 +161,7 @@ async fn create_content(
 /// the revision written and the status.
 async fn content_status(
     objects: &Objects,
-    nodes: &NodeStorage,
+    nodes: &NodeStorage<'_>,
     content: &Value,
     handle: &str,
 ) -> Result<(Option<i64>, Value)> {
@@ -186,7 +188,7 @@ async fn snapshot_status(
     snapshot: &Value,
     content_name: &str,
     content_status: &Value,
-    nodes: &NodeStorage,
+    nodes: &NodeStorage<'_>,
     handle: &str,
 ) -> Result<Option<i64>> {
     let ready = content_status["readyToUse"] == true;
@@ -226,7 +228,7 @@ async fn snapshot_status(
 async fn pre_provisioned(
     objects: &Objects,
     cache: &Cache,
-    nodes: &NodeStorage,
+    nodes: &NodeStorage<'_>,
     snapshot: &Value,
 ) -> Result<Option<i64>> {
     let Some(name) = snapshot["spec"]["source"]["volumeSnapshotContentName"].as_str() else {
@@ -239,8 +241,9 @@ async fn pre_provisioned(
     if reference["name"] != snapshot["metadata"]["name"]
         || reference["namespace"] != snapshot["metadata"]["namespace"]
     {
-        objects.events().record(
-            Regarding::of(snapshot),
+        nodes.note(
+            objects,
+            snapshot,
             EventType::Warning,
             "SnapshotBindFailed",
             format!("VolumeSnapshotContent {name} is bound to another snapshot"),

@@ -20,6 +20,7 @@ struct Harness {
     objects: Objects,
     cache: Arc<Cache>,
     reports: VolumeReports,
+    repeats: super::Repeats,
     shutdown: CancellationToken,
 }
 
@@ -48,6 +49,7 @@ impl Harness {
             objects,
             cache,
             reports: VolumeReports::default(),
+            repeats: super::Repeats::default(),
             shutdown,
         }
     }
@@ -84,7 +86,7 @@ impl Harness {
     /// Reconciles until a pass writes nothing.
     async fn settle(&self) {
         for _ in 0..20 {
-            match super::reconcile(&self.objects, &self.cache, &self.reports)
+            match super::reconcile(&self.objects, &self.cache, &self.reports, &self.repeats)
                 .await
                 .unwrap()
             {
@@ -732,4 +734,14 @@ async fn an_ephemeral_volume_gets_a_claim_owned_by_its_pod() {
     );
     assert_eq!(claim["metadata"]["ownerReferences"][0]["controller"], true);
     assert_eq!(claim["spec"]["resources"]["requests"]["storage"], "1Gi");
+}
+
+#[test]
+fn an_event_a_pass_finds_again_is_recorded_once_per_repeat() {
+    let repeats = super::Repeats::default();
+    assert!(repeats.due("uid-1", "ProvisioningFailed", "no room"));
+    assert!(!repeats.due("uid-1", "ProvisioningFailed", "no room"));
+    assert!(repeats.due("uid-1", "ProvisioningFailed", "node a is not ready"));
+    assert!(repeats.due("uid-2", "ProvisioningFailed", "node a is not ready"));
+    assert!(repeats.due("uid-1", "WaitForFirstConsumer", "no room"));
 }
