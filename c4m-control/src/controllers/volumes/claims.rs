@@ -22,7 +22,7 @@ use super::admission::{PV_PROTECTION, PVC_PROTECTION};
 use super::{BINDER, NodeStorage, PROVISIONER, all, capacity_bytes, requested_bytes};
 use crate::Result;
 use crate::cache::Cache;
-use crate::controllers::latest;
+use crate::controllers::{latest, reconcile_each};
 use crate::events::{EventType, Regarding};
 use crate::objects::{Objects, kind, name_of, namespace_of, now_rfc3339};
 
@@ -73,33 +73,27 @@ pub(super) async fn reconcile(
         nodes,
     };
     let claims = all(cache, "persistentvolumeclaims");
-    let mut written = None;
-    let mut failed = 0;
-    for claim in &claims {
-        match reconcile_claim(objects, cache, &world, claim).await {
-            Ok(revision) => written = latest(written, revision),
-            Err(e) => {
-                tracing::warn!(claim = %name_of(claim), error = %e, "cannot reconcile a claim");
-                failed += 1;
-            }
-        }
-    }
-    for pv in &world.volumes {
-        match reconcile_volume(objects, cache, pv).await {
-            Ok(revision) => written = latest(written, revision),
-            Err(e) => {
-                tracing::warn!(volume = %name_of(pv), error = %e, "cannot reconcile a volume");
-                failed += 1;
-            }
-        }
-    }
-    match failed {
-        0 => Ok(written),
-        failed => Err(crate::Error::Reconcile {
-            failed,
-            what: "claims and volumes",
-        }),
-    }
+    // Concurrently, so their writes share group commits; two claims after
+    // one volume cannot both take it (`bind` never takes a volume another
+    // claim holds).
+    let world = &world;
+    let claims_written = reconcile_each("claims", claims, |claim| async move {
+        reconcile_claim(objects, cache, world, &claim)
+            .await
+            .inspect_err(|e| {
+                tracing::warn!(claim = %name_of(&claim), error = %e, "cannot reconcile a claim");
+            })
+    })
+    .await;
+    let volumes_written = reconcile_each("volumes", world.volumes.clone(), |pv| async move {
+        reconcile_volume(objects, cache, &pv)
+            .await
+            .inspect_err(|e| {
+                tracing::warn!(volume = %name_of(&pv), error = %e, "cannot reconcile a volume");
+            })
+    })
+    .await;
+    Ok(latest(claims_written?, volumes_written?))
 }
 
 /// The class a claim names (`""` and absent: none).
@@ -258,9 +252,12 @@ async fn bind(objects: &Objects, claim: &Value, pv: &Value) -> Result<Option<i64
         "uid": claim["metadata"]["uid"],
     });
     let pv_uid = pv["metadata"]["uid"].clone();
+    let mut held_by_another = false;
     let mut written = objects
         .update_with(kind("persistentvolumes"), "", name_of(pv), |current| {
-            if current["metadata"]["uid"] != pv_uid {
+            held_by_another = !current["spec"]["claimRef"]["uid"].is_null()
+                && current["spec"]["claimRef"]["uid"] != claim_ref["uid"];
+            if current["metadata"]["uid"] != pv_uid || held_by_another {
                 return false;
             }
             let mut changed = false;
@@ -275,6 +272,10 @@ async fn bind(objects: &Objects, claim: &Value, pv: &Value) -> Result<Option<i64
             changed
         })
         .await?;
+    if held_by_another {
+        // Taken meanwhile: the next pass looks for another.
+        return Ok(written);
+    }
     let claim_uid = claim["metadata"]["uid"].clone();
     let (volume, modes, capacity) = (
         name_of(pv).to_string(),

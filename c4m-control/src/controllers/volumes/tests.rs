@@ -745,3 +745,37 @@ fn an_event_a_pass_finds_again_is_recorded_once_per_repeat() {
     assert!(repeats.due("uid-2", "ProvisioningFailed", "node a is not ready"));
     assert!(repeats.due("uid-1", "WaitForFirstConsumer", "no room"));
 }
+
+#[tokio::test]
+async fn two_claims_after_one_volume_never_share_it() {
+    let h = Harness::new().await;
+    h.create("persistentvolumes", nfs_volume("only", "1Gi"))
+        .await;
+    for name in ["first", "second", "third"] {
+        h.create("persistentvolumeclaims", new_claim(name, "1Gi", Some("")))
+            .await;
+    }
+    h.settle().await;
+    let bound: Vec<String> = ["first", "second", "third"]
+        .iter()
+        .filter(|name| {
+            h.get("persistentvolumeclaims", "default", name).unwrap()["status"]["phase"] == "Bound"
+        })
+        .map(|name| name.to_string())
+        .collect();
+    assert_eq!(bound.len(), 1, "{bound:?}");
+    let pv = h.get("persistentvolumes", "", "only").unwrap();
+    assert_eq!(pv["spec"]["claimRef"]["name"], bound[0].as_str());
+    assert_eq!(
+        h.events(
+            if bound[0] == "first" {
+                "second"
+            } else {
+                "first"
+            },
+            "FailedBinding"
+        )
+        .await,
+        ["no persistent volumes available for this claim and no storage class is set"]
+    );
+}
