@@ -252,6 +252,26 @@ fn capacity_bytes(pv: &Value) -> Option<u64> {
         .and_then(|s| c4m_core::parse_memory_bytes(s).ok())
 }
 
+/// Changes `object` (of `plural`) in place with `change` (false: leave it),
+/// unless another object of its name replaced it meanwhile; the revision
+/// written.
+async fn update(
+    objects: &Objects,
+    plural: &str,
+    object: &Value,
+    mut change: impl FnMut(&mut Value) -> bool,
+) -> Result<Option<i64>> {
+    let uid = object["metadata"]["uid"].clone();
+    objects
+        .update_with(
+            kind(plural),
+            crate::objects::namespace_of(object),
+            crate::objects::name_of(object),
+            |current| current["metadata"]["uid"] == uid && change(current),
+        )
+        .await
+}
+
 /// Every object of `plural`, as cached.
 fn all(cache: &Cache, plural: &str) -> Vec<Arc<Value>> {
     cache.list(kind(plural), None)

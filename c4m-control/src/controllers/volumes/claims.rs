@@ -19,7 +19,7 @@ use c4m_core::volumes::{
 use serde_json::{Value, json};
 
 use super::admission::{PV_PROTECTION, PVC_PROTECTION};
-use super::{BINDER, NodeStorage, PROVISIONER, all, capacity_bytes, requested_bytes};
+use super::{BINDER, NodeStorage, PROVISIONER, all, capacity_bytes, requested_bytes, update};
 use crate::Result;
 use crate::cache::Cache;
 use crate::controllers::{latest, reconcile_each};
@@ -251,70 +251,58 @@ async fn bind(objects: &Objects, claim: &Value, pv: &Value) -> Result<Option<i64
         "namespace": namespace_of(claim), "name": name_of(claim),
         "uid": claim["metadata"]["uid"],
     });
-    let pv_uid = pv["metadata"]["uid"].clone();
     let mut held_by_another = false;
-    let mut written = objects
-        .update_with(kind("persistentvolumes"), "", name_of(pv), |current| {
-            held_by_another = !current["spec"]["claimRef"]["uid"].is_null()
-                && current["spec"]["claimRef"]["uid"] != claim_ref["uid"];
-            if current["metadata"]["uid"] != pv_uid || held_by_another {
-                return false;
+    let mut written = update(objects, "persistentvolumes", pv, |current| {
+        held_by_another = !current["spec"]["claimRef"]["uid"].is_null()
+            && current["spec"]["claimRef"]["uid"] != claim_ref["uid"];
+        if held_by_another {
+            return false;
+        }
+        let mut changed = false;
+        if current["spec"]["claimRef"]["uid"] != claim_ref["uid"] {
+            if current["spec"]["claimRef"].is_null() {
+                annotate(current, BOUND_BY_CONTROLLER, "yes");
             }
-            let mut changed = false;
-            if current["spec"]["claimRef"]["uid"] != claim_ref["uid"] {
-                if current["spec"]["claimRef"].is_null() {
-                    annotate(current, BOUND_BY_CONTROLLER, "yes");
-                }
-                current["spec"]["claimRef"] = claim_ref.clone();
-                changed = true;
-            }
-            changed |= set_phase(current, "Bound");
-            changed
-        })
-        .await?;
+            current["spec"]["claimRef"] = claim_ref.clone();
+            changed = true;
+        }
+        changed |= set_phase(current, "Bound");
+        changed
+    })
+    .await?;
     if held_by_another {
         // Taken meanwhile: the next pass looks for another.
         return Ok(written);
     }
-    let claim_uid = claim["metadata"]["uid"].clone();
     let (volume, modes, capacity) = (
         name_of(pv).to_string(),
         pv["spec"]["accessModes"].clone(),
         pv["spec"]["capacity"].clone(),
     );
-    let claim_written = objects
-        .update_with(
-            kind("persistentvolumeclaims"),
-            namespace_of(claim),
-            name_of(claim),
-            |current| {
-                if current["metadata"]["uid"] != claim_uid {
-                    return false;
-                }
-                let before = current.clone();
-                if current["spec"]["volumeName"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .is_empty()
-                {
-                    current["spec"]["volumeName"] = json!(volume);
-                    annotate(current, BOUND_BY_CONTROLLER, "yes");
-                }
-                annotate(current, BIND_COMPLETED, "yes");
-                if !current["status"].is_object() {
-                    current["status"] = json!({});
-                }
-                current["status"]["phase"] = json!("Bound");
-                current["status"]["accessModes"] = modes.clone();
-                // Capacity follows the volume, except while an expansion is
-                // under way (its status says the size it has).
-                if current["status"]["capacity"].is_null() {
-                    current["status"]["capacity"] = capacity.clone();
-                }
-                *current != before
-            },
-        )
-        .await?;
+    let claim_written = update(objects, "persistentvolumeclaims", claim, |current| {
+        let before = current.clone();
+        if current["spec"]["volumeName"]
+            .as_str()
+            .unwrap_or_default()
+            .is_empty()
+        {
+            current["spec"]["volumeName"] = json!(volume);
+            annotate(current, BOUND_BY_CONTROLLER, "yes");
+        }
+        annotate(current, BIND_COMPLETED, "yes");
+        if !current["status"].is_object() {
+            current["status"] = json!({});
+        }
+        current["status"]["phase"] = json!("Bound");
+        current["status"]["accessModes"] = modes.clone();
+        // Capacity follows the volume, except while an expansion is
+        // under way (its status says the size it has).
+        if current["status"]["capacity"].is_null() {
+            current["status"]["capacity"] = capacity.clone();
+        }
+        *current != before
+    })
+    .await?;
     if claim["status"]["phase"] != "Bound" && claim_written.is_some() {
         objects.events().record(
             Regarding::of(claim),
@@ -354,15 +342,10 @@ async fn lose(objects: &Objects, claim: &Value) -> Result<Option<i64>> {
     if claim["status"]["phase"] == "Lost" {
         return Ok(None);
     }
-    let uid = claim["metadata"]["uid"].clone();
-    let written = objects
-        .update_with(
-            kind("persistentvolumeclaims"),
-            namespace_of(claim),
-            name_of(claim),
-            |current| current["metadata"]["uid"] == uid && set_phase(current, "Lost"),
-        )
-        .await?;
+    let written = update(objects, "persistentvolumeclaims", claim, |current| {
+        set_phase(current, "Lost")
+    })
+    .await?;
     objects.events().record(
         Regarding::of(claim),
         EventType::Warning,
@@ -501,23 +484,14 @@ async fn select_node(
             return Ok(None);
         }
     };
-    let uid = claim["metadata"]["uid"].clone();
-    let written = objects
-        .update_with(
-            kind("persistentvolumeclaims"),
-            namespace_of(claim),
-            name_of(claim),
-            |current| {
-                if current["metadata"]["uid"] != uid
-                    || current["metadata"]["annotations"][SELECTED_NODE].is_string()
-                {
-                    return false;
-                }
-                annotate(current, SELECTED_NODE, &node);
-                true
-            },
-        )
-        .await?;
+    let written = update(objects, "persistentvolumeclaims", claim, |current| {
+        if current["metadata"]["annotations"][SELECTED_NODE].is_string() {
+            return false;
+        }
+        annotate(current, SELECTED_NODE, &node);
+        true
+    })
+    .await?;
     objects.events().record(
         Regarding::of(claim),
         EventType::Normal,
@@ -620,40 +594,25 @@ async fn expansion(
     let Some((_, state)) = world.nodes.volume(driver, handle) else {
         return Ok(None);
     };
-    let claim_uid = claim["metadata"]["uid"].clone();
     if state.size_bytes >= wanted {
         let size = c4m_core::format_memory_bytes(state.size_bytes);
-        let pv_uid = pv["metadata"]["uid"].clone();
-        let pv_written = objects
-            .update_with(kind("persistentvolumes"), "", name_of(pv), |current| {
-                if current["metadata"]["uid"] != pv_uid
-                    || current["spec"]["capacity"]["storage"] == size
-                {
-                    return false;
-                }
-                current["spec"]["capacity"]["storage"] = json!(size);
-                true
-            })
-            .await?;
-        let claim_written = objects
-            .update_with(
-                kind("persistentvolumeclaims"),
-                namespace_of(claim),
-                name_of(claim),
-                |current| {
-                    if current["metadata"]["uid"] != claim_uid {
-                        return false;
-                    }
-                    current["status"]["capacity"]["storage"] = json!(size);
-                    if let Some(conditions) = current["status"]["conditions"].as_array_mut() {
-                        conditions.retain(|c| {
-                            c["type"] != "FileSystemResizePending" && c["type"] != "Resizing"
-                        });
-                    }
-                    true
-                },
-            )
-            .await?;
+        let pv_written = update(objects, "persistentvolumes", pv, |current| {
+            if current["spec"]["capacity"]["storage"] == size {
+                return false;
+            }
+            current["spec"]["capacity"]["storage"] = json!(size);
+            true
+        })
+        .await?;
+        let claim_written = update(objects, "persistentvolumeclaims", claim, |current| {
+            current["status"]["capacity"]["storage"] = json!(size);
+            if let Some(conditions) = current["status"]["conditions"].as_array_mut() {
+                conditions
+                    .retain(|c| c["type"] != "FileSystemResizePending" && c["type"] != "Resizing");
+            }
+            true
+        })
+        .await?;
         objects.events().record(
             Regarding::of(claim),
             EventType::Normal,
@@ -686,30 +645,21 @@ async fn expansion(
             ),
         )
     };
-    objects
-        .update_with(
-            kind("persistentvolumeclaims"),
-            namespace_of(claim),
-            name_of(claim),
-            |current| {
-                if current["metadata"]["uid"] != claim_uid {
-                    return false;
-                }
-                let other = if condition == "Resizing" {
-                    "FileSystemResizePending"
-                } else {
-                    "Resizing"
-                };
-                let mut changed = false;
-                if let Some(conditions) = current["status"]["conditions"].as_array_mut() {
-                    let before = conditions.len();
-                    conditions.retain(|c| c["type"] != other);
-                    changed = conditions.len() != before;
-                }
-                changed | crate::pods::set_condition(current, condition, true, reason, &message)
-            },
-        )
-        .await
+    update(objects, "persistentvolumeclaims", claim, |current| {
+        let other = if condition == "Resizing" {
+            "FileSystemResizePending"
+        } else {
+            "Resizing"
+        };
+        let mut changed = false;
+        if let Some(conditions) = current["status"]["conditions"].as_array_mut() {
+            let before = conditions.len();
+            conditions.retain(|c| c["type"] != other);
+            changed = conditions.len() != before;
+        }
+        changed | crate::pods::set_condition(current, condition, true, reason, &message)
+    })
+    .await
 }
 
 /// A claim being deleted keeps `kubernetes.io/pvc-protection` while a pod
@@ -808,15 +758,13 @@ async fn reconcile_volume(objects: &Objects, cache: &Cache, pv: &Value) -> Resul
         }
         return Ok(None);
     }
-    let uid = pv["metadata"]["uid"].clone();
     let written = if pv["status"]["phase"] == phase {
         None
     } else {
-        objects
-            .update_with(kind("persistentvolumes"), "", name_of(pv), |current| {
-                current["metadata"]["uid"] == uid && set_phase(current, phase)
-            })
-            .await?
+        update(objects, "persistentvolumes", pv, |current| {
+            set_phase(current, phase)
+        })
+        .await?
     };
     if phase == "Released" && pv["spec"]["persistentVolumeReclaimPolicy"] == "Delete" {
         return Ok(latest(

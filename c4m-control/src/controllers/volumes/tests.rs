@@ -106,6 +106,24 @@ impl Harness {
         .await;
     }
 
+    /// A claim `name` of a new `Immediate` class `class_name`, provisioned
+    /// on the new node `a` and bound; its volume handle.
+    async fn provisioned(&self, name: &str, class_name: &str, expandable: bool) -> String {
+        self.node("a").await;
+        self.create("storageclasses", class(class_name, "Immediate", expandable))
+            .await;
+        let created = self
+            .create(
+                "persistentvolumeclaims",
+                new_claim(name, "1Gi", Some(class_name)),
+            )
+            .await;
+        let handle = format!("pvc-{}", uid(&created));
+        self.report("a", 10 * GI, vec![local_state(&handle, GI)], vec![]);
+        self.settle().await;
+        handle
+    }
+
     /// Reports `node` with `free` bytes for the local driver and `volumes`.
     fn report(
         &self,
@@ -555,18 +573,7 @@ async fn a_claim_no_node_has_room_for_stays_pending_and_says_why() {
 #[tokio::test]
 async fn expansion_status_follows_what_the_node_reports() {
     let h = Harness::new().await;
-    h.node("a").await;
-    h.create("storageclasses", class("fast", "Immediate", true))
-        .await;
-    let created = h
-        .create(
-            "persistentvolumeclaims",
-            new_claim("data", "1Gi", Some("fast")),
-        )
-        .await;
-    let handle = format!("pvc-{}", uid(&created));
-    h.report("a", 10 * GI, vec![local_state(&handle, GI)], vec![]);
-    h.settle().await;
+    let handle = h.provisioned("data", "fast", true).await;
     let bound = h.get("persistentvolumeclaims", "default", "data").unwrap();
     assert_eq!(bound["status"]["phase"], "Bound");
     let mut grown = (*bound).clone();
@@ -612,21 +619,10 @@ async fn expansion_status_follows_what_the_node_reports() {
 #[tokio::test]
 async fn a_snapshot_gets_its_content_and_is_ready_once_reported() {
     let h = Harness::new().await;
-    h.node("a").await;
     super::admission::ensure_default_classes(&h.objects)
         .await
         .unwrap();
-    h.create("storageclasses", class("fast", "Immediate", false))
-        .await;
-    let created = h
-        .create(
-            "persistentvolumeclaims",
-            new_claim("data", "1Gi", Some("fast")),
-        )
-        .await;
-    let handle = format!("pvc-{}", uid(&created));
-    h.report("a", 10 * GI, vec![local_state(&handle, GI)], vec![]);
-    h.settle().await;
+    let handle = h.provisioned("data", "fast", false).await;
     let snapshot = h
         .create(
             "volumesnapshots",
