@@ -324,19 +324,25 @@ async fn updates_keep_what_kubernetes_keeps_immutable() {
     );
 
     // Bound (by hand here): it may grow only if its class allows it, never shrink.
-    h.objects
-        .update_with(kind("persistentvolumeclaims"), "default", "data", |c| {
-            c["spec"]["volumeName"] = json!("pvc-x");
-            c["status"]["phase"] = json!("Bound");
-            true
-        })
-        .await
-        .unwrap();
-    let bound = h
-        .objects
-        .get(kind("persistentvolumeclaims"), "default", "data")
-        .await
-        .unwrap();
+    let h = &h;
+    let edit = |change: fn(&mut Value)| async move {
+        h.objects
+            .update_with(kind("persistentvolumeclaims"), "default", "data", |c| {
+                change(c);
+                true
+            })
+            .await
+            .unwrap();
+        h.objects
+            .get(kind("persistentvolumeclaims"), "default", "data")
+            .await
+            .unwrap()
+    };
+    let bound = edit(|c| {
+        c["spec"]["volumeName"] = json!("pvc-x");
+        c["status"]["phase"] = json!("Bound");
+    })
+    .await;
     let resize = |size: &str| {
         let mut value = bound.clone();
         value["spec"]["resources"]["requests"]["storage"] = json!(size);
@@ -361,18 +367,7 @@ async fn updates_keep_what_kubernetes_keeps_immutable() {
     );
     h.create("storageclasses", class("growing", "Immediate", true))
         .await;
-    h.objects
-        .update_with(kind("persistentvolumeclaims"), "default", "data", |c| {
-            c["spec"]["storageClassName"] = json!("growing");
-            true
-        })
-        .await
-        .unwrap();
-    let bound = h
-        .objects
-        .get(kind("persistentvolumeclaims"), "default", "data")
-        .await
-        .unwrap();
+    let bound = edit(|c| c["spec"]["storageClassName"] = json!("growing")).await;
     let mut value = bound.clone();
     value["spec"]["resources"]["requests"]["storage"] = json!("2Gi");
     let grown = h
