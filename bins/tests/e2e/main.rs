@@ -20,6 +20,7 @@ mod hollow;
 mod kubectl;
 mod kubectl_dry_run;
 mod kubectl_protobuf;
+mod kubectl_storage;
 mod kubectl_stream;
 mod oci;
 mod overlay;

@@ -93,6 +93,8 @@ const REMEMBERED_EVENTS: usize = 16_384;
 /// nodes are ready; and the Events it repeats.
 pub(crate) struct NodeStorage<'a> {
     reports: HashMap<String, VolumeReport>,
+    /// Every node, ready or not.
+    known: BTreeSet<String>,
     ready: BTreeSet<String>,
     repeats: &'a Repeats,
 }
@@ -103,10 +105,11 @@ impl NodeStorage<'_> {
         reports: &VolumeReports,
         repeats: &'a Repeats,
     ) -> NodeStorage<'a> {
+        let nodes = cache.node_readiness();
         NodeStorage {
             reports: reports.all(),
-            ready: cache
-                .node_readiness()
+            known: nodes.iter().map(|(name, _)| name.clone()).collect(),
+            ready: nodes
                 .into_iter()
                 .filter(|(_, ready)| *ready)
                 .map(|(name, _)| name)

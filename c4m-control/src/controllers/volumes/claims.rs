@@ -429,8 +429,18 @@ async fn provision(objects: &Objects, world: &World<'_>, claim: &Value) -> Resul
                 Err(e) => Err(e),
             }
         }
+        None if !world.nodes.known.contains(node) => {
+            // Its node is gone: let another be chosen, as external-provisioner
+            // gives a claim back to the scheduler.
+            provisioning_failed(format!("node {node} does not exist; choosing another"));
+            update(objects, "persistentvolumeclaims", claim, |current| {
+                let annotations = current["metadata"]["annotations"].as_object_mut();
+                annotations.is_some_and(|a| a.remove(SELECTED_NODE).is_some())
+            })
+            .await
+        }
         None => {
-            if !world.nodes.reports.contains_key(node) && !world.nodes.ready.contains(node) {
+            if !world.nodes.ready.contains(node) {
                 provisioning_failed(format!("node {node} is not ready"));
             }
             Ok(None)

@@ -770,3 +770,20 @@ async fn two_claims_after_one_volume_never_share_it() {
         ["no persistent volumes available for this claim and no storage class is set"]
     );
 }
+
+#[tokio::test]
+async fn a_claim_whose_selected_node_is_gone_gets_another() {
+    let h = Harness::new().await;
+    h.node("a").await;
+    h.report("a", 10 * GI, vec![], vec![]);
+    h.create("storageclasses", class("fast", "Immediate", false))
+        .await;
+    let mut claim = new_claim("data", "1Gi", Some("fast"));
+    claim["metadata"]["annotations"] = json!({"volume.kubernetes.io/selected-node": "gone"});
+    h.create("persistentvolumeclaims", claim).await;
+    h.settle().await;
+    assert_eq!(
+        h.get("persistentvolumeclaims", "default", "data").unwrap()["metadata"]["annotations"]["volume.kubernetes.io/selected-node"],
+        "a"
+    );
+}
