@@ -18,10 +18,12 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::claims::{ClaimMounts, NoClaims};
 use crate::edge::GatewayConfig;
 use crate::holder::PodHolders;
 use crate::objects::NodeObjects;
 use crate::pod_etc::PodEtc;
+use crate::pod_volumes::PodVolumes;
 use crate::server::{ServerState, router};
 use crate::service_rules::{self, keep_service_rules};
 use crate::session::{ControlPlaneChannel, NetworkFeeds, Session, register_request};
@@ -406,7 +408,23 @@ impl Agent {
             }
             _ => None,
         };
+        // Claims are refused until the node's volume manager mounts them.
+        let claims: Arc<dyn ClaimMounts> = Arc::new(NoClaims);
+        let volumes = match PodVolumes::open(
+            &self.config.data_dir,
+            claims,
+            self.config.memory_bytes,
+        )
+        .await
+        {
+            Ok(volumes) => Some(volumes),
+            Err(e) => {
+                tracing::error!(error = %e, "pod volumes are unavailable: pods with volumes wait");
+                None
+            }
+        };
         let supervisor = Supervisor {
+            volumes,
             runtimes: self.extensions.runtimes,
             prober: self
                 .extensions

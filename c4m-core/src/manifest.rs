@@ -1238,6 +1238,8 @@ fn check_pod_spec(spec: &PodSpec, path: &str) -> Result<(), FieldError> {
     }
     check_pod_dns_and_pulls(spec, path)?;
     storage::check_pod_volumes(spec, path)?;
+    crate::mounts::check_pod_mounts(spec)
+        .map_err(|(field, why)| field_error(join(path, &field), why))?;
     check_restart_policy(spec.restart_policy.as_deref(), &join(path, "restartPolicy"))
 }
 
@@ -1387,6 +1389,9 @@ fn check_pod_dns_and_pulls(spec: &PodSpec, path: &str) -> Result<(), FieldError>
         }
         if let Some((field, why)) = crate::pod_etc::unsupported_by_driver(driver, spec) {
             return Err(field_error(join(path, field), why));
+        }
+        if let Some((field, why)) = crate::mounts::unsupported_volumes(driver, spec) {
+            return Err(field_error(join(path, &field), why));
         }
     }
     Ok(())
