@@ -184,10 +184,12 @@ impl ControlPlane {
         let mut tasks = JoinSet::new();
         tasks.spawn(event_writer.run(shutdown.clone()));
 
+        let volume_reports = Arc::new(crate::volume_reports::VolumeReports::default());
         let scheduler = scheduler::Scheduler::new(
             self.extensions.filters.clone(),
             self.extensions.scorers.clone(),
-        );
+        )
+        .with_volume_reports(Arc::clone(&volume_reports));
         spawn_controllers(&mut tasks, &objects, &cache, &health, scheduler, &shutdown);
         let api_endpoint = controllers::services::ApiEndpoint {
             service_ip: self.config.service_ranges.api_service_ip(),
@@ -260,7 +262,7 @@ impl ControlPlane {
             reported: Arc::default(),
             reported_events: Arc::default(),
             service_envs: Arc::default(),
-            volume_reports: Arc::default(),
+            volume_reports,
             shutdown: shutdown.clone(),
         };
         let token = self.config.token.clone();
@@ -406,6 +408,9 @@ fn spawn_controllers(
             "deployments",
             "poddisruptionbudgets",
             "schedulerpolicies",
+            "persistentvolumeclaims",
+            "persistentvolumes",
+            "storageclasses",
         ],
         SCHEDULER_RESYNC,
         // The scheduler finds what changed itself, from the cache's revisions.
