@@ -298,6 +298,7 @@ impl IndexedFields {
             "Deployment" => "deployments",
             "Job" => "jobs",
             "DaemonSet" => "daemonsets",
+            "StatefulSet" => "statefulsets",
             "CronJob" => "cronjobs",
             _ => return None,
         };

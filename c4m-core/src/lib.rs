@@ -75,10 +75,11 @@ pub use model::{Instance, annotations, labels};
 pub use probe::{ProbeFailure, ProbeTracker, Prober, probe_timeout};
 pub use quantity::{format_cpu_millis, format_memory_bytes, parse_cpu_millis, parse_memory_bytes};
 pub use reference::{InvalidReference, Reference, SHA256_PREFIX, sha256_hex};
+pub use runtime::mounts;
 pub use runtime::{
     ContainerRuntime, ContainerSpec, ContainerState, ContainerStatus, ExecOutput, ExecRequest,
-    ExecSession, LogOptions, PodContainer, PortBinding, PortSpec, PullPolicy, RegistryLogin,
-    ResizeTerminal, ResourceLimits, ResourceUsage, TerminalSize,
+    ExecSession, LogOptions, Mount, MountPropagation, PodContainer, PortBinding, PortSpec,
+    PullPolicy, RegistryLogin, ResizeTerminal, ResourceLimits, ResourceUsage, TerminalSize,
 };
 #[cfg(feature = "spdy")]
 pub use spdy::{SpdyCodec, SpdyError, SpdyFrame};

@@ -578,46 +578,6 @@ pub(super) fn check_pod_volumes(spec: &PodSpec, path: &str) -> Result<(), FieldE
             check_claim_spec(&template.spec, &join(&template_path, "spec"))?;
         }
     }
-    let init = spec.init_containers.as_deref().unwrap_or_default();
-    for (field, containers) in [
-        ("containers", &spec.containers[..]),
-        ("initContainers", init),
-    ] {
-        for (i, container) in containers.iter().enumerate() {
-            let mounts_path = format!("{}[{i}].volumeMounts", join(path, field));
-            let mut mount_paths = HashSet::new();
-            for (j, mount) in container.volume_mounts.iter().flatten().enumerate() {
-                let mount_path = format!("{mounts_path}[{j}]");
-                if mount.name.is_empty() {
-                    return Err(field_error(join(&mount_path, "name"), "Required value"));
-                }
-                if !names.contains(mount.name.as_str()) {
-                    return Err(field_error(
-                        join(&mount_path, "name"),
-                        format!("Not found: {:?}", mount.name),
-                    ));
-                }
-                if mount.mount_path.is_empty() {
-                    return Err(field_error(
-                        join(&mount_path, "mountPath"),
-                        "Required value",
-                    ));
-                }
-                if !mount_paths.insert(mount.mount_path.as_str()) {
-                    return Err(field_error(
-                        join(&mount_path, "mountPath"),
-                        "Invalid value: must be unique",
-                    ));
-                }
-                if mount.sub_path.is_some() && mount.sub_path_expr.is_some() {
-                    return Err(field_error(
-                        join(&mount_path, "subPathExpr"),
-                        "Invalid value: subPathExpr and subPath are mutually exclusive",
-                    ));
-                }
-            }
-        }
-    }
     Ok(())
 }
 
