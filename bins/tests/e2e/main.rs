@@ -33,5 +33,6 @@ mod quickstart;
 mod service_ips;
 mod services;
 mod services_dns;
+mod storage_lifecycle;
 mod vpc;
 mod workloads;

@@ -72,7 +72,10 @@ pub(crate) async fn default_new(
                 );
                 default_field(&mut value["spec"], "volumeMode", "Filesystem");
             }
-            value["status"] = json!({"phase": "Pending"});
+            // The volume controller creates a provisioned volume Bound.
+            if value["status"]["phase"].is_null() {
+                value["status"] = json!({"phase": "Pending"});
+            }
         }
         "PersistentVolumeClaim" => {
             add_finalizer(value, PVC_PROTECTION);

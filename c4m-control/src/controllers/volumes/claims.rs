@@ -274,46 +274,52 @@ async fn bind(objects: &Objects, claim: &Value, pv: &Value) -> Result<Option<i64
         // Taken meanwhile: the next pass looks for another.
         return Ok(written);
     }
-    let (volume, modes, capacity) = (
-        name_of(pv).to_string(),
-        pv["spec"]["accessModes"].clone(),
-        pv["spec"]["capacity"].clone(),
-    );
     let claim_written = update(objects, "persistentvolumeclaims", claim, |current| {
-        let before = current.clone();
-        if current["spec"]["volumeName"]
-            .as_str()
-            .unwrap_or_default()
-            .is_empty()
-        {
-            current["spec"]["volumeName"] = json!(volume);
-            annotate(current, BOUND_BY_CONTROLLER, "yes");
-        }
-        annotate(current, BIND_COMPLETED, "yes");
-        if !current["status"].is_object() {
-            current["status"] = json!({});
-        }
-        current["status"]["phase"] = json!("Bound");
-        current["status"]["accessModes"] = modes.clone();
-        // Capacity follows the volume, except while an expansion is
-        // under way (its status says the size it has).
-        if current["status"]["capacity"].is_null() {
-            current["status"]["capacity"] = capacity.clone();
-        }
-        *current != before
+        bind_claim(current, pv)
     })
     .await?;
     if claim["status"]["phase"] != "Bound" && claim_written.is_some() {
-        objects.events().record(
-            Regarding::of(claim),
-            EventType::Normal,
-            "Bound",
-            format!("Bound to volume {}", name_of(pv)),
-            BINDER,
-        );
+        record_bound(objects, claim, pv);
     }
     written = latest(written, claim_written);
     Ok(written)
+}
+
+/// Records on `claim` its binding to `pv`, as Kubernetes' binder does:
+/// `volumeName` (set once), the bind annotations, status `Bound` with the
+/// volume's access modes and capacity; whether anything changed.
+fn bind_claim(claim: &mut Value, pv: &Value) -> bool {
+    let before = claim.clone();
+    if claim["spec"]["volumeName"]
+        .as_str()
+        .unwrap_or_default()
+        .is_empty()
+    {
+        claim["spec"]["volumeName"] = pv["metadata"]["name"].clone();
+        annotate(claim, BOUND_BY_CONTROLLER, "yes");
+    }
+    annotate(claim, BIND_COMPLETED, "yes");
+    if !claim["status"].is_object() {
+        claim["status"] = json!({});
+    }
+    claim["status"]["phase"] = json!("Bound");
+    claim["status"]["accessModes"] = pv["spec"]["accessModes"].clone();
+    // Capacity follows the volume, except while an expansion is under way
+    // (its status says the size it has).
+    if claim["status"]["capacity"].is_null() {
+        claim["status"]["capacity"] = pv["spec"]["capacity"].clone();
+    }
+    *claim != before
+}
+
+fn record_bound(objects: &Objects, claim: &Value, pv: &Value) {
+    objects.events().record(
+        Regarding::of(claim),
+        EventType::Normal,
+        "Bound",
+        format!("Bound to volume {}", name_of(pv)),
+        BINDER,
+    );
 }
 
 fn annotate(object: &mut Value, key: &str, value: &str) {
@@ -413,9 +419,19 @@ async fn provision(objects: &Objects, world: &World<'_>, claim: &Value) -> Resul
             Ok(None)
         }
         Some((holder, state)) => {
-            let pv = volume_for(claim, class, provisioner, holder, state.size_bytes);
-            match objects.create(kind("persistentvolumes"), "", pv).await {
-                Ok(created) => {
+            // The volume and its claim's binding in one transaction.
+            let mut pv = volume_for(claim, class, provisioner, holder, state.size_bytes);
+            pv["status"] = json!({"phase": "Bound"});
+            let mut bound = claim.clone();
+            bind_claim(&mut bound, &pv);
+            let written = objects
+                .create_and_replace(
+                    (kind("persistentvolumes"), pv.clone()),
+                    (kind("persistentvolumeclaims"), bound),
+                )
+                .await;
+            match written {
+                Ok(revision) => {
                     objects.events().record(
                         Regarding::of(claim),
                         EventType::Normal,
@@ -423,9 +439,11 @@ async fn provision(objects: &Objects, world: &World<'_>, claim: &Value) -> Resul
                         format!("Successfully provisioned volume {handle} on node {holder}"),
                         PROVISIONER,
                     );
-                    bind(objects, claim, &created).await
+                    record_bound(objects, claim, &pv);
+                    Ok(Some(revision))
                 }
-                Err(crate::Error::AlreadyExists { .. }) => Ok(None),
+                // The claim changed, or its volume exists: the next pass sees which.
+                Err(crate::Error::Conflict(_)) => Ok(None),
                 Err(e) => Err(e),
             }
         }

@@ -484,6 +484,10 @@ async fn an_immediate_claim_is_provisioned_on_the_best_fitting_node_and_bound() 
     assert_eq!(claim["spec"]["volumeName"], handle.as_str());
     assert_eq!(claim["status"]["phase"], "Bound");
     assert_eq!(claim["status"]["capacity"]["storage"], "2Gi");
+    assert_eq!(
+        claim["metadata"]["resourceVersion"], pv["metadata"]["resourceVersion"],
+        "the volume and its claim's binding are one transaction"
+    );
 
     // In use by a pod, a deleted claim stays (Terminating) until the pod ends.
     h.create(
