@@ -11,7 +11,7 @@
 //! binds the two.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use c4m_core::volumes::{
     LOCAL_DRIVER, NFS_DRIVER, NO_PROVISIONER, SELECTED_NODE, volume_handle_for_claim,
@@ -47,6 +47,9 @@ struct World<'a> {
     /// Each VolumeSnapshot's uid, by namespace and name.
     snapshots: BTreeMap<(String, String), String>,
     nodes: &'a NodeStorage<'a>,
+    /// Bytes of each (driver, node) promised to claims selected for it that
+    /// its report does not show yet: not free, whatever the report says.
+    promised: Mutex<BTreeMap<(String, String), u64>>,
 }
 
 pub(super) async fn reconcile(
@@ -71,8 +74,13 @@ pub(super) async fn reconcile(
             })
             .collect(),
         nodes,
+        promised: Mutex::default(),
     };
     let claims = all(cache, "persistentvolumeclaims");
+    *world
+        .promised
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner) = promised(&world, &claims);
     // Concurrently, so their writes share group commits; two claims after
     // one volume cannot both take it (`bind` never takes a volume another
     // claim holds).
@@ -167,19 +175,63 @@ fn static_volume<'a>(claim: &Value, volumes: &'a [Arc<Value>]) -> Option<&'a Arc
         .copied()
 }
 
-/// The node to provision `bytes` of `driver` on: the ready node reporting
-/// the least free space that fits (best fit); else why none does.
-pub(super) fn pick_node(
+/// What the claims selected for a node but not yet in its report take of
+/// it, by (driver, node).
+fn promised(world: &World<'_>, claims: &[Arc<Value>]) -> BTreeMap<(String, String), u64> {
+    let mut promised = BTreeMap::new();
+    for claim in claims {
+        let (Some(node), Some(class)) = (
+            claim["metadata"]["annotations"][SELECTED_NODE].as_str(),
+            world.classes.get(class_name(claim)),
+        ) else {
+            continue;
+        };
+        let driver = class["provisioner"].as_str().unwrap_or_default();
+        let handle = volume_handle_for_claim(claim["metadata"]["uid"].as_str().unwrap_or_default());
+        if claim["spec"]["volumeName"]
+            .as_str()
+            .is_some_and(|v| !v.is_empty())
+            || world.nodes.volume(driver, &handle).is_some()
+        {
+            continue;
+        }
+        *promised
+            .entry((driver.to_string(), node.to_string()))
+            .or_default() += requested_bytes(claim).unwrap_or_default();
+    }
+    promised
+}
+
+/// The node to provision `bytes` of `driver` on: the ready node whose
+/// reported free space, less what is `promised` of it, is the least that
+/// fits (best fit), which is then promised those bytes too; else why none
+/// fits.
+fn pick_node(
     nodes: &NodeStorage<'_>,
+    promised: &Mutex<BTreeMap<(String, String), u64>>,
     driver: &str,
     bytes: u64,
 ) -> std::result::Result<String, String> {
-    let free = nodes.free(driver);
+    let mut promised = promised.lock().unwrap_or_else(PoisonError::into_inner);
+    let free: BTreeMap<&str, u64> = nodes
+        .free(driver)
+        .into_iter()
+        .map(|(node, free)| {
+            let taken = promised
+                .get(&(driver.to_string(), node.to_string()))
+                .copied()
+                .unwrap_or_default();
+            (node, free.saturating_sub(taken))
+        })
+        .collect();
     if let Some((node, _)) = free
         .iter()
         .filter(|(_, free)| **free >= bytes)
         .min_by_key(|(node, free)| (**free, **node))
     {
+        *promised
+            .entry((driver.to_string(), node.to_string()))
+            .or_default() += bytes;
         return Ok((*node).to_string());
     }
     if free.is_empty() {
@@ -483,7 +535,7 @@ async fn select_node(
     let chosen = if from_snapshot {
         snapshot_node(world, claim, source)
     } else if immediate {
-        pick_node(world.nodes, provisioner, bytes)
+        pick_node(world.nodes, &world.promised, provisioner, bytes)
     } else {
         world.nodes.note(
             objects,

@@ -791,3 +791,37 @@ async fn a_claim_whose_selected_node_is_gone_gets_another() {
         "a"
     );
 }
+
+#[tokio::test]
+async fn claims_selected_at_once_do_not_overcommit_a_node() {
+    let h = Harness::new().await;
+    h.node("small").await;
+    h.node("large").await;
+    h.report("small", 3 * GI, vec![], vec![]);
+    h.report("large", 5 * GI, vec![], vec![]);
+    h.create("storageclasses", class("fast", "Immediate", false))
+        .await;
+    for name in ["one", "two", "three"] {
+        h.create(
+            "persistentvolumeclaims",
+            new_claim(name, "2Gi", Some("fast")),
+        )
+        .await;
+    }
+    h.settle().await;
+    let mut selected: Vec<String> = ["one", "two", "three"]
+        .iter()
+        .filter_map(|name| {
+            h.get("persistentvolumeclaims", "default", name).unwrap()["metadata"]["annotations"]
+                ["volume.kubernetes.io/selected-node"]
+                .as_str()
+                .map(String::from)
+        })
+        .collect();
+    selected.sort();
+    assert_eq!(
+        selected,
+        ["large", "large", "small"],
+        "3Gi takes one 2Gi claim, 5Gi two; none is promised more than it has"
+    );
+}
