@@ -25,7 +25,7 @@ pub(crate) const DEFAULT_CLASS_NAME: &str = "local";
 const NOT_RESIZABLE: &str = "only dynamically provisioned pvc can be resized and the storageclass that provisions the pvc must support resize";
 
 /// Adds `finalizer` to `object`'s unless there.
-fn add_finalizer(object: &mut Value, finalizer: &str) {
+pub(super) fn add_finalizer(object: &mut Value, finalizer: &str) {
     let list = &mut object["metadata"]["finalizers"];
     match list.as_array_mut() {
         Some(list) if list.iter().any(|f| f == finalizer) => {}

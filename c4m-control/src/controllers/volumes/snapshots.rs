@@ -7,6 +7,8 @@
 //! snapshot is gone is deleted when its `deletionPolicy` is `Delete` (its
 //! node then deletes the backend snapshot).
 
+use std::collections::BTreeSet;
+
 use serde_json::{Value, json};
 
 use super::{NodeStorage, all};
@@ -30,7 +32,13 @@ pub(super) async fn reconcile(
     nodes: &NodeStorage<'_>,
 ) -> Result<Option<i64>> {
     let mut written = None;
+    let restoring = restoring(cache);
     for snapshot in all(cache, "volumesnapshots") {
+        let source = restoring.contains(&(
+            namespace_of(&snapshot).to_string(),
+            name_of(&snapshot).to_string(),
+        ));
+        written = latest(written, protect(objects, &snapshot, source).await?);
         if crate::deletion::is_deleting(&snapshot) {
             continue;
         }
@@ -50,6 +58,60 @@ pub(super) async fn reconcile(
         written = latest(written, collect(objects, cache, &content).await);
     }
     Ok(written)
+}
+
+/// The finalizer that keeps a snapshot while a claim is being restored
+/// from it (the snapshotter's own name).
+const SOURCE_PROTECTION: &str =
+    "snapshot.storage.kubernetes.io/volumesnapshot-as-source-protection";
+
+/// The snapshots (namespace, name) that claims not yet bound restore from.
+fn restoring(cache: &Cache) -> BTreeSet<(String, String)> {
+    all(cache, "persistentvolumeclaims")
+        .iter()
+        .filter(|claim| {
+            claim["spec"]["volumeName"]
+                .as_str()
+                .is_none_or(str::is_empty)
+                && !crate::deletion::is_deleting(claim)
+                && claim["spec"]["dataSource"]["kind"] == "VolumeSnapshot"
+        })
+        .filter_map(|claim| {
+            let name = claim["spec"]["dataSource"]["name"].as_str()?;
+            Some((namespace_of(claim).to_string(), name.to_string()))
+        })
+        .collect()
+}
+
+/// Keeps [`SOURCE_PROTECTION`] on `snapshot` exactly while it is the
+/// `source` of a claim being restored (added only before it is deleted),
+/// so deleting it waits until the restore is done.
+async fn protect(objects: &Objects, snapshot: &Value, source: bool) -> Result<Option<i64>> {
+    let has = crate::deletion::finalizers(snapshot)
+        .iter()
+        .any(|f| f == SOURCE_PROTECTION);
+    match (source, has) {
+        (true, false) if !crate::deletion::is_deleting(snapshot) => {
+            super::update(objects, "volumesnapshots", snapshot, |current| {
+                if crate::deletion::is_deleting(current) {
+                    return false;
+                }
+                super::admission::add_finalizer(current, SOURCE_PROTECTION);
+                true
+            })
+            .await
+        }
+        (false, true) => {
+            crate::controllers::garbage_collector::remove_finalizer(
+                objects,
+                kind("volumesnapshots"),
+                snapshot,
+                SOURCE_PROTECTION,
+            )
+            .await
+        }
+        _ => Ok(None),
+    }
 }
 
 /// A snapshot of a claim: its content, then both statuses.

@@ -652,19 +652,20 @@ async fn a_snapshot_gets_its_content_and_is_ready_once_reported() {
     );
 
     let snapshot_handle = format!("snapshot-{}", uid(&snapshot));
+    let taken = SnapshotState {
+        driver: "c4m.io/local".into(),
+        handle: snapshot_handle.clone(),
+        source_volume: handle.clone(),
+        size_bytes: GI,
+        ready: true,
+        created_at: "2026-12-07T22:00:00Z".into(),
+        error: String::new(),
+    };
     h.report(
         "a",
         10 * GI,
         vec![local_state(&handle, GI)],
-        vec![SnapshotState {
-            driver: "c4m.io/local".into(),
-            handle: snapshot_handle.clone(),
-            source_volume: handle.clone(),
-            size_bytes: GI,
-            ready: true,
-            created_at: "2026-12-07T22:00:00Z".into(),
-            error: String::new(),
-        }],
+        vec![taken.clone()],
     );
     h.settle().await;
     let content = h.get("volumesnapshotcontents", "", &content_name).unwrap();
@@ -691,15 +692,38 @@ async fn a_snapshot_gets_its_content_and_is_ready_once_reported() {
     h.report("b", 90 * GI, vec![], vec![]);
     h.create("persistentvolumeclaims", restored).await;
     h.settle().await;
+    let restoring = h
+        .get("persistentvolumeclaims", "default", "restored")
+        .unwrap();
     assert_eq!(
-        h.get("persistentvolumeclaims", "default", "restored")
-            .unwrap()["metadata"]["annotations"]["volume.kubernetes.io/selected-node"],
+        restoring["metadata"]["annotations"]["volume.kubernetes.io/selected-node"],
         "a"
     );
 
-    // Deleted, the snapshot takes its content (policy Delete) along.
+    // Deleted while a claim is restored from it, it stays until the
+    // restore is done, then takes its content (policy Delete) along.
     h.delete("volumesnapshots", "default", "snap").await;
     h.settle().await;
+    let held = h.get("volumesnapshots", "default", "snap").unwrap();
+    assert_eq!(
+        held["metadata"]["finalizers"],
+        json!(["snapshot.storage.kubernetes.io/volumesnapshot-as-source-protection"])
+    );
+    assert!(h.get("volumesnapshotcontents", "", &content_name).is_some());
+    let restored_handle = format!("pvc-{}", uid(&restoring));
+    h.report(
+        "a",
+        9 * GI,
+        vec![local_state(&handle, GI), local_state(&restored_handle, GI)],
+        vec![taken],
+    );
+    h.settle().await;
+    assert_eq!(
+        h.get("persistentvolumeclaims", "default", "restored")
+            .unwrap()["status"]["phase"],
+        "Bound"
+    );
+    assert!(h.get("volumesnapshots", "default", "snap").is_none());
     assert!(h.get("volumesnapshotcontents", "", &content_name).is_none());
 }
 
