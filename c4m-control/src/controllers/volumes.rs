@@ -228,17 +228,38 @@ pub(crate) async fn run(
         feed,
         resync,
         shutdown,
-        move |_| {
+        move |changes| {
             let (objects, cache, reports, repeats) = (
                 objects.clone(),
                 Arc::clone(&cache),
                 Arc::clone(&reports),
                 Arc::clone(&repeats),
             );
-            async move { reconcile(&objects, &cache, &reports, &repeats).await }
+            async move {
+                if !concerns_storage(&cache, &changes) {
+                    return Ok(None);
+                }
+                reconcile(&objects, &cache, &reports, &repeats).await
+            }
         },
     );
     tokio::join!(wakes, passes);
+}
+
+/// Whether `changes` may matter to storage: anything but pods, or a pod
+/// that names a claim or an ephemeral volume (before or after the change).
+/// Pods change far more often than storage does; the others need no pass.
+fn concerns_storage(cache: &Cache, changes: &crate::cache::Changes) -> bool {
+    const PODS: &str = "/registry/pods/";
+    let names_a_claim = |stored: &crate::cache::Stored| {
+        stored.contains(b"\"persistentVolumeClaim\"") || stored.contains(b"\"ephemeral\"")
+    };
+    changes.everything
+        || changes.changed.iter().any(|(key, before)| {
+            !key.starts_with(PODS)
+                || before.as_ref().is_some_and(names_a_claim)
+                || cache.stored(key).as_ref().is_some_and(names_a_claim)
+        })
 }
 
 /// A claim's storage request in bytes.

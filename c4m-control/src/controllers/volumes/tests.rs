@@ -849,3 +849,37 @@ async fn claims_selected_at_once_do_not_overcommit_a_node() {
         "3Gi takes one 2Gi claim, 5Gi two; none is promised more than it has"
     );
 }
+
+#[tokio::test]
+async fn only_pods_that_name_claims_start_a_pass() {
+    let h = Harness::new().await;
+    let feed = h.cache.feed(super::FOLLOWS);
+    let pod = |name: &str, volumes: Value| {
+        json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"containers": [{"name": "c", "image": "busybox"}], "volumes": volumes}})
+    };
+    let mut next = async || {
+        let changes = feed.next().await;
+        super::concerns_storage(&h.cache, &changes)
+    };
+    h.node("a").await;
+    assert!(next().await, "a feed's first read is everything");
+    h.create(
+        "pods",
+        pod("plain", json!([{"name": "tmp", "emptyDir": {}}])),
+    )
+    .await;
+    assert!(!next().await, "a pod without claims");
+    h.create(
+        "pods",
+        pod(
+            "user",
+            json!([{"name": "d", "persistentVolumeClaim": {"claimName": "data"}}]),
+        ),
+    )
+    .await;
+    assert!(next().await, "a pod that names a claim");
+    h.create("persistentvolumes", nfs_volume("v", "1Gi")).await;
+    assert!(next().await, "any storage object");
+}
