@@ -859,7 +859,7 @@ async fn only_pods_that_name_claims_start_a_pass() {
             "metadata": {"name": name, "namespace": "default"},
             "spec": {"containers": [{"name": "c", "image": "busybox"}], "volumes": volumes}})
     };
-    let mut next = async || {
+    let next = async || {
         let changes = feed.next().await;
         super::concerns_storage(&h.cache, &changes)
     };
