@@ -288,6 +288,39 @@ async fn updates_keep_what_kubernetes_keeps_immutable() {
         error.to_string(),
         "parameters: Forbidden: updates to parameters are forbidden."
     );
+    let mut expandable = (*h.get("storageclasses", "", "fixed").unwrap()).clone();
+    expandable["allowVolumeExpansion"] = json!(true);
+    let mut expandable = h
+        .objects
+        .replace(kind("storageclasses"), "", "fixed", expandable, Part::Main)
+        .await
+        .expect("allowVolumeExpansion may change, as in Kubernetes");
+    expandable["allowVolumeExpansion"] = json!(false);
+    h.objects
+        .replace(kind("storageclasses"), "", "fixed", expandable, Part::Main)
+        .await
+        .unwrap();
+
+    let pv = h
+        .create("persistentvolumes", nfs_volume("nfs-1", "1Gi"))
+        .await;
+    let mut moved = pv.clone();
+    moved["spec"]["nfs"]["path"] = json!("/elsewhere");
+    let error = h
+        .objects
+        .replace(kind("persistentvolumes"), "", "nfs-1", moved, Part::Main)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "spec.persistentvolumesource: Forbidden: spec.persistentvolumesource is immutable after creation"
+    );
+    let mut grown = pv.clone();
+    grown["spec"]["capacity"]["storage"] = json!("2Gi");
+    h.objects
+        .replace(kind("persistentvolumes"), "", "nfs-1", grown, Part::Main)
+        .await
+        .expect("a volume's capacity may change");
 
     let created = h
         .create(
