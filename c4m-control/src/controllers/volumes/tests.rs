@@ -916,3 +916,43 @@ async fn only_pods_that_name_claims_start_a_pass() {
     h.create("persistentvolumes", nfs_volume("v", "1Gi")).await;
     assert!(next().await, "any storage object");
 }
+
+#[tokio::test]
+async fn a_claim_naming_its_volume_waits_for_that_one() {
+    let h = Harness::new().await;
+    h.create("persistentvolumes", nfs_volume("small", "512Mi"))
+        .await;
+    h.create("persistentvolumes", nfs_volume("other", "1Gi"))
+        .await;
+    let mut claim = new_claim("data", "1Gi", Some(""));
+    claim["spec"]["volumeName"] = json!("small");
+    h.create("persistentvolumeclaims", claim).await;
+    let mut later = new_claim("later", "1Gi", Some(""));
+    later["spec"]["volumeName"] = json!("later-pv");
+    h.create("persistentvolumeclaims", later).await;
+    h.settle().await;
+    assert_eq!(
+        h.get("persistentvolumeclaims", "default", "data").unwrap()["status"]["phase"],
+        "Pending",
+        "not another volume, and not one too small"
+    );
+    assert_eq!(
+        h.events("data", "FailedBinding").await[0],
+        "Cannot bind to requested volume \"small\": it does not fit the claim (class, access modes, size, volume mode or claimRef)"
+    );
+    assert_eq!(
+        h.events("later", "FailedBinding").await,
+        ["volume \"later-pv\" not found"]
+    );
+    h.create("persistentvolumes", nfs_volume("later-pv", "1Gi"))
+        .await;
+    h.settle().await;
+    assert_eq!(
+        h.get("persistentvolumeclaims", "default", "later").unwrap()["status"]["phase"],
+        "Bound"
+    );
+    assert_eq!(
+        h.get("persistentvolumes", "", "other").unwrap()["status"]["phase"],
+        "Available"
+    );
+}
