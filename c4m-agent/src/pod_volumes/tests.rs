@@ -346,3 +346,30 @@ spec:
         "{mounts}"
     );
 }
+
+/// After a restart, the volumes of pods still assigned (adopted) stay; the
+/// others' go, except those whose containers are still being removed,
+/// which go once they are.
+#[tokio::test]
+async fn orphans_go_adopted_pods_and_pods_being_removed_stay() {
+    let dir = tempfile::tempdir().unwrap();
+    let (volumes, claims) = volumes(dir.path()).await;
+    let yaml = "spec: {volumes: [{name: d, emptyDir: {}}], containers: []}";
+    for id in ["adopted", "orphan", "removing"] {
+        volumes
+            .set_up(id, &pod(yaml, serde_json::Value::Null))
+            .await
+            .unwrap();
+    }
+    volumes.removing("removing");
+    volumes
+        .tear_down_orphans(&HashSet::from(["adopted".to_string()]))
+        .await;
+    let root = dir.path().join("pod-volumes");
+    assert!(root.join("adopted/volumes/d").is_dir());
+    assert!(root.join("removing/volumes/d").is_dir());
+    assert!(!root.join("orphan").exists());
+    assert_eq!(*claims.calls.lock().unwrap(), ["unmount 0a1b2c3d-uid"]);
+    volumes.removed("removing").await;
+    assert!(!root.join("removing").exists());
+}

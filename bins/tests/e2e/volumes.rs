@@ -1,0 +1,234 @@
+//! Pod volumes through the real binaries and kubectl, in `oci`
+//! containers: emptyDir on disk with an exact `sizeLimit` and in memory,
+//! subPath and readOnly mounts, a container's ephemeral-storage limit, and
+//! what the API and the drivers refuse, naming the field.
+
+use std::time::Duration;
+
+use crate::common::kubectl::Kubectl;
+use crate::common::oci::oci_cluster_with;
+use crate::common::*;
+
+/// A cluster with one `oci` node `vols` and the busybox image as `bb:1`.
+fn oci_cluster() -> (Cluster, Kubectl) {
+    let (cluster, kubectl) = oci_cluster_with("vols", &["--default-driver", "oci"]);
+    cluster.offered_driver("oci");
+    (cluster, kubectl)
+}
+
+/// Applies `manifest` and waits until pod `name` is Ready.
+fn run_ready(kubectl: &Kubectl, cluster: &Cluster, name: &str, manifest: &str) {
+    let path = cluster.dir.path().join(format!("{name}.yaml"));
+    std::fs::write(&path, manifest).unwrap();
+    kubectl.ok(&["apply", "-f", path.to_str().unwrap()]);
+    let ready = kubectl.run(&[
+        "wait",
+        "--for=condition=Ready",
+        &format!("pod/{name}"),
+        "--timeout=90s",
+    ]);
+    assert!(
+        ready.status.success(),
+        "{name} is not Ready: {}\n{}",
+        String::from_utf8_lossy(&ready.stderr),
+        kubectl.ok(&["describe", "pod", name])
+    );
+}
+
+/// `sh -c script` in container `container` of pod `pod`: exit code and
+/// output (stdout then stderr).
+fn exec(kubectl: &Kubectl, pod: &str, container: &str, script: &str) -> (i32, String) {
+    let output = kubectl.run(&["exec", pod, "-c", container, "--", "sh", "-c", script]);
+    let text = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    (output.status.code().unwrap_or(-1), text)
+}
+
+const SIZED: &str = r#"apiVersion: v1
+kind: Pod
+metadata: {name: sized}
+spec:
+  volumes:
+  - {name: disk, emptyDir: {sizeLimit: 16Mi}}
+  - {name: memory, emptyDir: {medium: Memory, sizeLimit: 4Mi}}
+  - {name: shared, emptyDir: {}}
+  initContainers:
+  - name: prepare
+    image: bb:1
+    command: [sh, -c, "mkdir -p /shared/logs && echo from-init > /shared/logs/hello"]
+    volumeMounts: [{name: shared, mountPath: /shared}]
+  containers:
+  - name: main
+    image: bb:1
+    command: [sleep, "3600"]
+    resources: {limits: {ephemeral-storage: 16Mi}}
+    volumeMounts:
+    - {name: disk, mountPath: /disk}
+    - {name: memory, mountPath: /memory}
+    - {name: shared, mountPath: /logs, subPath: logs, readOnly: true}
+  - name: writer
+    image: bb:1
+    command: [sleep, "3600"]
+    volumeMounts:
+    - {name: shared, mountPath: /shared}
+"#;
+
+/// Every size is a hard limit: a write past an emptyDir's `sizeLimit` (on
+/// disk or in memory) or past the container's ephemeral-storage limit
+/// fails with ENOSPC and the pod keeps running, nothing evicted. A subPath
+/// mounted read-only shows what another container wrote and refuses
+/// writes. Deleting the pod leaves nothing mounted and no loop device.
+#[test]
+#[ignore = "needs root + runc + conmon + kubectl + loop devices"]
+fn sizes_are_hard_limits_and_sub_paths_read_only() {
+    let (cluster, kubectl) = oci_cluster();
+    run_ready(&kubectl, &cluster, "sized", SIZED);
+
+    for (place, megabytes) in [("/disk", 32), ("/memory", 8), ("/root-fill", 32)] {
+        let target = if place == "/root-fill" {
+            place.to_string()
+        } else {
+            format!("{place}/fill")
+        };
+        let (code, output) = exec(
+            &kubectl,
+            "sized",
+            "main",
+            &format!("dd if=/dev/zero of={target} bs=1M count={megabytes}"),
+        );
+        assert_ne!(code, 0, "{place}: {megabytes} MiB fit: {output}");
+        assert!(
+            output.contains("No space left on device"),
+            "{place}: {output}"
+        );
+    }
+    let (code, output) = exec(&kubectl, "sized", "main", "cat /logs/hello");
+    assert_eq!((code, output.as_str()), (0, "from-init\n"));
+    let (code, output) = exec(&kubectl, "sized", "main", "echo x > /logs/new");
+    assert_ne!(code, 0, "a read-only subPath took a write");
+    assert!(output.contains("Read-only file system"), "{output}");
+    exec(
+        &kubectl,
+        "sized",
+        "writer",
+        "echo later > /shared/logs/later",
+    );
+    let (_, output) = exec(&kubectl, "sized", "main", "cat /logs/later");
+    assert_eq!(
+        output, "later\n",
+        "the subPath shows the other container's write"
+    );
+
+    let pod = kubectl.json(&["get", "pod", "sized"]);
+    assert_eq!(pod["status"]["phase"], "Running", "nothing evicted: {pod}");
+    assert_eq!(restarts(&pod), 0, "{pod}");
+
+    kubectl.ok(&["delete", "pod", "sized", "--timeout=60s"]);
+    let volumes = cluster.agent_dir("vols").join("pod-volumes");
+    wait_for(
+        "the pod's volumes torn down",
+        Duration::from_secs(30),
+        || {
+            let left = std::fs::read_dir(&volumes).map(|d| d.count()).unwrap_or(0);
+            (left == 0).then_some(())
+        },
+    );
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let agent_dir = cluster.agent_dir("vols").display().to_string();
+    let left: Vec<&str> = mounts
+        .lines()
+        .filter(|l| l.contains(&format!("{agent_dir}/pod-")))
+        .collect();
+    assert!(left.is_empty(), "mounts left: {left:#?}");
+    let pool = cluster.agent_dir("vols").join("pod-scratch");
+    let loops = std::process::Command::new("losetup")
+        .arg("-a")
+        .output()
+        .unwrap();
+    let loops = String::from_utf8_lossy(&loops.stdout);
+    assert!(
+        !loops.contains(&pool.display().to_string()),
+        "loop devices left: {loops}"
+    );
+}
+
+/// The API refuses a hostPath volume for an unprivileged container and a
+/// Bidirectional mount likewise; a pod naming the `process` driver with
+/// volumeMounts, and one naming `docker` with an ephemeral-storage limit,
+/// are refused naming the field and the drivers that can.
+#[test]
+#[ignore = "needs kubectl"]
+fn what_cannot_be_honoured_is_refused_naming_the_field() {
+    let mut cluster = Cluster::start();
+    cluster.start_agent("plain", "2", "2Gi");
+    let kubectl = Kubectl::for_cluster(&cluster);
+    let apply = |name: &str, manifest: &str| {
+        let path = cluster.dir.path().join(format!("{name}.yaml"));
+        std::fs::write(&path, manifest).unwrap();
+        kubectl.fails(&["apply", "-f", path.to_str().unwrap()])
+    };
+    let host = apply(
+        "host",
+        r#"apiVersion: v1
+kind: Pod
+metadata: {name: host}
+spec:
+  volumes: [{name: logs, hostPath: {path: /var/log}}]
+  containers:
+  - {name: main, image: bb:1, volumeMounts: [{name: logs, mountPath: /logs}]}
+"#,
+    );
+    assert!(
+        host.contains("spec.volumes[0].hostPath")
+            && host.contains("hostPath volumes are for privileged containers only"),
+        "{host}"
+    );
+    let shared = apply(
+        "shared",
+        r#"apiVersion: v1
+kind: Pod
+metadata: {name: shared}
+spec:
+  volumes: [{name: d, emptyDir: {}}]
+  containers:
+  - {name: main, image: bb:1, volumeMounts: [{name: d, mountPath: /d, mountPropagation: Bidirectional}]}
+"#,
+    );
+    assert!(
+        shared.contains("spec.containers[0].volumeMounts[0].mountPropagation"),
+        "{shared}"
+    );
+    let process = apply(
+        "process",
+        r#"apiVersion: v1
+kind: Pod
+metadata: {name: process}
+spec:
+  runtimeClassName: process
+  volumes: [{name: d, emptyDir: {}}]
+  containers:
+  - {name: main, command: [sleep, "60"], volumeMounts: [{name: d, mountPath: /d}]}
+"#,
+    );
+    assert!(
+        process.contains("spec.containers[0].volumeMounts")
+            && process.contains("(drivers that can: oci, containerd, docker, cri)"),
+        "{process}"
+    );
+    let docker = apply(
+        "docker",
+        r#"apiVersion: v1
+kind: Pod
+metadata: {name: docker}
+spec:
+  runtimeClassName: docker
+  containers:
+  - {name: main, image: bb:1, resources: {limits: {ephemeral-storage: 1Gi}}}
+"#,
+    );
+    assert!(
+        docker.contains("spec.containers[0].resources.limits.ephemeral-storage")
+            && docker.contains("(drivers that can: oci, containerd)"),
+        "{docker}"
+    );
+}
