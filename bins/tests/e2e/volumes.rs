@@ -48,6 +48,7 @@ const SIZED: &str = r#"apiVersion: v1
 kind: Pod
 metadata: {name: sized}
 spec:
+  runtimeClassName: DRIVER
   volumes:
   - {name: disk, emptyDir: {sizeLimit: 16Mi}}
   - {name: memory, emptyDir: {medium: Memory, sizeLimit: 4Mi}}
@@ -82,7 +83,33 @@ spec:
 #[ignore = "needs root + runc + conmon + kubectl + loop devices"]
 fn sizes_are_hard_limits_and_sub_paths_read_only() {
     let (cluster, kubectl) = oci_cluster();
-    run_ready(&kubectl, &cluster, "sized", SIZED);
+    sizes_and_sub_paths(&cluster, &kubectl, "vols", "oci");
+}
+
+/// The same on the containerd driver (its snapshot's overlay writes on the
+/// sized layer).
+#[test]
+#[ignore = "needs root + containerd + runc + kubectl + loop devices"]
+fn sizes_are_hard_limits_and_sub_paths_read_only_on_containerd() {
+    assert!(
+        nix::unistd::Uid::effective().is_root(),
+        "the containerd driver needs root (cgroups, containerd's socket)"
+    );
+    // Declared first so that it stops last, after the agent.
+    let containerd_dir = tempfile::tempdir().unwrap();
+    let containerd = c4m_testkit::Containerd::start(containerd_dir.path());
+    let socket = containerd.socket().display().to_string();
+    let mut cluster = Cluster::start();
+    cluster.start_agent_with("ctd", "4", "4Gi", &["--containerd-socket", &socket]);
+    cluster.offered_driver("containerd");
+    let tar = busybox_image_tar(cluster.dir.path());
+    cluster.ok(&["image", "import", tar.to_str().unwrap(), "--name", "bb"]);
+    let kubectl = Kubectl::for_cluster(&cluster);
+    sizes_and_sub_paths(&cluster, &kubectl, "ctd", "containerd");
+}
+
+fn sizes_and_sub_paths(cluster: &Cluster, kubectl: &Kubectl, node: &str, driver: &str) {
+    run_ready(kubectl, cluster, "sized", &SIZED.replace("DRIVER", driver));
 
     for (place, megabytes) in [("/disk", 32), ("/memory", 8), ("/root-fill", 32)] {
         let target = if place == "/root-fill" {
@@ -91,7 +118,7 @@ fn sizes_are_hard_limits_and_sub_paths_read_only() {
             format!("{place}/fill")
         };
         let (code, output) = exec(
-            &kubectl,
+            kubectl,
             "sized",
             "main",
             &format!("dd if=/dev/zero of={target} bs=1M count={megabytes}"),
@@ -102,9 +129,9 @@ fn sizes_are_hard_limits_and_sub_paths_read_only() {
             "{place}: {output}"
         );
     }
-    let (code, output) = exec(&kubectl, "sized", "main", "cat /logs/hello");
+    let (code, output) = exec(kubectl, "sized", "main", "cat /logs/hello");
     assert_eq!((code, output.as_str()), (0, "from-init\n"));
-    let (code, output) = exec(&kubectl, "sized", "main", "echo x > /logs/new");
+    let (code, output) = exec(kubectl, "sized", "main", "echo x > /logs/new");
     assert_ne!(code, 0, "a read-only subPath took a write");
     assert!(output.contains("Read-only file system"), "{output}");
     exec(
@@ -113,7 +140,7 @@ fn sizes_are_hard_limits_and_sub_paths_read_only() {
         "writer",
         "echo later > /shared/logs/later",
     );
-    let (_, output) = exec(&kubectl, "sized", "main", "cat /logs/later");
+    let (_, output) = exec(kubectl, "sized", "main", "cat /logs/later");
     assert_eq!(
         output, "later\n",
         "the subPath shows the other container's write"
@@ -124,7 +151,7 @@ fn sizes_are_hard_limits_and_sub_paths_read_only() {
     assert_eq!(restarts(&pod), 0, "{pod}");
 
     kubectl.ok(&["delete", "pod", "sized", "--timeout=60s"]);
-    let volumes = cluster.agent_dir("vols").join("pod-volumes");
+    let volumes = cluster.agent_dir(node).join("pod-volumes");
     wait_for(
         "the pod's volumes torn down",
         Duration::from_secs(30),
@@ -134,13 +161,13 @@ fn sizes_are_hard_limits_and_sub_paths_read_only() {
         },
     );
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let agent_dir = cluster.agent_dir("vols").display().to_string();
+    let agent_dir = cluster.agent_dir(node).display().to_string();
     let left: Vec<&str> = mounts
         .lines()
         .filter(|l| l.contains(&format!("{agent_dir}/pod-")))
         .collect();
     assert!(left.is_empty(), "mounts left: {left:#?}");
-    let pool = cluster.agent_dir("vols").join("pod-scratch");
+    let pool = cluster.agent_dir(node).join("pod-scratch");
     let loops = std::process::Command::new("losetup")
         .arg("-a")
         .output()
