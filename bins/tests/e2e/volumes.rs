@@ -259,3 +259,104 @@ spec:
         "{docker}"
     );
 }
+
+/// A pod with a sized emptyDir of its own, writing `data` into it.
+fn keeper(name: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: {name}}}
+spec:
+  runtimeClassName: oci
+  terminationGracePeriodSeconds: 1
+  volumes: [{{name: disk, emptyDir: {{sizeLimit: 16Mi}}}}]
+  containers:
+  - name: main
+    image: bb:1
+    command: [sh, -c, "echo kept-data > /disk/data; exec sleep 3600"]
+    volumeMounts: [{{name: disk, mountPath: /disk}}]
+"#
+    )
+}
+
+/// The pod volume directories on node `node` of pods named `name`.
+fn volume_dirs_of(cluster: &Cluster, node: &str, name: &str) -> Vec<String> {
+    let root = cluster.agent_dir(node).join("pod-volumes");
+    std::fs::read_dir(root)
+        .map(|dir| {
+            dir.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|id| id.starts_with(&format!("default_{name}_")))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// An agent killed with -9 and started again adopts a running pod with its
+/// volumes (the data and the mount kept), and removes the volumes of a pod
+/// deleted while it was down; deleting the last pod leaves no mount and no
+/// loop device.
+#[test]
+#[ignore = "needs root + runc + conmon + kubectl + loop devices"]
+fn a_restarted_agent_keeps_adopted_pods_volumes_and_removes_orphans() {
+    let (mut cluster, kubectl) = oci_cluster();
+    run_ready(&kubectl, &cluster, "kept", &keeper("kept"));
+    run_ready(&kubectl, &cluster, "dropped", &keeper("dropped"));
+    assert_eq!(volume_dirs_of(&cluster, "vols", "dropped").len(), 1);
+
+    cluster.kill_agent("vols");
+    kubectl.ok(&[
+        "delete",
+        "pod",
+        "dropped",
+        "--force",
+        "--grace-period=0",
+        "--wait=false",
+    ]);
+    cluster.start_agent_with("vols", "4", "4Gi", &["--default-driver", "oci"]);
+
+    wait_for(
+        "the deleted pod's volumes removed",
+        Duration::from_secs(60),
+        || {
+            volume_dirs_of(&cluster, "vols", "dropped")
+                .is_empty()
+                .then_some(())
+        },
+    );
+    let (code, output) = exec(&kubectl, "kept", "main", "cat /disk/data");
+    assert_eq!((code, output.as_str()), (0, "kept-data\n"));
+    let (code, output) = exec(
+        &kubectl,
+        "kept",
+        "main",
+        "dd if=/dev/zero of=/disk/fill bs=1M count=32",
+    );
+    assert!(
+        code != 0 && output.contains("No space left on device"),
+        "the adopted pod's limit holds: {output}"
+    );
+    let pod = kubectl.json(&["get", "pod", "kept"]);
+    assert_eq!(restarts(&pod), 0, "adopted, not restarted: {pod}");
+
+    kubectl.ok(&["delete", "pod", "kept", "--timeout=60s"]);
+    wait_for(
+        "the kept pod's volumes removed",
+        Duration::from_secs(30),
+        || {
+            volume_dirs_of(&cluster, "vols", "kept")
+                .is_empty()
+                .then_some(())
+        },
+    );
+    let pool = cluster.agent_dir("vols").join("pod-scratch");
+    let loops = std::process::Command::new("losetup")
+        .arg("-a")
+        .output()
+        .unwrap();
+    let loops = String::from_utf8_lossy(&loops.stdout);
+    assert!(
+        !loops.contains(&pool.display().to_string()),
+        "loop devices left: {loops}"
+    );
+}
