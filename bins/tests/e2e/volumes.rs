@@ -16,25 +16,6 @@ fn oci_cluster() -> (Cluster, Kubectl) {
     (cluster, kubectl)
 }
 
-/// Applies `manifest` and waits until pod `name` is Ready.
-fn run_ready(kubectl: &Kubectl, cluster: &Cluster, name: &str, manifest: &str) {
-    let path = cluster.dir.path().join(format!("{name}.yaml"));
-    std::fs::write(&path, manifest).unwrap();
-    kubectl.ok(&["apply", "-f", path.to_str().unwrap()]);
-    let ready = kubectl.run(&[
-        "wait",
-        "--for=condition=Ready",
-        &format!("pod/{name}"),
-        "--timeout=90s",
-    ]);
-    assert!(
-        ready.status.success(),
-        "{name} is not Ready: {}\n{}",
-        String::from_utf8_lossy(&ready.stderr),
-        kubectl.ok(&["describe", "pod", name])
-    );
-}
-
 /// `sh -c script` in container `container` of pod `pod`: exit code and
 /// output (stdout then stderr).
 fn exec(kubectl: &Kubectl, pod: &str, container: &str, script: &str) -> (i32, String) {
@@ -109,7 +90,7 @@ fn sizes_are_hard_limits_and_sub_paths_read_only_on_containerd() {
 }
 
 fn sizes_and_sub_paths(cluster: &Cluster, kubectl: &Kubectl, node: &str, driver: &str) {
-    run_ready(kubectl, cluster, "sized", &SIZED.replace("DRIVER", driver));
+    kubectl.run_ready(cluster, "sized", &SIZED.replace("DRIVER", driver));
 
     for (place, megabytes) in [("/disk", 32), ("/memory", 8), ("/root-fill", 32)] {
         let target = if place == "/root-fill" {
@@ -135,7 +116,7 @@ fn sizes_and_sub_paths(cluster: &Cluster, kubectl: &Kubectl, node: &str, driver:
     assert_ne!(code, 0, "a read-only subPath took a write");
     assert!(output.contains("Read-only file system"), "{output}");
     exec(
-        &kubectl,
+        kubectl,
         "sized",
         "writer",
         "echo later > /shared/logs/later",
@@ -151,32 +132,7 @@ fn sizes_and_sub_paths(cluster: &Cluster, kubectl: &Kubectl, node: &str, driver:
     assert_eq!(restarts(&pod), 0, "{pod}");
 
     kubectl.ok(&["delete", "pod", "sized", "--timeout=60s"]);
-    let volumes = cluster.agent_dir(node).join("pod-volumes");
-    wait_for(
-        "the pod's volumes torn down",
-        Duration::from_secs(30),
-        || {
-            let left = std::fs::read_dir(&volumes).map(|d| d.count()).unwrap_or(0);
-            (left == 0).then_some(())
-        },
-    );
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let agent_dir = cluster.agent_dir(node).display().to_string();
-    let left: Vec<&str> = mounts
-        .lines()
-        .filter(|l| l.contains(&format!("{agent_dir}/pod-")))
-        .collect();
-    assert!(left.is_empty(), "mounts left: {left:#?}");
-    let pool = cluster.agent_dir(node).join("pod-scratch");
-    let loops = std::process::Command::new("losetup")
-        .arg("-a")
-        .output()
-        .unwrap();
-    let loops = String::from_utf8_lossy(&loops.stdout);
-    assert!(
-        !loops.contains(&pool.display().to_string()),
-        "loop devices left: {loops}"
-    );
+    all_torn_down(cluster, node);
 }
 
 /// The API refuses a hostPath volume for an unprivileged container and a
@@ -300,8 +256,8 @@ fn volume_dirs_of(cluster: &Cluster, node: &str, name: &str) -> Vec<String> {
 #[ignore = "needs root + runc + conmon + kubectl + loop devices"]
 fn a_restarted_agent_keeps_adopted_pods_volumes_and_removes_orphans() {
     let (mut cluster, kubectl) = oci_cluster();
-    run_ready(&kubectl, &cluster, "kept", &keeper("kept"));
-    run_ready(&kubectl, &cluster, "dropped", &keeper("dropped"));
+    kubectl.run_ready(&cluster, "kept", &keeper("kept"));
+    kubectl.run_ready(&cluster, "dropped", &keeper("dropped"));
     assert_eq!(volume_dirs_of(&cluster, "vols", "dropped").len(), 1);
 
     cluster.kill_agent("vols");
@@ -340,16 +296,30 @@ fn a_restarted_agent_keeps_adopted_pods_volumes_and_removes_orphans() {
     assert_eq!(restarts(&pod), 0, "adopted, not restarted: {pod}");
 
     kubectl.ok(&["delete", "pod", "kept", "--timeout=60s"]);
+    all_torn_down(&cluster, "vols");
+}
+
+/// Waits until node `node` has no pod volume directory left, then insists
+/// nothing is mounted under its pod directories and no loop device is
+/// backed by its pool.
+fn all_torn_down(cluster: &Cluster, node: &str) {
+    let volumes = cluster.agent_dir(node).join("pod-volumes");
     wait_for(
-        "the kept pod's volumes removed",
+        "the pods' volumes torn down",
         Duration::from_secs(30),
         || {
-            volume_dirs_of(&cluster, "vols", "kept")
-                .is_empty()
-                .then_some(())
+            let left = std::fs::read_dir(&volumes).map(|d| d.count()).unwrap_or(0);
+            (left == 0).then_some(())
         },
     );
-    let pool = cluster.agent_dir("vols").join("pod-scratch");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let agent_dir = cluster.agent_dir(node).display().to_string();
+    let left: Vec<&str> = mounts
+        .lines()
+        .filter(|l| l.contains(&format!("{agent_dir}/pod-")))
+        .collect();
+    assert!(left.is_empty(), "mounts left: {left:#?}");
+    let pool = cluster.agent_dir(node).join("pod-scratch");
     let loops = std::process::Command::new("losetup")
         .arg("-a")
         .output()
