@@ -216,6 +216,76 @@ spec:
     );
 }
 
+const PROPAGATING: &str = r#"apiVersion: v1
+kind: Pod
+metadata: {name: propagating}
+spec:
+  runtimeClassName: oci
+  terminationGracePeriodSeconds: 1
+  volumes: [{name: shared, emptyDir: {}}]
+  containers:
+  - name: mounter
+    image: bb:1
+    securityContext: {privileged: true}
+    command: [sh, -c, "mkdir -p /shared/inner && mount -t tmpfs tmpfs /shared/inner && echo propagated > /shared/inner/f && exec sleep 3600"]
+    volumeMounts: [{name: shared, mountPath: /shared, mountPropagation: Bidirectional}]
+  - name: watcher
+    image: bb:1
+    command: [sleep, "3600"]
+    volumeMounts: [{name: shared, mountPath: /seen, mountPropagation: HostToContainer}]
+  - name: private
+    image: bb:1
+    command: [sleep, "3600"]
+    volumeMounts: [{name: shared, mountPath: /own}]
+"#;
+
+/// mountPropagation as Kubernetes gives it: what a privileged container
+/// mounts inside a `Bidirectional` volume reaches the node and, from
+/// there, a running container's `HostToContainer` mount of it; a mount
+/// without propagation does not see what is mounted after it started. The
+/// propagated mounts go with the pod.
+#[test]
+#[ignore = "needs root + runc + conmon + kubectl"]
+fn mounts_propagate_as_asked() {
+    let (cluster, kubectl) = oci_cluster();
+    kubectl.run_ready(&cluster, "propagating", PROPAGATING);
+    wait_for("the propagated mount", Duration::from_secs(30), || {
+        let (code, output) = exec(&kubectl, "propagating", "watcher", "cat /seen/inner/f");
+        (code == 0 && output == "propagated\n").then_some(())
+    });
+    // Mounted once every container runs: only propagation carries it.
+    let (code, output) = exec(
+        &kubectl,
+        "propagating",
+        "mounter",
+        "mkdir -p /shared/later && mount -t tmpfs tmpfs /shared/later && echo later > /shared/later/f",
+    );
+    assert_eq!(code, 0, "{output}");
+    wait_for(
+        "the later mount propagated",
+        Duration::from_secs(30),
+        || {
+            let (code, output) = exec(&kubectl, "propagating", "watcher", "cat /seen/later/f");
+            (code == 0 && output == "later\n").then_some(())
+        },
+    );
+    let (code, output) = exec(&kubectl, "propagating", "private", "ls -A /own/later");
+    assert_eq!(
+        (code, output.as_str()),
+        (0, ""),
+        "a mount without propagation saw a later mount"
+    );
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        mounts
+            .lines()
+            .any(|l| l.contains("/volumes/shared/inner ") && l.contains(" tmpfs ")),
+        "the node has the container's mount"
+    );
+    kubectl.ok(&["delete", "pod", "propagating", "--timeout=60s"]);
+    all_torn_down(&cluster, "vols");
+}
+
 /// A pod with a sized emptyDir of its own, writing `data` into it.
 fn keeper(name: &str) -> String {
     format!(
@@ -316,7 +386,11 @@ fn all_torn_down(cluster: &Cluster, node: &str) {
     let agent_dir = cluster.agent_dir(node).display().to_string();
     let left: Vec<&str> = mounts
         .lines()
-        .filter(|l| l.contains(&format!("{agent_dir}/pod-")))
+        .filter(|l| {
+            // Below the pods' directories (the root is bound onto itself).
+            l.contains(&format!("{agent_dir}/pod-volumes/"))
+                || l.contains(&format!("{agent_dir}/pod-scratch/"))
+        })
         .collect();
     assert!(left.is_empty(), "mounts left: {left:#?}");
     let pool = cluster.agent_dir(node).join("pod-scratch");
