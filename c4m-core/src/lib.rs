@@ -57,7 +57,8 @@ mod time;
 pub use error::{BoxError, Error, Result};
 pub use image::{GcReport, Image, Layer};
 pub use manifest::{
-    Document, ManifestError, Validated, dns1123_label, parse_documents, validate, validate_value,
+    Document, ManifestError, Validated, check_claim_spec, dns1123_label, parse_documents, validate,
+    validate_value,
 };
 pub use model::kinds::{KINDS, ResourceKind};
 pub use model::microservice::{Microservice, MicroserviceSpec, MicroserviceStatus};

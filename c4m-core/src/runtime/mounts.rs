@@ -69,21 +69,13 @@ pub fn unsupported_volumes(driver: &str, spec: &PodSpec) -> Option<(String, Stri
     None
 }
 
-/// The API server's checks of a pod's `volumes` and its containers'
-/// `volumeMounts`, and c4m's rule that hostPath volumes are for privileged
-/// containers: the first failure as `(field relative to the pod spec,
-/// Kubernetes' message)`.
-pub fn check_pod_volumes(spec: &PodSpec) -> Result<(), (String, String)> {
+/// The API server's checks of a pod's containers' `volumeMounts` (the
+/// volumes themselves are checked with the other storage fields, in
+/// `manifest/storage.rs`), and c4m's rule that hostPath volumes are for
+/// privileged containers: the first failure as `(field relative to the pod
+/// spec, Kubernetes' message)`.
+pub fn check_pod_mounts(spec: &PodSpec) -> Result<(), (String, String)> {
     let volumes = spec.volumes.as_deref().unwrap_or_default();
-    let mut names = std::collections::HashSet::new();
-    for (i, volume) in volumes.iter().enumerate() {
-        if !names.insert(volume.name.as_str()) {
-            return Err((
-                format!("volumes[{i}].name"),
-                format!("Duplicate value: {:?}", volume.name),
-            ));
-        }
-    }
     for (path, container) in pod_containers(spec) {
         let privileged = container
             .security_context
@@ -242,12 +234,7 @@ mod tests {
 
     #[test]
     fn the_api_servers_checks_name_the_field() {
-        let error = |yaml: &str| check_pod_volumes(&spec(yaml)).unwrap_err();
-        assert_eq!(
-            error("{volumes: [{name: d, emptyDir: {}}, {name: d, emptyDir: {}}], containers: []}")
-                .0,
-            "volumes[1].name"
-        );
+        let error = |yaml: &str| check_pod_mounts(&spec(yaml)).unwrap_err();
         assert_eq!(
             error("{containers: [{name: a, volumeMounts: [{name: x, mountPath: /x}]}]}"),
             (
@@ -263,7 +250,7 @@ mod tests {
             "mountPath: /h}]",
             "mountPath: /h}], securityContext: {privileged: true}",
         );
-        assert_eq!(check_pod_volumes(&spec(&privileged)), Ok(()));
+        assert_eq!(check_pod_mounts(&spec(&privileged)), Ok(()));
         let (field, why) = error(
             "{volumes: [{name: d, emptyDir: {}}], initContainers: [{name: i, volumeMounts: [{name: d, mountPath: /d, mountPropagation: Bidirectional}]}], containers: []}",
         );
