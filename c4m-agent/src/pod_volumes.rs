@@ -728,4 +728,4 @@ fn open_flags() -> i32 {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

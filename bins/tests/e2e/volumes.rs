@@ -404,3 +404,110 @@ fn all_torn_down(cluster: &Cluster, node: &str) {
         "loop devices left: {loops}"
     );
 }
+
+const CONFIGURED: &str = r#"apiVersion: v1
+kind: ConfigMap
+metadata: {name: app-config}
+data: {app.conf: "version-1"}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: configured}
+spec:
+  runtimeClassName: oci
+  terminationGracePeriodSeconds: 1
+  volumes: [{name: config, configMap: {name: app-config}}]
+  containers:
+  - name: main
+    image: bb:1
+    command: [sleep, "3600"]
+    volumeMounts:
+    - {name: config, mountPath: /etc/app}
+    - {name: config, mountPath: /etc/single.conf, subPath: app.conf}
+"#;
+
+/// A ConfigMap edited while its pod runs shows in the container's files
+/// without a restart; a subPath mount of it keeps what it had, as
+/// Kubernetes'; the files are read-only to the container.
+#[test]
+#[ignore = "needs root + runc + conmon + kubectl"]
+fn a_config_map_edit_shows_in_the_running_container() {
+    let (cluster, kubectl) = oci_cluster();
+    kubectl.run_ready(&cluster, "configured", CONFIGURED);
+    let read = |path: &str| exec(&kubectl, "configured", "main", &format!("cat {path}"));
+    assert_eq!(read("/etc/app/app.conf"), (0, "version-1".to_string()));
+    assert_eq!(read("/etc/single.conf"), (0, "version-1".to_string()));
+
+    kubectl.ok(&[
+        "patch",
+        "configmap",
+        "app-config",
+        "-p",
+        r#"{"data": {"app.conf": "version-2", "extra": "added"}}"#,
+    ]);
+    wait_for("the edit in the container", Duration::from_secs(30), || {
+        (read("/etc/app/app.conf").1 == "version-2").then_some(())
+    });
+    assert_eq!(read("/etc/app/extra"), (0, "added".to_string()));
+    assert_eq!(
+        read("/etc/single.conf"),
+        (0, "version-1".to_string()),
+        "a subPath mount does not follow edits"
+    );
+    let pod = kubectl.json(&["get", "pod", "configured"]);
+    assert_eq!(restarts(&pod), 0, "updated in place: {pod}");
+
+    kubectl.ok(&["delete", "pod", "configured", "--timeout=60s"]);
+    all_torn_down(&cluster, "vols");
+}
+
+const CLAIMED: &str = r#"apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: data}
+spec:
+  accessModes: [ReadWriteOnce]
+  resources: {requests: {storage: 16Mi}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: NAME}
+spec:
+  runtimeClassName: oci
+  terminationGracePeriodSeconds: 1
+  volumes: [{name: data, persistentVolumeClaim: {claimName: data}}]
+  containers:
+  - name: main
+    image: bb:1
+    command: [sleep, "3600"]
+    volumeMounts: [{name: data, mountPath: /data}]
+"#;
+
+/// A claim of the default class, mounted into a pod through the node's
+/// volume manager: what one pod writes the next one reads; the volume's
+/// size is a hard limit.
+#[test]
+#[ignore = "needs root + runc + conmon + kubectl + loop devices"]
+fn a_claims_data_outlives_its_pod() {
+    let (cluster, kubectl) = oci_cluster();
+    kubectl.run_ready(&cluster, "first", &CLAIMED.replace("NAME", "first"));
+    let (code, output) = exec(&kubectl, "first", "main", "echo kept > /data/file && sync");
+    assert_eq!(code, 0, "{output}");
+    let (code, output) = exec(
+        &kubectl,
+        "first",
+        "main",
+        "dd if=/dev/zero of=/data/fill bs=1M count=32",
+    );
+    assert!(
+        code != 0 && output.contains("No space left on device"),
+        "32 MiB into a 16 MiB claim: {output}"
+    );
+    kubectl.ok(&["delete", "pod", "first", "--timeout=60s"]);
+    kubectl.run_ready(&cluster, "second", &CLAIMED.replace("NAME", "second"));
+    assert_eq!(
+        exec(&kubectl, "second", "main", "cat /data/file"),
+        (0, "kept\n".to_string())
+    );
+    kubectl.ok(&["delete", "pod", "second", "--timeout=60s"]);
+    kubectl.ok(&["delete", "pvc", "data", "--timeout=60s"]);
+}

@@ -7,7 +7,7 @@ use super::*;
 
 /// Records what it is asked; makes the target directory as a mount would.
 #[derive(Debug, Default)]
-struct FakeClaims {
+pub(crate) struct FakeClaims {
     calls: Mutex<Vec<String>>,
 }
 

@@ -1334,7 +1334,7 @@ async fn volumes_are_mounted_updated_in_place_or_waited_for() {
     let dir = tempfile::tempdir().unwrap();
     let volumes = crate::pod_volumes::PodVolumes::open(
         dir.path(),
-        Arc::new(crate::claims::NoClaims),
+        Arc::new(crate::pod_volumes::tests::FakeClaims::default()),
         1 << 30,
     )
     .await
