@@ -81,7 +81,18 @@ pub(crate) enum OpenError {
 }
 
 /// Where each of a pod's volumes is on the node, by volume name.
-pub(crate) type VolumeDirs = BTreeMap<String, PathBuf>;
+pub(crate) type VolumeDirs = BTreeMap<String, VolumeDir>;
+
+/// One volume of a pod on the node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct VolumeDir {
+    /// Its directory (or a hostPath's file).
+    pub path: PathBuf,
+    /// Mounted read-only whatever `volumeMounts` say: files from the API
+    /// (configMap, secret, projected, downwardAPI), as the kubelet mounts
+    /// them, and a claim asked read-only.
+    pub read_only: bool,
+}
 
 /// The node's pod volumes.
 #[derive(Debug, Clone)]
@@ -169,6 +180,7 @@ impl PodVolumes {
                     volume.name
                 ))
             };
+            let mut read_only = false;
             let path = if let Some(empty) = &volume.empty_dir {
                 let size = empty
                     .size_limit
@@ -201,15 +213,19 @@ impl PodVolumes {
                     }
                     Some(ResolvedVolume::Files { files }) => {
                         write_files(&target, files).map_err(failed)?;
+                        read_only = true;
                         target
                     }
                     Some(ResolvedVolume::Claim {
-                        source, read_only, ..
+                        source,
+                        read_only: read_only_claim,
+                        ..
                     }) => {
                         self.claims
-                            .mount(&uid, &volume.name, source, *read_only, &target)
+                            .mount(&uid, &volume.name, source, *read_only_claim, &target)
                             .await
                             .map_err(NotMounted)?;
+                        read_only = *read_only_claim;
                         target
                     }
                     None if needs_resolution(volume) => {
@@ -225,7 +241,7 @@ impl PodVolumes {
                     }
                 }
             };
-            dirs.insert(volume.name.clone(), path);
+            dirs.insert(volume.name.clone(), VolumeDir { path, read_only });
         }
         Ok(dirs)
     }
@@ -263,9 +279,10 @@ impl PodVolumes {
         let mut mounts = Vec::new();
         for (i, mount) in container.volume_mounts.iter().flatten().enumerate() {
             let field = format!("{field}.volumeMounts[{i}]");
-            let root = dirs
+            let volume = dirs
                 .get(&mount.name)
                 .ok_or_else(|| format!("{field}.name: no volume {:?}", mount.name))?;
+            let root = &volume.path;
             let sub_path = match (
                 mount.sub_path.as_deref().filter(|s| !s.is_empty()),
                 mount.sub_path_expr.as_deref().filter(|s| !s.is_empty()),
@@ -301,7 +318,7 @@ impl PodVolumes {
             mounts.push(Mount {
                 source,
                 destination: PathBuf::from(&mount.mount_path),
-                read_only: mount.read_only.unwrap_or(false),
+                read_only: mount.read_only.unwrap_or(false) || volume.read_only,
                 propagation: MountPropagation::of(mount.mount_propagation.as_deref())
                     .map_err(|why| format!("{field}.mountPropagation: {why}"))?,
             });

@@ -437,6 +437,11 @@ fn a_config_map_edit_shows_in_the_running_container() {
     let read = |path: &str| exec(&kubectl, "configured", "main", &format!("cat {path}"));
     assert_eq!(read("/etc/app/app.conf"), (0, "version-1".to_string()));
     assert_eq!(read("/etc/single.conf"), (0, "version-1".to_string()));
+    let (code, output) = exec(&kubectl, "configured", "main", "echo x > /etc/app/new");
+    assert!(
+        code != 0 && output.contains("Read-only file system"),
+        "a configMap volume took a write: {output}"
+    );
 
     kubectl.ok(&[
         "patch",

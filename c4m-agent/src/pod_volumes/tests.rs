@@ -87,7 +87,7 @@ spec:
     env: [{name: POD_NAME, value: web}]
     volumeMounts:
     - {name: scratch, mountPath: /scratch}
-    - {name: config, mountPath: /etc/app, readOnly: true}
+    - {name: config, mountPath: /etc/app}
     - {name: data, mountPath: /data, mountPropagation: HostToContainer}
 "#;
 
@@ -114,7 +114,8 @@ async fn volumes_are_made_mounted_updated_and_torn_down() {
     let pod = pod(POD, resolved_for_pod(files(&[("app.conf", "v1")])));
     let dirs = volumes.set_up("default_web_0a1b2c3d", &pod).await.unwrap();
     let base = dir.path().join("pod-volumes/default_web_0a1b2c3d/volumes");
-    assert_eq!(dirs["scratch"], base.join("scratch"));
+    assert_eq!(dirs["scratch"].path, base.join("scratch"));
+    assert!(dirs["config"].read_only && !dirs["scratch"].read_only && !dirs["data"].read_only);
     assert_eq!(
         std::fs::metadata(base.join("scratch"))
             .unwrap()
@@ -289,7 +290,7 @@ spec:
 "#;
     let pod = pod(yaml, serde_json::Value::Null);
     let dirs = volumes.set_up("p", &pod).await.unwrap();
-    std::os::unix::fs::symlink("/etc", dirs["scratch"].join("out")).unwrap();
+    std::os::unix::fs::symlink("/etc", dirs["scratch"].path.join("out")).unwrap();
     let mut container = pod.spec.as_ref().unwrap().containers[0].clone();
     let spec = ContainerSpec::from_pod(&pod, "id".into()).unwrap();
     let error = volumes
@@ -305,7 +306,7 @@ spec:
         .unwrap();
     std::fs::write(mounts[0].source.join("seen"), "through the bind").unwrap();
     assert_eq!(
-        std::fs::read_to_string(dirs["scratch"].join("logs/web-0/seen")).unwrap(),
+        std::fs::read_to_string(dirs["scratch"].path.join("logs/web-0/seen")).unwrap(),
         "through the bind"
     );
     assert!(volumes.tear_down("p").await);
@@ -331,7 +332,7 @@ spec:
     let dirs = volumes.set_up("p", &pod).await.unwrap();
     volumes.set_up("p", &pod).await.expect("again: idempotent");
     for (name, write) in [("disk", 32usize << 20), ("memory", 8 << 20)] {
-        let error = std::fs::write(dirs[name].join("fill"), vec![7u8; write]).unwrap_err();
+        let error = std::fs::write(dirs[name].path.join("fill"), vec![7u8; write]).unwrap_err();
         assert_eq!(
             error.raw_os_error(),
             Some(28),
