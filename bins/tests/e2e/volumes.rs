@@ -516,3 +516,98 @@ fn a_claims_data_outlives_its_pod() {
     kubectl.ok(&["delete", "pod", "second", "--timeout=60s"]);
     kubectl.ok(&["delete", "pvc", "data", "--timeout=60s"]);
 }
+
+const WAITING: &str = r#"apiVersion: v1
+kind: Pod
+metadata: {name: waiting}
+spec:
+  runtimeClassName: oci
+  terminationGracePeriodSeconds: 1
+  volumes:
+  - {name: config, configMap: {name: late-config}}
+  - name: scratch
+    ephemeral:
+      volumeClaimTemplate:
+        spec:
+          accessModes: [ReadWriteOnce]
+          resources: {requests: {storage: 16Mi}}
+  containers:
+  - name: main
+    image: bb:1
+    command: [sleep, "3600"]
+    volumeMounts:
+    - {name: config, mountPath: /etc/late}
+    - {name: scratch, mountPath: /scratch}
+"#;
+
+/// A pod whose ConfigMap does not exist yet waits in ContainerCreating
+/// with the kubelet's words and a FailedMount Event, and starts once the
+/// ConfigMap is made; its generic ephemeral volume is a claim of its own,
+/// sized, gone with the pod.
+#[test]
+#[ignore = "needs root + runc + conmon + kubectl + loop devices"]
+fn a_pod_waits_for_its_volumes_then_runs() {
+    let (cluster, kubectl) = oci_cluster();
+    let path = cluster.dir.path().join("waiting.yaml");
+    std::fs::write(&path, WAITING).unwrap();
+    kubectl.ok(&["apply", "-f", path.to_str().unwrap()]);
+    wait_for("ContainerCreating", Duration::from_secs(60), || {
+        let pod = kubectl.json(&["get", "pod", "waiting"]);
+        let waiting = &pod["status"]["containerStatuses"][0]["state"]["waiting"];
+        (waiting["reason"] == "ContainerCreating"
+            && waiting["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("late-config")))
+        .then_some(())
+    });
+    wait_for("the FailedMount Event", Duration::from_secs(30), || {
+        let events = kubectl.ok(&[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=waiting",
+        ]);
+        (events.contains("FailedMount") && events.contains("late-config")).then_some(())
+    });
+    kubectl.ok(&[
+        "create",
+        "configmap",
+        "late-config",
+        "--from-literal=key=value",
+    ]);
+    let ready = kubectl.run(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/waiting",
+        "--timeout=60s",
+    ]);
+    assert!(
+        ready.status.success(),
+        "{}",
+        kubectl.ok(&["describe", "pod", "waiting"])
+    );
+    assert_eq!(
+        exec(&kubectl, "waiting", "main", "cat /etc/late/key"),
+        (0, "value".to_string())
+    );
+    let (code, output) = exec(
+        &kubectl,
+        "waiting",
+        "main",
+        "dd if=/dev/zero of=/scratch/fill bs=1M count=32",
+    );
+    assert!(
+        code != 0 && output.contains("No space left on device"),
+        "32 MiB into a 16 MiB ephemeral volume: {output}"
+    );
+    kubectl.ok(&["get", "pvc", "waiting-scratch"]);
+    kubectl.ok(&["delete", "pod", "waiting", "--timeout=60s"]);
+    wait_for("the ephemeral claim gone", Duration::from_secs(60), || {
+        (!kubectl
+            .run(&["get", "pvc", "waiting-scratch"])
+            .status
+            .success())
+        .then_some(())
+    });
+    all_torn_down(&cluster, "vols");
+}
