@@ -440,7 +440,12 @@ impl Agent {
         )
         .await
         {
-            Ok(volumes) => Some(volumes),
+            Ok(volumes) => {
+                if let Err(e) = volumes.share_root() {
+                    tracing::warn!(error = %e, "mountPropagation of pod volumes will not work");
+                }
+                Some(volumes)
+            }
             Err(e) => {
                 tracing::error!(error = %e, "pod volumes are unavailable: pods with volumes wait");
                 None

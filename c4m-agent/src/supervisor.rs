@@ -1089,7 +1089,10 @@ impl Supervisor {
         if instance.problem.is_some() {
             return;
         }
-        if !self.volumes_ready(id, instance).await {
+        // An adopted pod's running containers are watched whatever its
+        // volumes; only what has not started waits for them.
+        let adopted = instance.slots.iter().any(|s| s.status.is_some());
+        if !self.volumes_ready(id, instance).await && !adopted {
             self.sample_usage(instance).await;
             return;
         }

@@ -34,5 +34,6 @@ mod service_ips;
 mod services;
 mod services_dns;
 mod storage_lifecycle;
+mod volumes;
 mod vpc;
 mod workloads;
