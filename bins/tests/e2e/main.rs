@@ -32,5 +32,6 @@ mod quickstart;
 mod service_ips;
 mod services;
 mod services_dns;
+mod storage;
 mod vpc;
 mod workloads;

@@ -500,17 +500,8 @@ impl NodeVolumes {
             return;
         }
         let key = (LOCAL_DRIVER.to_string(), handle.to_string());
-        let users: Vec<String> = self
-            .mounts
-            .lock()
-            .await
-            .iter()
-            .filter(|(_, entries)| {
-                entries
-                    .iter()
-                    .any(|e| key_of(&e.source).as_ref() == Some(&key))
-            })
-            .map(|(uid, _)| uid.clone())
+        let users: Vec<String> = mounts::users_of(&*self.mounts.lock().await, &key)
+            .cloned()
             .collect();
         let restarts = self
             .restarts
