@@ -475,3 +475,113 @@ spec:
         assert!(leaked.is_empty(), "{node} leaked {leaked:?}");
     }
 }
+
+#[test]
+#[ignore = "needs root + runc + conmon + FUSE + nfs-ganesha + rpcbind + nsenter: simulated hosts"]
+fn what_an_instance_on_one_host_writes_to_an_nfs_volume_one_on_another_host_reads() {
+    use c4m_storage::testing::Ganesha;
+
+    use crate::common::{import_busybox, start_host_agents};
+
+    require_oci();
+    require_root_and(&["ganesha.nfsd", "rpcbind", "unshare", "nsenter"]).unwrap();
+    // Declared first, dropped last: after the agents serving its mounts.
+    let hosts = c4m_testkit::Hosts::create([10, 99, 254], 2);
+    let nfs_dir = tempfile::tempdir().unwrap();
+    let ganesha = Ganesha::start(nfs_dir.path(), hosts.gateway());
+    let mut cluster = Cluster::start_listening_on(&hosts.gateway().to_string());
+    let _cleanup = CleanupGuard::new([cluster.dir.path().to_path_buf()]);
+    start_host_agents(
+        &mut cluster,
+        &hosts,
+        "2",
+        "2Gi",
+        "10.91.0.0/16",
+        &["--default-driver", "auto"],
+    );
+    import_busybox(&cluster, "bb", &["h1", "h2"]);
+    let export = &ganesha.export;
+    cluster.apply(&format!(
+        r#"
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata: {{name: shared}}
+provisioner: c4m.io/nfs
+volumeBindingMode: Immediate
+reclaimPolicy: Delete
+parameters: {{server: "{}", share: "{}", nfsPort: "{}", mountPort: "{}"}}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {{name: shared}}
+spec:
+  storageClassName: shared
+  accessModes: [ReadWriteMany]
+  resources: {{requests: {{storage: 64Mi}}}}
+"#,
+        export.host, export.path, export.nfs_port, export.mount_port
+    ));
+    let kubectl = Kubectl::for_cluster(&cluster);
+    let claim = wait_for("the nfs claim bound", SLOW, || bound(&kubectl, "shared"));
+    let handle = claim["spec"]["volumeName"].as_str().unwrap().to_string();
+    let on = |host: &str, name: &str, script: &str| {
+        pod(name, "shared", script).replace(
+            "  containers:",
+            &format!("  nodeSelector: {{kubernetes.io/hostname: {host}}}\n  containers:"),
+        )
+    };
+    cluster.apply(&on(
+        "h1",
+        "writer",
+        "echo written on h1 > /data/f && sync /data/f && sleep 3600",
+    ));
+    let on_server = ganesha.export_dir.join(&handle).join("f");
+    wait_for("the file on the nfs server", SLOW, || {
+        std::fs::read_to_string(&on_server)
+            .is_ok_and(|t| t == "written on h1\n")
+            .then_some(())
+    });
+    cluster.apply(&on("h2", "reader", "cat /data/f && sleep 3600"));
+    wait_for("h2 reads what h1 wrote", SLOW, || {
+        let output = kubectl.run(&["logs", "reader"]);
+        String::from_utf8_lossy(&output.stdout)
+            .contains("written on h1")
+            .then_some(())
+    });
+    let pods = kubectl.json(&["get", "pods"]);
+    let nodes: Vec<(&str, &str)> = pods["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["metadata"]["name"].as_str().unwrap(),
+                p["spec"]["nodeName"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(nodes, [("reader", "h2"), ("writer", "h1")]);
+
+    kubectl.ok(&["delete", "pod", "writer", "reader", "--wait=false"]);
+    wait_for("the pods gone", SLOW, || {
+        (get(&kubectl, "pods", "writer").is_none() && get(&kubectl, "pods", "reader").is_none())
+            .then_some(())
+    });
+    kubectl.ok(&["delete", "persistentvolumeclaim", "shared", "--wait=false"]);
+    wait_for(
+        "the volume's directory removed from the export",
+        SLOW,
+        || (!ganesha.export_dir.join(&handle).exists()).then_some(()),
+    );
+    for host in ["h1", "h2"] {
+        let agent = cluster.agent_dir(host);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let leaked = runtime
+            .block_on(leaks(&agent.join("volumes"), &agent.join("claims")))
+            .unwrap();
+        assert!(leaked.is_empty(), "{host} leaked {leaked:?}");
+    }
+}
