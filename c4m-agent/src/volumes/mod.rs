@@ -62,6 +62,24 @@ impl Default for VolumeTimers {
     }
 }
 
+/// The longest a backend may take to answer a question (list, capacity):
+/// an NFS server that does not answer must not stall the manager.
+const QUESTION_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `question`, or a timeout error after [`QUESTION_TIMEOUT`].
+async fn bounded<T>(
+    question: impl std::future::Future<Output = c4m_storage::Result<T>>,
+) -> c4m_storage::Result<T> {
+    tokio::time::timeout(QUESTION_TIMEOUT, question)
+        .await
+        .unwrap_or_else(|_| {
+            Err(StorageError::Driver {
+                driver: "volume backend".into(),
+                source: format!("no answer within {QUESTION_TIMEOUT:?}").into(),
+            })
+        })
+}
+
 /// Restarts the pods using a volume that must be unmounted to grow (the
 /// supervisor implements it): their containers stop, their volumes are
 /// given back ([`unmount_pod`](crate::claims::ClaimMounts::unmount_pod)),
@@ -612,7 +630,7 @@ impl NodeVolumes {
             .filter_map(|e| key_of(&e.source))
             .collect();
         for (place, backend) in self.backends.opened() {
-            let volumes = match backend.list().await {
+            let volumes = match bounded(backend.list()).await {
                 Ok(volumes) => volumes,
                 Err(e) => {
                     tracing::warn!(driver = place.driver(), error = %e, "cannot list volumes");
@@ -638,7 +656,7 @@ impl NodeVolumes {
                     }
                 }
             }
-            for snapshot in backend.list_snapshots().await.unwrap_or_default() {
+            for snapshot in bounded(backend.list_snapshots()).await.unwrap_or_default() {
                 if wanted.kept_snapshots.contains(snapshot.id.as_str()) {
                     continue;
                 }
@@ -701,7 +719,7 @@ impl NodeVolumes {
         let mut nfs_capacity: Option<StorageCapacity> = None;
         for (place, backend) in self.backends.opened() {
             let driver = place.driver().to_string();
-            match backend.capacity().await {
+            match bounded(backend.capacity()).await {
                 Ok(capacity) => match place {
                     Place::Nfs(_) => {
                         let total = nfs_capacity.get_or_insert_with(|| StorageCapacity {
@@ -719,7 +737,7 @@ impl NodeVolumes {
                 },
                 Err(e) => tracing::debug!(driver = %driver, error = %e, "no capacity"),
             }
-            let volumes: Vec<c4m_storage::Volume> = match (&place, backend.list().await) {
+            let volumes: Vec<c4m_storage::Volume> = match (&place, bounded(backend.list()).await) {
                 (_, Err(e)) => {
                     tracing::debug!(driver = %driver, error = %e, "cannot list volumes");
                     continue;
@@ -784,7 +802,7 @@ impl NodeVolumes {
                     });
                 }
             }
-            for snapshot in backend.list_snapshots().await.unwrap_or_default() {
+            for snapshot in bounded(backend.list_snapshots()).await.unwrap_or_default() {
                 report.snapshots.push(SnapshotState {
                     driver: driver.clone(),
                     handle: snapshot.id.to_string(),
