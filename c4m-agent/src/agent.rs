@@ -18,10 +18,12 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::claims::ClaimMounts;
 use crate::edge::GatewayConfig;
 use crate::holder::PodHolders;
 use crate::objects::NodeObjects;
 use crate::pod_etc::PodEtc;
+use crate::pod_volumes::PodVolumes;
 use crate::server::{ServerState, router};
 use crate::service_rules::{self, keep_service_rules};
 use crate::session::{ControlPlaneChannel, NetworkFeeds, Session, register_request};
@@ -430,7 +432,22 @@ impl Agent {
             volumes::open(&self.config, assignments_rx.clone(), shutdown.clone()).await;
         let volume_manager =
             Arc::clone(&node_volumes).run(objects.subscribe(&volumes::KINDS), shutdown.clone());
+        let claims: Arc<dyn ClaimMounts> = node_volumes;
+        let volumes = match PodVolumes::open(
+            &self.config.data_dir,
+            claims,
+            self.config.memory_bytes,
+        )
+        .await
+        {
+            Ok(volumes) => Some(volumes),
+            Err(e) => {
+                tracing::error!(error = %e, "pod volumes are unavailable: pods with volumes wait");
+                None
+            }
+        };
         let supervisor = Supervisor {
+            volumes,
             runtimes: self.extensions.runtimes,
             prober: self
                 .extensions

@@ -35,7 +35,6 @@
 //! Running and Ready and nothing started.
 
 mod agent;
-#[allow(dead_code)] // The supervisor and the volume manager use it next.
 mod claims;
 mod edge;
 mod error;
@@ -45,6 +44,7 @@ mod hooks;
 mod node_usage;
 mod objects;
 mod pod_etc;
+mod pod_volumes;
 mod server;
 mod service_rules;
 mod session;

@@ -38,6 +38,7 @@ use crate::pods::{is_terminal, node_name, set_condition};
 use crate::scheduler_policy::current_policy;
 
 pub(crate) mod request;
+pub(crate) mod volumes;
 
 pub(crate) use request::node_info;
 use request::{PLACEMENT_STRATEGY, request};
@@ -178,6 +179,8 @@ pub(crate) struct PodFacts {
     /// The object as decoded for these facts while it waits for a node,
     /// until a cycle takes it to bind it without decoding it again.
     pending: Option<Arc<Value>>,
+    /// Whether it uses persistent volume claims ([`volumes::claims_of`]).
+    uses_claims: bool,
     /// A fingerprint of what [`request`] reads ([`request_inputs`]).
     inputs: u64,
     request: std::result::Result<InstanceRequest, String>,
@@ -221,6 +224,7 @@ impl PodFacts {
             scheduled_message: crate::pods::condition(pod, "PodScheduled")
                 .and_then(|c| c["message"].as_str())
                 .map(str::to_owned),
+            uses_claims: !volumes::claims_of(pod).is_empty(),
             inputs,
             request,
         }
@@ -347,6 +351,8 @@ pub(crate) struct Scheduler {
     filters: Vec<Arc<dyn Filter>>,
     /// The embedder's scorers with their weights, likewise.
     scorers: Vec<(i64, Arc<dyn Scorer>)>,
+    /// Each node's last storage report, for claims to provision.
+    volume_reports: Arc<crate::volume_reports::VolumeReports>,
 }
 
 impl Scheduler {
@@ -357,6 +363,15 @@ impl Scheduler {
             scorers,
             ..Scheduler::default()
         }
+    }
+
+    /// Reads the nodes' free storage from `reports`.
+    pub(crate) fn with_volume_reports(
+        mut self,
+        reports: Arc<crate::volume_reports::VolumeReports>,
+    ) -> Self {
+        self.volume_reports = reports;
+        self
     }
 
     /// One scheduling cycle (see the module documentation).
@@ -476,6 +491,12 @@ async fn reconcile(objects: &Objects, cache: &Cache, memo: &mut Scheduler) -> Re
         .collect();
     let mut booked_from = 0;
     let mut booked: HashMap<&str, (&str, &InstanceRequest)> = HashMap::new();
+    let node_infos: Vec<&c4m_sched::NodeInfo> = memo.nodes.values().map(|n| &n.value).collect();
+    let reports = if pending.iter().any(|(_, pod)| pod.uses_claims) {
+        memo.volume_reports.all()
+    } else {
+        HashMap::new()
+    };
     let built = started.elapsed();
     let mut binds = Vec::new();
     let mut unschedulable: BTreeMap<(String, String), String> = BTreeMap::new();
@@ -492,9 +513,32 @@ async fn reconcile(objects: &Objects, cache: &Cache, memo: &mut Scheduler) -> Re
         if let Some((node, request)) = reservation {
             snapshot.release(node, request);
         }
-        let request = pod
+        let mut request = pod
             .request(policy)
             .map_err(|e| format!("invalid instance: {e}"));
+        // What its claims ask: a pending claim keeps it here whatever the
+        // nodes; claims to provision go where it goes.
+        let mut to_provision = Vec::new();
+        if pod.uses_claims
+            && let Ok(request) = &mut request
+        {
+            let Some(object) = decoded.get(key).cloned().or_else(|| cache.get_key(key)) else {
+                continue;
+            };
+            match volumes::needs(&object, cache, &node_infos, &reports) {
+                Ok(needs) => {
+                    let needs = needs.unwrap_or_default();
+                    request.volume_nodes = Some(needs.nodes);
+                    to_provision = needs.to_provision;
+                }
+                Err(reason) => {
+                    if pod.scheduled_message.as_deref() != Some(reason.as_str()) {
+                        unschedulable.insert((pod.namespace.clone(), pod.name.clone()), reason);
+                    }
+                    continue;
+                }
+            }
+        }
         let placement = request
             .as_ref()
             .map_err(Clone::clone)
@@ -510,6 +554,19 @@ async fn reconcile(objects: &Objects, cache: &Cache, memo: &mut Scheduler) -> Re
                 let Some(current) = decoded.remove(key).or_else(|| cache.get_key(key)) else {
                     continue; // Deleted meanwhile: nothing to bind.
                 };
+                // Its claims to provision name the node in the same write.
+                if !to_provision.is_empty() {
+                    let Some(claims) =
+                        volumes::selecting(cache, &pod.namespace, &to_provision, &node)
+                    else {
+                        continue;
+                    };
+                    binds.extend(
+                        claims
+                            .into_iter()
+                            .map(|c| (kind("persistentvolumeclaims"), c)),
+                    );
+                }
                 let mut bound = Arc::unwrap_or_clone(current);
                 clear_nomination(&mut bound);
                 bound["spec"]["nodeName"] = json!(node);
@@ -545,9 +602,9 @@ async fn reconcile(objects: &Objects, cache: &Cache, memo: &mut Scheduler) -> Re
     let placed = started.elapsed();
     let mut written = None;
     if !binds.is_empty() {
-        let count = binds.len();
         let scheduled: Vec<(Regarding, String)> = binds
             .iter()
+            .filter(|(kind, _)| kind.kind == "Pod")
             .map(|(_, pod)| {
                 let message = format!(
                     "Successfully assigned {}/{} to {}",
@@ -558,6 +615,7 @@ async fn reconcile(objects: &Objects, cache: &Cache, memo: &mut Scheduler) -> Re
                 (Regarding::of(pod), message)
             })
             .collect();
+        let count = scheduled.len();
         match objects.write_many(binds).await {
             Ok(revision) => {
                 for (regarding, message) in scheduled {

@@ -163,6 +163,7 @@ impl ControlPlane {
         ensure_default_namespace(&objects).await?;
         objects.check_service_cidr().await?;
         controllers::edge::ensure_default_classes(&objects).await?;
+        controllers::volumes::admission::ensure_default_classes(&objects).await?;
         let cache = Cache::start(store, shutdown.clone()).await?;
         let registry = Registry::new(Arc::clone(&cache));
         if let Some(addr) = self.config.dns_addr {
@@ -184,11 +185,24 @@ impl ControlPlane {
         let mut tasks = JoinSet::new();
         tasks.spawn(event_writer.run(shutdown.clone()));
 
+        let volume_reports = Arc::new(crate::volume_reports::VolumeReports::default());
         let scheduler = scheduler::Scheduler::new(
             self.extensions.filters.clone(),
             self.extensions.scorers.clone(),
-        );
+        )
+        .with_volume_reports(Arc::clone(&volume_reports));
         spawn_controllers(&mut tasks, &objects, &cache, &health, scheduler, &shutdown);
+        let volume_reports = Arc::new(crate::volume_reports::VolumeReports::default());
+        tasks.spawn(
+            controllers::volumes::run(
+                objects.clone(),
+                Arc::clone(&cache),
+                Arc::clone(&volume_reports),
+                FULL_RESYNC,
+                shutdown.clone(),
+            )
+            .then_ok(),
+        );
         let api_endpoint = controllers::services::ApiEndpoint {
             service_ip: self.config.service_ranges.api_service_ip(),
             address: self
@@ -260,7 +274,7 @@ impl ControlPlane {
             reported: Arc::default(),
             reported_events: Arc::default(),
             service_envs: Arc::default(),
-            volume_reports: Arc::default(),
+            volume_reports,
             shutdown: shutdown.clone(),
         };
         let token = self.config.token.clone();
@@ -406,6 +420,9 @@ fn spawn_controllers(
             "deployments",
             "poddisruptionbudgets",
             "schedulerpolicies",
+            "persistentvolumeclaims",
+            "persistentvolumes",
+            "storageclasses",
         ],
         SCHEDULER_RESYNC,
         // The scheduler finds what changed itself, from the cache's revisions.
@@ -473,6 +490,7 @@ fn spawn_controllers(
         }),
     );
     spawn_job_controller(tasks, objects, cache, shutdown);
+    spawn_statefulset_controller(tasks, objects, cache, shutdown);
     spawn_cronjob_controller(tasks, objects, cache, shutdown);
 }
 
@@ -569,6 +587,39 @@ fn spawn_job_controller(
             move |changes| {
                 let (o, c, jobs) = (o.clone(), Arc::clone(&c), Arc::clone(&jobs));
                 async move { jobs.reconcile(&o, &c, &changes).await }
+            },
+        )
+        .then_ok(),
+    );
+}
+
+fn spawn_statefulset_controller(
+    tasks: &mut JoinSet<Result<()>>,
+    objects: &Objects,
+    cache: &Arc<Cache>,
+    shutdown: &CancellationToken,
+) {
+    use controllers::statefulsets::StatefulSetController;
+    let sets = Arc::new(StatefulSetController::new(Arc::new(
+        controllers::clock::SystemClock,
+    )));
+    let feed = cache.feed(&["statefulsets", "pods"]);
+    tasks.spawn(
+        Arc::clone(&sets)
+            .run_wakeups(Arc::clone(&feed), JOB_WAKEUP_TICK, shutdown.clone())
+            .then_ok(),
+    );
+    let (o, c) = (objects.clone(), Arc::clone(cache));
+    tasks.spawn(
+        controllers::run(
+            "statefulsets",
+            Arc::clone(cache),
+            feed,
+            FULL_RESYNC,
+            shutdown.clone(),
+            move |changes| {
+                let (o, c, sets) = (o.clone(), Arc::clone(&c), Arc::clone(&sets));
+                async move { sets.reconcile(&o, &c, &changes).await }
             },
         )
         .then_ok(),

@@ -15,7 +15,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::{
     HPAScalingRules, HorizontalPodAutoscaler, MetricSpec, MetricTarget,
 };
@@ -41,6 +41,9 @@ use crate::model::kinds::{KINDS, ResourceKind};
 use crate::model::microservice::Microservice;
 use crate::model::vpc::{Vpc, parse_vpc_cidr};
 use crate::quantity::{parse_cpu_millis, parse_memory_bytes};
+
+mod storage;
+pub use storage::check_claim_spec;
 
 /// One object read from a manifest, before validation.
 #[derive(Debug, Clone, PartialEq)]
@@ -300,6 +303,7 @@ pub fn validate_value(value: &Value) -> Result<Validated, (String, String)> {
     let name = metadata.name.as_deref().unwrap_or_default();
     let warnings = unhonoured_fields(kind.kind, value)
         .into_iter()
+        .chain(storage::unhonoured(kind.kind, value))
         .map(|field| format!("{} {name}: {field}", kind.kind))
         .collect();
     Ok(Validated {
@@ -443,6 +447,11 @@ fn check_typed(kind: &ResourceKind, value: &Value) -> Result<ObjectMeta, FieldEr
             check_daemon_set(&daemon_set)?;
             daemon_set.metadata
         }
+        "StatefulSet" => {
+            let stateful_set: StatefulSet = typed(value)?;
+            check_stateful_set(&stateful_set)?;
+            stateful_set.metadata
+        }
         "Job" => {
             let job: Job = typed(value)?;
             check_job(&job)?;
@@ -478,6 +487,12 @@ fn check_typed(kind: &ResourceKind, value: &Value) -> Result<ObjectMeta, FieldEr
         "GatewayClass" | "Gateway" | "HTTPRoute" | "GRPCRoute" | "ReferenceGrant" => {
             typed::<GatewayApiObject>(value)?.metadata
         }
+        "PersistentVolume" => storage::check_persistent_volume(value)?,
+        "PersistentVolumeClaim" => storage::check_persistent_volume_claim(value)?,
+        "StorageClass" => storage::check_storage_class(value)?,
+        "VolumeSnapshot" => storage::check_volume_snapshot(value)?,
+        "VolumeSnapshotClass" => storage::check_volume_snapshot_class(value)?,
+        "VolumeSnapshotContent" => storage::check_volume_snapshot_content(value)?,
         other => {
             return Err(field_error(
                 "kind",
@@ -618,39 +633,13 @@ fn check_daemon_set(daemon_set: &DaemonSet) -> Result<(), FieldError> {
         .spec
         .as_ref()
         .ok_or_else(|| field_error("spec", "required field is missing"))?;
-    let template_labels = spec
-        .template
-        .metadata
-        .as_ref()
-        .and_then(|m| m.labels.as_ref());
-    check_labels(template_labels, "spec.template.metadata.labels")?;
-    check_selector(&spec.selector, template_labels)?;
-    let pod_spec = spec
-        .template
-        .spec
-        .as_ref()
-        .ok_or_else(|| field_error("spec.template.spec", "required field is missing"))?;
-    check_pod_spec(pod_spec, "spec.template.spec")?;
-    if let Some(policy) = pod_spec.restart_policy.as_deref()
-        && policy != "Always"
-    {
-        return Err(field_error(
-            "spec.template.spec.restartPolicy",
-            format!("unsupported value {policy:?}: supported values: \"Always\""),
-        ));
-    }
+    check_restarting_template(&spec.selector, &spec.template)?;
     let strategy = spec.update_strategy.as_ref();
-    match strategy.and_then(|s| s.type_.as_deref()) {
-        None | Some("RollingUpdate" | "OnDelete") => {}
-        Some(other) => {
-            return Err(field_error(
-                "spec.updateStrategy.type",
-                format!(
-                    "unsupported value {other:?}: supported values: \"OnDelete\", \"RollingUpdate\""
-                ),
-            ));
-        }
-    }
+    check_one_of(
+        strategy.and_then(|s| s.type_.as_deref()),
+        &["OnDelete", "RollingUpdate"],
+        "spec.updateStrategy.type",
+    )?;
     let Some(rolling) = strategy.and_then(|s| s.rolling_update.as_ref()) else {
         return Ok(());
     };
@@ -671,6 +660,136 @@ fn check_daemon_set(daemon_set: &DaemonSet) -> Result<(), FieldError> {
             "spec.updateStrategy.rollingUpdate.maxUnavailable",
             "may not be 0 when maxSurge is 0",
         ));
+    }
+    Ok(())
+}
+
+/// A pod template of a workload that restarts its pods: selected by
+/// `selector`, a valid pod spec that restarts Always.
+fn check_restarting_template(
+    selector: &LabelSelector,
+    template: &k8s_openapi::api::core::v1::PodTemplateSpec,
+) -> Result<(), FieldError> {
+    let template_labels = template.metadata.as_ref().and_then(|m| m.labels.as_ref());
+    check_labels(template_labels, "spec.template.metadata.labels")?;
+    check_selector(selector, template_labels)?;
+    let pod_spec = template
+        .spec
+        .as_ref()
+        .ok_or_else(|| field_error("spec.template.spec", "required field is missing"))?;
+    check_pod_spec(pod_spec, "spec.template.spec")?;
+    check_one_of(
+        pod_spec.restart_policy.as_deref(),
+        &["Always"],
+        "spec.template.spec.restartPolicy",
+    )
+}
+
+/// `value`, when set, is one of `supported` (Kubernetes' wording).
+fn check_one_of(value: Option<&str>, supported: &[&str], path: &str) -> Result<(), FieldError> {
+    match value {
+        Some(other) if !supported.contains(&other) => {
+            let supported: Vec<String> = supported.iter().map(|s| format!("{s:?}")).collect();
+            Err(field_error(
+                path,
+                format!(
+                    "unsupported value {other:?}: supported values: {}",
+                    supported.join(", ")
+                ),
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A StatefulSet: a selector that selects its template, a pod spec that
+/// restarts Always, a DNS label as `serviceName`, known policies and
+/// strategies, counts not negative, claim templates with unique DNS-label
+/// names that ask for storage.
+fn check_stateful_set(stateful_set: &StatefulSet) -> Result<(), FieldError> {
+    let spec = stateful_set
+        .spec
+        .as_ref()
+        .ok_or_else(|| field_error("spec", "required field is missing"))?;
+    check_restarting_template(&spec.selector, &spec.template)?;
+    for (value, path) in [
+        (spec.replicas, "spec.replicas"),
+        (spec.min_ready_seconds, "spec.minReadySeconds"),
+        (spec.revision_history_limit, "spec.revisionHistoryLimit"),
+        (
+            spec.ordinals.as_ref().and_then(|o| o.start),
+            "spec.ordinals.start",
+        ),
+    ] {
+        if let Some(value) = value {
+            check_non_negative(value.into(), path)?;
+        }
+    }
+    if let Some(service) = spec.service_name.as_deref().filter(|s| !s.is_empty()) {
+        dns1123_label(service).map_err(|reason| field_error("spec.serviceName", reason))?;
+    }
+    check_one_of(
+        spec.pod_management_policy.as_deref(),
+        &["OrderedReady", "Parallel"],
+        "spec.podManagementPolicy",
+    )?;
+    let strategy = spec.update_strategy.as_ref();
+    let strategy_type = strategy.and_then(|s| s.type_.as_deref());
+    check_one_of(
+        strategy_type,
+        &["OnDelete", "RollingUpdate"],
+        "spec.updateStrategy.type",
+    )?;
+    if let Some(rolling) = strategy.and_then(|s| s.rolling_update.as_ref()) {
+        if strategy_type == Some("OnDelete") {
+            return Err(field_error(
+                "spec.updateStrategy.rollingUpdate",
+                "only allowed for updateStrategy 'RollingUpdate'",
+            ));
+        }
+        if let Some(partition) = rolling.partition {
+            check_non_negative(
+                partition.into(),
+                "spec.updateStrategy.rollingUpdate.partition",
+            )?;
+        }
+    }
+    if let Some(policy) = &spec.persistent_volume_claim_retention_policy {
+        for (value, field) in [
+            (&policy.when_deleted, "whenDeleted"),
+            (&policy.when_scaled, "whenScaled"),
+        ] {
+            check_one_of(
+                value.as_deref(),
+                &["Retain", "Delete"],
+                &format!("spec.persistentVolumeClaimRetentionPolicy.{field}"),
+            )?;
+        }
+    }
+    let mut names = HashSet::new();
+    for (i, claim) in spec.volume_claim_templates.iter().flatten().enumerate() {
+        let path = format!("spec.volumeClaimTemplates[{i}]");
+        let name = claim.metadata.name.as_deref().unwrap_or_default();
+        dns1123_label(name)
+            .map_err(|reason| field_error(format!("{path}.metadata.name"), reason))?;
+        if !names.insert(name) {
+            return Err(field_error(
+                format!("{path}.metadata.name"),
+                format!("Duplicate value: {name:?}"),
+            ));
+        }
+        let storage = claim
+            .spec
+            .as_ref()
+            .and_then(|s| s.resources.as_ref())
+            .and_then(|r| r.requests.as_ref())
+            .and_then(|r| r.get("storage"));
+        if storage.is_none() {
+            return Err(field_error(
+                format!("{path}.spec.resources[storage]"),
+                "Required value",
+            ));
+        }
     }
     Ok(())
 }
@@ -1227,6 +1346,9 @@ fn check_pod_spec(spec: &PodSpec, path: &str) -> Result<(), FieldError> {
         ));
     }
     check_pod_dns_and_pulls(spec, path)?;
+    storage::check_pod_volumes(spec, path)?;
+    crate::mounts::check_pod_mounts(spec)
+        .map_err(|(field, why)| field_error(join(path, &field), why))?;
     check_restart_policy(spec.restart_policy.as_deref(), &join(path, "restartPolicy"))
 }
 
@@ -1376,6 +1498,9 @@ fn check_pod_dns_and_pulls(spec: &PodSpec, path: &str) -> Result<(), FieldError>
         }
         if let Some((field, why)) = crate::pod_etc::unsupported_by_driver(driver, spec) {
             return Err(field_error(join(path, field), why));
+        }
+        if let Some((field, why)) = crate::mounts::unsupported_volumes(driver, spec) {
+            return Err(field_error(join(path, &field), why));
         }
     }
     Ok(())
@@ -2193,9 +2318,19 @@ const SECURITY_IGNORED: &str =
 ///
 /// A field matches when it is set (not null, `""`, `[]` or `{}`).
 const UNHONOURED: &[(Scope, &str, &str)] = &[
-    (Scope::PodSpec, "volumes", IGNORED),
-    (Scope::PodSpec, "containers[*].volumeMounts", IGNORED),
-    (Scope::PodSpec, "initContainers[*].volumeMounts", IGNORED),
+    // Volume sources c4m's nodes cannot set up (iscsi, rbd, cephfs, the
+    // clouds' disks, inline csi and nfs, gitRepo, image); projected service
+    // account tokens are left out of the files (c4m issues no tokens).
+    (
+        Scope::PodSpec,
+        "volumes[*].!name|emptyDir|hostPath|configMap|secret|projected|downwardAPI|persistentVolumeClaim|ephemeral",
+        IGNORED,
+    ),
+    (
+        Scope::PodSpec,
+        "volumes[*].projected.sources[*].!configMap|secret|downwardAPI",
+        IGNORED,
+    ),
     (
         Scope::PodSpec,
         "containers[*].securityContext.!runAsUser|runAsGroup",
@@ -2265,6 +2400,7 @@ const POD_SPEC_LOCATIONS: &[(&str, &str, &str)] = &[
     ("ReplicaSet", "/spec/template/spec", "spec.template.spec"),
     ("Job", "/spec/template/spec", "spec.template.spec"),
     ("DaemonSet", "/spec/template/spec", "spec.template.spec"),
+    ("StatefulSet", "/spec/template/spec", "spec.template.spec"),
     (
         "CronJob",
         "/spec/jobTemplate/spec/template/spec",
@@ -2480,6 +2616,96 @@ spec:
             let (error_path, error) = error_of(&daemon_set(rolling));
             assert_eq!(error_path, path, "{rolling}: {error}");
             assert!(error.contains(message), "{rolling}: {error}");
+        }
+    }
+
+    /// A StatefulSet is checked as Kubernetes checks it: its selector,
+    /// serviceName, policies, strategy and claim templates.
+    #[test]
+    fn a_stateful_set_is_validated() {
+        const SET: &str = r#"
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: web}
+spec:
+  serviceName: web
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec: {containers: [{name: main, image: redis}]}
+  volumeClaimTemplates:
+  - metadata: {name: data}
+    spec: {accessModes: [ReadWriteOnce], resources: {requests: {storage: 1Gi}}}
+"#;
+        let with = |pointer: &str, value: Value| {
+            let mut set = parse_one(SET);
+            let (parent, key) = pointer.rsplit_once('/').unwrap();
+            set.pointer_mut(parent).unwrap()[key] = value;
+            set
+        };
+        assert!(validate_value(&parse_one(SET)).is_ok());
+        let data = serde_json::json!({"metadata": {"name": "data"},
+            "spec": {"resources": {"requests": {"storage": "1Gi"}}}});
+        for (pointer, value, path, message) in [
+            (
+                "/spec/selector",
+                serde_json::json!({"matchLabels": {"app": "db"}}),
+                "spec.selector.matchLabels",
+                "app=db does not match the template labels",
+            ),
+            (
+                "/spec/serviceName",
+                serde_json::json!("Web_1"),
+                "spec.serviceName",
+                "",
+            ),
+            (
+                "/spec/podManagementPolicy",
+                serde_json::json!("Sometimes"),
+                "spec.podManagementPolicy",
+                r#"unsupported value "Sometimes": supported values: "OrderedReady", "Parallel""#,
+            ),
+            (
+                "/spec/updateStrategy",
+                serde_json::json!({"type": "OnDelete", "rollingUpdate": {"partition": 1}}),
+                "spec.updateStrategy.rollingUpdate",
+                "only allowed for updateStrategy 'RollingUpdate'",
+            ),
+            (
+                "/spec/updateStrategy",
+                serde_json::json!({"rollingUpdate": {"partition": -1}}),
+                "spec.updateStrategy.rollingUpdate.partition",
+                "must not be negative",
+            ),
+            (
+                "/spec/persistentVolumeClaimRetentionPolicy",
+                serde_json::json!({"whenScaled": "Keep"}),
+                "spec.persistentVolumeClaimRetentionPolicy.whenScaled",
+                r#"supported values: "Retain", "Delete""#,
+            ),
+            (
+                "/spec/volumeClaimTemplates",
+                serde_json::json!([data.clone(), data]),
+                "spec.volumeClaimTemplates[1].metadata.name",
+                r#"Duplicate value: "data""#,
+            ),
+            (
+                "/spec/volumeClaimTemplates",
+                serde_json::json!([{"metadata": {"name": "data"}, "spec": {}}]),
+                "spec.volumeClaimTemplates[0].spec.resources[storage]",
+                "Required value",
+            ),
+            (
+                "/spec/template/spec/restartPolicy",
+                serde_json::json!("Never"),
+                "spec.template.spec.restartPolicy",
+                r#"unsupported value "Never": supported values: "Always""#,
+            ),
+        ] {
+            let (error_path, error) = validate_value(&with(pointer, value)).unwrap_err();
+            assert_eq!(error_path, path, "{pointer}: {error}");
+            assert!(error.contains(message), "{pointer}: {error}");
         }
     }
 
@@ -3170,10 +3396,8 @@ spec:
         let mut expected: Vec<String> = [
             "spec.strategy.type=Recreate is not supported; RollingUpdate is used",
             "spec.template.spec.containers[0].securityContext.privileged is not supported and will be ignored (only runAsUser and runAsGroup are honoured)",
-            "spec.template.spec.containers[0].volumeMounts is not supported and will be ignored",
             "spec.template.spec.securityContext.fsGroup is not supported and will be ignored (only runAsUser and runAsGroup are honoured)",
             "spec.template.spec.serviceAccountName is accepted but has no effect",
-            "spec.template.spec.volumes is not supported and will be ignored",
         ]
         .iter()
         .map(|w| format!("{prefix}{w}"))

@@ -206,6 +206,26 @@ impl Filter for HostPorts {
     }
 }
 
+/// Keeps an instance to the nodes its persistent volumes allow
+/// ([`crate::VolumeNodes`]), with Kubernetes' VolumeBinding reasons.
+#[derive(Debug, Clone, Copy)]
+pub struct VolumeBinding;
+
+impl Filter for VolumeBinding {
+    fn unfit_reasons(&self, req: &InstanceRequest, node: &NodeView<'_>) -> Vec<UnfitReason> {
+        let Some(volumes) = &req.volume_nodes else {
+            return Vec::new();
+        };
+        let allows = |nodes: &Option<std::collections::BTreeSet<String>>| {
+            nodes.as_ref().is_none_or(|n| n.contains(&node.info.name))
+        };
+        if !allows(&volumes.affinity) {
+            return vec![UnfitReason::VolumeNodeAffinityConflict];
+        }
+        reason_unless(allows(&volumes.storage), || UnfitReason::NotEnoughStorage)
+    }
+}
+
 /// No reason when `passes`, else the one `reason` makes.
 fn reason_unless(passes: bool, reason: impl FnOnce() -> UnfitReason) -> Vec<UnfitReason> {
     if passes { Vec::new() } else { vec![reason()] }

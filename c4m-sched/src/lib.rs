@@ -80,6 +80,7 @@ pub use affinity::{
 };
 pub use filters::{
     DriverOffered, HostPorts, NodeSelector, RequiredNodeAffinity, ResourcesFit, TaintToleration,
+    VolumeBinding,
 };
 pub use instance_affinity::{
     HOSTNAME_LABEL, InstanceAffinityTerm, TopologySpreadConstraint, WeightedInstanceAffinityTerm,
@@ -88,7 +89,7 @@ pub use instance_affinity::{
 pub use labels::{LabelSelector, LabelSelectorOperator, LabelSelectorRequirement};
 pub use model::{
     DisruptionBudget, HostPort, InstanceRequest, NodeInfo, PlacedInstance, Preemption, Protocol,
-    Resources, Strategy,
+    Resources, Strategy, VolumeNodes,
 };
 pub use pipeline::{Filter, NodeView, Scope, Scorer};
 pub use policy::{

@@ -179,6 +179,22 @@ pub struct InstanceRequest {
     pub preferred_instance_anti_affinity: Vec<WeightedInstanceAffinityTerm>,
     /// Topology spread constraints.
     pub topology_spread: Vec<TopologySpreadConstraint>,
+    /// The nodes the instance's persistent volumes allow, as the embedder
+    /// resolved them from its claims; `None`: no volume limits it.
+    pub volume_nodes: Option<VolumeNodes>,
+}
+
+/// Where an instance's persistent volumes let it go, as Kubernetes'
+/// VolumeBinding plugin decides: a bound volume's node affinity, and room
+/// for the volumes still to provision on the node.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VolumeNodes {
+    /// The nodes every bound volume's node affinity matches; `None`: no
+    /// bound volume is pinned.
+    pub affinity: Option<std::collections::BTreeSet<String>>,
+    /// The nodes with room for every volume to provision there; `None`:
+    /// nothing to provision on the node.
+    pub storage: Option<std::collections::BTreeSet<String>>,
 }
 
 impl InstanceRequest {

@@ -24,7 +24,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use foldhash::{HashMap, HashSet};
 use std::sync::Arc;
 
-use crate::filters::{DriverOffered, HostPorts, ResourcesFit, TaintToleration};
+use crate::filters::{DriverOffered, HostPorts, ResourcesFit, TaintToleration, VolumeBinding};
 use crate::fit::{Leftover, Scale};
 use crate::instance_affinity::{HOSTNAME_LABEL, InstanceAffinityTerm};
 use crate::labels::NodeFacts;
@@ -44,7 +44,7 @@ type ClassId = u64;
 /// Built-in filters checked per node. On the fast path the index does their
 /// work unless the request needs more than CPU, memory and a slot. Both are
 /// mandatory.
-const NODE_FILTERS: [&dyn Filter; 2] = [&ResourcesFit, &HostPorts];
+const NODE_FILTERS: [&dyn Filter; 3] = [&ResourcesFit, &HostPorts, &VolumeBinding];
 
 /// What a class-scoped view shows as allocated: nothing.
 static NOTHING_USED: Resources = Resources {
@@ -789,6 +789,7 @@ impl ClusterSnapshot {
         let check_node = req.ephemeral_storage_bytes > 0
             || !req.extended.is_empty()
             || !req.host_ports.is_empty()
+            || req.volume_nodes.is_some()
             || self
                 .filters
                 .iter()

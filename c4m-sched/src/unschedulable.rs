@@ -46,6 +46,10 @@ pub enum UnfitReason {
     /// Placing the instance would exceed the `max_skew` of a `DoNotSchedule`
     /// spread constraint.
     TopologySpreadMismatch,
+    /// A bound persistent volume's node affinity excludes the node.
+    VolumeNodeAffinityConflict,
+    /// The node has no room for a volume to provision there.
+    NotEnoughStorage,
     /// An embedder's filter refused the node; the text follows "N node(s)".
     Custom(String),
 }
@@ -81,6 +85,8 @@ impl fmt::Display for UnfitReason {
             Self::TopologySpreadMismatch => {
                 f.write_str("didn't match pod topology spread constraints")
             }
+            Self::VolumeNodeAffinityConflict => f.write_str("had volume node affinity conflict"),
+            Self::NotEnoughStorage => f.write_str("did not have enough free storage"),
             Self::Custom(text) => f.write_str(text),
         }
     }

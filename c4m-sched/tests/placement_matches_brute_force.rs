@@ -846,6 +846,7 @@ fn request_strategy() -> impl Strategy<Value = InstanceRequest> {
                     preferred_instance_affinity: rules.preferred_affinity,
                     preferred_instance_anti_affinity: rules.preferred_anti_affinity,
                     topology_spread: rules.spread,
+                    volume_nodes: None,
                 }
             },
         )

@@ -30,6 +30,8 @@ pub(crate) mod namespaces;
 pub(crate) mod nodes;
 pub(crate) mod replicasets;
 pub(crate) mod services;
+pub(crate) mod statefulsets;
+pub(crate) mod volumes;
 pub(crate) mod workload;
 
 /// Short pause after a wake-up so a burst of writes is reconciled once.
@@ -453,6 +455,20 @@ pub(crate) async fn delete_pods(
     names: &[String],
     component: &'static str,
 ) -> Result<Option<i64>> {
+    delete_pods_saying(objects, owner, names, component, |name| {
+        format!("Deleted pod: {name}")
+    })
+    .await
+}
+
+/// [`delete_pods`], each Event saying `message(pod name)`.
+pub(crate) async fn delete_pods_saying(
+    objects: &crate::objects::Objects,
+    owner: &serde_json::Value,
+    names: &[String],
+    component: &'static str,
+    message: impl Fn(&str) -> String,
+) -> Result<Option<i64>> {
     use crate::events::{EventType, Regarding};
     use crate::objects::{kind, namespace_of};
     let mut written = None;
@@ -467,7 +483,7 @@ pub(crate) async fn delete_pods(
                     Regarding::of(owner),
                     EventType::Normal,
                     "SuccessfulDelete",
-                    format!("Deleted pod: {name}"),
+                    message(name),
                     component,
                 );
             }

@@ -126,6 +126,7 @@ pub(crate) fn request(pod: &Value) -> std::result::Result<InstanceRequest, Strin
                     .as_deref()
             }),
         )?,
+        volume_nodes: None,
         topology_spread: spec
             .topology_spread_constraints
             .as_deref()
@@ -368,7 +369,7 @@ fn other_requests(spec: &PodSpec) -> std::result::Result<(u64, BTreeMap<String, 
 
 /// A node selector term. `matchFields` may only name `metadata.name`
 /// (what Kubernetes allows, and what DaemonSet instances use).
-fn node_selector_term(
+pub(crate) fn node_selector_term(
     term: &core::NodeSelectorTerm,
 ) -> std::result::Result<NodeSelectorTerm, String> {
     let requirements = |list: &Option<Vec<core::NodeSelectorRequirement>>, what: &str| {
