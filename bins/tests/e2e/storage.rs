@@ -290,7 +290,7 @@ fn a_control_plane_killed_while_claims_provision_leaves_one_volume_per_claim() {
     cluster.start_agent(NODE, "4", "4Gi");
     cluster.apply(CLASS);
     let kubectl = Kubectl::for_cluster(&cluster);
-    const CLAIMS: usize = 6;
+    const CLAIMS: usize = 20;
     let claims: Vec<String> = (0..CLAIMS)
         .map(|i| claim(&format!("c{i}"), "16Mi", None))
         .collect();
@@ -584,4 +584,91 @@ spec:
             .unwrap();
         assert!(leaked.is_empty(), "{host} leaked {leaked:?}");
     }
+}
+
+#[test]
+#[ignore = "needs root + runc + conmon + losetup + e2fsprogs: offline expansion restarts the pod"]
+fn a_mounted_volume_grows_offline_by_restarting_its_pod() {
+    require_oci();
+    require_root_and(c4m_storage::testing::LOCAL_PROGRAMS).unwrap();
+    let mut cluster = Cluster::start();
+    let _cleanup = CleanupGuard::new([cluster.dir.path().to_path_buf()]);
+    cluster.start_agent_with(NODE, "4", "4Gi", AGENT_FLAGS);
+    let tar = busybox_image_tar(cluster.dir.path());
+    cluster.ok(&["image", "import", tar.to_str().unwrap(), "--name", "bb"]);
+    cluster.apply(CLASS);
+    cluster.apply(&claim("data", "32Mi", None));
+    let kubectl = Kubectl::for_cluster(&cluster);
+    let data = wait_for("claim data bound", SLOW, || bound(&kubectl, "data"));
+    let handle = data["spec"]["volumeName"].as_str().unwrap().to_string();
+    cluster.apply(&pod(
+        "writer",
+        "data",
+        "[ -f /data/f ] || echo kept > /data/f; sync /data/f; sleep 3600",
+    ));
+    let staged = staging(&cluster, &handle);
+    wait_for("the writer running with its file", SLOW, || {
+        (running(&kubectl, "writer")
+            && std::fs::read_to_string(staged.join("f")).is_ok_and(|t| t == "kept\n"))
+        .then_some(())
+    });
+    let size = |path: &Path| {
+        nix::sys::statvfs::statvfs(path)
+            .map(|s| s.blocks() as u64 * s.fragment_size() as u64)
+            .unwrap_or_default()
+    };
+    assert!(size(&staged) < 40 << 20, "a 32Mi file system");
+
+    kubectl.ok(&[
+        "patch",
+        "persistentvolumeclaim",
+        "data",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"resources":{"requests":{"storage":"96Mi"}}}}"#,
+    ]);
+    // The host refuses to grow it mounted: the pod restarts, and it grows
+    // between its unmount and the next mount.
+    wait_for("claim data grown to 96Mi", SLOW, || {
+        bound(&kubectl, "data")
+            .filter(|d| d["status"]["capacity"]["storage"] == "96Mi")
+            .map(drop)
+    });
+    wait_for("the writer running again on the grown volume", SLOW, || {
+        (running(&kubectl, "writer") && size(&staged) > 80 << 20).then_some(())
+    });
+    assert_eq!(
+        std::fs::read_to_string(staged.join("f")).unwrap(),
+        "kept\n",
+        "the data survives the offline expansion"
+    );
+    let events = kubectl.json(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=writer",
+    ]);
+    let reasons: Vec<&str> = events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["reason"].as_str())
+        .collect();
+    assert!(
+        reasons.contains(&"FileSystemResizeRequired"),
+        "the pod's Events say why it restarted: {reasons:?}"
+    );
+
+    kubectl.ok(&["delete", "pod", "writer", "--wait=false"]);
+    wait_for("the writer gone", SLOW, || {
+        get(&kubectl, "pods", "writer").is_none().then_some(())
+    });
+    kubectl.ok(&["delete", "persistentvolumeclaim", "data", "--wait=false"]);
+    wait_for("the volume deleted", SLOW, || {
+        json_files(&pool(&cluster).join("records/volumes"))
+            .is_empty()
+            .then_some(())
+    });
+    assert_nothing_leaked(&cluster, "after the offline expansion");
 }

@@ -11,7 +11,7 @@ use c4m_core::{ContainerSpec, Instance};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::{RestartBackoff, Supervisor, container_id};
+use super::{RestartBackoff, Restarts, Supervisor, container_id};
 
 /// A supervisor over `runtime` with short restart delays, and the handles a
 /// test drives it with.
@@ -51,6 +51,7 @@ impl Harness {
             pod_namespaces: None,
             holders: None,
             volumes: None,
+            restarts: Restarts::default(),
             prober: Arc::new(prober.clone()),
             backoff: BACKOFF,
             pod_etc: crate::pod_etc::PodEtc::new(&std::env::temp_dir(), "cluster.local"),

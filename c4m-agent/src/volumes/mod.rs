@@ -256,7 +256,6 @@ impl NodeVolumes {
     }
 
     /// Who restarts a volume's users for an offline expansion.
-    #[allow(dead_code)] // The supervisor hands itself in next (offline expansion).
     pub(crate) fn set_restarts(&self, restarts: Arc<dyn RestartUsers>) {
         *self.restarts.lock().unwrap_or_else(PoisonError::into_inner) = Some(restarts);
     }
