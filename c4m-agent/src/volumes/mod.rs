@@ -422,6 +422,11 @@ impl NodeVolumes {
 
     async fn provision(&self, wanted: &Wanted) {
         for p in &wanted.provisions {
+            if self.backends.registered(p.place.driver()) {
+                // A registered CSI driver's volumes are its controller's
+                // to provision, not the node's.
+                continue;
+            }
             let result = async {
                 let backend = self.backends.get(&p.place)?;
                 let id = VolumeId::new(p.handle.clone()).map_err(|e| e.to_string())?;
@@ -821,24 +826,21 @@ impl NodeVolumes {
         let failed = wanted
             .provisions
             .iter()
-            .map(|p| (p.place.driver().to_string(), p.handle.clone()))
+            .filter_map(|p| {
+                let error = troubles.volumes.get(&p.handle)?;
+                Some((p.place.driver(), &p.handle, error))
+            })
             .chain(
                 wanted
                     .refused
-                    .keys()
-                    .map(|h| (LOCAL_DRIVER.to_string(), h.clone())),
+                    .iter()
+                    .map(|(handle, (driver, error))| (driver.as_str(), handle, error)),
             );
-        for (driver, handle) in failed {
-            let error = troubles
-                .volumes
-                .get(&handle)
-                .or_else(|| wanted.refused.get(&handle));
-            if let Some(error) = error
-                && !report.volumes.iter().any(|v| v.handle == handle)
-            {
+        for (driver, handle, error) in failed {
+            if !report.volumes.iter().any(|v| &v.handle == handle) {
                 report.volumes.push(VolumeState {
-                    driver,
-                    handle,
+                    driver: driver.to_string(),
+                    handle: handle.clone(),
                     error: error.clone(),
                     ..VolumeState::default()
                 });
