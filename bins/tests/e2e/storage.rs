@@ -237,12 +237,19 @@ fn crash_workload(cluster: &mut Cluster, k: &Kubectl, fail_point: &str) {
         "--wait=false",
     ]);
     let pool = pool(cluster);
-    wait_through_crash(cluster, c, "every volume and snapshot deleted", |cl| {
-        (cl.list("persistentvolumes").is_empty()
-            && json_files(&pool.join("records/volumes")).is_empty()
-            && json_files(&pool.join("records/snapshots")).is_empty())
-        .then_some(())
-    });
+    wait_through_crash(
+        cluster,
+        c,
+        "every claim, volume and snapshot deleted",
+        |cl| {
+            (cl.list("persistentvolumeclaims").is_empty()
+                && cl.list("persistentvolumes").is_empty()
+                && cl.list("volumesnapshotcontents").is_empty()
+                && json_files(&pool.join("records/volumes")).is_empty()
+                && json_files(&pool.join("records/snapshots")).is_empty())
+            .then_some(())
+        },
+    );
     assert!(
         crashed,
         "the agent never reached fail point {fail_point}: the workload does not cover it"
