@@ -621,7 +621,7 @@ fn a_mounted_volume_grows_offline_by_restarting_its_pod() {
     });
     let size = |path: &Path| {
         nix::sys::statvfs::statvfs(path)
-            .map(|s| s.blocks() as u64 * s.fragment_size() as u64)
+            .map(|s| s.blocks() * s.fragment_size())
             .unwrap_or_default()
     };
     assert!(size(&staged) < 40 << 20, "a 32Mi file system");
