@@ -6,7 +6,7 @@ use std::sync::Mutex as StdMutex;
 
 use c4m_core::Instance;
 use c4m_core::volumes::{LOCAL_DRIVER, SELECTED_NODE, VolumeSource};
-use c4m_storage::FakeBackend;
+use c4m_storage::{FakeBackend, ProvisionRequest, SnapshotId, VolumeId};
 use serde_json::{Value, json};
 
 use super::*;
