@@ -184,27 +184,6 @@ pub(crate) async fn open(
     shutdown: CancellationToken,
 ) -> (Arc<NodeVolumes>, watch::Receiver<Option<Arc<VolumeReport>>>) {
     let local = open_local(&config.data_dir).map(|l| l as Arc<dyn VolumeBackend>);
-    if let Some(socket) = config.storage.csi_socket.clone() {
-        match &local {
-            Some(local) => {
-                let driver = c4m_storage::csi::CsiDriver::new(
-                    LOCAL_DRIVER,
-                    &config.node_name,
-                    Arc::clone(local),
-                );
-                tracing::info!(socket = %socket.display(), driver = LOCAL_DRIVER, "serving the local volumes as a csi driver");
-                tokio::spawn(async move {
-                    if let Err(e) = c4m_storage::csi::serve_driver(driver, &socket, shutdown).await
-                    {
-                        tracing::error!(error = %e, "the csi driver stopped");
-                    }
-                });
-            }
-            None => {
-                tracing::warn!(socket = %socket.display(), "not serving a csi driver: this node has no local volumes");
-            }
-        }
-    }
     let csi = config
         .storage
         .csi_drivers
@@ -215,7 +194,7 @@ pub(crate) async fn open(
             (name.clone(), Arc::new(backend) as Arc<dyn VolumeBackend>)
         })
         .collect();
-    let backends = Backends::new(local, nfs_opener(&config.data_dir), csi);
+    let backends = Backends::new(local.clone(), nfs_opener(&config.data_dir), csi);
     let (volumes, reports) = NodeVolumes::new(
         &config.node_name,
         backends,
@@ -224,7 +203,32 @@ pub(crate) async fn open(
         config.storage.timers,
     );
     volumes.recover().await;
+    // Served once repaired, like the node's own pods.
+    if let Some(socket) = config.storage.csi_socket.clone() {
+        serve_csi(config, local, socket, shutdown);
+    }
     (volumes, reports)
+}
+
+/// Serves the local pool as the CSI driver `c4m.io/local` on `socket`
+/// until `shutdown`.
+fn serve_csi(
+    config: &AgentConfig,
+    local: Option<Arc<dyn VolumeBackend>>,
+    socket: std::path::PathBuf,
+    shutdown: CancellationToken,
+) {
+    let Some(local) = local else {
+        tracing::warn!(socket = %socket.display(), "not serving a csi driver: this node has no local volumes");
+        return;
+    };
+    let driver = c4m_storage::csi::CsiDriver::new(LOCAL_DRIVER, &config.node_name, local);
+    tracing::info!(socket = %socket.display(), driver = LOCAL_DRIVER, "serving the local volumes as a csi driver");
+    tokio::spawn(async move {
+        if let Err(e) = c4m_storage::csi::serve_driver(driver, &socket, shutdown).await {
+            tracing::error!(error = %e, "the csi driver stopped");
+        }
+    });
 }
 
 impl NodeVolumes {
