@@ -33,6 +33,7 @@ mod quickstart;
 mod service_ips;
 mod services;
 mod services_dns;
+mod storage;
 mod storage_lifecycle;
 mod volumes;
 mod vpc;
