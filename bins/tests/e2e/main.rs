@@ -32,5 +32,6 @@ mod quickstart;
 mod service_ips;
 mod services;
 mod services_dns;
+mod statefulsets;
 mod vpc;
 mod workloads;
