@@ -1567,6 +1567,14 @@ fn check_microservice(ms: &Microservice) -> Result<(), FieldError> {
         "spec.priorityClassName",
     )?;
     check_restart_policy(Some(&spec.restart_policy), "spec.restartPolicy")?;
+    for (i, mount) in spec.volume_mounts.iter().enumerate() {
+        if !spec.volumes.iter().any(|v| v.name == mount.name) {
+            return Err(field_error(
+                format!("spec.volumeMounts[{i}].name"),
+                format!("Not found: {:?}", mount.name),
+            ));
+        }
+    }
     if let Some(vpc) = &spec.vpc {
         dns1123_label(vpc)
             .map_err(|reason| field_error("spec.vpc", format!("{vpc:?} {reason}")))?;
