@@ -33,5 +33,6 @@ mod service_ips;
 mod services;
 mod services_dns;
 mod statefulsets;
+mod volume_cli;
 mod vpc;
 mod workloads;
