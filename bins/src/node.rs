@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use c4m_agent::{
     Agent, AgentConfig, CniConfig, DNS_PORT, GatewayConfig, HollowAgents, HollowConfig,
-    IngressPorts, NetworkConfig, RestartBackoff,
+    IngressPorts, NetworkConfig, RestartBackoff, StorageConfig,
 };
 use c4m_api::Credentials;
 use clap::Args;
@@ -87,6 +87,15 @@ pub struct NodeFlags {
     /// cluster token.
     #[arg(long, value_name = "ADDR", requires = "gateway")]
     gateway_admin: Option<SocketAddr>,
+    /// Serve this node's local volumes as a CSI driver (`c4m.io/local`:
+    /// Identity, Controller and Node services) on this unix socket.
+    #[arg(long, value_name = "PATH")]
+    csi_socket: Option<PathBuf>,
+    /// Register an external CSI driver NAME=SOCKET (repeatable):
+    /// PersistentVolumes with `spec.csi.driver: NAME` are staged and
+    /// published on this node through the driver at SOCKET.
+    #[arg(long = "csi-driver", value_name = "NAME=SOCKET", value_parser = parse_key_value)]
+    csi_drivers: Vec<(String, String)>,
 }
 
 /// The cluster's DNS domain: the control plane answers services as
@@ -225,6 +234,15 @@ fn agent_config(
             bind_ip: node.address,
             admin: node.gateway_admin,
         }),
+        storage: StorageConfig {
+            csi_socket: node.csi_socket.clone(),
+            csi_drivers: node
+                .csi_drivers
+                .iter()
+                .map(|(name, socket)| (name.clone(), PathBuf::from(socket)))
+                .collect(),
+            ..StorageConfig::default()
+        },
     })
 }
 

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use c4m_agent::{Agent, AgentConfig, RestartBackoff};
+use c4m_agent::{Agent, AgentConfig, RestartBackoff, StorageConfig};
 use c4m_plugin::NodeExtensions;
 use c4m_runtime::ProcessRuntime;
 use tokio_util::sync::CancellationToken;
@@ -38,6 +38,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         restart_backoff: RestartBackoff::default(),
         pod_holder: None,
         gateway: None,
+        storage: StorageConfig::default(),
     };
     let process = ProcessRuntime::new(data_dir.join("process"), config.address)?;
     let images = Agent::image_store(&config)?;

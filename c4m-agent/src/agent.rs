@@ -18,14 +18,17 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::claims::ClaimMounts;
 use crate::edge::GatewayConfig;
 use crate::holder::PodHolders;
 use crate::objects::NodeObjects;
 use crate::pod_etc::PodEtc;
+use crate::pod_volumes::PodVolumes;
 use crate::server::{ServerState, router};
 use crate::service_rules::{self, keep_service_rules};
 use crate::session::{ControlPlaneChannel, NetworkFeeds, Session, register_request};
 use crate::supervisor::{RestartBackoff, Supervisor};
+use crate::volumes::{self, VolumeTimers};
 use crate::{Error, Result};
 
 /// How an agent identifies its node and reaches the control plane.
@@ -82,6 +85,23 @@ pub struct AgentConfig {
     /// routes, fed by the control plane); `None`: not run. The node gets
     /// the label `c4m.io/edge-gateway: "true"`.
     pub gateway: Option<GatewayConfig>,
+    /// The node's volumes: CSI drivers served and used, and the volume
+    /// manager's timers.
+    pub storage: StorageConfig,
+}
+
+/// How the node's volume manager runs (see `c4m-agent/src/volumes`).
+#[derive(Debug, Clone, Default)]
+pub struct StorageConfig {
+    /// Serve the node's local volumes as a CSI driver (`c4m.io/local`) on
+    /// this unix socket.
+    pub csi_socket: Option<PathBuf>,
+    /// External CSI drivers by name (`spec.csi.driver`) and their unix
+    /// sockets: PersistentVolumes naming one are staged and published
+    /// through it.
+    pub csi_drivers: BTreeMap<String, PathBuf>,
+    /// How often the manager reports and retries.
+    pub timers: VolumeTimers,
 }
 
 /// An agent with its HTTP listener bound, ready to [`run`](Self::run).
@@ -406,7 +426,28 @@ impl Agent {
             }
             _ => None,
         };
+        // The node's volume manager: it repairs the node's volumes before
+        // any pod mounts one, then follows the storage objects.
+        let (node_volumes, volume_reports) =
+            volumes::open(&self.config, assignments_rx.clone(), shutdown.clone()).await;
+        let volume_manager =
+            Arc::clone(&node_volumes).run(objects.subscribe(&volumes::KINDS), shutdown.clone());
+        let claims: Arc<dyn ClaimMounts> = node_volumes;
+        let volumes = match PodVolumes::open(
+            &self.config.data_dir,
+            claims,
+            self.config.memory_bytes,
+        )
+        .await
+        {
+            Ok(volumes) => Some(volumes),
+            Err(e) => {
+                tracing::error!(error = %e, "pod volumes are unavailable: pods with volumes wait");
+                None
+            }
+        };
         let supervisor = Supervisor {
+            volumes,
             runtimes: self.extensions.runtimes,
             prober: self
                 .extensions
@@ -445,6 +486,8 @@ impl Agent {
             }),
             objects,
             measure_node: true,
+            volume_reports: Some(volume_reports),
+            volume_report_every: self.config.storage.timers.report_every,
         };
         let state = Arc::new(ServerState {
             directory,
@@ -463,6 +506,7 @@ impl Agent {
             server,
             async {
                 tokio::join!(
+                    volume_manager,
                     async {
                         if let Some(keeper) = overlay_keeper {
                             keeper.await;

@@ -32,27 +32,3 @@ pub(crate) trait ClaimMounts: Send + Sync + std::fmt::Debug {
     /// no other pod uses. Idempotent: an unknown pod succeeds.
     async fn unmount_pod(&self, pod_uid: &str) -> Result<(), String>;
 }
-
-/// A node without a volume manager: every claim is refused, by name.
-#[derive(Debug, Default)]
-pub(crate) struct NoClaims;
-
-#[async_trait]
-impl ClaimMounts for NoClaims {
-    async fn mount(
-        &self,
-        _pod_uid: &str,
-        volume: &str,
-        _source: &VolumeSource,
-        _read_only: bool,
-        _target: &Path,
-    ) -> Result<(), String> {
-        Err(format!(
-            "MountVolume.SetUp failed for volume {volume:?}: this node has no volume manager"
-        ))
-    }
-
-    async fn unmount_pod(&self, _pod_uid: &str) -> Result<(), String> {
-        Ok(())
-    }
-}

@@ -138,6 +138,8 @@ impl HollowAgents {
             network: None,
             objects: NodeObjects::new(),
             measure_node: false,
+            volume_reports: None,
+            volume_report_every: std::time::Duration::MAX,
         };
         nodes.spawn(session.run(shutdown.clone()));
         nodes.spawn(report_running(

@@ -35,7 +35,6 @@
 //! Running and Ready and nothing started.
 
 mod agent;
-#[allow(dead_code)] // The supervisor and the volume manager use it next.
 mod claims;
 mod edge;
 mod error;
@@ -45,13 +44,15 @@ mod hooks;
 mod node_usage;
 mod objects;
 mod pod_etc;
+mod pod_volumes;
 mod server;
 mod service_rules;
 mod session;
 mod stream;
 mod supervisor;
+mod volumes;
 
-pub use agent::{Agent, AgentConfig};
+pub use agent::{Agent, AgentConfig, StorageConfig};
 pub use c4m_mesh::proxy::routes::IngressPorts;
 pub use c4m_mesh::{CniConfig, DNS_PORT, NetworkConfig};
 pub use edge::GatewayConfig;
@@ -60,3 +61,4 @@ pub use holder::{HOLDER_NAME, run_pod_holder_if_asked};
 pub use hollow::{HollowAgents, HollowConfig};
 pub use objects::{NodeObjects, ObjectSet};
 pub use supervisor::RestartBackoff;
+pub use volumes::VolumeTimers;

@@ -52,6 +52,17 @@ impl ObjectSet {
         self.objects.is_empty()
     }
 
+    /// A set of `(key, object)` pairs, for tests of its readers.
+    #[cfg(test)]
+    pub(crate) fn from_objects(objects: impl IntoIterator<Item = (String, Value)>) -> Self {
+        Self {
+            objects: objects
+                .into_iter()
+                .map(|(key, object)| (key, Arc::new(object)))
+                .collect(),
+        }
+    }
+
     /// Applies one message of the stream (a `full` one starts afresh). An
     /// object that does not decode is logged and left out.
     fn apply(&mut self, changes: &ObjectChanges) {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use c4m_api::agent::agent_service_client::AgentServiceClient;
 use c4m_api::agent::{
     HeartbeatRequest, InstanceStatus, ObjectChanges, PeerChanges, RegisterRequest, StatusReport,
-    WatchAssignmentsRequest, WatchObjectsRequest, WatchPeersRequest,
+    VolumeReport, WatchAssignmentsRequest, WatchObjectsRequest, WatchPeersRequest,
 };
 use c4m_core::Instance;
 use c4m_mesh::OverlayPeer;
@@ -148,6 +148,11 @@ pub(crate) struct Session {
     /// Whether heartbeats carry the machine's usage (not for hollow nodes,
     /// which share one machine).
     pub measure_node: bool,
+    /// The node's storage reports (None: no volume manager, as on hollow
+    /// nodes): sent at connect, on every change and every
+    /// `volume_report_every`.
+    pub volume_reports: Option<watch::Receiver<Option<Arc<VolumeReport>>>>,
+    pub volume_report_every: Duration,
 }
 
 /// Adds the cluster token to every call.
@@ -270,6 +275,50 @@ impl Session {
             result = self.send_reports(&node_name) => result,
             result = self.forward_peers(peers) => result,
             result = self.forward_objects(objects) => result,
+            result = self.send_volume_reports(&node_name) => result,
+        }
+    }
+
+    /// Sends the node's storage report at once, on every change and every
+    /// `volume_report_every`; never returns on a node without one, or when
+    /// the control plane does not know the call (an older version).
+    async fn send_volume_reports(&self, node_name: &str) -> Result<()> {
+        let Some(reports) = &self.volume_reports else {
+            return std::future::pending().await;
+        };
+        let mut reports = reports.clone();
+        let mut client = self.channel.client();
+        let every = self.volume_report_every;
+        let mut resend = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        loop {
+            let report = reports.borrow_and_update().clone();
+            if let Some(report) = report {
+                let report = VolumeReport {
+                    node_name: node_name.to_string(),
+                    ..(*report).clone()
+                };
+                match tokio::time::timeout(CALL_TIMEOUT, client.report_volumes(report)).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => {
+                        tracing::warn!(
+                            "the control plane takes no volume reports: not sending them"
+                        );
+                        return std::future::pending().await;
+                    }
+                    Ok(Err(status)) => {
+                        return Err(self.error(format!("report volumes: {}", status.message())));
+                    }
+                    Err(_) => return Err(self.error("report volumes: timed out")),
+                }
+            }
+            tokio::select! {
+                changed = reports.changed() => {
+                    if changed.is_err() {
+                        return std::future::pending().await;
+                    }
+                }
+                _ = resend.tick() => {}
+            }
         }
     }
 

@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use crate::holder::PodHolders;
 use crate::hooks::{Hook, HookRun, grace_after_hook};
 use crate::pod_etc::PodEtc;
+use crate::pod_volumes::{PodVolumes, VolumeDirs};
 use crate::session::AssignmentSet;
 
 /// How the supervisor spaces the restarts of a crashing container.
@@ -90,6 +91,12 @@ const POST_START_HOOK_ERROR: &str = "PostStartHookError";
 const TELL_WAIT: Duration = Duration::from_secs(2);
 /// The most Events about one container kept for reports.
 const EVENTS_KEPT: usize = 4;
+/// How often volumes left of pods no longer here are looked for.
+const VOLUME_SWEEP: Duration = Duration::from_secs(30);
+/// A container's waiting reason while its pod's volumes are set up.
+const CONTAINER_CREATING: &str = "ContainerCreating";
+/// The Event of a volume that cannot be set up (the kubelet's reason).
+const FAILED_MOUNT: &str = "FailedMount";
 /// The variable telling an instance where the cluster DNS answers.
 const DNS_SERVER_ENV: &str = "C4M_DNS_SERVER";
 
@@ -438,6 +445,12 @@ struct Managed {
     /// The network namespace its containers share when it has several and
     /// no VPC attachment.
     shared_namespace: Option<PathBuf>,
+    /// Its volumes, once set up; nothing starts before.
+    volume_dirs: Option<VolumeDirs>,
+    /// Why its volumes are not set up yet (told once as `FailedMount`).
+    volumes_waiting: Option<String>,
+    /// The resolved volumes its files were last written from.
+    resolved_volumes: Option<String>,
 }
 
 impl Managed {
@@ -491,6 +504,8 @@ pub(crate) struct Supervisor {
     pub backoff: RestartBackoff,
     /// The `/etc` files of containers with a network namespace.
     pub pod_etc: PodEtc,
+    /// Pods' volumes (`None`: a pod with volumes waits, saying so).
+    pub volumes: Option<PodVolumes>,
 }
 
 impl Supervisor {
@@ -543,6 +558,7 @@ impl Supervisor {
             .map(|holders| holders.find_running())
             .unwrap_or_default();
         let stopping = Stopping::default();
+        let mut volumes_swept: Option<Instant> = None;
         let (probe_tx, mut probe_rx) = mpsc::channel::<ProbeResult>(64);
         let mut ticker = tokio::time::interval(TICK);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -563,6 +579,10 @@ impl Supervisor {
                     &assigned,
                 )
                 .await;
+                if volumes_swept.is_none_or(|at| at.elapsed() >= VOLUME_SWEEP) {
+                    volumes_swept = Some(Instant::now());
+                    self.sweep_volumes(&managed, &stopping, &assigned).await;
+                }
             }
             for (id, instance) in managed.iter_mut() {
                 self.drive(id, instance, &probe_tx).await;
@@ -631,7 +651,12 @@ impl Supervisor {
                 lock(stopping).insert(id.clone(), report(&instance));
                 let stopping = Arc::clone(stopping);
                 self.pod_etc.remove(&id);
+                let volumes = self.volumes.clone();
+                if let Some(volumes) = &volumes {
+                    volumes.removing(&id);
+                }
                 let removal = Removal {
+                    volumes,
                     network,
                     id: id.clone(),
                     // App containers first, then sidecars and init
@@ -698,7 +723,12 @@ impl Supervisor {
             if pod_gone {
                 self.pod_etc.remove(&pod);
             }
+            let volumes = self.volumes.clone().filter(|_| pod_gone);
+            if let Some(volumes) = &volumes {
+                volumes.removing(&pod);
+            }
             let removal = Removal {
+                volumes,
                 runtime,
                 prober: Arc::clone(&self.prober),
                 network,
@@ -776,6 +806,15 @@ impl Supervisor {
         let problem = problem.or_else(|| {
             let (field, why) = pod.spec.as_ref().and_then(|pod_spec| {
                 c4m_core::pod_etc::unsupported_by_driver(runtime.name(), pod_spec)
+            })?;
+            Some((
+                "CreateContainerConfigError".to_string(),
+                format!("spec.{field}: {why}"),
+            ))
+        });
+        let problem = problem.or_else(|| {
+            let (field, why) = pod.spec.as_ref().and_then(|pod_spec| {
+                c4m_core::mounts::unsupported_volumes(runtime.name(), pod_spec)
             })?;
             Some((
                 "CreateContainerConfigError".to_string(),
@@ -868,6 +907,9 @@ impl Supervisor {
             pod_ip,
             host_bindings,
             shared_namespace,
+            volume_dirs: None,
+            volumes_waiting: None,
+            resolved_volumes: None,
         }
     }
 
@@ -1045,6 +1087,10 @@ impl Supervisor {
     /// until every app container has ended for good, then stop.
     async fn drive(&self, id: &str, instance: &mut Managed, probes: &mpsc::Sender<ProbeResult>) {
         if instance.problem.is_some() {
+            return;
+        }
+        if !self.volumes_ready(id, instance).await {
+            self.sample_usage(instance).await;
             return;
         }
         // Observe every container that has run.
@@ -1368,6 +1414,18 @@ impl Supervisor {
                 return;
             }
         };
+        match self.container_volumes(pod_id, instance, index, &spec).await {
+            Ok((mounts, writable_layer)) => {
+                spec.mounts = mounts;
+                spec.writable_layer = writable_layer;
+            }
+            Err(message) => {
+                let slot = &mut instance.slots[index];
+                tracing::warn!(container = %slot.id, "{message}");
+                self.retry_later(slot, "CreateContainerConfigError", message);
+                return;
+            }
+        }
         let mut cluster_dns = None;
         let attached = match self.network_for(instance.runtime.as_ref()) {
             Some(network) => match network.attach(pod_id, &instance.pod).await {
@@ -1629,7 +1687,7 @@ impl Supervisor {
         if result.kind == ProbeKind::PreStop {
             // The run it stopped has ended by now, or is ending.
             tracing::warn!(container = %result.id, message = %result.message, "preStop hook failed");
-            push_event(slot, Hook::PreStop, result.message);
+            push_event(slot, Hook::PreStop.failure_reason(), result.message);
             return;
         }
         // A late result of a run being stopped changes nothing (it must not
@@ -1657,7 +1715,7 @@ impl Supervisor {
             ProbeKind::PostStart => {
                 tracing::warn!(container = %result.id, message = %result.message, "postStart hook failed; killing the container");
                 slot.problem = Some((POST_START_HOOK_ERROR.into(), result.message.clone()));
-                push_event(slot, Hook::PostStart, result.message);
+                push_event(slot, Hook::PostStart.failure_reason(), result.message);
                 self.spawn_kill(&result.pod, instance, index, results.clone());
             }
             ProbeKind::Liveness | ProbeKind::Startup if !result.healthy => {
@@ -1675,6 +1733,128 @@ impl Supervisor {
             }
             ProbeKind::Liveness | ProbeKind::Startup | ProbeKind::PreStop => {}
         }
+    }
+
+    /// Sets up the volumes of pod `id` before its first container starts
+    /// (again for an adopted pod: idempotent), and rewrites its projected
+    /// files in place when a new assignment resolved them differently.
+    /// While they cannot be set up, its containers wait in
+    /// `ContainerCreating` with the reason, told once as `FailedMount`.
+    async fn volumes_ready(&self, id: &str, instance: &mut Managed) -> bool {
+        let resolved = instance
+            .pod
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(c4m_core::annotations::RESOLVED_VOLUMES))
+            .cloned();
+        if instance.volume_dirs.is_some() {
+            if instance.resolved_volumes != resolved
+                && let Some(volumes) = &self.volumes
+            {
+                match volumes.refresh_files(id, &instance.pod) {
+                    Ok(()) => instance.resolved_volumes = resolved,
+                    Err(e) => {
+                        tracing::warn!(instance = %id, error = %e, "cannot update the pod's files")
+                    }
+                }
+            }
+            return true;
+        }
+        let has_volumes = instance
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.volumes.as_ref())
+            .is_some_and(|v| !v.is_empty());
+        let outcome = match (&self.volumes, has_volumes) {
+            (_, false) => Ok(VolumeDirs::new()),
+            (Some(volumes), true) => volumes.set_up(id, &instance.pod).await.map_err(|e| e.0),
+            (None, true) => Err("this agent sets up no pod volumes".to_string()),
+        };
+        match outcome {
+            Ok(dirs) => {
+                instance.volume_dirs = Some(dirs);
+                instance.volumes_waiting = None;
+                instance.resolved_volumes = resolved;
+                for slot in &mut instance.slots {
+                    if slot
+                        .problem
+                        .as_ref()
+                        .is_some_and(|(r, _)| r == CONTAINER_CREATING)
+                    {
+                        slot.problem = None;
+                    }
+                }
+                true
+            }
+            Err(message) => {
+                if instance.volumes_waiting.as_ref() != Some(&message) {
+                    tracing::info!(instance = %id, reason = %message, "the pod's volumes are not ready");
+                    if let Some(first) = instance.slots.first_mut() {
+                        push_event(first, FAILED_MOUNT, message.clone());
+                    }
+                    instance.volumes_waiting = Some(message.clone());
+                }
+                for slot in instance.slots.iter_mut().filter(|s| s.status.is_none()) {
+                    slot.problem = Some((CONTAINER_CREATING.to_string(), message.clone()));
+                }
+                false
+            }
+        }
+    }
+
+    /// The mounts and the bounded writable layer of container `index` of
+    /// `instance`, from its pod's volumes; the error names the field.
+    async fn container_volumes(
+        &self,
+        pod_id: &str,
+        instance: &Managed,
+        index: usize,
+        spec: &ContainerSpec,
+    ) -> Result<(Vec<c4m_core::Mount>, Option<PathBuf>), String> {
+        let which = instance.slots[index].which;
+        let Some(container) = which.of(&instance.pod) else {
+            return Ok((Vec::new(), None));
+        };
+        let Some(volumes) = &self.volumes else {
+            return Ok((Vec::new(), None));
+        };
+        let field = which.to_string();
+        let empty = VolumeDirs::new();
+        let dirs = instance.volume_dirs.as_ref().unwrap_or(&empty);
+        let mounts = volumes.mounts_for(pod_id, &container, spec, dirs, &field)?;
+        let bounded =
+            c4m_core::mounts::DRIVERS_WITH_WRITABLE_LIMIT.contains(&instance.runtime.name());
+        let layer = match bounded {
+            true => {
+                volumes
+                    .writable_layer(pod_id, &instance.pod, &container, &field)
+                    .await?
+            }
+            false => None,
+        };
+        Ok((mounts, layer))
+    }
+
+    /// Tears down the volumes left of pods no longer here (ended while no
+    /// agent ran, or whose teardown failed before).
+    async fn sweep_volumes(
+        &self,
+        managed: &BTreeMap<String, Managed>,
+        stopping: &Stopping,
+        assigned: &[Arc<Instance>],
+    ) {
+        let Some(volumes) = &self.volumes else {
+            return;
+        };
+        let keep: HashSet<String> = managed
+            .keys()
+            .cloned()
+            .chain(lock(stopping).keys().cloned())
+            .chain(assigned.iter().map(|pod| container_id(pod)))
+            .collect();
+        volumes.tear_down_orphans(&keep).await;
     }
 
     async fn sample_usage(&self, instance: &mut Managed) {
@@ -1779,6 +1959,8 @@ struct Removal {
     shared_namespace: Option<PathBuf>,
     /// Whose holder of this pod goes last.
     holders: Option<Arc<PodHolders>>,
+    /// The pod's volumes, torn down once its containers are gone.
+    volumes: Option<PodVolumes>,
     grace: Duration,
     /// Where the instance is reported while it stops, and what the
     /// supervisor publishes: a failed preStop hook is told there.
@@ -1812,11 +1994,15 @@ impl Removal {
             match self.runtime.remove(id).await {
                 Ok(()) => tracing::info!(container = %id, "container removed"),
                 Err(e) => {
-                    // Its namespace stays while the container might still use it.
+                    // Its namespace and volumes stay while the container
+                    // might still use them.
                     tracing::warn!(container = %id, error = %e, "cannot remove container");
                     return;
                 }
             }
+        }
+        if let Some(volumes) = &self.volumes {
+            volumes.removed(&self.id).await;
         }
         if let Some(network) = self.network {
             network.detach(&self.id).await;
@@ -1865,7 +2051,7 @@ impl Removal {
             else {
                 return;
             };
-            let event = event_of(Hook::PreStop, message);
+            let event = event_of(Hook::PreStop.failure_reason(), message);
             report.events.push(event.clone());
             event
         };
@@ -1892,24 +2078,24 @@ fn hook_target(instance: &Managed, slot: &Slot, hook: Hook) -> Option<(HookRun, 
     Some((run, status))
 }
 
-/// Keeps the Event of a failed `hook` for the container's reports (the
-/// control plane records each once).
-fn push_event(slot: &mut Slot, hook: Hook, message: String) {
+/// Keeps an Event (`reason`: a failed hook's, `FailedMount`) for the
+/// container's reports (the control plane records each once).
+fn push_event(slot: &mut Slot, reason: &str, message: String) {
     if slot.events.len() >= EVENTS_KEPT {
         slot.events.remove(0);
     }
-    slot.events.push(event_of(hook, message));
+    slot.events.push(event_of(reason, message));
 }
 
-/// The Event of a failed `hook`, with an id of its own.
-fn event_of(hook: Hook, message: String) -> ContainerEvent {
+/// An Event of `reason`, with an id of its own.
+fn event_of(reason: &str, message: String) -> ContainerEvent {
     let at = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default()
         .as_nanos();
     ContainerEvent {
-        id: format!("{}-{at}", hook.failure_reason()),
-        reason: hook.failure_reason().into(),
+        id: format!("{reason}-{at}"),
+        reason: reason.into(),
         message,
     }
 }

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use c4m_agent::{Agent, AgentConfig, RestartBackoff};
+use c4m_agent::{Agent, AgentConfig, RestartBackoff, StorageConfig};
 use c4m_api::{ApplyObject, ApplyRequest, Client};
 use c4m_control::{ControlPlane, ControlPlaneConfig};
 use c4m_core::testing::FakeRuntime;
@@ -86,6 +86,7 @@ async fn a_deployment_runs_restarts_and_goes_away_on_a_fake_node() {
         },
         pod_holder: None,
         gateway: None,
+        storage: StorageConfig::default(),
     };
     let fake = FakeRuntime::new();
     let images = Agent::image_store(&config).unwrap();

@@ -7,6 +7,8 @@
 use c4m_core::ResourceKind;
 use serde_json::Value;
 
+mod storage;
+
 /// One column of a kind's table.
 #[derive(Debug)]
 pub struct Column {
@@ -1130,6 +1132,13 @@ pub fn columns(kind: &ResourceKind) -> &'static [Column] {
         "GatewayClass" => GATEWAY_CLASS,
         "Gateway" => GATEWAY,
         "HTTPRoute" | "GRPCRoute" => ROUTE,
+        "PersistentVolume" => storage::PERSISTENT_VOLUME,
+        "PersistentVolumeClaim" => storage::PERSISTENT_VOLUME_CLAIM,
+        "StorageClass" => storage::STORAGE_CLASS,
+        "VolumeSnapshot" => storage::VOLUME_SNAPSHOT,
+        "VolumeSnapshotClass" => storage::VOLUME_SNAPSHOT_CLASS,
+        "VolumeSnapshotContent" => storage::VOLUME_SNAPSHOT_CONTENT,
+        "StatefulSet" => storage::STATEFUL_SET,
         _ => DEFAULT,
     }
 }

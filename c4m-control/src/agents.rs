@@ -414,6 +414,9 @@ impl Agents {
                             .and_then(|resolved| self.add_vpc_cidr(resolved))
                             .map(|resolved| {
                                 crate::pull_secrets::with_registry_logins(&self.cache, resolved)
+                            })
+                            .map(|resolved| {
+                                crate::pod_volumes::with_resolved_volumes(&self.cache, resolved)
                             }) {
                             Ok(resolved) => Some(serde_json::to_vec(&resolved).unwrap_or_default()),
                             Err(message) => {
@@ -1689,6 +1692,119 @@ mod tests {
         assert_eq!(greetings(&assigned), expected(&[("b", "bonjour")]));
         let sent: Value = serde_json::from_slice(&assigned[0]).unwrap();
         assert_eq!(sent["metadata"]["labels"]["tier"], "web");
+        shutdown.cancel();
+    }
+
+    /// The files of an instance's configMap volume follow the ConfigMap: an
+    /// edit re-sends the instance with the new content; a claim it waits
+    /// for, once bound, re-sends it with the volume to stage.
+    #[tokio::test]
+    async fn assignments_follow_their_volume_sources() {
+        use c4m_core::volumes::ResolvedVolume;
+        let (_dir, store, objects) = crate::test_support::store_with_default_namespace().await;
+        let config = json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "cm", "namespace": "default"}, "data": {"greeting": "hello"}});
+        objects
+            .create(kind("configmaps"), "default", config)
+            .await
+            .unwrap();
+        let claim = json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {"name": "data", "namespace": "default"},
+            "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "",
+                "resources": {"requests": {"storage": "1Gi"}}}});
+        objects
+            .create(kind("persistentvolumeclaims"), "default", claim)
+            .await
+            .unwrap();
+        let pod = json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "web", "namespace": "default"},
+            "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "x",
+                "volumeMounts": [{"name": "config", "mountPath": "/etc/app"}]}],
+                "volumes": [{"name": "config", "configMap": {"name": "cm"}},
+                    {"name": "data", "persistentVolumeClaim": {"claimName": "data"}}]}});
+        objects.create(kind("pods"), "default", pod).await.unwrap();
+        let shutdown = CancellationToken::new();
+        let agents = agents_over(Arc::clone(&store), objects.clone(), "", &shutdown).await;
+        let cache = Arc::clone(&agents.cache);
+        let mut wake = cache.watch_node("n1");
+        wake.mark_unchanged();
+        let volumes = |assigned: &[Vec<u8>]| {
+            let pod: Value = serde_json::from_slice(&assigned[0]).unwrap();
+            let text = pod["metadata"]["annotations"][c4m_core::annotations::RESOLVED_VOLUMES]
+                .as_str()
+                .unwrap()
+                .to_string();
+            serde_json::from_str::<BTreeMap<String, ResolvedVolume>>(&text).unwrap()
+        };
+        let greeting = |volumes: &BTreeMap<String, ResolvedVolume>| match &volumes["config"] {
+            ResolvedVolume::Files { files } => {
+                String::from_utf8(decode_base64(&files[0].base64).unwrap()).unwrap()
+            }
+            other => panic!("{other:?}"),
+        };
+        let mut resolved = Resolved::default();
+        let first = agents.assignments("n1", &mut resolved);
+        let sent = volumes(&first);
+        assert_eq!(greeting(&sent), "hello");
+        assert_eq!(
+            sent["data"],
+            ResolvedVolume::Waiting {
+                message: "persistentvolumeclaim \"data\" not bound".into()
+            }
+        );
+
+        let revision = objects
+            .update_with(kind("configmaps"), "default", "cm", |cm| {
+                cm["data"]["greeting"] = json!("bonjour");
+                true
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        cache.wait_for(revision).await;
+        assert!(
+            wake.has_changed().unwrap(),
+            "the edit wakes the node's stream"
+        );
+        wake.mark_unchanged();
+        let second = agents.assignments("n1", &mut resolved);
+        assert_ne!(digest(&second), digest(&first), "so it is sent again");
+        assert_eq!(greeting(&volumes(&second)), "bonjour");
+
+        let volume = json!({"apiVersion": "v1", "kind": "PersistentVolume",
+            "metadata": {"name": "pv-1"},
+            "spec": {"accessModes": ["ReadWriteOnce"], "capacity": {"storage": "1Gi"},
+                "nfs": {"server": "10.0.0.1", "path": "/exports/a"}}});
+        objects
+            .create(kind("persistentvolumes"), "", volume)
+            .await
+            .unwrap();
+        let revision = objects
+            .update_with(kind("persistentvolumeclaims"), "default", "data", |claim| {
+                claim["spec"]["volumeName"] = json!("pv-1");
+                claim["status"]["phase"] = json!("Bound");
+                true
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        cache.wait_for(revision).await;
+        assert!(
+            wake.has_changed().unwrap(),
+            "the bind wakes the node's stream"
+        );
+        let third = agents.assignments("n1", &mut resolved);
+        assert_eq!(
+            volumes(&third)["data"],
+            ResolvedVolume::Claim {
+                claim: "default/data".into(),
+                source: c4m_core::volumes::VolumeSource::Nfs {
+                    server: "10.0.0.1".into(),
+                    path: "/exports/a".into(),
+                },
+                read_only: false,
+            }
+        );
         shutdown.cancel();
     }
 

@@ -34,14 +34,17 @@ use crate::objects::{decode_json, key, prefix};
 /// The root of every object key.
 pub(crate) const ROOT: &str = "/registry/";
 /// Key prefixes of instances, and of the objects whose change any node's
-/// assignments may depend on (their env refers to ConfigMaps and Secrets;
-/// their VPC's CIDR is sent with them).
+/// assignments may depend on (their env and volumes refer to ConfigMaps,
+/// Secrets and claims, a claim to its PersistentVolume; their VPC's CIDR
+/// is sent with them).
 const PODS: &str = "/registry/pods/";
 const NODES: &str = "/registry/nodes/";
-const ASSIGNMENT_SOURCES: [&str; 3] = [
+const ASSIGNMENT_SOURCES: [&str; 5] = [
     "/registry/configmaps/",
     "/registry/secrets/",
     "/registry/vpcs/",
+    "/registry/persistentvolumeclaims/",
+    "/registry/persistentvolumes/",
 ];
 
 /// One object as the store holds it: its JSON (without resourceVersion)
@@ -510,9 +513,9 @@ pub(crate) struct Cache {
     node_signals: Mutex<HashMap<String, watch::Sender<u64>>>,
     /// The controllers' change feeds.
     feeds: Mutex<Vec<Arc<ChangeFeed>>>,
-    /// Bumped when any ConfigMap, Secret or Vpc may have changed (a write,
-    /// a re-list): what an assignment depends on besides its instance and
-    /// Node (the resolved env, the VPC's CIDR).
+    /// Bumped when any assignment source may have changed (a write, a
+    /// re-list): what an assignment depends on besides its instance and
+    /// Node (the resolved env and volumes, the VPC's CIDR).
     sources_generation: AtomicU64,
     /// Bumped when any Node changes (and on a re-list): what the overlay's
     /// peer streams wait on.
@@ -754,7 +757,7 @@ impl Cache {
         self.read().pods_by_node.get(node)
     }
 
-    /// How many times a ConfigMap, Secret or Vpc may have changed (or the
+    /// How many times an assignment source may have changed (or the
     /// cache re-listed): an assignment resolved at one generation holds
     /// while it stays.
     pub(crate) fn sources_generation(&self) -> u64 {
@@ -807,8 +810,9 @@ impl Cache {
     }
 
     /// A receiver that wakes when an instance bound to `node` (before or
-    /// after the change), the Node object itself, or any ConfigMap, Secret
-    /// or Vpc changes, and after a re-list.
+    /// after the change), the Node object itself, or any assignment source
+    /// (ConfigMap, Secret, Vpc, claim, PersistentVolume) changes, and after
+    /// a re-list.
     pub(crate) fn watch_node(&self, node: &str) -> watch::Receiver<u64> {
         let mut signals = self.node_signals.lock().unwrap_or_else(|e| e.into_inner());
         signals

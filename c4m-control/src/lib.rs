@@ -65,6 +65,7 @@ mod objects;
 mod openapi_schemas;
 mod pagination;
 mod patch;
+mod pod_volumes;
 mod pods;
 mod protobuf;
 mod pull_secrets;

@@ -368,6 +368,12 @@ impl Objects {
             crate::controllers::edge::default_ingress_class(self.store.as_ref(), &mut value)
                 .await?;
         }
+        crate::controllers::volumes::admission::default_new(
+            self.store.as_ref(),
+            kind.kind,
+            &mut value,
+        )
+        .await?;
         // The API server's default (kubectl create secret generic sends none).
         if kind.kind == "Secret"
             && value["type"].as_str().is_none_or(str::is_empty)
@@ -409,6 +415,13 @@ impl Objects {
         part: Part,
     ) -> Result<Value> {
         let mut merged = Self::merge_replacement(kind, current, value, part)?;
+        crate::controllers::volumes::admission::check_update(
+            self.store.as_ref(),
+            kind.kind,
+            current,
+            &merged,
+        )
+        .await?;
         self.admit(
             Operation::Update,
             kind,

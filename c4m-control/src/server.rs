@@ -163,6 +163,7 @@ impl ControlPlane {
         ensure_default_namespace(&objects).await?;
         objects.check_service_cidr().await?;
         controllers::edge::ensure_default_classes(&objects).await?;
+        controllers::volumes::admission::ensure_default_classes(&objects).await?;
         let cache = Cache::start(store, shutdown.clone()).await?;
         let registry = Registry::new(Arc::clone(&cache));
         if let Some(addr) = self.config.dns_addr {
@@ -191,6 +192,17 @@ impl ControlPlane {
         )
         .with_volume_reports(Arc::clone(&volume_reports));
         spawn_controllers(&mut tasks, &objects, &cache, &health, scheduler, &shutdown);
+        let volume_reports = Arc::new(crate::volume_reports::VolumeReports::default());
+        tasks.spawn(
+            controllers::volumes::run(
+                objects.clone(),
+                Arc::clone(&cache),
+                Arc::clone(&volume_reports),
+                FULL_RESYNC,
+                shutdown.clone(),
+            )
+            .then_ok(),
+        );
         let api_endpoint = controllers::services::ApiEndpoint {
             service_ip: self.config.service_ranges.api_service_ip(),
             address: self

@@ -25,8 +25,6 @@ impl Default for VolumeReports {
     }
 }
 
-// The volume controllers (next) read them; until then only tests do.
-#[allow(dead_code)]
 impl VolumeReports {
     /// Keeps `report` as its node's storage state; wakes watchers if it
     /// differs from the one before.

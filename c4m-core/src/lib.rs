@@ -57,7 +57,8 @@ mod time;
 pub use error::{BoxError, Error, Result};
 pub use image::{GcReport, Image, Layer};
 pub use manifest::{
-    Document, ManifestError, Validated, dns1123_label, parse_documents, validate, validate_value,
+    Document, ManifestError, Validated, check_claim_spec, dns1123_label, parse_documents, validate,
+    validate_value,
 };
 pub use model::kinds::{KINDS, ResourceKind};
 pub use model::microservice::{Microservice, MicroserviceSpec, MicroserviceStatus};
@@ -74,10 +75,11 @@ pub use model::{Instance, annotations, labels};
 pub use probe::{ProbeFailure, ProbeTracker, Prober, probe_timeout};
 pub use quantity::{format_cpu_millis, format_memory_bytes, parse_cpu_millis, parse_memory_bytes};
 pub use reference::{InvalidReference, Reference, SHA256_PREFIX, sha256_hex};
+pub use runtime::mounts;
 pub use runtime::{
     ContainerRuntime, ContainerSpec, ContainerState, ContainerStatus, ExecOutput, ExecRequest,
-    ExecSession, LogOptions, PodContainer, PortBinding, PortSpec, PullPolicy, RegistryLogin,
-    ResizeTerminal, ResourceLimits, ResourceUsage, TerminalSize,
+    ExecSession, LogOptions, Mount, MountPropagation, PodContainer, PortBinding, PortSpec,
+    PullPolicy, RegistryLogin, ResizeTerminal, ResourceLimits, ResourceUsage, TerminalSize,
 };
 #[cfg(feature = "spdy")]
 pub use spdy::{SpdyCodec, SpdyError, SpdyFrame};

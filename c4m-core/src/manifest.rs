@@ -42,6 +42,9 @@ use crate::model::microservice::Microservice;
 use crate::model::vpc::{Vpc, parse_vpc_cidr};
 use crate::quantity::{parse_cpu_millis, parse_memory_bytes};
 
+mod storage;
+pub use storage::check_claim_spec;
+
 /// One object read from a manifest, before validation.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Document {
@@ -300,6 +303,7 @@ pub fn validate_value(value: &Value) -> Result<Validated, (String, String)> {
     let name = metadata.name.as_deref().unwrap_or_default();
     let warnings = unhonoured_fields(kind.kind, value)
         .into_iter()
+        .chain(storage::unhonoured(kind.kind, value))
         .map(|field| format!("{} {name}: {field}", kind.kind))
         .collect();
     Ok(Validated {
@@ -483,6 +487,12 @@ fn check_typed(kind: &ResourceKind, value: &Value) -> Result<ObjectMeta, FieldEr
         "GatewayClass" | "Gateway" | "HTTPRoute" | "GRPCRoute" | "ReferenceGrant" => {
             typed::<GatewayApiObject>(value)?.metadata
         }
+        "PersistentVolume" => storage::check_persistent_volume(value)?,
+        "PersistentVolumeClaim" => storage::check_persistent_volume_claim(value)?,
+        "StorageClass" => storage::check_storage_class(value)?,
+        "VolumeSnapshot" => storage::check_volume_snapshot(value)?,
+        "VolumeSnapshotClass" => storage::check_volume_snapshot_class(value)?,
+        "VolumeSnapshotContent" => storage::check_volume_snapshot_content(value)?,
         other => {
             return Err(field_error(
                 "kind",
@@ -1336,6 +1346,9 @@ fn check_pod_spec(spec: &PodSpec, path: &str) -> Result<(), FieldError> {
         ));
     }
     check_pod_dns_and_pulls(spec, path)?;
+    storage::check_pod_volumes(spec, path)?;
+    crate::mounts::check_pod_mounts(spec)
+        .map_err(|(field, why)| field_error(join(path, &field), why))?;
     check_restart_policy(spec.restart_policy.as_deref(), &join(path, "restartPolicy"))
 }
 
@@ -1485,6 +1498,9 @@ fn check_pod_dns_and_pulls(spec: &PodSpec, path: &str) -> Result<(), FieldError>
         }
         if let Some((field, why)) = crate::pod_etc::unsupported_by_driver(driver, spec) {
             return Err(field_error(join(path, field), why));
+        }
+        if let Some((field, why)) = crate::mounts::unsupported_volumes(driver, spec) {
+            return Err(field_error(join(path, &field), why));
         }
     }
     Ok(())
@@ -2310,9 +2326,19 @@ const SECURITY_IGNORED: &str =
 ///
 /// A field matches when it is set (not null, `""`, `[]` or `{}`).
 const UNHONOURED: &[(Scope, &str, &str)] = &[
-    (Scope::PodSpec, "volumes", IGNORED),
-    (Scope::PodSpec, "containers[*].volumeMounts", IGNORED),
-    (Scope::PodSpec, "initContainers[*].volumeMounts", IGNORED),
+    // Volume sources c4m's nodes cannot set up (iscsi, rbd, cephfs, the
+    // clouds' disks, inline csi and nfs, gitRepo, image); projected service
+    // account tokens are left out of the files (c4m issues no tokens).
+    (
+        Scope::PodSpec,
+        "volumes[*].!name|emptyDir|hostPath|configMap|secret|projected|downwardAPI|persistentVolumeClaim|ephemeral",
+        IGNORED,
+    ),
+    (
+        Scope::PodSpec,
+        "volumes[*].projected.sources[*].!configMap|secret|downwardAPI",
+        IGNORED,
+    ),
     (
         Scope::PodSpec,
         "containers[*].securityContext.!runAsUser|runAsGroup",
@@ -3378,10 +3404,8 @@ spec:
         let mut expected: Vec<String> = [
             "spec.strategy.type=Recreate is not supported; RollingUpdate is used",
             "spec.template.spec.containers[0].securityContext.privileged is not supported and will be ignored (only runAsUser and runAsGroup are honoured)",
-            "spec.template.spec.containers[0].volumeMounts is not supported and will be ignored",
             "spec.template.spec.securityContext.fsGroup is not supported and will be ignored (only runAsUser and runAsGroup are honoured)",
             "spec.template.spec.serviceAccountName is accepted but has no effect",
-            "spec.template.spec.volumes is not supported and will be ignored",
         ]
         .iter()
         .map(|w| format!("{prefix}{w}"))

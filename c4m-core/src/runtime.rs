@@ -18,6 +18,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::{Error, Result};
 
+pub mod mounts;
 mod spec;
 
 pub use spec::PodContainer;
@@ -113,6 +114,81 @@ pub struct ContainerSpec {
     /// (`stdinOnce: true`, as `kubectl run -i` asks).
     #[serde(default)]
     pub stdin_once: bool,
+    /// Node directories and files bound into the container (its
+    /// `volumeMounts`, resolved by the agent to paths on the node), in
+    /// order; a mount under another's destination comes after it. The
+    /// `process` driver cannot honour any and refuses the spec.
+    #[serde(default)]
+    pub mounts: Vec<Mount>,
+    /// A directory on a sized file system holding the container's writable
+    /// layer (overlay `upper/` and `work/`), so that its writes stop at the
+    /// size (`resources.limits.ephemeral-storage`); `None`: the driver's
+    /// own, unbounded. Only the `oci` and `containerd` drivers honour it.
+    #[serde(default)]
+    pub writable_layer: Option<PathBuf>,
+}
+
+/// A node path bound into a container.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mount {
+    /// The node's directory or file.
+    pub source: PathBuf,
+    /// Where the container sees it (absolute).
+    pub destination: PathBuf,
+    /// Mounted read-only (`readOnly: true`).
+    #[serde(default)]
+    pub read_only: bool,
+    /// How mounts below it propagate (`mountPropagation`).
+    #[serde(default)]
+    pub propagation: MountPropagation,
+}
+
+/// A volume mount's `mountPropagation`, Kubernetes' names.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MountPropagation {
+    /// No propagation either way (`rprivate`), the default.
+    #[default]
+    None,
+    /// Mounts made on the node later show in the container (`rslave`).
+    HostToContainer,
+    /// And mounts the container makes show on the node (`rshared`); for
+    /// privileged containers only.
+    Bidirectional,
+}
+
+impl MountPropagation {
+    /// The mode `value` names (`None` when absent); an unknown one is
+    /// refused with the reason.
+    pub fn of(value: Option<&str>) -> std::result::Result<MountPropagation, String> {
+        match value.filter(|v| !v.is_empty()) {
+            None | Some("None") => Ok(MountPropagation::None),
+            Some("HostToContainer") => Ok(MountPropagation::HostToContainer),
+            Some("Bidirectional") => Ok(MountPropagation::Bidirectional),
+            Some(other) => Err(format!(
+                "{other:?} is not one of None, HostToContainer, Bidirectional"
+            )),
+        }
+    }
+
+    /// The Linux mount option (`rprivate`, `rslave`, `rshared`).
+    pub fn linux_option(self) -> &'static str {
+        match self {
+            MountPropagation::None => "rprivate",
+            MountPropagation::HostToContainer => "rslave",
+            MountPropagation::Bidirectional => "rshared",
+        }
+    }
+}
+
+impl ContainerSpec {
+    /// The spec's mounts in the order to mount them: parents before what
+    /// is mounted below them (by the number of path components of the
+    /// destination; the pod's order otherwise), as Docker orders them.
+    pub fn ordered_mounts(&self) -> Vec<&Mount> {
+        let mut mounts: Vec<&Mount> = self.mounts.iter().collect();
+        mounts.sort_by_key(|m| m.destination.components().count());
+        mounts
+    }
 }
 
 /// When a driver pulls a container's image (`imagePullPolicy`).

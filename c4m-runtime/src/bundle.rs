@@ -107,6 +107,23 @@ pub(super) fn cgroups_path(id: &str) -> PathBuf {
         .join(id)
 }
 
+/// A fresh overlay `upper/` and `work/` under the container's writable
+/// layer directory ([`ContainerSpec::writable_layer`]): what an earlier
+/// run wrote goes, as a restarted container starts from its image.
+pub(super) fn fresh_writable_layer(id: &str, layer: &Path) -> Result<(PathBuf, PathBuf)> {
+    let (upper, work) = (layer.join("upper"), layer.join("work"));
+    for dir in [&upper, &work] {
+        match std::fs::remove_dir_all(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::container(id, format!("empty {}", dir.display()), e)),
+        }
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::container(id, format!("create {}", dir.display()), e))?;
+    }
+    Ok((upper, work))
+}
+
 /// The program and arguments, Kubernetes' way: `command` replaces the
 /// image's entrypoint (and drops its cmd), `args` replace its cmd.
 pub(super) fn argv(spec: &ContainerSpec, image: Option<&ImageConfig>) -> Vec<String> {
@@ -375,6 +392,23 @@ pub(super) fn runtime_spec(spec: &ContainerSpec, input: &BundleInput<'_>) -> Res
                 .map_err(fail)?,
         );
     }
+    // The pod's volumes, parents first.
+    for mount in spec.ordered_mounts() {
+        let access = if mount.read_only { "ro" } else { "rw" };
+        mounts.push(
+            MountBuilder::default()
+                .destination(&mount.destination)
+                .typ("bind")
+                .source(&mount.source)
+                .options(
+                    ["rbind", access, mount.propagation.linux_option()]
+                        .map(String::from)
+                        .to_vec(),
+                )
+                .build()
+                .map_err(fail)?,
+        );
+    }
     let mut runtime_spec = Spec::default();
     runtime_spec
         .set_process(Some(process))
@@ -465,4 +499,72 @@ fn all_capabilities() -> std::collections::HashSet<Capability> {
         .filter(|(bit, _)| bounding >> bit & 1 == 1)
         .map(|(_, capability)| capability)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use c4m_core::{Mount, MountPropagation};
+
+    /// Volumes become bind mounts with their access and propagation, a
+    /// parent before what is mounted below it.
+    #[test]
+    fn volumes_become_bind_mounts_parents_first() {
+        let spec = ContainerSpec {
+            id: "web".into(),
+            command: vec!["sh".into()],
+            mounts: vec![
+                Mount {
+                    source: "/node/pods/u/volumes/cache/logs".into(),
+                    destination: "/data/logs".into(),
+                    read_only: true,
+                    propagation: MountPropagation::HostToContainer,
+                },
+                Mount {
+                    source: "/node/pods/u/volumes/data".into(),
+                    destination: "/data".into(),
+                    read_only: false,
+                    propagation: MountPropagation::None,
+                },
+            ],
+            ..ContainerSpec::default()
+        };
+        let input = BundleInput {
+            image: None,
+            root_path: "rootfs".into(),
+            image_dirs: &[],
+            cgroups_path: cgroups_path("web"),
+            swap_accounting: false,
+        };
+        let built = runtime_spec(&spec, &input).unwrap();
+        let binds: Vec<(String, String, Vec<String>)> = built
+            .mounts()
+            .iter()
+            .flatten()
+            .filter(|m| m.destination().starts_with("/data"))
+            .map(|m| {
+                (
+                    m.destination().display().to_string(),
+                    m.source().as_ref().unwrap().display().to_string(),
+                    m.options().clone().unwrap_or_default(),
+                )
+            })
+            .collect();
+        let options = |list: [&str; 3]| list.map(String::from).to_vec();
+        assert_eq!(
+            binds,
+            [
+                (
+                    "/data".into(),
+                    "/node/pods/u/volumes/data".into(),
+                    options(["rbind", "rw", "rprivate"])
+                ),
+                (
+                    "/data/logs".into(),
+                    "/node/pods/u/volumes/cache/logs".into(),
+                    options(["rbind", "ro", "rslave"])
+                ),
+            ]
+        );
+    }
 }

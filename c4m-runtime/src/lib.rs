@@ -65,7 +65,32 @@ pub use probe::DefaultProber;
 #[cfg(feature = "process")]
 pub use process::ProcessRuntime;
 
-use c4m_core::{Error, Result};
+use c4m_core::{ContainerSpec, Error, Result};
+
+/// Refuses a spec asking for what driver `driver` cannot do: volume mounts
+/// (unless `mounts`) or a bounded writable layer (unless `writable_layer`).
+#[cfg_attr(
+    not(any(feature = "process", feature = "docker", feature = "cri")),
+    allow(dead_code)
+)]
+fn refuse_unsupported(
+    driver: &str,
+    spec: &ContainerSpec,
+    mounts: bool,
+    writable_layer: bool,
+) -> Result<()> {
+    let operation = if !mounts && !spec.mounts.is_empty() {
+        "volume mounts"
+    } else if !writable_layer && spec.writable_layer.is_some() {
+        "a bounded writable layer (ephemeral-storage)"
+    } else {
+        return Ok(());
+    };
+    Err(Error::Unsupported {
+        driver: driver.to_string(),
+        operation,
+    })
+}
 
 /// Every container's pids limit (a fork bomb stops there), whichever
 /// driver runs it.

@@ -670,6 +670,7 @@ impl ContainerRuntime for ProcessRuntime {
     }
 
     async fn start(&self, spec: &ContainerSpec) -> Result<ContainerStatus> {
+        crate::refuse_unsupported("process", spec, false, false)?;
         self.ensure_clock();
         let inner = &*self.inner;
         let id = spec.id.as_str();

@@ -87,6 +87,11 @@ pub trait VolumeBackend: fmt::Debug + Send + Sync {
     /// The snapshot, if it exists.
     async fn get_snapshot(&self, snapshot: &SnapshotId) -> Result<Option<Snapshot>>;
 
+    /// Every snapshot on this backend (none where it takes no snapshots).
+    async fn list_snapshots(&self) -> Result<Vec<Snapshot>> {
+        Ok(Vec::new())
+    }
+
     /// Creates the volume `req.id` with the snapshot's contents; `req.size_bytes`
     /// must be at least the snapshot's size.
     async fn restore(&self, snapshot: &SnapshotId, req: &ProvisionRequest) -> Result<Volume>;

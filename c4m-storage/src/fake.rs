@@ -301,6 +301,10 @@ impl VolumeBackend for FakeBackend {
         Ok(self.state().snapshots.get(snapshot).cloned())
     }
 
+    async fn list_snapshots(&self) -> Result<Vec<Snapshot>> {
+        Ok(self.state().snapshots.values().cloned().collect())
+    }
+
     async fn restore(&self, snapshot: &SnapshotId, req: &ProvisionRequest) -> Result<Volume> {
         let source = self
             .state()

@@ -930,6 +930,18 @@ impl VolumeBackend for LocalBackend {
             .map(|r| r.snapshot()))
     }
 
+    async fn list_snapshots(&self) -> Result<Vec<Snapshot>> {
+        let mut snapshots = Vec::new();
+        for id in self.snapshots.ids()? {
+            if let Some(r) = self.snapshots.read::<SnapshotRecord>(&id)?
+                && r.state == SnapshotState::Ready
+            {
+                snapshots.push(r.snapshot());
+            }
+        }
+        Ok(snapshots)
+    }
+
     async fn restore(&self, snapshot: &SnapshotId, req: &ProvisionRequest) -> Result<Volume> {
         let _guard = self.lock.lock().await;
         let source = self

@@ -76,6 +76,9 @@ pub struct NfsBackend {
     export: NfsExport,
     mounter: NfsMounter,
     sessions: Mutex<HashMap<PathBuf, Session>>,
+    /// Where this backend's mounts are: reconcile leaves FUSE mounts
+    /// elsewhere (another process's) alone. None: every c4m FUSE mount.
+    scope: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for NfsBackend {
@@ -146,7 +149,16 @@ impl NfsBackend {
             export,
             mounter,
             sessions: Mutex::new(HashMap::new()),
+            scope: None,
         }
+    }
+
+    /// Limits [`reconcile`](VolumeBackend::reconcile) to mounts under
+    /// `root`, so several processes on one host (an agent per simulated
+    /// node) each repair only their own.
+    pub fn within(mut self, root: impl Into<PathBuf>) -> Self {
+        self.scope = Some(sys::absolute(&root.into()));
+        self
     }
 
     async fn connect(&self) -> Result<(Client, nfs_fh3)> {
@@ -568,8 +580,16 @@ impl VolumeBackend for NfsBackend {
             .cloned()
             .collect();
         // FUSE mounts of a process that died answer ENOTCONN: detach them.
+        let in_scope = |path: &Path| {
+            self.scope
+                .as_ref()
+                .is_none_or(|root| path.starts_with(root))
+        };
         for mount in Self::fuse_mounts_of(None)? {
-            if !live.contains(&mount.mount_point) && sys::unmount(&mount.mount_point)? {
+            if in_scope(&mount.mount_point)
+                && !live.contains(&mount.mount_point)
+                && sys::unmount(&mount.mount_point)?
+            {
                 report.unmounted.push(mount.mount_point);
             }
         }

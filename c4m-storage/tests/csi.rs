@@ -313,3 +313,57 @@ async fn local_backend_through_the_csi_socket() {
     server.await.unwrap().unwrap();
     assert!(!socket.exists(), "the socket is removed on shutdown");
 }
+
+/// A registered driver used as a backend (`CsiBackend`): each operation
+/// reaches the served backend through the spec's RPCs (no root).
+#[tokio::test]
+async fn a_csi_driver_is_a_backend_through_csi_backend() {
+    use c4m_storage::csi::CsiBackend;
+    use c4m_storage::{ProvisionRequest, SnapshotId, VolumeId};
+
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Arc::new(FakeBackend::new(4 << 30));
+    let (_, shutdown, server, socket) =
+        serve(Arc::clone(&fake) as Arc<dyn VolumeBackend>, dir.path()).await;
+
+    let wrong = CsiBackend::new("other.example.com", &socket);
+    let err = wrong.capacity().await.unwrap_err().to_string();
+    assert!(
+        err.contains("is \"local.storage.c4m.io\", not \"other.example.com\""),
+        "{err}"
+    );
+
+    let csi = CsiBackend::new("local.storage.c4m.io", &socket);
+    assert_eq!(csi.capacity().await.unwrap().available_bytes, 4 << 30);
+    let id = VolumeId::new("pvc-1").unwrap();
+    let made = csi
+        .provision(&ProvisionRequest::new(id.clone(), 1 << 30))
+        .await
+        .unwrap();
+    assert_eq!(made.size_bytes, 1 << 30);
+    let (staging, target) = (dir.path().join("stage"), dir.path().join("pub"));
+    csi.stage(&id, &staging).await.unwrap();
+    csi.publish(&id, &staging, &target, true).await.unwrap();
+    let held = fake.volume(&id).await.unwrap().unwrap();
+    assert_eq!(held.staged_at.as_deref(), Some(staging.as_path()));
+    assert_eq!(held.published_at, std::slice::from_ref(&target));
+
+    let snapshot = SnapshotId::new("snapshot-1").unwrap();
+    let taken = csi.snapshot(&id, &snapshot).await.unwrap();
+    assert_eq!(
+        (taken.source_volume, taken.size_bytes),
+        (id.clone(), 1 << 30)
+    );
+    assert_eq!(csi.expand(&id, 2 << 30).await.unwrap(), 2 << 30);
+
+    csi.unpublish(&id, &target).await.unwrap();
+    csi.unstage(&id, &staging).await.unwrap();
+    csi.delete_snapshot(&snapshot).await.unwrap();
+    csi.delete(&id).await.unwrap();
+    csi.delete(&id).await.unwrap();
+    assert!(fake.list().await.unwrap().is_empty());
+    assert!(fake.list_snapshots().await.unwrap().is_empty());
+
+    shutdown.cancel();
+    server.await.unwrap().unwrap();
+}

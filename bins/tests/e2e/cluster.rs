@@ -431,7 +431,7 @@ spec:
   template:
     metadata: {labels: {app: v}}
     spec:
-      volumes: [{name: data, emptyDir: {}}]
+      volumes: [{name: data, iscsi: {targetPortal: "10.0.0.1:3260", iqn: "iqn.2001-04.com.example:disk", lun: 0}}]
       containers: [{name: c, command: ["sleep", "1"]}]
 "#,
     );
@@ -442,7 +442,7 @@ spec:
     );
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains("warning:") && stderr.contains("spec.template.spec.volumes"),
+        stderr.contains("warning:") && stderr.contains("spec.template.spec.volumes[0].iscsi"),
         "{stderr}"
     );
 }

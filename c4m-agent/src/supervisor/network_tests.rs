@@ -202,6 +202,7 @@ async fn a_namespaced_instance_gets_a_vpc_address_dns_and_is_detached() {
         network: Some(Arc::new(network)),
         pod_namespaces: None,
         holders: None,
+        volumes: None,
         prober: Arc::new(c4m_runtime::DefaultProber),
         backoff: super::RestartBackoff::default(),
         pod_etc: crate::pod_etc::PodEtc {

@@ -50,6 +50,7 @@ impl Harness {
             network: None,
             pod_namespaces: None,
             holders: None,
+            volumes: None,
             prober: Arc::new(prober.clone()),
             backoff: BACKOFF,
             pod_etc: crate::pod_etc::PodEtc::new(&std::env::temp_dir(), "cluster.local"),

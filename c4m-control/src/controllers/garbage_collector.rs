@@ -527,7 +527,7 @@ async fn remove_owner_refs(
 
 /// Takes `finalizer` off `owner` (an update, which removes the object when
 /// it was the last one).
-async fn remove_finalizer(
+pub(crate) async fn remove_finalizer(
     objects: &crate::objects::Objects,
     kind: &ResourceKind,
     owner: &Value,

@@ -31,6 +31,7 @@ pub(crate) mod nodes;
 pub(crate) mod replicasets;
 pub(crate) mod services;
 pub(crate) mod statefulsets;
+pub(crate) mod volumes;
 pub(crate) mod workload;
 
 /// Short pause after a wake-up so a burst of writes is reconciled once.

@@ -40,6 +40,7 @@ use containerd_client::services::v1::{
     KillRequest, ListContainersRequest, StartRequest, WaitRequest,
 };
 use containerd_client::tonic::Status;
+use containerd_client::types::Mount;
 use containerd_client::types::v1::{Process, Status as ProcessStatus};
 use futures::StreamExt;
 use futures::stream::BoxStream;
@@ -170,6 +171,44 @@ impl ContainerdRuntime {
 
 /// The cgroup of container `id` under `/c4m`: named apart from the other
 /// drivers' groups, so the same id in two drivers never shares one.
+/// The snapshot's root file system `mounts` with its writes on the sized
+/// file system of `layer` ([`ContainerSpec::writable_layer`]): an overlay's
+/// `upperdir` and `workdir` moved there, or the snapshot's own directory
+/// (an image of one layer gives a bind mount) put under an overlay
+/// writing there.
+fn on_writable_layer(id: &str, mounts: Vec<Mount>, layer: &Path) -> Result<Vec<Mount>> {
+    let (upper, work) = bundle::fresh_writable_layer(id, layer)?;
+    let moved = |lower: Vec<String>| {
+        lower
+            .into_iter()
+            .filter(|o| !o.starts_with("upperdir=") && !o.starts_with("workdir="))
+            .chain([
+                format!("upperdir={}", upper.display()),
+                format!("workdir={}", work.display()),
+            ])
+            .collect::<Vec<String>>()
+    };
+    match mounts.as_slice() {
+        [mount] if mount.r#type == "overlay" => Ok(vec![Mount {
+            options: moved(mount.options.clone()),
+            ..mount.clone()
+        }]),
+        [mount] if mount.r#type == "bind" => Ok(vec![Mount {
+            r#type: "overlay".into(),
+            source: "overlay".into(),
+            options: moved(vec![format!("lowerdir={}", mount.source)]),
+            ..mount.clone()
+        }]),
+        _ => Err(runtime_error(
+            id,
+            format!(
+                "the snapshotter's root file system ({} mounts) cannot take a bounded writable layer",
+                mounts.len()
+            ),
+        )),
+    }
+}
+
 fn cgroup_name(id: &str) -> String {
     format!("containerd-{id}")
 }
@@ -442,6 +481,10 @@ impl Inner {
             .map_err(|status| call_error(id, "prepare the root file system", &status))?
             .into_inner()
             .mounts;
+        let mounts = match &spec.writable_layer {
+            Some(layer) => on_writable_layer(id, mounts, layer)?,
+            None => mounts,
+        };
         tokio::fs::create_dir_all(dir)
             .await
             .map_err(|e| Error::io(format!("create {}", dir.display()), e))?;

@@ -7,8 +7,8 @@ use std::path::Path;
 use super::api::{
     ContainerConfig, ContainerMetadata, ImageSpec, Int64Value, KeyValue, LinuxContainerConfig,
     LinuxContainerResources, LinuxContainerSecurityContext, LinuxPodSandboxConfig,
-    LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption, PodSandboxConfig,
-    PodSandboxMetadata,
+    LinuxSandboxSecurityContext, Mount, MountPropagation, NamespaceMode, NamespaceOption,
+    PodSandboxConfig, PodSandboxMetadata,
 };
 use crate::{Error, Result};
 use c4m_cgroups::{CFS_PERIOD_US, cfs_quota_us, cpu_shares};
@@ -147,6 +147,26 @@ pub(super) fn container_config(
         labels: labels(&spec.id),
         annotations: spec_annotation(spec)?,
         log_path: LOG_FILE.to_string(),
+        mounts: spec
+            .ordered_mounts()
+            .into_iter()
+            .map(|mount| Mount {
+                container_path: mount.destination.display().to_string(),
+                host_path: mount.source.display().to_string(),
+                readonly: mount.read_only,
+                propagation: match mount.propagation {
+                    c4m_core::MountPropagation::None => MountPropagation::PropagationPrivate,
+                    c4m_core::MountPropagation::HostToContainer => {
+                        MountPropagation::PropagationHostToContainer
+                    }
+                    c4m_core::MountPropagation::Bidirectional => {
+                        MountPropagation::PropagationBidirectional
+                    }
+                }
+                .into(),
+                ..Default::default()
+            })
+            .collect(),
         linux: Some(LinuxContainerConfig {
             resources: Some(resources(spec, swap_accounting)),
             security_context: Some(LinuxContainerSecurityContext {

@@ -500,6 +500,7 @@ impl Inner {
     }
 
     async fn start(&self, spec: &ContainerSpec) -> Result<ContainerStatus> {
+        crate::refuse_unsupported("cri", spec, true, false)?;
         let id = spec.id.as_str();
         let log_dir = self.log_dir(id)?;
         let image = spec

@@ -2,11 +2,14 @@
 
 use std::collections::HashMap;
 
-use bollard::models::{ContainerCreateBody, HostConfig, ImageConfig};
+use bollard::models::{
+    ContainerCreateBody, HostConfig, ImageConfig, Mount, MountBindOptions,
+    MountBindOptionsPropagationEnum, MountType,
+};
 
 use super::{ID_LABEL, NODE_LABEL, SPEC_LABEL};
 use c4m_cgroups::{CFS_PERIOD_US, cfs_quota_us, cpu_shares};
-use c4m_core::ContainerSpec;
+use c4m_core::{ContainerSpec, MountPropagation};
 
 use crate::PIDS_LIMIT;
 use crate::{Error, Result};
@@ -59,6 +62,7 @@ pub(super) fn container_body(
             .resolv_conf
             .as_ref()
             .map(|path| vec![format!("{}:/etc/resolv.conf:ro", path.display())]),
+        mounts: (!spec.mounts.is_empty()).then(|| mounts(spec)),
         ..Default::default()
     };
     Ok(ContainerCreateBody {
@@ -100,4 +104,26 @@ fn user(spec: &ContainerSpec, image_config: Option<&ImageConfig>) -> Option<Stri
         }
         (None, None) => None,
     }
+}
+
+/// The spec's volumes as bind mounts, parents first.
+fn mounts(spec: &ContainerSpec) -> Vec<Mount> {
+    spec.ordered_mounts()
+        .into_iter()
+        .map(|mount| Mount {
+            target: Some(mount.destination.display().to_string()),
+            source: Some(mount.source.display().to_string()),
+            typ: Some(MountType::BIND),
+            read_only: Some(mount.read_only),
+            bind_options: Some(MountBindOptions {
+                propagation: Some(match mount.propagation {
+                    MountPropagation::None => MountBindOptionsPropagationEnum::RPRIVATE,
+                    MountPropagation::HostToContainer => MountBindOptionsPropagationEnum::RSLAVE,
+                    MountPropagation::Bidirectional => MountBindOptionsPropagationEnum::RSHARED,
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .collect()
 }

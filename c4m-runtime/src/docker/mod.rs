@@ -277,6 +277,7 @@ impl ContainerRuntime for DockerRuntime {
     }
 
     async fn start(&self, spec: &ContainerSpec) -> Result<ContainerStatus> {
+        crate::refuse_unsupported("docker", spec, true, false)?;
         let id = spec.id.as_str();
         match self.inspect(id).await {
             Ok(previous) => {

@@ -328,9 +328,20 @@ impl Inner {
     }
 
     /// Mounts the container's root file system: the image's layers (read
-    /// only) under a fresh writable upper directory.
-    fn mount_rootfs(&self, id: &str, dir: &Path, layers: &[PathBuf]) -> Result<PathBuf> {
-        let (rootfs, upper, work) = (dir.join("rootfs"), dir.join("upper"), dir.join("work"));
+    /// only) under a fresh writable upper directory, on the sized file
+    /// system of `writable_layer` when the spec gives one.
+    fn mount_rootfs(
+        &self,
+        id: &str,
+        dir: &Path,
+        layers: &[PathBuf],
+        writable_layer: Option<&Path>,
+    ) -> Result<PathBuf> {
+        let (upper, work) = match writable_layer {
+            Some(layer) => bundle::fresh_writable_layer(id, layer)?,
+            None => (dir.join("upper"), dir.join("work")),
+        };
+        let rootfs = dir.join("rootfs");
         let empty = dir.join("empty");
         for path in [&rootfs, &upper, &work, &empty] {
             std::fs::create_dir_all(path)
@@ -386,7 +397,7 @@ impl Inner {
         })
         .await?;
         drop(fence);
-        let rootfs = self.mount_rootfs(id, dir, &layers)?;
+        let rootfs = self.mount_rootfs(id, dir, &layers, spec.writable_layer.as_deref())?;
         let input = bundle::BundleInput {
             image: config.config().as_ref(),
             root_path: rootfs.clone(),

@@ -5,7 +5,7 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant, SystemTime};
 
-use c4m_core::{ContainerState, Error, ExecRequest, LogOptions};
+use c4m_core::{ContainerState, Error, ExecRequest, LogOptions, Mount, MountPropagation};
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -43,6 +43,8 @@ const CASES: &[(&str, CaseFn)] = &[
     ("stop", |c| stop(c).boxed()),
     ("adoption", |c| adoption(c).boxed()),
     ("missing-image", |c| missing_image(c).boxed()),
+    ("volume-mounts", |c| volume_mounts(c).boxed()),
+    ("writable-layer", |c| writable_layer(c).boxed()),
 ];
 
 /// Runs every case against the driver `connect` makes, then fails naming
@@ -557,5 +559,102 @@ async fn missing_image(cx: &Case<'_>) {
             .iter()
             .all(|s| s.id != ghost.id),
         "nothing is left of it"
+    );
+}
+
+/// A node directory mounted writable shows the container's writes on the
+/// node, one mounted read-only refuses them, and a mount below another
+/// (parents first, whatever the order given) shows its own files.
+async fn volume_mounts(cx: &Case<'_>) {
+    let rt = cx.runtime.as_ref();
+    let node = cx.kit.dir().join(cx.id("volumes"));
+    let (data, config, nested) = (node.join("data"), node.join("config"), node.join("nested"));
+    for dir in [&data, &config, &nested] {
+        std::fs::create_dir_all(dir).expect("make a volume directory");
+    }
+    std::fs::write(config.join("app.conf"), "from-node\n").expect("write a file");
+    std::fs::write(nested.join("inner"), "nested\n").expect("write a file");
+    let mut mounted = spec(
+        cx.kit,
+        &cx.id("mounted"),
+        &[
+            "sh",
+            "-c",
+            "echo written > /data/out && cat /config/app.conf /data/nested/inner; \
+             if echo x > /config/app.conf; then echo config-writable; fi",
+        ],
+    );
+    let mount = |source: &std::path::Path, destination: &str, read_only: bool| Mount {
+        source: source.to_path_buf(),
+        destination: destination.into(),
+        read_only,
+        propagation: MountPropagation::None,
+    };
+    mounted.mounts = vec![
+        mount(&nested, "/data/nested", true),
+        mount(&data, "/data", false),
+        mount(&config, "/config", true),
+    ];
+    let (code, output) = run_to_exit(rt, &mounted).await;
+    assert_eq!(code, Some(0), "{output}");
+    assert!(
+        output.starts_with("from-node\nnested\n"),
+        "the mounted files, the nested mount over its parent: {output:?}"
+    );
+    assert!(
+        !output.contains("config-writable"),
+        "a read-only mount took a write: {output:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(data.join("out")).expect("the container's write on the node"),
+        "written\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(config.join("app.conf")).expect("read"),
+        "from-node\n"
+    );
+}
+
+/// With a writable layer on a sized file system (here a 4 MiB tmpfs), a
+/// container's writes to its root file system stop there with ENOSPC;
+/// drivers that cannot place the layer refuse the spec.
+async fn writable_layer(cx: &Case<'_>) {
+    let rt = cx.runtime.as_ref();
+    let layer = cx.kit.dir().join(cx.id("layer"));
+    std::fs::create_dir_all(&layer).expect("make the layer directory");
+    let mut filler = spec(
+        cx.kit,
+        &cx.id("filler"),
+        &[
+            "sh",
+            "-c",
+            "dd if=/dev/zero of=/fill bs=1M count=8 2>&1; echo exit=$?",
+        ],
+    );
+    filler.writable_layer = Some(layer.clone());
+    if !["oci", "containerd"].contains(&rt.name()) {
+        let error = rt
+            .start(&filler)
+            .await
+            .expect_err("an unbounded driver took the spec");
+        assert!(matches!(error, Error::Unsupported { .. }), "{error}");
+        return;
+    }
+    let status = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+        .arg(&layer)
+        .status()
+        .expect("mount");
+    assert!(status.success(), "mount a 4 MiB tmpfs");
+    let (code, output) = run_to_exit(rt, &filler).await;
+    let _ = rt.remove(&filler.id).await;
+    let _ = std::process::Command::new("umount")
+        .arg("-l")
+        .arg(&layer)
+        .status();
+    assert_eq!(code, Some(0), "{output}");
+    assert!(
+        output.contains("No space left on device") && !output.contains("exit=0"),
+        "8 MiB into a 4 MiB layer: {output:?}"
     );
 }

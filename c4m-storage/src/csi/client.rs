@@ -298,10 +298,23 @@ impl CsiClient {
         target: &Path,
         read_only: bool,
     ) -> Result<()> {
-        let staged = info.node_rpcs.contains(&NodeRpc::StageUnstageVolume);
-        if staged {
+        if info.node_rpcs.contains(&NodeRpc::StageUnstageVolume) {
             self.stage(volume_id, staging).await?;
         }
+        self.publish(info, volume_id, staging, target, read_only)
+            .await
+    }
+
+    /// NodePublishVolume alone (with `staging` when the driver stages).
+    pub async fn publish(
+        &mut self,
+        info: &DriverInfo,
+        volume_id: &str,
+        staging: &Path,
+        target: &Path,
+        read_only: bool,
+    ) -> Result<()> {
+        let staged = info.node_rpcs.contains(&NodeRpc::StageUnstageVolume);
         let request = proto::NodePublishVolumeRequest {
             volume_id: volume_id.into(),
             publish_context: HashMap::new(),
@@ -351,15 +364,21 @@ impl CsiClient {
     ) -> Result<()> {
         self.unpublish(volume_id, target).await?;
         if info.node_rpcs.contains(&NodeRpc::StageUnstageVolume) {
-            let request = proto::NodeUnstageVolumeRequest {
-                volume_id: volume_id.into(),
-                staging_target_path: staging.display().to_string(),
-            };
-            self.node
-                .node_unstage_volume(request)
-                .await
-                .map_err(call("NodeUnstageVolume"))?;
+            self.unstage(volume_id, staging).await?;
         }
+        Ok(())
+    }
+
+    /// NodeUnstageVolume alone.
+    pub async fn unstage(&mut self, volume_id: &str, staging: &Path) -> Result<()> {
+        let request = proto::NodeUnstageVolumeRequest {
+            volume_id: volume_id.into(),
+            staging_target_path: staging.display().to_string(),
+        };
+        self.node
+            .node_unstage_volume(request)
+            .await
+            .map_err(call("NodeUnstageVolume"))?;
         Ok(())
     }
 

@@ -4,6 +4,7 @@
 //!
 //! [`VolumeBackend`]: crate::VolumeBackend
 
+mod backend;
 mod client;
 mod driver;
 
@@ -13,5 +14,6 @@ pub mod proto {
     tonic::include_proto!("csi.v1");
 }
 
+pub use backend::CsiBackend;
 pub use client::{ClientError, CsiClient, DriverInfo};
 pub use driver::{CsiDriver, serve_driver};

@@ -31,6 +31,13 @@ pub enum HostPathType {
     BlockDevice,
 }
 
+/// Checks `source` against `kind`, making it where the type says so
+/// (`DirectoryOrCreate`, `FileOrCreate`), as the kubelet does before it
+/// hands a hostPath to a container.
+pub fn check_host_path(source: &Path, kind: HostPathType) -> Result<()> {
+    check(source, kind)
+}
+
 fn check(source: &Path, kind: HostPathType) -> Result<()> {
     let wrong =
         |what: &str| Error::invalid("host path", format!("{} is not {what}", source.display()));

@@ -9,5 +9,5 @@ mod host_path;
 mod scratch;
 
 pub use atomic_writer::{AtomicWriter, FileProjection, KeyToPath, project};
-pub use host_path::{HostPathType, publish_host_path, unpublish_host_path};
+pub use host_path::{HostPathType, check_host_path, publish_host_path, unpublish_host_path};
 pub use scratch::{ScratchDirs, WritableArea, mount_memory_dir, unmount_memory_dir};

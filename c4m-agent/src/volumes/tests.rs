@@ -1,0 +1,428 @@
+//! The volume manager over [`FakeBackend`]: provisioning, collection,
+//! refcounted mounts, recovery from records, expansion and snapshots.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex as StdMutex;
+
+use c4m_core::Instance;
+use c4m_core::volumes::{LOCAL_DRIVER, SELECTED_NODE, VolumeSource};
+use c4m_storage::FakeBackend;
+use serde_json::{Value, json};
+
+use super::*;
+use crate::claims::ClaimMounts;
+
+const GIB: u64 = 1 << 30;
+
+struct Node {
+    fake: Arc<FakeBackend>,
+    volumes: Arc<NodeVolumes>,
+    reports: watch::Receiver<Option<Arc<VolumeReport>>>,
+    assignments: watch::Sender<Option<AssignmentSet>>,
+    dir: tempfile::TempDir,
+}
+
+fn node_with(fake: Arc<FakeBackend>, dir: tempfile::TempDir) -> Node {
+    let (assignments, assigned) = watch::channel(None);
+    let backends = Backends::new(
+        Some(Arc::clone(&fake) as Arc<dyn VolumeBackend>),
+        None,
+        BTreeMap::new(),
+    );
+    let (volumes, reports) = NodeVolumes::new(
+        "n1",
+        backends,
+        dir.path(),
+        assigned,
+        VolumeTimers {
+            report_every: Duration::from_millis(50),
+            retry_every: Duration::from_millis(10),
+        },
+    );
+    Node {
+        fake,
+        volumes,
+        reports,
+        assignments,
+        dir,
+    }
+}
+
+fn node() -> Node {
+    node_with(
+        Arc::new(FakeBackend::new(100 * GIB)),
+        tempfile::tempdir().unwrap(),
+    )
+}
+
+fn claim(name: &str, uid: &str, size: &str) -> (String, Value) {
+    (
+        format!("persistentvolumeclaims/shop/{name}"),
+        json!({
+            "metadata": {"name": name, "namespace": "shop", "uid": uid,
+                         "annotations": {SELECTED_NODE: "n1"}},
+            "spec": {"storageClassName": "local", "accessModes": ["ReadWriteOnce"],
+                     "resources": {"requests": {"storage": size}}}
+        }),
+    )
+}
+
+fn class() -> (String, Value) {
+    (
+        "storageclasses/local".into(),
+        json!({"metadata": {"name": "local"}, "provisioner": LOCAL_DRIVER}),
+    )
+}
+
+fn pv(uid: &str) -> (String, Value) {
+    (
+        format!("persistentvolumes/pvc-{uid}"),
+        json!({"metadata": {"name": format!("pvc-{uid}")},
+               "spec": {"csi": {"driver": LOCAL_DRIVER, "volumeHandle": format!("pvc-{uid}")},
+                        "claimRef": {"uid": uid, "namespace": "shop", "name": "x"}}}),
+    )
+}
+
+fn set(objects: Vec<(String, Value)>) -> ObjectSet {
+    ObjectSet::from_objects(objects)
+}
+
+fn source(handle: &str) -> VolumeSource {
+    VolumeSource::Csi {
+        driver: LOCAL_DRIVER.into(),
+        handle: handle.into(),
+        fs_type: Some("ext4".into()),
+        attributes: BTreeMap::new(),
+    }
+}
+
+fn assign(node: &Node, pods: &[(&str, &str)]) {
+    let pods = pods
+        .iter()
+        .map(|(name, uid)| {
+            Arc::new(
+                serde_json::from_value::<Instance>(json!({
+                    "metadata": {"name": name, "namespace": "shop", "uid": uid},
+                    "spec": {"containers": [{"name": "c", "image": "bb"}]}
+                }))
+                .unwrap(),
+            )
+        })
+        .collect();
+    node.assignments.send_replace(Some(Arc::new(pods)));
+}
+
+async fn ids(fake: &FakeBackend) -> Vec<String> {
+    fake.list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|v| v.id.to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn claims_selected_here_are_provisioned_reported_and_collected_when_unreferenced() {
+    let node = node();
+    let mut bad = claim("bad", "u2", "1Gi");
+    bad.1["spec"]["storageClassName"] = json!("missing");
+    node.volumes
+        .pass(&set(vec![class(), claim("a", "u1", "2Gi"), bad]))
+        .await;
+    assert_eq!(ids(&node.fake).await, ["pvc-u1"]);
+    let report = node.volumes.report_now().await;
+    assert_eq!(report.node_name, "n1");
+    assert_eq!(report.capacity.len(), 1);
+    assert_eq!(report.capacity[0].driver, LOCAL_DRIVER);
+    assert_eq!(report.capacity[0].free_bytes, 98 * GIB);
+    let states: Vec<_> = report
+        .volumes
+        .iter()
+        .map(|v| (v.handle.as_str(), v.size_bytes, v.error.is_empty()))
+        .collect();
+    assert_eq!(states, [("pvc-u1", 2 * GIB, true), ("pvc-u2", 0, false)]);
+    assert!(report.volumes[1].error.contains("\"missing\" not found"));
+
+    // Provisioning again changes nothing; the PV keeps it once the claim is gone.
+    node.volumes
+        .pass(&set(vec![class(), claim("a", "u1", "2Gi"), pv("u1")]))
+        .await;
+    node.volumes.pass(&set(vec![class(), pv("u1")])).await;
+    assert_eq!(ids(&node.fake).await, ["pvc-u1"]);
+    // Nothing references it any more: collected. Other volumes are not ours.
+    node.fake
+        .provision(&ProvisionRequest::new(
+            VolumeId::new("scratch-1").unwrap(),
+            GIB,
+        ))
+        .await
+        .unwrap();
+    node.volumes.pass(&set(vec![class()])).await;
+    assert_eq!(ids(&node.fake).await, ["scratch-1"]);
+    assert!(node.volumes.report_now().await.volumes.is_empty());
+}
+
+#[tokio::test]
+async fn nothing_is_done_before_the_first_whole_set_and_reports_go_out_at_start() {
+    let mut node = node();
+    node.fake
+        .provision(&ProvisionRequest::new(
+            VolumeId::new("pvc-old").unwrap(),
+            GIB,
+        ))
+        .await
+        .unwrap();
+    let (objects, objects_rx) = watch::channel(None);
+    let shutdown = CancellationToken::new();
+    let run = tokio::spawn(Arc::clone(&node.volumes).run(objects_rx, shutdown.clone()));
+    node.reports.changed().await.unwrap();
+    let report = node.reports.borrow_and_update().clone().unwrap();
+    assert_eq!(
+        report.volumes.len(),
+        1,
+        "reported before any object arrived"
+    );
+    // Several report periods pass without a set: nothing is collected.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(ids(&node.fake).await, ["pvc-old"]);
+    objects.send_replace(Some(Arc::new(set(vec![class(), claim("a", "u1", "1Gi")]))));
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            node.reports.changed().await.unwrap();
+            let report = node.reports.borrow_and_update().clone().unwrap();
+            let handles: Vec<_> = report.volumes.iter().map(|v| v.handle.clone()).collect();
+            if handles == ["pvc-u1"] {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("the new volume reported, the unreferenced one collected");
+    shutdown.cancel();
+    run.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_volume_is_staged_once_for_its_pods_and_unstaged_after_the_last() {
+    let node = node();
+    assign(&node, &[("web-0", "p1"), ("web-1", "p2")]);
+    node.volumes
+        .pass(&set(vec![class(), claim("a", "u1", "1Gi"), pv("u1")]))
+        .await;
+    let id = VolumeId::new("pvc-u1").unwrap();
+    let (t1, t2) = (node.dir.path().join("t1"), node.dir.path().join("t2"));
+    node.volumes
+        .mount("p1", "data", &source("pvc-u1"), false, &t1)
+        .await
+        .unwrap();
+    node.volumes
+        .mount("p2", "data", &source("pvc-u1"), true, &t2)
+        .await
+        .unwrap();
+    // Idempotent.
+    node.volumes
+        .mount("p1", "data", &source("pvc-u1"), false, &t1)
+        .await
+        .unwrap();
+    let volume = node.fake.volume(&id).await.unwrap().unwrap();
+    let staging = volume.staged_at.clone().expect("staged");
+    assert!(staging.starts_with(node.dir.path().join("staging")));
+    assert_eq!(volume.published_at.len(), 2);
+    let report = node.volumes.report_now().await;
+    assert_eq!(report.volumes[0].users, ["shop/web-0", "shop/web-1"]);
+
+    let err = node
+        .volumes
+        .mount("p1", "other", &source("pvc-nope"), false, &t2)
+        .await
+        .unwrap_err();
+    assert!(
+        err.starts_with("MountVolume.SetUp failed for volume \"other\": volume pvc-nope not found"),
+        "{err}"
+    );
+
+    node.volumes.unmount_pod("p1").await.unwrap();
+    let volume = node.fake.volume(&id).await.unwrap().unwrap();
+    assert_eq!(
+        volume.staged_at.as_ref(),
+        Some(&staging),
+        "p2 still uses it"
+    );
+    assert_eq!(volume.published_at, std::slice::from_ref(&t2));
+    node.volumes.unmount_pod("p2").await.unwrap();
+    node.volumes.unmount_pod("p2").await.unwrap();
+    let volume = node.fake.volume(&id).await.unwrap().unwrap();
+    assert_eq!((volume.staged_at, volume.published_at.len()), (None, 0));
+    assert!(node.volumes.report_now().await.volumes[0].users.is_empty());
+}
+
+#[tokio::test]
+async fn a_restart_rebuilds_users_from_records_and_unstages_what_no_pod_records() {
+    let node = node();
+    assign(&node, &[("web-0", "p1")]);
+    node.volumes
+        .pass(&set(vec![
+            class(),
+            claim("a", "u1", "1Gi"),
+            claim("b", "u2", "1Gi"),
+        ]))
+        .await;
+    let target = node.dir.path().join("t1");
+    node.volumes
+        .mount("p1", "data", &source("pvc-u1"), false, &target)
+        .await
+        .unwrap();
+    // A crash after staging pvc-u2 but before its pod's record was written.
+    let (_, b, staging_b, _) = node.volumes.resolve(&source("pvc-u2")).unwrap();
+    node.fake.stage(&b, &staging_b).await.unwrap();
+
+    let Node {
+        fake,
+        dir,
+        volumes,
+        assignments,
+        ..
+    } = node;
+    drop((volumes, assignments));
+    let node = node_with(fake, dir);
+    assign(&node, &[("web-0", "p1")]);
+    node.volumes.recover().await;
+    let a = node
+        .fake
+        .volume(&VolumeId::new("pvc-u1").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(a.staged_at.is_some(), "its pod's record keeps it");
+    let b = node.fake.volume(&b).await.unwrap().unwrap();
+    assert_eq!(b.staged_at, None, "no pod recorded it: unstaged");
+    let report = node.volumes.report_now().await;
+    assert_eq!(report.volumes[0].users, ["shop/web-0"]);
+    node.volumes.unmount_pod("p1").await.unwrap();
+    let a = node
+        .fake
+        .volume(&VolumeId::new("pvc-u1").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(a.staged_at, None);
+}
+
+#[derive(Default)]
+struct Restarts(StdMutex<Vec<(Vec<String>, String)>>);
+
+impl RestartUsers for Restarts {
+    fn restart(&self, pod_uids: Vec<String>, reason: String) {
+        self.0.lock().unwrap().push((pod_uids, reason));
+    }
+}
+
+#[tokio::test]
+async fn a_mounted_volume_the_host_cannot_grow_restarts_its_users_and_grows_offline() {
+    let node = node_with(
+        Arc::new(FakeBackend::new(100 * GIB).offline_expansion_only()),
+        tempfile::tempdir().unwrap(),
+    );
+    let restarts = Arc::new(Restarts::default());
+    node.volumes
+        .set_restarts(Arc::clone(&restarts) as Arc<dyn RestartUsers>);
+    assign(&node, &[("web-0", "p1")]);
+    let objects = |size| set(vec![class(), claim("a", "u1", size), pv("u1")]);
+    node.volumes.pass(&objects("1Gi")).await;
+    let target = node.dir.path().join("t1");
+    node.volumes
+        .mount("p1", "data", &source("pvc-u1"), false, &target)
+        .await
+        .unwrap();
+
+    node.volumes.pass(&objects("3Gi")).await;
+    node.volumes.pass(&objects("3Gi")).await;
+    let report = node.volumes.report_now().await;
+    assert_eq!(
+        (
+            report.volumes[0].size_bytes,
+            report.volumes[0].expansion_pending
+        ),
+        (GIB, true)
+    );
+    let asked = restarts.0.lock().unwrap().clone();
+    assert_eq!(asked.len(), 1, "asked once: {asked:?}");
+    assert_eq!(asked[0].0, ["p1"]);
+    assert!(asked[0].1.contains("pvc-u1"), "{}", asked[0].1);
+
+    // The supervisor restarts the pod: it gives the volume back and mounts it again.
+    node.volumes.unmount_pod("p1").await.unwrap();
+    node.volumes
+        .mount("p1", "data", &source("pvc-u1"), false, &target)
+        .await
+        .unwrap();
+    let report = node.volumes.report_now().await;
+    assert_eq!(
+        (
+            report.volumes[0].size_bytes,
+            report.volumes[0].expansion_pending
+        ),
+        (3 * GIB, false)
+    );
+}
+
+#[tokio::test]
+async fn snapshots_are_taken_for_contents_restored_into_claims_and_collected() {
+    let node = node();
+    let content = (
+        "volumesnapshotcontents/snapcontent-s1".to_string(),
+        json!({"metadata": {"name": "snapcontent-s1"},
+               "spec": {"source": {"volumeHandle": "pvc-u1"},
+                        "volumeSnapshotRef": {"namespace": "shop", "name": "snap", "uid": "s1"}}}),
+    );
+    let mut copy = claim("copy", "u2", "2Gi");
+    copy.1["spec"]["dataSource"] = json!({"kind": "VolumeSnapshot", "name": "snap"});
+    node.volumes
+        .pass(&set(vec![
+            class(),
+            claim("a", "u1", "1Gi"),
+            pv("u1"),
+            content.clone(),
+        ]))
+        .await;
+    let report = node.volumes.report_now().await;
+    assert_eq!(report.snapshots.len(), 1);
+    let snapshot = &report.snapshots[0];
+    assert_eq!(
+        (
+            snapshot.handle.as_str(),
+            snapshot.source_volume.as_str(),
+            snapshot.size_bytes,
+            snapshot.ready
+        ),
+        ("snapshot-s1", "pvc-u1", GIB, true)
+    );
+    assert_eq!(snapshot.created_at, "1970-01-01T00:00:00Z");
+
+    node.volumes
+        .pass(&set(vec![
+            class(),
+            claim("a", "u1", "1Gi"),
+            pv("u1"),
+            content,
+            copy.clone(),
+        ]))
+        .await;
+    let restored = node
+        .fake
+        .volume(&VolumeId::new("pvc-u2").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        restored.source_snapshot.as_ref().map(SnapshotId::as_str),
+        Some("snapshot-s1")
+    );
+    assert_eq!(restored.size_bytes, 2 * GIB);
+
+    // The content is gone: so is the snapshot.
+    node.volumes
+        .pass(&set(vec![class(), claim("a", "u1", "1Gi"), pv("u1"), copy]))
+        .await;
+    assert!(node.volumes.report_now().await.snapshots.is_empty());
+}

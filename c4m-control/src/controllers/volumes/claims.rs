@@ -1,0 +1,809 @@
+//! Claims and PersistentVolumes: binding, provisioning through the nodes,
+//! phases, reclaim, protection and expansion status.
+//!
+//! Provisioning, as Kubernetes' external-provisioner with topology: a claim
+//! of a class whose provisioner is a node driver gets the annotation
+//! `volume.kubernetes.io/selected-node` (from here for `Immediate` classes:
+//! the ready node with the least free space that still fits, from the
+//! nodes' last reports; from the scheduler for `WaitForFirstConsumer`).
+//! That node's agent makes backend volume `pvc-<claim uid>` and reports it;
+//! this controller then creates the PersistentVolume `pvc-<claim uid>` and
+//! binds the two.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use c4m_core::volumes::{
+    LOCAL_DRIVER, NFS_DRIVER, NO_PROVISIONER, SELECTED_NODE, volume_handle_for_claim,
+};
+use serde_json::{Value, json};
+
+use super::admission::{PV_PROTECTION, PVC_PROTECTION};
+use super::{BINDER, NodeStorage, PROVISIONER, all, capacity_bytes, requested_bytes};
+use crate::Result;
+use crate::cache::Cache;
+use crate::controllers::latest;
+use crate::events::{EventType, Regarding};
+use crate::objects::{Objects, kind, name_of, namespace_of, now_rfc3339};
+
+/// Annotations Kubernetes' binder writes.
+const BIND_COMPLETED: &str = "pv.kubernetes.io/bind-completed";
+const BOUND_BY_CONTROLLER: &str = "pv.kubernetes.io/bound-by-controller";
+const PROVISIONED_BY: &str = "pv.kubernetes.io/provisioned-by";
+
+/// The kubelet's message while an expansion waits for the volume's users to
+/// restart.
+const RESIZE_PENDING: &str =
+    "Waiting for user to (re-)start a pod to finish file system resize of volume on node.";
+
+/// The StorageClass parameters of the NFS driver a volume carries as its
+/// `volumeAttributes`.
+const NFS_ATTRIBUTES: &[&str] = &["server", "share", "nfsPort", "mountPort"];
+
+/// What a claim pass reads: every class and volume, once.
+struct World<'a> {
+    classes: BTreeMap<String, Arc<Value>>,
+    volumes: Vec<Arc<Value>>,
+    /// Each VolumeSnapshot's uid, by namespace and name.
+    snapshots: BTreeMap<(String, String), String>,
+    nodes: &'a NodeStorage,
+}
+
+pub(super) async fn reconcile(
+    objects: &Objects,
+    cache: &Cache,
+    nodes: &NodeStorage,
+) -> Result<Option<i64>> {
+    let world = World {
+        classes: all(cache, "storageclasses")
+            .into_iter()
+            .map(|c| (name_of(&c).to_string(), c))
+            .collect(),
+        volumes: all(cache, "persistentvolumes"),
+        snapshots: all(cache, "volumesnapshots")
+            .iter()
+            .map(|s| {
+                let uid = s["metadata"]["uid"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                ((namespace_of(s).to_string(), name_of(s).to_string()), uid)
+            })
+            .collect(),
+        nodes,
+    };
+    let claims = all(cache, "persistentvolumeclaims");
+    let mut written = None;
+    let mut failed = 0;
+    for claim in &claims {
+        match reconcile_claim(objects, cache, &world, claim).await {
+            Ok(revision) => written = latest(written, revision),
+            Err(e) => {
+                tracing::warn!(claim = %name_of(claim), error = %e, "cannot reconcile a claim");
+                failed += 1;
+            }
+        }
+    }
+    for pv in &world.volumes {
+        match reconcile_volume(objects, cache, pv).await {
+            Ok(revision) => written = latest(written, revision),
+            Err(e) => {
+                tracing::warn!(volume = %name_of(pv), error = %e, "cannot reconcile a volume");
+                failed += 1;
+            }
+        }
+    }
+    match failed {
+        0 => Ok(written),
+        failed => Err(crate::Error::Reconcile {
+            failed,
+            what: "claims and volumes",
+        }),
+    }
+}
+
+/// The class a claim names (`""` and absent: none).
+fn class_name(claim: &Value) -> &str {
+    claim["spec"]["storageClassName"]
+        .as_str()
+        .unwrap_or_default()
+}
+
+fn strings(value: &Value) -> Vec<&str> {
+    value
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect()
+}
+
+fn volume_mode(spec: &Value) -> &str {
+    spec["volumeMode"].as_str().unwrap_or("Filesystem")
+}
+
+/// Whether the static volume `pv` may bind `claim`: free or pre-bound to
+/// it, not being deleted, of its class and volume mode, with every access
+/// mode it asks for, at least its size, and the labels its selector wants.
+fn fits(claim: &Value, pv: &Value) -> bool {
+    let claim_ref = &pv["spec"]["claimRef"];
+    let free = claim_ref.is_null()
+        || (claim_ref["name"] == claim["metadata"]["name"]
+            && claim_ref["namespace"] == claim["metadata"]["namespace"]
+            && (claim_ref["uid"].is_null() || claim_ref["uid"] == claim["metadata"]["uid"]));
+    let phase = pv["status"]["phase"].as_str().unwrap_or("Pending");
+    let named = claim["spec"]["volumeName"]
+        .as_str()
+        .filter(|n| !n.is_empty());
+    if !free
+        || matches!(phase, "Released" | "Failed")
+        || crate::deletion::is_deleting(pv)
+        || named.is_some_and(|n| n != name_of(pv))
+        || pv["spec"]["storageClassName"].as_str().unwrap_or_default() != class_name(claim)
+        || volume_mode(&pv["spec"]) != volume_mode(&claim["spec"])
+    {
+        return false;
+    }
+    let offered = strings(&pv["spec"]["accessModes"]);
+    if !strings(&claim["spec"]["accessModes"])
+        .iter()
+        .all(|m| offered.contains(m))
+    {
+        return false;
+    }
+    if capacity_bytes(pv) < requested_bytes(claim) {
+        return false;
+    }
+    match serde_json::from_value(claim["spec"]["selector"].clone()) {
+        Ok(Some(selector)) => crate::selector::Selector::from_label_selector(&selector)
+            .is_ok_and(|s| s.matches(&crate::pods::labels(pv))),
+        Ok(None) => true,
+        Err(_) => false,
+    }
+}
+
+/// The static volume for `claim`: one pre-bound to it first, else the
+/// smallest that fits.
+fn static_volume<'a>(claim: &Value, volumes: &'a [Arc<Value>]) -> Option<&'a Arc<Value>> {
+    let fitting: Vec<&Arc<Value>> = volumes.iter().filter(|pv| fits(claim, pv)).collect();
+    fitting
+        .iter()
+        .find(|pv| !pv["spec"]["claimRef"].is_null())
+        .or_else(|| fitting.iter().min_by_key(|pv| capacity_bytes(pv)))
+        .copied()
+}
+
+/// The node to provision `bytes` of `driver` on: the ready node reporting
+/// the least free space that fits (best fit); else why none does.
+pub(super) fn pick_node(
+    nodes: &NodeStorage,
+    driver: &str,
+    bytes: u64,
+) -> std::result::Result<String, String> {
+    let free = nodes.free(driver);
+    if let Some((node, _)) = free
+        .iter()
+        .filter(|(_, free)| **free >= bytes)
+        .min_by_key(|(node, free)| (**free, **node))
+    {
+        return Ok((*node).to_string());
+    }
+    if free.is_empty() {
+        return Err(format!("no ready node reports storage for {driver}"));
+    }
+    let each: Vec<String> = free
+        .iter()
+        .map(|(node, free)| format!("{node}: {} free", c4m_core::format_memory_bytes(*free)))
+        .collect();
+    Err(format!(
+        "no ready node has {} free for {driver} ({})",
+        c4m_core::format_memory_bytes(bytes),
+        each.join(", ")
+    ))
+}
+
+async fn reconcile_claim(
+    objects: &Objects,
+    cache: &Cache,
+    world: &World<'_>,
+    claim: &Arc<Value>,
+) -> Result<Option<i64>> {
+    if crate::deletion::is_deleting(claim) {
+        return release_protection(objects, cache, claim).await;
+    }
+    let volume_name = claim["spec"]["volumeName"].as_str().unwrap_or_default();
+    let bound_to = world
+        .volumes
+        .iter()
+        .find(|pv| !volume_name.is_empty() && name_of(pv) == volume_name);
+    if claim["status"]["phase"] == "Bound"
+        || claim["metadata"]["annotations"][BIND_COMPLETED] == "yes"
+    {
+        return match bound_to {
+            Some(pv) => {
+                let written = bind(objects, claim, pv).await?;
+                Ok(latest(written, expansion(objects, world, claim, pv).await?))
+            }
+            None => lose(objects, claim).await,
+        };
+    }
+    if let Some(pv) = static_volume(claim, &world.volumes) {
+        return bind(objects, claim, pv).await;
+    }
+    // A volume this controller provisioned for it (the bind was cut short).
+    let handle = volume_handle_for_claim(claim["metadata"]["uid"].as_str().unwrap_or_default());
+    if let Some(pv) = world.volumes.iter().find(|pv| name_of(pv) == handle) {
+        return bind(objects, claim, pv).await;
+    }
+    provision(objects, world, claim).await
+}
+
+/// Binds `claim` and `pv` both ways, as far as each is not yet: the
+/// volume's `claimRef` and phase, then the claim's `volumeName`,
+/// annotations and status.
+async fn bind(objects: &Objects, claim: &Value, pv: &Value) -> Result<Option<i64>> {
+    let claim_ref = json!({
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "namespace": namespace_of(claim), "name": name_of(claim),
+        "uid": claim["metadata"]["uid"],
+    });
+    let pv_uid = pv["metadata"]["uid"].clone();
+    let mut written = objects
+        .update_with(kind("persistentvolumes"), "", name_of(pv), |current| {
+            if current["metadata"]["uid"] != pv_uid {
+                return false;
+            }
+            let mut changed = false;
+            if current["spec"]["claimRef"]["uid"] != claim_ref["uid"] {
+                if current["spec"]["claimRef"].is_null() {
+                    annotate(current, BOUND_BY_CONTROLLER, "yes");
+                }
+                current["spec"]["claimRef"] = claim_ref.clone();
+                changed = true;
+            }
+            changed |= set_phase(current, "Bound");
+            changed
+        })
+        .await?;
+    let claim_uid = claim["metadata"]["uid"].clone();
+    let (volume, modes, capacity) = (
+        name_of(pv).to_string(),
+        pv["spec"]["accessModes"].clone(),
+        pv["spec"]["capacity"].clone(),
+    );
+    let claim_written = objects
+        .update_with(
+            kind("persistentvolumeclaims"),
+            namespace_of(claim),
+            name_of(claim),
+            |current| {
+                if current["metadata"]["uid"] != claim_uid {
+                    return false;
+                }
+                let before = current.clone();
+                if current["spec"]["volumeName"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .is_empty()
+                {
+                    current["spec"]["volumeName"] = json!(volume);
+                    annotate(current, BOUND_BY_CONTROLLER, "yes");
+                }
+                annotate(current, BIND_COMPLETED, "yes");
+                if !current["status"].is_object() {
+                    current["status"] = json!({});
+                }
+                current["status"]["phase"] = json!("Bound");
+                current["status"]["accessModes"] = modes.clone();
+                // Capacity follows the volume, except while an expansion is
+                // under way (its status says the size it has).
+                if current["status"]["capacity"].is_null() {
+                    current["status"]["capacity"] = capacity.clone();
+                }
+                *current != before
+            },
+        )
+        .await?;
+    if claim["status"]["phase"] != "Bound" && claim_written.is_some() {
+        objects.events().record(
+            Regarding::of(claim),
+            EventType::Normal,
+            "Bound",
+            format!("Bound to volume {}", name_of(pv)),
+            BINDER,
+        );
+    }
+    written = latest(written, claim_written);
+    Ok(written)
+}
+
+fn annotate(object: &mut Value, key: &str, value: &str) {
+    if !object["metadata"]["annotations"].is_object() {
+        object["metadata"]["annotations"] = json!({});
+    }
+    object["metadata"]["annotations"][key] = json!(value);
+}
+
+/// Sets `status.phase` (with `lastPhaseTransitionTime` when it changes);
+/// whether it changed.
+fn set_phase(object: &mut Value, phase: &str) -> bool {
+    if object["status"]["phase"] == phase {
+        return false;
+    }
+    if !object["status"].is_object() {
+        object["status"] = json!({});
+    }
+    object["status"]["phase"] = json!(phase);
+    object["status"]["lastPhaseTransitionTime"] = json!(now_rfc3339());
+    true
+}
+
+/// A bound claim whose volume is gone: `Lost`, as Kubernetes marks it.
+async fn lose(objects: &Objects, claim: &Value) -> Result<Option<i64>> {
+    if claim["status"]["phase"] == "Lost" {
+        return Ok(None);
+    }
+    let uid = claim["metadata"]["uid"].clone();
+    let written = objects
+        .update_with(
+            kind("persistentvolumeclaims"),
+            namespace_of(claim),
+            name_of(claim),
+            |current| current["metadata"]["uid"] == uid && set_phase(current, "Lost"),
+        )
+        .await?;
+    objects.events().record(
+        Regarding::of(claim),
+        EventType::Warning,
+        "ClaimLost",
+        "Bound claim has lost its PersistentVolume. Data on the volume is lost!",
+        BINDER,
+    );
+    Ok(written)
+}
+
+/// A claim no volume fits: have one provisioned if its class has a
+/// provisioner, and make the PersistentVolume once its node reports it.
+async fn provision(objects: &Objects, world: &World<'_>, claim: &Value) -> Result<Option<i64>> {
+    let warn = |reason: &str, message: String| {
+        objects.events().record(
+            Regarding::of(claim),
+            EventType::Warning,
+            reason,
+            message,
+            BINDER,
+        );
+    };
+    let class_name = class_name(claim);
+    if class_name.is_empty() {
+        warn(
+            "FailedBinding",
+            "no persistent volumes available for this claim and no storage class is set".into(),
+        );
+        return Ok(None);
+    }
+    let Some(class) = world.classes.get(class_name) else {
+        warn(
+            "ProvisioningFailed",
+            format!("storageclass.storage.k8s.io \"{class_name}\" not found"),
+        );
+        return Ok(None);
+    };
+    let provisioner = class["provisioner"].as_str().unwrap_or_default();
+    if provisioner == NO_PROVISIONER || !claim["spec"]["selector"].is_null() {
+        warn(
+            "FailedBinding",
+            "no persistent volumes available for this claim".into(),
+        );
+        return Ok(None);
+    }
+    let bytes = requested_bytes(claim).unwrap_or_default();
+    let uid = claim["metadata"]["uid"].as_str().unwrap_or_default();
+    let handle = volume_handle_for_claim(uid);
+    let Some(node) = claim["metadata"]["annotations"][SELECTED_NODE].as_str() else {
+        return select_node(objects, world, claim, class, provisioner, bytes).await;
+    };
+    let provisioning_failed = |message: String| {
+        objects.events().record(
+            Regarding::of(claim),
+            EventType::Warning,
+            "ProvisioningFailed",
+            format!("failed to provision volume with StorageClass \"{class_name}\": {message}"),
+            PROVISIONER,
+        );
+    };
+    match world.nodes.volume(provisioner, &handle) {
+        Some((_, state)) if !state.error.is_empty() => {
+            provisioning_failed(state.error.clone());
+            Ok(None)
+        }
+        Some((holder, state)) => {
+            let pv = volume_for(claim, class, provisioner, holder, state.size_bytes);
+            match objects.create(kind("persistentvolumes"), "", pv).await {
+                Ok(created) => {
+                    objects.events().record(
+                        Regarding::of(claim),
+                        EventType::Normal,
+                        "ProvisioningSucceeded",
+                        format!("Successfully provisioned volume {handle} on node {holder}"),
+                        PROVISIONER,
+                    );
+                    bind(objects, claim, &created).await
+                }
+                Err(crate::Error::AlreadyExists { .. }) => Ok(None),
+                Err(e) => Err(e),
+            }
+        }
+        None => {
+            if !world.nodes.reports.contains_key(node) && !world.nodes.ready.contains(node) {
+                provisioning_failed(format!("node {node} is not ready"));
+            }
+            Ok(None)
+        }
+    }
+}
+
+/// Selects the node of an `Immediate` claim (or of one restored from a
+/// snapshot, which must be made where the snapshot is); a
+/// `WaitForFirstConsumer` claim waits for the scheduler.
+async fn select_node(
+    objects: &Objects,
+    world: &World<'_>,
+    claim: &Value,
+    class: &Value,
+    provisioner: &str,
+    bytes: u64,
+) -> Result<Option<i64>> {
+    let source = &claim["spec"]["dataSource"];
+    let from_snapshot = source["kind"] == "VolumeSnapshot";
+    let immediate = class["volumeBindingMode"].as_str().unwrap_or("Immediate") == "Immediate";
+    let chosen = if from_snapshot {
+        snapshot_node(world, claim, source)
+    } else if immediate {
+        pick_node(world.nodes, provisioner, bytes)
+    } else {
+        objects.events().record(
+            Regarding::of(claim),
+            EventType::Normal,
+            "WaitForFirstConsumer",
+            "waiting for first consumer to be created before binding",
+            BINDER,
+        );
+        return Ok(None);
+    };
+    let node = match chosen {
+        Ok(node) => node,
+        Err(message) => {
+            objects.events().record(
+                Regarding::of(claim),
+                EventType::Warning,
+                "ProvisioningFailed",
+                format!(
+                    "failed to provision volume with StorageClass \"{}\": {message}",
+                    name_of(class)
+                ),
+                PROVISIONER,
+            );
+            return Ok(None);
+        }
+    };
+    let uid = claim["metadata"]["uid"].clone();
+    let written = objects
+        .update_with(
+            kind("persistentvolumeclaims"),
+            namespace_of(claim),
+            name_of(claim),
+            |current| {
+                if current["metadata"]["uid"] != uid
+                    || current["metadata"]["annotations"][SELECTED_NODE].is_string()
+                {
+                    return false;
+                }
+                annotate(current, SELECTED_NODE, &node);
+                true
+            },
+        )
+        .await?;
+    objects.events().record(
+        Regarding::of(claim),
+        EventType::Normal,
+        "Provisioning",
+        format!(
+            "External provisioner is provisioning volume for claim \"{}/{}\" on node {node}",
+            namespace_of(claim),
+            name_of(claim)
+        ),
+        PROVISIONER,
+    );
+    Ok(written)
+}
+
+/// The node holding the ready snapshot a claim is restored from.
+fn snapshot_node(
+    world: &World<'_>,
+    claim: &Value,
+    source: &Value,
+) -> std::result::Result<String, String> {
+    let name = source["name"].as_str().unwrap_or_default();
+    let handle = world
+        .snapshots
+        .get(&(namespace_of(claim).to_string(), name.to_string()))
+        .map(|uid| c4m_core::volumes::snapshot_handle_for(uid));
+    match handle.and_then(|h| world.nodes.snapshot(&h)) {
+        Some((node, state)) if state.ready && state.error.is_empty() => Ok(node.to_string()),
+        _ => Err(format!(
+            "volumesnapshot \"{name}\" is not ready to use on any node"
+        )),
+    }
+}
+
+/// The PersistentVolume of backend volume `pvc-<claim uid>` that `node`
+/// reports with `size_bytes`.
+fn volume_for(claim: &Value, class: &Value, driver: &str, node: &str, size_bytes: u64) -> Value {
+    let handle = volume_handle_for_claim(claim["metadata"]["uid"].as_str().unwrap_or_default());
+    let mut csi = json!({"driver": driver, "volumeHandle": handle});
+    if driver == LOCAL_DRIVER {
+        csi["fsType"] = json!("ext4");
+    }
+    if driver == NFS_DRIVER {
+        let attributes: serde_json::Map<String, Value> = NFS_ATTRIBUTES
+            .iter()
+            .filter_map(|key| Some((key.to_string(), class["parameters"].get(*key)?.clone())))
+            .collect();
+        csi["volumeAttributes"] = Value::Object(attributes);
+    }
+    let mut pv = json!({
+        "apiVersion": "v1",
+        "kind": "PersistentVolume",
+        "metadata": {"name": handle, "annotations": {PROVISIONED_BY: driver}},
+        "spec": {
+            "accessModes": claim["spec"]["accessModes"],
+            "capacity": {"storage": c4m_core::format_memory_bytes(size_bytes)},
+            "csi": csi,
+            "persistentVolumeReclaimPolicy": class["reclaimPolicy"].as_str().unwrap_or("Delete"),
+            "storageClassName": name_of(class),
+            "volumeMode": volume_mode(&claim["spec"]),
+            "claimRef": {
+                "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                "namespace": namespace_of(claim), "name": name_of(claim),
+                "uid": claim["metadata"]["uid"],
+            },
+        },
+    });
+    if class["mountOptions"].is_array() {
+        pv["spec"]["mountOptions"] = class["mountOptions"].clone();
+    }
+    if driver == LOCAL_DRIVER {
+        pv["spec"]["nodeAffinity"] = json!({"required": {"nodeSelectorTerms": [{
+            "matchExpressions": [{"key": "kubernetes.io/hostname", "operator": "In",
+                "values": [node]}]}]}});
+    }
+    pv
+}
+
+/// A bound claim asking for more than it has: the status of the expansion
+/// the volume's node carries out (`FileSystemResizePending` while the host
+/// waits for the users to restart; the new size once reported).
+async fn expansion(
+    objects: &Objects,
+    world: &World<'_>,
+    claim: &Value,
+    pv: &Value,
+) -> Result<Option<i64>> {
+    let (Some(wanted), Some(driver), Some(handle)) = (
+        requested_bytes(claim),
+        pv["spec"]["csi"]["driver"].as_str(),
+        pv["spec"]["csi"]["volumeHandle"].as_str(),
+    ) else {
+        return Ok(None);
+    };
+    let has = claim["status"]["capacity"]["storage"]
+        .as_str()
+        .and_then(|s| c4m_core::parse_memory_bytes(s).ok());
+    if has.is_none_or(|has| has >= wanted) {
+        return Ok(None);
+    }
+    let Some((_, state)) = world.nodes.volume(driver, handle) else {
+        return Ok(None);
+    };
+    let claim_uid = claim["metadata"]["uid"].clone();
+    if state.size_bytes >= wanted {
+        let size = c4m_core::format_memory_bytes(state.size_bytes);
+        let pv_uid = pv["metadata"]["uid"].clone();
+        let pv_written = objects
+            .update_with(kind("persistentvolumes"), "", name_of(pv), |current| {
+                if current["metadata"]["uid"] != pv_uid
+                    || current["spec"]["capacity"]["storage"] == size
+                {
+                    return false;
+                }
+                current["spec"]["capacity"]["storage"] = json!(size);
+                true
+            })
+            .await?;
+        let claim_written = objects
+            .update_with(
+                kind("persistentvolumeclaims"),
+                namespace_of(claim),
+                name_of(claim),
+                |current| {
+                    if current["metadata"]["uid"] != claim_uid {
+                        return false;
+                    }
+                    current["status"]["capacity"]["storage"] = json!(size);
+                    if let Some(conditions) = current["status"]["conditions"].as_array_mut() {
+                        conditions.retain(|c| {
+                            c["type"] != "FileSystemResizePending" && c["type"] != "Resizing"
+                        });
+                    }
+                    true
+                },
+            )
+            .await?;
+        objects.events().record(
+            Regarding::of(claim),
+            EventType::Normal,
+            "FileSystemResizeSuccessful",
+            format!("volume {} expanded to {size}", name_of(pv)),
+            PROVISIONER,
+        );
+        return Ok(latest(pv_written, claim_written));
+    }
+    if !state.error.is_empty() {
+        objects.events().record(
+            Regarding::of(claim),
+            EventType::Warning,
+            "VolumeResizeFailed",
+            format!("resize volume {} failed: {}", name_of(pv), state.error),
+            PROVISIONER,
+        );
+    }
+    let (condition, reason, message) = if state.expansion_pending {
+        ("FileSystemResizePending", "", RESIZE_PENDING.to_string())
+    } else {
+        (
+            "Resizing",
+            "",
+            format!(
+                "expanding volume {} to {}",
+                name_of(pv),
+                c4m_core::format_memory_bytes(wanted)
+            ),
+        )
+    };
+    objects
+        .update_with(
+            kind("persistentvolumeclaims"),
+            namespace_of(claim),
+            name_of(claim),
+            |current| {
+                if current["metadata"]["uid"] != claim_uid {
+                    return false;
+                }
+                let other = if condition == "Resizing" {
+                    "FileSystemResizePending"
+                } else {
+                    "Resizing"
+                };
+                let mut changed = false;
+                if let Some(conditions) = current["status"]["conditions"].as_array_mut() {
+                    let before = conditions.len();
+                    conditions.retain(|c| c["type"] != other);
+                    changed = conditions.len() != before;
+                }
+                changed | crate::pods::set_condition(current, condition, true, reason, &message)
+            },
+        )
+        .await
+}
+
+/// A claim being deleted keeps `kubernetes.io/pvc-protection` while a pod
+/// that is not finished uses it, as Kubernetes' pvc-protection controller.
+async fn release_protection(
+    objects: &Objects,
+    cache: &Cache,
+    claim: &Value,
+) -> Result<Option<i64>> {
+    if !crate::deletion::finalizers(claim)
+        .iter()
+        .any(|f| f == PVC_PROTECTION)
+    {
+        return Ok(None);
+    }
+    if !users(cache, namespace_of(claim), name_of(claim)).is_empty() {
+        return Ok(None);
+    }
+    crate::controllers::garbage_collector::remove_finalizer(
+        objects,
+        kind("persistentvolumeclaims"),
+        claim,
+        PVC_PROTECTION,
+    )
+    .await
+}
+
+/// The pods of `namespace` that are not finished and use the claim `name`.
+pub(crate) fn users(cache: &Cache, namespace: &str, name: &str) -> Vec<String> {
+    let mut users = Vec::new();
+    let needle = name.as_bytes();
+    cache.for_each_stored(
+        &crate::objects::prefix(kind("pods"), Some(namespace)),
+        |key, stored| {
+            if stored.contains(needle) || stored.contains(b"\"ephemeral\"") {
+                users.push((key.to_string(), stored.clone()));
+            }
+        },
+    );
+    users
+        .into_iter()
+        .filter_map(|(key, stored)| stored.decode(&key))
+        .filter(|pod| !crate::pods::is_terminal(pod))
+        .filter(|pod| {
+            super::claims_of_pod(pod)
+                .iter()
+                .any(|(_, claim, _)| claim == name)
+        })
+        .map(|pod| name_of(&pod).to_string())
+        .collect()
+}
+
+/// A volume's phase from its claim: `Available` unclaimed, `Bound` to a
+/// claim that exists, `Released` once that claim is gone; a released
+/// volume whose policy is `Delete` is deleted; `pv-protection` is taken off
+/// a volume being deleted that is not bound.
+async fn reconcile_volume(objects: &Objects, cache: &Cache, pv: &Value) -> Result<Option<i64>> {
+    let claim_ref = &pv["spec"]["claimRef"];
+    let claim = claim_ref["name"].as_str().and_then(|name| {
+        cache.get(
+            kind("persistentvolumeclaims"),
+            claim_ref["namespace"].as_str().unwrap_or_default(),
+            name,
+        )
+    });
+    let phase = if claim_ref.is_null() {
+        "Available"
+    } else {
+        match &claim {
+            Some(claim)
+                if claim_ref["uid"].is_null() || claim["metadata"]["uid"] == claim_ref["uid"] =>
+            {
+                if claim["spec"]["volumeName"] == pv["metadata"]["name"] {
+                    "Bound"
+                } else {
+                    pv["status"]["phase"].as_str().unwrap_or("Available")
+                }
+            }
+            _ if claim_ref["uid"].is_null() => "Available",
+            _ => "Released",
+        }
+    };
+    if crate::deletion::is_deleting(pv) {
+        if phase != "Bound"
+            && crate::deletion::finalizers(pv)
+                .iter()
+                .any(|f| f == PV_PROTECTION)
+        {
+            return crate::controllers::garbage_collector::remove_finalizer(
+                objects,
+                kind("persistentvolumes"),
+                pv,
+                PV_PROTECTION,
+            )
+            .await;
+        }
+        return Ok(None);
+    }
+    let uid = pv["metadata"]["uid"].clone();
+    let written = objects
+        .update_with(kind("persistentvolumes"), "", name_of(pv), |current| {
+            current["metadata"]["uid"] == uid && set_phase(current, phase)
+        })
+        .await?;
+    if phase == "Released" && pv["spec"]["persistentVolumeReclaimPolicy"] == "Delete" {
+        return Ok(latest(
+            written,
+            crate::controllers::delete_object(objects, "persistentvolumes", pv).await,
+        ));
+    }
+    Ok(written)
+}
