@@ -311,6 +311,27 @@ spec:
       resources: {requests: {storage: 64Mi}}
 "#;
 
+/// `kubectl rollout status sts/NAME` within `timeout`; on failure, what
+/// its pods and claims say.
+fn rollout(kubectl: &Kubectl, name: &str, timeout: &str) -> String {
+    let output = kubectl.run(&[
+        "rollout",
+        "status",
+        &format!("sts/{name}"),
+        &format!("--timeout={timeout}"),
+    ]);
+    if !output.status.success() {
+        let describe = kubectl.run(&["describe", "pods,pvc"]);
+        panic!(
+            "sts/{name} did not roll out: {}\n{}{}",
+            String::from_utf8_lossy(&output.stderr),
+            String::from_utf8_lossy(&describe.stdout),
+            String::from_utf8_lossy(&describe.stderr)
+        );
+    }
+    String::from_utf8_lossy(&output.stdout).to_string()
+}
+
 /// `redis-cli ARGS` in pod `pod`, trimmed.
 fn redis_cli(kubectl: &Kubectl, pod: &str, args: &[&str]) -> String {
     let mut command = vec!["exec", pod, "--", "redis-cli"];
@@ -346,7 +367,7 @@ fn a_redis_statefulset_keeps_its_data_when_deleted_and_recreated() {
     let tar = busybox_image_tar_with(cluster.dir.path(), "redis", &redis);
     cluster.ok(&["image", "import", tar.to_str().unwrap(), "--name", "redis"]);
     apply(&cluster, &kubectl, "db", REDIS);
-    kubectl.ok(&["rollout", "status", "sts/db", "--timeout=180s"]);
+    rollout(&kubectl, "db", "60s");
     let volumes: Vec<String> = ["data-db-0", "data-db-1"]
         .iter()
         .map(|claim| bound_volume(&kubectl, claim))
@@ -390,7 +411,7 @@ fn a_redis_statefulset_keeps_its_data_when_deleted_and_recreated() {
         assert_eq!(claim["status"]["phase"], "Bound", "{claim}");
     }
     apply(&cluster, &kubectl, "db", REDIS);
-    kubectl.ok(&["rollout", "status", "sts/db", "--timeout=180s"]);
+    rollout(&kubectl, "db", "180s");
     for (ordinal, volume) in volumes.iter().enumerate() {
         let pod = format!("db-{ordinal}");
         assert_eq!(
