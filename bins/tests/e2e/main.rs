@@ -8,6 +8,7 @@ mod common;
 
 mod autoscaling;
 mod bookshop;
+mod claims;
 mod cluster;
 mod containerd;
 mod cri;
