@@ -835,10 +835,17 @@ spec:
 /// A busybox image tagged `1` (cmd `/bin/sh`, `PATH=/bin`) as an OCI
 /// layout tar, written to `dir/busybox.tar`; its path.
 pub(crate) fn busybox_image_tar(dir: &Path) -> PathBuf {
-    let tar = dir.join("busybox.tar");
+    busybox_image_tar_with(dir, "busybox", &[])
+}
+
+/// [`busybox_image_tar`] with the host's `executables` (and the libraries
+/// they load) in `/bin`, written to `dir/NAME.tar`: a database image made
+/// of the host's binaries.
+pub(crate) fn busybox_image_tar_with(dir: &Path, name: &str, executables: &[&Path]) -> PathBuf {
+    let tar = dir.join(format!("{name}.tar"));
     std::fs::write(
         &tar,
-        c4m_image::busybox_image_tar(busybox(), &[], "1").unwrap(),
+        c4m_image::busybox_image_tar(busybox(), executables, "1").unwrap(),
     )
     .unwrap();
     tar
