@@ -355,6 +355,9 @@ impl Objects {
         if kind.kind == "Job" {
             crate::controllers::jobs::default_new_job(&mut value);
         }
+        if kind.kind == "StatefulSet" {
+            crate::controllers::statefulsets::default_new_stateful_set(&mut value);
+        }
         if kind.kind == "Namespace" {
             crate::deletion::default_new_namespace(&mut value);
         }

@@ -192,7 +192,8 @@ impl ControlPlane {
         )
         .with_volume_reports(Arc::clone(&volume_reports));
         spawn_controllers(&mut tasks, &objects, &cache, &health, scheduler, &shutdown);
-        let volume_reports = Arc::new(crate::volume_reports::VolumeReports::default());
+        // The same reports for the scheduler, the volume controller and the
+        // agents' service that records them.
         tasks.spawn(
             controllers::volumes::run(
                 objects.clone(),

@@ -8,6 +8,7 @@ mod common;
 
 mod autoscaling;
 mod bookshop;
+mod claims;
 mod cluster;
 mod containerd;
 mod cri;
@@ -33,6 +34,10 @@ mod quickstart;
 mod service_ips;
 mod services;
 mod services_dns;
+mod statefulsets;
+mod storage;
 mod storage_lifecycle;
+mod volume_cli;
+mod volumes;
 mod vpc;
 mod workloads;
