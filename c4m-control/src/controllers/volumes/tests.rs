@@ -124,6 +124,15 @@ impl Harness {
         handle
     }
 
+    /// Ready nodes, each reporting its free bytes for the local driver and
+    /// no volume.
+    async fn nodes_with_room(&self, nodes: &[(&str, u64)]) {
+        for (node, free) in nodes {
+            self.node(node).await;
+            self.report(node, *free, vec![], vec![]);
+        }
+    }
+
     /// Reports `node` with `free` bytes for the local driver and `volumes`.
     fn report(
         &self,
@@ -471,10 +480,8 @@ async fn a_claim_binds_the_smallest_static_volume_that_fits() {
 #[tokio::test]
 async fn an_immediate_claim_is_provisioned_on_the_best_fitting_node_and_bound() {
     let h = Harness::new().await;
-    h.node("roomy").await;
-    h.node("snug").await;
-    h.report("roomy", 50 * GI, vec![], vec![]);
-    h.report("snug", 3 * GI, vec![], vec![]);
+    h.nodes_with_room(&[("roomy", 50 * GI), ("snug", 3 * GI)])
+        .await;
     h.create("storageclasses", class("fast", "Immediate", true))
         .await;
     let created = h
@@ -560,10 +567,7 @@ async fn an_immediate_claim_is_provisioned_on_the_best_fitting_node_and_bound() 
 #[tokio::test]
 async fn a_claim_no_node_has_room_for_stays_pending_and_says_why() {
     let h = Harness::new().await;
-    h.node("a").await;
-    h.node("b").await;
-    h.report("a", 2 * GI, vec![], vec![]);
-    h.report("b", GI / 2, vec![], vec![]);
+    h.nodes_with_room(&[("a", 2 * GI), ("b", GI / 2)]).await;
     h.create("storageclasses", class("fast", "Immediate", false))
         .await;
     h.create(
@@ -721,8 +725,7 @@ async fn a_snapshot_gets_its_content_and_is_ready_once_reported() {
     let mut restored = new_claim("restored", "1Gi", Some("fast"));
     restored["spec"]["dataSource"] = json!({"apiGroup": "snapshot.storage.k8s.io",
         "kind": "VolumeSnapshot", "name": "snap"});
-    h.node("b").await;
-    h.report("b", 90 * GI, vec![], vec![]);
+    h.nodes_with_room(&[("b", 90 * GI)]).await;
     h.create("persistentvolumeclaims", restored).await;
     h.settle().await;
     let restoring = h
@@ -835,8 +838,7 @@ async fn two_claims_after_one_volume_never_share_it() {
 #[tokio::test]
 async fn a_claim_whose_selected_node_is_gone_gets_another() {
     let h = Harness::new().await;
-    h.node("a").await;
-    h.report("a", 10 * GI, vec![], vec![]);
+    h.nodes_with_room(&[("a", 10 * GI)]).await;
     h.create("storageclasses", class("fast", "Immediate", false))
         .await;
     let mut claim = new_claim("data", "1Gi", Some("fast"));
@@ -852,10 +854,8 @@ async fn a_claim_whose_selected_node_is_gone_gets_another() {
 #[tokio::test]
 async fn claims_selected_at_once_do_not_overcommit_a_node() {
     let h = Harness::new().await;
-    h.node("small").await;
-    h.node("large").await;
-    h.report("small", 3 * GI, vec![], vec![]);
-    h.report("large", 5 * GI, vec![], vec![]);
+    h.nodes_with_room(&[("small", 3 * GI), ("large", 5 * GI)])
+        .await;
     h.create("storageclasses", class("fast", "Immediate", false))
         .await;
     for name in ["one", "two", "three"] {
