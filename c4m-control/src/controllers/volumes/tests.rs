@@ -274,6 +274,16 @@ async fn new_objects_get_kubernetes_defaults_and_protection() {
         "\"\" asks for no class"
     );
 
+    let mut restore = new_claim("r", "1Gi", Some(""));
+    let source = json!({"apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot",
+        "name": "snap"});
+    restore["spec"]["dataSourceRef"] = source.clone();
+    let restore = h.create("persistentvolumeclaims", restore).await;
+    assert_eq!(
+        restore["spec"]["dataSource"], source,
+        "mirrored, as Kubernetes does"
+    );
+
     let pv = h
         .create("persistentvolumes", nfs_volume("nfs-1", "1Gi"))
         .await;
