@@ -247,11 +247,17 @@ impl PodVolumes {
     }
 
     /// Rewrites the files of `pod`'s projected volumes that its newest
-    /// assignment carries, in place (the containers see them change).
+    /// assignment carries, in place (the containers see them change); a
+    /// volume now `Waiting` (its ConfigMap deleted) keeps its files, as the
+    /// kubelet keeps them.
     pub(crate) fn refresh_files(&self, pod_id: &str, pod: &Instance) -> Result<(), NotMounted> {
         let resolved = resolved_volumes(pod)?;
+        let declared = pod.spec.as_ref().and_then(|s| s.volumes.as_ref());
+        let declared = |name: &str| declared.is_some_and(|v| v.iter().any(|v| v.name == name));
         for (name, volume) in resolved {
-            if let ResolvedVolume::Files { files } = volume {
+            if let ResolvedVolume::Files { files } = volume
+                && declared(&name)
+            {
                 let target = self.pod_dir(pod_id).join("volumes").join(&name);
                 write_files(&target, &files).map_err(|why| {
                     NotMounted(format!(
