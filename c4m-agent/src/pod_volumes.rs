@@ -163,6 +163,22 @@ impl PodVolumes {
             .and_then(|s| s.volumes.clone())
             .unwrap_or_default();
         let resolved = resolved_volumes(pod)?;
+        // What cannot be set up yet is told before anything is made (the
+        // supervisor asks again every tick).
+        for volume in &volumes {
+            match resolved.get(&volume.name) {
+                Some(ResolvedVolume::Waiting { message }) => {
+                    return Err(NotMounted(message.clone()));
+                }
+                None if needs_resolution(volume) => {
+                    return Err(NotMounted(format!(
+                        "volume {:?} is not resolved yet",
+                        volume.name
+                    )));
+                }
+                _ => {}
+            }
+        }
         let dir = self.pod_dir(pod_id);
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         write_uid(&dir, &uid).map_err(|e| {
@@ -208,9 +224,6 @@ impl PodVolumes {
                 path
             } else {
                 match resolved.get(&volume.name) {
-                    Some(ResolvedVolume::Waiting { message }) => {
-                        return Err(NotMounted(message.clone()));
-                    }
                     Some(ResolvedVolume::Files { files }) => {
                         write_files(&target, files).map_err(failed)?;
                         read_only = true;
@@ -228,13 +241,7 @@ impl PodVolumes {
                         read_only = *read_only_claim;
                         target
                     }
-                    None if needs_resolution(volume) => {
-                        return Err(NotMounted(format!(
-                            "volume {:?} is not resolved yet",
-                            volume.name
-                        )));
-                    }
-                    None => {
+                    Some(ResolvedVolume::Waiting { .. }) | None => {
                         return Err(failed(
                             "this node does not know its volume source".to_string(),
                         ));
