@@ -29,8 +29,10 @@ cd "$(dirname "$0")/.."
 # fuse3 (/dev/fuse and fusermount3 for the FUSE NFS mount), nfs-ganesha and
 # nfs-ganesha-vfs (the NFSv3 server tests/nfs.rs starts on loopback), rpcbind
 # (ganesha will not start without registering with it), fio (the bench's
-# throughput figures).
-packages=(procps coreutils curl ca-certificates bsdutils util-linux python3 tar runc crun conmon busybox-static skopeo docker-registry apache2-utils iproute2 nftables mount containerd docker.io containernetworking-plugins iptables protobuf-compiler e2fsprogs fuse3 nfs-ganesha nfs-ganesha-vfs rpcbind fio)
+# throughput figures). redis-server: the database the StatefulSet e2e test
+# (bins/tests/e2e/statefulsets.rs) runs in containers, from an image built of
+# the host's binary and the libraries it loads.
+packages=(procps coreutils curl ca-certificates bsdutils util-linux python3 tar runc crun conmon busybox-static skopeo docker-registry apache2-utils iproute2 nftables mount containerd docker.io containernetworking-plugins iptables protobuf-compiler e2fsprogs fuse3 nfs-ganesha nfs-ganesha-vfs rpcbind fio redis-server)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -432,6 +432,9 @@ impl Agent {
             volumes::open(&self.config, assignments_rx.clone(), shutdown.clone()).await;
         let volume_manager =
             Arc::clone(&node_volumes).run(objects.subscribe(&volumes::KINDS), shutdown.clone());
+        // Pods whose volume must be unmounted to grow are restarted.
+        let restarts = crate::supervisor::Restarts::default();
+        node_volumes.set_restarts(Arc::new(restarts.clone()));
         let claims: Arc<dyn ClaimMounts> = node_volumes;
         let volumes = match PodVolumes::open(
             &self.config.data_dir,
@@ -453,6 +456,7 @@ impl Agent {
         };
         let supervisor = Supervisor {
             volumes,
+            restarts,
             runtimes: self.extensions.runtimes,
             prober: self
                 .extensions

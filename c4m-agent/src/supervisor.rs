@@ -514,6 +514,8 @@ pub(crate) struct Supervisor {
     pub pod_etc: PodEtc,
     /// Pods' volumes (`None`: a pod with volumes waits, saying so).
     pub volumes: Option<PodVolumes>,
+    /// Pods the volume manager asks to restart (offline expansion).
+    pub restarts: Restarts,
 }
 
 impl Supervisor {
@@ -575,6 +577,7 @@ impl Supervisor {
                 _ = shutdown.cancelled() => break,
                 changed = self.assignments.changed() => if changed.is_err() { break },
                 Some(result) = probe_rx.recv() => self.on_probe(&mut managed, result, &probe_tx),
+                _ = self.restarts.wake.notified() => {}
                 _ = ticker.tick() => {}
             }
             let assigned = self.assignments.borrow_and_update().clone();
@@ -637,11 +640,15 @@ impl Supervisor {
                 None => wanted.insert(container_id(pod), pod),
             };
         }
-        // Gone from the assignment: stop and remove in the background.
+        // Gone from the assignment, or to restart for a volume: stop and
+        // remove in the background.
         let gone: Vec<String> = managed
-            .keys()
-            .filter(|id| !wanted.contains_key(*id))
-            .cloned()
+            .iter()
+            .filter(|(id, instance)| {
+                !wanted.contains_key(*id)
+                    || self.restarts.take(instance.pod.metadata.uid.as_deref(), id)
+            })
+            .map(|(id, _)| id.clone())
             .collect();
         for id in gone {
             if let Some(instance) = managed.remove(&id) {
@@ -777,7 +784,16 @@ impl Supervisor {
                     continue;
                 }
             };
-            let instance = self.manage(pod, &id, members, adopted, runtime).await;
+            if lock(stopping).contains_key(&id) {
+                // Restarted: it starts again once its containers are gone.
+                continue;
+            }
+            let mut instance = self.manage(pod, &id, members, adopted, runtime).await;
+            if let (Some(event), Some(slot)) =
+                (self.restarts.event_for(&id), instance.slots.first_mut())
+            {
+                slot.events.push(event);
+            }
             managed.insert(id, instance);
         }
     }
@@ -2508,6 +2524,10 @@ fn report(instance: &Managed) -> InstanceStatus {
     status.containers = containers;
     status
 }
+
+mod restarts;
+
+pub(crate) use restarts::Restarts;
 
 #[cfg(test)]
 mod network_tests;

@@ -633,7 +633,7 @@ fn check_daemon_set(daemon_set: &DaemonSet) -> Result<(), FieldError> {
         .spec
         .as_ref()
         .ok_or_else(|| field_error("spec", "required field is missing"))?;
-    check_restarting_template(&spec.selector, &spec.template)?;
+    check_restarting_template(&spec.selector, &spec.template, &[])?;
     let strategy = spec.update_strategy.as_ref();
     check_one_of(
         strategy.and_then(|s| s.type_.as_deref()),
@@ -666,9 +666,13 @@ fn check_daemon_set(daemon_set: &DaemonSet) -> Result<(), FieldError> {
 
 /// A pod template of a workload that restarts its pods: selected by
 /// `selector`, a valid pod spec that restarts Always.
+///
+/// A StatefulSet's pods also get a volume per claim template
+/// (`claim_volumes`), which their mounts may name.
 fn check_restarting_template(
     selector: &LabelSelector,
     template: &k8s_openapi::api::core::v1::PodTemplateSpec,
+    claim_volumes: &[&str],
 ) -> Result<(), FieldError> {
     let template_labels = template.metadata.as_ref().and_then(|m| m.labels.as_ref());
     check_labels(template_labels, "spec.template.metadata.labels")?;
@@ -677,6 +681,24 @@ fn check_restarting_template(
         .spec
         .as_ref()
         .ok_or_else(|| field_error("spec.template.spec", "required field is missing"))?;
+    let mut with_claims;
+    let pod_spec = if claim_volumes.is_empty() {
+        pod_spec
+    } else {
+        use k8s_openapi::api::core::v1::{PersistentVolumeClaimVolumeSource, Volume};
+        with_claims = pod_spec.clone();
+        let volumes = with_claims.volumes.get_or_insert_with(Vec::new);
+        volumes.retain(|v| !claim_volumes.contains(&v.name.as_str()));
+        volumes.extend(claim_volumes.iter().map(|name| Volume {
+            name: name.to_string(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: name.to_string(),
+                read_only: None,
+            }),
+            ..Volume::default()
+        }));
+        &with_claims
+    };
     check_pod_spec(pod_spec, "spec.template.spec")?;
     check_one_of(
         pod_spec.restart_policy.as_deref(),
@@ -693,7 +715,7 @@ fn check_one_of(value: Option<&str>, supported: &[&str], path: &str) -> Result<(
             Err(field_error(
                 path,
                 format!(
-                    "unsupported value {other:?}: supported values: {}",
+                    "Unsupported value: {other:?}: supported values: {}",
                     supported.join(", ")
                 ),
             ))
@@ -711,7 +733,16 @@ fn check_stateful_set(stateful_set: &StatefulSet) -> Result<(), FieldError> {
         .spec
         .as_ref()
         .ok_or_else(|| field_error("spec", "required field is missing"))?;
-    check_restarting_template(&spec.selector, &spec.template)?;
+    // Each name once: a duplicate template is reported below.
+    let mut claim_volumes: Vec<&str> = spec
+        .volume_claim_templates
+        .iter()
+        .flatten()
+        .filter_map(|claim| claim.metadata.name.as_deref())
+        .collect();
+    claim_volumes.sort_unstable();
+    claim_volumes.dedup();
+    check_restarting_template(&spec.selector, &spec.template, &claim_volumes)?;
     for (value, path) in [
         (spec.replicas, "spec.replicas"),
         (spec.min_ready_seconds, "spec.minReadySeconds"),
@@ -1583,6 +1614,14 @@ fn check_microservice(ms: &Microservice) -> Result<(), FieldError> {
         "spec.priorityClassName",
     )?;
     check_restart_policy(Some(&spec.restart_policy), "spec.restartPolicy")?;
+    for (i, mount) in spec.volume_mounts.iter().enumerate() {
+        if !spec.volumes.iter().any(|v| v.name == mount.name) {
+            return Err(field_error(
+                format!("spec.volumeMounts[{i}].name"),
+                format!("Not found: {:?}", mount.name),
+            ));
+        }
+    }
     if let Some(vpc) = &spec.vpc {
         dns1123_label(vpc)
             .map_err(|reason| field_error("spec.vpc", format!("{vpc:?} {reason}")))?;
@@ -2633,7 +2672,7 @@ spec:
   selector: {matchLabels: {app: web}}
   template:
     metadata: {labels: {app: web}}
-    spec: {containers: [{name: main, image: redis}]}
+    spec: {containers: [{name: main, image: redis, volumeMounts: [{name: data, mountPath: /data}]}]}
   volumeClaimTemplates:
   - metadata: {name: data}
     spec: {accessModes: [ReadWriteOnce], resources: {requests: {storage: 1Gi}}}
@@ -2664,7 +2703,7 @@ spec:
                 "/spec/podManagementPolicy",
                 serde_json::json!("Sometimes"),
                 "spec.podManagementPolicy",
-                r#"unsupported value "Sometimes": supported values: "OrderedReady", "Parallel""#,
+                r#"Unsupported value: "Sometimes": supported values: "OrderedReady", "Parallel""#,
             ),
             (
                 "/spec/updateStrategy",
@@ -2700,7 +2739,7 @@ spec:
                 "/spec/template/spec/restartPolicy",
                 serde_json::json!("Never"),
                 "spec.template.spec.restartPolicy",
-                r#"unsupported value "Never": supported values: "Always""#,
+                r#"Unsupported value: "Never": supported values: "Always""#,
             ),
         ] {
             let (error_path, error) = validate_value(&with(pointer, value)).unwrap_err();

@@ -454,6 +454,14 @@ pub(crate) struct RunArgs {
     /// Driver.
     #[arg(long, default_value = "process")]
     driver: String,
+    /// A volume (name or ID, see `c4m volume`) mounted at PATH:
+    /// NAME_OR_ID:PATH (repeatable).
+    #[arg(long = "volume")]
+    volumes: Vec<String>,
+    /// The instance's own disk (ephemeral-storage limit): writes beyond it
+    /// fail, e.g. 1Gi.
+    #[arg(long)]
+    disk: Option<String>,
     #[arg(short, long, default_value = "default")]
     namespace: String,
     /// The command and its arguments.
@@ -508,6 +516,10 @@ pub(crate) async fn run(args: RunArgs, connection: &Connection) -> Result<()> {
         c4m_core::parse_cpu_millis(cpu).context("--cpu")?;
         limits.insert("cpu".into(), json!(cpu));
     }
+    if let Some(disk) = &args.disk {
+        c4m_core::parse_memory_bytes(disk).context("--disk")?;
+        limits.insert("ephemeral-storage".into(), json!(disk));
+    }
     let ports: Vec<Value> = args
         .ports
         .iter()
@@ -546,6 +558,22 @@ pub(crate) async fn run(args: RunArgs, connection: &Connection) -> Result<()> {
     }
     if let Some(user) = &args.user {
         spec["user"] = json!(resolve_user(user)?);
+    }
+    if !args.volumes.is_empty() {
+        let client = connection.client()?;
+        let (mut volumes, mut mounts) = (Vec::new(), Vec::new());
+        for (i, given) in args.volumes.iter().enumerate() {
+            let (volume, path) = given
+                .split_once(':')
+                .filter(|(v, p)| !v.is_empty() && p.starts_with('/'))
+                .ok_or_else(|| anyhow!("--volume {given:?}: expected NAME_OR_ID:/PATH"))?;
+            let claim = crate::volumes::claim_name(&client, &args.namespace, volume).await?;
+            let name = format!("volume-{i}");
+            volumes.push(json!({"name": name, "persistentVolumeClaim": {"claimName": claim}}));
+            mounts.push(json!({"name": name, "mountPath": path}));
+        }
+        spec["volumes"] = json!(volumes);
+        spec["volumeMounts"] = json!(mounts);
     }
     let object = json!({
         "apiVersion": "c4m.io/v1",

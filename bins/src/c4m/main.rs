@@ -10,6 +10,7 @@ mod kubeconfig;
 mod output;
 mod policy;
 mod streams;
+mod volumes;
 mod vpc;
 
 use std::process::ExitCode;
@@ -69,6 +70,8 @@ enum Command {
     Kubeconfig(kubeconfig::KubeconfigArgs),
     /// Create, list or delete VPCs (isolated instance networks).
     Vpc(vpc::VpcArgs),
+    /// Create, list, delete, snapshot, restore or expand persistent volumes.
+    Volume(volumes::VolumeArgs),
 }
 
 fn main() -> ExitCode {
@@ -111,6 +114,7 @@ fn main() -> ExitCode {
                 Command::Policy(args) => done(policy::policy(args, &connection).await),
                 Command::Image(args) => done(images::image(args, &connection).await),
                 Command::Vpc(args) => done(vpc::vpc(args, &connection).await),
+                Command::Volume(args) => done(volumes::volume(args, &connection).await),
                 Command::Kubeconfig(args) => done(kubeconfig::print(args, &connection).await),
             }
         },

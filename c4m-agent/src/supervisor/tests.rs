@@ -12,13 +12,15 @@ use c4m_core::{ContainerSpec, Instance};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::{RestartBackoff, Supervisor, container_id};
+use super::{RestartBackoff, Restarts, Supervisor, container_id};
 
 /// A supervisor over `runtime` with short restart delays, and the handles a
 /// test drives it with.
 struct Harness {
     assignments: watch::Sender<Option<crate::session::AssignmentSet>>,
     statuses: watch::Receiver<Arc<Vec<InstanceStatus>>>,
+    /// Where the volume manager asks for restarts.
+    restarts: Restarts,
     shutdown: CancellationToken,
     running: tokio::task::JoinHandle<()>,
 }
@@ -50,6 +52,7 @@ impl Harness {
         let (assignments, assignments_rx) = watch::channel(None);
         let (statuses_tx, statuses) = watch::channel(Arc::new(Vec::new()));
         let shutdown = CancellationToken::new();
+        let restarts = Restarts::default();
         let supervisor = Supervisor {
             runtimes: vec![Arc::new(runtime.clone())],
             assignments: assignments_rx,
@@ -60,6 +63,7 @@ impl Harness {
             pod_namespaces: None,
             holders: None,
             volumes,
+            restarts: restarts.clone(),
             prober: Arc::new(prober.clone()),
             backoff: BACKOFF,
             pod_etc: crate::pod_etc::PodEtc::new(&std::env::temp_dir(), "cluster.local"),
@@ -68,6 +72,7 @@ impl Harness {
         Harness {
             assignments,
             statuses,
+            restarts,
             shutdown,
             running,
         }
@@ -1428,4 +1433,43 @@ async fn volumes_are_mounted_updated_in_place_or_waited_for() {
     .await
     .expect("the pod's volumes go with it");
     harness.stop().await;
+}
+
+#[tokio::test]
+async fn a_pod_whose_volume_must_grow_offline_restarts_and_says_why() {
+    use crate::volumes::RestartUsers;
+
+    let runtime = FakeRuntime::new();
+    let mut h = Harness::start(&runtime);
+    let (web, other) = (pod("web"), pod("other"));
+    h.assign(&[web.clone(), other.clone()]);
+    h.wait_for(|s| s.len() == 2 && s.iter().all(|s| s.phase == "Running"))
+        .await;
+    let (id, other_id) = (container_id(&web), container_id(&other));
+    assert_eq!((runtime.starts(&id), runtime.starts(&other_id)), (1, 1));
+
+    h.restarts.restart(
+        vec!["uid-web".into()],
+        "volume pvc-1 must be unmounted to grow".into(),
+    );
+    let statuses = h
+        .wait_for(|s| {
+            runtime.starts(&id) == 2
+                && s.iter().any(|s| {
+                    s.name == "web"
+                        && s.phase == "Running"
+                        && s.containers.iter().any(|c| !c.events.is_empty())
+                })
+        })
+        .await;
+    let web_status = statuses.iter().find(|s| s.name == "web").unwrap();
+    let event = &web_status.containers[0].events[0];
+    assert_eq!(event.reason, "FileSystemResizeRequired");
+    assert_eq!(event.message, "volume pvc-1 must be unmounted to grow");
+    assert_eq!(
+        runtime.starts(&other_id),
+        1,
+        "a pod not using the volume keeps running"
+    );
+    h.stop().await;
 }

@@ -58,6 +58,39 @@ const COMPONENT: &str = "statefulset-controller";
 /// Unused revisions kept when the set says nothing.
 const DEFAULT_HISTORY_LIMIT: usize = 10;
 
+/// Defaults a new StatefulSet as Kubernetes' API server does (what
+/// `kubectl rollout status` and `kubectl describe` read): one replica,
+/// `OrderedReady`, `RollingUpdate` from partition 0, ten revisions kept,
+/// claims retained.
+pub(crate) fn default_new_stateful_set(set: &mut Value) {
+    let Some(spec) = set.get_mut("spec").and_then(Value::as_object_mut) else {
+        return;
+    };
+    let mut default = |field: &str, value: Value| {
+        if spec.get(field).is_none_or(Value::is_null) {
+            spec.insert(field.into(), value);
+        }
+    };
+    default("replicas", json!(1));
+    default("podManagementPolicy", json!("OrderedReady"));
+    default("revisionHistoryLimit", json!(DEFAULT_HISTORY_LIMIT));
+    default("updateStrategy", json!({}));
+    default("persistentVolumeClaimRetentionPolicy", json!({}));
+    let strategy = &mut spec["updateStrategy"];
+    if strategy["type"].is_null() {
+        strategy["type"] = json!("RollingUpdate");
+    }
+    if strategy["type"] == "RollingUpdate" && strategy["rollingUpdate"]["partition"].is_null() {
+        strategy["rollingUpdate"]["partition"] = json!(0);
+    }
+    let retention = &mut spec["persistentVolumeClaimRetentionPolicy"];
+    for field in ["whenDeleted", "whenScaled"] {
+        if retention[field].is_null() {
+            retention[field] = json!("Retain");
+        }
+    }
+}
+
 /// The name of the claim of `template` for ordinal `ordinal` of `set`.
 pub(crate) fn claim_name(template: &str, set: &str, ordinal: u64) -> String {
     format!("{template}-{set}-{ordinal}")

@@ -7,7 +7,9 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{ContainerPort, EnvVar, Probe, ResourceRequirements};
+use k8s_openapi::api::core::v1::{
+    ContainerPort, EnvVar, Probe, ResourceRequirements, Volume, VolumeMount,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta};
 use serde::{Deserialize, Serialize};
 
@@ -123,6 +125,13 @@ pub struct MicroserviceSpec {
     /// drivers that give instances a network namespace (`oci`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vpc: Option<String>,
+    /// Its instances' volumes (a pod's `volumes`: `c4m run --volume` adds
+    /// a `persistentVolumeClaim`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<Volume>,
+    /// Where its container mounts them (a container's `volumeMounts`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub volume_mounts: Vec<VolumeMount>,
 }
 
 impl Default for MicroserviceSpec {
@@ -145,6 +154,8 @@ impl Default for MicroserviceSpec {
             vpc: None,
             restart_policy: "Always".to_string(),
             driver: None,
+            volumes: Vec::new(),
+            volume_mounts: Vec::new(),
         }
     }
 }

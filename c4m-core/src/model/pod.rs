@@ -81,6 +81,7 @@ pub fn pod_template_for_microservice(ms: &Microservice) -> PodTemplateSpec {
         resources: spec.resources.clone(),
         liveness_probe: spec.liveness_probe.clone(),
         readiness_probe: spec.readiness_probe.clone(),
+        volume_mounts: non_empty(&spec.volume_mounts),
         security_context: spec.user.map(|uid| SecurityContext {
             run_as_user: Some(uid),
             ..SecurityContext::default()
@@ -107,6 +108,7 @@ pub fn pod_template_for_microservice(ms: &Microservice) -> PodTemplateSpec {
             priority: (spec.priority != 0).then_some(spec.priority),
             priority_class_name: spec.priority_class_name.clone(),
             runtime_class_name: spec.driver.clone(),
+            volumes: non_empty(&spec.volumes),
             ..PodSpec::default()
         }),
     }

@@ -457,6 +457,13 @@ impl Cluster {
         self.agents[name].id()
     }
 
+    /// Whether agent `name` has exited (reaped if so).
+    pub(crate) fn agent_exited(&mut self, name: &str) -> bool {
+        self.agents
+            .get_mut(name)
+            .is_some_and(|child| child.try_wait().ok().flatten().is_some())
+    }
+
     /// SIGKILLs an agent: it gets no chance to say goodbye.
     pub(crate) fn kill_agent(&mut self, name: &str) {
         let mut child = self.agents.remove(name).expect("agent running");
@@ -828,10 +835,17 @@ spec:
 /// A busybox image tagged `1` (cmd `/bin/sh`, `PATH=/bin`) as an OCI
 /// layout tar, written to `dir/busybox.tar`; its path.
 pub(crate) fn busybox_image_tar(dir: &Path) -> PathBuf {
-    let tar = dir.join("busybox.tar");
+    busybox_image_tar_with(dir, "busybox", &[])
+}
+
+/// [`busybox_image_tar`] with the host's `executables` (and the libraries
+/// they load) in `/bin`, written to `dir/NAME.tar`: a database image made
+/// of the host's binaries.
+pub(crate) fn busybox_image_tar_with(dir: &Path, name: &str, executables: &[&Path]) -> PathBuf {
+    let tar = dir.join(format!("{name}.tar"));
     std::fs::write(
         &tar,
-        c4m_image::busybox_image_tar(busybox(), &[], "1").unwrap(),
+        c4m_image::busybox_image_tar(busybox(), executables, "1").unwrap(),
     )
     .unwrap();
     tar

@@ -446,3 +446,27 @@ fn ordinals_start_where_the_set_says() {
     assert_eq!(ordinal_of("web", "web-x"), None);
     assert_eq!(ordinal_of("web", "webby-1"), None);
 }
+
+#[test]
+fn a_new_set_gets_kubernetes_defaults_and_keeps_its_own() {
+    let mut set = json!({"spec": {"replicas": 3, "updateStrategy": {"type": "OnDelete"}}});
+    default_new_stateful_set(&mut set);
+    assert_eq!(
+        set["spec"],
+        json!({"replicas": 3, "updateStrategy": {"type": "OnDelete"},
+            "podManagementPolicy": "OrderedReady", "revisionHistoryLimit": 10,
+            "persistentVolumeClaimRetentionPolicy": {"whenDeleted": "Retain", "whenScaled": "Retain"}})
+    );
+    let mut set =
+        json!({"spec": {"persistentVolumeClaimRetentionPolicy": {"whenScaled": "Delete"}}});
+    default_new_stateful_set(&mut set);
+    assert_eq!(
+        set["spec"]["updateStrategy"],
+        json!({"type": "RollingUpdate", "rollingUpdate": {"partition": 0}})
+    );
+    assert_eq!(set["spec"]["replicas"], 1);
+    assert_eq!(
+        set["spec"]["persistentVolumeClaimRetentionPolicy"],
+        json!({"whenDeleted": "Retain", "whenScaled": "Delete"})
+    );
+}
