@@ -1473,3 +1473,37 @@ async fn a_pod_whose_volume_must_grow_offline_restarts_and_says_why() {
     );
     h.stop().await;
 }
+
+/// A pod with volumeMounts on a node whose default driver is `process`
+/// (it names none), or with an ephemeral-storage limit on `docker`, waits
+/// with CreateContainerConfigError naming the field and the drivers that
+/// can; nothing starts.
+#[tokio::test]
+async fn what_the_default_driver_cannot_mount_is_refused_naming_the_field() {
+    for (driver, extra, refusal) in [
+        (
+            "process",
+            serde_json::json!({
+                "volumes": [{"name": "d", "emptyDir": {}}],
+                "containers": [{"name": "main", "command": ["serve"],
+                    "volumeMounts": [{"name": "d", "mountPath": "/d"}]}],
+            }),
+            "spec.containers[0].volumeMounts: the process driver cannot mount volumes",
+        ),
+        (
+            "docker",
+            serde_json::json!({
+                "containers": [{"name": "main", "command": ["serve"],
+                    "resources": {"limits": {"ephemeral-storage": "1Gi"}}}],
+            }),
+            "spec.containers[0].resources.limits.ephemeral-storage: the docker driver cannot enforce it",
+        ),
+    ] {
+        let runtime = FakeRuntime::new().named(driver);
+        let mut harness = Harness::start(&runtime);
+        harness
+            .assert_refused(&runtime, &web_with(extra), refusal)
+            .await;
+        harness.stop().await;
+    }
+}
