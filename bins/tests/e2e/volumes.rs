@@ -611,3 +611,50 @@ fn a_pod_waits_for_its_volumes_then_runs() {
     });
     all_torn_down(&cluster, "vols");
 }
+
+/// `c4m run --volume NAME:PATH --disk SIZE` on the oci driver: the volume
+/// is mounted where asked, and both the volume's size and the instance's
+/// own disk stop writes with ENOSPC, nothing evicted.
+#[test]
+#[ignore = "needs root + runc + conmon + kubectl + loop devices"]
+fn c4m_run_volume_and_disk_are_hard_limits() {
+    let (cluster, kubectl) = oci_cluster();
+    cluster.ok(&["volume", "create", "--size", "16Mi", "--name", "data"]);
+    cluster.ok(&[
+        "run",
+        "--name",
+        "app",
+        "--driver",
+        "oci",
+        "--image",
+        "bb:1",
+        "--volume",
+        "data:/data",
+        "--disk",
+        "16Mi",
+        "--",
+        "sleep",
+        "3600",
+    ]);
+    let pods = cluster.wait_ready("c4m.io/microservice=app", 1, Duration::from_secs(60));
+    let pod = name_of(&pods[0]);
+    for (target, what) in [("/data/fill", "the volume"), ("/fill", "--disk")] {
+        let (code, output) = exec(
+            &kubectl,
+            &pod,
+            "app",
+            &format!("dd if=/dev/zero of={target} bs=1M count=32"),
+        );
+        assert!(
+            code != 0 && output.contains("No space left on device"),
+            "32 MiB into 16 MiB of {what}: {output}"
+        );
+    }
+    let pod = kubectl.json(&["get", "pod", &pod]);
+    assert_eq!(pod["status"]["phase"], "Running", "nothing evicted: {pod}");
+    assert_eq!(restarts(&pod), 0, "{pod}");
+    kubectl.ok(&["delete", "microservice", "app", "--timeout=60s"]);
+    cluster.wait_gone("c4m.io/microservice=app", Duration::from_secs(60));
+    all_torn_down(&cluster, "vols");
+    cluster.ok(&["volume", "delete", "data"]);
+}
