@@ -658,3 +658,69 @@ fn c4m_run_volume_and_disk_are_hard_limits() {
     all_torn_down(&cluster, "vols");
     cluster.ok(&["volume", "delete", "data"]);
 }
+
+/// A privileged container's hostPath volume is the node's directory
+/// itself (made with `DirectoryOrCreate`); one whose `type` does not match
+/// what is there keeps its pod in ContainerCreating, naming the volume.
+#[test]
+#[ignore = "needs root + runc + conmon + kubectl"]
+fn host_paths_are_the_nodes_own_for_privileged_containers() {
+    let (cluster, kubectl) = oci_cluster();
+    let host_dir = cluster.dir.path().join("host/made");
+    let manifest = |name: &str, path: &std::path::Path, kind: &str| {
+        format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata: {{name: {name}}}
+spec:
+  runtimeClassName: oci
+  terminationGracePeriodSeconds: 1
+  volumes: [{{name: host, hostPath: {{path: {}, type: {kind}}}}}]
+  containers:
+  - name: main
+    image: bb:1
+    command: [sh, -c, "echo from-container > /host/file; exec sleep 3600"]
+    securityContext: {{privileged: true}}
+    volumeMounts: [{{name: host, mountPath: /host}}]
+"#,
+            path.display()
+        )
+    };
+    kubectl.run_ready(
+        &cluster,
+        "hosted",
+        &manifest("hosted", &host_dir, "DirectoryOrCreate"),
+    );
+    wait_for(
+        "the container's write on the node",
+        Duration::from_secs(30),
+        || {
+            std::fs::read_to_string(host_dir.join("file"))
+                .ok()
+                .filter(|text| text == "from-container\n")
+        },
+    );
+    let path = cluster.dir.path().join("wrong.yaml");
+    std::fs::write(
+        &path,
+        manifest("wrong", &host_dir.join("file"), "Directory"),
+    )
+    .unwrap();
+    kubectl.ok(&["apply", "-f", path.to_str().unwrap()]);
+    wait_for(
+        "ContainerCreating naming the volume",
+        Duration::from_secs(30),
+        || {
+            let pod = kubectl.json(&["get", "pod", "wrong"]);
+            let waiting = &pod["status"]["containerStatuses"][0]["state"]["waiting"];
+            let message = waiting["message"].as_str().unwrap_or_default();
+            (waiting["reason"] == "ContainerCreating"
+                && message.starts_with("MountVolume.SetUp failed for volume \"host\"")
+                && message.contains("is not a directory"))
+            .then_some(())
+        },
+    );
+    kubectl.ok(&["delete", "pod", "hosted", "wrong", "--timeout=60s"]);
+    all_torn_down(&cluster, "vols");
+    assert!(host_dir.join("file").exists(), "the node's files stay");
+}
