@@ -724,3 +724,60 @@ spec:
     all_torn_down(&cluster, "vols");
     assert!(host_dir.join("file").exists(), "the node's files stay");
 }
+
+const PROJECTED: &str = r#"apiVersion: v1
+kind: Secret
+metadata: {name: creds}
+stringData: {password: s3cret}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: settings}
+data: {mode: fast}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: projected, labels: {tier: web}}
+spec:
+  runtimeClassName: oci
+  terminationGracePeriodSeconds: 1
+  volumes:
+  - {name: secret, secret: {secretName: creds, defaultMode: 0400}}
+  - name: info
+    downwardAPI:
+      items: [{path: labels, fieldRef: {fieldPath: metadata.labels}}]
+  - name: all
+    projected:
+      sources:
+      - configMap: {name: settings, items: [{key: mode, path: conf/mode}]}
+      - secret: {name: creds}
+  containers:
+  - name: main
+    image: bb:1
+    command: [sleep, "3600"]
+    volumeMounts:
+    - {name: secret, mountPath: /secret}
+    - {name: info, mountPath: /info}
+    - {name: all, mountPath: /all}
+"#;
+
+/// Secret, downwardAPI and projected volumes show the files the control
+/// plane resolved, with their modes.
+#[test]
+#[ignore = "needs root + runc + conmon + kubectl"]
+fn secret_downward_api_and_projected_volumes_show_their_files() {
+    let (cluster, kubectl) = oci_cluster();
+    kubectl.run_ready(&cluster, "projected", PROJECTED);
+    let run = |script: &str| exec(&kubectl, "projected", "main", script);
+    assert_eq!(
+        run("cat /secret/password; stat -L -c %a /secret/password"),
+        (0, "s3cret400\n".to_string())
+    );
+    assert_eq!(run("cat /info/labels"), (0, "tier=\"web\"".to_string()));
+    assert_eq!(
+        run("cat /all/conf/mode; echo; cat /all/password"),
+        (0, "fast\ns3cret".to_string())
+    );
+    kubectl.ok(&["delete", "pod", "projected", "--timeout=60s"]);
+    all_torn_down(&cluster, "vols");
+}
