@@ -58,12 +58,9 @@ use crate::claims::ClaimMounts;
 #[error("{0}")]
 pub(crate) struct NotMounted(pub String);
 
-/// Why the node's pod volumes cannot be opened.
+/// Why the directory of pod volumes cannot be made a shared mount.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum OpenError {
-    /// The pool of sized file systems.
-    #[error("pod volumes: {0}")]
-    Storage(#[from] c4m_storage::Error),
     /// The directory of pod volumes.
     #[error("pod volumes directory {}: {source}", path.display())]
     Io {
@@ -99,8 +96,9 @@ pub(crate) struct VolumeDir {
 pub(crate) struct PodVolumes {
     /// `<data>/pod-volumes`.
     root: PathBuf,
-    /// Sized file systems (`emptyDir.sizeLimit`, ephemeral-storage).
-    scratch: ScratchDirs,
+    /// Sized file systems (`emptyDir.sizeLimit`, ephemeral-storage), or
+    /// why this node has none (not root, no losetup).
+    scratch: Result<ScratchDirs, String>,
     /// The node's persistent volumes.
     claims: Arc<dyn ClaimMounts>,
     /// The node's memory, the size of a memory `emptyDir` nothing bounds.
@@ -124,19 +122,26 @@ impl PodVolumes {
         data_dir: &Path,
         claims: Arc<dyn ClaimMounts>,
         node_memory: u64,
-    ) -> Result<PodVolumes, OpenError> {
-        let local = LocalBackend::open(data_dir.join("pod-scratch"))?;
-        let report = local.reconcile().await?;
-        if !report.is_clean() {
-            tracing::info!(?report, "repaired the pods' sized file systems");
-        }
-        Ok(PodVolumes {
+    ) -> PodVolumes {
+        let scratch = async {
+            let local = LocalBackend::open(data_dir.join("pod-scratch"))?;
+            let report = local.reconcile().await?;
+            if !report.is_clean() {
+                tracing::info!(?report, "repaired the pods' sized file systems");
+            }
+            Ok::<_, c4m_storage::Error>(ScratchDirs::new(Arc::new(local)))
+        };
+        let scratch = scratch.await.map_err(|e| {
+            tracing::warn!(error = %e, "no sized emptyDirs or ephemeral-storage limits on this node");
+            format!("this node cannot make sized file systems: {e}")
+        });
+        PodVolumes {
             root: data_dir.join("pod-volumes"),
-            scratch: ScratchDirs::new(Arc::new(local)),
+            scratch,
             claims,
             node_memory,
             removing: Arc::default(),
-        })
+        }
     }
 
     /// Makes the directory of pod volumes a shared mount ([`make_shared`]),
@@ -378,6 +383,7 @@ impl PodVolumes {
         size: u64,
         target: &Path,
     ) -> Result<(), String> {
+        let dirs = self.scratch.as_ref().map_err(Clone::clone)?;
         let safe_uid: String = uid
             .chars()
             .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
@@ -399,8 +405,7 @@ impl PodVolumes {
         // ext4 needs room for its own metadata: smaller limits get the
         // smallest file system.
         let size = size.max(MIN_VOLUME_BYTES);
-        self.scratch
-            .create_dir(&volume, size, target)
+        dirs.create_dir(&volume, size, target)
             .await
             .map_err(|e| e.to_string())?;
         // Writable by the containers' users, as Kubernetes makes emptyDirs.
@@ -448,8 +453,14 @@ impl PodVolumes {
             Ok(listed) => {
                 for scratch in listed {
                     let removed = match VolumeId::new(scratch.id.clone()) {
-                        Ok(id) => self.scratch.remove_dir(&id, &scratch.dir).await,
-                        Err(e) => Err(e),
+                        Ok(id) => match &self.scratch {
+                            Ok(dirs) => dirs
+                                .remove_dir(&id, &scratch.dir)
+                                .await
+                                .map_err(|e| e.to_string()),
+                            Err(why) => Err(why.clone()),
+                        },
+                        Err(e) => Err(e.to_string()),
                     };
                     if let Err(e) = removed {
                         fail("remove a sized file system", &e);
