@@ -438,9 +438,6 @@ impl Agent {
         let claims: Arc<dyn ClaimMounts> = node_volumes;
         let volumes =
             PodVolumes::open(&self.config.data_dir, claims, self.config.memory_bytes).await;
-        if let Err(e) = volumes.share_root() {
-            tracing::warn!(error = %e, "mountPropagation of pod volumes will not work");
-        }
         let supervisor = Supervisor {
             volumes: Some(volumes),
             restarts,

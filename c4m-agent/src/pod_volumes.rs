@@ -145,8 +145,9 @@ impl PodVolumes {
     }
 
     /// Makes the directory of pod volumes a shared mount ([`make_shared`]),
-    /// so that `mountPropagation` works; the agent does this once at start.
-    pub(crate) fn share_root(&self) -> Result<(), OpenError> {
+    /// so that `mountPropagation` works: done the first time a container
+    /// asks for propagation, the node left as it was until then.
+    fn share_root(&self) -> Result<(), OpenError> {
         make_shared(&self.root)
     }
 
@@ -333,12 +334,17 @@ impl PodVolumes {
                 }
                 None => root.clone(),
             };
+            let propagation = MountPropagation::of(mount.mount_propagation.as_deref())
+                .map_err(|why| format!("{field}.mountPropagation: {why}"))?;
+            if propagation != MountPropagation::None {
+                self.share_root()
+                    .map_err(|e| format!("{field}.mountPropagation: {e}"))?;
+            }
             mounts.push(Mount {
                 source,
                 destination: PathBuf::from(&mount.mount_path),
                 read_only: mount.read_only.unwrap_or(false) || volume.read_only,
-                propagation: MountPropagation::of(mount.mount_propagation.as_deref())
-                    .map_err(|why| format!("{field}.mountPropagation: {why}"))?,
+                propagation,
             });
         }
         Ok(mounts)

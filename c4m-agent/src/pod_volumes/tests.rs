@@ -86,7 +86,7 @@ spec:
     volumeMounts:
     - {name: scratch, mountPath: /scratch}
     - {name: config, mountPath: /etc/app}
-    - {name: data, mountPath: /data, mountPropagation: HostToContainer}
+    - {name: data, mountPath: /data}
 "#;
 
 fn resolved_for_pod(config: serde_json::Value) -> serde_json::Value {
@@ -172,7 +172,7 @@ async fn volumes_are_made_mounted_updated_and_torn_down() {
                 "/data".into(),
                 "data".into(),
                 false,
-                MountPropagation::HostToContainer
+                MountPropagation::None
             ),
         ]
     );
