@@ -1449,7 +1449,7 @@ async fn a_pod_whose_volume_must_grow_offline_restarts_and_says_why() {
 
     h.restarts.restart(
         vec!["uid-web".into()],
-        "volume pvc-1 must be unmounted to grow".into(),
+        crate::volumes::RestartReason::resize("pvc-1"),
     );
     let statuses = h
         .wait_for(|s| {
@@ -1464,7 +1464,11 @@ async fn a_pod_whose_volume_must_grow_offline_restarts_and_says_why() {
     let web_status = statuses.iter().find(|s| s.name == "web").unwrap();
     let event = &web_status.containers[0].events[0];
     assert_eq!(event.reason, "FileSystemResizeRequired");
-    assert_eq!(event.message, "volume pvc-1 must be unmounted to grow");
+    assert!(
+        event
+            .message
+            .starts_with("volume pvc-1 must be unmounted to grow")
+    );
     assert_eq!(
         runtime.starts(&other_id),
         1,
