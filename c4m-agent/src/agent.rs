@@ -432,6 +432,9 @@ impl Agent {
             volumes::open(&self.config, assignments_rx.clone(), shutdown.clone()).await;
         let volume_manager =
             Arc::clone(&node_volumes).run(objects.subscribe(&volumes::KINDS), shutdown.clone());
+        // Pods whose volume must be unmounted to grow are restarted.
+        let restarts = crate::supervisor::Restarts::default();
+        node_volumes.set_restarts(Arc::new(restarts.clone()));
         let claims: Arc<dyn ClaimMounts> = node_volumes;
         let volumes = match PodVolumes::open(
             &self.config.data_dir,
@@ -440,7 +443,12 @@ impl Agent {
         )
         .await
         {
-            Ok(volumes) => Some(volumes),
+            Ok(volumes) => {
+                if let Err(e) = volumes.share_root() {
+                    tracing::warn!(error = %e, "mountPropagation of pod volumes will not work");
+                }
+                Some(volumes)
+            }
             Err(e) => {
                 tracing::error!(error = %e, "pod volumes are unavailable: pods with volumes wait");
                 None
@@ -448,6 +456,7 @@ impl Agent {
         };
         let supervisor = Supervisor {
             volumes,
+            restarts,
             runtimes: self.extensions.runtimes,
             prober: self
                 .extensions

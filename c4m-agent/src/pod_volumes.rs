@@ -58,8 +58,41 @@ use crate::claims::ClaimMounts;
 #[error("{0}")]
 pub(crate) struct NotMounted(pub String);
 
+/// Why the node's pod volumes cannot be opened.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum OpenError {
+    /// The pool of sized file systems.
+    #[error("pod volumes: {0}")]
+    Storage(#[from] c4m_storage::Error),
+    /// The directory of pod volumes.
+    #[error("pod volumes directory {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// Making it a shared mount.
+    #[error("making {} a shared mount: {source}", path.display())]
+    Shared {
+        path: PathBuf,
+        #[source]
+        source: nix::Error,
+    },
+}
+
 /// Where each of a pod's volumes is on the node, by volume name.
-pub(crate) type VolumeDirs = BTreeMap<String, PathBuf>;
+pub(crate) type VolumeDirs = BTreeMap<String, VolumeDir>;
+
+/// One volume of a pod on the node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct VolumeDir {
+    /// Its directory (or a hostPath's file).
+    pub path: PathBuf,
+    /// Mounted read-only whatever `volumeMounts` say: files from the API
+    /// (configMap, secret, projected, downwardAPI), as the kubelet mounts
+    /// them, and a claim asked read-only.
+    pub read_only: bool,
+}
 
 /// The node's pod volumes.
 #[derive(Debug, Clone)]
@@ -91,7 +124,7 @@ impl PodVolumes {
         data_dir: &Path,
         claims: Arc<dyn ClaimMounts>,
         node_memory: u64,
-    ) -> Result<PodVolumes, c4m_storage::Error> {
+    ) -> Result<PodVolumes, OpenError> {
         let local = LocalBackend::open(data_dir.join("pod-scratch"))?;
         let report = local.reconcile().await?;
         if !report.is_clean() {
@@ -104,6 +137,12 @@ impl PodVolumes {
             node_memory,
             removing: Arc::default(),
         })
+    }
+
+    /// Makes the directory of pod volumes a shared mount ([`make_shared`]),
+    /// so that `mountPropagation` works; the agent does this once at start.
+    pub(crate) fn share_root(&self) -> Result<(), OpenError> {
+        make_shared(&self.root)
     }
 
     fn pod_dir(&self, pod_id: &str) -> PathBuf {
@@ -141,6 +180,7 @@ impl PodVolumes {
                     volume.name
                 ))
             };
+            let mut read_only = false;
             let path = if let Some(empty) = &volume.empty_dir {
                 let size = empty
                     .size_limit
@@ -173,15 +213,19 @@ impl PodVolumes {
                     }
                     Some(ResolvedVolume::Files { files }) => {
                         write_files(&target, files).map_err(failed)?;
+                        read_only = true;
                         target
                     }
                     Some(ResolvedVolume::Claim {
-                        source, read_only, ..
+                        source,
+                        read_only: read_only_claim,
+                        ..
                     }) => {
                         self.claims
-                            .mount(&uid, &volume.name, source, *read_only, &target)
+                            .mount(&uid, &volume.name, source, *read_only_claim, &target)
                             .await
                             .map_err(NotMounted)?;
+                        read_only = *read_only_claim;
                         target
                     }
                     None if needs_resolution(volume) => {
@@ -197,7 +241,7 @@ impl PodVolumes {
                     }
                 }
             };
-            dirs.insert(volume.name.clone(), path);
+            dirs.insert(volume.name.clone(), VolumeDir { path, read_only });
         }
         Ok(dirs)
     }
@@ -235,9 +279,10 @@ impl PodVolumes {
         let mut mounts = Vec::new();
         for (i, mount) in container.volume_mounts.iter().flatten().enumerate() {
             let field = format!("{field}.volumeMounts[{i}]");
-            let root = dirs
+            let volume = dirs
                 .get(&mount.name)
                 .ok_or_else(|| format!("{field}.name: no volume {:?}", mount.name))?;
+            let root = &volume.path;
             let sub_path = match (
                 mount.sub_path.as_deref().filter(|s| !s.is_empty()),
                 mount.sub_path_expr.as_deref().filter(|s| !s.is_empty()),
@@ -273,7 +318,7 @@ impl PodVolumes {
             mounts.push(Mount {
                 source,
                 destination: PathBuf::from(&mount.mount_path),
-                read_only: mount.read_only.unwrap_or(false),
+                read_only: mount.read_only.unwrap_or(false) || volume.read_only,
                 propagation: MountPropagation::of(mount.mount_propagation.as_deref())
                     .map_err(|why| format!("{field}.mountPropagation: {why}"))?,
             });
@@ -377,6 +422,15 @@ impl PodVolumes {
                 fail("unbind a subPath", &e);
             }
         }
+        // What containers mounted inside a volume and propagated to the
+        // node (mountPropagation: Bidirectional), deepest first.
+        for volume in children(&dir.join("volumes")) {
+            for nested in mounts_under(&volume).into_iter().rev() {
+                if let Err(e) = unbind(&nested) {
+                    fail("unmount what a container mounted in a volume", &e);
+                }
+            }
+        }
         match read_scratch(&dir.join("scratch.json")) {
             Ok(listed) => {
                 for scratch in listed {
@@ -441,6 +495,38 @@ impl PodVolumes {
             self.tear_down(&pod).await;
         }
     }
+}
+
+/// Makes `root` a mount point of its own with shared propagation (bound
+/// onto itself first where it is not one), as the kubelet makes its root
+/// directory: a container's `Bidirectional` mount of a volume below it then
+/// propagates to the node, and from there to `HostToContainer` mounts.
+fn make_shared(root: &Path) -> Result<(), OpenError> {
+    let io = |source| OpenError::Io {
+        path: root.to_path_buf(),
+        source,
+    };
+    std::fs::create_dir_all(root).map_err(io)?;
+    let canonical = std::fs::canonicalize(root).map_err(io)?;
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").map_err(io)?;
+    let entry = mounts
+        .lines()
+        .rev()
+        .find(|line| line.split(' ').nth(4).map(Path::new) == Some(canonical.as_path()));
+    let mount = |source: Option<&Path>, flags: MsFlags| {
+        nix::mount::mount(source, &canonical, None::<&str>, flags, None::<&str>).map_err(|source| {
+            OpenError::Shared {
+                path: canonical.clone(),
+                source,
+            }
+        })
+    };
+    match entry {
+        Some(line) if line.contains(" shared:") => return Ok(()),
+        Some(_) => {}
+        None => mount(Some(&canonical), MsFlags::MS_BIND)?,
+    }
+    mount(None, MsFlags::MS_SHARED | MsFlags::MS_REC)
 }
 
 /// The pod's [`RESOLVED_VOLUMES`] annotation, parsed.
@@ -552,22 +638,31 @@ fn children(dir: &Path) -> Vec<PathBuf> {
     entries.flatten().map(|e| e.path()).collect()
 }
 
+/// The mount points strictly below `dir` (as given or canonical), in
+/// the order they were mounted.
+fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    let canonical = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    mounts
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(PathBuf::from)
+        .filter(|point| {
+            (point.starts_with(dir) && point != dir)
+                || (point.starts_with(&canonical) && *point != canonical)
+        })
+        .collect()
+}
+
 /// Removes `dir`, refusing to descend into anything still mounted (a
 /// volume's data must never be deleted through a mount left behind).
 fn remove_unmounted(dir: &Path) -> io::Result<()> {
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo")?;
-    let prefix = dir.to_string_lossy().into_owned() + "/";
-    let canonical = std::fs::canonicalize(dir)?;
-    let canonical_prefix = canonical.to_string_lossy().into_owned() + "/";
-    let mounted = mounts.lines().any(|line| {
-        line.split(' ')
-            .nth(4)
-            .is_some_and(|point| point.starts_with(&prefix) || point.starts_with(&canonical_prefix))
-    });
-    if mounted {
+    if let Some(point) = mounts_under(dir).first() {
         return Err(io::Error::other(format!(
-            "something is still mounted under {}",
-            dir.display()
+            "{} is still mounted",
+            point.display()
         )));
     }
     std::fs::remove_dir_all(dir)
@@ -650,4 +745,4 @@ fn open_flags() -> i32 {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

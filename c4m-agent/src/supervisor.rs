@@ -506,6 +506,8 @@ pub(crate) struct Supervisor {
     pub pod_etc: PodEtc,
     /// Pods' volumes (`None`: a pod with volumes waits, saying so).
     pub volumes: Option<PodVolumes>,
+    /// Pods the volume manager asks to restart (offline expansion).
+    pub restarts: Restarts,
 }
 
 impl Supervisor {
@@ -567,6 +569,7 @@ impl Supervisor {
                 _ = shutdown.cancelled() => break,
                 changed = self.assignments.changed() => if changed.is_err() { break },
                 Some(result) = probe_rx.recv() => self.on_probe(&mut managed, result, &probe_tx),
+                _ = self.restarts.wake.notified() => {}
                 _ = ticker.tick() => {}
             }
             let assigned = self.assignments.borrow_and_update().clone();
@@ -629,11 +632,15 @@ impl Supervisor {
                 None => wanted.insert(container_id(pod), pod),
             };
         }
-        // Gone from the assignment: stop and remove in the background.
+        // Gone from the assignment, or to restart for a volume: stop and
+        // remove in the background.
         let gone: Vec<String> = managed
-            .keys()
-            .filter(|id| !wanted.contains_key(*id))
-            .cloned()
+            .iter()
+            .filter(|(id, instance)| {
+                !wanted.contains_key(*id)
+                    || self.restarts.take(instance.pod.metadata.uid.as_deref(), id)
+            })
+            .map(|(id, _)| id.clone())
             .collect();
         for id in gone {
             if let Some(instance) = managed.remove(&id) {
@@ -769,7 +776,16 @@ impl Supervisor {
                     continue;
                 }
             };
-            let instance = self.manage(pod, &id, members, adopted, runtime).await;
+            if lock(stopping).contains_key(&id) {
+                // Restarted: it starts again once its containers are gone.
+                continue;
+            }
+            let mut instance = self.manage(pod, &id, members, adopted, runtime).await;
+            if let (Some(event), Some(slot)) =
+                (self.restarts.event_for(&id), instance.slots.first_mut())
+            {
+                slot.events.push(event);
+            }
             managed.insert(id, instance);
         }
     }
@@ -1089,7 +1105,10 @@ impl Supervisor {
         if instance.problem.is_some() {
             return;
         }
-        if !self.volumes_ready(id, instance).await {
+        // An adopted pod's running containers are watched whatever its
+        // volumes; only what has not started waits for them.
+        let adopted = instance.slots.iter().any(|s| s.status.is_some());
+        if !self.volumes_ready(id, instance).await && !adopted {
             self.sample_usage(instance).await;
             return;
         }
@@ -2481,6 +2500,10 @@ fn report(instance: &Managed) -> InstanceStatus {
     status.containers = containers;
     status
 }
+
+mod restarts;
+
+pub(crate) use restarts::Restarts;
 
 #[cfg(test)]
 mod network_tests;

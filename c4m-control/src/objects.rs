@@ -948,6 +948,39 @@ impl Objects {
         Ok(self.store.txn(ops).await?)
     }
 
+    /// Creates `created` and replaces `updated` (pinned to the
+    /// resourceVersion it carries) in one transaction: both or neither (a
+    /// Conflict when either moved). A controller records a new object and
+    /// what points at it this way (a PersistentVolume and its claim).
+    pub(crate) async fn create_and_replace(
+        &self,
+        created: (&'static ResourceKind, Value),
+        updated: (&'static ResourceKind, Value),
+    ) -> Result<i64> {
+        let (kind, value) = created;
+        let namespace = namespace_of(&value).to_string();
+        let value = self.prepare_create(kind, &namespace, value, None).await?;
+        let create = Op::put(
+            &key(kind, &namespace, name_of(&value)),
+            encode(&value),
+            Precondition::Absent,
+        );
+        let (kind, value) = updated;
+        let revision = revision_of(&value).ok_or_else(|| {
+            Error::BadRequest(format!(
+                "{} {}: no resourceVersion",
+                kind.plural,
+                name_of(&value)
+            ))
+        })?;
+        let update = Op::put(
+            &key(kind, namespace_of(&value), name_of(&value)),
+            encode_owned(value),
+            Precondition::ModRevision(revision),
+        );
+        Ok(self.store.txn(vec![create, update]).await?)
+    }
+
     /// Writes changed objects in one transaction; each must carry the
     /// resourceVersion it was read at, which the write must still match.
     pub(crate) async fn write_many(

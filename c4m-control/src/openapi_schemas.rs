@@ -46,6 +46,11 @@ fn add_kind(generator: &mut SchemaGenerator, kind: &ResourceKind) -> Option<Stri
         "ReplicaSet" => add::<ReplicaSet>(generator),
         "PriorityClass" => add::<PriorityClass>(generator),
         "PodDisruptionBudget" => add::<PodDisruptionBudget>(generator),
+        "PersistentVolume" => add::<k8s_openapi::api::core::v1::PersistentVolume>(generator),
+        "PersistentVolumeClaim" => {
+            add::<k8s_openapi::api::core::v1::PersistentVolumeClaim>(generator)
+        }
+        "StorageClass" => add::<k8s_openapi::api::storage::v1::StorageClass>(generator),
         "Ingress" => add::<k8s_openapi::api::networking::v1::Ingress>(generator),
         "IngressClass" => add::<k8s_openapi::api::networking::v1::IngressClass>(generator),
         "Job" => add::<k8s_openapi::api::batch::v1::Job>(generator),

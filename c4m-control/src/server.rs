@@ -192,6 +192,8 @@ impl ControlPlane {
         )
         .with_volume_reports(Arc::clone(&volume_reports));
         spawn_controllers(&mut tasks, &objects, &cache, &health, scheduler, &shutdown);
+        // The same reports for the scheduler, the volume controller and the
+        // agents' service that records them.
         tasks.spawn(
             controllers::volumes::run(
                 objects.clone(),

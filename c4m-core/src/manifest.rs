@@ -715,7 +715,7 @@ fn check_one_of(value: Option<&str>, supported: &[&str], path: &str) -> Result<(
             Err(field_error(
                 path,
                 format!(
-                    "unsupported value {other:?}: supported values: {}",
+                    "Unsupported value: {other:?}: supported values: {}",
                     supported.join(", ")
                 ),
             ))
@@ -2703,7 +2703,7 @@ spec:
                 "/spec/podManagementPolicy",
                 serde_json::json!("Sometimes"),
                 "spec.podManagementPolicy",
-                r#"unsupported value "Sometimes": supported values: "OrderedReady", "Parallel""#,
+                r#"Unsupported value: "Sometimes": supported values: "OrderedReady", "Parallel""#,
             ),
             (
                 "/spec/updateStrategy",
@@ -2739,7 +2739,7 @@ spec:
                 "/spec/template/spec/restartPolicy",
                 serde_json::json!("Never"),
                 "spec.template.spec.restartPolicy",
-                r#"unsupported value "Never": supported values: "Always""#,
+                r#"Unsupported value: "Never": supported values: "Always""#,
             ),
         ] {
             let (error_path, error) = validate_value(&with(pointer, value)).unwrap_err();

@@ -16,7 +16,7 @@ use oci_spec::runtime::{
 };
 
 use c4m_cgroups::{CFS_PERIOD_US, cfs_quota_us, cpu_shares};
-use c4m_core::ContainerSpec;
+use c4m_core::{ContainerSpec, MountPropagation};
 
 use crate::PIDS_LIMIT;
 use crate::{Error, Result};
@@ -333,6 +333,14 @@ pub(super) fn runtime_spec(spec: &ContainerSpec, input: &BundleInput<'_>) -> Res
         .namespaces(namespaces)
         .resources(resources)
         .cgroups_path(input.cgroups_path.clone());
+    // A propagating volume needs a root that passes mounts on, as Docker
+    // and containerd's CRI set it.
+    let propagations: Vec<MountPropagation> = spec.mounts.iter().map(|m| m.propagation).collect();
+    if propagations.contains(&MountPropagation::Bidirectional) {
+        linux = linux.rootfs_propagation("rshared");
+    } else if propagations.contains(&MountPropagation::HostToContainer) {
+        linux = linux.rootfs_propagation("rslave");
+    }
     if !spec.privileged {
         linux = linux
             .masked_paths(get_default_maskedpaths())
@@ -504,7 +512,7 @@ fn all_capabilities() -> std::collections::HashSet<Capability> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use c4m_core::{Mount, MountPropagation};
+    use c4m_core::Mount;
 
     /// Volumes become bind mounts with their access and propagation, a
     /// parent before what is mounted below it.

@@ -966,6 +966,8 @@ impl VolumeBackend for LocalBackend {
     async fn reconcile(&self) -> Result<ReconcileReport> {
         let _guard = self.lock.lock().await;
         let mut report = ReconcileReport::default();
+        self.volumes.sweep()?;
+        self.snapshots.sweep()?;
         // Snapshots first: a filesystem frozen by a crashed snapshot would
         // block everything below.
         for id in self.snapshots.ids()? {

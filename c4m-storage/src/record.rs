@@ -56,7 +56,8 @@ impl RecordDir {
         }
     }
 
-    /// The ids of every record; leftover temporary files are removed.
+    /// The ids of every record. Temporary files are left alone: one may
+    /// be a write under way (see [`sweep`](Self::sweep)).
     pub(crate) fn ids(&self) -> Result<Vec<String>> {
         let entries =
             fs::read_dir(&self.dir).map_err(|e| Error::io("list records", &self.dir, e))?;
@@ -66,12 +67,24 @@ impl RecordDir {
             let name = entry.file_name().to_string_lossy().into_owned();
             if let Some(id) = name.strip_suffix(".json") {
                 ids.push(id.to_owned());
-            } else if name.ends_with(".tmp") {
-                let _ = fs::remove_file(entry.path());
             }
         }
         ids.sort();
         Ok(ids)
+    }
+
+    /// Removes the temporary files a crash left (only while no write can
+    /// be under way: at reconcile, under the backend's lock).
+    pub(crate) fn sweep(&self) -> Result<()> {
+        let entries =
+            fs::read_dir(&self.dir).map_err(|e| Error::io("list records", &self.dir, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io("list records", &self.dir, e))?;
+            if entry.file_name().to_string_lossy().ends_with(".tmp") {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+        Ok(())
     }
 }
 
@@ -109,6 +122,11 @@ mod tests {
         assert_eq!(records.read::<Vec<i32>>("a").unwrap(), Some(vec![1, 2, 3]));
         assert_eq!(records.read::<Vec<i32>>("missing").unwrap(), None);
         assert_eq!(records.ids().unwrap(), vec!["a".to_string()]);
+        assert!(
+            dir.path().join("r/b.json.tmp").exists(),
+            "listing leaves a write under way alone"
+        );
+        records.sweep().unwrap();
         assert!(!dir.path().join("r/b.json.tmp").exists());
         records.remove("a").unwrap();
         records.remove("a").unwrap();

@@ -12,6 +12,11 @@ use crate::local::LocalBackend;
 use crate::sys;
 use crate::types::{ProvisionRequest, SnapshotId, VolumeId};
 
+#[cfg(feature = "nfs")]
+mod ganesha;
+#[cfg(feature = "nfs")]
+pub use ganesha::Ganesha;
+
 /// The programs the local backend runs (util-linux, e2fsprogs, coreutils).
 pub const LOCAL_PROGRAMS: &[&str] = &[
     "losetup",

@@ -21,24 +21,6 @@ fn oci_cluster() -> (Cluster, Kubectl) {
     (cluster, kubectl)
 }
 
-/// Runs pod `name` from `manifest` (YAML) and waits until it is Ready.
-fn run_ready(kubectl: &Kubectl, cluster: &Cluster, name: &str, manifest: &str) {
-    let path = cluster.dir.path().join(format!("{name}.yaml"));
-    std::fs::write(&path, manifest).unwrap();
-    kubectl.ok(&["apply", "-f", path.to_str().unwrap()]);
-    let ready = kubectl.run(&[
-        "wait",
-        "--for=condition=Ready",
-        &format!("pod/{name}"),
-        "--timeout=60s",
-    ]);
-    assert!(
-        ready.status.success(),
-        "{name} is not Ready: {}",
-        String::from_utf8_lossy(&ready.stderr)
-    );
-}
-
 /// A pod of busybox that sleeps.
 fn sleeper(name: &str, spec: &str) -> String {
     format!(
@@ -61,7 +43,7 @@ spec:
 #[ignore = "needs root + runc + conmon + kubectl"]
 fn kubectl_cp_copies_files_into_and_out_of_a_container() {
     let (cluster, kubectl) = oci_cluster();
-    run_ready(&kubectl, &cluster, "box", &sleeper("box", ""));
+    kubectl.run_ready(&cluster, "box", &sleeper("box", ""));
 
     // In: a file of every byte value (binary, over a megabyte) and a tree.
     let local = cluster.dir.path().join("local");
@@ -159,9 +141,7 @@ const NETWORK_FLAGS: &[&str] = &[
 fn containers_get_the_kubelets_hosts_hostname_and_resolv_conf() {
     let (cluster, kubectl) = oci_cluster_with("netted", NETWORK_FLAGS);
 
-    run_ready(
-        &kubectl,
-        &cluster,
+    kubectl.run_ready(&cluster,
         "web-0",
         &sleeper(
             "web-0",
@@ -218,9 +198,7 @@ fn containers_get_the_kubelets_hosts_hostname_and_resolv_conf() {
     );
 
     // None: dnsConfig alone.
-    run_ready(
-        &kubectl,
-        &cluster,
+    kubectl.run_ready(&cluster,
         "custom",
         &sleeper(
             "custom",
@@ -456,8 +434,7 @@ fn kubectl_run_i_and_attach_reach_the_containers_own_streams() {
     assert_eq!(pod["status"]["phase"], "Failed", "{pod:#}");
 
     // attach to a running container's output, then detach.
-    run_ready(
-        &kubectl,
+    kubectl.run_ready(
         &cluster,
         "ticker",
         r#"apiVersion: v1
@@ -498,8 +475,7 @@ spec:
     assert_eq!(pod["status"]["containerStatuses"][0]["restartCount"], 0);
 
     // A driver without attach says so, naming itself.
-    run_ready(
-        &kubectl,
+    kubectl.run_ready(
         &cluster,
         "host-process",
         &sleeper("host-process", "  runtimeClassName: process\n"),

@@ -7,7 +7,7 @@ use super::*;
 
 /// Records what it is asked; makes the target directory as a mount would.
 #[derive(Debug, Default)]
-struct FakeClaims {
+pub(crate) struct FakeClaims {
     calls: Mutex<Vec<String>>,
 }
 
@@ -87,7 +87,7 @@ spec:
     env: [{name: POD_NAME, value: web}]
     volumeMounts:
     - {name: scratch, mountPath: /scratch}
-    - {name: config, mountPath: /etc/app, readOnly: true}
+    - {name: config, mountPath: /etc/app}
     - {name: data, mountPath: /data, mountPropagation: HostToContainer}
 "#;
 
@@ -114,7 +114,8 @@ async fn volumes_are_made_mounted_updated_and_torn_down() {
     let pod = pod(POD, resolved_for_pod(files(&[("app.conf", "v1")])));
     let dirs = volumes.set_up("default_web_0a1b2c3d", &pod).await.unwrap();
     let base = dir.path().join("pod-volumes/default_web_0a1b2c3d/volumes");
-    assert_eq!(dirs["scratch"], base.join("scratch"));
+    assert_eq!(dirs["scratch"].path, base.join("scratch"));
+    assert!(dirs["config"].read_only && !dirs["scratch"].read_only && !dirs["data"].read_only);
     assert_eq!(
         std::fs::metadata(base.join("scratch"))
             .unwrap()
@@ -289,7 +290,7 @@ spec:
 "#;
     let pod = pod(yaml, serde_json::Value::Null);
     let dirs = volumes.set_up("p", &pod).await.unwrap();
-    std::os::unix::fs::symlink("/etc", dirs["scratch"].join("out")).unwrap();
+    std::os::unix::fs::symlink("/etc", dirs["scratch"].path.join("out")).unwrap();
     let mut container = pod.spec.as_ref().unwrap().containers[0].clone();
     let spec = ContainerSpec::from_pod(&pod, "id".into()).unwrap();
     let error = volumes
@@ -305,7 +306,7 @@ spec:
         .unwrap();
     std::fs::write(mounts[0].source.join("seen"), "through the bind").unwrap();
     assert_eq!(
-        std::fs::read_to_string(dirs["scratch"].join("logs/web-0/seen")).unwrap(),
+        std::fs::read_to_string(dirs["scratch"].path.join("logs/web-0/seen")).unwrap(),
         "through the bind"
     );
     assert!(volumes.tear_down("p").await);
@@ -331,7 +332,7 @@ spec:
     let dirs = volumes.set_up("p", &pod).await.unwrap();
     volumes.set_up("p", &pod).await.expect("again: idempotent");
     for (name, write) in [("disk", 32usize << 20), ("memory", 8 << 20)] {
-        let error = std::fs::write(dirs[name].join("fill"), vec![7u8; write]).unwrap_err();
+        let error = std::fs::write(dirs[name].path.join("fill"), vec![7u8; write]).unwrap_err();
         assert_eq!(
             error.raw_os_error(),
             Some(28),
@@ -345,4 +346,31 @@ spec:
         !mounts.contains(&dir.path().display().to_string()),
         "{mounts}"
     );
+}
+
+/// After a restart, the volumes of pods still assigned (adopted) stay; the
+/// others' go, except those whose containers are still being removed,
+/// which go once they are.
+#[tokio::test]
+async fn orphans_go_adopted_pods_and_pods_being_removed_stay() {
+    let dir = tempfile::tempdir().unwrap();
+    let (volumes, claims) = volumes(dir.path()).await;
+    let yaml = "spec: {volumes: [{name: d, emptyDir: {}}], containers: []}";
+    for id in ["adopted", "orphan", "removing"] {
+        volumes
+            .set_up(id, &pod(yaml, serde_json::Value::Null))
+            .await
+            .unwrap();
+    }
+    volumes.removing("removing");
+    volumes
+        .tear_down_orphans(&HashSet::from(["adopted".to_string()]))
+        .await;
+    let root = dir.path().join("pod-volumes");
+    assert!(root.join("adopted/volumes/d").is_dir());
+    assert!(root.join("removing/volumes/d").is_dir());
+    assert!(!root.join("orphan").exists());
+    assert_eq!(*claims.calls.lock().unwrap(), ["unmount 0a1b2c3d-uid"]);
+    volumes.removed("removing").await;
+    assert!(!root.join("removing").exists());
 }

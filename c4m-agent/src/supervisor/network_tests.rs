@@ -26,7 +26,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::Supervisor;
+use super::{Restarts, Supervisor};
 
 /// A driver that takes a network namespace and runs nothing: it records
 /// the specs it was asked to start.
@@ -203,6 +203,7 @@ async fn a_namespaced_instance_gets_a_vpc_address_dns_and_is_detached() {
         pod_namespaces: None,
         holders: None,
         volumes: None,
+        restarts: Restarts::default(),
         prober: Arc::new(c4m_runtime::DefaultProber),
         backoff: super::RestartBackoff::default(),
         pod_etc: crate::pod_etc::PodEtc {

@@ -2,6 +2,7 @@
 //! what an earlier agent left running, removal of what is no longer
 //! assigned. No root, no containers.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,13 +12,15 @@ use c4m_core::{ContainerSpec, Instance};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::{RestartBackoff, Supervisor, container_id};
+use super::{RestartBackoff, Restarts, Supervisor, container_id};
 
 /// A supervisor over `runtime` with short restart delays, and the handles a
 /// test drives it with.
 struct Harness {
     assignments: watch::Sender<Option<crate::session::AssignmentSet>>,
     statuses: watch::Receiver<Arc<Vec<InstanceStatus>>>,
+    /// Where the volume manager asks for restarts.
+    restarts: Restarts,
     shutdown: CancellationToken,
     running: tokio::task::JoinHandle<()>,
 }
@@ -38,9 +41,18 @@ impl Harness {
     }
 
     fn start_probing(runtime: &FakeRuntime, prober: &FakeProber) -> Harness {
+        Harness::start_with(runtime, prober, None)
+    }
+
+    fn start_with(
+        runtime: &FakeRuntime,
+        prober: &FakeProber,
+        volumes: Option<crate::pod_volumes::PodVolumes>,
+    ) -> Harness {
         let (assignments, assignments_rx) = watch::channel(None);
         let (statuses_tx, statuses) = watch::channel(Arc::new(Vec::new()));
         let shutdown = CancellationToken::new();
+        let restarts = Restarts::default();
         let supervisor = Supervisor {
             runtimes: vec![Arc::new(runtime.clone())],
             assignments: assignments_rx,
@@ -50,7 +62,8 @@ impl Harness {
             network: None,
             pod_namespaces: None,
             holders: None,
-            volumes: None,
+            volumes,
+            restarts: restarts.clone(),
             prober: Arc::new(prober.clone()),
             backoff: BACKOFF,
             pod_etc: crate::pod_etc::PodEtc::new(&std::env::temp_dir(), "cluster.local"),
@@ -59,6 +72,7 @@ impl Harness {
         Harness {
             assignments,
             statuses,
+            restarts,
             shutdown,
             running,
         }
@@ -1313,4 +1327,149 @@ async fn sidecars_stop_one_after_the_other_last_started_first() {
         "the log sidecar waited for the proxy's stop: {stops:?}"
     );
     harness.stop().await;
+}
+
+/// A pod's volumes are set up before its container starts, which gets them
+/// as mounts; a newer assignment's files change in place, the container
+/// not restarted; a volume that cannot be set up yet keeps the pod in
+/// ContainerCreating with its reason, told as a FailedMount Event.
+#[tokio::test]
+async fn volumes_are_mounted_updated_in_place_or_waited_for() {
+    use base64::Engine;
+    let dir = tempfile::tempdir().unwrap();
+    let volumes = crate::pod_volumes::PodVolumes::open(
+        dir.path(),
+        Arc::new(crate::pod_volumes::tests::FakeClaims::default()),
+        1 << 30,
+    )
+    .await
+    .unwrap();
+    let runtime = FakeRuntime::new();
+    let mut harness = Harness::start_with(&runtime, &FakeProber::new(), Some(volumes));
+    let with_files = |resolved: serde_json::Value| {
+        let mut pod = web_with(serde_json::json!({
+            "volumes": [
+                {"name": "config", "configMap": {"name": "app"}},
+                {"name": "scratch", "emptyDir": {}},
+            ],
+            "containers": [{
+                "name": "main",
+                "command": ["serve"],
+                "volumeMounts": [
+                    {"name": "config", "mountPath": "/etc/app", "readOnly": true},
+                    {"name": "scratch", "mountPath": "/scratch"},
+                ],
+            }],
+        }));
+        pod.metadata.annotations.get_or_insert_default().insert(
+            c4m_core::annotations::RESOLVED_VOLUMES.into(),
+            resolved.to_string(),
+        );
+        pod
+    };
+    let files = |text: &str| {
+        serde_json::json!({"config": {"kind": "files", "files": [{
+            "path": "app.conf",
+            "base64": base64::engine::general_purpose::STANDARD.encode(text),
+            "mode": 0o644,
+        }]}})
+    };
+
+    let waiting = with_files(serde_json::json!({
+        "config": {"kind": "waiting", "message": "configmap \"app\" not found"},
+    }));
+    let id = container_id(&waiting);
+    harness.assign(std::slice::from_ref(&waiting));
+    let statuses = harness
+        .wait_for(|s| s.first().is_some_and(|s| s.reason == "ContainerCreating"))
+        .await;
+    assert_eq!(statuses[0].message, "configmap \"app\" not found");
+    let events = &statuses[0].containers[0].events;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].reason, "FailedMount");
+    assert_eq!(runtime.starts(&id), 0);
+
+    harness.assign(&[with_files(files("v1"))]);
+    harness.wait_running().await;
+    let spec = runtime.container(&id).unwrap().spec;
+    let base = dir.path().join("pod-volumes").join(&id).join("volumes");
+    let mounts: Vec<(String, PathBuf, bool)> = spec
+        .mounts
+        .iter()
+        .map(|m| {
+            (
+                m.destination.display().to_string(),
+                m.source.clone(),
+                m.read_only,
+            )
+        })
+        .collect();
+    assert_eq!(
+        mounts,
+        [
+            ("/etc/app".to_string(), base.join("config"), true),
+            ("/scratch".to_string(), base.join("scratch"), false),
+        ]
+    );
+    let conf = base.join("config/app.conf");
+    assert_eq!(std::fs::read_to_string(&conf).unwrap(), "v1");
+
+    harness.assign(&[with_files(files("v2"))]);
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while std::fs::read_to_string(&conf).unwrap() != "v2" {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the file changed in place");
+    assert_eq!(runtime.starts(&id), 1, "no restart for new files");
+
+    harness.assign(&[]);
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while dir.path().join("pod-volumes").join(&id).exists() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the pod's volumes go with it");
+    harness.stop().await;
+}
+
+#[tokio::test]
+async fn a_pod_whose_volume_must_grow_offline_restarts_and_says_why() {
+    use crate::volumes::RestartUsers;
+
+    let runtime = FakeRuntime::new();
+    let mut h = Harness::start(&runtime);
+    let (web, other) = (pod("web"), pod("other"));
+    h.assign(&[web.clone(), other.clone()]);
+    h.wait_for(|s| s.len() == 2 && s.iter().all(|s| s.phase == "Running"))
+        .await;
+    let (id, other_id) = (container_id(&web), container_id(&other));
+    assert_eq!((runtime.starts(&id), runtime.starts(&other_id)), (1, 1));
+
+    h.restarts.restart(
+        vec!["uid-web".into()],
+        "volume pvc-1 must be unmounted to grow".into(),
+    );
+    let statuses = h
+        .wait_for(|s| {
+            runtime.starts(&id) == 2
+                && s.iter().any(|s| {
+                    s.name == "web"
+                        && s.phase == "Running"
+                        && s.containers.iter().any(|c| !c.events.is_empty())
+                })
+        })
+        .await;
+    let web_status = statuses.iter().find(|s| s.name == "web").unwrap();
+    let event = &web_status.containers[0].events[0];
+    assert_eq!(event.reason, "FileSystemResizeRequired");
+    assert_eq!(event.message, "volume pvc-1 must be unmounted to grow");
+    assert_eq!(
+        runtime.starts(&other_id),
+        1,
+        "a pod not using the volume keeps running"
+    );
+    h.stop().await;
 }

@@ -47,6 +47,11 @@ impl Backends {
         }
     }
 
+    /// Whether `driver` is a registered CSI driver.
+    pub(crate) fn registered(&self, driver: &str) -> bool {
+        self.csi.contains_key(driver)
+    }
+
     pub(crate) fn local(&self) -> Option<&Arc<dyn VolumeBackend>> {
         self.local.as_ref()
     }

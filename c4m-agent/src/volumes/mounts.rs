@@ -130,14 +130,19 @@ impl ClaimPaths {
     }
 }
 
-/// Whether any pod but `except` has the volume `key` mounted.
-pub(crate) fn used_by_others(mounts: &PodMounts, key: &(String, String), except: &str) -> bool {
-    mounts.iter().any(|(uid, entries)| {
-        uid != except
-            && entries
+/// The pods (uids) that have the volume `key` mounted.
+pub(crate) fn users_of<'a>(
+    mounts: &'a PodMounts,
+    key: &'a (String, String),
+) -> impl Iterator<Item = &'a String> + 'a {
+    mounts
+        .iter()
+        .filter(move |(_, entries)| {
+            entries
                 .iter()
                 .any(|e| key_of(&e.source).as_ref() == Some(key))
-    })
+        })
+        .map(|(uid, _)| uid)
 }
 
 impl NodeVolumes {
@@ -171,7 +176,7 @@ impl NodeVolumes {
         }
         let (backend, id, staging, place) = self.resolve(&entry.source)?;
         let key = (place.driver().to_string(), id.to_string());
-        if !used_by_others(mounts, &key, pod_uid) {
+        if users_of(mounts, &key).next().is_none() {
             // Nobody has it staged: the moment to grow it offline.
             self.expand_offline(&backend, &id).await;
         }
@@ -233,7 +238,7 @@ impl NodeVolumes {
         self.paths.write(pod_uid, &left)?;
         if let Some((backend, id, staging, place)) = staged {
             let key = (place.driver().to_string(), id.to_string());
-            if !used_by_others(mounts, &key, "") {
+            if users_of(mounts, &key).next().is_none() {
                 backend
                     .unstage(&id, &staging)
                     .await

@@ -6,7 +6,7 @@ use std::sync::Mutex as StdMutex;
 
 use c4m_core::Instance;
 use c4m_core::volumes::{LOCAL_DRIVER, SELECTED_NODE, VolumeSource};
-use c4m_storage::FakeBackend;
+use c4m_storage::{FakeBackend, ProvisionRequest, SnapshotId, VolumeId};
 use serde_json::{Value, json};
 
 use super::*;
@@ -425,4 +425,90 @@ async fn snapshots_are_taken_for_contents_restored_into_claims_and_collected() {
         .pass(&set(vec![class(), claim("a", "u1", "1Gi"), pv("u1"), copy]))
         .await;
     assert!(node.volumes.report_now().await.snapshots.is_empty());
+}
+
+/// The same lifecycle on real loop devices: one loop device however many
+/// pods mount the volume, none once the last gave it back, and a volume a
+/// crash left staged for no recorded pod is released by the next start.
+#[tokio::test]
+#[ignore = "needs root + losetup + e2fsprogs: real loop devices"]
+async fn real_volumes_are_staged_once_and_leave_no_loop_device() {
+    use c4m_storage::testing::{CleanupGuard, LOCAL_PROGRAMS, leaks, require_root_and};
+    require_root_and(LOCAL_PROGRAMS).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let _cleanup = CleanupGuard::new([dir.path().to_path_buf()]);
+    let pool = dir.path().join("volumes");
+    let claims = dir.path().join("claims");
+    let open = || {
+        let local = Arc::new(c4m_storage::LocalBackend::open(&pool).unwrap());
+        let (assignments, assigned) = watch::channel(None);
+        let (volumes, _) = NodeVolumes::new(
+            "n1",
+            Backends::new(Some(local as Arc<dyn VolumeBackend>), None, BTreeMap::new()),
+            &claims,
+            assigned,
+            VolumeTimers::default(),
+        );
+        (volumes, assignments)
+    };
+    let (volumes, _assignments) = open();
+    volumes.recover().await;
+    let objects = set(vec![
+        class(),
+        claim("a", "u1", "16Mi"),
+        claim("b", "u2", "16Mi"),
+    ]);
+    volumes.pass(&objects).await;
+    let (t1, t2) = (dir.path().join("t1"), dir.path().join("t2"));
+    volumes
+        .mount("p1", "data", &source("pvc-u1"), false, &t1)
+        .await
+        .unwrap();
+    volumes
+        .mount("p2", "data", &source("pvc-u1"), false, &t2)
+        .await
+        .unwrap();
+    std::fs::write(t1.join("f"), b"seen by both").unwrap();
+    assert_eq!(std::fs::read(t2.join("f")).unwrap(), b"seen by both");
+    let image = pool.join("images/pvc-u1.img");
+    let loops = || {
+        let out = std::process::Command::new("losetup")
+            .arg("-j")
+            .arg(&image)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).lines().count()
+    };
+    assert_eq!(loops(), 1, "one loop device for two pods");
+    // A crash right after staging pvc-u2, before its pod's record.
+    let (backend, id, staging, _) = volumes.resolve(&source("pvc-u2")).unwrap();
+    backend.stage(&id, &staging).await.unwrap();
+    drop(volumes);
+
+    let (volumes, _assignments) = open();
+    volumes.recover().await;
+    assert!(
+        backend
+            .volume(&id)
+            .await
+            .unwrap()
+            .unwrap()
+            .staged_at
+            .is_none(),
+        "no pod recorded pvc-u2: released at start"
+    );
+    volumes.unmount_pod("p1").await.unwrap();
+    assert_eq!(loops(), 1, "p2 still has it");
+    volumes.unmount_pod("p2").await.unwrap();
+    assert_eq!(loops(), 0);
+    volumes.pass(&set(vec![class()])).await;
+    let leaked = leaks(&pool, &claims).await.unwrap();
+    assert!(leaked.is_empty(), "{leaked:?}");
+    assert!(
+        std::fs::read_dir(pool.join("images"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "both volumes collected once no claim references them"
+    );
 }

@@ -123,8 +123,9 @@ pub(crate) struct TakeSnapshot {
 pub(crate) struct Wanted {
     /// Claims selected for this node (not being deleted).
     pub provisions: Vec<Provision>,
-    /// Why a claim selected for this node cannot be provisioned, by handle.
-    pub refused: BTreeMap<String, String>,
+    /// Why a claim selected for this node cannot be provisioned, by
+    /// handle, with its class's provisioner (empty when it has no class).
+    pub refused: BTreeMap<String, (String, String)>,
     /// The size each volume's claim asks for now, by handle (expansion).
     pub sizes: BTreeMap<String, u64>,
     /// Snapshot contents to take.
@@ -245,9 +246,13 @@ pub(crate) fn wanted(set: &ObjectSet, node: &str) -> Wanted {
         let name = str_at(claim, &["metadata", "name"]).unwrap_or_default();
         let class_name = str_at(claim, &["spec", "storageClassName"]).unwrap_or_default();
         let Some(class) = classes.get(class_name) else {
-            wanted
-                .refused
-                .insert(handle, format!("storageclass {class_name:?} not found"));
+            wanted.refused.insert(
+                handle,
+                (
+                    String::new(),
+                    format!("storageclass {class_name:?} not found"),
+                ),
+            );
             continue;
         };
         let provisioner = str_at(class, &["provisioner"]).unwrap_or_default();
@@ -274,7 +279,9 @@ pub(crate) fn wanted(set: &ObjectSet, node: &str) -> Wanted {
         match provision {
             Ok(provision) => wanted.provisions.push(provision),
             Err(reason) => {
-                wanted.refused.insert(handle, reason);
+                wanted
+                    .refused
+                    .insert(handle, (provisioner.to_string(), reason));
             }
         }
     }
@@ -417,8 +424,14 @@ mod tests {
             wanted.provisions[2].size_bytes, MIN_VOLUME_BYTES,
             "a local volume is at least the smallest ext4 image"
         );
-        assert!(wanted.refused["pvc-u5"].contains("spec.resources.requests.storage"));
-        assert!(wanted.refused["pvc-u7"].contains("\"nope\" not found"));
+        let (driver, reason) = &wanted.refused["pvc-u5"];
+        assert_eq!(driver, LOCAL_DRIVER);
+        assert!(
+            reason.contains("spec.resources.requests.storage"),
+            "{reason}"
+        );
+        assert_eq!(wanted.refused["pvc-u7"].0, "", "no class, no provisioner");
+        assert!(wanted.refused["pvc-u7"].1.contains("\"nope\" not found"));
         assert_eq!(wanted.refused.len(), 2);
         assert_eq!(wanted.nfs_exports, BTreeSet::from([target]));
         let kept: Vec<_> = wanted.kept_volumes.iter().map(String::as_str).collect();
@@ -481,7 +494,11 @@ mod tests {
             .find(|p| p.handle == "pvc-u9")
             .unwrap();
         assert_eq!(copy.restore_from.as_deref(), Some("snapshot-s1"));
-        assert!(wanted.refused["pvc-u10"].contains("VolumeSnapshot shop/nope"));
+        assert!(
+            wanted.refused["pvc-u10"]
+                .1
+                .contains("VolumeSnapshot shop/nope")
+        );
     }
 
     #[test]

@@ -86,21 +86,7 @@ pub(crate) async fn default_ingress_class(
     if named {
         return Ok(());
     }
-    let (classes, _) = store
-        .range(&crate::objects::prefix(kind("ingressclasses"), None))
-        .await?;
-    let default = classes
-        .iter()
-        .filter_map(|kv| crate::objects::decode(kv).ok())
-        .filter(|c| c["metadata"]["annotations"][DEFAULT_CLASS_ANNOTATION] == "true")
-        .max_by(|a, b| {
-            let created = |c: &Value| {
-                c["metadata"]["creationTimestamp"]
-                    .as_str()
-                    .map(str::to_owned)
-            };
-            created(a).cmp(&created(b))
-        });
+    let default = super::default_class(store, "ingressclasses", DEFAULT_CLASS_ANNOTATION).await?;
     if let (Some(class), Some(spec)) = (
         default,
         ingress.get_mut("spec").and_then(Value::as_object_mut),

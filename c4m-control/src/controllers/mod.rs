@@ -274,6 +274,31 @@ pub(crate) async fn delete_object(
     }
 }
 
+/// The default class of `plural` (IngressClasses, StorageClasses,
+/// VolumeSnapshotClasses): of those annotated `annotation: "true"`, the
+/// newest, as Kubernetes' admission picks it.
+pub(crate) async fn default_class(
+    store: &dyn c4m_state::Store,
+    plural: &str,
+    annotation: &str,
+) -> Result<Option<serde_json::Value>> {
+    let (classes, _) = store
+        .range(&crate::objects::prefix(crate::objects::kind(plural), None))
+        .await?;
+    Ok(classes
+        .iter()
+        .filter_map(|kv| crate::objects::decode(kv).ok())
+        .filter(|c| c["metadata"]["annotations"][annotation] == "true")
+        .max_by(|a, b| {
+            let created = |c: &serde_json::Value| {
+                c["metadata"]["creationTimestamp"]
+                    .as_str()
+                    .map(str::to_owned)
+            };
+            created(a).cmp(&created(b))
+        }))
+}
+
 /// When each object (by store key) wants its controller to look at it
 /// again although nothing changed: a deadline, a backoff, a schedule.
 #[derive(Debug, Default)]

@@ -20,13 +20,15 @@
 //! backend volumes and snapshots no object references).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use c4m_api::agent::{SnapshotState, VolumeReport, VolumeState};
 use serde_json::Value;
 
 use crate::Result;
 use crate::cache::Cache;
+use crate::events::{EventType, Regarding};
 use crate::objects::{Objects, kind};
 use crate::volume_reports::VolumeReports;
 
@@ -54,23 +56,88 @@ const BINDER: &str = "persistentvolume-controller";
 /// The Event source of provisioning and expansion.
 const PROVISIONER: &str = "c4m-volume-provisioner";
 
-/// What a pass reads besides the cache: the nodes' last reports and which
-/// nodes are ready.
-pub(crate) struct NodeStorage {
-    reports: HashMap<String, VolumeReport>,
-    ready: BTreeSet<String>,
+/// How often an Event that every pass would record again (a claim still
+/// waiting, still failing) is recorded: as often as Kubernetes' controllers
+/// resync, however often passes run.
+pub(crate) const EVENT_REPEAT: Duration = Duration::from_secs(60);
+
+/// When each (object, reason) last had its Event recorded, and with what
+/// message.
+#[derive(Default)]
+pub(crate) struct Repeats(Mutex<HashMap<(String, String), (String, Instant)>>);
+
+impl Repeats {
+    /// Whether the Event `reason` with `message` on the object `uid` is
+    /// due: never recorded, a new message, or [`EVENT_REPEAT`] ago.
+    fn due(&self, uid: &str, reason: &str, message: &str) -> bool {
+        let mut last = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        let key = (uid.to_string(), reason.to_string());
+        match last.get(&key) {
+            Some((said, at)) if said == message && now.duration_since(*at) < EVENT_REPEAT => false,
+            _ => {
+                if last.len() > REMEMBERED_EVENTS {
+                    last.retain(|_, (_, at)| now.duration_since(*at) < EVENT_REPEAT);
+                }
+                last.insert(key, (message.to_string(), now));
+                true
+            }
+        }
+    }
 }
 
-impl NodeStorage {
-    pub(crate) fn read(cache: &Cache, reports: &VolumeReports) -> NodeStorage {
+/// Beyond this many remembered Events, the expired ones are forgotten.
+const REMEMBERED_EVENTS: usize = 16_384;
+
+/// What a pass reads besides the cache: the nodes' last reports and which
+/// nodes are ready; and the Events it repeats.
+pub(crate) struct NodeStorage<'a> {
+    reports: HashMap<String, VolumeReport>,
+    /// Every node, ready or not.
+    known: BTreeSet<String>,
+    ready: BTreeSet<String>,
+    repeats: &'a Repeats,
+}
+
+impl NodeStorage<'_> {
+    pub(crate) fn read<'a>(
+        cache: &Cache,
+        reports: &VolumeReports,
+        repeats: &'a Repeats,
+    ) -> NodeStorage<'a> {
+        let nodes = cache.node_readiness();
         NodeStorage {
             reports: reports.all(),
-            ready: cache
-                .node_readiness()
+            known: nodes.iter().map(|(name, _)| name.clone()).collect(),
+            ready: nodes
                 .into_iter()
                 .filter(|(_, ready)| *ready)
                 .map(|(name, _)| name)
                 .collect(),
+            repeats,
+        }
+    }
+
+    /// Records an Event on `object` that a pass finds again each time (a
+    /// claim still waiting), at most every [`EVENT_REPEAT`].
+    fn note(
+        &self,
+        objects: &Objects,
+        object: &Value,
+        event_type: EventType,
+        reason: &str,
+        message: String,
+        component: &'static str,
+    ) {
+        let uid = object["metadata"]["uid"].as_str().unwrap_or_default();
+        if self.repeats.due(uid, reason, &message) {
+            objects.events().record(
+                Regarding::of(object),
+                event_type,
+                reason,
+                message,
+                component,
+            );
         }
     }
 
@@ -114,14 +181,15 @@ pub(crate) async fn reconcile(
     objects: &Objects,
     cache: &Cache,
     reports: &VolumeReports,
+    repeats: &Repeats,
 ) -> Result<Option<i64>> {
     for node in reports.all().keys() {
         if cache.get(kind("nodes"), "", node).is_none() {
             reports.forget(node);
         }
     }
-    let nodes = NodeStorage::read(cache, reports);
-    let mut written = ephemeral::reconcile(objects, cache).await?;
+    let nodes = NodeStorage::read(cache, reports, repeats);
+    let mut written = ephemeral::reconcile(objects, cache, &nodes).await?;
     written = super::latest(written, claims::reconcile(objects, cache, &nodes).await?);
     written = super::latest(written, snapshots::reconcile(objects, cache, &nodes).await?);
     Ok(written)
@@ -153,19 +221,45 @@ pub(crate) async fn run(
             }
         }
     };
+    let repeats = Arc::new(Repeats::default());
     let passes = super::run(
         "volumes",
         Arc::clone(&cache),
         feed,
         resync,
         shutdown,
-        move |_| {
-            let (objects, cache, reports) =
-                (objects.clone(), Arc::clone(&cache), Arc::clone(&reports));
-            async move { reconcile(&objects, &cache, &reports).await }
+        move |changes| {
+            let (objects, cache, reports, repeats) = (
+                objects.clone(),
+                Arc::clone(&cache),
+                Arc::clone(&reports),
+                Arc::clone(&repeats),
+            );
+            async move {
+                if !concerns_storage(&cache, &changes) {
+                    return Ok(None);
+                }
+                reconcile(&objects, &cache, &reports, &repeats).await
+            }
         },
     );
     tokio::join!(wakes, passes);
+}
+
+/// Whether `changes` may matter to storage: anything but pods, or a pod
+/// that names a claim or an ephemeral volume (before or after the change).
+/// Pods change far more often than storage does; the others need no pass.
+fn concerns_storage(cache: &Cache, changes: &crate::cache::Changes) -> bool {
+    const PODS: &str = "/registry/pods/";
+    let names_a_claim = |stored: &crate::cache::Stored| {
+        stored.contains(b"\"persistentVolumeClaim\"") || stored.contains(b"\"ephemeral\"")
+    };
+    changes.everything
+        || changes.changed.iter().any(|(key, before)| {
+            !key.starts_with(PODS)
+                || before.as_ref().is_some_and(names_a_claim)
+                || cache.stored(key).as_ref().is_some_and(names_a_claim)
+        })
 }
 
 /// A claim's storage request in bytes.
@@ -180,6 +274,26 @@ fn capacity_bytes(pv: &Value) -> Option<u64> {
     pv["spec"]["capacity"]["storage"]
         .as_str()
         .and_then(|s| c4m_core::parse_memory_bytes(s).ok())
+}
+
+/// Changes `object` (of `plural`) in place with `change` (false: leave it),
+/// unless another object of its name replaced it meanwhile; the revision
+/// written.
+async fn update(
+    objects: &Objects,
+    plural: &str,
+    object: &Value,
+    mut change: impl FnMut(&mut Value) -> bool,
+) -> Result<Option<i64>> {
+    let uid = object["metadata"]["uid"].clone();
+    objects
+        .update_with(
+            kind(plural),
+            crate::objects::namespace_of(object),
+            crate::objects::name_of(object),
+            |current| current["metadata"]["uid"] == uid && change(current),
+        )
+        .await
 }
 
 /// Every object of `plural`, as cached.

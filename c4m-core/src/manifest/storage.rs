@@ -16,7 +16,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{
-    FieldError, check_label_selector, dns1123_label, dns1123_subdomain, field_error, join, typed,
+    FieldError, check_label_selector, check_one_of, dns1123_label, dns1123_subdomain, field_error,
+    join, typed,
 };
 use crate::quantity::parse_memory_bytes;
 
@@ -98,25 +99,6 @@ const BINDING_MODES: &[&str] = &["Immediate", "WaitForFirstConsumer"];
 const VOLUME_MODES: &[&str] = &["Block", "Filesystem"];
 const DELETION_POLICIES: &[&str] = &["Delete", "Retain"];
 
-/// Kubernetes' `Unsupported value: "X": supported values: "A", "B"`.
-fn unsupported(path: impl Into<String>, value: &str, supported: &[&str]) -> FieldError {
-    let supported: Vec<String> = supported.iter().map(|s| format!("{s:?}")).collect();
-    field_error(
-        path,
-        format!(
-            "Unsupported value: {value:?}: supported values: {}",
-            supported.join(", ")
-        ),
-    )
-}
-
-fn one_of(value: Option<&str>, path: &str, supported: &[&str]) -> Result<(), FieldError> {
-    match value {
-        Some(value) if !supported.contains(&value) => Err(unsupported(path, value, supported)),
-        _ => Ok(()),
-    }
-}
-
 fn check_access_modes(modes: Option<&[String]>, path: &str, claim: bool) -> Result<(), FieldError> {
     let modes = modes.unwrap_or_default();
     if modes.is_empty() {
@@ -128,7 +110,7 @@ fn check_access_modes(modes: Option<&[String]>, path: &str, claim: bool) -> Resu
         return Err(field_error(path, detail));
     }
     for (i, mode) in modes.iter().enumerate() {
-        one_of(Some(mode), &format!("{path}[{i}]"), ACCESS_MODES)?;
+        check_one_of(Some(mode), ACCESS_MODES, &format!("{path}[{i}]"))?;
     }
     if modes.len() > 1 && modes.iter().any(|m| m == "ReadWriteOncePod") {
         return Err(field_error(
@@ -207,12 +189,12 @@ pub(super) fn check_persistent_volume(value: &Value) -> Result<ObjectMeta, Field
         }
     }
     exactly_one_source(&value["spec"], PV_SOURCES, "spec")?;
-    one_of(
+    check_one_of(
         spec.persistent_volume_reclaim_policy.as_deref(),
-        "spec.persistentVolumeReclaimPolicy",
         PV_RECLAIM_POLICIES,
+        "spec.persistentVolumeReclaimPolicy",
     )?;
-    one_of(spec.volume_mode.as_deref(), "spec.volumeMode", VOLUME_MODES)?;
+    check_one_of(spec.volume_mode.as_deref(), VOLUME_MODES, "spec.volumeMode")?;
     check_class_name(spec.storage_class_name.as_deref(), "spec.storageClassName")?;
     if let Some(csi) = &spec.csi {
         if csi.driver.is_empty() {
@@ -291,10 +273,10 @@ pub fn check_claim_spec(
     if let Some(selector) = &spec.selector {
         check_label_selector(selector, &join(path, "selector"))?;
     }
-    one_of(
+    check_one_of(
         spec.volume_mode.as_deref(),
-        &join(path, "volumeMode"),
         VOLUME_MODES,
+        &join(path, "volumeMode"),
     )?;
     check_class_name(
         spec.storage_class_name.as_deref(),
@@ -329,15 +311,15 @@ pub(super) fn check_storage_class(value: &Value) -> Result<ObjectMeta, FieldErro
         return Err(field_error("provisioner", "Required value"));
     }
     check_qualified_name(&class.provisioner, "provisioner")?;
-    one_of(
+    check_one_of(
         class.reclaim_policy.as_deref(),
-        "reclaimPolicy",
         CLASS_RECLAIM_POLICIES,
+        "reclaimPolicy",
     )?;
-    one_of(
+    check_one_of(
         class.volume_binding_mode.as_deref(),
-        "volumeBindingMode",
         BINDING_MODES,
+        "volumeBindingMode",
     )?;
     check_parameters(class.parameters.as_ref(), "parameters")?;
     Ok(class.metadata)
@@ -489,10 +471,10 @@ pub(super) fn check_volume_snapshot(value: &Value) -> Result<ObjectMeta, FieldEr
 pub(super) fn check_volume_snapshot_class(value: &Value) -> Result<ObjectMeta, FieldError> {
     let class: VolumeSnapshotClass = typed(value)?;
     check_qualified_name(&class.driver, "driver")?;
-    one_of(
+    check_one_of(
         Some(&class.deletion_policy),
-        "deletionPolicy",
         DELETION_POLICIES,
+        "deletionPolicy",
     )?;
     check_parameters(class.parameters.as_ref(), "parameters")?;
     Ok(class.metadata)
@@ -502,10 +484,10 @@ pub(super) fn check_volume_snapshot_content(value: &Value) -> Result<ObjectMeta,
     let content: VolumeSnapshotContent = typed(value)?;
     let spec = &content.spec;
     check_qualified_name(&spec.driver, "spec.driver")?;
-    one_of(
+    check_one_of(
         Some(&spec.deletion_policy),
-        "spec.deletionPolicy",
         DELETION_POLICIES,
+        "spec.deletionPolicy",
     )?;
     if present(spec.source.snapshot_handle.as_ref()) == present(spec.source.volume_handle.as_ref())
     {
@@ -523,10 +505,10 @@ pub(super) fn check_volume_snapshot_content(value: &Value) -> Result<ObjectMeta,
             "Invalid value: \"object\": both spec.volumeSnapshotRef.name and spec.volumeSnapshotRef.namespace must be set",
         ));
     }
-    one_of(
+    check_one_of(
         spec.source_volume_mode.as_deref(),
-        "spec.sourceVolumeMode",
         VOLUME_MODES,
+        "spec.sourceVolumeMode",
     )?;
     if spec.volume_snapshot_class_name.as_deref() == Some("") {
         return Err(field_error(

@@ -145,6 +145,22 @@ pub fn check_pod_mounts(spec: &PodSpec) -> Result<(), (String, String)> {
             }
         }
     }
+    // One nobody mounts would still be checked and made on the node
+    // (`DirectoryOrCreate`): it needs a privileged container too.
+    let any_privileged = pod_containers(spec).any(|(_, c)| {
+        c.security_context
+            .as_ref()
+            .and_then(|s| s.privileged)
+            .unwrap_or(false)
+    });
+    if let Some(index) = volumes.iter().position(|v| v.host_path.is_some())
+        && !any_privileged
+    {
+        return Err((
+            format!("volumes[{index}].hostPath"),
+            "Forbidden: hostPath volumes are for privileged containers only: no container of the pod is privileged".into(),
+        ));
+    }
     Ok(())
 }
 
@@ -251,6 +267,14 @@ mod tests {
             "mountPath: /h}], securityContext: {privileged: true}",
         );
         assert_eq!(check_pod_mounts(&spec(&privileged)), Ok(()));
+        let (field, why) = error(
+            "{volumes: [{name: h, hostPath: {path: /etc/made, type: DirectoryOrCreate}}], containers: [{name: a}]}",
+        );
+        assert_eq!(field, "volumes[0].hostPath");
+        assert!(
+            why.ends_with("no container of the pod is privileged"),
+            "{why}"
+        );
         let (field, why) = error(
             "{volumes: [{name: d, emptyDir: {}}], initContainers: [{name: i, volumeMounts: [{name: d, mountPath: /d, mountPropagation: Bidirectional}]}], containers: []}",
         );

@@ -86,6 +86,26 @@ impl Kubectl {
         String::from_utf8(output.stderr).unwrap()
     }
 
+    /// Applies `manifest` (YAML, written into the cluster's directory) and
+    /// waits until pod `name` is Ready, showing `describe` if it is not.
+    pub(crate) fn run_ready(&self, cluster: &Cluster, name: &str, manifest: &str) {
+        let path = cluster.dir.path().join(format!("{name}.yaml"));
+        std::fs::write(&path, manifest).unwrap();
+        self.ok(&["apply", "-f", path.to_str().unwrap()]);
+        let ready = self.run(&[
+            "wait",
+            "--for=condition=Ready",
+            &format!("pod/{name}"),
+            "--timeout=90s",
+        ]);
+        assert!(
+            ready.status.success(),
+            "{name} is not Ready: {}\n{}",
+            String::from_utf8_lossy(&ready.stderr),
+            String::from_utf8_lossy(&self.run(&["describe", "pod", name]).stdout)
+        );
+    }
+
     pub(crate) fn json(&self, args: &[&str]) -> Value {
         let mut args = args.to_vec();
         args.extend(["-o", "json"]);

@@ -478,6 +478,13 @@ impl Cluster {
         self.agents[name].id()
     }
 
+    /// Whether agent `name` has exited (reaped if so).
+    pub(crate) fn agent_exited(&mut self, name: &str) -> bool {
+        self.agents
+            .get_mut(name)
+            .is_some_and(|child| child.try_wait().ok().flatten().is_some())
+    }
+
     /// SIGKILLs an agent: it gets no chance to say goodbye.
     pub(crate) fn kill_agent(&mut self, name: &str) {
         let mut child = self.agents.remove(name).expect("agent running");

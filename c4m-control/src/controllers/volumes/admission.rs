@@ -25,7 +25,7 @@ pub(crate) const DEFAULT_CLASS_NAME: &str = "local";
 const NOT_RESIZABLE: &str = "only dynamically provisioned pvc can be resized and the storageclass that provisions the pvc must support resize";
 
 /// Adds `finalizer` to `object`'s unless there.
-fn add_finalizer(object: &mut Value, finalizer: &str) {
+pub(super) fn add_finalizer(object: &mut Value, finalizer: &str) {
     let list = &mut object["metadata"]["finalizers"];
     match list.as_array_mut() {
         Some(list) if list.iter().any(|f| f == finalizer) => {}
@@ -43,26 +43,16 @@ fn default_field(object: &mut Value, field: &str, value: &str) {
     }
 }
 
-/// The name of the newest class of `plural` annotated `annotation: "true"`.
+/// The name of the default class of `plural` (see
+/// [`crate::controllers::default_class`]).
 async fn default_class_name(
     store: &dyn Store,
     plural: &str,
     annotation: &str,
 ) -> Result<Option<String>> {
-    let (classes, _) = store.range(&prefix(kind(plural), None)).await?;
-    Ok(classes
-        .iter()
-        .filter_map(|kv| decode(kv).ok())
-        .filter(|c| c["metadata"]["annotations"][annotation] == "true")
-        .max_by(|a, b| {
-            let created = |c: &Value| {
-                c["metadata"]["creationTimestamp"]
-                    .as_str()
-                    .map(String::from)
-            };
-            created(a).cmp(&created(b))
-        })
-        .map(|c| name_of(&c).to_string()))
+    Ok(crate::controllers::default_class(store, plural, annotation)
+        .await?
+        .map(|class| name_of(&class).to_string()))
 }
 
 /// Defaults a new storage object of `kind_name` as kube-apiserver does.
@@ -82,7 +72,10 @@ pub(crate) async fn default_new(
                 );
                 default_field(&mut value["spec"], "volumeMode", "Filesystem");
             }
-            value["status"] = json!({"phase": "Pending"});
+            // The volume controller creates a provisioned volume Bound.
+            if value["status"]["phase"].is_null() {
+                value["status"] = json!({"phase": "Pending"});
+            }
         }
         "PersistentVolumeClaim" => {
             add_finalizer(value, PVC_PROTECTION);
@@ -196,18 +189,12 @@ pub(crate) async fn check_update(
             }
             Ok(())
         }
-        "VolumeSnapshot" => {
-            for field in ["persistentVolumeClaimName", "volumeSnapshotContentName"] {
-                if current["spec"]["source"][field] != merged["spec"]["source"][field] {
-                    return Err(Error::Invalid(format!(
-                        "spec.source.{field}: Invalid value: \"string\": {field} is immutable"
-                    )));
-                }
-            }
-            Ok(())
-        }
-        "VolumeSnapshotContent" => {
-            for field in ["volumeHandle", "snapshotHandle"] {
+        "VolumeSnapshot" | "VolumeSnapshotContent" => {
+            let fields = match kind_name {
+                "VolumeSnapshot" => ["persistentVolumeClaimName", "volumeSnapshotContentName"],
+                _ => ["volumeHandle", "snapshotHandle"],
+            };
+            for field in fields {
                 if current["spec"]["source"][field] != merged["spec"]["source"][field] {
                     return Err(Error::Invalid(format!(
                         "spec.source.{field}: Invalid value: \"string\": {field} is immutable"

@@ -11,7 +11,7 @@
 //! binds the two.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use c4m_core::volumes::{
     LOCAL_DRIVER, NFS_DRIVER, NO_PROVISIONER, SELECTED_NODE, volume_handle_for_claim,
@@ -19,10 +19,10 @@ use c4m_core::volumes::{
 use serde_json::{Value, json};
 
 use super::admission::{PV_PROTECTION, PVC_PROTECTION};
-use super::{BINDER, NodeStorage, PROVISIONER, all, capacity_bytes, requested_bytes};
+use super::{BINDER, NodeStorage, PROVISIONER, all, capacity_bytes, requested_bytes, update};
 use crate::Result;
 use crate::cache::Cache;
-use crate::controllers::latest;
+use crate::controllers::{latest, reconcile_each};
 use crate::events::{EventType, Regarding};
 use crate::objects::{Objects, kind, name_of, namespace_of, now_rfc3339};
 
@@ -46,13 +46,16 @@ struct World<'a> {
     volumes: Vec<Arc<Value>>,
     /// Each VolumeSnapshot's uid, by namespace and name.
     snapshots: BTreeMap<(String, String), String>,
-    nodes: &'a NodeStorage,
+    nodes: &'a NodeStorage<'a>,
+    /// Bytes of each (driver, node) promised to claims selected for it that
+    /// its report does not show yet: not free, whatever the report says.
+    promised: Mutex<BTreeMap<(String, String), u64>>,
 }
 
 pub(super) async fn reconcile(
     objects: &Objects,
     cache: &Cache,
-    nodes: &NodeStorage,
+    nodes: &NodeStorage<'_>,
 ) -> Result<Option<i64>> {
     let world = World {
         classes: all(cache, "storageclasses")
@@ -71,35 +74,34 @@ pub(super) async fn reconcile(
             })
             .collect(),
         nodes,
+        promised: Mutex::default(),
     };
     let claims = all(cache, "persistentvolumeclaims");
-    let mut written = None;
-    let mut failed = 0;
-    for claim in &claims {
-        match reconcile_claim(objects, cache, &world, claim).await {
-            Ok(revision) => written = latest(written, revision),
-            Err(e) => {
-                tracing::warn!(claim = %name_of(claim), error = %e, "cannot reconcile a claim");
-                failed += 1;
-            }
-        }
-    }
-    for pv in &world.volumes {
-        match reconcile_volume(objects, cache, pv).await {
-            Ok(revision) => written = latest(written, revision),
-            Err(e) => {
-                tracing::warn!(volume = %name_of(pv), error = %e, "cannot reconcile a volume");
-                failed += 1;
-            }
-        }
-    }
-    match failed {
-        0 => Ok(written),
-        failed => Err(crate::Error::Reconcile {
-            failed,
-            what: "claims and volumes",
-        }),
-    }
+    *world
+        .promised
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner) = promised(&world, &claims);
+    // Concurrently, so their writes share group commits; two claims after
+    // one volume cannot both take it (`bind` never takes a volume another
+    // claim holds).
+    let world = &world;
+    let claims_written = reconcile_each("claims", claims, |claim| async move {
+        reconcile_claim(objects, cache, world, &claim)
+            .await
+            .inspect_err(|e| {
+                tracing::warn!(claim = %name_of(&claim), error = %e, "cannot reconcile a claim");
+            })
+    })
+    .await;
+    let volumes_written = reconcile_each("volumes", world.volumes.clone(), |pv| async move {
+        reconcile_volume(objects, cache, &pv)
+            .await
+            .inspect_err(|e| {
+                tracing::warn!(volume = %name_of(&pv), error = %e, "cannot reconcile a volume");
+            })
+    })
+    .await;
+    Ok(latest(claims_written?, volumes_written?))
 }
 
 /// The class a claim names (`""` and absent: none).
@@ -173,19 +175,63 @@ fn static_volume<'a>(claim: &Value, volumes: &'a [Arc<Value>]) -> Option<&'a Arc
         .copied()
 }
 
-/// The node to provision `bytes` of `driver` on: the ready node reporting
-/// the least free space that fits (best fit); else why none does.
-pub(super) fn pick_node(
-    nodes: &NodeStorage,
+/// What the claims selected for a node but not yet in its report take of
+/// it, by (driver, node).
+fn promised(world: &World<'_>, claims: &[Arc<Value>]) -> BTreeMap<(String, String), u64> {
+    let mut promised = BTreeMap::new();
+    for claim in claims {
+        let (Some(node), Some(class)) = (
+            claim["metadata"]["annotations"][SELECTED_NODE].as_str(),
+            world.classes.get(class_name(claim)),
+        ) else {
+            continue;
+        };
+        let driver = class["provisioner"].as_str().unwrap_or_default();
+        let handle = volume_handle_for_claim(claim["metadata"]["uid"].as_str().unwrap_or_default());
+        if claim["spec"]["volumeName"]
+            .as_str()
+            .is_some_and(|v| !v.is_empty())
+            || world.nodes.volume(driver, &handle).is_some()
+        {
+            continue;
+        }
+        *promised
+            .entry((driver.to_string(), node.to_string()))
+            .or_default() += requested_bytes(claim).unwrap_or_default();
+    }
+    promised
+}
+
+/// The node to provision `bytes` of `driver` on: the ready node whose
+/// reported free space, less what is `promised` of it, is the least that
+/// fits (best fit), which is then promised those bytes too; else why none
+/// fits.
+fn pick_node(
+    nodes: &NodeStorage<'_>,
+    promised: &Mutex<BTreeMap<(String, String), u64>>,
     driver: &str,
     bytes: u64,
 ) -> std::result::Result<String, String> {
-    let free = nodes.free(driver);
+    let mut promised = promised.lock().unwrap_or_else(PoisonError::into_inner);
+    let free: BTreeMap<&str, u64> = nodes
+        .free(driver)
+        .into_iter()
+        .map(|(node, free)| {
+            let taken = promised
+                .get(&(driver.to_string(), node.to_string()))
+                .copied()
+                .unwrap_or_default();
+            (node, free.saturating_sub(taken))
+        })
+        .collect();
     if let Some((node, _)) = free
         .iter()
         .filter(|(_, free)| **free >= bytes)
         .min_by_key(|(node, free)| (**free, **node))
     {
+        *promised
+            .entry((driver.to_string(), node.to_string()))
+            .or_default() += bytes;
         return Ok((*node).to_string());
     }
     if free.is_empty() {
@@ -242,79 +288,90 @@ async fn reconcile_claim(
 /// volume's `claimRef` and phase, then the claim's `volumeName`,
 /// annotations and status.
 async fn bind(objects: &Objects, claim: &Value, pv: &Value) -> Result<Option<i64>> {
+    let settled = pv["spec"]["claimRef"]["uid"] == claim["metadata"]["uid"]
+        && pv["status"]["phase"] == "Bound"
+        && claim["spec"]["volumeName"] == pv["metadata"]["name"]
+        && claim["status"]["phase"] == "Bound"
+        && claim["metadata"]["annotations"][BIND_COMPLETED] == "yes"
+        && claim["status"]["accessModes"] == pv["spec"]["accessModes"]
+        && !claim["status"]["capacity"].is_null();
+    if settled {
+        return Ok(None);
+    }
     let claim_ref = json!({
         "apiVersion": "v1", "kind": "PersistentVolumeClaim",
         "namespace": namespace_of(claim), "name": name_of(claim),
         "uid": claim["metadata"]["uid"],
     });
-    let pv_uid = pv["metadata"]["uid"].clone();
-    let mut written = objects
-        .update_with(kind("persistentvolumes"), "", name_of(pv), |current| {
-            if current["metadata"]["uid"] != pv_uid {
-                return false;
+    let mut held_by_another = false;
+    let mut written = update(objects, "persistentvolumes", pv, |current| {
+        held_by_another = !current["spec"]["claimRef"]["uid"].is_null()
+            && current["spec"]["claimRef"]["uid"] != claim_ref["uid"];
+        if held_by_another {
+            return false;
+        }
+        let mut changed = false;
+        if current["spec"]["claimRef"]["uid"] != claim_ref["uid"] {
+            if current["spec"]["claimRef"].is_null() {
+                annotate(current, BOUND_BY_CONTROLLER, "yes");
             }
-            let mut changed = false;
-            if current["spec"]["claimRef"]["uid"] != claim_ref["uid"] {
-                if current["spec"]["claimRef"].is_null() {
-                    annotate(current, BOUND_BY_CONTROLLER, "yes");
-                }
-                current["spec"]["claimRef"] = claim_ref.clone();
-                changed = true;
-            }
-            changed |= set_phase(current, "Bound");
-            changed
-        })
-        .await?;
-    let claim_uid = claim["metadata"]["uid"].clone();
-    let (volume, modes, capacity) = (
-        name_of(pv).to_string(),
-        pv["spec"]["accessModes"].clone(),
-        pv["spec"]["capacity"].clone(),
-    );
-    let claim_written = objects
-        .update_with(
-            kind("persistentvolumeclaims"),
-            namespace_of(claim),
-            name_of(claim),
-            |current| {
-                if current["metadata"]["uid"] != claim_uid {
-                    return false;
-                }
-                let before = current.clone();
-                if current["spec"]["volumeName"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .is_empty()
-                {
-                    current["spec"]["volumeName"] = json!(volume);
-                    annotate(current, BOUND_BY_CONTROLLER, "yes");
-                }
-                annotate(current, BIND_COMPLETED, "yes");
-                if !current["status"].is_object() {
-                    current["status"] = json!({});
-                }
-                current["status"]["phase"] = json!("Bound");
-                current["status"]["accessModes"] = modes.clone();
-                // Capacity follows the volume, except while an expansion is
-                // under way (its status says the size it has).
-                if current["status"]["capacity"].is_null() {
-                    current["status"]["capacity"] = capacity.clone();
-                }
-                *current != before
-            },
-        )
-        .await?;
+            current["spec"]["claimRef"] = claim_ref.clone();
+            changed = true;
+        }
+        changed |= set_phase(current, "Bound");
+        changed
+    })
+    .await?;
+    if held_by_another {
+        // Taken meanwhile: the next pass looks for another.
+        return Ok(written);
+    }
+    let claim_written = update(objects, "persistentvolumeclaims", claim, |current| {
+        bind_claim(current, pv)
+    })
+    .await?;
     if claim["status"]["phase"] != "Bound" && claim_written.is_some() {
-        objects.events().record(
-            Regarding::of(claim),
-            EventType::Normal,
-            "Bound",
-            format!("Bound to volume {}", name_of(pv)),
-            BINDER,
-        );
+        record_bound(objects, claim, pv);
     }
     written = latest(written, claim_written);
     Ok(written)
+}
+
+/// Records on `claim` its binding to `pv`, as Kubernetes' binder does:
+/// `volumeName` (set once), the bind annotations, status `Bound` with the
+/// volume's access modes and capacity; whether anything changed.
+fn bind_claim(claim: &mut Value, pv: &Value) -> bool {
+    let before = claim.clone();
+    if claim["spec"]["volumeName"]
+        .as_str()
+        .unwrap_or_default()
+        .is_empty()
+    {
+        claim["spec"]["volumeName"] = pv["metadata"]["name"].clone();
+        annotate(claim, BOUND_BY_CONTROLLER, "yes");
+    }
+    annotate(claim, BIND_COMPLETED, "yes");
+    if !claim["status"].is_object() {
+        claim["status"] = json!({});
+    }
+    claim["status"]["phase"] = json!("Bound");
+    claim["status"]["accessModes"] = pv["spec"]["accessModes"].clone();
+    // Capacity follows the volume, except while an expansion is under way
+    // (its status says the size it has).
+    if claim["status"]["capacity"].is_null() {
+        claim["status"]["capacity"] = pv["spec"]["capacity"].clone();
+    }
+    *claim != before
+}
+
+fn record_bound(objects: &Objects, claim: &Value, pv: &Value) {
+    objects.events().record(
+        Regarding::of(claim),
+        EventType::Normal,
+        "Bound",
+        format!("Bound to volume {}", name_of(pv)),
+        BINDER,
+    );
 }
 
 fn annotate(object: &mut Value, key: &str, value: &str) {
@@ -343,15 +400,10 @@ async fn lose(objects: &Objects, claim: &Value) -> Result<Option<i64>> {
     if claim["status"]["phase"] == "Lost" {
         return Ok(None);
     }
-    let uid = claim["metadata"]["uid"].clone();
-    let written = objects
-        .update_with(
-            kind("persistentvolumeclaims"),
-            namespace_of(claim),
-            name_of(claim),
-            |current| current["metadata"]["uid"] == uid && set_phase(current, "Lost"),
-        )
-        .await?;
+    let written = update(objects, "persistentvolumeclaims", claim, |current| {
+        set_phase(current, "Lost")
+    })
+    .await?;
     objects.events().record(
         Regarding::of(claim),
         EventType::Warning,
@@ -404,8 +456,9 @@ async fn provision(objects: &Objects, world: &World<'_>, claim: &Value) -> Resul
         return select_node(objects, world, claim, class, provisioner, bytes).await;
     };
     let provisioning_failed = |message: String| {
-        objects.events().record(
-            Regarding::of(claim),
+        world.nodes.note(
+            objects,
+            claim,
             EventType::Warning,
             "ProvisioningFailed",
             format!("failed to provision volume with StorageClass \"{class_name}\": {message}"),
@@ -418,9 +471,19 @@ async fn provision(objects: &Objects, world: &World<'_>, claim: &Value) -> Resul
             Ok(None)
         }
         Some((holder, state)) => {
-            let pv = volume_for(claim, class, provisioner, holder, state.size_bytes);
-            match objects.create(kind("persistentvolumes"), "", pv).await {
-                Ok(created) => {
+            // The volume and its claim's binding in one transaction.
+            let mut pv = volume_for(claim, class, provisioner, holder, state.size_bytes);
+            pv["status"] = json!({"phase": "Bound"});
+            let mut bound = claim.clone();
+            bind_claim(&mut bound, &pv);
+            let written = objects
+                .create_and_replace(
+                    (kind("persistentvolumes"), pv.clone()),
+                    (kind("persistentvolumeclaims"), bound),
+                )
+                .await;
+            match written {
+                Ok(revision) => {
                     objects.events().record(
                         Regarding::of(claim),
                         EventType::Normal,
@@ -428,14 +491,26 @@ async fn provision(objects: &Objects, world: &World<'_>, claim: &Value) -> Resul
                         format!("Successfully provisioned volume {handle} on node {holder}"),
                         PROVISIONER,
                     );
-                    bind(objects, claim, &created).await
+                    record_bound(objects, claim, &pv);
+                    Ok(Some(revision))
                 }
-                Err(crate::Error::AlreadyExists { .. }) => Ok(None),
+                // The claim changed, or its volume exists: the next pass sees which.
+                Err(crate::Error::Conflict(_)) => Ok(None),
                 Err(e) => Err(e),
             }
         }
+        None if !world.nodes.known.contains(node) => {
+            // Its node is gone: let another be chosen, as external-provisioner
+            // gives a claim back to the scheduler.
+            provisioning_failed(format!("node {node} does not exist; choosing another"));
+            update(objects, "persistentvolumeclaims", claim, |current| {
+                let annotations = current["metadata"]["annotations"].as_object_mut();
+                annotations.is_some_and(|a| a.remove(SELECTED_NODE).is_some())
+            })
+            .await
+        }
         None => {
-            if !world.nodes.reports.contains_key(node) && !world.nodes.ready.contains(node) {
+            if !world.nodes.ready.contains(node) {
                 provisioning_failed(format!("node {node} is not ready"));
             }
             Ok(None)
@@ -460,13 +535,14 @@ async fn select_node(
     let chosen = if from_snapshot {
         snapshot_node(world, claim, source)
     } else if immediate {
-        pick_node(world.nodes, provisioner, bytes)
+        pick_node(world.nodes, &world.promised, provisioner, bytes)
     } else {
-        objects.events().record(
-            Regarding::of(claim),
+        world.nodes.note(
+            objects,
+            claim,
             EventType::Normal,
             "WaitForFirstConsumer",
-            "waiting for first consumer to be created before binding",
+            "waiting for first consumer to be created before binding".into(),
             BINDER,
         );
         return Ok(None);
@@ -474,8 +550,9 @@ async fn select_node(
     let node = match chosen {
         Ok(node) => node,
         Err(message) => {
-            objects.events().record(
-                Regarding::of(claim),
+            world.nodes.note(
+                objects,
+                claim,
                 EventType::Warning,
                 "ProvisioningFailed",
                 format!(
@@ -487,23 +564,14 @@ async fn select_node(
             return Ok(None);
         }
     };
-    let uid = claim["metadata"]["uid"].clone();
-    let written = objects
-        .update_with(
-            kind("persistentvolumeclaims"),
-            namespace_of(claim),
-            name_of(claim),
-            |current| {
-                if current["metadata"]["uid"] != uid
-                    || current["metadata"]["annotations"][SELECTED_NODE].is_string()
-                {
-                    return false;
-                }
-                annotate(current, SELECTED_NODE, &node);
-                true
-            },
-        )
-        .await?;
+    let written = update(objects, "persistentvolumeclaims", claim, |current| {
+        if current["metadata"]["annotations"][SELECTED_NODE].is_string() {
+            return false;
+        }
+        annotate(current, SELECTED_NODE, &node);
+        true
+    })
+    .await?;
     objects.events().record(
         Regarding::of(claim),
         EventType::Normal,
@@ -606,40 +674,25 @@ async fn expansion(
     let Some((_, state)) = world.nodes.volume(driver, handle) else {
         return Ok(None);
     };
-    let claim_uid = claim["metadata"]["uid"].clone();
     if state.size_bytes >= wanted {
         let size = c4m_core::format_memory_bytes(state.size_bytes);
-        let pv_uid = pv["metadata"]["uid"].clone();
-        let pv_written = objects
-            .update_with(kind("persistentvolumes"), "", name_of(pv), |current| {
-                if current["metadata"]["uid"] != pv_uid
-                    || current["spec"]["capacity"]["storage"] == size
-                {
-                    return false;
-                }
-                current["spec"]["capacity"]["storage"] = json!(size);
-                true
-            })
-            .await?;
-        let claim_written = objects
-            .update_with(
-                kind("persistentvolumeclaims"),
-                namespace_of(claim),
-                name_of(claim),
-                |current| {
-                    if current["metadata"]["uid"] != claim_uid {
-                        return false;
-                    }
-                    current["status"]["capacity"]["storage"] = json!(size);
-                    if let Some(conditions) = current["status"]["conditions"].as_array_mut() {
-                        conditions.retain(|c| {
-                            c["type"] != "FileSystemResizePending" && c["type"] != "Resizing"
-                        });
-                    }
-                    true
-                },
-            )
-            .await?;
+        let pv_written = update(objects, "persistentvolumes", pv, |current| {
+            if current["spec"]["capacity"]["storage"] == size {
+                return false;
+            }
+            current["spec"]["capacity"]["storage"] = json!(size);
+            true
+        })
+        .await?;
+        let claim_written = update(objects, "persistentvolumeclaims", claim, |current| {
+            current["status"]["capacity"]["storage"] = json!(size);
+            if let Some(conditions) = current["status"]["conditions"].as_array_mut() {
+                conditions
+                    .retain(|c| c["type"] != "FileSystemResizePending" && c["type"] != "Resizing");
+            }
+            true
+        })
+        .await?;
         objects.events().record(
             Regarding::of(claim),
             EventType::Normal,
@@ -650,8 +703,9 @@ async fn expansion(
         return Ok(latest(pv_written, claim_written));
     }
     if !state.error.is_empty() {
-        objects.events().record(
-            Regarding::of(claim),
+        world.nodes.note(
+            objects,
+            claim,
             EventType::Warning,
             "VolumeResizeFailed",
             format!("resize volume {} failed: {}", name_of(pv), state.error),
@@ -671,30 +725,21 @@ async fn expansion(
             ),
         )
     };
-    objects
-        .update_with(
-            kind("persistentvolumeclaims"),
-            namespace_of(claim),
-            name_of(claim),
-            |current| {
-                if current["metadata"]["uid"] != claim_uid {
-                    return false;
-                }
-                let other = if condition == "Resizing" {
-                    "FileSystemResizePending"
-                } else {
-                    "Resizing"
-                };
-                let mut changed = false;
-                if let Some(conditions) = current["status"]["conditions"].as_array_mut() {
-                    let before = conditions.len();
-                    conditions.retain(|c| c["type"] != other);
-                    changed = conditions.len() != before;
-                }
-                changed | crate::pods::set_condition(current, condition, true, reason, &message)
-            },
-        )
-        .await
+    update(objects, "persistentvolumeclaims", claim, |current| {
+        let other = if condition == "Resizing" {
+            "FileSystemResizePending"
+        } else {
+            "Resizing"
+        };
+        let mut changed = false;
+        if let Some(conditions) = current["status"]["conditions"].as_array_mut() {
+            let before = conditions.len();
+            conditions.retain(|c| c["type"] != other);
+            changed = conditions.len() != before;
+        }
+        changed | crate::pods::set_condition(current, condition, true, reason, &message)
+    })
+    .await
 }
 
 /// A claim being deleted keeps `kubernetes.io/pvc-protection` while a pod
@@ -793,12 +838,14 @@ async fn reconcile_volume(objects: &Objects, cache: &Cache, pv: &Value) -> Resul
         }
         return Ok(None);
     }
-    let uid = pv["metadata"]["uid"].clone();
-    let written = objects
-        .update_with(kind("persistentvolumes"), "", name_of(pv), |current| {
-            current["metadata"]["uid"] == uid && set_phase(current, phase)
+    let written = if pv["status"]["phase"] == phase {
+        None
+    } else {
+        update(objects, "persistentvolumes", pv, |current| {
+            set_phase(current, phase)
         })
-        .await?;
+        .await?
+    };
     if phase == "Released" && pv["spec"]["persistentVolumeReclaimPolicy"] == "Delete" {
         return Ok(latest(
             written,

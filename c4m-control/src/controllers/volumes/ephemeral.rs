@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use crate::Result;
 use crate::cache::Cache;
-use crate::events::{EventType, Regarding};
+use crate::events::EventType;
 use crate::objects::{Objects, kind, name_of, namespace_of};
 
 /// The Event source.
@@ -64,7 +64,11 @@ fn claim_for(pod: &Value, volume: &Value) -> Value {
 }
 
 /// Creates the claims of the pods' ephemeral volumes that are missing.
-pub(crate) async fn reconcile(objects: &Objects, cache: &Cache) -> Result<Option<i64>> {
+pub(crate) async fn reconcile(
+    objects: &Objects,
+    cache: &Cache,
+    nodes: &super::NodeStorage<'_>,
+) -> Result<Option<i64>> {
     let mut written = None;
     let mut pods = Vec::new();
     cache.for_each_stored(
@@ -92,8 +96,9 @@ pub(crate) async fn reconcile(objects: &Objects, cache: &Cache) -> Result<Option
                 cache.get(kind("persistentvolumeclaims"), namespace_of(&pod), &name)
             {
                 if !made_for(&existing, &pod) {
-                    objects.events().record(
-                        Regarding::of(&pod),
+                    nodes.note(
+                        objects,
+                        &pod,
                         EventType::Warning,
                         "FailedBinding",
                         format!(
@@ -116,8 +121,9 @@ pub(crate) async fn reconcile(objects: &Objects, cache: &Cache) -> Result<Option
                 }
                 Err(crate::Error::AlreadyExists { .. }) => {}
                 Err(e) => {
-                    objects.events().record(
-                        Regarding::of(&pod),
+                    nodes.note(
+                        objects,
+                        &pod,
                         EventType::Warning,
                         "FailedCreate",
                         format!("cannot create the claim {name} of ephemeral volume: {e}"),

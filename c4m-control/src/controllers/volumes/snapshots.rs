@@ -7,6 +7,8 @@
 //! snapshot is gone is deleted when its `deletionPolicy` is `Delete` (its
 //! node then deletes the backend snapshot).
 
+use std::collections::BTreeSet;
+
 use serde_json::{Value, json};
 
 use super::{NodeStorage, all};
@@ -27,10 +29,16 @@ pub(crate) fn content_name_for(snapshot_uid: &str) -> String {
 pub(super) async fn reconcile(
     objects: &Objects,
     cache: &Cache,
-    nodes: &NodeStorage,
+    nodes: &NodeStorage<'_>,
 ) -> Result<Option<i64>> {
     let mut written = None;
+    let restoring = restoring(cache);
     for snapshot in all(cache, "volumesnapshots") {
+        let source = restoring.contains(&(
+            namespace_of(&snapshot).to_string(),
+            name_of(&snapshot).to_string(),
+        ));
+        written = latest(written, protect(objects, &snapshot, source).await?);
         if crate::deletion::is_deleting(&snapshot) {
             continue;
         }
@@ -52,17 +60,71 @@ pub(super) async fn reconcile(
     Ok(written)
 }
 
+/// The finalizer that keeps a snapshot while a claim is being restored
+/// from it (the snapshotter's own name).
+const SOURCE_PROTECTION: &str =
+    "snapshot.storage.kubernetes.io/volumesnapshot-as-source-protection";
+
+/// The snapshots (namespace, name) that claims not yet bound restore from.
+fn restoring(cache: &Cache) -> BTreeSet<(String, String)> {
+    all(cache, "persistentvolumeclaims")
+        .iter()
+        .filter(|claim| {
+            claim["spec"]["volumeName"]
+                .as_str()
+                .is_none_or(str::is_empty)
+                && !crate::deletion::is_deleting(claim)
+                && claim["spec"]["dataSource"]["kind"] == "VolumeSnapshot"
+        })
+        .filter_map(|claim| {
+            let name = claim["spec"]["dataSource"]["name"].as_str()?;
+            Some((namespace_of(claim).to_string(), name.to_string()))
+        })
+        .collect()
+}
+
+/// Keeps [`SOURCE_PROTECTION`] on `snapshot` exactly while it is the
+/// `source` of a claim being restored (added only before it is deleted),
+/// so deleting it waits until the restore is done.
+async fn protect(objects: &Objects, snapshot: &Value, source: bool) -> Result<Option<i64>> {
+    let has = crate::deletion::finalizers(snapshot)
+        .iter()
+        .any(|f| f == SOURCE_PROTECTION);
+    match (source, has) {
+        (true, false) if !crate::deletion::is_deleting(snapshot) => {
+            super::update(objects, "volumesnapshots", snapshot, |current| {
+                if crate::deletion::is_deleting(current) {
+                    return false;
+                }
+                super::admission::add_finalizer(current, SOURCE_PROTECTION);
+                true
+            })
+            .await
+        }
+        (false, true) => {
+            crate::controllers::garbage_collector::remove_finalizer(
+                objects,
+                kind("volumesnapshots"),
+                snapshot,
+                SOURCE_PROTECTION,
+            )
+            .await
+        }
+        _ => Ok(None),
+    }
+}
+
 /// A snapshot of a claim: its content, then both statuses.
 async fn dynamic(
     objects: &Objects,
     cache: &Cache,
-    nodes: &NodeStorage,
+    nodes: &NodeStorage<'_>,
     snapshot: &Value,
 ) -> Result<Option<i64>> {
     let uid = snapshot["metadata"]["uid"].as_str().unwrap_or_default();
     let name = content_name_for(uid);
     let Some(content) = cache.get(kind("volumesnapshotcontents"), "", &name) else {
-        return create_content(objects, cache, snapshot, &name).await;
+        return create_content(objects, cache, nodes, snapshot, &name).await;
     };
     let handle = c4m_core::volumes::snapshot_handle_for(uid);
     let (content_written, status) = content_status(objects, nodes, &content, &handle).await?;
@@ -77,6 +139,7 @@ async fn dynamic(
 async fn create_content(
     objects: &Objects,
     cache: &Cache,
+    nodes: &NodeStorage<'_>,
     snapshot: &Value,
     name: &str,
 ) -> Result<Option<i64>> {
@@ -85,8 +148,9 @@ async fn create_content(
         .as_str()
         .unwrap_or_default();
     let fail = |message: String| {
-        objects.events().record(
-            Regarding::of(snapshot),
+        nodes.note(
+            objects,
+            snapshot,
             EventType::Warning,
             "SnapshotContentCreationFailed",
             message,
@@ -159,7 +223,7 @@ async fn create_content(
 /// the revision written and the status.
 async fn content_status(
     objects: &Objects,
-    nodes: &NodeStorage,
+    nodes: &NodeStorage<'_>,
     content: &Value,
     handle: &str,
 ) -> Result<(Option<i64>, Value)> {
@@ -186,7 +250,7 @@ async fn snapshot_status(
     snapshot: &Value,
     content_name: &str,
     content_status: &Value,
-    nodes: &NodeStorage,
+    nodes: &NodeStorage<'_>,
     handle: &str,
 ) -> Result<Option<i64>> {
     let ready = content_status["readyToUse"] == true;
@@ -226,7 +290,7 @@ async fn snapshot_status(
 async fn pre_provisioned(
     objects: &Objects,
     cache: &Cache,
-    nodes: &NodeStorage,
+    nodes: &NodeStorage<'_>,
     snapshot: &Value,
 ) -> Result<Option<i64>> {
     let Some(name) = snapshot["spec"]["source"]["volumeSnapshotContentName"].as_str() else {
@@ -239,8 +303,9 @@ async fn pre_provisioned(
     if reference["name"] != snapshot["metadata"]["name"]
         || reference["namespace"] != snapshot["metadata"]["namespace"]
     {
-        objects.events().record(
-            Regarding::of(snapshot),
+        nodes.note(
+            objects,
+            snapshot,
             EventType::Warning,
             "SnapshotBindFailed",
             format!("VolumeSnapshotContent {name} is bound to another snapshot"),

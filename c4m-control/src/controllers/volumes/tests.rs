@@ -20,6 +20,7 @@ struct Harness {
     objects: Objects,
     cache: Arc<Cache>,
     reports: VolumeReports,
+    repeats: super::Repeats,
     shutdown: CancellationToken,
 }
 
@@ -48,6 +49,7 @@ impl Harness {
             objects,
             cache,
             reports: VolumeReports::default(),
+            repeats: super::Repeats::default(),
             shutdown,
         }
     }
@@ -84,7 +86,7 @@ impl Harness {
     /// Reconciles until a pass writes nothing.
     async fn settle(&self) {
         for _ in 0..20 {
-            match super::reconcile(&self.objects, &self.cache, &self.reports)
+            match super::reconcile(&self.objects, &self.cache, &self.reports, &self.repeats)
                 .await
                 .unwrap()
             {
@@ -102,6 +104,24 @@ impl Harness {
                 "status": {"conditions": [{"type": "Ready", "status": "True"}]}}),
         )
         .await;
+    }
+
+    /// A claim `name` of a new `Immediate` class `class_name`, provisioned
+    /// on the new node `a` and bound; its volume handle.
+    async fn provisioned(&self, name: &str, class_name: &str, expandable: bool) -> String {
+        self.node("a").await;
+        self.create("storageclasses", class(class_name, "Immediate", expandable))
+            .await;
+        let created = self
+            .create(
+                "persistentvolumeclaims",
+                new_claim(name, "1Gi", Some(class_name)),
+            )
+            .await;
+        let handle = format!("pvc-{}", uid(&created));
+        self.report("a", 10 * GI, vec![local_state(&handle, GI)], vec![]);
+        self.settle().await;
+        handle
     }
 
     /// Reports `node` with `free` bytes for the local driver and `volumes`.
@@ -304,19 +324,25 @@ async fn updates_keep_what_kubernetes_keeps_immutable() {
     );
 
     // Bound (by hand here): it may grow only if its class allows it, never shrink.
-    h.objects
-        .update_with(kind("persistentvolumeclaims"), "default", "data", |c| {
-            c["spec"]["volumeName"] = json!("pvc-x");
-            c["status"]["phase"] = json!("Bound");
-            true
-        })
-        .await
-        .unwrap();
-    let bound = h
-        .objects
-        .get(kind("persistentvolumeclaims"), "default", "data")
-        .await
-        .unwrap();
+    let h = &h;
+    let edit = |change: fn(&mut Value)| async move {
+        h.objects
+            .update_with(kind("persistentvolumeclaims"), "default", "data", |c| {
+                change(c);
+                true
+            })
+            .await
+            .unwrap();
+        h.objects
+            .get(kind("persistentvolumeclaims"), "default", "data")
+            .await
+            .unwrap()
+    };
+    let bound = edit(|c| {
+        c["spec"]["volumeName"] = json!("pvc-x");
+        c["status"]["phase"] = json!("Bound");
+    })
+    .await;
     let resize = |size: &str| {
         let mut value = bound.clone();
         value["spec"]["resources"]["requests"]["storage"] = json!(size);
@@ -341,18 +367,7 @@ async fn updates_keep_what_kubernetes_keeps_immutable() {
     );
     h.create("storageclasses", class("growing", "Immediate", true))
         .await;
-    h.objects
-        .update_with(kind("persistentvolumeclaims"), "default", "data", |c| {
-            c["spec"]["storageClassName"] = json!("growing");
-            true
-        })
-        .await
-        .unwrap();
-    let bound = h
-        .objects
-        .get(kind("persistentvolumeclaims"), "default", "data")
-        .await
-        .unwrap();
+    let bound = edit(|c| c["spec"]["storageClassName"] = json!("growing")).await;
     let mut value = bound.clone();
     value["spec"]["resources"]["requests"]["storage"] = json!("2Gi");
     let grown = h
@@ -469,6 +484,10 @@ async fn an_immediate_claim_is_provisioned_on_the_best_fitting_node_and_bound() 
     assert_eq!(claim["spec"]["volumeName"], handle.as_str());
     assert_eq!(claim["status"]["phase"], "Bound");
     assert_eq!(claim["status"]["capacity"]["storage"], "2Gi");
+    assert_eq!(
+        claim["metadata"]["resourceVersion"], pv["metadata"]["resourceVersion"],
+        "the volume and its claim's binding are one transaction"
+    );
 
     // In use by a pod, a deleted claim stays (Terminating) until the pod ends.
     h.create(
@@ -553,18 +572,7 @@ async fn a_claim_no_node_has_room_for_stays_pending_and_says_why() {
 #[tokio::test]
 async fn expansion_status_follows_what_the_node_reports() {
     let h = Harness::new().await;
-    h.node("a").await;
-    h.create("storageclasses", class("fast", "Immediate", true))
-        .await;
-    let created = h
-        .create(
-            "persistentvolumeclaims",
-            new_claim("data", "1Gi", Some("fast")),
-        )
-        .await;
-    let handle = format!("pvc-{}", uid(&created));
-    h.report("a", 10 * GI, vec![local_state(&handle, GI)], vec![]);
-    h.settle().await;
+    let handle = h.provisioned("data", "fast", true).await;
     let bound = h.get("persistentvolumeclaims", "default", "data").unwrap();
     assert_eq!(bound["status"]["phase"], "Bound");
     let mut grown = (*bound).clone();
@@ -610,21 +618,10 @@ async fn expansion_status_follows_what_the_node_reports() {
 #[tokio::test]
 async fn a_snapshot_gets_its_content_and_is_ready_once_reported() {
     let h = Harness::new().await;
-    h.node("a").await;
     super::admission::ensure_default_classes(&h.objects)
         .await
         .unwrap();
-    h.create("storageclasses", class("fast", "Immediate", false))
-        .await;
-    let created = h
-        .create(
-            "persistentvolumeclaims",
-            new_claim("data", "1Gi", Some("fast")),
-        )
-        .await;
-    let handle = format!("pvc-{}", uid(&created));
-    h.report("a", 10 * GI, vec![local_state(&handle, GI)], vec![]);
-    h.settle().await;
+    let handle = h.provisioned("data", "fast", false).await;
     let snapshot = h
         .create(
             "volumesnapshots",
@@ -655,19 +652,20 @@ async fn a_snapshot_gets_its_content_and_is_ready_once_reported() {
     );
 
     let snapshot_handle = format!("snapshot-{}", uid(&snapshot));
+    let taken = SnapshotState {
+        driver: "c4m.io/local".into(),
+        handle: snapshot_handle.clone(),
+        source_volume: handle.clone(),
+        size_bytes: GI,
+        ready: true,
+        created_at: "2026-12-07T22:00:00Z".into(),
+        error: String::new(),
+    };
     h.report(
         "a",
         10 * GI,
         vec![local_state(&handle, GI)],
-        vec![SnapshotState {
-            driver: "c4m.io/local".into(),
-            handle: snapshot_handle.clone(),
-            source_volume: handle.clone(),
-            size_bytes: GI,
-            ready: true,
-            created_at: "2026-12-07T22:00:00Z".into(),
-            error: String::new(),
-        }],
+        vec![taken.clone()],
     );
     h.settle().await;
     let content = h.get("volumesnapshotcontents", "", &content_name).unwrap();
@@ -694,15 +692,38 @@ async fn a_snapshot_gets_its_content_and_is_ready_once_reported() {
     h.report("b", 90 * GI, vec![], vec![]);
     h.create("persistentvolumeclaims", restored).await;
     h.settle().await;
+    let restoring = h
+        .get("persistentvolumeclaims", "default", "restored")
+        .unwrap();
     assert_eq!(
-        h.get("persistentvolumeclaims", "default", "restored")
-            .unwrap()["metadata"]["annotations"]["volume.kubernetes.io/selected-node"],
+        restoring["metadata"]["annotations"]["volume.kubernetes.io/selected-node"],
         "a"
     );
 
-    // Deleted, the snapshot takes its content (policy Delete) along.
+    // Deleted while a claim is restored from it, it stays until the
+    // restore is done, then takes its content (policy Delete) along.
     h.delete("volumesnapshots", "default", "snap").await;
     h.settle().await;
+    let held = h.get("volumesnapshots", "default", "snap").unwrap();
+    assert_eq!(
+        held["metadata"]["finalizers"],
+        json!(["snapshot.storage.kubernetes.io/volumesnapshot-as-source-protection"])
+    );
+    assert!(h.get("volumesnapshotcontents", "", &content_name).is_some());
+    let restored_handle = format!("pvc-{}", uid(&restoring));
+    h.report(
+        "a",
+        9 * GI,
+        vec![local_state(&handle, GI), local_state(&restored_handle, GI)],
+        vec![taken],
+    );
+    h.settle().await;
+    assert_eq!(
+        h.get("persistentvolumeclaims", "default", "restored")
+            .unwrap()["status"]["phase"],
+        "Bound"
+    );
+    assert!(h.get("volumesnapshots", "default", "snap").is_none());
     assert!(h.get("volumesnapshotcontents", "", &content_name).is_none());
 }
 
@@ -732,4 +753,133 @@ async fn an_ephemeral_volume_gets_a_claim_owned_by_its_pod() {
     );
     assert_eq!(claim["metadata"]["ownerReferences"][0]["controller"], true);
     assert_eq!(claim["spec"]["resources"]["requests"]["storage"], "1Gi");
+}
+
+#[test]
+fn an_event_a_pass_finds_again_is_recorded_once_per_repeat() {
+    let repeats = super::Repeats::default();
+    assert!(repeats.due("uid-1", "ProvisioningFailed", "no room"));
+    assert!(!repeats.due("uid-1", "ProvisioningFailed", "no room"));
+    assert!(repeats.due("uid-1", "ProvisioningFailed", "node a is not ready"));
+    assert!(repeats.due("uid-2", "ProvisioningFailed", "node a is not ready"));
+    assert!(repeats.due("uid-1", "WaitForFirstConsumer", "no room"));
+}
+
+#[tokio::test]
+async fn two_claims_after_one_volume_never_share_it() {
+    let h = Harness::new().await;
+    h.create("persistentvolumes", nfs_volume("only", "1Gi"))
+        .await;
+    for name in ["first", "second", "third"] {
+        h.create("persistentvolumeclaims", new_claim(name, "1Gi", Some("")))
+            .await;
+    }
+    h.settle().await;
+    let bound: Vec<String> = ["first", "second", "third"]
+        .iter()
+        .filter(|name| {
+            h.get("persistentvolumeclaims", "default", name).unwrap()["status"]["phase"] == "Bound"
+        })
+        .map(|name| name.to_string())
+        .collect();
+    assert_eq!(bound.len(), 1, "{bound:?}");
+    let pv = h.get("persistentvolumes", "", "only").unwrap();
+    assert_eq!(pv["spec"]["claimRef"]["name"], bound[0].as_str());
+    assert_eq!(
+        h.events(
+            if bound[0] == "first" {
+                "second"
+            } else {
+                "first"
+            },
+            "FailedBinding"
+        )
+        .await,
+        ["no persistent volumes available for this claim and no storage class is set"]
+    );
+}
+
+#[tokio::test]
+async fn a_claim_whose_selected_node_is_gone_gets_another() {
+    let h = Harness::new().await;
+    h.node("a").await;
+    h.report("a", 10 * GI, vec![], vec![]);
+    h.create("storageclasses", class("fast", "Immediate", false))
+        .await;
+    let mut claim = new_claim("data", "1Gi", Some("fast"));
+    claim["metadata"]["annotations"] = json!({"volume.kubernetes.io/selected-node": "gone"});
+    h.create("persistentvolumeclaims", claim).await;
+    h.settle().await;
+    assert_eq!(
+        h.get("persistentvolumeclaims", "default", "data").unwrap()["metadata"]["annotations"]["volume.kubernetes.io/selected-node"],
+        "a"
+    );
+}
+
+#[tokio::test]
+async fn claims_selected_at_once_do_not_overcommit_a_node() {
+    let h = Harness::new().await;
+    h.node("small").await;
+    h.node("large").await;
+    h.report("small", 3 * GI, vec![], vec![]);
+    h.report("large", 5 * GI, vec![], vec![]);
+    h.create("storageclasses", class("fast", "Immediate", false))
+        .await;
+    for name in ["one", "two", "three"] {
+        h.create(
+            "persistentvolumeclaims",
+            new_claim(name, "2Gi", Some("fast")),
+        )
+        .await;
+    }
+    h.settle().await;
+    let mut selected: Vec<String> = ["one", "two", "three"]
+        .iter()
+        .filter_map(|name| {
+            h.get("persistentvolumeclaims", "default", name).unwrap()["metadata"]["annotations"]
+                ["volume.kubernetes.io/selected-node"]
+                .as_str()
+                .map(String::from)
+        })
+        .collect();
+    selected.sort();
+    assert_eq!(
+        selected,
+        ["large", "large", "small"],
+        "3Gi takes one 2Gi claim, 5Gi two; none is promised more than it has"
+    );
+}
+
+#[tokio::test]
+async fn only_pods_that_name_claims_start_a_pass() {
+    let h = Harness::new().await;
+    let feed = h.cache.feed(super::FOLLOWS);
+    let pod = |name: &str, volumes: Value| {
+        json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"containers": [{"name": "c", "image": "busybox"}], "volumes": volumes}})
+    };
+    let next = async || {
+        let changes = feed.next().await;
+        super::concerns_storage(&h.cache, &changes)
+    };
+    h.node("a").await;
+    assert!(next().await, "a feed's first read is everything");
+    h.create(
+        "pods",
+        pod("plain", json!([{"name": "tmp", "emptyDir": {}}])),
+    )
+    .await;
+    assert!(!next().await, "a pod without claims");
+    h.create(
+        "pods",
+        pod(
+            "user",
+            json!([{"name": "d", "persistentVolumeClaim": {"claimName": "data"}}]),
+        ),
+    )
+    .await;
+    assert!(next().await, "a pod that names a claim");
+    h.create("persistentvolumes", nfs_volume("v", "1Gi")).await;
+    assert!(next().await, "any storage object");
 }

@@ -1,0 +1,301 @@
+//! One level-triggered pass: provision, expand, snapshot and collect as
+//! the objects ask.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, PoisonError};
+
+use c4m_core::volumes::LOCAL_DRIVER;
+use c4m_storage::{
+    Error as StorageError, Filesystem, ProvisionRequest, SnapshotId, VolumeBackend, VolumeId,
+};
+
+use super::mounts::{self, key_of};
+use super::wanted::{self, Place, Wanted};
+use super::{NodeVolumes, bounded};
+use crate::objects::ObjectSet;
+
+impl NodeVolumes {
+    /// One level-triggered pass over `set`.
+    pub(crate) async fn pass(&self, set: &ObjectSet) {
+        let wanted = wanted::wanted(set, &self.node);
+        self.troubles().retry = false;
+        for target in &wanted.nfs_exports {
+            // Opened so their volumes are collected and their capacity reported.
+            let _ = self.backends.get(&Place::Nfs(target.clone()));
+        }
+        self.provision(&wanted).await;
+        if let Some(local) = self.backends.local().cloned() {
+            self.expand(&local, &wanted).await;
+            self.take_snapshots(&local, &wanted).await;
+        }
+        self.collect(&wanted).await;
+        *self
+            .last_wanted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(wanted);
+    }
+
+    async fn provision(&self, wanted: &Wanted) {
+        for p in &wanted.provisions {
+            if self.backends.registered(p.place.driver()) {
+                // A registered CSI driver's volumes are its controller's
+                // to provision, not the node's.
+                continue;
+            }
+            let result = async {
+                let backend = self.backends.get(&p.place)?;
+                let id = VolumeId::new(p.handle.clone()).map_err(|e| e.to_string())?;
+                if backend
+                    .volume(&id)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .is_some()
+                {
+                    return Ok(false);
+                }
+                let request = ProvisionRequest {
+                    id,
+                    size_bytes: p.size_bytes,
+                    access_mode: p.access_mode,
+                    filesystem: match p.place {
+                        Place::Nfs(_) => Filesystem::Nfs,
+                        _ => Filesystem::Ext4,
+                    },
+                    parameters: p.parameters.clone(),
+                };
+                match &p.restore_from {
+                    Some(snapshot) => {
+                        let snapshot =
+                            SnapshotId::new(snapshot.clone()).map_err(|e| e.to_string())?;
+                        backend.restore(&snapshot, &request).await
+                    }
+                    None => backend.provision(&request).await,
+                }
+                .map(|_| true)
+                .map_err(|e| e.to_string())
+            }
+            .await;
+            let mut troubles = self.troubles();
+            match result {
+                Ok(made) => {
+                    if made {
+                        tracing::info!(claim = %p.claim, volume = %p.handle, driver = p.place.driver(), bytes = p.size_bytes, "volume provisioned");
+                    }
+                    troubles.volumes.remove(&p.handle);
+                }
+                Err(e) => {
+                    tracing::warn!(claim = %p.claim, volume = %p.handle, error = %e, "cannot provision a volume");
+                    troubles.volumes.insert(p.handle.clone(), e);
+                    troubles.retry = true;
+                }
+            }
+        }
+    }
+
+    /// Grows local volumes to their claims' size; one the host cannot grow
+    /// mounted waits (`expansion_pending`) while its users restart.
+    async fn expand(&self, local: &Arc<dyn VolumeBackend>, wanted: &Wanted) {
+        let volumes = local.list().await.unwrap_or_default();
+        for volume in volumes {
+            let Some(&size) = wanted.sizes.get(volume.id.as_str()) else {
+                continue;
+            };
+            let handle = volume.id.to_string();
+            if size <= volume.size_bytes {
+                let mut troubles = self.troubles();
+                troubles.expansion_pending.remove(&handle);
+                troubles.restarting.remove(&handle);
+                continue;
+            }
+            if volume.staged_at.is_some() && self.troubles().expansion_pending.contains(&handle) {
+                self.restart_users(&handle).await;
+                continue;
+            }
+            match local.expand(&volume.id, size).await {
+                Ok(bytes) => {
+                    tracing::info!(volume = %handle, bytes, "volume expanded");
+                    self.troubles().volumes.remove(&handle);
+                }
+                Err(StorageError::OfflineExpansionRequired { .. }) => {
+                    tracing::info!(volume = %handle, bytes = size, "volume must be unmounted to grow: restarting its users");
+                    self.troubles().expansion_pending.insert(handle.clone());
+                    self.restart_users(&handle).await;
+                }
+                Err(e) => {
+                    let mut troubles = self.troubles();
+                    troubles.volumes.insert(handle, e.to_string());
+                    troubles.retry = true;
+                }
+            }
+        }
+    }
+
+    /// Asks the supervisor, once per expansion, to restart the pods using
+    /// local volume `handle`.
+    async fn restart_users(&self, handle: &str) {
+        if !self.troubles().restarting.insert(handle.to_string()) {
+            return;
+        }
+        let key = (LOCAL_DRIVER.to_string(), handle.to_string());
+        let users: Vec<String> = mounts::users_of(&*self.mounts.lock().await, &key)
+            .cloned()
+            .collect();
+        let restarts = self
+            .restarts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        match restarts {
+            Some(restarts) if !users.is_empty() => restarts.restart(
+                users,
+                format!("volume {handle} must be unmounted to grow: restarting the pod to expand it offline"),
+            ),
+            _ => {
+                tracing::warn!(volume = %handle, "volume must be unmounted to grow and nothing restarts its users");
+            }
+        }
+    }
+
+    /// Grows `id` if an expansion waits for it to be unmounted (called
+    /// before it is staged again).
+    pub(crate) async fn expand_offline(&self, backend: &Arc<dyn VolumeBackend>, id: &VolumeId) {
+        let handle = id.to_string();
+        if !self.troubles().expansion_pending.contains(&handle) {
+            return;
+        }
+        let size = self
+            .last_wanted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .and_then(|w| w.sizes.get(&handle).copied());
+        let Some(size) = size else {
+            return;
+        };
+        match backend.expand(id, size).await {
+            Ok(bytes) => {
+                tracing::info!(volume = %handle, bytes, "volume expanded offline");
+                let mut troubles = self.troubles();
+                troubles.expansion_pending.remove(&handle);
+                troubles.restarting.remove(&handle);
+                troubles.volumes.remove(&handle);
+            }
+            Err(e) => {
+                tracing::warn!(volume = %handle, error = %e, "offline expansion failed");
+                self.troubles().volumes.insert(handle, e.to_string());
+            }
+        }
+        self.wake.notify_one();
+    }
+
+    async fn take_snapshots(&self, local: &Arc<dyn VolumeBackend>, wanted: &Wanted) {
+        let volumes: BTreeSet<String> = local
+            .list()
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .map(|v| v.id.to_string())
+            .collect();
+        for take in &wanted.snapshots {
+            if !volumes.contains(&take.volume) {
+                continue;
+            }
+            let result = async {
+                let snapshot = SnapshotId::new(take.handle.clone()).map_err(|e| e.to_string())?;
+                if local
+                    .get_snapshot(&snapshot)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .is_some()
+                {
+                    return Ok(false);
+                }
+                let volume = VolumeId::new(take.volume.clone()).map_err(|e| e.to_string())?;
+                local
+                    .snapshot(&volume, &snapshot)
+                    .await
+                    .map(|_| true)
+                    .map_err(|e| e.to_string())
+            }
+            .await;
+            let mut troubles = self.troubles();
+            match result {
+                Ok(taken) => {
+                    if taken {
+                        tracing::info!(snapshot = %take.handle, volume = %take.volume, "snapshot taken");
+                    }
+                    troubles.snapshots.remove(&take.handle);
+                }
+                Err(e) => {
+                    tracing::warn!(snapshot = %take.handle, error = %e, "cannot take a snapshot");
+                    troubles
+                        .snapshots
+                        .insert(take.handle.clone(), (take.volume.clone(), e));
+                    troubles.retry = true;
+                }
+            }
+        }
+    }
+
+    /// Deletes the provisioned volumes (`pvc-*`) nothing references and the
+    /// snapshots no content references; one still in use is tried later.
+    async fn collect(&self, wanted: &Wanted) {
+        let used: BTreeSet<(String, String)> = self
+            .mounts
+            .lock()
+            .await
+            .values()
+            .flatten()
+            .filter_map(|e| key_of(&e.source))
+            .collect();
+        for (place, backend) in self.backends.opened() {
+            let volumes = match bounded(backend.list()).await {
+                Ok(volumes) => volumes,
+                Err(e) => {
+                    tracing::warn!(driver = place.driver(), error = %e, "cannot list volumes");
+                    continue;
+                }
+            };
+            for volume in volumes {
+                let handle = volume.id.to_string();
+                if !handle.starts_with("pvc-")
+                    || wanted.kept_volumes.contains(&handle)
+                    || used.contains(&(place.driver().to_string(), handle.clone()))
+                {
+                    continue;
+                }
+                match backend.delete(&volume.id).await {
+                    Ok(()) => {
+                        tracing::info!(volume = %handle, driver = place.driver(), "deleted a volume nothing references");
+                        self.troubles().volumes.remove(&handle);
+                    }
+                    Err(e) => {
+                        tracing::debug!(volume = %handle, error = %e, "cannot delete a volume yet");
+                        self.troubles().retry = true;
+                    }
+                }
+            }
+            for snapshot in bounded(backend.list_snapshots()).await.unwrap_or_default() {
+                if wanted.kept_snapshots.contains(snapshot.id.as_str()) {
+                    continue;
+                }
+                match backend.delete_snapshot(&snapshot.id).await {
+                    Ok(()) => {
+                        tracing::info!(snapshot = %snapshot.id, "deleted a snapshot no content references")
+                    }
+                    Err(e) => {
+                        tracing::warn!(snapshot = %snapshot.id, error = %e, "cannot delete a snapshot");
+                        self.troubles().retry = true;
+                    }
+                }
+            }
+        }
+        let mut troubles = self.troubles();
+        troubles
+            .snapshots
+            .retain(|handle, _| wanted.kept_snapshots.contains(handle));
+        troubles.volumes.retain(|handle, _| {
+            wanted.kept_volumes.contains(handle) || wanted.refused.contains_key(handle)
+        });
+    }
+}
