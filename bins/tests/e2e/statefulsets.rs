@@ -14,6 +14,7 @@ use serde_json::Value;
 use crate::common::kubectl::Kubectl;
 use crate::common::oci::oci_cluster_with;
 use crate::common::*;
+use crate::workloads::events_of;
 
 const MINUTE: Duration = Duration::from_secs(60);
 
@@ -104,23 +105,6 @@ fn ready_since(pod: &Value) -> String {
         .and_then(|c| c["lastTransitionTime"].as_str())
         .unwrap_or_default()
         .to_string()
-}
-
-/// The Events about `name`, as `reason: message`.
-fn events_of(kubectl: &Kubectl, name: &str) -> Vec<String> {
-    kubectl.json(&["get", "events"])["items"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|e| e["involvedObject"]["name"] == name)
-        .map(|e| {
-            format!(
-                "{}: {}",
-                e["reason"].as_str().unwrap_or_default(),
-                e["message"].as_str().unwrap_or_default()
-            )
-        })
-        .collect()
 }
 
 #[test]
