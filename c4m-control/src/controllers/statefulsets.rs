@@ -91,6 +91,40 @@ pub(crate) fn default_new_stateful_set(set: &mut Value) {
     }
 }
 
+/// The spec fields of a StatefulSet an update may change (Kubernetes').
+const UPDATABLE: [&str; 7] = [
+    "replicas",
+    "ordinals",
+    "template",
+    "updateStrategy",
+    "revisionHistoryLimit",
+    "persistentVolumeClaimRetentionPolicy",
+    "minReadySeconds",
+];
+
+/// Refuses an update of a StatefulSet (both defaulted) that changes other
+/// spec fields than [`UPDATABLE`], in Kubernetes' words.
+pub(crate) fn check_update(current: &Value, updated: &Value) -> std::result::Result<(), String> {
+    let fixed = |set: &Value| -> Vec<(String, Value)> {
+        set["spec"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(field, value)| !UPDATABLE.contains(&field.as_str()) && !value.is_null())
+            .map(|(field, value)| (field.clone(), value.clone()))
+            .collect()
+    };
+    if fixed(current) == fixed(updated) {
+        return Ok(());
+    }
+    Err(
+        "spec: Forbidden: updates to statefulset spec for fields other than 'replicas', \
+        'ordinals', 'template', 'updateStrategy', 'revisionHistoryLimit', \
+        'persistentVolumeClaimRetentionPolicy' and 'minReadySeconds' are forbidden"
+            .to_string(),
+    )
+}
+
 /// The name of the claim of `template` for ordinal `ordinal` of `set`.
 pub(crate) fn claim_name(template: &str, set: &str, ordinal: u64) -> String {
     format!("{template}-{set}-{ordinal}")

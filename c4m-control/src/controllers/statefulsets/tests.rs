@@ -470,3 +470,27 @@ fn a_new_set_gets_kubernetes_defaults_and_keeps_its_own() {
         json!({"whenDeleted": "Retain", "whenScaled": "Delete"})
     );
 }
+
+#[test]
+fn an_update_may_change_only_what_kubernetes_lets_change() {
+    let current = set(json!({}));
+    let mut scaled = current.clone();
+    scaled["spec"]["replicas"] = json!(5);
+    scaled["spec"]["template"]["spec"]["containers"][0]["image"] = json!("redis:2");
+    scaled["spec"]["updateStrategy"] = json!({"type": "OnDelete"});
+    assert_eq!(check_update(&current, &scaled), Ok(()));
+    for (field, value) in [
+        ("serviceName", json!("other")),
+        ("selector", json!({"matchLabels": {"app": "db"}})),
+        ("volumeClaimTemplates", json!([])),
+        ("podManagementPolicy", json!("Parallel")),
+    ] {
+        let mut changed = current.clone();
+        changed["spec"][field] = value;
+        let error = check_update(&current, &changed).unwrap_err();
+        assert!(
+            error.starts_with("spec: Forbidden: updates to statefulset spec for fields other than 'replicas', 'ordinals', 'template'"),
+            "{field}: {error}"
+        );
+    }
+}
