@@ -244,16 +244,18 @@ fn retention_policy_sets_the_owners_of_claims() {
         world.claim("data-web-0")["metadata"]["ownerReferences"],
         json!([{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "web", "uid": "set-uid"}])
     );
-    // Scaling down: the condemned pod becomes an owner of its claim in the
-    // pass that deletes it.
+    // Scaling down: the condemned pod becomes the owner of its claim in
+    // the pass that deletes it.
     world.set["spec"]["replicas"] = json!(1);
     let plan = world.step();
     assert_eq!(plan.delete, ["web-1"]);
     assert_eq!(
         world.claim("data-web-1")["metadata"]["ownerReferences"],
-        json!([{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "web", "uid": "set-uid"},
-            {"apiVersion": "v1", "kind": "Pod", "name": "web-1", "uid": "uid-web-1"}])
+        json!([{"apiVersion": "v1", "kind": "Pod", "name": "web-1", "uid": "uid-web-1"}]),
+        "the pod alone: the set would keep it"
     );
+    // The pod gone, its claim is left to the collector.
+    assert!(world.step().claim_owners.is_empty());
     // Retain both: the set's references go, others stay.
     world.set["spec"]["persistentVolumeClaimRetentionPolicy"] =
         json!({"whenDeleted": "Retain", "whenScaled": "Retain"});
