@@ -247,6 +247,21 @@ fn a_statefulset_runs_ordered_pods_with_stable_names_rolls_out_and_scales() {
         status.contains("partitioned roll out complete: 1 new pods have been updated"),
         "{status}"
     );
+
+    // kubectl rollout undo goes back to the first revision.
+    let history = kubectl.ok(&["rollout", "history", "sts/web"]);
+    assert!(history.contains("REVISION"), "{history}");
+    let undone = kubectl.ok(&["rollout", "undo", "sts/web"]);
+    assert_eq!(undone.trim(), "statefulset.apps/web rolled back");
+    kubectl.ok(&["rollout", "status", "sts/web", "--timeout=60s"]);
+    let pods = wait_for("web-0 back at GEN=1", 2 * MINUTE, || {
+        let pods = wait_pods(&kubectl, "web", &["web-0"]);
+        (pods[0]["spec"]["containers"][0]["env"][0]["value"] == "1").then_some(pods)
+    });
+    assert_eq!(
+        pods[0]["metadata"]["labels"]["controller-revision-hash"],
+        revision.as_str()
+    );
 }
 
 /// The instance network of the redis test (slice 0: 10.99.224.0/24).
