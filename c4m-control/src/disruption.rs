@@ -188,7 +188,7 @@ pub(crate) struct BudgetInputs {
     /// Every PodDisruptionBudget.
     pub(crate) pdbs: Vec<Arc<Value>>,
     pods: Vec<Arc<Value>>,
-    /// Microservices and Deployments.
+    /// Microservices, Deployments and StatefulSets.
     owners: Vec<Arc<Value>>,
 }
 
@@ -203,7 +203,7 @@ impl BudgetInputs {
         Some(BudgetInputs {
             pdbs,
             pods: cache.list(kind("pods"), None),
-            owners: ["microservices", "deployments"]
+            owners: ["microservices", "deployments", "statefulsets"]
                 .into_iter()
                 .flat_map(|plural| cache.list(kind(plural), None))
                 .collect(),
@@ -324,6 +324,36 @@ mod tests {
             a.current_healthy,
             a.disruptions_allowed,
         )
+    }
+
+    /// A StatefulSet's replicas count as a Deployment's do.
+    #[tokio::test]
+    async fn a_stateful_sets_replicas_are_expected() {
+        let (_dir, store, objects) = crate::test_support::store_with_default_namespace().await;
+        let set = serde_json::json!({"apiVersion": "apps/v1", "kind": "StatefulSet",
+            "metadata": {"name": "db", "namespace": "default"},
+            "spec": {"replicas": 3, "serviceName": "db", "selector": {"matchLabels": {"app": "db"}},
+                "template": {"metadata": {"labels": {"app": "db"}},
+                    "spec": {"containers": [{"name": "c", "image": "x"}]}}}});
+        let set = objects
+            .create(kind("statefulsets"), "default", set)
+            .await
+            .unwrap();
+        let pdb = serde_json::json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+            "metadata": {"name": "db", "namespace": "default"},
+            "spec": {"minAvailable": 2, "selector": {"matchLabels": {"app": "db"}}}});
+        objects
+            .create(kind("poddisruptionbudgets"), "default", pdb)
+            .await
+            .unwrap();
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let cache = crate::cache::Cache::start(store, shutdown.clone())
+            .await
+            .unwrap();
+        let inputs = BudgetInputs::read(&cache).unwrap();
+        let uid = set["metadata"]["uid"].as_str().unwrap();
+        assert_eq!(inputs.owner_replicas().get(uid), Some(&3));
+        shutdown.cancel();
     }
 
     #[test]

@@ -477,6 +477,11 @@ impl Objects {
                 current["spec"]["cidr"]
             )));
         }
+        if kind.kind == "StatefulSet" {
+            crate::controllers::statefulsets::default_new_stateful_set(&mut merged);
+            crate::controllers::statefulsets::check_update(current, &merged)
+                .map_err(Error::Invalid)?;
+        }
         let generation = current["metadata"]["generation"].as_i64().unwrap_or(1);
         let bumped = if spec_part(&merged) != spec_part(current) {
             generation + 1

@@ -445,6 +445,7 @@ fn spawn_controllers(
             "pods",
             "microservices",
             "deployments",
+            "statefulsets",
         ],
         SCHEDULER_RESYNC,
         Box::new(|o, c, _| {

@@ -68,6 +68,8 @@ use serde_json::{Value, json};
 
 #[path = "e2e/overlay.rs"]
 mod overlay;
+#[path = "e2e/volumes.rs"]
+mod volumes;
 
 #[derive(Parser)]
 #[command(about = "End-to-end benchmarks through the real c4m binaries")]
@@ -135,6 +137,20 @@ enum Bench {
         /// Rounds per path (the median is reported).
         #[arg(long, default_value_t = 3)]
         rounds: usize,
+    },
+    /// Persistent volumes on one oci node (root): claim + pod -> Ready
+    /// with the volume mounted, many claims -> Bound, a 1 GiB volume's
+    /// snapshot -> readyToUse.
+    Volumes {
+        /// Claim + pod pairs, one after the other.
+        #[arg(long, default_value_t = 20)]
+        rounds: usize,
+        /// Claims created at once.
+        #[arg(long, default_value_t = 100)]
+        claims: usize,
+        /// MiB of random data in the snapshotted 1 GiB volume.
+        #[arg(long, default_value_t = 768)]
+        fill_mib: u64,
     },
     /// Receives one TCP connection on `port` to its end (run by `overlay`
     /// inside a network namespace).
@@ -474,6 +490,11 @@ async fn main() -> Result<()> {
             agent_subcommand,
         } => oci(instances, &driver, agent_subcommand).await,
         Bench::Overlay { megabytes, rounds } => overlay::run(megabytes, rounds).await,
+        Bench::Volumes {
+            rounds,
+            claims,
+            fill_mib,
+        } => volumes::run(rounds, claims, fill_mib).await,
         Bench::Sink { port } => overlay::sink(port),
         Bench::Source { to, megabytes } => overlay::source(to, megabytes),
     }

@@ -14,24 +14,6 @@ use crate::common::*;
 
 const MINUTE: Duration = Duration::from_secs(60);
 
-/// A pod of busybox that runs `script` with the claim `claim` at /data.
-fn pod_with_claim(name: &str, claim: &str, script: &str) -> String {
-    format!(
-        r#"apiVersion: v1
-kind: Pod
-metadata: {{name: {name}}}
-spec:
-  terminationGracePeriodSeconds: 1
-  volumes: [{{name: data, persistentVolumeClaim: {{claimName: {claim}}}}}]
-  containers:
-  - name: main
-    image: bb:1
-    command: [sh, -c, {script:?}]
-    volumeMounts: [{{name: data, mountPath: /data}}]
-"#
-    )
-}
-
 /// A claim of the default class.
 fn claim(name: &str, size: &str) -> String {
     format!(
@@ -49,6 +31,21 @@ fn apply(cluster: &Cluster, kubectl: &Kubectl, name: &str, manifest: &str) {
     let path = cluster.dir.path().join(format!("{name}.yaml"));
     std::fs::write(&path, manifest).unwrap();
     kubectl.ok(&["apply", "-f", path.to_str().unwrap()]);
+}
+
+/// An oci node `node`, the claim `data` (64Mi, default class) and the pod
+/// `pod` running `script` with it at /data, Ready.
+fn cluster_with_user(node: &str, pod: &str, script: &str) -> (Cluster, Kubectl) {
+    let (cluster, kubectl) = oci_cluster_with(node, &["--default-driver", "oci"]);
+    apply(&cluster, &kubectl, "data", &claim("data", "64Mi"));
+    apply(
+        &cluster,
+        &kubectl,
+        pod,
+        &crate::storage::pod(pod, "data", script),
+    );
+    wait_ready(&kubectl, pod);
+    (cluster, kubectl)
 }
 
 fn wait_ready(kubectl: &Kubectl, pod: &str) {
@@ -118,15 +115,7 @@ fn data_size_kib(kubectl: &Kubectl, pod: &str) -> u64 {
 #[test]
 #[ignore = "needs root + runc + conmon + losetup + kubectl"]
 fn kubectl_shows_storage_columns_and_a_claim_in_use_stays_terminating() {
-    let (cluster, kubectl) = oci_cluster_with("claims", &["--default-driver", "oci"]);
-    apply(&cluster, &kubectl, "data", &claim("data", "64Mi"));
-    apply(
-        &cluster,
-        &kubectl,
-        "user",
-        &pod_with_claim("user", "data", "sleep 3600"),
-    );
-    wait_ready(&kubectl, "user");
+    let (_cluster, kubectl) = cluster_with_user("claims", "user", "sleep 3600");
     let pvc = kubectl.json(&["get", "pvc", "data"]);
     let volume = pvc["spec"]["volumeName"].as_str().unwrap().to_string();
 
@@ -191,15 +180,8 @@ fn kubectl_shows_storage_columns_and_a_claim_in_use_stays_terminating() {
 #[test]
 #[ignore = "needs root + runc + conmon + losetup + kubectl"]
 fn a_snapshot_restores_its_contents_into_a_new_volume() {
-    let (cluster, kubectl) = oci_cluster_with("snaps", &["--default-driver", "oci"]);
-    apply(&cluster, &kubectl, "data", &claim("data", "64Mi"));
-    apply(
-        &cluster,
-        &kubectl,
-        "writer",
-        &pod_with_claim("writer", "data", "echo before > /data/note; sleep 3600"),
-    );
-    wait_ready(&kubectl, "writer");
+    let (cluster, kubectl) =
+        cluster_with_user("snaps", "writer", "echo before > /data/note; sleep 3600");
     assert_eq!(
         exec(&kubectl, "writer", "sync; cat /data/note").trim(),
         "before"
@@ -227,7 +209,7 @@ fn a_snapshot_restores_its_contents_into_a_new_volume() {
         &cluster,
         &kubectl,
         "reader",
-        &pod_with_claim("reader", "copy", "sleep 3600"),
+        &crate::storage::pod("reader", "copy", "sleep 3600"),
     );
     wait_ready(&kubectl, "reader");
     assert_eq!(exec(&kubectl, "reader", "cat /data/note").trim(), "before");
@@ -237,15 +219,8 @@ fn a_snapshot_restores_its_contents_into_a_new_volume() {
 #[test]
 #[ignore = "needs root + runc + conmon + losetup + kubectl"]
 fn expanding_a_volume_grows_the_filesystem_its_pod_sees() {
-    let (cluster, kubectl) = oci_cluster_with("grow", &["--default-driver", "oci"]);
-    apply(&cluster, &kubectl, "data", &claim("data", "64Mi"));
-    apply(
-        &cluster,
-        &kubectl,
-        "user",
-        &pod_with_claim("user", "data", "echo kept > /data/kept; sleep 3600"),
-    );
-    wait_ready(&kubectl, "user");
+    let (cluster, kubectl) =
+        cluster_with_user("grow", "user", "echo kept > /data/kept; sleep 3600");
     let before = data_size_kib(&kubectl, "user");
     assert!((40_000..=70_000).contains(&before), "{before} KiB");
 
@@ -272,7 +247,7 @@ fn expanding_a_volume_grows_the_filesystem_its_pod_sees() {
             &cluster,
             &kubectl,
             "user",
-            &pod_with_claim("user", "data", "sleep 3600"),
+            &crate::storage::pod("user", "data", "sleep 3600"),
         );
         wait_ready(&kubectl, "user");
     } else {

@@ -14,6 +14,7 @@ use serde_json::Value;
 use crate::common::kubectl::Kubectl;
 use crate::common::oci::oci_cluster_with;
 use crate::common::*;
+use crate::workloads::events_of;
 
 const MINUTE: Duration = Duration::from_secs(60);
 
@@ -104,23 +105,6 @@ fn ready_since(pod: &Value) -> String {
         .and_then(|c| c["lastTransitionTime"].as_str())
         .unwrap_or_default()
         .to_string()
-}
-
-/// The Events about `name`, as `reason: message`.
-fn events_of(kubectl: &Kubectl, name: &str) -> Vec<String> {
-    kubectl.json(&["get", "events"])["items"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|e| e["involvedObject"]["name"] == name)
-        .map(|e| {
-            format!(
-                "{}: {}",
-                e["reason"].as_str().unwrap_or_default(),
-                e["message"].as_str().unwrap_or_default()
-            )
-        })
-        .collect()
 }
 
 #[test]
@@ -262,6 +246,21 @@ fn a_statefulset_runs_ordered_pods_with_stable_names_rolls_out_and_scales() {
     assert!(
         status.contains("partitioned roll out complete: 1 new pods have been updated"),
         "{status}"
+    );
+
+    // kubectl rollout undo goes back to the first revision.
+    let history = kubectl.ok(&["rollout", "history", "sts/web"]);
+    assert!(history.contains("REVISION"), "{history}");
+    let undone = kubectl.ok(&["rollout", "undo", "sts/web"]);
+    assert_eq!(undone.trim(), "statefulset.apps/web rolled back");
+    kubectl.ok(&["rollout", "status", "sts/web", "--timeout=60s"]);
+    let pods = wait_for("web-0 back at GEN=1", 2 * MINUTE, || {
+        let pods = wait_pods(&kubectl, "web", &["web-0"]);
+        (pods[0]["spec"]["containers"][0]["env"][0]["value"] == "1").then_some(pods)
+    });
+    assert_eq!(
+        pods[0]["metadata"]["labels"]["controller-revision-hash"],
+        revision.as_str()
     );
 }
 
@@ -433,4 +432,69 @@ fn a_redis_statefulset_keeps_its_data_when_deleted_and_recreated() {
         redis_cli(&kubectl, "db-0", &["get", "greeting"]),
         "hello from db-0"
     );
+}
+
+/// A set whose claims go with it (`whenDeleted: Delete`) and with a
+/// scaled-away pod (`whenScaled: Delete`). No node runs the pods: claims
+/// are made and owned whatever the pods' state.
+const RETAINING_NOTHING: &str = r#"
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: scratch}
+spec:
+  serviceName: scratch
+  replicas: 2
+  podManagementPolicy: Parallel
+  persistentVolumeClaimRetentionPolicy: {whenDeleted: Delete, whenScaled: Delete}
+  selector: {matchLabels: {app: scratch}}
+  template:
+    metadata: {labels: {app: scratch}}
+    spec:
+      containers: [{name: main, image: bb:1, volumeMounts: [{name: data, mountPath: /data}]}]
+  volumeClaimTemplates:
+  - metadata: {name: data}
+    spec: {accessModes: [ReadWriteOnce], resources: {requests: {storage: 16Mi}}}
+"#;
+
+/// The names of the claims of the namespace, sorted.
+fn claim_names(kubectl: &Kubectl) -> Vec<String> {
+    let mut names: Vec<String> = kubectl.json(&["get", "pvc"])["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(name_of)
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+#[ignore = "needs kubectl"]
+fn claims_follow_the_retention_policy_when_scaled_and_deleted() {
+    let cluster = Cluster::start();
+    let kubectl = Kubectl::for_cluster(&cluster);
+    apply(&cluster, &kubectl, "scratch", RETAINING_NOTHING);
+    let set = kubectl.json(&["get", "sts", "scratch"]);
+    wait_for("claims owned by the set", MINUTE, || {
+        let claims = kubectl.json(&["get", "pvc"]);
+        let owned = claims["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| c["metadata"]["ownerReferences"][0]["uid"] == set["metadata"]["uid"])
+            .count();
+        (owned == 2).then_some(())
+    });
+    assert_eq!(claim_names(&kubectl), ["data-scratch-0", "data-scratch-1"]);
+
+    // Scaled down: scratch-1 goes, and its claim with it.
+    kubectl.ok(&["scale", "sts", "scratch", "--replicas=1"]);
+    wait_for("data-scratch-1 gone", MINUTE, || {
+        (claim_names(&kubectl) == ["data-scratch-0"]).then_some(())
+    });
+    // Deleted: the last claim goes with the set.
+    kubectl.ok(&["delete", "sts", "scratch"]);
+    wait_for("every claim gone", MINUTE, || {
+        claim_names(&kubectl).is_empty().then_some(())
+    });
 }

@@ -44,7 +44,9 @@ fn claim(name: &str, size: &str, from_snapshot: Option<&str>) -> String {
     )
 }
 
-fn pod(name: &str, claim: &str, script: &str) -> String {
+/// A busybox pod running `script` (no double quotes) with the claim
+/// `claim` at /data.
+pub(crate) fn pod(name: &str, claim: &str, script: &str) -> String {
     format!(
         r#"apiVersion: v1
 kind: Pod

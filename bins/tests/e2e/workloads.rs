@@ -36,7 +36,7 @@ fn wait_finished(kubectl: &Kubectl, name: &str, wanted: &str) -> Value {
 }
 
 /// The Events about `name`, as `reason: message`.
-fn events_of(kubectl: &Kubectl, name: &str) -> Vec<String> {
+pub(crate) fn events_of(kubectl: &Kubectl, name: &str) -> Vec<String> {
     kubectl.json(&["get", "events"])["items"]
         .as_array()
         .into_iter()

@@ -91,6 +91,40 @@ pub(crate) fn default_new_stateful_set(set: &mut Value) {
     }
 }
 
+/// The spec fields of a StatefulSet an update may change (Kubernetes').
+const UPDATABLE: [&str; 7] = [
+    "replicas",
+    "ordinals",
+    "template",
+    "updateStrategy",
+    "revisionHistoryLimit",
+    "persistentVolumeClaimRetentionPolicy",
+    "minReadySeconds",
+];
+
+/// Refuses an update of a StatefulSet (both defaulted) that changes other
+/// spec fields than [`UPDATABLE`], in Kubernetes' words.
+pub(crate) fn check_update(current: &Value, updated: &Value) -> std::result::Result<(), String> {
+    let fixed = |set: &Value| -> Vec<(String, Value)> {
+        set["spec"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(field, value)| !UPDATABLE.contains(&field.as_str()) && !value.is_null())
+            .map(|(field, value)| (field.clone(), value.clone()))
+            .collect()
+    };
+    if fixed(current) == fixed(updated) {
+        return Ok(());
+    }
+    Err(
+        "spec: Forbidden: updates to statefulset spec for fields other than 'replicas', \
+        'ordinals', 'template', 'updateStrategy', 'revisionHistoryLimit', \
+        'persistentVolumeClaimRetentionPolicy' and 'minReadySeconds' are forbidden"
+            .to_string(),
+    )
+}
+
 /// The name of the claim of `template` for ordinal `ordinal` of `set`.
 pub(crate) fn claim_name(template: &str, set: &str, ordinal: u64) -> String {
     format!("{template}-{set}-{ordinal}")
@@ -356,9 +390,10 @@ fn revisions(view: &SetView) -> (String, String, Option<Value>, u64) {
     (current, update, created, collisions)
 }
 
-/// The owner references `claim` (of `ordinal`) should have: its others,
-/// the set's when `whenDeleted: Delete`, its pod's when `whenScaled:
-/// Delete` and the ordinal is scaled away.
+/// The owner references `claim` (of `ordinal`) should have, as
+/// Kubernetes sets them: its others, and its pod's when `whenScaled:
+/// Delete` and the ordinal is scaled away, else the set's when
+/// `whenDeleted: Delete`.
 fn claim_references(
     set: &Value,
     claim: &Value,
@@ -375,13 +410,16 @@ fn claim_references(
         .filter(|r| r["uid"] != *set_uid && !(r["kind"] == "Pod" && r["name"] == pod_name.as_str()))
         .cloned()
         .collect();
-    if retention_deletes(set, "whenDeleted") {
-        references.push(json!({"apiVersion": "apps/v1", "kind": "StatefulSet",
-            "name": name_of(set), "uid": set_uid}));
-    }
-    if let Some(pod) = pod.filter(|_| condemned && retention_deletes(set, "whenScaled")) {
-        references.push(json!({"apiVersion": "v1", "kind": "Pod",
-            "name": pod_name, "uid": pod["metadata"]["uid"]}));
+    // A scaled-away pod alone owns its claims (the set would keep them
+    // alive, the collector deleting only what has no owner left).
+    match pod.filter(|_| condemned && retention_deletes(set, "whenScaled")) {
+        Some(pod) => references.push(json!({"apiVersion": "v1", "kind": "Pod",
+            "name": pod_name, "uid": pod["metadata"]["uid"]})),
+        None if retention_deletes(set, "whenDeleted") => {
+            references.push(json!({"apiVersion": "apps/v1", "kind": "StatefulSet",
+                "name": name_of(set), "uid": set_uid}));
+        }
+        None => {}
     }
     json!(references)
 }
@@ -440,6 +478,11 @@ pub(crate) fn plan(view: &SetView) -> SetPlan {
     for ordinal in range.start..range.end.max(pods.keys().next_back().map_or(0, |o| o + 1)) {
         let pod = pods.get(&ordinal).copied();
         let condemned = !range.contains(&ordinal);
+        // A scaled-away ordinal's claims are left as its pod left them
+        // (owned by it, the collector deletes them; else kept).
+        if condemned && pod.is_none() {
+            continue;
+        }
         for template in &templates {
             let name = claim_name(name_of(template), set_name, ordinal);
             let Some(claim) = view.claims.get(name.as_str()) else {

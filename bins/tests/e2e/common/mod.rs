@@ -133,6 +133,27 @@ pub(crate) fn unmount_under(dir: &Path) {
     }
 }
 
+/// Detaches the loop devices whose backing files are under `dir` (the
+/// local volumes of agents that were killed with them attached), so their
+/// space is freed once the directory goes.
+pub(crate) fn detach_loops_under(dir: &Path) {
+    let Ok(devices) = std::fs::read_dir("/sys/block") else {
+        return;
+    };
+    for device in devices.flatten() {
+        let name = device.file_name().to_string_lossy().to_string();
+        let Ok(backing) = std::fs::read_to_string(device.path().join("loop/backing_file")) else {
+            continue;
+        };
+        let backing = backing.trim().trim_end_matches(" (deleted)");
+        if Path::new(backing).starts_with(dir) {
+            let _ = std::process::Command::new("losetup")
+                .args(["-d", &format!("/dev/{name}")])
+                .status();
+        }
+    }
+}
+
 /// A cluster of real processes.
 pub(crate) struct Cluster {
     pub dir: tempfile::TempDir,
@@ -724,6 +745,7 @@ impl Drop for Cluster {
         kill_instances(self.dir.path());
         kill_pod_holders(self.dir.path());
         unmount_under(self.dir.path());
+        detach_loops_under(self.dir.path());
         if std::thread::panicking() {
             for name in std::fs::read_dir(self.dir.path())
                 .into_iter()

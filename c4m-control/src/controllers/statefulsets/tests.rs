@@ -244,16 +244,18 @@ fn retention_policy_sets_the_owners_of_claims() {
         world.claim("data-web-0")["metadata"]["ownerReferences"],
         json!([{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "web", "uid": "set-uid"}])
     );
-    // Scaling down: the condemned pod becomes an owner of its claim in the
-    // pass that deletes it.
+    // Scaling down: the condemned pod becomes the owner of its claim in
+    // the pass that deletes it.
     world.set["spec"]["replicas"] = json!(1);
     let plan = world.step();
     assert_eq!(plan.delete, ["web-1"]);
     assert_eq!(
         world.claim("data-web-1")["metadata"]["ownerReferences"],
-        json!([{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "web", "uid": "set-uid"},
-            {"apiVersion": "v1", "kind": "Pod", "name": "web-1", "uid": "uid-web-1"}])
+        json!([{"apiVersion": "v1", "kind": "Pod", "name": "web-1", "uid": "uid-web-1"}]),
+        "the pod alone: the set would keep it"
     );
+    // The pod gone, its claim is left to the collector.
+    assert!(world.step().claim_owners.is_empty());
     // Retain both: the set's references go, others stay.
     world.set["spec"]["persistentVolumeClaimRetentionPolicy"] =
         json!({"whenDeleted": "Retain", "whenScaled": "Retain"});
@@ -469,4 +471,28 @@ fn a_new_set_gets_kubernetes_defaults_and_keeps_its_own() {
         set["spec"]["persistentVolumeClaimRetentionPolicy"],
         json!({"whenDeleted": "Retain", "whenScaled": "Delete"})
     );
+}
+
+#[test]
+fn an_update_may_change_only_what_kubernetes_lets_change() {
+    let current = set(json!({}));
+    let mut scaled = current.clone();
+    scaled["spec"]["replicas"] = json!(5);
+    scaled["spec"]["template"]["spec"]["containers"][0]["image"] = json!("redis:2");
+    scaled["spec"]["updateStrategy"] = json!({"type": "OnDelete"});
+    assert_eq!(check_update(&current, &scaled), Ok(()));
+    for (field, value) in [
+        ("serviceName", json!("other")),
+        ("selector", json!({"matchLabels": {"app": "db"}})),
+        ("volumeClaimTemplates", json!([])),
+        ("podManagementPolicy", json!("Parallel")),
+    ] {
+        let mut changed = current.clone();
+        changed["spec"][field] = value;
+        let error = check_update(&current, &changed).unwrap_err();
+        assert!(
+            error.starts_with("spec: Forbidden: updates to statefulset spec for fields other than 'replicas', 'ordinals', 'template'"),
+            "{field}: {error}"
+        );
+    }
 }

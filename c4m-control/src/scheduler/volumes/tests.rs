@@ -82,6 +82,12 @@ async fn create(objects: &Objects, plural: &str, object: Value) {
         .unwrap();
 }
 
+/// Creates the pod `name` using the claim `claim`.
+async fn create_user(objects: &Objects, name: &str, claim: &str) {
+    let volumes = json!([{"name": "data", "persistentVolumeClaim": {"claimName": claim}}]);
+    create(objects, "pods", pod_using(name, volumes)).await;
+}
+
 /// One scheduling cycle with `reports`; the pod `name` afterwards.
 async fn schedule(
     objects: &Objects,
@@ -113,15 +119,7 @@ async fn a_claim_to_provision_goes_to_a_node_with_room_named_in_the_bind() {
         claim("data", "wait", "1Gi"),
     )
     .await;
-    create(
-        &objects,
-        "pods",
-        pod_using(
-            "db",
-            json!([{"name": "data", "persistentVolumeClaim": {"claimName": "data"}}]),
-        ),
-    )
-    .await;
+    create_user(&objects, "db", "data").await;
     // No node has reported room yet: the pod waits.
     let pod = schedule(&objects, &cache, reports(&[]), "db").await;
     assert_eq!(crate::pods::node_name(&pod), None);
@@ -158,15 +156,7 @@ async fn a_claim_selected_for_a_node_keeps_the_pod_there() {
     let mut selected = claim("data", "wait", "1Gi");
     selected["metadata"]["annotations"] = json!({c4m_core::volumes::SELECTED_NODE: "a"});
     create(&objects, "persistentvolumeclaims", selected).await;
-    create(
-        &objects,
-        "pods",
-        pod_using(
-            "db",
-            json!([{"name": "data", "persistentVolumeClaim": {"claimName": "data"}}]),
-        ),
-    )
-    .await;
+    create_user(&objects, "db", "data").await;
     let pod = schedule(&objects, &cache, reports(&[("b", 5 * GI)]), "db").await;
     assert_eq!(crate::pods::node_name(&pod), Some("a"));
     shutdown.cancel();
@@ -185,15 +175,7 @@ async fn a_bound_volume_pins_the_pod_to_its_node() {
     let mut bound = claim("data", "wait", "1Gi");
     bound["spec"]["volumeName"] = json!("pvc-1");
     create(&objects, "persistentvolumeclaims", bound).await;
-    create(
-        &objects,
-        "pods",
-        pod_using(
-            "db",
-            json!([{"name": "data", "persistentVolumeClaim": {"claimName": "data"}}]),
-        ),
-    )
-    .await;
+    create_user(&objects, "db", "data").await;
     let pod = schedule(&objects, &cache, reports(&[]), "db").await;
     assert_eq!(crate::pods::node_name(&pod), Some("b"));
     // Another pod of the claim that cannot go to b (its selector) is told why.
