@@ -436,26 +436,10 @@ impl Agent {
         let restarts = crate::supervisor::Restarts::default();
         node_volumes.set_restarts(Arc::new(restarts.clone()));
         let claims: Arc<dyn ClaimMounts> = node_volumes;
-        let volumes = match PodVolumes::open(
-            &self.config.data_dir,
-            claims,
-            self.config.memory_bytes,
-        )
-        .await
-        {
-            Ok(volumes) => {
-                if let Err(e) = volumes.share_root() {
-                    tracing::warn!(error = %e, "mountPropagation of pod volumes will not work");
-                }
-                Some(volumes)
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "pod volumes are unavailable: pods with volumes wait");
-                None
-            }
-        };
+        let volumes =
+            PodVolumes::open(&self.config.data_dir, claims, self.config.memory_bytes).await;
         let supervisor = Supervisor {
-            volumes,
+            volumes: Some(volumes),
             restarts,
             runtimes: self.extensions.runtimes,
             prober: self

@@ -58,12 +58,9 @@ use crate::claims::ClaimMounts;
 #[error("{0}")]
 pub(crate) struct NotMounted(pub String);
 
-/// Why the node's pod volumes cannot be opened.
+/// Why the directory of pod volumes cannot be made a shared mount.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum OpenError {
-    /// The pool of sized file systems.
-    #[error("pod volumes: {0}")]
-    Storage(#[from] c4m_storage::Error),
     /// The directory of pod volumes.
     #[error("pod volumes directory {}: {source}", path.display())]
     Io {
@@ -99,8 +96,9 @@ pub(crate) struct VolumeDir {
 pub(crate) struct PodVolumes {
     /// `<data>/pod-volumes`.
     root: PathBuf,
-    /// Sized file systems (`emptyDir.sizeLimit`, ephemeral-storage).
-    scratch: ScratchDirs,
+    /// Sized file systems (`emptyDir.sizeLimit`, ephemeral-storage), or
+    /// why this node has none (not root, no losetup).
+    scratch: Result<ScratchDirs, String>,
     /// The node's persistent volumes.
     claims: Arc<dyn ClaimMounts>,
     /// The node's memory, the size of a memory `emptyDir` nothing bounds.
@@ -124,24 +122,32 @@ impl PodVolumes {
         data_dir: &Path,
         claims: Arc<dyn ClaimMounts>,
         node_memory: u64,
-    ) -> Result<PodVolumes, OpenError> {
-        let local = LocalBackend::open(data_dir.join("pod-scratch"))?;
-        let report = local.reconcile().await?;
-        if !report.is_clean() {
-            tracing::info!(?report, "repaired the pods' sized file systems");
-        }
-        Ok(PodVolumes {
+    ) -> PodVolumes {
+        let scratch = async {
+            let local = LocalBackend::open(data_dir.join("pod-scratch"))?;
+            let report = local.reconcile().await?;
+            if !report.is_clean() {
+                tracing::info!(?report, "repaired the pods' sized file systems");
+            }
+            Ok::<_, c4m_storage::Error>(ScratchDirs::new(Arc::new(local)))
+        };
+        let scratch = scratch.await.map_err(|e| {
+            tracing::warn!(error = %e, "no sized emptyDirs or ephemeral-storage limits on this node");
+            format!("this node cannot make sized file systems: {e}")
+        });
+        PodVolumes {
             root: data_dir.join("pod-volumes"),
-            scratch: ScratchDirs::new(Arc::new(local)),
+            scratch,
             claims,
             node_memory,
             removing: Arc::default(),
-        })
+        }
     }
 
     /// Makes the directory of pod volumes a shared mount ([`make_shared`]),
-    /// so that `mountPropagation` works; the agent does this once at start.
-    pub(crate) fn share_root(&self) -> Result<(), OpenError> {
+    /// so that `mountPropagation` works: done the first time a container
+    /// asks for propagation, the node left as it was until then.
+    fn share_root(&self) -> Result<(), OpenError> {
         make_shared(&self.root)
     }
 
@@ -163,6 +169,22 @@ impl PodVolumes {
             .and_then(|s| s.volumes.clone())
             .unwrap_or_default();
         let resolved = resolved_volumes(pod)?;
+        // What cannot be set up yet is told before anything is made (the
+        // supervisor asks again every tick).
+        for volume in &volumes {
+            match resolved.get(&volume.name) {
+                Some(ResolvedVolume::Waiting { message }) => {
+                    return Err(NotMounted(message.clone()));
+                }
+                None if needs_resolution(volume) => {
+                    return Err(NotMounted(format!(
+                        "volume {:?} is not resolved yet",
+                        volume.name
+                    )));
+                }
+                _ => {}
+            }
+        }
         let dir = self.pod_dir(pod_id);
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         write_uid(&dir, &uid).map_err(|e| {
@@ -208,9 +230,6 @@ impl PodVolumes {
                 path
             } else {
                 match resolved.get(&volume.name) {
-                    Some(ResolvedVolume::Waiting { message }) => {
-                        return Err(NotMounted(message.clone()));
-                    }
                     Some(ResolvedVolume::Files { files }) => {
                         write_files(&target, files).map_err(failed)?;
                         read_only = true;
@@ -228,13 +247,7 @@ impl PodVolumes {
                         read_only = *read_only_claim;
                         target
                     }
-                    None if needs_resolution(volume) => {
-                        return Err(NotMounted(format!(
-                            "volume {:?} is not resolved yet",
-                            volume.name
-                        )));
-                    }
-                    None => {
+                    Some(ResolvedVolume::Waiting { .. }) | None => {
                         return Err(failed(
                             "this node does not know its volume source".to_string(),
                         ));
@@ -247,11 +260,17 @@ impl PodVolumes {
     }
 
     /// Rewrites the files of `pod`'s projected volumes that its newest
-    /// assignment carries, in place (the containers see them change).
+    /// assignment carries, in place (the containers see them change); a
+    /// volume now `Waiting` (its ConfigMap deleted) keeps its files, as the
+    /// kubelet keeps them.
     pub(crate) fn refresh_files(&self, pod_id: &str, pod: &Instance) -> Result<(), NotMounted> {
         let resolved = resolved_volumes(pod)?;
+        let declared = pod.spec.as_ref().and_then(|s| s.volumes.as_ref());
+        let declared = |name: &str| declared.is_some_and(|v| v.iter().any(|v| v.name == name));
         for (name, volume) in resolved {
-            if let ResolvedVolume::Files { files } = volume {
+            if let ResolvedVolume::Files { files } = volume
+                && declared(&name)
+            {
                 let target = self.pod_dir(pod_id).join("volumes").join(&name);
                 write_files(&target, &files).map_err(|why| {
                     NotMounted(format!(
@@ -315,12 +334,17 @@ impl PodVolumes {
                 }
                 None => root.clone(),
             };
+            let propagation = MountPropagation::of(mount.mount_propagation.as_deref())
+                .map_err(|why| format!("{field}.mountPropagation: {why}"))?;
+            if propagation != MountPropagation::None {
+                self.share_root()
+                    .map_err(|e| format!("{field}.mountPropagation: {e}"))?;
+            }
             mounts.push(Mount {
                 source,
                 destination: PathBuf::from(&mount.mount_path),
                 read_only: mount.read_only.unwrap_or(false) || volume.read_only,
-                propagation: MountPropagation::of(mount.mount_propagation.as_deref())
-                    .map_err(|why| format!("{field}.mountPropagation: {why}"))?,
+                propagation,
             });
         }
         Ok(mounts)
@@ -365,6 +389,7 @@ impl PodVolumes {
         size: u64,
         target: &Path,
     ) -> Result<(), String> {
+        let dirs = self.scratch.as_ref().map_err(Clone::clone)?;
         let safe_uid: String = uid
             .chars()
             .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
@@ -386,8 +411,7 @@ impl PodVolumes {
         // ext4 needs room for its own metadata: smaller limits get the
         // smallest file system.
         let size = size.max(MIN_VOLUME_BYTES);
-        self.scratch
-            .create_dir(&volume, size, target)
+        dirs.create_dir(&volume, size, target)
             .await
             .map_err(|e| e.to_string())?;
         // Writable by the containers' users, as Kubernetes makes emptyDirs.
@@ -435,8 +459,14 @@ impl PodVolumes {
             Ok(listed) => {
                 for scratch in listed {
                     let removed = match VolumeId::new(scratch.id.clone()) {
-                        Ok(id) => self.scratch.remove_dir(&id, &scratch.dir).await,
-                        Err(e) => Err(e),
+                        Ok(id) => match &self.scratch {
+                            Ok(dirs) => dirs
+                                .remove_dir(&id, &scratch.dir)
+                                .await
+                                .map_err(|e| e.to_string()),
+                            Err(why) => Err(why.clone()),
+                        },
+                        Err(e) => Err(e.to_string()),
                     };
                     if let Err(e) = removed {
                         fail("remove a sized file system", &e);

@@ -93,6 +93,11 @@ const TELL_WAIT: Duration = Duration::from_secs(2);
 const EVENTS_KEPT: usize = 4;
 /// How often volumes left of pods no longer here are looked for.
 const VOLUME_SWEEP: Duration = Duration::from_secs(30);
+/// The first wait before a pod's volumes are set up again after a failure
+/// (at once when its resolved volumes change), and the longest (Kubernetes'
+/// volume manager's).
+const VOLUME_RETRY_INITIAL: Duration = Duration::from_millis(500);
+const VOLUME_RETRY_MAX: Duration = Duration::from_secs(122);
 /// A container's waiting reason while its pod's volumes are set up.
 const CONTAINER_CREATING: &str = "ContainerCreating";
 /// The Event of a volume that cannot be set up (the kubelet's reason).
@@ -451,6 +456,9 @@ struct Managed {
     volumes_waiting: Option<String>,
     /// The resolved volumes its files were last written from.
     resolved_volumes: Option<String>,
+    /// After a failed set-up: when to try again, the wait that was, and
+    /// the resolved volumes tried (new ones are tried at once).
+    volumes_retry: Option<(Instant, Duration, Option<String>)>,
 }
 
 impl Managed {
@@ -926,6 +934,7 @@ impl Supervisor {
             volume_dirs: None,
             volumes_waiting: None,
             resolved_volumes: None,
+            volumes_retry: None,
         }
     }
 
@@ -1786,6 +1795,12 @@ impl Supervisor {
             .as_ref()
             .and_then(|s| s.volumes.as_ref())
             .is_some_and(|v| !v.is_empty());
+        if let Some((at, _, tried)) = &instance.volumes_retry
+            && Instant::now() < *at
+            && *tried == resolved
+        {
+            return false;
+        }
         let outcome = match (&self.volumes, has_volumes) {
             (_, false) => Ok(VolumeDirs::new()),
             (Some(volumes), true) => volumes.set_up(id, &instance.pod).await.map_err(|e| e.0),
@@ -1795,6 +1810,7 @@ impl Supervisor {
             Ok(dirs) => {
                 instance.volume_dirs = Some(dirs);
                 instance.volumes_waiting = None;
+                instance.volumes_retry = None;
                 instance.resolved_volumes = resolved;
                 for slot in &mut instance.slots {
                     if slot
@@ -1808,6 +1824,14 @@ impl Supervisor {
                 true
             }
             Err(message) => {
+                // The kubelet's volume retries: from 500 ms, doubling, to 2 min.
+                let wait = instance
+                    .volumes_retry
+                    .as_ref()
+                    .map_or(VOLUME_RETRY_INITIAL, |(_, wait, _)| {
+                        (*wait * 2).min(VOLUME_RETRY_MAX)
+                    });
+                instance.volumes_retry = Some((Instant::now() + wait, wait, resolved));
                 if instance.volumes_waiting.as_ref() != Some(&message) {
                     tracing::info!(instance = %id, reason = %message, "the pod's volumes are not ready");
                     if let Some(first) = instance.slots.first_mut() {

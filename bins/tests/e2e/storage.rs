@@ -490,7 +490,7 @@ spec:
 fn what_an_instance_on_one_host_writes_to_an_nfs_volume_one_on_another_host_reads() {
     use c4m_storage::testing::Ganesha;
 
-    use crate::common::{import_busybox, start_host_agents};
+    use crate::common::{import_busybox, start_host_agent, start_host_agents};
 
     require_oci();
     require_root_and(&["ganesha.nfsd", "rpcbind", "unshare", "nsenter"]).unwrap();
@@ -570,6 +570,63 @@ spec:
         })
         .collect();
     assert_eq!(nodes, [("reader", "h2"), ("writer", "h1")]);
+
+    // kill -9 of h2's agent ends the FUSE mount it served: the next agent
+    // mounts the volume again and restarts the reader, which reads what h1
+    // wrote meanwhile.
+    cluster.kill_agent("h2");
+    kubectl.ok(&[
+        "exec",
+        "writer",
+        "--",
+        "sh",
+        "-c",
+        "echo and more while h2 was down >> /data/f && sync /data/f",
+    ]);
+    start_host_agent(
+        &mut cluster,
+        &hosts,
+        2,
+        ["2", "2Gi"],
+        "10.91.0.0/16",
+        &["--default-driver", "auto"],
+    );
+    let mut logs = String::new();
+    let restarted = (0..600).any(|_| {
+        let output = kubectl.run(&["logs", "reader"]);
+        logs = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let done = logs.contains("and more while h2 was down");
+        if !done {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        done
+    });
+    assert!(
+        restarted,
+        "the reader restarted on a live mount reads what h1 wrote meanwhile: {logs}"
+    );
+    wait_for("the reader's FailedMount Event", SLOW, || {
+        let events = kubectl.json(&[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=reader",
+        ]);
+        events["items"]
+            .as_array()?
+            .iter()
+            .any(|e| {
+                e["reason"] == "FailedMount"
+                    && e["message"]
+                        .as_str()
+                        .is_some_and(|m| m.contains("ended with the previous agent"))
+            })
+            .then_some(())
+    });
 
     kubectl.ok(&["delete", "pod", "writer", "reader", "--wait=false"]);
     wait_for("the pods gone", SLOW, || {
@@ -652,22 +709,20 @@ fn a_mounted_volume_grows_offline_by_restarting_its_pod() {
         "kept\n",
         "the data survives the offline expansion"
     );
-    let events = kubectl.json(&[
-        "get",
-        "events",
-        "--field-selector",
-        "involvedObject.name=writer",
-    ]);
-    let reasons: Vec<&str> = events["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|e| e["reason"].as_str())
-        .collect();
-    assert!(
-        reasons.contains(&"FileSystemResizeRequired"),
-        "the pod's Events say why it restarted: {reasons:?}"
-    );
+    // The pod's Events say why it restarted (recorded from its report).
+    wait_for("the pod's FileSystemResizeRequired Event", SLOW, || {
+        let events = kubectl.json(&[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.name=writer",
+        ]);
+        events["items"]
+            .as_array()?
+            .iter()
+            .any(|e| e["reason"] == "FileSystemResizeRequired")
+            .then_some(())
+    });
 
     kubectl.ok(&["delete", "pod", "writer", "--wait=false"]);
     wait_for("the writer gone", SLOW, || {

@@ -611,3 +611,173 @@ fn a_pod_waits_for_its_volumes_then_runs() {
     });
     all_torn_down(&cluster, "vols");
 }
+
+/// `c4m run --volume NAME:PATH --disk SIZE` on the oci driver: the volume
+/// is mounted where asked, and both the volume's size and the instance's
+/// own disk stop writes with ENOSPC, nothing evicted.
+#[test]
+#[ignore = "needs root + runc + conmon + kubectl + loop devices"]
+fn c4m_run_volume_and_disk_are_hard_limits() {
+    let (cluster, kubectl) = oci_cluster();
+    cluster.ok(&["volume", "create", "--size", "16Mi", "--name", "data"]);
+    cluster.ok(&[
+        "run",
+        "--name",
+        "app",
+        "--driver",
+        "oci",
+        "--image",
+        "bb:1",
+        "--volume",
+        "data:/data",
+        "--disk",
+        "16Mi",
+        "--",
+        "sleep",
+        "3600",
+    ]);
+    let pods = cluster.wait_ready("c4m.io/microservice=app", 1, Duration::from_secs(60));
+    let pod = name_of(&pods[0]);
+    for (target, what) in [("/data/fill", "the volume"), ("/fill", "--disk")] {
+        let (code, output) = exec(
+            &kubectl,
+            &pod,
+            "app",
+            &format!("dd if=/dev/zero of={target} bs=1M count=32"),
+        );
+        assert!(
+            code != 0 && output.contains("No space left on device"),
+            "32 MiB into 16 MiB of {what}: {output}"
+        );
+    }
+    let pod = kubectl.json(&["get", "pod", &pod]);
+    assert_eq!(pod["status"]["phase"], "Running", "nothing evicted: {pod}");
+    assert_eq!(restarts(&pod), 0, "{pod}");
+    kubectl.ok(&["delete", "microservice", "app", "--timeout=60s"]);
+    cluster.wait_gone("c4m.io/microservice=app", Duration::from_secs(60));
+    all_torn_down(&cluster, "vols");
+    cluster.ok(&["volume", "delete", "data"]);
+}
+
+/// A privileged container's hostPath volume is the node's directory
+/// itself (made with `DirectoryOrCreate`); one whose `type` does not match
+/// what is there keeps its pod in ContainerCreating, naming the volume.
+#[test]
+#[ignore = "needs root + runc + conmon + kubectl"]
+fn host_paths_are_the_nodes_own_for_privileged_containers() {
+    let (cluster, kubectl) = oci_cluster();
+    let host_dir = cluster.dir.path().join("host/made");
+    let manifest = |name: &str, path: &std::path::Path, kind: &str| {
+        format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata: {{name: {name}}}
+spec:
+  runtimeClassName: oci
+  terminationGracePeriodSeconds: 1
+  volumes: [{{name: host, hostPath: {{path: {}, type: {kind}}}}}]
+  containers:
+  - name: main
+    image: bb:1
+    command: [sh, -c, "echo from-container > /host/file; exec sleep 3600"]
+    securityContext: {{privileged: true}}
+    volumeMounts: [{{name: host, mountPath: /host}}]
+"#,
+            path.display()
+        )
+    };
+    kubectl.run_ready(
+        &cluster,
+        "hosted",
+        &manifest("hosted", &host_dir, "DirectoryOrCreate"),
+    );
+    wait_for(
+        "the container's write on the node",
+        Duration::from_secs(30),
+        || {
+            std::fs::read_to_string(host_dir.join("file"))
+                .ok()
+                .filter(|text| text == "from-container\n")
+        },
+    );
+    let path = cluster.dir.path().join("wrong.yaml");
+    std::fs::write(
+        &path,
+        manifest("wrong", &host_dir.join("file"), "Directory"),
+    )
+    .unwrap();
+    kubectl.ok(&["apply", "-f", path.to_str().unwrap()]);
+    wait_for(
+        "ContainerCreating naming the volume",
+        Duration::from_secs(30),
+        || {
+            let pod = kubectl.json(&["get", "pod", "wrong"]);
+            let waiting = &pod["status"]["containerStatuses"][0]["state"]["waiting"];
+            let message = waiting["message"].as_str().unwrap_or_default();
+            (waiting["reason"] == "ContainerCreating"
+                && message.starts_with("MountVolume.SetUp failed for volume \"host\"")
+                && message.contains("is not a directory"))
+            .then_some(())
+        },
+    );
+    kubectl.ok(&["delete", "pod", "hosted", "wrong", "--timeout=60s"]);
+    all_torn_down(&cluster, "vols");
+    assert!(host_dir.join("file").exists(), "the node's files stay");
+}
+
+const PROJECTED: &str = r#"apiVersion: v1
+kind: Secret
+metadata: {name: creds}
+stringData: {password: s3cret}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: settings}
+data: {mode: fast}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: projected, labels: {tier: web}}
+spec:
+  runtimeClassName: oci
+  terminationGracePeriodSeconds: 1
+  volumes:
+  - {name: secret, secret: {secretName: creds, defaultMode: 0400}}
+  - name: info
+    downwardAPI:
+      items: [{path: labels, fieldRef: {fieldPath: metadata.labels}}]
+  - name: all
+    projected:
+      sources:
+      - configMap: {name: settings, items: [{key: mode, path: conf/mode}]}
+      - secret: {name: creds}
+  containers:
+  - name: main
+    image: bb:1
+    command: [sleep, "3600"]
+    volumeMounts:
+    - {name: secret, mountPath: /secret}
+    - {name: info, mountPath: /info}
+    - {name: all, mountPath: /all}
+"#;
+
+/// Secret, downwardAPI and projected volumes show the files the control
+/// plane resolved, with their modes.
+#[test]
+#[ignore = "needs root + runc + conmon + kubectl"]
+fn secret_downward_api_and_projected_volumes_show_their_files() {
+    let (cluster, kubectl) = oci_cluster();
+    kubectl.run_ready(&cluster, "projected", PROJECTED);
+    let run = |script: &str| exec(&kubectl, "projected", "main", script);
+    assert_eq!(
+        run("cat /secret/password; stat -L -c %a /secret/password"),
+        (0, "s3cret400\n".to_string())
+    );
+    assert_eq!(run("cat /info/labels"), (0, "tier=\"web\"".to_string()));
+    assert_eq!(
+        run("cat /all/conf/mode; echo; cat /all/password"),
+        (0, "fast\ns3cret".to_string())
+    );
+    kubectl.ok(&["delete", "pod", "projected", "--timeout=60s"]);
+    all_torn_down(&cluster, "vols");
+}

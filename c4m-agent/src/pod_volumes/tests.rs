@@ -45,9 +45,7 @@ impl ClaimMounts for FakeClaims {
 
 async fn volumes(dir: &Path) -> (PodVolumes, Arc<FakeClaims>) {
     let claims = Arc::new(FakeClaims::default());
-    let volumes = PodVolumes::open(dir, claims.clone(), 1 << 30)
-        .await
-        .unwrap();
+    let volumes = PodVolumes::open(dir, claims.clone(), 1 << 30).await;
     (volumes, claims)
 }
 
@@ -88,7 +86,7 @@ spec:
     volumeMounts:
     - {name: scratch, mountPath: /scratch}
     - {name: config, mountPath: /etc/app}
-    - {name: data, mountPath: /data, mountPropagation: HostToContainer}
+    - {name: data, mountPath: /data}
 "#;
 
 fn resolved_for_pod(config: serde_json::Value) -> serde_json::Value {
@@ -174,7 +172,7 @@ async fn volumes_are_made_mounted_updated_and_torn_down() {
                 "/data".into(),
                 "data".into(),
                 false,
-                MountPropagation::HostToContainer
+                MountPropagation::None
             ),
         ]
     );
@@ -373,4 +371,36 @@ async fn orphans_go_adopted_pods_and_pods_being_removed_stay() {
     assert_eq!(*claims.calls.lock().unwrap(), ["unmount 0a1b2c3d-uid"]);
     volumes.removed("removing").await;
     assert!(!root.join("removing").exists());
+}
+
+/// A node that cannot make sized file systems (here its pool is a file;
+/// elsewhere no root or no losetup) still sets up every other volume, and
+/// says why a sized one cannot be made.
+#[tokio::test]
+async fn without_sized_file_systems_other_volumes_still_work() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("pod-scratch"), "not a directory").unwrap();
+    let (volumes, _) = volumes(dir.path()).await;
+    let plain = "spec: {volumes: [{name: d, emptyDir: {}}], containers: []}";
+    volumes
+        .set_up("plain", &pod(plain, serde_json::Value::Null))
+        .await
+        .unwrap();
+    let sized = "spec: {volumes: [{name: d, emptyDir: {sizeLimit: 16Mi}}], containers: []}";
+    let error = volumes
+        .set_up("sized", &pod(sized, serde_json::Value::Null))
+        .await
+        .unwrap_err();
+    assert!(
+        error.0.starts_with(
+            "MountVolume.SetUp failed for volume \"d\": this node cannot make sized file systems"
+        ),
+        "{}",
+        error.0
+    );
+    assert!(
+        volumes.tear_down("sized").await,
+        "nothing was listed to remove"
+    );
+    assert!(volumes.tear_down("plain").await);
 }

@@ -10,26 +10,23 @@ use std::time::SystemTime;
 use c4m_api::agent::ContainerEvent;
 use tokio::sync::Notify;
 
-use crate::volumes::RestartUsers;
-
-/// The Event reason on a pod restarted to grow one of its volumes.
-pub(crate) const RESIZE_RESTART: &str = "FileSystemResizeRequired";
+use crate::volumes::{RestartReason, RestartUsers};
 
 /// Pods to restart, by uid, with why; shared by the volume manager (who
 /// asks) and the supervisor (who restarts).
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Restarts {
-    asked: Arc<Mutex<BTreeMap<String, String>>>,
+    asked: Arc<Mutex<BTreeMap<String, RestartReason>>>,
     /// Restarted pods (by instance id) whose new run is told why.
-    restarted: Arc<Mutex<BTreeMap<String, String>>>,
+    restarted: Arc<Mutex<BTreeMap<String, RestartReason>>>,
     pub(crate) wake: Arc<Notify>,
 }
 
 impl RestartUsers for Restarts {
-    fn restart(&self, pod_uids: Vec<String>, reason: String) {
+    fn restart(&self, pod_uids: Vec<String>, why: RestartReason) {
         let mut asked = self.asked.lock().unwrap_or_else(PoisonError::into_inner);
         for uid in pod_uids {
-            asked.insert(uid, reason.clone());
+            asked.insert(uid, why.clone());
         }
         drop(asked);
         self.wake.notify_one();
@@ -48,7 +45,7 @@ impl Restarts {
         });
         match reason {
             Some(reason) => {
-                tracing::info!(instance = %id, %reason, "restarting the pod for its volume");
+                tracing::info!(instance = %id, reason = %reason.message, "restarting the pod for its volume");
                 self.restarted
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
@@ -61,7 +58,7 @@ impl Restarts {
 
     /// The Event of a pod's run after such a restart, once.
     pub(crate) fn event_for(&self, id: &str) -> Option<ContainerEvent> {
-        let reason = self
+        let why = self
             .restarted
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -71,9 +68,9 @@ impl Restarts {
             .unwrap_or_default()
             .as_nanos();
         Some(ContainerEvent {
-            id: format!("{RESIZE_RESTART}-{at}"),
-            reason: RESIZE_RESTART.into(),
-            message: reason,
+            id: format!("{}-{at}", why.event),
+            reason: why.event.into(),
+            message: why.message,
         })
     }
 }
@@ -85,15 +82,12 @@ mod tests {
     #[test]
     fn an_asked_restart_is_taken_once_and_told_once() {
         let restarts = Restarts::default();
-        restarts.restart(
-            vec!["u1".into()],
-            "volume pvc-1 must be unmounted to grow".into(),
-        );
+        restarts.restart(vec!["u1".into()], RestartReason::resize("pvc-1"));
         assert!(!restarts.take(Some("u2"), "shop_b_u2"));
         assert!(restarts.take(Some("u1"), "shop_a_u1"));
         assert!(!restarts.take(Some("u1"), "shop_a_u1"), "taken once");
         let event = restarts.event_for("shop_a_u1").unwrap();
-        assert_eq!(event.reason, RESIZE_RESTART);
+        assert_eq!(event.reason, "FileSystemResizeRequired");
         assert!(event.message.contains("pvc-1"));
         assert!(restarts.event_for("shop_a_u1").is_none(), "told once");
     }

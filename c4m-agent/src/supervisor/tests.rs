@@ -1342,8 +1342,7 @@ async fn volumes_are_mounted_updated_in_place_or_waited_for() {
         Arc::new(crate::pod_volumes::tests::FakeClaims::default()),
         1 << 30,
     )
-    .await
-    .unwrap();
+    .await;
     let runtime = FakeRuntime::new();
     let mut harness = Harness::start_with(&runtime, &FakeProber::new(), Some(volumes));
     let with_files = |resolved: serde_json::Value| {
@@ -1450,7 +1449,7 @@ async fn a_pod_whose_volume_must_grow_offline_restarts_and_says_why() {
 
     h.restarts.restart(
         vec!["uid-web".into()],
-        "volume pvc-1 must be unmounted to grow".into(),
+        crate::volumes::RestartReason::resize("pvc-1"),
     );
     let statuses = h
         .wait_for(|s| {
@@ -1465,11 +1464,49 @@ async fn a_pod_whose_volume_must_grow_offline_restarts_and_says_why() {
     let web_status = statuses.iter().find(|s| s.name == "web").unwrap();
     let event = &web_status.containers[0].events[0];
     assert_eq!(event.reason, "FileSystemResizeRequired");
-    assert_eq!(event.message, "volume pvc-1 must be unmounted to grow");
+    assert!(
+        event
+            .message
+            .starts_with("volume pvc-1 must be unmounted to grow")
+    );
     assert_eq!(
         runtime.starts(&other_id),
         1,
         "a pod not using the volume keeps running"
     );
     h.stop().await;
+}
+
+/// A pod with volumeMounts on a node whose default driver is `process`
+/// (it names none), or with an ephemeral-storage limit on `docker`, waits
+/// with CreateContainerConfigError naming the field and the drivers that
+/// can; nothing starts.
+#[tokio::test]
+async fn what_the_default_driver_cannot_mount_is_refused_naming_the_field() {
+    for (driver, extra, refusal) in [
+        (
+            "process",
+            serde_json::json!({
+                "volumes": [{"name": "d", "emptyDir": {}}],
+                "containers": [{"name": "main", "command": ["serve"],
+                    "volumeMounts": [{"name": "d", "mountPath": "/d"}]}],
+            }),
+            "spec.containers[0].volumeMounts: the process driver cannot mount volumes",
+        ),
+        (
+            "docker",
+            serde_json::json!({
+                "containers": [{"name": "main", "command": ["serve"],
+                    "resources": {"limits": {"ephemeral-storage": "1Gi"}}}],
+            }),
+            "spec.containers[0].resources.limits.ephemeral-storage: the docker driver cannot enforce it",
+        ),
+    ] {
+        let runtime = FakeRuntime::new().named(driver);
+        let mut harness = Harness::start(&runtime);
+        harness
+            .assert_refused(&runtime, &web_with(extra), refusal)
+            .await;
+        harness.stop().await;
+    }
 }

@@ -85,8 +85,39 @@ async fn bounded<T>(
 /// given back ([`unmount_pod`](crate::claims::ClaimMounts::unmount_pod)),
 /// and they start again, which stages the volume afresh, grown.
 pub(crate) trait RestartUsers: Send + Sync {
-    /// Restarts the pods `pod_uids`; `reason` goes into their Events.
-    fn restart(&self, pod_uids: Vec<String>, reason: String);
+    /// Restarts the pods `pod_uids`; `why` goes into their Events.
+    fn restart(&self, pod_uids: Vec<String>, why: RestartReason);
+}
+
+/// Why pods restart for a volume: their next run's Event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct RestartReason {
+    /// The Event's reason.
+    pub event: &'static str,
+    pub message: String,
+}
+
+impl RestartReason {
+    /// The volume `handle` must be unmounted to grow.
+    pub(crate) fn resize(handle: &str) -> Self {
+        Self {
+            event: "FileSystemResizeRequired",
+            message: format!(
+                "volume {handle} must be unmounted to grow: restarting the pod to expand it offline"
+            ),
+        }
+    }
+
+    /// The FUSE mount of NFS volume `handle` ended with the agent that
+    /// served it: the pod's containers see it broken until they restart.
+    pub(crate) fn mount_lost(handle: &str) -> Self {
+        Self {
+            event: "FailedMount",
+            message: format!(
+                "the NFS mount of volume {handle} ended with the previous agent: restarting the pod to mount it again"
+            ),
+        }
+    }
 }
 
 /// What went wrong lately, by handle.
@@ -114,6 +145,8 @@ pub(crate) struct NodeVolumes {
     report: watch::Sender<Option<Arc<VolumeReport>>>,
     assignments: watch::Receiver<Option<AssignmentSet>>,
     restarts: Mutex<Option<Arc<dyn RestartUsers>>>,
+    /// Restarts asked before anyone could take them (at recovery).
+    pending_restarts: Mutex<Vec<(Vec<String>, RestartReason)>>,
     timers: VolumeTimers,
 }
 
@@ -254,14 +287,42 @@ impl NodeVolumes {
             report,
             assignments,
             restarts: Mutex::default(),
+            pending_restarts: Mutex::default(),
             timers,
         });
         (volumes, reports)
     }
 
-    /// Who restarts a volume's users for an offline expansion.
+    /// Who restarts a volume's users (offline expansion, NFS mounts lost
+    /// with a previous agent); restarts asked before are handed over now.
     pub(crate) fn set_restarts(&self, restarts: Arc<dyn RestartUsers>) {
+        let pending = std::mem::take(
+            &mut *self
+                .pending_restarts
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        for (pods, why) in pending {
+            restarts.restart(pods, why);
+        }
         *self.restarts.lock().unwrap_or_else(PoisonError::into_inner) = Some(restarts);
+    }
+
+    /// Asks for `pods` to restart, now or once someone restarts pods.
+    pub(super) fn ask_restart(&self, pods: Vec<String>, why: RestartReason) {
+        let restarts = self
+            .restarts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        match restarts {
+            Some(restarts) => restarts.restart(pods, why),
+            None => self
+                .pending_restarts
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push((pods, why)),
+        }
     }
 
     fn troubles(&self) -> std::sync::MutexGuard<'_, Troubles> {
@@ -308,11 +369,19 @@ impl NodeVolumes {
             .flat_map(|(uid, entries)| entries.iter().map(move |e| (uid.clone(), e.clone())))
             .filter(|(_, e)| matches!(backends::place_of(&e.source), Ok((Place::Nfs(_), _))))
             .collect();
+        // Their pods' containers still see the dead mounts: restart them.
+        let mut lost: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for (uid, entry) in nfs {
             let target = entry.target.clone();
             if let Err(e) = self.remount(&entry).await {
                 tracing::warn!(pod = %uid, target = %target.display(), error = %e, "cannot mount an nfs volume again after a restart");
             }
+            if let Some((_, handle)) = key_of(&entry.source) {
+                lost.entry(handle).or_default().push(uid);
+            }
+        }
+        for (handle, pods) in lost {
+            self.ask_restart(pods, RestartReason::mount_lost(&handle));
         }
     }
 

@@ -11,7 +11,7 @@ use c4m_storage::{
 
 use super::mounts::{self, key_of};
 use super::wanted::{self, Place, Wanted};
-use super::{NodeVolumes, bounded};
+use super::{NodeVolumes, RestartReason, bounded};
 use crate::objects::ObjectSet;
 
 impl NodeVolumes {
@@ -140,20 +140,11 @@ impl NodeVolumes {
         let users: Vec<String> = mounts::users_of(&*self.mounts.lock().await, &key)
             .cloned()
             .collect();
-        let restarts = self
-            .restarts
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        match restarts {
-            Some(restarts) if !users.is_empty() => restarts.restart(
-                users,
-                format!("volume {handle} must be unmounted to grow: restarting the pod to expand it offline"),
-            ),
-            _ => {
-                tracing::warn!(volume = %handle, "volume must be unmounted to grow and nothing restarts its users");
-            }
+        if users.is_empty() {
+            tracing::warn!(volume = %handle, "volume must be unmounted to grow and no pod of this node has it");
+            return;
         }
+        self.ask_restart(users, RestartReason::resize(handle));
     }
 
     /// Grows `id` if an expansion waits for it to be unmounted (called

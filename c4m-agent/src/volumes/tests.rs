@@ -309,11 +309,11 @@ async fn a_restart_rebuilds_users_from_records_and_unstages_what_no_pod_records(
 }
 
 #[derive(Default)]
-struct Restarts(StdMutex<Vec<(Vec<String>, String)>>);
+struct Restarts(StdMutex<Vec<(Vec<String>, RestartReason)>>);
 
 impl RestartUsers for Restarts {
-    fn restart(&self, pod_uids: Vec<String>, reason: String) {
-        self.0.lock().unwrap().push((pod_uids, reason));
+    fn restart(&self, pod_uids: Vec<String>, why: RestartReason) {
+        self.0.lock().unwrap().push((pod_uids, why));
     }
 }
 
@@ -348,7 +348,7 @@ async fn a_mounted_volume_the_host_cannot_grow_restarts_its_users_and_grows_offl
     let asked = restarts.0.lock().unwrap().clone();
     assert_eq!(asked.len(), 1, "asked once: {asked:?}");
     assert_eq!(asked[0].0, ["p1"]);
-    assert!(asked[0].1.contains("pvc-u1"), "{}", asked[0].1);
+    assert_eq!(asked[0].1, RestartReason::resize("pvc-u1"));
 
     // The supervisor restarts the pod: it gives the volume back and mounts it again.
     node.volumes.unmount_pod("p1").await.unwrap();
@@ -511,4 +511,66 @@ async fn real_volumes_are_staged_once_and_leave_no_loop_device() {
             .is_none(),
         "both volumes collected once no claim references them"
     );
+}
+
+#[tokio::test]
+async fn pods_whose_nfs_mounts_died_with_the_previous_agent_are_restarted() {
+    let fake = Arc::new(FakeBackend::new(100 * GIB));
+    let dir = tempfile::tempdir().unwrap();
+    let open = |fake: &Arc<FakeBackend>| {
+        let export = Arc::clone(fake);
+        let opener: NfsOpener =
+            Box::new(move |_: &wanted::NfsTarget| Arc::clone(&export) as Arc<dyn VolumeBackend>);
+        let (_, assigned) = watch::channel(None);
+        NodeVolumes::new(
+            "n1",
+            Backends::new(None, Some(opener), BTreeMap::new()),
+            dir.path(),
+            assigned,
+            VolumeTimers::default(),
+        )
+        .0
+    };
+    let nfs = VolumeSource::Csi {
+        driver: c4m_core::volumes::NFS_DRIVER.into(),
+        handle: "pvc-shared".into(),
+        fs_type: None,
+        attributes: BTreeMap::from([
+            ("server".to_string(), "10.0.0.1".to_string()),
+            ("share".to_string(), "/export".to_string()),
+        ]),
+    };
+    fake.provision(&ProvisionRequest::new(
+        VolumeId::new("pvc-shared").unwrap(),
+        GIB,
+    ))
+    .await
+    .unwrap();
+    let volumes = open(&fake);
+    volumes
+        .mount("p1", "data", &nfs, false, &dir.path().join("t1"))
+        .await
+        .unwrap();
+    drop(volumes);
+
+    // The next agent: the mount is made again, and its pod restarted once
+    // someone restarts pods.
+    let volumes = open(&fake);
+    volumes.recover().await;
+    let restarts = Arc::new(Restarts::default());
+    volumes.set_restarts(Arc::clone(&restarts) as Arc<dyn RestartUsers>);
+    let asked = restarts.0.lock().unwrap().clone();
+    assert_eq!(
+        asked,
+        [(
+            vec!["p1".to_string()],
+            RestartReason::mount_lost("pvc-shared")
+        )]
+    );
+    let held = fake
+        .volume(&VolumeId::new("pvc-shared").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(held.staged_at.is_some(), "staged again");
 }

@@ -263,7 +263,7 @@ fn concerns_storage(cache: &Cache, changes: &crate::cache::Changes) -> bool {
 }
 
 /// A claim's storage request in bytes.
-fn requested_bytes(claim: &Value) -> Option<u64> {
+pub(crate) fn requested_bytes(claim: &Value) -> Option<u64> {
     claim["spec"]["resources"]["requests"]["storage"]
         .as_str()
         .and_then(|s| c4m_core::parse_memory_bytes(s).ok())

@@ -39,32 +39,12 @@ pub(crate) struct VolumeNeeds {
 }
 
 /// The claims `pod` uses, by name, with whether each is an ephemeral
-/// volume's.
+/// volume's ([`crate::controllers::volumes::claims_of_pod`]).
 pub(crate) fn claims_of(pod: &Value) -> Vec<(String, bool)> {
-    let pod_name = crate::objects::name_of(pod);
-    pod["spec"]["volumes"]
-        .as_array()
+    crate::controllers::volumes::claims_of_pod(pod)
         .into_iter()
-        .flatten()
-        .filter_map(|volume| {
-            if let Some(claim) = volume["persistentVolumeClaim"]["claimName"].as_str() {
-                return Some((claim.to_string(), false));
-            }
-            let name = volume["name"].as_str()?;
-            volume["ephemeral"]
-                .is_object()
-                .then(|| (format!("{pod_name}-{name}"), true))
-        })
+        .map(|(_, claim, ephemeral)| (claim, ephemeral))
         .collect()
-}
-
-/// The bytes a claim requests (`spec.resources.requests.storage`), 0 when
-/// it says nothing readable.
-fn requested_bytes(claim: &Value) -> u64 {
-    claim["spec"]["resources"]["requests"]["storage"]
-        .as_str()
-        .and_then(|q| c4m_core::parse_memory_bytes(q).ok())
-        .unwrap_or(0)
 }
 
 /// The nodes (of `nodes`) a PersistentVolume's required node affinity
@@ -156,7 +136,8 @@ pub(crate) fn needs(
             needs.to_provision.push(name);
         }
         if class["provisioner"] == LOCAL_DRIVER && selected.is_none() {
-            *local_bytes.get_or_insert(0) += requested_bytes(&claim);
+            *local_bytes.get_or_insert(0) +=
+                crate::controllers::volumes::requested_bytes(&claim).unwrap_or(0);
         }
     }
     if let Some(bytes) = local_bytes {

@@ -282,20 +282,42 @@ pub fn check_claim_spec(
         spec.storage_class_name.as_deref(),
         &join(path, "storageClassName"),
     )?;
-    if let Some(source) = &spec.data_source {
-        let group = source.api_group.as_deref().unwrap_or_default();
-        let supported = (group.is_empty() && source.kind == "PersistentVolumeClaim")
-            || (group == "snapshot.storage.k8s.io" && source.kind == "VolumeSnapshot");
-        if source.name.is_empty() {
-            return Err(field_error(join(path, "dataSource.name"), "Required value"));
+    // What a node can fill a new volume from: a VolumeSnapshot of its
+    // namespace (no clone of a claim, no other populator).
+    let sources = [
+        (
+            "dataSource",
+            spec.data_source
+                .as_ref()
+                .map(|s| (&s.api_group, &s.kind, &s.name, &None)),
+        ),
+        (
+            "dataSourceRef",
+            spec.data_source_ref
+                .as_ref()
+                .map(|s| (&s.api_group, &s.kind, &s.name, &s.namespace)),
+        ),
+    ];
+    for (field, source) in sources {
+        let Some((group, kind, name, namespace)) = source else {
+            continue;
+        };
+        let field = join(path, field);
+        if name.is_empty() {
+            return Err(field_error(join(&field, "name"), "Required value"));
         }
-        if !supported {
+        if group.as_deref() != Some("snapshot.storage.k8s.io") || kind != "VolumeSnapshot" {
             return Err(field_error(
-                join(path, "dataSource"),
+                field,
                 format!(
-                    "Unsupported value: {:?}: supported values: \"VolumeSnapshot\" (snapshot.storage.k8s.io)",
-                    source.kind
+                    "Unsupported value: {kind:?}: supported values: \"VolumeSnapshot\" (apiGroup snapshot.storage.k8s.io): c4m restores volumes from snapshots and does not clone claims"
                 ),
+            ));
+        }
+        if namespace.is_some() {
+            return Err(field_error(
+                join(&field, "namespace"),
+                "Forbidden: a snapshot of another namespace cannot be restored here",
             ));
         }
     }
@@ -686,9 +708,21 @@ mod tests {
                 "must be greater than zero".into()
             )
         );
-        let mut source = good;
-        source["dataSource"] = json!({"kind": "Secret", "name": "x"});
-        assert_eq!(error(claim(source)).0, "spec.dataSource");
+        let mut source = good.clone();
+        source["dataSource"] = json!({"kind": "PersistentVolumeClaim", "name": "x"});
+        assert_eq!(
+            error(claim(source)),
+            (
+                "spec.dataSource".into(),
+                "Unsupported value: \"PersistentVolumeClaim\": supported values: \"VolumeSnapshot\" (apiGroup snapshot.storage.k8s.io): c4m restores volumes from snapshots and does not clone claims".into()
+            )
+        );
+        let mut restore = good;
+        restore["dataSourceRef"] = json!({"apiGroup": "snapshot.storage.k8s.io",
+            "kind": "VolumeSnapshot", "name": "snap"});
+        assert!(validate_value(&claim(restore.clone())).is_ok());
+        restore["dataSourceRef"]["namespace"] = json!("other");
+        assert_eq!(error(claim(restore)).0, "spec.dataSourceRef.namespace");
     }
 
     #[test]

@@ -837,3 +837,63 @@ impl ContainerRuntime for ContainerdRuntime {
         exec::interactive(&self.inner, id, request).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The snapshot's writes move to the sized layer: an overlay keeps its
+    /// lower layers with `upperdir`/`workdir` there; a one-layer image's
+    /// bind mount becomes an overlay over it; anything else is refused.
+    #[test]
+    fn the_writable_layer_takes_the_snapshots_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let layer = dir.path().join("layer");
+        std::fs::create_dir_all(layer.join("upper/old")).unwrap();
+        let upper = format!("upperdir={}", layer.join("upper").display());
+        let work = format!("workdir={}", layer.join("work").display());
+        let overlay = Mount {
+            r#type: "overlay".into(),
+            source: "overlay".into(),
+            options: vec![
+                "index=off".into(),
+                "workdir=/snap/1/work".into(),
+                "upperdir=/snap/1/fs".into(),
+                "lowerdir=/snap/0/fs".into(),
+            ],
+            ..Default::default()
+        };
+        let moved = on_writable_layer("c", vec![overlay], &layer).unwrap();
+        assert_eq!(moved[0].r#type, "overlay");
+        assert_eq!(
+            moved[0].options,
+            [
+                "index=off".to_string(),
+                "lowerdir=/snap/0/fs".into(),
+                upper.clone(),
+                work.clone()
+            ]
+        );
+        assert!(
+            !layer.join("upper/old").exists(),
+            "an earlier run's writes go"
+        );
+        let bind = Mount {
+            r#type: "bind".into(),
+            source: "/snap/2/fs".into(),
+            options: vec!["rbind".into(), "rw".into()],
+            ..Default::default()
+        };
+        let moved = on_writable_layer("c", vec![bind], &layer).unwrap();
+        assert_eq!(
+            (moved[0].r#type.as_str(), moved[0].source.as_str()),
+            ("overlay", "overlay")
+        );
+        assert_eq!(
+            moved[0].options,
+            ["lowerdir=/snap/2/fs".to_string(), upper, work]
+        );
+        let error = on_writable_layer("c", Vec::new(), &layer).unwrap_err();
+        assert!(error.to_string().contains("(0 mounts)"), "{error}");
+    }
+}

@@ -81,6 +81,17 @@ pub(crate) async fn default_new(
             add_finalizer(value, PVC_PROTECTION);
             if value["spec"].is_object() {
                 default_field(&mut value["spec"], "volumeMode", "Filesystem");
+                // Either names the source, and the other mirrors it.
+                let spec = &mut value["spec"];
+                if spec["dataSourceRef"].is_null() && spec["dataSource"].is_object() {
+                    spec["dataSourceRef"] = spec["dataSource"].clone();
+                } else if spec["dataSource"].is_null() && spec["dataSourceRef"].is_object() {
+                    let mut source = spec["dataSourceRef"].clone();
+                    if let Some(source) = source.as_object_mut() {
+                        source.remove("namespace");
+                    }
+                    spec["dataSource"] = source;
+                }
                 // Absent (not "", which asks for no class): the default one.
                 if value["spec"]["storageClassName"].is_null()
                     && let Some(class) =

@@ -265,16 +265,38 @@ async fn reconcile_claim(
     if claim["status"]["phase"] == "Bound"
         || claim["metadata"]["annotations"][BIND_COMPLETED] == "yes"
     {
+        let held_by_another = |pv: &Value| {
+            let holder = &pv["spec"]["claimRef"]["uid"];
+            !holder.is_null() && *holder != claim["metadata"]["uid"]
+        };
         return match bound_to {
-            Some(pv) => {
+            Some(pv) if !held_by_another(pv) => {
                 let written = bind(objects, claim, pv).await?;
                 Ok(latest(written, expansion(objects, world, claim, pv).await?))
             }
-            None => lose(objects, claim).await,
+            _ => lose(objects, claim).await,
         };
     }
     if let Some(pv) = static_volume(claim, &world.volumes) {
         return bind(objects, claim, pv).await;
+    }
+    if !volume_name.is_empty() {
+        // Pre-bound by its user to a volume that is missing or does not fit.
+        let why = match bound_to {
+            Some(_) => format!(
+                "Cannot bind to requested volume \"{volume_name}\": it does not fit the claim (class, access modes, size, volume mode or claimRef)"
+            ),
+            None => format!("volume \"{volume_name}\" not found"),
+        };
+        world.nodes.note(
+            objects,
+            claim,
+            EventType::Warning,
+            "FailedBinding",
+            why,
+            BINDER,
+        );
+        return Ok(None);
     }
     // A volume this controller provisioned for it (the bind was cut short).
     let handle = volume_handle_for_claim(claim["metadata"]["uid"].as_str().unwrap_or_default());

@@ -124,6 +124,15 @@ impl Harness {
         handle
     }
 
+    /// Ready nodes, each reporting its free bytes for the local driver and
+    /// no volume.
+    async fn nodes_with_room(&self, nodes: &[(&str, u64)]) {
+        for (node, free) in nodes {
+            self.node(node).await;
+            self.report(node, *free, vec![], vec![]);
+        }
+    }
+
     /// Reports `node` with `free` bytes for the local driver and `volumes`.
     fn report(
         &self,
@@ -265,6 +274,16 @@ async fn new_objects_get_kubernetes_defaults_and_protection() {
         "\"\" asks for no class"
     );
 
+    let mut restore = new_claim("r", "1Gi", Some(""));
+    let source = json!({"apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot",
+        "name": "snap"});
+    restore["spec"]["dataSourceRef"] = source.clone();
+    let restore = h.create("persistentvolumeclaims", restore).await;
+    assert_eq!(
+        restore["spec"]["dataSource"], source,
+        "mirrored, as Kubernetes does"
+    );
+
     let pv = h
         .create("persistentvolumes", nfs_volume("nfs-1", "1Gi"))
         .await;
@@ -288,6 +307,39 @@ async fn updates_keep_what_kubernetes_keeps_immutable() {
         error.to_string(),
         "parameters: Forbidden: updates to parameters are forbidden."
     );
+    let mut expandable = (*h.get("storageclasses", "", "fixed").unwrap()).clone();
+    expandable["allowVolumeExpansion"] = json!(true);
+    let mut expandable = h
+        .objects
+        .replace(kind("storageclasses"), "", "fixed", expandable, Part::Main)
+        .await
+        .expect("allowVolumeExpansion may change, as in Kubernetes");
+    expandable["allowVolumeExpansion"] = json!(false);
+    h.objects
+        .replace(kind("storageclasses"), "", "fixed", expandable, Part::Main)
+        .await
+        .unwrap();
+
+    let pv = h
+        .create("persistentvolumes", nfs_volume("nfs-1", "1Gi"))
+        .await;
+    let mut moved = pv.clone();
+    moved["spec"]["nfs"]["path"] = json!("/elsewhere");
+    let error = h
+        .objects
+        .replace(kind("persistentvolumes"), "", "nfs-1", moved, Part::Main)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "spec.persistentvolumesource: Forbidden: spec.persistentvolumesource is immutable after creation"
+    );
+    let mut grown = pv.clone();
+    grown["spec"]["capacity"]["storage"] = json!("2Gi");
+    h.objects
+        .replace(kind("persistentvolumes"), "", "nfs-1", grown, Part::Main)
+        .await
+        .expect("a volume's capacity may change");
 
     let created = h
         .create(
@@ -438,10 +490,8 @@ async fn a_claim_binds_the_smallest_static_volume_that_fits() {
 #[tokio::test]
 async fn an_immediate_claim_is_provisioned_on_the_best_fitting_node_and_bound() {
     let h = Harness::new().await;
-    h.node("roomy").await;
-    h.node("snug").await;
-    h.report("roomy", 50 * GI, vec![], vec![]);
-    h.report("snug", 3 * GI, vec![], vec![]);
+    h.nodes_with_room(&[("roomy", 50 * GI), ("snug", 3 * GI)])
+        .await;
     h.create("storageclasses", class("fast", "Immediate", true))
         .await;
     let created = h
@@ -527,10 +577,7 @@ async fn an_immediate_claim_is_provisioned_on_the_best_fitting_node_and_bound() 
 #[tokio::test]
 async fn a_claim_no_node_has_room_for_stays_pending_and_says_why() {
     let h = Harness::new().await;
-    h.node("a").await;
-    h.node("b").await;
-    h.report("a", 2 * GI, vec![], vec![]);
-    h.report("b", GI / 2, vec![], vec![]);
+    h.nodes_with_room(&[("a", 2 * GI), ("b", GI / 2)]).await;
     h.create("storageclasses", class("fast", "Immediate", false))
         .await;
     h.create(
@@ -688,8 +735,7 @@ async fn a_snapshot_gets_its_content_and_is_ready_once_reported() {
     let mut restored = new_claim("restored", "1Gi", Some("fast"));
     restored["spec"]["dataSource"] = json!({"apiGroup": "snapshot.storage.k8s.io",
         "kind": "VolumeSnapshot", "name": "snap"});
-    h.node("b").await;
-    h.report("b", 90 * GI, vec![], vec![]);
+    h.nodes_with_room(&[("b", 90 * GI)]).await;
     h.create("persistentvolumeclaims", restored).await;
     h.settle().await;
     let restoring = h
@@ -802,8 +848,7 @@ async fn two_claims_after_one_volume_never_share_it() {
 #[tokio::test]
 async fn a_claim_whose_selected_node_is_gone_gets_another() {
     let h = Harness::new().await;
-    h.node("a").await;
-    h.report("a", 10 * GI, vec![], vec![]);
+    h.nodes_with_room(&[("a", 10 * GI)]).await;
     h.create("storageclasses", class("fast", "Immediate", false))
         .await;
     let mut claim = new_claim("data", "1Gi", Some("fast"));
@@ -819,10 +864,8 @@ async fn a_claim_whose_selected_node_is_gone_gets_another() {
 #[tokio::test]
 async fn claims_selected_at_once_do_not_overcommit_a_node() {
     let h = Harness::new().await;
-    h.node("small").await;
-    h.node("large").await;
-    h.report("small", 3 * GI, vec![], vec![]);
-    h.report("large", 5 * GI, vec![], vec![]);
+    h.nodes_with_room(&[("small", 3 * GI), ("large", 5 * GI)])
+        .await;
     h.create("storageclasses", class("fast", "Immediate", false))
         .await;
     for name in ["one", "two", "three"] {
@@ -882,4 +925,44 @@ async fn only_pods_that_name_claims_start_a_pass() {
     assert!(next().await, "a pod that names a claim");
     h.create("persistentvolumes", nfs_volume("v", "1Gi")).await;
     assert!(next().await, "any storage object");
+}
+
+#[tokio::test]
+async fn a_claim_naming_its_volume_waits_for_that_one() {
+    let h = Harness::new().await;
+    h.create("persistentvolumes", nfs_volume("small", "512Mi"))
+        .await;
+    h.create("persistentvolumes", nfs_volume("other", "1Gi"))
+        .await;
+    let mut claim = new_claim("data", "1Gi", Some(""));
+    claim["spec"]["volumeName"] = json!("small");
+    h.create("persistentvolumeclaims", claim).await;
+    let mut later = new_claim("later", "1Gi", Some(""));
+    later["spec"]["volumeName"] = json!("later-pv");
+    h.create("persistentvolumeclaims", later).await;
+    h.settle().await;
+    assert_eq!(
+        h.get("persistentvolumeclaims", "default", "data").unwrap()["status"]["phase"],
+        "Pending",
+        "not another volume, and not one too small"
+    );
+    assert_eq!(
+        h.events("data", "FailedBinding").await[0],
+        "Cannot bind to requested volume \"small\": it does not fit the claim (class, access modes, size, volume mode or claimRef)"
+    );
+    assert_eq!(
+        h.events("later", "FailedBinding").await,
+        ["volume \"later-pv\" not found"]
+    );
+    h.create("persistentvolumes", nfs_volume("later-pv", "1Gi"))
+        .await;
+    h.settle().await;
+    assert_eq!(
+        h.get("persistentvolumeclaims", "default", "later").unwrap()["status"]["phase"],
+        "Bound"
+    );
+    assert_eq!(
+        h.get("persistentvolumes", "", "other").unwrap()["status"]["phase"],
+        "Available"
+    );
 }
