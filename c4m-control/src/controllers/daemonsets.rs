@@ -58,16 +58,8 @@ fn daemon_tolerations() -> Vec<Value> {
 /// with the daemon tolerations and a required affinity on the node's name.
 fn daemon_pod(daemon_set: &Value, node: &str, hash: &str) -> Value {
     let template = &daemon_set["spec"]["template"];
-    let mut metadata = if template["metadata"].is_object() {
-        template["metadata"].clone()
-    } else {
-        json!({})
-    };
-    let mut spec = if template["spec"].is_object() {
-        template["spec"].clone()
-    } else {
-        json!({})
-    };
+    let mut metadata = super::object_field(template, "metadata");
+    let mut spec = super::object_field(template, "spec");
     for field in ["labels", "annotations"] {
         if !metadata[field].is_object() {
             metadata[field] = json!({});

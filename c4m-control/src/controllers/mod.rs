@@ -442,6 +442,15 @@ pub(crate) async fn write_status(
         .await
 }
 
+/// A copy of `template`'s `field` (`metadata`, `spec`) when it is an
+/// object, else an empty object: what a controller builds an object from.
+pub(crate) fn object_field(template: &serde_json::Value, field: &str) -> serde_json::Value {
+    match &template[field] {
+        serde_json::Value::Object(map) => serde_json::Value::Object(map.clone()),
+        _ => serde_json::json!({}),
+    }
+}
+
 /// Creates `pods` for `owner` in one transaction and records a
 /// SuccessfulCreate Event for each, from `component`.
 pub(crate) async fn create_pods(

@@ -202,10 +202,7 @@ fn claim_templates(set: &Value) -> Vec<&Value> {
 
 /// The claim of `template` for `ordinal` of `set`, as it is created.
 fn new_claim(set: &Value, template: &Value, ordinal: u64) -> Value {
-    let mut metadata = match &template["metadata"] {
-        Value::Object(m) => Value::Object(m.clone()),
-        _ => json!({}),
-    };
+    let mut metadata = super::object_field(template, "metadata");
     if !metadata["labels"].is_object() {
         metadata["labels"] = json!({});
     }
@@ -236,14 +233,8 @@ fn new_claim(set: &Value, template: &Value, ordinal: u64) -> Value {
 pub(crate) fn new_pod(set: &Value, template: &Value, revision: &str, ordinal: u64) -> Value {
     let set_name = name_of(set);
     let name = format!("{set_name}-{ordinal}");
-    let mut metadata = match &template["metadata"] {
-        Value::Object(m) => Value::Object(m.clone()),
-        _ => json!({}),
-    };
-    let mut spec = match &template["spec"] {
-        Value::Object(s) => Value::Object(s.clone()),
-        _ => json!({}),
-    };
+    let mut metadata = super::object_field(template, "metadata");
+    let mut spec = super::object_field(template, "spec");
     if !metadata["labels"].is_object() {
         metadata["labels"] = json!({});
     }
