@@ -132,32 +132,6 @@ struct Troubles {
     retry: bool,
 }
 
-/// What the garbage collector may delete (see `NodeVolumes::referenced`).
-#[derive(Debug, Default)]
-struct Referenced {
-    /// Volume and snapshot handles some object referenced.
-    handles: BTreeSet<String>,
-    /// Handles nothing ever referenced, already warned about.
-    warned: BTreeSet<String>,
-}
-
-impl Referenced {
-    /// Whether `handle`, unreferenced now, may be deleted: only if something
-    /// referenced it before. Otherwise it is kept, with one warning.
-    fn collectable(&mut self, handle: &str, what: &str) -> bool {
-        if self.handles.contains(handle) {
-            return true;
-        }
-        if self.warned.insert(handle.to_string()) {
-            tracing::warn!(
-                handle,
-                "{what} {handle} is referenced by no object this agent has seen: kept (it may be another store's); delete it by hand if it is not"
-            );
-        }
-        false
-    }
-}
-
 /// The node's volume manager (see the module docs).
 pub(crate) struct NodeVolumes {
     node: String,
@@ -167,11 +141,6 @@ pub(crate) struct NodeVolumes {
     troubles: Mutex<Troubles>,
     /// The last object set seen, for reports between passes.
     last_wanted: Mutex<Option<Wanted>>,
-    /// Handles some object referenced during this agent's life: only these
-    /// are collected once nothing references them, so an agent that meets a
-    /// store that never knew its volumes (wiped, restored from an old
-    /// backup, another cluster's) keeps their data instead of deleting it.
-    referenced: Mutex<Referenced>,
     wake: Notify,
     report: watch::Sender<Option<Arc<VolumeReport>>>,
     assignments: watch::Receiver<Option<AssignmentSet>>,
@@ -314,7 +283,6 @@ impl NodeVolumes {
             mounts: tokio::sync::Mutex::default(),
             troubles: Mutex::default(),
             last_wanted: Mutex::default(),
-            referenced: Mutex::default(),
             wake: Notify::new(),
             report,
             assignments,
@@ -355,12 +323,6 @@ impl NodeVolumes {
                 .unwrap_or_else(PoisonError::into_inner)
                 .push((pods, why)),
         }
-    }
-
-    fn referenced(&self) -> std::sync::MutexGuard<'_, Referenced> {
-        self.referenced
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
     }
 
     fn troubles(&self) -> std::sync::MutexGuard<'_, Troubles> {

@@ -231,15 +231,6 @@ impl NodeVolumes {
     /// Deletes the provisioned volumes (`pvc-*`) nothing references and the
     /// snapshots no content references; one still in use is tried later.
     async fn collect(&self, wanted: &Wanted) {
-        {
-            let mut referenced = self.referenced();
-            referenced
-                .handles
-                .extend(wanted.kept_volumes.iter().cloned());
-            referenced
-                .handles
-                .extend(wanted.kept_snapshots.iter().cloned());
-        }
         let used: BTreeSet<(String, String)> = self
             .mounts
             .lock()
@@ -261,7 +252,6 @@ impl NodeVolumes {
                 if !handle.starts_with("pvc-")
                     || wanted.kept_volumes.contains(&handle)
                     || used.contains(&(place.driver().to_string(), handle.clone()))
-                    || !self.referenced().collectable(&handle, "volume")
                 {
                     continue;
                 }
@@ -277,11 +267,7 @@ impl NodeVolumes {
                 }
             }
             for snapshot in bounded(backend.list_snapshots()).await.unwrap_or_default() {
-                if wanted.kept_snapshots.contains(snapshot.id.as_str())
-                    || !self
-                        .referenced()
-                        .collectable(snapshot.id.as_str(), "snapshot")
-                {
+                if wanted.kept_snapshots.contains(snapshot.id.as_str()) {
                     continue;
                 }
                 match backend.delete_snapshot(&snapshot.id).await {
