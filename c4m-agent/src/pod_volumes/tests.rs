@@ -168,12 +168,7 @@ async fn volumes_are_made_mounted_updated_and_torn_down() {
                 true,
                 MountPropagation::None
             ),
-            (
-                "/data".into(),
-                "data".into(),
-                false,
-                MountPropagation::None
-            ),
+            ("/data".into(), "data".into(), false, MountPropagation::None),
         ]
     );
 
