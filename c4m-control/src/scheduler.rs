@@ -492,8 +492,9 @@ async fn reconcile(objects: &Objects, cache: &Cache, memo: &mut Scheduler) -> Re
     let mut booked_from = 0;
     let mut booked: HashMap<&str, (&str, &InstanceRequest)> = HashMap::new();
     let node_infos: Vec<&c4m_sched::NodeInfo> = memo.nodes.values().map(|n| &n.value).collect();
-    let reports = if pending.iter().any(|(_, pod)| pod.uses_claims) {
-        memo.volume_reports.all()
+    // Local storage each node has left for claims this cycle selects.
+    let mut local_free = if pending.iter().any(|(_, pod)| pod.uses_claims) {
+        crate::controllers::volumes::local_free_unpromised(cache, &memo.volume_reports.all())
     } else {
         HashMap::new()
     };
@@ -518,18 +519,19 @@ async fn reconcile(objects: &Objects, cache: &Cache, memo: &mut Scheduler) -> Re
             .map_err(|e| format!("invalid instance: {e}"));
         // What its claims ask: a pending claim keeps it here whatever the
         // nodes; claims to provision go where it goes.
-        let mut to_provision = Vec::new();
+        let (mut to_provision, mut local_bytes) = (Vec::new(), 0);
         if pod.uses_claims
             && let Ok(request) = &mut request
         {
             let Some(object) = decoded.get(key).cloned().or_else(|| cache.get_key(key)) else {
                 continue;
             };
-            match volumes::needs(&object, cache, &node_infos, &reports) {
+            match volumes::needs(&object, cache, &node_infos, &local_free) {
                 Ok(needs) => {
                     let needs = needs.unwrap_or_default();
                     request.volume_nodes = Some(needs.nodes);
                     to_provision = needs.to_provision;
+                    local_bytes = needs.local_bytes;
                 }
                 Err(reason) => {
                     if pod.scheduled_message.as_deref() != Some(reason.as_str()) {
@@ -566,6 +568,9 @@ async fn reconcile(objects: &Objects, cache: &Cache, memo: &mut Scheduler) -> Re
                             .into_iter()
                             .map(|c| (kind("persistentvolumeclaims"), c)),
                     );
+                    if let Some(free) = local_free.get_mut(&node) {
+                        *free = free.saturating_sub(local_bytes);
+                    }
                 }
                 let mut bound = Arc::unwrap_or_clone(current);
                 clear_nomination(&mut bound);

@@ -48,7 +48,8 @@
 //!
 //! With `C4M_BENCH_CONTROL_LOG=FILE`, the control plane logs to FILE, with
 //! the scheduler's per-cycle timings (`refresh_ms`, `snapshot_ms`,
-//! `place_ms`, `write_ms`).
+//! `place_ms`, `write_ms`); with `C4M_BENCH_AGENT_LOG=FILE` the agents log
+//! there (info); `C4M_BENCH_RUST_LOG` sets another filter for both.
 //!
 //! It starts `c4m control` and `c4m agent` (found next to this binary) on
 //! free loopback ports in a temporary directory, and stops them at the end.
@@ -217,6 +218,24 @@ struct ControlPlane {
 /// Environment variable naming a file for the control plane's log, with
 /// the scheduler's debug events.
 const CONTROL_LOG: &str = "C4M_BENCH_CONTROL_LOG";
+const AGENT_LOG: &str = "C4M_BENCH_AGENT_LOG";
+/// Overrides the filter of the logs the two variables above ask for.
+const LOG_FILTER: &str = "C4M_BENCH_RUST_LOG";
+
+/// Sends `command`'s stderr to the file the environment variable `variable`
+/// names, at `filter` (or `C4M_BENCH_RUST_LOG`'s), or to nowhere.
+fn log_to(command: &mut Command, variable: &str, filter: &str) -> Result<()> {
+    match std::env::var_os(variable) {
+        Some(path) => {
+            let file = std::fs::File::create(&path)
+                .with_context(|| format!("{variable}: cannot create {path:?}"))?;
+            let filter = std::env::var(LOG_FILTER).unwrap_or_else(|_| filter.to_string());
+            command.env("RUST_LOG", filter).stderr(file)
+        }
+        None => command.stderr(Stdio::null()),
+    };
+    Ok(())
+}
 
 const ENV: [(&str, &str); 3] = [
     ("C4M_ACCESS_TOKEN", "bench"),
@@ -269,15 +288,11 @@ impl ControlPlane {
             .envs(ENV);
         // The scheduler's per-cycle figures (snapshot_ms, place_ms, write_ms)
         // are debug events: written to this file when it is set.
-        match std::env::var_os(CONTROL_LOG) {
-            Some(path) => command
-                .env("RUST_LOG", "warn,c4m_control::scheduler=debug")
-                .stderr(
-                    std::fs::File::create(&path)
-                        .with_context(|| format!("{CONTROL_LOG}: cannot create {path:?}"))?,
-                ),
-            None => command.stderr(Stdio::null()),
-        };
+        log_to(
+            &mut command,
+            CONTROL_LOG,
+            "warn,c4m_control::scheduler=debug",
+        )?;
         let daemon = Daemon(command.spawn()?);
         let credentials = Credentials {
             access_token: "bench".into(),
@@ -321,8 +336,8 @@ impl ControlPlane {
         command
             .args(args)
             .args(["--control-plane", &format!("http://{}", self.grpc)])
-            .envs(ENV)
-            .stderr(Stdio::null());
+            .envs(ENV);
+        log_to(&mut command, AGENT_LOG, "info")?;
         if !args.contains(&"--hollow") {
             command.arg("--data-dir").arg(self.dir.path().join(data));
         }

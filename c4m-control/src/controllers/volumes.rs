@@ -262,6 +262,85 @@ fn concerns_storage(cache: &Cache, changes: &crate::cache::Changes) -> bool {
         })
 }
 
+/// What the claims selected for a node but not yet in its report take of
+/// it, by (driver, node): bytes that are not free, whatever the report
+/// says. `provisioner` names a class's driver; `reported` tells whether a
+/// node's report shows a backend volume (driver, handle) already.
+/// The volume controller and the scheduler both pick nodes for claims, so
+/// both count these.
+pub(crate) fn promised(
+    claims: &[Arc<Value>],
+    provisioner: impl Fn(&str) -> Option<String>,
+    reported: impl Fn(&str, &str) -> bool,
+) -> BTreeMap<(String, String), u64> {
+    let mut promised = BTreeMap::new();
+    for claim in claims {
+        let class = claim["spec"]["storageClassName"]
+            .as_str()
+            .unwrap_or_default();
+        let (Some(node), Some(driver)) = (
+            claim["metadata"]["annotations"][c4m_core::volumes::SELECTED_NODE].as_str(),
+            provisioner(class),
+        ) else {
+            continue;
+        };
+        let handle = c4m_core::volumes::volume_handle_for_claim(
+            claim["metadata"]["uid"].as_str().unwrap_or_default(),
+        );
+        if claim["spec"]["volumeName"]
+            .as_str()
+            .is_some_and(|v| !v.is_empty())
+            || reported(&driver, &handle)
+        {
+            continue;
+        }
+        *promised.entry((driver, node.to_string())).or_default() +=
+            requested_bytes(claim).unwrap_or_default();
+    }
+    promised
+}
+
+/// Free bytes of c4m's local driver on each node that reported it, less
+/// what is [`promised`] of it: what the scheduler may still give
+/// `WaitForFirstConsumer` claims.
+pub(crate) fn local_free_unpromised(
+    cache: &Cache,
+    reports: &HashMap<String, VolumeReport>,
+) -> HashMap<String, u64> {
+    let driver = c4m_core::volumes::LOCAL_DRIVER;
+    let promised = promised(
+        &all(cache, "persistentvolumeclaims"),
+        |class| {
+            cache
+                .get(kind("storageclasses"), "", class)
+                .and_then(|c| c["provisioner"].as_str().map(str::to_string))
+        },
+        |driver, handle| {
+            reports.values().any(|report| {
+                report
+                    .volumes
+                    .iter()
+                    .any(|v| v.driver == driver && v.handle == handle)
+            })
+        },
+    );
+    reports
+        .iter()
+        .filter_map(|(node, report)| {
+            let free = report
+                .capacity
+                .iter()
+                .find(|c| c.driver == driver)?
+                .free_bytes;
+            let taken = promised
+                .get(&(driver.to_string(), node.clone()))
+                .copied()
+                .unwrap_or_default();
+            Some((node.clone(), free.saturating_sub(taken)))
+        })
+        .collect()
+}
+
 /// A claim's storage request in bytes.
 pub(crate) fn requested_bytes(claim: &Value) -> Option<u64> {
     claim["spec"]["resources"]["requests"]["storage"]

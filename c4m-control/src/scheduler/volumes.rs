@@ -11,15 +11,14 @@
 //!   PersistentVolumeClaims`): the volume controller provisions it first;
 //! - an unbound `WaitForFirstConsumer` claim is provisioned where the
 //!   instance goes: for c4m's local driver, only on a node whose last
-//!   [`VolumeReport`] has room for it (`node(s) did not have enough free
-//!   storage`); once selected (annotation
+//!   storage report has room for it after what other claims selected for
+//!   it take (`node(s) did not have enough free storage`); once selected (annotation
 //!   [`SELECTED_NODE`](c4m_core::volumes::SELECTED_NODE)), on that node only.
 //!   The scheduler writes the annotation in the transaction that binds the
 //!   instance ([`selecting`]).
 
 use std::collections::{BTreeSet, HashMap};
 
-use c4m_api::agent::VolumeReport;
 use c4m_core::volumes::{LOCAL_DRIVER, SELECTED_NODE};
 use c4m_sched::{NodeInfo, VolumeNodes};
 use k8s_openapi::api::core::v1 as core;
@@ -36,6 +35,8 @@ pub(crate) struct VolumeNeeds {
     /// Unbound `WaitForFirstConsumer` claims (names, in its namespace) to
     /// provision on the node it is bound to.
     pub(crate) to_provision: Vec<String>,
+    /// What those of them that are local take of that node's storage.
+    pub(crate) local_bytes: u64,
 }
 
 /// The claims `pod` uses, by name, with whether each is an ephemeral
@@ -74,13 +75,14 @@ fn narrow(set: &mut Option<BTreeSet<String>>, other: BTreeSet<String>) {
 }
 
 /// What the claims of `pod` ask of its node, given `nodes` and each node's
-/// last storage report; Err with the message that keeps it pending. None
-/// when it uses no claim.
+/// local storage not yet reported used nor promised
+/// ([`local_free_unpromised`](crate::controllers::volumes::local_free_unpromised));
+/// Err with the message that keeps it pending. None when it uses no claim.
 pub(crate) fn needs(
     pod: &Value,
     cache: &Cache,
     nodes: &[&NodeInfo],
-    reports: &HashMap<String, VolumeReport>,
+    local_free: &HashMap<String, u64>,
 ) -> Result<Option<VolumeNeeds>, String> {
     let claims = claims_of(pod);
     if claims.is_empty() {
@@ -144,16 +146,14 @@ pub(crate) fn needs(
         let roomy: BTreeSet<String> = nodes
             .iter()
             .filter(|node| {
-                reports.get(&node.name).is_some_and(|report| {
-                    report
-                        .capacity
-                        .iter()
-                        .any(|c| c.driver == LOCAL_DRIVER && c.free_bytes >= bytes)
-                })
+                local_free
+                    .get(&node.name)
+                    .is_some_and(|free| *free >= bytes)
             })
             .map(|node| node.name.clone())
             .collect();
         narrow(&mut needs.nodes.storage, roomy);
+        needs.local_bytes = bytes;
     }
     Ok(Some(needs))
 }

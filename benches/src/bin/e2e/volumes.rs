@@ -1,7 +1,8 @@
 //! `c4m-e2e-bench volumes` (root): persistent volumes through the whole
 //! system on one oci node with local volumes (loop + ext4): a claim and a
 //! pod using it applied together until the pod is Ready (volume created,
-//! provisioned on the node, bound, mounted in a running container);
+//! provisioned on the node, bound, mounted in a running container), beside
+//! the same pod without a volume;
 //! `claims` claims of an Immediate class created at once until all are
 //! Bound; a VolumeSnapshot of a 1 GiB volume holding `fill_mib` MiB of
 //! random data, created until readyToUse.
@@ -26,20 +27,56 @@ fn claim(name: &str, size: &str, class: Option<&str>) -> Value {
     claim
 }
 
-/// A busybox pod running `script` with `claim` at /data, Ready once
-/// /tmp/ready exists.
-fn pod(name: &str, claim: &str, script: &str) -> Value {
-    json!({
+/// A busybox pod with `claim` (if any) at /data that runs `script`, then
+/// sleeps; Ready once its container runs (no readiness probe).
+fn pod(name: &str, claim: Option<&str>, script: &str) -> Value {
+    let mut pod = json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": name, "namespace": "default"},
         "spec": {"terminationGracePeriodSeconds": 1,
-            "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": claim}}],
             "containers": [{"name": "main", "image": "bb:1",
-                "command": ["sh", "-c", format!("{script} && touch /tmp/ready; sleep 3600")],
-                "volumeMounts": [{"name": "data", "mountPath": "/data"}],
-                "readinessProbe": {"exec": {"command": ["test", "-f", "/tmp/ready"]},
-                    "periodSeconds": 1}}]},
+                "command": ["sh", "-c", format!("{script} && exec sleep 3600")]}]},
+    });
+    if let Some(claim) = claim {
+        pod["spec"]["volumes"] =
+            json!([{"name": "data", "persistentVolumeClaim": {"claimName": claim}}]);
+        pod["spec"]["containers"][0]["volumeMounts"] =
+            json!([{"name": "data", "mountPath": "/data"}]);
+    }
+    pod
+}
+
+/// The time from applying `objects` to the pod `name` being Ready.
+async fn time_to_ready(
+    control: &ControlPlane,
+    name: &str,
+    objects: Vec<Value>,
+) -> Result<Duration> {
+    let events = control.watch_pods().await?;
+    let applied = Instant::now();
+    let count = objects.len();
+    control.apply(objects, count).await?;
+    follow(events, Duration::from_secs(120), |pod| {
+        pod["metadata"]["name"] == name && is_ready(pod)
     })
+    .await?;
+    Ok(applied.elapsed())
+}
+
+/// Fails if a pod named `prefix*` restarted: its check of the volume failed.
+async fn assert_never_restarted(control: &ControlPlane, prefix: &str) -> Result<()> {
+    let pods = control
+        .client
+        .list(kind("pods")?, Some("default"), None)
+        .await?;
+    for pod in pods["items"].as_array().into_iter().flatten() {
+        let name = pod["metadata"]["name"].as_str().unwrap_or_default();
+        let restarts = pod["status"]["containerStatuses"][0]["restartCount"].as_u64();
+        if name.starts_with(prefix) && restarts != Some(0) {
+            bail!("{name} restarted ({restarts:?} times): its volume was not mounted as expected");
+        }
+    }
+    Ok(())
 }
 
 fn ms(duration: Duration) -> f64 {
@@ -80,37 +117,49 @@ async fn measure(
     claims: usize,
     fill_mib: u64,
 ) -> Result<()> {
-    // Create -> mounted in a running instance, one at a time.
-    let mut latencies = Vec::with_capacity(rounds);
+    // Create -> mounted in a running instance, one at a time. Beside each,
+    // the same pod without a volume, so the volume's share of the time
+    // shows. No readiness probe: a pod without one is Ready once its
+    // container runs, and the container's mounts are in place before its
+    // process starts; the process checks the volume is the claim's ext4
+    // (`lost+found`) and exits if not, which `assert_never_restarted` catches.
+    let (mut with_volume, mut without) = (Vec::with_capacity(rounds), Vec::with_capacity(rounds));
     for index in 0..rounds {
         let (volume, name) = (format!("vol-{index:03}"), format!("user-{index:03}"));
-        let events = control.watch_pods().await?;
-        let applied = Instant::now();
-        control
-            .apply(
+        with_volume.push(
+            time_to_ready(
+                control,
+                &name,
                 vec![
                     claim(&volume, "64Mi", None),
-                    pod(&name, &volume, "test -d /data/lost+found"),
+                    pod(&name, Some(&volume), "test -d /data/lost+found"),
                 ],
-                2,
             )
-            .await?;
-        follow(events, Duration::from_secs(120), |pod| {
-            pod["metadata"]["name"] == name.as_str() && is_ready(pod)
-        })
-        .await?;
-        latencies.push(applied.elapsed());
+            .await?,
+        );
+        let name = format!("bare-{index:03}");
+        without.push(time_to_ready(control, &name, vec![pod(&name, None, "true")]).await?);
     }
-    latencies.sort();
-    println!(
-        "claim + pod applied -> pod Ready with the volume mounted (local, 64Mi, {rounds} one at a time):"
-    );
-    println!(
-        "  p50 {:.1} ms   p99 {:.1} ms   max {:.1} ms",
-        ms(percentile(&latencies, 0.5)),
-        ms(percentile(&latencies, 0.99)),
-        latencies.last().copied().map_or(0.0, ms),
-    );
+    assert_never_restarted(control, "user-").await?;
+    for (what, latencies) in [
+        (
+            "claim + pod applied -> pod Ready with the volume mounted",
+            &mut with_volume,
+        ),
+        (
+            "the same pod without a volume, applied -> Ready",
+            &mut without,
+        ),
+    ] {
+        latencies.sort();
+        println!("{what} (local, 64Mi, {rounds} one at a time):");
+        println!(
+            "  p50 {:.1} ms   p99 {:.1} ms   max {:.1} ms",
+            ms(percentile(latencies, 0.5)),
+            ms(percentile(latencies, 0.99)),
+            latencies.last().copied().map_or(0.0, ms),
+        );
+    }
 
     // Many claims of an Immediate class at once, until all are Bound.
     control
@@ -152,18 +201,18 @@ async fn measure(
 
     // A snapshot of a 1 GiB volume holding random data.
     let events = control.watch_pods().await?;
+    let mut filler = pod(
+        "filler",
+        Some("big"),
+        &format!(
+            "dd if=/dev/urandom of=/data/fill bs=1M count={fill_mib} 2>/dev/null && sync && touch /tmp/filled"
+        ),
+    );
+    // Ready once the data is written, not when the container starts.
+    filler["spec"]["containers"][0]["readinessProbe"] =
+        json!({"exec": {"command": ["test", "-f", "/tmp/filled"]}, "periodSeconds": 1});
     control
-        .apply(
-            vec![
-                claim("big", "1Gi", None),
-                pod(
-                    "filler",
-                    "big",
-                    &format!("dd if=/dev/urandom of=/data/fill bs=1M count={fill_mib} 2>/dev/null && sync"),
-                ),
-            ],
-            2,
-        )
+        .apply(vec![claim("big", "1Gi", None), filler], 2)
         .await?;
     follow(events, Duration::from_secs(600), |pod| {
         pod["metadata"]["name"] == "filler" && is_ready(pod)

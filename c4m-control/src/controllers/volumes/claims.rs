@@ -80,7 +80,16 @@ pub(super) async fn reconcile(
     *world
         .promised
         .lock()
-        .unwrap_or_else(PoisonError::into_inner) = promised(&world, &claims);
+        .unwrap_or_else(PoisonError::into_inner) = super::promised(
+        &claims,
+        |class| {
+            world
+                .classes
+                .get(class)
+                .and_then(|c| c["provisioner"].as_str().map(str::to_string))
+        },
+        |driver, handle| world.nodes.volume(driver, handle).is_some(),
+    );
     // Concurrently, so their writes share group commits; two claims after
     // one volume cannot both take it (`bind` never takes a volume another
     // claim holds).
@@ -173,33 +182,6 @@ fn static_volume<'a>(claim: &Value, volumes: &'a [Arc<Value>]) -> Option<&'a Arc
         .find(|pv| !pv["spec"]["claimRef"].is_null())
         .or_else(|| fitting.iter().min_by_key(|pv| capacity_bytes(pv)))
         .copied()
-}
-
-/// What the claims selected for a node but not yet in its report take of
-/// it, by (driver, node).
-fn promised(world: &World<'_>, claims: &[Arc<Value>]) -> BTreeMap<(String, String), u64> {
-    let mut promised = BTreeMap::new();
-    for claim in claims {
-        let (Some(node), Some(class)) = (
-            claim["metadata"]["annotations"][SELECTED_NODE].as_str(),
-            world.classes.get(class_name(claim)),
-        ) else {
-            continue;
-        };
-        let driver = class["provisioner"].as_str().unwrap_or_default();
-        let handle = volume_handle_for_claim(claim["metadata"]["uid"].as_str().unwrap_or_default());
-        if claim["spec"]["volumeName"]
-            .as_str()
-            .is_some_and(|v| !v.is_empty())
-            || world.nodes.volume(driver, &handle).is_some()
-        {
-            continue;
-        }
-        *promised
-            .entry((driver.to_string(), node.to_string()))
-            .or_default() += requested_bytes(claim).unwrap_or_default();
-    }
-    promised
 }
 
 /// The node to provision `bytes` of `driver` on: the ready node whose

@@ -237,3 +237,40 @@ async fn missing_and_immediate_unbound_claims_keep_the_pod_pending() {
     }
     shutdown.cancel();
 }
+
+#[tokio::test]
+async fn local_space_promised_to_selected_claims_is_not_given_twice() {
+    let (_dir, objects, cache, shutdown) = cluster().await;
+    // a has room for one of the two claims, b for none.
+    let free = reports(&[("a", 3 * GI / 2), ("b", GI / 2)]);
+    for (claim_name, pod) in [("one", "p1"), ("two", "p2")] {
+        create(
+            &objects,
+            "persistentvolumeclaims",
+            claim(claim_name, "wait", "1Gi"),
+        )
+        .await;
+        create_user(&objects, pod, claim_name).await;
+    }
+    // In one cycle: the first placed takes a's room from the second.
+    schedule(&objects, &cache, Arc::clone(&free), "p1").await;
+    let pods = ["p1", "p2"].map(|name| cache.get(kind("pods"), "default", name).unwrap());
+    let placed: Vec<_> = pods
+        .iter()
+        .filter_map(|pod| crate::pods::node_name(pod))
+        .collect();
+    assert_eq!(placed, ["a"], "exactly one goes to a");
+    let waiting = pods
+        .iter()
+        .find(|pod| crate::pods::node_name(pod).is_none())
+        .unwrap();
+    assert_eq!(
+        scheduled_message(waiting),
+        "0/2 nodes are available: 2 node(s) did not have enough free storage."
+    );
+    // A later cycle, before a's report shows the selected claim's volume:
+    // its bytes are still promised, so the other pod still waits.
+    let again = schedule(&objects, &cache, free, name_of(waiting)).await;
+    assert_eq!(crate::pods::node_name(&again), None);
+    shutdown.cancel();
+}
