@@ -888,6 +888,40 @@ mod tests {
         shutdown.cancel();
     }
 
+    #[tokio::test]
+    async fn a_cordoned_node_takes_only_instances_tolerating_its_taint() {
+        let (_dir, objects, cache, shutdown) = one_node_cluster().await;
+        objects
+            .update_with(kind("nodes"), "", "n1", |node| {
+                node["spec"] = json!({"unschedulable": true});
+                true
+            })
+            .await
+            .unwrap();
+        create_pod(&objects, "plain", 0, None).await;
+        // A daemon pod tolerates the cordon, as Kubernetes gives it to them.
+        let daemon = json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "daemon", "namespace": "default"},
+            "spec": {"containers": [{"name": "c", "image": "x"}],
+                "tolerations": [{"key": request::UNSCHEDULABLE_TAINT,
+                    "operator": "Exists", "effect": "NoSchedule"}]},
+        });
+        objects
+            .create(kind("pods"), "default", daemon)
+            .await
+            .unwrap();
+        let placed = schedule_once(&objects, &cache).await;
+        assert_eq!(placed["daemon"], "n1");
+        assert_eq!(placed["plain"], "Unschedulable");
+        let plain = cache.get(kind("pods"), "default", "plain").unwrap();
+        assert_eq!(
+            crate::pods::condition(&plain, "PodScheduled").unwrap()["message"],
+            "0/1 nodes are available: 1 node(s) had untolerated taint {node.kubernetes.io/unschedulable: }."
+        );
+        shutdown.cancel();
+    }
+
     #[test]
     fn status_reports_and_binding_do_not_invalidate_a_parsed_request() {
         let pod = |node: Option<&str>, phase: &str, app: &str| {

@@ -34,6 +34,7 @@ mod quickstart;
 mod service_ips;
 mod services;
 mod services_dns;
+mod statefulset_nodes;
 mod statefulsets;
 mod storage;
 mod storage_lifecycle;

@@ -66,14 +66,16 @@ spec:
   - {name: main, image: bb:1, command: [sleep, "3600"]}
 "#;
 
-fn apply(cluster: &Cluster, kubectl: &Kubectl, name: &str, manifest: &str) -> String {
+/// `kubectl apply` of `manifest`, written to the cluster's dir as
+/// `NAME.yaml`; its output.
+pub(crate) fn apply(cluster: &Cluster, kubectl: &Kubectl, name: &str, manifest: &str) -> String {
     let path = cluster.dir.path().join(format!("{name}.yaml"));
     std::fs::write(&path, manifest).unwrap();
     kubectl.ok(&["apply", "-f", path.to_str().unwrap()])
 }
 
 /// The pods labelled `app=APP`, by name.
-fn pods_of(kubectl: &Kubectl, app: &str) -> Vec<Value> {
+pub(crate) fn pods_of(kubectl: &Kubectl, app: &str) -> Vec<Value> {
     let mut pods: Vec<Value> = kubectl.json(&["get", "pods", "-l", &format!("app={app}")])["items"]
         .as_array()
         .cloned()
@@ -84,7 +86,7 @@ fn pods_of(kubectl: &Kubectl, app: &str) -> Vec<Value> {
 
 /// Waits until the pods labelled `app=APP` are exactly `names`, ready and
 /// not being deleted; returns them.
-fn wait_pods(kubectl: &Kubectl, app: &str, names: &[&str]) -> Vec<Value> {
+pub(crate) fn wait_pods(kubectl: &Kubectl, app: &str, names: &[&str]) -> Vec<Value> {
     wait_for(&format!("pods {names:?}"), 2 * MINUTE, || {
         let pods = pods_of(kubectl, app);
         let settled = pods.iter().map(name_of).collect::<Vec<_>>() == names
@@ -312,7 +314,7 @@ spec:
 
 /// `kubectl rollout status sts/NAME` within `timeout`; on failure, what
 /// its pods and claims say.
-fn rollout(kubectl: &Kubectl, name: &str, timeout: &str) -> String {
+pub(crate) fn rollout(kubectl: &Kubectl, name: &str, timeout: &str) -> String {
     let output = kubectl.run(&[
         "rollout",
         "status",
@@ -339,7 +341,7 @@ fn redis_cli(kubectl: &Kubectl, pod: &str, args: &[&str]) -> String {
 }
 
 /// The claim `name` once Bound; its volume's name.
-fn bound_volume(kubectl: &Kubectl, name: &str) -> String {
+pub(crate) fn bound_volume(kubectl: &Kubectl, name: &str) -> String {
     wait_for(&format!("claim {name} bound"), 2 * MINUTE, || {
         let claim = kubectl.json(&["get", "pvc", name]);
         (claim["status"]["phase"] == "Bound")

@@ -12,11 +12,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use c4m_storage::testing::{CleanupGuard, leaks, require_root_and};
+use c4m_storage::testing::{CleanupGuard, require_root_and};
 use serde_json::Value;
 
 use crate::common::kubectl::Kubectl;
 use crate::common::oci::require_oci;
+use crate::common::volumes::{
+    agent_claims, agent_leaks, agent_pool, assert_agent_leaked_nothing, json_files, volume_record,
+};
 use crate::common::{C4M_AGENT, Cluster, busybox_image_tar, wait_for};
 
 const NODE: &str = "n1";
@@ -93,11 +96,11 @@ fn running(kubectl: &Kubectl, pod: &str) -> bool {
 
 /// The agent's local pool and its claims' directory.
 fn pool(cluster: &Cluster) -> PathBuf {
-    cluster.agent_dir(NODE).join("volumes")
+    agent_pool(cluster, NODE)
 }
 
 fn claims_dir(cluster: &Cluster) -> PathBuf {
-    cluster.agent_dir(NODE).join("claims")
+    agent_claims(cluster, NODE)
 }
 
 /// Where the agent stages the local volume `handle`.
@@ -106,40 +109,6 @@ fn staging(cluster: &Cluster, handle: &str) -> PathBuf {
         .join("staging")
         .join("c4m.io_local")
         .join(handle)
-}
-
-fn json_files(dir: &Path) -> Vec<String> {
-    std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.ends_with(".json"))
-        .collect()
-}
-
-/// Fails unless the agent's pool, claims and mounts are empty: no record,
-/// no image, no loop device, no mount.
-fn assert_nothing_leaked(cluster: &Cluster, when: &str) {
-    let pool = pool(cluster);
-    let records = (
-        json_files(&pool.join("records/volumes")),
-        json_files(&pool.join("records/snapshots")),
-        json_files(&claims_dir(cluster).join("pods")),
-    );
-    assert_eq!(
-        records,
-        (vec![], vec![], vec![]),
-        "{when}: volume, snapshot and pod records left"
-    );
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let leaked = runtime
-        .block_on(leaks(&pool, &claims_dir(cluster)))
-        .unwrap();
-    assert!(leaked.is_empty(), "{when}: leaked {leaked:?}");
 }
 
 /// The agent started with `fail_point` armed (it SIGKILLs itself there).
@@ -265,7 +234,7 @@ fn crash_workload(cluster: &mut Cluster, k: &Kubectl, fail_point: &str) {
             )),
         "the agent's log does not say it reached {fail_point}"
     );
-    assert_nothing_leaked(cluster, &format!("after a crash at {fail_point}"));
+    assert_agent_leaked_nothing(cluster, NODE, &format!("after a crash at {fail_point}"));
 }
 
 #[test]
@@ -336,17 +305,7 @@ fn a_control_plane_killed_while_claims_provision_leaves_one_volume_per_claim() {
             && json_files(&pool(&cluster).join("records/volumes")).is_empty())
         .then_some(())
     });
-    assert_nothing_leaked(&cluster, "after the control plane's crash");
-}
-
-/// A local volume's record in an agent's pool (`records/volumes/ID.json`).
-fn volume_record(cluster: &Cluster, node: &str, id: &str) -> Option<Value> {
-    let path = cluster
-        .agent_dir(node)
-        .join("volumes/records/volumes")
-        .join(format!("{id}.json"));
-    let text = std::fs::read_to_string(path).ok()?;
-    serde_json::from_str(&text).ok()
+    assert_agent_leaked_nothing(&cluster, NODE, "after the control plane's crash");
 }
 
 #[test]
@@ -477,10 +436,7 @@ spec:
     runtime.block_on(client.delete_volume("ext-1")).unwrap();
     assert!(volume_record(&cluster, "n1", "ext-1").is_none());
     for node in ["n1", "n2"] {
-        let agent = cluster.agent_dir(node);
-        let leaked = runtime
-            .block_on(leaks(&agent.join("volumes"), &agent.join("claims")))
-            .unwrap();
+        let leaked = agent_leaks(&cluster, node);
         assert!(leaked.is_empty(), "{node} leaked {leaked:?}");
     }
 }
@@ -640,14 +596,7 @@ spec:
         || (!ganesha.export_dir.join(&handle).exists()).then_some(()),
     );
     for host in ["h1", "h2"] {
-        let agent = cluster.agent_dir(host);
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let leaked = runtime
-            .block_on(leaks(&agent.join("volumes"), &agent.join("claims")))
-            .unwrap();
+        let leaked = agent_leaks(&cluster, host);
         assert!(leaked.is_empty(), "{host} leaked {leaked:?}");
     }
 }
@@ -734,5 +683,5 @@ fn a_mounted_volume_grows_offline_by_restarting_its_pod() {
             .is_empty()
             .then_some(())
     });
-    assert_nothing_leaked(&cluster, "after the offline expansion");
+    assert_agent_leaked_nothing(&cluster, NODE, "after the offline expansion");
 }

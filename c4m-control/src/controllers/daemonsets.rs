@@ -30,7 +30,7 @@ use crate::Result;
 use crate::cache::{Cache, Changes, ROOT};
 use crate::objects::{Objects, kind, name_of, namespace_of, random_suffix};
 use crate::pods::{is_ready, phase};
-use crate::scheduler::request::{node_info, request};
+use crate::scheduler::request::{UNSCHEDULABLE_TAINT, node_info, request};
 
 /// The label holding the hash of the template a daemon pod was made from.
 const REVISION_HASH: &str = "controller-revision-hash";
@@ -50,7 +50,7 @@ fn daemon_tolerations() -> Vec<Value> {
         exists("node.kubernetes.io/disk-pressure", "NoSchedule"),
         exists("node.kubernetes.io/memory-pressure", "NoSchedule"),
         exists("node.kubernetes.io/pid-pressure", "NoSchedule"),
-        exists("node.kubernetes.io/unschedulable", "NoSchedule"),
+        exists(UNSCHEDULABLE_TAINT, "NoSchedule"),
     ]
 }
 

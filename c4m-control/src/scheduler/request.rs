@@ -30,6 +30,10 @@ pub(super) const PLACEMENT_STRATEGY: &str = "c4m.io/placement-strategy";
 /// The resource name of local ephemeral storage.
 const EPHEMERAL_STORAGE: &str = "ephemeral-storage";
 
+/// The taint of a cordoned node (`spec.unschedulable`), as Kubernetes'
+/// node lifecycle controller sets it; daemon pods tolerate it.
+pub(crate) const UNSCHEDULABLE_TAINT: &str = "node.kubernetes.io/unschedulable";
+
 /// The scheduler's view of an instance's needs.
 pub(crate) fn request(pod: &Value) -> std::result::Result<InstanceRequest, String> {
     let spec: PodSpec = PodSpec::deserialize(&pod["spec"]).map_err(|e| format!("spec: {e}"))?;
@@ -484,7 +488,9 @@ fn strategy(pod: &Value) -> std::result::Result<Strategy, String> {
 /// The scheduler's view of a node. Unparsable quantities count as zero (an
 /// absent ephemeral storage as unlimited) and
 /// malformed taints are skipped: a node's status comes from its agent, and
-/// one bad field must not stop scheduling elsewhere.
+/// one bad field must not stop scheduling elsewhere. A cordoned node
+/// carries [`UNSCHEDULABLE_TAINT`] (`NoSchedule`), so that a pending
+/// instance is told so, and an instance tolerating it may still go there.
 pub(crate) fn node_info(node: &Value) -> NodeInfo {
     let allocatable = &node["status"]["allocatable"];
     let quantity = |field: &str, parse: fn(&str) -> c4m_core::Result<u64>| {
@@ -514,7 +520,7 @@ pub(crate) fn node_info(node: &Value) -> NodeInfo {
             Some((name.clone(), amount))
         })
         .collect();
-    let taints = node["spec"]["taints"]
+    let mut taints: Vec<Taint> = node["spec"]["taints"]
         .as_array()
         .into_iter()
         .flatten()
@@ -526,6 +532,14 @@ pub(crate) fn node_info(node: &Value) -> NodeInfo {
             })
         })
         .collect();
+    let cordon = Taint {
+        key: UNSCHEDULABLE_TAINT.to_owned(),
+        value: String::new(),
+        effect: TaintEffect::NoSchedule,
+    };
+    if node["spec"]["unschedulable"] == true && !taints.contains(&cordon) {
+        taints.push(cordon);
+    }
     NodeInfo {
         name: name_of(node).to_string(),
         allocatable: Resources {
@@ -548,7 +562,7 @@ pub(crate) fn node_info(node: &Value) -> NodeInfo {
         labels: labels(node),
         drivers,
         taints,
-        ready: is_ready(node) && node["spec"]["unschedulable"] != true,
+        ready: is_ready(node),
     }
 }
 
@@ -699,6 +713,28 @@ mod tests {
             node_info(&json!({"metadata": {"name": "n2"}, "status": {"allocatable": {}}}));
         assert_eq!(unreported.allocatable.ephemeral_storage_bytes, u64::MAX);
         assert!(unreported.allocatable.extended.is_empty());
+    }
+
+    #[test]
+    fn a_cordoned_node_is_ready_and_tainted_unschedulable() {
+        let cordoned = |taints: Value| {
+            node_info(&json!({
+                "metadata": {"name": "n1"},
+                "spec": {"unschedulable": true, "taints": taints},
+                "status": {"conditions": [{"type": "Ready", "status": "True"}]}
+            }))
+        };
+        let unschedulable = Taint {
+            key: UNSCHEDULABLE_TAINT.to_owned(),
+            value: String::new(),
+            effect: TaintEffect::NoSchedule,
+        };
+        let info = cordoned(json!([]));
+        assert!(info.ready, "cordoned is not down");
+        assert_eq!(info.taints, std::slice::from_ref(&unschedulable));
+        // Already tainted (as Kubernetes' controller does): not twice.
+        let tainted = cordoned(json!([{"key": UNSCHEDULABLE_TAINT, "effect": "NoSchedule"}]));
+        assert_eq!(tainted.taints, [unschedulable]);
     }
 
     #[test]

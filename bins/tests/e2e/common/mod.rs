@@ -5,6 +5,7 @@
 
 pub(crate) mod kubectl;
 pub(crate) mod oci;
+pub(crate) mod volumes;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -899,6 +900,20 @@ pub(crate) fn start_host_agent(
     vpc: &str,
     flags: &[&str],
 ) {
+    let name = format!("h{index}");
+    start_named_host_agent(cluster, hosts, index, &name, capacity, vpc, flags);
+}
+
+/// [`start_host_agent`] for a node named `name` rather than `h<index>`.
+pub(crate) fn start_named_host_agent(
+    cluster: &mut Cluster,
+    hosts: &c4m_testkit::Hosts,
+    index: usize,
+    name: &str,
+    capacity: [&str; 2],
+    vpc: &str,
+    flags: &[&str],
+) {
     let address = hosts.address(index).to_string();
     let listen = format!("{address}:0");
     let mut all = vec![
@@ -912,13 +927,7 @@ pub(crate) fn start_host_agent(
     ];
     all.extend_from_slice(flags);
     let [cpu, memory] = capacity;
-    cluster.start_agent_from(
-        hosts.command(index, C4M_AGENT),
-        &format!("h{index}"),
-        cpu,
-        memory,
-        &all,
-    );
+    cluster.start_agent_from(hosts.command(index, C4M_AGENT), name, cpu, memory, &all);
 }
 
 /// An instance's name.

@@ -162,16 +162,20 @@ async fn a_claim_selected_for_a_node_keeps_the_pod_there() {
     shutdown.cancel();
 }
 
+/// A local PersistentVolume `name` of 1Gi on node `node`.
+fn volume_on(name: &str, node: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "PersistentVolume",
+        "metadata": {"name": name},
+        "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+            "csi": {"driver": "c4m.io/local", "volumeHandle": name},
+            "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+                {"key": "kubernetes.io/hostname", "operator": "In", "values": [node]}]}]}}}})
+}
+
 #[tokio::test]
 async fn a_bound_volume_pins_the_pod_to_its_node() {
     let (_dir, objects, cache, shutdown) = cluster().await;
-    let volume = json!({"apiVersion": "v1", "kind": "PersistentVolume",
-        "metadata": {"name": "pvc-1"},
-        "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
-            "csi": {"driver": "c4m.io/local", "volumeHandle": "pvc-1"},
-            "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
-                {"key": "kubernetes.io/hostname", "operator": "In", "values": ["b"]}]}]}}}});
-    create(&objects, "persistentvolumes", volume).await;
+    create(&objects, "persistentvolumes", volume_on("pvc-1", "b")).await;
     let mut bound = claim("data", "wait", "1Gi");
     bound["spec"]["volumeName"] = json!("pvc-1");
     create(&objects, "persistentvolumeclaims", bound).await;
@@ -191,6 +195,35 @@ async fn a_bound_volume_pins_the_pod_to_its_node() {
         scheduled_message(&pod),
         "0/2 nodes are available: 1 node(s) didn't match Pod's node affinity/selector, 1 node(s) had volume node affinity conflict."
     );
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn a_pod_whose_volume_node_is_cordoned_waits_for_it_and_says_why() {
+    let (_dir, objects, cache, shutdown) = cluster().await;
+    create(&objects, "persistentvolumes", volume_on("pvc-1", "b")).await;
+    let mut bound = claim("data", "wait", "1Gi");
+    bound["spec"]["volumeName"] = json!("pvc-1");
+    create(&objects, "persistentvolumeclaims", bound).await;
+    let cordon = |unschedulable: bool| {
+        objects.update_with(kind("nodes"), "", "b", move |node| {
+            node["spec"]["unschedulable"] = json!(unschedulable);
+            true
+        })
+    };
+    cordon(true).await.unwrap();
+    create_user(&objects, "db", "data").await;
+    // a is free, but has no copy of the data: the pod waits for b.
+    let pod = schedule(&objects, &cache, reports(&[]), "db").await;
+    assert_eq!(crate::pods::node_name(&pod), None);
+    assert_eq!(
+        scheduled_message(&pod),
+        "0/2 nodes are available: 1 node(s) had untolerated taint {node.kubernetes.io/unschedulable: }, \
+         1 node(s) had volume node affinity conflict."
+    );
+    cordon(false).await.unwrap();
+    let pod = schedule(&objects, &cache, reports(&[]), "db").await;
+    assert_eq!(crate::pods::node_name(&pod), Some("b"));
     shutdown.cancel();
 }
 
