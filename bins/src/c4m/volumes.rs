@@ -47,7 +47,10 @@ enum VolumeCommand {
         #[arg(long)]
         persistent: bool,
     },
-    /// List volumes: NAME, ID, SIZE, CLASS, STATUS, NODE, USED BY.
+    /// List volumes: NAME, ID, SIZE, CLASS, STATUS, NODE, USED BY; the
+    /// table ends with the volumes nodes keep that no object references
+    /// any more (STATUS Orphaned: a persistent volume did, so their data
+    /// was not deleted).
     List {
         /// table, json or yaml.
         #[arg(short, long, default_value = "table")]
@@ -138,7 +141,9 @@ pub(crate) async fn volume(args: VolumeArgs, connection: &Connection) -> Result<
                     let pods = live_pods(&client, namespace).await?;
                     let volumes = client.list(kind("persistentvolumes")?, None, None).await?;
                     let volumes = volumes["items"].as_array().cloned().unwrap_or_default();
-                    print!("{}", list_table(&items, &volumes, &pods));
+                    let nodes = client.list(kind("nodes")?, None, None).await?;
+                    let nodes = nodes["items"].as_array().cloned().unwrap_or_default();
+                    print!("{}", list_table(&items, &volumes, &pods, &nodes));
                 }
                 other => print!("{}", output::document(&claims, other)?),
             }
@@ -365,8 +370,9 @@ fn node_of(claim: &Value, volume: Option<&Value>) -> Option<String> {
     })
 }
 
-/// The `c4m volume list` table.
-fn list_table(claims: &[Value], volumes: &[Value], pods: &[Value]) -> String {
+/// The `c4m volume list` table: `claims`, then the orphaned volumes of
+/// `nodes`.
+fn list_table(claims: &[Value], volumes: &[Value], pods: &[Value], nodes: &[Value]) -> String {
     let mut rows = vec![
         ["NAME", "ID", "SIZE", "CLASS", "STATUS", "NODE", "USED BY"]
             .map(String::from)
@@ -404,7 +410,45 @@ fn list_table(claims: &[Value], volumes: &[Value], pods: &[Value]) -> String {
             },
         ]);
     }
+    for (node, handle, size) in orphaned(nodes) {
+        rows.push(vec![
+            none(),
+            handle,
+            size,
+            none(),
+            "Orphaned".to_string(),
+            node,
+            none(),
+        ]);
+    }
     output::columns(&rows)
+}
+
+/// (node, handle, size) of each volume a node keeps that nothing
+/// references ([`ORPHANED_VOLUMES`](c4m_core::annotations::ORPHANED_VOLUMES));
+/// an annotation that does not parse is skipped.
+fn orphaned(nodes: &[Value]) -> Vec<(String, String, String)> {
+    let mut orphaned = Vec::new();
+    for node in nodes {
+        let Some(text) =
+            node["metadata"]["annotations"][c4m_core::annotations::ORPHANED_VOLUMES].as_str()
+        else {
+            continue;
+        };
+        let Ok(Value::Array(volumes)) = serde_json::from_str::<Value>(text) else {
+            continue;
+        };
+        for volume in volumes {
+            let Some(handle) = volume["handle"].as_str() else {
+                continue;
+            };
+            let size = volume["sizeBytes"]
+                .as_u64()
+                .map_or_else(|| "?".to_string(), c4m_core::format_memory_bytes);
+            orphaned.push((name_of(node).to_string(), handle.to_string(), size));
+        }
+    }
+    orphaned
 }
 
 /// Deletes each volume no instance uses; refuses (and keeps) the others,
@@ -522,7 +566,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_list_shows_id_size_node_and_users() {
+    fn the_list_shows_id_size_node_users_and_orphaned_volumes() {
         let claims = [
             json!({"metadata": {"name": "data"},
                 "spec": {"volumeName": "pvc-1", "storageClassName": "local",
@@ -541,7 +585,14 @@ mod tests {
             json!({"metadata": {"name": "web"}, "spec": {"volumes": [
                 {"name": "data", "ephemeral": {"volumeClaimTemplate": {}}}]}}),
         ];
-        let table = list_table(&claims, &volumes, &pods);
+        let nodes = [
+            json!({"metadata": {"name": "a", "annotations": {
+                c4m_core::annotations::ORPHANED_VOLUMES:
+                    r#"[{"driver": "c4m.io/local", "handle": "pvc-old", "sizeBytes": 67108864}]"#}}}),
+            json!({"metadata": {"name": "b", "annotations": {
+                c4m_core::annotations::ORPHANED_VOLUMES: "not json"}}}),
+        ];
+        let table = list_table(&claims, &volumes, &pods, &nodes);
         let rows: Vec<Vec<&str>> = table
             .lines()
             .map(|l| {
@@ -557,6 +608,9 @@ mod tests {
                 vec!["NAME", "ID", "SIZE", "CLASS", "STATUS", "NODE", "USED BY"],
                 vec!["data", "pvc-1", "1Gi", "local", "Bound", "a", "pod/db"],
                 vec!["new", "<none>", "2Gi", "<none>", "Pending", "b", "<none>"],
+                vec![
+                    "<none>", "pvc-old", "64Mi", "<none>", "Orphaned", "a", "<none>"
+                ],
             ]
         );
         assert_eq!(users("web-data", &pods), ["pod/web"], "an ephemeral claim");

@@ -650,13 +650,17 @@ fn a_mounted_volume_grows_offline_by_restarting_its_pod() {
             .filter(|d| d["status"]["capacity"]["storage"] == "96Mi")
             .map(drop)
     });
-    wait_for("the writer running again on the grown volume", SLOW, || {
-        (running(&kubectl, "writer") && size(&staged) > 80 << 20).then_some(())
-    });
-    assert_eq!(
-        std::fs::read_to_string(staged.join("f")).unwrap(),
-        "kept\n",
-        "the data survives the offline expansion"
+    // The file too: the staging directory unmounted (between the two runs)
+    // has the size of the node's own file system.
+    wait_for(
+        "the writer running again on the grown volume, with its data",
+        SLOW,
+        || {
+            (running(&kubectl, "writer")
+                && size(&staged) > 80 << 20
+                && std::fs::read_to_string(staged.join("f")).is_ok_and(|t| t == "kept\n"))
+            .then_some(())
+        },
     );
     // The pod's Events say why it restarted (recorded from its report).
     wait_for("the pod's FileSystemResizeRequired Event", SLOW, || {
@@ -684,4 +688,160 @@ fn a_mounted_volume_grows_offline_by_restarting_its_pod() {
             .then_some(())
     });
     assert_agent_leaked_nothing(&cluster, NODE, "after the offline expansion");
+}
+
+/// What `debugfs` reads of `file` in the ext4 image `image`, unmounted
+/// (no loop device).
+fn read_in_image(image: &Path, file: &str) -> String {
+    let output = Command::new("debugfs")
+        .args(["-R", &format!("cat {file}")])
+        .arg(image)
+        .output()
+        .unwrap();
+    // debugfs says what it could not read on stderr, with status 0.
+    assert!(
+        output.status.success() && !output.stdout.is_empty(),
+        "debugfs {}: {}",
+        image.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The loop devices backed by `image`.
+fn loops_of(image: &Path) -> String {
+    let output = Command::new("losetup")
+        .arg("-j")
+        .arg(image)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+#[ignore = "needs root + runc + conmon + losetup + e2fsprogs: a control plane started on an empty store"]
+fn a_wiped_store_never_deletes_a_nodes_data_and_reclaimed_volumes_still_go() {
+    require_oci();
+    require_root_and(c4m_storage::testing::LOCAL_PROGRAMS).unwrap();
+    require_root_and(&["debugfs"]).unwrap();
+    let mut cluster = Cluster::start();
+    let _cleanup = CleanupGuard::new([cluster.dir.path().to_path_buf()]);
+    cluster.start_agent_with(NODE, "4", "4Gi", AGENT_FLAGS);
+    let tar = busybox_image_tar(cluster.dir.path());
+    cluster.ok(&["image", "import", tar.to_str().unwrap(), "--name", "bb"]);
+    cluster.apply(CLASS);
+    cluster.apply(&claim("data", "32Mi", None));
+    let kubectl = Kubectl::for_cluster(&cluster);
+    let data = wait_for("claim data bound", SLOW, || bound(&kubectl, "data"));
+    let handle = data["spec"]["volumeName"].as_str().unwrap().to_string();
+    cluster.apply(&pod(
+        "writer",
+        "data",
+        "echo kept > /data/f && sync /data/f && sleep 3600",
+    ));
+    let staged = staging(&cluster, &handle).join("f");
+    wait_for("the writer's fsynced file", SLOW, || {
+        (running(&kubectl, "writer")
+            && std::fs::read_to_string(&staged).is_ok_and(|t| t == "kept\n"))
+        .then_some(())
+    });
+
+    // The control plane comes back on a new, empty data dir (same token);
+    // the agent keeps its own and registers again.
+    cluster.signal_control(nix::sys::signal::Signal::SIGTERM);
+    let control = cluster.dir.path().join("control");
+    std::fs::rename(&control, cluster.dir.path().join("control-before")).unwrap();
+    cluster.start_control();
+    // Its certificate is new too: kubectl needs the new kubeconfig.
+    let kubectl = Kubectl::for_cluster(&cluster);
+    wait_for("the agent registered again", SLOW, || {
+        cluster.node_ready(NODE).then_some(())
+    });
+    assert!(
+        cluster.list("persistentvolumes").is_empty(),
+        "a store that knows no volume"
+    );
+    // No pod, claim or PV wants it: the writer stops, the volume is
+    // unmounted (its file system released: no loop device left on it), and
+    // kept: a PV referenced it.
+    let image = pool(&cluster).join("images").join(format!("{handle}.img"));
+    wait_for(
+        "the volume unmounted and its loop device gone",
+        SLOW,
+        || (!staged.exists() && loops_of(&image).is_empty()).then_some(()),
+    );
+    wait_for("the volume listed as orphaned", SLOW, || {
+        cluster
+            .ok(&["volume", "list"])
+            .lines()
+            .any(|l| l.contains(&handle) && l.contains("Orphaned") && l.contains(NODE))
+            .then_some(())
+    });
+    assert_eq!(read_in_image(&image, "/f"), "kept\n", "the data is there");
+    let warning = format!("volume {handle} is referenced by no object");
+    assert_eq!(
+        cluster
+            .log_text(&format!("agent-{NODE}"))
+            .matches(&warning)
+            .count(),
+        1,
+        "kept with one warning"
+    );
+
+    // The deletion path of the new store: a deleted claim's volume stays
+    // Terminating while its node (down) has it, and goes with its data.
+    cluster.apply(CLASS);
+    cluster.apply(&claim("fresh", "32Mi", None));
+    let fresh = wait_for("claim fresh bound", SLOW, || bound(&kubectl, "fresh"));
+    let fresh = fresh["spec"]["volumeName"].as_str().unwrap().to_string();
+    let fresh_image = pool(&cluster).join("images").join(format!("{fresh}.img"));
+    assert!(fresh_image.exists());
+    cluster.kill_agent(NODE);
+    kubectl.ok(&["delete", "persistentvolumeclaim", "fresh", "--wait=false"]);
+    wait_for("the volume Terminating", SLOW, || {
+        kubectl
+            .ok(&["get", "persistentvolume", &fresh])
+            .contains("Terminating")
+            .then_some(())
+    });
+    assert!(fresh_image.exists(), "its node is down: its data is there");
+    cluster.start_agent_with(NODE, "4", "4Gi", AGENT_FLAGS);
+    wait_for("the volume gone", SLOW, || {
+        get(&kubectl, "persistentvolumes", &fresh)
+            .is_none()
+            .then_some(())
+    });
+    assert!(
+        !fresh_image.exists(),
+        "its data deleted before the object went"
+    );
+    assert_eq!(
+        read_in_image(&image, "/f"),
+        "kept\n",
+        "the orphaned volume survived the agent's restart and its passes"
+    );
+
+    // The orphan deleted the way docs/storage.md says: a PersistentVolume
+    // naming it, policy Delete, released by a claim that does not exist.
+    cluster.apply(&format!(
+        r#"
+apiVersion: v1
+kind: PersistentVolume
+metadata: {{name: orphan}}
+spec:
+  capacity: {{storage: 32Mi}}
+  accessModes: [ReadWriteOnce]
+  persistentVolumeReclaimPolicy: Delete
+  claimRef: {{namespace: default, name: gone, uid: gone}}
+  csi: {{driver: c4m.io/local, volumeHandle: {handle}}}
+  nodeAffinity: {{required: {{nodeSelectorTerms: [{{matchExpressions: [{{key: kubernetes.io/hostname, operator: In, values: [{NODE}]}}]}}]}}}}
+"#
+    ));
+    wait_for("the orphan's volume and image gone", SLOW, || {
+        (get(&kubectl, "persistentvolumes", "orphan").is_none() && !image.exists()).then_some(())
+    });
+    wait_for("the orphan no longer listed", SLOW, || {
+        (!cluster.ok(&["volume", "list"]).contains(&handle)).then_some(())
+    });
+    assert_nothing_leaked(&cluster, "after the wiped store's volumes went");
 }

@@ -12,12 +12,22 @@
 //! has arrived: "not known yet" is never taken for "nothing exists", so no
 //! volume is collected while the control plane is away.
 //!
+//! Deletion never trusts the store's silence alone: the node remembers, on
+//! disk (`held`), every volume a PersistentVolume referenced, and deletes
+//! one only when such a volume is reclaimed (being deleted, `Released`,
+//! policy `Delete`, carrying the provisioner finalizer the control plane
+//! takes off once this node stops reporting the volume). One nothing
+//! references any more is kept and reported `orphaned` (a wiped store). A
+//! `pvc-*` volume no PersistentVolume ever referenced is deleted once no
+//! claim references it (a claim deleted before its volume was recorded).
+//!
 //! Backends: c4m's local pool under `<data dir>/volumes` (root and losetup
 //! only), one NFS backend per export (cargo feature `nfs`), and CSI drivers
 //! registered with `--csi-driver`. `reconcile()` of each runs at start,
 //! before anything mounts.
 
 mod backends;
+mod held;
 mod mounts;
 mod pass;
 mod report;
@@ -130,6 +140,9 @@ struct Troubles {
     restarting: BTreeSet<String>,
     /// Something to try again soon (a failure, a delete refused in use).
     retry: bool,
+    /// Volumes kept although nothing references them (a PersistentVolume
+    /// did): reported `orphaned`, warned about once.
+    orphaned: BTreeSet<(Place, String)>,
 }
 
 /// The node's volume manager (see the module docs).
@@ -139,6 +152,9 @@ pub(crate) struct NodeVolumes {
     paths: ClaimPaths,
     mounts: tokio::sync::Mutex<PodMounts>,
     troubles: Mutex<Troubles>,
+    /// The volumes a PersistentVolume referenced, and the NFS volumes this
+    /// node provisioned, remembered across restarts.
+    held: Mutex<held::HeldVolumes>,
     /// The last object set seen, for reports between passes.
     last_wanted: Mutex<Option<Wanted>>,
     wake: Notify,
@@ -276,10 +292,12 @@ impl NodeVolumes {
         timers: VolumeTimers,
     ) -> (Arc<Self>, watch::Receiver<Option<Arc<VolumeReport>>>) {
         let (report, reports) = watch::channel(None);
+        let paths = ClaimPaths::under(claims_dir);
         let volumes = Arc::new(Self {
             node: node.to_string(),
             backends,
-            paths: ClaimPaths::under(claims_dir),
+            held: Mutex::new(held::HeldVolumes::open(&paths.held)),
+            paths,
             mounts: tokio::sync::Mutex::default(),
             troubles: Mutex::default(),
             last_wanted: Mutex::default(),
@@ -327,6 +345,10 @@ impl NodeVolumes {
 
     fn troubles(&self) -> std::sync::MutexGuard<'_, Troubles> {
         self.troubles.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, held::HeldVolumes> {
+        self.held.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Repairs the node after a restart, before anything mounts: each

@@ -56,11 +56,13 @@ fn file_name(text: &str) -> String {
         .collect()
 }
 
-/// Where the node's claims live: staging paths and the pods' records.
+/// Where the node's claims live: staging paths, the pods' records, and
+/// the volumes the node remembers ([`HeldVolumes`](super::held::HeldVolumes)).
 #[derive(Clone, Debug)]
 pub(crate) struct ClaimPaths {
     pub staging: PathBuf,
     pub pods: PathBuf,
+    pub held: PathBuf,
 }
 
 impl ClaimPaths {
@@ -68,6 +70,7 @@ impl ClaimPaths {
         Self {
             staging: dir.join("staging"),
             pods: dir.join("pods"),
+            held: dir.join("volumes.json"),
         }
     }
 

@@ -36,6 +36,15 @@ impl NodeVolumes {
     }
 
     async fn provision(&self, wanted: &Wanted) {
+        // An export is shared: the node remembers the NFS volumes it makes,
+        // before it makes them, so it collects only its own.
+        let remembered = {
+            let mut held = self.held();
+            for p in &wanted.provisions {
+                held.provisioning(&p.place, &p.handle);
+            }
+            held.save()
+        };
         for p in &wanted.provisions {
             if self.backends.registered(p.place.driver()) {
                 // A registered CSI driver's volumes are its controller's
@@ -43,6 +52,9 @@ impl NodeVolumes {
                 continue;
             }
             let result = async {
+                if !matches!(p.place, Place::Local) {
+                    remembered.clone()?;
+                }
                 let backend = self.backends.get(&p.place)?;
                 let id = VolumeId::new(p.handle.clone()).map_err(|e| e.to_string())?;
                 if backend
@@ -228,8 +240,12 @@ impl NodeVolumes {
         }
     }
 
-    /// Deletes the provisioned volumes (`pvc-*`) nothing references and the
-    /// snapshots no content references; one still in use is tried later.
+    /// Deletes this node's provisioned volumes (`pvc-*`) whose
+    /// PersistentVolume is reclaimed, and those nothing references that no
+    /// PersistentVolume ever referenced (a claim deleted before its volume
+    /// was recorded); keeps, with one warning, those a PersistentVolume
+    /// referenced that nothing references now (a wiped store). Deletes the
+    /// snapshots no content references. One still in use is tried later.
     async fn collect(&self, wanted: &Wanted) {
         let used: BTreeSet<(String, String)> = self
             .mounts
@@ -239,25 +255,46 @@ impl NodeVolumes {
             .flatten()
             .filter_map(|e| key_of(&e.source))
             .collect();
+        let mut listed = Vec::new();
         for (place, backend) in self.backends.opened() {
-            let volumes = match bounded(backend.list()).await {
-                Ok(volumes) => volumes,
+            match bounded(backend.list()).await {
+                Ok(volumes) => listed.push((place, backend, volumes)),
                 Err(e) => {
                     tracing::warn!(driver = place.driver(), error = %e, "cannot list volumes");
-                    continue;
                 }
-            };
+            }
+        }
+        self.remember_references(wanted, &listed);
+        let mut orphaned = BTreeSet::new();
+        for (place, backend, volumes) in &listed {
             for volume in volumes {
                 let handle = volume.id.to_string();
-                if !handle.starts_with("pvc-")
-                    || wanted.kept_volumes.contains(&handle)
-                    || used.contains(&(place.driver().to_string(), handle.clone()))
-                {
+                if !handle.starts_with("pvc-") || wanted.kept_volumes.contains(&handle) {
+                    continue;
+                }
+                let (holds, referenced) = {
+                    let held = self.held();
+                    (held.holds(place, &handle), held.referenced(place, &handle))
+                };
+                let reclaimed = wanted.reclaimed.contains(&handle);
+                if !holds {
+                    // Another node's volume on a shared export.
+                    continue;
+                }
+                if referenced && !reclaimed {
+                    orphaned.insert((place.clone(), handle));
+                    continue;
+                }
+                if used.contains(&(place.driver().to_string(), handle.clone())) {
                     continue;
                 }
                 match backend.delete(&volume.id).await {
                     Ok(()) => {
-                        tracing::info!(volume = %handle, driver = place.driver(), "deleted a volume nothing references");
+                        if reclaimed {
+                            tracing::info!(volume = %handle, driver = place.driver(), "deleted the volume of a reclaimed persistent volume");
+                        } else {
+                            tracing::info!(volume = %handle, driver = place.driver(), "deleted a volume no persistent volume ever referenced and no claim references");
+                        }
                         self.troubles().volumes.remove(&handle);
                     }
                     Err(e) => {
@@ -282,11 +319,48 @@ impl NodeVolumes {
             }
         }
         let mut troubles = self.troubles();
+        for (place, handle) in orphaned.difference(&troubles.orphaned) {
+            tracing::warn!(
+                volume = %handle,
+                driver = place.driver(),
+                "volume {handle} is referenced by no object, but a persistent volume referenced it: its data is kept (the store may have been wiped or restored from an older backup); bind it again with a persistent volume, or delete it through one (docs/storage.md)"
+            );
+        }
+        // Those of a backend that could not be listed stay as they were.
+        troubles
+            .orphaned
+            .retain(|(place, _)| !listed.iter().any(|(p, _, _)| p == place));
+        troubles.orphaned.extend(orphaned);
         troubles
             .snapshots
             .retain(|handle, _| wanted.kept_snapshots.contains(handle));
         troubles.volumes.retain(|handle, _| {
             wanted.kept_volumes.contains(handle) || wanted.refused.contains_key(handle)
         });
+    }
+
+    /// Remembers durably which listed volumes a PersistentVolume references
+    /// now, before anything is deleted, and forgets the volumes gone.
+    fn remember_references(
+        &self,
+        wanted: &Wanted,
+        listed: &[(Place, Arc<dyn VolumeBackend>, Vec<c4m_storage::Volume>)],
+    ) {
+        let saved = {
+            let mut held = self.held();
+            for (place, _, volumes) in listed {
+                let existing: BTreeSet<String> = volumes.iter().map(|v| v.id.to_string()).collect();
+                held.keep_only(place, &existing);
+                for handle in existing.intersection(&wanted.pv_volumes) {
+                    held.mark_referenced(place, handle);
+                }
+            }
+            held.save()
+        };
+        if let Err(e) = saved {
+            // Kept in memory meanwhile: nothing referenced is deleted.
+            tracing::error!(error = %e, "cannot record which volumes persistent volumes reference");
+            self.troubles().retry = true;
+        }
     }
 }

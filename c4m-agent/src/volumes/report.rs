@@ -71,19 +71,42 @@ impl NodeVolumes {
             let volumes: Vec<c4m_storage::Volume> = match (&place, bounded(backend.list()).await) {
                 (_, Err(e)) => {
                     tracing::debug!(driver = %driver, error = %e, "cannot list volumes");
+                    // Not taken for gone (a reclaimed volume's finalizer
+                    // waits for this node to stop reporting it).
+                    let held: Vec<String> = self
+                        .held()
+                        .handles(&place)
+                        .into_iter()
+                        .map(str::to_string)
+                        .collect();
+                    report
+                        .volumes
+                        .extend(held.into_iter().map(|handle| VolumeState {
+                            driver: driver.clone(),
+                            handle,
+                            error: format!("cannot list the volumes of {driver}: {e}"),
+                            ..VolumeState::default()
+                        }));
                     continue;
                 }
                 (Place::Nfs(_), Ok(volumes)) => {
                     // An export is shared: report what this node provisioned
-                    // or mounts, with the size its claim asks for.
+                    // (and holds) or mounts, with the size its claim asks for.
+                    let held: BTreeSet<String> = self
+                        .held()
+                        .handles(&place)
+                        .into_iter()
+                        .map(str::to_string)
+                        .collect();
                     volumes
                         .into_iter()
                         .filter(|v| {
                             let handle = v.id.as_str();
-                            wanted
-                                .provisions
-                                .iter()
-                                .any(|p| p.handle == handle && p.place == place)
+                            held.contains(handle)
+                                || wanted
+                                    .provisions
+                                    .iter()
+                                    .any(|p| p.handle == handle && p.place == place)
                                 || users.contains_key(&(driver.clone(), handle.to_string()))
                         })
                         .map(|mut v| {
@@ -125,6 +148,7 @@ impl NodeVolumes {
                         size_bytes: volume.size_bytes,
                         error: troubles.volumes.get(&handle).cloned().unwrap_or_default(),
                         expansion_pending: troubles.expansion_pending.contains(&handle),
+                        orphaned: troubles.orphaned.contains(&(place.clone(), handle.clone())),
                         users: users
                             .get(&(driver.clone(), handle.clone()))
                             .map(|u| u.iter().cloned().collect())

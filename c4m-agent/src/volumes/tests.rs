@@ -83,6 +83,17 @@ fn pv(uid: &str) -> (String, Value) {
     )
 }
 
+/// `pv(uid)` being deleted once its claim went, of policy `Delete`, held
+/// by the provisioner's finalizer until this node deletes its data.
+fn reclaimed_pv(uid: &str) -> (String, Value) {
+    let (key, mut pv) = pv(uid);
+    pv["metadata"]["deletionTimestamp"] = json!("2026-12-08T00:00:00Z");
+    pv["metadata"]["finalizers"] = json!([c4m_core::volumes::PROVISIONER_FINALIZER]);
+    pv["spec"]["persistentVolumeReclaimPolicy"] = json!("Delete");
+    pv["status"] = json!({"phase": "Released"});
+    (key, pv)
+}
+
 fn set(objects: Vec<(String, Value)>) -> ObjectSet {
     ObjectSet::from_objects(objects)
 }
@@ -149,7 +160,7 @@ async fn claims_selected_here_are_provisioned_reported_and_collected_when_unrefe
         .await;
     node.volumes.pass(&set(vec![class(), pv("u1")])).await;
     assert_eq!(ids(&node.fake).await, ["pvc-u1"]);
-    // Nothing references it any more: collected. Other volumes are not ours.
+    // Its PV reclaimed: collected. Other volumes are not ours.
     node.fake
         .provision(&ProvisionRequest::new(
             VolumeId::new("scratch-1").unwrap(),
@@ -157,9 +168,139 @@ async fn claims_selected_here_are_provisioned_reported_and_collected_when_unrefe
         ))
         .await
         .unwrap();
-    node.volumes.pass(&set(vec![class()])).await;
+    node.volumes
+        .pass(&set(vec![class(), reclaimed_pv("u1")]))
+        .await;
     assert_eq!(ids(&node.fake).await, ["scratch-1"]);
     assert!(node.volumes.report_now().await.volumes.is_empty());
+}
+
+#[tokio::test]
+async fn a_wiped_store_keeps_the_volumes_a_pv_referenced_across_restarts() {
+    let node = node();
+    node.volumes
+        .pass(&set(vec![
+            class(),
+            claim("a", "u1", "1Gi"),
+            pv("u1"),
+            claim("b", "u2", "1Gi"),
+        ]))
+        .await;
+    assert_eq!(ids(&node.fake).await, ["pvc-u1", "pvc-u2"]);
+
+    // The agent restarts and meets a store that knows none of them.
+    let Node { fake, dir, .. } = node;
+    let node = node_with(fake, dir);
+    node.volumes.recover().await;
+    node.volumes.pass(&set(vec![class()])).await;
+    assert_eq!(
+        ids(&node.fake).await,
+        ["pvc-u1"],
+        "a PV referenced pvc-u1: kept; no PV ever referenced pvc-u2: collected"
+    );
+    let report = node.volumes.report_now().await;
+    let states: Vec<_> = report
+        .volumes
+        .iter()
+        .map(|v| (v.handle.as_str(), v.orphaned))
+        .collect();
+    assert_eq!(states, [("pvc-u1", true)]);
+    node.volumes.pass(&set(vec![class()])).await;
+    assert_eq!(ids(&node.fake).await, ["pvc-u1"], "and every pass after");
+
+    // Bound again by a PV (the way back): no longer orphaned.
+    node.volumes.pass(&set(vec![class(), pv("u1")])).await;
+    assert!(!node.volumes.report_now().await.volumes[0].orphaned);
+    // A Retain PV deleted (or one whose finalizer was taken off by hand)
+    // does not delete the data: only a reclaimed one does.
+    let (key, mut retained) = reclaimed_pv("u1");
+    retained["spec"]["persistentVolumeReclaimPolicy"] = json!("Retain");
+    node.volumes
+        .pass(&set(vec![class(), (key.clone(), retained)]))
+        .await;
+    let (_, mut unguarded) = reclaimed_pv("u1");
+    unguarded["metadata"]["finalizers"] = json!([]);
+    node.volumes
+        .pass(&set(vec![class(), (key, unguarded)]))
+        .await;
+    assert_eq!(ids(&node.fake).await, ["pvc-u1"]);
+    node.volumes
+        .pass(&set(vec![class(), reclaimed_pv("u1")]))
+        .await;
+    assert!(ids(&node.fake).await.is_empty());
+    assert!(node.volumes.report_now().await.volumes.is_empty());
+}
+
+#[tokio::test]
+async fn only_the_nfs_volumes_a_node_provisioned_are_its_to_collect() {
+    let export = Arc::new(FakeBackend::new(100 * GIB));
+    let dir = tempfile::tempdir().unwrap();
+    let opener_export = Arc::clone(&export);
+    let opener: NfsOpener =
+        Box::new(move |_: &wanted::NfsTarget| Arc::clone(&opener_export) as Arc<dyn VolumeBackend>);
+    let (_, assigned) = watch::channel(None);
+    let (volumes, _) = NodeVolumes::new(
+        "n1",
+        Backends::new(None, Some(opener), BTreeMap::new()),
+        dir.path(),
+        assigned,
+        VolumeTimers::default(),
+    );
+    let shared = (
+        "storageclasses/shared".to_string(),
+        json!({"metadata": {"name": "shared"}, "provisioner": c4m_core::volumes::NFS_DRIVER,
+               "parameters": {"server": "10.0.0.1", "share": "/export"}}),
+    );
+    let nfs_claim = |name: &str, uid: &str| {
+        let (key, mut claim) = claim(name, uid, "1Gi");
+        claim["spec"]["storageClassName"] = json!("shared");
+        (key, claim)
+    };
+    // Another node's volume on the shared export, referenced by nothing
+    // this node sees.
+    export
+        .provision(&ProvisionRequest::new(
+            VolumeId::new("pvc-theirs").unwrap(),
+            GIB,
+        ))
+        .await
+        .unwrap();
+    volumes
+        .pass(&set(vec![
+            shared.clone(),
+            nfs_claim("a", "u1"),
+            nfs_claim("b", "u2"),
+        ]))
+        .await;
+    assert_eq!(ids(&export).await, ["pvc-theirs", "pvc-u1", "pvc-u2"]);
+    let mut nfs_pv = pv("u1");
+    nfs_pv.1["spec"]["csi"]["driver"] = json!(c4m_core::volumes::NFS_DRIVER);
+    let mut bound = nfs_claim("a", "u1");
+    bound.1["spec"]["volumeName"] = json!("pvc-u1");
+    volumes
+        .pass(&set(vec![
+            shared.clone(),
+            bound,
+            nfs_pv,
+            nfs_claim("b", "u2"),
+        ]))
+        .await;
+    let reported: Vec<String> = volumes
+        .report_now()
+        .await
+        .volumes
+        .into_iter()
+        .map(|v| v.handle)
+        .collect();
+    assert_eq!(
+        reported,
+        ["pvc-u1", "pvc-u2"],
+        "what this node provisioned, not the whole export"
+    );
+    // The store wiped: pvc-u1 (a PV referenced it) is kept, pvc-u2 (never
+    // bound) collected, pvc-theirs left to its node.
+    volumes.pass(&set(vec![shared])).await;
+    assert_eq!(ids(&export).await, ["pvc-theirs", "pvc-u1"]);
 }
 
 #[tokio::test]

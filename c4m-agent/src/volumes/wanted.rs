@@ -5,9 +5,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use c4m_core::volumes::{
-    LOCAL_DRIVER, NFS_DRIVER, SELECTED_NODE, snapshot_handle_for, volume_handle_for_claim,
+    LOCAL_DRIVER, NFS_DRIVER, PROVISIONER_FINALIZER, SELECTED_NODE, snapshot_handle_for,
+    volume_handle_for_claim,
 };
 use c4m_storage::{AccessMode, MIN_VOLUME_BYTES};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::objects::ObjectSet;
@@ -28,7 +30,8 @@ pub(crate) const DEFAULT_MOUNT_PORT: u16 = 20048;
 
 /// One NFS export, as a class's `parameters` or a volume's
 /// `volumeAttributes` name it (`server`, `share`, `nfsPort`, `mountPort`).
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub(crate) struct NfsTarget {
     pub server: String,
     pub share: String,
@@ -65,7 +68,8 @@ impl NfsTarget {
 
 /// Where a volume is, for the backends: c4m's local pool, an NFS export, or
 /// a registered CSI driver.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub(crate) enum Place {
     Local,
     Nfs(NfsTarget),
@@ -131,8 +135,16 @@ pub(crate) struct Wanted {
     /// Snapshot contents to take.
     pub snapshots: Vec<TakeSnapshot>,
     /// Volume handles something still references: a PersistentVolume
-    /// (its `volumeHandle` or its name) or a claim (`pvc-<uid>`).
+    /// (its `volumeHandle` or its name) or a claim (`pvc-<uid>`); not a
+    /// PersistentVolume being reclaimed (see `reclaimed`).
     pub kept_volumes: BTreeSet<String>,
+    /// Volume handles (and names) any PersistentVolume references, being
+    /// deleted or not: the node remembers that one did (`HeldVolumes`).
+    pub pv_volumes: BTreeSet<String>,
+    /// Volume handles (and names) of PersistentVolumes whose data is to be
+    /// deleted now: being deleted, `Released`, reclaim policy `Delete`, and
+    /// carrying [`PROVISIONER_FINALIZER`] (which keeps them until it is).
+    pub reclaimed: BTreeSet<String>,
     /// Snapshot handles a VolumeSnapshotContent references.
     pub kept_snapshots: BTreeSet<String>,
     /// Every NFS export a class or a PersistentVolume names.
@@ -159,6 +171,22 @@ fn map_at(value: &Value, path: &[&str]) -> BTreeMap<String, String> {
 
 fn being_deleted(object: &Value) -> bool {
     str_at(object, &["metadata", "deletionTimestamp"]).is_some()
+}
+
+/// Whether the data of PersistentVolume `pv` is to be deleted: it is being
+/// deleted, released by its claim, of reclaim policy `Delete`, and the
+/// control plane waits for the data to go ([`PROVISIONER_FINALIZER`]). A
+/// `Retain` volume, one still bound, or one whose finalizer was taken off
+/// by hand keeps its data.
+fn reclaimed(pv: &Value) -> bool {
+    being_deleted(pv)
+        && str_at(pv, &["status", "phase"]) == Some("Released")
+        && str_at(pv, &["spec", "persistentVolumeReclaimPolicy"]) == Some("Delete")
+        && pv
+            .get("metadata")
+            .and_then(|m| m.get("finalizers"))
+            .and_then(Value::as_array)
+            .is_some_and(|list| list.iter().any(|f| f == PROVISIONER_FINALIZER))
 }
 
 fn access_mode(claim: &Value) -> AccessMode {
@@ -286,13 +314,22 @@ pub(crate) fn wanted(set: &ObjectSet, node: &str) -> Wanted {
         }
     }
     for pv in set.of_kind("persistentvolumes") {
-        if let Some(name) = str_at(pv, &["metadata", "name"]) {
-            wanted.kept_volumes.insert(name.to_string());
+        let handle = str_at(pv, &["spec", "csi", "volumeHandle"]);
+        let reclaimed = reclaimed(pv);
+        for reference in [str_at(pv, &["metadata", "name"]), handle]
+            .into_iter()
+            .flatten()
+        {
+            wanted.pv_volumes.insert(reference.to_string());
+            if reclaimed {
+                wanted.reclaimed.insert(reference.to_string());
+            } else {
+                wanted.kept_volumes.insert(reference.to_string());
+            }
         }
-        let Some(handle) = str_at(pv, &["spec", "csi", "volumeHandle"]) else {
+        let Some(handle) = handle else {
             continue;
         };
-        wanted.kept_volumes.insert(handle.to_string());
         let driver = str_at(pv, &["spec", "csi", "driver"]).unwrap_or_default();
         if driver == NFS_DRIVER
             && let Ok(target) =
@@ -463,6 +500,14 @@ mod tests {
                                     "volumeAttributes": {"server": "10.0.0.2", "share": "/x"}}}}),
         ));
         objects.push((
+            "persistentvolumes/pvc-gone".into(),
+            json!({"metadata": {"name": "pvc-gone", "deletionTimestamp": "2026-12-08T00:00:00Z",
+                                "finalizers": [PROVISIONER_FINALIZER]},
+                   "spec": {"csi": {"driver": LOCAL_DRIVER, "volumeHandle": "pvc-gone"},
+                            "persistentVolumeReclaimPolicy": "Delete"},
+                   "status": {"phase": "Released"}}),
+        ));
+        objects.push((
             "volumesnapshotcontents/snapcontent-s1".into(),
             json!({"metadata": {"name": "snapcontent-s1"},
                    "spec": {"source": {"volumeHandle": "pvc-u1"},
@@ -487,6 +532,9 @@ mod tests {
         assert!(wanted.kept_snapshots.contains("snapshot-s1"));
         assert!(wanted.kept_volumes.contains("pvc-old"));
         assert!(wanted.kept_volumes.contains("retained"));
+        assert!(!wanted.kept_volumes.contains("pvc-gone"));
+        assert_eq!(wanted.reclaimed, BTreeSet::from(["pvc-gone".to_string()]));
+        assert!(wanted.pv_volumes.contains("pvc-gone") && wanted.pv_volumes.contains("pvc-old"));
         assert_eq!(wanted.nfs_exports.len(), 2, "the class's and the PV's");
         let copy = wanted
             .provisions

@@ -15,9 +15,12 @@
 //!   `Released`, `Lost`), reclaim, the protection finalizers and expansion
 //!   status.
 //! - `snapshots`: VolumeSnapshotContents and the status of both kinds.
+//! - `orphans`: the volumes a node keeps that nothing references, on its
+//!   Node object.
 //!
 //! The nodes do the rest (provision, restore, expand, snapshot, and delete
-//! backend volumes and snapshots no object references).
+//! the backend volumes of reclaimed PersistentVolumes and the snapshots no
+//! object references).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -35,6 +38,7 @@ use crate::volume_reports::VolumeReports;
 pub(crate) mod admission;
 mod claims;
 mod ephemeral;
+mod orphans;
 mod snapshots;
 
 pub(crate) use ephemeral::{claims_of_pod, made_for};
@@ -192,6 +196,7 @@ pub(crate) async fn reconcile(
     let mut written = ephemeral::reconcile(objects, cache, &nodes).await?;
     written = super::latest(written, claims::reconcile(objects, cache, &nodes).await?);
     written = super::latest(written, snapshots::reconcile(objects, cache, &nodes).await?);
+    written = super::latest(written, orphans::reconcile(objects, cache, &nodes).await?);
     Ok(written)
 }
 

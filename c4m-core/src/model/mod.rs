@@ -48,6 +48,12 @@ pub mod annotations {
     /// sources resolved against other objects, as JSON
     /// `{"VOLUME": ResolvedVolume}` ([`crate::volumes`]).
     pub const RESOLVED_VOLUMES: &str = "c4m.io/resolved-volumes";
+    /// On a node, written by the control plane from the node's storage
+    /// reports: the volumes it keeps although no object references them
+    /// (a PersistentVolume once did: the store was wiped or restored from an
+    /// older backup), as JSON `[{"driver", "handle", "sizeBytes"}]`; absent
+    /// when there is none. `c4m volume list` shows them as `Orphaned`.
+    pub const ORPHANED_VOLUMES: &str = "c4m.io/orphaned-volumes";
 }
 
 /// Label keys c4m writes or reads.

@@ -28,6 +28,12 @@ pub const NO_PROVISIONER: &str = "kubernetes.io/no-provisioner";
 pub const SELECTED_NODE: &str = "volume.kubernetes.io/selected-node";
 /// The annotation on a StorageClass that makes it the default.
 pub const DEFAULT_CLASS: &str = "storageclass.kubernetes.io/is-default-class";
+/// The finalizer (Kubernetes' external-provisioner's own name) on a
+/// PersistentVolume the control plane provisioned with reclaim policy
+/// `Delete`: the object stays (Terminating) until the node holding the
+/// volume has deleted its data, and a node deletes the data of a volume a
+/// PersistentVolume referenced only for one being deleted that carries it.
+pub const PROVISIONER_FINALIZER: &str = "external-provisioner.volume.kubernetes.io/finalizer";
 
 /// The volume handle (and backend volume id) of a dynamically provisioned
 /// claim: `pvc-<claim uid>`, which is also its PersistentVolume's name.

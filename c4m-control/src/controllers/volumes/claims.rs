@@ -9,12 +9,19 @@
 //! That node's agent makes backend volume `pvc-<claim uid>` and reports it;
 //! this controller then creates the PersistentVolume `pvc-<claim uid>` and
 //! binds the two.
+//!
+//! Reclaim, as external-provisioner with `HonorPVReclaimPolicy`: a volume
+//! whose node deletes its data (policy `Delete`) carries
+//! [`PROVISIONER_FINALIZER`]; deleted, it goes once that node no longer
+//! reports the volume, or once that Node is deleted.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use c4m_core::labels::HOSTNAME;
 use c4m_core::volumes::{
-    LOCAL_DRIVER, NFS_DRIVER, NO_PROVISIONER, SELECTED_NODE, volume_handle_for_claim,
+    LOCAL_DRIVER, NFS_DRIVER, NO_PROVISIONER, PROVISIONER_FINALIZER, SELECTED_NODE,
+    volume_handle_for_claim,
 };
 use serde_json::{Value, json};
 
@@ -30,6 +37,10 @@ use crate::objects::{Objects, kind, name_of, namespace_of, now_rfc3339};
 const BIND_COMPLETED: &str = "pv.kubernetes.io/bind-completed";
 const BOUND_BY_CONTROLLER: &str = "pv.kubernetes.io/bound-by-controller";
 const PROVISIONED_BY: &str = "pv.kubernetes.io/provisioned-by";
+/// On a provisioned volume: the node that made it, which deletes its data.
+/// A local volume's node affinity names it too; an NFS volume (an export
+/// is shared, any node may mount it) has only this.
+const PROVISIONED_ON: &str = "c4m.io/provisioned-on";
 
 /// The kubelet's message while an expansion waits for the volume's users to
 /// restart.
@@ -103,7 +114,7 @@ pub(super) async fn reconcile(
     })
     .await;
     let volumes_written = reconcile_each("volumes", world.volumes.clone(), |pv| async move {
-        reconcile_volume(objects, cache, &pv)
+        reconcile_volume(objects, cache, world.nodes, &pv)
             .await
             .inspect_err(|e| {
                 tracing::warn!(volume = %name_of(&pv), error = %e, "cannot reconcile a volume");
@@ -627,7 +638,7 @@ fn volume_for(claim: &Value, class: &Value, driver: &str, node: &str, size_bytes
     let mut pv = json!({
         "apiVersion": "v1",
         "kind": "PersistentVolume",
-        "metadata": {"name": handle, "annotations": {PROVISIONED_BY: driver}},
+        "metadata": {"name": handle, "annotations": {PROVISIONED_BY: driver, PROVISIONED_ON: node}},
         "spec": {
             "accessModes": claim["spec"]["accessModes"],
             "capacity": {"storage": c4m_core::format_memory_bytes(size_bytes)},
@@ -647,10 +658,75 @@ fn volume_for(claim: &Value, class: &Value, driver: &str, node: &str, size_bytes
     }
     if driver == LOCAL_DRIVER {
         pv["spec"]["nodeAffinity"] = json!({"required": {"nodeSelectorTerms": [{
-            "matchExpressions": [{"key": "kubernetes.io/hostname", "operator": "In",
+            "matchExpressions": [{"key": HOSTNAME, "operator": "In",
                 "values": [node]}]}]}});
     }
+    if reclaimed_by_node(&pv) {
+        super::admission::add_finalizer(&mut pv, PROVISIONER_FINALIZER);
+    }
     pv
+}
+
+/// The node holding the data of a volume of c4m's drivers: the one its node
+/// affinity names (as [`volume_for`] writes it), else the one that
+/// provisioned it ([`PROVISIONED_ON`]).
+fn holder(pv: &Value) -> Option<&str> {
+    fn only(list: &Value) -> Option<&Value> {
+        match list.as_array()?.as_slice() {
+            [one] => Some(one),
+            _ => None,
+        }
+    }
+    only(&pv["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"])
+        .and_then(|term| only(&term["matchExpressions"]))
+        .filter(|e| e["key"] == HOSTNAME && e["operator"] == "In")
+        .and_then(|e| only(&e["values"]))
+        .and_then(Value::as_str)
+        .or_else(|| pv["metadata"]["annotations"][PROVISIONED_ON].as_str())
+}
+
+/// Whether deleting `pv` deletes its data, which its node does: a volume of
+/// c4m's drivers, of reclaim policy `Delete`, whose node is known. Such a
+/// volume carries [`PROVISIONER_FINALIZER`] until the data is gone.
+fn reclaimed_by_node(pv: &Value) -> bool {
+    matches!(
+        pv["spec"]["csi"]["driver"].as_str(),
+        Some(LOCAL_DRIVER | NFS_DRIVER)
+    ) && pv["spec"]["persistentVolumeReclaimPolicy"] == "Delete"
+        && holder(pv).is_some()
+}
+
+/// Whether nothing is left to wait for before a deleted `pv` goes: it is
+/// not reclaimed by its node, or that node's last report no longer has its
+/// volume (a node that has not reported since this control plane started
+/// is waited for), or that node was deleted.
+fn data_gone(nodes: &NodeStorage<'_>, pv: &Value) -> bool {
+    let (Some(driver), Some(handle), Some(node)) = (
+        pv["spec"]["csi"]["driver"].as_str(),
+        pv["spec"]["csi"]["volumeHandle"].as_str(),
+        holder(pv),
+    ) else {
+        return true;
+    };
+    if !reclaimed_by_node(pv) {
+        return true;
+    }
+    if !nodes.known.contains(node) {
+        // Waiting would keep the object Terminating for ever; should the
+        // node come back, it keeps the data (orphaned), it never deletes it.
+        tracing::warn!(
+            volume = %name_of(pv),
+            node,
+            "the node holding the volume was deleted: the persistent volume goes without its data being deleted"
+        );
+        return true;
+    }
+    nodes.reports.get(node).is_some_and(|report| {
+        !report
+            .volumes
+            .iter()
+            .any(|v| v.driver == driver && v.handle == handle)
+    })
 }
 
 /// A bound claim asking for more than it has: the status of the expansion
@@ -797,10 +873,18 @@ pub(crate) fn users(cache: &Cache, namespace: &str, name: &str) -> Vec<String> {
 }
 
 /// A volume's phase from its claim: `Available` unclaimed, `Bound` to a
-/// claim that exists, `Released` once that claim is gone; a released
-/// volume whose policy is `Delete` is deleted; `pv-protection` is taken off
-/// a volume being deleted that is not bound.
-async fn reconcile_volume(objects: &Objects, cache: &Cache, pv: &Value) -> Result<Option<i64>> {
+/// claim that exists, `Released` once that claim is gone (also while it is
+/// being deleted: its node deletes the data of a released one only); a
+/// released volume whose policy is `Delete` is deleted; `pv-protection` is
+/// taken off a volume being deleted that is not bound, and
+/// [`PROVISIONER_FINALIZER`] (on a volume whose node deletes its data) once
+/// its node no longer has it.
+async fn reconcile_volume(
+    objects: &Objects,
+    cache: &Cache,
+    nodes: &NodeStorage<'_>,
+    pv: &Value,
+) -> Result<Option<i64>> {
     let claim_ref = &pv["spec"]["claimRef"];
     let claim = claim_ref["name"].as_str().and_then(|name| {
         cache.get(
@@ -826,23 +910,7 @@ async fn reconcile_volume(objects: &Objects, cache: &Cache, pv: &Value) -> Resul
             _ => "Released",
         }
     };
-    if crate::deletion::is_deleting(pv) {
-        if phase != "Bound"
-            && crate::deletion::finalizers(pv)
-                .iter()
-                .any(|f| f == PV_PROTECTION)
-        {
-            return crate::controllers::garbage_collector::remove_finalizer(
-                objects,
-                kind("persistentvolumes"),
-                pv,
-                PV_PROTECTION,
-            )
-            .await;
-        }
-        return Ok(None);
-    }
-    let written = if pv["status"]["phase"] == phase {
+    let mut written = if pv["status"]["phase"] == phase {
         None
     } else {
         update(objects, "persistentvolumes", pv, |current| {
@@ -850,6 +918,46 @@ async fn reconcile_volume(objects: &Objects, cache: &Cache, pv: &Value) -> Resul
         })
         .await?
     };
+    let finalizers = crate::deletion::finalizers(pv);
+    let has = |finalizer: &str| finalizers.iter().any(|f| f == finalizer);
+    let remove = |finalizer| {
+        crate::controllers::garbage_collector::remove_finalizer(
+            objects,
+            kind("persistentvolumes"),
+            pv,
+            finalizer,
+        )
+    };
+    if crate::deletion::is_deleting(pv) {
+        if phase != "Bound" && has(PV_PROTECTION) {
+            written = latest(written, remove(PV_PROTECTION).await?);
+        }
+        if has(PROVISIONER_FINALIZER) && data_gone(nodes, pv) {
+            written = latest(written, remove(PROVISIONER_FINALIZER).await?);
+        }
+        return Ok(written);
+    }
+    // Also on volumes made before it existed, and off one turned `Retain`.
+    let reclaimed = reclaimed_by_node(pv);
+    if reclaimed != has(PROVISIONER_FINALIZER) {
+        let finalized = update(objects, "persistentvolumes", pv, |current| {
+            if crate::deletion::is_deleting(current) {
+                return false;
+            }
+            if reclaimed {
+                super::admission::add_finalizer(current, PROVISIONER_FINALIZER);
+                return true;
+            }
+            let Some(list) = current["metadata"]["finalizers"].as_array_mut() else {
+                return false;
+            };
+            let before = list.len();
+            list.retain(|f| f != PROVISIONER_FINALIZER);
+            list.len() != before
+        })
+        .await?;
+        written = latest(written, finalized);
+    }
     if phase == "Released" && pv["spec"]["persistentVolumeReclaimPolicy"] == "Delete" {
         return Ok(latest(
             written,

@@ -12,6 +12,7 @@ use super::admission::{PV_PROTECTION, PVC_PROTECTION};
 use crate::cache::Cache;
 use crate::objects::{Objects, Part, kind};
 use crate::volume_reports::VolumeReports;
+use c4m_core::volumes::PROVISIONER_FINALIZER;
 
 const GI: u64 = 1 << 30;
 
@@ -109,9 +110,16 @@ impl Harness {
     /// A claim `name` of a new `Immediate` class `class_name`, provisioned
     /// on the new node `a` and bound; its volume handle.
     async fn provisioned(&self, name: &str, class_name: &str, expandable: bool) -> String {
-        self.node("a").await;
         self.create("storageclasses", class(class_name, "Immediate", expandable))
             .await;
+        self.provisioned_on("a", name, class_name).await
+    }
+
+    /// A claim `name` of the `Immediate` class `class_name`, provisioned on
+    /// the new node `node` (its only one), which reports it, and bound; its
+    /// volume handle.
+    async fn provisioned_on(&self, node: &str, name: &str, class_name: &str) -> String {
+        self.node(node).await;
         let created = self
             .create(
                 "persistentvolumeclaims",
@@ -119,8 +127,12 @@ impl Harness {
             )
             .await;
         let handle = format!("pvc-{}", uid(&created));
-        self.report("a", 10 * GI, vec![local_state(&handle, GI)], vec![]);
+        self.report(node, 10 * GI, vec![local_state(&handle, GI)], vec![]);
         self.settle().await;
+        assert_eq!(
+            self.get("persistentvolumeclaims", "default", name).unwrap()["status"]["phase"],
+            "Bound"
+        );
         handle
     }
 
@@ -529,6 +541,11 @@ async fn an_immediate_claim_is_provisioned_on_the_best_fitting_node_and_bound() 
         pv["metadata"]["annotations"]["pv.kubernetes.io/provisioned-by"],
         "c4m.io/local"
     );
+    assert_eq!(
+        pv["metadata"]["finalizers"],
+        json!([PROVISIONER_FINALIZER, PV_PROTECTION]),
+        "its node deletes its data when it is deleted"
+    );
     assert_eq!(pv["status"]["phase"], "Bound");
     let claim = h.get("persistentvolumeclaims", "default", "data").unwrap();
     assert_eq!(claim["spec"]["volumeName"], handle.as_str());
@@ -568,10 +585,162 @@ async fn an_immediate_claim_is_provisioned_on_the_best_fitting_node_and_bound() 
     h.cache.wait_for(pod_revision).await;
     h.settle().await;
     assert!(h.get("persistentvolumeclaims", "default", "data").is_none());
+    // reclaimPolicy Delete: the volume is deleted, and stays (Terminating,
+    // Released) while its node still has the data.
+    let reclaimed = h.get("persistentvolumes", "", &handle).unwrap();
+    assert!(crate::deletion::is_deleting(&reclaimed));
+    assert_eq!(reclaimed["status"]["phase"], "Released");
+    assert_eq!(
+        reclaimed["metadata"]["finalizers"],
+        json!([PROVISIONER_FINALIZER])
+    );
+    h.report("snug", 3 * GI, vec![], vec![]);
+    h.settle().await;
     assert!(
         h.get("persistentvolumes", "", &handle).is_none(),
-        "reclaimPolicy Delete: the volume object goes (its node deletes the data)"
+        "gone once its node no longer reports the volume"
     );
+}
+
+fn finalizers(h: &Harness, handle: &str) -> Value {
+    h.get("persistentvolumes", "", handle).unwrap()["metadata"]["finalizers"].clone()
+}
+
+#[tokio::test]
+async fn a_retained_volume_has_no_provisioner_finalizer_and_goes_without_its_node() {
+    let h = Harness::new().await;
+    let mut keep = class("keep", "Immediate", false);
+    keep["reclaimPolicy"] = json!("Retain");
+    h.create("storageclasses", keep).await;
+    let handle = h.provisioned_on("a", "kept", "keep").await;
+    let pv = h.get("persistentvolumes", "", &handle).unwrap();
+    assert_eq!(pv["spec"]["persistentVolumeReclaimPolicy"], "Retain");
+    assert_eq!(pv["metadata"]["finalizers"], json!([PV_PROTECTION]));
+
+    h.delete("persistentvolumeclaims", "default", "kept").await;
+    h.settle().await;
+    assert_eq!(
+        h.get("persistentvolumes", "", &handle).unwrap()["status"]["phase"],
+        "Released",
+        "kept: Retain"
+    );
+    h.delete("persistentvolumes", "", &handle).await;
+    h.settle().await;
+    assert!(
+        h.get("persistentvolumes", "", &handle).is_none(),
+        "deleted at once, its node still reporting the volume (whose data it keeps)"
+    );
+}
+
+#[tokio::test]
+async fn the_provisioner_finalizer_follows_the_reclaim_policy_and_the_node() {
+    let h = Harness::new().await;
+    h.create("storageclasses", class("fast", "Immediate", false))
+        .await;
+    let handle = h.provisioned_on("a", "data", "fast").await;
+    assert_eq!(
+        finalizers(&h, &handle),
+        json!([PROVISIONER_FINALIZER, PV_PROTECTION])
+    );
+    // Turned Retain: the node will not delete the data, nothing to wait for.
+    let set_policy = |policy: &'static str| {
+        let h = &h;
+        let handle = handle.clone();
+        async move {
+            let revision = h
+                .objects
+                .update_with(kind("persistentvolumes"), "", &handle, |pv| {
+                    pv["spec"]["persistentVolumeReclaimPolicy"] = json!(policy);
+                    true
+                })
+                .await
+                .unwrap()
+                .unwrap();
+            h.cache.wait_for(revision).await;
+            h.settle().await;
+        }
+    };
+    set_policy("Retain").await;
+    assert_eq!(finalizers(&h, &handle), json!([PV_PROTECTION]));
+    // Delete again (as a volume made before the finalizer existed): added.
+    set_policy("Delete").await;
+    assert_eq!(
+        finalizers(&h, &handle),
+        json!([PV_PROTECTION, PROVISIONER_FINALIZER])
+    );
+
+    // Deleted while bound: it waits for its claim, then for the node.
+    h.delete("persistentvolumes", "", &handle).await;
+    h.settle().await;
+    let pv = h.get("persistentvolumes", "", &handle).unwrap();
+    assert_eq!(pv["status"]["phase"], "Bound");
+    h.delete("persistentvolumeclaims", "default", "data").await;
+    h.settle().await;
+    let pv = h.get("persistentvolumes", "", &handle).unwrap();
+    assert_eq!(
+        pv["status"]["phase"], "Released",
+        "released while being deleted, so its node deletes the data"
+    );
+    assert_eq!(pv["metadata"]["finalizers"], json!([PROVISIONER_FINALIZER]));
+
+    // Its node deleted for good: nothing will ever delete the data; the
+    // object goes.
+    h.delete("nodes", "", "a").await;
+    h.settle().await;
+    assert!(h.get("persistentvolumes", "", &handle).is_none());
+}
+
+#[tokio::test]
+async fn a_node_that_has_not_reported_since_a_restart_is_waited_for() {
+    let h = Harness::new().await;
+    h.create("storageclasses", class("fast", "Immediate", false))
+        .await;
+    let handle = h.provisioned_on("a", "data", "fast").await;
+    // A control plane started afresh: no report from "a" yet.
+    h.reports.forget("a");
+    h.delete("persistentvolumeclaims", "default", "data").await;
+    h.settle().await;
+    assert_eq!(
+        finalizers(&h, &handle),
+        json!([PROVISIONER_FINALIZER]),
+        "no report is not \"gone\""
+    );
+    h.report("a", 10 * GI, vec![local_state(&handle, GI)], vec![]);
+    h.settle().await;
+    assert!(h.get("persistentvolumes", "", &handle).is_some());
+    h.report("a", 10 * GI, vec![], vec![]);
+    h.settle().await;
+    assert!(h.get("persistentvolumes", "", &handle).is_none());
+}
+
+#[tokio::test]
+async fn a_nodes_orphaned_volumes_are_written_on_it() {
+    let h = Harness::new().await;
+    h.node("a").await;
+    let mut orphan = local_state("pvc-old", 64 << 20);
+    orphan.orphaned = true;
+    h.report(
+        "a",
+        10 * GI,
+        vec![orphan, local_state("pvc-new", GI)],
+        vec![],
+    );
+    h.settle().await;
+    let node = h.get("nodes", "", "a").unwrap();
+    let written: Value = serde_json::from_str(
+        node["metadata"]["annotations"][c4m_core::annotations::ORPHANED_VOLUMES]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        written,
+        json!([{"driver": "c4m.io/local", "handle": "pvc-old", "sizeBytes": 64 << 20}])
+    );
+    h.report("a", 10 * GI, vec![local_state("pvc-new", GI)], vec![]);
+    h.settle().await;
+    let node = h.get("nodes", "", "a").unwrap();
+    assert!(node["metadata"]["annotations"][c4m_core::annotations::ORPHANED_VOLUMES].is_null());
 }
 
 #[tokio::test]
