@@ -268,8 +268,9 @@ async fn clean_up(control: &ControlPlane) -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    // The node unstages and deletes its backend volumes once their
-    // PersistentVolumes go: wait for their loop devices to be detached.
+    // A PersistentVolume goes once its node has deleted the backend volume
+    // (the deletion finalizer); the loop devices of volumes still staged
+    // for a deleted pod may be detached a moment later.
     while !loops_under(control.dir.path()).is_empty() {
         if Instant::now() > deadline {
             bail!(
