@@ -490,7 +490,11 @@ impl Agent {
             shutdown: shutdown.clone(),
             network,
         });
-        let server = axum::serve(self.listener, router(state))
+        // Log follows and exec streams are small writes in a row: no Nagle delay.
+        let listener = axum::serve::ListenerExt::tap_io(self.listener, |stream| {
+            let _ = stream.set_nodelay(true);
+        });
+        let server = axum::serve(listener, router(state))
             .with_graceful_shutdown(shutdown.clone().cancelled_owned());
         tracing::info!(node = %self.config.node_name, %http_addr, "agent running");
         let (_, _, served, _) = tokio::join!(

@@ -296,7 +296,10 @@ impl ControlPlane {
                     ))
                 }
             });
-        let grpc = tokio_stream::wrappers::TcpListenerStream::new(self.grpc);
+        // No Nagle: an assignment written right after another message on the
+        // same connection would otherwise wait for the peer's delayed ACK
+        // (~40 ms on Linux).
+        let grpc = tonic::transport::server::TcpIncoming::from(self.grpc).with_nodelay(Some(true));
         let grpc_shutdown = shutdown.clone();
         tasks.spawn(async move {
             tonic::transport::Server::builder()

@@ -110,6 +110,8 @@ impl ApiListener {
                         continue;
                     }
                 };
+                // Watch events are small writes in a row: no Nagle delay.
+                let _ = stream.set_nodelay(true);
                 let sender = sender.clone();
                 let acceptor = acceptor.clone();
                 tokio::spawn(async move {
