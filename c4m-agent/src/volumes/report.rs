@@ -124,7 +124,7 @@ impl NodeVolumes {
                         driver: driver.clone(),
                         size_bytes: volume.size_bytes,
                         error: troubles.volumes.get(&handle).cloned().unwrap_or_default(),
-                        expansion_pending: troubles.expansion_pending.contains(&handle),
+                        expansion_pending: troubles.expansion_pending.contains_key(&handle),
                         users: users
                             .get(&(driver.clone(), handle.clone()))
                             .map(|u| u.iter().cloned().collect())
