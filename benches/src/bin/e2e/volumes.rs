@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use super::{ControlPlane, follow, import_busybox, is_ready, kind, percentile};
 
 /// A claim of `size` in `class` (the default class when None).
-fn claim(name: &str, size: &str, class: Option<&str>) -> Value {
+pub(super) fn claim(name: &str, size: &str, class: Option<&str>) -> Value {
     let mut claim = json!({
         "apiVersion": "v1", "kind": "PersistentVolumeClaim",
         "metadata": {"name": name, "namespace": "default"},
@@ -27,15 +27,19 @@ fn claim(name: &str, size: &str, class: Option<&str>) -> Value {
 }
 
 /// A busybox pod running `script` with `claim` at /data, Ready once
-/// /tmp/ready exists.
-fn pod(name: &str, claim: &str, script: &str) -> Value {
+/// /tmp/ready exists (`script` succeeded). It exits on SIGTERM (a shell
+/// as pid 1 ignores it otherwise), so it stops at once also where its
+/// grace period is not known (a node removing what an earlier agent ran).
+pub(super) fn pod(name: &str, claim: &str, script: &str) -> Value {
     json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": name, "namespace": "default"},
         "spec": {"terminationGracePeriodSeconds": 1,
             "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": claim}}],
             "containers": [{"name": "main", "image": "bb:1",
-                "command": ["sh", "-c", format!("{script} && touch /tmp/ready; sleep 3600")],
+                "command": ["sh", "-c", format!(
+                    "trap 'exit 0' TERM; {script} && touch /tmp/ready; sleep 3600 & wait"
+                )],
                 "volumeMounts": [{"name": "data", "mountPath": "/data"}],
                 "readinessProbe": {"exec": {"command": ["test", "-f", "/tmp/ready"]},
                     "periodSeconds": 1}}]},
@@ -195,7 +199,7 @@ async fn measure(
 /// Deletes what the bench made and waits for the node to release it
 /// (volumes unmounted, loop devices detached, backend volumes deleted)
 /// before the agent is stopped.
-async fn clean_up(control: &ControlPlane) -> Result<()> {
+pub(super) async fn clean_up(control: &ControlPlane) -> Result<()> {
     let client = &control.client;
     for plural in ["pods", "volumesnapshots", "persistentvolumeclaims"] {
         let kind = kind(plural)?;
@@ -233,17 +237,25 @@ async fn clean_up(control: &ControlPlane) -> Result<()> {
     Ok(())
 }
 
-/// The loop devices whose backing files are under `dir`.
-fn loops_under(dir: &std::path::Path) -> Vec<String> {
+/// The loop devices whose backing files are under `dir`, each with its
+/// backing file as the kernel names it (` (deleted)` after a file removed
+/// while attached).
+pub(super) fn loops_under(dir: &std::path::Path) -> Vec<(String, String)> {
     std::fs::read_dir("/sys/block")
         .into_iter()
         .flatten()
         .flatten()
-        .filter(|device| {
-            std::fs::read_to_string(device.path().join("loop/backing_file")).is_ok_and(|b| {
-                std::path::Path::new(b.trim().trim_end_matches(" (deleted)")).starts_with(dir)
-            })
+        .filter_map(|device| {
+            let backing = std::fs::read_to_string(device.path().join("loop/backing_file")).ok()?;
+            let backing = backing.trim();
+            std::path::Path::new(backing.trim_end_matches(" (deleted)"))
+                .starts_with(dir)
+                .then(|| {
+                    (
+                        device.file_name().to_string_lossy().to_string(),
+                        backing.to_string(),
+                    )
+                })
         })
-        .map(|device| device.file_name().to_string_lossy().to_string())
         .collect()
 }
