@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use c4m_storage::testing::{
-    CleanupGuard, LOCAL_PROGRAMS, every_step_workload, leaks, require_root_and, tear_down_all,
+    CleanupGuard, LOCAL_PROGRAMS, XorShift, every_step_workload, leaks, require_root_and,
+    tear_down_all,
 };
 use c4m_storage::{
     FAIL_ACTION_ENV, FAIL_POINT_ENV, FAIL_POINTS, LocalBackend, ProvisionRequest, SnapshotId,
@@ -34,9 +35,7 @@ fn parse_args() -> anyhow::Result<Args> {
         volumes: 100,
         fill_mib: 768,
         crashes: 20,
-        seed: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)?
-            .as_nanos() as u64,
+        seed: XorShift::seed_from_clock(),
         dir: std::env::temp_dir(),
     };
     let mut it = std::env::args().skip(1);
@@ -98,17 +97,12 @@ async fn snapshot_time(pool: &Path, mnt: &Path, fill_mib: usize) -> anyhow::Resu
         .provision(&ProvisionRequest::new(id.clone(), 1 << 30))
         .await?;
     backend.stage(&id, &staging).await?;
-    // Incompressible data (xorshift), fsynced.
+    // Incompressible data, fsynced.
     let mut file = std::fs::File::create(staging.join("data"))?;
-    let mut state = 0x9e3779b97f4a7c15u64;
+    let mut rng = XorShift::new(0x9e37_79b9_7f4a_7c15);
     let mut chunk = vec![0u8; 1 << 20];
     for _ in 0..fill_mib {
-        for word in chunk.chunks_mut(8) {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            word.copy_from_slice(&state.to_le_bytes());
-        }
+        rng.fill(&mut chunk);
         file.write_all(&chunk)?;
     }
     file.sync_all()?;
@@ -210,20 +204,12 @@ async fn fio_compare(pool: &Path, mnt: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// xorshift64*, enough to pick fail points reproducibly from a seed.
-fn next(state: &mut u64) -> u64 {
-    *state ^= *state >> 12;
-    *state ^= *state << 25;
-    *state ^= *state >> 27;
-    state.wrapping_mul(0x2545f4914f6cdd1d)
-}
-
 async fn crash_run(dir: &Path, crashes: usize, seed: u64) -> anyhow::Result<()> {
     println!("random crash run: seed {seed} ({crashes} crashes; rerun with --seed {seed})");
-    let mut state = seed.max(1);
+    let mut rng = XorShift::new(seed);
     let started = Instant::now();
     for round in 0..crashes {
-        let point = FAIL_POINTS[(next(&mut state) % FAIL_POINTS.len() as u64) as usize];
+        let point = *rng.pick(FAIL_POINTS).context("no fail point")?;
         let base = dir.join(format!("crash-{round}"));
         let (pool, root) = (base.join("pool"), base.join("mnt"));
         let _guard = CleanupGuard::new([base.clone()]);

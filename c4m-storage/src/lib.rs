@@ -52,7 +52,7 @@ mod types;
 
 pub use backend::VolumeBackend;
 pub use error::{Error, Result};
-pub use failpoint::{FAIL_ACTION_ENV, FAIL_POINT_ENV, FAIL_POINTS, REACHED_PREFIX};
+pub use failpoint::{ArmedFailPoint, FAIL_ACTION_ENV, FAIL_POINT_ENV, FAIL_POINTS, REACHED_PREFIX};
 #[cfg(any(test, feature = "test-util"))]
 pub use fake::FakeBackend;
 pub use local::{LocalBackend, MIN_VOLUME_BYTES};

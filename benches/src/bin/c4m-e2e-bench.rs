@@ -8,6 +8,8 @@
 //!     ./target/release/c4m-e2e-bench api [--nodes 200] [--instances 10000] [--rounds 5]
 //!     sudo ./target/release/c4m-e2e-bench oci [--instances 100] [--driver oci|containerd] [--agent-subcommand]
 //!     sudo ./target/release/c4m-e2e-bench overlay [--megabytes 1024] [--rounds 3]
+//!     sudo ./target/release/c4m-e2e-bench volumes [--rounds 20] [--claims 100] [--fill-mib 768]
+//!     sudo ./target/release/c4m-e2e-bench volumes-crash [--rounds 20] [--seed S]
 //!
 //! - `latency`: apply → instance Ready for a process service on a real
 //!   agent, one at a time, and the resident memory of the idle agent and
@@ -46,6 +48,15 @@
 //!   `--megabytes` MB each round; the median of `--rounds` is printed.
 //!   Needs root, runc (or crun), conmon and `/bin/busybox`.
 //!
+//! - `volumes` and `volumes-crash`: persistent volumes on one oci node
+//!   with local volumes (see `e2e/volumes.rs`, `e2e/volumes_crash.rs`):
+//!   claim + pod → Ready, many claims → Bound, a snapshot → readyToUse;
+//!   and `--rounds` rounds of `kill -9` of the agent at random
+//!   c4m-storage fail points (and of the control plane while claims
+//!   provision) under a random workload, each round checked for the
+//!   declared state, the fsynced data and leaks, its `--seed` printed.
+//!   Needs root, runc (or crun), conmon, losetup and e2fsprogs.
+//!
 //! With `C4M_BENCH_CONTROL_LOG=FILE`, the control plane logs to FILE, with
 //! the scheduler's per-cycle timings (`refresh_ms`, `snapshot_ms`,
 //! `place_ms`, `write_ms`); with `C4M_BENCH_AGENT_LOG=FILE` the agents log
@@ -71,6 +82,8 @@ use serde_json::{Value, json};
 mod overlay;
 #[path = "e2e/volumes.rs"]
 mod volumes;
+#[path = "e2e/volumes_crash.rs"]
+mod volumes_crash;
 
 #[derive(Parser)]
 #[command(about = "End-to-end benchmarks through the real c4m binaries")]
@@ -153,6 +166,18 @@ enum Bench {
         #[arg(long, default_value_t = 768)]
         fill_mib: u64,
     },
+    /// A random crash run of volumes on one oci node (root): the agent
+    /// killed at random c4m-storage fail points, sometimes the control
+    /// plane while claims provision, under a random workload; after each
+    /// round the declared state, the fsynced data and no leak.
+    VolumesCrash {
+        /// Rounds (each a fail point armed and a workload).
+        #[arg(long, default_value_t = 20)]
+        rounds: usize,
+        /// The seed of the run's random draws [default: from the clock].
+        #[arg(long)]
+        seed: Option<u64>,
+    },
     /// Receives one TCP connection on `port` to its end (run by `overlay`
     /// inside a network namespace).
     #[command(hide = true)]
@@ -212,6 +237,8 @@ struct ControlPlane {
     bin: PathBuf,
     /// `c4m-agent`, beside `c4m`: the agent as nodes run it.
     agent_bin: PathBuf,
+    /// `c4m`'s arguments, to start it again on the same ports and data.
+    args: Vec<String>,
     dir: tempfile::TempDir,
 }
 
@@ -227,8 +254,11 @@ const LOG_FILTER: &str = "C4M_BENCH_RUST_LOG";
 fn log_to(command: &mut Command, variable: &str, filter: &str) -> Result<()> {
     match std::env::var_os(variable) {
         Some(path) => {
-            let file = std::fs::File::create(&path)
-                .with_context(|| format!("{variable}: cannot create {path:?}"))?;
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .with_context(|| format!("{variable}: cannot open {path:?}"))?;
             let filter = std::env::var(LOG_FILTER).unwrap_or_else(|_| filter.to_string());
             command.env("RUST_LOG", filter).stderr(file)
         }
@@ -251,6 +281,17 @@ fn free_port() -> Result<u16> {
 
 fn kind(name: &str) -> Result<&'static ResourceKind> {
     ResourceKind::from_name(name).with_context(|| format!("kind {name}"))
+}
+
+/// Starts `c4m` with `args` (a control plane); its log goes to the file
+/// [`CONTROL_LOG`] names, with the scheduler's debug events, or nowhere.
+fn spawn_control(bin: &std::path::Path, args: &[String]) -> Result<Daemon> {
+    let mut command = Command::new(bin);
+    command.args(args).envs(ENV);
+    // The scheduler's per-cycle figures (snapshot_ms, place_ms, write_ms)
+    // are debug events: written to this file when it is set.
+    log_to(&mut command, CONTROL_LOG, "warn,c4m_control::scheduler=debug")?;
+    Ok(Daemon(command.spawn()?))
 }
 
 impl ControlPlane {
@@ -278,42 +319,61 @@ impl ControlPlane {
         }
         let dir = tempfile::tempdir()?;
         let (api, grpc, dns) = (free_port()?, free_port()?, free_port()?);
-        let mut command = Command::new(&bin);
-        command
-            .args(["control", "--api", &format!("127.0.0.1:{api}")])
-            .args(["--grpc", &format!("{address}:{grpc}")])
-            .args(["--dns", &format!("{address}:{dns}"), "--data-dir"])
-            .arg(dir.path().join("control"))
-            .args(extra)
-            .envs(ENV);
-        // The scheduler's per-cycle figures (snapshot_ms, place_ms, write_ms)
-        // are debug events: written to this file when it is set.
-        log_to(
-            &mut command,
-            CONTROL_LOG,
-            "warn,c4m_control::scheduler=debug",
-        )?;
-        let daemon = Daemon(command.spawn()?);
+        let mut args: Vec<String> = ["control", "--api", &format!("127.0.0.1:{api}")]
+            .into_iter()
+            .map(str::to_string)
+            .collect();
+        args.extend(["--grpc".into(), format!("{address}:{grpc}")]);
+        args.extend(["--dns".into(), format!("{address}:{dns}")]);
+        args.extend([
+            "--data-dir".into(),
+            dir.path().join("control").display().to_string(),
+        ]);
+        args.extend(extra.iter().map(|flag| flag.to_string()));
+        for variable in [CONTROL_LOG, AGENT_LOG] {
+            if let Some(path) = std::env::var_os(variable) {
+                // Emptied once: restarted processes append.
+                std::fs::File::create(&path)
+                    .with_context(|| format!("{variable}: cannot create {path:?}"))?;
+            }
+        }
         let credentials = Credentials {
             access_token: "bench".into(),
             secret_key: "bench-secret".into(),
         };
         let client = Client::new(&format!("http://127.0.0.1:{api}"), Some(&credentials))?;
+        let control = ControlPlane {
+            daemon: spawn_control(&bin, &args)?,
+            client,
+            grpc: format!("{address}:{grpc}"),
+            bin,
+            agent_bin,
+            args,
+            dir,
+        };
+        control.wait_api().await?;
+        Ok(control)
+    }
+
+    /// Waits until the API answers.
+    async fn wait_api(&self) -> Result<()> {
         let started = Instant::now();
-        while client.list(kind("nodes")?, None, None).await.is_err() {
+        while self.client.list(kind("nodes")?, None, None).await.is_err() {
             if started.elapsed() > Duration::from_secs(30) {
                 bail!("the control plane did not start");
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Ok(ControlPlane {
-            daemon,
-            client,
-            grpc: format!("{address}:{grpc}"),
-            bin,
-            agent_bin,
-            dir,
-        })
+        Ok(())
+    }
+
+    /// SIGKILLs the control plane and starts it again on the same ports and
+    /// data directory, until its API answers.
+    async fn restart(&mut self) -> Result<()> {
+        self.daemon.0.kill()?;
+        self.daemon.0.wait()?;
+        self.daemon = spawn_control(&self.bin, &self.args)?;
+        self.wait_api().await
     }
 
     /// Starts `c4m-agent` with `args` and waits until `nodes` nodes are
@@ -328,20 +388,33 @@ impl ControlPlane {
     /// through `nsenter`), its data in the directory `data`.
     async fn agent_from(
         &self,
-        mut command: Command,
+        command: Command,
         data: &str,
         args: &[&str],
         nodes: usize,
     ) -> Result<Daemon> {
+        let mut command = self.agent_command(command, data, args);
+        log_to(&mut command, AGENT_LOG, "info")?;
+        let mut agent = Daemon(command.spawn()?);
+        self.wait_nodes_ready(&mut agent, nodes).await?;
+        Ok(agent)
+    }
+
+    /// `command` (`c4m-agent`) made an agent of this control plane with
+    /// `args`, its data in the directory `data` unless it is hollow.
+    fn agent_command(&self, mut command: Command, data: &str, args: &[&str]) -> Command {
         command
             .args(args)
             .args(["--control-plane", &format!("http://{}", self.grpc)])
             .envs(ENV);
-        log_to(&mut command, AGENT_LOG, "info")?;
         if !args.contains(&"--hollow") {
             command.arg("--data-dir").arg(self.dir.path().join(data));
         }
-        let mut agent = Daemon(command.spawn()?);
+        command
+    }
+
+    /// Waits until `nodes` nodes are Ready; fails if `agent` exits first.
+    async fn wait_nodes_ready(&self, agent: &mut Daemon, nodes: usize) -> Result<()> {
         let started = Instant::now();
         loop {
             let listed = self.client.list(kind("nodes")?, None, None).await?;
@@ -349,7 +422,7 @@ impl ControlPlane {
                 .as_array()
                 .map_or(0, |nodes| nodes.iter().filter(|n| is_ready(n)).count());
             if ready >= nodes {
-                break;
+                return Ok(());
             }
             if let Some(status) = agent.0.try_wait()? {
                 bail!("the agent exited with {status}");
@@ -359,7 +432,6 @@ impl ControlPlane {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        Ok(agent)
     }
 
     /// Waits until no instance is left (at most `limit`).
@@ -510,6 +582,7 @@ async fn main() -> Result<()> {
             claims,
             fill_mib,
         } => volumes::run(rounds, claims, fill_mib).await,
+        Bench::VolumesCrash { rounds, seed } => volumes_crash::run(rounds, seed).await,
         Bench::Sink { port } => overlay::sink(port),
         Bench::Source { to, megabytes } => overlay::source(to, megabytes),
     }

@@ -135,7 +135,11 @@ impl RestartReason {
 struct Troubles {
     volumes: BTreeMap<String, String>,
     snapshots: BTreeMap<String, (String, String)>,
-    expansion_pending: BTreeSet<String>,
+    /// Volumes to grow offline, to the size wanted when the host refused to
+    /// grow them mounted: their users restart, and the size travels with
+    /// the expansion, since a user may be back (mounting, so growing it)
+    /// before the pass that asked for the restart has ended.
+    expansion_pending: BTreeMap<String, u64>,
     /// Expansions whose users were asked to restart (once per expansion).
     restarting: BTreeSet<String>,
     /// Something to try again soon (a failure, a delete refused in use).

@@ -119,7 +119,13 @@ impl NodeVolumes {
                 troubles.restarting.remove(&handle);
                 continue;
             }
-            if volume.staged_at.is_some() && self.troubles().expansion_pending.contains(&handle) {
+            let pending = volume.staged_at.is_some() && {
+                let mut troubles = self.troubles();
+                // The claim may have grown again meanwhile.
+                let pending = troubles.expansion_pending.get_mut(&handle);
+                pending.map(|pending| *pending = size).is_some()
+            };
+            if pending {
                 self.restart_users(&handle).await;
                 continue;
             }
@@ -130,7 +136,9 @@ impl NodeVolumes {
                 }
                 Err(StorageError::OfflineExpansionRequired { .. }) => {
                     tracing::info!(volume = %handle, bytes = size, "volume must be unmounted to grow: restarting its users");
-                    self.troubles().expansion_pending.insert(handle.clone());
+                    self.troubles()
+                        .expansion_pending
+                        .insert(handle.clone(), size);
                     self.restart_users(&handle).await;
                 }
                 Err(e) => {
@@ -163,16 +171,7 @@ impl NodeVolumes {
     /// before it is staged again).
     pub(crate) async fn expand_offline(&self, backend: &Arc<dyn VolumeBackend>, id: &VolumeId) {
         let handle = id.to_string();
-        if !self.troubles().expansion_pending.contains(&handle) {
-            return;
-        }
-        let size = self
-            .last_wanted
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_ref()
-            .and_then(|w| w.sizes.get(&handle).copied());
-        let Some(size) = size else {
+        let Some(size) = self.troubles().expansion_pending.get(&handle).copied() else {
             return;
         };
         match backend.expand(id, size).await {

@@ -147,7 +147,7 @@ impl NodeVolumes {
                         driver: driver.clone(),
                         size_bytes: volume.size_bytes,
                         error: troubles.volumes.get(&handle).cloned().unwrap_or_default(),
-                        expansion_pending: troubles.expansion_pending.contains(&handle),
+                        expansion_pending: troubles.expansion_pending.contains_key(&handle),
                         orphaned: troubles.orphaned.contains(&(place.clone(), handle.clone())),
                         users: users
                             .get(&(driver.clone(), handle.clone()))

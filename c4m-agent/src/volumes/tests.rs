@@ -2,6 +2,7 @@
 //! refcounted mounts, recovery from records, expansion and snapshots.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Mutex as StdMutex;
 
 use c4m_core::Instance;
@@ -505,6 +506,85 @@ async fn a_mounted_volume_the_host_cannot_grow_restarts_its_users_and_grows_offl
         ),
         (3 * GIB, false)
     );
+}
+
+/// A supervisor so quick that the pod it restarts for its volume is back
+/// (its volume given back and mounted again) before the pass that asked
+/// for the restart has ended.
+struct RestartsAtOnce {
+    volumes: StdMutex<Option<Arc<NodeVolumes>>>,
+    target: PathBuf,
+    asked: StdMutex<usize>,
+}
+
+impl RestartUsers for RestartsAtOnce {
+    fn restart(&self, pod_uids: Vec<String>, _why: RestartReason) {
+        *self.asked.lock().unwrap() += 1;
+        let volumes = self.volumes.lock().unwrap().clone().unwrap();
+        futures::executor::block_on(async {
+            for uid in &pod_uids {
+                volumes.unmount_pod(uid).await.unwrap();
+                volumes
+                    .mount(uid, "data", &source("pvc-u1"), false, &self.target)
+                    .await
+                    .unwrap();
+            }
+        });
+    }
+}
+
+#[tokio::test]
+async fn a_pod_back_before_the_pass_that_restarted_it_ends_still_grows_its_volume() {
+    // Found by `c4m-e2e-bench volumes-crash`: an agent started again with a
+    // mounted volume to grow restarted its pod during its first pass; the
+    // pod mounted the volume before that pass had recorded the sizes it
+    // wanted, so the volume was staged ungrown, and since its users are
+    // restarted once per expansion, it never grew.
+    let fake = Arc::new(FakeBackend::new(100 * GIB).offline_expansion_only());
+    let node = node_with(Arc::clone(&fake), tempfile::tempdir().unwrap());
+    assign(&node, &[("web-0", "p1")]);
+    let objects = |size| set(vec![class(), claim("a", "u1", size), pv("u1")]);
+    node.volumes.pass(&objects("1Gi")).await;
+    let target = node.dir.path().join("t1");
+    node.volumes
+        .mount("p1", "data", &source("pvc-u1"), false, &target)
+        .await
+        .unwrap();
+    // The agent stops; the claim grows meanwhile.
+    let Node {
+        dir,
+        volumes,
+        assignments,
+        ..
+    } = node;
+    drop((volumes, assignments));
+    let node = node_with(fake, dir);
+    assign(&node, &[("web-0", "p1")]);
+    node.volumes.recover().await;
+    let restarts = Arc::new(RestartsAtOnce {
+        volumes: StdMutex::new(Some(Arc::clone(&node.volumes))),
+        target: target.clone(),
+        asked: StdMutex::new(0),
+    });
+    node.volumes
+        .set_restarts(Arc::clone(&restarts) as Arc<dyn RestartUsers>);
+
+    node.volumes.pass(&objects("3Gi")).await;
+    node.volumes.pass(&objects("3Gi")).await;
+    let report = node.volumes.report_now().await;
+    assert_eq!(
+        (
+            report.volumes[0].size_bytes,
+            report.volumes[0].expansion_pending
+        ),
+        (3 * GIB, false),
+        "grown by the one restart"
+    );
+    assert_eq!(*restarts.asked.lock().unwrap(), 1);
+    let volume = node.fake.volume(&VolumeId::new("pvc-u1").unwrap()).await;
+    assert_eq!(volume.unwrap().unwrap().published_at, [target]);
+    // The restarter holds the manager: let it go.
+    restarts.volumes.lock().unwrap().take();
 }
 
 #[tokio::test]

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use super::{ControlPlane, follow, import_busybox, is_ready, kind, percentile};
 
 /// A claim of `size` in `class` (the default class when None).
-fn claim(name: &str, size: &str, class: Option<&str>) -> Value {
+pub(super) fn claim(name: &str, size: &str, class: Option<&str>) -> Value {
     let mut claim = json!({
         "apiVersion": "v1", "kind": "PersistentVolumeClaim",
         "metadata": {"name": name, "namespace": "default"},
@@ -27,21 +27,37 @@ fn claim(name: &str, size: &str, class: Option<&str>) -> Value {
     claim
 }
 
-/// A busybox pod with `claim` (if any) at /data that runs `script`, then
-/// sleeps; Ready once its container runs (no readiness probe).
-fn pod(name: &str, claim: Option<&str>, script: &str) -> Value {
+/// A busybox pod with `claim` (if any) at /data running `script`, then
+/// sleeping; if `script` fails the container exits (and restarts). With
+/// `ready_after_script`, an exec readiness probe makes it Ready once
+/// `script` succeeded; without, it is Ready once its container runs. It
+/// exits on SIGTERM (a shell as pid 1 ignores it otherwise), so it stops
+/// at once also where its grace period is not known (a node removing what
+/// an earlier agent ran).
+pub(super) fn pod(
+    name: &str,
+    claim: Option<&str>,
+    script: &str,
+    ready_after_script: bool,
+) -> Value {
     let mut pod = json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": name, "namespace": "default"},
         "spec": {"terminationGracePeriodSeconds": 1,
             "containers": [{"name": "main", "image": "bb:1",
-                "command": ["sh", "-c", format!("{script} && exec sleep 3600")]}]},
+                "command": ["sh", "-c", format!(
+                    "trap 'exit 0' TERM; {script} || exit 1; touch /tmp/ready; sleep 3600 & wait"
+                )]}]},
     });
     if let Some(claim) = claim {
         pod["spec"]["volumes"] =
             json!([{"name": "data", "persistentVolumeClaim": {"claimName": claim}}]);
         pod["spec"]["containers"][0]["volumeMounts"] =
             json!([{"name": "data", "mountPath": "/data"}]);
+    }
+    if ready_after_script {
+        pod["spec"]["containers"][0]["readinessProbe"] =
+            json!({"exec": {"command": ["test", "-f", "/tmp/ready"]}, "periodSeconds": 1});
     }
     pod
 }
@@ -132,13 +148,13 @@ async fn measure(
                 &name,
                 vec![
                     claim(&volume, "64Mi", None),
-                    pod(&name, Some(&volume), "test -d /data/lost+found"),
+                    pod(&name, Some(&volume), "test -d /data/lost+found", false),
                 ],
             )
             .await?,
         );
         let name = format!("bare-{index:03}");
-        without.push(time_to_ready(control, &name, vec![pod(&name, None, "true")]).await?);
+        without.push(time_to_ready(control, &name, vec![pod(&name, None, "true", false)]).await?);
     }
     assert_never_restarted(control, "user-").await?;
     for (what, latencies) in [
@@ -201,16 +217,12 @@ async fn measure(
 
     // A snapshot of a 1 GiB volume holding random data.
     let events = control.watch_pods().await?;
-    let mut filler = pod(
+    let filler = pod(
         "filler",
         Some("big"),
-        &format!(
-            "dd if=/dev/urandom of=/data/fill bs=1M count={fill_mib} 2>/dev/null && sync && touch /tmp/filled"
-        ),
+        &format!("dd if=/dev/urandom of=/data/fill bs=1M count={fill_mib} 2>/dev/null && sync"),
+        true,
     );
-    // Ready once the data is written, not when the container starts.
-    filler["spec"]["containers"][0]["readinessProbe"] =
-        json!({"exec": {"command": ["test", "-f", "/tmp/filled"]}, "periodSeconds": 1});
     control
         .apply(vec![claim("big", "1Gi", None), filler], 2)
         .await?;
@@ -244,7 +256,7 @@ async fn measure(
 /// Deletes what the bench made and waits for the node to release it
 /// (volumes unmounted, loop devices detached, backend volumes deleted)
 /// before the agent is stopped.
-async fn clean_up(control: &ControlPlane) -> Result<()> {
+pub(super) async fn clean_up(control: &ControlPlane) -> Result<()> {
     let client = &control.client;
     for plural in ["pods", "volumesnapshots", "persistentvolumeclaims"] {
         let kind = kind(plural)?;
@@ -283,17 +295,25 @@ async fn clean_up(control: &ControlPlane) -> Result<()> {
     Ok(())
 }
 
-/// The loop devices whose backing files are under `dir`.
-fn loops_under(dir: &std::path::Path) -> Vec<String> {
+/// The loop devices whose backing files are under `dir`, each with its
+/// backing file as the kernel names it (` (deleted)` after a file removed
+/// while attached).
+pub(super) fn loops_under(dir: &std::path::Path) -> Vec<(String, String)> {
     std::fs::read_dir("/sys/block")
         .into_iter()
         .flatten()
         .flatten()
-        .filter(|device| {
-            std::fs::read_to_string(device.path().join("loop/backing_file")).is_ok_and(|b| {
-                std::path::Path::new(b.trim().trim_end_matches(" (deleted)")).starts_with(dir)
-            })
+        .filter_map(|device| {
+            let backing = std::fs::read_to_string(device.path().join("loop/backing_file")).ok()?;
+            let backing = backing.trim();
+            std::path::Path::new(backing.trim_end_matches(" (deleted)"))
+                .starts_with(dir)
+                .then(|| {
+                    (
+                        device.file_name().to_string_lossy().to_string(),
+                        backing.to_string(),
+                    )
+                })
         })
-        .map(|device| device.file_name().to_string_lossy().to_string())
         .collect()
 }
