@@ -165,17 +165,13 @@ impl Attributes {
                 ..attributes
             });
         }
-        let non_resource = |user, decoded: String| {
-            Ok(Self::non_resource(
-                user,
-                &method.to_ascii_lowercase(),
-                &decoded,
-            ))
-        };
         let (api_group, rest) = match parts.as_slice() {
             ["api", rest @ ..] if rest.len() >= 2 => ("", rest),
             ["apis", group, rest @ ..] if rest.len() >= 2 => (*group, rest),
-            _ => return non_resource(user, decoded),
+            _ => {
+                let verb = method.to_ascii_lowercase();
+                return Ok(Self::non_resource(user, &verb, &decoded));
+            }
         };
         let (api_version, mut rest) = (rest[0], &rest[1..]);
         let mut verb = match rest[0] {
