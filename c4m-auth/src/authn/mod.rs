@@ -1,6 +1,7 @@
 //! Authentication: the [`Authenticator`] seam (a bearer token to a user),
 //! [`Authenticators`] asked in order, and the authenticators themselves.
 
+mod service_account;
 mod static_tokens;
 
 use std::error::Error as StdError;
@@ -10,6 +11,12 @@ use thiserror::Error;
 
 use crate::user::UserInfo;
 
+pub use service_account::{
+    BoundObject, BoundObjects, BoundRef, DEFAULT_LEEWAY, EXTRA_CREDENTIAL_ID, EXTRA_NODE_NAME,
+    EXTRA_NODE_UID, EXTRA_POD_NAME, EXTRA_POD_UID, IssueError, IssuedToken, KeyError,
+    MAX_TOKEN_EXPIRATION, MIN_TOKEN_EXPIRATION, PublicKey, ServiceAccountAuthenticator, SigningKey,
+    TokenIssuer, TokenRequest, jwks, openid_configuration,
+};
 pub use static_tokens::{StaticTokens, TokenFileError};
 
 /// A token an authenticator recognised but refused, or could not check.
