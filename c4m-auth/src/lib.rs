@@ -53,6 +53,7 @@ mod attributes;
 mod authn;
 mod authorizer;
 mod c4m_endpoints;
+mod ca;
 mod clock;
 mod rbac;
 mod user;
@@ -60,15 +61,17 @@ mod user;
 pub use attributes::{Attributes, RequestError};
 pub use authn::{
     AuthenticationError, Authenticator, Authenticators, BoundObject, BoundObjects, BoundRef,
-    DEFAULT_LEEWAY, EXTRA_CREDENTIAL_ID, EXTRA_NODE_NAME, EXTRA_NODE_UID, EXTRA_POD_NAME,
-    EXTRA_POD_UID, IssueError, IssuedToken, KeyError, MAX_TOKEN_EXPIRATION, MIN_TOKEN_EXPIRATION,
-    PublicKey, ServiceAccountAuthenticator, SigningKey, StaticTokens, TokenFileError, TokenIssuer,
+    CertificateError, ClientCertificateAuthenticator, DEFAULT_LEEWAY, EXTRA_CREDENTIAL_ID,
+    EXTRA_NODE_NAME, EXTRA_NODE_UID, EXTRA_POD_NAME, EXTRA_POD_UID, IssueError, IssuedToken,
+    KeyError, MAX_TOKEN_EXPIRATION, MIN_TOKEN_EXPIRATION, PublicKey, Revocation, RevokedSerials,
+    ServiceAccountAuthenticator, SigningKey, StaticTokens, TokenFileError, TokenIssuer,
     TokenRequest, jwks, openid_configuration,
 };
 pub use authorizer::{
     Authorizer, Decision, PrivilegedGroups, Union, forbidden_message, forbidden_status,
 };
 pub use c4m_endpoints::{C4M_API_GROUP, C4M_ENDPOINTS, C4mEndpoint};
+pub use ca::{CaError, ClusterCa, SignedCertificate, approve_node_csr, renew_before};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use rbac::{
     AggregationRule, ClusterRole, ClusterRoleBinding, Escalation, FieldViolation, LabelSelector,

@@ -3,6 +3,7 @@
 
 mod service_account;
 mod static_tokens;
+mod x509;
 
 use std::error::Error as StdError;
 use std::fmt;
@@ -18,6 +19,8 @@ pub use service_account::{
     TokenIssuer, TokenRequest, jwks, openid_configuration,
 };
 pub use static_tokens::{StaticTokens, TokenFileError};
+pub(crate) use x509::user_of;
+pub use x509::{CertificateError, ClientCertificateAuthenticator, Revocation, RevokedSerials};
 
 /// A token an authenticator recognised but refused, or could not check.
 #[derive(Debug, Error)]
