@@ -1,6 +1,7 @@
 //! c4m's access control, as pure logic: who a request is from, what it
 //! asks, and whether that is allowed. No I/O beyond reading a token file,
-//! no async: the API server calls it on every request.
+//! no async: the API server calls it on every request. The CA signs
+//! certificates; it stores nothing.
 //!
 //! - **Identity**: [`UserInfo`] (name, uid, groups, extra), Kubernetes'
 //!   well-known groups ([`AUTHENTICATED_GROUP`], [`MASTERS_GROUP`]...) and
@@ -8,7 +9,16 @@
 //!   and nodes (`system:node:NAME`).
 //! - **Authentication**: the [`Authenticator`] trait (a bearer token to a
 //!   user), [`Authenticators`] (several, in order) and [`StaticTokens`]
-//!   (Kubernetes' token file: `token,user,uid,"group1,group2"`).
+//!   (Kubernetes' token file: `token,user,uid,"group1,group2"`);
+//!   [`TokenIssuer`] and [`ServiceAccountAuthenticator`], Kubernetes'
+//!   bound service-account JWTs (ES256), with the issuer's discovery
+//!   documents ([`openid_configuration`], [`jwks`]); and
+//!   [`ClientCertificateAuthenticator`] for a TLS client certificate (CN
+//!   the user, O the groups), with a [`Revocation`] hook. Time comes from
+//!   a [`Clock`], so tests move it.
+//! - **Cluster CA**: [`ClusterCa`] makes or loads the CA and signs node
+//!   client certificates that [`approve_node_csr`] (Kubernetes' kubelet
+//!   auto-approval rules) accepts; [`renew_before`] says when to rotate.
 //! - **Request attributes**: [`Attributes::from_request`] reads a method,
 //!   path and query as Kubernetes' `RequestInfo` does (verb, API group,
 //!   resource, subresource, namespace, name, or a non-resource path), and

@@ -150,13 +150,14 @@ fn check_validity(
     Ok(())
 }
 
-/// Kubernetes' rule: the (first) CN is the user, every O a group.
+/// Kubernetes' rule: the CN is the user (the last one if several, as Go's
+/// `pkix.Name` keeps it), every O a group.
 pub(crate) fn user_of(
     subject: &x509_parser::x509::X509Name<'_>,
 ) -> Result<UserInfo, CertificateError> {
     let name = subject
         .iter_common_name()
-        .next()
+        .last()
         .and_then(|cn| cn.as_str().ok())
         .filter(|cn| !cn.is_empty())
         .ok_or(CertificateError::NoCommonName)?;
