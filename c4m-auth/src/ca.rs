@@ -389,6 +389,17 @@ mod tests {
             )),
             r#"organizations ["system:masters"] are not exactly ["system:nodes"]"#
         );
+        // A second O smuggled next to system:nodes (rcgen keeps one value per
+        // attribute type, so the second goes under O's OID as a custom type).
+        let smuggled = csr("system:node:n1", Some(NODES_GROUP), |params| {
+            params
+                .distinguished_name
+                .push(DnType::CustomDnType(vec![2, 5, 4, 10]), "system:masters");
+        });
+        assert_eq!(
+            refusal(approve_node_csr(&smuggled, true)),
+            r#"organizations ["system:nodes", "system:masters"] are not exactly ["system:nodes"]"#
+        );
         assert_eq!(
             refusal(approve_node_csr(&csr("system:node:n1", None, |_| {}), true)),
             r#"organizations [] are not exactly ["system:nodes"]"#

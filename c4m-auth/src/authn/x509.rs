@@ -221,6 +221,25 @@ mod tests {
         let user = authenticator().authenticate_certificate(&alice).unwrap();
         assert_eq!(user.name, "alice");
         assert_eq!(user.groups, ["devs", crate::user::AUTHENTICATED_GROUP]);
+        // Every O value is a group (the second under O's OID: rcgen keeps one
+        // value per attribute type).
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, "carol");
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, "devs");
+        params
+            .distinguished_name
+            .push(DnType::CustomDnType(vec![2, 5, 4, 10]), "ops");
+        let carol = params.self_signed(&KeyPair::generate().unwrap()).unwrap();
+        let user = authenticator()
+            .authenticate_certificate(carol.der())
+            .unwrap();
+        assert_eq!(
+            user.groups,
+            ["devs", "ops", crate::user::AUTHENTICATED_GROUP]
+        );
         // No extended key usage at all is accepted, as Go's verifier does for a leaf.
         let plain = certificate(Some("bob"), None, vec![]);
         assert_eq!(
