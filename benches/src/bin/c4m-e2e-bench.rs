@@ -290,7 +290,11 @@ fn spawn_control(bin: &std::path::Path, args: &[String]) -> Result<Daemon> {
     command.args(args).envs(ENV);
     // The scheduler's per-cycle figures (snapshot_ms, place_ms, write_ms)
     // are debug events: written to this file when it is set.
-    log_to(&mut command, CONTROL_LOG, "warn,c4m_control::scheduler=debug")?;
+    log_to(
+        &mut command,
+        CONTROL_LOG,
+        "warn,c4m_control::scheduler=debug",
+    )?;
     Ok(Daemon(command.spawn()?))
 }
 
