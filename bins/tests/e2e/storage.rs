@@ -843,5 +843,5 @@ spec:
     wait_for("the orphan no longer listed", SLOW, || {
         (!cluster.ok(&["volume", "list"]).contains(&handle)).then_some(())
     });
-    assert_nothing_leaked(&cluster, "after the wiped store's volumes went");
+    assert_agent_leaked_nothing(&cluster, NODE, "after the wiped store's volumes went");
 }
