@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use axum::Router;
 use axum::body::Body;
@@ -131,8 +131,8 @@ fn log_options(query: &HashMap<String, String>) -> Result<LogRequest, String> {
             })
             .transpose()
     };
-    let since = match (number("sinceSeconds")?, query.get("sinceTime")) {
-        (Some(seconds), _) => Some(SystemTime::now() - Duration::from_secs(seconds)),
+    let since = match (query.get("sinceSeconds"), query.get("sinceTime")) {
+        (Some(seconds), _) => Some(c4m_api::log_since_seconds(seconds, SystemTime::now())?),
         (None, Some(time)) => Some(
             time.parse::<jiff::Timestamp>()
                 .map_err(|e| format!("sinceTime {time:?} is not an RFC 3339 time: {e}"))?
@@ -411,5 +411,26 @@ mod tests {
             ..LogOptions::default()
         };
         assert_eq!(previous_log(kept, &since), b"two\nthree");
+    }
+
+    /// `sinceSeconds` beyond what a duration holds (which panicked the
+    /// handler) is refused with a reason, as is zero; a sensible one is a
+    /// time that far back.
+    #[test]
+    fn since_seconds_is_refused_when_it_overflows() {
+        let query = |seconds: &str| HashMap::from([("sinceSeconds".to_string(), seconds.into())]);
+        let Err(message) = log_options(&query("9223372036854775807")) else {
+            panic!("an overflowing sinceSeconds was taken");
+        };
+        assert!(
+            message.contains("sinceSeconds must be an integer from 1"),
+            "{message}"
+        );
+        assert!(log_options(&query("18446744073709551616")).is_err());
+        assert!(log_options(&query("0")).is_err());
+        assert!(log_options(&query("-5")).is_err());
+        let since = log_options(&query("60")).unwrap().options.since.unwrap();
+        let ago = SystemTime::now().duration_since(since).unwrap();
+        assert!(ago >= std::time::Duration::from_secs(60), "{ago:?}");
     }
 }

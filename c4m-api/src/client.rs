@@ -87,6 +87,30 @@ pub struct LogQuery {
     pub since_seconds: Option<u64>,
 }
 
+/// The largest `sinceSeconds`: the longest whole-seconds duration that
+/// fits a signed 64-bit count of nanoseconds, as Kubernetes holds one
+/// (about 292 years).
+const MAX_SINCE_SECONDS: u64 = i64::MAX as u64 / 1_000_000_000;
+
+/// The time a log request's `sinceSeconds` names: that many seconds before
+/// `now`. Kubernetes takes an integer of at least 1 that its duration
+/// type can hold; anything else (`0`, `9223372036854775807`) is refused
+/// here with the reason, so the control plane and the agent answer it
+/// alike (400).
+pub fn log_since_seconds(
+    value: &str,
+    now: std::time::SystemTime,
+) -> std::result::Result<std::time::SystemTime, String> {
+    value
+        .parse::<u64>()
+        .ok()
+        .filter(|seconds| (1..=MAX_SINCE_SECONDS).contains(seconds))
+        .and_then(|seconds| now.checked_sub(std::time::Duration::from_secs(seconds)))
+        .ok_or_else(|| {
+            format!("sinceSeconds must be an integer from 1 to {MAX_SINCE_SECONDS}, not {value:?}")
+        })
+}
+
 /// A client for one control plane.
 #[derive(Debug, Clone)]
 pub struct Client {

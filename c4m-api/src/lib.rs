@@ -28,7 +28,7 @@ pub mod agent {
 
 pub use client::{
     Client, Credentials, LogQuery, SCHEDULER_POLICY_HISTORY_PATH, SCHEDULER_POLICY_PATH,
-    TLS_CERTIFICATE_PATH, bearer_matches, object_path,
+    TLS_CERTIFICATE_PATH, bearer_matches, log_since_seconds, object_path,
 };
 pub use error::{Error, Result};
 pub use types::{

@@ -99,24 +99,24 @@ fn apply_class(pod: &mut Value, class: &PriorityClass) -> Result<()> {
         .preemption_policy
         .as_deref()
         .unwrap_or(DEFAULT_PREEMPTION_POLICY);
-    let spec = &mut pod["spec"];
-    if let Some(stated) = spec["priority"].as_i64()
+    let spec = crate::json::object_at(pod, &["spec"])?;
+    if let Some(stated) = spec.get("priority").and_then(Value::as_i64)
         && stated != i64::from(priority)
     {
         return Err(Error::Invalid(format!(
             "spec.priority: the integer value of priority ({stated}) must not be provided in pod spec; priority admission controller computed {priority} from the given PriorityClass name"
         )));
     }
-    if let Some(stated) = spec["preemptionPolicy"].as_str()
+    if let Some(stated) = spec.get("preemptionPolicy").and_then(Value::as_str)
         && stated != policy
     {
         return Err(Error::Invalid(format!(
             "spec.preemptionPolicy: the string value of PreemptionPolicy ({stated}) must not be provided in pod spec; priority admission controller computed {policy} from the given PriorityClass name"
         )));
     }
-    spec["priorityClassName"] = json!(class.metadata.name);
-    spec["priority"] = json!(priority);
-    spec["preemptionPolicy"] = json!(policy);
+    spec.insert("priorityClassName".into(), json!(class.metadata.name));
+    spec.insert("priority".into(), json!(priority));
+    spec.insert("preemptionPolicy".into(), json!(policy));
     Ok(())
 }
 

@@ -263,7 +263,8 @@ impl Agents {
                 }
                 resolved.push(container);
             }
-            pod["spec"][list] = Value::Array(resolved);
+            crate::json::set_path(&mut pod, &["spec", list], Value::Array(resolved))
+                .map_err(|e| e.to_string())?;
         }
         Ok(pod)
     }
@@ -364,10 +365,12 @@ impl Agents {
             .and_then(|vpc| vpc["spec"]["cidr"].as_str().map(str::to_string));
         match cidr {
             Some(cidr) => {
-                if !pod["metadata"]["annotations"].is_object() {
-                    pod["metadata"]["annotations"] = json!({});
-                }
-                pod["metadata"]["annotations"][c4m_core::annotations::VPC_CIDR] = json!(cidr);
+                crate::json::set_path(
+                    &mut pod,
+                    &["metadata", "annotations", c4m_core::annotations::VPC_CIDR],
+                    json!(cidr),
+                )
+                .map_err(|e| e.to_string())?;
                 Ok(pod)
             }
             None if name == c4m_core::DEFAULT_VPC => Ok(pod),
@@ -504,8 +507,10 @@ impl Agents {
                         if pod["status"]["containerStatuses"][0]["state"] == waiting {
                             return false;
                         }
-                        pod["status"]["containerStatuses"] = json!([{"name": pod["spec"]["containers"][0]["name"], "ready": false, "restartCount": 0, "image": "", "imageID": "", "state": waiting}]);
-                        true
+                        let statuses = json!([{"name": pod["spec"]["containers"][0]["name"], "ready": false, "restartCount": 0, "image": "", "imageID": "", "state": waiting}]);
+                        crate::json::owned_object(pod, "status")
+                            .map(|status| status.insert("containerStatuses".into(), statuses))
+                            .is_some()
                     })
                     .await;
             if let Err(e) = result {
@@ -694,11 +699,16 @@ fn apply_report(pod: &mut Value, report: &InstanceStatus, address: &str) -> bool
         .iter()
         .map(|p| json!({"name": p.name, "containerPort": p.container_port, "hostIP": p.host_ip, "hostPort": p.host_port, "protocol": p.protocol}))
         .collect();
-    if !pod["metadata"]["annotations"].is_object() {
-        pod["metadata"]["annotations"] = json!({});
+    // A stored instance's metadata is an object (the object layer makes
+    // it one); annotations that are not are replaced.
+    if let Some(metadata) = crate::json::owned_object(pod, "metadata")
+        && let Some(annotations) = crate::json::owned_member(metadata, "annotations")
+    {
+        annotations.insert(
+            c4m_core::annotations::PORTS.into(),
+            json!(Value::Array(ports).to_string()),
+        );
     }
-    pod["metadata"]["annotations"][c4m_core::annotations::PORTS] =
-        json!(Value::Array(ports).to_string());
     *pod != before
 }
 
@@ -724,7 +734,9 @@ fn apply_single_container(pod: &mut Value, report: &InstanceStatus) {
     if running && !report.last_termination_reason.is_empty() {
         container["lastState"] = json!({"terminated": {"exitCode": report.exit_code.unwrap_or(-1), "reason": report.last_termination_reason}});
     }
-    pod["status"]["containerStatuses"] = json!([container]);
+    if let Some(status) = crate::json::owned_object(pod, "status") {
+        status.insert("containerStatuses".into(), json!([container]));
+    }
     set_pod_conditions(pod, true, report.ready);
 }
 
@@ -799,17 +811,18 @@ fn apply_containers(pod: &mut Value, report: &InstanceStatus) {
             app.push(status);
         }
     }
-    pod["status"]["containerStatuses"] = Value::Array(app);
+    let Some(status) = crate::json::owned_object(pod, "status") else {
+        return;
+    };
+    status.insert("containerStatuses".into(), Value::Array(app));
     for (field, list) in [
         ("initContainerStatuses", init),
         ("ephemeralContainerStatuses", ephemeral),
     ] {
         if list.is_empty() {
-            if let Some(status) = pod["status"].as_object_mut() {
-                status.remove(field);
-            }
+            status.remove(field);
         } else {
-            pod["status"][field] = Value::Array(list);
+            status.insert(field.into(), Value::Array(list));
         }
     }
     set_pod_conditions(pod, report.initialized, report.ready);
@@ -869,8 +882,12 @@ impl AgentService for Agents {
         let node_slice = if slices.is_some() {
             let existing = self.objects.get(nodes, "", &request.node_name).await.ok();
             let slice = self.choose_slice(&request.node_name, existing.as_ref());
-            desired["metadata"]["annotations"][c4m_core::annotations::NODE_SLICE] =
-                json!(slice.to_string());
+            crate::json::set_path(
+                &mut desired,
+                &["metadata", "annotations", c4m_core::annotations::NODE_SLICE],
+                json!(slice.to_string()),
+            )
+            .map_err(|e| internal(e.into()))?;
             Some(slice)
         } else {
             None
@@ -891,7 +908,6 @@ impl AgentService for Agents {
                                 .cloned()
                                 .unwrap_or_default(),
                         );
-                        node["metadata"]["labels"] = Value::Object(labels);
                         let mut annotations = node["metadata"]["annotations"]
                             .as_object()
                             .cloned()
@@ -902,10 +918,20 @@ impl AgentService for Agents {
                                 .cloned()
                                 .unwrap_or_default(),
                         );
-                        node["metadata"]["annotations"] = Value::Object(annotations);
+                        let Some(metadata) = crate::json::owned_object(node, "metadata") else {
+                            return false;
+                        };
+                        metadata.insert("labels".into(), Value::Object(labels));
+                        metadata.insert("annotations".into(), Value::Object(annotations));
                         let conditions = node["status"]["conditions"].clone();
-                        node["status"] = desired["status"].clone();
-                        node["status"]["conditions"] = conditions;
+                        let mut status = desired["status"].clone();
+                        if crate::json::set_path(&mut status, &["conditions"], conditions).is_err()
+                        {
+                            return false;
+                        }
+                        if let Some(node) = node.as_object_mut() {
+                            node.insert("status".into(), status);
+                        }
                         set_condition(
                             node,
                             "Ready",

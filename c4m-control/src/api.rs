@@ -101,7 +101,41 @@ impl IntoResponse for Error {
 
 /// The largest request body taken: a batch apply of thousands of objects
 /// is one request (axum's default of 2 MiB would refuse 10,000 instances).
+/// Each object in it is still held to [`crate::objects::MAX_OBJECT_BYTES`].
 pub(crate) const MAX_REQUEST_BYTES: usize = 64 << 20;
+
+/// The largest body of a request on one object (create, replace, patch,
+/// apply, and anything else under a resource path): Kubernetes' limit
+/// (`MaxRequestBodyBytes`, 3 MiB), twice what an object may be, as a
+/// patch or YAML may take more room than the object it makes. Larger is a
+/// 413, refused after at most this many bytes are read.
+pub(crate) const MAX_OBJECT_REQUEST_BYTES: usize = 3 << 20;
+
+/// Reads a request body of at most `limit` bytes into memory. A larger one
+/// is a 413: at once when its length is declared, else as soon as `limit`
+/// bytes have come.
+pub(crate) async fn read_body(body: Body, limit: usize) -> Result<Bytes> {
+    use axum::body::HttpBody;
+    let too_large = || {
+        Error::TooLarge(format!(
+            "the request body is too large: the limit is {limit} bytes"
+        ))
+    };
+    if body.size_hint().lower() > limit as u64 {
+        return Err(too_large());
+    }
+    let mut stream = body.into_data_stream();
+    let mut read = bytes::BytesMut::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk =
+            chunk.map_err(|e| Error::BadRequest(format!("cannot read the request body: {e}")))?;
+        if read.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        read.extend_from_slice(&chunk);
+    }
+    Ok(read.freeze())
+}
 
 /// The API's router.
 pub(crate) fn router(state: Arc<ApiState>) -> Router {
@@ -184,6 +218,7 @@ pub(crate) fn router(state: Arc<ApiState>) -> Router {
         .route("/livez", get(|| async { "ok" }))
         .route("/version", get(version))
         .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
+        .layer(middleware::from_fn(crate::panics::contain))
         .with_state(state)
 }
 
@@ -467,8 +502,9 @@ async fn resource(
     uri: Uri,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Result<Response> {
+    let body = read_body(body, MAX_OBJECT_REQUEST_BYTES).await?;
     let target = parse_target(uri.path())?;
     let kind = target.kind;
     let name = target.name.clone();
@@ -762,7 +798,7 @@ async fn server_side_apply(
                 object["metadata"]["name"]
             )));
         }
-        object["metadata"]["name"] = json!(name);
+        crate::json::set_path(&mut object, &["metadata", "name"], json!(name))?;
         *warnings.lock().unwrap_or_else(PoisonError::into_inner) = validate_update(kind, &object)?;
         Ok(object)
     };
@@ -833,12 +869,16 @@ fn with_replicas(kind: &ResourceKind, current: &Value, scale: &Value) -> Result<
             ))
         })?;
     let mut scaled = current.clone();
-    scaled["spec"]["replicas"] = json!(replicas);
+    crate::json::set_path(&mut scaled, &["spec", "replicas"], json!(replicas))?;
     if let Some(version) = scale["metadata"]["resourceVersion"]
         .as_str()
         .filter(|v| !v.is_empty())
     {
-        scaled["metadata"]["resourceVersion"] = json!(version);
+        crate::json::set_path(
+            &mut scaled,
+            &["metadata", "resourceVersion"],
+            json!(version),
+        )?;
     }
     validate_update(kind, &scaled)?;
     Ok(scaled)
@@ -915,11 +955,9 @@ async fn finalize_namespace(state: &ApiState, name: &str, body: &Value) -> Resul
     state
         .objects
         .update_with(namespaces, "", name, |current| {
-            if current["spec"]["finalizers"] == finalizers {
-                return false;
-            }
-            current["spec"]["finalizers"] = finalizers.clone();
-            true
+            current["spec"]["finalizers"] != finalizers
+                && crate::json::set_path(current, &["spec", "finalizers"], finalizers.clone())
+                    .is_ok()
         })
         .await?;
     let current = state.objects.get(namespaces, "", name).await?;
@@ -1104,7 +1142,7 @@ async fn watch(
                 EventKind::Put => ("MODIFIED", decode(&event.kv).ok()?),
                 EventKind::Delete => {
                     let mut object = decode(event.prev.as_ref()?).ok()?;
-                    object["metadata"]["resourceVersion"] = json!(event.kv.mod_revision.to_string());
+                    crate::json::set_path(&mut object, &["metadata", "resourceVersion"], json!(event.kv.mod_revision.to_string())).ok()?;
                     ("DELETED", object)
                 }
             };
@@ -1179,6 +1217,27 @@ mod tests {
         assert_eq!(table["rows"][0]["object"], deployment);
         let table = as_table(kind, &deployment, IncludeObject::None);
         assert!(table["rows"][0].get("object").is_none());
+    }
+
+    /// A body without a declared length is read only up to the limit,
+    /// however much more the client would send.
+    #[tokio::test]
+    async fn a_body_is_read_up_to_its_limit() {
+        let endless = futures::stream::repeat_with(|| {
+            Ok::<_, std::io::Error>(Bytes::from_static(&[b'x'; 4096]))
+        });
+        let error = read_body(Body::from_stream(endless), 1 << 20)
+            .await
+            .unwrap_err();
+        assert!(matches!(error, Error::TooLarge(_)), "{error}");
+        assert_eq!(error.http_status(), (413, "RequestEntityTooLarge"));
+        let small = read_body(Body::from("{}"), 1 << 20).await.unwrap();
+        assert_eq!(&small[..], b"{}");
+        let known = Body::from(vec![b'x'; 8 << 20]);
+        assert!(matches!(
+            read_body(known, 1 << 20).await,
+            Err(Error::TooLarge(_))
+        ));
     }
 
     #[test]

@@ -357,8 +357,9 @@ pub(crate) fn plan(
         set_finalizers(&mut marked);
         // A shorter grace period replaces a running one.
         if kind.kind == "Pod" && grace < running {
-            marked["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
-            marked["metadata"]["deletionTimestamp"] = json!(deadline(grace));
+            let meta = crate::json::object_at(&mut marked, &["metadata"])?;
+            meta.insert("deletionGracePeriodSeconds".into(), json!(grace));
+            meta.insert("deletionTimestamp".into(), json!(deadline(grace)));
             changed = true;
         }
         return Ok(if changed {
@@ -374,10 +375,12 @@ pub(crate) fn plan(
     if kind.kind == "Namespace" {
         marked["status"] = json!({"phase": "Terminating"});
     }
-    marked["metadata"]["deletionTimestamp"] = json!(deadline(grace));
-    marked["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
-    if let Some(generation) = meta["generation"].as_i64() {
-        marked["metadata"]["generation"] = json!(generation + 1);
+    let generation = meta["generation"].as_i64();
+    let meta = crate::json::object_at(&mut marked, &["metadata"])?;
+    meta.insert("deletionTimestamp".into(), json!(deadline(grace)));
+    meta.insert("deletionGracePeriodSeconds".into(), json!(grace));
+    if let Some(generation) = generation {
+        meta.insert("generation".into(), json!(generation + 1));
     }
     Ok(Deletion::Mark(marked))
 }

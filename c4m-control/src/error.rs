@@ -54,6 +54,12 @@ pub enum Error {
     /// The request is malformed (400).
     #[error("{0}")]
     BadRequest(String),
+    /// A request body or an object is larger than the API takes (413).
+    #[error("{0}")]
+    TooLarge(String),
+    /// A bug met while handling a request (500): a handler panicked.
+    #[error("{0}")]
+    Internal(String),
     /// The path exists but not with this method (405).
     #[error("{0}")]
     MethodNotAllowed(String),
@@ -214,6 +220,7 @@ impl Error {
             Error::Conflict(_) | Error::ApplyConflict { .. } => (409, "Conflict"),
             Error::Invalid(_) | Error::InvalidObject { .. } => (422, "Invalid"),
             Error::BadRequest(_) => (400, "BadRequest"),
+            Error::TooLarge(_) => (413, "RequestEntityTooLarge"),
             Error::MethodNotAllowed(_) => (405, "MethodNotAllowed"),
             Error::UnsupportedMediaType(_) => (415, "UnsupportedMediaType"),
             Error::Unauthorized(_) => (401, "Unauthorized"),
@@ -226,6 +233,7 @@ impl Error {
             | Error::Io { .. }
             | Error::Dns(_)
             | Error::RangeFull(_)
+            | Error::Internal(_)
             | Error::Reconcile { .. } => (500, "InternalError"),
         }
     }

@@ -57,8 +57,9 @@ fn split_field(message: &str) -> (&str, &str) {
 /// A cause in Kubernetes' words: its reason, and for an invalid value the
 /// value itself (`Invalid value: -1: ...`) when `object` has it.
 fn cause(field: &str, message: &str, object: Option<&Value>) -> FieldCause {
-    const KNOWN: [(&str, &str); 6] = [
+    const KNOWN: [(&str, &str); 7] = [
         ("Required value", "FieldValueRequired"),
+        ("Too long", "FieldValueTooLong"),
         ("Not found", "FieldValueNotFound"),
         ("Unsupported value", "FieldValueNotSupported"),
         ("Forbidden", "FieldValueForbidden"),

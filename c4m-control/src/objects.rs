@@ -60,13 +60,19 @@ pub(crate) fn decode_json(key: &str, json: &[u8], revision: i64) -> Result<Value
         key: key.to_string(),
         source,
     })?;
+    stamp_revision(&mut value, revision);
+    Ok(value)
+}
+
+/// Stamps `revision` as the object's resourceVersion (every object the
+/// store takes has its metadata an object; anything else is left alone).
+fn stamp_revision(value: &mut Value, revision: i64) {
     if let Some(meta) = value.get_mut("metadata").and_then(Value::as_object_mut) {
         meta.insert(
             "resourceVersion".into(),
             Value::String(revision.to_string()),
         );
     }
-    Ok(value)
 }
 
 /// Encodes an object for the store, without its resourceVersion.
@@ -80,6 +86,25 @@ fn encode_owned(mut value: Value) -> bytes::Bytes {
         meta.remove("resourceVersion");
     }
     bytes::Bytes::from(serde_json::to_vec(&value).unwrap_or_default())
+}
+
+/// The largest object the API stores, encoded: Kubernetes' limit (etcd's
+/// default request size, 1.5 MiB).
+pub(crate) const MAX_OBJECT_BYTES: usize = 3 << 19;
+
+/// [`encode`] of an object a client sent (or changed), refused (413) when
+/// larger than [`MAX_OBJECT_BYTES`].
+fn encode_sent(kind: &ResourceKind, value: &Value) -> Result<bytes::Bytes> {
+    let bytes = encode(value);
+    if bytes.len() > MAX_OBJECT_BYTES {
+        return Err(Error::TooLarge(format!(
+            "{} {:?} is too large: {} bytes, the limit is {MAX_OBJECT_BYTES}",
+            kind.plural,
+            name_of(value),
+            bytes.len()
+        )));
+    }
+    Ok(bytes)
 }
 
 pub(crate) use c4m_core::now_rfc3339;
@@ -176,9 +201,9 @@ impl Objects {
         // were filled in: a write that leaves the spec as it was keeps it.
         if let Some(current) = current
             && spec_part(value) == spec_part(current)
-            && value["metadata"].is_object()
         {
-            value["metadata"]["generation"] = current["metadata"]["generation"].clone();
+            let generation = current["metadata"]["generation"].clone();
+            crate::json::set_path(value, &["metadata", "generation"], generation)?;
         }
         Ok(ops)
     }
@@ -445,7 +470,9 @@ impl Objects {
             Part::Main => {
                 let mut merged = value.clone();
                 match current.get("status") {
-                    Some(status) => merged["status"] = status.clone(),
+                    Some(status) => {
+                        crate::json::set_path(&mut merged, &["status"], status.clone())?
+                    }
                     None => {
                         if let Some(object) = merged.as_object_mut() {
                             object.remove("status");
@@ -455,8 +482,18 @@ impl Objects {
                 merged
             }
             Part::Status => {
+                let status = value.get("status").cloned().unwrap_or(Value::Null);
+                crate::status::check(kind, &status).map_err(|(field, message)| {
+                    crate::invalid::invalid_field(
+                        kind,
+                        name_of(current),
+                        &field,
+                        &message,
+                        Some(&value),
+                    )
+                })?;
                 let mut merged = current.clone();
-                merged["status"] = value.get("status").cloned().unwrap_or(Value::Null);
+                crate::json::set_path(&mut merged, &["status"], status)?;
                 merged
             }
         };
@@ -464,10 +501,8 @@ impl Objects {
         if kind.kind == "Namespace"
             && part == Part::Main
             && let Some(finalizers) = current["spec"].get("finalizers")
-            && merged.is_object()
-            && (merged["spec"].is_object() || merged["spec"].is_null())
         {
-            merged["spec"]["finalizers"] = finalizers.clone();
+            crate::json::set_path(&mut merged, &["spec", "finalizers"], finalizers.clone())?;
         }
         // Nodes carve their slices and allocations out of a VPC's range:
         // it cannot move under them (and so never comes to overlap).
@@ -528,10 +563,13 @@ impl Objects {
             let mut ops = self
                 .address_ops(kind, None, &mut value, &mut Picked::default())
                 .await?;
-            ops.insert(0, Op::put(&key, encode(&value), Precondition::Absent));
+            ops.insert(
+                0,
+                Op::put(&key, encode_sent(kind, &value)?, Precondition::Absent),
+            );
             match self.store.txn(ops).await {
                 Ok(revision) => {
-                    value["metadata"]["resourceVersion"] = Value::String(revision.to_string());
+                    stamp_revision(&mut value, revision);
                     return Ok(value);
                 }
                 // An address taken meanwhile: pick again.
@@ -636,12 +674,12 @@ impl Objects {
                     }
                     Part::Status => Vec::new(),
                 };
-                ops.insert(0, Op::put(&key, encode(&merged), precondition));
+                ops.insert(0, Op::put(&key, encode_sent(kind, &merged)?, precondition));
                 ops
             };
             match self.commit_if_unchanged(ops).await? {
                 Some(revision) => {
-                    merged["metadata"]["resourceVersion"] = Value::String(revision.to_string());
+                    stamp_revision(&mut merged, revision);
                     return Ok(merged);
                 }
                 None if expected.is_some() => return Err(Self::keeps_changing(kind, name)),
@@ -671,8 +709,10 @@ impl Objects {
                 Value::Null => false,
                 version => *version != read,
             };
-            if !pinned_by_client && changed.get("metadata").is_some_and(Value::is_object) {
-                changed["metadata"]["resourceVersion"] = read;
+            if !pinned_by_client {
+                // A change whose metadata is not an object is refused by
+                // the replace, which names the field.
+                let _ = crate::json::set_path(&mut changed, &["metadata", "resourceVersion"], read);
             }
             match self.replace(kind, namespace, name, changed, part).await {
                 Err(Error::Conflict(_)) if !pinned_by_client => continue,
@@ -752,7 +792,7 @@ impl Objects {
                     Precondition::ModRevision(read_at),
                 ),
             };
-            let mut ops = vec![Op::put(&key, encode(&written), precondition)];
+            let mut ops = vec![Op::put(&key, encode_sent(kind, &written)?, precondition)];
             for (record_kind, record) in records {
                 let record_namespace = namespace_of(&record).to_string();
                 let record = self
@@ -763,7 +803,7 @@ impl Objects {
             }
             match self.store.txn(ops).await {
                 Ok(revision) => {
-                    written["metadata"]["resourceVersion"] = Value::String(revision.to_string());
+                    stamp_revision(&mut written, revision);
                     return Ok(Some(written));
                 }
                 Err(e) if e.is_conflict() && expected.is_some() => {
@@ -918,7 +958,7 @@ impl Objects {
             };
             if let Some(revision) = self.commit_if_unchanged(ops).await? {
                 if !gone {
-                    object["metadata"]["resourceVersion"] = Value::String(revision.to_string());
+                    stamp_revision(&mut object, revision);
                 }
                 return Ok(Deleted { object, revision });
             }
@@ -1093,7 +1133,11 @@ impl Objects {
                                 .await?,
                         );
                         (
-                            Some(Op::put(key, encode(&value), Precondition::Absent)),
+                            Some(Op::put(
+                                key,
+                                encode_sent(kind, &value)?,
+                                Precondition::Absent,
+                            )),
                             ApplyAction::Created,
                         )
                     }
@@ -1121,7 +1165,7 @@ impl Objects {
                         } else {
                             let precondition = Precondition::ModRevision(kv.mod_revision);
                             (
-                                Some(Op::put(key, encode(&merged), precondition)),
+                                Some(Op::put(key, encode_sent(kind, &merged)?, precondition)),
                                 ApplyAction::Configured,
                             )
                         }

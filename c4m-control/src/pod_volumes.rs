@@ -41,11 +41,14 @@ pub(crate) fn with_resolved_volumes(cache: &Cache, mut pod: Value) -> Value {
         }
         return pod;
     }
-    if !pod["metadata"]["annotations"].is_object() {
-        pod["metadata"]["annotations"] = json!({});
-    }
     let text = serde_json::to_string(&resolved).unwrap_or_default();
-    pod["metadata"]["annotations"][RESOLVED_VOLUMES] = json!(text);
+    // A stored instance's annotations are an object (checked on write):
+    // there is always room for this one.
+    let _ = crate::json::set_path(
+        &mut pod,
+        &["metadata", "annotations", RESOLVED_VOLUMES],
+        json!(text),
+    );
     pod
 }
 

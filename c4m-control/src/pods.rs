@@ -44,15 +44,18 @@ pub(crate) fn set_condition(
     message: &str,
 ) -> bool {
     let status_text = if status { "True" } else { "False" };
-    if !object["status"].is_object() {
-        object["status"] = json!({});
+    let Some(object_status) = crate::json::owned_object(object, "status") else {
+        return false;
+    };
+    let conditions = object_status
+        .entry("conditions")
+        .or_insert_with(|| json!([]));
+    if !conditions.is_array() {
+        *conditions = json!([]);
     }
-    if !object["status"]["conditions"].is_array() {
-        object["status"]["conditions"] = json!([]);
-    }
-    let conditions = object["status"]["conditions"]
-        .as_array_mut()
-        .expect("set above");
+    let Some(conditions) = conditions.as_array_mut() else {
+        return false;
+    };
     let now = now_rfc3339();
     match conditions.iter_mut().find(|c| c["type"] == kind) {
         Some(existing) => {

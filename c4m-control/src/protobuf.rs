@@ -147,11 +147,11 @@ fn is_watch(query: Option<&str>) -> bool {
 pub(crate) async fn negotiate(request: Request, next: Next) -> Response {
     match negotiated(request, next).await {
         Ok(response) => response,
-        Err(error) => crate::Error::from(error).into_response(),
+        Err(error) => error.into_response(),
     }
 }
 
-async fn negotiated(request: Request, next: Next) -> Result<Response, ProtobufError> {
+async fn negotiated(request: Request, next: Next) -> crate::Result<Response> {
     let accept = accepted(request.headers());
     let request = if is_protobuf(request.headers()) {
         as_json_request(request).await?
@@ -170,7 +170,8 @@ async fn negotiated(request: Request, next: Next) -> Result<Response, ProtobufEr
         return Err(ProtobufError::NotAcceptable {
             path,
             reason: format!("{} is served as JSON only", kind.kind),
-        });
+        }
+        .into());
     }
     let response = next.run(request).await;
     if !accept.protobuf_first || !is_json(response.headers()) {
@@ -195,16 +196,15 @@ async fn negotiated(request: Request, next: Next) -> Result<Response, ProtobufEr
         Err(error) => Err(ProtobufError::NotAcceptable {
             path,
             reason: error.to_string(),
-        }),
+        }
+        .into()),
     }
 }
 
 /// The request with its protobuf body read into JSON.
-async fn as_json_request(request: Request) -> Result<Request, ProtobufError> {
+async fn as_json_request(request: Request) -> crate::Result<Request> {
     let (mut parts, body) = request.into_parts();
-    let bytes = axum::body::to_bytes(body, crate::api::MAX_REQUEST_BYTES)
-        .await
-        .map_err(ProtobufError::Body)?;
+    let bytes = crate::api::read_body(body, crate::api::MAX_OBJECT_REQUEST_BYTES).await?;
     let json = decode_body(&bytes)?;
     parts.headers.insert(
         header::CONTENT_TYPE,

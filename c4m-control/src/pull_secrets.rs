@@ -47,11 +47,17 @@ pub(crate) fn with_registry_logins(cache: &Cache, mut pod: Value) -> Value {
     if logins.is_empty() {
         return pod;
     }
-    if !pod["metadata"]["annotations"].is_object() {
-        pod["metadata"]["annotations"] = json!({});
-    }
-    pod["metadata"]["annotations"][c4m_core::annotations::REGISTRY_LOGINS] =
-        json!(Value::Object(logins).to_string());
+    // A stored instance's annotations are an object (checked on write):
+    // there is always room for this one.
+    let _ = crate::json::set_path(
+        &mut pod,
+        &[
+            "metadata",
+            "annotations",
+            c4m_core::annotations::REGISTRY_LOGINS,
+        ],
+        json!(Value::Object(logins).to_string()),
+    );
     pod
 }
 

@@ -102,7 +102,7 @@ pub(crate) async fn get(objects: &Objects) -> Result<Value> {
         Ok(object) => Ok(object),
         Err(Error::NotFound { .. }) => {
             let mut object = policy_object(&default_policy());
-            object["metadata"]["resourceVersion"] = json!("0");
+            crate::json::set_path(&mut object, &["metadata", "resourceVersion"], json!("0"))?;
             Ok(object)
         }
         Err(e) => Err(e),

@@ -18,12 +18,13 @@ use tokio_util::sync::CancellationToken;
 use crate::agents::Agents;
 use crate::api::ApiState;
 use crate::cache::Cache;
+use crate::connections::ConnectionLimits;
 use crate::controllers::{self, nodes::NodeHealth};
 use crate::events::{self, EventsConfig};
 use crate::objects::{Objects, kind};
 use crate::registry::Registry;
 use crate::service_addresses::ServiceRanges;
-use crate::tls::{ApiListener, TlsIdentity};
+use crate::tls::TlsIdentity;
 use crate::{Error, Result, scheduler};
 use c4m_mesh::DnsServer;
 
@@ -74,6 +75,9 @@ pub struct ControlPlaneConfig {
     /// The address the `kubernetes` Service's endpoints give for the API
     /// (`--advertise-address`); None picks one as kube-apiserver does.
     pub advertise_address: Option<IpAddr>,
+    /// How many connections the API holds open, and how long a client has
+    /// to send a request's headers.
+    pub api_connections: ConnectionLimits,
 }
 
 impl Default for ControlPlaneConfig {
@@ -94,6 +98,7 @@ impl Default for ControlPlaneConfig {
             hpa_downscale_stabilization: Duration::from_secs(300),
             service_ranges: ServiceRanges::default(),
             advertise_address: None,
+            api_connections: ConnectionLimits::default(),
         }
     }
 }
@@ -248,17 +253,16 @@ impl ControlPlane {
                 .map(|identity| identity.certificate_pem.clone()),
             pages: Arc::default(),
         });
-        let api = ApiListener::new(self.api, self.config.api_tls.as_ref(), shutdown.clone())?;
-        let api_shutdown = shutdown.clone();
-        tasks.spawn(async move {
-            axum::serve(api, crate::api::router(state))
-                .with_graceful_shutdown(api_shutdown.cancelled_owned())
-                .await
-                .map_err(|source| Error::Io {
-                    context: "API server failed".into(),
-                    source,
-                })
-        });
+        tasks.spawn(
+            crate::connections::serve(
+                self.api,
+                crate::tls::acceptor(self.config.api_tls.as_ref())?,
+                crate::api::router(state),
+                self.config.api_connections,
+                shutdown.clone(),
+            )
+            .then_ok(),
+        );
 
         let agents = Agents {
             objects,
@@ -728,3 +732,6 @@ async fn ensure_default_namespace(objects: &Objects) -> Result<()> {
         Err(e) => Err(e),
     }
 }
+
+#[cfg(test)]
+mod tests;

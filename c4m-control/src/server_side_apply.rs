@@ -137,7 +137,12 @@ impl ApplyPatch<'_> {
             time: c4m_core::now_rfc3339(),
             fields: applied_set,
         });
-        object["metadata"]["managedFields"] = managers.to_json();
+        // The applied configuration may hold anything at `metadata`.
+        crate::json::set_path(
+            &mut object,
+            &["metadata", "managedFields"],
+            managers.to_json(),
+        )?;
         Ok(object)
     }
 

@@ -468,8 +468,9 @@ impl ServiceRanges {
             }
         };
         let text = ip.map_or_else(|| "None".to_string(), |ip| ip.to_string());
-        service["spec"]["clusterIP"] = json!(text);
-        service["spec"]["clusterIPs"] = json!([text]);
+        let spec = crate::json::object_at(service, &["spec"])?;
+        spec.insert("clusterIP".into(), json!(text));
+        spec.insert("clusterIPs".into(), json!([text]));
         Ok(ip)
     }
 
@@ -555,7 +556,12 @@ impl ServiceRanges {
             let port = self
                 .node_port(store, &path, &asked, before, &mine, service, picked, ops)
                 .await?;
-            service["spec"]["ports"][i]["nodePort"] = json!(port);
+            if let Some(entry) = service["spec"]["ports"]
+                .get_mut(i)
+                .and_then(Value::as_object_mut)
+            {
+                entry.insert("nodePort".into(), json!(port));
+            }
             mine.insert(port);
         }
         if needs_health_check(service) {
@@ -564,7 +570,7 @@ impl ServiceRanges {
             let port = self
                 .node_port(store, path, &asked, before, &mine, service, picked, ops)
                 .await?;
-            service["spec"]["healthCheckNodePort"] = json!(port);
+            crate::json::set_path(service, &["spec", "healthCheckNodePort"], json!(port))?;
             mine.insert(port);
         }
         Ok(mine)
@@ -705,8 +711,9 @@ fn keep_allocated(current: &Value, service: &mut Value) -> Result<()> {
     if !had.is_empty() {
         let asked = service["spec"]["clusterIP"].as_str().unwrap_or_default();
         if asked.is_empty() {
-            service["spec"]["clusterIP"] = json!(had);
-            service["spec"]["clusterIPs"] = json!([had]);
+            let spec = crate::json::object_at(service, &["spec"])?;
+            spec.insert("clusterIP".into(), json!(had));
+            spec.insert("clusterIPs".into(), json!([had]));
         } else if asked != had {
             return Err(Error::Invalid(format!(
                 "spec.clusterIPs[0]: Invalid value: [{asked:?}]: may not change once set"
@@ -719,7 +726,7 @@ fn keep_allocated(current: &Value, service: &mut Value) -> Result<()> {
             .as_u64()
             .is_none_or(|port| port == 0)
     {
-        service["spec"]["healthCheckNodePort"] = health.clone();
+        crate::json::set_path(service, &["spec", "healthCheckNodePort"], health.clone())?;
     }
     if !needs_node_ports(current) {
         return Ok(());

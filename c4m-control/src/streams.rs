@@ -95,6 +95,10 @@ pub(crate) async fn pod_log(
     Path((ns, name)): Path<(String, String)>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response> {
+    if let Some(seconds) = query.get("sinceSeconds") {
+        c4m_api::log_since_seconds(seconds, std::time::SystemTime::now())
+            .map_err(Error::BadRequest)?;
+    }
     let container = query.get("container").map(String::as_str);
     let (node, agent_url) = agent_of(&state, &ns, &name, container).await?;
     let forwarded: Vec<(&str, &str)> = LOG_PARAMETERS

@@ -96,11 +96,9 @@ pub(crate) async fn serve(view: &'static View, request: Request, next: Next) -> 
     };
     let (mut parts, body) = request.into_parts();
     parts.uri = stored;
-    let body = match axum::body::to_bytes(body, crate::api::MAX_REQUEST_BYTES).await {
+    let body = match crate::api::read_body(body, crate::api::MAX_OBJECT_REQUEST_BYTES).await {
         Ok(body) => body,
-        Err(e) => {
-            return Error::BadRequest(format!("reading the request body: {e}")).into_response();
-        }
+        Err(e) => return e.into_response(),
     };
     // A JSON body (an object, or a merge patch of one) is converted;
     // others (a JSON patch, YAML) go as they are.

@@ -579,7 +579,33 @@ fn check_metadata(kind: &ResourceKind, metadata: &ObjectMeta) -> Result<(), Fiel
             field_error("metadata.namespace", format!("{namespace:?} {reason}"))
         })?;
     }
-    check_labels(metadata.labels.as_ref(), "metadata.labels")
+    check_labels(metadata.labels.as_ref(), "metadata.labels")?;
+    check_annotations(metadata.annotations.as_ref(), "metadata.annotations")
+}
+
+/// The most annotations an object may carry, keys and values together,
+/// as Kubernetes' `TotalAnnotationSizeLimitB`.
+const ANNOTATIONS_MAX_BYTES: usize = 256 << 10;
+
+/// Annotations as Kubernetes takes them: keys are qualified names (as
+/// label keys), and all of them together at most 256 KiB.
+fn check_annotations(
+    annotations: Option<&BTreeMap<String, String>>,
+    path: &str,
+) -> Result<(), FieldError> {
+    let mut total = 0;
+    for (key, value) in annotations.into_iter().flatten() {
+        label_key(&key.to_ascii_lowercase())
+            .map_err(|reason| field_error(path, format!("Invalid value: {key:?}: {reason}")))?;
+        total += key.len() + value.len();
+    }
+    if total > ANNOTATIONS_MAX_BYTES {
+        return Err(field_error(
+            path,
+            format!("Too long: must have at most {ANNOTATIONS_MAX_BYTES} bytes"),
+        ));
+    }
+    Ok(())
 }
 
 fn check_labels(labels: Option<&BTreeMap<String, String>>, path: &str) -> Result<(), FieldError> {

@@ -12,7 +12,7 @@ use c4m_api::Credentials;
 use c4m_bins::{
     ClusterFlags, NodeFlags, bind_agent, data_dir, default_home, parse_duration, shutdown_on_signal,
 };
-use c4m_control::{ControlPlane, ControlPlaneConfig, ServiceRanges, TlsIdentity};
+use c4m_control::{ConnectionLimits, ControlPlane, ControlPlaneConfig, ServiceRanges, TlsIdentity};
 use c4m_plugin::ControlPlaneExtensions;
 use c4m_state::RedbStore;
 use clap::Args;
@@ -70,6 +70,15 @@ pub(crate) struct ControlFlags {
     /// the address of the host's default route].
     #[arg(long)]
     advertise_address: Option<std::net::IpAddr>,
+    /// Connections the API holds open at once; more are closed as they
+    /// come. Never more than half the open-file limit (raised to its hard
+    /// limit at start).
+    #[arg(long, default_value_t = ConnectionLimits::default().max_connections)]
+    max_connections: usize,
+    /// How long a client has to send a request's headers (and to start one
+    /// on an idle connection) before the API closes the connection.
+    #[arg(long, default_value = "32s", value_parser = parse_duration)]
+    request_header_timeout: Duration,
 }
 
 fn parse_service_cidr(text: &str) -> Result<(std::net::Ipv4Addr, u8), String> {
@@ -232,6 +241,10 @@ async fn bind_control(
             node_ports: flags.service_node_port_range.clone(),
         },
         advertise_address: flags.advertise_address,
+        api_connections: ConnectionLimits {
+            max_connections: connection_cap(flags.max_connections, raise_open_files_limit()),
+            header_timeout: flags.request_header_timeout,
+        },
     };
     let control = ControlPlane::bind(config, ControlPlaneExtensions::new(Arc::new(store))).await?;
     let client = ClientConfig {
@@ -257,6 +270,48 @@ async fn bind_control(
         dir.join("client.json").display()
     );
     Ok((control, credentials))
+}
+
+/// Raises the soft limit on open files to the hard one: the control plane
+/// holds a descriptor per API connection, watch, agent stream and proxied
+/// stream, and the usual soft limit (1,024) is what a half-open flood
+/// exhausted. Returns the limit in force (None: unlimited).
+fn raise_open_files_limit() -> Option<u64> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if let (Some(current), Some(maximum)) = (limit.current, limit.maximum)
+        && current < maximum
+    {
+        let raised = Rlimit {
+            current: Some(maximum),
+            maximum: Some(maximum),
+        };
+        match setrlimit(Resource::Nofile, raised) {
+            Ok(()) => return Some(maximum),
+            Err(e) => {
+                tracing::warn!(error = %e, current, maximum, "cannot raise the open-file limit")
+            }
+        }
+    }
+    limit.current
+}
+
+/// The API's connection cap: `wanted`, but at most half of `open_files`,
+/// leaving the rest to the store, agents and proxied streams (each of
+/// which is a second descriptor beside its API connection).
+fn connection_cap(wanted: usize, open_files: Option<u64>) -> usize {
+    let Some(half) = open_files.map(|limit| usize::try_from(limit / 2).unwrap_or(usize::MAX))
+    else {
+        return wanted;
+    };
+    if wanted > half {
+        tracing::warn!(
+            wanted,
+            taken = half,
+            "the API takes at most half the open-file limit in connections"
+        );
+    }
+    wanted.min(half).max(1)
 }
 
 /// `c4m up`.

@@ -6,6 +6,7 @@
 
 mod common;
 
+mod api_connections;
 mod autoscaling;
 mod bookshop;
 mod claims;

@@ -37,14 +37,31 @@ pub(crate) mod workload;
 /// Short pause after a wake-up so a burst of writes is reconciled once.
 const DEBOUNCE: Duration = Duration::from_millis(5);
 
-/// Pause before retrying a batch whose reconcile failed.
+/// Pause before retrying a batch whose reconcile failed; it doubles with
+/// each failure in a row, up to [`RETRY_MAX`].
 const RETRY: Duration = Duration::from_millis(500);
+
+/// The longest pause between retries of a batch that keeps failing.
+const RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// The pause after `failures` failed reconciles in a row (one or more).
+fn retry_after(failures: u32) -> Duration {
+    RETRY
+        .saturating_mul(2u32.saturating_pow(failures.saturating_sub(1)))
+        .min(RETRY_MAX)
+}
 
 /// Runs `reconcile` on each batch of changes from `feed`, and on
 /// everything every `resync`, until `shutdown`. `reconcile` returns the
 /// last revision it wrote, if any; the loop waits for the cache to see it
 /// before reconciling again, so it never acts on a view that misses its own
-/// write. A failed batch is put back and retried.
+/// write. A failed batch is put back and retried, after a pause that grows
+/// while it keeps failing.
+///
+/// A reconcile that panics fails its batch like an error (logged with the
+/// objects of the batch): one object no controller expected, stored by an
+/// older version or a client, must not stop the control plane, nor the
+/// other controllers, nor this one's work on other objects.
 pub(crate) async fn run<F, Fut>(
     name: &'static str,
     cache: Arc<Cache>,
@@ -56,7 +73,9 @@ pub(crate) async fn run<F, Fut>(
     F: FnMut(Arc<Changes>) -> Fut,
     Fut: Future<Output = Result<Option<i64>>>,
 {
+    use futures::FutureExt;
     let mut resync_at = tokio::time::Instant::now() + resync;
+    let mut failures = 0;
     loop {
         let changes = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -72,25 +91,66 @@ pub(crate) async fn run<F, Fut>(
         // A reconcile may wait on the cache, which stops following the store
         // on shutdown: stop waiting then. Dropping a reconcile between its
         // writes is safe, each write being a transaction of its own.
+        // Unwinding is safe too: what a reconcile shares (the cache, the
+        // store, controller state behind locks that recover from poisoning)
+        // stays consistent at every await point, each write being whole.
+        let pass = std::panic::AssertUnwindSafe(reconcile(Arc::clone(&changes))).catch_unwind();
         let outcome = tokio::select! {
             _ = shutdown.cancelled() => return,
-            outcome = reconcile(Arc::clone(&changes)) => outcome,
+            outcome = pass => outcome,
         };
         match outcome {
-            Ok(Some(revision)) => tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = cache.wait_for(revision) => {}
-            },
-            Ok(None) => {}
-            Err(e) => {
-                tracing::warn!(controller = name, error = %e, "reconcile failed; retrying");
-                feed.requeue(Arc::unwrap_or_clone(changes));
+            Ok(Ok(Some(revision))) => {
+                failures = 0;
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(RETRY) => {}
+                    _ = cache.wait_for(revision) => {}
                 }
             }
+            Ok(Ok(None)) => failures = 0,
+            Ok(Err(e)) => {
+                failures += 1;
+                tracing::warn!(controller = name, error = %e, failures, "reconcile failed; retrying");
+            }
+            Err(panic) => {
+                failures += 1;
+                tracing::error!(
+                    controller = name,
+                    panic = %crate::panics::message(panic.as_ref()),
+                    objects = %batch_of(&changes),
+                    failures,
+                    "reconcile panicked; retrying"
+                );
+            }
         }
+        if failures > 0 {
+            feed.requeue(Arc::unwrap_or_clone(changes));
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(retry_after(failures)) => {}
+            }
+        }
+    }
+}
+
+/// The objects a batch names, for a log line: the changed keys (the first
+/// few of many), or `everything`.
+fn batch_of(changes: &Changes) -> String {
+    const SHOWN: usize = 10;
+    let keys: Vec<&str> = changes
+        .changed
+        .keys()
+        .take(SHOWN)
+        .map(|key| key.strip_prefix(crate::cache::ROOT).unwrap_or(key))
+        .collect();
+    let mut text = keys.join(", ");
+    if changes.changed.len() > SHOWN {
+        text.push_str(&format!(" and {} more", changes.changed.len() - SHOWN));
+    }
+    match (changes.everything, text.is_empty()) {
+        (true, true) => "everything".into(),
+        (true, false) => format!("everything, {text}"),
+        (false, _) => text,
     }
 }
 
@@ -537,6 +597,56 @@ mod tests {
 
     use crate::cache::Cache;
     use crate::objects::kind;
+
+    /// A reconcile that panics (a bug met on one object) is logged and
+    /// retried, after a pause that grows; the loop goes on serving.
+    #[tokio::test]
+    async fn a_reconcile_that_panics_is_retried() {
+        let (_dir, store, _) = crate::test_support::store_with_default_namespace().await;
+        let shutdown = CancellationToken::new();
+        let cache = Cache::start(Arc::clone(&store), shutdown.clone())
+            .await
+            .unwrap();
+        let feed = cache.feed(&["namespaces"]);
+        let (passes, mut passed) = tokio::sync::mpsc::unbounded_channel();
+        let mut calls = 0;
+        let running = tokio::spawn(super::run(
+            "test",
+            Arc::clone(&cache),
+            feed,
+            std::time::Duration::from_secs(3600),
+            shutdown.clone(),
+            move |changes| {
+                calls += 1;
+                let (call, passes) = (calls, passes.clone());
+                async move {
+                    passes.send((call, changes.everything)).unwrap();
+                    if call < 3 {
+                        let stored = json!({"status": "boom"});
+                        let mut copy = stored.clone();
+                        // What the node controller did with such a status.
+                        copy["status"]["phase"] = json!("Failed");
+                    }
+                    Ok(None)
+                }
+            },
+        ));
+        for expected in 1..=3 {
+            let (call, everything) =
+                tokio::time::timeout(std::time::Duration::from_secs(30), passed.recv())
+                    .await
+                    .expect("the reconcile was not retried")
+                    .unwrap();
+            assert_eq!(call, expected);
+            assert!(everything, "the failed batch is retried whole");
+        }
+        assert!(!running.is_finished());
+        assert_eq!(super::retry_after(1), super::RETRY);
+        assert_eq!(super::retry_after(2), super::RETRY * 2);
+        assert_eq!(super::retry_after(40), super::RETRY_MAX);
+        shutdown.cancel();
+        running.await.unwrap();
+    }
 
     /// An owner adopts the uncontrolled instances its selector matches,
     /// and nothing else: not those of another controller, another

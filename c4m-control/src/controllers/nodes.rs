@@ -129,9 +129,15 @@ async fn evict(objects: &Objects, pod: &serde_json::Value, node: &str) -> Result
             if is_terminal(pod) {
                 return false;
             }
-            pod["status"]["phase"] = json!("Failed");
-            pod["status"]["reason"] = json!("NodeLost");
-            pod["status"]["message"] = json!(format!("node {node} stopped responding"));
+            let Some(status) = crate::json::owned_object(pod, "status") else {
+                return false;
+            };
+            status.insert("phase".into(), json!("Failed"));
+            status.insert("reason".into(), json!("NodeLost"));
+            status.insert(
+                "message".into(),
+                json!(format!("node {node} stopped responding")),
+            );
             set_condition(
                 pod,
                 "Ready",

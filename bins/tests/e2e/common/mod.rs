@@ -169,6 +169,9 @@ pub(crate) struct Cluster {
     agents: BTreeMap<String, Child>,
     /// More flags for `c4m control`.
     control_flags: Vec<String>,
+    /// The soft open-file limit `c4m control` starts under (`ulimit -Sn`),
+    /// when not the test's own.
+    control_open_files: Option<u64>,
 }
 
 /// A control plane run by the test process itself, on a runtime of its own.
@@ -194,11 +197,23 @@ impl Cluster {
         Cluster::start_with("127.0.0.1", flags)
     }
 
+    /// [`Cluster::start_with_control_flags`], the control plane started
+    /// under a soft open-file limit of `limit` (`sh -c 'ulimit -Sn LIMIT;
+    /// exec c4m control ...'`).
+    pub(crate) fn start_with_open_files_limit(limit: u64, flags: &[&str]) -> Cluster {
+        Cluster::start_limited("127.0.0.1", flags, Some(limit))
+    }
+
     fn start_with(address: &str, flags: &[&str]) -> Cluster {
+        Cluster::start_limited(address, flags, None)
+    }
+
+    fn start_limited(address: &str, flags: &[&str], open_files: Option<u64>) -> Cluster {
         // A free port found now may be taken by a parallel test before the
         // control plane binds it: then it exits, and a fresh set is tried.
         for _ in 0..3 {
             let mut cluster = Cluster::unstarted(address);
+            cluster.control_open_files = open_files;
             cluster.control_flags = flags.iter().map(|f| f.to_string()).collect();
             if cluster.try_start_control() {
                 return cluster;
@@ -219,6 +234,7 @@ impl Cluster {
             embedded: None,
             agents: BTreeMap::new(),
             control_flags: Vec::new(),
+            control_open_files: None,
         }
     }
 
@@ -285,6 +301,11 @@ impl Cluster {
         }
     }
 
+    /// The pid of the control plane process.
+    pub(crate) fn control_pid(&self) -> u32 {
+        self.control.as_ref().expect("a control plane process").id()
+    }
+
     pub(crate) fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.api)
     }
@@ -308,7 +329,19 @@ impl Cluster {
     /// Starts the control plane and waits until its API answers; false if
     /// it exited first.
     fn try_start_control(&mut self) -> bool {
-        let child = Command::new(C4M)
+        let mut command = match self.control_open_files {
+            // `exec`: the shell becomes the control plane, keeping its pid.
+            Some(limit) => {
+                let mut shell = Command::new("sh");
+                shell
+                    .args(["-c", "ulimit -Sn \"$0\" && exec \"$@\""])
+                    .arg(limit.to_string())
+                    .arg(C4M);
+                shell
+            }
+            None => Command::new(C4M),
+        };
+        let child = command
             .args(["control", "--data-dir"])
             .arg(self.dir.path().join("control"))
             // On every address when the agents are elsewhere (simulated
