@@ -601,13 +601,11 @@ spec:
     }
 }
 
-#[test]
-#[ignore = "needs root + runc + conmon + losetup + e2fsprogs: offline expansion restarts the pod"]
-fn a_mounted_volume_grows_offline_by_restarting_its_pod() {
-    require_oci();
-    require_root_and(c4m_storage::testing::LOCAL_PROGRAMS).unwrap();
+/// A control plane and the agent `NODE` with the busybox image, the class
+/// `CLASS` and a bound 32Mi claim `data`; the claim's volume handle.
+fn one_node_with_a_bound_claim() -> (Cluster, CleanupGuard, Kubectl, String) {
     let mut cluster = Cluster::start();
-    let _cleanup = CleanupGuard::new([cluster.dir.path().to_path_buf()]);
+    let cleanup = CleanupGuard::new([cluster.dir.path().to_path_buf()]);
     cluster.start_agent_with(NODE, "4", "4Gi", AGENT_FLAGS);
     let tar = busybox_image_tar(cluster.dir.path());
     cluster.ok(&["image", "import", tar.to_str().unwrap(), "--name", "bb"]);
@@ -616,6 +614,15 @@ fn a_mounted_volume_grows_offline_by_restarting_its_pod() {
     let kubectl = Kubectl::for_cluster(&cluster);
     let data = wait_for("claim data bound", SLOW, || bound(&kubectl, "data"));
     let handle = data["spec"]["volumeName"].as_str().unwrap().to_string();
+    (cluster, cleanup, kubectl, handle)
+}
+
+#[test]
+#[ignore = "needs root + runc + conmon + losetup + e2fsprogs: offline expansion restarts the pod"]
+fn a_mounted_volume_grows_offline_by_restarting_its_pod() {
+    require_oci();
+    require_root_and(c4m_storage::testing::LOCAL_PROGRAMS).unwrap();
+    let (cluster, _cleanup, kubectl, handle) = one_node_with_a_bound_claim();
     cluster.apply(&pod(
         "writer",
         "data",
@@ -724,16 +731,7 @@ fn a_wiped_store_never_deletes_a_nodes_data_and_reclaimed_volumes_still_go() {
     require_oci();
     require_root_and(c4m_storage::testing::LOCAL_PROGRAMS).unwrap();
     require_root_and(&["debugfs"]).unwrap();
-    let mut cluster = Cluster::start();
-    let _cleanup = CleanupGuard::new([cluster.dir.path().to_path_buf()]);
-    cluster.start_agent_with(NODE, "4", "4Gi", AGENT_FLAGS);
-    let tar = busybox_image_tar(cluster.dir.path());
-    cluster.ok(&["image", "import", tar.to_str().unwrap(), "--name", "bb"]);
-    cluster.apply(CLASS);
-    cluster.apply(&claim("data", "32Mi", None));
-    let kubectl = Kubectl::for_cluster(&cluster);
-    let data = wait_for("claim data bound", SLOW, || bound(&kubectl, "data"));
-    let handle = data["spec"]["volumeName"].as_str().unwrap().to_string();
+    let (mut cluster, _cleanup, kubectl, handle) = one_node_with_a_bound_claim();
     cluster.apply(&pod(
         "writer",
         "data",
