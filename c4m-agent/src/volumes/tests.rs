@@ -23,6 +23,22 @@ struct Node {
     dir: tempfile::TempDir,
 }
 
+impl Node {
+    /// The agent started again on the same backend and data directory; the
+    /// old manager is gone first, as with a process.
+    fn restarted(self) -> Node {
+        let Node {
+            fake,
+            volumes,
+            reports,
+            assignments,
+            dir,
+        } = self;
+        drop((volumes, reports, assignments));
+        node_with(fake, dir)
+    }
+}
+
 fn node_with(fake: Arc<FakeBackend>, dir: tempfile::TempDir) -> Node {
     let (assignments, assigned) = watch::channel(None);
     let backends = Backends::new(
@@ -190,8 +206,7 @@ async fn a_wiped_store_keeps_the_volumes_a_pv_referenced_across_restarts() {
     assert_eq!(ids(&node.fake).await, ["pvc-u1", "pvc-u2"]);
 
     // The agent restarts and meets a store that knows none of them.
-    let Node { fake, dir, .. } = node;
-    let node = node_with(fake, dir);
+    let node = node.restarted();
     node.volumes.recover().await;
     node.volumes.pass(&set(vec![class()])).await;
     assert_eq!(
@@ -418,15 +433,7 @@ async fn a_restart_rebuilds_users_from_records_and_unstages_what_no_pod_records(
     let (_, b, staging_b, _) = node.volumes.resolve(&source("pvc-u2")).unwrap();
     node.fake.stage(&b, &staging_b).await.unwrap();
 
-    let Node {
-        fake,
-        dir,
-        volumes,
-        assignments,
-        ..
-    } = node;
-    drop((volumes, assignments));
-    let node = node_with(fake, dir);
+    let node = node.restarted();
     assign(&node, &[("web-0", "p1")]);
     node.volumes.recover().await;
     let a = node
@@ -551,14 +558,7 @@ async fn a_pod_back_before_the_pass_that_restarted_it_ends_still_grows_its_volum
         .await
         .unwrap();
     // The agent stops; the claim grows meanwhile.
-    let Node {
-        dir,
-        volumes,
-        assignments,
-        ..
-    } = node;
-    drop((volumes, assignments));
-    let node = node_with(fake, dir);
+    let node = node.restarted();
     assign(&node, &[("web-0", "p1")]);
     node.volumes.recover().await;
     let restarts = Arc::new(RestartsAtOnce {
