@@ -460,6 +460,19 @@ impl ControlPlane {
         self.watch("pods").await
     }
 
+    /// The time from applying `objects` to the pod `name` being Ready.
+    async fn time_to_ready(&self, name: &str, objects: Vec<Value>) -> Result<Duration> {
+        let events = self.watch_pods().await?;
+        let applied = Instant::now();
+        let count = objects.len();
+        self.apply(objects, count).await?;
+        follow(events, Duration::from_secs(120), |pod| {
+            pod["metadata"]["name"] == name && is_ready(pod)
+        })
+        .await?;
+        Ok(applied.elapsed())
+    }
+
     /// A watch on every object of the kind `plural`, from now.
     async fn watch(&self, plural: &str) -> Result<impl Stream<Item = Result<Value>> + use<>> {
         let kind = kind(plural)?;
@@ -725,26 +738,15 @@ async fn oci(instances: usize, driver: &str, agent_subcommand: bool) -> Result<(
     let mut latencies = Vec::with_capacity(instances);
     for index in 0..instances {
         let name = format!("oci-{index:04}");
-        let events = control.watch_pods().await?;
-        let applied = Instant::now();
-        control
-            .apply(
-                vec![json!({
-                    "apiVersion": "v1", "kind": "Pod",
-                    "metadata": {"name": name, "namespace": "default"},
-                    "spec": {"runtimeClassName": driver, "terminationGracePeriodSeconds": 1,
-                        "containers": [{"name": "main", "image": "bb:1",
-                        "command": ["sleep", "3600"],
-                        "resources": {"requests": {"cpu": "10m", "memory": "8Mi"}, "limits": {"memory": "32Mi"}}}]},
-                })],
-                1,
-            )
-            .await?;
-        follow(events, Duration::from_secs(60), |pod| {
-            pod["metadata"]["name"] == name.as_str() && is_ready(pod)
-        })
-        .await?;
-        latencies.push(applied.elapsed());
+        let pod = json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"runtimeClassName": driver, "terminationGracePeriodSeconds": 1,
+                "containers": [{"name": "main", "image": "bb:1",
+                "command": ["sleep", "3600"],
+                "resources": {"requests": {"cpu": "10m", "memory": "8Mi"}, "limits": {"memory": "32Mi"}}}]},
+        });
+        latencies.push(control.time_to_ready(&name, vec![pod]).await?);
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let agent_memory = Memory::of(agent.0.id())?;

@@ -62,23 +62,6 @@ pub(super) fn pod(
     pod
 }
 
-/// The time from applying `objects` to the pod `name` being Ready.
-async fn time_to_ready(
-    control: &ControlPlane,
-    name: &str,
-    objects: Vec<Value>,
-) -> Result<Duration> {
-    let events = control.watch_pods().await?;
-    let applied = Instant::now();
-    let count = objects.len();
-    control.apply(objects, count).await?;
-    follow(events, Duration::from_secs(120), |pod| {
-        pod["metadata"]["name"] == name && is_ready(pod)
-    })
-    .await?;
-    Ok(applied.elapsed())
-}
-
 /// Fails if a pod named `prefix*` restarted: its check of the volume failed.
 async fn assert_never_restarted(control: &ControlPlane, prefix: &str) -> Result<()> {
     let pods = control
@@ -143,18 +126,22 @@ async fn measure(
     for index in 0..rounds {
         let (volume, name) = (format!("vol-{index:03}"), format!("user-{index:03}"));
         with_volume.push(
-            time_to_ready(
-                control,
-                &name,
-                vec![
-                    claim(&volume, "64Mi", None),
-                    pod(&name, Some(&volume), "test -d /data/lost+found", false),
-                ],
-            )
-            .await?,
+            control
+                .time_to_ready(
+                    &name,
+                    vec![
+                        claim(&volume, "64Mi", None),
+                        pod(&name, Some(&volume), "test -d /data/lost+found", false),
+                    ],
+                )
+                .await?,
         );
         let name = format!("bare-{index:03}");
-        without.push(time_to_ready(control, &name, vec![pod(&name, None, "true", false)]).await?);
+        without.push(
+            control
+                .time_to_ready(&name, vec![pod(&name, None, "true", false)])
+                .await?,
+        );
     }
     assert_never_restarted(control, "user-").await?;
     for (what, latencies) in [
