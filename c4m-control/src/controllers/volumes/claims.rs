@@ -389,11 +389,12 @@ fn record_bound(objects: &Objects, claim: &Value, pv: &Value) {
     );
 }
 
+/// Sets annotation `key`; an object whose `metadata` is not an object
+/// (never stored so) is left as it is.
 fn annotate(object: &mut Value, key: &str, value: &str) {
-    if !object["metadata"]["annotations"].is_object() {
-        object["metadata"]["annotations"] = json!({});
+    if let Ok(annotations) = crate::json::object_at(object, &["metadata", "annotations"]) {
+        annotations.insert(key.to_string(), json!(value));
     }
-    object["metadata"]["annotations"][key] = json!(value);
 }
 
 /// Sets `status.phase` (with `lastPhaseTransitionTime` when it changes);

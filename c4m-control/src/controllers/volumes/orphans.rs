@@ -35,20 +35,13 @@ pub(super) async fn reconcile(
         if node["metadata"]["annotations"][ORPHANED_VOLUMES].as_str() == wanted.as_deref() {
             continue;
         }
-        let changed = update(objects, "nodes", &node, |current| {
-            match (&wanted, current["metadata"]["annotations"].as_object_mut()) {
-                (Some(wanted), Some(annotations)) => {
-                    annotations.insert(ORPHANED_VOLUMES.into(), json!(wanted));
-                }
-                (Some(wanted), None) => {
-                    current["metadata"]["annotations"] = json!({ORPHANED_VOLUMES: wanted});
-                }
-                (None, Some(annotations)) => {
-                    annotations.remove(ORPHANED_VOLUMES);
-                }
-                (None, None) => return false,
-            }
-            true
+        let changed = update(objects, "nodes", &node, |current| match &wanted {
+            Some(wanted) => crate::json::object_at(current, &["metadata", "annotations"])
+                .map(|annotations| annotations.insert(ORPHANED_VOLUMES.into(), json!(wanted)))
+                .is_ok(),
+            None => current["metadata"]["annotations"]
+                .as_object_mut()
+                .is_some_and(|annotations| annotations.remove(ORPHANED_VOLUMES).is_some()),
         })
         .await?;
         written = latest(written, changed);
